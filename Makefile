@@ -1,0 +1,46 @@
+# The two commands: `make run` sets everything up and runs the service; `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ASSETS := tre/web/static/nhsuk/nhsuk-frontend.min.css
+export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
+
+.PHONY: setup run test test-e2e lint browser clean demo-data
+
+setup: $(STAMP) $(ASSETS)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(ASSETS): package.json package-lock.json infra/local/build_assets.py
+	npm ci --no-audit --no-fund --loglevel=error
+	$(BIN)/python infra/local/build_assets.py
+
+# Debian's Chromium for the end-to-end tests (test tools may not download browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium is missing: install Debian's chromium package (end-to-end tests will be skipped)"; fi; }
+
+run: setup
+	$(BIN)/tre init
+	$(BIN)/tre demo load
+	$(BIN)/tre run
+
+test: setup browser
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest
+
+test-e2e: setup browser
+	$(BIN)/python -m pytest -m e2e
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) node_modules tre/web/static/nhsuk tre/web/static/swagger

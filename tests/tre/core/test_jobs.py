@@ -1,0 +1,203 @@
+"""The database-backed job table: idempotent enqueue, send-after-commit, retries, leases, sweeper."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from tre.core import jobs
+from tre.core.db import transaction, utcnow
+
+CALLS: list[dict[str, Any]] = []
+
+
+@jobs.job_handler("test.record")
+def _record(ctx: jobs.JobContext) -> dict[str, Any]:
+    CALLS.append(dict(ctx.payload))
+    if ctx.payload.get("fail_until_attempt", 0) >= ctx.attempt:
+        raise RuntimeError("transient failure")
+    if ctx.payload.get("bad_input"):
+        raise jobs.PermanentJobError("the input can never be processed")
+    return {"attempt": ctx.attempt}
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls() -> None:
+    CALLS.clear()
+
+
+@pytest.fixture
+def db(app: Any) -> Any:
+    return app.extensions["tre.db"]
+
+
+@pytest.fixture
+def no_dispatch() -> Any:
+    """Stop jobs being run at commit, so a test can act as the worker itself."""
+    jobs.set_dispatcher(None)
+    yield
+    jobs.set_dispatcher(None)
+
+
+def _job(db: Any, job_id: str) -> jobs.Job:
+    with db.session_factory() as s:
+        job = s.get(jobs.Job, job_id)
+        assert job is not None
+        s.expunge(job)
+        return job
+
+
+def test_enqueue_runs_the_job_after_commit_and_records_success(db: Any) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {"n": 1}).id
+        assert CALLS == []  # nothing runs before the transaction commits
+
+    job = _job(db, job_id)
+    assert CALLS == [{"n": 1}]
+    assert job.state == jobs.SUCCEEDED
+    assert job.result == {"attempt": 1}
+    assert job.finished_at is not None and job.lease_owner is None
+
+
+def test_enqueue_same_idempotency_key_twice_creates_one_job(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        first = jobs.enqueue(s, "test.record", {"n": 1}, idempotency_key="request-7")
+    with transaction(db.session) as s:
+        second = jobs.enqueue(s, "test.record", {"n": 2}, idempotency_key="request-7")
+
+    assert first.id == second.id
+    with db.session_factory() as s:
+        assert len(s.scalars(select(jobs.Job)).all()) == 1
+
+
+def test_enqueue_in_rolled_back_transaction_leaves_nothing_and_sends_nothing(db: Any) -> None:
+    with pytest.raises(RuntimeError), transaction(db.session) as s:
+        jobs.enqueue(s, "test.record", {"n": 1})
+        raise RuntimeError("the service call failed after enqueueing")
+
+    assert CALLS == []
+    with db.session_factory() as s:
+        assert s.scalars(select(jobs.Job)).all() == []
+
+
+def test_enqueue_unknown_kind_is_refused(db: Any) -> None:
+    with pytest.raises(jobs.JobError, match="no handler registered"):
+        jobs.enqueue(db.session, "test.nobody-handles-this")
+
+
+def test_transient_failures_are_retried_until_success(db: Any) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {"fail_until_attempt": 2}, max_attempts=3).id
+
+    job = _job(db, job_id)
+    assert job.state == jobs.SUCCEEDED
+    assert job.attempts == 3
+    assert len(CALLS) == 3
+
+
+def test_job_failing_every_attempt_ends_failed_with_the_reason(db: Any) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {"fail_until_attempt": 99}, max_attempts=2).id
+
+    job = _job(db, job_id)
+    assert job.state == jobs.FAILED
+    assert job.attempts == 2
+    assert job.last_error == "RuntimeError: transient failure"
+
+
+def test_permanent_error_fails_at_once_without_retrying(db: Any) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {"bad_input": True}, max_attempts=3).id
+
+    job = _job(db, job_id)
+    assert job.state == jobs.FAILED
+    assert job.attempts == 1
+    assert "can never be processed" in (job.last_error or "")
+
+
+def test_a_job_already_claimed_is_not_run_again(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {}).id
+    assert jobs.run_job(db, job_id, lease_seconds=60) == jobs.SUCCEEDED
+
+    assert jobs.run_job(db, job_id, lease_seconds=60) == "not-claimed"
+    assert len(CALLS) == 1
+
+
+def test_sweeper_requeues_a_job_whose_worker_stopped_renewing_its_lease(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {}).id
+    _pretend_a_worker_died_holding(db, job_id)
+
+    report = jobs.sweep(db, requeue_after_seconds=60)
+
+    assert report.requeued_lost == 1
+    job = _job(db, job_id)
+    assert job.state == jobs.QUEUED and job.last_error == "worker lost during attempt 1"
+    assert jobs.run_job(db, job_id, lease_seconds=60) == jobs.SUCCEEDED
+    assert _job(db, job_id).attempts == 2
+
+
+def test_sweeper_fails_a_lost_job_after_its_last_attempt(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {}, max_attempts=1).id
+    _pretend_a_worker_died_holding(db, job_id)
+
+    report = jobs.sweep(db, requeue_after_seconds=60)
+
+    assert report.failed == 1
+    job = _job(db, job_id)
+    assert job.state == jobs.FAILED and job.last_error == "worker lost during attempt 1"
+
+
+def test_sweeper_resends_queued_jobs_nobody_picked_up(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {}).id
+    sent: list[str] = []
+    jobs.set_dispatcher(lambda jid, queue: sent.append(jid))
+    with db.session_factory() as s:
+        s.execute(
+            update(jobs.Job).where(jobs.Job.id == job_id).values(last_sent_at=utcnow() - dt.timedelta(hours=1))
+        )
+        s.commit()
+
+    report = jobs.sweep(db, requeue_after_seconds=60)
+
+    assert report.resent_stale == 1
+    assert sent == [job_id]
+
+
+@jobs.job_handler("test.lease-stolen")
+def _lose_the_lease(ctx: jobs.JobContext) -> None:
+    # While this worker runs, the sweeper hands the job to another worker.
+    ctx.session.execute(update(jobs.Job).where(jobs.Job.id == ctx.job_id).values(lease_owner="another"))
+    ctx.session.commit()
+    ctx.session.execute(update(jobs.Job).where(jobs.Job.id == ctx.job_id).values(progress_message="mine"))
+
+
+def test_worker_that_lost_its_lease_does_not_commit_its_work(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.lease-stolen", {}).id
+
+    assert jobs.run_job(db, job_id, lease_seconds=60) == "lease-lost"
+    job = _job(db, job_id)
+    assert job.state == jobs.RUNNING and job.lease_owner == "another"
+    assert job.progress_message == ""  # the write made after losing the lease was rolled back
+
+
+def _pretend_a_worker_died_holding(db: Any, job_id: str) -> None:
+    with db.session_factory() as s:
+        s.execute(
+            update(jobs.Job)
+            .where(jobs.Job.id == job_id)
+            .values(
+                state=jobs.RUNNING,
+                attempts=1,
+                lease_owner="dead-worker",
+                lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+            )
+        )
+        s.commit()

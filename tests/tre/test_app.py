@@ -1,0 +1,130 @@
+"""The app as a person and a program meet it: pages, error responses, health, the API document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tre.access import ATTR, declared_access, public
+
+
+def test_home_page_is_styled_with_the_nhs_frontend_and_names_each_kind_of_user(client: Any) -> None:
+    response = client.get("/")
+
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "nhsuk-frontend.min.css" in page
+    for audience in ("I am a researcher", "I sit on the data access committee", "I check outputs"):
+        assert audience in page
+
+
+def test_static_toolkit_assets_are_served_locally(client: Any) -> None:
+    for path in ("/static/nhsuk/nhsuk-frontend.min.css", "/static/nhsuk/logo.svg", "/static/swagger/swagger-ui.css"):
+        response = client.get(path)
+        response.close()
+        assert response.status_code == 200, path
+
+
+def test_unknown_page_gets_the_styled_404_page(client: Any) -> None:
+    response = client.get("/no-such-page")
+
+    assert response.status_code == 404
+    assert "Page not found" in response.get_data(as_text=True)
+
+
+def test_unexpected_error_page_leaks_no_exception_text(sqlite_app: Flask) -> None:
+    @sqlite_app.get("/explode")
+    @public
+    def explode() -> str:
+        raise RuntimeError("secret-canary-1234 SELECT * FROM users")
+
+    sqlite_app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = sqlite_app.test_client().get("/explode")
+
+    body = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "secret-canary-1234" not in body and "SELECT" not in body and "Traceback" not in body
+    assert "Sorry, there is a problem with the service" in body
+
+
+def test_api_errors_are_problem_json(client: Any) -> None:
+    response = client.get("/api/v1/no-such-thing")
+
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["status"] == 404
+
+
+def test_api_route_needing_a_permission_refuses_anonymous_callers(client: Any) -> None:
+    response = client.get("/api/v1/jobs/abc")
+
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+
+
+def test_route_declaring_nothing_is_refused_to_everyone(sqlite_app: Flask) -> None:
+    @sqlite_app.get("/forgotten")
+    def forgotten() -> str:
+        return "should never be served"
+
+    response = sqlite_app.test_client().get("/forgotten")
+
+    assert response.status_code == 403
+
+
+def test_every_route_declares_who_may_reach_it(sqlite_app: Flask) -> None:
+    undeclared = [
+        rule.rule
+        for rule in sqlite_app.url_map.iter_rules()
+        if declared_access(sqlite_app, rule.endpoint) is None
+    ]
+    assert undeclared == []
+
+
+def test_health_and_readiness_report_ok_when_database_and_broker_answer(client: Any) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readiness_names_the_database_when_it_is_down(tmp_path: Any) -> None:
+    from tests.conftest import make_test_app
+
+    app = make_test_app(tmp_path / "inst", f"sqlite:///{tmp_path / 'missing' / 'no.sqlite'}")
+    response = app.test_client().get("/readyz")
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["database"] == "unavailable"
+
+
+def test_openapi_document_describes_the_api_and_its_docs_page_is_served(client: Any) -> None:
+    spec = client.get("/api/openapi.json").get_json()
+
+    assert spec["openapi"].startswith("3.")
+    assert "/api/v1/version" in spec["paths"]
+    assert "/api/v1/jobs/{job_id}" in spec["paths"]
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and "/static/swagger/swagger-ui-bundle.js" in docs.get_data(as_text=True)
+
+
+def test_responses_carry_security_headers_and_a_request_id(client: Any) -> None:
+    response = client.get("/")
+
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in response.headers["Content-Security-Policy"].split("script-src")[1].split(";")[0]
+    assert response.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize("incoming", ["abc\nforged log line", "x" * 200])
+def test_request_id_from_a_caller_is_replaced_when_not_plain(client: Any, incoming: str) -> None:
+    response = client.get("/healthz", headers={"X-Request-Id": incoming.replace("\n", "")})
+    assert response.headers["X-Request-Id"] != incoming
+
+
+def test_access_marker_attribute_name_is_stable() -> None:
+    # Other packages mark class-based views with this attribute; renaming it would open routes.
+    assert ATTR == "__tre_access__"

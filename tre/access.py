@@ -1,0 +1,79 @@
+"""Every route declares who may reach it; a route that declares nothing is refused to everyone.
+
+``public`` marks a page anybody may see (the home page, health checks); ``login_required`` a page
+for any signed-in person; ``requires(permission)`` a page for people whose roles grant it. The
+check runs before every request, so forgetting a decorator fails closed, and a test walks the
+route table to fail the build as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, abort, current_app, g, request
+
+from tre.core.permissions import Permission, has_permission
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ATTR = "__tre_access__"
+PUBLIC = "public"
+LOGIN = "login"
+
+# Endpoints registered by libraries (static files, the OpenAPI document and its docs page).
+LIBRARY_PUBLIC_ENDPOINTS = frozenset(
+    {"static", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"}
+)
+
+
+def public(view: F) -> F:
+    setattr(view, ATTR, PUBLIC)
+    return view
+
+
+def login_required(view: F) -> F:
+    setattr(view, ATTR, LOGIN)
+    return view
+
+
+def requires(permission: Permission) -> Callable[[F], F]:
+    def mark(view: F) -> F:
+        setattr(view, ATTR, permission)
+        return view
+
+    return mark
+
+
+def declared_access(app: Flask, endpoint: str) -> str | Permission | None:
+    if endpoint in LIBRARY_PUBLIC_ENDPOINTS:
+        return PUBLIC
+    view = app.view_functions.get(endpoint)
+    if view is None:
+        return None
+    declared = getattr(view, ATTR, None)
+    if declared is None and hasattr(view, "view_class"):
+        # Class-based views declare on the class.
+        declared = getattr(view.view_class, ATTR, None)
+    return declared
+
+
+def enforce_declared_access() -> None:
+    """Runs before every request: refuse what is undeclared, unauthenticated or not permitted."""
+    endpoint = request.endpoint
+    if endpoint is None:
+        return  # no route matched: Flask answers 404 itself
+    declared = declared_access(current_app, endpoint)
+    if declared is None:
+        current_app.logger.error("route %s declares no access rule; refused", endpoint)
+        abort(403)
+    if declared == PUBLIC:
+        return
+    user = g.get("user")
+    if user is None:
+        abort(401)
+    if declared == LOGIN:
+        return
+    if not has_permission(user, declared):  # type: ignore[arg-type]
+        g.denied_permission = str(declared)
+        abort(403)

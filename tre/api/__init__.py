@@ -1,0 +1,41 @@
+"""The JSON API under ``/api/v1``, described by an OpenAPI 3 document generated from the code.
+
+flask-smorest builds the document from the schemas and docstrings here; errors use the same
+``application/problem+json`` handler as the rest of the app (see ``tre.errors``).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from tre.api import meta
+
+
+class TreApi(Api):  # type: ignore[misc]
+    def _register_error_handlers(self) -> None:
+        # tre.errors handles every HTTPException app-wide, as problem+json under /api/.
+        return None
+
+
+API_CONFIG = {
+    "API_TITLE": "Trusted Research Environment API",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.1.0",
+    "OPENAPI_URL_PREFIX": "/api",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    # Served from our own static folder: nothing is fetched from the internet at run time.
+    "OPENAPI_SWAGGER_UI_URL": "/static/swagger/",
+}
+
+
+def init_app(app: Flask) -> Api:
+    for key, value in API_CONFIG.items():
+        app.config.setdefault(key, value)
+    api = TreApi(app, spec_kwargs={"info": {"description": "Projects, approvals, extracts and outputs."}})
+    api.spec.components.security_scheme(
+        "bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    api.register_blueprint(meta.blp, url_prefix="/api/v1")
+    return api

@@ -1,0 +1,147 @@
+"""The Flask application factory: wires the kernel, the domain packages and the edges together."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, g, request, url_for
+from flask_wtf.csrf import CSRFProtect
+
+from tre import access, errors, health
+from tre.core.config import Settings
+from tre.core.db import Database
+
+csrf = CSRFProtect()
+
+SERVICE_NAME = "Trusted Research Environment"
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``test_config`` may hold ``TRE_SETTINGS`` overrides and plain Flask config."""
+    test_config = dict(test_config or {})
+    overrides = test_config.pop("TRE_SETTINGS", {})
+    settings = Settings.from_env(**overrides)
+    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    app = Flask(
+        __name__,
+        instance_path=str(settings.instance_path),
+        static_folder=str(Path(__file__).parent / "web" / "static"),
+        static_url_path="/static",
+    )
+    app.config.update(
+        SECRET_KEY=_secret_key(settings.instance_path),
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        SESSION_COOKIE_NAME="tre_session",
+        PERMANENT_SESSION_LIFETIME=8 * 3600,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(test_config)
+    app.extensions["tre.settings"] = settings
+
+    _configure_logging(app, settings)
+
+    db = Database(settings.database_url)
+    app.extensions["tre.db"] = db
+    app.teardown_appcontext(db.remove)
+
+    _import_models()
+
+    from tre.core.queue import make_celery
+
+    app.extensions["celery"] = make_celery(app)
+
+    csrf.init_app(app)
+    errors.init_app(app)
+
+    from tre import api as api_package
+    from tre.web import bp as web_bp
+
+    app.register_blueprint(web_bp)
+    app.register_blueprint(health.bp)
+    api = api_package.init_app(app)
+    # The API authenticates with bearer tokens, never cookies, so CSRF does not apply to it.
+    for blueprint in api._app.blueprints.values():  # noqa: SLF001
+        if blueprint.name not in {"web", "health"}:
+            csrf.exempt(blueprint)
+
+    app.before_request(_begin_request)
+    app.before_request(access.enforce_declared_access)
+    app.after_request(_security_headers)
+    app.context_processor(_template_context)
+    return app
+
+
+def _import_models() -> None:
+    """Import every module that defines tables so the metadata is whole (for Alembic and tests)."""
+    import tre.core.jobs  # noqa: F401
+
+
+def _secret_key(instance: Path) -> str:
+    """The session-signing key lives in the instance folder, created once with owner-only access."""
+    path = instance / "session-secret"
+    if not path.exists():
+        fd = path.open("x", encoding="utf-8")
+        path.chmod(0o600)
+        with fd:
+            fd.write(secrets.token_urlsafe(48))
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _configure_logging(app: Flask, settings: Settings) -> None:
+    level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    app.logger.setLevel(level)
+
+
+def _begin_request() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    # Accept a caller's id only if it is short and plain, so it cannot smuggle anything into logs.
+    g.request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
+    g.user = None
+
+
+def _security_headers(response: Any) -> Any:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    # The API docs page (from flask-smorest) starts Swagger UI with an inline script; nothing else may.
+    inline = " 'unsafe-inline'" if request.endpoint == "api-docs.openapi_swagger_ui" else ""
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        f"script-src 'self'{inline}; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    )
+    response.headers.setdefault("Cache-Control", "no-store")
+    if g.get("request_id"):
+        response.headers["X-Request-Id"] = g.request_id
+    return response
+
+
+def _link(endpoint: str, fallback: str = "web.about") -> str:
+    from flask import current_app
+
+    return url_for(endpoint if endpoint in current_app.view_functions else fallback)
+
+
+def _template_context() -> dict[str, Any]:
+    from flask import current_app
+
+    return {
+        "service_name": SERVICE_NAME,
+        "current_user": g.get("user"),
+        "endpoints": current_app.view_functions.keys(),
+        "nav_items": [],
+        "links": {
+            "researcher": _link("projects.index"),
+            "committee": _link("dac.queue"),
+            "checker": _link("outputs.queue"),
+        },
+    }

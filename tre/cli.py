@@ -1,0 +1,229 @@
+"""The ``tre`` command: set up an instance, migrate, load demo data, run the service and its workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from tre.core import migrate
+from tre.core.config import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group()
+def main() -> None:
+    """Trusted research environment control plane."""
+
+
+# --- database -------------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_cli() -> None:
+    """Database migrations (Alembic)."""
+
+
+@db_cli.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    migrate.upgrade(settings.database_url, revision)
+    click.echo(f"database at {_redact(settings.database_url)} is at revision {revision}")
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Step the schema back to REVISION."""
+    migrate.downgrade(_settings().database_url, revision)
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Show the schema revision of the database."""
+    migrate.current(_settings().database_url)
+
+
+@db_cli.command("revision")
+@click.option("-m", "--message", required=True)
+def db_revision(message: str) -> None:
+    """Write a new migration from the difference between the models and the database (developers)."""
+    migrate.revision(_settings().database_url, message)
+
+
+def _redact(url: str) -> str:
+    """Show where a database is without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# --- instance -------------------------------------------------------------------------------------
+
+
+@main.command("init")
+def init() -> None:
+    """Create the instance folder, its secrets and the database schema. Safe to run again."""
+    settings = _settings()
+    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from tre.app import create_app
+
+    create_app()  # creates the session secret on first run
+    migrate.upgrade(settings.database_url)
+    click.echo(f"instance ready in {settings.instance_path}")
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+@main.group("jobs")
+def jobs_cli() -> None:
+    """Background jobs."""
+
+
+@jobs_cli.command("sweep")
+def jobs_sweep() -> None:
+    """Requeue jobs whose worker died and re-send jobs nobody picked up (the worker does this too)."""
+    from tre.app import create_app
+    from tre.core import jobs
+
+    app = create_app()
+    settings = app.extensions["tre.settings"]
+    report = jobs.sweep(app.extensions["tre.db"], requeue_after_seconds=settings.job_requeue_after_seconds)
+    click.echo(f"requeued {report.requeued_lost}, resent {report.resent_stale}, failed {report.failed}")
+
+
+@jobs_cli.command("selftest")
+@click.option("--timeout", default=60, show_default=True, help="Seconds to wait for a worker.")
+def jobs_selftest(timeout: int) -> None:
+    """Send a diagnostic job and wait for a worker to finish it."""
+    from tre.app import create_app
+    from tre.core import jobs
+    from tre.core.db import transaction
+
+    app = create_app()
+    db = app.extensions["tre.db"]
+    with app.app_context(), transaction(db.session) as s:
+        job = jobs.enqueue(s, "kernel.selftest", {"sleep": 0})
+        job_id = job.id
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        job = db.session.get(jobs.Job, job_id)
+        if job is not None and job.state in (jobs.SUCCEEDED, jobs.FAILED):
+            click.echo(f"job {job_id}: {job.state}")
+            sys.exit(0 if job.state == jobs.SUCCEEDED else 1)
+        time.sleep(0.5)
+    click.echo(f"job {job_id}: no worker finished it within {timeout}s", err=True)
+    sys.exit(1)
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def _worker_argv(settings: Settings, beat: bool) -> list[str]:
+    from tre.core.jobs import QUEUES
+
+    argv = [
+        sys.executable, "-m", "celery", "-A", "tre.worker", "worker",
+        "--loglevel", settings.log_level, "--concurrency", "2", "-Q", ",".join(QUEUES),
+        "--without-gossip", "--without-mingle",
+    ]
+    if beat:
+        argv += ["--beat", "--schedule", str(settings.instance_path / "celerybeat-schedule")]
+    return argv
+
+
+@main.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--beat/--no-beat", default=None, help="Also run the periodic sweeper (default: on one machine).")
+def worker(beat: bool | None) -> None:
+    """Run a Celery worker for every queue."""
+    settings = _settings()
+    beat = settings.broker_needs_no_server if beat is None else beat
+    os.execv(sys.executable, _worker_argv(settings, beat))
+
+
+def _web_argv(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
+        "--workers", "2", "--threads", "4", "--access-logfile", "-", "tre.wsgi:app",
+    ]
+
+
+@main.command("run")
+def run() -> None:
+    """Run the whole service on this machine (web server, worker, sweeper) until Ctrl-C."""
+    settings = _settings()
+    env = dict(os.environ, TRE_INSTANCE_PATH=str(settings.instance_path))
+    procs: dict[str, subprocess.Popen[Any]] = {}
+    commands = {"web": _web_argv(settings), "worker": _worker_argv(settings, beat=True)}
+    for name, argv in commands.items():
+        procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
+    click.echo(f"\nThe trusted research environment is at {settings.public_url}  (Ctrl-C stops everything)\n")
+    _print_demo_logins(settings)
+
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    try:
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    click.echo(f"{name} exited with status {proc.returncode}; stopping the rest", err=True)
+                    exit_code = 1
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        click.echo("stopped")
+    sys.exit(exit_code)
+
+
+def _print_demo_logins(settings: Settings) -> None:
+    logins = settings.instance_path / "demo-logins.txt"
+    if logins.exists():
+        click.echo(logins.read_text(encoding="utf-8"))
+
+
+def _register_subcommands() -> None:
+    from tre.demo.cli import demo_cli
+
+    main.add_command(demo_cli)
+
+
+try:
+    _register_subcommands()
+except ImportError:  # pragma: no cover - the demo package is optional in slim deployments
+    pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+

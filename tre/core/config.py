@@ -1,0 +1,110 @@
+"""Typed settings read from ``TRE_*`` environment variables, with safe defaults for one machine.
+
+Every setting has one name, one type and one default here; nothing else in the code reads the
+environment. Defaults describe the embedded setup (SQLite, a broker that needs no server, a local
+folder for files), so ``make run`` works on a fresh machine, and production changes only variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PREFIX = "TRE_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what is expected."""
+
+
+def _default_instance() -> Path:
+    return Path(os.environ.get("TRE_INSTANCE_PATH", Path.cwd() / "instance")).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of one deployment. Field ``foo_bar`` is read from ``TRE_FOO_BAR``."""
+
+    instance_path: Path = field(default_factory=_default_instance)
+    # Empty means "derive from the instance folder" (see resolved()).
+    database_url: str = ""
+    broker_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 5000
+    public_url: str = ""
+    # "development" relaxes nothing about security; it only allows plain-HTTP cookies on 127.0.0.1.
+    environment: str = "embedded"
+    log_level: str = "INFO"
+    # Background jobs: a claimed job must heartbeat within this lease or the sweeper takes it back.
+    job_lease_seconds: int = 120
+    job_max_attempts: int = 3
+    job_sweep_interval_seconds: int = 15
+    # A queued job that no worker picked up in this long is sent again (server-less brokers lose messages).
+    job_requeue_after_seconds: int = 60
+    task_soft_time_limit_seconds: int = 1800
+    task_time_limit_seconds: int = 1900
+    max_upload_bytes: int = 16 * 1024 * 1024
+    session_cookie_secure: bool = False
+    jupyterhub_url: str = "http://127.0.0.1:8000"
+
+    def resolved(self) -> Settings:
+        """Fill the settings that default to places inside the instance folder."""
+        inst = self.instance_path
+        changes: dict[str, Any] = {}
+        if not self.database_url:
+            changes["database_url"] = f"sqlite:///{inst / 'tre.sqlite'}"
+        if not self.broker_url:
+            changes["broker_url"] = f"sqla+sqlite:///{inst / 'broker.sqlite'}"
+        if not self.public_url:
+            changes["public_url"] = f"http://{self.host}:{self.port}"
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_needs_no_server(self) -> bool:
+        return self.broker_url.startswith(("sqla+", "filesystem:", "memory:"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``TRE_<FIELD>``; explicit overrides (tests) win over the environment."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.name.upper()
+            if f.name in overrides:
+                values[f.name] = _coerce(name, overrides[f.name], hints[f.name])
+            elif name in environ:
+                values[f.name] = _coerce(name, environ[name], hints[f.name])
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**values).resolved()
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    if not isinstance(raw, str):
+        return Path(raw) if kind is Path else raw
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is Path:
+            return Path(raw).expanduser().resolve()
+        return raw
+    except ValueError:
+        type_name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{name} must be of type {type_name}, got {raw!r}") from None

@@ -1,0 +1,372 @@
+"""Background jobs whose state lives in the database, not in the broker.
+
+The brokers that need no server lose a message when a worker is killed mid-task, and even Redis
+only redelivers after its visibility timeout. So the ``jobs`` table is the source of truth:
+
+* ``enqueue`` writes a job row in the caller's transaction (idempotent by key) and the message is
+  sent only after that transaction commits;
+* a worker *claims* a job with one conditional UPDATE, runs its handler, and marks it succeeded in
+  the same transaction as the handler's own writes, guarded by its lease, so the effects commit
+  exactly once even if a message is delivered twice;
+* while a handler runs, a thread renews the lease; a worker that dies stops renewing, and the
+  periodic sweeper puts the job back in the queue (or fails it, with the reason, after the last
+  attempt);
+* the message carries only the job id: no payload, no secret, no identifier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, String, Text, and_, event, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tre.core.db import Base, Database, new_id, utcnow
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+QUEUES = ("default", "checks", "extracts", "notifications")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"state IN {JOB_STATES!r}", name="state_known"),
+        CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts_bounded"),
+        CheckConstraint("(state = 'running') = (lease_owner IS NOT NULL)", name="lease_only_while_running"),
+        CheckConstraint(
+            "(state IN ('succeeded', 'failed')) = (finished_at IS NOT NULL)", name="finished_when_final"
+        ),
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(50), default="default")
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(20), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    progress_message: Mapped[str] = mapped_column(String(500), default="")
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None]
+    last_sent_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+@dataclasses.dataclass
+class JobContext:
+    """What a handler gets: its own session (commit is done for it), the payload and a progress call."""
+
+    session: Session
+    job_id: str
+    payload: dict[str, Any]
+    attempt: int
+    report_progress: Callable[[float, str], None]
+
+
+Handler = Callable[[JobContext], dict[str, Any] | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Registered:
+    handler: Handler
+    queue: str
+
+
+_HANDLERS: dict[str, _Registered] = {}
+
+# Set by the Celery integration; called with (job_id, queue) after the enqueueing transaction commits.
+Dispatcher = Callable[[str, str], None]
+_dispatcher: Dispatcher | None = None
+
+
+class JobError(Exception):
+    """A job cannot be enqueued or run as asked."""
+
+
+class PermanentJobError(JobError):
+    """The handler says retrying cannot help (bad input): the job fails at once with this reason."""
+
+
+def job_handler(kind: str, queue: str = "default") -> Callable[[Handler], Handler]:
+    """Register the function that runs jobs of ``kind``; domain packages use this in their tasks module."""
+    if queue not in QUEUES:
+        raise JobError(f"unknown queue {queue!r}; known queues: {', '.join(QUEUES)}")
+
+    def register(fn: Handler) -> Handler:
+        existing = _HANDLERS.get(kind)
+        if existing is not None and existing.handler is not fn:
+            raise JobError(f"a handler for job kind {kind!r} is already registered")
+        _HANDLERS[kind] = _Registered(fn, queue)
+        return fn
+
+    return register
+
+
+def registered_kinds() -> list[str]:
+    return sorted(_HANDLERS)
+
+
+def set_dispatcher(dispatcher: Dispatcher | None) -> None:
+    global _dispatcher
+    _dispatcher = dispatcher
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    idempotency_key: str | None = None,
+    max_attempts: int = 3,
+) -> Job:
+    """Add a job in the caller's transaction; the same idempotency key returns the existing job.
+
+    The message is sent when (and only if) the caller's transaction commits.
+    """
+    if kind not in _HANDLERS:
+        raise JobError(f"no handler registered for job kind {kind!r}")
+    if max_attempts < 1:
+        raise JobError("max_attempts must be at least 1")
+    key = idempotency_key or f"{kind}:{uuid.uuid4().hex}"
+    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if existing is not None:
+        return existing
+    job = Job(
+        kind=kind,
+        queue=_HANDLERS[kind].queue,
+        idempotency_key=key,
+        payload=dict(payload or {}),
+        max_attempts=max_attempts,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # Someone else enqueued the same key between our SELECT and INSERT.
+        existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+        if existing is None:
+            raise
+        return existing
+    session.info.setdefault("tre_jobs_to_send", []).append((job.id, job.queue))
+    return job
+
+
+@event.listens_for(Session, "after_commit")
+def _send_after_commit(session: Session) -> None:
+    pending = session.info.pop("tre_jobs_to_send", [])
+    if _dispatcher is None:
+        return  # no broker configured: the sweeper (or a test) will run them
+    for job_id, queue in pending:
+        try:
+            _dispatcher(job_id, queue)
+        except Exception:
+            # The job row is committed; the sweeper re-sends it. Accepted work is never lost.
+            log.exception("could not send job %s to the broker; the sweeper will retry", job_id)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop("tre_jobs_to_send", None)
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews a claimed job's lease until stopped; dies with the process, which is the point."""
+
+    def __init__(self, db: Database, job_id: str, owner: str, lease: dt.timedelta) -> None:
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self._db, self._job_id, self._owner, self._lease = db, job_id, owner, lease
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = max(self._lease.total_seconds() / 3, 0.2)
+        while not self._stop_event.wait(interval):
+            try:
+                with self._db.session_factory() as s:
+                    s.execute(
+                        update(Job)
+                        .where(Job.id == self._job_id, Job.lease_owner == self._owner)
+                        .values(lease_expires_at=utcnow() + self._lease)
+                    )
+                    s.commit()
+            except Exception:
+                log.warning("could not renew the lease of job %s", self._job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
+    """Claim and run one job. Returns what happened: claimed-by-other, succeeded, retry or failed."""
+    owner = uuid.uuid4().hex
+    lease = dt.timedelta(seconds=lease_seconds)
+    now = utcnow()
+    with db.session_factory() as s:
+        claimed = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.attempts < Job.max_attempts,
+                or_(Job.state == QUEUED, and_(Job.state == RUNNING, Job.lease_expires_at < now)),
+            )
+            .values(
+                state=RUNNING,
+                attempts=Job.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + lease,
+                started_at=now,
+            )
+        )
+        s.commit()
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return "not-claimed"
+        job = s.get(Job, job_id)
+        assert job is not None
+        kind, payload, attempt = job.kind, dict(job.payload), job.attempts
+
+    registered = _HANDLERS.get(kind)
+    keeper = _LeaseKeeper(db, job_id, owner, lease)
+    keeper.start()
+    try:
+        if registered is None:
+            raise PermanentJobError(f"no handler registered for job kind {kind!r}")
+        with db.session_factory() as session:
+            ctx = JobContext(session, job_id, payload, attempt, _progress_reporter(db, job_id, owner))
+            result = registered.handler(ctx)
+            finished = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner)
+                .values(
+                    state=SUCCEEDED,
+                    result=result or {},
+                    progress=1.0,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=utcnow(),
+                    last_error=None,
+                )
+            )
+            if finished.rowcount != 1:  # type: ignore[attr-defined]
+                # We lost the lease (the sweeper gave the job to another worker): our work must not land.
+                session.rollback()
+                return "lease-lost"
+            session.commit()
+            return SUCCEEDED
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job, never lost
+        return _record_failure(db, job_id, owner, exc)
+    finally:
+        keeper.stop()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def _record_failure(db: Database, job_id: str, owner: str, exc: Exception) -> str:
+    permanent = isinstance(exc, PermanentJobError)
+    log.warning("job %s attempt failed: %s", job_id, type(exc).__name__)
+    with db.session_factory() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.lease_owner != owner:
+            return "lease-lost"
+        final = permanent or job.attempts >= job.max_attempts
+        job.last_error = _describe(exc)
+        job.lease_owner = None
+        job.lease_expires_at = None
+        if final:
+            job.state = FAILED
+            job.finished_at = utcnow()
+        else:
+            job.state = QUEUED
+            job.last_sent_at = utcnow()
+            s.info.setdefault("tre_jobs_to_send", []).append((job.id, job.queue))
+        s.commit()
+        return FAILED if final else "retry"
+
+
+def _progress_reporter(db: Database, job_id: str, owner: str) -> Callable[[float, str], None]:
+    def report(fraction: float, message: str = "") -> None:
+        with db.session_factory() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner)
+                .values(progress=min(max(fraction, 0.0), 1.0), progress_message=message[:500])
+            )
+            s.commit()
+
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepReport:
+    requeued_lost: int = 0
+    resent_stale: int = 0
+    failed: int = 0
+
+
+def sweep(db: Database, *, requeue_after_seconds: int) -> SweepReport:
+    """Take back jobs whose worker died and re-send queued jobs no worker picked up."""
+    now = utcnow()
+    requeued = failed = resent = 0
+    to_send: list[tuple[str, str]] = []
+    with db.session_factory() as s:
+        lost = s.scalars(select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now)).all()
+        for job in lost:
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.last_error = f"worker lost during attempt {job.attempts}"
+            if job.attempts >= job.max_attempts:
+                job.state = FAILED
+                job.finished_at = now
+                failed += 1
+            else:
+                job.state = QUEUED
+                job.last_sent_at = now
+                to_send.append((job.id, job.queue))
+                requeued += 1
+        stale_before = now - dt.timedelta(seconds=requeue_after_seconds)
+        stale = s.scalars(select(Job).where(Job.state == QUEUED, Job.last_sent_at < stale_before)).all()
+        for job in stale:
+            job.last_sent_at = now
+            to_send.append((job.id, job.queue))
+            resent += 1
+        s.info["tre_jobs_to_send"] = to_send
+        s.commit()
+    if requeued or failed or resent:
+        log.info("job sweep: %d lost requeued, %d stale resent, %d failed", requeued, resent, failed)
+    return SweepReport(requeued, resent, failed)
+
+
+# The diagnostic job `tre jobs selftest` sends: proves a worker takes jobs end to end.
+@job_handler("kernel.selftest")
+def _selftest(ctx: JobContext) -> dict[str, Any]:
+    import os
+    import time
+
+    seconds = float(ctx.payload.get("sleep", 0))
+    marker = ctx.payload.get("marker_file")
+    if marker:
+        with open(marker, "a", encoding="utf-8") as fh:
+            fh.write(f"started {os.getpid()} attempt {ctx.attempt}\n")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ctx.report_progress(1 - (deadline - time.monotonic()) / max(seconds, 1e-9), "sleeping")
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+    return {"pid": os.getpid(), "attempt": ctx.attempt}

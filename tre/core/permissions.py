@@ -1,0 +1,97 @@
+"""Authorisation as data: permissions, the roles that grant them, and one ``has_permission``.
+
+Site-wide roles are held by a person (an output checker, a DAC chair...). Project roles (member,
+principal investigator) come from project memberships and are checked by the projects package
+through the access gate; this module answers only "may this person do this kind of thing at all".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Protocol
+
+
+class Permission(enum.StrEnum):
+    # Researchers
+    PROJECT_APPLY = "project.apply"
+    PROJECT_VIEW_OWN = "project.view_own"
+    OUTPUT_SUBMIT = "output.submit"
+    CATALOGUE_BROWSE = "catalogue.browse"
+    # Data access committee
+    APPLICATION_REVIEW = "application.review"
+    APPLICATION_DECIDE = "application.decide"
+    APPLICATION_ASSIGN = "application.assign"
+    # Output checking
+    OUTPUT_REVIEW = "output.review"
+    # Data custodians
+    DATASET_MANAGE = "dataset.manage"
+    EXTRACT_MANAGE = "extract.manage"
+    # Administration
+    USER_MANAGE = "user.manage"
+    TRAINING_MANAGE = "training.manage"
+    AGREEMENT_MANAGE = "agreement.manage"
+    JOB_VIEW = "job.view"
+    # Assurance
+    AUDIT_VIEW = "audit.view"
+    AUDIT_EXPORT = "audit.export"
+
+
+class Role(enum.StrEnum):
+    RESEARCHER = "researcher"
+    DAC_MEMBER = "dac_member"
+    DAC_CHAIR = "dac_chair"
+    OUTPUT_CHECKER = "output_checker"
+    DATA_CUSTODIAN = "data_custodian"
+    ADMINISTRATOR = "administrator"
+    AUDITOR = "auditor"
+
+
+ROLE_LABELS: dict[Role, str] = {
+    Role.RESEARCHER: "Researcher",
+    Role.DAC_MEMBER: "Data access committee member",
+    Role.DAC_CHAIR: "Data access committee chair",
+    Role.OUTPUT_CHECKER: "Output checker",
+    Role.DATA_CUSTODIAN: "Data custodian",
+    Role.ADMINISTRATOR: "Administrator",
+    Role.AUDITOR: "Auditor",
+}
+
+P = Permission
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.RESEARCHER: frozenset({P.PROJECT_APPLY, P.PROJECT_VIEW_OWN, P.OUTPUT_SUBMIT, P.CATALOGUE_BROWSE}),
+    Role.DAC_MEMBER: frozenset({P.APPLICATION_REVIEW, P.CATALOGUE_BROWSE}),
+    Role.DAC_CHAIR: frozenset(
+        {P.APPLICATION_REVIEW, P.APPLICATION_DECIDE, P.APPLICATION_ASSIGN, P.CATALOGUE_BROWSE}
+    ),
+    Role.OUTPUT_CHECKER: frozenset({P.OUTPUT_REVIEW}),
+    Role.DATA_CUSTODIAN: frozenset({P.DATASET_MANAGE, P.EXTRACT_MANAGE, P.CATALOGUE_BROWSE, P.JOB_VIEW}),
+    # Administrators manage people, not data: they hold no data or review permission by default.
+    Role.ADMINISTRATOR: frozenset({P.USER_MANAGE, P.TRAINING_MANAGE, P.AGREEMENT_MANAGE, P.JOB_VIEW}),
+    Role.AUDITOR: frozenset({P.AUDIT_VIEW, P.AUDIT_EXPORT}),
+}
+
+
+class HasRoles(Protocol):
+    @property
+    def role_names(self) -> Iterable[str]: ...
+
+    @property
+    def is_active(self) -> bool: ...
+
+
+def permissions_of(roles: Iterable[str]) -> frozenset[Permission]:
+    granted: set[Permission] = set()
+    for name in roles:
+        try:
+            granted |= ROLE_PERMISSIONS[Role(name)]
+        except ValueError:
+            continue  # an unknown role grants nothing
+    return frozenset(granted)
+
+
+def has_permission(user: HasRoles | None, permission: Permission) -> bool:
+    """The one question every route asks. Deny by default: no user, an inactive user or no role means no."""
+    if user is None or not user.is_active:
+        return False
+    return permission in permissions_of(user.role_names)

@@ -1,0 +1,80 @@
+"""The Celery application: one generic task that runs a database-backed job, and the periodic sweeper.
+
+Tasks are thin: the message names a job id and nothing else; everything the job needs is in the
+database. Settings favour never losing work over throughput: late acknowledgement, a message
+redelivered when its worker is lost, one message prefetched at a time, and hard time limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task
+
+from tre.core import jobs
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "tre.run_job"
+SWEEP = "tre.sweep_jobs"
+
+
+def make_celery(app: Flask) -> Celery:
+    settings = app.extensions["tre.settings"]
+    db = app.extensions["tre.db"]
+
+    class AppContextTask(Task):  # type: ignore[misc]
+        abstract = True
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.import_name, task_cls=AppContextTask)
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_default_queue="default",
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # Redis redelivers an unacknowledged message after this; keep it above the longest task.
+        broker_transport_options={"visibility_timeout": settings.task_time_limit_seconds + 300},
+        beat_schedule={
+            "sweep-jobs": {"task": SWEEP, "schedule": float(settings.job_sweep_interval_seconds)},
+        },
+        task_always_eager=bool(app.config.get("CELERY_ALWAYS_EAGER", False)),
+        task_eager_propagates=True,
+    )
+    if settings.broker_url.startswith("sqla+"):
+        # kombu's SQLAlchemy transport polls; a short interval keeps check latency low on one machine.
+        celery.conf.broker_transport_options = {"polling_interval": 0.5}
+
+    @celery.task(name=RUN_JOB, bind=True)
+    def run_job_task(self: Task, job_id: str) -> str:
+        outcome = jobs.run_job(db, job_id, lease_seconds=settings.job_lease_seconds)
+        log.info("job %s: %s", job_id, outcome)
+        return outcome
+
+    @celery.task(name=SWEEP)
+    def sweep_task() -> dict[str, int]:
+        report = jobs.sweep(db, requeue_after_seconds=settings.job_requeue_after_seconds)
+        return {"requeued_lost": report.requeued_lost, "resent_stale": report.resent_stale,
+                "failed": report.failed}
+
+    def dispatch(job_id: str, queue: str) -> None:
+        run_job_task.apply_async(args=[job_id], queue=queue)
+
+    jobs.set_dispatcher(dispatch)
+    return celery

@@ -1,0 +1,81 @@
+"""Error responses that say what went wrong to the person, and nothing about the system.
+
+Pages get an NHS-styled error page; the API gets ``application/problem+json`` (RFC 9457). No
+stack trace, exception text, SQL or identifier ever reaches a response: unexpected errors are
+logged server-side with a request id that the response repeats so support can find the log line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+# Messages we choose for each status; werkzeug's own descriptions are fine to show but generic.
+TITLES = {
+    400: "Bad request",
+    401: "You need to sign in",
+    403: "You do not have access to this page",
+    404: "Page not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "The file is too large",
+    422: "Check your answers",
+    429: "Too many attempts",
+    500: "Sorry, there is a problem with the service",
+    503: "Sorry, the service is unavailable",
+}
+
+
+def wants_problem_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def problem(status: int, detail: str | None = None, **extra: Any) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    if g.get("request_id"):
+        body["request_id"] = g.request_id
+    body.update(extra)
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def handle_http_exception(error: HTTPException) -> Response | tuple[str, int]:
+    status = error.code or 500
+    if status >= 500:
+        detail = None
+    else:
+        # Validation errors from the API layer carry structured messages; keep them.
+        detail = error.description if isinstance(error.description, str) else None
+    if wants_problem_json():
+        extra: dict[str, Any] = {}
+        data = getattr(error, "data", None)
+        if isinstance(data, dict) and "messages" in data:
+            extra["errors"] = data["messages"]
+        return problem(status, detail, **extra)
+    template = f"errors/{status}.html" if status in (400, 401, 403, 404, 500) else "errors/generic.html"
+    return (
+        render_template(template, status=status, title=TITLES.get(status, "Error"), detail=detail),
+        status,
+    )
+
+
+def handle_unexpected(error: Exception) -> Response | tuple[str, int]:
+    from flask import current_app
+
+    current_app.logger.exception("unhandled error in request %s", g.get("request_id", "-"))
+    return handle_http_exception(InternalServerError())
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

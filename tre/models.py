@@ -1,0 +1,11 @@
+"""Every module that defines tables, imported together so the metadata is whole.
+
+Alembic's environment and the tests import this; add a module here when it gains tables.
+"""
+
+from __future__ import annotations
+
+from tre.core.db import Base
+from tre.core import jobs  # noqa: F401
+
+metadata = Base.metadata
