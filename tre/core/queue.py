@@ -58,8 +58,9 @@ def make_celery(app: Flask) -> Celery:
         task_eager_propagates=True,
     )
     if settings.broker_url.startswith("sqla+"):
-        # kombu's SQLAlchemy transport polls; a short interval keeps check latency low on one machine.
-        celery.conf.broker_transport_options = {"polling_interval": 0.5}
+        # kombu's SQLAlchemy transport hands its options to create_engine, which knows no
+        # visibility timeout; the job table's lease does that job on this broker.
+        celery.conf.broker_transport_options = {}
 
     @celery.task(name=RUN_JOB, bind=True)
     def run_job_task(self: Task, job_id: str) -> str:
