@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, abort, current_app, g, request
+from flask import Flask, abort, current_app, g, redirect, request, url_for
 
 from tre.core.permissions import Permission, has_permission
 
@@ -66,14 +66,32 @@ def enforce_declared_access() -> None:
     declared = declared_access(current_app, endpoint)
     if declared is None:
         current_app.logger.error("route %s declares no access rule; refused", endpoint)
+        _record_denial(endpoint, "route declares no access rule")
         abort(403)
     if declared == PUBLIC:
         return
     user = g.get("user")
     if user is None:
-        abort(401)
+        if request.path.startswith("/api/") or request.method != "GET":
+            abort(401)
+        return redirect(url_for("auth.login", next=request.path))  # type: ignore[return-value]
     if declared == LOGIN:
         return
     if not has_permission(user, declared):  # type: ignore[arg-type]
-        g.denied_permission = str(declared)
+        _record_denial(endpoint, f"missing permission {declared}")
         abort(403)
+
+
+def _record_denial(endpoint: str, reason: str) -> None:
+    """Every refusal is evidence: write it to the audit log in its own small transaction."""
+    from tre.core.audit import DENIED
+    from tre.core.db import transaction
+
+    platform = current_app.extensions["tre.platform"]
+    user = g.get("user")
+    with transaction(platform.db.session) as s:
+        platform.audit.record(
+            s, "access.denied", actor_id=user.id if user else None, outcome=DENIED,
+            target_type="route", target_id=endpoint[:64], request_id=g.get("request_id"),
+            detail={"reason": reason, "method": request.method},
+        )

@@ -12,6 +12,7 @@ from flask import Flask, g, request, url_for
 from flask_wtf.csrf import CSRFProtect
 
 from tre import access, errors, health
+from tre.authn import load_current_user
 from tre.core.config import Settings
 from tre.core.db import Database
 
@@ -55,6 +56,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     _import_models()
 
+    from tre.core.platform import build_platform, initialise_keys
+
+    initialise_keys(settings)
+    platform = build_platform(settings, db)
+    app.extensions["tre.platform"] = platform
+
     from tre.core.queue import make_celery
 
     app.extensions["celery"] = make_celery(app)
@@ -64,8 +71,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from tre import api as api_package
     from tre.web import bp as web_bp
+    from tre.web.auth import bp as auth_bp
 
     app.register_blueprint(web_bp)
+    app.register_blueprint(auth_bp)
     app.register_blueprint(health.bp)
     api = api_package.init_app(app)
     # The API authenticates with bearer tokens, never cookies, so CSRF does not apply to it.
@@ -74,6 +83,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             csrf.exempt(blueprint)
 
     app.before_request(_begin_request)
+    app.before_request(load_current_user)
     app.before_request(access.enforce_declared_access)
     app.after_request(_security_headers)
     app.context_processor(_template_context)
@@ -82,7 +92,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _import_models() -> None:
     """Import every module that defines tables so the metadata is whole (for Alembic and tests)."""
-    import tre.core.jobs  # noqa: F401
+    import tre.models  # noqa: F401
 
 
 def _secret_key(instance: Path) -> str:
@@ -105,7 +115,6 @@ def _begin_request() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     # Accept a caller's id only if it is short and plain, so it cannot smuggle anything into logs.
     g.request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
-    g.user = None
 
 
 def _security_headers(response: Any) -> Any:

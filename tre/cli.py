@@ -79,9 +79,66 @@ def init() -> None:
     settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
     from tre.app import create_app
 
-    create_app()  # creates the session secret on first run
+    create_app()  # creates the session secret and the keys on first run
     migrate.upgrade(settings.database_url)
     click.echo(f"instance ready in {settings.instance_path}")
+
+
+# --- audit ----------------------------------------------------------------------------------------
+
+
+@main.group("audit")
+def audit_cli() -> None:
+    """The audit log."""
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Check every link of the audit chain; report the first broken one and exit non-zero."""
+    from tre.app import create_app
+    from tre.core.audit import iter_events
+
+    app = create_app()
+    platform = app.extensions["tre.platform"]
+    with platform.db.session_factory() as s:
+        report = platform.audit.verify(iter_events(s))
+    if report.ok:
+        click.echo(f"audit chain intact: {report.checked} events verified")
+        return
+    click.echo(
+        f"AUDIT CHAIN BROKEN at event {report.first_broken_seq}: {report.problem} "
+        f"({report.checked} events before it verified)",
+        err=True,
+    )
+    sys.exit(1)
+
+
+# --- people ---------------------------------------------------------------------------------------
+
+
+@main.group("users")
+def users_cli() -> None:
+    """Accounts (the first administrator; everything else is in the web pages and the API)."""
+
+
+@users_cli.command("create-admin")
+@click.option("--email", required=True)
+@click.option("--name", "display_name", required=True)
+@click.password_option()
+def users_create_admin(email: str, display_name: str, password: str) -> None:
+    """Create an administrator account; allowed from the command line of the server only."""
+    from tre.app import create_app
+    from tre.core.identity import Identity, IdentityError
+
+    app = create_app()
+    p = app.extensions["tre.platform"]
+    try:
+        Identity(p.db.session, p.keys, p.audit).create_user(
+            None, email, display_name, ["administrator"], password, bootstrap=True
+        )
+    except IdentityError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created administrator {email}")
 
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -212,14 +269,14 @@ def _print_demo_logins(settings: Settings) -> None:
 
 def _register_subcommands() -> None:
     from tre.demo.cli import demo_cli
+    from tre.demo.commands import code_command, load_command
 
+    demo_cli.add_command(load_command)
+    demo_cli.add_command(code_command)
     main.add_command(demo_cli)
 
 
-try:
-    _register_subcommands()
-except ImportError:  # pragma: no cover - the demo package is optional in slim deployments
-    pass
+_register_subcommands()
 
 
 if __name__ == "__main__":  # pragma: no cover

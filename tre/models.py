@@ -6,6 +6,6 @@ Alembic's environment and the tests import this; add a module here when it gains
 from __future__ import annotations
 
 from tre.core.db import Base
-from tre.core import jobs  # noqa: F401
+from tre.core import audit, identity, jobs  # noqa: F401
 
 metadata = Base.metadata

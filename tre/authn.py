@@ -1,0 +1,99 @@
+"""Who is asking: a signed-in person (cookie session, after both factors) or an API token.
+
+Runs before every request and sets ``g.user`` only for a fully authenticated, active person.
+A session cookie counts only while its ``epoch`` matches the account's (signing out, a password
+reset or deactivation bumps it, so every older cookie stops working at once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import current_app, g, request, session
+from sqlalchemy import select
+
+from tre.core.db import utcnow
+from tre.core.identity import PersonalApiToken, User
+from tre.core.tokens import (
+    PERSONAL_TOKEN_PREFIX,
+    InvalidToken,
+    personal_token_lookup_prefix,
+    personal_token_matches,
+)
+
+API_AUDIENCE = "tre-api"
+SESSION_IDLE_LIMIT = dt.timedelta(minutes=30)
+
+
+def platform() -> Any:
+    return current_app.extensions["tre.platform"]
+
+
+def load_current_user() -> None:
+    g.user = None
+    g.token_claims = None
+    header = request.headers.get("Authorization", "")
+    if request.path.startswith("/api/"):
+        if header.startswith("Bearer "):
+            _load_from_bearer(header[len("Bearer ") :].strip())
+        return  # the API never trusts the cookie, so cross-site requests cannot ride a session
+    _load_from_session()
+
+
+def _load_from_session() -> None:
+    uid = session.get("uid")
+    if not uid:
+        return
+    last_seen = session.get("seen")
+    now = int(utcnow().timestamp())
+    if last_seen is None or now - int(last_seen) > SESSION_IDLE_LIMIT.total_seconds():
+        session.clear()
+        return
+    user = platform().db.session.get(User, uid)
+    if user is None or not user.is_active or user.session_epoch != session.get("epoch") or not user.mfa_enrolled:
+        session.clear()
+        return
+    session["seen"] = now
+    g.user = user
+
+
+def start_session(user: User) -> None:
+    """Begin a fresh session (a new cookie, so a planted one cannot be fixed on the person)."""
+    session.clear()
+    session.permanent = True
+    session["uid"] = user.id
+    session["epoch"] = user.session_epoch
+    session["seen"] = int(utcnow().timestamp())
+
+
+def _load_from_bearer(token: str) -> None:
+    db = platform().db
+    if token.startswith(PERSONAL_TOKEN_PREFIX):
+        prefix = personal_token_lookup_prefix(token)
+        row = db.session.scalar(select(PersonalApiToken).where(PersonalApiToken.lookup_prefix == prefix))
+        if row is None or row.revoked_at is not None or row.expires_at < utcnow():
+            return
+        if not personal_token_matches(token, row.token_hash):
+            return
+        user = db.session.get(User, row.user_id)
+        if user is not None and user.is_active and user.mfa_enrolled:
+            g.user = user
+        return
+    try:
+        claims = platform().tokens.verify(token, audience=API_AUDIENCE)
+    except InvalidToken as refused:
+        g.token_refusal = str(refused.reason)
+        return
+    user = db.session.get(User, claims.subject)
+    if user is None or not user.is_active:
+        return
+    g.user = user
+    g.token_claims = claims
+
+
+def identity_service() -> Any:
+    from tre.core.identity import Identity
+
+    p = platform()
+    return Identity(p.db.session, p.keys, p.audit, request_id=g.get("request_id"))

@@ -1,0 +1,221 @@
+"""The audit log: append-only events chained with a keyed hash.
+
+Every state change, sign-in, refusal, data access and download writes one event *in the same
+transaction* as the change it records, so the log never claims something that did not happen and
+nothing happens unrecorded. Each event's ``chain_hash`` is HMAC-SHA256 over the previous event's
+hash and this event's canonical content, with a key from the key provider: someone who can write
+to the database but does not hold the key cannot edit, delete, insert or reorder events without
+``verify_chain`` finding the first broken link. Events carry no foreign keys, so they never block
+deleting live rows, and they hold ids, never names, NHS numbers or secrets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import DDL, BigInteger, Index, Integer, String, event, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tre.core.db import Base, utcnow
+
+GENESIS = "0" * 64
+CHAIN_KEY_PURPOSE = "audit-chain"
+
+SUCCESS, DENIED, FAILURE = "success", "denied", "failure"
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_actor_time", "actor_id", "occurred_at"),
+        Index("ix_audit_events_project_time", "project_id", "occurred_at"),
+        Index("ix_audit_events_action", "action"),
+    )
+
+    # An integer sequence gives the chain its order; SQLite needs INTEGER for autoincrement.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(100))
+    outcome: Mapped[str] = mapped_column(String(20), default=SUCCESS)
+    target_type: Mapped[str | None] = mapped_column(String(50))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    chain_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# The database refuses changes to written events, on both backends. (The chain still catches
+# anyone who drops the trigger: it is a second wall, not the only one.)
+_SQLITE_TRIGGERS = [
+    "CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END",
+]
+_POSTGRES_TRIGGERS = [
+    "CREATE OR REPLACE FUNCTION audit_events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'audit events are append-only'; END $$",
+    "CREATE TRIGGER audit_events_no_update_or_delete BEFORE UPDATE OR DELETE ON audit_events "
+    "FOR EACH ROW EXECUTE FUNCTION audit_events_refuse_change()",
+    "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_refuse_change()",
+]
+
+
+def append_only_ddl(dialect: str) -> list[str]:
+    """The statements that make the table append-only; migrations run the same ones."""
+    return _POSTGRES_TRIGGERS if dialect == "postgresql" else _SQLITE_TRIGGERS
+
+
+for _statement in _SQLITE_TRIGGERS:
+    event.listen(AuditEvent.__table__, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
+for _statement in _POSTGRES_TRIGGERS:
+    event.listen(AuditEvent.__table__, "after_create", DDL(_statement).execute_if(dialect="postgresql"))
+
+
+def _canonical(
+    seq: int,
+    occurred_at: dt.datetime,
+    actor_id: str | None,
+    action: str,
+    outcome: str,
+    target_type: str | None,
+    target_id: str | None,
+    project_id: str | None,
+    request_id: str | None,
+    detail: dict[str, Any],
+) -> bytes:
+    # Microsecond UTC text so SQLite and PostgreSQL round-trip the same value.
+    stamp = occurred_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = [seq, stamp, actor_id, action, outcome, target_type, target_id, project_id, request_id, detail]
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+
+
+def link_hash(key: bytes, prev_hash: str, content: bytes) -> str:
+    return hmac.new(key, prev_hash.encode() + b"\n" + content, hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    """Writes events into the caller's session; the caller's commit makes them permanent."""
+
+    def __init__(self, chain_key: bytes) -> None:
+        self._key = chain_key
+
+    def __repr__(self) -> str:
+        return "AuditLog(<key hidden>)"
+
+    def record(
+        self,
+        session: Session,
+        action: str,
+        *,
+        actor_id: str | None,
+        outcome: str = SUCCESS,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        project_id: str | None = None,
+        request_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        _lock_chain(session)
+        last = session.execute(
+            select(AuditEvent.seq, AuditEvent.chain_hash).order_by(AuditEvent.seq.desc()).limit(1)
+        ).first()
+        prev_seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+        seq = prev_seq + 1
+        occurred_at = utcnow()
+        detail = _plain(detail or {})
+        content = _canonical(
+            seq, occurred_at, actor_id, action, outcome, target_type, target_id, project_id, request_id, detail
+        )
+        row = AuditEvent(
+            seq=seq,
+            occurred_at=occurred_at,
+            actor_id=actor_id,
+            action=action,
+            outcome=outcome,
+            target_type=target_type,
+            target_id=target_id,
+            project_id=project_id,
+            request_id=request_id,
+            detail=detail,
+            prev_hash=prev_hash,
+            chain_hash=link_hash(self._key, prev_hash, content),
+        )
+        session.add(row)
+        session.flush()
+        return row
+
+    def verify(self, events: Iterable[AuditEvent]) -> ChainReport:
+        return verify_chain(self._key, events)
+
+
+def _plain(detail: dict[str, Any]) -> dict[str, Any]:
+    """Round-trip through JSON so what is hashed is exactly what the database will return."""
+    return json.loads(json.dumps(detail, sort_keys=True, default=str))
+
+
+def _lock_chain(session: Session) -> None:
+    """Serialise writers so two transactions never chain onto the same previous event."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(7340031)"))
+    # SQLite: every transaction begins IMMEDIATE (see tre.core.db), which already serialises writers.
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    ok: bool
+    first_broken_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(key: bytes, events: Iterable[AuditEvent]) -> ChainReport:
+    """Walk events in sequence order and report the first one whose link does not hold."""
+    prev_hash = GENESIS
+    expected_seq = 1
+    checked = 0
+    for ev in events:
+        if ev.seq != expected_seq:
+            problem = "an event is missing before this one" if ev.seq > expected_seq else "events out of order"
+            return ChainReport(checked, False, ev.seq, problem)
+        if ev.prev_hash != prev_hash:
+            return ChainReport(checked, False, ev.seq, "does not follow the previous event")
+        content = _canonical(
+            ev.seq, ev.occurred_at, ev.actor_id, ev.action, ev.outcome, ev.target_type, ev.target_id,
+            ev.project_id, ev.request_id, ev.detail,
+        )
+        if not hmac.compare_digest(link_hash(key, prev_hash, content), ev.chain_hash):
+            return ChainReport(checked, False, ev.seq, "content was changed or the event was forged")
+        prev_hash = ev.chain_hash
+        expected_seq += 1
+        checked += 1
+    return ChainReport(checked, True)
+
+
+def iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
+    """Every event in chain order, read in batches so a long log does not fill memory.
+
+    Give it a session of its own: it expunges what it has read as it goes.
+    """
+    last = 0
+    while True:
+        rows = session.scalars(
+            select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].seq
+        session.expunge_all()

@@ -1,0 +1,490 @@
+"""People: accounts, roles, passwords (argon2id), TOTP multi-factor authentication, lockout,
+administrator-issued reset links, personal API tokens and the token revocation list.
+
+The services here each run one use case in one transaction with its audit event: they check
+policy and permission, change state, record, commit — or change nothing and raise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import CheckConstraint, ForeignKey, LargeBinary, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from tre.core.audit import DENIED, FAILURE, AuditLog
+from tre.core.db import Base, new_id, transaction, utcnow
+from tre.core.keys import KeyProvider
+from tre.core.permissions import Permission, Role, has_permission
+
+MAX_FAILED_LOGINS = 5
+LOCKOUT = dt.timedelta(minutes=15)
+RESET_LINK_LIFETIME = dt.timedelta(hours=24)
+RECOVERY_CODE_COUNT = 10
+MIN_PASSWORD_LENGTH = 12
+TOTP_ISSUER = "NHS Trusted Research Environment"
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verifying against this keeps a login for an unknown email as slow as one for a known email.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class IdentityError(Exception):
+    """A request about a person that cannot be carried out; the message is safe to show."""
+
+
+class AuthenticationFailed(IdentityError):
+    pass
+
+
+class PermissionDenied(IdentityError):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("email = lower(email)", name="email_lowercase"),
+        CheckConstraint("failed_login_count >= 0", name="failures_non_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    mfa_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    mfa_enrolled_at: Mapped[dt.datetime | None]
+    mfa_last_step: Mapped[int | None]  # the last TOTP time step accepted, so a code works once
+    failed_login_count: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[dt.datetime | None]
+    # Bumped on sign-out, password change or reset: every older session cookie stops working.
+    session_epoch: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[dt.datetime | None]
+
+    roles: Mapped[list[UserRole]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def role_names(self) -> list[str]:
+        return sorted(r.role for r in self.roles)
+
+    @property
+    def mfa_enrolled(self) -> bool:
+        return self.mfa_enrolled_at is not None
+
+    def has(self, permission: Permission) -> bool:
+        return has_permission(self, permission)
+
+
+class UserRole(Base):
+    __tablename__ = "user_roles"
+    __table_args__ = (CheckConstraint(f"role IN {tuple(r.value for r in Role)!r}", name="role_known"),)
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(50), primary_key=True)
+    granted_by: Mapped[str | None] = mapped_column(String(32))
+    granted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="roles")
+
+
+class RecoveryCode(Base):
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[dt.datetime | None]
+
+
+class PasswordResetLink(Base):
+    __tablename__ = "password_reset_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    issued_by: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
+class PersonalApiToken(Base):
+    __tablename__ = "personal_api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    lookup_prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]
+
+
+class TokenUse(Base):
+    """Revoked token ids, and single-use token ids already spent. Pruned after they expire."""
+
+    __tablename__ = "token_uses"
+    __table_args__ = (CheckConstraint("kind IN ('revoked', 'consumed')", name="kind_known"),)
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    expires_at: Mapped[dt.datetime]
+    recorded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    if "@" not in email or len(email) > 320 or email.startswith("@") or email.endswith("@"):
+        raise IdentityError("Enter an email address in the correct format, like name@example.nhs.uk")
+    return email
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise IdentityError(f"Password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > 1024:
+        raise IdentityError("Password must be 1024 characters or fewer")
+
+
+@dataclass
+class Identity:
+    """What the identity services need: the session, the key provider and the audit log."""
+
+    session: Session
+    keys: KeyProvider
+    audit: AuditLog
+    request_id: str | None = None
+
+    # --- accounts ---------------------------------------------------------------------------------
+
+    def create_user(
+        self,
+        actor: User | None,
+        email: str,
+        display_name: str,
+        roles: list[str],
+        password: str | None = None,
+        *,
+        bootstrap: bool = False,
+    ) -> User:
+        """Create an account. Only administrators may, except when setting up an empty instance."""
+        if not bootstrap:
+            self._require(actor, Permission.USER_MANAGE, "user.create")
+        email = normalise_email(email)
+        display_name = (display_name or "").strip()
+        if not display_name or len(display_name) > 200:
+            raise IdentityError("Enter the person's name (200 characters at most)")
+        unknown = [r for r in roles if r not in {x.value for x in Role}]
+        if unknown:
+            raise IdentityError(f"Unknown role: {', '.join(unknown)}")
+        if password is not None:
+            check_password_policy(password)
+        with transaction(self.session) as s:
+            if s.scalar(select(User).where(User.email == email)) is not None:
+                raise IdentityError("An account with that email address already exists")
+            user = User(email=email, display_name=display_name)
+            user.password_hash = _hasher.hash(password) if password else None
+            actor_id = actor.id if actor else None
+            user.roles = [UserRole(role=r, granted_by=actor_id) for r in sorted(set(roles))]
+            s.add(user)
+            s.flush()
+            self.audit.record(
+                s, "user.create", actor_id=actor_id, target_type="user", target_id=user.id,
+                request_id=self.request_id, detail={"roles": sorted(set(roles))},
+            )
+        return user
+
+    def set_roles(self, actor: User, user_id: str, roles: list[str]) -> User:
+        self._require(actor, Permission.USER_MANAGE, "user.set_roles")
+        unknown = [r for r in roles if r not in {x.value for x in Role}]
+        if unknown:
+            raise IdentityError(f"Unknown role: {', '.join(unknown)}")
+        with transaction(self.session) as s:
+            user = self._get(s, user_id)
+            before = user.role_names
+            if actor.id == user.id and Role.ADMINISTRATOR.value in before and Role.ADMINISTRATOR.value not in roles:
+                raise IdentityError("You cannot remove your own administrator role")
+            user.roles = [UserRole(role=r, granted_by=actor.id) for r in sorted(set(roles))]
+            self.audit.record(
+                s, "user.set_roles", actor_id=actor.id, target_type="user", target_id=user.id,
+                request_id=self.request_id, detail={"before": before, "after": sorted(set(roles))},
+            )
+        return user
+
+    def set_active(self, actor: User, user_id: str, active: bool) -> User:
+        self._require(actor, Permission.USER_MANAGE, "user.set_active")
+        with transaction(self.session) as s:
+            user = self._get(s, user_id)
+            if actor.id == user.id and not active:
+                raise IdentityError("You cannot deactivate your own account")
+            user.is_active = active
+            user.session_epoch += 1
+            if active:
+                user.failed_login_count = 0
+                user.locked_until = None
+            self.audit.record(
+                s, "user.activate" if active else "user.deactivate", actor_id=actor.id,
+                target_type="user", target_id=user.id, request_id=self.request_id,
+            )
+        return user
+
+    # --- signing in -------------------------------------------------------------------------------
+
+    def authenticate(self, email: str, password: str) -> User:
+        """Check an email and password; count failures and lock the account after too many.
+
+        The error never says whether the email exists (no account enumeration).
+        """
+        generic = AuthenticationFailed("Enter a correct email address and password")
+        try:
+            email = normalise_email(email)
+        except IdentityError:
+            _hasher.verify(_DUMMY_HASH, "not-the-password") if False else None  # noqa: B018
+            raise generic from None
+        now = utcnow()
+        with transaction(self.session) as s:
+            user = s.scalar(select(User).where(User.email == email))
+            if user is None or user.password_hash is None:
+                _verify_quietly(_DUMMY_HASH, password)
+                self.audit.record(
+                    s, "auth.login", actor_id=None, outcome=FAILURE, request_id=self.request_id,
+                    detail={"reason": "unknown account or no password"},
+                )
+                failed: AuthenticationFailed | None = generic
+            elif user.locked_until is not None and user.locked_until > now:
+                self.audit.record(
+                    s, "auth.login", actor_id=user.id, outcome=DENIED, request_id=self.request_id,
+                    detail={"reason": "account locked"},
+                )
+                failed = AuthenticationFailed(
+                    "Your account is locked after too many failed attempts. Try again later or ask an administrator"
+                )
+            elif not _verify_quietly(user.password_hash, password) or not user.is_active:
+                user.failed_login_count += 1
+                reason = "wrong password" if user.is_active else "account inactive"
+                if user.failed_login_count >= MAX_FAILED_LOGINS:
+                    user.locked_until = now + LOCKOUT
+                    reason += "; account locked"
+                self.audit.record(
+                    s, "auth.login", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                    detail={"reason": reason, "failed_count": user.failed_login_count},
+                )
+                failed = generic
+            else:
+                user.failed_login_count = 0
+                user.locked_until = None
+                user.last_login_at = now
+                if _hasher.check_needs_rehash(user.password_hash):
+                    user.password_hash = _hasher.hash(password)
+                self.audit.record(
+                    s, "auth.password_ok", actor_id=user.id, request_id=self.request_id,
+                    detail={"mfa_required": True},
+                )
+                failed = None
+        if failed is not None:
+            raise failed
+        assert user is not None
+        return user
+
+    # --- multi-factor authentication --------------------------------------------------------------
+
+    def start_mfa_enrolment(self, user: User) -> str:
+        """A fresh TOTP secret for the person to add to their authenticator app (not yet active)."""
+        if user.mfa_enrolled:
+            raise IdentityError("Multi-factor authentication is already set up")
+        return pyotp.random_base32()
+
+    @staticmethod
+    def provisioning_uri(user: User, secret: str) -> str:
+        return pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=TOTP_ISSUER)
+
+    def finish_mfa_enrolment(self, user_id: str, secret: str, code: str) -> list[str]:
+        """Activate MFA once the person proves their app works; returns one-time recovery codes."""
+        with transaction(self.session) as s:
+            user = self._get(s, user_id)
+            if user.mfa_enrolled:
+                raise IdentityError("Multi-factor authentication is already set up")
+            step = _matching_step(secret, code, after=None)
+            if step is None:
+                self.audit.record(
+                    s, "auth.mfa_enrol", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                    detail={"reason": "wrong code"},
+                )
+                s.commit()
+                raise AuthenticationFailed("The code is not correct. Check the time on your device and try again")
+            user.mfa_secret_sealed = self.keys.seal(secret.encode(), f"totp:{user.id}")
+            user.mfa_enrolled_at = utcnow()
+            user.mfa_last_step = step
+            codes = [f"{secrets.token_hex(3)}-{secrets.token_hex(3)}" for _ in range(RECOVERY_CODE_COUNT)]
+            for old in s.scalars(select(RecoveryCode).where(RecoveryCode.user_id == user.id)):
+                s.delete(old)
+            for c in codes:
+                s.add(RecoveryCode(user_id=user.id, code_hash=_sha256(c)))
+            self.audit.record(s, "auth.mfa_enrol", actor_id=user.id, request_id=self.request_id)
+        return codes
+
+    def verify_second_factor(self, user_id: str, code: str) -> User:
+        """Accept a TOTP code (each time step once) or an unused recovery code."""
+        code = (code or "").strip().replace(" ", "")
+        with transaction(self.session) as s:
+            user = self._get(s, user_id)
+            if not user.is_active or user.mfa_secret_sealed is None:
+                raise AuthenticationFailed("Multi-factor authentication is not set up for this account")
+            if user.locked_until is not None and user.locked_until > utcnow():
+                raise AuthenticationFailed("Your account is locked after too many failed attempts")
+            secret = self.keys.unseal(user.mfa_secret_sealed, f"totp:{user.id}").decode()
+            step = _matching_step(secret, code, after=user.mfa_last_step)
+            used_recovery = False
+            if step is None and "-" in code:
+                rc = s.scalar(
+                    select(RecoveryCode).where(
+                        RecoveryCode.user_id == user.id,
+                        RecoveryCode.code_hash == _sha256(code.lower()),
+                        RecoveryCode.used_at.is_(None),
+                    )
+                )
+                if rc is not None:
+                    rc.used_at = utcnow()
+                    used_recovery = True
+            if step is None and not used_recovery:
+                user.failed_login_count += 1
+                if user.failed_login_count >= MAX_FAILED_LOGINS:
+                    user.locked_until = utcnow() + LOCKOUT
+                self.audit.record(
+                    s, "auth.mfa", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                    detail={"failed_count": user.failed_login_count},
+                )
+                s.commit()
+                raise AuthenticationFailed("The code is not correct")
+            if step is not None:
+                user.mfa_last_step = step
+            user.failed_login_count = 0
+            self.audit.record(
+                s, "auth.login", actor_id=user.id, request_id=self.request_id,
+                detail={"second_factor": "recovery code" if used_recovery else "totp"},
+            )
+        return user
+
+    # --- sign-out and password reset -------------------------------------------------------------
+
+    def sign_out(self, user_id: str) -> None:
+        with transaction(self.session) as s:
+            user = self._get(s, user_id)
+            user.session_epoch += 1
+            self.audit.record(s, "auth.logout", actor_id=user.id, request_id=self.request_id)
+
+    def issue_reset_link(self, actor: User, user_id: str) -> str:
+        """An administrator issues a single-use link; the token is shown once and stored hashed."""
+        self._require(actor, Permission.USER_MANAGE, "user.issue_reset")
+        token = secrets.token_urlsafe(32)
+        with transaction(self.session) as s:
+            user = self._get(s, user_id)
+            for old in s.scalars(
+                select(PasswordResetLink).where(
+                    PasswordResetLink.user_id == user.id, PasswordResetLink.used_at.is_(None)
+                )
+            ):
+                old.used_at = utcnow()  # a new link cancels any earlier one
+            s.add(
+                PasswordResetLink(
+                    user_id=user.id, token_hash=_sha256(token), issued_by=actor.id,
+                    expires_at=utcnow() + RESET_LINK_LIFETIME,
+                )
+            )
+            self.audit.record(
+                s, "user.issue_reset", actor_id=actor.id, target_type="user", target_id=user.id,
+                request_id=self.request_id,
+            )
+        return token
+
+    def reset_password(self, token: str, new_password: str) -> User:
+        check_password_policy(new_password)
+        with transaction(self.session) as s:
+            link = s.scalar(select(PasswordResetLink).where(PasswordResetLink.token_hash == _sha256(token or "")))
+            if link is None or link.used_at is not None or link.expires_at < utcnow():
+                raise IdentityError("This link has expired or has already been used. Ask an administrator for a new one")
+            user = self._get(s, link.user_id)
+            link.used_at = utcnow()
+            user.password_hash = _hasher.hash(new_password)
+            user.failed_login_count = 0
+            user.locked_until = None
+            user.session_epoch += 1
+            # A reset also resets MFA: the person enrols again at their next sign-in.
+            user.mfa_secret_sealed = None
+            user.mfa_enrolled_at = None
+            user.mfa_last_step = None
+            self.audit.record(s, "auth.password_reset", actor_id=user.id, target_type="user",
+                              target_id=user.id, request_id=self.request_id)
+        return user
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _get(self, s: Session, user_id: str) -> User:
+        user = s.get(User, user_id)
+        if user is None:
+            raise IdentityError("No such account")
+        return user
+
+    def _require(self, actor: User | None, permission: Permission, action: str) -> None:
+        if actor is None or not has_permission(actor, permission):
+            with transaction(self.session) as s:
+                self.audit.record(
+                    s, action, actor_id=actor.id if actor else None, outcome=DENIED,
+                    request_id=self.request_id, detail={"missing_permission": str(permission)},
+                )
+            raise PermissionDenied("You do not have permission to do that")
+
+
+def _verify_quietly(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def _matching_step(secret: str, code: str, after: int | None) -> int | None:
+    """The TOTP time step ``code`` matches (now, or one step either side), if later than ``after``."""
+    code = (code or "").strip().replace(" ", "")
+    if not (code.isdigit() and len(code) == 6):
+        return None
+    totp = pyotp.TOTP(secret)
+    now_step = int(utcnow().timestamp()) // totp.interval
+    for step in (now_step - 1, now_step, now_step + 1):
+        if after is not None and step <= after:
+            continue
+        if secrets.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def current_totp(secret: str) -> str:
+    """The code an authenticator app would show now (demo tooling and tests)."""
+    return pyotp.TOTP(secret).now()
+
+
+def describe(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "roles": user.role_names,
+        "is_active": user.is_active,
+        "mfa_enrolled": user.mfa_enrolled,
+        "locked": bool(user.locked_until and user.locked_until > utcnow()),
+    }

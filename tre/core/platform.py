@@ -1,0 +1,106 @@
+"""The kernel's services, built once per process from the settings: database, keys, audit log,
+file store and token service. The web app, the workers and the CLI all hold one of these."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from tre.core.audit import CHAIN_KEY_PURPOSE, AuditLog
+from tre.core.config import Settings
+from tre.core.db import Database, utcnow
+from tre.core.filestore import LocalFileStore
+from tre.core.identity import TokenUse
+from tre.core.keys import KeyProvider, default_key_provider
+from tre.core.tokens import SigningKeyring, TokenService
+
+CHAIN_KEY_FILE = "audit-chain.key"
+
+
+class PlatformNotInitialised(RuntimeError):
+    """The instance has no keys yet: run ``tre init``."""
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    keys: KeyProvider
+    audit: AuditLog
+    files: LocalFileStore
+    tokens: TokenService
+
+    def __repr__(self) -> str:
+        return f"Platform(instance={self.settings.instance_path})"
+
+
+def initialise_keys(settings: Settings) -> None:
+    """Create the master key, the audit chain key and the signing keys if absent. Safe to repeat."""
+    keys = default_key_provider(settings.instance_path)
+    initialise = getattr(keys, "initialise", None)
+    path = getattr(keys, "path", None)
+    if initialise is not None and path is not None and not Path(path).exists():
+        initialise()
+    chain = settings.instance_path / CHAIN_KEY_FILE
+    if not chain.exists():
+        _, wrapped = keys.new_wrapped_key(CHAIN_KEY_PURPOSE)
+        _write_private(chain, wrapped)
+    SigningKeyring.in_instance(settings.instance_path, keys)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def build_platform(settings: Settings, db: Database) -> Platform:
+    keys = default_key_provider(settings.instance_path)
+    chain = settings.instance_path / CHAIN_KEY_FILE
+    if not chain.exists():
+        raise PlatformNotInitialised(f"no keys in {settings.instance_path}: run `tre init` first")
+    chain_key = keys.unwrap_key(chain.read_bytes(), CHAIN_KEY_PURPOSE)
+    files = LocalFileStore(settings.instance_path / "files", keys, max_bytes=settings.max_upload_bytes)
+    ring = SigningKeyring.in_instance(settings.instance_path, keys)
+
+    def is_revoked(jti: str) -> bool:
+        with db.session_factory() as s:
+            return s.scalar(select(TokenUse.jti).where(TokenUse.jti == jti, TokenUse.kind == "revoked")) is not None
+
+    def consume(jti: str, expires_at: dt.datetime) -> bool:
+        # The primary key makes spending a single-use token atomic across every process.
+        with db.session_factory() as s:
+            s.add(TokenUse(jti=jti, kind="consumed", expires_at=expires_at))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return False
+            return True
+
+    tokens = TokenService(ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume)
+    return Platform(settings, db, keys, AuditLog(chain_key), files, tokens)
+
+
+def revoke_token(db: Database, jti: str, expires_at: dt.datetime) -> None:
+    with db.session_factory() as s:
+        existing = s.get(TokenUse, jti)
+        if existing is None:
+            s.add(TokenUse(jti=jti, kind="revoked", expires_at=expires_at))
+        else:
+            existing.kind = "revoked"
+        s.commit()
+
+
+def prune_token_uses(db: Database) -> int:
+    from sqlalchemy import delete
+
+    with db.session_factory() as s:
+        result = s.execute(delete(TokenUse).where(TokenUse.expires_at < utcnow()))
+        s.commit()
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

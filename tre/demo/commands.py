@@ -1,0 +1,52 @@
+"""``tre demo load`` and ``tre demo code``: demo accounts and data for a newcomer's first run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tre.core.config import Settings
+
+DEMO_PATIENTS = 100_000
+
+
+@click.command("load")
+@click.option("--patients", type=click.IntRange(min=1), default=DEMO_PATIENTS, show_default=True)
+def load_command(patients: int) -> None:
+    """Create the demo accounts and synthetic data (skips what is already there)."""
+    settings = Settings.from_env()
+    if settings.environment not in {"embedded", "development", "test"}:
+        raise click.ClickException("demo data is refused outside the embedded setup")
+    from tre.app import create_app
+    from tre.core.identity import Identity
+    from tre.demo.accounts import load_accounts
+
+    app = create_app()
+    p = app.extensions["tre.platform"]
+    with app.app_context():
+        accounts = load_accounts(Identity(p.db.session, p.keys, p.audit), settings.instance_path)
+        click.echo(f"{len(accounts)} demo accounts ready")
+        data_dir = settings.instance_path / "demo-data"
+        if not (data_dir / "datasets.json").exists():
+            from tre.demo import synthetic
+
+            result = synthetic.generate(data_dir, patients=patients, progress=sys.stderr.isatty())
+            click.echo(f"synthetic data for {patients:,} patients in {data_dir}: {result['rows']}")
+        from tre.demo.catalogue import register_demo_datasets
+
+        register_demo_datasets(app, data_dir)
+
+
+@click.command("code")
+@click.argument("email")
+def code_command(email: str) -> None:
+    """Print the security code a demo account's authenticator app would show now."""
+    from tre.demo.accounts import current_code
+
+    settings = Settings.from_env()
+    try:
+        click.echo(current_code(Path(settings.instance_path), email))
+    except (KeyError, FileNotFoundError):
+        raise click.ClickException(f"{email} is not a demo account of this instance") from None
