@@ -114,8 +114,10 @@ def app(tmp_path: Path, database_url: str) -> Iterator[Any]:
     application = make_test_app(tmp_path / "instance", database_url)
     db = application.extensions["tre.db"]
     metadata.create_all(db.engine)
-    with application.app_context():
-        yield application
+    # No app context is held open here: each test-client request must get its own, as in
+    # production, or ``g`` (and the CSRF token cached in it) would leak between requests.
+    yield application
+    db.session.remove()
     db.dispose()
 
 
@@ -127,8 +129,8 @@ def sqlite_app(tmp_path: Path) -> Iterator[Any]:
     application = make_test_app(tmp_path / "instance", f"sqlite:///{tmp_path / 'tre.sqlite'}")
     db = application.extensions["tre.db"]
     metadata.create_all(db.engine)
-    with application.app_context():
-        yield application
+    yield application
+    db.session.remove()
     db.dispose()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, g, request, url_for
 from flask_wtf.csrf import CSRFProtect
 
-from tre import access, errors, health
+from tre import access, errors
 from tre.authn import load_current_user
 from tre.core.config import Settings
 from tre.core.db import Database
@@ -70,17 +70,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
 
     from tre import api as api_package
-    from tre.web import bp as web_bp
-    from tre.web.auth import bp as auth_bp
+    from tre.blueprints import register_pages
 
-    app.register_blueprint(web_bp)
-    app.register_blueprint(auth_bp)
-    app.register_blueprint(health.bp)
-    api = api_package.init_app(app)
-    # The API authenticates with bearer tokens, never cookies, so CSRF does not apply to it.
-    for blueprint in api._app.blueprints.values():  # noqa: SLF001
-        if blueprint.name not in {"web", "health"}:
-            csrf.exempt(blueprint)
+    register_pages(app)
+    api_package.init_app(app)
 
     app.before_request(_begin_request)
     app.before_request(load_current_user)
@@ -140,6 +133,29 @@ def _link(endpoint: str, fallback: str = "web.about") -> str:
     return url_for(endpoint if endpoint in current_app.view_functions else fallback)
 
 
+def _nav_for(user: Any) -> list[tuple[str, str]]:
+    """The header menu: one entry for each area the person's roles open, nothing else."""
+    from flask import current_app
+
+    from tre.core.permissions import Permission, has_permission
+
+    if user is None:
+        return []
+    entries = [
+        (Permission.PROJECT_VIEW_OWN, "My projects", "projects.index"),
+        (Permission.CATALOGUE_BROWSE, "Datasets", "catalogue.index"),
+        (Permission.APPLICATION_REVIEW, "Applications", "dac.queue"),
+        (Permission.OUTPUT_REVIEW, "Output checking", "outputs.queue"),
+        (Permission.USER_MANAGE, "People", "admin.users"),
+        (Permission.AUDIT_VIEW, "Audit log", "audit.search"),
+    ]
+    return [
+        (label, url_for(endpoint))
+        for permission, label, endpoint in entries
+        if has_permission(user, permission) and endpoint in current_app.view_functions
+    ]
+
+
 def _template_context() -> dict[str, Any]:
     from flask import current_app
 
@@ -147,7 +163,7 @@ def _template_context() -> dict[str, Any]:
         "service_name": SERVICE_NAME,
         "current_user": g.get("user"),
         "endpoints": current_app.view_functions.keys(),
-        "nav_items": [],
+        "nav_for": _nav_for,
         "links": {
             "researcher": _link("projects.index"),
             "committee": _link("dac.queue"),

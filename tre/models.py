@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from tre.core.db import Base
 from tre.core import audit, identity, jobs  # noqa: F401
+import projects.models  # noqa: F401
 
 metadata = Base.metadata

@@ -115,6 +115,9 @@ def enrol() -> Any:
                 "auth/recovery_codes.html", title="Save your recovery codes", codes=codes,
                 next=_safe_next(next_url),
             )
+    elif sealed:
+        # Reloading the page keeps the secret the person may already have scanned.
+        secret = _unseal_enrolment(user.id, sealed)
     else:
         secret = service.start_mfa_enrolment(user)
         session["enrol_secret"] = _seal_enrolment(user.id, secret)

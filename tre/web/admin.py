@@ -1,0 +1,96 @@
+"""Administrators manage people: accounts, roles, activation and single-use reset links."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from tre.access import requires
+from tre.authn import identity_service, platform
+from tre.core.identity import IdentityError, User
+from tre.core.permissions import ROLE_LABELS, Permission, Role
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.get("/users")
+@requires(Permission.USER_MANAGE)
+def users() -> str:
+    people = platform().db.session.scalars(select(User).order_by(User.display_name)).all()
+    return render_template("admin/users.html", title="People", people=people, role_labels=ROLE_LABELS)
+
+
+@bp.route("/users/new", methods=["GET", "POST"])
+@requires(Permission.USER_MANAGE)
+def new_user() -> Any:
+    error = None
+    form = request.form
+    if request.method == "POST":
+        try:
+            user = identity_service().create_user(
+                g.user, form.get("email", ""), form.get("display_name", ""), form.getlist("roles")
+            )
+        except IdentityError as exc:
+            error = str(exc)
+        else:
+            flash(f"Account created for {user.display_name}. Issue a reset link so they can set a password.", "success")
+            return redirect(url_for("admin.user", user_id=user.id))
+    return render_template(
+        "admin/new_user.html", title="Add a person", error=error, form=form, roles=list(Role), role_labels=ROLE_LABELS
+    ), (400 if error else 200)
+
+
+def _get_user(user_id: str) -> User:
+    user = platform().db.session.get(User, user_id)
+    if user is None:
+        abort(404)
+    return user
+
+
+@bp.get("/users/<user_id>")
+@requires(Permission.USER_MANAGE)
+def user(user_id: str) -> str:
+    return render_template(
+        "admin/user.html", title="Manage account", person=_get_user(user_id), roles=list(Role),
+        role_labels=ROLE_LABELS, reset_link=None,
+    )
+
+
+@bp.post("/users/<user_id>/roles")
+@requires(Permission.USER_MANAGE)
+def set_roles(user_id: str) -> Any:
+    try:
+        identity_service().set_roles(g.user, _get_user(user_id).id, request.form.getlist("roles"))
+    except IdentityError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("Roles saved", "success")
+    return redirect(url_for("admin.user", user_id=user_id))
+
+
+@bp.post("/users/<user_id>/active")
+@requires(Permission.USER_MANAGE)
+def set_active(user_id: str) -> Any:
+    active = request.form.get("active") == "1"
+    try:
+        identity_service().set_active(g.user, _get_user(user_id).id, active)
+    except IdentityError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("Account reactivated" if active else "Account deactivated and signed out everywhere", "success")
+    return redirect(url_for("admin.user", user_id=user_id))
+
+
+@bp.post("/users/<user_id>/reset-link")
+@requires(Permission.USER_MANAGE)
+def reset_link(user_id: str) -> str:
+    person = _get_user(user_id)
+    token = identity_service().issue_reset_link(g.user, person.id)
+    # Shown once, to the administrator, to pass on by a trusted channel; stored only as a hash.
+    link = url_for("auth.reset", _external=True) + "#token=" + token
+    return render_template(
+        "admin/user.html", title="Manage account", person=person, roles=list(Role),
+        role_labels=ROLE_LABELS, reset_link=link,
+    )
