@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from tre import access, errors
 from tre.authn import load_current_user
+from tre.core.logs import request_id_var
 from tre.core.config import Settings
 from tre.core.db import Database
 
@@ -75,6 +76,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_pages(app)
     api_package.init_app(app)
 
+    from tre import metrics
+
+    metrics.init_app(app)
     app.before_request(_begin_request)
     app.before_request(load_current_user)
     app.before_request(access.enforce_declared_access)
@@ -100,14 +104,17 @@ def _secret_key(instance: Path) -> str:
 
 
 def _configure_logging(app: Flask, settings: Settings) -> None:
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    app.logger.setLevel(level)
+    from tre.core import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    app.logger.setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
 
 
 def _begin_request() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     # Accept a caller's id only if it is short and plain, so it cannot smuggle anything into logs.
     g.request_id = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
+    request_id_var.set(g.request_id)
 
 
 def _security_headers(response: Any) -> Any:

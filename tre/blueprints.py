@@ -12,12 +12,13 @@ from flask import Flask
 
 def page_blueprints() -> list[Any]:
     from tre.health import bp as health
+    from tre.metrics import bp as metrics
     from tre.web import bp as web
     from tre.web.admin import bp as admin
     from tre.web.audit import bp as audit
     from tre.web.auth import bp as auth
 
-    return [web, health, auth, admin, audit]
+    return [web, health, metrics, auth, admin, audit]
 
 
 def api_blueprints() -> list[Any]:

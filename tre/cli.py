@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,7 +223,11 @@ def _web_argv(settings: Settings) -> list[str]:
 def run() -> None:
     """Run the whole service on this machine (web server, worker, sweeper) until Ctrl-C."""
     settings = _settings()
-    env = dict(os.environ, TRE_INSTANCE_PATH=str(settings.instance_path))
+    # Web processes share request metrics through this folder, emptied at each start.
+    prom = settings.instance_path / "prometheus"
+    shutil.rmtree(prom, ignore_errors=True)
+    prom.mkdir(parents=True)
+    env = dict(os.environ, TRE_INSTANCE_PATH=str(settings.instance_path), PROMETHEUS_MULTIPROC_DIR=str(prom))
     procs: dict[str, subprocess.Popen[Any]] = {}
     commands = {"web": _web_argv(settings), "worker": _worker_argv(settings, beat=True)}
     for name, argv in commands.items():

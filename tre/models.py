@@ -8,5 +8,7 @@ from __future__ import annotations
 from tre.core.db import Base
 from tre.core import audit, identity, jobs  # noqa: F401
 import projects.models  # noqa: F401
+import projects.tasks  # noqa: F401  (registers the projects' job handlers)
+from tre.core import notifications  # noqa: F401
 
 metadata = Base.metadata

@@ -39,6 +39,10 @@ class Settings:
     # "development" relaxes nothing about security; it only allows plain-HTTP cookies on 127.0.0.1.
     environment: str = "embedded"
     log_level: str = "INFO"
+    # "text" reads well in a terminal on one machine; "json" is for log collectors in production.
+    log_format: str = "text"
+    # Bearer token Prometheus must present at /metrics; empty means only 127.0.0.1 may scrape.
+    metrics_token: str = ""
     # Background jobs: a claimed job must heartbeat within this lease or the sweeper takes it back.
     job_lease_seconds: int = 120
     job_max_attempts: int = 3
@@ -50,6 +54,18 @@ class Settings:
     max_upload_bytes: int = 16 * 1024 * 1024
     session_cookie_secure: bool = False
     jupyterhub_url: str = "http://127.0.0.1:8000"
+    # Projects: votes needed (from reviewers without a conflict) before the chair may decide.
+    dac_quorum: int = 2
+    # Reminders this many days before training or a project expires.
+    training_warning_days: int = 30
+    project_expiry_warning_days: int = 30
+    # Email: empty host keeps messages in the outbox table (shown on the messages page).
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    mail_from: str = "tre@localhost"
+    # Output checking: independent reviews every output request needs (never fewer than 1).
+    output_reviews_required: int = 2
 
     def resolved(self) -> Settings:
         """Fill the settings that default to places inside the instance folder."""

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tre.core.db import Base, Database, new_id, utcnow
+from tre.core.logs import job_id_var
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
     registered = _HANDLERS.get(kind)
     keeper = _LeaseKeeper(db, job_id, owner, lease)
     keeper.start()
+    token = job_id_var.set(job_id)
     try:
         if registered is None:
             raise PermanentJobError(f"no handler registered for job kind {kind!r}")
@@ -272,6 +274,7 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
     except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job, never lost
         return _record_failure(db, job_id, owner, exc)
     finally:
+        job_id_var.reset(token)
         keeper.stop()
 
 

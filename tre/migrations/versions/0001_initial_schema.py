@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 18:20:40.466609
+Create Date: 2026-11-23 18:28:00.278133
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('agreement_templates',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('title', sa.String(length=200), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('content_hash', sa.String(length=64), nullable=False),
+    sa.Column('published_by', sa.String(length=32), nullable=True),
+    sa.Column('published_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint('version >= 1', name=op.f('ck_agreement_templates_version_positive')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_agreement_templates')),
+    sa.UniqueConstraint('content_hash', name=op.f('uq_agreement_templates_content_hash')),
+    sa.UniqueConstraint('version', name=op.f('uq_agreement_templates_version'))
+    )
     op.create_table('audit_events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('occurred_at', tre.core.db.UTCDateTime(), nullable=False),
@@ -41,6 +54,23 @@ def upgrade() -> None:
         batch_op.create_index('ix_audit_events_actor_time', ['actor_id', 'occurred_at'], unique=False)
         batch_op.create_index('ix_audit_events_project_time', ['project_id', 'occurred_at'], unique=False)
 
+    op.create_table('datasets',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('title', sa.String(length=200), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('source_kind', sa.String(length=20), nullable=False),
+    sa.Column('source_location', sa.String(length=1000), nullable=False),
+    sa.Column('sensitivity', sa.String(length=30), nullable=False),
+    sa.Column('row_count', sa.Integer(), nullable=True),
+    sa.Column('schema_spec', sa.JSON(), nullable=False),
+    sa.Column('registered_by', sa.String(length=32), nullable=True),
+    sa.Column('registered_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("sensitivity IN ('low', 'medium', 'high', 'special_category')", name=op.f('ck_datasets_sensitivity_known')),
+    sa.CheckConstraint("source_kind IN ('parquet', 'csv', 'database_table')", name=op.f('ck_datasets_source_kind_known')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_datasets')),
+    sa.UniqueConstraint('name', name=op.f('uq_datasets_name'))
+    )
     op.create_table('jobs',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('kind', sa.String(length=100), nullable=False),
@@ -70,6 +100,26 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index('ix_jobs_state_lease', ['state', 'lease_expires_at'], unique=False)
 
+    op.create_table('outbox_messages',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('recipient_id', sa.String(length=32), nullable=False),
+    sa.Column('recipient_email', sa.String(length=320), nullable=False),
+    sa.Column('subject', sa.String(length=200), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('topic', sa.String(length=50), nullable=False),
+    sa.Column('dedupe_key', sa.String(length=200), nullable=True),
+    sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('sent_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint("(state = 'sent') = (sent_at IS NOT NULL)", name=op.f('ck_outbox_messages_sent_when_sent')),
+    sa.CheckConstraint("state IN ('pending', 'sent', 'failed', 'kept')", name=op.f('ck_outbox_messages_state_known')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox_messages')),
+    sa.UniqueConstraint('dedupe_key', name=op.f('uq_outbox_messages_dedupe_key'))
+    )
+    with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_messages_recipient_time', ['recipient_id', 'created_at'], unique=False)
+
     op.create_table('token_uses',
     sa.Column('jti', sa.String(length=64), nullable=False),
     sa.Column('kind', sa.String(length=20), nullable=False),
@@ -96,6 +146,21 @@ def upgrade() -> None:
     sa.CheckConstraint('failed_login_count >= 0', name=op.f('ck_users_failures_non_negative')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
     sa.UniqueConstraint('email', name=op.f('uq_users_email'))
+    )
+    op.create_table('dataset_columns',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('dataset_id', sa.String(length=32), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('role', sa.String(length=30), nullable=False),
+    sa.Column('data_type', sa.String(length=50), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('sensitivity', sa.String(length=30), nullable=False),
+    sa.CheckConstraint("role IN ('direct_identifier', 'quasi_identifier', 'attribute')", name=op.f('ck_dataset_columns_role_known')),
+    sa.CheckConstraint("sensitivity IN ('low', 'medium', 'high', 'special_category')", name=op.f('ck_dataset_columns_sensitivity_known')),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_dataset_columns_dataset_id_datasets'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_dataset_columns')),
+    sa.UniqueConstraint('dataset_id', 'name', name=op.f('uq_dataset_columns_dataset_id_name'))
     )
     op.create_table('password_reset_links',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -128,6 +193,39 @@ def upgrade() -> None:
     with op.batch_alter_table('personal_api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_personal_api_tokens_user_id'), ['user_id'], unique=False)
 
+    op.create_table('projects',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('title', sa.String(length=300), nullable=False),
+    sa.Column('state', sa.String(length=30), nullable=False),
+    sa.Column('pi_id', sa.String(length=32), nullable=False),
+    sa.Column('lay_summary', sa.Text(), nullable=False),
+    sa.Column('scientific_purpose', sa.Text(), nullable=False),
+    sa.Column('public_benefit', sa.Text(), nullable=False),
+    sa.Column('legal_basis', sa.Text(), nullable=False),
+    sa.Column('ethics_reference', sa.String(length=200), nullable=False),
+    sa.Column('funder', sa.String(length=200), nullable=False),
+    sa.Column('start_date', sa.Date(), nullable=True),
+    sa.Column('end_date', sa.Date(), nullable=True),
+    sa.Column('current_version', sa.Integer(), nullable=False),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('state_changed_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('suspension_reason', sa.Text(), nullable=True),
+    sa.Column('closed_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('closure_reason', sa.Text(), nullable=True),
+    sa.Column('data_destroyed_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint("(closed_at IS NULL) = (state NOT IN ('closed', 'data_destroyed'))", name=op.f('ck_projects_closed_when_closed')),
+    sa.CheckConstraint("(data_destroyed_at IS NULL) = (state <> 'data_destroyed')", name=op.f('ck_projects_destroyed_when_destroyed')),
+    sa.CheckConstraint("state IN ('draft', 'submitted', 'in_review', 'approved', 'changes_requested', 'rejected', 'active', 'suspended', 'closed', 'data_destroyed')", name=op.f('ck_projects_state_known')),
+    sa.CheckConstraint('(closed_at IS NULL) = (closure_reason IS NULL)', name=op.f('ck_projects_closure_has_reason')),
+    sa.CheckConstraint('current_version >= 0', name=op.f('ck_projects_version_non_negative')),
+    sa.CheckConstraint('start_date IS NULL OR end_date IS NULL OR start_date <= end_date', name=op.f('ck_projects_dates_ordered')),
+    sa.ForeignKeyConstraint(['pi_id'], ['users.id'], name=op.f('fk_projects_pi_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_projects'))
+    )
+    with op.batch_alter_table('projects', schema=None) as batch_op:
+        batch_op.create_index('ix_projects_state', ['state'], unique=False)
+
     op.create_table('recovery_codes',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('user_id', sa.String(length=32), nullable=False),
@@ -139,6 +237,22 @@ def upgrade() -> None:
     with op.batch_alter_table('recovery_codes', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_recovery_codes_user_id'), ['user_id'], unique=False)
 
+    op.create_table('training_records',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('user_id', sa.String(length=32), nullable=False),
+    sa.Column('course', sa.String(length=100), nullable=False),
+    sa.Column('completed_on', sa.Date(), nullable=False),
+    sa.Column('expires_on', sa.Date(), nullable=False),
+    sa.Column('reference', sa.String(length=200), nullable=False),
+    sa.Column('recorded_by', sa.String(length=32), nullable=True),
+    sa.Column('recorded_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint('completed_on <= expires_on', name=op.f('ck_training_records_expires_after_completion')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_training_records_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_training_records'))
+    )
+    with op.batch_alter_table('training_records', schema=None) as batch_op:
+        batch_op.create_index('ix_training_records_user_course', ['user_id', 'course'], unique=False)
+
     op.create_table('user_roles',
     sa.Column('user_id', sa.String(length=32), nullable=False),
     sa.Column('role', sa.String(length=50), nullable=False),
@@ -147,6 +261,154 @@ def upgrade() -> None:
     sa.CheckConstraint("role IN ('researcher', 'dac_member', 'dac_chair', 'output_checker', 'data_custodian', 'administrator', 'auditor')", name=op.f('ck_user_roles_role_known')),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_user_roles_user_id_users'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('user_id', 'role', name=op.f('pk_user_roles'))
+    )
+    op.create_table('agreement_signatures',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('template_id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('user_id', sa.String(length=32), nullable=False),
+    sa.Column('content_hash', sa.String(length=64), nullable=False),
+    sa.Column('signed_name', sa.String(length=200), nullable=False),
+    sa.Column('signed_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_agreement_signatures_project_id_projects'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['template_id'], ['agreement_templates.id'], name=op.f('fk_agreement_signatures_template_id_agreement_templates')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_agreement_signatures_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_agreement_signatures')),
+    sa.UniqueConstraint('template_id', 'project_id', 'user_id', name=op.f('uq_agreement_signatures_template_id_project_id_user_id'))
+    )
+    with op.batch_alter_table('agreement_signatures', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_agreement_signatures_project_id'), ['project_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_agreement_signatures_user_id'), ['user_id'], unique=False)
+
+    op.create_table('application_versions',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('number', sa.Integer(), nullable=False),
+    sa.Column('content', sa.JSON(), nullable=False),
+    sa.Column('submitted_by', sa.String(length=32), nullable=False),
+    sa.Column('submitted_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint('number >= 1', name=op.f('ck_application_versions_number_positive')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_application_versions_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_application_versions')),
+    sa.UniqueConstraint('project_id', 'number', name=op.f('uq_application_versions_project_id_number'))
+    )
+    op.create_table('dataset_requests',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('dataset_id', sa.String(length=32), nullable=False),
+    sa.Column('columns', sa.JSON(), nullable=False),
+    sa.Column('justification', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_dataset_requests_dataset_id_datasets')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_dataset_requests_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_dataset_requests')),
+    sa.UniqueConstraint('project_id', 'dataset_id', name=op.f('uq_dataset_requests_project_id_dataset_id'))
+    )
+    op.create_table('destruction_records',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('hook', sa.String(length=100), nullable=False),
+    sa.Column('completed_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('detail', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_destruction_records_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_destruction_records')),
+    sa.UniqueConstraint('project_id', 'hook', name=op.f('uq_destruction_records_project_id_hook'))
+    )
+    op.create_table('extension_requests',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('current_end_date', sa.Date(), nullable=False),
+    sa.Column('requested_end_date', sa.Date(), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('requested_by', sa.String(length=32), nullable=False),
+    sa.Column('requested_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('outcome', sa.String(length=20), nullable=True),
+    sa.Column('decided_by', sa.String(length=32), nullable=True),
+    sa.Column('decided_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint("outcome IS NULL OR outcome IN ('granted', 'refused')", name=op.f('ck_extension_requests_outcome_known')),
+    sa.CheckConstraint('(decided_at IS NULL) = (decided_by IS NULL) AND (decided_at IS NULL) = (outcome IS NULL)', name=op.f('ck_extension_requests_decision_paired')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_extension_requests_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_extension_requests'))
+    )
+    with op.batch_alter_table('extension_requests', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_extension_requests_project_id'), ['project_id'], unique=False)
+
+    op.create_table('project_members',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('user_id', sa.String(length=32), nullable=False),
+    sa.Column('role', sa.String(length=30), nullable=False),
+    sa.Column('added_by', sa.String(length=32), nullable=False),
+    sa.Column('added_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('removed_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('removed_by', sa.String(length=32), nullable=True),
+    sa.CheckConstraint("role IN ('principal_investigator', 'researcher')", name=op.f('ck_project_members_role_known')),
+    sa.CheckConstraint('(removed_at IS NULL) = (removed_by IS NULL)', name=op.f('ck_project_members_removal_paired')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_project_members_project_id_projects'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_project_members_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_project_members')),
+    sa.UniqueConstraint('project_id', 'user_id', name=op.f('uq_project_members_project_id_user_id'))
+    )
+    with op.batch_alter_table('project_members', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_project_members_user_id'), ['user_id'], unique=False)
+
+    op.create_table('decisions',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('version_id', sa.String(length=32), nullable=False),
+    sa.Column('outcome', sa.String(length=30), nullable=False),
+    sa.Column('conditions', sa.Text(), nullable=False),
+    sa.Column('public_comment', sa.Text(), nullable=False),
+    sa.Column('decided_by', sa.String(length=32), nullable=False),
+    sa.Column('decided_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("outcome IN ('approved', 'changes_requested', 'rejected')", name=op.f('ck_decisions_outcome_known')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_decisions_project_id_projects'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['version_id'], ['application_versions.id'], name=op.f('fk_decisions_version_id_application_versions'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_decisions')),
+    sa.UniqueConstraint('version_id', name=op.f('uq_decisions_version_id'))
+    )
+    with op.batch_alter_table('decisions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_decisions_project_id'), ['project_id'], unique=False)
+
+    op.create_table('review_assignments',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('version_id', sa.String(length=32), nullable=False),
+    sa.Column('reviewer_id', sa.String(length=32), nullable=False),
+    sa.Column('assigned_by', sa.String(length=32), nullable=False),
+    sa.Column('assigned_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('conflict_declared_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('conflict_reason', sa.Text(), nullable=True),
+    sa.CheckConstraint('(conflict_declared_at IS NULL) = (conflict_reason IS NULL)', name=op.f('ck_review_assignments_conflict_paired')),
+    sa.ForeignKeyConstraint(['reviewer_id'], ['users.id'], name=op.f('fk_review_assignments_reviewer_id_users')),
+    sa.ForeignKeyConstraint(['version_id'], ['application_versions.id'], name=op.f('fk_review_assignments_version_id_application_versions'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_review_assignments')),
+    sa.UniqueConstraint('version_id', 'reviewer_id', name=op.f('uq_review_assignments_version_id_reviewer_id'))
+    )
+    with op.batch_alter_table('review_assignments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_review_assignments_reviewer_id'), ['reviewer_id'], unique=False)
+
+    op.create_table('votes',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('version_id', sa.String(length=32), nullable=False),
+    sa.Column('reviewer_id', sa.String(length=32), nullable=False),
+    sa.Column('choice', sa.String(length=40), nullable=False),
+    sa.Column('rationale', sa.Text(), nullable=False),
+    sa.Column('cast_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("choice IN ('approve', 'approve_with_conditions', 'changes_needed', 'reject')", name=op.f('ck_votes_choice_known')),
+    sa.CheckConstraint('length(trim(rationale)) > 0', name=op.f('ck_votes_rationale_required')),
+    sa.ForeignKeyConstraint(['reviewer_id'], ['users.id'], name=op.f('fk_votes_reviewer_id_users')),
+    sa.ForeignKeyConstraint(['version_id'], ['application_versions.id'], name=op.f('fk_votes_version_id_application_versions'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_votes')),
+    sa.UniqueConstraint('version_id', 'reviewer_id', name=op.f('uq_votes_version_id_reviewer_id'))
+    )
+    op.create_table('approved_columns',
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('dataset_id', sa.String(length=32), nullable=False),
+    sa.Column('column_name', sa.String(length=100), nullable=False),
+    sa.Column('decision_id', sa.String(length=32), nullable=False),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_approved_columns_dataset_id_datasets')),
+    sa.ForeignKeyConstraint(['decision_id'], ['decisions.id'], name=op.f('fk_approved_columns_decision_id_decisions'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_approved_columns_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('project_id', 'dataset_id', 'column_name', name=op.f('pk_approved_columns'))
     )
     for statement in append_only_ddl(op.get_bind().dialect.name):
         op.execute(statement)
@@ -157,11 +419,45 @@ def downgrade() -> None:
         op.execute('DROP TRIGGER IF EXISTS audit_events_no_update_or_delete ON audit_events')
         op.execute('DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events')
         op.execute('DROP FUNCTION IF EXISTS audit_events_refuse_change()')
+    op.drop_table('approved_columns')
+    op.drop_table('votes')
+    with op.batch_alter_table('review_assignments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_review_assignments_reviewer_id'))
+
+    op.drop_table('review_assignments')
+    with op.batch_alter_table('decisions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_decisions_project_id'))
+
+    op.drop_table('decisions')
+    with op.batch_alter_table('project_members', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_project_members_user_id'))
+
+    op.drop_table('project_members')
+    with op.batch_alter_table('extension_requests', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_extension_requests_project_id'))
+
+    op.drop_table('extension_requests')
+    op.drop_table('destruction_records')
+    op.drop_table('dataset_requests')
+    op.drop_table('application_versions')
+    with op.batch_alter_table('agreement_signatures', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_agreement_signatures_user_id'))
+        batch_op.drop_index(batch_op.f('ix_agreement_signatures_project_id'))
+
+    op.drop_table('agreement_signatures')
     op.drop_table('user_roles')
+    with op.batch_alter_table('training_records', schema=None) as batch_op:
+        batch_op.drop_index('ix_training_records_user_course')
+
+    op.drop_table('training_records')
     with op.batch_alter_table('recovery_codes', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_recovery_codes_user_id'))
 
     op.drop_table('recovery_codes')
+    with op.batch_alter_table('projects', schema=None) as batch_op:
+        batch_op.drop_index('ix_projects_state')
+
+    op.drop_table('projects')
     with op.batch_alter_table('personal_api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_personal_api_tokens_user_id'))
 
@@ -170,15 +466,22 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_password_reset_links_user_id'))
 
     op.drop_table('password_reset_links')
+    op.drop_table('dataset_columns')
     op.drop_table('users')
     op.drop_table('token_uses')
+    with op.batch_alter_table('outbox_messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_messages_recipient_time')
+
+    op.drop_table('outbox_messages')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_state_lease')
 
     op.drop_table('jobs')
+    op.drop_table('datasets')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_events_project_time')
         batch_op.drop_index('ix_audit_events_actor_time')
         batch_op.drop_index('ix_audit_events_action')
 
     op.drop_table('audit_events')
+    op.drop_table('agreement_templates')

@@ -1,0 +1,112 @@
+"""Email notifications through an outbox table.
+
+A service adds a message in its own transaction (so a rolled-back change sends nothing); a job
+sends pending messages by SMTP when ``TRE_SMTP_HOST`` is set. In the embedded setup there is no
+mail server: messages stay in the outbox and people read them on the messages page. A
+``dedupe_key`` makes reminders idempotent (the same reminder is written once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import smtplib
+from email.message import EmailMessage
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from tre.core.db import Base, new_id, utcnow
+
+log = logging.getLogger(__name__)
+
+PENDING, SENT, FAILED, KEPT = "pending", "sent", "failed", "kept"
+OUTBOX_STATES = (PENDING, SENT, FAILED, KEPT)
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        CheckConstraint(f"state IN {OUTBOX_STATES!r}", name="state_known"),
+        CheckConstraint("(state = 'sent') = (sent_at IS NOT NULL)", name="sent_when_sent"),
+        Index("ix_outbox_messages_recipient_time", "recipient_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    recipient_id: Mapped[str] = mapped_column(String(32))
+    recipient_email: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(String(50))
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default=PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+
+def notify(
+    session: Session,
+    *,
+    recipient_id: str,
+    recipient_email: str,
+    subject: str,
+    body: str,
+    topic: str,
+    dedupe_key: str | None = None,
+) -> OutboxMessage | None:
+    """Add a message in the caller's transaction; returns None when ``dedupe_key`` was already used."""
+    if dedupe_key is not None:
+        if session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == dedupe_key)) is not None:
+            return None
+    message = OutboxMessage(
+        recipient_id=recipient_id,
+        recipient_email=recipient_email,
+        subject=subject[:200],
+        body=body,
+        topic=topic[:50],
+        dedupe_key=dedupe_key,
+    )
+    session.add(message)
+    return message
+
+
+def send_pending(session: Session, settings: Any, *, limit: int = 100) -> int:
+    """Send pending messages by SMTP; without a mail server configured, keep them in the outbox."""
+    host = getattr(settings, "smtp_host", "")
+    pending = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.state == PENDING)
+        .order_by(OutboxMessage.created_at)
+        .limit(limit)
+    ).all()
+    if not host:
+        for message in pending:
+            message.state = KEPT
+        session.commit()
+        return 0
+    sent = 0
+    with smtplib.SMTP(host, int(getattr(settings, "smtp_port", 25)), timeout=30) as smtp:
+        if getattr(settings, "smtp_starttls", False):
+            smtp.starttls()
+        for message in pending:
+            email = EmailMessage()
+            email["From"] = getattr(settings, "mail_from", "tre@localhost")
+            email["To"] = message.recipient_email
+            email["Subject"] = message.subject
+            email.set_content(message.body)
+            message.attempts += 1
+            try:
+                smtp.send_message(email)
+            except smtplib.SMTPException:
+                log.warning("could not send outbox message %s", message.id)
+                if message.attempts >= 5:
+                    message.state = FAILED
+                continue
+            message.state = SENT
+            message.sent_at = utcnow()
+            sent += 1
+            session.commit()
+    session.commit()
+    return sent
