@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -83,6 +84,84 @@ def init() -> None:
     create_app()  # creates the session secret and the keys on first run
     migrate.upgrade(settings.database_url)
     click.echo(f"instance ready in {settings.instance_path}")
+
+
+# --- operations -----------------------------------------------------------------------------------
+
+
+@main.command("doctor")
+def doctor() -> None:
+    """Check this deployment's configuration and reachability; exit non-zero on any problem."""
+    from tre.core.doctor import head_of, run_checks
+
+    findings = run_checks(_settings(), head_of(migrate.MIGRATIONS))
+    for f in findings:
+        click.echo(f"{'ok  ' if f.ok else 'FAIL'}  {f.check}: {f.message}")
+    if not all(f.ok for f in findings):
+        sys.exit(1)
+
+
+@main.command("backup")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--with-master-key", is_flag=True, help="Include the master key, wrapped with a passphrase.")
+def backup(archive: Path, with_master_key: bool) -> None:
+    """Write the database, stored files and wrapped keys to ARCHIVE (.tar.gz)."""
+    from tre.core.backup import create_backup
+    from tre.core.doctor import head_of
+    from tre.core.db import make_engine
+    from tre.models import metadata
+
+    settings = _settings()
+    passphrase = None
+    if with_master_key:
+        passphrase = os.environ.get("TRE_BACKUP_PASSPHRASE") or click.prompt(
+            "Passphrase for the master key", hide_input=True, confirmation_prompt=True
+        )
+    engine = make_engine(settings.database_url)
+    summary = create_backup(
+        engine, metadata, settings.instance_path, archive,
+        master_key_file=settings.instance_path / "master.key" if with_master_key else None,
+        passphrase=passphrase, revision=head_of(migrate.MIGRATIONS),
+    )
+    engine.dispose()
+    click.echo(f"backup written to {summary.path}: {sum(summary.tables.values())} rows, {summary.files} files"
+               + (", master key wrapped with the passphrase" if summary.includes_master_key else
+                  ", without the master key (keep it safe separately)"))
+
+
+@main.command("restore")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def restore(archive: Path) -> None:
+    """Restore ARCHIVE into this (fresh) instance and database, then verify the audit chain."""
+    from tre.core.backup import BackupError, read_manifest, restore_backup
+    from tre.core.db import make_engine
+    from tre.models import metadata
+
+    settings = _settings()
+    try:
+        manifest = read_manifest(archive)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    passphrase = None
+    if manifest.get("includes_master_key") and not (settings.instance_path / "master.key").exists():
+        passphrase = os.environ.get("TRE_BACKUP_PASSPHRASE") or click.prompt("Passphrase", hide_input=True)
+    has_key = (settings.instance_path / "master.key").exists() or os.environ.get("TRE_MASTER_KEY")
+    if not manifest.get("includes_master_key") and not has_key:
+        raise click.ClickException(
+            "this backup does not carry the master key: put the original master.key in the instance "
+            "folder or set TRE_MASTER_KEY before restoring"
+        )
+    migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        restore_backup(archive, engine, metadata, settings.instance_path, passphrase=passphrase)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"restored {sum(manifest['tables'].values())} rows and {manifest['files']} files; checking the audit chain")
+    ctx = click.get_current_context()
+    ctx.invoke(audit_verify)
 
 
 # --- audit ----------------------------------------------------------------------------------------

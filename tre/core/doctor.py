@@ -1,0 +1,110 @@
+"""``tre doctor``: check a deployment's configuration and reachability, and say precisely what is wrong."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from tre.core.config import Settings
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    message: str
+
+
+def _check(name: str, fn: Callable[[], str]) -> Finding:
+    try:
+        return Finding(name, True, fn())
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a finding, never a traceback
+        return Finding(name, False, str(exc) or type(exc).__name__)
+
+
+def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
+    findings: list[Finding] = []
+    production = settings.environment == "production"
+
+    def instance() -> str:
+        path = settings.instance_path
+        if not path.is_dir():
+            raise RuntimeError(f"instance folder {path} does not exist: run `tre init`")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise RuntimeError(f"instance folder {path} is readable by others (mode {mode:o}); chmod 700 it")
+        return f"{path} (mode {mode:o})"
+
+    def master_key() -> str:
+        import os
+
+        if os.environ.get("TRE_MASTER_KEY"):
+            return "from the TRE_MASTER_KEY environment variable"
+        path = settings.instance_path / "master.key"
+        if production:
+            raise RuntimeError("production must not keep the master key on disk: set TRE_MASTER_KEY from a secret store")
+        if not path.exists():
+            raise RuntimeError(f"{path} is missing: run `tre init`")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode != 0o600:
+            raise RuntimeError(f"{path} has mode {mode:o}; it must be 600")
+        return f"{path} (mode 600)"
+
+    def database() -> str:
+        engine = create_engine(settings.database_url, pool_pre_ping=True)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                try:
+                    current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                except Exception:
+                    raise RuntimeError("the database has no schema: run `tre db upgrade`") from None
+        finally:
+            engine.dispose()
+        if head_revision and current != head_revision:
+            raise RuntimeError(f"schema is at {current}, code expects {head_revision}: run `tre db upgrade`")
+        if production and settings.is_sqlite:
+            raise RuntimeError("production uses SQLite: set TRE_DATABASE_URL to PostgreSQL")
+        return f"{settings.database_url.split('@')[-1]} at revision {current}"
+
+    def broker() -> str:
+        from kombu import Connection
+
+        with Connection(settings.broker_url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+        if production and settings.broker_needs_no_server:
+            raise RuntimeError("production uses a broker that loses messages: set TRE_BROKER_URL to Redis or RabbitMQ")
+        return settings.broker_url.split("@")[-1]
+
+    def web_security() -> str:
+        if production:
+            if not settings.public_url.startswith("https://"):
+                raise RuntimeError("TRE_PUBLIC_URL must be https:// in production")
+            if not settings.session_cookie_secure:
+                raise RuntimeError("TRE_SESSION_COOKIE_SECURE must be true in production")
+            if not settings.metrics_token:
+                raise RuntimeError("set TRE_METRICS_TOKEN so Prometheus can scrape /metrics")
+        return f"public URL {settings.public_url}"
+
+    for name, fn in (
+        ("instance folder", instance),
+        ("master key", master_key),
+        ("database", database),
+        ("broker", broker),
+        ("web security", web_security),
+    ):
+        findings.append(_check(name, fn))
+    return findings
+
+
+def head_of(migrations: Path) -> str | None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations))
+    return ScriptDirectory.from_config(cfg).get_current_head()
