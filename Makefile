@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 ASSETS := tre/web/static/nhsuk/nhsuk-frontend.min.css
 export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
 
-.PHONY: setup run test test-e2e lint browser clean demo-data
+WORKSPACE_RUNTIME ?= /opt/tre-workspace
+
+.PHONY: setup run test test-e2e lint browser workspace-runtime clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -26,16 +28,24 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium is missing: install Debian's chromium package (end-to-end tests will be skipped)"; fi; }
 
-run: setup
+# The Python every workspace account can run (JupyterLab, pandas, statsmodels, the disclosure
+# session), built from the system Python; and nftables for the workspaces' egress rules. Root only.
+workspace-runtime:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  command -v nft >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nftables acl python3-venv >/dev/null; }; \
+	  infra/jupyterhub/build-workspace-runtime.sh $(WORKSPACE_RUNTIME); \
+	else echo "not root: workspace runtime not built (workspaces cannot start; real-hub tests will be SKIPPED)"; fi
+
+run: setup workspace-runtime
 	$(BIN)/tre init
 	$(BIN)/tre demo load
 	$(BIN)/tre run
 
-test: setup browser
+test: setup browser workspace-runtime
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
-test-e2e: setup browser
+test-e2e: setup browser workspace-runtime
 	$(BIN)/python -m pytest -m e2e
 
 lint: setup

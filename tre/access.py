@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 ATTR = "__tre_access__"
 PUBLIC = "public"
 LOGIN = "login"
+HUB_SERVICE = "service:jupyterhub"
 
 # Endpoints registered by libraries (static files, the OpenAPI document and its docs page).
 LIBRARY_PUBLIC_ENDPOINTS = frozenset(
@@ -34,6 +35,12 @@ def public(view: F) -> F:
 
 def login_required(view: F) -> F:
     setattr(view, ATTR, LOGIN)
+    return view
+
+
+def hub_service(view: F) -> F:
+    """Only JupyterHub, presenting the shared service secret, may call this route."""
+    setattr(view, ATTR, HUB_SERVICE)
     return view
 
 
@@ -70,6 +77,9 @@ def enforce_declared_access() -> None:
         abort(403)
     if declared == PUBLIC:
         return
+    if declared == HUB_SERVICE:
+        _require_hub_secret(endpoint)
+        return
     user = g.get("user")
     if user is None:
         if request.path.startswith("/api/") or request.method != "GET":
@@ -80,6 +90,18 @@ def enforce_declared_access() -> None:
     if not has_permission(user, declared):  # type: ignore[arg-type]
         _record_denial(endpoint, f"missing permission {declared}")
         abort(403)
+
+
+def _require_hub_secret(endpoint: str) -> None:
+    import hmac
+
+    from tre.core.platform import HUB_SERVICE_TOKEN_FILE, read_secret
+
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    expected = read_secret(current_app.extensions["tre.settings"], HUB_SERVICE_TOKEN_FILE)
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        _record_denial(endpoint, "hub service secret missing or wrong")
+        abort(401)
 
 
 def _record_denial(endpoint: str, reason: str) -> None:

@@ -13,9 +13,9 @@ from flask_wtf.csrf import CSRFProtect
 
 from tre import access, errors
 from tre.authn import load_current_user
-from tre.core.logs import request_id_var
 from tre.core.config import Settings
 from tre.core.db import Database
+from tre.core.logs import request_id_var
 
 csrf = CSRFProtect()
 
@@ -27,7 +27,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     test_config = dict(test_config or {})
     overrides = test_config.pop("TRE_SETTINGS", {})
     settings = Settings.from_env(**overrides)
-    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0711: others may pass through to the extract and workspace folders (which have their own
+    # permissions) but may not list the instance; every file in it is 0600.
+    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
 
     app = Flask(
         __name__,

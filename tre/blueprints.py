@@ -17,14 +17,22 @@ def page_blueprints() -> list[Any]:
     from tre.web.admin import bp as admin
     from tre.web.audit import bp as audit
     from tre.web.auth import bp as auth
+    from tre.web.catalogue import bp as catalogue
+    from tre.web.dac import bp as dac
+    from tre.web.outputs import bp as outputs
+    from tre.web.outputs import prometheus_bp as outputs_metrics
+    from tre.web.projects import bp as projects
+    from tre.web.workspaces import bp as workspaces
 
-    return [web, health, metrics, auth, admin, audit]
+    return [web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces]
 
 
 def api_blueprints() -> list[Any]:
-    from tre.api import identity, meta
+    from tre.api import hub, identity, meta
+    from tre.api import outputs as outputs_api
+    from tre.api import projects as projects_api
 
-    return [meta.blp, identity.blp]
+    return [meta.blp, identity.blp, hub.blp, projects_api.blp, outputs_api.blp]
 
 
 def register_pages(app: Flask) -> None:

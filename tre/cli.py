@@ -107,8 +107,8 @@ def doctor() -> None:
 def backup(archive: Path, with_master_key: bool) -> None:
     """Write the database, stored files and wrapped keys to ARCHIVE (.tar.gz)."""
     from tre.core.backup import create_backup
-    from tre.core.doctor import head_of
     from tre.core.db import make_engine
+    from tre.core.doctor import head_of
     from tre.models import metadata
 
     settings = _settings()
@@ -119,14 +119,23 @@ def backup(archive: Path, with_master_key: bool) -> None:
         )
     engine = make_engine(settings.database_url)
     summary = create_backup(
-        engine, metadata, settings.instance_path, archive,
+        engine,
+        metadata,
+        settings.instance_path,
+        archive,
         master_key_file=settings.instance_path / "master.key" if with_master_key else None,
-        passphrase=passphrase, revision=head_of(migrate.MIGRATIONS),
+        passphrase=passphrase,
+        revision=head_of(migrate.MIGRATIONS),
     )
     engine.dispose()
-    click.echo(f"backup written to {summary.path}: {sum(summary.tables.values())} rows, {summary.files} files"
-               + (", master key wrapped with the passphrase" if summary.includes_master_key else
-                  ", without the master key (keep it safe separately)"))
+    click.echo(
+        f"backup written to {summary.path}: {sum(summary.tables.values())} rows, {summary.files} files"
+        + (
+            ", master key wrapped with the passphrase"
+            if summary.includes_master_key
+            else ", without the master key (keep it safe separately)"
+        )
+    )
 
 
 @main.command("restore")
@@ -159,7 +168,9 @@ def restore(archive: Path) -> None:
         raise click.ClickException(str(exc)) from None
     finally:
         engine.dispose()
-    click.echo(f"restored {sum(manifest['tables'].values())} rows and {manifest['files']} files; checking the audit chain")
+    click.echo(
+        f"restored {sum(manifest['tables'].values())} rows and {manifest['files']} files; checking the audit chain"
+    )
     ctx = click.get_current_context()
     ctx.invoke(audit_verify)
 
@@ -269,32 +280,80 @@ def jobs_selftest(timeout: int) -> None:
 # --- processes ------------------------------------------------------------------------------------
 
 
-def _worker_argv(settings: Settings, beat: bool) -> list[str]:
+def _worker_argv(settings: Settings, beat: bool, queues: tuple[str, ...] = (), concurrency: int = 2) -> list[str]:
     from tre.core.jobs import QUEUES
 
     argv = [
-        sys.executable, "-m", "celery", "-A", "tre.worker", "worker",
-        "--loglevel", settings.log_level, "--concurrency", "2", "-Q", ",".join(QUEUES),
-        "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tre.worker",
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        ",".join(queues or QUEUES),
+        "--without-gossip",
+        "--without-mingle",
     ]
     if beat:
         argv += ["--beat", "--schedule", str(settings.instance_path / "celerybeat-schedule")]
     return argv
 
 
-@main.command("worker", context_settings={"ignore_unknown_options": True})
+@main.command("worker")
 @click.option("--beat/--no-beat", default=None, help="Also run the periodic sweeper (default: on one machine).")
-def worker(beat: bool | None) -> None:
-    """Run a Celery worker for every queue."""
+@click.option("-Q", "--queues", default="", help="Comma-separated queues to take jobs from (default: all).")
+@click.option("--concurrency", default=2, show_default=True, help="Jobs run at once by this worker.")
+def worker(beat: bool | None, queues: str, concurrency: int) -> None:
+    """Run a Celery worker (all queues, or the named ones)."""
+    from tre.core.jobs import QUEUES
+
     settings = _settings()
+    chosen = tuple(q.strip() for q in queues.split(",") if q.strip())
+    unknown = set(chosen) - set(QUEUES)
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(sorted(unknown))}; known: {', '.join(QUEUES)}")
     beat = settings.broker_needs_no_server if beat is None else beat
-    os.execv(sys.executable, _worker_argv(settings, beat))
+    os.execv(sys.executable, _worker_argv(settings, beat, chosen, concurrency))  # noqa: S606
+
+
+@main.command("beat")
+def beat_command() -> None:
+    """Run only the periodic scheduler (exactly one per deployment): the job sweeper and expiry tasks."""
+    settings = _settings()
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tre.worker",
+        "beat",
+        "--loglevel",
+        settings.log_level,
+        "--schedule",
+        str(settings.instance_path / "celerybeat-schedule"),
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606
 
 
 def _web_argv(settings: Settings) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
-        "--workers", "2", "--threads", "4", "--access-logfile", "-", "tre.wsgi:app",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{settings.host}:{settings.port}",
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--access-logfile",
+        "-",
+        "tre.wsgi:app",
     ]
 
 
@@ -309,9 +368,11 @@ def run() -> None:
     env = dict(os.environ, TRE_INSTANCE_PATH=str(settings.instance_path), PROMETHEUS_MULTIPROC_DIR=str(prom))
     procs: dict[str, subprocess.Popen[Any]] = {}
     commands = {"web": _web_argv(settings), "worker": _worker_argv(settings, beat=True)}
+    hub_note = _hub_command(settings, env, commands)
     for name, argv in commands.items():
         procs[name] = subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603
-    click.echo(f"\nThe trusted research environment is at {settings.public_url}  (Ctrl-C stops everything)\n")
+    click.echo(f"\nThe trusted research environment is at {settings.public_url}  (Ctrl-C stops everything)")
+    click.echo(hub_note + "\n")
     _print_demo_logins(settings)
 
     stopping = False
@@ -345,6 +406,34 @@ def run() -> None:
     sys.exit(exit_code)
 
 
+def _hub_command(settings: Settings, env: dict[str, str], commands: dict[str, list[str]]) -> str:
+    """Add JupyterHub to the processes when its workspace runtime is built; say what happens if not."""
+    from urllib.parse import urlsplit
+
+    runtime = Path(os.environ.get("TRE_WORKSPACE_RUNTIME", "/opt/tre-workspace"))
+    hub = Path(sys.executable).parent / "jupyterhub"
+    if not hub.exists() or not (runtime / "bin" / "jupyter-labhub").exists():
+        return "Workspaces: JupyterHub is not started (run `make workspace-runtime` as root to build it)."
+    hub_port = urlsplit(settings.jupyterhub_url).port or 8000
+    env.update(
+        TRE_HUB_STATE_DIR=str(settings.instance_path / "jupyterhub"),
+        TRE_HUB_PORT=str(hub_port),
+        TRE_CONTROL_PLANE_URL=settings.public_url,
+        TRE_HUB_SERVICE_TOKEN_FILE=str(settings.instance_path / "hub-service-token"),
+        TRE_HUB_CONTROL_PLANE_API_TOKEN_FILE=str(settings.instance_path / "hub-api-token"),
+        TRE_WORKSPACE_RUNTIME=str(runtime),
+    )
+    config = Path(__file__).resolve().parents[1] / "jupyter" / "jupyterhub_config.py"
+    commands["hub"] = [str(hub), "-f", str(config)]
+    note = f"Workspaces: JupyterHub at {settings.jupyterhub_url}"
+    if os.geteuid() != 0 and not env.get("TRE_HUB_INSECURE_DEV"):
+        note += (
+            " — NOT running as root, so workspaces cannot get their own unix accounts and network"
+            " namespaces and will refuse to start (see docs/workspaces.md)"
+        )
+    return note
+
+
 def _print_demo_logins(settings: Settings) -> None:
     logins = settings.instance_path / "demo-logins.txt"
     if logins.exists():
@@ -365,6 +454,3 @@ _register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-
-
-

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from tre.access import public
 from tre.core.db import utcnow
-from tre.core.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from tre.core.jobs import FAILED, QUEUED, SUCCEEDED, Job
 
 bp = Blueprint("metrics", __name__)
 

@@ -5,10 +5,17 @@ Alembic's environment and the tests import this; add a module here when it gains
 
 from __future__ import annotations
 
-from tre.core.db import Base
-from tre.core import audit, identity, jobs  # noqa: F401
+import disclosure.checks  # noqa: F401  (registers the output check job handler)
+import disclosure.models  # noqa: F401
 import projects.models  # noqa: F401
 import projects.tasks  # noqa: F401  (registers the projects' job handlers)
-from tre.core import notifications  # noqa: F401
+import projects.workspaces  # noqa: F401
+from tre.core import (  # noqa: F401
+    audit,
+    identity,
+    jobs,
+    notifications,  # noqa: F401
+)
+from tre.core.db import Base
 
 metadata = Base.metadata

@@ -10,7 +10,6 @@ from flask import Flask
 from flask_smorest import Api
 
 
-
 class TreApi(Api):  # type: ignore[misc]
     def _register_error_handlers(self) -> None:
         # tre.errors handles every HTTPException app-wide, as problem+json under /api/.

@@ -54,6 +54,9 @@ class Settings:
     max_upload_bytes: int = 16 * 1024 * 1024
     session_cookie_secure: bool = False
     jupyterhub_url: str = "http://127.0.0.1:8000"
+    # Where extracts and workspaces' private output folders live; empty means inside the instance.
+    extracts_path: Path | None = None
+    workspaces_path: Path | None = None
     # Projects: votes needed (from reviewers without a conflict) before the chair may decide.
     dac_quorum: int = 2
     # Reminders this many days before training or a project expires.
@@ -77,6 +80,10 @@ class Settings:
             changes["broker_url"] = f"sqla+sqlite:///{inst / 'broker.sqlite'}"
         if not self.public_url:
             changes["public_url"] = f"http://{self.host}:{self.port}"
+        if self.extracts_path is None:
+            changes["extracts_path"] = inst / "extracts"
+        if self.workspaces_path is None:
+            changes["workspaces_path"] = inst / "workspaces"
         return dataclasses.replace(self, **changes)
 
     @property
@@ -107,7 +114,7 @@ class Settings:
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
     if not isinstance(raw, str):
-        return Path(raw) if kind is Path else raw
+        return Path(raw) if kind is Path or (kind == (Path | None) and raw is not None) else raw
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -118,7 +125,7 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             raise ValueError(raw)
         if kind is int:
             return int(raw)
-        if kind is Path:
+        if kind is Path or kind == (Path | None):
             return Path(raw).expanduser().resolve()
         return raw
     except ValueError:

@@ -35,8 +35,10 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
         if not path.is_dir():
             raise RuntimeError(f"instance folder {path} does not exist: run `tre init`")
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise RuntimeError(f"instance folder {path} is readable by others (mode {mode:o}); chmod 700 it")
+        if mode & 0o066:
+            raise RuntimeError(
+                f"instance folder {path} is readable or writable by others (mode {mode:o}); chmod 711 it"
+            )
         return f"{path} (mode {mode:o})"
 
     def master_key() -> str:
@@ -46,7 +48,9 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
             return "from the TRE_MASTER_KEY environment variable"
         path = settings.instance_path / "master.key"
         if production:
-            raise RuntimeError("production must not keep the master key on disk: set TRE_MASTER_KEY from a secret store")
+            raise RuntimeError(
+                "production must not keep the master key on disk: set TRE_MASTER_KEY from a secret store"
+            )
         if not path.exists():
             raise RuntimeError(f"{path} is missing: run `tre init`")
         mode = stat.S_IMODE(path.stat().st_mode)

@@ -70,9 +70,7 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[dt.datetime | None]
 
-    roles: Mapped[list[UserRole]] = relationship(
-        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
-    )
+    roles: Mapped[list[UserRole]] = relationship(back_populates="user", cascade="all, delete-orphan", lazy="selectin")
 
     @property
     def role_names(self) -> list[str]:
@@ -205,8 +203,13 @@ class Identity:
             s.add(user)
             s.flush()
             self.audit.record(
-                s, "user.create", actor_id=actor_id, target_type="user", target_id=user.id,
-                request_id=self.request_id, detail={"roles": sorted(set(roles))},
+                s,
+                "user.create",
+                actor_id=actor_id,
+                target_type="user",
+                target_id=user.id,
+                request_id=self.request_id,
+                detail={"roles": sorted(set(roles))},
             )
         return user
 
@@ -222,8 +225,13 @@ class Identity:
                 raise IdentityError("You cannot remove your own administrator role")
             user.roles = [UserRole(role=r, granted_by=actor.id) for r in sorted(set(roles))]
             self.audit.record(
-                s, "user.set_roles", actor_id=actor.id, target_type="user", target_id=user.id,
-                request_id=self.request_id, detail={"before": before, "after": sorted(set(roles))},
+                s,
+                "user.set_roles",
+                actor_id=actor.id,
+                target_type="user",
+                target_id=user.id,
+                request_id=self.request_id,
+                detail={"before": before, "after": sorted(set(roles))},
             )
         return user
 
@@ -239,8 +247,12 @@ class Identity:
                 user.failed_login_count = 0
                 user.locked_until = None
             self.audit.record(
-                s, "user.activate" if active else "user.deactivate", actor_id=actor.id,
-                target_type="user", target_id=user.id, request_id=self.request_id,
+                s,
+                "user.activate" if active else "user.deactivate",
+                actor_id=actor.id,
+                target_type="user",
+                target_id=user.id,
+                request_id=self.request_id,
             )
         return user
 
@@ -263,13 +275,21 @@ class Identity:
             if user is None or user.password_hash is None:
                 _verify_quietly(_DUMMY_HASH, password)
                 self.audit.record(
-                    s, "auth.login", actor_id=None, outcome=FAILURE, request_id=self.request_id,
+                    s,
+                    "auth.login",
+                    actor_id=None,
+                    outcome=FAILURE,
+                    request_id=self.request_id,
                     detail={"reason": "unknown account or no password"},
                 )
                 failed: AuthenticationFailed | None = generic
             elif user.locked_until is not None and user.locked_until > now:
                 self.audit.record(
-                    s, "auth.login", actor_id=user.id, outcome=DENIED, request_id=self.request_id,
+                    s,
+                    "auth.login",
+                    actor_id=user.id,
+                    outcome=DENIED,
+                    request_id=self.request_id,
                     detail={"reason": "account locked"},
                 )
                 failed = AuthenticationFailed(
@@ -282,7 +302,11 @@ class Identity:
                     user.locked_until = now + LOCKOUT
                     reason += "; account locked"
                 self.audit.record(
-                    s, "auth.login", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                    s,
+                    "auth.login",
+                    actor_id=user.id,
+                    outcome=FAILURE,
+                    request_id=self.request_id,
                     detail={"reason": reason, "failed_count": user.failed_login_count},
                 )
                 failed = generic
@@ -293,7 +317,10 @@ class Identity:
                 if _hasher.check_needs_rehash(user.password_hash):
                     user.password_hash = _hasher.hash(password)
                 self.audit.record(
-                    s, "auth.password_ok", actor_id=user.id, request_id=self.request_id,
+                    s,
+                    "auth.password_ok",
+                    actor_id=user.id,
+                    request_id=self.request_id,
                     detail={"mfa_required": True},
                 )
                 failed = None
@@ -323,7 +350,11 @@ class Identity:
             step = _matching_step(secret, code, after=None)
             if step is None:
                 self.audit.record(
-                    s, "auth.mfa_enrol", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                    s,
+                    "auth.mfa_enrol",
+                    actor_id=user.id,
+                    outcome=FAILURE,
+                    request_id=self.request_id,
                     detail={"reason": "wrong code"},
                 )
                 s.commit()
@@ -367,7 +398,11 @@ class Identity:
                 if user.failed_login_count >= MAX_FAILED_LOGINS:
                     user.locked_until = utcnow() + LOCKOUT
                 self.audit.record(
-                    s, "auth.mfa", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                    s,
+                    "auth.mfa",
+                    actor_id=user.id,
+                    outcome=FAILURE,
+                    request_id=self.request_id,
                     detail={"failed_count": user.failed_login_count},
                 )
                 s.commit()
@@ -376,7 +411,10 @@ class Identity:
                 user.mfa_last_step = step
             user.failed_login_count = 0
             self.audit.record(
-                s, "auth.login", actor_id=user.id, request_id=self.request_id,
+                s,
+                "auth.login",
+                actor_id=user.id,
+                request_id=self.request_id,
                 detail={"second_factor": "recovery code" if used_recovery else "totp"},
             )
         return user
@@ -403,12 +441,18 @@ class Identity:
                 old.used_at = utcnow()  # a new link cancels any earlier one
             s.add(
                 PasswordResetLink(
-                    user_id=user.id, token_hash=_sha256(token), issued_by=actor.id,
+                    user_id=user.id,
+                    token_hash=_sha256(token),
+                    issued_by=actor.id,
                     expires_at=utcnow() + RESET_LINK_LIFETIME,
                 )
             )
             self.audit.record(
-                s, "user.issue_reset", actor_id=actor.id, target_type="user", target_id=user.id,
+                s,
+                "user.issue_reset",
+                actor_id=actor.id,
+                target_type="user",
+                target_id=user.id,
                 request_id=self.request_id,
             )
         return token
@@ -418,7 +462,9 @@ class Identity:
         with transaction(self.session) as s:
             link = s.scalar(select(PasswordResetLink).where(PasswordResetLink.token_hash == _sha256(token or "")))
             if link is None or link.used_at is not None or link.expires_at < utcnow():
-                raise IdentityError("This link has expired or has already been used. Ask an administrator for a new one")
+                raise IdentityError(
+                    "This link has expired or has already been used. Ask an administrator for a new one"
+                )
             user = self._get(s, link.user_id)
             link.used_at = utcnow()
             user.password_hash = _hasher.hash(new_password)
@@ -429,8 +475,14 @@ class Identity:
             user.mfa_secret_sealed = None
             user.mfa_enrolled_at = None
             user.mfa_last_step = None
-            self.audit.record(s, "auth.password_reset", actor_id=user.id, target_type="user",
-                              target_id=user.id, request_id=self.request_id)
+            self.audit.record(
+                s,
+                "auth.password_reset",
+                actor_id=user.id,
+                target_type="user",
+                target_id=user.id,
+                request_id=self.request_id,
+            )
         return user
 
     # --- helpers ----------------------------------------------------------------------------------
@@ -445,8 +497,12 @@ class Identity:
         if actor is None or not has_permission(actor, permission):
             with transaction(self.session) as s:
                 self.audit.record(
-                    s, action, actor_id=actor.id if actor else None, outcome=DENIED,
-                    request_id=self.request_id, detail={"missing_permission": str(permission)},
+                    s,
+                    action,
+                    actor_id=actor.id if actor else None,
+                    outcome=DENIED,
+                    request_id=self.request_id,
+                    detail={"missing_permission": str(permission)},
                 )
             raise PermissionDenied("You do not have permission to do that")
 

@@ -120,6 +120,31 @@ def job_handler(kind: str, queue: str = "default") -> Callable[[Handler], Handle
     return register
 
 
+_PERIODIC: dict[str, int] = {}
+
+
+def periodic(kind: str, every_seconds: int) -> None:
+    """Run jobs of ``kind`` about every ``every_seconds`` (at most once per interval, whatever the clock)."""
+    if kind not in _HANDLERS:
+        raise JobError(f"no handler registered for job kind {kind!r}")
+    if every_seconds < 1:
+        raise JobError("a periodic job needs an interval of at least one second")
+    _PERIODIC[kind] = every_seconds
+
+
+def enqueue_due_periodic(db: Database) -> list[str]:
+    """Enqueue each periodic job once per interval; the idempotency key makes repeats harmless."""
+    now = int(utcnow().timestamp())
+    sent = []
+    with db.session_factory() as s:
+        for kind, every in sorted(_PERIODIC.items()):
+            job = enqueue(s, kind, {"interval_start": now - now % every},
+                          idempotency_key=f"periodic:{kind}:{now // every}")
+            sent.append(job.id)
+        s.commit()
+    return sent
+
+
 def registered_kinds() -> list[str]:
     return sorted(_HANDLERS)
 

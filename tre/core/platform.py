@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from tre.core.keys import KeyProvider, default_key_provider
 from tre.core.tokens import SigningKeyring, TokenService
 
 CHAIN_KEY_FILE = "audit-chain.key"
+# Shared secrets between the control plane and JupyterHub, one for each direction.
+HUB_SERVICE_TOKEN_FILE = "hub-service-token"  # noqa: S105 - a file name; the hub presents its content
+HUB_API_TOKEN_FILE = "hub-api-token"  # noqa: S105 - a file name; we present its content to the hub
 
 
 class PlatformNotInitialised(RuntimeError):
@@ -51,6 +55,14 @@ def initialise_keys(settings: Settings) -> None:
         _, wrapped = keys.new_wrapped_key(CHAIN_KEY_PURPOSE)
         _write_private(chain, wrapped)
     SigningKeyring.in_instance(settings.instance_path, keys)
+    for name in (HUB_SERVICE_TOKEN_FILE, HUB_API_TOKEN_FILE):
+        path = settings.instance_path / name
+        if not path.exists():
+            _write_private(path, secrets.token_urlsafe(32).encode())
+
+
+def read_secret(settings: Settings, name: str) -> str:
+    return (settings.instance_path / name).read_text(encoding="utf-8").strip()
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RUN_JOB = "tre.run_job"
 SWEEP = "tre.sweep_jobs"
+PERIODIC = "tre.enqueue_periodic"
 
 
 def make_celery(app: Flask) -> Celery:
@@ -53,6 +54,7 @@ def make_celery(app: Flask) -> Celery:
         broker_transport_options={"visibility_timeout": settings.task_time_limit_seconds + 300},
         beat_schedule={
             "sweep-jobs": {"task": SWEEP, "schedule": float(settings.job_sweep_interval_seconds)},
+            "periodic-jobs": {"task": PERIODIC, "schedule": 15.0},
         },
         task_always_eager=bool(app.config.get("CELERY_ALWAYS_EAGER", False)),
         task_eager_propagates=True,
@@ -73,6 +75,10 @@ def make_celery(app: Flask) -> Celery:
         report = jobs.sweep(db, requeue_after_seconds=settings.job_requeue_after_seconds)
         return {"requeued_lost": report.requeued_lost, "resent_stale": report.resent_stale,
                 "failed": report.failed}
+
+    @celery.task(name=PERIODIC)
+    def periodic_task() -> int:
+        return len(jobs.enqueue_due_periodic(db))
 
     def dispatch(job_id: str, queue: str) -> None:
         run_job_task.apply_async(args=[job_id], queue=queue)

@@ -65,8 +65,13 @@ def _query(args: Any) -> tuple[Select[Any], dict[str, str], list[str]]:
 def _record_view(action: str, filters: dict[str, str], count: int) -> None:
     p = platform()
     with transaction(p.db.session) as s:
-        p.audit.record(s, action, actor_id=g.user.id, request_id=g.get("request_id"),
-                       detail={"filters": {k: v for k, v in filters.items() if v}, "rows": count})
+        p.audit.record(
+            s,
+            action,
+            actor_id=g.user.id,
+            request_id=g.get("request_id"),
+            detail={"filters": {k: v for k, v in filters.items() if v}, "rows": count},
+        )
 
 
 @bp.get("/")
@@ -75,11 +80,18 @@ def search() -> Any:
     stmt, filters, problems = _query(request.args)
     db = platform().db.session
     events = db.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(PAGE_SIZE)).all()
-    names = {u.id: u.email for u in db.scalars(select(User).where(User.id.in_({e.actor_id for e in events if e.actor_id})))}
+    names = {
+        u.id: u.email for u in db.scalars(select(User).where(User.id.in_({e.actor_id for e in events if e.actor_id})))
+    }
     _record_view("audit.search", filters, len(events))
     return render_template(
-        "audit/search.html", title="Audit log", events=events, filters=filters, problems=problems,
-        names=names, page_size=PAGE_SIZE,
+        "audit/search.html",
+        title="Audit log",
+        events=events,
+        filters=filters,
+        problems=problems,
+        names=names,
+        page_size=PAGE_SIZE,
     ), (400 if problems else 200)
 
 
@@ -92,14 +104,43 @@ def export() -> Response:
     rows = platform().db.session.scalars(stmt.order_by(AuditEvent.seq)).all()
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["seq", "occurred_at", "actor_id", "action", "outcome", "target_type", "target_id",
-                     "project_id", "request_id", "detail", "prev_hash", "chain_hash"])
+    writer.writerow(
+        [
+            "seq",
+            "occurred_at",
+            "actor_id",
+            "action",
+            "outcome",
+            "target_type",
+            "target_id",
+            "project_id",
+            "request_id",
+            "detail",
+            "prev_hash",
+            "chain_hash",
+        ]
+    )
     for e in rows:
-        writer.writerow([e.seq, e.occurred_at.isoformat(), e.actor_id, e.action, e.outcome, e.target_type,
-                         e.target_id, e.project_id, e.request_id, _csv_safe(str(e.detail)), e.prev_hash, e.chain_hash])
+        writer.writerow(
+            [
+                e.seq,
+                e.occurred_at.isoformat(),
+                e.actor_id,
+                e.action,
+                e.outcome,
+                e.target_type,
+                e.target_id,
+                e.project_id,
+                e.request_id,
+                _csv_safe(str(e.detail)),
+                e.prev_hash,
+                e.chain_hash,
+            ]
+        )
     _record_view("audit.export", filters, len(rows))
-    return Response(out.getvalue(), mimetype="text/csv",
-                    headers={"Content-Disposition": "attachment; filename=audit-log.csv"})
+    return Response(
+        out.getvalue(), mimetype="text/csv", headers={"Content-Disposition": "attachment; filename=audit-log.csv"}
+    )
 
 
 def _csv_safe(value: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
-from tre.core.audit import AuditEvent, AuditLog, iter_events, verify_chain
+from tre.core.audit import AuditLog, iter_events
 from tre.core.db import transaction
 
 KEY = b"k" * 32

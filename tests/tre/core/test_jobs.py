@@ -201,3 +201,24 @@ def _pretend_a_worker_died_holding(db: Any, job_id: str) -> None:
             )
         )
         s.commit()
+
+
+@jobs.job_handler("test.periodic")
+def _periodic(ctx: jobs.JobContext) -> None:
+    CALLS.append({"periodic": ctx.payload["interval_start"]})
+
+
+def test_periodic_job_is_enqueued_once_per_interval_however_often_the_scheduler_ticks(
+    db: Any, no_dispatch: None
+) -> None:
+    jobs.periodic("test.periodic", 3600)
+    try:
+        first = jobs.enqueue_due_periodic(db)
+        second = jobs.enqueue_due_periodic(db)
+    finally:
+        jobs._PERIODIC.pop("test.periodic", None)
+
+    assert first == second
+    with db.session_factory() as s:
+        kinds = [j.kind for j in s.scalars(select(jobs.Job))]
+    assert kinds.count("test.periodic") == 1

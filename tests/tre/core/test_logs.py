@@ -75,7 +75,9 @@ def test_canary_credentials_used_in_a_session_never_reach_the_logs(
     _, secret = create_user(sqlite_app, "canary@nhs.example", ["administrator"])
     assert secret
     token = csrf_token(client, "/auth/login")
-    client.post("/auth/login", data={"email": "canary@nhs.example", "password": "wrong-canary-password-77", "csrf_token": token})
+    client.post(
+        "/auth/login", data={"email": "canary@nhs.example", "password": "wrong-canary-password-77", "csrf_token": token}
+    )
     sign_in(client, "canary@nhs.example", secret)
     client.get("/api/v1/me", headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."})
 

@@ -73,7 +73,9 @@ def test_new_account_must_enrol_mfa_before_anything_else(sqlite_app: Any, client
     page = client.get("/auth/mfa/enrol").get_data(as_text=True)
     secret = re.search(r'id="totp-secret">([A-Z2-7]+)<', page).group(1)  # type: ignore[union-attr]
     assert "<svg" in page  # the QR code
-    done = client.post("/auth/mfa/enrol", data={"code": pyotp.TOTP(secret).now(), "csrf_token": csrf_token(client, "/auth/mfa/enrol")})
+    done = client.post(
+        "/auth/mfa/enrol", data={"code": pyotp.TOTP(secret).now(), "csrf_token": csrf_token(client, "/auth/mfa/enrol")}
+    )
 
     assert done.status_code == 200
     assert len(re.findall(r"<li>[0-9a-f]{6}-[0-9a-f]{6}</li>", done.get_data(as_text=True))) == 10
@@ -153,8 +155,10 @@ def test_next_parameter_cannot_redirect_off_site(sqlite_app: Any, client: Any) -
     _, secret = create_user(sqlite_app, "ada@nhs.example", ["administrator"])
     assert secret
     token = csrf_token(client, "/auth/login")
-    client.post("/auth/login", data={"email": "ada@nhs.example", "password": PASSWORD, "csrf_token": token,
-                                     "next": "//evil.example/steal"})
+    client.post(
+        "/auth/login",
+        data={"email": "ada@nhs.example", "password": PASSWORD, "csrf_token": token, "next": "//evil.example/steal"},
+    )
     response = client.post("/auth/mfa", data={"code": next_code(secret), "csrf_token": csrf_token(client, "/auth/mfa")})
 
     assert response.headers["Location"] == "/"

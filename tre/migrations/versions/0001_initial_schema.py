@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 18:28:00.278133
+Create Date: 2026-11-23 18:45:16.525450
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def upgrade() -> None:
     sa.Column('data_type', sa.String(length=50), nullable=False),
     sa.Column('description', sa.Text(), nullable=False),
     sa.Column('sensitivity', sa.String(length=30), nullable=False),
-    sa.CheckConstraint("role IN ('direct_identifier', 'quasi_identifier', 'attribute')", name=op.f('ck_dataset_columns_role_known')),
+    sa.CheckConstraint("role IN ('direct_identifier', 'quasi_identifier', 'attribute', 'free_text')", name=op.f('ck_dataset_columns_role_known')),
     sa.CheckConstraint("sensitivity IN ('low', 'medium', 'high', 'special_category')", name=op.f('ck_dataset_columns_sensitivity_known')),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_dataset_columns_dataset_id_datasets'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dataset_columns')),
@@ -332,6 +332,36 @@ def upgrade() -> None:
     with op.batch_alter_table('extension_requests', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_extension_requests_project_id'), ['project_id'], unique=False)
 
+    op.create_table('output_requests',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('author_id', sa.String(length=32), nullable=False),
+    sa.Column('title', sa.String(length=200), nullable=False),
+    sa.Column('state', sa.String(length=30), nullable=False),
+    sa.Column('round', sa.Integer(), nullable=False),
+    sa.Column('reviews_required', sa.Integer(), nullable=False),
+    sa.Column('client_key', sa.String(length=200), nullable=True),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('state_changed_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('submitted_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('last_submitted_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('checks_finished_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('decided_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('released_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint("(released_at IS NULL) = (state NOT IN ('released', 'revoked'))", name=op.f('ck_output_requests_released_when_released')),
+    sa.CheckConstraint("state = 'draft' OR state = 'withdrawn' OR submitted_at IS NOT NULL", name=op.f('ck_output_requests_submitted_when_past_draft')),
+    sa.CheckConstraint("state IN ('draft', 'submitted', 'checking', 'awaiting_review', 'approved', 'released', 'returned', 'rejected', 'withdrawn', 'revoked')", name=op.f('ck_output_requests_state_known')),
+    sa.CheckConstraint('reviews_required >= 1', name=op.f('ck_output_requests_reviews_at_least_one')),
+    sa.CheckConstraint('round >= 1', name=op.f('ck_output_requests_round_positive')),
+    sa.ForeignKeyConstraint(['author_id'], ['users.id'], name=op.f('fk_output_requests_author_id_users')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_output_requests_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_requests')),
+    sa.UniqueConstraint('project_id', 'client_key', name=op.f('uq_output_requests_project_id_client_key'))
+    )
+    with op.batch_alter_table('output_requests', schema=None) as batch_op:
+        batch_op.create_index('ix_output_requests_project', ['project_id'], unique=False)
+        batch_op.create_index('ix_output_requests_state', ['state'], unique=False)
+
     op.create_table('project_members',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('project_id', sa.String(length=32), nullable=False),
@@ -351,6 +381,29 @@ def upgrade() -> None:
     with op.batch_alter_table('project_members', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_project_members_user_id'), ['user_id'], unique=False)
 
+    op.create_table('project_release_ledgers',
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('ledger', sa.JSON(), nullable=False),
+    sa.Column('updated_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_project_release_ledgers_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('project_id', name=op.f('pk_project_release_ledgers'))
+    )
+    op.create_table('workspace_sessions',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('user_id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('hub_username', sa.String(length=64), nullable=False),
+    sa.Column('server_name', sa.String(length=64), nullable=False),
+    sa.Column('started_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('stopped_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('stop_reason', sa.String(length=200), nullable=True),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_workspace_sessions_project_id_projects')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_workspace_sessions_user_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_workspace_sessions'))
+    )
+    with op.batch_alter_table('workspace_sessions', schema=None) as batch_op:
+        batch_op.create_index('ix_workspace_sessions_open', ['stopped_at'], unique=False)
+
     op.create_table('decisions',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('project_id', sa.String(length=32), nullable=False),
@@ -368,6 +421,74 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('decisions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_decisions_project_id'), ['project_id'], unique=False)
+
+    op.create_table('output_decisions',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('round', sa.Integer(), nullable=False),
+    sa.Column('outcome', sa.String(length=20), nullable=False),
+    sa.Column('comment', sa.Text(), nullable=False),
+    sa.Column('decided_by', sa.String(length=32), nullable=False),
+    sa.Column('decided_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('file_hashes', sa.JSON(), nullable=False),
+    sa.CheckConstraint("outcome = 'approve' OR length(trim(comment)) > 0", name=op.f('ck_output_decisions_refusal_has_comment')),
+    sa.CheckConstraint("outcome IN ('approve', 'return', 'reject')", name=op.f('ck_output_decisions_outcome_known')),
+    sa.ForeignKeyConstraint(['decided_by'], ['users.id'], name=op.f('fk_output_decisions_decided_by_users')),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_decisions_request_id_output_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_decisions')),
+    sa.UniqueConstraint('request_id', 'round', name=op.f('uq_output_decisions_request_id_round'))
+    )
+    with op.batch_alter_table('output_decisions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_output_decisions_request_id'), ['request_id'], unique=False)
+
+    op.create_table('output_groups',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('context', sa.Text(), nullable=False),
+    sa.Column('controls', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_groups_request_id_output_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_groups')),
+    sa.UniqueConstraint('request_id', 'name', name=op.f('uq_output_groups_request_id_name'))
+    )
+    op.create_table('output_releases',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('bundle_sha256', sa.String(length=64), nullable=False),
+    sa.Column('bundle_bytes', sa.Integer(), nullable=False),
+    sa.Column('manifest', sa.JSON(), nullable=False),
+    sa.Column('released_by', sa.String(length=32), nullable=False),
+    sa.Column('released_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('revoked_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('revoked_by', sa.String(length=32), nullable=True),
+    sa.Column('revoke_reason', sa.Text(), nullable=True),
+    sa.CheckConstraint('(revoked_at IS NULL) = (revoked_by IS NULL) AND (revoked_at IS NULL) = (revoke_reason IS NULL)', name=op.f('ck_output_releases_revocation_paired')),
+    sa.ForeignKeyConstraint(['released_by'], ['users.id'], name=op.f('fk_output_releases_released_by_users')),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_releases_request_id_output_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_releases')),
+    sa.UniqueConstraint('request_id', name=op.f('uq_output_releases_request_id'))
+    )
+    with op.batch_alter_table('output_releases', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_output_releases_project_id'), ['project_id'], unique=False)
+
+    op.create_table('output_reviews',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('round', sa.Integer(), nullable=False),
+    sa.Column('reviewer_id', sa.String(length=32), nullable=False),
+    sa.Column('assigned_by', sa.String(length=32), nullable=False),
+    sa.Column('claimed_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('submitted_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_reviews_request_id_output_requests'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['reviewer_id'], ['users.id'], name=op.f('fk_output_reviews_reviewer_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_reviews')),
+    sa.UniqueConstraint('request_id', 'round', 'reviewer_id', name=op.f('uq_output_reviews_request_id_round_reviewer_id'))
+    )
+    with op.batch_alter_table('output_reviews', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_output_reviews_request_id'), ['request_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_output_reviews_reviewer_id'), ['reviewer_id'], unique=False)
 
     op.create_table('review_assignments',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -410,6 +531,94 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_approved_columns_project_id_projects'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('project_id', 'dataset_id', 'column_name', name=op.f('pk_approved_columns'))
     )
+    op.create_table('output_comments',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('group_id', sa.String(length=32), nullable=True),
+    sa.Column('author_id', sa.String(length=32), nullable=False),
+    sa.Column('round', sa.Integer(), nullable=False),
+    sa.Column('visibility', sa.String(length=20), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("visibility IN ('private', 'shared')", name=op.f('ck_output_comments_visibility_known')),
+    sa.CheckConstraint('length(trim(body)) > 0', name=op.f('ck_output_comments_not_blank')),
+    sa.ForeignKeyConstraint(['author_id'], ['users.id'], name=op.f('fk_output_comments_author_id_users')),
+    sa.ForeignKeyConstraint(['group_id'], ['output_groups.id'], name=op.f('fk_output_comments_group_id_output_groups'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_comments_request_id_output_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_comments'))
+    )
+    with op.batch_alter_table('output_comments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_output_comments_request_id'), ['request_id'], unique=False)
+
+    op.create_table('output_files',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('group_id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('kind', sa.String(length=20), nullable=False),
+    sa.Column('content_type', sa.String(length=50), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('size_bytes', sa.Integer(), nullable=False),
+    sa.Column('table_spec', sa.JSON(), nullable=True),
+    sa.Column('added_by', sa.String(length=32), nullable=False),
+    sa.Column('added_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('added_in_round', sa.Integer(), nullable=False),
+    sa.Column('superseded_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('superseded_in_round', sa.Integer(), nullable=True),
+    sa.CheckConstraint("kind IN ('table', 'text', 'image')", name=op.f('ck_output_files_kind_known')),
+    sa.CheckConstraint('(superseded_at IS NULL) = (superseded_in_round IS NULL)', name=op.f('ck_output_files_superseded_paired')),
+    sa.CheckConstraint('size_bytes > 0', name=op.f('ck_output_files_not_empty')),
+    sa.ForeignKeyConstraint(['group_id'], ['output_groups.id'], name=op.f('fk_output_files_group_id_output_groups'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_files_request_id_output_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_files'))
+    )
+    with op.batch_alter_table('output_files', schema=None) as batch_op:
+        batch_op.create_index('ix_output_files_request', ['request_id'], unique=False)
+
+    op.create_table('output_checks',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('file_id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('policy_sha256', sa.String(length=64), nullable=False),
+    sa.Column('policy_version', sa.String(length=50), nullable=False),
+    sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('verdict', sa.JSON(), nullable=False),
+    sa.Column('recompute', sa.JSON(), nullable=False),
+    sa.Column('differencing', sa.JSON(), nullable=False),
+    sa.Column('aggregate', sa.JSON(), nullable=True),
+    sa.Column('job_id', sa.String(length=32), nullable=True),
+    sa.Column('checked_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("status IN ('pass', 'review', 'fail', 'error')", name=op.f('ck_output_checks_status_known')),
+    sa.ForeignKeyConstraint(['file_id'], ['output_files.id'], name=op.f('fk_output_checks_file_id_output_files'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_checks_request_id_output_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_checks')),
+    sa.UniqueConstraint('file_id', 'policy_sha256', name=op.f('uq_output_checks_file_id_policy_sha256'))
+    )
+    with op.batch_alter_table('output_checks', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_output_checks_file_id'), ['file_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_output_checks_request_id'), ['request_id'], unique=False)
+
+    op.create_table('output_votes',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('file_id', sa.String(length=32), nullable=False),
+    sa.Column('reviewer_id', sa.String(length=32), nullable=False),
+    sa.Column('vote', sa.String(length=30), nullable=False),
+    sa.Column('comment', sa.Text(), nullable=False),
+    sa.Column('round', sa.Integer(), nullable=False),
+    sa.Column('updated_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("vote <> 'changes_requested' OR length(trim(comment)) > 0", name=op.f('ck_output_votes_changes_need_comment')),
+    sa.CheckConstraint("vote IN ('approve', 'changes_requested', 'undecided')", name=op.f('ck_output_votes_vote_known')),
+    sa.ForeignKeyConstraint(['file_id'], ['output_files.id'], name=op.f('fk_output_votes_file_id_output_files'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['request_id'], ['output_requests.id'], name=op.f('fk_output_votes_request_id_output_requests'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['reviewer_id'], ['users.id'], name=op.f('fk_output_votes_reviewer_id_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_output_votes')),
+    sa.UniqueConstraint('file_id', 'reviewer_id', name=op.f('uq_output_votes_file_id_reviewer_id'))
+    )
+    with op.batch_alter_table('output_votes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_output_votes_request_id'), ['request_id'], unique=False)
+
     for statement in append_only_ddl(op.get_bind().dialect.name):
         op.execute(statement)
 
@@ -419,20 +628,61 @@ def downgrade() -> None:
         op.execute('DROP TRIGGER IF EXISTS audit_events_no_update_or_delete ON audit_events')
         op.execute('DROP TRIGGER IF EXISTS audit_events_no_truncate ON audit_events')
         op.execute('DROP FUNCTION IF EXISTS audit_events_refuse_change()')
+    with op.batch_alter_table('output_votes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_output_votes_request_id'))
+
+    op.drop_table('output_votes')
+    with op.batch_alter_table('output_checks', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_output_checks_request_id'))
+        batch_op.drop_index(batch_op.f('ix_output_checks_file_id'))
+
+    op.drop_table('output_checks')
+    with op.batch_alter_table('output_files', schema=None) as batch_op:
+        batch_op.drop_index('ix_output_files_request')
+
+    op.drop_table('output_files')
+    with op.batch_alter_table('output_comments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_output_comments_request_id'))
+
+    op.drop_table('output_comments')
     op.drop_table('approved_columns')
     op.drop_table('votes')
     with op.batch_alter_table('review_assignments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_review_assignments_reviewer_id'))
 
     op.drop_table('review_assignments')
+    with op.batch_alter_table('output_reviews', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_output_reviews_reviewer_id'))
+        batch_op.drop_index(batch_op.f('ix_output_reviews_request_id'))
+
+    op.drop_table('output_reviews')
+    with op.batch_alter_table('output_releases', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_output_releases_project_id'))
+
+    op.drop_table('output_releases')
+    op.drop_table('output_groups')
+    with op.batch_alter_table('output_decisions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_output_decisions_request_id'))
+
+    op.drop_table('output_decisions')
     with op.batch_alter_table('decisions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_decisions_project_id'))
 
     op.drop_table('decisions')
+    with op.batch_alter_table('workspace_sessions', schema=None) as batch_op:
+        batch_op.drop_index('ix_workspace_sessions_open')
+
+    op.drop_table('workspace_sessions')
+    op.drop_table('project_release_ledgers')
     with op.batch_alter_table('project_members', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_project_members_user_id'))
 
     op.drop_table('project_members')
+    with op.batch_alter_table('output_requests', schema=None) as batch_op:
+        batch_op.drop_index('ix_output_requests_state')
+        batch_op.drop_index('ix_output_requests_project')
+
+    op.drop_table('output_requests')
     with op.batch_alter_table('extension_requests', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_extension_requests_project_id'))
 

@@ -1,0 +1,187 @@
+"""Benchmark: checked 3-way count and mean tables against plain pandas and against ACRO.
+
+Run:  python -m benchmarks.disclosure_tables [--rows 5000000] [--no-acro] [--person]
+
+Builds synthetic microdata (skewed category frequencies, so some cells are small and suppression has work
+to do), then times, in the same process and on the same data:
+
+- baseline: ``pandas.crosstab`` (count) + ``pandas.pivot_table`` (mean) for the same ~18,000-cell table;
+- ours: ``check_frequency_table`` + ``check_magnitude_table`` with every rule, primary and secondary
+  suppression, and the interval audit when affordable (see ``AUDIT_CELL_LIMIT``);
+- ACRO 1.0.2's checked crosstab (if ``.venv-acro`` exists, see benchmarks/acro_env.sh), in a subprocess
+  because ACRO needs pandas < 3; it reads the same columns from .npy files.
+
+The last line printed is one JSON object (benchmark, value, baseline, ratio, target, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from disclosure.engine.tables import check_frequency_table, check_magnitude_table
+
+ROOT = Path(__file__).resolve().parent.parent
+ACRO_PYTHON = Path(os.environ.get("ACRO_VENV", ROOT / ".venv-acro")) / "bin" / "python"
+SHAPE = (30, 30, 20)  # 18,000 cells
+
+
+def synthetic(rows: int, seed: int = 20261123) -> pd.DataFrame:
+    """Skewed categorical data: Zipf-like weights give a long tail of small cells, as real data does."""
+    rng = np.random.default_rng(seed)
+    cols = {}
+    for name, n in zip(("region", "age_band", "condition"), SHAPE, strict=True):
+        weights = 1.0 / np.arange(1, n + 1) ** 1.1
+        cols[name] = rng.choice(n, size=rows, p=weights / weights.sum()).astype(np.int64)
+    cols["cost"] = rng.lognormal(mean=5.0, sigma=1.0, size=rows)
+    cols["person"] = rng.integers(0, max(rows // 3, 1), size=rows)
+    return pd.DataFrame(cols)
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+_ACRO_SCRIPT = textwrap.dedent("""
+    import json, sys, time, logging
+    import numpy as np, pandas as pd
+    logging.disable(logging.CRITICAL)
+    from acro import ACRO
+    folder, mean = sys.argv[1], sys.argv[2] == "1"
+    df = pd.DataFrame({k: np.load(f"{folder}/{k}.npy") for k in ("region", "age_band", "condition", "cost")})
+    acro = ACRO(suppress=False)
+    out = {}
+    t = time.perf_counter()
+    acro.crosstab([df.region, df.age_band], df.condition)
+    out["crosstab"] = time.perf_counter() - t
+    if mean:
+        t = time.perf_counter()
+        acro.pivot_table(df, values="cost", index=["region", "age_band"], columns="condition", aggfunc="mean")
+        out["mean"] = time.perf_counter() - t
+    print(json.dumps(out))
+""")
+
+
+def time_acro(df: pd.DataFrame, with_mean: bool) -> dict | None:
+    """ACRO's own timings, or None when its venv is absent."""
+    if not ACRO_PYTHON.exists():
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        for k in ("region", "age_band", "condition", "cost"):
+            np.save(f"{folder}/{k}.npy", df[k].to_numpy())
+        proc = subprocess.run(
+            [str(ACRO_PYTHON), "-c", _ACRO_SCRIPT, folder, "1" if with_mean else "0"],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+            cwd=folder,
+        )
+    if proc.returncode != 0:
+        print("ACRO run failed:", proc.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--no-acro", action="store_true", help="skip ACRO even if its venv exists")
+    parser.add_argument("--acro-mean", action="store_true", help="also time ACRO's mean table (slow)")
+    parser.add_argument("--person", action="store_true", help="also time contributors as distinct people")
+    args = parser.parse_args(argv)
+
+    df = synthetic(args.rows)
+    dims = ["region", "age_band", "condition"]
+
+    def pandas_tables():
+        counts = pd.crosstab([df.region, df.age_band], df.condition)
+        means = pd.pivot_table(
+            df,
+            values="cost",
+            index=["region", "age_band"],
+            columns="condition",
+            aggfunc="mean",
+            observed=True,
+        )
+        return counts, means
+
+    def our_tables():
+        counts = check_frequency_table(df, dims, mitigation="suppress")
+        means = check_magnitude_table(df, dims, "cost", statistic="mean", mitigation="suppress")
+        return counts, means
+
+    t_pandas, (p_counts, _) = best_of(pandas_tables, args.repeat)
+    t_ours, (counts, means) = best_of(our_tables, args.repeat)
+    # Same numbers as pandas, or the comparison is meaningless.
+    ours_counts = counts.table(released=False)
+    np.testing.assert_array_equal(
+        ours_counts.to_numpy()[: p_counts.shape[0], : p_counts.shape[1]].sum(), p_counts.to_numpy().sum()
+    )
+
+    result = {
+        "benchmark": "disclosure_tables_3way_count_and_mean",
+        "rows": args.rows,
+        "cells": int(np.prod(counts.stats.shape)),
+        "value": round(t_ours, 3),
+        "baseline": round(t_pandas, 3),
+        "ratio": round(t_ours / t_pandas, 3),
+        "target": "ratio <= 2.0 (vs pandas); acro_speedup >= 20",
+        "unit": "seconds",
+        "count_suppressed": {
+            k: counts.verdict["mitigation"].get("suppression", {}).get(k) for k in ("primary", "secondary")
+        },
+        "mean_suppressed": {
+            k: means.verdict["mitigation"].get("suppression", {}).get(k) for k in ("primary", "secondary")
+        },
+        "audit": [
+            counts.verdict["mitigation"].get("suppression", {}).get("audit", {}).get("status"),
+            means.verdict["mitigation"].get("suppression", {}).get("audit", {}).get("status"),
+        ],
+    }
+    if args.person:
+        t_person, _ = best_of(
+            lambda: (
+                check_frequency_table(df, dims, person="person"),
+                check_magnitude_table(df, dims, "cost", person="person"),
+            ),
+            1,
+        )
+        result["value_with_person_ids"] = round(t_person, 3)
+    acro = None if args.no_acro else time_acro(df, args.acro_mean)
+    if acro is None:
+        result["acro"] = (
+            "not run (no .venv-acro; run benchmarks/acro_env.sh)" if not args.no_acro else "skipped"
+        )
+    else:
+        t_count = counts.extra.get("seconds")
+        result["acro_crosstab_seconds"] = round(acro["crosstab"], 3)
+        t_count, _ = best_of(lambda: check_frequency_table(df, dims, mitigation="suppress"), 1)
+        result["ours_crosstab_seconds"] = round(t_count, 3)
+        result["acro_speedup"] = round(acro["crosstab"] / t_count, 1)
+        if "mean" in acro:
+            t_mean, _ = best_of(lambda: check_magnitude_table(df, dims, "cost", mitigation="suppress"), 1)
+            result["acro_mean_seconds"] = round(acro["mean"], 3)
+            result["acro_mean_speedup"] = round(acro["mean"] / t_mean, 1)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,802 @@
+"""Load benchmark: the real service under a mixed load, on the embedded default and on PostgreSQL + Redis.
+
+Run:  python -m benchmarks.load [--seconds 20] [--backend both|embedded|postgres] [--users 16]
+
+For each backend this starts the service as production runs it, on 127.0.0.1 and a free port:
+gunicorn with ``infra/production/gunicorn.conf.py`` (same processes and threads on both backends,
+so only the database and the broker differ) and one ``tre worker`` for every queue. The embedded
+backend is the default configuration (SQLite file, Celery on kombu's SQLAlchemy transport, worker
+with its sweeper, as ``tre run`` starts it); the other is PostgreSQL (a fresh database, dropped
+afterwards) and Redis (database 13), used when they answer on 127.0.0.1:5432 and :6379.
+
+Each instance gets the demo accounts (``tre demo load --patients 2000``); every demo person signs
+in over HTTP with password and TOTP (a cookie session for the pages) and gets a personal API token.
+This process (not the server) then drives a closed loop of ``--users`` concurrent users, each on its
+own keep-alive connection, over a weighted mix of what exists in the app at the time (read from its
+URL map): public pages, signed-in pages (account and audit pages, and project and queue pages where
+they exist), JSON API reads, API writes (an administrator changing roles, each an audited write), and
+output submissions (``POST /api/v1/outputs/requests``) if that route exists and accepts a request.
+
+While the load runs, CPU time is read from /proc every second for the gunicorn processes, the
+worker, this client, PostgreSQL, Redis and the whole machine, which names the bottleneck.
+
+Traffic never leaves 127.0.0.1. The last line printed is one JSON object (benchmark, value, baseline,
+ratio, target, details): value is requests/s on PostgreSQL (embedded when PostgreSQL is unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlparse
+
+LOOPBACK = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = REPO / "infra" / "production" / "gunicorn.conf.py"
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+QUEUE_NAMES = ("default", "checks", "extracts", "notifications")
+
+# Share of requests per class (classes with nothing to request are left out).
+MIX = {"home": 10, "page": 40, "api_read": 33, "write": 10, "output": 7}
+# Pages that are not part of a person's ordinary browsing (downloads, sign-in steps, probes).
+SKIP_ENDPOINT_PREFIXES = ("static", "metrics.", "health.", "auth.", "api-docs.")
+SKIP_PATH_WORDS = ("export", ".csv", "download", "/jwks", "openapi")
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tre_command() -> list[str]:
+    script = Path(sys.executable).with_name("tre")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tre.cli"]
+
+
+def clean_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The caller's environment without any TRE_ setting of its own, plus ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(extra)
+    return env
+
+
+def run_step(argv: list[str], env: dict[str, str], what: str, timeout: float = 300) -> None:
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)  # noqa: S603
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+
+
+@dataclass
+class Service:
+    """gunicorn and a Celery worker started for one backend; stopped by process group."""
+
+    env: dict[str, str]
+    port: int
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, worker_beat: bool) -> None:
+        web = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tre.wsgi:app"]
+        worker = [*tre_command(), "worker", "--beat" if worker_beat else "--no-beat", "--concurrency", "2"]
+        for name, argv in (("web", web), ("worker", worker)):
+            out = (self.logs / f"{name}.log").open("wb")
+            self.procs[name] = subprocess.Popen(  # noqa: S603
+                argv, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            out.close()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.tail(name)}")
+            try:
+                status, _, _ = request_once(self.port, "GET", "/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the service did not become ready in 90 s:\n{self.tail('web')}")
+
+    def tail(self, name: str, chars: int = 3000) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 20
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+
+
+# --- HTTP (loopback only) --------------------------------------------------------------------------
+
+
+def connection(port: int) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+
+
+def request_once(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    conn = connection(port)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+class Browser:
+    """A cookie jar over single requests, enough to sign in through the pages."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+
+    def go(self, method: str, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+        headers = {"Cookie": self.cookie_header()} if self.cookies else {}
+        body = None
+        if form is not None:
+            body = urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn = connection(self.port)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            for value in resp.msg.get_all("Set-Cookie") or []:
+                name, _, rest = value.partition("=")
+                self.cookies[name.strip()] = rest.split(";", 1)[0]
+            return resp.status, data.decode(errors="replace")
+        finally:
+            conn.close()
+
+
+def csrf_from(html: str) -> str:
+    match = re.search(r'name="csrf_token"\s+value="([^"]+)"', html)
+    if not match:
+        raise RuntimeError("no CSRF token in the form")
+    return match.group(1)
+
+
+def sign_in(port: int, email: str, password: str, totp_secret: str) -> str:
+    """Sign in through the pages with password and the current TOTP code; returns the cookie header."""
+    import pyotp
+
+    browser = Browser(port)
+    _, page = browser.go("GET", "/auth/login")
+    status, _ = browser.go(
+        "POST", "/auth/login", {"email": email, "password": password, "csrf_token": csrf_from(page), "next": ""}
+    )
+    if status != 302:
+        raise RuntimeError(f"sign-in of {email} answered {status}")
+    _, page = browser.go("GET", "/auth/mfa")
+    status, _ = browser.go("POST", "/auth/mfa", {"code": pyotp.TOTP(totp_secret).now(), "csrf_token": csrf_from(page)})
+    if status != 302:
+        raise RuntimeError(f"second factor of {email} answered {status}")
+    return browser.cookie_header()
+
+
+# --- preparing an instance -------------------------------------------------------------------------
+
+
+@dataclass
+class Person:
+    email: str
+    roles: list[str]
+    user_id: str
+    token: str
+    cookie: str
+
+
+@dataclass(frozen=True)
+class Call:
+    cls: str
+    label: str
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None = None
+    body_factory: Callable[[random.Random], tuple[bytes, str]] | None = None
+
+
+def issue_tokens(database_url: str, emails: list[str]) -> dict[str, tuple[str, str]]:
+    """A personal API token for each account, written as the service stores them: {email: (id, token)}."""
+    import datetime as dt
+
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    import tre.models  # noqa: F401  (every table, so the mappers are complete)
+    from tre.core.db import utcnow
+    from tre.core.identity import PersonalApiToken, User
+    from tre.core.tokens import new_personal_token
+
+    engine = create_engine(database_url)
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        with Session(engine) as s:
+            expires = utcnow() + dt.timedelta(days=1)
+            for email in emails:
+                user = s.scalar(select(User).where(User.email == email))
+                if user is None:
+                    continue
+                token = new_personal_token()
+                s.add(PersonalApiToken(user_id=user.id, name="load benchmark", lookup_prefix=token.lookup_prefix,
+                                       token_hash=token.hash, expires_at=expires))
+                out[email] = (user.id, token.plaintext)
+            s.commit()
+    finally:
+        engine.dispose()
+    return out
+
+
+def app_routes(env: dict[str, str]) -> list[tuple[str, set[str], list[str], str]]:
+    """(rule, methods, argument names, endpoint) for every route of the app as configured for this run."""
+    code = (
+        "import json\nfrom tre.app import create_app\napp = create_app()\n"
+        "print(json.dumps([[r.rule, sorted(r.methods or ()), sorted(r.arguments), r.endpoint] "
+        "for r in app.url_map.iter_rules()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,  # noqa: S603
+                          timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not read the app's routes:\n{done.stderr[-2000:]}")
+    return [(rule, set(methods), args, endpoint) for rule, methods, args, endpoint in
+            json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def fill(rule: str, values: dict[str, str]) -> str:
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: values[m.group(1)], rule)
+
+
+def multipart(fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "----tre-load-" + uuid.uuid4().hex
+    parts: list[bytes] = []
+    for name, value in fields:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for filename, data in files:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{filename}"\r\n'
+            f"Content-Type: text/csv\r\n\r\n".encode() + data + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def output_body(rnd: random.Random) -> tuple[bytes, str]:
+    rows = "\n".join(f"{region},{rnd.randint(12, 400)}" for region in ("North", "South", "East", "West"))
+    return multipart(
+        [("title", "Admissions by region"), ("context", "Counts of admissions by region, 2023"),
+         ("controls", "Counts under 10 suppressed; rounded to the nearest 5")],
+        [("admissions_by_region.csv", f"region,admissions\n{rows}\n".encode())],
+    )
+
+
+def plan_calls(port: int, env: dict[str, str], people: list[Person], notes: list[str]) -> dict[str, list[Call]]:
+    """Every request of the mix that this version of the app answers with success, by class."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    routes = app_routes(env)
+    admin = next(p for p in people if "administrator" in p.roles)
+    values = {"user_id": admin.user_id}
+    calls: dict[str, list[Call]] = {k: [] for k in MIX}
+    candidates = [
+        (rule, args) for rule, methods, args, endpoint in sorted(routes)
+        if "GET" in methods and not endpoint.startswith(SKIP_ENDPOINT_PREFIXES)
+        and not any(word in rule for word in SKIP_PATH_WORDS)
+    ]
+
+    def probe(path: str, who: str, headers: tuple[tuple[str, str], ...]) -> tuple[str, str, tuple, int, bytes]:
+        status, _, data = request_once(port, "GET", path, None, dict(headers))
+        return path, who, headers, status, data
+
+    done_rules: set[str] = set()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        # Two rounds: lists answered in the first give the ids (project_id, dataset_id...) for the second.
+        for _ in range(2):
+            jobs = []
+            for rule, args in candidates:
+                if rule in done_rules or not set(args) <= set(values):
+                    continue
+                done_rules.add(rule)
+                path = fill(rule, values)
+                is_api = path.startswith("/api/")
+                identities: list[tuple[str, tuple[tuple[str, str], ...]]] = [("anonymous", ())]
+                for person in people:
+                    header = ("Authorization", f"Bearer {person.token}") if is_api else ("Cookie", person.cookie)
+                    identities.append((person.email.split("@")[0], (header,)))
+                jobs += [(rule, pool.submit(probe, path, who, headers)) for who, headers in identities]
+            for rule, future in jobs:
+                path, who, headers, status, data = future.result()
+                is_api = path.startswith("/api/")
+                cls = "api_read" if is_api else ("home" if path in ("/", "/about") else "page")
+                if status != 200 or not (who != "anonymous" or cls == "home" or is_api):
+                    continue
+                calls[cls].append(Call(cls, rule, "GET", path, headers))
+                listed = re.fullmatch(r"/api/v1/([a-z_]+)s", path)
+                if listed and f"{listed.group(1)}_id" not in values:
+                    try:
+                        items = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(items, list) and items and isinstance(items[0], dict) and "id" in items[0]:
+                        values[f"{listed.group(1)}_id"] = str(items[0]["id"])
+    skipped = sorted(rule for rule, _ in candidates if rule not in done_rules)
+    if skipped:
+        notes.append(f"routes needing ids this benchmark does not make, not exercised: {', '.join(skipped)}")
+
+    # Writes: an administrator changes the roles of accounts made for the run (each one audited).
+    admin_auth = (("Authorization", f"Bearer {admin.token}"), ("Content-Type", "application/json"))
+    for n in range(8):
+        body = json.dumps({"email": f"load{n}-{uuid.uuid4().hex[:6]}@load.tre.example",
+                           "display_name": f"Load test {n}", "roles": ["researcher"]}).encode()
+        status, _, data = request_once(port, "POST", "/api/v1/users", body, dict(admin_auth))
+        if status != 201:
+            notes.append(f"could not create accounts for the write mix ({status}): writes left out")
+            break
+        user_id = json.loads(data)["id"]
+        for roles in (["researcher"], ["researcher", "output_checker"]):
+            calls["write"].append(Call("write", "PUT /api/v1/users/<id>/roles", "PUT",
+                                       f"/api/v1/users/{user_id}/roles", admin_auth,
+                                       body=json.dumps({"roles": roles}).encode()))
+
+    # Output submission, when the output-checking API exists and takes a request from a researcher.
+    outputs = [r for r in routes if r[0] == "/api/v1/outputs/requests" and "POST" in r[1]]
+    if not outputs:
+        notes.append("output submission skipped: POST /api/v1/outputs/requests does not exist in this version")
+    else:
+        refusals = []
+        for person in people:
+            if "researcher" not in person.roles:
+                continue
+            body, ctype = output_body(random.Random(0))
+            headers = (("Authorization", f"Bearer {person.token}"), ("Accept", "application/json"))
+            status, _, data = request_once(port, "POST", "/api/v1/outputs/requests", body,
+                                           {**dict(headers), "Content-Type": ctype})
+            if 200 <= status < 300:
+                calls["output"].append(Call("output", "POST /api/v1/outputs/requests", "POST",
+                                            "/api/v1/outputs/requests", headers, body_factory=output_body))
+            else:
+                refusals.append(f"{person.email.split('@')[0]}: {status} {data[:160].decode(errors='replace')}")
+        if not calls["output"]:
+            notes.append("output submission skipped: no demo researcher may submit without a project "
+                         "workspace (" + "; ".join(refusals) + ")")
+    return calls
+
+
+# --- CPU accounting from /proc ---------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (parent pid, command name, CPU ticks used so far)."""
+    table: dict[int, tuple[int, str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        rest = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry)] = (int(rest[1]), name, int(rest[11]) + int(rest[12]))
+    return table
+
+
+def _machine_ticks() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+class CpuSampler(threading.Thread):
+    """Adds up, once a second, the CPU each group of processes used since the last look."""
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.roots = roots
+        self.used: dict[str, float] = {}
+        self.last: dict[int, int] = {}
+        self.stop_event = threading.Event()
+        self.started_at = 0.0
+        self.wall = 0.0
+        self.machine_busy = 0
+        self.machine_total = 0
+
+    def _group(self, pid: int, table: dict[int, tuple[int, str, int]]) -> str:
+        if pid == os.getpid():
+            return "client"
+        seen = pid
+        for _ in range(50):
+            for group, root in self.roots.items():
+                if seen == root:
+                    return group
+            parent = table.get(seen, (0, "", 0))[0]
+            if parent <= 1:
+                break
+            seen = parent
+        name = table[pid][1]
+        if name.startswith("postgres") or name == "postmaster":
+            return "postgresql"
+        if name.startswith("redis"):
+            return "redis"
+        return "other"
+
+    def _take(self, first: bool) -> None:
+        table = _proc_table()
+        for pid, (_, _, ticks) in table.items():
+            before = self.last.get(pid)
+            self.last[pid] = ticks
+            if first:
+                continue
+            delta = ticks - before if before is not None else ticks
+            if delta > 0:
+                group = self._group(pid, table)
+                self.used[group] = self.used.get(group, 0.0) + delta / CLK_TCK
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        busy0, total0 = _machine_ticks()
+        self._take(first=True)
+        while not self.stop_event.wait(1.0):
+            self._take(first=False)
+        self._take(first=False)
+        busy1, total1 = _machine_ticks()
+        self.wall = time.monotonic() - self.started_at
+        self.machine_busy, self.machine_total = busy1 - busy0, total1 - total0
+
+    def summary(self) -> dict[str, Any]:
+        cores = os.cpu_count() or 1
+        busy_share = self.machine_busy / self.machine_total if self.machine_total else 0.0
+        by_group = {k: round(v / self.wall, 2) for k, v in sorted(self.used.items()) if self.wall}
+        return {"cores": cores, "machine_busy_percent": round(100 * busy_share, 1),
+                "cores_used_by": by_group, "seconds": round(self.wall, 1)}
+
+
+# --- the load --------------------------------------------------------------------------------------
+
+
+def drive(port: int, calls: dict[str, list[Call]], users: int, seconds: float, warmup: float,
+          max_requests: int, seed: int) -> tuple[list[tuple[str, str, int, float]], float]:
+    """Closed loop: each user sends its next request as soon as the last is answered."""
+    classes = [c for c in MIX if calls.get(c)]
+    weights = [MIX[c] for c in classes]
+    results: list[tuple[str, str, int, float]] = []
+    budget = itertools.count()
+    start = time.perf_counter()
+    measure_from = start + warmup
+    deadline = measure_from + seconds
+
+    def user(n: int) -> None:
+        rnd = random.Random(seed * 1000 + n)
+        conn = connection(port)
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            if now >= measure_from and next(budget) >= max_requests:
+                break
+            cls = rnd.choices(classes, weights)[0]
+            call = rnd.choice(calls[cls])
+            headers = dict(call.headers)
+            body = call.body
+            if call.body_factory is not None:
+                body, headers["Content-Type"] = call.body_factory(rnd)
+            t0 = time.perf_counter()
+            try:
+                conn.request(call.method, call.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+                if resp.will_close:
+                    conn.close()
+                    conn = connection(port)
+            except (OSError, http.client.HTTPException):
+                status = 0
+                conn.close()
+                conn = connection(port)
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= deadline + 5:
+                results.append((cls, call.label, status, t1 - t0))
+        conn.close()
+
+    threads = [threading.Thread(target=user, args=(n,), daemon=True) for n in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + warmup + 60)
+    measured = max(min(time.perf_counter(), deadline + 5) - measure_from, 1e-9)
+    return results, measured
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def stats(rows: list[tuple[str, str, int, float]], seconds: float) -> dict[str, Any]:
+    ok = [r for r in rows if 200 <= r[2] < 400]
+    lat = sorted(r[3] for r in ok)
+    return {
+        "requests": len(rows), "ok": len(ok), "errors": len(rows) - len(ok),
+        "server_errors": sum(1 for r in rows if r[2] >= 500 or r[2] == 0),
+        "rps": round(len(ok) / seconds, 1),
+        "p50_ms": round(1000 * percentile(lat, 0.50), 1), "p90_ms": round(1000 * percentile(lat, 0.90), 1),
+        "p99_ms": round(1000 * percentile(lat, 0.99), 1),
+    }
+
+
+def bottleneck(backend: str, cpu: dict[str, Any], by_class: dict[str, Any], locked: int) -> str:
+    cores = cpu["cores"]
+    used = cpu["cores_used_by"]
+    busy = cpu["machine_busy_percent"]
+    top = sorted(used.items(), key=lambda kv: -kv[1])
+    shares = ", ".join(f"{name} {value:.2f}" for name, value in top if value >= 0.01)
+    if busy >= 85:
+        verdict = f"CPU: the machine's {cores} cores were {busy:.0f}% busy (cores used: {shares})"
+        if top and top[0][0] == "web":
+            verdict += "; the gunicorn workers (Python request handling) use the most, so more cores or replicas help"
+        elif top and top[0][0] == "client":
+            verdict += "; the load generator itself is the largest user: the server could do more on its own cores"
+        elif top and top[0][0] == "other":
+            verdict += "; other processes on this shared machine took the most"
+    else:
+        verdict = f"not CPU: the machine was {busy:.0f}% busy (cores used: {shares})"
+    write = by_class.get("write")
+    read = by_class.get("page") or by_class.get("api_read")
+    if backend == "embedded" and write and read and write["p99_ms"] > 2 * read["p99_ms"]:
+        verdict += (f"; SQLite's single writer shows: write p99 {write['p99_ms']} ms against read p99 "
+                    f"{read['p99_ms']} ms")
+    if locked:
+        verdict += f"; 'database is locked' appeared {locked} times in the server log"
+    return verdict
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database on the loopback PostgreSQL, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"tre_load_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                         {"n": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def clear_redis_queues(url: str) -> None:
+    """Remove the Celery keys this run left in its Redis database (and nothing else)."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        keys = [*QUEUE_NAMES, "unacked", "unacked_index", "unacked_mutex"]
+        keys += list(client.scan_iter("_kombu.binding.*"))
+        client.delete(*keys)
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - cleaning up must not hide the figures
+        log(f"note: could not clear Redis keys of the run: {exc}")
+
+
+def run_backend(backend: str, args: argparse.Namespace, database_url: str, broker_url: str) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"tre-load-{backend}-"))
+    instance = workdir / "instance"
+    port = free_port()
+    settings = {
+        "TRE_INSTANCE_PATH": str(instance), "TRE_HOST": LOOPBACK, "TRE_PORT": str(port),
+        "TRE_LOG_FORMAT": "json", "TRE_LOG_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
+    }
+    if database_url:
+        settings["TRE_DATABASE_URL"] = database_url
+    if broker_url:
+        settings["TRE_BROKER_URL"] = broker_url
+    if args.web_workers:
+        settings["WEB_CONCURRENCY"] = str(args.web_workers)
+    env = clean_environment(settings)
+    service = Service(env, port, workdir)
+    notes: list[str] = []
+    try:
+        started = time.monotonic()
+        steps: dict[str, float] = {}
+        run_step([*tre_command(), "init"], env, "tre init")
+        steps["init"] = time.monotonic() - started
+        try:
+            run_step([*tre_command(), "demo", "load", "--patients", str(args.patients)], env, "tre demo load")
+        except RuntimeError as exc:
+            if not (instance / "demo-accounts.json").exists():
+                raise
+            notes.append(f"tre demo load stopped after the accounts: {str(exc).splitlines()[0]}")
+        steps["demo load"] = time.monotonic() - started - sum(steps.values())
+        accounts = json.loads((instance / "demo-accounts.json").read_text())
+        tokens = issue_tokens(env.get("TRE_DATABASE_URL") or f"sqlite:///{instance / 'tre.sqlite'}", list(accounts))
+        service.start(worker_beat=broker_url == "")
+        steps["start"] = time.monotonic() - started - sum(steps.values())
+        people = [
+            Person(email, info["roles"], tokens[email][0], tokens[email][1],
+                   sign_in(port, email, info["password"], info["totp_secret"]))
+            for email, info in accounts.items() if email in tokens
+        ]
+        steps["sign in"] = time.monotonic() - started - sum(steps.values())
+        calls = plan_calls(port, env, people, notes)
+        steps["probe"] = time.monotonic() - started - sum(steps.values())
+        prepared = time.monotonic() - started
+        log(f"[{backend}] ready in {prepared:.0f} s ("
+            + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()) + f"): {len(people)} people signed in; mix: "
+            + ", ".join(f"{c} {len(v)}" for c, v in calls.items() if v))
+        sampler = CpuSampler({"web": service.procs["web"].pid, "worker": service.procs["worker"].pid})
+        sampler.start()
+        rows, measured = drive(port, calls, args.users, args.seconds, args.warmup, args.max_requests, args.seed)
+        sampler.stop_event.set()
+        sampler.join()
+        overall = stats(rows, measured)
+        by_class = {c: stats([r for r in rows if r[0] == c], measured) for c in MIX if calls.get(c)}
+        by_route: dict[str, Any] = {}
+        for label in sorted({r[1] for r in rows}):
+            by_route[label] = stats([r for r in rows if r[1] == label], measured)
+        cpu = sampler.summary()
+        locked = service.tail("web", 10**8).count("database is locked")
+        statuses: dict[str, int] = {}
+        for r in rows:
+            statuses[str(r[2])] = statuses.get(str(r[2]), 0) + 1
+        return {
+            "backend": backend, "database": "postgresql" if database_url else "sqlite",
+            "broker": urlparse(broker_url).scheme if broker_url else "sqla+sqlite",
+            "users": args.users, "seconds": round(measured, 1), **overall, "statuses": statuses,
+            "by_class": by_class, "by_route": by_route, "cpu": cpu,
+            "bottleneck": bottleneck(backend, cpu, by_class, locked), "notes": notes,
+        }
+    except BaseException:
+        kept = Path(tempfile.gettempdir()) / f"tre-load-logs-{backend}-{os.getpid()}"
+        kept.mkdir(exist_ok=True)
+        for name in ("web.log", "worker.log"):
+            if (workdir / name).exists():
+                shutil.copy(workdir / name, kept / name)
+        log(f"[{backend}] failed; the server logs are kept in {kept}")
+        raise
+    finally:
+        service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_report(result: dict[str, Any]) -> None:
+    log(f"\n== {result['backend']}: {result['database']} + {result['broker']}, {result['users']} users, "
+        f"{result['seconds']} s ==")
+    log(f"{'class':<10} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, s in [("all", result), *result["by_class"].items()]:
+        log(f"{name:<10} {s['requests']:>9} {s['rps']:>8} {s['p50_ms']:>8} {s['p90_ms']:>8} {s['p99_ms']:>8} "
+            f"{s['errors']:>7}")
+    for label, s in result["by_route"].items():
+        log(f"  {label:<40} {s['requests']:>7} req  p50 {s['p50_ms']:>7} ms  p99 {s['p99_ms']:>7} ms")
+    log(f"statuses: {result['statuses']}")
+    log(f"CPU: {result['cpu']}")
+    log(f"bottleneck: {result['bottleneck']}")
+    for note in result["notes"]:
+        log(f"note: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per backend")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before measuring")
+    parser.add_argument("--backend", choices=["both", "embedded", "postgres"], default="both")
+    parser.add_argument("--users", type=int, default=16, help="concurrent users (closed loop)")
+    parser.add_argument("--max-requests", type=int, default=60_000, help="measured requests per backend, at most")
+    parser.add_argument("--patients", type=int, default=2000, help="synthetic patients for the demo data")
+    parser.add_argument("--web-workers", type=int, default=0,
+                        help="gunicorn processes (default: gunicorn.conf.py's rule, 2 x CPUs + 1)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    results: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    if args.backend in ("both", "embedded"):
+        results["embedded"] = run_backend("embedded", args, "", "")
+        print_report(results["embedded"])
+    if args.backend in ("both", "postgres"):
+        if answers(LOOPBACK, 5432) and answers(LOOPBACK, 6379):
+            with postgres_database(POSTGRES_ADMIN_URL) as url:
+                try:
+                    results["postgres"] = run_backend("postgres", args, url, REDIS_URL)
+                finally:
+                    clear_redis_queues(REDIS_URL)
+            print_report(results["postgres"])
+        else:
+            skipped.append("postgres")
+            log("\n!!! POSTGRESQL OR REDIS NOT REACHABLE on 127.0.0.1:5432/6379: postgres backend NOT measured !!!")
+
+    pg, emb = results.get("postgres"), results.get("embedded")
+    value = (pg or emb or {}).get("rps")
+    baseline = emb["rps"] if emb else None
+    summary = {
+        "benchmark": "load_mixed_http",
+        "unit": "requests/s",
+        "value": value,
+        "baseline": baseline,
+        "ratio": round(value / baseline, 2) if value and baseline else None,
+        "target": "postgres >= embedded",
+        "details": {
+            "value_backend": "postgres" if pg else "embedded",
+            "skipped_backends": skipped,
+            "mix_weights": MIX,
+            **{name: {k: r[k] for k in ("database", "broker", "users", "seconds", "requests", "rps", "p50_ms",
+                                         "p99_ms", "errors", "bottleneck")}
+               | {"by_class": {c: {k: s[k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+                               for c, s in r["by_class"].items()},
+                  "cores_used_by": r["cpu"]["cores_used_by"],
+                  "machine_busy_percent": r["cpu"]["machine_busy_percent"]}
+               for name, r in results.items()},
+        },
+    }
+    print(json.dumps(summary, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The automated check: a background job runs the disclosure engine on one file of a request.
+
+One job per (request, file content, policy): the job's idempotency key is built from the three,
+so submitting twice, resubmitting unchanged files or a redelivered message never checks twice,
+and the verdict row is unique per file and policy. The handler's writes commit together with the
+job's success, exactly once; a worker killed mid-check leaves nothing behind and the sweeper runs
+the job again. What the engine is given:
+
+* a CSV with a table specification: the table is re-computed from the project's extract and
+  compared with the CSV; without an extract the verdict says the re-computation was not done;
+* a CSV without one: the counts are checked as published counts, and the verdict says what cannot
+  be seen without the underlying data (contributors, dominance);
+* anything else (text, images): sent to a human with the reason.
+
+A file the engine cannot read gets an ``error`` verdict that says why (the checkers still review
+it); only infrastructure failures make the job retry, then end FAILED with its reason.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from disclosure.models import OutputCheck, OutputFile, OutputRequest
+from disclosure.services import CHECK_JOB, advance_after_checks, current_policy, load_ledger
+from tre.core.audit import AuditLog
+from tre.core.jobs import JobContext, PermanentJobError, job_handler
+
+_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def extract_location(extracts_root: Path, project_id: str, dataset: str) -> Path | None:
+    """Where the project's extract of ``dataset`` lives (``<root>/<project>/<dataset>``), if it exists."""
+    if not _DATASET.match(dataset or "") or ".." in dataset or not _DATASET.match(project_id or ""):
+        return None
+    base = extracts_root / project_id
+    for candidate in (base / dataset / "data", base / dataset, base / f"{dataset}.parquet"):
+        if candidate.is_file():
+            return candidate
+        if candidate.is_dir() and any(candidate.glob("*.parquet")):
+            return candidate
+    return None
+
+
+def _read_extract(location: Path) -> pd.DataFrame:
+    if location.is_file():
+        return pd.read_parquet(location)
+    parts = sorted(location.glob("*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def _read_csv_table(content: bytes, n_index: int = 1) -> pd.DataFrame:
+    frame = pd.read_csv(io.BytesIO(content), index_col=list(range(n_index)))
+    if frame.empty or frame.shape[1] == 0:
+        raise ValueError("the CSV holds no table of numbers")
+    return frame
+
+
+def _compare(published: pd.DataFrame, recomputed: pd.DataFrame) -> dict[str, Any]:
+    """Does the CSV show the numbers the re-computation releases? Compared by position, numbers only."""
+    pub = published.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    rec = recomputed.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    if pub.shape != rec.shape:
+        return {
+            "matches": False,
+            "reason": f"the CSV is {pub.shape[0]}x{pub.shape[1]} but the specification "
+            f"gives {rec.shape[0]}x{rec.shape[1]}",
+        }
+    both_missing = pd.isna(pub) & pd.isna(rec)
+    close = abs(pub - rec) <= 1e-6 * (1 + abs(rec))
+    mismatched = int((~(both_missing | close)).sum())
+    return {
+        "matches": mismatched == 0,
+        "mismatched_cells": mismatched,
+        "reason": "" if mismatched == 0 else f"{mismatched} cell(s) differ from the re-computed release",
+    }
+
+
+def check_content(
+    name: str,
+    kind: str,
+    content: bytes,
+    spec: dict[str, Any] | None,
+    *,
+    policy: Any,
+    extracts_root: Path,
+    project_id: str,
+    output_id: str,
+    ledger: Any,
+) -> dict[str, Any]:
+    """The whole automated check of one file (pure apart from reading the extract)."""
+    from disclosure.engine import (
+        aggregate_from_result,
+        check_published_counts,
+        differencing_audit,
+        recompute,
+        review_other_file,
+    )
+
+    if kind != "table":
+        return {
+            "status": "review",
+            "verdict": review_other_file(name, policy),
+            "recompute": {"status": "not_applicable", "reason": "not a table"},
+            "differencing": [],
+            "aggregate": None,
+        }
+    recomputed = None
+    record: dict[str, Any]
+    if spec is None:
+        record = {
+            "status": "not_done",
+            "reason": "no table specification was given: only the published "
+            "counts could be checked, not the data behind them",
+        }
+    elif not spec.get("dataset"):
+        record = {"status": "not_done", "reason": "the table specification names no dataset"}
+    else:
+        location = extract_location(extracts_root, project_id, spec["dataset"])
+        if location is None:
+            record = {
+                "status": "not_done",
+                "reason": f"no extract of {spec['dataset']} exists for this project yet: the table "
+                "could not be re-computed",
+            }
+        else:
+            try:
+                data = _read_extract(location)
+                recomputed = recompute(spec, data, policy=policy)
+            except (KeyError, ValueError, TypeError) as exc:
+                record = {
+                    "status": "failed",
+                    "reason": f"re-computation failed: {type(exc).__name__}: {exc}"[:500],
+                }
+            else:
+                record = {"status": "done", "dataset": spec["dataset"]}
+    try:
+        n_index = max(1, int(spec.get("n_row_dims") or 1)) if spec else 1
+        published = _read_csv_table(content, n_index)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        verdict = review_other_file(name, policy)
+        verdict["reasons"].append(f"could not be read as a table: {exc}"[:300])
+        return {
+            "status": "error",
+            "verdict": verdict,
+            "recompute": record,
+            "differencing": [],
+            "aggregate": None,
+        }
+
+    if recomputed is not None:
+        verdict = recomputed.verdict
+        record.update(_compare(published, recomputed.table(released=True)))
+        if not record["matches"]:
+            verdict = {
+                **verdict,
+                "status": "fail",
+                "reasons": [
+                    *verdict.get("reasons", []),
+                    "the CSV does not match its re-computation: " + record["reason"],
+                ],
+            }
+    else:
+        result = check_published_counts(published, policy=policy, mitigation="none")
+        verdict = result.verdict
+    differencing: list[dict[str, Any]] = []
+    aggregate = None
+    if recomputed is not None and recomputed.statistic in ("count", "sum"):
+        population = {"dataset": spec["dataset"], "filters": spec.get("filters", [])}  # type: ignore[index]
+        candidate = aggregate_from_result(output_id, recomputed, population)
+        differencing = differencing_audit(
+            ledger, candidate, threshold=int(policy.get("differencing", "threshold"))
+        )
+        aggregate = candidate.to_dict()
+        if differencing:
+            verdict = {
+                **verdict,
+                "status": "fail",
+                "reasons": [
+                    *verdict.get("reasons", []),
+                    f"differencing: {len(differencing)} total(s) reveal a small group against "
+                    "earlier releases of this project",
+                ],
+            }
+    return {
+        "status": verdict["status"],
+        "verdict": verdict,
+        "recompute": record,
+        "differencing": differencing,
+        "aggregate": aggregate,
+    }
+
+
+def run_check(
+    session: Session,
+    audit: AuditLog,
+    files: Any,
+    extracts_root: Path,
+    payload: dict[str, Any],
+    *,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """Check every current file of the request with this content; write verdicts; move the request on."""
+    try:
+        request_id, sha256, policy_sha = payload["request_id"], payload["sha256"], payload["policy_sha256"]
+    except (KeyError, TypeError):
+        raise PermanentJobError("the check job needs request_id, sha256 and policy_sha256") from None
+    policy = current_policy()
+    if policy.sha256 != policy_sha:
+        raise PermanentJobError("the disclosure policy changed since submission; resubmit to check again")
+    req = session.get(OutputRequest, request_id, with_for_update=True, populate_existing=True)
+    if req is None:
+        raise PermanentJobError("no such output request")
+    targets = [f for f in req.current_files if f.sha256 == sha256]
+    written = []
+    if targets:
+        content = files.get(sha256)
+        ledger = load_ledger(session, req.project_id)
+        for f in targets:
+            if (
+                session.scalar(
+                    select(OutputCheck.id).where(
+                        OutputCheck.file_id == f.id, OutputCheck.policy_sha256 == policy.sha256
+                    )
+                )
+                is not None
+            ):
+                continue
+            outcome = check_content(
+                f.name,
+                f.kind,
+                content,
+                f.table_spec,
+                policy=policy,
+                extracts_root=extracts_root,
+                project_id=req.project_id,
+                output_id=f.id,
+                ledger=ledger,
+            )
+            _store(session, f, req, policy, outcome, job_id)
+            written.append(f.id)
+            audit.record(
+                session,
+                "output.check",
+                actor_id=None,
+                target_type="output_file",
+                target_id=f.id,
+                project_id=req.project_id,
+                detail={
+                    "request": req.id,
+                    "sha256": sha256,
+                    "status": outcome["status"],
+                    "recompute": outcome["recompute"].get("status"),
+                    "policy_sha256": policy.sha256,
+                },
+            )
+    advanced = advance_after_checks(session, audit, req, policy.sha256)
+    return {"checked": written, "state": req.state, "advanced": advanced}
+
+
+def _store(
+    session: Session,
+    f: OutputFile,
+    req: OutputRequest,
+    policy: Any,
+    outcome: dict[str, Any],
+    job_id: str | None,
+) -> None:
+    import json
+
+    def plain(value: Any) -> Any:
+        return json.loads(json.dumps(value, default=str))
+
+    session.add(
+        OutputCheck(
+            file_id=f.id,
+            request_id=req.id,
+            sha256=f.sha256,
+            policy_sha256=policy.sha256,
+            policy_version=str(policy.version),
+            status=outcome["status"],
+            verdict=plain(outcome["verdict"]),
+            recompute=plain(outcome["recompute"]),
+            differencing=plain(outcome["differencing"]),
+            aggregate=plain(outcome["aggregate"]) if outcome["aggregate"] is not None else None,
+            job_id=job_id,
+        )
+    )
+    session.flush()
+
+
+@job_handler(CHECK_JOB, queue="checks")
+def check_output_file(ctx: JobContext) -> dict[str, Any]:
+    from flask import current_app
+
+    platform = current_app.extensions["tre.platform"]
+    extracts_root = Path(platform.settings.instance_path) / "extracts"
+    ctx.report_progress(0.1, "checking")
+    return run_check(
+        ctx.session, platform.audit, platform.files, extracts_root, ctx.payload, job_id=ctx.job_id
+    )

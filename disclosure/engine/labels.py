@@ -1,0 +1,57 @@
+"""Cell addresses that survive JSON: labels of any type become plain JSON values.
+
+A checker must be able to find a flagged cell in the table they see, so cells are addressed by their labels
+(not by positions, which change when a table is re-ordered). Labels can be numpy integers or floats, strings,
+categoricals, dates or tuples (multi-level), so each is converted to the nearest JSON value.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MARGIN = "All"
+
+
+def jsonable(value: Any) -> Any:
+    """Convert one label (or statistic) to a JSON-serialisable value without losing its meaning."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        if math.isnan(f):
+            return None
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return f
+    if isinstance(value, pd.Timestamp | _dt.date | _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, pd.Interval):
+        return str(value)
+    if isinstance(value, tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def cell_address(
+    dims: tuple[str, ...], categories: tuple[pd.Index, ...], position: tuple[int, ...]
+) -> dict[str, Any]:
+    """Address of a cell of an extended table: labels per dimension, and which dimensions are margins."""
+    labels: dict[str, Any] = {}
+    margin: list[str] = []
+    for dim, cats, i in zip(dims, categories, position, strict=True):
+        if i >= len(cats):
+            labels[dim] = None
+            margin.append(dim)
+        else:
+            labels[dim] = jsonable(cats[i])
+    key = "|".join(f"{d}={MARGIN if d in margin else labels[d]}" for d in dims)
+    return {"key": key, "labels": labels, "margin": margin}

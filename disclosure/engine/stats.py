@@ -1,0 +1,257 @@
+"""Per-cell statistics of an N-way table, computed in one vectorised pass.
+
+Every disclosure rule for frequency and magnitude tables needs only a few numbers per cell: how many records
+and distinct contributors, the total, the largest contributions, the extremes, and how many contributions are
+negative or missing. They are computed with numpy ``bincount`` and ``ufunc.at`` over factorised cell codes, so
+cost grows with the number of rows, not with rows x cells, and nothing loops over cells in Python.
+
+Arrays are held in *extended* shape: each axis has one extra trailing position holding the margin ("All")
+along that axis, so row, column and grand totals are cells like any other and the same rules apply to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+ADDITIVE = ("records", "contributors", "total", "abs_total", "negatives", "missing")
+
+
+@dataclass
+class TableStats:
+    """Statistics per cell of a table over ``dims``; arrays have the extended (with margins) shape."""
+
+    dims: tuple[str, ...]
+    categories: tuple[pd.Index, ...]
+    records: np.ndarray
+    contributors: np.ndarray
+    has_values: bool
+    total: np.ndarray | None = None
+    abs_total: np.ndarray | None = None
+    negatives: np.ndarray | None = None
+    missing: np.ndarray | None = None
+    minimum: np.ndarray | None = None
+    maximum: np.ndarray | None = None
+    top: np.ndarray | None = None  # extended shape + (n_top,), largest |contribution| first
+    person_level: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape without margins."""
+        return tuple(len(c) for c in self.categories)
+
+    @property
+    def interior(self) -> tuple[slice, ...]:
+        """Index selecting the cells proper (no margins) from an extended array."""
+        return tuple(slice(0, n) for n in self.shape)
+
+    def mean(self) -> np.ndarray:
+        """Mean over non-missing contributions (NaN where a cell has none)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.contributors > 0, self.total / np.maximum(self.contributors, 1), np.nan)
+
+
+def factorise_dimension(series: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Codes and sorted categories of one grouping column (-1 for missing).
+
+    Categorical columns keep all declared categories, observed or not: an empty category is still a cell
+    the reader sees, and it may be disclosive (a zero).
+    """
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return np.asarray(series.cat.codes, dtype=np.int64), pd.Index(series.cat.categories)
+    codes, uniques = pd.factorize(series, sort=True, use_na_sentinel=True)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques)
+
+
+def compute_table_stats(
+    data: pd.DataFrame,
+    dims: list[str] | tuple[str, ...],
+    value: str | None = None,
+    person: str | None = None,
+    n_top: int = 2,
+) -> TableStats:
+    """Compute the statistics of the table ``data`` grouped by ``dims`` (rows with a missing label dropped).
+
+    ``value`` makes it a magnitude table; ``person`` names an id column so that the threshold counts
+    distinct people and dominance uses each person's total contribution to a cell.
+    """
+    dims = tuple(dims)
+    codes_list, cats = [], []
+    for d in dims:
+        codes, uniques = factorise_dimension(data[d])
+        codes_list.append(codes)
+        cats.append(uniques)
+    shape = tuple(len(c) for c in cats)
+    keep = np.ones(len(data), dtype=bool)
+    for codes in codes_list:
+        keep &= codes >= 0
+    all_kept = bool(keep.all())
+    if not all_kept:
+        codes_list = [c[keep] for c in codes_list]
+    cell = np.ravel_multi_index(codes_list, shape) if dims else np.zeros(int(keep.sum()), dtype=np.int64)
+    x = None
+    if value is not None:
+        x = pd.to_numeric(data[value]).to_numpy(dtype=np.float64, na_value=np.nan)
+        if not all_kept:
+            x = x[keep]
+    pcodes = None
+    if person is not None:
+        pcodes, _ = pd.factorize(data[person], use_na_sentinel=True)
+        pcodes = pcodes[keep] if not all_kept else pcodes
+    n_top = max(int(n_top), 2)
+    ncells = int(np.prod(shape)) if shape else 1
+
+    if pcodes is None:
+        interior = _group_stats(cell, ncells, x, None, n_top)
+        arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in interior.items()}
+        arrays = _extend_by_reduction(arrays, len(shape))
+    else:
+        arrays = _extend_by_regrouping(codes_list, shape, x, pcodes, n_top)
+    return TableStats(
+        dims=dims,
+        categories=tuple(cats),
+        records=arrays["records"],
+        contributors=arrays["contributors"],
+        has_values=x is not None,
+        total=arrays.get("total"),
+        abs_total=arrays.get("abs_total"),
+        negatives=arrays.get("negatives"),
+        missing=arrays.get("missing"),
+        minimum=arrays.get("minimum"),
+        maximum=arrays.get("maximum"),
+        top=arrays.get("top"),
+        person_level=pcodes is not None,
+    )
+
+
+def _group_stats(
+    cell: np.ndarray, ncells: int, x: np.ndarray | None, pcodes: np.ndarray | None, n_top: int
+) -> dict[str, np.ndarray]:
+    """Statistics per group code; ``pcodes`` first folds rows into one contribution per (cell, person)."""
+    records = np.bincount(cell, minlength=ncells).astype(np.int64)
+    if pcodes is not None:
+        # Rows with an unknown person cannot be deduplicated; treat each as its own contributor (cautious:
+        # more contributors only when they really are different rows, never fewer).
+        unknown = pcodes < 0
+        if unknown.any():
+            pcodes = pcodes.copy()
+            pcodes[unknown] = pcodes.max(initial=-1) + 1 + np.arange(int(unknown.sum()))
+        npersons = int(pcodes.max(initial=-1)) + 1
+        unit, first = np.unique(cell.astype(np.int64) * npersons + pcodes, return_inverse=True)[0:2]
+        unit_cell = unit // npersons
+        if x is not None:
+            valid = ~np.isnan(x)
+            sums = np.bincount(first, weights=np.where(valid, x, 0.0), minlength=len(unit))
+            nvalid = np.bincount(first, weights=valid, minlength=len(unit))
+            x = np.where(nvalid > 0, sums, np.nan)
+        cell = unit_cell
+    out = {"records": records}
+    if x is None:
+        out["contributors"] = np.bincount(cell, minlength=ncells).astype(np.int64)
+        return out
+    valid = ~np.isnan(x)
+    vcell = cell[valid]
+    xv = x[valid]
+    av = np.abs(xv)
+    out["contributors"] = np.bincount(vcell, minlength=ncells).astype(np.int64)
+    out["missing"] = np.bincount(cell[~valid], minlength=ncells).astype(np.int64)
+    out["total"] = np.bincount(vcell, weights=xv, minlength=ncells)
+    out["abs_total"] = np.bincount(vcell, weights=av, minlength=ncells)
+    out["negatives"] = np.bincount(vcell[xv < 0], minlength=ncells).astype(np.int64)
+    minimum = np.full(ncells, np.inf)
+    maximum = np.full(ncells, -np.inf)
+    np.minimum.at(minimum, vcell, xv)
+    np.maximum.at(maximum, vcell, xv)
+    empty = out["contributors"] == 0
+    minimum[empty] = np.nan
+    maximum[empty] = np.nan
+    out["minimum"], out["maximum"] = minimum, maximum
+    out["top"] = _top_contributions(vcell, av, ncells, n_top)
+    return out
+
+
+def _top_contributions(cell: np.ndarray, a: np.ndarray, ncells: int, n_top: int) -> np.ndarray:
+    """The ``n_top`` largest non-negative contributions per cell, largest first (0 where fewer)."""
+    top = np.zeros((ncells, n_top))
+    if len(a) == 0:
+        return top
+    if n_top == 2:
+        # Two passes of maximum.at beat a full sort of millions of rows by a wide margin.
+        first = np.zeros(ncells)
+        np.maximum.at(first, cell, a)
+        at_max = a == first[cell]
+        ties = np.bincount(cell, weights=at_max, minlength=ncells)
+        second = np.zeros(ncells)
+        rest = ~at_max
+        np.maximum.at(second, cell[rest], a[rest])
+        top[:, 0] = first
+        top[:, 1] = np.where(ties >= 2, first, second)
+        return top
+    order = np.lexsort((-a, cell))
+    sc, sa = cell[order], a[order]
+    starts = np.searchsorted(sc, np.arange(ncells))
+    rank = np.arange(len(sc)) - starts[sc]
+    take = rank < n_top
+    top[sc[take], rank[take]] = sa[take]
+    return top
+
+
+def _merge_top(top: np.ndarray, axis: int) -> np.ndarray:
+    """Top-n over ``axis`` from per-cell top-n lists (exact when each contribution lies in one cell)."""
+    n_top = top.shape[-1]
+    moved = np.moveaxis(top, axis, -2)  # (..., m, n)
+    flat = moved.reshape(moved.shape[:-2] + (-1,))
+    merged = -np.sort(-flat, axis=-1)[..., :n_top]
+    if merged.shape[-1] < n_top:
+        pad = np.zeros(merged.shape[:-1] + (n_top - merged.shape[-1],))
+        merged = np.concatenate([merged, pad], axis=-1)
+    return np.expand_dims(merged, axis)
+
+
+def _extend_by_reduction(arrays: dict[str, np.ndarray], ndim: int) -> dict[str, np.ndarray]:
+    """Append margins along each axis in turn; later axes then also total the earlier margins."""
+    for axis in range(ndim):
+        for key, arr in arrays.items():
+            if key in ADDITIVE:
+                red = arr.sum(axis=axis, keepdims=True)
+            elif key == "minimum":
+                red = np.fmin.reduce(arr, axis=axis, keepdims=True)
+            elif key == "maximum":
+                red = np.fmax.reduce(arr, axis=axis, keepdims=True)
+            elif key == "top":
+                red = _merge_top(arr, axis)
+            else:  # pragma: no cover - every key is listed above
+                raise KeyError(key)
+            arrays[key] = np.concatenate([arr, red], axis=axis)
+    return arrays
+
+
+def _extend_by_regrouping(
+    codes_list: list[np.ndarray], shape: tuple[int, ...], x: np.ndarray | None, pcodes: np.ndarray, n_top: int
+) -> dict[str, np.ndarray]:
+    """Margins recomputed from rows: a person in two cells is one contributor to their margin, not two."""
+    ndim = len(shape)
+    ext_shape = tuple(n + 1 for n in shape)
+    result: dict[str, np.ndarray] = {}
+    for r in range(ndim, -1, -1):
+        for kept in combinations(range(ndim), r):
+            sub_shape = tuple(shape[a] for a in kept)
+            code = (
+                np.ravel_multi_index([codes_list[a] for a in kept], sub_shape)
+                if kept
+                else np.zeros(len(pcodes), dtype=np.int64)
+            )
+            stats = _group_stats(code, int(np.prod(sub_shape)) if kept else 1, x, pcodes, n_top)
+            index = tuple(slice(0, shape[a]) if a in kept else shape[a] for a in range(ndim))
+            for key, arr in stats.items():
+                if key not in result:
+                    tail = arr.shape[1:]
+                    fill = np.nan if key in ("minimum", "maximum") else 0
+                    dtype = arr.dtype
+                    result[key] = np.full(ext_shape + tail, fill, dtype=dtype)
+                result[key][index] = arr.reshape(sub_shape + arr.shape[1:])
+    return result

@@ -1,0 +1,403 @@
+"""Checked tables: statistic, primary rules, mitigation and verdict in one call.
+
+These are the entry points the researcher session and the output queue use for tables:
+
+- ``check_frequency_table(data, dims, ...)`` and ``check_magnitude_table(data, dims, value, ...)`` start from
+  the microdata, so every rule (including contributor counts and dominance) can be applied;
+- ``check_published_counts(table, ...)`` starts from a released count table only (e.g. a CSV from a
+  workspace); only count-based rules can be applied, so the verdict says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from disclosure.engine.labels import MARGIN, cell_address
+from disclosure.engine.policy import Policy, default_policy
+from disclosure.engine.rounding import round_to_base
+from disclosure.engine.rules import RuleResult, frequency_rules, magnitude_rules, primary_mask
+from disclosure.engine.stats import TableStats, compute_table_stats
+from disclosure.engine.suppression import SuppressionResult, protect
+from disclosure.engine.verdict import SCHEMA, combine_status
+
+MITIGATIONS = ("none", "suppress", "round")
+# Up to this many primary cells every suppressed cell gets its exact LP interval; above it the fast audit
+# (box certificates, LP only where they fail) keeps large tables within seconds.
+AUDIT_CELL_LIMIT = 750
+
+
+@dataclass
+class TableResult:
+    """A checked table: true values, released values and the verdict, all in extended (margins) shape."""
+
+    stats: TableStats
+    statistic: str
+    values: np.ndarray
+    released: np.ndarray
+    verdict: dict[str, Any]
+    n_row_dims: int
+    rules: list[RuleResult] = field(repr=False, default_factory=list)
+    suppression: SuppressionResult | None = field(repr=False, default=None)
+
+    def table(
+        self, *, released: bool = True, margins: bool = False, margins_name: str = MARGIN
+    ) -> pd.DataFrame:
+        """The table as a DataFrame (rows: all but the last dimension; columns: the last one)."""
+        arr = self.released if released else self.values
+        return to_frame(arr, self.stats, self.n_row_dims, margins=margins, margins_name=margins_name)
+
+    def outcome(self, margins: bool = False, names: dict[str, str] | None = None) -> pd.DataFrame:
+        """Per-cell outcome strings in the table's layout ("ok" or the flagged rules), as ACRO shows them;
+        ``names`` renames rules (e.g. to ACRO's check names)."""
+        names = names or {}
+        text = np.full(self.values.shape, "", dtype=object)
+        for r in self.rules:
+            if r.flagged:
+                text[r.mask] = text[r.mask] + names.get(r.rule, r.rule) + "; "
+        text[text == ""] = "ok"
+        return to_frame(text, self.stats, self.n_row_dims, margins=margins)
+
+
+def to_frame(
+    arr: np.ndarray, stats: TableStats, n_row_dims: int, *, margins: bool = False, margins_name: str = MARGIN
+) -> pd.DataFrame:
+    """Lay out an extended array as a DataFrame, with or without the margin rows and columns."""
+    dims, cats = stats.dims, stats.categories
+    if margins:
+        cats = tuple(pd.Index(list(c) + [margins_name]) for c in cats)
+        body = arr
+    else:
+        body = arr[stats.interior]
+    if len(dims) == 1:
+        return pd.DataFrame({"value": body}, index=pd.Index(cats[0], name=dims[0]))
+    n_row_dims = max(1, min(n_row_dims, len(dims) - 1))
+    row_dims, col_dims = dims[:n_row_dims], dims[n_row_dims:]
+    row_cats, col_cats = cats[:n_row_dims], cats[n_row_dims:]
+    nrows = int(np.prod([len(c) for c in row_cats]))
+    ncols = int(np.prod([len(c) for c in col_cats]))
+
+    def make_index(levels, names):
+        if len(levels) == 1:
+            return pd.Index(levels[0], name=names[0])
+        return pd.MultiIndex.from_product(levels, names=list(names))
+
+    return pd.DataFrame(
+        body.reshape(nrows, ncols),
+        index=make_index(row_cats, row_dims),
+        columns=make_index(col_cats, col_dims),
+    )
+
+
+def check_frequency_table(
+    data: pd.DataFrame,
+    dims: list[str],
+    *,
+    person: str | None = None,
+    policy: Policy | None = None,
+    mitigation: str = "suppress",
+    audit: bool | str = "auto",
+    structural_zeros: np.ndarray | None = None,
+    n_row_dims: int | None = None,
+    output_type: str = "frequency_table",
+) -> TableResult:
+    """Count table over ``dims`` with the frequency rules, suppression (primary + secondary) and rounding."""
+    policy = policy or default_policy()
+    stats = compute_table_stats(data, dims, person=person)
+    return _finish(
+        stats,
+        "count",
+        stats.records.astype(np.float64),
+        frequency_rules(stats, policy, structural_zeros),
+        policy,
+        mitigation,
+        audit,
+        n_row_dims,
+        output_type,
+        nonnegative=True,
+    )
+
+
+def check_magnitude_table(
+    data: pd.DataFrame,
+    dims: list[str],
+    value: str,
+    *,
+    statistic: str = "mean",
+    person: str | None = None,
+    policy: Policy | None = None,
+    mitigation: str = "suppress",
+    audit: bool | str = "auto",
+    n_row_dims: int | None = None,
+) -> TableResult:
+    """Sum or mean table of ``value`` over ``dims`` with the magnitude rules and suppression.
+
+    Secondary suppression protects the additive totals behind the statistic: a mean can be turned back into
+    a sum whenever counts are known, so protecting sums protects means too.
+    """
+    if statistic not in ("mean", "sum"):
+        raise ValueError("statistic must be 'mean' or 'sum'")
+    policy = policy or default_policy()
+    n = max(2, int(policy.get("magnitude", "nk_n")))
+    stats = compute_table_stats(data, dims, value=value, person=person, n_top=n)
+    shown = stats.mean() if statistic == "mean" else stats.total
+    return _finish(
+        stats,
+        statistic,
+        shown,
+        magnitude_rules(stats, policy),
+        policy,
+        mitigation,
+        audit,
+        n_row_dims,
+        "magnitude_table",
+        nonnegative=not bool(stats.negatives.any()),
+        additive=stats.total,
+    )
+
+
+def _finish(
+    stats,
+    statistic,
+    values,
+    rules,
+    policy,
+    mitigation,
+    audit,
+    n_row_dims,
+    output_type,
+    nonnegative,
+    additive=None,
+) -> TableResult:
+    if mitigation not in MITIGATIONS:
+        raise ValueError(f"mitigation must be one of {MITIGATIONS}")
+    n_row_dims = len(stats.dims) - 1 if n_row_dims is None else n_row_dims
+    primary = primary_mask(rules)
+    released = values.astype(np.float64, copy=True)
+    suppression = None
+    if mitigation != "none" and primary.any():
+        additive = values if additive is None else additive
+        required = _required_width(policy, statistic, additive)
+        eligible = np.ones(values.shape, dtype=bool)
+        run_audit = _audit_mode(audit, primary)
+        suppression = protect(
+            additive,
+            primary,
+            required,
+            eligible=eligible,
+            nonnegative=nonnegative,
+            audit=run_audit,
+            max_rounds=policy.get("suppression", "max_audit_rounds"),
+        )
+        if not policy.get("suppression", "secondary"):
+            suppression.suppressed = primary.copy()
+        released[suppression.suppressed] = np.nan
+    rounding = None
+    if mitigation == "round" and statistic in ("count", "sum"):
+        base = policy.get("rounding", "base")
+        redacted = np.isnan(released)
+        released = round_to_base(np.where(redacted, 0, released), base, redacted)
+        rounding = {"base": base, "totals": policy.get("rounding", "totals")}
+    verdict = table_verdict(stats, statistic, output_type, rules, policy, mitigation, suppression, rounding)
+    return TableResult(stats, statistic, values, released, verdict, n_row_dims, rules, suppression)
+
+
+def _audit_mode(audit: bool | str, primary: np.ndarray) -> bool | str:
+    """"auto" picks the exact LP audit for small tables and the fast certificate audit for large ones."""
+    if audit == "auto":
+        return "exact" if int(primary.sum()) <= AUDIT_CELL_LIMIT else "fast"
+    if audit not in (True, False, "exact", "fast"):
+        raise ValueError("audit must be 'auto', 'exact', 'fast', True or False")
+    return audit
+
+
+def _required_width(policy: Policy, statistic: str, additive: np.ndarray) -> np.ndarray:
+    """Protection level per cell: a fixed width for counts, a share of the value for magnitudes."""
+    if statistic == "count":
+        return np.full(additive.shape, float(policy.get("suppression", "count_protection")))
+    share = float(policy.get("suppression", "magnitude_protection"))
+    return np.maximum(share * np.abs(additive), 1e-9)
+
+
+def table_verdict(
+    stats: TableStats,
+    statistic: str,
+    output_type: str,
+    rules: list[RuleResult],
+    policy: Policy,
+    mitigation: str,
+    suppression: SuppressionResult | None,
+    rounding: dict | None,
+) -> dict[str, Any]:
+    """Build the JSON verdict: per output, per rule (criterion) and per flagged or mitigated cell."""
+    criteria = []
+    reasons = []
+    for r in rules:
+        status = r.severity if r.flagged else "pass"
+        criteria.append(
+            {
+                "rule": r.rule,
+                "parameters": r.parameters,
+                "severity": r.severity,
+                "cells_flagged": r.flagged,
+                "status": status,
+            }
+        )
+        if r.flagged:
+            reasons.append(f"{r.rule}: {r.flagged} cell(s) {r.reason}")
+    before = combine_status(c["status"] for c in criteria)
+    suppressed = suppression.suppressed if suppression is not None else np.zeros(stats.records.shape, bool)
+    primary = suppression.primary if suppression is not None else np.zeros(stats.records.shape, bool)
+    interesting = suppressed.copy()
+    for r in rules:
+        interesting |= r.mask
+    cells = []
+    for pos in zip(*np.nonzero(interesting), strict=True):
+        address = cell_address(stats.dims, stats.categories, tuple(int(p) for p in pos))
+        hit = [r for r in rules if r.mask[pos]]
+        if suppressed[pos]:
+            action = "suppressed_primary" if primary[pos] else "suppressed_secondary"
+        else:
+            action = "released"
+        statuses = [r.severity for r in hit if not (suppressed[pos] and r.suppressible)]
+        cell_status = combine_status(statuses) if statuses else ("review" if suppressed[pos] else "pass")
+        cells.append(
+            {
+                **address,
+                "status": cell_status,
+                "rules": [r.rule for r in hit],
+                "reasons": [r.reason for r in hit],
+                "action": action,
+            }
+        )
+    after = before
+    mitigation_record: dict[str, Any] = {"applied": [], "mitigation": mitigation}
+    if suppression is not None:
+        mitigation_record["applied"].append("suppression")
+        audit = suppression.audit
+        audit_record: dict[str, Any]
+        if audit is None:
+            audit_record = {"status": "not_run", "reason": "the caller turned the interval audit off"}
+        else:
+            audit_record = {
+                "status": "exposed" if not audit.protected else ("unproven" if audit.unproven else "protected"),
+                "method": audit.method,
+                "scope": audit.scope,
+                "lp_solved": audit.lp_solved,
+                "intervals": [
+                    {
+                        **cell_address(
+                            stats.dims, stats.categories, np.unravel_index(c.index, stats.records.shape)
+                        ),
+                        "lower": c.lower,
+                        "upper": c.upper,
+                        "width": c.width,
+                        "required": c.required,
+                        "primary": c.primary,
+                        "protected": c.protected,
+                        "method": c.method,
+                    }
+                    for c in audit.intervals
+                ],
+                "unproven": [
+                    cell_address(stats.dims, stats.categories, np.unravel_index(i, stats.records.shape))
+                    for i in audit.unproven
+                ],
+            }
+        mitigation_record["suppression"] = {
+            "primary": int(primary.sum()),
+            "secondary": int((suppressed & ~primary).sum()),
+            "audit": audit_record,
+        }
+        remaining = [r.severity for r in rules if r.flagged and not r.suppressible]
+        after = combine_status(remaining + ["review"])
+        if audit is not None and not audit.protected:
+            after = "fail"
+            reasons.append(f"interval audit: {len(audit.exposed)} suppressed cell(s) recoverable too closely")
+        elif audit is None:
+            reasons.append("secondary suppression applied; interval audit not run")
+        elif audit.unproven:
+            reasons.append(f"interval audit: {len(audit.unproven)} primary cell(s) not yet proven protected")
+        else:
+            reasons.append(
+                f"suppression: {int(primary.sum())} primary and "
+                f"{int((suppressed & ~primary).sum())} secondary cell(s); interval audit proved "
+                "every primary cell protected"
+            )
+    if rounding is not None:
+        mitigation_record["applied"].append("rounding")
+        mitigation_record["rounding"] = rounding
+    return {
+        "schema": SCHEMA,
+        "output_type": output_type,
+        "statistic": statistic,
+        "status": after,
+        "status_before_mitigation": before,
+        "policy": policy.identity(),
+        "dims": list(stats.dims),
+        "shape": list(stats.shape),
+        "contributors": "distinct people" if stats.person_level else "records",
+        "criteria": criteria,
+        "cells": cells,
+        "mitigation": mitigation_record,
+        "reasons": reasons,
+    }
+
+
+def check_published_counts(
+    table: pd.DataFrame,
+    *,
+    has_margins: bool = False,
+    policy: Policy | None = None,
+    mitigation: str = "suppress",
+    audit: bool | str = "auto",
+) -> TableResult:
+    """Check a count table given without its microdata (e.g. a CSV): rows x columns of counts.
+
+    Contributors cannot be told from records here, so the threshold applies to the counts and the verdict
+    is at best "review" with that reason. ``has_margins`` says the last row and column are totals (they are
+    then checked for consistency, and a mismatch fails the table: the numbers cannot be trusted).
+    """
+    policy = policy or default_policy()
+    body = table.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if has_margins:
+        inner = body[:-1, :-1]
+        consistent = (
+            np.allclose(inner.sum(axis=0), body[-1, :-1])
+            and np.allclose(inner.sum(axis=1), body[:-1, -1])
+            and np.isclose(inner.sum(), body[-1, -1])
+        )
+        body = inner
+    else:
+        consistent = True
+    index = table.index[:-1] if has_margins else table.index
+    columns = table.columns[:-1] if has_margins else table.columns
+    ext = np.zeros((body.shape[0] + 1, body.shape[1] + 1))
+    ext[:-1, :-1] = np.nan_to_num(body)
+    ext[-1, :-1] = ext[:-1, :-1].sum(axis=0)
+    ext[:-1, -1] = ext[:-1, :-1].sum(axis=1)
+    ext[-1, -1] = ext[:-1, :-1].sum()
+    counts = ext.astype(np.int64)
+    row_name = index.name if index.name is not None else "row"
+    col_name = columns.name if columns.name is not None else "column"
+    stats = TableStats(
+        dims=(str(row_name), str(col_name)),
+        categories=(pd.Index(index), pd.Index(columns)),
+        records=counts,
+        contributors=counts,
+        has_values=False,
+    )
+    rules = frequency_rules(stats, policy)
+    result = _finish(
+        stats, "count", ext, rules, policy, mitigation, audit, 1, "published_count_table", nonnegative=True
+    )
+    result.verdict["contributors"] = "unknown (no microdata): counts treated as contributors"
+    result.verdict["status"] = combine_status([result.verdict["status"], "review"])
+    result.verdict["reasons"].append("checked without microdata: contributors and dominance not verifiable")
+    if not consistent:
+        result.verdict["status"] = "fail"
+        result.verdict["reasons"].append("the table's margins do not equal the sums of its cells")
+    return result

@@ -1,0 +1,116 @@
+"""How the output queue is doing: queue length, turnaround and automated-check latency.
+
+Figures are read from the database when asked, so they are right whichever process did the work.
+Turnaround runs from a request's first submission to its final decision (approved or rejected);
+check latency from a check job's creation to its end, i.e. what a researcher waits for a verdict.
+``prometheus_text`` gives the same figures in Prometheus's text format (aggregates only: no ids).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from disclosure import rules
+from disclosure.models import OutputRequest
+from disclosure.services import CHECK_JOB
+from tre.core.db import utcnow
+from tre.core.jobs import FAILED, SUCCEEDED, Job
+
+
+@dataclass(frozen=True)
+class Summary:
+    count: int = 0
+    total: float = 0.0
+    median: float | None = None
+    p90: float | None = None
+    maximum: float | None = None
+
+    @classmethod
+    def of(cls, values: list[float]) -> Summary:
+        if not values:
+            return cls()
+        ordered = sorted(values)
+        p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+        return cls(len(ordered), float(sum(ordered)), float(statistics.median(ordered)), float(p90),
+                   float(ordered[-1]))
+
+
+@dataclass(frozen=True)
+class QueueMetrics:
+    by_state: dict[str, int] = field(default_factory=dict)
+    queue_length: int = 0
+    oldest_waiting_seconds: float | None = None
+    turnaround_seconds: Summary = Summary()
+    check_latency_seconds: Summary = Summary()
+    checks_failed: int = 0
+
+
+def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
+    return (later - earlier).total_seconds()
+
+
+def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics:
+    now = now or utcnow()
+    by_state = {state: 0 for state in rules.STATES}
+    for state, count in session.execute(select(OutputRequest.state, func.count()).group_by(OutputRequest.state)):
+        by_state[state] = int(count)
+    waiting = list(session.scalars(select(OutputRequest.last_submitted_at).where(
+        OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES - {rules.APPROVED})))))
+    waiting = [w for w in waiting if w is not None]
+    turnaround = [
+        _seconds(decided, submitted)
+        for submitted, decided in session.execute(
+            select(OutputRequest.submitted_at, OutputRequest.decided_at).where(
+                OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None)))
+    ]
+    latency = [
+        _seconds(finished, created)
+        for created, finished in session.execute(
+            select(Job.created_at, Job.finished_at).where(Job.kind == CHECK_JOB, Job.state == SUCCEEDED))
+        if finished is not None
+    ]
+    failed = session.scalar(select(func.count()).select_from(Job).where(Job.kind == CHECK_JOB, Job.state == FAILED))
+    return QueueMetrics(
+        by_state=by_state,
+        queue_length=sum(by_state[s] for s in (rules.SUBMITTED, rules.CHECKING, rules.AWAITING_REVIEW)),
+        oldest_waiting_seconds=max((_seconds(now, w) for w in waiting), default=None),
+        turnaround_seconds=Summary.of(turnaround),
+        check_latency_seconds=Summary.of(latency),
+        checks_failed=int(failed or 0),
+    )
+
+
+def prometheus_text(m: QueueMetrics) -> str:
+    """The Prometheus text exposition format (version 0.0.4) of the queue's figures."""
+    lines = [
+        "# HELP tre_output_requests Output requests by state",
+        "# TYPE tre_output_requests gauge",
+        *[f'tre_output_requests{{state="{state}"}} {count}' for state, count in sorted(m.by_state.items())],
+        "# HELP tre_output_queue_length Requests waiting for automated checks or human review",
+        "# TYPE tre_output_queue_length gauge",
+        f"tre_output_queue_length {m.queue_length}",
+        "# HELP tre_output_oldest_waiting_seconds Age of the longest-waiting request in the queue",
+        "# TYPE tre_output_oldest_waiting_seconds gauge",
+        f"tre_output_oldest_waiting_seconds {_num(m.oldest_waiting_seconds or 0.0)}",
+        "# HELP tre_output_checks_failed Automated check jobs that ended FAILED",
+        "# TYPE tre_output_checks_failed gauge",
+        f"tre_output_checks_failed {m.checks_failed}",
+    ]
+    for name, helptext, summary in (
+        ("tre_output_turnaround_seconds", "First submission to final decision", m.turnaround_seconds),
+        ("tre_output_check_latency_seconds", "Automated check: job created to verdict", m.check_latency_seconds),
+    ):
+        lines += [f"# HELP {name} {helptext}", f"# TYPE {name} summary"]
+        for quantile, value in (("0.5", summary.median), ("0.9", summary.p90)):
+            lines.append(f'{name}{{quantile="{quantile}"}} {_num(value) if value is not None else "NaN"}')
+        lines += [f"{name}_sum {_num(summary.total)}", f"{name}_count {summary.count}"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float) -> str:
+    return repr(float(value))

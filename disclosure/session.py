@@ -1,0 +1,575 @@
+"""Researcher session: each call returns the statistic and records its verdict in the same step.
+
+The method names and arguments are ACRO 1.0's, so a notebook written for ACRO runs unchanged with
+``from disclosure.compat import ACRO``. ``finalise()`` writes ``results.json`` in ACRO's schema (so
+SACRO-Viewer opens it) plus, per output, our verdict (``tre_verdict``) and table specification
+(``table_spec``) for the output queue.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from disclosure.engine import outputs as rules_other
+from disclosure.engine.policy import Policy, default_policy
+from disclosure.engine.specs import table_spec
+from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
+from disclosure.engine.verdict import combine_status, review_other_file
+
+# Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
+# SACRO-Viewer displays. Rules ACRO does not have keep our name.
+ACRO_RULE_NAMES = {
+    "threshold": "MinimumThresholdCheck",
+    "zeros": "PresenceOfZeroCheck",
+    "p_percent": "PPercentCheck",
+    "nk_dominance": "NKCheck",
+    "identical_values": "AllSameValuesCheck",
+    "missing": "MissingCheck",
+    "negatives": "NegativeValuesCheck",
+    "class_disclosure": "ClassDisclosureCheck",
+}
+RESULTS_VERSION = "1.0.2"  # the ACRO release whose results.json schema this file follows
+
+
+@dataclass
+class Output:
+    """One output of the session with everything a checker needs."""
+
+    uid: str
+    output_type: str
+    status: str
+    properties: dict
+    command: str
+    summary: str
+    frames: list[pd.DataFrame]
+    verdict: dict
+    sdc: dict = field(default_factory=dict)
+    outcome: pd.DataFrame | None = None
+    spec: dict | None = None
+    files: list[str] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    exception: str = ""
+    timestamp: str = field(default_factory=lambda: _dt.datetime.now().isoformat())
+    before: pd.DataFrame | None = None  # the table before mitigation, for the checker only
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, list | tuple) else [x]
+
+
+def _sdc_for_table(result: TableResult) -> dict:
+    """ACRO's per-file sdc record: per check, a count and the [row, col] positions of flagged cells.
+
+    Positions are in the released table's layout without margins (row = position among the row-dimension
+    combinations, col = among the column-dimension combinations), as ACRO numbers them.
+    """
+    shape = result.stats.shape
+    n_row = max(1, min(result.n_row_dims, len(shape) - 1)) if len(shape) > 1 else len(shape)
+    row_shape, col_shape = shape[:n_row], shape[n_row:]
+    summary: dict[str, int] = {}
+    cells: dict[str, list] = {}
+    for rule in result.rules:
+        name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
+        pos = np.argwhere(rule.mask[result.stats.interior])
+        summary[name] = summary.get(name, 0) + len(pos)
+        listed = cells.setdefault(name, [])
+        for p in pos:
+            r = int(np.ravel_multi_index(p[:n_row], row_shape))
+            c = int(np.ravel_multi_index(p[n_row:], col_shape)) if col_shape else 0
+            listed.append([r, c])
+    return {"summary": summary, "cells": cells}
+
+
+class Session:
+    """A researcher's output-checking session (pure: it writes files only when ``finalise`` is called)."""
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        suppress: bool = False,
+        mitigation: str | None = None,
+        round_base: int | None = None,
+        dataset: str | None = None,
+        person: str | None = None,
+    ):
+        self.policy = policy or default_policy()
+        if round_base is not None:
+            self.policy = self.policy.with_overrides({"rounding": {"base": int(round_base)}})
+        self.mitigation = mitigation or ("suppress" if suppress else "none")
+        self.dataset = dataset
+        self.person = person
+        self.results: dict[str, Output] = {}
+        self._next = 0
+
+    # --- mitigation switches (ACRO names) -------------------------------------------------------------
+    @property
+    def suppress(self) -> bool:
+        return self.mitigation in ("suppress", "round")
+
+    @suppress.setter
+    def suppress(self, value: bool) -> None:
+        self.mitigation = "suppress" if value else "none"
+
+    def enable_suppression(self) -> None:
+        self.mitigation = "suppress"
+
+    def disable_suppression(self) -> None:
+        self.mitigation = "none"
+
+    def enable_rounding(self, base: int | None = None) -> None:
+        if base is not None:
+            self.policy = self.policy.with_overrides({"rounding": {"base": int(base)}})
+        self.mitigation = "round"
+
+    def disable_rounding(self) -> None:
+        if self.mitigation == "round":
+            self.mitigation = "none"
+
+    # --- bookkeeping ---------------------------------------------------------------------------------
+    def _add(self, **kwargs: Any) -> Output:
+        uid = f"output_{self._next}"
+        self._next += 1
+        out = Output(uid=uid, **kwargs)
+        self.results[uid] = out
+        return out
+
+    def _table_output(
+        self,
+        method: str,
+        command: str,
+        results: list[tuple[str, TableResult]],
+        margins: bool,
+        margins_name: str,
+        normalize: Any = False,
+        show_suppressed: bool = False,
+    ) -> pd.DataFrame:
+        frames, befores = [], []
+        for _, res in results:
+            shown = res.table(
+                released=self.mitigation != "none" and not show_suppressed,
+                margins=margins,
+                margins_name=margins_name,
+            )
+            befores.append(res.table(released=False, margins=margins, margins_name=margins_name))
+            frames.append(shown)
+        if len(results) > 1:
+            table = pd.concat(frames, axis=1, keys=[name for name, _ in results])
+            before = pd.concat(befores, axis=1, keys=[name for name, _ in results])
+        else:
+            table, before = frames[0], befores[0]
+        if normalize:
+            table = _normalise(table, normalize)
+        status = combine_status(r.verdict["status"] for _, r in results)
+        verdicts = [r.verdict for _, r in results]
+        first = results[0][1]
+        summary = f"{status}; " + "; ".join(reason for v in verdicts for reason in v["reasons"])
+        self._add(
+            output_type="table",
+            status=status,
+            properties={"method": method, "mitigation": self.mitigation},
+            command=command,
+            summary=summary,
+            frames=[table],
+            verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
+            sdc=_sdc_for_table(first),
+            outcome=first.outcome(names=ACRO_RULE_NAMES),
+            spec=first.verdict.get("spec"),
+            before=before,
+        )
+        return table
+
+    def _check(
+        self, df: pd.DataFrame, dims: list[str], value: str | None, aggfunc: str | None, n_row_dims: int
+    ) -> TableResult:
+        stat = aggfunc or "count"
+        common = {"policy": self.policy, "mitigation": self.mitigation, "n_row_dims": n_row_dims}
+        person = self.person if self.person in df.columns else None
+        if stat in ("count", "size") or value is None:
+            res = check_frequency_table(df, dims, person=person, **common)
+            stat = "count"
+        elif stat in ("mean", "sum"):
+            res = check_magnitude_table(df, dims, value, statistic=stat, person=person, **common)
+        else:
+            raise ValueError(
+                f"aggfunc {aggfunc!r} is not supported by the automated checks; "
+                "use custom_output() and ask for a review"
+            )
+        res.verdict["spec"] = table_spec(
+            dims, stat, value=value, person=person, dataset=self.dataset, n_row_dims=n_row_dims
+        )
+        return res
+
+    # --- tables --------------------------------------------------------------------------------------
+    def crosstab(
+        self,
+        index: Any,
+        columns: Any,
+        values: Any = None,
+        rownames: Any = None,
+        colnames: Any = None,
+        aggfunc: Any = None,
+        margins: bool = False,
+        margins_name: str = "All",
+        dropna: bool = True,
+        normalize: Any = False,
+        show_suppressed: bool = False,
+    ) -> pd.DataFrame:
+        """pandas.crosstab with the checks (rows with a missing label are always dropped)."""
+        rows, cols = _as_list(index), _as_list(columns)
+        rnames = _as_list(rownames) or [getattr(s, "name", None) or f"row_{i}" for i, s in enumerate(rows)]
+        cnames = _as_list(colnames) or [getattr(s, "name", None) or f"col_{i}" for i, s in enumerate(cols)]
+        df = pd.DataFrame(
+            {
+                n: np.asarray(s) if not isinstance(s, pd.Series) else s.to_numpy()
+                for n, s in zip(rnames + cnames, rows + cols, strict=True)
+            }
+        )
+        for n, s in zip(rnames + cnames, rows + cols, strict=True):
+            if isinstance(s, pd.Series) and isinstance(s.dtype, pd.CategoricalDtype):
+                df[n] = s.reset_index(drop=True)
+        value_name = None
+        if values is not None:
+            value_name = getattr(values, "name", None) or "values"
+            df[value_name] = np.asarray(values)
+        funcs = _as_list(aggfunc) or [None]
+        results = [
+            (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames))) for f in funcs
+        ]
+        command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
+        return self._table_output(
+            "crosstab", command, results, margins, margins_name, normalize, show_suppressed
+        )
+
+    def pivot_table(
+        self,
+        data: pd.DataFrame,
+        values: Any = None,
+        index: Any = None,
+        columns: Any = None,
+        aggfunc: Any = "mean",
+        fill_value: Any = None,
+        margins: bool = False,
+        dropna: bool = True,
+        margins_name: str = "All",
+        observed: bool = False,
+        sort: bool = True,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
+        """pandas.pivot_table with the checks; one value column per call."""
+        rows, cols = _as_list(index), _as_list(columns)
+        value = _as_list(values)[0] if values is not None else None
+        funcs = _as_list(aggfunc)
+        results = [(f, self._check(data, rows + cols, value, f, len(rows))) for f in funcs]
+        table = self._table_output(
+            "pivot_table",
+            f"pivot_table(values={values!r}, index={rows}, columns={cols}, aggfunc={aggfunc!r})",
+            results,
+            margins,
+            margins_name,
+        )
+        return table.fillna(fill_value) if fill_value is not None else table
+
+    # --- models --------------------------------------------------------------------------------------
+    def _model(self, method: str, fitted: Any, command: str, categorical: dict) -> Any:
+        verdict = rules_other.check_regression(
+            fitted, categorical_counts=categorical, policy=self.policy, method=method
+        )
+        frames = [
+            pd.DataFrame(t.data[1:], columns=t.data[0]) if t.data else pd.DataFrame()
+            for t in fitted.summary().tables
+        ]
+        self._add(
+            output_type="regression",
+            status=verdict["status"],
+            properties={"method": method, "dof": float(fitted.df_resid)},
+            command=command,
+            summary=f"{verdict['status']}; " + "; ".join(verdict["reasons"]),
+            frames=frames,
+            verdict=verdict,
+        )
+        return fitted
+
+    def _array_model(self, method: str, model_cls: Any, endog: Any, exog: Any, **kwargs: Any) -> Any:
+        fitted = (
+            model_cls(endog, exog, **kwargs).fit(disp=0)
+            if method != "ols"
+            else model_cls(endog, exog, **kwargs).fit()
+        )
+        design = exog if isinstance(exog, pd.DataFrame) else pd.DataFrame(np.asarray(exog))
+        return self._model(method, fitted, f"{method}(endog, exog)", rules_other.dummy_counts(design))
+
+    def _formula_model(
+        self, method: str, fn: Any, formula: str, data: pd.DataFrame, subset: Any = None, **kwargs: Any
+    ) -> Any:
+        model = fn(formula, data, subset=subset, **kwargs)
+        fitted = model.fit() if method == "olsr" else model.fit(disp=0)
+        categorical = {}
+        for col in data.columns:
+            if col in formula and (
+                data[col].dtype == object
+                or isinstance(data[col].dtype, pd.CategoricalDtype)
+                or f"C({col})" in formula
+            ):
+                categorical[col] = data[col].value_counts()
+        return self._model(method, fitted, f"{method}({formula!r})", categorical)
+
+    def ols(self, endog: Any, exog: Any = None, missing: str = "none", hasconst: Any = None, **kwargs: Any):
+        import statsmodels.api as sm
+
+        return self._array_model("ols", sm.OLS, endog, exog, missing=missing, hasconst=hasconst, **kwargs)
+
+    def logit(self, endog: Any, exog: Any, missing: str | None = None, check_rank: bool = True):
+        import statsmodels.api as sm
+
+        return self._array_model(
+            "logit", sm.Logit, endog, exog, missing=missing or "none", check_rank=check_rank
+        )
+
+    def probit(self, endog: Any, exog: Any, missing: str | None = None, check_rank: bool = True):
+        import statsmodels.api as sm
+
+        return self._array_model(
+            "probit", sm.Probit, endog, exog, missing=missing or "none", check_rank=check_rank
+        )
+
+    def olsr(
+        self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any
+    ):
+        import statsmodels.formula.api as smf
+
+        return self._formula_model("olsr", smf.ols, formula, data, subset, drop_cols=drop_cols)
+
+    def logitr(
+        self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any
+    ):
+        import statsmodels.formula.api as smf
+
+        return self._formula_model("logitr", smf.logit, formula, data, subset, drop_cols=drop_cols)
+
+    def probitr(
+        self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any
+    ):
+        import statsmodels.formula.api as smf
+
+        return self._formula_model("probitr", smf.probit, formula, data, subset, drop_cols=drop_cols)
+
+    # --- charts and survival -------------------------------------------------------------------------
+    def hist(
+        self,
+        data: pd.DataFrame,
+        column: str,
+        by_val: Any = None,
+        grid: bool = True,
+        xlabelsize: Any = None,
+        xrot: Any = None,
+        ylabelsize: Any = None,
+        yrot: Any = None,
+        axis: Any = None,
+        sharex: bool = False,
+        sharey: bool = False,
+        figsize: Any = None,
+        layout: Any = None,
+        bins: Any = 10,
+        backend: Any = None,
+        legend: bool = False,
+        filename: str = "histogram.png",
+        **kwargs: Any,
+    ) -> str:
+        """Checks the bin counts; the chart itself is written only if matplotlib is installed."""
+        table, verdict = rules_other.check_histogram(data[column], bins, policy=self.policy)
+        files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=bins))
+        self._add(
+            output_type="histogram",
+            status=verdict["status"],
+            properties={"method": "histogram"},
+            command=f"hist({column!r}, bins={bins!r})",
+            summary=f"{verdict['status']}; " + "; ".join(verdict["reasons"]),
+            frames=[table],
+            verdict=verdict,
+            files=files,
+        )
+        return filename
+
+    def pie(self, data: pd.DataFrame, column: str, filename: str = "pie.png", **kwargs: Any) -> str:
+        table, verdict = rules_other.check_category_counts(data[column], policy=self.policy)
+        files = _maybe_plot(filename, lambda ax: ax.pie(table["count"], labels=[str(i) for i in table.index]))
+        self._add(
+            output_type="pie chart",
+            status=verdict["status"],
+            properties={"method": "pie"},
+            command=f"pie({column!r})",
+            summary=f"{verdict['status']}; " + "; ".join(verdict["reasons"]),
+            frames=[table],
+            verdict=verdict,
+            files=files,
+        )
+        return filename
+
+    def surv_func(
+        self,
+        time: Any,
+        status: Any,
+        output: str,
+        entry: Any = None,
+        title: Any = None,
+        freq_weights: Any = None,
+        exog: Any = None,
+        bw_factor: float = 1.0,
+        filename: str = "kaplan-meier.png",
+    ) -> Any:
+        table, verdict = rules_other.check_survival(pd.Series(time), pd.Series(status), policy=self.policy)
+        kind = "survival plot" if output == "plot" else "survival table"
+        self._add(
+            output_type=kind,
+            status=verdict["status"],
+            properties={"method": "surv_func"},
+            command="surv_func(time, status)",
+            summary=f"{verdict['status']}; " + "; ".join(verdict["reasons"]),
+            frames=[table],
+            verdict=verdict,
+        )
+        return table
+
+    # --- other files, comments, exceptions -----------------------------------------------------------
+    def custom_output(self, filename: str, comment: str = "") -> bool:
+        if not os.path.exists(filename):
+            return False
+        verdict = review_other_file(os.path.basename(filename), self.policy)
+        self._add(
+            output_type="custom",
+            status="review",
+            properties={},
+            command="custom",
+            summary="review; " + verdict["reasons"][0],
+            frames=[],
+            verdict=verdict,
+            files=[filename],
+            comments=[comment] if comment else [],
+        )
+        return True
+
+    def add_comments(self, output: str, comment: str) -> None:
+        self.results[output].comments.append(comment)
+
+    def add_exception(self, output: str, reason: str) -> None:
+        self.results[output].exception = reason
+
+    def remove_output(self, key: str) -> None:
+        del self.results[key]
+
+    def rename_output(self, old: str, new: str) -> None:
+        out = self.results.pop(old)
+        out.uid = new
+        self.results[new] = out
+
+    def print_outputs(self) -> str:
+        text = "\n".join(
+            f"uid: {o.uid}\nstatus: {o.status}\ntype: {o.output_type}\nsummary: {o.summary}\n"
+            f"comments: {o.comments}\nexception: {o.exception}\n"
+            for o in self.results.values()
+        )
+        print(text)
+        return text
+
+    # --- finalise ------------------------------------------------------------------------------------
+    def finalise(self, path: str = "outputs", ext: str = "json", interactive: bool = False) -> dict | None:
+        """Write the outputs and results.json (ACRO's schema) to ``path``; returns the JSON written."""
+        if ext != "json":
+            raise ValueError("only ext='json' is supported (xlsx needs openpyxl, not a project dependency)")
+        os.makedirs(path, exist_ok=True)
+        results: dict[str, Any] = {}
+        for key, out in self.results.items():
+            files = []
+            for i, frame in enumerate(out.frames):
+                name = f"{key}_{i}.csv"
+                frame.to_csv(os.path.join(path, name))
+                files.append({"name": name, "sdc": out.sdc})
+            for f in out.files:
+                if os.path.exists(f):
+                    dest = os.path.join(path, os.path.basename(f))
+                    if os.path.abspath(dest) != os.path.abspath(f):
+                        shutil.copyfile(f, dest)
+                    files.append({"name": os.path.basename(f), "sdc": out.sdc})
+            if out.before is not None:
+                # The table before mitigation is kept for the checker, in a sibling folder that is not
+                # part of the release set.
+                os.makedirs(f"{path}.checker", exist_ok=True)
+                out.before.to_csv(os.path.join(f"{path}.checker", f"{key}_unmitigated.csv"))
+            results[key] = {
+                "uid": out.uid,
+                "status": out.status,
+                "type": out.output_type,
+                "properties": out.properties,
+                "files": files,
+                "outcome": json.loads(out.outcome.to_json()) if out.outcome is not None else {},
+                "command": out.command,
+                "summary": out.summary,
+                "timestamp": out.timestamp,
+                "comments": out.comments,
+                "exception": out.exception,
+                "fair": {"check_status": {c["rule"]: c["status"] for c in out.verdict.get("criteria", [])}},
+                "tre_verdict": out.verdict,
+                "table_spec": out.spec,
+            }
+        document = {
+            "version": RESULTS_VERSION,
+            "tool": {
+                "@type": "SoftwareApplication",
+                "name": "tre-disclosure",
+                "policy": self.policy.identity(),
+            },
+            "results": results,
+        }
+        with open(os.path.join(path, "results.json"), "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=4, default=str)
+        _write_checksums(path)
+        return document
+
+
+def _write_checksums(path: str) -> None:
+    """sha256 of every file, one ``<name>.txt`` each under ``checksums/``, as ACRO does; SACRO-Viewer uses
+    them to detect files changed after checking."""
+    folder = os.path.join(path, "checksums")
+    os.makedirs(folder, exist_ok=True)
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            with open(full, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            with open(os.path.join(folder, f"{name}.txt"), "w", encoding="utf-8") as handle:
+                handle.write(digest)
+
+
+def _normalise(table: pd.DataFrame, how: Any) -> pd.DataFrame:
+    if how in (True, "all"):
+        return table / np.nansum(table.to_numpy())
+    if how == "index":
+        return table.div(table.sum(axis=1), axis=0)
+    return table / table.sum(axis=0)
+
+
+def _maybe_plot(filename: str, draw: Any) -> list[str]:
+    """Charts are optional: the checked numbers are the output; without matplotlib no image is drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, ax = plt.subplots()
+    draw(ax)
+    fig.savefig(filename)
+    plt.close(fig)
+    return [filename]

@@ -1,0 +1,321 @@
+"""Operating-system isolation of one workspace on one machine: its unix account, its files, its network.
+
+Everything here needs root and is called by the local spawner only. Why each piece:
+
+* A unix account per (user, project), with a primary group of its own and membership of the project's
+  group, so one workspace cannot read another project's files even through a shell in the notebook.
+* The extract stays where the control plane wrote it; its group becomes the project's group with
+  ``g=rX, o=`` and the owner unchanged, so members of the project read it, nobody else can, and no
+  workspace can write it (the workspace account is never the owner).
+* A network namespace per workspace, joined to the host by a veth pair, with no default route and an
+  nftables table inside that lets new connections out only to the hub API and the output API on the
+  host; the host DNATs those two ports to its loopback and drops everything else from the veths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import grp
+import hashlib
+import ipaddress
+import os
+import pwd
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = Path("/run/netns")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SandboxError(RuntimeError):
+    """An isolation step failed; the workspace must not start without it."""
+
+
+async def run(*argv: str, stdin: str | None = None) -> str:
+    """Run a system command without a shell; raise with its stderr if it fails."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(stdin.encode() if stdin is not None else None)
+    if process.returncode != 0:
+        raise SandboxError(
+            f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: {err.decode().strip()[:300]}"
+        )
+    return out.decode()
+
+
+# --------------------------------------------------------------------------- accounts and files
+
+
+def project_group_name(project_id: str) -> str:
+    """A unix group name for the project; long ids are shortened with a hash so names stay unique."""
+    slug = re.sub(r"[^a-z0-9-]", "-", project_id.lower()).strip("-") or "p"
+    name = f"tre-p-{slug}"
+    if len(name) > 32:
+        name = f"tre-p-{slug[:15]}-{hashlib.sha256(project_id.encode()).hexdigest()[:10]}"
+    return name
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+async def ensure_group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        await run("groupadd", "--system", name)
+        return grp.getgrnam(name).gr_gid
+
+
+async def ensure_account(name: str, project_group: str, home_root: str) -> Account:
+    """Create (once) a system account with no login shell, its own home (0700) and the project group."""
+    root = Path(home_root)
+    root.mkdir(parents=True, exist_ok=True)
+    # Traverse-only: a workspace can reach its own home but cannot list the others.
+    os.chmod(root, 0o711)  # noqa: S103 - execute-only for others is the point
+    await ensure_group(project_group)
+    home = root / name
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        await run(
+            "useradd", "--system", "--user-group", "--shell", "/usr/sbin/nologin",
+            "--home-dir", str(home), "--no-create-home", "--groups", project_group, name,
+        )  # fmt: skip
+        entry = pwd.getpwnam(name)
+    else:
+        if entry.pw_uid == 0 or entry.pw_dir != str(home):
+            raise SandboxError(f"unix account {name} exists but is not a workspace account")
+        if name not in grp.getgrnam(project_group).gr_mem:
+            await run("usermod", "--append", "--groups", project_group, name)
+    home.mkdir(exist_ok=True)
+    os.chown(home, entry.pw_uid, entry.pw_gid)
+    os.chmod(home, 0o700)
+    return Account(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=str(home))
+
+
+def share_extract_read_only(extract_path: str, project_group: str) -> None:
+    """Let the project's group read the extract and nobody else: group r-X, other nothing, owner kept.
+
+    Runs at every start so a file added to the extract since the last start is covered too.
+    """
+    gid = grp.getgrnam(project_group).gr_gid
+    top = Path(extract_path)
+    if not top.is_dir() or top.is_symlink():
+        raise SandboxError(f"the extract {extract_path} is not a directory")
+    for path in [top, *top.rglob("*")]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        os.chown(path, info.st_uid, gid, follow_symlinks=False)
+        keep = stat.S_IMODE(info.st_mode) & 0o700 & ~0o022
+        group_bits = 0o050 if stat.S_ISDIR(info.st_mode) else 0o040
+        os.chmod(path, keep | group_bits)
+
+
+def prepare_outputs(outputs_path: str, account: Account) -> None:
+    """A private writable folder for the workspace's outputs: the account's own, mode 0700."""
+    path = Path(outputs_path)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, account.uid, account.gid)
+    os.chmod(path, 0o700)
+
+
+def link_into_home(account: Account, name: str, target: str) -> None:
+    """A root-owned symlink in the home, so the notebook's file browser shows the folder by name."""
+    link = Path(account.home) / name
+    if link.is_symlink() or link.exists():
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        if link.is_dir() and not link.is_symlink():
+            raise SandboxError(f"{link} is a real folder; refusing to replace it")
+        link.unlink()
+    link.symlink_to(target)
+    os.chown(link, 0, 0, follow_symlinks=False)
+
+
+# --------------------------------------------------------------------------- network
+
+
+@dataclass(frozen=True)
+class EgressPlan:
+    """Names and addresses one hub uses for its workspaces' networks.
+
+    ``prefix`` (at most 6 characters) names the host's nftables table, the namespaces and the host
+    ends of the veths, so two hubs on one machine (a test hub beside a running one) never touch each
+    other's rules. ``ports`` are the host loopback ports a workspace may open connections to.
+    """
+
+    prefix: str
+    pool: str
+    ports: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", self.prefix):
+            raise SandboxError("the egress prefix must be 1-6 lowercase letters or digits")
+        network = ipaddress.ip_network(self.pool)
+        if not isinstance(network, ipaddress.IPv4Network) or network.prefixlen > 29:
+            raise SandboxError("the egress pool must be an IPv4 network of at least a /29")
+
+    @property
+    def table(self) -> str:
+        return f"{self.prefix}_workspaces"
+
+    @property
+    def host_if_prefix(self) -> str:
+        return f"{self.prefix}h"
+
+
+@dataclass(frozen=True)
+class Egress:
+    """The network namespace of one workspace and the addresses on either side of its veth."""
+
+    netns: str
+    host_if: str
+    host_ip: str
+    workspace_ip: str
+
+    def to_state(self) -> dict[str, str]:
+        return {
+            "netns": self.netns,
+            "host_if": self.host_if,
+            "host_ip": self.host_ip,
+            "ws_ip": self.workspace_ip,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, str]) -> Egress:
+        return cls(state["netns"], state["host_if"], state["host_ip"], state["ws_ip"])
+
+
+def allocate_slot(plan: EgressPlan) -> tuple[int, str, str]:
+    """The first free /30 of the pool: (slot, host address, workspace address).
+
+    Called with no await between the scan and the creation of the veth, so two spawns in one hub
+    process cannot take the same slot.
+    """
+    used = set()
+    for name in os.listdir("/sys/class/net"):
+        suffix = name[len(plan.host_if_prefix) :]
+        if name.startswith(plan.host_if_prefix) and suffix.isdigit():
+            used.add(int(suffix))
+    for slot, subnet in enumerate(ipaddress.ip_network(plan.pool).subnets(new_prefix=30)):
+        if slot == 0 or slot in used:
+            continue
+        host_ip, workspace_ip = (str(address) for address in subnet.hosts())
+        return slot, host_ip, workspace_ip
+    raise SandboxError("no free workspace network slots")
+
+
+def _ports(plan: EgressPlan) -> str:
+    return ", ".join(str(port) for port in sorted(set(plan.ports)))
+
+
+async def ensure_host_rules(plan: EgressPlan) -> None:
+    """The host side, replaced whole: DNAT the allowed ports to loopback, drop all else from the veths."""
+    veths = f'"{plan.host_if_prefix}*"'
+    ruleset = f"""
+table inet {plan.table}
+delete table inet {plan.table}
+table inet {plan.table} {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname {veths} ip daddr {plan.pool} tcp dport {{ {_ports(plan)} }} dnat ip to 127.0.0.1
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname {veths} ct state established,related accept
+        iifname {veths} ip daddr 127.0.0.1 tcp dport {{ {_ports(plan)} }} accept
+        iifname {veths} drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname {veths} drop
+        oifname {veths} drop
+    }}
+}}
+"""
+    await run("nft", "-f", "-", stdin=ruleset)
+
+
+async def delete_host_rules(plan: EgressPlan) -> None:
+    await run("nft", "-f", "-", stdin=f"table inet {plan.table}\ndelete table inet {plan.table}\n")
+
+
+def _workspace_ruleset(plan: EgressPlan, host_ip: str) -> str:
+    """Inside the namespace: out only to the host end of the veth on the allowed ports (and replies)."""
+    return f"""
+table inet tre_egress {{
+    chain output {{
+        type filter hook output priority filter; policy drop;
+        oifname "lo" accept
+        ct state established,related accept
+        ip daddr {host_ip} tcp dport {{ {_ports(plan)} }} accept
+    }}
+}}
+"""
+
+
+async def create_egress(plan: EgressPlan, key: str) -> Egress:
+    """A namespace whose only way out is ``host_ip:ports``, which the host DNATs to its own loopback."""
+    netns = f"{plan.prefix}-{key}"
+    if (NETNS_DIR / netns).exists():
+        await run("ip", "netns", "delete", netns)
+    slot, host_ip, workspace_ip = allocate_slot(plan)
+    host_if, inner_if = f"{plan.host_if_prefix}{slot}", f"{plan.prefix}w{slot}"
+    egress = Egress(netns=netns, host_if=host_if, host_ip=host_ip, workspace_ip=workspace_ip)
+    await run("ip", "netns", "add", netns)
+    try:
+        await run("ip", "link", "add", host_if, "type", "veth", "peer", "name", inner_if, "netns", netns)
+        await run("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
+        # Without this the kernel would not route packets from the veth to 127.0.0.1 after DNAT.
+        Path(f"/proc/sys/net/ipv4/conf/{host_if}/route_localnet").write_text("1")
+        await run("ip", "link", "set", host_if, "up")
+        await run("ip", "-n", netns, "addr", "add", f"{workspace_ip}/30", "dev", inner_if)
+        await run("ip", "-n", netns, "link", "set", inner_if, "up")
+        await run("ip", "-n", netns, "link", "set", "lo", "up")
+        await run("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=_workspace_ruleset(plan, host_ip))
+    except BaseException:
+        await delete_egress(egress)
+        raise
+    return egress
+
+
+async def delete_egress(egress: Egress) -> None:
+    """Remove the namespace (which takes its end of the veth, and so the pair, with it)."""
+    if (NETNS_DIR / egress.netns).exists():
+        await run("ip", "netns", "delete", egress.netns)
+    if Path(f"/sys/class/net/{egress.host_if}").exists():
+        await run("ip", "link", "delete", egress.host_if)
+
+
+def open_netns(netns: str) -> int:
+    return os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def enter_netns(fd: int) -> None:
+    """Join a network namespace (called in the child between fork and exec, while still root)."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def drop_to(account: Account) -> None:
+    """Become the workspace account for good: groups first, then gid, then uid."""
+    os.initgroups(account.name, account.gid)
+    os.setgid(account.gid)
+    os.setuid(account.uid)
+    os.chdir(account.home)

@@ -1,0 +1,261 @@
+"""Spawners that start a project workspace only when the control plane's access gate says yes.
+
+The gate is asked inside ``start()``, the one path every start takes (the spawn page, the hub REST
+API, a restart after the hub itself restarted), so no route around it exists. One named server per
+(user, project): the server name is the project id, the default server is refused, and a server is
+bound to the name it first started with so a rename cannot point it at another project.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Any as AnyTrait
+from traitlets import Bool, HasTraits, Instance, Unicode, default
+
+from jupyter import sandbox
+from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost"}
+STATE_KEY = "tre"
+
+
+class TreSpawnerMixin(HasTraits):
+    """The gate, the project binding and the refusals shared by the local and Kubernetes spawners.
+
+    Mix in before the JupyterHub spawner class; subclasses prepare the workspace in ``tre_prepare``.
+    """
+
+    control_plane = Instance(ControlPlane)
+    tre_grant: SpawnGrant | None = None
+    tre_bound_server: str = ""
+
+    @default("control_plane")
+    def _default_control_plane(self) -> ControlPlane:
+        return ControlPlane(parent=self)
+
+    async def tre_authorise(self) -> SpawnGrant:
+        """Refuse unless this is a project server, still under its first name, and the gate allows it now."""
+        name = self.name  # type: ignore[attr-defined]
+        if not name:
+            raise WorkspaceRefused(
+                "Workspaces belong to projects: open yours from the project page of the TRE control plane."
+            )
+        if self.tre_bound_server and self.tre_bound_server != name:
+            raise WorkspaceRefused(
+                f"This workspace was created for {self.tre_bound_server!r} and cannot be started as {name!r}."
+            )
+        grant = await self.control_plane.authorise_spawn(self.user.name, name)  # type: ignore[attr-defined]
+        if grant.project_id.lower() != name:
+            raise WorkspaceRefused("The access gate answered for a different project; nothing was started.")
+        self.tre_grant = grant
+        self.tre_bound_server = name
+        self.log.info(  # type: ignore[attr-defined]
+            "Access gate allowed %s/%s (project %s, account %s)",
+            self.user.name,
+            name,
+            grant.project_id,
+            grant.unix_user,
+        )
+        return grant
+
+    def tre_env(self) -> dict[str, str]:
+        """What the workspace learns about its project (the gate's variables, and where its folders are)."""
+        grant = self.tre_grant
+        if grant is None:
+            return {}
+        env = dict(grant.env)
+        env.setdefault("TRE_PROJECT_ID", grant.project_id)
+        env["TRE_EXTRACT_DIR"] = grant.extract_path
+        env["TRE_OUTPUTS_DIR"] = grant.outputs_path
+        return env
+
+    async def rename(self, old_name: str, new_name: str) -> None:
+        """A server's name is its project: renaming would change which project's data it opens."""
+        raise WorkspaceRefused("Workspaces cannot be renamed: each one belongs to exactly one project.")
+
+    def tre_state(self) -> dict[str, Any]:
+        return {"bound_server": self.tre_bound_server}
+
+    def tre_load_state(self, state: dict[str, Any]) -> None:
+        self.tre_bound_server = str(state.get("bound_server") or "")
+
+
+class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
+    """One process per workspace on this machine, under its own unix account and network namespace."""
+
+    runtime_prefix = Unicode(
+        "/opt/tre-workspace",
+        help="The workspace runtime built by infra/jupyterhub/build-workspace-runtime.sh.",
+    ).tag(config=True)
+    home_root = Unicode(
+        "/var/lib/tre/workspaces", help="Where each workspace account's private home (0700) is created."
+    ).tag(config=True)
+    insecure_dev = Bool(
+        False,
+        help="Allow starting workspaces without root, i.e. without separate accounts, read-only data or "
+        "network isolation. For a developer's laptop only; every start logs what is missing.",
+    ).tag(config=True)
+    egress_isolation = Bool(True, help="Give every workspace its own network namespace (root only).").tag(
+        config=True
+    )
+    egress_prefix = Unicode("tre", help="Names this hub's namespaces, veths and nftables table.").tag(
+        config=True
+    )
+    egress_pool = Unicode("10.231.0.0/16", help="Addresses for the workspace veth pairs (/30 each).").tag(
+        config=True
+    )
+    make_preexec_fn = AnyTrait()
+
+    account: sandbox.Account | None = None
+    egress: sandbox.Egress | None = None
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        return [os.path.join(self.runtime_prefix, "bin", "jupyterhub-singleuser")]
+
+    @default("env_keep")
+    def _default_env_keep(self) -> list[str]:
+        # Not the hub's PATH or PYTHONPATH: they may point into folders the workspace must not use.
+        return ["LANG", "LC_ALL"]
+
+    @default("make_preexec_fn")
+    def _default_preexec(self) -> Any:
+        return lambda _name: self._preexec
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> tuple[str, int]:
+        grant = await self.tre_authorise()
+        if os.geteuid() == 0:
+            await self._prepare_as_root(grant)
+        else:
+            self._prepare_insecure(grant)
+        self._netns_fd = sandbox.open_netns(self.egress.netns) if self.egress else None
+        try:
+            return await super().start()
+        finally:
+            if self._netns_fd is not None:
+                os.close(self._netns_fd)
+                self._netns_fd = None
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        if self.egress is not None:
+            await sandbox.delete_egress(self.egress)
+            self.egress = None
+
+    def _preexec(self) -> None:
+        """In the child, still root: join the namespace first, then give up root for good."""
+        if self._netns_fd is not None:
+            sandbox.enter_netns(self._netns_fd)
+        if os.geteuid() == 0 and self.account is not None:
+            sandbox.drop_to(self.account)
+        elif self.account is not None:
+            os.chdir(self.account.home)
+
+    async def _prepare_as_root(self, grant: SpawnGrant) -> None:
+        group = sandbox.project_group_name(grant.project_id)
+        self.account = await sandbox.ensure_account(grant.unix_user, group, self.home_root)
+        sandbox.share_extract_read_only(grant.extract_path, group)
+        sandbox.prepare_outputs(grant.outputs_path, self.account)
+        sandbox.link_into_home(self.account, "extract", grant.extract_path)
+        sandbox.link_into_home(self.account, "outputs", grant.outputs_path)
+        if not self.egress_isolation:
+            self.log.warning(
+                "Egress isolation is OFF for %s: the workspace can reach any network", self._log_name
+            )
+            return
+        plan = sandbox.EgressPlan(
+            prefix=self.egress_prefix, pool=self.egress_pool, ports=self._allowed_ports()
+        )
+        await sandbox.ensure_host_rules(plan)
+        if self.egress is not None:
+            await sandbox.delete_egress(self.egress)
+        self.egress = await sandbox.create_egress(plan, grant.unix_user)
+        self.ip = self.egress.workspace_ip
+
+    def _prepare_insecure(self, grant: SpawnGrant) -> None:
+        if not self.insecure_dev:
+            self.log.error(
+                "Refusing to start %s: the hub is not root, so the workspace would share the hub's unix "
+                "account, could read every project's files and reach any network. Run the hub as root, "
+                "or set TreLocalSpawner.insecure_dev = True on a developer machine.",
+                self._log_name,
+            )
+            raise WorkspaceRefused(
+                "This workspace host is not configured securely (no per-project isolation), so it will not "
+                "open workspaces. Please tell the TRE administrators.",
+                status_code=503,
+            )
+        self.log.warning(
+            "INSECURE DEV MODE for %s: no separate unix account, extract NOT read-only, other projects' "
+            "files readable, network egress NOT blocked.",
+            self._log_name,
+        )
+        entry = pwd.getpwuid(os.geteuid())
+        home = os.path.join(self.home_root, grant.unix_user)
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        os.makedirs(grant.outputs_path, mode=0o700, exist_ok=True)
+        self.account = sandbox.Account(entry.pw_name, entry.pw_uid, entry.pw_gid, home)
+        for link_name, target in (("extract", grant.extract_path), ("outputs", grant.outputs_path)):
+            link = os.path.join(home, link_name)
+            if not os.path.islink(link):
+                os.symlink(target, link)
+        self.ip = "127.0.0.1"
+
+    def _allowed_ports(self) -> tuple[int, ...]:
+        """The hub API and the output API: both must listen on this machine's loopback."""
+        ports = []
+        for url in (self.hub.api_url, self.tre_env().get("TRE_OUTPUT_API", "")):
+            parts = urlsplit(url)
+            if parts.hostname not in LOOPBACK_HOSTS or not parts.port:
+                raise WorkspaceRefused(
+                    f"The workspace network cannot be set up: {url!r} is not an http URL on this machine's "
+                    "loopback with an explicit port.",
+                    status_code=503,
+                )
+            ports.append(parts.port)
+        return tuple(ports)
+
+    # ----------------------------------------------------------------- environment and state
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        if self.account is not None:
+            env["USER"] = self.account.name
+            env["HOME"] = self.account.home
+        env["SHELL"] = "/bin/bash"
+        return env
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.tre_env())
+        env["PATH"] = f"{self.runtime_prefix}/bin:/usr/local/bin:/usr/bin:/bin"
+        if self.egress is not None:
+            # Inside the namespace 127.0.0.1 is the workspace itself: reach the host through the veth.
+            for port in self._allowed_ports():
+                for host in LOOPBACK_HOSTS:
+                    before, after = f"//{host}:{port}", f"//{self.egress.host_ip}:{port}"
+                    env = {key: value.replace(before, after) for key, value in env.items()}
+        return env
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        tre = self.tre_state()
+        if self.egress is not None:
+            tre["egress"] = self.egress.to_state()
+        state[STATE_KEY] = tre
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        tre = state.get(STATE_KEY) or {}
+        self.tre_load_state(tre)
+        if tre.get("egress"):
+            self.egress = sandbox.Egress.from_state(tre["egress"])
+
+    _netns_fd: int | None = None

@@ -1,0 +1,163 @@
+"""THE access gate: may this person touch this project's data *now*, and if not, why not.
+
+Every part that hands out data asks here: extracts before they run, the JupyterHub spawner before a
+workspace starts, the output queue before a release. ``check_access`` only answers (pages use it to
+show people what is missing); ``require_access`` and ``ask_gate`` also write the answer to the audit
+log — a refusal always with its reasons — and are what data-touching code must call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from projects.models import AgreementSignature, AgreementTemplate, Project, ProjectMember, TrainingRecord
+from projects.rules import GATE_REASONS, SAFE_RESEARCHER_COURSE, GateFacts, gate_reasons
+from tre.core.audit import DENIED, AuditLog
+from tre.core.db import transaction, utcnow
+from tre.core.identity import User
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    allowed: bool
+    # Stable reason codes (see ``projects.rules.GATE_REASONS``); empty when allowed.
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[str]:
+        """The reasons as sentences that are safe to show to the person."""
+        return [GATE_REASONS.get(r, r) for r in self.reasons]
+
+
+class AccessRefused(Exception):
+    """The gate said no; ``decision.reasons`` says why. The message is safe to show."""
+
+    def __init__(self, decision: GateDecision) -> None:
+        self.decision = decision
+        super().__init__("Access refused: " + "; ".join(decision.messages))
+
+
+def current_agreement(session: Session) -> AgreementTemplate | None:
+    return session.scalar(select(AgreementTemplate).order_by(AgreementTemplate.version.desc()).limit(1))
+
+
+def training_expiry(session: Session, user_id: str, course: str = SAFE_RESEARCHER_COURSE) -> dt.date | None:
+    """The latest expiry date of the person's records for ``course`` (None when there is none)."""
+    return session.scalar(
+        select(func.max(TrainingRecord.expires_on)).where(
+            TrainingRecord.user_id == user_id, TrainingRecord.course == course
+        )
+    )
+
+
+def has_signed_current(
+    session: Session, user_id: str, project_id: str, template: AgreementTemplate | None
+) -> bool:
+    if template is None:
+        return False
+    return (
+        session.scalar(
+            select(AgreementSignature.id).where(
+                AgreementSignature.template_id == template.id,
+                AgreementSignature.project_id == project_id,
+                AgreementSignature.user_id == user_id,
+                AgreementSignature.content_hash == template.content_hash,
+            )
+        )
+        is not None
+    )
+
+
+def gather_facts(
+    session: Session, user_id: str, project_id: str, course: str = SAFE_RESEARCHER_COURSE
+) -> GateFacts:
+    user = session.get(User, user_id) if user_id else None
+    project = session.get(Project, project_id) if project_id else None
+    template = current_agreement(session)
+    member = None
+    if user is not None and project is not None:
+        member = session.scalar(
+            select(ProjectMember.id).where(
+                ProjectMember.project_id == project.id,
+                ProjectMember.user_id == user.id,
+                ProjectMember.removed_at.is_(None),
+            )
+        )
+    return GateFacts(
+        user_exists=user is not None,
+        user_active=bool(user and user.is_active),
+        mfa_enrolled=bool(user and user.mfa_enrolled),
+        project_exists=project is not None,
+        project_state=project.state if project else None,
+        start_date=project.start_date if project else None,
+        end_date=project.end_date if project else None,
+        active_member=member is not None,
+        agreement_published=template is not None,
+        current_agreement_signed=bool(
+            user and project and has_signed_current(session, user.id, project.id, template)
+        ),
+        training_expires_on=training_expiry(session, user.id, course) if user else None,
+    )
+
+
+def today_utc(now: dt.datetime | None = None) -> dt.date:
+    return (now or utcnow()).astimezone(dt.UTC).date()
+
+
+def check_access(
+    session: Session, user_id: str, project_id: str, *, now: dt.datetime | None = None
+) -> GateDecision:
+    """Answer without recording anything. Dates are compared in UTC, inclusive at both ends."""
+    reasons = gate_reasons(gather_facts(session, user_id, project_id), today_utc(now))
+    return GateDecision(not reasons, reasons)
+
+
+def ask_gate(
+    session: Session,
+    audit: AuditLog,
+    user_id: str,
+    project_id: str,
+    *,
+    purpose: str,
+    now: dt.datetime | None = None,
+    request_id: str | None = None,
+) -> GateDecision:
+    """Answer and record the answer (allowed or refused, with reasons) in its own transaction.
+
+    Call it with a session that holds no uncommitted work of yours: it commits.
+    """
+    decision = check_access(session, user_id, project_id, now=now)
+    with transaction(session) as s:
+        audit.record(
+            s,
+            "gate.check",
+            actor_id=user_id or None,
+            outcome="success" if decision.allowed else DENIED,
+            target_type="project",
+            target_id=project_id or None,
+            project_id=project_id or None,
+            request_id=request_id,
+            detail={"purpose": purpose[:50], "reasons": decision.reasons},
+        )
+    return decision
+
+
+def require_access(
+    session: Session,
+    audit: AuditLog,
+    user_id: str,
+    project_id: str,
+    *,
+    purpose: str,
+    now: dt.datetime | None = None,
+    request_id: str | None = None,
+) -> GateDecision:
+    """Return the (allowing) decision, or record the refusal and raise ``AccessRefused``."""
+    decision = ask_gate(session, audit, user_id, project_id, purpose=purpose, now=now, request_id=request_id)
+    if not decision.allowed:
+        raise AccessRefused(decision)
+    return decision

@@ -1,0 +1,626 @@
+"""The extract pipeline: stream a source in chunks, pseudonymise it, write Parquet and a manifest.
+
+One run reads only the columns a plan needs, a fixed number of rows at a time, so memory follows the
+chunk size and not the file size. Each chunk is turned into one part file (``data/part-NNNNNN.parquet``)
+and a small checkpoint; a checkpoint is written last, so a chunk either counts as done with a part
+whose hash it records, or is done again. A run that was killed therefore resumes where it stopped,
+and because every step is deterministic the parts it writes are byte for byte the ones an
+uninterrupted run writes. The manifest carries counts, hashes, the transforms, the k-anonymity and
+data-quality reports and a key id; never key material and never a value from the data.
+
+The whole module is pure (pyarrow, numpy, cryptography): the control plane calls ``run_extract`` or
+``run_linked_extract`` from a background job and records the manifest it returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pseudonymisation import generalise, kanonymity, quality, tokens
+from pseudonymisation.optouts import OptOutList, apply_optouts
+from pseudonymisation.schema import (
+    ColumnSpec,
+    DatasetSchema,
+    InvalidNhsPolicy,
+    Role,
+    SchemaError,
+    TransformKind,
+)
+
+MANIFEST_FORMAT = "tre-extract-manifest/1"
+DEFAULT_CHUNK_ROWS = 1_000_000
+_PART = "part-{:06d}.parquet"
+_COMPRESSION = "snappy"  # writer options are fixed, so parts are reproducible
+
+
+def _write_part(table: pa.Table, path: Path, token_columns: Collection[str]) -> None:
+    """Write one part. Token columns are random letters: a dictionary, statistics or snappy would
+    cost time on them and save nothing, so they get none of the three."""
+    names = table.column_names
+    pq.write_table(
+        table,
+        path,
+        use_dictionary=[n for n in names if n not in token_columns and not pa.types.is_floating(table[n].type)],
+        write_statistics=[n for n in names if n not in token_columns],
+        compression={n: "none" if n in token_columns else _COMPRESSION for n in names},
+    )
+
+
+class ExtractError(RuntimeError):
+    """An extract that cannot run as asked. Messages name columns and chunks, never values."""
+
+
+@dataclass(frozen=True)
+class ExtractKeys:
+    """The keys one extract uses. ``repr`` and the manifest show only ``key_id``."""
+
+    linkage_key: bytes = field(repr=False)
+    project_key: bytes = field(repr=False)
+    key_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key_id:
+            object.__setattr__(self, "key_id", tokens.key_fingerprint(self.project_key))
+
+
+@dataclass(frozen=True)
+class Progress:
+    dataset: str
+    chunks_done: int
+    rows_read: int
+    total_rows: int | None  # unknown for CSV until the end
+    resumed_chunks: int  # chunks found done by an earlier run and not redone
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One source to extract: where it is, what its columns are, which were approved."""
+
+    path: str | os.PathLike[str]
+    schema: DatasetSchema
+    approved_columns: Sequence[str]
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary name then rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def _source_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    if suffix in {".csv", ".txt"}:
+        return "csv"
+    raise ExtractError("a source must be a .parquet or .csv file")
+
+
+def _batches(path: Path, fmt: str, columns: list[str], text_columns: set[str], chunk_rows: int) -> Iterator:
+    if fmt == "parquet":
+        handle = pq.ParquetFile(path)
+        missing = set(columns) - set(handle.schema_arrow.names)
+        if missing:
+            raise ExtractError(f"the source lacks columns named in the schema: {sorted(missing)}")
+        # One row group at a time: iter_batches reads ahead, and its memory grew with the file.
+        for group in range(handle.num_row_groups):
+            yield from handle.read_row_group(group, columns=columns).to_batches(max_chunksize=chunk_rows)
+        return
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=1 << 24),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=columns, column_types={c: pa.string() for c in text_columns}
+        ),
+    )
+    yield from reader
+
+
+def _chunks(batches: Iterator, chunk_rows: int) -> Iterator[pa.Table]:
+    """Regroup batches into tables of exactly ``chunk_rows`` rows (the last may be shorter), so chunk
+    boundaries depend only on the source and the chunk size, never on how a reader happened to batch."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        if not pending and batch.num_rows == chunk_rows:
+            yield pa.Table.from_batches([batch])  # the usual case for Parquet: no copy needed
+            continue
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows).combine_chunks()
+            rest = table.slice(chunk_rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending).combine_chunks()
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
+# --------------------------------------------------------------------------------------------------
+# One chunk
+
+
+@dataclass
+class _Plan:
+    schema: DatasetSchema
+    outputs: list[ColumnSpec]
+    read_columns: list[str]
+    quasi_outputs: list[str]
+    keys: ExtractKeys
+    optout_lists: Sequence[OptOutList]
+    exempt: frozenset[str]
+
+    @classmethod
+    def build(cls, schema, approved, keys, optout_lists, exempt, k_quasi=None) -> _Plan:
+        outputs = schema.plan(approved)
+        if not outputs:
+            raise SchemaError("no approved column produces output")
+        for spec in outputs:
+            t = spec.effective_transform
+            if t.kind is TransformKind.DOB_AGE_BAND and "reference_date" not in t.params:
+                raise SchemaError(f"column {spec.name!r}: an age band needs a reference_date")
+        quasi = [c.effective_output_name for c in outputs if c.role is Role.QUASI_IDENTIFIER]
+        if k_quasi is not None:
+            unknown = set(k_quasi) - set(quasi)
+            if unknown:
+                raise SchemaError(f"k-anonymity columns are not quasi-identifiers of the extract: {sorted(unknown)}")
+            quasi = [q for q in quasi if q in set(k_quasi)]
+        return cls(schema, outputs, schema.source_columns(outputs), quasi, keys, optout_lists, frozenset(exempt))
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "source": c.name,
+                "output": c.effective_output_name,
+                "role": str(c.role),
+                "transform": c.effective_transform.to_dict(),
+            }
+            for c in self.outputs
+        ]
+
+    @property
+    def token_outputs(self) -> frozenset[str]:
+        return frozenset(
+            c.effective_output_name for c in self.outputs if c.effective_transform.kind is TransformKind.NHS_TOKEN
+        )
+
+    def text_columns(self) -> set[str]:
+        """Columns read as text from CSV whatever they look like (so NHS numbers keep their digits)."""
+        text = {c.name for c in self.schema.columns if c.role in {Role.DIRECT_IDENTIFIER, Role.FREE_TEXT}}
+        return text & set(self.read_columns)
+
+
+def _transform_column(spec: ColumnSpec, table: pa.Table, ps: tokens.Pseudonyms | None, keys: ExtractKeys):
+    t = spec.effective_transform
+    values = _column(table, spec.name)
+    match t.kind:
+        case TransformKind.KEEP:
+            return values
+        case TransformKind.NHS_TOKEN:
+            return tokens.project_tokens(ps, keys.project_key)
+        case TransformKind.DOB_YEAR:
+            return generalise.dob_to_year(values)
+        case TransformKind.DOB_AGE_BAND:
+            reference = dt.date.fromisoformat(t.params["reference_date"])
+            return generalise.dob_to_age_band(
+                values, reference, int(t.params.get("width", 5)), int(t.params.get("top", 90))
+            )
+        case TransformKind.DATE_SHIFT:
+            return generalise.shift_dates(values, ps, keys.project_key, int(t.params.get("max_days", 180)))
+        case TransformKind.DAYS_FROM_INDEX:
+            return generalise.days_from_index(values, _column(table, t.params["index_column"]))
+        case TransformKind.POSTCODE_DISTRICT:
+            return generalise.postcode_district(values)
+        case TransformKind.POSTCODE_SECTOR:
+            return generalise.postcode_sector(values)
+        case TransformKind.SCRUB_TEXT:
+            ids = [_column(table, c) for c in t.params.get("identifier_columns", ())]
+            return generalise.scrub_text(values, ids)
+    raise SchemaError(f"column {spec.name!r}: transform {t.kind} cannot be applied")  # pragma: no cover
+
+
+def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Table:
+    """Quality counts on the rows as read; then opt-outs, the invalid-number policy, transforms."""
+    schema = plan.schema
+    stats["rows_in"] = table.num_rows
+    parsed = None
+    if schema.nhs_number_column:
+        parsed = tokens.parse_numbers(_column(table, schema.nhs_number_column))
+    acc = quality.QualityAccumulator(
+        [c.name for c in plan.outputs], {c.name: c.valid_pattern for c in plan.outputs if c.valid_pattern}
+    )
+    acc.add(table, parsed.reasons() if parsed is not None else None)
+    stats["quality"] = acc.state()
+    stats.update(opted_out={}, exempt_would_remove={}, rejected={}, invalid_kept={}, rows_opted_out=0)
+    ps = None
+    if parsed is not None:
+        opt = apply_optouts(parsed, plan.optout_lists, plan.exempt)
+        stats.update(opted_out=opt.removed_by_list, exempt_would_remove=opt.would_remove_by_exempt_list)
+        keep = opt.keep
+        # Opted-out rows leave before any token is made for them.
+        reasons = tokens.reason_counts(parsed.status[keep])
+        if schema.invalid_nhs_policy is InvalidNhsPolicy.REJECT:
+            stats["rejected"] = reasons
+            keep = keep & (parsed.status == tokens.Status.VALID)
+        else:
+            stats["invalid_kept"] = reasons
+        stats["rows_opted_out"] = opt.removed
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+            parsed = parsed.filter(keep)
+        ps = tokens.internal_pseudonyms(parsed, plan.keys.linkage_key)
+    out = pa.table({c.effective_output_name: _transform_column(c, table, ps, plan.keys) for c in plan.outputs})
+    stats["rows_out"] = out.num_rows
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A whole run
+
+
+def _plan_fingerprint(plan: _Plan, chunk_rows: int, k: int, suppress: bool) -> str:
+    spec = {
+        "format": MANIFEST_FORMAT,
+        "schema": plan.schema.fingerprint(),
+        "outputs": plan.describe(),
+        "k_quasi_identifiers": plan.quasi_outputs,
+        "chunk_rows": chunk_rows,
+        "optouts": [(o.name, o.fingerprint()) for o in plan.optout_lists],
+        "exempt": sorted(plan.exempt),
+        "k": k,
+        "suppress": suppress,
+        "key_id": plan.keys.key_id,
+        "key_fingerprints": [
+            tokens.key_fingerprint(plan.keys.linkage_key),
+            tokens.key_fingerprint(plan.keys.project_key),
+        ],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _chunk_done(work: Path, data: Path, index: int) -> dict[str, Any] | None:
+    """The checkpoint of a chunk if it and its part agree, else None (the chunk must be redone).
+
+    The hash check is what makes an fsync per part unnecessary: a part torn by a crash or a power
+    cut no longer matches its checkpoint and is simply made again.
+    """
+    checkpoint = work / f"chunk-{index:06d}.json"
+    part = data / _PART.format(index)
+    if not checkpoint.exists() or not part.exists():
+        return None
+    stats = json.loads(checkpoint.read_text())
+    if stats.get("part_sha256") != file_sha256(part):
+        return None
+    return stats
+
+
+class _BackgroundHash:
+    """Hash the source on another thread while chunks are processed (hashlib releases the GIL)."""
+
+    def __init__(self, path: Path, pool: ThreadPoolExecutor) -> None:
+        self._future: Future[str] = pool.submit(file_sha256, path)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self) -> str:
+        return self._future.result()
+
+
+def _commit_chunk(plan: _Plan, part: Path, checkpoint: Path, result: pa.Table, stats: dict[str, Any]) -> pa.Table:
+    """Count the k groups, write a part, then its checkpoint (the commit point); returns the counts.
+
+    Runs on the writer thread, overlapping the next chunk: Arrow releases the GIL while it works."""
+    counts = kanonymity.group_counts(result, plan.quasi_outputs)
+    _write_atomic(part, lambda p: _write_part(result, p, plan.token_outputs))
+    stats["part_sha256"] = file_sha256(part)
+    stats["part_rows"] = result.num_rows
+    _write_json(checkpoint, stats)
+    return counts
+
+
+def run_extract(
+    source: str | os.PathLike[str],
+    schema: DatasetSchema,
+    approved_columns: Sequence[str],
+    output_dir: str | os.PathLike[str],
+    keys: ExtractKeys,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    optout_lists: Sequence[OptOutList] = (),
+    exempt_optout_lists: Collection[str] = (),
+    k: int = 5,
+    k_quasi_identifiers: Sequence[str] | None = None,
+    suppress_below_k: bool = False,
+    project_id: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Build (or finish building) one extract and return its manifest (also written as manifest.json).
+
+    Safe to call again after a crash with the same arguments: finished chunks are kept, the rest are
+    made, and the result is identical. Called with different arguments on a half-built directory it
+    refuses rather than mix two plans. ``k_quasi_identifiers`` (output names) narrows the columns
+    the k-anonymity report groups on; by default it is every quasi-identifier in the extract.
+    """
+    source = Path(source)
+    out = Path(output_dir)
+    if chunk_rows < 1 or k < 1:
+        raise ExtractError("chunk_rows and k must be positive")
+    fmt = _source_format(source)
+    plan = _Plan.build(schema, approved_columns, keys, optout_lists, exempt_optout_lists, k_quasi_identifiers)
+    plan_fp = _plan_fingerprint(plan, chunk_rows, k, suppress_below_k)
+
+    manifest_path = out / "manifest.json"
+    work, data = out / ".work", out / "data"
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text())
+        if existing.get("plan_fingerprint") == plan_fp and existing["source"]["sha256"] == file_sha256(source):
+            return existing  # already built: a repeated job is a no-op
+        raise ExtractError("the output directory holds a different extract")
+    run_file = work / "run.json"
+    previous = json.loads(run_file.read_text()) if run_file.exists() else None
+    if previous is not None and previous.get("plan_fingerprint") != plan_fp:
+        raise ExtractError("the output directory holds a half-built extract of a different plan")
+    work.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    recorded_sha = previous.get("source_sha256") if previous else None
+    _write_json(run_file, {"plan_fingerprint": plan_fp, "source_sha256": recorded_sha})
+
+    def check_source(sha: str) -> None:
+        """Parts made from another version of the source must never be mixed with these."""
+        nonlocal recorded_sha
+        if recorded_sha is not None and recorded_sha != sha:
+            raise ExtractError("the source changed since the interrupted run; clear the output directory")
+        if recorded_sha is None:
+            recorded_sha = sha
+            _write_json(run_file, {"plan_fingerprint": plan_fp, "source_sha256": sha})
+
+    total = pq.ParquetFile(source).metadata.num_rows if fmt == "parquet" else None
+    chunk_stats: list[dict[str, Any]] = []
+    partial_counts: list[pa.Table] = []
+    rows_read = resumed = 0
+    # One thread hashes the source, one writes parts: both overlap with the next chunk's work.
+    with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
+        source_hash = _BackgroundHash(source, hasher)
+        pending: Future[pa.Table] | None = None
+        try:
+            batches = _batches(source, fmt, plan.read_columns, plan.text_columns(), chunk_rows)
+            for index, table in enumerate(_chunks(batches, chunk_rows)):
+                stats = _chunk_done(work, data, index)
+                if stats is None:
+                    stats = {"index": index}
+                    result = _process_chunk(plan, table, stats)
+                    if pending is not None:
+                        partial_counts.append(pending.result())  # parts commit in order, one at a time
+                    part, checkpoint = data / _PART.format(index), work / f"chunk-{index:06d}.json"
+                    pending = writer.submit(_commit_chunk, plan, part, checkpoint, result, stats)
+                else:
+                    resumed += 1
+                    done = pq.read_table(data / _PART.format(index), columns=plan.quasi_outputs)
+                    partial_counts.append(kanonymity.group_counts(done, plan.quasi_outputs))
+                chunk_stats.append(stats)
+                if source_hash.done():
+                    check_source(source_hash.result())
+                rows_read += table.num_rows
+                if progress is not None:
+                    progress(Progress(schema.name, index + 1, rows_read, total, resumed))
+            if pending is not None:
+                partial_counts.append(pending.result())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Arrow's messages can quote a cell; ours names only the dataset.
+            raise ExtractError(f"dataset {schema.name!r}: the source does not match its schema") from None
+        source_sha = source_hash.result()
+    check_source(source_sha)
+
+    counts = kanonymity.merge_counts(partial_counts, plan.quasi_outputs)
+    manifest = _finalise(plan, out, chunk_stats, counts, k, suppress_below_k)
+    manifest.update(
+        {
+            "plan_fingerprint": plan_fp,
+            "project_id": project_id,
+            "source": {
+                "name": source.name,
+                "format": fmt,
+                "sha256": source_sha,
+                "bytes": source.stat().st_size,
+            },
+            "chunk_rows": chunk_rows,
+        }
+    )
+    _write_json(manifest_path, manifest)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming; the manifest has it all
+    return manifest
+
+
+def _finalise(
+    plan: _Plan, out: Path, chunk_stats: list[dict[str, Any]], counts: pa.Table, k: int, suppress: bool
+) -> dict[str, Any]:
+    data = out / "data"
+    k_report: dict[str, Any] = {
+        "quasi_identifiers": plan.quasi_outputs,
+        "before": kanonymity.report(counts, k),
+    }
+    suppressed_rows = 0
+    part_sha = {s["index"]: s["part_sha256"] for s in chunk_stats}
+    part_rows = {s["index"]: s["part_rows"] for s in chunk_stats}
+    if suppress:
+        small = kanonymity.small_group_keys(counts, plan.quasi_outputs, k)
+        for stats in chunk_stats:
+            part = data / _PART.format(stats["index"])
+            kept, removed = kanonymity.suppress(pq.read_table(part), plan.quasi_outputs, small)
+            if removed:
+                # A crash here leaves a part that no longer matches its checkpoint: the next run
+                # remakes that chunk and suppresses it again, reaching the same bytes.
+                _write_atomic(part, lambda p, t=kept: _write_part(t, p, plan.token_outputs))
+                part_sha[stats["index"]] = file_sha256(part)
+                part_rows[stats["index"]] = kept.num_rows
+            suppressed_rows += removed
+        k_report["after"] = kanonymity.report(kanonymity.suppressed_counts(counts, k), k)
+        k_report["suppressed_rows"] = suppressed_rows
+    expected = {_PART.format(s["index"]) for s in chunk_stats}
+    if {p.name for p in data.glob("part-*.parquet")} - expected:
+        raise ExtractError("unexpected part files in the output directory")
+
+    acc = quality.QualityAccumulator(
+        [c.name for c in plan.outputs], {c.name: c.valid_pattern for c in plan.outputs if c.valid_pattern}
+    )
+    rejected: Counter[str] = Counter()
+    invalid_kept: Counter[str] = Counter()
+    opted: Counter[str] = Counter()
+    exempt: Counter[str] = Counter()
+    for stats in chunk_stats:
+        acc.merge(stats["quality"])
+        rejected.update(stats["rejected"])
+        invalid_kept.update(stats["invalid_kept"])
+        opted.update(stats["opted_out"])
+        exempt.update(stats["exempt_would_remove"])
+    parts = [{"file": f"data/{_PART.format(i)}", "rows": part_rows[i], "sha256": part_sha[i]} for i in sorted(part_sha)]
+    extract_digest = hashlib.sha256("".join(p["sha256"] for p in parts).encode()).hexdigest()
+    return {
+        "format": MANIFEST_FORMAT,
+        "dataset": plan.schema.name,
+        "key_id": plan.keys.key_id,
+        "invalid_nhs_policy": str(plan.schema.invalid_nhs_policy) if plan.schema.nhs_number_column else None,
+        "rows": {
+            "in": sum(s["rows_in"] for s in chunk_stats),
+            "out": sum(p["rows"] for p in parts),
+            "opted_out": sum(s["rows_opted_out"] for s in chunk_stats),
+            "rejected": sum(rejected.values()),
+            "rejected_by_reason": dict(sorted(rejected.items())),
+            "kept_in_invalid_namespace_by_reason": dict(sorted(invalid_kept.items())),
+            "suppressed_for_k": suppressed_rows,
+        },
+        "optouts": {
+            "applied": [
+                {"name": o.name, "list_sha256": o.fingerprint(), "rows_removed": opted[o.name]}
+                for o in plan.optout_lists
+                if o.name not in plan.exempt
+            ],
+            "exempt": [
+                {"name": o.name, "list_sha256": o.fingerprint(), "rows_not_removed": exempt[o.name]}
+                for o in plan.optout_lists
+                if o.name in plan.exempt
+            ],
+        },
+        "columns": plan.describe(),
+        "output_schema": [{"name": f.name, "type": str(f.type)} for f in _part_schema(data, chunk_stats)],
+        "k_anonymity": k_report,
+        "quality": acc.report(),
+        "parts": parts,
+        "extract_sha256": extract_digest,
+    }
+
+
+def _part_schema(data: Path, chunk_stats: list[dict[str, Any]]) -> list[pa.Field]:
+    if not chunk_stats:
+        return []
+    return list(pq.read_schema(data / _PART.format(chunk_stats[0]["index"])))
+
+
+# --------------------------------------------------------------------------------------------------
+# Several datasets for one project
+
+
+def read_patient_ids(extract_dir: str | os.PathLike[str], column: str = "patient_token") -> pa.Array:
+    """Distinct non-null tokens of an extract, read part by part (memory follows patients, not rows)."""
+    distinct: pa.Array = pa.array([], pa.string())
+    for part in sorted((Path(extract_dir) / "data").glob("part-*.parquet")):
+        values = pq.read_table(part, columns=[column])[column].combine_chunks().drop_null()
+        distinct = pc.unique(pa.concat_arrays([distinct, pc.cast(values, pa.string())]))
+    return distinct
+
+
+def run_linked_extract(
+    datasets: Sequence[DatasetSource],
+    output_dir: str | os.PathLike[str],
+    keys: ExtractKeys,
+    **options: Any,
+) -> dict[str, Any]:
+    """Extract several datasets for one project with the same keys, so one patient carries the same
+    token in every table, and report the linkage rate between each pair. Each dataset goes to
+    ``output_dir/<dataset name>/``; ``options`` are passed to ``run_extract``."""
+    names = [d.schema.name for d in datasets]
+    if len(set(names)) != len(names):
+        raise ExtractError("linked datasets need distinct names")
+    out = Path(output_dir)
+    manifests = {}
+    for d in datasets:
+        manifests[d.schema.name] = run_extract(
+            d.path, d.schema, d.approved_columns, out / d.schema.name, keys, **options
+        )
+    tokenised = [
+        n for n, m in manifests.items() if any(c["transform"]["kind"] == TransformKind.NHS_TOKEN for c in m["columns"])
+    ]
+    ids = {}
+    for n in tokenised:
+        column = next(c["output"] for c in manifests[n]["columns"] if c["transform"]["kind"] == TransformKind.NHS_TOKEN)
+        ids[n] = read_patient_ids(out / n, column)
+    linkage = [
+        {"left": a, "right": b, **quality.linkage_rate(ids[a], ids[b])}
+        for i, a in enumerate(tokenised)
+        for b in tokenised[i + 1 :]
+    ]
+    summary = {
+        "format": MANIFEST_FORMAT + "+linked",
+        "key_id": keys.key_id,
+        "datasets": {
+            n: {"extract_sha256": m["extract_sha256"], "rows_out": m["rows"]["out"]} for n, m in manifests.items()
+        },
+        "linkage": linkage,
+    }
+    _write_json(out / "linkage.json", summary)
+    return {"summary": summary, "manifests": manifests}
+
+
+__all__ = [
+    "DatasetSource",
+    "ExtractError",
+    "ExtractKeys",
+    "Progress",
+    "file_sha256",
+    "read_patient_ids",
+    "run_extract",
+    "run_linked_extract",
+]

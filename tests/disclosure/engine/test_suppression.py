@@ -1,0 +1,164 @@
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from disclosure.engine.rounding import midpoint6, round_to_base
+from disclosure.engine.suppression import box_certificates, interval_audit, protect
+
+
+def _extend(body: np.ndarray) -> np.ndarray:
+    """Add margins along every axis, as the engine lays tables out."""
+    ext = body.astype(np.float64)
+    for axis in range(body.ndim):
+        ext = np.concatenate([ext, ext.sum(axis=axis, keepdims=True)], axis=axis)
+    return ext
+
+
+def _primary(ext: np.ndarray, threshold: int = 10) -> np.ndarray:
+    return (ext > 0) & (ext < threshold)
+
+
+def test_audit_recovers_a_lone_suppressed_cell_exactly():
+    ext = _extend(np.array([[3, 20], [30, 40]]))
+    suppressed = np.zeros(ext.shape, dtype=bool)
+    suppressed[0, 0] = True
+    audit = interval_audit(ext, suppressed, suppressed, np.full(ext.shape, 5.0))
+    (cell,) = audit.intervals
+    assert cell.lower == cell.upper == 3
+    assert not audit.protected
+
+
+def test_audit_interval_of_a_suppressed_rectangle():
+    ext = _extend(np.array([[3, 20], [30, 40]]))
+    suppressed = np.zeros(ext.shape, dtype=bool)
+    suppressed[:2, :2] = True
+    audit = interval_audit(ext, suppressed, _primary(ext), np.full(ext.shape, 5.0))
+    first = audit.intervals[0]
+    # x00 in [0, 23]: row 0 total 23, column 0 total 33, and x11 = 40 - 3 + x00 >= 0 always holds.
+    assert (first.lower, first.upper) == (0.0, 23.0)
+    assert audit.protected
+
+
+def test_protect_suppresses_partners_until_audit_passes():
+    ext = _extend(np.array([[3, 50, 60], [40, 45, 70], [33, 12, 80]]))
+    primary = _primary(ext)
+    result = protect(ext, primary, np.full(ext.shape, 5.0))
+    assert result.audit.protected
+    assert result.suppressed[0, 0]
+    assert result.secondary.sum() >= 3
+
+
+tables_2d = arrays(np.int64, st.tuples(st.integers(2, 5), st.integers(2, 5)), elements=st.integers(0, 60))
+tables_3d = arrays(
+    np.int64, st.tuples(st.integers(2, 3), st.integers(2, 3), st.integers(2, 4)), elements=st.integers(0, 40)
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d), st.floats(1.0, 8.0))
+def test_protected_tables_never_narrow_a_primary_cell_below_protection(body, level):
+    ext = _extend(body)
+    primary = _primary(ext)
+    required = np.full(ext.shape, level)
+    result = protect(ext, primary, required)
+    if not primary.any():
+        assert not result.suppressed.any()
+        return
+    # Re-audit independently of the loop's own report: the guarantee is what a fresh LP says.
+    audit = interval_audit(ext, result.suppressed, primary, required)
+    assert audit.protected
+    for cell in audit.intervals:
+        assert cell.lower - 1e-9 <= ext.ravel()[cell.index] <= cell.upper + 1e-9
+        if cell.primary:
+            assert cell.upper - cell.lower >= level - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.int64, st.integers(1, 30), elements=st.integers(0, 500)), st.sampled_from([3, 5, 10]))
+def test_rounding_never_reveals_redacted_cells(values, base):
+    redacted = values < 10
+    rounded = round_to_base(values, base, redacted)
+    assert np.isnan(rounded[redacted]).all()
+    shown = ~redacted
+    assert (np.abs(rounded[shown] - values[shown]) <= base / 2).all()
+    assert (rounded[shown] % base == 0).all()
+
+
+def test_midpoint6_maps_blocks_of_six_to_their_middle():
+    assert midpoint6(np.array([0, 1, 6, 7, 12, 13])).tolist() == [0, 3, 3, 9, 9, 15]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d))
+def test_box_certificates_never_claim_more_than_the_lp_interval(body):
+    ext = _extend(body)
+    primary = _primary(ext)
+    result = protect(ext, primary, np.full(ext.shape, 5.0))
+    cells = np.flatnonzero(result.suppressed.ravel())
+    certs = box_certificates(ext, result.suppressed, cells)
+    exact = {c.index: c for c in interval_audit(ext, result.suppressed, primary, np.full(ext.shape, 5.0)).intervals}
+    for cell, (down, up) in certs.items():
+        v = ext.ravel()[cell]
+        assert exact[cell].lower <= v - down + 1e-6
+        assert exact[cell].upper >= v + up - 1e-6
+
+
+def test_box_certificate_of_a_suppressed_rectangle():
+    ext = _extend(np.array([[3, 20], [30, 40]]))
+    suppressed = np.zeros(ext.shape, dtype=bool)
+    suppressed[:2, :2] = True
+    (down, up) = box_certificates(ext, suppressed, np.array([0]))[0]
+    # x00 can rise by min(x01, x10) = 20 and fall by min(x00, x11) = 3: exactly the LP interval [0, 23]
+    assert (down, up) == (3.0, 20.0)
+
+
+def test_fast_audit_proves_the_same_tables_as_the_exact_audit():
+    rng = np.random.default_rng(7)
+    body = rng.poisson(rng.choice([3, 40], size=(4, 5, 3), p=[0.2, 0.8]))
+    ext = _extend(body)
+    primary = _primary(ext)
+    required = np.full(ext.shape, 5.0)
+    fast = protect(ext, primary, required, audit="fast")
+    assert fast.audit.proven
+    again = interval_audit(ext, fast.suppressed, primary, required)
+    assert again.protected
+    assert {c.method for c in fast.audit.intervals} <= {"box", "lp"}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d))
+def test_batched_lp_gives_the_same_intervals_as_one_lp_per_cell(body):
+    import disclosure.engine.suppression as suppression
+
+    ext = _extend(body)
+    primary = _primary(ext)
+    required = np.full(ext.shape, 5.0)
+    pattern = protect(ext, primary, required, audit=False).suppressed
+    batched = interval_audit(ext, pattern, primary, required)
+    saved = suppression._BATCH_VARS
+    suppression._BATCH_VARS = 0
+    try:
+        single = interval_audit(ext, pattern, primary, required)
+    finally:
+        suppression._BATCH_VARS = saved
+    assert [(c.index, round(c.lower, 6), round(c.upper, 6)) for c in batched.intervals] == [
+        (c.index, round(c.lower, 6), round(c.upper, 6)) for c in single.intervals
+    ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d))
+def test_vectorised_boxes_agree_with_the_lp(body):
+    from disclosure.engine.suppression import _vectorised_boxes
+
+    ext = _extend(body)
+    primary = _primary(ext)
+    pattern = protect(ext, primary, np.full(ext.shape, 5.0), audit=False).suppressed
+    cells = np.flatnonzero(pattern.ravel())
+    down, up = _vectorised_boxes(ext, pattern, cells)
+    exact = {c.index: c for c in interval_audit(ext, pattern, primary, np.full(ext.shape, 5.0)).intervals}
+    for cell, d, u in zip(cells, down, up, strict=True):
+        v = ext.ravel()[cell]
+        assert exact[cell].lower <= v - d + 1e-6
+        assert exact[cell].upper >= v + u - 1e-6

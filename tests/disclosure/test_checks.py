@@ -1,0 +1,231 @@
+"""The automated check job: re-computation from the extract, published counts, idempotency, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from disclosure import rules
+from disclosure.checks import check_content, extract_location, run_check
+from disclosure.engine import ReleaseLedger, default_policy, recompute
+from disclosure.models import OutputCheck
+from disclosure.services import CHECK_JOB, check_job_key, current_policy
+from tests.disclosure.factories import SAFE_CSV, SMALL_CELL_CSV, World, platform, run_queued_jobs
+from tre.core import jobs
+from tre.core.audit import AuditEvent
+from tre.core.jobs import PermanentJobError
+
+SPEC = {
+    "dataset": "admissions",
+    "filters": [],
+    "dims": ["region", "sex"],
+    "n_row_dims": 1,
+    "statistic": "count",
+    "value": None,
+    "person": "pid",
+}
+
+
+def extract_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    rows = []
+    counts = (
+        ("North", "F", 40),
+        ("North", "M", 35),
+        ("South", "F", 50),
+        ("South", "M", 3),
+        ("East", "F", 45),
+        ("East", "M", 60),
+        ("West", "F", 22),
+        ("West", "M", 31),
+    )
+    for region, sex, n in counts:
+        rows += [{"region": region, "sex": sex} for _ in range(n)]
+    frame = pd.DataFrame(rows)
+    frame["pid"] = [f"p{i}" for i in rng.permutation(len(frame))]
+    return frame
+
+
+def write_extract(app: Any, project_id: str) -> Path:
+    folder = Path(platform(app).settings.instance_path) / "extracts" / project_id / "admissions" / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    extract_frame().to_parquet(folder / "part-00000.parquet")
+    return folder
+
+
+def recomputed_csv(spec: dict[str, Any] = SPEC) -> bytes:
+    """The table as the researcher's session releases it (suppressed cells left empty)."""
+    return recompute(spec, extract_frame(), policy=default_policy()).table(released=True).to_csv().encode()
+
+
+@pytest.fixture
+def world(app: Any) -> Any:
+    with app.app_context():
+        yield World(app)
+
+
+def test_table_with_a_specification_is_recomputed_from_the_extract_and_matches(world: World) -> None:
+    write_extract(world.app, world.project.id)
+
+    world.submitted(content=recomputed_csv(), spec=SPEC)
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.recompute["status"] == "done"
+    assert check.recompute["matches"] is True
+    assert check.verdict["contributors"] == "distinct people"
+    assert any(c["action"] == "suppressed_primary" for c in check.verdict["cells"])
+    assert check.aggregate is not None
+
+
+def test_table_that_differs_from_its_recomputation_fails(world: World) -> None:
+    write_extract(world.app, world.project.id)
+    doctored = recomputed_csv().replace(b"East,45.0", b"East,46.0")
+
+    world.submitted(content=doctored, spec=SPEC)
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "fail"
+    assert check.recompute["matches"] is False
+    assert any("does not match its re-computation" in r for r in check.verdict["reasons"])
+
+
+def test_missing_extract_is_recorded_as_not_recomputed_never_pretended(world: World) -> None:
+    world.submitted(content=SMALL_CELL_CSV, spec=SPEC)
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.recompute["status"] == "not_done"
+    assert "no extract of admissions exists" in check.recompute["reason"]
+    assert check.verdict["output_type"] == "published_count_table"
+
+
+def test_plain_csv_says_what_cannot_be_checked_without_the_data(world: World) -> None:
+    world.submitted(content=SAFE_CSV)
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "review"
+    assert any("contributors and dominance not verifiable" in r for r in check.verdict["reasons"])
+    assert check.verdict["policy"]["sha256"] == current_policy().sha256
+
+
+def test_text_file_goes_to_a_human_with_the_reason(world: World) -> None:
+    world.submitted(content=b"Odds ratio 1.4 (95% CI 1.1-1.8)", name="model.txt")
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "review"
+    assert check.verdict["criteria"][0]["rule"] == "unrecognised_output"
+
+
+def test_unreadable_table_gets_an_error_verdict_not_a_failed_job(world: World) -> None:
+    world.submitted(content=b"just one line of prose\n", name="odd.csv")
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "error"
+    assert world.session.scalars(select(jobs.Job)).one().state == jobs.SUCCEEDED
+
+
+def test_differencing_against_an_earlier_release_fails_the_new_table(world: World) -> None:
+    write_extract(world.app, world.project.id)
+    world.released(content=recomputed_csv(), spec=SPEC)
+    narrower = {**SPEC, "filters": [{"column": "pid", "op": "!=", "value": "p0"}]}
+
+    second, _ = world.svc.create_request(world.author, world.project.id, "Again")
+    world.svc.set_group(world.author, second.id, "tables", "Same, one person fewer", "Suppression")
+    world.svc.add_file(
+        world.author, second.id, "again.csv", recomputed_csv(narrower), group="tables", table_spec=narrower
+    )
+    world.svc.submit(world.author, second.id)
+    run_queued_jobs(world.app)
+
+    check = world.session.scalars(select(OutputCheck).where(OutputCheck.request_id == second.id)).one()
+    assert check.differencing
+    assert check.status == "fail"
+
+
+def test_check_job_is_keyed_by_request_file_hash_and_policy(world: World) -> None:
+    req = world.submitted(content=SAFE_CSV)
+    f = req.current_files[0]
+
+    job = world.session.scalars(select(jobs.Job).where(jobs.Job.kind == CHECK_JOB)).one()
+
+    assert job.idempotency_key == check_job_key(req.id, f.sha256, current_policy().sha256)
+    assert job.queue == "checks"
+
+
+def test_running_the_check_again_writes_nothing_new(world: World) -> None:
+    req = world.submitted(content=SAFE_CSV)
+    f = req.current_files[0]
+    p = platform(world.app)
+    payload = {"request_id": req.id, "sha256": f.sha256, "policy_sha256": current_policy().sha256}
+
+    result = run_check(world.session, p.audit, p.files, Path("/nonexistent"), payload)
+    world.session.commit()
+
+    assert result["checked"] == []
+    assert world.session.scalar(select(func.count()).select_from(OutputCheck)) == 1
+    checks = world.session.scalars(select(AuditEvent).where(AuditEvent.action == "output.check")).all()
+    assert len(checks) == 1
+
+
+def test_bad_payload_fails_the_job_permanently(world: World) -> None:
+    p = platform(world.app)
+    with pytest.raises(PermanentJobError, match="needs request_id"):
+        run_check(world.session, p.audit, p.files, Path("/x"), {"sha256": "a"})
+    with pytest.raises(PermanentJobError, match="policy changed"):
+        run_check(
+            world.session,
+            p.audit,
+            p.files,
+            Path("/x"),
+            {"request_id": "r", "sha256": "a", "policy_sha256": "b"},
+        )
+
+
+def test_failed_check_job_is_visible_and_a_checker_moves_the_request_on(world: World) -> None:
+    req = world.draft()
+    world.svc.submit(world.author, req.id)
+    job = world.session.scalars(select(jobs.Job)).one()
+    with world.app.app_context():
+        from tre.core.db import transaction
+
+        with transaction(world.session):
+            job.state, job.attempts, job.last_error = jobs.FAILED, 3, "worker lost during attempt 3"
+            job.finished_at = job.created_at
+
+    from disclosure.services import automated_status
+
+    status = automated_status(world.session, world.refresh(req), current_policy().sha256)
+    assert status.state == "failed" and "worker lost" in status.reasons[0]
+    world.svc.resolve_failed_checks(world.olive, req.id)
+    assert world.refresh(req).state == rules.AWAITING_REVIEW
+
+
+def test_extract_location_refuses_paths_that_climb_out(tmp_path: Path) -> None:
+    (tmp_path / "p1" / "admissions").mkdir(parents=True)
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "p1" / "admissions" / "x.parquet")
+
+    assert extract_location(tmp_path, "p1", "admissions") == tmp_path / "p1" / "admissions"
+    assert extract_location(tmp_path, "p1", "../p1/admissions") is None
+    assert extract_location(tmp_path, "..", "admissions") is None
+    assert extract_location(tmp_path, "p1", "other") is None
+
+
+def test_check_content_of_an_image_is_review_without_recomputation() -> None:
+    outcome = check_content(
+        "fig.png",
+        "image",
+        rules.PNG_MAGIC,
+        None,
+        policy=default_policy(),
+        extracts_root=Path("/x"),
+        project_id="p",
+        output_id="o",
+        ledger=ReleaseLedger("p"),
+    )
+
+    assert outcome["status"] == "review"
+    assert outcome["recompute"]["status"] == "not_applicable"

@@ -1,0 +1,153 @@
+"""A real worker is killed with SIGKILL in the middle of an automated output check; the sweeper
+gives the check to a new worker and the request reaches its verdict exactly once. The workspace
+sends the same submission twice (same Idempotency-Key) and one request is created. Runs on the
+embedded default (SQLite + kombu's SQLAlchemy broker) and, when reachable, PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from disclosure.models import OutputCheck, OutputRequest
+from tests.conftest import REDIS_URL, require_backend
+from tests.disclosure.factories import active_project, person
+from tests.tre.core.test_jobs_worker_killed import Worker, _wait_for
+from tre.core import jobs, migrate
+from tre.core.audit import AuditEvent
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROWS = 3_000_000  # about five seconds of re-computation: a wide window to kill the worker in
+SPEC = {"dataset": "admissions", "filters": [], "dims": ["region", "sex"], "n_row_dims": 1,
+        "statistic": "count", "value": None, "person": "pid"}
+
+
+@pytest.fixture(params=["sqlite+sqla", "postgresql+redis"])
+def backends(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    if request.param == "sqlite+sqla":
+        return f"sqlite:///{tmp_path / 'tre.sqlite'}", f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    from tests.conftest import _reset_postgres
+
+    url: str = request.getfixturevalue("postgres_database")
+    _reset_postgres(url)
+    require_backend("redis", REDIS_URL)
+    return url, REDIS_URL
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def write_big_extract(instance: Path, project_id: str) -> None:
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame({
+        "region": rng.choice(["North", "South", "East", "West", "Central"], ROWS),
+        "sex": rng.choice(["F", "M"], ROWS),
+        "pid": rng.integers(0, ROWS // 2, ROWS),
+    })
+    folder = instance / "extracts" / project_id / "admissions" / "data"
+    folder.mkdir(parents=True)
+    frame.to_parquet(folder / "part-00000.parquet")
+
+
+def submit(client: Any, token: str, key: str) -> Any:
+    import json
+
+    return client.post(
+        "/api/v1/outputs/requests",
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key},
+        data={
+            "title": "Admissions by region and sex",
+            "context": "All admissions in the extract, by region and sex",
+            "controls": "Small counts suppressed by the session",
+            "table_specs": json.dumps({"table.csv": SPEC}),
+            "files": [(io.BytesIO(b"region,F,M\nNorth,1,2\n"), "table.csv"),
+                      (io.BytesIO(b"Methods: counts of admissions"), "notes.txt")],
+        },
+        content_type="multipart/form-data",
+    )
+
+
+def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
+    tmp_path: Path, backends: tuple[str, str], workers: list[Worker]
+) -> None:
+    database_url, broker_url = backends
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    env = dict(os.environ, TRE_INSTANCE_PATH=str(instance), TRE_DATABASE_URL=database_url,
+               TRE_BROKER_URL=broker_url, TRE_JOB_LEASE_SECONDS="2", TRE_JOB_SWEEP_INTERVAL_SECONDS="1",
+               TRE_JOB_REQUEUE_AFTER_SECONDS="4")
+    migrate.upgrade(database_url)
+    from tre.app import create_app
+
+    app = create_app({"TRE_SETTINGS": {"instance_path": instance, "database_url": database_url,
+                                       "broker_url": broker_url}})
+    db = app.extensions["tre.db"]
+    platform = app.extensions["tre.platform"]
+    author = person(app, "rita", ["researcher"])
+    person(app, "olive", ["output_checker"])
+    project = active_project(app, author)
+    write_big_extract(instance, project.id)
+    token = platform.tokens.issue(author.id, "tre-api", "output-submit", dt.timedelta(minutes=30),
+                                  project_id=project.id)
+    log = tmp_path / "worker.log"
+    workers.append(Worker(env, log))
+    client = app.test_client()
+
+    first = submit(client, token, "workspace-run-1")
+    again = submit(client, token, "workspace-run-1")
+
+    assert (first.status_code, again.status_code) == (201, 200), first.get_data(as_text=True)
+    assert first.json["id"] == again.json["id"]
+    request_id = first.json["id"]
+
+    def table_job() -> jobs.Job | None:
+        with db.session_factory() as s:
+            req = s.get(OutputRequest, request_id)
+            sha = next(f.sha256 for f in req.current_files if f.name == "table.csv")
+            job = s.scalar(select(jobs.Job).where(jobs.Job.idempotency_key.contains(sha)))
+            if job is not None:
+                s.expunge(job)
+            return job
+
+    _wait_for(lambda: (j := table_job()) is not None and j.state == jobs.RUNNING and j.progress > 0,
+              90, "the table's check to start", log)
+    time.sleep(1.0)  # well inside the re-computation
+    workers[0].kill()
+    workers.append(Worker(env, log))
+
+    def state() -> str:
+        with db.session_factory() as s:
+            return s.get(OutputRequest, request_id).state
+
+    _wait_for(lambda: state() == "awaiting_review", 180, "the request's verdict", log)
+    time.sleep(3)  # room for a stray duplicate delivery to show itself, if there were one
+
+    with db.session_factory() as s:
+        requests = s.scalar(select(func.count()).select_from(OutputRequest))
+        checks = s.scalars(select(OutputCheck).where(OutputCheck.request_id == request_id)).all()
+        events = s.scalars(select(AuditEvent.action).where(AuditEvent.target_id == request_id)).all()
+        check_events = s.scalars(select(AuditEvent).where(AuditEvent.action == "output.check")).all()
+    job = table_job()
+    assert requests == 1
+    assert len(checks) == 2
+    table_check = next(c for c in checks if c.recompute.get("status") != "not_applicable")
+    assert table_check.recompute["status"] == "done"
+    assert job is not None and job.state == jobs.SUCCEEDED and job.attempts == 2
+    assert events.count("output.checks_done") == 1
+    assert len(check_events) == 2
+    db.dispose()

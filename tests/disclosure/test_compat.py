@@ -1,0 +1,96 @@
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from disclosure.compat import ACRO
+from disclosure.engine.specs import recompute
+
+
+def test_acro_notebook_calls_run_and_write_results_json(charity_data, tmp_path):
+    df = charity_data
+    acro = ACRO(suppress=True)
+    table = acro.crosstab(df.year, df.grant_type)
+    assert np.isnan(table.loc[2010, "R/G"])  # 8 grants: suppressed
+    acro.crosstab(df.year, df.grant_type, values=df.inc_grants, aggfunc="mean")
+    acro.pivot_table(df, index=["grant_type"], values=["inc_grants"], aggfunc=["mean", "std"][:1])
+    data = df[["inc_activity", "inc_grants", "inc_donations"]].dropna()
+    acro.ols(data.inc_activity, sm.add_constant(data[["inc_grants", "inc_donations"]]))
+    acro.olsr("inc_activity ~ inc_grants + inc_donations", data=data)
+    acro.hist(df, "inc_grants")
+    acro.surv_func(df.year - 2009, (df.inc_activity > 1e5).astype(int), output="table")
+    acro.add_comments("output_0", "grants by year")
+    acro.add_exception("output_5", "bins are wide")
+    acro.remove_output("output_2")
+    acro.finalise(str(tmp_path / "out"))
+
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(doc) >= {"version", "results"}
+    assert list(doc["results"]) == ["output_0", "output_1", "output_3", "output_4", "output_5", "output_6"]
+    first = doc["results"]["output_0"]
+    for key in (
+        "uid",
+        "status",
+        "type",
+        "properties",
+        "files",
+        "outcome",
+        "command",
+        "summary",
+        "timestamp",
+        "comments",
+        "exception",
+    ):
+        assert key in first
+    assert first["comments"] == ["grants by year"]
+    assert first["type"] == "table" and first["status"] == "review"
+    sdc = first["files"][0]["sdc"]
+    assert sdc["summary"]["MinimumThresholdCheck"] == 6
+    assert [5, 3] in sdc["cells"]["MinimumThresholdCheck"]  # row 2015, column R/G
+    assert first["outcome"]["R/G"]["2015"] == "MinimumThresholdCheck; "
+    checksum = (tmp_path / "out" / "checksums" / "results.json.txt").read_text()
+    assert checksum == hashlib.sha256((tmp_path / "out" / "results.json").read_bytes()).hexdigest()
+    assert (tmp_path / "out" / first["files"][0]["name"]).exists()
+    assert doc["results"]["output_5"]["exception"] == "bins are wide"
+    assert doc["results"]["output_3"]["type"] == "regression"
+    assert doc["results"]["output_3"]["tre_verdict"]["policy"]["sha256"]
+
+
+def test_unsupported_aggfunc_is_refused_not_silently_passed(charity_data):
+    with pytest.raises(ValueError, match="not supported"):
+        ACRO().crosstab(
+            charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc="max"
+        )
+
+
+def test_table_spec_recomputes_the_same_table(charity_data):
+    acro = ACRO(suppress=True)
+    shown = acro.crosstab(charity_data.year, charity_data.grant_type)
+    spec = acro.results["output_0"].spec
+    again = recompute(spec, charity_data)
+    pd.testing.assert_frame_equal(again.table(), shown, check_names=False)
+
+
+def test_regression_with_few_residual_dof_fails():
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"const": 1.0, "x": rng.normal(size=8)})
+    acro = ACRO()
+    acro.ols(rng.normal(size=8), x)
+    out = acro.results["output_0"]
+    assert out.status == "fail"
+    assert out.verdict["criteria"][0]["value"] == 6
+
+
+def test_numeric_labels_are_suppressed_like_string_labels():
+    # ACRO has been seen to skip suppression for numeric labels; ours must not.
+    df = pd.DataFrame(
+        {
+            "a": [1] * 3 + [1] * 30 + [2] * 40 + [2] * 35 + [3] * 25 + [3] * 20,
+            "b": [0.5] * 3 + [1.5] * 30 + [0.5] * 40 + [1.5] * 35 + [0.5] * 25 + [1.5] * 20,
+        }
+    )
+    table = ACRO(suppress=True).crosstab(df.a, df.b)
+    assert np.isnan(table.loc[1, 0.5])

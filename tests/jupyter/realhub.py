@@ -1,0 +1,175 @@
+"""A real JupyterHub started with our config beside a fake control plane, for the integration and e2e tests.
+
+As root, each workspace runs under its own unix account in its own network namespace; everything the
+hub creates (accounts, groups, namespaces, nftables tables, folders) carries a random tag and is
+removed when the hub stops.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.jupyter.fake_control_plane import FakeControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+RUNTIME = Path(os.environ.get("TRE_WORKSPACE_RUNTIME", "/opt/tre-workspace"))
+IS_ROOT = os.geteuid() == 0
+RUNTIME_READY = (RUNTIME / "bin" / "jupyterhub-singleuser").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Hub:
+    """Handles on the running hub, its fake control plane and the test's own names."""
+
+    def __init__(self, base: Path, fake: FakeControlPlane, tag: str) -> None:
+        self.base = base
+        self.fake = fake
+        self.tag = tag
+        self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cp_api_token_file = base / "state" / "hub_api_token_for_control_plane"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def account(self, who: str) -> str:
+        return f"tre-{self.tag}-{who}"
+
+    def project(self, who: str) -> str:
+        return f"P{self.tag.upper()}{who.upper()}"
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        token = self.cp_api_token_file.read_text().strip()
+        return requests.request(
+            method,
+            f"{self.url}/hub/api{path}",
+            headers={"Authorization": f"token {token}"},
+            timeout=30,
+            **kwargs,
+        )
+
+    def grant(self, who: str) -> str:
+        """Make an extract for this person's project and let the gate allow it; return the username."""
+        username, project = f"u-{self.tag}{who}", self.project(who)
+        extract = self.base / "extracts" / project
+        extract.mkdir(parents=True, exist_ok=True)
+        (extract / "data.csv").write_text("age_band,count\n40-49,12\n")
+        self.fake.allow(
+            username,
+            project,
+            extract_path=str(extract),
+            outputs_path=str(self.base / "outputs" / f"{username}-{project.lower()}"),
+            unix_user=self.account(who),
+            env={
+                "TRE_PROJECT_ID": project,
+                "TRE_OUTPUT_TOKEN": self.fake.output_token,
+                "TRE_OUTPUT_API": self.fake.url,
+            },
+        )
+        return username
+
+    def login(self, session: requests.Session, username: str, project: str) -> requests.Response:
+        token = self.fake.issue_token(username, project)
+        return session.post(
+            f"{self.url}/hub/tre-login",
+            data={"token": token},
+            headers={"Origin": self.fake.url},
+            allow_redirects=False,
+            timeout=30,
+        )
+
+    def wait_ready(self, username: str, server: str, timeout: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.api("GET", f"/users/{username}").json()
+            state = model.get("servers", {}).get(server)
+            if state and state.get("ready"):
+                return state
+            if state is None and time.monotonic() > deadline - timeout + 5:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"{username}/{server} did not become ready: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return (self.base / "hub.log").read_text()[-4000:]
+
+
+@contextmanager
+def running_hub() -> Iterator[Hub]:
+    tag = secrets.token_hex(2)
+    base = Path(tempfile.mkdtemp(prefix="tre-hub-test-", dir="/var/tmp"))
+    base.chmod(0o711)
+    for folder in ("extracts", "outputs"):
+        (base / folder).mkdir(mode=0o711)
+    secret_file = base / "service-secret"
+    secret_file.write_text(secrets.token_hex(16))
+    secret_file.chmod(0o600)
+    fake = FakeControlPlane(service_secret=secret_file.read_text()).start()
+    handle = Hub(base, fake, tag)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "TRE_HUB_STATE_DIR": str(base / "state"),
+        "TRE_HUB_PORT": str(handle.port),
+        "TRE_HUB_API_PORT": str(handle.hub_port),
+        "TRE_HUB_PROXY_API_PORT": str(handle.proxy_api_port),
+        "TRE_CONTROL_PLANE_URL": fake.url,
+        "TRE_HUB_SERVICE_TOKEN_FILE": str(secret_file),
+        "TRE_WORKSPACE_RUNTIME": str(RUNTIME),
+        "TRE_WORKSPACE_HOME_ROOT": str(base / "homes"),
+        "TRE_HUB_EGRESS_PREFIX": f"t{tag}",
+        "TRE_HUB_EGRESS_POOL": "10.238.0.0/24",
+    }
+    log = (base / "hub.log").open("wb")
+    handle.process = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "jupyter" / "jupyterhub_config.py")],
+        cwd=base,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{handle.url}/hub/api", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if handle.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("hub did not start: " + handle.log_tail())
+            time.sleep(0.25)
+        yield handle
+    finally:
+        handle.process.send_signal(signal.SIGTERM)
+        try:
+            handle.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            handle.process.kill()
+        log.close()
+        fake.stop()
+        subprocess.run(["nft", "delete", "table", "inet", f"t{tag}_workspaces"], capture_output=True)
+        for line in Path("/etc/passwd").read_text().splitlines():
+            if line.startswith(f"tre-{tag}-"):
+                subprocess.run(["userdel", line.split(":")[0]], capture_output=True)
+        for line in Path("/etc/group").read_text().splitlines():
+            if line.startswith(f"tre-p-p{tag}"):
+                subprocess.run(["groupdel", line.split(":")[0]], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

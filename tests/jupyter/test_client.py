@@ -1,0 +1,71 @@
+"""The in-workspace client sends files with context and controls to the output queue, or says why not."""
+
+from __future__ import annotations
+
+import pytest
+
+from jupyter.client import SubmitError, main, submit
+from tests.jupyter.fake_control_plane import FakeControlPlane
+
+
+def test_submit_posts_files_context_and_controls(fake_cp: FakeControlPlane, tmp_path):
+    table = tmp_path / "table1.csv"
+    table.write_text("band,n\n40-49,15\n")
+
+    answer = submit(
+        [table], "Table 1: ages", "rounded to 5", title="Ages", api=fake_cp.url, token=fake_cp.output_token
+    )
+
+    assert answer["state"] == "submitted"
+    assert fake_cp.submissions[-1]["fields"] == {
+        "title": "Ages",
+        "context": "Table 1: ages",
+        "controls": "rounded to 5",
+    }
+    assert fake_cp.submissions[-1]["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
+
+
+@pytest.mark.parametrize(("context", "controls"), [("", "rounded"), ("Table 1", "  ")])
+def test_submit_requires_context_and_controls(fake_cp, tmp_path, context, controls):
+    (tmp_path / "t.csv").write_text("x")
+
+    with pytest.raises(SubmitError):
+        submit([tmp_path / "t.csv"], context, controls, api=fake_cp.url, token=fake_cp.output_token)
+
+    assert fake_cp.submissions == []
+
+
+def test_wrong_token_reports_the_refusal(fake_cp, tmp_path):
+    (tmp_path / "t.csv").write_text("x")
+
+    with pytest.raises(SubmitError, match="HTTP 401"):
+        submit([tmp_path / "t.csv"], "c", "k", api=fake_cp.url, token="wrong")
+
+
+def test_outside_a_workspace_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRE_OUTPUT_API", raising=False)
+    monkeypatch.delenv("TRE_OUTPUT_TOKEN", raising=False)
+    (tmp_path / "t.csv").write_text("x")
+
+    with pytest.raises(SubmitError, match="inside a TRE workspace"):
+        submit([tmp_path / "t.csv"], "c", "k")
+
+
+def test_cli_prints_the_request_id(fake_cp, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRE_OUTPUT_API", fake_cp.url)
+    monkeypatch.setenv("TRE_OUTPUT_TOKEN", fake_cp.output_token)
+    (tmp_path / "t.csv").write_text("x")
+    (tmp_path / "controls.txt").write_text("suppressed below 10")
+
+    code = main(
+        [str(tmp_path / "t.csv"), "--context", "Table 2", "--controls", f"@{tmp_path / 'controls.txt'}"]
+    )
+
+    assert code == 0
+    assert "Submitted output request req-" in capsys.readouterr().out
+    assert fake_cp.submissions[-1]["fields"]["controls"] == "suppressed below 10"
+
+
+def test_cli_missing_file_exits_non_zero(capsys):
+    assert main(["/nonexistent.csv", "--context", "c", "--controls", "k"]) == 1
+    assert "is not a file" in capsys.readouterr().err

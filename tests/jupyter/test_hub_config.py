@@ -1,0 +1,63 @@
+"""The hub's configuration: loopback only, our plug-ins, no researcher tokens, secrets kept private."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from traitlets.config import Config
+
+from jupyter import sandbox
+from jupyter.hub_config import HubSettings, configure, secret_from_file
+
+
+def test_hub_binds_loopback_with_our_plugins_and_restricted_roles(tmp_path):
+    c = Config()
+    settings = HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "state"), "TRE_HUB_PORT": "8123"})
+
+    configure(c, settings)
+
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:8123"
+    assert c.JupyterHub.hub_bind_url.startswith("http://127.0.0.1:")
+    assert c.JupyterHub.authenticator_class == "jupyter.authenticator.TreAuthenticator"
+    assert c.JupyterHub.spawner_class == "jupyter.spawner.TreLocalSpawner"
+    assert c.JupyterHub.allow_named_servers is True
+    user_role = next(role for role in c.JupyterHub.load_roles if role["name"] == "user")
+    assert "self" not in user_role["scopes"]
+    assert not any(scope.startswith(("tokens", "shares", "users:shares")) for scope in user_role["scopes"])
+    services = {service["name"] for service in c.JupyterHub.services}
+    assert services == {"tre-control-plane", "idle-culler"}
+    assert os.stat(tmp_path / "state").st_mode & 0o777 == 0o700
+
+
+def test_secrets_are_created_private_and_refused_when_readable(tmp_path):
+    secret = secret_from_file(tmp_path / "s")
+
+    assert len(secret) == 64
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "s").chmod(0o644)
+    with pytest.raises(PermissionError):
+        secret_from_file(tmp_path / "s")
+
+
+def test_insecure_dev_is_off_unless_asked(tmp_path):
+    assert HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path)}).insecure_dev is False
+    assert HubSettings.from_env(
+        {"TRE_HUB_STATE_DIR": str(tmp_path), "TRE_HUB_INSECURE_DEV": "1"}
+    ).insecure_dev
+
+
+def test_project_group_names_fit_and_stay_distinct():
+    long_a, long_b = "a" * 40 + "1", "a" * 40 + "2"
+
+    assert sandbox.project_group_name("PROJ1") == "tre-p-proj1"
+    assert len(sandbox.project_group_name(long_a)) <= 32
+    assert sandbox.project_group_name(long_a) != sandbox.project_group_name(long_b)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "pool"), [("toolongname", "10.0.0.0/24"), ("tre", "10.0.0.0/30"), ("Tre", "10.0.0.0/24")]
+)
+def test_egress_plan_rejects_unusable_names_and_pools(prefix, pool):
+    with pytest.raises(sandbox.SandboxError):
+        sandbox.EgressPlan(prefix=prefix, pool=pool, ports=(8081,))

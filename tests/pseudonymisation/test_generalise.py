@@ -1,0 +1,118 @@
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from pseudonymisation import generalise, tokens
+
+from .conftest import valid_nhs_numbers
+
+REFERENCE = dt.date(2024, 6, 30)
+
+
+def test_dob_to_year_keeps_only_the_year():
+    result = generalise.dob_to_year(pa.array([dt.date(1980, 12, 31), None]))
+
+    assert result.to_pylist() == [1980, None]
+
+
+def test_age_counts_a_birthday_only_once_it_has_passed():
+    dobs = pa.array([dt.date(2000, 6, 30), dt.date(2000, 7, 1)])
+
+    assert generalise.age_in_years(dobs, REFERENCE).to_pylist() == [24, 23]
+
+
+def test_age_bands_group_everyone_over_ninety():
+    dobs = pa.array([dt.date(2020, 1, 1), dt.date(1980, 1, 1), dt.date(1934, 6, 30), dt.date(1900, 1, 1)])
+
+    bands = generalise.dob_to_age_band(dobs, REFERENCE)
+
+    assert bands.to_pylist() == ["0-4", "40-44", "90+", "90+"]
+
+
+def test_age_band_is_null_for_a_missing_or_future_birth():
+    bands = generalise.dob_to_age_band(pa.array([None, dt.date(2030, 1, 1)], pa.date32()), REFERENCE)
+
+    assert bands.to_pylist() == [None, None]
+
+
+def test_age_bands_refuse_a_width_that_does_not_divide_the_top():
+    with pytest.raises(ValueError):
+        generalise.dob_to_age_band(pa.array([dt.date(2000, 1, 1)]), REFERENCE, width=7, top=90)
+
+
+def test_dates_given_as_iso_strings_are_understood():
+    assert generalise.dob_to_year(pa.array(["1975-03-04", "not a date"])).to_pylist() == [1975, None]
+
+
+def test_date_shift_is_the_same_for_every_row_of_a_patient(linkage_key, project_key):
+    numbers = valid_nhs_numbers(30)
+    column = pa.array(numbers * 3)
+    ps = tokens.internal_pseudonyms(column, linkage_key)
+    start = dt.date(2021, 3, 1)
+
+    shifted = generalise.shift_dates(pa.array([start] * len(column)), ps, project_key, max_days=60).to_pylist()
+
+    shifts = [(d - start).days for d in shifted]
+    assert shifts[:30] == shifts[30:60] == shifts[60:]
+    assert all(-60 <= s <= 60 for s in shifts)
+    assert len(set(shifts)) > 5
+
+
+def test_date_shift_keeps_intervals_within_a_patient(linkage_key, project_key):
+    ps = tokens.internal_pseudonyms(pa.array(["9434765919", "9434765919"]), linkage_key)
+    dates = pa.array([dt.date(2020, 1, 1), dt.date(2020, 3, 15)])
+
+    a, b = generalise.shift_dates(dates, ps, project_key).to_pylist()
+
+    assert (b - a).days == (dt.date(2020, 3, 15) - dt.date(2020, 1, 1)).days
+
+
+def test_date_shift_differs_between_projects(linkage_key, project_key):
+    ps = tokens.internal_pseudonyms(pa.array(valid_nhs_numbers(50)), linkage_key)
+    dates = pa.array([dt.date(2020, 1, 1)] * 50)
+
+    ours = generalise.shift_dates(dates, ps, project_key)
+    theirs = generalise.shift_dates(dates, ps, tokens.generate_key())
+
+    assert not ours.equals(theirs)
+
+
+def test_date_shift_drops_the_date_of_a_row_without_a_patient(linkage_key, project_key):
+    ps = tokens.internal_pseudonyms(pa.array([None], pa.string()), linkage_key)
+
+    assert generalise.shift_dates(pa.array([dt.date(2020, 1, 1)]), ps, project_key).to_pylist() == [None]
+
+
+def test_days_from_index_is_signed():
+    events = pa.array([dt.date(2020, 1, 10), dt.date(2019, 12, 25)])
+    index = pa.array([dt.date(2020, 1, 1), dt.date(2020, 1, 1)])
+
+    assert generalise.days_from_index(events, index).to_pylist() == [9, -7]
+
+
+def test_postcodes_shrink_to_district_and_sector():
+    codes = pa.array(["ls1 4ap", "SW1A 1AA", "M11AE", "nonsense", None])
+
+    assert generalise.postcode_district(codes).to_pylist() == ["LS1", "SW1A", "M1", None, None]
+    assert generalise.postcode_sector(codes).to_pylist() == ["LS1 4", "SW1A 1", "M1 1", None, None]
+
+
+def test_scrub_removes_the_patients_own_identifiers_and_patterns():
+    notes = pa.array(["Mrs Jane Doe of 12 Elm Road, LS1 4AP, NHS 943 476 5919, tel 07700 900123, jd@example.org"])
+    names = pa.array(["Jane Doe"])
+    addresses = pa.array(["12 Elm Road"])
+
+    [scrubbed] = generalise.scrub_text(notes, [names, addresses]).to_pylist()
+
+    for leaked in ["Jane", "Doe", "Elm Road", "LS1 4AP", "943 476 5919", "07700", "example.org"]:
+        assert leaked not in scrubbed
+    assert scrubbed.startswith("Mrs [REDACTED]")
+
+
+def test_scrub_leaves_other_patients_words_alone_and_keeps_nulls():
+    notes = pa.array(["Seen with Jane", None])
+
+    scrubbed = generalise.scrub_text(notes, [pa.array(["John Smith", "Jane Roe"])]).to_pylist()
+
+    assert scrubbed == ["Seen with Jane", None]

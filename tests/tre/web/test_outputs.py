@@ -1,0 +1,231 @@
+"""Output checking pages: the researcher's request, the checker's queue and review, file views that
+never render researcher content as HTML, downloads and metrics."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from disclosure.models import OutputRequest
+from tests.disclosure.factories import SAFE_CSV, World, person, run_queued_jobs
+from tests.tre.helpers import csrf_token, sign_in
+from tre.core.audit import AuditEvent
+from tre.core.identity import User
+
+
+class Browser:
+    """A signed-in test client per person."""
+
+    def __init__(self, app: Any, world: World) -> None:
+        self.app = app
+        self.world = world
+        self.secrets: dict[str, str] = {}
+        self.clients: dict[str, Any] = {}
+
+    def as_(self, user: User) -> Any:
+        """One signed-in client per person (a TOTP code is accepted only once)."""
+        if user.id not in self.clients:
+            client = self.app.test_client()
+            sign_in(client, user.email, self.secrets[user.id])
+            self.clients[user.id] = client
+        return self.clients[user.id]
+
+
+@pytest.fixture
+def web(sqlite_app: Any) -> Any:
+    """A world whose author, colleague, outsider and two checkers can sign in."""
+    from tests.tre.helpers import create_user
+
+    with sqlite_app.app_context():
+        world = World.__new__(World)
+        from tests.disclosure.factories import active_project, no_broker, outputs
+
+        no_broker()
+        world.app = sqlite_app
+        browser = Browser(sqlite_app, world)
+        for attr, key, roles in (("author", "rita", ["researcher"]), ("colleague", "sam", ["researcher"]),
+                                 ("outsider", "rob", ["researcher"]), ("olive", "olive", ["output_checker"]),
+                                 ("oscar", "oscar", ["output_checker"])):
+            user, secret = create_user(sqlite_app, f"{key}@nhs.example", roles)
+            setattr(world, attr, user)
+            browser.secrets[user.id] = secret
+        world.otto = person(sqlite_app, "otto", ["output_checker"])
+        world.project = active_project(sqlite_app, world.author, [world.colleague])
+        world.svc = outputs(sqlite_app)
+    # No app context stays open during the test: each request gets its own, as in production.
+    yield browser
+
+
+def _post(client: Any, page: str, url: str, data: dict[str, Any], **kwargs: Any) -> Any:
+    return client.post(url, data={**data, "csrf_token": csrf_token(client, page)}, **kwargs)
+
+
+def test_researcher_builds_and_submits_a_request_through_the_pages(web: Browser) -> None:
+    w = web.world
+    rita = web.as_(w.author)
+    created = _post(rita, "/outputs/", "/outputs/new", {"project_id": w.project.id, "title": "Admissions"})
+    page = created.headers["Location"]
+    request_id = page.rsplit("/", 1)[1]
+
+    _post(rita, page, f"/outputs/requests/{request_id}/files",
+          {"file": (io.BytesIO(SAFE_CSV), "table.csv"), "group": "tables"}, content_type="multipart/form-data")
+    refused = _post(rita, page, f"/outputs/requests/{request_id}/submit", {}, follow_redirects=True)
+    _post(rita, page, f"/outputs/requests/{request_id}/groups",
+          {"name": "tables", "context": "Adults admitted in 2020", "controls": "Counts rounded to 5"})
+    _post(rita, page, f"/outputs/requests/{request_id}/submit", {})
+
+    assert "Describe the context of group tables" in refused.get_data(as_text=True)
+    assert w.session.get(OutputRequest, request_id).state == "submitted"
+    run_queued_jobs(web.app)
+    w.session.expire_all()
+    assert w.session.get(OutputRequest, request_id).state == "awaiting_review"
+
+
+def test_refused_upload_shows_the_reason_and_adds_nothing(web: Browser) -> None:
+    w = web.world
+    req = w.draft()
+    rita = web.as_(w.author)
+    page = f"/outputs/requests/{req.id}"
+
+    response = _post(rita, page, f"{page}/files", {"file": (io.BytesIO(b"<html>"), "x.html")},
+                     content_type="multipart/form-data", follow_redirects=True)
+
+    assert "can carry active content" in response.get_data(as_text=True)
+    assert len(w.refresh(req).current_files) == 1
+
+
+def test_csv_is_shown_to_checkers_cell_by_cell_with_every_cell_escaped(web: Browser) -> None:
+    w = web.world
+    hostile = b'region,count\n"<script>alert(1)</script>",12\n<img src=x onerror=alert(2)>,15\n'
+    req = w.submitted(content=hostile)
+    olive = web.as_(w.olive)
+
+    body = olive.get(f"/outputs/files/{req.current_files[0].id}").get_data(as_text=True)
+
+    assert "<script>alert(1)" not in body and "<img src=x" not in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "&lt;img src=x onerror=alert(2)&gt;" in body
+
+
+def test_raw_files_are_inert_plain_text_or_png_with_nosniff(web: Browser) -> None:
+    w = web.world
+    req = w.draft(content=b"<script>alert(1)</script>", name="notes.txt")
+    from disclosure.rules import PNG_MAGIC
+
+    w.svc.add_file(w.author, req.id, "figure.png", PNG_MAGIC + b"rest", group="tables")
+    w.svc.submit(w.author, req.id)
+    run_queued_jobs(web.app)
+    files = {f.name: f for f in w.refresh(req).current_files}
+    olive = web.as_(w.olive)
+
+    text = olive.get(f"/outputs/files/{files['notes.txt'].id}")
+    image = olive.get(f"/outputs/files/{files['figure.png'].id}")
+
+    assert text.mimetype == "text/plain" and image.mimetype == "image/png"
+    for response in (text, image):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "sandbox" in response.headers["Content-Security-Policy"]
+
+
+def test_request_page_escapes_researcher_text(web: Browser) -> None:
+    w = web.world
+    req = w.submitted(context="<b onmouseover=alert(1)>hover</b>", content=SAFE_CSV)
+    body = web.as_(w.olive).get(f"/outputs/requests/{req.id}").get_data(as_text=True)
+
+    assert "<b onmouseover" not in body
+    assert "&lt;b onmouseover=alert(1)&gt;" in body
+
+
+def test_file_views_are_refused_to_strangers_and_audited_for_checkers(web: Browser) -> None:
+    w = web.world
+    req = w.submitted(content=SAFE_CSV)
+    file_id = req.current_files[0].id
+
+    assert web.as_(w.outsider).get(f"/outputs/files/{file_id}").status_code == 403
+    assert web.as_(w.olive).get(f"/outputs/files/{file_id}").status_code == 200
+
+    views = w.session.scalars(select(AuditEvent).where(AuditEvent.action == "output.view_file")).all()
+    assert sorted(e.outcome for e in views) == ["denied", "success"]
+
+
+def test_queue_shows_waiting_requests_with_automated_status_and_is_for_checkers_only(web: Browser) -> None:
+    w = web.world
+    req = w.submitted(content=SAFE_CSV)
+    w.svc.claim(w.oscar, req.id)
+
+    queue = web.as_(w.olive).get("/outputs/queue").get_data(as_text=True)
+
+    assert req.title in queue and "Done" in queue and "hours" in queue
+    assert "Oscar: 1 open review" in queue
+    assert web.as_(w.author).get("/outputs/queue").status_code == 403
+
+
+def test_author_cannot_claim_their_own_request_from_the_page(web: Browser) -> None:
+    w = web.world
+    req = w.submitted(content=SAFE_CSV)
+    rita = web.as_(w.author)
+
+    response = rita.post(f"/outputs/requests/{req.id}/claim",
+                         data={"csrf_token": csrf_token(rita, f"/outputs/requests/{req.id}")})
+
+    assert response.status_code == 403
+    assert "Claim a review" not in rita.get(f"/outputs/requests/{req.id}").get_data(as_text=True)
+
+
+def test_checker_reviews_and_decides_through_the_pages(web: Browser) -> None:
+    w = web.world
+    req = w.submitted(content=SAFE_CSV)
+    page = f"/outputs/requests/{req.id}"
+    file_id = req.current_files[0].id
+    for checker in (w.olive, w.oscar):
+        client = web.as_(checker)
+        _post(client, page, f"{page}/claim", {})
+        blind = client.get(page).get_data(as_text=True)
+        _post(client, page, f"{page}/votes", {"file_id": file_id, "vote": "approve", "comment": ""})
+        _post(client, page, f"{page}/review", {})
+    olive = web.as_(w.olive)
+    unblinded = olive.get(page).get_data(as_text=True)
+    _post(olive, page, f"{page}/decision", {"outcome": "approve", "comment": ""})
+    _post(olive, page, f"{page}/release", {})
+
+    assert "stay hidden until every required review is in" in blind
+    assert "Oscar: Approve" in unblinded
+    assert w.refresh(req).state == "released"
+
+
+def test_team_downloads_the_bundle_and_others_cannot(web: Browser) -> None:
+    w = web.world
+    req = w.released(content=SAFE_CSV)
+
+    sam = web.as_(w.colleague).get(f"/outputs/requests/{req.id}/bundle")
+    rob = web.as_(w.outsider).get(f"/outputs/requests/{req.id}/bundle")
+
+    assert sam.status_code == 200 and sam.mimetype == "application/zip"
+    assert "files/tables/table.csv" in zipfile.ZipFile(io.BytesIO(sam.data)).namelist()
+    assert rob.status_code == 403
+
+
+def test_metrics_page_and_prometheus_text_show_the_queue(web: Browser) -> None:
+    w = web.world
+    w.submitted(content=SAFE_CSV)
+    w.draft()
+
+    page = web.as_(w.olive).get("/outputs/metrics").get_data(as_text=True)
+    prom = web.app.test_client().get("/metrics/outputs")
+
+    assert 'id="queue-length">1<' in page
+    assert prom.status_code == 200
+    text = prom.get_data(as_text=True)
+    assert "tre_output_queue_length 1" in text
+    assert 'tre_output_requests{state="draft"} 1' in text
+    assert "tre_output_check_latency_seconds_count 1" in text
+
+
+def test_prometheus_text_is_refused_from_another_machine(web: Browser) -> None:
+    response = web.app.test_client().get("/metrics/outputs", environ_base={"REMOTE_ADDR": "10.0.0.9"})
+
+    assert response.status_code == 403

@@ -1,0 +1,298 @@
+"""The projects, committee and catalogue pages: each kind of user walks their part through the browser
+client; views only parse, authorise and call the services."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from projects.models import Project
+from projects.services import approved_columns
+from tests.projects.factories import (
+    TODAY,
+    World,
+    approved,
+    build_world,
+    complete_draft,
+    in_review,
+    publish_agreement,
+    ready_for_access,
+    voted,
+)
+from tre.core.db import utcnow
+
+
+@pytest.fixture
+def w(sqlite_app: Any) -> World:
+    return build_world(sqlite_app)
+
+
+def login(client: Any, user: Any) -> Any:
+    with client.session_transaction() as sess:
+        sess["uid"] = user.id
+        sess["epoch"] = user.session_epoch
+        sess["seen"] = int(utcnow().timestamp())
+    return client
+
+
+def token(client: Any, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def post(client: Any, path: str, data: dict[str, Any], *, token_from: str) -> Any:
+    return client.post(path, data={**data, "csrf_token": token(client, token_from)})
+
+
+def test_menu_links_reach_projects_applications_and_datasets(w: World, client: Any) -> None:
+    login(client, w.chair)
+
+    assert client.get("/dac/").status_code == 200
+    assert client.get("/catalogue/").status_code == 200
+    home = client.get("/").get_data(as_text=True)
+    assert 'href="/dac/"' in home and 'href="/catalogue/"' in home
+
+
+def test_researcher_drafts_and_is_told_precisely_what_is_missing(w: World, client: Any) -> None:
+    login(client, w.pi)
+
+    created = post(client, "/projects/new", {"title": "Asthma in schools"}, token_from="/projects/new")
+    project_id = created.headers["Location"].split("/")[2]
+    refused = post(client, f"/projects/{project_id}/submit", {}, token_from=f"/projects/{project_id}")
+
+    assert refused.status_code == 400
+    body = refused.get_data(as_text=True)
+    assert (
+        "There is a problem" in body
+        and "Enter a lay summary" in body
+        and "Choose at least one dataset" in body
+    )
+
+
+def test_researcher_fills_the_wizard_and_submits(w: World, client: Any) -> None:
+    p = w.svc.create_project(w.pi, "Asthma in schools")
+    login(client, w.pi)
+    edit = f"/projects/{p.id}/edit"
+
+    post(
+        client,
+        edit,
+        {
+            "title": "Asthma in schools",
+            "lay_summary": "L",
+            "scientific_purpose": "S",
+            "public_benefit": "B",
+            "legal_basis": "6(1)(e)",
+            "ethics_reference": "IRAS 9",
+            "funder": "",
+            "start_date": TODAY.isoformat(),
+            "end_date": TODAY.replace(year=TODAY.year + 1).isoformat(),
+        },
+        token_from=edit,
+    )
+    post(
+        client,
+        f"/projects/{p.id}/datasets/{w.dataset_id}",
+        {"columns": ["nhs_number", "diagnosis"], "justification": "link; outcome"},
+        token_from=edit,
+    )
+    post(client, f"/projects/{p.id}/members", {"email": w.member.email}, token_from=edit)
+    submitted = post(client, f"/projects/{p.id}/submit", {}, token_from=f"/projects/{p.id}")
+
+    assert submitted.status_code == 302
+    w.session.expire_all()
+    assert w.session.get(Project, p.id).state == "submitted"
+
+
+def test_date_in_the_wrong_format_is_explained(w: World, client: Any) -> None:
+    p = w.svc.create_project(w.pi, "Dates")
+    login(client, w.pi)
+
+    response = post(
+        client,
+        f"/projects/{p.id}/edit",
+        {"title": "Dates", "start_date": "31/12/2026"},
+        token_from=f"/projects/{p.id}/edit",
+    )
+
+    assert response.status_code == 400 and "2026-04-30" in response.get_data(as_text=True)
+
+
+def test_another_researcher_cannot_open_someone_elses_project(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    login(client, w.outsider)
+
+    assert client.get(f"/projects/{p.id}").status_code == 403
+    assert client.get(f"/projects/{p.id}/edit").status_code == 403
+
+
+def test_researcher_cannot_reach_committee_pages(w: World, client: Any) -> None:
+    p = in_review(w)
+    login(client, w.pi)
+
+    assert client.get("/dac/").status_code == 403
+    assert client.get(f"/dac/{p.id}").status_code == 403
+
+
+def test_chair_assigns_reviewers_from_the_review_page(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    w.svc.submit(w.pi, p.id)
+    login(client, w.chair)
+
+    response = post(
+        client, f"/dac/{p.id}/assign", {"reviewers": [w.dana.id, w.drew.id]}, token_from=f"/dac/{p.id}"
+    )
+
+    assert response.status_code == 302
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    assert "Dana Dac" in page and "Drew Dac" in page
+
+
+def test_conflicted_reviewer_sees_no_vote_form_and_no_votes(w: World, client: Any) -> None:
+    p = in_review(w)
+    w.svc.cast_vote(w.dana, p.id, "approve", "A private rationale 7731")
+    login(client, w.drew)
+
+    post(client, f"/dac/{p.id}/conflict", {"reason": "Former colleague"}, token_from=f"/dac/{p.id}")
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+    assert 'id="conflicted"' in page
+    assert "Cast vote" not in page and "7731" not in page
+
+
+def test_vote_without_rationale_shows_the_error_and_records_nothing(w: World, client: Any) -> None:
+    p = in_review(w)
+    login(client, w.dana)
+
+    response = post(
+        client, f"/dac/{p.id}/vote", {"choice": "approve", "rationale": ""}, token_from=f"/dac/{p.id}"
+    )
+
+    assert response.status_code == 400 and "Give the reasons for your vote" in response.get_data(as_text=True)
+    assert w.svc.votes_visible_to(w.chair, p) == []
+
+
+def test_chair_approves_fewer_columns_on_the_decision_page(w: World, client: Any) -> None:
+    p = voted(w)
+    login(client, w.chair)
+
+    response = post(
+        client,
+        f"/dac/{p.id}/decide",
+        {
+            "outcome": "approved",
+            "columns-admissions": ["nhs_number", "diagnosis"],
+            "conditions": "Round to 5",
+            "public_comment": "",
+        },
+        token_from=f"/dac/{p.id}/decide",
+    )
+
+    assert response.status_code == 302
+    assert approved_columns(w.session, p.id) == {"admissions": ["nhs_number", "diagnosis"]}
+
+
+def test_applicant_sees_decision_and_conditions_but_not_votes(w: World, client: Any) -> None:
+    p = approved(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}").get_data(as_text=True)
+
+    assert "Committee decision: Approved" in page and "Round counts to 5." in page
+    assert "Sound design, minimal columns." not in page  # a reviewer's rationale stays private
+
+
+def test_member_signs_the_agreement_and_the_gate_opens_on_the_project_page(w: World, client: Any) -> None:
+    p = approved(w)
+    template = publish_agreement(w)
+    w.svc.activate(w.pi, p.id)
+    w.svc.record_training(w.admin, w.member.id, TODAY, TODAY.replace(year=TODAY.year + 1))
+    login(client, w.member)
+    assert 'id="gate-closed"' in client.get(f"/projects/{p.id}").get_data(as_text=True)
+
+    response = post(
+        client,
+        f"/projects/{p.id}/agreement",
+        {"content_hash": template.content_hash, "signed_name": w.member.display_name},
+        token_from=f"/projects/{p.id}/agreement",
+    )
+
+    assert response.status_code == 302
+    assert 'id="gate-open"' in client.get(f"/projects/{p.id}").get_data(as_text=True)
+
+
+def test_administrator_records_training_and_publishes_a_new_agreement(w: World, client: Any) -> None:
+    p = ready_for_access(w)
+    login(client, w.admin)
+
+    post(
+        client,
+        "/projects/admin/agreements",
+        {"title": "DAA", "body": "Version two text"},
+        token_from="/projects/admin/agreements",
+    )
+    recorded = post(
+        client,
+        "/projects/admin/training",
+        {
+            "user_id": w.outsider.id,
+            "completed_on": TODAY.isoformat(),
+            "expires_on": TODAY.replace(year=TODAY.year + 1).isoformat(),
+        },
+        token_from="/projects/admin/training",
+    )
+
+    assert recorded.status_code == 302
+    assert w.svc.training_expiry(w.outsider.id) is not None
+    from projects.gate import check_access
+
+    assert check_access(w.session, w.member.id, p.id).reasons == ["agreement_not_signed"]
+
+
+def test_post_without_csrf_token_is_refused(w: World, client: Any) -> None:
+    login(client, w.pi)
+
+    response = client.post("/projects/new", data={"title": "No token"})
+
+    assert response.status_code == 400
+    assert w.session.scalar(select(Project).where(Project.title == "No token")) is None
+
+
+def test_custodian_registers_a_dataset_that_researchers_can_browse(w: World, client: Any) -> None:
+    login(client, w.custodian)
+    post(
+        client,
+        "/catalogue/new",
+        {
+            "name": "gp_events",
+            "title": "GP events",
+            "description": "Coded GP events",
+            "source_kind": "parquet",
+            "source_location": "/data/gp.parquet",
+            "sensitivity": "high",
+            "columns": "nhs_number | direct_identifier | NHS number\n"
+            "event_date | quasi_identifier | Date\ncode | attribute | SNOMED",
+        },
+        token_from="/catalogue/new",
+    )
+    login(client, w.pi)
+
+    listing = client.get("/catalogue/").get_data(as_text=True)
+    ds_id = re.search(r'href="/catalogue/datasets/([0-9a-f]+)">GP events', listing).group(1)
+    page = client.get(f"/catalogue/datasets/{ds_id}").get_data(as_text=True)
+
+    assert "Quasi-identifier" in page and "event_date" in page and "/data/gp.parquet" not in page
+
+
+def test_messages_page_shows_a_persons_own_notifications(w: World, client: Any) -> None:
+    approved(w)
+    login(client, w.pi)
+
+    page = client.get("/projects/messages").get_data(as_text=True)
+
+    assert "Decision on your application" in page

@@ -1,0 +1,243 @@
+"""The data access committee's pages: the queue with ages, the review page (conflict declaration,
+vote), the chair's assignment and decision pages, and the running projects the chair governs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from projects import rules
+from projects.models import Project
+from tre.access import requires
+from tre.core.db import utcnow
+from tre.core.identity import User, UserRole
+from tre.core.permissions import ROLE_PERMISSIONS, Permission
+from tre.web.projects import _people, attempt, projects_service
+
+bp = Blueprint("dac", __name__, url_prefix="/dac")
+
+
+def _committee() -> list[User]:
+    roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.APPLICATION_REVIEW in granted]
+    session = projects_service().session
+    ids = select(UserRole.user_id).where(UserRole.role.in_(roles))
+    return list(
+        session.scalars(
+            select(User).where(User.id.in_(ids), User.is_active.is_(True)).order_by(User.display_name)
+        )
+    )
+
+
+@bp.get("/")
+@requires(Permission.APPLICATION_REVIEW)
+def queue() -> str:
+    svc = projects_service()
+    now = utcnow()
+    rows = []
+    for project in svc.review_queue():
+        version = svc.current_version(project)
+        assignment = svc.assignment_for(version, g.user.id)
+        rows.append(
+            {
+                "project": project,
+                "version": version,
+                "age_days": (now - project.state_changed_at).days,
+                "assigned": assignment is not None,
+                "conflicted": bool(assignment and assignment.conflicted),
+                "reviewers": len(svc.assignments(version)),
+            }
+        )
+    governed = svc.governed_projects() if g.user.has(Permission.APPLICATION_DECIDE) else []
+    extensions = [(p, svc.pending_extension(p)) for p in governed]
+    return render_template(
+        "dac/queue.html",
+        title="Applications",
+        rows=rows,
+        labels=rules.STATE_LABELS,
+        governed=governed,
+        extensions=[(p, e) for p, e in extensions if e is not None],
+    )
+
+
+def _project(project_id: str) -> Project:
+    project, _ = attempt(lambda: projects_service().get_project(g.user, project_id))
+    assert project is not None
+    return project
+
+
+@bp.get("/<project_id>")
+@requires(Permission.APPLICATION_REVIEW)
+def review(project_id: str) -> str:
+    return _render_review(project_id)
+
+
+def _render_review(project_id: str, error: str | list[str] | None = None) -> Any:
+    svc = projects_service()
+    project = _project(project_id)
+    version = svc.current_version(project)
+    if version is None:
+        abort(404)
+    assignment = svc.assignment_for(version, g.user.id)
+    votes = svc.votes_visible_to(g.user, project, version)
+    assignments = svc.assignments(version)
+    my_vote = None
+    if votes is not None:
+        my_vote = next((v for v in votes if v.reviewer_id == g.user.id), None)
+    else:
+        from projects.models import Vote
+
+        my_vote = svc.session.scalar(
+            select(Vote).where(Vote.version_id == version.id, Vote.reviewer_id == g.user.id)
+        )
+    is_chair = g.user.has(Permission.APPLICATION_DECIDE)
+    people = _people(
+        [a.reviewer_id for a in assignments] + [project.pi_id] + [m.user_id for m in project.active_members]
+    )
+    html = render_template(
+        "dac/review.html",
+        title=f"Review: {project.title}",
+        project=project,
+        version=version,
+        content=version.content,
+        assignment=assignment,
+        assignments=assignments,
+        votes=votes,
+        my_vote=my_vote,
+        is_chair=is_chair,
+        committee=_committee() if is_chair else [],
+        people=people,
+        labels=rules.STATE_LABELS,
+        vote_labels=rules.VOTE_LABELS,
+        error=error,
+        quorum=svc.policy.quorum,
+        counted=len(
+            [
+                v
+                for v in (votes or [])
+                if v.reviewer_id not in {a.reviewer_id for a in assignments if a.conflicted}
+            ]
+        ),
+        decisions=svc.decisions(project),
+    )
+    return (html, 400) if error else html
+
+
+@bp.post("/<project_id>/assign")
+@requires(Permission.APPLICATION_ASSIGN)
+def assign(project_id: str) -> Any:
+    added, error = attempt(
+        lambda: projects_service().assign_reviewers(g.user, project_id, request.form.getlist("reviewers"))
+    )
+    if error:
+        return _render_review(project_id, error)
+    flash(f"{len(added or [])} reviewer(s) assigned", "success")
+    return redirect(url_for("dac.review", project_id=project_id))
+
+
+@bp.post("/<project_id>/conflict")
+@requires(Permission.APPLICATION_REVIEW)
+def conflict(project_id: str) -> Any:
+    _, error = attempt(
+        lambda: projects_service().declare_conflict(g.user, project_id, request.form.get("reason", ""))
+    )
+    if error:
+        return _render_review(project_id, error)
+    flash("Conflict of interest recorded. You will not vote on this application.", "success")
+    return redirect(url_for("dac.review", project_id=project_id))
+
+
+@bp.post("/<project_id>/vote")
+@requires(Permission.APPLICATION_REVIEW)
+def vote(project_id: str) -> Any:
+    _, error = attempt(
+        lambda: projects_service().cast_vote(
+            g.user, project_id, request.form.get("choice", ""), request.form.get("rationale", "")
+        )
+    )
+    if error:
+        return _render_review(project_id, error)
+    flash("Vote recorded", "success")
+    return redirect(url_for("dac.review", project_id=project_id))
+
+
+@bp.route("/<project_id>/decide", methods=["GET", "POST"])
+@requires(Permission.APPLICATION_DECIDE)
+def decide(project_id: str) -> Any:
+    svc = projects_service()
+    project = _project(project_id)
+    version = svc.current_version(project)
+    if version is None:
+        abort(404)
+    error = None
+    form: Any = request.form
+    if request.method == "POST":
+        outcome = form.get("outcome", "")
+        columns = None
+        if outcome == rules.APPROVED:
+            columns = {d["name"]: form.getlist(f"columns-{d['name']}") for d in version.content["datasets"]}
+        decision, error = attempt(
+            lambda: svc.decide(
+                g.user,
+                project.id,
+                outcome,
+                conditions=form.get("conditions", ""),
+                public_comment=form.get("public_comment", ""),
+                approved_columns=columns,
+            )
+        )
+        if decision is not None:
+            flash(f"Decision recorded: {rules.STATE_LABELS[decision.outcome].lower()}", "success")
+            return redirect(url_for("dac.review", project_id=project.id))
+    votes = svc.votes_visible_to(g.user, project, version)
+    return render_template(
+        "dac/decide.html",
+        title=f"Decide: {project.title}",
+        project=project,
+        version=version,
+        content=version.content,
+        error=error,
+        form=form if request.method == "POST" else None,
+        votes=votes,
+        vote_labels=rules.VOTE_LABELS,
+        people=_people([v.reviewer_id for v in votes or []]),
+        datasets={d.name: d for d in svc.list_datasets()},
+    ), (400 if error else 200)
+
+
+@bp.post("/<project_id>/suspend")
+@requires(Permission.APPLICATION_DECIDE)
+def suspend(project_id: str) -> Any:
+    _, error = attempt(lambda: projects_service().suspend(g.user, project_id, request.form.get("reason", "")))
+    flash(str(error) if error else "Project suspended: access has stopped", "error" if error else "success")
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.post("/<project_id>/reinstate")
+@requires(Permission.APPLICATION_DECIDE)
+def reinstate(project_id: str) -> Any:
+    _, error = attempt(lambda: projects_service().reinstate(g.user, project_id))
+    flash(str(error) if error else "Project reinstated", "error" if error else "success")
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.post("/<project_id>/close")
+@requires(Permission.APPLICATION_DECIDE)
+def close(project_id: str) -> Any:
+    _, error = attempt(lambda: projects_service().close(g.user, project_id, request.form.get("reason", "")))
+    flash(
+        str(error) if error else "Project closed: access has stopped and data destruction is queued",
+        "error" if error else "success",
+    )
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.post("/extensions/<extension_id>")
+@requires(Permission.APPLICATION_DECIDE)
+def decide_extension(extension_id: str) -> Any:
+    ext, error = attempt(
+        lambda: projects_service().decide_extension(g.user, extension_id, request.form.get("grant") == "1")
+    )
+    flash(str(error) if error else f"Extension {ext.outcome if ext else ''}", "error" if error else "success")
+    return redirect(url_for("dac.queue"))

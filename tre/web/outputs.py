@@ -1,0 +1,357 @@
+"""Output checking pages: researchers build and submit requests and download released bundles;
+output checkers work the queue, review blind, consolidate, release and revoke.
+
+Researcher content is never rendered as HTML: Jinja escapes every value; a CSV is shown as a table
+built cell by cell (each cell escaped) and otherwise served as ``text/plain``; images only as
+``image/png``; every file response carries ``nosniff`` and a sandboxing CSP.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy import select
+
+from disclosure import rules
+from disclosure.metrics import collect, prometheus_text
+from disclosure.models import OutputRequest
+from disclosure.permissions import can_check
+from disclosure.services import (
+    IncompleteRequest,
+    NotFound,
+    OutputError,
+    OutputPermissionDenied,
+    Outputs,
+    automated_status,
+)
+from projects.models import Project, ProjectMember
+from tre.access import login_required, public, requires
+from tre.authn import platform
+from tre.core.identity import User
+from tre.core.permissions import Permission
+
+bp = Blueprint("outputs", __name__, url_prefix="/outputs")
+prometheus_bp = Blueprint("outputs_metrics", __name__)
+
+T = TypeVar("T")
+MAX_TABLE_ROWS_SHOWN = 500
+
+
+def service() -> Outputs:
+    return Outputs.from_platform(platform(), request_id=g.get("request_id"))
+
+
+def attempt(fn: Callable[[], T]) -> tuple[T | None, str | list[str] | None]:
+    """Run a service call: a missing thing is a 404, a refusal a 403, a rule's message comes back."""
+    try:
+        return fn(), None
+    except NotFound:
+        abort(404)
+    except OutputPermissionDenied as exc:
+        return None, str(exc)
+    except IncompleteRequest as exc:
+        return None, exc.problems
+    except OutputError as exc:
+        return None, str(exc)
+
+
+def _back(request_id: str, error: str | list[str] | None, success: str) -> Any:
+    if error:
+        for message in [error] if isinstance(error, str) else error:
+            flash(message, "error")
+    else:
+        flash(success, "success")
+    return redirect(url_for("outputs.request_page", request_id=request_id))
+
+
+# --- researchers ----------------------------------------------------------------------------------
+
+
+def _my_projects(user: User) -> list[Project]:
+    s = platform().db.session
+    member_of = select(ProjectMember.project_id).where(
+        ProjectMember.user_id == user.id, ProjectMember.removed_at.is_(None))
+    return list(s.scalars(select(Project).where(
+        Project.id.in_(member_of) | (Project.pi_id == user.id), Project.state == "active").order_by(Project.title)))
+
+
+@bp.get("/")
+@requires(Permission.OUTPUT_SUBMIT)
+def index() -> str:
+    svc = service()
+    return render_template(
+        "outputs/index.html", title="Output requests", requests=svc.requests_of(g.user),
+        projects=_my_projects(g.user), labels=rules.STATE_LABELS,
+    )
+
+
+@bp.post("/new")
+@requires(Permission.OUTPUT_SUBMIT)
+def new_request() -> Any:
+    created, error = attempt(lambda: service().create_request(
+        g.user, request.form.get("project_id", ""), request.form.get("title", "")))
+    if error or created is None:
+        flash(error if isinstance(error, str) else "; ".join(error or []), "error")
+        return redirect(url_for("outputs.index"))
+    return redirect(url_for("outputs.request_page", request_id=created[0].id))
+
+
+@bp.get("/requests/<request_id>")
+@login_required
+def request_page(request_id: str) -> str:
+    svc = service()
+    req, role = _visible(svc, request_id)
+    picture = svc.review_picture(g.user, req, role)
+    checks = svc.checks_of(req)
+    status = automated_status(svc.session, req, svc.policy.sha256)
+    people = {u.id: u.display_name for u in svc.session.scalars(select(User))} if role == "checker" else {}
+    my_review = next((r for r in picture.reviews if r.reviewer_id == g.user.id and r.round == req.round), None)
+    my_votes = {v.file_id: v for v in picture.votes if v.reviewer_id == g.user.id}
+    eligible = []
+    if role == "checker":
+        eligible = [u for u in svc.session.scalars(select(User).where(User.is_active.is_(True)))
+                    if u.id != g.user.id and can_check(svc.session, u, req)]
+    return render_template(
+        "outputs/request.html", title=req.title or "Output request", req=req, role=role, picture=picture,
+        checks=checks, status=status, labels=rules.STATE_LABELS, vote_labels=rules.VOTE_LABELS, people=people,
+        my_review=my_review, my_votes=my_votes, eligible=eligible, rules=rules,
+        is_author=req.author_id == g.user.id, missing=svc.missing_for_submission(req),
+        project=svc.session.get(Project, req.project_id),
+        release=_release_of(svc, req),
+    )
+
+
+def _release_of(svc: Outputs, req: OutputRequest) -> Any:
+    from disclosure.models import OutputRelease
+
+    return svc.session.scalar(select(OutputRelease).where(OutputRelease.request_id == req.id))
+
+
+def _visible(svc: Outputs, request_id: str) -> tuple[OutputRequest, str]:
+    try:
+        return svc.get_for(g.user, request_id)
+    except NotFound:
+        abort(404)
+    except OutputPermissionDenied:
+        abort(403)
+
+
+@bp.post("/requests/<request_id>/groups")
+@requires(Permission.OUTPUT_SUBMIT)
+def set_group(request_id: str) -> Any:
+    f = request.form
+    _, error = attempt(lambda: service().set_group(
+        g.user, request_id, f.get("name", ""), f.get("context", ""), f.get("controls", "")))
+    return _back(request_id, error, "Group saved")
+
+
+@bp.post("/requests/<request_id>/files")
+@requires(Permission.OUTPUT_SUBMIT)
+def add_file(request_id: str) -> Any:
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return _back(request_id, "Choose a file to add", "")
+    spec_text = (request.form.get("table_spec") or "").strip()
+    spec = None
+    if spec_text:
+        try:
+            spec = json.loads(spec_text)
+        except ValueError:
+            return _back(request_id, "The table specification must be JSON", "")
+    _, error = attempt(lambda: service().add_file(
+        g.user, request_id, upload.filename or "", upload.read(), group=request.form.get("group", ""),
+        table_spec=spec))
+    return _back(request_id, error, "File added")
+
+
+@bp.post("/requests/<request_id>/files/<file_id>/remove")
+@requires(Permission.OUTPUT_SUBMIT)
+def remove_file(request_id: str, file_id: str) -> Any:
+    _, error = attempt(lambda: service().remove_file(g.user, request_id, file_id))
+    return _back(request_id, error, "File removed")
+
+
+@bp.post("/requests/<request_id>/submit")
+@requires(Permission.OUTPUT_SUBMIT)
+def submit(request_id: str) -> Any:
+    _, error = attempt(lambda: service().submit(g.user, request_id))
+    return _back(request_id, error, "Submitted: the automated checks are running")
+
+
+@bp.post("/requests/<request_id>/withdraw")
+@requires(Permission.OUTPUT_SUBMIT)
+def withdraw(request_id: str) -> Any:
+    _, error = attempt(lambda: service().withdraw(g.user, request_id))
+    return _back(request_id, error, "Request withdrawn")
+
+
+@bp.post("/requests/<request_id>/comments")
+@login_required
+def comment(request_id: str) -> Any:
+    f = request.form
+    _, error = attempt(lambda: service().comment(
+        g.user, request_id, f.get("body", ""), f.get("visibility", rules.SHARED)))
+    return _back(request_id, error, "Comment added")
+
+
+@bp.get("/requests/<request_id>/bundle")
+@requires(Permission.OUTPUT_SUBMIT)
+def download(request_id: str) -> Any:
+    result, error = attempt(lambda: service().download(g.user, request_id))
+    if error or result is None:
+        abort(403 if isinstance(error, str) and "team" in error else 409)
+    data, release = result
+    response = Response(data, mimetype="application/zip")
+    response.headers["Content-Disposition"] = f'attachment; filename="outputs-{request_id}.zip"'
+    response.headers["X-Bundle-SHA256"] = release.bundle_sha256
+    return response
+
+
+_SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _raw(data: bytes, mimetype: str, name: str) -> Response:
+    response = Response(data, mimetype=mimetype)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    safe = _SAFE_FILENAME.sub("_", name)[:100] or "file"
+    response.headers["Content-Disposition"] = f'inline; filename="{safe}"'
+    return response
+
+
+@bp.get("/files/<file_id>")
+@login_required
+def view_file(file_id: str) -> Any:
+    """A file for its checkers or its team: a CSV as an escaped table, otherwise raw and inert."""
+    result, error = attempt(lambda: service().view_file(g.user, file_id))
+    if error or result is None:
+        abort(403)
+    f, data = result
+    if f.kind == "image":
+        return _raw(data, "image/png", f.name)
+    if f.kind == "table" and request.args.get("raw") != "1":
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"))))
+        return render_template("outputs/file.html", title=f.name, file=f, rows=rows[:MAX_TABLE_ROWS_SHOWN + 1],
+                               truncated=len(rows) > MAX_TABLE_ROWS_SHOWN + 1)
+    return _raw(data, "text/plain", f.name)
+
+
+# --- checkers -------------------------------------------------------------------------------------
+
+
+@bp.get("/queue")
+@requires(Permission.OUTPUT_REVIEW)
+def queue() -> str:
+    svc = service()
+    s = svc.session
+    entries = []
+    for req in svc.queue():
+        if not can_check(s, g.user, req):
+            continue
+        reviews = svc._reviewers(s, req)
+        entries.append({"req": req, "status": automated_status(s, req, svc.policy.sha256), "reviews": reviews})
+    workload = svc.workload()
+    people = {u.id: u.display_name for u in s.scalars(select(User).where(User.id.in_(
+        set(workload) | {r.reviewer_id for e in entries for r in e["reviews"]})))}
+    from tre.core.db import utcnow
+
+    return render_template("outputs/queue.html", title="Output checking", entries=entries, workload=workload,
+                           people=people, labels=rules.STATE_LABELS, now=utcnow())
+
+
+@bp.post("/requests/<request_id>/claim")
+@requires(Permission.OUTPUT_REVIEW)
+def claim(request_id: str) -> Any:
+    _, error = attempt(lambda: service().claim(g.user, request_id))
+    return _back(request_id, error, "You hold a review place on this request")
+
+
+@bp.post("/requests/<request_id>/assign")
+@requires(Permission.OUTPUT_REVIEW)
+def assign(request_id: str) -> Any:
+    _, error = attempt(lambda: service().assign(g.user, request_id, request.form.get("reviewer_id", "")))
+    return _back(request_id, error, "Review place assigned")
+
+
+@bp.post("/requests/<request_id>/votes")
+@requires(Permission.OUTPUT_REVIEW)
+def vote(request_id: str) -> Any:
+    f = request.form
+    _, error = attempt(lambda: service().vote(
+        g.user, request_id, f.get("file_id", ""), f.get("vote", ""), f.get("comment", "")))
+    return _back(request_id, error, "Vote saved")
+
+
+@bp.post("/requests/<request_id>/review")
+@requires(Permission.OUTPUT_REVIEW)
+def submit_review(request_id: str) -> Any:
+    _, error = attempt(lambda: service().submit_review(g.user, request_id))
+    return _back(request_id, error, "Review submitted")
+
+
+@bp.post("/requests/<request_id>/decision")
+@requires(Permission.OUTPUT_REVIEW)
+def decide(request_id: str) -> Any:
+    f = request.form
+    _, error = attempt(lambda: service().consolidate(g.user, request_id, f.get("outcome", ""), f.get("comment", "")))
+    return _back(request_id, error, "Decision recorded")
+
+
+@bp.post("/requests/<request_id>/release")
+@requires(Permission.OUTPUT_REVIEW)
+def release(request_id: str) -> Any:
+    _, error = attempt(lambda: service().release(g.user, request_id))
+    return _back(request_id, error, "Released: the project's team can download the bundle")
+
+
+@bp.post("/requests/<request_id>/revoke")
+@requires(Permission.OUTPUT_REVIEW)
+def revoke(request_id: str) -> Any:
+    _, error = attempt(lambda: service().revoke(g.user, request_id, request.form.get("reason", "")))
+    return _back(request_id, error, "Release revoked")
+
+
+@bp.post("/requests/<request_id>/checks-failed")
+@requires(Permission.OUTPUT_REVIEW)
+def resolve_failed_checks(request_id: str) -> Any:
+    _, error = attempt(lambda: service().resolve_failed_checks(g.user, request_id))
+    return _back(request_id, error, "Moved on to human review without the failed automated checks")
+
+
+@bp.get("/metrics")
+@requires(Permission.OUTPUT_REVIEW)
+def metrics_page() -> str:
+    return render_template("outputs/metrics.html", title="Output checking metrics",
+                           m=collect(platform().db.session), labels=rules.STATE_LABELS)
+
+
+@prometheus_bp.get("/metrics/outputs")
+@public
+def prometheus() -> Response:
+    """Scraped by Prometheus, guarded as ``/metrics`` is: its bearer token, or this machine only."""
+    token = getattr(current_app.extensions["tre.settings"], "metrics_token", "")
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            abort(401)
+    elif request.remote_addr not in {"127.0.0.1", "::1"}:
+        abort(403)
+    return Response(prometheus_text(collect(platform().db.session)), mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,393 @@
+"""Researchers' pages: my projects, the application wizard, the project page, agreement signing,
+extension requests, and my messages; plus the administrators' training and agreement pages.
+
+Views parse the form, call one service method and show its result or its (safe) error message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from projects import rules
+from projects.gate import check_access
+from projects.models import Dataset, Project
+from projects.rules import ProjectPolicy, RuleViolation
+from projects.services import (
+    IncompleteApplication,
+    NotFound,
+    ProjectPermissionDenied,
+    Projects,
+    approved_columns,
+)
+from tre.access import login_required, requires
+from tre.authn import platform
+from tre.core.identity import User
+from tre.core.notifications import OutboxMessage
+from tre.core.permissions import Permission
+
+bp = Blueprint("projects", __name__, url_prefix="/projects")
+
+T = TypeVar("T")
+
+
+def projects_service() -> Projects:
+    p = platform()
+    return Projects(
+        p.db.session, p.audit, ProjectPolicy.from_settings(p.settings), request_id=g.get("request_id")
+    )
+
+
+def attempt(fn: Callable[[], T]) -> tuple[T | None, str | list[str] | None]:
+    """Run a service call; a missing thing is a 404, a refusal a 403, a rule's message is returned."""
+    try:
+        return fn(), None
+    except NotFound:
+        abort(404)
+    except ProjectPermissionDenied:
+        abort(403)
+    except IncompleteApplication as exc:
+        return None, exc.problems
+    except RuleViolation as exc:
+        return None, str(exc)
+
+
+def parse_date(value: str | None) -> dt.date | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise RuleViolation("Enter dates in the format 2026-04-30") from None
+
+
+def _project_for_view(project_id: str) -> Project:
+    project, _ = attempt(lambda: projects_service().get_project(g.user, project_id))
+    assert project is not None
+    return project
+
+
+def _people(ids: list[str]) -> dict[str, User]:
+    if not ids:
+        return {}
+    return {u.id: u for u in platform().db.session.scalars(select(User).where(User.id.in_(ids)))}
+
+
+@bp.get("/")
+@requires(Permission.PROJECT_VIEW_OWN)
+def index() -> str:
+    svc = projects_service()
+    return render_template(
+        "projects/index.html",
+        title="My projects",
+        projects=svc.projects_of(g.user.id),
+        labels=rules.STATE_LABELS,
+    )
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@requires(Permission.PROJECT_APPLY)
+def new() -> Any:
+    error = None
+    if request.method == "POST":
+        project, error = attempt(
+            lambda: projects_service().create_project(g.user, request.form.get("title", ""))
+        )
+        if project is not None:
+            flash("Draft saved. Fill in each section, then submit it to the committee.", "success")
+            return redirect(url_for("projects.edit", project_id=project.id))
+    return render_template("projects/new.html", title="Start an application", error=error), (
+        400 if error else 200
+    )
+
+
+def _team_status(svc: Projects, project: Project) -> list[dict[str, Any]]:
+    template = svc.current_agreement()
+    signed = {
+        s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id
+    }
+    people = _people([m.user_id for m in project.active_members])
+    rows = []
+    for m in project.active_members:
+        rows.append(
+            {
+                "member": m,
+                "person": people.get(m.user_id),
+                "signed": m.user_id in signed,
+                "training": svc.training_expiry(m.user_id),
+                "access": check_access(svc.session, m.user_id, project.id),
+            }
+        )
+    return rows
+
+
+@bp.get("/<project_id>")
+@login_required
+def show(project_id: str) -> str:
+    return _render_show(project_id)
+
+
+def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
+    svc = projects_service()
+    project = _project_for_view(project_id)
+    member = any(m.user_id == g.user.id for m in project.active_members)
+    decisions = svc.decisions(project)
+    return render_template(
+        "projects/show.html",
+        title=project.title,
+        project=project,
+        labels=rules.STATE_LABELS,
+        error=error,
+        is_pi=project.pi_id == g.user.id,
+        is_member=member,
+        editable=project.state in rules.EDITABLE_STATES,
+        missing=svc.missing_for_submission(project) if project.state in rules.EDITABLE_STATES else [],
+        decisions=decisions,
+        approved=approved_columns(svc.session, project.id),
+        team=_team_status(svc, project),
+        my_access=check_access(svc.session, g.user.id, project.id) if member else None,
+        agreement=svc.current_agreement(),
+        extension=svc.pending_extension(project),
+        versions=svc.versions(project),
+        today=dt.date.today(),
+    )
+
+
+@bp.route("/<project_id>/edit", methods=["GET", "POST"])
+@requires(Permission.PROJECT_APPLY)
+def edit(project_id: str) -> Any:
+    svc = projects_service()
+    project = _project_for_view(project_id)
+    error: str | list[str] | None = None
+    form: Any = request.form
+    if request.method == "POST":
+
+        def save() -> Project:
+            fields = {
+                k: form.get(k, "")
+                for k in (
+                    "title",
+                    "lay_summary",
+                    "scientific_purpose",
+                    "public_benefit",
+                    "legal_basis",
+                    "ethics_reference",
+                    "funder",
+                )
+            }
+            return svc.update_application(
+                g.user,
+                project.id,
+                **fields,
+                start_date=parse_date(form.get("start_date")),
+                end_date=parse_date(form.get("end_date")),
+            )
+
+        saved, error = attempt(save)
+        if saved is not None:
+            flash("Application saved", "success")
+            return redirect(url_for("projects.edit", project_id=project.id) + "#datasets")
+    requested = {r.dataset_id: r for r in project.dataset_requests}
+    return render_template(
+        "projects/edit.html",
+        title="Edit application",
+        project=project,
+        error=error,
+        form=form if request.method == "POST" else None,
+        datasets=svc.list_datasets(),
+        requested=requested,
+        role_labels=rules.COLUMN_ROLE_LABELS,
+        people=_people([m.user_id for m in project.active_members]),
+    ), (400 if error else 200)
+
+
+@bp.post("/<project_id>/datasets/<dataset_id>")
+@requires(Permission.PROJECT_APPLY)
+def request_dataset(project_id: str, dataset_id: str) -> Any:
+    svc = projects_service()
+    columns = request.form.getlist("columns")
+    if columns:
+        _, error = attempt(
+            lambda: svc.set_dataset_request(
+                g.user, project_id, dataset_id, columns, request.form.get("justification", "")
+            )
+        )
+    else:
+        _, error = attempt(lambda: svc.remove_dataset_request(g.user, project_id, dataset_id))
+    if error:
+        flash(error if isinstance(error, str) else "; ".join(error), "error")
+    else:
+        flash("Dataset request saved" if columns else "Dataset removed from the application", "success")
+    return redirect(url_for("projects.edit", project_id=project_id) + "#datasets")
+
+
+@bp.post("/<project_id>/members")
+@requires(Permission.PROJECT_APPLY)
+def add_member(project_id: str) -> Any:
+    _, error = attempt(
+        lambda: projects_service().add_member(g.user, project_id, request.form.get("email", ""))
+    )
+    flash(str(error) if error else "Team member added", "error" if error else "success")
+    return redirect(url_for("projects.edit", project_id=project_id) + "#team")
+
+
+@bp.post("/<project_id>/members/<user_id>/remove")
+@login_required
+def remove_member(project_id: str, user_id: str) -> Any:
+    _, error = attempt(lambda: projects_service().remove_member(g.user, project_id, user_id))
+    flash(
+        str(error) if error else "Team member removed; their access has stopped",
+        "error" if error else "success",
+    )
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.post("/<project_id>/submit")
+@requires(Permission.PROJECT_APPLY)
+def submit(project_id: str) -> Any:
+    version, error = attempt(lambda: projects_service().submit(g.user, project_id))
+    if version is None:
+        return _render_show(project_id, error), 400
+    flash(f"Application submitted (version {version.number}). The committee has been told.", "success")
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.post("/<project_id>/activate")
+@login_required
+def activate(project_id: str) -> Any:
+    _, error = attempt(lambda: projects_service().activate(g.user, project_id))
+    flash(str(error) if error else "The project is active", "error" if error else "success")
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.route("/<project_id>/agreement", methods=["GET", "POST"])
+@login_required
+def agreement(project_id: str) -> Any:
+    svc = projects_service()
+    project = _project_for_view(project_id)
+    error = None
+    if request.method == "POST":
+        sig, error = attempt(
+            lambda: svc.sign_agreement(
+                g.user, project.id, request.form.get("content_hash", ""), request.form.get("signed_name", "")
+            )
+        )
+        if sig is not None:
+            flash("Agreement signed", "success")
+            return redirect(url_for("projects.show", project_id=project.id))
+    template = svc.current_agreement()
+    signed = template is not None and any(
+        s.user_id == g.user.id and s.template_id == template.id for s in svc.signatures(project)
+    )
+    return render_template(
+        "projects/agreement.html",
+        title="Data access agreement",
+        project=project,
+        agreement=template,
+        signed=signed,
+        error=error,
+    ), (400 if error else 200)
+
+
+@bp.post("/<project_id>/extension")
+@login_required
+def request_extension(project_id: str) -> Any:
+    svc = projects_service()
+    _, error = attempt(
+        lambda: svc.request_extension(
+            g.user,
+            project_id,
+            parse_date(request.form.get("end_date")) or dt.date.min,
+            request.form.get("reason", ""),
+        )
+    )
+    flash(
+        str(error) if error else "Extension requested: the committee chair will decide",
+        "error" if error else "success",
+    )
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.get("/messages")
+@login_required
+def messages() -> str:
+    rows = (
+        platform()
+        .db.session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.recipient_id == g.user.id)
+            .order_by(OutboxMessage.created_at.desc())
+            .limit(200)
+        )
+        .all()
+    )
+    return render_template("projects/messages.html", title="My messages", messages=rows)
+
+
+# --- administrators: training records and agreement versions --------------------------------------
+
+
+@bp.route("/admin/training", methods=["GET", "POST"])
+@requires(Permission.TRAINING_MANAGE)
+def training() -> Any:
+    svc = projects_service()
+    error = None
+    if request.method == "POST":
+        form = request.form
+        record, error = attempt(
+            lambda: svc.record_training(
+                g.user,
+                form.get("user_id", ""),
+                parse_date(form.get("completed_on")),  # type: ignore[arg-type]
+                parse_date(form.get("expires_on")),
+                reference=form.get("reference", ""),  # type: ignore[arg-type]
+            )
+        )
+        if record is not None:
+            flash("Training recorded", "success")
+            return redirect(url_for("projects.training"))
+    people = svc.session.scalars(
+        select(User).where(User.is_active.is_(True)).order_by(User.display_name)
+    ).all()
+    warn_before = dt.date.today() + dt.timedelta(days=svc.policy.training_warning_days)
+    return render_template(
+        "projects/training.html",
+        title="Training records",
+        people=people,
+        error=error,
+        expiry={p.id: svc.training_expiry(p.id) for p in people},
+        today=dt.date.today(),
+        warn_before=warn_before,
+    ), (400 if error else 200)
+
+
+@bp.route("/admin/agreements", methods=["GET", "POST"])
+@requires(Permission.AGREEMENT_MANAGE)
+def agreements() -> Any:
+    svc = projects_service()
+    error = None
+    if request.method == "POST":
+        template, error = attempt(
+            lambda: svc.publish_agreement(g.user, request.form.get("title", ""), request.form.get("body", ""))
+        )
+        if template is not None:
+            flash(f"Version {template.version} published. Every member must sign it again.", "success")
+            return redirect(url_for("projects.agreements"))
+    current = svc.current_agreement()
+    return render_template(
+        "projects/agreements.html",
+        title="Data access agreement",
+        agreement=current,
+        error=error,
+    ), (400 if error else 200)
+
+
+def dataset_names(ids: list[str]) -> dict[str, Dataset]:
+    if not ids:
+        return {}
+    return {d.id: d for d in platform().db.session.scalars(select(Dataset).where(Dataset.id.in_(ids)))}
