@@ -4,10 +4,11 @@ Run:  python -m benchmarks.load [--seconds 20] [--backend both|embedded|postgres
 
 For each backend this starts the service as production runs it, on 127.0.0.1 and a free port:
 gunicorn with ``infra/production/gunicorn.conf.py`` (same processes and threads on both backends,
-so only the database and the broker differ) and one ``tre worker`` for every queue. The embedded
-backend is the default configuration (SQLite file, Celery on kombu's SQLAlchemy transport, worker
-with its sweeper, as ``tre run`` starts it); the other is PostgreSQL (a fresh database, dropped
-afterwards) and Redis (database 13), used when they answer on 127.0.0.1:5432 and :6379.
+so only the database and the broker differ) and one ``tre worker --no-beat`` for every queue (the
+periodic scheduler is left out: its jobs are not on the request path). The embedded backend is the
+default configuration (SQLite file, Celery on kombu's SQLAlchemy transport); the other is PostgreSQL
+(a fresh database, dropped afterwards) and Redis (database 13), used when they answer on
+127.0.0.1:5432 and :6379.
 
 Each instance gets the demo accounts (``tre demo load --patients 2000``); every demo person signs
 in over HTTP with password and TOTP (a cookie session for the pages) and gets a personal API token.
@@ -27,6 +28,7 @@ ratio, target, details): value is requests/s on PostgreSQL (embedded when Postgr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import itertools
 import json
@@ -43,6 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,9 +116,10 @@ class Service:
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, worker_beat: bool) -> None:
+    def start(self) -> None:
         web = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tre.wsgi:app"]
-        worker = [*tre_command(), "worker", "--beat" if worker_beat else "--no-beat", "--concurrency", "2"]
+        # No periodic scheduler: its jobs are not part of the request path being measured.
+        worker = [*tre_command(), "worker", "--no-beat", "--concurrency", "2"]
         for name, argv in (("web", web), ("worker", worker)):
             out = (self.logs / f"{name}.log").open("wb")
             self.procs[name] = subprocess.Popen(  # noqa: S603
@@ -302,6 +306,24 @@ def app_routes(env: dict[str, str]) -> list[tuple[str, set[str], list[str], str]
             json.loads(done.stdout.strip().splitlines()[-1])]
 
 
+def workspace_tokens(env: dict[str, str], pairs: list[tuple[str, str]]) -> list[str]:
+    """The token a workspace of each (user id, project id) would hold, signed by this instance's keys."""
+    if not pairs:
+        return []
+    code = (
+        "import json, sys\nfrom tre.app import create_app\n"
+        "from projects.workspaces import OUTPUT_AUDIENCE, OUTPUT_PURPOSE, OUTPUT_TOKEN_LIFETIME\n"
+        "tokens = create_app().extensions['tre.platform'].tokens\n"
+        "print(json.dumps([tokens.issue(u, OUTPUT_AUDIENCE, OUTPUT_PURPOSE, OUTPUT_TOKEN_LIFETIME, project_id=p)"
+        " for u, p in json.loads(sys.argv[1])]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(pairs)], env=env, cwd=REPO,  # noqa: S603
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not issue workspace tokens:\n{done.stderr[-2000:]}")
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def fill(rule: str, values: dict[str, str]) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: values[m.group(1)], rule)
 
@@ -331,8 +353,6 @@ def output_body(rnd: random.Random) -> tuple[bytes, str]:
 
 def plan_calls(port: int, env: dict[str, str], people: list[Person], notes: list[str]) -> dict[str, list[Call]]:
     """Every request of the mix that this version of the app answers with success, by class."""
-    from concurrent.futures import ThreadPoolExecutor
-
     routes = app_routes(env)
     admin = next(p for p in people if "administrator" in p.roles)
     values = {"user_id": admin.user_id}
@@ -348,7 +368,7 @@ def plan_calls(port: int, env: dict[str, str], people: list[Person], notes: list
         return path, who, headers, status, data
 
     done_rules: set[str] = set()
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         # Two rounds: lists answered in the first give the ids (project_id, dataset_id...) for the second.
         for _ in range(2):
             jobs = []
@@ -384,7 +404,7 @@ def plan_calls(port: int, env: dict[str, str], people: list[Person], notes: list
 
     # Writes: an administrator changes the roles of accounts made for the run (each one audited).
     admin_auth = (("Authorization", f"Bearer {admin.token}"), ("Content-Type", "application/json"))
-    for n in range(8):
+    for n in range(32):
         body = json.dumps({"email": f"load{n}-{uuid.uuid4().hex[:6]}@load.tre.example",
                            "display_name": f"Load test {n}", "roles": ["researcher"]}).encode()
         status, _, data = request_once(port, "POST", "/api/v1/users", body, dict(admin_auth))
@@ -397,27 +417,35 @@ def plan_calls(port: int, env: dict[str, str], people: list[Person], notes: list
                                        f"/api/v1/users/{user_id}/roles", admin_auth,
                                        body=json.dumps({"roles": roles}).encode()))
 
-    # Output submission, when the output-checking API exists and takes a request from a researcher.
+    # Output submission, as a workspace does it: with the project-scoped token a workspace receives
+    # (purpose output-submit), for each researcher and project where the access gate lets them in.
     outputs = [r for r in routes if r[0] == "/api/v1/outputs/requests" and "POST" in r[1]]
     if not outputs:
         notes.append("output submission skipped: POST /api/v1/outputs/requests does not exist in this version")
-    else:
-        refusals = []
-        for person in people:
-            if "researcher" not in person.roles:
-                continue
-            body, ctype = output_body(random.Random(0))
-            headers = (("Authorization", f"Bearer {person.token}"), ("Accept", "application/json"))
-            status, _, data = request_once(port, "POST", "/api/v1/outputs/requests", body,
-                                           {**dict(headers), "Content-Type": ctype})
-            if 200 <= status < 300:
-                calls["output"].append(Call("output", "POST /api/v1/outputs/requests", "POST",
-                                            "/api/v1/outputs/requests", headers, body_factory=output_body))
-            else:
-                refusals.append(f"{person.email.split('@')[0]}: {status} {data[:160].decode(errors='replace')}")
-        if not calls["output"]:
-            notes.append("output submission skipped: no demo researcher may submit without a project "
-                         "workspace (" + "; ".join(refusals) + ")")
+        return calls
+    pairs = []
+    for person in people:
+        if "researcher" not in person.roles:
+            continue
+        status, _, data = request_once(port, "GET", "/api/v1/projects", None,
+                                       {"Authorization": f"Bearer {person.token}"})
+        if status == 200:
+            pairs += [(person, str(p["id"])) for p in json.loads(data) if isinstance(p, dict) and "id" in p]
+    tokens = workspace_tokens(env, [(person.user_id, project) for person, project in pairs])
+    refusals = []
+    for (person, _project), token in zip(pairs, tokens, strict=True):
+        body, ctype = output_body(random.Random(0))
+        headers = (("Authorization", f"Bearer {token}"), ("Accept", "application/json"))
+        status, _, data = request_once(port, "POST", "/api/v1/outputs/requests", body,
+                                       {**dict(headers), "Content-Type": ctype})
+        if 200 <= status < 300:
+            calls["output"].append(Call("output", "POST /api/v1/outputs/requests", "POST",
+                                        "/api/v1/outputs/requests", headers, body_factory=output_body))
+        else:
+            refusals.append(f"{person.email.split('@')[0]}: {status} {data[:120].decode(errors='replace')}")
+    if not calls["output"]:
+        notes.append("output submission skipped: no researcher's workspace token was accepted ("
+                     + ("; ".join(refusals) or "no researcher has a project") + ")")
     return calls
 
 
@@ -510,6 +538,51 @@ class CpuSampler(threading.Thread):
                 "cores_used_by": by_group, "seconds": round(self.wall, 1)}
 
 
+class PostgresWaits(threading.Thread):
+    """Once a second: how many of this run's PostgreSQL sessions are busy, and what they wait for."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__(daemon=True)
+        self.database_url = database_url
+        self.stop_event = threading.Event()
+        self.samples = 0
+        self.active = 0
+        self.waiting = 0
+        self.events: dict[str, int] = {}
+        self.queries: dict[str, int] = {}
+
+    def run(self) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        engine = create_engine(self.database_url, pool_size=1, max_overflow=0)
+        name = make_url(self.database_url).database
+        query = text(
+            "SELECT wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) "
+            "FROM pg_stat_activity WHERE datname = :n AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        try:
+            with engine.connect() as conn:
+                while not self.stop_event.wait(1.0):
+                    rows = conn.execute(query, {"n": name}).all()
+                    conn.commit()
+                    self.samples += 1
+                    self.active += len(rows)
+                    for kind, event, sql in rows:
+                        if kind == "Lock":
+                            self.waiting += 1
+                            self.events[f"{kind}:{event}"] = self.events.get(f"{kind}:{event}", 0) + 1
+                            self.queries[sql] = self.queries.get(sql, 0) + 1
+        finally:
+            engine.dispose()
+
+    def summary(self) -> dict[str, Any]:
+        n = max(self.samples, 1)
+        top = sorted(self.queries.items(), key=lambda kv: -kv[1])[:3]
+        return {"mean_active_sessions": round(self.active / n, 2), "mean_sessions_waiting_on_locks":
+                round(self.waiting / n, 2), "lock_waits": self.events, "waiting_queries": [q for q, _ in top]}
+
+
 # --- the load --------------------------------------------------------------------------------------
 
 
@@ -585,7 +658,8 @@ def stats(rows: list[tuple[str, str, int, float]], seconds: float) -> dict[str, 
     }
 
 
-def bottleneck(backend: str, cpu: dict[str, Any], by_class: dict[str, Any], locked: int) -> str:
+def bottleneck(backend: str, cpu: dict[str, Any], by_class: dict[str, Any], locked: int,
+               waits: dict[str, Any] | None = None) -> str:
     cores = cpu["cores"]
     used = cpu["cores_used_by"]
     busy = cpu["machine_busy_percent"]
@@ -606,6 +680,15 @@ def bottleneck(backend: str, cpu: dict[str, Any], by_class: dict[str, Any], lock
     if backend == "embedded" and write and read and write["p99_ms"] > 2 * read["p99_ms"]:
         verdict += (f"; SQLite's single writer shows: write p99 {write['p99_ms']} ms against read p99 "
                     f"{read['p99_ms']} ms")
+    if backend == "embedded":
+        verdict += ("; on SQLite every transaction, reads included, starts with BEGIN IMMEDIATE (ADR 0002), so "
+                    "all requests of all gunicorn processes take the one database lock in turn")
+    if waits and waits["mean_sessions_waiting_on_locks"] >= 0.5:
+        top = ", ".join(f"{k} ({v} samples)" for k, v in sorted(waits["lock_waits"].items(), key=lambda kv: -kv[1]))
+        verdict += (f"; PostgreSQL: on average {waits['mean_sessions_waiting_on_locks']} of "
+                    f"{waits['mean_active_sessions']} busy sessions were waiting on a lock ({top})")
+        if any("advisory" in k for k in waits["lock_waits"]):
+            verdict += ": audited writes queue for the audit chain's advisory lock (ADR 0003), one at a time"
     if locked:
         verdict += f"; 'database is locked' appeared {locked} times in the server log"
     return verdict
@@ -645,7 +728,24 @@ def clear_redis_queues(url: str) -> None:
         log(f"note: could not clear Redis keys of the run: {exc}")
 
 
-def run_backend(backend: str, args: argparse.Namespace, database_url: str, broker_url: str) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    """An instance with its schema, demo accounts and API tokens, not yet serving."""
+
+    backend: str
+    database_url: str
+    broker_url: str
+    workdir: Path
+    env: dict[str, str]
+    port: int
+    accounts: dict[str, Any] = field(default_factory=dict)
+    tokens: dict[str, tuple[str, str]] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(backend: str, args: argparse.Namespace, database_url: str, broker_url: str) -> Prepared:
+    """``tre init``, ``tre demo load`` and a personal API token per demo person, in a fresh folder."""
     workdir = Path(tempfile.mkdtemp(prefix=f"tre-load-{backend}-"))
     instance = workdir / "instance"
     port = free_port()
@@ -659,70 +759,106 @@ def run_backend(backend: str, args: argparse.Namespace, database_url: str, broke
         settings["TRE_BROKER_URL"] = broker_url
     if args.web_workers:
         settings["WEB_CONCURRENCY"] = str(args.web_workers)
-    env = clean_environment(settings)
-    service = Service(env, port, workdir)
-    notes: list[str] = []
+    ready = Prepared(backend, database_url, broker_url, workdir, clean_environment(settings), port)
+    started = time.monotonic()
+    run_step([*tre_command(), "init"], ready.env, f"[{backend}] tre init")
+    ready.steps["init"] = time.monotonic() - started
+    try:
+        run_step([*tre_command(), "demo", "load", "--patients", str(args.patients)], ready.env,
+                 f"[{backend}] tre demo load")
+    except RuntimeError as exc:
+        if not (instance / "demo-accounts.json").exists():
+            raise
+        ready.notes.append(f"tre demo load stopped after the accounts: {str(exc).splitlines()[0]}")
+    ready.steps["demo load"] = time.monotonic() - started - ready.steps["init"]
+    ready.accounts = json.loads((instance / "demo-accounts.json").read_text())
+    ready.tokens = issue_tokens(database_url or f"sqlite:///{instance / 'tre.sqlite'}", list(ready.accounts))
+    return ready
+
+
+def first_error(log_text: str) -> str | None:
+    """The message of the first ERROR line of a JSON log, for the notes."""
+    for line in log_text.splitlines():
+        if '"level": "ERROR"' in line:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return line[:300]
+            detail = str(record.get("exc_info", "")).strip().splitlines()
+            return f"{record.get('message', '')} {detail[-1] if detail else ''}"[:300]
+    return None
+
+
+def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
+    """Start the service on a prepared instance, sign everybody in, drive the load, stop it."""
+    backend = ready.backend
+    service = Service(ready.env, ready.port, ready.workdir)
+    notes, steps = ready.notes, ready.steps
     try:
         started = time.monotonic()
-        steps: dict[str, float] = {}
-        run_step([*tre_command(), "init"], env, "tre init")
-        steps["init"] = time.monotonic() - started
-        try:
-            run_step([*tre_command(), "demo", "load", "--patients", str(args.patients)], env, "tre demo load")
-        except RuntimeError as exc:
-            if not (instance / "demo-accounts.json").exists():
-                raise
-            notes.append(f"tre demo load stopped after the accounts: {str(exc).splitlines()[0]}")
-        steps["demo load"] = time.monotonic() - started - sum(steps.values())
-        accounts = json.loads((instance / "demo-accounts.json").read_text())
-        tokens = issue_tokens(env.get("TRE_DATABASE_URL") or f"sqlite:///{instance / 'tre.sqlite'}", list(accounts))
-        service.start(worker_beat=broker_url == "")
-        steps["start"] = time.monotonic() - started - sum(steps.values())
+        service.start()
+        steps["start"] = time.monotonic() - started
         people = [
-            Person(email, info["roles"], tokens[email][0], tokens[email][1],
-                   sign_in(port, email, info["password"], info["totp_secret"]))
-            for email, info in accounts.items() if email in tokens
+            Person(email, info["roles"], ready.tokens[email][0], ready.tokens[email][1],
+                   sign_in(ready.port, email, info["password"], info["totp_secret"]))
+            for email, info in ready.accounts.items() if email in ready.tokens
         ]
-        steps["sign in"] = time.monotonic() - started - sum(steps.values())
-        calls = plan_calls(port, env, people, notes)
-        steps["probe"] = time.monotonic() - started - sum(steps.values())
-        prepared = time.monotonic() - started
-        log(f"[{backend}] ready in {prepared:.0f} s ("
-            + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items()) + f"): {len(people)} people signed in; mix: "
+        steps["sign in"] = time.monotonic() - started - steps["start"]
+        calls = plan_calls(ready.port, ready.env, people, notes)
+        steps["probe"] = time.monotonic() - started - steps["start"] - steps["sign in"]
+        log(f"[{backend}] ready (" + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
+            + f"): {len(people)} people signed in; requests in the mix: "
             + ", ".join(f"{c} {len(v)}" for c, v in calls.items() if v))
         sampler = CpuSampler({"web": service.procs["web"].pid, "worker": service.procs["worker"].pid})
         sampler.start()
-        rows, measured = drive(port, calls, args.users, args.seconds, args.warmup, args.max_requests, args.seed)
+        waits = PostgresWaits(ready.database_url) if ready.database_url else None
+        if waits is not None:
+            waits.start()
+        rows, measured = drive(ready.port, calls, args.users, args.seconds, args.warmup, args.max_requests,
+                               args.seed)
         sampler.stop_event.set()
         sampler.join()
+        if waits is not None:
+            waits.stop_event.set()
+            waits.join()
         overall = stats(rows, measured)
         by_class = {c: stats([r for r in rows if r[0] == c], measured) for c in MIX if calls.get(c)}
-        by_route: dict[str, Any] = {}
-        for label in sorted({r[1] for r in rows}):
-            by_route[label] = stats([r for r in rows if r[1] == label], measured)
+        by_route = {label: stats([r for r in rows if r[1] == label], measured)
+                    for label in sorted({r[1] for r in rows})}
         cpu = sampler.summary()
-        locked = service.tail("web", 10**8).count("database is locked")
+        # Requests per CPU-second the service itself used (web, worker, database, broker): comparable
+        # across runs even when other work shares the machine.
+        ours = {"web", "worker", "postgresql", "redis"} if ready.database_url else {"web", "worker"}
+        service_cores = sum(v for k, v in cpu["cores_used_by"].items() if k in ours)
+        cpu["service_cores"] = round(service_cores, 2)
+        cpu["requests_per_service_cpu_second"] = round(overall["rps"] / service_cores, 1) if service_cores else None
+        web_log = service.tail("web", 10**8)
+        locked = web_log.count("database is locked")
+        if overall["server_errors"] and (error := first_error(web_log)):
+            notes.append(f"first server error: {error}")
         statuses: dict[str, int] = {}
         for r in rows:
             statuses[str(r[2])] = statuses.get(str(r[2]), 0) + 1
         return {
-            "backend": backend, "database": "postgresql" if database_url else "sqlite",
-            "broker": urlparse(broker_url).scheme if broker_url else "sqla+sqlite",
+            "backend": backend, "database": "postgresql" if ready.database_url else "sqlite",
+            "broker": urlparse(ready.broker_url).scheme if ready.broker_url else "sqla+sqlite",
             "users": args.users, "seconds": round(measured, 1), **overall, "statuses": statuses,
             "by_class": by_class, "by_route": by_route, "cpu": cpu,
-            "bottleneck": bottleneck(backend, cpu, by_class, locked), "notes": notes,
+            "setup_seconds": {k: round(v) for k, v in steps.items()},
+            "postgres_waits": waits.summary() if waits is not None else None,
+            "bottleneck": bottleneck(backend, cpu, by_class, locked, waits.summary() if waits else None),
+            "notes": notes,
         }
     except BaseException:
         kept = Path(tempfile.gettempdir()) / f"tre-load-logs-{backend}-{os.getpid()}"
         kept.mkdir(exist_ok=True)
         for name in ("web.log", "worker.log"):
-            if (workdir / name).exists():
-                shutil.copy(workdir / name, kept / name)
+            if (ready.workdir / name).exists():
+                shutil.copy(ready.workdir / name, kept / name)
         log(f"[{backend}] failed; the server logs are kept in {kept}")
         raise
     finally:
         service.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -736,6 +872,8 @@ def print_report(result: dict[str, Any]) -> None:
         log(f"  {label:<40} {s['requests']:>7} req  p50 {s['p50_ms']:>7} ms  p99 {s['p99_ms']:>7} ms")
     log(f"statuses: {result['statuses']}")
     log(f"CPU: {result['cpu']}")
+    if result.get("postgres_waits"):
+        log(f"PostgreSQL sessions: {result['postgres_waits']}")
     log(f"bottleneck: {result['bottleneck']}")
     for note in result["notes"]:
         log(f"note: {note}")
@@ -756,20 +894,28 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
-    if args.backend in ("both", "embedded"):
-        results["embedded"] = run_backend("embedded", args, "", "")
-        print_report(results["embedded"])
+    wanted = ["embedded"] if args.backend in ("both", "embedded") else []
     if args.backend in ("both", "postgres"):
         if answers(LOOPBACK, 5432) and answers(LOOPBACK, 6379):
-            with postgres_database(POSTGRES_ADMIN_URL) as url:
-                try:
-                    results["postgres"] = run_backend("postgres", args, url, REDIS_URL)
-                finally:
-                    clear_redis_queues(REDIS_URL)
-            print_report(results["postgres"])
+            wanted.append("postgres")
         else:
             skipped.append("postgres")
             log("\n!!! POSTGRESQL OR REDIS NOT REACHABLE on 127.0.0.1:5432/6379: postgres backend NOT measured !!!")
+    with contextlib.ExitStack() as stack:
+        urls = {"embedded": ("", "")}
+        if "postgres" in wanted:
+            urls["postgres"] = (stack.enter_context(postgres_database(POSTGRES_ADMIN_URL)), REDIS_URL)
+            stack.callback(clear_redis_queues, REDIS_URL)
+        # Both instances are prepared at once (no load runs yet); the loads then run one after the other.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {name: pool.submit(prepare, name, args, *urls[name]) for name in wanted}
+            prepared = {}
+            for name, future in futures.items():
+                prepared[name] = future.result()
+                stack.callback(shutil.rmtree, prepared[name].workdir, True)
+        for name in wanted:
+            results[name] = measure(prepared[name], args)
+            print_report(results[name])
 
     pg, emb = results.get("postgres"), results.get("embedded")
     value = (pg or emb or {}).get("rps")
@@ -786,10 +932,11 @@ def main(argv: list[str] | None = None) -> int:
             "skipped_backends": skipped,
             "mix_weights": MIX,
             **{name: {k: r[k] for k in ("database", "broker", "users", "seconds", "requests", "rps", "p50_ms",
-                                         "p99_ms", "errors", "bottleneck")}
+                                         "p99_ms", "errors", "bottleneck", "setup_seconds", "postgres_waits")}
                | {"by_class": {c: {k: s[k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
                                for c, s in r["by_class"].items()},
                   "cores_used_by": r["cpu"]["cores_used_by"],
+                  "requests_per_service_cpu_second": r["cpu"]["requests_per_service_cpu_second"],
                   "machine_busy_percent": r["cpu"]["machine_busy_percent"]}
                for name, r in results.items()},
         },

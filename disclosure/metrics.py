@@ -36,8 +36,7 @@ class Summary:
             return cls()
         ordered = sorted(values)
         p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
-        return cls(len(ordered), float(sum(ordered)), float(statistics.median(ordered)), float(p90),
-                   float(ordered[-1]))
+        return cls(len(ordered), float(sum(ordered)), float(statistics.median(ordered)), float(p90), float(ordered[-1]))
 
 
 @dataclass(frozen=True)
@@ -59,19 +58,27 @@ def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics
     by_state = {state: 0 for state in rules.STATES}
     for state, count in session.execute(select(OutputRequest.state, func.count()).group_by(OutputRequest.state)):
         by_state[state] = int(count)
-    waiting = list(session.scalars(select(OutputRequest.last_submitted_at).where(
-        OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES - {rules.APPROVED})))))
+    waiting = list(
+        session.scalars(
+            select(OutputRequest.last_submitted_at).where(
+                OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES - {rules.APPROVED}))
+            )
+        )
+    )
     waiting = [w for w in waiting if w is not None]
     turnaround = [
         _seconds(decided, submitted)
         for submitted, decided in session.execute(
             select(OutputRequest.submitted_at, OutputRequest.decided_at).where(
-                OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None)))
+                OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None)
+            )
+        )
     ]
     latency = [
         _seconds(finished, created)
         for created, finished in session.execute(
-            select(Job.created_at, Job.finished_at).where(Job.kind == CHECK_JOB, Job.state == SUCCEEDED))
+            select(Job.created_at, Job.finished_at).where(Job.kind == CHECK_JOB, Job.state == SUCCEEDED)
+        )
         if finished is not None
     ]
     failed = session.scalar(select(func.count()).select_from(Job).where(Job.kind == CHECK_JOB, Job.state == FAILED))

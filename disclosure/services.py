@@ -170,18 +170,12 @@ class Outputs:
     @staticmethod
     def _get(s: Session, request_id: str, *, lock: bool = False) -> OutputRequest:
         # Fresh from the database: a worker in another process may have moved the request on.
-        req = (
-            s.get(OutputRequest, request_id, with_for_update=lock, populate_existing=True)
-            if request_id
-            else None
-        )
+        req = s.get(OutputRequest, request_id, with_for_update=lock, populate_existing=True) if request_id else None
         if req is None:
             raise NotFound("No such output request")
         return req
 
-    def _move(
-        self, s: Session, req: OutputRequest, target: str, actor: Any, action: str, **detail: Any
-    ) -> None:
+    def _move(self, s: Session, req: OutputRequest, target: str, actor: Any, action: str, **detail: Any) -> None:
         before = req.state
         rules.check_transition(before, target)
         req.state = target
@@ -192,9 +186,7 @@ class Outputs:
         if not perm.can_edit(actor, req):
             raise _Denied(action, getattr(actor, "id", None), req, "not the author")
 
-    def _require_gate(
-        self, s: Session, actor: Any, req: OutputRequest | None, project_id: str, action: str
-    ) -> None:
+    def _require_gate(self, s: Session, actor: Any, req: OutputRequest | None, project_id: str, action: str) -> None:
         decision = check_access(s, actor.id, project_id)
         if not decision.allowed:
             raise _Denied(
@@ -216,9 +208,7 @@ class Outputs:
             )
 
     @staticmethod
-    def _notify(
-        s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str
-    ) -> None:
+    def _notify(s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str) -> None:
         for uid in dict.fromkeys(user_ids):
             user = s.get(User, uid)
             if user is None or not user.is_active:
@@ -547,9 +537,7 @@ class Outputs:
             self._require_checker(s, actor, req, "output.assign")
             reviewer = s.get(User, reviewer_id)
             if reviewer is None or not perm.can_check(s, reviewer, req):
-                raise RuleViolation(
-                    "That person cannot check this request (not a checker, or on the project)"
-                )
+                raise RuleViolation("That person cannot check this request (not a checker, or on the project)")
             if req.state not in (rules.SUBMITTED, rules.CHECKING, rules.AWAITING_REVIEW):
                 raise RuleViolation("Only a request waiting for review can be claimed")
             reviews = self._reviewers(s, req)
@@ -557,9 +545,7 @@ class Outputs:
                 raise RuleViolation("That checker already holds a review of this request")
             if len(reviews) >= req.reviews_required:
                 raise RuleViolation(f"All {req.reviews_required} review places are taken")
-            review = OutputReview(
-                request_id=req.id, round=req.round, reviewer_id=reviewer_id, assigned_by=actor.id
-            )
+            review = OutputReview(request_id=req.id, round=req.round, reviewer_id=reviewer_id, assigned_by=actor.id)
             s.add(review)
             s.flush()
             self._record(
@@ -607,9 +593,7 @@ class Outputs:
             f = s.get(OutputFile, file_id)
             if f is None or f.request_id != req.id or f.superseded_at is not None:
                 raise NotFound("No such file in this request")
-            row = s.scalar(
-                select(OutputVote).where(OutputVote.file_id == f.id, OutputVote.reviewer_id == actor.id)
-            )
+            row = s.scalar(select(OutputVote).where(OutputVote.file_id == f.id, OutputVote.reviewer_id == actor.id))
             if row is None:
                 row = OutputVote(
                     request_id=req.id,
@@ -623,9 +607,7 @@ class Outputs:
             else:
                 row.vote, row.comment, row.round, row.updated_at = vote, rules_comment, req.round, utcnow()
             s.flush()
-            self._record(
-                s, "output.vote", actor, req, file_id=f.id, sha256=f.sha256, vote=vote, round=req.round
-            )
+            self._record(s, "output.vote", actor, req, file_id=f.id, sha256=f.sha256, vote=vote, round=req.round)
         return row
 
     def comment(
@@ -644,13 +626,9 @@ class Outputs:
             checker = perm.can_check(s, actor, req)
             if not checker:
                 if not perm.can_view_as_team(s, actor, req):
-                    raise _Denied(
-                        "output.comment", getattr(actor, "id", None), req, "neither checker nor team"
-                    )
+                    raise _Denied("output.comment", getattr(actor, "id", None), req, "neither checker nor team")
                 if visibility != rules.SHARED:
-                    raise RuleViolation(
-                        "Comments from the project's team are always shared with the checkers"
-                    )
+                    raise RuleViolation("Comments from the project's team are always shared with the checkers")
             if req.state in rules.TERMINAL_STATES:
                 raise RuleViolation("A closed request takes no more comments")
             if group_id is not None:
@@ -679,9 +657,7 @@ class Outputs:
             mine = {
                 v.file_id: v.vote
                 for v in s.scalars(
-                    select(OutputVote).where(
-                        OutputVote.request_id == req.id, OutputVote.reviewer_id == actor.id
-                    )
+                    select(OutputVote).where(OutputVote.request_id == req.id, OutputVote.reviewer_id == actor.id)
                 )
             }
             rules.check_review_complete(mine, file_ids)
@@ -707,9 +683,7 @@ class Outputs:
             (v.file_id, v.reviewer_id): v.vote
             for v in s.scalars(select(OutputVote).where(OutputVote.request_id == req.id))
         }
-        return bool(files) and all(
-            votes.get((f.id, r)) == rules.VOTE_APPROVE for f in files for r in reviewer_ids
-        )
+        return bool(files) and all(votes.get((f.id, r)) == rules.VOTE_APPROVE for f in files for r in reviewer_ids)
 
     def consolidate(self, actor: Any, request_id: str, outcome: str, comment: str = "") -> OutputDecision:
         """After every independent review: approve, return to the author for changes, or reject."""
@@ -778,9 +752,7 @@ class Outputs:
             if req.state == rules.SUBMITTED:
                 self._move(s, req, rules.CHECKING, actor, "output.checks_start")
             req.checks_finished_at = utcnow()
-            self._move(
-                s, req, rules.AWAITING_REVIEW, actor, "output.checks_failed", failed_files=status.failed_files
-            )
+            self._move(s, req, rules.AWAITING_REVIEW, actor, "output.checks_failed", failed_files=status.failed_files)
         return req
 
     def release(self, actor: Any, request_id: str) -> OutputRelease:
@@ -792,16 +764,10 @@ class Outputs:
             self._require_checker(s, actor, req, "output.release")
             rules.check_transition(req.state, rules.RELEASED)
             decision = s.scalar(
-                select(OutputDecision).where(
-                    OutputDecision.request_id == req.id, OutputDecision.round == req.round
-                )
+                select(OutputDecision).where(OutputDecision.request_id == req.id, OutputDecision.round == req.round)
             )
             current = {f.id: f.sha256 for f in req.current_files}
-            if (
-                decision is None
-                or decision.outcome != rules.OUTCOME_APPROVE
-                or decision.file_hashes != current
-            ):
+            if decision is None or decision.outcome != rules.OUTCOME_APPROVE or decision.file_hashes != current:
                 raise RuleViolation("The files differ from the ones approved: the request cannot be released")
             checks = _checks_by_file(s, req)
             bundle, manifest = build_bundle(s, req, self.files, checks, decision)
@@ -817,12 +783,8 @@ class Outputs:
             s.add(release)
             added = _record_in_ledger(s, req, checks)
             req.released_at = utcnow()
-            self._move(
-                s, req, rules.RELEASED, actor, "output.release", bundle_sha256=sha, ledger_entries=added
-            )
-            self._tell_team(
-                s, req, "Your approved outputs are released and can be downloaded", "output.released"
-            )
+            self._move(s, req, rules.RELEASED, actor, "output.release", bundle_sha256=sha, ledger_entries=added)
+            self._tell_team(s, req, "Your approved outputs are released and can be downloaded", "output.released")
         return release
 
     def download(self, actor: Any, request_id: str) -> tuple[bytes, OutputRelease]:
@@ -896,17 +858,11 @@ class Outputs:
         votes = list(s.scalars(select(OutputVote).where(OutputVote.request_id == req.id)))
         comments = list(
             s.scalars(
-                select(OutputComment)
-                .where(OutputComment.request_id == req.id)
-                .order_by(OutputComment.created_at)
+                select(OutputComment).where(OutputComment.request_id == req.id).order_by(OutputComment.created_at)
             )
         )
         decisions = list(
-            s.scalars(
-                select(OutputDecision)
-                .where(OutputDecision.request_id == req.id)
-                .order_by(OutputDecision.round)
-            )
+            s.scalars(select(OutputDecision).where(OutputDecision.request_id == req.id).order_by(OutputDecision.round))
         )
         if role == "checker":
             if not unblinded:
@@ -999,18 +955,14 @@ def automated_status(s: Session, req: OutputRequest, policy_sha256: str) -> Auto
     checked = {
         c.file_id
         for c in s.scalars(
-            select(OutputCheck).where(
-                OutputCheck.request_id == req.id, OutputCheck.policy_sha256 == policy_sha256
-            )
+            select(OutputCheck).where(OutputCheck.request_id == req.id, OutputCheck.policy_sha256 == policy_sha256)
         )
     }
     failed, reasons = [], []
     for f in files:
         if f.id in checked:
             continue
-        job = s.scalar(
-            select(Job).where(Job.idempotency_key == check_job_key(req.id, f.sha256, policy_sha256))
-        )
+        job = s.scalar(select(Job).where(Job.idempotency_key == check_job_key(req.id, f.sha256, policy_sha256)))
         if job is not None and job.state == FAILED:
             failed.append(f.id)
             reasons.append(f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)")
@@ -1080,9 +1032,7 @@ def advance_after_checks(
 def _review_targets(s: Session, req: OutputRequest) -> list[str]:
     reviewers = list(
         s.scalars(
-            select(OutputReview.reviewer_id).where(
-                OutputReview.request_id == req.id, OutputReview.round == req.round
-            )
+            select(OutputReview.reviewer_id).where(OutputReview.request_id == req.id, OutputReview.round == req.round)
         )
     )
     if reviewers:
@@ -1136,3 +1086,50 @@ __all__ = [
     "check_job_key",
     "load_ledger",
 ]
+
+
+# --- project closure -----------------------------------------------------------------------------
+
+
+def destroy_unreleased_outputs(session: Session, project_id: str, files: Any = None) -> dict[str, Any]:
+    """At data destruction: withdraw the project's open requests and delete the stored copies of every
+    file that was never released (a copy another request still needs is kept). Idempotent."""
+    from disclosure.models import OutputFile as File
+
+    withdrawn = 0
+    for req in session.scalars(select(OutputRequest).where(OutputRequest.project_id == project_id)):
+        if (req.state, rules.WITHDRAWN) in rules.TRANSITIONS:
+            req.state, req.state_changed_at = rules.WITHDRAWN, utcnow()
+            withdrawn += 1
+    session.flush()
+    released = (rules.RELEASED, rules.REVOKED)
+    ours = set(
+        session.scalars(
+            select(File.sha256)
+            .join(OutputRequest, OutputRequest.id == File.request_id)
+            .where(OutputRequest.project_id == project_id, OutputRequest.state.not_in(released))
+        )
+    )
+    still_needed = set(
+        session.scalars(
+            select(File.sha256)
+            .join(OutputRequest, OutputRequest.id == File.request_id)
+            .where((OutputRequest.project_id != project_id) | OutputRequest.state.in_(released))
+        )
+    )
+    doomed = sorted(ours - still_needed)
+    if doomed and files is None:
+        from flask import current_app
+
+        files = current_app.extensions["tre.platform"].files
+    deleted = sum(1 for sha in doomed if files.delete(sha))
+    return {"requests_withdrawn": withdrawn, "files_deleted": deleted}
+
+
+def _register_closure_hook() -> None:
+    from projects.closure import register_destruction_hook
+
+    register_destruction_hook("output-files", destroy_unreleased_outputs)
+
+
+_register_closure_hook()

@@ -12,8 +12,10 @@ and ask the access gate (``projects.gate``) before touching data.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import hashlib
+import io
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,9 +137,7 @@ class ApprovedDataset:
 
 def approved_datasets(session: Session, project_id: str) -> list[ApprovedDataset]:
     rows = session.execute(
-        select(ApprovedColumn.dataset_id, ApprovedColumn.column_name).where(
-            ApprovedColumn.project_id == project_id
-        )
+        select(ApprovedColumn.dataset_id, ApprovedColumn.column_name).where(ApprovedColumn.project_id == project_id)
     ).all()
     by_dataset: dict[str, set[str]] = {}
     for dataset_id, column in rows:
@@ -214,9 +214,7 @@ class Projects:
             raise NotFound("No such project")
         return project
 
-    def _move(
-        self, s: Session, project: Project, target: str, actor: Any, action: str, **detail: Any
-    ) -> None:
+    def _move(self, s: Session, project: Project, target: str, actor: Any, action: str, **detail: Any) -> None:
         before = project.state
         check_transition(before, target)
         project.state = target
@@ -355,9 +353,7 @@ class Projects:
         with self._tx() as s:
             self._allow(perm.can_apply(actor), "project.create", actor)
             project = Project(title=title, pi_id=actor.id, state=DRAFT)
-            project.members = [
-                ProjectMember(user_id=actor.id, role=PRINCIPAL_INVESTIGATOR, added_by=actor.id)
-            ]
+            project.members = [ProjectMember(user_id=actor.id, role=PRINCIPAL_INVESTIGATOR, added_by=actor.id)]
             s.add(project)
             s.flush()
             self._record(s, "project.create", actor, project)
@@ -580,9 +576,7 @@ class Projects:
         )
 
     def _votes(self, version: ApplicationVersion) -> list[Vote]:
-        return list(
-            self.session.scalars(select(Vote).where(Vote.version_id == version.id).order_by(Vote.cast_at))
-        )
+        return list(self.session.scalars(select(Vote).where(Vote.version_id == version.id).order_by(Vote.cast_at)))
 
     def votes_visible_to(
         self, actor: Any, project: Project, version: ApplicationVersion | None = None
@@ -596,9 +590,7 @@ class Projects:
         has_voted = any(v.reviewer_id == actor.id for v in votes)
         return votes if perm.can_see_votes(actor, assignment, has_voted) else None
 
-    def assign_reviewers(
-        self, actor: Any, project_id: str, reviewer_ids: Sequence[str]
-    ) -> list[ReviewAssignment]:
+    def assign_reviewers(self, actor: Any, project_id: str, reviewer_ids: Sequence[str]) -> list[ReviewAssignment]:
         """The chair assigns committee members to the current version; the review starts."""
         reviewer_ids = list(dict.fromkeys(r for r in reviewer_ids if r))
         if not reviewer_ids:
@@ -652,9 +644,7 @@ class Projects:
             project = self._project(s, project_id, lock=True)
             version = self.current_version(project)
             assignment = self.assignment_for(version, actor.id)
-            self._allow(
-                perm.can_review(actor) and assignment is not None, "project.declare_conflict", actor, project
-            )
+            self._allow(perm.can_review(actor) and assignment is not None, "project.declare_conflict", actor, project)
             assert assignment is not None and version is not None
             if assignment.conflicted:
                 raise ProjectError("You have already declared a conflict of interest on this application")
@@ -678,9 +668,7 @@ class Projects:
                 raise ProjectError("Votes can be cast only while the application is in review")
             if s.scalar(select(Vote.id).where(Vote.version_id == version.id, Vote.reviewer_id == actor.id)):
                 raise ProjectError("You have already voted on this version")
-            vote = Vote(
-                version_id=version.id, reviewer_id=actor.id, choice=choice, rationale=rationale.strip()
-            )
+            vote = Vote(version_id=version.id, reviewer_id=actor.id, choice=choice, rationale=rationale.strip())
             s.add(vote)
             s.flush()
             self._record(s, "project.vote", actor, project, version=version.number, choice=choice)
@@ -726,9 +714,7 @@ class Projects:
             if outcome == APPROVED:
                 requested = {d["name"]: list(d["columns"]) for d in version.content["datasets"]}
                 ids = {d["name"]: d["dataset_id"] for d in version.content["datasets"]}
-                chosen = check_approved_columns(
-                    requested, requested if approved_columns is None else approved_columns
-                )
+                chosen = check_approved_columns(requested, requested if approved_columns is None else approved_columns)
                 s.execute(delete(ApprovedColumn).where(ApprovedColumn.project_id == project.id))
                 for name, cols in chosen.items():
                     for col in cols:
@@ -815,9 +801,7 @@ class Projects:
             self.session, self.audit, project_id, actor_id=actor.id, reason=reason, request_id=self.request_id
         )
 
-    def request_extension(
-        self, actor: Any, project_id: str, new_end_date: dt.date, reason: str
-    ) -> ExtensionRequest:
+    def request_extension(self, actor: Any, project_id: str, new_end_date: dt.date, reason: str) -> ExtensionRequest:
         with self._tx() as s:
             project = self._project(s, project_id, lock=True)
             self._allow(perm.is_pi(actor, project), "project.request_extension", actor, project)
@@ -878,9 +862,7 @@ class Projects:
             ext.decided_at = utcnow()
             if grant:
                 project.end_date = ext.requested_end_date
-            self._record(
-                s, "project.decide_extension", actor, project, extension_id=ext.id, outcome=ext.outcome
-            )
+            self._record(s, "project.decide_extension", actor, project, extension_id=ext.id, outcome=ext.outcome)
         return ext
 
     # --- agreements -------------------------------------------------------------------------------
@@ -930,9 +912,7 @@ class Projects:
     def current_agreement(self) -> AgreementTemplate | None:
         return current_agreement(self.session)
 
-    def sign_agreement(
-        self, actor: Any, project_id: str, content_hash: str, signed_name: str
-    ) -> AgreementSignature:
+    def sign_agreement(self, actor: Any, project_id: str, content_hash: str, signed_name: str) -> AgreementSignature:
         """Sign the current version for this project; ``content_hash`` is the version the person read."""
         with self._tx() as s:
             project = self._project(s, project_id, lock=True)
@@ -1033,6 +1013,57 @@ class Projects:
             )
         return record
 
+    def import_training(self, actor: Any, csv_text: str) -> int:
+        """Import records from CSV lines ``email,completed_on,expires_on[,reference]`` (ISO dates).
+
+        All or nothing: any bad line refuses the whole import and names every bad line.
+        """
+        rows: list[tuple[str, dt.date, dt.date, str]] = []
+        problems: list[str] = []
+        for number, row in enumerate(csv.reader(io.StringIO(csv_text or "")), start=1):
+            if not row or not any(cell.strip() for cell in row) or row[0].strip().lower() == "email":
+                continue
+            if len(row) < 3:
+                problems.append(f"Line {number}: give an email, a completion date and an expiry date")
+                continue
+            try:
+                completed, expires = dt.date.fromisoformat(row[1].strip()), dt.date.fromisoformat(row[2].strip())
+            except ValueError:
+                problems.append(f"Line {number}: write dates like 2026-04-30")
+                continue
+            if expires < completed or completed > utcnow().date():
+                problems.append(f"Line {number}: the dates are not possible")
+                continue
+            reference = row[3].strip() if len(row) > 3 else ""
+            rows.append((row[0].strip().lower(), completed, expires, reference))
+        if not rows and not problems:
+            raise ProjectError("There is nothing to import")
+        with self._tx() as s:
+            self._allow(perm.can_manage_training(actor), "training.import", actor)
+            users = {u.email: u for u in s.scalars(select(User).where(User.email.in_([r[0] for r in rows])))}
+            problems += [f"No account for {email}" for email, *_ in rows if email not in users]
+            if problems:
+                raise ProjectError("Nothing was imported: " + "; ".join(problems))
+            for email, completed, expires, reference in rows:
+                s.add(
+                    TrainingRecord(
+                        user_id=users[email].id,
+                        course=self.policy.training_course,
+                        completed_on=completed,
+                        expires_on=expires,
+                        reference=reference[:200],
+                        recorded_by=getattr(actor, "id", None),
+                    )
+                )
+            self.audit.record(
+                s,
+                "training.import",
+                actor_id=getattr(actor, "id", None),
+                request_id=self.request_id,
+                detail={"records": len(rows), "user_ids": sorted(users[r[0]].id for r in rows)},
+            )
+        return len(rows)
+
     def training_records(self, user_id: str) -> list[TrainingRecord]:
         return list(
             self.session.scalars(
@@ -1068,17 +1099,13 @@ class Projects:
         """Applications waiting for the committee, oldest first (their age is how long they have waited)."""
         return list(
             self.session.scalars(
-                select(Project)
-                .where(Project.state.in_((SUBMITTED, IN_REVIEW)))
-                .order_by(Project.state_changed_at)
+                select(Project).where(Project.state.in_((SUBMITTED, IN_REVIEW))).order_by(Project.state_changed_at)
             )
         )
 
     def governed_projects(self) -> list[Project]:
         return list(
             self.session.scalars(
-                select(Project)
-                .where(Project.state.in_((APPROVED, ACTIVE, SUSPENDED)))
-                .order_by(Project.end_date)
+                select(Project).where(Project.state.in_((APPROVED, ACTIVE, SUSPENDED))).order_by(Project.end_date)
             )
         )

@@ -232,14 +232,16 @@ class _Plan:
         return text & set(self.read_columns)
 
 
-def _transform_column(spec: ColumnSpec, table: pa.Table, ps: tokens.Pseudonyms | None, keys: ExtractKeys):
+def _transform_column(
+    spec: ColumnSpec, table: pa.Table, ps: tokens.Pseudonyms | None, token_column: pa.Array | None, keys: ExtractKeys
+):
     t = spec.effective_transform
     values = _column(table, spec.name)
     match t.kind:
         case TransformKind.KEEP:
             return values
         case TransformKind.NHS_TOKEN:
-            return tokens.project_tokens(ps, keys.project_key)
+            return token_column
         case TransformKind.DOB_YEAR:
             return generalise.dob_to_year(values)
         case TransformKind.DOB_AGE_BAND:
@@ -274,7 +276,7 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
     acc.add(table, parsed.reasons() if parsed is not None else None)
     stats["quality"] = acc.state()
     stats.update(opted_out={}, exempt_would_remove={}, rejected={}, invalid_kept={}, rows_opted_out=0)
-    ps = None
+    ps = token_column = None
     if parsed is not None:
         opt = apply_optouts(parsed, plan.optout_lists, plan.exempt)
         stats.update(opted_out=opt.removed_by_list, exempt_would_remove=opt.would_remove_by_exempt_list)
@@ -290,8 +292,13 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
         if not keep.all():
             table = table.filter(pa.array(keep))
             parsed = parsed.filter(keep)
-        ps = tokens.internal_pseudonyms(parsed, plan.keys.linkage_key)
-    out = pa.table({c.effective_output_name: _transform_column(c, table, ps, plan.keys) for c in plan.outputs})
+        if plan.token_outputs:
+            token_column, ps = tokens.tokens_and_pseudonyms(parsed, plan.keys.linkage_key, plan.keys.project_key)
+        else:
+            ps = tokens.internal_pseudonyms(parsed, plan.keys.linkage_key)
+    out = pa.table(
+        {c.effective_output_name: _transform_column(c, table, ps, token_column, plan.keys) for c in plan.outputs}
+    )
     stats["rows_out"] = out.num_rows
     return out
 

@@ -400,7 +400,7 @@ def _token_bodies(blocks: np.ndarray, project_key: bytes, prefix: bytes = b"") -
 
     Hex spelled with consonants rather than base32: a byte-to-two-letters table lookup is several
     times faster over a column than base32's five-bit groups; with no digits a token can never hold
-    anything that looks like an NHS number (plain hex would: a run of ten digits in one token in ten),
+    anything that looks like an NHS number (plain hex would: a run of ten digits in one token in twelve),
     and with one case it survives spreadsheets, whose case-insensitive matching would merge base64.
     """
     n = len(blocks)
@@ -451,8 +451,18 @@ def tokenise(values: pa.Array | ParsedNumbers, linkage_key: bytes, project_key: 
     return project_tokens(internal_pseudonyms(values, linkage_key), project_key)
 
 
-def _tokenise_valid_digits(digits: np.ndarray, linkage_key: bytes, project_key: bytes) -> pa.Array | None:
-    """Tokens for an (n, 10) array of ASCII digits, or None as soon as one row is not a valid number."""
+def _tokenise_valid_digits(
+    digits: np.ndarray,
+    linkage_key: bytes,
+    project_key: bytes,
+    *,
+    checked: bool = False,
+    pseudonyms_out: np.ndarray | None = None,
+) -> pa.Array | None:
+    """Tokens for an (n, 10) array of ASCII digits, or None as soon as one row is not a valid number.
+
+    ``checked`` skips the check when the caller already knows every row is valid; ``pseudonyms_out``,
+    an (n, 16) array, receives the internal pseudonyms on the way past."""
     n, prefix = len(digits), TOKEN_PREFIX.encode()
     out, buffer = _pool_array(n, len(prefix) + 2 * BLOCK_BYTES)
     out[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
@@ -463,14 +473,28 @@ def _tokenise_valid_digits(digits: np.ndarray, linkage_key: bytes, project_key: 
     status = np.empty(min(n, _SLICE_ROWS), dtype=np.int8)
     for lo in range(0, n, _SLICE_ROWS):
         m = min(_SLICE_ROWS, n - lo)
-        _status_of_digits(digits[lo : lo + m], status[:m])
-        if (status[:m] != Status.VALID).any():
-            return None
+        if not checked:
+            _status_of_digits(digits[lo : lo + m], status[:m])
+            if (status[:m] != Status.VALID).any():
+                return None
         plain[:m, 6:] = digits[lo : lo + m]
         layer_one.apply(plain[:m], middle[:m])
+        if pseudonyms_out is not None:
+            pseudonyms_out[lo : lo + m] = middle[:m]
         layer_two.apply(middle[:m], middle[:m])
         out[lo : lo + m, len(prefix) :] = _spell(middle[:m])
     return _fixed_width_strings(out, None, buffer)
+
+
+def tokens_and_pseudonyms(parsed: ParsedNumbers, linkage_key: bytes, project_key: bytes) -> tuple[pa.Array, Pseudonyms]:
+    """Project tokens plus the internal pseudonyms (which date shifts need), in one pass when every
+    row is valid — the usual case once the reject policy has removed the rest."""
+    if len(parsed) and (parsed.status == Status.VALID).all():
+        blocks = np.empty((len(parsed), BLOCK_BYTES), dtype=np.uint8)
+        column = _tokenise_valid_digits(parsed.digits, linkage_key, project_key, checked=True, pseudonyms_out=blocks)
+        return column, Pseudonyms(blocks=blocks, status=parsed.status)
+    pseudonyms = internal_pseudonyms(parsed, linkage_key)
+    return project_tokens(pseudonyms, project_key), pseudonyms
 
 
 def tokenise_distinct(values: pa.Array, linkage_key: bytes, project_key: bytes) -> pa.Array:

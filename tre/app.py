@@ -155,6 +155,7 @@ def _nav_for(user: Any) -> list[tuple[str, str]]:
         (Permission.CATALOGUE_BROWSE, "Datasets", "catalogue.index"),
         (Permission.APPLICATION_REVIEW, "Applications", "dac.queue"),
         (Permission.OUTPUT_REVIEW, "Output checking", "outputs.queue"),
+        (Permission.EXTRACT_MANAGE, "Extracts", "extracts.index"),
         (Permission.USER_MANAGE, "People", "admin.users"),
         (Permission.AUDIT_VIEW, "Audit log", "audit.search"),
     ]

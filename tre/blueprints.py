@@ -22,17 +22,19 @@ def page_blueprints() -> list[Any]:
     from tre.web.outputs import bp as outputs
     from tre.web.outputs import prometheus_bp as outputs_metrics
     from tre.web.projects import bp as projects
+    from tre.web.extracts import bp as extracts
     from tre.web.workspaces import bp as workspaces
 
-    return [web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces]
+    return [web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces, extracts]
 
 
 def api_blueprints() -> list[Any]:
+    from tre.api import extracts as extracts_api
     from tre.api import hub, identity, meta
     from tre.api import outputs as outputs_api
     from tre.api import projects as projects_api
 
-    return [meta.blp, identity.blp, hub.blp, projects_api.blp, outputs_api.blp]
+    return [meta.blp, identity.blp, hub.blp, projects_api.blp, outputs_api.blp, extracts_api.blp]
 
 
 def register_pages(app: Flask) -> None:

@@ -204,6 +204,90 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
+# --- extracts -------------------------------------------------------------------------------------
+
+
+@main.group("extract")
+def extract_cli() -> None:
+    """Project extracts (approved columns, tokenised and generalised)."""
+
+
+def _custodian(app: Any, email: str) -> Any:
+    from sqlalchemy import select
+
+    from tre.core.identity import User
+
+    user = app.extensions["tre.db"].session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        raise click.ClickException(f"no account {email}")
+    return user
+
+
+@extract_cli.command("build")
+@click.argument("project_id")
+@click.option("--as", "as_email", required=True, help="The data custodian asking (recorded in the audit log).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Run it here and show progress.")
+def extract_build(project_id: str, as_email: str, wait: bool) -> None:
+    """Build PROJECT's extract (queued for a worker, or run here with --wait)."""
+    from tre.app import create_app
+    from tre.core import jobs
+    from pseudonymisation.services import ExtractServiceError
+    from pseudonymisation.tasks import extracts_service
+
+    app = create_app()
+    p = app.extensions["tre.platform"]
+    if wait:
+        jobs.set_dispatcher(None)  # this process runs the job itself, below
+    with app.app_context():
+        service = extracts_service(p)
+        try:
+            extract = service.request(_custodian(app, as_email), project_id)
+        except ExtractServiceError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"extract {extract.id}: {extract.state} (job {extract.job_id})")
+        if wait and extract.state not in ("succeeded", "failed") and extract.job_id:
+            outcome = jobs.run_job(p.db, extract.job_id, lease_seconds=p.settings.job_lease_seconds)
+            p.db.session.expire_all()
+            job = p.db.session.get(jobs.Job, extract.job_id)
+            click.echo(f"job {extract.job_id}: {outcome}" + (f" — {job.last_error}" if job and job.last_error else ""))
+
+
+@extract_cli.command("status")
+@click.argument("project_id")
+def extract_status(project_id: str) -> None:
+    """Show PROJECT's latest extract and its job's progress."""
+    from tre.app import create_app
+    from tre.core.jobs import Job
+    from pseudonymisation.tasks import extracts_service
+
+    app = create_app()
+    p = app.extensions["tre.platform"]
+    extract = extracts_service(p).latest(project_id)
+    if extract is None:
+        raise click.ClickException("no extract for that project")
+    job = p.db.session.get(Job, extract.job_id) if extract.job_id else None
+    click.echo(f"extract {extract.id}: {extract.state}")
+    if job is not None:
+        click.echo(f"job {job.id}: {job.state}, {job.progress:.0%} {job.progress_message} "
+                   f"(attempt {job.attempts}/{job.max_attempts}){' — ' + job.last_error if job.last_error else ''}")
+
+
+@extract_cli.command("manifest")
+@click.argument("project_id")
+def extract_manifest(project_id: str) -> None:
+    """Print PROJECT's latest extract manifest (counts, transforms, k-anonymity; never keys)."""
+    import json
+
+    from tre.app import create_app
+    from pseudonymisation.tasks import extracts_service
+
+    app = create_app()
+    extract = extracts_service(app.extensions["tre.platform"]).latest(project_id)
+    if extract is None or not extract.manifest:
+        raise click.ClickException("no finished extract for that project")
+    click.echo(json.dumps(extract.manifest, indent=2))
+
+
 # --- people ---------------------------------------------------------------------------------------
 
 

@@ -97,6 +97,9 @@ limit_request_fields = 100
 # connections must not be shared across fork.
 preload_app = False
 proc_name = "tre-web"
+# No run-time control socket (gunicorn 25+): restarts and scaling go through systemd or Kubernetes,
+# and two servers of one user would otherwise share $HOME/.gunicorn/gunicorn.ctl.
+control_socket_disable = True
 
 # --- logs -----------------------------------------------------------------------------------------
 

@@ -40,11 +40,7 @@ def run_queued_jobs(app: Any) -> list[str]:
         while True:
             with db.session_factory() as s:
                 ids = list(
-                    s.scalars(
-                        _select(jobs.Job.id)
-                        .where(jobs.Job.state == jobs.QUEUED)
-                        .order_by(jobs.Job.created_at)
-                    )
+                    s.scalars(_select(jobs.Job.id).where(jobs.Job.state == jobs.QUEUED).order_by(jobs.Job.created_at))
                 )
             if not ids:
                 return outcomes
@@ -71,9 +67,7 @@ def person(app: Any, key: str, roles: list[str], *, can_sign_in: bool = False) -
     return user
 
 
-def active_project(
-    app: Any, pi: User, members: list[User] = (), *, title: str = "Asthma outcomes"
-) -> Project:  # type: ignore[assignment]
+def active_project(app: Any, pi: User, members: list[User] = (), *, title: str = "Asthma outcomes") -> Project:  # type: ignore[assignment]
     """A project in its active period whose PI and members have signed and trained (the gate allows them)."""
     s = platform(app).db.session
     today = utcnow().date()
@@ -172,9 +166,7 @@ class World:
             self.svc.claim(checker, req.id)
             vote = votes.get(key, "approve")
             for f in self.refresh(req).current_files:
-                self.svc.vote(
-                    checker, req.id, f.id, vote, "Round the counts" if vote == "changes_requested" else ""
-                )
+                self.svc.vote(checker, req.id, f.id, vote, "Round the counts" if vote == "changes_requested" else "")
             self.svc.submit_review(checker, req.id)
         return self.refresh(req)
 

@@ -28,8 +28,15 @@ from tre.core.audit import AuditEvent
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROWS = 3_000_000  # about five seconds of re-computation: a wide window to kill the worker in
-SPEC = {"dataset": "admissions", "filters": [], "dims": ["region", "sex"], "n_row_dims": 1,
-        "statistic": "count", "value": None, "person": "pid"}
+SPEC = {
+    "dataset": "admissions",
+    "filters": [],
+    "dims": ["region", "sex"],
+    "n_row_dims": 1,
+    "statistic": "count",
+    "value": None,
+    "person": "pid",
+}
 
 
 @pytest.fixture(params=["sqlite+sqla", "postgresql+redis"])
@@ -54,11 +61,13 @@ def workers() -> Iterator[list[Worker]]:
 
 def write_big_extract(instance: Path, project_id: str) -> None:
     rng = np.random.default_rng(11)
-    frame = pd.DataFrame({
-        "region": rng.choice(["North", "South", "East", "West", "Central"], ROWS),
-        "sex": rng.choice(["F", "M"], ROWS),
-        "pid": rng.integers(0, ROWS // 2, ROWS),
-    })
+    frame = pd.DataFrame(
+        {
+            "region": rng.choice(["North", "South", "East", "West", "Central"], ROWS),
+            "sex": rng.choice(["F", "M"], ROWS),
+            "pid": rng.integers(0, ROWS // 2, ROWS),
+        }
+    )
     folder = instance / "extracts" / project_id / "admissions" / "data"
     folder.mkdir(parents=True)
     frame.to_parquet(folder / "part-00000.parquet")
@@ -75,8 +84,10 @@ def submit(client: Any, token: str, key: str) -> Any:
             "context": "All admissions in the extract, by region and sex",
             "controls": "Small counts suppressed by the session",
             "table_specs": json.dumps({"table.csv": SPEC}),
-            "files": [(io.BytesIO(b"region,F,M\nNorth,1,2\n"), "table.csv"),
-                      (io.BytesIO(b"Methods: counts of admissions"), "notes.txt")],
+            "files": [
+                (io.BytesIO(b"region,F,M\nNorth,1,2\n"), "table.csv"),
+                (io.BytesIO(b"Methods: counts of admissions"), "notes.txt"),
+            ],
         },
         content_type="multipart/form-data",
     )
@@ -88,22 +99,30 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
     database_url, broker_url = backends
     instance = tmp_path / "instance"
     instance.mkdir()
-    env = dict(os.environ, TRE_INSTANCE_PATH=str(instance), TRE_DATABASE_URL=database_url,
-               TRE_BROKER_URL=broker_url, TRE_JOB_LEASE_SECONDS="2", TRE_JOB_SWEEP_INTERVAL_SECONDS="1",
-               TRE_JOB_REQUEUE_AFTER_SECONDS="4")
+    env = dict(
+        os.environ,
+        TRE_INSTANCE_PATH=str(instance),
+        TRE_DATABASE_URL=database_url,
+        TRE_BROKER_URL=broker_url,
+        TRE_JOB_LEASE_SECONDS="2",
+        TRE_JOB_SWEEP_INTERVAL_SECONDS="1",
+        TRE_JOB_REQUEUE_AFTER_SECONDS="4",
+    )
     migrate.upgrade(database_url)
     from tre.app import create_app
 
-    app = create_app({"TRE_SETTINGS": {"instance_path": instance, "database_url": database_url,
-                                       "broker_url": broker_url}})
+    app = create_app(
+        {"TRE_SETTINGS": {"instance_path": instance, "database_url": database_url, "broker_url": broker_url}}
+    )
     db = app.extensions["tre.db"]
     platform = app.extensions["tre.platform"]
     author = person(app, "rita", ["researcher"])
     person(app, "olive", ["output_checker"])
     project = active_project(app, author)
     write_big_extract(instance, project.id)
-    token = platform.tokens.issue(author.id, "tre-api", "output-submit", dt.timedelta(minutes=30),
-                                  project_id=project.id)
+    token = platform.tokens.issue(
+        author.id, "tre-api", "output-submit", dt.timedelta(minutes=30), project_id=project.id
+    )
     log = tmp_path / "worker.log"
     workers.append(Worker(env, log))
     client = app.test_client()
@@ -124,8 +143,12 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
                 s.expunge(job)
             return job
 
-    _wait_for(lambda: (j := table_job()) is not None and j.state == jobs.RUNNING and j.progress > 0,
-              90, "the table's check to start", log)
+    _wait_for(
+        lambda: (j := table_job()) is not None and j.state == jobs.RUNNING and j.progress > 0,
+        90,
+        "the table's check to start",
+        log,
+    )
     time.sleep(1.0)  # well inside the re-computation
     workers[0].kill()
     workers.append(Worker(env, log))

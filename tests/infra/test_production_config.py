@@ -663,3 +663,22 @@ def test_access_log_lines_in_text_leave_out_the_query_string(
     conf = runpy.run_path(str(GUNICORN_CONF))
     line = _access_line(conf, "/api/v1/me", "access_token=very-secret")
     assert line.startswith("GET /api/v1/me 200") and "very-secret" not in line
+
+
+# --- the image ------------------------------------------------------------------------------------
+
+
+def test_image_runs_as_the_user_and_from_the_folder_the_manifests_expect() -> None:
+    dockerfile = (PRODUCTION / "Dockerfile").read_text(encoding="utf-8")
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    user = re.search(r"^USER (\d+):(\d+)$", final_stage, re.M)
+    assert user, "the image must name a numeric user, or runAsNonRoot cannot check it"
+    workdir = re.search(r"^WORKDIR (\S+)$", final_stage, re.M)
+    assert workdir
+    for doc in workloads():
+        ctx = pod_spec(doc)["securityContext"]
+        assert (str(ctx["runAsUser"]), str(ctx["runAsGroup"])) == user.groups(), doc["metadata"]["name"]
+    (web,) = containers(find("Deployment", "tre-web"))
+    config = web["command"][web["command"].index("--config") + 1]
+    assert config == f"{workdir.group(1)}/infra/production/gunicorn.conf.py"
+    assert (REPO / config.removeprefix(workdir.group(1) + "/")).exists()

@@ -372,3 +372,16 @@ def test_only_custodians_register_datasets(w: World) -> None:
             sensitivity="high",
             columns=[{"name": "a", "role": "attribute"}],
         )
+
+
+def test_training_import_adds_every_record_or_none(w: World) -> None:
+    good = f"email,completed_on,expires_on,reference\n{w.pi.email},{TODAY},{TODAY + dt.timedelta(days=365)},C-1\n"
+    bad = good + f"nobody@nhs.example,{TODAY},{TODAY + dt.timedelta(days=365)}\n{w.member.email},yesterday,x\n"
+
+    with pytest.raises(RuleViolation) as refused:
+        w.svc.import_training(w.admin, bad)
+    assert "Line 4: write dates" in str(refused.value) and "No account for nobody@nhs.example" in str(refused.value)
+    assert w.svc.training_expiry(w.pi.id) is None
+
+    assert w.svc.import_training(w.admin, good) == 1
+    assert w.svc.training_expiry(w.pi.id) == TODAY + dt.timedelta(days=365)

@@ -45,3 +45,11 @@ def test_linkage_rate_counts_distinct_patients_each_way():
     assert rate["matched_patients"] == 2
     assert rate["left_linked_fraction"] == round(2 / 3, 6)
     assert rate["right_linked_fraction"] == 0.5
+
+
+def test_blank_detection_finds_unicode_spaces_and_ignores_nulls_and_sliced_rows():
+    values = pa.array(["ok", "\u00a0", "", None, " \t", "x"]).slice(1)
+
+    assert quality.missing_count(values) == 4
+    assert quality.missing_count(pa.array(["a", "b"])) == 0
+    assert quality.missing_count(pa.array(["é", "\u2003"], pa.large_string())) == 1

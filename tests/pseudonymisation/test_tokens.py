@@ -244,3 +244,14 @@ def test_pseudonyms_as_arrow_keeps_missing_as_null(linkage_key):
 
 def test_empty_column_gives_no_tokens(linkage_key, project_key):
     assert len(tokens.tokenise(pa.array([], pa.string()), linkage_key, project_key)) == 0
+
+
+def test_tokens_and_pseudonyms_matches_the_two_layers_with_and_without_invalid_rows(linkage_key, project_key):
+    for values in (valid_nhs_numbers(300), valid_nhs_numbers(300) + ["9434765918", None]):
+        parsed = tokens.parse_numbers(pa.array(values))
+
+        column, pseudonyms = tokens.tokens_and_pseudonyms(parsed, linkage_key, project_key)
+
+        expected = tokens.internal_pseudonyms(parsed, linkage_key)
+        assert np.array_equal(pseudonyms.blocks, expected.blocks)
+        assert column.equals(tokens.project_tokens(expected, project_key))

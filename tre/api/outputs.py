@@ -147,7 +147,9 @@ def _parse_json_field(name: str, default: Any) -> Any:
 
 @blp.route("/outputs/requests", methods=["POST"])
 @blp.response(201, OutputRequestStatusSchema)
-@blp.alt_response(200, schema=OutputRequestStatusSchema, description="The same Idempotency-Key again: the request it made")
+@blp.alt_response(
+    200, schema=OutputRequestStatusSchema, description="The same Idempotency-Key again: the request it made"
+)
 @blp.doc(
     security=BEARER,
     requestBody={
@@ -194,8 +196,12 @@ def submit_from_workspace() -> Any:
     svc = service()
     try:
         req, created = svc.submit_from_workspace(
-            g.user, project_id, request.form.get("title", ""), client_key=key,
-            groups=[(group, request.form.get("context", ""), request.form.get("controls", ""))], files=files,
+            g.user,
+            project_id,
+            request.form.get("title", ""),
+            client_key=key,
+            groups=[(group, request.form.get("context", ""), request.form.get("controls", ""))],
+            files=files,
         )
     except OutputError as exc:
         _refuse(exc)
@@ -248,12 +254,16 @@ def queue() -> list[dict[str, Any]]:
     for req in svc.queue():
         if not can_check(svc.session, g.user, req):
             continue
-        out.append({
-            "id": req.id, "state": req.state, "round": req.round,
-            "submitted_at": req.last_submitted_at.isoformat() if req.last_submitted_at else None,
-            "automated_checks": automated_status(svc.session, req, svc.policy.sha256).state,
-            "reviewers": [r.reviewer_id for r in svc._reviewers(svc.session, req)],
-        })
+        out.append(
+            {
+                "id": req.id,
+                "state": req.state,
+                "round": req.round,
+                "submitted_at": req.last_submitted_at.isoformat() if req.last_submitted_at else None,
+                "automated_checks": automated_status(svc.session, req, svc.policy.sha256).state,
+                "reviewers": [r.reviewer_id for r in svc._reviewers(svc.session, req)],
+            }
+        )
     return out
 
 

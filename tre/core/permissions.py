@@ -27,6 +27,10 @@ class Permission(enum.StrEnum):
     # Data custodians
     DATASET_MANAGE = "dataset.manage"
     EXTRACT_MANAGE = "extract.manage"
+    # Governed re-identification (for example recalling a patient for care): requested by a
+    # custodian, approved by two other people.
+    REIDENTIFY_REQUEST = "reidentify.request"
+    REIDENTIFY_APPROVE = "reidentify.approve"
     # Administration
     USER_MANAGE = "user.manage"
     TRAINING_MANAGE = "training.manage"
@@ -62,10 +66,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.RESEARCHER: frozenset({P.PROJECT_APPLY, P.PROJECT_VIEW_OWN, P.OUTPUT_SUBMIT, P.CATALOGUE_BROWSE}),
     Role.DAC_MEMBER: frozenset({P.APPLICATION_REVIEW, P.CATALOGUE_BROWSE}),
     Role.DAC_CHAIR: frozenset(
-        {P.APPLICATION_REVIEW, P.APPLICATION_DECIDE, P.APPLICATION_ASSIGN, P.CATALOGUE_BROWSE}
+        {P.APPLICATION_REVIEW, P.APPLICATION_DECIDE, P.APPLICATION_ASSIGN, P.CATALOGUE_BROWSE, P.REIDENTIFY_APPROVE}
     ),
     Role.OUTPUT_CHECKER: frozenset({P.OUTPUT_REVIEW}),
-    Role.DATA_CUSTODIAN: frozenset({P.DATASET_MANAGE, P.EXTRACT_MANAGE, P.CATALOGUE_BROWSE, P.JOB_VIEW}),
+    Role.DATA_CUSTODIAN: frozenset(
+        {P.DATASET_MANAGE, P.EXTRACT_MANAGE, P.CATALOGUE_BROWSE, P.JOB_VIEW, P.REIDENTIFY_REQUEST, P.REIDENTIFY_APPROVE}
+    ),
     # Administrators manage people, not data: they hold no data or review permission by default.
     Role.ADMINISTRATOR: frozenset({P.USER_MANAGE, P.TRAINING_MANAGE, P.AGREEMENT_MANAGE, P.JOB_VIEW}),
     Role.AUDITOR: frozenset({P.AUDIT_VIEW, P.AUDIT_EXPORT}),

@@ -8,6 +8,7 @@ redelivered when its worker is lost, one message prefetched at a time, and hard 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
@@ -81,6 +82,13 @@ def make_celery(app: Flask) -> Celery:
         return len(jobs.enqueue_due_periodic(db))
 
     def dispatch(job_id: str, queue: str) -> None:
+        if celery.conf.task_always_eager:
+            # Tests run jobs at once, but on another thread: the caller is still inside its
+            # session's commit, and the job must not share (and close) that thread's session.
+            runner = threading.Thread(target=run_job_task.apply, args=([job_id],), name=f"eager-{job_id}")
+            runner.start()
+            runner.join()
+            return
         run_job_task.apply_async(args=[job_id], queue=queue)
 
     jobs.set_dispatcher(dispatch)

@@ -74,13 +74,13 @@ def _dataset_id(svc: Projects, name: str) -> str:
     return ds_id
 
 
-def _fill(svc: Projects, pi: User, project_id: str, purpose: str, today: dt.date) -> None:
+def _fill(svc: Projects, pi: User, project_id: str, summary: str, purpose: str, today: dt.date) -> None:
     svc.update_application(
         pi,
         project_id,
-        lay_summary="We want to understand why some people go back into hospital soon after they leave.",
+        lay_summary=summary,
         scientific_purpose=purpose,
-        public_benefit="Better planning of care after discharge, and fewer avoidable admissions.",
+        public_benefit="Better planning of care, and fewer avoidable admissions.",
         legal_basis="UK GDPR Article 6(1)(e) and Article 9(2)(j); approved research",
         ethics_reference="IRAS 300001 (synthetic demonstration)",
         funder="NIHR (demonstration)",
@@ -96,6 +96,7 @@ def _active_project(svc: Projects, people: dict[str, User], today: dt.date) -> N
         svc,
         pi,
         project.id,
+        "We want to understand why some people go back into hospital soon after they leave.",
         "Estimate 30-day readmission after a heart failure admission by deprivation.",
         today,
     )
@@ -151,6 +152,7 @@ def _queued_project(svc: Projects, people: dict[str, User], today: dt.date) -> N
         svc,
         pi,
         project.id,
+        "We want to know whether newer diabetes medicines reach people in poorer areas as often as others.",
         "Compare metformin and SGLT2 inhibitor prescribing across deprivation deciles.",
         today,
     )

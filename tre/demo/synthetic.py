@@ -444,11 +444,24 @@ _VALID_PATTERNS = {
 }
 
 
+# How the catalogue generalises each quasi-identifier in an extract (see docs/pseudonymisation/).
+_GENERALISE: dict[str, dict] = {
+    "date_of_birth": {"kind": "dob_age_band", "params": {"reference_date": REFERENCE_DATE, "width": 5, "top": 90}},
+    "postcode": {"kind": "postcode_district", "params": {}},
+    "event_date": {"kind": "date_shift", "params": {"max_days": 180}},
+    "admission_date": {"kind": "date_shift", "params": {"max_days": 180}},
+    "discharge_date": {"kind": "date_shift", "params": {"max_days": 180}},
+    "issue_date": {"kind": "date_shift", "params": {"max_days": 180}},
+}
+
+
 def _column_entry(field: pa.Field, role: str, sensitivity: str, description: str) -> dict:
     """One column as pseudonymisation.schema.ColumnSpec reads it, plus type, sensitivity and prose."""
     entry: dict = {"name": field.name, "role": role}
     if field.name == "nhs_number":  # the one identifier an extract may keep, as a per-project token
         entry["transform"] = {"kind": "nhs_token", "params": {}}
+    elif field.name in _GENERALISE:  # quasi-identifiers are generalised by default, never kept exact
+        entry["transform"] = _GENERALISE[field.name]
     if field.name in _VALID_PATTERNS:
         entry["valid_pattern"] = _VALID_PATTERNS[field.name]
     entry.update(type=str(field.type), sensitivity=sensitivity, description=description)

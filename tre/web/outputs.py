@@ -88,9 +88,15 @@ def _back(request_id: str, error: str | list[str] | None, success: str) -> Any:
 def _my_projects(user: User) -> list[Project]:
     s = platform().db.session
     member_of = select(ProjectMember.project_id).where(
-        ProjectMember.user_id == user.id, ProjectMember.removed_at.is_(None))
-    return list(s.scalars(select(Project).where(
-        Project.id.in_(member_of) | (Project.pi_id == user.id), Project.state == "active").order_by(Project.title)))
+        ProjectMember.user_id == user.id, ProjectMember.removed_at.is_(None)
+    )
+    return list(
+        s.scalars(
+            select(Project)
+            .where(Project.id.in_(member_of) | (Project.pi_id == user.id), Project.state == "active")
+            .order_by(Project.title)
+        )
+    )
 
 
 @bp.get("/")
@@ -98,16 +104,20 @@ def _my_projects(user: User) -> list[Project]:
 def index() -> str:
     svc = service()
     return render_template(
-        "outputs/index.html", title="Output requests", requests=svc.requests_of(g.user),
-        projects=_my_projects(g.user), labels=rules.STATE_LABELS,
+        "outputs/index.html",
+        title="Output requests",
+        requests=svc.requests_of(g.user),
+        projects=_my_projects(g.user),
+        labels=rules.STATE_LABELS,
     )
 
 
 @bp.post("/new")
 @requires(Permission.OUTPUT_SUBMIT)
 def new_request() -> Any:
-    created, error = attempt(lambda: service().create_request(
-        g.user, request.form.get("project_id", ""), request.form.get("title", "")))
+    created, error = attempt(
+        lambda: service().create_request(g.user, request.form.get("project_id", ""), request.form.get("title", ""))
+    )
     if error or created is None:
         flash(error if isinstance(error, str) else "; ".join(error or []), "error")
         return redirect(url_for("outputs.index"))
@@ -127,13 +137,28 @@ def request_page(request_id: str) -> str:
     my_votes = {v.file_id: v for v in picture.votes if v.reviewer_id == g.user.id}
     eligible = []
     if role == "checker":
-        eligible = [u for u in svc.session.scalars(select(User).where(User.is_active.is_(True)))
-                    if u.id != g.user.id and can_check(svc.session, u, req)]
+        eligible = [
+            u
+            for u in svc.session.scalars(select(User).where(User.is_active.is_(True)))
+            if u.id != g.user.id and can_check(svc.session, u, req)
+        ]
     return render_template(
-        "outputs/request.html", title=req.title or "Output request", req=req, role=role, picture=picture,
-        checks=checks, status=status, labels=rules.STATE_LABELS, vote_labels=rules.VOTE_LABELS, people=people,
-        my_review=my_review, my_votes=my_votes, eligible=eligible, rules=rules,
-        is_author=req.author_id == g.user.id, missing=svc.missing_for_submission(req),
+        "outputs/request.html",
+        title=req.title or "Output request",
+        req=req,
+        role=role,
+        picture=picture,
+        checks=checks,
+        status=status,
+        labels=rules.STATE_LABELS,
+        vote_labels=rules.VOTE_LABELS,
+        people=people,
+        my_review=my_review,
+        my_votes=my_votes,
+        eligible=eligible,
+        rules=rules,
+        is_author=req.author_id == g.user.id,
+        missing=svc.missing_for_submission(req),
         project=svc.session.get(Project, req.project_id),
         release=_release_of(svc, req),
     )
@@ -158,8 +183,9 @@ def _visible(svc: Outputs, request_id: str) -> tuple[OutputRequest, str]:
 @requires(Permission.OUTPUT_SUBMIT)
 def set_group(request_id: str) -> Any:
     f = request.form
-    _, error = attempt(lambda: service().set_group(
-        g.user, request_id, f.get("name", ""), f.get("context", ""), f.get("controls", "")))
+    _, error = attempt(
+        lambda: service().set_group(g.user, request_id, f.get("name", ""), f.get("context", ""), f.get("controls", ""))
+    )
     return _back(request_id, error, "Group saved")
 
 
@@ -176,9 +202,16 @@ def add_file(request_id: str) -> Any:
             spec = json.loads(spec_text)
         except ValueError:
             return _back(request_id, "The table specification must be JSON", "")
-    _, error = attempt(lambda: service().add_file(
-        g.user, request_id, upload.filename or "", upload.read(), group=request.form.get("group", ""),
-        table_spec=spec))
+    _, error = attempt(
+        lambda: service().add_file(
+            g.user,
+            request_id,
+            upload.filename or "",
+            upload.read(),
+            group=request.form.get("group", ""),
+            table_spec=spec,
+        )
+    )
     return _back(request_id, error, "File added")
 
 
@@ -207,8 +240,9 @@ def withdraw(request_id: str) -> Any:
 @login_required
 def comment(request_id: str) -> Any:
     f = request.form
-    _, error = attempt(lambda: service().comment(
-        g.user, request_id, f.get("body", ""), f.get("visibility", rules.SHARED)))
+    _, error = attempt(
+        lambda: service().comment(g.user, request_id, f.get("body", ""), f.get("visibility", rules.SHARED))
+    )
     return _back(request_id, error, "Comment added")
 
 
@@ -249,8 +283,13 @@ def view_file(file_id: str) -> Any:
         return _raw(data, "image/png", f.name)
     if f.kind == "table" and request.args.get("raw") != "1":
         rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"))))
-        return render_template("outputs/file.html", title=f.name, file=f, rows=rows[:MAX_TABLE_ROWS_SHOWN + 1],
-                               truncated=len(rows) > MAX_TABLE_ROWS_SHOWN + 1)
+        return render_template(
+            "outputs/file.html",
+            title=f.name,
+            file=f,
+            rows=rows[: MAX_TABLE_ROWS_SHOWN + 1],
+            truncated=len(rows) > MAX_TABLE_ROWS_SHOWN + 1,
+        )
     return _raw(data, "text/plain", f.name)
 
 
@@ -269,12 +308,23 @@ def queue() -> str:
         reviews = svc._reviewers(s, req)
         entries.append({"req": req, "status": automated_status(s, req, svc.policy.sha256), "reviews": reviews})
     workload = svc.workload()
-    people = {u.id: u.display_name for u in s.scalars(select(User).where(User.id.in_(
-        set(workload) | {r.reviewer_id for e in entries for r in e["reviews"]})))}
+    people = {
+        u.id: u.display_name
+        for u in s.scalars(
+            select(User).where(User.id.in_(set(workload) | {r.reviewer_id for e in entries for r in e["reviews"]}))
+        )
+    }
     from tre.core.db import utcnow
 
-    return render_template("outputs/queue.html", title="Output checking", entries=entries, workload=workload,
-                           people=people, labels=rules.STATE_LABELS, now=utcnow())
+    return render_template(
+        "outputs/queue.html",
+        title="Output checking",
+        entries=entries,
+        workload=workload,
+        people=people,
+        labels=rules.STATE_LABELS,
+        now=utcnow(),
+    )
 
 
 @bp.post("/requests/<request_id>/claim")
@@ -295,8 +345,9 @@ def assign(request_id: str) -> Any:
 @requires(Permission.OUTPUT_REVIEW)
 def vote(request_id: str) -> Any:
     f = request.form
-    _, error = attempt(lambda: service().vote(
-        g.user, request_id, f.get("file_id", ""), f.get("vote", ""), f.get("comment", "")))
+    _, error = attempt(
+        lambda: service().vote(g.user, request_id, f.get("file_id", ""), f.get("vote", ""), f.get("comment", ""))
+    )
     return _back(request_id, error, "Vote saved")
 
 
@@ -339,8 +390,12 @@ def resolve_failed_checks(request_id: str) -> Any:
 @bp.get("/metrics")
 @requires(Permission.OUTPUT_REVIEW)
 def metrics_page() -> str:
-    return render_template("outputs/metrics.html", title="Output checking metrics",
-                           m=collect(platform().db.session), labels=rules.STATE_LABELS)
+    return render_template(
+        "outputs/metrics.html",
+        title="Output checking metrics",
+        m=collect(platform().db.session),
+        labels=rules.STATE_LABELS,
+    )
 
 
 @prometheus_bp.get("/metrics/outputs")

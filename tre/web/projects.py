@@ -37,9 +37,7 @@ T = TypeVar("T")
 
 def projects_service() -> Projects:
     p = platform()
-    return Projects(
-        p.db.session, p.audit, ProjectPolicy.from_settings(p.settings), request_id=g.get("request_id")
-    )
+    return Projects(p.db.session, p.audit, ProjectPolicy.from_settings(p.settings), request_id=g.get("request_id"))
 
 
 def attempt(fn: Callable[[], T]) -> tuple[T | None, str | list[str] | None]:
@@ -95,22 +93,16 @@ def index() -> str:
 def new() -> Any:
     error = None
     if request.method == "POST":
-        project, error = attempt(
-            lambda: projects_service().create_project(g.user, request.form.get("title", ""))
-        )
+        project, error = attempt(lambda: projects_service().create_project(g.user, request.form.get("title", "")))
         if project is not None:
             flash("Draft saved. Fill in each section, then submit it to the committee.", "success")
             return redirect(url_for("projects.edit", project_id=project.id))
-    return render_template("projects/new.html", title="Start an application", error=error), (
-        400 if error else 200
-    )
+    return render_template("projects/new.html", title="Start an application", error=error), (400 if error else 200)
 
 
 def _team_status(svc: Projects, project: Project) -> list[dict[str, Any]]:
     template = svc.current_agreement()
-    signed = {
-        s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id
-    }
+    signed = {s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id}
     people = _people([m.user_id for m in project.active_members])
     rows = []
     for m in project.active_members:
@@ -163,6 +155,13 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
 def edit(project_id: str) -> Any:
     svc = projects_service()
     project = _project_for_view(project_id)
+    if project.state not in rules.EDITABLE_STATES or project.pi_id != g.user.id:
+        flash(
+            "Only the principal investigator can change the application, and only before it is submitted "
+            "or when the committee returns it for changes.",
+            "error",
+        )
+        return redirect(url_for("projects.show", project_id=project.id))
     error: str | list[str] | None = None
     form: Any = request.form
     if request.method == "POST":
@@ -229,9 +228,7 @@ def request_dataset(project_id: str, dataset_id: str) -> Any:
 @bp.post("/<project_id>/members")
 @requires(Permission.PROJECT_APPLY)
 def add_member(project_id: str) -> Any:
-    _, error = attempt(
-        lambda: projects_service().add_member(g.user, project_id, request.form.get("email", ""))
-    )
+    _, error = attempt(lambda: projects_service().add_member(g.user, project_id, request.form.get("email", "")))
     flash(str(error) if error else "Team member added", "error" if error else "success")
     return redirect(url_for("projects.edit", project_id=project_id) + "#team")
 
@@ -351,9 +348,7 @@ def training() -> Any:
         if record is not None:
             flash("Training recorded", "success")
             return redirect(url_for("projects.training"))
-    people = svc.session.scalars(
-        select(User).where(User.is_active.is_(True)).order_by(User.display_name)
-    ).all()
+    people = svc.session.scalars(select(User).where(User.is_active.is_(True)).order_by(User.display_name)).all()
     warn_before = dt.date.today() + dt.timedelta(days=svc.policy.training_warning_days)
     return render_template(
         "projects/training.html",
@@ -364,6 +359,14 @@ def training() -> Any:
         today=dt.date.today(),
         warn_before=warn_before,
     ), (400 if error else 200)
+
+
+@bp.post("/admin/training/import")
+@requires(Permission.TRAINING_MANAGE)
+def import_training() -> Any:
+    count, error = attempt(lambda: projects_service().import_training(g.user, request.form.get("csv", "")))
+    flash(str(error) if error else f"{count} training records imported", "error" if error else "success")
+    return redirect(url_for("projects.training"))
 
 
 @bp.route("/admin/agreements", methods=["GET", "POST"])

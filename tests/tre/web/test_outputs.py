@@ -47,9 +47,13 @@ def web(sqlite_app: Any) -> Any:
         no_broker()
         world.app = sqlite_app
         browser = Browser(sqlite_app, world)
-        for attr, key, roles in (("author", "rita", ["researcher"]), ("colleague", "sam", ["researcher"]),
-                                 ("outsider", "rob", ["researcher"]), ("olive", "olive", ["output_checker"]),
-                                 ("oscar", "oscar", ["output_checker"])):
+        for attr, key, roles in (
+            ("author", "rita", ["researcher"]),
+            ("colleague", "sam", ["researcher"]),
+            ("outsider", "rob", ["researcher"]),
+            ("olive", "olive", ["output_checker"]),
+            ("oscar", "oscar", ["output_checker"]),
+        ):
             user, secret = create_user(sqlite_app, f"{key}@nhs.example", roles)
             setattr(world, attr, user)
             browser.secrets[user.id] = secret
@@ -71,11 +75,20 @@ def test_researcher_builds_and_submits_a_request_through_the_pages(web: Browser)
     page = created.headers["Location"]
     request_id = page.rsplit("/", 1)[1]
 
-    _post(rita, page, f"/outputs/requests/{request_id}/files",
-          {"file": (io.BytesIO(SAFE_CSV), "table.csv"), "group": "tables"}, content_type="multipart/form-data")
+    _post(
+        rita,
+        page,
+        f"/outputs/requests/{request_id}/files",
+        {"file": (io.BytesIO(SAFE_CSV), "table.csv"), "group": "tables"},
+        content_type="multipart/form-data",
+    )
     refused = _post(rita, page, f"/outputs/requests/{request_id}/submit", {}, follow_redirects=True)
-    _post(rita, page, f"/outputs/requests/{request_id}/groups",
-          {"name": "tables", "context": "Adults admitted in 2020", "controls": "Counts rounded to 5"})
+    _post(
+        rita,
+        page,
+        f"/outputs/requests/{request_id}/groups",
+        {"name": "tables", "context": "Adults admitted in 2020", "controls": "Counts rounded to 5"},
+    )
     _post(rita, page, f"/outputs/requests/{request_id}/submit", {})
 
     assert "Describe the context of group tables" in refused.get_data(as_text=True)
@@ -91,8 +104,14 @@ def test_refused_upload_shows_the_reason_and_adds_nothing(web: Browser) -> None:
     rita = web.as_(w.author)
     page = f"/outputs/requests/{req.id}"
 
-    response = _post(rita, page, f"{page}/files", {"file": (io.BytesIO(b"<html>"), "x.html")},
-                     content_type="multipart/form-data", follow_redirects=True)
+    response = _post(
+        rita,
+        page,
+        f"{page}/files",
+        {"file": (io.BytesIO(b"<html>"), "x.html")},
+        content_type="multipart/form-data",
+        follow_redirects=True,
+    )
 
     assert "can carry active content" in response.get_data(as_text=True)
     assert len(w.refresh(req).current_files) == 1
@@ -169,8 +188,9 @@ def test_author_cannot_claim_their_own_request_from_the_page(web: Browser) -> No
     req = w.submitted(content=SAFE_CSV)
     rita = web.as_(w.author)
 
-    response = rita.post(f"/outputs/requests/{req.id}/claim",
-                         data={"csrf_token": csrf_token(rita, f"/outputs/requests/{req.id}")})
+    response = rita.post(
+        f"/outputs/requests/{req.id}/claim", data={"csrf_token": csrf_token(rita, f"/outputs/requests/{req.id}")}
+    )
 
     assert response.status_code == 403
     assert "Claim a review" not in rita.get(f"/outputs/requests/{req.id}").get_data(as_text=True)

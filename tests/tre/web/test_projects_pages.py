@@ -67,11 +67,7 @@ def test_researcher_drafts_and_is_told_precisely_what_is_missing(w: World, clien
 
     assert refused.status_code == 400
     body = refused.get_data(as_text=True)
-    assert (
-        "There is a problem" in body
-        and "Enter a lay summary" in body
-        and "Choose at least one dataset" in body
-    )
+    assert "There is a problem" in body and "Enter a lay summary" in body and "Choose at least one dataset" in body
 
 
 def test_researcher_fills_the_wizard_and_submits(w: World, client: Any) -> None:
@@ -144,9 +140,7 @@ def test_chair_assigns_reviewers_from_the_review_page(w: World, client: Any) -> 
     w.svc.submit(w.pi, p.id)
     login(client, w.chair)
 
-    response = post(
-        client, f"/dac/{p.id}/assign", {"reviewers": [w.dana.id, w.drew.id]}, token_from=f"/dac/{p.id}"
-    )
+    response = post(client, f"/dac/{p.id}/assign", {"reviewers": [w.dana.id, w.drew.id]}, token_from=f"/dac/{p.id}")
 
     assert response.status_code == 302
     page = client.get(f"/dac/{p.id}").get_data(as_text=True)
@@ -169,9 +163,7 @@ def test_vote_without_rationale_shows_the_error_and_records_nothing(w: World, cl
     p = in_review(w)
     login(client, w.dana)
 
-    response = post(
-        client, f"/dac/{p.id}/vote", {"choice": "approve", "rationale": ""}, token_from=f"/dac/{p.id}"
-    )
+    response = post(client, f"/dac/{p.id}/vote", {"choice": "approve", "rationale": ""}, token_from=f"/dac/{p.id}")
 
     assert response.status_code == 400 and "Give the reasons for your vote" in response.get_data(as_text=True)
     assert w.svc.votes_visible_to(w.chair, p) == []
@@ -296,3 +288,49 @@ def test_messages_page_shows_a_persons_own_notifications(w: World, client: Any) 
     page = client.get("/projects/messages").get_data(as_text=True)
 
     assert "Decision on your application" in page
+
+
+def test_chair_suspends_from_the_project_page_and_access_stops(w: World, client: Any) -> None:
+    from projects.gate import check_access
+
+    p = ready_for_access(w)
+    login(client, w.chair)
+
+    response = post(client, f"/dac/{p.id}/suspend", {"reason": "Possible breach"}, token_from=f"/projects/{p.id}")
+
+    assert response.status_code == 302
+    w.session.expire_all()
+    assert check_access(w.session, w.pi.id, p.id).reasons == ["project_suspended"]
+
+
+def test_extension_is_requested_by_the_pi_and_granted_from_the_queue(w: World, client: Any) -> None:
+    p = ready_for_access(w)
+    new_end = p.end_date.replace(year=p.end_date.year + 1)
+    login(client, w.pi)
+    post(
+        client,
+        f"/projects/{p.id}/extension",
+        {"end_date": new_end.isoformat(), "reason": "Slow recruitment"},
+        token_from=f"/projects/{p.id}",
+    )
+    ext = w.svc.pending_extension(p)
+    login(client, w.chair)
+
+    post(client, f"/dac/extensions/{ext.id}", {"grant": "1"}, token_from="/dac/")
+
+    w.session.expire_all()
+    assert w.session.get(Project, p.id).end_date == new_end
+
+
+def test_chair_closes_a_project_from_its_page(w: World, client: Any) -> None:
+    from tre.core import jobs
+
+    jobs.set_dispatcher(None)  # the destruction job is the worker's; see tests/projects/test_closure.py
+    p = ready_for_access(w)
+    login(client, w.chair)
+
+    response = post(client, f"/dac/{p.id}/close", {"reason": "Study ended early"}, token_from=f"/projects/{p.id}")
+
+    assert response.status_code == 302
+    w.session.expire_all()
+    assert w.session.get(Project, p.id).state == "closed"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 18:45:16.525450
+Create Date: 2026-11-23 19:06:08.419909
 """
 
 from __future__ import annotations
@@ -146,6 +146,15 @@ def upgrade() -> None:
     sa.CheckConstraint('failed_login_count >= 0', name=op.f('ck_users_failures_non_negative')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
     sa.UniqueConstraint('email', name=op.f('uq_users_email'))
+    )
+    op.create_table('wrapped_keys',
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('key_id', sa.String(length=40), nullable=False),
+    sa.Column('wrapped', sa.LargeBinary(), nullable=True),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('destroyed_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint('(wrapped IS NULL) = (destroyed_at IS NOT NULL)', name=op.f('ck_wrapped_keys_destroyed_means_gone')),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_wrapped_keys'))
     )
     op.create_table('dataset_columns',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -332,6 +341,25 @@ def upgrade() -> None:
     with op.batch_alter_table('extension_requests', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_extension_requests_project_id'), ['project_id'], unique=False)
 
+    op.create_table('extracts',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('plan_hash', sa.String(length=64), nullable=False),
+    sa.Column('job_id', sa.String(length=32), nullable=True),
+    sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('requested_by', sa.String(length=32), nullable=True),
+    sa.Column('requested_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.Column('manifest', sa.JSON(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.CheckConstraint("(state IN ('succeeded', 'failed')) = (finished_at IS NOT NULL)", name=op.f('ck_extracts_finished_when_final')),
+    sa.CheckConstraint("state IN ('queued', 'running', 'succeeded', 'failed')", name=op.f('ck_extracts_state_known')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_extracts_project_id_projects')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_extracts'))
+    )
+    with op.batch_alter_table('extracts', schema=None) as batch_op:
+        batch_op.create_index('ix_extracts_project', ['project_id', 'requested_at'], unique=False)
+
     op.create_table('output_requests',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('project_id', sa.String(length=32), nullable=False),
@@ -387,6 +415,20 @@ def upgrade() -> None:
     sa.Column('updated_at', tre.core.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_project_release_ledgers_project_id_projects'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('project_id', name=op.f('pk_project_release_ledgers'))
+    )
+    op.create_table('reidentification_requests',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('requested_by', sa.String(length=32), nullable=False),
+    sa.Column('purpose', sa.Text(), nullable=False),
+    sa.Column('tokens', sa.JSON(), nullable=False),
+    sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('fulfilled_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('pending', 'approved', 'rejected', 'fulfilled')", name=op.f('ck_reidentification_requests_state_known')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_reidentification_requests_project_id_projects')),
+    sa.ForeignKeyConstraint(['requested_by'], ['users.id'], name=op.f('fk_reidentification_requests_requested_by_users')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_reidentification_requests'))
     )
     op.create_table('workspace_sessions',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -490,6 +532,19 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_output_reviews_request_id'), ['request_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_output_reviews_reviewer_id'), ['reviewer_id'], unique=False)
 
+    op.create_table('reidentification_approvals',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('request_id', sa.String(length=32), nullable=False),
+    sa.Column('approver_id', sa.String(length=32), nullable=False),
+    sa.Column('decision', sa.String(length=10), nullable=False),
+    sa.Column('rationale', sa.Text(), nullable=False),
+    sa.Column('decided_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint("decision IN ('approve', 'reject')", name=op.f('ck_reidentification_approvals_decision_known')),
+    sa.ForeignKeyConstraint(['approver_id'], ['users.id'], name=op.f('fk_reidentification_approvals_approver_id_users')),
+    sa.ForeignKeyConstraint(['request_id'], ['reidentification_requests.id'], name=op.f('fk_reidentification_approvals_request_id_reidentification_requests'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_reidentification_approvals')),
+    sa.UniqueConstraint('request_id', 'approver_id', name=op.f('uq_reidentification_approvals_request_id_approver_id'))
+    )
     op.create_table('review_assignments',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('version_id', sa.String(length=32), nullable=False),
@@ -651,6 +706,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_review_assignments_reviewer_id'))
 
     op.drop_table('review_assignments')
+    op.drop_table('reidentification_approvals')
     with op.batch_alter_table('output_reviews', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_output_reviews_reviewer_id'))
         batch_op.drop_index(batch_op.f('ix_output_reviews_request_id'))
@@ -673,6 +729,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_workspace_sessions_open')
 
     op.drop_table('workspace_sessions')
+    op.drop_table('reidentification_requests')
     op.drop_table('project_release_ledgers')
     with op.batch_alter_table('project_members', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_project_members_user_id'))
@@ -683,6 +740,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_output_requests_project')
 
     op.drop_table('output_requests')
+    with op.batch_alter_table('extracts', schema=None) as batch_op:
+        batch_op.drop_index('ix_extracts_project')
+
+    op.drop_table('extracts')
     with op.batch_alter_table('extension_requests', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_extension_requests_project_id'))
 
@@ -717,6 +778,7 @@ def downgrade() -> None:
 
     op.drop_table('password_reset_links')
     op.drop_table('dataset_columns')
+    op.drop_table('wrapped_keys')
     op.drop_table('users')
     op.drop_table('token_uses')
     with op.batch_alter_table('outbox_messages', schema=None) as batch_op:

@@ -1,0 +1,79 @@
+"""Tables of the extract service: wrapped keys, extract runs, and governed re-identification."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tre.core.db import Base, new_id, utcnow
+
+EXTRACT_STATES = ("queued", "running", "succeeded", "failed")
+REID_STATES = ("pending", "approved", "rejected", "fulfilled")
+
+
+class WrappedKey(Base):
+    """A random key stored only wrapped by the key provider. Deleting the wrapped bytes destroys it
+    for good (crypto-shredding): no master key can derive it again."""
+
+    __tablename__ = "wrapped_keys"
+    __table_args__ = (
+        CheckConstraint("(wrapped IS NULL) = (destroyed_at IS NOT NULL)", name="destroyed_means_gone"),
+    )
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "linkage" or "project:<id>"
+    key_id: Mapped[str] = mapped_column(String(40))  # a fingerprint, safe to show and record
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    destroyed_at: Mapped[dt.datetime | None]
+
+
+class Extract(Base):
+    __tablename__ = "extracts"
+    __table_args__ = (
+        CheckConstraint(f"state IN {EXTRACT_STATES!r}", name="state_known"),
+        CheckConstraint("(state IN ('succeeded', 'failed')) = (finished_at IS NOT NULL)", name="finished_when_final"),
+        Index("ix_extracts_project", "project_id", "requested_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    plan_hash: Mapped[str] = mapped_column(String(64))  # approved columns + schemas + sources
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(20), default="queued")
+    requested_by: Mapped[str | None] = mapped_column(String(32))
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReidentificationRequest(Base):
+    __tablename__ = "reidentification_requests"
+    __table_args__ = (CheckConstraint(f"state IN {REID_STATES!r}", name="state_known"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    requested_by: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    purpose: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[list[Any]] = mapped_column(default=list)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    fulfilled_at: Mapped[dt.datetime | None]
+
+
+class ReidentificationApproval(Base):
+    __tablename__ = "reidentification_approvals"
+    __table_args__ = (
+        UniqueConstraint("request_id", "approver_id"),
+        CheckConstraint("decision IN ('approve', 'reject')", name="decision_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    request_id: Mapped[str] = mapped_column(ForeignKey("reidentification_requests.id", ondelete="CASCADE"))
+    approver_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(10))
+    rationale: Mapped[str] = mapped_column(Text)
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

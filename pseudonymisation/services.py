@@ -1,0 +1,274 @@
+"""The extract service: keys behind the key provider, extracts as restartable background jobs, the
+closure hook that shreds a project's key, and governed re-identification.
+
+Keys: the linkage key (one per deployment) and each project's key are random, stored only wrapped
+by the key provider (``WrappedKey``). The pipeline gets the unwrapped bytes for the length of one
+job and never writes them anywhere; manifests and audit events carry only key fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from projects.models import Dataset, Project
+from projects.rules import ACTIVE
+from projects.services import approved_columns
+from pseudonymisation import tokens
+from pseudonymisation.models import (
+    Extract,
+    ReidentificationApproval,
+    ReidentificationRequest,
+    WrappedKey,
+)
+from pseudonymisation.pipeline import DatasetSource, ExtractKeys, Progress, run_linked_extract
+from pseudonymisation.schema import DatasetSchema
+from tre.core.audit import DENIED, AuditLog
+from tre.core.db import transaction, utcnow
+from tre.core.identity import User
+from tre.core.jobs import enqueue
+from tre.core.keys import KeyProvider
+from tre.core.permissions import Permission, has_permission
+
+BUILD_JOB = "extracts.build"
+LINKAGE = "linkage"
+REQUIRED_APPROVALS = 2
+MAX_REID_TOKENS = 100
+
+
+class ExtractServiceError(Exception):
+    """A request the extract service refuses; the message is safe to show."""
+
+
+def _project_key_name(project_id: str) -> str:
+    return f"project:{project_id}"
+
+
+def _key(session: Session, keys: KeyProvider, name: str, *, create: bool) -> bytes:
+    """Unwrap a named key, creating it (random, stored wrapped) the first time when allowed."""
+    row = session.get(WrappedKey, name)
+    if row is None:
+        if not create:
+            raise ExtractServiceError("No key exists for this project")
+        key = tokens.generate_key()
+        session.add(WrappedKey(name=name, key_id=tokens.key_fingerprint(key), wrapped=keys.wrap_key(key, name)))
+        session.flush()
+        return key
+    if row.wrapped is None:
+        raise ExtractServiceError("This project's key was destroyed at closure; its tokens can no longer be linked")
+    return keys.unwrap_key(row.wrapped, name)
+
+
+@dataclass
+class Extracts:
+    session: Session
+    audit: AuditLog
+    keys: KeyProvider
+    extracts_root: Path
+    request_id: str | None = None
+
+    # --- requesting and building --------------------------------------------------------------------
+
+    def plan(self, project_id: str) -> list[tuple[Dataset, list[str]]]:
+        columns = approved_columns(self.session, project_id)
+        if not columns:
+            raise ExtractServiceError("The project has no approved datasets and columns")
+        plan = []
+        for name, cols in sorted(columns.items()):
+            dataset = self.session.scalar(select(Dataset).where(Dataset.name == name))
+            if dataset is None:
+                raise ExtractServiceError(f"The approved dataset {name} is no longer in the catalogue")
+            if not dataset.schema_spec:
+                raise ExtractServiceError(f"The dataset {name} has no extract schema; a custodian must add one")
+            plan.append((dataset, sorted(cols)))
+        return plan
+
+    def _plan_hash(self, plan: list[tuple[Dataset, list[str]]]) -> str:
+        body = [[d.name, d.source_location, d.schema_spec, cols] for d, cols in plan]
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+    def request(self, actor: User, project_id: str) -> Extract:
+        """A custodian asks for a project's extract; the same approved plan asked twice is one job."""
+        if not has_permission(actor, Permission.EXTRACT_MANAGE):
+            self._deny(actor, project_id, "missing permission")
+            raise ExtractServiceError("You do not have permission to build extracts")
+        project = self.session.get(Project, project_id)
+        if project is None:
+            raise ExtractServiceError("No such project")
+        today = utcnow().date()
+        if project.state != ACTIVE or (project.end_date and project.end_date < today) or (
+            project.start_date and project.start_date > today
+        ):
+            self._deny(actor, project_id, f"project is {project.state}")
+            raise ExtractServiceError("Only an active project within its dates may have an extract")
+        plan = self.plan(project_id)
+        plan_hash = self._plan_hash(plan)
+        with transaction(self.session) as s:
+            existing = s.scalar(
+                select(Extract).where(
+                    Extract.project_id == project_id, Extract.plan_hash == plan_hash, Extract.state != "failed"
+                )
+            )
+            if existing is not None:
+                return existing
+            extract = Extract(project_id=project_id, plan_hash=plan_hash, requested_by=actor.id)
+            s.add(extract)
+            s.flush()
+            job = enqueue(s, BUILD_JOB, {"extract_id": extract.id}, idempotency_key=f"{BUILD_JOB}:{extract.id}")
+            extract.job_id = job.id
+            self.audit.record(s, "extract.request", actor_id=actor.id, target_type="extract", target_id=extract.id,
+                              project_id=project_id, request_id=self.request_id, detail={"plan": plan_hash[:16]})
+        return extract
+
+    def build(self, extract_id: str, progress: Any = None) -> dict[str, Any]:
+        """Run (or resume) the extract; called by the background job. Idempotent."""
+        extract = self.session.get(Extract, extract_id)
+        if extract is None:
+            raise ExtractServiceError("No such extract")
+        if extract.state == "succeeded" and extract.manifest:
+            return extract.manifest
+        plan = self.plan(extract.project_id)
+        if self._plan_hash(plan) != extract.plan_hash:
+            raise ExtractServiceError("The approved plan changed since this extract was requested; request it again")
+        with transaction(self.session) as s:
+            extract.state = "running"
+            linkage = _key(s, self.keys, LINKAGE, create=True)
+            project_key = _key(s, self.keys, _project_key_name(extract.project_id), create=True)
+        sources = [
+            DatasetSource(dataset.source_location, DatasetSchema.from_dict(dataset.schema_spec), cols)
+            for dataset, cols in plan
+        ]
+        out = self.extracts_root / extract.project_id
+        out.mkdir(parents=True, exist_ok=True)
+
+        def report(p: Progress) -> None:
+            if progress is not None:
+                fraction = (p.rows_read / p.total_rows) if p.total_rows else 0.0
+                progress(min(fraction, 0.99), f"{p.dataset}: {p.rows_read:,} rows read")
+
+        result = run_linked_extract(
+            sources, out, ExtractKeys(linkage, project_key), project_id=extract.project_id, progress=report
+        )
+        manifest = json.loads(json.dumps(result, default=str))
+        with transaction(self.session) as s:
+            extract.state = "succeeded"
+            extract.finished_at = utcnow()
+            extract.manifest = manifest
+            self.audit.record(s, "extract.build", actor_id=None, target_type="extract", target_id=extract.id,
+                              project_id=extract.project_id, request_id=self.request_id,
+                              detail={"datasets": sorted(result.get("manifests", {}))})
+        return manifest
+
+    def latest(self, project_id: str) -> Extract | None:
+        return self.session.scalar(
+            select(Extract).where(Extract.project_id == project_id).order_by(Extract.requested_at.desc()).limit(1)
+        )
+
+    def _deny(self, actor: User | None, project_id: str, reason: str) -> None:
+        with transaction(self.session) as s:
+            self.audit.record(s, "extract.request", actor_id=actor.id if actor else None, outcome=DENIED,
+                              project_id=project_id, request_id=self.request_id, detail={"reason": reason})
+
+    # --- closure --------------------------------------------------------------------------------------
+
+    def destroy_for_project(self, session: Session, project_id: str) -> dict[str, Any]:
+        """Closure hook: delete the extract files and shred the project key (idempotent)."""
+        folder = self.extracts_root / project_id
+        removed = folder.exists()
+        if removed:
+            shutil.rmtree(folder)
+        row = session.get(WrappedKey, _project_key_name(project_id))
+        shredded = False
+        if row is not None and row.wrapped is not None:
+            row.wrapped = None
+            row.destroyed_at = utcnow()
+            shredded = True
+        return {"extract_deleted": removed, "key_destroyed": shredded}
+
+    # --- governed re-identification -------------------------------------------------------------------
+
+    def request_reidentification(
+        self, actor: User, project_id: str, token_list: list[str], purpose: str
+    ) -> ReidentificationRequest:
+        if not has_permission(actor, Permission.REIDENTIFY_REQUEST):
+            self._deny(actor, project_id, "re-identification not permitted")
+            raise ExtractServiceError("You do not have permission to request re-identification")
+        purpose = (purpose or "").strip()
+        if len(purpose) < 20:
+            raise ExtractServiceError("Describe the approved purpose (at least 20 characters)")
+        cleaned = sorted({t.strip() for t in token_list if t and t.strip()})
+        if not cleaned or len(cleaned) > MAX_REID_TOKENS:
+            raise ExtractServiceError(f"Name between 1 and {MAX_REID_TOKENS} tokens")
+        if self.session.get(Project, project_id) is None:
+            raise ExtractServiceError("No such project")
+        with transaction(self.session) as s:
+            req = ReidentificationRequest(project_id=project_id, requested_by=actor.id, purpose=purpose,
+                                          tokens=cleaned)
+            s.add(req)
+            s.flush()
+            self.audit.record(s, "reidentify.request", actor_id=actor.id, target_type="reidentification",
+                              target_id=req.id, project_id=project_id, request_id=self.request_id,
+                              detail={"tokens": len(cleaned)})
+        return req
+
+    def decide_reidentification(self, actor: User, request_id: str, decision: str, rationale: str) -> ReidentificationRequest:
+        if not has_permission(actor, Permission.REIDENTIFY_APPROVE):
+            raise ExtractServiceError("You do not have permission to approve re-identification")
+        if decision not in ("approve", "reject"):
+            raise ExtractServiceError("Choose approve or reject")
+        if len((rationale or "").strip()) < 5:
+            raise ExtractServiceError("Give a rationale")
+        with transaction(self.session) as s:
+            req = s.get(ReidentificationRequest, request_id)
+            if req is None:
+                raise ExtractServiceError("No such request")
+            if req.requested_by == actor.id:
+                self.audit.record(s, "reidentify.decide", actor_id=actor.id, outcome=DENIED, target_id=req.id,
+                                  project_id=req.project_id, detail={"reason": "requester cannot approve"})
+                s.commit()
+                raise ExtractServiceError("The person who asked cannot approve their own request")
+            if req.state != "pending":
+                raise ExtractServiceError("This request has already been decided")
+            if s.scalar(select(ReidentificationApproval).where(
+                ReidentificationApproval.request_id == req.id, ReidentificationApproval.approver_id == actor.id
+            )) is not None:
+                raise ExtractServiceError("You have already decided on this request")
+            s.add(ReidentificationApproval(request_id=req.id, approver_id=actor.id, decision=decision,
+                                           rationale=rationale.strip()))
+            s.flush()
+            decisions = [a.decision for a in s.scalars(
+                select(ReidentificationApproval).where(ReidentificationApproval.request_id == req.id))]
+            if "reject" in decisions:
+                req.state = "rejected"
+            elif decisions.count("approve") >= REQUIRED_APPROVALS:
+                req.state = "approved"
+            self.audit.record(s, "reidentify.decide", actor_id=actor.id, target_type="reidentification",
+                              target_id=req.id, project_id=req.project_id, request_id=self.request_id,
+                              detail={"decision": decision, "state": req.state})
+        return req
+
+    def fulfil_reidentification(self, actor: User, request_id: str) -> list[dict[str, Any]]:
+        """Give the approved identifiers to the requester, once. The only way a token is reversed."""
+        with transaction(self.session) as s:
+            req = s.get(ReidentificationRequest, request_id)
+            if req is None or req.requested_by != actor.id:
+                raise ExtractServiceError("No such request of yours")
+            if req.state != "approved":
+                raise ExtractServiceError("This request is not approved by two people (or was already fulfilled)")
+            linkage = _key(s, self.keys, LINKAGE, create=False)
+            project_key = _key(s, self.keys, _project_key_name(req.project_id), create=False)
+            found = tokens.reidentify(list(req.tokens), project_key, linkage)
+            req.state = "fulfilled"
+            req.fulfilled_at = utcnow()
+            self.audit.record(s, "reidentify.fulfil", actor_id=actor.id, target_type="reidentification",
+                              target_id=req.id, project_id=req.project_id, request_id=self.request_id,
+                              detail={"tokens": len(req.tokens)})
+        return [{"token": r.token, "nhs_number": r.nhs_number, "check_digit_valid": r.check_digit_valid}
+                for r in found]

@@ -1,0 +1,128 @@
+"""Extracts and governed re-identification over the API (data custodians)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import current_app, g
+from flask_smorest import Blueprint, abort
+
+from pseudonymisation.services import ExtractServiceError
+from pseudonymisation.tasks import extracts_service
+from tre.access import requires
+from tre.core.jobs import Job
+from tre.core.permissions import Permission
+
+blp = Blueprint("extracts-api", __name__, description="Project extracts and governed re-identification")
+BEARER = [{"bearer": []}]
+
+
+class ExtractSchema(ma.Schema):
+    id = ma.fields.String()
+    project_id = ma.fields.String()
+    state = ma.fields.String()
+    job_id = ma.fields.String(allow_none=True)
+    progress = ma.fields.Float()
+    progress_message = ma.fields.String()
+    error = ma.fields.String(allow_none=True)
+    manifest = ma.fields.Dict(allow_none=True)
+
+
+class ReidRequestSchema(ma.Schema):
+    project_id = ma.fields.String(required=True)
+    tokens = ma.fields.List(ma.fields.String(validate=ma.validate.Length(max=100)), required=True,
+                            validate=ma.validate.Length(min=1, max=100))
+    purpose = ma.fields.String(required=True, validate=ma.validate.Length(min=20, max=4000))
+
+
+class ReidDecisionSchema(ma.Schema):
+    decision = ma.fields.String(required=True, validate=ma.validate.OneOf(["approve", "reject"]))
+    rationale = ma.fields.String(required=True, validate=ma.validate.Length(min=5, max=4000))
+
+
+class ReidStateSchema(ma.Schema):
+    id = ma.fields.String()
+    project_id = ma.fields.String()
+    state = ma.fields.String()
+
+
+class ReidentifiedSchema(ma.Schema):
+    token = ma.fields.String()
+    nhs_number = ma.fields.String(allow_none=True)
+    check_digit_valid = ma.fields.Boolean()
+
+
+def _service() -> Any:
+    return extracts_service(current_app.extensions["tre.platform"], request_id=g.get("request_id"))
+
+
+def _describe(extract: Any) -> dict[str, Any]:
+    job = current_app.extensions["tre.db"].session.get(Job, extract.job_id) if extract.job_id else None
+    return {
+        "id": extract.id, "project_id": extract.project_id, "state": extract.state, "job_id": extract.job_id,
+        "progress": job.progress if job else 0.0, "progress_message": job.progress_message if job else "",
+        "error": (job.last_error if job else None) or extract.error, "manifest": extract.manifest,
+    }
+
+
+@blp.route("/projects/<string:project_id>/extracts", methods=["POST"])
+@blp.response(202, ExtractSchema)
+@blp.doc(security=BEARER)
+@requires(Permission.EXTRACT_MANAGE)
+def build(project_id: str) -> dict[str, Any]:
+    """Build the project's extract from its approved columns (a background job; asking twice is one job)."""
+    try:
+        return _describe(_service().request(g.user, project_id))
+    except ExtractServiceError as exc:
+        abort(409, message=str(exc))
+
+
+@blp.route("/projects/<string:project_id>/extracts/latest")
+@blp.response(200, ExtractSchema)
+@blp.doc(security=BEARER)
+@requires(Permission.EXTRACT_MANAGE)
+def latest(project_id: str) -> dict[str, Any]:
+    """The project's latest extract with its job's progress and, when finished, its manifest."""
+    extract = _service().latest(project_id)
+    if extract is None:
+        abort(404, message="No extract for this project")
+    return _describe(extract)
+
+
+@blp.route("/reidentifications", methods=["POST"])
+@blp.arguments(ReidRequestSchema)
+@blp.response(201, ReidStateSchema)
+@blp.doc(security=BEARER)
+@requires(Permission.REIDENTIFY_REQUEST)
+def request_reidentification(body: dict[str, Any]) -> Any:
+    """Ask for the identifiers behind tokens, for an approved purpose; two other people must approve."""
+    try:
+        return _service().request_reidentification(g.user, body["project_id"], body["tokens"], body["purpose"])
+    except ExtractServiceError as exc:
+        abort(422, message=str(exc))
+
+
+@blp.route("/reidentifications/<string:request_id>/decision", methods=["POST"])
+@blp.arguments(ReidDecisionSchema)
+@blp.response(200, ReidStateSchema)
+@blp.doc(security=BEARER)
+@requires(Permission.REIDENTIFY_APPROVE)
+def decide_reidentification(body: dict[str, Any], request_id: str) -> Any:
+    """Approve or reject someone else's re-identification request, with a rationale."""
+    try:
+        return _service().decide_reidentification(g.user, request_id, body["decision"], body["rationale"])
+    except ExtractServiceError as exc:
+        abort(422, message=str(exc))
+
+
+@blp.route("/reidentifications/<string:request_id>/identifiers", methods=["POST"])
+@blp.response(200, ReidentifiedSchema(many=True))
+@blp.doc(security=BEARER)
+@requires(Permission.REIDENTIFY_REQUEST)
+def fulfil_reidentification(request_id: str) -> Any:
+    """The requester receives the identifiers of an approved request, once."""
+    try:
+        return _service().fulfil_reidentification(g.user, request_id)
+    except ExtractServiceError as exc:
+        abort(422, message=str(exc))
