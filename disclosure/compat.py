@@ -26,13 +26,7 @@ class ACRO(Session):
         federated: bool | None = None,
         **kwargs,
     ):
-        policy = (
-            load_policy(config)
-            if config != "default" and Path(config).suffix == ".toml"
-            else default_policy()
-        )
+        policy = load_policy(config) if config != "default" and Path(config).suffix == ".toml" else default_policy()
         if mitigation not in (None, "none", "suppress", "round"):
             mitigation = "none"  # ACRO falls back to no mitigation on an unknown value, and so do we
-        super().__init__(
-            policy=policy, suppress=suppress, mitigation=mitigation, round_base=round_base, **kwargs
-        )
+        super().__init__(policy=policy, suppress=suppress, mitigation=mitigation, round_base=round_base, **kwargs)

@@ -243,13 +243,9 @@ class Session:
             value_name = getattr(values, "name", None) or "values"
             df[value_name] = np.asarray(values)
         funcs = _as_list(aggfunc) or [None]
-        results = [
-            (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames))) for f in funcs
-        ]
+        results = [(f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames))) for f in funcs]
         command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
-        return self._table_output(
-            "crosstab", command, results, margins, margins_name, normalize, show_suppressed
-        )
+        return self._table_output("crosstab", command, results, margins, margins_name, normalize, show_suppressed)
 
     def pivot_table(
         self,
@@ -286,8 +282,7 @@ class Session:
             fitted, categorical_counts=categorical, policy=self.policy, method=method
         )
         frames = [
-            pd.DataFrame(t.data[1:], columns=t.data[0]) if t.data else pd.DataFrame()
-            for t in fitted.summary().tables
+            pd.DataFrame(t.data[1:], columns=t.data[0]) if t.data else pd.DataFrame() for t in fitted.summary().tables
         ]
         self._add(
             output_type="regression",
@@ -302,9 +297,7 @@ class Session:
 
     def _array_model(self, method: str, model_cls: Any, endog: Any, exog: Any, **kwargs: Any) -> Any:
         fitted = (
-            model_cls(endog, exog, **kwargs).fit(disp=0)
-            if method != "ols"
-            else model_cls(endog, exog, **kwargs).fit()
+            model_cls(endog, exog, **kwargs).fit(disp=0) if method != "ols" else model_cls(endog, exog, **kwargs).fit()
         )
         design = exog if isinstance(exog, pd.DataFrame) else pd.DataFrame(np.asarray(exog))
         return self._model(method, fitted, f"{method}(endog, exog)", rules_other.dummy_counts(design))
@@ -317,9 +310,7 @@ class Session:
         categorical = {}
         for col in data.columns:
             if col in formula and (
-                data[col].dtype == object
-                or isinstance(data[col].dtype, pd.CategoricalDtype)
-                or f"C({col})" in formula
+                data[col].dtype == object or isinstance(data[col].dtype, pd.CategoricalDtype) or f"C({col})" in formula
             ):
                 categorical[col] = data[col].value_counts()
         return self._model(method, fitted, f"{method}({formula!r})", categorical)
@@ -332,34 +323,24 @@ class Session:
     def logit(self, endog: Any, exog: Any, missing: str | None = None, check_rank: bool = True):
         import statsmodels.api as sm
 
-        return self._array_model(
-            "logit", sm.Logit, endog, exog, missing=missing or "none", check_rank=check_rank
-        )
+        return self._array_model("logit", sm.Logit, endog, exog, missing=missing or "none", check_rank=check_rank)
 
     def probit(self, endog: Any, exog: Any, missing: str | None = None, check_rank: bool = True):
         import statsmodels.api as sm
 
-        return self._array_model(
-            "probit", sm.Probit, endog, exog, missing=missing or "none", check_rank=check_rank
-        )
+        return self._array_model("probit", sm.Probit, endog, exog, missing=missing or "none", check_rank=check_rank)
 
-    def olsr(
-        self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any
-    ):
+    def olsr(self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any):
         import statsmodels.formula.api as smf
 
         return self._formula_model("olsr", smf.ols, formula, data, subset, drop_cols=drop_cols)
 
-    def logitr(
-        self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any
-    ):
+    def logitr(self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any):
         import statsmodels.formula.api as smf
 
         return self._formula_model("logitr", smf.logit, formula, data, subset, drop_cols=drop_cols)
 
-    def probitr(
-        self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any
-    ):
+    def probitr(self, formula: str, data: Any, subset: Any = None, drop_cols: Any = None, *args: Any, **kwargs: Any):
         import statsmodels.formula.api as smf
 
         return self._formula_model("probitr", smf.probit, formula, data, subset, drop_cols=drop_cols)

@@ -19,7 +19,7 @@ from projects.models import Project
 from projects.rules import ACTIVE, APPROVED, SUSPENDED, ProjectPolicy
 from tre.core.audit import AuditLog
 from tre.core.identity import User
-from tre.core.jobs import JobContext, enqueue, job_handler
+from tre.core.jobs import JobContext, enqueue, job_handler, periodic
 from tre.core.notifications import notify, send_pending
 
 DAILY_JOB = "projects.daily"
@@ -138,3 +138,9 @@ def _destroy(ctx: JobContext) -> dict[str, Any]:
 @job_handler(SEND_JOB, queue="notifications")
 def _send(ctx: JobContext) -> dict[str, Any]:
     return {"sent": send_pending(ctx.session, _platform().settings)}
+
+
+# Hourly, so a project closes within the hour its end date passes (the job is idempotent per run and
+# reminders are deduplicated); the outbox is sent every minute.
+periodic(DAILY_JOB, 3600)
+periodic(SEND_JOB, 60)

@@ -157,13 +157,18 @@ def _nav_for(user: Any) -> list[tuple[str, str]]:
         (Permission.OUTPUT_REVIEW, "Output checking", "outputs.queue"),
         (Permission.EXTRACT_MANAGE, "Extracts", "extracts.index"),
         (Permission.USER_MANAGE, "People", "admin.users"),
+        (Permission.TRAINING_MANAGE, "Training", "projects.training"),
+        (Permission.AGREEMENT_MANAGE, "Agreement", "projects.agreements"),
         (Permission.AUDIT_VIEW, "Audit log", "audit.search"),
     ]
-    return [
+    items = [
         (label, url_for(endpoint))
         for permission, label, endpoint in entries
         if has_permission(user, permission) and endpoint in current_app.view_functions
     ]
+    if "projects.messages" in current_app.view_functions:
+        items.append(("My messages", url_for("projects.messages")))
+    return items
 
 
 def _template_context() -> dict[str, Any]:

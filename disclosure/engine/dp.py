@@ -157,15 +157,11 @@ def dp_sums(
     sums = clamped.groupby(key, sort=False).sum().reindex(names, fill_value=0.0).to_numpy(dtype=float)
     sensitivity = max_rows_per_person * max(abs(lower), abs(upper))
     scale = sensitivity / epsilon
-    meas = dp.m.make_laplace(
-        dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float), scale=scale
-    )
+    meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float), scale=scale)
     _confirm(meas.map(sensitivity), epsilon)
     noisy = np.asarray(meas(sums.tolist()), dtype=float)
     table = _frame(dims, categories, noisy, scale)
-    verdict = _verdict(
-        "dp_sums", policy, budget, epsilon, scale, max_rows_per_person, dims, bounds=[lower, upper]
-    )
+    verdict = _verdict("dp_sums", policy, budget, epsilon, scale, max_rows_per_person, dims, bounds=[lower, upper])
     return table, verdict
 
 

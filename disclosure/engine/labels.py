@@ -41,9 +41,7 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def cell_address(
-    dims: tuple[str, ...], categories: tuple[pd.Index, ...], position: tuple[int, ...]
-) -> dict[str, Any]:
+def cell_address(dims: tuple[str, ...], categories: tuple[pd.Index, ...], position: tuple[int, ...]) -> dict[str, Any]:
     """Address of a cell of an extended table: labels per dimension, and which dimensions are margins."""
     labels: dict[str, Any] = {}
     margin: list[str] = []

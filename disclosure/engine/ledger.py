@@ -60,9 +60,7 @@ class ReleasedAggregate:
         )
 
 
-def aggregate_from_result(
-    output_id: str, result: TableResult, population: dict[str, Any]
-) -> ReleasedAggregate:
+def aggregate_from_result(output_id: str, result: TableResult, population: dict[str, Any]) -> ReleasedAggregate:
     """Ledger entry for a checked count or sum table, from what was actually released."""
     if result.statistic not in ("count", "sum"):
         raise ValueError(

@@ -206,9 +206,7 @@ def check_mode(values: pd.Series, *, policy: Policy | None = None) -> tuple[Any,
     t = policy.get("mode", "threshold")
     counts = values.dropna().value_counts()
     if counts.empty:
-        return None, simple_verdict(
-            "mode", policy, [criterion("threshold", "fail", {"threshold": t}, "no data")]
-        )
+        return None, simple_verdict("mode", policy, [criterion("threshold", "fail", {"threshold": t}, "no data")])
     top = counts[counts == counts.max()]
     mode = sorted(top.index)[0]
     n = int(counts.max())

@@ -87,9 +87,7 @@ def policy_from_bytes(raw: bytes) -> Policy:
     if not name or not version:
         raise PolicyError("policy needs a name and a version")
     return _validated(
-        Policy(
-            name=str(name), version=str(version), sha256=hashlib.sha256(raw).hexdigest(), settings=settings
-        )
+        Policy(name=str(name), version=str(version), sha256=hashlib.sha256(raw).hexdigest(), settings=settings)
     )
 
 

@@ -36,9 +36,7 @@ def _interior_mask(stats: TableStats) -> np.ndarray:
     return mask
 
 
-def frequency_rules(
-    stats: TableStats, policy: Policy, structural_zeros: np.ndarray | None = None
-) -> list[RuleResult]:
+def frequency_rules(stats: TableStats, policy: Policy, structural_zeros: np.ndarray | None = None) -> list[RuleResult]:
     """Threshold, zeros and class disclosure for a count table.
 
     The threshold counts distinct contributors (people when an id column was given), but the released value

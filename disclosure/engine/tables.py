@@ -21,7 +21,7 @@ from disclosure.engine.policy import Policy, default_policy
 from disclosure.engine.rounding import round_to_base
 from disclosure.engine.rules import RuleResult, frequency_rules, magnitude_rules, primary_mask
 from disclosure.engine.stats import TableStats, compute_table_stats
-from disclosure.engine.suppression import SuppressionResult, protect
+from disclosure.engine.suppression import SuppressionResult, interval_audit, protect
 from disclosure.engine.verdict import SCHEMA, combine_status
 
 MITIGATIONS = ("none", "suppress", "round")
@@ -43,9 +43,7 @@ class TableResult:
     rules: list[RuleResult] = field(repr=False, default_factory=list)
     suppression: SuppressionResult | None = field(repr=False, default=None)
 
-    def table(
-        self, *, released: bool = True, margins: bool = False, margins_name: str = MARGIN
-    ) -> pd.DataFrame:
+    def table(self, *, released: bool = True, margins: bool = False, margins_name: str = MARGIN) -> pd.DataFrame:
         """The table as a DataFrame (rows: all but the last dimension; columns: the last one)."""
         arr = self.released if released else self.values
         return to_frame(arr, self.stats, self.n_row_dims, margins=margins, margins_name=margins_name)
@@ -183,17 +181,20 @@ def _finish(
         required = _required_width(policy, statistic, additive)
         eligible = np.ones(values.shape, dtype=bool)
         run_audit = _audit_mode(audit, primary)
-        suppression = protect(
-            additive,
-            primary,
-            required,
-            eligible=eligible,
-            nonnegative=nonnegative,
-            audit=run_audit,
-            max_rounds=policy.get("suppression", "max_audit_rounds"),
-        )
-        if not policy.get("suppression", "secondary"):
-            suppression.suppressed = primary.copy()
+        if policy.get("suppression", "secondary"):
+            suppression = protect(
+                additive,
+                primary,
+                required,
+                eligible=eligible,
+                nonnegative=nonnegative,
+                audit=run_audit,
+                max_rounds=policy.get("suppression", "max_audit_rounds"),
+            )
+        else:
+            # A policy without secondary suppression still gets audited, so the verdict shows what leaks.
+            report = interval_audit(additive, primary, primary, required, nonnegative) if run_audit else None
+            suppression = SuppressionResult(primary, primary.copy(), report, 0)
         released[suppression.suppressed] = np.nan
     rounding = None
     if mitigation == "round" and statistic in ("count", "sum"):
@@ -206,7 +207,7 @@ def _finish(
 
 
 def _audit_mode(audit: bool | str, primary: np.ndarray) -> bool | str:
-    """"auto" picks the exact LP audit for small tables and the fast certificate audit for large ones."""
+    """ "auto" picks the exact LP audit for small tables and the fast certificate audit for large ones."""
     if audit == "auto":
         return "exact" if int(primary.sum()) <= AUDIT_CELL_LIMIT else "fast"
     if audit not in (True, False, "exact", "fast"):
@@ -289,9 +290,7 @@ def table_verdict(
                 "lp_solved": audit.lp_solved,
                 "intervals": [
                     {
-                        **cell_address(
-                            stats.dims, stats.categories, np.unravel_index(c.index, stats.records.shape)
-                        ),
+                        **cell_address(stats.dims, stats.categories, np.unravel_index(c.index, stats.records.shape)),
                         "lower": c.lower,
                         "upper": c.upper,
                         "width": c.width,

@@ -37,9 +37,7 @@ def criterion(
     return entry
 
 
-def simple_verdict(
-    output_type: str, policy: Policy, criteria: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
+def simple_verdict(output_type: str, policy: Policy, criteria: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     """Verdict of a non-table output: its status is the worst criterion's."""
     status = combine_status(c["status"] for c in criteria)
     reasons = [f"{c['rule']}: {c['reason']}" for c in criteria if c["status"] != "pass" and c["reason"]]

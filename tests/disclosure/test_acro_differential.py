@@ -60,9 +60,7 @@ def _random_table(rng: np.random.Generator) -> pd.DataFrame:
 
 def _flagged(outcome: dict, rule: str) -> set[tuple[str, str]]:
     """Cells of an ACRO outcome table whose text names ``rule`` (outcome JSON is {column: {row: text}})."""
-    return {
-        (str(row), str(col)) for col, rows in outcome.items() for row, text in rows.items() if rule in text
-    }
+    return {(str(row), str(col)) for col, rows in outcome.items() for row, text in rows.items() if rule in text}
 
 
 def _ours(result, rules: set[str], only_present: bool = False) -> set[tuple[str, str]]:
@@ -111,9 +109,7 @@ def test_count_tables_flag_the_same_cells_as_acro(acro_results, policy):
         acro_out = results[f"output_{2 * i}"]["outcome"]
         ours = check_frequency_table(df, ["a", "b"], mitigation="none", policy=policy)
         # ACRO's threshold rule also catches zeros (0 < 10); ours splits that into threshold + zeros.
-        assert _ours(ours, {"threshold", "zeros"}) == _flagged(acro_out, "MinimumThresholdCheck"), (
-            f"table {i}"
-        )
+        assert _ours(ours, {"threshold", "zeros"}) == _flagged(acro_out, "MinimumThresholdCheck"), f"table {i}"
         compared += len(_flagged(acro_out, "MinimumThresholdCheck"))
     assert compared > 0  # the random tables did exercise the rule
 

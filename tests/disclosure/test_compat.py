@@ -61,9 +61,7 @@ def test_acro_notebook_calls_run_and_write_results_json(charity_data, tmp_path):
 
 def test_unsupported_aggfunc_is_refused_not_silently_passed(charity_data):
     with pytest.raises(ValueError, match="not supported"):
-        ACRO().crosstab(
-            charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc="max"
-        )
+        ACRO().crosstab(charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc="max")
 
 
 def test_table_spec_recomputes_the_same_table(charity_data):

@@ -209,16 +209,9 @@ def test_return_and_resubmission_reset_votes_only_on_changed_files_and_keep_hist
     votes = world.session.scalars(select(OutputVote)).all()
     assert {v.file_id for v in votes if v.vote == "approve"} == {notes.id}
     assert not [v for v in votes if v.file_id == new_table.id]
-    assert (
-        world.session.scalars(select(OutputCheck).where(OutputCheck.file_id == new_table.id)).one().status
-        != "fail"
-    )
+    assert world.session.scalars(select(OutputCheck).where(OutputCheck.file_id == new_table.id)).one().status != "fail"
     actions = _actions(world, req.id)
-    assert (
-        actions.count("output.checks_done") == 2
-        and "output.return" in actions
-        and "output.resubmit" in actions
-    )
+    assert actions.count("output.checks_done") == 2 and "output.return" in actions and "output.resubmit" in actions
 
 
 def test_release_bundle_is_deterministic_and_holds_files_verdicts_record_and_decisions(world: World) -> None:
@@ -230,9 +223,7 @@ def test_release_bundle_is_deterministic_and_holds_files_verdicts_record_and_dec
     from disclosure.services import _checks_by_file
 
     decision = world.session.scalars(select(D)).one()
-    rebuilt, _ = build_bundle(
-        world.session, req, world.svc.files, _checks_by_file(world.session, req), decision
-    )
+    rebuilt, _ = build_bundle(world.session, req, world.svc.files, _checks_by_file(world.session, req), decision)
     assert rebuilt == data
     assert hashlib.sha256(data).hexdigest() == release.bundle_sha256
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -210,7 +211,7 @@ def test_web_runs_at_least_two_replicas_kept_up_by_a_disruption_budget() -> None
 
 
 def test_web_service_targets_a_port_the_web_container_declares() -> None:
-    service = find("Service", "tre-web")
+    service = find("Service", "tre-control-plane")
     web = find("Deployment", "tre-web")
     assert service["spec"]["selector"].items() <= web["spec"]["template"]["metadata"]["labels"].items()
     names = {p["name"] for c in containers(web) for p in c.get("ports", [])}
@@ -405,8 +406,8 @@ def test_namespace_denies_all_ingress_and_egress_by_default() -> None:
     assert deny, "no default-deny NetworkPolicy for ingress and egress"
 
 
-def test_egress_is_allowed_only_to_dns_postgresql_redis_and_rabbitmq() -> None:
-    allowed_ports = {53, 5432, 6379, 5672}
+def test_egress_is_allowed_only_to_dns_postgresql_redis_rabbitmq_and_the_hub_api() -> None:
+    allowed_ports = {53, 5432, 6379, 5672, 8081}  # DNS, PostgreSQL, Redis, RabbitMQ, JupyterHub's API
     for name, policy in policies().items():
         for rule in policy["spec"].get("egress", []):
             assert rule.get("ports"), f"{name}: an egress rule without ports opens every port"
@@ -429,8 +430,17 @@ def test_only_the_web_pods_take_ingress_and_only_on_their_port() -> None:
             assert {p["port"] for p in rule["ports"]} == {port}, name
             assert rule.get("from"), f"{name}: an ingress rule without sources allows everyone"
             for peer in rule["from"]:
-                sources.add(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"])
-    assert "ingress-nginx" in sources
+                namespace = peer.get("namespaceSelector", {}).get("matchLabels", {})
+                sources.add(namespace.get("kubernetes.io/metadata.name", "this namespace"))
+    assert {"ingress-nginx", "this namespace"} <= sources
+
+
+def test_allowances_select_control_plane_pods_only_so_workspaces_stay_closed() -> None:
+    # JupyterHub shares the namespace: an allowance for every pod would open DNS or egress to workspaces.
+    for name, policy in policies().items():
+        spec = policy["spec"]
+        if spec.get("ingress") or spec.get("egress"):
+            assert spec["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "tre-control-plane", name
 
 
 def test_every_tre_pod_is_covered_by_the_backend_egress_policy() -> None:
@@ -439,6 +449,22 @@ def test_every_tre_pod_is_covered_by_the_backend_egress_policy() -> None:
         spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
         template = spec["template"]
         assert selector.items() <= template["metadata"]["labels"].items(), doc["metadata"]["name"]
+
+
+def test_jupyterhub_values_reach_the_control_plane_service_and_pods() -> None:
+    values_file = REPO / "infra" / "jupyterhub" / "values.yaml"
+    if not values_file.exists():
+        pytest.skip("no Zero-to-JupyterHub values in this tree")
+    values = yaml.safe_load(values_file.read_text(encoding="utf-8"))
+    url = urlsplit(values["hub"]["extraEnv"]["TRE_CONTROL_PLANE_URL"])
+    service = find("Service", "tre-control-plane")
+    assert url.hostname == f"{service['metadata']['name']}.tre.svc.cluster.local"
+    assert url.port in {p["port"] for p in service["spec"]["ports"]}
+    web = find("Deployment", "tre-web")["spec"]["template"]
+    for rule in values["singleuser"]["networkPolicy"]["egress"] + values["hub"]["networkPolicy"]["egress"]:
+        for peer in rule["to"]:
+            assert peer["podSelector"]["matchLabels"].items() <= web["metadata"]["labels"].items()
+        assert {p["port"] for p in rule["ports"]} <= {p["containerPort"] for p in web["spec"]["containers"][0]["ports"]}
 
 
 # --- systemd --------------------------------------------------------------------------------------

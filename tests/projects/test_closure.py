@@ -33,7 +33,9 @@ def w(app: Any) -> Iterator[World]:
 
 
 @pytest.fixture
-def hooks() -> Iterator[list[str]]:
+def hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    # Only this test's hooks: the real ones (extracts, project keys) have tests of their own.
+    monkeypatch.setattr(closure, "_HOOKS", {})
     calls: list[str] = []
     flaky = {"fail": True}
 

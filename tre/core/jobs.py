@@ -138,7 +138,9 @@ def enqueue_due_periodic(db: Database) -> list[str]:
     sent = []
     with db.session_factory() as s:
         for kind, every in sorted(_PERIODIC.items()):
-            job = enqueue(s, kind, {"interval_start": now - now % every},
+            start = now - now % every
+            payload = {"interval_start": start, "date": dt.datetime.fromtimestamp(start, dt.UTC).date().isoformat()}
+            job = enqueue(s, kind, payload,
                           idempotency_key=f"periodic:{kind}:{now // every}")
             sent.append(job.id)
         s.commit()

@@ -24,8 +24,7 @@ def open_workspace(project_id: str) -> Any:
         token = workspaces_service().issue_login_token(g.user, project_id)
     except WorkspaceError as exc:
         flash(str(exc), "error")
-        target = "projects.detail" if "projects.detail" in current_app.view_functions else "web.home"
-        return redirect(url_for(target, project_id=project_id) if target != "web.home" else url_for(target))
+        return redirect(url_for("projects.show", project_id=project_id))
     hub = current_app.extensions["tre.settings"].jupyterhub_url.rstrip("/")
     response = current_app.make_response(
         render_template("workspaces/handoff.html", title="Opening your workspace", action=f"{hub}/hub/tre-login",

@@ -44,9 +44,7 @@ def test_dp_budget_refuses_overspend():
 
 def test_dp_sums_scale_with_bounds_and_rows_per_person():
     budget = PrivacyBudget("p", 10.0)
-    table, _ = dp_sums(
-        _data(), ["sex"], CATS, "cost", (0, 100), 1.0, budget, "o1", person="pid", max_rows_per_person=2
-    )
+    table, _ = dp_sums(_data(), ["sex"], CATS, "cost", (0, 100), 1.0, budget, "o1", person="pid", max_rows_per_person=2)
     assert (table["noise_scale"] == 200.0).all()
 
 
@@ -55,7 +53,5 @@ def test_dp_means_spend_once_and_stay_within_bounds():
     table, verdict = dp_means(_data(), ["sex"], CATS, "cost", (0, 100), 1.0, budget, "o1", seed=1)
     assert budget.spent == pytest.approx(1.0)
     assert ((table["estimate"] >= 0) & (table["estimate"] <= 100)).all()
-    assert (table["ci95_lower"] <= table["estimate"]).all() and (
-        table["estimate"] <= table["ci95_upper"]
-    ).all()
+    assert (table["ci95_lower"] <= table["estimate"]).all() and (table["estimate"] <= table["ci95_upper"]).all()
     assert abs(table.loc["f", "estimate"] - 50) < 5

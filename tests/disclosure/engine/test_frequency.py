@@ -69,9 +69,7 @@ def test_class_disclosure_flags_only_nonzero_cell_of_a_line():
 
 
 def test_suppression_hides_primary_and_partner_in_same_row():
-    data = _rows(
-        {("x", "p"): 3, ("x", "q"): 50, ("x", "r"): 60, ("y", "p"): 40, ("y", "q"): 45, ("y", "r"): 70}
-    )
+    data = _rows({("x", "p"): 3, ("x", "q"): 50, ("x", "r"): 60, ("y", "p"): 40, ("y", "q"): 45, ("y", "r"): 70})
     result = check_frequency_table(data, ["a", "b"])
     released = result.table()
     assert np.isnan(released.loc["x", "p"])
@@ -137,8 +135,14 @@ def test_published_counts_without_microdata_are_at_best_review():
 
 
 def test_published_counts_with_inconsistent_margins_fail():
-    table = pd.DataFrame(
-        {"p": [30, 40, 70], "q": [50, 45, 96], "All": [80, 85, 166]}, index=["x", "y", "All"]
-    )
+    table = pd.DataFrame({"p": [30, 40, 70], "q": [50, 45, 96], "All": [80, 85, 166]}, index=["x", "y", "All"])
     result = check_published_counts(table, has_margins=True)
     assert result.verdict["status"] == "fail"
+
+
+def test_policy_without_secondary_suppression_fails_the_recoverable_table(policy):
+    data = _rows({("x", "p"): 3, ("x", "q"): 50, ("x", "r"): 60, ("y", "p"): 40, ("y", "q"): 45, ("y", "r"): 70})
+    no_secondary = policy.with_overrides({"suppression": {"secondary": False}})
+    result = check_frequency_table(data, ["a", "b"], policy=no_secondary, audit="exact")
+    assert result.verdict["status"] == "fail"
+    assert result.verdict["mitigation"]["suppression"]["audit"]["status"] == "exposed"

@@ -61,9 +61,7 @@ def test_identical_values_reveal_each_contributor():
 
 def test_dominance_uses_person_totals_when_id_given():
     # one person has 10 rows of 50 -> dominates once their rows are summed
-    data = pd.DataFrame(
-        {"g": ["a"] * 20, "v": [50.0] * 10 + [5.0] * 10, "pid": [1] * 10 + list(range(2, 12))}
-    )
+    data = pd.DataFrame({"g": ["a"] * 20, "v": [50.0] * 10 + [5.0] * 10, "pid": [1] * 10 + list(range(2, 12))})
     by_record = check_magnitude_table(data, ["g"], "v", mitigation="none")
     by_person = check_magnitude_table(data, ["g"], "v", person="pid", mitigation="none")
     assert "nk_dominance" not in _cell_rules(by_record, g="a")
