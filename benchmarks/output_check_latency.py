@@ -327,7 +327,7 @@ def main() -> None:
                 "baseline": round(baseline, 3),
                 "baseline_is": "the same three checks in-process, no queue",
                 "ratio": round(value / baseline, 2),
-                "target": "value <= 5 s on the embedded default (OpenSAFELY Airlock's target is 5 working days for the whole review)",
+                "target": "value <= 5 s on the embedded default",
                 "postgresql_redis_median_s": round(results["postgresql_redis"]["median_s"], 3)
                 if "postgresql_redis" in results
                 else None,

@@ -1,10 +1,10 @@
-"""The automated check: a background job runs the disclosure engine on one file of a request.
+"""The automated check: a background job runs the disclosure engine on the files of a request.
 
-One job per (request, file content, policy): the job's idempotency key is built from the three,
-so submitting twice, resubmitting unchanged files or a redelivered message never checks twice,
-and the verdict row is unique per file and policy. The handler's writes commit together with the
-job's success, exactly once; a worker killed mid-check leaves nothing behind and the sweeper runs
-the job again. What the engine is given:
+One job per submission, keyed by the request, the hash of its files' hashes and the policy, so
+submitting twice, resubmitting unchanged files or a redelivered message never checks twice; and
+the verdict row is unique per file and policy, so a file already checked is skipped. The
+handler's writes commit together with the job's success, exactly once; a worker killed
+mid-check leaves nothing behind and the sweeper runs the job again. What the engine is given:
 
 * a CSV with a table specification: the table is re-computed from the project's extract and
   compared with the CSV; without an extract the verdict says the re-computation was not done;
@@ -174,9 +174,7 @@ def check_content(
     if recomputed is not None and recomputed.statistic in ("count", "sum"):
         population = {"dataset": spec["dataset"], "filters": spec.get("filters", [])}  # type: ignore[index]
         candidate = aggregate_from_result(output_id, recomputed, population)
-        differencing = differencing_audit(
-            ledger, candidate, threshold=int(policy.get("differencing", "threshold"))
-        )
+        differencing = differencing_audit(ledger, candidate, threshold=int(policy.get("differencing", "threshold")))
         aggregate = candidate.to_dict()
         if differencing:
             verdict = {
@@ -206,21 +204,22 @@ def run_check(
     *,
     job_id: str | None = None,
 ) -> dict[str, Any]:
-    """Check every current file of the request with this content; write verdicts; move the request on."""
+    """Check every current file of the request with one of these contents; write verdicts; move the
+    request on. A file already checked under this policy is skipped, so a re-run writes nothing twice."""
     try:
-        request_id, sha256, policy_sha = payload["request_id"], payload["sha256"], payload["policy_sha256"]
+        request_id, policy_sha = payload["request_id"], payload["policy_sha256"]
+        wanted = set(payload["sha256s"])
     except (KeyError, TypeError):
-        raise PermanentJobError("the check job needs request_id, sha256 and policy_sha256") from None
+        raise PermanentJobError("the check job needs request_id, sha256s and policy_sha256") from None
     policy = current_policy()
     if policy.sha256 != policy_sha:
         raise PermanentJobError("the disclosure policy changed since submission; resubmit to check again")
     req = session.get(OutputRequest, request_id, with_for_update=True, populate_existing=True)
     if req is None:
         raise PermanentJobError("no such output request")
-    targets = [f for f in req.current_files if f.sha256 == sha256]
+    targets = [f for f in req.current_files if f.sha256 in wanted]
     written = []
     if targets:
-        content = files.get(sha256)
         ledger = load_ledger(session, req.project_id)
         for f in targets:
             if (
@@ -235,7 +234,7 @@ def run_check(
             outcome = check_content(
                 f.name,
                 f.kind,
-                content,
+                files.get(f.sha256),
                 f.table_spec,
                 policy=policy,
                 extracts_root=extracts_root,
@@ -254,7 +253,7 @@ def run_check(
                 project_id=req.project_id,
                 detail={
                     "request": req.id,
-                    "sha256": sha256,
+                    "sha256": f.sha256,
                     "status": outcome["status"],
                     "recompute": outcome["recompute"].get("status"),
                     "policy_sha256": policy.sha256,
@@ -302,6 +301,4 @@ def check_output_file(ctx: JobContext) -> dict[str, Any]:
     platform = current_app.extensions["tre.platform"]
     extracts_root = Path(platform.settings.instance_path) / "extracts"
     ctx.report_progress(0.1, "checking")
-    return run_check(
-        ctx.session, platform.audit, platform.files, extracts_root, ctx.payload, job_id=ctx.job_id
-    )
+    return run_check(ctx.session, platform.audit, platform.files, extracts_root, ctx.payload, job_id=ctx.job_id)

@@ -173,9 +173,7 @@ class OutputVote(Base):
     __table_args__ = (
         UniqueConstraint("file_id", "reviewer_id"),
         CheckConstraint(_one_of("vote", VOTES), name="vote_known"),
-        CheckConstraint(
-            "vote <> 'changes_requested' OR length(trim(comment)) > 0", name="changes_need_comment"
-        ),
+        CheckConstraint("vote <> 'changes_requested' OR length(trim(comment)) > 0", name="changes_need_comment"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

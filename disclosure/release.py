@@ -57,9 +57,7 @@ def build_bundle(
             raise RuleViolation("A file differs from the one approved: the request cannot be released")
         path = f"files/{groups[f.group_id].name}/{f.name}"
         entries[path] = content
-        listed.append(
-            {"path": path, "file_id": f.id, "sha256": f.sha256, "bytes": f.size_bytes, "kind": f.kind}
-        )
+        listed.append({"path": path, "file_id": f.id, "sha256": f.sha256, "bytes": f.size_bytes, "kind": f.kind})
         check = checks.get(f.id)
         verdicts[path] = check.verdict if check else None
         record_files.append(
@@ -77,9 +75,7 @@ def build_bundle(
             }
         )
     decisions = list(
-        s.scalars(
-            select(OutputDecision).where(OutputDecision.request_id == req.id).order_by(OutputDecision.round)
-        )
+        s.scalars(select(OutputDecision).where(OutputDecision.request_id == req.id).order_by(OutputDecision.round))
     )
     votes = list(s.scalars(select(OutputVote).where(OutputVote.request_id == req.id)))
     current = {f.id for f in req.current_files}

@@ -99,9 +99,7 @@ def check_transition(current: str, target: str) -> str:
         raise IllegalTransition(f"Unknown output request state: {target if current in STATES else current}")
     step = TRANSITIONS.get((current, target))
     if step is None:
-        possible = (
-            ", ".join(STATE_LABELS[t].lower() for t in allowed_targets(current)) or "nothing (it is final)"
-        )
+        possible = ", ".join(STATE_LABELS[t].lower() for t in allowed_targets(current)) or "nothing (it is final)"
         raise IllegalTransition(
             f"An output request that is {STATE_LABELS[current].lower()} cannot become "
             f"{STATE_LABELS[target].lower()}; it can become: {possible}"
@@ -172,9 +170,7 @@ def check_review_complete(votes: Mapping[str, str], file_ids: Iterable[str]) -> 
     """Every current file needs a decided vote (approve or changes requested) before a review is submitted."""
     undecided = [f for f in file_ids if votes.get(f, VOTE_UNDECIDED) == VOTE_UNDECIDED]
     if undecided:
-        raise RuleViolation(
-            f"Vote on every file before submitting your review ({len(undecided)} still undecided)"
-        )
+        raise RuleViolation(f"Vote on every file before submitting your review ({len(undecided)} still undecided)")
 
 
 def check_consolidation(
@@ -189,9 +185,7 @@ def check_consolidation(
             else f"All independent reviews must be submitted first: {reviews_done} of {required} done"
         )
     if outcome == OUTCOME_APPROVE and not all_files_approved_by_all:
-        raise RuleViolation(
-            "Every file must be approved by every reviewer before the request can be approved"
-        )
+        raise RuleViolation("Every file must be approved by every reviewer before the request can be approved")
     if outcome in (OUTCOME_RETURN, OUTCOME_REJECT) and not (comment or "").strip():
         raise RuleViolation("Tell the author why, in a comment they will see")
 
@@ -270,13 +264,9 @@ def check_file(name: str, content: bytes, max_bytes: int = MAX_FILE_BYTES) -> Ac
         )
     ext = Path(name).suffix.lower()
     if ext in REFUSED_ARCHIVES or any(content.startswith(m) for m in _ARCHIVE_MAGIC):
-        raise RuleViolation(
-            f"{name}: archives and binary data files are refused; add each output as its own file"
-        )
+        raise RuleViolation(f"{name}: archives and binary data files are refused; add each output as its own file")
     if ext in REFUSED_ACTIVE:
-        raise RuleViolation(
-            f"{name}: {ext} files are refused (they can carry active content); use CSV, text or PNG"
-        )
+        raise RuleViolation(f"{name}: {ext} files are refused (they can carry active content); use CSV, text or PNG")
     kind = FILE_KINDS.get(ext)
     if kind is None:
         allowed = ", ".join(sorted(FILE_KINDS))
@@ -342,9 +332,7 @@ def missing_for_submission(title: str, groups: Sequence[GroupFacts], file_count:
         if g.file_count == 0:
             continue
         if not g.context.strip():
-            problems.append(
-                f"Describe the context of group {g.name}: what it shows, population, denominators"
-            )
+            problems.append(f"Describe the context of group {g.name}: what it shows, population, denominators")
         if not g.controls.strip():
             problems.append(f"Describe the disclosure controls applied in group {g.name}")
     return problems

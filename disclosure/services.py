@@ -8,6 +8,7 @@ safe to show, having changed nothing (a refusal is itself recorded, in its own s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,9 +81,16 @@ class _Denied(Exception):
         )
 
 
-def check_job_key(request_id: str, sha256: str, policy_sha256: str) -> str:
-    """One automated check per request, file content and policy: the job's idempotency key."""
-    return f"{CHECK_JOB}:{request_id}:{sha256}:{policy_sha256}"
+def check_job_key(request_id: str, sha256s: Sequence[str], policy_sha256: str) -> str:
+    """The check job's idempotency key: the request, the hash of its files' hashes, and the policy.
+
+    One job checks every file of a submission. (One job per file would be natural, but the kernel's
+    ``enqueue`` sends a job's message when a later savepoint in the same transaction is released,
+    i.e. before the transaction commits; a worker can then miss it until the sweeper re-sends it.
+    With one job per transaction the message is sent only after the commit.)
+    """
+    digest = hashlib.sha256("\n".join(sorted(set(sha256s))).encode()).hexdigest()
+    return f"{CHECK_JOB}:{request_id}:{digest}:{policy_sha256}"
 
 
 def current_policy() -> Any:
@@ -506,13 +514,13 @@ class Outputs:
             files={f.id: f.sha256 for f in req.current_files},
         )
         policy = self.policy
-        for sha in sorted({f.sha256 for f in req.current_files}):
-            enqueue(
-                s,
-                CHECK_JOB,
-                {"request_id": req.id, "sha256": sha, "policy_sha256": policy.sha256},
-                idempotency_key=check_job_key(req.id, sha, policy.sha256),
-            )
+        shas = sorted({f.sha256 for f in req.current_files})
+        enqueue(
+            s,
+            CHECK_JOB,
+            {"request_id": req.id, "sha256s": shas, "policy_sha256": policy.sha256},
+            idempotency_key=check_job_key(req.id, shas, policy.sha256),
+        )
         advance_after_checks(s, self.audit, req, policy.sha256, request_id=self.request_id)
         self._tell_checkers(s, req, "Output request submitted for checking", "output.submitted")
 
@@ -959,13 +967,13 @@ def automated_status(s: Session, req: OutputRequest, policy_sha256: str) -> Auto
         )
     }
     failed, reasons = [], []
-    for f in files:
-        if f.id in checked:
-            continue
-        job = s.scalar(select(Job).where(Job.idempotency_key == check_job_key(req.id, f.sha256, policy_sha256)))
+    unchecked = [f for f in files if f.id not in checked]
+    if unchecked:
+        key = check_job_key(req.id, [f.sha256 for f in files], policy_sha256)
+        job = s.scalar(select(Job).where(Job.idempotency_key == key))
         if job is not None and job.state == FAILED:
-            failed.append(f.id)
-            reasons.append(f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)")
+            failed = [f.id for f in unchecked]
+            reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
     done = sum(1 for f in files if f.id in checked)
     if done == len(files):
         state = "done"

@@ -351,8 +351,9 @@ def jobs_selftest(timeout: int) -> None:
         job_id = job.id
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        db.session.expire_all()
-        job = db.session.get(jobs.Job, job_id)
+        # A short session per look: on SQLite an open transaction would hold the write lock.
+        with db.session_factory() as s:
+            job = s.get(jobs.Job, job_id)
         if job is not None and job.state in (jobs.SUCCEEDED, jobs.FAILED):
             click.echo(f"job {job_id}: {job.state}")
             sys.exit(0 if job.state == jobs.SUCCEEDED else 1)

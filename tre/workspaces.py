@@ -23,10 +23,10 @@ def paths_for(settings: Any) -> WorkspacePaths:
     return WorkspacePaths(settings.extracts_path, settings.workspaces_path)
 
 
-def workspaces_service(platform: Any = None, request_id: str | None = None) -> Workspaces:
+def workspaces_service(platform: Any = None, request_id: str | None = None, session: Any = None) -> Workspaces:
     p = platform or current_app.extensions["tre.platform"]
     return Workspaces(
-        p.db.session, p.audit, p.tokens, paths_for(p.settings), p.settings.public_url,
+        session or p.db.session, p.audit, p.tokens, paths_for(p.settings), p.settings.public_url,
         request_id=request_id if request_id is not None else g.get("request_id"),
     )
 
@@ -52,7 +52,8 @@ def stop_hub_server(hub_url: str, api_token: str, username: str, server: str) ->
 def enforce_gate(ctx: JobContext) -> dict[str, int]:
     """Stop, within a minute, every running workspace whose person the gate no longer admits."""
     p = current_app.extensions["tre.platform"]
-    service = workspaces_service(p, request_id=None)
+    # The job's own session: on SQLite a second session in this thread would wait on the first's lock.
+    service = workspaces_service(p, request_id=None, session=ctx.session)
     stale = service.workspaces_to_stop()
     token = read_secret(p.settings, HUB_API_TOKEN_FILE)
     stopped = 0

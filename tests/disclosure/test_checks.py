@@ -152,15 +152,31 @@ def test_check_job_is_keyed_by_request_file_hash_and_policy(world: World) -> Non
 
     job = world.session.scalars(select(jobs.Job).where(jobs.Job.kind == CHECK_JOB)).one()
 
-    assert job.idempotency_key == check_job_key(req.id, f.sha256, current_policy().sha256)
+    assert job.idempotency_key == check_job_key(req.id, [f.sha256], current_policy().sha256)
     assert job.queue == "checks"
+    assert job.payload["sha256s"] == [f.sha256]
+
+
+def test_submission_of_several_files_enqueues_one_job_sent_only_after_commit(world: World) -> None:
+    req = world.draft(content=SAFE_CSV)
+    world.svc.add_file(world.author, req.id, "notes.txt", b"Notes", group="tables")
+    sent: list[str] = []
+    jobs.set_dispatcher(lambda job_id, queue: sent.append(job_id))
+    try:
+        world.svc.submit(world.author, req.id)
+    finally:
+        jobs.set_dispatcher(None)
+
+    queued = world.session.scalars(select(jobs.Job).where(jobs.Job.kind == CHECK_JOB)).all()
+    assert len(queued) == 1 and sent == [queued[0].id]
+    assert len(queued[0].payload["sha256s"]) == 2
 
 
 def test_running_the_check_again_writes_nothing_new(world: World) -> None:
     req = world.submitted(content=SAFE_CSV)
     f = req.current_files[0]
     p = platform(world.app)
-    payload = {"request_id": req.id, "sha256": f.sha256, "policy_sha256": current_policy().sha256}
+    payload = {"request_id": req.id, "sha256s": [f.sha256], "policy_sha256": current_policy().sha256}
 
     result = run_check(world.session, p.audit, p.files, Path("/nonexistent"), payload)
     world.session.commit()
@@ -174,14 +190,14 @@ def test_running_the_check_again_writes_nothing_new(world: World) -> None:
 def test_bad_payload_fails_the_job_permanently(world: World) -> None:
     p = platform(world.app)
     with pytest.raises(PermanentJobError, match="needs request_id"):
-        run_check(world.session, p.audit, p.files, Path("/x"), {"sha256": "a"})
+        run_check(world.session, p.audit, p.files, Path("/x"), {"sha256s": ["a"]})
     with pytest.raises(PermanentJobError, match="policy changed"):
         run_check(
             world.session,
             p.audit,
             p.files,
             Path("/x"),
-            {"request_id": "r", "sha256": "a", "policy_sha256": "b"},
+            {"request_id": "r", "sha256s": ["a"], "policy_sha256": "b"},
         )
 
 

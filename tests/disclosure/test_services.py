@@ -346,3 +346,23 @@ def _recomputed_csv(world: World) -> bytes:
     from tests.disclosure.test_checks import recomputed_csv
 
     return recomputed_csv()
+
+
+def test_data_destruction_withdraws_open_requests_and_deletes_unreleased_files_only(world: World) -> None:
+    from disclosure.services import destroy_unreleased_outputs
+    from projects.closure import registered_hooks
+    from tre.core.db import transaction
+
+    released = world.released(content=SAFE_CSV)
+    draft = world.draft(content=b"Notes never released", name="notes.txt")
+    draft_sha = world.refresh(draft).current_files[0].sha256
+
+    with transaction(world.session) as s:
+        result = destroy_unreleased_outputs(s, world.project.id, files=world.svc.files)
+
+    assert "output-files" in registered_hooks()
+    assert result == {"requests_withdrawn": 1, "files_deleted": 1}
+    assert world.refresh(draft).state == rules.WITHDRAWN
+    assert not world.svc.files.exists(draft_sha)
+    assert world.svc.files.exists(world.refresh(released).current_files[0].sha256)
+    assert world.refresh(released).state == rules.RELEASED

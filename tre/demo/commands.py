@@ -37,6 +37,29 @@ def load_command(patients: int) -> None:
         from tre.demo.catalogue import register_demo_datasets
 
         register_demo_datasets(app, data_dir)
+        _build_demo_extracts(app)
+
+
+def _build_demo_extracts(app: object) -> None:
+    """Build the active demo project's extract here and now, so its workspace has data at once."""
+    from sqlalchemy import select
+
+    from projects.models import Project
+    from projects.rules import ACTIVE
+    from pseudonymisation.tasks import extracts_service
+    from tre.core import jobs
+    from tre.core.identity import User
+    from tre.demo.accounts import DOMAIN
+
+    p = app.extensions["tre.platform"]  # type: ignore[attr-defined]
+    custodian = p.db.session.scalar(select(User).where(User.email == f"cara.custodian@{DOMAIN}"))
+    jobs.set_dispatcher(None)  # run the job in this process, below, not through the broker
+    for project in p.db.session.scalars(select(Project).where(Project.state == ACTIVE)).all():
+        service = extracts_service(p)
+        extract = service.request(custodian, project.id)
+        if extract.state != "succeeded" and extract.job_id:
+            outcome = jobs.run_job(p.db, extract.job_id, lease_seconds=p.settings.job_lease_seconds)
+            click.echo(f"extract for {project.title!r}: {outcome}")
 
 
 @click.command("code")
