@@ -8,7 +8,7 @@ export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
 
 WORKSPACE_RUNTIME ?= /opt/tre-workspace
 
-.PHONY: setup run test test-e2e lint browser workspace-runtime clean
+.PHONY: setup run test test-e2e lint browser workspace-runtime acro clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -41,7 +41,11 @@ run: setup workspace-runtime
 	$(BIN)/tre demo load
 	$(BIN)/tre run
 
-test: setup browser workspace-runtime
+# ACRO, the reference the disclosure engine is tested against, needs an older pandas: own venv.
+acro:
+	bash benchmarks/acro_env.sh >/dev/null
+
+test: setup browser workspace-runtime acro
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 

@@ -478,17 +478,61 @@ def run() -> None:
                     stopping = True
             time.sleep(0.5)
     finally:
+        # Children that JupyterHub starts in sessions of their own (its proxy, its services) do
+        # not get our signal; note them now, while their parent still lives.
+        strays = [child for proc in procs.values() for child in _descendants(proc.pid)]
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        # JupyterHub stops its proxy and services on SIGTERM, but only if given the time to.
+        deadline = time.monotonic() + 30
         for proc in procs.values():
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        _stop_stragglers(settings.instance_path, strays)
         click.echo("stopped")
     sys.exit(exit_code)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), found through each process's parent id."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
+def _stop_stragglers(instance: Path, strays: list[int]) -> None:
+    """Stop what our processes started in sessions of their own: the descendants noted before the
+    shutdown, and anything else carrying this instance's path in its environment."""
+    for pid in strays:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
+    marker = f"TRE_INSTANCE_PATH={instance}".encode()
+    me = os.getpid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid == me:
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
 
 
 def _hub_command(settings: Settings, env: dict[str, str], commands: dict[str, list[str]]) -> str:

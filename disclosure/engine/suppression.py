@@ -315,6 +315,10 @@ def _vectorised_boxes(
         other = np.delete(pos, axis, axis=1)
         line_top = order[tuple(other.T)]  # (n, per_axis + 1)
         line_ok = np.isfinite(order_vals[tuple(other.T)]) & (line_top != pos[:, axis : axis + 1])
+        if line_top.shape[1] < per_axis + 1:  # short axis: pad with "no partner"
+            pad = per_axis + 1 - line_top.shape[1]
+            line_top = np.pad(line_top, ((0, 0), (0, pad)))
+            line_ok = np.pad(line_ok, ((0, 0), (0, pad)))
         rank = np.argsort(~line_ok, axis=1, kind="stable")[:, :per_axis]
         chosen = np.take_along_axis(line_top, rank, axis=1)
         valid = np.take_along_axis(line_ok, rank, axis=1)
@@ -340,7 +344,12 @@ def _vectorised_boxes(
 
 
 def box_certificates(
-    values: np.ndarray, suppressed: np.ndarray, cells: np.ndarray, nonnegative: bool = True, per_axis: int = 4
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    cells: np.ndarray,
+    nonnegative: bool = True,
+    per_axis: int = 4,
+    deadline: float | None = None,
 ) -> dict[int, tuple[float, float]]:
     """For each cell, how far it can provably move down and up without changing any released number.
 
@@ -357,6 +366,8 @@ def box_certificates(
     out: dict[int, tuple[float, float]] = {}
     patterns = np.array(list(np.ndindex(*(2,) * k)), dtype=np.int64)  # 0 = own index, 1 = partner
     for cell in cells:
+        if deadline is not None and time.monotonic() > deadline:
+            break  # the cells not reached simply have no certificate
         pos = np.unravel_index(int(cell), shape)
         cands = []
         for axis in range(k):
@@ -426,7 +437,7 @@ def audit_pattern(
             int(c): (float(d), float(u)) for c, d, u in zip(targets[enough], down[enough], up[enough], strict=True)
         }
     rest = np.array([c for c in targets if int(c) not in certs], dtype=np.int64)
-    certs.update(box_certificates(values, suppressed, rest, nonnegative))
+    certs.update(box_certificates(values, suppressed, rest, nonnegative, deadline=time.monotonic() + lp_seconds))
     result = AuditResult(method="box-certificate+linprog-highs", scope="primary")
     missing = []
     for cell in targets:
