@@ -219,7 +219,8 @@ class Identity:
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
         with transaction(self.session) as s:
-            user = self._get(s, user_id)
+            # Lock the account so two administrators changing roles at once queue, not collide.
+            user = self._get(s, user_id, lock=True)
             before = user.role_names
             if actor.id == user.id and Role.ADMINISTRATOR.value in before and Role.ADMINISTRATOR.value not in roles:
                 raise IdentityError("You cannot remove your own administrator role")
@@ -487,8 +488,8 @@ class Identity:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _get(self, s: Session, user_id: str) -> User:
-        user = s.get(User, user_id)
+    def _get(self, s: Session, user_id: str, *, lock: bool = False) -> User:
+        user = s.get(User, user_id, with_for_update=lock or None, populate_existing=lock)
         if user is None:
             raise IdentityError("No such account")
         return user
