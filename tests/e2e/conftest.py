@@ -86,7 +86,9 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServi
     service.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope: while Playwright's synchronous API is open it keeps an event loop running in this
+# thread, which would break later tests that start their own (asyncio.run).
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.skip("CHROMIUM IS NOT INSTALLED: run `make browser` (Debian's chromium); end-to-end tests skipped")
@@ -110,6 +112,6 @@ def sign_in(page: Any, service: LiveService, email: str) -> None:
     page.goto(service.url + "/auth/login")
     page.fill("#email", email)
     page.fill("#password", service.password(email))
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     page.fill("#code", service.code(email))
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")

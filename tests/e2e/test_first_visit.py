@@ -37,7 +37,7 @@ def test_person_enrols_mfa_is_refused_a_page_and_the_auditor_finds_the_refusal(
     page.fill("#display_name", "Nadia Newcomer")
     page.fill("#email", "nadia@demo.tre.example")
     page.check("#role-researcher")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")
     page.click("text=Issue a password reset link")
     link = page.inner_text("#reset-link")
 
