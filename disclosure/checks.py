@@ -36,7 +36,8 @@ _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def extract_location(extracts_root: Path, project_id: str, dataset: str) -> Path | None:
-    """Where the project's extract of ``dataset`` lives (``<root>/<project>/<dataset>``), if it exists."""
+    """Where the project's extract of ``dataset`` lives, if it exists: the extract service writes
+    ``<extracts_path>/<project>/<dataset>/data/part-*.parquet``."""
     if not _DATASET.match(dataset or "") or ".." in dataset or not _DATASET.match(project_id or ""):
         return None
     base = extracts_root / project_id
@@ -299,6 +300,7 @@ def check_output_file(ctx: JobContext) -> dict[str, Any]:
     from flask import current_app
 
     platform = current_app.extensions["tre.platform"]
-    extracts_root = Path(platform.settings.instance_path) / "extracts"
+    settings = platform.settings
+    extracts_root = Path(getattr(settings, "extracts_path", None) or Path(settings.instance_path) / "extracts")
     ctx.report_progress(0.1, "checking")
     return run_check(ctx.session, platform.audit, platform.files, extracts_root, ctx.payload, job_id=ctx.job_id)

@@ -9,6 +9,7 @@ hash the approval bound to before it goes in.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -27,6 +28,18 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 def _json(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+
+
+def public_verdict(verdict: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A verdict fit to leave the environment: every criterion and flagged cell, but not the interval
+    audit's per-cell bounds on suppressed values (checkers see those inside; they stay inside)."""
+    if verdict is None:
+        return None
+    out = copy.deepcopy(verdict)
+    audit = out.get("mitigation", {}).get("suppression", {}).get("audit")
+    if isinstance(audit, dict) and "intervals" in audit:
+        audit["intervals"] = f"{len(audit['intervals'])} interval(s) checked; bounds withheld"
+    return out
 
 
 def deterministic_zip(entries: dict[str, bytes]) -> bytes:
@@ -59,16 +72,17 @@ def build_bundle(
         entries[path] = content
         listed.append({"path": path, "file_id": f.id, "sha256": f.sha256, "bytes": f.size_bytes, "kind": f.kind})
         check = checks.get(f.id)
-        verdicts[path] = check.verdict if check else None
+        verdict = public_verdict(check.verdict) if check else None
+        verdicts[path] = verdict
         record_files.append(
             {
                 "path": path,
                 "sha256": f.sha256,
                 "group": groups[f.group_id].name,
                 "automated_status": check.status if check else "not_checked",
-                "policy": check.verdict.get("policy") if check else None,
-                "criteria": check.verdict.get("criteria", []) if check else [],
-                "mitigation": check.verdict.get("mitigation") if check else None,
+                "policy": verdict.get("policy") if verdict else None,
+                "criteria": verdict.get("criteria", []) if verdict else [],
+                "mitigation": verdict.get("mitigation") if verdict else None,
                 "recompute": check.recompute if check else None,
                 "differencing": check.differencing if check else [],
                 "table_spec": f.table_spec,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from disclosure import permissions as perm
@@ -313,8 +314,22 @@ class Outputs:
             client_key=client_key,
             reviews_required=self.reviews_required,
         )
-        s.add(req)
-        s.flush()
+        try:
+            with s.begin_nested():
+                s.add(req)
+                s.flush()
+        except IntegrityError:
+            # The same Idempotency-Key arrived twice at once and the other transaction won.
+            existing = s.scalar(
+                select(OutputRequest).where(
+                    OutputRequest.project_id == project_id, OutputRequest.client_key == client_key
+                )
+            )
+            if existing is None or client_key is None:
+                raise
+            if existing.author_id != actor.id:
+                raise _Denied("output.create", actor.id, existing, "idempotency key of another author") from None
+            return existing, False
         self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
         return req, True
 

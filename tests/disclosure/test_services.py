@@ -366,3 +366,20 @@ def test_data_destruction_withdraws_open_requests_and_deletes_unreleased_files_o
     assert not world.svc.files.exists(draft_sha)
     assert world.svc.files.exists(world.refresh(released).current_files[0].sha256)
     assert world.refresh(released).state == rules.RELEASED
+
+
+def test_released_record_withholds_the_bounds_of_suppressed_cells(world: World) -> None:
+    import json
+
+    from tests.disclosure.test_checks import SPEC, recomputed_csv, write_extract
+
+    write_extract(world.app, world.project.id)
+    req = world.released(content=recomputed_csv(), spec=SPEC)
+    check = world.session.scalars(select(OutputCheck)).one()
+    data, _ = world.svc.download(world.author, req.id)
+
+    verdicts = json.loads(zipfile.ZipFile(io.BytesIO(data)).read("verdicts.json"))
+    audit = verdicts["files/tables/table.csv"]["mitigation"]["suppression"]["audit"]
+    assert isinstance(check.verdict["mitigation"]["suppression"]["audit"]["intervals"], list)
+    assert audit["intervals"].endswith("bounds withheld")
+    assert '"lower"' not in zipfile.ZipFile(io.BytesIO(data)).read("disclosure-control-record.json").decode()

@@ -38,7 +38,13 @@ class LiveService:
     def __init__(self, instance: Path, port: int) -> None:
         self.instance = instance
         self.url = f"http://127.0.0.1:{port}"
-        self.env = dict(os.environ, TRE_INSTANCE_PATH=str(instance), TRE_PORT=str(port))
+        hub_port = free_port()
+        self.hub_url = f"http://127.0.0.1:{hub_port}"
+        # Free ports for JupyterHub too, so a hub already running on this machine is no obstacle.
+        self.env = dict(
+            os.environ, TRE_INSTANCE_PATH=str(instance), TRE_PORT=str(port), TRE_JUPYTERHUB_URL=self.hub_url,
+            TRE_HUB_API_PORT=str(free_port()), TRE_HUB_PROXY_API_PORT=str(free_port()),
+        )
         self.accounts: dict[str, dict[str, Any]] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = instance.parent / "service.log"

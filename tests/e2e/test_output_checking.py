@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from tests.e2e.conftest import LiveService, sign_in
+from tests.e2e.conftest import LiveService, free_port, sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +28,17 @@ RITA, OLIVE, OSCAR = (
 PROJECT = "Heart failure readmissions"
 SMALL_CELL = "region,female,male\nNorth,25,3\nSouth,40,52\n"
 SUPPRESSED = "region,all\nNorth,28\nSouth,92\n"
+
+
+@pytest.fixture(scope="module")
+def airlock_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """The service really started (web, worker, sweeper), without JupyterHub: outputs do not need it,
+    and another hub on this machine would hold its ports."""
+    service = LiveService(tmp_path_factory.mktemp("airlock") / "instance", free_port())
+    service.env["TRE_WORKSPACE_RUNTIME"] = str(service.instance.parent / "no-workspace-runtime")
+    service.start()
+    yield service
+    service.stop()
 
 
 def _wait_for_state(page: Any, state: str, timeout: float = 90) -> None:
@@ -46,22 +58,24 @@ def _vote_and_review(page: Any, url: str, vote: str, comment: str = "", *, claim
     page.select_option(".vote-form select", vote)
     page.fill(".vote-form textarea", comment)
     page.click(".vote-form button")
+    page.wait_for_selector("#submit-review")
     page.click("#submit-review")
+    page.wait_for_selector("#reviewers")
 
 
 def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
-    browser: Any, live_service: LiveService, tmp_path: Path
+    browser: Any, airlock_service: LiveService, tmp_path: Path
 ) -> None:
     rita = browser.new_context().new_page()
     olive = browser.new_context().new_page()
     oscar = browser.new_context().new_page()
-    sign_in(rita, live_service, RITA)
-    sign_in(olive, live_service, OLIVE)
-    sign_in(oscar, live_service, OSCAR)
+    sign_in(rita, airlock_service, RITA)
+    sign_in(olive, airlock_service, OLIVE)
+    sign_in(oscar, airlock_service, OSCAR)
     table = tmp_path / "table.csv"
 
     # The researcher builds a request with a small cell and submits it.
-    rita.goto(live_service.url + "/outputs/")
+    rita.goto(airlock_service.url + "/outputs/")
     rita.select_option("#project_id", label=PROJECT)
     rita.fill("#title", "Admissions by region and sex")
     rita.click("text=Create request")
@@ -83,15 +97,15 @@ def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
 
     # The author cannot review her own request.
     assert rita.locator("#claim").count() == 0
-    assert rita.goto(live_service.url + "/outputs/queue").status == 403
+    assert rita.goto(airlock_service.url + "/outputs/queue").status == 403
 
     # Two checkers review blind; one asks for changes.
     _vote_and_review(olive, request_url, "changes_requested", "North/male is 3: suppress or combine")
-    assert "stay hidden until every required review is in" in olive.content()
+    assert "stay hidden until every required review is in" in olive.inner_text("main")
     oscar.goto(request_url)
-    assert "North/male is 3" not in oscar.content()
+    assert "North/male is 3" not in oscar.inner_text("main")
     _vote_and_review(oscar, request_url, "approve")
-    assert "North/male is 3" in oscar.content()  # unblinded once both reviews are in
+    assert "North/male is 3" in oscar.inner_text("main")  # unblinded once both reviews are in
     oscar.check("#outcome-return")
     oscar.fill("#decision-comment", "Please suppress the small cell before release")
     oscar.click("text=Record decision")
@@ -128,7 +142,7 @@ def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
     # Every step is in the audit log.
     from tre.core.audit import AuditEvent
 
-    engine = create_engine(f"sqlite:///{live_service.instance / 'tre.sqlite'}")
+    engine = create_engine(f"sqlite:///{airlock_service.instance / 'tre.sqlite'}")
     with Session(engine) as s:
         actions = list(
             s.scalars(select(AuditEvent.action).where(AuditEvent.target_id == request_id).order_by(AuditEvent.seq))

@@ -198,6 +198,8 @@ def enqueue(
 
 @event.listens_for(Session, "after_commit")
 def _send_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint was released, not the transaction: nothing is visible to workers yet
     pending = session.info.pop("tre_jobs_to_send", [])
     if _dispatcher is None:
         return  # no broker configured: the sweeper (or a test) will run them

@@ -222,3 +222,22 @@ def test_periodic_job_is_enqueued_once_per_interval_however_often_the_scheduler_
     with db.session_factory() as s:
         kinds = [j.kind for j in s.scalars(select(jobs.Job))]
     assert kinds.count("test.periodic") == 1
+
+
+def test_jobs_enqueued_together_are_sent_only_when_their_transaction_commits(db: Any) -> None:
+    sent: list[tuple[str, bool]] = []
+
+    def record(job_id: str, queue: str) -> None:
+        with db.session_factory() as s:
+            sent.append((job_id, s.get(jobs.Job, job_id) is not None))
+
+    jobs.set_dispatcher(record)
+    try:
+        with transaction(db.session) as s:
+            first = jobs.enqueue(s, "test.record", {"n": 1}).id
+            second = jobs.enqueue(s, "test.record", {"n": 2}).id
+            assert sent == []  # releasing the first savepoint sent nothing
+    finally:
+        jobs.set_dispatcher(None)
+
+    assert sent == [(first, True), (second, True)]  # both sent after commit, and visible to a worker
