@@ -70,7 +70,10 @@ def start_session(user: User) -> None:
 def _load_from_bearer(token: str) -> None:
     db = platform().db
     if token.startswith(PERSONAL_TOKEN_PREFIX):
-        prefix = personal_token_lookup_prefix(token)
+        try:
+            prefix = personal_token_lookup_prefix(token)
+        except InvalidToken:
+            return
         row = db.session.scalar(select(PersonalApiToken).where(PersonalApiToken.lookup_prefix == prefix))
         if row is None or row.revoked_at is not None or row.expires_at < utcnow():
             return

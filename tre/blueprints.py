@@ -14,6 +14,7 @@ def page_blueprints() -> list[Any]:
     from tre.health import bp as health
     from tre.metrics import bp as metrics
     from tre.web import bp as web
+    from tre.web.account import bp as account
     from tre.web.admin import bp as admin
     from tre.web.audit import bp as audit
     from tre.web.auth import bp as auth
@@ -25,7 +26,7 @@ def page_blueprints() -> list[Any]:
     from tre.web.extracts import bp as extracts
     from tre.web.workspaces import bp as workspaces
 
-    return [web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces, extracts]
+    return [web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces, extracts, account]
 
 
 def api_blueprints() -> list[Any]:

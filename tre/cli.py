@@ -288,6 +288,42 @@ def extract_manifest(project_id: str) -> None:
     click.echo(json.dumps(extract.manifest, indent=2))
 
 
+# --- keys -----------------------------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_cli() -> None:
+    """Key rotation (nothing already encrypted needs re-encrypting)."""
+
+
+@keys_cli.command("rotate-master")
+def keys_rotate_master() -> None:
+    """Add a new master key version; new envelopes use it, old ones still open."""
+    from tre.core.keys import FileKeyProvider, default_key_provider
+
+    provider = default_key_provider(_settings().instance_path)
+    if not isinstance(provider, FileKeyProvider):
+        raise click.ClickException("the master key comes from the environment: rotate it in your secret store")
+    click.echo(f"master key version {provider.rotate()} is now current")
+
+
+@keys_cli.command("rotate-signing")
+@click.option("--retire", "retire_kid", default=None, help="Also retire this old key id (its tokens stop working).")
+def keys_rotate_signing(retire_kid: str | None) -> None:
+    """Add a new token-signing key; tokens signed before stay valid until their key is retired."""
+    from tre.core.keys import default_key_provider
+    from tre.core.tokens import SIGNING_KEYS_FILENAME, SigningKeyring
+
+    settings = _settings()
+    keys = default_key_provider(settings.instance_path)
+    ring = SigningKeyring.in_instance(settings.instance_path, keys)
+    kid = ring.rotate()
+    if retire_kid:
+        ring.retire(retire_kid)
+    ring.save(settings.instance_path / SIGNING_KEYS_FILENAME, keys)
+    click.echo(f"signing key {kid} is now current; published keys: {', '.join(ring.kids)}")
+
+
 # --- people ---------------------------------------------------------------------------------------
 
 

@@ -486,6 +486,46 @@ class Identity:
             )
         return user
 
+    # --- personal API tokens ---------------------------------------------------------------------
+
+    def create_personal_token(self, user: User, name: str, days: int) -> tuple[PersonalApiToken, str]:
+        """A token for the person's own scripts: shown once, stored as a hash, at most 90 days."""
+        from tre.core.tokens import new_personal_token
+
+        name = (name or "").strip()
+        if not name or len(name) > 100:
+            raise IdentityError("Give the token a name (100 characters at most)")
+        if not 1 <= days <= 90:
+            raise IdentityError("A token lasts between 1 and 90 days")
+        if not user.mfa_enrolled:
+            raise IdentityError("Set up multi-factor authentication first")
+        fresh = new_personal_token()
+        with transaction(self.session) as s:
+            row = PersonalApiToken(
+                user_id=user.id, name=name, lookup_prefix=fresh.lookup_prefix, token_hash=fresh.hash,
+                expires_at=utcnow() + dt.timedelta(days=days),
+            )
+            s.add(row)
+            s.flush()
+            self.audit.record(s, "token.create", actor_id=user.id, target_type="api_token", target_id=row.id,
+                              request_id=self.request_id, detail={"days": days})
+        return row, fresh.plaintext
+
+    def revoke_personal_token(self, user: User, token_id: str) -> None:
+        with transaction(self.session) as s:
+            row = s.get(PersonalApiToken, token_id)
+            if row is None or row.user_id != user.id:
+                raise IdentityError("No such token of yours")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                self.audit.record(s, "token.revoke", actor_id=user.id, target_type="api_token", target_id=row.id,
+                                  request_id=self.request_id)
+
+    def personal_tokens(self, user: User) -> list[PersonalApiToken]:
+        return list(self.session.scalars(
+            select(PersonalApiToken).where(PersonalApiToken.user_id == user.id).order_by(PersonalApiToken.created_at)
+        ))
+
     # --- helpers ----------------------------------------------------------------------------------
 
     def _get(self, s: Session, user_id: str, *, lock: bool = False) -> User:

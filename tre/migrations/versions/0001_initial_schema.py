@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 19:07:38.703890
+Create Date: 2026-11-23 19:42:04.671099
 """
 
 from __future__ import annotations

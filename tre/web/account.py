@@ -1,0 +1,46 @@
+"""A person's own account: personal API tokens for scripts (shown once, stored hashed, revocable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+
+from tre.access import login_required
+from tre.authn import identity_service
+from tre.core.identity import IdentityError
+
+bp = Blueprint("account", __name__, url_prefix="/account")
+
+
+@bp.get("/")
+@login_required
+def index() -> str:
+    return render_template("account/index.html", title="Your account", tokens=identity_service().personal_tokens(g.user),
+                           new_token=None)
+
+
+@bp.post("/tokens")
+@login_required
+def create_token() -> Any:
+    service = identity_service()
+    try:
+        days = int(request.form.get("days", "30"))
+        _, plaintext = service.create_personal_token(g.user, request.form.get("name", ""), days)
+    except (IdentityError, ValueError) as exc:
+        flash(str(exc) if isinstance(exc, IdentityError) else "Enter the number of days as a number", "error")
+        return redirect(url_for("account.index"))
+    return render_template("account/index.html", title="Your account", tokens=service.personal_tokens(g.user),
+                           new_token=plaintext)
+
+
+@bp.post("/tokens/<token_id>/revoke")
+@login_required
+def revoke_token(token_id: str) -> Any:
+    try:
+        identity_service().revoke_personal_token(g.user, token_id)
+    except IdentityError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("Token revoked", "success")
+    return redirect(url_for("account.index"))
