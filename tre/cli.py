@@ -229,10 +229,10 @@ def _custodian(app: Any, email: str) -> Any:
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Run it here and show progress.")
 def extract_build(project_id: str, as_email: str, wait: bool) -> None:
     """Build PROJECT's extract (queued for a worker, or run here with --wait)."""
-    from tre.app import create_app
-    from tre.core import jobs
     from pseudonymisation.services import ExtractServiceError
     from pseudonymisation.tasks import extracts_service
+    from tre.app import create_app
+    from tre.core import jobs
 
     app = create_app()
     p = app.extensions["tre.platform"]
@@ -256,9 +256,9 @@ def extract_build(project_id: str, as_email: str, wait: bool) -> None:
 @click.argument("project_id")
 def extract_status(project_id: str) -> None:
     """Show PROJECT's latest extract and its job's progress."""
+    from pseudonymisation.tasks import extracts_service
     from tre.app import create_app
     from tre.core.jobs import Job
-    from pseudonymisation.tasks import extracts_service
 
     app = create_app()
     p = app.extensions["tre.platform"]
@@ -278,8 +278,8 @@ def extract_manifest(project_id: str) -> None:
     """Print PROJECT's latest extract manifest (counts, transforms, k-anonymity; never keys)."""
     import json
 
-    from tre.app import create_app
     from pseudonymisation.tasks import extracts_service
+    from tre.app import create_app
 
     app = create_app()
     extract = extracts_service(app.extensions["tre.platform"]).latest(project_id)

@@ -16,8 +16,9 @@ bp = Blueprint("account", __name__, url_prefix="/account")
 @bp.get("/")
 @login_required
 def index() -> str:
-    return render_template("account/index.html", title="Your account", tokens=identity_service().personal_tokens(g.user),
-                           new_token=None)
+    return render_template(
+        "account/index.html", title="Your account", tokens=identity_service().personal_tokens(g.user), new_token=None
+    )
 
 
 @bp.post("/tokens")
@@ -30,8 +31,9 @@ def create_token() -> Any:
     except (IdentityError, ValueError) as exc:
         flash(str(exc) if isinstance(exc, IdentityError) else "Enter the number of days as a number", "error")
         return redirect(url_for("account.index"))
-    return render_template("account/index.html", title="Your account", tokens=service.personal_tokens(g.user),
-                           new_token=plaintext)
+    return render_template(
+        "account/index.html", title="Your account", tokens=service.personal_tokens(g.user), new_token=plaintext
+    )
 
 
 @bp.post("/tokens/<token_id>/revoke")

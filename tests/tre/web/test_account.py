@@ -16,8 +16,9 @@ def test_personal_token_is_shown_once_stored_hashed_and_works_until_revoked(sqli
     assert secret
     sign_in(client, "rita@nhs.example", secret)
 
-    page = client.post("/account/tokens", data={"name": "nightly", "days": "7",
-                                                "csrf_token": csrf_token(client, "/account/")}).get_data(as_text=True)
+    page = client.post(
+        "/account/tokens", data={"name": "nightly", "days": "7", "csrf_token": csrf_token(client, "/account/")}
+    ).get_data(as_text=True)
     token = re.search(r'id="new-token">([^<]+)<', page).group(1)  # type: ignore[union-attr]
     api = sqlite_app.test_client()
     assert api.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).get_json()["email"] == "rita@nhs.example"
@@ -41,6 +42,8 @@ def test_token_lifetime_is_bounded(sqlite_app: Any, client: Any) -> None:
     assert secret
     sign_in(client, "rita@nhs.example", secret)
 
-    client.post("/account/tokens", data={"name": "forever", "days": "3650", "csrf_token": csrf_token(client, "/account/")})
+    client.post(
+        "/account/tokens", data={"name": "forever", "days": "3650", "csrf_token": csrf_token(client, "/account/")}
+    )
 
     assert sqlite_app.extensions["tre.db"].session.scalar(select(PersonalApiToken)) is None
