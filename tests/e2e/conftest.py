@@ -67,12 +67,15 @@ class LiveService:
         raise RuntimeError("the service did not start:\n" + self.log.read_text()[-3000:])
 
     def stop(self) -> None:
+        from tre.cli import _stop_stragglers
+
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)  # `tre run` gives its children 30 s to stop
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+        _stop_stragglers(self.instance, [])  # anything still carrying this instance's path
 
     def password(self, email: str) -> str:
         return str(self.accounts[email]["password"])
