@@ -49,6 +49,17 @@ class ControlPlaneUnavailable(WorkspaceRefused):
         )
 
 
+_HUB_SLUG = re.compile(r"^[a-z](?:[a-z0-9]|-(?!-)){0,28}[a-z0-9]$|^[a-z]$")
+
+
+def expected_server_name(project_id: str) -> str:
+    """The hub server name for a project, by the contract with the control plane. JupyterHub wants
+    1-30 characters of [a-z0-9-] starting with a letter: an id that already is one is used as it
+    is; any other becomes "p" and its first 29 characters."""
+    lowered = project_id.lower()
+    return lowered if _HUB_SLUG.match(lowered) else "p" + lowered[:29]
+
+
 @dataclass(frozen=True)
 class Redemption:
     """Who a single-use login token was issued to, and which project workspace they asked for."""

@@ -18,7 +18,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, HasTraits, Instance, Unicode, default
 
 from jupyter import sandbox
-from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused
+from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused, expected_server_name
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost"}
 STATE_KEY = "tre"
@@ -50,7 +50,7 @@ class TreSpawnerMixin(HasTraits):
                 f"This workspace was created for {self.tre_bound_server!r} and cannot be started as {name!r}."
             )
         grant = await self.control_plane.authorise_spawn(self.user.name, name)  # type: ignore[attr-defined]
-        if grant.project_id.lower() != name:
+        if expected_server_name(grant.project_id) != name:
             raise WorkspaceRefused("The access gate answered for a different project; nothing was started.")
         self.tre_grant = grant
         self.tre_bound_server = name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,27 @@ def user_id_of(username: str) -> str | None:
     return username[2:] if username.startswith("u-") and len(username) > 2 else None
 
 
+_HUB_SLUG = re.compile(r"^[a-z](?:[a-z0-9]|-(?!-)){0,28}[a-z0-9]$|^[a-z]$")
+
+
 def server_name(project_id: str) -> str:
-    return project_id.lower()
+    """JupyterHub names servers with 1-30 characters of [a-z0-9-] starting with a letter: an id that
+    already is one is used as it is, any other becomes "p" + its first 29 characters. The hub side
+    applies the same rule (``jupyter.controlplane.expected_server_name``)."""
+    lowered = project_id.lower()
+    return lowered if _HUB_SLUG.match(lowered) else "p" + lowered[:29]
+
+
+def project_for_server(session: Session, server: str) -> Project | None:
+    """The project a server name stands for; none if the name matches no project, or several."""
+    exact = session.scalars(select(Project).where(Project.id == server)).all()
+    if exact and server_name(exact[0].id) == server:
+        return exact[0]
+    if not server.startswith("p") or len(server) < 9:
+        return None
+    matches = [p for p in session.scalars(select(Project).where(Project.id.startswith(server[1:], autoescape=True)))
+               if server_name(p.id) == server]
+    return matches[0] if len(matches) == 1 else None
 
 
 def unix_user(user_id: str, project_id: str) -> str:
@@ -149,7 +169,7 @@ class Workspaces:
     def authorise_spawn(self, username: str, server: str) -> dict[str, Any]:
         """Asked by the spawner before every start, including starts through the hub's own API."""
         user_id = user_id_of(username)
-        project = self.session.scalar(select(Project).where(Project.id == server)) if server else None
+        project = project_for_server(self.session, server) if server else None
         if user_id is None or project is None:
             with transaction(self.session) as s:
                 self.audit.record(s, "workspace.spawn", actor_id=user_id, outcome=DENIED, request_id=self.request_id,

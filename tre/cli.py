@@ -39,7 +39,7 @@ def db_cli() -> None:
 def db_upgrade(revision: str) -> None:
     """Bring the database schema up to date."""
     settings = _settings()
-    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
     migrate.upgrade(settings.database_url, revision)
     click.echo(f"database at {_redact(settings.database_url)} is at revision {revision}")
 
@@ -78,7 +78,7 @@ def _redact(url: str) -> str:
 def init() -> None:
     """Create the instance folder, its secrets and the database schema. Safe to run again."""
     settings = _settings()
-    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
     from tre.app import create_app
 
     create_app()  # creates the session secret and the keys on first run

@@ -89,6 +89,12 @@ class LiveService:
 @pytest.fixture(scope="session")
 def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     base = tmp_path_factory.mktemp("live")
+    # Workspace accounts must pass through to the instance's extract folders; pytest makes its
+    # temporary folders 0700, so open them to traversal (not listing), as /work or /var/lib are.
+    for folder in (base, *base.parents):
+        if folder == Path("/tmp") or folder == folder.parent:
+            break
+        folder.chmod(folder.stat().st_mode | 0o011)
     service = LiveService(base / "instance", free_port())
     service.start()
     yield service

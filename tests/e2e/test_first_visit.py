@@ -50,11 +50,13 @@ def test_person_enrols_mfa_is_refused_a_page_and_the_auditor_finds_the_refusal(
     newcomer.fill("#email", "nadia@demo.tre.example")
     newcomer.fill("#password", "my own long passphrase")
     newcomer.click("button[type=submit]")
+    newcomer.wait_for_url("**/auth/mfa/enrol")
     assert "Set up multi-factor authentication" in newcomer.inner_text("h1")
     newcomer.click("text=I cannot scan the code")
     secret = newcomer.inner_text("#totp-secret").strip()
     newcomer.fill("#code", pyotp.TOTP(secret).now())
     newcomer.click("button[type=submit]")
+    newcomer.locator("#recovery-codes").wait_for()
     assert newcomer.locator("#recovery-codes li").count() == 10
     newcomer.click("text=I have saved my codes")
 

@@ -173,7 +173,7 @@ def restore_backup(
         for table in metadata.sorted_tables:
             if conn.execute(select(func.count()).select_from(table)).scalar():
                 raise BackupError(f"the target database is not empty (table {table.name}); restore into a fresh one")
-    instance.mkdir(parents=True, exist_ok=True, mode=0o700)
+    instance.mkdir(parents=True, exist_ok=True, mode=0o711)
     with tarfile.open(archive, "r:gz") as tar:
         members = _safe_members(tar)
 

@@ -30,6 +30,9 @@ def open_workspace(project_id: str) -> Any:
         render_template("workspaces/handoff.html", title="Opening your workspace", action=f"{hub}/hub/tre-login",
                         token=token)
     )
+    # The hub accepts the form only from our origin; "same-origin" would make the browser send
+    # "Origin: null" on this cross-origin POST, so this page alone sends its origin (never a path).
+    response.headers["Referrer-Policy"] = "strict-origin"
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(hub))
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "

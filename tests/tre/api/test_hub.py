@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from projects.workspaces import HUB_AUDIENCE, LOGIN_PURPOSE, unix_user
+from projects.workspaces import HUB_AUDIENCE, LOGIN_PURPOSE, server_name, unix_user
 from tests.projects.factories import build_world, ready_for_access
 from tre.core.platform import HUB_SERVICE_TOKEN_FILE, read_secret
 from tre.workspaces import workspaces_service
@@ -44,7 +44,7 @@ def test_login_token_is_redeemed_once_for_the_person_and_project(sqlite_app: Any
     assert first.status_code == 200
     assert first.get_json() == {
         "username": f"u-{world.pi.id}", "user_id": world.pi.id, "project_id": project.id,
-        "server_name": project.id.lower(),
+        "server_name": server_name(project.id),
     }
     assert again.status_code == 403
     assert again.mimetype == "application/problem+json"
@@ -68,7 +68,7 @@ def test_spawn_is_authorised_with_paths_account_and_a_project_scoped_output_toke
     project = ready_for_access(world)
 
     answer = client.post("/api/v1/hub/authorise-spawn", headers=_hub_headers(sqlite_app),
-                         json={"username": f"u-{world.member.id}", "server_name": project.id}).get_json()
+                         json={"username": f"u-{world.member.id}", "server_name": server_name(project.id)}).get_json()
 
     assert answer["allowed"] is True
     assert answer["unix_user"] == unix_user(world.member.id, project.id)
@@ -85,7 +85,7 @@ def test_spawn_for_someone_outside_the_project_is_refused_with_the_reason(
     project = ready_for_access(world)
 
     answer = client.post("/api/v1/hub/authorise-spawn", headers=_hub_headers(sqlite_app),
-                         json={"username": f"u-{world.outsider.id}", "server_name": project.id}).get_json()
+                         json={"username": f"u-{world.outsider.id}", "server_name": server_name(project.id)}).get_json()
 
     assert answer["allowed"] is False
     assert answer["reason"]
@@ -95,7 +95,7 @@ def test_spawn_for_someone_outside_the_project_is_refused_with_the_reason(
 def test_suspended_project_workspace_is_listed_for_stopping(sqlite_app: Any, client: Any, world: Any) -> None:
     project = ready_for_access(world)
     client.post("/api/v1/hub/authorise-spawn", headers=_hub_headers(sqlite_app),
-                json={"username": f"u-{world.pi.id}", "server_name": project.id})
+                json={"username": f"u-{world.pi.id}", "server_name": server_name(project.id)})
     with sqlite_app.test_request_context():
         svc = workspaces_service(sqlite_app.extensions["tre.platform"])
         assert svc.workspaces_to_stop() == []
@@ -104,3 +104,24 @@ def test_suspended_project_workspace_is_listed_for_stopping(sqlite_app: Any, cli
 
         stale = svc.workspaces_to_stop()
     assert [(w.user_id, w.project_id) for w in stale] == [(world.pi.id, project.id)]
+
+
+def test_server_names_are_valid_for_jupyterhub_and_name_one_project(sqlite_app: Any, world: Any) -> None:
+    import re as _re
+
+    from projects.workspaces import project_for_server
+
+    project = ready_for_access(world)
+    name = server_name(project.id)
+
+    assert _re.fullmatch(r"[a-z][a-z0-9-]{0,28}[a-z0-9]", name)  # JupyterHub's safe-slug rule
+    session = sqlite_app.extensions["tre.db"].session
+    assert project_for_server(session, name).id == project.id
+    assert project_for_server(session, "p") is None and project_for_server(session, project.id) is None
+
+
+def test_control_plane_and_hub_agree_on_server_names() -> None:
+    from jupyter.controlplane import expected_server_name
+
+    for project_id in ("0a1b2c3d4e5f60718293a4b5c6d7e8f9", "ffffffffffffffffffffffffffffffff", "abc123def"):
+        assert server_name(project_id) == expected_server_name(project_id)

@@ -612,7 +612,8 @@ def test_personal_token_matches_only_its_own_hash() -> None:
 
     assert personal_token_matches(mine.plaintext, mine.hash)
     assert not personal_token_matches(mine.plaintext, theirs.hash)
-    assert not personal_token_matches(mine.plaintext[:-1] + "A", mine.hash)
+    altered = mine.plaintext[:-1] + ("B" if mine.plaintext.endswith("A") else "A")  # always a different token
+    assert not personal_token_matches(altered, mine.hash)
     assert not personal_token_matches(None, mine.hash)  # type: ignore[arg-type]
 
 
