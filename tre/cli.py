@@ -553,22 +553,30 @@ def _descendants(pid: int) -> list[int]:
 def _stop_stragglers(instance: Path, strays: list[int]) -> None:
     """Stop what our processes started in sessions of their own: the descendants noted before the
     shutdown, and anything else carrying this instance's path in its environment."""
-    for pid in strays:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            continue
     marker = f"TRE_INSTANCE_PATH={instance}".encode()
     me = os.getpid()
+    targets = set(strays)
     for entry in Path("/proc").glob("[0-9]*"):
         pid = int(entry.name)
-        if pid == me:
-            continue
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                os.kill(pid, signal.SIGTERM)
+            if pid != me and marker in (entry / "environ").read_bytes().split(b"\0"):
+                targets.add(pid)
         except (OSError, ValueError):
             continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # a worker stuck in a task ignores the first
+        alive = []
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except OSError:
+                continue
+        if not alive:
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in alive):
+            time.sleep(0.2)
+        targets = {pid for pid in alive if Path(f"/proc/{pid}").exists()}
 
 
 def _hub_command(settings: Settings, env: dict[str, str], commands: dict[str, list[str]]) -> str:
