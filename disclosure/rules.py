@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tre.core import statemachine
+
 # --- states ---------------------------------------------------------------------------------------
 
 DRAFT = "draft"
@@ -109,13 +111,7 @@ def check_transition(current: str, target: str) -> str:
 
 def mermaid_diagram() -> str:
     """The life of an output request as a Mermaid state diagram, generated from ``TRANSITIONS``."""
-    lines = ["stateDiagram-v2", f"    [*] --> {DRAFT}"]
-    for (frm, to), step in TRANSITIONS.items():
-        lines.append(f"    {frm} --> {to}: {step}")
-    for state in STATES:
-        if not allowed_targets(state):
-            lines.append(f"    {state} --> [*]")
-    return "\n".join(lines) + "\n"
+    return statemachine.mermaid_diagram(TRANSITIONS, STATES, DRAFT)
 
 
 DOCS_PATH = Path(__file__).resolve().parent.parent / "docs" / "outputs.md"

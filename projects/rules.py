@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tre.core import statemachine
+
 # --- vocabularies (the models turn each into a check constraint) ---------------------------------
 
 DRAFT = "draft"
@@ -136,13 +138,7 @@ def check_transition(current: str, target: str) -> str:
 
 def mermaid_diagram() -> str:
     """The lifecycle as a Mermaid state diagram, generated from ``TRANSITIONS``."""
-    lines = ["stateDiagram-v2", f"    [*] --> {DRAFT}"]
-    for (frm, to), step in TRANSITIONS.items():
-        lines.append(f"    {frm} --> {to}: {step}")
-    for state in STATES:
-        if not allowed_targets(state):
-            lines.append(f"    {state} --> [*]")
-    return "\n".join(lines) + "\n"
+    return statemachine.mermaid_diagram(TRANSITIONS, STATES, DRAFT)
 
 
 # --- policy settings ------------------------------------------------------------------------------
