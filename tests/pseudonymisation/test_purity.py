@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline"]
+MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline", "partitions"]
 FORBIDDEN = ["flask", "sqlalchemy", "celery", "tre", "projects"]
 
 
