@@ -274,6 +274,29 @@ class ApprovedColumn(Base):
     decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id", ondelete="CASCADE"))
 
 
+class OptOutExemption(Base):
+    """The committee's decision that a project's recorded legal basis exempts it from one named
+    opt-out list (for example section 251 support set aside from the national data opt-out).
+
+    Keyed by the list's name, so it holds for every version of that list. Revoking deletes the row;
+    the audit log keeps both decisions.
+    """
+
+    __tablename__ = "optout_exemptions"
+    __table_args__ = (
+        UniqueConstraint("project_id", "list_name"),
+        CheckConstraint("length(trim(basis)) > 0", name="basis_required"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    list_name: Mapped[str] = mapped_column(String(100))
+    # Why: the legal basis as the committee recorded it (e.g. "s251 support, CAG ref 21/CAG/0001").
+    basis: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str] = mapped_column(String(32))
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class ExtensionRequest(Base):
     __tablename__ = "extension_requests"
     __table_args__ = (

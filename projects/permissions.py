@@ -98,3 +98,8 @@ def can_register_dataset(user: Any) -> bool:
 
 def can_browse_catalogue(user: Any) -> bool:
     return has_permission(user, Permission.CATALOGUE_BROWSE)
+
+
+def can_exempt_from_optout(user: Any) -> bool:
+    """Recording that a legal basis sets aside an opt-out list is the committee chair's decision."""
+    return has_permission(user, Permission.OPTOUT_EXEMPT)

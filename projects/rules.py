@@ -115,6 +115,26 @@ TERMINAL_STATES = frozenset({REJECTED, DATA_DESTROYED})
 EDITABLE_STATES = frozenset({DRAFT, CHANGES_REQUESTED})
 
 
+# A committee may exempt a project from an opt-out list while it reviews the application or once
+# it has approved it, and until the project closes.
+OPTOUT_EXEMPTION_STATES = frozenset({IN_REVIEW, APPROVED, ACTIVE, SUSPENDED})
+_LIST_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def check_optout_exemption(state: str, legal_basis: str, list_name: str, basis: str) -> None:
+    """May the committee record an opt-out exemption now? Raise ``RuleViolation`` saying why not."""
+    if not list_name or len(list_name) > 100 or not set(list_name) <= _LIST_NAME_CHARS:
+        raise RuleViolation("Name the opt-out list (lower-case letters, digits, dashes and underscores)")
+    if state not in OPTOUT_EXEMPTION_STATES:
+        raise RuleViolation("Only a project in review, approved, active or suspended can be exempted from a list")
+    if not (legal_basis or "").strip():
+        raise RuleViolation("The project has no recorded legal basis to exempt it")
+    if len((basis or "").strip()) < 10:
+        raise RuleViolation(
+            "Say which part of the legal basis exempts the project (for example the section 251 reference)"
+        )
+
+
 def allowed_targets(state: str) -> list[str]:
     return [to for (frm, to) in TRANSITIONS if frm == state]
 

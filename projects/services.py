@@ -36,6 +36,7 @@ from projects.models import (
     DatasetRequest,
     Decision,
     ExtensionRequest,
+    OptOutExemption,
     Project,
     ProjectMember,
     ReviewAssignment,
@@ -63,6 +64,7 @@ from projects.rules import (
     check_approved_columns,
     check_decision,
     check_extension,
+    check_optout_exemption,
     check_quorum,
     check_requested_columns,
     check_transition,
@@ -159,6 +161,15 @@ def approved_columns(session: Session, project_id: str) -> dict[str, list[str]]:
     Empty until the chair approves; extracts, workspaces and output checks must use exactly this.
     """
     return {d.name: d.columns for d in approved_datasets(session, project_id)}
+
+
+def project_optout_exemptions(session: Session, project_id: str) -> list[OptOutExemption]:
+    """THE opt-out lists the committee exempted this project from, with the basis it recorded."""
+    return list(
+        session.scalars(
+            select(OptOutExemption).where(OptOutExemption.project_id == project_id).order_by(OptOutExemption.list_name)
+        )
+    )
 
 
 @dataclass
@@ -755,6 +766,55 @@ class Projects:
                 select(Decision).where(Decision.project_id == project.id).order_by(Decision.decided_at.desc())
             )
         )
+
+    # --- opt-out exemptions -----------------------------------------------------------------------
+
+    def set_optout_exemption(self, actor: Any, project_id: str, list_name: str, basis: str) -> OptOutExemption:
+        """The chair records that the project's legal basis exempts it from the named opt-out list.
+
+        Deciding again for the same list replaces the recorded basis. The exemption holds for every
+        version of the list; extracts built afterwards keep the list's patients and say so.
+        """
+        list_name = (list_name or "").strip().lower()
+        basis = (basis or "").strip()[:_LONG_TEXT_LIMIT]
+        with self._tx() as s:
+            project = self._project(s, project_id, lock=True)
+            self._allow(perm.can_exempt_from_optout(actor), "project.optout_exempt", actor, project)
+            check_optout_exemption(project.state, project.legal_basis, list_name, basis)
+            exemption = s.scalar(
+                select(OptOutExemption).where(
+                    OptOutExemption.project_id == project.id, OptOutExemption.list_name == list_name
+                )
+            )
+            if exemption is None:
+                exemption = OptOutExemption(
+                    project_id=project.id, list_name=list_name, basis=basis, decided_by=actor.id
+                )
+                s.add(exemption)
+            else:
+                exemption.basis, exemption.decided_by, exemption.decided_at = basis, actor.id, utcnow()
+            s.flush()
+            self._record(s, "project.optout_exempt", actor, project, list=list_name)
+        return exemption
+
+    def revoke_optout_exemption(self, actor: Any, project_id: str, list_name: str) -> None:
+        """Withdraw an exemption: extracts built afterwards remove the list's patients again."""
+        list_name = (list_name or "").strip().lower()
+        with self._tx() as s:
+            project = self._project(s, project_id, lock=True)
+            self._allow(perm.can_exempt_from_optout(actor), "project.optout_revoke", actor, project)
+            exemption = s.scalar(
+                select(OptOutExemption).where(
+                    OptOutExemption.project_id == project.id, OptOutExemption.list_name == list_name
+                )
+            )
+            if exemption is None:
+                raise NotFound("The project is not exempt from that list")
+            s.delete(exemption)
+            self._record(s, "project.optout_revoke", actor, project, list=list_name)
+
+    def optout_exemptions(self, project: Project) -> list[OptOutExemption]:
+        return project_optout_exemptions(self.session, project.id)
 
     # --- the lifecycle after approval -------------------------------------------------------------
 

@@ -77,3 +77,32 @@ class ReidentificationApproval(Base):
     decision: Mapped[str] = mapped_column(String(10))
     rationale: Mapped[str] = mapped_column(Text)
     decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class OptOutListVersion(Base):
+    """One loaded version of a named opt-out list; the highest version of a name is the one in force.
+
+    The NHS numbers are never in the database: they are in the encrypted file store, in a file that
+    begins with a random salt, so ``file_sha256`` (the store's name for it) is no hash of the numbers
+    alone, and ``fingerprint`` (what manifests show) is an HMAC keyed by that salt.
+    """
+
+    __tablename__ = "optout_list_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("number_count >= 1", name="not_empty"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int]
+    # None: the list applies to every source (a national opt-out); else to this one dataset only.
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    description: Mapped[str] = mapped_column(Text, default="")
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    number_count: Mapped[int]
+    duplicates: Mapped[int] = mapped_column(default=0)
+    loaded_by: Mapped[str | None] = mapped_column(String(32))
+    loaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -97,6 +97,10 @@ class DatasetSource:
     path: str | os.PathLike[str]
     schema: DatasetSchema
     approved_columns: Sequence[str]
+    # Opt-out lists and exemptions for this dataset alone (a source's own restrictions beside the
+    # national list); when set they replace ``optout_lists`` / ``exempt_optout_lists`` of the run.
+    optout_lists: Sequence[OptOutList] | None = None
+    exempt_optout_lists: Collection[str] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,12 +545,12 @@ def _finalise(
         },
         "optouts": {
             "applied": [
-                {"name": o.name, "list_sha256": o.fingerprint(), "rows_removed": opted[o.name]}
+                {"name": o.name, "list_sha256": o.fingerprint(), "rows_removed": opted[o.name], **_version(o)}
                 for o in plan.optout_lists
                 if o.name not in plan.exempt
             ],
             "exempt": [
-                {"name": o.name, "list_sha256": o.fingerprint(), "rows_not_removed": exempt[o.name]}
+                {"name": o.name, "list_sha256": o.fingerprint(), "rows_not_removed": exempt[o.name], **_version(o)}
                 for o in plan.optout_lists
                 if o.name in plan.exempt
             ],
@@ -558,6 +562,10 @@ def _finalise(
         "parts": parts,
         "extract_sha256": extract_digest,
     }
+
+
+def _version(optout: OptOutList) -> dict[str, str]:
+    return {"version": optout.version} if optout.version else {}
 
 
 def _part_schema(data: Path, chunk_stats: list[dict[str, Any]]) -> list[pa.Field]:
@@ -594,8 +602,13 @@ def run_linked_extract(
     out = Path(output_dir)
     manifests = {}
     for d in datasets:
+        own = dict(options)
+        if d.optout_lists is not None:
+            own["optout_lists"] = d.optout_lists
+        if d.exempt_optout_lists is not None:
+            own["exempt_optout_lists"] = d.exempt_optout_lists
         manifests[d.schema.name] = run_extract(
-            d.path, d.schema, d.approved_columns, out / d.schema.name, keys, **options
+            d.path, d.schema, d.approved_columns, out / d.schema.name, keys, **own
         )
     tokenised = [
         n for n, m in manifests.items() if any(c["transform"]["kind"] == TransformKind.NHS_TOKEN for c in m["columns"])

@@ -28,6 +28,7 @@ from pseudonymisation.models import (
     ReidentificationRequest,
     WrappedKey,
 )
+from pseudonymisation.optout_lists import OptOutError, OptOutLists, OptOutPlan
 from pseudonymisation.pipeline import DatasetSource, ExtractKeys, Progress, run_linked_extract
 from pseudonymisation.schema import DatasetSchema
 from tre.core.audit import DENIED, AuditLog
@@ -66,6 +67,16 @@ def _key(session: Session, keys: KeyProvider, name: str, *, create: bool) -> byt
     return keys.unwrap_key(row.wrapped, name)
 
 
+def _claim_folder(out: Path, extract_id: str) -> None:
+    """A project's folder holds one extract: what an earlier extract left there is removed before a
+    new one is built, while a resumed run of the same extract keeps the chunks it has done."""
+    marker = out / ".extract-id"
+    if out.exists() and (not marker.is_file() or marker.read_text() != extract_id):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(extract_id)
+
+
 @dataclass
 class Extracts:
     session: Session
@@ -73,6 +84,7 @@ class Extracts:
     keys: KeyProvider
     extracts_root: Path
     request_id: str | None = None
+    files: Any = None  # the file store, where opt-out lists are kept encrypted
 
     # --- requesting and building --------------------------------------------------------------------
 
@@ -90,9 +102,16 @@ class Extracts:
             plan.append((dataset, sorted(cols)))
         return plan
 
-    def _plan_hash(self, plan: list[tuple[Dataset, list[str]]]) -> str:
-        body = [[d.name, d.source_location, d.schema_spec, cols] for d, cols in plan]
+    def _plan_hash(self, plan: list[tuple[Dataset, list[str]]], optouts: OptOutPlan | None = None) -> str:
+        body: list[Any] = [[d.name, d.source_location, d.schema_spec, cols] for d, cols in plan]
+        if optouts is not None and optouts.by_dataset and any(optouts.by_dataset.values()):
+            body.append(["optouts", optouts.state()])  # a new list version or exemption is a new extract
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _optouts(self, project_id: str, plan: list[tuple[Dataset, list[str]]]) -> OptOutPlan:
+        """The opt-out list versions in force for each dataset of the plan, and the project's exemptions."""
+        datasets = [(d, DatasetSchema.from_dict(d.schema_spec).nhs_number_column is not None) for d, _ in plan]
+        return OptOutLists(self.session, self.audit, self.files).plan(project_id, datasets)
 
     def request(self, actor: User, project_id: str) -> Extract:
         """A custodian asks for a project's extract; the same approved plan asked twice is one job."""
@@ -109,7 +128,7 @@ class Extracts:
             self._deny(actor, project_id, f"project is {project.state}")
             raise ExtractServiceError("Only an active project within its dates may have an extract")
         plan = self.plan(project_id)
-        plan_hash = self._plan_hash(plan)
+        plan_hash = self._plan_hash(plan, self._optouts(project_id, plan))
         with transaction(self.session) as s:
             existing = s.scalar(
                 select(Extract).where(
@@ -135,18 +154,26 @@ class Extracts:
         if extract.state == "succeeded" and extract.manifest:
             return extract.manifest
         plan = self.plan(extract.project_id)
-        if self._plan_hash(plan) != extract.plan_hash:
-            raise ExtractServiceError("The approved plan changed since this extract was requested; request it again")
+        optouts = self._optouts(extract.project_id, plan)
+        if self._plan_hash(plan, optouts) != extract.plan_hash:
+            raise ExtractServiceError(
+                "The approved plan or the opt-out lists changed since this extract was requested; request it again"
+            )
+        lists = self._read_optout_lists(optouts)
         with transaction(self.session) as s:
             extract.state = "running"
             linkage = _key(s, self.keys, LINKAGE, create=True)
             project_key = _key(s, self.keys, _project_key_name(extract.project_id), create=True)
         sources = [
-            DatasetSource(dataset.source_location, DatasetSchema.from_dict(dataset.schema_spec), cols)
+            DatasetSource(
+                dataset.source_location, DatasetSchema.from_dict(dataset.schema_spec), cols,
+                optout_lists=[lists[a.version.id] for a in optouts.by_dataset.get(dataset.name, [])],
+                exempt_optout_lists=optouts.exempt_names(dataset.name),
+            )
             for dataset, cols in plan
         ]
         out = self.extracts_root / extract.project_id
-        out.mkdir(parents=True, exist_ok=True)
+        _claim_folder(out, extract.id)
 
         def report(p: Progress) -> None:
             if progress is not None:
@@ -157,6 +184,9 @@ class Extracts:
             sources, out, ExtractKeys(linkage, project_key), project_id=extract.project_id, progress=report
         )
         manifest = json.loads(json.dumps(result, default=str))
+        made = manifest.get("manifests", {})
+        by_dataset = {d.name: made.get(src.schema.name) for (d, _), src in zip(plan, sources, strict=True)}
+        manifest["optouts"] = optouts.summary(by_dataset)
         with transaction(self.session) as s:
             extract.state = "succeeded"
             extract.finished_at = utcnow()
@@ -165,6 +195,17 @@ class Extracts:
                               project_id=extract.project_id, request_id=self.request_id,
                               detail={"datasets": sorted(result.get("manifests", {}))})
         return manifest
+
+    def _read_optout_lists(self, optouts: OptOutPlan) -> dict[str, Any]:
+        """Each list version the extract applies, read from the encrypted store once (by version id)."""
+        wanted = {a.version.id: a.version for applied in optouts.by_dataset.values() for a in applied}
+        if wanted and self.files is None:
+            raise ExtractServiceError("Opt-out lists apply but the file store holding them is not available")
+        reader = OptOutLists(self.session, self.audit, self.files)
+        try:
+            return {vid: reader.read(version) for vid, version in wanted.items()}
+        except OptOutError as exc:
+            raise ExtractServiceError(str(exc)) from None
 
     def latest(self, project_id: str) -> Extract | None:
         return self.session.scalar(

@@ -23,7 +23,7 @@ def _platform() -> Any:
 
 def extracts_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Extracts:
     return Extracts(session or platform.db.session, platform.audit, platform.keys,
-                    platform.settings.extracts_path, request_id=request_id)
+                    platform.settings.extracts_path, request_id=request_id, files=platform.files)
 
 
 @job_handler(BUILD_JOB, queue="extracts")

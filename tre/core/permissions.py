@@ -22,11 +22,15 @@ class Permission(enum.StrEnum):
     APPLICATION_REVIEW = "application.review"
     APPLICATION_DECIDE = "application.decide"
     APPLICATION_ASSIGN = "application.assign"
+    # Record that a project's legal basis exempts it from a named opt-out list (a committee decision).
+    OPTOUT_EXEMPT = "optout.exempt"
     # Output checking
     OUTPUT_REVIEW = "output.review"
     # Data custodians
     DATASET_MANAGE = "dataset.manage"
     EXTRACT_MANAGE = "extract.manage"
+    # Load opt-out lists (the national data opt-out, a source's own restrictions).
+    OPTOUT_MANAGE = "optout.manage"
     # Governed re-identification (for example recalling a patient for care): requested by a
     # custodian, approved by two other people.
     REIDENTIFY_REQUEST = "reidentify.request"
@@ -66,11 +70,26 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.RESEARCHER: frozenset({P.PROJECT_APPLY, P.PROJECT_VIEW_OWN, P.OUTPUT_SUBMIT, P.CATALOGUE_BROWSE}),
     Role.DAC_MEMBER: frozenset({P.APPLICATION_REVIEW, P.CATALOGUE_BROWSE}),
     Role.DAC_CHAIR: frozenset(
-        {P.APPLICATION_REVIEW, P.APPLICATION_DECIDE, P.APPLICATION_ASSIGN, P.CATALOGUE_BROWSE, P.REIDENTIFY_APPROVE}
+        {
+            P.APPLICATION_REVIEW,
+            P.APPLICATION_DECIDE,
+            P.APPLICATION_ASSIGN,
+            P.CATALOGUE_BROWSE,
+            P.REIDENTIFY_APPROVE,
+            P.OPTOUT_EXEMPT,
+        }
     ),
     Role.OUTPUT_CHECKER: frozenset({P.OUTPUT_REVIEW}),
     Role.DATA_CUSTODIAN: frozenset(
-        {P.DATASET_MANAGE, P.EXTRACT_MANAGE, P.CATALOGUE_BROWSE, P.JOB_VIEW, P.REIDENTIFY_REQUEST, P.REIDENTIFY_APPROVE}
+        {
+            P.DATASET_MANAGE,
+            P.EXTRACT_MANAGE,
+            P.OPTOUT_MANAGE,
+            P.CATALOGUE_BROWSE,
+            P.JOB_VIEW,
+            P.REIDENTIFY_REQUEST,
+            P.REIDENTIFY_APPROVE,
+        }
     ),
     # Administrators manage people, not data: they hold no data or review permission by default.
     Role.ADMINISTRATOR: frozenset({P.USER_MANAGE, P.TRAINING_MANAGE, P.AGREEMENT_MANAGE, P.JOB_VIEW}),

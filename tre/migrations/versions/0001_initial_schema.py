@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 19:42:04.671099
+Create Date: 2026-11-23 21:44:02.995202
 """
 
 from __future__ import annotations
@@ -171,6 +171,44 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dataset_columns')),
     sa.UniqueConstraint('dataset_id', 'name', name=op.f('uq_dataset_columns_dataset_id_name'))
     )
+    op.create_table('oidc_links',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('user_id', sa.String(length=32), nullable=False),
+    sa.Column('issuer', sa.String(length=500), nullable=False),
+    sa.Column('subject', sa.String(length=255), nullable=False),
+    sa.Column('method', sa.String(length=30), nullable=False),
+    sa.Column('created_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.Column('last_used_at', tre.core.db.UTCDateTime(), nullable=True),
+    sa.CheckConstraint("method IN ('verified email', 'signed-in person')", name=op.f('ck_oidc_links_method_known')),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_oidc_links_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_oidc_links')),
+    sa.UniqueConstraint('issuer', 'subject', name='oidc_subject_once'),
+    sa.UniqueConstraint('user_id', 'issuer', name='oidc_one_link_per_issuer')
+    )
+    with op.batch_alter_table('oidc_links', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_oidc_links_user_id'), ['user_id'], unique=False)
+
+    op.create_table('optout_list_versions',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('dataset_id', sa.String(length=32), nullable=True),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('file_sha256', sa.String(length=64), nullable=False),
+    sa.Column('fingerprint', sa.String(length=64), nullable=False),
+    sa.Column('number_count', sa.Integer(), nullable=False),
+    sa.Column('duplicates', sa.Integer(), nullable=False),
+    sa.Column('loaded_by', sa.String(length=32), nullable=True),
+    sa.Column('loaded_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint('number_count >= 1', name=op.f('ck_optout_list_versions_not_empty')),
+    sa.CheckConstraint('version >= 1', name=op.f('ck_optout_list_versions_version_positive')),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_optout_list_versions_dataset_id_datasets')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_optout_list_versions')),
+    sa.UniqueConstraint('name', 'version', name=op.f('uq_optout_list_versions_name_version'))
+    )
+    with op.batch_alter_table('optout_list_versions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_optout_list_versions_name'), ['name'], unique=False)
+
     op.create_table('password_reset_links',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('user_id', sa.String(length=32), nullable=False),
@@ -359,6 +397,21 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('extracts', schema=None) as batch_op:
         batch_op.create_index('ix_extracts_project', ['project_id', 'requested_at'], unique=False)
+
+    op.create_table('optout_exemptions',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('project_id', sa.String(length=32), nullable=False),
+    sa.Column('list_name', sa.String(length=100), nullable=False),
+    sa.Column('basis', sa.Text(), nullable=False),
+    sa.Column('decided_by', sa.String(length=32), nullable=False),
+    sa.Column('decided_at', tre.core.db.UTCDateTime(), nullable=False),
+    sa.CheckConstraint('length(trim(basis)) > 0', name=op.f('ck_optout_exemptions_basis_required')),
+    sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_optout_exemptions_project_id_projects'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_optout_exemptions')),
+    sa.UniqueConstraint('project_id', 'list_name', name=op.f('uq_optout_exemptions_project_id_list_name'))
+    )
+    with op.batch_alter_table('optout_exemptions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_optout_exemptions_project_id'), ['project_id'], unique=False)
 
     op.create_table('output_requests',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -740,6 +793,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_output_requests_project')
 
     op.drop_table('output_requests')
+    with op.batch_alter_table('optout_exemptions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_optout_exemptions_project_id'))
+
+    op.drop_table('optout_exemptions')
     with op.batch_alter_table('extracts', schema=None) as batch_op:
         batch_op.drop_index('ix_extracts_project')
 
@@ -777,6 +834,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_password_reset_links_user_id'))
 
     op.drop_table('password_reset_links')
+    with op.batch_alter_table('optout_list_versions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_optout_list_versions_name'))
+
+    op.drop_table('optout_list_versions')
+    with op.batch_alter_table('oidc_links', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_oidc_links_user_id'))
+
+    op.drop_table('oidc_links')
     op.drop_table('dataset_columns')
     op.drop_table('wrapped_keys')
     op.drop_table('users')
