@@ -20,13 +20,17 @@ def page_blueprints() -> list[Any]:
     from tre.web.auth import bp as auth
     from tre.web.catalogue import bp as catalogue
     from tre.web.dac import bp as dac
+    from tre.web.extracts import bp as extracts
     from tre.web.outputs import bp as outputs
     from tre.web.outputs import prometheus_bp as outputs_metrics
     from tre.web.projects import bp as projects
-    from tre.web.extracts import bp as extracts
+    from tre.web.sso import bp as sso
     from tre.web.workspaces import bp as workspaces
 
-    return [web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces, extracts, account]
+    return [
+        web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces,
+        extracts, account, sso,
+    ]
 
 
 def api_blueprints() -> list[Any]:

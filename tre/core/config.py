@@ -69,6 +69,20 @@ class Settings:
     mail_from: str = "tre@localhost"
     # Output checking: independent reviews every output request needs (never fewer than 1).
     output_reviews_required: int = 2
+    # Single sign-on with an OpenID Connect provider (docs/sso.md). Off unless issuer, client id
+    # and client secret are all set. The discovery URL defaults to the issuer's well-known one.
+    oidc_issuer: str = ""
+    oidc_discovery_url: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_scopes: str = "openid email profile"
+    oidc_display_name: str = "your organisation's account"
+    # First sign-in may link to the account with the same email, only if the provider says it is verified.
+    oidc_link_by_verified_email: bool = False
+    # Comma-separated ``amr`` values (e.g. "mfa,hwk") that stand in for the TOTP code at sign-in.
+    # Empty (the default): the TRE's own TOTP is always asked for after single sign-on.
+    oidc_trusted_amr: str = ""
+
 
     def resolved(self) -> Settings:
         """Fill the settings that default to places inside the instance folder."""
@@ -84,7 +98,24 @@ class Settings:
             changes["extracts_path"] = inst / "extracts"
         if self.workspaces_path is None:
             changes["workspaces_path"] = inst / "workspaces"
+        oidc = {"TRE_OIDC_ISSUER": self.oidc_issuer, "TRE_OIDC_CLIENT_ID": self.oidc_client_id,
+                "TRE_OIDC_CLIENT_SECRET": self.oidc_client_secret}
+        if any(oidc.values()) and not all(oidc.values()):
+            missing = ", ".join(name for name, value in oidc.items() if not value)
+            raise ConfigError(f"single sign-on is half configured: set {missing} too (or unset them all)")
+        if all(oidc.values()) and "openid" not in self.oidc_scopes.split():
+            raise ConfigError("TRE_OIDC_SCOPES must include openid (the id_token is what identifies the person)")
+        if self.oidc_issuer and not self.oidc_discovery_url:
+            changes["oidc_discovery_url"] = self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
         return dataclasses.replace(self, **changes)
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_client_id and self.oidc_client_secret)
+
+    @property
+    def oidc_trusted_amr_values(self) -> frozenset[str]:
+        return frozenset(v.strip() for v in self.oidc_trusted_amr.split(",") if v.strip())
 
     @property
     def is_sqlite(self) -> bool:

@@ -94,15 +94,52 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
                 raise RuntimeError("set TRE_METRICS_TOKEN so Prometheus can scrape /metrics")
         return f"public URL {settings.public_url}"
 
+    def single_sign_on() -> str:
+        if not settings.oidc_enabled:
+            return "not configured (password and TOTP sign-in only)"
+        return check_oidc_discovery(settings)
+
     for name, fn in (
         ("instance folder", instance),
         ("master key", master_key),
         ("database", database),
         ("broker", broker),
         ("web security", web_security),
+        ("single sign-on", single_sign_on),
     ):
         findings.append(_check(name, fn))
     return findings
+
+
+def check_oidc_discovery(settings: Settings, timeout: float = 5) -> str:
+    """Fetch the provider's discovery document and check it describes the configured issuer."""
+    import requests
+
+    url = settings.oidc_discovery_url
+    if settings.environment == "production" and not url.startswith("https://"):
+        raise RuntimeError(f"the OIDC discovery URL {url} must be https:// in production")
+    try:
+        response = requests.get(url, timeout=timeout)
+        response.raise_for_status()
+        document = response.json()
+    except requests.RequestException as exc:
+        raise RuntimeError(f"cannot fetch the OIDC discovery document {url}: {type(exc).__name__}") from None
+    except ValueError:
+        raise RuntimeError(f"the OIDC discovery document {url} is not JSON") from None
+    if not isinstance(document, dict):
+        raise RuntimeError(f"the OIDC discovery document {url} is not a JSON object")
+    if document.get("issuer") != settings.oidc_issuer:
+        raise RuntimeError(
+            f"the discovery document names issuer {document.get('issuer')!r}, "
+            f"but TRE_OIDC_ISSUER is {settings.oidc_issuer!r}: they must be identical"
+        )
+    missing = [k for k in ("authorization_endpoint", "token_endpoint", "jwks_uri") if not document.get(k)]
+    if missing:
+        raise RuntimeError(f"the OIDC discovery document {url} lacks {', '.join(missing)}")
+    methods = document.get("code_challenge_methods_supported")
+    if isinstance(methods, list) and "S256" not in methods:
+        raise RuntimeError("the provider does not support PKCE with S256")
+    return f"{settings.oidc_issuer} (discovery document reachable)"
 
 
 def head_of(migrations: Path) -> str | None:

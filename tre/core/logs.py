@@ -26,6 +26,10 @@ _PATTERNS = [
     re.compile(r"trepat_[A-Za-z0-9_-]+"),
     # Bearer credentials in any header dump.
     re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
+    # OAuth / OpenID Connect fields (client_secret=..., "access_token": "...", code_verifier: ...).
+    re.compile(
+        r"(?i)((?:client_secret|code_verifier|access_token|refresh_token|id_token)[\"']?)(\s*[=:]\s*[\"']?)[^\s,;'\"&}]+"
+    ),
     # key=value pairs whose key says they are secret.
     re.compile(r"(?i)\b(password|passwd|secret|token|api[_-]?key|totp)(\s*[=:]\s*)[^\s,;'\"&]+"),
     # Ten digits as an NHS number is written (3-3-4 or run together), not inside a longer number.

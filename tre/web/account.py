@@ -13,11 +13,18 @@ from tre.core.identity import IdentityError
 bp = Blueprint("account", __name__, url_prefix="/account")
 
 
+def _sso_context() -> dict[str, Any]:
+    from tre.web.sso import sso_display_name
+
+    return {"sso_name": sso_display_name(), "sso_links": identity_service().oidc_links(g.user.id)}
+
+
 @bp.get("/")
 @login_required
 def index() -> str:
     return render_template(
-        "account/index.html", title="Your account", tokens=identity_service().personal_tokens(g.user), new_token=None
+        "account/index.html", title="Your account", tokens=identity_service().personal_tokens(g.user), new_token=None,
+        **_sso_context(),
     )
 
 
@@ -32,7 +39,8 @@ def create_token() -> Any:
         flash(str(exc) if isinstance(exc, IdentityError) else "Enter the number of days as a number", "error")
         return redirect(url_for("account.index"))
     return render_template(
-        "account/index.html", title="Your account", tokens=service.personal_tokens(g.user), new_token=plaintext
+        "account/index.html", title="Your account", tokens=service.personal_tokens(g.user), new_token=plaintext,
+        **_sso_context(),
     )
 
 

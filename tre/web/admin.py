@@ -54,7 +54,7 @@ def _get_user(user_id: str) -> User:
 def user(user_id: str) -> str:
     return render_template(
         "admin/user.html", title="Manage account", person=_get_user(user_id), roles=list(Role),
-        role_labels=ROLE_LABELS, reset_link=None,
+        role_labels=ROLE_LABELS, reset_link=None, sso_links=identity_service().oidc_links(user_id),
     )
 
 
@@ -92,5 +92,17 @@ def reset_link(user_id: str) -> str:
     link = url_for("auth.reset", _external=True) + "#token=" + token
     return render_template(
         "admin/user.html", title="Manage account", person=person, roles=list(Role),
-        role_labels=ROLE_LABELS, reset_link=link,
+        role_labels=ROLE_LABELS, reset_link=link, sso_links=identity_service().oidc_links(person.id),
     )
+
+
+@bp.post("/users/<user_id>/sso/<link_id>/remove")
+@requires(Permission.USER_MANAGE)
+def remove_sso_link(user_id: str, link_id: str) -> Any:
+    try:
+        identity_service().remove_oidc_link(g.user, _get_user(user_id).id, link_id)
+    except IdentityError as exc:
+        flash(str(exc), "error")
+    else:
+        flash("Single sign-on link removed: the person now signs in with their password", "success")
+    return redirect(url_for("admin.user", user_id=user_id))

@@ -21,7 +21,7 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 PENDING_LIFETIME_SECONDS = 300
 
 
-def _safe_next(target: str | None) -> str:
+def safe_next(target: str | None) -> str:
     """Only ever redirect to a path on this site (no open redirects)."""
     if not target:
         return url_for("web.home")
@@ -29,6 +29,16 @@ def _safe_next(target: str | None) -> str:
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return url_for("web.home")
     return target
+
+
+def begin_second_factor(user: User, next_url: str) -> Response:
+    """The first factor (password or single sign-on) is done: a fresh session that holds only that
+    fact, for five minutes, and the way to the TOTP code (or to enrolling it)."""
+    session.clear()
+    session["pending_uid"] = user.id
+    session["pending_at"] = int(utcnow().timestamp())
+    session["next"] = next_url
+    return redirect(url_for("auth.second_factor" if user.mfa_enrolled else "auth.enrol"))
 
 
 def _pending_user() -> User | None:
@@ -52,15 +62,13 @@ def login() -> Any:
         except IdentityError as exc:
             error = str(exc)
         else:
-            next_url = _safe_next(request.form.get("next"))
-            session.clear()
-            session["pending_uid"] = user.id
-            session["pending_at"] = int(utcnow().timestamp())
-            session["next"] = next_url
-            return redirect(url_for("auth.second_factor" if user.mfa_enrolled else "auth.enrol"))
+            return begin_second_factor(user, safe_next(request.form.get("next")))
+    from tre.web.sso import sso_display_name
+
     status = 400 if error else 200
     return render_template(
-        "auth/login.html", title="Sign in", error=error, email=email, next=request.args.get("next", "")
+        "auth/login.html", title="Sign in", error=error, email=email,
+        next=request.args.get("next", ""), sso_name=sso_display_name(),
     ), status
 
 
@@ -79,7 +87,7 @@ def second_factor() -> Any:
         else:
             next_url = session.get("next")
             start_session(user)
-            return redirect(_safe_next(next_url))
+            return redirect(safe_next(next_url))
     return render_template("auth/mfa.html", title="Enter your security code", error=error), (400 if error else 200)
 
 
@@ -113,7 +121,7 @@ def enrol() -> Any:
             start_session(platform().db.session.get(User, user.id))
             return render_template(
                 "auth/recovery_codes.html", title="Save your recovery codes", codes=codes,
-                next=_safe_next(next_url),
+                next=safe_next(next_url),
             )
     elif sealed:
         # Reloading the page keeps the secret the person may already have scanned.
