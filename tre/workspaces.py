@@ -58,7 +58,7 @@ def enforce_gate(ctx: JobContext) -> dict[str, int]:
     token = read_secret(p.settings, HUB_API_TOKEN_FILE)
     stopped = 0
     for ws in stale:
-        if stop_hub_server(p.settings.jupyterhub_url, token, ws.hub_username, ws.server_name):
+        if stop_hub_server(p.settings.jupyterhub_api_url, token, ws.hub_username, ws.server_name):
             service.record_stopped(ws.id, "the access gate closed")
             stopped += 1
     return {"stale": len(stale), "stopped": stopped}

@@ -54,9 +54,17 @@ class Settings:
     max_upload_bytes: int = 16 * 1024 * 1024
     session_cookie_secure: bool = False
     jupyterhub_url: str = "http://127.0.0.1:8000"
+    # The hub's REST API as the control plane reaches it (in a cluster, the hub's internal service,
+    # e.g. http://hub.tre.svc.cluster.local:8081); empty means the public ``jupyterhub_url``.
+    jupyterhub_api_url: str = ""
     # Where extracts and workspaces' private output folders live; empty means inside the instance.
     extracts_path: Path | None = None
     workspaces_path: Path | None = None
+    # Extracts: rows per chunk (a worker's memory follows it) and per partition. A Parquet source
+    # longer than one partition is built by several workers at once and merged (same result as one
+    # worker with the same chunk size); 0 builds every extract in one job.
+    extract_chunk_rows: int = 1_000_000
+    extract_partition_rows: int = 5_000_000
     # Projects: votes needed (from reviewers without a conflict) before the chair may decide.
     dac_quorum: int = 2
     # Reminders this many days before training or a project expires.
@@ -98,6 +106,10 @@ class Settings:
             changes["extracts_path"] = inst / "extracts"
         if self.workspaces_path is None:
             changes["workspaces_path"] = inst / "workspaces"
+        if not self.jupyterhub_api_url:
+            changes["jupyterhub_api_url"] = self.jupyterhub_url
+        if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
+            raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
         oidc = {"TRE_OIDC_ISSUER": self.oidc_issuer, "TRE_OIDC_CLIENT_ID": self.oidc_client_id,
                 "TRE_OIDC_CLIENT_SECRET": self.oidc_client_secret}
         if any(oidc.values()) and not all(oidc.values()):
