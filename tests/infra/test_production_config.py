@@ -43,7 +43,7 @@ SETTING_NAMES = {"TRE_" + f.name.upper() for f in dataclasses.fields(Settings)}
 # Read by the code outside Settings on purpose (keys and backup passphrases never sit in Settings).
 EXTRA_VARIABLES = {"TRE_MASTER_KEY", "TRE_BACKUP_PASSPHRASE", "TRE_INSTANCE_PATH"}
 SECRET_VARIABLES = {"TRE_MASTER_KEY", "TRE_DATABASE_URL", "TRE_BROKER_URL", "TRE_METRICS_TOKEN",
-                    "TRE_BACKUP_PASSPHRASE"}
+                    "TRE_BACKUP_PASSPHRASE", "TRE_OIDC_CLIENT_SECRET"}
 WORKLOAD_KINDS = {"Deployment", "Job", "CronJob"}
 
 

@@ -91,7 +91,6 @@ class Settings:
     # Empty (the default): the TRE's own TOTP is always asked for after single sign-on.
     oidc_trusted_amr: str = ""
 
-
     def resolved(self) -> Settings:
         """Fill the settings that default to places inside the instance folder."""
         inst = self.instance_path
@@ -115,7 +114,10 @@ class Settings:
         if any(oidc.values()) and not all(oidc.values()):
             missing = ", ".join(name for name, value in oidc.items() if not value)
             raise ConfigError(f"single sign-on is half configured: set {missing} too (or unset them all)")
-        if all(oidc.values()) and "openid" not in self.oidc_scopes.split():
+        scopes = self.oidc_scopes.strip() or "openid email profile"
+        changes["oidc_scopes"] = scopes
+        changes["oidc_display_name"] = self.oidc_display_name.strip() or "your organisation's account"
+        if all(oidc.values()) and "openid" not in scopes.split():
             raise ConfigError("TRE_OIDC_SCOPES must include openid (the id_token is what identifies the person)")
         if self.oidc_issuer and not self.oidc_discovery_url:
             changes["oidc_discovery_url"] = self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
