@@ -102,6 +102,15 @@ class DatasetSource:
     optout_lists: Sequence[OptOutList] | None = None
     exempt_optout_lists: Collection[str] | None = None
 
+    def options(self, run_options: dict[str, Any]) -> dict[str, Any]:
+        """The options this dataset is built with: the run's, with its own opt-out lists if it has them."""
+        own = dict(run_options)
+        if self.optout_lists is not None:
+            own["optout_lists"] = self.optout_lists
+        if self.exempt_optout_lists is not None:
+            own["exempt_optout_lists"] = self.exempt_optout_lists
+        return own
+
 
 # --------------------------------------------------------------------------------------------------
 # Small helpers
@@ -591,24 +600,23 @@ def run_linked_extract(
     datasets: Sequence[DatasetSource],
     output_dir: str | os.PathLike[str],
     keys: ExtractKeys,
+    *,
+    runner: Callable[..., dict[str, Any]] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Extract several datasets for one project with the same keys, so one patient carries the same
     token in every table, and report the linkage rate between each pair. Each dataset goes to
-    ``output_dir/<dataset name>/``; ``options`` are passed to ``run_extract``."""
+    ``output_dir/<dataset name>/``; ``options`` are passed to ``run_extract`` (or to ``runner``,
+    which takes the same arguments: ``partitions.finish_extract`` merges partitioned datasets)."""
+    build = runner or run_extract
     names = [d.schema.name for d in datasets]
     if len(set(names)) != len(names):
         raise ExtractError("linked datasets need distinct names")
     out = Path(output_dir)
     manifests = {}
     for d in datasets:
-        own = dict(options)
-        if d.optout_lists is not None:
-            own["optout_lists"] = d.optout_lists
-        if d.exempt_optout_lists is not None:
-            own["exempt_optout_lists"] = d.exempt_optout_lists
-        manifests[d.schema.name] = run_extract(
-            d.path, d.schema, d.approved_columns, out / d.schema.name, keys, **own
+        manifests[d.schema.name] = build(
+            d.path, d.schema, d.approved_columns, out / d.schema.name, keys, **d.options(options)
         )
     tokenised = [
         n for n, m in manifests.items() if any(c["transform"]["kind"] == TransformKind.NHS_TOKEN for c in m["columns"])

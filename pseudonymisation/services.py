@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from projects.models import Dataset, Project
@@ -29,16 +29,19 @@ from pseudonymisation.models import (
     WrappedKey,
 )
 from pseudonymisation.optout_lists import OptOutError, OptOutLists, OptOutPlan
-from pseudonymisation.pipeline import DatasetSource, ExtractKeys, Progress, run_linked_extract
+from pseudonymisation.partitions import Partition, finish_extract, plan_partitions, prepare_partitioned, run_partition
+from pseudonymisation.pipeline import DEFAULT_CHUNK_ROWS, DatasetSource, ExtractKeys, Progress, run_linked_extract
 from pseudonymisation.schema import DatasetSchema
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
 from tre.core.identity import User
-from tre.core.jobs import enqueue
+from tre.core.jobs import SUCCEEDED, Job, enqueue
 from tre.core.keys import KeyProvider
 from tre.core.permissions import Permission, has_permission
 
 BUILD_JOB = "extracts.build"
+PARTITION_JOB = "extracts.partition"
+MERGE_JOB = "extracts.merge"
 LINKAGE = "linkage"
 REQUIRED_APPROVALS = 2
 MAX_REID_TOKENS = 100
@@ -78,6 +81,27 @@ def _claim_folder(out: Path, extract_id: str) -> None:
 
 
 @dataclass
+class _Inputs:
+    """What one extract is built from: its plan, opt-outs, sources, keys, folder and run options."""
+
+    plan: list[tuple[Dataset, list[str]]]
+    optouts: OptOutPlan
+    sources: list[DatasetSource]
+    keys: ExtractKeys = field(repr=False)
+    out: Path
+    options: dict[str, Any]
+
+
+def _reporter(progress: Any) -> Any:
+    def report(p: Progress) -> None:
+        if progress is not None:
+            fraction = (p.rows_read / p.total_rows) if p.total_rows else 0.0
+            progress(min(fraction, 0.99), f"{p.dataset}: {p.rows_read:,} rows read")
+
+    return report
+
+
+@dataclass
 class Extracts:
     session: Session
     audit: AuditLog
@@ -85,6 +109,9 @@ class Extracts:
     extracts_root: Path
     request_id: str | None = None
     files: Any = None  # the file store, where opt-out lists are kept encrypted
+    # Rows per chunk, and per partition: a longer Parquet source is fanned out (0: never).
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    partition_rows: int = 0
 
     # --- requesting and building --------------------------------------------------------------------
 
@@ -146,13 +173,72 @@ class Extracts:
                               project_id=project_id, request_id=self.request_id, detail={"plan": plan_hash[:16]})
         return extract
 
-    def build(self, extract_id: str, progress: Any = None) -> dict[str, Any]:
-        """Run (or resume) the extract; called by the background job. Idempotent."""
+    def build(self, extract_id: str, progress: Any = None) -> dict[str, Any] | None:
+        """Run (or resume) the extract; called by the background job. Idempotent.
+
+        Returns the manifest; or None when a source is long enough to be split into partitions: the
+        partition jobs then build it on any number of workers and the merge job finishes it.
+        """
+        extract = self._extract(extract_id)
+        if extract.state == "succeeded" and extract.manifest:
+            return extract.manifest
+        inputs = self._inputs(extract, claim_folder=True)
+        if self._fan_out(extract, inputs):
+            return None
+        result = run_linked_extract(inputs.sources, inputs.out, inputs.keys, runner=finish_extract,
+                                    progress=_reporter(progress), **inputs.options)
+        return self._succeed(extract, inputs, result)
+
+    def build_partition(
+        self, extract_id: str, dataset: str, partition: dict[str, Any], *, job_id: str, progress: Any = None
+    ) -> dict[str, int]:
+        """Build one partition of one dataset (called by a partition job; safe to repeat).
+
+        Leaves its last database writes uncommitted on purpose: the job commits them together with
+        its own success, so exactly one partition job (the last) sees every other one finished.
+        """
+        extract = self._extract(extract_id)
+        if extract.state == "succeeded":
+            return {"chunks_made": 0, "chunks_resumed": 0}
+        inputs = self._inputs(extract, claim_folder=False)
+        source = next((s for s in inputs.sources if s.schema.name == dataset), None)
+        if source is None:
+            raise ExtractServiceError("The partition names a dataset that is not in the extract's plan")
+        done = run_partition(source.path, source.schema, source.approved_columns, inputs.out / dataset, inputs.keys,
+                             Partition.from_dict(partition), progress=_reporter(progress),
+                             **source.options(inputs.options))
+        # Serialise the partitions' ends on the extract's row (SQLite's write lock does it there).
+        self.session.scalar(select(Extract.id).where(Extract.id == extract.id).with_for_update())
+        unfinished = self.session.scalar(
+            select(func.count()).select_from(Job).where(
+                Job.kind == PARTITION_JOB,
+                Job.idempotency_key.like(f"{PARTITION_JOB}:{extract.id}:%"),
+                Job.state != SUCCEEDED,
+                Job.id != job_id,
+            )
+        )
+        if not unfinished:
+            enqueue(self.session, MERGE_JOB, {"extract_id": extract.id}, idempotency_key=f"{MERGE_JOB}:{extract.id}")
+        return done
+
+    def merge(self, extract_id: str, progress: Any = None) -> dict[str, Any]:
+        """Assemble a partitioned extract (the merge job): whole-extract statistics, then the manifest."""
+        extract = self._extract(extract_id)
+        if extract.state == "succeeded" and extract.manifest:
+            return extract.manifest
+        inputs = self._inputs(extract, claim_folder=False)
+        result = run_linked_extract(inputs.sources, inputs.out, inputs.keys, runner=finish_extract,
+                                    progress=_reporter(progress), **inputs.options)
+        return self._succeed(extract, inputs, result)
+
+    def _extract(self, extract_id: str) -> Extract:
         extract = self.session.get(Extract, extract_id)
         if extract is None:
             raise ExtractServiceError("No such extract")
-        if extract.state == "succeeded" and extract.manifest:
-            return extract.manifest
+        return extract
+
+    def _inputs(self, extract: Extract, *, claim_folder: bool) -> _Inputs:
+        """Everything an extract is built from, the same for one job, its partitions and its merge."""
         plan = self.plan(extract.project_id)
         optouts = self._optouts(extract.project_id, plan)
         if self._plan_hash(plan, optouts) != extract.plan_hash:
@@ -173,20 +259,40 @@ class Extracts:
             for dataset, cols in plan
         ]
         out = self.extracts_root / extract.project_id
-        _claim_folder(out, extract.id)
+        if claim_folder:
+            _claim_folder(out, extract.id)
+        options = {"project_id": extract.project_id, "chunk_rows": self.chunk_rows}
+        return _Inputs(plan, optouts, sources, ExtractKeys(linkage, project_key), out, options)
 
-        def report(p: Progress) -> None:
-            if progress is not None:
-                fraction = (p.rows_read / p.total_rows) if p.total_rows else 0.0
-                progress(min(fraction, 0.99), f"{p.dataset}: {p.rows_read:,} rows read")
+    def _fan_out(self, extract: Extract, inputs: _Inputs) -> int:
+        """Split the long Parquet sources into partitions and enqueue a job for each; 0 if none is long."""
+        if self.partition_rows <= 0:
+            return 0
+        split: dict[str, list[Partition]] = {}
+        for source in inputs.sources:
+            parts = plan_partitions(source.path, chunk_rows=self.chunk_rows, partition_rows=self.partition_rows)
+            name = source.schema.name
+            if parts and prepare_partitioned(source.path, source.schema, source.approved_columns, inputs.out / name,
+                                             inputs.keys, parts, **source.options(inputs.options)):
+                split[name] = parts
+        if not split:
+            return 0
+        with transaction(self.session) as s:
+            for name, parts in split.items():
+                for p in parts:
+                    enqueue(s, PARTITION_JOB, {"extract_id": extract.id, "dataset": name, "partition": p.to_dict()},
+                            idempotency_key=f"{PARTITION_JOB}:{extract.id}:{name}:{p.index}")
+            self.audit.record(s, "extract.fan_out", actor_id=None, target_type="extract", target_id=extract.id,
+                              project_id=extract.project_id, request_id=self.request_id,
+                              detail={"partitions": {name: len(parts) for name, parts in split.items()}})
+        return sum(len(parts) for parts in split.values())
 
-        result = run_linked_extract(
-            sources, out, ExtractKeys(linkage, project_key), project_id=extract.project_id, progress=report
-        )
+    def _succeed(self, extract: Extract, inputs: _Inputs, result: dict[str, Any]) -> dict[str, Any]:
         manifest = json.loads(json.dumps(result, default=str))
         made = manifest.get("manifests", {})
-        by_dataset = {d.name: made.get(src.schema.name) for (d, _), src in zip(plan, sources, strict=True)}
-        manifest["optouts"] = optouts.summary(by_dataset)
+        pairs = zip(inputs.plan, inputs.sources, strict=True)
+        by_dataset = {d.name: made.get(src.schema.name) for (d, _), src in pairs}
+        manifest["optouts"] = inputs.optouts.summary(by_dataset)
         with transaction(self.session) as s:
             extract.state = "succeeded"
             extract.finished_at = utcnow()

@@ -1,0 +1,107 @@
+"""The extract service fans a long source out into partition jobs and a merge job, carrying the same
+opt-out lists and exemptions as the single job, and the result is the single job's result."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from pseudonymisation.models import Extract
+from pseudonymisation.services import BUILD_JOB, MERGE_JOB, PARTITION_JOB
+from tests.conftest import make_test_app
+from tests.pseudonymisation.test_optout_lists import _active_project, _build, _lists, _patients_in_both
+from tre.core import jobs
+from tre.core.db import utcnow
+from tre.demo import synthetic
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fan-out-demo")
+    synthetic.generate(out, patients=400, seed=11)
+    return out
+
+
+@pytest.fixture
+def fan_app(tmp_path: Path, database_url: str) -> Iterator[Any]:
+    """Chunks of 40 rows and partitions of 100 (three chunks): both demo tables split into partitions."""
+    from tre.models import metadata
+
+    application = make_test_app(tmp_path / "instance", database_url,
+                                extract_chunk_rows=40, extract_partition_rows=100)
+    db = application.extensions["tre.db"]
+    metadata.create_all(db.engine)
+    yield application
+    db.session.remove()
+    db.dispose()
+
+
+def _jobs(app: Any, kind: str) -> list[jobs.Job]:
+    with app.extensions["tre.db"].session_factory() as s:
+        found = list(s.scalars(select(jobs.Job).where(jobs.Job.kind == kind)))
+        s.expunge_all()
+        return found
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_fanned_out_extract_with_opt_outs_equals_the_single_job_extract(fan_app: Any, demo_data: Path) -> None:
+    app = fan_app
+    w, p = _active_project(app, demo_data)
+    opted = _patients_in_both(demo_data, 5)
+    _lists(app).load(w.custodian, "national", "\n".join(opted))
+    _lists(app).load(w.custodian, "trust-objections", "\n".join(opted[:3]), dataset="spells")
+    w.svc.set_optout_exemption(w.chair, p.id, "trust-objections", "Section 251 support, CAG 21/CAG/0001")
+    folder = app.extensions["tre.settings"].extracts_path / p.id
+
+    fanned = _build(app, w, p.id)
+    fanned_files = _folder_bytes(folder)
+
+    partitions = _jobs(app, PARTITION_JOB)
+    assert len(partitions) > 2 and {j.payload["dataset"] for j in partitions} == {"patients", "spells"}
+    assert all(j.state == jobs.SUCCEEDED for j in partitions)
+    (merge,) = _jobs(app, MERGE_JOB)
+    assert merge.state == jobs.SUCCEEDED
+    assert _jobs(app, BUILD_JOB)[0].result == {"fanned_out": True}
+
+    # The same request on the single path (partitions off), with the same keys and lists.
+    platform = app.extensions["tre.platform"]
+    platform.settings = dataclasses.replace(platform.settings, extract_partition_rows=0)
+    with platform.db.session_factory() as s:
+        first = s.get(Extract, fanned.id)
+        assert first is not None
+        first.state, first.finished_at = "failed", utcnow()  # so that asking again builds anew
+        s.commit()
+    single = _build(app, w, p.id)
+    assert single.id != fanned.id
+    assert len(_jobs(app, PARTITION_JOB)) == len(partitions)  # no new partitions: one job built it
+
+    assert fanned.manifest == single.manifest
+    single_files = _folder_bytes(folder)
+    assert fanned_files.pop(".extract-id") != single_files.pop(".extract-id")  # the folder's owner marker
+    assert fanned_files == single_files  # every part, manifest.json and linkage.json
+    # The lists really applied: national removed rows in both tables, the exempt one removed none.
+    for table in ("patients", "spells"):
+        (national,) = [e for e in fanned.manifest["optouts"][table] if e["name"] == "national"]
+        assert national["status"] == "applied" and national["rows_removed"] > 0
+    (trust,) = [e for e in fanned.manifest["optouts"]["spells"] if e["name"] == "trust-objections"]
+    assert trust["status"] == "skipped: the project is exempt" and trust["rows_not_removed"] > 0
+
+
+def test_a_small_extract_keeps_the_single_job(fan_app: Any, demo_data: Path) -> None:
+    app = fan_app
+    platform = app.extensions["tre.platform"]
+    platform.settings = dataclasses.replace(platform.settings, extract_partition_rows=1_000_000)
+    w, p = _active_project(app, demo_data)
+
+    extract = _build(app, w, p.id)
+
+    assert _jobs(app, PARTITION_JOB) == [] and _jobs(app, MERGE_JOB) == []
+    assert sorted(extract.manifest["manifests"]) == ["patients", "spells"]
