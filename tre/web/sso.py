@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.integrations.base_client import MismatchingStateError, OAuthError
 from authlib.integrations.flask_client import OAuth
@@ -59,6 +60,25 @@ def _register_client(state: Any) -> None:
             "default_timeout": PROVIDER_TIMEOUT_SECONDS,
         },
     )
+
+
+@bp.after_app_request
+def _allow_forms_to_reach_the_provider(response: Any) -> Any:
+    """The sign-in and link buttons are forms whose answer redirects to the provider; browsers check
+    such redirects against the page's CSP ``form-action``, so the provider's origin is added there."""
+    client = current_app.extensions.get(EXTENSION)
+    policy = response.headers.get("Content-Security-Policy")
+    if client is None or not policy or "form-action 'self'" not in policy:
+        return response
+    origins = {_origin(_settings().oidc_issuer), _origin(client.server_metadata.get("authorization_endpoint", ""))}
+    extra = " ".join(sorted(o for o in origins if o))
+    response.headers["Content-Security-Policy"] = policy.replace("form-action 'self'", f"form-action 'self' {extra}")
+    return response
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""
 
 
 def sso_display_name() -> str | None:

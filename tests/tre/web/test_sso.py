@@ -102,10 +102,12 @@ def test_without_oidc_settings_the_login_page_has_no_sso_button_and_sso_routes_d
     assert client.post("/auth/sso/start", data={"csrf_token": token}).status_code == 404
 
 
-def test_with_oidc_settings_the_login_page_offers_the_provider(sso_app: Any) -> None:
-    page = sso_app.test_client().get("/auth/login").get_data(as_text=True)
+def test_with_oidc_settings_the_login_page_offers_the_provider(sso_app: Any, provider: OidcTestProvider) -> None:
+    response = sso_app.test_client().get("/auth/login")
 
-    assert "Sign in with NHS Test Login" in page
+    assert "Sign in with NHS Test Login" in response.get_data(as_text=True)
+    # The button's answer redirects to the provider, which the page's CSP must allow for forms.
+    assert f"form-action 'self' {provider.issuer};" in response.headers["Content-Security-Policy"]
 
 
 # --- who gets in -------------------------------------------------------------------------------------
