@@ -274,8 +274,9 @@ def extract_status(project_id: str) -> None:
 
 @extract_cli.command("manifest")
 @click.argument("project_id")
-def extract_manifest(project_id: str) -> None:
-    """Print PROJECT's latest extract manifest (counts, transforms, k-anonymity; never keys)."""
+@click.option("--optouts", "optouts_only", is_flag=True, help="Only say which opt-out lists were applied or skipped.")
+def extract_manifest(project_id: str, optouts_only: bool) -> None:
+    """Print PROJECT's latest extract manifest (counts, transforms, k-anonymity, opt-outs; never keys)."""
     import json
 
     from pseudonymisation.tasks import extracts_service
@@ -285,7 +286,67 @@ def extract_manifest(project_id: str) -> None:
     extract = extracts_service(app.extensions["tre.platform"]).latest(project_id)
     if extract is None or not extract.manifest:
         raise click.ClickException("no finished extract for that project")
-    click.echo(json.dumps(extract.manifest, indent=2))
+    if not optouts_only:
+        click.echo(json.dumps(extract.manifest, indent=2))
+        return
+    for dataset, entries in sorted((extract.manifest.get("optouts") or {}).items()):
+        if not entries:
+            click.echo(f"{dataset}: no opt-out list applies")
+        for e in entries:
+            if e.get("status") == "applied":
+                outcome = f"applied, {e['rows_removed']:,} rows removed"
+            elif e.get("exempt"):
+                outcome = f"skipped (exempt: {e['exempt']['basis']}), {e['rows_not_removed']:,} rows kept"
+            else:
+                outcome = e.get("status", "")
+            click.echo(f"{dataset}: {e['name']} v{e['version']} ({e['fingerprint'][:16]}): {outcome}")
+
+
+# --- opt-out lists --------------------------------------------------------------------------------
+
+
+@main.group("optout")
+def optout_cli() -> None:
+    """Opt-out lists (the national data opt-out, a source's own restrictions) that extracts apply."""
+
+
+@optout_cli.command("load")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", default=None, help="Restrict the list to this catalogued dataset (default: every source).")
+@click.option("--description", default="", help="Where the list came from.")
+@click.option("--as", "as_email", required=True, help="The data custodian loading it (recorded in the audit log).")
+def optout_load(name: str, file: Path, dataset: str | None, description: str, as_email: str) -> None:
+    """Load FILE (one NHS number a line, or CSV with them first) as the next version of list NAME.
+
+    Any line that is not a valid NHS number refuses the whole file; the lines are named by number."""
+    from pseudonymisation.optout_lists import OptOutError, OptOutLists
+    from tre.app import create_app
+
+    app = create_app()
+    p = app.extensions["tre.platform"]
+    with app.app_context():
+        try:
+            version = OptOutLists(p.db.session, p.audit, p.files).load(
+                _custodian(app, as_email), name, file.read_bytes(), dataset=dataset, description=description
+            )
+        except OptOutError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"{version.name} version {version.version}: {version.number_count:,} NHS numbers "
+               f"({version.duplicates} duplicates dropped), fingerprint {version.fingerprint[:16]}")
+
+
+@optout_cli.command("list")
+def optout_list() -> None:
+    """The version in force of every list: name, scope, version, count and fingerprint."""
+    from pseudonymisation.optout_lists import current_versions
+    from tre.app import create_app
+
+    app = create_app()
+    with app.app_context():
+        for v in current_versions(app.extensions["tre.db"].session):
+            scope = f"dataset {v.dataset_id}" if v.dataset_id else "every source"
+            click.echo(f"{v.name}\tv{v.version}\t{v.number_count:,} numbers\t{scope}\t{v.fingerprint[:16]}")
 
 
 # --- keys -----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pseudonymisation.optout_lists import OptOutError, OptOutLists, UploadRefuse
 from pseudonymisation.services import LINKAGE, _key
 from pseudonymisation.tasks import extracts_service
 from tests.projects.factories import TODAY, build_world, make_user, publish_agreement
+from tre.core import jobs
 from tre.core.audit import AuditEvent
 from tre.core.db import Base
 from tre.demo import synthetic
@@ -339,3 +340,46 @@ def test_any_custodian_may_load_the_next_version_of_a_list(app: Any) -> None:
     assert [v.name for v in _lists(app).current()] == ["national"]
     replaced = _lists(app).load(other, "national", "9434765870\n")
     assert replaced.version == 2 and replaced.loaded_by == other.id
+
+
+# --- the command line and the manifest page -------------------------------------------------------------
+
+
+def test_the_cli_loads_a_list_and_the_manifest_command_and_page_say_what_it_removed(
+    sqlite_app: Any, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from tests.tre.web.test_projects_pages import login
+    from tre.cli import main
+
+    w, p = _active_project(sqlite_app, demo_data)
+    dispatcher = jobs._dispatcher
+    opted = _patients_in_both(demo_data, 4)
+    upload = tmp_path / "ndop.csv"
+    upload.write_text("nhs_number\n" + "\n".join(opted) + "\n")
+    settings = sqlite_app.extensions["tre.settings"]
+    monkeypatch.setenv("TRE_INSTANCE_PATH", str(settings.instance_path))
+    monkeypatch.setenv("TRE_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("TRE_BROKER_URL", "memory://")
+    runner = CliRunner()
+    # Each command builds its own app, which installs its own job dispatcher: the test's comes back after.
+    monkeypatch.setattr(jobs, "_dispatcher", jobs._dispatcher)
+
+    loaded = runner.invoke(main, ["optout", "load", "national", str(upload), "--as", w.custodian.email])
+    assert loaded.exit_code == 0, loaded.output
+    assert "national version 1: 4 NHS numbers" in loaded.output
+    assert not any(n in loaded.output for n in opted)
+    bad = tmp_path / "bad.txt"
+    bad.write_text(opted[0] + "\n12345\n")
+    refused = runner.invoke(main, ["optout", "load", "national", str(bad), "--as", w.custodian.email])
+    assert refused.exit_code != 0 and "line 2: not ten digits" in refused.output
+    jobs.set_dispatcher(dispatcher)
+    _build(sqlite_app, w, p.id)
+    page = login(sqlite_app.test_client(), w.custodian).get(f"/extracts/{p.id}/manifest").get_data(as_text=True)
+    shown = runner.invoke(main, ["extract", "manifest", p.id, "--optouts"])
+
+    removed = _rows_of(demo_data, "patients", opted)
+    assert f"Applied: {removed} rows removed" in page
+    assert shown.exit_code == 0, shown.output
+    assert "patients: national v1" in shown.output and f"applied, {removed:,} rows removed" in shown.output

@@ -1,4 +1,4 @@
-"""Extracts and governed re-identification over the API (data custodians)."""
+"""Extracts, opt-out lists and governed re-identification over the API (data custodians)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import marshmallow as ma
 from flask import current_app, g
 from flask_smorest import Blueprint, abort
 
+from pseudonymisation.optout_lists import OptOutError, OptOutLists, UploadRefused
 from pseudonymisation.services import ExtractServiceError
 from pseudonymisation.tasks import extracts_service
 from tre.access import requires
@@ -126,3 +127,69 @@ def fulfil_reidentification(request_id: str) -> Any:
         return _service().fulfil_reidentification(g.user, request_id)
     except ExtractServiceError as exc:
         abort(422, message=str(exc))
+
+
+# --- opt-out lists ----------------------------------------------------------------------------------
+
+
+class OptOutListInSchema(ma.Schema):
+    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    dataset = ma.fields.String(load_default=None, allow_none=True)  # a catalogue name or id; none: every source
+    description = ma.fields.String(load_default="", validate=ma.validate.Length(max=2000))
+    numbers = ma.fields.String(required=True)  # one NHS number a line, or CSV text whose first column holds them
+
+
+class OptOutListSchema(ma.Schema):
+    id = ma.fields.String()
+    name = ma.fields.String()
+    version = ma.fields.Integer()
+    dataset_id = ma.fields.String(allow_none=True)
+    description = ma.fields.String()
+    fingerprint = ma.fields.String()
+    number_count = ma.fields.Integer()
+    duplicates = ma.fields.Integer()
+    loaded_by = ma.fields.String(allow_none=True)
+    loaded_at = ma.fields.DateTime()
+
+
+def _optout_lists() -> OptOutLists:
+    p = current_app.extensions["tre.platform"]
+    return OptOutLists(p.db.session, p.audit, p.files, request_id=g.get("request_id"))
+
+
+@blp.route("/optout-lists")
+@blp.response(200, OptOutListSchema(many=True))
+@blp.doc(security=BEARER)
+@requires(Permission.OPTOUT_MANAGE)
+def list_optout_lists() -> Any:
+    """The version in force of every opt-out list (names, scopes, counts, fingerprints; never numbers)."""
+    return _optout_lists().current()
+
+
+@blp.route("/optout-lists", methods=["POST"])
+@blp.arguments(OptOutListInSchema)
+@blp.response(201, OptOutListSchema)
+@blp.doc(security=BEARER)
+@requires(Permission.OPTOUT_MANAGE)
+def load_optout_list(body: dict[str, Any]) -> Any:
+    """Load a new version of a list; any line that is not a valid NHS number refuses the whole upload
+    (422, with each bad line's number and reason and never its content)."""
+    try:
+        return _optout_lists().load(g.user, body["name"], body["numbers"], dataset=body["dataset"],
+                                    description=body["description"])
+    except UploadRefused as exc:
+        abort(422, message=str(exc), messages={"lines": [{"line": p.line, "reason": p.reason} for p in exc.problems]})
+    except OptOutError as exc:
+        abort(422, message=str(exc))
+
+
+@blp.route("/optout-lists/<string:name>")
+@blp.response(200, OptOutListSchema(many=True))
+@blp.doc(security=BEARER)
+@requires(Permission.OPTOUT_MANAGE)
+def optout_list_history(name: str) -> Any:
+    """Every version of one list, newest (the one in force) first."""
+    history = _optout_lists().history(name)
+    if not history:
+        abort(404, message="No such opt-out list")
+    return history

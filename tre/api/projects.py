@@ -212,6 +212,18 @@ class ApprovedColumnsSchema(ma.Schema):
     datasets = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.List(ma.fields.String()))
 
 
+class OptOutExemptionInSchema(ma.Schema):
+    list_name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    basis = ma.fields.String(required=True, validate=ma.validate.Length(min=10, max=20_000))
+
+
+class OptOutExemptionSchema(ma.Schema):
+    list_name = ma.fields.String()
+    basis = ma.fields.String()
+    decided_by = ma.fields.String()
+    decided_at = ma.fields.DateTime()
+
+
 class GateDecisionSchema(ma.Schema):
     allowed = ma.fields.Boolean()
     reasons = ma.fields.List(ma.fields.String())
@@ -422,6 +434,38 @@ def get_approved_columns(project_id: str) -> Any:
     svc = _svc()
     _project(svc, project_id)
     return {"project_id": project_id, "datasets": approved_columns(svc.session, project_id)}
+
+
+# --- opt-out exemptions ---------------------------------------------------------------------------
+
+
+@blp.route("/projects/<string:project_id>/optout-exemptions")
+@blp.response(200, OptOutExemptionSchema(many=True))
+@blp.doc(security=BEARER)
+@login_required
+def list_optout_exemptions(project_id: str) -> Any:
+    """The opt-out lists the committee exempted this project from, with the legal basis it recorded."""
+    svc = _svc()
+    return svc.optout_exemptions(_project(svc, project_id))
+
+
+@blp.route("/projects/<string:project_id>/optout-exemptions", methods=["POST"])
+@blp.arguments(OptOutExemptionInSchema)
+@blp.response(201, OptOutExemptionSchema)
+@blp.doc(security=BEARER)
+@requires(Permission.OPTOUT_EXEMPT)
+def exempt_from_optout(body: dict[str, Any], project_id: str) -> Any:
+    """The chair records that the project's legal basis exempts it from the named opt-out list."""
+    return _call(_svc().set_optout_exemption, g.user, project_id, body["list_name"], body["basis"])
+
+
+@blp.route("/projects/<string:project_id>/optout-exemptions/<string:list_name>", methods=["DELETE"])
+@blp.response(204)
+@blp.doc(security=BEARER)
+@requires(Permission.OPTOUT_EXEMPT)
+def revoke_optout_exemption(project_id: str, list_name: str) -> None:
+    """Withdraw an exemption: extracts requested afterwards remove the list's patients again."""
+    _call(_svc().revoke_optout_exemption, g.user, project_id, list_name)
 
 
 # --- lifecycle ------------------------------------------------------------------------------------

@@ -37,6 +37,12 @@ def load_command(patients: int) -> None:
         from tre.demo.catalogue import register_demo_datasets
 
         register_demo_datasets(app, data_dir)
+        from tre.demo.accounts import DOMAIN
+        from tre.demo.optouts import DEMO_LIST, load_demo_optouts
+
+        loaded = load_demo_optouts(app, data_dir, f"cara.custodian@{DOMAIN}")
+        if loaded is not None:
+            click.echo(f"opt-out list {DEMO_LIST!r}: {loaded:,} synthetic patients opted out")
         _build_demo_extracts(app)
 
 

@@ -233,6 +233,29 @@ def close(project_id: str) -> Any:
     return redirect(url_for("projects.show", project_id=project_id))
 
 
+@bp.post("/<project_id>/optout-exemptions")
+@requires(Permission.OPTOUT_EXEMPT)
+def exempt_from_optout(project_id: str) -> Any:
+    """The chair records that the project's legal basis exempts it from a named opt-out list."""
+    f = request.form
+    _, error = attempt(
+        lambda: projects_service().set_optout_exemption(g.user, project_id, f.get("list_name", ""), f.get("basis", ""))
+    )
+    flash(
+        str(error) if error else "Exemption recorded: extracts requested from now on keep that list's patients",
+        "error" if error else "success",
+    )
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.post("/<project_id>/optout-exemptions/<list_name>/revoke")
+@requires(Permission.OPTOUT_EXEMPT)
+def revoke_optout_exemption(project_id: str, list_name: str) -> Any:
+    _, error = attempt(lambda: projects_service().revoke_optout_exemption(g.user, project_id, list_name))
+    flash(str(error) if error else "Exemption withdrawn", "error" if error else "success")
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
 @bp.post("/extensions/<extension_id>")
 @requires(Permission.APPLICATION_DECIDE)
 def decide_extension(extension_id: str) -> Any:

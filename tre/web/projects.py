@@ -147,7 +147,16 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         extension=svc.pending_extension(project),
         versions=svc.versions(project),
         today=dt.date.today(),
+        optout_exemptions=svc.optout_exemptions(project),
+        optout_list_names=_optout_list_names(),
     )
+
+
+def _optout_list_names() -> list[str]:
+    """The names of the opt-out lists in force, offered to the chair deciding an exemption."""
+    from pseudonymisation.optout_lists import current_versions
+
+    return [v.name for v in current_versions(platform().db.session)]
 
 
 @bp.route("/<project_id>/edit", methods=["GET", "POST"])
