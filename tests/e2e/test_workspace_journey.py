@@ -1,6 +1,9 @@
-"""Through the real control plane, worker and JupyterHub: a researcher opens the project's
-workspace from the project page and lands in JupyterLab with the extract; a researcher of no
-project is refused; when the project is suspended, the running server is stopped."""
+"""Through the real control plane, worker and JupyterHub: a researcher opens the project's workspace from
+the project page and lands in JupyterLab with the extract; code running in that workspace (its own unix
+account, network namespace and output token) loads the extract with pandas, builds a table with the
+disclosure session and submits it with the in-workspace client; an output checker sees the request in
+the queue; the browser cannot take the extract away by any download path; a researcher of no project is
+refused; when the project is suspended, the running server is stopped."""
 
 from __future__ import annotations
 
@@ -17,6 +20,10 @@ from projects.workspaces import server_name
 from tests.e2e.conftest import LiveService, sign_in
 
 RUNTIME = Path(os.environ.get("TRE_WORKSPACE_RUNTIME", "/opt/tre-workspace"))
+RITA = "rita.researcher@demo.tre.example"
+OLIVE = "olive.checker@demo.tre.example"
+TITLE = "Patients by deprivation decile and sex"
+CLI_TITLE = "Patients by deprivation decile and sex (tre-submit)"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -26,6 +33,83 @@ pytestmark = [
         reason="WORKSPACE RUNTIME NOT BUILT (make workspace-runtime); skipped",
     ),
 ]
+
+# What the researcher runs in a notebook. It prints one JSON line the test reads back.
+ANALYSIS = f"""
+import glob, json, os, pwd, subprocess
+import pandas as pd
+from disclosure.session import Session
+from jupyter.client import submit
+
+extract = os.environ["TRE_EXTRACT_DIR"]
+parquets = sorted(glob.glob(os.path.join(extract, "**", "*.parquet"), recursive=True))
+patients_file = next(p for p in parquets if {{"sex", "deprivation_decile"}} <= set(pd.read_parquet(p).columns))
+patients = pd.read_parquet(patients_file)
+
+session = Session(suppress=True)
+table = session.crosstab(patients["deprivation_decile"], patients["sex"])
+folder = os.path.join(os.environ["TRE_OUTPUTS_DIR"], "table1")
+session.finalise(folder)
+tables = sorted(glob.glob(os.path.join(folder, "*.csv")))
+
+answer = submit(
+    tables,
+    context="Number of patients in the extract by deprivation decile (1 most deprived) and sex",
+    controls="Disclosure session with suppression: cells under the threshold are suppressed",
+    title={TITLE!r},
+)
+cli = subprocess.run(
+    ["tre-submit", *tables, "--title", {CLI_TITLE!r},
+     "--context", "The same table, sent from the command line", "--controls", "Suppression as above"],
+    capture_output=True, text=True,
+)
+print(json.dumps({{
+    "account": pwd.getpwuid(os.getuid()).pw_name,
+    "netns": os.readlink("/proc/self/ns/net"),
+    "rows": len(patients),
+    "table_cells": int(table.size),
+    "extract_file": os.path.relpath(patients_file, extract),
+    "answer": answer,
+    "cli": [cli.returncode, cli.stdout.strip(), cli.stderr.strip()],
+}}))
+"""
+
+# Run code in a new kernel of the workspace through the Jupyter server's REST and websocket API, from
+# inside the JupyterLab page: the browser's own hub cookies and XSRF token, as JupyterLab itself does.
+RUN_IN_KERNEL = """
+async ({base, code, timeoutMs}) => {
+  const xsrf = decodeURIComponent((document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [, ""])[1]);
+  const headers = {"X-XSRFToken": xsrf, "Content-Type": "application/json"};
+  const started = await fetch(base + "api/kernels", {method: "POST", headers, body: JSON.stringify({name: "python3"})});
+  if (!started.ok) { return {error: "starting a kernel: HTTP " + started.status}; }
+  const kernel = await started.json();
+  const channels = "api/kernels/" + kernel.id + "/channels?session_id=tre-e2e";
+  const socket = new WebSocket(base.replace(/^http/, "ws") + channels);
+  const msgId = "tre-e2e-" + Date.now();
+  const result = await new Promise((resolve) => {
+    const out = {stdout: "", stderr: "", error: null};
+    const timer = setTimeout(() => resolve({...out, error: "timed out"}), timeoutMs);
+    socket.onerror = () => { clearTimeout(timer); resolve({...out, error: "websocket error"}); };
+    socket.onopen = () => socket.send(JSON.stringify({
+      header: {msg_id: msgId, session: "tre-e2e", username: "", msg_type: "execute_request", version: "5.3",
+               date: new Date().toISOString()},
+      parent_header: {}, metadata: {}, channel: "shell", buffers: [],
+      content: {code, silent: false, store_history: false, user_expressions: {}, allow_stdin: false,
+                stop_on_error: true},
+    }));
+    socket.onmessage = (event) => {
+      const msg = JSON.parse(event.data);
+      if (!msg.parent_header || msg.parent_header.msg_id !== msgId) { return; }
+      if (msg.msg_type === "stream") { out[msg.content.name] += msg.content.text; }
+      if (msg.msg_type === "error") { out.error = msg.content.ename + ": " + msg.content.evalue; }
+      if (msg.msg_type === "status" && msg.content.execution_state === "idle") { clearTimeout(timer); resolve(out); }
+    };
+  });
+  socket.close();
+  await fetch(base + "api/kernels/" + kernel.id, {method: "DELETE", headers});
+  return result;
+}
+"""
 
 
 def _hub_servers(service: LiveService, username: str) -> dict[str, Any]:
@@ -37,11 +121,20 @@ def _hub_servers(service: LiveService, username: str) -> dict[str, Any]:
         return dict(json.load(response).get("servers", {}))
 
 
-def test_workspace_opens_from_the_project_page_and_stops_when_the_project_is_suspended(
+def run_in_workspace(page: Any, base: str, code: str, timeout: float = 240) -> dict[str, Any]:
+    result = page.evaluate(RUN_IN_KERNEL, {"base": base, "code": code, "timeoutMs": int(timeout * 1000)})
+    assert result["error"] is None, f"{result['error']}\n{result['stderr'][-3000:]}"
+    return dict(result)
+
+
+def _xsrf(page: Any) -> str:
+    return next(c["value"] for c in page.context.cookies() if c["name"] == "_xsrf")
+
+
+def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_suspension(
     page: Any, live_service: LiveService
 ) -> None:
-    rita = "rita.researcher@demo.tre.example"
-    sign_in(page, live_service, rita)
+    sign_in(page, live_service, RITA)
     page.goto(live_service.url + "/projects/")
     page.get_by_role("link", name="Heart failure readmissions").first.click()
     project_id = page.url.rstrip("/").rsplit("/", 1)[-1]
@@ -51,17 +144,41 @@ def test_workspace_opens_from_the_project_page_and_stops_when_the_project_is_sus
     page.wait_for_url("**/lab**", timeout=180_000)
     page.locator(".jp-DirListing-content").get_by_text("extract", exact=True).wait_for(timeout=90_000)
     print(f"\nSPAWN TIME through the real control plane: {time.monotonic() - started:.1f} s")
+    base = page.url.split("/lab", 1)[0] + "/"
 
-    from sqlalchemy import create_engine, text
+    # Analyse and submit, in the workspace itself.
+    started = time.monotonic()
+    ran = run_in_workspace(page, base, ANALYSIS)
+    print(f"ANALYSIS AND SUBMISSION in the workspace kernel: {time.monotonic() - started:.1f} s")
+    facts = json.loads(ran["stdout"].strip().splitlines()[-1])
+    assert facts["account"] != "root"  # the workspace's own unix account, not the hub's
+    assert facts["netns"] != os.readlink("/proc/self/ns/net")  # and its own network namespace
+    assert facts["rows"] > 0 and facts["table_cells"] > 0
+    assert facts["answer"]["project_id"] == project_id
+    assert facts["answer"]["title"] == TITLE
+    assert facts["cli"][0] == 0, facts["cli"]
+    assert "Submitted output request" in facts["cli"][1]
 
-    engine = create_engine(f"sqlite:///{live_service.instance / 'tre.sqlite'}")
-    with engine.connect() as conn:
-        rita_id = conn.execute(text("SELECT id FROM users WHERE email = :e"), {"e": rita}).scalar_one()
-    engine.dispose()
-    username = f"u-{rita_id}"
-    assert server_name(project_id) in _hub_servers(live_service, username)
+    # An output checker sees both requests in the queue.
+    olive = page.context.browser.new_context().new_page()
+    sign_in(olive, live_service, OLIVE)
+    deadline = time.monotonic() + 120
+    while True:
+        olive.goto(live_service.url + "/outputs/queue")
+        queue = olive.inner_text("#queue")
+        if (TITLE in queue and CLI_TITLE in queue) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert TITLE in queue and CLI_TITLE in queue
+    olive.get_by_role("link", name=TITLE, exact=True).click()
+    assert facts["answer"]["id"] in olive.url
+
+    # No download path takes the extract (or a copy of it) out of the workspace.
+    _assert_downloads_refused(page, base, facts["extract_file"])
 
     # The committee chair suspends the project through the page; within a minute the server stops.
+    username = _hub_username(live_service)
+    assert server_name(project_id) in _hub_servers(live_service, username)
     chair = page.context.browser.new_context().new_page()
     sign_in(chair, live_service, "chris.chair@demo.tre.example")
     chair.goto(f"{live_service.url}/projects/{project_id}")
@@ -72,6 +189,67 @@ def test_workspace_opens_from_the_project_page_and_stops_when_the_project_is_sus
     while time.monotonic() < deadline and server_name(project_id) in _hub_servers(live_service, username):
         time.sleep(3)
     assert server_name(project_id) not in _hub_servers(live_service, username)
+
+
+def _hub_username(service: LiveService) -> str:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{service.instance / 'tre.sqlite'}")
+    with engine.connect() as conn:
+        rita_id = conn.execute(text("SELECT id FROM users WHERE email = :e"), {"e": RITA}).scalar_one()
+    engine.dispose()
+    return f"u-{rita_id}"
+
+
+def _assert_downloads_refused(page: Any, base: str, extract_file: str) -> None:
+    # The researcher prepares every way round she can think of: a symlink to the extract in her home,
+    # a byte-for-byte copy in outputs/, a "lab extension" and a "kernel" whose static files are the
+    # extract, and a small table of her own that she may view.
+    run_in_workspace(
+        page,
+        base,
+        f"""
+import os, shutil
+home, source = os.path.expanduser("~"), os.path.join(os.environ["TRE_EXTRACT_DIR"], {extract_file!r})
+os.symlink(source, os.path.join(home, "peek.parquet"))
+shutil.copyfile(source, os.path.join(home, "outputs", "copy.parquet"))
+for folder in (".local/share/jupyter/labextensions/leak/static", ".local/share/jupyter/kernels/leak"):
+    os.makedirs(os.path.join(home, folder), exist_ok=True)
+    os.symlink(source, os.path.join(home, folder, "data.parquet"))
+with open(os.path.join(home, ".local/share/jupyter/kernels/leak/kernel.json"), "w") as f:
+    f.write('{{"argv": ["python3"], "display_name": "leak", "language": "python"}}')
+with open(os.path.join(home, "outputs", "mine.csv"), "w") as f:
+    f.write("band,n\\n1,15\\n")
+""",
+    )
+    get = page.request.get
+    refused = {
+        "files/extract": get(f"{base}files/extract/{extract_file}"),
+        "files/extract?download": get(f"{base}files/extract/{extract_file}?download=1"),
+        "files/outputs copy": get(f"{base}files/outputs/copy.parquet?download=1"),
+        "contents extract": get(f"{base}api/contents/extract/{extract_file}?content=1"),
+        "contents extract base64": get(f"{base}api/contents/extract/{extract_file}?type=file&format=base64"),
+        "contents symlink": get(f"{base}api/contents/peek.parquet?type=file&format=base64"),
+        "contents copy": get(f"{base}api/contents/outputs/copy.parquet?type=file&format=base64"),
+        "nbconvert": get(f"{base}nbconvert/html/outputs/mine.csv?download=true"),
+        "copy API": page.request.post(
+            f"{base}api/contents/outputs",
+            headers={"X-XSRFToken": _xsrf(page), "Content-Type": "application/json"},
+            data=json.dumps({"copy_from": f"extract/{extract_file}"}),
+        ),
+    }
+    assert {name: r.status for name, r in refused.items()} == {name: 403 for name in refused}
+    assert "tre-submit" in refused["files/extract?download"].text()
+    # Jupyter serves static files from its data path; Spawner.disable_user_config keeps the home out
+    # of it, so these links are never found.
+    served = {
+        "lab extension": get(f"{base}lab/extensions/leak/static/data.parquet"),
+        "kernelspec resource": get(f"{base}kernelspecs/leak/data.parquet"),
+    }
+    assert {name: r.status for name, r in served.items()} == {name: 404 for name in served}
+    # Viewing her own small table is allowed: that is how the work is looked at.
+    mine = get(f"{base}api/contents/outputs/mine.csv?type=file&format=text")
+    assert mine.status == 200 and mine.json()["content"] == "band,n\n1,15\n"
 
 
 def test_researcher_of_no_project_is_refused_a_workspace(page: Any, live_service: LiveService) -> None:
