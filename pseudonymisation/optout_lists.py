@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from projects.models import Dataset, OptOutExemption
@@ -167,7 +168,7 @@ class OptOutLists:
         name = (name or "").strip().lower()
         if not name or len(name) > 100 or not set(name) <= _NAME_CHARS:
             raise OptOutError("Name the list with lower-case letters, digits, dashes and underscores")
-        scope = self._dataset(dataset) if (dataset or "").strip() else None
+        scope = self._dataset(dataset) if dataset and dataset.strip() else None
         if isinstance(content, bytes):
             try:
                 content = content.decode("utf-8-sig")
@@ -178,40 +179,48 @@ class OptOutLists:
             raise UploadRefused(parsed.problems, parsed.lines_read)
         if not parsed.numbers:
             raise OptOutError("The file holds no NHS numbers")
-        current = self.current_version(name)
-        if current is not None and current.dataset_id != (scope.id if scope else None):
-            raise OptOutError(
-                f"The list {name} was loaded for {'one dataset' if current.dataset_id else 'every source'}; "
-                "a new version must keep that scope (use another name for a different scope)"
-            )
+        self._check_scope(self.current_version(name), name, scope)  # before anything is written
         salt = secrets.token_bytes(SALT_BYTES)
         try:
             sha = self.files.put(_file_content(salt, parsed.numbers))
         except FileTooLarge as exc:
             raise OptOutError(f"The list is larger than the file store accepts ({exc.limit} bytes)") from None
         fingerprint = OptOutList.from_numbers(name, parsed.numbers, salt=salt).fingerprint()
-        with transaction(self.session) as s:
-            latest = s.scalar(select(func.max(OptOutListVersion.version)).where(OptOutListVersion.name == name))
-            row = OptOutListVersion(
-                name=name,
-                version=(latest or 0) + 1,
-                dataset_id=scope.id if scope else None,
-                description=(description or "").strip()[:2000],
-                file_sha256=sha,
-                fingerprint=fingerprint,
-                number_count=len(parsed.numbers),
-                duplicates=parsed.duplicates,
-                loaded_by=actor.id,
-            )
-            s.add(row)
-            s.flush()
-            self.audit.record(
-                s, "optout.load", actor_id=actor.id, target_type="optout_list", target_id=row.id,
-                request_id=self.request_id,
-                detail={"name": name, "version": row.version, "numbers": row.number_count,
-                        "duplicates": row.duplicates, "dataset": row.dataset_id},
-            )
+        try:
+            with transaction(self.session) as s:
+                current = self.current_version(name)
+                self._check_scope(current, name, scope)
+                row = OptOutListVersion(
+                    name=name,
+                    version=(current.version if current else 0) + 1,
+                    dataset_id=scope.id if scope else None,
+                    description=(description or "").strip()[:2000],
+                    file_sha256=sha,
+                    fingerprint=fingerprint,
+                    number_count=len(parsed.numbers),
+                    duplicates=parsed.duplicates,
+                    loaded_by=actor.id,
+                )
+                s.add(row)
+                s.flush()
+                self.audit.record(
+                    s, "optout.load", actor_id=actor.id, target_type="optout_list", target_id=row.id,
+                    request_id=self.request_id,
+                    detail={"name": name, "version": row.version, "numbers": row.number_count,
+                            "duplicates": row.duplicates, "dataset": row.dataset_id},
+                )
+        except IntegrityError:
+            # Two versions of one list loaded at the same moment: the unique (name, version) keeps one.
+            raise OptOutError(f"Another version of {name} was loaded at the same time; load yours again") from None
         return row
+
+    @staticmethod
+    def _check_scope(current: OptOutListVersion | None, name: str, scope: Dataset | None) -> None:
+        if current is not None and current.dataset_id != (scope.id if scope else None):
+            raise OptOutError(
+                f"The list {name} was loaded for {'one dataset' if current.dataset_id else 'every source'}; "
+                "a new version must keep that scope (use another name for a different scope)"
+            )
 
     def _dataset(self, ref: str) -> Dataset:
         ref = ref.strip()

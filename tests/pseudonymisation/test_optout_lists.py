@@ -188,6 +188,21 @@ def test_a_new_upload_replaces_the_version_in_force_and_keeps_its_counts(app: An
     assert events[1].detail["numbers"] == 2
 
 
+def test_two_custodians_loading_the_same_version_at_once_keep_one_and_the_other_is_told(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = build_world(app)
+    lists = _lists(app)
+    lists.load(w.custodian, "national", "9434765919\n")
+    # The second upload read "no version yet" just before the first committed: it also makes version 1.
+    monkeypatch.setattr(OptOutLists, "current_version", lambda self, name: None)
+
+    with pytest.raises(OptOutError, match="at the same time"):
+        lists.load(w.custodian, "national", "9434765870\n")
+
+    assert [(v.version, v.number_count) for v in w.session.scalars(select(OptOutListVersion))] == [(1, 1)]
+
+
 def test_a_list_keeps_the_scope_it_was_first_loaded_with(app: Any) -> None:
     w = build_world(app)
     lists = _lists(app)
