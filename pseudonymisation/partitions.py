@@ -309,9 +309,9 @@ def run_partition(
         raise ExtractError("the source changed since the extract was split; request the extract again")
 
     def report(done: int, of: int) -> None:
+        """Progress within this partition: chunks (and about as many rows) done out of its own."""
         if progress is not None:
-            rows = (partition.first_chunk + done) * run.chunk_rows
-            progress(Progress(schema.name, done, rows, (partition.first_chunk + of) * run.chunk_rows, 0))
+            progress(Progress(schema.name, done, done * run.chunk_rows, of * run.chunk_rows, 0))
 
     made, resumed = _make_chunks(run, partition.first_chunk, partition.chunks, report)
     return {"chunks_made": made, "chunks_resumed": resumed}
