@@ -1,7 +1,8 @@
 """The encrypted content-addressed file store, on a local folder and on a fake S3 client.
 
-No S3 server runs in the test environment, so ``FakeS3`` implements the four boto3 methods the
-store uses, raising errors shaped like botocore's ``ClientError`` for missing objects.
+``FakeS3`` implements the four boto3 methods the store uses, raising errors shaped like botocore's
+``ClientError`` for missing objects; ``test_filestore_s3_server.py`` runs the same contract tests
+against a real S3 server (moto's emulator) over HTTP.
 """
 
 from __future__ import annotations
