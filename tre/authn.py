@@ -33,12 +33,18 @@ def platform() -> Any:
 def load_current_user() -> None:
     g.user = None
     g.token_claims = None
-    header = request.headers.get("Authorization", "")
-    if request.path.startswith("/api/"):
-        if header.startswith("Bearer "):
-            _load_from_bearer(header[len("Bearer ") :].strip())
-        return  # the API never trusts the cookie, so cross-site requests cannot ride a session
-    _load_from_session()
+    try:
+        header = request.headers.get("Authorization", "")
+        if request.path.startswith("/api/"):
+            if header.startswith("Bearer "):
+                _load_from_bearer(header[len("Bearer ") :].strip())
+            return  # the API never trusts the cookie, so cross-site requests cannot ride a session
+        _load_from_session()
+    finally:
+        # End the read that found the person: on SQLite every transaction holds the write lock
+        # (BEGIN IMMEDIATE), so keeping it open made /readyz and /metrics, which use their own
+        # connection, wait 30 s and fail for anyone signed in (found by the access matrix).
+        platform().db.session.commit()
 
 
 def _load_from_session() -> None:
