@@ -118,6 +118,10 @@ def backup(archive: Path, with_master_key: bool) -> None:
             "Passphrase for the master key", hide_input=True, confirmation_prompt=True
         )
     engine = make_engine(settings.database_url)
+    from tre.core.filestore import file_store_for
+    from tre.core.keys import default_key_provider
+
+    store = file_store_for(settings, default_key_provider(settings.instance_path))
     summary = create_backup(
         engine,
         metadata,
@@ -126,6 +130,7 @@ def backup(archive: Path, with_master_key: bool) -> None:
         master_key_file=settings.instance_path / "master.key" if with_master_key else None,
         passphrase=passphrase,
         revision=head_of(migrate.MIGRATIONS),
+        files=store,
     )
     engine.dispose()
     click.echo(
@@ -163,7 +168,11 @@ def restore(archive: Path) -> None:
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        restore_backup(archive, engine, metadata, settings.instance_path, passphrase=passphrase)
+        from tre.core.filestore import file_store_for
+        from tre.core.keys import default_key_provider
+
+        store = file_store_for(settings, default_key_provider(settings.instance_path))
+        restore_backup(archive, engine, metadata, settings.instance_path, passphrase=passphrase, files=store)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -1,7 +1,7 @@
 """Backups that restore into a fresh instance, on either database, with the audit chain intact.
 
 A backup is one ``.tar.gz``: every table as JSON lines (in dependency order, the audit log in
-chain order), the stored files as they are on disk (already encrypted), and the instance's
+chain order), the stored files as they are held (sealed, from the folder or the S3 bucket), and the instance's
 wrapped keys (the audit chain key and the sealed signing keys). The master key is *not* in it
 unless asked for, and then only wrapped with a key derived from a passphrase (scrypt + AES-GCM):
 whoever holds a backup without the master key holds ciphertext.
@@ -95,9 +95,12 @@ def create_backup(
     master_key_file: Path | None = None,
     passphrase: str | None = None,
     revision: str | None = None,
+    files: Any = None,
 ) -> BackupSummary:
+    """Write the archive. ``files`` is the deployment's file store (its sealed objects are copied
+    as they are, from a folder or a bucket); without it, ``instance/files`` is read directly."""
     counts: dict[str, int] = {}
-    files = 0
+    stored = 0
     tmp = out.with_suffix(out.suffix + ".partial")
     with tarfile.open(tmp, "w:gz") as tar:
         # One read transaction for every table, so the backup is a consistent snapshot.
@@ -113,11 +116,16 @@ def create_backup(
             path = instance / name
             if path.exists():
                 _add_bytes(tar, f"instance/{name}", path.read_bytes())
-        store = instance / "files"
-        if store.exists():
-            for path in sorted(p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".tmp")):
-                _add_bytes(tar, f"files/{path.relative_to(store).as_posix()}", path.read_bytes())
-                files += 1
+        if files is not None:
+            for sha256, sealed in files.sealed_objects():
+                _add_bytes(tar, f"files/{sha256[:2]}/{sha256[2:4]}/{sha256}", sealed)
+                stored += 1
+        else:
+            store = instance / "files"
+            if store.exists():
+                for path in sorted(p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".tmp")):
+                    _add_bytes(tar, f"files/{path.relative_to(store).as_posix()}", path.read_bytes())
+                    stored += 1
         includes_master = master_key_file is not None
         if master_key_file is not None:
             if not passphrase:
@@ -129,13 +137,13 @@ def create_backup(
             "schema_revision": revision,
             "source_dialect": engine.dialect.name,
             "tables": counts,
-            "files": files,
+            "files": stored,
             "includes_master_key": includes_master,
         }
         _add_bytes(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
     os.replace(tmp, out)
     out.chmod(0o600)
-    return BackupSummary(out, counts, files, includes_master)
+    return BackupSummary(out, counts, stored, includes_master)
 
 
 def _safe_members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -166,8 +174,10 @@ def restore_backup(
     instance: Path,
     *,
     passphrase: str | None = None,
+    files: Any = None,
 ) -> dict[str, Any]:
-    """Load a backup into an empty, migrated database and an instance folder without data."""
+    """Load a backup into an empty, migrated database and an instance folder without data; stored
+    files go into ``files`` (the deployment's store, a folder or a bucket) or else ``instance/files``."""
     manifest = read_manifest(archive)
     with engine.connect() as conn:
         for table in metadata.sorted_tables:
@@ -195,6 +205,9 @@ def restore_backup(
                 _write_new(target, read(member))
         for name, _ in members.items():
             if name.startswith("files/"):
+                if files is not None:
+                    files.put_sealed(name.rsplit("/", 1)[-1], read(name))
+                    continue
                 target = instance / "files" / name[len("files/"):]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _write_new(target, read(name))

@@ -52,6 +52,13 @@ class Settings:
     task_soft_time_limit_seconds: int = 1800
     task_time_limit_seconds: int = 1900
     max_upload_bytes: int = 16 * 1024 * 1024
+    # Stored files (encrypted) in an S3-compatible bucket instead of ``<instance>/files``: the bucket,
+    # a key prefix, and for storage other than AWS (MinIO, Ceph) its endpoint. Credentials come from
+    # boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a web identity, an instance role).
+    files_s3_bucket: str = ""
+    files_s3_prefix: str = ""
+    files_s3_endpoint_url: str = ""
+    files_s3_region: str = ""
     session_cookie_secure: bool = False
     jupyterhub_url: str = "http://127.0.0.1:8000"
     # The hub's REST API as the control plane reaches it (in a cluster, the hub's internal service,

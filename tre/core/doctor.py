@@ -84,6 +84,21 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
             raise RuntimeError("production uses a broker that loses messages: set TRE_BROKER_URL to Redis or RabbitMQ")
         return settings.broker_url.split("@")[-1]
 
+    def file_store() -> str:
+        if not settings.files_s3_bucket:
+            return f"folder {settings.instance_path / 'files'}"
+        from tre.core.filestore import file_store_for
+
+        store = file_store_for(settings, keys=None)  # type: ignore[arg-type] - nothing is sealed here
+        try:
+            store._client.head_bucket(Bucket=store.bucket)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+            raise RuntimeError(f"S3 bucket {store.bucket!r} cannot be reached ({code}): check TRE_FILES_S3_*"
+                               " and the AWS credentials") from None
+        where = f" at {settings.files_s3_endpoint_url}" if settings.files_s3_endpoint_url else ""
+        return f"S3 bucket {store.bucket!r}{where}"
+
     def web_security() -> str:
         if production:
             if not settings.public_url.startswith("https://"):
@@ -104,6 +119,7 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
         ("master key", master_key),
         ("database", database),
         ("broker", broker),
+        ("file store", file_store),
         ("web security", web_security),
         ("single sign-on", single_sign_on),
     ):

@@ -6,7 +6,8 @@ an object copied over another's name fails to open, and after opening its hash i
 so any tampering is reported rather than served. Size limits are enforced while reading, so an
 oversized upload is refused before more than the limit is held in memory and nothing is written.
 
-``LocalFileStore`` (a folder) is the embedded default; ``S3FileStore`` takes any boto3-style client.
+``LocalFileStore`` (a folder) is the embedded default; ``S3FileStore`` takes any boto3-style client;
+``file_store_for`` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -129,6 +131,15 @@ class _EncryptedStore(ABC):
     @abstractmethod
     def delete(self, sha256: str) -> bool: ...
 
+    @abstractmethod
+    def sealed_objects(self) -> Iterator[tuple[str, bytes]]:
+        """Every stored object as (sha256, sealed bytes), for backups: never decrypted here."""
+
+    def put_sealed(self, sha256: str, envelope: bytes) -> None:
+        """Store an object sealed elsewhere (a restore); it is verified whenever it is read."""
+        check_sha256(sha256)
+        self._write_object(sha256, envelope)
+
     def put(self, data: bytes | BinaryIO) -> str:
         content, sha256 = read_limited(data, self.max_bytes)
         if self.exists(sha256):
@@ -206,6 +217,12 @@ class LocalFileStore(_EncryptedStore):
         log.info("deleted stored file %s", sha256)
         return True
 
+    def sealed_objects(self) -> Iterator[tuple[str, bytes]]:
+        if not self.root.exists():
+            return
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file() and _SHA256_HEX.fullmatch(p.name)):
+            yield path.name, path.read_bytes()
+
     def __repr__(self) -> str:
         return f"<LocalFileStore root={str(self.root)!r} max_bytes={self.max_bytes}>"
 
@@ -268,6 +285,20 @@ class S3FileStore(_EncryptedStore):
         log.info("deleted stored file %s", sha256)
         return True
 
+    def sealed_objects(self) -> Iterator[tuple[str, bytes]]:
+        token: str | None = None
+        while True:
+            page = self._client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.prefix, **({"ContinuationToken": token} if token else {})
+            )
+            for item in page.get("Contents", []):
+                sha256 = item["Key"].rsplit("/", 1)[-1]
+                if _SHA256_HEX.fullmatch(sha256) and item["Key"] == self._key(sha256):
+                    yield sha256, self._read_object(sha256)
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
     def __repr__(self) -> str:
         return f"<S3FileStore bucket={self.bucket!r} prefix={self.prefix!r} max_bytes={self.max_bytes}>"
 
@@ -292,3 +323,20 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def file_store_for(settings: Any, keys: KeyProvider) -> LocalFileStore | S3FileStore:
+    """The deployment's store: ``TRE_FILES_S3_BUCKET`` set means S3 (boto3 needed), else the folder."""
+    if not settings.files_s3_bucket:
+        return LocalFileStore(settings.instance_path / "files", keys, max_bytes=settings.max_upload_bytes)
+    try:
+        import boto3  # noqa: PLC0415 - optional: only deployments that keep files in S3 install it
+    except ImportError:
+        from tre.core.config import ConfigError
+
+        raise ConfigError("TRE_FILES_S3_BUCKET is set but boto3 is not installed: pip install 'tre[s3]'") from None
+    client = boto3.client(
+        "s3", endpoint_url=settings.files_s3_endpoint_url or None, region_name=settings.files_s3_region or None
+    )
+    return S3FileStore(client, settings.files_s3_bucket, keys, settings.max_upload_bytes,
+                       prefix=settings.files_s3_prefix)

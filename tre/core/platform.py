@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from tre.core.audit import CHAIN_KEY_PURPOSE, AuditLog
 from tre.core.config import Settings
 from tre.core.db import Database, utcnow
-from tre.core.filestore import LocalFileStore
+from tre.core.filestore import LocalFileStore, S3FileStore, file_store_for
 from tre.core.identity import TokenUse
 from tre.core.keys import KeyProvider, default_key_provider
 from tre.core.tokens import SigningKeyring, TokenService
@@ -36,7 +36,7 @@ class Platform:
     db: Database
     keys: KeyProvider
     audit: AuditLog
-    files: LocalFileStore
+    files: LocalFileStore | S3FileStore
     tokens: TokenService
 
     def __repr__(self) -> str:
@@ -77,7 +77,7 @@ def build_platform(settings: Settings, db: Database) -> Platform:
     if not chain.exists():
         raise PlatformNotInitialised(f"no keys in {settings.instance_path}: run `tre init` first")
     chain_key = keys.unwrap_key(chain.read_bytes(), CHAIN_KEY_PURPOSE)
-    files = LocalFileStore(settings.instance_path / "files", keys, max_bytes=settings.max_upload_bytes)
+    files = file_store_for(settings, keys)
     ring = SigningKeyring.in_instance(settings.instance_path, keys)
 
     def is_revoked(jti: str) -> bool:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +174,80 @@ def test_s3_server_files_are_read_back_through_a_new_client(
     reopened = S3FileStore(again, bucket, keys, max_bytes=LIMIT, prefix="outputs")
 
     assert reopened.get(digest) == b"kept between processes"
+
+
+# -- a deployment configured for S3 ----------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_settings(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    # boto3's own credential chain, as in production (here the emulator accepts any key).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-test")
+    return {"files_s3_endpoint_url": s3_endpoint, "files_s3_region": "eu-west-2", "files_s3_prefix": "tre"}
+
+
+def test_an_instance_set_to_s3_keeps_files_in_the_bucket_and_backs_them_up_and_restores_them(
+    tmp_path: Path, client: Any, bucket: str, s3_settings: dict[str, str]
+) -> None:
+    from tests.conftest import make_test_app
+    from tre.core import migrate
+    from tre.core.audit import iter_events
+    from tre.core.backup import create_backup, restore_backup
+    from tre.core.config import Settings
+    from tre.core.db import make_engine
+    from tre.core.filestore import file_store_for
+    from tre.core.keys import default_key_provider
+    from tre.models import metadata
+
+    url = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    migrate.upgrade(url)
+    source = make_test_app(tmp_path / "source", url, files_s3_bucket=bucket, **s3_settings)
+    p = source.extensions["tre.platform"]
+    assert isinstance(p.files, S3FileStore)
+    digest = p.files.put(b"an approved output table\n")
+    assert list(_objects(client, bucket)) == [f"tre/{digest[:2]}/{digest[2:4]}/{digest}"]
+    assert not (tmp_path / "source" / "files").exists()
+
+    archive = tmp_path / "backup.tar.gz"
+    summary = create_backup(p.db.engine, metadata, tmp_path / "source", archive, files=p.files,
+                            master_key_file=tmp_path / "source" / "master.key", passphrase="long backup passphrase")
+    assert summary.files == 1
+
+    # A fresh instance with its own, empty bucket.
+    other = f"tre-restored-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=other, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    target_url = f"sqlite:///{tmp_path / 'target.sqlite'}"
+    migrate.upgrade(target_url)
+    target_settings = Settings.from_env({}, instance_path=tmp_path / "target", database_url=target_url,
+                                        files_s3_bucket=other, **s3_settings)
+    engine = make_engine(target_url)
+    restore_backup(archive, engine, metadata, tmp_path / "target", passphrase="long backup passphrase",
+                   files=file_store_for(target_settings, default_key_provider(tmp_path / "target")))
+    engine.dispose()
+
+    target = make_test_app(tmp_path / "target", target_url, files_s3_bucket=other, **s3_settings)
+    tp = target.extensions["tre.platform"]
+    assert tp.files.get(digest) == b"an approved output table\n"
+    with tp.db.session_factory() as s:
+        assert tp.audit.verify(iter_events(s)).ok
+    tp.db.dispose()
+    p.db.dispose()
+
+
+def test_doctor_reaches_the_bucket_and_names_a_missing_one(
+    tmp_path: Path, bucket: str, s3_settings: dict[str, str]
+) -> None:
+    from tre.core.config import Settings
+    from tre.core.doctor import run_checks
+
+    def finding(name: str) -> Any:
+        settings = Settings.from_env({}, instance_path=tmp_path, files_s3_bucket=name, **s3_settings)
+        return next(f for f in run_checks(settings, None) if f.check == "file store")
+
+    reached = finding(bucket)
+    missing = finding("tre-no-such-bucket")
+
+    assert reached.ok and bucket in reached.message
+    assert not missing.ok
+    assert "tre-no-such-bucket" in missing.message and "cannot be reached" in missing.message
