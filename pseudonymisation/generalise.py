@@ -165,7 +165,7 @@ def scrub_text(notes: pa.Array, identifiers: Sequence[pa.Array] = (), replacemen
     """
     if identifiers:
         rows = [col.to_pylist() for col in identifiers]
-        scrubbed = []
+        scrubbed: list[str | None] = []
         for i, note in enumerate(notes.to_pylist()):
             if note is None:
                 scrubbed.append(None)

@@ -160,7 +160,8 @@ class _Ecb:
         need = blocks.nbytes + BLOCK_BYTES - 1  # update_into wants room for one more block
         if len(self._scratch) < need:
             self._scratch = bytearray(need)
-        written = self._op.update_into(np.ascontiguousarray(blocks), self._scratch)
+        # A contiguous array is a buffer; the type stubs only name bytes-like types.
+        written = self._op.update_into(np.ascontiguousarray(blocks), self._scratch)  # type: ignore[arg-type]
         out[:] = np.frombuffer(self._scratch, dtype=np.uint8, count=written).reshape(out.shape)
 
 
@@ -275,11 +276,12 @@ def parse_numbers(values: pa.Array) -> ParsedNumbers:
     status = np.empty(n, dtype=np.int8)
     ten = pc.fill_null(pc.equal(pc.binary_length(text), 10), False)
     filled = pc.if_else(ten, text, pa.scalar("0000000000", pa.string()))
+    # Every value of ``filled`` is present and ten characters long, so the view always exists.
     digits = _fixed_ten(filled) if n else np.zeros((0, 10), dtype=np.uint8)
-    _status_of_digits(digits, status)
+    _status_of_digits(digits, status)  # type: ignore[arg-type]
     status[~ten.to_numpy(zero_copy_only=False)] = Status.INVALID_FORMAT
     status[text.is_null().to_numpy(zero_copy_only=False)] = Status.MISSING
-    return ParsedNumbers(digits=digits, status=status, raw=text)
+    return ParsedNumbers(digits=digits, status=status, raw=text)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------
