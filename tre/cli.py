@@ -259,6 +259,22 @@ def extract_build(project_id: str, as_email: str, wait: bool) -> None:
             p.db.session.expire_all()
             job = p.db.session.get(jobs.Job, extract.job_id)
             click.echo(f"job {extract.job_id}: {outcome}" + (f" — {job.last_error}" if job and job.last_error else ""))
+            # A long source was split: run its partitions, then the merge the last one enqueued, here.
+            from sqlalchemy import select
+
+            from pseudonymisation.services import MERGE_JOB, PARTITION_JOB
+
+            for kind in (PARTITION_JOB, MERGE_JOB):
+                queued = p.db.session.scalars(select(jobs.Job.id).where(
+                    jobs.Job.idempotency_key.like(f"{kind}:{extract.id}%"), jobs.Job.state == jobs.QUEUED
+                ).order_by(jobs.Job.created_at)).all()
+                p.db.session.rollback()  # end the read: on SQLite it holds the write lock
+                for job_id in queued:
+                    outcome = jobs.run_job(p.db, job_id, lease_seconds=p.settings.job_lease_seconds)
+                    click.echo(f"{kind} job {job_id}: {outcome}")
+            p.db.session.expire_all()
+            done = p.db.session.get(type(extract), extract.id)
+            click.echo(f"extract {extract.id}: {done.state if done else 'missing'}")
 
 
 @extract_cli.command("status")

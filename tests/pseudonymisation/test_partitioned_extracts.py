@@ -105,3 +105,30 @@ def test_a_small_extract_keeps_the_single_job(fan_app: Any, demo_data: Path) -> 
 
     assert _jobs(app, PARTITION_JOB) == [] and _jobs(app, MERGE_JOB) == []
     assert sorted(extract.manifest["manifests"]) == ["patients", "spells"]
+
+
+def test_extract_build_wait_runs_the_partitions_and_the_merge_in_the_command(
+    sqlite_app: Any, demo_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from tre.cli import main
+
+    w, p = _active_project(sqlite_app, demo_data)
+    settings = sqlite_app.extensions["tre.settings"]
+    for name, value in {"TRE_INSTANCE_PATH": str(settings.instance_path), "TRE_DATABASE_URL": settings.database_url,
+                        "TRE_BROKER_URL": "memory://", "TRE_EXTRACT_CHUNK_ROWS": "40",
+                        "TRE_EXTRACT_PARTITION_ROWS": "100"}.items():
+        monkeypatch.setenv(name, value)
+    # The command builds its own app, which installs its own job dispatcher: the test's comes back after.
+    monkeypatch.setattr(jobs, "_dispatcher", jobs._dispatcher)
+
+    built = CliRunner().invoke(main, ["extract", "build", p.id, "--as", w.custodian.email, "--wait"])
+
+    assert built.exit_code == 0, built.output
+    assert built.output.count(f"{PARTITION_JOB} job") == len(_jobs(sqlite_app, PARTITION_JOB)) > 2
+    assert f"{MERGE_JOB} job" in built.output
+    assert built.output.rstrip().endswith("succeeded")
+    with sqlite_app.extensions["tre.db"].session_factory() as s:
+        (extract,) = s.scalars(select(Extract))
+        assert extract.state == "succeeded" and sorted(extract.manifest["manifests"]) == ["patients", "spells"]
