@@ -53,3 +53,30 @@ def cell_address(dims: tuple[str, ...], categories: tuple[pd.Index, ...], positi
             labels[dim] = jsonable(cats[i])
     key = "|".join(f"{d}={MARGIN if d in margin else labels[d]}" for d in dims)
     return {"key": key, "labels": labels, "margin": margin}
+
+
+def cell_addresses(
+    dims: tuple[str, ...], categories: tuple[pd.Index, ...], positions: np.ndarray
+) -> list[dict[str, Any]]:
+    """``cell_address`` of many cells (rows of ``positions``), converting each label once, not once per cell."""
+    dims = tuple(dims)
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1, len(dims))
+    labels = [[jsonable(c) for c in cats] + [None] for cats in categories]
+    parts = [
+        [f"{d}={lab}" for lab in per_axis[:-1]] + [f"{d}={MARGIN}"] for d, per_axis in zip(dims, labels, strict=True)
+    ]
+    columns = positions.T.tolist()
+    label_cols = [[labels[a][i] for i in col] for a, col in enumerate(columns)]
+    keys = ["|".join(t) for t in zip(*[[parts[a][i] for i in col] for a, col in enumerate(columns)], strict=True)]
+    sizes = np.array([len(c) for c in categories], dtype=np.int64)
+    at_margin = positions >= sizes
+    any_margin = at_margin.any(axis=1).tolist()
+    margin_rows = at_margin.tolist()
+    return [
+        {
+            "key": key,
+            "labels": dict(zip(dims, labs, strict=True)),
+            "margin": [d for d, m in zip(dims, row, strict=True) if m] if has else [],
+        }
+        for key, labs, has, row in zip(keys, zip(*label_cols, strict=True), any_margin, margin_rows, strict=True)
+    ]

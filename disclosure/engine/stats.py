@@ -80,19 +80,30 @@ def compute_table_stats(
     distinct people and dominance uses each person's total contribution to a cell.
     """
     dims = tuple(dims)
+    spans = _integer_spans(data, dims) if person is None else None
     codes_list, cats = [], []
-    for d in dims:
-        codes, uniques = factorise_dimension(data[d])
-        codes_list.append(codes)
-        cats.append(uniques)
+    if spans is not None:
+        # Integer labels in narrow ranges: count over the whole label range (the label minus the smallest
+        # is the code) and drop the labels that never occur afterwards, instead of hashing every row.
+        for d, (low, high) in zip(dims, spans, strict=True):
+            column = data[d].to_numpy()
+            codes_list.append(column.astype(np.int64, copy=False) - low if low else column.astype(np.int64, copy=False))
+            cats.append(pd.Index(np.arange(low, high + 1, dtype=column.dtype)))
+        keep = None
+        all_kept = True
+    else:
+        for d in dims:
+            codes, uniques = factorise_dimension(data[d])
+            codes_list.append(codes)
+            cats.append(uniques)
+        keep = np.ones(len(data), dtype=bool)
+        for codes in codes_list:
+            keep &= codes >= 0
+        all_kept = bool(keep.all())
+        if not all_kept:
+            codes_list = [c[keep] for c in codes_list]
     shape = tuple(len(c) for c in cats)
-    keep = np.ones(len(data), dtype=bool)
-    for codes in codes_list:
-        keep &= codes >= 0
-    all_kept = bool(keep.all())
-    if not all_kept:
-        codes_list = [c[keep] for c in codes_list]
-    cell = np.ravel_multi_index(codes_list, shape) if dims else np.zeros(int(keep.sum()), dtype=np.int64)
+    cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(keep.sum()), dtype=np.int64)
     x = None
     if value is not None:
         x = pd.to_numeric(data[value]).to_numpy(dtype=np.float64, na_value=np.nan)
@@ -108,6 +119,8 @@ def compute_table_stats(
     if pcodes is None:
         interior = _group_stats(cell, ncells, x, None, n_top)
         arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in interior.items()}
+        if spans is not None:
+            arrays, cats = _drop_absent_labels(arrays, cats)
         arrays = _extend_by_reduction(arrays, len(shape))
     else:
         arrays = _extend_by_regrouping(codes_list, shape, x, pcodes, n_top)
@@ -126,6 +139,56 @@ def compute_table_stats(
         top=arrays.get("top"),
         person_level=pcodes is not None,
     )
+
+
+_SPAN_CELLS = 1 << 20  # counting over label ranges only while the range table stays this small
+
+
+def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int, int]] | None:
+    """(smallest, largest) label of each dimension when all are integers spanning a small table, else None."""
+    if not dims or len(data) == 0:
+        return None
+    spans = []
+    cells = 1
+    for d in dims:
+        column = data[d]
+        if column.dtype.kind not in "iu":
+            return None
+        values = column.to_numpy()
+        low, high = int(values.min()), int(values.max())
+        cells *= high - low + 1
+        if cells > _SPAN_CELLS:
+            return None
+        spans.append((low, high))
+    return spans
+
+
+def _flat_codes(codes_list: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Row-major cell number of every row (``np.ravel_multi_index`` without its bounds checks and copies)."""
+    if len(codes_list) == 1:
+        return codes_list[0].astype(np.int64, copy=False)
+    cell = codes_list[0].astype(np.int64, copy=False) * shape[1]
+    cell += codes_list[1]
+    for codes, n in zip(codes_list[2:], shape[2:], strict=True):
+        cell *= n
+        cell += codes
+    return cell
+
+
+def _drop_absent_labels(
+    arrays: dict[str, np.ndarray], cats: list[pd.Index]
+) -> tuple[dict[str, np.ndarray], list[pd.Index]]:
+    """Keep only labels some row has, as factorising would have found them (integers are never missing)."""
+    records = arrays["records"]
+    for axis in range(len(cats)):
+        others = tuple(a for a in range(records.ndim) if a != axis)
+        present = records.sum(axis=others) > 0 if others else records > 0
+        if present.all():
+            continue
+        arrays = {k: np.compress(present, v, axis=axis) for k, v in arrays.items()}
+        records = arrays["records"]
+        cats[axis] = cats[axis][present]
+    return arrays, cats
 
 
 def _group_stats(
@@ -151,7 +214,8 @@ def _group_stats(
         cell = unit_cell
     out = {"records": records}
     if x is None:
-        out["contributors"] = np.bincount(cell, minlength=ncells).astype(np.int64)
+        # Without person ids every record is its own contributor: no second pass over the rows.
+        out["contributors"] = records.copy() if pcodes is None else np.bincount(cell, minlength=ncells).astype(np.int64)
         return out
     valid = ~np.isnan(x)
     vcell = cell[valid]

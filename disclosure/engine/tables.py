@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from disclosure.engine.labels import MARGIN, cell_address
+from disclosure.engine.labels import MARGIN, cell_addresses
 from disclosure.engine.policy import Policy, default_policy
 from disclosure.engine.rounding import round_to_base
 from disclosure.engine.rules import RuleResult, frequency_rules, magnitude_rules, primary_mask
@@ -256,24 +256,28 @@ def table_verdict(
     for r in rules:
         interesting |= r.mask
     cells = []
-    for pos in zip(*np.nonzero(interesting), strict=True):
-        address = cell_address(stats.dims, stats.categories, tuple(int(p) for p in pos))
-        hit = [r for r in rules if r.mask[pos]]
-        if suppressed[pos]:
-            action = "suppressed_primary" if primary[pos] else "suppressed_secondary"
-        else:
-            action = "released"
-        statuses = [r.severity for r in hit if not (suppressed[pos] and r.suppressible)]
-        cell_status = combine_status(statuses) if statuses else ("review" if suppressed[pos] else "pass")
-        cells.append(
-            {
-                **address,
-                "status": cell_status,
-                "rules": [r.rule for r in hit],
-                "reasons": [r.reason for r in hit],
-                "action": action,
-            }
-        )
+    where = np.argwhere(interesting)
+    flat = np.ravel_multi_index(where.T, interesting.shape) if len(where) else np.zeros(0, dtype=np.int64)
+    hits = np.stack([r.mask.ravel()[flat] for r in rules], axis=1) if rules else np.zeros((len(flat), 0), bool)
+    sup_at = suppressed.ravel()[flat].tolist()
+    prim_at = primary.ravel()[flat].tolist()
+    addresses = cell_addresses(stats.dims, stats.categories, where)
+    # Cells differ only in which rules hit them and what was done: work each combination out once.
+    kinds: dict[tuple, tuple[str, list[str], list[str], str]] = {}
+    for address, hit_row, is_sup, is_prim in zip(addresses, hits.tolist(), sup_at, prim_at, strict=True):
+        kind = (tuple(hit_row), is_sup, is_prim)
+        if kind not in kinds:
+            hit = [r for r, h in zip(rules, hit_row, strict=True) if h]
+            if is_sup:
+                action = "suppressed_primary" if is_prim else "suppressed_secondary"
+            else:
+                action = "released"
+            statuses = [r.severity for r in hit if not (is_sup and r.suppressible)]
+            cell_status = combine_status(statuses) if statuses else ("review" if is_sup else "pass")
+            kinds[kind] = (cell_status, [r.rule for r in hit], [r.reason for r in hit], action)
+        cell_status, names, reasons_hit, action = kinds[kind]
+        address.update(status=cell_status, rules=list(names), reasons=list(reasons_hit), action=action)
+        cells.append(address)
     after = before
     mitigation_record: dict[str, Any] = {"applied": [], "mitigation": mitigation}
     if suppression is not None:
@@ -290,7 +294,7 @@ def table_verdict(
                 "lp_solved": audit.lp_solved,
                 "intervals": [
                     {
-                        **cell_address(stats.dims, stats.categories, np.unravel_index(c.index, stats.records.shape)),
+                        **address,
                         "lower": c.lower,
                         "upper": c.upper,
                         "width": c.width,
@@ -299,12 +303,11 @@ def table_verdict(
                         "protected": c.protected,
                         "method": c.method,
                     }
-                    for c in audit.intervals
+                    for c, address in zip(
+                        audit.intervals, _addresses(stats, [c.index for c in audit.intervals]), strict=True
+                    )
                 ],
-                "unproven": [
-                    cell_address(stats.dims, stats.categories, np.unravel_index(i, stats.records.shape))
-                    for i in audit.unproven
-                ],
+                "unproven": _addresses(stats, audit.unproven),
             }
         mitigation_record["suppression"] = {
             "primary": int(primary.sum()),
@@ -344,6 +347,12 @@ def table_verdict(
         "mitigation": mitigation_record,
         "reasons": reasons,
     }
+
+
+def _addresses(stats: TableStats, flat_indices: list[int]) -> list[dict[str, Any]]:
+    """Label addresses of cells given by flat index into the extended table."""
+    where = np.stack(np.unravel_index(np.asarray(flat_indices, dtype=np.int64), stats.records.shape), axis=1)
+    return cell_addresses(stats.dims, stats.categories, where)
 
 
 def check_published_counts(

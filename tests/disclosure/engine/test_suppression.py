@@ -175,3 +175,132 @@ def test_vectorised_boxes_handle_axes_shorter_than_the_partner_count():
     suppressed[:2, :2] = True
     down, up = _vectorised_boxes(ext, suppressed, np.array([0]), per_axis=5)
     assert (down[0], up[0]) == (3.0, 20.0)
+
+
+# Certificates: every proven move must stay inside the exact LP interval, on patterns the heuristic makes and
+# on patterns with extra suppressed cells anywhere (margins included), in 2, 3 and 4 dimensions.
+tables_4d = arrays(
+    np.int64,
+    st.tuples(st.integers(2, 3), st.integers(2, 3), st.integers(2, 3), st.integers(2, 3)),
+    elements=st.integers(0, 30),
+)
+
+
+def _pattern_with_extras(ext: np.ndarray, extra_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    primary = _primary(ext)
+    pattern = protect(ext, primary, np.full(ext.shape, 5.0), audit=False).suppressed
+    pattern |= np.random.default_rng(extra_seed).random(ext.shape) < 0.2
+    return primary, pattern
+
+
+def _assert_inside_lp(ext, pattern, cells, down, up):
+    exact = {c.index: c for c in interval_audit(ext, pattern, pattern, np.full(ext.shape, 5.0)).intervals}
+    for cell, d, u in zip(cells, down, up, strict=True):
+        v = ext.ravel()[cell]
+        assert d >= 0 and u >= 0
+        assert exact[cell].lower <= v - d + 1e-6, (cell, v, d, exact[cell])
+        assert exact[cell].upper >= v + u - 1e-6, (cell, v, u, exact[cell])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d), st.integers(0, 2**16), st.integers(1, 3))
+def test_plane_boxes_never_claim_more_than_the_lp_interval(body, extra_seed, per_slab):
+    from disclosure.engine.suppression import _along, _slab_boxes
+
+    ext = _extend(body)
+    _, pattern = _pattern_with_extras(ext, extra_seed)
+    cells = np.flatnonzero(pattern.ravel())
+    for axis in range(ext.ndim):
+        moved_v, moved_s, moved_cells = _along(axis, ext, pattern, cells)
+        down, up = _slab_boxes(moved_v, moved_s, moved_cells, per_slab=per_slab)
+        _assert_inside_lp(ext, pattern, cells, down, up)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d, tables_4d), st.integers(0, 2**16), st.sampled_from([1, 3, 8]))
+def test_prism_certificates_never_claim_more_than_the_lp_interval(body, extra_seed, per_axis):
+    from disclosure.engine.suppression import _cycle_certificates
+
+    ext = _extend(body)
+    _, pattern = _pattern_with_extras(ext, extra_seed)
+    cells = np.flatnonzero(pattern.ravel())
+    down, up = _cycle_certificates(ext, pattern, cells, per_axis=per_axis)
+    _assert_inside_lp(ext, pattern, cells, down, up)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d, tables_4d), st.integers(0, 2**16))
+def test_certified_moves_lie_inside_the_lp_interval(body, extra_seed):
+    from disclosure.engine.suppression import certify_cells
+
+    ext = _extend(body)
+    _, pattern = _pattern_with_extras(ext, extra_seed)
+    cells = np.flatnonzero(pattern.ravel())
+    down, up = certify_cells(ext, pattern, cells, np.full(len(cells), 5.0))
+    _assert_inside_lp(ext, pattern, cells, down, up)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d), st.integers(0, 2**16))
+def test_summed_moves_never_claim_more_than_the_lp_interval(body, extra_seed):
+    from disclosure.engine.suppression import _augmented_moves
+
+    ext = _extend(body)
+    _, pattern = _pattern_with_extras(ext, extra_seed)
+    cells = np.flatnonzero(pattern.ravel())[:12]
+    down, up = _augmented_moves(ext, pattern, cells, np.full(len(cells), np.inf), rounds=4)
+    _assert_inside_lp(ext, pattern, cells, down, up)
+
+
+def test_two_narrow_cycles_add_up_to_a_wide_interval():
+    from disclosure.engine.suppression import _augmented_moves, _cycle_certificates
+
+    # The 1 can rise through row 0 into column 1 or column 2, each path only 3 wide: 6 in all.
+    ext = _extend(np.array([[1, 3, 3], [40, 50, 60]]))
+    pattern = np.zeros(ext.shape, dtype=bool)
+    pattern[:2, :3] = True
+    first = np.array([0])
+    assert _cycle_certificates(ext, pattern, first)[1][0] == 3.0
+    down, up = _augmented_moves(ext, pattern, first, np.array([np.inf]))
+    exact = interval_audit(ext, pattern, pattern, np.full(ext.shape, 5.0)).intervals[0]
+    assert (down[0], up[0]) == (1.0, 6.0) == (1.0 - exact.lower, exact.upper - 1.0)
+
+
+def test_a_six_cycle_proves_what_no_box_can():
+    from disclosure.engine.suppression import _cycle_certificates, _slab_boxes
+
+    ext = _extend(np.array([[3, 7, 50], [40, 4, 8], [6, 60, 5]]))
+    pattern = np.zeros(ext.shape, dtype=bool)
+    for cell in [(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 0)]:
+        pattern[cell] = True
+    first = np.array([0])
+    assert _slab_boxes(ext, pattern, first) == (np.zeros(1), np.zeros(1))  # no 4-cycle among these cells
+    down, up = _cycle_certificates(ext, pattern, first)
+    # +(0,0) -(0,1) +(1,1) -(1,2) +(2,2) -(2,0): up to min(7, 8, 6) = 6 up, min(3, 4, 5) = 3 down
+    assert (down[0], up[0]) == (3.0, 6.0)
+    exact = interval_audit(ext, pattern, pattern, np.full(ext.shape, 5.0)).intervals[0]
+    assert (exact.lower, exact.upper) == (0.0, 9.0)
+
+
+def test_skewed_table_is_proven_by_certificates_alone_without_any_lp():
+    rng = np.random.default_rng(11)
+    shape = (12, 12, 8)
+    weights = [1.0 / np.arange(1, n + 1) ** 1.1 for n in shape]
+    rows = [rng.choice(n, size=40_000, p=w / w.sum()) for n, w in zip(shape, weights, strict=True)]
+    body = np.zeros(shape, dtype=np.int64)
+    np.add.at(body, tuple(rows), 1)
+    ext = _extend(body)
+    primary = _primary(ext)
+    required = np.full(ext.shape, 5.0)
+    pattern = protect(ext, primary, required, audit=False).suppressed
+    fast = audit_pattern(ext, pattern, primary, required, lp_seconds=0.0)
+    assert primary.sum() > 100
+    assert fast.proven and fast.lp_solved == 0 and not fast.unproven
+    assert {c.method for c in fast.intervals} == {"box"}
+    sample = fast.intervals[:: max(1, len(fast.intervals) // 25)]
+    exact = {
+        c.index: c
+        for c in interval_audit(ext, pattern, primary, required, cells=np.array([c.index for c in sample])).intervals
+    }
+    for cell in sample:
+        assert exact[cell.index].lower <= cell.lower + 1e-6 and cell.upper <= exact[cell.index].upper + 1e-6
