@@ -8,7 +8,7 @@ export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
 
 WORKSPACE_RUNTIME ?= /opt/tre-workspace
 
-.PHONY: setup run test test-e2e lint browser workspace-runtime acro clean
+.PHONY: setup run test test-e2e lint static browser workspace-runtime acro clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -45,9 +45,20 @@ run: setup workspace-runtime
 acro:
 	bash benchmarks/acro_env.sh >/dev/null
 
-test: setup browser workspace-runtime acro
-	$(BIN)/lint-imports
+test: setup static browser workspace-runtime acro
 	$(BIN)/python -m pytest
+
+# Static checks, run by `make test` before any test (docs/assurance/README.md): style and bugs (ruff),
+# layer contracts (import-linter), types of the pure engines (mypy, files in pyproject), security
+# smells (bandit, skips justified in pyproject) and our own rules (semgrep, offline, rules in the repo).
+SEMGREP_ENV := SEMGREP_ENABLE_VERSION_CHECK=0 SEMGREP_SEND_METRICS=off
+static: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/bandit -q -c pyproject.toml -r tre projects disclosure pseudonymisation jupyter
+	$(SEMGREP_ENV) $(BIN)/semgrep scan --config infra/semgrep/rules.yml --metrics=off --disable-version-check \
+	  --error -q tre projects disclosure pseudonymisation jupyter
 
 test-e2e: setup browser workspace-runtime
 	$(BIN)/python -m pytest -m e2e

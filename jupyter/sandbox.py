@@ -85,7 +85,7 @@ async def ensure_account(name: str, project_group: str, home_root: str) -> Accou
     root = Path(home_root)
     root.mkdir(parents=True, exist_ok=True)
     # Traverse-only: a workspace can reach its own home but cannot list the others.
-    os.chmod(root, 0o711)  # noqa: S103 - execute-only for others is the point
+    os.chmod(root, 0o711)  # noqa: S103 - execute-only for others is the point  # nosec B103
     await ensure_group(project_group)
     home = root / name
     try:

@@ -365,7 +365,9 @@ class Extracts:
                               detail={"tokens": len(cleaned)})
         return req
 
-    def decide_reidentification(self, actor: User, request_id: str, decision: str, rationale: str) -> ReidentificationRequest:
+    def decide_reidentification(
+        self, actor: User, request_id: str, decision: str, rationale: str
+    ) -> ReidentificationRequest:
         if not has_permission(actor, Permission.REIDENTIFY_APPROVE):
             raise ExtractServiceError("You do not have permission to approve re-identification")
         if decision not in ("approve", "reject"):

@@ -57,7 +57,9 @@ def _active_project(app: Any, demo_data: Path) -> Any:
     w.svc.cast_vote(w.dana, p.id, "approve", "fine")
     w.svc.cast_vote(w.drew, p.id, "approve", "fine")
     # The chair approves fewer columns than asked: no names.
-    w.svc.decide(w.chair, p.id, "approved", approved_columns={"patients": ["nhs_number", "date_of_birth", "postcode", "sex"]})
+    w.svc.decide(
+        w.chair, p.id, "approved", approved_columns={"patients": ["nhs_number", "date_of_birth", "postcode", "sex"]}
+    )
     publish_agreement(w)
     w.svc.activate(w.pi, p.id)
     return w, p
@@ -87,7 +89,8 @@ def test_extract_holds_only_approved_columns_with_tokens_and_generalised_values(
         key = s.get(WrappedKey, f"project:{p.id}")
         assert key is not None and key.wrapped is not None
         assert key.wrapped not in json.dumps(done.manifest).encode()
-    table = pq.read_table(sorted((app.extensions["tre.settings"].extracts_path / p.id / "patients" / "data").glob("*.parquet")))
+    data = app.extensions["tre.settings"].extracts_path / p.id / "patients" / "data"
+    table = pq.read_table(sorted(data.glob("*.parquet")))
     assert set(table.column_names) == {"patient_token", "date_of_birth", "postcode", "sex"}
     tokens = table.column("patient_token").to_pylist()
     assert tokens and not any(nhs_number.is_valid(t) for t in tokens if t)
@@ -131,7 +134,8 @@ def test_reidentification_needs_two_approvers_other_than_the_requester(app: Any,
     w, p = _active_project(app, demo_data)
     with app.app_context():
         _service(app).request(w.custodian, p.id)
-    table = pq.read_table(sorted((app.extensions["tre.settings"].extracts_path / p.id / "patients" / "data").glob("*.parquet")))
+    data = app.extensions["tre.settings"].extracts_path / p.id / "patients" / "data"
+    table = pq.read_table(sorted(data.glob("*.parquet")))
     token = next(t for t in table.column("patient_token").to_pylist() if t and t.startswith("T"))
     svc = _service(app)
     second_custodian = make_user(app, "cal.custodian", ["data_custodian"])

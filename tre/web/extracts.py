@@ -37,7 +37,8 @@ def index() -> str:
 @requires(Permission.EXTRACT_MANAGE)
 def build(project_id: str) -> Any:
     try:
-        extracts_service(current_app.extensions["tre.platform"], request_id=g.get("request_id")).request(g.user, project_id)
+        service = extracts_service(current_app.extensions["tre.platform"], request_id=g.get("request_id"))
+        service.request(g.user, project_id)
     except ExtractServiceError as exc:
         flash(str(exc), "error")
     else:
