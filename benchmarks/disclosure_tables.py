@@ -8,7 +8,8 @@ to do), then times, in the same process and on the same data:
 - baseline: ``pandas.crosstab`` (count) + ``pandas.pivot_table`` (mean) for the same ~18,000-cell table;
 - ours: ``check_frequency_table`` + ``check_magnitude_table`` with every rule, primary and secondary
   suppression, and the interval audit in its "auto" mode (exact LP up to ``AUDIT_CELL_LIMIT`` primary
-  cells, else box certificates with a time-boxed LP for the cells they miss); also timed without audit;
+  cells, else certificates: plane boxes, prisms, summed moves, and a time-boxed LP for any cell they
+  miss); also timed without audit;
 - ACRO 1.0.2's checked crosstab (if ``.venv-acro`` exists, see benchmarks/acro_env.sh), in a subprocess
   because ACRO needs pandas < 3; it reads the same columns from .npy files.
 

@@ -152,10 +152,13 @@ def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int,
     cells = 1
     for d in dims:
         column = data[d]
-        if column.dtype.kind not in "iu":
+        # Plain numpy integers only: nullable (extension) integers may hold missing labels.
+        if not isinstance(column.dtype, np.dtype) or column.dtype.kind not in "iu":
             return None
         values = column.to_numpy()
         low, high = int(values.min()), int(values.max())
+        if low < -(2**62) or high >= 2**62:
+            return None
         cells *= high - low + 1
         if cells > _SPAN_CELLS:
             return None

@@ -824,6 +824,9 @@ def certify_cells(
 _AUGMENT_CELLS = 64  # cells proven one by one by summed moves; more than this go to the LP instead
 
 
+_FEW_LP_CELLS, _FEW_LP_SECONDS = 4, 2.0
+
+
 def audit_pattern(
     values: np.ndarray,
     suppressed: np.ndarray,
@@ -837,8 +840,9 @@ def audit_pattern(
 
     Reports, for each primary cell, either its exact LP interval or the proven inner interval from its
     certificates (the true feasible interval contains it; ``method`` "box"). Secondary cells are not
-    sensitive and are not bounded here. LPs for uncertified cells stop after ``lp_seconds``; cells left are
-    reported "unproven" (the verdict is then "review"). ``lp_max_component`` is kept for callers; unused.
+    sensitive and are not bounded here. LPs for uncertified cells stop after ``lp_seconds`` (2 s when at most
+    4 cells are left); cells left are reported "unproven" (the verdict is then "review").
+    ``lp_max_component`` is kept for callers; unused.
     Tables with negative values get the per-cell boxes only (without x >= 0 a full box is unbounded).
     """
     flat_vals = values.ravel()
@@ -865,6 +869,9 @@ def audit_pattern(
         else:
             missing.append(int(cell))
     if missing:
+        # A handful of cells left: give them the time to be decided (proven, or found exposed so that
+        # ``protect`` adds partners) rather than sending the table to review for want of a second.
+        budget = max(lp_seconds, _FEW_LP_SECONDS) if 0 < lp_seconds and len(missing) <= _FEW_LP_CELLS else lp_seconds
         exact = interval_audit(
             values,
             suppressed,
@@ -872,7 +879,7 @@ def audit_pattern(
             required,
             nonnegative,
             cells=np.array(missing),
-            deadline=time.monotonic() + lp_seconds,
+            deadline=time.monotonic() + budget,
         )
         result.intervals += exact.intervals
         result.lp_solved = exact.lp_solved

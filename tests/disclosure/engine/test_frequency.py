@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from disclosure.engine.rules import class_disclosure_mask
 from disclosure.engine.tables import check_frequency_table, check_published_counts
@@ -146,3 +148,27 @@ def test_policy_without_secondary_suppression_fails_the_recoverable_table(policy
     result = check_frequency_table(data, ["a", "b"], policy=no_secondary, audit="exact")
     assert result.verdict["status"] == "fail"
     assert result.verdict["mitigation"]["suppression"]["audit"]["status"] == "exposed"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-3, 40), st.integers(0, 5), st.floats(0, 100)), min_size=1, max_size=80),
+    st.sampled_from([np.int64, np.int32, np.uint16]),
+)
+def test_integer_labels_counted_over_their_range_give_the_factorised_table(rows, dtype):
+    from disclosure.engine.stats import compute_table_stats
+
+    frame = pd.DataFrame(rows, columns=["a", "b", "v"])
+    if dtype is np.uint16:
+        frame["a"] = frame["a"] + 3
+    ints = frame.astype({"a": dtype, "b": dtype})
+    hashed = frame.astype({"a": object, "b": object})  # object labels go through pd.factorize
+    for value in (None, "v"):
+        fast = compute_table_stats(ints, ["a", "b"], value=value)
+        slow = compute_table_stats(hashed, ["a", "b"], value=value)
+        assert [list(c) for c in fast.categories] == [list(c) for c in slow.categories]
+        np.testing.assert_array_equal(fast.records, slow.records)
+        np.testing.assert_array_equal(fast.contributors, slow.contributors)
+        if value:
+            np.testing.assert_allclose(fast.total, slow.total)
+            np.testing.assert_array_equal(fast.top, slow.top)
