@@ -30,12 +30,19 @@ from pseudonymisation.models import (
 )
 from pseudonymisation.optout_lists import OptOutError, OptOutLists, OptOutPlan
 from pseudonymisation.partitions import Partition, finish_extract, plan_partitions, prepare_partitioned, run_partition
-from pseudonymisation.pipeline import DEFAULT_CHUNK_ROWS, DatasetSource, ExtractKeys, Progress, run_linked_extract
+from pseudonymisation.pipeline import (
+    DEFAULT_CHUNK_ROWS,
+    DatasetSource,
+    ExtractError,
+    ExtractKeys,
+    Progress,
+    run_linked_extract,
+)
 from pseudonymisation.schema import DatasetSchema
-from tre.core.audit import DENIED, AuditLog
+from tre.core.audit import DENIED, FAILURE, AuditLog
 from tre.core.db import transaction, utcnow
 from tre.core.identity import User
-from tre.core.jobs import SUCCEEDED, Job, enqueue
+from tre.core.jobs import SUCCEEDED, Job, PermanentJobError, enqueue
 from tre.core.keys import KeyProvider
 from tre.core.permissions import Permission, has_permission
 
@@ -231,6 +238,23 @@ class Extracts:
                                     progress=_reporter(progress), **inputs.options)
         return self._succeed(extract, inputs, result)
 
+    def fail(self, extract_id: str, exc: BaseException) -> None:
+        """Mark an extract failed for good (refused, or its job's last attempt failed), so it can be
+        requested again. The reason shown is the service's or the pipeline's own message, which names
+        columns and chunks, never values; anything else is shown by its type only."""
+        safe = isinstance(exc, (ExtractServiceError, ExtractError, PermanentJobError))
+        reason = (str(exc) if safe else f"{type(exc).__name__} (see the job's error)")[:1000]
+        with transaction(self.session) as s:
+            extract = s.get(Extract, extract_id)
+            if extract is None or extract.state in ("succeeded", "failed"):
+                return
+            extract.state = "failed"
+            extract.finished_at = utcnow()
+            extract.error = reason
+            self.audit.record(s, "extract.build", actor_id=None, outcome=FAILURE, target_type="extract",
+                              target_id=extract.id, project_id=extract.project_id, request_id=self.request_id,
+                              detail={"reason": reason[:200]})
+
     def _extract(self, extract_id: str) -> Extract:
         extract = self.session.get(Extract, extract_id)
         if extract is None:
@@ -239,6 +263,8 @@ class Extracts:
 
     def _inputs(self, extract: Extract, *, claim_folder: bool) -> _Inputs:
         """Everything an extract is built from, the same for one job, its partitions and its merge."""
+        if extract.state == "failed":
+            raise ExtractServiceError("This extract failed; request it again")
         plan = self.plan(extract.project_id)
         optouts = self._optouts(extract.project_id, plan)
         if self._plan_hash(plan, optouts) != extract.plan_hash:

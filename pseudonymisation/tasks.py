@@ -7,13 +7,14 @@ and call it; the service functions are what the tests exercise.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from projects.closure import register_destruction_hook
 from pseudonymisation.services import BUILD_JOB, MERGE_JOB, PARTITION_JOB, Extracts, ExtractServiceError
-from tre.core.jobs import JobContext, PermanentJobError, job_handler
+from tre.core.jobs import Job, JobContext, PermanentJobError, job_handler
 
 
 def _platform() -> Any:
@@ -29,13 +30,27 @@ def extracts_service(platform: Any, session: Session | None = None, request_id: 
                     partition_rows=platform.settings.extract_partition_rows)
 
 
-@job_handler(BUILD_JOB, queue="extracts")
-def build_extract(ctx: JobContext) -> dict[str, Any]:
+def _run(ctx: JobContext, work: Callable[[Extracts], Any]) -> Any:
+    """Run an extract job's work; when it fails for good (a refusal, or its last attempt), the
+    extract is marked failed with the reason, so it can be requested again."""
     service = extracts_service(_platform(), ctx.session)
     try:
-        manifest = service.build(ctx.payload["extract_id"], progress=ctx.report_progress)
-    except ExtractServiceError as exc:
-        raise PermanentJobError(str(exc)) from None
+        return work(service)
+    except Exception as exc:
+        ctx.session.rollback()
+        job = ctx.session.get(Job, ctx.job_id)
+        ctx.session.rollback()  # end the read: on SQLite it holds the write lock
+        refused = isinstance(exc, (ExtractServiceError, PermanentJobError))
+        if refused or (job is not None and ctx.attempt >= job.max_attempts):
+            service.fail(ctx.payload["extract_id"], exc)
+        if isinstance(exc, ExtractServiceError):
+            raise PermanentJobError(str(exc)) from None
+        raise
+
+
+@job_handler(BUILD_JOB, queue="extracts")
+def build_extract(ctx: JobContext) -> dict[str, Any]:
+    manifest = _run(ctx, lambda service: service.build(ctx.payload["extract_id"], progress=ctx.report_progress))
     if manifest is None:
         return {"fanned_out": True}  # the partition jobs and then the merge job finish it
     return {"datasets": sorted(manifest.get("manifests", {}))}
@@ -43,23 +58,16 @@ def build_extract(ctx: JobContext) -> dict[str, Any]:
 
 @job_handler(PARTITION_JOB, queue="extracts")
 def build_partition(ctx: JobContext) -> dict[str, Any]:
-    service = extracts_service(_platform(), ctx.session)
     p = ctx.payload
-    try:
-        done = service.build_partition(p["extract_id"], p["dataset"], p["partition"], job_id=ctx.job_id,
-                                       progress=ctx.report_progress)
-    except ExtractServiceError as exc:
-        raise PermanentJobError(str(exc)) from None
+    done = _run(ctx, lambda service: service.build_partition(
+        p["extract_id"], p["dataset"], p["partition"], job_id=ctx.job_id, progress=ctx.report_progress
+    ))
     return {"dataset": p["dataset"], "partition": p["partition"]["index"], "pid": os.getpid(), **done}
 
 
 @job_handler(MERGE_JOB, queue="extracts")
 def merge_extract(ctx: JobContext) -> dict[str, Any]:
-    service = extracts_service(_platform(), ctx.session)
-    try:
-        manifest = service.merge(ctx.payload["extract_id"], progress=ctx.report_progress)
-    except ExtractServiceError as exc:
-        raise PermanentJobError(str(exc)) from None
+    manifest = _run(ctx, lambda service: service.merge(ctx.payload["extract_id"], progress=ctx.report_progress))
     return {"datasets": sorted(manifest.get("manifests", {}))}
 
 

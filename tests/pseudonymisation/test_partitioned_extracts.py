@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from pseudonymisation.models import Extract
 from pseudonymisation.services import BUILD_JOB, MERGE_JOB, PARTITION_JOB
+from pseudonymisation.tasks import extracts_service
 from tests.conftest import make_test_app
 from tests.pseudonymisation.test_optout_lists import _active_project, _build, _lists, _patients_in_both
 from tre.core import jobs
@@ -132,3 +133,31 @@ def test_extract_build_wait_runs_the_partitions_and_the_merge_in_the_command(
     with sqlite_app.extensions["tre.db"].session_factory() as s:
         (extract,) = s.scalars(select(Extract))
         assert extract.state == "succeeded" and sorted(extract.manifest["manifests"]) == ["patients", "spells"]
+
+
+def test_a_partition_that_fails_for_good_fails_the_extract_which_may_be_asked_for_again(
+    fan_app: Any, demo_data: Path
+) -> None:
+    import os
+
+    app = fan_app
+    w, p = _active_project(app, demo_data)
+    db = app.extensions["tre.db"]
+    jobs.set_dispatcher(None)  # this test runs each job itself
+    with app.app_context():
+        first = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
+        assert jobs.run_job(db, first.job_id, lease_seconds=30) == jobs.SUCCEEDED
+        partition = _jobs(app, PARTITION_JOB)[0]
+        # The source is rewritten after the split: its partitions must not mix two versions.
+        source = demo_data / "patients.parquet"
+        os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1_000_000_000))
+        outcomes = [jobs.run_job(db, partition.id, lease_seconds=30) for _ in range(partition.max_attempts)]
+
+    assert outcomes == ["retry"] * (partition.max_attempts - 1) + [jobs.FAILED]
+    with db.session_factory() as s:
+        failed = s.get(Extract, first.id)
+        assert failed is not None and failed.state == "failed" and failed.finished_at is not None
+        assert "source changed" in (failed.error or "")
+    with app.app_context():
+        again = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
+    assert again.id != first.id and again.state == "queued"
