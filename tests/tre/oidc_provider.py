@@ -8,6 +8,8 @@ the PKCE verifier, and answers with an id_token signed RS256 by a real RSA key.
 
 ``provider.tamper`` makes the next id_tokens wrong in one named way, so tests can prove the TRE
 refuses them: ``signature``, ``expired``, ``audience``, ``issuer``, ``nonce``, ``no_id_token``.
+
+It signs with joserfc (authlib's own JOSE library), so pyjwt stays the token module's alone.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, jsonify, redirect, request
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 TAMPERINGS = ("signature", "expired", "audience", "issuer", "nonce", "no_id_token")
@@ -103,7 +106,7 @@ class OidcTestProvider:
         }
 
     def jwks(self) -> dict[str, Any]:
-        public = jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        public = dict(RSAKey.import_key(self.key.public_key()).as_dict(private=False))
         public.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
         return {"keys": [public]}
 
@@ -209,4 +212,4 @@ class OidcTestProvider:
             claims["iss"] = "http://127.0.0.1:1/not-the-provider"
         elif self.tamper == "nonce":
             claims["nonce"] = secrets.token_urlsafe(16)
-        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": self.kid})
+        return jwt.encode({"alg": "RS256", "kid": self.kid}, claims, RSAKey.import_key(key))
