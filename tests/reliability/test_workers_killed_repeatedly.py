@@ -1,0 +1,194 @@
+"""Workers are killed with SIGKILL again and again, in a row, in the middle of the same job: an
+automated output check, and an extract build. Each time the sweeper takes the job back after its
+lease runs out and the next real worker process (``celery -A tre.worker``, as ``tre worker`` starts
+it) picks it up; the job ends done exactly once in effect, on its last allowed attempt, and nothing
+is lost or done twice. Extends the single-kill tests in tests/tre/core/test_jobs_worker_killed.py,
+tests/disclosure/test_checks_worker_killed.py and tests/pseudonymisation/ (embedded default:
+SQLite + kombu's SQLAlchemy transport, to keep the run short)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from sqlalchemy import func, select
+
+from disclosure.models import OutputCheck, OutputRequest
+from pseudonymisation.models import Extract
+from pseudonymisation.pipeline import ExtractKeys, run_extract
+from pseudonymisation.services import BUILD_JOB, LINKAGE, _key
+from pseudonymisation.tasks import extracts_service
+from tests.disclosure.factories import active_project, person
+from tests.disclosure.test_checks_worker_killed import submit, write_big_extract
+from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
+from tests.pseudonymisation.test_partitioned_extracts_workers import APPROVED, _active_project
+from tests.security.figures import record
+from tests.tre.core.test_jobs_worker_killed import Worker, _wait_for
+from tre.core import jobs, migrate
+from tre.core.audit import AuditEvent
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+KILLS = 2  # a job has 3 attempts: killed on the first and the second, done on the third
+CHUNK_ROWS = 50_000
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+def _setup(tmp_path: Path, **settings: Any) -> tuple[Any, dict[str, str]]:
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    database_url = f"sqlite:///{tmp_path / 'tre.sqlite'}"
+    broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    env = dict(
+        os.environ,
+        TRE_INSTANCE_PATH=str(instance),
+        TRE_DATABASE_URL=database_url,
+        TRE_BROKER_URL=broker_url,
+        TRE_JOB_LEASE_SECONDS="2",
+        TRE_JOB_SWEEP_INTERVAL_SECONDS="1",
+        TRE_JOB_REQUEUE_AFTER_SECONDS="4",
+        **{f"TRE_{k.upper()}": str(v) for k, v in settings.items()},
+    )
+    migrate.upgrade(database_url)
+    from tre.app import create_app
+
+    app = create_app(
+        {"TRE_SETTINGS": {"instance_path": instance, "database_url": database_url, "broker_url": broker_url,
+                          **settings}}
+    )
+    return app, env
+
+
+def _job(app: Any, kind: str) -> jobs.Job | None:
+    with app.extensions["tre.db"].session_factory() as s:
+        job = s.scalar(select(jobs.Job).where(jobs.Job.kind == kind))
+        if job is not None:
+            s.expunge(job)
+        return job
+
+
+def _kill_in_a_row(app: Any, kind: str, env: dict[str, str], log: Path, workers: list[Worker]) -> None:
+    """Kill the worker running ``kind`` on each of its first KILLS attempts, mid-job."""
+    workers.append(Worker(env, log))
+    for attempt in range(1, KILLS + 1):
+        def running_this_attempt(attempt: int = attempt) -> bool:
+            j = _job(app, kind)
+            return j is not None and j.state == jobs.RUNNING and j.attempts == attempt and j.progress > 0
+
+        _wait_for(running_this_attempt, 120, f"attempt {attempt} of {kind} to be under way", log)
+        time.sleep(0.5)  # inside the work, not at its edge
+        workers[-1].kill()
+        record("reliability: workers SIGKILLed mid-job", 1)
+        workers.append(Worker(env, log))
+
+
+def test_output_check_whose_workers_are_killed_twice_in_a_row_reaches_one_verdict(
+    tmp_path: Path, workers: list[Worker]
+) -> None:
+    app, env = _setup(tmp_path)
+    db = app.extensions["tre.db"]
+    platform = app.extensions["tre.platform"]
+    author = person(app, "rita", ["researcher"])
+    person(app, "olive", ["output_checker"])
+    project = active_project(app, author)
+    write_big_extract(Path(env["TRE_INSTANCE_PATH"]), project.id)
+    token = platform.tokens.issue(
+        author.id, "tre-api", "output-submit", dt.timedelta(minutes=30), project_id=project.id
+    )
+    log = tmp_path / "worker.log"
+    response = submit(app.test_client(), token, "run-1")
+    assert response.status_code == 201, response.get_data(as_text=True)
+    request_id = response.json["id"]
+
+    _kill_in_a_row(app, "outputs.check", env, log, workers)
+
+    def state() -> str:
+        with db.session_factory() as s:
+            return s.get(OutputRequest, request_id).state
+
+    _wait_for(lambda: state() == "awaiting_review", 240, "the request's verdict", log)
+    time.sleep(3)  # room for a stray duplicate delivery to show itself, if there were one
+
+    with db.session_factory() as s:
+        requests = s.scalar(select(func.count()).select_from(OutputRequest))
+        checks = s.scalars(select(OutputCheck).where(OutputCheck.request_id == request_id)).all()
+        done_events = s.scalars(
+            select(AuditEvent).where(AuditEvent.target_id == request_id, AuditEvent.action == "output.checks_done")
+        ).all()
+        check_events = s.scalars(select(AuditEvent).where(AuditEvent.action == "output.check")).all()
+    job = _job(app, "outputs.check")
+    assert requests == 1
+    assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, KILLS + 1)
+    assert len(checks) == 2  # one per file, none from the killed attempts
+    table_check = next(c for c in checks if c.recompute.get("status") != "not_applicable")
+    assert table_check.recompute["status"] == "done"
+    assert len(done_events) == 1 and len(check_events) == 2
+    assert platform.audit.verify(_events(db)).ok
+    db.dispose()
+
+
+def _events(db: Any) -> list[AuditEvent]:
+    with db.session_factory() as s:
+        events = list(s.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+        s.expunge_all()
+        return events
+
+
+def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_run(
+    tmp_path: Path, workers: list[Worker]
+) -> None:
+    source = write_parquet(
+        pa.concat_tables([make_table(100_000, patients=10_000, seed=5)] * 6), tmp_path / "events.parquet",
+        row_group_rows=25_000,
+    )
+    app, env = _setup(tmp_path, extract_chunk_rows=CHUNK_ROWS, extract_partition_rows=0)
+    db = app.extensions["tre.db"]
+    log = tmp_path / "worker.log"
+    try:
+        w, p = _active_project(app, source)
+        with app.app_context():
+            extract_id = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id).id
+
+        _kill_in_a_row(app, BUILD_JOB, env, log, workers)
+
+        def extract_state() -> str:
+            with db.session_factory() as s:
+                return s.get(Extract, extract_id).state
+
+        _wait_for(lambda: extract_state() in ("succeeded", "failed"), 240, "the extract to finish", log)
+        time.sleep(2)
+        job = _job(app, BUILD_JOB)
+        with db.session_factory() as s:
+            extract = s.get(Extract, extract_id)
+            assert extract is not None and extract.state == "succeeded"
+            manifest = extract.manifest["manifests"]["events"]
+            extracts = s.scalar(select(func.count()).select_from(Extract))
+            built = s.scalars(select(AuditEvent.action).where(AuditEvent.target_id == extract_id)).all()
+            platform = app.extensions["tre.platform"]
+            keys = ExtractKeys(_key(s, platform.keys, LINKAGE, create=False),
+                               _key(s, platform.keys, f"project:{p.id}", create=False))
+        assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, KILLS + 1)
+        assert extracts == 1
+        assert built.count("extract.build") == 1, built
+        single = run_extract(source, event_schema(), APPROVED, tmp_path / "single", keys, chunk_rows=CHUNK_ROWS,
+                             project_id=p.id)
+        assert manifest == single
+        built_dir = app.extensions["tre.settings"].extracts_path / p.id / "events" / "data"
+        for part in (tmp_path / "single" / "data").iterdir():
+            assert (built_dir / part.name).read_bytes() == part.read_bytes(), part.name
+        assert platform.audit.verify(_events(db)).ok
+    finally:
+        db.dispose()
