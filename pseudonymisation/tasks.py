@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from projects.closure import register_destruction_hook
 from pseudonymisation.services import BUILD_JOB, MERGE_JOB, PARTITION_JOB, Extracts, ExtractServiceError
-from tre.core.jobs import Job, JobContext, PermanentJobError, job_handler
+from tre.core.jobs import Job, JobContext, PermanentJobError, job_handler, on_worker_lost
 
 
 def _platform() -> Any:
@@ -69,6 +69,15 @@ def build_partition(ctx: JobContext) -> dict[str, Any]:
 def merge_extract(ctx: JobContext) -> dict[str, Any]:
     manifest = _run(ctx, lambda service: service.merge(ctx.payload["extract_id"], progress=ctx.report_progress))
     return {"datasets": sorted(manifest.get("manifests", {}))}
+
+
+@on_worker_lost(BUILD_JOB)
+@on_worker_lost(PARTITION_JOB)
+@on_worker_lost(MERGE_JOB)
+def _worker_lost(session: Session, payload: dict[str, Any], reason: str) -> None:
+    """The sweeper gave up on an extract job whose worker died in its last attempt: the extract is
+    marked failed (and audited) instead of staying 'running', so it can be requested again."""
+    extracts_service(_platform(), session).fail(payload["extract_id"], PermanentJobError(reason))
 
 
 def _destroy(session: Session, project_id: str) -> dict[str, Any]:

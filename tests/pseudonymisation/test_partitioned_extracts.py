@@ -4,6 +4,7 @@ opt-out lists and exemptions as the single job, and the result is the single job
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,35 @@ def test_a_partition_that_fails_for_good_fails_the_extract_which_may_be_asked_fo
     with app.app_context():
         again = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
     assert again.id != first.id and again.state == "queued"
+
+
+def test_an_extract_whose_worker_died_in_its_last_attempt_is_marked_failed_by_the_sweeper(
+    fan_app: Any, demo_data: Path
+) -> None:
+    from sqlalchemy import update
+
+    app = fan_app
+    w, p = _active_project(app, demo_data)
+    db = app.extensions["tre.db"]
+    jobs.set_dispatcher(None)  # nothing runs: this test plays the worker that dies
+    with app.app_context():
+        extract = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
+    with db.session_factory() as s:
+        job = s.get(jobs.Job, extract.job_id)
+        assert job is not None
+        s.execute(update(jobs.Job).where(jobs.Job.id == job.id).values(
+            state=jobs.RUNNING, attempts=job.max_attempts, lease_owner="dead-worker",
+            lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+        s.execute(update(Extract).where(Extract.id == extract.id).values(state="running"))
+        s.commit()
+
+    with app.app_context():
+        jobs.sweep(db, requeue_after_seconds=60)
+
+    with db.session_factory() as s:
+        failed = s.get(Extract, extract.id)
+        assert failed is not None and failed.state == "failed"
+        assert "worker lost during attempt" in (failed.error or "")
+    with app.app_context():
+        again = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
+    assert again.id != extract.id and again.state == "queued"

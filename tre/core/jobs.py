@@ -120,6 +120,23 @@ def job_handler(kind: str, queue: str = "default") -> Callable[[Handler], Handle
     return register
 
 
+FailureHook = Callable[[Session, dict[str, Any], str], None]
+_FAILURE_HOOKS: dict[str, FailureHook] = {}
+
+
+def on_worker_lost(kind: str) -> Callable[[FailureHook], FailureHook]:
+    """Register what to do when the sweeper fails a job of ``kind`` because its worker died during
+    the last attempt: the handler never ran to the end, so the domain object it was building must be
+    told here (for example, an extract marked failed so it can be requested again). The hook gets a
+    fresh session, the job's payload and the reason; it commits its own change."""
+
+    def register(fn: FailureHook) -> FailureHook:
+        _FAILURE_HOOKS[kind] = fn
+        return fn
+
+    return register
+
+
 _PERIODIC: dict[str, int] = {}
 
 
@@ -358,6 +375,7 @@ def sweep(db: Database, *, requeue_after_seconds: int) -> SweepReport:
     now = utcnow()
     requeued = failed = resent = 0
     to_send: list[tuple[str, str]] = []
+    given_up: list[tuple[str, dict[str, Any], str]] = []
     with db.session_factory() as s:
         lost = s.scalars(select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now)).all()
         for job in lost:
@@ -368,6 +386,7 @@ def sweep(db: Database, *, requeue_after_seconds: int) -> SweepReport:
                 job.state = FAILED
                 job.finished_at = now
                 failed += 1
+                given_up.append((job.kind, dict(job.payload), job.last_error))
             else:
                 job.state = QUEUED
                 job.last_sent_at = now
@@ -381,6 +400,15 @@ def sweep(db: Database, *, requeue_after_seconds: int) -> SweepReport:
             resent += 1
         s.info["tre_jobs_to_send"] = to_send
         s.commit()
+    for kind, payload, reason in given_up:
+        hook = _FAILURE_HOOKS.get(kind)
+        if hook is None:
+            continue
+        try:
+            with db.session_factory() as hs:
+                hook(hs, payload, reason)
+        except Exception as exc:  # noqa: BLE001 - the job is failed either way; the hook is told once
+            log.error("job sweep: the worker-lost hook of %s failed: %s", kind, type(exc).__name__)
     if requeued or failed or resent:
         log.info("job sweep: %d lost requeued, %d stale resent, %d failed", requeued, resent, failed)
     return SweepReport(requeued, resent, failed)

@@ -153,6 +153,34 @@ def test_sweeper_fails_a_lost_job_after_its_last_attempt(db: Any, no_dispatch: N
     assert job.state == jobs.FAILED and job.last_error == "worker lost during attempt 1"
 
 
+LOST: list[tuple[dict[str, Any], str]] = []
+
+
+@jobs.job_handler("test.with-lost-hook")
+def _never_finishes(ctx: jobs.JobContext) -> None:
+    raise AssertionError("the tests below only pretend a worker ran this")
+
+
+@jobs.on_worker_lost("test.with-lost-hook")
+def _told_of_loss(session: Any, payload: dict[str, Any], reason: str) -> None:
+    LOST.append((payload, reason))
+
+
+def test_sweeper_tells_the_kinds_hook_when_it_gives_up_on_a_lost_job(db: Any, no_dispatch: None) -> None:
+    LOST.clear()
+    with transaction(db.session) as s:
+        retried = jobs.enqueue(s, "test.with-lost-hook", {"n": "retried"}, max_attempts=2).id
+        given_up = jobs.enqueue(s, "test.with-lost-hook", {"n": "given-up"}, max_attempts=1).id
+    _pretend_a_worker_died_holding(db, retried)
+    _pretend_a_worker_died_holding(db, given_up)
+
+    jobs.sweep(db, requeue_after_seconds=60)
+
+    # Only the job the sweeper failed for good is reported; the other will run again.
+    assert LOST == [({"n": "given-up"}, "worker lost during attempt 1")]
+    assert _job(db, given_up).state == jobs.FAILED
+
+
 def test_sweeper_resends_queued_jobs_nobody_picked_up(db: Any, no_dispatch: None) -> None:
     with transaction(db.session) as s:
         job_id = jobs.enqueue(s, "test.record", {}).id
