@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 
 # Messages we choose for each status; werkzeug's own descriptions are fine to show but generic.
 TITLES = {
@@ -76,6 +76,15 @@ def handle_unexpected(error: Exception) -> Response | tuple[str, int]:
     return handle_http_exception(InternalServerError())
 
 
+def handle_recursion(error: RecursionError) -> Response | tuple[str, int]:
+    """JSON nested thousands deep makes the decoder (``json.loads`` in webargs) recurse past the
+    limit: that is a bad request, not a fault of the service. Any other recursion is unexpected."""
+    if "decoding a JSON" in str(error):
+        return handle_http_exception(BadRequest("The JSON body is nested too deeply"))
+    return handle_unexpected(error)
+
+
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(RecursionError, handle_recursion)
     app.register_error_handler(Exception, handle_unexpected)

@@ -47,7 +47,7 @@ def _query(args: Any) -> tuple[Select[Any], dict[str, str], list[str]]:
     if filters["project"]:
         stmt = stmt.where(AuditEvent.project_id == filters["project"])
     if filters["action"]:
-        stmt = stmt.where(AuditEvent.action.startswith(filters["action"]))
+        stmt = stmt.where(AuditEvent.action.startswith(filters["action"], autoescape=True))
     if filters["outcome"]:
         stmt = stmt.where(AuditEvent.outcome == filters["outcome"])
     for key, op in (("start", "ge"), ("end", "lt")):
