@@ -422,6 +422,9 @@ def _partner_order(suppressed: np.ndarray, axis: int) -> np.ndarray:
     return slabs @ slabs.T
 
 
+_PLANE_WORK = 1 << 22  # elements of one max-min product batch (about 16 MB of float32)
+
+
 def _slab_boxes(
     values: np.ndarray, suppressed: np.ndarray, cells: np.ndarray, per_slab: int = 3
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -473,20 +476,25 @@ def _slab_boxes(
         present &= np.where(has_partner[:, None, None], sup[np.maximum(partner, 0)], True)
     cap_plus[~present] = 0
     cap_minus[~present] = 0
+    if nb * nb * nc > _PLANE_WORK:
+        return down, up  # planes too large for the max-min product: the other certificates take over
     eye = np.eye(nb, dtype=bool)
-    widths = {}
-    for z0, same, other in ((1.0, cap_plus, cap_minus), (-1.0, cap_minus, cap_plus)):
-        # 4-cycle (j,k) z0, (j',k) -z0, (j,k') -z0, (j',k') z0; j' != j and k' != k.
-        t = np.minimum(other[:, :, None, :], same[:, None, :, :])  # [p, j, j', k'] over the edges (j,k'), (j',k')
-        k1 = t.argmax(axis=3)
-        e1 = np.take_along_axis(t, k1[..., None], axis=3)[..., 0]
-        np.put_along_axis(t, k1[..., None], 0, axis=3)
-        e2 = t.max(axis=3)
-        kk = np.arange(nc)
-        h = np.where(k1[..., None] == kk, e2[..., None], e1[..., None])  # [p, j, j', k]: best k' != k
-        h[:, eye] = 0  # j' != j
-        inner = np.minimum(other[:, None, :, :], h).max(axis=2)  # [p, j, k]: edge (j', k) takes -z0
-        widths[z0] = np.minimum(same, inner)
+    kk = np.arange(nc)
+    widths = {1.0: np.zeros(cap_plus.shape, x.dtype), -1.0: np.zeros(cap_plus.shape, x.dtype)}
+    step = max(1, _PLANE_WORK // (nb * nb * nc))
+    for lo in range(0, len(pairs), step):
+        part = slice(lo, lo + step)
+        for z0, same, other in ((1.0, cap_plus[part], cap_minus[part]), (-1.0, cap_minus[part], cap_plus[part])):
+            # 4-cycle (j,k) z0, (j',k) -z0, (j,k') -z0, (j',k') z0; j' != j and k' != k.
+            t = np.minimum(other[:, :, None, :], same[:, None, :, :])  # [p, j, j', k']: edges (j,k'), (j',k')
+            k1 = t.argmax(axis=3)
+            e1 = np.take_along_axis(t, k1[..., None], axis=3)[..., 0]
+            np.put_along_axis(t, k1[..., None], 0, axis=3)
+            e2 = t.max(axis=3)
+            h = np.where(k1[..., None] == kk, e2[..., None], e1[..., None])  # [p, j, j', k]: best k' != k
+            h[:, eye] = 0  # j' != j
+            inner = np.minimum(other[:, None, :, :], h).max(axis=2)  # [p, j, k]: edge (j', k) takes -z0
+            widths[z0][part] = np.minimum(same, inner)
     pos = np.stack(np.unravel_index(cells, suppressed.shape), axis=1)
     if suppressed.ndim == 2:
         pos = np.concatenate([np.zeros((n, 1), dtype=pos.dtype), pos], axis=1)
@@ -510,6 +518,7 @@ def _cycle_certificates(
     per_axis: int = 3,
     required: np.ndarray | None = None,
     max_steps: int | None = None,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Proven (down, up) moves of each cell from *prism* certificates: a cycle in a plane times a box.
 
@@ -526,7 +535,8 @@ def _cycle_certificates(
     A 4-cycle is exactly a box, so this proves at least what the boxes with the same partners prove.
 
     ``required`` (width per cell) drops a cell as soon as its proven width reaches it; ``max_steps`` bounds
-    the relaxation (cycles of at most 2 * max_steps + 2 cells): a shorter search proves less, never more.
+    the relaxation (cycles of at most 2 * max_steps + 2 cells): a shorter search proves less, never more;
+    past ``deadline`` (time.monotonic) the search stops with what it has proven.
     """
     shape = values.shape
     k = len(shape)
@@ -560,6 +570,8 @@ def _cycle_certificates(
         moved_x = np.moveaxis(x, (b, c), (-2, -1))
         corners = list(np.ndindex(*(2,) * len(others)))  # 0: the cell's own position, 1: the partner
         for combo in np.ndindex(*(partner_lists[i].shape[1] for i in range(len(others)))):
+            if deadline is not None and time.monotonic() > deadline:
+                return best_down, best_up
             chosen = [partner_lists[i][:, combo[i]] for i in range(len(others))]
             todo = short()
             for ch in chosen:
@@ -743,7 +755,12 @@ def _widest_prism_move(
 
 
 def _augmented_moves(
-    values: np.ndarray, suppressed: np.ndarray, cells: np.ndarray, required: np.ndarray, rounds: int = 8
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    cells: np.ndarray,
+    required: np.ndarray,
+    rounds: int = 8,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sums of prism moves for the few cells one cycle cannot prove (a wide interval made of narrow cycles).
 
@@ -761,6 +778,8 @@ def _augmented_moves(
             for _ in range(rounds):
                 if down[i] + up[i] + 1e-9 >= required[i]:
                     break
+                if deadline is not None and time.monotonic() > deadline:
+                    return down, up
                 d, y = _widest_prism_move(x, suppressed, pos, direction)
                 if y is None or d <= 0:
                     break
@@ -782,15 +801,20 @@ def _along(axis: int, values: np.ndarray, suppressed: np.ndarray, cells: np.ndar
 
 
 def certify_cells(
-    values: np.ndarray, suppressed: np.ndarray, cells: np.ndarray, required: np.ndarray
+    values: np.ndarray, suppressed: np.ndarray, cells: np.ndarray, required: np.ndarray, seconds: float | None = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Proven (down, up) moves of non-negative cells, cheapest certificates first; no LP.
 
-    1. Widest boxes a plane at a time (``_slab_boxes``), with the slab axis taken along each axis in turn,
-       for the cells not yet proven; 2. prism certificates with longer cycles (``_cycle_certificates``) for
-       the few left; 3. in 1-D or 4-D and above, the per-cell boxes. Each stage only ever adds feasible
-       moves, so the result is a proven inner bound of every cell's interval: [v - down, v + up].
+    1. Boxes: in 2-D and 3-D the widest boxes a plane at a time (``_slab_boxes``), with the slab axis
+       taken along each axis in turn, first with one partner slab, then with four, and per-cell partners
+       (``_vectorised_boxes``) if many cells are still short; in 1-D and 4-D and above, per-cell boxes;
+    2. prism certificates with longer cycles (``_cycle_certificates``), few partners then more;
+    3. summed prism moves (``_augmented_moves``) for at most ``_AUGMENT_CELLS`` cells left.
+    Each stage works only on the cells still short and only adds feasible moves, so the result is a proven
+    inner bound of every cell's interval: [v - down, v + up]. Stages 2 and 3 stop after ``seconds`` (a
+    table of almost only small cells would otherwise keep them busy); cells not reached are not proven.
     """
+    deadline = None if seconds is None else time.monotonic() + seconds
     n = len(cells)
     down, up = np.zeros(n), np.zeros(n)
 
@@ -802,25 +826,34 @@ def certify_cells(
         return np.flatnonzero(down + up + 1e-9 < required)
 
     if values.ndim in (2, 3):
-        for axis in range(values.ndim if values.ndim == 3 else 1):
+        axes = range(values.ndim if values.ndim == 3 else 1)
+        for per_slab, axis in [(1, a) for a in axes] + [(_MORE_SLABS, a) for a in axes]:
             rest = short()
-            if len(rest) == 0:
-                break
+            if len(rest) == 0 or (per_slab > 1 and len(rest) <= _AUGMENT_CELLS):
+                break  # a few cells left: the prisms below are cheaper than more slab pairs
             moved_v, moved_s, moved_cells = _along(axis, values, suppressed, cells[rest])
-            merge(rest, *_slab_boxes(moved_v, moved_s, moved_cells, per_slab=1))
+            merge(rest, *_slab_boxes(moved_v, moved_s, moved_cells, per_slab=per_slab))
+        rest = short()
+        if len(rest) > _AUGMENT_CELLS:  # many left (a table of mostly small cells): per-cell partners too
+            merge(rest, *_vectorised_boxes(values, suppressed, cells[rest], per_axis=3))
     else:
         merge(np.arange(n), *_vectorised_boxes(values, suppressed, cells, per_axis=3))
     for per_axis in (2, 8):  # few partners for the many, more for the few left
         rest = short()
         if len(rest) == 0 or values.ndim < 2:
             break
-        merge(rest, *_cycle_certificates(values, suppressed, cells[rest], per_axis=per_axis, required=required[rest]))
+        sizes = sorted(values.shape)
+        step = max(1, _PLANE_WORK // (sizes[-1] * sizes[-2]))  # bounded memory on very large tables
+        for lo in range(0, len(rest), step):
+            part = rest[lo : lo + step]
+            merge(part, *_cycle_certificates(values, suppressed, cells[part], per_axis, required[part], None, deadline))
     rest = short()
     if 0 < len(rest) <= _AUGMENT_CELLS and values.ndim >= 2:
-        merge(rest, *_augmented_moves(values, suppressed, cells[rest], required[rest]))
+        merge(rest, *_augmented_moves(values, suppressed, cells[rest], required[rest], deadline=deadline))
     return down, up
 
 
+_MORE_SLABS = 4  # partner slabs per slab in the second round of plane boxes
 _AUGMENT_CELLS = 64  # cells proven one by one by summed moves; more than this go to the LP instead
 
 
