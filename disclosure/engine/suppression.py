@@ -476,6 +476,16 @@ def _slab_boxes(
         present &= np.where(has_partner[:, None, None], sup[np.maximum(partner, 0)], True)
     cap_plus[~present] = 0
     cap_minus[~present] = 0
+    # Only rows and columns holding a suppressed cell of some pair can be on a cycle: drop the others.
+    rows_used = present.any(axis=(0, 2))
+    cols_used = present.any(axis=(0, 1))
+    cap_plus = cap_plus[:, rows_used][:, :, cols_used]
+    cap_minus = cap_minus[:, rows_used][:, :, cols_used]
+    row_at = np.cumsum(rows_used) - 1  # new index of each kept row
+    col_at = np.cumsum(cols_used) - 1
+    nb, nc = int(rows_used.sum()), int(cols_used.sum())
+    if nb == 0 or nc == 0:
+        return down, up
     if nb * nb * nc > _PLANE_WORK:
         return down, up  # planes too large for the max-min product: the other certificates take over
     eye = np.eye(nb, dtype=bool)
@@ -504,6 +514,10 @@ def _slab_boxes(
         if len(hit) == 0:
             continue
         j, k = pos[hit, 1], pos[hit, 2]
+        usable = rows_used[j] & cols_used[k]  # otherwise the cell is on no pair's suppressed edge here
+        hit, j, k = hit[usable], row_at[j[usable]], col_at[k[usable]]
+        if len(hit) == 0:
+            continue
         u = np.where(z_up[hit] > 0, widths[1.0][p_index, j, k], widths[-1.0][p_index, j, k])
         d = np.where(z_up[hit] > 0, widths[-1.0][p_index, j, k], widths[1.0][p_index, j, k])
         up[hit] = np.maximum(up[hit], u)

@@ -283,12 +283,13 @@ def table_verdict(
     if suppression is not None:
         mitigation_record["applied"].append("suppression")
         audit = suppression.audit
+        exposed = audit.exposed if audit is not None else []  # worked out once: it checks every interval
         audit_record: dict[str, Any]
         if audit is None:
             audit_record = {"status": "not_run", "reason": "the caller turned the interval audit off"}
         else:
             audit_record = {
-                "status": "exposed" if not audit.protected else ("unproven" if audit.unproven else "protected"),
+                "status": "exposed" if exposed else ("unproven" if audit.unproven else "protected"),
                 "method": audit.method,
                 "scope": audit.scope,
                 "lp_solved": audit.lp_solved,
@@ -316,9 +317,9 @@ def table_verdict(
         }
         remaining = [r.severity for r in rules if r.flagged and not r.suppressible]
         after = combine_status(remaining + ["review"])
-        if audit is not None and not audit.protected:
+        if audit is not None and exposed:
             after = "fail"
-            reasons.append(f"interval audit: {len(audit.exposed)} suppressed cell(s) recoverable too closely")
+            reasons.append(f"interval audit: {len(exposed)} suppressed cell(s) recoverable too closely")
         elif audit is None:
             reasons.append("secondary suppression applied; interval audit not run")
         elif audit.unproven:
