@@ -36,7 +36,7 @@ from tre.core.audit import AuditEvent
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 KILLS = 2  # a job has 3 attempts: killed on the first and the second, done on the third
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 20_000  # 30 chunks: the build is under way long enough to be caught on every attempt
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
 ) -> None:
     source = write_parquet(
         pa.concat_tables([make_table(100_000, patients=10_000, seed=5)] * 6), tmp_path / "events.parquet",
-        row_group_rows=25_000,
+        row_group_rows=20_000,
     )
     app, env = _setup(tmp_path, extract_chunk_rows=CHUNK_ROWS, extract_partition_rows=0)
     db = app.extensions["tre.db"]
