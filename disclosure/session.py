@@ -193,13 +193,23 @@ class Session:
         self, df: pd.DataFrame, dims: list[str], value: str | None, aggfunc: str | None, n_row_dims: int
     ) -> TableResult:
         stat = aggfunc or "count"
-        common = {"policy": self.policy, "mitigation": self.mitigation, "n_row_dims": n_row_dims}
         person = self.person if self.person in df.columns else None
         if stat in ("count", "size") or value is None:
-            res = check_frequency_table(df, dims, person=person, **common)
+            res = check_frequency_table(
+                df, dims, person=person, policy=self.policy, mitigation=self.mitigation, n_row_dims=n_row_dims
+            )
             stat = "count"
         elif stat in ("mean", "sum"):
-            res = check_magnitude_table(df, dims, value, statistic=stat, person=person, **common)
+            res = check_magnitude_table(
+                df,
+                dims,
+                value,
+                statistic=stat,
+                person=person,
+                policy=self.policy,
+                mitigation=self.mitigation,
+                n_row_dims=n_row_dims,
+            )
         else:
             raise ValueError(
                 f"aggfunc {aggfunc!r} is not supported by the automated checks; "

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write to a temporary name then rename, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
@@ -263,6 +264,7 @@ def _transform_column(
                 values, reference, int(t.params.get("width", 5)), int(t.params.get("top", 90))
             )
         case TransformKind.DATE_SHIFT:
+            assert ps is not None  # the schema refuses a date shift without an NHS number column
             return generalise.shift_dates(values, ps, keys.project_key, int(t.params.get("max_days", 180)))
         case TransformKind.DAYS_FROM_INDEX:
             return generalise.days_from_index(values, _column(table, t.params["index_column"]))
@@ -513,7 +515,7 @@ def _finalise(
             if removed:
                 # A crash here leaves a part that no longer matches its checkpoint: the next run
                 # remakes that chunk and suppresses it again, reaching the same bytes.
-                _write_atomic(part, lambda p, t=kept: _write_part(t, p, plan.token_outputs))
+                _write_atomic(part, partial(_write_part, kept, token_columns=plan.token_outputs))
                 part_sha[stats["index"]] = file_sha256(part)
                 part_rows[stats["index"]] = kept.num_rows
             suppressed_rows += removed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -70,7 +70,7 @@ def cell_addresses(
     keys = ["|".join(t) for t in zip(*[[parts[a][i] for i in col] for a, col in enumerate(columns)], strict=True)]
     sizes = np.array([len(c) for c in categories], dtype=np.int64)
     at_margin = positions >= sizes
-    any_margin = at_margin.any(axis=1).tolist()
+    any_margin = cast(list[bool], at_margin.any(axis=1).tolist())
     margin_rows = at_margin.tolist()
     return [
         {

@@ -7,6 +7,7 @@ A rule returns a boolean mask in the extended (with margins) shape of ``TableSta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -112,11 +113,13 @@ def magnitude_rules(stats: TableStats, policy: Policy) -> list[RuleResult]:
     t, n, k, p = mag["threshold"], mag["nk_n"], mag["nk_k"], mag["p_percent"]
     contributors = stats.contributors
     present = contributors > 0
-    top = stats.top
+    # A table built with a value column carries these arrays (only counts tables leave them None).
+    top = cast(np.ndarray, stats.top)
+    abs_total = cast(np.ndarray, stats.abs_total)
     with np.errstate(invalid="ignore"):
         top_n = top[..., :n].sum(axis=-1)
-        dominance = present & (stats.abs_total > 0) & (top_n > k * stats.abs_total)
-        remainder = stats.abs_total - top[..., 0] - top[..., 1]
+        dominance = present & (abs_total > 0) & (top_n > k * abs_total)
+        remainder = abs_total - top[..., 0] - top[..., 1]
         p_rule = present & (top[..., 0] > 0) & (remainder < p * top[..., 0])
     results = [
         RuleResult(
@@ -159,7 +162,7 @@ def magnitude_rules(stats: TableStats, policy: Policy) -> list[RuleResult]:
                 "negatives",
                 {"convention": "dominance on absolute values"},
                 mag["negatives"],
-                stats.negatives > 0,
+                cast(np.ndarray, stats.negatives) > 0,
                 "negative contributions: dominance rules computed on absolute values",
                 suppressible=False,
             )
@@ -170,7 +173,7 @@ def magnitude_rules(stats: TableStats, policy: Policy) -> list[RuleResult]:
                 "missing",
                 {"convention": "missing values are not contributors"},
                 mag["missing"],
-                stats.missing > 0,
+                cast(np.ndarray, stats.missing) > 0,
                 "missing values in the cell were excluded",
                 suppressible=False,
             )
@@ -178,9 +181,9 @@ def magnitude_rules(stats: TableStats, policy: Policy) -> list[RuleResult]:
     return results
 
 
-def primary_mask(results: list[RuleResult]) -> np.ndarray:
-    """Cells that fail a rule that suppression cures."""
-    mask = None
+def primary_mask(results: list[RuleResult]) -> np.ndarray | None:
+    """Cells that fail a rule that suppression cures (None when no such rule was run)."""
+    mask: np.ndarray | None = None
     for r in results:
         if r.severity == "fail" and r.suppressible:
             mask = r.mask.copy() if mask is None else mask | r.mask

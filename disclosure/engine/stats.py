@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -103,7 +104,8 @@ def compute_table_stats(
         if not all_kept:
             codes_list = [c[keep] for c in codes_list]
     shape = tuple(len(c) for c in cats)
-    cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(keep.sum()), dtype=np.int64)
+    # No dims means no spans, so ``keep`` was built above.
+    cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(cast(np.ndarray, keep).sum()), dtype=np.int64)
     x = None
     if value is not None:
         x = pd.to_numeric(data[value]).to_numpy(dtype=np.float64, na_value=np.nan)

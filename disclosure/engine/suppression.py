@@ -19,6 +19,7 @@ import heapq
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import SupportsIndex
 
 import numpy as np
 from scipy import sparse
@@ -373,7 +374,7 @@ def box_certificates(
         pos = np.unravel_index(int(cell), shape)
         cands = []
         for axis in range(k):
-            line = list(pos)
+            line: list[SupportsIndex | slice] = list(pos)
             line[axis] = slice(None)
             idx = np.flatnonzero(suppressed[tuple(line)])
             idx = idx[idx != pos[axis]]
@@ -686,7 +687,7 @@ def _widest_prism_move(
         others = [a for a in range(k) if a not in (b, c)]
         partner_lists = []
         for a in others:
-            line = list(pos)
+            line: list[SupportsIndex | slice] = list(pos)
             line[a] = slice(None)
             cand = np.flatnonzero(suppressed[tuple(line)])
             cand = cand[cand != pos[a]]
@@ -699,15 +700,15 @@ def _widest_prism_move(
             partners = [int(partner_lists[i][chosen[i]]) for i in range(len(others))]
             corners = []
             for corner in np.ndindex(*(2,) * len(others)):
-                index = list(pos)
+                spot: list[SupportsIndex | slice] = list(pos)
                 weight = 1.0
                 for i, a in enumerate(others):
                     if corner[i]:
-                        index[a] = partners[i]
+                        spot[a] = partners[i]
                         weight *= -sigma[a][pos[a]] * sigma[a][partners[i]]
-                index[b] = slice(None)
-                index[c] = slice(None)
-                corners.append((tuple(index), weight))
+                spot[b] = slice(None)
+                spot[c] = slice(None)
+                corners.append((tuple(spot), weight))
             present = np.ones((shape[b], shape[c]), dtype=bool)
             cap = {1.0: np.full(present.shape, np.inf), -1.0: np.full(present.shape, np.inf)}
             for index, weight in corners:
@@ -715,8 +716,8 @@ def _widest_prism_move(
                 sign = weight * plane_sign
                 cap[1.0] = np.minimum(cap[1.0], np.where(sign < 0, x[index], np.inf))
                 cap[-1.0] = np.minimum(cap[-1.0], np.where(sign > 0, x[index], np.inf))
-            for z in (1.0, -1.0):
-                cap[z][~present] = 0.0
+            for zs in (1.0, -1.0):
+                cap[zs][~present] = 0.0
             j, kk = pos[b], pos[c]
             z0 = direction * plane_sign[j, kk]
             closing = cap[z0][j, kk]
@@ -897,10 +898,10 @@ def audit_pattern(
     targets = np.flatnonzero((primary & suppressed).ravel())
     certs: dict[int, tuple[float, float]] = {}
     if nonnegative and len(targets):
-        down, up = certify_cells(values, suppressed, targets, required_flat[targets])
-        enough = down + up + 1e-9 >= required_flat[targets]
+        downs, ups = certify_cells(values, suppressed, targets, required_flat[targets])
+        enough = downs + ups + 1e-9 >= required_flat[targets]
         certs = {
-            int(c): (float(d), float(u)) for c, d, u in zip(targets[enough], down[enough], up[enough], strict=True)
+            int(c): (float(d), float(u)) for c, d, u in zip(targets[enough], downs[enough], ups[enough], strict=True)
         }
     elif len(targets):
         certs = box_certificates(values, suppressed, targets, nonnegative, deadline=time.monotonic() + lp_seconds)

@@ -11,7 +11,7 @@ These are the entry points the researcher session and the output queue use for t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -142,6 +142,7 @@ def check_magnitude_table(
     n = max(2, int(policy.get("magnitude", "nk_n")))
     stats = compute_table_stats(data, dims, value=value, person=person, n_top=n)
     shown = stats.mean() if statistic == "mean" else stats.total
+    assert stats.negatives is not None  # set whenever the table has a value column
     return _finish(
         stats,
         statistic,
@@ -174,6 +175,7 @@ def _finish(
         raise ValueError(f"mitigation must be one of {MITIGATIONS}")
     n_row_dims = len(stats.dims) - 1 if n_row_dims is None else n_row_dims
     primary = primary_mask(rules)
+    assert primary is not None  # both rule sets start with the threshold rule, which fails and is suppressible
     released = values.astype(np.float64, copy=True)
     suppression = None
     if mitigation != "none" and primary.any():
@@ -234,7 +236,7 @@ def table_verdict(
     rounding: dict | None,
 ) -> dict[str, Any]:
     """Build the JSON verdict: per output, per rule (criterion) and per flagged or mitigated cell."""
-    criteria = []
+    criteria: list[dict[str, Any]] = []
     reasons = []
     for r in rules:
         status = r.severity if r.flagged else "pass"
@@ -257,7 +259,11 @@ def table_verdict(
         interesting |= r.mask
     cells = []
     where = np.argwhere(interesting)
-    flat = np.ravel_multi_index(where.T, interesting.shape) if len(where) else np.zeros(0, dtype=np.int64)
+    flat = (
+        cast(np.ndarray, np.ravel_multi_index(where.T, interesting.shape))
+        if len(where)
+        else np.zeros(0, dtype=np.int64)
+    )
     hits = np.stack([r.mask.ravel()[flat] for r in rules], axis=1) if rules else np.zeros((len(flat), 0), bool)
     sup_at = suppressed.ravel()[flat].tolist()
     prim_at = primary.ravel()[flat].tolist()
