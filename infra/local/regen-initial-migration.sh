@@ -3,6 +3,19 @@
 # (autogenerate into an empty SQLite database, then add the audit table's append-only triggers).
 set -e
 cd "$(dirname "$0")/../.."
+cat >&2 <<'WARN'
+WARNING: regen-initial-migration.sh rewrites revision 0001 from the models. It is only for before the
+first release, while no database made from 0001 exists anywhere. A deployed database cannot be
+re-created, and it would never run a changed 0001 again. After the first release, make each schema
+change a NEW revision: bash infra/local/new-migration.sh "what changes" (see docs/operations.md,
+"Changing the schema").
+WARN
+others=$(ls tre/migrations/versions/*.py | grep -v '/0001_initial_schema.py$' || true)
+if [ -n "$others" ]; then
+  echo "refusing: later revisions exist ($others); regenerating 0001 would delete them." >&2
+  echo "Use infra/local/new-migration.sh for schema changes now." >&2
+  exit 1
+fi
 rm -f tre/migrations/versions/*.py
 rm -rf /tmp/tre-regen; mkdir -p /tmp/tre-regen
 TRE_INSTANCE_PATH=/tmp/tre-regen .venv/bin/tre db revision -m "initial schema" >/dev/null
