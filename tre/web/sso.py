@@ -1,7 +1,7 @@
 """Single sign-on with an OpenID Connect provider: authorisation code flow with PKCE (docs/sso.md).
 
 Off unless ``TRE_OIDC_ISSUER``, ``TRE_OIDC_CLIENT_ID`` and ``TRE_OIDC_CLIENT_SECRET`` are all set;
-then every route here answers 404 and the sign-in page shows no button.
+while it is off, every route here answers 404 and the sign-in page shows no button.
 
 authlib does the protocol: ``state`` bound to this browser's session, PKCE (S256), the code
 exchange with client authentication, and the id_token's signature against the provider's JWKS,
