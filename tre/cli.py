@@ -74,14 +74,25 @@ def _redact(url: str) -> str:
 # --- instance -------------------------------------------------------------------------------------
 
 
+def command_app() -> Any:
+    """The app one command works with; its database connections are closed when the command ends,
+    so no connection outlives it (and none holds SQLite's lock in a process that runs several)."""
+    from tre.app import create_app
+
+    app = create_app()
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(app.extensions["tre.db"].dispose)
+    return app
+
+
 @main.command("init")
 def init() -> None:
     """Create the instance folder, its secrets and the database schema. Safe to run again."""
     settings = _settings()
     settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
-    from tre.app import create_app
 
-    create_app()  # creates the session secret and the keys on first run
+    command_app()  # creates the session secret and the keys on first run
     migrate.upgrade(settings.database_url)
     click.echo(f"instance ready in {settings.instance_path}")
 
@@ -195,10 +206,9 @@ def audit_cli() -> None:
 @audit_cli.command("verify")
 def audit_verify() -> None:
     """Check every link of the audit chain; report the first broken one and exit non-zero."""
-    from tre.app import create_app
     from tre.core.audit import iter_events
 
-    app = create_app()
+    app = command_app()
     platform = app.extensions["tre.platform"]
     with platform.db.session_factory() as s:
         report = platform.audit.verify(iter_events(s))
@@ -240,10 +250,9 @@ def extract_build(project_id: str, as_email: str, wait: bool) -> None:
     """Build PROJECT's extract (queued for a worker, or run here with --wait)."""
     from pseudonymisation.services import ExtractServiceError
     from pseudonymisation.tasks import extracts_service
-    from tre.app import create_app
     from tre.core import jobs
 
-    app = create_app()
+    app = command_app()
     p = app.extensions["tre.platform"]
     if wait:
         jobs.set_dispatcher(None)  # this process runs the job itself, below
@@ -282,10 +291,9 @@ def extract_build(project_id: str, as_email: str, wait: bool) -> None:
 def extract_status(project_id: str) -> None:
     """Show PROJECT's latest extract and its job's progress."""
     from pseudonymisation.tasks import extracts_service
-    from tre.app import create_app
     from tre.core.jobs import Job
 
-    app = create_app()
+    app = command_app()
     p = app.extensions["tre.platform"]
     extract = extracts_service(p).latest(project_id)
     if extract is None:
@@ -305,9 +313,8 @@ def extract_manifest(project_id: str, optouts_only: bool) -> None:
     import json
 
     from pseudonymisation.tasks import extracts_service
-    from tre.app import create_app
 
-    app = create_app()
+    app = command_app()
     extract = extracts_service(app.extensions["tre.platform"]).latest(project_id)
     if extract is None or not extract.manifest:
         raise click.ClickException("no finished extract for that project")
@@ -346,9 +353,8 @@ def optout_load(name: str, file: Path, dataset: str | None, description: str, as
 
     Any line that is not a valid NHS number refuses the whole file; the lines are named by number."""
     from pseudonymisation.optout_lists import OptOutError, OptOutLists
-    from tre.app import create_app
 
-    app = create_app()
+    app = command_app()
     p = app.extensions["tre.platform"]
     with app.app_context():
         try:
@@ -365,9 +371,8 @@ def optout_load(name: str, file: Path, dataset: str | None, description: str, as
 def optout_list() -> None:
     """The version in force of every list: name, scope, version, count and fingerprint."""
     from pseudonymisation.optout_lists import current_versions
-    from tre.app import create_app
 
-    app = create_app()
+    app = command_app()
     with app.app_context():
         for v in current_versions(app.extensions["tre.db"].session):
             scope = f"dataset {v.dataset_id}" if v.dataset_id else "every source"
@@ -424,10 +429,9 @@ def users_cli() -> None:
 @click.password_option()
 def users_create_admin(email: str, display_name: str, password: str) -> None:
     """Create an administrator account; allowed from the command line of the server only."""
-    from tre.app import create_app
     from tre.core.identity import Identity, IdentityError
 
-    app = create_app()
+    app = command_app()
     p = app.extensions["tre.platform"]
     try:
         Identity(p.db.session, p.keys, p.audit).create_user(
@@ -449,10 +453,9 @@ def jobs_cli() -> None:
 @jobs_cli.command("sweep")
 def jobs_sweep() -> None:
     """Requeue jobs whose worker died and re-send jobs nobody picked up (the worker does this too)."""
-    from tre.app import create_app
     from tre.core import jobs
 
-    app = create_app()
+    app = command_app()
     settings = app.extensions["tre.settings"]
     report = jobs.sweep(app.extensions["tre.db"], requeue_after_seconds=settings.job_requeue_after_seconds)
     click.echo(f"requeued {report.requeued_lost}, resent {report.resent_stale}, failed {report.failed}")
@@ -462,11 +465,10 @@ def jobs_sweep() -> None:
 @click.option("--timeout", default=60, show_default=True, help="Seconds to wait for a worker.")
 def jobs_selftest(timeout: int) -> None:
     """Send a diagnostic job and wait for a worker to finish it."""
-    from tre.app import create_app
     from tre.core import jobs
     from tre.core.db import transaction
 
-    app = create_app()
+    app = command_app()
     db = app.extensions["tre.db"]
     with app.app_context(), transaction(db.session) as s:
         job = jobs.enqueue(s, "kernel.selftest", {"sleep": 0})

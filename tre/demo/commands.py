@@ -19,11 +19,11 @@ def load_command(patients: int) -> None:
     settings = Settings.from_env()
     if settings.environment not in {"embedded", "development", "test"}:
         raise click.ClickException("demo data is refused outside the embedded setup")
-    from tre.app import create_app
+    from tre.cli import command_app
     from tre.core.identity import Identity
     from tre.demo.accounts import load_accounts
 
-    app = create_app()
+    app = command_app()
     p = app.extensions["tre.platform"]
     with app.app_context():
         accounts = load_accounts(Identity(p.db.session, p.keys, p.audit), settings.instance_path)
