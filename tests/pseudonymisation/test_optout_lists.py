@@ -395,6 +395,6 @@ def test_the_cli_loads_a_list_and_the_manifest_command_and_page_say_what_it_remo
     shown = runner.invoke(main, ["extract", "manifest", p.id, "--optouts"])
 
     removed = _rows_of(demo_data, "patients", opted)
-    assert f"Applied: {removed} rows removed" in page
+    assert f"Applied: {removed:,} rows removed" in page
     assert shown.exit_code == 0, shown.output
     assert "patients: national v1" in shown.output and f"applied, {removed:,} rows removed" in shown.output
