@@ -8,7 +8,7 @@ export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
 
 WORKSPACE_RUNTIME ?= /opt/tre-workspace
 
-.PHONY: setup run test test-e2e lint static browser workspace-runtime acro clean
+.PHONY: setup run test test-e2e lint static browser workspace-runtime acro softhsm clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -41,11 +41,17 @@ run: setup workspace-runtime
 	$(BIN)/tre demo load
 	$(BIN)/tre run
 
+# SoftHSM2, the PKCS#11 token the HSM key-provider tests run against (tests/tre/core/). Root only.
+softhsm:
+	@command -v softhsm2-util >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null; \
+	  else echo "softhsm2 is missing: install Debian's softhsm2 package (the HSM key-provider tests will be SKIPPED)"; fi; }
+
 # ACRO, the reference the disclosure engine is tested against, needs an older pandas: own venv.
 acro:
 	bash benchmarks/acro_env.sh >/dev/null
 
-test: setup static browser workspace-runtime acro
+test: setup static browser workspace-runtime acro softhsm
 	$(BIN)/python -m pytest
 
 # Static checks, run by `make test` before any test (docs/assurance/README.md): style and bugs (ruff),
