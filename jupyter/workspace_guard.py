@@ -8,16 +8,25 @@ symlink names it, never a binary file other than an image (a copied Parquet file
 leave whole), and nothing larger than ``max_view_bytes``; JupyterLab's download commands are
 switched off (page_config.json, written by the runtime builder). Results leave only through
 ``tre-submit`` and the output checkers.
+
+It also serves ``POST tre/output-requests``, which JupyterLab's "Submit for output checking…" entry
+(jupyter/labextension) calls: the browser names files in the home, and this server submits them with
+:func:`jupyter.client.submit`, as ``tre-submit`` does, so the output token never reaches the browser.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
 from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 from tornado import web
 from traitlets import Integer, List, Unicode
+
+from jupyter.client import MAX_FILE_BYTES, SubmitError, submit
 
 REFUSAL = (
     "Downloading files from a TRE workspace is switched off. Request release of outputs with "
@@ -81,6 +90,80 @@ class NoDownloadHandler(web.RequestHandler):
         self.finish(REFUSAL)
 
 
+class OutputRequestHandler(APIHandler):
+    """Submit files of the workspace home for output checking, on behalf of the signed-in browser.
+
+    jupyter_server authenticates the request and checks its XSRF token (a POST with cookies and no
+    ``X-XSRFToken`` is refused before this runs). Paths are the contents API's, relative to the home;
+    anything that resolves outside the home (and ``TRE_OUTPUTS_DIR``) or into the extract is refused,
+    whatever symlink names it.
+    """
+
+    auth_resource = "contents"
+    MAX_FILES = 50
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        body = self.get_json_body()
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "Send a JSON object with paths, context and controls.")
+        title, context, controls = (_text(body, name) for name in ("title", "context", "controls"))
+        paths = body.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+            raise web.HTTPError(400, "Select at least one file to submit.")
+        if len(paths) > self.MAX_FILES:
+            raise web.HTTPError(400, f"Submit at most {self.MAX_FILES} files in one request.")
+        if not context:
+            raise web.HTTPError(400, "Describe what the outputs are (context) before submitting.")
+        if not controls:
+            raise web.HTTPError(400, "Describe the disclosure controls applied (controls) before submitting.")
+        files = [self._file_in_home(path) for path in paths]
+        try:
+            # urllib blocks: off the event loop, so the workspace stays responsive while the queue answers.
+            answer = await asyncio.to_thread(submit, files, context, controls, title=title or None)
+        except SubmitError as error:
+            raise web.HTTPError(502, str(error)) from None
+        self.log.info("TRE output request %s submitted with %d file(s)", answer.get("id"), len(files))
+        self.set_status(201)
+        self.finish({key: answer.get(key) for key in ("id", "state", "title", "project_id")})
+
+    def _file_in_home(self, path: str) -> str:
+        manager = self.contents_manager
+        guard = manager if isinstance(manager, GuardedContentsManager) else GuardedContentsManager(
+            root_dir=manager.root_dir
+        )
+        home = os.path.realpath(manager.root_dir)
+        # The home's outputs/ links to the project's outputs folder, which lies outside the home.
+        mine = [home]
+        if os.environ.get("TRE_OUTPUTS_DIR"):
+            mine.append(os.path.realpath(os.environ["TRE_OUTPUTS_DIR"]))
+        relative = path.strip("/")
+        real = os.path.realpath(os.path.join(home, relative))
+        if guard._in_protected(relative, real):
+            raise web.HTTPError(
+                403, f"{relative} is in the extract: submit the tables and figures you made from it, not the data."
+            )
+        if not any(real == root or real.startswith(root + os.sep) for root in mine):
+            raise web.HTTPError(403, f"{relative} is outside your workspace home; only your own files are submitted.")
+        if not os.path.isfile(real):
+            raise web.HTTPError(400, f"{relative} is not a file.")
+        if os.path.getsize(real) > MAX_FILE_BYTES:
+            raise web.HTTPError(
+                400, f"{relative} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; outputs must be summaries."
+            )
+        # The resolved path is what is read. These refusals catch mistakes in the browser; they are not
+        # the control (tre-submit in a terminal can read the extract too): the output checkers are.
+        return real
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise web.HTTPError(400, f"{name} must be text.")
+    return (value or "").strip()
+
+
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
     return [{"module": "jupyter.workspace_guard"}]
 
@@ -93,6 +176,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         [
             (rf"{base}/files/.*", NoDownloadHandler),
             (rf"{base}/nbconvert/.*", NoDownloadHandler),
+            (rf"{base}/tre/output-requests", OutputRequestHandler),
         ],
     )
-    serverapp.log.info("TRE workspace guard: browser downloads are switched off")
+    serverapp.log.info("TRE workspace guard: browser downloads are switched off; outputs go to checking")
