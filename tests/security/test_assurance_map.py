@@ -137,3 +137,11 @@ def test_every_file_test_and_rule_the_maps_name_exists(heading: str) -> None:
             missing.append(f"{path}::{name}")
 
     assert not missing, f"the {heading} map names things that do not exist: {missing}"
+
+
+def test_the_gap_list_names_exactly_the_asvs_requirements_not_met() -> None:
+    text = section("OWASP ASVS 5.0")
+    not_met = {i for ids, cells in rows(text, r"V\d+\.\d+\.\d+") if cells[2] == "not met" for i in ids}
+    gaps = text.split("### The gaps, in one list", 1)[1]
+
+    assert set(re.findall(r"V\d+\.\d+\.\d+", gaps)) == not_met
