@@ -3,14 +3,18 @@
 Pages get an NHS-styled error page; the API gets ``application/problem+json`` (RFC 9457). No
 stack trace, exception text, SQL or identifier ever reaches a response: unexpected errors are
 logged server-side with a request id that the response repeats so support can find the log line.
+When the database has gone away (a crash, a restart, a failover) the answer is 503 with
+``Retry-After``: the transaction was rolled back, so the same request may simply be sent again
+(with the same ``Idempotency-Key`` where the API takes one).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, render_template, request
-from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from flask import Flask, Response, g, jsonify, make_response, render_template, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
 
 # Messages we choose for each status; werkzeug's own descriptions are fine to show but generic.
 TITLES = {
@@ -76,6 +80,41 @@ def handle_unexpected(error: Exception) -> Response | tuple[str, int]:
     return handle_http_exception(InternalServerError())
 
 
+# PostgreSQL SQLSTATEs that mean the server went away or is not taking work yet: class 08 (connection
+# exception), 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now (recovering).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# SQLite's equivalents: the file cannot be opened, or another process holds it past the busy timeout.
+_UNAVAILABLE_SQLITE = {"SQLITE_CANTOPEN", "SQLITE_BUSY", "SQLITE_LOCKED"}
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(error: DBAPIError) -> bool:
+    """Did the database go away (rather than refuse this statement)?"""
+    if error.connection_invalidated:
+        return True
+    if getattr(error.orig, "sqlite_errorname", None) in _UNAVAILABLE_SQLITE:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's errors carry it; SQLite's do not
+    if sqlstate is None:  # raised by the driver itself: connection refused, closed or broken
+        return isinstance(error, OperationalError)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+
+
+def handle_database_error(error: DBAPIError) -> Response:
+    from flask import current_app
+
+    if not database_unavailable(error):
+        return make_response(handle_unexpected(error))
+    # The driver's class only: the statement and its parameters stay out of the log.
+    current_app.logger.warning(
+        "database unavailable in request %s (%s)", g.get("request_id", "-"), type(error.orig).__name__
+    )
+    g.user = None  # the page must not load the person's details from the database that is down
+    response = make_response(handle_http_exception(ServiceUnavailable()))
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def handle_recursion(error: RecursionError) -> Response | tuple[str, int]:
     """JSON nested thousands deep makes the decoder (``json.loads`` in webargs) recurse past the
     limit: that is a bad request, not a fault of the service. Any other recursion is unexpected."""
@@ -87,4 +126,5 @@ def handle_recursion(error: RecursionError) -> Response | tuple[str, int]:
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(RecursionError, handle_recursion)
+    app.register_error_handler(DBAPIError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)

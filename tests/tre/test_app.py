@@ -128,3 +128,46 @@ def test_request_id_from_a_caller_is_replaced_when_not_plain(client: Any, incomi
 def test_access_marker_attribute_name_is_stable() -> None:
     # Other packages mark class-based views with this attribute; renaming it would open routes.
     assert ATTR == "__tre_access__"
+
+
+def _route_that_reads_the_database(app: Flask, path: str) -> None:
+    from sqlalchemy import text
+
+    @app.get(path, endpoint=path)
+    @public
+    def reads() -> str:
+        return str(app.extensions["tre.db"].session.execute(text("SELECT count(*) FROM no_such_table")).scalar())
+
+
+@pytest.mark.parametrize("path", ["/reads-the-database", "/api/v1/reads-the-database"])
+def test_a_database_that_cannot_be_reached_is_answered_503_with_retry_after_and_no_detail(
+    tmp_path: Any, path: str
+) -> None:
+    import socket
+
+    from tests.conftest import make_test_app
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused, as when the server is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = make_test_app(tmp_path / "inst", f"postgresql+psycopg://postgres@127.0.0.1:{port}/tre")
+    _route_that_reads_the_database(app, path)
+
+    response = app.test_client().get(path)
+
+    body = response.get_data(as_text=True)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert "Sorry, the service is unavailable" in body
+    assert "no_such_table" not in body and "psycopg" not in body and str(port) not in body
+    assert response.mimetype == ("application/problem+json" if path.startswith("/api/") else "text/html")
+
+
+def test_a_database_error_that_is_not_an_outage_stays_a_500_without_the_sql(sqlite_app: Flask) -> None:
+    _route_that_reads_the_database(sqlite_app, "/reads-the-database")
+
+    response = sqlite_app.test_client().get("/reads-the-database")
+
+    body = response.get_data(as_text=True)
+    assert response.status_code == 500 and "Retry-After" not in response.headers
+    assert "no_such_table" not in body and "SELECT" not in body and "Traceback" not in body
