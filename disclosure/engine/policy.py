@@ -1,8 +1,8 @@
 """Disclosure-control policy as data.
 
 The TRE, not the researcher, chooses the thresholds. A policy is loaded from a versioned TOML file and
-identified by the sha256 of its exact bytes, which every verdict records (SATRE 3.3.09: a record of every
-criterion applied to each output).
+identified by the sha256 of its exact bytes, which every verdict records (a record of every criterion
+applied to each output: our addition to SATRE's documented process, 3.3.03).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A verdict is a JSON-serialisable dict. Every verdict carries ``schema``, ``output_type``, ``status``
 (``pass`` / ``review`` / ``fail``), ``policy`` (name, version, sha256), ``criteria`` (one entry per rule
-applied, with its parameters: the machine-readable record SATRE 3.3.09 asks for) and ``reasons``. Tables
+applied, with its parameters: a machine-readable record of the
+documented process SATRE 3.3.03 asks for) and ``reasons``. Tables
 add ``cells`` (flagged or mitigated cells addressed by label) and ``mitigation``.
 """
 
