@@ -14,11 +14,15 @@ from typing import Any
 import click
 
 from tre.core import migrate
-from tre.core.config import Settings
+from tre.core.config import ConfigError, Settings
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        # The message names the variable and what it must be; a traceback would only hide it.
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group()
@@ -124,15 +128,20 @@ def backup(archive: Path, with_master_key: bool) -> None:
 
     settings = _settings()
     passphrase = None
+    if with_master_key and settings.key_provider in ("aws-kms", "pkcs11"):
+        raise click.ClickException(
+            f"TRE_KEY_PROVIDER is {settings.key_provider}: the keyring is always in the backup, wrapped by "
+            "the key service, so --with-master-key has nothing to add"
+        )
     if with_master_key:
         passphrase = os.environ.get("TRE_BACKUP_PASSPHRASE") or click.prompt(
             "Passphrase for the master key", hide_input=True, confirmation_prompt=True
         )
     engine = make_engine(settings.database_url)
     from tre.core.filestore import file_store_for
-    from tre.core.keys import default_key_provider
+    from tre.core.keyservices import key_provider_for
 
-    store = file_store_for(settings, default_key_provider(settings.instance_path))
+    store = file_store_for(settings, key_provider_for(settings))
     summary = create_backup(
         engine,
         metadata,
@@ -149,6 +158,8 @@ def backup(archive: Path, with_master_key: bool) -> None:
         + (
             ", master key wrapped with the passphrase"
             if summary.includes_master_key
+            else f", master keyring wrapped by {settings.key_provider}"
+            if settings.key_provider in ("aws-kms", "pkcs11")
             else ", without the master key (keep it safe separately)"
         )
     )
@@ -170,19 +181,21 @@ def restore(archive: Path) -> None:
     passphrase = None
     if manifest.get("includes_master_key") and not (settings.instance_path / "master.key").exists():
         passphrase = os.environ.get("TRE_BACKUP_PASSPHRASE") or click.prompt("Passphrase", hide_input=True)
-    has_key = (settings.instance_path / "master.key").exists() or os.environ.get("TRE_MASTER_KEY")
+    # With a key service the archive carries the wrapped keyring; the service's key must be the same.
+    has_key = (settings.key_provider in ("aws-kms", "pkcs11") or (settings.instance_path / "master.key").exists()
+               or os.environ.get("TRE_MASTER_KEY"))
     if not manifest.get("includes_master_key") and not has_key:
         raise click.ClickException(
             "this backup does not carry the master key: put the original master.key in the instance "
-            "folder or set TRE_MASTER_KEY before restoring"
+            "folder, set TRE_MASTER_KEY, or set TRE_KEY_PROVIDER to the key service it was wrapped by"
         )
     migrate.upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
         from tre.core.filestore import file_store_for
-        from tre.core.keys import default_key_provider
+        from tre.core.keyservices import key_provider_for
 
-        store = file_store_for(settings, default_key_provider(settings.instance_path))
+        store = file_store_for(settings, key_provider_for(settings))
         restore_backup(archive, engine, metadata, settings.instance_path, passphrase=passphrase, files=store)
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
@@ -390,23 +403,45 @@ def keys_cli() -> None:
 @keys_cli.command("rotate-master")
 def keys_rotate_master() -> None:
     """Add a new master key version; new envelopes use it, old ones still open."""
-    from tre.core.keys import FileKeyProvider, default_key_provider
+    from tre.core.keys import FileKeyProvider, KeyProviderError
+    from tre.core.keyservices import WrappedKeyringProvider, key_provider_for
 
-    provider = default_key_provider(_settings().instance_path)
-    if not isinstance(provider, FileKeyProvider):
-        raise click.ClickException("the master key comes from the environment: rotate it in your secret store")
-    click.echo(f"master key version {provider.rotate()} is now current")
+    try:
+        provider = key_provider_for(_settings())
+        if not isinstance(provider, FileKeyProvider | WrappedKeyringProvider):
+            raise click.ClickException("the master key comes from the environment: rotate it in your secret store")
+        click.echo(f"master key version {provider.rotate()} is now current")
+    except KeyProviderError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@keys_cli.command("wrap-master")
+@click.option("--from-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The clear key file to move in; default TRE_MASTER_KEY if set, else <instance>/master.key.")
+def keys_wrap_master(from_file: Path | None) -> None:
+    """Move the existing master keyring into the key service chosen by TRE_KEY_PROVIDER."""
+    from tre.core.keys import KeyProviderError
+    from tre.core.keyservices import wrap_existing_keyring
+
+    settings = _settings()
+    try:
+        target, source = wrap_existing_keyring(settings, from_file)
+    except KeyProviderError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"master keyring ({source}) is now wrapped in {target.path} by {target.service.describe()}; "
+               "check with `tre doctor`, then destroy the clear copy (shred master.key, or remove "
+               "TRE_MASTER_KEY from the environment and the secret store)")
 
 
 @keys_cli.command("rotate-signing")
 @click.option("--retire", "retire_kid", default=None, help="Also retire this old key id (its tokens stop working).")
 def keys_rotate_signing(retire_kid: str | None) -> None:
     """Add a new token-signing key; tokens signed before stay valid until their key is retired."""
-    from tre.core.keys import default_key_provider
+    from tre.core.keyservices import key_provider_for
     from tre.core.tokens import SIGNING_KEYS_FILENAME, SigningKeyring
 
     settings = _settings()
-    keys = default_key_provider(settings.instance_path)
+    keys = key_provider_for(settings)
     ring = SigningKeyring.in_instance(settings.instance_path, keys)
     kid = ring.rotate()
     if retire_kid:

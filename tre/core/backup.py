@@ -2,9 +2,10 @@
 
 A backup is one ``.tar.gz``: every table as JSON lines (in dependency order, the audit log in
 chain order), the stored files as they are held (sealed, from the folder or the S3 bucket), and the instance's
-wrapped keys (the audit chain key and the sealed signing keys). The master key is *not* in it
-unless asked for, and then only wrapped with a key derived from a passphrase (scrypt + AES-GCM):
-whoever holds a backup without the master key holds ciphertext.
+wrapped keys (the audit chain key, the sealed signing keys, and the master keyring when a KMS or
+HSM wraps it). A clear master key is *not* in it unless asked for, and then only wrapped with a key
+derived from a passphrase (scrypt + AES-GCM): whoever holds a backup without the master key, or
+without the right to use the key service's key, holds ciphertext.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from sqlalchemy.engine import Engine
 from tre.core.db import UTCDateTime
 
 FORMAT = "tre-backup/1"
-INSTANCE_FILES = ("audit-chain.key", "jwt-signing-keys.json", "session-secret")
+# The wrapped master keyring (a key service's, tre.core.keyservices) travels too: it opens only
+# through that service's key, so a backup holding it still holds nothing usable on its own.
+INSTANCE_FILES = ("audit-chain.key", "jwt-signing-keys.json", "session-secret", "master-keyring.wrapped")
 MASTER_KEY_MEMBER = "keys/master.key.wrapped"
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 PREFIX = "TRE_"
+# "" chooses as before: TRE_MASTER_KEY when set, else the key file in the instance folder.
+KEY_PROVIDERS = ("", "file", "env", "aws-kms", "pkcs11")
 
 
 class ConfigError(ValueError):
@@ -97,6 +99,22 @@ class Settings:
     # Comma-separated ``amr`` values (e.g. "mfa,hwk") that stand in for the TOTP code at sign-in.
     # Empty (the default): the TRE's own TOTP is always asked for after single sign-on.
     oidc_trusted_amr: str = ""
+    # Where the master keyring comes from (tre/core/keyservices.py, docs/operations.md): empty means
+    # TRE_MASTER_KEY if set, else ``<instance>/master.key``; "file", "env", or one of the key services
+    # that keep it only wrapped, "aws-kms" or "pkcs11" (an HSM). A key service binds the wrapped
+    # keyring to ``key_deployment``, a name that must never change, so one deployment's keyring
+    # cannot be swapped in for another's.
+    key_provider: str = ""
+    key_deployment: str = ""
+    kms_key_id: str = ""
+    kms_endpoint_url: str = ""
+    kms_region: str = ""
+    pkcs11_module: str = ""
+    pkcs11_token_label: str = ""
+    pkcs11_key_label: str = ""
+    # The token's user PIN, in the variable or (better) in a file only the service account may read.
+    pkcs11_pin: str = field(default="", repr=False)
+    pkcs11_pin_file: str = ""
 
     def resolved(self) -> Settings:
         """Fill the settings that default to places inside the instance folder."""
@@ -128,7 +146,42 @@ class Settings:
             raise ConfigError("TRE_OIDC_SCOPES must include openid (the id_token is what identifies the person)")
         if self.oidc_issuer and not self.oidc_discovery_url:
             changes["oidc_discovery_url"] = self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
+        changes["key_provider"] = self._checked_key_provider()
         return dataclasses.replace(self, **changes)
+
+    def _checked_key_provider(self) -> str:
+        """Refuse a key service set up by halves, or settings for one service while another is chosen."""
+        provider = self.key_provider.strip().lower()
+        if provider not in KEY_PROVIDERS:
+            raise ConfigError(f"TRE_KEY_PROVIDER must be empty or one of {', '.join(KEY_PROVIDERS[1:])}, "
+                              f"got {self.key_provider!r}")
+        groups = {
+            "aws-kms": {"TRE_KMS_KEY_ID": self.kms_key_id, "TRE_KMS_ENDPOINT_URL": self.kms_endpoint_url,
+                        "TRE_KMS_REGION": self.kms_region},
+            "pkcs11": {"TRE_PKCS11_MODULE": self.pkcs11_module, "TRE_PKCS11_TOKEN_LABEL": self.pkcs11_token_label,
+                       "TRE_PKCS11_KEY_LABEL": self.pkcs11_key_label, "TRE_PKCS11_PIN": self.pkcs11_pin,
+                       "TRE_PKCS11_PIN_FILE": self.pkcs11_pin_file},
+        }
+        for service, values in groups.items():
+            if provider != service:
+                stray = [name for name, value in values.items() if value]
+                if stray:
+                    raise ConfigError(f"{stray[0]} is set but TRE_KEY_PROVIDER is {provider or 'empty'}: "
+                                      f"set TRE_KEY_PROVIDER={service} or unset {stray[0]}")
+        if provider not in ("aws-kms", "pkcs11"):
+            if self.key_deployment:
+                raise ConfigError("TRE_KEY_DEPLOYMENT is only for TRE_KEY_PROVIDER=aws-kms or pkcs11")
+            return provider
+        required = ["TRE_KEY_DEPLOYMENT"] + (
+            ["TRE_KMS_KEY_ID"] if provider == "aws-kms"
+            else ["TRE_PKCS11_MODULE", "TRE_PKCS11_TOKEN_LABEL", "TRE_PKCS11_KEY_LABEL"]
+        )
+        missing = [name for name in required if not getattr(self, name[len(PREFIX):].lower())]
+        if missing:
+            raise ConfigError(f"TRE_KEY_PROVIDER={provider} needs {', '.join(missing)}")
+        if provider == "pkcs11" and bool(self.pkcs11_pin) == bool(self.pkcs11_pin_file):
+            raise ConfigError("TRE_KEY_PROVIDER=pkcs11 needs exactly one of TRE_PKCS11_PIN and TRE_PKCS11_PIN_FILE")
+        return provider
 
     @property
     def oidc_enabled(self) -> bool:

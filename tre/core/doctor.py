@@ -44,12 +44,26 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
     def master_key() -> str:
         import os
 
+        from tre.core.keyservices import WrappedKeyringProvider, key_provider_for
+
+        provider = key_provider_for(settings)
+        if isinstance(provider, WrappedKeyringProvider):
+            clear = settings.instance_path / "master.key"
+            if clear.exists():
+                raise RuntimeError(
+                    f"{clear} still holds the master keyring in clear although TRE_KEY_PROVIDER is "
+                    f"{settings.key_provider}: once `tre keys wrap-master` has moved it, shred that file"
+                )
+            return provider.check()
         if os.environ.get("TRE_MASTER_KEY"):
             return "from the TRE_MASTER_KEY environment variable"
+        if settings.key_provider == "env":
+            raise RuntimeError("TRE_KEY_PROVIDER is env but TRE_MASTER_KEY is not set")
         path = settings.instance_path / "master.key"
         if production:
             raise RuntimeError(
-                "production must not keep the master key on disk: set TRE_MASTER_KEY from a secret store"
+                "production must not keep the master key on disk: set TRE_KEY_PROVIDER=aws-kms or pkcs11, "
+                "or TRE_MASTER_KEY from a secret store"
             )
         if not path.exists():
             raise RuntimeError(f"{path} is missing: run `tre init`")

@@ -154,8 +154,9 @@ def _purpose_bytes(purpose: str) -> bytes:
 class KeyProvider(_NoPickle, ABC):
     """Holds the master keyring and offers the only operations anything else may do with it.
 
-    Subclasses supply :meth:`_load`; a KMS or vault adapter may instead override the envelope
-    methods so the master key never enters this process at all.
+    Subclasses supply :meth:`_load`. The keyring is always held in this process's memory, since
+    :meth:`derive_key` and the envelopes need it; ``tre.core.keyservices`` keeps it at rest only
+    wrapped by a KMS or HSM key that never leaves that service.
     """
 
     def __init__(self) -> None:
@@ -345,27 +346,7 @@ class FileKeyProvider(KeyProvider):
 
     def initialise(self) -> None:
         """Create the key file with one random key; refuses to overwrite, since that loses data."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            fd = os.open(self.path, flags, 0o600)
-        except FileExistsError:
-            raise KeyFileError(
-                f"{self.path} already exists; refusing to overwrite a master key "
-                "(everything sealed with it would become unreadable)"
-            ) from None
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                out.write(_serialise(MasterKeyring.generate()))
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            os.close(fd)
-            self.path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        _fsync_dir(self.path.parent)
+        create_private_file(self.path, serialise_keyring(MasterKeyring.generate()))
         self.reload()
         log.info("created master key file %s", self.path)
 
@@ -388,26 +369,11 @@ class FileKeyProvider(KeyProvider):
                 raw = handle.read()
         finally:
             os.close(fd)
-        return _deserialise(raw, str(self.path))
+        return deserialise_keyring(raw, str(self.path))
 
     def _write(self, ring: MasterKeyring) -> None:
         """Replace the file atomically, so a crash leaves either the old keyring or the new one."""
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".master-key-", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb", closefd=False) as out:
-                out.write(_serialise(ring))
-                out.flush()
-                os.fsync(out.fileno())
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, self.path)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.path.parent)
+        replace_private_file(self.path, serialise_keyring(ring))
         self.reload()
 
     def rotate(self) -> int:
@@ -488,7 +454,53 @@ def default_key_provider(instance_path: Path | str, environ: Mapping[str, str] |
     return FileKeyProvider.in_instance(instance_path)
 
 
-def _serialise(ring: MasterKeyring) -> bytes:
+def create_private_file(path: Path, data: bytes) -> None:
+    """Write a new owner-only (0600) file durably; refuses to overwrite, since that could lose keys."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{path} already exists; refusing to overwrite a master key "
+            "(everything sealed with it would become unreadable)"
+        ) from None
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Replace an owner-only file atomically, so a crash leaves either the old content or the new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".master-key-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def serialise_keyring(ring: MasterKeyring) -> bytes:
+    """The keyring as ``tre-master-keys/1`` JSON: key material in clear, for a protected place only."""
     document: dict[str, Any] = {
         "format": _FILE_FORMAT,
         "current": ring.current,
@@ -497,7 +509,8 @@ def _serialise(ring: MasterKeyring) -> bytes:
     return json.dumps(document, indent=2).encode("utf-8") + b"\n"
 
 
-def _deserialise(raw: bytes, where: str) -> MasterKeyring:
+def deserialise_keyring(raw: bytes, where: str) -> MasterKeyring:
+    """Read ``tre-master-keys/1`` JSON; errors name ``where``, never the content."""
     try:
         document = json.loads(raw)
         if document.get("format") != _FILE_FORMAT:

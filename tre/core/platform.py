@@ -17,7 +17,8 @@ from tre.core.config import Settings
 from tre.core.db import Database, utcnow
 from tre.core.filestore import LocalFileStore, S3FileStore, file_store_for
 from tre.core.identity import TokenUse
-from tre.core.keys import KeyProvider, default_key_provider
+from tre.core.keys import KeyProvider
+from tre.core.keyservices import key_provider_for
 from tre.core.tokens import SigningKeyring, TokenService
 
 CHAIN_KEY_FILE = "audit-chain.key"
@@ -45,7 +46,7 @@ class Platform:
 
 def initialise_keys(settings: Settings) -> None:
     """Create the master key, the audit chain key and the signing keys if absent. Safe to repeat."""
-    keys = default_key_provider(settings.instance_path)
+    keys = key_provider_for(settings)
     initialise = getattr(keys, "initialise", None)
     path = getattr(keys, "path", None)
     if initialise is not None and path is not None and not Path(path).exists():
@@ -72,7 +73,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def build_platform(settings: Settings, db: Database) -> Platform:
-    keys = default_key_provider(settings.instance_path)
+    keys = key_provider_for(settings)
     chain = settings.instance_path / CHAIN_KEY_FILE
     if not chain.exists():
         raise PlatformNotInitialised(f"no keys in {settings.instance_path}: run `tre init` first")

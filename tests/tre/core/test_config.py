@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,41 @@ def test_settings_malformed_number_names_the_variable() -> None:
 def test_settings_unknown_override_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown settings: colour"):
         Settings.from_env({}, colour="blue")
+
+
+KMS = {"TRE_KEY_PROVIDER": "aws-kms", "TRE_KMS_KEY_ID": "alias/tre", "TRE_KEY_DEPLOYMENT": "tre-north"}
+HSM = {"TRE_KEY_PROVIDER": "pkcs11", "TRE_PKCS11_MODULE": "/usr/lib/softhsm/libsofthsm2.so",
+       "TRE_PKCS11_TOKEN_LABEL": "tre", "TRE_PKCS11_KEY_LABEL": "tre-master", "TRE_PKCS11_PIN_FILE": "/run/pin",
+       "TRE_KEY_DEPLOYMENT": "tre-north"}
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"TRE_KEY_PROVIDER": "vault"}, "TRE_KEY_PROVIDER must be empty or one of file, env, aws-kms, pkcs11"),
+        ({**KMS, "TRE_KMS_KEY_ID": ""}, "TRE_KEY_PROVIDER=aws-kms needs TRE_KMS_KEY_ID"),
+        ({**KMS, "TRE_KEY_DEPLOYMENT": ""}, "TRE_KEY_PROVIDER=aws-kms needs TRE_KEY_DEPLOYMENT"),
+        ({"TRE_KMS_KEY_ID": "alias/tre"}, "TRE_KMS_KEY_ID is set but TRE_KEY_PROVIDER is empty"),
+        ({**KMS, "TRE_PKCS11_MODULE": "/lib.so"}, "TRE_PKCS11_MODULE is set but TRE_KEY_PROVIDER is aws-kms"),
+        ({**HSM, "TRE_KEY_PROVIDER": "file"}, "TRE_PKCS11_MODULE is set but TRE_KEY_PROVIDER is file"),
+        ({**HSM, "TRE_PKCS11_KEY_LABEL": ""}, "TRE_KEY_PROVIDER=pkcs11 needs TRE_PKCS11_KEY_LABEL"),
+        ({**HSM, "TRE_PKCS11_PIN": "1234"}, "exactly one of TRE_PKCS11_PIN and TRE_PKCS11_PIN_FILE"),
+        ({**HSM, "TRE_PKCS11_PIN_FILE": ""}, "exactly one of TRE_PKCS11_PIN and TRE_PKCS11_PIN_FILE"),
+        ({"TRE_KEY_DEPLOYMENT": "tre-north"}, "TRE_KEY_DEPLOYMENT is only for TRE_KEY_PROVIDER=aws-kms or pkcs11"),
+    ],
+)
+def test_key_provider_settings_set_by_halves_or_crossed_are_refused_naming_the_variable(
+    tmp_path: Path, environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Settings.from_env({"TRE_INSTANCE_PATH": str(tmp_path), **environ})
+
+
+def test_key_service_settings_are_accepted_whole_and_the_pin_is_kept_out_of_the_repr(tmp_path: Path) -> None:
+    kms = Settings.from_env({"TRE_INSTANCE_PATH": str(tmp_path), **KMS, "TRE_KEY_PROVIDER": "AWS-KMS"})
+    hsm = Settings.from_env({"TRE_INSTANCE_PATH": str(tmp_path), **HSM, "TRE_PKCS11_PIN_FILE": "",
+                             "TRE_PKCS11_PIN": "secret-pin-4711"})
+
+    assert kms.key_provider == "aws-kms" and kms.kms_key_id == "alias/tre"
+    assert hsm.key_provider == "pkcs11" and hsm.pkcs11_pin == "secret-pin-4711"
+    assert "secret-pin-4711" not in repr(hsm)
