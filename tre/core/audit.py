@@ -7,6 +7,12 @@ hash and this event's canonical content, with a key from the key provider: someo
 to the database but does not hold the key cannot edit, delete, insert or reorder events without
 ``verify_chain`` finding the first broken link. Events carry no foreign keys, so they never block
 deleting live rows, and they hold ids, never names, NHS numbers or secrets.
+
+The chain admits one writer at a time, so ``record`` only queues the event on the session; just
+before the transaction commits, ``write_pending`` takes the chain's lock, links the queued events
+onto the chain's end and inserts them. The lock is held for that moment and the commit, not for
+the whole request, and a transaction that records nothing never takes it. A rollback (of the
+transaction, or of the savepoint an event was recorded in) discards what was queued.
 """
 
 from __future__ import annotations
@@ -16,16 +22,18 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import DDL, BigInteger, Index, Integer, String, event, select, text
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, scoped_session
 
 from tre.core.db import Base, utcnow
 
 GENESIS = "0" * 64
 CHAIN_KEY_PURPOSE = "audit-chain"
+CHAIN_LOCK_ID = 7340031  # PostgreSQL advisory lock that admits one chain writer at a time
+_PENDING = "tre_audit_pending"  # session.info key of the events waiting for the commit
 
 SUCCESS, DENIED, FAILURE = "success", "denied", "failure"
 
@@ -107,7 +115,7 @@ def link_hash(key: bytes, prev_hash: str, content: bytes) -> str:
 
 
 class AuditLog:
-    """Writes events into the caller's session; the caller's commit makes them permanent."""
+    """Queues events on the caller's session; the caller's commit links them onto the chain."""
 
     def __init__(self, chain_key: bytes) -> None:
         self._key = chain_key
@@ -128,20 +136,13 @@ class AuditLog:
         request_id: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        _lock_chain(session)
-        last = session.execute(
-            select(AuditEvent.seq, AuditEvent.chain_hash).order_by(AuditEvent.seq.desc()).limit(1)
-        ).first()
-        prev_seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
-        seq = prev_seq + 1
-        occurred_at = utcnow()
-        detail = _plain(detail or {})
-        content = _canonical(
-            seq, occurred_at, actor_id, action, outcome, target_type, target_id, project_id, request_id, detail
-        )
+        """Queue one event for the session's transaction and return it.
+
+        The returned event gets its ``seq`` and hashes when the transaction commits (or when
+        ``write_pending`` is called); until then they are ``None`` and the row is not in the table.
+        """
         row = AuditEvent(
-            seq=seq,
-            occurred_at=occurred_at,
+            occurred_at=utcnow(),
             actor_id=actor_id,
             action=action,
             outcome=outcome,
@@ -149,16 +150,95 @@ class AuditLog:
             target_id=target_id,
             project_id=project_id,
             request_id=request_id,
-            detail=detail,
-            prev_hash=prev_hash,
-            chain_hash=link_hash(self._key, prev_hash, content),
+            detail=_plain(detail or {}),
         )
-        session.add(row)
-        session.flush()
+        session = _real(session)
+        if session.get_transaction() is None:
+            session.begin()  # so a close without commit ends a transaction, which discards the queue
+        queue: list[_Queued] = session.info.setdefault(_PENDING, [])
+        queue.append(_Queued(self._key, row, session.get_nested_transaction()))
         return row
 
     def verify(self, events: Iterable[AuditEvent]) -> ChainReport:
         return verify_chain(self._key, events)
+
+
+@dataclass(frozen=True)
+class _Queued:
+    key: bytes = field(repr=False)
+    row: AuditEvent
+    # The savepoint the event was recorded in (None: the transaction itself), so rolling back
+    # that savepoint discards the event and nothing else.
+    savepoint: SessionTransaction | None
+
+
+def write_pending(session: Session) -> None:
+    """Link the session's queued events onto the chain and insert them, in the order recorded.
+
+    Runs by itself just before every commit. Call it earlier only to read the events back inside
+    the transaction: from then on the transaction holds the chain's lock until it ends.
+    """
+    session = _real(session)
+    if not session.info.get(_PENDING):
+        return
+    session.flush()  # the caller's own changes first, so the chain's lock is not held for them
+    _lock_chain(session)
+    last = session.execute(
+        select(AuditEvent.seq, AuditEvent.chain_hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+    while queue := session.info.pop(_PENDING, None):
+        for queued in queue:
+            ev = queued.row
+            seq += 1
+            content = _canonical(
+                seq, ev.occurred_at, ev.actor_id, ev.action, ev.outcome, ev.target_type, ev.target_id,
+                ev.project_id, ev.request_id, ev.detail,
+            )
+            ev.seq, ev.prev_hash = seq, prev_hash
+            ev.chain_hash = prev_hash = link_hash(queued.key, prev_hash, content)
+            session.add(ev)
+        session.flush()
+
+
+@event.listens_for(Session, "before_commit")
+def _write_before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint is being released: its events wait for the real commit
+    write_pending(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _discard_after_rollback(session: Session, rolled_back: SessionTransaction) -> None:
+    # A failed flush rolls back a sub-transaction, and with it everything up to the nearest
+    # savepoint or the transaction itself: that boundary is what was undone.
+    boundary: SessionTransaction | None = rolled_back
+    while boundary is not None and not boundary.nested and boundary.parent is not None:
+        boundary = boundary.parent
+    queue: list[_Queued] = session.info.get(_PENDING, [])
+    if boundary is None or boundary.parent is None:
+        queue.clear()
+        return
+    queue[:] = [q for q in queue if not _inside(q.savepoint, boundary)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_when_transaction_ends(session: Session, ended: SessionTransaction) -> None:
+    if ended.parent is None:
+        session.info.pop(_PENDING, None)  # written at commit, or discarded by rollback or close
+
+
+def _real(session: Session | scoped_session[Session]) -> Session:
+    """Services pass the app's scoped session, which does not proxy the transaction accessors."""
+    return session() if isinstance(session, scoped_session) else session
+
+
+def _inside(savepoint: SessionTransaction | None, boundary: SessionTransaction) -> bool:
+    while savepoint is not None:
+        if savepoint is boundary:
+            return True
+        savepoint = savepoint.parent
+    return False
 
 
 def _plain(detail: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +249,7 @@ def _plain(detail: dict[str, Any]) -> dict[str, Any]:
 def _lock_chain(session: Session) -> None:
     """Serialise writers so two transactions never chain onto the same previous event."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(7340031)"))
+        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHAIN_LOCK_ID})
     # SQLite: every transaction begins IMMEDIATE (see tre.core.db), which already serialises writers.
 
 

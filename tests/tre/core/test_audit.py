@@ -1,15 +1,23 @@
-"""The audit chain: every edit, deletion, insertion or reordering is found, on both databases."""
+"""The audit chain: every edit, deletion, insertion or reordering is found, on both databases.
+
+Events are queued by ``record`` and linked onto the chain just before commit, so also: what a
+rollback undoes is never written, concurrent writers build one gapless chain, and a transaction
+that is slow between recording and committing does not hold up anyone else's commit.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
-from tre.core.audit import AuditLog, iter_events
+from tre.core.audit import CHAIN_LOCK_ID, GENESIS, AuditEvent, AuditLog, iter_events, write_pending
 from tre.core.db import transaction
+from tre.core.identity import User
 
 KEY = b"k" * 32
 
@@ -114,3 +122,200 @@ def test_chain_checked_with_another_key_fails_at_the_first_event(app: Any, log: 
     report = _verify(app, AuditLog(b"another-key" * 3))
 
     assert not report.ok and report.first_broken_seq == 1
+
+
+def _actions(app: Any) -> list[str]:
+    with app.extensions["tre.db"].session_factory() as s:
+        return list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
+
+
+class _Abandoned(Exception):
+    pass
+
+
+def test_recorded_event_is_written_and_linked_when_its_transaction_commits(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    with transaction(db.session) as s:
+        event = log.record(s, "thing.happened", actor_id="u1")
+        assert event.seq is None
+        assert s.scalar(select(func.count()).select_from(AuditEvent)) == 0
+
+    assert (event.seq, event.prev_hash) == (1, GENESIS)
+    assert _actions(app) == ["thing.happened"] and _verify(app, log).ok
+
+
+def test_rollback_discards_the_events_it_queued(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    with pytest.raises(_Abandoned), transaction(db.session) as s:
+        log.record(s, "thing.undone", actor_id="u1")
+        raise _Abandoned
+
+    _write(app, log, 1)
+
+    assert _actions(app) == ["thing.happened"]
+    assert _verify(app, log).checked == 1
+
+
+def test_closing_a_session_without_commit_discards_its_events(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    s = db.session_factory()
+    log.record(s, "thing.undone", actor_id="u1")
+    s.close()
+    with transaction(s):  # the same session, used again
+        log.record(s, "thing.happened", actor_id="u1")
+    s.close()
+
+    assert _actions(app) == ["thing.happened"]
+
+
+def test_savepoint_rollback_discards_only_the_events_recorded_inside_it(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    with transaction(db.session) as s:
+        log.record(s, "before", actor_id="u1")
+        with contextlib.suppress(_Abandoned), s.begin_nested():
+            log.record(s, "inside.undone", actor_id="u1")
+            with s.begin_nested():
+                log.record(s, "inside.inner.undone", actor_id="u1")
+            raise _Abandoned
+        with s.begin_nested():
+            log.record(s, "inside.kept", actor_id="u1")
+        log.record(s, "after", actor_id="u1")
+
+    assert _actions(app) == ["before", "inside.kept", "after"]
+    assert _verify(app, log).ok
+
+
+def test_failed_insert_in_a_savepoint_keeps_the_events_recorded_outside_it(app: Any, log: AuditLog) -> None:
+    # The idempotent-create pattern of the services: insert in a savepoint, catch the conflict.
+    db = app.extensions["tre.db"]
+    with transaction(db.session) as s:
+        s.add(User(email="taken@example.org", display_name="First"))
+    with transaction(db.session) as s:
+        log.record(s, "before", actor_id="u1")
+        with contextlib.suppress(IntegrityError), s.begin_nested():
+            s.add(User(email="taken@example.org", display_name="Second"))
+            s.flush()
+        log.record(s, "after", actor_id="u1")
+
+    assert _actions(app) == ["before", "after"]
+
+
+def test_event_is_not_written_when_its_change_fails_to_commit(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    with transaction(db.session) as s:
+        s.add(User(email="taken@example.org", display_name="First"))
+    with pytest.raises(IntegrityError), transaction(db.session) as s:
+        s.add(User(email="taken@example.org", display_name="Second"))
+        log.record(s, "user.create", actor_id="admin")
+
+    assert _actions(app) == []
+
+
+def test_events_written_early_can_be_read_back_inside_the_transaction(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    with transaction(db.session) as s:
+        log.record(s, "first", actor_id="u1")
+        write_pending(s)
+        assert list(s.scalars(select(AuditEvent.action))) == ["first"]
+        log.record(s, "second", actor_id="u1")
+
+    assert _actions(app) == ["first", "second"]
+    assert _verify(app, log).checked == 2
+
+
+def test_concurrent_writers_build_one_gapless_chain(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    writers, rounds = 8, 12
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(rounds):
+                with contextlib.suppress(_Abandoned), db.session_factory() as s, transaction(s):
+                    log.record(s, "thing.happened", actor_id=f"w{n}", detail={"i": i})
+                    if i % 3 == 0:
+                        log.record(s, "thing.followed", actor_id=f"w{n}", detail={"i": i})
+                    if i % 4 == 3:
+                        raise _Abandoned
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert failures == []
+    committed = [i for i in range(rounds) if i % 4 != 3]
+    expected = writers * sum(2 if i % 3 == 0 else 1 for i in committed)
+    report = _verify(app, log)
+    assert report.ok and report.checked == expected
+    with db.session_factory() as s:
+        rows = s.execute(select(AuditEvent.seq, AuditEvent.action, AuditEvent.actor_id, AuditEvent.detail)
+                         .order_by(AuditEvent.seq)).all()
+    assert [r.seq for r in rows] == list(range(1, expected + 1))
+    # A transaction's events are linked together: each follow-up comes right after its own event.
+    for previous, row in zip(rows, rows[1:], strict=False):
+        if row.action == "thing.followed":
+            assert (previous.action, previous.actor_id, previous.detail) == ("thing.happened", row.actor_id, row.detail)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_open_transaction_with_a_recorded_event_does_not_block_another_writer(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    recorded, finish = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def slow_writer() -> None:
+        try:
+            with db.session_factory() as s, transaction(s):
+                log.record(s, "slow.writer", actor_id="a")
+                s.execute(text("SELECT 1"))  # its transaction is open on the server
+                recorded.set()
+                finish.wait(timeout=120)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+        finally:
+            recorded.set()
+
+    slow = threading.Thread(target=slow_writer)
+    slow.start()
+    try:
+        recorded.wait()
+        with db.session_factory() as s, transaction(s):
+            # Turns waiting for the slow writer into an error instead of a hang.
+            s.execute(text("SET LOCAL lock_timeout = '10s'"))
+            log.record(s, "quick.writer", actor_id="b")
+    finally:
+        finish.set()
+        slow.join()
+
+    assert failures == []
+    assert _actions(app) == ["quick.writer", "slow.writer"]
+    assert _verify(app, log).ok
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_chain_lock_is_taken_at_commit_and_only_when_something_was_recorded(app: Any, log: AuditLog) -> None:
+    db = app.extensions["tre.db"]
+    with db.engine.connect() as other_writer:
+        other_writer.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHAIN_LOCK_ID})
+
+        with db.session_factory() as s, transaction(s):
+            s.execute(text("SET LOCAL lock_timeout = '1s'"))
+            s.add(User(email="unaudited@example.org", display_name="No event"))
+
+        with db.session_factory() as s:
+            s.execute(text("SET LOCAL lock_timeout = '1s'"))
+            log.record(s, "thing.happened", actor_id="u1")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                s.commit()
+            s.rollback()
+        other_writer.rollback()
+
+    assert _actions(app) == []
+    with db.session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(User)) == 1
