@@ -316,3 +316,34 @@ def test_keyring_survives_many_rotations_beyond_what_kms_encrypt_could_hold(sett
     assert key_provider_for(settings).unseal(envelope, "p") == b"first"
     assert WrappedKeyringProvider(big.path, provider.service, "tre-north").versions == ring.versions
     assert big.path.stat().st_size > 4096
+
+
+def test_tre_backup_and_tre_restore_commands_carry_the_keyring_wrapped_and_need_no_passphrase(
+    tmp_path: Path, moto_server: str, key_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tre.cli import main
+
+    def use(instance: Path) -> None:
+        for name, value in {"TRE_INSTANCE_PATH": instance, "TRE_DATABASE_URL": f"sqlite:///{instance}.sqlite",
+                            "TRE_BROKER_URL": "memory://", "TRE_KEY_PROVIDER": "aws-kms", "TRE_KMS_KEY_ID": key_id,
+                            "TRE_KMS_ENDPOINT_URL": moto_server, "TRE_KMS_REGION": REGION,
+                            "TRE_KEY_DEPLOYMENT": "tre-north"}.items():
+            monkeypatch.setenv(name, str(value))
+
+    runner = CliRunner()
+    use(tmp_path / "source")
+    assert runner.invoke(main, ["init"]).exit_code == 0
+    archive = tmp_path / "backup.tar.gz"
+    refused = runner.invoke(main, ["backup", str(archive), "--with-master-key"])
+    made = runner.invoke(main, ["backup", str(archive)])
+    use(tmp_path / "target")
+    restored = runner.invoke(main, ["restore", str(archive)])
+
+    assert refused.exit_code == 1 and "--with-master-key has nothing to add" in refused.output
+    assert made.exit_code == 0 and "master keyring wrapped by aws-kms" in made.output, made.output
+    assert restored.exit_code == 0, restored.output
+    assert "audit chain intact" in restored.output
+    assert (tmp_path / "target" / WRAPPED_KEYRING_FILENAME).read_bytes() == (
+        tmp_path / "source" / WRAPPED_KEYRING_FILENAME
+    ).read_bytes()
+    assert not (tmp_path / "target" / "master.key").exists()
