@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, make_response, render_template, request
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
+
+from tre.core.db import database_unavailable
 
 # Messages we choose for each status; werkzeug's own descriptions are fine to show but generic.
 TITLES = {
@@ -80,24 +82,7 @@ def handle_unexpected(error: Exception) -> Response | tuple[str, int]:
     return handle_http_exception(InternalServerError())
 
 
-# PostgreSQL SQLSTATEs that mean the server went away or is not taking work yet: class 08 (connection
-# exception), 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now (recovering).
-_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
-# SQLite's equivalents: the file cannot be opened, or another process holds it past the busy timeout.
-_UNAVAILABLE_SQLITE = {"SQLITE_CANTOPEN", "SQLITE_BUSY", "SQLITE_LOCKED"}
 RETRY_AFTER_SECONDS = 5
-
-
-def database_unavailable(error: DBAPIError) -> bool:
-    """Did the database go away (rather than refuse this statement)?"""
-    if error.connection_invalidated:
-        return True
-    if getattr(error.orig, "sqlite_errorname", None) in _UNAVAILABLE_SQLITE:
-        return True
-    sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's errors carry it; SQLite's do not
-    if sqlstate is None:  # raised by the driver itself: connection refused, closed or broken
-        return isinstance(error, OperationalError)
-    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def handle_database_error(error: DBAPIError) -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 
 # Named constraints make migrations deterministic and let SQLite's batch mode alter tables.
@@ -84,12 +85,37 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # A failed statement's bound values (emails, names, tokens' hashes) stay out of its error message,
+    # which ends up in logs and in a failed job's reason.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+# PostgreSQL SQLSTATEs that mean the server went away or is not taking work yet: class 08 (connection
+# exception), 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now (recovering).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# SQLite's equivalents: the file cannot be opened, or another process holds it past the busy timeout.
+_UNAVAILABLE_SQLITE = {"SQLITE_CANTOPEN", "SQLITE_BUSY", "SQLITE_LOCKED"}
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Did the database go away or refuse to take work for now (so trying again later may succeed),
+    rather than refuse this statement?"""
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    if getattr(error.orig, "sqlite_errorname", None) in _UNAVAILABLE_SQLITE:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's errors carry it; SQLite's do not
+    if sqlstate is None:  # raised by the driver itself: connection refused, closed or broken
+        return isinstance(error, OperationalError)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 class Database:

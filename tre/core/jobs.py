@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index, String, Text, and_, event, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tre.core.db import Base, Database, new_id, utcnow
+from tre.core.db import Base, Database, database_unavailable, new_id, utcnow
 from tre.core.logs import job_id_var
 
 log = logging.getLogger(__name__)
@@ -325,6 +325,11 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    """The reason kept on the job, which custodians and the request's author may see: a database
+    error is named, never quoted (its message carries the SQL)."""
+    if isinstance(exc, StatementError):
+        what = "the database was unavailable" if database_unavailable(exc) else "a database error"
+        return f"{what} ({type(exc.orig).__name__})"
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
