@@ -29,7 +29,8 @@ browser:
 	  else echo "chromium is missing: install Debian's chromium package (end-to-end tests will be skipped)"; fi; }
 
 # The Python every workspace account can run (JupyterLab, pandas, statsmodels, the disclosure
-# session), built from the system Python; and nftables for the workspaces' egress rules. Root only.
+# session, the JupyterLab extension built with npm), built from the system Python; and nftables for the
+# workspaces' egress rules. Root only.
 workspace-runtime:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  command -v nft >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nftables acl python3-venv >/dev/null; }; \
@@ -74,4 +75,5 @@ lint: setup
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) node_modules tre/web/static/nhsuk tre/web/static/swagger
+	rm -rf $(VENV) node_modules tre/web/static/nhsuk tre/web/static/swagger \
+	  jupyter/labextension/node_modules jupyter/labextension/lib jupyter/labextension/build

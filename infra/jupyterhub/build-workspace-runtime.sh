@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the Python runtime that every workspace runs: a venv made from the system Python (which any unix
 # account may execute, unlike a pyenv under /root), owned by root and read-only to everyone else, with the
-# project's `disclosure` package and the in-workspace client (`jupyter.client`, `tre-submit`) copied in.
+# project's `disclosure` package and the in-workspace client (`jupyter.client`, `tre-submit`) copied in, and
+# the JupyterLab extension of jupyter/labextension built (npm) and installed.
 #
 #   infra/jupyterhub/build-workspace-runtime.sh [PREFIX]     (default PREFIX: $TRE_WORKSPACE_RUNTIME or /opt/tre-workspace)
 #
@@ -36,11 +37,37 @@ fi
 site="$("$prefix/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # Copied straight into site-packages: a package folder there wins over jupyter_core's top-level
 # jupyter.py, so `import jupyter.client` finds ours.
+# jupyter/labextension is the browser's code (and its node_modules): built below, never copied here.
 for package in disclosure jupyter; do
   rm -rf "${site:?}/$package"
-  cp -r "$repo/$package" "$site/$package"
-  find "$site/$package" -name '__pycache__' -prune -exec rm -rf {} +
+  tar -C "$repo" --exclude=jupyter/labextension --exclude=__pycache__ -cf - "$package" | tar -C "$site" -xf -
 done
+
+# JupyterLab's "Submit for output checking…" entry (jupyter/labextension), built with the npm lock against
+# this runtime's own JupyterLab (its staging package.json says which shared packages the page provides)
+# and installed where JupyterLab finds prebuilt extensions. Rebuilt only when its sources, its lock or
+# JupyterLab change.
+labext="$repo/jupyter/labextension"
+labext_dest="$prefix/share/jupyter/labextensions/tre-output-submit"
+labext_stamp="$prefix/.labextension.sha256"
+core="$("$prefix/bin/python" -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')"
+labext_want="$(cat "$labext/package.json" "$labext/package-lock.json" "$labext/tsconfig.json" "$labext"/src/* \
+  "$core/package.json" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$labext_dest/package.json" ] || [ "$(cat "$labext_stamp" 2>/dev/null)" != "$labext_want" ]; then
+  command -v npm >/dev/null || { echo "error: npm is needed to build the JupyterLab extension" >&2; exit 1; }
+  (
+    cd "$labext"
+    npm ci --no-audit --no-fund --loglevel=error
+    rm -rf lib build
+    log="$(mktemp)"
+    JUPYTERLAB_CORE="$core" npm run --silent build >"$log" 2>&1 || { tail -n 40 "$log" >&2; rm -f "$log"; exit 1; }
+    rm -f "$log"
+  )
+  rm -rf "$labext_dest"
+  mkdir -p "$(dirname "$labext_dest")"
+  cp -r "$labext/build/tre-output-submit" "$labext_dest"
+  echo "$labext_want" > "$labext_stamp"
+fi
 
 cat > "$prefix/bin/tre-submit" <<PY
 #!$prefix/bin/python
@@ -76,4 +103,5 @@ JSON
 chown -R root:root "$prefix" 2>/dev/null || true
 chmod -R u+rwX,go+rX,go-w "$prefix"
 "$prefix/bin/python" -c 'import jupyterlab, pandas, pyarrow, statsmodels, matplotlib, disclosure, jupyter.client, jupyter.workspace_guard' \
+  && [ -f "$labext_dest/package.json" ] \
   && echo "workspace runtime ready: $prefix"

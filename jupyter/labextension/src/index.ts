@@ -1,0 +1,245 @@
+/**
+ * "Submit for output checking…": a JupyterLab menu entry (Outputs menu and the file browser's
+ * context menu) that asks for a title, the context and the disclosure controls, and sends the
+ * selected files to the TRE's output-checking queue.
+ *
+ * The browser never sees the output token: it POSTs the file paths to the workspace's own Jupyter
+ * server (jupyter/workspace_guard.py, `tre/output-requests`), which checks them and submits them
+ * with jupyter.client.submit, the same path as `tre-submit`.
+ */
+
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { Dialog, ICommandPalette, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { IDocumentManager } from '@jupyterlab/docmanager';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { IMainMenu } from '@jupyterlab/mainmenu';
+import { ServerConnection } from '@jupyterlab/services';
+import { Menu, Widget } from '@lumino/widgets';
+
+const COMMAND = 'tre:submit-for-output-checking';
+const ENDPOINT = ['tre', 'output-requests'];
+
+interface IRequestText {
+  title: string;
+  context: string;
+  controls: string;
+}
+
+/** The form inside the dialog: the files, then title, context and controls. */
+class SubmitForm extends Widget implements Dialog.IBodyWidget<IRequestText> {
+  constructor(paths: string[], text: IRequestText, problem: string) {
+    super({ node: document.createElement('form') });
+    this.addClass('tre-SubmitForm');
+    const node = this.node as HTMLFormElement;
+    node.style.display = 'flex';
+    node.style.flexDirection = 'column';
+    node.style.gap = '4px';
+    node.style.minWidth = '420px';
+
+    if (problem) {
+      const warning = document.createElement('p');
+      warning.className = 'tre-SubmitForm-problem';
+      warning.setAttribute('role', 'alert');
+      warning.style.color = 'var(--jp-error-color1)';
+      warning.textContent = problem;
+      node.appendChild(warning);
+    }
+    const intro = document.createElement('p');
+    intro.textContent =
+      'Output checkers review these files before anything leaves the workspace. ' +
+      'Files to submit:';
+    node.appendChild(intro);
+    const list = document.createElement('ul');
+    list.className = 'tre-SubmitForm-files';
+    for (const path of paths) {
+      const item = document.createElement('li');
+      item.textContent = path;
+      list.appendChild(item);
+    }
+    node.appendChild(list);
+
+    this._title = this._field(node, 'tre-submit-title', 'Title (optional)', 'input', text.title);
+    this._context = this._field(
+      node,
+      'tre-submit-context',
+      'Context: what the outputs are (population, variables, how they were made)',
+      'textarea',
+      text.context
+    );
+    this._controls = this._field(
+      node,
+      'tre-submit-controls',
+      'Controls: the disclosure control applied (e.g. counts under 10 suppressed, rounded to 5)',
+      'textarea',
+      text.controls
+    );
+    // Enter in the title field must not submit the form by itself (the dialog's button does).
+    node.addEventListener('submit', event => event.preventDefault());
+  }
+
+  getValue(): IRequestText {
+    return {
+      title: this._title.value.trim(),
+      context: this._context.value.trim(),
+      controls: this._controls.value.trim()
+    };
+  }
+
+  private _field(
+    form: HTMLElement,
+    id: string,
+    label: string,
+    kind: 'input' | 'textarea',
+    value: string
+  ): HTMLInputElement | HTMLTextAreaElement {
+    const caption = document.createElement('label');
+    caption.htmlFor = id;
+    caption.textContent = label;
+    const field = document.createElement(kind);
+    field.id = id;
+    field.className = 'jp-mod-styled';
+    field.value = value;
+    if (kind === 'textarea') {
+      (field as HTMLTextAreaElement).rows = 3;
+    }
+    form.appendChild(caption);
+    form.appendChild(field);
+    return field;
+  }
+
+  private _title: HTMLInputElement | HTMLTextAreaElement;
+  private _context: HTMLInputElement | HTMLTextAreaElement;
+  private _controls: HTMLInputElement | HTMLTextAreaElement;
+}
+
+/** The files to submit: those selected in the file browser, else the open document. */
+function chosenPaths(
+  app: JupyterFrontEnd,
+  browser: IDefaultFileBrowser,
+  docManager: IDocumentManager | null
+): string[] {
+  const selected = Array.from(browser.selectedItems())
+    .filter(item => item.type !== 'directory')
+    .map(item => item.path);
+  if (selected.length) {
+    return selected;
+  }
+  const current = app.shell.currentWidget;
+  const context = current && docManager ? docManager.contextForWidget(current) : undefined;
+  return context ? [context.path] : [];
+}
+
+async function askAndSubmit(app: JupyterFrontEnd, paths: string[]): Promise<void> {
+  let text: IRequestText = { title: '', context: '', controls: '' };
+  let problem = '';
+  for (;;) {
+    const answer = await showDialog({
+      title: 'Submit for output checking',
+      body: new SubmitForm(paths, text, problem),
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Submit' })],
+      focusNodeSelector: '#tre-submit-title'
+    });
+    if (!answer.button.accept || !answer.value) {
+      return;
+    }
+    text = answer.value;
+    problem = !text.context
+      ? 'Describe what the outputs are (context) before submitting.'
+      : !text.controls
+        ? 'Describe the disclosure controls applied (controls) before submitting.'
+        : '';
+    if (!problem) {
+      break;
+    }
+  }
+
+  const settings = app.serviceManager.serverSettings;
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(
+      URLExt.join(settings.baseUrl, ...ENDPOINT),
+      { method: 'POST', body: JSON.stringify({ paths, ...text }) },
+      settings
+    );
+  } catch (error) {
+    await showErrorMessage('Not submitted', `The workspace server could not be reached: ${error}`);
+    return;
+  }
+  let reply: any = {};
+  try {
+    reply = await response.json();
+  } catch {
+    reply = {};
+  }
+  if (!response.ok) {
+    await showErrorMessage(
+      'Not submitted',
+      reply.message || `The workspace server refused the request (HTTP ${response.status}).`
+    );
+    return;
+  }
+  const done = document.createElement('div');
+  done.className = 'tre-SubmitResult';
+  const id = document.createElement('p');
+  id.textContent = `Output request ${reply.id} is ${reply.state || 'submitted'}.`;
+  const next = document.createElement('p');
+  next.textContent =
+    'Output checkers will review it; you will see their decision on the output requests page.';
+  done.appendChild(id);
+  done.appendChild(next);
+  await showDialog({
+    title: 'Submitted for output checking',
+    body: new Widget({ node: done }),
+    buttons: [Dialog.okButton({ label: 'Close' })]
+  });
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'tre-output-submit:plugin',
+  description: 'Submit selected files for output checking from the menu or the file browser.',
+  autoStart: true,
+  requires: [IDefaultFileBrowser],
+  optional: [IMainMenu, ICommandPalette, IDocumentManager],
+  activate: (
+    app: JupyterFrontEnd,
+    browser: IDefaultFileBrowser,
+    mainMenu: IMainMenu | null,
+    palette: ICommandPalette | null,
+    docManager: IDocumentManager | null
+  ) => {
+    app.commands.addCommand(COMMAND, {
+      label: 'Submit for output checking…',
+      caption: 'Send the selected files to the output checkers with their context and controls',
+      execute: async () => {
+        const paths = chosenPaths(app, browser, docManager);
+        if (!paths.length) {
+          await showErrorMessage(
+            'Nothing to submit',
+            'Select one or more files in the file browser, then choose Submit for output checking.'
+          );
+          return;
+        }
+        await askAndSubmit(app, paths);
+      }
+    });
+
+    app.contextMenu.addItem({
+      command: COMMAND,
+      selector: '.jp-DirListing-item[data-isdir="false"]',
+      rank: 3
+    });
+    if (mainMenu) {
+      const menu = new Menu({ commands: app.commands });
+      menu.id = 'tre-outputs-menu';
+      menu.title.label = 'Outputs';
+      menu.addItem({ command: COMMAND });
+      mainMenu.addMenu(menu, true, { rank: 1000 });
+    }
+    if (palette) {
+      palette.addItem({ command: COMMAND, category: 'Outputs' });
+    }
+  }
+};
+
+export default plugin;
