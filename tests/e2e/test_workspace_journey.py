@@ -1,9 +1,10 @@
 """Through the real control plane, worker and JupyterHub: a researcher opens the project's workspace from
 the project page and lands in JupyterLab with the extract; code running in that workspace (its own unix
 account, network namespace and output token) loads the extract with pandas, builds a table with the
-disclosure session and submits it with the in-workspace client; an output checker sees the request in
-the queue; the browser cannot take the extract away by any download path; a researcher of no project is
-refused; when the project is suspended, the running server is stopped."""
+disclosure session and submits it with the in-workspace client, then again through JupyterLab's
+Outputs menu and its dialog; an output checker sees the requests in the queue; the browser cannot take
+the extract away by any download path; a researcher of no project is refused; when the project is
+suspended, the running server is stopped."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ RITA = "rita.researcher@demo.tre.example"
 OLIVE = "olive.checker@demo.tre.example"
 TITLE = "Patients by deprivation decile and sex"
 CLI_TITLE = "Patients by deprivation decile and sex (tre-submit)"
+MENU_TITLE = "Patients by deprivation decile and sex (JupyterLab menu)"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -70,6 +72,7 @@ print(json.dumps({{
     "table_cells": int(table.size),
     "extract_file": os.path.relpath(patients_file, extract),
     "answer": answer,
+    "tables": [os.path.relpath(t, os.environ["TRE_OUTPUTS_DIR"]) for t in tables],
     "cli": [cli.returncode, cli.stdout.strip(), cli.stderr.strip()],
 }}))
 """
@@ -159,19 +162,29 @@ def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_sus
     assert facts["cli"][0] == 0, facts["cli"]
     assert "Submitted output request" in facts["cli"][1]
 
-    # An output checker sees both requests in the queue.
+    # The researcher sends the same table through JupyterLab: select it, Outputs → Submit for output checking…
+    started = time.monotonic()
+    menu_answer = _submit_through_the_menu(page, f"outputs/{facts['tables'][0]}")
+    print(f"SUBMISSION THROUGH THE JUPYTERLAB MENU (select, fill, answer): {time.monotonic() - started:.1f} s")
+    assert menu_answer["state"] == "submitted"
+
+    # An output checker sees the three requests in the queue.
     olive = page.context.browser.new_context().new_page()
     sign_in(olive, live_service, OLIVE)
     deadline = time.monotonic() + 120
     while True:
         olive.goto(live_service.url + "/outputs/queue")
         queue = olive.inner_text("#queue")
-        if (TITLE in queue and CLI_TITLE in queue) or time.monotonic() > deadline:
+        if all(t in queue for t in (TITLE, CLI_TITLE, MENU_TITLE)) or time.monotonic() > deadline:
             break
         time.sleep(3)
-    assert TITLE in queue and CLI_TITLE in queue
+    assert TITLE in queue and CLI_TITLE in queue and MENU_TITLE in queue
     olive.get_by_role("link", name=TITLE, exact=True).click()
     assert facts["answer"]["id"] in olive.url
+    olive.goto(live_service.url + "/outputs/queue")
+    olive.get_by_role("link", name=MENU_TITLE, exact=True).click()
+    assert menu_answer["id"] in olive.url
+    assert "Suppression applied by the disclosure session" in olive.inner_text("main")
 
     # No download path takes the extract (or a copy of it) out of the workspace.
     _assert_downloads_refused(page, base, facts["extract_file"])
@@ -189,6 +202,40 @@ def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_sus
     while time.monotonic() < deadline and server_name(project_id) in _hub_servers(live_service, username):
         time.sleep(3)
     assert server_name(project_id) not in _hub_servers(live_service, username)
+
+
+def _submit_through_the_menu(page: Any, path: str) -> dict[str, str]:
+    """Open each folder of ``path`` in the file browser, select the file, and submit it from the menu."""
+    listing = page.locator(".jp-DirListing-content")
+    *folders, name = path.split("/")
+    for folder in folders:
+        listing.locator(".jp-DirListing-itemText", has_text=folder).first.dblclick()
+        page.locator(".jp-BreadCrumbs").get_by_text(folder, exact=True).wait_for()
+    item = listing.locator(".jp-DirListing-item", has_text=name)
+    item.click()
+    # The same entry is on the file's right-click menu.
+    item.click(button="right")
+    page.locator(".lm-Menu").get_by_text("Submit for output checking…").wait_for()
+    page.keyboard.press("Escape")
+
+    page.locator(".lm-MenuBar-item", has_text="Outputs").click()
+    page.locator(".lm-Menu").get_by_text("Submit for output checking…").click()
+    dialog = page.locator(".jp-Dialog")
+    assert name in dialog.locator(".tre-SubmitForm-files").inner_text()
+    dialog.get_by_label("Title").fill(MENU_TITLE)
+    dialog.get_by_label("Context").fill("Patients by deprivation decile and sex, chosen from the JupyterLab menu")
+    # Submitting without controls is stopped in the dialog, which says what is missing and keeps the rest.
+    dialog.get_by_role("button", name="Submit").click()
+    assert "controls" in dialog.get_by_role("alert").inner_text()
+    assert dialog.get_by_label("Title").input_value() == MENU_TITLE
+    dialog.get_by_label("Controls").fill("Suppression applied by the disclosure session")
+    dialog.get_by_role("button", name="Submit").click()
+
+    result = page.locator(".jp-Dialog .tre-SubmitResult")
+    result.wait_for(timeout=60_000)
+    words = result.inner_text().split()  # "Output request <id> is <state>. ..."
+    page.locator(".jp-Dialog").get_by_role("button", name="Close").click()
+    return {"id": words[2], "state": words[4].rstrip(".")}
 
 
 def _hub_username(service: LiveService) -> str:
