@@ -68,11 +68,12 @@ def _stage(stage: str, src: str, dst: str, chunk_rows: int) -> None:
     if stage == "copy":
         pq.write_table(pq.read_table(src), dst)
     else:
-        from pseudonymisation.pipeline import ExtractKeys, run_extract
+        from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 
         keys = ExtractKeys(os.urandom(32), os.urandom(32), "benchmark")
         schema = _schema()
-        run_extract(src, schema, schema.column_names, dst, keys, chunk_rows=chunk_rows, k_quasi_identifiers=K_QUASI)
+        run_extract(ExtractOptions(Path(src), schema, schema.column_names, Path(dst), keys, chunk_rows=chunk_rows,
+                                   k_quasi_identifiers=K_QUASI))
     out = {
         "wall": time.perf_counter() - wall,
         "cpu": time.process_time() - cpu,

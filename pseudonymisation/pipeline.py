@@ -22,7 +22,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pseudonymisation import generalise, kanonymity, quality, tokens
+from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
 from pseudonymisation.optouts import OptOutList, apply_optouts
 from pseudonymisation.schema import (
     ColumnSpec,
@@ -44,7 +45,6 @@ from pseudonymisation.schema import (
 )
 
 MANIFEST_FORMAT = "tre-extract-manifest/1"
-DEFAULT_CHUNK_ROWS = 1_000_000
 _PART = "part-{:06d}.parquet"
 _COMPRESSION = "snappy"  # writer options are fixed, so parts are reproducible
 
@@ -62,23 +62,6 @@ def _write_part(table: pa.Table, path: Path, token_columns: Collection[str]) -> 
     )
 
 
-class ExtractError(RuntimeError):
-    """An extract that cannot run as asked. Messages name columns and chunks, never values."""
-
-
-@dataclass(frozen=True)
-class ExtractKeys:
-    """The keys one extract uses. ``repr`` and the manifest show only ``key_id``."""
-
-    linkage_key: bytes = field(repr=False)
-    project_key: bytes = field(repr=False)
-    key_id: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.key_id:
-            object.__setattr__(self, "key_id", tokens.key_fingerprint(self.project_key))
-
-
 @dataclass(frozen=True)
 class Progress:
     dataset: str
@@ -89,28 +72,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """One source to extract: where it is, what its columns are, which were approved."""
-
-    path: str | os.PathLike[str]
-    schema: DatasetSchema
-    approved_columns: Sequence[str]
-    # Opt-out lists and exemptions for this dataset alone (a source's own restrictions beside the
-    # national list); when set they replace ``optout_lists`` / ``exempt_optout_lists`` of the run.
-    optout_lists: Sequence[OptOutList] | None = None
-    exempt_optout_lists: Collection[str] | None = None
-
-    def options(self, run_options: dict[str, Any]) -> dict[str, Any]:
-        """The options this dataset is built with: the run's, with its own opt-out lists if it has them."""
-        own = dict(run_options)
-        if self.optout_lists is not None:
-            own["optout_lists"] = self.optout_lists
-        if self.exempt_optout_lists is not None:
-            own["exempt_optout_lists"] = self.exempt_optout_lists
-        return own
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,6 +119,9 @@ def _batches(path: Path, fmt: str, columns: list[str], text_columns: set[str], c
     reader = pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(block_size=1 << 24),
+        # Without this a quoted value holding a newline is read right only if it does not straddle
+        # two blocks; with it, always (and no slower for the one-thread streaming reader).
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             include_columns=columns, column_types={c: pa.string() for c in text_columns}
         ),
@@ -207,8 +171,9 @@ class _Plan:
     exempt: frozenset[str]
 
     @classmethod
-    def build(cls, schema, approved, keys, optout_lists, exempt, k_quasi=None) -> _Plan:
-        outputs = schema.plan(approved)
+    def build(cls, options: ExtractOptions) -> _Plan:
+        schema, k_quasi = options.schema, options.k_quasi_identifiers
+        outputs = schema.plan(options.approved_columns)
         if not outputs:
             raise SchemaError("no approved column produces output")
         for spec in outputs:
@@ -221,7 +186,8 @@ class _Plan:
             if unknown:
                 raise SchemaError(f"k-anonymity columns are not quasi-identifiers of the extract: {sorted(unknown)}")
             quasi = [q for q in quasi if q in set(k_quasi)]
-        return cls(schema, outputs, schema.source_columns(outputs), quasi, keys, optout_lists, frozenset(exempt))
+        return cls(schema, outputs, schema.source_columns(outputs), quasi, options.keys, options.optout_lists,
+                   frozenset(options.exempt_optout_lists))
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -322,17 +288,17 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
 # A whole run
 
 
-def _plan_fingerprint(plan: _Plan, chunk_rows: int, k: int, suppress: bool) -> str:
+def _plan_fingerprint(plan: _Plan, options: ExtractOptions) -> str:
     spec = {
         "format": MANIFEST_FORMAT,
         "schema": plan.schema.fingerprint(),
         "outputs": plan.describe(),
         "k_quasi_identifiers": plan.quasi_outputs,
-        "chunk_rows": chunk_rows,
+        "chunk_rows": options.chunk_rows,
         "optouts": [(o.name, o.fingerprint()) for o in plan.optout_lists],
         "exempt": sorted(plan.exempt),
-        "k": k,
-        "suppress": suppress,
+        "k": options.k,
+        "suppress": options.suppress_below_k,
         "key_id": plan.keys.key_id,
         "key_fingerprints": [
             tokens.key_fingerprint(plan.keys.linkage_key),
@@ -340,6 +306,17 @@ def _plan_fingerprint(plan: _Plan, chunk_rows: int, k: int, suppress: bool) -> s
         ],
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _built(options: ExtractOptions, fingerprint: str) -> dict[str, Any] | None:
+    """The manifest if this very extract is already built in its folder; refuses a different one."""
+    manifest_path = options.output_dir / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    existing = json.loads(manifest_path.read_text())
+    if existing.get("plan_fingerprint") == fingerprint and existing["source"]["sha256"] == file_sha256(options.source):
+        return existing
+    raise ExtractError("the output directory holds a different extract")
 
 
 def _chunk_done(work: Path, data: Path, index: int) -> dict[str, Any] | None:
@@ -383,44 +360,23 @@ def _commit_chunk(plan: _Plan, part: Path, checkpoint: Path, result: pa.Table, s
     return counts
 
 
-def run_extract(
-    source: str | os.PathLike[str],
-    schema: DatasetSchema,
-    approved_columns: Sequence[str],
-    output_dir: str | os.PathLike[str],
-    keys: ExtractKeys,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    optout_lists: Sequence[OptOutList] = (),
-    exempt_optout_lists: Collection[str] = (),
-    k: int = 5,
-    k_quasi_identifiers: Sequence[str] | None = None,
-    suppress_below_k: bool = False,
-    project_id: str | None = None,
-    progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
+def run_extract(options: ExtractOptions, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Build (or finish building) one extract and return its manifest (also written as manifest.json).
 
-    Safe to call again after a crash with the same arguments: finished chunks are kept, the rest are
-    made, and the result is identical. Called with different arguments on a half-built directory it
-    refuses rather than mix two plans. ``k_quasi_identifiers`` (output names) narrows the columns
-    the k-anonymity report groups on; by default it is every quasi-identifier in the extract.
+    Safe to call again after a crash with the same options: finished chunks are kept, the rest are
+    made, and the result is identical. Called with different options on a half-built directory it
+    refuses rather than mix two plans.
     """
-    source = Path(source)
-    out = Path(output_dir)
-    if chunk_rows < 1 or k < 1:
-        raise ExtractError("chunk_rows and k must be positive")
+    source, out, chunk_rows, schema = options.source, options.output_dir, options.chunk_rows, options.schema
     fmt = _source_format(source)
-    plan = _Plan.build(schema, approved_columns, keys, optout_lists, exempt_optout_lists, k_quasi_identifiers)
-    plan_fp = _plan_fingerprint(plan, chunk_rows, k, suppress_below_k)
+    plan = _Plan.build(options)
+    plan_fp = _plan_fingerprint(plan, options)
 
     manifest_path = out / "manifest.json"
     work, data = out / ".work", out / "data"
-    if manifest_path.exists():
-        existing = json.loads(manifest_path.read_text())
-        if existing.get("plan_fingerprint") == plan_fp and existing["source"]["sha256"] == file_sha256(source):
-            return existing  # already built: a repeated job is a no-op
-        raise ExtractError("the output directory holds a different extract")
+    existing = _built(options, plan_fp)
+    if existing is not None:
+        return existing  # already built: a repeated job is a no-op
     run_file = work / "run.json"
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
     if previous is not None and previous.get("plan_fingerprint") != plan_fp:
@@ -477,29 +433,23 @@ def run_extract(
     check_source(source_sha)
 
     counts = kanonymity.merge_counts(partial_counts, plan.quasi_outputs)
-    manifest = _finalise(plan, out, chunk_stats, counts, k, suppress_below_k)
-    manifest.update(
-        {
-            "plan_fingerprint": plan_fp,
-            "project_id": project_id,
-            "source": {
-                "name": source.name,
-                "format": fmt,
-                "sha256": source_sha,
-                "bytes": source.stat().st_size,
-            },
-            "chunk_rows": chunk_rows,
-        }
-    )
+    manifest = _finalise(plan, options, plan_fp, chunk_stats, counts, source_sha)
     _write_json(manifest_path, manifest)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming; the manifest has it all
     return manifest
 
 
 def _finalise(
-    plan: _Plan, out: Path, chunk_stats: list[dict[str, Any]], counts: pa.Table, k: int, suppress: bool
+    plan: _Plan,
+    options: ExtractOptions,
+    fingerprint: str,
+    chunk_stats: list[dict[str, Any]],
+    counts: pa.Table,
+    source_sha: str,
 ) -> dict[str, Any]:
-    data = out / "data"
+    """The end of every build, single or merged: whole-extract k-anonymity report and suppression,
+    merged quality and opt-out counts, and the manifest (returned; the caller writes it)."""
+    data, k, suppress = options.output_dir / "data", options.k, options.suppress_below_k
     k_report: dict[str, Any] = {
         "quasi_identifiers": plan.quasi_outputs,
         "before": kanonymity.report(counts, k),
@@ -572,6 +522,15 @@ def _finalise(
         "quality": acc.report(),
         "parts": parts,
         "extract_sha256": extract_digest,
+        "plan_fingerprint": fingerprint,
+        "project_id": options.project_id,
+        "source": {
+            "name": options.source.name,
+            "format": _source_format(options.source),
+            "sha256": source_sha,
+            "bytes": options.source.stat().st_size,
+        },
+        "chunk_rows": options.chunk_rows,
     }
 
 
@@ -599,34 +558,33 @@ def read_patient_ids(extract_dir: str | os.PathLike[str], column: str = "patient
 
 
 def run_linked_extract(
-    datasets: Sequence[DatasetSource],
+    datasets: Sequence[ExtractOptions],
     output_dir: str | os.PathLike[str],
-    keys: ExtractKeys,
     *,
     runner: Callable[..., dict[str, Any]] | None = None,
-    **options: Any,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Extract several datasets for one project with the same keys, so one patient carries the same
-    token in every table, and report the linkage rate between each pair. Each dataset goes to
-    ``output_dir/<dataset name>/``; ``options`` are passed to ``run_extract`` (or to ``runner``,
-    which takes the same arguments: ``partitions.finish_extract`` merges partitioned datasets)."""
+    token in every table, and report the linkage rate between each pair in
+    ``output_dir/linkage.json``. Each dataset's options name its own folder (by convention
+    ``output_dir/<dataset name>/``); ``runner`` (default ``run_extract``) builds one dataset, and
+    ``partitions.finish_extract`` merges partitioned ones."""
     build = runner or run_extract
     names = [d.schema.name for d in datasets]
     if len(set(names)) != len(names):
         raise ExtractError("linked datasets need distinct names")
+    if len({d.keys for d in datasets}) > 1:
+        raise ExtractError("linked datasets need the same keys")
     out = Path(output_dir)
-    manifests = {}
-    for d in datasets:
-        manifests[d.schema.name] = build(
-            d.path, d.schema, d.approved_columns, out / d.schema.name, keys, **d.options(options)
-        )
+    manifests = {d.schema.name: build(d, progress=progress) for d in datasets}
+    folders = {d.schema.name: d.output_dir for d in datasets}
     tokenised = [
         n for n, m in manifests.items() if any(c["transform"]["kind"] == TransformKind.NHS_TOKEN for c in m["columns"])
     ]
     ids = {}
     for n in tokenised:
         column = next(c["output"] for c in manifests[n]["columns"] if c["transform"]["kind"] == TransformKind.NHS_TOKEN)
-        ids[n] = read_patient_ids(out / n, column)
+        ids[n] = read_patient_ids(folders[n], column)
     linkage = [
         {"left": a, "right": b, **quality.linkage_rate(ids[a], ids[b])}
         for i, a in enumerate(tokenised)
@@ -634,7 +592,7 @@ def run_linked_extract(
     ]
     summary = {
         "format": MANIFEST_FORMAT + "+linked",
-        "key_id": keys.key_id,
+        "key_id": datasets[0].keys.key_id if datasets else None,
         "datasets": {
             n: {"extract_sha256": m["extract_sha256"], "rows_out": m["rows"]["out"]} for n, m in manifests.items()
         },
@@ -645,9 +603,10 @@ def run_linked_extract(
 
 
 __all__ = [
-    "DatasetSource",
+    "DEFAULT_CHUNK_ROWS",
     "ExtractError",
     "ExtractKeys",
+    "ExtractOptions",
     "Progress",
     "file_sha256",
     "read_patient_ids",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from projects.models import Dataset, Project
 from projects.rules import ACTIVE
 from projects.services import approved_columns
 from pseudonymisation import tokens
+from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
 from pseudonymisation.models import (
     Extract,
     ReidentificationApproval,
@@ -30,14 +31,7 @@ from pseudonymisation.models import (
 )
 from pseudonymisation.optout_lists import OptOutError, OptOutLists, OptOutPlan
 from pseudonymisation.partitions import Partition, finish_extract, plan_partitions, prepare_partitioned, run_partition
-from pseudonymisation.pipeline import (
-    DEFAULT_CHUNK_ROWS,
-    DatasetSource,
-    ExtractError,
-    ExtractKeys,
-    Progress,
-    run_linked_extract,
-)
+from pseudonymisation.pipeline import Progress, run_linked_extract
 from pseudonymisation.schema import DatasetSchema
 from tre.core.audit import DENIED, FAILURE, AuditLog
 from tre.core.db import transaction, utcnow
@@ -87,16 +81,18 @@ def _claim_folder(out: Path, extract_id: str) -> None:
     marker.write_text(extract_id)
 
 
+STAGING = ".staging"  # beside the project folders, never inside one: workspaces mount a project's folder
+
+
 @dataclass
 class _Inputs:
-    """What one extract is built from: its plan, opt-outs, sources, keys, folder and run options."""
+    """What one extract is built from: its plan, opt-outs, one ``ExtractOptions`` per dataset (built
+    once here, the same for the single job, every partition and the merge) and its folder."""
 
     plan: list[tuple[Dataset, list[str]]]
     optouts: OptOutPlan
-    sources: list[DatasetSource]
-    keys: ExtractKeys = field(repr=False)
+    datasets: list[ExtractOptions]
     out: Path
-    options: dict[str, Any]
 
 
 def _reporter(progress: Any) -> Any:
@@ -116,7 +112,7 @@ class Extracts:
     extracts_root: Path
     request_id: str | None = None
     files: Any = None  # the file store, where opt-out lists are kept encrypted
-    # Rows per chunk, and per partition: a longer Parquet source is fanned out (0: never).
+    # Rows per chunk, and per partition: a longer source is fanned out (0: never).
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     partition_rows: int = 0
 
@@ -192,8 +188,7 @@ class Extracts:
         inputs = self._inputs(extract, claim_folder=True)
         if self._fan_out(extract, inputs):
             return None
-        result = run_linked_extract(inputs.sources, inputs.out, inputs.keys, runner=finish_extract,
-                                    progress=_reporter(progress), **inputs.options)
+        result = run_linked_extract(inputs.datasets, inputs.out, runner=finish_extract, progress=_reporter(progress))
         return self._succeed(extract, inputs, result)
 
     def build_partition(
@@ -208,12 +203,10 @@ class Extracts:
         if extract.state == "succeeded":
             return {"chunks_made": 0, "chunks_resumed": 0}
         inputs = self._inputs(extract, claim_folder=False)
-        source = next((s for s in inputs.sources if s.schema.name == dataset), None)
-        if source is None:
+        options = next((d for d in inputs.datasets if d.schema.name == dataset), None)
+        if options is None:
             raise ExtractServiceError("The partition names a dataset that is not in the extract's plan")
-        done = run_partition(source.path, source.schema, source.approved_columns, inputs.out / dataset, inputs.keys,
-                             Partition.from_dict(partition), progress=_reporter(progress),
-                             **source.options(inputs.options))
+        done = run_partition(options, Partition.from_dict(partition), progress=_reporter(progress))
         # Serialise the partitions' ends on the extract's row (SQLite's write lock does it there).
         self.session.scalar(select(Extract.id).where(Extract.id == extract.id).with_for_update())
         unfinished = self.session.scalar(
@@ -234,8 +227,7 @@ class Extracts:
         if extract.state == "succeeded" and extract.manifest:
             return extract.manifest
         inputs = self._inputs(extract, claim_folder=False)
-        result = run_linked_extract(inputs.sources, inputs.out, inputs.keys, runner=finish_extract,
-                                    progress=_reporter(progress), **inputs.options)
+        result = run_linked_extract(inputs.datasets, inputs.out, runner=finish_extract, progress=_reporter(progress))
         return self._succeed(extract, inputs, result)
 
     def fail(self, extract_id: str, exc: BaseException) -> None:
@@ -251,6 +243,7 @@ class Extracts:
             extract.state = "failed"
             extract.finished_at = utcnow()
             extract.error = reason
+            shutil.rmtree(self._staging(extract.project_id) / extract.id, ignore_errors=True)
             self.audit.record(s, "extract.build", actor_id=None, outcome=FAILURE, target_type="extract",
                               target_id=extract.id, project_id=extract.project_id, request_id=self.request_id,
                               detail={"reason": reason[:200]})
@@ -276,31 +269,42 @@ class Extracts:
             extract.state = "running"
             linkage = _key(s, self.keys, LINKAGE, create=True)
             project_key = _key(s, self.keys, _project_key_name(extract.project_id), create=True)
-        sources = [
-            DatasetSource(
-                dataset.source_location, DatasetSchema.from_dict(dataset.schema_spec), cols,
+        keys = ExtractKeys(linkage, project_key)
+        out = self.extracts_root / extract.project_id
+        staging = self._staging(extract.project_id)
+        datasets = [
+            ExtractOptions(
+                Path(dataset.source_location), DatasetSchema.from_dict(dataset.schema_spec), cols,
+                out / dataset.name, keys,
+                chunk_rows=self.chunk_rows,
                 optout_lists=[lists[a.version.id] for a in optouts.by_dataset.get(dataset.name, [])],
                 exempt_optout_lists=optouts.exempt_names(dataset.name),
+                project_id=extract.project_id,
+                staging_dir=staging / extract.id / dataset.name,
             )
             for dataset, cols in plan
         ]
-        out = self.extracts_root / extract.project_id
         if claim_folder:
             _claim_folder(out, extract.id)
-        options = {"project_id": extract.project_id, "chunk_rows": self.chunk_rows}
-        return _Inputs(plan, optouts, sources, ExtractKeys(linkage, project_key), out, options)
+            # Copies of CSV sources left by an earlier extract of the project are of no more use.
+            for old in staging.glob("*"):
+                if old.name != extract.id:
+                    shutil.rmtree(old, ignore_errors=True)
+        return _Inputs(plan, optouts, datasets, out)
+
+    def _staging(self, project_id: str) -> Path:
+        """Where a project's long CSV sources are copied (Arrow IPC) while an extract is split."""
+        return self.extracts_root / STAGING / project_id
 
     def _fan_out(self, extract: Extract, inputs: _Inputs) -> int:
-        """Split the long Parquet sources into partitions and enqueue a job for each; 0 if none is long."""
+        """Split the long sources into partitions and enqueue a job for each; 0 if none is long."""
         if self.partition_rows <= 0:
             return 0
         split: dict[str, list[Partition]] = {}
-        for source in inputs.sources:
-            parts = plan_partitions(source.path, chunk_rows=self.chunk_rows, partition_rows=self.partition_rows)
-            name = source.schema.name
-            if parts and prepare_partitioned(source.path, source.schema, source.approved_columns, inputs.out / name,
-                                             inputs.keys, parts, **source.options(inputs.options)):
-                split[name] = parts
+        for options in inputs.datasets:
+            parts = plan_partitions(options, partition_rows=self.partition_rows)
+            if parts and prepare_partitioned(options, parts):
+                split[options.schema.name] = parts
         if not split:
             return 0
         with transaction(self.session) as s:
@@ -316,7 +320,7 @@ class Extracts:
     def _succeed(self, extract: Extract, inputs: _Inputs, result: dict[str, Any]) -> dict[str, Any]:
         manifest = json.loads(json.dumps(result, default=str))
         made = manifest.get("manifests", {})
-        pairs = zip(inputs.plan, inputs.sources, strict=True)
+        pairs = zip(inputs.plan, inputs.datasets, strict=True)
         by_dataset = {d.name: made.get(src.schema.name) for (d, _), src in pairs}
         manifest["optouts"] = inputs.optouts.summary(by_dataset)
         with transaction(self.session) as s:
@@ -326,6 +330,7 @@ class Extracts:
             self.audit.record(s, "extract.build", actor_id=None, target_type="extract", target_id=extract.id,
                               project_id=extract.project_id, request_id=self.request_id,
                               detail={"datasets": sorted(result.get("manifests", {}))})
+        shutil.rmtree(self._staging(extract.project_id) / extract.id, ignore_errors=True)
         return manifest
 
     def _read_optout_lists(self, optouts: OptOutPlan) -> dict[str, Any]:
@@ -357,6 +362,7 @@ class Extracts:
         removed = folder.exists()
         if removed:
             shutil.rmtree(folder)
+        shutil.rmtree(self._staging(project_id), ignore_errors=True)
         row = session.get(WrappedKey, _project_key_name(project_id))
         shredded = False
         if row is not None and row.wrapped is not None:

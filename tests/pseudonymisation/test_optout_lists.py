@@ -48,14 +48,14 @@ APPROVED = {
 SOURCE = {"patients": "patients", "spells": "admissions"}  # the factories' world already has "admissions"
 
 
-def _active_project(app: Any, demo_data: Path) -> Any:
+def _active_project(app: Any, demo_data: Path, fmt: str = "parquet") -> Any:
     """A world with the demo's patients and admissions catalogued and one active project approved for both."""
     w = build_world(app)
     for name in APPROVED:
         spec = dict(_spec(demo_data, SOURCE[name]), name=name)
         w.svc.register_dataset(
-            w.custodian, name=name, title=name.title(), description=name, source_kind="parquet",
-            source_location=str(demo_data / f"{SOURCE[name]}.parquet"), sensitivity="special_category",
+            w.custodian, name=name, title=name.title(), description=name, source_kind=fmt,
+            source_location=str(demo_data / f"{SOURCE[name]}.{fmt}"), sensitivity="special_category",
             columns=[{"name": c["name"], "role": c["role"], "description": c["description"],
                       "sensitivity": c["sensitivity"]} for c in spec["columns"]],
             schema_spec=spec,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
@@ -26,6 +29,16 @@ from tre.demo import synthetic
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fan-out-demo")
     synthetic.generate(out, patients=400, seed=11)
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_csv(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same demo tables as CSV files."""
+    out = tmp_path_factory.mktemp("fan-out-demo-csv")
+    shutil.copy(demo_data / "datasets.json", out)
+    for table in ("patients", "admissions"):
+        pacsv.write_csv(pq.read_table(demo_data / f"{table}.parquet"), out / f"{table}.csv")
     return out
 
 
@@ -54,6 +67,20 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _build_again_on_the_single_path(app: Any, w: Any, project_id: str, fanned: Extract) -> Extract:
+    """The same request on the single path (partitions off), with the same keys and lists."""
+    platform = app.extensions["tre.platform"]
+    platform.settings = dataclasses.replace(platform.settings, extract_partition_rows=0)
+    with platform.db.session_factory() as s:
+        first = s.get(Extract, fanned.id)
+        assert first is not None
+        first.state, first.finished_at = "failed", utcnow()  # so that asking again builds anew
+        s.commit()
+    single = _build(app, w, project_id)
+    assert single.id != fanned.id
+    return single
+
+
 def test_a_fanned_out_extract_with_opt_outs_equals_the_single_job_extract(fan_app: Any, demo_data: Path) -> None:
     app = fan_app
     w, p = _active_project(app, demo_data)
@@ -73,16 +100,7 @@ def test_a_fanned_out_extract_with_opt_outs_equals_the_single_job_extract(fan_ap
     assert merge.state == jobs.SUCCEEDED
     assert _jobs(app, BUILD_JOB)[0].result == {"fanned_out": True}
 
-    # The same request on the single path (partitions off), with the same keys and lists.
-    platform = app.extensions["tre.platform"]
-    platform.settings = dataclasses.replace(platform.settings, extract_partition_rows=0)
-    with platform.db.session_factory() as s:
-        first = s.get(Extract, fanned.id)
-        assert first is not None
-        first.state, first.finished_at = "failed", utcnow()  # so that asking again builds anew
-        s.commit()
-    single = _build(app, w, p.id)
-    assert single.id != fanned.id
+    single = _build_again_on_the_single_path(app, w, p.id, fanned)
     assert len(_jobs(app, PARTITION_JOB)) == len(partitions)  # no new partitions: one job built it
 
     assert fanned.manifest == single.manifest
@@ -95,6 +113,29 @@ def test_a_fanned_out_extract_with_opt_outs_equals_the_single_job_extract(fan_ap
         assert national["status"] == "applied" and national["rows_removed"] > 0
     (trust,) = [e for e in fanned.manifest["optouts"]["spells"] if e["name"] == "trust-objections"]
     assert trust["status"] == "skipped: the project is exempt" and trust["rows_not_removed"] > 0
+
+
+def test_csv_sources_are_fanned_out_too_and_their_copies_removed(fan_app: Any, demo_csv: Path) -> None:
+    app = fan_app
+    w, p = _active_project(app, demo_csv, fmt="csv")
+    extracts = app.extensions["tre.settings"].extracts_path
+
+    fanned = _build(app, w, p.id)
+    fanned_files = _folder_bytes(extracts / p.id)
+
+    partitions = _jobs(app, PARTITION_JOB)
+    assert len(partitions) > 2 and {j.payload["dataset"] for j in partitions} == {"patients", "spells"}
+    assert {m["source"]["format"] for m in fanned.manifest["manifests"].values()} == {"csv"}
+    # The Arrow copies of the CSV sources (raw values) lived beside the project's folder,
+    # never in it, and are gone once the extract is merged.
+    assert not [f for f in fanned_files if "source." in f]
+    assert not [f for f in (extracts / ".staging").rglob("*") if f.is_file()]
+
+    single = _build_again_on_the_single_path(app, w, p.id, fanned)
+    assert fanned.manifest == single.manifest
+    single_files = _folder_bytes(extracts / p.id)
+    fanned_files.pop(".extract-id"), single_files.pop(".extract-id")
+    assert fanned_files == single_files
 
 
 def test_a_small_extract_keeps_the_single_job(fan_app: Any, demo_data: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from pseudonymisation.models import Extract
-from pseudonymisation.pipeline import ExtractKeys, run_extract
+from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 from pseudonymisation.services import LINKAGE, MERGE_JOB, PARTITION_JOB, _key
 from pseudonymisation.tasks import extracts_service
 from tests.conftest import REDIS_URL, require_backend
@@ -168,8 +168,8 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
         assert survivors <= owners, (survivors, owners)
 
         single_dir = tmp_path / "single"
-        single = run_extract(long_source, event_schema(), APPROVED, single_dir, keys, chunk_rows=CHUNK_ROWS,
-                             project_id=p.id)
+        single = run_extract(ExtractOptions(long_source, event_schema(), APPROVED, single_dir, keys,
+                                            chunk_rows=CHUNK_ROWS, project_id=p.id))
         assert manifest == single
         fanned_dir = app.extensions["tre.settings"].extracts_path / p.id / "events"
         assert sorted(x.name for x in (fanned_dir / "data").iterdir()) == [f"part-{i:06d}.parquet" for i in range(24)]

@@ -15,8 +15,8 @@ import pytest
 from pseudonymisation import tokens
 from pseudonymisation.optouts import OptOutList
 from pseudonymisation.pipeline import (
-    DatasetSource,
     ExtractError,
+    ExtractOptions,
     run_extract,
     run_linked_extract,
 )
@@ -51,7 +51,8 @@ def source(tmp_path) -> Path:
 
 
 def test_extract_writes_only_approved_columns_with_tokens(source, tmp_path, keys):
-    manifest = run_extract(source, event_schema(), ["nhs_number", "postcode", "value"], tmp_path / "out", keys)
+    options = ExtractOptions(source, event_schema(), ["nhs_number", "postcode", "value"], tmp_path / "out", keys)
+    manifest = run_extract(options)
 
     table = pq.read_table(tmp_path / "out" / "data")
     assert table.column_names == ["patient_token", "postcode", "value"]
@@ -61,7 +62,7 @@ def test_extract_writes_only_approved_columns_with_tokens(source, tmp_path, keys
 
 
 def test_extract_and_manifest_hold_no_nhs_number_and_no_key_material(source, tmp_path, keys):
-    run_extract(source, event_schema(), ALL_COLUMNS, tmp_path / "out", keys, chunk_rows=1000)
+    run_extract(ExtractOptions(source, event_schema(), ALL_COLUMNS, tmp_path / "out", keys, chunk_rows=1000))
 
     numbers = set(pq.read_table(source)["nhs_number"].to_pylist())
     written = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file())
@@ -75,7 +76,7 @@ def test_extract_and_manifest_hold_no_nhs_number_and_no_key_material(source, tmp
 def test_manifest_lists_rejected_rows_by_reason(tmp_path, keys):
     source = write_parquet(with_bad_numbers(make_table(100)), tmp_path / "s.parquet")
 
-    manifest = run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys)
+    manifest = run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys))
 
     assert manifest["rows"]["rejected_by_reason"] == {
         "nhs_number_bad_check_digit": 1,
@@ -90,7 +91,7 @@ def test_separate_namespace_policy_keeps_invalid_rows_under_marked_tokens(tmp_pa
     source = write_parquet(with_bad_numbers(make_table(100)), tmp_path / "s.parquet")
     schema = event_schema(InvalidNhsPolicy.SEPARATE_NAMESPACE)
 
-    manifest = run_extract(source, schema, APPROVED, tmp_path / "out", keys)
+    manifest = run_extract(ExtractOptions(source, schema, APPROVED, tmp_path / "out", keys))
 
     result = pq.read_table(tmp_path / "out" / "data")["patient_token"].to_pylist()
     assert manifest["rows"]["out"] == 100 and manifest["rows"]["rejected"] == 0
@@ -106,15 +107,9 @@ def test_opted_out_patients_are_removed_and_counted(source, tmp_path, keys):
     local = OptOutList.from_numbers("gp-restriction", numbers[1:2])
     expected_gone = sum(n in {numbers[0]} for n in numbers)
 
-    manifest = run_extract(
-        source,
-        event_schema(),
-        APPROVED,
-        tmp_path / "out",
-        keys,
-        optout_lists=[national, local],
-        exempt_optout_lists={"gp-restriction"},
-    )
+    options = ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys,
+                             optout_lists=[national, local], exempt_optout_lists={"gp-restriction"})
+    manifest = run_extract(options)
 
     assert manifest["rows"]["opted_out"] == expected_gone
     assert manifest["optouts"]["applied"] == [
@@ -127,26 +122,18 @@ def test_opted_out_patients_are_removed_and_counted(source, tmp_path, keys):
 
 
 def test_a_crashed_extract_resumes_and_is_identical(source, tmp_path, keys):
-    run_extract(source, event_schema(), ALL_COLUMNS, tmp_path / "clean", keys, chunk_rows=700)
+    run_extract(ExtractOptions(source, event_schema(), ALL_COLUMNS, tmp_path / "clean", keys, chunk_rows=700))
 
     def crash_after_third_chunk(progress):
         if progress.chunks_done == 3:
             raise RuntimeError("worker died")
 
     with pytest.raises(RuntimeError):
-        run_extract(
-            source,
-            event_schema(),
-            ALL_COLUMNS,
-            tmp_path / "out",
-            keys,
-            chunk_rows=700,
-            progress=crash_after_third_chunk,
-        )
+        run_extract(ExtractOptions(source, event_schema(), ALL_COLUMNS, tmp_path / "out", keys, chunk_rows=700),
+                    progress=crash_after_third_chunk)
     seen = []
-    manifest = run_extract(
-        source, event_schema(), ALL_COLUMNS, tmp_path / "out", keys, chunk_rows=700, progress=seen.append
-    )
+    manifest = run_extract(ExtractOptions(source, event_schema(), ALL_COLUMNS, tmp_path / "out", keys, chunk_rows=700),
+                           progress=seen.append)
 
     assert seen[-1].resumed_chunks == 3
     assert extract_bytes(tmp_path / "out") == extract_bytes(tmp_path / "clean")
@@ -160,11 +147,12 @@ def test_a_half_written_part_is_redone(source, tmp_path, keys):
             raise RuntimeError("worker died")
 
     with pytest.raises(RuntimeError):
-        run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000, progress=crash)
+        run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000),
+                    progress=crash)
     (tmp_path / "out" / "data" / "part-000001.parquet").write_bytes(b"torn")
-    run_extract(source, event_schema(), APPROVED, tmp_path / "clean", keys, chunk_rows=1000)
+    run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "clean", keys, chunk_rows=1000))
 
-    run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000)
+    run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000))
 
     assert extract_bytes(tmp_path / "out") == extract_bytes(tmp_path / "clean")
 
@@ -175,14 +163,15 @@ KILLABLE = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, sys.argv[4])
     from conftest import event_schema, ALL_COLUMNS
-    from pseudonymisation.pipeline import ExtractKeys, run_extract
+    from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
     marker = Path(sys.argv[3])
     def slow(progress):
         if progress.chunks_done == 3:
             marker.write_text("3")
             time.sleep(60)
     keys = ExtractKeys(bytes(range(32)), bytes(range(100, 132)), "project-42/v1")
-    run_extract(sys.argv[1], event_schema(), ALL_COLUMNS, sys.argv[2], keys, chunk_rows=700, progress=slow)
+    options = ExtractOptions(Path(sys.argv[1]), event_schema(), ALL_COLUMNS, Path(sys.argv[2]), keys, chunk_rows=700)
+    run_extract(options, progress=slow)
     """
 )
 
@@ -206,27 +195,27 @@ def test_an_extract_killed_with_sigkill_resumes_and_is_identical(source, tmp_pat
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
 
-    run_extract(source, event_schema(), ALL_COLUMNS, out, keys, chunk_rows=700)
-    run_extract(source, event_schema(), ALL_COLUMNS, tmp_path / "clean", keys, chunk_rows=700)
+    run_extract(ExtractOptions(source, event_schema(), ALL_COLUMNS, out, keys, chunk_rows=700))
+    run_extract(ExtractOptions(source, event_schema(), ALL_COLUMNS, tmp_path / "clean", keys, chunk_rows=700))
 
     assert extract_bytes(out) == extract_bytes(tmp_path / "clean")
     assert (out / "manifest.json").read_bytes() == (tmp_path / "clean" / "manifest.json").read_bytes()
 
 
 def test_running_a_finished_extract_again_changes_nothing(source, tmp_path, keys):
-    first = run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys)
+    first = run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys))
     before = extract_bytes(tmp_path / "out")
 
-    second = run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys)
+    second = run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys))
 
     assert first == second and extract_bytes(tmp_path / "out") == before
 
 
 def test_a_different_plan_on_the_same_directory_is_refused(source, tmp_path, keys, other_project_keys):
-    run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys)
+    run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys))
 
     with pytest.raises(ExtractError, match="different extract"):
-        run_extract(source, event_schema(), APPROVED, tmp_path / "out", other_project_keys)
+        run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", other_project_keys))
 
 
 def test_a_half_built_directory_of_another_plan_is_refused(source, tmp_path, keys):
@@ -234,10 +223,11 @@ def test_a_half_built_directory_of_another_plan_is_refused(source, tmp_path, key
         raise RuntimeError("worker died")
 
     with pytest.raises(RuntimeError):
-        run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000, progress=crash)
+        run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000),
+                    progress=crash)
 
     with pytest.raises(ExtractError, match="half-built"):
-        run_extract(source, event_schema(), ["sex"], tmp_path / "out", keys, chunk_rows=1000)
+        run_extract(ExtractOptions(source, event_schema(), ["sex"], tmp_path / "out", keys, chunk_rows=1000))
 
 
 def test_a_source_changed_since_the_interrupted_run_is_refused(tmp_path, keys):
@@ -248,11 +238,12 @@ def test_a_source_changed_since_the_interrupted_run_is_refused(tmp_path, keys):
             raise RuntimeError("worker died")
 
     with pytest.raises(RuntimeError):
-        run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000, progress=crash)
+        run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000),
+                    progress=crash)
     write_parquet(make_table(3000, seed=5), source)
 
     with pytest.raises(ExtractError, match="source changed"):
-        run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000)
+        run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=1000))
 
 
 def test_free_text_approved_for_scrubbing_loses_the_patients_identifiers(tmp_path, keys):
@@ -278,7 +269,7 @@ def test_free_text_approved_for_scrubbing_loses_the_patients_identifiers(tmp_pat
         ),
     )
 
-    run_extract(source, schema, ["nhs_number", "surname", "note"], tmp_path / "out", keys)
+    run_extract(ExtractOptions(source, schema, ["nhs_number", "surname", "note"], tmp_path / "out", keys))
 
     out = pq.read_table(tmp_path / "out" / "data")
     assert out.column_names == ["patient_token", "note"]
@@ -288,8 +279,8 @@ def test_free_text_approved_for_scrubbing_loses_the_patients_identifiers(tmp_pat
 
 
 def test_two_projects_extracts_share_no_token(source, tmp_path, keys, other_project_keys):
-    run_extract(source, event_schema(), APPROVED, tmp_path / "a", keys)
-    run_extract(source, event_schema(), APPROVED, tmp_path / "b", other_project_keys)
+    run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "a", keys))
+    run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "b", other_project_keys))
 
     a = set(pq.read_table(tmp_path / "a" / "data")["patient_token"].to_pylist())
     b = set(pq.read_table(tmp_path / "b" / "data")["patient_token"].to_pylist())
@@ -309,11 +300,10 @@ def test_linked_datasets_give_a_patient_the_same_token_in_every_table(tmp_path, 
 
     result = run_linked_extract(
         [
-            DatasetSource(a, event_schema(name="events"), ALL_COLUMNS),
-            DatasetSource(b, event_schema(name="labs"), ALL_COLUMNS),
+            ExtractOptions(a, event_schema(name="events"), ALL_COLUMNS, tmp_path / "out" / "events", keys),
+            ExtractOptions(b, event_schema(name="labs"), ALL_COLUMNS, tmp_path / "out" / "labs", keys),
         ],
         tmp_path / "out",
-        keys,
     )
 
     [link] = result["summary"]["linkage"]
@@ -339,18 +329,36 @@ def test_a_csv_source_gives_the_same_tokens_as_parquet(tmp_path, keys):
     csv_source = tmp_path / "s.csv"
     pacsv.write_csv(table, csv_source)
 
-    run_extract(pq_source, event_schema(), ["nhs_number", "postcode"], tmp_path / "p", keys)
-    run_extract(csv_source, event_schema(), ["nhs_number", "postcode"], tmp_path / "c", keys)
+    run_extract(ExtractOptions(pq_source, event_schema(), ["nhs_number", "postcode"], tmp_path / "p", keys))
+    run_extract(ExtractOptions(csv_source, event_schema(), ["nhs_number", "postcode"], tmp_path / "c", keys))
 
     assert pq.read_table(tmp_path / "p" / "data").equals(pq.read_table(tmp_path / "c" / "data"))
+
+
+def test_a_csv_whose_quoted_newlines_straddle_the_readers_blocks_is_read_whole(tmp_path, keys):
+    # About 21 MB: more than one of the reader's 16 MiB blocks, every note forty lines long, so the
+    # block's last newline is inside a note (a reader not told of such newlines fails here).
+    table = make_table(40_000, patients=500)
+    table = table.set_column(table.schema.get_field_index("note"), "note",
+                             pa.array([f"note {i}" + "\nline of it" * 40 for i in range(table.num_rows)]))
+    pq_source = write_parquet(table, tmp_path / "s.parquet", row_group_rows=20_000)
+    csv_source = tmp_path / "s.csv"
+    pacsv.write_csv(table, csv_source)
+    assert csv_source.stat().st_size > 1 << 24
+
+    from_csv = run_extract(ExtractOptions(csv_source, event_schema(), ["nhs_number", "code"], tmp_path / "c", keys))
+    run_extract(ExtractOptions(pq_source, event_schema(), ["nhs_number", "code"], tmp_path / "p", keys))
+
+    assert from_csv["rows"]["in"] == 40_000
+    assert pq.read_table(tmp_path / "c" / "data").equals(pq.read_table(tmp_path / "p" / "data"))
 
 
 def test_suppression_brings_the_extract_to_k(source, tmp_path, keys):
     approved = ["nhs_number", "date_of_birth", "postcode", "sex"]
 
-    manifest = run_extract(
-        source, event_schema(), approved, tmp_path / "out", keys, chunk_rows=900, k=150, suppress_below_k=True
-    )
+    options = ExtractOptions(source, event_schema(), approved, tmp_path / "out", keys, chunk_rows=900, k=150,
+                             suppress_below_k=True)
+    manifest = run_extract(options)
 
     report = manifest["k_anonymity"]
     assert report["before"]["smallest_group"] < 150
@@ -363,7 +371,8 @@ def test_suppression_brings_the_extract_to_k(source, tmp_path, keys):
 def test_progress_reports_every_chunk_with_the_total(source, tmp_path, keys):
     seen = []
 
-    run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=2000, progress=seen.append)
+    run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys, chunk_rows=2000),
+                progress=seen.append)
 
     assert [(p.chunks_done, p.rows_read, p.total_rows) for p in seen] == [
         (1, 2000, 5000),
@@ -376,20 +385,21 @@ def test_a_source_missing_a_schema_column_is_refused_by_name(tmp_path, keys):
     source = write_parquet(make_table(10).drop_columns(["postcode"]), tmp_path / "s.parquet")
 
     with pytest.raises(ExtractError, match="postcode"):
-        run_extract(source, event_schema(), APPROVED, tmp_path / "out", keys)
+        run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "out", keys))
 
 
 MEASURE = textwrap.dedent(
     """
     import sys, tracemalloc
+    from pathlib import Path
     import pyarrow as pa
     sys.path.insert(0, sys.argv[3])
     from conftest import event_schema
-    from pseudonymisation.pipeline import ExtractKeys, run_extract
+    from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
     keys = ExtractKeys(bytes(range(32)), bytes(range(100, 132)), "k")
     tracemalloc.start()
     approved = ["nhs_number", "date_of_birth", "postcode", "sex", "code", "value"]
-    run_extract(sys.argv[1], event_schema(), approved, sys.argv[2], keys, chunk_rows=2000)
+    run_extract(ExtractOptions(Path(sys.argv[1]), event_schema(), approved, Path(sys.argv[2]), keys, chunk_rows=2000))
     print(tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory())
     """
 )

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from disclosure.models import OutputCheck, OutputRequest
 from pseudonymisation.models import Extract
-from pseudonymisation.pipeline import ExtractKeys, run_extract
+from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 from pseudonymisation.services import BUILD_JOB, LINKAGE, _key
 from pseudonymisation.tasks import extracts_service
 from tests.disclosure.factories import active_project, person
@@ -197,8 +197,8 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
         assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, landed + 1)
         assert extracts == 1
         assert built.count("extract.build") == 1, built
-        single = run_extract(source, event_schema(), APPROVED, tmp_path / "single", keys, chunk_rows=CHUNK_ROWS,
-                             project_id=p.id)
+        single = run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "single", keys,
+                                            chunk_rows=CHUNK_ROWS, project_id=p.id))
         assert manifest == single
         built_dir = app.extensions["tre.settings"].extracts_path / p.id / "events" / "data"
         for part in (tmp_path / "single" / "data").iterdir():

@@ -1,0 +1,84 @@
+"""What one dataset's extract is built from, in one frozen value.
+
+``run_extract``, the partition steps (``prepare_partitioned``, ``run_partition``,
+``merge_partitions``) and ``finish_extract`` all take an ``ExtractOptions``: the service builds it
+once per dataset and every job of the extract (the single build, each partition, the merge) gets the
+same value, so the steps cannot drift apart on an option. Pure: no Flask, SQLAlchemy or Celery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pseudonymisation import tokens
+from pseudonymisation.optouts import OptOutList
+from pseudonymisation.schema import DatasetSchema
+
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+
+class ExtractError(RuntimeError):
+    """An extract that cannot run as asked. Messages name columns and chunks, never values."""
+
+
+@dataclass(frozen=True)
+class ExtractKeys:
+    """The keys one extract uses. ``repr`` and the manifest show only ``key_id``."""
+
+    linkage_key: bytes = field(repr=False)
+    project_key: bytes = field(repr=False)
+    key_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key_id:
+            object.__setattr__(self, "key_id", tokens.key_fingerprint(self.project_key))
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """One dataset's extract: the source, its schema and approved columns, where the extract goes,
+    the keys, and how it is built.
+
+    Every option that shapes the extract (schema, approved columns, keys, chunk size, opt-out lists
+    and exemptions, k and its columns, suppression) is in the plan fingerprint, so steps given
+    different options refuse to share a folder. ``k_quasi_identifiers`` (output names) narrows the
+    columns the k-anonymity report groups on; by default it is every quasi-identifier in the
+    extract. ``staging_dir`` is where a long CSV source is copied (Arrow IPC) before it is split
+    over workers: the copy holds source values, identifiers included, so the folder must lie
+    outside any folder a workspace mounts. Without it a CSV source is never split.
+    """
+
+    source: Path
+    schema: DatasetSchema
+    approved_columns: Sequence[str]
+    output_dir: Path
+    keys: ExtractKeys
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    optout_lists: Sequence[OptOutList] = ()
+    exempt_optout_lists: Collection[str] = frozenset()
+    k: int = 5
+    k_quasi_identifiers: Sequence[str] | None = None
+    suppress_below_k: bool = False
+    project_id: str | None = None
+    staging_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1 or self.k < 1:
+            raise ExtractError("chunk_rows and k must be positive")
+        # Copies, so a list the caller changes later cannot change a value already handed out.
+        fixed = {
+            "source": Path(self.source),
+            "output_dir": Path(self.output_dir),
+            "approved_columns": tuple(self.approved_columns),
+            "optout_lists": tuple(self.optout_lists),
+            "exempt_optout_lists": frozenset(self.exempt_optout_lists),
+            "k_quasi_identifiers": None if self.k_quasi_identifiers is None else tuple(self.k_quasi_identifiers),
+            "staging_dir": None if self.staging_dir is None else Path(self.staging_dir),
+        }
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
+
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "ExtractError", "ExtractKeys", "ExtractOptions"]
