@@ -18,6 +18,7 @@ import mimetypes
 import os
 import secrets
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ from typing import Any
 
 REQUESTS_PATH = "/api/v1/outputs/requests"
 MAX_FILE_BYTES = 16 * 1024 * 1024
+RETRIES = 3  # more tries when the queue is unavailable (503) or cannot be reached, with the same key
+MAX_RETRY_WAIT = 30.0  # seconds; the queue's Retry-After is honoured up to this
 
 
 class SubmitError(Exception):
@@ -78,11 +81,14 @@ def submit(
     api: str | None = None,
     token: str | None = None,
     timeout: float = 60.0,
+    retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Send files with their context (what they are) and controls (what disclosure control was applied).
 
     Returns the queue's answer, e.g. ``{"id": "...", "state": "submitted"}``. Checkers reject requests
     without context and controls, so they are required here rather than discovered days later.
+    Every try of one call carries the same ``Idempotency-Key``, so when the queue was unavailable (503)
+    or its answer was lost on the way, trying again can never make a second request.
     """
     if not context or not context.strip():
         raise SubmitError("Describe what the outputs are (context) before submitting.")
@@ -107,21 +113,34 @@ def submit(
             "Authorization": f"Bearer {token}",
             "Content-Type": content_type,
             "Accept": "application/json",
+            "Idempotency-Key": "tre-submit-" + secrets.token_hex(16),
         },
     )
-    try:
-        # Bandit B310: the URL is the control plane's, from the workspace's configuration (https or http)
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
-            answer = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        raise SubmitError(_problem(error)) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        raise SubmitError(
-            f"The output queue could not be reached: {getattr(error, 'reason', error)}"
-        ) from None
+    for attempt in range(retries + 1):
+        try:
+            # Bandit B310: the URL is the control plane's, from the workspace's configuration (https or http)
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
+                answer = json.loads(response.read() or b"{}")
+            break
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == retries:
+                raise SubmitError(_problem(error)) from None
+            wait = _retry_after(error, default=2.0**attempt)
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            if attempt == retries:
+                raise SubmitError(
+                    f"The output queue could not be reached: {getattr(error, 'reason', error)}"
+                ) from None
+            wait = 2.0**attempt
+        time.sleep(min(wait, MAX_RETRY_WAIT))
     if not isinstance(answer, dict) or "id" not in answer:
         raise SubmitError("The output queue gave an answer without a request id.")
     return answer
+
+
+def _retry_after(error: urllib.error.HTTPError, *, default: float) -> float:
+    value = (error.headers.get("Retry-After") or "").strip() if error.headers else ""
+    return float(value) if value.isdigit() else default
 
 
 def _problem(error: urllib.error.HTTPError) -> str:

@@ -69,3 +69,45 @@ def test_cli_prints_the_request_id(fake_cp, tmp_path, monkeypatch, capsys):
 def test_cli_missing_file_exits_non_zero(capsys):
     assert main(["/nonexistent.csv", "--context", "c", "--controls", "k"]) == 1
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_an_unavailable_queue_is_tried_again_with_the_same_idempotency_key(tmp_path):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    keys: list[str] = []
+
+    class Queue(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            keys.append(self.headers.get("Idempotency-Key", ""))
+            unavailable = len(keys) < 3
+            body = json.dumps({"title": "Unavailable"} if unavailable else {"id": "req-1", "state": "submitted"})
+            self.send_response(503 if unavailable else 201)
+            if unavailable:
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Queue)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    (tmp_path / "t.csv").write_text("x")
+    try:
+        answer = submit([tmp_path / "t.csv"], "c", "k", api=f"http://127.0.0.1:{server.server_port}", token="t")
+        first_call = list(keys)
+        keys.clear()
+        with pytest.raises(SubmitError, match="HTTP 503"):
+            submit([tmp_path / "t.csv"], "c", "k", api=f"http://127.0.0.1:{server.server_port}", token="t", retries=0)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert answer["id"] == "req-1"
+    assert len(first_call) == 3 and first_call[0] and len(set(first_call)) == 1  # one key for every try
+    assert len(keys) == 1 and keys[0] != first_call[0]  # a new call is a new submission: a new key

@@ -9,10 +9,13 @@ connection, as it would in production. The points:
 * the same, after its files are written but before their audit event;
 * the same, after every row is flushed, just before COMMIT;
 * the same, just after COMMIT: the change is durable but the reply is lost, so the client retries
-  with the same Idempotency-Key;
+  with the same Idempotency-Key (by hand, and the real workspace client over HTTP, which does it
+  by itself);
 * an automated output check (a database-backed job, run through its Celery task), after its first
   verdict row and before the second file is checked;
-* the same job, after all its writes, just before it records its own success.
+* the same job, after all its writes, just before it records its own success;
+  each job point with the database down until restarted (the sweeper takes the job back when its
+  lease runs out) and with the database back at once (the attempt's failure is recorded).
 
 After each crash the cluster is started again and the test asserts: the client got a 503 problem
 document without a trace or SQL; nothing is half-written (every request, file and verdict has its
@@ -25,9 +28,11 @@ another on the same pool."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,6 +76,8 @@ class Crash:
         self.sessions = app.extensions["tre.db"].session_factory
         self.fired = False
         self.comes_back_at_once = False  # a fast restart: up again before the caller's next statement
+        self.comes_back_after: float | None = None  # or restarted this many seconds later, meanwhile
+        self._restarter: threading.Thread | None = None
         self._listeners: list[tuple[Any, str, Any]] = []
 
     def _fire(self) -> None:
@@ -79,12 +86,20 @@ class Crash:
             self.cluster.crash()
             if self.comes_back_at_once:
                 self.cluster.start()
+            elif self.comes_back_after is not None:
+                delay = self.comes_back_after
+                self._restarter = threading.Thread(target=lambda: (time.sleep(delay), self.cluster.start()))
+                self._restarter.start()
 
     def _listen(self, target: Any, name: str, fn: Any) -> None:
         event.listen(target, name, fn)
         self._listeners.append((target, name, fn))
 
     def disarm(self) -> None:
+        if self._restarter is not None:
+            self._restarter.join(timeout=120)
+            self._restarter = None
+        self.comes_back_after = None
         for target, name, fn in self._listeners:
             event.remove(target, name, fn)
         self._listeners.clear()
@@ -310,6 +325,39 @@ def test_a_crash_just_after_commit_loses_the_reply_and_the_retry_with_the_same_k
     assert retried.json["id"] == made and retried.json["state"] in ("submitted", "checking", "awaiting_review")
     record(LOST, len({made} - set(_requests_with_key(rig, key))))
     assert _requests_with_key(rig, key) == [made]
+    assert_nothing_half_written(rig)
+
+
+def test_the_workspace_client_whose_answer_was_lost_after_commit_tries_again_and_gets_the_same_request(
+    rig: Rig, crash: Crash, tmp_path: Path
+) -> None:
+    from werkzeug.serving import make_server
+
+    from jupyter.client import submit
+
+    table = tmp_path / "table.csv"
+    table.write_bytes(SAFE_CSV)
+    server = make_server("127.0.0.1", 0, rig.app, threaded=True)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    with rig.db.session_factory() as s:
+        before = set(s.scalars(select(OutputRequest.id)))
+    crash.after_commit_of(inserting("output_requests"))
+    crash.comes_back_after = 1.0  # the first answer is a 503; the client waits Retry-After and tries again
+    try:
+        answer = submit([table], "Admissions by region", "None needed: all cells 25 or more", title="Admissions",
+                        api=f"http://127.0.0.1:{server.server_port}", token=rig.bearer)
+    finally:
+        server.shutdown()
+        serving.join(timeout=30)
+
+    assert crash.fired
+    record(INJECTED, 1)
+    crash.disarm()
+    with rig.db.session_factory() as s:
+        made = set(s.scalars(select(OutputRequest.id))) - before
+    record(LOST, len({answer["id"]} - made))
+    assert made == {answer["id"]}  # one request, however many times it was sent
     assert_nothing_half_written(rig)
 
 
