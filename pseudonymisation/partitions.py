@@ -205,7 +205,10 @@ def _stage_csv(options: ExtractOptions, plan: _Plan) -> list[int]:
         record = json.loads(record_path.read_text())
         if record.get("made_from") == made_from and record.get("staged_stat") == _stat(staged):
             return [int(n) for n in record["batch_rows"]]
-    staging.mkdir(parents=True, exist_ok=True)
+    # Only the extract workers' own account may enter: the copy holds identifiers, and the extracts
+    # root is passable (0711) for the workspaces that read their project's folder.
+    staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging.chmod(0o700)
     tmp = staging / f"{_STAGED}.{uuid.uuid4().hex}.tmp"
     batch_rows: list[int] = []
     try:
@@ -214,6 +217,7 @@ def _stage_csv(options: ExtractOptions, plan: _Plan) -> list[int]:
         try:
             for batch in batches:
                 if writer is None:
+                    tmp.touch(mode=0o600)
                     writer = pa.ipc.new_file(tmp, batch.schema, options=pa.ipc.IpcWriteOptions(compression="lz4"))
                 writer.write_batch(batch)
                 batch_rows.append(batch.num_rows)

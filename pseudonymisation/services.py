@@ -293,8 +293,12 @@ class Extracts:
         return _Inputs(plan, optouts, datasets, out)
 
     def _staging(self, project_id: str) -> Path:
-        """Where a project's long CSV sources are copied (Arrow IPC) while an extract is split."""
-        return self.extracts_root / STAGING / project_id
+        """Where a project's long CSV sources are copied (Arrow IPC) while an extract is split: a
+        folder only the extract workers' account may enter (the copies hold identifiers)."""
+        root = self.extracts_root / STAGING
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)
+        return root / project_id
 
     def _fan_out(self, extract: Extract, inputs: _Inputs) -> int:
         """Split the long sources into partitions and enqueue a job for each; 0 if none is long."""

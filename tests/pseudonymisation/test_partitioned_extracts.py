@@ -130,6 +130,7 @@ def test_csv_sources_are_fanned_out_too_and_their_copies_removed(fan_app: Any, d
     # never in it, and are gone once the extract is merged.
     assert not [f for f in fanned_files if "source." in f]
     assert not [f for f in (extracts / ".staging").rglob("*") if f.is_file()]
+    assert (extracts / ".staging").stat().st_mode & 0o777 == 0o700
 
     single = _build_again_on_the_single_path(app, w, p.id, fanned)
     assert fanned.manifest == single.manifest

@@ -198,11 +198,14 @@ def csv_options(options: ExtractOptions, source: Path, tmp_path: Path) -> Extrac
 def test_a_partitioned_csv_extract_equals_the_single_worker_extract(tmp_path: Path, csv_options) -> None:
     one = single(csv_options)
     partitions = plan_partitions(csv_options, partition_rows=1500)
-    staged = sorted(p.name for p in csv_options.staging_dir.iterdir()) if csv_options.staging_dir else []
+    assert csv_options.staging_dir is not None
+    staged = sorted(p.name for p in csv_options.staging_dir.iterdir())
+    mode = csv_options.staging_dir.stat().st_mode & 0o777
 
     merged = _partitioned(csv_options, order=lambda ps: list(reversed(ps)))
 
     assert len(partitions) == 3 and staged == ["source.arrow", "source.json"]
+    assert mode == 0o700  # the copy holds identifiers: only the workers' account may enter
     assert merged == one
     assert merged["source"]["format"] == "csv" and merged["rows"]["in"] == 5000
     assert _bytes(tmp_path / "fanned") == _bytes(tmp_path / "single")
@@ -213,7 +216,7 @@ def test_a_partitioned_csv_extract_equals_the_single_worker_extract(tmp_path: Pa
     assert merged["optouts"]["applied"][0]["rows_removed"] > 0
     assert merged["rows"]["rejected"] == 2
     # The copy of the source (raw identifiers) is gone, and it never was in the extract's folder.
-    assert csv_options.staging_dir is not None and not csv_options.staging_dir.exists()
+    assert not csv_options.staging_dir.exists()
     assert not list((tmp_path / "fanned").rglob("source.*"))
 
 
