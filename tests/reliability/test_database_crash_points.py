@@ -15,7 +15,9 @@ connection, as it would in production. The points:
   verdict row and before the second file is checked;
 * the same job, after all its writes, just before it records its own success;
   each job point with the database down until restarted (the sweeper takes the job back when its
-  lease runs out) and with the database back at once (the attempt's failure is recorded).
+  lease runs out) and with the database back at once (the attempt's failure is recorded);
+* an extract build, half-way through its chunks, as it reports its progress: resumed after the
+  restart and built once.
 
 After each crash the cluster is started again and the test asserts: the client got a 503 problem
 document without a trace or SQL; nothing is half-written (every request, file and verdict has its
@@ -426,3 +428,73 @@ def test_a_crash_inside_an_output_check_job_is_retried_after_the_restart_and_fin
     response = rig.status(request_id)
     assert response.status_code == 200 and response.json["state"] == "awaiting_review"
     assert_nothing_half_written(rig)
+
+
+def reporting_progress_past(fraction: float) -> Matches:
+    def matches(statement: str, params: Any) -> bool:
+        return statement.lstrip().upper().startswith("UPDATE JOBS SET PROGRESS") and isinstance(params, dict) and (
+            float(params.get("progress", 0)) >= fraction
+        )
+
+    return matches
+
+
+def test_a_crash_in_the_middle_of_an_extract_build_is_resumed_after_the_restart_and_built_once(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    from pseudonymisation.models import Extract
+    from pseudonymisation.services import BUILD_JOB
+    from pseudonymisation.tasks import extracts_service
+    from tests.conftest import make_test_app
+    from tests.disclosure.factories import no_broker
+    from tests.pseudonymisation.conftest import make_table, write_parquet
+    from tests.pseudonymisation.test_partitioned_extracts_workers import _active_project
+
+    rows = 20_000
+    source = write_parquet(make_table(rows, patients=2_000, seed=5), tmp_path / "events.parquet", row_group_rows=2_000)
+    migrate.upgrade(cluster.url)
+    app = make_test_app(tmp_path / "instance", cluster.url, job_lease_seconds=1, extract_chunk_rows=2_000,
+                        extract_partition_rows=0)
+    no_broker()  # the job waits for the test to run it through its task, as a worker would
+    db = app.extensions["tre.db"]
+    crash = Crash(cluster, app)
+    try:
+        w, p = _active_project(app, source)
+        with app.app_context():
+            extract_id = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id).id
+        with db.session_factory() as s:
+            job_id = s.scalar(select(jobs.Job.id).where(jobs.Job.kind == BUILD_JOB))
+        # Half the chunks are written (files and checkpoints) when the job reports its progress.
+        crash.after_statement(reporting_progress_past(0.5))
+
+        cut_short = app.extensions["celery"].tasks[RUN_JOB].apply(args=[job_id], throw=False)
+
+        assert crash.fired and cut_short.failed()
+        record(INJECTED, 1)
+        crash.disarm()
+        cluster.start()
+        with db.session_factory() as s:
+            extract = s.get(Extract, extract_id)
+            assert extract is not None and extract.state not in ("succeeded", "failed")
+        deadline = time.monotonic() + 60
+        while app.extensions["celery"].tasks[SWEEP].apply(throw=False).result["requeued_lost"] == 0:
+            assert time.monotonic() < deadline, "the sweeper never took the job back"
+            time.sleep(0.25)
+        finished = app.extensions["celery"].tasks[RUN_JOB].apply(args=[job_id], throw=False)
+
+        assert finished.result == jobs.SUCCEEDED
+        with db.session_factory() as s:
+            job = s.get(jobs.Job, job_id)
+            extract = s.get(Extract, extract_id)
+            record(LOST, int(extract is None or extract.state != "succeeded"))
+            assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, 2)
+            assert extract is not None and extract.state == "succeeded"
+            assert extract.manifest["manifests"]["events"]["rows"]["in"] == rows
+            built = s.scalars(select(AuditEvent.outcome).where(
+                AuditEvent.action == "extract.build", AuditEvent.target_id == extract_id)).all()
+            report = app.extensions["tre.platform"].audit.verify(iter_events(s))
+        assert built == [SUCCESS]  # built once, and no failure recorded on the way
+        assert report.ok, report
+    finally:
+        crash.disarm()
+        db.dispose()

@@ -65,19 +65,21 @@ def make_celery(app: Flask) -> Celery:
         # visibility timeout; the job table's lease does that job on this broker.
         celery.conf.broker_transport_options = {}
 
-    @celery.task(name=RUN_JOB, bind=True)
+    # shared=False: Celery would otherwise hand these tasks to every Celery app made later in the
+    # process, and the first app's task (bound to its own database) would answer for the others.
+    @celery.task(name=RUN_JOB, bind=True, shared=False)
     def run_job_task(self: Task, job_id: str) -> str:
         outcome = jobs.run_job(db, job_id, lease_seconds=settings.job_lease_seconds)
         log.info("job %s: %s", job_id, outcome)
         return outcome
 
-    @celery.task(name=SWEEP)
+    @celery.task(name=SWEEP, shared=False)
     def sweep_task() -> dict[str, int]:
         report = jobs.sweep(db, requeue_after_seconds=settings.job_requeue_after_seconds)
         return {"requeued_lost": report.requeued_lost, "resent_stale": report.resent_stale,
                 "failed": report.failed}
 
-    @celery.task(name=PERIODIC)
+    @celery.task(name=PERIODIC, shared=False)
     def periodic_task() -> int:
         return len(jobs.enqueue_due_periodic(db))
 
