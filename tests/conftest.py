@@ -7,6 +7,7 @@ cannot be reached is skipped, and the summary at the end says so in capitals.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -64,6 +65,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own (a random name, so runs sharing the server never meet), dropped
+    when done; skips the test when the server is not reachable."""
     require_backend("postgresql", POSTGRES_URL)
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"tre_test_{uuid.uuid4().hex[:10]}"

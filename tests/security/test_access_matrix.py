@@ -17,9 +17,10 @@ for ``user_id``/``token_id``, the acting person's own account and token; ``other
 project B (another researcher's project) and another person's account and token; ``none`` fills ids
 that name nothing. Routes without ids have one context, ``-``.
 
-Every state change a cell makes is undone before the next cell (the SQLite file is restored from a
-snapshot), so each cell sees the same world. CSRF is switched off here because it is tested on its
-own (tests/tre/web/test_auth.py); this matrix is about who may reach what.
+The matrix runs on SQLite and, when reachable, on PostgreSQL, each in a database of its own built once
+(``tests/security/backends.py``). Every state change a cell makes is undone before the next cell (the
+database is put back from a snapshot), so each cell sees the same world. CSRF is switched off here
+because it is tested on its own (tests/tre/web/test_auth.py); this matrix is about who may reach what.
 
 Run with ``TRE_ACCESS_MATRIX_SHOW=1`` and ``-s`` to print the observed outcome of every cell.
 """
@@ -29,11 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -44,6 +43,7 @@ from pseudonymisation.models import ReidentificationRequest
 from tests.disclosure.factories import SAFE_CSV, active_project, run_queued_jobs
 from tests.disclosure.factories import outputs as outputs_service
 from tests.projects.factories import build_world, make_user, ready_for_access
+from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on
 from tests.security.figures import record
 from tre.access import declared_access
 from tre.core import jobs
@@ -260,34 +260,19 @@ def allowed(spec: str, role: str, context: str) -> bool:
 @dataclass
 class MatrixWorld:
     app: Any
-    database: Path
-    snapshot: Path
+    backend: str
+    snapshot: DatabaseSnapshot
     users: dict[str, Any] = field(default_factory=dict)
     api_tokens: dict[str, str] = field(default_factory=dict)
     own_tokens: dict[str, str] = field(default_factory=dict)
     ids: dict[str, dict[str, str]] = field(default_factory=dict)
     reid: dict[str, str] = field(default_factory=dict)
-    restores: int = 0
-
-    def take_snapshot(self) -> None:
-        self._close()
-        shutil.copyfile(self.database, self.snapshot)
 
     def restore(self) -> None:
-        self._close()
-        for suffix in ("-wal", "-shm"):
-            Path(f"{self.database}{suffix}").unlink(missing_ok=True)
-        shutil.copyfile(self.snapshot, self.database)
-        self.restores += 1
-
-    def _close(self) -> None:
-        db = self.app.extensions["tre.db"]
-        db.session.remove()
-        db.engine.dispose()
-        assert not Path(f"{self.database}-wal").exists() or Path(f"{self.database}-wal").stat().st_size == 0
+        self.snapshot.restore()
 
 
-def _build(app: Any, database: Path) -> MatrixWorld:
+def _build(app: Any, backend: str) -> MatrixWorld:
     jobs.set_dispatcher(None)  # checks and extracts stay queued: no thread writes while a cell runs
     w = build_world(app)
     a = ready_for_access(w)  # PI rita, member sam, reviewed by dana and drew, decided by chris
@@ -330,8 +315,7 @@ def _build(app: Any, database: Path) -> MatrixWorld:
     }
     p = app.extensions["tre.platform"]
     ident = Identity(p.db.session, p.keys, p.audit)
-    world = MatrixWorld(app=app, database=database, snapshot=database.with_suffix(".snapshot"), users=users,
-                        reid=reid)
+    world = MatrixWorld(app=app, backend=backend, snapshot=DatabaseSnapshot(app), users=users, reid=reid)
     for role, user in users.items():
         row, plaintext = ident.create_personal_token(user, "matrix", 30)
         world.api_tokens[role], world.own_tokens[role] = plaintext, row.id
@@ -345,14 +329,15 @@ def _build(app: Any, database: Path) -> MatrixWorld:
                   "dataset_id": second.id, "extension_id": ext_b.id, "job_id": job_ids[1],
                   "user_id": w.outsider.id, "token_id": other_token.id},
     }
-    world.take_snapshot()
+    world.snapshot.take()
     return world
 
 
-@pytest.fixture
-def world(sqlite_app: Any, tmp_path: Path) -> Iterator[MatrixWorld]:
-    sqlite_app.config["WTF_CSRF_ENABLED"] = False
-    yield _build(sqlite_app, tmp_path / "tre.sqlite")
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MatrixWorld]:
+    with app_on(request.param, tmp_path_factory.mktemp(f"matrix-{request.param}")) as app:
+        app.config["WTF_CSRF_ENABLED"] = False
+        yield _build(app, request.param)
 
 
 def routes(app: Any) -> list[tuple[str, str, str, str]]:
@@ -409,7 +394,7 @@ def call(world: MatrixWorld, role: str, method: str, url: str) -> Any:
                 if role == "no_mfa":  # the password was right; the second factor is still to come
                     sess.update({"pending_uid": user.id, "pending_at": now, "next": "/"})
                 else:
-                    sess.update({"uid": user.id, "epoch": user.session_epoch, "seen": now})
+                    sess.update({"uid": user.id, "epoch": user.session_epoch, "seen": now, "signed_in": now})
     kwargs: dict[str, Any] = {"headers": headers}
     if method in ("POST", "PUT", "PATCH"):
         kwargs["json" if api else "data"] = {}
@@ -490,9 +475,11 @@ def test_every_route_answers_every_role_as_the_matrix_says(world: MatrixWorld) -
                         f"{role:<15} {context:<5} {method} {url} -> {response.status_code} {got}, expected {want}"
                     )
                 if method != "GET" and got != "deny":
-                    world.restore()
-    record("access matrix cells (route × role × context)", cells)
-    record("access matrix routes", len(routes(world.app)))
-    record("access matrix cells refused with a message after the route let the person in", refused)
-    print(f"access matrix: {cells} cells checked ({refused} refused with a message), {world.restores} restores")
+                    world.restore()  # skipped when the cell wrote nothing
+    on = f"on {world.backend}"
+    record(f"access matrix cells (route × role × context) {on}", cells)
+    record(f"access matrix routes {on}", len(routes(world.app)))
+    record(f"access matrix cells refused with a message after the route let the person in {on}", refused)
+    print(f"access matrix {on}: {cells} cells checked ({refused} refused with a message), "
+          f"{world.snapshot.restores} restores")
     assert not failures, f"{len(failures)} of {cells} cells differ:\n" + "\n".join(failures)

@@ -9,6 +9,10 @@ the researcher's text that DAC members and output checkers read, and SQL metacha
 audit search and in identifiers in URLs. Other files already cover single cases (the refused .zip
 and .html in tests/tre/web/test_outputs*.py, the escaped context and CSV cells); this suite runs the
 whole catalogue of attacks with counts.
+
+The catalogue runs on SQLite and, when reachable, on PostgreSQL. The world is built once per backend,
+in a database of its own, and put back to its built state before each test
+(``tests/security/backends.py``), so every attack meets the same world.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import make_test_app
-from tests.disclosure.factories import SAFE_CSV, run_queued_jobs
+from tests.disclosure.factories import SAFE_CSV, no_broker, run_queued_jobs
 from tests.disclosure.factories import World as OutputsWorld
 from tests.projects.factories import World, build_world, complete_draft, make_user
+from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on
 from tests.security.figures import record
 from tests.tre.web.test_projects_pages import login, token
 from tre.authn import API_AUDIENCE
@@ -43,12 +47,19 @@ LIMIT = 64 * 1024  # the upload limit of this suite's app, so oversized bodies s
 class Site:
     """A projects world and an outputs world in one app, with an auditor, and ways in as each person."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, backend: str, folder: Path) -> None:
         self.app = app
+        self.backend = backend
+        self.folder = folder
         with app.app_context():
             self.w: World = build_world(app)
             self.out = OutputsWorld(app)
             self.auditor = make_user(app, "audrey.auditor", ["auditor"])
+        self.built = DatabaseSnapshot(app)
+        self.built.take()
+
+    def attacks(self, n: int) -> None:
+        record(f"inputs: attacks tried on {self.backend}", n)
 
     @property
     def platform(self) -> Any:
@@ -85,16 +96,19 @@ class Site:
         return counts
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    from tre.models import metadata
+@pytest.fixture(scope="module", params=BACKENDS)
+def built_site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    folder = tmp_path_factory.mktemp(f"inputs-{request.param}")
+    with app_on(request.param, folder, max_upload_bytes=LIMIT) as app:
+        yield Site(app, request.param, folder)
 
-    app = make_test_app(tmp_path / "instance", f"sqlite:///{tmp_path / 'tre.sqlite'}", max_upload_bytes=LIMIT)
-    db = app.extensions["tre.db"]
-    metadata.create_all(db.engine)
-    yield Site(app)
-    db.session.remove()
-    db.dispose()
+
+@pytest.fixture
+def site(built_site: Site) -> Site:
+    """The world as built, whatever the test before did to it."""
+    built_site.built.restore()
+    no_broker()  # jobs stay queued until a test runs them, as when the world was built
+    return built_site
 
 
 def assert_problem(response: Any, *statuses: int) -> dict[str, Any]:
@@ -180,7 +194,7 @@ def test_bodies_over_the_upload_limit_are_refused_with_413_and_change_nothing(si
     )
     page_output = upload_page(site, draft_id, OVER, "big.csv")
     page_optout = load_optouts_page(site, OVER)
-    record("inputs: attacks tried", 4)
+    site.attacks(4)
 
     assert_problem(api_output, 413)
     assert_problem(api_optout, 413)
@@ -201,7 +215,7 @@ def test_a_file_over_the_output_limit_inside_an_accepted_body_is_refused_by_the_
 
     with pytest.raises(Exception, match="larger than"):
         svc.add_file(site.out.author, draft_id, "t.csv", b"a,b\n" + b"1,2\n" * 400, group="tables")
-    record("inputs: attacks tried", 1)
+    site.attacks(1)
 
     assert site.snapshot() == before
 
@@ -237,7 +251,7 @@ def test_malformed_json_gets_a_problem_and_changes_nothing(
         client.post(f"/api/v1/outputs/requests/{request_id}/votes", data=body, content_type=content_type,
                     headers=site.bearer(site.out.olive)),
     ]
-    record("inputs: attacks tried", len(responses))
+    site.attacks(len(responses))
 
     for response in responses:
         assert_problem(response, 400, 415, 422)
@@ -252,7 +266,7 @@ def test_malformed_table_specification_in_a_submission_is_refused_and_changes_no
         submit(site, [(SAFE_CSV, "t.csv")], table_specs='["t.csv"]'),
         submit(site, [(SAFE_CSV, "t.csv")], table_specs=json.dumps({"t.csv": {"dataset": "../../etc", "dims": ["a"]}})),
     ]
-    record("inputs: attacks tried", len(responses))
+    site.attacks(len(responses))
 
     for response in responses:
         assert_problem(response, 400, 422)
@@ -280,7 +294,7 @@ def test_malformed_output_files_are_refused_on_the_api_and_the_page_and_change_n
 
     api = submit(site, [(SAFE_CSV, "ok.csv"), (content, name)])
     page = upload_page(site, draft_id, content, name)
-    record("inputs: attacks tried", 2)
+    site.attacks(2)
 
     assert_problem(api, 422)
     assert page.status_code == 200
@@ -308,7 +322,7 @@ def test_malformed_opt_out_lists_are_refused_whole_and_change_nothing(site: Site
         "/api/v1/optout-lists", headers=site.bearer(site.w.custodian),
         json={"name": "national", "numbers": content.decode("latin-1")},
     )
-    record("inputs: attacks tried", 2)
+    site.attacks(2)
 
     assert page.status_code in (200, 400, 422)
     text = page.get_data(as_text=True)
@@ -335,16 +349,14 @@ HOSTILE_NAMES = [
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_file_names_with_paths_are_refused_and_nothing_is_written_anywhere(
-    site: Site, name: str, tmp_path: Path
-) -> None:
+def test_file_names_with_paths_are_refused_and_nothing_is_written_anywhere(site: Site, name: str) -> None:
     draft_id = site.out.draft(content=SAFE_CSV).id
     before = site.snapshot()
-    everything_before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    everything_before = {p for p in site.folder.rglob("*") if p.is_file()}
 
     api = submit(site, [(SAFE_CSV, name)])
     page = upload_page(site, draft_id, SAFE_CSV, name)
-    record("inputs: attacks tried", 2)
+    site.attacks(2)
 
     body = assert_problem(api, 422)
     # A name werkzeug cannot parse arrives as no file at all; the rest are refused by name.
@@ -352,8 +364,8 @@ def test_file_names_with_paths_are_refused_and_nothing_is_written_anywhere(
     assert page.status_code == 200 and "File added" not in page.get_data(as_text=True)
     assert "tre-flash--error" in page.get_data(as_text=True)
     assert site.snapshot() == before
-    # Only the SQLite journal may have come and gone; no file appeared anywhere under the instance.
-    after = {p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(("-journal", "-wal", "-shm"))}
+    # Only the SQLite journal may have come and gone; no file appeared anywhere in the site's folder.
+    after = {p for p in site.folder.rglob("*") if p.is_file() and not p.name.endswith(("-journal", "-wal", "-shm"))}
     assert after <= everything_before
 
 
@@ -380,7 +392,7 @@ def test_archives_and_zip_bombs_are_refused_by_type_without_being_opened(
     api = submit(site, [(content, name)])
     page = upload_page(site, draft_id, content, name)
     optout = load_optouts_page(site, content, name)
-    record("inputs: attacks tried", 3)
+    site.attacks(3)
 
     body = assert_problem(api, 422)
     assert "archive" in body["detail"] or "not accepted" in body["detail"] or "UTF-8" in body["detail"]
@@ -419,7 +431,7 @@ def test_application_text_is_escaped_on_every_page_the_committee_reads(site: Sit
         "chair": site.page_client(w.chair).get(f"/dac/{project_id}"),
         "chair decides": site.page_client(w.chair).get(f"/dac/{project_id}/decide"),
     }
-    record("inputs: attacks tried", len(pages))
+    site.attacks(len(pages))
 
     for who, response in pages.items():
         assert response.status_code == 200, who
@@ -443,7 +455,7 @@ def test_output_request_text_is_escaped_on_every_page_the_checkers_read(site: Si
         "queue": olive.get("/outputs/queue"),
         "request": olive.get(f"/outputs/requests/{request_id}"),
     }
-    record("inputs: attacks tried", len(pages))
+    site.attacks(len(pages))
 
     queue = pages.pop("queue")
     assert queue.status_code == 200
@@ -465,7 +477,7 @@ def test_output_request_text_is_returned_as_data_not_markup_on_the_api(site: Sit
     response = site.app.test_client().get(
         f"/api/v1/outputs/requests/{request_id}/checker-view", headers=site.bearer(out.olive)
     )
-    record("inputs: attacks tried", 1)
+    site.attacks(1)
 
     assert response.status_code == 200 and response.mimetype == "application/json"
     assert response.get_json()["title"] == f"Title {SCRIPT}"  # the exact text, for the client to escape
@@ -496,7 +508,7 @@ def test_sql_metacharacters_in_the_audit_search_find_nothing_and_break_nothing(s
                                                                                   "outcome")]
     dates = [client.get("/audit/", query_string={field: payload}) for field in ("start", "end")]
     export = client.get("/audit/export.csv", query_string={"action": payload})
-    record("inputs: attacks tried", len(pages) + len(dates) + 1)
+    site.attacks(len(pages) + len(dates) + 1)
 
     for page in pages:
         assert page.status_code == 200
@@ -533,7 +545,7 @@ def test_sql_metacharacters_as_identifiers_in_urls_are_not_found(site: Site, pay
             f"/api/v1/outputs/requests/{ident}/checker-view", headers=site.bearer(site.out.olive)
         ),
     }
-    record("inputs: attacks tried", len(responses))
+    site.attacks(len(responses))
 
     for where, response in responses.items():
         assert response.status_code == 404, (where, response.status_code)

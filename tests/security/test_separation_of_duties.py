@@ -14,8 +14,8 @@ from tre.core.identity import UserRole
 
 
 @pytest.fixture
-def world(sqlite_app: Any) -> World:
-    return World(sqlite_app)
+def world(app: Any) -> World:  # SQLite and, when reachable, PostgreSQL (tests/conftest.py)
+    return World(app)
 
 
 def test_author_who_is_also_an_output_checker_cannot_claim_their_own_request(world: World) -> None:
