@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ import pytest
 from sqlalchemy import func, select
 
 from disclosure.models import OutputCheck, OutputRequest
+from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
 from tests.conftest import REDIS_URL, require_backend
 from tests.disclosure.factories import active_project, person
-from tests.tre.core.test_jobs_worker_killed import Worker, _wait_for
 from tre.core import jobs, migrate
 from tre.core.audit import AuditEvent
 
@@ -53,10 +52,8 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
 
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
+    with worker_pool() as started:
+        yield started
 
 
 def write_big_extract(instance: Path, project_id: str) -> None:
@@ -99,15 +96,7 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
     database_url, broker_url = backends
     instance = tmp_path / "instance"
     instance.mkdir()
-    env = dict(
-        os.environ,
-        TRE_INSTANCE_PATH=str(instance),
-        TRE_DATABASE_URL=database_url,
-        TRE_BROKER_URL=broker_url,
-        TRE_JOB_LEASE_SECONDS="2",
-        TRE_JOB_SWEEP_INTERVAL_SECONDS="1",
-        TRE_JOB_REQUEUE_AFTER_SECONDS="4",
-    )
+    env = worker_env(instance, database_url, broker_url)
     migrate.upgrade(database_url)
     from tre.app import create_app
 
@@ -141,7 +130,7 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
                 s.expunge(job)
             return job
 
-    _wait_for(
+    wait_for(
         lambda: (j := table_job()) is not None and j.state == jobs.RUNNING and j.progress > 0,
         90,
         "the check to start",
@@ -155,7 +144,7 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
         with db.session_factory() as s:
             return s.get(OutputRequest, request_id).state
 
-    _wait_for(lambda: state() == "awaiting_review", 180, "the request's verdict", log)
+    wait_for(lambda: state() == "awaiting_review", 180, "the request's verdict", log)
     time.sleep(3)  # room for a stray duplicate delivery to show itself, if there were one
 
     with db.session_factory() as s:

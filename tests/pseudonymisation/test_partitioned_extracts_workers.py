@@ -6,7 +6,6 @@ and, when reachable, PostgreSQL + Redis."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from pseudonymisation.models import Extract
 from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 from pseudonymisation.services import LINKAGE, MERGE_JOB, PARTITION_JOB, _key
 from pseudonymisation.tasks import extracts_service
+from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
 from tests.conftest import REDIS_URL, require_backend
 from tests.projects.factories import TODAY, build_world, publish_agreement
 from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
-from tests.tre.core.test_jobs_worker_killed import Worker, _wait_for
 from tre.core import jobs, migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -53,10 +52,8 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
 
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
+    with worker_pool() as started:
+        yield started
 
 
 def _active_project(app: Any, source: Path) -> tuple[Any, Any]:
@@ -102,12 +99,8 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
     database_url, broker_url = backends
     instance = tmp_path / "instance"
     instance.mkdir()
-    settings = {
-        "TRE_INSTANCE_PATH": str(instance), "TRE_DATABASE_URL": database_url, "TRE_BROKER_URL": broker_url,
-        "TRE_JOB_LEASE_SECONDS": "2", "TRE_JOB_SWEEP_INTERVAL_SECONDS": "1", "TRE_JOB_REQUEUE_AFTER_SECONDS": "4",
-        "TRE_EXTRACT_CHUNK_ROWS": str(CHUNK_ROWS), "TRE_EXTRACT_PARTITION_ROWS": str(PARTITION_ROWS),
-    }
-    env = dict(os.environ, **settings)
+    env = worker_env(instance, database_url, broker_url, extract_chunk_rows=CHUNK_ROWS,
+                     extract_partition_rows=PARTITION_ROWS)
     migrate.upgrade(database_url)
     from tre.app import create_app
 
@@ -133,7 +126,7 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
             return any(j.state == jobs.RUNNING and 0 < j.progress <= 0.5 for j in partition_jobs())
 
         # The first worker alone: it builds, fans out, and is killed in the middle of a partition.
-        _wait_for(mid_partition, 240, "the first worker to be in the middle of a partition", log)
+        wait_for(mid_partition, 240, "the first worker to be in the middle of a partition", log)
         workers[0].kill()
         killed = [j.id for j in partition_jobs() if j.state == jobs.RUNNING]
         assert len(killed) == 1
@@ -146,7 +139,7 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
                 assert extract is not None
                 return extract.state
 
-        _wait_for(lambda: extract_state() in ("succeeded", "failed"), 420, "the extract to be merged", log)
+        wait_for(lambda: extract_state() in ("succeeded", "failed"), 420, "the extract to be merged", log)
         with db.session_factory() as s:
             extract = s.get(Extract, extract_id)
             assert extract is not None and extract.state == "succeeded"

@@ -10,7 +10,6 @@ short)."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +24,12 @@ from pseudonymisation.models import Extract
 from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 from pseudonymisation.services import BUILD_JOB, LINKAGE, _key
 from pseudonymisation.tasks import extracts_service
+from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
 from tests.disclosure.factories import active_project, person
 from tests.disclosure.test_checks_worker_killed import submit, write_big_extract
 from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
 from tests.pseudonymisation.test_partitioned_extracts_workers import APPROVED, _active_project
 from tests.security.figures import record
-from tests.tre.core.test_jobs_worker_killed import Worker, _wait_for
 from tre.core import jobs, migrate
 from tre.core.audit import AuditEvent
 
@@ -42,10 +41,8 @@ CHUNK_ROWS = 20_000  # 30 chunks: the build is under way long enough to be caugh
 
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
+    with worker_pool() as started:
+        yield started
 
 
 def _setup(tmp_path: Path, **settings: Any) -> tuple[Any, dict[str, str]]:
@@ -53,16 +50,7 @@ def _setup(tmp_path: Path, **settings: Any) -> tuple[Any, dict[str, str]]:
     instance.mkdir()
     database_url = f"sqlite:///{tmp_path / 'tre.sqlite'}"
     broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
-    env = dict(
-        os.environ,
-        TRE_INSTANCE_PATH=str(instance),
-        TRE_DATABASE_URL=database_url,
-        TRE_BROKER_URL=broker_url,
-        TRE_JOB_LEASE_SECONDS="2",
-        TRE_JOB_SWEEP_INTERVAL_SECONDS="1",
-        TRE_JOB_REQUEUE_AFTER_SECONDS="4",
-        **{f"TRE_{k.upper()}": str(v) for k, v in settings.items()},
-    )
+    env = worker_env(instance, database_url, broker_url, **settings)
     migrate.upgrade(database_url)
     from tre.app import create_app
 
@@ -94,7 +82,7 @@ def _kill_in_a_row(app: Any, kind: str, env: dict[str, str], log: Path, workers:
             under_way = j is not None and j.state == jobs.RUNNING and j.attempts == attempt
             return under_way and (attempt > 1 or j.progress > 0)
 
-        _wait_for(running_this_attempt, 120, f"attempt {attempt} of {kind} to be under way", log)
+        wait_for(running_this_attempt, 120, f"attempt {attempt} of {kind} to be under way", log)
         if attempt == 1:
             time.sleep(0.5)  # inside the work, not at its edge
         workers[-1].kill()
@@ -131,7 +119,7 @@ def test_output_check_whose_workers_are_killed_twice_in_a_row_reaches_one_verdic
         with db.session_factory() as s:
             return s.get(OutputRequest, request_id).state
 
-    _wait_for(lambda: state() == "awaiting_review", 240, "the request's verdict", log)
+    wait_for(lambda: state() == "awaiting_review", 240, "the request's verdict", log)
     time.sleep(3)  # room for a stray duplicate delivery to show itself, if there were one
 
     with db.session_factory() as s:
@@ -181,7 +169,7 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
             with db.session_factory() as s:
                 return s.get(Extract, extract_id).state
 
-        _wait_for(lambda: extract_state() in ("succeeded", "failed"), 240, "the extract to finish", log)
+        wait_for(lambda: extract_state() in ("succeeded", "failed"), 240, "the extract to finish", log)
         time.sleep(2)
         job = _job(app, BUILD_JOB)
         with db.session_factory() as s:
