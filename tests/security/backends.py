@@ -26,6 +26,27 @@ SNAPSHOT_SCHEMA = "world_snapshot"
 _READS = ("SELECT", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA", "SHOW", "SET ")
 
 
+# What a database error carries when it escapes: the drivers' and SQLAlchemy's names, their error
+# texts, and Python's traceback. No answer of ours, whatever its status, may show any of them.
+_INTERNALS = (
+    "sqlalchemy",
+    "psycopg",
+    "sqlite3.",
+    "background on this error",
+    "syntax error at or near",
+    "violates foreign key constraint",
+    "violates unique constraint",
+    "unique constraint failed",
+    "traceback (most recent call last)",
+)
+
+
+def database_internals(body: str) -> str:
+    """The first sign of the database's internals in ``body``, or ``""`` when there is none."""
+    lowered = body.lower()
+    return next((marker for marker in _INTERNALS if marker in lowered), "")
+
+
 @contextlib.contextmanager
 def database_for(backend: str, folder: Path) -> Iterator[str]:
     if backend == "sqlite":

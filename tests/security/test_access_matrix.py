@@ -10,7 +10,8 @@ as that role and classifies the answer:
 - **allow**: 2xx, a redirect anywhere but the sign-in page, or (for a request with a body) 400/409/422,
   which means the route let the person in and then refused the empty input;
 - **deny**: 401, 403, 404 (a thing one may not see is not found) or a redirect to the sign-in page;
-- **error**: any 5xx, which fails every cell whatever the expectation.
+- **error**: any 5xx, which fails every cell whatever the expectation; so does an answer that shows
+  the database's internals (its driver's name, SQL, a traceback) whatever its status.
 
 Contexts: ``own`` fills ids from project A (the researcher is its PI; the DAC member reviewed it) and,
 for ``user_id``/``token_id``, the acting person's own account and token; ``other`` fills ids from
@@ -43,7 +44,7 @@ from pseudonymisation.models import ReidentificationRequest
 from tests.disclosure.factories import SAFE_CSV, active_project, run_queued_jobs
 from tests.disclosure.factories import outputs as outputs_service
 from tests.projects.factories import build_world, make_user, ready_for_access
-from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on
+from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on, database_internals
 from tests.security.figures import record
 from tre.access import declared_access
 from tre.core import jobs
@@ -463,6 +464,7 @@ def test_every_route_answers_every_role_as_the_matrix_says(world: MatrixWorld) -
                 url = fill(world, rule, role, context)
                 response = call(world, role, method, url)
                 got = classify(method, response)
+                leaked = database_internals(response.get_data(as_text=True))
                 response.close()
                 want = "allow" if allowed(spec, role, context) else "deny"
                 cells += 1
@@ -474,6 +476,8 @@ def test_every_route_answers_every_role_as_the_matrix_says(world: MatrixWorld) -
                     failures.append(
                         f"{role:<15} {context:<5} {method} {url} -> {response.status_code} {got}, expected {want}"
                     )
+                if leaked:
+                    failures.append(f"{role:<15} {context:<5} {method} {url} -> its answer shows {leaked}")
                 if method != "GET" and got != "deny":
                     world.restore()  # skipped when the cell wrote nothing
     on = f"on {world.backend}"

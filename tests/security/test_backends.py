@@ -1,5 +1,6 @@
 """The snapshot the security suites lean on: a restore puts back every row, and leaves the audit log
-as append-only as it found it (on PostgreSQL the restore lifts the trigger for its own transaction)."""
+as append-only as it found it (on PostgreSQL the restore lifts the trigger for its own transaction);
+and the check for database internals in answers recognises each driver's real errors."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from tests.projects.factories import make_user
-from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on
+from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on, database_internals
 from tre.core.audit import AuditEvent
 from tre.core.db import transaction
 from tre.core.identity import User
@@ -80,3 +82,12 @@ def test_restore_does_nothing_when_nothing_was_written_since(backend_app: Any) -
     make_user(app, "second.person", ["researcher"])
     snapshot.restore()
     assert snapshot.restores == 1
+
+
+def test_a_real_database_error_is_recognised_as_the_databases_internals(backend_app: Any) -> None:
+    session = backend_app.extensions["tre.db"].session
+    with pytest.raises(DBAPIError) as caught, transaction(session) as s:
+        s.execute(text("INSERT INTO users (id) VALUES (NULL)"))
+
+    assert database_internals(str(caught.value))
+    assert not database_internals("<h1>Page not found</h1><p>Check the address.</p>")

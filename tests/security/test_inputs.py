@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from tests.disclosure.factories import SAFE_CSV, no_broker, run_queued_jobs
 from tests.disclosure.factories import World as OutputsWorld
 from tests.projects.factories import World, build_world, complete_draft, make_user
-from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on
+from tests.security.backends import BACKENDS, DatabaseSnapshot, app_on, database_internals
 from tests.security.figures import record
 from tests.tre.web.test_projects_pages import login, token
 from tre.authn import API_AUDIENCE
@@ -114,6 +114,7 @@ def site(built_site: Site) -> Site:
 def assert_problem(response: Any, *statuses: int) -> dict[str, Any]:
     assert response.status_code in statuses, (response.status_code, response.get_data(as_text=True)[:500])
     assert response.mimetype == "application/problem+json", response.mimetype
+    assert not database_internals(response.get_data(as_text=True))
     body = response.get_json()
     assert body["status"] == response.status_code and body["title"]
     return body
@@ -510,6 +511,8 @@ def test_sql_metacharacters_in_the_audit_search_find_nothing_and_break_nothing(s
     export = client.get("/audit/export.csv", query_string={"action": payload})
     site.attacks(len(pages) + len(dates) + 1)
 
+    for page in pages + dates + [export]:
+        assert not database_internals(page.get_data(as_text=True))
     for page in pages:
         assert page.status_code == 200
     for page in dates:
@@ -549,6 +552,7 @@ def test_sql_metacharacters_as_identifiers_in_urls_are_not_found(site: Site, pay
 
     for where, response in responses.items():
         assert response.status_code == 404, (where, response.status_code)
+        assert not database_internals(response.get_data(as_text=True)), where
         if where.startswith("api"):
             assert_problem(response, 404)
     assert site.snapshot() == before
