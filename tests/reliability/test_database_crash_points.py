@@ -11,6 +11,7 @@ connection, as it would in production. The points:
 * the same, just after COMMIT: the change is durable but the reply is lost, so the client retries
   with the same Idempotency-Key (by hand, and the real workspace client over HTTP, which does it
   by itself);
+* a checker's claim of a review place, after the place is written but before its audit event;
 * an automated output check (a database-backed job, run through its Celery task), after its first
   verdict row and before the second file is checked;
 * the same job, after all its writes, just before it records its own success;
@@ -21,7 +22,8 @@ connection, as it would in production. The points:
 
 After each crash the cluster is started again and the test asserts: the client got a 503 problem
 document without a trace or SQL; nothing is half-written (every request, file and verdict has its
-audit event and every such event its row, every request its check job); the audit chain verifies
+audit event and every such event its row, every request its check job, every review place its
+claim); the audit chain verifies
 (what ``tre audit verify`` checks); the same request sent again succeeds exactly once, or the job is
 taken back by the sweeper and finishes exactly once; and the app serves again without a restart of
 its own. One cluster and one app serve every point in turn, so the crashes also come one after
@@ -40,7 +42,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from disclosure.models import OutputCheck, OutputFile, OutputRequest
+from disclosure.models import OutputCheck, OutputFile, OutputRequest, OutputReview
 from disclosure.services import CHECK_JOB
 from tests.disclosure.factories import SAFE_CSV, World
 from tests.reliability.pg_cluster import Cluster, private_cluster
@@ -243,6 +245,7 @@ def assert_nothing_half_written(rig: Rig) -> None:
         requests = {r.id: r.client_key for r in s.scalars(select(OutputRequest))}
         files = {f.id: f.request_id for f in s.scalars(select(OutputFile))}
         checks = [(c.file_id, c.request_id) for c in s.scalars(select(OutputCheck))]
+        reviews = [(r.request_id, r.reviewer_id) for r in s.scalars(select(OutputReview))]
         done = {r.id for r in s.scalars(select(OutputRequest).where(OutputRequest.state == "awaiting_review"))}
         events = list(s.scalars(select(AuditEvent).where(AuditEvent.outcome == SUCCESS)))
         check_jobs = [j.payload["request_id"] for j in s.scalars(select(jobs.Job).where(jobs.Job.kind == CHECK_JOB))]
@@ -257,6 +260,8 @@ def assert_nothing_half_written(rig: Rig) -> None:
     assert sorted(targets("output.check")) == sorted(file_id for file_id, _ in checks)  # one verdict each
     assert sorted(targets("output.checks_done")) == sorted(done)
     assert sorted(check_jobs) == sorted(requests)
+    claimed = [(e.target_id, e.detail["reviewer_id"]) for e in events if e.action in ("output.claim", "output.assign")]
+    assert sorted(claimed) == sorted(reviews)
     keys = [k for k in requests.values() if k is not None]
     assert len(keys) == len(set(keys))
     with rig.db.session_factory() as s:
@@ -360,6 +365,44 @@ def test_the_workspace_client_whose_answer_was_lost_after_commit_tries_again_and
         made = set(s.scalars(select(OutputRequest.id))) - before
     record(LOST, len({answer["id"]} - made))
     assert made == {answer["id"]}  # one request, however many times it was sent
+    assert_nothing_half_written(rig)
+
+
+def test_a_crash_inside_a_checkers_claim_changes_nothing_and_the_claim_sent_again_takes_one_place(
+    rig: Rig, crash: Crash
+) -> None:
+    submitted = rig.submit("claimed-after-a-crash")
+    assert submitted.status_code == 201, submitted.get_data(as_text=True)
+    request_id = submitted.json["id"]
+    checker = rig.app.extensions["tre.platform"].tokens.issue(
+        rig.world.olive.id, "tre-api", "api", dt.timedelta(minutes=30), project_id=None
+    )
+
+    def claim() -> Any:
+        return rig.app.test_client().post(
+            f"/api/v1/outputs/requests/{request_id}/claim", headers={"Authorization": f"Bearer {checker}"}
+        )
+
+    crash.after_statement(inserting("output_reviews"))  # the seat is taken, its audit event not yet written
+
+    failed = claim()
+
+    assert crash.fired
+    record(INJECTED, 1)
+    assert_clear_failure(failed)
+    crash.disarm()
+    rig.cluster.start()
+    assert_nothing_half_written(rig)
+
+    retried = claim()
+    again = claim()
+
+    assert retried.status_code == 200, retried.get_data(as_text=True)
+    assert again.status_code == 422  # "already holds a review": a second claim never takes a second place
+    with rig.db.session_factory() as s:
+        seats = s.scalars(select(OutputReview.reviewer_id).where(OutputReview.request_id == request_id)).all()
+    record(LOST, int(seats != [rig.world.olive.id]))
+    assert seats == [rig.world.olive.id]
     assert_nothing_half_written(rig)
 
 
