@@ -688,7 +688,8 @@ def bottleneck(backend: str, cpu: dict[str, Any], by_class: dict[str, Any], lock
         verdict += (f"; PostgreSQL: on average {waits['mean_sessions_waiting_on_locks']} of "
                     f"{waits['mean_active_sessions']} busy sessions were waiting on a lock ({top})")
         if any("advisory" in k for k in waits["lock_waits"]):
-            verdict += ": audited writes queue for the audit chain's advisory lock (ADR 0003), one at a time"
+            verdict += (": audited writes queue for the audit chain's advisory lock (ADR 0003), which each "
+                        "holds from inserting its events to its commit")
     if locked:
         verdict += f"; 'database is locked' appeared {locked} times in the server log"
     return verdict
