@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, request, url_for
+from flask import Flask, current_app, g, request, url_for
 from flask_wtf.csrf import CSRFProtect
 
 from tre import access, errors
@@ -20,6 +20,11 @@ from tre.core.logs import request_id_var
 csrf = CSRFProtect()
 
 SERVICE_NAME = "Trusted Research Environment"
+SESSION_COOKIE = "tre_session"
+# Browsers keep a __Host- cookie only if it is Secure, has Path=/ and no Domain, so it can be set
+# by this host alone; over plain HTTP (the embedded `make run` on 127.0.0.1) they would drop it.
+SECURE_SESSION_COOKIE = "__Host-" + SESSION_COOKIE
+HSTS = "max-age=31536000; includeSubDomains"
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -43,8 +48,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
-        SESSION_COOKIE_NAME="tre_session",
-        PERMANENT_SESSION_LIFETIME=8 * 3600,
+        SESSION_COOKIE_NAME=SECURE_SESSION_COOKIE if settings.session_cookie_secure else SESSION_COOKIE,
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
+        # The cookie outlives no session: tre/authn.py ends a session at this age in any case.
+        PERMANENT_SESSION_LIFETIME=settings.session_max_hours * 3600,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         JSON_SORT_KEYS=False,
     )
@@ -131,6 +139,9 @@ def _security_headers(response: Any) -> Any:
         f"script-src 'self'{inline}; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     )
     response.headers.setdefault("Cache-Control", "no-store")
+    if current_app.extensions["tre.settings"].public_url.startswith("https://"):
+        # Served over HTTPS: browsers must never come back over plain HTTP, for a year.
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
     if g.get("request_id"):
         response.headers["X-Request-Id"] = g.request_id
     return response

@@ -2,7 +2,9 @@
 
 Runs before every request and sets ``g.user`` only for a fully authenticated, active person.
 A session cookie counts only while its ``epoch`` matches the account's (signing out, a password
-reset or deactivation bumps it, so every older cookie stops working at once).
+reset or change, or deactivation bumps it, so every older cookie stops working at once), while the
+person has made a request in the last 30 minutes, and for at most ``TRE_SESSION_MAX_HOURS`` (12 by
+default) after they signed in, however active they are.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ def _load_from_session() -> None:
     if not uid:
         return
     last_seen = session.get("seen")
+    signed_in = session.get("signed_in")
     now = int(utcnow().timestamp())
     if last_seen is None or now - int(last_seen) > SESSION_IDLE_LIMIT.total_seconds():
+        session.clear()
+        return
+    if signed_in is None or now - int(signed_in) > session_max_age().total_seconds():
         session.clear()
         return
     user = platform().db.session.get(User, uid)
@@ -64,13 +70,24 @@ def _load_from_session() -> None:
     g.user = user
 
 
-def start_session(user: User) -> None:
-    """Begin a fresh session (a new cookie, so a planted one cannot be fixed on the person)."""
+def session_max_age() -> dt.timedelta:
+    """How long a session may last from sign-in, however active (the absolute limit)."""
+    return dt.timedelta(hours=current_app.extensions["tre.settings"].session_max_hours)
+
+
+def start_session(user: User, *, signed_in_at: int | None = None) -> None:
+    """Begin a fresh session (a new cookie, so a planted one cannot be fixed on the person).
+
+    ``signed_in_at`` carries the original sign-in time over when a session is renewed (after a
+    password change), so renewing never extends the absolute limit.
+    """
+    now = int(utcnow().timestamp())
     session.clear()
     session.permanent = True
     session["uid"] = user.id
     session["epoch"] = user.session_epoch
-    session["seen"] = int(utcnow().timestamp())
+    session["seen"] = now
+    session["signed_in"] = int(signed_in_at) if signed_in_at is not None else now
 
 
 def _load_from_bearer(token: str) -> None:

@@ -62,6 +62,9 @@ class Settings:
     files_s3_endpoint_url: str = ""
     files_s3_region: str = ""
     session_cookie_secure: bool = False
+    # A signed-in session ends this many hours after sign-in however active it is (the idle limit,
+    # 30 minutes, ends it sooner).
+    session_max_hours: int = 12
     jupyterhub_url: str = "http://127.0.0.1:8000"
     # The hub's REST API as the control plane reaches it (in a cluster, the hub's internal service,
     # e.g. http://hub.tre.svc.cluster.local:8081); empty means the public ``jupyterhub_url``.
@@ -132,6 +135,8 @@ class Settings:
             changes["workspaces_path"] = inst / "workspaces"
         if not self.jupyterhub_api_url:
             changes["jupyterhub_api_url"] = self.jupyterhub_url
+        if not 1 <= self.session_max_hours <= 24 * 7:
+            raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
             raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
         oidc = {"TRE_OIDC_ISSUER": self.oidc_issuer, "TRE_OIDC_CLIENT_ID": self.oidc_client_id,

@@ -34,7 +34,7 @@ def login(client: Any, user: Any) -> Any:
     with client.session_transaction() as sess:
         sess["uid"] = user.id
         sess["epoch"] = user.session_epoch
-        sess["seen"] = int(utcnow().timestamp())
+        sess["seen"] = sess["signed_in"] = int(utcnow().timestamp())
     return client
 
 
