@@ -87,6 +87,7 @@ EXPECT: dict[str, str] = {
     "GET /": "*",
     "GET /about": "*",
     "GET /account/": "signed_in",
+    "GET /account/password": "signed_in",
     "GET /admin/users": "administrator",
     "GET /admin/users/<user_id>": "administrator",
     "GET /admin/users/new": "administrator",
@@ -149,6 +150,7 @@ EXPECT: dict[str, str] = {
     "GET /readyz": "*",
     "GET /static/<path:filename>": "*",
     "PATCH /api/v1/projects/<string:project_id>": "researcher:o",
+    "POST /account/password": "signed_in",  # the empty form is refused with 400 once let in
     "POST /account/tokens": "",
     "POST /account/tokens/<token_id>/revoke": "signed_in:o",  # only one's own token
     "POST /admin/users/<user_id>/active": "administrator:t",

@@ -1,4 +1,5 @@
-"""Secrets: distinctive canary values for a password, a TOTP secret and recovery code, a reset link,
+"""Secrets: distinctive canary values for a password (set by reset link, then changed on the account
+page), a TOTP secret and recovery code, a reset link,
 a personal API token, NHS numbers on an opt-out list and one re-identified, the master key and a
 wrapped key's plaintext are used in a realistic journey; afterwards none of them may appear in any
 log record (raw or as emitted), any URL requested or ``Location`` returned, any task dispatched,
@@ -12,6 +13,7 @@ import io
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,10 @@ from tre.core import jobs, logs
 from tre.core.audit import AuditEvent
 from tre.demo import synthetic
 
-PASSWORD = "Canary-Pw-Tangerine-Lighthouse-9041"
-WRONG_PASSWORD = "Canary-Wrong-Pw-Marmalade-5527"
+# Not built on Casey's name or address, or the password policy would refuse them.
+PASSWORD = "Sentinel-Pw-Tangerine-Lighthouse-9041"
+WRONG_PASSWORD = "Sentinel-Wrong-Pw-Marmalade-5527"
+NEW_PASSWORD = "Sentinel-New-Pw-Quince-Harbour-3317"
 EMAIL = "casey.canary@nhs.example"
 
 
@@ -228,6 +232,17 @@ def test_canary_secrets_and_nhs_numbers_never_reach_logs_tasks_urls_tables_or_ot
         bearer = {"Authorization": f"Bearer {api_token}"}
         assert casey.get("/api/v1/me", headers=bearer).status_code == 200
 
+        # Changes the password on the account page: first with a wrong current password, then properly.
+        later_code = pyotp.TOTP(totp_secret).at(int(time.time()) + 30)
+        change = {"code": later_code, "password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
+        wrong = _post(casey, "/account/password", {**change, "current_password": WRONG_PASSWORD},
+                      token_from="/account/password")
+        assert wrong.status_code == 400
+        changed = _post(casey, "/account/password", {**change, "current_password": PASSWORD},
+                        token_from="/account/password")
+        assert changed.status_code == 302, changed.get_data(as_text=True)
+        assert casey.get("/account/").status_code == 200
+
         # Loads an opt-out list: two real patients of the source and two further valid numbers.
         opted_out = _patients_in_both(demo, 2) + [_valid_number("981726354"), _valid_number("402918375")]
         csv = "nhs_number\n" + "\n".join(_number_forms(n)[i % 2] for i, n in enumerate(opted_out)) + "\n"
@@ -290,6 +305,7 @@ def test_canary_secrets_and_nhs_numbers_never_reach_logs_tasks_urls_tables_or_ot
         canaries: dict[str, list[str]] = {
             "password": [PASSWORD],
             "wrong password": [WRONG_PASSWORD],
+            "new password": [NEW_PASSWORD],
             "reset token": [reset_token],
             "TOTP secret": [totp_secret],
             **{f"recovery code {i}": [c] for i, c in enumerate(recovery)},

@@ -1,5 +1,6 @@
 """People: accounts, roles, passwords (argon2id), TOTP multi-factor authentication, lockout,
-administrator-issued reset links, personal API tokens and the token revocation list.
+administrator-issued reset links, changing one's own password, recovery codes (argon2id too),
+personal API tokens and the token revocation list.
 
 The services here each run one use case in one transaction with its audit event: they check
 policy and permission, change state, record, commit — or change nothing and raise.
@@ -23,18 +24,22 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from tre.core.audit import DENIED, FAILURE, AuditLog
 from tre.core.db import Base, new_id, transaction, utcnow
 from tre.core.keys import KeyProvider
+from tre.core.passwords import MIN_LENGTH, context_words, password_problem
 from tre.core.permissions import Permission, Role, has_permission
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = dt.timedelta(minutes=15)
 RESET_LINK_LIFETIME = dt.timedelta(hours=24)
 RECOVERY_CODE_COUNT = 10
-MIN_PASSWORD_LENGTH = 12
+MIN_PASSWORD_LENGTH = MIN_LENGTH
 TOTP_ISSUER = "NHS Trusted Research Environment"
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 # Verifying against this keeps a login for an unknown email as slow as one for a known email.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# Recovery codes (48 random bits) are salted and stretched too (ASVS V6.5.2), with OWASP's minimum
+# argon2id cost (19 MiB, 2 passes): a wrong code is checked against up to ten of them.
+_code_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 
 class IdentityError(Exception):
@@ -110,7 +115,9 @@ class RecoveryCode(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    code_hash: Mapped[str] = mapped_column(String(64))
+    # argon2id; codes made before argon2id was used here are a SHA-256 hex digest (64 characters),
+    # still accepted until used or replaced (see ``_recovery_code_matches``).
+    code_hash: Mapped[str] = mapped_column(String(255))
     used_at: Mapped[dt.datetime | None]
 
 
@@ -198,11 +205,12 @@ def normalise_email(email: str) -> str:
     return email
 
 
-def check_password_policy(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise IdentityError(f"Password must be at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > 1024:
-        raise IdentityError("Password must be 1024 characters or fewer")
+def check_password_policy(password: str, *, email: str = "", display_name: str = "") -> None:
+    """Refuse a new password that is too short or long, easy to guess, or built on the person's
+    name, email address or this service's name (tre/core/passwords.py)."""
+    problem = password_problem(password, context_words(email, display_name))
+    if problem is not None:
+        raise IdentityError(problem)
 
 
 @dataclass
@@ -237,7 +245,7 @@ class Identity:
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
         if password is not None:
-            check_password_policy(password)
+            check_password_policy(password, email=email, display_name=display_name)
         with transaction(self.session) as s:
             if s.scalar(select(User).where(User.email == email)) is not None:
                 raise IdentityError("An account with that email address already exists")
@@ -557,7 +565,7 @@ class Identity:
             for old in s.scalars(select(RecoveryCode).where(RecoveryCode.user_id == user.id)):
                 s.delete(old)
             for c in codes:
-                s.add(RecoveryCode(user_id=user.id, code_hash=_sha256(c)))
+                s.add(RecoveryCode(user_id=user.id, code_hash=_code_hasher.hash(c)))
             self.audit.record(s, "auth.mfa_enrol", actor_id=user.id, request_id=self.request_id)
         return codes
 
@@ -574,13 +582,10 @@ class Identity:
             step = _matching_step(secret, code, after=user.mfa_last_step)
             used_recovery = False
             if step is None and "-" in code:
-                rc = s.scalar(
-                    select(RecoveryCode).where(
-                        RecoveryCode.user_id == user.id,
-                        RecoveryCode.code_hash == _sha256(code.lower()),
-                        RecoveryCode.used_at.is_(None),
-                    )
+                unused = s.scalars(
+                    select(RecoveryCode).where(RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None))
                 )
+                rc = next((row for row in unused if _recovery_code_matches(row.code_hash, code.lower())), None)
                 if rc is not None:
                     rc.used_at = utcnow()
                     used_recovery = True
@@ -649,7 +654,6 @@ class Identity:
         return token
 
     def reset_password(self, token: str, new_password: str) -> User:
-        check_password_policy(new_password)
         with transaction(self.session) as s:
             link = s.scalar(select(PasswordResetLink).where(PasswordResetLink.token_hash == _sha256(token or "")))
             if link is None or link.used_at is not None or link.expires_at < utcnow():
@@ -657,6 +661,8 @@ class Identity:
                     "This link has expired or has already been used. Ask an administrator for a new one"
                 )
             user = self._get(s, link.user_id)
+            # Refusing the password rolls back, so the link still works for a better one.
+            check_password_policy(new_password, email=user.email, display_name=user.display_name)
             link.used_at = utcnow()
             user.password_hash = _hasher.hash(new_password)
             user.failed_login_count = 0
@@ -673,6 +679,49 @@ class Identity:
                 target_type="user",
                 target_id=user.id,
                 request_id=self.request_id,
+            )
+        return user
+
+    def change_password(self, user_id: str, current_password: str, code: str, new_password: str) -> User:
+        """The signed-in person changes their own password, proving it is them with the current
+        password and a TOTP code (as at sign-in). A wrong password or code counts towards the
+        lockout, like a failed sign-in. Success ends every session of the account (the caller
+        starts a fresh one for the browser that asked) and is audited without any secret."""
+        with transaction(self.session) as s:
+            user = self._get(s, user_id, lock=True)
+            if not user.is_active:
+                raise AuthenticationFailed("Your account is not active")
+            if user.locked_until is not None and user.locked_until > utcnow():
+                raise AuthenticationFailed(
+                    "Your account is locked after too many failed attempts. Try again later or ask an administrator"
+                )
+            if user.password_hash is None or user.mfa_secret_sealed is None:
+                raise IdentityError("Your account has no password or security code to check. Ask an administrator")
+            secret = self.keys.unseal(user.mfa_secret_sealed, f"totp:{user.id}").decode()
+            password_ok = _verify_quietly(user.password_hash, current_password or "")
+            step = _matching_step(secret, code, after=user.mfa_last_step)
+            if not password_ok or step is None:
+                user.failed_login_count += 1
+                if user.failed_login_count >= MAX_FAILED_LOGINS:
+                    user.locked_until = utcnow() + LOCKOUT
+                self.audit.record(
+                    s, "auth.password_change", actor_id=user.id, outcome=FAILURE, target_type="user",
+                    target_id=user.id, request_id=self.request_id,
+                    detail={"reason": "wrong current password" if not password_ok else "wrong security code",
+                            "failed_count": user.failed_login_count},
+                )
+                s.commit()
+                raise AuthenticationFailed("Enter your current password and a correct security code")
+            if _verify_quietly(user.password_hash, new_password or ""):
+                raise IdentityError("Choose a new password, not the one you have now")
+            check_password_policy(new_password or "", email=user.email, display_name=user.display_name)
+            user.password_hash = _hasher.hash(new_password)
+            user.mfa_last_step = step
+            user.failed_login_count = 0
+            user.session_epoch += 1
+            self.audit.record(
+                s, "auth.password_change", actor_id=user.id, target_type="user", target_id=user.id,
+                request_id=self.request_id, detail={"other_sessions_ended": True},
             )
         return user
 
@@ -755,6 +804,20 @@ def _claim_true(value: Any) -> bool:
 def _verify_quietly(password_hash: str, password: str) -> bool:
     try:
         return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def _recovery_code_matches(stored: str, code: str) -> bool:
+    if stored.startswith("$argon2"):
+        return _verify_quietly_with(_code_hasher, stored, code)
+    # A code made before recovery codes were hashed with argon2id: plain SHA-256 of the code.
+    return secrets.compare_digest(stored, _sha256(code))
+
+
+def _verify_quietly_with(hasher: PasswordHasher, stored: str, value: str) -> bool:
+    try:
+        return hasher.verify(stored, value)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

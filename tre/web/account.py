@@ -1,13 +1,14 @@
-"""A person's own account: personal API tokens for scripts (shown once, stored hashed, revocable)."""
+"""A person's own account: changing their password, and personal API tokens for scripts (shown once,
+stored hashed, revocable)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 
 from tre.access import login_required
-from tre.authn import identity_service
+from tre.authn import identity_service, start_session
 from tre.core.identity import IdentityError
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -26,6 +27,32 @@ def index() -> str:
         "account/index.html", title="Your account", tokens=identity_service().personal_tokens(g.user), new_token=None,
         **_sso_context(),
     )
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required
+def change_password() -> Any:
+    error = None
+    if request.method == "POST":
+        new_password = request.form.get("password", "")
+        if new_password != request.form.get("password_again", ""):
+            error = "The two new passwords are not the same"
+        else:
+            try:
+                user = identity_service().change_password(
+                    g.user.id, request.form.get("current_password", ""), request.form.get("code", ""), new_password
+                )
+            except IdentityError as exc:
+                error = str(exc)
+            else:
+                # Every session of the account has ended; this browser gets a fresh one that keeps
+                # the original sign-in time, so the absolute session limit is not extended.
+                start_session(user, signed_in_at=session.get("signed_in"))
+                flash("Your password has been changed. You have been signed out everywhere else", "success")
+                return redirect(url_for("account.index"))
+    return render_template(
+        "account/password.html", title="Change your password", error=error
+    ), (400 if error else 200)
 
 
 @bp.post("/tokens")

@@ -1,16 +1,29 @@
-"""Identity services: accounts, roles and their refusals, on both databases."""
+"""Identity services: accounts, roles, changing one's password, recovery codes, and their refusals,
+on both databases."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from typing import Any
 
+import pyotp
 import pytest
 from sqlalchemy import select
 
-from tests.tre.helpers import create_user, identity
+from tests.tre.helpers import PASSWORD, create_user, identity, next_code
 from tre.core.audit import AuditEvent
-from tre.core.identity import IdentityError, PermissionDenied, User, UserRole
+from tre.core.db import transaction
+from tre.core.identity import (
+    MAX_FAILED_LOGINS,
+    AuthenticationFailed,
+    IdentityError,
+    PermissionDenied,
+    RecoveryCode,
+    User,
+    UserRole,
+)
 
 
 def test_non_administrator_cannot_create_accounts_and_the_refusal_is_audited(app: Any) -> None:
@@ -87,3 +100,102 @@ def test_two_administrators_changing_roles_at_once_both_finish_without_error(app
     with p.db.session_factory() as s:
         roles = sorted(r.role for r in s.scalars(select(UserRole).where(UserRole.user_id == target.id)))
     assert roles in (["auditor"], ["output_checker", "researcher"])
+
+
+# --- changing one's own password --------------------------------------------------------------------
+
+
+def test_changing_ones_password_needs_the_current_one_and_a_code_and_ends_every_session(app: Any) -> None:
+    user, secret = create_user(app, "rita@nhs.example", ["researcher"])
+    assert secret
+    epoch = user.session_epoch
+    new = "marmalade otter violin cascade"
+
+    changed = identity(app).change_password(user.id, PASSWORD, next_code(secret), new)
+
+    assert changed.session_epoch == epoch + 1
+    assert identity(app).authenticate("rita@nhs.example", new).id == user.id
+    with pytest.raises(AuthenticationFailed):
+        identity(app).authenticate("rita@nhs.example", PASSWORD)
+    db = app.extensions["tre.db"]
+    event = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "auth.password_change"))
+    assert event is not None and event.outcome == "success" and event.actor_id == user.id
+    recorded = json.dumps(event.detail)
+    assert new not in recorded and PASSWORD not in recorded
+
+
+@pytest.mark.parametrize("wrong", ["password", "code"])
+def test_a_wrong_current_password_or_code_changes_nothing_and_counts_towards_lockout(app: Any, wrong: str) -> None:
+    user, secret = create_user(app, "rita@nhs.example", ["researcher"])
+    assert secret
+    current = "not the password at all" if wrong == "password" else PASSWORD
+    code = "000000" if wrong == "code" else next_code(secret)
+
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(AuthenticationFailed, match="current password and a correct security code"):
+            identity(app).change_password(user.id, current, code, "marmalade otter violin cascade")
+
+    with pytest.raises(AuthenticationFailed, match="locked"):
+        identity(app).change_password(user.id, PASSWORD, next_code(secret), "marmalade otter violin cascade")
+    db = app.extensions["tre.db"]
+    db.session.expire_all()
+    stored = db.session.get(User, user.id)
+    assert stored is not None and stored.session_epoch == user.session_epoch
+    failures = db.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "auth.password_change", AuditEvent.outcome == "failure")
+    ).all()
+    assert len(failures) == MAX_FAILED_LOGINS
+    assert all("marmalade" not in json.dumps(e.detail) for e in failures)
+
+
+@pytest.mark.parametrize(
+    ("new", "message"),
+    [
+        (PASSWORD, "not the one you have now"),
+        ("short", "at least 12"),
+        ("qwerty123456", "harder to guess"),
+        ("Rita-quartz-lamp-77", "must not contain your name"),
+    ],
+)
+def test_a_refused_new_password_keeps_the_old_one_and_the_sessions(app: Any, new: str, message: str) -> None:
+    user, secret = create_user(app, "rita@nhs.example", ["researcher"])
+    assert secret
+
+    with pytest.raises(IdentityError, match=message):
+        identity(app).change_password(user.id, PASSWORD, next_code(secret), new)
+
+    assert identity(app).authenticate("rita@nhs.example", PASSWORD).session_epoch == user.session_epoch
+    # The code was not spent by the refused change, and no failure was counted.
+    assert identity(app).change_password(user.id, PASSWORD, next_code(secret), "marmalade otter violin cascade")
+
+
+# --- recovery codes ---------------------------------------------------------------------------------
+
+
+def test_recovery_codes_are_stored_with_a_salted_password_hash_and_work_once(app: Any) -> None:
+    user, _ = create_user(app, "rita@nhs.example", ["researcher"], mfa=False)
+    ident = identity(app)
+    secret = ident.start_mfa_enrolment(user)
+    codes = ident.finish_mfa_enrolment(user.id, secret, pyotp.TOTP(secret).now())
+
+    db = app.extensions["tre.db"]
+    stored = [r.code_hash for r in db.session.scalars(select(RecoveryCode).where(RecoveryCode.user_id == user.id))]
+    assert len(stored) == len(codes) == 10
+    assert all(h.startswith("$argon2id$") for h in stored)
+    assert len(set(stored)) == len(stored)
+    assert not any(hashlib.sha256(c.encode()).hexdigest() in stored for c in codes)
+    assert ident.verify_second_factor(user.id, codes[3].upper()).id == user.id
+    with pytest.raises(AuthenticationFailed):
+        ident.verify_second_factor(user.id, codes[3])
+
+
+def test_recovery_codes_stored_as_sha256_before_the_change_still_work_once(app: Any) -> None:
+    user, _ = create_user(app, "rita@nhs.example", ["researcher"])
+    legacy = "a1b2c3-d4e5f6"
+    db = app.extensions["tre.db"]
+    with transaction(db.session) as s:
+        s.add(RecoveryCode(user_id=user.id, code_hash=hashlib.sha256(legacy.encode()).hexdigest()))
+
+    assert identity(app).verify_second_factor(user.id, legacy).id == user.id
+    with pytest.raises(AuthenticationFailed):
+        identity(app).verify_second_factor(user.id, legacy)
