@@ -39,7 +39,7 @@ from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
 from tre.core.identity import User, UserRole
 from tre.core.jobs import FAILED, SUCCEEDED, Job, enqueue
-from tre.core.notifications import notify
+from tre.core.notifications import notify_users
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 CHECK_JOB = "outputs.check"
@@ -218,19 +218,7 @@ class Outputs:
 
     @staticmethod
     def _notify(s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str) -> None:
-        for uid in dict.fromkeys(user_ids):
-            user = s.get(User, uid)
-            if user is None or not user.is_active:
-                continue
-            notify(
-                s,
-                recipient_id=user.id,
-                recipient_email=user.email,
-                subject=subject,
-                body=body,
-                topic=topic,
-                dedupe_key=f"{dedupe}:{user.id}",
-            )
+        notify_users(s, user_ids, subject=subject, body=body, topic=topic, dedupe_key=dedupe)
 
     def _eligible_checkers(self, s: Session, req: OutputRequest) -> list[str]:
         roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.OUTPUT_REVIEW in granted]

@@ -74,7 +74,7 @@ from projects.rules import (
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
 from tre.core.identity import User, UserRole
-from tre.core.notifications import notify
+from tre.core.notifications import notify_users
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 ProjectError = RuleViolation
@@ -241,19 +241,7 @@ class Projects:
         topic: str,
         dedupe: str | None = None,
     ) -> None:
-        for uid in dict.fromkeys(user_ids):
-            user = s.get(User, uid)
-            if user is None or not user.is_active:
-                continue
-            notify(
-                s,
-                recipient_id=user.id,
-                recipient_email=user.email,
-                subject=subject,
-                body=body,
-                topic=topic,
-                dedupe_key=f"{dedupe}:{user.id}" if dedupe else None,
-            )
+        notify_users(s, user_ids, subject=subject, body=body, topic=topic, dedupe_key=dedupe or None)
 
     @staticmethod
     def _holders_of(s: Session, permission: Permission) -> list[str]:

@@ -383,3 +383,39 @@ def test_released_record_withholds_the_bounds_of_suppressed_cells(world: World) 
     assert isinstance(check.verdict["mitigation"]["suppression"]["audit"]["intervals"], list)
     assert audit["intervals"].endswith("bounds withheld")
     assert '"lower"' not in zipfile.ZipFile(io.BytesIO(data)).read("disclosure-control-record.json").decode()
+
+
+def test_submission_tells_every_eligible_checker_in_statements_that_do_not_grow_with_their_number(
+    world: World,
+) -> None:
+    from sqlalchemy import event
+
+    from tests.disclosure.factories import person
+
+    def submit_counting_statements(title: str) -> int:
+        engine = world.app.extensions["tre.db"].engine
+        seen: list[str] = []
+
+        def count(*_args: Any) -> None:
+            seen.append("statement")
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            world.svc.submit_from_workspace(
+                world.author, world.project.id, title, client_key=None,
+                groups=[("outputs", "Admissions by region, adults 2020", "Counts under 10 suppressed")],
+                files=[("table.csv", SAFE_CSV, "outputs", None)],
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        return len(seen)
+
+    with_three = submit_counting_statements("First")
+    more = [person(world.app, f"checker{n}", ["output_checker"]).id for n in range(10)]
+    with_thirteen = submit_counting_statements("Second")
+
+    assert with_thirteen == with_three
+    told = set(world.session.scalars(
+        select(OutboxMessage.recipient_id).where(OutboxMessage.topic == "output.submitted")
+    ))
+    assert told == {world.olive.id, world.oscar.id, world.otto.id, *more}

@@ -69,3 +69,62 @@ def test_with_a_mail_server_pending_messages_are_sent_once(sqlite_app: Any, monk
     assert send_pending(session, settings) == 0
     assert delivered[0]["To"] == "a@nhs.example" and delivered[0]["From"] == "tre@nhs.example"
     assert session.scalars(select(OutboxMessage.state)).one() == "sent"
+
+
+def _people(app: Any, count: int, prefix: str) -> list[str]:
+    from tests.disclosure.factories import person
+
+    return [person(app, f"{prefix}{n}", ["researcher"]).id for n in range(count)]
+
+
+def _statements_while(app: Any, write: Any) -> int:
+    from sqlalchemy import event
+
+    engine = app.extensions["tre.db"].engine
+    seen: list[str] = []
+
+    def count(*_args: Any) -> None:
+        seen.append("statement")
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        write()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen)
+
+
+def test_notify_users_writes_once_to_each_active_person_and_skips_keys_already_used(sqlite_app: Any) -> None:
+    from tre.core.identity import User
+
+    session = sqlite_app.extensions["tre.db"].session
+    with sqlite_app.app_context():
+        ada, bea, cy = _people(sqlite_app, 3, "pat")
+        session.get(User, cy).is_active = False
+        notify(session, recipient_id=bea, recipient_email="b@nhs.example", subject="S", body="B", topic="t",
+               dedupe_key=f"k:{bea}")
+        session.commit()
+
+        written = notifications.notify_users(session, [ada, bea, ada, cy, "no-such-id"], subject="S", body="B",
+                                             topic="t", dedupe_key="k")
+        session.commit()
+
+        assert [m.recipient_id for m in written] == [ada]
+        assert written[0].recipient_email == "pat0@nhs.example" and written[0].dedupe_key == f"k:{ada}"
+        rows = session.execute(select(OutboxMessage.recipient_id, OutboxMessage.dedupe_key)).all()
+        assert sorted(rows) == sorted([(bea, f"k:{bea}"), (ada, f"k:{ada}")])
+
+
+def test_notifying_many_people_takes_no_more_statements_than_notifying_two(app: Any) -> None:
+    session = app.extensions["tre.db"].session
+    with app.app_context():
+        few, many = _people(app, 2, "few"), _people(app, 12, "many")
+
+        def write(ids: list[str], key: str) -> Any:
+            return lambda: (notifications.notify_users(session, ids, subject="S", body="B", topic="t",
+                                                       dedupe_key=key), session.commit())
+
+        statements = (_statements_while(app, write(few, "a")), _statements_while(app, write(many, "b")))
+
+        assert statements[0] == statements[1]
+        assert len(session.scalars(select(OutboxMessage)).all()) == 14

@@ -3,7 +3,8 @@
 A service adds a message in its own transaction (so a rolled-back change sends nothing); a job
 sends pending messages by SMTP when ``TRE_SMTP_HOST`` is set. In the embedded setup there is no
 mail server: messages stay in the outbox and people read them on the messages page. A
-``dedupe_key`` makes reminders idempotent (the same reminder is written once).
+``dedupe_key`` makes reminders idempotent (the same reminder is written once). ``notify_users``
+writes one message to many people in a constant number of statements, however many they are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import smtplib
+from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import Any
 
@@ -18,6 +20,7 @@ from sqlalchemy import CheckConstraint, Index, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tre.core.db import Base, new_id, utcnow
+from tre.core.identity import User
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,49 @@ def notify(
     )
     session.add(message)
     return message
+
+
+def notify_users(
+    session: Session,
+    user_ids: Sequence[str],
+    *,
+    subject: str,
+    body: str,
+    topic: str,
+    dedupe_key: str | None = None,
+) -> list[OutboxMessage]:
+    """Add the same message for each active account among ``user_ids`` (in their order, each once),
+    in the caller's transaction; unknown and inactive accounts are skipped.
+
+    With ``dedupe_key``, each person's key is ``{dedupe_key}:{user id}`` and a key already used is
+    skipped. One query for the accounts and one for the keys, and the messages go in together at
+    the next flush: on a database server each statement is a round trip, and a loop of them per
+    person (every output checker, on each submission) cost seconds under load.
+    """
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return []
+    active = select(User.id, User.email).where(User.id.in_(ids), User.is_active.is_(True))
+    emails: dict[str, str] = {uid: email for uid, email in session.execute(active)}
+    keys = {uid: f"{dedupe_key}:{uid}" for uid in ids} if dedupe_key is not None else {}
+    used: set[str | None] = set()
+    if keys:
+        taken = select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(list(keys.values())))
+        used.update(session.scalars(taken))
+    messages = [
+        OutboxMessage(
+            recipient_id=uid,
+            recipient_email=emails[uid],
+            subject=subject[:200],
+            body=body,
+            topic=topic[:50],
+            dedupe_key=keys.get(uid),
+        )
+        for uid in ids
+        if uid in emails and keys.get(uid) not in used
+    ]
+    session.add_all(messages)
+    return messages
 
 
 def send_pending(session: Session, settings: Any, *, limit: int = 100) -> int:
