@@ -1,5 +1,17 @@
 """The WSGI entry point for gunicorn: ``gunicorn tre.wsgi:app``."""
 
+import importlib
+
 from tre.app import create_app
+from tre.core.queue import prepare_to_send
 
 app = create_app()
+
+# Loaded here, in each worker before it serves, rather than by the first request that needs them:
+# there the import took seconds on a busy machine, and the worker's other threads waited for it on
+# Python's import lock. The broker's transport is needed by the first request that sends a job; the
+# disclosure check job and engine (pandas, SciPy: over a second on an idle machine) by the first
+# output submission or output queue page.
+prepare_to_send(app.extensions["celery"])
+for module in ("disclosure.checks", "disclosure.engine"):
+    importlib.import_module(module)

@@ -95,3 +95,20 @@ def make_celery(app: Flask) -> Celery:
 
     jobs.set_dispatcher(dispatch)
     return celery
+
+
+def prepare_to_send(celery: Celery) -> None:
+    """Load the broker's transport and build the producer pool now, before the process serves.
+
+    Celery does both on the first send, which in a web process is the first request that enqueues a
+    job: importing the transport (kombu's Redis module and the client library) took 0.3 s on an idle
+    machine and seconds on a busy one, and every other thread of the process that needed an import
+    meanwhile waited on Python's import lock. Nothing is connected here: the pool opens its first
+    connection on the first send, so a broker that is down does not stop the process starting.
+    """
+    if celery.conf.task_always_eager:
+        return
+    with celery.connection_for_write() as connection:  # a description of the broker: not connected
+        connection.get_transport_cls()  # imports the transport's module
+    celery.producer_pool  # noqa: B018 - the property builds the (empty) connection and producer pools
+    celery.backend  # noqa: B018 - and the (disabled) result backend that every send asks for
