@@ -235,6 +235,20 @@ class Outputs:
             )
         )
 
+    def _reviewers_of(self, s: Session, reqs: Sequence[OutputRequest]) -> dict[str, list[OutputReview]]:
+        """``_reviewers`` of each request (its current round's reviews, by claim time) in one statement."""
+        out: dict[str, list[OutputReview]] = {r.id: [] for r in reqs}
+        if not out:
+            return out
+        rounds = {r.id: r.round for r in reqs}
+        rows = s.scalars(
+            select(OutputReview).where(OutputReview.request_id.in_(list(out))).order_by(OutputReview.claimed_at)
+        )
+        for review in rows:
+            if review.round == rounds[review.request_id]:
+                out[review.request_id].append(review)
+        return out
+
     def _tell_checkers(self, s: Session, req: OutputRequest, subject: str, topic: str) -> None:
         reviewers = [r.reviewer_id for r in self._reviewers(s, req)]
         targets = reviewers or self._eligible_checkers(s, req)
@@ -903,6 +917,18 @@ class Outputs:
             )
         )
 
+    def queue_for(self, actor: Any) -> list[QueueEntry]:
+        """The queue as ``actor`` may check it, oldest first, with each request's automated status and
+        this round's reviews: the same ``can_check`` answer per request, with the teams, checks, jobs and
+        reviews each loaded once for the whole page rather than once per request."""
+        s = self.session
+        waiting = self.queue()
+        teams = perm.teams_of(s, {r.project_id for r in waiting}, include_former=True)
+        mine = [r for r in waiting if perm.can_check(s, actor, r, teams=teams)]
+        statuses = automated_statuses(s, mine, self.policy.sha256)
+        reviews = self._reviewers_of(s, mine)
+        return [QueueEntry(r, statuses[r.id], reviews[r.id]) for r in mine]
+
     def requests_of(self, actor: Any) -> list[OutputRequest]:
         from projects.models import ProjectMember
 
@@ -951,6 +977,15 @@ class AutomatedStatus:
     reasons: list[str]
 
 
+@dataclass(frozen=True)
+class QueueEntry:
+    """One row of a checker's queue."""
+
+    req: OutputRequest
+    status: AutomatedStatus
+    reviews: list[OutputReview]
+
+
 def _checks_by_file(s: Session, req: OutputRequest) -> dict[str, OutputCheck]:
     ids = [f.id for f in req.current_files]
     if not ids:
@@ -960,31 +995,55 @@ def _checks_by_file(s: Session, req: OutputRequest) -> dict[str, OutputCheck]:
 
 
 def automated_status(s: Session, req: OutputRequest, policy_sha256: str) -> AutomatedStatus:
-    files = req.current_files
-    if req.state == rules.DRAFT:
-        return AutomatedStatus("not_started", 0, len(files), [], [])
-    checked = {
-        c.file_id
-        for c in s.scalars(
-            select(OutputCheck).where(OutputCheck.request_id == req.id, OutputCheck.policy_sha256 == policy_sha256)
+    return automated_statuses(s, [req], policy_sha256)[req.id]
+
+
+def automated_statuses(
+    s: Session, reqs: Sequence[OutputRequest], policy_sha256: str
+) -> dict[str, AutomatedStatus]:
+    """``automated_status`` of each request, in at most two statements whatever their number."""
+    submitted = [r for r in reqs if r.state != rules.DRAFT]
+    checked: dict[str, set[str]] = {r.id: set() for r in submitted}
+    if submitted:
+        rows = s.execute(
+            select(OutputCheck.request_id, OutputCheck.file_id).where(
+                OutputCheck.request_id.in_(list(checked)), OutputCheck.policy_sha256 == policy_sha256
+            )
         )
+        for request_id, file_id in rows:
+            checked[request_id].add(file_id)
+    keys = {
+        r.id: check_job_key(r.id, [f.sha256 for f in r.current_files], policy_sha256)
+        for r in submitted
+        if any(f.id not in checked[r.id] for f in r.current_files)
     }
-    failed, reasons = [], []
-    unchecked = [f for f in files if f.id not in checked]
-    if unchecked:
-        key = check_job_key(req.id, [f.sha256 for f in files], policy_sha256)
-        job = s.scalar(select(Job).where(Job.idempotency_key == key))
+    jobs = (
+        {j.idempotency_key: j for j in s.scalars(select(Job).where(Job.idempotency_key.in_(set(keys.values()))))}
+        if keys
+        else {}
+    )
+    out = {}
+    for req in reqs:
+        files = req.current_files
+        if req.state == rules.DRAFT:
+            out[req.id] = AutomatedStatus("not_started", 0, len(files), [], [])
+            continue
+        done_ids = checked[req.id]
+        failed, reasons = [], []
+        unchecked = [f for f in files if f.id not in done_ids]
+        job = jobs.get(keys[req.id]) if unchecked else None
         if job is not None and job.state == FAILED:
             failed = [f.id for f in unchecked]
             reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
-    done = sum(1 for f in files if f.id in checked)
-    if done == len(files):
-        state = "done"
-    elif failed:
-        state = "failed"
-    else:
-        state = "running"
-    return AutomatedStatus(state, done, len(files), failed, reasons)
+        done = sum(1 for f in files if f.id in done_ids)
+        if done == len(files):
+            state = "done"
+        elif failed:
+            state = "failed"
+        else:
+            state = "running"
+        out[req.id] = AutomatedStatus(state, done, len(files), failed, reasons)
+    return out
 
 
 def advance_after_checks(

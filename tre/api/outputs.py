@@ -247,24 +247,17 @@ class OutputQueueEntrySchema(ma.Schema):
 def queue() -> list[dict[str, Any]]:
     """Requests waiting for checkers, oldest first (those the caller may check)."""
     _not_from_a_workspace()
-    from disclosure.permissions import can_check
-
-    svc = service()
-    out = []
-    for req in svc.queue():
-        if not can_check(svc.session, g.user, req):
-            continue
-        out.append(
-            {
-                "id": req.id,
-                "state": req.state,
-                "round": req.round,
-                "submitted_at": req.last_submitted_at.isoformat() if req.last_submitted_at else None,
-                "automated_checks": automated_status(svc.session, req, svc.policy.sha256).state,
-                "reviewers": [r.reviewer_id for r in svc._reviewers(svc.session, req)],
-            }
-        )
-    return out
+    return [
+        {
+            "id": e.req.id,
+            "state": e.req.state,
+            "round": e.req.round,
+            "submitted_at": e.req.last_submitted_at.isoformat() if e.req.last_submitted_at else None,
+            "automated_checks": e.status.state,
+            "reviewers": [r.reviewer_id for r in e.reviews],
+        }
+        for e in service().queue_for(g.user)
+    ]
 
 
 @blp.route("/outputs/requests/<string:request_id>/checker-view")

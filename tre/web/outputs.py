@@ -301,17 +301,12 @@ def view_file(file_id: str) -> Any:
 def queue() -> str:
     svc = service()
     s = svc.session
-    entries = []
-    for req in svc.queue():
-        if not can_check(s, g.user, req):
-            continue
-        reviews = svc._reviewers(s, req)
-        entries.append({"req": req, "status": automated_status(s, req, svc.policy.sha256), "reviews": reviews})
+    entries = svc.queue_for(g.user)
     workload = svc.workload()
     people = {
         u.id: u.display_name
         for u in s.scalars(
-            select(User).where(User.id.in_(set(workload) | {r.reviewer_id for e in entries for r in e["reviews"]}))
+            select(User).where(User.id.in_(set(workload) | {r.reviewer_id for e in entries for r in e.reviews}))
         )
     }
     from tre.core.db import utcnow

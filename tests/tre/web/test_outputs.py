@@ -38,6 +38,16 @@ class Browser:
 @pytest.fixture
 def web(sqlite_app: Any) -> Any:
     """A world whose author, colleague, outsider and two checkers can sign in."""
+    return _browser(sqlite_app)
+
+
+@pytest.fixture
+def web_on_each_database(app: Any) -> Any:
+    """``web`` on SQLite and on PostgreSQL."""
+    return _browser(app)
+
+
+def _browser(sqlite_app: Any) -> Browser:
     from tests.tre.helpers import create_user
 
     with sqlite_app.app_context():
@@ -61,7 +71,7 @@ def web(sqlite_app: Any) -> Any:
         world.project = active_project(sqlite_app, world.author, [world.colleague])
         world.svc = outputs(sqlite_app)
     # No app context stays open during the test: each request gets its own, as in production.
-    yield browser
+    return browser
 
 
 def _post(client: Any, page: str, url: str, data: dict[str, Any], **kwargs: Any) -> Any:
@@ -181,6 +191,59 @@ def test_queue_shows_waiting_requests_with_automated_status_and_is_for_checkers_
     assert req.title in queue and "Done" in queue and "hours" in queue
     assert "Oscar: 1 open review" in queue
     assert web.as_(w.author).get("/outputs/queue").status_code == 403
+
+
+def _statements_while(app: Any, fetch: Any) -> tuple[int, Any]:
+    from sqlalchemy import event
+
+    engine = app.extensions["tre.db"].engine
+    seen: list[str] = []
+
+    def count(*_args: Any) -> None:
+        seen.append("statement")
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        response = fetch()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen), response
+
+
+def test_queue_pages_take_as_many_statements_for_many_requests_as_for_one(web_on_each_database: Browser) -> None:
+    web = web_on_each_database
+    w = web.world
+    olive = web.as_(w.olive)
+    api = {"Authorization": f"Bearer {_api_token(w, w.olive)}"}
+    first = w.submitted(content=SAFE_CSV)
+    w.svc.claim(w.oscar, first.id)
+    olive.get("/outputs/queue")
+    olive.get("/api/v1/outputs/queue", headers=api)
+
+    page_with_one, _ = _statements_while(w.app, lambda: olive.get("/outputs/queue"))
+    api_with_one, _ = _statements_while(w.app, lambda: olive.get("/api/v1/outputs/queue", headers=api))
+    others = [w.submitted(content=SAFE_CSV) for _ in range(4)]
+    w.svc.claim(w.otto, others[0].id)
+    w.svc.claim(w.oscar, others[1].id)
+    page_with_five, page = _statements_while(w.app, lambda: olive.get("/outputs/queue"))
+    api_with_five, listed = _statements_while(w.app, lambda: olive.get("/api/v1/outputs/queue", headers=api))
+
+    assert (page_with_five, api_with_five) == (page_with_one, api_with_one)
+    html = page.get_data(as_text=True)
+    assert all(f"/outputs/requests/{r.id}" in html for r in [first, *others])
+    assert html.count("Oscar") == 3 and "Otto" in html
+    assert [e["id"] for e in listed.json] == [r.id for r in [first, *others]]
+    assert [e["reviewers"] for e in listed.json] == [[w.oscar.id], [w.otto.id], [w.oscar.id], [], []]
+    assert {e["automated_checks"] for e in listed.json} == {"done"}
+
+
+def _api_token(w: World, user: Any) -> str:
+    import datetime as dt
+
+    from tests.disclosure.factories import platform
+
+    with w.app.app_context():
+        return platform(w.app).tokens.issue(user.id, "tre-api", "api", dt.timedelta(minutes=10), project_id=None)
 
 
 def test_author_cannot_claim_their_own_request_from_the_page(web: Browser) -> None:
