@@ -650,6 +650,7 @@ def run() -> None:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
         _stop_stragglers(settings.instance_path, strays)
         click.echo("stopped")
     sys.exit(exit_code)

@@ -75,6 +75,7 @@ class LiveService:
                 self.proc.wait(timeout=60)  # `tre run` gives its children 30 s to stop
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
         _stop_stragglers(self.instance, [])  # anything still carrying this instance's path
 
     def password(self, email: str) -> str:

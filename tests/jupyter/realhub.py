@@ -160,9 +160,10 @@ def running_hub() -> Iterator[Hub]:
     finally:
         handle.process.send_signal(signal.SIGTERM)
         try:
-            handle.process.wait(timeout=30)
+            handle.process.wait(timeout=60)  # it stops every running workspace server first
         except subprocess.TimeoutExpired:
             handle.process.kill()
+            handle.process.wait(timeout=30)  # reap it: an unreaped child is a ResourceWarning, an error here
         log.close()
         fake.stop()
         subprocess.run(["nft", "delete", "table", "inet", f"t{tag}_workspaces"], capture_output=True)
