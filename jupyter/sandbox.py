@@ -212,12 +212,34 @@ def allocate_slot(plan: EgressPlan) -> tuple[int, str, str]:
         suffix = name[len(plan.host_if_prefix) :]
         if name.startswith(plan.host_if_prefix) and suffix.isdigit():
             used.add(int(suffix))
-    for slot, subnet in enumerate(ipaddress.ip_network(plan.pool).subnets(new_prefix=30)):
-        if slot == 0 or slot in used:
+    pool = ipaddress.ip_network(plan.pool)
+    # Another hub's interfaces (another prefix, or one killed before it could clean up) are not
+    # ours to count, but a route of theirs inside the pool would take our workspace's traffic.
+    taken = [net for net in host_routes() if net.prefixlen > pool.prefixlen and net.overlaps(pool)]
+    for slot, subnet in enumerate(pool.subnets(new_prefix=30)):
+        if slot == 0 or slot in used or any(subnet.overlaps(net) for net in taken):
             continue
         host_ip, workspace_ip = (str(address) for address in subnet.hosts())
         return slot, host_ip, workspace_ip
     raise SandboxError("no free workspace network slots")
+
+
+def host_routes(table: Path = Path("/proc/net/route")) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks the host routes to (the kernel's main table, read without a subprocess)."""
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    routes = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        # Destination and mask are little-endian hex words.
+        destination = ipaddress.IPv4Address(int(fields[1], 16).to_bytes(4, "little"))
+        mask = ipaddress.IPv4Address(int(fields[7], 16).to_bytes(4, "little"))
+        routes.append(ipaddress.IPv4Network(f"{destination}/{mask}", strict=False))
+    return routes
 
 
 def _ports(plan: EgressPlan) -> str:

@@ -167,6 +167,10 @@ def running_hub() -> Iterator[Hub]:
         log.close()
         fake.stop()
         subprocess.run(["nft", "delete", "table", "inet", f"t{tag}_workspaces"], capture_output=True)
+        # A hub killed before it stopped its workspaces leaves their namespaces (and veths) behind.
+        for netns in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+            if netns.startswith(f"t{tag}-"):
+                subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
         for line in Path("/etc/passwd").read_text().splitlines():
             if line.startswith(f"tre-{tag}-"):
                 subprocess.run(["userdel", line.split(":")[0]], capture_output=True)
