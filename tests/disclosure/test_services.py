@@ -14,6 +14,7 @@ from disclosure import rules
 from disclosure.models import OutputCheck, OutputDecision, OutputFile, OutputRequest, OutputVote
 from disclosure.services import IncompleteRequest, OutputError, OutputPermissionDenied
 from tests.disclosure.factories import SAFE_CSV, SMALL_CELL_CSV, World, outputs, run_queued_jobs
+from tests.statements import count_statements
 from tre.core.audit import AuditEvent
 from tre.core.notifications import OutboxMessage
 
@@ -388,27 +389,14 @@ def test_released_record_withholds_the_bounds_of_suppressed_cells(world: World) 
 def test_submission_tells_every_eligible_checker_in_statements_that_do_not_grow_with_their_number(
     world: World,
 ) -> None:
-    from sqlalchemy import event
-
     from tests.disclosure.factories import person
 
     def submit_counting_statements(title: str) -> int:
-        engine = world.app.extensions["tre.db"].engine
-        seen: list[str] = []
-
-        def count(*_args: Any) -> None:
-            seen.append("statement")
-
-        event.listen(engine, "before_cursor_execute", count)
-        try:
-            world.svc.submit_from_workspace(
-                world.author, world.project.id, title, client_key=None,
-                groups=[("outputs", "Admissions by region, adults 2020", "Counts under 10 suppressed")],
-                files=[("table.csv", SAFE_CSV, "outputs", None)],
-            )
-        finally:
-            event.remove(engine, "before_cursor_execute", count)
-        return len(seen)
+        return count_statements(world.app, lambda: world.svc.submit_from_workspace(
+            world.author, world.project.id, title, client_key=None,
+            groups=[("outputs", "Admissions by region, adults 2020", "Counts under 10 suppressed")],
+            files=[("table.csv", SAFE_CSV, "outputs", None)],
+        ))[0]
 
     with_three = submit_counting_statements("First")
     more = [person(world.app, f"checker{n}", ["output_checker"]).id for n in range(10)]

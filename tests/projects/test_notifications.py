@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from tests.statements import count_statements
 from tre.core import notifications
 from tre.core.notifications import OutboxMessage, notify, send_pending
 
@@ -77,23 +78,6 @@ def _people(app: Any, count: int, prefix: str) -> list[str]:
     return [person(app, f"{prefix}{n}", ["researcher"]).id for n in range(count)]
 
 
-def _statements_while(app: Any, write: Any) -> int:
-    from sqlalchemy import event
-
-    engine = app.extensions["tre.db"].engine
-    seen: list[str] = []
-
-    def count(*_args: Any) -> None:
-        seen.append("statement")
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        write()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return len(seen)
-
-
 def test_notify_users_writes_once_to_each_active_person_and_skips_keys_already_used(sqlite_app: Any) -> None:
     from tre.core.identity import User
 
@@ -124,7 +108,7 @@ def test_notifying_many_people_takes_no_more_statements_than_notifying_two(app: 
             return lambda: (notifications.notify_users(session, ids, subject="S", body="B", topic="t",
                                                        dedupe_key=key), session.commit())
 
-        statements = (_statements_while(app, write(few, "a")), _statements_while(app, write(many, "b")))
+        statements = (count_statements(app, write(few, "a"))[0], count_statements(app, write(many, "b"))[0])
 
         assert statements[0] == statements[1]
         assert len(session.scalars(select(OutboxMessage)).all()) == 14

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from disclosure.models import OutputRequest
 from tests.disclosure.factories import SAFE_CSV, World, person, run_queued_jobs
+from tests.statements import count_statements
 from tests.tre.helpers import csrf_token, sign_in
 from tre.core.audit import AuditEvent
 from tre.core.identity import User
@@ -193,23 +194,6 @@ def test_queue_shows_waiting_requests_with_automated_status_and_is_for_checkers_
     assert web.as_(w.author).get("/outputs/queue").status_code == 403
 
 
-def _statements_while(app: Any, fetch: Any) -> tuple[int, Any]:
-    from sqlalchemy import event
-
-    engine = app.extensions["tre.db"].engine
-    seen: list[str] = []
-
-    def count(*_args: Any) -> None:
-        seen.append("statement")
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        response = fetch()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return len(seen), response
-
-
 def test_queue_pages_take_as_many_statements_for_many_requests_as_for_one(web_on_each_database: Browser) -> None:
     web = web_on_each_database
     w = web.world
@@ -220,13 +204,13 @@ def test_queue_pages_take_as_many_statements_for_many_requests_as_for_one(web_on
     olive.get("/outputs/queue")
     olive.get("/api/v1/outputs/queue", headers=api)
 
-    page_with_one, _ = _statements_while(w.app, lambda: olive.get("/outputs/queue"))
-    api_with_one, _ = _statements_while(w.app, lambda: olive.get("/api/v1/outputs/queue", headers=api))
+    page_with_one, _ = count_statements(w.app, lambda: olive.get("/outputs/queue"))
+    api_with_one, _ = count_statements(w.app, lambda: olive.get("/api/v1/outputs/queue", headers=api))
     others = [w.submitted(content=SAFE_CSV) for _ in range(4)]
     w.svc.claim(w.otto, others[0].id)
     w.svc.claim(w.oscar, others[1].id)
-    page_with_five, page = _statements_while(w.app, lambda: olive.get("/outputs/queue"))
-    api_with_five, listed = _statements_while(w.app, lambda: olive.get("/api/v1/outputs/queue", headers=api))
+    page_with_five, page = count_statements(w.app, lambda: olive.get("/outputs/queue"))
+    api_with_five, listed = count_statements(w.app, lambda: olive.get("/api/v1/outputs/queue", headers=api))
 
     assert (page_with_five, api_with_five) == (page_with_one, api_with_one)
     html = page.get_data(as_text=True)
