@@ -67,7 +67,7 @@ class LiveService:
         raise RuntimeError("the service did not start:\n" + self.log.read_text()[-3000:])
 
     def stop(self) -> None:
-        from tre.cli import _stop_stragglers
+        from tre.cli.processes import _stop_stragglers
 
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)

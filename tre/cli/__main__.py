@@ -1,0 +1,5 @@
+"""``python -m tre.cli``."""
+
+from tre.cli import main
+
+main()
