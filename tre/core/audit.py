@@ -13,6 +13,13 @@ before the transaction commits, ``write_pending`` takes the chain's lock, links 
 onto the chain's end and inserts them. The lock is held for that moment and the commit, not for
 the whole request, and a transaction that records nothing never takes it. A rollback (of the
 transaction, or of the savepoint an event was recorded in) discards what was queued.
+
+The chain alone cannot show that events were cut off its end: a shorter chain is still a valid
+chain. So after every commit that wrote events, the chain's length and head are written to a signed
+checkpoint kept outside the database (``CheckpointFile``, in the instance folder, signed with a key
+derived by the key provider); ``verify`` reads it first and reports a chain that ends before the
+checkpoint, or differs from it at the checkpoint's event, as truncated or rewritten
+(docs/adr/0011-audit-checkpoints.md says what this can and cannot detect).
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DDL, BigInteger, Index, Integer, String, event, select, text
@@ -34,6 +44,11 @@ GENESIS = "0" * 64
 CHAIN_KEY_PURPOSE = "audit-chain"
 CHAIN_LOCK_ID = 7340031  # PostgreSQL advisory lock that admits one chain writer at a time
 _PENDING = "tre_audit_pending"  # session.info key of the events waiting for the commit
+_HEAD = "tre_audit_head"  # session.info key of the chain's new head, for the checkpoint after commit
+CHECKPOINT_KEY_PURPOSE = "audit-checkpoint"
+CHECKPOINT_FILE = "audit-checkpoint.json"
+
+log = logging.getLogger(__name__)
 
 SUCCESS, DENIED, FAILURE = "success", "denied", "failure"
 
@@ -114,11 +129,87 @@ def link_hash(key: bytes, prev_hash: str, content: bytes) -> str:
     return hmac.new(key, prev_hash.encode() + b"\n" + content, hashlib.sha256).hexdigest()
 
 
+class CheckpointError(Exception):
+    """The checkpoint file exists but cannot be read, or its signature does not hold."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the chain looked like after a commit: its last event and how many events it held."""
+
+    seq: int
+    head: str
+    count: int
+    at: str  # UTC, ISO 8601
+
+    def body(self) -> bytes:
+        return json.dumps([self.seq, self.head, self.count, self.at], separators=(",", ":")).encode()
+
+
+class CheckpointFile:
+    """The signed checkpoint, one small JSON file rewritten atomically after each commit with events.
+
+    Writers in several threads and processes take an advisory file lock and only ever move the
+    checkpoint forward, so a commit that finishes late never replaces a newer checkpoint.
+    """
+
+    def __init__(self, path: Path | str, key: bytes) -> None:
+        self.path = Path(path)
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"CheckpointFile({self.path})"
+
+    def _sign(self, checkpoint: Checkpoint) -> str:
+        return hmac.new(self._key, checkpoint.body(), hashlib.sha256).hexdigest()
+
+    def read(self) -> Checkpoint | None:
+        """The current checkpoint, None when none was written yet; CheckpointError if it is not valid."""
+        try:
+            raw = json.loads(self.path.read_bytes())
+            checkpoint = Checkpoint(int(raw["seq"]), str(raw["head"]), int(raw["count"]), str(raw["at"]))
+            signature = str(raw["signature"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"the audit checkpoint {self.path} cannot be read") from exc
+        if not hmac.compare_digest(self._sign(checkpoint), signature):
+            raise CheckpointError(f"the audit checkpoint {self.path} is not signed with this instance's key")
+        return checkpoint
+
+    def advance(self, seq: int, head: str) -> bool:
+        """Write a checkpoint at ``seq`` unless the file already holds one at or beyond it."""
+        import fcntl  # POSIX only, like the rest of the service
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                current = self.read()
+            except CheckpointError:
+                current = None  # rewritten below; verify reported it while it was broken
+            if current is not None and current.seq >= seq:
+                return False
+            at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            checkpoint = Checkpoint(seq, head, seq, at)  # seq counts from 1 without gaps
+            data = {"seq": seq, "head": head, "count": seq, "at": at, "signature": self._sign(checkpoint)}
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, separators=(",", ":"))
+            os.replace(tmp, self.path)
+            return True
+        finally:
+            os.close(lock_fd)  # releases the lock
+
+
 class AuditLog:
     """Queues events on the caller's session; the caller's commit links them onto the chain."""
 
-    def __init__(self, chain_key: bytes) -> None:
+    def __init__(self, chain_key: bytes, checkpoints: CheckpointFile | None = None) -> None:
         self._key = chain_key
+        self.checkpoints = checkpoints
 
     def __repr__(self) -> str:
         return "AuditLog(<key hidden>)"
@@ -156,11 +247,22 @@ class AuditLog:
         if session.get_transaction() is None:
             session.begin()  # so a close without commit ends a transaction, which discards the queue
         queue: list[_Queued] = session.info.setdefault(_PENDING, [])
-        queue.append(_Queued(self._key, row, session.get_nested_transaction()))
+        queue.append(_Queued(self._key, row, session.get_nested_transaction(), self.checkpoints))
         return row
 
     def verify(self, events: Iterable[AuditEvent]) -> ChainReport:
-        return verify_chain(self._key, events)
+        """Check every link, and the chain against the checkpoint, read before the first event is.
+
+        Reading the checkpoint first matters: it is written after its commit, so every event it
+        counts is already in the table when ``events`` is read.
+        """
+        if self.checkpoints is None:
+            return verify_chain(self._key, events)
+        try:
+            checkpoint = self.checkpoints.read()
+        except CheckpointError as exc:
+            return ChainReport(0, False, None, str(exc))
+        return verify_chain(self._key, events, checkpoint)
 
 
 @dataclass(frozen=True)
@@ -170,6 +272,7 @@ class _Queued:
     # The savepoint the event was recorded in (None: the transaction itself), so rolling back
     # that savepoint discards the event and nothing else.
     savepoint: SessionTransaction | None
+    checkpoints: CheckpointFile | None = None
 
 
 def write_pending(session: Session) -> None:
@@ -198,6 +301,8 @@ def write_pending(session: Session) -> None:
             ev.seq, ev.prev_hash = seq, prev_hash
             ev.chain_hash = prev_hash = link_hash(queued.key, prev_hash, content)
             session.add(ev)
+            if queued.checkpoints is not None:
+                session.info[_HEAD] = (queued.checkpoints, seq, prev_hash)
         session.flush()
 
 
@@ -206,6 +311,20 @@ def _write_before_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint is being released: its events wait for the real commit
     write_pending(session)
+
+
+@event.listens_for(Session, "after_commit")
+def _checkpoint_after_commit(session: Session) -> None:
+    head = session.info.pop(_HEAD, None)
+    if head is None:
+        return
+    checkpoints, seq, chain_hash = head
+    try:
+        checkpoints.advance(seq, chain_hash)
+    except OSError:
+        # The events are committed; a checkpoint that lags behind only narrows what verify can
+        # prove, so the request is not failed for it. The next commit writes it again.
+        log.exception("audit checkpoint not written")
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -226,6 +345,7 @@ def _discard_after_rollback(session: Session, rolled_back: SessionTransaction) -
 def _forget_when_transaction_ends(session: Session, ended: SessionTransaction) -> None:
     if ended.parent is None:
         session.info.pop(_PENDING, None)  # written at commit, or discarded by rollback or close
+        session.info.pop(_HEAD, None)
 
 
 def _real(session: Session | scoped_session[Session]) -> Session:
@@ -259,10 +379,15 @@ class ChainReport:
     ok: bool
     first_broken_seq: int | None = None
     problem: str | None = None
+    head: str | None = None  # the last event's chain hash, for an external anchor
+    checkpoint: Checkpoint | None = None
 
 
-def verify_chain(key: bytes, events: Iterable[AuditEvent]) -> ChainReport:
-    """Walk events in sequence order and report the first one whose link does not hold."""
+def verify_chain(key: bytes, events: Iterable[AuditEvent], checkpoint: Checkpoint | None = None) -> ChainReport:
+    """Walk events in sequence order and report the first one whose link does not hold.
+
+    With a checkpoint, the chain must also reach the checkpoint's event and hold its hash there.
+    """
     prev_hash = GENESIS
     expected_seq = 1
     checked = 0
@@ -278,10 +403,19 @@ def verify_chain(key: bytes, events: Iterable[AuditEvent]) -> ChainReport:
         )
         if not hmac.compare_digest(link_hash(key, prev_hash, content), ev.chain_hash):
             return ChainReport(checked, False, ev.seq, "content was changed or the event was forged")
+        if checkpoint is not None and ev.seq == checkpoint.seq and ev.chain_hash != checkpoint.head:
+            return ChainReport(checked, False, ev.seq, "the chain was rebuilt: it differs from the checkpoint here")
         prev_hash = ev.chain_hash
         expected_seq += 1
         checked += 1
-    return ChainReport(checked, True)
+    if checkpoint is not None and checked < checkpoint.count:
+        problem = (
+            f"truncated: the checkpoint of {checkpoint.at} counts {checkpoint.count} events, "
+            f"the chain holds {checked}"
+        )
+        return ChainReport(checked, False, checked + 1, problem, checkpoint=checkpoint)
+    head = prev_hash if checked else None
+    return ChainReport(checked, True, head=head, checkpoint=checkpoint)
 
 
 def iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:

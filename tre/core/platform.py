@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tre.core.audit import CHAIN_KEY_PURPOSE, AuditLog
+from tre.core.audit import CHAIN_KEY_PURPOSE, CHECKPOINT_FILE, CHECKPOINT_KEY_PURPOSE, AuditLog, CheckpointFile
 from tre.core.config import Settings
 from tre.core.db import Database, utcnow
 from tre.core.filestore import LocalFileStore, S3FileStore, file_store_for
@@ -97,7 +97,8 @@ def build_platform(settings: Settings, db: Database) -> Platform:
             return True
 
     tokens = TokenService(ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume)
-    return Platform(settings, db, keys, AuditLog(chain_key), files, tokens)
+    checkpoints = CheckpointFile(settings.instance_path / CHECKPOINT_FILE, keys.derive_key(CHECKPOINT_KEY_PURPOSE))
+    return Platform(settings, db, keys, AuditLog(chain_key, checkpoints), files, tokens)
 
 
 def revoke_token(db: Database, jti: str, expires_at: dt.datetime) -> None:

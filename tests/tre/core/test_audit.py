@@ -8,6 +8,7 @@ that is slow between recording and committing does not hold up anyone else's com
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from typing import Any
 
@@ -15,7 +16,15 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
-from tre.core.audit import CHAIN_LOCK_ID, GENESIS, AuditEvent, AuditLog, iter_events, write_pending
+from tre.core.audit import (
+    CHAIN_LOCK_ID,
+    GENESIS,
+    AuditEvent,
+    AuditLog,
+    CheckpointFile,
+    iter_events,
+    write_pending,
+)
 from tre.core.db import transaction
 from tre.core.identity import User
 
@@ -319,3 +328,90 @@ def test_chain_lock_is_taken_at_commit_and_only_when_something_was_recorded(app:
     assert _actions(app) == []
     with db.session_factory() as s:
         assert s.scalar(select(func.count()).select_from(User)) == 1
+
+
+# --- the checkpoint: the chain commits to its length and head outside the database -------------
+
+CHECKPOINT_KEY = b"c" * 32
+
+
+def _checkpointed_log(app: Any) -> AuditLog:
+    path = app.extensions["tre.platform"].settings.instance_path / "test-checkpoint.json"
+    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY))
+
+
+def test_truncating_the_last_events_is_reported_against_the_checkpoint(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _write(app, log, 40)
+    _tamper(app, "DELETE FROM audit_events WHERE seq > 15")  # the last 25, triggers dropped
+
+    report = _verify(app, log)
+
+    assert not report.ok
+    assert report.first_broken_seq == 16
+    assert report.problem is not None and "truncated" in report.problem and "40" in report.problem
+
+
+def test_checkpoint_follows_every_commit_that_wrote_events(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _write(app, log, 3)
+    assert log.checkpoints is not None
+
+    checkpoint = log.checkpoints.read()
+    report = _verify(app, log)
+
+    assert checkpoint is not None and (checkpoint.seq, checkpoint.count) == (3, 3)
+    assert report.ok and report.head == checkpoint.head
+
+
+def test_chain_rebuilt_with_the_chain_key_is_reported_at_the_checkpoint(app: Any) -> None:
+    # An attacker who holds the chain key (not the checkpoint key) cuts the last events and
+    # appends as many new ones, so length and links hold: the head no longer matches.
+    log = _checkpointed_log(app)
+    _write(app, log, 6)
+    _tamper(app, "DELETE FROM audit_events WHERE seq > 4")
+    _write(app, AuditLog(KEY), 2)
+
+    report = _verify(app, log)
+
+    assert not report.ok and report.first_broken_seq == 6 and "rebuilt" in (report.problem or "")
+
+
+def test_edited_checkpoint_is_refused(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _write(app, log, 5)
+    _tamper(app, "DELETE FROM audit_events WHERE seq > 2")
+    assert log.checkpoints is not None
+    path = log.checkpoints.path
+    forged = json.loads(path.read_text())
+    forged["seq"] = forged["count"] = 2  # the attacker lowers the count to match the cut chain
+    path.write_text(json.dumps(forged))
+
+    report = _verify(app, log)
+
+    assert not report.ok and "not signed" in (report.problem or "")
+
+
+def test_checkpoint_never_moves_back(tmp_path: Any) -> None:
+    checkpoints = CheckpointFile(tmp_path / "cp.json", CHECKPOINT_KEY)
+
+    assert checkpoints.advance(10, "a" * 64)
+    assert not checkpoints.advance(9, "b" * 64)  # a commit that finished late
+
+    current = checkpoints.read()
+    assert current is not None and (current.seq, current.head) == (10, "a" * 64)
+
+
+def test_rolled_back_events_leave_the_checkpoint_alone(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _write(app, log, 2)
+    db = app.extensions["tre.db"]
+    with contextlib.suppress(_Abandoned), transaction(db.session) as s:
+        log.record(s, "thing.happened", actor_id="u1")
+        write_pending(s)
+        raise _Abandoned
+
+    assert log.checkpoints is not None
+    checkpoint = log.checkpoints.read()
+    assert checkpoint is not None and checkpoint.seq == 2
+    assert _verify(app, log).ok
