@@ -1,0 +1,299 @@
+"""The author's use cases: create a request, fill its groups and files, submit or resubmit it,
+withdraw it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from disclosure import permissions as perm
+from disclosure import rules
+from disclosure.kernel import DEFAULT_GROUP, IncompleteRequest, NotFound, OutputError, OutputsBase, _Denied
+from disclosure.models import OutputFile, OutputGroup, OutputRequest
+from disclosure.progress import CHECK_JOB, advance_after_checks, check_job_key
+from disclosure.rules import RuleViolation
+from projects.models import Project
+from tre.core.db import utcnow
+from tre.core.jobs import enqueue
+
+
+class Authoring(OutputsBase):
+    def create_request(
+        self, actor: Any, project_id: str, title: str, *, client_key: str | None = None
+    ) -> tuple[OutputRequest, bool]:
+        """A new draft request (or, for a repeated ``client_key``, the one it already made)."""
+        title = self._clean_title(title, client_key)
+        with self._tx() as s:
+            return self._create(s, actor, project_id, title, client_key)
+
+    @staticmethod
+    def _clean_title(title: str, client_key: str | None) -> str:
+        title = (title or "").strip()
+        if len(title) > 200:
+            raise OutputError("The title may be 200 characters at most")
+        if client_key is not None and not (0 < len(client_key) <= 200):
+            raise OutputError("The Idempotency-Key must be 1 to 200 characters")
+        return title
+
+    def _create(
+        self, s: Session, actor: Any, project_id: str, title: str, client_key: str | None
+    ) -> tuple[OutputRequest, bool]:
+        if not perm.can_submit(actor):
+            raise _Denied("output.create", getattr(actor, "id", None), None, "missing permission")
+        if not project_id or s.get(Project, project_id) is None:
+            raise NotFound("No such project")
+        if client_key is not None:
+            existing = s.scalar(
+                select(OutputRequest).where(
+                    OutputRequest.project_id == project_id, OutputRequest.client_key == client_key
+                )
+            )
+            if existing is not None:
+                if existing.author_id != actor.id:
+                    raise _Denied("output.create", actor.id, existing, "idempotency key of another author")
+                return existing, False
+        self._require_gate(s, actor, None, project_id, "output.create")
+        req = OutputRequest(
+            project_id=project_id,
+            author_id=actor.id,
+            title=title,
+            client_key=client_key,
+            reviews_required=self.reviews_required,
+        )
+        try:
+            with s.begin_nested():
+                s.add(req)
+                s.flush()
+        except IntegrityError:
+            # The same Idempotency-Key arrived twice at once and the other transaction won.
+            existing = s.scalar(
+                select(OutputRequest).where(
+                    OutputRequest.project_id == project_id, OutputRequest.client_key == client_key
+                )
+            )
+            if existing is None or client_key is None:
+                raise
+            if existing.author_id != actor.id:
+                raise _Denied("output.create", actor.id, existing, "idempotency key of another author") from None
+            return existing, False
+        self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
+        return req, True
+
+    def submit_from_workspace(
+        self,
+        actor: Any,
+        project_id: str,
+        title: str,
+        *,
+        client_key: str | None,
+        groups: Sequence[tuple[str, str, str]],
+        files: Sequence[tuple[str, bytes, str, Any]],
+    ) -> tuple[OutputRequest, bool]:
+        """Create, fill and submit a request in one transaction (the workspace API): all or nothing.
+
+        ``groups`` are (name, context, controls); ``files`` are (name, content, group, table spec).
+        The same ``client_key`` again returns the request it made, changing nothing.
+        """
+        import disclosure.checks  # noqa: F401  (registers the check job's handler)
+
+        title = self._clean_title(title, client_key)
+        checked = [self._check_upload(name, content, spec) for name, content, _g, spec in files]
+        with self._tx() as s:
+            req, created = self._create(s, actor, project_id, title, client_key)
+            if not created:
+                return req, False
+            for name, context, controls in groups:
+                self._set_group(s, actor, req, name, context, controls)
+            for (_n, content, group, _s), (accepted, spec) in zip(files, checked, strict=True):
+                self._add_file(s, actor, req, accepted, spec, content, group)
+            self._submit(s, actor, req)
+        return req, True
+
+    def set_group(self, actor: Any, request_id: str, name: str, context: str, controls: str) -> OutputGroup:
+        """Create a group or change its context and controls."""
+        with self._tx() as s:
+            req = self._get(s, request_id, lock=True)
+            return self._set_group(s, actor, req, name, context, controls)
+
+    def _set_group(
+        self, s: Session, actor: Any, req: OutputRequest, name: str, context: str, controls: str
+    ) -> OutputGroup:
+        name = (name or "").strip() or DEFAULT_GROUP
+        if len(name) > 100:
+            raise RuleViolation("A group name may be 100 characters at most")
+        if len(context or "") > rules.MAX_TEXT or len(controls or "") > rules.MAX_TEXT:
+            raise RuleViolation(f"Context and controls may be {rules.MAX_TEXT} characters at most")
+        self._require_author(s, actor, req, "output.group")
+        self._editable(req)
+        group = self._group(s, req, name, create=True)
+        group.context, group.controls = (context or "").strip(), (controls or "").strip()
+        self._record(s, "output.group", actor, req, group_id=group.id)
+        return group
+
+    @staticmethod
+    def _editable(req: OutputRequest) -> None:
+        if req.state not in rules.EDITABLE_STATES:
+            raise RuleViolation(
+                f"A request that is {rules.STATE_LABELS[req.state].lower()} cannot be changed; "
+                "only a draft or a returned request can"
+            )
+
+    @staticmethod
+    def _group(s: Session, req: OutputRequest, name: str, *, create: bool) -> OutputGroup:
+        group = next((g for g in req.groups if g.name == name), None)
+        if group is None:
+            if not create:
+                raise NotFound("No such group")
+            group = OutputGroup(name=name, position=len(req.groups))
+            req.groups.append(group)
+            s.flush()
+        return group
+
+    def _check_upload(self, name: str, content: bytes, table_spec: Any) -> tuple[rules.AcceptedFile, Any]:
+        try:
+            accepted = rules.check_file(name, content, self.max_file_bytes)
+            spec = rules.check_table_spec(table_spec)
+        except RuleViolation as exc:
+            raise OutputError(str(exc)) from None
+        if spec is not None and accepted.kind != "table":
+            raise OutputError(f"{accepted.name}: only a CSV table can carry a table specification")
+        return accepted, spec
+
+    def add_file(
+        self,
+        actor: Any,
+        request_id: str,
+        name: str,
+        content: bytes,
+        *,
+        group: str = DEFAULT_GROUP,
+        table_spec: Any = None,
+    ) -> OutputFile:
+        """Copy a file into the encrypted store now; a file of the same name replaces the current one."""
+        accepted, spec = self._check_upload(name, content, table_spec)
+        with self._tx() as s:
+            req = self._get(s, request_id, lock=True)
+            return self._add_file(s, actor, req, accepted, spec, content, group)
+
+    def _add_file(
+        self,
+        s: Session,
+        actor: Any,
+        req: OutputRequest,
+        accepted: rules.AcceptedFile,
+        spec: Any,
+        content: bytes,
+        group: str,
+    ) -> OutputFile:
+        self._require_author(s, actor, req, "output.add_file")
+        self._editable(req)
+        self._require_gate(s, actor, req, req.project_id, "output.add_file")
+        current = [f for f in req.current_files if f.name == accepted.name]
+        if len(req.current_files) - len(current) >= rules.MAX_FILES_PER_REQUEST:
+            raise RuleViolation(f"A request may hold {rules.MAX_FILES_PER_REQUEST} files at most")
+        # Content-addressed, so storing inside the transaction is safe: a copy left unused is harmless.
+        sha256 = self.files.put(content)
+        grp = self._group(s, req, (group or "").strip() or DEFAULT_GROUP, create=True)
+        for old in current:
+            if old.sha256 == sha256 and old.group_id == grp.id and old.table_spec == spec:
+                return old  # the same file again: nothing changes
+            old.superseded_at, old.superseded_in_round = utcnow(), req.round
+        f = OutputFile(
+            group_id=grp.id,
+            name=accepted.name,
+            kind=accepted.kind,
+            content_type=accepted.content_type,
+            sha256=sha256,
+            size_bytes=len(content),
+            table_spec=spec,
+            added_by=actor.id,
+            added_in_round=req.round,
+        )
+        req.files.append(f)
+        s.flush()
+        self._record(
+            s,
+            "output.add_file",
+            actor,
+            req,
+            file_id=f.id,
+            sha256=sha256,
+            kind=f.kind,
+            replaces=[o.id for o in current],
+            has_table_spec=spec is not None,
+        )
+        return f
+
+    def remove_file(self, actor: Any, request_id: str, file_id: str) -> None:
+        with self._tx() as s:
+            req = self._get(s, request_id, lock=True)
+            self._require_author(s, actor, req, "output.remove_file")
+            self._editable(req)
+            f = s.get(OutputFile, file_id)
+            if f is None or f.request_id != req.id or f.superseded_at is not None:
+                raise NotFound("No such file in this request")
+            f.superseded_at, f.superseded_in_round = utcnow(), req.round
+            self._record(s, "output.remove_file", actor, req, file_id=f.id)
+
+    def missing_for_submission(self, req: OutputRequest) -> list[str]:
+        files = req.current_files
+        counts = {g.id: sum(1 for f in files if f.group_id == g.id) for g in req.groups}
+        facts = [rules.GroupFacts(g.name, g.context, g.controls, counts[g.id]) for g in req.groups]
+        return rules.missing_for_submission(req.title, facts, len(files))
+
+    def submit(self, actor: Any, request_id: str) -> OutputRequest:
+        """Submit (or resubmit after a return): the automated checks start in the background."""
+        import disclosure.checks  # noqa: F401  (registers the check job's handler)
+
+        with self._tx() as s:
+            req = self._get(s, request_id, lock=True)
+            self._submit(s, actor, req)
+        return req
+
+    def _submit(self, s: Session, actor: Any, req: OutputRequest) -> None:
+        self._require_author(s, actor, req, "output.submit")
+        if req.state not in (rules.DRAFT, rules.RETURNED):
+            rules.check_transition(req.state, rules.SUBMITTED)
+        problems = self.missing_for_submission(req)
+        if problems:
+            raise IncompleteRequest(problems)
+        self._require_gate(s, actor, req, req.project_id, "output.submit")
+        resubmission = req.state == rules.RETURNED
+        now = utcnow()
+        if resubmission:
+            req.round += 1
+        req.submitted_at = req.submitted_at or now
+        req.last_submitted_at = now
+        req.checks_finished_at = None
+        self._move(
+            s,
+            req,
+            rules.SUBMITTED,
+            actor,
+            "output.resubmit" if resubmission else "output.submit",
+            round=req.round,
+            files={f.id: f.sha256 for f in req.current_files},
+        )
+        policy = self.policy
+        shas = sorted({f.sha256 for f in req.current_files})
+        enqueue(
+            s,
+            CHECK_JOB,
+            {"request_id": req.id, "sha256s": shas, "policy_sha256": policy.sha256},
+            idempotency_key=check_job_key(req.id, shas, policy.sha256),
+        )
+        advance_after_checks(s, self.audit, req, policy.sha256, request_id=self.request_id)
+        self._tell_checkers(s, req, "Output request submitted for checking", "output.submitted")
+
+    def withdraw(self, actor: Any, request_id: str) -> OutputRequest:
+        with self._tx() as s:
+            req = self._get(s, request_id, lock=True)
+            self._require_author(s, actor, req, "output.withdraw")
+            self._move(s, req, rules.WITHDRAWN, actor, "output.withdraw")
+            if req.submitted_at is not None:
+                self._tell_checkers(s, req, "Output request withdrawn by its author", "output.withdrawn")
+        return req

@@ -1,0 +1,179 @@
+"""Where a request's automated checks are: the check job's key, each file's verdict so far, and the
+move on to human review once every current file has one (shared by the services and the check job)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from disclosure import permissions as perm
+from disclosure import rules
+from disclosure.models import OutputCheck, OutputRequest, OutputReview
+from tre.core.audit import AuditLog
+from tre.core.db import utcnow
+from tre.core.identity import UserRole
+from tre.core.jobs import FAILED, Job
+from tre.core.notifications import notify_users
+from tre.core.permissions import ROLE_PERMISSIONS, Permission
+
+CHECK_JOB = "outputs.check"
+
+
+def check_job_key(request_id: str, sha256s: Sequence[str], policy_sha256: str) -> str:
+    """The check job's idempotency key: the request, the hash of its files' hashes, and the policy.
+
+    One job checks every file of a submission. (One job per file would be natural, but the kernel's
+    ``enqueue`` sends a job's message when a later savepoint in the same transaction is released,
+    i.e. before the transaction commits; a worker can then miss it until the sweeper re-sends it.
+    With one job per transaction the message is sent only after the commit.)
+    """
+    digest = hashlib.sha256("\n".join(sorted(set(sha256s))).encode()).hexdigest()
+    return f"{CHECK_JOB}:{request_id}:{digest}:{policy_sha256}"
+
+
+def current_policy() -> Any:
+    from disclosure.engine import default_policy
+
+    return default_policy()
+
+
+@dataclass(frozen=True)
+class AutomatedStatus:
+    state: str  # "not_started", "running", "done", "failed"
+    checked: int
+    total: int
+    failed_files: list[str]
+    reasons: list[str]
+
+
+def _checks_by_file(s: Session, req: OutputRequest) -> dict[str, OutputCheck]:
+    ids = [f.id for f in req.current_files]
+    if not ids:
+        return {}
+    rows = s.scalars(select(OutputCheck).where(OutputCheck.file_id.in_(ids)).order_by(OutputCheck.checked_at))
+    return {c.file_id: c for c in rows}
+
+
+def automated_status(s: Session, req: OutputRequest, policy_sha256: str) -> AutomatedStatus:
+    return automated_statuses(s, [req], policy_sha256)[req.id]
+
+
+def automated_statuses(s: Session, reqs: Sequence[OutputRequest], policy_sha256: str) -> dict[str, AutomatedStatus]:
+    """``automated_status`` of each request, in at most two statements whatever their number."""
+    submitted = [r for r in reqs if r.state != rules.DRAFT]
+    checked: dict[str, set[str]] = {r.id: set() for r in submitted}
+    if submitted:
+        rows = s.execute(
+            select(OutputCheck.request_id, OutputCheck.file_id).where(
+                OutputCheck.request_id.in_(list(checked)), OutputCheck.policy_sha256 == policy_sha256
+            )
+        )
+        for request_id, file_id in rows:
+            checked[request_id].add(file_id)
+    keys = {
+        r.id: check_job_key(r.id, [f.sha256 for f in r.current_files], policy_sha256)
+        for r in submitted
+        if any(f.id not in checked[r.id] for f in r.current_files)
+    }
+    jobs = (
+        {j.idempotency_key: j for j in s.scalars(select(Job).where(Job.idempotency_key.in_(set(keys.values()))))}
+        if keys
+        else {}
+    )
+    out = {}
+    for req in reqs:
+        files = req.current_files
+        if req.state == rules.DRAFT:
+            out[req.id] = AutomatedStatus("not_started", 0, len(files), [], [])
+            continue
+        done_ids = checked[req.id]
+        failed, reasons = [], []
+        unchecked = [f for f in files if f.id not in done_ids]
+        job = jobs.get(keys[req.id]) if unchecked else None
+        if job is not None and job.state == FAILED:
+            failed = [f.id for f in unchecked]
+            reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
+        done = sum(1 for f in files if f.id in done_ids)
+        if done == len(files):
+            state = "done"
+        elif failed:
+            state = "failed"
+        else:
+            state = "running"
+        out[req.id] = AutomatedStatus(state, done, len(files), failed, reasons)
+    return out
+
+
+def advance_after_checks(
+    s: Session, audit: AuditLog, req: OutputRequest, policy_sha256: str, *, request_id: str | None = None
+) -> bool:
+    """Move a submitted or checking request on once every current file has its verdict (idempotent)."""
+    if req.state not in (rules.SUBMITTED, rules.CHECKING):
+        return False
+    status = automated_status(s, req, policy_sha256)
+
+    def move(target: str, action: str, **detail: Any) -> None:
+        before = req.state
+        rules.check_transition(before, target)
+        req.state, req.state_changed_at = target, utcnow()
+        audit.record(
+            s,
+            action,
+            actor_id=None,
+            target_type="output_request",
+            target_id=req.id,
+            project_id=req.project_id,
+            request_id=request_id,
+            detail={"from": before, "to": target, **detail},
+        )
+
+    if req.state == rules.SUBMITTED and (status.checked > 0 or status.state == "done"):
+        move(rules.CHECKING, "output.checks_start")
+    if status.state == "done" and req.state == rules.CHECKING:
+        req.checks_finished_at = utcnow()
+        checks = _checks_by_file(s, req)
+        move(
+            rules.AWAITING_REVIEW,
+            "output.checks_done",
+            statuses={fid: c.status for fid, c in sorted(checks.items())},
+        )
+        notify(
+            s,
+            _review_targets(s, req),
+            "Automated checks finished: output request ready for review",
+            f"Output request {req.id} is ready for review.",
+            "output.ready",
+            f"output.ready:{req.id}:{req.round}",
+        )
+        notify(
+            s,
+            [req.author_id],
+            "Automated checks of your output request finished",
+            f"Output request {req.id}: the automated verdicts are ready; checkers review it next.",
+            "output.checked",
+            f"output.checked:{req.id}:{req.round}",
+        )
+        return True
+    return False
+
+
+def _review_targets(s: Session, req: OutputRequest) -> list[str]:
+    reviewers = list(
+        s.scalars(
+            select(OutputReview.reviewer_id).where(OutputReview.request_id == req.id, OutputReview.round == req.round)
+        )
+    )
+    if reviewers:
+        return reviewers
+    roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.OUTPUT_REVIEW in granted]
+    ids = set(s.scalars(select(UserRole.user_id).where(UserRole.role.in_(roles))))
+    return sorted(ids - perm.team_ids(s, req.project_id, include_former=True) - {req.author_id})
+
+
+def notify(s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str) -> None:
+    notify_users(s, user_ids, subject=subject, body=body, topic=topic, dedupe_key=dedupe)

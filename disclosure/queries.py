@@ -1,0 +1,141 @@
+"""Reading the queue: who sees a request and as what, the blind review picture, the checkers' queue,
+a researcher's requests, checkers' workload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from disclosure import permissions as perm
+from disclosure import rules
+from disclosure.kernel import OutputsBase, _Denied
+from disclosure.models import OutputCheck, OutputComment, OutputDecision, OutputRequest, OutputReview, OutputVote
+from disclosure.progress import AutomatedStatus, _checks_by_file, automated_statuses
+from projects.models import Project
+
+
+@dataclass
+class ReviewPicture:
+    """What one person may see of a request's reviews: blind until every required review is in."""
+
+    unblinded: bool
+    reviews: list[OutputReview]
+    votes: list[OutputVote]
+    comments: list[OutputComment]
+    decisions: list[OutputDecision]
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One row of a checker's queue."""
+
+    req: OutputRequest
+    status: AutomatedStatus
+    reviews: list[OutputReview]
+
+
+class Queries(OutputsBase):
+    def get_for(self, actor: Any, request_id: str) -> tuple[OutputRequest, str]:
+        """The request and how the person sees it: "checker" or "team"; anyone else is refused."""
+        s = self.session
+        req = self._get(s, request_id)
+        if perm.can_check(s, actor, req):
+            return req, "checker"
+        if perm.can_view_as_team(s, actor, req):
+            return req, "team"
+        with self._tx():
+            raise _Denied("output.view", getattr(actor, "id", None), req, "neither checker nor team")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def review_picture(self, actor: Any, req: OutputRequest, role: str) -> ReviewPicture:
+        """Blindness: a checker sees only their own votes and private comments until every required
+        review of the round is submitted; the team sees only shared comments and final decisions."""
+        s = self.session
+        reviews = self._reviewers(s, req)
+        done = sum(1 for r in reviews if r.submitted_at is not None)
+        unblinded = done >= req.reviews_required
+        votes = list(s.scalars(select(OutputVote).where(OutputVote.request_id == req.id)))
+        comments = list(
+            s.scalars(
+                select(OutputComment).where(OutputComment.request_id == req.id).order_by(OutputComment.created_at)
+            )
+        )
+        decisions = list(
+            s.scalars(select(OutputDecision).where(OutputDecision.request_id == req.id).order_by(OutputDecision.round))
+        )
+        if role == "checker":
+            if not unblinded:
+                votes = [v for v in votes if v.reviewer_id == actor.id]
+                comments = [
+                    c
+                    for c in comments
+                    if c.round < req.round
+                    or c.author_id == actor.id
+                    or c.visibility == rules.SHARED
+                    and c.author_id not in {r.reviewer_id for r in reviews}
+                ]
+        else:
+            # The team sees what checkers asked to change once a round is decided, never who voted how.
+            decided_rounds = {d.round for d in decisions}
+            votes = [v for v in votes if v.round in decided_rounds and v.vote == rules.VOTE_CHANGES]
+            comments = [c for c in comments if c.visibility == rules.SHARED]
+            reviews = []
+        return ReviewPicture(unblinded, reviews, votes, comments, decisions)
+
+    def queue(self) -> list[OutputRequest]:
+        return list(
+            self.session.scalars(
+                select(OutputRequest)
+                .where(OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES)))
+                .order_by(OutputRequest.last_submitted_at)
+            )
+        )
+
+    def queue_for(self, actor: Any) -> list[QueueEntry]:
+        """The queue as ``actor`` may check it, oldest first, with each request's automated status and
+        this round's reviews: the same ``can_check`` answer per request, with the teams, checks, jobs and
+        reviews each loaded once for the whole page rather than once per request."""
+        s = self.session
+        waiting = self.queue()
+        teams = perm.teams_of(s, {r.project_id for r in waiting}, include_former=True)
+        mine = [r for r in waiting if perm.can_check(s, actor, r, teams=teams)]
+        statuses = automated_statuses(s, mine, self.policy.sha256)
+        reviews = self._reviewers_of(s, mine)
+        return [QueueEntry(r, statuses[r.id], reviews[r.id]) for r in mine]
+
+    def requests_of(self, actor: Any) -> list[OutputRequest]:
+        from projects.models import ProjectMember
+
+        projects = select(ProjectMember.project_id).where(
+            ProjectMember.user_id == actor.id, ProjectMember.removed_at.is_(None)
+        )
+        return list(
+            self.session.scalars(
+                select(OutputRequest)
+                .where(
+                    (OutputRequest.author_id == actor.id)
+                    | OutputRequest.project_id.in_(projects)
+                    | OutputRequest.project_id.in_(select(Project.id).where(Project.pi_id == actor.id))
+                )
+                .order_by(OutputRequest.created_at.desc())
+            )
+        )
+
+    def workload(self) -> dict[str, int]:
+        """Open reviews (claimed, not yet submitted) per checker id."""
+        rows = self.session.execute(
+            select(OutputReview.reviewer_id, func.count())
+            .join(OutputRequest, OutputRequest.id == OutputReview.request_id)
+            .where(
+                OutputReview.submitted_at.is_(None),
+                OutputReview.round == OutputRequest.round,
+                OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES)),
+            )
+            .group_by(OutputReview.reviewer_id)
+        )
+        return {uid: int(n) for uid, n in rows}
+
+    def checks_of(self, req: OutputRequest) -> dict[str, OutputCheck]:
+        return _checks_by_file(self.session, req)
