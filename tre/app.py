@@ -15,6 +15,7 @@ from tre import access, errors
 from tre.authn import load_current_user
 from tre.core.config import Settings
 from tre.core.db import Database
+from tre.core.filemodes import ensure_private_folder
 from tre.core.logs import request_id_var
 
 csrf = CSRFProtect()
@@ -32,9 +33,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     test_config = dict(test_config or {})
     overrides = test_config.pop("TRE_SETTINGS", {})
     settings = Settings.from_env(**overrides)
-    # 0711: others may pass through to the extract and workspace folders (which have their own
-    # permissions) but may not list the instance; every file in it is 0600.
-    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # The instance folder is the service's alone (its entry points also set umask 077, see
+    # tre/core/filemodes.py): workspaces reach their extract through the hub, never through it.
+    ensure_private_folder(settings.instance_path, "instance folder")
 
     app = Flask(
         __name__,

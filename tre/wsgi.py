@@ -2,8 +2,12 @@
 
 import importlib
 
-from tre.app import create_app
-from tre.core.queue import prepare_to_send
+from tre.core.filemodes import restrict_umask
+
+restrict_umask()  # before anything is written: what gunicorn's workers write is the service's alone
+
+from tre.app import create_app  # noqa: E402
+from tre.core.queue import prepare_to_send  # noqa: E402
 
 app = create_app()
 

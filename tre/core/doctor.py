@@ -10,6 +10,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from tre.core.config import Settings
+from tre.core.filemodes import GROUP_OR_OTHERS, open_to_others
+
+MAX_PATHS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,22 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
         if not path.is_dir():
             raise RuntimeError(f"instance folder {path} does not exist: run `tre init`")
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o066:
+        if mode & GROUP_OR_OTHERS:
             raise RuntimeError(
-                f"instance folder {path} is readable or writable by others (mode {mode:o}); chmod 711 it"
+                f"instance folder {path} is open to other accounts (mode {mode:o}); chmod 700 it"
             )
         return f"{path} (mode {mode:o})"
+
+    def private_files() -> str:
+        offending = private_files_open_to_others(settings)
+        if offending:
+            shown = ", ".join(f"{path} (mode {mode:o})" for path, mode in offending[:MAX_PATHS_SHOWN])
+            more = f" and {len(offending) - MAX_PATHS_SHOWN} more" if len(offending) > MAX_PATHS_SHOWN else ""
+            raise RuntimeError(
+                f"{len(offending)} of the service's files or folders are open to other accounts: {shown}{more};"
+                " `chmod -R go= ` them (only extracts may be shared, with their project's group)"
+            )
+        return "the database, broker, keys and file store are private to the service's account"
 
     def master_key() -> str:
         import os
@@ -130,6 +144,7 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
 
     for name, fn in (
         ("instance folder", instance),
+        ("private files", private_files),
         ("master key", master_key),
         ("database", database),
         ("broker", broker),
@@ -139,6 +154,26 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
     ):
         findings.append(_check(name, fn))
     return findings
+
+
+def private_files_open_to_others(settings: Settings) -> list[tuple[Path, int]]:
+    """The service's own files and folders that the group or other accounts may use: everything in
+    the instance folder (its database, broker, keys, file store, hub state) but the extracts and the
+    workspaces' folders, which are shared on purpose; plus the extracts' staging copies, a database or
+    broker file and the HSM PIN file kept elsewhere."""
+    instance = settings.instance_path
+    shared = [p for p in (settings.extracts_path, settings.workspaces_path) if p is not None]
+    found = open_to_others(instance, skip=shared)
+    elsewhere = [p / ".staging" for p in shared[:1]]
+    for url in (settings.database_url, settings.broker_url):
+        if url.split(":", 1)[0] in ("sqlite", "sqla+sqlite") and ":///" in url:
+            elsewhere.append(Path(url.split(":///", 1)[1]))
+    if settings.pkcs11_pin_file:
+        elsewhere.append(Path(settings.pkcs11_pin_file))
+    for path in elsewhere:
+        if not path.is_relative_to(instance) or any(path.is_relative_to(p) for p in shared):
+            found += [hit for hit in open_to_others(path) if hit not in found]
+    return found
 
 
 def check_oidc_discovery(settings: Settings, timeout: float = 5) -> str:

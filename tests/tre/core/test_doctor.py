@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tre.core import migrate
 from tre.core.config import Settings
 from tre.core.doctor import head_of, run_checks
 from tre.core.platform import initialise_keys
+
+
+@pytest.fixture(autouse=True)
+def service_umask() -> Iterator[None]:
+    """What the service's entry points do first (tre/core/filemodes.py restrict_umask)."""
+    previous = os.umask(0o077)
+    yield
+    os.umask(previous)
 
 
 def _embedded(tmp_path: Path) -> Settings:

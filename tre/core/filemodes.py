@@ -1,0 +1,124 @@
+"""Who may read what the service writes (docs/adr/0006-private-files.md).
+
+Everything the service writes is private to the account it runs as: every process it starts works
+under umask 077, and the instance folder is 0700. The one exception is an extract, which its
+project's members must read: it belongs to the project's unix group, folders 0750 and files 0640,
+when the service runs as root and can make that group; otherwise it stays 0700/0600, service only.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SERVICE_UMASK = 0o077
+# Any permission at all for the group or others.
+GROUP_OR_OTHERS = 0o077
+
+
+def restrict_umask() -> None:
+    """Make every file and folder this process (and each child it starts) creates private to its
+    account. Called first thing by the ``tre`` command and by ``create_app`` (gunicorn, Celery)."""
+    os.umask(SERVICE_UMASK)
+
+
+def ensure_private_folder(path: Path, what: str = "folder") -> Path:
+    """Create ``path`` with mode 0700, or take an existing one back to 0700 with a warning."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & GROUP_OR_OTHERS:
+        log.warning("the %s %s had mode %o, open to other accounts; made it 700", what, path, mode)
+        path.chmod(0o700)
+    return path
+
+
+def project_group_name(project_id: str) -> str:
+    """The unix group whose members may read the project's extract. The one definition: the hub
+    receives it in the access gate's answer (``unix_group``) and makes the workspace account a member."""
+    slug = re.sub(r"[^a-z0-9-]", "-", project_id.lower()).strip("-") or "p"
+    name = f"tre-p-{slug}"
+    if len(name) > 32:  # the longest group name shadow-utils accepts
+        name = f"tre-p-{slug[:15]}-{hashlib.sha256(project_id.encode()).hexdigest()[:10]}"
+    return name
+
+
+def can_manage_groups() -> bool:
+    return os.geteuid() == 0 and shutil.which("groupadd") is not None
+
+
+def ensure_group(name: str) -> int:
+    """The gid of group ``name``, created (as a system group) if it does not exist. Root only."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        pass
+    groupadd = shutil.which("groupadd") or "groupadd"
+    # Bandit B603: a fixed program and a name made by project_group_name, no shell
+    made = subprocess.run(  # noqa: S603  # nosec B603
+        [groupadd, "--system", name], capture_output=True, text=True, check=False
+    )
+    if made.returncode not in (0, 9):  # 9: made by another process meanwhile
+        raise OSError(f"groupadd {name} failed: {made.stderr.strip()[:200]}")
+    return grp.getgrnam(name).gr_gid
+
+
+def share_read_only_with_group(top: Path, project_id: str) -> str | None:
+    """Give the tree at ``top`` to the project's group, read-only (folders 0750, files 0640, owner
+    kept), nobody else anything. Without root there is no group to give it to: the tree is made
+    0700/0600, service only, and None is returned (a workspace then needs the hub to share it)."""
+    if not can_manage_groups():
+        _chmod_tree(top, folders=0o700, files=0o600, gid=None)
+        return None
+    name = project_group_name(project_id)
+    _chmod_tree(top, folders=0o750, files=0o640, gid=ensure_group(name))
+    return name
+
+
+def _chmod_tree(top: Path, *, folders: int, files: int, gid: int | None) -> None:
+    for path in _walk(top):
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue  # never follow a link out of the tree
+        if gid is not None:
+            os.chown(path, info.st_uid, gid, follow_symlinks=False)
+        path.chmod(folders if stat.S_ISDIR(info.st_mode) else files)
+
+
+def _walk(top: Path) -> Iterator[Path]:
+    yield top
+    for root, dirs, names in os.walk(top):
+        for name in (*dirs, *names):
+            yield Path(root) / name
+
+
+def open_to_others(top: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, int]]:
+    """Every file or folder at or under ``top`` (not below a ``skip`` folder) that its group or
+    other accounts may read, write or enter, with its mode. Links are not followed."""
+    skipped = {Path(p) for p in skip}
+    found: list[tuple[Path, int]] = []
+    if not top.exists():
+        return found
+    if top.is_file():
+        mode = stat.S_IMODE(top.lstat().st_mode)
+        return [(top, mode)] if mode & GROUP_OR_OTHERS else []
+    for root, dirs, names in os.walk(top):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if here / d not in skipped]
+        for path in (here, *(here / n for n in names)):
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & GROUP_OR_OTHERS:
+                found.append((path, mode))
+    return found
