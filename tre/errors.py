@@ -14,9 +14,10 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, make_response, render_template, request
 from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, Gone, HTTPException, InternalServerError, ServiceUnavailable
 
 from tre.core.db import database_unavailable
+from tre.core.filestore import StoredFileNotFound
 
 # Messages we choose for each status; werkzeug's own descriptions are fine to show but generic.
 TITLES = {
@@ -26,6 +27,7 @@ TITLES = {
     404: "Page not found",
     405: "Method not allowed",
     409: "Conflict",
+    410: "The file has been deleted",
     413: "The file is too large",
     422: "Check your answers",
     429: "Too many attempts",
@@ -108,8 +110,18 @@ def handle_recursion(error: RecursionError) -> Response | tuple[str, int]:
     return handle_unexpected(error)
 
 
+def handle_deleted_file(error: StoredFileNotFound) -> Response | tuple[str, int]:
+    """A stored file whose record outlived it (deleted when the project's data was destroyed):
+    410 Gone, with what happened, never 500."""
+    return handle_http_exception(Gone(DELETED_FILE))
+
+
+DELETED_FILE = "This file no longer exists: it was deleted, for example when its project's data was destroyed."
+
+
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(StoredFileNotFound, handle_deleted_file)
     app.register_error_handler(RecursionError, handle_recursion)
     app.register_error_handler(DBAPIError, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)
