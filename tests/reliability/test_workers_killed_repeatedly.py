@@ -10,7 +10,6 @@ short)."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from pseudonymisation.models import Extract
 from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 from pseudonymisation.services import BUILD_JOB, LINKAGE, _key
 from pseudonymisation.tasks import extracts_service
-from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
+from tests.celery_workers import Worker, drain, kill_at, wait_for, worker_env, worker_pool
 from tests.disclosure.factories import active_project, person
 from tests.disclosure.test_checks_worker_killed import submit, write_big_extract
 from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
@@ -32,11 +31,12 @@ from tests.pseudonymisation.test_partitioned_extracts_workers import APPROVED, _
 from tests.security.figures import record
 from tre.core import jobs, migrate
 from tre.core.audit import AuditEvent
+from tre.core.testpoints import Barrier
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 KILLS = 2  # a job has 3 attempts: killed on the first and the second, done on the third
-CHUNK_ROWS = 20_000  # 30 chunks: the build is under way long enough to be caught on every attempt
+CHUNK_ROWS = 20_000  # 30 chunks: each killed attempt holds after one, the last resumes from there
 
 
 @pytest.fixture
@@ -45,12 +45,13 @@ def workers() -> Iterator[list[Worker]]:
         yield started
 
 
-def _setup(tmp_path: Path, **settings: Any) -> tuple[Any, dict[str, str]]:
+def _setup(tmp_path: Path, **settings: Any) -> tuple[Any, dict[str, str], Barrier]:
     instance = tmp_path / "instance"
     instance.mkdir()
     database_url = f"sqlite:///{tmp_path / 'tre.sqlite'}"
     broker_url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
-    env = worker_env(instance, database_url, broker_url, **settings)
+    barrier = Barrier(tmp_path / "testpoints")
+    env = worker_env(instance, database_url, broker_url, barrier, **settings)
     migrate.upgrade(database_url)
     from tre.app import create_app
 
@@ -58,7 +59,7 @@ def _setup(tmp_path: Path, **settings: Any) -> tuple[Any, dict[str, str]]:
         {"TRE_SETTINGS": {"instance_path": instance, "database_url": database_url, "broker_url": broker_url,
                           **settings}}
     )
-    return app, env
+    return app, env, barrier
 
 
 def _job(app: Any, kind: str) -> jobs.Job | None:
@@ -69,36 +70,27 @@ def _job(app: Any, kind: str) -> jobs.Job | None:
         return job
 
 
-def _kill_in_a_row(app: Any, kind: str, env: dict[str, str], log: Path, workers: list[Worker]) -> int:
-    """Kill the worker running ``kind`` on each of its first KILLS attempts, mid-job, and return how
-    many kills landed on a job still running. The first attempt is killed once its work is under
-    way; later attempts resume from the checkpoint and may have little left, so they are killed as
-    soon as they are claimed. A kill that came after the job had already finished did not land."""
-    workers.append(Worker(env, log))
-    landed = 0
+def _kill_in_a_row(
+    app: Any, kind: str, env: dict[str, str], barrier: Barrier, log: Path, workers: list[Worker]
+) -> None:
+    """Kill the worker running ``kind`` on each of its first KILLS attempts, in the middle of the
+    work: each attempt holds at its first progress report (the test point ``job.progress.<kind>``,
+    after a checkpoint) until its worker is killed; the attempt after the last kill is left alone."""
+    point = f"job.progress.{kind}"
     for attempt in range(1, KILLS + 1):
-        def running_this_attempt(attempt: int = attempt) -> bool:
-            j = _job(app, kind)
-            under_way = j is not None and j.state == jobs.RUNNING and j.attempts == attempt
-            return under_way and (attempt > 1 or j.progress > 0)
-
-        wait_for(running_this_attempt, 120, f"attempt {attempt} of {kind} to be under way", log)
-        if attempt == 1:
-            time.sleep(0.5)  # inside the work, not at its edge
-        workers[-1].kill()
-        job = _job(app, kind)
-        if job is None or job.state == jobs.SUCCEEDED:
-            break  # finished before the kill: the next worker has nothing left to do
-        landed += 1
-        record("reliability: workers SIGKILLed mid-job", 1)
+        barrier.arm(point)
         workers.append(Worker(env, log))
-    return landed
+        kill_at(barrier, point, workers[-1], log)
+        job = _job(app, kind)
+        assert job is not None and (job.state, job.attempts) == (jobs.RUNNING, attempt)
+        record("reliability: workers SIGKILLed mid-job", 1)
+    workers.append(Worker(env, log))
 
 
 def test_output_check_whose_workers_are_killed_twice_in_a_row_reaches_one_verdict(
     tmp_path: Path, workers: list[Worker]
 ) -> None:
-    app, env = _setup(tmp_path)
+    app, env, barrier = _setup(tmp_path)
     db = app.extensions["tre.db"]
     platform = app.extensions["tre.platform"]
     author = person(app, "rita", ["researcher"])
@@ -113,14 +105,16 @@ def test_output_check_whose_workers_are_killed_twice_in_a_row_reaches_one_verdic
     assert response.status_code == 201, response.get_data(as_text=True)
     request_id = response.json["id"]
 
-    landed = _kill_in_a_row(app, "outputs.check", env, log, workers)
+    _kill_in_a_row(app, "outputs.check", env, barrier, log, workers)
 
     def state() -> str:
         with db.session_factory() as s:
             return s.get(OutputRequest, request_id).state
 
     wait_for(lambda: state() == "awaiting_review", 240, "the request's verdict", log)
-    time.sleep(3)  # room for a stray duplicate delivery to show itself, if there were one
+    check_job = _job(app, "outputs.check")
+    assert check_job is not None
+    assert set(drain(workers, env["TRE_BROKER_URL"], db, {check_job.id})) <= {"not-claimed"}
 
     with db.session_factory() as s:
         requests = s.scalar(select(func.count()).select_from(OutputRequest))
@@ -131,8 +125,7 @@ def test_output_check_whose_workers_are_killed_twice_in_a_row_reaches_one_verdic
         check_events = s.scalars(select(AuditEvent).where(AuditEvent.action == "output.check")).all()
     job = _job(app, "outputs.check")
     assert requests == 1
-    assert landed >= 1
-    assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, landed + 1)
+    assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, KILLS + 1)
     assert len(checks) == 2  # one per file, none from the killed attempts
     table_check = next(c for c in checks if c.recompute.get("status") != "not_applicable")
     assert table_check.recompute["status"] == "done"
@@ -155,7 +148,7 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
         pa.concat_tables([make_table(100_000, patients=10_000, seed=5)] * 6), tmp_path / "events.parquet",
         row_group_rows=20_000,
     )
-    app, env = _setup(tmp_path, extract_chunk_rows=CHUNK_ROWS, extract_partition_rows=0)
+    app, env, barrier = _setup(tmp_path, extract_chunk_rows=CHUNK_ROWS, extract_partition_rows=0)
     db = app.extensions["tre.db"]
     log = tmp_path / "worker.log"
     try:
@@ -163,14 +156,16 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
         with app.app_context():
             extract_id = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id).id
 
-        landed = _kill_in_a_row(app, BUILD_JOB, env, log, workers)
+        _kill_in_a_row(app, BUILD_JOB, env, barrier, log, workers)
 
         def extract_state() -> str:
             with db.session_factory() as s:
                 return s.get(Extract, extract_id).state
 
         wait_for(lambda: extract_state() in ("succeeded", "failed"), 240, "the extract to finish", log)
-        time.sleep(2)
+        job = _job(app, BUILD_JOB)
+        assert job is not None
+        assert set(drain(workers, env["TRE_BROKER_URL"], db, {job.id})) <= {"not-claimed"}
         job = _job(app, BUILD_JOB)
         with db.session_factory() as s:
             extract = s.get(Extract, extract_id)
@@ -181,8 +176,7 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
             platform = app.extensions["tre.platform"]
             keys = ExtractKeys(_key(s, platform.keys, LINKAGE, create=False),
                                _key(s, platform.keys, f"project:{p.id}", create=False))
-        assert landed >= 1
-        assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, landed + 1)
+        assert job is not None and (job.state, job.attempts) == (jobs.SUCCEEDED, KILLS + 1)
         assert extracts == 1
         assert built.count("extract.build") == 1, built
         single = run_extract(ExtractOptions(source, event_schema(), APPROVED, tmp_path / "single", keys,

@@ -28,6 +28,7 @@ from sqlalchemy import CheckConstraint, Index, String, Text, and_, event, or_, s
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from tre.core import testpoints
 from tre.core.db import Base, Database, database_unavailable, new_id, utcnow
 from tre.core.logs import job_id_var
 
@@ -296,7 +297,7 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
         if registered is None:
             raise PermanentJobError(f"no handler registered for job kind {kind!r}")
         with db.session_factory() as session:
-            ctx = JobContext(session, job_id, payload, attempt, _progress_reporter(db, job_id, owner))
+            ctx = JobContext(session, job_id, payload, attempt, _progress_reporter(db, job_id, owner, kind))
             result = registered.handler(ctx)
             finished = session.execute(
                 update(Job)
@@ -355,7 +356,7 @@ def _record_failure(db: Database, job_id: str, owner: str, exc: Exception) -> st
         return FAILED if final else "retry"
 
 
-def _progress_reporter(db: Database, job_id: str, owner: str) -> Callable[[float, str], None]:
+def _progress_reporter(db: Database, job_id: str, owner: str, kind: str) -> Callable[[float, str], None]:
     def report(fraction: float, message: str = "") -> None:
         with db.session_factory() as s:
             s.execute(
@@ -364,6 +365,7 @@ def _progress_reporter(db: Database, job_id: str, owner: str) -> Callable[[float
                 .values(progress=min(max(fraction, 0.0), 1.0), progress_message=message[:500])
             )
             s.commit()
+        testpoints.reach(f"job.progress.{kind}")  # a test may hold the job here, mid-work (ADR 0004)
 
     return report
 
