@@ -1,10 +1,12 @@
 """Release ledger and differencing audit.
 
-Every aggregate a project releases is recorded: its population (dataset and filters), dimensions and the
-released cells (margins included, labelled ``None`` on the margin dimensions) plus which cells were
-suppressed. A new table is audited against the ledger: two tables over the same data whose totals (over the
-dimensions they share) differ by a small non-zero amount reveal that small group by subtraction, e.g. a
-total of 12,958 next to a released 12,960, or a table "excluding one category" next to the full table.
+Every aggregate a project releases is recorded: its population (dataset and filters, see ``population``),
+dimensions and exactly the cells the released file shows (margins only if the file has them, labelled
+``None`` on the margin dimensions) plus which cells were suppressed. A new table is audited against the
+ledger (``differencing_audit``): a suppressed cell or small group that two releases determine together is
+found, e.g. a table over a filtered sub-population whose total, less an earlier table's released cells,
+gives that table's suppressed cell; a total of 12,958 next to a released 12,960; or a table "excluding one
+category" next to the full table.
 
 The ledger is a plain data structure; storing it is the caller's job (``to_dict``/``from_dict``).
 """
@@ -18,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from disclosure.engine import population as pop
 from disclosure.engine.labels import jsonable
 from disclosure.engine.tables import TableResult
 
 Labels = tuple  # one label per dimension, None for a margin
+MAX_JOINT_CELLS = 1500  # the exact audit's joint table; larger pairs are compared by their totals
+_TOL = 1e-7
 
 
 @dataclass
@@ -60,8 +65,11 @@ class ReleasedAggregate:
         )
 
 
-def aggregate_from_result(output_id: str, result: TableResult, population: dict[str, Any]) -> ReleasedAggregate:
-    """Ledger entry for a checked count or sum table, from what was actually released."""
+def aggregate_from_result(
+    output_id: str, result: TableResult, population: dict[str, Any], *, margins: bool = False
+) -> ReleasedAggregate:
+    """Ledger entry for a checked count or sum table, from what was actually released: the released
+    interior cells, and the margins only when the released file shows them (``margins=True``)."""
     if result.statistic not in ("count", "sum"):
         raise ValueError(
             "only additive statistics (count, sum) can be differenced; record the counts and "
@@ -72,6 +80,8 @@ def aggregate_from_result(output_id: str, result: TableResult, population: dict[
     cells, suppressed = {}, set()
     for pos in np.ndindex(result.released.shape):
         labels = tuple(jsonable(cats[a][i]) for a, i in enumerate(pos))
+        if not margins and any(label is None for label in labels):
+            continue
         value = result.released[pos]
         if np.isnan(value):
             suppressed.add(labels)
@@ -127,33 +137,59 @@ def _margins_over(agg: ReleasedAggregate, shared: tuple[str, ...]) -> dict[tuple
     return known
 
 
-def _nested(a: dict[str, Any], b: dict[str, Any]) -> str:
-    fa = {repr(sorted(f.items())) for f in a.get("filters", [])}
-    fb = {repr(sorted(f.items())) for f in b.get("filters", [])}
-    if fa == fb:
+def relation(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """How two populations relate, from their filters (for the finding's text)."""
+    fa, fb = a.get("filters", []), b.get("filters", [])
+    if fa is None or fb is None:
+        return "population unknown (filters not captured)"
+    if pop.disjoint(fa, fb):
+        return "disjoint populations"
+    _, only_a, only_b = pop.split_terms(fa, fb)
+    if not only_a and not only_b:
         return "same population"
-    if fa <= fb or fb <= fa:
+    if not only_a or not only_b:
         return "nested populations"
     return "overlapping populations (filters differ)"
 
 
 def differencing_audit(
-    ledger: ReleaseLedger, candidate: ReleasedAggregate, threshold: int = 10
+    ledger: ReleaseLedger, candidate: ReleasedAggregate, threshold: int = 10, max_cells: int = MAX_JOINT_CELLS
 ) -> list[dict[str, Any]]:
-    """Findings where the candidate and a released table differ on a shared total by 0 < d < threshold.
+    """Disclosure by differencing between the candidate and each earlier release of the same dataset.
 
-    Only tables over the same dataset and the same additive statistic are compared (other pairs share no
-    arithmetic). Rounded releases are compared with their rounding base as slack, because differences
-    within rounding error reveal nothing.
+    For each earlier table of the same dataset and additive statistic:
+
+    * populations provably disjoint (``sex == "F"`` against ``sex == "M"``) share no rows: nothing to find;
+    * populations whose filters differ only by ``== != in notin`` terms (nested, or overlapping by a filter
+      on a dimension) are audited exactly: both tables are written as sums over the cells of one joint
+      table (every dimension and filtered column of either, each with an "any other value" label), and a
+      joint cell that the two releases determine together, but neither alone, is a finding when it holds
+      between 1 and ``threshold - 1`` (for sums: when it lies under a suppressed cell). This finds a
+      suppressed cell revealed by a filtered table's total, "all except one category", and linked totals;
+    * otherwise (range filters, unknown filters, rounded releases, a joint table larger than ``max_cells``,
+      or releases that contradict their recorded populations) shared totals are compared: totals over the
+      same labels that differ by 0 < d < threshold reveal the group making up the difference.
+
+    Every finding names the earlier release (``earlier``) and both outputs.
     """
-    findings = []
+    findings: list[dict[str, Any]] = []
     for entry in ledger.entries:
         if entry.statistic != candidate.statistic:
             continue
-        if entry.population.get("dataset") != candidate.population.get("dataset"):
+        dataset = candidate.population.get("dataset")
+        if not dataset or entry.population.get("dataset") != dataset:
             continue
-        common = tuple(d for d in candidate.dims if d in entry.dims)
+        fa, fc = entry.population.get("filters", []), candidate.population.get("filters", [])
+        if fa is not None and fc is not None and pop.disjoint(fa, fc):
+            continue
+        exact = None
+        if fa is not None and fc is not None and not entry.rounding_base and not candidate.rounding_base:
+            exact = _joint_audit(entry, candidate, fa, fc, threshold, max_cells)
+        if exact is not None:
+            findings += exact
+            continue
         slack = max(entry.rounding_base or 0, candidate.rounding_base or 0)
+        common = tuple(d for d in candidate.dims if d in entry.dims)
         # Every margin over a subset of the shared dims, down to the grand total, can be subtracted.
         for r in range(len(common), -1, -1):
             for shared in combinations(common, r):
@@ -176,14 +212,163 @@ def _compare(
             findings.append(
                 {
                     "kind": "differencing",
+                    "method": "totals",
+                    "earlier": entry.output_id,
                     "outputs": [entry.output_id, candidate.output_id],
                     "cell": dict(zip(shared, key, strict=True)),
                     "released": old[key],
                     "new": new[key],
                     "difference": diff,
-                    "relation": _nested(entry.population, candidate.population),
+                    "relation": relation(entry.population, candidate.population),
                     "reason": f"the two totals differ by {diff:g} (< {threshold}): the group making up the "
-                    "difference is revealed",
+                    f"difference is revealed (earlier release {entry.output_id})",
                 }
             )
     return findings
+
+
+# --- the exact audit over a joint table ------------------------------------------------------------------
+
+
+def _table_labels(agg: ReleasedAggregate) -> dict[str, list]:
+    """Per dimension, the labels the table shows (its categories), in first-seen order."""
+    out: dict[str, list] = {d: [] for d in agg.dims}
+    for labels in list(agg.cells) + list(agg.suppressed):
+        for d, label in zip(agg.dims, labels, strict=True):
+            if label is not None and label not in out[d]:
+                out[d].append(label)
+    return out
+
+
+def _joint_audit(
+    a: ReleasedAggregate,
+    b: ReleasedAggregate,
+    fa: list[dict],
+    fb: list[dict],
+    threshold: int,
+    max_cells: int,
+) -> list[dict[str, Any]] | None:
+    """Findings of the exact audit, or ``None`` when it does not apply (the caller then compares totals)."""
+    _, only_a, only_b = pop.split_terms(fa, fb)
+    if not (pop.only_listed(only_a) and pop.only_listed(only_b)):
+        return None
+    la, lb = _table_labels(a), _table_labels(b)
+    listed = pop.listed_values(only_a + only_b)
+    dims: list[str] = []
+    for d in [*a.dims, *b.dims, *sorted(pop.columns_of(only_a + only_b))]:
+        if d not in dims:
+            dims.append(d)
+    axes = []
+    for d in dims:
+        values: list = []
+        for v in [*la.get(d, []), *lb.get(d, []), *sorted(listed.get(d, ()), key=repr)]:
+            if v not in values:
+                values.append(v)
+        axes.append([*values, pop.OTHER])
+    n = int(np.prod([len(x) for x in axes]))
+    if n > max_cells:
+        return None
+    grid = np.array(list(np.ndindex(*[len(x) for x in axes])), dtype=np.int64).reshape(n, len(dims))
+    rows: list[np.ndarray] = []
+    values_: list[float] = []
+    zero = np.zeros(n, dtype=bool)
+    origin: list[str] = []
+    suppressed_support = np.zeros(n, dtype=bool)
+    for name, agg, extra, labels in (("a", a, only_a, la), ("b", b, only_b, lb)):
+        cells = [dict(zip(dims, (axes[k][i] for k, i in enumerate(row)), strict=True)) for row in grid]
+        in_pop = np.array([pop.all_hold(extra, c) for c in cells], dtype=object)
+        if any(v is None for v in in_pop):
+            return None
+        in_pop = in_pop.astype(bool)
+        # Position of each joint cell among the table's own labels (-1: a label the table does not show).
+        coords = np.full((n, len(agg.dims)), -1, dtype=np.int64)
+        for t, d in enumerate(agg.dims):
+            k = dims.index(d)
+            lookup = np.array([labels[d].index(v) if v in labels[d] else -1 for v in axes[k]], dtype=np.int64)
+            coords[:, t] = lookup[grid[:, k]]
+        shown = (coords >= 0).all(axis=1)
+        zero |= in_pop & ~shown  # the table lists every value of its dimensions in its population
+        for cell_labels, value in agg.cells.items():
+            rows.append(_support(in_pop & shown, coords, agg.dims, labels, cell_labels))
+            values_.append(float(value))
+            origin.append(name)
+        for cell_labels in agg.suppressed:
+            suppressed_support |= _support(in_pop & shown, coords, agg.dims, labels, cell_labels)
+    free = ~zero
+    if not free.any():
+        return []
+    m = np.array(rows, dtype=float)[:, free] if rows else np.zeros((0, int(free.sum())))
+    rhs = np.array(values_, dtype=float)
+    determined, solution, consistent = _determined(m, rhs)
+    if not consistent:
+        return None  # the releases contradict their recorded populations: compare totals instead
+    stat_sum = a.statistic == "sum"
+    idx_free = np.flatnonzero(free)
+    suspects = []
+    for j in np.flatnonzero(determined):
+        v = float(solution[j])
+        small = 0.5 <= v < threshold - _TOL if not stat_sum else abs(v) > _TOL and suppressed_support[idx_free[j]]
+        if small:
+            suspects.append(j)
+    if not suspects:
+        return []
+    origin_arr = np.array(origin)
+    alone_a, _, _ = _determined(m[origin_arr == "a"], rhs[origin_arr == "a"])
+    alone_b, _, _ = _determined(m[origin_arr == "b"], rhs[origin_arr == "b"])
+    rel = relation(a.population, b.population)
+    findings = []
+    for j in suspects:
+        if alone_a[j] or alone_b[j]:
+            continue  # each table's own check covers what it shows alone
+        row = grid[idx_free[j]]
+        cell = {d: _show(axes[k][row[k]], axes[k]) for k, d in enumerate(dims)}
+        v = round(float(solution[j]), 6)
+        findings.append(
+            {
+                "kind": "differencing",
+                "method": "joint table",
+                "earlier": a.output_id,
+                "outputs": [a.output_id, b.output_id],
+                "cell": cell,
+                "revealed": v,
+                "difference": v,
+                "relation": rel,
+                "reason": f"together with earlier release {a.output_id} ({rel}) this table determines a group "
+                f"of {v:g} (< {threshold}) that neither shows: {cell}"
+                if not stat_sum
+                else f"together with earlier release {a.output_id} ({rel}) this table determines the "
+                f"suppressed total {v:g} of {cell}",
+            }
+        )
+    return findings
+
+
+def _support(
+    usable: np.ndarray, coords: np.ndarray, dims: tuple[str, ...], labels: dict[str, list], cell: Labels
+) -> np.ndarray:
+    """Joint cells a released table cell sums (``None`` in a label: the margin over that dimension)."""
+    hit = usable.copy()
+    for t, (d, label) in enumerate(zip(dims, cell, strict=True)):
+        if label is not None:
+            hit &= coords[:, t] == labels[d].index(label)
+    return hit
+
+
+def _determined(m: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Which unknowns the linear system ``m x = rhs`` fixes, a solution, and whether it is consistent."""
+    n = m.shape[1]
+    if m.shape[0] == 0:
+        return np.zeros(n, dtype=bool), np.zeros(n), True
+    _, s, vt = np.linalg.svd(m, full_matrices=True)
+    rank = int((s > _TOL * max(1.0, s[0] if len(s) else 1.0)).sum())
+    null = vt[rank:]
+    determined = np.ones(n, dtype=bool) if null.shape[0] == 0 else np.abs(null).max(axis=0) < 1e-6
+    solution, *_ = np.linalg.lstsq(m, rhs, rcond=None)
+    consistent = bool(np.abs(m @ solution - rhs).max() <= 1e-6 * (1.0 + np.abs(rhs).max()))
+    return determined, solution, consistent
+
+
+def _show(label: Any, axis: list) -> Any:
+    if label == pop.OTHER:
+        return {"not in": [v for v in axis if v != pop.OTHER]}
+    return label

@@ -1,7 +1,10 @@
 import json
+from itertools import combinations, product
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from disclosure.engine.ledger import (
     ReleasedAggregate,
@@ -70,3 +73,207 @@ def test_ledger_round_trips_through_json():
     again = ReleaseLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
     assert again.entries[0].cells == agg.cells
     assert again.entries[0].suppressed == agg.suppressed
+
+
+# --- populations and the exact audit ---------------------------------------------------------------------
+def _agg(output_id, dims, counts, *, filters=(), suppressed=(), margins=False, dataset="admissions"):
+    """A released count table from a dict {labels: count} (labels one per dim), as the ledger records it."""
+    cells = {k: float(v) for k, v in counts.items() if k not in set(suppressed)}
+    if margins:
+        for r in range(len(dims)):
+            for keep in combinations(range(len(dims)), r):
+                sums: dict = {}
+                for k, v in counts.items():
+                    m = tuple(k[i] if i in keep else None for i in range(len(dims)))
+                    sums[m] = sums.get(m, 0) + v
+                cells.update({m: float(v) for m, v in sums.items()})
+    return ReleasedAggregate(
+        output_id,
+        {"dataset": dataset, "filters": list(filters)},
+        tuple(dims),
+        "count",
+        cells,
+        set(suppressed),
+    )
+
+
+ETH, SEX, AGE = ["asian", "black", "mixed", "white", "other"], ["F", "M"], ["0-17", "18-64", "65+"]
+
+
+def _three_way(small_at, small=9, seed=1):
+    rng = np.random.default_rng(seed)
+    counts = {(e, s, a): int(rng.integers(40, 400)) for e in ETH for s in SEX for a in AGE}
+    counts[small_at] = small
+    return counts
+
+
+def test_filtered_table_whose_total_reveals_a_suppressed_cell_names_the_earlier_release():
+    # The issue's case: a 3-way table released with one cell suppressed, then a one-way table over the
+    # sub-population with sex and age group fixed, whose total less the released cells gives the cell.
+    counts = _three_way(("mixed", "F", "65+"))
+    earlier = _agg("release-1", ["eth", "sex", "age"], counts, suppressed=[("mixed", "F", "65+")])
+    ledger = ReleaseLedger("p1", [earlier])
+    fixed = {k: v for k, v in counts.items() if k[1] == "F" and k[2] == "65+"}
+    total = sum(fixed.values())
+    one_way = ReleasedAggregate(
+        "release-2",
+        {
+            "dataset": "admissions",
+            "filters": [{"column": "sex", "op": "==", "value": "F"}, {"column": "age", "op": "==", "value": "65+"}],
+        },
+        ("eth",),
+        "count",
+        {(None,): float(total)},  # only the total is shown: every ethnicity cell is hidden
+        {(e,) for e in ETH},
+    )
+
+    findings = differencing_audit(ledger, one_way)
+
+    assert [f["earlier"] for f in findings] == ["release-1"]
+    assert findings[0]["revealed"] == 9
+    assert findings[0]["cell"] == {"eth": "mixed", "sex": "F", "age": "65+"}
+    assert findings[0]["relation"] == "nested populations"
+
+
+def test_table_of_all_but_one_category_reveals_that_category():
+    # The mirror: the full table, then the same table "excluding one category" of a column it does not show.
+    rng = np.random.default_rng(4)
+    counts = {(r, e): int(rng.integers(50, 300)) for r in ["n", "s", "e"] for e in ETH}
+    counts[("s", "other")] = 3
+    full = {}
+    for (r, _e), v in counts.items():
+        full[(r,)] = full.get((r,), 0) + v
+    earlier = _agg("all", ["region"], full)
+    without = {}
+    for (r, e), v in counts.items():
+        if e != "other":
+            without[(r,)] = without.get((r,), 0) + v
+    later = _agg("no-other", ["region"], without, filters=[{"column": "eth", "op": "!=", "value": "other"}])
+
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+
+    assert {(f["cell"]["region"], f["revealed"]) for f in findings} == {("s", 3)}
+    assert findings[0]["cell"]["eth"] == "other"
+    assert findings[0]["earlier"] == "all"
+
+
+def test_linked_tables_sharing_a_dimension_reveal_a_suppressed_cell():
+    # Linked totals: a region x sex table without margins and one cell suppressed, then the one-way table of
+    # region over the same population: its row total less the released cell gives the suppressed one.
+    counts = {("n", "F"): 120, ("n", "M"): 4, ("s", "F"): 90, ("s", "M"): 110}
+    earlier = _agg("two-way", ["region", "sex"], counts, suppressed=[("n", "M")])
+    later = _agg("one-way", ["region"], {("n",): 124, ("s",): 200})
+
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+
+    assert [(f["cell"], f["revealed"]) for f in findings] == [({"region": "n", "sex": "M"}, 4)]
+
+
+def test_disjoint_populations_are_never_compared():
+    # Women and men: totals 5 apart are two different groups, not a difference of one.
+    women = _agg("f", ["region"], {("n",): 100, ("s",): 200}, filters=[{"column": "sex", "op": "==", "value": "F"}])
+    men = _agg("m", ["region"], {("n",): 103, ("s",): 202}, filters=[{"column": "sex", "op": "==", "value": "M"}])
+    assert differencing_audit(ReleaseLedger("p", [women]), men) == []
+    older = _agg("old", ["region"], {("n",): 50, ("s",): 60}, filters=[{"column": "age", "op": "<", "value": 18}])
+    adult = _agg("adult", ["region"], {("n",): 52, ("s",): 60}, filters=[{"column": "age", "op": ">=", "value": 18}])
+    assert differencing_audit(ReleaseLedger("p", [older]), adult) == []
+
+
+def test_overlapping_populations_that_determine_nothing_are_not_flagged():
+    # Regions {n, s} and {s, e}: totals 3 apart, but no group's size follows from the two.
+    a = _agg("ns", ["sex"], {("F",): 500, ("M",): 480}, filters=[{"column": "region", "op": "in", "value": ["n", "s"]}])
+    b = _agg("se", ["sex"], {("F",): 502, ("M",): 481}, filters=[{"column": "region", "op": "in", "value": ["s", "e"]}])
+    assert differencing_audit(ReleaseLedger("p", [a]), b) == []
+
+
+def test_unknown_population_is_compared_by_totals_only_within_its_dataset():
+    a = _agg("a", ["sex"], {("F",): 500, ("M",): 480})
+    b = ReleasedAggregate("b", {"dataset": "admissions", "filters": None}, ("sex",), "count", {("F",): 497.0})
+    findings = differencing_audit(ReleaseLedger("p", [a]), b)
+    assert findings and findings[0]["method"] == "totals" and findings[0]["difference"] == 3
+    assert findings[0]["relation"].startswith("population unknown")
+    nameless = ReleasedAggregate("c", {"dataset": None, "filters": None}, ("sex",), "count", {("F",): 497.0})
+    assert differencing_audit(ReleaseLedger("p", [a]), nameless) == []
+
+
+def test_ledger_records_margins_only_when_the_file_shows_them():
+    df = _data()
+    result = check_frequency_table(df, ["region", "sex"])
+    without = aggregate_from_result("o", result, {"dataset": "x", "filters": []})
+    with_margins = aggregate_from_result("o", result, {"dataset": "x", "filters": []}, margins=True)
+    assert all(None not in k for k in without.cells)
+    assert len(without.cells) == 6
+    assert (None, None) in with_margins.cells and with_margins.cells[(None, None)] == len(df)
+
+
+# --- property-based: generated pairs ---------------------------------------------------------------------
+dims3 = st.tuples(st.integers(2, 4), st.integers(2, 3), st.integers(2, 3))
+
+
+@st.composite
+def nested_pair(draw):
+    """A 3-way table (no margins) with one small suppressed cell, and a table over a sub-population fixed by
+    filters on two of its dimensions whose released values, with the first's, reveal the cell; in either
+    order."""
+    shape = draw(dims3)
+    names = ["a", "b", "c"]
+    labels = [[f"{n}{i}" for i in range(k)] for n, k in zip(names, shape, strict=True)]
+    values = draw(st.lists(st.integers(10, 500), min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    keys = list(product(*labels))
+    counts = dict(zip(keys, values, strict=True))
+    small_at = draw(st.sampled_from(keys))
+    counts[small_at] = draw(st.integers(1, 9))
+    earlier = _agg("earlier", names, counts, suppressed=[small_at])  # a file without margins
+    # Fix every dimension but one (which) to the small cell's labels; the later table shows that
+    # dimension's total over the sub-population, and, optionally, the cells other than the small one.
+    free = draw(st.integers(0, 2))
+    filters = [{"column": names[ax], "op": "==", "value": small_at[ax]} for ax in range(3) if ax != free]
+    if draw(st.booleans()):  # say it as "in [..]" instead of "=="
+        filters = [{"column": f["column"], "op": "in", "value": [f["value"]]} for f in filters]
+    sub = {k: v for k, v in counts.items() if all(k[ax] == small_at[ax] for ax in range(3) if ax != free)}
+    shown = {(None,): float(sum(sub.values()))}
+    if draw(st.booleans()):
+        # Show the cells too, less the small one and a secondary one, as the table's own check leaves it.
+        secondary = draw(st.sampled_from([k for k in sub if k != small_at]))
+        shown.update({(k[free],): float(v) for k, v in sub.items() if k not in (small_at, secondary)})
+    later = ReleasedAggregate(
+        "later",
+        {"dataset": "admissions", "filters": filters},
+        (names[free],),
+        "count",
+        shown,
+        {(k[free],) for k in sub if (k[free],) not in shown},
+    )
+    if draw(st.booleans()):
+        earlier, later = (
+            ReleasedAggregate("earlier", later.population, later.dims, "count", later.cells, later.suppressed),
+            ReleasedAggregate("later", earlier.population, earlier.dims, "count", earlier.cells, earlier.suppressed),
+        )
+    return earlier, later, small_at, counts[small_at]
+
+
+@given(nested_pair())
+@settings(max_examples=60, deadline=None)
+def test_generated_nested_pairs_are_detected(pair):
+    earlier, later, small_at, small = pair
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+    revealed = {tuple(f["cell"][d] for d in ("a", "b", "c")): f["revealed"] for f in findings}
+    assert revealed.get(small_at) == small
+    assert all(f["earlier"] == "earlier" for f in findings)
+
+
+@given(
+    st.lists(st.integers(0, 300), min_size=6, max_size=6),
+    st.lists(st.integers(0, 300), min_size=6, max_size=6),
+    st.sampled_from(["==", "in"]),
+)
+@settings(max_examples=60, deadline=None)
+def test_generated_disjoint_pairs_are_never_flagged(first, second, op):
+    regions = [(r, s) for r in ["n", "s", "e"] for s in ["F", "M"]]
+
+    def term(value):
+        return {"column": "site", "op": op, "value": value if op == "==" else [value]}
+
+    a = _agg("a", ["region", "sex"], dict(zip(regions, first, strict=True)), filters=[term("x")], margins=True)
+    b = _agg("b", ["region", "sex"], dict(zip(regions, second, strict=True)), filters=[term("y")], margins=True)
+    assert differencing_audit(ReleaseLedger("p", [a]), b) == []
