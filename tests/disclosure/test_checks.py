@@ -131,7 +131,9 @@ def test_unreadable_table_gets_an_error_verdict_not_a_failed_job(world: World) -
 def test_differencing_against_an_earlier_release_fails_the_new_table(world: World) -> None:
     write_extract(world.app, world.project.id)
     world.released(content=recomputed_csv(), spec=SPEC)
-    narrower = {**SPEC, "filters": [{"column": "pid", "op": "!=", "value": "p0"}]}
+    # One person of a released cell (North, F) left out: the difference of the two North/F cells is them.
+    someone = extract_frame().query("region == 'North' and sex == 'F'").pid.iloc[0]
+    narrower = {**SPEC, "filters": [{"column": "pid", "op": "!=", "value": someone}]}
 
     second, _ = world.svc.create_request(world.author, world.project.id, "Again")
     world.svc.set_group(world.author, second.id, "tables", "Same, one person fewer", "Suppression")
@@ -143,6 +145,10 @@ def test_differencing_against_an_earlier_release_fails_the_new_table(world: Worl
 
     check = world.session.scalars(select(OutputCheck).where(OutputCheck.request_id == second.id)).one()
     assert check.differencing
+    assert check.differencing[0]["earlier"] == world.session.scalars(
+        select(OutputCheck.file_id).where(OutputCheck.request_id != second.id)
+    ).one()
+    assert check.differencing[0]["cell"] == {"region": "North", "sex": "F", "pid": someone}
     assert check.status == "fail"
 
 
