@@ -30,10 +30,10 @@ browser:
 
 # The Python every workspace account can run (JupyterLab, pandas, statsmodels, the disclosure
 # session, the JupyterLab extension built with npm), built from the system Python; and nftables for the
-# workspaces' egress rules. Root only.
+# workspaces' egress rules and bubblewrap for their file-system and PID sandbox. Root only.
 workspace-runtime:
 	@if [ "$$(id -u)" = 0 ]; then \
-	  command -v nft >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nftables acl python3-venv >/dev/null; }; \
+	  { command -v nft && command -v bwrap; } >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nftables acl python3-venv bubblewrap >/dev/null; }; \
 	  infra/jupyterhub/build-workspace-runtime.sh $(WORKSPACE_RUNTIME); \
 	else echo "not root: workspace runtime not built (workspaces cannot start; real-hub tests will be SKIPPED)"; fi
 

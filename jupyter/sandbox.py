@@ -46,9 +46,7 @@ async def run(*argv: str, stdin: str | None = None) -> str:
     )
     out, err = await process.communicate(stdin.encode() if stdin is not None else None)
     if process.returncode != 0:
-        raise SandboxError(
-            f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: {err.decode().strip()[:300]}"
-        )
+        raise SandboxError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: {err.decode().strip()[:300]}")
     return out.decode()
 
 
@@ -333,6 +331,47 @@ def enter_netns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
+
+
+def processes_of(uid: int, proc: Path = Path("/proc")) -> list[int]:
+    """The ids of the processes whose real user id is ``uid`` (read from /proc, no subprocess)."""
+    pids = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # it ended while we looked
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                if int(line.split()[1]) == uid:
+                    pids.append(int(entry.name))
+                break
+    return pids
+
+
+async def end_processes_of(account: Account, timeout: float = 10.0) -> list[int]:
+    """Kill whatever still runs as a workspace account and wait until it is gone; return what is left.
+
+    The account belongs to one workspace, so after its server stopped nothing of it may run on: a
+    kernel the sandbox's PID namespace is still tearing down, or (without the sandbox) a process a
+    terminal left in the background.
+    """
+    if account.uid == 0:
+        raise SandboxError("refusing to end the processes of root")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = processes_of(account.uid)
+        if not left or loop.time() > deadline:
+            return left
+        for pid in left:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        await asyncio.sleep(0.05)
 
 
 def drop_to(account: Account) -> None:

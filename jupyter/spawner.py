@@ -8,8 +8,10 @@ bound to the name it first started with so a rename cannot point it at another p
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
+import shutil
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +19,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Any as AnyTrait
 from traitlets import Bool, HasTraits, Instance, Unicode, default
 
-from jupyter import sandbox
+from jupyter import fs_sandbox, sandbox
 from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused, expected_server_name
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost"}
@@ -100,15 +102,15 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         help="Allow starting workspaces without root, i.e. without separate accounts, read-only data or "
         "network isolation. For a developer's laptop only; every start logs what is missing.",
     ).tag(config=True)
-    egress_isolation = Bool(True, help="Give every workspace its own network namespace (root only).").tag(
-        config=True
-    )
-    egress_prefix = Unicode("tre", help="Names this hub's namespaces, veths and nftables table.").tag(
-        config=True
-    )
-    egress_pool = Unicode("10.231.0.0/16", help="Addresses for the workspace veth pairs (/30 each).").tag(
-        config=True
-    )
+    egress_isolation = Bool(True, help="Give every workspace its own network namespace (root only).").tag(config=True)
+    egress_prefix = Unicode("tre", help="Names this hub's namespaces, veths and nftables table.").tag(config=True)
+    egress_pool = Unicode("10.231.0.0/16", help="Addresses for the workspace veth pairs (/30 each).").tag(config=True)
+    fs_sandbox = Bool(
+        True,
+        help="Run every workspace in its own mount and PID namespace (bubblewrap; root only): it sees the "
+        "runtime, its home, its outputs and its project's extract, nothing else on the machine.",
+    ).tag(config=True)
+    bwrap_path = Unicode("bwrap", help="The bubblewrap executable (Debian package 'bubblewrap').").tag(config=True)
     make_preexec_fn = AnyTrait()
 
     account: sandbox.Account | None = None
@@ -136,15 +138,67 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         else:
             self._prepare_insecure(grant)
         self._netns_fd = sandbox.open_netns(self.egress.netns) if self.egress else None
+        files: dict[str, int] = {}
         try:
+            if os.geteuid() == 0:
+                files = self._wrap_in_sandbox(grant)
             return await super().start()
         finally:
+            for descriptor in files.values():
+                os.close(descriptor)
             if self._netns_fd is not None:
                 os.close(self._netns_fd)
                 self._netns_fd = None
 
+    def _wrap_in_sandbox(self, grant: SpawnGrant) -> dict[str, int]:
+        """Make this start's command the single-user server inside bwrap; return the descriptors passed."""
+        if self._plain_cmd is None:
+            self._plain_cmd = list(self.cmd)
+        if not self.fs_sandbox:
+            self.log.warning("File-system sandbox is OFF for %s: the workspace sees the whole machine", self._log_name)
+            self.cmd = list(self._plain_cmd)
+            return {}
+        bwrap = shutil.which(self.bwrap_path)
+        if bwrap is None or self.account is None:
+            self.log.error("Refusing to start %s: %r (bubblewrap) is not installed", self._log_name, self.bwrap_path)
+            raise WorkspaceRefused(
+                "This workspace host cannot isolate workspaces (its sandbox tool is missing), so it will not "
+                "open them. Please tell the TRE administrators.",
+                status_code=503,
+            )
+        group = sandbox.project_group_name(grant.project_id)
+        layout = fs_sandbox.SandboxLayout(
+            runtime=self.runtime_prefix,
+            home=self.account.home,
+            account=self.account.name,
+            uid=self.account.uid,
+            gid=self.account.gid,
+            extract=grant.extract_path,
+            outputs=grant.outputs_path,
+            project_group=group,
+            project_gid=grp.getgrnam(group).gr_gid,
+        )
+        files: dict[str, int] = {}
+        try:
+            for target, text in fs_sandbox.generated_files(layout).items():
+                read_end, write_end = os.pipe()
+                files[target] = read_end
+                with os.fdopen(write_end, "w") as writer:  # small: fits the pipe's buffer
+                    writer.write(text)
+        except BaseException:
+            for descriptor in files.values():
+                os.close(descriptor)
+            raise
+        self.cmd = [*fs_sandbox.bwrap_argv(layout, files, bwrap=bwrap), *self._plain_cmd]
+        self.popen_kwargs = {**self.popen_kwargs, "pass_fds": tuple(files.values())}
+        return files
+
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
+        if os.geteuid() == 0 and self.account is not None and self.account.uid != os.geteuid():
+            left = await sandbox.end_processes_of(self.account)
+            if left:
+                self.log.error("%d processes of %s outlived its stop", len(left), self._log_name)
         if self.egress is not None:
             await sandbox.delete_egress(self.egress)
             self.egress = None
@@ -166,13 +220,9 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         sandbox.link_into_home(self.account, "extract", grant.extract_path)
         sandbox.link_into_home(self.account, "outputs", grant.outputs_path)
         if not self.egress_isolation:
-            self.log.warning(
-                "Egress isolation is OFF for %s: the workspace can reach any network", self._log_name
-            )
+            self.log.warning("Egress isolation is OFF for %s: the workspace can reach any network", self._log_name)
             return
-        plan = sandbox.EgressPlan(
-            prefix=self.egress_prefix, pool=self.egress_pool, ports=self._allowed_ports()
-        )
+        plan = sandbox.EgressPlan(prefix=self.egress_prefix, pool=self.egress_pool, ports=self._allowed_ports())
         await sandbox.ensure_host_rules(plan)
         if self.egress is not None:
             await sandbox.delete_egress(self.egress)
@@ -259,3 +309,4 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             self.egress = sandbox.Egress.from_state(tre["egress"])
 
     _netns_fd: int | None = None
+    _plain_cmd: list[str] | None = None

@@ -107,6 +107,16 @@ class Hub:
             time.sleep(0.25)
         raise AssertionError(f"{username}/{server} did not become ready: {self.log_tail()}")
 
+    def wait_stopped(self, username: str, server: str, timeout: float = 90) -> None:
+        """Until the hub says the server is neither running nor stopping (its spawner's stop returned)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.api("GET", f"/users/{username}").json().get("servers", {}).get(server)
+            if not state or (not state.get("ready") and not state.get("pending") and not state.get("started")):
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"{username}/{server} did not stop: {self.log_tail()}")
+
     def log_tail(self) -> str:
         return (self.base / "hub.log").read_text()[-4000:]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import types
 
 import pytest
@@ -153,3 +154,42 @@ def test_env_points_loopback_urls_through_the_veth(fake_cp, service_token_file):
     assert env["JUPYTERHUB_API_URL"] == "http://10.231.0.5:18081/hub/api"
     assert env["PATH"].startswith("/opt/tre-workspace/bin:")
     assert "PYTHONPATH" not in env
+
+
+def test_start_is_refused_when_bubblewrap_is_missing(fake_cp, service_token_file):
+    fake_cp.allow("u-1", "PROJ1", **GRANT)
+    spawner = make_spawner(fake_cp, service_token_file)
+    spawner.bwrap_path = "/nonexistent/bwrap"
+    spawner.account = spawner_module.sandbox.Account("tre-u1-proj1", 1234, 1234, "/srv/homes/tre-u1-proj1")
+    grant = asyncio.run(spawner.tre_authorise())
+
+    with pytest.raises(WorkspaceRefused) as refused:
+        spawner._wrap_in_sandbox(grant)
+
+    assert refused.value.status_code == 503
+    assert spawner.cmd == [f"{spawner.runtime_prefix}/bin/jupyterhub-singleuser"]  # nothing ran unwrapped
+
+
+def test_the_single_user_command_runs_inside_bubblewrap(fake_cp, service_token_file, tmp_path, monkeypatch):
+    fake_cp.allow("u-1", "PROJ1", **GRANT)
+    spawner = make_spawner(fake_cp, service_token_file)
+    bwrap = tmp_path / "bwrap"
+    bwrap.write_text("#!/bin/sh\n")
+    bwrap.chmod(0o755)
+    spawner.bwrap_path = str(bwrap)
+    spawner.account = spawner_module.sandbox.Account("tre-u1-proj1", 1234, 1234, "/srv/homes/tre-u1-proj1")
+    monkeypatch.setattr(spawner_module.grp, "getgrnam", lambda name: types.SimpleNamespace(gr_gid=4321))
+    grant = asyncio.run(spawner.tre_authorise())
+
+    files = spawner._wrap_in_sandbox(grant)
+    again = spawner._wrap_in_sandbox(grant)  # a restart wraps the plain command again, not the wrapped one
+    try:
+        singleuser = f"{spawner.runtime_prefix}/bin/jupyterhub-singleuser"
+        assert spawner.cmd[0] == str(bwrap) and spawner.cmd[-2:] == ["--", singleuser]
+        assert spawner.cmd.count(singleuser) == 1
+        assert set(spawner.popen_kwargs["pass_fds"]) == set(again.values())
+        assert set(files) == {"/etc/passwd", "/etc/group", "/etc/hosts", "/etc/hostname"}
+        assert b"tre-u1-proj1:x:1234:1234" in os.read(again["/etc/passwd"], 4096)
+    finally:
+        for descriptor in [*files.values(), *again.values()]:
+            os.close(descriptor)
