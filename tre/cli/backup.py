@@ -17,7 +17,7 @@ from tre.core import migrate
 @click.option("--with-master-key", is_flag=True, help="Include the master key, wrapped with a passphrase.")
 def backup(archive: Path, with_master_key: bool) -> None:
     """Write the database, stored files and wrapped keys to ARCHIVE (.tar.gz)."""
-    from tre.core.backup import create_backup
+    from tre.core.backup import BackupError, create_backup
     from tre.core.db import make_engine
     from tre.core.doctor import head_of
     from tre.models import metadata
@@ -38,17 +38,21 @@ def backup(archive: Path, with_master_key: bool) -> None:
     from tre.core.keyservices import key_provider_for
 
     store = file_store_for(settings, key_provider_for(settings))
-    summary = create_backup(
-        engine,
-        metadata,
-        settings.instance_path,
-        archive,
-        master_key_file=settings.instance_path / "master.key" if with_master_key else None,
-        passphrase=passphrase,
-        revision=head_of(migrate.MIGRATIONS),
-        files=store,
-    )
-    engine.dispose()
+    try:
+        summary = create_backup(
+            engine,
+            metadata,
+            settings.instance_path,
+            archive,
+            master_key_file=settings.instance_path / "master.key" if with_master_key else None,
+            passphrase=passphrase,
+            revision=head_of(migrate.MIGRATIONS),
+            files=store,
+        )
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
     click.echo(
         f"backup written to {summary.path}: {sum(summary.tables.values())} rows, {summary.files} files"
         + (
@@ -67,6 +71,7 @@ def restore(archive: Path) -> None:
     """Restore ARCHIVE into this (fresh) instance and database, then verify the audit chain."""
     from tre.core.backup import BackupError, read_manifest, restore_backup
     from tre.core.db import make_engine
+    from tre.core.doctor import head_of
     from tre.models import metadata
 
     settings = load_settings()
@@ -92,7 +97,8 @@ def restore(archive: Path) -> None:
         from tre.core.keyservices import key_provider_for
 
         store = file_store_for(settings, key_provider_for(settings))
-        restore_backup(archive, engine, metadata, settings.instance_path, passphrase=passphrase, files=store)
+        restore_backup(archive, engine, metadata, settings.instance_path, passphrase=passphrase, files=store,
+                       revision=head_of(migrate.MIGRATIONS))
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
