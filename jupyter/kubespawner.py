@@ -5,6 +5,11 @@ so the one-machine hub does not need the Kubernetes client. On Kubernetes the is
 spawner builds by hand comes from the platform: a pod per workspace running as a non-root uid, the
 extract mounted read-only from the extracts volume (sub-path of the project only), the outputs from a
 per-workspace sub-path, and the chart's NetworkPolicy denying egress (infra/jupyterhub/values.yaml).
+
+Whatever the chart's values say, every pod this spawner makes is hardened last (``harden_pod``): no
+host path, host network, PID or IPC; no service-account token; a read-only root file system with a
+private ``/tmp``; a non-root uid; no privilege escalation and every capability dropped
+(docs/adr/0006-private-files.md). A configuration that asks for a host path is refused, not fixed.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class TreKubeSpawner(TreSpawnerMixin, KubeSpawner):
 
     _base_volumes: list[Any] | None = None
     _base_mounts: list[Any] | None = None
+
+    async def get_pod_manifest(self) -> Any:
+        return harden_pod(await super().get_pod_manifest())
 
     async def _start(self) -> Any:
         """KubeSpawner's start() wraps _start() in a future it tracks for progress; the gate goes first."""
@@ -108,6 +116,60 @@ class TreKubeSpawner(TreSpawnerMixin, KubeSpawner):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.tre_load_state(state.get(STATE_KEY) or {})
+
+
+TMP_VOLUME = "tre-tmp"
+
+
+def harden_pod(pod: Any) -> Any:
+    """Make the workspace pod (a kubernetes V1Pod) safe whatever the configuration said; refuse one
+    that would mount a path of the node or run as root."""
+    from kubernetes_asyncio.client import V1EmptyDirVolumeSource, V1Volume, V1VolumeMount
+
+    def as_dict(context: Any) -> dict[str, Any]:
+        # KubeSpawner builds security contexts as camelCase dicts; extra_*_config may give models.
+        if context is None:
+            return {}
+        if isinstance(context, dict):
+            return dict(context)
+        return {
+            context.attribute_map[name]: getattr(context, name)
+            for name in context.openapi_types
+            if getattr(context, name) is not None
+        }
+
+    spec = pod.spec
+    host_paths = [v.name for v in spec.volumes or [] if v.host_path is not None]
+    if host_paths:
+        raise WorkspaceRefused(
+            f"The workspace pod would mount a path of the node ({', '.join(host_paths)}); refused.", status_code=503
+        )
+    spec.automount_service_account_token = False
+    spec.service_account_name = None
+    spec.host_network = spec.host_pid = spec.host_ipc = False
+    spec.share_process_namespace = False
+    pod_context = as_dict(spec.security_context)
+    if pod_context.get("runAsUser") == 0:
+        raise WorkspaceRefused("The workspace pod would run as root (uid 0); refused.", status_code=503)
+    spec.security_context = {**pod_context, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if not any(v.name == TMP_VOLUME for v in spec.volumes or []):
+        spec.volumes = [*(spec.volumes or []), V1Volume(name=TMP_VOLUME, empty_dir=V1EmptyDirVolumeSource())]
+    for container in [*(spec.init_containers or []), *spec.containers]:
+        context = as_dict(container.security_context)
+        if context.get("runAsUser") == 0:
+            raise WorkspaceRefused("A workspace container would run as root (uid 0); refused.", status_code=503)
+        container.security_context = {
+            **context,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        mounts = container.volume_mounts or []
+        if not any(m.mount_path == "/tmp" for m in mounts):  # noqa: S108 - the pod's own emptyDir
+            container.volume_mounts = [*mounts, V1VolumeMount(name=TMP_VOLUME, mount_path="/tmp")]  # noqa: S108  # nosec B108
+    return pod
 
 
 def _relative(path: str, root: str) -> str:

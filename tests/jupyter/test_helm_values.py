@@ -37,3 +37,27 @@ def test_per_project_volumes_limits_and_culler():
     assert single["cpu"]["limit"] and single["memory"]["limit"]
     assert VALUES["cull"]["enabled"] is True
     assert VALUES["hub"]["allowNamedServers"] is True
+
+
+def _keys(node: object) -> list[str]:
+    """Every mapping key anywhere in the values, however deeply nested."""
+    if isinstance(node, dict):
+        return [*node, *(key for value in node.values() for key in _keys(value))]
+    if isinstance(node, list):
+        return [key for item in node for key in _keys(item)]
+    return []
+
+
+def test_no_value_anywhere_mounts_a_path_of_the_node():
+    assert "hostPath" not in _keys(VALUES)
+    assert not any(key.lower().startswith("host") and key != "homeMountPath" for key in _keys(VALUES["singleuser"]))
+
+
+def test_workspaces_run_unprivileged_without_a_service_account():
+    single = VALUES["singleuser"]
+
+    assert isinstance(single["uid"], int) and single["uid"] > 0
+    assert single["allowPrivilegeEscalation"] is False
+    assert not single.get("serviceAccountName")
+    assert not single.get("extraPodConfig", {}).get("automountServiceAccountToken")
+    assert "privileged" not in _keys(single)
