@@ -12,13 +12,15 @@ mid-check leaves nothing behind and the sweeper runs the job again. What the eng
   be seen without the underlying data (contributors, dominance);
 * anything else (text, images): sent to a human with the reason.
 
-A file the engine cannot read gets an ``error`` verdict that says why (the checkers still review
-it); only infrastructure failures make the job retry, then end FAILED with its reason.
+A file the engine cannot read as a table with confidence (``engine.published``) gets a *review*
+verdict that says why, never a guess; only infrastructure failures make the job retry, then end
+FAILED with its reason. Every count or sum table gets a ledger entry of exactly what its file shows
+(recorded when released) with its population from the specification; a table whose population is
+unknown (no dataset, or filters not captured) is at best *review*.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,12 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from disclosure.engine.population import validate as validate_filters
 from disclosure.models import OutputCheck, OutputFile, OutputRequest
 from disclosure.services import CHECK_JOB, advance_after_checks, current_policy, load_ledger
 from tre.core.audit import AuditLog
 from tre.core.jobs import JobContext, PermanentJobError, job_handler
+from tre.core.testpoints import reach
 
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -56,13 +60,6 @@ def _read_extract(location: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
-def _read_csv_table(content: bytes, n_index: int = 1) -> pd.DataFrame:
-    frame = pd.read_csv(io.BytesIO(content), index_col=list(range(n_index)))
-    if frame.empty or frame.shape[1] == 0:
-        raise ValueError("the CSV holds no table of numbers")
-    return frame
-
-
 def _compare(published: pd.DataFrame, recomputed: pd.DataFrame) -> dict[str, Any]:
     """Does the CSV show the numbers the re-computation releases? Compared by position, numbers only."""
     pub = published.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -83,6 +80,71 @@ def _compare(published: pd.DataFrame, recomputed: pd.DataFrame) -> dict[str, Any
     }
 
 
+def _read_hints(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """What the specification says about the file's layout (label columns, dimension names)."""
+    if not spec:
+        return {}
+    dims = list(spec.get("dims") or [])
+    n_row = spec.get("n_row_dims")
+    if not isinstance(n_row, int) or n_row < 1 or n_row >= len(dims):
+        return {}
+    hints: dict[str, Any] = {"n_row_dims": n_row, "n_col_dims": len(dims) - n_row}
+    if len(dims) - n_row == 1:
+        hints["dims"] = dims
+    return hints
+
+
+def _population(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The population the specification states; filters ``None`` (unknown) when it has none to give."""
+    if not spec:
+        return {"dataset": None, "filters": None}
+    filters = spec.get("filters", [])
+    if filters is not None:
+        try:
+            validate_filters(filters)
+        except ValueError:
+            filters = None
+    return {"dataset": spec.get("dataset") or None, "filters": filters}
+
+
+def _aggregate(output_id: str, table: Any, statistic: str, population: dict[str, Any]) -> dict[str, Any] | None:
+    """The ledger entry of exactly what the file shows: its cells, withheld cells and only its own margins."""
+    from disclosure.engine import ReleasedAggregate
+    from disclosure.engine.labels import jsonable
+
+    if statistic not in ("count", "sum"):
+        return None
+    n_row, n_col = len(table.row_dims), len(table.col_dims)
+
+    def parts(label: Any, n: int) -> tuple:
+        values = label if isinstance(label, tuple) else (label,)
+        return tuple(jsonable(v) for v in values)[:n] if n else ()
+
+    cells: dict[tuple, float] = {}
+    suppressed: set[tuple] = set()
+    frame = table.values
+    for r, row_label in enumerate(frame.index):
+        for c, col_label in enumerate(frame.columns):
+            key = parts(row_label, n_row) + parts(col_label, n_col)
+            value = frame.iat[r, c]
+            if pd.isna(value):
+                suppressed.add(key)
+            else:
+                cells[key] = float(value)
+    if table.row_margin is not None:
+        for row_label, value in table.row_margin.items():
+            if not pd.isna(value):
+                cells[parts(row_label, n_row) + (None,) * n_col] = float(value)
+    if table.col_margin is not None:
+        for col_label, value in table.col_margin.items():
+            if not pd.isna(value):
+                cells[(None,) * n_row + parts(col_label, n_col)] = float(value)
+    if table.grand_total is not None and not pd.isna(table.grand_total):
+        cells[(None,) * (n_row + n_col)] = float(table.grand_total)
+    dims = tuple(table.row_dims + table.col_dims)
+    return ReleasedAggregate(output_id, population, dims, statistic, cells, suppressed).to_dict()
+
+
 def check_content(
     name: str,
     kind: str,
@@ -97,12 +159,14 @@ def check_content(
 ) -> dict[str, Any]:
     """The whole automated check of one file (pure apart from reading the extract)."""
     from disclosure.engine import (
-        aggregate_from_result,
+        ReleasedAggregate,
         check_published_counts,
         differencing_audit,
         recompute,
         review_other_file,
     )
+    from disclosure.engine.population import is_known
+    from disclosure.engine.published import UnreadableTable, read_published_table
 
     if kind != "table":
         return {
@@ -112,6 +176,7 @@ def check_content(
             "differencing": [],
             "aggregate": None,
         }
+    population = _population(spec)
     recomputed = None
     record: dict[str, Any]
     if spec is None:
@@ -122,6 +187,12 @@ def check_content(
         }
     elif not spec.get("dataset"):
         record = {"status": "not_done", "reason": "the table specification names no dataset"}
+    elif population["filters"] is None:
+        record = {
+            "status": "not_done",
+            "reason": "the population is unknown: the table was made from a frame whose filters were not "
+            "captured, so it cannot be re-computed",
+        }
     else:
         location = extract_location(extracts_root, project_id, spec["dataset"])
         if location is None:
@@ -142,13 +213,12 @@ def check_content(
             else:
                 record = {"status": "done", "dataset": spec["dataset"]}
     try:
-        n_index = max(1, int(spec.get("n_row_dims") or 1)) if spec else 1
-        published = _read_csv_table(content, n_index)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        published = read_published_table(content, **_read_hints(spec))
+    except UnreadableTable as exc:
         verdict = review_other_file(name, policy)
-        verdict["reasons"].append(f"could not be read as a table: {exc}"[:300])
+        verdict["reasons"].append(f"could not be read as a table with confidence: {exc}"[:300])
         return {
-            "status": "error",
+            "status": "review",
             "verdict": verdict,
             "recompute": record,
             "differencing": [],
@@ -157,7 +227,7 @@ def check_content(
 
     if recomputed is not None:
         verdict = recomputed.verdict
-        record.update(_compare(published, recomputed.table(released=True)))
+        record.update(_compare(published.values, recomputed.table(released=True)))
         if not record["matches"]:
             verdict = {
                 **verdict,
@@ -168,25 +238,37 @@ def check_content(
                 ],
             }
     else:
-        result = check_published_counts(published, policy=policy, mitigation="none")
+        result = check_published_counts(published.values, policy=policy, mitigation="none")
         verdict = result.verdict
+    if published.notes:
+        verdict = {**verdict, "status": "fail", "reasons": [*verdict.get("reasons", []), *published.notes]}
+    statistic = (spec or {}).get("statistic") or "count"
+    aggregate = _aggregate(output_id, published, statistic, population)
     differencing: list[dict[str, Any]] = []
-    aggregate = None
-    if recomputed is not None and recomputed.statistic in ("count", "sum"):
-        population = {"dataset": spec["dataset"], "filters": spec.get("filters", [])}  # type: ignore[index]
-        candidate = aggregate_from_result(output_id, recomputed, population)
+    if aggregate is not None and population["dataset"]:
+        candidate = ReleasedAggregate.from_dict(aggregate)
         differencing = differencing_audit(ledger, candidate, threshold=int(policy.get("differencing", "threshold")))
-        aggregate = candidate.to_dict()
         if differencing:
+            earlier = sorted({f["earlier"] for f in differencing})
             verdict = {
                 **verdict,
                 "status": "fail",
                 "reasons": [
                     *verdict.get("reasons", []),
-                    f"differencing: {len(differencing)} total(s) reveal a small group against "
-                    "earlier releases of this project",
+                    f"differencing: {len(differencing)} group(s) revealed together with earlier release(s) "
+                    f"{', '.join(earlier)} of this project",
                 ],
             }
+    if not is_known(population) and verdict["status"] == "pass":
+        verdict = {
+            **verdict,
+            "status": "review",
+            "reasons": [
+                *verdict.get("reasons", []),
+                "the population is unknown (no dataset or filters not captured): differencing against "
+                "earlier releases cannot be proved",
+            ],
+        }
     return {
         "status": verdict["status"],
         "verdict": verdict,
@@ -243,6 +325,7 @@ def run_check(
                 output_id=f.id,
                 ledger=ledger,
             )
+            reach("outputs.check.file_checked")  # checked, request locked, nothing written (ADR 0004)
             _store(session, f, req, policy, outcome, job_id)
             written.append(f.id)
             audit.record(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,18 @@ import pytest
 from sqlalchemy import func, select
 
 from disclosure.models import OutputCheck, OutputRequest
-from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
+from tests.celery_workers import Worker, drain, kill_at, wait_for, worker_env, worker_pool
 from tests.conftest import REDIS_URL, require_backend
 from tests.disclosure.factories import active_project, person
 from tre.core import jobs, migrate
 from tre.core.audit import AuditEvent
+from tre.core.testpoints import Barrier
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROWS = 3_000_000  # about five seconds of re-computation: a wide window to kill the worker in
+ROWS = 200_000  # the kill needs no window: the worker holds at POINT until it is killed
+# A file is checked (its table re-computed), the request row is locked and nothing is written yet.
+POINT = "outputs.check.file_checked"
 SPEC = {
     "dataset": "admissions",
     "filters": [],
@@ -96,7 +98,8 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
     database_url, broker_url = backends
     instance = tmp_path / "instance"
     instance.mkdir()
-    env = worker_env(instance, database_url, broker_url)
+    barrier = Barrier(tmp_path / "testpoints")
+    env = worker_env(instance, database_url, broker_url, barrier)
     migrate.upgrade(database_url)
     from tre.app import create_app
 
@@ -113,6 +116,7 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
         author.id, "tre-api", "output-submit", dt.timedelta(minutes=30), project_id=project.id
     )
     log = tmp_path / "worker.log"
+    barrier.arm(POINT)  # the first attempt holds there until killed
     workers.append(Worker(env, log))
     client = app.test_client()
 
@@ -130,14 +134,9 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
                 s.expunge(job)
             return job
 
-    wait_for(
-        lambda: (j := table_job()) is not None and j.state == jobs.RUNNING and j.progress > 0,
-        90,
-        "the check to start",
-        log,
-    )
-    time.sleep(1.0)  # well inside the re-computation
-    workers[0].kill()
+    kill_at(barrier, POINT, workers[0], log, timeout=90)
+    killed = table_job()
+    assert killed is not None and (killed.state, killed.attempts) == (jobs.RUNNING, 1)
     workers.append(Worker(env, log))
 
     def state() -> str:
@@ -145,7 +144,8 @@ def test_check_whose_worker_is_killed_reaches_its_verdict_exactly_once(
             return s.get(OutputRequest, request_id).state
 
     wait_for(lambda: state() == "awaiting_review", 180, "the request's verdict", log)
-    time.sleep(3)  # room for a stray duplicate delivery to show itself, if there were one
+    # Every duplicate delivery still on its way is taken now and does nothing.
+    assert set(drain(workers, broker_url, db, {killed.id})) <= {"not-claimed"}
 
     with db.session_factory() as s:
         requests = s.scalar(select(func.count()).select_from(OutputRequest))

@@ -25,7 +25,7 @@ from pseudonymisation.services import BUILD_JOB, LINKAGE, _key
 from pseudonymisation.tasks import extracts_service
 from tests.celery_workers import Worker, drain, kill_at, wait_for, worker_env, worker_pool
 from tests.disclosure.factories import active_project, person
-from tests.disclosure.test_checks_worker_killed import submit, write_big_extract
+from tests.disclosure.test_checks_worker_killed import POINT, submit, write_big_extract
 from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
 from tests.pseudonymisation.test_partitioned_extracts_workers import APPROVED, _active_project
 from tests.security.figures import record
@@ -71,12 +71,11 @@ def _job(app: Any, kind: str) -> jobs.Job | None:
 
 
 def _kill_in_a_row(
-    app: Any, kind: str, env: dict[str, str], barrier: Barrier, log: Path, workers: list[Worker]
+    app: Any, kind: str, point: str, env: dict[str, str], barrier: Barrier, log: Path, workers: list[Worker]
 ) -> None:
     """Kill the worker running ``kind`` on each of its first KILLS attempts, in the middle of the
-    work: each attempt holds at its first progress report (the test point ``job.progress.<kind>``,
-    after a checkpoint) until its worker is killed; the attempt after the last kill is left alone."""
-    point = f"job.progress.{kind}"
+    work: each attempt holds at the test point ``point`` until its worker is killed; the attempt
+    after the last kill is left alone."""
     for attempt in range(1, KILLS + 1):
         barrier.arm(point)
         workers.append(Worker(env, log))
@@ -105,7 +104,7 @@ def test_output_check_whose_workers_are_killed_twice_in_a_row_reaches_one_verdic
     assert response.status_code == 201, response.get_data(as_text=True)
     request_id = response.json["id"]
 
-    _kill_in_a_row(app, "outputs.check", env, barrier, log, workers)
+    _kill_in_a_row(app, "outputs.check", POINT, env, barrier, log, workers)
 
     def state() -> str:
         with db.session_factory() as s:
@@ -156,7 +155,8 @@ def test_extract_build_whose_workers_are_killed_twice_in_a_row_equals_a_single_r
         with app.app_context():
             extract_id = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id).id
 
-        _kill_in_a_row(app, BUILD_JOB, env, barrier, log, workers)
+        # Each attempt holds at its first progress report, just after a chunk's checkpoint.
+        _kill_in_a_row(app, BUILD_JOB, f"job.progress.{BUILD_JOB}", env, barrier, log, workers)
 
         def extract_state() -> str:
             with db.session_factory() as s:

@@ -4,16 +4,16 @@ and, when reachable, on PostgreSQL with Redis and with RabbitMQ."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
+from tests.celery_workers import Worker, drain, kill_at, wait_for, worker_env, worker_pool
 from tests.conftest import RABBITMQ_URL, REDIS_URL, require_backend
 from tre.core import jobs, migrate
 from tre.core.db import transaction
+from tre.core.testpoints import Barrier
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,8 @@ def test_job_whose_worker_is_killed_is_finished_exactly_once_by_another_worker(
     database_url, broker_url = backends
     instance = tmp_path / "instance"
     instance.mkdir()
-    env = worker_env(instance, database_url, broker_url)
+    barrier = Barrier(tmp_path / "testpoints")
+    env = worker_env(instance, database_url, broker_url, barrier)
     migrate.upgrade(database_url)
     from tre.app import create_app
 
@@ -61,12 +62,13 @@ def test_job_whose_worker_is_killed_is_finished_exactly_once_by_another_worker(
     marker = tmp_path / "marker.log"
     log = tmp_path / "worker.log"
 
+    # The first attempt holds at its first progress report until its worker is killed there.
+    barrier.arm("job.progress.kernel.selftest")
     workers.append(Worker(env, log))
     with transaction(db.session) as s:
-        job_id = jobs.enqueue(s, "kernel.selftest", {"sleep": 8, "marker_file": str(marker)}).id
+        job_id = jobs.enqueue(s, "kernel.selftest", {"sleep": 1, "marker_file": str(marker)}).id
 
-    wait_for(lambda: marker.exists() and "started" in marker.read_text(), 60, "the first start", log)
-    workers[0].kill()
+    kill_at(barrier, "job.progress.kernel.selftest", workers[0], log, timeout=60)
 
     workers.append(Worker(env, log))
 
@@ -78,7 +80,8 @@ def test_job_whose_worker_is_killed_is_finished_exactly_once_by_another_worker(
             return job
 
     wait_for(lambda: state().state in (jobs.SUCCEEDED, jobs.FAILED), 90, "the job to finish", log)
-    time.sleep(3)  # give a stray duplicate delivery the chance to run, if one existed
+    # Every duplicate delivery still on its way is taken now and does nothing.
+    assert set(drain(workers, broker_url, db, {job_id})) <= {"not-claimed"}
 
     job = state()
     starts = marker.read_text().splitlines()
