@@ -18,16 +18,18 @@ from pseudonymisation.models import Extract
 from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
 from pseudonymisation.services import LINKAGE, MERGE_JOB, PARTITION_JOB, _key
 from pseudonymisation.tasks import extracts_service
-from tests.celery_workers import Worker, wait_for, worker_env, worker_pool
+from tests.celery_workers import Worker, kill_at, wait_for, worker_env, worker_pool
 from tests.conftest import REDIS_URL, require_backend
 from tests.projects.factories import TODAY, build_world, publish_agreement
 from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
 from tre.core import jobs, migrate
+from tre.core.testpoints import Barrier
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 CHUNK_ROWS = 100_000
 PARTITION_ROWS = 300_000  # 2.4 M rows: 24 chunks, 8 partitions of 3 chunks
+MID_PARTITION = f"job.progress.{PARTITION_JOB}"  # after each chunk of a partition
 APPROVED = ["nhs_number", "date_of_birth", "postcode", "sex", "event_date", "code", "value"]
 
 
@@ -99,7 +101,8 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
     database_url, broker_url = backends
     instance = tmp_path / "instance"
     instance.mkdir()
-    env = worker_env(instance, database_url, broker_url, extract_chunk_rows=CHUNK_ROWS,
+    barrier = Barrier(tmp_path / "testpoints")
+    env = worker_env(instance, database_url, broker_url, barrier, extract_chunk_rows=CHUNK_ROWS,
                      extract_partition_rows=PARTITION_ROWS)
     migrate.upgrade(database_url)
     from tre.app import create_app
@@ -112,6 +115,7 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
     log = tmp_path / "workers.log"
     try:
         w, p = _active_project(app, long_source)
+        barrier.arm(MID_PARTITION)
         workers.append(Worker(env, log))
         with app.app_context():
             extract_id = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id).id
@@ -122,14 +126,12 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
                 s.expunge_all()
                 return found
 
-        def mid_partition() -> bool:
-            return any(j.state == jobs.RUNNING and 0 < j.progress <= 0.5 for j in partition_jobs())
-
-        # The first worker alone: it builds, fans out, and is killed in the middle of a partition.
-        wait_for(mid_partition, 240, "the first worker to be in the middle of a partition", log)
-        workers[0].kill()
-        killed = [j.id for j in partition_jobs() if j.state == jobs.RUNNING]
-        assert len(killed) == 1
+        # The first worker alone: it builds, fans out, and holds after the first chunk of its first
+        # partition, until it is killed there.
+        kill_at(barrier, MID_PARTITION, workers[0], log, timeout=240)
+        running = [j for j in partition_jobs() if j.state == jobs.RUNNING]
+        assert len(running) == 1 and running[0].attempts == 1 and 0 < running[0].progress < 1
+        killed = [j.id for j in running]
         workers.append(Worker(env, log))
         workers.append(Worker(env, log))
 
