@@ -22,6 +22,7 @@ import ipaddress
 import os
 import pwd
 import re
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,11 +206,7 @@ def allocate_slot(plan: EgressPlan) -> tuple[int, str, str]:
     Called with no await between the scan and the creation of the veth, so two spawns in one hub
     process cannot take the same slot.
     """
-    used = set()
-    for name in os.listdir("/sys/class/net"):
-        suffix = name[len(plan.host_if_prefix) :]
-        if name.startswith(plan.host_if_prefix) and suffix.isdigit():
-            used.add(int(suffix))
+    used = {int(name[len(plan.host_if_prefix) :]) for name in host_interfaces(plan)}
     pool = ipaddress.ip_network(plan.pool)
     # Another hub's interfaces (another prefix, or one killed before it could clean up) are not
     # ours to count, but a route of theirs inside the pool would take our workspace's traffic.
@@ -273,6 +270,28 @@ table inet {plan.table} {{
 
 async def delete_host_rules(plan: EgressPlan) -> None:
     await run("nft", "-f", "-", stdin=f"table inet {plan.table}\ndelete table inet {plan.table}\n")
+
+
+# Held around creating a workspace's network (rules, then veth) and around removing it (veth, then the
+# rules when it was the last), so a start and the last stop in one hub never interleave.
+HOST_RULES_LOCK = asyncio.Lock()
+
+
+def host_interfaces(plan: EgressPlan, net: Path = Path("/sys/class/net")) -> list[str]:
+    """This hub's host ends of workspace veths that exist now."""
+    return [
+        name
+        for name in os.listdir(net)
+        if name.startswith(plan.host_if_prefix) and name[len(plan.host_if_prefix) :].isdigit()
+    ]
+
+
+async def delete_host_rules_if_unused(plan: EgressPlan) -> bool:
+    """Remove the hub's host table once no workspace of this hub has a network; True if removed."""
+    if host_interfaces(plan):
+        return False
+    await delete_host_rules(plan)
+    return True
 
 
 def _workspace_ruleset(plan: EgressPlan, host_ip: str) -> str:
@@ -372,6 +391,30 @@ async def end_processes_of(account: Account, timeout: float = 10.0) -> list[int]
             except ProcessLookupError:
                 pass
         await asyncio.sleep(0.05)
+
+
+async def remove_account(account: Account, home_root: str, outputs_path: str = "") -> None:
+    """Remove a workspace account for good: its processes, its home, then the account itself.
+
+    Its outputs folder is the control plane's to delete; it is handed to root first, so a later
+    account given the same uid does not inherit it. The project's group stays: the extract keeps its
+    gid, and a new group reusing that gid would read it.
+    """
+    entry = pwd.getpwnam(account.name)
+    home = Path(home_root) / account.name
+    if entry.pw_uid == 0 or entry.pw_uid != account.uid or entry.pw_dir != str(home):
+        raise SandboxError(f"unix account {account.name} is not this workspace's account")
+    left = await end_processes_of(account)
+    if left:
+        raise SandboxError(f"{len(left)} processes of {account.name} would not end")
+    if home.is_dir() and not home.is_symlink():
+        shutil.rmtree(home)
+    outputs = Path(outputs_path) if outputs_path else None
+    if outputs is not None and outputs.is_dir() and not outputs.is_symlink():
+        for path in [outputs, *outputs.rglob("*")]:
+            if path.lstat().st_uid == account.uid:
+                os.chown(path, 0, 0, follow_symlinks=False)
+    await run("userdel", account.name)
 
 
 def drop_to(account: Account) -> None:

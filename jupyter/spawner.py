@@ -200,8 +200,19 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             if left:
                 self.log.error("%d processes of %s outlived its stop", len(left), self._log_name)
         if self.egress is not None:
-            await sandbox.delete_egress(self.egress)
-            self.egress = None
+            async with sandbox.HOST_RULES_LOCK:
+                await sandbox.delete_egress(self.egress)
+                self.egress = None
+                if os.geteuid() == 0:
+                    await sandbox.delete_host_rules_if_unused(self._egress_plan(ports=()))
+
+    async def delete_forever(self) -> None:
+        """The server is removed (closure, or the person is deleted): its unix account and home go too."""
+        if os.geteuid() != 0 or self.account is None or self.account.uid == os.geteuid():
+            return
+        await sandbox.remove_account(self.account, self.home_root, self._outputs_path)
+        self.log.info("Removed the unix account and home of %s", self._log_name)
+        self.account = None
 
     def _preexec(self) -> None:
         """In the child, still root: join the namespace first, then give up root for good."""
@@ -215,6 +226,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
     async def _prepare_as_root(self, grant: SpawnGrant) -> None:
         group = sandbox.project_group_name(grant.project_id)
         self.account = await sandbox.ensure_account(grant.unix_user, group, self.home_root)
+        self._outputs_path = grant.outputs_path
         sandbox.share_extract_read_only(grant.extract_path, group)
         sandbox.prepare_outputs(grant.outputs_path, self.account)
         sandbox.link_into_home(self.account, "extract", grant.extract_path)
@@ -222,12 +234,16 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         if not self.egress_isolation:
             self.log.warning("Egress isolation is OFF for %s: the workspace can reach any network", self._log_name)
             return
-        plan = sandbox.EgressPlan(prefix=self.egress_prefix, pool=self.egress_pool, ports=self._allowed_ports())
-        await sandbox.ensure_host_rules(plan)
-        if self.egress is not None:
-            await sandbox.delete_egress(self.egress)
-        self.egress = await sandbox.create_egress(plan, grant.unix_user)
+        plan = self._egress_plan(ports=self._allowed_ports())
+        async with sandbox.HOST_RULES_LOCK:
+            await sandbox.ensure_host_rules(plan)
+            if self.egress is not None:
+                await sandbox.delete_egress(self.egress)
+            self.egress = await sandbox.create_egress(plan, grant.unix_user)
         self.ip = self.egress.workspace_ip
+
+    def _egress_plan(self, ports: tuple[int, ...]) -> sandbox.EgressPlan:
+        return sandbox.EgressPlan(prefix=self.egress_prefix, pool=self.egress_pool, ports=ports)
 
     def _prepare_insecure(self, grant: SpawnGrant) -> None:
         if not self.insecure_dev:
@@ -298,6 +314,9 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         tre = self.tre_state()
         if self.egress is not None:
             tre["egress"] = self.egress.to_state()
+        if self.account is not None and os.geteuid() == 0:
+            tre["account"] = self.account.name
+            tre["outputs"] = self._outputs_path
         state[STATE_KEY] = tre
         return state
 
@@ -307,6 +326,21 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         self.tre_load_state(tre)
         if tre.get("egress"):
             self.egress = sandbox.Egress.from_state(tre["egress"])
+        if tre.get("account") and self.account is None:
+            self.account = self._account_from_state(str(tre["account"]))
+            self._outputs_path = str(tre.get("outputs") or "")
+
+    def _account_from_state(self, name: str) -> sandbox.Account | None:
+        """The workspace account a stored server used, if it still exists and is still ours."""
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        home = os.path.join(self.home_root, name)
+        if entry.pw_uid == 0 or entry.pw_dir != home:
+            return None
+        return sandbox.Account(name, entry.pw_uid, entry.pw_gid, home)
 
     _netns_fd: int | None = None
     _plain_cmd: list[str] | None = None
+    _outputs_path: str = ""

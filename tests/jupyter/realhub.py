@@ -117,6 +117,16 @@ class Hub:
             time.sleep(0.25)
         raise AssertionError(f"{username}/{server} did not stop: {self.log_tail()}")
 
+    def wait_removed(self, username: str, server: str, timeout: float = 90) -> None:
+        """Until the hub no longer lists the server even among stopped ones (its delete_forever ran)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.api("GET", f"/users/{username}", params={"include_stopped_servers": "1"}).json()
+            if server not in model.get("servers", {}):
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"{username}/{server} was not removed: {self.log_tail()}")
+
     def log_tail(self) -> str:
         return (self.base / "hub.log").read_text()[-4000:]
 

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import uuid
@@ -164,6 +165,13 @@ def xsrf_headers(workspace: dict[str, Any]) -> dict[str, str]:
     return {"X-XSRFToken": workspace["session"].cookies.get("_xsrf", path=path) or ""}
 
 
+async def closed(connection: Any) -> None:
+    """Close a websocket and wait for the server's close, so no socket outlives the event loop."""
+    connection.close()
+    while await asyncio.wait_for(connection.read_message(), timeout=30) is not None:
+        pass
+
+
 async def _kernel_execute(url: str, cookies: str, code: str) -> str:
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
@@ -204,7 +212,7 @@ async def _kernel_execute(url: str, cookies: str, code: str) -> str:
             elif kind == "status" and message["content"]["execution_state"] == "idle":
                 return "".join(out)
     finally:
-        connection.close()
+        await closed(connection)
 
 
 def run_in_kernel(hub: Hub, workspace: dict[str, Any], code: str) -> str:
@@ -238,7 +246,7 @@ async def _terminal_run(url: str, cookies: str, command: str, marker: str) -> st
                 if marker in "".join(out):
                     return "".join(out)
     finally:
-        connection.close()
+        await closed(connection)
 
 
 def run_in_terminal(hub: Hub, workspace: dict[str, Any], command: str) -> str:
@@ -341,3 +349,35 @@ def test_stopping_the_workspace_leaves_no_process_or_namespace(hub: Hub, workspa
 
     assert subprocess.run(["pgrep", "-u", account], capture_output=True).returncode == 1
     assert f"t{hub.tag}-{account}" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def host_table_exists(hub: Hub) -> bool:
+    listed = subprocess.run(["nft", "list", "table", "inet", f"t{hub.tag}_workspaces"], capture_output=True)
+    return listed.returncode == 0
+
+
+def test_removing_a_workspace_removes_its_account_and_home_and_the_last_stop_its_host_rules(hub: Hub):
+    from jupyter import sandbox
+
+    username, server, account = hub.grant("d"), hub.project("d").lower(), hub.account("d")
+    with requests.Session() as session:
+        response = hub.login(session, username, hub.project("d"))
+        session.get(hub.url + response.headers["Location"], timeout=60)
+        hub.wait_ready(username, server)
+    home = hub.base / "homes" / account
+    outputs = hub.base / "outputs" / f"{username}-{server}"
+    (home / "notebook.ipynb").write_text("{}")
+    assert host_table_exists(hub)
+
+    removed = hub.api("DELETE", f"/users/{username}/servers/{server}", json={"remove": True})
+    assert removed.status_code in (202, 204), removed.text
+    hub.wait_removed(username, server)
+
+    with pytest.raises(KeyError):
+        pwd.getpwnam(account)
+    assert not home.exists()
+    assert outputs.stat().st_uid == 0  # a later account given the same uid does not inherit it
+    assert subprocess.run(["pgrep", "-f", f"{hub.base}/homes/{account}"], capture_output=True).returncode == 1
+    # The hub's host table lives exactly as long as one of its workspaces has a network.
+    plan = sandbox.EgressPlan(prefix=f"t{hub.tag}", pool="10.238.0.0/24", ports=(1,))
+    assert host_table_exists(hub) == bool(sandbox.host_interfaces(plan))
