@@ -24,6 +24,7 @@ from projects.gate import AccessRefused, check_access, require_access
 from projects.models import Project
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import Base, new_id, transaction, utcnow
+from tre.core.filemodes import project_group_name, share_read_only_with_group
 from tre.core.identity import User
 from tre.core.tokens import InvalidToken, TokenService
 
@@ -103,14 +104,15 @@ class WorkspacePaths:
         return self.workspaces_root / project_id / unix_user(user_id, project_id) / "outputs"
 
     def prepare(self, project_id: str, user_id: str) -> None:
-        """Create the folders a workspace needs. Parents are 0711: passable, not listable; the
-        spawner then gives the extract to the project's group and the outputs to the workspace."""
+        """Create the folders a workspace needs. Parents are 0711: passable, not listable; the extract
+        goes to the project's group when it exists (read-only, tre/core/filemodes.py), and the spawner
+        gives the outputs to the workspace."""
         for root in (self.extracts_root, self.workspaces_root):
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(0o711)
         extract = self.extract_dir(project_id)
         extract.mkdir(exist_ok=True)
-        extract.chmod(0o750)
+        share_read_only_with_group(extract, project_id)
         outputs = self.outputs_dir(project_id, user_id)
         for folder in (outputs.parent.parent, outputs.parent):
             folder.mkdir(exist_ok=True)
@@ -194,6 +196,9 @@ class Workspaces:
             "extract_path": str(self.paths.extract_dir(project.id)),
             "outputs_path": str(self.paths.outputs_dir(project.id, user_id)),
             "unix_user": unix_user(user_id, project.id),
+            # The group that may read the extract (tre/core/filemodes.py): the hub makes the
+            # workspace account a member of it.
+            "unix_group": project_group_name(project.id),
             "env": {
                 "TRE_PROJECT_ID": project.id,
                 "TRE_OUTPUT_TOKEN": output_token,

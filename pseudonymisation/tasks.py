@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from projects.closure import register_destruction_hook
+from pseudonymisation.models import Extract
 from pseudonymisation.services import BUILD_JOB, MERGE_JOB, PARTITION_JOB, Extracts, ExtractServiceError
+from tre.core.filemodes import share_read_only_with_group
 from tre.core.jobs import Job, JobContext, PermanentJobError, job_handler, on_worker_lost
 
 
@@ -48,11 +50,23 @@ def _run(ctx: JobContext, work: Callable[[Extracts], Any]) -> Any:
         raise
 
 
+def _share_with_project(ctx: JobContext) -> None:
+    """Written under umask 077, a finished extract is the service's alone: from now its project's
+    unix group reads it and nobody else (service only where the service is not root). Opening a
+    workspace shares it again (projects/workspaces.py), so a crash just before this loses nothing."""
+    extract = ctx.session.get(Extract, ctx.payload["extract_id"])
+    if extract is not None:
+        folder = _platform().settings.extracts_path / extract.project_id
+        if folder.is_dir():
+            share_read_only_with_group(folder, extract.project_id)
+
+
 @job_handler(BUILD_JOB, queue="extracts")
 def build_extract(ctx: JobContext) -> dict[str, Any]:
     manifest = _run(ctx, lambda service: service.build(ctx.payload["extract_id"], progress=ctx.report_progress))
     if manifest is None:
         return {"fanned_out": True}  # the partition jobs and then the merge job finish it
+    _share_with_project(ctx)
     return {"datasets": sorted(manifest.get("manifests", {}))}
 
 
@@ -68,6 +82,7 @@ def build_partition(ctx: JobContext) -> dict[str, Any]:
 @job_handler(MERGE_JOB, queue="extracts")
 def merge_extract(ctx: JobContext) -> dict[str, Any]:
     manifest = _run(ctx, lambda service: service.merge(ctx.payload["extract_id"], progress=ctx.report_progress))
+    _share_with_project(ctx)
     return {"datasets": sorted(manifest.get("manifests", {}))}
 
 

@@ -3,7 +3,7 @@
 Everything the service writes is private to the account it runs as: every process it starts works
 under umask 077, and the instance folder is 0700. The one exception is an extract, which its
 project's members must read: it belongs to the project's unix group, folders 0750 and files 0640,
-when the service runs as root and can make that group; otherwise it stays 0700/0600, service only.
+when the service runs as root and that group exists; otherwise it stays 0700/0600, service only.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import stat
-import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -52,36 +50,27 @@ def project_group_name(project_id: str) -> str:
     return name
 
 
-def can_manage_groups() -> bool:
-    return os.geteuid() == 0 and shutil.which("groupadd") is not None
-
-
-def ensure_group(name: str) -> int:
-    """The gid of group ``name``, created (as a system group) if it does not exist. Root only."""
+def project_gid(project_id: str) -> int | None:
+    """The gid of the project's group if it exists and this process may give files to it (root)."""
+    if os.geteuid() != 0:
+        return None
     try:
-        return grp.getgrnam(name).gr_gid
+        return grp.getgrnam(project_group_name(project_id)).gr_gid
     except KeyError:
-        pass
-    groupadd = shutil.which("groupadd") or "groupadd"
-    # Bandit B603: a fixed program and a name made by project_group_name, no shell
-    made = subprocess.run(  # noqa: S603  # nosec B603
-        [groupadd, "--system", name], capture_output=True, text=True, check=False
-    )
-    if made.returncode not in (0, 9):  # 9: made by another process meanwhile
-        raise OSError(f"groupadd {name} failed: {made.stderr.strip()[:200]}")
-    return grp.getgrnam(name).gr_gid
+        return None
 
 
 def share_read_only_with_group(top: Path, project_id: str) -> str | None:
     """Give the tree at ``top`` to the project's group, read-only (folders 0750, files 0640, owner
-    kept), nobody else anything. Without root there is no group to give it to: the tree is made
-    0700/0600, service only, and None is returned (a workspace then needs the hub to share it)."""
-    if not can_manage_groups():
+    kept), nobody else anything; return the group's name. The hub creates the group (with the first
+    workspace account of the project); until it exists, or where the service is not root, the tree is
+    made 0700/0600, the service's alone, and None is returned."""
+    gid = project_gid(project_id)
+    if gid is None:
         _chmod_tree(top, folders=0o700, files=0o600, gid=None)
         return None
-    name = project_group_name(project_id)
-    _chmod_tree(top, folders=0o750, files=0o640, gid=ensure_group(name))
-    return name
+    _chmod_tree(top, folders=0o750, files=0o640, gid=gid)
+    return project_group_name(project_id)
 
 
 def _chmod_tree(top: Path, *, folders: int, files: int, gid: int | None) -> None:
