@@ -8,6 +8,7 @@ sharing, the idle culler, and the control plane's service account with just the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import sys
@@ -33,15 +34,19 @@ class HubSettings:
 
     state_dir: Path
     port: int = 8000
-    hub_port: int = 8081
-    proxy_api_port: int = 8001
+    # Unless set, the hub's API and the proxy's admin API sit beside the public port (8000: 8081 and
+    # 8001), so a second instance given another public port needs no other port settings.
+    hub_port: int = 0
+    proxy_api_port: int = 0
     control_plane_url: str = "http://127.0.0.1:5000"
     service_token_file: str = ""
     control_plane_api_token_file: str = ""
     runtime_prefix: str = "/opt/tre-workspace"
     home_root: str = "/var/lib/tre/workspaces"
     insecure_dev: bool = False
-    egress_prefix: str = "tre"
+    # Unless set, derived from the state folder, so two instances on one machine never share a
+    # nftables table, namespace names or veth names.
+    egress_prefix: str = ""
     egress_pool: str = "10.231.0.0/16"
     named_server_limit: int = 10
     cull_idle_seconds: int = 3600
@@ -81,7 +86,20 @@ class HubSettings:
             settings.service_token_file = str(state_dir / "control_plane_service_token")
         if not settings.control_plane_api_token_file:
             settings.control_plane_api_token_file = str(state_dir / "hub_api_token_for_control_plane")
-        return settings
+        return settings.with_defaults()
+
+    def with_defaults(self) -> HubSettings:
+        """Fill in what follows from other settings: the two inner ports and the egress prefix."""
+        self.hub_port = self.hub_port or self.port + 81
+        self.proxy_api_port = self.proxy_api_port or self.port + 1
+        self.egress_prefix = self.egress_prefix or instance_prefix(self.state_dir)
+        return self
+
+
+def instance_prefix(state_dir: Path) -> str:
+    """A short name for this hub's host objects (``w`` and 5 hex digits of its state folder's path)."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()
+    return f"w{digest[:5]}"
 
 
 def secret_from_file(path: Path, create: bool = True) -> str:
@@ -117,7 +135,7 @@ def control_plane_service(token_file: Path) -> tuple[dict[str, Any], dict[str, A
 
 def configure(c: Any, settings: HubSettings | None = None) -> HubSettings:
     """Apply the TRE's hub configuration to a traitlets config object ``c``."""
-    settings = settings or HubSettings.from_env()
+    settings = (settings or HubSettings.from_env()).with_defaults()
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)

@@ -61,3 +61,31 @@ def test_project_group_names_fit_and_stay_distinct():
 def test_egress_plan_rejects_unusable_names_and_pools(prefix, pool):
     with pytest.raises(sandbox.SandboxError):
         sandbox.EgressPlan(prefix=prefix, pool=pool, ports=(8081,))
+
+
+def test_two_instances_on_one_machine_get_their_own_ports_and_egress_names(tmp_path):
+    first = HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "a" / "jupyterhub")})
+    second = HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "b" / "jupyterhub"), "TRE_HUB_PORT": "9000"})
+
+    assert (first.port, first.hub_port, first.proxy_api_port) == (8000, 8081, 8001)
+    assert (second.port, second.hub_port, second.proxy_api_port) == (9000, 9081, 9001)
+    assert first.egress_prefix != second.egress_prefix
+    assert sandbox.EgressPlan(prefix=first.egress_prefix, pool="10.0.0.0/24", ports=(1,)).table.endswith("_workspaces")
+    c = Config()
+    configure(c, second)
+    assert c.JupyterHub.hub_bind_url == "http://127.0.0.1:9081"
+    assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:9001"
+    assert c.TreLocalSpawner.egress_prefix == second.egress_prefix
+
+
+def test_ports_and_egress_prefix_set_explicitly_win(tmp_path):
+    settings = HubSettings.from_env(
+        {
+            "TRE_HUB_STATE_DIR": str(tmp_path),
+            "TRE_HUB_API_PORT": "7001",
+            "TRE_HUB_PROXY_API_PORT": "7002",
+            "TRE_HUB_EGRESS_PREFIX": "tre",
+        }
+    )
+
+    assert (settings.hub_port, settings.proxy_api_port, settings.egress_prefix) == (7001, 7002, "tre")

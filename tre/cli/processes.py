@@ -90,6 +90,10 @@ def _web_argv(settings: Settings) -> list[str]:
         "4",
         "--access-logfile",
         "-",
+        # gunicorn's default control socket is one per unix user (~/.gunicorn): one per instance, so
+        # a second instance on this machine neither fails to bind it nor controls the first.
+        "--control-socket",
+        str(settings.instance_path / "gunicorn.ctl"),
         "tre.wsgi:app",
     ]
 
