@@ -378,6 +378,7 @@ def check_published_counts(
     """
     policy = policy or default_policy()
     body = table.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    withheld_cells = np.isnan(body[:-1, :-1] if has_margins else body)
     if has_margins:
         inner = body[:-1, :-1]
         consistent = (
@@ -406,9 +407,26 @@ def check_published_counts(
         has_values=False,
     )
     rules = frequency_rules(stats, policy)
+    if withheld_cells.any():
+        # A blank or marked cell was withheld in the file: it is not a count (not a zero), and the totals
+        # it belongs to are unknown, so no rule judges them.
+        unknown = np.zeros(ext.shape, dtype=bool)
+        unknown[:-1, :-1] = withheld_cells
+        unknown[-1, :-1] = withheld_cells.any(axis=0)
+        unknown[:-1, -1] = withheld_cells.any(axis=1)
+        unknown[-1, -1] = True
+        for rule in rules:
+            rule.mask = rule.mask & ~unknown
     result = _finish(
         stats, "count", ext, rules, policy, mitigation, audit, 1, "published_count_table", nonnegative=True
     )
+    if withheld_cells.any():
+        result.released[:-1, :-1][withheld_cells] = np.nan
+        result.verdict["withheld_cells"] = int(withheld_cells.sum())
+        result.verdict["reasons"].append(
+            f"{int(withheld_cells.sum())} cell(s) blank or marked as suppressed in the file: read as withheld, "
+            "not as counts"
+        )
     result.verdict["contributors"] = "unknown (no microdata): counts treated as contributors"
     result.verdict["status"] = combine_status([result.verdict["status"], "review"])
     result.verdict["reasons"].append("checked without microdata: contributors and dominance not verifiable")

@@ -120,11 +120,12 @@ def test_text_file_goes_to_a_human_with_the_reason(world: World) -> None:
     assert check.verdict["criteria"][0]["rule"] == "unrecognised_output"
 
 
-def test_unreadable_table_gets_an_error_verdict_not_a_failed_job(world: World) -> None:
+def test_unreadable_table_goes_to_review_not_a_failed_job(world: World) -> None:
     world.submitted(content=b"just one line of prose\n", name="odd.csv")
 
     check = world.session.scalars(select(OutputCheck)).one()
-    assert check.status == "error"
+    assert check.status == "review"
+    assert any("with confidence" in r for r in check.verdict["reasons"])
     assert world.session.scalars(select(jobs.Job)).one().state == jobs.SUCCEEDED
 
 
@@ -145,9 +146,10 @@ def test_differencing_against_an_earlier_release_fails_the_new_table(world: Worl
 
     check = world.session.scalars(select(OutputCheck).where(OutputCheck.request_id == second.id)).one()
     assert check.differencing
-    assert check.differencing[0]["earlier"] == world.session.scalars(
-        select(OutputCheck.file_id).where(OutputCheck.request_id != second.id)
-    ).one()
+    assert (
+        check.differencing[0]["earlier"]
+        == world.session.scalars(select(OutputCheck.file_id).where(OutputCheck.request_id != second.id)).one()
+    )
     assert check.differencing[0]["cell"] == {"region": "North", "sex": "F", "pid": someone}
     assert check.status == "fail"
 
@@ -251,3 +253,58 @@ def test_check_content_of_an_image_is_review_without_recomputation() -> None:
 
     assert outcome["status"] == "review"
     assert outcome["recompute"]["status"] == "not_applicable"
+
+
+def _content(content: bytes, spec: dict[str, Any] | None, ledger: Any = None) -> dict[str, Any]:
+    return check_content(
+        "t.csv",
+        "table",
+        content,
+        spec,
+        policy=default_policy(),
+        extracts_root=Path("/nonexistent"),
+        project_id="p1",
+        output_id="o1",
+        ledger=ledger or ReleaseLedger("p1"),
+    )
+
+
+def test_acro_csv_with_two_label_columns_and_blanks_is_read_as_labels_and_withheld_cells() -> None:
+    # The file: a label column read as 13 zero cells and 12 blank cells read as zeros.
+    csv = b"year,grant_type,Dead in 2015,Alive in 2015\n2010,G,,\n2010,N,59.0,\n2010,R,42.0,31.0\n"
+
+    outcome = _content(csv, None)
+
+    assert outcome["verdict"]["withheld_cells"] == 3
+    assert not any(r.startswith("zeros") for r in outcome["verdict"]["reasons"])
+    assert outcome["aggregate"]["dims"] == ["year", "grant_type", "column_0"]
+    assert len(outcome["aggregate"]["suppressed"]) == 3 and len(outcome["aggregate"]["cells"]) == 3
+
+
+def test_ledger_entry_holds_only_what_the_file_shows() -> None:
+    spec = {**SPEC}
+    without = _content(recomputed_csv(), spec)["aggregate"]
+    assert all(None not in c["labels"] for c in without["cells"])
+    with_margins = b"region,F,M,All\nEast,45,60,105\nNorth,40,35,75\nAll,85,95,180\n"
+    shown = _content(with_margins, spec)["aggregate"]
+    assert {"labels": [None, None], "value": 180.0} in shown["cells"]
+    assert {"labels": ["East", None], "value": 105.0} in shown["cells"]
+    assert shown["population"] == {"dataset": "admissions", "filters": []}
+
+
+def test_table_whose_population_is_unknown_is_review_never_pass() -> None:
+    spec = {**SPEC, "filters": None}
+    safe = b"region,F,M\nEast,45,60\nNorth,40,35\n"
+
+    outcome = _content(safe, spec)
+
+    assert outcome["recompute"]["status"] == "not_done"
+    assert "population is unknown" in outcome["recompute"]["reason"]
+    assert outcome["status"] == "review"
+    assert outcome["aggregate"]["population"]["filters"] is None
+
+
+def test_file_that_contradicts_its_specification_goes_to_review() -> None:
+    outcome = _content(b"year,grant_type,G\n2010,A,4\n", SPEC)
+    assert outcome["status"] == "review"
+    assert any("with confidence" in r for r in outcome["verdict"]["reasons"])
