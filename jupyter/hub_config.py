@@ -44,6 +44,8 @@ class HubSettings:
     runtime_prefix: str = "/opt/tre-workspace"
     home_root: str = "/var/lib/tre/workspaces"
     insecure_dev: bool = False
+    # The bubblewrap sandbox (ADR 0005); off only to measure what it costs (benchmarks/workspace_open.py).
+    fs_sandbox: bool = True
     # Unless set, derived from the state folder, so two instances on one machine never share a
     # nftables table, namespace names or veth names.
     egress_prefix: str = ""
@@ -80,6 +82,7 @@ class HubSettings:
             if env.get(name):
                 setattr(settings, attr, env[name])
         settings.insecure_dev = env.get("TRE_HUB_INSECURE_DEV", "").lower() in {"1", "true", "yes"}
+        settings.fs_sandbox = env.get("TRE_HUB_FS_SANDBOX", "").lower() not in {"0", "false", "no", "off"}
         if env.get("TRE_HUB_PROXY_CMD"):
             settings.proxy_command = [env["TRE_HUB_PROXY_CMD"]]
         if not settings.service_token_file:
@@ -171,6 +174,7 @@ def configure(c: Any, settings: HubSettings | None = None) -> HubSettings:
     c.TreLocalSpawner.runtime_prefix = settings.runtime_prefix
     c.TreLocalSpawner.home_root = settings.home_root
     c.TreLocalSpawner.insecure_dev = settings.insecure_dev
+    c.TreLocalSpawner.fs_sandbox = settings.fs_sandbox
     c.TreLocalSpawner.egress_prefix = settings.egress_prefix
     c.TreLocalSpawner.egress_pool = settings.egress_pool
 

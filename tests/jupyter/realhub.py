@@ -132,7 +132,7 @@ class Hub:
 
 
 @contextmanager
-def running_hub() -> Iterator[Hub]:
+def running_hub(extra_env: dict[str, str] | None = None) -> Iterator[Hub]:
     tag = secrets.token_hex(2)
     base = Path(tempfile.mkdtemp(prefix="tre-hub-test-", dir="/var/tmp"))
     base.chmod(0o711)
@@ -156,6 +156,7 @@ def running_hub() -> Iterator[Hub]:
         "TRE_WORKSPACE_HOME_ROOT": str(base / "homes"),
         "TRE_HUB_EGRESS_PREFIX": f"t{tag}",
         "TRE_HUB_EGRESS_POOL": "10.238.0.0/24",
+        **(extra_env or {}),
     }
     log = (base / "hub.log").open("wb")
     handle.process = subprocess.Popen(

@@ -89,3 +89,12 @@ def test_ports_and_egress_prefix_set_explicitly_win(tmp_path):
     )
 
     assert (settings.hub_port, settings.proxy_api_port, settings.egress_prefix) == (7001, 7002, "tre")
+
+
+def test_the_file_system_sandbox_is_on_unless_switched_off(tmp_path):
+    on, off = Config(), Config()
+    configure(on, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "a")}))
+    configure(off, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "b"), "TRE_HUB_FS_SANDBOX": "off"}))
+
+    assert on.TreLocalSpawner.fs_sandbox is True
+    assert off.TreLocalSpawner.fs_sandbox is False
