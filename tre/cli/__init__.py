@@ -5,6 +5,8 @@ module with a ``click.group`` and one ``main.add_command`` line below."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from tre.cli.audit import audit_cli
@@ -18,13 +20,19 @@ from tre.cli.keys import keys_cli
 from tre.cli.optouts import optout_cli
 from tre.cli.processes import beat_command, run, worker
 from tre.cli.users import users_cli
+from tre.core.filemodes import restrict_umask
 
 __all__ = ["command_app", "main"]
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Trusted research environment control plane."""
+    # Everything a command writes, and every process it starts, is the service's alone. The old
+    # mask comes back when the command ends, which matters only to a caller in the same process.
+    previous = restrict_umask()
+    ctx.call_on_close(lambda: os.umask(previous))
 
 
 for _command in (

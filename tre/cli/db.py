@@ -6,6 +6,7 @@ import click
 
 from tre.cli.common import load_settings, redact
 from tre.core import migrate
+from tre.core.filemodes import ensure_private_folder
 
 
 @click.group("db")
@@ -18,7 +19,7 @@ def db_cli() -> None:
 def db_upgrade(revision: str) -> None:
     """Bring the database schema up to date."""
     settings = load_settings()
-    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    ensure_private_folder(settings.instance_path, "instance folder")
     migrate.upgrade(settings.database_url, revision)
     click.echo(f"database at {redact(settings.database_url)} is at revision {revision}")
 

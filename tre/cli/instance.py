@@ -8,13 +8,14 @@ import click
 
 from tre.cli.common import command_app, load_settings
 from tre.core import migrate
+from tre.core.filemodes import ensure_private_folder
 
 
 @click.command("init")
 def init() -> None:
     """Create the instance folder, its secrets and the database schema. Safe to run again."""
     settings = load_settings()
-    settings.instance_path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    ensure_private_folder(settings.instance_path, "instance folder")
 
     command_app()  # creates the session secret and the keys on first run
     migrate.upgrade(settings.database_url)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from tre.core.config import Settings
+from tre.core.filemodes import ensure_private_folder
 
 DEMO_PATIENTS = 100_000
 
@@ -28,7 +29,8 @@ def load_command(patients: int) -> None:
     with app.app_context():
         accounts = load_accounts(Identity(p.db.session, p.keys, p.audit), settings.instance_path)
         click.echo(f"{len(accounts)} demo accounts ready")
-        data_dir = settings.instance_path / "demo-data"
+        # The raw sources (names, NHS numbers): the service's alone, like everything it writes.
+        data_dir = ensure_private_folder(settings.instance_path / "demo-data", "demo sources folder")
         if not (data_dir / "datasets.json").exists():
             from tre.demo import synthetic
 
