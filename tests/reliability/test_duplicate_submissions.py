@@ -1,7 +1,12 @@
 """The workspace sends the same submission twice at the same moment (a retry racing the original,
 from two threads, same Idempotency-Key): one request is made, with one set of files, one audit
-event and one check job, and both callers are told its id. Runs on SQLite and on PostgreSQL, where
-the two transactions really overlap and the unique key settles the race."""
+event and one check job, and both callers are told its id. Runs on SQLite and on PostgreSQL.
+
+The race is made, not hoped for: the first submission holds just after writing its request row,
+uncommitted, until the second is about to write. On PostgreSQL the second has then looked for the
+key, not found it, and is sending its own row: it always takes the losing path, where the unique
+key settles the race. On SQLite every write transaction begins IMMEDIATE, so the second is waiting
+for the first's lock: it begins once the first has committed, and finds its request."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from disclosure.models import OutputFile, OutputRequest
 from tests.disclosure.factories import SAFE_CSV, World
@@ -29,24 +34,69 @@ def world(app: Any) -> Any:
         return World(app)
 
 
+class Overlap:
+    """Holds the first transaction that writes a request row, just after the write, until a second
+    one is about to write its own, or (SQLite) to begin writing at all (SQLAlchemy events on the
+    app's engine, the test's only hook)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.first: int | None = None
+        self.first_holds, self.second_writes, self.go_on = threading.Event(), threading.Event(), threading.Event()
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+
+    @staticmethod
+    def _writes_request(statement: str) -> bool:
+        return statement.lstrip().upper().startswith("INSERT INTO OUTPUT_REQUESTS ")
+
+    def _before(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self._begin(_conn, _cursor, statement)
+        if not self._writes_request(statement):
+            return
+        if self.first is None:
+            self.first = threading.get_ident()
+        elif threading.get_ident() != self.first:
+            self.second_writes.set()
+
+    def _begin(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.strip().upper() == "BEGIN IMMEDIATE" and self.first_holds.is_set():
+            if threading.get_ident() != self.first:
+                self.second_writes.set()  # it waits for the first's write lock from here
+
+    def _after(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if self._writes_request(statement) and threading.get_ident() == self.first and not self.first_holds.is_set():
+            self.first_holds.set()
+            assert self.go_on.wait(timeout=60), "the test never let the first submission go on"
+
+    def remove(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+
+
 def test_the_same_submission_sent_twice_at_once_creates_one_request(world: World) -> None:
     bearer = token(world, world.author)
     results: dict[str, list[Any]] = {}
 
     for round_ in range(ROUNDS):
         key = f"workspace-run-{round_}"
-        barrier = threading.Barrier(2)
         responses: list[Any] = []
+        overlap = Overlap(world.app.extensions["tre.db"].engine)
 
-        def send(key: str = key, barrier: threading.Barrier = barrier, responses: list[Any] = responses) -> None:
-            barrier.wait()
+        def send(key: str = key, responses: list[Any] = responses) -> None:
             responses.append(post_request(world, bearer, key=key, files=[(SAFE_CSV, "table.csv")]))
 
-        threads = [threading.Thread(target=send) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        first, second = threading.Thread(target=send), threading.Thread(target=send)
+        try:
+            first.start()
+            assert overlap.first_holds.wait(timeout=60), "the first submission never wrote its request"
+            second.start()
+            assert overlap.second_writes.wait(timeout=60), "the second submission never tried to write"
+        finally:
+            overlap.go_on.set()
+            first.join(timeout=60)
+            second.join(timeout=60)
+            overlap.remove()
         results[key] = responses
         record("reliability: duplicate submissions sent concurrently", 1)
 
