@@ -90,6 +90,21 @@ class TreLoginHandler(BaseHandler):
         )
 
 
+class NoTokenPageHandler(BaseHandler):
+    """``/hub/token``: researchers hold no hub API tokens (their role lacks the scope), so no page."""
+
+    async def get(self) -> None:
+        self.set_status(404)
+        self.finish(
+            await self.render_template(
+                "error.html",
+                status_code=404,
+                status_message="Not Found",
+                message="Workspaces do not issue API tokens. Open your workspace from the project page.",
+            )
+        )
+
+
 class TreAuthenticator(Authenticator):
     """An authenticator whose only credential is a control-plane token (``c.TreAuthenticator``)."""
 
@@ -120,7 +135,8 @@ class TreAuthenticator(Authenticator):
         return url_path_join(base_url, LOGIN_PATH)
 
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
-        return [(LOGIN_PATH, TreLoginHandler)]
+        # Ahead of the hub's own handlers, so /hub/token is ours: researchers get no token page.
+        return [(LOGIN_PATH, TreLoginHandler), (r"/token", NoTokenPageHandler)]
 
     async def authenticate(self, handler: Any, data: dict[str, Any] | None) -> dict[str, Any] | None:
         token = (data or {}).get("token")

@@ -199,6 +199,8 @@ def configure(c: Any, settings: HubSettings | None = None) -> HubSettings:
         service_role,
         {"name": "idle-culler", "scopes": CULLER_SCOPES, "services": ["idle-culler"]},
     ]
+    c.JupyterHub.template_paths = [str(REPO_ROOT / "jupyter" / "templates")]
+    c.JupyterHub.template_vars = {"tre_control_plane_url": settings.control_plane_url.rstrip("/")}
     c.JupyterHub.tornado_settings = {
         "headers": {"Content-Security-Policy": "frame-ancestors 'self'", "Referrer-Policy": "no-referrer"},
     }

@@ -8,6 +8,7 @@ bound to the name it first started with so a rename cannot point it at another p
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import os
 import pwd
@@ -51,9 +52,15 @@ class TreSpawnerMixin(HasTraits):
             raise WorkspaceRefused(
                 f"This workspace was created for {self.tre_bound_server!r} and cannot be started as {name!r}."
             )
-        grant = await self.control_plane.authorise_spawn(self.user.name, name)  # type: ignore[attr-defined]
-        if expected_server_name(grant.project_id) != name:
-            raise WorkspaceRefused("The access gate answered for a different project; nothing was started.")
+        try:
+            grant = await self.control_plane.authorise_spawn(self.user.name, name)  # type: ignore[attr-defined]
+            if expected_server_name(grant.project_id) != name:
+                raise WorkspaceRefused("The access gate answered for a different project; nothing was started.")
+        except Exception:
+            if not self.tre_bound_server:
+                # Never started: the refusal must not leave a stopped server behind on the person's hub page.
+                asyncio.get_running_loop().create_task(self._tre_forget_refused())
+            raise
         self.tre_grant = grant
         self.tre_bound_server = name
         self.log.info(  # type: ignore[attr-defined]
@@ -64,6 +71,24 @@ class TreSpawnerMixin(HasTraits):
             grant.unix_user,
         )
         return grant
+
+    async def _tre_forget_refused(self, timeout: float = 60.0) -> None:
+        """Once the hub has finished the refused spawn, remove the named server it created for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.active:  # type: ignore[attr-defined]
+            if loop.time() > deadline:
+                return
+            await asyncio.sleep(0.1)
+        user, name = self.user, self.name  # type: ignore[attr-defined]
+        if self.tre_bound_server or user.spawners.get(name) is not self:
+            return  # started meanwhile, or already gone
+        orm_spawner = self.orm_spawner  # type: ignore[attr-defined]
+        await user._delete_spawner(self)
+        user.spawners.pop(name, None)
+        user.db.delete(orm_spawner)
+        user.db.commit()
+        self.log.info("Removed %s's server %r left by a refused start", user.name, name)  # type: ignore[attr-defined]
 
     def tre_env(self) -> dict[str, str]:
         """What the workspace learns about its project (the gate's variables, and where its folders are)."""
