@@ -4,6 +4,11 @@ Same constructor arguments and method names as ``acro.ACRO``; the checks are our
 docs/disclosure/acro-differences.md for where they deliberately differ). ACRO's ``config`` named a YAML file
 of thresholds chosen by the researcher; here thresholds come from the TRE's policy, so ``config`` is accepted
 only for compatibility and ignored unless it is a path to one of our TOML policy files.
+
+Unlike ACRO, tables record their population: read the data with ``acro.read(path)`` or hand it over once with
+``df = acro.use(df, "dataset-name")`` and tables made from that frame (filtered as ``disclosure.tracked``
+describes) carry the dataset and filters into ``results.json``. A notebook that does neither still runs; its
+tables record an unknown population and are reviewed by a person rather than passed.
 """
 
 from __future__ import annotations

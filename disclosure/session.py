@@ -4,6 +4,11 @@ The method names and arguments are ACRO 1.0's, so a notebook written for ACRO ru
 ``from disclosure.compat import ACRO``. ``finalise()`` writes ``results.json`` in ACRO's schema (so
 SACRO-Viewer opens it) plus, per output, our verdict (``tre_verdict``) and table specification
 (``table_spec``) for the output queue.
+
+Populations: read the extract through the session (``session.read(path)``) or hand it over once
+(``session.use(frame, "admissions")``); tables made from the returned frame, or from frames filtered from
+it, record the dataset and the filters (see ``disclosure.tracked`` for the idioms captured). A table whose
+population cannot be verified records its filters as unknown, and the output queue reviews it.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import numpy as np
 import pandas as pd
 
 from disclosure.engine import outputs as rules_other
+from disclosure.engine import population as pop
 from disclosure.engine.policy import Policy, default_policy
 from disclosure.engine.specs import table_spec
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
+from disclosure.tracked import TrackedFrame, TrackedSeries, track
 
 # Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
 # SACRO-Viewer displays. Rules ACRO does not have keep our name.
@@ -111,6 +118,63 @@ class Session:
         self.person = person
         self.results: dict[str, Output] = {}
         self._next = 0
+        self._sources: dict[str, pd.DataFrame] = {}  # each dataset as read, to verify captured filters
+
+    # --- the data read ------------------------------------------------------------------------------
+    def use(self, frame: pd.DataFrame, dataset: str) -> TrackedFrame:
+        """Name the dataset ``frame`` holds (as read, unfiltered); tables from the returned frame, and
+        frames filtered from it, record their population."""
+        if not isinstance(dataset, str) or not dataset:
+            raise ValueError("name the dataset, e.g. session.use(df, 'admissions')")
+        if not frame.index.is_unique:
+            frame = frame.reset_index(drop=True)
+        self._sources[dataset] = frame.copy(deep=False)  # copy-on-write: later edits to frame do not reach it
+        if self.dataset is None:
+            self.dataset = dataset
+        return track(frame, dataset)
+
+    def read(self, path: str, dataset: str | None = None) -> TrackedFrame:
+        """Read an extract (a parquet file or folder of parts, CSV or Stata file) and ``use`` it. The
+        dataset's name is the extract's folder (``<dataset>/data/part-*.parquet``) or the file's stem."""
+        location = os.path.abspath(path)
+        name = dataset or _dataset_name(location)
+        if os.path.isdir(location):
+            parts = sorted(f for f in os.listdir(location) if f.endswith(".parquet"))
+            frame = pd.concat([pd.read_parquet(os.path.join(location, f)) for f in parts], ignore_index=True)
+        elif location.endswith(".parquet"):
+            frame = pd.read_parquet(location)
+        elif location.endswith(".csv"):
+            frame = pd.read_csv(location)
+        elif location.endswith(".dta"):
+            frame = pd.read_stata(location)
+        else:
+            raise ValueError("read() takes parquet, CSV or Stata (.dta) files; for others use session.use(df, name)")
+        return self.use(frame, name)
+
+    def _population(self, frame: Any, columns: dict[str, pd.Series]) -> tuple[str | None, list[dict] | None]:
+        """(dataset, filters) of a table made from ``frame`` (or its rows) with these columns; filters
+        ``None`` when they cannot be verified against the dataset as read."""
+        dataset = getattr(frame, "_tre_dataset", None) or self.dataset
+        if isinstance(frame, TrackedFrame | TrackedSeries) and getattr(frame, "_tre_dataset", None):
+            filters = getattr(frame, "_tre_filters", None)
+        else:
+            filters = []  # a plain frame: the whole dataset, if it verifies
+        source = self._sources.get(dataset) if dataset else None
+        if source is None or filters is None:
+            return dataset, None
+        try:
+            expected = source.index[pop.mask(source, filters).to_numpy()]
+        except (KeyError, TypeError, ValueError):
+            return dataset, None
+        index = frame.index
+        if len(index) != len(expected) or not index.is_unique or not index.sort_values().equals(expected.sort_values()):
+            return dataset, None
+        for name, values in columns.items():
+            if name not in source.columns:
+                return dataset, None
+            if not _same_values(source[name].loc[index], values):
+                return dataset, None  # a derived or changed column: the extract does not hold these values
+        return dataset, filters
 
     # --- mitigation switches (ACRO names) -------------------------------------------------------------
     @property
@@ -190,7 +254,13 @@ class Session:
         return table
 
     def _check(
-        self, df: pd.DataFrame, dims: list[str], value: str | None, aggfunc: str | None, n_row_dims: int
+        self,
+        df: pd.DataFrame,
+        dims: list[str],
+        value: str | None,
+        aggfunc: str | None,
+        n_row_dims: int,
+        population: tuple[str | None, list[dict] | None] = (None, None),
     ) -> TableResult:
         stat = aggfunc or "count"
         person = self.person if self.person in df.columns else None
@@ -215,8 +285,9 @@ class Session:
                 f"aggfunc {aggfunc!r} is not supported by the automated checks; "
                 "use custom_output() and ask for a review"
             )
+        dataset, filters = population
         res.verdict["spec"] = table_spec(
-            dims, stat, value=value, person=person, dataset=self.dataset, n_row_dims=n_row_dims
+            dims, stat, value=value, person=person, dataset=dataset, filters=filters, n_row_dims=n_row_dims
         )
         return res
 
@@ -253,7 +324,24 @@ class Session:
             value_name = getattr(values, "name", None) or "values"
             df[value_name] = np.asarray(values)
         funcs = _as_list(aggfunc) or [None]
-        results = [(f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames))) for f in funcs]
+        series = [s for s in rows + cols + ([values] if values is not None else []) if isinstance(s, pd.Series)]
+        population: tuple[str | None, list[dict] | None] = (self.dataset, None)
+        if series and len(series) == len(rows + cols) + (values is not None):
+            first = series[0]
+            same = all(
+                s.index.equals(first.index)
+                and getattr(s, "_tre_dataset", None) == getattr(first, "_tre_dataset", None)
+                and getattr(s, "_tre_filters", None) == getattr(first, "_tre_filters", None)
+                for s in series
+            )
+            if same:
+                named = {n: s for n, s in zip(rnames + cnames, rows + cols, strict=True)}
+                if value_name is not None:
+                    named[value_name] = values
+                population = self._population(first, named)
+        results = [
+            (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames), population)) for f in funcs
+        ]
         command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
         return self._table_output("crosstab", command, results, margins, margins_name, normalize, show_suppressed)
 
@@ -276,7 +364,9 @@ class Session:
         rows, cols = _as_list(index), _as_list(columns)
         value = _as_list(values)[0] if values is not None else None
         funcs = _as_list(aggfunc)
-        results = [(f, self._check(data, rows + cols, value, f, len(rows))) for f in funcs]
+        used = [c for c in rows + cols + ([value] if value is not None else []) if c in data.columns]
+        population = self._population(data, {c: data[c] for c in used})
+        results = [(f, self._check(data, rows + cols, value, f, len(rows), population)) for f in funcs]
         table = self._table_output(
             "pivot_table",
             f"pivot_table(values={values!r}, index={rows}, columns={cols}, aggfunc={aggfunc!r})",
@@ -564,3 +654,23 @@ def _maybe_plot(filename: str, draw: Any) -> list[str]:
     fig.savefig(filename)
     plt.close(fig)
     return [filename]
+
+
+def _dataset_name(location: str) -> str:
+    """``.../<dataset>/data/part-0.parquet`` and ``.../<dataset>/data`` name ``<dataset>``; else the stem."""
+    parts = location.rstrip(os.sep).split(os.sep)
+    if os.path.isdir(location):
+        return parts[-2] if parts[-1] == "data" and len(parts) > 1 else parts[-1]
+    if len(parts) > 2 and parts[-2] == "data":
+        return parts[-3]
+    return os.path.splitext(parts[-1])[0]
+
+
+def _same_values(original: pd.Series, values: Any) -> bool:
+    """Do the table's column values equal the dataset's, label for label (missing equal to missing)?"""
+    mine = pd.Series(np.asarray(values, dtype=object))
+    theirs = pd.Series(np.asarray(original, dtype=object))
+    if len(mine) != len(theirs):
+        return False
+    both_missing = mine.isna().to_numpy() & theirs.isna().to_numpy()
+    return bool(((mine.to_numpy() == theirs.to_numpy()) | both_missing).all())

@@ -3,29 +3,20 @@
 The output queue should not trust the researcher's process: given the spec and the project's extract it
 re-computes the table with the engine and compares. A spec is plain JSON:
 
-    {"dataset": "extract.parquet", "filters": [{"column": "age", "op": ">=", "value": 18}],
+    {"dataset": "extract.parquet", "filters": [{"column": "age", "op": ">=", "value": 18}] | null,
      "dims": ["region", "sex"], "n_row_dims": 1, "statistic": "count" | "sum" | "mean",
      "value": "cost" | null, "person": "pid" | null}
 """
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import pandas as pd
 
 from disclosure.engine.policy import Policy
+from disclosure.engine.population import mask, validate
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
-
-_OPS = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
 
 
 def table_spec(
@@ -38,13 +29,15 @@ def table_spec(
     filters: list[dict] | None = None,
     n_row_dims: int | None = None,
 ) -> dict[str, Any]:
-    """Build a spec dict (validated: unknown filter operators are rejected now, not at re-compute time)."""
-    for f in filters or []:
-        if f.get("op") not in _OPS and f.get("op") not in ("in", "notna"):
-            raise ValueError(f"unsupported filter operator {f.get('op')!r}")
+    """Build a spec dict (validated: unknown filter operators are rejected now, not at re-compute time).
+
+    ``filters=None`` records that the filters are unknown (not captured): such a spec cannot be re-computed.
+    """
+    if filters is not None:
+        validate(filters)
     return {
         "dataset": dataset,
-        "filters": list(filters or []),
+        "filters": None if filters is None else list(filters),
         "dims": list(dims),
         "n_row_dims": len(dims) - 1 if n_row_dims is None else n_row_dims,
         "statistic": statistic,
@@ -55,23 +48,17 @@ def table_spec(
 
 def apply_filters(data: pd.DataFrame, filters: list[dict]) -> pd.DataFrame:
     """Rows of ``data`` meeting every filter (the population the table describes)."""
-    mask = pd.Series(True, index=data.index)
-    for f in filters:
-        col = data[f["column"]]
-        if f["op"] == "in":
-            mask &= col.isin(f["value"])
-        elif f["op"] == "notna":
-            mask &= col.notna()
-        else:
-            mask &= _OPS[f["op"]](col, f["value"])
-    return data[mask]
+    if filters is None:
+        raise ValueError("the table's filters are unknown (not captured): it cannot be re-computed")
+    validate(filters)
+    return data[mask(data, filters)]
 
 
 def recompute(
     spec: dict[str, Any], data: pd.DataFrame, *, policy: Policy | None = None, mitigation: str = "suppress"
 ) -> TableResult:
     """Re-compute and re-check a table from its spec and the extract it names."""
-    rows = apply_filters(data, spec.get("filters", []))
+    rows = apply_filters(data, spec.get("filters", []))  # None (unknown) raises ValueError
     if spec["statistic"] == "count":
         return check_frequency_table(
             rows,

@@ -66,10 +66,31 @@ def test_unsupported_aggfunc_is_refused_not_silently_passed(charity_data):
 
 def test_table_spec_recomputes_the_same_table(charity_data):
     acro = ACRO(suppress=True)
-    shown = acro.crosstab(charity_data.year, charity_data.grant_type)
+    data = acro.use(charity_data, "charity")
+    shown = acro.crosstab(data.year, data.grant_type)
     spec = acro.results["output_0"].spec
+    assert spec["dataset"] == "charity" and spec["filters"] == []
     again = recompute(spec, charity_data)
     pd.testing.assert_frame_equal(again.table(), shown, check_names=False)
+
+
+def test_acro_notebook_without_a_named_dataset_records_an_unknown_population(charity_data):
+    acro = ACRO(suppress=True)
+    acro.crosstab(charity_data.year, charity_data.grant_type)
+    spec = acro.results["output_0"].spec
+    assert spec["dataset"] is None and spec["filters"] is None
+    with pytest.raises(ValueError, match="unknown"):
+        recompute(spec, charity_data)
+
+
+def test_acro_filtered_frame_of_the_test_data_is_captured(charity_data):
+    acro = ACRO(suppress=True)
+    data = acro.use(charity_data, "charity")
+    recent = data[data.year >= 2013]
+    shown = acro.crosstab(recent.year, recent.grant_type)
+    spec = acro.results["output_0"].spec
+    assert spec["filters"] == [{"column": "year", "op": ">=", "value": 2013}]
+    pd.testing.assert_frame_equal(recompute(spec, charity_data).table(), shown, check_names=False)
 
 
 def test_regression_with_few_residual_dof_fails():
