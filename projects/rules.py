@@ -9,6 +9,7 @@ function of facts the gate gathers from the database.
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -270,11 +271,33 @@ def check_vote(choice: str, rationale: str) -> None:
         raise RuleViolation("Give the reasons for your vote")
 
 
+def counted_votes(votes: Iterable[Any], conflicted: Iterable[str], *, decider_id: str) -> list[Any]:
+    """The votes that count towards the quorum: not from a reviewer with a declared conflict of
+    interest, and not from the person deciding. A chair who is also an assigned reviewer may vote
+    (the vote is on the record and shown to the committee), but a decision needs the quorum from
+    *other* reviewers, so no one decides on the strength of their own vote."""
+    excluded = set(conflicted) | {decider_id}
+    return [v for v in votes if v.reviewer_id not in excluded]
+
+
 def check_quorum(votes_cast: int, quorum: int) -> None:
     if votes_cast < quorum:
         raise RuleViolation(
             f"The committee has not reached its quorum: {votes_cast} of {quorum} votes from reviewers "
-            "without a conflict of interest"
+            "without a conflict of interest, not counting the chair deciding"
+        )
+
+
+# Characters that break a line or hide text in a one-line field (a mail subject, a page title):
+# C0/C1 controls (CR, LF, TAB...), format characters (right-to-left overrides, zero-width
+# characters) and the Unicode line and paragraph separators.
+_NOT_ON_ONE_LINE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def check_single_line(label: str, value: str) -> None:
+    if any(unicodedata.category(ch) in _NOT_ON_ONE_LINE for ch in value):
+        raise RuleViolation(
+            f"The {label} must be one line of plain text: remove line breaks, tabs and control characters"
         )
 
 

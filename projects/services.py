@@ -67,8 +67,10 @@ from projects.rules import (
     check_optout_exemption,
     check_quorum,
     check_requested_columns,
+    check_single_line,
     check_transition,
     check_vote,
+    counted_votes,
     missing_for_submission,
 )
 from tre.core.audit import DENIED, AuditLog
@@ -113,6 +115,8 @@ APPLICATION_FIELDS: tuple[str, ...] = (
     "end_date",
 )
 _TEXT_LIMITS = {"title": 300, "ethics_reference": 200, "funder": 200}
+# Shown on one line, in mail subjects among other places: no line breaks or control characters.
+_SINGLE_LINE_FIELDS = frozenset(_TEXT_LIMITS)
 _LONG_TEXT_LIMIT = 20_000
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -183,28 +187,40 @@ class Projects:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Session]:
+        """One service call's transaction. A permission refusal, and a rule's refusal after the
+        permission check passed (e.g. a vote on an active project), rolls it back and is then
+        audited on its own, so every refusal leaves one event (the message is the reason given)."""
+        self._attempt: tuple[str, str | None, str | None] | None = None
         try:
             with transaction(self.session) as s:
                 yield s
         except _Denied as denied:
-            with transaction(self.session) as s:
-                self.audit.record(
-                    s,
-                    denied.action,
-                    actor_id=denied.actor_id,
-                    outcome=DENIED,
-                    target_type="project" if denied.project_id else None,
-                    target_id=denied.project_id,
-                    project_id=denied.project_id,
-                    request_id=self.request_id,
-                    detail={"reason": "not permitted"},
-                )
+            self._record_refusal(denied.action, denied.actor_id, denied.project_id, "not permitted")
             raise ProjectPermissionDenied("You do not have permission to do that") from None
+        except RuleViolation as refusal:
+            if self._attempt is not None and not isinstance(refusal, ProjectPermissionDenied):
+                self._record_refusal(*self._attempt, str(refusal)[:500])
+            raise
 
-    @staticmethod
-    def _allow(ok: bool, action: str, actor: Any, project: Project | None = None) -> None:
+    def _record_refusal(self, action: str, actor_id: str | None, project_id: str | None, reason: str) -> None:
+        with transaction(self.session) as s:
+            self.audit.record(
+                s,
+                action,
+                actor_id=actor_id,
+                outcome=DENIED,
+                target_type="project" if project_id else None,
+                target_id=project_id,
+                project_id=project_id,
+                request_id=self.request_id,
+                detail={"reason": reason},
+            )
+
+    def _allow(self, ok: bool, action: str, actor: Any, project: Project | None = None) -> None:
+        actor_id, project_id = getattr(actor, "id", None), project.id if project else None
         if not ok:
-            raise _Denied(action, getattr(actor, "id", None), project.id if project else None)
+            raise _Denied(action, actor_id, project_id)
+        self._attempt = (action, actor_id, project_id)  # a rule refusing from here on is audited as this
 
     def _record(self, s: Session, action: str, actor: Any, project: Project | None, **detail: Any) -> None:
         self.audit.record(
@@ -270,6 +286,7 @@ class Projects:
             raise ProjectError("Give the dataset a short name of lower-case letters, digits and underscores")
         if not (title or "").strip():
             raise ProjectError("Give the dataset a title")
+        check_single_line("dataset title", title.strip())
         if source_kind not in SOURCE_KINDS:
             raise ProjectError("The source must be a Parquet file, a CSV file or a database table")
         if not (source_location or "").strip():
@@ -349,6 +366,7 @@ class Projects:
         title = (title or "").strip()
         if not title or len(title) > 300:
             raise ProjectError("Enter a project title (300 characters at most)")
+        check_single_line("project title", title)
         with self._tx() as s:
             self._allow(perm.can_apply(actor), "project.create", actor)
             project = Project(title=title, pi_id=actor.id, state=DRAFT)
@@ -374,6 +392,8 @@ class Projects:
                 raise ProjectError("Enter a project title")
             if len(value) > _TEXT_LIMITS.get(key, _LONG_TEXT_LIMIT):
                 raise ProjectError(f"The {key.replace('_', ' ')} is too long")
+            if key in _SINGLE_LINE_FIELDS:
+                check_single_line(key.replace("_", " "), value)
             fields[key] = value
         with self._tx() as s:
             project = self._project(s, project_id, lock=True)
@@ -697,7 +717,7 @@ class Projects:
             if project.state != IN_REVIEW or version is None:
                 raise ProjectError("Only an application in review can be decided")
             conflicted = {a.reviewer_id for a in self.assignments(version) if a.conflicted}
-            counted = [v for v in self._votes(version) if v.reviewer_id not in conflicted]
+            counted = counted_votes(self._votes(version), conflicted, decider_id=actor.id)
             check_quorum(len(counted), self.policy.quorum)
             decision = Decision(
                 project_id=project.id,
@@ -920,6 +940,7 @@ class Projects:
         title, body = (title or "").strip(), (body or "").strip()
         if not title or not body:
             raise ProjectError("The agreement needs a title and a text")
+        check_single_line("agreement title", title)
         with self._tx() as s:
             self._allow(perm.can_publish_agreement(actor), "agreement.publish", actor)
             latest = current_agreement(s)

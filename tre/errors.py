@@ -62,8 +62,14 @@ def handle_http_exception(error: HTTPException) -> Response | tuple[str, int]:
     if status >= 500:
         detail = None
     else:
-        # Validation errors from the API layer carry structured messages; keep them.
-        detail = error.description if isinstance(error.description, str) else None
+        # Validation errors from the API layer carry structured messages; keep them. A refusal
+        # raised with flask-smorest's abort(message=...) keeps its own words too (tre.api.refuse).
+        data = getattr(error, "data", None)
+        message = data.get("message") if isinstance(data, dict) else None
+        if isinstance(message, str):
+            detail = message
+        else:
+            detail = error.description if isinstance(error.description, str) else None
     if wants_problem_json():
         extra: dict[str, Any] = {}
         data = getattr(error, "data", None)

@@ -180,16 +180,79 @@ def test_decision_before_quorum_is_refused(w: World) -> None:
     assert w.session.get(Project, p.id).state == "in_review"
 
 
-def test_chair_may_join_the_panel_to_reach_quorum(w: World) -> None:
+def test_chairs_own_vote_does_not_count_towards_the_quorum_of_their_decision(w: World) -> None:
     p = in_review(w)
     w.svc.declare_conflict(w.drew, p.id, "Conflict")
     w.svc.cast_vote(w.dana, p.id, "approve", "Good")
     w.svc.assign_reviewers(w.chair, p.id, [w.chair.id])
     w.svc.cast_vote(w.chair, p.id, "approve_with_conditions", "Round outputs")
 
+    with pytest.raises(RuleViolation, match="quorum: 1 of 2"):
+        w.svc.decide(w.chair, p.id, "approved")
+
+    assert w.session.get(Project, p.id).state == "in_review"
+    [refusal] = _events(w, "project.decide")
+    assert refusal.outcome == "denied" and refusal.actor_id == w.chair.id and "quorum" in refusal.detail["reason"]
+
+
+def test_chairs_vote_is_kept_and_another_reviewer_completes_the_quorum(w: World) -> None:
+    p = in_review(w)
+    w.svc.assign_reviewers(w.chair, p.id, [w.chair.id])
+    w.svc.cast_vote(w.chair, p.id, "approve", "Fine")
+    w.svc.cast_vote(w.dana, p.id, "approve", "Good")
+    w.svc.cast_vote(w.drew, p.id, "approve", "Good")
+
     decision = w.svc.decide(w.chair, p.id, "approved")
 
     assert decision.outcome == "approved"
+    assert _events(w, "project.approve")[0].detail["votes"] == 2
+
+
+@pytest.mark.parametrize("who", ["reviewer", "chair"])
+def test_vote_or_decision_on_an_active_project_is_refused_and_audited(w: World, who: str) -> None:
+    from tests.projects.factories import ready_for_access
+
+    p = ready_for_access(w)
+    assert w.session.get(Project, p.id).state == "active"
+    action = "project.vote" if who == "reviewer" else "project.decide"
+    before = len(_events(w, action))
+
+    with pytest.raises(RuleViolation):
+        if who == "reviewer":
+            w.svc.cast_vote(w.dana, p.id, "reject", "Changed my mind")
+        else:
+            w.svc.decide(w.chair, p.id, "rejected", public_comment="No")
+
+    refusals = _events(w, action)[before:]
+    assert [(e.outcome, e.project_id) for e in refusals] == [("denied", p.id)]
+    assert w.session.get(Project, p.id).state == "active"
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["Heart failure\r\nBcc: everyone@example.org", "Line\nbreak", "Tab\there", "Bell\x07", "Evil\u202etxt.exe",
+     "Para\u2029graph", "Zero\u200bwidth"],
+    ids=["crlf-header", "lf", "tab", "control", "rtl-override", "paragraph-separator", "zero-width"],
+)
+def test_project_title_with_line_breaks_or_control_characters_is_refused(w: World, title: str) -> None:
+    with pytest.raises(RuleViolation, match="one line"):
+        w.svc.create_project(w.pi, title)
+    p = w.svc.create_project(w.pi, "A fine title")
+    for field in ("title", "funder", "ethics_reference"):
+        with pytest.raises(RuleViolation, match="one line"):
+            w.svc.update_application(w.pi, p.id, **{field: title})
+
+    assert w.session.get(Project, p.id).title == "A fine title"
+
+
+def test_dataset_and_agreement_titles_are_one_line(w: World) -> None:
+    with pytest.raises(RuleViolation, match="one line"):
+        w.svc.publish_agreement(w.admin, "Agreement\r\nX-Header: 1", "Text")
+    with pytest.raises(RuleViolation, match="one line"):
+        w.svc.register_dataset(
+            w.custodian, name="other", title="Other\ndata", description="d", source_kind="parquet",
+            source_location="/data/o.parquet", sensitivity="low", columns=[],
+        )
 
 
 def test_approval_with_fewer_columns_stores_the_approved_list(w: World) -> None:

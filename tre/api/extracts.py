@@ -12,6 +12,7 @@ from pseudonymisation.optout_lists import OptOutError, OptOutLists, UploadRefuse
 from pseudonymisation.services import ExtractServiceError
 from pseudonymisation.tasks import extracts_service
 from tre.access import requires
+from tre.api import refuse
 from tre.core.jobs import Job
 from tre.core.permissions import Permission
 
@@ -76,7 +77,7 @@ def build(project_id: str) -> dict[str, Any]:
     try:
         return _describe(_service().request(g.user, project_id))
     except ExtractServiceError as exc:
-        abort(409, message=str(exc))
+        refuse(exc, 409)
 
 
 @blp.route("/projects/<string:project_id>/extracts/latest")
@@ -101,7 +102,7 @@ def request_reidentification(body: dict[str, Any]) -> Any:
     try:
         return _service().request_reidentification(g.user, body["project_id"], body["tokens"], body["purpose"])
     except ExtractServiceError as exc:
-        abort(422, message=str(exc))
+        refuse(exc, 422)
 
 
 @blp.route("/reidentifications/<string:request_id>/decision", methods=["POST"])
@@ -114,7 +115,7 @@ def decide_reidentification(body: dict[str, Any], request_id: str) -> Any:
     try:
         return _service().decide_reidentification(g.user, request_id, body["decision"], body["rationale"])
     except ExtractServiceError as exc:
-        abort(422, message=str(exc))
+        refuse(exc, 422)
 
 
 @blp.route("/reidentifications/<string:request_id>/identifiers", methods=["POST"])
@@ -126,7 +127,7 @@ def fulfil_reidentification(request_id: str) -> Any:
     try:
         return _service().fulfil_reidentification(g.user, request_id)
     except ExtractServiceError as exc:
-        abort(422, message=str(exc))
+        refuse(exc, 422)
 
 
 # --- opt-out lists ----------------------------------------------------------------------------------

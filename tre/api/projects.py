@@ -3,7 +3,7 @@ decisions, lifecycle, agreements, training, the catalogue and the access gate.""
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 import marshmallow as ma
 from flask import g
@@ -15,13 +15,11 @@ from projects.models import Project
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
     APPLICATION_FIELDS,
-    IncompleteApplication,
-    NotFound,
-    ProjectPermissionDenied,
     Projects,
     approved_columns,
 )
 from tre.access import login_required, requires
+from tre.api import refuse
 from tre.authn import platform
 from tre.core.permissions import Permission
 
@@ -38,21 +36,11 @@ def _svc() -> Projects:
     )
 
 
-def _refuse(exc: Exception) -> NoReturn:
-    if isinstance(exc, NotFound):
-        abort(404, message=str(exc))
-    if isinstance(exc, ProjectPermissionDenied):
-        abort(403, message=str(exc))
-    if isinstance(exc, IncompleteApplication):
-        abort(422, message=str(exc), messages={"missing": exc.problems})
-    abort(422, message=str(exc))
-
-
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except RuleViolation as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 # --- schemas --------------------------------------------------------------------------------------

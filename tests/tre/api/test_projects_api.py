@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.projects.factories import TODAY, World, build_world, publish_agreement
+from tests.projects.factories import TODAY, World, build_world, make_user, publish_agreement
 from tre.authn import API_AUDIENCE
 
 
@@ -80,6 +80,13 @@ def test_whole_journey_over_the_api_opens_the_gate(w: World) -> None:
         chair.post(f"/projects/{pid}/votes", {"choice": "approve", "rationale": "Agreed"}).status_code == 201
     )
     assert drew.get(f"/projects/{pid}/votes").status_code == 403
+    # The chair's own vote does not count towards the quorum of the chair's decision; the
+    # service's own refusal reaches the client.
+    refused = chair.post(f"/projects/{pid}/decision", {"outcome": "approved", "conditions": "Round"})
+    assert refused.status_code == 422 and "quorum: 1 of 2" in refused.get_json()["detail"]
+    erin = make_user(w.app, "erin.dac", ["dac_member"])
+    w.svc.assign_reviewers(w.chair, pid, [erin.id])
+    w.svc.cast_vote(erin, pid, "approve", "Sound")
     decided = chair.post(
         f"/projects/{pid}/decision",
         {
