@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pseudonymisation.reidentification_rules import STATES
 from tre.core.db import Base, new_id, utcnow
 
 EXTRACT_STATES = ("queued", "running", "succeeded", "failed")
-REID_STATES = ("pending", "approved", "rejected", "fulfilled")
+REID_STATES = STATES  # pseudonymisation/reidentification_rules.py
 
 
 class WrappedKey(Base):

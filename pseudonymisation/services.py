@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from projects.models import Dataset, Project
 from projects.rules import ACTIVE
 from projects.services import approved_columns
+from pseudonymisation import reidentification_rules as reid
 from pseudonymisation import tokens
 from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
 from pseudonymisation.models import (
@@ -44,7 +45,7 @@ BUILD_JOB = "extracts.build"
 PARTITION_JOB = "extracts.partition"
 MERGE_JOB = "extracts.merge"
 LINKAGE = "linkage"
-REQUIRED_APPROVALS = 2
+REQUIRED_APPROVALS = reid.REQUIRED_APPROVALS
 MAX_REID_TOKENS = 100
 
 
@@ -377,26 +378,41 @@ class Extracts:
 
     # --- governed re-identification -------------------------------------------------------------------
 
+    def _refuse_reidentification(
+        self, action: str, actor: User, project_id: str | None, request_id: str | None, reason: str
+    ) -> NoReturn:
+        """Every refusal is one audit event, written on its own after the attempt rolled back."""
+        self.session.rollback()
+        with transaction(self.session) as s:
+            self.audit.record(s, action, actor_id=actor.id, outcome=DENIED, target_type="reidentification",
+                              target_id=request_id, project_id=project_id, request_id=self.request_id,
+                              detail={"reason": reason})
+        raise ExtractServiceError(reason)
+
     def request_reidentification(
         self, actor: User, project_id: str, token_list: list[str], purpose: str
     ) -> ReidentificationRequest:
+        action = "reidentify.request"
         if not has_permission(actor, Permission.REIDENTIFY_REQUEST):
-            self._deny(actor, project_id, "re-identification not permitted")
-            raise ExtractServiceError("You do not have permission to request re-identification")
+            self._refuse_reidentification(action, actor, None, None,
+                                          "You do not have permission to request re-identification")
         purpose = (purpose or "").strip()
         if len(purpose) < 20:
             raise ExtractServiceError("Describe the approved purpose (at least 20 characters)")
         cleaned = sorted({t.strip() for t in token_list if t and t.strip()})
         if not cleaned or len(cleaned) > MAX_REID_TOKENS:
             raise ExtractServiceError(f"Name between 1 and {MAX_REID_TOKENS} tokens")
-        if self.session.get(Project, project_id) is None:
-            raise ExtractServiceError("No such project")
         with transaction(self.session) as s:
+            project = s.get(Project, project_id)
+            try:
+                reid.check_project_active(project.state if project else None)
+            except reid.ReidentificationRefused as refused:
+                self._refuse_reidentification(action, actor, project.id if project else None, None, str(refused))
             req = ReidentificationRequest(project_id=project_id, requested_by=actor.id, purpose=purpose,
-                                          tokens=cleaned)
+                                          tokens=cleaned, state=reid.PENDING)
             s.add(req)
             s.flush()
-            self.audit.record(s, "reidentify.request", actor_id=actor.id, target_type="reidentification",
+            self.audit.record(s, action, actor_id=actor.id, target_type="reidentification",
                               target_id=req.id, project_id=project_id, request_id=self.request_id,
                               detail={"tokens": len(cleaned)})
         return req
@@ -404,55 +420,73 @@ class Extracts:
     def decide_reidentification(
         self, actor: User, request_id: str, decision: str, rationale: str
     ) -> ReidentificationRequest:
+        action = "reidentify.decide"
         if not has_permission(actor, Permission.REIDENTIFY_APPROVE):
-            raise ExtractServiceError("You do not have permission to approve re-identification")
+            self._refuse_reidentification(action, actor, None, None,
+                                          "You do not have permission to approve re-identification")
         if decision not in ("approve", "reject"):
             raise ExtractServiceError("Choose approve or reject")
         if len((rationale or "").strip()) < 5:
             raise ExtractServiceError("Give a rationale")
         with transaction(self.session) as s:
-            req = s.get(ReidentificationRequest, request_id)
+            req = s.get(ReidentificationRequest, request_id, with_for_update=True)
             if req is None:
-                raise ExtractServiceError("No such request")
-            if req.requested_by == actor.id:
-                self.audit.record(s, "reidentify.decide", actor_id=actor.id, outcome=DENIED, target_id=req.id,
-                                  project_id=req.project_id, detail={"reason": "requester cannot approve"})
-                s.commit()
-                raise ExtractServiceError("The person who asked cannot approve their own request")
-            if req.state != "pending":
-                raise ExtractServiceError("This request has already been decided")
-            if s.scalar(select(ReidentificationApproval).where(
-                ReidentificationApproval.request_id == req.id, ReidentificationApproval.approver_id == actor.id
-            )) is not None:
-                raise ExtractServiceError("You have already decided on this request")
+                self._refuse_reidentification(action, actor, None, None, "No such request")
+            project = s.get(Project, req.project_id)
+            try:
+                if req.requested_by == actor.id:
+                    raise reid.ReidentificationRefused("The person who asked cannot approve their own request")
+                if req.state != reid.PENDING:
+                    raise reid.ReidentificationRefused("This request has already been decided")
+                reid.check_project_active(project.state if project else None)
+                if s.scalar(select(ReidentificationApproval).where(
+                    ReidentificationApproval.request_id == req.id, ReidentificationApproval.approver_id == actor.id
+                )) is not None:
+                    raise reid.ReidentificationRefused("You have already decided on this request")
+            except reid.ReidentificationRefused as refused:
+                self._refuse_reidentification(action, actor, req.project_id, req.id, str(refused))
             s.add(ReidentificationApproval(request_id=req.id, approver_id=actor.id, decision=decision,
                                            rationale=rationale.strip()))
             s.flush()
             decisions = [a.decision for a in s.scalars(
                 select(ReidentificationApproval).where(ReidentificationApproval.request_id == req.id))]
-            if "reject" in decisions:
-                req.state = "rejected"
-            elif decisions.count("approve") >= REQUIRED_APPROVALS:
-                req.state = "approved"
-            self.audit.record(s, "reidentify.decide", actor_id=actor.id, target_type="reidentification",
+            target = reid.state_after_decisions(decisions)
+            if target != req.state:
+                reid.check_transition(req.state, target)
+                req.state = target
+            self.audit.record(s, action, actor_id=actor.id, target_type="reidentification",
                               target_id=req.id, project_id=req.project_id, request_id=self.request_id,
                               detail={"decision": decision, "state": req.state})
         return req
 
     def fulfil_reidentification(self, actor: User, request_id: str) -> list[dict[str, Any]]:
-        """Give the approved identifiers to the requester, once. The only way a token is reversed."""
+        """Give the approved identifiers to the requester, once. The only way a token is reversed.
+
+        The request's row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions
+        begin IMMEDIATE) before its state is read, so of two fulfilments at once only one finds it
+        approved; the other waits, then finds it fulfilled and is refused.
+        """
+        action = "reidentify.fulfil"
         with transaction(self.session) as s:
-            req = s.get(ReidentificationRequest, request_id)
+            req = s.get(ReidentificationRequest, request_id, with_for_update=True)
             if req is None or req.requested_by != actor.id:
-                raise ExtractServiceError("No such request of yours")
-            if req.state != "approved":
-                raise ExtractServiceError("This request is not approved by two people (or was already fulfilled)")
+                self._refuse_reidentification(action, actor, None, None, "No such request of yours")
+            project = s.get(Project, req.project_id)
+            try:
+                if req.state != reid.APPROVED:
+                    raise reid.ReidentificationRefused(
+                        "This request is not approved by two people (or was already fulfilled)"
+                    )
+                reid.check_project_active(project.state if project else None)
+                reid.check_transition(req.state, reid.FULFILLED)
+            except reid.ReidentificationRefused as refused:
+                self._refuse_reidentification(action, actor, req.project_id, req.id, str(refused))
             linkage = _key(s, self.keys, LINKAGE, create=False)
             project_key = _key(s, self.keys, _project_key_name(req.project_id), create=False)
             found = tokens.reidentify(list(req.tokens), project_key, linkage)
-            req.state = "fulfilled"
+            req.state = reid.FULFILLED
             req.fulfilled_at = utcnow()
-            self.audit.record(s, "reidentify.fulfil", actor_id=actor.id, target_type="reidentification",
+            self.audit.record(s, action, actor_id=actor.id, target_type="reidentification",
                               target_id=req.id, project_id=req.project_id, request_id=self.request_id,
                               detail={"tokens": len(req.tokens)})
         return [{"token": r.token, "nhs_number": r.nhs_number, "check_digit_valid": r.check_digit_valid}
