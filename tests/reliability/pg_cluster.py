@@ -58,6 +58,11 @@ class Cluster:
         """Stop at once, as a crash would: no checkpoint, every connection cut, recovery on the next start."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
+    def running(self) -> bool:
+        done = subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "status"],
+                              capture_output=True, timeout=60)
+        return done.returncode == 0
+
     def stop(self) -> None:
         subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"],
                        capture_output=True, timeout=60)

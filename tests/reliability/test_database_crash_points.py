@@ -80,9 +80,8 @@ class Crash:
         self.sessions = app.extensions["tre.db"].session_factory
         self.fired = False
         self.comes_back_at_once = False  # a fast restart: up again before the caller's next statement
-        self.comes_back_after: float | None = None  # or restarted this many seconds later, meanwhile
-        self._restarter: threading.Thread | None = None
         self._listeners: list[tuple[Any, str, Any]] = []
+        self._answered: Any = None
 
     def _fire(self) -> None:
         if not self.fired:
@@ -90,20 +89,30 @@ class Crash:
             self.cluster.crash()
             if self.comes_back_at_once:
                 self.cluster.start()
-            elif self.comes_back_after is not None:
-                delay = self.comes_back_after
-                self._restarter = threading.Thread(target=lambda: (time.sleep(delay), self.cluster.start()))
-                self._restarter.start()
 
     def _listen(self, target: Any, name: str, fn: Any) -> None:
         event.listen(target, name, fn)
         self._listeners.append((target, name, fn))
 
+    def comes_back_after_the_answer(self, app: Any) -> None:
+        """Start the cluster again once the app has made its 503 answer to the request the crash cut
+        short, before that answer leaves: the client's retry, however soon, finds the database up,
+        and the request itself never saw it back (not a restart after a guessed delay)."""
+        from flask import request_finished
+
+        def answered(_sender: Any, response: Any, **_extra: Any) -> None:
+            if self.fired and response.status_code == 503 and not self.cluster.running():
+                self.cluster.start()
+
+        request_finished.connect(answered, app)
+        self._answered = (app, answered)
+
     def disarm(self) -> None:
-        if self._restarter is not None:
-            self._restarter.join(timeout=120)
-            self._restarter = None
-        self.comes_back_after = None
+        if self._answered is not None:
+            from flask import request_finished
+
+            request_finished.disconnect(self._answered[1], self._answered[0])
+            self._answered = None
         for target, name, fn in self._listeners:
             event.remove(target, name, fn)
         self._listeners.clear()
@@ -350,7 +359,7 @@ def test_the_workspace_client_whose_answer_was_lost_after_commit_tries_again_and
     with rig.db.session_factory() as s:
         before = set(s.scalars(select(OutputRequest.id)))
     crash.after_commit_of(inserting("output_requests"))
-    crash.comes_back_after = 1.0  # the first answer is a 503; the client waits Retry-After and tries again
+    crash.comes_back_after_the_answer(rig.app)  # the first answer is a 503; the client tries again
     try:
         answer = submit([table], "Admissions by region", "None needed: all cells 25 or more", title="Admissions",
                         api=f"http://127.0.0.1:{server.server_port}", token=rig.bearer)
