@@ -119,6 +119,8 @@ class TreKubeSpawner(TreSpawnerMixin, KubeSpawner):
 
 
 TMP_VOLUME = "tre-tmp"
+# Bandit B108: the pod's own emptyDir, never the node's /tmp
+TMP_MOUNT = "/tmp"  # noqa: S108  # nosec B108
 
 
 def harden_pod(pod: Any) -> Any:
@@ -167,8 +169,8 @@ def harden_pod(pod: Any) -> Any:
             "capabilities": {"drop": ["ALL"]},
         }
         mounts = container.volume_mounts or []
-        if not any(m.mount_path == "/tmp" for m in mounts):  # noqa: S108 - the pod's own emptyDir
-            container.volume_mounts = [*mounts, V1VolumeMount(name=TMP_VOLUME, mount_path="/tmp")]  # noqa: S108  # nosec B108
+        if not any(m.mount_path == TMP_MOUNT for m in mounts):
+            container.volume_mounts = [*mounts, V1VolumeMount(name=TMP_VOLUME, mount_path=TMP_MOUNT)]
     return pod
 
 
