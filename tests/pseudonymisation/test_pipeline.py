@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -159,39 +158,36 @@ def test_a_half_written_part_is_redone(source, tmp_path, keys):
 
 KILLABLE = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[4])
+    sys.path.insert(0, sys.argv[3])
     from conftest import event_schema, ALL_COLUMNS
     from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
-    marker = Path(sys.argv[3])
-    def slow(progress):
+    def hold(progress):
         if progress.chunks_done == 3:
-            marker.write_text("3")
-            time.sleep(60)
+            print("chunk 3 done", flush=True)  # tell the test, then hold here until it kills us
+            sys.stdin.read()
     keys = ExtractKeys(bytes(range(32)), bytes(range(100, 132)), "project-42/v1")
     options = ExtractOptions(Path(sys.argv[1]), event_schema(), ALL_COLUMNS, Path(sys.argv[2]), keys, chunk_rows=700)
-    run_extract(options, progress=slow)
+    run_extract(options, progress=hold)
     """
 )
 
 
 def test_an_extract_killed_with_sigkill_resumes_and_is_identical(source, tmp_path, keys):
-    marker = tmp_path / "marker"
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(source), str(out), str(marker), str(Path(__file__).parent)],
-        cwd=REPO,
+        [sys.executable, "-c", KILLABLE, str(source), str(out), str(Path(__file__).parent)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the extract process ended early"
-            assert time.monotonic() < deadline, "the extract process never reached chunk 3"
-            time.sleep(0.05)
+        # The child holds after chunk 3 while its stdin stays open: killed there, not after a guess.
+        assert proc.stdout.readline() == "chunk 3 done\n", "the extract process never reached chunk 3"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait(timeout=30)
+        proc.stdin.close()  # a child not killed (the test failed) goes on and ends
+        proc.wait(timeout=60)
+        proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists()
 
