@@ -115,6 +115,9 @@ def _aggregate(output_id: str, table: Any, statistic: str, population: dict[str,
     if statistic not in ("count", "sum"):
         return None
     n_row, n_col = len(table.row_dims), len(table.col_dims)
+    one_way = table.values.shape[1] == 1 and table.row_margin is None
+    if one_way:
+        n_col = 0  # one column of numbers: its header names the statistic, not a dimension
 
     def parts(label: Any, n: int) -> tuple:
         values = label if isinstance(label, tuple) else (label,)
@@ -141,7 +144,7 @@ def _aggregate(output_id: str, table: Any, statistic: str, population: dict[str,
                 cells[(None,) * n_row + parts(col_label, n_col)] = float(value)
     if table.grand_total is not None and not pd.isna(table.grand_total):
         cells[(None,) * (n_row + n_col)] = float(table.grand_total)
-    dims = tuple(table.row_dims + table.col_dims)
+    dims = tuple(table.row_dims + ([] if one_way else table.col_dims))
     return ReleasedAggregate(output_id, population, dims, statistic, cells, suppressed).to_dict()
 
 

@@ -248,7 +248,12 @@ def _joint_audit(
     threshold: int,
     max_cells: int,
 ) -> list[dict[str, Any]] | None:
-    """Findings of the exact audit, or ``None`` when it does not apply (the caller then compares totals)."""
+    """Findings of the exact audit, or ``None`` when it does not apply (the caller then compares totals).
+
+    The groups examined are every joint cell, every suppressed cell of either table, every released cell
+    of one table less a released cell of the other that it contains (a total less a sub-total), and the
+    smallest released cells of one table that cover a released cell of the other, less that cell.
+    """
     _, only_a, only_b = pop.split_terms(fa, fb)
     if not (pop.only_listed(only_a) and pop.only_listed(only_b)):
         return None
@@ -269,17 +274,15 @@ def _joint_audit(
     if n > max_cells:
         return None
     grid = np.array(list(np.ndindex(*[len(x) for x in axes])), dtype=np.int64).reshape(n, len(dims))
-    rows: list[np.ndarray] = []
-    values_: list[float] = []
+    cells = [dict(zip(dims, (axes[k][i] for k, i in enumerate(row)), strict=True)) for row in grid]
     zero = np.zeros(n, dtype=bool)
-    origin: list[str] = []
-    suppressed_support = np.zeros(n, dtype=bool)
+    released: dict[str, tuple[list[np.ndarray], list[float]]] = {}
+    suppressed: list[np.ndarray] = []
     for name, agg, extra, labels in (("a", a, only_a, la), ("b", b, only_b, lb)):
-        cells = [dict(zip(dims, (axes[k][i] for k, i in enumerate(row)), strict=True)) for row in grid]
-        in_pop = np.array([pop.all_hold(extra, c) for c in cells], dtype=object)
-        if any(v is None for v in in_pop):
+        holds = [pop.all_hold(extra, c) for c in cells]
+        if any(v is None for v in holds):
             return None
-        in_pop = in_pop.astype(bool)
+        in_pop = np.array(holds, dtype=bool)
         # Position of each joint cell among the table's own labels (-1: a label the table does not show).
         coords = np.full((n, len(agg.dims)), -1, dtype=np.int64)
         for t, d in enumerate(agg.dims):
@@ -288,41 +291,48 @@ def _joint_audit(
             coords[:, t] = lookup[grid[:, k]]
         shown = (coords >= 0).all(axis=1)
         zero |= in_pop & ~shown  # the table lists every value of its dimensions in its population
-        for cell_labels, value in agg.cells.items():
-            rows.append(_support(in_pop & shown, coords, agg.dims, labels, cell_labels))
-            values_.append(float(value))
-            origin.append(name)
-        for cell_labels in agg.suppressed:
-            suppressed_support |= _support(in_pop & shown, coords, agg.dims, labels, cell_labels)
+        usable = in_pop & shown
+        released[name] = (
+            [_support(usable, coords, agg.dims, labels, k) for k in agg.cells],
+            [float(v) for v in agg.cells.values()],
+        )
+        suppressed += [_support(usable, coords, agg.dims, labels, k) for k in agg.suppressed]
     free = ~zero
     if not free.any():
         return []
-    m = np.array(rows, dtype=float)[:, free] if rows else np.zeros((0, int(free.sum())))
-    rhs = np.array(values_, dtype=float)
-    determined, solution, consistent = _determined(m, rhs)
+    rows_a = np.array(released["a"][0], dtype=float).reshape(-1, n)[:, free]
+    rows_b = np.array(released["b"][0], dtype=float).reshape(-1, n)[:, free]
+    m = np.vstack([rows_a, rows_b])
+    rhs = np.array(released["a"][1] + released["b"][1], dtype=float)
+    null, solution, consistent = _null_space(m, rhs)
     if not consistent:
         return None  # the releases contradict their recorded populations: compare totals instead
-    stat_sum = a.statistic == "sum"
-    idx_free = np.flatnonzero(free)
-    suspects = []
-    for j in np.flatnonzero(determined):
-        v = float(solution[j])
-        small = 0.5 <= v < threshold - _TOL if not stat_sum else abs(v) > _TOL and suppressed_support[idx_free[j]]
-        if small:
-            suspects.append(j)
-    if not suspects:
+    groups = _groups(rows_a, rows_b, [g[free] for g in suppressed])
+    if not len(groups):
         return []
-    origin_arr = np.array(origin)
-    alone_a, _, _ = _determined(m[origin_arr == "a"], rhs[origin_arr == "a"])
-    alone_b, _, _ = _determined(m[origin_arr == "b"], rhs[origin_arr == "b"])
+    known = _fixed(groups, null)
+    values = groups @ solution
+    if a.statistic == "sum":
+        sup_keys = {g.tobytes() for g in (s_[free].astype(float) for s_ in suppressed)}
+        hit = known & np.array([g.tobytes() in sup_keys for g in groups]) & (np.abs(values) > _TOL)
+    else:
+        hit = known & (values >= 0.5) & (values < threshold - _TOL)
+    if not hit.any():
+        return []
+    null_a, _, _ = _null_space(rows_a, np.array(released["a"][1]))
+    null_b, _, _ = _null_space(rows_b, np.array(released["b"][1]))
+    alone = _fixed(groups, null_a) | _fixed(groups, null_b)
     rel = relation(a.population, b.population)
+    idx_free = np.flatnonzero(free)
     findings = []
-    for j in suspects:
-        if alone_a[j] or alone_b[j]:
-            continue  # each table's own check covers what it shows alone
-        row = grid[idx_free[j]]
-        cell = {d: _show(axes[k][row[k]], axes[k]) for k, d in enumerate(dims)}
-        v = round(float(solution[j]), 6)
+    for g in np.flatnonzero(hit & ~alone):
+        members = grid[idx_free[groups[g] > 0.5]]
+        cell = {
+            d: _show(axes[k][members[0][k]], axes[k])
+            for k, d in enumerate(dims)
+            if (members[:, k] == members[0][k]).all()
+        }
+        v = round(float(values[g]), 6)
         findings.append(
             {
                 "kind": "differencing",
@@ -330,17 +340,56 @@ def _joint_audit(
                 "earlier": a.output_id,
                 "outputs": [a.output_id, b.output_id],
                 "cell": cell,
+                "joint_cells": int(len(members)),
                 "revealed": v,
                 "difference": v,
                 "relation": rel,
                 "reason": f"together with earlier release {a.output_id} ({rel}) this table determines a group "
                 f"of {v:g} (< {threshold}) that neither shows: {cell}"
-                if not stat_sum
+                if a.statistic != "sum"
                 else f"together with earlier release {a.output_id} ({rel}) this table determines the "
                 f"suppressed total {v:g} of {cell}",
             }
         )
     return findings
+
+
+def _groups(rows_a: np.ndarray, rows_b: np.ndarray, suppressed: list[np.ndarray]) -> np.ndarray:
+    """Candidate groups (0/1 rows over the free joint cells), without repeats or empty ones."""
+    n = rows_a.shape[1]
+    parts = [np.eye(n)]
+    if suppressed:
+        parts.append(np.array(suppressed, dtype=float))
+    for big, small in ((rows_a, rows_b), (rows_b, rows_a)):
+        if not len(big) or not len(small):
+            continue
+        inside = (small @ big.T) == small.sum(axis=1, keepdims=True)  # small[j] within big[i]
+        js, is_ = np.nonzero(inside)
+        for start in range(0, len(js), 5000):
+            j, i = js[start : start + 5000], is_[start : start + 5000]
+            parts.append(big[i] - small[j])
+        # A cell of one table less the smallest cells of the other that cover it (e.g. a region's total
+        # over all but one category against that region's cells by sex).
+        sizes = big.sum(axis=1)
+        within = (big @ big.T) == sizes[None, :]  # within[i, j]: row j lies within row i
+        strictly = within & (sizes[:, None] > sizes[None, :])
+        minimal = big[~strictly.any(axis=1)]
+        touching = (small @ minimal.T) > 0
+        for j in range(len(small)):
+            union = (minimal[touching[j]].sum(axis=0) > 0).astype(float)
+            if (union >= small[j]).all() and union.sum() > small[j].sum():
+                parts.append((union - small[j])[None, :])
+    stacked = np.vstack(parts)
+    stacked = stacked[stacked.sum(axis=1) > 0]
+    _, first = np.unique(stacked, axis=0, return_index=True)
+    return stacked[np.sort(first)]
+
+
+def _fixed(groups: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Which groups' totals the system fixes: those orthogonal to its null space."""
+    if null.shape[0] == 0:
+        return np.ones(len(groups), dtype=bool)
+    return np.abs(groups @ null.T).max(axis=1) < 1e-6
 
 
 def _support(
@@ -354,18 +403,16 @@ def _support(
     return hit
 
 
-def _determined(m: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Which unknowns the linear system ``m x = rhs`` fixes, a solution, and whether it is consistent."""
+def _null_space(m: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A basis of the null space of ``m`` (rows), a solution of ``m x = rhs``, and whether it is consistent."""
     n = m.shape[1]
     if m.shape[0] == 0:
-        return np.zeros(n, dtype=bool), np.zeros(n), True
+        return np.eye(n), np.zeros(n), True
     _, s, vt = np.linalg.svd(m, full_matrices=True)
     rank = int((s > _TOL * max(1.0, s[0] if len(s) else 1.0)).sum())
-    null = vt[rank:]
-    determined = np.ones(n, dtype=bool) if null.shape[0] == 0 else np.abs(null).max(axis=0) < 1e-6
     solution, *_ = np.linalg.lstsq(m, rhs, rcond=None)
     consistent = bool(np.abs(m @ solution - rhs).max() <= 1e-6 * (1.0 + np.abs(rhs).max()))
-    return determined, solution, consistent
+    return vt[rank:], solution, consistent
 
 
 def _show(label: Any, axis: list) -> Any:

@@ -277,3 +277,44 @@ def test_generated_disjoint_pairs_are_never_flagged(first, second, op):
     a = _agg("a", ["region", "sex"], dict(zip(regions, first, strict=True)), filters=[term("x")], margins=True)
     b = _agg("b", ["region", "sex"], dict(zip(regions, second, strict=True)), filters=[term("y")], margins=True)
     assert differencing_audit(ReleaseLedger("p", [a]), b) == []
+
+
+def test_total_of_a_table_by_another_variable_reveals_a_suppressed_cell():
+    # The later table splits the sub-population by a variable the earlier one does not show (region):
+    # its total, less the earlier table's released cells, still gives the suppressed cell (a group of
+    # joint cells, not one).
+    counts = _three_way(("mixed", "F", "65+"))
+    earlier = _agg("release-1", ["eth", "sex", "age"], counts, suppressed=[("mixed", "F", "65+")])
+    total = sum(v for k, v in counts.items() if k[1:] == ("F", "65+"))
+    north = total // 2
+    later = _agg(
+        "release-2",
+        ["region"],
+        {("north",): north, ("south",): total - north},
+        filters=[{"column": "sex", "op": "==", "value": "F"}, {"column": "age", "op": "==", "value": "65+"}],
+        margins=True,
+    )
+
+    findings = differencing_audit(ReleaseLedger("p1", [earlier]), later)
+
+    assert [(f["cell"], f["revealed"], f["earlier"]) for f in findings] == [
+        ({"eth": "mixed", "sex": "F", "age": "65+"}, 9, "release-1")
+    ]
+
+
+def test_all_but_one_category_split_by_another_dimension_is_flagged():
+    rng = np.random.default_rng(5)
+    counts = {(r, s, e): int(rng.integers(40, 200)) for r in ["n", "s"] for s in SEX for e in ETH}
+    counts[("n", "F", "other")], counts[("n", "M", "other")] = 2, 1
+    by_region_sex: dict = {}
+    without: dict = {}
+    for (r, s, e), v in counts.items():
+        by_region_sex[(r, s)] = by_region_sex.get((r, s), 0) + v
+        if e != "other":
+            without[(r,)] = without.get((r,), 0) + v
+    earlier = _agg("full", ["region", "sex"], by_region_sex)
+    later = _agg("no-other", ["region"], without, filters=[{"column": "eth", "op": "notin", "value": ["other"]}])
+
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+
+    assert {(f["cell"]["region"], f["revealed"]) for f in findings} == {("n", 3)}
