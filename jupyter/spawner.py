@@ -24,6 +24,7 @@ from jupyter import fs_sandbox, sandbox
 from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused, expected_server_name
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost"}
+PROJECT_URL_VAR = "TRE_PROJECT_URL"
 STATE_KEY = "tre"
 
 
@@ -97,6 +98,9 @@ class TreSpawnerMixin(HasTraits):
             return {}
         env = dict(grant.env)
         env.setdefault("TRE_PROJECT_ID", grant.project_id)
+        env.setdefault("TRE_PROJECT_NAME", grant.project_id)
+        # For the person's browser (JupyterLab's link back), never rewritten to the workspace's gateway.
+        env[PROJECT_URL_VAR] = f"{self.control_plane.url.rstrip('/')}/projects/{grant.project_id}"
         env["TRE_EXTRACT_DIR"] = grant.extract_path
         env["TRE_OUTPUTS_DIR"] = grant.outputs_path
         return env
@@ -331,7 +335,10 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             for port in self._allowed_ports():
                 for host in LOOPBACK_HOSTS:
                     before, after = f"//{host}:{port}", f"//{self.egress.host_ip}:{port}"
-                    env = {key: value.replace(before, after) for key, value in env.items()}
+                    env = {
+                        key: value if key == PROJECT_URL_VAR else value.replace(before, after)
+                        for key, value in env.items()
+                    }
         return env
 
     def get_state(self) -> dict[str, Any]:

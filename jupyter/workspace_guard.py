@@ -179,4 +179,12 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             (rf"{base}/tre/output-requests", OutputRequestHandler),
         ],
     )
+    # JupyterLab's top bar names the project and links back to its page (jupyter/labextension).
+    page_config = serverapp.web_app.settings.setdefault("page_config_data", {})
+    name = os.environ.get("TRE_PROJECT_NAME") or os.environ.get("TRE_PROJECT_ID", "")
+    if name:
+        page_config["treProjectName"] = name
+    url = os.environ.get("TRE_PROJECT_URL", "")
+    if url.startswith(("https://", "http://")):
+        page_config["treProjectUrl"] = url
     serverapp.log.info("TRE workspace guard: browser downloads are switched off; outputs go to checking")

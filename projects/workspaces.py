@@ -201,6 +201,8 @@ class Workspaces:
             "unix_group": project_group_name(project.id),
             "env": {
                 "TRE_PROJECT_ID": project.id,
+                # Shown in JupyterLab's top bar as the link back to the project page.
+                "TRE_PROJECT_NAME": project.title,
                 "TRE_OUTPUT_TOKEN": output_token,
                 "TRE_OUTPUT_API": self.output_api_url,
             },

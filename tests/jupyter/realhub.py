@@ -65,7 +65,7 @@ class Hub:
             **kwargs,
         )
 
-    def grant(self, who: str) -> str:
+    def grant(self, who: str, **extra_env: str) -> str:
         """Make an extract for this person's project and let the gate allow it; return the username."""
         username, project = f"u-{self.tag}{who}", self.project(who)
         extract = self.base / "extracts" / project
@@ -81,6 +81,7 @@ class Hub:
                 "TRE_PROJECT_ID": project,
                 "TRE_OUTPUT_TOKEN": self.fake.output_token,
                 "TRE_OUTPUT_API": self.fake.url,
+                **extra_env,
             },
         )
         return username

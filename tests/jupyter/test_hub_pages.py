@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -44,3 +46,22 @@ def test_a_refused_start_leaves_no_named_server_behind(hub: Hub):
     hub.wait_removed(username, project.lower())
     model = hub.api("GET", f"/users/{username}", params={"include_stopped_servers": "1"}).json()
     assert set(model["servers"]) <= {""}  # the default server every hub user has, never started
+
+
+def test_jupyterlab_names_the_project_and_links_back_to_its_page(hub: Hub):
+    username = hub.grant("n", TRE_PROJECT_NAME="Heart failure & frailty <2024>")
+    server = hub.project("n").lower()
+    with requests.Session() as session:
+        response = hub.login(session, username, hub.project("n"))
+        session.get(hub.url + response.headers["Location"], timeout=60)
+        hub.wait_ready(username, server)
+        lab = session.get(f"{hub.url}/user/{username}/{server}/lab", timeout=60)
+    hub.api("DELETE", f"/users/{username}/servers/{server}")
+
+    config_text = lab.text.split('id="jupyter-config-data" type="application/json">', 1)[1].split("</script>", 1)[0]
+    config = json.loads(config_text)
+    assert config["treProjectName"] == "Heart failure & frailty <2024>"
+    assert config["treProjectUrl"] == f"{hub.fake.url}/projects/{hub.project('n')}"  # the browser's address
+    built = RUNTIME / "share" / "jupyter" / "labextensions" / "tre-output-submit" / "static"
+    assert any("tre-output-submit:project" in path.read_text() for path in built.glob("*.js"))
+    hub.wait_stopped(username, server)

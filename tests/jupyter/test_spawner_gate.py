@@ -45,6 +45,8 @@ def test_allowed_start_takes_the_gate_answer(fake_cp, service_token_file):
         **GRANT["env"],
         "TRE_EXTRACT_DIR": "/srv/extracts/proj1",
         "TRE_OUTPUTS_DIR": "/srv/outputs/u-1-proj1",
+        "TRE_PROJECT_NAME": "PROJ1",  # the gate's name for it when it sends one
+        "TRE_PROJECT_URL": f"{fake_cp.url}/projects/PROJ1",
     }
 
 

@@ -10,7 +10,7 @@
 
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Dialog, ICommandPalette, showDialog, showErrorMessage } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IMainMenu } from '@jupyterlab/mainmenu';
@@ -242,4 +242,48 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+/**
+ * The project's name in JupyterLab's top bar, as a link back to its page in the TRE. The workspace's
+ * Jupyter server puts both in the page config (jupyter/workspace_guard.py, from the hub's
+ * TRE_PROJECT_NAME and TRE_PROJECT_URL).
+ */
+const projectPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'tre-output-submit:project',
+  description: "Shows the workspace's project and links back to its page in the TRE.",
+  autoStart: true,
+  activate: (app: JupyterFrontEnd) => {
+    const name = PageConfig.getOption('treProjectName');
+    const url = PageConfig.getOption('treProjectUrl');
+    if (!name) {
+      return;
+    }
+    const node = document.createElement('div');
+    node.className = 'tre-Project';
+    node.style.display = 'flex';
+    node.style.alignItems = 'center';
+    node.style.padding = '0 12px';
+    node.style.fontSize = 'var(--jp-ui-font-size1)';
+    const label = document.createElement('span');
+    label.textContent = 'Project: ';
+    node.appendChild(label);
+    if (/^https?:\/\//.test(url)) {
+      const link = document.createElement('a');
+      link.href = url;
+      link.target = '_blank';
+      link.rel = 'noopener noreferrer';
+      link.title = 'Back to the project page in the TRE';
+      link.textContent = name;
+      link.style.textDecoration = 'underline';
+      node.appendChild(link);
+    } else {
+      const text = document.createElement('strong');
+      text.textContent = name;
+      node.appendChild(text);
+    }
+    const widget = new Widget({ node });
+    widget.id = 'tre-project';
+    app.shell.add(widget, 'top', { rank: 1000 });
+  }
+};
+
+export default [plugin, projectPlugin];

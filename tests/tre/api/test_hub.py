@@ -77,6 +77,7 @@ def test_spawn_is_authorised_with_paths_account_and_a_project_scoped_output_toke
         answer["env"]["TRE_OUTPUT_TOKEN"], audience="tre-api", purpose="output-submit"
     )
     assert claims.subject == world.member.id and claims.project_id == project.id
+    assert answer["env"]["TRE_PROJECT_NAME"] == project.title  # JupyterLab names the project
 
 
 def test_spawn_for_someone_outside_the_project_is_refused_with_the_reason(
