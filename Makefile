@@ -3,20 +3,31 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Every Python package `make run` and CI install, pinned with its hashes; `make lock` rewrites it.
+LOCK   := requirements.lock
 ASSETS := tre/web/static/nhsuk/nhsuk-frontend.min.css
 export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
 
 WORKSPACE_RUNTIME ?= /opt/tre-workspace
 
-.PHONY: setup run test test-e2e lint static browser workspace-runtime acro softhsm clean
+.PHONY: lock setup run test test-e2e lint static browser workspace-runtime acro softhsm clean
 
 setup: $(STAMP) $(ASSETS)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After changing pyproject.toml's dependencies: pin them again (the lock's own versions where they
+# still fit; `make lock LOCK_ARGS=--upgrade` takes the newest), then `make setup`.
+# tests/infra/test_runtime_dependencies.py fails while a declared dependency is missing from the lock.
+lock:
+	@test -x $(BIN)/uv || $(MAKE) $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 --quiet \
+	  --custom-compile-command "make lock" -o $(LOCK) $(LOCK_ARGS)
 
 $(ASSETS): package.json package-lock.json infra/local/build_assets.py
 	npm ci --no-audit --no-fund --loglevel=error
