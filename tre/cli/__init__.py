@@ -10,7 +10,7 @@ import os
 import click
 
 from tre.cli.audit import audit_cli
-from tre.cli.backup import backup, restore
+from tre.cli.backup import backup, backups_cli, restore
 from tre.cli.common import command_app
 from tre.cli.db import db_cli
 from tre.cli.extracts import extract_cli
@@ -36,8 +36,8 @@ def main(ctx: click.Context) -> None:
 
 
 for _command in (
-    db_cli, init, doctor, backup, restore, audit_cli, extract_cli, optout_cli, keys_cli, users_cli, jobs_cli,
-    worker, beat_command, run,
+    db_cli, init, doctor, backup, backups_cli, restore, audit_cli, extract_cli, optout_cli, keys_cli, users_cli,
+    jobs_cli, worker, beat_command, run,
 ):
     main.add_command(_command)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
 
 from tre.cli.audit import audit_verify
-from tre.cli.common import load_settings
+from tre.cli.common import command_app, load_settings
 from tre.core import migrate
 
 
@@ -108,3 +109,65 @@ def restore(archive: Path) -> None:
     )
     ctx = click.get_current_context()
     ctx.invoke(audit_verify)
+
+
+@click.group("backups")
+def backups_cli() -> None:
+    """Scheduled, encrypted backups beside the stored files (TRE_BACKUP_EVERY_HOURS, TRE_BACKUP_KEEP)."""
+
+
+@backups_cli.command("now")
+def backups_now() -> None:
+    """Take a scheduled-style backup now: sealed, stored beside the files, old ones pruned."""
+    from tre.core.backup import BackupError
+    from tre.core.backup_schedule import take_backup
+    from tre.core.db import Base
+
+    app = command_app()
+    p = app.extensions["tre.platform"]
+    try:
+        result = take_backup(p.db.engine, Base.metadata, p.settings, p.keys, p.files)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backup {result.name} stored in {result.where}: {result.rows} rows, {result.files} files, "
+               f"{result.size:,} bytes sealed" + (f"; removed {len(result.removed)} older" if result.removed else ""))
+
+
+@backups_cli.command("list")
+def backups_list() -> None:
+    """The stored backups, oldest first, with their age."""
+    import datetime as dt
+
+    from tre.core.backup_schedule import vault_for
+
+    vault = vault_for(load_settings())
+    backups = vault.list()
+    if not backups:
+        click.echo(f"no stored backup in {vault.describe()}")
+    now = dt.datetime.now(dt.UTC)
+    for b in backups:
+        hours = (now - b.taken_at).total_seconds() / 3600
+        click.echo(f"{b.name}\t{b.size:,} bytes\t{hours:.1f} h old")
+
+
+@backups_cli.command("drill")
+@click.option("--name", default=None, help="The stored backup to drill (default: the newest).")
+def backups_drill(name: str | None) -> None:
+    """Restore the newest stored backup into a scratch instance and verify it; exit 1 if it fails."""
+    from tre.core.backup import BackupError
+    from tre.core.backup_schedule import drill
+    from tre.core.db import Base
+
+    app = command_app()
+    p = app.extensions["tre.platform"]
+    try:
+        report = drill(p.settings, p.keys, Base.metadata, name=name)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"drill of {report.name}: {report.tables} tables, {report.rows} rows restored, "
+               f"{report.audit_events} audit events verified in {report.seconds:.1f} s")
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if not report.ok:
+        sys.exit(1)
+    click.echo("drill passed")

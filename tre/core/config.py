@@ -89,6 +89,9 @@ class Settings:
     mail_from: str = "tre@localhost"
     # Output checking: independent reviews every output request needs (never fewer than 1).
     output_reviews_required: int = 2
+    # Scheduled backups (tre/core/backup_schedule.py): hours between them, 0 = off; how many to keep.
+    backup_every_hours: int = 0
+    backup_keep: int = 7
     # Single sign-on with an OpenID Connect provider (docs/sso.md). Off unless issuer, client id
     # and client secret are all set. The discovery URL defaults to the issuer's well-known one.
     oidc_issuer: str = ""
@@ -139,6 +142,8 @@ class Settings:
             raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
             raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
+        if not 0 <= self.backup_every_hours <= 24 * 31 or self.backup_keep < 1:
+            raise ConfigError("TRE_BACKUP_EVERY_HOURS must be between 0 (off) and 744, TRE_BACKUP_KEEP at least 1")
         oidc = {"TRE_OIDC_ISSUER": self.oidc_issuer, "TRE_OIDC_CLIENT_ID": self.oidc_client_id,
                 "TRE_OIDC_CLIENT_SECRET": self.oidc_client_secret}
         if any(oidc.values()) and not all(oidc.values()):

@@ -30,6 +30,7 @@ def _check(name: str, fn: Callable[[], str]) -> Finding:
 
 
 def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
+    from tre.core.backup_schedule import last_backup_age
     findings: list[Finding] = []
     production = settings.environment == "production"
 
@@ -151,6 +152,7 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
         ("file store", file_store),
         ("web security", web_security),
         ("single sign-on", single_sign_on),
+        ("backups", lambda: last_backup_age(settings)),
     ):
         findings.append(_check(name, fn))
     return findings

@@ -94,6 +94,10 @@ def make_celery(app: Flask) -> Celery:
         run_job_task.apply_async(args=[job_id], queue=queue)
 
     jobs.set_dispatcher(dispatch)
+    from tre.core.backup_schedule import schedule as schedule_backups
+
+    if schedule_backups(settings):  # off unless TRE_BACKUP_EVERY_HOURS is set
+        log.info("scheduled backups every %d h, keeping %d", settings.backup_every_hours, settings.backup_keep)
     return celery
 
 
