@@ -161,11 +161,21 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
 def private_files_open_to_others(settings: Settings) -> list[tuple[Path, int]]:
     """The service's own files and folders that the group or other accounts may use: everything in
     the instance folder (its database, broker, keys, file store, hub state) but the extracts and the
-    workspaces' folders, which are shared on purpose; plus the extracts' staging copies, a database or
-    broker file and the HSM PIN file kept elsewhere."""
+    workspaces' folders, which are shared on purpose; extracts that accounts outside their project's
+    group may use; the extracts' staging copies, and a database, broker or HSM PIN file kept
+    elsewhere."""
     instance = settings.instance_path
     shared = [p for p in (settings.extracts_path, settings.workspaces_path) if p is not None]
     found = open_to_others(instance, skip=shared)
+    if settings.extracts_path is not None:
+        # Shared with a project's group, never with everyone: only the extracts' root may be
+        # entered (not listed) by others, so a workspace account can pass through it.
+        extracts = settings.extracts_path
+        found += [
+            (path, mode)
+            for path, mode in open_to_others(extracts, skip=[extracts / ".staging"], bits=0o007)
+            if path != extracts or mode & 0o006
+        ]
     elsewhere = [p / ".staging" for p in shared[:1]]
     for url in (settings.database_url, settings.broker_url):
         if url.split(":", 1)[0] in ("sqlite", "sqla+sqlite") and ":///" in url:

@@ -24,10 +24,12 @@ SERVICE_UMASK = 0o077
 GROUP_OR_OTHERS = 0o077
 
 
-def restrict_umask() -> None:
+def restrict_umask() -> int:
     """Make every file and folder this process (and each child it starts) creates private to its
-    account. Called first thing by the ``tre`` command and by ``create_app`` (gunicorn, Celery)."""
-    os.umask(SERVICE_UMASK)
+    account; return the mask it replaced. Called first thing by the ``tre`` command (so also by
+    everything ``tre run`` starts: gunicorn, the worker, JupyterHub) and by the ``tre.wsgi`` and
+    ``tre.worker`` entry points that a process manager may start on their own."""
+    return os.umask(SERVICE_UMASK)
 
 
 def ensure_private_folder(path: Path, what: str = "folder") -> Path:
@@ -90,16 +92,17 @@ def _walk(top: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def open_to_others(top: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, int]]:
-    """Every file or folder at or under ``top`` (not below a ``skip`` folder) that its group or
-    other accounts may read, write or enter, with its mode. Links are not followed."""
+def open_to_others(top: Path, skip: Iterable[Path] = (), bits: int = GROUP_OR_OTHERS) -> list[tuple[Path, int]]:
+    """Every file or folder at or under ``top`` (not below a ``skip`` folder) whose mode has any of
+    ``bits`` (by default: the group or other accounts may read, write or enter it), with its mode.
+    Links are not followed."""
     skipped = {Path(p) for p in skip}
     found: list[tuple[Path, int]] = []
     if not top.exists():
         return found
     if top.is_file():
         mode = stat.S_IMODE(top.lstat().st_mode)
-        return [(top, mode)] if mode & GROUP_OR_OTHERS else []
+        return [(top, mode)] if mode & bits else []
     for root, dirs, names in os.walk(top):
         here = Path(root)
         dirs[:] = [d for d in dirs if here / d not in skipped]
@@ -108,6 +111,6 @@ def open_to_others(top: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, int
             if stat.S_ISLNK(info.st_mode):
                 continue
             mode = stat.S_IMODE(info.st_mode)
-            if mode & GROUP_OR_OTHERS:
+            if mode & bits:
                 found.append((path, mode))
     return found

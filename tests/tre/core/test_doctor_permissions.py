@@ -140,3 +140,20 @@ def test_only_the_first_paths_are_listed_with_a_count_of_the_rest(deployment: Se
 
     assert message.startswith("14 of the service's files")
     assert "and 4 more" in message
+
+
+def test_an_extract_readable_by_everyone_is_an_offence(deployment: Settings) -> None:
+    extract = deployment.extracts_path / "PROJ-A" / "patients"
+    extract.mkdir(parents=True)
+    deployment.extracts_path.chmod(0o711)  # others may pass through the root, as workspaces must
+    for folder in (extract.parent, extract):
+        folder.chmod(0o750)
+    part = extract / "part-000000.parquet"
+    part.touch()
+    part.chmod(0o644)
+    assert _failures(deployment)["private files"].startswith("1 of the service's files")
+    assert f"{part} (mode 644)" in _failures(deployment)["private files"]
+
+    part.chmod(0o640)
+
+    assert _failures(deployment) == {}
