@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +309,145 @@ def test_file_that_contradicts_its_specification_goes_to_review() -> None:
     outcome = _content(b"year,grant_type,G\n2010,A,4\n", SPEC)
     assert outcome["status"] == "review"
     assert any("with confidence" in r for r in outcome["verdict"]["reasons"])
+
+
+# --- differencing through the queue (submit -> check job -> verdict), both database backends ------------
+ETHNICITIES = ("asian", "black", "mixed", "white", "other")
+
+
+def census_csv() -> bytes:
+    """A 3-way table (ethnicity x sex x age group) as a session writes it: one cell (mixed, F, 65+) = 9
+    suppressed, so left blank; no margins."""
+    rng = np.random.default_rng(17)
+    lines = ["eth,sex,0-17,18-64,65+"]
+    for eth in ETHNICITIES:
+        for sex in ("F", "M"):
+            cells = [str(int(v)) for v in rng.integers(60, 300, 3)]
+            if (eth, sex) == ("mixed", "F"):
+                cells[2] = ""
+            lines.append(",".join([eth, sex, *cells]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def census_slice_total() -> int:
+    """The (F, 65+) slice's total, with the suppressed cell's true 9."""
+    frame = pd.read_csv(io.BytesIO(census_csv()), index_col=[0, 1])
+    return int(frame.xs("F", level="sex")["65+"].sum()) + 9
+
+
+CENSUS = {
+    "dataset": "census",
+    "filters": [],
+    "dims": ["eth", "sex", "age"],
+    "n_row_dims": 2,
+    "statistic": "count",
+    "value": None,
+    "person": None,
+}
+
+
+def submit_table(world: World, name: str, content: bytes, spec: dict[str, Any]) -> OutputCheck:
+    req, _ = world.svc.create_request(world.author, world.project.id, f"Table {name}")
+    world.svc.set_group(world.author, req.id, "tables", "Counts for the paper", "Suppression")
+    world.svc.add_file(world.author, req.id, name, content, group="tables", table_spec=spec)
+    world.svc.submit(world.author, req.id)
+    run_queued_jobs(world.app)
+    world.session.expire_all()
+    return world.session.scalars(select(OutputCheck).where(OutputCheck.request_id == req.id)).one()
+
+
+def released_file_id(world: World, req: Any) -> str:
+    return world.refresh(req).current_files[0].id
+
+
+def test_queue_fails_a_filtered_total_that_reveals_a_suppressed_cell_of_an_earlier_release(world: World) -> None:
+    # The issue's case, as files: the 3-way table released with (mixed, F, 65+) suppressed; then a table of
+    # the sub-population with sex and age group fixed, by region, with its total.
+    earlier = world.released(content=census_csv(), spec=CENSUS, name="census.csv")
+    total = census_slice_total()
+    later = f"region,count\nnorth,{total // 2}\nsouth,{total - total // 2}\nAll,{total}\n".encode()
+    spec = {
+        **CENSUS,
+        "dims": ["region"],
+        "n_row_dims": 0,
+        "filters": [{"column": "sex", "op": "==", "value": "F"}, {"column": "age", "op": "==", "value": "65+"}],
+    }
+
+    check = submit_table(world, "women-65.csv", later, spec)
+
+    assert check.status == "fail"
+    finding = check.differencing[0]
+    assert finding["earlier"] == released_file_id(world, earlier)
+    assert finding["cell"] == {"eth": "mixed", "sex": "F", "age": "65+"}
+    assert finding["revealed"] == 9
+    assert any("differencing" in r for r in check.verdict["reasons"])
+
+
+def test_queue_fails_linked_totals_that_reveal_a_suppressed_cell(world: World) -> None:
+    two_way = b"region,F,M\nnorth,120,\nsouth,90,110\n"
+    spec2 = {**CENSUS, "dims": ["region", "sex"], "n_row_dims": 1}
+    earlier = world.released(content=two_way, spec=spec2, name="two-way.csv")
+
+    check = submit_table(world, "one-way.csv", b"region,count\nnorth,124\nsouth,200\n", {**spec2, "dims": ["region"]})
+
+    assert check.status == "fail"
+    assert [(f["cell"], f["revealed"]) for f in check.differencing] == [({"region": "north", "sex": "M"}, 4)]
+    assert check.differencing[0]["earlier"] == released_file_id(world, earlier)
+
+
+def cohort() -> pd.DataFrame:
+    rng = np.random.default_rng(23)
+    rows = []
+    for region, n in (("north", 400), ("south", 380), ("east", 420)):
+        for i in range(n):
+            rows.append({"region": region, "sex": "FM"[i % 2], "eth": ETHNICITIES[rng.integers(0, 4)]})
+    rows += [{"region": "south", "sex": "F", "eth": "other"} for _ in range(3)]
+    return pd.DataFrame(rows)
+
+
+def write_cohort(world: World) -> None:
+    folder = Path(platform(world.app).settings.instance_path) / "extracts" / world.project.id / "cohort" / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    cohort().to_parquet(folder / "part-00000.parquet")
+
+
+COHORT = {
+    "dataset": "cohort",
+    "filters": [],
+    "dims": ["region", "sex"],
+    "n_row_dims": 1,
+    "statistic": "count",
+    "value": None,
+    "person": None,
+}
+
+
+def cohort_csv(spec: dict[str, Any]) -> bytes:
+    return recompute(spec, cohort(), policy=default_policy()).table(released=True).to_csv().encode()
+
+
+def test_queue_fails_all_but_one_category_recomputed_from_the_extract(world: World) -> None:
+    # The mirror: region x sex over everyone, then over everyone but the "other" ethnicity (3 people).
+    write_cohort(world)
+    earlier = world.released(content=cohort_csv(COHORT), spec=COHORT, name="all.csv")
+    but_other = {**COHORT, "filters": [{"column": "eth", "op": "!=", "value": "other"}]}
+
+    check = submit_table(world, "but-other.csv", cohort_csv(but_other), but_other)
+
+    assert check.recompute["status"] == "done" and check.recompute["matches"] is True
+    assert check.status == "fail"
+    assert {(f["cell"]["region"], f["cell"]["sex"], f["revealed"]) for f in check.differencing} == {("south", "F", 3)}
+    assert {f["earlier"] for f in check.differencing} == {released_file_id(world, earlier)}
+
+
+def test_queue_raises_no_false_alarm_for_disjoint_populations(world: World) -> None:
+    write_cohort(world)
+    women = {**COHORT, "dims": ["region", "eth"], "filters": [{"column": "sex", "op": "==", "value": "F"}]}
+    world.released(content=cohort_csv(women), spec=women, name="women.csv")
+    men = {**women, "filters": [{"column": "sex", "op": "==", "value": "M"}]}
+
+    check = submit_table(world, "men.csv", cohort_csv(men), men)
+
+    assert check.recompute["matches"] is True
+    assert check.differencing == []
+    assert not any("differencing" in r for r in check.verdict["reasons"])
