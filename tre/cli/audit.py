@@ -15,20 +15,49 @@ def audit_cli() -> None:
 
 
 @audit_cli.command("verify")
-def audit_verify() -> None:
-    """Check every link of the audit chain; report the first broken one and exit non-zero."""
-    from tre.core.audit import iter_events
+@click.option(
+    "--expect",
+    metavar="SEQ:HASH",
+    help="A head printed by an earlier verify and kept elsewhere (an external anchor): the event SEQ "
+    "must still be in the chain with this hash.",
+)
+def audit_verify(expect: str | None = None) -> None:
+    """Check every link of the audit chain and the chain against its signed checkpoint (so events
+    cut off its end are found); report the first problem and exit non-zero."""
+    from sqlalchemy import select
 
+    from tre.core.audit import AuditEvent, iter_events
+
+    anchor = _parse_anchor(expect) if expect else None
     app = command_app()
     platform = app.extensions["tre.platform"]
     with platform.db.session_factory() as s:
         report = platform.audit.verify(iter_events(s))
-    if report.ok:
-        click.echo(f"audit chain intact: {report.checked} events verified")
-        return
-    click.echo(
-        f"AUDIT CHAIN BROKEN at event {report.first_broken_seq}: {report.problem} "
-        f"({report.checked} events before it verified)",
-        err=True,
-    )
-    sys.exit(1)
+    if not report.ok:
+        where = f"at event {report.first_broken_seq}" if report.first_broken_seq else "(checkpoint)"
+        click.echo(
+            f"AUDIT CHAIN BROKEN {where}: {report.problem} ({report.checked} events before it verified)", err=True
+        )
+        sys.exit(1)
+    if anchor is not None:
+        seq, expected_hash = anchor
+        with platform.db.session_factory() as s:
+            found = s.scalar(select(AuditEvent.chain_hash).where(AuditEvent.seq == seq))
+        if found != expected_hash:
+            problem = "is missing" if found is None else "has another hash"
+            click.echo(f"AUDIT CHAIN BROKEN at event {seq}: the anchored event {problem}", err=True)
+            sys.exit(1)
+    click.echo(f"audit chain intact: {report.checked} events verified")
+    if report.checkpoint is not None:
+        click.echo(f"checkpoint of {report.checkpoint.at}: {report.checkpoint.count} events, matched")
+    else:
+        click.echo("no checkpoint yet: events cut off the end could not be checked")
+    if report.head is not None:
+        click.echo(f"head (keep it elsewhere, check later with --expect): {report.checked}:{report.head}")
+
+
+def _parse_anchor(text: str) -> tuple[int, str]:
+    seq, _, chain_hash = text.partition(":")
+    if not seq.isdigit() or len(chain_hash) != 64:
+        raise click.BadParameter("give SEQ:HASH as printed by `tre audit verify`", param_hint="--expect")
+    return int(seq), chain_hash.lower()
