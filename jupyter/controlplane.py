@@ -26,6 +26,8 @@ DEFAULT_CONTROL_PLANE_URL = "http://127.0.0.1:5000"
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 SERVER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+# Only the TRE's own project groups: a gate answer naming 'sudo' or 'disk' must not reach usermod.
+UNIX_GROUP_RE = re.compile(r"^tre-p-[a-z0-9-]{1,26}$")
 # The gate may only add the project's own variables: never PATH, LD_PRELOAD or the hub's tokens.
 ENV_NAME_RE = re.compile(r"^TRE_[A-Z0-9_]{1,60}$")
 
@@ -79,6 +81,8 @@ class SpawnGrant:
     outputs_path: str
     unix_user: str
     env: dict[str, str] = field(default_factory=dict)
+    # The group that may read the extract, as the control plane named it (empty: the hub derives it).
+    unix_group: str = ""
 
 
 class ControlPlane(LoggingConfigurable):
@@ -174,6 +178,7 @@ class ControlPlane(LoggingConfigurable):
                 outputs_path=_text(body, "outputs_path"),
                 unix_user=_text(body, "unix_user"),
                 env=_project_env(body.get("env")),
+                unix_group=body.get("unix_group") or "",
             )
         except ValueError as exc:
             raise ControlPlaneUnavailable(f"malformed gate answer: {exc}") from None
@@ -182,6 +187,8 @@ class ControlPlane(LoggingConfigurable):
                 raise ControlPlaneUnavailable("the gate answer holds a path that is not absolute and normal")
         if not UNIX_USER_RE.match(grant.unix_user):
             raise ControlPlaneUnavailable("the gate answer names an invalid unix account")
+        if grant.unix_group and (not isinstance(grant.unix_group, str) or not UNIX_GROUP_RE.match(grant.unix_group)):
+            raise ControlPlaneUnavailable("the gate answer names a unix group that is not a TRE project group")
         return grant
 
 

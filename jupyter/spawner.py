@@ -28,6 +28,11 @@ PROJECT_URL_VAR = "TRE_PROJECT_URL"
 STATE_KEY = "tre"
 
 
+def project_group(grant: SpawnGrant) -> str:
+    """The unix group that reads the project's extract: the control plane's name for it when it sends one."""
+    return grant.unix_group or sandbox.project_group_name(grant.project_id)
+
+
 class TreSpawnerMixin(HasTraits):
     """The gate, the project binding and the refusals shared by the local and Kubernetes spawners.
 
@@ -195,7 +200,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
                 "open them. Please tell the TRE administrators.",
                 status_code=503,
             )
-        group = sandbox.project_group_name(grant.project_id)
+        group = project_group(grant)
         layout = fs_sandbox.SandboxLayout(
             runtime=self.runtime_prefix,
             home=self.account.home,
@@ -253,7 +258,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             os.chdir(self.account.home)
 
     async def _prepare_as_root(self, grant: SpawnGrant) -> None:
-        group = sandbox.project_group_name(grant.project_id)
+        group = project_group(grant)
         self.account = await sandbox.ensure_account(grant.unix_user, group, self.home_root)
         self._outputs_path = grant.outputs_path
         sandbox.share_extract_read_only(grant.extract_path, group)

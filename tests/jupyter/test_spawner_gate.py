@@ -195,3 +195,21 @@ def test_the_single_user_command_runs_inside_bubblewrap(fake_cp, service_token_f
     finally:
         for descriptor in [*files.values(), *again.values()]:
             os.close(descriptor)
+
+
+def test_gate_answer_naming_a_system_group_is_refused(fake_cp, service_token_file):
+    fake_cp.allow("u-1", "PROJ1", **GRANT, unix_group="sudo")
+
+    with pytest.raises(ControlPlaneUnavailable):
+        asyncio.run(make_spawner(fake_cp, service_token_file).tre_authorise())
+
+
+def test_gate_answer_names_the_project_group_the_workspace_joins(fake_cp, service_token_file):
+    fake_cp.allow("u-1", "PROJ1", **GRANT, unix_group="tre-p-proj1")
+    without = dict(GRANT)
+    grant = asyncio.run(make_spawner(fake_cp, service_token_file).tre_authorise())
+
+    assert spawner_module.project_group(grant) == "tre-p-proj1"
+    fake_cp.allow("u-1", "PROJ1", **without)
+    derived = asyncio.run(make_spawner(fake_cp, service_token_file).tre_authorise())
+    assert spawner_module.project_group(derived) == spawner_module.sandbox.project_group_name("PROJ1")
