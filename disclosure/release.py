@@ -1,7 +1,8 @@
 """The release bundle: the approved files with their verdicts, the disclosure-control record, the
 checkers' decisions and every hash, as one zip built deterministically.
 
-The same approved request always gives the same bytes (entries sorted, fixed timestamps and
+No checker's identity goes in (``decisions.json`` has outcomes and votes, not who decided or voted
+how). The same approved request always gives the same bytes (entries sorted, fixed timestamps and
 permissions, JSON with sorted keys, no release time inside), so the bundle's sha256 identifies
 what was released. ``SHA256SUMS`` lists every entry, and each released file is checked against the
 hash the approval bound to before it goes in.
@@ -112,13 +113,13 @@ def build_bundle(
             "files": record_files,
         }
     )
+    # The team never learns who voted how: the decisions and the final votes carry no checker identity.
     entries["decisions.json"] = _json(
         {
             "decisions": [
                 {
                     "round": d.round,
                     "outcome": d.outcome,
-                    "decided_by": d.decided_by,
                     "decided_at": d.decided_at,
                     "comment": d.comment,
                     "file_hashes": d.file_hashes,
@@ -126,12 +127,8 @@ def build_bundle(
                 for d in decisions
             ],
             "final_votes": sorted(
-                (
-                    {"file_id": v.file_id, "reviewer_id": v.reviewer_id, "vote": v.vote}
-                    for v in votes
-                    if v.file_id in current
-                ),
-                key=lambda v: (v["file_id"], v["reviewer_id"]),
+                ({"file_id": v.file_id, "vote": v.vote} for v in votes if v.file_id in current),
+                key=lambda v: (v["file_id"], v["vote"]),
             ),
         }
     )

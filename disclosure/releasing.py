@@ -6,14 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
-from disclosure.models import OutputDecision, OutputFile, OutputRelease
+from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest
 from disclosure.progress import _checks_by_file
 from disclosure.rules import RuleViolation
+from disclosure.visibility import PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
+from projects.gate import check_access
+from projects.rules import GATE_REASONS
 from tre.core.db import utcnow
 
 
@@ -25,6 +28,7 @@ class Releasing(OutputsBase):
         with self._tx() as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.release")
+            self._require_project_open(s, actor, req, "output.release")
             rules.check_transition(req.state, rules.RELEASED)
             decision = s.scalar(
                 select(OutputDecision).where(OutputDecision.request_id == req.id, OutputDecision.round == req.round)
@@ -51,20 +55,20 @@ class Releasing(OutputsBase):
         return release
 
     def download(self, actor: Any, request_id: str) -> tuple[bytes, OutputRelease]:
-        """The released bundle, for the project's team only; every download is recorded."""
+        """The released bundle, for the project's team while the gate lets them in; every download and
+        every refusal is recorded."""
         with self._tx() as s:
             req = self._get(s, request_id)
-            if not perm.can_download(s, actor, req):
+            access = self._require_content(s, actor, req, None, "output.download")
+            release = s.scalar(select(OutputRelease).where(OutputRelease.request_id == req.id))
+            if access.as_ != TEAM or release is None:
                 raise _Denied(
                     "output.download",
-                    getattr(actor, "id", None),
+                    actor.id,
                     req,
-                    "not on the project's team",
-                    "Only the project's team may download its released outputs",
+                    "not released",
+                    "Only the project's team downloads released outputs",
                 )
-            release = s.scalar(select(OutputRelease).where(OutputRelease.request_id == req.id))
-            if req.state != rules.RELEASED or release is None or release.revoked_at is not None:
-                raise RuleViolation("Only released outputs that have not been revoked can be downloaded")
             data = self.files.get(release.bundle_sha256)
             self._record(s, "output.download", actor, req, bundle_sha256=release.bundle_sha256)
         return data, release
@@ -85,14 +89,41 @@ class Releasing(OutputsBase):
         return release
 
     def view_file(self, actor: Any, file_id: str) -> tuple[OutputFile, bytes]:
-        """A file's bytes for a checker or the project's team; each view is recorded."""
+        """A file's bytes, for whoever ``disclosure.visibility`` lets see it now; each view and each
+        refusal is recorded."""
         with self._tx() as s:
             f = s.get(OutputFile, file_id)
             if f is None:
                 raise NotFound("No such file")
             req = self._get(s, f.request_id)
-            if not (perm.can_check(s, actor, req) or perm.can_view_as_team(s, actor, req)):
-                raise _Denied("output.view_file", getattr(actor, "id", None), req, "neither checker nor team")
+            access = self._require_content(s, actor, req, f, "output.view_file")
             data = self.files.get(f.sha256)
-            self._record(s, "output.view_file", actor, req, file_id=f.id, sha256=f.sha256)
+            self._record(s, "output.view_file", actor, req, file_id=f.id, sha256=f.sha256, seen_as=access.as_)
         return f, data
+
+    def content_visible(self, actor: Any, req: OutputRequest) -> dict[str, bool]:
+        """For each current file, whether ``actor`` may see its content now (a page's links; changes nothing)."""
+        files = req.current_files
+        answers = content_access_to_files(self.session, actor, req, files)
+        return {f.id: answers[f.id].allowed for f in files}
+
+    def _require_content(
+        self, s: Session, actor: Any, req: OutputRequest, file: OutputFile | None, action: str
+    ) -> ContentAccess:
+        access = content_access(s, actor, req, file)
+        if not access.allowed:
+            raise _Denied(action, getattr(actor, "id", None), req, access.reason, access.message)
+        return access
+
+    def _require_project_open(self, s: Session, actor: Any, req: OutputRequest, action: str) -> None:
+        """Nothing leaves a project that is suspended, closed or outside its dates (the access gate's
+        answer about the project; a checker is not a member, so the rest of the answer is not theirs)."""
+        closed = sorted(set(check_access(s, actor.id, req.project_id).reasons) & PROJECT_CLOSED_REASONS)
+        if closed:
+            raise _Denied(
+                action,
+                actor.id,
+                req,
+                "access gate: " + ",".join(closed),
+                "Nothing can be released from this project now: " + "; ".join(GATE_REASONS[r] for r in closed),
+            )

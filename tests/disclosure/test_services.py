@@ -245,7 +245,7 @@ def test_only_the_project_team_downloads_and_each_download_is_audited(world: Wor
     world.svc.download(world.author, req.id)
     world.svc.download(world.colleague, req.id)
     for stranger in (world.outsider, world.olive):
-        with pytest.raises(OutputPermissionDenied, match="Only the project's team"):
+        with pytest.raises(OutputPermissionDenied, match="access gate|the project's team once released"):
             world.svc.download(stranger, req.id)
 
     events = world.session.scalars(select(AuditEvent).where(AuditEvent.action == "output.download")).all()
@@ -266,7 +266,7 @@ def test_revoked_release_can_no_longer_be_downloaded(world: World) -> None:
         world.svc.revoke(world.olive, req.id, "")
     world.svc.revoke(world.olive, req.id, "A small cell was missed")
 
-    with pytest.raises(OutputError, match="not been revoked"):
+    with pytest.raises(OutputPermissionDenied, match="the project's team once released"):
         world.svc.download(world.author, req.id)
     assert world.refresh(req).state == rules.REVOKED
 

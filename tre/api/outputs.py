@@ -27,7 +27,7 @@ from disclosure.services import (
     Outputs,
     automated_status,
 )
-from tre.access import requires
+from tre.access import login_required, requires
 from tre.authn import platform
 from tre.core.permissions import Permission
 
@@ -384,3 +384,43 @@ def release(request_id: str) -> dict[str, Any]:
 def revoke(body: dict[str, Any], request_id: str) -> dict[str, Any]:
     """Revoke a release found to be wrong (a reason is required)."""
     return _act(request_id, lambda svc: svc.revoke(g.user, request_id, body["reason"]))
+
+
+def _content(data: bytes, mimetype: str, filename: str, disposition: str) -> Any:
+    from flask import Response
+
+    response = Response(data, mimetype=mimetype)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Content-Disposition"] = f'{disposition}; filename="{filename}"'
+    return response
+
+
+@blp.route("/outputs/files/<string:file_id>")
+@blp.doc(security=BEARER, responses={"200": {"description": "The file's bytes"}})
+@login_required
+def file_content(file_id: str) -> Any:
+    """One file's content: only for its checkers while they review it, and for the project's team
+    once released (``docs/outputs.md``); every view and every refusal is audited."""
+    _not_from_a_workspace()
+    try:
+        f, data = service().view_file(g.user, file_id)
+    except OutputError as exc:
+        _refuse(exc)
+    mimetype = "image/png" if f.kind == "image" else "text/plain"
+    return _content(data, mimetype, f"{f.id}.{'png' if f.kind == 'image' else 'txt'}", "attachment")
+
+
+@blp.route("/outputs/requests/<string:request_id>/bundle")
+@blp.doc(security=BEARER, responses={"200": {"description": "The release bundle (zip)"}})
+@login_required
+def bundle(request_id: str) -> Any:
+    """The released bundle, for the project's team while the access gate lets them in."""
+    _not_from_a_workspace()
+    try:
+        data, release = service().download(g.user, request_id)
+    except OutputError as exc:
+        _refuse(exc)
+    response = _content(data, "application/zip", f"outputs-{release.request_id}.zip", "attachment")
+    response.headers["X-Bundle-SHA256"] = release.bundle_sha256
+    return response

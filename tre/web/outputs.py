@@ -161,6 +161,7 @@ def request_page(request_id: str) -> str:
         missing=svc.missing_for_submission(req),
         project=svc.session.get(Project, req.project_id),
         release=_release_of(svc, req),
+        content_ok=svc.content_visible(g.user, req),
     )
 
 
@@ -247,11 +248,12 @@ def comment(request_id: str) -> Any:
 
 
 @bp.get("/requests/<request_id>/bundle")
-@requires(Permission.OUTPUT_SUBMIT)
+@login_required
 def download(request_id: str) -> Any:
+    """The released bundle, for the project's team while the access gate lets them in."""
     result, error = attempt(lambda: service().download(g.user, request_id))
     if error or result is None:
-        abort(403 if isinstance(error, str) and "team" in error else 409)
+        abort(403)
     data, release = result
     response = Response(data, mimetype="application/zip")
     response.headers["Content-Disposition"] = f'attachment; filename="outputs-{request_id}.zip"'
@@ -274,7 +276,8 @@ def _raw(data: bytes, mimetype: str, name: str) -> Response:
 @bp.get("/files/<file_id>")
 @login_required
 def view_file(file_id: str) -> Any:
-    """A file for its checkers or its team: a CSV as an escaped table, otherwise raw and inert."""
+    """A file's content, only as ``disclosure.visibility`` allows (its checkers during review, the team
+    once released): a CSV as an escaped table, otherwise raw and inert."""
     result, error = attempt(lambda: service().view_file(g.user, file_id))
     if error or result is None:
         abort(403)

@@ -132,6 +132,7 @@ def test_csv_is_shown_to_checkers_cell_by_cell_with_every_cell_escaped(web: Brow
     w = web.world
     hostile = b'region,count\n"<script>alert(1)</script>",12\n<img src=x onerror=alert(2)>,15\n'
     req = w.submitted(content=hostile)
+    w.svc.claim(w.olive, req.id)  # a checker sees content once the review is theirs
     olive = web.as_(w.olive)
 
     body = olive.get(f"/outputs/files/{req.current_files[0].id}").get_data(as_text=True)
@@ -150,6 +151,7 @@ def test_raw_files_are_inert_plain_text_or_png_with_nosniff(web: Browser) -> Non
     w.svc.submit(w.author, req.id)
     run_queued_jobs(web.app)
     files = {f.name: f for f in w.refresh(req).current_files}
+    w.svc.claim(w.olive, req.id)
     olive = web.as_(w.olive)
 
     text = olive.get(f"/outputs/files/{files['notes.txt'].id}")
@@ -174,12 +176,14 @@ def test_file_views_are_refused_to_strangers_and_audited_for_checkers(web: Brows
     w = web.world
     req = w.submitted(content=SAFE_CSV)
     file_id = req.current_files[0].id
+    w.svc.claim(w.olive, req.id)
 
     assert web.as_(w.outsider).get(f"/outputs/files/{file_id}").status_code == 403
+    assert web.as_(w.author).get(f"/outputs/files/{file_id}").status_code == 403  # not released yet
     assert web.as_(w.olive).get(f"/outputs/files/{file_id}").status_code == 200
 
     views = w.session.scalars(select(AuditEvent).where(AuditEvent.action == "output.view_file")).all()
-    assert sorted(e.outcome for e in views) == ["denied", "success"]
+    assert sorted(e.outcome for e in views) == ["denied", "denied", "success"]
 
 
 def test_queue_shows_waiting_requests_with_automated_status_and_is_for_checkers_only(web: Browser) -> None:
