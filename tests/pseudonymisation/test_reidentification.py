@@ -200,3 +200,9 @@ def _wait_until_second_reads_or_waits(db: Any, second_pid: list[int], read: thre
             ).scalar():
                 return
             conn.rollback()
+
+
+def test_docs_show_the_diagram_of_the_transition_table() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "pseudonymisation" / "tokens.md").read_text()
+
+    assert f"```mermaid\n{reid.mermaid_diagram()}```" in docs
