@@ -191,6 +191,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         if not self.fs_sandbox:
             self.log.warning("File-system sandbox is OFF for %s: the workspace sees the whole machine", self._log_name)
             self.cmd = list(self._plain_cmd)
+            self.popen_kwargs = {key: value for key, value in self.popen_kwargs.items() if key != "pass_fds"}
             return {}
         bwrap = shutil.which(self.bwrap_path)
         if bwrap is None or self.account is None:
