@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from tre.core.config import Settings
-from tre.core.filemodes import GROUP_OR_OTHERS, open_to_others
+from tre.core.filemodes import open_to_others, private_group
 
 MAX_PATHS_SHOWN = 10
 
@@ -39,7 +39,7 @@ def run_checks(settings: Settings, head_revision: str | None) -> list[Finding]:
         if not path.is_dir():
             raise RuntimeError(f"instance folder {path} does not exist: run `tre init`")
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & GROUP_OR_OTHERS:
+        if open_to_others(path, own_group=private_group(), only_top=True):
             raise RuntimeError(
                 f"instance folder {path} is open to other accounts (mode {mode:o}); chmod 700 it"
             )
@@ -166,7 +166,8 @@ def private_files_open_to_others(settings: Settings) -> list[tuple[Path, int]]:
     elsewhere."""
     instance = settings.instance_path
     shared = [p for p in (settings.extracts_path, settings.workspaces_path) if p is not None]
-    found = open_to_others(instance, skip=shared)
+    own = private_group()
+    found = open_to_others(instance, skip=shared, own_group=own)
     if settings.extracts_path is not None:
         # Shared with a project's group, never with everyone: only the extracts' root may be
         # entered (not listed) by others, so a workspace account can pass through it.
@@ -184,7 +185,7 @@ def private_files_open_to_others(settings: Settings) -> list[tuple[Path, int]]:
         elsewhere.append(Path(settings.pkcs11_pin_file))
     for path in elsewhere:
         if not path.is_relative_to(instance) or any(path.is_relative_to(p) for p in shared):
-            found += [hit for hit in open_to_others(path) if hit not in found]
+            found += [hit for hit in open_to_others(path, own_group=own) if hit not in found]
     return found
 
 

@@ -12,6 +12,7 @@ import grp
 import hashlib
 import logging
 import os
+import pwd
 import re
 import stat
 from collections.abc import Iterable, Iterator
@@ -33,12 +34,20 @@ def restrict_umask() -> int:
 
 
 def ensure_private_folder(path: Path, what: str = "folder") -> Path:
-    """Create ``path`` with mode 0700, or take an existing one back to 0700 with a warning."""
+    """Create ``path`` with mode 0700, or take an existing one back to 0700 with a warning. Bits for
+    the service's own private group (``private_group``) are left alone; a folder this account does
+    not own and cannot change is logged as an error and left for ``tre doctor`` to report."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not open_to_others(path, own_group=private_group(), only_top=True):
+        return path
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & GROUP_OR_OTHERS:
-        log.warning("the %s %s had mode %o, open to other accounts; made it 700", what, path, mode)
+    try:
         path.chmod(0o700)
+    except PermissionError:
+        log.error("the %s %s has mode %o, open to other accounts, and this account cannot change it: "
+                  "chmod 700 it", what, path, mode)
+        return path
+    log.warning("the %s %s had mode %o, open to other accounts; made it 700", what, path, mode)
     return path
 
 
@@ -92,25 +101,48 @@ def _walk(top: Path) -> Iterator[Path]:
             yield Path(root) / name
 
 
-def open_to_others(top: Path, skip: Iterable[Path] = (), bits: int = GROUP_OR_OTHERS) -> list[tuple[Path, int]]:
+def private_group() -> int | None:
+    """The service's primary group when no other account belongs to it (as on Kubernetes, where the
+    pods' ``fsGroup`` is the service's own group and the kubelet may give it the volume's files): its
+    permission bits then grant nobody else anything. None when another account is in it."""
+    gid, uid = os.getgid(), os.getuid()
+    try:
+        if grp.getgrgid(gid).gr_mem:
+            return None
+    except KeyError:
+        pass  # a group with no entry names no members
+    if any(entry.pw_gid == gid and entry.pw_uid != uid for entry in pwd.getpwall()):
+        return None
+    return gid
+
+
+def open_to_others(
+    top: Path, skip: Iterable[Path] = (), bits: int = GROUP_OR_OTHERS, own_group: int | None = None,
+    *, only_top: bool = False,
+) -> list[tuple[Path, int]]:
     """Every file or folder at or under ``top`` (not below a ``skip`` folder) whose mode has any of
     ``bits`` (by default: the group or other accounts may read, write or enter it), with its mode.
-    Links are not followed."""
+    Group bits do not count on a path whose group is ``own_group`` (see ``private_group``). Links are
+    not followed; ``only_top`` looks at ``top`` alone."""
     skipped = {Path(p) for p in skip}
     found: list[tuple[Path, int]] = []
+
+    def check(path: Path, info: os.stat_result) -> None:
+        mode = stat.S_IMODE(info.st_mode)
+        counted = bits & ~0o070 if own_group is not None and info.st_gid == own_group else bits
+        if mode & counted:
+            found.append((path, mode))
+
     if not top.exists():
         return found
-    if top.is_file():
-        mode = stat.S_IMODE(top.lstat().st_mode)
-        return [(top, mode)] if mode & bits else []
+    if only_top or not top.is_dir():
+        check(top, top.lstat())
+        return found
     for root, dirs, names in os.walk(top):
         here = Path(root)
         dirs[:] = [d for d in dirs if here / d not in skipped]
         for path in (here, *(here / n for n in names)):
             info = path.lstat()
-            if stat.S_ISLNK(info.st_mode):
-                continue
-            mode = stat.S_IMODE(info.st_mode)
-            if mode & bits:
-                found.append((path, mode))
+            if not stat.S_ISLNK(info.st_mode):
+                check(path, info)
     return found

@@ -11,6 +11,7 @@ import pytest
 from tre.core import migrate
 from tre.core.config import Settings
 from tre.core.doctor import head_of, run_checks
+from tre.core.filemodes import private_group
 from tre.core.platform import initialise_keys
 
 
@@ -36,6 +37,23 @@ def deployment(tmp_path: Path) -> Settings:
     return settings
 
 
+def _another_group() -> int:
+    """A group other than the service's own, to which a test may give a file."""
+    if os.geteuid() == 0:
+        return 65534  # nogroup
+    others = [gid for gid in os.getgroups() if gid != os.getgid()]
+    if not others:
+        pytest.skip("this account belongs to no second group to give a file to")
+    return others[0]
+
+
+def _lax(path: Path, mode: int) -> None:
+    """Give ``path`` ``mode``, in a group other accounts may be in (the service's own private group's
+    bits grant nobody else anything and are allowed)."""
+    os.chown(path, -1, _another_group())
+    path.chmod(mode)
+
+
 def _failures(settings: Settings) -> dict[str, str]:
     return {f.check: f.message for f in run_checks(settings, head_of(migrate.MIGRATIONS)) if not f.ok}
 
@@ -56,7 +74,7 @@ def test_doctor_fails_an_instance_folder_other_accounts_may_enter(deployment: Se
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602])
 def test_doctor_fails_a_database_readable_or_writable_by_group_or_others(deployment: Settings, mode: int) -> None:
     database = deployment.instance_path / "tre.sqlite"
-    database.chmod(mode)
+    _lax(database, mode)
 
     failed = _failures(deployment)
 
@@ -76,7 +94,7 @@ def test_doctor_names_every_offending_path_database_broker_keys_and_file_store(d
         instance / "files" / "ab" / "sealed-object": 0o644,
     }
     for path, mode in lax.items():
-        path.chmod(mode)
+        _lax(path, mode)
 
     failed = _failures(deployment)
 
@@ -86,6 +104,24 @@ def test_doctor_names_every_offending_path_database_broker_keys_and_file_store(d
         assert f"{path} (mode {mode:o})" in message
     assert "mode 600" not in message and "mode 700" not in message
     assert "600" in failed["master key"]
+
+
+def test_group_bits_of_the_services_own_private_group_are_allowed(deployment: Settings) -> None:
+    # As on Kubernetes: the pods' fsGroup is the service's own group, and the kubelet gives the
+    # volume's files to it (g+rw, setgid folders); no other account is in that group.
+    own = private_group()
+    if own is None:
+        pytest.skip("the service's primary group has other members here")
+    instance = deployment.instance_path
+    instance.chmod(0o2770)
+    (instance / "tre.sqlite").chmod(0o660)
+    (instance / "files").chmod(0o2770)
+
+    assert _failures(deployment) == {}
+
+    _lax(instance / "tre.sqlite", 0o660)
+
+    assert f"{instance / 'tre.sqlite'} (mode 660)" in _failures(deployment)["private files"]
 
 
 def test_doctor_passes_again_once_the_lax_files_are_made_private(deployment: Settings) -> None:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from jupyter import sandbox
-from tre.core.filemodes import ensure_private_folder, open_to_others, project_group_name, restrict_umask
+from tre.core.filemodes import (
+    ensure_private_folder,
+    open_to_others,
+    private_group,
+    project_group_name,
+    restrict_umask,
+)
 
 
 def _mode(path: Path) -> int:
@@ -92,3 +98,18 @@ def test_the_walk_skips_links_and_skipped_folders(tmp_path: Path) -> None:
 
     assert open_to_others(top, skip=[top / "shared"]) == []
     assert set(open_to_others(top)) == {(top / "shared", 0o755), (top / "shared" / "open", 0o644)}
+
+
+def test_the_services_own_private_group_bits_are_left_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A Kubernetes volume given to the pods' fsGroup (the service's own group) is 2770: kept as is.
+    if private_group() is None:
+        pytest.skip("the service's primary group has other members here")
+    folder = tmp_path / "instance"
+    folder.mkdir()
+    os.chown(folder, -1, os.getgid())
+    folder.chmod(0o2770)
+
+    with caplog.at_level(logging.WARNING, logger="tre.core.filemodes"):
+        ensure_private_folder(folder, "instance folder")
+
+    assert _mode(folder) == 0o2770 and caplog.text == ""
