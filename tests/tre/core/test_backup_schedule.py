@@ -150,3 +150,37 @@ def test_tre_backups_drill_prints_the_result(tmp_path: Path, monkeypatch: pytest
     result = runner.invoke(main, ["backups", "drill"])
     assert result.exit_code == 0, result.output
     assert "drill passed" in result.output and "audit events verified" in result.output
+
+
+@pytest.mark.integration
+def test_with_files_in_s3_backups_go_to_the_bucket_beside_them_and_the_drill_reads_them_back(
+    tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    boto3 = pytest.importorskip("boto3", reason="boto3 and moto[server] are in the dev extra")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "moto-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-test")
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="eu-west-2")
+    bucket = f"tre-files-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    app = _source(tmp_path, f"sqlite:///{tmp_path / 'tre.sqlite'}", files_s3_bucket=bucket,
+                  files_s3_endpoint_url=moto_server, files_s3_region="eu-west-2", files_s3_prefix="tre")
+    p = app.extensions["tre.platform"]
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    for day in range(3):
+        _take(app, start + dt.timedelta(days=day), keep=2)
+
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    backups = [k for k in keys if k.startswith("tre/backups/")]
+    assert backups == [f"tre/backups/{backup_name(start + dt.timedelta(days=d))}" for d in (1, 2)]
+    assert len(list(p.files.sealed_objects())) == 1  # the store still sees only its one file
+    assert not (tmp_path / "instance" / "backups").exists()
+
+    report = drill(p.settings, p.keys, metadata)
+    assert report.ok and report.name == backup_name(start + dt.timedelta(days=2))
+    assert "newest backup" in last_backup_age(p.settings.__class__.from_env(
+        {}, instance_path=p.settings.instance_path, files_s3_bucket=bucket, files_s3_endpoint_url=moto_server,
+        files_s3_region="eu-west-2", files_s3_prefix="tre", backup_every_hours=48,
+    ), now=start + dt.timedelta(days=3))
+    p.db.dispose()
