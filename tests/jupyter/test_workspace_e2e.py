@@ -59,6 +59,9 @@ def test_researcher_opens_the_workspace_in_jupyterlab(hub: Hub, page):
     )
 
     assert listing.get_by_text("outputs", exact=True).is_visible()
+    back = page.locator("#tre-project a")
+    assert back.text_content() == project  # no title from this gate: the project's id
+    assert back.get_attribute("href") == f"{hub.fake.url}/projects/{project}"
     refused = page.goto(f"{hub.url}/user/{username}/{project.lower()}/files/extract/data.csv")
     assert refused.status == 403
     assert "tre-submit" in page.content()
