@@ -78,7 +78,7 @@ class TrackedSeries(pd.Series):
                 {"column": col, "op": lo, "value": _plain(left)},
                 {"column": col, "op": hi, "value": _plain(right)},
             ]
-        return self._mask(super().between(left, right, inclusive=inclusive), terms)  # type: ignore[arg-type]
+        return self._mask(super().between(left, right, inclusive=inclusive), terms)
 
     def __and__(self, other: Any) -> Any:
         a, b = _terms(self), _terms(other)

@@ -311,12 +311,12 @@ def _joint_audit(
     if not len(groups):
         return []
     known = _fixed(groups, null)
-    values = groups @ solution
+    totals = groups @ solution
     if a.statistic == "sum":
         sup_keys = {g.tobytes() for g in (s_[free].astype(float) for s_ in suppressed)}
-        hit = known & np.array([g.tobytes() in sup_keys for g in groups]) & (np.abs(values) > _TOL)
+        hit = known & np.array([g.tobytes() in sup_keys for g in groups]) & (np.abs(totals) > _TOL)
     else:
-        hit = known & (values >= 0.5) & (values < threshold - _TOL)
+        hit = known & (totals >= 0.5) & (totals < threshold - _TOL)
     if not hit.any():
         return []
     null_a, _, _ = _null_space(rows_a, np.array(released["a"][1]))
@@ -332,7 +332,7 @@ def _joint_audit(
             for k, d in enumerate(dims)
             if (members[:, k] == members[0][k]).all()
         }
-        v = round(float(values[g]), 6)
+        v = round(float(totals[g]), 6)
         findings.append(
             {
                 "kind": "differencing",
@@ -375,10 +375,10 @@ def _groups(rows_a: np.ndarray, rows_b: np.ndarray, suppressed: list[np.ndarray]
         strictly = within & (sizes[:, None] > sizes[None, :])
         minimal = big[~strictly.any(axis=1)]
         touching = (small @ minimal.T) > 0
-        for j in range(len(small)):
-            union = (minimal[touching[j]].sum(axis=0) > 0).astype(float)
-            if (union >= small[j]).all() and union.sum() > small[j].sum():
-                parts.append((union - small[j])[None, :])
+        for row in range(len(small)):
+            union = (minimal[touching[row]].sum(axis=0) > 0).astype(float)
+            if (union >= small[row]).all() and union.sum() > small[row].sum():
+                parts.append((union - small[row])[None, :])
     stacked = np.vstack(parts)
     stacked = stacked[stacked.sum(axis=1) > 0]
     _, first = np.unique(stacked, axis=0, return_index=True)

@@ -210,7 +210,8 @@ def holds(term: dict, cell: dict[str, Any]) -> bool | None:
     column = term["column"]
     if column not in cell:
         return None
-    label, op, value = cell[column], term["op"], term.get("value")
+    label, op = cell[column], term["op"]
+    value: Any = term.get("value")
     if op in NULL_OPS:
         return None if label == OTHER else (op == "notna")
     if label == OTHER:
