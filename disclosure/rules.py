@@ -301,8 +301,13 @@ def check_table_spec(spec: Any) -> dict[str, Any] | None:
     if dataset is not None and (not isinstance(dataset, str) or not _NAME.match(dataset) or ".." in dataset):
         raise RuleViolation("A table specification's dataset must be a plain dataset name")
     filters = spec.get("filters", [])
-    if not isinstance(filters, list) or not all(isinstance(f, dict) for f in filters):
-        raise RuleViolation("A table specification's filters must be a list of objects")
+    if filters is not None:  # None: the session could not capture them (the population is unknown)
+        from disclosure.engine.population import validate
+
+        try:
+            validate(filters)
+        except ValueError as exc:
+            raise RuleViolation(f"A table specification's filters are not a predicate: {exc}") from None
     return spec
 
 

@@ -195,6 +195,8 @@ def test_table_with_too_many_rows_is_refused() -> None:
         ({"dims": ["a"], "statistic": "median"}, "count, sum or mean"),
         ({"dims": ["a"], "statistic": "sum"}, "value column"),
         ({"dims": ["a"], "statistic": "count", "dataset": "../other"}, "plain dataset name"),
+        ({"dims": ["a"], "statistic": "count", "filters": "sex == 'F'"}, "not a predicate"),
+        ({"dims": ["a"], "statistic": "count", "filters": [{"column": "a", "op": "~"}]}, "not a predicate"),
     ],
 )
 def test_malformed_table_specification_is_refused(spec: object, message: str) -> None:
@@ -205,3 +207,10 @@ def test_malformed_table_specification_is_refused(spec: object, message: str) ->
 def test_absent_table_specification_is_none() -> None:
     assert rules.check_table_spec(None) is None
     assert rules.check_table_spec({}) is None
+
+
+def test_table_specification_with_unknown_or_predicate_filters_is_accepted() -> None:
+    unknown = {"dims": ["a"], "statistic": "count", "dataset": "d", "filters": None}
+    assert rules.check_table_spec(unknown) == unknown
+    either = [{"any": [[{"column": "sex", "op": "==", "value": "F"}], [{"column": "age", "op": "<", "value": 5}]]}]
+    assert rules.check_table_spec({**unknown, "filters": either})["filters"] == either
