@@ -318,3 +318,97 @@ def test_all_but_one_category_split_by_another_dimension_is_flagged():
     findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
 
     assert {(f["cell"]["region"], f["revealed"]) for f in findings} == {("n", 3)}
+
+
+def _swap(draw, earlier, later):
+    if draw(st.booleans()):
+        return (
+            ReleasedAggregate(earlier.output_id, later.population, later.dims, "count", later.cells, later.suppressed),
+            ReleasedAggregate(
+                later.output_id, earlier.population, earlier.dims, "count", earlier.cells, earlier.suppressed
+            ),
+        )
+    return earlier, later
+
+
+@st.composite
+def all_but_one_pair(draw):
+    """Totals by region (and perhaps sex), then the same over everyone but one category of a column the
+    tables do not show; that category is small in one region."""
+    regions = [f"r{i}" for i in range(draw(st.integers(2, 5)))]
+    cats = [f"c{i}" for i in range(draw(st.integers(2, 4)))]
+    by_sex = draw(st.booleans())
+    sexes = ["F", "M"] if by_sex else [None]
+    counts = {(r, s, c): draw(st.integers(10, 300)) for r in regions for s in sexes for c in cats}
+    target_r, target_c = draw(st.sampled_from(regions)), draw(st.sampled_from(cats))
+    for s in sexes:
+        counts[(target_r, s, target_c)] = 0
+    counts[(target_r, sexes[0], target_c)] = small = draw(st.integers(1, 9))
+    dims = ["region", "sex"] if by_sex else ["region"]
+
+    def table(keep):
+        out: dict = {}
+        for (r, s, c), v in counts.items():
+            if keep(c):
+                key = (r, s) if by_sex else (r,)
+                out[key] = out.get(key, 0) + v
+        return out
+
+    op = draw(st.sampled_from(["!=", "notin"]))
+    term = {"column": "eth", "op": op, "value": target_c if op == "!=" else [target_c]}
+    earlier = _agg("earlier", dims, table(lambda c: True))
+    later = _agg("later", dims, table(lambda c: c != target_c), filters=[term])
+    earlier, later = _swap(draw, earlier, later)
+    return earlier, later, target_r, small
+
+
+@given(all_but_one_pair())
+@settings(max_examples=60, deadline=None)
+def test_generated_all_but_one_category_pairs_are_detected(pair):
+    earlier, later, region, small = pair
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+    assert any(f["cell"].get("region") == region and f["revealed"] == small for f in findings)
+    assert all(f["earlier"] == "earlier" for f in findings)
+
+
+@st.composite
+def linked_pair(draw):
+    """A two-way table without margins and one small cell suppressed, then one of its one-way tables."""
+    rows = [f"a{i}" for i in range(draw(st.integers(2, 5)))]
+    cols = [f"b{i}" for i in range(draw(st.integers(2, 5)))]
+    counts = {(r, c): draw(st.integers(10, 300)) for r in rows for c in cols}
+    at = (draw(st.sampled_from(rows)), draw(st.sampled_from(cols)))
+    counts[at] = small = draw(st.integers(1, 9))
+    earlier = _agg("earlier", ["a", "b"], counts, suppressed=[at])
+    axis = draw(st.integers(0, 1))
+    totals: dict = {}
+    for k, v in counts.items():
+        totals[(k[axis],)] = totals.get((k[axis],), 0) + v
+    later = _agg("later", [["a", "b"][axis]], totals)
+    earlier, later = _swap(draw, earlier, later)
+    return earlier, later, at, small
+
+
+@given(linked_pair())
+@settings(max_examples=60, deadline=None)
+def test_generated_linked_totals_are_detected(pair):
+    earlier, later, at, small = pair
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+    assert any(f["cell"] == {"a": at[0], "b": at[1]} and f["revealed"] == small for f in findings)
+
+
+def test_sum_tables_reveal_a_suppressed_total_whatever_its_size():
+    costs = {("n", "F"): 12_000.0, ("n", "M"): 4_500.0, ("s", "F"): 9_000.0, ("s", "M"): 11_000.0}
+    earlier = ReleasedAggregate(
+        "sums",
+        {"dataset": "d", "filters": []},
+        ("region", "sex"),
+        "sum",
+        {k: v for k, v in costs.items() if k != ("n", "M")},
+        {("n", "M")},
+    )
+    later = ReleasedAggregate(
+        "by-region", {"dataset": "d", "filters": []}, ("region",), "sum", {("n",): 16_500.0, ("s",): 20_000.0}
+    )
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+    assert [(f["cell"], f["revealed"]) for f in findings] == [({"region": "n", "sex": "M"}, 4_500.0)]
