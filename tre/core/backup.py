@@ -292,8 +292,10 @@ def _write_archive(
     stored = 0
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
-        # One read transaction for every table, so the backup is a consistent snapshot.
-        with engine.connect() as conn, conn.begin():
+        # One read transaction for every table, so the backup is a consistent snapshot: on PostgreSQL a
+        # repeatable-read one (read committed would let a row written meanwhile reach a later table
+        # without its parent in an earlier one); on SQLite the transaction holds the write lock.
+        with _snapshot(engine) as conn, conn.begin():
             for table in metadata.sorted_tables:
                 with tempfile.TemporaryFile() as spool:
                     count = 0
@@ -337,6 +339,13 @@ def _write_archive(
         raw.flush()
         os.fsync(raw.fileno())
     return BackupSummary(out, counts, stored, master_key_file is not None)
+
+
+def _snapshot(engine: Engine) -> Any:
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return conn
 
 
 # --- reading ---------------------------------------------------------------------------------------

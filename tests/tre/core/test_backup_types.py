@@ -220,3 +220,45 @@ def test_a_backup_from_another_schema_revision_is_refused(tmp_path: Path) -> Non
     target.dispose()
     with tarfile.open(out) as tar:
         assert "db/t.jsonl" in tar.getnames()
+
+
+def test_rows_written_while_a_backup_reads_are_all_in_it_or_all_out(
+    tmp_path: Path, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An account and its role written between the backup's read of users and of user_roles: with a
+    # per-statement snapshot the role would be backed up without its account, and the restore fail.
+    import tre.core.backup as backup_module
+    from tests.conftest import _reset_postgres
+    from tre.core import migrate
+    from tre.core.identity import User, UserRole
+
+    _reset_postgres(postgres_database)
+    migrate.upgrade(postgres_database)
+    engine = make_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.execute(insert(User.__table__), [{"id": "u1", "email": "ada@nhs.example", "display_name": "Ada"}])
+    writer = make_engine(postgres_database)
+    real_encode = backup_module.encode_row
+    written: list[bool] = []
+
+    def encode_then_write_once(codecs: Any, row: Any) -> str:
+        if not written and row.get("email") == "ada@nhs.example":
+            with writer.begin() as conn:
+                conn.execute(insert(User.__table__), [{"id": "u2", "email": "bea@nhs.example", "display_name": "Bea"}])
+                conn.execute(insert(UserRole.__table__), [{"user_id": "u2", "role": "researcher"}])
+            written.append(True)
+        return real_encode(codecs, row)
+
+    monkeypatch.setattr(backup_module, "encode_row", encode_then_write_once)
+    out = tmp_path / "b.tar.gz"
+    create_backup(engine, service_metadata, tmp_path, out)
+    engine.dispose()
+    writer.dispose()
+
+    assert written and read_manifest(out)["tables"]["users"] == 1
+    assert read_manifest(out)["tables"]["user_roles"] == 0
+    target_url = f"sqlite:///{tmp_path / 'restored.sqlite'}"
+    migrate.upgrade(target_url)
+    target = make_engine(target_url)
+    restore_backup(out, target, service_metadata, tmp_path / "target")
+    target.dispose()
