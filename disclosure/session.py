@@ -167,7 +167,11 @@ class Session:
         except (KeyError, TypeError, ValueError):
             return dataset, None
         index = frame.index
-        if len(index) != len(expected) or not index.is_unique or not index.sort_values().equals(expected.sort_values()):
+        if len(index) != len(expected):
+            return dataset, None
+        if not index.equals(expected) and (
+            not index.is_unique or not index.sort_values().equals(expected.sort_values())
+        ):
             return dataset, None
         for name, values in columns.items():
             if name not in source.columns:
@@ -668,6 +672,9 @@ def _dataset_name(location: str) -> str:
 
 def _same_values(original: pd.Series, values: Any) -> bool:
     """Do the table's column values equal the dataset's, label for label (missing equal to missing)?"""
+    if isinstance(values, pd.Series) and values.dtype == original.dtype and len(values) == len(original):
+        if values.index.equals(original.index):
+            return bool(values.equals(original))  # same labels and dtype: one vectorised comparison
     mine = pd.Series(np.asarray(values, dtype=object))
     theirs = pd.Series(np.asarray(original, dtype=object))
     if len(mine) != len(theirs):
