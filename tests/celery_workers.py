@@ -115,8 +115,8 @@ def drain(workers: list[Worker], broker_url: str, db: Any, job_ids: Collection[s
     outcomes (``not-claimed`` for a duplicate of a finished job).
 
     A message a killed worker held comes back by itself on RabbitMQ (it is in the queue by now), is
-    lost on kombu's SQLAlchemy transport, and on Redis only after the visibility timeout (35
-    minutes): the sweeper, not the broker, is what brings such a job back (tre/core/jobs.py)."""
+    lost on kombu's SQLAlchemy transport, and on Redis only after its visibility timeout (the task
+    time limit plus 5 minutes): the sweeper, not the broker, is what brings such a job back (tre/core/jobs.py)."""
     from kombu import Connection
 
     for worker in workers:
