@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from sqlalchemy import MetaData, Table, func, insert, select, text, types
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 FORMAT = "tre-backup/2"
 READABLE_FORMATS = ("tre-backup/1", FORMAT)
@@ -437,20 +438,28 @@ def restore_backup(
                 _write_new(target, read(name))
 
         # Every row in one transaction: a restore that fails part-way leaves the database empty.
-        with engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                member = f"db/{table.name}.jsonl"
-                if member not in members:
-                    continue
-                stream = tar.extractfile(members[member])
-                if stream is None:
-                    raise BackupError(f"the backup's member {member} is not a file")
-                any_rows = False
-                for batch in _batches(stream, table, codecs[table.name], legacy):
-                    conn.execute(insert(table), batch)
-                    any_rows = True
-                if any_rows and conn.dialect.name == "postgresql":
-                    _reset_sequences(conn, table)
+        loading = ""
+        try:
+            with engine.begin() as conn:
+                for table in metadata.sorted_tables:
+                    member = f"db/{table.name}.jsonl"
+                    if member not in members:
+                        continue
+                    loading = table.name
+                    stream = tar.extractfile(members[member])
+                    if stream is None:
+                        raise BackupError(f"the backup's member {member} is not a file")
+                    any_rows = False
+                    for batch in _batches(stream, table, codecs[table.name], legacy):
+                        conn.execute(insert(table), batch)
+                        any_rows = True
+                    if any_rows and conn.dialect.name == "postgresql":
+                        _reset_sequences(conn, table)
+        except (SQLAlchemyError, ValueError, TypeError, tarfile.TarError, OSError) as exc:
+            raise BackupError(
+                f"restore failed loading table {loading or '?'} ({_describe(exc)}); no row was restored (the "
+                f"database is still empty), but the backup's keys and files were written to {instance}"
+            ) from exc
     return manifest
 
 

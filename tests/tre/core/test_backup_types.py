@@ -262,3 +262,26 @@ def test_rows_written_while_a_backup_reads_are_all_in_it_or_all_out(
     target = make_engine(target_url)
     restore_backup(out, target, service_metadata, tmp_path / "target")
     target.dispose()
+
+
+def test_a_restore_whose_rows_do_not_fit_leaves_the_database_empty_and_says_so(tmp_path: Path) -> None:
+    md = MetaData()
+    parent = Table("parent", md, Column("id", Integer, primary_key=True))
+    Table("child", md, Column("id", Integer, primary_key=True), Column("note", String(5)))
+    source = make_engine(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    md.create_all(source)
+    with source.begin() as conn:
+        conn.execute(insert(parent), [{"id": 1}])
+        conn.execute(insert(md.tables["child"]), [{"id": 1, "note": "far longer than five"}])  # SQLite allows it
+    out = tmp_path / "b.tar.gz"
+    create_backup(source, md, tmp_path, out)
+    source.dispose()
+
+    with fresh_postgres_database() as url:  # PostgreSQL enforces the length
+        target = make_engine(url)
+        md.create_all(target)
+        with pytest.raises(BackupError, match=r"restore failed loading table child .*no row was restored"):
+            restore_backup(out, target, md, tmp_path / "target")
+        with target.connect() as conn:
+            assert conn.execute(select(parent)).all() == []
+        target.dispose()
