@@ -105,8 +105,9 @@ def test_the_drill_fails_on_a_backup_that_was_tampered_with(tmp_path: Path) -> N
 
 
 def test_doctor_reports_the_age_of_the_newest_backup_and_fails_when_it_is_stale(tmp_path: Path) -> None:
-    app = _source(tmp_path, f"sqlite:///{tmp_path / 'tre.sqlite'}", backup_every_hours=24)
-    settings = app.extensions["tre.settings"]
+    app = _source(tmp_path, f"sqlite:///{tmp_path / 'tre.sqlite'}")
+    # Not given to the app: its start would turn the periodic job on for every later test.
+    settings = Settings.from_env({}, instance_path=tmp_path / "instance", backup_every_hours=24)
     with pytest.raises(RuntimeError, match="no backup"):
         last_backup_age(settings)
     taken = dt.datetime(2026, 12, 1, 2, 30, tzinfo=dt.UTC)
