@@ -256,7 +256,8 @@ def test_only_the_chair_exempts_a_project_and_the_decision_is_recorded_and_audit
 
     (exemption,) = w.svc.optout_exemptions(p)
     assert (exemption.list_name, exemption.decided_by) == ("national", w.chair.id)
-    assert [e.outcome for e in _audit_actions(app, "project.optout_exempt")] == ["denied"] * 3 + ["success"]
+    # Three permission refusals and the chair's refused basis (a rule's refusal is audited too).
+    assert [e.outcome for e in _audit_actions(app, "project.optout_exempt")] == ["denied"] * 4 + ["success"]
     w.svc.revoke_optout_exemption(w.chair, p.id, "national")
     assert w.svc.optout_exemptions(p) == []
     assert len(_audit_actions(app, "project.optout_revoke")) == 1
