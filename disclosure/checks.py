@@ -29,6 +29,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from disclosure import rules
 from disclosure.engine.population import validate as validate_filters
 from disclosure.models import OutputCheck, OutputFile, OutputRequest
 from disclosure.services import CHECK_JOB, advance_after_checks, current_policy, load_ledger
@@ -307,6 +308,9 @@ def run_check(
     written = []
     if targets:
         ledger = load_ledger(session, req.project_id)
+        pending = _pending_aggregates(session, req.project_id, {f.id for f in targets})
+        ledger.entries.extend(pending)
+        pending_ids = {e.output_id for e in pending}
         for f in targets:
             if (
                 session.scalar(
@@ -328,6 +332,14 @@ def run_check(
                 output_id=f.id,
                 ledger=ledger,
             )
+            for finding in outcome["differencing"]:
+                finding["earlier_state"] = "not yet released" if finding["earlier"] in pending_ids else "released"
+            if outcome["aggregate"] is not None:
+                # The request's next files are audited against this one too (they would leave together).
+                from disclosure.engine import ReleasedAggregate
+
+                ledger.entries.append(ReleasedAggregate.from_dict(outcome["aggregate"]))
+                pending_ids.add(f.id)
             reach("outputs.check.file_checked")  # checked, request locked, nothing written (ADR 0004)
             _store(session, f, req, policy, outcome, job_id)
             written.append(f.id)
@@ -348,6 +360,36 @@ def run_check(
             )
     advanced = advance_after_checks(session, audit, req, policy.sha256)
     return {"checked": written, "state": req.state, "advanced": advanced}
+
+
+PENDING_STATES = (rules.SUBMITTED, rules.CHECKING, rules.AWAITING_REVIEW, rules.APPROVED, rules.RETURNED)
+
+
+def _pending_aggregates(session: Session, project_id: str, skip: set[str]) -> list[Any]:
+    """Ledger entries of the project's checked tables that may still be released (their request is in
+    flight, not yet released): two requests submitted side by side must not pass each other unaudited."""
+    from disclosure.engine import ReleasedAggregate
+
+    rows = session.execute(
+        select(OutputCheck.file_id, OutputCheck.aggregate)
+        .join(OutputRequest, OutputRequest.id == OutputCheck.request_id)
+        .join(OutputFile, OutputFile.id == OutputCheck.file_id)
+        .where(
+            OutputRequest.project_id == project_id,
+            OutputRequest.state.in_(PENDING_STATES),
+            OutputFile.superseded_at.is_(None),
+            OutputCheck.aggregate.is_not(None),
+        )
+        .order_by(OutputCheck.checked_at, OutputCheck.id)
+    ).all()
+    seen: set[str] = set()
+    out = []
+    for file_id, aggregate in rows:
+        if file_id in skip or file_id in seen or not aggregate:
+            continue
+        seen.add(file_id)
+        out.append(ReleasedAggregate.from_dict(aggregate))
+    return out
 
 
 def _store(

@@ -451,3 +451,53 @@ def test_queue_raises_no_false_alarm_for_disjoint_populations(world: World) -> N
     assert check.recompute["matches"] is True
     assert check.differencing == []
     assert not any("differencing" in r for r in check.verdict["reasons"])
+
+
+def women_65_table() -> tuple[bytes, dict[str, Any]]:
+    total = census_slice_total()
+    content = f"region,count\nnorth,{total // 2}\nsouth,{total - total // 2}\nAll,{total}\n".encode()
+    spec = {
+        **CENSUS,
+        "dims": ["region"],
+        "n_row_dims": 0,
+        "filters": [{"column": "sex", "op": "==", "value": "F"}, {"column": "age", "op": "==", "value": "65+"}],
+    }
+    return content, spec
+
+
+def test_queue_audits_a_request_against_another_not_yet_released(world: World) -> None:
+    # Two requests in flight side by side: neither is in the ledger yet, but both could be released.
+    first = world.submitted(content=census_csv(), spec=CENSUS, name="census.csv")
+    content, spec = women_65_table()
+
+    check = submit_table(world, "women-65.csv", content, spec)
+
+    assert check.status == "fail"
+    assert check.differencing[0]["earlier"] == first.current_files[0].id
+    assert check.differencing[0]["earlier_state"] == "not yet released"
+
+
+def test_queue_audits_the_files_of_one_request_against_each_other(world: World) -> None:
+    content, spec = women_65_table()
+    req, _ = world.svc.create_request(world.author, world.project.id, "Both at once")
+    world.svc.set_group(world.author, req.id, "tables", "Counts for the paper", "Suppression")
+    world.svc.add_file(world.author, req.id, "census.csv", census_csv(), group="tables", table_spec=CENSUS)
+    world.svc.add_file(world.author, req.id, "women-65.csv", content, group="tables", table_spec=spec)
+    world.svc.submit(world.author, req.id)
+    run_queued_jobs(world.app)
+
+    checks = world.session.scalars(select(OutputCheck).where(OutputCheck.request_id == req.id)).all()
+    flagged = [c for c in checks if c.differencing]
+    assert len(flagged) == 1 and flagged[0].status == "fail"
+    other = next(c for c in checks if c is not flagged[0])
+    assert flagged[0].differencing[0]["earlier"] == other.file_id
+
+
+def test_withdrawn_requests_are_not_audited_against(world: World) -> None:
+    first = world.submitted(content=census_csv(), spec=CENSUS, name="census.csv")
+    world.svc.withdraw(world.author, first.id)
+    content, spec = women_65_table()
+
+    check = submit_table(world, "women-65.csv", content, spec)
+
+    assert check.differencing == []
