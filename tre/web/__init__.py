@@ -12,7 +12,9 @@ bp = Blueprint("web", __name__, template_folder="templates", static_folder=None)
 @bp.get("/")
 @public
 def home() -> str:
-    return render_template("home.html", title="Home")
+    from tre.web.home import render_home
+
+    return render_home()
 
 
 @bp.get("/about")
