@@ -120,7 +120,7 @@ def read_published_table(
     if width < 2:
         raise UnreadableTable("the CSV holds no table of numbers (one column)")
 
-    n_header, index_names = _header_rows(rows, n_col_dims)
+    n_header, index_names, skip = _header_rows(rows, n_col_dims)
     body = rows[n_header:]
     if not body:
         raise UnreadableTable("the CSV has a header but no rows")
@@ -130,13 +130,15 @@ def read_published_table(
 
     row_dims = index_names[:n_labels] if index_names else [h.strip() for h in rows[0][:n_labels]]
     row_dims = [d or f"row_{i}" for i, d in enumerate(row_dims)]
-    levels = n_header - 1 if index_names else 1  # the names row is not a level of column labels
-    col_dims = [rows[h][0].strip() for h in range(levels)] if index_names else [""]
+    # The names row is not a level of column labels, nor is a first row naming the value column.
+    level_rows = list(range(skip, n_header - 1)) if index_names else [0]
+    levels = len(level_rows)
+    col_dims = [rows[h][0].strip() for h in level_rows] if index_names else [""]
     if dims is not None:
         row_dims, col_dims = _names_from_spec(dims, n_labels, levels)
     col_dims = [d or f"column_{i}" for i, d in enumerate(col_dims)]
 
-    headers = [tuple(rows[h][j].strip() for h in range(levels)) for j in range(n_labels, width)]
+    headers = [tuple(rows[h][j].strip() for h in level_rows) for j in range(n_labels, width)]
     labels = [tuple(r[j].strip() for j in range(n_labels)) for r in body]
     numbers = np.full((len(body), width - n_labels), np.nan)
     for i, r in enumerate(body):
@@ -156,15 +158,25 @@ def read_published_table(
     return _split_margins(frame, row_dims, col_dims)
 
 
-def _header_rows(rows: list[list[str]], n_col_dims: int | None) -> tuple[int, list[str]]:
-    """How many rows the header takes, and the row dimensions' names when pandas wrote a names row.
+def _header_rows(rows: list[list[str]], n_col_dims: int | None) -> tuple[int, list[str], int]:
+    """(rows the header takes, the row dimensions' names when pandas wrote a names row, how many leading
+    header rows name the value column rather than a dimension).
 
     pandas writes a names row ("name1,name2,,,," blank where the numbers go) only under a header of two or
-    more levels; a data row whose cells were all withheld looks the same, so the rows above a names row
-    must be header rows (holding text where the numbers go).
+    more levels; a data row whose cells were all withheld looks the same. So a names row is believed only
+    when the rows above it are header rows: they hold text where the numbers go, or the first header row
+    repeats its labels (an outer level) or names the value column (pandas' pivot_table: a blank first cell
+    and one repeated text). Otherwise the header is one row.
     """
-    if n_col_dims is not None and n_col_dims <= 1:
-        return 1, []
+    first_values = [c.strip() for c in rows[0][1:]]
+    value_level = (
+        rows[0][0].strip() == ""
+        and len(set(first_values)) == 1
+        and first_values[0] != ""
+        and _number(first_values[0]) is None
+        and len(rows) > 3
+    )
+    header_signal = value_level or len(set(first_values)) < len(first_values)
     for k in range(1, min(len(rows) - 1, 8)):
         candidate = rows[k]
         blanks = [c.strip() == "" for c in candidate]
@@ -178,16 +190,17 @@ def _header_rows(rows: list[list[str]], n_col_dims: int | None) -> tuple[int, li
             and all(c.strip() == "" for r in rows[:k] for c in r[1:lead])
             and all(c.strip() != "" for r in rows[1:k] for c in r[lead:])
         ):
-            if n_col_dims is not None and n_col_dims != k:
+            skip = 1 if value_level else 0
+            if n_col_dims is not None and n_col_dims != k - skip:
                 raise UnreadableTable(
-                    f"the header has {k} row(s) of column labels but the specification has {n_col_dims}"
+                    f"the header has {k - skip} row(s) of column labels but the specification has {n_col_dims}"
                 )
-            return k + 1, [c.strip() for c in candidate[:lead]]
-        if not any(not is_marker(c) and _number(c) is None for c in candidate[1:]):
-            break  # a row of numbers: the header ended before it
-    if n_col_dims is not None:
+            return k + 1, [c.strip() for c in candidate[:lead]], skip
+        if not header_signal and not any(not is_marker(c) and _number(c) is None for c in candidate[1:]):
+            break  # a row of numbers under a plain header: the header ended before it
+    if n_col_dims is not None and n_col_dims > 1:
         raise UnreadableTable(f"no header of {n_col_dims} row(s) of column labels as the specification says")
-    return 1, []
+    return 1, [], 0
 
 
 def _label_columns(header: list[str], body: list[list[str]], n_row_dims: int | None, width: int) -> int:

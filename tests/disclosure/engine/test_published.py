@@ -1,5 +1,7 @@
 """Reading published count tables: label columns, blanks and suppression markers are never counts."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,3 +111,52 @@ def test_session_csv_of_acro_test_data_reads_back_exactly(charity_data):
     same = np.isclose(table.values.to_numpy(), released.to_numpy(), equal_nan=True)
     assert same.all()
     assert table.withheld == int(released.isna().to_numpy().sum())
+
+
+# --- files written by ACRO 1.0.2 itself (tests/disclosure/engine/data/acro/README.md) ---------------------
+ACRO_FILES = Path(__file__).parent / "data" / "acro"
+
+
+def _acro(name: str) -> bytes:
+    return (ACRO_FILES / name).read_bytes()
+
+
+def test_acro_crosstab_with_two_label_columns_reads_years_as_labels_and_blanks_as_withheld():
+    table = read_published_table(_acro("output_0_0.csv"))
+
+    assert table.row_dims == ["year", "grant_type"]
+    assert table.values.shape == (24, 2)  # not 3 columns: grant_type is a label, not 24 zero counts
+    assert table.withheld == 24  # blank cells are withheld, not zeros
+    assert table.values.loc[(2012, "R"), "Dead in 2015"] == 47
+    verdict = check_published_counts(table.values, mitigation="none").verdict
+    assert verdict["withheld_cells"] == 24
+    assert not any(r.startswith("zeros") for r in verdict["reasons"])
+
+
+def test_acro_crosstab_with_margins_splits_them_off_and_they_add_up():
+    table = read_published_table(_acro("output_1_0.csv"))
+    assert table.values.shape == (6, 4)
+    assert table.grand_total == 918 and table.col_margin.tolist() == [90, 354, 426, 48]
+    assert table.notes == []
+
+
+def test_acro_pivot_table_header_naming_the_value_column_is_not_a_dimension():
+    table = read_published_table(_acro("output_2_0.csv"))
+    assert table.row_dims == ["grant_type"] and table.col_dims == ["year"]
+    assert list(table.values.columns) == [2010, 2011, 2012, 2013, 2014, 2015]
+    assert table.values.loc["N", 2010] == 5
+    spec_read = read_published_table(_acro("output_2_0.csv"), n_row_dims=1, n_col_dims=1)
+    assert spec_read.values.equals(table.values)
+
+
+def test_acro_two_level_header():
+    table = read_published_table(_acro("output_3_0.csv"))
+    assert table.row_dims == ["year"] and table.col_dims == ["grant_type", "survivor"]
+    assert table.values.shape == (6, 8) and table.withheld == 24
+    assert table.values.loc[2015, ("R", "Dead in 2015")] == 47
+
+
+def test_a_row_withheld_whole_under_a_plain_header_is_a_row_not_a_header():
+    table = read_published_table(b"region,F,M\nnorth,40,35\nsouth,,\nwest,,\n")
+    assert list(table.values.index) == ["north", "south", "west"]
+    assert table.withheld == 4
