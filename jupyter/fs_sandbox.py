@@ -65,6 +65,11 @@ class SandboxLayout:
     project_group: str = ""
     project_gid: int | None = None
     extra_read_only: tuple[str, ...] = field(default_factory=tuple)
+    # Where bwrap (running as the account) finds the extract and outputs: the spawner bind-mounts them
+    # there, as root, in the workspace's own mount namespace, because the instance folder above them
+    # is 0700. Empty: the paths themselves.
+    extract_source: str = ""
+    outputs_source: str = ""
 
 
 def generated_files(layout: SandboxLayout) -> dict[str, str]:
@@ -153,11 +158,11 @@ def bwrap_argv(
         layout.home,
         layout.home,
         "--bind",
-        layout.outputs,
+        layout.outputs_source or layout.outputs,
         layout.outputs,
         # After the outputs: if one folder held the other, the read-only extract still wins.
         "--ro-bind",
-        layout.extract,
+        layout.extract_source or layout.extract,
         layout.extract,
         # The root tmpfs (and the /etc, mount points and parents bwrap made in it) becomes read-only:
         # only the home, the outputs, /tmp and /dev/shm take writes.

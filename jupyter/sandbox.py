@@ -15,6 +15,7 @@ Everything here needs root and is called by the local spawner only. Why each pie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import grp
 import hashlib
@@ -28,6 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
 NETNS_DIR = Path("/run/netns")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -82,7 +87,15 @@ async def ensure_group(name: str) -> int:
 async def ensure_account(name: str, project_group: str, home_root: str) -> Account:
     """Create (once) a system account with no login shell, its own home (0700) and the project group."""
     root = Path(home_root)
+    # Folders made here on the way (e.g. /var/lib/tre under the service's umask 077) must let the
+    # workspace accounts through to their homes: traverse-only, no listing.
+    missing = [folder for folder in (root, *root.parents) if not folder.exists()]
     root.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        os.chmod(folder, 0o711)  # noqa: S103  # nosec B103
+    closed = [str(folder) for folder in root.parents if not os.stat(folder).st_mode & stat.S_IXOTH]
+    if closed:
+        raise SandboxError(f"workspace accounts cannot reach their homes under {home_root}: chmod o+x {closed[0]}")
     # Traverse-only: a workspace can reach its own home but cannot list the others.
     os.chmod(root, 0o711)  # noqa: S103 - execute-only for others is the point  # nosec B103
     await ensure_group(project_group)
@@ -334,11 +347,13 @@ async def create_egress(plan: EgressPlan, key: str) -> Egress:
 
 
 async def delete_egress(egress: Egress) -> None:
-    """Remove the namespace (which takes its end of the veth, and so the pair, with it)."""
-    if (NETNS_DIR / egress.netns).exists():
-        await run("ip", "netns", "delete", egress.netns)
+    """Remove the veth pair (by its host end) and the namespace."""
+    # The host end first: deleting it removes the pair at once, while a deleted namespace's veth goes
+    # away later (the kernel cleans namespaces up asynchronously), and the last stop counts veths.
     if Path(f"/sys/class/net/{egress.host_if}").exists():
         await run("ip", "link", "delete", egress.host_if)
+    if (NETNS_DIR / egress.netns).exists():
+        await run("ip", "netns", "delete", egress.netns)
 
 
 def open_netns(netns: str) -> int:
@@ -409,12 +424,58 @@ async def remove_account(account: Account, home_root: str, outputs_path: str = "
         raise SandboxError(f"{len(left)} processes of {account.name} would not end")
     if home.is_dir() and not home.is_symlink():
         shutil.rmtree(home)
+    points = Path(home_root) / ".mounts" / account.name
+    for name in ("extract", "outputs"):
+        with contextlib.suppress(FileNotFoundError):
+            (points / name).rmdir()  # empty on the host; refuses (and so raises) if not
+    with contextlib.suppress(FileNotFoundError):
+        points.rmdir()
     outputs = Path(outputs_path) if outputs_path else None
     if outputs is not None and outputs.is_dir() and not outputs.is_symlink():
         for path in [outputs, *outputs.rglob("*")]:
             if path.lstat().st_uid == account.uid:
                 os.chown(path, 0, 0, follow_symlinks=False)
     await run("userdel", account.name)
+
+
+def staging_dirs(home_root: str, account: Account) -> tuple[str, str]:
+    """Empty root-owned mount points (extract, outputs) the account can reach, made once per account.
+
+    On the host they stay empty; only inside the workspace's own mount namespace is the project's
+    extract (and the outputs folder) bound onto them, by root, so the workspace's unprivileged
+    sandbox can bind them from there without the account ever traversing the 0700 instance folder.
+    """
+    base = Path(home_root) / ".mounts"
+    base.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(base, 0o711)  # noqa: S103 - traverse-only for others is the point  # nosec B103
+    mine = base / account.name
+    mine.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(mine, 0o711)  # noqa: S103  # nosec B103
+    points = []
+    for name in ("extract", "outputs"):
+        point = mine / name
+        point.mkdir(mode=0o755, exist_ok=True)
+        os.chown(point, 0, 0)
+        os.chmod(point, 0o755)  # noqa: S103 - an empty mount point  # nosec B103
+        points.append(str(point))
+    return points[0], points[1]
+
+
+def bind_privately(binds: list[tuple[str, str]]) -> None:
+    """In the child, still root: a mount namespace of its own, then ``source`` bound on ``target``.
+
+    Nothing of this is seen on the host (the namespace's mounts are private).
+    """
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    for source, target in binds:
+        if _libc.mount(source.encode(), target.encode(), None, MS_BIND | MS_REC, None) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"bind {source} on {target}: {os.strerror(error)}")
 
 
 def drop_to(account: Account) -> None:

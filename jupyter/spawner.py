@@ -177,6 +177,9 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             if os.geteuid() == 0:
                 files = self._wrap_in_sandbox(grant)
             return await super().start()
+        except BaseException:
+            await self._release_network()  # nothing started: leave nothing behind on the host
+            raise
         finally:
             for descriptor in files.values():
                 os.close(descriptor)
@@ -188,6 +191,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         """Make this start's command the single-user server inside bwrap; return the descriptors passed."""
         if self._plain_cmd is None:
             self._plain_cmd = list(self.cmd)
+        self._private_binds = []
         if not self.fs_sandbox:
             self.log.warning("File-system sandbox is OFF for %s: the workspace sees the whole machine", self._log_name)
             self.cmd = list(self._plain_cmd)
@@ -212,7 +216,10 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             outputs=grant.outputs_path,
             project_group=group,
             project_gid=grp.getgrnam(group).gr_gid,
+            extract_source=self._staging[0],
+            outputs_source=self._staging[1],
         )
+        self._private_binds = [(grant.extract_path, self._staging[0]), (grant.outputs_path, self._staging[1])]
         files: dict[str, int] = {}
         try:
             for target, text in fs_sandbox.generated_files(layout).items():
@@ -234,6 +241,10 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             left = await sandbox.end_processes_of(self.account)
             if left:
                 self.log.error("%d processes of %s outlived its stop", len(left), self._log_name)
+        await self._release_network()
+
+    async def _release_network(self) -> None:
+        """Delete the workspace's veth and namespace, and the hub's host table if it was the last."""
         if self.egress is not None:
             async with sandbox.HOST_RULES_LOCK:
                 await sandbox.delete_egress(self.egress)
@@ -253,6 +264,8 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         """In the child, still root: join the namespace first, then give up root for good."""
         if self._netns_fd is not None:
             sandbox.enter_netns(self._netns_fd)
+        if self._private_binds:
+            sandbox.bind_privately(self._private_binds)
         if os.geteuid() == 0 and self.account is not None:
             sandbox.drop_to(self.account)
         elif self.account is not None:
@@ -262,6 +275,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         group = project_group(grant)
         self.account = await sandbox.ensure_account(grant.unix_user, group, self.home_root)
         self._outputs_path = grant.outputs_path
+        self._staging = sandbox.staging_dirs(self.home_root, self.account)
         sandbox.share_extract_read_only(grant.extract_path, group)
         sandbox.prepare_outputs(grant.outputs_path, self.account)
         sandbox.link_into_home(self.account, "extract", grant.extract_path)
@@ -381,4 +395,6 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
 
     _netns_fd: int | None = None
     _plain_cmd: list[str] | None = None
+    _staging: tuple[str, str] = ("", "")
+    _private_binds: list[tuple[str, str]] = []  # noqa: RUF012 - replaced per start, never mutated
     _outputs_path: str = ""

@@ -65,10 +65,10 @@ class Hub:
             **kwargs,
         )
 
-    def grant(self, who: str, **extra_env: str) -> str:
+    def grant(self, who: str, extract_root: Path | None = None, **extra_env: str) -> str:
         """Make an extract for this person's project and let the gate allow it; return the username."""
         username, project = f"u-{self.tag}{who}", self.project(who)
-        extract = self.base / "extracts" / project
+        extract = (extract_root or self.base / "extracts") / project
         extract.mkdir(parents=True, exist_ok=True)
         (extract / "data.csv").write_text("age_band,count\n40-49,12\n")
         self.fake.allow(

@@ -334,9 +334,10 @@ def test_workspace_processes_live_in_their_own_pid_namespace(hub: Hub, workspace
     namespaces = {os.readlink(f"/proc/{pid}/ns/pid") for pid in pids}
     mounts = {os.readlink(f"/proc/{pid}/ns/mnt") for pid in pids}
 
-    # bwrap's outer process stays in the host's namespaces; everything it starts is in one new pair.
+    # bwrap's outer process stays in the host's PID namespace, everything it starts is in a new one;
+    # both are out of the host's mount namespace (the spawner's private binds, then bwrap's own root).
     assert os.readlink("/proc/self/ns/pid") in namespaces and len(namespaces) == 2
-    assert os.readlink("/proc/self/ns/mnt") in mounts and len(mounts) == 2
+    assert os.readlink("/proc/self/ns/mnt") not in mounts and len(mounts) == 2
 
 
 def test_stopping_the_workspace_leaves_no_process_or_namespace(hub: Hub, workspace_s):
@@ -381,3 +382,41 @@ def test_removing_a_workspace_removes_its_account_and_home_and_the_last_stop_its
     # The hub's host table lives exactly as long as one of its workspaces has a network.
     plan = sandbox.EgressPlan(prefix=f"t{hub.tag}", pool="10.238.0.0/24", ports=(1,))
     assert host_table_exists(hub) == bool(sandbox.host_interfaces(plan))
+
+
+def test_an_extract_inside_a_private_instance_folder_is_read_through_the_sandbox_only(hub: Hub):
+    """As deployed: the instance folder is 0700, so the account reaches its extract only through the
+    sandbox, where the spawner bound it as root in the workspace's own mount namespace."""
+    instance = hub.base / "private-instance"
+    (instance / "extracts").mkdir(parents=True, exist_ok=True)
+    instance.chmod(0o700)
+    (instance / "tre.sqlite").write_text("secret\n")
+    username = hub.grant("p", extract_root=instance / "extracts")
+    server = hub.project("p").lower()
+    with requests.Session() as session:
+        response = hub.login(session, username, hub.project("p"))
+        session.get(hub.url + response.headers["Location"], timeout=60)
+        hub.wait_ready(username, server)
+        session.get(f"{hub.url}/user/{username}/{server}/lab", timeout=60)
+        workspace = {"username": username, "server": server, "session": session, "account": hub.account("p")}
+        extract = instance / "extracts" / hub.project("p")
+        code = (
+            "import os\n"
+            f"print('DATA', open({str(extract / 'data.csv')!r}).read().splitlines()[1])\n"
+            f"print('INSTANCE', sorted(os.listdir({str(instance)!r})))\n"
+        )
+
+        output = run_in_kernel(hub, workspace, code)
+    outside = subprocess.run(
+        ["/usr/sbin/runuser", "-u", hub.account("p"), "--", "cat", str(extract / "data.csv")],
+        capture_output=True,
+        text=True,
+    )
+    hub.api("DELETE", f"/users/{username}/servers/{server}")
+    hub.wait_stopped(username, server)
+
+    assert "DATA 40-49,12" in output, output
+    assert "INSTANCE ['extracts']" in output  # the database beside it is not there
+    assert "Permission denied" in outside.stderr  # the same account outside its sandbox
+    mount_point = hub.base / "homes" / ".mounts" / hub.account("p") / "extract"
+    assert list(mount_point.iterdir()) == []  # nothing of the bind is seen on the host
