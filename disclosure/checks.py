@@ -332,8 +332,16 @@ def run_check(
                 output_id=f.id,
                 ledger=ledger,
             )
-            for finding in outcome["differencing"]:
-                finding["earlier_state"] = "not yet released" if finding["earlier"] in pending_ids else "released"
+            if outcome["differencing"]:
+                earlier_ids = {finding["earlier"] for finding in outcome["differencing"]}
+                requests = dict(
+                    session.execute(
+                        select(OutputFile.id, OutputFile.request_id).where(OutputFile.id.in_(earlier_ids))
+                    ).all()
+                )
+                for finding in outcome["differencing"]:
+                    finding["earlier_request"] = requests.get(finding["earlier"])
+                    finding["earlier_state"] = "not yet released" if finding["earlier"] in pending_ids else "released"
             if outcome["aggregate"] is not None:
                 # The request's next files are audited against this one too (they would leave together).
                 from disclosure.engine import ReleasedAggregate

@@ -378,6 +378,7 @@ def test_queue_fails_a_filtered_total_that_reveals_a_suppressed_cell_of_an_earli
     assert check.status == "fail"
     finding = check.differencing[0]
     assert finding["earlier"] == released_file_id(world, earlier)
+    assert finding["earlier_request"] == earlier.id and finding["earlier_state"] == "released"
     assert finding["cell"] == {"eth": "mixed", "sex": "F", "age": "65+"}
     assert finding["revealed"] == 9
     assert any("differencing" in r for r in check.verdict["reasons"])
@@ -475,6 +476,7 @@ def test_queue_audits_a_request_against_another_not_yet_released(world: World) -
     assert check.status == "fail"
     assert check.differencing[0]["earlier"] == first.current_files[0].id
     assert check.differencing[0]["earlier_state"] == "not yet released"
+    assert check.differencing[0]["earlier_request"] == first.id
 
 
 def test_queue_audits_the_files_of_one_request_against_each_other(world: World) -> None:
