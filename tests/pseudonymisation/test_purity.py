@@ -3,7 +3,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline", "partitions"]
+MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline", "partitions",
+           "profiling"]
 FORBIDDEN = ["flask", "sqlalchemy", "celery", "tre", "projects"]
 
 

@@ -1,0 +1,484 @@
+"""Read a source and propose its schema: each column's type, a role from its content, and an extract rule.
+
+The custodian confirms or changes the proposal; nothing here writes anything. A source is a CSV file
+(any delimiter, encoding and quoting, found by sniffing its first bytes) or a Parquet file, read in
+bounded chunks with pyarrow so memory follows the chunk size, not the file size. Every CSV column is
+read as text, so a messy value late in the file never breaks type inference.
+
+What a column's content says (shares of its non-missing values, at least ``MATCH_SHARE``):
+
+- NHS numbers that pass the modulus-11 check digit → direct identifier, rule ``nhs_token`` (only one
+  column, the one with most valid numbers; any other → direct identifier, ``drop``);
+- dates → a date of birth when every one is in the past and the name says so (``dob``, ``birth``) or
+  the years span a lifetime → quasi-identifier, ``dob_age_band``; other dates → quasi-identifier,
+  ``date_shift`` (``dob_year`` when there is no NHS number to shift by);
+- UK postcodes → quasi-identifier, ``postcode_district``;
+- person names (alphabetic words, mostly distinct, or a name-like heading) → direct identifier, ``drop``;
+- free text (long values of many words) → free text, ``drop``;
+- anything else (numbers, codes) → attribute, ``keep``.
+
+The rules are the extract pipeline's own (``pseudonymisation.schema.TransformKind``). The proposal
+carries counts only, never a value from the source.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pseudonymisation import tokens
+from pseudonymisation.schema import ColumnSpec, DatasetSchema, Role, Transform, TransformKind
+
+MATCH_SHARE = 0.9  # a column is of a kind when this share of its present values is of that kind
+VALID_NHS_SHARE = 0.8  # ... and an NHS number column when this share of those also pass the check digit
+SNIFF_BYTES = 64 * 1024
+DEFAULT_CHUNK_BYTES = 16 << 20
+DISTINCT_SAMPLE = 50_000
+NULL_VALUES = ["", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "-"]
+
+# The rules a custodian may choose; each is a transform the extract pipeline already applies.
+RULES: tuple[TransformKind, ...] = (
+    TransformKind.NHS_TOKEN,
+    TransformKind.DOB_AGE_BAND,
+    TransformKind.DOB_YEAR,
+    TransformKind.DATE_SHIFT,
+    TransformKind.POSTCODE_DISTRICT,
+    TransformKind.POSTCODE_SECTOR,
+    TransformKind.KEEP,
+    TransformKind.DROP,
+)
+RULE_LABELS = {
+    TransformKind.NHS_TOKEN: "token (per project)",
+    TransformKind.DOB_AGE_BAND: "age band",
+    TransformKind.DOB_YEAR: "year",
+    TransformKind.DATE_SHIFT: "date shift (per patient)",
+    TransformKind.POSTCODE_DISTRICT: "postcode district",
+    TransformKind.POSTCODE_SECTOR: "postcode sector",
+    TransformKind.KEEP: "kept",
+    TransformKind.DROP: "dropped",
+}
+
+_ISO_DATE = r"^\d{4}-\d{2}-\d{2}([ T][0-9:.]+Z?)?$"
+_DMY_DATE = r"^\d{1,2}[/.-]\d{1,2}[/.-]\d{4}$"
+_POSTCODE = r"^[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}$"
+_NHS_SHAPE = r"^\d{3}[ -]?\d{3}[ -]?\d{4}$"
+_INTEGER = r"^[-+]?\d+$"
+_DECIMAL = r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$"
+_NAME = r"^[A-Za-z][A-Za-z'\-]*( [A-Za-z][A-Za-z'\-]*){0,2}$"
+_NAME_HEADING = re.compile(r"(^|_)(name|forename|surname|given|family|first_?name|last_?name)($|_)", re.I)
+_DOB_HEADING = re.compile(r"(dob|birth)", re.I)
+
+
+class ProfilingError(ValueError):
+    """A source that cannot be read; the message names no value."""
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    quote_char: str = '"'
+
+    def to_dict(self) -> dict[str, str]:
+        return {"delimiter": self.delimiter, "encoding": self.encoding, "quote_char": self.quote_char}
+
+
+@dataclass
+class _Counts:
+    """Running counts for one column (numbers only)."""
+
+    rows: int = 0
+    present: int = 0
+    nhs_shaped: int = 0
+    nhs_valid: int = 0
+    dates_iso: int = 0
+    dates_dmy: int = 0
+    dates_unparsed: int = 0
+    dates_future: int = 0
+    min_year: int | None = None
+    max_year: int | None = None
+    postcodes: int = 0
+    integers: int = 0
+    decimals: int = 0
+    names: int = 0
+    long_text: int = 0
+    text_chars: int = 0
+    sample: list[pa.Array] = field(default_factory=list)  # held only to count distinct values
+    sampled: int = 0
+    native_type: str | None = None  # a Parquet column's own type
+
+
+@dataclass(frozen=True)
+class ColumnProposal:
+    name: str
+    data_type: str
+    role: Role
+    rule: TransformKind
+    reason: str
+    counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "data_type": self.data_type,
+            "role": str(self.role),
+            "rule": str(self.rule),
+            "reason": self.reason,
+            "counts": dict(self.counts),
+        }
+
+
+@dataclass(frozen=True)
+class SourceProposal:
+    format: str
+    row_count: int
+    columns: tuple[ColumnProposal, ...]
+    nhs_number_column: str | None
+    dialect: CsvDialect | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "row_count": self.row_count,
+            "nhs_number_column": self.nhs_number_column,
+            "dialect": self.dialect.to_dict() if self.dialect else None,
+            "columns": [c.to_dict() for c in self.columns],
+            "warnings": list(self.warnings),
+        }
+
+    def to_schema(self, name: str, *, reference_date: dt.date) -> DatasetSchema:
+        """The proposal as an extract schema (what the custodian starts from)."""
+        return build_schema(
+            name,
+            {c.name: (c.role, c.rule) for c in self.columns},
+            order=[c.name for c in self.columns],
+            nhs_number_column=self.nhs_number_column,
+            reference_date=reference_date,
+        )
+
+
+def build_schema(
+    name: str,
+    choices: dict[str, tuple[Role, TransformKind]],
+    *,
+    order: list[str],
+    nhs_number_column: str | None,
+    reference_date: dt.date,
+) -> DatasetSchema:
+    """An extract schema from a role and a rule per column; refuses (SchemaError) what the pipeline would.
+
+    An age band is counted at ``reference_date``; a rule outside ``RULES`` is refused.
+    """
+    from pseudonymisation.schema import SchemaError
+
+    specs = []
+    for column in order:
+        role, rule = choices[column]
+        if rule not in RULES:
+            raise SchemaError(f"column {column!r}: {rule} is not a rule this page offers")
+        params: dict[str, Any] = {}
+        if rule is TransformKind.DOB_AGE_BAND:
+            params = {"reference_date": reference_date.isoformat()}
+        specs.append(ColumnSpec(name=column, role=role, transform=Transform(rule, params)))
+    return DatasetSchema(name=name, columns=tuple(specs), nhs_number_column=nhs_number_column)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def source_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return "parquet"
+    if suffix in {".csv", ".txt", ".tsv"}:
+        return "csv"
+    raise ProfilingError("A source must be a .parquet or .csv file")
+
+
+def sniff_csv(path: Path) -> CsvDialect:
+    """The delimiter, encoding and quote character, from the first bytes of the file."""
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if not head:
+        raise ProfilingError("The source file is empty")
+    encoding = "utf-8"
+    if head.startswith(codecs.BOM_UTF8):
+        encoding = "utf-8-sig"
+    cut = head.rfind(b"\n")
+    whole = head if cut < 0 else head[:cut]  # a multi-byte character may be cut at the sample's end
+    try:
+        whole.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        encoding = "cp1252"  # the usual single-byte Windows export
+        try:
+            whole.decode(encoding)
+        except UnicodeDecodeError:
+            encoding = "latin-1"  # decodes any byte
+    text = whole.decode(encoding)
+    try:
+        sniffed = csv.Sniffer().sniff(text, delimiters=",;\t|")
+        delimiter, quote = sniffed.delimiter, sniffed.quotechar or '"'
+    except csv.Error:
+        first = text.split("\n", 1)[0]
+        delimiter = max(",;\t|", key=first.count)
+        quote = '"'
+    return CsvDialect(delimiter=delimiter, encoding=encoding, quote_char=quote)
+
+
+def _csv_reader(path: Path, dialect: CsvDialect, chunk_bytes: int, names: list[str] | None) -> pacsv.CSVStreamingReader:
+    encoding = "utf8" if dialect.encoding == "utf-8" else dialect.encoding
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=chunk_bytes, encoding=encoding),
+        parse_options=pacsv.ParseOptions(
+            delimiter=dialect.delimiter, quote_char=dialect.quote_char, newlines_in_values=True
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names or []},
+            null_values=NULL_VALUES,
+            strings_can_be_null=True,
+        ),
+    )
+
+
+def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
+    if fmt == "parquet":
+        handle = pq.ParquetFile(path)
+        for group in range(handle.num_row_groups):
+            yield from handle.read_row_group(group).to_batches()
+        return
+    assert dialect is not None
+    try:
+        names = _csv_reader(path, dialect, chunk_bytes, None).schema.names
+        yield from _csv_reader(path, dialect, chunk_bytes, names)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        # Arrow's message may quote a row; say only what kind of fault it is.
+        kind = "an encoding" if isinstance(exc, UnicodeDecodeError) else "a parsing"
+        raise ProfilingError(
+            f"The CSV file could not be read ({kind} error); check its delimiter and quoting"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting
+
+
+def _count(values: pa.Array, mask: pa.Array | None) -> int:
+    if mask is None:
+        return 0
+    return int(pc.sum(pc.cast(pc.fill_null(mask, False), pa.int64())).as_py() or 0)
+
+
+def _observe(counts: _Counts, column: pa.Array, today: dt.date) -> None:
+    counts.rows += len(column)
+    if counts.native_type is None:
+        counts.native_type = str(column.type)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_date(column.type) or pa.types.is_timestamp(column.type):
+        present = column.drop_null()
+        counts.present += len(present)
+        counts.dates_iso += len(present)
+        _observe_years(counts, pc.cast(present, pa.date32()), today)
+        return
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        present = column.drop_null()
+        counts.present += len(present)
+        if pa.types.is_integer(column.type):
+            counts.integers += len(present)
+            ten = pc.and_(pc.greater_equal(present, 100_000_000), pc.less_equal(present, 9_999_999_999))
+            shaped = present.filter(ten)
+            counts.nhs_shaped += len(shaped)
+            if len(shaped):
+                counts.nhs_valid += int((tokens.parse_numbers(shaped).status == tokens.Status.VALID).sum())
+        elif pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+            counts.decimals += len(present)
+        return
+    text = pc.utf8_trim_whitespace(column)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text).drop_null()
+    if pa.types.is_large_string(text.type):
+        text = pc.cast(text, pa.string())
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    counts.present += len(text)
+    if not len(text):
+        return
+    upper = pc.utf8_upper(text)
+    nhs_shape = pc.match_substring_regex(text, _NHS_SHAPE)
+    counts.nhs_shaped += _count(text, nhs_shape)
+    shaped = text.filter(nhs_shape)
+    if len(shaped):
+        counts.nhs_valid += int((tokens.parse_numbers(shaped).status == tokens.Status.VALID).sum())
+    iso = pc.match_substring_regex(text, _ISO_DATE)
+    dmy = pc.match_substring_regex(text, _DMY_DATE)
+    counts.dates_iso += _count(text, iso)
+    counts.dates_dmy += _count(text, dmy)
+    parsed_iso = pc.strptime(pc.utf8_slice_codeunits(text.filter(iso), 0, 10), format="%Y-%m-%d", unit="s",
+                             error_is_null=True)
+    dmy_text = pc.replace_substring_regex(text.filter(dmy), r"[.-]", "/")
+    parsed_dmy = pc.strptime(dmy_text, format="%d/%m/%Y", unit="s", error_is_null=True)
+    counts.dates_unparsed += parsed_iso.null_count + parsed_dmy.null_count
+    for parsed in (parsed_iso, parsed_dmy):
+        _observe_years(counts, pc.cast(parsed.drop_null(), pa.date32()), today)
+    counts.postcodes += _count(text, pc.match_substring_regex(upper, _POSTCODE))
+    counts.integers += _count(text, pc.match_substring_regex(text, _INTEGER))
+    counts.decimals += _count(text, pc.match_substring_regex(text, _DECIMAL))
+    counts.names += _count(text, pc.match_substring_regex(text, _NAME))
+    lengths = pc.utf8_length(text)
+    counts.text_chars += int(pc.sum(lengths).as_py() or 0)
+    words = pc.list_value_length(pc.utf8_split_whitespace(text))
+    counts.long_text += _count(text, pc.and_(pc.greater_equal(lengths, 40), pc.greater_equal(words, 6)))
+    if counts.sampled < DISTINCT_SAMPLE:
+        take = text.slice(0, DISTINCT_SAMPLE - counts.sampled)
+        counts.sample.append(take)
+        counts.sampled += len(take)
+
+
+def _observe_years(counts: _Counts, dates: pa.Array, today: dt.date) -> None:
+    if not len(dates):
+        return
+    counts.dates_future += _count(dates, pc.greater(dates, pa.scalar(today, pa.date32())))
+    years = pc.min_max(pc.year(dates)).as_py()
+    lo, hi = years["min"], years["max"]
+    counts.min_year = lo if counts.min_year is None else min(counts.min_year, lo)
+    counts.max_year = hi if counts.max_year is None else max(counts.max_year, hi)
+
+
+def _distinct_share(counts: _Counts) -> float:
+    if not counts.sampled:
+        return 0.0
+    sample = pa.concat_arrays(counts.sample) if len(counts.sample) > 1 else counts.sample[0]
+    return int(pc.count_distinct(sample).as_py()) / counts.sampled
+
+
+# --------------------------------------------------------------------------------------------------
+# Deciding
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, TransformKind, str]:
+    """(data type, role, rule, reason) for one column, from its counts and its heading."""
+    if not c.present:
+        return "string", Role.ATTRIBUTE, TransformKind.DROP, "every value is missing"
+    dates = c.dates_iso + c.dates_dmy
+    if _share(c.nhs_shaped, c.present) >= MATCH_SHARE and _share(c.nhs_valid, c.nhs_shaped) >= VALID_NHS_SHARE:
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.NHS_TOKEN, "NHS numbers that pass the check digit"
+    if _share(dates, c.present) >= MATCH_SHARE:
+        lifetime = c.min_year is not None and c.max_year is not None and c.max_year - c.min_year >= 30
+        if not c.dates_future and (_DOB_HEADING.search(name) or (lifetime and not _looks_event(name))):
+            return "date", Role.QUASI_IDENTIFIER, TransformKind.DOB_AGE_BAND, "dates of birth"
+        return "date", Role.QUASI_IDENTIFIER, TransformKind.DATE_SHIFT, "dates"
+    if _share(c.postcodes, c.present) >= MATCH_SHARE:
+        return "string", Role.QUASI_IDENTIFIER, TransformKind.POSTCODE_DISTRICT, "UK postcodes"
+    if _share(c.integers, c.present) >= MATCH_SHARE:
+        return "integer", Role.ATTRIBUTE, TransformKind.KEEP, "whole numbers"
+    if _share(c.decimals, c.present) >= MATCH_SHARE:
+        return "decimal", Role.ATTRIBUTE, TransformKind.KEEP, "numbers"
+    if _share(c.long_text, c.present) >= 0.5 or (c.text_chars / c.present) >= 60:
+        return "string", Role.FREE_TEXT, TransformKind.DROP, "free text"
+    if _share(c.names, c.present) >= MATCH_SHARE and (_NAME_HEADING.search(name) or distinct >= 0.5):
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "person names"
+    return "string", Role.ATTRIBUTE, TransformKind.KEEP, "codes or categories"
+
+
+def _looks_event(name: str) -> bool:
+    return bool(re.search(r"(admi|disch|event|visit|death|date_of_(?!birth)|_date$|_at$|_on$)", name, re.I))
+
+
+def _public_counts(c: _Counts) -> dict[str, int]:
+    out = {
+        "rows": c.rows,
+        "missing": c.rows - c.present,
+        "nhs_number_valid": c.nhs_valid,
+        "nhs_number_bad_check_digit": c.nhs_shaped - c.nhs_valid,
+        "dates_iso": c.dates_iso,
+        "dates_day_month_year": c.dates_dmy,
+        "dates_unparsed": c.dates_unparsed,
+        "dates_in_future": c.dates_future,
+        "postcodes": c.postcodes,
+    }
+    return {k: v for k, v in out.items() if v or k in ("rows", "missing")}
+
+
+def propose(
+    path: Path | str, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, today: dt.date | None = None
+) -> SourceProposal:
+    """Read the whole source once, in chunks, and propose a schema (counts only, never values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfilingError("The source file does not exist")
+    fmt = source_format(path)
+    dialect = sniff_csv(path) if fmt == "csv" else None
+    today = today or dt.date.today()
+    counts: dict[str, _Counts] = {}
+    rows = 0
+    for batch in _batches(path, fmt, dialect, chunk_bytes):
+        rows += batch.num_rows
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            _observe(counts.setdefault(name, _Counts()), column, today)
+    proposals = []
+    for name, c in counts.items():
+        data_type, role, rule, reason = _propose(name, c, _distinct_share(c))
+        c.sample.clear()
+        proposals.append(ColumnProposal(name, data_type, role, rule, reason, _public_counts(c)))
+    nhs = _pick_nhs_column(proposals, counts)
+    warnings = _warnings(proposals, counts, dialect, nhs)
+    if nhs is None:
+        # A date shift is per patient: with no NHS number to key it, offer the year instead.
+        proposals = [
+            _with(p, rule=TransformKind.DOB_YEAR) if p.rule is TransformKind.DATE_SHIFT else p for p in proposals
+        ]
+    return SourceProposal(fmt, rows, tuple(proposals), nhs, dialect, tuple(warnings))
+
+
+def _with(p: ColumnProposal, **changes: Any) -> ColumnProposal:
+    values = p.to_dict() | {"role": p.role, "rule": p.rule} | changes
+    return ColumnProposal(values["name"], values["data_type"], values["role"], values["rule"], values["reason"],
+                          values["counts"])
+
+
+def _pick_nhs_column(proposals: list[ColumnProposal], counts: dict[str, _Counts]) -> str | None:
+    """One column is the NHS number (the most valid numbers); any other such column is dropped."""
+    candidates = [p for p in proposals if p.rule is TransformKind.NHS_TOKEN]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: counts[p.name].nhs_valid)
+    for i, p in enumerate(proposals):
+        if p.rule is TransformKind.NHS_TOKEN and p is not best:
+            proposals[i] = _with(p, rule=TransformKind.DROP, reason="NHS numbers (a second column)")
+    return best.name
+
+
+def _warnings(
+    proposals: list[ColumnProposal], counts: dict[str, _Counts], dialect: CsvDialect | None, nhs: str | None
+) -> list[str]:
+    out = []
+    if dialect is not None and (dialect.delimiter != "," or dialect.encoding not in ("utf-8", "utf-8-sig")):
+        out.append(
+            "The extract pipeline reads comma-separated UTF-8: convert this file "
+            f"(delimiter {dialect.delimiter!r}, encoding {dialect.encoding}) before building an extract"
+        )
+    for p in proposals:
+        c = counts[p.name]
+        if p.data_type == "date" and c.dates_dmy:
+            out.append(f"Column {p.name}: {c.dates_dmy} dates are day/month/year; the extract reads only "
+                       "YYYY-MM-DD and leaves the others empty")
+        if p.name == nhs and c.present - c.nhs_valid:
+            out.append(f"Column {p.name}: {c.rows - c.nhs_valid} rows have no valid NHS number")
+    return out

@@ -1,0 +1,210 @@
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pseudonymisation import profiling
+from pseudonymisation.profiling import ProfilingError, propose
+from pseudonymisation.schema import Role, SchemaError, TransformKind
+
+from .conftest import valid_nhs_numbers
+
+TODAY = dt.date(2026, 12, 1)
+FIRST = ["Alice", "Bashir", "Chen", "Dorota", "Emeka", "Fiona", "Gareth", "Hana", "Ivan", "Jo"]
+LAST = ["Smith", "Khan", "Li", "Nowak", "Obi", "Reid", "Jones", "Sato", "Petrov", "O'Neil"]
+POSTCODES = ["LS1 4AP", "ls6 2qd", "M1 1AE", "BD7 1DP", "HX1 2RN", "wf1 3aa", "YO1 7HH", "S10 2TN", "HG1 1AA",
+             "LS29 8BB"]
+
+
+def _rows(count: int = 40) -> list[dict[str, str]]:
+    numbers = valid_nhs_numbers(count, seed=3)
+    rows = []
+    for i in range(count):
+        rows.append(
+            {
+                "nhs_no": numbers[i] if i % 10 else "",  # every tenth is missing
+                "forename": FIRST[i % 10] + ("a" * (i // 10)),
+                "surname": LAST[(i * 3) % 10],
+                "dob": f"{1940 + i}-0{1 + i % 9}-1{i % 10}",
+                "postcode": POSTCODES[i % 10],
+                "diagnosis": ["E11", "I10", "J45.9", "C50.1"][i % 4],
+                "weight_kg": f"{60 + i}.5",
+                "notes": "Seen in clinic today, reports chest pain after exercise; plan review in six weeks"
+                if i % 2
+                else "",
+            }
+        )
+    return rows
+
+
+def _write_csv(path, rows, *, delimiter=",", encoding="utf-8"):
+    header = list(rows[0])
+    lines = [delimiter.join(header)]
+    for row in rows:
+        lines.append(delimiter.join(f'"{row[h]}"' if delimiter in row[h] or "\n" in row[h] else row[h] for h in header))
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def _by_name(proposal):
+    return {c.name: c for c in proposal.columns}
+
+
+def test_propose_gives_each_column_a_role_and_an_existing_rule(tmp_path):
+    proposal = propose(_write_csv(tmp_path / "clinic.csv", _rows()), today=TODAY)
+    cols = _by_name(proposal)
+
+    assert proposal.row_count == 40
+    assert proposal.nhs_number_column == "nhs_no"
+    assert (cols["nhs_no"].role, cols["nhs_no"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.NHS_TOKEN)
+    assert (cols["forename"].role, cols["forename"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP)
+    assert (cols["surname"].role, cols["surname"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP)
+    assert (cols["dob"].role, cols["dob"].rule) == (Role.QUASI_IDENTIFIER, TransformKind.DOB_AGE_BAND)
+    assert (cols["postcode"].role, cols["postcode"].rule) == (Role.QUASI_IDENTIFIER, TransformKind.POSTCODE_DISTRICT)
+    assert (cols["diagnosis"].role, cols["diagnosis"].rule) == (Role.ATTRIBUTE, TransformKind.KEEP)
+    assert cols["weight_kg"].data_type == "decimal"
+    assert (cols["notes"].role, cols["notes"].rule) == (Role.FREE_TEXT, TransformKind.DROP)
+    assert all(c.rule in profiling.RULES for c in proposal.columns)
+
+
+def test_propose_counts_missing_nhs_numbers_and_bad_check_digits(tmp_path):
+    rows = _rows()
+    rows[1]["nhs_no"] = rows[1]["nhs_no"][:9] + str((int(rows[1]["nhs_no"][9]) + 1) % 10)  # bad check digit
+
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY)
+    counts = _by_name(proposal)["nhs_no"].counts
+
+    assert counts["missing"] == 4
+    assert counts["nhs_number_bad_check_digit"] == 1
+    assert counts["nhs_number_valid"] == 35
+    assert _by_name(proposal)["nhs_no"].rule is TransformKind.NHS_TOKEN
+
+
+def test_propose_does_not_token_ten_digit_numbers_that_fail_the_check_digit(tmp_path):
+    rows = _rows()
+    for i, row in enumerate(rows):
+        row["nhs_no"] = f"{1234567000 + i * 7}"  # ten digits, mostly not valid NHS numbers
+
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY)
+
+    assert proposal.nhs_number_column is None
+    assert _by_name(proposal)["nhs_no"].rule is not TransformKind.NHS_TOKEN
+
+
+def test_propose_reads_semicolons_latin1_and_quoted_newlines(tmp_path):
+    rows = _rows()
+    rows[3]["surname"] = "Brontë"
+    rows[5]["notes"] = "Line one; with a semicolon\nand a second line after the newline in the value"
+
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows, delimiter=";", encoding="latin-1"), today=TODAY)
+
+    assert proposal.row_count == 40
+    assert proposal.dialect.delimiter == ";"
+    assert proposal.dialect.encoding in ("cp1252", "latin-1")
+    assert [c.name for c in proposal.columns] == list(rows[0])
+    assert _by_name(proposal)["postcode"].rule is TransformKind.POSTCODE_DISTRICT
+    assert any("comma-separated UTF-8" in w for w in proposal.warnings)
+
+
+def test_propose_counts_mixed_date_formats_and_warns(tmp_path):
+    rows = _rows()
+    for row in rows[::2]:
+        y, m, d = row["dob"].split("-")
+        row["dob"] = f"{d}/{m}/{y}"
+
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY)
+    dob = _by_name(proposal)["dob"]
+
+    assert dob.rule is TransformKind.DOB_AGE_BAND
+    assert (dob.counts["dates_iso"], dob.counts["dates_day_month_year"]) == (20, 20)
+    assert any("day/month/year" in w for w in proposal.warnings)
+
+
+def test_propose_treats_event_dates_as_shifted_dates(tmp_path):
+    rows = _rows()
+    for i, row in enumerate(rows):
+        row["admission_date"] = f"2024-0{1 + i % 9}-0{1 + i % 9}"
+
+    cols = _by_name(propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY))
+
+    assert cols["admission_date"].rule is TransformKind.DATE_SHIFT
+
+
+def test_propose_without_an_nhs_number_offers_the_year_not_a_date_shift(tmp_path):
+    rows = _rows()
+    for i, row in enumerate(rows):
+        del row["nhs_no"]
+        row["admission_date"] = f"2024-0{1 + i % 9}-0{1 + i % 9}"
+
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY)
+
+    assert proposal.nhs_number_column is None
+    assert _by_name(proposal)["admission_date"].rule is TransformKind.DOB_YEAR
+    proposal.to_schema("clinic", reference_date=TODAY)  # the schema accepts it
+
+
+def test_propose_never_carries_a_value_from_the_source(tmp_path):
+    rows = _rows()
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY)
+
+    text = json.dumps(proposal.to_dict())
+
+    for row in rows:
+        for value in (row["nhs_no"], row["forename"], row["surname"], row["dob"], row["postcode"]):
+            if value:
+                assert value not in text
+
+
+def test_propose_reads_parquet_with_native_types(tmp_path):
+    numbers = valid_nhs_numbers(30, seed=5)
+    table = pa.table(
+        {
+            "nhs_number": pa.array([int(n) for n in numbers], pa.int64()),
+            "date_of_birth": pa.array([dt.date(1950 + i, 1, 2) for i in range(30)]),
+            "score": pa.array([float(i) for i in range(30)]),
+        }
+    )
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=7)
+
+    proposal = propose(tmp_path / "s.parquet", today=TODAY)
+    cols = _by_name(proposal)
+
+    assert proposal.row_count == 30
+    assert proposal.nhs_number_column == "nhs_number"
+    assert cols["date_of_birth"].rule is TransformKind.DOB_AGE_BAND
+    assert cols["score"].rule is TransformKind.KEEP
+
+
+def test_propose_reads_in_small_chunks_the_same_as_in_one(tmp_path):
+    path = _write_csv(tmp_path / "c.csv", _rows(200))
+
+    small = propose(path, chunk_bytes=1024, today=TODAY)
+    whole = propose(path, today=TODAY)
+
+    assert small.to_dict() == whole.to_dict()
+
+
+def test_propose_refuses_an_unknown_kind_of_file(tmp_path):
+    (tmp_path / "x.xlsx").write_bytes(b"PK")
+
+    with pytest.raises(ProfilingError, match="parquet or .csv"):
+        propose(tmp_path / "x.xlsx")
+
+
+def test_to_schema_gives_an_age_band_its_reference_date(tmp_path):
+    proposal = propose(_write_csv(tmp_path / "c.csv", _rows()), today=TODAY)
+
+    schema = proposal.to_schema("clinic", reference_date=TODAY)
+
+    assert schema.column("dob").effective_transform.params == {"reference_date": "2026-12-01"}
+    assert schema.nhs_number_column == "nhs_no"
+
+
+def test_build_schema_refuses_a_rule_the_pipeline_would_refuse():
+    with pytest.raises(SchemaError, match="cannot take"):
+        profiling.build_schema(
+            "x", {"name": (Role.DIRECT_IDENTIFIER, TransformKind.KEEP)}, order=["name"],
+            nhs_number_column=None, reference_date=TODAY,
+        )
