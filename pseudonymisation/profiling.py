@@ -37,8 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pseudonymisation import tokens
-from pseudonymisation.schema import ColumnSpec, DatasetSchema, Role, Transform, TransformKind
+from pseudonymisation import generalise, tokens
+from pseudonymisation.schema import ColumnSpec, DatasetSchema, Role, SchemaError, Transform, TransformKind
 
 MATCH_SHARE = 0.9  # a column is of a kind when this share of its present values is of that kind
 VALID_NHS_SHARE = 0.8  # ... and an NHS number column when this share of those also pass the check digit
@@ -181,8 +181,6 @@ def build_schema(
 
     An age band is counted at ``reference_date``; a rule outside ``RULES`` is refused.
     """
-    from pseudonymisation.schema import SchemaError
-
     specs = []
     for column in order:
         role, rule = choices[column]
@@ -482,3 +480,86 @@ def _warnings(
         if p.name == nhs and c.present - c.nhs_valid:
             out.append(f"Column {p.name}: {c.rows - c.nhs_valid} rows have no valid NHS number")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Preview
+
+
+HIDDEN = "(kept; not shown)"
+
+
+def preview(path: Path | str, schema: DatasetSchema, *, rows: int = 5) -> dict[str, Any]:
+    """The first few rows as the extract would make them, under throwaway keys.
+
+    Only what is safe on a custodian's screen: tokens (of keys made for this preview and forgotten),
+    bands, years, shifted dates, districts and kept attributes. A kept quasi-identifier is shown as
+    ``HIDDEN``; a dropped column is not shown at all.
+    """
+    path = Path(path)
+    fmt = source_format(path)
+    dialect = sniff_csv(path) if fmt == "csv" else None
+    first = next(_batches(path, fmt, dialect, 1 << 20), None)
+    if first is None:
+        return {"columns": [], "rows": []}
+    table = pa.Table.from_batches([first]).slice(0, rows)
+    linkage_key, project_key = tokens.generate_key(), tokens.generate_key()
+    pseudonyms = None
+    if schema.nhs_number_column is not None:
+        numbers = _text(table.column(schema.nhs_number_column))
+        pseudonyms = tokens.internal_pseudonyms(tokens.parse_numbers(numbers), linkage_key)
+    names: list[str] = []
+    columns: list[list[Any]] = []
+    for spec in schema.columns:
+        kind = spec.effective_transform.kind
+        if kind is TransformKind.DROP or spec.name not in table.column_names:
+            continue
+        values = table.column(spec.name).combine_chunks()
+        shown = _apply(spec, kind, values, pseudonyms, linkage_key, project_key)
+        names.append(spec.effective_output_name)
+        columns.append(shown)
+    return {"columns": names, "rows": [list(r) for r in zip(*columns, strict=True)]}
+
+
+def _text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_string(values.type) or pa.types.is_integer(values.type):
+        return values
+    return pc.cast(values, pa.string())
+
+
+def _iso_text(values: pa.Array) -> pa.Array:
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(values), 0, 10)
+    return values
+
+
+def _apply(
+    spec: ColumnSpec,
+    kind: TransformKind,
+    values: pa.Array,
+    pseudonyms: tokens.Pseudonyms | None,
+    linkage_key: bytes,
+    project_key: bytes,
+) -> list[Any]:
+    params = spec.effective_transform.params
+    match kind:
+        case TransformKind.NHS_TOKEN:
+            out = tokens.tokenise(_text(values), linkage_key, project_key)
+        case TransformKind.DOB_AGE_BAND:
+            reference = dt.date.fromisoformat(params["reference_date"])
+            out = generalise.dob_to_age_band(generalise.as_dates(_iso_text(values)), reference)
+        case TransformKind.DOB_YEAR:
+            out = generalise.dob_to_year(generalise.as_dates(_iso_text(values)))
+        case TransformKind.DATE_SHIFT if pseudonyms is not None:
+            out = generalise.shift_dates(_iso_text(values), pseudonyms, project_key, int(params.get("max_days", 180)))
+        case TransformKind.POSTCODE_DISTRICT:
+            out = generalise.postcode_district(_text(values))
+        case TransformKind.POSTCODE_SECTOR:
+            out = generalise.postcode_sector(_text(values))
+        case TransformKind.KEEP if spec.role is Role.ATTRIBUTE:
+            out = values
+        case _:
+            return [HIDDEN] * len(values)
+    return [None if v is None else str(v) for v in out.to_pylist()]

@@ -208,3 +208,35 @@ def test_build_schema_refuses_a_rule_the_pipeline_would_refuse():
             "x", {"name": (Role.DIRECT_IDENTIFIER, TransformKind.KEEP)}, order=["name"],
             nhs_number_column=None, reference_date=TODAY,
         )
+
+
+def test_preview_shows_tokens_bands_and_districts_never_identifiers(tmp_path):
+    rows = _rows()
+    path = _write_csv(tmp_path / "c.csv", rows)
+    schema = propose(path, today=TODAY).to_schema("clinic", reference_date=TODAY)
+
+    shown = profiling.preview(path, schema, rows=5)
+    text = json.dumps(shown)
+
+    assert shown["columns"] == ["patient_token", "dob", "postcode", "diagnosis", "weight_kg"]
+    assert len(shown["rows"]) == 5
+    assert shown["rows"][1][1] == "85-89"  # born 1941-02-11, 85 at 2026-12-01
+    assert shown["rows"][1][2] == "LS6"
+    for row in rows[:5]:
+        for value in (row["nhs_no"], row["forename"], row["surname"], row["dob"], row["postcode"]):
+            if value:
+                assert value not in text
+
+
+def test_preview_hides_a_kept_quasi_identifier(tmp_path):
+    rows = _rows()
+    path = _write_csv(tmp_path / "c.csv", rows)
+    choices = {c.name: (c.role, c.rule) for c in propose(path, today=TODAY).columns}
+    choices["postcode"] = (Role.QUASI_IDENTIFIER, TransformKind.KEEP)
+    schema = profiling.build_schema("c", choices, order=list(choices), nhs_number_column="nhs_no",
+                                    reference_date=TODAY)
+
+    shown = profiling.preview(path, schema, rows=3)
+
+    position = shown["columns"].index("postcode")
+    assert {row[position] for row in shown["rows"]} == {profiling.HIDDEN}
