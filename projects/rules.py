@@ -146,9 +146,7 @@ def check_transition(current: str, target: str) -> str:
         raise IllegalTransition(f"Unknown project state: {target if current in STATES else current}")
     step = TRANSITIONS.get((current, target))
     if step is None:
-        possible = (
-            ", ".join(STATE_LABELS[t].lower() for t in allowed_targets(current)) or "nothing (it is final)"
-        )
+        possible = ", ".join(STATE_LABELS[t].lower() for t in allowed_targets(current)) or "nothing (it is final)"
         raise IllegalTransition(
             f"A project that is {STATE_LABELS[current].lower()} cannot become "
             f"{STATE_LABELS[target].lower()}; "
@@ -179,9 +177,7 @@ class ProjectPolicy:
         return cls(
             quorum=int(getattr(settings, "dac_quorum", cls.quorum)),
             training_warning_days=int(getattr(settings, "training_warning_days", cls.training_warning_days)),
-            expiry_warning_days=int(
-                getattr(settings, "project_expiry_warning_days", cls.expiry_warning_days)
-            ),
+            expiry_warning_days=int(getattr(settings, "project_expiry_warning_days", cls.expiry_warning_days)),
         )
 
 
@@ -205,31 +201,37 @@ def missing_for_submission(application: Mapping[str, Any], today: dt.date) -> li
     and ``end_date`` (dates or None), ``datasets`` (each with ``name``, ``columns``,
     ``justification``) and ``members``.
     """
-    problems = [
-        message for key, message in REQUIRED_TEXT_FIELDS if not str(application.get(key) or "").strip()
-    ]
+    return [message for _, message in submission_problems(application, today)]
+
+
+def submission_problems(application: Mapping[str, Any], today: dt.date) -> list[tuple[str, str]]:
+    """``missing_for_submission`` with the form field each problem is about, as (field, message):
+    a text field's name, ``start_date``/``end_date``, ``datasets``, or ``columns:<dataset>`` and
+    ``justification:<dataset>`` for one dataset's request (so a form can link each to its field)."""
+    problems = [(key, message) for key, message in REQUIRED_TEXT_FIELDS if not str(application.get(key) or "").strip()]
     start, end = application.get("start_date"), application.get("end_date")
     if start is None:
-        problems.append("Enter the start date")
+        problems.append(("start_date", "Enter the start date"))
     if end is None:
-        problems.append("Enter the end date")
+        problems.append(("end_date", "Enter the end date"))
     if start is not None and end is not None:
         if end < start:
-            problems.append("The end date must be after the start date")
+            problems.append(("end_date", "The end date must be after the start date"))
         elif (end - start).days > 366 * MAX_PROJECT_YEARS:
             problems.append(
-                f"A project can last {MAX_PROJECT_YEARS} years at most; ask again to extend it later"
+                ("end_date", f"A project can last {MAX_PROJECT_YEARS} years at most; ask again to extend it later")
             )
     if end is not None and end < today:
-        problems.append("The end date is in the past")
+        problems.append(("end_date", "The end date is in the past"))
     datasets = application.get("datasets") or []
     if not datasets:
-        problems.append("Choose at least one dataset")
+        problems.append(("datasets", "Choose at least one dataset"))
     for ds in datasets:
+        name = ds.get("name")
         if not ds.get("columns"):
-            problems.append(f"Choose the columns you need from {ds.get('name')}")
+            problems.append((f"columns:{name}", f"Choose the columns you need from {name}"))
         if not str(ds.get("justification") or "").strip():
-            problems.append(f"Explain why you need each column of {ds.get('name')}")
+            problems.append((f"justification:{name}", f"Explain why you need each column of {name}"))
     return problems
 
 

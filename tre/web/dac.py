@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from projects import rules
 from projects.models import Project
+from projects.services import approved_columns
 from tre.access import requires
 from tre.core.db import utcnow
 from tre.core.identity import User, UserRole
@@ -24,9 +25,7 @@ def _committee() -> list[User]:
     session = projects_service().session
     ids = select(UserRole.user_id).where(UserRole.role.in_(roles))
     return list(
-        session.scalars(
-            select(User).where(User.id.in_(ids), User.is_active.is_(True)).order_by(User.display_name)
-        )
+        session.scalars(select(User).where(User.id.in_(ids), User.is_active.is_(True)).order_by(User.display_name))
     )
 
 
@@ -88,9 +87,7 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
     else:
         from projects.models import Vote
 
-        my_vote = svc.session.scalar(
-            select(Vote).where(Vote.version_id == version.id, Vote.reviewer_id == g.user.id)
-        )
+        my_vote = svc.session.scalar(select(Vote).where(Vote.version_id == version.id, Vote.reviewer_id == g.user.id))
     is_chair = g.user.has(Permission.APPLICATION_DECIDE)
     people = _people(
         [a.reviewer_id for a in assignments] + [project.pi_id] + [m.user_id for m in project.active_members]
@@ -113,11 +110,7 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
         error=error,
         quorum=svc.policy.quorum,
         counted=len(
-            [
-                v
-                for v in (votes or [])
-                if v.reviewer_id not in {a.reviewer_id for a in assignments if a.conflicted}
-            ]
+            [v for v in (votes or []) if v.reviewer_id not in {a.reviewer_id for a in assignments if a.conflicted}]
         ),
         decisions=svc.decisions(project),
     )
@@ -139,9 +132,7 @@ def assign(project_id: str) -> Any:
 @bp.post("/<project_id>/conflict")
 @requires(Permission.APPLICATION_REVIEW)
 def conflict(project_id: str) -> Any:
-    _, error = attempt(
-        lambda: projects_service().declare_conflict(g.user, project_id, request.form.get("reason", ""))
-    )
+    _, error = attempt(lambda: projects_service().declare_conflict(g.user, project_id, request.form.get("reason", "")))
     if error:
         return _render_review(project_id, error)
     flash("Conflict of interest recorded. You will not vote on this application.", "success")
@@ -222,10 +213,44 @@ def reinstate(project_id: str) -> Any:
     return redirect(url_for("projects.show", project_id=project_id))
 
 
+# What each registered destruction hook destroys, in words for the confirmation page.
+DESTROYED_BY_HOOK = {
+    "extracts-and-project-key": "the project's pseudonymised extracts and the key that made its tokens",
+    "output-files": "output files not yet released",
+}
+CONFIRM_CLOSE = "yes"
+
+
+def _render_close_confirmation(project_id: str, reason: str, error: list[tuple[str, str]] | None) -> tuple[str, int]:
+    """The confirmation step before closing: what stops, what is destroyed, and that it cannot be undone."""
+    from projects.closure import registered_hooks
+
+    svc = projects_service()
+    project = _project(project_id)
+    return render_template(
+        "dac/close.html",
+        title=f"Close {project.title}",
+        project=project,
+        reason=reason,
+        error=error,
+        approved=approved_columns(svc.session, project.id),
+        destroyed=[DESTROYED_BY_HOOK.get(name, name) for name in registered_hooks()],
+        members=len(project.active_members),
+        labels=rules.STATE_LABELS,
+    ), (400 if error else 200)
+
+
 @bp.post("/<project_id>/close")
 @requires(Permission.APPLICATION_DECIDE)
 def close(project_id: str) -> Any:
-    _, error = attempt(lambda: projects_service().close(g.user, project_id, request.form.get("reason", "")))
+    """Closing destroys data: without the confirmation box ticked on the confirmation page it only
+    shows that page (what will be destroyed) and changes nothing."""
+    reason = request.form.get("reason", "")
+    if request.form.get("confirm") != CONFIRM_CLOSE:
+        asked = request.form.get("step") == "confirm"  # the confirmation page was sent without the tick
+        unticked = [("#confirm", "Confirm that the project's data is to be destroyed")] if asked else None
+        return _render_close_confirmation(project_id, reason, unticked)
+    _, error = attempt(lambda: projects_service().close(g.user, project_id, reason))
     flash(
         str(error) if error else "Project closed: access has stopped and data destruction is queued",
         "error" if error else "success",

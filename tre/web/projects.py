@@ -26,6 +26,7 @@ from projects.services import (
 )
 from tre.access import login_required, requires
 from tre.authn import platform
+from tre.core.db import utcnow
 from tre.core.identity import User
 from tre.core.notifications import OutboxMessage
 from tre.core.permissions import Permission
@@ -138,7 +139,16 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         is_pi=project.pi_id == g.user.id,
         is_member=member,
         editable=project.state in rules.EDITABLE_STATES,
-        missing=svc.missing_for_submission(project) if project.state in rules.EDITABLE_STATES else [],
+        missing=(
+            [
+                (field_anchor(f), m)
+                for f, m in rules.submission_problems(svc.application_snapshot(project), utcnow().date())
+            ]
+            if project.state in rules.EDITABLE_STATES
+            else []
+        ),
+        role_labels=rules.COLUMN_ROLE_LABELS,
+        people=_people([m.user_id for m in project.active_members]),
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
         team=_team_status(svc, project),
@@ -200,18 +210,50 @@ def edit(project_id: str) -> Any:
         if saved is not None:
             flash("Application saved", "success")
             return redirect(url_for("projects.edit", project_id=project.id) + "#datasets")
+    return _render_edit(svc, project, error, form=form if request.method == "POST" else None)
+
+
+def field_anchor(field: str) -> str:
+    """The id of the form field a submission problem is about (see ``rules.submission_problems``)."""
+    kind, _, dataset = field.partition(":")
+    if kind in ("columns", "justification") and dataset:
+        return f"{kind}-{dataset}"
+    return field
+
+
+def _render_edit(
+    svc: Projects,
+    project: Project,
+    error: str | list[str] | None,
+    *,
+    form: Any = None,
+    problems: list[tuple[str, str]] | None = None,
+) -> tuple[str, int]:
+    """The application form; an incomplete submission's problems head it, each linked to its field
+    (the error summary) and repeated beside the field."""
+    datasets = svc.list_datasets()
+    # A dataset's column problem links to its first checkbox (the fieldset's first field).
+    first_box = {f"columns-{ds.name}": f"col-{ds.name}-{ds.columns[0].name}" for ds in datasets if ds.columns}
+    field_errors: dict[str, str] = {}
+    summary: Any = error
+    if problems:
+        anchors = [field_anchor(f) for f, _ in problems]
+        summary = [(f"#{first_box.get(a, a)}", message) for a, (_, message) in zip(anchors, problems, strict=True)]
+        for a, (_, message) in zip(anchors, problems, strict=True):
+            field_errors.setdefault(a, message)
     requested = {r.dataset_id: r for r in project.dataset_requests}
     return render_template(
         "projects/edit.html",
         title="Edit application",
         project=project,
-        error=error,
-        form=form if request.method == "POST" else None,
-        datasets=svc.list_datasets(),
+        error=summary,
+        field_errors=field_errors,
+        form=form,
+        datasets=datasets,
         requested=requested,
         role_labels=rules.COLUMN_ROLE_LABELS,
         people=_people([m.user_id for m in project.active_members]),
-    ), (400 if error else 200)
+    ), (400 if summary else 200)
 
 
 @bp.post("/<project_id>/datasets/<dataset_id>")
@@ -256,8 +298,14 @@ def remove_member(project_id: str, user_id: str) -> Any:
 @bp.post("/<project_id>/submit")
 @requires(Permission.PROJECT_APPLY)
 def submit(project_id: str) -> Any:
-    version, error = attempt(lambda: projects_service().submit(g.user, project_id))
+    svc = projects_service()
+    version, error = attempt(lambda: svc.submit(g.user, project_id))
     if version is None:
+        project = _project_for_view(project_id)
+        if project.state in rules.EDITABLE_STATES and project.pi_id == g.user.id:
+            # The problems go on the form, each linked to the field that needs it.
+            problems = rules.submission_problems(svc.application_snapshot(project), utcnow().date())
+            return _render_edit(svc, project, None if problems else error, problems=problems)
         return _render_show(project_id, error), 400
     flash(f"Application submitted (version {version.number}). The committee has been told.", "success")
     return redirect(url_for("projects.show", project_id=project_id))
@@ -350,8 +398,8 @@ def training() -> Any:
                 g.user,
                 form.get("user_id", ""),
                 parse_date(form.get("completed_on")),  # type: ignore[arg-type]
-                parse_date(form.get("expires_on")),
-                reference=form.get("reference", ""),  # type: ignore[arg-type]
+                parse_date(form.get("expires_on")),  # type: ignore[arg-type]
+                reference=form.get("reference", ""),
             )
         )
         if record is not None:

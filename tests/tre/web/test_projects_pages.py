@@ -329,7 +329,12 @@ def test_chair_closes_a_project_from_its_page(w: World, client: Any) -> None:
     p = ready_for_access(w)
     login(client, w.chair)
 
-    response = post(client, f"/dac/{p.id}/close", {"reason": "Study ended early"}, token_from=f"/projects/{p.id}")
+    response = post(
+        client,
+        f"/dac/{p.id}/close",
+        {"reason": "Study ended early", "step": "confirm", "confirm": "yes"},
+        token_from=f"/projects/{p.id}",
+    )
 
     assert response.status_code == 302
     w.session.expire_all()
