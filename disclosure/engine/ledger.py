@@ -257,6 +257,10 @@ def _joint_audit(
     _, only_a, only_b = pop.split_terms(fa, fb)
     if not (pop.only_listed(only_a) and pop.only_listed(only_b)):
         return None
+    # Labels and filter values are compared as text: a CSV's 2010 and an extract's "2010" are one label.
+    shown_as: dict[Any, Any] = {}
+    a, b = _canonical(a, shown_as), _canonical(b, shown_as)
+    only_a, only_b = _canonical_filters(only_a, shown_as), _canonical_filters(only_b, shown_as)
     la, lb = _table_labels(a), _table_labels(b)
     listed = pop.listed_values(only_a + only_b)
     dims: list[str] = []
@@ -287,7 +291,10 @@ def _joint_audit(
         coords = np.full((n, len(agg.dims)), -1, dtype=np.int64)
         for t, d in enumerate(agg.dims):
             k = dims.index(d)
-            lookup = np.array([labels[d].index(v) if v in labels[d] else -1 for v in axes[k]], dtype=np.int64)
+            if labels[d]:
+                lookup = np.array([labels[d].index(v) if v in labels[d] else -1 for v in axes[k]], dtype=np.int64)
+            else:  # only totals over this dimension are shown: every value is in them
+                lookup = np.zeros(len(axes[k]), dtype=np.int64)
             coords[:, t] = lookup[grid[:, k]]
         shown = (coords >= 0).all(axis=1)
         zero |= in_pop & ~shown  # the table lists every value of its dimensions in its population
@@ -328,7 +335,7 @@ def _joint_audit(
     for g in np.flatnonzero(hit & ~alone):
         members = grid[idx_free[groups[g] > 0.5]]
         cell = {
-            d: _show(axes[k][members[0][k]], axes[k])
+            d: _show(axes[k][members[0][k]], axes[k], shown_as)
             for k, d in enumerate(dims)
             if (members[:, k] == members[0][k]).all()
         }
@@ -352,6 +359,45 @@ def _joint_audit(
             }
         )
     return findings
+
+
+def _canon(value: Any, shown_as: dict[Any, Any]) -> Any:
+    if value is None:
+        return None
+    key = str(pop._hashable(value))
+    shown_as.setdefault(key, value)
+    return key
+
+
+def _canonical(agg: ReleasedAggregate, shown_as: dict[Any, Any]) -> ReleasedAggregate:
+    def labels(key: Labels) -> Labels:
+        return tuple(_canon(v, shown_as) for v in key)
+
+    return ReleasedAggregate(
+        agg.output_id,
+        agg.population,
+        agg.dims,
+        agg.statistic,
+        {labels(k): v for k, v in agg.cells.items()},
+        {labels(k) for k in agg.suppressed},
+        agg.rounding_base,
+    )
+
+
+def _canonical_filters(filters: list[dict], shown_as: dict[Any, Any]) -> list[dict]:
+    out: list[dict[str, Any]] = []
+    for term in filters:
+        if "any" in term:
+            out.append({"any": [_canonical_filters(b, shown_as) for b in term["any"]]})
+        elif "not" in term:
+            out.append({"not": _canonical_filters(term["not"], shown_as)})
+        elif term["op"] in pop.SET_OPS:
+            out.append({**term, "value": [_canon(v, shown_as) for v in term["value"]]})
+        elif "value" in term:
+            out.append({**term, "value": _canon(term["value"], shown_as)})
+        else:
+            out.append(term)
+    return out
 
 
 def _groups(rows_a: np.ndarray, rows_b: np.ndarray, suppressed: list[np.ndarray]) -> np.ndarray:
@@ -415,7 +461,7 @@ def _null_space(m: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return vt[rank:], solution, consistent
 
 
-def _show(label: Any, axis: list) -> Any:
+def _show(label: Any, axis: list, shown_as: dict[Any, Any]) -> Any:
     if label == pop.OTHER:
-        return {"not in": [v for v in axis if v != pop.OTHER]}
-    return label
+        return {"not in": [shown_as.get(v, v) for v in axis if v != pop.OTHER]}
+    return shown_as.get(label, label)

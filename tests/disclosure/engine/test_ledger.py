@@ -412,3 +412,18 @@ def test_sum_tables_reveal_a_suppressed_total_whatever_its_size():
     )
     findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
     assert [(f["cell"], f["revealed"]) for f in findings] == [({"region": "n", "sex": "M"}, 4_500.0)]
+
+
+def test_labels_read_from_a_csv_meet_filter_values_of_another_type():
+    # The earlier file's year labels were read as numbers; the later table's filter says "2015" as text.
+    counts = {(2014, "G"): 120, (2014, "N"): 80, (2015, "G"): 4, (2015, "N"): 95}
+    earlier = _agg("by-year", ["year", "grant"], counts, suppressed=[(2015, "G")])
+    later = ReleasedAggregate(  # only its total: no grant label is shown
+        "2015",
+        {"dataset": "admissions", "filters": [{"column": "year", "op": "==", "value": "2015"}]},
+        ("grant",),
+        "count",
+        {(None,): 99.0},
+    )
+    findings = differencing_audit(ReleaseLedger("p", [earlier]), later)
+    assert [(f["cell"], f["revealed"]) for f in findings] == [({"year": 2015, "grant": "G"}, 4)]
