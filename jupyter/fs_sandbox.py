@@ -142,11 +142,11 @@ def bwrap_argv(
         "--dev",
         "/dev",
         "--tmpfs",
-        "/dev/shm",  # noqa: S108 - a fresh tmpfs inside the sandbox, not the host's
+        "/dev/shm",  # noqa: S108  # nosec B108 - a fresh tmpfs inside the sandbox, not the host's
         "--proc",
         "/proc",
         "--tmpfs",
-        "/tmp",  # noqa: S108 - a fresh tmpfs inside the sandbox, not the host's
+        "/tmp",  # noqa: S108  # nosec B108 - a fresh tmpfs inside the sandbox, not the host's
         "--ro-bind",
         layout.runtime,
         layout.runtime,
