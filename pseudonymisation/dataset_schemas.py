@@ -22,6 +22,10 @@ from tre.core.db import utcnow
 from tre.core.permissions import Permission, has_permission
 
 
+class SourceUnreadable(ProjectError):
+    """The dataset's source cannot be read as it is (missing, not CSV or Parquet, malformed)."""
+
+
 def may_set_schema(actor: Any, dataset: Dataset) -> bool:
     """A custodian of this dataset: holds dataset.manage and registered it (or nobody did)."""
     if not has_permission(actor, Permission.DATASET_MANAGE):
@@ -140,6 +144,6 @@ def _read(fn: Any) -> Any:
     try:
         return fn()
     except ProfilingError as exc:
-        raise ProjectError(str(exc)) from None
+        raise SourceUnreadable(str(exc)) from None
     except OSError:
-        raise ProjectError("The source file could not be read") from None
+        raise SourceUnreadable("The source file could not be read") from None

@@ -34,12 +34,14 @@ def page_blueprints() -> list[Any]:
 
 
 def api_blueprints() -> list[Any]:
+    from tre.api import datasets as datasets_api
     from tre.api import extracts as extracts_api
     from tre.api import hub, identity, meta
     from tre.api import outputs as outputs_api
     from tre.api import projects as projects_api
 
-    return [meta.blp, identity.blp, hub.blp, projects_api.blp, outputs_api.blp, extracts_api.blp]
+    return [meta.blp, identity.blp, hub.blp, projects_api.blp, outputs_api.blp, extracts_api.blp,
+            datasets_api.blp]
 
 
 def register_pages(app: Flask) -> None:

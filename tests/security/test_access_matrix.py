@@ -129,6 +129,8 @@ EXPECT: dict[str, str] = {
     "GET /catalogue/": "researcher dac_member dac_chair data_custodian",
     "GET /catalogue/datasets/<dataset_id>": "researcher dac_member dac_chair data_custodian",
     "GET /catalogue/new": "data_custodian",
+    "GET /catalogue/datasets/<dataset_id>/schema": "data_custodian",  # its registrant; the source is missing
+    "GET /api/v1/datasets/<string:dataset_id>/schema-proposal": "data_custodian",  # 409: the source is missing
     "GET /dac/": "dac_member dac_chair",
     "GET /dac/<project_id>": "dac_member:o dac_chair:o",
     "GET /dac/<project_id>/decide": "dac_chair:o",
@@ -210,6 +212,10 @@ EXPECT: dict[str, str] = {
     "POST /auth/sso/link": "",  # single sign-on is not configured here
     "POST /auth/sso/start": "",  # single sign-on is not configured here: 404
     "POST /catalogue/new": "data_custodian",
+    "POST /catalogue/datasets/<dataset_id>/schema": "data_custodian",
+    # The empty body is refused (422) before the dataset is looked up, so also for an id naming nothing.
+    "POST /api/v1/datasets/<string:dataset_id>/schema-preview": "data_custodian:otn",
+    "PUT /api/v1/datasets/<string:dataset_id>/schema": "data_custodian:otn",
     "POST /dac/<project_id>/assign": "dac_chair:o",
     "POST /dac/<project_id>/close": "",
     "POST /dac/<project_id>/conflict": "dac_member:o dac_chair:o",

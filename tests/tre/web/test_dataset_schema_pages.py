@@ -1,0 +1,157 @@
+"""The custodian's schema page and API: see the proposal, preview, confirm; others are refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from projects.models import Dataset
+from tests.projects.factories import World, build_world, make_user
+from tests.pseudonymisation.conftest import valid_nhs_numbers
+from tre.authn import API_AUDIENCE
+from tre.core.db import utcnow
+
+COLUMNS = ["nhs_number", "surname", "dob", "postcode", "diagnosis"]
+SURNAMES = ["Abbott", "Baker", "Carter", "Dixon", "Evans", "Fisher", "Grant", "Hughes", "Irwin", "Jones"]
+
+
+@pytest.fixture
+def w(sqlite_app: Any) -> World:
+    return build_world(sqlite_app)
+
+
+def _dataset(w: World, tmp_path: Path) -> Dataset:
+    numbers = valid_nhs_numbers(30, seed=4)
+    lines = [";".join(COLUMNS)]
+    for i in range(30):
+        lines.append(";".join([numbers[i], SURNAMES[i % 10] + "e" * (i // 10), f"19{40 + i}-03-0{1 + i % 9}",
+                               ["LS1 4AP", "M1 1AE"][i % 2], ["E11", "I10"][i % 2]]))
+    source = tmp_path / "registry.csv"
+    source.write_text("\n".join(lines) + "\n")
+    return w.svc.register_dataset(
+        w.custodian, name="clinic_registry", title="Clinic registry", description="", source_kind="csv",
+        source_location=str(source), sensitivity="special_category",
+        columns=[{"name": c, "role": "attribute"} for c in COLUMNS],
+    )
+
+
+def login(client: Any, user: Any) -> Any:
+    with client.session_transaction() as sess:
+        sess["uid"] = user.id
+        sess["epoch"] = user.session_epoch
+        sess["seen"] = sess["signed_in"] = int(utcnow().timestamp())
+    return client
+
+
+def _csrf(page: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match
+    return match.group(1)
+
+
+def _form(page: str, **changes: str) -> dict[str, str]:
+    """The form as the page filled it in (the selected option of every select), with changes."""
+    data = {"csrf_token": _csrf(page)}
+    for name, body in re.findall(r'<select[^>]*name="([^"]+)">(.*?)</select>', page, re.S):
+        chosen = re.search(r'<option value="([^"]*)" selected>', body)
+        data[name] = chosen.group(1) if chosen else ""
+    return data | changes
+
+
+def test_custodian_sees_the_proposal_previews_and_confirms(w: World, tmp_path: Path) -> None:
+    ds = _dataset(w, tmp_path)
+    client = login(w.app.test_client(), w.custodian)
+
+    page = client.get(f"/catalogue/datasets/{ds.id}/schema").get_data(as_text=True)
+    assert "30 rows" in page and "No extract schema yet" in page
+    assert "valid" in page  # counts of valid NHS numbers
+    form = _form(page)
+    assert form["rule__nhs_number"] == "nhs_token" and form["nhs_number_column"] == "nhs_number"
+    assert form["rule__dob"] == "dob_age_band" and form["rule__surname"] == "drop"
+
+    shown = client.post(f"/catalogue/datasets/{ds.id}/schema", data=form | {"action": "preview"})
+    body = shown.get_data(as_text=True)
+    assert shown.status_code == 200 and 'id="preview"' in body
+    assert "LS1" in body and "LS1 4AP</td>" not in body
+    for secret in ("Abbott", "1940-03-01", valid_nhs_numbers(30, seed=4)[0]):
+        assert secret not in body
+
+    done = client.post(f"/catalogue/datasets/{ds.id}/schema", data=form | {"action": "confirm"})
+    assert done.status_code == 302
+    with w.app.extensions["tre.db"].session_factory() as s:
+        stored = s.get(Dataset, ds.id)
+        assert stored.schema_spec["nhs_number_column"] == "nhs_number"
+        assert stored.row_count == 30
+    assert "Change the schema" in client.get(f"/catalogue/datasets/{ds.id}").get_data(as_text=True)
+
+
+def test_page_refuses_a_bad_rule_with_its_reason_and_changes_nothing(w: World, tmp_path: Path) -> None:
+    ds = _dataset(w, tmp_path)
+    client = login(w.app.test_client(), w.custodian)
+    page = client.get(f"/catalogue/datasets/{ds.id}/schema").get_data(as_text=True)
+
+    bad = client.post(f"/catalogue/datasets/{ds.id}/schema",
+                      data=_form(page, rule__surname="keep", role__surname="direct_identifier", action="confirm"))
+
+    assert bad.status_code == 422
+    assert "cannot take the keep" in bad.get_data(as_text=True)
+    with w.app.extensions["tre.db"].session_factory() as s:
+        assert s.get(Dataset, ds.id).schema_spec == {}
+
+
+def test_another_custodian_and_a_researcher_are_refused_the_page(w: World, tmp_path: Path) -> None:
+    ds = _dataset(w, tmp_path)
+    other = make_user(w.app, "otto.custodian", ["data_custodian"])
+
+    assert login(w.app.test_client(), other).get(f"/catalogue/datasets/{ds.id}/schema").status_code == 403
+    assert login(w.app.test_client(), w.pi).get(f"/catalogue/datasets/{ ds.id }/schema").status_code == 403
+    page = login(w.app.test_client(), w.pi).get(f"/catalogue/datasets/{ds.id}").get_data(as_text=True)
+    assert 'id="set-schema"' not in page
+
+
+def _api(app: Any, user: Any) -> tuple[Any, dict[str, str]]:
+    token = app.extensions["tre.platform"].tokens.issue(user.id, API_AUDIENCE, "api", dt.timedelta(minutes=10))
+    return app.test_client(), {"Authorization": f"Bearer {token}"}
+
+
+def test_api_proposes_previews_and_confirms(w: World, tmp_path: Path) -> None:
+    ds = _dataset(w, tmp_path)
+    client, headers = _api(w.app, w.custodian)
+
+    proposal = client.get(f"/api/v1/datasets/{ds.id}/schema-proposal", headers=headers).get_json()
+    assert proposal["row_count"] == 30 and proposal["dialect"]["delimiter"] == ";"
+    body = {"columns": {c["name"]: {"role": c["role"], "rule": c["rule"]} for c in proposal["columns"]},
+            "nhs_number_column": proposal["nhs_number_column"], "row_count": proposal["row_count"]}
+
+    preview = client.post(f"/api/v1/datasets/{ds.id}/schema-preview", json=body, headers=headers)
+    assert preview.status_code == 200
+    assert preview.get_json()["columns"] == ["patient_token", "dob", "postcode", "diagnosis"]
+
+    unknown = client.put(f"/api/v1/datasets/{ds.id}/schema", headers=headers,
+                         json=body | {"columns": body["columns"] | {"ward": {"role": "attribute", "rule": "keep"}}})
+    assert unknown.status_code == 422 and "ward" in unknown.get_json()["detail"]
+
+    done = client.put(f"/api/v1/datasets/{ds.id}/schema", json=body, headers=headers)
+    assert done.status_code == 200
+    assert done.get_json()["schema_spec"]["nhs_number_column"] == "nhs_number"
+
+
+def test_api_refuses_another_custodian(w: World, tmp_path: Path) -> None:
+    ds = _dataset(w, tmp_path)
+    client, headers = _api(w.app, make_user(w.app, "otto.custodian", ["data_custodian"]))
+
+    assert client.get(f"/api/v1/datasets/{ds.id}/schema-proposal", headers=headers).status_code == 403
+    assert client.get("/api/v1/datasets/nope/schema-proposal", headers=headers).status_code == 404
+
+
+def test_api_says_when_the_source_cannot_be_read(w: World) -> None:
+    client, headers = _api(w.app, w.custodian)  # build_world's dataset names a file that does not exist
+
+    answer = client.get(f"/api/v1/datasets/{w.dataset_id}/schema-proposal", headers=headers)
+
+    assert answer.status_code == 409
+    assert answer.get_json()["detail"] == "The source file does not exist"
