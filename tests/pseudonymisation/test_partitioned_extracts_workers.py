@@ -16,9 +16,9 @@ from sqlalchemy import select
 
 from pseudonymisation.models import Extract
 from pseudonymisation.pipeline import ExtractKeys, ExtractOptions, run_extract
-from pseudonymisation.services import LINKAGE, MERGE_JOB, PARTITION_JOB, _key
+from pseudonymisation.services import BUILD_JOB, LINKAGE, MERGE_JOB, PARTITION_JOB, _key
 from pseudonymisation.tasks import extracts_service
-from tests.celery_workers import Worker, kill_at, wait_for, worker_env, worker_pool
+from tests.celery_workers import Worker, drain, kill_at, wait_for, worker_env, worker_pool
 from tests.conftest import REDIS_URL, require_backend
 from tests.projects.factories import TODAY, build_world, publish_agreement
 from tests.pseudonymisation.conftest import event_schema, make_table, write_parquet
@@ -142,6 +142,16 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
                 return extract.state
 
         wait_for(lambda: extract_state() in ("succeeded", "failed"), 420, "the extract to be merged", log)
+        # Which worker ran each partition (a job's result names its pool process), while they live.
+        survivors = {workers[1].proc.pid, workers[2].proc.pid}
+        owners = {_parent_pid(j.result["pid"]) for j in partition_jobs()
+                  if j.result is not None and (j.id not in killed or j.attempts == 2)}
+        # The merge marks the extract done before its job records success: stop the workers gently
+        # (each finishes what it runs) and run every message still queued: each must be a no-op.
+        with db.session_factory() as s:
+            kinds = (BUILD_JOB, PARTITION_JOB, MERGE_JOB)
+            job_ids = set(s.scalars(select(jobs.Job.id).where(jobs.Job.kind.in_(kinds))))
+        assert set(drain(workers, broker_url, db, job_ids)) <= {"not-claimed"}
         with db.session_factory() as s:
             extract = s.get(Extract, extract_id)
             assert extract is not None and extract.state == "succeeded"
@@ -157,9 +167,7 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
         # The killed partition was finished by another worker, on its second attempt.
         (resumed,) = [j for j in done if j.id in killed]
         assert resumed.attempts == 2
-        # Both surviving workers took partitions (a job's result names the pool process that ran it).
-        survivors = {workers[1].proc.pid, workers[2].proc.pid}
-        owners = {_parent_pid(j.result["pid"]) for j in done if j.id not in killed or j.attempts == 2}
+        # Both surviving workers took partitions.
         assert survivors <= owners, (survivors, owners)
 
         single_dir = tmp_path / "single"
