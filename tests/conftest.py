@@ -110,7 +110,10 @@ def _reset_postgres(url: str) -> None:
 def make_test_app(instance: Path, database_url: str, **settings: Any) -> Any:
     from tre.app import create_app
 
-    overrides = {"instance_path": instance, "database_url": database_url, "broker_url": "memory://"}
+    # Rate limits are off unless a test turns them on (tests/tre/test_ratelimits.py): a test client
+    # sends every request from one address, and the access matrix alone sends thousands.
+    overrides = {"instance_path": instance, "database_url": database_url, "broker_url": "memory://",
+                 "rate_limits": False}
     overrides.update(settings)
     return create_app({"TRE_SETTINGS": overrides, "TESTING": True, "CELERY_ALWAYS_EAGER": True})
 

@@ -71,6 +71,8 @@ def build_full_instance(instance: Path, database_url: str) -> FullInstance:
     ident.link_oidc(fiona, {"iss": "https://login.nhs.example", "sub": "fiona-0001"})
     ident.create_personal_token(fiona, "analysis scripts", 30)
     ident.issue_reset_link(demo["adam.admin"], demo["sam.scientist"].id)
+    # A role that touches data waits for a second administrator (tre/core/roles.py).
+    ident.set_roles(demo["adam.admin"], fiona.id, ["researcher", "output_checker"])
     from tre.core.platform import revoke_token
 
     revoke_token(p.db, "jti-revoked-by-full-instance", dt.datetime.now(dt.UTC) + dt.timedelta(days=1))

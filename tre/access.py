@@ -22,6 +22,30 @@ PUBLIC = "public"
 LOGIN = "login"
 HUB_SERVICE = "service:jupyterhub"
 
+# What an API token of each purpose may reach: the one table the access check asks (ADR 0010). A
+# bearer token whose purpose is not here reaches nothing; ``EVERY_API_ROUTE`` still leaves each
+# route's own declaration (its permission) to decide. A workspace's ``output-submit`` token may only
+# submit (or resubmit) its project's outputs and read their status (the views check the project).
+EVERY_API_ROUTE = "every API route its person may use"
+TOKEN_PURPOSES: dict[str, frozenset[str] | str] = {
+    "api": EVERY_API_ROUTE,  # a person's own short-lived API token (tools and tests)
+    "personal": EVERY_API_ROUTE,  # a personal token the person made for their scripts
+    "output-submit": frozenset(
+        {"outputs_api.submit_from_workspace", "outputs_api.resubmit_from_workspace", "outputs_api.request_status"}
+    ),
+}
+
+
+def purpose_allows(purpose: str, endpoint: str) -> bool:
+    """May a token with ``purpose`` be used for ``endpoint``? Unknown purposes may not."""
+    allowed = TOKEN_PURPOSES.get(purpose)
+    if allowed is None:
+        return False
+    if allowed == EVERY_API_ROUTE:
+        return True
+    return endpoint in allowed
+
+
 # Endpoints registered by libraries (static files, the OpenAPI document and its docs page).
 LIBRARY_PUBLIC_ENDPOINTS = frozenset(
     {"static", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"}
@@ -83,8 +107,13 @@ def enforce_declared_access() -> None:
     user = g.get("user")
     if user is None:
         if request.path.startswith("/api/") or request.method != "GET":
+            record_authentication_refusal(g.get("auth_refusal") or "no credentials", endpoint)
             abort(401)
         return redirect(url_for("auth.login", next=request.path))  # type: ignore[return-value]
+    purpose = g.get("token_purpose")
+    if purpose is not None and not purpose_allows(purpose, endpoint):
+        _record_denial(endpoint, f"a token for {purpose!r} may not be used here")
+        abort(403)
     if declared == LOGIN:
         return
     if not has_permission(user, declared):  # type: ignore[arg-type]
@@ -116,4 +145,20 @@ def _record_denial(endpoint: str, reason: str) -> None:
             s, "access.denied", actor_id=user.id if user else None, outcome=DENIED,
             target_type="route", target_id=endpoint[:64], request_id=g.get("request_id"),
             detail={"reason": reason, "method": request.method},
+        )
+
+
+def record_authentication_refusal(reason: str, endpoint: str | None = None) -> None:
+    """A request refused because nobody could be authenticated: audited with the reason and the
+    client's address, never with the credential presented (ADR 0010)."""
+    from tre.core.audit import DENIED
+    from tre.core.db import transaction
+
+    platform = current_app.extensions["tre.platform"]
+    with transaction(platform.db.session) as s:
+        platform.audit.record(
+            s, "auth.refused", actor_id=None, outcome=DENIED,
+            target_type="route", target_id=(endpoint or request.endpoint or request.path)[:64],
+            request_id=g.get("request_id"),
+            detail={"reason": reason[:200], "method": request.method, "client": (request.remote_addr or "")[:64]},
         )

@@ -91,6 +91,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     metrics.init_app(app)
     app.before_request(_begin_request)
+    # Limits are counted before anyone is authenticated, so a flood of bad credentials stops here.
+    from tre import authn, ratelimits
+
+    ratelimits.init_app(app)
+    authn.init_app(app)
     app.before_request(load_current_user)
     app.before_request(access.enforce_declared_access)
     app.after_request(_security_headers)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from flask import current_app, g, request, session
+from flask import Flask, current_app, g, request, session
+from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 
 from tre.core.db import utcnow
@@ -25,6 +26,7 @@ from tre.core.tokens import (
 )
 
 API_AUDIENCE = "tre-api"
+PERSONAL_PURPOSE = "personal"  # the purpose of a personal token, in tre/access.py's table
 SESSION_IDLE_LIMIT = dt.timedelta(minutes=30)
 
 
@@ -35,11 +37,15 @@ def platform() -> Any:
 def load_current_user() -> None:
     g.user = None
     g.token_claims = None
+    g.token_purpose = None
+    g.auth_refusal = None
     try:
         header = request.headers.get("Authorization", "")
         if request.path.startswith("/api/"):
             if header.startswith("Bearer "):
                 _load_from_bearer(header[len("Bearer ") :].strip())
+            elif header:
+                g.auth_refusal = "authorization header not a bearer token"
             return  # the API never trusts the cookie, so cross-site requests cannot ride a session
         _load_from_session()
     finally:
@@ -91,31 +97,68 @@ def start_session(user: User, *, signed_in_at: int | None = None) -> None:
 
 
 def _load_from_bearer(token: str) -> None:
+    """Set ``g.user`` and ``g.token_purpose`` for a token that passes every check; otherwise leave
+    ``g.auth_refusal`` saying why (for the audit log: never the token itself)."""
     db = platform().db
     if token.startswith(PERSONAL_TOKEN_PREFIX):
         try:
             prefix = personal_token_lookup_prefix(token)
         except InvalidToken:
+            g.auth_refusal = "personal token malformed"
             return
         row = db.session.scalar(select(PersonalApiToken).where(PersonalApiToken.lookup_prefix == prefix))
-        if row is None or row.revoked_at is not None or row.expires_at < utcnow():
-            return
-        if not personal_token_matches(token, row.token_hash):
-            return
-        user = db.session.get(User, row.user_id)
-        if user is not None and user.is_active and user.mfa_enrolled:
-            g.user = user
+        if row is None:
+            g.auth_refusal = "personal token unknown"
+        elif not personal_token_matches(token, row.token_hash):
+            g.auth_refusal = "personal token secret wrong"
+        elif row.revoked_at is not None:
+            g.auth_refusal = "personal token revoked"
+        elif row.expires_at < utcnow():
+            g.auth_refusal = "personal token expired"
+        else:
+            user = db.session.get(User, row.user_id)
+            if user is None or not user.is_active or not user.mfa_enrolled:
+                g.auth_refusal = "personal token of an inactive account"
+            else:
+                g.user = user
+                g.token_purpose = PERSONAL_PURPOSE
         return
     try:
         claims = platform().tokens.verify(token, audience=API_AUDIENCE)
     except InvalidToken as refused:
-        g.token_refusal = str(refused.reason)
+        g.auth_refusal = f"token {refused.reason.value}"
         return
     user = db.session.get(User, claims.subject)
     if user is None or not user.is_active:
+        g.auth_refusal = "token of an inactive account"
+        return
+    if claims.project_id is not None and not _project_still_open_to(user, claims.project_id):
+        g.auth_refusal = "token for a project its person may no longer use"
         return
     g.user = user
     g.token_claims = claims
+    g.token_purpose = claims.purpose
+
+
+def _project_still_open_to(user: User, project_id: str) -> bool:
+    """A project-bound token lives only while the access gate would still let its person in: it
+    dies with the project's suspension or closure (and with the person's membership or training)."""
+    from projects.gate import check_access
+
+    return check_access(platform().db.session, user.id, project_id).allowed
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(CSRFError, _csrf_refused)
+
+
+def _csrf_refused(error: CSRFError) -> Any:
+    """A form posted without a valid CSRF token: audited (without the token), then the usual 400."""
+    from tre import errors
+    from tre.access import record_authentication_refusal
+
+    record_authentication_refusal(f"csrf: {error.description}"[:200])
+    return errors.handle_http_exception(error)
 
 
 def identity_service() -> Any:

@@ -17,6 +17,7 @@ from tre.core import (  # noqa: F401
     identity,
     jobs,
     notifications,  # noqa: F401
+    roles,  # noqa: F401
 )
 from tre.core.db import Base
 

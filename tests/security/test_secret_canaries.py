@@ -32,6 +32,7 @@ from tests.tre.helpers import csrf_token
 from tests.tre.web.test_projects_pages import login
 from tre.core import jobs, logs
 from tre.core.audit import AuditEvent
+from tre.core.roles import RoleGrant
 from tre.demo import synthetic
 
 # Not built on Casey's name or address, or the password policy would refuse them.
@@ -199,6 +200,12 @@ def test_canary_secrets_and_nhs_numbers_never_reach_logs_tasks_urls_tables_or_ot
         assert made.status_code == 302, made.get_data(as_text=True)
         user_path = made.headers["Location"]
         user_id = user_path.rstrip("/").rsplit("/", 1)[-1]
+        # A second administrator approves the custodian role (separation of duties, ADR 0010).
+        second = app.test_client()
+        login(second, make_user(app, "ada.second", ["administrator"]))
+        grant = app.extensions["tre.db"].session.scalar(select(RoleGrant.id).where(RoleGrant.user_id == user_id))
+        approved = _post(second, f"/admin/role-grants/{grant}/decision", {"approve": "1"}, token_from=user_path)
+        assert approved.status_code == 302, approved.get_data(as_text=True)
         link_page = _post(admin, f"/admin/users/{user_id}/reset-link", {}, token_from=user_path)
         link = re.search(r"#token=([A-Za-z0-9_.\-~]+)", link_page.get_data(as_text=True))
         assert link, "no reset link on the page"
@@ -224,14 +231,6 @@ def test_canary_secrets_and_nhs_numbers_never_reach_logs_tasks_urls_tables_or_ot
         assert back.status_code == 302
         assert casey.get("/account/").status_code == 200
 
-        # Creates a personal API token on the account page.
-        token_page = _post(
-            casey, "/account/tokens", {"name": "canary script", "days": "7"}, token_from="/account/"
-        ).get_data(as_text=True)
-        api_token = _mono(token_page, "new-token")
-        bearer = {"Authorization": f"Bearer {api_token}"}
-        assert casey.get("/api/v1/me", headers=bearer).status_code == 200
-
         # Changes the password on the account page: first with a wrong current password, then properly.
         later_code = pyotp.TOTP(totp_secret).at(int(time.time()) + 30)
         change = {"code": later_code, "password": NEW_PASSWORD, "password_again": NEW_PASSWORD}
@@ -242,6 +241,14 @@ def test_canary_secrets_and_nhs_numbers_never_reach_logs_tasks_urls_tables_or_ot
                         token_from="/account/password")
         assert changed.status_code == 302, changed.get_data(as_text=True)
         assert casey.get("/account/").status_code == 200
+
+        # Creates a personal API token on the account page (after the change, which ends older ones).
+        token_page = _post(
+            casey, "/account/tokens", {"name": "canary script", "days": "7"}, token_from="/account/"
+        ).get_data(as_text=True)
+        api_token = _mono(token_page, "new-token")
+        bearer = {"Authorization": f"Bearer {api_token}"}
+        assert casey.get("/api/v1/me", headers=bearer).status_code == 200
 
         # Loads an opt-out list: two real patients of the source and two further valid numbers.
         opted_out = _patients_in_both(demo, 2) + [_valid_number("981726354"), _valid_number("402918375")]

@@ -62,6 +62,13 @@ class Settings:
     files_s3_endpoint_url: str = ""
     files_s3_region: str = ""
     session_cookie_secure: bool = False
+    # Rate limits (tre/ratelimits.py): how many reverse proxies in front of the service each add the
+    # address they saw to X-Forwarded-For (0: the connecting address is the client's and the header
+    # is ignored), and where the counters live (empty: in memory; redis://... to share them).
+    trusted_proxies: int = 0
+    rate_limit_storage_url: str = ""
+    # Off only for test and load rigs that send thousands of requests from one address.
+    rate_limits: bool = True
     # A signed-in session ends this many hours after sign-in however active it is (the idle limit,
     # 30 minutes, ends it sooner).
     session_max_hours: int = 12
@@ -138,6 +145,8 @@ class Settings:
             changes["workspaces_path"] = inst / "workspaces"
         if not self.jupyterhub_api_url:
             changes["jupyterhub_api_url"] = self.jupyterhub_url
+        if not 0 <= self.trusted_proxies <= 10:
+            raise ConfigError("TRE_TRUSTED_PROXIES must be between 0 and 10")
         if not 1 <= self.session_max_hours <= 24 * 7:
             raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:

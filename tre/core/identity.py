@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from confusable_homoglyphs import confusables
 from sqlalchemy import CheckConstraint, ForeignKey, LargeBinary, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
@@ -26,6 +28,7 @@ from tre.core.db import Base, new_id, transaction, utcnow
 from tre.core.keys import KeyProvider
 from tre.core.passwords import MIN_LENGTH, context_words, password_problem
 from tre.core.permissions import Permission, Role, has_permission
+from tre.core.roles import NO_SUCH_GRANT, RoleGrant, decide_grant, pending_grants, request_roles
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT = dt.timedelta(minutes=15)
@@ -40,6 +43,13 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 # Recovery codes (48 random bits) are salted and stretched too (ASVS V6.5.2), with OWASP's minimum
 # argon2id cost (19 MiB, 2 passes): a wrong code is checked against up to ten of them.
 _code_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+# One answer for every refused password sign-in, so it never tells which accounts exist or are locked.
+SIGN_IN_REFUSED = (
+    f"Enter a correct email address and password. After {MAX_FAILED_LOGINS} failed attempts an account "
+    f"is locked for {LOCKOUT.seconds // 60} minutes"
+)
 
 
 class IdentityError(Exception):
@@ -81,6 +91,10 @@ class User(Base):
     locked_until: Mapped[dt.datetime | None]
     # Bumped on sign-out, password change or reset: every older session cookie stops working.
     session_epoch: Mapped[int] = mapped_column(default=0)
+    # Bumped on a password change or reset (with its MFA reset) and on deactivation or
+    # reactivation: every API token minted before (its ``gen`` claim) and every personal token
+    # stops working, and stays dead when the account is reactivated (ADR 0010).
+    token_generation: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[dt.datetime | None]
 
@@ -199,10 +213,37 @@ def _sha256(value: str) -> str:
 
 
 def normalise_email(email: str) -> str:
-    email = (email or "").strip().lower()
+    """The one spelling of an address: NFKC, lower case, and plain ASCII only, so no two accounts
+    can look alike through look-alike letters from another script, full-width forms, invisible or
+    right-to-left override characters (they are refused with a clear error, not stripped)."""
+    email = unicodedata.normalize("NFKC", email or "").strip().lower()
+    if _has_hidden_characters(email) or not email.isascii():
+        raise IdentityError(
+            "Type the email address in plain (ASCII) letters and digits: it holds a look-alike letter from "
+            "another alphabet, an invisible character or a right-to-left character"
+        )
     if "@" not in email or len(email) > 320 or email.startswith("@") or email.endswith("@"):
         raise IdentityError("Enter an email address in the correct format, like name@example.nhs.uk")
     return email
+
+
+def normalise_display_name(name: str) -> str:
+    """A person's name in NFKC; any script, but not mixed with look-alikes from another script in
+    one word (a Cyrillic 'а' inside a Latin name), and no invisible or direction-changing character."""
+    name = " ".join(unicodedata.normalize("NFKC", name or "").split())
+    if not name or len(name) > 200:
+        raise IdentityError("Enter the person's name (200 characters at most)")
+    if _has_hidden_characters(name):
+        raise IdentityError("The name holds an invisible or right-to-left character: type it again")
+    if any(confusables.is_dangerous(word) for word in name.split()):
+        raise IdentityError("The name mixes look-alike letters from different alphabets: type it again")
+    return name
+
+
+def _has_hidden_characters(text: str) -> bool:
+    # Cc control, Cf format (bidi overrides and isolates, zero-width joiners), Co private use,
+    # Cs surrogates, Cn unassigned; line and paragraph separators.
+    return any(unicodedata.category(c) in {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"} for c in text)
 
 
 def check_password_policy(password: str, *, email: str = "", display_name: str = "") -> None:
@@ -238,9 +279,7 @@ class Identity:
         if not bootstrap:
             self._require(actor, Permission.USER_MANAGE, "user.create")
         email = normalise_email(email)
-        display_name = (display_name or "").strip()
-        if not display_name or len(display_name) > 200:
-            raise IdentityError("Enter the person's name (200 characters at most)")
+        display_name = normalise_display_name(display_name)
         unknown = [r for r in roles if r not in {x.value for x in Role}]
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
@@ -252,9 +291,15 @@ class Identity:
             user = User(email=email, display_name=display_name)
             user.password_hash = _hasher.hash(password) if password else None
             actor_id = actor.id if actor else None
-            user.roles = [UserRole(role=r, granted_by=actor_id) for r in sorted(set(roles))]
+            user.roles = []
             s.add(user)
             s.flush()
+            if bootstrap or actor is None:
+                # Setting up an empty instance (the command line of the server): no second person yet.
+                user.roles = [UserRole(role=r, granted_by=actor_id) for r in sorted(set(roles))]
+                granted, pending = sorted(set(roles)), list[str]()
+            else:
+                granted, pending = request_roles(s, self.audit, actor, user, roles, self.request_id)
             self.audit.record(
                 s,
                 "user.create",
@@ -262,7 +307,7 @@ class Identity:
                 target_type="user",
                 target_id=user.id,
                 request_id=self.request_id,
-                detail={"roles": sorted(set(roles))},
+                detail={"roles": granted, "awaiting_second_administrator": pending},
             )
         return user
 
@@ -277,7 +322,7 @@ class Identity:
             before = user.role_names
             if actor.id == user.id and Role.ADMINISTRATOR.value in before and Role.ADMINISTRATOR.value not in roles:
                 raise IdentityError("You cannot remove your own administrator role")
-            user.roles = [UserRole(role=r, granted_by=actor.id) for r in sorted(set(roles))]
+            after, pending = request_roles(s, self.audit, actor, user, roles, self.request_id)
             self.audit.record(
                 s,
                 "user.set_roles",
@@ -285,9 +330,25 @@ class Identity:
                 target_type="user",
                 target_id=user.id,
                 request_id=self.request_id,
-                detail={"before": before, "after": sorted(set(roles))},
+                detail={"before": before, "after": after, "awaiting_second_administrator": pending},
             )
         return user
+
+    def pending_role_grants(self, actor: User, user_id: str | None = None) -> list[RoleGrant]:
+        self._require(actor, Permission.USER_MANAGE, "user.role_grants")
+        return pending_grants(self.session, user_id)
+
+    def decide_role_grant(self, actor: User, grant_id: str, *, approve: bool) -> RoleGrant:
+        """A second administrator approves (or any administrator refuses) a requested role."""
+        action = "user.role_grant_approve" if approve else "user.role_grant_refuse"
+        self._require(actor, Permission.USER_MANAGE, action)
+        with transaction(self.session) as s:
+            grant, problem = decide_grant(s, self.audit, actor, grant_id, approve, self.request_id)
+            if problem is not None:
+                s.commit()
+                raise IdentityError(problem) if problem == NO_SUCH_GRANT else PermissionDenied(problem)
+        assert grant is not None
+        return grant
 
     def set_active(self, actor: User, user_id: str, active: bool) -> User:
         self._require(actor, Permission.USER_MANAGE, "user.set_active")
@@ -296,7 +357,7 @@ class Identity:
             if actor.id == user.id and not active:
                 raise IdentityError("You cannot deactivate your own account")
             user.is_active = active
-            user.session_epoch += 1
+            _end_every_credential(s, user)
             if active:
                 user.failed_login_count = 0
                 user.locked_until = None
@@ -315,69 +376,49 @@ class Identity:
     def authenticate(self, email: str, password: str) -> User:
         """Check an email and password; count failures and lock the account after too many.
 
-        The error never says whether the email exists (no account enumeration).
+        No account enumeration: an unknown address, a wrong password, a locked or an inactive
+        account all get the same message after the same password-hash work. A right password
+        does not clear the failure count (only a completed second factor does), so wrong TOTP
+        codes between right passwords still lead to the lock.
         """
-        generic = AuthenticationFailed("Enter a correct email address and password")
+        failed: AuthenticationFailed | None = AuthenticationFailed(SIGN_IN_REFUSED)
         try:
             email = normalise_email(email)
         except IdentityError:
-            _hasher.verify(_DUMMY_HASH, "not-the-password") if False else None  # noqa: B018
-            raise generic from None
+            email = ""
         now = utcnow()
         with transaction(self.session) as s:
-            user = s.scalar(select(User).where(User.email == email))
+            user = s.scalar(select(User).where(User.email == email)) if email else None
             if user is None or user.password_hash is None:
                 _verify_quietly(_DUMMY_HASH, password)
                 self.audit.record(
-                    s,
-                    "auth.login",
-                    actor_id=None,
-                    outcome=FAILURE,
-                    request_id=self.request_id,
+                    s, "auth.login", actor_id=None, outcome=FAILURE, request_id=self.request_id,
                     detail={"reason": "unknown account or no password"},
                 )
-                failed: AuthenticationFailed | None = generic
-            elif user.locked_until is not None and user.locked_until > now:
-                self.audit.record(
-                    s,
-                    "auth.login",
-                    actor_id=user.id,
-                    outcome=DENIED,
-                    request_id=self.request_id,
-                    detail={"reason": "account locked"},
-                )
-                failed = AuthenticationFailed(
-                    "Your account is locked after too many failed attempts. Try again later or ask an administrator"
-                )
-            elif not _verify_quietly(user.password_hash, password) or not user.is_active:
-                user.failed_login_count += 1
-                reason = "wrong password" if user.is_active else "account inactive"
-                if user.failed_login_count >= MAX_FAILED_LOGINS:
-                    user.locked_until = now + LOCKOUT
-                    reason += "; account locked"
-                self.audit.record(
-                    s,
-                    "auth.login",
-                    actor_id=user.id,
-                    outcome=FAILURE,
-                    request_id=self.request_id,
-                    detail={"reason": reason, "failed_count": user.failed_login_count},
-                )
-                failed = generic
             else:
-                user.failed_login_count = 0
-                user.locked_until = None
-                user.last_login_at = now
-                if _hasher.check_needs_rehash(user.password_hash):
-                    user.password_hash = _hasher.hash(password)
-                self.audit.record(
-                    s,
-                    "auth.password_ok",
-                    actor_id=user.id,
-                    request_id=self.request_id,
-                    detail={"mfa_required": True},
-                )
-                failed = None
+                _end_expired_lock(user, now)
+                password_ok = _verify_quietly(user.password_hash, password)
+                if user.locked_until is not None:
+                    self.audit.record(
+                        s, "auth.login", actor_id=user.id, outcome=DENIED, request_id=self.request_id,
+                        detail={"reason": "account locked"},
+                    )
+                elif not password_ok or not user.is_active:
+                    reason = "wrong password" if user.is_active else "account inactive"
+                    if _count_failure(user, now):
+                        reason += "; account locked"
+                    self.audit.record(
+                        s, "auth.login", actor_id=user.id, outcome=FAILURE, request_id=self.request_id,
+                        detail={"reason": reason, "failed_count": user.failed_login_count},
+                    )
+                else:
+                    if _hasher.check_needs_rehash(user.password_hash):
+                        user.password_hash = _hasher.hash(password)
+                    self.audit.record(
+                        s, "auth.password_ok", actor_id=user.id, request_id=self.request_id,
+                        detail={"mfa_required": True},
+                    )
+                    failed = None
         if failed is not None:
             raise failed
         assert user is not None
@@ -576,7 +617,14 @@ class Identity:
             user = self._get(s, user_id)
             if not user.is_active or user.mfa_secret_sealed is None:
                 raise AuthenticationFailed("Multi-factor authentication is not set up for this account")
-            if user.locked_until is not None and user.locked_until > utcnow():
+            now = utcnow()
+            _end_expired_lock(user, now)
+            if user.locked_until is not None:
+                self.audit.record(
+                    s, "auth.mfa", actor_id=user.id, outcome=DENIED, request_id=self.request_id,
+                    detail={"reason": "account locked"},
+                )
+                s.commit()
                 raise AuthenticationFailed("Your account is locked after too many failed attempts")
             secret = self.keys.unseal(user.mfa_secret_sealed, f"totp:{user.id}").decode()
             step = _matching_step(secret, code, after=user.mfa_last_step)
@@ -590,9 +638,7 @@ class Identity:
                     rc.used_at = utcnow()
                     used_recovery = True
             if step is None and not used_recovery:
-                user.failed_login_count += 1
-                if user.failed_login_count >= MAX_FAILED_LOGINS:
-                    user.locked_until = utcnow() + LOCKOUT
+                _count_failure(user, now)
                 self.audit.record(
                     s,
                     "auth.mfa",
@@ -605,7 +651,9 @@ class Identity:
                 raise AuthenticationFailed("The code is not correct")
             if step is not None:
                 user.mfa_last_step = step
+            # Only a completed second factor clears the count of wrong passwords and codes.
             user.failed_login_count = 0
+            user.last_login_at = now
             self.audit.record(
                 s,
                 "auth.login",
@@ -667,7 +715,7 @@ class Identity:
             user.password_hash = _hasher.hash(new_password)
             user.failed_login_count = 0
             user.locked_until = None
-            user.session_epoch += 1
+            _end_every_credential(s, user)
             # A reset also resets MFA: the person enrols again at their next sign-in.
             user.mfa_secret_sealed = None
             user.mfa_enrolled_at = None
@@ -691,7 +739,8 @@ class Identity:
             user = self._get(s, user_id, lock=True)
             if not user.is_active:
                 raise AuthenticationFailed("Your account is not active")
-            if user.locked_until is not None and user.locked_until > utcnow():
+            _end_expired_lock(user, utcnow())
+            if user.locked_until is not None:
                 raise AuthenticationFailed(
                     "Your account is locked after too many failed attempts. Try again later or ask an administrator"
                 )
@@ -701,9 +750,7 @@ class Identity:
             password_ok = _verify_quietly(user.password_hash, current_password or "")
             step = _matching_step(secret, code, after=user.mfa_last_step)
             if not password_ok or step is None:
-                user.failed_login_count += 1
-                if user.failed_login_count >= MAX_FAILED_LOGINS:
-                    user.locked_until = utcnow() + LOCKOUT
+                _count_failure(user, utcnow())
                 self.audit.record(
                     s, "auth.password_change", actor_id=user.id, outcome=FAILURE, target_type="user",
                     target_id=user.id, request_id=self.request_id,
@@ -718,7 +765,7 @@ class Identity:
             user.password_hash = _hasher.hash(new_password)
             user.mfa_last_step = step
             user.failed_login_count = 0
-            user.session_epoch += 1
+            _end_every_credential(s, user)
             self.audit.record(
                 s, "auth.password_change", actor_id=user.id, target_type="user", target_id=user.id,
                 request_id=self.request_id, detail={"other_sessions_ended": True},
@@ -799,6 +846,33 @@ def _not_linked(reason: str) -> SsoRefused:
 def _claim_true(value: Any) -> bool:
     # Some providers send booleans as strings.
     return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _end_every_credential(s: Session, user: User) -> None:
+    """Every session cookie, API token and personal token of the person stops working for good."""
+    user.session_epoch += 1
+    user.token_generation += 1
+    now = utcnow()
+    for token in s.scalars(
+        select(PersonalApiToken).where(PersonalApiToken.user_id == user.id, PersonalApiToken.revoked_at.is_(None))
+    ):
+        token.revoked_at = now
+
+
+def _end_expired_lock(user: User, now: dt.datetime) -> None:
+    """A lock that has run out starts the count again (else one more mistake would re-lock)."""
+    if user.locked_until is not None and user.locked_until <= now:
+        user.locked_until = None
+        user.failed_login_count = 0
+
+
+def _count_failure(user: User, now: dt.datetime) -> bool:
+    """One more wrong password or code; True when this one locks the account."""
+    user.failed_login_count += 1
+    if user.failed_login_count >= MAX_FAILED_LOGINS and user.locked_until is None:
+        user.locked_until = now + LOCKOUT
+        return True
+    return False
 
 
 def _verify_quietly(password_hash: str, password: str) -> bool:

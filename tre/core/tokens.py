@@ -46,7 +46,7 @@ MAX_TOKEN_CHARS = 8192
 _FILE_FORMAT = "tre-jwt-signing-keys/1"
 _ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
 _REQUIRED_CLAIMS = ["exp", "iat", "nbf", "aud", "iss", "jti", "sub", "purpose"]
-_RESERVED_CLAIMS = frozenset(_REQUIRED_CLAIMS) | {"project", "single_use"}
+_RESERVED_CLAIMS = frozenset(_REQUIRED_CLAIMS) | {"project", "single_use", "gen"}
 # A process that meets an unknown kid re-reads the key file at most this often (another process
 # may have rotated), so a stream of made-up kids cannot turn into a stream of file reads.
 _RELOAD_INTERVAL_SECONDS = 30.0
@@ -70,6 +70,8 @@ class Refusal(StrEnum):
     ISSUER = "issuer"
     PURPOSE = "purpose"
     REVOKED = "revoked"
+    # Minted before the person's last password reset, MFA reset or (de)activation.
+    SUPERSEDED = "superseded"
     REPLAYED = "replayed"
 
 
@@ -357,6 +359,9 @@ class TokenService:
     ``is_revoked(jti)`` is required so revocation cannot be forgotten. ``consume(jti, expires_at)``
     must atomically record a jti and return False if it was already recorded (a unique row in the
     database); without it, single-use tokens are refused rather than accepted more than once.
+    ``generation_of(subject)`` gives the subject's current token generation (None for nobody):
+    with it every token carries the generation it was minted in (claim ``gen``) and is refused
+    once the person's generation has moved on, so one bump ends every token of a person.
     """
 
     def __init__(
@@ -366,6 +371,7 @@ class TokenService:
         *,
         is_revoked: Callable[[str], bool],
         consume: Callable[[str, dt.datetime], bool] | None = None,
+        generation_of: Callable[[str], int | None] | None = None,
         leeway: dt.timedelta = dt.timedelta(seconds=10),
         max_ttl: dt.timedelta = dt.timedelta(hours=24),
         clock: Callable[[], dt.datetime] = _utcnow,
@@ -376,6 +382,7 @@ class TokenService:
         self.issuer = issuer
         self._is_revoked = is_revoked
         self._consume = consume
+        self._generation_of = generation_of
         self.leeway = leeway
         self.max_ttl = max_ttl
         self._clock = clock
@@ -437,6 +444,11 @@ class TokenService:
             payload["project"] = project_id
         if single_use:
             payload["single_use"] = True
+        if self._generation_of is not None:
+            generation = self._generation_of(subject)
+            if generation is None:
+                raise ValueError("no token can be issued for an unknown subject")
+            payload["gen"] = generation
         kid, private = self.keyring.signing_key()
         token = jwt.encode(payload, private, algorithm=ALGORITHM, headers={"kid": kid, "typ": "JWT"})
         log.debug("issued token jti=%s purpose=%s kid=%s", jti, purpose, kid)
@@ -527,9 +539,17 @@ class TokenService:
         if purpose is not None and payload["purpose"] != purpose:
             raise InvalidToken(Refusal.PURPOSE)
 
+        generation = payload.get("gen")
+        if generation is not None and (not isinstance(generation, int) or isinstance(generation, bool)):
+            raise InvalidToken(Refusal.MALFORMED)
+
         claims = _claims_from(payload)
         if self._is_revoked(claims.jti):
             raise InvalidToken(Refusal.REVOKED)
+        if self._generation_of is not None and (
+            generation is None or generation != self._generation_of(claims.subject)
+        ):
+            raise InvalidToken(Refusal.SUPERSEDED)
         if claims.single_use and (self._consume is None or not self._consume(claims.jti, claims.expires_at)):
             raise InvalidToken(Refusal.REPLAYED)
         return claims

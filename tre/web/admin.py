@@ -55,19 +55,39 @@ def user(user_id: str) -> str:
     return render_template(
         "admin/user.html", title="Manage account", person=_get_user(user_id), roles=list(Role),
         role_labels=ROLE_LABELS, reset_link=None, sso_links=identity_service().oidc_links(user_id),
+        grants=identity_service().pending_role_grants(g.user, user_id),
     )
 
 
 @bp.post("/users/<user_id>/roles")
 @requires(Permission.USER_MANAGE)
 def set_roles(user_id: str) -> Any:
+    service = identity_service()
     try:
-        identity_service().set_roles(g.user, _get_user(user_id).id, request.form.getlist("roles"))
+        service.set_roles(g.user, _get_user(user_id).id, request.form.getlist("roles"))
     except IdentityError as exc:
         flash(str(exc), "error")
     else:
-        flash("Roles saved", "success")
+        waiting = service.pending_role_grants(g.user, user_id)
+        flash("Roles saved" + (
+            f"; {', '.join(ROLE_LABELS[Role(w.role)] for w in waiting)} need a second administrator's approval"
+            if waiting else ""
+        ), "success")
     return redirect(url_for("admin.user", user_id=user_id))
+
+
+@bp.post("/role-grants/<grant_id>/decision")
+@requires(Permission.USER_MANAGE)
+def decide_role_grant(grant_id: str) -> Any:
+    """A second administrator approves a role that touches data, or any administrator refuses it."""
+    approve = request.form.get("approve") == "1"
+    try:
+        grant = identity_service().decide_role_grant(g.user, grant_id, approve=approve)
+    except IdentityError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.users"))
+    flash("Role approved" if approve else "Role refused", "success")
+    return redirect(url_for("admin.user", user_id=grant.user_id))
 
 
 @bp.post("/users/<user_id>/active")
@@ -93,6 +113,7 @@ def reset_link(user_id: str) -> str:
     return render_template(
         "admin/user.html", title="Manage account", person=person, roles=list(Role),
         role_labels=ROLE_LABELS, reset_link=link, sso_links=identity_service().oidc_links(person.id),
+        grants=identity_service().pending_role_grants(g.user, person.id),
     )
 
 

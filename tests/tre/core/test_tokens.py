@@ -688,3 +688,21 @@ def test_no_token_or_key_material_appears_in_logs_reprs_or_errors(
             assert form not in shown
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(keyring)
+
+
+def test_a_token_from_an_older_generation_of_its_person_is_refused() -> None:
+    generations = {"rita": 3}
+    service = TokenService(
+        SigningKeyring.generate(), "https://tre.example", is_revoked=lambda _: False,
+        generation_of=generations.get,
+    )
+    token = service.issue("rita", "tre-api", "api", dt.timedelta(minutes=5))
+    assert service.verify(token, "tre-api").subject == "rita"
+
+    generations["rita"] = 4
+
+    with pytest.raises(InvalidToken) as refused:
+        service.verify(token, "tre-api")
+    assert refused.value.reason is Refusal.SUPERSEDED
+    with pytest.raises(ValueError, match="unknown subject"):
+        service.issue("nobody", "tre-api", "api", dt.timedelta(minutes=5))

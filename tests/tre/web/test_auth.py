@@ -58,9 +58,13 @@ def test_account_locks_after_repeated_failures_even_with_the_right_password(sqli
         client.post("/auth/login", data={"email": "ada@nhs.example", "password": "guess", "csrf_token": token})
 
     response = client.post("/auth/login", data={"email": "ada@nhs.example", "password": PASSWORD, "csrf_token": token})
+    unknown = client.post("/auth/login", data={"email": "bob@nhs.example", "password": PASSWORD, "csrf_token": token})
 
-    assert response.status_code == 400
-    assert "locked" in response.get_data(as_text=True)
+    assert response.status_code == unknown.status_code == 400
+    # The same page as for an unknown address (no enumeration), which says an account may lock.
+    page = response.get_data(as_text=True)
+    assert page.replace("ada@nhs.example", "bob@nhs.example") == unknown.get_data(as_text=True)
+    assert "locked" in page
 
 
 def test_new_account_must_enrol_mfa_before_anything_else(sqlite_app: Any, client: Any) -> None:

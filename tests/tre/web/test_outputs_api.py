@@ -99,9 +99,12 @@ def test_workspace_token_for_a_project_the_person_is_not_on_is_refused_by_the_ga
 
     response = post_request(world, token(world, world.author, project_id=other.id))
 
-    assert response.status_code == 403
-    assert "not a member of the project" in response.json["detail"]
+    # A project-bound token lives only while the gate lets its person in (ADR 0010): refused at
+    # authentication, and the refusal is audited.
+    assert response.status_code == 401
     assert _count(world, OutputRequest) == 0
+    refused = world.session.scalars(select(AuditEvent).where(AuditEvent.action == "auth.refused")).all()
+    assert [e.detail["reason"] for e in refused] == ["token for a project its person may no longer use"]
 
 
 def test_bad_file_in_a_submission_changes_nothing(world: World) -> None:
