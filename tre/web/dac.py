@@ -246,6 +246,9 @@ def close(project_id: str) -> Any:
     """Closing destroys data: without the confirmation box ticked on the confirmation page it only
     shows that page (what will be destroyed) and changes nothing."""
     reason = request.form.get("reason", "")
+    if not reason.strip():  # the project page's form asks for the reason first
+        flash("Give the reason for closing the project", "error")
+        return redirect(url_for("projects.show", project_id=project_id))
     if request.form.get("confirm") != CONFIRM_CLOSE:
         asked = request.form.get("step") == "confirm"  # the confirmation page was sent without the tick
         unticked = [("#confirm", "Confirm that the project's data is to be destroyed")] if asked else None

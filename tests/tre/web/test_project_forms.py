@@ -117,6 +117,18 @@ def test_close_confirmation_sent_without_the_tick_is_refused(w: World, client: A
     assert w.session.get(Project, p.id).state == "active" and _closes(w) == 0
 
 
+def test_close_without_a_reason_is_sent_back_before_the_confirmation(w: World, client: Any) -> None:
+    p = ready_for_access(w)
+    login(client, w.chair)
+
+    refused = post(client, f"/dac/{p.id}/close", {"reason": " "}, token_from=f"/projects/{p.id}")
+
+    assert refused.status_code == 302 and refused.headers["Location"].endswith(f"/projects/{p.id}")
+    assert "Give the reason for closing the project" in client.get(f"/projects/{p.id}").get_data(as_text=True)
+    w.session.expire_all()
+    assert w.session.get(Project, p.id).state == "active" and _closes(w) == 0
+
+
 def test_close_confirmed_closes(w: World, client: Any) -> None:
     from tre.core import jobs
 
