@@ -270,6 +270,17 @@ def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int)
         ) from None
 
 
+def _column_names(path: Path, fmt: str, dialect: CsvDialect | None) -> list[str]:
+    """The source's columns, so a header with no rows still proposes every column."""
+    if fmt == "parquet":
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    assert dialect is not None
+    try:
+        return list(_csv_reader(path, dialect, DEFAULT_CHUNK_BYTES, None).schema.names)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        raise ProfilingError("The CSV file could not be read; check its delimiter and quoting") from None
+
+
 # --------------------------------------------------------------------------------------------------
 # Counting
 
@@ -424,7 +435,7 @@ def propose(
     fmt = source_format(path)
     dialect = sniff_csv(path) if fmt == "csv" else None
     today = today or dt.date.today()
-    counts: dict[str, _Counts] = {}
+    counts: dict[str, _Counts] = {name: _Counts() for name in _column_names(path, fmt, dialect)}
     rows = 0
     for batch in _batches(path, fmt, dialect, chunk_bytes):
         rows += batch.num_rows

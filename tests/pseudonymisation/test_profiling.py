@@ -240,3 +240,23 @@ def test_preview_hides_a_kept_quasi_identifier(tmp_path):
 
     position = shown["columns"].index("postcode")
     assert {row[position] for row in shown["rows"]} == {profiling.HIDDEN}
+
+
+def test_propose_lists_every_column_of_a_header_without_rows(tmp_path):
+    (tmp_path / "h.csv").write_text("nhs_number,postcode\n")
+
+    proposal = propose(tmp_path / "h.csv", today=TODAY)
+
+    assert proposal.row_count == 0
+    assert [(c.name, c.rule) for c in proposal.columns] == [("nhs_number", TransformKind.DROP),
+                                                             ("postcode", TransformKind.DROP)]
+    assert all(c.reason == "every value is missing" for c in proposal.columns)
+
+
+def test_propose_reads_a_byte_order_mark_and_refuses_ragged_rows(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffid,town\n1,Bradford\n".encode())
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2,3\n")
+
+    assert [c.name for c in propose(tmp_path / "bom.csv").columns] == ["id", "town"]
+    with pytest.raises(ProfilingError, match="delimiter and quoting"):
+        propose(tmp_path / "ragged.csv")
