@@ -85,6 +85,11 @@ class DatabaseSnapshot:
         self._refill = ""
         self.writes = 0  # statements since the last take or restore that may have changed something
         event.listen(self.db.engine, "before_cursor_execute", self._note_write)
+        # The audit chain's signed checkpoint lives outside the database (ADR 0011): rewinding the
+        # database without it would look exactly like the truncation it exists to catch.
+        checkpoints = app.extensions["tre.platform"].audit.checkpoints
+        self._checkpoint_file: Path | None = checkpoints.path if checkpoints is not None else None
+        self._checkpoint: bytes | None = None
         if self.dialect == "sqlite":
             database = self.db.engine.url.database
             assert database, "the snapshot needs a SQLite file, not an in-memory database"
@@ -92,6 +97,8 @@ class DatabaseSnapshot:
 
     def take(self) -> None:
         self._release()
+        if self._checkpoint_file is not None:
+            self._checkpoint = self._checkpoint_file.read_bytes() if self._checkpoint_file.exists() else None
         if self.dialect == "sqlite":
             shutil.copyfile(self.file, self.file.with_suffix(".snapshot"))
             self.writes = 0
@@ -134,6 +141,11 @@ class DatabaseSnapshot:
         else:
             with self.db.engine.begin() as conn:
                 conn.exec_driver_sql(self._refill)
+        if self._checkpoint_file is not None:
+            if self._checkpoint is None:
+                self._checkpoint_file.unlink(missing_ok=True)
+            else:
+                self._checkpoint_file.write_bytes(self._checkpoint)
         self.writes = 0
 
     def _note_write(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:

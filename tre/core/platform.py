@@ -12,11 +12,17 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tre.core.audit import CHAIN_KEY_PURPOSE, CHECKPOINT_FILE, CHECKPOINT_KEY_PURPOSE, AuditLog, CheckpointFile
+from tre.core.audit import (
+    CHAIN_KEY_PURPOSE,
+    CHECKPOINT_FILE,
+    CHECKPOINT_KEY_PURPOSE,
+    AuditLog,
+    CheckpointFile,
+)
 from tre.core.config import Settings
 from tre.core.db import Database, utcnow
 from tre.core.filestore import LocalFileStore, S3FileStore, file_store_for
-from tre.core.identity import TokenUse, User
+from tre.core.identity import TokenUse
 from tre.core.keys import KeyProvider
 from tre.core.keyservices import key_provider_for
 from tre.core.tokens import SigningKeyring, TokenService
@@ -96,15 +102,21 @@ def build_platform(settings: Settings, db: Database) -> Platform:
                 return False
             return True
 
-    def generation_of(user_id: str) -> int | None:
-        with db.session_factory() as s:
-            return s.scalar(select(User.token_generation).where(User.id == user_id))
-
-    tokens = TokenService(
-        ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume, generation_of=generation_of
-    )
+    tokens = TokenService(ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume)
     checkpoints = CheckpointFile(settings.instance_path / CHECKPOINT_FILE, keys.derive_key(CHECKPOINT_KEY_PURPOSE))
-    return Platform(settings, db, keys, AuditLog(chain_key, checkpoints), files, tokens)
+    def latest_seq() -> int | None:
+        # A bare DBAPI connection: on SQLite it reads without BEGIN IMMEDIATE, so it never waits
+        # for the write lock a caller's open session may hold.
+        raw = db.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT max(seq) FROM audit_events")
+            row = cursor.fetchone()
+            return int(row[0]) if row and row[0] is not None else None
+        finally:
+            raw.close()
+
+    return Platform(settings, db, keys, AuditLog(chain_key, checkpoints, latest_seq), files, tokens)
 
 
 def revoke_token(db: Database, jti: str, expires_at: dt.datetime) -> None:

@@ -337,7 +337,31 @@ CHECKPOINT_KEY = b"c" * 32
 
 def _checkpointed_log(app: Any) -> AuditLog:
     path = app.extensions["tre.platform"].settings.instance_path / "test-checkpoint.json"
-    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY))
+    engine = app.extensions["tre.db"].engine
+
+    def latest_seq() -> int | None:
+        raw = engine.raw_connection()  # as the platform does: no BEGIN IMMEDIATE on SQLite
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT max(seq) FROM audit_events")
+            return cursor.fetchone()[0]
+        finally:
+            raw.close()
+
+    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY), latest_seq)
+
+
+def test_events_read_before_a_later_checkpoint_are_not_called_truncated(app: Any) -> None:
+    # A caller's session read the events, then other requests committed and moved the checkpoint on.
+    log = _checkpointed_log(app)
+    _write(app, log, 3)
+    with app.extensions["tre.db"].session_factory() as s:
+        events = list(iter_events(s))
+    _write(app, log, 2)
+
+    report = log.verify(events)
+
+    assert report.ok and report.checked == 3
 
 
 def test_truncating_the_last_events_is_reported_against_the_checkpoint(app: Any) -> None:
