@@ -114,7 +114,7 @@ class _Counts:
     names: int = 0
     long_text: int = 0
     text_chars: int = 0
-    sample: list[pa.Array] = field(default_factory=list)  # held only to count distinct values
+    sample: list[pa.Array] = field(default_factory=list)  # distinct values of the first chunks, to count
     sampled: int = 0
     native_type: str | None = None  # a Parquet column's own type
 
@@ -316,50 +316,66 @@ def _observe(counts: _Counts, column: pa.Array, today: dt.date) -> None:
         elif pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
             counts.decimals += len(present)
         return
-    text = pc.utf8_trim_whitespace(column)
-    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text).drop_null()
-    if pa.types.is_large_string(text.type):
-        text = pc.cast(text, pa.string())
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    counts.present += len(text)
-    if not len(text):
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_large_string(column.type):
+        column = pc.cast(column, pa.string())
+    # Each test runs once per distinct value, weighted by how often the value occurs: codes, postcodes
+    # and dates repeat, so one hash pass replaces a dozen regex passes over every row. Counts are sums
+    # of weights, so two raw values that trim to the same text are simply counted twice.
+    distinct = pc.value_counts(column)
+    values = pc.utf8_trim_whitespace(distinct.field("values"))
+    keep = pc.fill_null(pc.not_equal(values, ""), False)  # missing: null, empty or blank
+    values, weight = values.filter(keep), distinct.field("counts").filter(keep)
+    present = int(pc.sum(weight).as_py() or 0)
+    counts.present += present
+    if not present:
         return
-    upper = pc.utf8_upper(text)
-    nhs_shape = pc.match_substring_regex(text, _NHS_SHAPE)
-    counts.nhs_shaped += _count(text, nhs_shape)
-    shaped = text.filter(nhs_shape)
-    if len(shaped):
-        counts.nhs_valid += int((tokens.parse_numbers(shaped).status == tokens.Status.VALID).sum())
-    iso = pc.match_substring_regex(text, _ISO_DATE)
-    dmy = pc.match_substring_regex(text, _DMY_DATE)
-    counts.dates_iso += _count(text, iso)
-    counts.dates_dmy += _count(text, dmy)
-    parsed_iso = pc.strptime(pc.utf8_slice_codeunits(text.filter(iso), 0, 10), format="%Y-%m-%d", unit="s",
-                             error_is_null=True)
-    dmy_text = pc.replace_substring_regex(text.filter(dmy), r"[.-]", "/")
-    parsed_dmy = pc.strptime(dmy_text, format="%d/%m/%Y", unit="s", error_is_null=True)
-    counts.dates_unparsed += parsed_iso.null_count + parsed_dmy.null_count
-    for parsed in (parsed_iso, parsed_dmy):
-        _observe_years(counts, pc.cast(parsed.drop_null(), pa.date32()), today)
-    counts.postcodes += _count(text, pc.match_substring_regex(upper, _POSTCODE))
-    counts.integers += _count(text, pc.match_substring_regex(text, _INTEGER))
-    counts.decimals += _count(text, pc.match_substring_regex(text, _DECIMAL))
-    counts.names += _count(text, pc.match_substring_regex(text, _NAME))
-    lengths = pc.utf8_length(text)
-    counts.text_chars += int(pc.sum(lengths).as_py() or 0)
-    words = pc.list_value_length(pc.utf8_split_whitespace(text))
-    counts.long_text += _count(text, pc.and_(pc.greater_equal(lengths, 40), pc.greater_equal(words, 6)))
     if counts.sampled < DISTINCT_SAMPLE:
-        take = text.slice(0, DISTINCT_SAMPLE - counts.sampled)
-        counts.sample.append(take)
-        counts.sampled += len(take)
+        counts.sample.append(values)
+        counts.sampled += present
+
+    def weighted(mask: pa.Array) -> int:
+        return int(pc.sum(pc.if_else(pc.fill_null(mask, False), weight, pa.scalar(0, pa.int64()))).as_py() or 0)
+
+    nhs_shape = pc.match_substring_regex(values, _NHS_SHAPE)
+    counts.nhs_shaped += weighted(nhs_shape)
+    shaped = values.filter(nhs_shape)
+    if len(shaped):
+        valid = tokens.parse_numbers(shaped).status == tokens.Status.VALID
+        counts.nhs_valid += int(weight.filter(nhs_shape).to_numpy()[valid].sum())
+    iso = pc.match_substring_regex(values, _ISO_DATE)
+    dmy = pc.match_substring_regex(values, _DMY_DATE)
+    counts.dates_iso += weighted(iso)
+    counts.dates_dmy += weighted(dmy)
+    parsed_iso = pc.strptime(pc.utf8_slice_codeunits(values.filter(iso), 0, 10), format="%Y-%m-%d", unit="s",
+                             error_is_null=True)
+    dmy_text = pc.replace_substring_regex(values.filter(dmy), r"[.-]", "/")
+    parsed_dmy = pc.strptime(dmy_text, format="%d/%m/%Y", unit="s", error_is_null=True)
+    for parsed, mask in ((parsed_iso, iso), (parsed_dmy, dmy)):
+        times = weight.filter(mask)
+        counts.dates_unparsed += int(pc.sum(times.filter(parsed.is_null())).as_py() or 0)
+        ok = parsed.is_valid()
+        _observe_years(counts, pc.cast(parsed.filter(ok), pa.date32()), today, times.filter(ok))
+    counts.postcodes += weighted(pc.match_substring_regex(pc.utf8_upper(values), _POSTCODE))
+    counts.integers += weighted(pc.match_substring_regex(values, _INTEGER))
+    counts.decimals += weighted(pc.match_substring_regex(values, _DECIMAL))
+    counts.names += weighted(pc.match_substring_regex(values, _NAME))
+    lengths = pc.utf8_length(values)
+    counts.text_chars += int(pc.sum(pc.multiply(pc.cast(lengths, pa.int64()), weight)).as_py() or 0)
+    words = pc.list_value_length(pc.utf8_split_whitespace(values))
+    counts.long_text += weighted(pc.and_(pc.greater_equal(lengths, 40), pc.greater_equal(words, 6)))
 
 
-def _observe_years(counts: _Counts, dates: pa.Array, today: dt.date) -> None:
+def _observe_years(counts: _Counts, dates: pa.Array, today: dt.date, weight: pa.Array | None = None) -> None:
+    """Years seen and dates in the future; ``weight`` says how many rows each date stands for."""
     if not len(dates):
         return
-    counts.dates_future += _count(dates, pc.greater(dates, pa.scalar(today, pa.date32())))
+    future = pc.greater(dates, pa.scalar(today, pa.date32()))
+    if weight is None:
+        counts.dates_future += _count(dates, future)
+    else:
+        counts.dates_future += int(pc.sum(weight.filter(future)).as_py() or 0)
     years = pc.min_max(pc.year(dates)).as_py()
     lo, hi = years["min"], years["max"]
     counts.min_year = lo if counts.min_year is None else min(counts.min_year, lo)
@@ -367,6 +383,7 @@ def _observe_years(counts: _Counts, dates: pa.Array, today: dt.date) -> None:
 
 
 def _distinct_share(counts: _Counts) -> float:
+    """Distinct values per present value, over the first chunks (up to about ``DISTINCT_SAMPLE`` rows)."""
     if not counts.sampled:
         return 0.0
     sample = pa.concat_arrays(counts.sample) if len(counts.sample) > 1 else counts.sample[0]
