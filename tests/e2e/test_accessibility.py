@@ -76,3 +76,28 @@ def test_the_check_reports_a_critical_violation(page: Any) -> None:
     found = blocking_violations(page)
 
     assert any(" image-alt:" in f for f in found), found
+
+
+def test_incomplete_application_form_and_its_check_page_have_no_serious_violation(
+    browser: Any, live_service: LiveService
+) -> None:
+    """The form patterns: the error summary on the form (linked to its fields) and 'check your answers'."""
+    context = browser.new_context(bypass_csp=True)
+    try:
+        page = context.new_page()
+        sign_in(page, live_service, "rob.other@demo.tre.example")
+        page.goto(live_service.url + "/projects/new")
+        page.fill("#title", "Accessibility of an incomplete application")
+        page.click("main button[type=submit]")
+        page.wait_for_url("**/edit")
+        project_page = page.url.removesuffix("/edit")
+        page.goto(project_page)
+        assert blocking_violations(page) == [], "check your answers"
+        page.get_by_role("button", name="Submit to the committee").click()
+        page.locator(".nhsuk-error-summary").wait_for()
+        page.locator('.nhsuk-error-summary a[href="#lay_summary"]').click()
+
+        assert page.evaluate("document.activeElement.id") == "lay_summary"
+        assert blocking_violations(page) == [], "the form with its error summary"
+    finally:
+        context.close()
