@@ -7,6 +7,7 @@ import datetime as dt
 
 from flask import g, render_template
 
+from disclosure import rules as output_rules
 from projects import rules as project_rules
 from projects.rules import ProjectPolicy
 from tre import worklist
@@ -46,5 +47,6 @@ def render_home() -> str:
         work=work,
         roles=roles,
         project_labels=project_rules.STATE_LABELS,
+        output_labels=output_rules.STATE_LABELS,
         waited=lambda since: waited(since, now),
     )

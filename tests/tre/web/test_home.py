@@ -170,6 +170,7 @@ def test_checker_sees_request_with_time_since_submission(w: World) -> None:
     mine = section(home(w.app, olive), "home-checker")
 
     assert f"/outputs/requests/{req.id}" in mine and "5 hours" in mine
+    assert "Awaiting review" in mine
 
 
 def test_checker_never_sees_a_request_they_authored_or_of_their_team(w: World) -> None:
