@@ -28,6 +28,7 @@ from disclosure.engine import outputs as rules_other
 from disclosure.engine import population as pop
 from disclosure.engine.policy import Policy, default_policy
 from disclosure.engine.specs import table_spec
+from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
 from disclosure.tracked import TrackedFrame, TrackedSeries, track
@@ -73,6 +74,25 @@ def _as_list(x: Any) -> list:
     if x is None:
         return []
     return list(x) if isinstance(x, list | tuple) else [x]
+
+
+_FUNCTION_NAMES = {"amin": "min", "amax": "max", "nanmedian": "median", "nanmean": "mean", "nanmin": "min"}
+_FUNCTION_NAMES |= {"nanmax": "max", "nansum": "sum"}
+_AMBIGUOUS = {"std", "var", "nanstd", "nanvar"}  # numpy's ddof=0 differs from pandas' ddof=1
+
+
+def _aggfunc_name(f: Any) -> str | None:
+    """The statistic an aggfunc names: a string, or a numpy/builtin function by its name (missing values
+    skipped, as pandas' string aggfuncs do). numpy's std/var are refused: their ddof=0 is not pandas'."""
+    if f is None or isinstance(f, str):
+        return f
+    name = getattr(f, "__name__", None)
+    if not isinstance(name, str) or name in _AMBIGUOUS:
+        raise ValueError(
+            f"aggfunc {f!r} is not supported by the automated checks; name it as a string (e.g. 'std', "
+            "pandas' sample standard deviation) or use custom_output()"
+        )
+    return _FUNCTION_NAMES.get(name, name)
 
 
 def _sdc_for_table(result: TableResult) -> dict:
@@ -180,6 +200,17 @@ class Session:
                 return dataset, None  # a derived or changed column: the extract does not hold these values
         return dataset, filters
 
+    def _people_for(self, series: Any, n: int) -> np.ndarray | None:
+        """The person id of each row of a crosstab's series, from the dataset the series was taken from."""
+        dataset = getattr(series, "_tre_dataset", None)
+        source = self._sources.get(dataset) if dataset else None
+        if source is None or self.person not in source.columns or len(series) != n:
+            return None
+        try:
+            return source[self.person].loc[series.index].to_numpy()
+        except KeyError:
+            return None
+
     # --- mitigation switches (ACRO names) -------------------------------------------------------------
     @property
     def suppress(self) -> bool:
@@ -268,11 +299,27 @@ class Session:
     ) -> TableResult:
         stat = aggfunc or "count"
         person = self.person if self.person in df.columns else None
+        if self.person is not None and person is None:
+            raise ValueError(
+                f"the session counts people by {self.person!r}, which this table's data does not hold; "
+                "make the table from the frame that has it"
+            )
         if stat in ("count", "size") or value is None:
             res = check_frequency_table(
                 df, dims, person=person, policy=self.policy, mitigation=self.mitigation, n_row_dims=n_row_dims
             )
             stat = "count"
+        elif is_summary_statistic(stat):
+            res = check_summary_table(
+                df,
+                dims,
+                value,
+                statistic=stat,
+                person=person,
+                policy=self.policy,
+                mitigation=self.mitigation,
+                n_row_dims=n_row_dims,
+            )
         elif stat in ("mean", "sum"):
             res = check_magnitude_table(
                 df,
@@ -327,7 +374,7 @@ class Session:
         if values is not None:
             value_name = getattr(values, "name", None) or "values"
             df[value_name] = np.asarray(values)
-        funcs = _as_list(aggfunc) or [None]
+        funcs = [_aggfunc_name(f) for f in _as_list(aggfunc)] or [None]
         series = [s for s in rows + cols + ([values] if values is not None else []) if isinstance(s, pd.Series)]
         population: tuple[str | None, list[dict] | None] = (self.dataset, None)
         if series and len(series) == len(rows + cols) + (values is not None):
@@ -343,6 +390,10 @@ class Session:
                 if value_name is not None:
                     named[value_name] = values
                 population = self._population(first, named)
+        if self.person is not None and self.person not in df.columns:
+            people = self._people_for(series[0] if series else None, len(df))
+            if people is not None:
+                df[self.person] = people
         results = [
             (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames), population)) for f in funcs
         ]
@@ -366,8 +417,13 @@ class Session:
     ) -> pd.DataFrame:
         """pandas.pivot_table with the checks; one value column per call."""
         rows, cols = _as_list(index), _as_list(columns)
-        value = _as_list(values)[0] if values is not None else None
-        funcs = _as_list(aggfunc)
+        value_list = _as_list(values)
+        if len(value_list) > 1:
+            raise ValueError("pivot_table checks one value column per call; make one table per column")
+        value = value_list[0] if value_list else None
+        funcs = [_aggfunc_name(f) for f in _as_list(aggfunc)]
+        if value is None and any(f not in ("count", "size") for f in funcs):
+            raise ValueError(f"pivot_table with aggfunc {aggfunc!r} needs values=<the column to summarise>")
         used = [c for c in rows + cols + ([value] if value is not None else []) if c in data.columns]
         population = self._population(data, {c: data[c] for c in used})
         results = [(f, self._check(data, rows + cols, value, f, len(rows), population)) for f in funcs]

@@ -93,7 +93,16 @@ def policy_from_bytes(raw: bytes) -> Policy:
 
 def _validated(policy: Policy) -> Policy:
     """Reject values that would silently weaken protection (e.g. a threshold of 0)."""
-    for section in ("frequency", "magnitude", "quantile", "mode", "histogram", "survival", "differencing"):
+    for section in (
+        "frequency",
+        "magnitude",
+        "quantile",
+        "dispersion",
+        "mode",
+        "histogram",
+        "survival",
+        "differencing",
+    ):
         threshold = policy.get(section, "threshold")
         if not isinstance(threshold, int) or threshold < 1:
             raise PolicyError(f"[{section}] threshold must be a positive integer")
@@ -108,6 +117,10 @@ def _validated(policy: Policy) -> Policy:
     )
     if not (isinstance(n, int) and n >= 1 and 0 < k <= 1 and 0 <= p < 1):
         raise PolicyError("[magnitude] needs nk_n >= 1, 0 < nk_k <= 1 and 0 <= p_percent < 1")
+    if policy.get("extremes", "table_status") not in ("fail", "review"):
+        raise PolicyError("[extremes] table_status must be 'fail' or 'review': an extreme never passes")
+    if policy.get("dispersion", "min_dof") < 1:
+        raise PolicyError("[dispersion] min_dof must be positive")
     if policy.get("regression", "min_dof") < 1:
         raise PolicyError("[regression] min_dof must be positive")
     base = policy.get("rounding", "base")

@@ -4,7 +4,8 @@ The output queue should not trust the researcher's process: given the spec and t
 re-computes the table with the engine and compares. A spec is plain JSON:
 
     {"dataset": "extract.parquet", "filters": [{"column": "age", "op": ">=", "value": 18}] | null,
-     "dims": ["region", "sex"], "n_row_dims": 1, "statistic": "count" | "sum" | "mean",
+     "dims": ["region", "sex"], "n_row_dims": 1, "statistic": "count" | "sum" | "mean" | "median" | "qNN"
+     | "iqr" | "std" | "var" | "min" | "max" | "mode",
      "value": "cost" | null, "person": "pid" | null}
 """
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from disclosure.engine.policy import Policy
 from disclosure.engine.population import mask, validate
+from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 
 
@@ -63,6 +65,17 @@ def recompute(
         return check_frequency_table(
             rows,
             spec["dims"],
+            person=spec.get("person"),
+            policy=policy,
+            mitigation=mitigation,
+            n_row_dims=spec.get("n_row_dims"),
+        )
+    if is_summary_statistic(spec["statistic"]):
+        return check_summary_table(
+            rows,
+            spec["dims"],
+            spec["value"],
+            statistic=spec["statistic"],
             person=spec.get("person"),
             policy=policy,
             mitigation=mitigation,

@@ -61,7 +61,46 @@ def test_acro_notebook_calls_run_and_write_results_json(charity_data, tmp_path):
 
 def test_unsupported_aggfunc_is_refused_not_silently_passed(charity_data):
     with pytest.raises(ValueError, match="not supported"):
-        ACRO().crosstab(charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc="max")
+        ACRO().crosstab(charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc="prod")
+    with pytest.raises(ValueError, match="not supported"):
+        ACRO().crosstab(
+            charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc=lambda s: s.iloc[0]
+        )
+
+
+@pytest.mark.parametrize("aggfunc", ["median", "std", "var", "min", "max", "mode"])
+def test_every_acro_aggfunc_gives_pandas_values_and_a_verdict(charity_data, aggfunc):
+    acro = ACRO()
+    shown = acro.crosstab(charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc=aggfunc)
+    output = list(acro.results.values())[-1]
+    assert output.status in ("pass", "review", "fail")
+    if aggfunc != "mode":
+        expected = pd.crosstab(
+            charity_data.year, charity_data.grant_type, values=charity_data.inc_grants, aggfunc=aggfunc
+        )
+        np.testing.assert_allclose(shown.to_numpy(), expected.to_numpy(), rtol=1e-6)  # pandas sums in float32
+    if aggfunc in ("min", "max"):
+        assert output.status != "pass" and "exact value" in output.summary
+
+
+def test_numpy_aggfuncs_mean_their_named_statistic_and_numpy_std_is_refused(charity_data):
+    acro = ACRO()
+    args = (charity_data.year, charity_data.grant_type)
+    by_function = acro.crosstab(*args, values=charity_data.inc_grants, aggfunc=np.median)
+    by_name = acro.crosstab(*args, values=charity_data.inc_grants, aggfunc="median")
+    pd.testing.assert_frame_equal(by_function, by_name)
+    with pytest.raises(ValueError, match="as a string"):
+        acro.crosstab(*args, values=charity_data.inc_grants, aggfunc=np.std)
+
+
+def test_pivot_table_with_several_values_is_refused(charity_data):
+    with pytest.raises(ValueError, match="one value column"):
+        ACRO().pivot_table(charity_data, values=["inc_grants", "inc_donations"], index="grant_type")
+
+
+def test_pivot_table_without_values_needs_them_for_a_mean(charity_data):
+    with pytest.raises(ValueError, match="needs values"):
+        ACRO().pivot_table(charity_data, index="grant_type", columns="year")
 
 
 def test_table_spec_recomputes_the_same_table(charity_data):
