@@ -3,6 +3,7 @@ withdraw it."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,6 +113,77 @@ class Authoring(OutputsBase):
                 self._add_file(s, actor, req, accepted, spec, content, group)
             self._submit(s, actor, req)
         return req, True
+
+    def resubmit_from_workspace(
+        self,
+        actor: Any,
+        project_id: str,
+        request_id: str,
+        *,
+        groups: Sequence[tuple[str, str | None, str | None]],
+        files: Sequence[tuple[str, bytes, str, Any]],
+        remove: Sequence[str] = (),
+    ) -> tuple[OutputRequest, bool]:
+        """Change a returned request from its workspace and resubmit it, in one transaction.
+
+        ``files`` replace the current files of the same name (or join the request); ``remove`` names
+        current files to drop; ``groups`` (name, context, controls) change a group's text (``None``
+        keeps it). An empty group name means the group of the file replaced, else the first group.
+        Files come only this way, from the workspace: nothing else uploads them. Sent again after it
+        succeeded (the same files are current and the request is back in the queue), it changes
+        nothing and answers ``False``.
+        """
+        import disclosure.checks  # noqa: F401  (registers the check job's handler)
+
+        checked = [self._check_upload(name, content, spec) for name, content, _g, spec in files]
+        with self._tx() as s:
+            req = self._get(s, request_id, lock=True)
+            if req.project_id != project_id:
+                raise NotFound("No such output request")
+            self._require_author(s, actor, req, "output.resubmit")
+            if req.state != rules.RETURNED and self._already_resubmitted(req, checked, files, remove):
+                return req, False
+            if req.state != rules.RETURNED:
+                raise RuleViolation("Only a request returned for changes can be changed and resubmitted")
+            first = req.groups[0].name if req.groups else DEFAULT_GROUP
+            for name, context, controls in groups:
+                name = name or first
+                existing = next((grp for grp in req.groups if grp.name == name), None)
+                keep = (existing.context, existing.controls) if existing is not None else ("", "")
+                context = keep[0] if context is None else context
+                controls = keep[1] if controls is None else controls
+                self._set_group(s, actor, req, name, context, controls)
+            for name in remove:
+                gone = [f for f in req.current_files if f.name == name]
+                if not gone:
+                    raise NotFound(f"No current file named {name} in this request")
+                for f in gone:
+                    f.superseded_at, f.superseded_in_round = utcnow(), req.round
+                    self._record(s, "output.remove_file", actor, req, file_id=f.id)
+            groups_by_id = {grp.id: grp.name for grp in req.groups}
+            for (_n, content, group, _s), (accepted, spec) in zip(files, checked, strict=True):
+                if not group:  # the group of the file it replaces, else the request's first
+                    same = next((f for f in req.current_files if f.name == accepted.name), None)
+                    group = groups_by_id[same.group_id] if same is not None else first
+                self._add_file(s, actor, req, accepted, spec, content, group)
+            self._submit(s, actor, req)
+        return req, True
+
+    @staticmethod
+    def _already_resubmitted(
+        req: OutputRequest,
+        checked: Sequence[tuple[rules.AcceptedFile, Any]],
+        files: Sequence[tuple[str, bytes, str, Any]],
+        remove: Sequence[str],
+    ) -> bool:
+        if req.state not in (rules.SUBMITTED, rules.CHECKING, rules.AWAITING_REVIEW) or req.round < 2:
+            return False
+        current = {f.name: f.sha256 for f in req.current_files}
+        sent = {
+            accepted.name: hashlib.sha256(content).hexdigest()
+            for (accepted, _spec), (_n, content, _g, _s) in zip(checked, files, strict=True)
+        }
+        return all(current.get(name) == sha for name, sha in sent.items()) and not set(remove) & set(current)
 
     def set_group(self, actor: Any, request_id: str, name: str, context: str, controls: str) -> OutputGroup:
         """Create a group or change its context and controls."""

@@ -8,6 +8,14 @@ API, and nothing here may depend on the control plane's code). The workspace's e
     submit(["outputs/table1.csv"], context="Table 1: ...", controls="Counts rounded to 5, <10 suppressed")
 
     tre-submit outputs/table1.csv --context "..." --controls "..." --title "Table 1"
+
+A request the checkers returned for changes is changed and resubmitted from here too (files come
+only from the workspace):
+
+    from jupyter.client import resubmit
+    resubmit(request_id, ["outputs/table1.csv"], controls="Counts rounded to 5")
+
+    tre-submit --resubmit REQUEST_ID outputs/table1.csv --remove old_table.csv
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import secrets
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -66,9 +75,7 @@ def _checked_files(files: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if not path.is_file():
             raise SubmitError(f"{path} is not a file.")
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise SubmitError(
-                f"{path} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; outputs must be summaries."
-            )
+            raise SubmitError(f"{path} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; outputs must be summaries.")
     return paths
 
 
@@ -95,18 +102,63 @@ def submit(
     if not controls or not controls.strip():
         raise SubmitError("Describe the disclosure controls applied (controls) before submitting.")
     paths = _checked_files(files)
-    api = api or os.environ.get("TRE_OUTPUT_API", "")
-    token = token or os.environ.get("TRE_OUTPUT_TOKEN", "")
-    if not api or not token:
-        raise SubmitError(
-            "TRE_OUTPUT_API and TRE_OUTPUT_TOKEN are not set: submit from inside a TRE workspace."
-        )
     fields = [("context", context.strip()), ("controls", controls.strip())]
     if title:
         fields.insert(0, ("title", title.strip()))
+    return _send(REQUESTS_PATH, fields, paths, api=api, token=token, timeout=timeout, retries=retries)
+
+
+def resubmit(
+    request_id: str,
+    files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str] = (),
+    *,
+    context: str | None = None,
+    controls: str | None = None,
+    remove: Sequence[str] = (),
+    group: str | None = None,
+    api: str | None = None,
+    token: str | None = None,
+    timeout: float = 60.0,
+    retries: int = RETRIES,
+) -> dict[str, Any]:
+    """Change a request the checkers returned for changes, from this workspace, and resubmit it.
+
+    ``files`` replace the request's files of the same name (or join it); ``remove`` names files to
+    drop; ``context`` and ``controls``, when given, replace the group's. Files reach a request only
+    this way or with :func:`submit`: nothing outside the workspace can send them.
+    """
+    if not request_id or not request_id.strip():
+        raise SubmitError("Name the returned request to resubmit.")
+    paths = _checked_files(files) if files not in ((), [], None) else []
+    fields: list[tuple[str, str]] = []
+    for name, value in (("group", group), ("context", context), ("controls", controls)):
+        if value is not None:
+            fields.append((name, value.strip()))
+    if remove:
+        fields.append(("remove", json.dumps(list(remove))))
+    if not paths and not fields:
+        raise SubmitError("Send at least one changed file, a file to remove, or new context or controls.")
+    path = f"{REQUESTS_PATH}/{urllib.parse.quote(request_id.strip(), safe='')}/resubmission"
+    return _send(path, fields, paths, api=api, token=token, timeout=timeout, retries=retries)
+
+
+def _send(
+    path: str,
+    fields: list[tuple[str, str]],
+    paths: list[Path],
+    *,
+    api: str | None,
+    token: str | None,
+    timeout: float,
+    retries: int,
+) -> dict[str, Any]:
+    api = api or os.environ.get("TRE_OUTPUT_API", "")
+    token = token or os.environ.get("TRE_OUTPUT_TOKEN", "")
+    if not api or not token:
+        raise SubmitError("TRE_OUTPUT_API and TRE_OUTPUT_TOKEN are not set: submit from inside a TRE workspace.")
     body, content_type = _encode_multipart(fields, paths)
     request = urllib.request.Request(  # noqa: S310 - the URL comes from the workspace's own environment
-        api.rstrip("/") + REQUESTS_PATH,
+        api.rstrip("/") + path,
         data=body,
         method="POST",
         headers={
@@ -128,9 +180,7 @@ def submit(
             wait = _retry_after(error, default=2.0**attempt)
         except (urllib.error.URLError, TimeoutError, OSError) as error:
             if attempt == retries:
-                raise SubmitError(
-                    f"The output queue could not be reached: {getattr(error, 'reason', error)}"
-                ) from None
+                raise SubmitError(f"The output queue could not be reached: {getattr(error, 'reason', error)}") from None
             wait = 2.0**attempt
         time.sleep(min(wait, MAX_RETRY_WAIT))
     if not isinstance(answer, dict) or "id" not in answer:
@@ -153,19 +203,32 @@ def _problem(error: urllib.error.HTTPError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``tre-submit``: the command-line form of :func:`submit`."""
+    """``tre-submit``: the command-line form of :func:`submit` and, with ``--resubmit``, :func:`resubmit`."""
     parser = argparse.ArgumentParser(
         prog="tre-submit", description="Request release of outputs through the TRE's output checking."
     )
-    parser.add_argument(
-        "files", nargs="+", help="files to submit (tables, figures, and the data behind them)"
-    )
-    parser.add_argument("--context", required=True, help="what the outputs are; '@file' reads it from a file")
-    parser.add_argument("--controls", required=True, help="disclosure controls applied; '@file' reads a file")
+    parser.add_argument("files", nargs="*", help="files to submit (tables, figures, and the data behind them)")
+    parser.add_argument("--context", help="what the outputs are; '@file' reads it from a file")
+    parser.add_argument("--controls", help="disclosure controls applied; '@file' reads a file")
     parser.add_argument("--title", help="a short title for the request")
+    parser.add_argument(
+        "--resubmit", metavar="REQUEST_ID", help="change a request returned for changes and resubmit it"
+    )
+    parser.add_argument("--remove", action="append", default=[], metavar="NAME", help="with --resubmit: drop a file")
+    parser.add_argument("--group", help="with --resubmit: the group of the files sent")
     args = parser.parse_args(argv)
+    context = _text_arg(args.context) if args.context is not None else None
+    controls = _text_arg(args.controls) if args.controls is not None else None
     try:
-        answer = submit(args.files, _text_arg(args.context), _text_arg(args.controls), title=args.title)
+        if args.resubmit:
+            answer = resubmit(
+                args.resubmit, args.files, context=context, controls=controls, remove=args.remove, group=args.group
+            )
+            print(f"Resubmitted output request {answer['id']} (state: {answer.get('state', 'unknown')})")
+            return 0
+        if not args.files or context is None or controls is None:
+            parser.error("give the files, --context and --controls (or --resubmit REQUEST_ID)")
+        answer = submit(args.files, context, controls, title=args.title)
     except (SubmitError, OSError) as error:
         print(f"tre-submit: {error}", file=sys.stderr)
         return 1

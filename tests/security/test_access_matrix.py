@@ -176,6 +176,7 @@ EXPECT: dict[str, str] = {
     "POST /api/v1/hub/redeem": "",  # JupyterHub's service secret only
     "POST /api/v1/optout-lists": "data_custodian",
     "POST /api/v1/outputs/requests": "",  # workspace tokens only (scoped to one project)
+    "POST /api/v1/outputs/requests/<string:request_id>/resubmission": "",  # workspace tokens only
     "POST /api/v1/outputs/requests/<string:request_id>/assign": "output_checker:otn",
     "POST /api/v1/outputs/requests/<string:request_id>/claim": "output_checker",
     "POST /api/v1/outputs/requests/<string:request_id>/comments": "output_checker:otn",
@@ -228,13 +229,11 @@ EXPECT: dict[str, str] = {
     "POST /dac/extensions/<extension_id>": "dac_chair",
     "POST /extracts/<project_id>": "",
     "POST /extracts/optouts": "data_custodian",
-    "POST /outputs/new": "",  # the empty form names no project: 404
     "POST /outputs/requests/<request_id>/assign": "",
     "POST /outputs/requests/<request_id>/checks-failed": "",
     "POST /outputs/requests/<request_id>/claim": "output_checker",
     "POST /outputs/requests/<request_id>/comments": "",
     "POST /outputs/requests/<request_id>/decision": "",
-    "POST /outputs/requests/<request_id>/files": "",
     "POST /outputs/requests/<request_id>/files/<file_id>/remove": "",
     "POST /outputs/requests/<request_id>/groups": "",
     "POST /outputs/requests/<request_id>/release": "",

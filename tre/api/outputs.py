@@ -209,6 +209,65 @@ def submit_from_workspace() -> Any:
     return describe(svc, req, g.user, "team"), (201 if created else 200)
 
 
+@blp.route("/outputs/requests/<string:request_id>/resubmission", methods=["POST"])
+@blp.response(200, OutputRequestStatusSchema)
+@blp.doc(
+    security=BEARER,
+    requestBody={
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "group": {
+                            "type": "string",
+                            "description": "group of the files sent (default: the replaced file's, else the first)",
+                        },
+                        "context": {"type": "string", "description": "the group's new context (optional)"},
+                        "controls": {"type": "string", "description": "the group's new controls (optional)"},
+                        "remove": {"type": "string", "description": "JSON list of current file names to drop"},
+                        "table_specs": {"type": "string", "description": "JSON object: file name -> specification"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            }
+        }
+    },
+)
+@requires(Permission.OUTPUT_SUBMIT)
+def resubmit_from_workspace(request_id: str) -> Any:
+    """Change a returned request from its workspace (files replace those of the same name) and resubmit it.
+
+    Only the project's workspace token (purpose ``output-submit``) may: output files come only from
+    workspaces. Sent again after it succeeded, it changes nothing.
+    """
+    claims = _workspace_claims()
+    if claims is None or not claims.project_id:
+        abort(403, "Output files come only from the project's workspace (a token with purpose output-submit)")
+    specs = _parse_json_field("table_specs", {})
+    remove = _parse_json_field("remove", [])
+    if not isinstance(specs, dict):
+        abort(422, "table_specs must be a JSON object keyed by file name")
+    if not isinstance(remove, list) or not all(isinstance(name, str) for name in remove):
+        abort(422, "remove must be a JSON list of file names")
+    group = (request.form.get("group") or "").strip()  # empty: the group of the file replaced
+    files = [(u.filename or "", u.read(), group, specs.get(u.filename or "")) for u in request.files.getlist("files")]
+    unknown = sorted(set(specs) - {name for name, *_ in files})
+    if unknown:
+        abort(422, f"table_specs names files that were not sent: {', '.join(unknown)}")
+    context, controls = request.form.get("context"), request.form.get("controls")
+    groups = [] if context is None and controls is None else [(group, context, controls)]
+    svc = service()
+    try:
+        req, _changed = svc.resubmit_from_workspace(
+            g.user, claims.project_id, request_id, groups=groups, files=files, remove=remove
+        )
+    except OutputError as exc:
+        _refuse(exc)
+    req = svc._get(svc.session, req.id)
+    return describe(svc, req, g.user, "team")
+
+
 def _get_visible(svc: Outputs, request_id: str) -> tuple[OutputRequest, str]:
     try:
         req, role = svc.get_for(g.user, request_id)

@@ -1,4 +1,5 @@
-"""Output checking pages: researchers build and submit requests and download released bundles;
+"""Output checking pages: researchers follow their requests (files come only from the workspace:
+``tre-submit`` or the JupyterLab menu), describe, submit, withdraw, and download released bundles;
 output checkers work the queue, review blind, consolidate, release and revoke.
 
 Researcher content is never rendered as HTML: Jinja escapes every value; a CSV is shown as a table
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import hmac
 import io
-import json
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -42,7 +42,7 @@ from disclosure.services import (
     Outputs,
     automated_status,
 )
-from projects.models import Project, ProjectMember
+from projects.models import Project
 from tre.access import login_required, public, requires
 from tre.authn import platform
 from tre.core.identity import User
@@ -85,20 +85,6 @@ def _back(request_id: str, error: str | list[str] | None, success: str) -> Any:
 # --- researchers ----------------------------------------------------------------------------------
 
 
-def _my_projects(user: User) -> list[Project]:
-    s = platform().db.session
-    member_of = select(ProjectMember.project_id).where(
-        ProjectMember.user_id == user.id, ProjectMember.removed_at.is_(None)
-    )
-    return list(
-        s.scalars(
-            select(Project)
-            .where(Project.id.in_(member_of) | (Project.pi_id == user.id), Project.state == "active")
-            .order_by(Project.title)
-        )
-    )
-
-
 @bp.get("/")
 @requires(Permission.OUTPUT_SUBMIT)
 def index() -> str:
@@ -107,21 +93,8 @@ def index() -> str:
         "outputs/index.html",
         title="Output requests",
         requests=svc.requests_of(g.user),
-        projects=_my_projects(g.user),
         labels=rules.STATE_LABELS,
     )
-
-
-@bp.post("/new")
-@requires(Permission.OUTPUT_SUBMIT)
-def new_request() -> Any:
-    created, error = attempt(
-        lambda: service().create_request(g.user, request.form.get("project_id", ""), request.form.get("title", ""))
-    )
-    if error or created is None:
-        flash(error if isinstance(error, str) else "; ".join(error or []), "error")
-        return redirect(url_for("outputs.index"))
-    return redirect(url_for("outputs.request_page", request_id=created[0].id))
 
 
 @bp.get("/requests/<request_id>")
@@ -188,32 +161,6 @@ def set_group(request_id: str) -> Any:
         lambda: service().set_group(g.user, request_id, f.get("name", ""), f.get("context", ""), f.get("controls", ""))
     )
     return _back(request_id, error, "Group saved")
-
-
-@bp.post("/requests/<request_id>/files")
-@requires(Permission.OUTPUT_SUBMIT)
-def add_file(request_id: str) -> Any:
-    upload = request.files.get("file")
-    if upload is None or not upload.filename:
-        return _back(request_id, "Choose a file to add", "")
-    spec_text = (request.form.get("table_spec") or "").strip()
-    spec = None
-    if spec_text:
-        try:
-            spec = json.loads(spec_text)
-        except ValueError:
-            return _back(request_id, "The table specification must be JSON", "")
-    _, error = attempt(
-        lambda: service().add_file(
-            g.user,
-            request_id,
-            upload.filename or "",
-            upload.read(),
-            group=request.form.get("group", ""),
-            table_spec=spec,
-        )
-    )
-    return _back(request_id, error, "File added")
 
 
 @bp.post("/requests/<request_id>/files/<file_id>/remove")

@@ -79,53 +79,44 @@ def _post(client: Any, page: str, url: str, data: dict[str, Any], **kwargs: Any)
     return client.post(url, data={**data, "csrf_token": csrf_token(client, page)}, **kwargs)
 
 
-def test_researcher_builds_and_submits_a_request_through_the_pages(web: Browser) -> None:
+def test_researcher_describes_and_submits_a_workspace_request_through_the_pages(web: Browser) -> None:
     w = web.world
+    req, _ = w.svc.create_request(w.author, w.project.id, "Admissions")  # as the workspace's client does
+    w.svc.add_file(w.author, req.id, "table.csv", SAFE_CSV, group="tables")
     rita = web.as_(w.author)
-    created = _post(rita, "/outputs/", "/outputs/new", {"project_id": w.project.id, "title": "Admissions"})
-    page = created.headers["Location"]
-    request_id = page.rsplit("/", 1)[1]
+    page = f"/outputs/requests/{req.id}"
 
+    refused = _post(rita, page, f"{page}/submit", {}, follow_redirects=True)
     _post(
         rita,
         page,
-        f"/outputs/requests/{request_id}/files",
-        {"file": (io.BytesIO(SAFE_CSV), "table.csv"), "group": "tables"},
-        content_type="multipart/form-data",
-    )
-    refused = _post(rita, page, f"/outputs/requests/{request_id}/submit", {}, follow_redirects=True)
-    _post(
-        rita,
-        page,
-        f"/outputs/requests/{request_id}/groups",
+        f"{page}/groups",
         {"name": "tables", "context": "Adults admitted in 2020", "controls": "Counts rounded to 5"},
     )
-    _post(rita, page, f"/outputs/requests/{request_id}/submit", {})
+    _post(rita, page, f"{page}/submit", {})
 
     assert "Describe the context of group tables" in refused.get_data(as_text=True)
-    assert w.session.get(OutputRequest, request_id).state == "submitted"
+    assert w.session.get(OutputRequest, req.id).state == "submitted"
     run_queued_jobs(web.app)
     w.session.expire_all()
-    assert w.session.get(OutputRequest, request_id).state == "awaiting_review"
+    assert w.session.get(OutputRequest, req.id).state == "awaiting_review"
 
 
-def test_refused_upload_shows_the_reason_and_adds_nothing(web: Browser) -> None:
+def test_pages_take_no_output_files_from_outside_the_workspace(web: Browser) -> None:
     w = web.world
     req = w.draft()
     rita = web.as_(w.author)
     page = f"/outputs/requests/{req.id}"
 
-    response = _post(
-        rita,
-        page,
-        f"{page}/files",
-        {"file": (io.BytesIO(b"<html>"), "x.html")},
-        content_type="multipart/form-data",
-        follow_redirects=True,
+    upload = _post(
+        rita, page, f"{page}/files", {"file": (io.BytesIO(SAFE_CSV), "x.csv")}, content_type="multipart/form-data"
     )
+    create = _post(rita, "/outputs/", "/outputs/new", {"project_id": w.project.id, "title": "From home"})
+    body = rita.get(page).get_data(as_text=True)
 
-    assert "can carry active content" in response.get_data(as_text=True)
-    assert len(w.refresh(req).current_files) == 1
+    assert upload.status_code in (404, 405) and create.status_code in (404, 405)
+    assert 'type="file"' not in body and "tre-submit --resubmit" in body
+    assert [f.name for f in w.refresh(req).current_files] == ["table.csv"]
 
 
 def test_csv_is_shown_to_checkers_cell_by_cell_with_every_cell_escaped(web: Browser) -> None:
