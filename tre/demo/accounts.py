@@ -47,6 +47,7 @@ PEOPLE: tuple[DemoPerson, ...] = (
     DemoPerson("chris.chair", "Prof Chris Adeyemi", (Role.DAC_CHAIR, Role.DAC_MEMBER), "data access committee chair"),
     DemoPerson("dana.dac", "Dana Kowalski", (Role.DAC_MEMBER,), "data access committee member"),
     DemoPerson("drew.dac", "Drew MacLeod", (Role.DAC_MEMBER,), "data access committee member"),
+    DemoPerson("della.dac", "Della Osei", (Role.DAC_MEMBER,), "data access committee member"),
     DemoPerson("olive.checker", "Olive Brennan", (Role.OUTPUT_CHECKER,), "output checker"),
     DemoPerson("oscar.checker", "Oscar Nwosu", (Role.OUTPUT_CHECKER,), "output checker"),
     DemoPerson("cara.custodian", "Cara Hughes", (Role.DATA_CUSTODIAN,), "data custodian"),
