@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from projects.models import Dataset
@@ -155,3 +156,37 @@ def test_api_says_when_the_source_cannot_be_read(w: World) -> None:
 
     assert answer.status_code == 409
     assert answer.get_json()["detail"] == "The source file does not exist"
+
+
+def test_new_users_journey_register_confirm_and_build_through_the_pages(w: World, tmp_path: Path) -> None:
+    """The reported failure: a CSV registered through the form had no extract schema and the build
+    was refused; now the custodian confirms one on the schema page and the build succeeds."""
+    from pseudonymisation.models import Extract
+    from tests.pseudonymisation.test_dataset_schemas import _approved_project, _messy_csv
+
+    source = _messy_csv(tmp_path / "clinic.csv")
+    client = login(w.app.test_client(), w.custodian)
+    form_page = client.get("/catalogue/new").get_data(as_text=True)
+    lines = "\n".join(f"{c} | attribute | as typed" for c in
+                      ["nhs_number", "forename", "date_of_birth", "postcode", "diagnosis", "notes"])
+    made = client.post("/catalogue/new", data={
+        "csrf_token": _csrf(form_page), "name": "clinic_registry", "title": "Clinic registry", "description": "",
+        "source_kind": "csv", "source_location": str(source), "sensitivity": "special_category", "columns": lines,
+    })
+    ds_id = made.headers["Location"].rsplit("/", 1)[1]
+    p = _approved_project(w.app, w, ds_id, ["nhs_number", "date_of_birth", "postcode", "diagnosis"])
+    extracts_page = client.get("/extracts/").get_data(as_text=True)
+
+    refused = client.post(f"/extracts/{p.id}", data={"csrf_token": _csrf(extracts_page)}, follow_redirects=True)
+    assert "no extract schema" in refused.get_data(as_text=True)
+
+    page = client.get(f"/catalogue/datasets/{ds_id}/schema").get_data(as_text=True)
+    assert client.post(f"/catalogue/datasets/{ds_id}/schema", data=_form(page, action="confirm")).status_code == 302
+    client.post(f"/extracts/{p.id}", data={"csrf_token": _csrf(extracts_page)})
+
+    with w.app.extensions["tre.db"].session_factory() as s:
+        extract = s.query(Extract).filter_by(project_id=p.id).one()
+        assert extract.state == "succeeded", extract.error
+    data = w.app.extensions["tre.settings"].extracts_path / p.id / "clinic_registry" / "data"
+    table = pq.read_table(sorted(data.glob("*.parquet")))
+    assert sorted(table.column_names) == ["date_of_birth", "diagnosis", "patient_token", "postcode"]
