@@ -293,10 +293,15 @@ def check_table_spec(spec: Any) -> dict[str, Any] | None:
     dims = spec.get("dims")
     if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
         raise RuleViolation("A table specification must list its dimensions (dims)")
-    if spec.get("statistic") not in ("count", "sum", "mean"):
-        raise RuleViolation("A table specification's statistic must be count, sum or mean")
-    if spec.get("statistic") != "count" and not isinstance(spec.get("value"), str):
-        raise RuleViolation("A sum or mean table specification must name its value column")
+    from disclosure.engine.summary import is_summary_statistic
+
+    statistic = spec.get("statistic")
+    if not isinstance(statistic, str) or not (statistic in ("count", "sum", "mean") or is_summary_statistic(statistic)):
+        raise RuleViolation(
+            "A table specification's statistic must be count, sum, mean, median, qNN, iqr, std, var, min, max or mode"
+        )
+    if statistic != "count" and not isinstance(spec.get("value"), str):
+        raise RuleViolation("A table specification of a statistic other than count must name its value column")
     dataset = spec.get("dataset")
     if dataset is not None and (not isinstance(dataset, str) or not _NAME.match(dataset) or ".." in dataset):
         raise RuleViolation("A table specification's dataset must be a plain dataset name")

@@ -503,3 +503,29 @@ def test_withdrawn_requests_are_not_audited_against(world: World) -> None:
     check = submit_table(world, "women-65.csv", content, spec)
 
     assert check.differencing == []
+
+
+def test_median_table_is_recomputed_by_the_queue_and_its_small_cell_suppressed(tmp_path: Path) -> None:
+    frame = extract_frame()
+    frame["age"] = np.random.default_rng(3).normal(50, 12, len(frame)).round()
+    folder = tmp_path / "p1" / "admissions" / "data"
+    folder.mkdir(parents=True)
+    frame.to_parquet(folder / "part-00000.parquet")
+    spec = {**SPEC, "statistic": "median", "value": "age"}
+    published = recompute(spec, frame, policy=default_policy()).table(released=True).to_csv().encode()
+
+    outcome = check_content(
+        "t.csv",
+        "table",
+        published,
+        spec,
+        policy=default_policy(),
+        extracts_root=tmp_path,
+        project_id="p1",
+        output_id="o1",
+        ledger=ReleaseLedger("p1"),
+    )
+
+    assert outcome["recompute"]["status"] == "done" and outcome["recompute"]["matches"] is True
+    south_m = [c for c in outcome["verdict"]["cells"] if c["labels"] == {"region": "South", "sex": "M"}]
+    assert south_m[0]["action"] == "suppressed_primary" and "quantile_either_side" in south_m[0]["rules"]

@@ -159,3 +159,70 @@ def test_query_with_local_variables_is_not_captured(extract_path):
     adults = df.query("age >= @cutoff")
     session.crosstab(adults.region, adults.sex)
     assert _spec(session)["filters"] is None
+
+
+def _cohort() -> pd.DataFrame:
+    """Synthetic cohort: 2 arms of ~300 people (3 visits each) and a rare subgroup of 6 people."""
+    rng = np.random.default_rng(21)
+    people = pd.DataFrame(
+        {
+            "pid": [f"p{i}" for i in range(606)],
+            "arm": ["control"] * 300 + ["treated"] * 300 + ["rare"] * 6,
+            "age": np.concatenate([rng.normal(62, 11, 600).round(), [35.0, 41.0, 47.0, 55.0, 68.0, 80.0]]),
+        }
+    )
+    visits = people.loc[people.index.repeat(3)].reset_index(drop=True)
+    visits["sex"] = rng.choice(["F", "M"], len(visits))
+    return visits
+
+
+def test_table_one_median_iqr_mean_sd_by_group_passes_big_cells_and_fails_the_small_group() -> None:
+    session = Session(suppress=True, person="pid")
+    cohort = session.use(_cohort(), "cohort")
+
+    table = session.pivot_table(cohort, values="age", index="arm", aggfunc=["median", "q25", "q75", "mean", "std"])
+
+    order_stats = ["median", "q25", "q75", "std"]
+    assert table.loc[["control", "treated"], order_stats].notna().all().all()
+    assert table.loc["rare"].isna().all()
+    # A mean can be turned back into a sum, so its table needs a secondary cell; medians and spreads do not.
+    parts = session.results["output_0"].verdict["parts"]
+    rare_reasons = {
+        part["statistic"]: [r for c in part["cells"] if c["labels"] == {"arm": "rare"} for r in c["rules"]]
+        for part in parts
+    }
+    assert "quantile_either_side" in rare_reasons["median"]
+    assert "degrees_of_freedom" in rare_reasons["std"]
+    secondary = {p["statistic"]: p["mitigation"]["suppression"]["secondary"] for p in parts}
+    assert secondary == {"median": 0, "q25": 0, "q75": 0, "mean": 1, "std": 0}
+    assert all(part["contributors"] == "distinct people" for part in parts)
+    flagged_big = [c for part in parts for c in part["cells"] if c["labels"] == {"arm": "control"} and c["rules"]]
+    assert flagged_big == []  # no rule flagged the big arm in any statistic
+
+
+def test_crosstab_counts_people_when_the_session_has_a_person_column() -> None:
+    session = Session(person="pid")
+    cohort = session.use(_cohort(), "cohort")
+
+    session.crosstab(cohort.arm, cohort.sex)
+
+    verdict = session.results["output_0"].verdict
+    assert verdict["contributors"] == "distinct people"
+    assert verdict["spec"]["person"] == "pid"
+    rare = [c for c in verdict["cells"] if c["labels"] == {"arm": "rare", "sex": "F"}]
+    assert rare and "threshold" in rare[0]["rules"]  # 18 visits by 6 people: fewer than 10 contributors
+
+
+def test_crosstab_refuses_to_count_records_when_people_cannot_be_found() -> None:
+    session = Session(person="pid")
+    plain = _cohort()
+    with pytest.raises(ValueError, match="counts people by 'pid'"):
+        session.crosstab(plain.arm, plain.sex)
+
+
+def test_list_of_aggfuncs_in_crosstab_records_each_statistic() -> None:
+    session = Session()
+    cohort = _cohort()
+    table = session.crosstab(cohort.arm, cohort.sex, values=cohort.age, aggfunc=["mean", "std"])
+    assert list(table.columns.get_level_values(0).unique()) == ["mean", "std"]
+    assert [p["statistic"] for p in session.results["output_0"].verdict["parts"]] == ["mean", "std"]
