@@ -48,6 +48,11 @@ def load_current_user() -> None:
                 g.auth_refusal = "authorization header not a bearer token"
             return  # the API never trusts the cookie, so cross-site requests cannot ride a session
         _load_from_session()
+    except BaseException:
+        # The read failed (the database went away): that error is the answer (503), not the
+        # PendingRollbackError a commit of the broken transaction would raise instead (a 500).
+        platform().db.session.rollback()
+        raise
     finally:
         # End the read that found the person: on SQLite every transaction holds the write lock
         # (BEGIN IMMEDIATE), so keeping it open made /readyz and /metrics, which use their own
