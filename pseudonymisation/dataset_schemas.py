@@ -85,6 +85,10 @@ class DatasetSchemas(ProjectsKernel):
             ds = self._dataset(dataset_id)
             self._allow(may_set_schema(actor, ds), "dataset.schema_confirm", actor)
             schema = self._schema(ds, choices, nhs_number_column)
+            in_source = set(_read(lambda: profiling.source_columns(Path(ds.source_location))))
+            absent = [c.name for c in schema.plan(schema.column_names) if c.name not in in_source]
+            if absent:
+                raise ProjectError(f"Not in the source, so drop them or correct the source: {', '.join(absent)}")
             changed = 0
             for column in ds.columns:
                 role = str(schema.column(column.name).role)

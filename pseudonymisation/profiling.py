@@ -273,6 +273,15 @@ def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int)
         ) from None
 
 
+def source_columns(path: Path | str) -> list[str]:
+    """The names of a source's columns, from its header or Parquet schema alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfilingError("The source file does not exist")
+    fmt = source_format(path)
+    return _column_names(path, fmt, sniff_csv(path) if fmt == "csv" else None)
+
+
 def _column_names(path: Path, fmt: str, dialect: CsvDialect | None) -> list[str]:
     """The source's columns, so a header with no rows still proposes every column."""
     if fmt == "parquet":

@@ -209,3 +209,23 @@ def _approved_project(app: Any, w: Any, dataset_id: str, columns: list[str]) -> 
     publish_agreement(w)
     w.svc.activate(w.pi, p.id)
     return p
+
+
+def test_confirm_refuses_to_extract_a_column_the_source_lacks(app: Any, tmp_path: Path) -> None:
+    w = build_world(app)
+    source = _messy_csv(tmp_path / "clinic.csv")
+    ds = w.svc.register_dataset(
+        w.custodian, name="clinic_registry", title="Clinic registry", description="", source_kind="csv",
+        source_location=str(source), sensitivity="special_category",
+        columns=[{"name": c, "role": "attribute"} for c in [*COLUMNS, "ward"]],
+    )
+    svc = _service(app)
+    choices = _choices(svc.propose(w.custodian, ds.id))
+
+    with pytest.raises(ProjectError, match="Not in the source.*: ward"):
+        svc.confirm(w.custodian, ds.id, choices | {"ward": {"role": "attribute", "rule": "keep"}}, "nhs_number")
+    svc.confirm(w.custodian, ds.id, choices | {"ward": {"role": "attribute", "rule": "drop"}}, "nhs_number")
+
+    with app.extensions["tre.db"].session_factory() as s:
+        assert s.get(Dataset, ds.id).schema_spec["columns"][-1] == {
+            "name": "ward", "role": "attribute", "transform": {"kind": "drop", "params": {}}}
