@@ -18,7 +18,7 @@ What a column's content says (shares of its non-missing values, at least ``MATCH
 - anything else (numbers, codes) → attribute, ``keep``.
 
 The rules are the extract pipeline's own (``pseudonymisation.schema.TransformKind``). The proposal
-carries counts only, never a value from the source.
+carries counts only, never a value from the source. Why these thresholds and rules: ADR 0013.
 """
 
 from __future__ import annotations
