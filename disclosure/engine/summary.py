@@ -66,10 +66,15 @@ def _distinct(cell: np.ndarray, pcodes: np.ndarray | None, ncells: int) -> np.nd
 
 
 def _group_quantile(cell: np.ndarray, x: np.ndarray, ncells: int, q: float) -> np.ndarray:
-    """Linear-interpolation quantile per cell (pandas' and numpy's default), NaN for empty cells."""
-    order = np.lexsort((x, cell))
-    sc, sx = cell[order], x[order]
-    n = np.bincount(sc, minlength=ncells)
+    """Linear-interpolation quantile per cell (pandas' and numpy's default), NaN for empty cells.
+
+    ``x`` arrives sorted (``_extended`` sorts the rows once), so a stable sort by cell leaves each cell's
+    values in order: a radix sort of small integers instead of a lexsort per margin.
+    """
+    small = np.uint16 if ncells <= np.iinfo(np.uint16).max else np.uint32
+    order = np.argsort(cell.astype(small), kind="stable")  # numpy radix-sorts 16-bit integers
+    sx = x[order]
+    n = np.bincount(cell, minlength=ncells)
     starts = np.concatenate([[0], np.cumsum(n)[:-1]])
     out = np.full(ncells, np.nan)
     has = n > 0
@@ -117,16 +122,25 @@ def _cell_summary(
         ext[~np.isfinite(ext)] = np.nan
         out["value"] = ext
     elif statistic == "mode":
-        # Distinct contributors per (cell, value); the mode is the value most hold, the smallest on a tie.
+        # Distinct contributors per observed (cell, value) pair; the mode is the value most hold, the
+        # smallest on a tie. Pairs come sorted by (cell, value), and a stable sort by (cell, -holders)
+        # keeps the smaller value first among ties.
         values, vcodes = np.unique(x, return_inverse=True)
-        if len(values) == 0:
-            return {**out, "value": np.full(ncells, np.nan), "modal_count": np.zeros(ncells, np.int64)}
-        pair = cell.astype(np.int64) * len(values) + vcodes
-        holders = _distinct(pair, pcodes, ncells * len(values)).reshape(ncells, len(values))
-        best = np.argmax(holders, axis=1)  # argmax returns the first (smallest value) of tied maxima
-        count = holders[np.arange(ncells), best]
-        out["value"] = np.where(count > 0, values[best], np.nan)
-        out["modal_count"] = count
+        pair = cell.astype(np.int64) * max(len(values), 1) + vcodes
+        if pcodes is None:
+            pairs, holders = np.unique(pair, return_counts=True)
+        else:
+            npersons = int(pcodes.max(initial=-1)) + 1
+            units = np.unique(pair * max(npersons, 1) + pcodes)
+            pairs, holders = np.unique(units // max(npersons, 1), return_counts=True)
+        pair_cell, pair_value = pairs // max(len(values), 1), pairs % max(len(values), 1)
+        order = np.lexsort((-holders, pair_cell))
+        first = np.unique(pair_cell[order], return_index=True)[1]
+        best = order[first]
+        out["value"] = np.full(ncells, np.nan)
+        out["modal_count"] = np.zeros(ncells, np.int64)
+        out["value"][pair_cell[best]] = values[pair_value[best]]
+        out["modal_count"][pair_cell[best]] = holders[best]
     else:
         raise ValueError(f"unknown summary statistic {statistic!r}")
     return out
@@ -138,6 +152,10 @@ def _extended(
     """Per-cell results with margins, each margin recomputed from its rows (medians do not add up)."""
     ndim = len(shape)
     ext_shape = tuple(n + 1 for n in shape)
+    if _quantiles_of(statistic):
+        by_value = np.argsort(x, kind="stable")  # once, for every margin's quantiles
+        codes, x = [c[by_value] for c in codes], x[by_value]
+        pcodes = None if pcodes is None else pcodes[by_value]
     result: dict[str, np.ndarray] = {}
     for r in range(ndim, -1, -1):
         for kept in combinations(range(ndim), r):
