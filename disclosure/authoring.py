@@ -136,7 +136,7 @@ class Authoring(OutputsBase):
         import disclosure.checks  # noqa: F401  (registers the check job's handler)
 
         checked = [self._check_upload(name, content, spec) for name, content, _g, spec in files]
-        with self._tx() as s:
+        with self._tx("output.resubmit", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             if req.project_id != project_id:
                 raise NotFound("No such output request")
@@ -187,7 +187,7 @@ class Authoring(OutputsBase):
 
     def set_group(self, actor: Any, request_id: str, name: str, context: str, controls: str) -> OutputGroup:
         """Create a group or change its context and controls."""
-        with self._tx() as s:
+        with self._tx("output.group", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             return self._set_group(s, actor, req, name, context, controls)
 
@@ -247,7 +247,7 @@ class Authoring(OutputsBase):
     ) -> OutputFile:
         """Copy a file into the encrypted store now; a file of the same name replaces the current one."""
         accepted, spec = self._check_upload(name, content, table_spec)
-        with self._tx() as s:
+        with self._tx("output.add_file", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             return self._add_file(s, actor, req, accepted, spec, content, group)
 
@@ -301,7 +301,7 @@ class Authoring(OutputsBase):
         return f
 
     def remove_file(self, actor: Any, request_id: str, file_id: str) -> None:
-        with self._tx() as s:
+        with self._tx("output.remove_file", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_author(s, actor, req, "output.remove_file")
             self._editable(req)
@@ -321,7 +321,7 @@ class Authoring(OutputsBase):
         """Submit (or resubmit after a return): the automated checks start in the background."""
         import disclosure.checks  # noqa: F401  (registers the check job's handler)
 
-        with self._tx() as s:
+        with self._tx("output.submit", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._submit(s, actor, req)
         return req
@@ -362,7 +362,7 @@ class Authoring(OutputsBase):
         self._tell_checkers(s, req, "Output request submitted for checking", "output.submitted")
 
     def withdraw(self, actor: Any, request_id: str) -> OutputRequest:
-        with self._tx() as s:
+        with self._tx("output.withdraw", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_author(s, actor, req, "output.withdraw")
             self._move(s, req, rules.WITHDRAWN, actor, "output.withdraw")

@@ -92,10 +92,17 @@ class OutputsBase:
         return self._policy
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Session]:
+    def _tx(self, action: str | None = None, actor: Any = None, request_id: str | None = None) -> Iterator[Session]:
+        """One use case's transaction. A permission refusal (``_Denied``) is recorded as a ``denied``
+        event; so is a rule's refusal (``RuleViolation``, e.g. claiming a released request) when the use
+        case names its ``action``, ``actor`` and request. Either way nothing else of it is kept."""
         try:
             with transaction(self.session) as s:
                 yield s
+        except RuleViolation as exc:
+            if action is not None:
+                self._record_rule_refusal(action, actor, request_id, str(exc))
+            raise OutputError(str(exc)) from None
         except _Denied as denied:
             req = denied.request
             with transaction(self.session) as s:
@@ -111,8 +118,21 @@ class OutputsBase:
                     detail={"reason": denied.reason},
                 )
             raise OutputPermissionDenied(denied.message) from None
-        except RuleViolation as exc:
-            raise OutputError(str(exc)) from None
+
+    def _record_rule_refusal(self, action: str, actor: Any, request_id: str | None, message: str) -> None:
+        with transaction(self.session) as s:
+            req = s.get(OutputRequest, request_id) if request_id else None
+            self.audit.record(
+                s,
+                action,
+                actor_id=getattr(actor, "id", None),
+                outcome=DENIED,
+                target_type="output_request" if req else None,
+                target_id=req.id if req else None,
+                project_id=req.project_id if req else None,
+                request_id=self.request_id,
+                detail={"reason": "rule", "rule": message[:300]},
+            )
 
     def _record(self, s: Session, action: str, actor: Any, req: OutputRequest, **detail: Any) -> None:
         self.audit.record(

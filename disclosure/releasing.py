@@ -25,7 +25,7 @@ class Releasing(OutputsBase):
         """Build the bundle of an approved request, store it and open it to the project's team."""
         from disclosure.release import build_bundle
 
-        with self._tx() as s:
+        with self._tx("output.release", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.release")
             self._require_project_open(s, actor, req, "output.release")
@@ -75,7 +75,7 @@ class Releasing(OutputsBase):
 
     def revoke(self, actor: Any, request_id: str, reason: str) -> OutputRelease:
         reason = (reason or "").strip()
-        with self._tx() as s:
+        with self._tx("output.revoke", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.revoke")
             if not reason:

@@ -32,7 +32,7 @@ class Reviewing(OutputsBase):
 
     def assign(self, actor: Any, request_id: str, reviewer_id: str) -> OutputReview:
         """Take (or give another eligible checker) one of the request's independent review seats."""
-        with self._tx() as s:
+        with self._tx("output.claim" if reviewer_id == actor.id else "output.assign", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.assign")
             reviewer = s.get(User, reviewer_id)
@@ -85,7 +85,7 @@ class Reviewing(OutputsBase):
 
     def vote(self, actor: Any, request_id: str, file_id: str, vote: str, comment: str = "") -> OutputVote:
         rules_comment = (comment or "").strip()
-        with self._tx() as s:
+        with self._tx("output.vote", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.vote")
             self._my_open_review(s, actor, req)
@@ -121,7 +121,7 @@ class Reviewing(OutputsBase):
             raise OutputError(f"A comment may be {rules.MAX_TEXT} characters at most")
         if visibility not in rules.VISIBILITIES:
             raise OutputError("Choose who may see the comment")
-        with self._tx() as s:
+        with self._tx("output.comment", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             checker = perm.can_check(s, actor, req)
             if not checker:
@@ -149,7 +149,7 @@ class Reviewing(OutputsBase):
         return c
 
     def submit_review(self, actor: Any, request_id: str) -> OutputReview:
-        with self._tx() as s:
+        with self._tx("output.submit_review", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.submit_review")
             review = self._my_open_review(s, actor, req)
@@ -188,7 +188,7 @@ class Reviewing(OutputsBase):
     def consolidate(self, actor: Any, request_id: str, outcome: str, comment: str = "") -> OutputDecision:
         """After every independent review: approve, return to the author for changes, or reject."""
         comment = (comment or "").strip()
-        with self._tx() as s:
+        with self._tx("output.decide", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.decide")
             if req.state != rules.AWAITING_REVIEW:
@@ -243,7 +243,7 @@ class Reviewing(OutputsBase):
 
     def resolve_failed_checks(self, actor: Any, request_id: str) -> OutputRequest:
         """When an automated check ended FAILED, a checker moves the request on to human review."""
-        with self._tx() as s:
+        with self._tx("output.checks_failed", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             self._require_checker(s, actor, req, "output.checks_failed")
             status = automated_status(s, req, self.policy.sha256)

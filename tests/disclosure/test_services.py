@@ -407,3 +407,27 @@ def test_submission_tells_every_eligible_checker_in_statements_that_do_not_grow_
         select(OutboxMessage.recipient_id).where(OutboxMessage.topic == "output.submitted")
     ))
     assert told == {world.olive.id, world.oscar.id, world.otto.id, *more}
+
+
+def test_rule_refusals_in_the_queue_are_audited_as_denied(world: World) -> None:
+    """A checker claiming or re-releasing a released request, an author withdrawing it: each refused
+    by the rules, each leaving a ``denied`` event on the request and changing nothing else."""
+    req = world.released(content=SAFE_CSV)
+
+    for attempt in (
+        lambda: world.svc.claim(world.otto, req.id),
+        lambda: world.svc.release(world.oscar, req.id),
+        lambda: world.svc.withdraw(world.author, req.id),
+    ):
+        with pytest.raises(OutputError):
+            attempt()
+
+    refused = select(AuditEvent).where(AuditEvent.target_id == req.id, AuditEvent.outcome == "denied")
+    denied = world.session.scalars(refused.order_by(AuditEvent.seq)).all()
+    assert [(e.action, e.actor_id) for e in denied] == [
+        ("output.claim", world.otto.id),
+        ("output.release", world.oscar.id),
+        ("output.withdraw", world.author.id),
+    ]
+    assert all(e.detail["reason"] == "rule" and e.detail["rule"] for e in denied)
+    assert world.refresh(req).state == rules.RELEASED
