@@ -6,6 +6,7 @@ and, when reachable, PostgreSQL + Redis."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,20 @@ def test_a_long_extract_over_real_workers_one_killed_mid_partition_equals_the_si
         running = [j for j in partition_jobs() if j.state == jobs.RUNNING]
         assert len(running) == 1 and running[0].attempts == 1 and 0 < running[0].progress < 1
         killed = [j.id for j in running]
+        # Two more workers share the rest. So that both surely take partitions, however unequal
+        # their starts, the first holds in its first partition until the second has started.
+        barrier.arm(MID_PARTITION)
         workers.append(Worker(env, log))
+        held = barrier.wait_reached(MID_PARTITION, timeout=240)
+        assert os.getpgid(held["pid"]) == workers[1].proc.pid
         workers.append(Worker(env, log))
+
+        def taken() -> int:  # partitions claimed since the kill: the held one, then the second worker's
+            return sum(j.state in (jobs.RUNNING, jobs.SUCCEEDED) and not (j.id in killed and j.attempts == 1)
+                       for j in partition_jobs())
+
+        wait_for(lambda: taken() >= 2, 240, "the second worker to take a partition", log)
+        barrier.release(MID_PARTITION)
 
         def extract_state() -> str:
             with db.session_factory() as s:
