@@ -253,9 +253,17 @@ def check_summary_table(
     if mitigation not in MITIGATIONS:
         raise ValueError(f"mitigation must be one of {MITIGATIONS}")
     policy = policy or default_policy()
-    stats = compute_table_stats(data, dims, value=value, person=person)
+    labels = None
+    column = data[value]
+    if statistic == "mode" and not pd.api.types.is_numeric_dtype(column):
+        # The modal category of a categorical column: count over label codes, report the label.
+        stats = compute_table_stats(data, dims, person=person)
+        codes_of_value, labels = pd.factorize(column, sort=True, use_na_sentinel=True)
+        x = np.where(codes_of_value >= 0, codes_of_value, np.nan).astype(np.float64)
+    else:
+        stats = compute_table_stats(data, dims, value=value, person=person)
+        x = pd.to_numeric(column).to_numpy(dtype=np.float64, na_value=np.nan)
     codes = [cats.get_indexer(data[d]) for d, cats in zip(stats.dims, stats.categories, strict=True)]
-    x = pd.to_numeric(data[value]).to_numpy(dtype=np.float64, na_value=np.nan)
     keep = ~np.isnan(x)
     for c in codes:
         keep &= c >= 0
@@ -269,6 +277,11 @@ def check_summary_table(
     cells = _extended(statistic, [c[keep] for c in codes], stats.shape, x[keep], pcodes)
     rules = summary_rules(statistic, stats, cells, policy, mitigation)
     values = cells["value"].astype(np.float64)
+    if labels is not None:
+        found = ~np.isnan(values)
+        shown = np.full(values.shape, np.nan, dtype=object)
+        shown[found] = np.asarray(labels, dtype=object)[values[found].astype(np.int64)]
+        values = shown
     released = values.copy()
     primary = primary_mask(rules)
     suppression = None

@@ -110,3 +110,16 @@ def test_summary_spec_recomputes_to_the_same_table():
     first = check_summary_table(df, ["group", "sex"], "age", statistic="median")
     again = recompute(spec, df)
     pd.testing.assert_frame_equal(first.table(), again.table())
+
+
+def test_mode_of_a_category_reports_the_label_and_suppresses_a_rare_mode():
+    df = pd.DataFrame(
+        {
+            "ward": ["A"] * 30 + ["B"] * 8,
+            "diagnosis": ["flu"] * 12 + ["asthma"] * 12 + ["gout"] * 6 + ["flu"] * 5 + ["gout"] * 3,
+        }
+    )
+    result = check_summary_table(df, ["ward"], "diagnosis", statistic="mode", mitigation="suppress")
+    table = result.table()
+    assert table.loc["A", "value"] == "asthma"  # 12 asthma and 12 flu: the first in sort order
+    assert pd.isna(table.loc["B", "value"])  # only 5 hold flu
