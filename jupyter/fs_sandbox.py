@@ -43,6 +43,7 @@ ETC_ALLOWED = (
     "mime.types",
     "nsswitch.conf",
     "profile",
+    "R",  # R_HOME/etc links here (Debian): R's own site settings, no secret
     "ssl/certs",
     "terminfo",
     "timezone",

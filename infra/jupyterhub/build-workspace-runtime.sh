@@ -99,6 +99,44 @@ cat > "$prefix/etc/jupyter/labconfig/page_config.json" <<'JSON'
 }
 JSON
 
+# Every Python kernel gets `%%sql` (jupyter/sql.py): IPython reads the runtime's own config (sys.prefix).
+mkdir -p "$prefix/etc/ipython"
+cat > "$prefix/etc/ipython/ipython_kernel_config.json" <<'JSON'
+{"InteractiveShellApp": {"extensions": ["jupyter.sql"]}}
+JSON
+
+# R (ADR 0014): Debian's R, IRkernel and the common analysis packages, seen inside the sandbox through
+# its read-only /usr (and /etc/R). Installed only as root and only when one is missing, so a re-run with
+# nothing changed costs one dpkg-query. Without them the runtime is still complete for Python and SQL.
+r_packages="r-base-core r-cran-irkernel r-cran-reticulate r-cran-data.table r-cran-survival r-cran-ggplot2
+  r-cran-dplyr r-cran-tidyr r-cran-readr"
+# shellcheck disable=SC2086
+r_installed="$(dpkg-query -W -f='${Status}\n' $r_packages 2>/dev/null | grep -c '^install ok installed$' || true)"
+if [ "$r_installed" = "$(echo $r_packages | wc -w)" ]; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends $r_packages >/dev/null
+else
+  echo "note: R not installed (needs root: $r_packages); workspaces offer Python and SQL only" >&2
+fi
+r_kernel="$prefix/share/jupyter/kernels/ir"
+rm -rf "$r_kernel"
+if [ -x /usr/lib/R/bin/R ] && [ -d /usr/lib/R/site-library/IRkernel ]; then
+  mkdir -p "$r_kernel" "$prefix/share/tre/R"
+  cp "$here/R/tre.R" "$prefix/share/tre/R/tre.R"
+  cp /usr/lib/R/site-library/IRkernel/kernelspec/logo-* "$r_kernel/"
+  cat > "$r_kernel/kernel.json" <<JSON
+{
+  "argv": ["/usr/lib/R/bin/R", "--no-save", "--no-restore", "--slave", "-e",
+           "sys.source('$prefix/share/tre/R/tre.R', envir = attach(NULL, name = 'tre')); IRkernel::main()",
+           "--args", "{connection_file}"],
+  "display_name": "R",
+  "language": "R",
+  "env": {"RETICULATE_PYTHON": "$prefix/bin/python"}
+}
+JSON
+fi
+
 # Nobody but root may change what workspaces execute; everybody may read and run it.
 chown -R root:root "$prefix" 2>/dev/null || true
 chmod -R u+rwX,go+rX,go-w "$prefix"
