@@ -140,6 +140,6 @@ fi
 # Nobody but root may change what workspaces execute; everybody may read and run it.
 chown -R root:root "$prefix" 2>/dev/null || true
 chmod -R u+rwX,go+rX,go-w "$prefix"
-"$prefix/bin/python" -c 'import jupyterlab, pandas, pyarrow, statsmodels, matplotlib, disclosure, jupyter.client, jupyter.workspace_guard' \
+"$prefix/bin/python" -c 'import jupyterlab, pandas, pyarrow, duckdb, statsmodels, matplotlib, disclosure, jupyter.client, jupyter.sql, jupyter.workspace_guard' \
   && [ -f "$labext_dest/package.json" ] \
   && echo "workspace runtime ready: $prefix"
