@@ -1,0 +1,380 @@
+"""The person index core: which records from several sources are the same person.
+
+Pure: records in, one person per record out, with how each was linked and how sure the link is. No
+Flask, no SQLAlchemy, no database of the control plane (import-linter enforces); the job that stores
+the index and the token scheme that reads it are the edges' business.
+
+Two stages (docs/pseudonymisation/linkage.md, ADR 0015):
+
+1. **Deterministic.** Records whose NHS number passes the modulus-11 check (``nhs_number.is_valid``)
+   are grouped by that number. A record whose number *conflicts* with the rest of its group (its name
+   differs from the group's, and so does its date of birth or sex) is treated as if
+   it had no number: a mistyped or borrowed number must not pull a stranger into someone's record.
+2. **Probabilistic.** Every record goes through a Splink model on the DuckDB backend: comparisons on
+   first name and surname (with swapped names and term-frequency adjustments for common names), date
+   of birth, sex and postcode; the u probabilities estimated by random sampling, the m probabilities
+   by expectation maximisation, no labels. Scored pairs at or above ``threshold`` join clusters,
+   strongest first, except that two clusters holding different valid NHS numbers are never joined
+   (two valid, non-conflicting numbers are two people).
+
+Never logs an identifier: this module logs only counts, and Splink's own logger is held at WARNING
+for the run (its INFO and DEBUG messages carry SQL, which may in future carry literal values).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal
+
+from pseudonymisation import nhs_number
+
+_log = logging.getLogger(__name__)
+
+Method = Literal["deterministic", "probabilistic", "singleton"]
+
+_NOT_LETTERS = re.compile(r"[^A-Z]")
+_NOT_ALNUM = re.compile(r"[^A-Z0-9]")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One source's record of a person. Any identifier may be missing (None or blank)."""
+
+    source: str
+    record_id: str
+    nhs_number: str | None
+    first_name: str | None
+    surname: str | None
+    date_of_birth: date | str | None
+    sex: str | None
+    postcode: str | None
+
+
+@dataclass(frozen=True)
+class Link:
+    """Where one record landed: its person, how it got there and how sure the link is.
+
+    ``match_probability`` is 1.0 for a deterministic link, the probability of the strongest accepted
+    pair touching the record for a probabilistic one, and None for a singleton (linked to nobody).
+    """
+
+    source: str
+    record_id: str
+    person_id: int
+    method: Method
+    match_probability: float | None
+
+
+@dataclass(frozen=True)
+class LinkageSettings:
+    """The knobs a custodian may turn; defaults are the ones ADR 0015 argues for."""
+
+    threshold: float = 0.95
+    u_max_pairs: float = 2e6
+    seed: int = 20
+    em_max_iterations: int = 25
+    # DuckDB threads; None lets DuckDB choose. Rounding the probabilities (below) keeps the index
+    # the same from run to run whatever the thread count.
+    threads: int | None = None
+    probability_decimals: int = 9
+
+
+@dataclass(frozen=True)
+class _Clean:
+    first_name: str | None
+    surname: str | None
+    date_of_birth: str | None
+    sex: str | None
+    postcode: str | None
+    nhs: str | None
+
+
+def link(records: Sequence[Record], settings: LinkageSettings | None = None) -> list[Link]:
+    """One ``Link`` per record, in the order given; the same input always gives the same output."""
+    settings = settings or LinkageSettings()
+    keys = [(r.source, r.record_id) for r in records]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two records share a source and record id")
+    order = sorted(range(len(records)), key=lambda i: keys[i])
+    ordered = [records[i] for i in order]
+    clean = [_clean(r) for r in ordered]
+
+    anchors = _deterministic_anchors(clean)
+    edges = _probabilistic_edges(clean, settings) if len(clean) > 1 else []
+    links = _cluster(ordered, anchors, edges, settings.threshold)
+
+    by_key = {(lk.source, lk.record_id): lk for lk in links}
+    counts = Counter(lk.method for lk in links)
+    _log.info(
+        "linked %d records into %d people: %d deterministic, %d probabilistic, %d singleton",
+        len(links), len({lk.person_id for lk in links}),
+        counts["deterministic"], counts["probabilistic"], counts["singleton"],
+    )
+    return [by_key[k] for k in keys]
+
+
+# --- cleaning -----------------------------------------------------------------------------------
+
+def _letters(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = _NOT_LETTERS.sub("", value.upper())
+    return text or None
+
+
+def _clean_dob(value: date | str | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, date):
+        return value.isoformat()
+    text = value.strip()
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        return None
+
+
+def _clean_sex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().upper()[:1]
+    return text if text in {"M", "F"} else None
+
+
+def _clean(record: Record) -> _Clean:
+    postcode = _NOT_ALNUM.sub("", (record.postcode or "").upper())
+    if len(postcode) > 3:  # the outward code, a space, the three-character inward code
+        postcode = f"{postcode[:-3]} {postcode[-3:]}"
+    digits = nhs_number.normalise(record.nhs_number)
+    return _Clean(
+        first_name=_letters(record.first_name),
+        surname=_letters(record.surname),
+        date_of_birth=_clean_dob(record.date_of_birth),
+        sex=_clean_sex(record.sex),
+        postcode=postcode or None,
+        nhs=digits if digits is not None and nhs_number.is_valid(digits) else None,
+    )
+
+
+# --- stage 1: deterministic ---------------------------------------------------------------------
+
+def _mode(values: Iterable[str | None]) -> str | None:
+    counted = Counter(v for v in values if v is not None)
+    if not counted:
+        return None
+    best = max(counted.values())
+    return min(v for v, n in counted.items() if n == best)
+
+
+def _name_pair(record: _Clean) -> frozenset[str] | None:
+    if record.first_name is None or record.surname is None:
+        return None
+    return frozenset((record.first_name, record.surname))  # unordered: swapped names still agree
+
+
+def _conflicts(record: _Clean, group: list[_Clean]) -> bool:
+    """True when the record's identifiers say it is not the person the rest of its group is.
+
+    A record conflicts when its name (first and surname, in either order) differs from the group's
+    most common name and so does its date of birth or its sex. One error in one field (a typo, a
+    transposed date) is what real records carry; two fields disagreeing is someone else's number.
+    A conflicting record is not thrown away: it goes to the probabilistic stage without its number.
+    """
+    others = [g for g in group if g is not record]
+    if not others:
+        return False
+    pairs = Counter(p for p in (_name_pair(g) for g in others) if p is not None)
+    own = _name_pair(record)
+    if own is None or not pairs:
+        return False
+    best = max(pairs.values())
+    if own in {p for p, n in pairs.items() if n == best}:
+        return False
+    dob = _mode(g.date_of_birth for g in others)
+    sex = _mode(g.sex for g in others)
+    dob_differs = dob is not None and record.date_of_birth is not None and record.date_of_birth != dob
+    sex_differs = sex is not None and record.sex is not None and record.sex != sex
+    return dob_differs or sex_differs
+
+
+def _deterministic_anchors(clean: list[_Clean]) -> list[str | None]:
+    """Per record, the valid NHS number it is anchored to, or None (no number, or a conflicting one)."""
+    groups: dict[str, list[_Clean]] = defaultdict(list)
+    for c in clean:
+        if c.nhs is not None:
+            groups[c.nhs].append(c)
+    anchors: list[str | None] = []
+    conflicting = 0
+    for c in clean:
+        if c.nhs is None:
+            anchors.append(None)
+        elif _conflicts(c, groups[c.nhs]):
+            conflicting += 1
+            anchors.append(None)
+        else:
+            anchors.append(c.nhs)
+    _log.info("%d records carry a valid NHS number; %d of them conflict with their group",
+              sum(c.nhs is not None for c in clean), conflicting)
+    return anchors
+
+
+# --- stage 2: probabilistic (Splink on DuckDB) ---------------------------------------------------
+
+def _prior(frame: object) -> float:
+    """The chance two random records match, from pairs agreeing exactly on name and date of birth.
+
+    Those exact pairs are taken to find 70% of the true ones (typos, swaps and transposed dates hide
+    the rest). The same estimate as Splink's own, computed here so that an input with no exact pair
+    (a small batch, one source) still gets a usable prior: at least one pair in all of them.
+    """
+    import pandas as pd
+
+    assert isinstance(frame, pd.DataFrame)
+    n = len(frame)
+    all_pairs = n * (n - 1) / 2
+    keyed = frame.dropna(subset=["first_name", "surname", "date_of_birth"])
+    sizes = keyed.groupby(["first_name", "surname", "date_of_birth"]).size()
+    exact_pairs = float((sizes * (sizes - 1) / 2).sum())
+    return min(max(exact_pairs / 0.7, 1.0) / all_pairs, 0.5)
+
+
+@contextlib.contextmanager
+def _quiet_splink() -> Iterator[None]:
+    splink_logger = logging.getLogger("splink")
+    before = splink_logger.level
+    splink_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        splink_logger.setLevel(before)
+
+
+def _probabilistic_edges(clean: list[_Clean], settings: LinkageSettings) -> list[tuple[float, int, int]]:
+    """Scored pairs (probability, left index, right index) at or above the threshold."""
+    import duckdb
+    import pandas as pd
+    import splink.comparison_library as cl
+    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    frame = pd.DataFrame(
+        {
+            "unique_id": range(len(clean)),
+            "first_name": [c.first_name for c in clean],
+            "surname": [c.surname for c in clean],
+            "full_name": [
+                f"{c.first_name} {c.surname}" if c.first_name and c.surname else None for c in clean
+            ],
+            "date_of_birth": [c.date_of_birth for c in clean],
+            "sex": [c.sex for c in clean],
+            "postcode": [c.postcode for c in clean],
+        }
+    )
+    model = SettingsCreator(
+        link_type="dedupe_only",
+        comparisons=[
+            cl.ForenameSurnameComparison("first_name", "surname", forename_surname_concat_col_name="full_name"),
+            cl.DateOfBirthComparison("date_of_birth", input_is_string=True),
+            cl.ExactMatch("sex"),
+            cl.PostcodeComparison("postcode"),
+        ],
+        blocking_rules_to_generate_predictions=[
+            block_on("date_of_birth"),
+            block_on("surname", "first_name"),
+            block_on("postcode"),
+            block_on("substr(surname, 1, 2)", "substr(date_of_birth, 1, 4)"),
+        ],
+        retain_matching_columns=False,
+        retain_intermediate_calculation_columns=False,
+        max_iterations=settings.em_max_iterations,
+        probability_two_random_records_match=_prior(frame),
+    )
+    connection = duckdb.connect(":memory:")
+    try:
+        if settings.threads is not None:
+            connection.execute(f"SET threads = {int(settings.threads)}")
+        with _quiet_splink():
+            db_api = DuckDBAPI(connection)
+            table = db_api.register(frame)
+            linker = Linker(table, model, log_level=None)
+            linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_max_pairs, seed=settings.seed)
+            linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
+            linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname"))
+            scored = linker.inference.predict(threshold_match_probability=settings.threshold).as_pandas_dataframe()
+    finally:
+        connection.close()
+    edges = [
+        (round(float(p), settings.probability_decimals), int(left), int(right))
+        for p, left, right in zip(scored["match_probability"], scored["unique_id_l"], scored["unique_id_r"],
+                                  strict=True)
+    ]
+    _log.info("%d candidate pairs scored at or above the threshold", len(edges))
+    return edges
+
+
+# --- clustering ---------------------------------------------------------------------------------
+
+def _cluster(
+    records: list[Record], anchors: list[str | None], edges: list[tuple[float, int, int]], threshold: float
+) -> list[Link]:
+    parent = list(range(len(records)))
+    numbers: list[set[str]] = [{a} if a is not None else set() for a in anchors]
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> bool:
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            return True
+        if numbers[ra] and numbers[rb] and numbers[ra] != numbers[rb]:
+            return False
+        keep, drop = min(ra, rb), max(ra, rb)
+        parent[drop] = keep
+        numbers[keep] |= numbers[drop]
+        return True
+
+    first_with: dict[str, int] = {}
+    for i, number in enumerate(anchors):
+        if number is not None:
+            if number in first_with:
+                union(first_with[number], i)
+            else:
+                first_with[number] = i
+
+    best: dict[int, float] = {}
+    for score, left, right in sorted(edges, key=lambda e: (-e[0], min(e[1], e[2]), max(e[1], e[2]))):
+        if score < threshold:
+            continue
+        if union(left, right):
+            for i in (left, right):
+                best[i] = max(best.get(i, 0.0), score)
+
+    roots = [find(i) for i in range(len(records))]
+    sizes = Counter(roots)
+    person_of_root: dict[int, int] = {}
+    for root in roots:  # records are sorted, so people are numbered by their first record
+        person_of_root.setdefault(root, len(person_of_root) + 1)
+    shared = Counter(a for a in anchors if a is not None)
+
+    links = []
+    for i, record in enumerate(records):
+        method: Method
+        probability: float | None
+        anchor = anchors[i]
+        if anchor is not None and shared[anchor] > 1:
+            method, probability = "deterministic", 1.0
+        elif sizes[roots[i]] > 1:
+            method, probability = "probabilistic", best[i]  # only an accepted pair joins a record
+        else:
+            method, probability = "singleton", None
+        links.append(Link(record.source, record.record_id, person_of_root[roots[i]], method, probability))
+    return links
