@@ -42,6 +42,10 @@ _NOT_LETTERS = re.compile(r"[^A-Z]")
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
 
 
+class TooFewToTrain(ValueError):
+    """The input holds too few comparable pairs for expectation maximisation: link whole sources."""
+
+
 @dataclass(frozen=True)
 class Record:
     """One source's record of a person. Any identifier may be missing (None or blank)."""
@@ -261,6 +265,7 @@ def _probabilistic_edges(clean: list[_Clean], settings: LinkageSettings) -> list
     import pandas as pd
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+    from splink.internals.exceptions import EMTrainingException
 
     frame = pd.DataFrame(
         {
@@ -302,9 +307,15 @@ def _probabilistic_edges(clean: list[_Clean], settings: LinkageSettings) -> list
             db_api = DuckDBAPI(connection)
             table = db_api.register(frame)
             linker = Linker(table, model, log_level=None)
-            linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_max_pairs, seed=settings.seed)
-            linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
-            linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname"))
+            try:
+                linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_max_pairs, seed=settings.seed)
+                linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
+                linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname"))
+            except (EMTrainingException, ValueError) as error:
+                # Splink's messages name rules and levels, never values; ours names only the count.
+                raise TooFewToTrain(
+                    f"{len(clean)} records are too few to train the linkage model without labels"
+                ) from error
             scored = linker.inference.predict(threshold_match_probability=settings.threshold).as_pandas_dataframe()
     finally:
         connection.close()

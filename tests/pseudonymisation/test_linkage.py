@@ -15,7 +15,7 @@ from itertools import combinations
 import pytest
 
 from pseudonymisation import nhs_number
-from pseudonymisation.linkage import Link, LinkageSettings, Record, link
+from pseudonymisation.linkage import Link, LinkageSettings, Record, TooFewToTrain, link
 
 PEOPLE = 2000
 PRECISION_FLOOR = 0.99
@@ -213,3 +213,14 @@ def test_link_logs_no_identifiers(caplog):
         for value in (r.nhs_number, r.surname, r.postcode, str(r.date_of_birth), r.record_id):
             if value and len(value) >= 4:
                 assert value.upper() not in logged
+
+
+def test_link_too_few_records_to_train_is_refused_without_identifiers():
+    records = [
+        Record("hospital", "h1", "9434765919", "Ada", "Lovelace", "1815-12-10", "F", "SW1A 1AA"),
+        Record("social_care", "s9", None, "Lovelace", "Ada", "1815-10-12", "F", "SW1A1AA"),
+    ]
+    with pytest.raises(TooFewToTrain) as refused:
+        link(records)
+    assert "LOVELACE" not in str(refused.value).upper()
+    assert "1815" not in str(refused.value)
