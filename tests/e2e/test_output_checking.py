@@ -63,6 +63,34 @@ def _vote_and_review(page: Any, url: str, vote: str, comment: str = "", *, claim
     page.wait_for_selector("#reviewers")
 
 
+def _workspace_token(service: LiveService, email: str, project_title: str) -> str:
+    """The token a workspace of ``project_title`` holds (purpose output-submit), made with the service's
+    own keys, as the hub's redeem does when the workspace starts (no hub runs here)."""
+    import datetime as dt
+
+    from projects.models import Project
+    from tre.app import create_app
+    from tre.core.identity import User
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in service.env.items():
+            patch.setenv(key, value)
+        app = create_app()
+    with app.app_context():
+        platform = app.extensions["tre.platform"]
+        session = platform.db.session
+        user = session.scalar(select(User).where(User.email == email))
+        project = session.scalar(select(Project).where(Project.title == project_title))
+        assert user is not None and project is not None
+        user_id, project_id = user.id, project.id
+        session.rollback()  # SQLite: our read transaction would hold the lock the issuing needs
+        ttl = dt.timedelta(minutes=30)
+        token = platform.tokens.issue(user_id, "tre-api", "output-submit", ttl, project_id=project_id)
+        session.remove()
+        platform.db.dispose()
+    return token
+
+
 def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
     browser: Any, airlock_service: LiveService, tmp_path: Path
 ) -> None:
@@ -74,21 +102,23 @@ def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
     sign_in(oscar, airlock_service, OSCAR)
     table = tmp_path / "table.csv"
 
-    # The researcher builds a request with a small cell and submits it.
-    rita.goto(airlock_service.url + "/outputs/")
-    rita.select_option("#project_id", label=PROJECT)
-    rita.fill("#title", "Admissions by region and sex")
-    rita.click("text=Create request")
-    request_url = rita.url
-    request_id = request_url.rstrip("/").rsplit("/", 1)[1]
+    # The researcher submits a table with a small cell from her workspace (files come only from there).
+    from jupyter.client import resubmit, submit
+
+    token = _workspace_token(airlock_service, RITA, PROJECT)
     table.write_text(SMALL_CELL)
-    rita.set_input_files("#file", str(table))
-    rita.fill("#group", "tables")
-    rita.click("text=Add file")
-    rita.fill("#context-tables", "Emergency admissions in 2020 by region and sex; all adults in the extract")
-    rita.fill("#controls-tables", "None yet")
-    rita.click("text=Save group tables")
-    rita.click("#submit-request")
+    answer = submit(
+        [table],
+        "Emergency admissions in 2020 by region and sex; all adults in the extract",
+        "None yet",
+        title="Admissions by region and sex",
+        api=airlock_service.url,
+        token=token,
+    )
+    request_id = answer["id"]
+    request_url = f"{airlock_service.url}/outputs/requests/{request_id}"
+    rita.goto(request_url)
+    assert rita.locator("#file").count() == 0  # no upload from outside the workspace
 
     # The automated verdict flags the small cell.
     _wait_for_state(rita, "awaiting_review")
@@ -115,11 +145,14 @@ def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
     assert rita.get_attribute("#state", "data-state") == "returned"
     assert "Please suppress the small cell before release" in rita.inner_text("#comments")
     table.write_text(SUPPRESSED)
-    rita.set_input_files("#file", str(table))
-    rita.click("text=Add file")
-    rita.fill("#controls-tables", "Sex combined so that no count is below 10")
-    rita.click("text=Save group tables")
-    rita.click("#submit-request")
+    resubmit(
+        request_id,
+        [table],
+        controls="Sex combined so that no count is below 10",
+        api=airlock_service.url,
+        token=token,
+    )
+    rita.goto(request_url)
     _wait_for_state(rita, "awaiting_review")
     assert rita.get_attribute(".automated-verdict", "data-status") != "fail"
 
@@ -136,7 +169,7 @@ def test_output_request_goes_through_the_airlock_and_every_step_is_audited(
     with rita.expect_download() as download:
         rita.click("#download-bundle")
     bundle = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
-    assert bundle.read("files/tables/table.csv").decode() == SUPPRESSED
+    assert bundle.read("files/outputs/table.csv").decode() == SUPPRESSED
     assert {"verdicts.json", "disclosure-control-record.json", "decisions.json", "SHA256SUMS"} <= set(bundle.namelist())
 
     # Every step is in the audit log.
