@@ -7,6 +7,7 @@ project's extract sits beside it, readable by everyone on the host, so only the 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,9 @@ ROWS = 1234
 def write_patients(folder: Path, rows: int) -> Path:
     path = folder / "patients.parquet"
     bands = [f"{40 + i % 5 * 10}-{49 + i % 5 * 10}" for i in range(rows)]
-    table = pa.table({"age_band": bands, "n": list(range(rows))})
+    sexes = ["F" if i % 2 else "M" for i in range(rows)]
+    rare = ["x" if i < 3 else "y" for i in range(rows)]  # three people: a table of it must fail
+    table = pa.table({"age_band": bands, "sex": sexes, "rare": rare, "n": list(range(rows))})
     pq.write_table(table, path, row_group_size=100)
     path.chmod(0o644)
     return path
@@ -150,3 +153,26 @@ def test_r_in_a_workspace_cannot_read_another_projects_extract(hub: Hub, workspa
 
     assert "EXISTS FALSE " in output, output
     assert "RESULT REFUSED " in output, output
+
+
+@needs_r
+def test_r_tables_are_checked_and_submitted_with_their_verdicts(hub: Hub, workspace_l):
+    code = (
+        "safe <- tre_crosstab('patients', 'age_band', 'sex')\n"
+        "risky <- tre_crosstab('patients', 'age_band', 'rare')\n"
+        "cat('STATUS', attr(safe, 'status'), attr(risky, 'status'), sum(safe$F, safe$M), '\\n')\n"
+        "tre_finalise()\n"
+        "answer <- tre_submit('Age band by sex and by a rare flag', 'none yet')\n"
+        "cat('SUBMITTED', answer$id, '\\n')\n"
+    )
+
+    output = run_cell(hub, workspace_l, "ir", code)
+
+    assert f"STATUS pass fail {ROWS} " in output, output
+    assert "SUBMITTED " in output, output
+    request_id = output.split("SUBMITTED ", 1)[1].split()[0]
+    submitted = next(s for s in hub.fake.submissions if s["id"] == request_id)
+    results = json.loads(submitted["files"]["results.json"])
+    verdicts = {key: value["tre_verdict"]["status"] for key, value in results["results"].items()}
+    assert sorted(verdicts.values()) == ["fail", "pass"]
+    assert submitted["fields"]["context"] == "Age band by sex and by a rare flag"

@@ -39,3 +39,70 @@ tre_read <- function(table) {
   if (!table %in% tre_tables()) stop("no table '", table, "' in this project's extract")
   tre_sql(sprintf('select * from "%s"', table))
 }
+
+# Disclosure control from R: the same session (disclosure/session.py) and the same submission
+# (jupyter/client.py, what tre-submit runs) as a Python notebook, called through reticulate.
+#
+#   t <- tre_crosstab("patients", "age_band", "sex")   # the table, checked; attr(t, "status")
+#   tre_finalise()                                      # outputs and results.json, with verdicts
+#   tre_submit("Table 1: age by sex", "cells under 10 suppressed")
+
+.tre_session <- function() {
+  if (is.null(.tre$session)) {
+    .tre_connection()
+    .tre$session <- reticulate::import("disclosure.session", convert = FALSE)$Session()
+    .tre$frames <- list()
+  }
+  .tre$session
+}
+
+.tre_frame <- function(table) {
+  session <- .tre_session()
+  if (is.null(.tre$frames[[table]])) {
+    scans <- reticulate::py_to_r(.tre$module$extract_tables())
+    if (is.null(scans[[table]])) stop("no table '", table, "' in this project's extract")
+    path <- sub("^read_[a-z_]+\\('([^']*)'.*$", "\\1", scans[[table]])
+    path <- sub("/\\*\\*/\\*\\.parquet$", "", gsub("''", "'", path))
+    .tre$frames[[table]] <- session$read(path, table)
+  }
+  .tre$frames[[table]]
+}
+
+.tre_to_r <- function(frame) {
+  path <- tempfile(fileext = ".csv")
+  on.exit(unlink(path))
+  frame$to_csv(path)
+  as.data.frame(data.table::fread(path, na.strings = ""))
+}
+
+.tre_columns <- function(frame, names) {
+  if (length(names) == 1) reticulate::py_get_item(frame, names) else
+    reticulate::py_get_item(frame, reticulate::r_to_py(as.list(names)))
+}
+
+tre_crosstab <- function(table, rows, cols, values = NULL, aggfunc = NULL, suppress = FALSE) {
+  session <- .tre_session()
+  frame <- .tre_frame(table)
+  session$suppress <- suppress
+  args <- list(.tre_columns(frame, rows), .tre_columns(frame, cols))
+  if (!is.null(values)) args$values <- reticulate::py_get_item(frame, values)
+  if (!is.null(aggfunc)) args$aggfunc <- aggfunc
+  result <- do.call(session$crosstab, args)
+  keys <- reticulate::py_to_r(reticulate::import_builtins(convert = FALSE)$list(session$results$keys()))
+  out <- .tre_to_r(result)
+  attr(out, "status") <- reticulate::py_to_r(reticulate::py_get_item(session$results, keys[[length(keys)]])$status)
+  out
+}
+
+tre_finalise <- function(path = file.path(Sys.getenv("TRE_OUTPUTS_DIR", "outputs"), "r-session")) {
+  .tre_session()$finalise(path)
+  invisible(path)
+}
+
+tre_submit <- function(context, controls, path = file.path(Sys.getenv("TRE_OUTPUTS_DIR", "outputs"), "r-session"),
+                       title = NULL) {
+  files <- list.files(path, full.names = TRUE)
+  files <- files[file_test("-f", files)]  # the outputs and results.json; not ACRO's checksums folder
+  answer <- reticulate::import("jupyter.client")$submit(as.list(files), context, controls, title = title)
+  answer
+}
