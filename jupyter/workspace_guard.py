@@ -26,7 +26,7 @@ from jupyter_server.services.contents.largefilemanager import AsyncLargeFileMana
 from tornado import web
 from traitlets import Integer, List, Unicode
 
-from jupyter.client import MAX_FILE_BYTES, SubmitError, submit
+from jupyter.client import MAX_FILE_BYTES, SubmitError, resubmit, submit
 
 REFUSAL = (
     "Downloading files from a TRE workspace is switched off. Request release of outputs with "
@@ -109,19 +109,25 @@ class OutputRequestHandler(APIHandler):
         if not isinstance(body, dict):
             raise web.HTTPError(400, "Send a JSON object with paths, context and controls.")
         title, context, controls = (_text(body, name) for name in ("title", "context", "controls"))
+        returned = _text(body, "resubmit")  # a request returned for changes: replace its files, resubmit
         paths = body.get("paths")
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
             raise web.HTTPError(400, "Select at least one file to submit.")
         if len(paths) > self.MAX_FILES:
             raise web.HTTPError(400, f"Submit at most {self.MAX_FILES} files in one request.")
-        if not context:
+        if not context and not returned:
             raise web.HTTPError(400, "Describe what the outputs are (context) before submitting.")
-        if not controls:
+        if not controls and not returned:
             raise web.HTTPError(400, "Describe the disclosure controls applied (controls) before submitting.")
         files = [self._file_in_home(path) for path in paths]
         try:
             # urllib blocks: off the event loop, so the workspace stays responsive while the queue answers.
-            answer = await asyncio.to_thread(submit, files, context, controls, title=title or None)
+            if returned:
+                answer = await asyncio.to_thread(
+                    resubmit, returned, files, context=context or None, controls=controls or None
+                )
+            else:
+                answer = await asyncio.to_thread(submit, files, context, controls, title=title or None)
         except SubmitError as error:
             raise web.HTTPError(502, str(error)) from None
         self.log.info("TRE output request %s submitted with %d file(s)", answer.get("id"), len(files))

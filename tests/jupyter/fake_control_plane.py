@@ -100,6 +100,9 @@ class FakeControlPlane:
                 if self.path == "/api/v1/outputs/requests":
                     self._outputs(raw)
                     return
+                if self.path.startswith("/api/v1/outputs/requests/") and self.path.endswith("/resubmission"):
+                    self._outputs(raw, resubmission_of=self.path.split("/")[-2])
+                    return
                 if self.headers.get("Authorization") != f"Bearer {fake.service_secret}":
                     self._send(401, {"title": "Unauthorised", "detail": "bad service token"}, problem=True)
                     return
@@ -126,7 +129,7 @@ class FakeControlPlane:
                 else:
                     self._send(404, {"title": "Not found"}, problem=True)
 
-            def _outputs(self, raw: bytes) -> None:
+            def _outputs(self, raw: bytes, resubmission_of: str | None = None) -> None:
                 if self.headers.get("Authorization") != f"Bearer {fake.output_token}":
                     self._send(401, {"title": "Unauthorised"}, problem=True)
                     return
@@ -140,9 +143,12 @@ class FakeControlPlane:
                         files[part.get_filename()] = part.get_payload(decode=True)
                     else:
                         fields[name] = part.get_payload(decode=True).decode()
-                request_id = "req-" + uuid.uuid4().hex[:8]
-                fake.submissions.append({"id": request_id, "fields": fields, "files": files})
-                self._send(201, {"id": request_id, "state": "submitted"})
+                request_id = resubmission_of or "req-" + uuid.uuid4().hex[:8]
+                sent = {"id": request_id, "fields": fields, "files": files}
+                if resubmission_of:
+                    sent["resubmission_of"] = resubmission_of
+                fake.submissions.append(sent)
+                self._send(200 if resubmission_of else 201, {"id": request_id, "state": "submitted"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(

@@ -224,3 +224,12 @@ def test_a_refusal_by_the_output_queue_is_reported(server: WorkspaceServer) -> N
     assert answer.status_code == 502
     assert "The output queue refused the request (HTTP 503)" in answer.json()["message"]
 
+
+def test_a_returned_request_is_resubmitted_with_the_selected_files(server: WorkspaceServer) -> None:
+    answer = server.submit({"resubmit": "req-returned1", "paths": ["outputs/table1.csv"], "controls": "Rounded to 5"})
+
+    assert answer.status_code == 201, answer.text
+    sent = server.queue.submissions[-1]
+    assert sent["resubmission_of"] == "req-returned1" and answer.json()["id"] == "req-returned1"
+    assert sent["fields"] == {"controls": "Rounded to 5"}  # context not sent: the request keeps its own
+    assert sent["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
