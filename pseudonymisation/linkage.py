@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 from pseudonymisation import nhs_number
 
@@ -99,18 +99,29 @@ class _Clean:
     nhs: str | None
 
 
-def link(records: Sequence[Record], settings: LinkageSettings | None = None) -> list[Link]:
-    """One ``Link`` per record, in the order given; the same input always gives the same output."""
+def train(records: Sequence[Record], settings: LinkageSettings | None = None) -> dict[str, Any]:
+    """Train the probabilistic model on whole sources and return it (Splink's settings with the
+    trained m, u and prior: rules and numbers, no record's values), for ``link(..., model=)``."""
+    settings = settings or LinkageSettings()
+    _, clean = _ordered(records)
+    _, model = _probabilistic_edges(clean, settings, None)
+    return model
+
+
+def link(
+    records: Sequence[Record], settings: LinkageSettings | None = None, model: dict[str, Any] | None = None
+) -> list[Link]:
+    """One ``Link`` per record, in the order given; the same input always gives the same output.
+
+    Without ``model`` the model is trained on ``records`` (whole sources); with one from ``train``,
+    it is used as it is, so a small batch can be linked with a model trained on the whole.
+    """
     settings = settings or LinkageSettings()
     keys = [(r.source, r.record_id) for r in records]
-    if len(set(keys)) != len(keys):
-        raise ValueError("two records share a source and record id")
-    order = sorted(range(len(records)), key=lambda i: keys[i])
-    ordered = [records[i] for i in order]
-    clean = [_clean(r) for r in ordered]
+    ordered, clean = _ordered(records)
 
     anchors = _deterministic_anchors(clean)
-    edges = _probabilistic_edges(clean, settings) if len(clean) > 1 else []
+    edges = _probabilistic_edges(clean, settings, model)[0] if len(clean) > 1 else []
     links = _cluster(ordered, anchors, edges, settings.threshold)
 
     by_key = {(lk.source, lk.record_id): lk for lk in links}
@@ -121,6 +132,14 @@ def link(records: Sequence[Record], settings: LinkageSettings | None = None) -> 
         counts["deterministic"], counts["probabilistic"], counts["singleton"],
     )
     return [by_key[k] for k in keys]
+
+
+def _ordered(records: Sequence[Record]) -> tuple[list[Record], list[_Clean]]:
+    keys = [(r.source, r.record_id) for r in records]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two records share a source and record id")
+    ordered = [records[i] for i in sorted(range(len(records)), key=lambda i: keys[i])]
+    return ordered, [_clean(r) for r in ordered]
 
 
 # --- cleaning -----------------------------------------------------------------------------------
@@ -230,6 +249,20 @@ def _deterministic_anchors(clean: list[_Clean]) -> list[str | None]:
 
 # --- stage 2: probabilistic (Splink on DuckDB) ---------------------------------------------------
 
+def _train(linker: Any, settings: LinkageSettings, count: int) -> None:
+    """u by seeded random sampling, m by EM blocked on date of birth, then on surname: no labels."""
+    from splink import block_on
+    from splink.internals.exceptions import EMTrainingException
+
+    try:
+        linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_max_pairs, seed=settings.seed)
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname"))
+    except (EMTrainingException, ValueError) as error:
+        # Splink's messages name rules and levels, never values; ours names only the count.
+        raise TooFewToTrain(f"{count} records are too few to train the linkage model without labels") from error
+
+
 def _prior(frame: object) -> float:
     """The chance two random records match, from pairs agreeing exactly on name and date of birth.
 
@@ -259,13 +292,14 @@ def _quiet_splink() -> Iterator[None]:
         splink_logger.setLevel(before)
 
 
-def _probabilistic_edges(clean: list[_Clean], settings: LinkageSettings) -> list[tuple[float, int, int]]:
-    """Scored pairs (probability, left index, right index) at or above the threshold."""
+def _probabilistic_edges(
+    clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
+) -> tuple[list[tuple[float, int, int]], dict[str, Any]]:
+    """Scored pairs (probability, left index, right index) at or above the threshold, and the model."""
     import duckdb
     import pandas as pd
     import splink.comparison_library as cl
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
-    from splink.internals.exceptions import EMTrainingException
 
     frame = pd.DataFrame(
         {
@@ -306,17 +340,11 @@ def _probabilistic_edges(clean: list[_Clean], settings: LinkageSettings) -> list
         with _quiet_splink():
             db_api = DuckDBAPI(connection)
             table = db_api.register(frame)
-            linker = Linker(table, model, log_level=None)
-            try:
-                linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_max_pairs, seed=settings.seed)
-                linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
-                linker.training.estimate_parameters_using_expectation_maximisation(block_on("surname"))
-            except (EMTrainingException, ValueError) as error:
-                # Splink's messages name rules and levels, never values; ours names only the count.
-                raise TooFewToTrain(
-                    f"{len(clean)} records are too few to train the linkage model without labels"
-                ) from error
+            linker = Linker(table, dict(trained) if trained is not None else model, log_level=None)
+            if trained is None:
+                _train(linker, settings, len(clean))
             scored = linker.inference.predict(threshold_match_probability=settings.threshold).as_pandas_dataframe()
+            result = linker.misc.save_model_to_json()
     finally:
         connection.close()
     edges = [
@@ -325,7 +353,7 @@ def _probabilistic_edges(clean: list[_Clean], settings: LinkageSettings) -> list
                                   strict=True)
     ]
     _log.info("%d candidate pairs scored at or above the threshold", len(edges))
-    return edges
+    return edges, result
 
 
 # --- clustering ---------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ records (a pair is "linked" when both records get the same person id) and must s
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 from datetime import date, timedelta
 from functools import cache
 from itertools import combinations
@@ -15,7 +17,7 @@ from itertools import combinations
 import pytest
 
 from pseudonymisation import nhs_number
-from pseudonymisation.linkage import Link, LinkageSettings, Record, TooFewToTrain, link
+from pseudonymisation.linkage import Link, LinkageSettings, Record, TooFewToTrain, link, train
 
 PEOPLE = 2000
 PRECISION_FLOOR = 0.99
@@ -224,3 +226,21 @@ def test_link_too_few_records_to_train_is_refused_without_identifiers():
         link(records)
     assert "LOVELACE" not in str(refused.value).upper()
     assert "1815" not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_link_small_batch_with_a_model_trained_on_whole_sources_meets_floors():
+    records, truth = synthetic()
+    model = train(list(records))
+    batch = [r for r in records if truth[(r.source, r.record_id)] < 50]
+    with pytest.raises(TooFewToTrain):
+        link(batch)
+    precision, recall = _quality(link(batch, model=model), {(r.source, r.record_id): truth[(r.source, r.record_id)]
+                                                            for r in batch})
+    assert precision >= PRECISION_FLOOR, precision
+    assert recall >= RECALL_FLOOR, recall
+    saved = json.dumps(model).upper()
+    for r in batch:
+        for value in (r.nhs_number, r.surname, r.first_name, r.postcode, str(r.date_of_birth)):
+            if value and len(value) >= 4:
+                assert not re.search(rf"\b{re.escape(value.upper())}\b", saved), value
