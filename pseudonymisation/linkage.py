@@ -32,6 +32,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
+import duckdb
+import pandas as pd
+import splink.comparison_library as cl
+from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+from splink.internals.exceptions import EMTrainingException
+
 from pseudonymisation import nhs_number
 
 _log = logging.getLogger(__name__)
@@ -251,9 +257,6 @@ def _deterministic_anchors(clean: list[_Clean]) -> list[str | None]:
 
 def _train(linker: Any, settings: LinkageSettings, count: int) -> None:
     """u by seeded random sampling, m by EM blocked on date of birth, then on surname: no labels."""
-    from splink import block_on
-    from splink.internals.exceptions import EMTrainingException
-
     try:
         linker.training.estimate_u_using_random_sampling(max_pairs=settings.u_max_pairs, seed=settings.seed)
         linker.training.estimate_parameters_using_expectation_maximisation(block_on("date_of_birth"))
@@ -263,16 +266,13 @@ def _train(linker: Any, settings: LinkageSettings, count: int) -> None:
         raise TooFewToTrain(f"{count} records are too few to train the linkage model without labels") from error
 
 
-def _prior(frame: object) -> float:
+def _prior(frame: pd.DataFrame) -> float:
     """The chance two random records match, from pairs agreeing exactly on name and date of birth.
 
     Those exact pairs are taken to find 70% of the true ones (typos, swaps and transposed dates hide
     the rest). The same estimate as Splink's own, computed here so that an input with no exact pair
     (a small batch, one source) still gets a usable prior: at least one pair in all of them.
     """
-    import pandas as pd
-
-    assert isinstance(frame, pd.DataFrame)
     n = len(frame)
     all_pairs = n * (n - 1) / 2
     keyed = frame.dropna(subset=["first_name", "surname", "date_of_birth"])
@@ -296,11 +296,6 @@ def _probabilistic_edges(
     clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
 ) -> tuple[list[tuple[float, int, int]], dict[str, Any]]:
     """Scored pairs (probability, left index, right index) at or above the threshold, and the model."""
-    import duckdb
-    import pandas as pd
-    import splink.comparison_library as cl
-    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
-
     frame = pd.DataFrame(
         {
             "unique_id": range(len(clean)),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline", "partitions",
-           "profiling"]
+           "profiling", "linkage"]
 FORBIDDEN = ["flask", "sqlalchemy", "celery", "tre", "projects"]
 
 
