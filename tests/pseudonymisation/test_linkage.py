@@ -174,6 +174,12 @@ def test_link_same_input_gives_same_index():
     assert [again[(lk.source, lk.record_id)] for lk in _linked()] == list(_linked())
 
 
+@pytest.mark.slow
+def test_link_one_duckdb_thread_gives_the_same_index_as_many():
+    records, _ = synthetic()
+    assert link(list(records), LinkageSettings(threads=1)) == list(_linked())
+
+
 def test_link_valid_shared_nhs_number_links_deterministically():
     records = [
         Record("hospital", "h1", "943 476 5919", "Ada", "Lovelace", "1815-12-10", "F", "SW1A 1AA"),
