@@ -31,7 +31,8 @@ tre_sql <- function(query) {
   path <- tempfile(fileext = ".csv")
   on.exit(unlink(path))
   query <- sub("[;[:space:]]+$", "", query)
-  .tre_connection()$execute(sprintf("copy (%s) to '%s' (header, delimiter ',')", query, path))
+  # The newline ends a trailing -- comment inside the query before the closing parenthesis.
+  .tre_connection()$execute(sprintf("copy (%s\n) to '%s' (header, delimiter ',')", query, path))
   as.data.frame(data.table::fread(path, na.strings = ""))
 }
 
