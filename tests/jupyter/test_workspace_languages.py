@@ -160,6 +160,8 @@ def test_r_tables_are_checked_and_submitted_with_their_verdicts(hub: Hub, worksp
     code = (
         "safe <- tre_crosstab('patients', 'age_band', 'sex')\n"
         "risky <- tre_crosstab('patients', 'age_band', 'rare')\n"
+        "model <- tre_model('patients', 'n ~ C(sex)')\n"
+        "cat('MODEL', attr(model, 'status'), grepl('OLS Regression Results', model), '\\n')\n"
         "cat('STATUS', attr(safe, 'status'), attr(risky, 'status'), sum(safe$F, safe$M), '\\n')\n"
         "tre_finalise()\n"
         "answer <- tre_submit('Age band by sex and by a rare flag', 'none yet')\n"
@@ -169,10 +171,11 @@ def test_r_tables_are_checked_and_submitted_with_their_verdicts(hub: Hub, worksp
     output = run_cell(hub, workspace_l, "ir", code)
 
     assert f"STATUS pass fail {ROWS} " in output, output
+    assert "MODEL pass TRUE " in output, output
     assert "SUBMITTED " in output, output
     request_id = output.split("SUBMITTED ", 1)[1].split()[0]
     submitted = next(s for s in hub.fake.submissions if s["id"] == request_id)
     results = json.loads(submitted["files"]["results.json"])
     verdicts = {key: value["tre_verdict"]["status"] for key, value in results["results"].items()}
-    assert sorted(verdicts.values()) == ["fail", "pass"]
+    assert sorted(verdicts.values()) == ["fail", "pass", "pass"]
     assert submitted["fields"]["context"] == "Age band by sex and by a rare flag"

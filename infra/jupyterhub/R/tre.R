@@ -45,6 +45,7 @@ tre_read <- function(table) {
 # (jupyter/client.py, what tre-submit runs) as a Python notebook, called through reticulate.
 #
 #   t <- tre_crosstab("patients", "age_band", "sex")   # the table, checked; attr(t, "status")
+#   m <- tre_model("patients", "n ~ C(sex)")            # an OLS/logit/probit, checked; cat(m)
 #   tre_finalise()                                      # outputs and results.json, with verdicts
 #   tre_submit("Table 1: age by sex", "cells under 10 suppressed")
 
@@ -89,10 +90,25 @@ tre_crosstab <- function(table, rows, cols, values = NULL, aggfunc = NULL, suppr
   if (!is.null(values)) args$values <- reticulate::py_get_item(frame, values)
   if (!is.null(aggfunc)) args$aggfunc <- aggfunc
   result <- do.call(session$crosstab, args)
-  keys <- reticulate::py_to_r(reticulate::import_builtins(convert = FALSE)$list(session$results$keys()))
   out <- .tre_to_r(result)
-  attr(out, "status") <- reticulate::py_to_r(reticulate::py_get_item(session$results, keys[[length(keys)]])$status)
+  attr(out, "status") <- .tre_last_status(session)
   out
+}
+
+.tre_last_status <- function(session) {
+  keys <- reticulate::py_to_r(reticulate::import_builtins(convert = FALSE)$list(session$results$keys()))
+  reticulate::py_to_r(reticulate::py_get_item(session$results, keys[[length(keys)]])$status)
+}
+
+# A regression checked like the Python session's olsr/logitr/probitr (residual degrees of freedom):
+# the fitted model's summary as text, its status in attr(, "status"). Formulas are statsmodels'
+# (patsy): `n ~ C(sex) + age`.
+tre_model <- function(table, formula, method = c("ols", "logit", "probit")) {
+  method <- match.arg(method)
+  session <- .tre_session()
+  fitted <- session[[paste0(method, "r")]](formula, .tre_frame(table))
+  out <- reticulate::py_to_r(reticulate::import_builtins(convert = FALSE)$str(fitted$summary()))
+  structure(out, status = .tre_last_status(session))  # cat() it to read the table
 }
 
 tre_finalise <- function(path = file.path(Sys.getenv("TRE_OUTPUTS_DIR", "outputs"), "r-session")) {
