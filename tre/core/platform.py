@@ -22,7 +22,7 @@ from tre.core.audit import (
 from tre.core.config import Settings
 from tre.core.db import Database, utcnow
 from tre.core.filestore import LocalFileStore, S3FileStore, file_store_for
-from tre.core.identity import TokenUse
+from tre.core.identity import TokenUse, User
 from tre.core.keys import KeyProvider
 from tre.core.keyservices import key_provider_for
 from tre.core.tokens import SigningKeyring, TokenService
@@ -102,7 +102,13 @@ def build_platform(settings: Settings, db: Database) -> Platform:
                 return False
             return True
 
-    tokens = TokenService(ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume)
+    def generation_of(user_id: str) -> int | None:
+        with db.session_factory() as s:
+            return s.scalar(select(User.token_generation).where(User.id == user_id))
+
+    tokens = TokenService(
+        ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume, generation_of=generation_of
+    )
     checkpoints = CheckpointFile(settings.instance_path / CHECKPOINT_FILE, keys.derive_key(CHECKPOINT_KEY_PURPOSE))
     def latest_seq() -> int | None:
         # A bare DBAPI connection: on SQLite it reads without BEGIN IMMEDIATE, so it never waits
