@@ -1,13 +1,12 @@
 """A database made at the first schema, full of real data, upgrades one revision at a time to head.
 
 The revisions are read from Alembic's script directory, so every revision added later is walked
-too. The data is written at the first revision by ``tre demo load`` (accounts, projects, a built
-extract, an opt-out list, their audit events). After each step every table keeps its rows; at head
-``tre audit verify`` passes and a signed-in page shows the data. Downgrading an empty database to
-base and up again is tested in ``test_migrations.py``.
-
-The data is written by today's code: while a later revision changes a table the demo writes, this
-fill must come from a stored copy of a first-schema database instead.
+too. The data is written by ``tre demo load`` (accounts, projects, a built extract, an opt-out list,
+their audit events) with today's code, so at today's head; the database is then downgraded to the
+first revision with its data (what a revision's downgrade cannot keep, it removes, and the counts
+are taken after that), and upgraded one revision at a time. After each step every table keeps its
+rows; at head ``tre audit verify`` passes and a signed-in page shows the data. Downgrading an empty
+database to base and up again is tested in ``test_migrations.py``.
 """
 
 from __future__ import annotations
@@ -57,11 +56,15 @@ def tre(args: list[str], instance: Path, database_url: str) -> str:
     return result.output
 
 
-def fill_at_first_revision_and_upgrade(database_url: str, instance: Path) -> list[str]:
-    """Upgrade to the first revision, load the demo there, then step to head checking row counts."""
+def fill_at_first_revision_and_upgrade(
+    database_url: str, instance: Path, fill_at: str | None = None
+) -> list[str]:
+    """Load the demo at ``fill_at`` (the head today's code writes), take the database down to the
+    first revision with its data, then step to head checking row counts."""
     revisions = revisions_in_order()
-    migrate.upgrade(database_url, revisions[0])
+    migrate.upgrade(database_url, fill_at or revisions[-1])
     tre(["demo", "load", "--patients", "300"], instance, database_url)
+    migrate.downgrade(database_url, revisions[0])
     before = row_counts(database_url)
     for name in ("users", "projects", "extracts", "audit_events", "optout_list_versions", "jobs"):
         assert before[name] > 0, f"the demo left {name} empty: nothing to carry through"
@@ -146,7 +149,7 @@ def test_the_walk_takes_every_later_revision_and_notices_one_that_loses_rows(
 
     assert revisions_in_order()[-2:] == ["9001", "9002"]
     with pytest.raises(AssertionError, match="upgrading to 9002"):
-        fill_at_first_revision_and_upgrade(url, tmp_path / "instance")
+        fill_at_first_revision_and_upgrade(url, tmp_path / "instance", fill_at=head)
     engine = create_engine(url)
     columns = [c["name"] for c in inspect(engine).get_columns("users")]
     engine.dispose()
