@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,7 +248,7 @@ class Session:
         self,
         method: str,
         command: str,
-        results: list[tuple[str, TableResult]],
+        results: Sequence[tuple[str | None, TableResult]],
         margins: bool,
         margins_name: str,
         normalize: Any = False,

@@ -125,21 +125,21 @@ def _cell_summary(
         # Distinct contributors per observed (cell, value) pair; the mode is the value most hold, the
         # smallest on a tie. Pairs come sorted by (cell, value), and a stable sort by (cell, -holders)
         # keeps the smaller value first among ties.
-        values, vcodes = np.unique(x, return_inverse=True)
-        pair = cell.astype(np.int64) * max(len(values), 1) + vcodes
+        distinct, vcodes = np.unique(x, return_inverse=True)
+        pair = cell.astype(np.int64) * max(len(distinct), 1) + vcodes
         if pcodes is None:
             pairs, holders = np.unique(pair, return_counts=True)
         else:
             npersons = int(pcodes.max(initial=-1)) + 1
             units = np.unique(pair * max(npersons, 1) + pcodes)
             pairs, holders = np.unique(units // max(npersons, 1), return_counts=True)
-        pair_cell, pair_value = pairs // max(len(values), 1), pairs % max(len(values), 1)
+        pair_cell, pair_value = pairs // max(len(distinct), 1), pairs % max(len(distinct), 1)
         order = np.lexsort((-holders, pair_cell))
         first = np.unique(pair_cell[order], return_index=True)[1]
         best = order[first]
         out["value"] = np.full(ncells, np.nan)
         out["modal_count"] = np.zeros(ncells, np.int64)
-        out["value"][pair_cell[best]] = values[pair_value[best]]
+        out["value"][pair_cell[best]] = distinct[pair_value[best]]
         out["modal_count"][pair_cell[best]] = holders[best]
     else:
         raise ValueError(f"unknown summary statistic {statistic!r}")
@@ -294,7 +294,7 @@ def check_summary_table(
         note = "not needed: the statistic is not additive, so no suppressed cell can be recovered from margins"
         verdict["mitigation"]["suppression"]["audit"] = {"status": "not_needed", "reason": note}
         verdict["reasons"] = [
-            f"suppression: {int(primary.sum())} cell(s); secondary suppression {note}"
+            f"suppression: {int(suppression.primary.sum())} cell(s); secondary suppression {note}"
             if r == "secondary suppression applied; interval audit not run"
             else r
             for r in verdict["reasons"]
