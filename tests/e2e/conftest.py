@@ -46,6 +46,7 @@ class LiveService:
             TRE_HUB_API_PORT=str(free_port()), TRE_HUB_PROXY_API_PORT=str(free_port()),
         )
         self.accounts: dict[str, dict[str, Any]] = {}
+        self._last_step: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = instance.parent / "service.log"
 
@@ -82,9 +83,20 @@ class LiveService:
         return str(self.accounts[email]["password"])
 
     def code(self, email: str) -> str:
-        """The next TOTP code for a demo account (each time step is accepted once)."""
+        """A TOTP code for a demo account that the service has not seen yet. It accepts a step only
+        later than the last it accepted for that person, from one step before now to one after; two
+        sign-ins as one person inside one 30 s step (one test after another) take the next step, and
+        a third waits on the clock for the step after that to come within reach."""
         totp = pyotp.TOTP(self.accounts[email]["totp_secret"])
-        return totp.at(int(time.time()) + totp.interval)
+        last = self._last_step.get(email)
+        while True:
+            now = int(time.time()) // totp.interval
+            step = now if last is None else max(now, last + 1)
+            if step <= now + 1:
+                break
+            time.sleep((step - 1) * totp.interval - time.time() + 0.05)
+        self._last_step[email] = step
+        return totp.generate_otp(step)
 
 
 @pytest.fixture(scope="session")
