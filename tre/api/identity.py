@@ -10,8 +10,9 @@ from flask_smorest import Blueprint, abort
 from sqlalchemy import select
 
 from tre.access import login_required, public, requires
+from tre.api import refuse
 from tre.authn import identity_service, platform
-from tre.core.identity import IdentityError, PermissionDenied, User, describe
+from tre.core.identity import IdentityError, User, describe
 from tre.core.permissions import Permission, Role
 from tre.core.roles import NO_SUCH_GRANT, describe_grant
 
@@ -64,10 +65,6 @@ class JwksSchema(ma.Schema):
     keys = ma.fields.List(ma.fields.Nested(JwkSchema))
 
 
-def _refuse(exc: IdentityError) -> Any:
-    abort(403 if isinstance(exc, PermissionDenied) else 422, message=str(exc))
-
-
 @blp.route("/me")
 @blp.response(200, UserSchema)
 @blp.doc(security=BEARER)
@@ -97,7 +94,7 @@ def create_user(body: dict[str, Any]) -> dict[str, Any]:
         service = identity_service()
         user = service.create_user(g.user, body["email"], body["display_name"], body["roles"])
     except IdentityError as exc:
-        _refuse(exc)
+        refuse(exc)
     return _with_grants(service, user)
 
 
@@ -120,7 +117,7 @@ def set_roles(body: dict[str, Any], user_id: str) -> dict[str, Any]:
     except IdentityError as exc:
         if str(exc) == "No such account":
             abort(404)
-        _refuse(exc)
+        refuse(exc)
     return _with_grants(service, user)
 
 
@@ -145,7 +142,7 @@ def decide_role_grant(body: dict[str, Any], grant_id: str) -> dict[str, Any]:
     except IdentityError as exc:
         if str(exc) == NO_SUCH_GRANT:
             abort(404, message=str(exc))
-        _refuse(exc)
+        refuse(exc)
     return describe_grant(grant)
 
 

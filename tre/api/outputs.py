@@ -20,14 +20,12 @@ from werkzeug.exceptions import default_exceptions
 from disclosure import rules
 from disclosure.models import OutputRequest
 from disclosure.services import (
-    IncompleteRequest,
-    NotFound,
     OutputError,
-    OutputPermissionDenied,
     Outputs,
     automated_status,
 )
 from tre.access import login_required, requires
+from tre.api import refuse
 from tre.authn import platform
 from tre.core.permissions import Permission
 
@@ -46,14 +44,6 @@ def abort(status: int, message: str, **messages: Any) -> Any:
     if messages:
         error.data = {"messages": messages}  # type: ignore[attr-defined]
     raise error
-
-
-def _refuse(exc: OutputError) -> Any:
-    if isinstance(exc, IncompleteRequest):
-        abort(422, str(exc), missing=exc.problems)
-    if isinstance(exc, NotFound):
-        abort(404, str(exc))
-    abort(403 if isinstance(exc, OutputPermissionDenied) else 422, str(exc))
 
 
 def _workspace_claims() -> Any:
@@ -204,7 +194,7 @@ def submit_from_workspace() -> Any:
             files=files,
         )
     except OutputError as exc:
-        _refuse(exc)
+        refuse(exc)
     req = svc._get(svc.session, req.id)
     return describe(svc, req, g.user, "team"), (201 if created else 200)
 
@@ -263,7 +253,7 @@ def resubmit_from_workspace(request_id: str) -> Any:
             g.user, claims.project_id, request_id, groups=groups, files=files, remove=remove
         )
     except OutputError as exc:
-        _refuse(exc)
+        refuse(exc)
     req = svc._get(svc.session, req.id)
     return describe(svc, req, g.user, "team")
 
@@ -272,7 +262,7 @@ def _get_visible(svc: Outputs, request_id: str) -> tuple[OutputRequest, str]:
     try:
         req, role = svc.get_for(g.user, request_id)
     except OutputError as exc:
-        _refuse(exc)
+        refuse(exc)
     claims = _workspace_claims()
     if claims is not None and (role != "team" or claims.project_id != req.project_id):
         abort(404, "No such output request")
@@ -363,7 +353,7 @@ def _act(request_id: str, action: Any) -> dict[str, Any]:
     try:
         action(svc)
     except OutputError as exc:
-        _refuse(exc)
+        refuse(exc)
     req, role = _get_visible(svc, request_id)
     return describe(svc, req, g.user, role)
 
@@ -465,7 +455,7 @@ def file_content(file_id: str) -> Any:
     try:
         f, data = service().view_file(g.user, file_id)
     except OutputError as exc:
-        _refuse(exc)
+        refuse(exc)
     mimetype = "image/png" if f.kind == "image" else "text/plain"
     return _content(data, mimetype, f"{f.id}.{'png' if f.kind == 'image' else 'txt'}", "attachment")
 
@@ -479,7 +469,7 @@ def bundle(request_id: str) -> Any:
     try:
         data, release = service().download(g.user, request_id)
     except OutputError as exc:
-        _refuse(exc)
+        refuse(exc)
     response = _content(data, "application/zip", f"outputs-{release.request_id}.zip", "attachment")
     response.headers["X-Bundle-SHA256"] = release.bundle_sha256
     return response
