@@ -10,7 +10,7 @@ export TRE_INSTANCE_PATH ?= $(CURDIR)/instance
 
 WORKSPACE_RUNTIME ?= /opt/tre-workspace
 
-.PHONY: lock setup run test test-e2e lint static browser workspace-runtime acro softhsm clean
+.PHONY: lock setup run test test-e2e test-reliability lint static browser workspace-runtime acro softhsm clean
 
 setup: $(STAMP) $(ASSETS)
 
@@ -80,6 +80,13 @@ static: setup
 
 test-e2e: setup browser workspace-runtime
 	$(BIN)/python -m pytest -m e2e
+
+# The tests that kill workers, crash the database or race requests, N times in a row (LOAD=1: with
+# both cores kept busy), a line per run. TESTING.md says why they hold on any machine.
+N ?= 5
+LOAD ?= 0
+test-reliability: setup
+	LOAD=$(LOAD) bash tests/reliability/repeat.sh $(N)
 
 lint: setup
 	$(BIN)/ruff check .
