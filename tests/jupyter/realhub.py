@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.jupyter.fake_control_plane import FakeControlPlane
@@ -29,6 +30,17 @@ REPO = Path(__file__).resolve().parents[2]
 RUNTIME = Path(os.environ.get("TRE_WORKSPACE_RUNTIME", "/opt/tre-workspace"))
 IS_ROOT = os.geteuid() == 0
 RUNTIME_READY = (RUNTIME / "bin" / "jupyterhub-singleuser").exists()
+
+# What a test of a sandboxed workspace on the real hub needs, as its module's pytestmark.
+SANDBOXED_HUB_MARKS = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not RUNTIME_READY,
+        reason=f"WORKSPACE RUNTIME NOT BUILT at {RUNTIME}: run infra/jupyterhub/build-workspace-runtime.sh",
+    ),
+    pytest.mark.skipif(not IS_ROOT, reason="the real-hub test runs the secure (root) spawner"),
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="BUBBLEWRAP NOT INSTALLED (make workspace-runtime)"),
+]
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from tests.jupyter.realhub import IS_ROOT, RUNTIME, RUNTIME_READY, Hub
+from tests.jupyter.realhub import RUNTIME, SANDBOXED_HUB_MARKS, Hub
 from tests.jupyter.test_workspace_sandbox import _kernel_execute, cookie_header, server_url, xsrf_headers
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not RUNTIME_READY,
-        reason=f"WORKSPACE RUNTIME NOT BUILT at {RUNTIME}: run infra/jupyterhub/build-workspace-runtime.sh",
-    ),
-    pytest.mark.skipif(not IS_ROOT, reason="the real-hub test runs the secure (root) spawner"),
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="BUBBLEWRAP NOT INSTALLED (make workspace-runtime)"),
-]
+pytestmark = SANDBOXED_HUB_MARKS
 
 R_READY = (RUNTIME / "share" / "jupyter" / "kernels" / "ir" / "kernel.json").exists()
 needs_r = pytest.mark.skipif(not R_READY, reason="R NOT INSTALLED in the runtime (make workspace-runtime as root)")

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,17 +25,9 @@ import pytest
 import requests
 
 from jupyter import fs_sandbox
-from tests.jupyter.realhub import IS_ROOT, RUNTIME, RUNTIME_READY, Hub
+from tests.jupyter.realhub import RUNTIME, SANDBOXED_HUB_MARKS, Hub
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not RUNTIME_READY,
-        reason=f"WORKSPACE RUNTIME NOT BUILT at {RUNTIME}: run infra/jupyterhub/build-workspace-runtime.sh",
-    ),
-    pytest.mark.skipif(not IS_ROOT, reason="the real-hub test runs the secure (root) spawner"),
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="BUBBLEWRAP NOT INSTALLED (make workspace-runtime)"),
-]
+pytestmark = SANDBOXED_HUB_MARKS
 
 # What the probe tries; each answer is "READ", "WROTE", "LISTED:<names>" or the exception's name.
 PROBE = r"""
