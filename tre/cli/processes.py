@@ -137,9 +137,12 @@ def run() -> None:
         # Children that JupyterHub starts in sessions of their own (its proxy, its services) do
         # not get our signal; note them now, while their parent still lives.
         strays = [child for proc in procs.values() for child in _descendants(proc.pid)]
+        # TERM goes to each main process only: Celery's worker, gunicorn's master and JupyterHub
+        # stop their own children. Sent to the whole group, it killed the worker's pool processes
+        # under it, and the worker's warm shutdown then never finished.
         for proc in procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.terminate()
         # JupyterHub stops its proxy and services on SIGTERM, but only if given the time to.
         deadline = time.monotonic() + 30
         for proc in procs.values():
