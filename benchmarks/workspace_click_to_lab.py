@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -229,11 +230,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.baseline_runtime:
         plans["baseline"] = (args.baseline_runtime, "0")
     variants: dict[str, Variant] = {}
-    services = []
+    services: list[Any] = []
+    folders: list[Path] = []
     try:
         for name, (runtime, poll) in plans.items():
             base = Path(tempfile.mkdtemp(prefix=f"tre-bench-open-{name}-", dir="/var/tmp"))
             base.chmod(0o711)
+            folders.append(base)
             print(f"starting the {name} service (tre init, demo load, tre run)...", file=sys.stderr)
             services.append(start_service(base, runtime, poll))
             variants[name] = Variant(name, services[-1])
@@ -249,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         for service in services:
             service.stop()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
     return report({name: v.runs for name, v in variants.items()}, args)
 
 
