@@ -60,6 +60,9 @@ class TreLoginHandler(BaseHandler):
                 await self._page("This workspace link is not valid. Open it again from the project page.")
             )
             return
+        # The hub sets its login cookie only when the request's cookie names someone else; the one this
+        # request carried (the same person opening again) was cleared above, so set it in every case.
+        self.set_hub_cookie(user)
         # A new session id too, so nothing bound to the old session follows the new user.
         self.set_session_cookie()
         redemption: Redemption = getattr(self, REDEMPTION_ATTR)

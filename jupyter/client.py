@@ -9,6 +9,11 @@ API, and nothing here may depend on the control plane's code). The workspace's e
 
     tre-submit outputs/table1.csv --context "..." --controls "..." --title "Table 1"
 
+A table made by the disclosure session (``Session.finalise`` or R's ``tre_finalise``) carries its
+specification (dataset, filters, dimensions, statistic: its population) in the ``results.json`` beside
+it; every submission sends the specifications of the files it sends, so the checks re-compute the
+table and the release ledger records its population (docs/outputs.md).
+
 A request the checkers returned for changes is changed and resubmitted from here too (files come
 only from the workspace):
 
@@ -79,12 +84,43 @@ def _checked_files(files: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
+def table_specs_for(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """The table specifications the disclosure session wrote for these files, keyed by the name sent.
+
+    ``finalise`` writes ``results.json`` beside the tables (ACRO's schema, with our ``table_spec`` per
+    output). A file with no such entry, an unreadable ``results.json`` or a ``null`` specification sends
+    none: the queue then checks the file as a published table of unknown population (review at best).
+    """
+    specs: dict[str, dict[str, Any]] = {}
+    documents: dict[Path, Any] = {}
+    for path in paths:
+        folder = path.resolve().parent
+        if folder not in documents:
+            try:
+                documents[folder] = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                documents[folder] = None
+        results = documents[folder].get("results") if isinstance(documents[folder], dict) else None
+        for output in results.values() if isinstance(results, dict) else ():
+            spec = output.get("table_spec") if isinstance(output, dict) else None
+            names = {f.get("name") for f in output.get("files", []) if isinstance(f, dict)} if spec else set()
+            if isinstance(spec, dict) and path.name in names and path.suffix.lower() == ".csv":
+                specs[path.name] = spec
+    return specs
+
+
+def _specs_field(paths: list[Path], table_specs: dict[str, Any] | None) -> list[tuple[str, str]]:
+    specs = table_specs_for(paths) if table_specs is None else dict(table_specs)
+    return [("table_specs", json.dumps(specs))] if specs else []
+
+
 def submit(
     files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     context: str,
     controls: str,
     title: str | None = None,
     *,
+    table_specs: dict[str, Any] | None = None,
     api: str | None = None,
     token: str | None = None,
     timeout: float = 60.0,
@@ -95,14 +131,16 @@ def submit(
     Returns the queue's answer, e.g. ``{"id": "...", "state": "submitted"}``. Checkers reject requests
     without context and controls, so they are required here rather than discovered days later.
     Every try of one call carries the same ``Idempotency-Key``, so when the queue was unavailable (503)
-    or its answer was lost on the way, trying again can never make a second request.
+    or its answer was lost on the way, trying again can never make a second request. ``table_specs``
+    (file name -> specification) defaults to what the disclosure session wrote beside the files
+    (:func:`table_specs_for`); ``{}`` sends none.
     """
     if not context or not context.strip():
         raise SubmitError("Describe what the outputs are (context) before submitting.")
     if not controls or not controls.strip():
         raise SubmitError("Describe the disclosure controls applied (controls) before submitting.")
     paths = _checked_files(files)
-    fields = [("context", context.strip()), ("controls", controls.strip())]
+    fields = [("context", context.strip()), ("controls", controls.strip()), *_specs_field(paths, table_specs)]
     if title:
         fields.insert(0, ("title", title.strip()))
     return _send(REQUESTS_PATH, fields, paths, api=api, token=token, timeout=timeout, retries=retries)
@@ -116,6 +154,7 @@ def resubmit(
     controls: str | None = None,
     remove: Sequence[str] = (),
     group: str | None = None,
+    table_specs: dict[str, Any] | None = None,
     api: str | None = None,
     token: str | None = None,
     timeout: float = 60.0,
@@ -138,8 +177,40 @@ def resubmit(
         fields.append(("remove", json.dumps(list(remove))))
     if not paths and not fields:
         raise SubmitError("Send at least one changed file, a file to remove, or new context or controls.")
+    fields.extend(_specs_field(paths, table_specs) if paths else [])
     path = f"{REQUESTS_PATH}/{urllib.parse.quote(request_id.strip(), safe='')}/resubmission"
     return _send(path, fields, paths, api=api, token=token, timeout=timeout, retries=retries)
+
+
+def request_status(
+    request_id: str, *, api: str | None = None, token: str | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """A request of this project as the queue shows its team: state, files, the checkers' shared comments."""
+    if not request_id or not request_id.strip():
+        raise SubmitError("Name the output request.")
+    api, token = _endpoint(api, token)
+    request = urllib.request.Request(  # noqa: S310 - the URL comes from the workspace's own environment
+        f"{api.rstrip('/')}{REQUESTS_PATH}/{urllib.parse.quote(request_id.strip(), safe='')}",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        raise SubmitError(_problem(error)) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise SubmitError(f"The output queue could not be reached: {getattr(error, 'reason', error)}") from None
+    if not isinstance(answer, dict) or "id" not in answer:
+        raise SubmitError("The output queue gave an answer without a request id.")
+    return answer
+
+
+def _endpoint(api: str | None, token: str | None) -> tuple[str, str]:
+    api = api or os.environ.get("TRE_OUTPUT_API", "")
+    token = token or os.environ.get("TRE_OUTPUT_TOKEN", "")
+    if not api or not token:
+        raise SubmitError("TRE_OUTPUT_API and TRE_OUTPUT_TOKEN are not set: submit from inside a TRE workspace.")
+    return api, token
 
 
 def _send(
@@ -152,10 +223,7 @@ def _send(
     timeout: float,
     retries: int,
 ) -> dict[str, Any]:
-    api = api or os.environ.get("TRE_OUTPUT_API", "")
-    token = token or os.environ.get("TRE_OUTPUT_TOKEN", "")
-    if not api or not token:
-        raise SubmitError("TRE_OUTPUT_API and TRE_OUTPUT_TOKEN are not set: submit from inside a TRE workspace.")
+    api, token = _endpoint(api, token)
     body, content_type = _encode_multipart(fields, paths)
     request = urllib.request.Request(  # noqa: S310 - the URL comes from the workspace's own environment
         api.rstrip("/") + path,

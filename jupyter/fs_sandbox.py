@@ -5,7 +5,8 @@ The spawner joins the workspace's network namespace and drops to its unix accoun
 namespace and runs the single-user server inside. Everything the server starts (kernels, terminals)
 inherits both. Inside, the root is an empty tmpfs holding only:
 
-* the system's ``/usr`` (and the merged-usr links ``/bin``, ``/lib``...), read-only;
+* the system's ``/usr`` (and the merged-usr links ``/bin``, ``/lib``...), read-only, less the programs
+  of ``HIDDEN_PROGRAMS`` (node);
 * the workspace runtime, read-only;
 * a handful of ``/etc`` files the runtime reads (libraries, time zone, terminal settings), read-only,
   and a ``passwd``/``group``/``hosts`` written for this workspace alone (no other account is named);
@@ -50,6 +51,11 @@ ETC_ALLOWED = (
 )
 
 HOSTNAME = "tre-workspace"
+
+# Programs of the host's /usr a workspace never sees (an empty device is bound over each, so it is not
+# executable). No JavaScript runtime: JupyterLab's extensions are prebuilt, there is no network to fetch
+# packages, and JupyterLab asks node for its package registry at every start (1-2 s of each open here).
+HIDDEN_PROGRAMS = ("bin/node", "bin/nodejs", "local/bin/node", "local/bin/nodejs")
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,15 @@ def bwrap_argv(
             argv += ["--symlink", os.readlink(path), f"/{name}"]
         elif path.is_dir():
             argv += ["--ro-bind", str(path), f"/{name}"]
+    hidden: set[str] = set()
+    usr = (root / "usr").resolve()
+    for name in HIDDEN_PROGRAMS:
+        path = root / "usr" / name
+        real = path.resolve()
+        if path.exists() and real.is_relative_to(usr) and real.is_file():
+            hidden.add("/usr/" + str(real.relative_to(usr)))
+    for target in sorted(hidden):
+        argv += ["--ro-bind", "/dev/null", target]
     for name in ETC_ALLOWED:
         path = root / "etc" / name
         if path.exists() or path.is_symlink():

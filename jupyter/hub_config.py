@@ -46,6 +46,9 @@ class HubSettings:
     insecure_dev: bool = False
     # The bubblewrap sandbox (ADR 0005); off only to measure what it costs (benchmarks/workspace_open.py).
     fs_sandbox: bool = True
+    # How often the spawner checks that a starting server listens (seconds; 0: JupyterHub's own backoff,
+    # which sleeps up to 5 s between checks). Docs: workspaces.md, "Opening fast".
+    ready_poll_seconds: float = 0.05
     # Unless set, derived from the state folder, so two instances on one machine never share a
     # nftables table, namespace names or veth names.
     egress_prefix: str = ""
@@ -83,6 +86,8 @@ class HubSettings:
                 setattr(settings, attr, env[name])
         settings.insecure_dev = env.get("TRE_HUB_INSECURE_DEV", "").lower() in {"1", "true", "yes"}
         settings.fs_sandbox = env.get("TRE_HUB_FS_SANDBOX", "").lower() not in {"0", "false", "no", "off"}
+        if env.get("TRE_HUB_READY_POLL_SECONDS"):
+            settings.ready_poll_seconds = float(env["TRE_HUB_READY_POLL_SECONDS"])
         if env.get("TRE_HUB_PROXY_CMD"):
             settings.proxy_command = [env["TRE_HUB_PROXY_CMD"]]
         if not settings.service_token_file:
@@ -175,6 +180,7 @@ def configure(c: Any, settings: HubSettings | None = None) -> HubSettings:
     c.TreLocalSpawner.home_root = settings.home_root
     c.TreLocalSpawner.insecure_dev = settings.insecure_dev
     c.TreLocalSpawner.fs_sandbox = settings.fs_sandbox
+    c.TreLocalSpawner.ready_poll_seconds = settings.ready_poll_seconds
     c.TreLocalSpawner.egress_prefix = settings.egress_prefix
     c.TreLocalSpawner.egress_pool = settings.egress_pool
 

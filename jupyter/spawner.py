@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Any as AnyTrait
-from traitlets import Bool, HasTraits, Instance, Unicode, default
+from traitlets import Bool, Float, HasTraits, Instance, Unicode, default
 
 from jupyter import fs_sandbox, sandbox
 from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused, expected_server_name
@@ -145,6 +145,11 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         "runtime, its home, its outputs and its project's extract, nothing else on the machine.",
     ).tag(config=True)
     bwrap_path = Unicode("bwrap", help="The bubblewrap executable (Debian package 'bubblewrap').").tag(config=True)
+    ready_poll_seconds = Float(
+        0.05,
+        help="start() returns once the server listens, checking this often (0: return at once and leave the "
+        "wait to JupyterHub, whose checks back off to 5 s apart, so a server up after 3 s was seen after 3-8 s).",
+    ).tag(config=True)
     make_preexec_fn = AnyTrait()
 
     account: sandbox.Account | None = None
@@ -176,7 +181,7 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         try:
             if os.geteuid() == 0:
                 files = self._wrap_in_sandbox(grant)
-            return await super().start()
+            ip, port = await super().start()
         except BaseException:
             await self._release_network()  # nothing started: leave nothing behind on the host
             raise
@@ -186,6 +191,28 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             if self._netns_fd is not None:
                 os.close(self._netns_fd)
                 self._netns_fd = None
+        await self._until_listening(ip, port)
+        return ip, port
+
+    async def _until_listening(self, ip: str, port: int) -> None:
+        """Return once the server accepts connections, or has exited, or start_timeout has passed.
+
+        JupyterHub then checks the server over HTTP once and finds it up. Only ever a wait: any failure is
+        left to JupyterHub's own check, which reports it as it always did.
+        """
+        if self.ready_poll_seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while loop.time() < deadline and self.proc is not None and self.proc.poll() is None:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(self.ready_poll_seconds)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
 
     def _wrap_in_sandbox(self, grant: SpawnGrant) -> dict[str, int]:
         """Make this start's command the single-user server inside bwrap; return the descriptors passed."""

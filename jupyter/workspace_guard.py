@@ -26,7 +26,7 @@ from jupyter_server.services.contents.largefilemanager import AsyncLargeFileMana
 from tornado import web
 from traitlets import Integer, List, Unicode
 
-from jupyter.client import MAX_FILE_BYTES, SubmitError, resubmit, submit
+from jupyter.client import MAX_FILE_BYTES, SubmitError, request_status, resubmit, submit
 
 REFUSAL = (
     "Downloading files from a TRE workspace is switched off. Request release of outputs with "
@@ -110,6 +110,7 @@ class OutputRequestHandler(APIHandler):
             raise web.HTTPError(400, "Send a JSON object with paths, context and controls.")
         title, context, controls = (_text(body, name) for name in ("title", "context", "controls"))
         returned = _text(body, "resubmit")  # a request returned for changes: replace its files, resubmit
+        replace, group = _text(body, "replace"), _text(body, "group")  # with resubmit: the file a path replaces
         paths = body.get("paths")
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
             raise web.HTTPError(400, "Select at least one file to submit.")
@@ -124,7 +125,12 @@ class OutputRequestHandler(APIHandler):
             # urllib blocks: off the event loop, so the workspace stays responsive while the queue answers.
             if returned:
                 answer = await asyncio.to_thread(
-                    resubmit, returned, files, context=context or None, controls=controls or None
+                    resubmit,
+                    returned,
+                    files,
+                    context=context or None,
+                    controls=controls or None,
+                    **_replacing(replace, group, files),
                 )
             else:
                 answer = await asyncio.to_thread(submit, files, context, controls, title=title or None)
@@ -163,6 +169,49 @@ class OutputRequestHandler(APIHandler):
         return real
 
 
+def _replacing(replace: str, group: str, files: list[str]) -> dict[str, Any]:
+    """Resubmission arguments for "this file replaces the request's file ``replace`` (in ``group``)".
+
+    A file of the same name replaces it by itself; under another name the old one is removed, and the
+    new one joins the old one's group.
+    """
+    if not replace:
+        return {}
+    if len(files) != 1:
+        raise web.HTTPError(400, "Choose exactly one file to replace a file of the request with.")
+    same_name = os.path.basename(files[0]) == replace
+    return {"remove": [] if same_name else [replace], "group": group or None}
+
+
+class OutputRequestStatusHandler(APIHandler):
+    """``GET tre/output-requests/<id>``: a request of this project as the queue shows its team (for the
+    resubmission dialog: its state, files and the checkers' shared comments). Read with the workspace's
+    output token, server-side; the browser never holds it."""
+
+    auth_resource = "contents"
+
+    @web.authenticated
+    @authorized
+    async def get(self, request_id: str) -> None:
+        try:
+            answer = await asyncio.to_thread(request_status, request_id)
+        except SubmitError as error:
+            raise web.HTTPError(502, str(error)) from None
+        files = [
+            {key: item.get(key) for key in ("name", "group", "automated_status")}
+            for item in answer.get("files", [])
+            if isinstance(item, dict)
+        ]
+        comments = [c.get("body") for c in answer.get("shared_comments", []) if isinstance(c, dict)]
+        self.finish(
+            {
+                **{key: answer.get(key) for key in ("id", "title", "state", "round")},
+                "files": files,
+                "comments": comments,
+            }
+        )
+
+
 def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
@@ -183,6 +232,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             (rf"{base}/files/.*", NoDownloadHandler),
             (rf"{base}/nbconvert/.*", NoDownloadHandler),
             (rf"{base}/tre/output-requests", OutputRequestHandler),
+            (rf"{base}/tre/output-requests/([A-Za-z0-9_-]{{1,64}})", OutputRequestStatusHandler),
         ],
     )
     # JupyterLab's top bar names the project and links back to its page (jupyter/labextension).

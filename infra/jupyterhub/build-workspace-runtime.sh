@@ -35,6 +35,12 @@ if [ ! -x "$prefix/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]
 fi
 
 site="$("$prefix/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# Opening fast (docs/workspaces.md): jsonschema imports rfc3987-syntax whenever it is installed (jupyter-events
+# pulls it in, for IRI formats no Jupyter event schema uses), and it builds a Lark grammar at import: 1-4 s
+# of every workspace start on this machine. Without it jsonschema simply does not check IRI formats.
+if "$prefix/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("rfc3987_syntax") is None)'; then
+  "$prefix/bin/python" -m pip uninstall --quiet --disable-pip-version-check -y rfc3987-syntax
+fi
 # Copied straight into site-packages: a package folder there wins over jupyter_core's top-level
 # jupyter.py, so `import jupyter.client` finds ours.
 # jupyter/labextension is the browser's code (and its node_modules): built below, never copied here.
@@ -42,6 +48,10 @@ for package in disclosure jupyter; do
   rm -rf "${site:?}/$package"
   tar -C "$repo" --exclude=jupyter/labextension --exclude=__pycache__ -cf - "$package" | tar -C "$site" -xf -
 done
+# Workspace accounts cannot write the runtime, so whatever is not compiled here is compiled again, in
+# memory, at every server and kernel start. pip compiled what it installed; this covers our packages and
+# anything pip left out (files already compiled are only checked).
+"$prefix/bin/python" -m compileall -q -j 0 "$site" >/dev/null
 
 # JupyterLab's "Submit for output checking…" entry (jupyter/labextension), built with the npm lock against
 # this runtime's own JupyterLab (its staging package.json says which shared packages the page provides)
@@ -88,7 +98,19 @@ cat > "$prefix/etc/jupyter/jupyter_server_config.d/tre-workspace-guard.json" <<'
 JSON
 # The conf.d files only enable extensions; other settings belong in the main config file.
 cat > "$prefix/etc/jupyter/jupyter_server_config.json" <<'JSON'
-{"ServerApp": {"contents_manager_class": "jupyter.workspace_guard.GuardedContentsManager"}}
+{
+  "ServerApp": {"contents_manager_class": "jupyter.workspace_guard.GuardedContentsManager"},
+  "LabApp": {
+    "news_url": null,
+    "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate",
+    "extension_manager": "readonly"
+  }
+}
+JSON
+# Opening fast: no language servers are installed, so jupyter-lsp's search for them at every start is
+# wasted work (read after the package's own conf.d file, so this one wins).
+cat > "$prefix/etc/jupyter/jupyter_server_config.d/zz-tre-workspace-fast.json" <<'JSON'
+{"ServerApp": {"jpserver_extensions": {"jupyter_lsp": false}}}
 JSON
 cat > "$prefix/etc/jupyter/labconfig/page_config.json" <<'JSON'
 {

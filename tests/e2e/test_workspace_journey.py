@@ -80,10 +80,11 @@ print(json.dumps({{
 # Run code in a new kernel of the workspace through the Jupyter server's REST and websocket API, from
 # inside the JupyterLab page: the browser's own hub cookies and XSRF token, as JupyterLab itself does.
 RUN_IN_KERNEL = """
-async ({base, code, timeoutMs}) => {
+async ({base, code, timeoutMs, kernelName}) => {
   const xsrf = decodeURIComponent((document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [, ""])[1]);
   const headers = {"X-XSRFToken": xsrf, "Content-Type": "application/json"};
-  const started = await fetch(base + "api/kernels", {method: "POST", headers, body: JSON.stringify({name: "python3"})});
+  const body = JSON.stringify({name: kernelName || "python3"});
+  const started = await fetch(base + "api/kernels", {method: "POST", headers, body});
   if (!started.ok) { return {error: "starting a kernel: HTTP " + started.status}; }
   const kernel = await started.json();
   const channels = "api/kernels/" + kernel.id + "/channels?session_id=tre-e2e";
@@ -124,8 +125,10 @@ def _hub_servers(service: LiveService, username: str) -> dict[str, Any]:
         return dict(json.load(response).get("servers", {}))
 
 
-def run_in_workspace(page: Any, base: str, code: str, timeout: float = 240) -> dict[str, Any]:
-    result = page.evaluate(RUN_IN_KERNEL, {"base": base, "code": code, "timeoutMs": int(timeout * 1000)})
+def run_in_workspace(page: Any, base: str, code: str, timeout: float = 240, kernel: str = "python3") -> dict[str, Any]:
+    result = page.evaluate(
+        RUN_IN_KERNEL, {"base": base, "code": code, "timeoutMs": int(timeout * 1000), "kernelName": kernel}
+    )
     assert result["error"] is None, f"{result['error']}\n{result['stderr'][-3000:]}"
     return dict(result)
 
@@ -186,6 +189,19 @@ def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_sus
     assert menu_answer["id"] in olive.url
     assert "Suppression applied by the disclosure session" in olive.inner_text("main")
 
+    # Two checkers return the menu's request for changes; the researcher replaces its table with a new
+    # file through JupyterLab's Outputs → Resubmit a returned request…, and it is checked again.
+    _return_for_changes(page.context.browser, live_service, menu_answer["id"])
+    started = time.monotonic()
+    new_name = _write_changed_table(page, base, facts["tables"][0])
+    resubmitted = _resubmit_through_the_menu(page, menu_answer["id"], new_name, replace=facts["tables"][0])
+    print(f"RESUBMISSION THROUGH THE JUPYTERLAB MENU: {time.monotonic() - started:.1f} s")
+    assert resubmitted == {"id": menu_answer["id"], "state": "submitted"}
+    olive.goto(f"{live_service.url}/outputs/requests/{menu_answer['id']}")
+    names = [olive.locator(".nhsuk-card[data-file-name]").nth(i).get_attribute("data-file-name")
+             for i in range(olive.locator(".nhsuk-card[data-file-name]").count())]
+    assert names == [new_name], names  # the chosen file replaced, nothing else sent
+
     # No download path takes the extract (or a copy of it) out of the workspace.
     _assert_downloads_refused(page, base, facts["extract_file"])
 
@@ -236,6 +252,71 @@ def _submit_through_the_menu(page: Any, path: str) -> dict[str, str]:
     words = result.inner_text().split()  # "Output request <id> is <state>. ..."
     page.locator(".jp-Dialog").get_by_role("button", name="Close").click()
     return {"id": words[2], "state": words[4].rstrip(".")}
+
+
+def _return_for_changes(browser: Any, service: LiveService, request_id: str) -> None:
+    """Two output checkers review the request blind; the second records the decision "return"."""
+    from tests.e2e.test_output_checking import OSCAR, _vote_and_review, _wait_for_state
+
+    url = f"{service.url}/outputs/requests/{request_id}"
+    olive, oscar = browser.new_context().new_page(), browser.new_context().new_page()
+    sign_in(olive, service, OLIVE)
+    sign_in(oscar, service, OSCAR)
+    olive.goto(url)
+    _wait_for_state(olive, "awaiting_review", timeout=180)
+    _vote_and_review(olive, url, "changes_requested", "Round the counts to 5")
+    _vote_and_review(oscar, url, "approve")
+    oscar.check("#outcome-return")
+    oscar.fill("#decision-comment", "Please round the counts to 5 before release")
+    oscar.click("text=Record decision")
+    olive.goto(url)
+    _wait_for_state(olive, "returned")
+    olive.context.close()
+    oscar.context.close()
+
+
+def _write_changed_table(page: Any, base: str, table: str) -> str:
+    """The researcher writes the changed table beside the old one (in the workspace); its name."""
+    new = table.rsplit("/", 1)[-1].replace(".csv", "_rounded.csv")
+    run_in_workspace(
+        page,
+        base,
+        f"""
+import os, pandas as pd
+old = os.path.join(os.environ["TRE_OUTPUTS_DIR"], {table!r})
+frame = pd.read_csv(old, index_col=0)
+(frame.apply(pd.to_numeric, errors="coerce") // 5 * 5).to_csv(os.path.join(os.path.dirname(old), {new!r}))
+""",
+    )
+    return new
+
+
+def _resubmit_through_the_menu(page: Any, request_id: str, new_name: str, replace: str) -> dict[str, str]:
+    """Select the new file in the (already open) folder, then Outputs → Resubmit a returned request…"""
+    refresh = page.locator(".jp-FileBrowser [data-command='filebrowser:refresh']")
+    if refresh.count():  # otherwise the file browser's own polling shows the new file
+        refresh.first.click()
+    item = page.locator(".jp-DirListing-content .jp-DirListing-item", has_text=new_name)
+    item.wait_for(timeout=60_000)
+    item.click()
+    page.locator(".lm-MenuBar-item", has_text="Outputs").click()
+    page.locator(".lm-Menu").get_by_text("Resubmit a returned request…").click()
+    dialog = page.locator(".jp-Dialog")
+    assert new_name in dialog.inner_text()
+    dialog.get_by_label("Output request id").fill(request_id)
+    dialog.get_by_role("button", name="Show its files").click()
+    form = page.locator(".jp-Dialog .tre-ResubmitForm")
+    form.wait_for(timeout=60_000)
+    assert "returned" in form.inner_text()
+    assert "Please round the counts to 5 before release" in form.inner_text()  # the checkers' shared comment
+    old_name = replace.rsplit("/", 1)[-1]
+    form.get_by_label(old_name, exact=False).check()
+    page.locator(".jp-Dialog").get_by_role("button", name="Replace and resubmit").click()
+    result = page.locator(".jp-Dialog .tre-ResubmitResult")
+    result.wait_for(timeout=60_000)
+    words = result.inner_text().split()  # "Output request <id> is <state> again, ..."
+    page.locator(".jp-Dialog").get_by_role("button", name="Close").click()
+    return {"id": words[2], "state": words[4]}
 
 
 def _hub_username(service: LiveService) -> str:

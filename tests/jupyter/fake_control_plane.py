@@ -26,6 +26,8 @@ class FakeControlPlane:
     grants: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     submissions: list[dict[str, Any]] = field(default_factory=list)
+    # What GET /api/v1/outputs/requests/<id> answers (with the output token), by request id.
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_with: int | None = None
     server: ThreadingHTTPServer | None = None
 
@@ -72,8 +74,17 @@ class FakeControlPlane:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                """``/open/<token>?hub=<url>``: the control plane's "Open workspace" form, auto-submitted."""
+                """``/open/<token>?hub=<url>``: the control plane's "Open workspace" form, auto-submitted; and
+                ``/api/v1/outputs/requests/<id>``: a request's status, as the queue shows its team."""
                 path, _, query = self.path.partition("?")
+                if path.startswith("/api/v1/outputs/requests/"):
+                    if self.headers.get("Authorization") != f"Bearer {fake.output_token}":
+                        self._send(401, {"title": "Unauthorised"}, problem=True)
+                    elif path.rsplit("/", 1)[-1] in fake.requests:
+                        self._send(200, fake.requests[path.rsplit("/", 1)[-1]])
+                    else:
+                        self._send(404, {"title": "Not Found", "detail": "No such output request"}, problem=True)
+                    return
                 if not path.startswith("/open/") or not query.startswith("hub="):
                     self._send(404, {"title": "Not found"}, problem=True)
                     return

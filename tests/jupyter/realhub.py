@@ -159,6 +159,8 @@ def running_hub(extra_env: dict[str, str] | None = None) -> Iterator[Hub]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
+        # This checkout's hub code, not whichever checkout the venv was installed from (editable install).
+        "PYTHONPATH": str(REPO),
         "TRE_HUB_STATE_DIR": str(base / "state"),
         "TRE_HUB_PORT": str(handle.port),
         "TRE_HUB_API_PORT": str(handle.hub_port),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from jupyter.client import SubmitError, main, submit
+from jupyter.client import SubmitError, main, request_status, resubmit, submit
 from tests.jupyter.fake_control_plane import FakeControlPlane
 
 
@@ -111,3 +113,61 @@ def test_an_unavailable_queue_is_tried_again_with_the_same_idempotency_key(tmp_p
     assert answer["id"] == "req-1"
     assert len(first_call) == 3 and first_call[0] and len(set(first_call)) == 1  # one key for every try
     assert len(keys) == 1 and keys[0] != first_call[0]  # a new call is a new submission: a new key
+
+
+def _session_table(folder):
+    """A crosstab made through the disclosure session over a named dataset, finalised into ``folder``."""
+    import pandas as pd
+
+    from disclosure.session import Session
+
+    session = Session(suppress=True)
+    patients = session.use(
+        pd.DataFrame({"sex": ["F", "M"] * 40, "age_band": ["40-49", "50-59", "60-69", "70-79"] * 20}), "patients"
+    )
+    women = patients[patients["sex"] == "F"]
+    session.crosstab(women["age_band"], women["sex"])
+    session.finalise(str(folder))
+    return sorted(folder.glob("*.csv"))
+
+
+def test_a_session_table_is_sent_with_its_population(fake_cp: FakeControlPlane, tmp_path):
+    tables = _session_table(tmp_path / "table1")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("band,n\n40-49,15\n")
+
+    submit([*tables, notes], "Women by age band", "Suppression", api=fake_cp.url, token=fake_cp.output_token)
+
+    specs = json.loads(fake_cp.submissions[-1]["fields"]["table_specs"])
+    assert set(specs) == {tables[0].name}  # the hand-made CSV has no specification
+    assert specs[tables[0].name]["dataset"] == "patients"
+    assert specs[tables[0].name]["filters"] == [{"column": "sex", "op": "==", "value": "F"}]
+    assert specs[tables[0].name]["dims"] == ["age_band", "sex"]
+
+
+def test_files_without_a_session_record_send_no_specifications(fake_cp: FakeControlPlane, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("band,n\n40-49,15\n")
+    (tmp_path / "results.json").write_text("{not json")
+
+    submit([table], "c", "k", api=fake_cp.url, token=fake_cp.output_token)
+
+    assert "table_specs" not in fake_cp.submissions[-1]["fields"]
+
+
+def test_a_resubmitted_session_table_carries_its_population_too(fake_cp: FakeControlPlane, tmp_path):
+    tables = _session_table(tmp_path / "again")
+
+    resubmit("req-returned1", tables, api=fake_cp.url, token=fake_cp.output_token)
+
+    sent = fake_cp.submissions[-1]
+    assert sent["resubmission_of"] == "req-returned1"
+    assert json.loads(sent["fields"]["table_specs"])[tables[0].name]["dataset"] == "patients"
+
+
+def test_request_status_reads_a_request_of_the_project(fake_cp: FakeControlPlane):
+    fake_cp.requests["req-1"] = {"id": "req-1", "state": "returned", "files": [{"name": "t.csv", "group": "g"}]}
+
+    assert request_status("req-1", api=fake_cp.url, token=fake_cp.output_token)["state"] == "returned"
+    with pytest.raises(SubmitError, match="No such output request"):
+        request_status("req-other", api=fake_cp.url, token=fake_cp.output_token)

@@ -57,6 +57,20 @@ def test_bwrap_argv_binds_only_the_runtime_home_outputs_extract_and_safe_etc(tmp
     assert pairs(argv, "--ro-bind-data") == [("7", "/etc/passwd")]
 
 
+def test_bwrap_argv_hides_the_hosts_javascript_runtime_after_binding_usr(tmp_path: Path):
+    root = fake_root(tmp_path)
+    (root / "usr" / "bin").mkdir()
+    (root / "usr" / "bin" / "node").write_text("an executable")
+    (root / "usr" / "bin" / "nodejs").symlink_to("node")  # Debian's alias: hidden through its target
+
+    argv = fs_sandbox.bwrap_argv(LAYOUT, {}, host_root=str(root))
+
+    binds = pairs(argv, "--ro-bind")
+    assert ("/dev/null", "/usr/bin/node") in binds
+    assert [target for source, target in binds if source == "/dev/null"] == ["/usr/bin/node"]
+    assert binds.index(("/dev/null", "/usr/bin/node")) > binds.index((str(root / "usr"), "/usr"))
+
+
 def test_bwrap_argv_new_pid_user_ipc_namespaces_and_read_only_root(tmp_path: Path):
     argv = fs_sandbox.bwrap_argv(LAYOUT, {}, host_root=str(fake_root(tmp_path)))
 

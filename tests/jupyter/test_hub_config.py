@@ -98,3 +98,13 @@ def test_the_file_system_sandbox_is_on_unless_switched_off(tmp_path):
 
     assert on.TreLocalSpawner.fs_sandbox is True
     assert off.TreLocalSpawner.fs_sandbox is False
+
+
+def test_the_spawner_polls_for_a_starting_server_unless_told_not_to(tmp_path):
+    fast, hubs_own = Config(), Config()
+    configure(fast, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "a")}))
+    configure(hubs_own, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "b"),
+                                              "TRE_HUB_READY_POLL_SECONDS": "0"}))
+
+    assert 0 < fast.TreLocalSpawner.ready_poll_seconds <= 0.1
+    assert hubs_own.TreLocalSpawner.ready_poll_seconds == 0

@@ -171,6 +171,19 @@ def test_stale_cookie_of_another_user_does_not_reach_their_workspace(hub: Hub, w
     assert after.status_code in (403, 404) or "/hub/login" in after.url or "api_version" not in after.text
 
 
+def test_same_researcher_opening_again_in_the_same_browser_reaches_the_workspace(hub: Hub, workspace_a):
+    # A second "Open workspace" press while the browser still holds this researcher's hub cookie.
+    session = requests.Session()
+    username, server = workspace_a["username"], workspace_a["server"]
+    for _ in range(2):
+        response = hub.login(session, username, hub.project("a"))
+        assert response.headers["Location"] == f"/hub/spawn/{username}/{server}"
+        spawn = session.get(hub.url + response.headers["Location"], allow_redirects=False, timeout=60)
+        # Not sent back to the login form ("open your workspace from the project page"): to the server.
+        assert spawn.status_code == 302
+        assert spawn.headers["Location"].startswith(f"/user/{username}/{server}"), spawn.headers["Location"]
+
+
 def test_login_form_from_another_origin_is_refused(hub: Hub):
     token = hub.fake.issue_token(f"u-{hub.tag}a", hub.project("a"))
     response = requests.post(

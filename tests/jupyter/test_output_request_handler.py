@@ -233,3 +233,63 @@ def test_a_returned_request_is_resubmitted_with_the_selected_files(server: Works
     assert sent["resubmission_of"] == "req-returned1" and answer.json()["id"] == "req-returned1"
     assert sent["fields"] == {"controls": "Rounded to 5"}  # context not sent: the request keeps its own
     assert sent["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
+
+
+def test_the_resubmission_dialog_reads_a_returned_requests_files_and_the_checkers_comments(
+    server: WorkspaceServer,
+) -> None:
+    server.queue.requests["req-back1"] = {
+        "id": "req-back1", "title": "Ages", "state": "returned", "round": 1, "project_id": "P1",
+        "files": [{"id": "f1", "name": "table1.csv", "group": "tables", "sha256": "ab", "kind": "table",
+                   "automated_status": "fail", "reasons": ["cell under 10"], "recompute": {}}],
+        "shared_comments": [{"round": 1, "body": "Round the counts to 5", "created_at": "2026-12-06T00:00:00"}],
+        "decisions": [],
+    }  # fmt: skip
+
+    answer = requests.get(
+        f"{server.url}/tre/output-requests/req-back1", headers={"Authorization": f"token {server.token}"}, timeout=60
+    )
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "id": "req-back1", "title": "Ages", "state": "returned", "round": 1,
+        "files": [{"name": "table1.csv", "group": "tables", "automated_status": "fail"}],
+        "comments": ["Round the counts to 5"],
+    }  # fmt: skip
+    unknown = requests.get(
+        f"{server.url}/tre/output-requests/req-nothere", headers={"Authorization": f"token {server.token}"}, timeout=60
+    )
+    assert unknown.status_code == 502 and "No such output request" in unknown.json()["message"]
+    anonymous = requests.get(f"{server.url}/tre/output-requests/req-back1", timeout=60)
+    assert anonymous.status_code == 403
+
+
+def test_a_file_of_another_name_replaces_the_chosen_file_in_its_group(server: WorkspaceServer) -> None:
+    answer = server.submit(
+        {"resubmit": "req-back2", "replace": "old_table.csv", "group": "tables", "paths": ["outputs/table1.csv"]}
+    )
+
+    assert answer.status_code == 201, answer.text
+    sent = server.queue.submissions[-1]
+    assert sent["resubmission_of"] == "req-back2"
+    assert sent["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
+    assert sent["fields"] == {"group": "tables", "remove": '["old_table.csv"]'}
+
+
+def test_a_file_of_the_same_name_replaces_it_without_a_removal(server: WorkspaceServer) -> None:
+    answer = server.submit({"resubmit": "req-back3", "replace": "table1.csv", "paths": ["outputs/table1.csv"]})
+
+    assert answer.status_code == 201, answer.text
+    assert server.queue.submissions[-1]["fields"] == {}
+    assert server.queue.submissions[-1]["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
+
+
+def test_one_replacement_file_only_and_never_one_from_the_extract(server: WorkspaceServer) -> None:
+    before = len(server.queue.submissions)
+
+    two = server.submit({"resubmit": "req-back4", "replace": "t.csv", "paths": ["notes.txt", "outputs/table1.csv"]})
+    extract = server.submit({"resubmit": "req-back4", "replace": "t.csv", "paths": ["extract/notes.csv"]})
+
+    assert two.status_code == 400 and "exactly one file" in two.json()["message"]
+    assert extract.status_code == 403
+    assert len(server.queue.submissions) == before

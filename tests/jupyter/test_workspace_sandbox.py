@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -300,6 +301,16 @@ def test_a_terminal_sees_only_its_runtime_home_outputs_and_own_extract(hub: Hub,
     assert "No such file or directory" in output  # the hub's environ and /root, from the shell too
 
 
+@pytest.mark.skipif(shutil.which("node") is None, reason="this host has no node to hide")
+def test_a_terminal_cannot_run_the_hosts_javascript_runtime(hub: Hub, workspace_s):
+    outside = subprocess.run(["node", "-e", "console.log('NODE-' + (20 + 3))"], capture_output=True, text=True)
+    assert outside.stdout.strip() == "NODE-23"  # the host has one
+
+    output = run_in_terminal(hub, workspace_s, "node -e \"console.log('NODE-' + (20 + 3))\"")
+
+    assert "NODE-23" not in output
+
+
 def test_the_same_probe_outside_the_sandbox_reads_everything(hub: Hub, deployment, workspace_s):
     """The control: the file modes alone would have let the workspace's account read all of it."""
     found = targets(hub, deployment, workspace_s)
@@ -411,3 +422,4 @@ def test_an_extract_inside_a_private_instance_folder_is_read_through_the_sandbox
     assert "Permission denied" in outside.stderr  # the same account outside its sandbox
     mount_point = hub.base / "homes" / ".mounts" / hub.account("p") / "extract"
     assert list(mount_point.iterdir()) == []  # nothing of the bind is seen on the host
+

@@ -65,6 +65,12 @@ tre_read <- function(table) {
     if (is.null(scans[[table]])) stop("no table '", table, "' in this project's extract")
     path <- sub("^read_[a-z_]+\\('([^']*)'.*$", "\\1", scans[[table]])
     path <- sub("/\\*\\*/\\*\\.parquet$", "", gsub("''", "'", path))
+    if (dir.exists(path)) {
+      # The session reads a folder of parts: the extract pipeline writes them in <dataset>/data/.
+      folders <- unique(dirname(list.files(path, pattern = "\\.parquet$", recursive = TRUE, full.names = TRUE)))
+      if (length(folders) != 1) stop("table '", table, "' is split over several folders: aggregate it with tre_sql()")
+      path <- folders[[1]]
+    }
     .tre$frames[[table]] <- session$read(path, table)
   }
   .tre$frames[[table]]

@@ -1,7 +1,9 @@
 /**
  * "Submit for output checking…": a JupyterLab menu entry (Outputs menu and the file browser's
  * context menu) that asks for a title, the context and the disclosure controls, and sends the
- * selected files to the TRE's output-checking queue.
+ * selected files to the TRE's output-checking queue. "Resubmit a returned request…" (Outputs menu):
+ * shows a returned request's files and the checkers' comments, replaces the chosen file with the
+ * file selected in the file browser, and resubmits it.
  *
  * The browser never sees the output token: it POSTs the file paths to the workspace's own Jupyter
  * server (jupyter/workspace_guard.py, `tre/output-requests`), which checks them and submits them
@@ -195,6 +197,275 @@ async function askAndSubmit(app: JupyterFrontEnd, paths: string[]): Promise<void
   });
 }
 
+// ---------------------------------------------------------------- resubmission (issue 17)
+
+const RESUBMIT_COMMAND = 'tre:resubmit-returned-request';
+
+interface IRequestFile {
+  name: string;
+  group: string;
+  automated_status: string | null;
+}
+
+interface IRequestStatus {
+  id: string;
+  title: string;
+  state: string;
+  round: number;
+  files: IRequestFile[];
+  comments: string[];
+}
+
+interface IReplacement {
+  replace: string;
+  group: string;
+  context: string;
+  controls: string;
+}
+
+/** Asks which returned request to change (its id, shown when it was submitted and on its page). */
+class RequestIdForm extends Widget implements Dialog.IBodyWidget<string> {
+  constructor(replacement: string, problem: string) {
+    super({ node: document.createElement('form') });
+    this.addClass('tre-ResubmitIdForm');
+    const node = this.node as HTMLFormElement;
+    node.style.display = 'flex';
+    node.style.flexDirection = 'column';
+    node.style.gap = '4px';
+    node.style.minWidth = '420px';
+    if (problem) {
+      const warning = document.createElement('p');
+      warning.setAttribute('role', 'alert');
+      warning.style.color = 'var(--jp-error-color1)';
+      warning.textContent = problem;
+      node.appendChild(warning);
+    }
+    const intro = document.createElement('p');
+    intro.textContent = `Replace a file of a request the output checkers returned for changes with ${replacement}.`;
+    node.appendChild(intro);
+    const caption = document.createElement('label');
+    caption.htmlFor = 'tre-resubmit-id';
+    caption.textContent = 'Output request id';
+    this._id = document.createElement('input');
+    this._id.id = 'tre-resubmit-id';
+    this._id.className = 'jp-mod-styled';
+    node.appendChild(caption);
+    node.appendChild(this._id);
+    node.addEventListener('submit', event => event.preventDefault());
+  }
+
+  getValue(): string {
+    return this._id.value.trim();
+  }
+
+  private _id: HTMLInputElement;
+}
+
+/** Lists the returned request's files (one to replace), the checkers' comments, and new text if any. */
+class ReplaceForm extends Widget implements Dialog.IBodyWidget<IReplacement> {
+  constructor(status: IRequestStatus, replacement: string, problem: string) {
+    super({ node: document.createElement('form') });
+    this.addClass('tre-ResubmitForm');
+    const node = this.node as HTMLFormElement;
+    node.style.display = 'flex';
+    node.style.flexDirection = 'column';
+    node.style.gap = '4px';
+    node.style.minWidth = '460px';
+    if (problem) {
+      const warning = document.createElement('p');
+      warning.setAttribute('role', 'alert');
+      warning.style.color = 'var(--jp-error-color1)';
+      warning.textContent = problem;
+      node.appendChild(warning);
+    }
+    const heading = document.createElement('p');
+    heading.textContent = `"${status.title}" (round ${status.round}) is ${status.state}.`;
+    node.appendChild(heading);
+    if (status.comments.length) {
+      const said = document.createElement('p');
+      said.textContent = 'The output checkers said:';
+      node.appendChild(said);
+      const comments = document.createElement('ul');
+      comments.className = 'tre-ResubmitForm-comments';
+      for (const comment of status.comments) {
+        const item = document.createElement('li');
+        item.textContent = comment;
+        comments.appendChild(item);
+      }
+      node.appendChild(comments);
+    }
+    const fieldset = document.createElement('fieldset');
+    fieldset.className = 'tre-ResubmitForm-files';
+    const legend = document.createElement('legend');
+    legend.textContent = `Replace this file with ${replacement}:`;
+    fieldset.appendChild(legend);
+    const base = replacement.split('/').pop() || replacement;
+    status.files.forEach((file, index) => {
+      const row = document.createElement('div');
+      const radio = document.createElement('input');
+      radio.type = 'radio';
+      radio.name = 'tre-resubmit-file';
+      radio.id = `tre-resubmit-file-${index}`;
+      radio.value = String(index);
+      radio.checked = file.name === base || (index === 0 && !status.files.some(f => f.name === base));
+      const label = document.createElement('label');
+      label.htmlFor = radio.id;
+      const verdict = file.automated_status ? `, automated check: ${file.automated_status}` : '';
+      label.textContent = ` ${file.name} (${file.group}${verdict})`;
+      row.appendChild(radio);
+      row.appendChild(label);
+      fieldset.appendChild(row);
+      this._radios.push(radio);
+    });
+    node.appendChild(fieldset);
+    this._files = status.files;
+    this._context = this._area(node, 'tre-resubmit-context', 'New context (optional: empty keeps the current one)');
+    this._controls = this._area(node, 'tre-resubmit-controls', 'New controls (optional: empty keeps the current ones)');
+    node.addEventListener('submit', event => event.preventDefault());
+  }
+
+  getValue(): IReplacement {
+    const chosen = this._radios.findIndex(radio => radio.checked);
+    const file = chosen >= 0 ? this._files[chosen] : undefined;
+    return {
+      replace: file ? file.name : '',
+      group: file ? file.group : '',
+      context: this._context.value.trim(),
+      controls: this._controls.value.trim()
+    };
+  }
+
+  private _area(form: HTMLElement, id: string, label: string): HTMLTextAreaElement {
+    const caption = document.createElement('label');
+    caption.htmlFor = id;
+    caption.textContent = label;
+    const field = document.createElement('textarea');
+    field.id = id;
+    field.className = 'jp-mod-styled';
+    field.rows = 2;
+    form.appendChild(caption);
+    form.appendChild(field);
+    return field;
+  }
+
+  private _files: IRequestFile[];
+  private _radios: HTMLInputElement[] = [];
+  private _context: HTMLTextAreaElement;
+  private _controls: HTMLTextAreaElement;
+}
+
+/** GET or POST to the workspace server's tre/output-requests endpoints; the reply's JSON, or why not. */
+async function workspaceCall(
+  app: JupyterFrontEnd,
+  path: string[],
+  init: RequestInit
+): Promise<{ ok: boolean; reply: any }> {
+  const settings = app.serviceManager.serverSettings;
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(URLExt.join(settings.baseUrl, ...path), init, settings);
+  } catch (error) {
+    return { ok: false, reply: { message: `The workspace server could not be reached: ${error}` } };
+  }
+  let reply: any = {};
+  try {
+    reply = await response.json();
+  } catch {
+    reply = {};
+  }
+  if (!response.ok && !reply.message) {
+    reply.message = `The workspace server refused the request (HTTP ${response.status}).`;
+  }
+  return { ok: response.ok, reply };
+}
+
+async function askAndResubmit(app: JupyterFrontEnd, replacement: string): Promise<void> {
+  let problem = '';
+  let status: IRequestStatus | undefined;
+  while (!status) {
+    const asked = await showDialog({
+      title: 'Resubmit a returned request',
+      body: new RequestIdForm(replacement, problem),
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Show its files' })],
+      focusNodeSelector: '#tre-resubmit-id'
+    });
+    if (!asked.button.accept) {
+      return;
+    }
+    if (!asked.value || !/^[A-Za-z0-9_-]{1,64}$/.test(asked.value)) {
+      problem = 'Give the id of the output request (letters, digits, - and _).';
+      continue;
+    }
+    const found = await workspaceCall(app, [...ENDPOINT, asked.value], { method: 'GET' });
+    if (!found.ok) {
+      problem = found.reply.message;
+      continue;
+    }
+    status = found.reply as IRequestStatus;
+  }
+  if (status.state !== 'returned') {
+    await showErrorMessage(
+      'Not returned for changes',
+      `Output request ${status.id} is ${status.state}: only a request the checkers returned for changes can be resubmitted.`
+    );
+    return;
+  }
+  problem = '';
+  for (;;) {
+    const answer = await showDialog({
+      title: 'Replace a file and resubmit',
+      body: new ReplaceForm(status, replacement, problem),
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Replace and resubmit' })]
+    });
+    if (!answer.button.accept || !answer.value) {
+      return;
+    }
+    if (!answer.value.replace) {
+      problem = 'Choose the file to replace.';
+      continue;
+    }
+    const sent = await workspaceCall(app, ENDPOINT, {
+      method: 'POST',
+      body: JSON.stringify({ resubmit: status.id, paths: [replacement], ...answer.value })
+    });
+    if (!sent.ok) {
+      await showErrorMessage('Not resubmitted', sent.reply.message);
+      return;
+    }
+    const done = document.createElement('div');
+    done.className = 'tre-ResubmitResult';
+    done.textContent = `Output request ${sent.reply.id} is ${sent.reply.state || 'submitted'} again, with ${replacement} in place of ${answer.value.replace}.`;
+    await showDialog({
+      title: 'Resubmitted for output checking',
+      body: new Widget({ node: done }),
+      buttons: [Dialog.okButton({ label: 'Close' })]
+    });
+    return;
+  }
+}
+
+function addResubmitCommand(
+  app: JupyterFrontEnd,
+  browser: IDefaultFileBrowser,
+  docManager: IDocumentManager | null
+): void {
+  app.commands.addCommand(RESUBMIT_COMMAND, {
+    label: 'Resubmit a returned request…',
+    caption: 'Replace a file of a request the output checkers returned for changes, and resubmit it',
+    execute: async () => {
+      const paths = chosenPaths(app, browser, docManager);
+      if (paths.length !== 1) {
+        await showErrorMessage(
+          'Choose the new file',
+          'Select the one file that replaces a file of the returned request, then choose Resubmit a returned request.'
+        );
+        return;
+      }
+      await askAndResubmit(app, paths[0]);
+    }
+  });
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'tre-output-submit:plugin',
   description: 'Submit selected files for output checking from the menu or the file browser.',
@@ -223,6 +494,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await askAndSubmit(app, paths);
       }
     });
+    addResubmitCommand(app, browser, docManager);
 
     app.contextMenu.addItem({
       command: COMMAND,
@@ -234,10 +506,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       menu.id = 'tre-outputs-menu';
       menu.title.label = 'Outputs';
       menu.addItem({ command: COMMAND });
+      menu.addItem({ command: RESUBMIT_COMMAND });
       mainMenu.addMenu(menu, true, { rank: 1000 });
     }
     if (palette) {
       palette.addItem({ command: COMMAND, category: 'Outputs' });
+      palette.addItem({ command: RESUBMIT_COMMAND, category: 'Outputs' });
     }
   }
 };
