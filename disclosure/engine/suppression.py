@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import SupportsIndex
@@ -79,6 +80,10 @@ class SuppressionResult:
     suppressed: np.ndarray
     audit: AuditResult | None
     rounds: int
+    # When the partner heuristic could not protect every primary cell: the widest step of the fallback
+    # ("lines", "planes", "table") and how many cells the fallback added to the heuristic's pattern.
+    fallback: str | None = None
+    fallback_cells: int = 0
 
     @property
     def secondary(self) -> np.ndarray:
@@ -974,4 +979,63 @@ def protect(
         suppressed = grown
         report = run_audit(suppressed)
         rounds += 1
-    return SuppressionResult(primary, suppressed, report, rounds)
+    if report.protected:
+        return SuppressionResult(primary, suppressed, report, rounds)
+    return _fall_back(values, primary, eligible, suppressed, report, rounds, run_audit)
+
+
+_FALLBACK_STEPS = ("lines", "planes", "table")
+
+
+def _widen(step: str, exposed: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Cells to suppress around the exposed ones: every line, or every plane (hyperplane), through
+    each exposed cell, margins included; or the whole table. Only eligible cells."""
+    if step == "table":
+        return eligible.copy()
+    grown = np.zeros(exposed.shape, dtype=bool)
+    positions = np.argwhere(exposed)
+    for axis in range(exposed.ndim):
+        for pos in positions:
+            index: list[slice | int] = [int(p) for p in pos]
+            if step == "lines":
+                index[axis] = slice(None)  # the line along ``axis``
+            else:
+                index = [slice(None)] * exposed.ndim
+                index[axis] = int(pos[axis])  # the plane across ``axis``
+            grown[tuple(index)] = True
+    return grown & eligible
+
+
+def _fall_back(
+    values: np.ndarray,
+    primary: np.ndarray,
+    eligible: np.ndarray | None,
+    suppressed: np.ndarray,
+    report: AuditResult,
+    rounds: int,
+    run_audit: Callable[[np.ndarray], AuditResult],
+) -> SuppressionResult:
+    """Widen the pattern around the cells the audit still finds exposed until it proves them protected.
+
+    Each step suppresses more around the exposed cells (their lines, then their planes) and is repeated
+    while the audit still finds cells exposed and the pattern still grows; the last step suppresses
+    every eligible cell. Suppressing every cell, margins included, leaves an attacker nothing but
+    non-negativity, so whenever any pattern over the eligible cells protects the table this one does,
+    and the audit of the final pattern is the proof either way.
+    """
+    eligible = np.ones(values.shape, dtype=bool) if eligible is None else eligible
+    start = int(suppressed.sum())
+    used = None
+    for step in _FALLBACK_STEPS:
+        while not report.protected:
+            exposed = np.zeros(values.shape, dtype=bool)
+            exposed.ravel()[[c.index for c in report.exposed]] = True
+            grown = suppressed | _widen(step, exposed, eligible)
+            if int(grown.sum()) == int(suppressed.sum()):
+                break  # this step adds nothing more: take the next, wider one
+            suppressed, used = grown, step
+            report = run_audit(suppressed)
+            rounds += 1
+        if report.protected:
+            break
+    return SuppressionResult(primary, suppressed, report, rounds, used, int(suppressed.sum()) - start)

@@ -321,6 +321,15 @@ def table_verdict(
             "secondary": int((suppressed & ~primary).sum()),
             "audit": audit_record,
         }
+        if suppression.fallback:
+            mitigation_record["suppression"]["fallback"] = {
+                "step": suppression.fallback,
+                "cells_added": suppression.fallback_cells,
+            }
+            reasons.append(
+                f"partner suppression alone left cells recoverable; {suppression.fallback_cells} more cell(s) "
+                f"suppressed ({_FALLBACK_WORDS[suppression.fallback]})"
+            )
         remaining = [r.severity for r in rules if r.flagged and not r.suppressible]
         after = combine_status(remaining + ["review"])
         if audit is not None and exposed:
@@ -354,6 +363,13 @@ def table_verdict(
         "mitigation": mitigation_record,
         "reasons": reasons,
     }
+
+
+_FALLBACK_WORDS = {
+    "lines": "whole rows or columns through the exposed cells",
+    "planes": "whole planes through the exposed cells",
+    "table": "every cell of the table",
+}
 
 
 def _addresses(stats: TableStats, flat_indices: list[int]) -> list[dict[str, Any]]:

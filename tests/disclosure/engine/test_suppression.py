@@ -4,7 +4,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from disclosure.engine.rounding import midpoint6, round_to_base
-from disclosure.engine.suppression import audit_pattern, box_certificates, interval_audit, protect
+from disclosure.engine.suppression import (
+    audit_pattern,
+    box_certificates,
+    interval_audit,
+    protect,
+    secondary_suppression,
+)
 
 
 def _extend(body: np.ndarray) -> np.ndarray:
@@ -322,3 +328,56 @@ def test_certificates_are_the_same_when_computed_in_small_batches(monkeypatch):
     for a, b in zip(whole, batched, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_protect_widens_the_pattern_when_partners_alone_leave_a_cell_recoverable():
+    # Found by search: with a protection level of 8 the partner heuristic stops with a primary cell
+    # narrower than 8, and the fallback has to suppress more.
+    ext = _extend(np.array([[0, 1, 7], [4, 2, 4], [7, 3, 0]]))
+    primary = _primary(ext)
+    required = np.full(ext.shape, 8.0)
+    heuristic_only = secondary_suppression(ext, primary, required)
+    assert not interval_audit(ext, heuristic_only, primary, required).protected
+
+    result = protect(ext, primary, required)
+
+    assert result.fallback is not None
+    assert result.fallback_cells > 0
+    assert (result.suppressed >= heuristic_only).all()  # the fallback only ever adds cells
+    assert interval_audit(ext, result.suppressed, primary, required).protected
+
+
+def test_protect_never_widens_a_pattern_the_partners_already_protect():
+    ext = _extend(np.array([[3, 50, 60], [40, 45, 70], [33, 12, 80]]))
+    result = protect(ext, _primary(ext), np.full(ext.shape, 5.0))
+    assert result.fallback is None and result.fallback_cells == 0
+
+
+many_small_2d = arrays(np.int64, st.tuples(st.integers(2, 5), st.integers(2, 5)), elements=st.integers(0, 8))
+many_small_3d = arrays(
+    np.int64, st.tuples(st.integers(2, 4), st.integers(2, 4), st.integers(2, 3)), elements=st.integers(0, 8)
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(many_small_2d, many_small_3d), st.floats(3.0, 25.0))
+def test_tables_of_many_small_cells_are_always_protected(body, level):
+    # Every cell may be suppressed, so a protecting pattern always exists (suppressing everything
+    # leaves only non-negativity); protect must find one, whatever the protection level.
+    ext = _extend(body)
+    primary = _primary(ext)
+    required = np.full(ext.shape, level)
+    result = protect(ext, primary, required, audit="exact")
+    audit = interval_audit(ext, result.suppressed, primary, required)
+    assert audit.protected
+    assert result.audit is not None and result.audit.protected
+
+
+def test_cells_that_may_not_be_suppressed_stay_released_even_in_the_fallback():
+    ext = _extend(np.array([[0, 1, 7], [4, 2, 4], [7, 3, 0]]))
+    primary = _primary(ext)
+    eligible = np.ones(ext.shape, dtype=bool)
+    eligible[-1, -1] = False  # the grand total is published elsewhere
+    result = protect(ext, primary, np.full(ext.shape, 8.0), eligible=eligible)
+    assert not result.suppressed[-1, -1]
+    assert interval_audit(ext, result.suppressed, primary, np.full(ext.shape, 8.0)).protected == result.audit.protected
