@@ -281,13 +281,13 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
                 lease_expires_at=now + lease,
                 started_at=now,
             )
-        )
+            # What the handler needs comes back with the claim: no second statement to read it.
+            .returning(Job.kind, Job.payload, Job.attempts)
+        ).one_or_none()
         s.commit()
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        if claimed is None:
             return "not-claimed"
-        job = s.get(Job, job_id)
-        assert job is not None
-        kind, payload, attempt = job.kind, dict(job.payload), job.attempts
+        kind, payload, attempt = claimed.kind, dict(claimed.payload), claimed.attempts
 
     registered = _HANDLERS.get(kind)
     keeper = _LeaseKeeper(db, job_id, owner, lease)
