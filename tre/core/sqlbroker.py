@@ -98,7 +98,7 @@ class Channel(kombu_sqla.Channel):
         self.connection.wake_self()
 
 
-class Transport(kombu_sqla.Transport):  # type: ignore[misc]
+class Transport(kombu_sqla.Transport):
     """kombu's SQLAlchemy transport whose consumers wait on a wake-up socket, not a sleep."""
 
     Channel = Channel
@@ -133,7 +133,7 @@ class Transport(kombu_sqla.Transport):  # type: ignore[misc]
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         listener = self._listening()
         if listener is None:
-            return super().drain_events(connection, timeout=timeout)  # type: ignore[no-any-return]
+            return super().drain_events(connection, timeout=timeout)
         started = monotonic()
         while True:
             try:
