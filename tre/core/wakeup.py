@@ -56,6 +56,7 @@ class Listener:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self._sock.bind(self._folder.address(self.name))
+            os.chmod(self.name, 0o600, dir_fd=self._folder.fd)  # whatever the umask
             self._sock.setblocking(False)
         except OSError:
             self._sock.close()

@@ -119,6 +119,7 @@ def test_the_folder_is_the_service_accounts_alone(folder: Path) -> None:
     listener = wakeup.Listener(folder)
     try:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE((folder / listener.name).stat().st_mode) == 0o600
     finally:
         listener.close()
 
