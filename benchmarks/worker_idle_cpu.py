@@ -105,11 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--poll-ms", type=int, default=Settings.broker_poll_ms,
-                        help="TRE_BROKER_POLL_MS of the run with wake-ups")
+                        help="TRE_BROKER_POLL_MS of the run with wake-ups (0, the default: automatic)")
     args = parser.parse_args()
     baseline = idle_cpu(False, args.seconds, KOMBU_POLL_MS)
     print(f"idle worker, wake-ups off (polling only): {json.dumps(baseline)}")
-    value = idle_cpu(True, args.seconds, args.poll_ms)
+    poll_ms = Settings(broker_wakeups=True, broker_poll_ms=args.poll_ms).resolved().broker_poll_ms
+    value = idle_cpu(True, args.seconds, poll_ms)
     print(f"idle worker, wake-ups on: {json.dumps(value)}")
     print(json.dumps({
         "benchmark": "worker_idle_cpu",
@@ -119,7 +120,7 @@ def main() -> None:
         "baseline_is": "the same worker with TRE_BROKER_WAKEUPS=0 and a 1 s poll (kombu's polling only)",
         "ratio": round(value["cpu_per_minute_s"] / baseline["cpu_per_minute_s"], 2)
         if baseline["cpu_per_minute_s"] else None,
-        "poll_ms": args.poll_ms,
+        "poll_ms": poll_ms,
         "seconds": args.seconds,
     }))
 

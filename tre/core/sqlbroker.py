@@ -7,13 +7,13 @@ SQLite file (so every producer and consumer is on this machine):
 
 * a producer, once the message row has committed, pokes the wake-up folder beside the broker file
   (``tre.core.wakeup``);
-* a consumer, instead of sleeping, waits on its own socket in that folder, for at most the same
-  polling interval, and looks again as soon as it is poked; it also pokes itself when it
+* a consumer, instead of sleeping, waits on its own socket in that folder, for at most the polling
+  interval (``TRE_BROKER_POLL_MS``), and looks again as soon as it is poked; it also pokes itself when it
   acknowledges or rejects a message, because a worker at its prefetch limit looks for the next
   message only after one of those;
 * messages are still stored, claimed and acknowledged exactly as before: the broker's table (and
   behind it the jobs table, ADR 0001) is what is true. A poke that is lost or late costs at most
-  one polling interval, as before; a spurious one costs one empty look.
+  one polling interval; a spurious one costs one empty look.
 
 Any other SQLAlchemy broker (``sqla+postgresql://``) polls as kombu does. ADR 0017 says why.
 """
