@@ -16,7 +16,9 @@ The embedded default is also measured with its wake-ups off (``TRE_BROKER_WAKEUP
 transport as it comes, a consumer that finds nothing sleeps its polling interval), in the same run,
 as ``embedded_polling``; ``speedup_vs_polling`` is that median over the default's (ADR 0017).
 Each backend's line splits the median into the hand-off (commit to the job's claim by a worker,
-read from the job row), the job (claim to success) and the rest (this script noticing, every 20 ms).
+read from the job row), the job (claim to success) and the rest (this script noticing, every 20 ms),
+and gives the CPU the worker's processes used per request (from /proc), which against the job's
+wall time shows how much of it was waiting for a CPU on a shared machine.
 The last line printed is one JSON object (benchmark, value, baseline, ratio, target, ...).
 """
 
@@ -221,7 +223,9 @@ def run_backend(
         log = Path(tmp) / "worker.log"
         worker = start_worker(env, log)
         try:
-            latencies, parts = measure(app, db, author, project, frame, requests, name)
+            latencies, parts, cpu = measure(
+                app, db, author, project, frame, requests, name, lambda: group_cpu_seconds(worker.pid)
+            )
         except Exception:
             print(log.read_text()[-4000:], file=sys.stderr)
             raise
@@ -240,8 +244,26 @@ def run_backend(
         "median_handoff_s": statistics.median(p[0] for p in parts),
         "median_job_s": statistics.median(p[1] for p in parts),
         "median_rest_s": statistics.median(p[2] for p in parts),
+        "worker_cpu_per_request_s": cpu / requests,
         "requests": requests,
     }
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in the process group, in seconds (Linux: /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:  # after pid and comm: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def percentile(values: list[float], pct: int) -> float:
@@ -257,8 +279,15 @@ def _wall(moment: dt.datetime) -> float:
 
 
 def measure(
-    app: Any, db: Any, author: Any, project: Any, frame: pd.DataFrame, requests: int, name: str
-) -> tuple[list[float], list[tuple[float, float, float]]]:
+    app: Any,
+    db: Any,
+    author: Any,
+    project: Any,
+    frame: pd.DataFrame,
+    requests: int,
+    name: str,
+    worker_cpu: Any,
+) -> tuple[list[float], list[tuple[float, float, float]], float]:
     from sqlalchemy import select
 
     from disclosure.models import OutputRequest
@@ -278,6 +307,7 @@ def measure(
     svc = Outputs.from_platform(app.extensions["tre.platform"])
     table = table_csv(frame)
     latencies, parts = [], []
+    cpu_before = worker_cpu()
     for i in range(requests):
         req, _ = svc.create_request(author, project.id, f"Typical request {i}")
         svc.set_group(author, req.id, "outputs", "Admissions by region and sex", "Small cells suppressed")
@@ -301,7 +331,7 @@ def measure(
             claimed, finished = _wall(job.started_at), _wall(job.finished_at)
         handoff, work = claimed - committed, finished - claimed
         parts.append((handoff, work, latencies[-1] - handoff - work))
-    return latencies, parts
+    return latencies, parts, worker_cpu() - cpu_before
 
 
 def in_process_baseline(frame: pd.DataFrame, repeats: int = 5) -> float:

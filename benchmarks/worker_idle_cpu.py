@@ -25,27 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.output_check_latency import start_worker, wait
+from benchmarks.output_check_latency import group_cpu_seconds, start_worker, wait
 from tre.core.config import Settings
 
-TICKS = os.sysconf("SC_CLK_TCK")
 KOMBU_POLL_MS = 1000  # kombu's virtual transports' polling interval
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU of every live process in the process group, in seconds."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:  # field 5 of stat, after pid and comm: state, ppid, pgrp
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
 
 
 def idle_cpu(wakeups: bool, seconds: float, poll_ms: int) -> dict[str, Any]:
