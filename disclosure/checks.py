@@ -311,15 +311,15 @@ def run_check(
         pending = _pending_aggregates(session, req.project_id, {f.id for f in targets})
         ledger.entries.extend(pending)
         pending_ids = {e.output_id for e in pending}
-        for f in targets:
-            if (
-                session.scalar(
-                    select(OutputCheck.id).where(
-                        OutputCheck.file_id == f.id, OutputCheck.policy_sha256 == policy.sha256
-                    )
+        already = set(
+            session.scalars(
+                select(OutputCheck.file_id).where(
+                    OutputCheck.file_id.in_([f.id for f in targets]), OutputCheck.policy_sha256 == policy.sha256
                 )
-                is not None
-            ):
+            )
+        )
+        for f in targets:
+            if f.id in already:
                 continue
             outcome = check_content(
                 f.name,
@@ -427,8 +427,7 @@ def _store(
             aggregate=plain(outcome["aggregate"]) if outcome["aggregate"] is not None else None,
             job_id=job_id,
         )
-    )
-    session.flush()
+    )  # flushed with the request's other verdicts, in one statement, when the job next reads
 
 
 @job_handler(CHECK_JOB, queue="checks")
@@ -438,5 +437,6 @@ def check_output_file(ctx: JobContext) -> dict[str, Any]:
     platform = current_app.extensions["tre.platform"]
     settings = platform.settings
     extracts_root = Path(getattr(settings, "extracts_path", None) or Path(settings.instance_path) / "extracts")
-    ctx.report_progress(0.1, "checking")
+    # No progress report: the claim already shows the job running, and a report is one more
+    # committed transaction between the submission and its verdict.
     return run_check(ctx.session, platform.audit, platform.files, extracts_root, ctx.payload, job_id=ctx.job_id)

@@ -136,7 +136,8 @@ def advance_after_checks(
         move(rules.CHECKING, "output.checks_start")
     if status.state == "done" and req.state == rules.CHECKING:
         req.checks_finished_at = utcnow()
-        checks = _checks_by_file(s, req)
+        with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
+            checks = _checks_by_file(s, req)
         move(
             rules.AWAITING_REVIEW,
             "output.checks_done",

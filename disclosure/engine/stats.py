@@ -209,7 +209,7 @@ def _group_stats(
             pcodes = pcodes.copy()
             pcodes[unknown] = pcodes.max(initial=-1) + 1 + np.arange(int(unknown.sum()))
         npersons = int(pcodes.max(initial=-1)) + 1
-        unit, first = np.unique(cell.astype(np.int64) * npersons + pcodes, return_inverse=True)[0:2]
+        unit, first = distinct_with_inverse(cell.astype(np.int64) * npersons + pcodes, ncells * npersons)
         unit_cell = unit // npersons
         if x is not None:
             valid = ~np.isnan(x)
@@ -241,6 +241,29 @@ def _group_stats(
     out["minimum"], out["maximum"] = minimum, maximum
     out["top"] = _top_contributions(vcell, av, ncells, n_top)
     return out
+
+
+# Up to this many possible keys, distinct keys are found by marking a table of them (time and memory
+# linear in the keys' range) rather than by sorting the rows (n log n).
+DENSE_KEYS_MAX = 1 << 22
+
+
+def distinct_with_inverse(keys: np.ndarray, key_range: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)`` for integer keys in ``[0, key_range)``, the same answer.
+
+    When the range is small next to the rows (a table's cells times its people, usually), marking each
+    key present in a table of the whole range and numbering the marks in order beats a sort of the rows
+    several times over; otherwise it is exactly ``np.unique``.
+    """
+    if key_range <= min(DENSE_KEYS_MAX, 16 * len(keys) + 1024):
+        present = np.zeros(key_range, dtype=bool)
+        present[keys] = True
+        unit = np.flatnonzero(present)
+        position = np.empty(key_range, dtype=np.int64)  # read only where a key is present
+        position[unit] = np.arange(len(unit))
+        return unit, position[keys]
+    unit, inverse = np.unique(keys, return_inverse=True)
+    return unit, inverse.reshape(-1)
 
 
 def _top_contributions(cell: np.ndarray, a: np.ndarray, ncells: int, n_top: int) -> np.ndarray:

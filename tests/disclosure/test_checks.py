@@ -529,3 +529,50 @@ def test_median_table_is_recomputed_by_the_queue_and_its_small_cell_suppressed(t
     assert outcome["recompute"]["status"] == "done" and outcome["recompute"]["matches"] is True
     south_m = [c for c in outcome["verdict"]["cells"] if c["labels"] == {"region": "South", "sex": "M"}]
     assert south_m[0]["action"] == "suppressed_primary" and "quantile_either_side" in south_m[0]["rules"]
+
+
+def _check_job_cost(world: World, files: list[tuple[str, bytes]]) -> tuple[int, int]:
+    """Statements and commits of the check job of a new request holding ``files``, run as a worker runs it."""
+    from sqlalchemy import event
+
+    from tests.statements import count_statements
+
+    req, _ = world.svc.create_request(world.author, world.project.id, f"Request of {len(files)} files")
+    world.svc.set_group(world.author, req.id, "tables", "Admissions by region and sex, adults 2020", "None yet")
+    for name, content in files:
+        world.svc.add_file(world.author, req.id, name, content, group="tables")
+    world.svc.submit(world.author, req.id)
+    job_id = world.session.scalars(
+        select(jobs.Job.id).where(jobs.Job.kind == CHECK_JOB, jobs.Job.idempotency_key.contains(req.id))
+    ).one()
+    world.session.commit()
+    db = platform(world.app).db
+    commits = 0
+
+    def committed(*_args: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(db.engine, "commit", committed)
+    try:
+        statements, outcome = count_statements(world.app, lambda: jobs.run_job(db, job_id, lease_seconds=60))
+    finally:
+        event.remove(db.engine, "commit", committed)
+    assert outcome == jobs.SUCCEEDED
+    assert world.refresh(req).state == rules.AWAITING_REVIEW
+    return statements, commits
+
+
+def test_the_check_job_sends_statements_that_do_not_grow_with_its_files_and_commits_twice(world: World) -> None:
+    """Between a submission and its verdict the job claims (one commit) and writes every verdict with its
+    own success (one commit): no progress write, no statement per file."""
+    one = _check_job_cost(world, [("a.csv", b"region,female,male\nNorth,25,30\nSouth,40,50\n")])
+    four = _check_job_cost(world, [
+        ("b.csv", b"region,female,male\nEast,26,31\nWest,41,51\n"),
+        ("c.csv", b"age_band,female,male\n18-39,120,98\n40-64,240,231\n"),
+        ("d.txt", b"Odds ratio 1.12 (1.05-1.19)"),
+        ("e.txt", b"Hazard ratio 0.91 (0.85-0.98)"),
+    ])
+
+    assert four == one
+    assert one[1] == 2

@@ -51,6 +51,11 @@ class Settings:
     job_sweep_interval_seconds: int = 15
     # A queued job that no worker picked up in this long is sent again (server-less brokers lose messages).
     job_requeue_after_seconds: int = 60
+    # The embedded broker (sqla+sqlite): producers wake waiting workers through sockets beside the
+    # broker file (ADR 0017); a worker looks for messages at least this often whatever it hears
+    # (0: 2000 ms with wake-ups, when a look is only a safety net; 1000 ms, kombu's, without).
+    broker_wakeups: bool = True
+    broker_poll_ms: int = 0
     task_soft_time_limit_seconds: int = 1800
     task_time_limit_seconds: int = 1900
     max_upload_bytes: int = 16 * 1024 * 1024
@@ -151,6 +156,10 @@ class Settings:
             raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
             raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
+        if self.broker_poll_ms == 0:
+            changes["broker_poll_ms"] = 2000 if self.broker_wakeups else 1000
+        elif not 10 <= self.broker_poll_ms <= 60_000:
+            raise ConfigError("TRE_BROKER_POLL_MS must be 0 (automatic) or between 10 and 60000 (milliseconds)")
         if not 0 <= self.backup_every_hours <= 24 * 31 or self.backup_keep < 1:
             raise ConfigError("TRE_BACKUP_EVERY_HOURS must be between 0 (off) and 744, TRE_BACKUP_KEEP at least 1")
         oidc = {"TRE_OIDC_ISSUER": self.oidc_issuer, "TRE_OIDC_CLIENT_ID": self.oidc_client_id,

@@ -266,28 +266,37 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
     owner = uuid.uuid4().hex
     lease = dt.timedelta(seconds=lease_seconds)
     now = utcnow()
-    with db.session_factory() as s:
-        claimed = s.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.attempts < Job.max_attempts,
-                or_(Job.state == QUEUED, and_(Job.state == RUNNING, Job.lease_expires_at < now)),
-            )
-            .values(
-                state=RUNNING,
-                attempts=Job.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + lease,
-                started_at=now,
-            )
+    claim = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.attempts < Job.max_attempts,
+            or_(Job.state == QUEUED, and_(Job.state == RUNNING, Job.lease_expires_at < now)),
         )
-        s.commit()
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return "not-claimed"
-        job = s.get(Job, job_id)
-        assert job is not None
-        kind, payload, attempt = job.kind, dict(job.payload), job.attempts
+        .values(
+            state=RUNNING,
+            attempts=Job.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            started_at=now,
+        )
+    )
+    with db.session_factory() as s:
+        if db.engine.dialect.update_returning:
+            # What the handler needs comes back with the claim: no second statement to read it.
+            claimed = s.execute(claim.returning(Job.kind, Job.payload, Job.attempts)).one_or_none()
+            s.commit()
+            if claimed is None:
+                return "not-claimed"
+            kind, payload, attempt = claimed.kind, dict(claimed.payload), claimed.attempts
+        else:  # SQLite before 3.35 has no RETURNING
+            if s.execute(claim).rowcount != 1:  # type: ignore[attr-defined]
+                s.commit()
+                return "not-claimed"
+            s.commit()
+            job = s.get(Job, job_id)
+            assert job is not None
+            kind, payload, attempt = job.kind, dict(job.payload), job.attempts
 
     registered = _HANDLERS.get(kind)
     keeper = _LeaseKeeper(db, job_id, owner, lease)

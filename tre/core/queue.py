@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 
-from tre.core import jobs
+from tre.core import jobs, sqlbroker
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -60,10 +60,17 @@ def make_celery(app: Flask) -> Celery:
         task_always_eager=bool(app.config.get("CELERY_ALWAYS_EAGER", False)),
         task_eager_propagates=True,
     )
-    if settings.broker_url.startswith("sqla+"):
-        # kombu's SQLAlchemy transport hands its options to create_engine, which knows no
-        # visibility timeout; the job table's lease does that job on this broker.
-        celery.conf.broker_transport_options = {}
+    if settings.broker_url.startswith(sqlbroker.URL_PREFIX):
+        # The embedded broker: kombu's SQLAlchemy transport, whose consumers wait on a wake-up
+        # signal instead of sleeping (ADR 0017). It knows no visibility timeout; the job table's
+        # lease does that job on this broker.
+        celery.conf.update(
+            sqlbroker.celery_settings(
+                settings.broker_url,
+                wakeups=settings.broker_wakeups,
+                poll_seconds=settings.broker_poll_ms / 1000,
+            )
+        )
 
     # shared=False: Celery would otherwise hand these tasks to every Celery app made later in the
     # process, and the first app's task (bound to its own database) would answer for the others.

@@ -76,3 +76,18 @@ def test_key_service_settings_are_accepted_whole_and_the_pin_is_kept_out_of_the_
     assert kms.key_provider == "aws-kms" and kms.kms_key_id == "alias/tre"
     assert hsm.key_provider == "pkcs11" and hsm.pkcs11_pin == "secret-pin-4711"
     assert "secret-pin-4711" not in repr(hsm)
+
+
+@pytest.mark.parametrize("poll_ms", ["-1", "5", "60001"])
+def test_a_broker_poll_interval_that_would_spin_or_stall_workers_is_refused(tmp_path: Path, poll_ms: str) -> None:
+    with pytest.raises(ConfigError, match="TRE_BROKER_POLL_MS must be 0 .automatic. or between 10 and 60000"):
+        Settings.from_env({"TRE_BROKER_POLL_MS": poll_ms}, instance_path=tmp_path)
+
+
+def test_the_embedded_broker_wakes_its_workers_and_polls_as_kombu_does_only_without_wakeups(tmp_path: Path) -> None:
+    default = Settings.from_env({}, instance_path=tmp_path)
+    assert (default.broker_wakeups, default.broker_poll_ms) == (True, 2000)
+    off = Settings.from_env({"TRE_BROKER_WAKEUPS": "0"}, instance_path=tmp_path)
+    assert (off.broker_wakeups, off.broker_poll_ms) == (False, 1000)
+    chosen = Settings.from_env({"TRE_BROKER_POLL_MS": "250"}, instance_path=tmp_path)
+    assert chosen.broker_poll_ms == 250

@@ -127,6 +127,20 @@ def test_a_job_already_claimed_is_not_run_again(db: Any, no_dispatch: None) -> N
     assert len(CALLS) == 1
 
 
+def test_a_database_without_returning_claims_and_runs_a_job_exactly_once(
+    db: Any, no_dispatch: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.35 cannot return the claimed row; the claim then reads it in a second statement."""
+    monkeypatch.setattr(db.engine.dialect, "update_returning", False)
+    with transaction(db.session) as s:
+        job_id = jobs.enqueue(s, "test.record", {"n": 7}).id
+
+    assert jobs.run_job(db, job_id, lease_seconds=60) == jobs.SUCCEEDED
+    assert jobs.run_job(db, job_id, lease_seconds=60) == "not-claimed"
+    assert CALLS == [{"n": 7}]
+    assert _job(db, job_id).result == {"attempt": 1}
+
+
 def test_sweeper_requeues_a_job_whose_worker_stopped_renewing_its_lease(db: Any, no_dispatch: None) -> None:
     with transaction(db.session) as s:
         job_id = jobs.enqueue(s, "test.record", {}).id

@@ -1,0 +1,174 @@
+"""The embedded broker's transport: a message published on a SQLite broker wakes a waiting consumer
+at once; the message itself still travels (and stays) in the broker's table; and with wake-ups off,
+or on a broker that is not a local file, it behaves as kombu's transport does."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from tre.core import sqlbroker, wakeup
+
+# Consumers here poll once an hour: only a wake-up can deliver within a test's lifetime.
+HOUR = 3600.0
+NEVER = 60.0
+
+
+class _SignallingListener(wakeup.Listener):
+    """A listener that says when its consumer has looked, found nothing and begun to wait."""
+
+    waiting = threading.Event()
+    outcomes: list[bool] = []
+
+    def wait(self, timeout: float) -> bool:
+        type(self).waiting.set()
+        woken = super().wait(timeout)
+        type(self).outcomes.append(woken)
+        return woken
+
+
+class _Transport(sqlbroker.Transport):
+    Listener = _SignallingListener
+
+
+def _connection(url: str, *, wakeups: bool = True, transport: Any = _Transport) -> Connection:
+    settings = sqlbroker.celery_settings(url, wakeups=wakeups, poll_seconds=HOUR)
+    return Connection(
+        settings["broker_url"], transport=transport, transport_options=settings["broker_transport_options"]
+    )
+
+
+@pytest.fixture
+def broker_url(tmp_path: Path) -> str:
+    return f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+
+
+QUEUE = Queue("checks", Exchange("checks", type="direct"), routing_key="checks")
+
+
+def test_the_wakeup_folder_sits_beside_a_sqlite_broker_file_and_nowhere_else(tmp_path: Path) -> None:
+    assert sqlbroker.wakeup_folder(f"sqlite:///{tmp_path / 'broker.sqlite'}") == tmp_path / "broker.sqlite.wake"
+    assert sqlbroker.wakeup_folder("sqlite://") is None
+    assert sqlbroker.wakeup_folder("sqlite:///:memory:") is None
+    assert sqlbroker.wakeup_folder("postgresql+psycopg://tre@db.example/broker") is None
+    assert sqlbroker.wakeup_folder("not a url") is None
+
+
+def test_only_sqla_broker_urls_get_the_embedded_transport() -> None:
+    with pytest.raises(ValueError, match="sqla"):
+        sqlbroker.celery_settings("redis://127.0.0.1:6379/0", wakeups=True, poll_seconds=1.0)
+    settings = sqlbroker.celery_settings("sqla+sqlite:////srv/tre/broker.sqlite", wakeups=True, poll_seconds=0.5)
+    assert settings["broker_url"] == "sqlite:////srv/tre/broker.sqlite"
+    assert settings["broker_transport"] == sqlbroker.TRANSPORT
+    assert settings["broker_transport_options"] == {"polling_interval": 0.5, "wakeups": True}
+
+
+def test_a_message_published_while_a_consumer_waits_wakes_it_long_before_its_next_poll(broker_url: str) -> None:
+    received: list[Any] = []
+    failures: list[BaseException] = []
+    _SignallingListener.waiting.clear()
+    _SignallingListener.outcomes.clear()
+    with _connection(broker_url) as consumer_conn, _connection(broker_url) as producer_conn:
+        consumer = consumer_conn.Consumer(
+            QUEUE, callbacks=[lambda body, message: (received.append(body), message.ack())]
+        )
+        consumer.consume()
+
+        def consume() -> None:
+            try:
+                consumer_conn.drain_events(timeout=NEVER)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                failures.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        # The consumer has looked at an empty queue and is waiting: its next poll is an hour away.
+        assert _SignallingListener.waiting.wait(NEVER)
+        producer_conn.Producer().publish({"job": "j1"}, exchange=QUEUE.exchange, routing_key="checks",
+                                         declare=[QUEUE])
+        thread.join(NEVER + 5)
+        consumer.cancel()
+    assert failures == []
+    assert received == [{"job": "j1"}]
+    assert _SignallingListener.outcomes == [True]  # woken by the publish, not by its wait running out
+
+
+def test_a_poke_with_no_message_behind_it_delivers_nothing(broker_url: str, tmp_path: Path) -> None:
+    """A spurious or forged poke costs one empty look; the consumer delivers only what the table holds."""
+    received: list[Any] = []
+    with _connection(broker_url) as conn:
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: received.append(body)])
+        consumer.consume()
+        transport = conn.transport
+        listener = transport._listening()
+        assert listener is not None
+        assert wakeup.poke(tmp_path / "broker.sqlite.wake") == 1
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.05)
+        consumer.cancel()
+    assert received == []
+
+
+def test_the_message_is_kept_in_the_broker_table_until_a_consumer_takes_it(broker_url: str) -> None:
+    """Nothing rides on the poke: published with no consumer listening, the message waits in the table
+    and the next consumer to look gets it."""
+    with _connection(broker_url) as producer_conn:
+        producer_conn.Producer().publish({"job": "j2"}, exchange=QUEUE.exchange, routing_key="checks",
+                                         declare=[QUEUE])
+    received: list[Any] = []
+    with _connection(broker_url) as conn:
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: (received.append(body), message.ack())])
+        consumer.consume()
+        conn.drain_events(timeout=NEVER)
+        consumer.cancel()
+    assert received == [{"job": "j2"}]
+
+
+def test_acknowledging_a_message_wakes_the_consumer_to_look_for_the_next(broker_url: str) -> None:
+    """A worker at its prefetch limit looks for more only after an ack: the ack must not wait a poll."""
+    with _connection(broker_url) as producer_conn:
+        producer_conn.Producer().publish({"job": "j3"}, exchange=QUEUE.exchange, routing_key="checks",
+                                         declare=[QUEUE])
+    taken: list[Any] = []
+    with _connection(broker_url) as conn:
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: taken.append(message)])
+        consumer.consume()
+        conn.drain_events(timeout=NEVER)
+        listener = conn.transport._listener
+        assert listener is not None and listener.wait(0) is False
+        taken[0].ack()
+        assert listener.wait(NEVER) is True
+        consumer.cancel()
+
+
+def test_closing_the_connection_removes_the_consumers_socket(broker_url: str, tmp_path: Path) -> None:
+    with _connection(broker_url) as conn:
+        conn.Consumer(QUEUE).consume()
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.01)
+        assert len(list((tmp_path / "broker.sqlite.wake").iterdir())) == 1
+    assert list((tmp_path / "broker.sqlite.wake").iterdir()) == []
+
+
+def test_with_wakeups_off_no_folder_is_made_and_consumers_poll(broker_url: str, tmp_path: Path) -> None:
+    with _connection(broker_url, wakeups=False) as conn:
+        conn.Producer().publish({"job": "j4"}, exchange=QUEUE.exchange, routing_key="checks", declare=[QUEUE])
+        received: list[Any] = []
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: (received.append(body), message.ack())])
+        consumer.consume()
+        conn.drain_events(timeout=NEVER)
+        consumer.cancel()
+        assert conn.transport.wakeup_folder is None
+    assert received == [{"job": "j4"}]
+    assert not (tmp_path / "broker.sqlite.wake").exists()
+
+
+def test_the_transport_keeps_its_own_options_away_from_the_database_engine(broker_url: str) -> None:
+    """kombu hands a SQLAlchemy transport's options to create_engine, which refuses unknown ones."""
+    with _connection(broker_url, transport=sqlbroker.TRANSPORT) as conn:
+        conn.Producer().publish({"job": "j5"}, exchange=QUEUE.exchange, routing_key="checks", declare=[QUEUE])
+        assert isinstance(conn.transport, sqlbroker.Transport)

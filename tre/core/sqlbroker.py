@@ -1,0 +1,158 @@
+"""The embedded broker: kombu's SQLAlchemy transport, with a wake-up signal instead of a blind sleep.
+
+kombu's transport keeps messages in a database table and a consumer that finds every queue empty
+sleeps its polling interval (one second) before looking again, so a job waited half a second on
+average, and up to a second, before a worker even saw its message. Here, when the broker is a
+SQLite file (so every producer and consumer is on this machine):
+
+* a producer, once the message row has committed, pokes the wake-up folder beside the broker file
+  (``tre.core.wakeup``);
+* a consumer, instead of sleeping, waits on its own socket in that folder, for at most the polling
+  interval (``TRE_BROKER_POLL_MS``), and looks again as soon as it is poked; it also pokes itself when it
+  acknowledges or rejects a message, because a worker at its prefetch limit looks for the next
+  message only after one of those;
+* messages are still stored, claimed and acknowledged exactly as before: the broker's table (and
+  behind it the jobs table, ADR 0001) is what is true. A poke that is lost or late costs at most
+  one polling interval; a spurious one costs one empty look.
+
+Any other SQLAlchemy broker (``sqla+postgresql://``) polls as kombu does. ADR 0017 says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from queue import Empty
+from time import monotonic
+from typing import Any
+
+from kombu.transport import sqlalchemy as kombu_sqla
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+
+from tre.core import wakeup
+
+log = logging.getLogger(__name__)
+
+TRANSPORT = "tre.core.sqlbroker:Transport"
+URL_PREFIX = "sqla+"
+# Options this transport reads; kombu's channel hands every other option to create_engine.
+OPTIONS = ("polling_interval", "wakeups")
+# kombu's own options that are not create_engine's.
+_KOMBU_OPTIONS = (
+    "queue_tablename", "message_tablename", "callback", "errback", "max_retries",
+    "interval_start", "interval_step", "interval_max", "retry_errors",
+)
+
+
+def wakeup_folder(engine_url: str) -> Path | None:
+    """Where the wake-up sockets of the broker at ``engine_url`` live: beside its SQLite file.
+    None for anything that is not a SQLite file (another machine may hold its consumers)."""
+    try:
+        url = make_url(engine_url)
+    except Exception:  # noqa: BLE001 - not a URL we can place on this machine: no wake-ups
+        return None
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):
+        return None
+    path = Path(url.database).absolute()
+    return path.with_name(path.name + ".wake")
+
+
+def celery_settings(broker_url: str, *, wakeups: bool, poll_seconds: float) -> dict[str, Any]:
+    """The Celery settings that use this transport for a ``sqla+...`` broker URL."""
+    if not broker_url.startswith(URL_PREFIX):
+        raise ValueError("the embedded transport serves sqla+ broker URLs only")
+    return {
+        # With its own transport named, kombu keeps the rest of the URL whole as the engine URL,
+        # exactly as it does after splitting "sqla+" off.
+        "broker_url": broker_url[len(URL_PREFIX):],
+        "broker_transport": TRANSPORT,
+        "broker_transport_options": {"polling_interval": poll_seconds, "wakeups": wakeups},
+    }
+
+
+class Channel(kombu_sqla.Channel):
+    connection: Transport
+
+    def _engine_from_config(self) -> Any:
+        conninfo = self.connection.client
+        options = {
+            key: value
+            for key, value in conninfo.transport_options.items()
+            if key not in OPTIONS and key not in _KOMBU_OPTIONS
+        }
+        return create_engine(conninfo.hostname, **options)
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        super()._put(queue, payload, **kwargs)  # committed (or raised) when this returns
+        self.connection.wake_consumers()
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        super().basic_ack(delivery_tag, multiple=multiple)
+        self.connection.wake_self()
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().basic_reject(delivery_tag, requeue=requeue)
+        self.connection.wake_self()
+
+
+class Transport(kombu_sqla.Transport):
+    """kombu's SQLAlchemy transport whose consumers wait on a wake-up socket, not a sleep."""
+
+    Channel = Channel
+    Listener = wakeup.Listener
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        enabled = client.transport_options.get("wakeups", True)
+        self.wakeup_folder = wakeup_folder(client.hostname) if enabled else None
+        self._listener: wakeup.Listener | None = None
+        self._listener_failed = False
+
+    def wake_consumers(self) -> None:
+        if self.wakeup_folder is not None:
+            wakeup.poke(self.wakeup_folder)
+
+    def wake_self(self) -> None:
+        if self._listener is not None:
+            self._listener.nudge()
+
+    def _listening(self) -> wakeup.Listener | None:
+        """This consumer's socket, bound before its first look so no poke can fall between them."""
+        if self._listener is None and self.wakeup_folder is not None and not self._listener_failed:
+            try:
+                self._listener = self.Listener(self.wakeup_folder)
+            except OSError as exc:
+                self._listener_failed = True
+                log.warning("broker wake-ups unavailable (%s): polling every %.2f s",
+                            type(exc).__name__, self.polling_interval)
+        return self._listener
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        listener = self._listening()
+        if listener is None:
+            return super().drain_events(connection, timeout=timeout)
+        started = monotonic()
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            wait = self.polling_interval or 0.0
+            if timeout is not None:
+                left = timeout - (monotonic() - started)
+                if left <= 0:
+                    raise TimeoutError()
+                wait = min(wait, left)
+            listener.wait(wait)
+
+    def close_connection(self, connection: Any) -> None:
+        try:
+            super().close_connection(connection)
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
