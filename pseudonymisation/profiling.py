@@ -273,6 +273,22 @@ def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int)
         ) from None
 
 
+def read_batches(
+    path: Path | str, *, chunk_bytes: int = 1 << 24, dialect: CsvDialect | None = None
+) -> tuple[str, CsvDialect | None, list[str], Iterator[pa.RecordBatch]]:
+    """A source's format, CSV dialect (sniffed unless given), column names and its batches: CSV
+    columns as text (nothing guessed), Parquet columns in their own types. Memory follows
+    ``chunk_bytes`` (CSV) or one row group (Parquet), never the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfilingError("The source file does not exist")
+    fmt = source_format(path)
+    if fmt == "csv" and dialect is None:
+        dialect = sniff_csv(path)
+    names = _column_names(path, fmt, dialect)
+    return fmt, dialect, names, _batches(path, fmt, dialect, chunk_bytes)
+
+
 def source_columns(path: Path | str) -> list[str]:
     """The names of a source's columns, from its header or Parquet schema alone."""
     path = Path(path)
