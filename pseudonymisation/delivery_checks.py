@@ -279,6 +279,8 @@ def check_delivery(
                                                                         dialect=dialect)
     except ProfilingError as exc:
         raise DeliveryCheckError(str(exc)) from None
+    except (pa.ArrowInvalid, OSError):
+        raise DeliveryCheckError("The delivery could not be read as CSV or Parquet") from None
     body: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "source": {"format": fmt, "dialect": dialect.to_dict() if dialect else None,
@@ -374,8 +376,10 @@ def _iterate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     yield from batches
 
 
-def _threshold_problems(counts: Mapping[str, _ColumnCounts], rows: int, rules: DeliveryRules) -> list[dict]:
-    problems = []
+def _threshold_problems(
+    counts: Mapping[str, _ColumnCounts], rows: int, rules: DeliveryRules
+) -> list[dict[str, Any]]:
+    problems: list[dict[str, Any]] = []
     if not rows:
         return problems
     for name, c in counts.items():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline", "partitions",
-           "profiling", "linkage"]
+           "profiling", "linkage", "delivery_checks", "landing"]
 FORBIDDEN = ["flask", "sqlalchemy", "celery", "tre", "projects"]
 
 
