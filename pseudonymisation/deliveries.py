@@ -96,6 +96,12 @@ class Deliveries(ProjectsKernel):
             return list(self.session.scalars(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
                                              .order_by(DatasetVersion.version.desc())))
 
+    def get_rules(self, actor: Any, dataset_id: str) -> checks.DeliveryRules:
+        with self._tx():
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_read")
+            return self.rules(ds.id)
+
     def rules(self, dataset_id: str) -> checks.DeliveryRules:
         row = self.session.get(DatasetDeliveryRules, dataset_id)
         return checks.DeliveryRules.from_dict(row.rules if row else {})
