@@ -30,7 +30,8 @@ def check_name(name: str) -> PurePosixPath:
     if not text or len(text) > 500 or "\x00" in text or "\\" in text:
         raise LandingError("Name a file in the landing folder, such as 2026-12/registry.csv")
     path = PurePosixPath(text)
-    if path.is_absolute() or any(part in ("..", ".", "") for part in path.parts):
+    # Checked on the text as written: PurePosixPath would quietly fold "a/./b" and "a//b".
+    if text.startswith("/") or any(part in ("..", ".", "") for part in text.split("/")):
         raise LandingError("Name the file by its path inside the landing folder (no leading /, no ..)")
     if path.suffix.lower() not in SUFFIXES:
         raise LandingError("A delivery must be a .csv, .tsv, .txt or .parquet file")
