@@ -26,6 +26,7 @@ from pseudonymisation import tokens
 from pseudonymisation.deliveries import version_in_use
 from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
 from pseudonymisation.models import (
+    DatasetDelivery,
     Extract,
     ReidentificationApproval,
     ReidentificationRequest,
@@ -81,6 +82,15 @@ def _claim_folder(out: Path, extract_id: str) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(extract_id)
+
+
+def _dialect_options(version: dict[str, Any] | None) -> dict[str, str]:
+    """The CSV dialect a version was checked with, as extract options (none for Parquet)."""
+    dialect = (version or {}).get("dialect")
+    if not dialect:
+        return {}
+    return {"csv_delimiter": dialect["delimiter"], "csv_quote_char": dialect["quote_char"],
+            "csv_encoding": dialect["encoding"]}
 
 
 STAGING = ".staging"  # beside the project folders, never inside one: workspaces mount a project's folder
@@ -141,9 +151,11 @@ class Extracts:
         found: dict[str, dict[str, Any] | None] = {}
         for dataset, _ in plan:
             v = version_in_use(self.session, project_id, dataset.id)
+            delivery = self.session.get(DatasetDelivery, v.delivery_id) if v is not None else None
+            dialect = ((delivery.report or {}).get("source") or {}).get("dialect") if delivery else None
             found[dataset.name] = None if v is None else {
                 "version": v.version, "id": v.id, "source_sha256": v.source_sha256, "rows": v.rows,
-                "source_location": v.source_location,
+                "source_location": v.source_location, "dialect": dialect,
             }
         return found
 
@@ -305,6 +317,7 @@ class Extracts:
                 exempt_optout_lists=optouts.exempt_names(dataset.name),
                 project_id=extract.project_id,
                 staging_dir=staging / extract.id / dataset.name,
+                **_dialect_options(versions[dataset.name]),
             )
             for dataset, cols in plan
         ]

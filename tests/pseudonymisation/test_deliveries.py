@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
@@ -336,3 +337,22 @@ def approved_project(app: Any, w: Any, dataset_id: str, columns: list[str]) -> A
     publish_agreement(w)
     w.svc.activate(w.pi, p.id)
     return p
+
+
+def test_a_semicolon_windows_encoded_delivery_extracts(onboarding_app: Any) -> None:
+    app = onboarding_app
+    w = build_world(app)
+    ds = register(app, w)
+    deliver(app, w, ds, "v1/registry.csv")
+    path = write_delivery(landing(app) / "v2" / "registry.csv", 60, seed=8, delimiter=";")
+    path.write_bytes(path.read_text().replace("J45", "Ärztlich").encode("cp1252"))
+    p = approved_project(app, w, ds.id, ["nhs_number", "diagnosis", "score"])
+
+    second = deliver(app, w, ds, "v2/registry.csv")
+    manifest = build(app, w, p.id)
+
+    assert second.state == "accepted" and second.report["source"]["dialect"]["encoding"] == "cp1252"
+    assert manifest["dataset_versions"]["clinic_registry"]["version"] == 2
+    assert manifest["manifests"]["clinic_registry"]["rows"]["in"] == 60
+    data = app.extensions["tre.settings"].extracts_path / p.id / "clinic_registry" / "data"
+    assert "Ärztlich" in pq.read_table(sorted(data.glob("*.parquet"))).column("diagnosis").to_pylist()
