@@ -4,13 +4,15 @@ versions, the thresholds that fail a delivery, and pin a project to a version.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import marshmallow as ma
-from flask import g
+from flask import current_app, g
 from flask_smorest import Blueprint
 
 from projects.rules import RuleViolation
+from pseudonymisation.catalogue_metadata import NoSuchDataset, export_dataset_metadata
 from pseudonymisation.deliveries import Deliveries
 from pseudonymisation.delivery_checks import public_report
 from pseudonymisation.delivery_tasks import deliveries_service
@@ -151,3 +153,18 @@ def pin(body: dict[str, Any], project_id: str, dataset_id: str) -> Any:
     """Hold the project at one version of the dataset, or (version null) follow the latest."""
     used = _call(_svc().pin, g.user, project_id, dataset_id, body["version"])
     return {"following": "pinned" if body["version"] else "latest", "version": used.version if used else None}
+
+
+@blp.route("/datasets/<string:dataset_id>/metadata")
+@blp.doc(security=BEARER)
+@requires(Permission.CATALOGUE_BROWSE)
+def metadata(dataset_id: str) -> Any:
+    """The dataset's catalogue entry as DCAT 3 JSON-LD: columns and roles, versions, restrictions
+    and the opt-out lists in force (docs/pseudonymisation/onboarding.md says why DCAT)."""
+    settings = platform().settings
+    try:
+        body = export_dataset_metadata(platform().db.session, dataset_id, base_url=settings.public_url,
+                                       publisher=settings.metadata_publisher)
+    except NoSuchDataset as exc:
+        refuse(exc, 404)
+    return current_app.response_class(json.dumps(body, indent=2), mimetype="application/ld+json")

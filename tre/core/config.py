@@ -84,6 +84,8 @@ class Settings:
     # deliveries are kept (only the service account may enter it; no workspace mounts it).
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
+    # Named as the publisher in each dataset's metadata export (DCAT).
+    metadata_publisher: str = "Trusted research environment"
     # Extracts: rows per chunk (a worker's memory follows it) and per partition. A Parquet source
     # longer than one partition is built by several workers at once and merged (same result as one
     # worker with the same chunk size); 0 builds every extract in one job.

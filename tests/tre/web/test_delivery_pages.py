@@ -132,3 +132,29 @@ def test_api_refuses_another_custodian_and_a_researcher(w: World) -> None:
         made = client.post(f"/api/v1/datasets/{ds.id}/deliveries", headers=headers, json={"source_name": "v1.csv"})
         listed = client.get(f"/api/v1/datasets/{ds.id}/deliveries", headers=headers)
         assert made.status_code == 403 and listed.status_code == 403
+
+
+def test_metadata_export_is_dcat_with_versions_restrictions_and_optouts(w: World) -> None:
+    from pseudonymisation.models import OptOutListVersion
+    from tre.core.db import transaction
+
+    ds = _dataset(w)
+    custodian, headers = _api(w.app, w.custodian)
+    custodian.post(f"/api/v1/datasets/{ds.id}/deliveries", headers=headers, json={"source_name": "v1.csv"})
+    with transaction(w.app.extensions["tre.platform"].db.session) as s:
+        s.add(OptOutListVersion(name="national", version=3, file_sha256="a" * 64, fingerprint="b" * 64,
+                                number_count=10))
+    client, headers = _api(w.app, w.pi)  # a researcher browsing the catalogue
+
+    got = client.get(f"/api/v1/datasets/{ds.id}/metadata", headers=headers)
+    missing = client.get(f"/api/v1/datasets/{'0' * 32}/metadata", headers=headers)
+
+    assert got.status_code == 200 and got.mimetype == "application/ld+json"
+    body = got.get_json(force=True)
+    assert body["@type"] == "dcat:Dataset" and body["dct:identifier"] == "clinic_registry"
+    assert body["dcat:version"] == "1" and body["tre:rows"] == 40
+    assert [c["csvw:name"] for c in body["csvw:tableSchema"]["csvw:column"]] == HEADER
+    assert body["tre:optOutLists"] == [{"tre:name": "national", "tre:version": 3, "tre:appliesTo": "national"}]
+    assert body["dct:accessRights"]["@id"].endswith("RESTRICTED") and body["tre:restrictions"]
+    assert "sha256" not in got.get_data(as_text=True)
+    assert missing.status_code == 404
