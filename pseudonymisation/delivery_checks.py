@@ -391,11 +391,13 @@ def check_delivery(
         found = _distinct(np.concatenate(ref_hashes[ref["column"]])) if ref_hashes[ref["column"]] else np.zeros(0)
         source = (reference_keys or {}).get(ref["table"])
         if source is None:
-            problems.append(_problem("referential", f"{ref['column']} refers to table {ref['table']}, which has no "
-                                     "version in use", column=ref["column"]))
+            # Nothing to check against yet (tables of one folder may be checked in any order): said,
+            # not failed; the next delivery of this table is checked against it.
+            body["referential"].append({**ref, "distinct_values": int(len(found)), "orphans": None,
+                                        "checked": False})
             continue
         orphans = int((~np.isin(found, source())).sum())
-        body["referential"].append({**ref, "distinct_values": int(len(found)), "orphans": orphans})
+        body["referential"].append({**ref, "distinct_values": int(len(found)), "orphans": orphans, "checked": True})
         if orphans:
             problems.append(_problem("referential", f"{orphans} distinct values of {ref['column']} are not in "
                                      f"{ref['table']}.{ref['table_column']}", column=ref["column"], count=orphans))

@@ -67,6 +67,28 @@ def open_in_landing(root: Path | None, name: str) -> tuple[int, PurePosixPath]:
     return file_fd, path
 
 
+def list_folder(root: Path | None, name: str) -> list[str]:
+    """The regular files directly inside a folder of the landing folder (links are left out)."""
+    if root is None:
+        raise LandingError("No landing folder is configured (TRE_LANDING_DIR)")
+    text = (name or "").strip().strip("/")
+    if not text or "\x00" in text or "\\" in text or any(p in ("..", ".", "") for p in text.split("/")):
+        raise LandingError("Name the folder by its path inside the landing folder (no leading /, no ..)")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in text.split("/"):
+            try:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                raise LandingError(f"No folder {part} in the landing folder (links are not followed)") from None
+            os.close(fd)
+            fd = nxt
+        return sorted(entry for entry in os.listdir(fd)
+                      if stat.S_ISREG(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode))
+    finally:
+        os.close(fd)
+
+
 def copy_into_zone(fd: int, target: Path, *, max_bytes: int) -> tuple[str, int]:
     """Copy an opened delivery to ``target`` (written aside, then renamed; mode 0600); returns its
     sha256 and size. Refuses (and leaves nothing) past ``max_bytes``."""
@@ -89,4 +111,4 @@ def copy_into_zone(fd: int, target: Path, *, max_bytes: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-__all__ = ["SUFFIXES", "LandingError", "check_name", "copy_into_zone", "open_in_landing"]
+__all__ = ["SUFFIXES", "LandingError", "check_name", "copy_into_zone", "list_folder", "open_in_landing"]

@@ -242,6 +242,9 @@ def _transform_column(
             return generalise.postcode_district(values)
         case TransformKind.POSTCODE_SECTOR:
             return generalise.postcode_sector(values)
+        case TransformKind.ID_TOKEN:
+            namespace = str(t.params.get("namespace", spec.name))
+            return generalise.local_id_tokens(values, tokens.derive_subkey(keys.project_key, f"local-id:{namespace}"))
         case TransformKind.SCRUB_TEXT:
             ids = [_column(table, c) for c in t.params.get("identifier_columns", ())]
             return generalise.scrub_text(values, ids)

@@ -50,6 +50,7 @@ NULL_VALUES = ["", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "-"]
 # The rules a custodian may choose; each is a transform the extract pipeline already applies.
 RULES: tuple[TransformKind, ...] = (
     TransformKind.NHS_TOKEN,
+    TransformKind.ID_TOKEN,
     TransformKind.DOB_AGE_BAND,
     TransformKind.DOB_YEAR,
     TransformKind.DATE_SHIFT,
@@ -60,6 +61,7 @@ RULES: tuple[TransformKind, ...] = (
 )
 RULE_LABELS = {
     TransformKind.NHS_TOKEN: "token (per project)",
+    TransformKind.ID_TOKEN: "token of a local id (per project)",
     TransformKind.DOB_AGE_BAND: "age band",
     TransformKind.DOB_YEAR: "year",
     TransformKind.DATE_SHIFT: "date shift (per patient)",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,12 @@ from pseudonymisation.deliveries import Deliveries
 from pseudonymisation.delivery_tasks import deliveries_service
 from pseudonymisation.models import DatasetDelivery, DatasetVersion, Extract
 from pseudonymisation.tasks import extracts_service
-from tests.conftest import make_test_app
 from tests.projects.factories import TODAY, build_world, make_user, publish_agreement
 from tre.core.audit import AuditEvent
 
 from .conftest import valid_nhs_numbers
 
 HEADER = ["record_id", "nhs_number", "date_of_birth", "postcode", "diagnosis", "score"]
-
-
-@pytest.fixture
-def onboarding_app(tmp_path: Path, database_url: str) -> Iterator[Any]:
-    from tre.models import metadata
-
-    (tmp_path / "landing").mkdir()
-    application = make_test_app(tmp_path / "instance", database_url, landing_dir=tmp_path / "landing")
-    db = application.extensions["tre.db"]
-    metadata.create_all(db.engine)
-    yield application
-    db.session.remove()
-    db.dispose()
 
 
 def write_delivery(path: Path, rows: int, *, seed: int = 3, delimiter: str = ",", header: list[str] | None = None,

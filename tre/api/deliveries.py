@@ -16,6 +16,7 @@ from pseudonymisation.catalogue_metadata import NoSuchDataset, export_dataset_me
 from pseudonymisation.deliveries import Deliveries
 from pseudonymisation.delivery_checks import public_report
 from pseudonymisation.delivery_tasks import deliveries_service
+from pseudonymisation.omop_folders import OmopFolders
 from tre.access import requires
 from tre.api import refuse
 from tre.authn import platform
@@ -168,3 +169,27 @@ def metadata(dataset_id: str) -> Any:
     except NoSuchDataset as exc:
         refuse(exc, 404)
     return current_app.response_class(json.dumps(body, indent=2), mimetype="application/ld+json")
+
+
+class OmopFolderSchema(ma.Schema):
+    folder = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=500))
+    prefix = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=40))
+
+
+class RegisteredSchema(ma.Schema):
+    id = ma.fields.String()
+    name = ma.fields.String()
+
+
+@blp.route("/datasets/omop", methods=["POST"])
+@blp.arguments(OmopFolderSchema)
+@blp.response(201, RegisteredSchema(many=True))
+@blp.doc(security=BEARER)
+@requires(Permission.DATASET_MANAGE)
+def register_omop(body: dict[str, Any]) -> Any:
+    """Register an OMOP CDM v5.4 folder of the landing folder: a dataset per table, with roles,
+    extract rules, keys and links preset, each table delivered as its first version."""
+    settings = platform().settings
+    svc = OmopFolders(platform().db.session, platform().audit, request_id=g.get("request_id"),
+                      landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path)
+    return _call(svc.register_folder, g.user, body["folder"], body["prefix"])
