@@ -209,13 +209,16 @@ class Deliveries(ProjectsKernel):
         expected = [checks.ExpectedColumn(c.name, c.data_type) for c in ds.columns]
         dialect = CsvDialect(**delivery.dialect) if delivery.dialect else None
         references = self._reference_keys(rules)
+        expected_rows = previous.rows if previous is not None else None
         # End the read before the long check: on SQLite an open transaction holds the write lock
         # the job's progress reports need.
         self.session.commit()
 
         def counted(rows: int) -> None:
+            # A CSV's length is known only at its end: the version in use is the best guess of it.
             if progress is not None:
-                progress(0.0, f"{rows:,} rows checked")  # the total is unknown until the end for CSV
+                fraction = min(rows / expected_rows, 0.99) if expected_rows else 0.0
+                progress(fraction, f"{rows:,} rows checked")
 
         try:
             report = checks.check_delivery(
