@@ -63,6 +63,18 @@ class ExtractOptions:
     suppress_below_k: bool = False
     project_id: str | None = None
     staging_dir: Path | None = None
+    # How a CSV source is written (a delivery's dialect, sniffed or set by its custodian).
+    csv_delimiter: str = ","
+    csv_quote_char: str = '"'
+    csv_encoding: str = "utf-8"
+
+    @property
+    def csv_dialect(self) -> tuple[str, str, str]:
+        return (self.csv_delimiter, self.csv_quote_char, self.csv_encoding)
+
+    @property
+    def default_csv_dialect(self) -> bool:
+        return self.csv_dialect == (",", '"', "utf-8")
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1 or self.k < 1:

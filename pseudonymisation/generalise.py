@@ -9,6 +9,8 @@ the patient's own identifiers plus patterns that look like identifiers.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import re
 from collections.abc import Sequence
 
@@ -115,6 +117,20 @@ def on_distinct(values: pa.Array, transform) -> pa.Array:
         values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
     return transform(encoded.dictionary).take(encoded.indices)
+
+
+def local_id_tokens(values: pa.Array, key: bytes) -> pa.Array:
+    """A per-project token of a local identifier (an OMOP ``person_id``, a hospital number): an
+    HMAC-SHA256 of its text under ``key`` (derive it from the project key and a namespace, so the
+    same id in two tables of one extract gets one token and two projects' tokens never match).
+    Computed once per distinct value; missing values stay missing."""
+    text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+
+    def spell(distinct: pa.Array) -> pa.Array:
+        return pa.array([None if v is None else "L" + hmac.new(key, v.encode(), hashlib.sha256).hexdigest()[:31]
+                         for v in distinct.to_pylist()], pa.string())
+
+    return on_distinct(text, spell)
 
 
 def _district(postcodes: pa.Array) -> pa.Array:

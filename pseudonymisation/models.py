@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pseudonymisation.reidentification_rules import STATES
@@ -107,3 +107,84 @@ class OptOutListVersion(Base):
     duplicates: Mapped[int] = mapped_column(default=0)
     loaded_by: Mapped[str | None] = mapped_column(String(32))
     loaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+DELIVERY_STATES = ("received", "checking", "accepted", "quarantined", "failed")
+
+
+class DatasetDelivery(Base):
+    """One refresh of a dataset as the custodian delivered it: checked before anything else, then
+    accepted (it becomes a version) or quarantined with the problems found (counts, never values).
+    A failed delivery is one the service could not check at all (unreadable, the worker lost)."""
+
+    __tablename__ = "dataset_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"state IN {DELIVERY_STATES!r}", name="state_known"),
+        CheckConstraint(
+            "(state IN ('accepted', 'quarantined', 'failed')) = (finished_at IS NOT NULL)", name="finished_when_final"
+        ),
+        CheckConstraint("(state = 'accepted') = (version IS NOT NULL)", name="version_when_accepted"),
+        Index("ix_dataset_deliveries_dataset", "dataset_id", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    state: Mapped[str] = mapped_column(String(20), default="received")
+    source_name: Mapped[str] = mapped_column(String(500))  # as named in the landing folder
+    stored_path: Mapped[str | None] = mapped_column(String(1000))  # its copy in the identifiable zone
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    rows: Mapped[int | None] = mapped_column(BigInteger)
+    dialect: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # a CSV dialect the custodian set
+    report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    problems: Mapped[list[Any]] = mapped_column(default=list)
+    reason: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int | None]
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    delivered_by: Mapped[str | None] = mapped_column(String(32))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+
+
+class DatasetVersion(Base):
+    """An accepted delivery: what extracts read. Versions are never changed or removed."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version"),
+        UniqueConstraint("delivery_id"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    version: Mapped[int]
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("dataset_deliveries.id"))
+    source_location: Mapped[str] = mapped_column(String(1000))
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DatasetDeliveryRules(Base):
+    """The thresholds a dataset's custodian set (``delivery_checks.DeliveryRules``); none: defaults."""
+
+    __tablename__ = "dataset_delivery_rules"
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DatasetVersionPin(Base):
+    """A project held at one version of a dataset; without a row the project follows the latest."""
+
+    __tablename__ = "dataset_version_pins"
+    __table_args__ = (CheckConstraint("version >= 1", name="version_positive"),)
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    version: Mapped[int]
+    pinned_by: Mapped[str | None] = mapped_column(String(32))
+    pinned_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

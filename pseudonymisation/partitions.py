@@ -212,7 +212,8 @@ def _stage_csv(options: ExtractOptions, plan: _Plan) -> list[int]:
     tmp = staging / f"{_STAGED}.{uuid.uuid4().hex}.tmp"
     batch_rows: list[int] = []
     try:
-        batches = _batches(options.source, "csv", plan.read_columns, plan.text_columns(), options.chunk_rows)
+        batches = _batches(options.source, "csv", plan.read_columns, plan.text_columns(), options.chunk_rows,
+                           options.csv_dialect)
         writer: pa.ipc.RecordBatchFileWriter | None = None
         try:
             for batch in batches:

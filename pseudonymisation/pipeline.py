@@ -101,12 +101,15 @@ def _source_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
         return "parquet"
-    if suffix in {".csv", ".txt"}:
+    if suffix in {".csv", ".txt", ".tsv"}:
         return "csv"
     raise ExtractError("a source must be a .parquet or .csv file")
 
 
-def _batches(path: Path, fmt: str, columns: list[str], text_columns: set[str], chunk_rows: int) -> Iterator:
+def _batches(
+    path: Path, fmt: str, columns: list[str], text_columns: set[str], chunk_rows: int,
+    dialect: tuple[str, str, str] = (",", '"', "utf-8"),
+) -> Iterator:
     if fmt == "parquet":
         handle = pq.ParquetFile(path)
         missing = set(columns) - set(handle.schema_arrow.names)
@@ -116,12 +119,13 @@ def _batches(path: Path, fmt: str, columns: list[str], text_columns: set[str], c
         for group in range(handle.num_row_groups):
             yield from handle.read_row_group(group, columns=columns).to_batches(max_chunksize=chunk_rows)
         return
+    delimiter, quote_char, encoding = dialect
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(block_size=1 << 24),
+        read_options=pacsv.ReadOptions(block_size=1 << 24, encoding="utf8" if encoding == "utf-8" else encoding),
         # Without this a quoted value holding a newline is read right only if it does not straddle
         # two blocks; with it, always (and no slower for the one-thread streaming reader).
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=quote_char, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             include_columns=columns, column_types={c: pa.string() for c in text_columns}
         ),
@@ -238,6 +242,9 @@ def _transform_column(
             return generalise.postcode_district(values)
         case TransformKind.POSTCODE_SECTOR:
             return generalise.postcode_sector(values)
+        case TransformKind.ID_TOKEN:
+            namespace = str(t.params.get("namespace", spec.name))
+            return generalise.local_id_tokens(values, tokens.derive_subkey(keys.project_key, f"local-id:{namespace}"))
         case TransformKind.SCRUB_TEXT:
             ids = [_column(table, c) for c in t.params.get("identifier_columns", ())]
             return generalise.scrub_text(values, ids)
@@ -299,6 +306,8 @@ def _plan_fingerprint(plan: _Plan, options: ExtractOptions) -> str:
         "exempt": sorted(plan.exempt),
         "k": options.k,
         "suppress": options.suppress_below_k,
+        # Only a delivery's own dialect is named, so extracts of comma-separated UTF-8 keep their fingerprint.
+        **({} if options.default_csv_dialect else {"csv_dialect": list(options.csv_dialect)}),
         "key_id": plan.keys.key_id,
         "key_fingerprints": [
             tokens.key_fingerprint(plan.keys.linkage_key),
@@ -404,7 +413,7 @@ def run_extract(options: ExtractOptions, *, progress: ProgressCallback | None = 
         source_hash = _BackgroundHash(source, hasher)
         pending: Future[pa.Table] | None = None
         try:
-            batches = _batches(source, fmt, plan.read_columns, plan.text_columns(), chunk_rows)
+            batches = _batches(source, fmt, plan.read_columns, plan.text_columns(), chunk_rows, options.csv_dialect)
             for index, table in enumerate(_chunks(batches, chunk_rows)):
                 stats = _chunk_done(work, data, index)
                 if stats is None:

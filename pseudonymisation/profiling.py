@@ -50,6 +50,7 @@ NULL_VALUES = ["", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "-"]
 # The rules a custodian may choose; each is a transform the extract pipeline already applies.
 RULES: tuple[TransformKind, ...] = (
     TransformKind.NHS_TOKEN,
+    TransformKind.ID_TOKEN,
     TransformKind.DOB_AGE_BAND,
     TransformKind.DOB_YEAR,
     TransformKind.DATE_SHIFT,
@@ -60,6 +61,7 @@ RULES: tuple[TransformKind, ...] = (
 )
 RULE_LABELS = {
     TransformKind.NHS_TOKEN: "token (per project)",
+    TransformKind.ID_TOKEN: "token of a local id (per project)",
     TransformKind.DOB_AGE_BAND: "age band",
     TransformKind.DOB_YEAR: "year",
     TransformKind.DATE_SHIFT: "date shift (per patient)",
@@ -271,6 +273,22 @@ def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int)
         raise ProfilingError(
             f"The CSV file could not be read ({kind} error); check its delimiter and quoting"
         ) from None
+
+
+def read_batches(
+    path: Path | str, *, chunk_bytes: int = 1 << 24, dialect: CsvDialect | None = None
+) -> tuple[str, CsvDialect | None, list[str], Iterator[pa.RecordBatch]]:
+    """A source's format, CSV dialect (sniffed unless given), column names and its batches: CSV
+    columns as text (nothing guessed), Parquet columns in their own types. Memory follows
+    ``chunk_bytes`` (CSV) or one row group (Parquet), never the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfilingError("The source file does not exist")
+    fmt = source_format(path)
+    if fmt == "csv" and dialect is None:
+        dialect = sniff_csv(path)
+    names = _column_names(path, fmt, dialect)
+    return fmt, dialect, names, _batches(path, fmt, dialect, chunk_bytes)
 
 
 def source_columns(path: Path | str) -> list[str]:

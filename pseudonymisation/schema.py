@@ -47,11 +47,12 @@ class TransformKind(StrEnum):
     POSTCODE_DISTRICT = "postcode_district"
     POSTCODE_SECTOR = "postcode_sector"
     SCRUB_TEXT = "scrub_text"  # params: identifier_columns
+    ID_TOKEN = "id_token"  # noqa: S105 - per-project token of a local identifier; params: namespace
 
 
 # Which transforms each role may take; anything else is refused.
 _ALLOWED: dict[Role, frozenset[TransformKind]] = {
-    Role.DIRECT_IDENTIFIER: frozenset({TransformKind.NHS_TOKEN, TransformKind.DROP}),
+    Role.DIRECT_IDENTIFIER: frozenset({TransformKind.NHS_TOKEN, TransformKind.ID_TOKEN, TransformKind.DROP}),
     Role.QUASI_IDENTIFIER: frozenset(TransformKind) - {TransformKind.NHS_TOKEN, TransformKind.SCRUB_TEXT},
     Role.ATTRIBUTE: frozenset(TransformKind) - {TransformKind.NHS_TOKEN, TransformKind.SCRUB_TEXT},
     Role.FREE_TEXT: frozenset({TransformKind.DROP, TransformKind.SCRUB_TEXT}),

@@ -23,8 +23,10 @@ from projects.rules import ACTIVE
 from projects.services import approved_columns
 from pseudonymisation import reidentification_rules as reid
 from pseudonymisation import tokens
+from pseudonymisation.deliveries import version_in_use
 from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
 from pseudonymisation.models import (
+    DatasetDelivery,
     Extract,
     ReidentificationApproval,
     ReidentificationRequest,
@@ -82,6 +84,15 @@ def _claim_folder(out: Path, extract_id: str) -> None:
     marker.write_text(extract_id)
 
 
+def _dialect_options(version: dict[str, Any] | None) -> dict[str, str]:
+    """The CSV dialect a version was checked with, as extract options (none for Parquet)."""
+    dialect = (version or {}).get("dialect")
+    if not dialect:
+        return {}
+    return {"csv_delimiter": dialect["delimiter"], "csv_quote_char": dialect["quote_char"],
+            "csv_encoding": dialect["encoding"]}
+
+
 STAGING = ".staging"  # beside the project folders, never inside one: workspaces mount a project's folder
 
 
@@ -92,6 +103,7 @@ class _Inputs:
 
     plan: list[tuple[Dataset, list[str]]]
     optouts: OptOutPlan
+    versions: dict[str, dict[str, Any] | None]
     datasets: list[ExtractOptions]
     out: Path
 
@@ -133,8 +145,27 @@ class Extracts:
             plan.append((dataset, sorted(cols)))
         return plan
 
-    def _plan_hash(self, plan: list[tuple[Dataset, list[str]]], optouts: OptOutPlan | None = None) -> str:
+    def versions(self, project_id: str, plan: list[tuple[Dataset, list[str]]]) -> dict[str, dict[str, Any] | None]:
+        """The dataset version each dataset of the plan is read from (the project's pin, else the
+        latest); None for a dataset that has had no delivery (its registered source is read)."""
+        found: dict[str, dict[str, Any] | None] = {}
+        for dataset, _ in plan:
+            v = version_in_use(self.session, project_id, dataset.id)
+            delivery = self.session.get(DatasetDelivery, v.delivery_id) if v is not None else None
+            dialect = ((delivery.report or {}).get("source") or {}).get("dialect") if delivery else None
+            found[dataset.name] = None if v is None else {
+                "version": v.version, "id": v.id, "source_sha256": v.source_sha256, "rows": v.rows,
+                "source_location": v.source_location, "dialect": dialect,
+            }
+        return found
+
+    def _plan_hash(
+        self, plan: list[tuple[Dataset, list[str]]], optouts: OptOutPlan | None = None,
+        versions: dict[str, dict[str, Any] | None] | None = None,
+    ) -> str:
         body: list[Any] = [[d.name, d.source_location, d.schema_spec, cols] for d, cols in plan]
+        if versions and any(versions.values()):
+            body.append(["versions", {n: v and [v["id"], v["source_sha256"]] for n, v in sorted(versions.items())}])
         if optouts is not None and optouts.by_dataset and any(optouts.by_dataset.values()):
             body.append(["optouts", optouts.state()])  # a new list version or exemption is a new extract
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
@@ -159,15 +190,17 @@ class Extracts:
             self._deny(actor, project_id, f"project is {project.state}")
             raise ExtractServiceError("Only an active project within its dates may have an extract")
         plan = self.plan(project_id)
-        plan_hash = self._plan_hash(plan, self._optouts(project_id, plan))
+        plan_hash = self._plan_hash(plan, self._optouts(project_id, plan), self.versions(project_id, plan))
         with transaction(self.session) as s:
-            existing = s.scalar(
-                select(Extract).where(
-                    Extract.project_id == project_id, Extract.plan_hash == plan_hash, Extract.state != "failed"
-                )
+            # The same plan asked twice is one extract, but only while it is the project's latest:
+            # the folder holds one extract, so going back to an earlier plan (a pinned earlier
+            # version) builds it again, byte for byte as before.
+            latest = s.scalar(
+                select(Extract).where(Extract.project_id == project_id, Extract.state != "failed")
+                .order_by(Extract.requested_at.desc()).limit(1)
             )
-            if existing is not None:
-                return existing
+            if latest is not None and latest.plan_hash == plan_hash:
+                return latest
             extract = Extract(project_id=project_id, plan_hash=plan_hash, requested_by=actor.id)
             s.add(extract)
             s.flush()
@@ -261,7 +294,8 @@ class Extracts:
             raise ExtractServiceError("This extract failed; request it again")
         plan = self.plan(extract.project_id)
         optouts = self._optouts(extract.project_id, plan)
-        if self._plan_hash(plan, optouts) != extract.plan_hash:
+        versions = self.versions(extract.project_id, plan)
+        if self._plan_hash(plan, optouts, versions) != extract.plan_hash:
             raise ExtractServiceError(
                 "The approved plan or the opt-out lists changed since this extract was requested; request it again"
             )
@@ -275,13 +309,15 @@ class Extracts:
         staging = self._staging(extract.project_id)
         datasets = [
             ExtractOptions(
-                Path(dataset.source_location), DatasetSchema.from_dict(dataset.schema_spec), cols,
+                Path((versions[dataset.name] or {}).get("source_location") or dataset.source_location),
+                DatasetSchema.from_dict(dataset.schema_spec), cols,
                 out / dataset.name, keys,
                 chunk_rows=self.chunk_rows,
                 optout_lists=[lists[a.version.id] for a in optouts.by_dataset.get(dataset.name, [])],
                 exempt_optout_lists=optouts.exempt_names(dataset.name),
                 project_id=extract.project_id,
                 staging_dir=staging / extract.id / dataset.name,
+                **_dialect_options(versions[dataset.name]),
             )
             for dataset, cols in plan
         ]
@@ -291,7 +327,7 @@ class Extracts:
             for old in staging.glob("*"):
                 if old.name != extract.id:
                     shutil.rmtree(old, ignore_errors=True)
-        return _Inputs(plan, optouts, datasets, out)
+        return _Inputs(plan, optouts, versions, datasets, out)
 
     def _staging(self, project_id: str) -> Path:
         """Where a project's long CSV sources are copied (Arrow IPC) while an extract is split: a
@@ -328,6 +364,10 @@ class Extracts:
         pairs = zip(inputs.plan, inputs.datasets, strict=True)
         by_dataset = {d.name: made.get(src.schema.name) for (d, _), src in pairs}
         manifest["optouts"] = inputs.optouts.summary(by_dataset)
+        # Which version of each dataset was read (None: its registered source, before any delivery).
+        manifest["dataset_versions"] = {
+            name: v and {k: v[k] for k in ("version", "source_sha256", "rows")} for name, v in inputs.versions.items()
+        }
         with transaction(self.session) as s:
             extract.state = "succeeded"
             extract.finished_at = utcnow()

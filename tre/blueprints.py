@@ -20,6 +20,7 @@ def page_blueprints() -> list[Any]:
     from tre.web.auth import bp as auth
     from tre.web.catalogue import bp as catalogue
     from tre.web.dac import bp as dac
+    from tre.web.deliveries import bp as deliveries
     from tre.web.extracts import bp as extracts
     from tre.web.outputs import bp as outputs
     from tre.web.outputs import prometheus_bp as outputs_metrics
@@ -29,19 +30,20 @@ def page_blueprints() -> list[Any]:
 
     return [
         web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces,
-        extracts, account, sso,
+        extracts, account, sso, deliveries,
     ]
 
 
 def api_blueprints() -> list[Any]:
     from tre.api import datasets as datasets_api
+    from tre.api import deliveries as deliveries_api
     from tre.api import extracts as extracts_api
     from tre.api import hub, identity, meta
     from tre.api import outputs as outputs_api
     from tre.api import projects as projects_api
 
     return [meta.blp, identity.blp, hub.blp, projects_api.blp, outputs_api.blp, extracts_api.blp,
-            datasets_api.blp]
+            datasets_api.blp, deliveries_api.blp]
 
 
 def register_pages(app: Flask) -> None:

@@ -10,6 +10,7 @@ import disclosure.models  # noqa: F401
 import projects.models  # noqa: F401
 import projects.tasks  # noqa: F401  (registers the projects' job handlers)
 import projects.workspaces  # noqa: F401
+import pseudonymisation.delivery_tasks  # noqa: F401  (registers the delivery check job)
 import pseudonymisation.models  # noqa: F401
 import pseudonymisation.tasks  # noqa: F401  (registers the extract job and the closure hook)
 from tre.core import (  # noqa: F401

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,3 +109,18 @@ def keys(linkage_key: bytes, project_key: bytes) -> ExtractKeys:
 @pytest.fixture
 def other_project_keys(linkage_key: bytes) -> ExtractKeys:
     return ExtractKeys(linkage_key=linkage_key, project_key=tokens.generate_key(), key_id="project-43/v1")
+
+
+@pytest.fixture
+def onboarding_app(tmp_path: Path, database_url: str) -> Iterator[Any]:
+    """An app (SQLite and PostgreSQL) whose landing folder is ``tmp_path / "landing"``."""
+    from tests.conftest import make_test_app
+    from tre.models import metadata
+
+    (tmp_path / "landing").mkdir()
+    application = make_test_app(tmp_path / "instance", database_url, landing_dir=tmp_path / "landing")
+    db = application.extensions["tre.db"]
+    metadata.create_all(db.engine)
+    yield application
+    db.session.remove()
+    db.dispose()

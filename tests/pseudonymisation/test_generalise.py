@@ -116,3 +116,17 @@ def test_scrub_leaves_other_patients_words_alone_and_keeps_nulls():
     scrubbed = generalise.scrub_text(notes, [pa.array(["John Smith", "Jane Roe"])]).to_pylist()
 
     assert scrubbed == ["Seen with Jane", None]
+
+
+def test_local_id_tokens_are_stable_per_key_and_differ_between_keys() -> None:
+    import pyarrow as pa
+
+    ids = pa.array([12, 7, 12, None], pa.int64())
+
+    one = generalise.local_id_tokens(ids, b"k" * 32).to_pylist()
+    again = generalise.local_id_tokens(pa.array(["12", "7", "12", None]), b"k" * 32).to_pylist()
+    other = generalise.local_id_tokens(ids, b"j" * 32).to_pylist()
+
+    assert one == again and one[0] == one[2] and one[0] != one[1] and one[3] is None
+    assert not set(one[:3]) & set(other[:3])
+    assert all(t.startswith("L") and len(t) == 32 for t in one[:3])

@@ -72,6 +72,7 @@ PLAIN_PARAMS = {
     "name": "national",
     "link_id": "0" * 32,
     "grant_id": "0" * 32,  # no role waits for approval in this world
+    "delivery_id": "0" * 32,  # no dataset has had a delivery in this world
 }
 ID_PARAMS = {"project_id", "request_id", "file_id", "user_id", "dataset_id", "extension_id", "token_id", "job_id"}
 
@@ -131,6 +132,20 @@ EXPECT: dict[str, str] = {
     "GET /catalogue/new": "data_custodian",
     "GET /catalogue/datasets/<dataset_id>/schema": "data_custodian",  # its registrant; the source is missing
     "GET /api/v1/datasets/<string:dataset_id>/schema-proposal": "data_custodian",  # 409: the source is missing
+    # Deliveries: the dataset's registrant (data_custodian here); no delivery exists, so its page is 404.
+    "GET /catalogue/datasets/<dataset_id>/deliveries": "data_custodian",
+    "POST /catalogue/datasets/<dataset_id>/deliveries": "data_custodian",  # the empty form is refused (422)
+    "GET /catalogue/deliveries/<delivery_id>": "",
+    "GET /api/v1/datasets/<string:dataset_id>/deliveries": "data_custodian",
+    "GET /api/v1/datasets/<string:dataset_id>/versions": "data_custodian",
+    "GET /api/v1/datasets/<string:dataset_id>/delivery-rules": "data_custodian",
+    "GET /api/v1/deliveries/<string:delivery_id>": "",
+    "GET /api/v1/datasets/<string:dataset_id>/metadata": "researcher dac_member dac_chair data_custodian",
+    "POST /api/v1/datasets/omop": "data_custodian",  # the empty body is refused (422) once let in
+    # The empty body is refused (422) before the dataset is looked up, so also for an id naming nothing.
+    "POST /api/v1/datasets/<string:dataset_id>/deliveries": "data_custodian:otn",
+    "PUT /api/v1/datasets/<string:dataset_id>/delivery-rules": "data_custodian:otn",
+    "PUT /api/v1/projects/<string:project_id>/dataset-versions/<string:dataset_id>": "data_custodian:otn",
     "GET /dac/": "dac_member dac_chair",
     "GET /dac/<project_id>": "dac_member:o dac_chair:o",
     "GET /dac/<project_id>/decide": "dac_chair:o",

@@ -84,6 +84,13 @@ class Settings:
     # Where extracts and workspaces' private output folders live; empty means inside the instance.
     extracts_path: Path | None = None
     workspaces_path: Path | None = None
+    # Data onboarding: the folder custodians drop deliveries into (empty: none, deliveries from a
+    # landing folder are refused), and the identifiable zone where accepted and quarantined
+    # deliveries are kept (only the service account may enter it; no workspace mounts it).
+    landing_dir: Path | None = None
+    identifiable_path: Path | None = None
+    # Named as the publisher in each dataset's metadata export (DCAT).
+    metadata_publisher: str = "Trusted research environment"
     # Extracts: rows per chunk (a worker's memory follows it) and per partition. A Parquet source
     # longer than one partition is built by several workers at once and merged (same result as one
     # worker with the same chunk size); 0 builds every extract in one job.
@@ -148,6 +155,8 @@ class Settings:
             changes["extracts_path"] = inst / "extracts"
         if self.workspaces_path is None:
             changes["workspaces_path"] = inst / "workspaces"
+        if self.identifiable_path is None:
+            changes["identifiable_path"] = inst / "identifiable"
         if not self.jupyterhub_api_url:
             changes["jupyterhub_api_url"] = self.jupyterhub_url
         if not 0 <= self.trusted_proxies <= 10:

@@ -46,3 +46,16 @@ def generate_command(patients: int, seed: int, out_dir: Path, chunk_size: int, p
         click.echo(f"{name:<14} {rows:>12,} rows  {result['paths'][name]}")
     click.echo(f"{'datasets.json':<14} {'':>12}       {result['datasets_json']}")
     click.echo(f"{patients:,} patients, seed {seed}, in {seconds:.1f} s")
+
+
+@demo_cli.command("omop")
+@click.option("--persons", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=7, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the OMOP CDM v5.4 tables (CSV); put it in the landing folder to register it.")
+def omop_command(persons: int, seed: int, out_dir: Path) -> None:
+    """Write a synthetic OMOP CDM v5.4 folder (person, visits, conditions, drugs, measurements)."""
+    from tre.demo.omop import write_omop_folder
+
+    for table, rows in write_omop_folder(out_dir, persons=persons, seed=seed).items():
+        click.echo(f"{table:<22} {rows:>8,} rows")

@@ -1,0 +1,347 @@
+"""Deliveries and versions of a dataset: a custodian delivers a refresh, the service checks it against
+the declared columns and the custodian's thresholds before anything else, and either accepts it as
+the dataset's next version or quarantines it with the problems found (counts, never values).
+
+Who may: the dataset's custodian (``dataset_schemas.may_set_schema``: holds dataset.manage and
+registered it). Every change is one transaction with its audit event; every refusal is audited.
+The check itself runs as a background job (``deliveries.check``) that a killed worker's successor
+finishes: its copy into the identifiable zone is written aside and renamed, and its verdict is
+written once, under a lock on the delivery, so a repeat does nothing.
+
+A quarantined or failed delivery never becomes a version, so it never replaces the version in use.
+Projects read the latest version, or the one a custodian pinned for them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from projects.kernel import NotFound, ProjectError, ProjectsKernel
+from projects.models import Dataset, Project
+from pseudonymisation import delivery_checks as checks
+from pseudonymisation.dataset_schemas import may_set_schema
+from pseudonymisation.landing import LandingError, check_name, copy_into_zone, open_in_landing
+from pseudonymisation.models import (
+    DatasetDelivery,
+    DatasetDeliveryRules,
+    DatasetVersion,
+    DatasetVersionPin,
+)
+from pseudonymisation.profiling import CsvDialect
+from tre.core import testpoints
+from tre.core.audit import FAILURE
+from tre.core.db import transaction, utcnow
+from tre.core.jobs import enqueue
+
+CHECK_JOB = "deliveries.check"
+FINAL = ("accepted", "quarantined", "failed")
+DEFAULT_MAX_BYTES = 50 * 1024**3
+CHECKED_POINT = "deliveries.check.checked"  # tre/core/testpoints.py: checked, verdict not yet written
+
+
+def version_in_use(session: Session, project_id: str | None, dataset_id: str) -> DatasetVersion | None:
+    """The version a project reads: its pin if it has one, else the latest; None before any."""
+    if project_id is not None:
+        pin = session.get(DatasetVersionPin, (project_id, dataset_id))
+        if pin is not None:
+            return session.scalar(select(DatasetVersion).where(
+                DatasetVersion.dataset_id == dataset_id, DatasetVersion.version == pin.version))
+    return session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == dataset_id)
+                          .order_by(DatasetVersion.version.desc()).limit(1))
+
+
+@dataclass
+class Deliveries(ProjectsKernel):
+    landing_dir: Path | None = None
+    identifiable_path: Path | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def _dataset(self, dataset_id: str) -> Dataset:
+        ds = self.session.get(Dataset, dataset_id) if dataset_id else None
+        if ds is None:
+            raise NotFound("No such dataset")
+        return ds
+
+    def _custodian(self, actor: Any, ds: Dataset, action: str) -> None:
+        self._allow(may_set_schema(actor, ds), action, actor)
+
+    def list_deliveries(self, actor: Any, dataset_id: str) -> list[DatasetDelivery]:
+        with self._tx():
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_read")
+            return list(self.session.scalars(select(DatasetDelivery).where(DatasetDelivery.dataset_id == ds.id)
+                                             .order_by(DatasetDelivery.received_at.desc())))
+
+    def get_delivery(self, actor: Any, delivery_id: str) -> DatasetDelivery:
+        with self._tx():
+            delivery = self.session.get(DatasetDelivery, delivery_id) if delivery_id else None
+            if delivery is None:
+                raise NotFound("No such delivery")
+            self._custodian(actor, self._dataset(delivery.dataset_id), "dataset.delivery_read")
+            return delivery
+
+    def versions(self, actor: Any, dataset_id: str) -> list[DatasetVersion]:
+        with self._tx():
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_read")
+            return list(self.session.scalars(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
+                                             .order_by(DatasetVersion.version.desc())))
+
+    def get_rules(self, actor: Any, dataset_id: str) -> checks.DeliveryRules:
+        with self._tx():
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_read")
+            return self.rules(ds.id)
+
+    def rules(self, dataset_id: str) -> checks.DeliveryRules:
+        row = self.session.get(DatasetDeliveryRules, dataset_id)
+        return checks.DeliveryRules.from_dict(row.rules if row else {})
+
+    # --- changing -----------------------------------------------------------------------------------
+
+    def receive(
+        self, actor: Any, dataset_id: str, source_name: str, *, dialect: Mapping[str, str] | None = None
+    ) -> DatasetDelivery:
+        """Take a file named in the landing folder as a delivery and queue its check. The same name
+        delivered again while its check is still waiting is the same delivery."""
+        with self._tx() as s:
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_receive")
+            try:
+                fd, name = open_in_landing(self.landing_dir, source_name)
+                os.close(fd)
+            except LandingError as exc:
+                raise ProjectError(str(exc)) from None
+            chosen = _dialect(dialect)
+            waiting = s.scalar(select(DatasetDelivery).where(
+                DatasetDelivery.dataset_id == ds.id, DatasetDelivery.source_name == str(name),
+                DatasetDelivery.state.in_(("received", "checking"))))
+            if waiting is not None:
+                return waiting
+            delivery = DatasetDelivery(dataset_id=ds.id, source_name=str(name), delivered_by=getattr(actor, "id", None),
+                                       dialect=chosen.to_dict() if chosen else None)
+            s.add(delivery)
+            s.flush()
+            job = enqueue(s, CHECK_JOB, {"delivery_id": delivery.id}, idempotency_key=f"{CHECK_JOB}:{delivery.id}")
+            delivery.job_id = job.id
+            self.audit.record(s, "dataset.delivery_receive", actor_id=getattr(actor, "id", None),
+                              target_type="dataset", target_id=ds.id, request_id=self.request_id,
+                              detail={"delivery": delivery.id})
+        return delivery
+
+    def set_rules(self, actor: Any, dataset_id: str, rules: Mapping[str, Any]) -> checks.DeliveryRules:
+        """Set the thresholds that fail a delivery of this dataset (all of them at once)."""
+        with self._tx() as s:
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_rules")
+            try:
+                parsed = checks.DeliveryRules.from_dict(rules)
+            except checks.DeliveryCheckError as exc:
+                raise ProjectError(str(exc)) from None
+            unknown = sorted(parsed.named_columns() - set(ds.column_names))
+            if unknown:
+                raise ProjectError(f"The rules name columns the dataset does not have: {', '.join(unknown)}")
+            row = s.get(DatasetDeliveryRules, ds.id)
+            if row is None:
+                row = DatasetDeliveryRules(dataset_id=ds.id)
+                s.add(row)
+            row.rules = parsed.to_dict()
+            row.updated_by = getattr(actor, "id", None)
+            row.updated_at = utcnow()
+            self.audit.record(s, "dataset.delivery_rules", actor_id=getattr(actor, "id", None), target_type="dataset",
+                              target_id=ds.id, request_id=self.request_id, detail={"rules": sorted(rules)})
+        return parsed
+
+    def pin(self, actor: Any, project_id: str, dataset_id: str, version: int | None) -> DatasetVersion | None:
+        """Hold a project at one version of the dataset, or (``None``) let it follow the latest."""
+        with self._tx() as s:
+            ds = self._dataset(dataset_id)
+            project = s.get(Project, project_id) if project_id else None
+            self._allow(may_set_schema(actor, ds), "dataset.version_pin", actor, project)
+            if project is None:
+                raise NotFound("No such project")
+            row = s.get(DatasetVersionPin, (project.id, ds.id))
+            if version is None:
+                if row is not None:
+                    s.delete(row)
+            else:
+                found = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id,
+                                                              DatasetVersion.version == version))
+                if found is None:
+                    raise ProjectError(f"The dataset has no version {version}")
+                if row is None:
+                    row = DatasetVersionPin(project_id=project.id, dataset_id=ds.id, version=version)
+                    s.add(row)
+                row.version, row.pinned_by, row.pinned_at = version, getattr(actor, "id", None), utcnow()
+            self._record(s, "dataset.version_pin", actor, project, dataset=ds.name, version=version)
+            s.flush()
+            return version_in_use(s, project.id, ds.id)
+
+    # --- the check (the background job) ---------------------------------------------------------------
+
+    def check(self, delivery_id: str, progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
+        """Copy the delivery into the identifiable zone, check it, and accept or quarantine it. Safe to
+        repeat: a delivery already decided is returned as it is."""
+        delivery = self.session.get(DatasetDelivery, delivery_id)
+        if delivery is None:
+            raise NotFound("No such delivery")
+        if delivery.state in FINAL:
+            return _verdict(delivery)
+        with transaction(self.session):
+            delivery.state = "checking"
+        ds = self._dataset(delivery.dataset_id)
+        try:
+            stored, sha, size = self._store(delivery)
+        except LandingError as exc:
+            return self._finish(delivery, ds, None, failure=str(exc))
+        rules = self._effective_rules(ds)
+        previous = version_in_use(self.session, None, ds.id)
+        previous_report = self._report_of(previous)
+        expected = [checks.ExpectedColumn(c.name, c.data_type) for c in ds.columns]
+        dialect = CsvDialect(**delivery.dialect) if delivery.dialect else None
+        references = self._reference_keys(rules)
+        expected_rows = previous.rows if previous is not None else None
+        # End the read before the long check: on SQLite an open transaction holds the write lock
+        # the job's progress reports need.
+        self.session.commit()
+
+        def counted(rows: int) -> None:
+            # A CSV's length is known only at its end: the version in use is the best guess of it.
+            if progress is not None:
+                fraction = min(rows / expected_rows, 0.99) if expected_rows else 0.0
+                progress(fraction, f"{rows:,} rows checked")
+
+        try:
+            report = checks.check_delivery(
+                stored, expected, rules, previous=previous_report, today=utcnow().date(), dialect=dialect,
+                reference_keys=references, progress=counted,
+            )
+        except checks.DeliveryCheckError as exc:
+            return self._finish(delivery, ds, None, failure=str(exc), stored=(stored, sha, size))
+        testpoints.reach(CHECKED_POINT)
+        return self._finish(delivery, ds, report, stored=(stored, sha, size))
+
+    def _store(self, delivery: DatasetDelivery) -> tuple[Path, str, int]:
+        """The delivery's copy in the identifiable zone, made once: a repeat finds it by name."""
+        if self.identifiable_path is None:
+            raise LandingError("No identifiable zone is configured")
+        root = self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id
+        target = root / check_name(delivery.source_name).name
+        if delivery.stored_path and Path(delivery.stored_path).is_file() and delivery.source_sha256:
+            return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0)
+        self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, _ = open_in_landing(self.landing_dir, delivery.source_name)
+        sha, size = copy_into_zone(fd, target, max_bytes=self.max_bytes)
+        with transaction(self.session):
+            delivery.stored_path, delivery.source_sha256, delivery.size_bytes = str(target), sha, size
+        return target, sha, size
+
+    def _effective_rules(self, ds: Dataset) -> checks.DeliveryRules:
+        """The custodian's rules; the NHS number column and code patterns default to the schema's."""
+        rules = self.rules(ds.id).to_dict()
+        spec = ds.schema_spec or {}
+        if not rules.get("nhs_number_column") and spec.get("nhs_number_column"):
+            rules["nhs_number_column"] = spec["nhs_number_column"]
+        patterns = {c["name"]: c["valid_pattern"] for c in spec.get("columns", []) if c.get("valid_pattern")}
+        rules["code_patterns"] = {**patterns, **rules.get("code_patterns", {})}
+        return checks.DeliveryRules.from_dict(rules)
+
+    def _report_of(self, version: DatasetVersion | None) -> dict[str, Any] | None:
+        if version is None:
+            return None
+        delivery = self.session.get(DatasetDelivery, version.delivery_id)
+        return delivery.report if delivery is not None else None
+
+    def _reference_keys(self, rules: checks.DeliveryRules) -> dict[str, Callable[[], Any]]:
+        """For each table a referential rule names: its version in use, read when first asked."""
+        found: dict[str, Callable[[], Any]] = {}
+        for ref in rules.referential:
+            other = self.session.scalar(select(Dataset).where(Dataset.name == ref["table"]))
+            version = version_in_use(self.session, None, other.id) if other is not None else None
+            if version is not None:
+                found[ref["table"]] = (lambda loc=version.source_location, col=ref["table_column"]:
+                                       checks.key_hashes_of(loc, col))
+        return found
+
+    def _finish(
+        self, delivery: DatasetDelivery, ds: Dataset, report: checks.DeliveryReport | None, *,
+        failure: str | None = None, stored: tuple[Path, str, int] | None = None,
+    ) -> dict[str, Any]:
+        with transaction(self.session) as s:
+            s.refresh(delivery, with_for_update=True)
+            if delivery.state in FINAL:
+                return _verdict(delivery)  # a twin of this job got here first
+            s.refresh(ds, with_for_update=True)  # versions of one dataset are numbered one at a time
+            latest = s.scalar(select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == ds.id)) or 0
+            delivery.finished_at = utcnow()
+            if report is None:
+                delivery.state = "quarantined" if stored is not None else "failed"
+                delivery.problems = [{"check": "unreadable", "column": None, "count": None, "fraction": None,
+                                      "limit": None, "message": failure}]
+                delivery.reason = (failure or "")[:2000]
+            else:
+                delivery.report = report.to_dict()
+                delivery.rows = report.rows
+                delivery.problems = list(report.problems)
+                if report.passed and stored is not None:
+                    version = DatasetVersion(dataset_id=ds.id, version=latest + 1, delivery_id=delivery.id,
+                                             source_location=str(stored[0]), source_sha256=stored[1],
+                                             rows=int(report.rows or 0))
+                    s.add(version)
+                    delivery.state, delivery.version = "accepted", version.version
+                    ds.row_count = version.rows
+                else:
+                    delivery.state = "quarantined"
+                    delivery.reason = "; ".join(p["message"] for p in report.problems)[:2000]
+            s.flush()
+            self.audit.record(
+                s, "dataset.delivery_check", actor_id=None,
+                outcome=FAILURE if delivery.state != "accepted" else "success",
+                target_type="dataset", target_id=ds.id, request_id=self.request_id,
+                detail={"delivery": delivery.id, "state": delivery.state, "version": delivery.version,
+                        "problems": sorted({p["check"] for p in delivery.problems})},
+            )
+            return _verdict(delivery)
+
+    def fail(self, delivery_id: str, reason: str) -> None:
+        """The job gave up (its last attempt's worker was lost): the delivery is marked failed."""
+        with transaction(self.session) as s:
+            delivery = s.get(DatasetDelivery, delivery_id, with_for_update=True)
+            if delivery is None or delivery.state in FINAL:
+                return
+            delivery.state, delivery.finished_at, delivery.reason = "failed", utcnow(), reason[:2000]
+            self.audit.record(s, "dataset.delivery_check", actor_id=None, outcome=FAILURE, target_type="dataset",
+                              target_id=delivery.dataset_id, request_id=self.request_id,
+                              detail={"delivery": delivery.id, "state": "failed"})
+
+
+def _verdict(delivery: DatasetDelivery) -> dict[str, Any]:
+    return {"delivery": delivery.id, "state": delivery.state, "version": delivery.version,
+            "problems": len(delivery.problems or [])}
+
+
+def _dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
+    """A CSV dialect the custodian set instead of the sniffed one; checked before it is kept."""
+    if not given:
+        return None
+    delimiter, quote = str(given.get("delimiter", ",")), str(given.get("quote_char", '"'))
+    encoding = str(given.get("encoding", "utf-8"))
+    if len(delimiter) != 1 or len(quote) != 1 or delimiter in "\r\n" or quote in "\r\n":
+        raise ProjectError("The delimiter and quote character must each be one character")
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise ProjectError("Unknown text encoding") from None
+    return CsvDialect(delimiter=delimiter, encoding=encoding, quote_char=quote)
+
+
+__all__ = ["CHECK_JOB", "CHECKED_POINT", "Deliveries", "version_in_use"]

@@ -1,0 +1,43 @@
+"""The delivery check as a thin database-backed job (``pseudonymisation.deliveries.Deliveries.check``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from pseudonymisation.deliveries import CHECK_JOB, Deliveries
+from tre.core.jobs import Job, JobContext, job_handler, on_worker_lost
+
+
+def _platform() -> Any:
+    from flask import current_app
+
+    return current_app.extensions["tre.platform"]
+
+
+def deliveries_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Deliveries:
+    settings = platform.settings
+    return Deliveries(session or platform.db.session, platform.audit, request_id=request_id,
+                      landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path)
+
+
+@job_handler(CHECK_JOB, queue="extracts")
+def check_delivery(ctx: JobContext) -> dict[str, Any]:
+    service = deliveries_service(_platform(), ctx.session)
+    try:
+        return service.check(ctx.payload["delivery_id"], progress=ctx.report_progress)
+    except Exception as exc:
+        ctx.session.rollback()
+        job = ctx.session.get(Job, ctx.job_id)
+        ctx.session.rollback()  # end the read: on SQLite it holds the write lock
+        if job is not None and ctx.attempt >= job.max_attempts:
+            service.fail(ctx.payload["delivery_id"], f"The check failed ({type(exc).__name__}); deliver it again")
+        raise
+
+
+@on_worker_lost(CHECK_JOB)
+def _worker_lost(session: Session, payload: dict[str, Any], reason: str) -> None:
+    """The sweeper gave up on a check whose worker died in its last attempt: the delivery is marked
+    failed (audited) rather than left 'checking', and the custodian may deliver it again."""
+    deliveries_service(_platform(), session).fail(payload["delivery_id"], reason)

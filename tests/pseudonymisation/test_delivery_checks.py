@@ -1,0 +1,188 @@
+"""The pure delivery checks: each problem is found, counted by column, and no value is reported."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pseudonymisation.delivery_checks import (
+    DeliveryCheckError,
+    DeliveryRules,
+    ExpectedColumn,
+    check_delivery,
+    key_hashes_of,
+    public_report,
+)
+from pseudonymisation.profiling import CsvDialect
+
+from .conftest import valid_nhs_numbers
+
+TODAY = dt.date(2026, 12, 6)
+EXPECTED = [ExpectedColumn("id", "integer"), ExpectedColumn("nhs", "string"), ExpectedColumn("seen", "date"),
+            ExpectedColumn("score", "decimal"), ExpectedColumn("code", "string")]
+
+
+def _csv(path: Path, rows: list[list[str]], delimiter: str = ",", encoding: str = "utf-8") -> Path:
+    lines = [delimiter.join(["id", "nhs", "seen", "score", "code"])] + [delimiter.join(r) for r in rows]
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+def _rows(n: int) -> list[list[str]]:
+    numbers = valid_nhs_numbers(n, seed=5)
+    return [[str(i), numbers[i], f"2020-0{1 + i % 9}-1{i % 10}", f"{i / 3:.2f}", ["I10", "E11"][i % 2]]
+            for i in range(n)]
+
+
+def test_a_clean_delivery_passes_with_full_counts(tmp_path: Path) -> None:
+    report = check_delivery(_csv(tmp_path / "d.csv", _rows(50)), EXPECTED, DeliveryRules(key_columns=("id",)),
+                            today=TODAY)
+
+    assert report.passed and report.rows == 50 and report.problems == ()
+    body = report.to_dict()
+    assert body["columns"]["score"] == {"data_type": "decimal", "missing": 0, "completeness": 1.0,
+                                        "type_failures": 0}
+    assert body["uniqueness"] == {"key_columns": ["id"], "duplicate_rows": 0, "rows_missing_key": 0}
+
+
+def test_validity_counts_check_digits_codes_future_and_early_dates(tmp_path: Path) -> None:
+    rows = _rows(20)
+    rows[0][1] = rows[0][1][:9] + str((int(rows[0][1][9]) + 1) % 10)  # a wrong check digit
+    rows[1][1] = "12345"
+    rows[2][2] = "2099-01-01"
+    rows[3][2] = "1850-06-01"
+    rows[4][4] = "flu"
+    rules = DeliveryRules(nhs_number_column="nhs", code_patterns={"code": "[A-Z][0-9]{2}"},
+                          max_invalid_nhs_fraction=0.05, max_future_date_fraction=0.0)
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, rules, today=TODAY).to_dict()
+
+    columns = report["columns"]
+    assert sum(columns["nhs"]["nhs_numbers_invalid"].values()) == 2
+    assert (columns["seen"]["dates_in_future"], columns["seen"]["dates_too_early"]) == (1, 1)
+    assert columns["code"]["invalid_codes"] == 1
+    assert {p["check"] for p in report["problems"]} == {"invalid_nhs_numbers", "future_dates"}
+
+
+def test_wrong_types_are_counted_by_column_beyond_the_threshold(tmp_path: Path) -> None:
+    rows = _rows(100)
+    rows[5][0], rows[6][3], rows[7][2] = "seven", "n/a-ish", "31/02/2020"
+
+    lenient = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, DeliveryRules(), today=TODAY)
+    strict = check_delivery(tmp_path / "d.csv", EXPECTED, DeliveryRules(max_type_failure_fraction=0.0), today=TODAY)
+
+    assert lenient.passed  # one bad value in a hundred is within the default 1 %
+    assert [(p["check"], p["column"], p["count"]) for p in strict.problems] == [
+        ("wrong_type", "id", 1), ("wrong_type", "seen", 1), ("wrong_type", "score", 1)]
+
+
+def test_a_renamed_column_is_reported_as_missing_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("id,nhs,seen,points,code\n1,9434765919,2020-01-01,1,I10\n")
+
+    report = check_delivery(path, EXPECTED, DeliveryRules(), today=TODAY)
+
+    assert not report.passed and report.rows is None
+    assert report.problems[0]["check"] == "missing_columns"
+    assert "score" in report.problems[0]["message"] and "points" in report.problems[0]["message"]
+
+
+def test_duplicates_and_missing_keys_over_chunks(tmp_path: Path) -> None:
+    rows = _rows(3000)
+    rows[2999][0] = rows[10][0]
+    rows[1500][0] = ""
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, DeliveryRules(key_columns=("id",)),
+                            today=TODAY, chunk_bytes=4096)
+
+    assert report.to_dict()["uniqueness"] == {"key_columns": ["id"], "duplicate_rows": 1, "rows_missing_key": 1}
+    assert {p["check"] for p in report.problems} == {"duplicate_keys", "missing_keys"}
+
+
+def test_drift_against_the_previous_report(tmp_path: Path) -> None:
+    before = check_delivery(_csv(tmp_path / "a.csv", _rows(100)), EXPECTED, DeliveryRules(), today=TODAY)
+    rows = [r[:3] + ["", r[4]] if i < 30 else r[:3] + ["900", r[4]] for i, r in enumerate(_rows(80))]
+    rules = DeliveryRules(max_missing_increase=0.1, max_mean_shift_sd=3)
+
+    after = check_delivery(_csv(tmp_path / "b.csv", rows), EXPECTED, rules, previous=before.to_dict(),
+                           today=TODAY).to_dict()
+
+    assert after["drift"]["previous_rows"] == 100 and after["drift"]["row_change"] == -0.2
+    assert after["drift"]["columns"]["score"]["missing_fraction_change"] == 0.375
+    assert {p["check"] for p in after["problems"]} == {"too_few_rows", "missingness_drift", "distribution_drift"}
+
+
+def test_referential_orphans_against_another_table(tmp_path: Path) -> None:
+    people = tmp_path / "person.parquet"
+    pq.write_table(pa.table({"person_id": pa.array(range(0, 40), pa.int64())}), people)
+    rules = DeliveryRules(referential=({"column": "id", "table": "person", "table_column": "person_id"},))
+
+    report = check_delivery(_csv(tmp_path / "d.csv", _rows(50)), EXPECTED, rules, today=TODAY,
+                            reference_keys={"person": lambda: key_hashes_of(people, "person_id")})
+
+    assert report.to_dict()["referential"][0]["orphans"] == 10
+    assert [p["check"] for p in report.problems] == ["referential"]
+
+
+def test_other_delimiters_encodings_and_parquet_read_alike(tmp_path: Path) -> None:
+    rows = _rows(30)
+    rows[3][4] = "Ärztin"
+    semicolon = _csv(tmp_path / "a.csv", rows, delimiter=";", encoding="cp1252")
+    table = pa.table({"id": pa.array(range(30), pa.int64()), "nhs": [r[1] for r in rows],
+                      "seen": pa.array([dt.date.fromisoformat(r[2]) for r in rows]),
+                      "score": pa.array([float(r[3]) for r in rows]), "code": [r[4] for r in rows]})
+    pq.write_table(table, tmp_path / "a.parquet")
+
+    sniffed = check_delivery(semicolon, EXPECTED, DeliveryRules(), today=TODAY)
+    told = check_delivery(semicolon, EXPECTED, DeliveryRules(), today=TODAY,
+                          dialect=CsvDialect(delimiter=";", encoding="cp1252"))
+    parquet = check_delivery(tmp_path / "a.parquet", EXPECTED, DeliveryRules(), today=TODAY)
+
+    assert sniffed.to_dict()["source"]["dialect"]["delimiter"] == ";"
+    for report in (sniffed, told, parquet):
+        assert report.passed and report.rows == 30
+        assert report.to_dict()["columns"]["score"]["type_failures"] == 0
+
+
+def test_no_value_from_the_data_reaches_the_report(tmp_path: Path) -> None:
+    rows = _rows(40)
+    rows[0][3] = "SECRET-VALUE"
+    rows[1][2] = "2099-12-31"
+    rules = DeliveryRules(key_columns=("nhs",), nhs_number_column="nhs", max_type_failure_fraction=0.0)
+    rows.append(list(rows[5]))
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, rules, today=TODAY)
+
+    shown = json.dumps(public_report(report.to_dict()))
+    assert "SECRET-VALUE" not in shown and "2099" not in shown
+    assert not any(r[1] in shown for r in rows)
+    assert "profile" not in public_report(report.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [({"max_type_failure_fraction": 1.5}, "between 0 and 1"), ({"shape": 1}, "Unknown"),
+     ({"code_patterns": {"code": "("}}, "regular expression"), ({"earliest_date": "yesterday"}, "YYYY-MM-DD"),
+     ({"referential": [{"column": "id"}]}, "table_column"), ({"max_mean_shift_sd": -1}, "positive")],
+)
+def test_bad_rules_are_refused(rules: dict, message: str) -> None:
+    with pytest.raises(DeliveryCheckError, match=message):
+        DeliveryRules.from_dict(rules)
+
+
+def test_rules_round_trip() -> None:
+    rules = DeliveryRules(key_columns=("id",), max_missing_fraction={"nhs": 0.1}, code_patterns={"code": "[A-Z]"})
+
+    assert DeliveryRules.from_dict(rules.to_dict()) == rules
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 not really")
+
+    with pytest.raises(DeliveryCheckError, match="could not be read"):
+        check_delivery(tmp_path / "d.parquet", EXPECTED, DeliveryRules(), today=TODAY)
