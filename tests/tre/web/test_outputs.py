@@ -340,3 +340,13 @@ def test_table_view_is_refused_to_everyone_but_a_checker_holding_a_place(web: Br
         select(AuditEvent).where(AuditEvent.action == "output.view_file", AuditEvent.outcome == "denied")
     ).all()
     assert len(denied) == 4
+
+
+def test_request_page_names_flagged_cells_by_their_labels_not_as_dictionaries(web: Browser) -> None:
+    w = web.world
+    req = w.submitted()
+
+    body = web.as_(w.author).get(f"/outputs/requests/{req.id}").get_data(as_text=True)
+
+    assert "region = North, column_0 = male: fail (fewer than" in body
+    assert "{&#39;" not in body and "&#39;row&#39;" not in body
