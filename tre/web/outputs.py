@@ -44,10 +44,12 @@ from disclosure.services import (
     automated_status,
 )
 from projects.models import Project
+from tre import turnaround
 from tre.access import login_required, public, requires
 from tre.authn import platform
 from tre.core.identity import User
 from tre.core.permissions import Permission
+from tre.web.pictures import turnaround_charts
 from tre.web.table_review import ACTION_WORDS, RULE_MARKS, build_review
 
 bp = Blueprint("outputs", __name__, url_prefix="/outputs")
@@ -351,11 +353,15 @@ def resolve_failed_checks(request_id: str) -> Any:
 @bp.get("/metrics")
 @requires(Permission.OUTPUT_REVIEW)
 def metrics_page() -> str:
+    session = platform().db.session
     return render_template(
         "outputs/metrics.html",
         title="Output checking metrics",
-        m=collect(platform().db.session),
+        m=collect(session),
         labels=rules.STATE_LABELS,
+        charts=turnaround_charts(
+            turnaround.output_requests(session, open_until_now=True), id="outputs", noun="output requests"
+        ),
     )
 
 

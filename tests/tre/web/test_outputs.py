@@ -280,6 +280,7 @@ def test_metrics_page_and_prometheus_text_show_the_queue(web: Browser) -> None:
     prom = web.app.test_client().get("/metrics/outputs")
 
     assert 'id="queue-length">1<' in page
+    assert 'id="outputs-median"' in page and 'id="outputs-recent-table"' in page  # turnaround, with its numbers
     assert prom.status_code == 200
     text = prom.get_data(as_text=True)
     assert "tre_output_queue_length 1" in text
