@@ -196,8 +196,12 @@ def decide(project_id: str) -> Any:
             flash(f"Decision recorded: {rules.STATE_LABELS[decision.outcome].lower()}", "success")
             return redirect(url_for("dac.review", project_id=project.id))
     votes = svc.votes_visible_to(g.user, project, version)
+    counted = len(svc.counted_votes_for(g.user, version))
     return render_template(
         "dac/decide.html",
+        counted=counted,
+        quorum=svc.policy.quorum,
+        decidable=project.state == rules.IN_REVIEW and counted >= svc.policy.quorum,
         title=f"Decide: {project.title}",
         project=project,
         version=version,

@@ -339,3 +339,30 @@ def test_chair_closes_a_project_from_its_page(w: World, client: Any) -> None:
     assert response.status_code == 302
     w.session.expire_all()
     assert w.session.get(Project, p.id).state == "closed"
+
+
+def test_decide_page_offers_no_decision_before_the_quorum_has_voted(w: World, client: Any) -> None:
+    p = in_review(w)
+    w.svc.cast_vote(w.dana, p.id, "approve", "Sound design.")  # one of the two votes the quorum needs
+    login(client, w.chair)
+
+    before = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
+    w.svc.cast_vote(w.drew, p.id, "approve", "Fine.")
+    after = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
+
+    assert 'id="quorum-not-reached"' in before and "1 of 2 votes" in before
+    assert "Record decision" not in before and 'name="outcome"' not in before
+    assert 'id="quorum-reached"' in after and "Record decision" in after
+
+
+def test_decide_page_does_not_count_the_deciding_chairs_own_vote_towards_the_quorum(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    w.svc.submit(w.pi, p.id)
+    w.svc.assign_reviewers(w.chair, p.id, [w.chair.id, w.dana.id])
+    w.svc.cast_vote(w.chair, p.id, "approve", "Mine.")
+    w.svc.cast_vote(w.dana, p.id, "approve", "Hers.")
+    login(client, w.chair)
+
+    page = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
+
+    assert "1 of 2 votes" in page and "Record decision" not in page
