@@ -66,3 +66,39 @@ def test_custodian_sees_a_building_extract_with_rate_and_time_left(w: World, cli
 
     assert f'id="progress-{project.id}"' in body and "25%" in body
     assert "Rows per second" in body and "50,000" in body and "Time left" in body
+
+
+def test_manifest_page_shows_the_k_anonymity_warning_and_plain_fingerprints(w: World, client: Any) -> None:
+    project = ready_for_access(w)
+    report = {
+        "k": 5,
+        "rows": 40_000,
+        "groups": 27_059,
+        "smallest_group": 1,
+        "groups_below_k": 19_854,
+        "rows_in_groups_below_k": 24_310,
+    }
+    manifest = {
+        "manifests": {
+            "patients": {
+                "rows": {"in": 40_000, "opted_out": 0, "rejected": 0, "suppressed_for_k": 0, "out": 40_000},
+                "k_anonymity": {"quasi_identifiers": ["age_band", "postcode_district"], "before": report},
+            }
+        },
+        "optouts": {
+            "patients": [
+                {"name": "national", "version": 1, "fingerprint": "ab" * 32, "status": "applied", "rows_removed": 12}
+            ]
+        },
+    }
+    w.session.add(
+        Extract(project_id=project.id, plan_hash="0" * 64, state="succeeded", manifest=manifest, finished_at=utcnow())
+    )
+    w.session.commit()
+    login(client, w.custodian)
+
+    body = client.get(f"/extracts/{project.id}/manifest").get_data(as_text=True)
+
+    warning = body[body.index('id="k-anonymity-warning"') : body.index('id="manifest-rows"')]
+    assert "19,854 of 27,059 groups are below k = 5" in warning and "were not suppressed" in warning
+    assert "<code>" not in body and f'<span class="tre-mono">{"ab" * 8}</span>' in body
