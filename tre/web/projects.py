@@ -148,6 +148,7 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
             else []
         ),
         role_labels=rules.COLUMN_ROLE_LABELS,
+        becomes=column_outcomes(r.dataset for r in project.dataset_requests),
         people=_people([m.user_id for m in project.active_members]),
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
@@ -160,6 +161,36 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         optout_exemptions=svc.optout_exemptions(project),
         optout_list_names=_optout_list_names(),
     )
+
+
+def column_outcomes(datasets: Any) -> dict[str, dict[str, str]]:
+    """What each column becomes in a project's extract, in words, per dataset id: the rule of the
+    extract schema its custodian confirmed (a token, an age band, a district...), or that the schema is
+    not confirmed yet (the extract service refuses such a dataset)."""
+    from pseudonymisation.profiling import RULE_LABELS
+    from pseudonymisation.schema import DatasetSchema, SchemaError
+
+    out: dict[str, dict[str, str]] = {}
+    for ds in datasets:
+        if not ds.schema_spec:
+            unconfirmed = "not known yet: the custodian has not confirmed the extract schema"
+            out[ds.id] = {c.name: unconfirmed for c in ds.columns}
+            continue
+        try:
+            schema = DatasetSchema.from_dict(ds.schema_spec)
+        except (KeyError, TypeError, ValueError, SchemaError):
+            out[ds.id] = {c.name: "not known: the extract schema cannot be read" for c in ds.columns}
+            continue
+        words: dict[str, str] = {}
+        for c in ds.columns:
+            try:
+                kind = schema.column(c.name).effective_transform.kind
+            except SchemaError:
+                words[c.name] = "not in the extract schema"
+                continue
+            words[c.name] = RULE_LABELS.get(kind, str(kind))
+        out[ds.id] = words
+    return out
 
 
 def _optout_list_names() -> list[str]:
@@ -252,6 +283,7 @@ def _render_edit(
         datasets=datasets,
         requested=requested,
         role_labels=rules.COLUMN_ROLE_LABELS,
+        becomes=column_outcomes(datasets),
         people=_people([m.user_id for m in project.active_members]),
     ), (400 if summary else 200)
 

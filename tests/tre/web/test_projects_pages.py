@@ -366,3 +366,56 @@ def test_decide_page_does_not_count_the_deciding_chairs_own_vote_towards_the_quo
     page = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
 
     assert "1 of 2 votes" in page and "Record decision" not in page
+
+
+def _confirm_schema(w: World) -> None:
+    from projects.models import Dataset
+
+    ds = w.session.get(Dataset, w.dataset_id)
+    ds.schema_spec = {
+        "name": "admissions",
+        "nhs_number_column": "nhs_number",
+        "columns": [
+            {"name": "nhs_number", "role": "direct_identifier", "transform": {"kind": "nhs_token", "params": {}}},
+            {
+                "name": "date_of_birth",
+                "role": "quasi_identifier",
+                "transform": {"kind": "dob_age_band", "params": {"reference_date": "2026-01-01"}},
+            },
+            {"name": "postcode", "role": "quasi_identifier", "transform": {"kind": "postcode_district", "params": {}}},
+            {"name": "diagnosis", "role": "attribute", "transform": {"kind": "keep", "params": {}}},
+        ],
+    }
+    w.session.commit()
+
+
+def test_column_picker_says_what_each_column_becomes_in_the_extract(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    _confirm_schema(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}/edit").get_data(as_text=True)
+
+    assert re.search(r'id="col-admissions-nhs_number-becomes">In your extract: token \(per project\)<', page)
+    assert re.search(r'id="col-admissions-date_of_birth-becomes">In your extract: age band<', page)
+    assert 'aria-describedby="col-admissions-postcode-becomes"' in page
+
+
+def test_check_your_answers_lists_each_column_asked_for_and_what_it_becomes(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    _confirm_schema(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}").get_data(as_text=True)
+
+    answers = re.findall(r'<li class="answer-column">(\w+) .*?: becomes ([^<]+)</li>', page)
+    assert answers == [("nhs_number", "token (per project)"), ("date_of_birth", "age band"), ("diagnosis", "kept")]
+
+
+def test_column_picker_says_when_the_custodian_has_not_confirmed_the_schema(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}/edit").get_data(as_text=True)
+
+    assert "In your extract: not known yet: the custodian has not confirmed the extract schema" in page
