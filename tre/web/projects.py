@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from projects import rules
 from projects.gate import check_access
-from projects.models import Dataset, Project
+from projects.models import AgreementTemplate, Dataset, Project
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
     IncompleteApplication,
@@ -30,6 +30,7 @@ from tre.core.db import utcnow
 from tre.core.identity import User
 from tre.core.notifications import OutboxMessage
 from tre.core.permissions import Permission
+from tre.web import textdiff
 
 bp = Blueprint("projects", __name__, url_prefix="/projects")
 
@@ -367,15 +368,24 @@ def agreement(project_id: str) -> Any:
             flash("Agreement signed", "success")
             return redirect(url_for("projects.show", project_id=project.id))
     template = svc.current_agreement()
-    signed = template is not None and any(
-        s.user_id == g.user.id and s.template_id == template.id for s in svc.signatures(project)
-    )
+    mine = [s for s in svc.signatures(project) if s.user_id == g.user.id]
+    signed = template is not None and any(s.template_id == template.id for s in mine)
+    earlier = None
+    if template is not None and not signed and mine:
+        # What changed since the version this person last signed for this project.
+        earlier = max(
+            (t for t in (svc.session.get(AgreementTemplate, s.template_id) for s in mine) if t is not None),
+            key=lambda t: t.version,
+            default=None,
+        )
     return render_template(
         "projects/agreement.html",
         title="Data access agreement",
         project=project,
         agreement=template,
         signed=signed,
+        earlier=earlier,
+        diff=textdiff.changes(earlier.body, template.body) if earlier is not None and template is not None else None,
         error=error,
     ), (400 if error else 200)
 
@@ -471,10 +481,17 @@ def agreements() -> Any:
             flash(f"Version {template.version} published. Every member must sign it again.", "success")
             return redirect(url_for("projects.agreements"))
     current = svc.current_agreement()
+    previous = (
+        svc.session.scalar(select(AgreementTemplate).where(AgreementTemplate.version == current.version - 1))
+        if current is not None
+        else None
+    )
     return render_template(
         "projects/agreements.html",
         title="Data access agreement",
         agreement=current,
+        previous=previous,
+        diff=textdiff.changes(previous.body, current.body) if previous is not None and current is not None else None,
         error=error,
     ), (400 if error else 200)
 

@@ -419,3 +419,30 @@ def test_column_picker_says_when_the_custodian_has_not_confirmed_the_schema(w: W
     page = client.get(f"/projects/{p.id}/edit").get_data(as_text=True)
 
     assert "In your extract: not known yet: the custodian has not confirmed the extract schema" in page
+
+
+def test_member_asked_to_sign_a_new_version_sees_what_changed_since_they_signed(w: World, client: Any) -> None:
+    p = approved(w)
+    first = publish_agreement(w)
+    w.svc.activate(w.pi, p.id)
+    w.svc.sign_agreement(w.member, p.id, first.content_hash, w.member.display_name)
+    publish_agreement(w, "I will use the data only for the approved purpose, inside the secure environment.")
+    login(client, w.member)
+
+    page = client.get(f"/projects/{p.id}/agreement").get_data(as_text=True)
+
+    assert "What changed since version 1, which you signed" in page
+    changes = page[page.index('id="agreement-changes"') :]
+    assert re.search(r"<ins [^>]*><span class=\"nhsuk-u-visually-hidden\">\[added: </span>secure ", changes)
+    assert "<del" not in changes.split("</div>")[0]  # nothing was removed
+
+
+def test_agreements_page_shows_the_changes_from_the_previous_version(w: World, client: Any) -> None:
+    publish_agreement(w, "Keep outputs small.")
+    publish_agreement(w, "Keep outputs checked.")
+    login(client, w.admin)
+
+    page = client.get("/projects/admin/agreements").get_data(as_text=True)
+
+    assert "Changes from version 1" in page
+    assert "[removed: </span>small.<" in page and "[added: </span>checked.<" in page
