@@ -351,3 +351,12 @@ def test_request_page_names_flagged_cells_by_their_labels_not_as_dictionaries(we
 
     assert "region = North, column_0 = male: fail (fewer than" in body
     assert "{&#39;" not in body and "&#39;row&#39;" not in body
+
+
+def test_researchers_reach_their_output_requests_from_the_menu(web: Browser) -> None:
+    w = web.world
+    home = web.as_(w.author).get("/").get_data(as_text=True)
+    checker_home = web.as_(w.olive).get("/").get_data(as_text=True)
+
+    assert 'class="nhsuk-header__navigation-link" href="/outputs/">My outputs<' in home
+    assert 'href="/outputs/">My outputs<' not in checker_home
