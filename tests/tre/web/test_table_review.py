@@ -67,3 +67,18 @@ def test_unchecked_table_is_shown_without_flags() -> None:
     review = build_review(SMALL, None, None, None, policy=default_policy())
 
     assert review.before.flagged == 0 and review.status == ""
+
+
+def test_a_table_too_large_for_the_preview_says_so_and_still_shows_its_flags() -> None:
+    from tre.web.table_review import MAX_PREVIEW_CELLS
+
+    cols = 100
+    rows = MAX_PREVIEW_CELLS // cols + 1
+    header = "area," + ",".join(f"g{j}" for j in range(cols))
+    body = "\n".join(f"a{i}," + ",".join("3" if (i, j) == (0, 0) else "50" for j in range(cols)) for i in range(rows))
+    content = f"{header}\n{body}\n".encode()
+
+    review = build_review(content, None, _verdict(content), [], policy=default_policy())
+
+    assert review.after is None and f"{MAX_PREVIEW_CELLS:,} cells" in review.after_note
+    assert review.before.flagged == 1
