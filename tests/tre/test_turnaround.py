@@ -100,3 +100,29 @@ def test_extract_progress_without_a_start_or_rows_gives_no_estimate() -> None:
     estimate = extract_progress(0.0, "queued", started_at=None, now=at(0))
 
     assert estimate.rows_read is None and estimate.rows_per_second is None and estimate.seconds_left is None
+
+
+def test_turnaround_reads_take_as_many_statements_for_many_items_as_for_one(sqlite_app: Any) -> None:
+    from tests.disclosure.factories import World
+    from tests.statements import count_statements
+
+    with sqlite_app.app_context():
+        outputs_world = World(sqlite_app)
+        w = build_world(sqlite_app)
+        approved(w)
+        outputs_world.released()
+        one = (
+            count_statements(sqlite_app, lambda: turnaround.applications(w.session))[0],
+            count_statements(sqlite_app, lambda: turnaround.output_requests(w.session))[0],
+        )
+        for _ in range(3):
+            approved(w)
+            outputs_world.released()
+        many = (
+            count_statements(sqlite_app, lambda: turnaround.applications(w.session))[0],
+            count_statements(sqlite_app, lambda: turnaround.output_requests(w.session))[0],
+        )
+        counted = len(turnaround.applications(w.session).items), len(turnaround.output_requests(w.session).items)
+
+    assert counted == (4, 4)
+    assert many == one
