@@ -33,9 +33,9 @@ def test_working_days_leave_out_the_weekend() -> None:
     assert working_days(at(3), at(1)) == 0
 
 
-def test_application_stages_run_from_submission_to_assignment_last_vote_and_decision(sqlite_app: Any) -> None:
-    with sqlite_app.app_context():
-        w = build_world(sqlite_app)
+def test_application_stages_run_from_submission_to_assignment_last_vote_and_decision(app: Any) -> None:
+    with app.app_context():
+        w = build_world(app)
         project = approved(w)
         s = w.session
         s.execute(
@@ -54,11 +54,11 @@ def test_application_stages_run_from_submission_to_assignment_last_vote_and_deci
     assert project.title not in t.items[0].label  # named by reference, not by title
 
 
-def test_output_request_stages_from_submission_to_release(sqlite_app: Any) -> None:
+def test_output_request_stages_from_submission_to_release(app: Any) -> None:
     from tests.disclosure.factories import World
 
-    with sqlite_app.app_context():
-        w = World(sqlite_app)
+    with app.app_context():
+        w = World(app)
         req = w.released()
         waiting = w.submitted()
         s = w.session
