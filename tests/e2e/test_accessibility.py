@@ -166,6 +166,7 @@ def test_every_page_a_role_reaches_has_no_serious_accessibility_violation(
 
         visited, problems = walk(page, a11y_service.url)
 
+        print(f"{person}: axe-core ran on {len(visited)} pages")  # shown with -s; the figure for docs
         missed = [p for p in MUST_REACH[person] if not any(re.search(p, v) for v in visited)]
         assert missed == [], f"{person}'s walk reached {len(visited)} pages but none matching {missed}: {visited}"
         assert problems == {}, "\n".join(f"{path}: {v}" for path, found in problems.items() for v in found)
