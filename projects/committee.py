@@ -87,6 +87,12 @@ class Committee(ProjectsKernel):
     def _votes(self, version: ApplicationVersion) -> list[Vote]:
         return list(self.session.scalars(select(Vote).where(Vote.version_id == version.id).order_by(Vote.cast_at)))
 
+    def counted_votes_for(self, decider: Any, version: ApplicationVersion) -> list[Vote]:
+        """The votes that count towards the quorum if ``decider`` decides ``version`` (what ``decide``
+        checks; the decide page asks it first so that it offers a decision only once it can be made)."""
+        conflicted = {a.reviewer_id for a in self.assignments(version) if a.conflicted}
+        return counted_votes(self._votes(version), conflicted, decider_id=decider.id)
+
     def votes_visible_to(
         self, actor: Any, project: Project, version: ApplicationVersion | None = None
     ) -> list[Vote] | None:
@@ -206,8 +212,7 @@ class Committee(ProjectsKernel):
             self._allow(perm.can_decide(actor, assignment), "project.decide", actor, project)
             if project.state != IN_REVIEW or version is None:
                 raise ProjectError("Only an application in review can be decided")
-            conflicted = {a.reviewer_id for a in self.assignments(version) if a.conflicted}
-            counted = counted_votes(self._votes(version), conflicted, decider_id=actor.id)
+            counted = self.counted_votes_for(actor, version)
             check_quorum(len(counted), self.policy.quorum)
             decision = Decision(
                 project_id=project.id,

@@ -169,6 +169,7 @@ def _nav_for(user: Any) -> list[tuple[str, str]]:
         return []
     entries = [
         (Permission.PROJECT_VIEW_OWN, "My projects", "projects.index"),
+        (Permission.OUTPUT_SUBMIT, "My outputs", "outputs.index"),
         (Permission.CATALOGUE_BROWSE, "Datasets", "catalogue.index"),
         (Permission.APPLICATION_REVIEW, "Applications", "dac.queue"),
         (Permission.OUTPUT_REVIEW, "Output checking", "outputs.queue"),

@@ -1,16 +1,32 @@
-"""Accessibility, measured: the home page as each role (and signed out) in Debian's Chromium, checked
-by axe-core (the npm package in node_modules, injected into the page; nothing is downloaded at test
-time; the browser context bypasses the service's Content-Security-Policy only so that the checker's
-script can be added). Any serious or critical violation fails, with its rule, help text and the offending elements."""
+"""Accessibility, measured: every page each role can reach, in Debian's Chromium, checked by axe-core
+(the npm package in node_modules, injected into the page; nothing is downloaded at test time; the
+browser context bypasses the service's Content-Security-Policy only so that the checker's script can be
+added). Any serious or critical violation fails, with its page, rule, help text and offending elements.
+
+"Every page" is found, not listed: starting at the home page, the test follows every link on every page
+it reaches (same site, GET; not sign-out, downloads, raw files, the API or static files) as each demo
+role, so a page added and linked is checked without editing this file; the test also fails if a role's
+walk misses a page the role must reach (``MUST_REACH``), so a walk cut short cannot pass quietly. The
+service runs without JupyterHub (its workspace runtime is pointed at nothing); a researcher's table is
+submitted through the workspace API and claimed by a checker first, so the checker's view of a table
+is among the pages. Pages reached only by posting a form (a confirmation step) are not walked here;
+their forms are checked by the pattern tests at the end.
+
+Keyboard: the new pages are used with the Tab and Enter keys alone (each chart's numbers open from the
+keyboard; the wide tables' scroll regions take focus)."""
 
 from __future__ import annotations
 
+import re
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
 
-from tests.e2e.conftest import LiveService, sign_in
+from tests.e2e.conftest import LiveService, free_port, sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +42,60 @@ PEOPLE = [
     "adam.admin",
     "audrey.auditor",
 ]
+# Links never followed: they sign out, download, serve a file raw, or are not pages.
+SKIP = re.compile(r"^/(auth/logout|api/|static/|metrics/|healthz)|/bundle$|[?&]raw=1|/export|\.(zip|csv|json)$")
+MAX_PAGES = 120  # per role; the demo world has far fewer pages than this
+# Pages each role's walk must reach (regular expressions on the path), so that a broken link or a
+# walk that stopped early is a failure, not a smaller pass.
+MUST_REACH = {
+    "rita.researcher": [r"^/projects/\w+$", r"^/projects/\w+/agreement$", r"^/outputs/$", r"^/outputs/requests/\w+$"],
+    "dana.dac": [r"^/dac/$", r"^/dac/turnaround$", r"^/dac/\w+$"],
+    "chris.chair": [r"^/dac/$", r"^/dac/turnaround$"],
+    "olive.checker": [r"^/outputs/queue$", r"^/outputs/metrics$", r"^/outputs/requests/\w+$", r"^/outputs/files/\w+$"],
+    "cara.custodian": [r"^/extracts/$", r"^/catalogue/"],
+    "adam.admin": [r"^/admin/"],
+    "audrey.auditor": [r"^/audit/"],
+}
+RITA, OLIVE = "rita.researcher@demo.tre.example", "olive.checker@demo.tre.example"
+SMALL_CELL = "region,female,male\nNorth,25,3\nSouth,40,52\n"
+
+
+@pytest.fixture(scope="module")
+def a11y_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """The service really started (web, worker, sweeper) without JupyterHub, with one output request
+    awaiting review whose table a checker holds a place on."""
+    service = LiveService(tmp_path_factory.mktemp("a11y") / "instance", free_port())
+    service.env["TRE_WORKSPACE_RUNTIME"] = str(service.instance.parent / "no-workspace-runtime")
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def claimed_table(browser: Any, a11y_service: LiveService, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A table with a small cell, submitted from the workspace API, checked, and claimed by Olive."""
+    from jupyter.client import submit
+    from tests.e2e.test_output_checking import _wait_for_state, _workspace_token
+
+    table = tmp_path_factory.mktemp("a11y-table") / "admissions.csv"
+    table.write_text(SMALL_CELL)
+    token = _workspace_token(a11y_service, RITA, "Heart failure readmissions")
+    answer = submit([table], "Admissions by region and sex, adults", "None yet", title="Admissions",
+                    api=a11y_service.url, token=token)
+    url = f"{a11y_service.url}/outputs/requests/{answer['id']}"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, a11y_service, OLIVE)
+        page.goto(url)
+        _wait_for_state(page, "awaiting_review")
+        page.click("#claim")
+        page.wait_for_selector(".open-table-review")
+    finally:
+        context.close()
+    return url
 
 
 def blocking_violations(page: Any) -> list[str]:
@@ -42,29 +112,64 @@ def blocking_violations(page: Any) -> list[str]:
     return found
 
 
-def test_home_page_signed_out_has_no_serious_accessibility_violation(browser: Any, live_service: LiveService) -> None:
+def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Visit every page reachable by links from the home page; axe-core on each. Returns the paths
+    visited and the violations found per path."""
+    host = urlsplit(base).netloc
+    queue, seen = deque(["/"]), {"/"}
+    visited: list[str] = []
+    problems: dict[str, list[str]] = {}
+    while queue and len(visited) < MAX_PAGES:
+        path = queue.popleft()
+        response = page.goto(base + path)
+        if response is None or response.status >= 400 or "text/html" not in response.headers.get("content-type", ""):
+            if response is not None and response.status >= 500:
+                problems[path] = [f"answered {response.status}"]
+            continue
+        visited.append(path)
+        found = blocking_violations(page)
+        if found:
+            problems[path] = found
+        for href in page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))"):
+            target = urlsplit(urldefrag(urljoin(base + path, href))[0])
+            if target.netloc != host or target.scheme not in ("http", "https"):
+                continue
+            link = target.path + (f"?{target.query}" if target.query else "")
+            if link not in seen and not SKIP.search(link):
+                seen.add(link)
+                queue.append(link)
+    return visited, problems
+
+
+def test_home_page_signed_out_has_no_serious_accessibility_violation(browser: Any, a11y_service: LiveService) -> None:
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()
-        page.goto(live_service.url + "/")
+        page.goto(a11y_service.url + "/")
 
         assert blocking_violations(page) == []
     finally:
         context.close()
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("person", PEOPLE)
-def test_home_page_as_each_role_has_no_serious_accessibility_violation(
-    browser: Any, live_service: LiveService, person: str
+def test_every_page_a_role_reaches_has_no_serious_accessibility_violation(
+    browser: Any, a11y_service: LiveService, claimed_table: str, person: str
 ) -> None:
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()
-        sign_in(page, live_service, f"{person}@demo.tre.example")
-        page.goto(live_service.url + "/")
+        sign_in(page, a11y_service, f"{person}@demo.tre.example")
+        page.goto(a11y_service.url + "/")
         assert page.locator("h1").inner_text() == "Your tasks"
 
-        assert blocking_violations(page) == []
+        visited, problems = walk(page, a11y_service.url)
+
+        print(f"{person}: axe-core ran on {len(visited)} pages")  # shown with -s; the figure for docs
+        missed = [p for p in MUST_REACH[person] if not any(re.search(p, v) for v in visited)]
+        assert missed == [], f"{person}'s walk reached {len(visited)} pages but none matching {missed}: {visited}"
+        assert problems == {}, "\n".join(f"{path}: {v}" for path, found in problems.items() for v in found)
     finally:
         context.close()
 
@@ -79,14 +184,14 @@ def test_the_check_reports_a_critical_violation(page: Any) -> None:
 
 
 def test_incomplete_application_form_and_its_check_page_have_no_serious_violation(
-    browser: Any, live_service: LiveService
+    browser: Any, a11y_service: LiveService
 ) -> None:
     """The form patterns: the error summary on the form (linked to its fields) and 'check your answers'."""
     context = browser.new_context(bypass_csp=True)
     try:
         page = context.new_page()
-        sign_in(page, live_service, "rob.other@demo.tre.example")
-        page.goto(live_service.url + "/projects/new")
+        sign_in(page, a11y_service, "rob.other@demo.tre.example")
+        page.goto(a11y_service.url + "/projects/new")
         page.fill("#title", "Accessibility of an incomplete application")
         page.click("main button[type=submit]")
         page.wait_for_url("**/edit")
@@ -101,3 +206,91 @@ def test_incomplete_application_form_and_its_check_page_have_no_serious_violatio
         assert blocking_violations(page) == [], "the form with its error summary"
     finally:
         context.close()
+
+
+def test_close_confirmation_page_has_no_serious_violation(browser: Any, a11y_service: LiveService) -> None:
+    """The destructive action's confirmation step (reached by posting the reason from the project page)."""
+    context = browser.new_context(bypass_csp=True)
+    try:
+        page = context.new_page()
+        sign_in(page, a11y_service, "chris.chair@demo.tre.example")
+        page.goto(f"{a11y_service.url}/projects/{_project_id(a11y_service, 'Heart failure readmissions')}")
+        page.fill("#close-reason", "Accessibility check of the confirmation step")
+        page.get_by_role("button", name=re.compile("Close the project")).click()
+        page.wait_for_selector("#close-destroyed")
+
+        assert page.locator("h1").inner_text().startswith("Are you sure")
+        assert blocking_violations(page) == []
+    finally:
+        context.close()
+
+
+def _project_id(service: LiveService, title: str) -> str:
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from projects.models import Project
+
+    engine = create_engine(f"sqlite:///{service.instance / 'tre.sqlite'}")
+    try:
+        with Session(engine) as s:
+            project_id = s.scalar(select(Project.id).where(Project.title == title))
+    finally:
+        engine.dispose()
+    assert project_id is not None
+    return project_id
+
+
+def _tab_until(page: Any, test: str, limit: int = 250) -> bool:
+    """Press Tab until ``test`` (a JavaScript expression over ``document.activeElement``) holds."""
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate(f"(() => {{ const el = document.activeElement; return !!({test}); }})()"):
+            return True
+    return False
+
+
+def test_chart_numbers_open_with_the_keyboard_alone(browser: Any, a11y_service: LiveService) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, a11y_service, "dana.dac@demo.tre.example")
+        page.goto(a11y_service.url + "/dac/turnaround")
+
+        assert _tab_until(page, "el.closest('#applications-median') && el.tagName === 'SUMMARY'")
+        page.keyboard.press("Enter")
+
+        assert page.evaluate("document.querySelector('#applications-median details').open")
+        assert page.locator("#applications-median-table").is_visible()
+    finally:
+        context.close()
+
+
+def test_checkers_table_view_is_reached_and_scrolled_with_the_keyboard_alone(
+    browser: Any, a11y_service: LiveService, claimed_table: str
+) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        sign_in(page, a11y_service, OLIVE)
+        page.goto(claimed_table)
+
+        assert _tab_until(page, "el.classList.contains('open-table-review')")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#table-before")
+        assert _tab_until(page, "el.classList.contains('tre-table-scroll') && el.querySelector('#table-before')")
+        assert _tab_until(page, "el.classList.contains('tre-table-scroll') && el.querySelector('#table-after')")
+        flagged = page.locator('#table-before td[data-rules="threshold"]')
+        assert flagged.count() == 1 and "Threshold" in flagged.inner_text()  # read out, not only coloured
+    finally:
+        context.close()
+
+
+def test_walk_follows_links_and_skips_downloads() -> None:
+    """The walk's filter: sign-out, raw files, bundles, the API and static files are not followed."""
+    for link in ("/auth/logout", "/outputs/files/abc?raw=1", "/outputs/requests/abc/bundle", "/api/v1/me",
+                 "/static/tre.css", "/audit/export"):
+        assert SKIP.search(link), link
+    for link in ("/outputs/files/abc", "/dac/turnaround", "/projects/abc/agreement"):
+        assert not SKIP.search(link), link

@@ -149,6 +149,7 @@ EXPECT: dict[str, str] = {
     "GET /dac/": "dac_member dac_chair",
     "GET /dac/<project_id>": "dac_member:o dac_chair:o",
     "GET /dac/<project_id>/decide": "dac_chair:o",
+    "GET /dac/turnaround": "dac_member dac_chair",
     "GET /extracts/": "data_custodian",
     "GET /extracts/<project_id>/manifest": "data_custodian",
     "GET /extracts/optouts": "data_custodian",

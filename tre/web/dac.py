@@ -11,10 +11,12 @@ from sqlalchemy import select
 from projects import rules
 from projects.models import Project
 from projects.services import approved_columns
+from tre import turnaround
 from tre.access import requires
 from tre.core.db import utcnow
 from tre.core.identity import User, UserRole
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
+from tre.web.pictures import turnaround_charts
 from tre.web.projects import _people, attempt, projects_service
 
 bp = Blueprint("dac", __name__, url_prefix="/dac")
@@ -57,6 +59,18 @@ def queue() -> str:
         labels=rules.STATE_LABELS,
         governed=governed,
         extensions=[(p, e) for p, e in extensions if e is not None],
+    )
+
+
+@bp.get("/turnaround")
+@requires(Permission.APPLICATION_REVIEW)
+def turnaround_page() -> str:
+    """Working days per stage of applications (submission, reviewers, review, decision) as pictures."""
+    t = turnaround.applications(projects_service().session, open_until_now=True)
+    return render_template(
+        "dac/turnaround.html",
+        title="Application turnaround",
+        charts=turnaround_charts(t, id="applications", noun="applications"),
     )
 
 
@@ -182,8 +196,12 @@ def decide(project_id: str) -> Any:
             flash(f"Decision recorded: {rules.STATE_LABELS[decision.outcome].lower()}", "success")
             return redirect(url_for("dac.review", project_id=project.id))
     votes = svc.votes_visible_to(g.user, project, version)
+    counted = len(svc.counted_votes_for(g.user, version))
     return render_template(
         "dac/decide.html",
+        counted=counted,
+        quorum=svc.policy.quorum,
+        decidable=project.state == rules.IN_REVIEW and counted >= svc.policy.quorum,
         title=f"Decide: {project.title}",
         project=project,
         version=version,

@@ -13,9 +13,11 @@ from pseudonymisation.optout_lists import OptOutError, OptOutLists
 from pseudonymisation.services import ExtractServiceError
 from pseudonymisation.tasks import extracts_service
 from tre.access import requires
+from tre.core.db import utcnow
 from tre.core.identity import User
 from tre.core.jobs import Job
 from tre.core.permissions import Permission
+from tre.web.pictures import extract_progress, extract_progress_chart
 
 bp = Blueprint("extracts", __name__, url_prefix="/extracts")
 
@@ -26,10 +28,15 @@ def index() -> str:
     p = current_app.extensions["tre.platform"]
     service = extracts_service(p)
     rows = []
+    now = utcnow()
     for project in p.db.session.scalars(select(Project).where(Project.state == ACTIVE).order_by(Project.title)):
         extract = service.latest(project.id)
         job = p.db.session.get(Job, extract.job_id) if extract and extract.job_id else None
-        rows.append({"project": project, "extract": extract, "job": job})
+        chart = None
+        if extract is not None and job is not None and extract.state in ("queued", "running"):
+            estimate = extract_progress(job.progress, job.progress_message, job.started_at, now)
+            chart = extract_progress_chart(estimate, id=f"progress-{project.id}", title=f"Extract of {project.title}")
+        rows.append({"project": project, "extract": extract, "job": job, "chart": chart})
     return render_template("extracts/index.html", title="Extracts", rows=rows)
 
 
@@ -94,7 +101,10 @@ def load_optout_list() -> Any:
     content: str | bytes = upload.read() if upload is not None and upload.filename else form.get("numbers", "")
     try:
         version = _optout_lists().load(
-            g.user, form.get("name", ""), content, dataset=form.get("dataset") or None,
+            g.user,
+            form.get("name", ""),
+            content,
+            dataset=form.get("dataset") or None,
             description=form.get("description", ""),
         )
     except OptOutError as exc:
@@ -114,6 +124,10 @@ def optout_history(name: str) -> Any:
     people = {u.id: u for u in p.db.session.scalars(select(User).where(User.id.in_({v.loaded_by for v in history})))}
     dataset = p.db.session.get(Dataset, history[0].dataset_id) if history[0].dataset_id else None
     return render_template(
-        "extracts/optout_history.html", title=f"Opt-out list {name}", name=name, history=history,
-        people=people, dataset=dataset,
+        "extracts/optout_history.html",
+        title=f"Opt-out list {name}",
+        name=name,
+        history=history,
+        people=people,
+        dataset=dataset,
     )

@@ -34,6 +34,7 @@ from disclosure import rules
 from disclosure.metrics import collect, prometheus_text
 from disclosure.models import OutputRequest
 from disclosure.permissions import can_check
+from disclosure.progress import current_policy
 from disclosure.services import (
     IncompleteRequest,
     NotFound,
@@ -43,10 +44,13 @@ from disclosure.services import (
     automated_status,
 )
 from projects.models import Project
+from tre import turnaround
 from tre.access import login_required, public, requires
 from tre.authn import platform
 from tre.core.identity import User
 from tre.core.permissions import Permission
+from tre.web.pictures import turnaround_charts
+from tre.web.table_review import ACTION_WORDS, RULE_MARKS, build_review
 
 bp = Blueprint("outputs", __name__, url_prefix="/outputs")
 prometheus_bp = Blueprint("outputs_metrics", __name__)
@@ -232,11 +236,25 @@ def view_file(file_id: str) -> Any:
     if f.kind == "image":
         return _raw(data, "image/png", f.name)
     if f.kind == "table" and request.args.get("raw") != "1":
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"))))
+        svc = service()
+        req = svc.session.get(OutputRequest, f.request_id)
+        check = svc.checks_of(req).get(f.id) if req is not None else None
+        review = build_review(
+            data,
+            f.table_spec,
+            check.verdict if check else None,
+            check.differencing if check else None,
+            policy=current_policy(),
+        )
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))) if review.unreadable else []
         return render_template(
             "outputs/file.html",
             title=f.name,
             file=f,
+            check=check,
+            review=review,
+            marks=RULE_MARKS,
+            action_words=ACTION_WORDS,
             rows=rows[: MAX_TABLE_ROWS_SHOWN + 1],
             truncated=len(rows) > MAX_TABLE_ROWS_SHOWN + 1,
         )
@@ -335,11 +353,15 @@ def resolve_failed_checks(request_id: str) -> Any:
 @bp.get("/metrics")
 @requires(Permission.OUTPUT_REVIEW)
 def metrics_page() -> str:
+    session = platform().db.session
     return render_template(
         "outputs/metrics.html",
         title="Output checking metrics",
-        m=collect(platform().db.session),
+        m=collect(session),
         labels=rules.STATE_LABELS,
+        charts=turnaround_charts(
+            turnaround.output_requests(session, open_until_now=True), id="outputs", noun="output requests"
+        ),
     )
 
 

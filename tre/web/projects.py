@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from projects import rules
 from projects.gate import check_access
-from projects.models import Dataset, Project
+from projects.models import AgreementTemplate, Dataset, Project
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
     IncompleteApplication,
@@ -30,6 +30,7 @@ from tre.core.db import utcnow
 from tre.core.identity import User
 from tre.core.notifications import OutboxMessage
 from tre.core.permissions import Permission
+from tre.web import textdiff
 
 bp = Blueprint("projects", __name__, url_prefix="/projects")
 
@@ -148,6 +149,7 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
             else []
         ),
         role_labels=rules.COLUMN_ROLE_LABELS,
+        becomes=column_outcomes(r.dataset for r in project.dataset_requests),
         people=_people([m.user_id for m in project.active_members]),
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
@@ -160,6 +162,36 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         optout_exemptions=svc.optout_exemptions(project),
         optout_list_names=_optout_list_names(),
     )
+
+
+def column_outcomes(datasets: Any) -> dict[str, dict[str, str]]:
+    """What each column becomes in a project's extract, in words, per dataset id: the rule of the
+    extract schema its custodian confirmed (a token, an age band, a district...), or that the schema is
+    not confirmed yet (the extract service refuses such a dataset)."""
+    from pseudonymisation.profiling import RULE_LABELS
+    from pseudonymisation.schema import DatasetSchema, SchemaError
+
+    out: dict[str, dict[str, str]] = {}
+    for ds in datasets:
+        if not ds.schema_spec:
+            unconfirmed = "not known yet: the custodian has not confirmed the extract schema"
+            out[ds.id] = {c.name: unconfirmed for c in ds.columns}
+            continue
+        try:
+            schema = DatasetSchema.from_dict(ds.schema_spec)
+        except (KeyError, TypeError, ValueError, SchemaError):
+            out[ds.id] = {c.name: "not known: the extract schema cannot be read" for c in ds.columns}
+            continue
+        words: dict[str, str] = {}
+        for c in ds.columns:
+            try:
+                kind = schema.column(c.name).effective_transform.kind
+            except SchemaError:
+                words[c.name] = "not in the extract schema"
+                continue
+            words[c.name] = RULE_LABELS.get(kind, str(kind))
+        out[ds.id] = words
+    return out
 
 
 def _optout_list_names() -> list[str]:
@@ -252,6 +284,7 @@ def _render_edit(
         datasets=datasets,
         requested=requested,
         role_labels=rules.COLUMN_ROLE_LABELS,
+        becomes=column_outcomes(datasets),
         people=_people([m.user_id for m in project.active_members]),
     ), (400 if summary else 200)
 
@@ -335,15 +368,24 @@ def agreement(project_id: str) -> Any:
             flash("Agreement signed", "success")
             return redirect(url_for("projects.show", project_id=project.id))
     template = svc.current_agreement()
-    signed = template is not None and any(
-        s.user_id == g.user.id and s.template_id == template.id for s in svc.signatures(project)
-    )
+    mine = [s for s in svc.signatures(project) if s.user_id == g.user.id]
+    signed = template is not None and any(s.template_id == template.id for s in mine)
+    earlier = None
+    if template is not None and not signed and mine:
+        # What changed since the version this person last signed for this project.
+        earlier = max(
+            (t for t in (svc.session.get(AgreementTemplate, s.template_id) for s in mine) if t is not None),
+            key=lambda t: t.version,
+            default=None,
+        )
     return render_template(
         "projects/agreement.html",
         title="Data access agreement",
         project=project,
         agreement=template,
         signed=signed,
+        earlier=earlier,
+        diff=textdiff.changes(earlier.body, template.body) if earlier is not None and template is not None else None,
         error=error,
     ), (400 if error else 200)
 
@@ -439,10 +481,17 @@ def agreements() -> Any:
             flash(f"Version {template.version} published. Every member must sign it again.", "success")
             return redirect(url_for("projects.agreements"))
     current = svc.current_agreement()
+    previous = (
+        svc.session.scalar(select(AgreementTemplate).where(AgreementTemplate.version == current.version - 1))
+        if current is not None
+        else None
+    )
     return render_template(
         "projects/agreements.html",
         title="Data access agreement",
         agreement=current,
+        previous=previous,
+        diff=textdiff.changes(previous.body, current.body) if previous is not None and current is not None else None,
         error=error,
     ), (400 if error else 200)
 

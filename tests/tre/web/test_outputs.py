@@ -280,6 +280,7 @@ def test_metrics_page_and_prometheus_text_show_the_queue(web: Browser) -> None:
     prom = web.app.test_client().get("/metrics/outputs")
 
     assert 'id="queue-length">1<' in page
+    assert 'id="outputs-median"' in page and 'id="outputs-recent-table"' in page  # turnaround, with its numbers
     assert prom.status_code == 200
     text = prom.get_data(as_text=True)
     assert "tre_output_queue_length 1" in text
@@ -291,3 +292,71 @@ def test_prometheus_text_is_refused_from_another_machine(web: Browser) -> None:
     response = web.app.test_client().get("/metrics/outputs", environ_base={"REMOTE_ADDR": "10.0.0.9"})
 
     assert response.status_code == 403
+
+
+def test_checker_sees_flagged_cells_highlighted_by_rule_with_each_reason_in_words(web: Browser) -> None:
+    w = web.world
+    req = w.submitted()  # SMALL_CELL_CSV: North/male is 3, below the threshold
+    w.svc.claim(w.olive, req.id)
+
+    body = web.as_(w.olive).get(f"/outputs/files/{req.current_files[0].id}").get_data(as_text=True)
+
+    before = body[body.index('id="table-before"') : body.index('id="table-after"')]
+    assert before.count('data-rules="threshold"') == 1
+    assert "tre-cell--fail" in before and "Threshold: fewer than" in before  # a mark and words, not colour
+    assert 'data-rule="threshold"' in body  # the legend names the rule with its reason
+    after = body[body.index('id="table-after"') :]
+    assert 'data-action="suppressed_primary"' in after and 'data-action="suppressed_secondary"' in after
+    assert "{&#39;" not in body and "{'" not in body  # no raw Python dictionaries
+
+
+def test_table_view_links_a_differencing_finding_to_the_earlier_request(web: Browser) -> None:
+    from tests.disclosure.test_checks import CENSUS, census_csv, women_65_table
+
+    w = web.world
+    first = w.submitted(content=census_csv(), spec=CENSUS, name="census.csv")
+    content, spec = women_65_table()
+    later = w.submitted(content=content, spec=spec, name="women-65.csv")
+    w.svc.claim(w.olive, later.id)
+
+    body = web.as_(w.olive).get(f"/outputs/files/{later.current_files[0].id}").get_data(as_text=True)
+
+    assert 'class="differencing-finding"' in body
+    assert f'href="/outputs/requests/{first.id}"' in body and "(not yet released)" in body
+
+
+def test_table_view_is_refused_to_everyone_but_a_checker_holding_a_place(web: Browser) -> None:
+    # The curious researcher (author before release), a colleague, an outsider and an eligible checker who
+    # has not claimed the request all try the checker's view; none sees a cell, a flag or the legend.
+    w = web.world
+    req = w.submitted()
+    file_id = req.current_files[0].id
+
+    for who in (w.author, w.colleague, w.outsider, w.olive):
+        response = web.as_(who).get(f"/outputs/files/{file_id}")
+        body = response.get_data(as_text=True)
+        assert response.status_code == 403
+        assert "table-before" not in body and "data-rules" not in body and "North" not in body
+    denied = w.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "output.view_file", AuditEvent.outcome == "denied")
+    ).all()
+    assert len(denied) == 4
+
+
+def test_request_page_names_flagged_cells_by_their_labels_not_as_dictionaries(web: Browser) -> None:
+    w = web.world
+    req = w.submitted()
+
+    body = web.as_(w.author).get(f"/outputs/requests/{req.id}").get_data(as_text=True)
+
+    assert "region = North, column_0 = male: fail (fewer than" in body
+    assert "{&#39;" not in body and "&#39;row&#39;" not in body
+
+
+def test_researchers_reach_their_output_requests_from_the_menu(web: Browser) -> None:
+    w = web.world
+    home = web.as_(w.author).get("/").get_data(as_text=True)
+    checker_home = web.as_(w.olive).get("/").get_data(as_text=True)
+
+    assert 'class="nhsuk-header__navigation-link" href="/outputs/">My outputs<' in home
+    assert 'href="/outputs/">My outputs<' not in checker_home

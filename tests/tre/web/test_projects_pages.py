@@ -339,3 +339,110 @@ def test_chair_closes_a_project_from_its_page(w: World, client: Any) -> None:
     assert response.status_code == 302
     w.session.expire_all()
     assert w.session.get(Project, p.id).state == "closed"
+
+
+def test_decide_page_offers_no_decision_before_the_quorum_has_voted(w: World, client: Any) -> None:
+    p = in_review(w)
+    w.svc.cast_vote(w.dana, p.id, "approve", "Sound design.")  # one of the two votes the quorum needs
+    login(client, w.chair)
+
+    before = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
+    w.svc.cast_vote(w.drew, p.id, "approve", "Fine.")
+    after = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
+
+    assert 'id="quorum-not-reached"' in before and "1 of 2 votes" in before
+    assert "Record decision" not in before and 'name="outcome"' not in before
+    assert 'id="quorum-reached"' in after and "Record decision" in after
+
+
+def test_decide_page_does_not_count_the_deciding_chairs_own_vote_towards_the_quorum(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    w.svc.submit(w.pi, p.id)
+    w.svc.assign_reviewers(w.chair, p.id, [w.chair.id, w.dana.id])
+    w.svc.cast_vote(w.chair, p.id, "approve", "Mine.")
+    w.svc.cast_vote(w.dana, p.id, "approve", "Hers.")
+    login(client, w.chair)
+
+    page = client.get(f"/dac/{p.id}/decide").get_data(as_text=True)
+
+    assert "1 of 2 votes" in page and "Record decision" not in page
+
+
+def _confirm_schema(w: World) -> None:
+    from projects.models import Dataset
+
+    ds = w.session.get(Dataset, w.dataset_id)
+    ds.schema_spec = {
+        "name": "admissions",
+        "nhs_number_column": "nhs_number",
+        "columns": [
+            {"name": "nhs_number", "role": "direct_identifier", "transform": {"kind": "nhs_token", "params": {}}},
+            {
+                "name": "date_of_birth",
+                "role": "quasi_identifier",
+                "transform": {"kind": "dob_age_band", "params": {"reference_date": "2026-01-01"}},
+            },
+            {"name": "postcode", "role": "quasi_identifier", "transform": {"kind": "postcode_district", "params": {}}},
+            {"name": "diagnosis", "role": "attribute", "transform": {"kind": "keep", "params": {}}},
+        ],
+    }
+    w.session.commit()
+
+
+def test_column_picker_says_what_each_column_becomes_in_the_extract(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    _confirm_schema(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}/edit").get_data(as_text=True)
+
+    assert re.search(r'id="col-admissions-nhs_number-becomes">In your extract: token \(per project\)<', page)
+    assert re.search(r'id="col-admissions-date_of_birth-becomes">In your extract: age band<', page)
+    assert 'aria-describedby="col-admissions-postcode-becomes"' in page
+
+
+def test_check_your_answers_lists_each_column_asked_for_and_what_it_becomes(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    _confirm_schema(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}").get_data(as_text=True)
+
+    answers = re.findall(r'<li class="answer-column">(\w+) .*?: becomes ([^<]+)</li>', page)
+    assert answers == [("nhs_number", "token (per project)"), ("date_of_birth", "age band"), ("diagnosis", "kept")]
+
+
+def test_column_picker_says_when_the_custodian_has_not_confirmed_the_schema(w: World, client: Any) -> None:
+    p = complete_draft(w)
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}/edit").get_data(as_text=True)
+
+    assert "In your extract: not known yet: the custodian has not confirmed the extract schema" in page
+
+
+def test_member_asked_to_sign_a_new_version_sees_what_changed_since_they_signed(w: World, client: Any) -> None:
+    p = approved(w)
+    first = publish_agreement(w)
+    w.svc.activate(w.pi, p.id)
+    w.svc.sign_agreement(w.member, p.id, first.content_hash, w.member.display_name)
+    publish_agreement(w, "I will use the data only for the approved purpose, inside the secure environment.")
+    login(client, w.member)
+
+    page = client.get(f"/projects/{p.id}/agreement").get_data(as_text=True)
+
+    assert "What changed since version 1, which you signed" in page
+    changes = page[page.index('id="agreement-changes"') :]
+    assert re.search(r"<ins [^>]*><span class=\"nhsuk-u-visually-hidden\">\[added: </span>secure ", changes)
+    assert "<del" not in changes.split("</div>")[0]  # nothing was removed
+
+
+def test_agreements_page_shows_the_changes_from_the_previous_version(w: World, client: Any) -> None:
+    publish_agreement(w, "Keep outputs small.")
+    publish_agreement(w, "Keep outputs checked.")
+    login(client, w.admin)
+
+    page = client.get("/projects/admin/agreements").get_data(as_text=True)
+
+    assert "Changes from version 1" in page
+    assert "[removed: </span>small.<" in page and "[added: </span>checked.<" in page
