@@ -13,6 +13,7 @@ from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
 from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest
 from disclosure.progress import _checks_by_file
+from disclosure.rerun.results import unreproduced_files
 from disclosure.rules import RuleViolation
 from disclosure.visibility import PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
 from projects.gate import check_access
@@ -36,6 +37,14 @@ class Releasing(OutputsBase):
             current = {f.id: f.sha256 for f in req.current_files}
             if decision is None or decision.outcome != rules.OUTCOME_APPROVE or decision.file_hashes != current:
                 raise RuleViolation("The files differ from the ones approved: the request cannot be released")
+            if not self.release_unreproduced:
+                held = unreproduced_files(s, req)
+                if held:
+                    raise RuleViolation(
+                        "The re-run of this request's code did not reproduce "
+                        + "; ".join(f"{name} ({why})" for name, why in held)
+                        + ": the TRE's policy releases only reproduced files"
+                    )
             checks = _checks_by_file(s, req)
             bundle, manifest = build_bundle(s, req, self.files, checks, decision)
             sha = self.files.put(bundle)
