@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from disclosure import rules
 from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
-from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest
+from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest, OutputRerun
 from disclosure.progress import _checks_by_file
-from disclosure.rerun.results import unreproduced_files
+from disclosure.rerun.results import current_rerun, unreproduced_files
 from disclosure.rules import RuleViolation
 from disclosure.visibility import PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
 from projects.gate import check_access
@@ -109,6 +109,20 @@ class Releasing(OutputsBase):
             data = self.files.get(f.sha256)
             self._record(s, "output.view_file", actor, req, file_id=f.id, sha256=f.sha256, seen_as=access.as_)
         return f, data
+
+    def view_code(self, actor: Any, request_id: str) -> tuple[OutputRerun, bytes]:
+        """The code the request's current round was sent with, for whoever may see its content now
+        (``disclosure.visibility``: its checkers while they review it; the team once released);
+        each view and each refusal is recorded."""
+        with self._tx() as s:
+            req = self._get(s, request_id)
+            access = self._require_content(s, actor, req, None, "output.view_code")
+            rerun = current_rerun(s, req)
+            if rerun is None:
+                raise NotFound("This request was sent without its code")
+            data = self.files.get(rerun.code_sha256)
+            self._record(s, "output.view_code", actor, req, sha256=rerun.code_sha256, seen_as=access.as_)
+        return rerun, data
 
     def content_visible(self, actor: Any, req: OutputRequest) -> dict[str, bool]:
         """For each current file, whether ``actor`` may see its content now (a page's links; changes nothing)."""

@@ -482,6 +482,21 @@ def file_content(file_id: str) -> Any:
     return _content(data, mimetype, f"{f.id}.{'png' if f.kind == 'image' else 'txt'}", "attachment")
 
 
+@blp.route("/outputs/requests/<string:request_id>/code")
+@blp.doc(security=BEARER, responses={"200": {"description": "The notebook or script the request was sent with"}})
+@login_required
+def code_content(request_id: str) -> Any:
+    """The code the request's current round was sent with (the re-run ran it): only for those who may see
+    the request's content (its checkers while they review it, the team once released); audited."""
+    _not_from_a_workspace()
+    try:
+        rerun, data = service().view_code(g.user, request_id)
+    except OutputError as exc:
+        refuse(exc)
+    suffix = "ipynb" if rerun.code_kind == "notebook" else "py"
+    return _content(data, "text/plain", f"code-{request_id}.{suffix}", "attachment")
+
+
 @blp.route("/outputs/requests/<string:request_id>/bundle")
 @blp.doc(security=BEARER, responses={"200": {"description": "The release bundle (zip)"}})
 @login_required
