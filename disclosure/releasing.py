@@ -13,7 +13,7 @@ from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
 from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest, OutputRerun
 from disclosure.progress import _checks_by_file
-from disclosure.rerun.results import current_rerun, unreproduced_files
+from disclosure.rerun.results import current_rerun, reproduced_aggregates, unreproduced_files
 from disclosure.rules import RuleViolation
 from disclosure.visibility import PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
 from projects.gate import check_access
@@ -57,7 +57,7 @@ class Releasing(OutputsBase):
                 released_by=actor.id,
             )
             s.add(release)
-            added = record_in_ledger(s, req, checks)
+            added = record_in_ledger(s, req, checks, reproduced_aggregates(s, req))
             req.released_at = utcnow()
             self._move(s, req, rules.RELEASED, actor, "output.release", bundle_sha256=sha, ledger_entries=added)
             self._tell_team(s, req, "Your approved outputs are released and can be downloaded", "output.released")

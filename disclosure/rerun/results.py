@@ -41,6 +41,21 @@ def unreproduced_files(s: Session, req: OutputRequest) -> list[tuple[str, str]]:
     return held
 
 
+def reproduced_aggregates(s: Session, req: OutputRequest) -> dict[str, Any]:
+    """File id -> the ledger entry of its re-made table, for each file the re-run reproduced whose
+    population the re-run's session knew (dataset and filters): what the ledger should keep."""
+    rerun = current_rerun(s, req)
+    if rerun is None or rerun.state != "done":
+        return {}
+    found = {}
+    for file_id, outcome in (rerun.files or {}).items():
+        aggregate = (outcome.get("check") or {}).get("aggregate")
+        population = (aggregate or {}).get("population") or {}
+        if outcome.get("outcome") == REPRODUCED and population.get("dataset") and population.get("filters") is not None:
+            found[file_id] = aggregate
+    return found
+
+
 def rerun_view(s: Session, req: OutputRequest, role: str) -> dict[str, Any] | None:
     """The re-run as ``role`` ("checker" or "team") may see it; ``None`` when the round carried no code."""
     rerun = current_rerun(s, req)

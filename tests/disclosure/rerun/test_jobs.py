@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from disclosure.ledger import load_ledger
 from disclosure.models import OutputCheck, OutputRerun
 from disclosure.rerun.jobs import run_rerun
 from disclosure.rerun.results import rerun_view
@@ -196,6 +197,10 @@ def test_a_notebook_that_filters_a_cohort_and_makes_a_table_re_runs_and_reproduc
     approved = approve(world, req)
     world.svc.release(world.oscar, approved.id)
     assert world.refresh(req).state == "released"
+    # The ledger keeps the re-made table's entry, with its known population (the file had no specification).
+    table_id = next(fid for fid, r in rerun.files.items() if r["name"] == "output_0_0.csv")
+    (entry,) = [e for e in load_ledger(world.session, world.project.id).entries if e.output_id == table_id]
+    assert entry.population == population
     event = world.session.scalars(select(AuditEvent).where(AuditEvent.action == "output.rerun")).one()
     assert event.detail["reproduced"] == 2 and event.detail["differs"] == 0
 
