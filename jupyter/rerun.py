@@ -273,6 +273,8 @@ def _reason(status: dict[str, Any], returncode: int, timed_out: bool, limits: Li
         return f"the code needed more memory than the re-run allows ({mb} MB): MemoryError{where}{line}"
     if error == "DeadKernelError":
         return f"the kernel died{where}: most likely a CPU ({limits.cpu_seconds} s) or memory ({mb} MB) limit"
+    if code in ("EFBIG", "ENOSPC", "EDQUOT"):
+        return f"the code wrote more than the re-run's disk limit ({limits.disk_bytes} bytes: {code}{where}{line})"
     network = ("ENETUNREACH", "EHOSTUNREACH", "ECONNREFUSED", "EADDRNOTAVAIL", "ETIMEDOUT", "EAI_NONAME")
     if code in network or error in ("ConnectionError", "ConnectionRefusedError", "URLError", "gaierror"):
         return f"the code tried to use the network ({error} {code}{where}{line}): a re-run has no network at all"

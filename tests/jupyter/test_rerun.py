@@ -178,6 +178,20 @@ class TestSandbox:
         assert "KeyError" in answer["reason"] and "raise KeyError(row['nhs_number'])" in answer["reason"]
         assert "9434765919" not in json.dumps({k: v for k, v in answer.items() if k != "reason"})
 
+    def test_code_using_more_cpu_than_allowed_is_stopped_saying_so(self, tmp_path: Path) -> None:
+        code = "while True:\n    pass\n"
+
+        answer = run(tmp_path, code, kind="script", cpu_seconds=2)
+
+        assert answer["status"] == "failed" and "CPU (2 s)" in answer["reason"]
+
+    def test_code_writing_more_than_the_disk_limit_fails_saying_so(self, tmp_path: Path) -> None:
+        code = "open('outputs/big.bin', 'wb').write(b'0' * (3 * 1024 * 1024))\n"
+
+        answer = run(tmp_path, code, kind="script", disk_bytes=1024 * 1024)
+
+        assert answer["status"] == "failed" and "disk limit (1048576 bytes" in answer["reason"]
+
     def test_code_running_longer_than_the_wall_time_is_killed(self, tmp_path: Path) -> None:
         code = "import threading\nthreading.Event().wait()\n"  # waits for ever, using no CPU
 
