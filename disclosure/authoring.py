@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.kernel import DEFAULT_GROUP, IncompleteRequest, NotFound, OutputError, OutputsBase, _Denied
-from disclosure.models import OutputFile, OutputGroup, OutputRequest
-from disclosure.progress import CHECK_JOB, advance_after_checks, check_job_key
+from disclosure.models import OutputFile, OutputGroup, OutputRequest, OutputRerun
+from disclosure.progress import CHECK_JOB, RERUN_JOB, advance_after_checks, check_job_key
+from disclosure.rerun.code import CodeRefused, SubmittedCode, check_code
 from disclosure.rules import RuleViolation
 from projects.models import Project
 from tre.core.db import utcnow
@@ -93,16 +94,21 @@ class Authoring(OutputsBase):
         client_key: str | None,
         groups: Sequence[tuple[str, str, str]],
         files: Sequence[tuple[str, bytes, str, Any]],
+        code: tuple[str, bytes, str | None] | None = None,
     ) -> tuple[OutputRequest, bool]:
         """Create, fill and submit a request in one transaction (the workspace API): all or nothing.
 
-        ``groups`` are (name, context, controls); ``files`` are (name, content, group, table spec).
-        The same ``client_key`` again returns the request it made, changing nothing.
+        ``groups`` are (name, context, controls); ``files`` are (name, content, group, table spec);
+        ``code`` is (path in the home, content, extract version) of the notebook or script that made
+        them, re-run by a job (ADR 0018). The same ``client_key`` again returns the request it made,
+        changing nothing.
         """
         import disclosure.checks  # noqa: F401  (registers the check job's handler)
+        import disclosure.rerun.jobs  # noqa: F401  (registers the re-run job's handler)
 
         title = self._clean_title(title, client_key)
         checked = [self._check_upload(name, content, spec) for name, content, _g, spec in files]
+        accepted_code = self._check_code(code)
         with self._tx() as s:
             req, created = self._create(s, actor, project_id, title, client_key)
             if not created:
@@ -112,7 +118,45 @@ class Authoring(OutputsBase):
             for (_n, content, group, _s), (accepted, spec) in zip(files, checked, strict=True):
                 self._add_file(s, actor, req, accepted, spec, content, group)
             self._submit(s, actor, req)
+            self._attach_code(s, actor, req, accepted_code)
         return req, True
+
+    @staticmethod
+    def _check_code(code: tuple[str, bytes, str | None] | None) -> SubmittedCode | None:
+        if code is None:
+            return None
+        try:
+            return check_code(*code)
+        except CodeRefused as exc:
+            raise OutputError(str(exc)) from None
+
+    def _attach_code(self, s: Session, actor: Any, req: OutputRequest, code: SubmittedCode | None) -> None:
+        """Keep the code of this round (in the encrypted store, like a file) and queue its re-run."""
+        if code is None:
+            return
+        sha256 = self.files.put(code.content)
+        rerun = OutputRerun(
+            request_id=req.id,
+            round=req.round,
+            code_path=code.path,
+            code_kind=code.kind,
+            code_sha256=sha256,
+            code_bytes=len(code.content),
+            extract_version=code.extract_version,
+        )
+        s.add(rerun)
+        s.flush()
+        self._record(
+            s,
+            "output.code",
+            actor,
+            req,
+            round=req.round,
+            code_sha256=sha256,
+            code_kind=code.kind,
+            extract_version=code.extract_version,
+        )
+        enqueue(s, RERUN_JOB, {"rerun_id": rerun.id}, idempotency_key=f"{RERUN_JOB}:{req.id}:{req.round}")
 
     def resubmit_from_workspace(
         self,
@@ -123,6 +167,7 @@ class Authoring(OutputsBase):
         groups: Sequence[tuple[str, str | None, str | None]],
         files: Sequence[tuple[str, bytes, str, Any]],
         remove: Sequence[str] = (),
+        code: tuple[str, bytes, str | None] | None = None,
     ) -> tuple[OutputRequest, bool]:
         """Change a returned request from its workspace and resubmit it, in one transaction.
 
@@ -131,11 +176,14 @@ class Authoring(OutputsBase):
         keeps it). An empty group name means the group of the file replaced, else the first group.
         Files come only this way, from the workspace: nothing else uploads them. Sent again after it
         succeeded (the same files are current and the request is back in the queue), it changes
-        nothing and answers ``False``.
+        nothing and answers ``False``. ``code``, when sent, is re-run for the new round (a round sent
+        without code is not re-run).
         """
         import disclosure.checks  # noqa: F401  (registers the check job's handler)
+        import disclosure.rerun.jobs  # noqa: F401  (registers the re-run job's handler)
 
         checked = [self._check_upload(name, content, spec) for name, content, _g, spec in files]
+        accepted_code = self._check_code(code)
         with self._tx("output.resubmit", actor, request_id) as s:
             req = self._get(s, request_id, lock=True)
             if req.project_id != project_id:
@@ -167,6 +215,7 @@ class Authoring(OutputsBase):
                     group = groups_by_id[same.group_id] if same is not None else first
                 self._add_file(s, actor, req, accepted, spec, content, group)
             self._submit(s, actor, req)
+            self._attach_code(s, actor, req, accepted_code)
         return req, True
 
     @staticmethod

@@ -71,6 +71,8 @@ class OutputsBase:
     reviews_required: int = rules.DEFAULT_REVIEWS_REQUIRED
     request_id: str | None = None
     max_file_bytes: int = rules.MAX_FILE_BYTES
+    # Whether a file its re-run did not reproduce may be released (TRE_RERUN_RELEASE_UNREPRODUCED, ADR 0018).
+    release_unreproduced: bool = False
     _policy: Any = field(default=None, repr=False)
 
     @classmethod
@@ -83,6 +85,7 @@ class OutputsBase:
             reviews_required=rules.reviews_required(getattr(settings, "output_reviews_required", 2)),
             request_id=request_id,
             max_file_bytes=min(rules.MAX_FILE_BYTES, int(settings.max_upload_bytes)),
+            release_unreproduced=bool(getattr(settings, "rerun_release_unreproduced", False)),
         )
 
     @property

@@ -20,15 +20,21 @@ def load_ledger(s: Session, project_id: str) -> Any:
     return ReleaseLedger.from_dict(row.ledger)
 
 
-def record_in_ledger(s: Session, req: OutputRequest, checks: dict[str, OutputCheck]) -> int:
+def record_in_ledger(
+    s: Session, req: OutputRequest, checks: dict[str, OutputCheck], remade: dict[str, Any] | None = None
+) -> int:
+    """Record every released count or sum table. ``remade`` (file id -> aggregate) holds the entries of
+    files the re-run reproduced with a known population (ADR 0018); they are recorded instead of the
+    submitted file's, whose population may be unknown."""
     from disclosure.engine import ReleasedAggregate
 
     ledger = load_ledger(s, req.project_id)
     added = 0
     for f in req.current_files:
         check = checks.get(f.id)
-        if check is not None and check.aggregate:
-            ledger.record(ReleasedAggregate.from_dict(check.aggregate))
+        aggregate = (remade or {}).get(f.id) or (check.aggregate if check is not None else None)
+        if aggregate:
+            ledger.record(ReleasedAggregate.from_dict(aggregate))
             added += 1
     if added:
         row = s.get(ProjectReleaseLedger, req.project_id, with_for_update=True)

@@ -254,3 +254,44 @@ class ProjectReleaseLedger(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     ledger: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+RERUN_STATES: tuple[str, ...] = ("pending", "done", "failed")
+RERUN_OUTCOMES: tuple[str, ...] = ("reproduced", "differs", "not_rerun")
+
+
+class OutputRerun(Base):
+    """The code a round of a request was submitted with, and what re-running it made (issue 24, ADR 0018).
+
+    One row per (request, round) that carried code: the notebook or script (its bytes in the store under
+    ``code_sha256``, like a file's), the extract version it read, then the re-run job's answer: ``done``
+    with one outcome per current file (``files``: file id -> reproduced / differs / not_rerun, the
+    difference, and the automated checks run on the re-made file), or ``failed`` with a reason and a log
+    that holds no data (exception names, limits hit, cell numbers; never values or printed output).
+    """
+
+    __tablename__ = "output_reruns"
+    __table_args__ = (
+        UniqueConstraint("request_id", "round"),
+        CheckConstraint(_one_of("state", RERUN_STATES), name="rerun_state_known"),
+        CheckConstraint("code_kind IN ('notebook', 'script')", name="code_kind_known"),
+        CheckConstraint("(state = 'pending') = (finished_at IS NULL)", name="finished_when_not_pending"),
+        CheckConstraint("state <> 'failed' OR length(trim(reason)) > 0", name="failure_has_reason"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    request_id: Mapped[str] = mapped_column(ForeignKey("output_requests.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int]
+    code_path: Mapped[str] = mapped_column(String(300))
+    code_kind: Mapped[str] = mapped_column(String(20))
+    code_sha256: Mapped[str] = mapped_column(String(64))
+    code_bytes: Mapped[int]
+    extract_version: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    log: Mapped[list[Any]] = mapped_column(default=list)
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]

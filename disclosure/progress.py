@@ -22,6 +22,7 @@ from tre.core.notifications import notify_users
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 CHECK_JOB = "outputs.check"
+RERUN_JOB = "outputs.rerun"  # re-runs the code a round was submitted with (disclosure/rerun, ADR 0018)
 
 
 def check_job_key(request_id: str, sha256s: Sequence[str], policy_sha256: str) -> str:

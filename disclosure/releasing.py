@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from disclosure import rules
 from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
-from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest
+from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest, OutputRerun
 from disclosure.progress import _checks_by_file
+from disclosure.rerun.results import current_rerun, reproduced_aggregates, unreproduced_files
 from disclosure.rules import RuleViolation
 from disclosure.visibility import PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
 from projects.gate import check_access
@@ -36,6 +37,14 @@ class Releasing(OutputsBase):
             current = {f.id: f.sha256 for f in req.current_files}
             if decision is None or decision.outcome != rules.OUTCOME_APPROVE or decision.file_hashes != current:
                 raise RuleViolation("The files differ from the ones approved: the request cannot be released")
+            if not self.release_unreproduced:
+                held = unreproduced_files(s, req)
+                if held:
+                    raise RuleViolation(
+                        "The re-run of this request's code did not reproduce "
+                        + "; ".join(f"{name} ({why})" for name, why in held)
+                        + ": the TRE's policy releases only reproduced files"
+                    )
             checks = _checks_by_file(s, req)
             bundle, manifest = build_bundle(s, req, self.files, checks, decision)
             sha = self.files.put(bundle)
@@ -48,7 +57,7 @@ class Releasing(OutputsBase):
                 released_by=actor.id,
             )
             s.add(release)
-            added = record_in_ledger(s, req, checks)
+            added = record_in_ledger(s, req, checks, reproduced_aggregates(s, req))
             req.released_at = utcnow()
             self._move(s, req, rules.RELEASED, actor, "output.release", bundle_sha256=sha, ledger_entries=added)
             self._tell_team(s, req, "Your approved outputs are released and can be downloaded", "output.released")
@@ -100,6 +109,20 @@ class Releasing(OutputsBase):
             data = self.files.get(f.sha256)
             self._record(s, "output.view_file", actor, req, file_id=f.id, sha256=f.sha256, seen_as=access.as_)
         return f, data
+
+    def view_code(self, actor: Any, request_id: str) -> tuple[OutputRerun, bytes]:
+        """The code the request's current round was sent with, for whoever may see its content now
+        (``disclosure.visibility``: its checkers while they review it; the team once released);
+        each view and each refusal is recorded."""
+        with self._tx() as s:
+            req = self._get(s, request_id)
+            access = self._require_content(s, actor, req, None, "output.view_code")
+            rerun = current_rerun(s, req)
+            if rerun is None:
+                raise NotFound("This request was sent without its code")
+            data = self.files.get(rerun.code_sha256)
+            self._record(s, "output.view_code", actor, req, sha256=rerun.code_sha256, seen_as=access.as_)
+        return rerun, data
 
     def content_visible(self, actor: Any, req: OutputRequest) -> dict[str, bool]:
         """For each current file, whether ``actor`` may see its content now (a page's links; changes nothing)."""

@@ -14,6 +14,14 @@ specification (dataset, filters, dimensions, statistic: its population) in the `
 it; every submission sends the specifications of the files it sends, so the checks re-compute the
 table and the release ledger records its population (docs/outputs.md).
 
+The code that made the files goes with them (``code=``, ``--code``): the notebook or script, and the
+version of the project's extract it read, so the output queue can re-run it with no network and compare
+what it makes with what was sent (docs/outputs.md, ADR 0018):
+
+    submit(["outputs/table1.csv"], context="...", controls="...", code="analysis/table1.ipynb")
+
+    tre-submit outputs/table1.csv --code analysis/table1.ipynb --context "..." --controls "..."
+
 A request the checkers returned for changes is changed and resubmitted from here too (files come
 only from the workspace):
 
@@ -26,6 +34,7 @@ only from the workspace):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import mimetypes
 import os
@@ -41,6 +50,8 @@ from typing import Any
 
 REQUESTS_PATH = "/api/v1/outputs/requests"
 MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_CODE_BYTES = 4 * 1024 * 1024  # a notebook with its outputs cleared is far smaller
+CODE_SUFFIXES = (".ipynb", ".py")
 RETRIES = 3  # more tries when the queue is unavailable (503) or cannot be reached, with the same key
 MAX_RETRY_WAIT = 30.0  # seconds; the queue's Retry-After is honoured up to this
 
@@ -49,9 +60,10 @@ class SubmitError(Exception):
     """The request was not accepted; the message says why in the researcher's words."""
 
 
-def _encode_multipart(fields: list[tuple[str, str]], files: list[Path]) -> tuple[bytes, str]:
+def _encode_multipart(fields: list[tuple[str, str]], files: list[Path], code: Path | None = None) -> tuple[bytes, str]:
     boundary = "tre-" + secrets.token_hex(16)
     parts: list[bytes] = []
+    named = [("files", path) for path in files] + ([("code", code)] if code is not None else [])
     for name, value in fields:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n'
@@ -59,11 +71,11 @@ def _encode_multipart(fields: list[tuple[str, str]], files: list[Path]) -> tuple
             + value.encode("utf-8")
             + b"\r\n"
         )
-    for path in files:
+    for field, path in named:
         filename = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{filename}"\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
             f"Content-Type: {content_type}\r\n\r\n".encode()
             + path.read_bytes()
             + b"\r\n"
@@ -114,6 +126,45 @@ def _specs_field(paths: list[Path], table_specs: dict[str, Any] | None) -> list[
     return [("table_specs", json.dumps(specs))] if specs else []
 
 
+def extract_version(extract_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """The version of the project's extract this workspace reads: a digest of each dataset's manifest.
+
+    The extract service writes ``<extract>/<dataset>/manifest.json`` (row counts, hashes of the parts);
+    a rebuilt extract has new manifests, so the same digest means the same data. ``None`` when there is
+    no extract (or no manifest in it).
+    """
+    root = Path(extract_dir or os.environ.get("TRE_EXTRACT_DIR", "") or "")
+    if not str(root) or not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    found = False
+    for manifest in sorted(root.glob("*/manifest.json")):
+        digest.update(manifest.parent.name.encode() + b"\0" + hashlib.sha256(manifest.read_bytes()).digest())
+        found = True
+    return digest.hexdigest() if found else None
+
+
+def _code_fields(code: str | os.PathLike[str] | None, version: str | None) -> tuple[list[tuple[str, str]], Path | None]:
+    """The form fields and the file that carry the code: its path relative to the home (where a re-run
+    puts it, so its relative paths still work) and the extract version it read."""
+    if code is None:
+        return [], None
+    path = Path(code)
+    if not path.is_file():
+        raise SubmitError(f"{path} (the code that made the outputs) is not a file.")
+    if path.suffix.lower() not in CODE_SUFFIXES:
+        raise SubmitError(f"{path}: the code must be a notebook (.ipynb) or a Python script (.py).")
+    if path.stat().st_size > MAX_CODE_BYTES:
+        raise SubmitError(f"{path} is larger than {MAX_CODE_BYTES // (1024 * 1024)} MB; clear its outputs first.")
+    real, home = path.resolve(), Path(os.environ.get("HOME") or Path.cwd()).resolve()
+    relative = real.relative_to(home).as_posix() if real.is_relative_to(home) else real.name
+    fields = [("code_path", relative)]
+    version = version if version is not None else extract_version()
+    if version:
+        fields.append(("extract_version", version))
+    return fields, path
+
+
 def submit(
     files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     context: str,
@@ -121,6 +172,8 @@ def submit(
     title: str | None = None,
     *,
     table_specs: dict[str, Any] | None = None,
+    code: str | os.PathLike[str] | None = None,
+    extract_version: str | None = None,
     api: str | None = None,
     token: str | None = None,
     timeout: float = 60.0,
@@ -134,6 +187,8 @@ def submit(
     or its answer was lost on the way, trying again can never make a second request. ``table_specs``
     (file name -> specification) defaults to what the disclosure session wrote beside the files
     (:func:`table_specs_for`); ``{}`` sends none.
+    ``code`` is the notebook or script that made the files; the queue re-runs it
+    (``extract_version`` defaults to the version of ``TRE_EXTRACT_DIR`` now).
     """
     if not context or not context.strip():
         raise SubmitError("Describe what the outputs are (context) before submitting.")
@@ -143,7 +198,10 @@ def submit(
     fields = [("context", context.strip()), ("controls", controls.strip()), *_specs_field(paths, table_specs)]
     if title:
         fields.insert(0, ("title", title.strip()))
-    return _send(REQUESTS_PATH, fields, paths, api=api, token=token, timeout=timeout, retries=retries)
+    extra, code_file = _code_fields(code, extract_version)
+    return _send(
+        REQUESTS_PATH, fields + extra, paths, api=api, token=token, timeout=timeout, retries=retries, code=code_file
+    )
 
 
 def resubmit(
@@ -155,6 +213,8 @@ def resubmit(
     remove: Sequence[str] = (),
     group: str | None = None,
     table_specs: dict[str, Any] | None = None,
+    code: str | os.PathLike[str] | None = None,
+    extract_version: str | None = None,
     api: str | None = None,
     token: str | None = None,
     timeout: float = 60.0,
@@ -175,11 +235,13 @@ def resubmit(
             fields.append((name, value.strip()))
     if remove:
         fields.append(("remove", json.dumps(list(remove))))
+    extra, code_file = _code_fields(code, extract_version)
+    fields += extra
     if not paths and not fields:
         raise SubmitError("Send at least one changed file, a file to remove, or new context or controls.")
     fields.extend(_specs_field(paths, table_specs) if paths else [])
     path = f"{REQUESTS_PATH}/{urllib.parse.quote(request_id.strip(), safe='')}/resubmission"
-    return _send(path, fields, paths, api=api, token=token, timeout=timeout, retries=retries)
+    return _send(path, fields, paths, api=api, token=token, timeout=timeout, retries=retries, code=code_file)
 
 
 def request_status(
@@ -222,9 +284,10 @@ def _send(
     token: str | None,
     timeout: float,
     retries: int,
+    code: Path | None = None,
 ) -> dict[str, Any]:
     api, token = _endpoint(api, token)
-    body, content_type = _encode_multipart(fields, paths)
+    body, content_type = _encode_multipart(fields, paths, code)
     request = urllib.request.Request(  # noqa: S310 - the URL comes from the workspace's own environment
         api.rstrip("/") + path,
         data=body,
@@ -284,19 +347,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--remove", action="append", default=[], metavar="NAME", help="with --resubmit: drop a file")
     parser.add_argument("--group", help="with --resubmit: the group of the files sent")
+    parser.add_argument(
+        "--code", metavar="NOTEBOOK", help="the notebook (.ipynb) or script (.py) that made the files: it is re-run"
+    )
     args = parser.parse_args(argv)
     context = _text_arg(args.context) if args.context is not None else None
     controls = _text_arg(args.controls) if args.controls is not None else None
     try:
         if args.resubmit:
             answer = resubmit(
-                args.resubmit, args.files, context=context, controls=controls, remove=args.remove, group=args.group
+                args.resubmit,
+                args.files,
+                context=context,
+                controls=controls,
+                remove=args.remove,
+                group=args.group,
+                code=args.code,
             )
             print(f"Resubmitted output request {answer['id']} (state: {answer.get('state', 'unknown')})")
             return 0
         if not args.files or context is None or controls is None:
             parser.error("give the files, --context and --controls (or --resubmit REQUEST_ID)")
-        answer = submit(args.files, context, controls, title=args.title)
+        answer = submit(args.files, context, controls, title=args.title, code=args.code)
     except (SubmitError, OSError) as error:
         print(f"tre-submit: {error}", file=sys.stderr)
         return 1

@@ -121,6 +121,9 @@ class OutputRequestHandler(APIHandler):
         if not controls and not returned:
             raise web.HTTPError(400, "Describe the disclosure controls applied (controls) before submitting.")
         files = [self._file_in_home(path) for path in paths]
+        # The notebook the researcher submitted from (JupyterLab sends the one open): the queue re-runs it.
+        code_path = _text(body, "code")
+        code = self._file_in_home(code_path) if code_path else None
         try:
             # urllib blocks: off the event loop, so the workspace stays responsive while the queue answers.
             if returned:
@@ -130,10 +133,11 @@ class OutputRequestHandler(APIHandler):
                     files,
                     context=context or None,
                     controls=controls or None,
+                    code=code,
                     **_replacing(replace, group, files),
                 )
             else:
-                answer = await asyncio.to_thread(submit, files, context, controls, title=title or None)
+                answer = await asyncio.to_thread(submit, files, context, controls, title=title or None, code=code)
         except SubmitError as error:
             raise web.HTTPError(502, str(error)) from None
         self.log.info("TRE output request %s submitted with %d file(s)", answer.get("id"), len(files))

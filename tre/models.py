@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import disclosure.checks  # noqa: F401  (registers the output check job handler)
 import disclosure.models  # noqa: F401
+import disclosure.rerun.jobs  # noqa: F401  (registers the re-run job handler)
 import projects.models  # noqa: F401
 import projects.tasks  # noqa: F401  (registers the projects' job handlers)
 import projects.workspaces  # noqa: F401

@@ -42,6 +42,8 @@ KUBERNETES_VERSION = "1.30.0"
 SETTING_NAMES = {"TRE_" + f.name.upper() for f in dataclasses.fields(Settings)}
 # Read by the code outside Settings on purpose (keys and backup passphrases never sit in Settings).
 EXTRA_VARIABLES = {"TRE_MASTER_KEY", "TRE_BACKUP_PASSPHRASE", "TRE_INSTANCE_PATH"}
+# Read inside a workspace or a re-run pod (the runtime's code), not by the service.
+WORKSPACE_VARIABLES = {"TRE_EXTRACT_DIR", "TRE_OUTPUTS_DIR", "TRE_RERUN"}
 SECRET_VARIABLES = {"TRE_MASTER_KEY", "TRE_DATABASE_URL", "TRE_BROKER_URL", "TRE_METRICS_TOKEN",
                     "TRE_BACKUP_PASSPHRASE", "TRE_OIDC_CLIENT_SECRET"}
 WORKLOAD_KINDS = {"Deployment", "Job", "CronJob"}
@@ -335,7 +337,8 @@ def test_every_tre_variable_in_the_deployment_files_is_a_real_setting() -> None:
     files = [p for p in PRODUCTION.rglob("*") if p.is_file() and p.suffix != ".pyc"]
     known = SETTING_NAMES | EXTRA_VARIABLES
     for path in files:
-        unknown = _tre_variables(path.read_text(encoding="utf-8")) - known
+        workspace = WORKSPACE_VARIABLES if path.parent.name == "rerun" else set()  # a re-run pod's own
+        unknown = _tre_variables(path.read_text(encoding="utf-8")) - known - workspace
         assert not unknown, f"{path.relative_to(REPO)} names variables the service does not read: {unknown}"
 
 

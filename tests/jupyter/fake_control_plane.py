@@ -148,14 +148,15 @@ class FakeControlPlane:
                 message = BytesParser(policy=HTTP).parsebytes(head + raw)
                 fields: dict[str, str] = {}
                 files: dict[str, bytes] = {}
+                code: dict[str, bytes] = {}
                 for part in message.iter_parts():
                     name = part.get_param("name", header="content-disposition")
                     if part.get_filename():
-                        files[part.get_filename()] = part.get_payload(decode=True)
+                        (code if name == "code" else files)[part.get_filename()] = part.get_payload(decode=True)
                     else:
                         fields[name] = part.get_payload(decode=True).decode()
                 request_id = resubmission_of or "req-" + uuid.uuid4().hex[:8]
-                sent = {"id": request_id, "fields": fields, "files": files}
+                sent = {"id": request_id, "fields": fields, "files": files, "code": code}
                 if resubmission_of:
                     sent["resubmission_of"] = resubmission_of
                 fake.submissions.append(sent)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jupyter.client import SubmitError, main, request_status, resubmit, submit
+from jupyter.client import SubmitError, extract_version, main, request_status, resubmit, submit
 from tests.jupyter.fake_control_plane import FakeControlPlane
 
 
@@ -171,3 +171,70 @@ def test_request_status_reads_a_request_of_the_project(fake_cp: FakeControlPlane
     assert request_status("req-1", api=fake_cp.url, token=fake_cp.output_token)["state"] == "returned"
     with pytest.raises(SubmitError, match="No such output request"):
         request_status("req-other", api=fake_cp.url, token=fake_cp.output_token)
+
+
+def _extract_with_manifest(root, dataset: str = "admissions", rows: int = 10):
+    folder = root / dataset
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(f'{{"rows": {rows}}}')
+    return root
+
+
+def test_submit_sends_the_notebook_with_its_home_path_and_the_extract_version(fake_cp, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "analysis").mkdir(parents=True)
+    notebook = home / "analysis" / "table1.ipynb"
+    notebook.write_text('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}')
+    table = home / "table1.csv"
+    table.write_text("band,n\n40-49,15\n")
+    extract = _extract_with_manifest(tmp_path / "extract")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TRE_EXTRACT_DIR", str(extract))
+
+    submit([table], "Table 1", "rounded", code=notebook, api=fake_cp.url, token=fake_cp.output_token)
+
+    sent = fake_cp.submissions[-1]
+    assert sent["code"] == {"table1.ipynb": notebook.read_bytes()}
+    assert sent["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
+    assert sent["fields"]["code_path"] == "analysis/table1.ipynb"
+    assert sent["fields"]["extract_version"] == extract_version(extract)
+
+
+def test_extract_version_changes_when_the_extract_is_rebuilt(tmp_path):
+    extract = _extract_with_manifest(tmp_path / "extract")
+    before = extract_version(extract)
+
+    (extract / "admissions" / "manifest.json").write_text('{"rows": 11}')
+
+    assert before is not None and len(before) == 64
+    assert extract_version(extract) != before
+    assert extract_version(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("name", ["analysis.R", "data.parquet"])
+def test_submit_refuses_code_that_is_not_a_notebook_or_python_script(fake_cp, tmp_path, name):
+    (tmp_path / "t.csv").write_text("x")
+    (tmp_path / name).write_text("x")
+
+    with pytest.raises(SubmitError, match="notebook"):
+        submit([tmp_path / "t.csv"], "c", "k", code=tmp_path / name, api=fake_cp.url, token=fake_cp.output_token)
+
+    assert fake_cp.submissions == []
+
+
+def test_cli_sends_the_code_named_by_code(fake_cp, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRE_OUTPUT_API", fake_cp.url)
+    monkeypatch.setenv("TRE_OUTPUT_TOKEN", fake_cp.output_token)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("TRE_EXTRACT_DIR", raising=False)
+    (tmp_path / "t.csv").write_text("x")
+    (tmp_path / "make_t.py").write_text("open('t.csv', 'w').write('x')\n")
+
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["t.csv", "--code", "make_t.py", "--context", "c", "--controls", "k"]) == 0
+
+    sent = fake_cp.submissions[-1]
+    assert sent["code"] == {"make_t.py": b"open('t.csv', 'w').write('x')\n"}
+    assert sent["fields"]["code_path"] == "make_t.py"
+    assert "extract_version" not in sent["fields"]

@@ -62,6 +62,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkspaceServer
     home.mkdir()
     (home / "outputs").symlink_to(outputs)
     (home / "notes.txt").write_text("my own notes\n")
+    (home / "analysis.ipynb").write_text('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}')
     (home / "outputs" / "table1.csv").write_text("band,n\n40-49,15\n")
     (home / "outputs" / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     (home / "extract").symlink_to(extract)
@@ -292,4 +293,23 @@ def test_one_replacement_file_only_and_never_one_from_the_extract(server: Worksp
 
     assert two.status_code == 400 and "exactly one file" in two.json()["message"]
     assert extract.status_code == 403
+    assert len(server.queue.submissions) == before
+
+
+def test_the_open_notebook_goes_with_the_files_as_their_code(server: WorkspaceServer) -> None:
+    answer = server.submit({"paths": ["outputs/table1.csv"], "code": "analysis.ipynb", **REQUEST})
+
+    assert answer.status_code == 201, answer.text
+    sent = server.queue.submissions[-1]
+    assert sent["code"] == {"analysis.ipynb": (server.home / "analysis.ipynb").read_bytes()}
+    assert sent["fields"]["code_path"] == "analysis.ipynb"
+    assert sent["files"] == {"table1.csv": b"band,n\n40-49,15\n"}
+
+
+def test_code_in_the_extract_is_refused_like_a_file_there(server: WorkspaceServer) -> None:
+    before = len(server.queue.submissions)
+
+    answer = server.submit({"paths": ["outputs/table1.csv"], "code": "extract/notes.csv", **REQUEST})
+
+    assert answer.status_code == 403
     assert len(server.queue.submissions) == before

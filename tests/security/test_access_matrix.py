@@ -105,6 +105,7 @@ EXPECT: dict[str, str] = {
     "GET /api/v1/outputs/files/<string:file_id>": "",  # as GET /outputs/files/<file_id>
     "GET /api/v1/outputs/queue": "output_checker",
     "GET /api/v1/outputs/requests/<string:request_id>/bundle": "",  # nothing is released in this world
+    "GET /api/v1/outputs/requests/<string:request_id>/code": "",  # no request here was sent with code: 404
     "GET /api/v1/outputs/requests/<string:request_id>": "researcher:o",
     "GET /api/v1/outputs/requests/<string:request_id>/checker-view": "output_checker",
     "GET /api/v1/projects": "researcher",

@@ -19,6 +19,7 @@ from werkzeug.exceptions import default_exceptions
 
 from disclosure import rules
 from disclosure.models import OutputRequest
+from disclosure.rerun.results import rerun_view
 from disclosure.services import (
     OutputError,
     Outputs,
@@ -82,6 +83,7 @@ class OutputRequestStatusSchema(ma.Schema):
     shared_comments = ma.fields.List(ma.fields.Dict())
     decisions = ma.fields.List(ma.fields.Dict())
     missing = ma.fields.List(ma.fields.String())
+    rerun = ma.fields.Dict(allow_none=True)
 
 
 def describe(svc: Outputs, req: OutputRequest, viewer: Any, role: str) -> dict[str, Any]:
@@ -122,7 +124,19 @@ def describe(svc: Outputs, req: OutputRequest, viewer: Any, role: str) -> dict[s
             for d in picture.decisions
         ],
         "missing": svc.missing_for_submission(req) if req.state in rules.EDITABLE_STATES else [],
+        # The re-run of the code this round was sent with (ADR 0018): in full for its checkers only.
+        "rerun": rerun_view(s, req, role),
     }
+
+
+def _code_upload() -> tuple[str, bytes, str | None] | None:
+    """The notebook or script sent with the files (field ``code``), its path in the home and the extract
+    version it read; ``None`` when no code was sent."""
+    upload = request.files.get("code")
+    if upload is None:
+        return None
+    path = request.form.get("code_path") or upload.filename or ""
+    return path, upload.read(), request.form.get("extract_version") or None
 
 
 def _parse_json_field(name: str, default: Any) -> Any:
@@ -154,6 +168,13 @@ def _parse_json_field(name: str, default: Any) -> Any:
                         "controls": {"type": "string"},
                         "table_specs": {"type": "string", "description": "JSON object: file name -> specification"},
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "code": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the notebook (.ipynb) or script (.py) that made the files; re-run",
+                        },
+                        "code_path": {"type": "string", "description": "the code's path relative to the home"},
+                        "extract_version": {"type": "string", "description": "digest of the extract's manifests"},
                     },
                     "required": ["title", "context", "controls", "files"],
                 }
@@ -192,6 +213,7 @@ def submit_from_workspace() -> Any:
             client_key=key,
             groups=[(group, request.form.get("context", ""), request.form.get("controls", ""))],
             files=files,
+            code=_code_upload(),
         )
     except OutputError as exc:
         refuse(exc)
@@ -250,7 +272,7 @@ def resubmit_from_workspace(request_id: str) -> Any:
     svc = service()
     try:
         req, _changed = svc.resubmit_from_workspace(
-            g.user, claims.project_id, request_id, groups=groups, files=files, remove=remove
+            g.user, claims.project_id, request_id, groups=groups, files=files, remove=remove, code=_code_upload()
         )
     except OutputError as exc:
         refuse(exc)
@@ -458,6 +480,21 @@ def file_content(file_id: str) -> Any:
         refuse(exc)
     mimetype = "image/png" if f.kind == "image" else "text/plain"
     return _content(data, mimetype, f"{f.id}.{'png' if f.kind == 'image' else 'txt'}", "attachment")
+
+
+@blp.route("/outputs/requests/<string:request_id>/code")
+@blp.doc(security=BEARER, responses={"200": {"description": "The notebook or script the request was sent with"}})
+@login_required
+def code_content(request_id: str) -> Any:
+    """The code the request's current round was sent with (the re-run ran it): only for those who may see
+    the request's content (its checkers while they review it, the team once released); audited."""
+    _not_from_a_workspace()
+    try:
+        rerun, data = service().view_code(g.user, request_id)
+    except OutputError as exc:
+        refuse(exc)
+    suffix = "ipynb" if rerun.code_kind == "notebook" else "py"
+    return _content(data, "text/plain", f"code-{request_id}.{suffix}", "attachment")
 
 
 @blp.route("/outputs/requests/<string:request_id>/bundle")

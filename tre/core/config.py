@@ -108,6 +108,16 @@ class Settings:
     mail_from: str = "tre@localhost"
     # Output checking: independent reviews every output request needs (never fewer than 1).
     output_reviews_required: int = 2
+    # Re-runs of the code an output request was submitted with (disclosure/rerun, ADR 0018): the
+    # workspace runtime they run in, their limits (CPU seconds, address space, disk, wall time), and
+    # whether a file the re-run did not reproduce (differs, not re-made, re-run failed or not yet done)
+    # may be released at all. Requests sent without code are not re-run and not held by this.
+    workspace_runtime: str = "/opt/tre-workspace"
+    rerun_cpu_seconds: int = 600
+    rerun_memory_mb: int = 4096
+    rerun_disk_mb: int = 1024
+    rerun_wall_seconds: int = 900
+    rerun_release_unreproduced: bool = False
     # Scheduled backups (tre/core/backup_schedule.py): hours between them, 0 = off; how many to keep.
     backup_every_hours: int = 0
     backup_keep: int = 7

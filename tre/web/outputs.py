@@ -35,6 +35,7 @@ from disclosure.metrics import collect, prometheus_text
 from disclosure.models import OutputRequest
 from disclosure.permissions import can_check
 from disclosure.progress import current_policy
+from disclosure.rerun.results import rerun_view
 from disclosure.services import (
     IncompleteRequest,
     NotFound,
@@ -124,6 +125,7 @@ def request_page(request_id: str) -> str:
         title=req.title or "Output request",
         req=req,
         role=role,
+        rerun=rerun_view(svc.session, req, role),
         picture=picture,
         checks=checks,
         status=status,

@@ -30,7 +30,7 @@ interface IRequestText {
 
 /** The form inside the dialog: the files, then title, context and controls. */
 class SubmitForm extends Widget implements Dialog.IBodyWidget<IRequestText> {
-  constructor(paths: string[], text: IRequestText, problem: string) {
+  constructor(paths: string[], text: IRequestText, problem: string, code: string) {
     super({ node: document.createElement('form') });
     this.addClass('tre-SubmitForm');
     const node = this.node as HTMLFormElement;
@@ -60,6 +60,13 @@ class SubmitForm extends Widget implements Dialog.IBodyWidget<IRequestText> {
       list.appendChild(item);
     }
     node.appendChild(list);
+    const codeNote = document.createElement('p');
+    codeNote.className = 'tre-SubmitForm-code';
+    codeNote.textContent = code
+      ? `The notebook ${code} goes with them: the output checkers re-run it, with no network, ` +
+        'and compare what it makes with these files.'
+      : 'No notebook is open, so no code goes with these files and they cannot be re-run.';
+    node.appendChild(codeNote);
 
     this._title = this._field(node, 'tre-submit-title', 'Title (optional)', 'input', text.title);
     this._context = this._field(
@@ -132,13 +139,20 @@ function chosenPaths(
   return context ? [context.path] : [];
 }
 
-async function askAndSubmit(app: JupyterFrontEnd, paths: string[]): Promise<void> {
+/** The notebook the researcher is working in (the current widget, if it is a notebook): its code is re-run. */
+function currentNotebook(app: JupyterFrontEnd, docManager: IDocumentManager | null): string {
+  const current = app.shell.currentWidget;
+  const context = current && docManager ? docManager.contextForWidget(current) : undefined;
+  return context && context.path.endsWith('.ipynb') ? context.path : '';
+}
+
+async function askAndSubmit(app: JupyterFrontEnd, paths: string[], code: string): Promise<void> {
   let text: IRequestText = { title: '', context: '', controls: '' };
   let problem = '';
   for (;;) {
     const answer = await showDialog({
       title: 'Submit for output checking',
-      body: new SubmitForm(paths, text, problem),
+      body: new SubmitForm(paths, text, problem, code),
       buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Submit' })],
       focusNodeSelector: '#tre-submit-title'
     });
@@ -161,7 +175,7 @@ async function askAndSubmit(app: JupyterFrontEnd, paths: string[]): Promise<void
   try {
     response = await ServerConnection.makeRequest(
       URLExt.join(settings.baseUrl, ...ENDPOINT),
-      { method: 'POST', body: JSON.stringify({ paths, ...text }) },
+      { method: 'POST', body: JSON.stringify({ paths, ...text, ...(code ? { code } : {}) }) },
       settings
     );
   } catch (error) {
@@ -491,7 +505,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           );
           return;
         }
-        await askAndSubmit(app, paths);
+        await askAndSubmit(app, paths, currentNotebook(app, docManager));
       }
     });
     addResubmitCommand(app, browser, docManager);
