@@ -1,7 +1,7 @@
 """output_reruns: the code a round of an output request was submitted with, and its re-run (issue 24)
 
 Revision ID: c4d5e6f7a8b9
-Revises: b3c1d2e4f5a6
+Revises: 3195606d1c9e
 Create Date: 2026-12-06 00:40:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import tre.core.db
 
 revision = 'c4d5e6f7a8b9'
-down_revision = 'b3c1d2e4f5a6'
+down_revision = '3195606d1c9e'
 branch_labels = None
 depends_on = None
 
