@@ -69,6 +69,25 @@ class Output:
     exception: str = ""
     timestamp: str = field(default_factory=lambda: _dt.datetime.now().isoformat())
     before: pd.DataFrame | None = None  # the table before mitigation, for the checker only
+    fair: dict = field(default_factory=dict)
+
+    @property
+    def output(self) -> list:
+        """ACRO's name: the tables of a table or model output, else the files it wrote."""
+        return list(self.frames) if self.frames else list(self.files)
+
+    @output.setter
+    def output(self, values: list) -> None:
+        self.frames = [v for v in values if isinstance(v, pd.DataFrame)]
+        self.files = [v for v in values if not isinstance(v, pd.DataFrame)]
+
+    def __str__(self) -> str:
+        return (
+            f"uid: {self.uid}\nstatus: {self.status}\ntype: {self.output_type}\nproperties: {self.properties}\n"
+            f"sdc: {self.sdc}\ncommand: {self.command}\nsummary: {self.summary}\noutcome: {self.outcome}\n"
+            f"output: {self.output}\ntimestamp: {self.timestamp}\ncomments: {self.comments}\n"
+            f"exception: {self.exception}\n"
+        )
 
 
 def _as_list(x: Any) -> list:
@@ -240,6 +259,9 @@ class Session:
     def _add(self, **kwargs: Any) -> Output:
         uid = f"output_{self._next}"
         self._next += 1
+        return self._add_as(uid, **kwargs)
+
+    def _add_as(self, uid: str, **kwargs: Any) -> Output:
         out = Output(uid=uid, **kwargs)
         self.results[uid] = out
         return out

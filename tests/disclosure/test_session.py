@@ -145,8 +145,9 @@ def test_acro_style_session_records_dataset_and_filters(extract_path, tmp_path):
     adults = df.query("age >= 18")
 
     acro.crosstab(adults.region, adults.sex)
-    document = acro.finalise(str(tmp_path / "out"))
+    acro.finalise(str(tmp_path / "out"))
 
+    document = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     spec = document["results"]["output_0"]["table_spec"]
     assert spec["dataset"] == "admissions"
     assert spec["filters"] == [{"column": "age", "op": ">=", "value": 18}]

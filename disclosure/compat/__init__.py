@@ -1,0 +1,151 @@
+"""Drop-in replacement for ACRO 1.0: ``from disclosure.compat import ACRO``.
+
+Same constructor arguments, method names and records as ``acro.ACRO`` (``acro.results`` is a
+:class:`~disclosure.compat.records.Records`, ``finalise()`` returns it); the checks are ours (see
+docs/disclosure/acro-differences.md for where they deliberately differ). ACRO's ``config`` named a YAML file
+of thresholds chosen by the researcher; here thresholds come from the TRE's policy, so ``config`` is accepted
+only for compatibility and ignored unless it is a path to one of our TOML policy files.
+
+Unlike ACRO, tables record their population: read the data with ``acro.read(path)`` or hand it over once with
+``df = acro.use(df, "dataset-name")`` and tables made from that frame (filtered as ``disclosure.tracked``
+describes) carry the dataset and filters into ``results.json``. A notebook that does neither still runs; its
+tables record an unknown population and are reviewed by a person rather than passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from disclosure.compat import records as record
+from disclosure.compat import utils
+from disclosure.compat.records import Records
+from disclosure.engine.policy import default_policy, load_policy
+from disclosure.session import RESULTS_VERSION, Session
+
+__all__ = ["ACRO", "Records", "__version__", "add_constant", "add_to_acro", "record", "utils"]
+__version__ = RESULTS_VERSION
+logger = logging.getLogger("acro")
+_MITIGATIONS = ("none", "suppress", "round")
+
+
+class ACRO(Session):
+    """ACRO-compatible session."""
+
+    def __init__(
+        self,
+        config: str = "default",
+        suppress: bool = False,
+        mitigation: str | None = None,
+        round_base: int | None = None,
+        federated: bool | None = None,
+        **kwargs: Any,
+    ):
+        policy = load_policy(config) if config != "default" and Path(config).suffix == ".toml" else default_policy()
+        if mitigation not in (None, *_MITIGATIONS):
+            mitigation = "none"  # ACRO falls back to no mitigation on an unknown value, and so do we
+        super().__init__(policy=policy, suppress=suppress, mitigation=mitigation, round_base=round_base, **kwargs)
+        self.results: Records = Records()  # type: ignore[assignment]
+        self.federated = bool(federated)
+
+    # --- ACRO's mitigation properties -------------------------------------------------------------------
+    @property
+    def mitigation(self) -> str:
+        return self._mitigation
+
+    @mitigation.setter
+    def mitigation(self, value: str) -> None:
+        self._mitigation = value if value in _MITIGATIONS else "none"
+
+    @property
+    def suppress(self) -> bool:
+        return self._mitigation == "suppress"
+
+    @suppress.setter
+    def suppress(self, value: bool) -> None:
+        if self._mitigation == "round" and not value:
+            logger.info("suppress=False has no effect while rounding is on; call disable_rounding()")
+            return
+        self._mitigation = "suppress" if value else "none"
+
+    @property
+    def round_base(self) -> int:
+        return int(self.policy.get("rounding", "base"))
+
+    @round_base.setter
+    def round_base(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            logger.info("round_base must be a positive integer; keeping %s", self.round_base)
+            return
+        self.policy = self.policy.with_overrides({"rounding": {"base": int(value)}})
+
+    # --- records ---------------------------------------------------------------------------------------
+    def _add(self, **kwargs: Any):
+        uid = f"output_{self.results.output_id}"
+        self.results.output_id += 1
+        out = super()._add_as(uid, **kwargs)
+        if out.output_type == "table" and self._mitigation in ("suppress", "round"):
+            # ACRO sends every mitigated table to review, saying which mitigation was applied.
+            out.exception = (
+                "Suppression automatically applied where needed"
+                if self._mitigation == "suppress"
+                else f"Rounding automatically applied to nearest {self.round_base}"
+            )
+            out.status = "review" if out.status != "fail" else out.status
+        return out
+
+    def remove_output(self, key: str) -> None:
+        self.results.remove(key)
+
+    def rename_output(self, old: str, new: str) -> None:
+        self.results.rename(old, new)
+
+    def add_comments(self, output: str, comment: str) -> None:
+        self.results.add_comments(output, comment)
+
+    def add_exception(self, output: str, reason: str) -> None:
+        self.results.add_exception(output, reason)
+
+    def custom_output(self, filename: str, comment: str = "") -> bool:
+        if os.path.splitext(filename)[1].lower() in self.results.blocked_extensions:
+            return False
+        return super().custom_output(filename, comment)
+
+    def print_outputs(self) -> str:
+        return self.results.print()
+
+    def finalise(self, path: str = "outputs", ext: str = "json", interactive: bool = False) -> Records | None:  # type: ignore[override]
+        """Write the outputs and results.json to a new folder ``path``; returns the records."""
+        if interactive:
+            self.results.validate_outputs()
+        if ext not in ("json", "xlsx"):
+            raise ValueError("Invalid file extension. Options: {json, xlsx}")
+        if os.path.exists(path):
+            logger.warning(
+                "Results file can not be created. Directory %s already exists. "
+                "Please choose a different directory name.", path
+            )
+            return None
+        super().finalise(path, "json")
+        if ext == "xlsx":
+            from disclosure.compat.workbook import write_workbook
+
+            write_workbook(self.results, os.path.join(path, "results.xlsx"))
+        return self.results
+
+
+def add_constant(data: Any, prepend: bool = True, has_constant: str = "skip") -> Any:
+    """statsmodels' ``add_constant`` (ACRO re-exports it)."""
+    import statsmodels.api as sm
+
+    return sm.add_constant(data, prepend=prepend, has_constant=has_constant)
+
+
+def add_to_acro(src_path: str, dest_path: str = "sdc_results") -> None:
+    """Gather files made outside a session into a results folder: each file is a custom output for review."""
+    session = ACRO(suppress=False)
+    for name in sorted(os.listdir(src_path)):
+        session.custom_output(os.path.join(src_path, name), "added with add_to_acro")
+    session.finalise(dest_path, "json", interactive=True)
