@@ -1,5 +1,6 @@
 """Populations captured by the researcher session: dataset and filters, verified or recorded unknown."""
 
+import json
 from pathlib import Path
 
 import numpy as np
