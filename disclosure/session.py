@@ -32,6 +32,7 @@ from disclosure.engine.specs import table_spec
 from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
+from disclosure.layout import pandas_layout
 from disclosure.tracked import TrackedFrame, TrackedSeries, track
 
 # Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
@@ -275,16 +276,20 @@ class Session:
         margins_name: str,
         normalize: Any = False,
         show_suppressed: bool = False,
+        value_name: str | None = None,
+        value_dtype: Any = None,
     ) -> pd.DataFrame:
         frames, befores = [], []
+        shape = {"margins": margins, "margins_name": margins_name, "value_name": value_name, "value_dtype": value_dtype}
         for _, res in results:
             shown = res.table(
                 released=self.mitigation != "none" and not show_suppressed,
                 margins=margins,
                 margins_name=margins_name,
             )
-            befores.append(res.table(released=False, margins=margins, margins_name=margins_name))
-            frames.append(shown)
+            before = res.table(released=False, margins=margins, margins_name=margins_name)
+            befores.append(pandas_layout(before, res, **shape))
+            frames.append(pandas_layout(shown, res, **shape))
         if len(results) > 1:
             table = pd.concat(frames, axis=1, keys=[name for name, _ in results])
             before = pd.concat(befores, axis=1, keys=[name for name, _ in results])
@@ -421,7 +426,17 @@ class Session:
             (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames), population)) for f in funcs
         ]
         command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
-        return self._table_output("crosstab", command, results, margins, margins_name, normalize, show_suppressed)
+        return self._table_output(
+            "crosstab",
+            command,
+            results,
+            margins,
+            margins_name,
+            normalize,
+            show_suppressed,
+            value_name=value_name,
+            value_dtype=np.asarray(values).dtype if values is not None else None,
+        )
 
     def pivot_table(
         self,
@@ -456,6 +471,8 @@ class Session:
             results,
             margins,
             margins_name,
+            value_name=value,
+            value_dtype=data[value].dtype if value is not None and value in data.columns else None,
         )
         return table.fillna(fill_value) if fill_value is not None else table
 
