@@ -387,6 +387,8 @@ class Session:
     ) -> pd.DataFrame:
         """pandas.crosstab with the checks (rows with a missing label are always dropped)."""
         rows, cols = _as_list(index), _as_list(columns)
+        if isinstance(values, list | tuple) or (values is None and aggfunc is not None):
+            raise ValueError("crosstab needs aggfunc and values together; specify a single values column")
         rnames = _as_list(rownames) or [getattr(s, "name", None) or f"row_{i}" for i, s in enumerate(rows)]
         cnames = _as_list(colnames) or [getattr(s, "name", None) or f"col_{i}" for i, s in enumerate(cols)]
         df = pd.DataFrame(
@@ -457,11 +459,16 @@ class Session:
         rows, cols = _as_list(index), _as_list(columns)
         value_list = _as_list(values)
         if len(value_list) > 1:
-            raise ValueError("pivot_table checks one value column per call; make one table per column")
+            raise ValueError(
+                "pivot_table does not take multiple values columns: the checks cover one per call, so make one "
+                "table per column"
+            )
         value = value_list[0] if value_list else None
         funcs = [_aggfunc_name(f) for f in _as_list(aggfunc)]
         if value is None and any(f not in ("count", "size") for f in funcs):
-            raise ValueError(f"pivot_table with aggfunc {aggfunc!r} needs values=<the column to summarise>")
+            raise ValueError(
+                f"pivot_table with aggfunc {aggfunc!r} needs a values column: values=<the column to summarise>"
+            )
         used = [c for c in rows + cols + ([value] if value is not None else []) if c in data.columns]
         population = self._population(data, {c: data[c] for c in used})
         results = [(f, self._check(data, rows + cols, value, f, len(rows), population)) for f in funcs]

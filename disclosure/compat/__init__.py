@@ -49,6 +49,7 @@ class ACRO(Session):
         super().__init__(policy=policy, suppress=suppress, mitigation=mitigation, round_base=round_base, **kwargs)
         self.results: Records = Records()  # type: ignore[assignment]
         self.federated = bool(federated)
+        self.sdc_checks = SDCChecks(self.policy)
 
     # --- ACRO's mitigation properties -------------------------------------------------------------------
     @property
@@ -134,6 +135,33 @@ class ACRO(Session):
 
             write_workbook(self.results, os.path.join(path, "results.xlsx"))
         return self.results
+
+
+class SDCChecks:
+    """ACRO's ``acro.sdc_checks``: its ``risk_appetite`` shows the policy's thresholds.
+
+    In ACRO the researcher may edit these; here they are the TRE's policy, so edits are kept in the dict (a
+    notebook that sets them still runs) but change no check, and the session logs that once.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self.risk_appetite = _RiskAppetite(
+            {
+                "safe_threshold": policy.get("frequency", "threshold"),
+                "safe_dof_threshold": policy.get("regression", "min_dof"),
+                "safe_nk_n": policy.get("magnitude", "nk_n"),
+                "safe_nk_k": policy.get("magnitude", "nk_k"),
+                "safe_pratio_p": policy.get("magnitude", "p_percent"),
+                "check_missing_values": policy.get("magnitude", "missing") != "ignore",
+                "zeros_are_disclosive": policy.get("frequency", "zeros") == "disclosive",
+            }
+        )
+
+
+class _RiskAppetite(dict):
+    def __setitem__(self, key: str, value: Any) -> None:
+        logger.warning("risk appetite %r comes from the TRE's policy; setting it changes no check", key)
+        super().__setitem__(key, value)
 
 
 def add_constant(data: Any, prepend: bool = True, has_constant: str = "skip") -> Any:
