@@ -40,7 +40,26 @@ def pandas_layout(
         frame = frame.loc[occupied[:, 0]]
         if value_name is not None:
             frame = frame.rename(columns={"value": value_name})
+    if margins:
+        frame = _grand_margins_only(frame, margins_name)
     return _typed(frame, stat, value_dtype)
+
+
+def _grand_margins_only(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """pandas shows one margin row/column (``All`` over every level, labelled ``(All, "")``), not subtotals."""
+    for axis in (0, 1):
+        labels = frame.axes[axis]
+        if not isinstance(labels, pd.MultiIndex):
+            continue
+        in_margin = np.array([[v == name for v in t] for t in labels])
+        keep = ~in_margin.any(axis=1) | in_margin.all(axis=1)
+        frame = frame.loc[keep] if axis == 0 else frame.loc[:, keep]
+        kept = frame.axes[axis]
+        relabelled = pd.MultiIndex.from_tuples(
+            [(name, *[""] * (len(t) - 1)) if all(v == name for v in t) else t for t in kept], names=kept.names
+        )
+        frame = frame.set_axis(relabelled, axis=axis)
+    return frame
 
 
 def _typed(frame: pd.DataFrame, stat: str, value_dtype: np.dtype | None) -> pd.DataFrame:

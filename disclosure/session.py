@@ -301,6 +301,7 @@ class Session:
         verdicts = [r.verdict for _, r in results]
         first = results[0][1]
         summary = f"{status}; " + "; ".join(reason for v in verdicts for reason in v["reasons"])
+        summary += _acro_check_lines([r for _, r in results], self.mitigation)
         self._add(
             output_type="table",
             status=status,
@@ -387,7 +388,8 @@ class Session:
     ) -> pd.DataFrame:
         """pandas.crosstab with the checks (rows with a missing label are always dropped)."""
         rows, cols = _as_list(index), _as_list(columns)
-        if isinstance(values, list | tuple) or (values is None and aggfunc is not None):
+        several = isinstance(values, list | tuple) and any(isinstance(v, pd.Series | np.ndarray | list) for v in values)
+        if several or (values is None and aggfunc is not None):
             raise ValueError("crosstab needs aggfunc and values together; specify a single values column")
         rnames = _as_list(rownames) or [getattr(s, "name", None) or f"row_{i}" for i, s in enumerate(rows)]
         cnames = _as_list(colnames) or [getattr(s, "name", None) or f"col_{i}" for i, s in enumerate(cols)]
@@ -481,6 +483,11 @@ class Session:
             value_name=value,
             value_dtype=data[value].dtype if value is not None and value in data.columns else None,
         )
+        if isinstance(values, list | tuple) and cols:
+            table = pd.concat({value: table}, axis=1) if len(funcs) == 1 else _inner_level(table, value)
+        if isinstance(aggfunc, list | tuple) and len(funcs) == 1:
+            table = pd.concat({funcs[0]: table}, axis=1)
+        self.results[list(self.results)[-1]].frames = [table]
         return table.fillna(fill_value) if fill_value is not None else table
 
     # --- models --------------------------------------------------------------------------------------
@@ -737,6 +744,28 @@ def _write_checksums(path: str) -> None:
                 digest = hashlib.sha256(handle.read()).hexdigest()
             with open(os.path.join(folder, f"{name}.txt"), "w", encoding="utf-8") as handle:
                 handle.write(digest)
+
+
+def _acro_check_lines(results: Sequence[TableResult], mitigation: str) -> str:
+    """ACRO's per-check lines ("MinimumThresholdCheck: fail - 6 cells may need suppressing."), after ours."""
+    lines = []
+    for res in results:
+        for rule in res.rules:
+            if rule.flagged:
+                done = "suppressed" if mitigation == "suppress" else "may need suppressing"
+                name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
+                lines.append(f"{name}: {rule.severity} - {rule.flagged} cells {done}.")
+    return ("\n" + "\n".join(lines)) if lines else ""
+
+
+def _inner_level(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """pandas puts the value column's name between the aggfunc level and the columns."""
+    cols = table.columns
+    tuples = [(c[0], name, *c[1:]) if isinstance(c, tuple) else (c, name) for c in cols]
+    names = [cols.names[0], None, *cols.names[1:]] if isinstance(cols, pd.MultiIndex) else [None, None]
+    out = table.copy()
+    out.columns = pd.MultiIndex.from_tuples(tuples, names=names)
+    return out
 
 
 def _normalise(table: pd.DataFrame, how: Any) -> pd.DataFrame:
