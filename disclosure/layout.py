@@ -24,6 +24,7 @@ def pandas_layout(
     margins_name: str,
     value_name: str | None,
     value_dtype: np.dtype | None,
+    dim_dtypes: dict[str, object] | None = None,
 ) -> pd.DataFrame:
     """``frame`` (the engine's table, released or not) reshaped and typed as pandas would show it."""
     stat = result.statistic
@@ -42,7 +43,32 @@ def pandas_layout(
             frame = frame.rename(columns={"value": value_name})
     if margins:
         frame = _grand_margins_only(frame, margins_name)
+    else:
+        frame = _categorical_labels(frame, dim_dtypes or {})
     return _typed(frame, stat, value_dtype)
+
+
+def _categorical_labels(frame: pd.DataFrame, dtypes: dict[str, object]) -> pd.DataFrame:
+    """A categorical dimension labels the table with a CategoricalIndex, as pandas does (without margins)."""
+    for axis in (0, 1):
+        labels = frame.axes[axis]
+        if not any(isinstance(dtypes.get(n), pd.CategoricalDtype) for n in labels.names):
+            continue
+        try:
+            if isinstance(labels, pd.MultiIndex):
+                levels = [
+                    pd.Categorical(labels.get_level_values(i), dtype=dtypes[n])
+                    if isinstance(dtypes.get(n), pd.CategoricalDtype)
+                    else labels.get_level_values(i)
+                    for i, n in enumerate(labels.names)
+                ]
+                new = pd.MultiIndex.from_arrays(levels, names=labels.names)
+            else:
+                new = pd.CategoricalIndex(labels, dtype=dtypes[labels.name], name=labels.name)
+        except (TypeError, ValueError):
+            continue
+        frame = frame.set_axis(new, axis=axis)
+    return frame
 
 
 def _grand_margins_only(frame: pd.DataFrame, name: str) -> pd.DataFrame:

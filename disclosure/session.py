@@ -278,9 +278,16 @@ class Session:
         show_suppressed: bool = False,
         value_name: str | None = None,
         value_dtype: Any = None,
+        dim_dtypes: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         frames, befores = [], []
-        shape = {"margins": margins, "margins_name": margins_name, "value_name": value_name, "value_dtype": value_dtype}
+        shape = {
+            "margins": margins,
+            "margins_name": margins_name,
+            "value_name": value_name,
+            "value_dtype": value_dtype,
+            "dim_dtypes": dim_dtypes,
+        }
         for _, res in results:
             shown = res.table(
                 released=self.mitigation != "none" and not show_suppressed,
@@ -440,6 +447,7 @@ class Session:
             show_suppressed,
             value_name=value_name,
             value_dtype=np.asarray(values).dtype if values is not None else None,
+            dim_dtypes={n: df[n].dtype for n in rnames + cnames},
         )
 
     def pivot_table(
@@ -482,6 +490,7 @@ class Session:
             margins_name,
             value_name=value,
             value_dtype=data[value].dtype if value is not None and value in data.columns else None,
+            dim_dtypes={n: data[n].dtype for n in rows + cols if n in data.columns},
         )
         if isinstance(values, list | tuple) and cols:
             table = pd.concat({value: table}, axis=1) if len(funcs) == 1 else _inner_level(table, value)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import pandas as pd
 
-def prettify_table_string(table, separator: str | None = None) -> str:
-    """The table as text with a rule under its header, the shape ACRO prints."""
-    text = table.to_string()
-    lines = text.split("\n")
-    width = max(len(line) for line in lines)
-    rule = "-" * width
-    if separator is not None:
-        lines = [line.replace("  ", f" {separator}", 1) for line in lines]
-    return "\n".join([rule, lines[0], rule, *lines[1:], rule]) + "\n"
+
+def prettify_table_string(table: pd.DataFrame, separator: str | None = None) -> str:
+    """The table as boxed text for the screen: index levels become columns, multi-level column labels are
+    stacked. Drawn by ``tabulate`` (as ACRO does) when it is installed, else as ruled plain text."""
+    flat = table.copy()
+    flat.columns = ["\n".join(map(str, c)) if isinstance(c, tuple) else c for c in flat.columns]
+    flat = flat.reset_index()
+    try:
+        from tabulate import tabulate
+    except ImportError:
+        text = flat.to_string(index=False)
+        rule = "-" * max(len(line) for line in text.split("\n"))
+        return "\n".join([rule, text, rule])
+    return tabulate(flat, headers="keys", showindex=False, tablefmt="rounded_outline")
