@@ -21,6 +21,7 @@ from typing import Any
 
 from disclosure.compat import records as record
 from disclosure.compat import utils
+from disclosure.compat.plots import ChartsMixin
 from disclosure.compat.records import Records
 from disclosure.engine.policy import default_policy, load_policy
 from disclosure.session import RESULTS_VERSION, Session
@@ -28,10 +29,11 @@ from disclosure.session import RESULTS_VERSION, Session
 __all__ = ["ACRO", "Records", "__version__", "add_constant", "add_to_acro", "record", "utils"]
 __version__ = RESULTS_VERSION
 logger = logging.getLogger("acro")
+logger.setLevel(logging.INFO)  # ACRO talks to the researcher at INFO level
 _MITIGATIONS = ("none", "suppress", "round")
 
 
-class ACRO(Session):
+class ACRO(ChartsMixin, Session):
     """ACRO-compatible session."""
 
     def __init__(
@@ -50,6 +52,7 @@ class ACRO(Session):
         self.results: Records = Records()  # type: ignore[assignment]
         self.federated = bool(federated)
         self.sdc_checks = SDCChecks(self.policy)
+        self._federated_evidence: dict[str, dict] = {}
 
     # --- ACRO's mitigation properties -------------------------------------------------------------------
     @property
@@ -96,6 +99,20 @@ class ACRO(Session):
             )
             out.status = "review" if out.status != "fail" else out.status
         return out
+
+    def _federated_record(self, command: str, analysis: str, dof: Any = None) -> None:
+        """Federated mode: the output is not recorded for release; what a federated checker would be told
+        about it is kept for evidence.json. Interim tables of raw cell values are not kept: they would carry
+        unprotected small cells out of the session."""
+        uid = f"output_{self.results.output_id}"
+        self.results.output_id += 1
+        self._federated_evidence[uid] = {
+            "command": command,
+            "analysis_names": [analysis],
+            "variable_types": {},
+            "dof": dof,
+            "interim_tables": {},
+        }
 
     def remove_output(self, key: str) -> None:
         self.results.remove(key)
