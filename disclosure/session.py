@@ -48,6 +48,7 @@ ACRO_RULE_NAMES = {
     "class_disclosure": "ClassDisclosureCheck",
 }
 RESULTS_VERSION = "1.0.2"  # the ACRO release whose results.json schema this file follows
+TOOL = {"@type": "SoftwareApplication", "name": "tre-disclosure"}  # who wrote results.json: not ACRO
 
 
 @dataclass
@@ -728,11 +729,7 @@ class Session:
             }
         document = {
             "version": RESULTS_VERSION,
-            "tool": {
-                "@type": "SoftwareApplication",
-                "name": "tre-disclosure",
-                "policy": self.policy.identity(),
-            },
+            "tool": {**TOOL, "policy": self.policy.identity()},
             "results": results,
         }
         with open(os.path.join(path, "results.json"), "w", encoding="utf-8") as handle:

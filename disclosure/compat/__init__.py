@@ -14,6 +14,8 @@ tables record an unknown population and are reviewed by a person rather than pas
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,7 +26,7 @@ from disclosure.compat import utils
 from disclosure.compat.plots import ChartsMixin
 from disclosure.compat.records import Records
 from disclosure.engine.policy import default_policy, load_policy
-from disclosure.session import RESULTS_VERSION, Session
+from disclosure.session import RESULTS_VERSION, Output, Session
 
 __all__ = ["ACRO", "Records", "__version__", "add_constant", "add_to_acro", "record", "utils"]
 __version__ = RESULTS_VERSION
@@ -87,6 +89,10 @@ class ACRO(ChartsMixin, Session):
 
     # --- records ---------------------------------------------------------------------------------------
     def _add(self, **kwargs: Any):
+        kwargs["command"] = _calling_line(kwargs.get("command", ""))
+        if self.federated:
+            self._federated_record(kwargs["command"], _analysis_name(kwargs), kwargs["properties"].get("dof"))
+            return Output(uid="", **kwargs)
         uid = f"output_{self.results.output_id}"
         self.results.output_id += 1
         out = super()._add_as(uid, **kwargs)
@@ -113,6 +119,18 @@ class ACRO(ChartsMixin, Session):
             "dof": dof,
             "interim_tables": {},
         }
+
+    def show_fair_summaries(self) -> str:
+        """Each output's uid and its FAIR description (ACRO's layout)."""
+        text = ""
+        for uid, out in self.results.items():
+            text += uid + "\n"
+            for key, val in out.fair.items():
+                if isinstance(val, dict):
+                    text += "".join(f"{k} : {v}\n" for k, v in val.items())
+                else:
+                    text += f"{key}:{val}\n"
+        return text + "\n"
 
     def remove_output(self, key: str) -> None:
         self.results.remove(key)
@@ -146,12 +164,38 @@ class ACRO(ChartsMixin, Session):
                 "Please choose a different directory name.", path
             )
             return None
+        if self.federated:
+            os.makedirs(path)
+            evidence = self.results.finalise_evidence(path, self._federated_evidence)
+            with open(os.path.join(path, "evidence.json"), "w", encoding="utf-8") as handle:
+                json.dump(evidence, handle, indent=4)
+            return self.results
         super().finalise(path, "json")
         if ext == "xlsx":
             from disclosure.compat.workbook import write_workbook
 
             write_workbook(self.results, os.path.join(path, "results.xlsx"))
         return self.results
+
+
+_MODEL_ANALYSES = {"ols": "GeneralLinearModel", "olsr": "GeneralLinearModel", "logit": "Logit", "logitr": "Logit",
+                   "probit": "Probit", "probitr": "Probit"}
+
+
+def _analysis_name(output: dict) -> str:
+    method = output.get("properties", {}).get("method", "")
+    if output.get("output_type") == "regression":
+        return _MODEL_ANALYSES.get(method, "GeneralLinearModel")
+    return "FrequencyTable" if output.get("output_type") == "table" else str(output.get("output_type"))
+
+
+def _calling_line(default: str) -> str:
+    """The researcher's own source line that made the output (ACRO records it as the command)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame in inspect.stack(context=1)[1:]:
+        if not os.path.abspath(frame.filename).startswith(here) and frame.code_context:
+            return "\n".join(frame.code_context).strip() or default
+    return default
 
 
 class SDCChecks:

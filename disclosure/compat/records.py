@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from disclosure.session import RESULTS_VERSION, Output
+from disclosure.session import RESULTS_VERSION, TOOL, Output
 
 logger = logging.getLogger("acro")
 
@@ -150,6 +150,26 @@ class Records:
                             "Please explain why an exception should be granted.\n", record, record.status)
                 record.exception = input("")
 
+    def finalise_evidence(self, path: str, evidence_store: dict | None = None) -> dict:
+        """Federated mode's manifest (evidence.json); a multi-line DoF (a CSV) goes to its own file."""
+        os.makedirs(path, exist_ok=True)
+        outputs: dict[str, Any] = {}
+        for uid, entry in (evidence_store or {}).items():
+            dof = entry.get("dof")
+            if isinstance(dof, str) and "\n" in dof:
+                name = f"{uid}_dof.csv"
+                with open(os.path.join(path, name), "w", encoding="utf-8", newline="") as handle:
+                    handle.write(dof)
+                dof = name
+            outputs[uid] = {
+                "command": entry.get("command", ""),
+                "analysis_names": entry.get("analysis_names", []),
+                "variable_types": entry.get("variable_types", {}),
+                "dof": dof,
+                "interim_tables": {},
+            }
+        return {"version": RESULTS_VERSION, "tool": TOOL, "outputs": outputs}
+
     def print(self) -> str:
         text = "".join(f"{record}\n" for record in self.results.values())
         print(text)
@@ -195,6 +215,3 @@ def load_records(path: str) -> Records:
     records.output_id = len(records.results)
     return records
 
-
-def loaded_frames(values: Any) -> list[pd.DataFrame]:
-    return [v for v in values if isinstance(v, pd.DataFrame)]
