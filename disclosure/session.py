@@ -98,6 +98,13 @@ def _as_list(x: Any) -> list:
     return list(x) if isinstance(x, list | tuple) else [x]
 
 
+def _as_arrays(x: Any) -> list:
+    """crosstab's index/columns: one array-like (a Series, array or plain list of labels) or a list of them."""
+    if isinstance(x, list | tuple) and x and not any(isinstance(v, pd.Series | np.ndarray | list) for v in x):
+        return [np.asarray(x)]
+    return _as_list(x)
+
+
 _FUNCTION_NAMES = {"amin": "min", "amax": "max", "nanmedian": "median", "nanmean": "mean", "nanmin": "min"}
 _FUNCTION_NAMES |= {"nanmax": "max", "nansum": "sum"}
 _AMBIGUOUS = {"std", "var", "nanstd", "nanvar"}  # numpy's ddof=0 differs from pandas' ddof=1
@@ -395,7 +402,7 @@ class Session:
         show_suppressed: bool = False,
     ) -> pd.DataFrame:
         """pandas.crosstab with the checks (rows with a missing label are always dropped)."""
-        rows, cols = _as_list(index), _as_list(columns)
+        rows, cols = _as_arrays(index), _as_arrays(columns)
         several = isinstance(values, list | tuple) and any(isinstance(v, pd.Series | np.ndarray | list) for v in values)
         if several or (values is None and aggfunc is not None):
             raise ValueError("crosstab needs aggfunc and values together; specify a single values column")
