@@ -33,6 +33,7 @@ from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
 from disclosure.layout import pandas_layout
+from disclosure.sacro import CONFIG_FILE, acro_config
 from disclosure.tracked import TrackedFrame, TrackedSeries, track
 
 # Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
@@ -47,6 +48,7 @@ ACRO_RULE_NAMES = {
     "negatives": "NegativeValuesCheck",
     "class_disclosure": "ClassDisclosureCheck",
 }
+SECONDARY = "SecondarySuppression"  # our check name for cells suppressed to protect others
 RESULTS_VERSION = "1.0.2"  # the ACRO release whose results.json schema this file follows
 TOOL = {"@type": "SoftwareApplication", "name": "tre-disclosure"}  # who wrote results.json: not ACRO
 
@@ -124,7 +126,7 @@ def _aggfunc_name(f: Any) -> str | None:
     return _FUNCTION_NAMES.get(name, name)
 
 
-def _sdc_for_table(result: TableResult) -> dict:
+def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
     """ACRO's per-file sdc record: per check, a count and the [row, col] positions of flagged cells.
 
     Positions are in the released table's layout without margins (row = position among the row-dimension
@@ -144,6 +146,17 @@ def _sdc_for_table(result: TableResult) -> dict:
             r = int(np.ravel_multi_index(p[:n_row], row_shape))
             c = int(np.ravel_multi_index(p[n_row:], col_shape)) if col_shape else 0
             listed.append([r, c])
+    if result.suppression is not None and mitigated:
+        # Cells hidden only to protect the primary ones: listed so the viewer highlights every blank cell.
+        pos = np.argwhere(result.suppression.secondary[result.stats.interior])
+        summary[SECONDARY] = len(pos)
+        cells[SECONDARY] = [
+            [
+                int(np.ravel_multi_index(p[:n_row], row_shape)),
+                int(np.ravel_multi_index(p[n_row:], col_shape)) if col_shape else 0,
+            ]
+            for p in pos
+        ]
     return {"summary": summary, "cells": cells}
 
 
@@ -325,7 +338,7 @@ class Session:
             summary=summary,
             frames=[table],
             verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
-            sdc=_sdc_for_table(first),
+            sdc=_sdc_for_table(first, mitigated=self.mitigation == "suppress"),
             outcome=first.outcome(names=ACRO_RULE_NAMES),
             spec=first.verdict.get("spec"),
             before=before,
@@ -741,6 +754,8 @@ class Session:
         }
         with open(os.path.join(path, "results.json"), "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=4, default=str)
+        with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as handle:
+            json.dump(acro_config(self.policy), handle, indent=4)
         _write_checksums(path)
         return document
 

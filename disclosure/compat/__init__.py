@@ -26,6 +26,7 @@ from disclosure.compat import utils
 from disclosure.compat.plots import ChartsMixin
 from disclosure.compat.records import Records
 from disclosure.engine.policy import default_policy, load_policy
+from disclosure.sacro import acro_config
 from disclosure.session import RESULTS_VERSION, Output, Session
 
 __all__ = ["ACRO", "Records", "__version__", "add_constant", "add_to_acro", "record", "utils"]
@@ -206,17 +207,7 @@ class SDCChecks:
     """
 
     def __init__(self, policy: Any) -> None:
-        self.risk_appetite = _RiskAppetite(
-            {
-                "safe_threshold": policy.get("frequency", "threshold"),
-                "safe_dof_threshold": policy.get("regression", "min_dof"),
-                "safe_nk_n": policy.get("magnitude", "nk_n"),
-                "safe_nk_k": policy.get("magnitude", "nk_k"),
-                "safe_pratio_p": policy.get("magnitude", "p_percent"),
-                "check_missing_values": policy.get("magnitude", "missing") != "ignore",
-                "zeros_are_disclosive": policy.get("frequency", "zeros") == "disclosive",
-            }
-        )
+        self.risk_appetite = _RiskAppetite(acro_config(policy))
 
 
 class _RiskAppetite(dict):

@@ -23,8 +23,7 @@ ARTIFACTS_DIR = "acro_artifacts"
 
 
 def artefact_name(filename: str) -> str:
-    """``acro_artifacts/<stem>_<n><ext>`` with the first unused ``n``."""
-    os.makedirs(ARTIFACTS_DIR, exist_ok=True)
+    """``acro_artifacts/<stem>_<n><ext>`` with the first unused ``n`` (the folder is made when drawing)."""
     stem, ext = os.path.splitext(os.path.basename(filename))
     n = 0
     while os.path.exists(os.path.join(ARTIFACTS_DIR, f"{stem}_{n}{ext}")):
@@ -47,6 +46,7 @@ def _save(draw: Any, filename: str) -> list[str]:
     plt = _pyplot()
     if plt is None:
         return []
+    os.makedirs(os.path.dirname(filename) or ".", exist_ok=True)
     fig, ax = plt.subplots()
     draw(ax)
     fig.savefig(filename)
