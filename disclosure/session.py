@@ -329,7 +329,7 @@ class Session:
         verdicts = [r.verdict for _, r in results]
         first = results[0][1]
         summary = f"{status}; " + "; ".join(reason for v in verdicts for reason in v["reasons"])
-        summary += _acro_check_lines([r for _, r in results], self.mitigation)
+        summary += _acro_check_lines([r for _, r in results])
         self._add(
             output_type="table",
             status=status,
@@ -774,15 +774,14 @@ def _write_checksums(path: str) -> None:
                 handle.write(digest)
 
 
-def _acro_check_lines(results: Sequence[TableResult], mitigation: str) -> str:
+def _acro_check_lines(results: Sequence[TableResult]) -> str:
     """ACRO's per-check lines ("MinimumThresholdCheck: fail - 6 cells may need suppressing."), after ours."""
     lines = []
     for res in results:
         for rule in res.rules:
             if rule.flagged:
-                done = "suppressed" if mitigation == "suppress" else "may need suppressing"
                 name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
-                lines.append(f"{name}: {rule.severity} - {rule.flagged} cells {done}.")
+                lines.append(f"{name}: {rule.severity} - {rule.flagged} cells may need suppressing.")
     return ("\n" + "\n".join(lines)) if lines else ""
 
 
