@@ -52,7 +52,7 @@ MODULE_MAP = {
     "acro.utils": "disclosure.compat.utils",
 }
 
-CONFTEST = '''"""Fixtures ACRO's suite expects (its conftest is not in the sdist); written by benchmarks/acro_suite.py."""
+CONFTEST = '''"""Fixtures ACRO's suite expects (its conftest is not in the sdist); from benchmarks/acro_suite.py."""
 import os
 import shutil
 
@@ -167,7 +167,15 @@ def run(against_acro: bool = False, extra: list[str] | None = None, verbose: boo
         env["PYTHONPATH"] = site if against_acro else os.pathsep.join([str(ROOT), site])
         report = workdir / "report.xml"
         cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "test"]
-        cmd += ["-o", "addopts=", "-o", "filterwarnings=", "--continue-on-collection-errors", f"--junitxml={report}", *(extra or [])]
+        cmd += [
+            "-o",
+            "addopts=",
+            "-o",
+            "filterwarnings=",
+            "--continue-on-collection-errors",
+            f"--junitxml={report}",
+            *(extra or []),
+        ]
         done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=not verbose, text=True, timeout=1800)
         if not report.exists():
             raise RuntimeError(f"pytest did not run: {(done.stdout or '')[-2000:]}{(done.stderr or '')[-2000:]}")
@@ -178,7 +186,15 @@ def run(against_acro: bool = False, extra: list[str] | None = None, verbose: boo
 # tabulate (test_tables), matplotlib (charts are written as PNG when it is there) and openpyxl (xlsx).
 # Installed once under .cache/ with --no-deps so nothing of the project's environment is shadowed.
 TEST_EXTRAS = (
-    "tabulate", "matplotlib", "contourpy", "cycler", "fonttools", "kiwisolver", "pillow", "openpyxl", "et-xmlfile",
+    "tabulate",
+    "matplotlib",
+    "contourpy",
+    "cycler",
+    "fonttools",
+    "kiwisolver",
+    "pillow",
+    "openpyxl",
+    "et-xmlfile",
 )
 
 

@@ -28,8 +28,9 @@ def pandas_layout(
 ) -> pd.DataFrame:
     """``frame`` (the engine's table, released or not) reshaped and typed as pandas would show it."""
     stat = result.statistic
-    records = to_frame(result.stats.records, result.stats, result.n_row_dims, margins=margins,
-                       margins_name=margins_name)
+    records = to_frame(
+        result.stats.records, result.stats, result.n_row_dims, margins=margins, margins_name=margins_name
+    )
     occupied = records.to_numpy() > 0
     if stat != "count":
         frame = frame.mask(~occupied)  # an empty cell has no sum, mean or extreme

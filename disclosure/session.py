@@ -513,7 +513,7 @@ class Session:
             value_dtype=data[value].dtype if value is not None and value in data.columns else None,
             dim_dtypes={n: data[n].dtype for n in rows + cols if n in data.columns},
         )
-        if isinstance(values, list | tuple) and cols:
+        if isinstance(values, list | tuple) and cols and value is not None:
             table = pd.concat({value: table}, axis=1) if len(funcs) == 1 else _inner_level(table, value)
         if isinstance(aggfunc, list | tuple) and len(funcs) == 1:
             table = pd.concat({funcs[0]: table}, axis=1)
@@ -610,7 +610,7 @@ class Session:
         legend: bool = False,
         filename: str = "histogram.png",
         **kwargs: Any,
-    ) -> str:
+    ) -> str | None:
         """Checks the bin counts; the chart itself is written only if matplotlib is installed."""
         table, verdict = rules_other.check_histogram(data[column], bins, policy=self.policy)
         files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=bins))
@@ -626,7 +626,7 @@ class Session:
         )
         return filename
 
-    def pie(self, data: pd.DataFrame, column: str, filename: str = "pie.png", **kwargs: Any) -> str:
+    def pie(self, data: pd.DataFrame, column: str, filename: str = "pie.png", **kwargs: Any) -> str | None:
         table, verdict = rules_other.check_category_counts(data[column], policy=self.policy)
         files = _maybe_plot(filename, lambda ax: ax.pie(table["count"], labels=[str(i) for i in table.index]))
         self._add(

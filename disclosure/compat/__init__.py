@@ -162,7 +162,8 @@ class ACRO(ChartsMixin, Session):
         if os.path.exists(path):
             logger.warning(
                 "Results file can not be created. Directory %s already exists. "
-                "Please choose a different directory name.", path
+                "Please choose a different directory name.",
+                path,
             )
             return None
         if self.federated:
@@ -179,8 +180,14 @@ class ACRO(ChartsMixin, Session):
         return self.results
 
 
-_MODEL_ANALYSES = {"ols": "GeneralLinearModel", "olsr": "GeneralLinearModel", "logit": "Logit", "logitr": "Logit",
-                   "probit": "Probit", "probitr": "Probit"}
+_MODEL_ANALYSES = {
+    "ols": "GeneralLinearModel",
+    "olsr": "GeneralLinearModel",
+    "logit": "Logit",
+    "logitr": "Logit",
+    "probit": "Probit",
+    "probitr": "Probit",
+}
 
 
 def _analysis_name(output: dict) -> str:

@@ -103,8 +103,13 @@ class ChartsMixin:
         if values.empty:
             logger.warning("Column %s is empty after dropping NaN. \nEmpty Histogram not produced.", column)
             self._add(  # type: ignore[attr-defined]
-                output_type="histogram", status="fail", properties={"method": "histogram"}, command=command,
-                summary="fail; empty column after dropping NaN", frames=[], verdict={"status": "fail"},
+                output_type="histogram",
+                status="fail",
+                properties={"method": "histogram"},
+                command=command,
+                summary="fail; empty column after dropping NaN",
+                frames=[],
+                verdict={"status": "fail"},
             )
             return None
         table, verdict = rules_other.check_histogram(values, bins, policy=self.policy)
@@ -123,8 +128,14 @@ class ChartsMixin:
             summary += "; Please also check bin ends and empty bins are not disclosive."
             files = _save(lambda ax: ax.hist(values, bins=bins), name)
         self._add(  # type: ignore[attr-defined]
-            output_type="histogram", status=status, properties={"method": "histogram"}, command=command,
-            summary=summary, frames=[], verdict=verdict, files=files or [os.path.normpath(name)],
+            output_type="histogram",
+            status=status,
+            properties={"method": "histogram"},
+            command=command,
+            summary=summary,
+            frames=[],
+            verdict=verdict,
+            files=files or [os.path.normpath(name)],
         )
         return name
 
@@ -150,8 +161,14 @@ class ChartsMixin:
         name = artefact_name(filename)
         files = _save(lambda ax: ax.pie(shown.to_numpy(), labels=[str(i) for i in shown.index], **kwargs), name)
         self._add(  # type: ignore[attr-defined]
-            output_type="pie chart", status=status, properties={"method": "pie"}, command=command,
-            summary=summary, frames=[], verdict=verdict, files=files or [os.path.normpath(name)],
+            output_type="pie chart",
+            status=status,
+            properties={"method": "pie"},
+            command=command,
+            summary=summary,
+            frames=[],
+            verdict=verdict,
+            files=files or [os.path.normpath(name)],
         )
         return name
 
@@ -190,8 +207,13 @@ class ChartsMixin:
         summary = f"{verdict['status']}; KaplanMeier: " + "; ".join(verdict["reasons"])
         if output == "table":
             out = self._add(  # type: ignore[attr-defined]
-                output_type="table", status=verdict["status"], properties={"method": "surv func"},
-                command=command, summary=summary, frames=[table], verdict=verdict,
+                output_type="table",
+                status=verdict["status"],
+                properties={"method": "surv func"},
+                command=command,
+                summary=summary,
+                frames=[table],
+                verdict=verdict,
             )
             if self.suppress:
                 out.exception = "Events Reported when min_threshold accumulated"
@@ -204,8 +226,14 @@ class ChartsMixin:
             name = artefact_name(filename)
             files = _save(lambda ax: ax.step(table.index, table[column], where="post"), name)
             self._add(  # type: ignore[attr-defined]
-                output_type="survival plot", status=verdict["status"], properties={"method": "surv_func"},
-                command=command, summary=summary, frames=[], verdict=verdict, files=files or [os.path.normpath(name)],
+                output_type="survival plot",
+                status=verdict["status"],
+                properties={"method": "surv_func"},
+                command=command,
+                summary=summary,
+                frames=[],
+                verdict=verdict,
+                files=files or [os.path.normpath(name)],
             )
             return (None, name)
         return None

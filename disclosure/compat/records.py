@@ -112,8 +112,13 @@ class Records:
         if _blocked(filename, self.blocked_extensions):
             return False
         if os.path.exists(filename):
-            self.add(status="review", output_type="custom", command="custom", summary="review",
-                     comments=[comment] if comment else None)
+            self.add(
+                status="review",
+                output_type="custom",
+                command="custom",
+                summary="review",
+                comments=[comment] if comment else None,
+            )
             record = self.get_index(-1)
             record.files = [os.path.normpath(filename)]
         return True
@@ -146,8 +151,12 @@ class Records:
         """Ask the researcher why each output that did not pass should be released (ACRO's prompt)."""
         for record in self.results.values():
             if record.status != "pass" and not record.exception:
-                logger.info("\n%s\nThe status of the record above is: %s.\n"
-                            "Please explain why an exception should be granted.\n", record, record.status)
+                logger.info(
+                    "\n%s\nThe status of the record above is: %s.\n"
+                    "Please explain why an exception should be granted.\n",
+                    record,
+                    record.status,
+                )
                 record.exception = input("")
 
     def finalise_evidence(self, path: str, evidence_store: dict | None = None) -> dict:
@@ -214,4 +223,3 @@ def load_records(path: str) -> Records:
         records.results[key] = record
     records.output_id = len(records.results)
     return records
-

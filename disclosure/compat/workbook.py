@@ -18,8 +18,11 @@ def write_workbook(records: Any, filename: str) -> None:
     shown = [(uid, out) for uid, out in records.items() if out.output_type != "custom"]
     with pd.ExcelWriter(filename, engine="openpyxl") as writer:
         pd.DataFrame(
-            {"Sheet": [u for u, _ in shown], "Command": [o.command for _, o in shown],
-             "Summary": [o.summary for _, o in shown]}
+            {
+                "Sheet": [u for u, _ in shown],
+                "Command": [o.command for _, o in shown],
+                "Summary": [o.summary for _, o in shown],
+            }
         ).to_excel(writer, sheet_name="description", index=False)
         for uid, out in shown:
             pd.DataFrame([out.command, out.summary], index=["Command", "Summary"]).to_excel(writer, sheet_name=uid)

@@ -147,3 +147,48 @@ def test_float32_sums_are_added_in_double_precision(charity_data):
 def test_pivot_table_of_several_values_raises_like_acro(charity_data, values):
     with pytest.raises(ValueError, match="multiple values"):
         ACRO().pivot_table(charity_data, index=["grant_type"], values=values, aggfunc="mean")
+
+
+def test_summary_starts_with_the_status_sacro_viewer_shows(charity_data):
+    """SACRO-Viewer's badge is the summary's text before the first '; ' (ACRO 1.0.2 starts with the check
+    name instead); ACRO's per-check lines follow our reasons."""
+    acro = ACRO(suppress=False)
+    acro.crosstab(charity_data.year, charity_data.grant_type)
+    summary = acro.results.get_index(0).summary
+
+    assert summary.split("; ")[0] == acro.results.get_index(0).status == "fail"
+    assert "MinimumThresholdCheck: fail - 6 cells may need suppressing." in summary
+
+
+def test_rounding_rounds_counts_and_leaves_means_exact(charity_data):
+    """Rounding a mean of millions to a multiple of 5 protects nothing; ACRO rounds it, we do not."""
+    df = charity_data
+    acro = ACRO(suppress=False)
+    acro.enable_rounding(5)
+    counts = acro.crosstab(df.year, df.grant_type)
+    means = acro.pivot_table(df, index=["grant_type"], values="inc_grants", aggfunc="mean")
+
+    shown = counts.to_numpy(dtype=float)
+    shown = shown[~np.isnan(shown)]
+    assert shown.size and (shown % 5 == 0).all()
+    exact = df.groupby("grant_type", observed=True)["inc_grants"].mean()
+    assert np.allclose(means["inc_grants"].to_numpy(), exact.to_numpy(), rtol=1e-6)
+
+
+def test_results_json_names_this_tool_and_its_policy(charity_data, tmp_path):
+    acro = ACRO(suppress=True)
+    acro.crosstab(charity_data.year, charity_data.grant_type)
+    acro.finalise(str(tmp_path / "out"))
+
+    tool = json.loads((tmp_path / "out" / "results.json").read_text())["tool"]
+    assert tool["name"] == "tre-disclosure"
+    assert tool["policy"]["sha256"] == default_policy().sha256
+
+
+def test_fair_summaries_list_every_output(charity_data):
+    acro = ACRO(suppress=False)
+    acro.crosstab(charity_data.year, charity_data.grant_type)
+    acro.crosstab(charity_data.year, charity_data.survivor)
+
+    text = acro.show_fair_summaries()
+    assert text.splitlines()[0] == "output_0" and "output_1" in text.splitlines()
