@@ -14,10 +14,11 @@ tables record an unknown population and are reviewed by a person rather than pas
 
 from __future__ import annotations
 
-import inspect
 import json
+import linecache
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +199,18 @@ def _analysis_name(output: dict) -> str:
 
 
 def _calling_line(default: str) -> str:
-    """The researcher's own source line that made the output (ACRO records it as the command)."""
+    """The researcher's own source line that made the output (ACRO records it as the command).
+
+    Walks the frames directly: ``inspect.stack()`` resolves every frame's module and source, which cost
+    0.6 s per table on a large notebook session."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for frame in inspect.stack(context=1)[1:]:
-        if not os.path.abspath(frame.filename).startswith(here) and frame.code_context:
-            return "\n".join(frame.code_context).strip() or default
-    return default
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame = frame.f_back
+    if frame is None:
+        return default
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno, frame.f_globals).strip()
+    return line or default
 
 
 class SDCChecks:
