@@ -108,7 +108,11 @@ def compute_table_stats(
     cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(cast(np.ndarray, keep).sum()), dtype=np.int64)
     x = None
     if value is not None:
-        x = pd.to_numeric(data[value]).to_numpy(dtype=np.float64, na_value=np.nan)
+        column = data[value]
+        if isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub":
+            x = column.to_numpy(dtype=np.float64)  # already numeric: no parsing pass, no copy for float64
+        else:
+            x = pd.to_numeric(column).to_numpy(dtype=np.float64, na_value=np.nan)
         if not all_kept:
             x = x[keep]
     pcodes = None
