@@ -130,33 +130,34 @@ def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
     """ACRO's per-file sdc record: per check, a count and the [row, col] positions of flagged cells.
 
     Positions are in the released table's layout without margins (row = position among the row-dimension
-    combinations, col = among the column-dimension combinations), as ACRO numbers them.
+    combinations shown, col = among the column-dimension combinations shown, as ``disclosure.layout`` drops
+    combinations with no records), as ACRO numbers them. Vectorised: thousands of flagged cells are common.
     """
     shape = result.stats.shape
     n_row = max(1, min(result.n_row_dims, len(shape) - 1)) if len(shape) > 1 else len(shape)
-    row_shape, col_shape = shape[:n_row], shape[n_row:]
+    nr = int(np.prod(shape[:n_row])) if shape else 1
+    nc = int(np.prod(shape[n_row:])) if len(shape) > n_row else 1
+    interior = result.stats.interior
+    records = result.stats.records[interior].reshape(nr, nc) > 0
+    kept_r, kept_c = records.any(axis=1), records.any(axis=0)
+    row_at, col_at = np.cumsum(kept_r) - 1, np.cumsum(kept_c) - 1
+
+    def positions(mask: np.ndarray) -> list:
+        r, c = np.divmod(np.flatnonzero(mask[interior].reshape(nr, nc)), nc)
+        shown = kept_r[r] & kept_c[c]
+        return np.column_stack([row_at[r[shown]], col_at[c[shown]]]).tolist()
+
     summary: dict[str, int] = {}
     cells: dict[str, list] = {}
     for rule in result.rules:
         name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
-        pos = np.argwhere(rule.mask[result.stats.interior])
-        summary[name] = summary.get(name, 0) + len(pos)
-        listed = cells.setdefault(name, [])
-        for p in pos:
-            r = int(np.ravel_multi_index(p[:n_row], row_shape))
-            c = int(np.ravel_multi_index(p[n_row:], col_shape)) if col_shape else 0
-            listed.append([r, c])
+        listed = positions(rule.mask)
+        summary[name] = summary.get(name, 0) + len(listed)
+        cells.setdefault(name, []).extend(listed)
     if result.suppression is not None and mitigated:
         # Cells hidden only to protect the primary ones: listed so the viewer highlights every blank cell.
-        pos = np.argwhere(result.suppression.secondary[result.stats.interior])
-        summary[SECONDARY] = len(pos)
-        cells[SECONDARY] = [
-            [
-                int(np.ravel_multi_index(p[:n_row], row_shape)),
-                int(np.ravel_multi_index(p[n_row:], col_shape)) if col_shape else 0,
-            ]
-            for p in pos
-        ]
+        cells[SECONDARY] = positions(result.suppression.secondary)
+        summary[SECONDARY] = len(cells[SECONDARY])
     return {"summary": summary, "cells": cells}
 
 

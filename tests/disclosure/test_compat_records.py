@@ -192,3 +192,17 @@ def test_fair_summaries_list_every_output(charity_data):
 
     text = acro.show_fair_summaries()
     assert text.splitlines()[0] == "output_0" and "output_1" in text.splitlines()
+
+
+def test_sdc_positions_follow_the_rows_the_table_shows():
+    """A category with no records is not shown (pandas' layout), so flagged positions skip it."""
+    frame = _small_cell_frame()
+    frame["a"] = pd.Categorical(frame["a"], categories=["a", "never", "b", "c"])
+    acro = ACRO(suppress=True)
+    table = acro.crosstab(frame.a, frame.b)
+
+    cells = acro.results.get_index(0).sdc["cells"]
+    assert list(table.index) == ["a", "b", "c"]
+    assert [2, 2] in cells["MinimumThresholdCheck"]  # (c, z): third row shown, not fourth
+    listed = {tuple(p) for positions in cells.values() for p in positions}
+    assert listed == {(int(r), int(c)) for r, c in np.argwhere(np.isnan(table.to_numpy(dtype=float)))}
