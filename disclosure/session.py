@@ -138,8 +138,9 @@ def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
     nr = int(np.prod(shape[:n_row])) if shape else 1
     nc = int(np.prod(shape[n_row:])) if len(shape) > n_row else 1
     interior = result.stats.interior
-    records = result.stats.records[interior].reshape(nr, nc) > 0
-    kept_r, kept_c = records.any(axis=1), records.any(axis=0)
+    records = np.asarray(result.stats.records[interior]).reshape(nr, nc) > 0
+    kept_r: np.ndarray = np.asarray(records.any(axis=1))
+    kept_c: np.ndarray = np.asarray(records.any(axis=0))
     row_at, col_at = np.cumsum(kept_r) - 1, np.cumsum(kept_c) - 1
 
     def positions(mask: np.ndarray) -> list:

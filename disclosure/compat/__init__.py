@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from disclosure.compat import records as record
@@ -204,7 +205,7 @@ def _calling_line(default: str) -> str:
     Walks the frames directly: ``inspect.stack()`` resolves every frame's module and source, which cost
     0.6 s per table on a large notebook session."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
         frame = frame.f_back
     if frame is None:
