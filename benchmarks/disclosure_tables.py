@@ -11,7 +11,10 @@ to do), then times, in the same process and on the same data:
   cells, else certificates: plane boxes, prisms, summed moves, and a time-boxed LP for any cell they
   miss); also timed without audit;
 - ACRO 1.0.2's checked crosstab (if ``.venv-acro`` exists, see benchmarks/acro_env.sh), in a subprocess
-  because ACRO needs pandas < 3; it reads the same columns from .npy files.
+  because ACRO needs pandas < 3; it reads the same columns from .npy files;
+- the researcher's path, ``disclosure.compat.ACRO(suppress=True).crosstab`` for the count and the mean,
+  each against the same ``pandas.crosstab`` call (``compat_count_ratio``, ``compat_mean_ratio``), and its
+  count against ACRO's crosstab (``compat_acro_speedup``).
 
 The last line printed is one JSON object (benchmark, value, baseline, ratio, target, ...).
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from disclosure.compat import ACRO
 from disclosure.engine.tables import check_frequency_table, check_magnitude_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +118,25 @@ def time_acro(df: pd.DataFrame, with_mean: bool, repeat: int = 1) -> dict | None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def time_compat(df: pd.DataFrame, repeat: int) -> dict:
+    """The researcher's path (compat crosstab with suppression) against the same pandas.crosstab call."""
+    rows, col = [df.region, df.age_band], df.condition
+    t_pd_count, _ = best_of(lambda: pd.crosstab(rows, col), repeat)
+    t_pd_mean, _ = best_of(lambda: pd.crosstab(rows, col, values=df.cost, aggfunc="mean"), repeat)
+    session = ACRO(suppress=True)
+    t_count, _ = best_of(lambda: session.crosstab(rows, col), repeat)
+    t_mean, _ = best_of(lambda: session.crosstab(rows, col, values=df.cost, aggfunc="mean"), repeat)
+    return {
+        "pandas_crosstab_count_seconds": round(t_pd_count, 3),
+        "pandas_crosstab_mean_seconds": round(t_pd_mean, 3),
+        "compat_count_seconds": round(t_count, 3),
+        "compat_mean_seconds": round(t_mean, 3),
+        "compat_count_ratio": round(t_count / t_pd_count, 3),
+        "compat_mean_ratio": round(t_mean / t_pd_mean, 3),
+        "compat_target": "ratios <= 1.5 (vs pandas.crosstab); compat_acro_speedup >= 30",
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
@@ -186,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             1,
         )
         result["value_with_person_ids"] = round(t_person, 3)
+    result.update(time_compat(df, args.repeat))
     acro = None if args.no_acro else time_acro(df, args.acro_mean, args.repeat)
     if acro is None:
         result["acro"] = "not run (no .venv-acro; run benchmarks/acro_env.sh)" if not args.no_acro else "skipped"
@@ -194,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         t_count, _ = best_of(lambda: check_frequency_table(df, dims, mitigation="suppress"), args.repeat)
         result["ours_crosstab_seconds"] = round(t_count, 3)
         result["acro_speedup"] = round(acro["crosstab"] / t_count, 1)
+        result["compat_acro_speedup"] = round(acro["crosstab"] / result["compat_count_seconds"], 1)
         if "mean" in acro:
             t_mean, _ = best_of(lambda: check_magnitude_table(df, dims, "cost", mitigation="suppress"), 1)
             result["acro_mean_seconds"] = round(acro["mean"], 3)

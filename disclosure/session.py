@@ -32,6 +32,8 @@ from disclosure.engine.specs import table_spec
 from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
+from disclosure.layout import pandas_layout
+from disclosure.sacro import CONFIG_FILE, acro_config
 from disclosure.tracked import TrackedFrame, TrackedSeries, track
 
 # Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
@@ -46,7 +48,9 @@ ACRO_RULE_NAMES = {
     "negatives": "NegativeValuesCheck",
     "class_disclosure": "ClassDisclosureCheck",
 }
+SECONDARY = "SecondarySuppression"  # our check name for cells suppressed to protect others
 RESULTS_VERSION = "1.0.2"  # the ACRO release whose results.json schema this file follows
+TOOL = {"@type": "SoftwareApplication", "name": "tre-disclosure"}  # who wrote results.json: not ACRO
 
 
 @dataclass
@@ -69,12 +73,38 @@ class Output:
     exception: str = ""
     timestamp: str = field(default_factory=lambda: _dt.datetime.now().isoformat())
     before: pd.DataFrame | None = None  # the table before mitigation, for the checker only
+    fair: dict = field(default_factory=dict)
+
+    @property
+    def output(self) -> list:
+        """ACRO's name: the tables of a table or model output, else the files it wrote."""
+        return list(self.frames) if self.frames else list(self.files)
+
+    @output.setter
+    def output(self, values: list) -> None:
+        self.frames = [v for v in values if isinstance(v, pd.DataFrame)]
+        self.files = [v for v in values if not isinstance(v, pd.DataFrame)]
+
+    def __str__(self) -> str:
+        return (
+            f"uid: {self.uid}\nstatus: {self.status}\ntype: {self.output_type}\nproperties: {self.properties}\n"
+            f"sdc: {self.sdc}\ncommand: {self.command}\nsummary: {self.summary}\noutcome: {self.outcome}\n"
+            f"output: {self.output}\ntimestamp: {self.timestamp}\ncomments: {self.comments}\n"
+            f"exception: {self.exception}\n"
+        )
 
 
 def _as_list(x: Any) -> list:
     if x is None:
         return []
     return list(x) if isinstance(x, list | tuple) else [x]
+
+
+def _as_arrays(x: Any) -> list:
+    """crosstab's index/columns: one array-like (a Series, array or plain list of labels) or a list of them."""
+    if isinstance(x, list | tuple) and x and not any(isinstance(v, pd.Series | np.ndarray | list) for v in x):
+        return [np.asarray(x)]
+    return _as_list(x)
 
 
 _FUNCTION_NAMES = {"amin": "min", "amax": "max", "nanmedian": "median", "nanmean": "mean", "nanmin": "min"}
@@ -96,26 +126,39 @@ def _aggfunc_name(f: Any) -> str | None:
     return _FUNCTION_NAMES.get(name, name)
 
 
-def _sdc_for_table(result: TableResult) -> dict:
+def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
     """ACRO's per-file sdc record: per check, a count and the [row, col] positions of flagged cells.
 
     Positions are in the released table's layout without margins (row = position among the row-dimension
-    combinations, col = among the column-dimension combinations), as ACRO numbers them.
+    combinations shown, col = among the column-dimension combinations shown, as ``disclosure.layout`` drops
+    combinations with no records), as ACRO numbers them. Vectorised: thousands of flagged cells are common.
     """
     shape = result.stats.shape
     n_row = max(1, min(result.n_row_dims, len(shape) - 1)) if len(shape) > 1 else len(shape)
-    row_shape, col_shape = shape[:n_row], shape[n_row:]
+    nr = int(np.prod(shape[:n_row])) if shape else 1
+    nc = int(np.prod(shape[n_row:])) if len(shape) > n_row else 1
+    interior = result.stats.interior
+    records = np.asarray(result.stats.records[interior]).reshape(nr, nc) > 0
+    kept_r: np.ndarray = np.asarray(records.any(axis=1))
+    kept_c: np.ndarray = np.asarray(records.any(axis=0))
+    row_at, col_at = np.cumsum(kept_r) - 1, np.cumsum(kept_c) - 1
+
+    def positions(mask: np.ndarray) -> list:
+        r, c = np.divmod(np.flatnonzero(mask[interior].reshape(nr, nc)), nc)
+        shown = kept_r[r] & kept_c[c]
+        return np.column_stack([row_at[r[shown]], col_at[c[shown]]]).tolist()
+
     summary: dict[str, int] = {}
     cells: dict[str, list] = {}
     for rule in result.rules:
         name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
-        pos = np.argwhere(rule.mask[result.stats.interior])
-        summary[name] = summary.get(name, 0) + len(pos)
-        listed = cells.setdefault(name, [])
-        for p in pos:
-            r = int(np.ravel_multi_index(p[:n_row], row_shape))
-            c = int(np.ravel_multi_index(p[n_row:], col_shape)) if col_shape else 0
-            listed.append([r, c])
+        listed = positions(rule.mask)
+        summary[name] = summary.get(name, 0) + len(listed)
+        cells.setdefault(name, []).extend(listed)
+    if result.suppression is not None and mitigated:
+        # Cells hidden only to protect the primary ones: listed so the viewer highlights every blank cell.
+        cells[SECONDARY] = positions(result.suppression.secondary)
+        summary[SECONDARY] = len(cells[SECONDARY])
     return {"summary": summary, "cells": cells}
 
 
@@ -240,6 +283,9 @@ class Session:
     def _add(self, **kwargs: Any) -> Output:
         uid = f"output_{self._next}"
         self._next += 1
+        return self._add_as(uid, **kwargs)
+
+    def _add_as(self, uid: str, **kwargs: Any) -> Output:
         out = Output(uid=uid, **kwargs)
         self.results[uid] = out
         return out
@@ -253,16 +299,27 @@ class Session:
         margins_name: str,
         normalize: Any = False,
         show_suppressed: bool = False,
+        value_name: str | None = None,
+        value_dtype: Any = None,
+        dim_dtypes: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         frames, befores = [], []
+        shape = {
+            "margins": margins,
+            "margins_name": margins_name,
+            "value_name": value_name,
+            "value_dtype": value_dtype,
+            "dim_dtypes": dim_dtypes,
+        }
         for _, res in results:
             shown = res.table(
                 released=self.mitigation != "none" and not show_suppressed,
                 margins=margins,
                 margins_name=margins_name,
             )
-            befores.append(res.table(released=False, margins=margins, margins_name=margins_name))
-            frames.append(shown)
+            before = res.table(released=False, margins=margins, margins_name=margins_name)
+            befores.append(pandas_layout(before, res, **shape))
+            frames.append(pandas_layout(shown, res, **shape))
         if len(results) > 1:
             table = pd.concat(frames, axis=1, keys=[name for name, _ in results])
             before = pd.concat(befores, axis=1, keys=[name for name, _ in results])
@@ -274,6 +331,7 @@ class Session:
         verdicts = [r.verdict for _, r in results]
         first = results[0][1]
         summary = f"{status}; " + "; ".join(reason for v in verdicts for reason in v["reasons"])
+        summary += _acro_check_lines([r for _, r in results])
         self._add(
             output_type="table",
             status=status,
@@ -282,7 +340,7 @@ class Session:
             summary=summary,
             frames=[table],
             verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
-            sdc=_sdc_for_table(first),
+            sdc=_sdc_for_table(first, mitigated=self.mitigation == "suppress"),
             outcome=first.outcome(names=ACRO_RULE_NAMES),
             spec=first.verdict.get("spec"),
             before=before,
@@ -359,7 +417,10 @@ class Session:
         show_suppressed: bool = False,
     ) -> pd.DataFrame:
         """pandas.crosstab with the checks (rows with a missing label are always dropped)."""
-        rows, cols = _as_list(index), _as_list(columns)
+        rows, cols = _as_arrays(index), _as_arrays(columns)
+        several = isinstance(values, list | tuple) and any(isinstance(v, pd.Series | np.ndarray | list) for v in values)
+        if several or (values is None and aggfunc is not None):
+            raise ValueError("crosstab needs aggfunc and values together; specify a single values column")
         rnames = _as_list(rownames) or [getattr(s, "name", None) or f"row_{i}" for i, s in enumerate(rows)]
         cnames = _as_list(colnames) or [getattr(s, "name", None) or f"col_{i}" for i, s in enumerate(cols)]
         df = pd.DataFrame(
@@ -399,7 +460,18 @@ class Session:
             (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames), population)) for f in funcs
         ]
         command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
-        return self._table_output("crosstab", command, results, margins, margins_name, normalize, show_suppressed)
+        return self._table_output(
+            "crosstab",
+            command,
+            results,
+            margins,
+            margins_name,
+            normalize,
+            show_suppressed,
+            value_name=value_name,
+            value_dtype=np.asarray(values).dtype if values is not None else None,
+            dim_dtypes={n: df[n].dtype for n in rnames + cnames},
+        )
 
     def pivot_table(
         self,
@@ -420,11 +492,16 @@ class Session:
         rows, cols = _as_list(index), _as_list(columns)
         value_list = _as_list(values)
         if len(value_list) > 1:
-            raise ValueError("pivot_table checks one value column per call; make one table per column")
+            raise ValueError(
+                "pivot_table does not take multiple values columns: the checks cover one per call, so make one "
+                "table per column"
+            )
         value = value_list[0] if value_list else None
         funcs = [_aggfunc_name(f) for f in _as_list(aggfunc)]
         if value is None and any(f not in ("count", "size") for f in funcs):
-            raise ValueError(f"pivot_table with aggfunc {aggfunc!r} needs values=<the column to summarise>")
+            raise ValueError(
+                f"pivot_table with aggfunc {aggfunc!r} needs a values column: values=<the column to summarise>"
+            )
         used = [c for c in rows + cols + ([value] if value is not None else []) if c in data.columns]
         population = self._population(data, {c: data[c] for c in used})
         results = [(f, self._check(data, rows + cols, value, f, len(rows), population)) for f in funcs]
@@ -434,7 +511,15 @@ class Session:
             results,
             margins,
             margins_name,
+            value_name=value,
+            value_dtype=data[value].dtype if value is not None and value in data.columns else None,
+            dim_dtypes={n: data[n].dtype for n in rows + cols if n in data.columns},
         )
+        if isinstance(values, list | tuple) and cols and value is not None:
+            table = pd.concat({value: table}, axis=1) if len(funcs) == 1 else _inner_level(table, value)
+        if isinstance(aggfunc, list | tuple) and len(funcs) == 1:
+            table = pd.concat({funcs[0]: table}, axis=1)
+        self.results[list(self.results)[-1]].frames = [table]
         return table.fillna(fill_value) if fill_value is not None else table
 
     # --- models --------------------------------------------------------------------------------------
@@ -527,7 +612,7 @@ class Session:
         legend: bool = False,
         filename: str = "histogram.png",
         **kwargs: Any,
-    ) -> str:
+    ) -> str | None:
         """Checks the bin counts; the chart itself is written only if matplotlib is installed."""
         table, verdict = rules_other.check_histogram(data[column], bins, policy=self.policy)
         files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=bins))
@@ -543,7 +628,7 @@ class Session:
         )
         return filename
 
-    def pie(self, data: pd.DataFrame, column: str, filename: str = "pie.png", **kwargs: Any) -> str:
+    def pie(self, data: pd.DataFrame, column: str, filename: str = "pie.png", **kwargs: Any) -> str | None:
         table, verdict = rules_other.check_category_counts(data[column], policy=self.policy)
         files = _maybe_plot(filename, lambda ax: ax.pie(table["count"], labels=[str(i) for i in table.index]))
         self._add(
@@ -666,15 +751,13 @@ class Session:
             }
         document = {
             "version": RESULTS_VERSION,
-            "tool": {
-                "@type": "SoftwareApplication",
-                "name": "tre-disclosure",
-                "policy": self.policy.identity(),
-            },
+            "tool": {**TOOL, "policy": self.policy.identity()},
             "results": results,
         }
         with open(os.path.join(path, "results.json"), "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=4, default=str)
+        with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as handle:
+            json.dump(acro_config(self.policy), handle, indent=4)
         _write_checksums(path)
         return document
 
@@ -691,6 +774,27 @@ def _write_checksums(path: str) -> None:
                 digest = hashlib.sha256(handle.read()).hexdigest()
             with open(os.path.join(folder, f"{name}.txt"), "w", encoding="utf-8") as handle:
                 handle.write(digest)
+
+
+def _acro_check_lines(results: Sequence[TableResult]) -> str:
+    """ACRO's per-check lines ("MinimumThresholdCheck: fail - 6 cells may need suppressing."), after ours."""
+    lines = []
+    for res in results:
+        for rule in res.rules:
+            if rule.flagged:
+                name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
+                lines.append(f"{name}: {rule.severity} - {rule.flagged} cells may need suppressing.")
+    return ("\n" + "\n".join(lines)) if lines else ""
+
+
+def _inner_level(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """pandas puts the value column's name between the aggfunc level and the columns."""
+    cols = table.columns
+    tuples = [(c[0], name, *c[1:]) if isinstance(c, tuple) else (c, name) for c in cols]
+    names = [cols.names[0], None, *cols.names[1:]] if isinstance(cols, pd.MultiIndex) else [None, None]
+    out = table.copy()
+    out.columns = pd.MultiIndex.from_tuples(tuples, names=names)
+    return out
 
 
 def _normalise(table: pd.DataFrame, how: Any) -> pd.DataFrame:

@@ -108,7 +108,11 @@ def compute_table_stats(
     cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(cast(np.ndarray, keep).sum()), dtype=np.int64)
     x = None
     if value is not None:
-        x = pd.to_numeric(data[value]).to_numpy(dtype=np.float64, na_value=np.nan)
+        column = data[value]
+        if isinstance(column.dtype, np.dtype) and column.dtype.kind in "fiub":
+            x = column.to_numpy(dtype=np.float64)  # already numeric: no parsing pass, no copy for float64
+        else:
+            x = pd.to_numeric(column).to_numpy(dtype=np.float64, na_value=np.nan)
         if not all_kept:
             x = x[keep]
     pcodes = None
@@ -222,15 +226,19 @@ def _group_stats(
         # Without person ids every record is its own contributor: no second pass over the rows.
         out["contributors"] = records.copy() if pcodes is None else np.bincount(cell, minlength=ncells).astype(np.int64)
         return out
-    valid = ~np.isnan(x)
-    vcell = cell[valid]
-    xv = x[valid]
-    av = np.abs(xv)
+    missing = np.isnan(x)
+    if missing.any():
+        vcell, xv = cell[~missing], x[~missing]
+        out["missing"] = np.bincount(cell[missing], minlength=ncells).astype(np.int64)
+    else:  # the usual case: no copy of millions of rows
+        vcell, xv = cell, x
+        out["missing"] = np.zeros(ncells, dtype=np.int64)
+    negative = xv < 0
+    av = np.abs(xv) if negative.any() else xv
     out["contributors"] = np.bincount(vcell, minlength=ncells).astype(np.int64)
-    out["missing"] = np.bincount(cell[~valid], minlength=ncells).astype(np.int64)
     out["total"] = np.bincount(vcell, weights=xv, minlength=ncells)
-    out["abs_total"] = np.bincount(vcell, weights=av, minlength=ncells)
-    out["negatives"] = np.bincount(vcell[xv < 0], minlength=ncells).astype(np.int64)
+    out["abs_total"] = out["total"].copy() if av is xv else np.bincount(vcell, weights=av, minlength=ncells)
+    out["negatives"] = np.bincount(vcell, weights=negative, minlength=ncells).astype(np.int64)
     minimum = np.full(ncells, np.inf)
     maximum = np.full(ncells, -np.inf)
     np.minimum.at(minimum, vcell, xv)
@@ -278,8 +286,8 @@ def _top_contributions(cell: np.ndarray, a: np.ndarray, ncells: int, n_top: int)
         at_max = a == first[cell]
         ties = np.bincount(cell, weights=at_max, minlength=ncells)
         second = np.zeros(ncells)
-        rest = ~at_max
-        np.maximum.at(second, cell[rest], a[rest])
+        # Contributions are >= 0, so a 0 in place of each cell's maximum leaves the rest's maximum unchanged.
+        np.maximum.at(second, cell, np.where(at_max, 0.0, a))
         top[:, 0] = first
         top[:, 1] = np.where(ties >= 2, first, second)
         return top

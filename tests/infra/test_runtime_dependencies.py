@@ -17,7 +17,13 @@ OWN = {"tre", "projects", "disclosure", "pseudonymisation", "jupyter"}
 # Imported only beside a declared package that brings it: module -> that package.
 COMES_WITH = {"botocore": "boto3"}
 # Runs in the workspaces' own Python (make workspace-runtime), never in the control plane.
-WORKSPACE_ONLY = {"disclosure/session.py"}
+# The compat modules import matplotlib (in the workspace image), openpyxl and tabulate only when present.
+WORKSPACE_ONLY = {
+    "disclosure/session.py",
+    "disclosure/compat/plots.py",
+    "disclosure/compat/workbook.py",
+    "disclosure/compat/utils.py",
+}
 
 
 def _names(requirements: list[str]) -> set[str]:
