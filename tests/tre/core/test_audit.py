@@ -17,11 +17,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from tre.core.audit import (
+    CHAIN_LANES,
     CHAIN_LOCK_ID,
     GENESIS,
     AuditEvent,
     AuditLog,
     CheckpointFile,
+    LaneHead,
     iter_events,
     write_pending,
 )
@@ -232,7 +234,9 @@ def test_events_written_early_can_be_read_back_inside_the_transaction(app: Any, 
     assert _verify(app, log).checked == 2
 
 
-def test_concurrent_writers_build_one_gapless_chain(app: Any, log: AuditLog) -> None:
+def test_concurrent_writers_build_gapless_lanes_with_each_transaction_linked_together(
+    app: Any, log: AuditLog
+) -> None:
     db = app.extensions["tre.db"]
     writers, rounds = 8, 12
     start = threading.Barrier(writers)
@@ -263,12 +267,16 @@ def test_concurrent_writers_build_one_gapless_chain(app: Any, log: AuditLog) -> 
     report = _verify(app, log)
     assert report.ok and report.checked == expected
     with db.session_factory() as s:
-        rows = s.execute(select(AuditEvent.seq, AuditEvent.action, AuditEvent.actor_id, AuditEvent.detail)
-                         .order_by(AuditEvent.seq)).all()
-    assert [r.seq for r in rows] == list(range(1, expected + 1))
+        rows = s.execute(select(AuditEvent.lane, AuditEvent.lane_seq, AuditEvent.seq, AuditEvent.action,
+                                AuditEvent.actor_id, AuditEvent.detail)
+                         .order_by(AuditEvent.lane, AuditEvent.lane_seq)).all()
+    assert len({r.seq for r in rows}) == expected
+    for lane in {r.lane for r in rows}:
+        assert [r.lane_seq for r in rows if r.lane == lane] == list(range(1, sum(r.lane == lane for r in rows) + 1))
     # A transaction's events are linked together: each follow-up comes right after its own event.
     for previous, row in zip(rows, rows[1:], strict=False):
         if row.action == "thing.followed":
+            assert previous.lane == row.lane
             assert (previous.action, previous.actor_id, previous.detail) == ("thing.happened", row.actor_id, row.detail)
 
 
@@ -311,7 +319,8 @@ def test_open_transaction_with_a_recorded_event_does_not_block_another_writer(ap
 def test_chain_lock_is_taken_at_commit_and_only_when_something_was_recorded(app: Any, log: AuditLog) -> None:
     db = app.extensions["tre.db"]
     with db.engine.connect() as other_writer:
-        other_writer.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHAIN_LOCK_ID})
+        other_writer.execute(text("SELECT pg_advisory_xact_lock(:id, lane) FROM generate_series(0, :n - 1) AS lane"),
+                             {"id": CHAIN_LOCK_ID, "n": CHAIN_LANES})  # every lane taken
 
         with db.session_factory() as s, transaction(s):
             s.execute(text("SET LOCAL lock_timeout = '1s'"))
@@ -339,16 +348,16 @@ def _checkpointed_log(app: Any) -> AuditLog:
     path = app.extensions["tre.platform"].settings.instance_path / "test-checkpoint.json"
     engine = app.extensions["tre.db"].engine
 
-    def latest_seq() -> int | None:
+    def lane_lengths() -> dict[int, int]:
         raw = engine.raw_connection()  # as the platform does: no BEGIN IMMEDIATE on SQLite
         try:
             cursor = raw.cursor()
-            cursor.execute("SELECT max(seq) FROM audit_events")
-            return cursor.fetchone()[0]
+            cursor.execute("SELECT lane, max(lane_seq) FROM audit_events GROUP BY lane")
+            return dict(cursor.fetchall())
         finally:
             raw.close()
 
-    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY), latest_seq)
+    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY), lane_lengths)
 
 
 def test_events_read_before_a_later_checkpoint_are_not_called_truncated(app: Any) -> None:
@@ -384,8 +393,8 @@ def test_checkpoint_follows_every_commit_that_wrote_events(app: Any) -> None:
     checkpoint = log.checkpoints.read()
     report = _verify(app, log)
 
-    assert checkpoint is not None and (checkpoint.seq, checkpoint.count) == (3, 3)
-    assert report.ok and report.head == checkpoint.head
+    assert checkpoint is not None and checkpoint.count == 3
+    assert report.ok and checkpoint.lanes == (LaneHead(0, 3, report.head or ""),)
 
 
 def test_chain_rebuilt_with_the_chain_key_is_reported_at_the_checkpoint(app: Any) -> None:
@@ -395,10 +404,12 @@ def test_chain_rebuilt_with_the_chain_key_is_reported_at_the_checkpoint(app: Any
     _write(app, log, 6)
     _tamper(app, "DELETE FROM audit_events WHERE seq > 4")
     _write(app, AuditLog(KEY), 2)
+    with app.extensions["tre.db"].session_factory() as s:
+        sixth = s.scalar(select(AuditEvent.seq).where(AuditEvent.lane_seq == 6))
 
     report = _verify(app, log)
 
-    assert not report.ok and report.first_broken_seq == 6 and "rebuilt" in (report.problem or "")
+    assert not report.ok and report.first_broken_seq == sixth and "rebuilt" in (report.problem or "")
 
 
 def test_edited_checkpoint_is_refused(app: Any) -> None:
@@ -408,7 +419,7 @@ def test_edited_checkpoint_is_refused(app: Any) -> None:
     assert log.checkpoints is not None
     path = log.checkpoints.path
     forged = json.loads(path.read_text())
-    forged["seq"] = forged["count"] = 2  # the attacker lowers the count to match the cut chain
+    forged["lanes"][0][1] = forged["count"] = 2  # the attacker lowers the count to match the cut chain
     path.write_text(json.dumps(forged))
 
     report = _verify(app, log)
@@ -419,11 +430,13 @@ def test_edited_checkpoint_is_refused(app: Any) -> None:
 def test_checkpoint_never_moves_back(tmp_path: Any) -> None:
     checkpoints = CheckpointFile(tmp_path / "cp.json", CHECKPOINT_KEY)
 
-    assert checkpoints.advance(10, "a" * 64)
-    assert not checkpoints.advance(9, "b" * 64)  # a commit that finished late
+    assert checkpoints.advance(0, 10, "a" * 64)
+    assert not checkpoints.advance(0, 9, "b" * 64)  # a commit that finished late
+    assert checkpoints.advance(1, 3, "c" * 64)  # another lane moves on its own
 
-    current = checkpoints.read()
-    assert current is not None and (current.seq, current.head) == (10, "a" * 64)
+    current = checkpoint_lanes = checkpoints.read()
+    assert current is not None and current.lanes == (LaneHead(0, 10, "a" * 64), LaneHead(1, 3, "c" * 64))
+    assert checkpoint_lanes is not None and checkpoint_lanes.count == 13
 
 
 def test_rolled_back_events_leave_the_checkpoint_alone(app: Any) -> None:
@@ -437,5 +450,5 @@ def test_rolled_back_events_leave_the_checkpoint_alone(app: Any) -> None:
 
     assert log.checkpoints is not None
     checkpoint = log.checkpoints.read()
-    assert checkpoint is not None and checkpoint.seq == 2
+    assert checkpoint is not None and checkpoint.count == 2
     assert _verify(app, log).ok
