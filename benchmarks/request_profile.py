@@ -27,15 +27,19 @@ from typing import Any
 from benchmarks import load
 
 
+SHOWN: list[str] = []  # with --show-sql, each statement of one request of every route
+
+
 def _statements(app: Any, action: Callable[[], Any]) -> tuple[int, Any]:
     from sqlalchemy import event
 
     engine = app.extensions["tre.db"].engine
     seen = 0
 
-    def count(*_args: Any) -> None:
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         nonlocal seen
         seen += 1
+        SHOWN.append(" ".join(statement.split())[:150])
 
     event.listen(engine, "before_cursor_execute", count)
     try:
@@ -62,7 +66,9 @@ def profile_route(app: Any, name: str, send: Callable[[], Any], repeat: int, top
         response = send()
         if response.status_code >= 400:
             raise RuntimeError(f"{name} answered {response.status_code}: {response.get_data(as_text=True)[:300]}")
+    SHOWN.clear()
     statements, _ = _statements(app, send)
+    shown = list(SHOWN)
     started = time.process_time()
     for _ in range(repeat):
         send()
@@ -76,7 +82,7 @@ def profile_route(app: Any, name: str, send: Callable[[], Any], repeat: int, top
     rows = sorted(((ct, f"{Path(file).name}:{line}({func})") for (file, line, func), (_, _, _, ct, _) in table.items()
                    if func not in {"<built-in method builtins.exec>", "<module>"}), reverse=True)
     interesting = [(ct * 1000 / repeat, where) for ct, where in rows[:top]]
-    return {"route": name, "cpu_ms": round(cpu_ms, 2), "statements": statements,
+    return {"route": name, "cpu_ms": round(cpu_ms, 2), "statements": statements, "sql": shown,
             "top_cumulative_ms": [(round(ms, 2), where) for ms, where in interesting]}
 
 
@@ -86,6 +92,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--patients", type=int, default=500)
+    parser.add_argument("--show-sql", action="store_true", help="print the statements of one request of each")
     args = parser.parse_args()
     args.web_workers = 0
 
@@ -133,6 +140,9 @@ def main() -> None:
         load.log(f"\n== {result['route']}: {result['cpu_ms']} ms CPU per request, {result['statements']} statements ==")
         for ms, where in result["top_cumulative_ms"]:
             load.log(f"  {ms:>7.2f} ms  {where}")
+        if args.show_sql:
+            for statement in result["sql"]:
+                load.log(f"  SQL  {statement}")
     baseline = results[2]["cpu_ms"]
     load.log(json.dumps({
         "benchmark": "request_profile", "backend": args.backend, "value": results[0]["cpu_ms"],
