@@ -14,7 +14,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from sqlalchemy import select
 
 from projects import rules
-from projects.gate import check_access
+from projects.gate import check_team_access, training_expiries
 from projects.models import Dataset, Project
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
@@ -104,19 +104,20 @@ def new() -> Any:
 def _team_status(svc: Projects, project: Project) -> list[dict[str, Any]]:
     template = svc.current_agreement()
     signed = {s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id}
-    people = _people([m.user_id for m in project.active_members])
-    rows = []
-    for m in project.active_members:
-        rows.append(
-            {
-                "member": m,
-                "person": people.get(m.user_id),
-                "signed": m.user_id in signed,
-                "training": svc.training_expiry(m.user_id),
-                "access": check_access(svc.session, m.user_id, project.id),
-            }
-        )
-    return rows
+    ids = [m.user_id for m in project.active_members]
+    people = _people(ids)
+    training = training_expiries(svc.session, ids, svc.policy.training_course)
+    access = check_team_access(svc.session, project.id, ids)
+    return [
+        {
+            "member": m,
+            "person": people.get(m.user_id),
+            "signed": m.user_id in signed,
+            "training": training.get(m.user_id),
+            "access": access[m.user_id],
+        }
+        for m in project.active_members
+    ]
 
 
 @bp.get("/<project_id>")
@@ -130,6 +131,7 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
     project = _project_for_view(project_id)
     member = any(m.user_id == g.user.id for m in project.active_members)
     decisions = svc.decisions(project)
+    team = _team_status(svc, project)
     return render_template(
         "projects/show.html",
         title=project.title,
@@ -151,8 +153,9 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         people=_people([m.user_id for m in project.active_members]),
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
-        team=_team_status(svc, project),
-        my_access=check_access(svc.session, g.user.id, project.id) if member else None,
+        team=team,
+        # The viewer's own line of the team's answers: the same gate, not asked twice.
+        my_access=next((row["access"] for row in team if row["member"].user_id == g.user.id), None),
         agreement=svc.current_agreement(),
         extension=svc.pending_extension(project),
         versions=svc.versions(project),
