@@ -101,11 +101,11 @@ def new() -> Any:
     return render_template("projects/new.html", title="Start an application", error=error), (400 if error else 200)
 
 
-def _team_status(svc: Projects, project: Project) -> list[dict[str, Any]]:
-    template = svc.current_agreement()
+def _team_status(
+    svc: Projects, project: Project, template: Any, people: dict[str, User]
+) -> list[dict[str, Any]]:
     signed = {s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id}
     ids = [m.user_id for m in project.active_members]
-    people = _people(ids)
     training = training_expiries(svc.session, ids, svc.policy.training_course)
     access = check_team_access(svc.session, project.id, ids)
     return [
@@ -131,7 +131,9 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
     project = _project_for_view(project_id)
     member = any(m.user_id == g.user.id for m in project.active_members)
     decisions = svc.decisions(project)
-    team = _team_status(svc, project)
+    agreement = svc.current_agreement()
+    people = _people([m.user_id for m in project.active_members])
+    team = _team_status(svc, project, agreement, people)
     return render_template(
         "projects/show.html",
         title=project.title,
@@ -150,13 +152,13 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
             else []
         ),
         role_labels=rules.COLUMN_ROLE_LABELS,
-        people=_people([m.user_id for m in project.active_members]),
+        people=people,
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
         team=team,
         # The viewer's own line of the team's answers: the same gate, not asked twice.
         my_access=next((row["access"] for row in team if row["member"].user_id == g.user.id), None),
-        agreement=svc.current_agreement(),
+        agreement=agreement,
         extension=svc.pending_extension(project),
         versions=svc.versions(project),
         today=dt.date.today(),
