@@ -20,12 +20,11 @@ import json
 import os
 import pstats
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks import load
-
 
 SHOWN: list[str] = []  # with --show-sql, each statement of one request of every route
 
@@ -82,6 +81,9 @@ def profile_route(app: Any, name: str, send: Callable[[], Any], repeat: int, top
     rows = sorted(((ct, f"{Path(file).name}:{line}({func})") for (file, line, func), (_, _, _, ct, _) in table.items()
                    if func not in {"<built-in method builtins.exec>", "<module>"}), reverse=True)
     interesting = [(ct * 1000 / repeat, where) for ct, where in rows[:top]]
+    own = sorted(((tt, f"{Path(file).name}:{line}({func})") for (file, line, func), (_, _, tt, _, _) in table.items()),
+                 reverse=True)
+    interesting += [(tt * 1000 / repeat, "self: " + where) for tt, where in own[:top]]
     return {"route": name, "cpu_ms": round(cpu_ms, 2), "statements": statements, "sql": shown,
             "top_cumulative_ms": [(round(ms, 2), where) for ms, where in interesting]}
 
