@@ -264,11 +264,17 @@ class Committee(ProjectsKernel):
         return decision
 
     def decisions(self, project: Project) -> list[Decision]:
-        return list(
-            self.session.scalars(
-                select(Decision).where(Decision.project_id == project.id).order_by(Decision.decided_at.desc())
-            )
-        )
+        return self.decisions_of([project.id]).get(project.id, [])
+
+    def decisions_of(self, project_ids: list[str]) -> dict[str, list[Decision]]:
+        """Each project's decisions, newest first, in one statement."""
+        out: dict[str, list[Decision]] = {}
+        if project_ids:
+            for decision in self.session.scalars(
+                select(Decision).where(Decision.project_id.in_(project_ids)).order_by(Decision.decided_at.desc())
+            ):
+                out.setdefault(decision.project_id, []).append(decision)
+        return out
 
     # --- opt-out exemptions -----------------------------------------------------------------------
 

@@ -104,6 +104,62 @@ def gather_facts(
     )
 
 
+def training_expiries(
+    session: Session, user_ids: list[str], course: str = SAFE_RESEARCHER_COURSE
+) -> dict[str, dt.date]:
+    """``training_expiry`` for several people in one statement (people without a record are absent)."""
+    if not user_ids:
+        return {}
+    rows = session.execute(
+        select(TrainingRecord.user_id, func.max(TrainingRecord.expires_on))
+        .where(TrainingRecord.user_id.in_(user_ids), TrainingRecord.course == course)
+        .group_by(TrainingRecord.user_id)
+    )
+    return {user_id: expires for user_id, expires in rows if expires is not None}
+
+
+def gather_team_facts(
+    session: Session, project_id: str, user_ids: list[str], course: str = SAFE_RESEARCHER_COURSE
+) -> dict[str, GateFacts]:
+    """``gather_facts`` for several people of one project, in a number of statements that does not
+    grow with the team (a project page shows every member's access)."""
+    ids = sorted(set(user_ids))
+    project = session.get(Project, project_id) if project_id else None
+    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))} if ids else {}
+    template = current_agreement(session)
+    members: set[str] = set()
+    signed: set[str] = set()
+    if project is not None and ids:
+        members = set(session.scalars(select(ProjectMember.user_id).where(
+            ProjectMember.project_id == project.id, ProjectMember.user_id.in_(ids), ProjectMember.removed_at.is_(None)
+        )))
+        if template is not None:
+            signed = set(session.scalars(select(AgreementSignature.user_id).where(
+                AgreementSignature.template_id == template.id,
+                AgreementSignature.project_id == project.id,
+                AgreementSignature.user_id.in_(ids),
+                AgreementSignature.content_hash == template.content_hash,
+            )))
+    expiries = training_expiries(session, list(users), course)
+    facts = {}
+    for user_id in ids:
+        user = users.get(user_id)
+        facts[user_id] = GateFacts(
+            user_exists=user is not None,
+            user_active=bool(user and user.is_active),
+            mfa_enrolled=bool(user and user.mfa_enrolled),
+            project_exists=project is not None,
+            project_state=project.state if project else None,
+            start_date=project.start_date if project else None,
+            end_date=project.end_date if project else None,
+            active_member=user is not None and user_id in members,
+            agreement_published=template is not None,
+            current_agreement_signed=bool(user and project and user_id in signed),
+            training_expires_on=expiries.get(user_id) if user else None,
+        )
+    return facts
+
+
 def today_utc(now: dt.datetime | None = None) -> dt.date:
     return (now or utcnow()).astimezone(dt.UTC).date()
 
@@ -114,6 +170,18 @@ def check_access(
     """Answer without recording anything. Dates are compared in UTC, inclusive at both ends."""
     reasons = gate_reasons(gather_facts(session, user_id, project_id), today_utc(now))
     return GateDecision(not reasons, reasons)
+
+
+def check_team_access(
+    session: Session, project_id: str, user_ids: list[str], *, now: dt.datetime | None = None
+) -> dict[str, GateDecision]:
+    """``check_access`` for each of several people of one project; answers, records nothing."""
+    today = today_utc(now)
+    decisions = {}
+    for user_id, facts in gather_team_facts(session, project_id, user_ids).items():
+        reasons = gate_reasons(facts, today)
+        decisions[user_id] = GateDecision(not reasons, reasons)
+    return decisions
 
 
 def ask_gate(

@@ -95,21 +95,32 @@ class ApprovedDataset:
 
 
 def approved_datasets(session: Session, project_id: str) -> list[ApprovedDataset]:
+    return approved_datasets_of(session, [project_id]).get(project_id, [])
+
+
+def approved_datasets_of(session: Session, project_ids: list[str]) -> dict[str, list[ApprovedDataset]]:
+    """``approved_datasets`` of several projects in one statement (a list of projects shows them all)."""
+    if not project_ids:
+        return {}
     rows = session.execute(
-        select(ApprovedColumn.dataset_id, ApprovedColumn.column_name).where(ApprovedColumn.project_id == project_id)
+        select(ApprovedColumn.project_id, ApprovedColumn.dataset_id, ApprovedColumn.column_name)
+        .where(ApprovedColumn.project_id.in_(project_ids))
     ).all()
-    by_dataset: dict[str, set[str]] = {}
-    for dataset_id, column in rows:
-        by_dataset.setdefault(dataset_id, set()).add(column)
-    result = []
-    for dataset_id, columns in by_dataset.items():
-        ds = session.get(Dataset, dataset_id)
-        assert ds is not None
-        ordered = [c for c in ds.column_names if c in columns]
-        result.append(
-            ApprovedDataset(ds.id, ds.name, ds.source_kind, ds.source_location, dict(ds.schema_spec), ordered)
-        )
-    return sorted(result, key=lambda d: d.name)
+    by_project: dict[str, dict[str, set[str]]] = {}
+    for project_id, dataset_id, column in rows:
+        by_project.setdefault(project_id, {}).setdefault(dataset_id, set()).add(column)
+    out: dict[str, list[ApprovedDataset]] = {}
+    for project_id, by_dataset in by_project.items():
+        result = []
+        for dataset_id, columns in by_dataset.items():
+            ds = session.get(Dataset, dataset_id)
+            assert ds is not None
+            ordered = [c for c in ds.column_names if c in columns]
+            result.append(
+                ApprovedDataset(ds.id, ds.name, ds.source_kind, ds.source_location, dict(ds.schema_spec), ordered)
+            )
+        out[project_id] = sorted(result, key=lambda d: d.name)
+    return out
 
 
 def approved_columns(session: Session, project_id: str) -> dict[str, list[str]]:

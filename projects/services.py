@@ -35,6 +35,7 @@ from projects.kernel import (  # noqa: F401 - other packages import these from h
     agreement_hash,
     approved_columns,
     approved_datasets,
+    approved_datasets_of,
     project_optout_exemptions,
 )
 from projects.lifecycle import Lifecycle

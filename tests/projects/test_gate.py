@@ -9,8 +9,17 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from projects.gate import AccessRefused, ask_gate, check_access, require_access
-from tests.projects.factories import TODAY, World, approved, build_world, publish_agreement, ready_for_access
+from projects.gate import AccessRefused, ask_gate, check_access, check_team_access, require_access
+from tests.projects.factories import (
+    TODAY,
+    World,
+    approved,
+    build_world,
+    make_user,
+    publish_agreement,
+    ready_for_access,
+)
+from tests.statements import count_statements
 from tre.core.audit import AuditEvent
 from tre.core.db import transaction, utcnow
 
@@ -138,3 +147,33 @@ def test_gate_uses_the_latest_of_several_training_records(w: World) -> None:
     )
 
     assert check_access(w.session, w.member.id, p.id, now=utcnow()).allowed
+
+
+def test_team_answers_equal_the_gate_asked_for_each_person_in_every_situation(w: World) -> None:
+    p = ready_for_access(w)
+    # The member signs the next version and the PI does not; others never joined, one is inactive.
+    new = publish_agreement(w, "Version two: outputs must be checked before release.")
+    w.svc.sign_agreement(w.member, p.id, new.content_hash, w.member.display_name)
+    with transaction(w.session):
+        w.drew.is_active = False
+    people = [w.pi.id, w.member.id, w.dana.id, w.drew.id, w.outsider.id, "nobody"]
+
+    for now in (utcnow(), _at(p.end_date + dt.timedelta(days=1)), _at(TODAY + dt.timedelta(days=400))):
+        team = check_team_access(w.session, p.id, people, now=now)
+
+        assert team == {person: check_access(w.session, person, p.id, now=now) for person in people}
+    assert check_team_access(w.session, "nothing", [w.pi.id]) == {w.pi.id: check_access(w.session, w.pi.id, "nothing")}
+
+
+def test_team_answers_take_the_same_statements_for_two_people_or_ten(w: World) -> None:
+    p = ready_for_access(w)
+    two = [w.pi.id, w.member.id]
+    ten = two + [make_user(w.app, f"extra{n}", ["researcher"]).id for n in range(8)]
+    w.session.commit()
+    check_team_access(w.session, p.id, ten)  # the project itself, loaded once per session
+
+    with_two, _ = count_statements(w.app, lambda: check_team_access(w.session, p.id, two))
+    with_ten, answers = count_statements(w.app, lambda: check_team_access(w.session, p.id, ten))
+
+    assert with_ten == with_two
+    assert [person for person, decision in answers.items() if decision.allowed] == sorted(two)

@@ -17,6 +17,7 @@ from projects.services import (
     APPLICATION_FIELDS,
     Projects,
     approved_columns,
+    approved_datasets_of,
 )
 from tre.access import login_required, requires
 from tre.api import refuse
@@ -218,7 +219,10 @@ class GateDecisionSchema(ma.Schema):
     messages = ma.fields.List(ma.fields.String())
 
 
-def _describe(svc: Projects, project: Project) -> dict[str, Any]:
+def _describe(
+    svc: Projects, project: Project, approved: dict[str, list[str]] | None = None, decisions: list[Any] | None = None
+) -> dict[str, Any]:
+    """One project as the API shows it; a list passes ``approved`` and ``decisions`` read for all at once."""
     out: dict[str, Any] = {k: getattr(project, k) for k in APPLICATION_FIELDS}
     out.update(
         id=project.id,
@@ -227,8 +231,8 @@ def _describe(svc: Projects, project: Project) -> dict[str, Any]:
         current_version=project.current_version,
         members=[{"user_id": m.user_id, "role": m.role} for m in project.active_members],
         requested={r.dataset.name: list(r.columns) for r in project.dataset_requests},
-        approved_columns=approved_columns(svc.session, project.id),
-        decisions=svc.decisions(project),
+        approved_columns=approved_columns(svc.session, project.id) if approved is None else approved,
+        decisions=svc.decisions(project) if decisions is None else decisions,
     )
     return out
 
@@ -269,7 +273,14 @@ def register_dataset(body: dict[str, Any]) -> Any:
 def list_projects() -> Any:
     """The projects the caller is a member of."""
     svc = _svc()
-    return [_describe(svc, p) for p in svc.projects_of(g.user.id)]
+    projects = svc.projects_of(g.user.id)
+    ids = [p.id for p in projects]
+    approved = approved_datasets_of(svc.session, ids)
+    decisions = svc.decisions_of(ids)
+    return [
+        _describe(svc, p, {d.name: d.columns for d in approved.get(p.id, [])}, decisions.get(p.id, []))
+        for p in projects
+    ]
 
 
 @blp.route("/projects", methods=["POST"])

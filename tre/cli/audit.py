@@ -18,17 +18,18 @@ def audit_cli() -> None:
 @click.option(
     "--expect",
     metavar="SEQ:HASH",
+    multiple=True,
     help="A head printed by an earlier verify and kept elsewhere (an external anchor): the event SEQ "
-    "must still be in the chain with this hash.",
+    "must still be in the chain with this hash. Give it once for each lane's head.",
 )
-def audit_verify(expect: str | None = None) -> None:
+def audit_verify(expect: tuple[str, ...] = ()) -> None:
     """Check every link of the audit chain and the chain against its signed checkpoint (so events
     cut off its end are found); report the first problem and exit non-zero."""
     from sqlalchemy import select
 
     from tre.core.audit import AuditEvent, iter_events
 
-    anchor = _parse_anchor(expect) if expect else None
+    anchors = [_parse_anchor(text) for text in expect]
     app = command_app()
     platform = app.extensions["tre.platform"]
     with platform.db.session_factory() as s:
@@ -39,8 +40,7 @@ def audit_verify(expect: str | None = None) -> None:
             f"AUDIT CHAIN BROKEN {where}: {report.problem} ({report.checked} events before it verified)", err=True
         )
         sys.exit(1)
-    if anchor is not None:
-        seq, expected_hash = anchor
+    for seq, expected_hash in anchors:
         with platform.db.session_factory() as s:
             found = s.scalar(select(AuditEvent.chain_hash).where(AuditEvent.seq == seq))
         if found != expected_hash:
@@ -52,8 +52,9 @@ def audit_verify(expect: str | None = None) -> None:
         click.echo(f"checkpoint of {report.checkpoint.at}: {report.checkpoint.count} events, matched")
     else:
         click.echo("no checkpoint yet: events cut off the end could not be checked")
-    if report.head is not None:
-        click.echo(f"head (keep it elsewhere, check later with --expect): {report.checked}:{report.head}")
+    for lane, seq, chain_hash in report.heads:
+        # One chain per lane (ADR 0016): each lane's last event is a head worth keeping.
+        click.echo(f"head of lane {lane} (keep it elsewhere, check later with --expect): {seq}:{chain_hash}")
 
 
 def _parse_anchor(text: str) -> tuple[int, str]:

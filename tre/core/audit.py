@@ -8,14 +8,19 @@ to the database but does not hold the key cannot edit, delete, insert or reorder
 ``verify_chain`` finding the first broken link. Events carry no foreign keys, so they never block
 deleting live rows, and they hold ids, never names, NHS numbers or secrets.
 
-The chain admits one writer at a time, so ``record`` only queues the event on the session; just
-before the transaction commits, ``write_pending`` takes the chain's lock, links the queued events
-onto the chain's end and inserts them. The lock is held for that moment and the commit, not for
-the whole request, and a transaction that records nothing never takes it. A rollback (of the
-transaction, or of the savepoint an event was recorded in) discards what was queued.
+The log is a small number of chains, *lanes* (docs/adr/0016-audit-chain-lanes.md): each event
+belongs to one lane and links to the previous event of that lane (``lane_seq`` counts from 1 in
+each lane without gaps), and ``seq`` orders all events. A lane admits one writer at a time, so
+``record`` only queues the event on the session; just before the transaction commits,
+``write_pending`` takes a free lane (on PostgreSQL the first of ``CHAIN_LANES`` advisory locks
+nobody holds, so concurrent commits no longer queue behind one lock; SQLite has one writer anyway
+and uses lane 0 alone), links the queued events onto that lane's end and inserts them. The lock
+is held for that moment and the commit, and a transaction that records nothing never takes it. A
+rollback (of the transaction, or of the savepoint an event was recorded in) discards what was
+queued.
 
 The chain alone cannot show that events were cut off its end: a shorter chain is still a valid
-chain. So after every commit that wrote events, the chain's length and head are written to a signed
+chain. So after every commit that wrote events, each lane's length and head are written to a signed
 checkpoint kept outside the database (``CheckpointFile``, in the instance folder, signed with a key
 derived by the key provider); ``verify`` reads it first and reports a chain that ends before the
 checkpoint, or differs from it at the checkpoint's event, as truncated or rewritten
@@ -30,21 +35,36 @@ import hmac
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DDL, BigInteger, Index, Integer, String, event, select, text
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, scoped_session
 
 from tre.core.db import Base, utcnow
 
 GENESIS = "0" * 64
 CHAIN_KEY_PURPOSE = "audit-chain"
-CHAIN_LOCK_ID = 7340031  # PostgreSQL advisory lock that admits one chain writer at a time
+CHAIN_LOCK_ID = 7340031  # PostgreSQL advisory locks (CHAIN_LOCK_ID, lane): one writer per lane
+CHAIN_LANES = 8  # lanes on PostgreSQL: commits of audited writes run this many at once
 _PENDING = "tre_audit_pending"  # session.info key of the events waiting for the commit
-_HEAD = "tre_audit_head"  # session.info key of the chain's new head, for the checkpoint after commit
+_HEAD = "tre_audit_head"  # session.info key of the lane's new head, for the checkpoint after commit
+_LANE = "tre_audit_lane"  # session.info key of the lane this transaction holds
 CHECKPOINT_KEY_PURPOSE = "audit-checkpoint"
 CHECKPOINT_FILE = "audit-checkpoint.json"
 
@@ -59,6 +79,7 @@ class AuditEvent(Base):
         Index("ix_audit_events_actor_time", "actor_id", "occurred_at"),
         Index("ix_audit_events_project_time", "project_id", "occurred_at"),
         Index("ix_audit_events_action", "action"),
+        UniqueConstraint("lane", "lane_seq"),  # two writers can never fork a lane
     )
 
     # An integer sequence gives the chain its order; SQLite needs INTEGER for autoincrement.
@@ -76,6 +97,11 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     chain_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The lane the event was chained in and its place there (1, 2, ... without gaps). Not part of
+    # the hashed content (events before lanes existed are all lane 0 with lane_seq = seq): moving an
+    # event to another lane or place breaks the links around it.
+    lane: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
+    lane_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
 
 
 # The database refuses changes to written events, on both backends. (The chain still catches
@@ -133,24 +159,40 @@ class CheckpointError(Exception):
     """The checkpoint file exists but cannot be read, or its signature does not hold."""
 
 
+@dataclass(frozen=True, order=True)
+class LaneHead:
+    """The end of one lane: how many events it holds and the last one's chain hash."""
+
+    lane: int
+    lane_seq: int
+    head: str
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """What the chain looked like after a commit: its last event and how many events it held."""
+    """What the chain looked like after a commit: the head of every lane written so far."""
 
-    seq: int
-    head: str
-    count: int
+    lanes: tuple[LaneHead, ...]  # sorted by lane
     at: str  # UTC, ISO 8601
 
+    @property
+    def count(self) -> int:
+        """Events the checkpoint counts (each lane's events are numbered from 1 without gaps)."""
+        return sum(h.lane_seq for h in self.lanes)
+
+    def lane(self, lane: int) -> LaneHead | None:
+        return next((h for h in self.lanes if h.lane == lane), None)
+
     def body(self) -> bytes:
-        return json.dumps([self.seq, self.head, self.count, self.at], separators=(",", ":")).encode()
+        lanes = [[h.lane, h.lane_seq, h.head] for h in self.lanes]
+        return json.dumps(["lanes", lanes, self.at], separators=(",", ":")).encode()
 
 
 class CheckpointFile:
     """The signed checkpoint, one small JSON file rewritten atomically after each commit with events.
 
-    Writers in several threads and processes take an advisory file lock and only ever move the
-    checkpoint forward, so a commit that finishes late never replaces a newer checkpoint.
+    Writers in several threads and processes take an advisory file lock and only ever move a lane's
+    head forward, so a commit that finishes late never replaces a newer head.
     """
 
     def __init__(self, path: Path | str, key: bytes) -> None:
@@ -160,25 +202,32 @@ class CheckpointFile:
     def __repr__(self) -> str:
         return f"CheckpointFile({self.path})"
 
-    def _sign(self, checkpoint: Checkpoint) -> str:
-        return hmac.new(self._key, checkpoint.body(), hashlib.sha256).hexdigest()
+    def _sign(self, body: bytes) -> str:
+        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
     def read(self) -> Checkpoint | None:
         """The current checkpoint, None when none was written yet; CheckpointError if it is not valid."""
         try:
             raw = json.loads(self.path.read_bytes())
-            checkpoint = Checkpoint(int(raw["seq"]), str(raw["head"]), int(raw["count"]), str(raw["at"]))
             signature = str(raw["signature"])
+            if "lanes" in raw:
+                lanes = tuple(sorted(LaneHead(int(a), int(b), str(c)) for a, b, c in raw["lanes"]))
+                checkpoint = Checkpoint(lanes, str(raw["at"]))
+                body = checkpoint.body()
+            else:  # written before lanes (ADR 0011): one chain, which is lane 0
+                seq, head, count, at = int(raw["seq"]), str(raw["head"]), int(raw["count"]), str(raw["at"])
+                checkpoint = Checkpoint((LaneHead(0, seq, head),), at)
+                body = json.dumps([seq, head, count, at], separators=(",", ":")).encode()
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"the audit checkpoint {self.path} cannot be read") from exc
-        if not hmac.compare_digest(self._sign(checkpoint), signature):
+        if not hmac.compare_digest(self._sign(body), signature):
             raise CheckpointError(f"the audit checkpoint {self.path} is not signed with this instance's key")
         return checkpoint
 
-    def advance(self, seq: int, head: str) -> bool:
-        """Write a checkpoint at ``seq`` unless the file already holds one at or beyond it."""
+    def advance(self, lane: int, lane_seq: int, head: str) -> bool:
+        """Record ``head`` as the end of ``lane`` unless the file already holds that lane at or beyond it."""
         import fcntl  # POSIX only, like the rest of the service
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,11 +238,15 @@ class CheckpointFile:
                 current = self.read()
             except CheckpointError:
                 current = None  # rewritten below; verify reported it while it was broken
-            if current is not None and current.seq >= seq:
+            heads = {h.lane: h for h in current.lanes} if current is not None else {}
+            known = heads.get(lane)
+            if known is not None and known.lane_seq >= lane_seq:
                 return False
+            heads[lane] = LaneHead(lane, lane_seq, head)
             at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            checkpoint = Checkpoint(seq, head, seq, at)  # seq counts from 1 without gaps
-            data = {"seq": seq, "head": head, "count": seq, "at": at, "signature": self._sign(checkpoint)}
+            checkpoint = Checkpoint(tuple(sorted(heads.values())), at)
+            data = {"lanes": [[h.lane, h.lane_seq, h.head] for h in checkpoint.lanes], "count": checkpoint.count,
+                    "at": at, "signature": self._sign(checkpoint.body())}
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -211,12 +264,12 @@ class AuditLog:
         self,
         chain_key: bytes,
         checkpoints: CheckpointFile | None = None,
-        latest_seq: Callable[[], int | None] | None = None,
+        lane_lengths: Callable[[], dict[int, int]] | None = None,
     ) -> None:
         self._key = chain_key
         self.checkpoints = checkpoints
-        # The table's last seq, read on a connection of its own (see ``verify``).
-        self._latest_seq = latest_seq
+        # Each lane's last lane_seq in the table, read on a connection of its own (see ``verify``).
+        self._lane_lengths = lane_lengths
 
     def __repr__(self) -> str:
         return "AuditLog(<key hidden>)"
@@ -270,16 +323,14 @@ class AuditLog:
         except CheckpointError as exc:
             return ChainReport(0, False, None, str(exc))
         report = verify_chain(self._key, events, checkpoint)
-        if report.ok or checkpoint is None or report.checked >= checkpoint.count or self._latest_seq is None:
-            return report
-        if report.first_broken_seq != report.checked + 1 or not (report.problem or "").startswith("truncated"):
+        if report.ok or checkpoint is None or self._lane_lengths is None or not report.truncated:
             return report
         # The events may have been read in a transaction that began before the checkpoint's commit
-        # (a caller's long-open session): if the table, read afresh, still reaches the checkpoint,
-        # nothing was cut off; the events read were verified, the checkpoint's are not in them.
-        latest = self._latest_seq()
-        if latest is not None and latest >= checkpoint.seq:
-            return ChainReport(report.checked, True, head=report.head)
+        # (a caller's long-open session): if the table, read afresh, still reaches the checkpoint in
+        # every lane, nothing was cut off; the events read were verified, the checkpoint's are not in them.
+        lengths = self._lane_lengths()
+        if all(lengths.get(h.lane, 0) >= h.lane_seq for h in checkpoint.lanes):
+            return ChainReport(report.checked, True, heads=report.heads)
         return report
 
 
@@ -302,25 +353,35 @@ def write_pending(session: Session) -> None:
     session = _real(session)
     if not session.info.get(_PENDING):
         return
-    session.flush()  # the caller's own changes first, so the chain's lock is not held for them
-    _lock_chain(session)
+    session.flush()  # the caller's own changes first, so the lane's lock is not held for them
+    lane = _take_lane(session)
+    postgres = session.get_bind().dialect.name == "postgresql"
     last = session.execute(
-        select(AuditEvent.seq, AuditEvent.chain_hash).order_by(AuditEvent.seq.desc()).limit(1)
+        select(AuditEvent.lane_seq, AuditEvent.chain_hash)
+        .where(AuditEvent.lane == lane).order_by(AuditEvent.lane_seq.desc()).limit(1)
     ).first()
-    seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+    lane_seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
     while queue := session.info.pop(_PENDING, None):
-        for queued in queue:
+        if postgres:  # the column's own sequence: no lock across lanes (a rollback leaves a gap in seq)
+            seqs = list(session.scalars(
+                text("SELECT nextval(pg_get_serial_sequence('audit_events', 'seq')) FROM generate_series(1, :n)"),
+                {"n": len(queue)},
+            ))
+        else:  # one writer at a time (BEGIN IMMEDIATE): the next numbers after the table's last
+            top = session.scalar(select(func.max(AuditEvent.seq))) or 0
+            seqs = list(range(top + 1, top + 1 + len(queue)))
+        for queued, seq in zip(queue, seqs, strict=True):
             ev = queued.row
-            seq += 1
+            lane_seq += 1
             content = _canonical(
                 seq, ev.occurred_at, ev.actor_id, ev.action, ev.outcome, ev.target_type, ev.target_id,
                 ev.project_id, ev.request_id, ev.detail,
             )
-            ev.seq, ev.prev_hash = seq, prev_hash
+            ev.seq, ev.lane, ev.lane_seq, ev.prev_hash = seq, lane, lane_seq, prev_hash
             ev.chain_hash = prev_hash = link_hash(queued.key, prev_hash, content)
             session.add(ev)
             if queued.checkpoints is not None:
-                session.info[_HEAD] = (queued.checkpoints, seq, prev_hash)
+                session.info[_HEAD] = (queued.checkpoints, lane, lane_seq, prev_hash)
         session.flush()
 
 
@@ -336,9 +397,9 @@ def _checkpoint_after_commit(session: Session) -> None:
     head = session.info.pop(_HEAD, None)
     if head is None:
         return
-    checkpoints, seq, chain_hash = head
+    checkpoints, lane, lane_seq, chain_hash = head
     try:
-        checkpoints.advance(seq, chain_hash)
+        checkpoints.advance(lane, lane_seq, chain_hash)
     except OSError:
         # The events are committed; a checkpoint that lags behind only narrows what verify can
         # prove, so the request is not failed for it. The next commit writes it again.
@@ -364,6 +425,7 @@ def _forget_when_transaction_ends(session: Session, ended: SessionTransaction) -
     if ended.parent is None:
         session.info.pop(_PENDING, None)  # written at commit, or discarded by rollback or close
         session.info.pop(_HEAD, None)
+        session.info.pop(_LANE, None)  # the transaction's end released the lane's lock
 
 
 def _real(session: Session | scoped_session[Session]) -> Session:
@@ -384,11 +446,28 @@ def _plain(detail: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(detail, sort_keys=True, default=str))
 
 
-def _lock_chain(session: Session) -> None:
-    """Serialise writers so two transactions never chain onto the same previous event."""
+def _take_lane(session: Session) -> int:
+    """Lock a lane for this transaction, so no one else chains onto the same previous event, and
+    return it. PostgreSQL: the first lane whose advisory lock is free (uncontended writes all go to
+    lane 0), waiting only when all ``CHAIN_LANES`` are taken. SQLite: lane 0, as every transaction
+    begins IMMEDIATE (see tre.core.db), which already admits one writer at a time."""
+    held = session.info.get(_LANE)
+    if held is not None:
+        return int(held)
+    lane = 0
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHAIN_LOCK_ID})
-    # SQLite: every transaction begins IMMEDIATE (see tre.core.db), which already serialises writers.
+        free = session.scalar(
+            text("SELECT lane FROM generate_series(0, :n - 1) AS lane "
+                 "WHERE pg_try_advisory_xact_lock(:id, lane) LIMIT 1"),
+            {"n": CHAIN_LANES, "id": CHAIN_LOCK_ID},
+        )
+        if free is None:
+            lane = secrets.randbelow(CHAIN_LANES)
+            session.execute(text("SELECT pg_advisory_xact_lock(:id, :lane)"), {"id": CHAIN_LOCK_ID, "lane": lane})
+        else:
+            lane = int(free)
+    session.info[_LANE] = lane
+    return lane
 
 
 @dataclass(frozen=True)
@@ -397,21 +476,28 @@ class ChainReport:
     ok: bool
     first_broken_seq: int | None = None
     problem: str | None = None
-    head: str | None = None  # the last event's chain hash, for an external anchor
+    heads: tuple[tuple[int, int, str], ...] = ()  # (lane, seq, chain hash) of each lane's last event
     checkpoint: Checkpoint | None = None
+    truncated: bool = False  # a lane ends before the checkpoint's head
+
+    @property
+    def head(self) -> str | None:
+        """The chain hash of the last event written (the highest seq), for an external anchor."""
+        return max(self.heads, key=lambda h: h[1])[2] if self.heads else None
 
 
 def verify_chain(key: bytes, events: Iterable[AuditEvent], checkpoint: Checkpoint | None = None) -> ChainReport:
-    """Walk events in sequence order and report the first one whose link does not hold.
+    """Walk events in ``seq`` order and report the first one whose link in its lane does not hold.
 
-    With a checkpoint, the chain must also reach the checkpoint's event and hold its hash there.
+    Each lane must run 1, 2, 3... with every event linked to the one before it in the lane. With a
+    checkpoint, every lane it names must also reach the checkpoint's head and hold its hash there.
     """
-    prev_hash = GENESIS
-    expected_seq = 1
+    lanes: dict[int, tuple[int, str, int]] = {}  # lane: (events seen, last chain hash, last seq)
     checked = 0
     for ev in events:
-        if ev.seq != expected_seq:
-            problem = "an event is missing before this one" if ev.seq > expected_seq else "events out of order"
+        seen, prev_hash, _ = lanes.get(ev.lane, (0, GENESIS, 0))
+        if ev.lane_seq != seen + 1:
+            problem = "an event is missing before this one" if ev.lane_seq > seen + 1 else "events out of order"
             return ChainReport(checked, False, ev.seq, problem)
         if ev.prev_hash != prev_hash:
             return ChainReport(checked, False, ev.seq, "does not follow the previous event")
@@ -421,27 +507,35 @@ def verify_chain(key: bytes, events: Iterable[AuditEvent], checkpoint: Checkpoin
         )
         if not hmac.compare_digest(link_hash(key, prev_hash, content), ev.chain_hash):
             return ChainReport(checked, False, ev.seq, "content was changed or the event was forged")
-        if checkpoint is not None and ev.seq == checkpoint.seq and ev.chain_hash != checkpoint.head:
+        mark = checkpoint.lane(ev.lane) if checkpoint is not None else None
+        if mark is not None and ev.lane_seq == mark.lane_seq and ev.chain_hash != mark.head:
             return ChainReport(checked, False, ev.seq, "the chain was rebuilt: it differs from the checkpoint here")
-        prev_hash = ev.chain_hash
-        expected_seq += 1
+        lanes[ev.lane] = (ev.lane_seq, ev.chain_hash, ev.seq)
         checked += 1
-    if checkpoint is not None and checked < checkpoint.count:
+    heads = tuple((lane, seq, chain_hash) for lane, (_, chain_hash, seq) in sorted(lanes.items()))
+    short = [h for h in (checkpoint.lanes if checkpoint is not None else ()) if lanes.get(h.lane, (0,))[0] < h.lane_seq]
+    if checkpoint is not None and short:
+        held = sum(n for n, _, _ in lanes.values())
         problem = (
             f"truncated: the checkpoint of {checkpoint.at} counts {checkpoint.count} events, "
-            f"the chain holds {checked}"
+            f"the chain holds {held}"
+            + ("" if checkpoint.lanes == (short[0],) and short[0].lane == 0 else
+               f" (lanes {', '.join(str(h.lane) for h in short)} end early)")
         )
-        return ChainReport(checked, False, checked + 1, problem, head=prev_hash if checked else None,
-                           checkpoint=checkpoint)
-    head = prev_hash if checked else None
-    return ChainReport(checked, True, head=head, checkpoint=checkpoint)
+        after = max((seq for _, _, seq in lanes.values()), default=0) + 1
+        return ChainReport(checked, False, after, problem, heads=heads, checkpoint=checkpoint, truncated=True)
+    return ChainReport(checked, True, heads=heads, checkpoint=checkpoint)
 
 
 def iter_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
-    """Every event in chain order, read in batches so a long log does not fill memory.
+    """Every event in ``seq`` order, read in batches so a long log does not fill memory.
 
-    Give it a session of its own: it expunges what it has read as it goes.
+    Give it a session of its own: it expunges what it has read as it goes. On PostgreSQL the batches
+    are read in one REPEATABLE READ snapshot: lanes commit independently, so an event can become
+    visible after one with a higher ``seq``, and batches read at different moments could skip it.
     """
+    if session.get_bind().dialect.name == "postgresql" and session.get_transaction() is None:
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     last = 0
     while True:
         rows = session.scalars(

@@ -110,19 +110,18 @@ def build_platform(settings: Settings, db: Database) -> Platform:
         ring, issuer=settings.public_url, is_revoked=is_revoked, consume=consume, generation_of=generation_of
     )
     checkpoints = CheckpointFile(settings.instance_path / CHECKPOINT_FILE, keys.derive_key(CHECKPOINT_KEY_PURPOSE))
-    def latest_seq() -> int | None:
+    def lane_lengths() -> dict[int, int]:
         # A bare DBAPI connection: on SQLite it reads without BEGIN IMMEDIATE, so it never waits
         # for the write lock a caller's open session may hold.
         raw = db.engine.raw_connection()
         try:
             cursor = raw.cursor()
-            cursor.execute("SELECT max(seq) FROM audit_events")
-            row = cursor.fetchone()
-            return int(row[0]) if row and row[0] is not None else None
+            cursor.execute("SELECT lane, max(lane_seq) FROM audit_events GROUP BY lane")
+            return {int(lane): int(length) for lane, length in cursor.fetchall()}
         finally:
             raw.close()
 
-    return Platform(settings, db, keys, AuditLog(chain_key, checkpoints, latest_seq), files, tokens)
+    return Platform(settings, db, keys, AuditLog(chain_key, checkpoints, lane_lengths), files, tokens)
 
 
 def revoke_token(db: Database, jti: str, expires_at: dt.datetime) -> None:

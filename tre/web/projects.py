@@ -14,7 +14,7 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from sqlalchemy import select
 
 from projects import rules
-from projects.gate import check_access
+from projects.gate import check_team_access, training_expiries
 from projects.models import AgreementTemplate, Dataset, Project
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
@@ -102,22 +102,23 @@ def new() -> Any:
     return render_template("projects/new.html", title="Start an application", error=error), (400 if error else 200)
 
 
-def _team_status(svc: Projects, project: Project) -> list[dict[str, Any]]:
-    template = svc.current_agreement()
+def _team_status(
+    svc: Projects, project: Project, template: Any, people: dict[str, User]
+) -> list[dict[str, Any]]:
     signed = {s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id}
-    people = _people([m.user_id for m in project.active_members])
-    rows = []
-    for m in project.active_members:
-        rows.append(
-            {
-                "member": m,
-                "person": people.get(m.user_id),
-                "signed": m.user_id in signed,
-                "training": svc.training_expiry(m.user_id),
-                "access": check_access(svc.session, m.user_id, project.id),
-            }
-        )
-    return rows
+    ids = [m.user_id for m in project.active_members]
+    training = training_expiries(svc.session, ids, svc.policy.training_course)
+    access = check_team_access(svc.session, project.id, ids)
+    return [
+        {
+            "member": m,
+            "person": people.get(m.user_id),
+            "signed": m.user_id in signed,
+            "training": training.get(m.user_id),
+            "access": access[m.user_id],
+        }
+        for m in project.active_members
+    ]
 
 
 @bp.get("/<project_id>")
@@ -131,6 +132,9 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
     project = _project_for_view(project_id)
     member = any(m.user_id == g.user.id for m in project.active_members)
     decisions = svc.decisions(project)
+    agreement = svc.current_agreement()
+    people = _people([m.user_id for m in project.active_members])
+    team = _team_status(svc, project, agreement, people)
     return render_template(
         "projects/show.html",
         title=project.title,
@@ -150,12 +154,13 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         ),
         role_labels=rules.COLUMN_ROLE_LABELS,
         becomes=column_outcomes(r.dataset for r in project.dataset_requests),
-        people=_people([m.user_id for m in project.active_members]),
+        people=people,
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
-        team=_team_status(svc, project),
-        my_access=check_access(svc.session, g.user.id, project.id) if member else None,
-        agreement=svc.current_agreement(),
+        team=team,
+        # The viewer's own line of the team's answers: the same gate, not asked twice.
+        my_access=next((row["access"] for row in team if row["member"].user_id == g.user.id), None),
+        agreement=agreement,
         extension=svc.pending_extension(project),
         versions=svc.versions(project),
         today=dt.date.today(),

@@ -17,11 +17,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 
 from tre.core.audit import (
+    CHAIN_LANES,
     CHAIN_LOCK_ID,
     GENESIS,
     AuditEvent,
     AuditLog,
     CheckpointFile,
+    LaneHead,
     iter_events,
     write_pending,
 )
@@ -232,7 +234,9 @@ def test_events_written_early_can_be_read_back_inside_the_transaction(app: Any, 
     assert _verify(app, log).checked == 2
 
 
-def test_concurrent_writers_build_one_gapless_chain(app: Any, log: AuditLog) -> None:
+def test_concurrent_writers_build_gapless_lanes_with_each_transaction_linked_together(
+    app: Any, log: AuditLog
+) -> None:
     db = app.extensions["tre.db"]
     writers, rounds = 8, 12
     start = threading.Barrier(writers)
@@ -263,12 +267,16 @@ def test_concurrent_writers_build_one_gapless_chain(app: Any, log: AuditLog) -> 
     report = _verify(app, log)
     assert report.ok and report.checked == expected
     with db.session_factory() as s:
-        rows = s.execute(select(AuditEvent.seq, AuditEvent.action, AuditEvent.actor_id, AuditEvent.detail)
-                         .order_by(AuditEvent.seq)).all()
-    assert [r.seq for r in rows] == list(range(1, expected + 1))
+        rows = s.execute(select(AuditEvent.lane, AuditEvent.lane_seq, AuditEvent.seq, AuditEvent.action,
+                                AuditEvent.actor_id, AuditEvent.detail)
+                         .order_by(AuditEvent.lane, AuditEvent.lane_seq)).all()
+    assert len({r.seq for r in rows}) == expected
+    for lane in {r.lane for r in rows}:
+        assert [r.lane_seq for r in rows if r.lane == lane] == list(range(1, sum(r.lane == lane for r in rows) + 1))
     # A transaction's events are linked together: each follow-up comes right after its own event.
     for previous, row in zip(rows, rows[1:], strict=False):
         if row.action == "thing.followed":
+            assert previous.lane == row.lane
             assert (previous.action, previous.actor_id, previous.detail) == ("thing.happened", row.actor_id, row.detail)
 
 
@@ -311,7 +319,8 @@ def test_open_transaction_with_a_recorded_event_does_not_block_another_writer(ap
 def test_chain_lock_is_taken_at_commit_and_only_when_something_was_recorded(app: Any, log: AuditLog) -> None:
     db = app.extensions["tre.db"]
     with db.engine.connect() as other_writer:
-        other_writer.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": CHAIN_LOCK_ID})
+        other_writer.execute(text("SELECT pg_advisory_xact_lock(:id, lane) FROM generate_series(0, :n - 1) AS lane"),
+                             {"id": CHAIN_LOCK_ID, "n": CHAIN_LANES})  # every lane taken
 
         with db.session_factory() as s, transaction(s):
             s.execute(text("SET LOCAL lock_timeout = '1s'"))
@@ -339,16 +348,16 @@ def _checkpointed_log(app: Any) -> AuditLog:
     path = app.extensions["tre.platform"].settings.instance_path / "test-checkpoint.json"
     engine = app.extensions["tre.db"].engine
 
-    def latest_seq() -> int | None:
+    def lane_lengths() -> dict[int, int]:
         raw = engine.raw_connection()  # as the platform does: no BEGIN IMMEDIATE on SQLite
         try:
             cursor = raw.cursor()
-            cursor.execute("SELECT max(seq) FROM audit_events")
-            return cursor.fetchone()[0]
+            cursor.execute("SELECT lane, max(lane_seq) FROM audit_events GROUP BY lane")
+            return dict(cursor.fetchall())
         finally:
             raw.close()
 
-    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY), latest_seq)
+    return AuditLog(KEY, CheckpointFile(path, CHECKPOINT_KEY), lane_lengths)
 
 
 def test_events_read_before_a_later_checkpoint_are_not_called_truncated(app: Any) -> None:
@@ -384,8 +393,8 @@ def test_checkpoint_follows_every_commit_that_wrote_events(app: Any) -> None:
     checkpoint = log.checkpoints.read()
     report = _verify(app, log)
 
-    assert checkpoint is not None and (checkpoint.seq, checkpoint.count) == (3, 3)
-    assert report.ok and report.head == checkpoint.head
+    assert checkpoint is not None and checkpoint.count == 3
+    assert report.ok and checkpoint.lanes == (LaneHead(0, 3, report.head or ""),)
 
 
 def test_chain_rebuilt_with_the_chain_key_is_reported_at_the_checkpoint(app: Any) -> None:
@@ -395,10 +404,12 @@ def test_chain_rebuilt_with_the_chain_key_is_reported_at_the_checkpoint(app: Any
     _write(app, log, 6)
     _tamper(app, "DELETE FROM audit_events WHERE seq > 4")
     _write(app, AuditLog(KEY), 2)
+    with app.extensions["tre.db"].session_factory() as s:
+        sixth = s.scalar(select(AuditEvent.seq).where(AuditEvent.lane_seq == 6))
 
     report = _verify(app, log)
 
-    assert not report.ok and report.first_broken_seq == 6 and "rebuilt" in (report.problem or "")
+    assert not report.ok and report.first_broken_seq == sixth and "rebuilt" in (report.problem or "")
 
 
 def test_edited_checkpoint_is_refused(app: Any) -> None:
@@ -408,7 +419,7 @@ def test_edited_checkpoint_is_refused(app: Any) -> None:
     assert log.checkpoints is not None
     path = log.checkpoints.path
     forged = json.loads(path.read_text())
-    forged["seq"] = forged["count"] = 2  # the attacker lowers the count to match the cut chain
+    forged["lanes"][0][1] = forged["count"] = 2  # the attacker lowers the count to match the cut chain
     path.write_text(json.dumps(forged))
 
     report = _verify(app, log)
@@ -419,11 +430,13 @@ def test_edited_checkpoint_is_refused(app: Any) -> None:
 def test_checkpoint_never_moves_back(tmp_path: Any) -> None:
     checkpoints = CheckpointFile(tmp_path / "cp.json", CHECKPOINT_KEY)
 
-    assert checkpoints.advance(10, "a" * 64)
-    assert not checkpoints.advance(9, "b" * 64)  # a commit that finished late
+    assert checkpoints.advance(0, 10, "a" * 64)
+    assert not checkpoints.advance(0, 9, "b" * 64)  # a commit that finished late
+    assert checkpoints.advance(1, 3, "c" * 64)  # another lane moves on its own
 
-    current = checkpoints.read()
-    assert current is not None and (current.seq, current.head) == (10, "a" * 64)
+    current = checkpoint_lanes = checkpoints.read()
+    assert current is not None and current.lanes == (LaneHead(0, 10, "a" * 64), LaneHead(1, 3, "c" * 64))
+    assert checkpoint_lanes is not None and checkpoint_lanes.count == 13
 
 
 def test_rolled_back_events_leave_the_checkpoint_alone(app: Any) -> None:
@@ -437,5 +450,227 @@ def test_rolled_back_events_leave_the_checkpoint_alone(app: Any) -> None:
 
     assert log.checkpoints is not None
     checkpoint = log.checkpoints.read()
-    assert checkpoint is not None and checkpoint.seq == 2
+    assert checkpoint is not None and checkpoint.count == 2
+    assert _verify(app, log).ok
+
+
+# --- lanes: several chains, so concurrent commits on PostgreSQL do not queue behind one lock ------
+
+
+def _write_in_lane(app: Any, log: AuditLog, lane: int, n: int, actor: str = "u") -> None:
+    """Events chained in a chosen lane, as a transaction that found that lane free would chain them."""
+    db = app.extensions["tre.db"]
+    for i in range(n):
+        with db.session_factory() as s, transaction(s):
+            s.info["tre_audit_lane"] = lane
+            log.record(s, "thing.happened", actor_id=f"{actor}{lane}-{i}", detail={"i": i})
+
+
+def _interleaved_lanes(app: Any, log: AuditLog) -> None:
+    for _ in range(3):
+        for lane in (0, 1, 2):
+            _write_in_lane(app, log, lane, 2)
+
+
+def _seq_of(app: Any, lane: int, lane_seq: int) -> int:
+    with app.extensions["tre.db"].session_factory() as s:
+        seq = s.scalar(select(AuditEvent.seq).where(AuditEvent.lane == lane, AuditEvent.lane_seq == lane_seq))
+    assert seq is not None
+    return int(seq)
+
+
+def test_chain_of_several_lanes_verifies(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _interleaved_lanes(app, log)
+
+    report = _verify(app, log)
+
+    assert report.ok and report.checked == 18
+    assert [lane for lane, _, _ in report.heads] == [0, 1, 2]
+    assert report.checkpoint is not None and report.checkpoint.count == 18
+
+
+@pytest.mark.parametrize(
+    ("sql", "broken_lane", "broken_lane_seq"),
+    [
+        ("UPDATE audit_events SET actor_id = 'someone-else' WHERE lane = 1 AND lane_seq = 3", 1, 3),
+        ("DELETE FROM audit_events WHERE lane = 2 AND lane_seq = 2", 2, 3),
+        ("UPDATE audit_events SET lane = 2, lane_seq = 99 WHERE lane = 1 AND lane_seq = 4", 1, 4),
+        ("UPDATE audit_events SET lane_seq = lane_seq + 100 WHERE lane = 2 AND lane_seq = 1", 2, 1),
+    ],
+    ids=["edited-in-lane-1", "deleted-from-lane-2", "moved-to-another-lane", "renumbered-in-its-lane"],
+)
+def test_tampering_in_any_lane_is_reported_at_its_first_broken_link(
+    app: Any, sql: str, broken_lane: int, broken_lane_seq: int
+) -> None:
+    log = _checkpointed_log(app)
+    _interleaved_lanes(app, log)
+    # Where the report must point: the first event, in seq order, whose link no longer holds (the
+    # moved or renumbered event itself, which keeps its seq).
+    where = _seq_of(app, broken_lane, broken_lane_seq)
+    _tamper(app, sql)
+
+    report = _verify(app, log)
+
+    assert not report.ok
+    assert report.first_broken_seq == where
+
+
+def test_swapping_the_seq_of_events_in_two_lanes_is_detected(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _interleaved_lanes(app, log)
+    first, second = _seq_of(app, 0, 3), _seq_of(app, 1, 3)
+    _tamper(app, f"UPDATE audit_events SET seq = 999 WHERE seq = {first}")
+    with app.extensions["tre.db"].engine.begin() as conn:
+        conn.execute(text(f"UPDATE audit_events SET seq = {first} WHERE seq = {second}"))
+        conn.execute(text(f"UPDATE audit_events SET seq = {second} WHERE seq = 999"))
+
+    report = _verify(app, log)
+
+    assert not report.ok and report.first_broken_seq == first
+
+
+def test_cutting_the_end_of_one_lane_is_reported_against_the_checkpoint(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _interleaved_lanes(app, log)
+    _tamper(app, "DELETE FROM audit_events WHERE lane = 1 AND lane_seq > 4")  # lane 1's last two
+
+    report = _verify(app, log)
+
+    assert not report.ok and report.truncated
+    assert report.problem is not None and "lanes 1 end early" in report.problem and "18" in report.problem
+
+
+def test_deleting_a_whole_lane_is_reported_against_the_checkpoint(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _interleaved_lanes(app, log)
+    _tamper(app, "DELETE FROM audit_events WHERE lane = 2")
+
+    report = _verify(app, log)
+
+    assert not report.ok and report.truncated and "lanes 2 end early" in (report.problem or "")
+
+
+def test_checkpoint_written_before_lanes_is_read_as_lane_zero(app: Any) -> None:
+    # An instance upgraded from a version with one chain keeps its checkpoint file as it was.
+    import hashlib
+    import hmac
+
+    log = _checkpointed_log(app)
+    _write(app, log, 3)
+    assert log.checkpoints is not None
+    head = _verify(app, log).head
+    body = json.dumps([3, head, 3, "2026-12-05T00:00:00.000000Z"], separators=(",", ":")).encode()
+    old = {"seq": 3, "head": head, "count": 3, "at": "2026-12-05T00:00:00.000000Z",
+           "signature": hmac.new(CHECKPOINT_KEY, body, hashlib.sha256).hexdigest()}
+    log.checkpoints.path.write_text(json.dumps(old))
+
+    assert _verify(app, log).ok
+    _tamper(app, "DELETE FROM audit_events WHERE seq = 3")
+    assert _verify(app, log).truncated
+
+
+def _wait_until(condition: Any, what: str, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_writer_committing_while_another_holds_lane_zero_takes_another_lane_without_waiting(
+    app: Any,
+) -> None:
+    log = _checkpointed_log(app)
+    db = app.extensions["tre.db"]
+    _write(app, log, 2)
+    chained, finish = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def held_writer() -> None:
+        try:
+            with db.session_factory() as s, transaction(s):
+                log.record(s, "held.writer", actor_id="a")
+                write_pending(s)  # the controlled point: chained onto lane 0, lock held, not committed
+                chained.set()
+                finish.wait(timeout=120)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+        finally:
+            chained.set()
+
+    held = threading.Thread(target=held_writer)
+    held.start()
+    try:
+        chained.wait()
+        with db.session_factory() as s, transaction(s):
+            s.execute(text("SET LOCAL lock_timeout = '10s'"))  # waiting for lane 0 would be an error
+            log.record(s, "quick.writer", actor_id="b")
+    finally:
+        finish.set()
+        held.join()
+
+    assert failures == []
+    with db.session_factory() as s:
+        placed = {action: lane for action, lane in s.execute(select(AuditEvent.action, AuditEvent.lane))}
+    assert placed == {"thing.happened": 0, "held.writer": 0, "quick.writer": 1}
+    report = _verify(app, log)
+    assert report.ok and report.checked == 4
+    assert report.checkpoint is not None and {h.lane for h in report.checkpoint.lanes} == {0, 1}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_writer_finding_every_lane_taken_waits_and_chains_after_the_holder_without_forking(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tre.core.audit as audit
+
+    monkeypatch.setattr(audit, "CHAIN_LANES", 1)  # one lane, so the second writer must wait for it
+    log = _checkpointed_log(app)
+    db = app.extensions["tre.db"]
+    chained, finish = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def run(name: str, hold: bool) -> None:
+        try:
+            with db.session_factory() as s, transaction(s):
+                log.record(s, name, actor_id=name)
+                if hold:
+                    write_pending(s)
+                    chained.set()
+                    finish.wait(timeout=120)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failures.append(exc)
+        finally:
+            chained.set()
+
+    first = threading.Thread(target=run, args=("first", True))
+    first.start()
+    chained.wait()
+    second = threading.Thread(target=run, args=("second", False))
+    second.start()
+    try:
+        with db.engine.connect() as watcher:
+            def second_waits_for_the_lane() -> bool:
+                waiting = watcher.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )).scalar_one()
+                watcher.rollback()
+                return bool(waiting)
+
+            _wait_until(second_waits_for_the_lane, "the second writer waits for the lane")
+    finally:
+        finish.set()
+        first.join()
+        second.join()
+
+    assert failures == []
+    with db.session_factory() as s:
+        rows = s.execute(select(AuditEvent.action, AuditEvent.lane, AuditEvent.lane_seq, AuditEvent.prev_hash,
+                                AuditEvent.chain_hash).order_by(AuditEvent.lane_seq)).all()
+    assert [(r.action, r.lane, r.lane_seq) for r in rows] == [("first", 0, 1), ("second", 0, 2)]
+    assert rows[1].prev_hash == rows[0].chain_hash  # chained after the holder, not beside it
     assert _verify(app, log).ok
