@@ -44,6 +44,7 @@ from pseudonymisation import nhs_number
 _log = logging.getLogger(__name__)
 
 Method = Literal["deterministic", "probabilistic", "clerical", "singleton"]
+METHODS: tuple[Method, ...] = ("deterministic", "probabilistic", "clerical", "singleton")
 
 _NOT_LETTERS = re.compile(r"[^A-Z]")
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
@@ -126,6 +127,7 @@ class LinkageResult:
     links: list[Link]
     candidates: list[Candidate]
     weight_histogram: dict[int, int]
+    model: dict[str, Any] | None = None  # the model used (trained here unless one was given)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def link_records(
     ordered, clean = _ordered(records)
 
     anchors = _deterministic_anchors(clean)
-    scored = _probabilistic_edges(clean, settings, model)[0] if len(clean) > 1 else []
+    scored, used = _probabilistic_edges(clean, settings, model) if len(clean) > 1 else ([], model)
     index_of = {(r.source, r.record_id): i for i, r in enumerate(ordered)}
     forced: list[tuple[int, int]] = []
     refused: set[frozenset[int]] = set()
@@ -208,7 +210,7 @@ def link_records(
         len(links), len({lk.person_id for lk in links}),
         counts["deterministic"], counts["probabilistic"], counts["singleton"], len(candidates),
     )
-    return LinkageResult([by_key[k] for k in keys], candidates, dict(sorted(histogram.items())))
+    return LinkageResult([by_key[k] for k in keys], candidates, dict(sorted(histogram.items())), used)
 
 
 def estimate_quality(
@@ -219,7 +221,9 @@ def estimate_quality(
     compared with the pairs their numbers make. Returns counts and ratios only (no identifier).
 
     An estimate, not the truth: records with numbers are cleaner than records without, and a wrong
-    but valid number counts against the linkage here when it is the number that is wrong.
+    but valid number counts against the linkage here when it is the number that is wrong. Pass the
+    ``model`` the run used (``LinkageResult.model``): the numbered records alone are often too few
+    pairs to train on.
     """
     settings = settings or LinkageSettings()
     numbered = [r for r, c in zip(records, (_clean(r) for r in records), strict=True) if c.nhs is not None]
