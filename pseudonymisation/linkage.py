@@ -169,7 +169,8 @@ def link_records(
     """``link`` with what the person index keeps besides the links: the uncertain band and the match
     weight distribution. ``decisions`` are a linkage officer's earlier verdicts on pairs: a ``match``
     joins the two records' people (unless they hold two different valid NHS numbers), a ``no_match``
-    keeps the pair's own score from ever joining them."""
+    keeps the two records in different people whatever path of scored pairs might join them (a valid
+    NHS number both hold still links them)."""
     settings = settings or LinkageSettings()
     keys = [(r.source, r.record_id) for r in records]
     ordered, clean = _ordered(records)
@@ -188,7 +189,8 @@ def link_records(
         else:
             refused.add(frozenset(ends))
     edges = [(p, a, b) for p, w, a, b in scored if p >= settings.threshold and frozenset((a, b)) not in refused]
-    links = _cluster(ordered, anchors, edges, settings.threshold, forced)
+    links = _cluster(ordered, anchors, edges, settings.threshold, forced,
+                     [tuple(sorted(pair)) for pair in refused])  # type: ignore[misc]
     decided = {frozenset(index_of[k] for k in pair) for pair in (decisions or {}) if all(k in index_of for k in pair)}
     person = [lk.person_id for lk in links]
     candidates = sorted(
@@ -483,9 +485,17 @@ def _cluster(
     edges: list[tuple[float, int, int]],
     threshold: float,
     forced: Sequence[tuple[int, int]] = (),
+    apart: Sequence[tuple[int, int]] = (),
 ) -> list[Link]:
     parent = list(range(len(records)))
     numbers: list[set[str]] = [{a} if a is not None else set() for a in anchors]
+    # A linkage officer's "no match": the two records never end up in one person, by any path.
+    members: dict[int, list[int]] = {}
+    kept_apart: dict[int, set[int]] = {}
+    for a, b in apart:
+        for i, j in ((a, b), (b, a)):
+            members.setdefault(i, [i])
+            kept_apart.setdefault(i, set()).add(j)
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -499,9 +509,17 @@ def _cluster(
             return True
         if numbers[ra] and numbers[rb] and numbers[ra] != numbers[rb]:
             return False
+        if kept_apart and (
+            any(m in kept_apart.get(ra, ()) for m in members.get(rb, ()))
+            or any(m in kept_apart.get(rb, ()) for m in members.get(ra, ()))
+        ):
+            return False
         keep, drop = min(ra, rb), max(ra, rb)
         parent[drop] = keep
         numbers[keep] |= numbers[drop]
+        if drop in kept_apart or drop in members or keep in kept_apart or keep in members:
+            members[keep] = members.get(keep, [keep]) + members.pop(drop, [drop])
+            kept_apart[keep] = kept_apart.get(keep, set()) | kept_apart.pop(drop, set())
         return True
 
     first_with: dict[str, int] = {}

@@ -21,6 +21,7 @@ def page_blueprints() -> list[Any]:
     from tre.web.catalogue import bp as catalogue
     from tre.web.dac import bp as dac
     from tre.web.extracts import bp as extracts
+    from tre.web.linkage import bp as linkage
     from tre.web.outputs import bp as outputs
     from tre.web.outputs import prometheus_bp as outputs_metrics
     from tre.web.projects import bp as projects
@@ -29,7 +30,7 @@ def page_blueprints() -> list[Any]:
 
     return [
         web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces,
-        extracts, account, sso,
+        extracts, linkage, account, sso,
     ]
 
 
