@@ -414,12 +414,14 @@ def _quiet_splink() -> Iterator[None]:
         splink_logger.setLevel(before)
 
 
-def _probabilistic_edges(
-    clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
-) -> tuple[list[tuple[float, float, int, int]], dict[str, Any]]:
-    """Scored pairs (probability, match weight, left index, right index) at or above the histogram
-    floor, and the model."""
-    frame = pd.DataFrame(
+def clean_records(records: Sequence[Record]) -> list[_Clean]:
+    """The records cleaned as the core compares them, in (source, record id) order."""
+    return _ordered(records)[1]
+
+
+def splink_frame(clean: list[_Clean]) -> pd.DataFrame:
+    """The table Splink links: one row per cleaned record, ``unique_id`` its position."""
+    return pd.DataFrame(
         {
             "unique_id": range(len(clean)),
             "first_name": [c.first_name for c in clean],
@@ -432,7 +434,12 @@ def _probabilistic_edges(
             "postcode": [c.postcode for c in clean],
         }
     )
-    model = SettingsCreator(
+
+
+def splink_settings(frame: pd.DataFrame, settings: LinkageSettings) -> SettingsCreator:
+    """The Splink model the core uses (comparisons, blocking, prior), untrained; public so that the
+    benchmark can run plain Splink on exactly the same model."""
+    return SettingsCreator(
         link_type="dedupe_only",
         comparisons=[
             cl.ForenameSurnameComparison("first_name", "surname", forename_surname_concat_col_name="full_name"),
@@ -451,6 +458,20 @@ def _probabilistic_edges(
         max_iterations=settings.em_max_iterations,
         probability_two_random_records_match=_prior(frame),
     )
+
+
+def train_linker(linker: Any, settings: LinkageSettings, count: int) -> None:
+    """Train a Splink linker as the core does (u by sampling, m by EM twice); for the benchmark."""
+    _train(linker, settings, count)
+
+
+def _probabilistic_edges(
+    clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
+) -> tuple[list[tuple[float, float, int, int]], dict[str, Any]]:
+    """Scored pairs (probability, match weight, left index, right index) at or above the histogram
+    floor, and the model."""
+    frame = splink_frame(clean)
+    model = splink_settings(frame, settings)
     connection = duckdb.connect(":memory:")
     try:
         if settings.threads is not None:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pseudonymisation import nhs_number
+from pseudonymisation.linkage import Record
 
 NICKNAMES: dict[str, tuple[str, ...]] = {
     "William": ("Bill", "Will", "Billy"), "Robert": ("Bob", "Rob", "Bobby"), "Elizabeth": ("Liz", "Beth", "Lizzie"),
@@ -233,3 +234,16 @@ def write(sources: LinkableSources, out_dir: Path) -> dict[str, Path]:
         paths[name] = out_dir / f"{name}.parquet"
         pq.write_table(table, paths[name])
     return paths
+
+
+def records(sources: LinkableSources) -> list[Record]:
+    """The generated records as the linkage core takes them."""
+    out = []
+    for name, table in sources.tables.items():
+        columns = {c: table.column(c).to_pylist() for c in ("record_id", "nhs_number", "first_name", "surname",
+                                                             "date_of_birth", "sex", "postcode")}
+        out.extend(
+            Record(name, rid, nhs, first, surname, dob, sex, postcode)
+            for rid, nhs, first, surname, dob, sex, postcode in zip(*columns.values(), strict=True)
+        )
+    return out
