@@ -283,7 +283,7 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
         if plan.person_links is not None:
             links = _ChunkLinks.find(plan.person_links, _column(table, plan.person_links.record_id_column))
         indexed = links.indexed if links is not None else np.zeros(len(parsed), dtype=bool)
-        opt = apply_optouts(parsed, plan.optout_lists, plan.exempt)
+        opt = apply_optouts(_numbers_for_optouts(parsed, links, plan.keys), plan.optout_lists, plan.exempt)
         stats.update(opted_out=opt.removed_by_list, exempt_would_remove=opt.would_remove_by_exempt_list)
         keep = opt.keep
         # Opted-out rows leave before any token is made for them. A row of the person index has its
@@ -316,6 +316,24 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
     out = pa.table(columns)
     stats["rows_out"] = out.num_rows
     return out
+
+
+def _numbers_for_optouts(
+    parsed: tokens.ParsedNumbers, links: _ChunkLinks | None, keys: ExtractKeys
+) -> tokens.ParsedNumbers:
+    """Opt-outs follow the person: a row of the person index whose person holds a trusted NHS number
+    is checked against the lists by that number (so a social care record without a number of a
+    person who opted out leaves too); every other row by its own number."""
+    if links is None or not links.indexed.any():
+        return parsed
+    digits, has = tokens.person_numbers(links.blocks, keys.linkage_key)
+    rows = np.flatnonzero(links.indexed)[has]
+    if not rows.size:
+        return parsed
+    out_digits, status = parsed.digits.copy(), parsed.status.copy()
+    out_digits[rows] = digits[has]
+    status[rows] = tokens.Status.VALID
+    return tokens.ParsedNumbers(out_digits, status, parsed.raw)
 
 
 LINK_METHOD_COLUMN = "link_method"

@@ -373,6 +373,17 @@ def person_pseudonyms(person_keys: Sequence[bytes], linkage_key: bytes) -> np.nd
     return _ecb(linkage_key, plain) if len(person_keys) else plain
 
 
+def person_numbers(blocks: np.ndarray, linkage_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """For person pseudonyms: each one's NHS number as (n, 10) ASCII digits, and whether it has one
+    (a person without a trusted number has a block in its own domain). For opt-outs, which follow
+    the person: the caller holds the linkage key already, and the digits never leave the pipeline."""
+    if not len(blocks):
+        return np.zeros((0, 10), dtype=np.uint8), np.zeros(0, dtype=bool)
+    plain = _ecb(linkage_key, blocks, decrypt=True)
+    has = (plain[:, :6] == _TAG_VALID_NP).all(axis=1)
+    return np.ascontiguousarray(plain[:, 6:]), has
+
+
 def with_person_blocks(pseudonyms: Pseudonyms, rows: np.ndarray, blocks: np.ndarray) -> Pseudonyms:
     """The pseudonyms with ``rows`` replaced by their person's block (from the person index) and
     marked valid: the record's own number, missing or not, no longer decides its token."""
