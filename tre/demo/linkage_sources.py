@@ -137,7 +137,7 @@ def generate(
     if people < 1:
         raise ValueError("people must be at least 1")
     rates = rates or ErrorRates()
-    rng = random.Random(seed)  # noqa: S311 - synthetic data, seeded on purpose
+    rng = random.Random(seed)  # noqa: S311  # nosec B311 - synthetic data, seeded on purpose
     surnames = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3)))).title()
                 for _ in range(max(600, people // 4))]
     firsts = [*NICKNAMES, *OTHER_FIRST_NAMES]
