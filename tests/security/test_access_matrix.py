@@ -146,8 +146,8 @@ EXPECT: dict[str, str] = {
     "GET /linkage/review": "linkage_officer",
     "GET /linkage/review/<candidate_id>": "",  # no candidate pair in this world: 404
     "GET /linkage/runs/<run_id>": "",  # no linkage run in this world: 404
-    "POST /linkage/review/<candidate_id>": "linkage_officer",  # let in; sent back: no such pair
-    "POST /linkage/runs": "data_custodian",  # let in; sent back: no dataset names linkage columns
+    "POST /linkage/review/<candidate_id>": "",  # the officer is sent back with a message: no such pair
+    "POST /linkage/runs": "",  # the custodian is sent back with a message: no dataset names linkage columns
     "GET /metrics": "*",
     "GET /metrics/outputs": "*",
     "GET /outputs/": "researcher",
