@@ -208,6 +208,9 @@ def test_custodian_sees_the_quality_page_with_match_rates_and_no_identifier(
     for column in ("nhs_number", "postcode"):
         assert first.column(column)[0].as_py() not in text
     assert _login(app.test_client(), world.pi).get(f"/linkage/runs/{world.run_id}").status_code == 403
+    figures = _login(app.test_client(), world.custodian).get(f"/linkage/runs/{world.run_id}/quality.json")
+    assert figures.status_code == 200 and set(figures.json["quality"]["sources"]) == set(made.tables)
+    assert _login(app.test_client(), world.pi).get(f"/linkage/runs/{world.run_id}/quality.json").status_code == 403
 
 
 def test_linkage_officer_role_is_never_held_with_a_researcher_or_checker_role(app: Any, world: Any) -> None:

@@ -146,6 +146,7 @@ EXPECT: dict[str, str] = {
     "GET /linkage/review": "linkage_officer",
     "GET /linkage/review/<candidate_id>": "",  # no candidate pair in this world: 404
     "GET /linkage/runs/<run_id>": "",  # no linkage run in this world: 404
+    "GET /linkage/runs/<run_id>/quality.json": "",  # no linkage run in this world: 404
     "POST /linkage/review/<candidate_id>": "",  # the officer is sent back with a message: no such pair
     "POST /linkage/runs": "",  # the custodian is sent back with a message: no dataset names linkage columns
     "GET /metrics": "*",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, url_for
 
 from pseudonymisation.linkage_review import LinkageReview
 from pseudonymisation.person_index import LinkagePermissionDenied, LinkageServiceError
@@ -61,6 +61,18 @@ def quality(run_id: str) -> str:
     most = max((b["pairs"] for b in histogram), default=0)
     return render_template("linkage/quality.html", title="Linkage quality", run=run, q=run.quality or {},
                            histogram=histogram, most=most)
+
+
+@bp.get("/runs/<run_id>/quality.json")
+@requires(Permission.LINKAGE_RUN)
+def quality_json(run_id: str) -> Any:
+    """The same figures as JSON (counts and ratios only), for a custodian's own reports."""
+    service = person_index_service(current_app.extensions["tre.platform"], request_id=g.get("request_id"))
+    try:
+        run = service.run_quality(g.user, run_id)
+    except LinkageServiceError:
+        abort(404)
+    return jsonify({"run_id": run.id, "state": run.state, "settings": run.settings, "quality": run.quality})
 
 
 @bp.get("/review")
