@@ -8,7 +8,7 @@ same value, so the steps cannot drift apart on an option. Pure: no Flask, SQLAlc
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,27 @@ class ExtractKeys:
     def __post_init__(self) -> None:
         if not self.key_id:
             object.__setattr__(self, "key_id", tokens.key_fingerprint(self.project_key))
+
+
+@dataclass(frozen=True)
+class IndexedRecord:
+    """One record of the person index, as an extract needs it: the person's 16-byte pseudonym (the
+    block the project token is made from), how the record was linked and how surely."""
+
+    person_pseudonym: bytes = field(repr=False)
+    method: str
+    match_probability: float | None
+
+
+@dataclass(frozen=True)
+class PersonLinks:
+    """The person index for one dataset of an extract: the column holding each row's record id, the
+    indexed records by id, and the run they come from. A row found here takes its person's token and
+    carries ``link_method`` and ``match_probability``; a row not found keeps its own number's token."""
+
+    record_id_column: str
+    run_id: str
+    records: Mapping[str, IndexedRecord] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class ExtractOptions:
     suppress_below_k: bool = False
     project_id: str | None = None
     staging_dir: Path | None = None
+    person_links: PersonLinks | None = None
     # How a CSV source is written (a delivery's dialect, sniffed or set by its custodian).
     csv_delimiter: str = ","
     csv_quote_char: str = '"'
@@ -93,4 +115,4 @@ class ExtractOptions:
             object.__setattr__(self, name, value)
 
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "ExtractError", "ExtractKeys", "ExtractOptions"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "ExtractError", "ExtractKeys", "ExtractOptions", "IndexedRecord", "PersonLinks"]

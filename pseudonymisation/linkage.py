@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
@@ -42,7 +43,8 @@ from pseudonymisation import nhs_number
 
 _log = logging.getLogger(__name__)
 
-Method = Literal["deterministic", "probabilistic", "singleton"]
+Method = Literal["deterministic", "probabilistic", "clerical", "singleton"]
+METHODS: tuple[Method, ...] = ("deterministic", "probabilistic", "clerical", "singleton")
 
 _NOT_LETTERS = re.compile(r"[^A-Z]")
 _NOT_ALNUM = re.compile(r"[^A-Z0-9]")
@@ -70,8 +72,10 @@ class Record:
 class Link:
     """Where one record landed: its person, how it got there and how sure the link is.
 
-    ``match_probability`` is 1.0 for a deterministic link, the probability of the strongest accepted
-    pair touching the record for a probabilistic one, and None for a singleton (linked to nobody).
+    ``match_probability`` is 1.0 for a deterministic link or a linkage officer's (``clerical``), the
+    probability of the strongest accepted pair touching the record for a probabilistic one, and None
+    for a singleton (linked to nobody). ``anchored`` says the record's own valid NHS number was
+    trusted (not missing, invalid or conflicting with the rest of its number's group).
     """
 
     source: str
@@ -79,6 +83,7 @@ class Link:
     person_id: int
     method: Method
     match_probability: float | None
+    anchored: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,36 @@ class LinkageSettings:
     # the same from run to run whatever the thread count.
     threads: int | None = None
     probability_decimals: int = 9
+    # Pairs scored in [review_floor, threshold) are the uncertain band a linkage officer reviews.
+    review_floor: float = 0.5
+    # Pairs below this probability are not even counted in the match weight distribution.
+    histogram_floor: float = 0.001
+
+
+Decision = Literal["match", "no_match"]
+RecordKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pair in the uncertain band: scored at or above ``review_floor`` but below the threshold.
+    ``left`` sorts before ``right``; no identifier other than the record keys is carried."""
+
+    left: RecordKey
+    right: RecordKey
+    match_probability: float
+    match_weight: float
+
+
+@dataclass(frozen=True)
+class LinkageResult:
+    """One run of the core: a link per record (input order), the uncertain band, and the counts of
+    scored pairs per whole match weight (``{weight: pairs}``, pairs at or above ``histogram_floor``)."""
+
+    links: list[Link]
+    candidates: list[Candidate]
+    weight_histogram: dict[int, int]
+    model: dict[str, Any] | None = None  # the model used (trained here unless one was given)
 
 
 @dataclass(frozen=True)
@@ -122,22 +157,109 @@ def link(
     Without ``model`` the model is trained on ``records`` (whole sources); with one from ``train``,
     it is used as it is, so a small batch can be linked with a model trained on the whole.
     """
+    return link_records(records, settings, model).links
+
+
+def link_records(
+    records: Sequence[Record],
+    settings: LinkageSettings | None = None,
+    model: dict[str, Any] | None = None,
+    decisions: Mapping[frozenset[RecordKey], Decision] | None = None,
+) -> LinkageResult:
+    """``link`` with what the person index keeps besides the links: the uncertain band and the match
+    weight distribution. ``decisions`` are a linkage officer's earlier verdicts on pairs: a ``match``
+    joins the two records' people (unless they hold two different valid NHS numbers), a ``no_match``
+    keeps the two records in different people whatever path of scored pairs might join them (a valid
+    NHS number both hold still links them)."""
     settings = settings or LinkageSettings()
     keys = [(r.source, r.record_id) for r in records]
     ordered, clean = _ordered(records)
 
     anchors = _deterministic_anchors(clean)
-    edges = _probabilistic_edges(clean, settings, model)[0] if len(clean) > 1 else []
-    links = _cluster(ordered, anchors, edges, settings.threshold)
+    scored, used = _probabilistic_edges(clean, settings, model) if len(clean) > 1 else ([], model)
+    index_of = {(r.source, r.record_id): i for i, r in enumerate(ordered)}
+    forced: list[tuple[int, int]] = []
+    refused: set[frozenset[int]] = set()
+    for pair, verdict in sorted((decisions or {}).items(), key=lambda d: sorted(d[0])):
+        ends = sorted(index_of[k] for k in pair if k in index_of)
+        if len(ends) != 2:
+            continue  # a decision about a record no longer in the input
+        if verdict == "match":
+            forced.append((ends[0], ends[1]))
+        else:
+            refused.add(frozenset(ends))
+    edges = [(p, a, b) for p, w, a, b in scored if p >= settings.threshold and frozenset((a, b)) not in refused]
+    links = _cluster(ordered, anchors, edges, settings.threshold, forced,
+                     [tuple(sorted(pair)) for pair in refused])  # type: ignore[misc]
+    decided = {frozenset(index_of[k] for k in pair) for pair in (decisions or {}) if all(k in index_of for k in pair)}
+    person = [lk.person_id for lk in links]
+    candidates = sorted(
+        (
+            Candidate((ordered[a].source, ordered[a].record_id), (ordered[b].source, ordered[b].record_id), p, w)
+            for p, w, a, b in ((p, w, min(a, b), max(a, b)) for p, w, a, b in scored)
+            if settings.review_floor <= p < settings.threshold
+            and frozenset((a, b)) not in decided
+            and person[a] != person[b]
+        ),
+        key=lambda c: (-c.match_probability, c.left, c.right),
+    )
+    histogram = Counter(int(math.floor(w)) for _, w, _, _ in scored)
 
     by_key = {(lk.source, lk.record_id): lk for lk in links}
     counts = Counter(lk.method for lk in links)
     _log.info(
-        "linked %d records into %d people: %d deterministic, %d probabilistic, %d singleton",
+        "linked %d records into %d people: %d deterministic, %d probabilistic, %d singleton, %d in review band",
         len(links), len({lk.person_id for lk in links}),
-        counts["deterministic"], counts["probabilistic"], counts["singleton"],
+        counts["deterministic"], counts["probabilistic"], counts["singleton"], len(candidates),
     )
-    return [by_key[k] for k in keys]
+    return LinkageResult([by_key[k] for k in keys], candidates, dict(sorted(histogram.items())), used)
+
+
+def estimate_quality(
+    records: Sequence[Record], settings: LinkageSettings | None = None, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Precision and recall of the probabilistic stage, estimated without labels: the records that
+    carry a valid NHS number are linked again with their numbers hidden, and the pairs that finds are
+    compared with the pairs their numbers make. Returns counts and ratios only (no identifier).
+
+    An estimate, not the truth: records with numbers are cleaner than records without, and a wrong
+    but valid number counts against the linkage here when it is the number that is wrong. Pass the
+    ``model`` the run used (``LinkageResult.model``): the numbered records alone are often too few
+    pairs to train on.
+    """
+    settings = settings or LinkageSettings()
+    numbered = [r for r, c in zip(records, (_clean(r) for r in records), strict=True) if c.nhs is not None]
+    truth_groups: dict[str, list[RecordKey]] = defaultdict(list)
+    for r in numbered:
+        digits = nhs_number.normalise(r.nhs_number)
+        assert digits is not None
+        truth_groups[digits].append((r.source, r.record_id))
+    hidden = [
+        Record(r.source, r.record_id, None, r.first_name, r.surname, r.date_of_birth, r.sex, r.postcode)
+        for r in numbered
+    ]
+    if len(hidden) < 2:
+        return {"records": len(hidden), "true_pairs": 0, "found_pairs": 0, "precision": None, "recall": None}
+    found_groups: dict[int, list[RecordKey]] = defaultdict(list)
+    for lk in link_records(hidden, settings, model).links:
+        found_groups[lk.person_id].append((lk.source, lk.record_id))
+    actual, predicted = _pairs(truth_groups.values()), _pairs(found_groups.values())
+    both = len(actual & predicted)
+    return {
+        "records": len(hidden),
+        "true_pairs": len(actual),
+        "found_pairs": len(predicted),
+        "precision": round(both / len(predicted), 6) if predicted else None,
+        "recall": round(both / len(actual), 6) if actual else None,
+    }
+
+
+def _pairs(groups: Iterable[list[RecordKey]]) -> set[tuple[RecordKey, RecordKey]]:
+    out: set[tuple[RecordKey, RecordKey]] = set()
+    for members in groups:
+        ordered = sorted(members)
+        out.update((a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:])
+    return out
 
 
 def _ordered(records: Sequence[Record]) -> tuple[list[Record], list[_Clean]]:
@@ -292,11 +414,14 @@ def _quiet_splink() -> Iterator[None]:
         splink_logger.setLevel(before)
 
 
-def _probabilistic_edges(
-    clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
-) -> tuple[list[tuple[float, int, int]], dict[str, Any]]:
-    """Scored pairs (probability, left index, right index) at or above the threshold, and the model."""
-    frame = pd.DataFrame(
+def clean_records(records: Sequence[Record]) -> list[_Clean]:
+    """The records cleaned as the core compares them, in (source, record id) order."""
+    return _ordered(records)[1]
+
+
+def splink_frame(clean: list[_Clean]) -> pd.DataFrame:
+    """The table Splink links: one row per cleaned record, ``unique_id`` its position."""
+    return pd.DataFrame(
         {
             "unique_id": range(len(clean)),
             "first_name": [c.first_name for c in clean],
@@ -309,7 +434,12 @@ def _probabilistic_edges(
             "postcode": [c.postcode for c in clean],
         }
     )
-    model = SettingsCreator(
+
+
+def splink_settings(frame: pd.DataFrame, settings: LinkageSettings) -> SettingsCreator:
+    """The Splink model the core uses (comparisons, blocking, prior), untrained; public so that the
+    benchmark can run plain Splink on exactly the same model."""
+    return SettingsCreator(
         link_type="dedupe_only",
         comparisons=[
             cl.ForenameSurnameComparison("first_name", "surname", forename_surname_concat_col_name="full_name"),
@@ -328,6 +458,20 @@ def _probabilistic_edges(
         max_iterations=settings.em_max_iterations,
         probability_two_random_records_match=_prior(frame),
     )
+
+
+def train_linker(linker: Any, settings: LinkageSettings, count: int) -> None:
+    """Train a Splink linker as the core does (u by sampling, m by EM twice); for the benchmark."""
+    _train(linker, settings, count)
+
+
+def _probabilistic_edges(
+    clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
+) -> tuple[list[tuple[float, float, int, int]], dict[str, Any]]:
+    """Scored pairs (probability, match weight, left index, right index) at or above the histogram
+    floor, and the model."""
+    frame = splink_frame(clean)
+    model = splink_settings(frame, settings)
     connection = duckdb.connect(":memory:")
     try:
         if settings.threads is not None:
@@ -338,26 +482,41 @@ def _probabilistic_edges(
             linker = Linker(table, dict(trained) if trained is not None else model, log_level=None)
             if trained is None:
                 _train(linker, settings, len(clean))
-            scored = linker.inference.predict(threshold_match_probability=settings.threshold).as_pandas_dataframe()
+            floor = min(settings.histogram_floor, settings.review_floor, settings.threshold)
+            scored = linker.inference.predict(threshold_match_probability=floor).as_pandas_dataframe()
             result = linker.misc.save_model_to_json()
     finally:
         connection.close()
+    decimals = settings.probability_decimals
     edges = [
-        (round(float(p), settings.probability_decimals), int(left), int(right))
-        for p, left, right in zip(scored["match_probability"], scored["unique_id_l"], scored["unique_id_r"],
-                                  strict=True)
+        (round(float(p), decimals), round(float(w), decimals), int(left), int(right))
+        for p, w, left, right in zip(scored["match_probability"], scored["match_weight"], scored["unique_id_l"],
+                                     scored["unique_id_r"], strict=True)
     ]
-    _log.info("%d candidate pairs scored at or above the threshold", len(edges))
+    _log.info("%d candidate pairs scored, %d at or above the threshold", len(edges),
+              sum(e[0] >= settings.threshold for e in edges))
     return edges, result
 
 
 # --- clustering ---------------------------------------------------------------------------------
 
 def _cluster(
-    records: list[Record], anchors: list[str | None], edges: list[tuple[float, int, int]], threshold: float
+    records: list[Record],
+    anchors: list[str | None],
+    edges: list[tuple[float, int, int]],
+    threshold: float,
+    forced: Sequence[tuple[int, int]] = (),
+    apart: Sequence[tuple[int, int]] = (),
 ) -> list[Link]:
     parent = list(range(len(records)))
     numbers: list[set[str]] = [{a} if a is not None else set() for a in anchors]
+    # A linkage officer's "no match": the two records never end up in one person, by any path.
+    members: dict[int, list[int]] = {}
+    kept_apart: dict[int, set[int]] = {}
+    for a, b in apart:
+        for i, j in ((a, b), (b, a)):
+            members.setdefault(i, [i])
+            kept_apart.setdefault(i, set()).add(j)
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -371,9 +530,17 @@ def _cluster(
             return True
         if numbers[ra] and numbers[rb] and numbers[ra] != numbers[rb]:
             return False
+        if kept_apart and (
+            any(m in kept_apart.get(ra, ()) for m in members.get(rb, ()))
+            or any(m in kept_apart.get(rb, ()) for m in members.get(ra, ()))
+        ):
+            return False
         keep, drop = min(ra, rb), max(ra, rb)
         parent[drop] = keep
         numbers[keep] |= numbers[drop]
+        if drop in kept_apart or drop in members or keep in kept_apart or keep in members:
+            members[keep] = members.get(keep, [keep]) + members.pop(drop, [drop])
+            kept_apart[keep] = kept_apart.get(keep, set()) | kept_apart.pop(drop, set())
         return True
 
     first_with: dict[str, int] = {}
@@ -385,6 +552,10 @@ def _cluster(
                 first_with[number] = i
 
     best: dict[int, float] = {}
+    clerical: set[int] = set()
+    for left, right in forced:  # a linkage officer's match: as sure as a shared number
+        if union(left, right):
+            clerical.update((left, right))
     for score, left, right in sorted(edges, key=lambda e: (-e[0], min(e[1], e[2]), max(e[1], e[2]))):
         if score < threshold:
             continue
@@ -406,9 +577,12 @@ def _cluster(
         anchor = anchors[i]
         if anchor is not None and shared[anchor] > 1:
             method, probability = "deterministic", 1.0
+        elif i in clerical:
+            method, probability = "clerical", 1.0
         elif sizes[roots[i]] > 1:
             method, probability = "probabilistic", best[i]  # only an accepted pair joins a record
         else:
             method, probability = "singleton", None
-        links.append(Link(record.source, record.record_id, person_of_root[roots[i]], method, probability))
+        links.append(Link(record.source, record.record_id, person_of_root[roots[i]], method, probability,
+                          anchor is not None))
     return links

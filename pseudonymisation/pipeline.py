@@ -27,13 +27,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pseudonymisation import generalise, kanonymity, quality, tokens
-from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
+from pseudonymisation.extract_options import (
+    DEFAULT_CHUNK_ROWS,
+    ExtractError,
+    ExtractKeys,
+    ExtractOptions,
+    PersonLinks,
+)
 from pseudonymisation.optouts import OptOutList, apply_optouts
 from pseudonymisation.schema import (
     ColumnSpec,
@@ -173,6 +180,7 @@ class _Plan:
     keys: ExtractKeys
     optout_lists: Sequence[OptOutList]
     exempt: frozenset[str]
+    person_links: PersonLinks | None = None
 
     @classmethod
     def build(cls, options: ExtractOptions) -> _Plan:
@@ -190,8 +198,18 @@ class _Plan:
             if unknown:
                 raise SchemaError(f"k-anonymity columns are not quasi-identifiers of the extract: {sorted(unknown)}")
             quasi = [q for q in quasi if q in set(k_quasi)]
-        return cls(schema, outputs, schema.source_columns(outputs), quasi, options.keys, options.optout_lists,
-                   frozenset(options.exempt_optout_lists))
+        links = options.person_links
+        read = schema.source_columns(outputs)
+        if links is not None:
+            if not schema.nhs_number_column or not any(
+                c.effective_transform.kind is TransformKind.NHS_TOKEN for c in outputs
+            ):
+                raise SchemaError("a dataset linked through the person index needs its NHS number tokenised")
+            if links.record_id_column not in schema.column_names:
+                raise SchemaError("the person index's record id column is not in the schema")
+            read = list(dict.fromkeys([*read, links.record_id_column]))
+        return cls(schema, outputs, read, quasi, options.keys, options.optout_lists,
+                   frozenset(options.exempt_optout_lists), links)
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -213,6 +231,8 @@ class _Plan:
     def text_columns(self) -> set[str]:
         """Columns read as text from CSV whatever they look like (so NHS numbers keep their digits)."""
         text = {c.name for c in self.schema.columns if c.role in {Role.DIRECT_IDENTIFIER, Role.FREE_TEXT}}
+        if self.person_links is not None:
+            text.add(self.person_links.record_id_column)
         return text & set(self.read_columns)
 
 
@@ -265,30 +285,96 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
     stats["quality"] = acc.state()
     stats.update(opted_out={}, exempt_would_remove={}, rejected={}, invalid_kept={}, rows_opted_out=0)
     ps = token_column = None
+    links: _ChunkLinks | None = None
     if parsed is not None:
-        opt = apply_optouts(parsed, plan.optout_lists, plan.exempt)
+        if plan.person_links is not None:
+            links = _ChunkLinks.find(plan.person_links, _column(table, plan.person_links.record_id_column))
+        indexed = links.indexed if links is not None else np.zeros(len(parsed), dtype=bool)
+        opt = apply_optouts(_numbers_for_optouts(parsed, links, plan.keys), plan.optout_lists, plan.exempt)
         stats.update(opted_out=opt.removed_by_list, exempt_would_remove=opt.would_remove_by_exempt_list)
         keep = opt.keep
-        # Opted-out rows leave before any token is made for them.
-        reasons = tokens.reason_counts(parsed.status[keep])
+        # Opted-out rows leave before any token is made for them. A row of the person index has its
+        # person's pseudonym, so its own number (missing, invalid) is not the policy's business.
+        reasons = tokens.reason_counts(parsed.status[keep & ~indexed])
         if schema.invalid_nhs_policy is InvalidNhsPolicy.REJECT:
             stats["rejected"] = reasons
-            keep = keep & (parsed.status == tokens.Status.VALID)
+            keep = keep & ((parsed.status == tokens.Status.VALID) | indexed)
         else:
             stats["invalid_kept"] = reasons
         stats["rows_opted_out"] = opt.removed
         if not keep.all():
             table = table.filter(pa.array(keep))
             parsed = parsed.filter(keep)
-        if plan.token_outputs:
+            links = links.filter(keep) if links is not None else None
+        if links is not None:
+            ps = tokens.with_person_blocks(
+                tokens.internal_pseudonyms(parsed, plan.keys.linkage_key), np.flatnonzero(links.indexed), links.blocks
+            )
+            token_column = tokens.project_tokens(ps, plan.keys.project_key) if plan.token_outputs else None
+        elif plan.token_outputs:
             token_column, ps = tokens.tokens_and_pseudonyms(parsed, plan.keys.linkage_key, plan.keys.project_key)
         else:
             ps = tokens.internal_pseudonyms(parsed, plan.keys.linkage_key)
-    out = pa.table(
-        {c.effective_output_name: _transform_column(c, table, ps, token_column, plan.keys) for c in plan.outputs}
-    )
+    columns = {c.effective_output_name: _transform_column(c, table, ps, token_column, plan.keys) for c in plan.outputs}
+    if links is not None:
+        columns[LINK_METHOD_COLUMN] = pa.array(links.methods, pa.string())
+        columns[MATCH_PROBABILITY_COLUMN] = pa.array(links.probabilities, pa.float64())
+        stats["linked_by_method"] = dict(Counter(m for m in links.methods if m is not None))
+    out = pa.table(columns)
     stats["rows_out"] = out.num_rows
     return out
+
+
+def _numbers_for_optouts(
+    parsed: tokens.ParsedNumbers, links: _ChunkLinks | None, keys: ExtractKeys
+) -> tokens.ParsedNumbers:
+    """Opt-outs follow the person: a row of the person index whose person holds a trusted NHS number
+    is checked against the lists by that number (so a social care record without a number of a
+    person who opted out leaves too); every other row by its own number."""
+    if links is None or not links.indexed.any():
+        return parsed
+    digits, has = tokens.person_numbers(links.blocks, keys.linkage_key)
+    rows = np.flatnonzero(links.indexed)[has]
+    if not rows.size:
+        return parsed
+    out_digits, status = parsed.digits.copy(), parsed.status.copy()
+    out_digits[rows] = digits[has]
+    status[rows] = tokens.Status.VALID
+    return tokens.ParsedNumbers(out_digits, status, parsed.raw)
+
+
+LINK_METHOD_COLUMN = "link_method"
+MATCH_PROBABILITY_COLUMN = "match_probability"
+
+
+@dataclass(frozen=True)
+class _ChunkLinks:
+    """The person index's answer for one chunk's rows (row order)."""
+
+    indexed: np.ndarray  # bool per row
+    blocks: np.ndarray  # (indexed rows, 16) person pseudonyms
+    methods: list[str | None]
+    probabilities: list[float | None]
+
+    @classmethod
+    def find(cls, links: PersonLinks, record_ids: pa.Array) -> _ChunkLinks:
+        found = [links.records.get(str(r)) if r is not None else None for r in record_ids.to_pylist()]
+        blocks = b"".join(e.person_pseudonym for e in found if e is not None)
+        return cls(
+            np.array([e is not None for e in found], dtype=bool),
+            np.frombuffer(blocks, dtype=np.uint8).reshape(-1, tokens.BLOCK_BYTES),
+            [e.method if e is not None else None for e in found],
+            [e.match_probability if e is not None else None for e in found],
+        )
+
+    def filter(self, keep: np.ndarray) -> _ChunkLinks:
+        kept_indexed = keep[self.indexed]
+        return _ChunkLinks(
+            self.indexed[keep],
+            self.blocks[kept_indexed],
+            [m for m, k in zip(self.methods, keep, strict=True) if k],
+            [p for p, k in zip(self.probabilities, keep, strict=True) if k],
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,6 +400,8 @@ def _plan_fingerprint(plan: _Plan, options: ExtractOptions) -> str:
             tokens.key_fingerprint(plan.keys.project_key),
         ],
     }
+    if plan.person_links is not None:  # absent otherwise, so unlinked extracts keep their fingerprint
+        spec["person_index"] = [plan.person_links.run_id, plan.person_links.record_id_column]
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -488,12 +576,14 @@ def _finalise(
         [c.name for c in plan.outputs], {c.name: c.valid_pattern for c in plan.outputs if c.valid_pattern}
     )
     rejected: Counter[str] = Counter()
+    linked: Counter[str] = Counter()
     invalid_kept: Counter[str] = Counter()
     opted: Counter[str] = Counter()
     exempt: Counter[str] = Counter()
     for stats in chunk_stats:
         acc.merge(stats["quality"])
         rejected.update(stats["rejected"])
+        linked.update(stats.get("linked_by_method", {}))
         invalid_kept.update(stats["invalid_kept"])
         opted.update(stats["opted_out"])
         exempt.update(stats["exempt_would_remove"])
@@ -540,6 +630,11 @@ def _finalise(
             "bytes": options.source.stat().st_size,
         },
         "chunk_rows": options.chunk_rows,
+        **({"person_index": {
+            "run_id": plan.person_links.run_id,
+            "rows_linked_by_method": dict(sorted(linked.items())),
+            "columns": [LINK_METHOD_COLUMN, MATCH_PROBABILITY_COLUMN],
+        }} if plan.person_links is not None else {}),
     }
 
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# What the person index reads from a linked dataset: record_id is required, the rest optional.
+LINKAGE_FIELDS = ("record_id", "first_name", "surname", "date_of_birth", "sex", "postcode")
+
 
 class SchemaError(ValueError):
     """A schema or an approval that the pipeline must refuse."""
@@ -112,6 +115,8 @@ class DatasetSchema:
     columns: tuple[ColumnSpec, ...]
     nhs_number_column: str | None = None
     invalid_nhs_policy: InvalidNhsPolicy = InvalidNhsPolicy.REJECT
+    # Which columns the person index reads (LINKAGE_FIELDS -> column); None: the dataset is not linked.
+    linkage_columns: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -119,6 +124,17 @@ class DatasetSchema:
             raise SchemaError("column names must be unique")
         if self.nhs_number_column is not None and self.nhs_number_column not in names:
             raise SchemaError("the NHS number column is not in the schema")
+        if self.linkage_columns is not None:
+            fields = dict(self.linkage_columns)
+            unknown_fields = set(fields) - set(LINKAGE_FIELDS)
+            if unknown_fields:
+                raise SchemaError(f"unknown linkage fields: {sorted(unknown_fields)}")
+            if "record_id" not in fields:
+                raise SchemaError("a linked dataset needs a record_id column")
+            missing = sorted(set(fields.values()) - set(names))
+            if missing:
+                raise SchemaError(f"linkage columns not in the schema: {missing}")
+            object.__setattr__(self, "linkage_columns", dict(sorted(fields.items())))
         for column in self.columns:
             self._check_column(column)
 
@@ -179,12 +195,15 @@ class DatasetSchema:
         return list(dict.fromkeys(needed))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "nhs_number_column": self.nhs_number_column,
             "invalid_nhs_policy": str(self.invalid_nhs_policy),
             "columns": [c.to_dict() for c in self.columns],
         }
+        if self.linkage_columns is not None:  # absent, not null, so older schemas keep their fingerprint
+            out["linkage_columns"] = dict(self.linkage_columns)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DatasetSchema:
@@ -208,6 +227,7 @@ class DatasetSchema:
                 columns=columns,
                 nhs_number_column=data.get("nhs_number_column"),
                 invalid_nhs_policy=InvalidNhsPolicy(data.get("invalid_nhs_policy", "reject")),
+                linkage_columns=data.get("linkage_columns"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, SchemaError):

@@ -24,7 +24,13 @@ from projects.services import approved_columns
 from pseudonymisation import reidentification_rules as reid
 from pseudonymisation import tokens
 from pseudonymisation.deliveries import version_in_use
-from pseudonymisation.extract_options import DEFAULT_CHUNK_ROWS, ExtractError, ExtractKeys, ExtractOptions
+from pseudonymisation.extract_options import (
+    DEFAULT_CHUNK_ROWS,
+    ExtractError,
+    ExtractKeys,
+    ExtractOptions,
+    PersonLinks,
+)
 from pseudonymisation.models import (
     DatasetDelivery,
     Extract,
@@ -34,6 +40,8 @@ from pseudonymisation.models import (
 )
 from pseudonymisation.optout_lists import OptOutError, OptOutLists, OptOutPlan
 from pseudonymisation.partitions import Partition, finish_extract, plan_partitions, prepare_partitioned, run_partition
+from pseudonymisation.person_index import PersonIndex, extract_linkage_summary
+from pseudonymisation.person_index_models import LinkageRun
 from pseudonymisation.pipeline import Progress, run_linked_extract
 from pseudonymisation.schema import DatasetSchema
 from tre.core.audit import DENIED, FAILURE, AuditLog
@@ -72,6 +80,11 @@ def _key(session: Session, keys: KeyProvider, name: str, *, create: bool) -> byt
     if row.wrapped is None:
         raise ExtractServiceError("This project's key was destroyed at closure; its tokens can no longer be linked")
     return keys.unwrap_key(row.wrapped, name)
+
+
+def _linkage_columns(dataset: Dataset) -> dict[str, str] | None:
+    columns = (dataset.schema_spec or {}).get("linkage_columns")
+    return dict(columns) if columns else None
 
 
 def _claim_folder(out: Path, extract_id: str) -> None:
@@ -168,7 +181,23 @@ class Extracts:
             body.append(["versions", {n: v and [v["id"], v["source_sha256"]] for n, v in sorted(versions.items())}])
         if optouts is not None and optouts.by_dataset and any(optouts.by_dataset.values()):
             body.append(["optouts", optouts.state()])  # a new list version or exemption is a new extract
+        index = self._person_index_run(plan)
+        if index is not None:
+            body.append(["person_index", index.id])  # a new index is a new extract
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _person_index_run(self, plan: list[tuple[Dataset, list[str]]]) -> LinkageRun | None:
+        """The person index in force, when a dataset of the plan is linked through it."""
+        if not any(_linkage_columns(d) for d, _ in plan):
+            return None
+        return PersonIndex(self.session, self.audit, self.keys, self.request_id).current_run()
+
+    def _person_links(self, dataset: Dataset, run: LinkageRun | None) -> PersonLinks | None:
+        columns = _linkage_columns(dataset)
+        if run is None or not columns:
+            return None
+        records = PersonIndex(self.session, self.audit, self.keys, self.request_id).entries(run.id, dataset.name)
+        return PersonLinks(columns["record_id"], run.id, records)
 
     def _optouts(self, project_id: str, plan: list[tuple[Dataset, list[str]]]) -> OptOutPlan:
         """The opt-out list versions in force for each dataset of the plan, and the project's exemptions."""
@@ -304,6 +333,9 @@ class Extracts:
             extract.state = "running"
             linkage = _key(s, self.keys, LINKAGE, create=True)
             project_key = _key(s, self.keys, _project_key_name(extract.project_id), create=True)
+            # Read inside the transaction: an open read would hold SQLite's lock through the build.
+            index = self._person_index_run(plan)
+            links = {dataset.name: self._person_links(dataset, index) for dataset, _ in plan}
         keys = ExtractKeys(linkage, project_key)
         out = self.extracts_root / extract.project_id
         staging = self._staging(extract.project_id)
@@ -318,6 +350,7 @@ class Extracts:
                 project_id=extract.project_id,
                 staging_dir=staging / extract.id / dataset.name,
                 **_dialect_options(versions[dataset.name]),
+                person_links=links[dataset.name],
             )
             for dataset, cols in plan
         ]
@@ -368,6 +401,9 @@ class Extracts:
         manifest["dataset_versions"] = {
             name: v and {k: v[k] for k in ("version", "source_sha256", "rows")} for name, v in inputs.versions.items()
         }
+        index = self._person_index_run(inputs.plan)
+        if index is not None:
+            manifest["linkage"] = extract_linkage_summary(index, [d.name for d, _ in inputs.plan])
         with transaction(self.session) as s:
             extract.state = "succeeded"
             extract.finished_at = utcnow()

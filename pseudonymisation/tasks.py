@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from projects.closure import register_destruction_hook
 from pseudonymisation.models import Extract
+from pseudonymisation.person_index import RUN_JOB, LinkageServiceError, PersonIndex
+from pseudonymisation.person_index_models import LinkageRun
 from pseudonymisation.services import BUILD_JOB, MERGE_JOB, PARTITION_JOB, Extracts, ExtractServiceError
 from tre.core.filemodes import share_read_only_with_group
 from tre.core.jobs import Job, JobContext, PermanentJobError, job_handler, on_worker_lost
@@ -93,6 +95,41 @@ def _worker_lost(session: Session, payload: dict[str, Any], reason: str) -> None
     """The sweeper gave up on an extract job whose worker died in its last attempt: the extract is
     marked failed (and audited) instead of staying 'running', so it can be requested again."""
     extracts_service(_platform(), session).fail(payload["extract_id"], PermanentJobError(reason))
+
+
+# --- the person index ---------------------------------------------------------------------------------
+
+def person_index_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> PersonIndex:
+    return PersonIndex(session or platform.db.session, platform.audit, platform.keys, request_id=request_id)
+
+
+@job_handler(RUN_JOB, queue="extracts")
+def build_person_index(ctx: JobContext) -> dict[str, Any]:
+    """Build the person index; everything it writes commits with the job's success, once."""
+    service = person_index_service(_platform(), ctx.session)
+    run_id = ctx.payload["run_id"]
+    run = ctx.session.get(LinkageRun, run_id)
+    if run is not None and run.state == "queued":
+        run.state = "running"
+        ctx.session.commit()  # shown as running at once; a killed attempt leaves only this behind
+    try:
+        quality = service.build(run_id, progress=ctx.report_progress)
+    except Exception as exc:
+        ctx.session.rollback()
+        job = ctx.session.get(Job, ctx.job_id)
+        ctx.session.rollback()
+        refused = isinstance(exc, (LinkageServiceError, PermanentJobError))
+        if refused or (job is not None and ctx.attempt >= job.max_attempts):
+            service.fail(run_id, exc)
+        if isinstance(exc, LinkageServiceError):
+            raise PermanentJobError(str(exc)) from None
+        raise
+    return {"records": quality["records"], "people": quality["people"]}
+
+
+@on_worker_lost(RUN_JOB)
+def _person_index_worker_lost(session: Session, payload: dict[str, Any], reason: str) -> None:
+    person_index_service(_platform(), session).fail(payload["run_id"], PermanentJobError(reason))
 
 
 def _destroy(session: Session, project_id: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -54,6 +54,9 @@ _TOKEN_BODY = re.compile(r"[bcdfghjkmnpqrstv]{32}")
 # in separate domains, so no invalid value can ever share a pseudonym with a valid one.
 _TAG_VALID = b"TREnv1"
 _TAG_BAD_CHECK = b"TREbc1"
+# A person of the person index who holds no trusted NHS number: ten bytes of their person key.
+_TAG_PERSON = b"TREpi1"
+PERSON_KEY_BYTES = BLOCK_BYTES - len(_TAG_PERSON)
 _JUNK_LABEL = b"tre/junk-nhs-number/v1"
 _TAG_VALID_NP = np.frombuffer(_TAG_VALID, dtype=np.uint8)
 _TAG_BAD_CHECK_NP = np.frombuffer(_TAG_BAD_CHECK, dtype=np.uint8)
@@ -351,6 +354,44 @@ def internal_pseudonyms(values: pa.Array | ParsedNumbers, linkage_key: bytes) ->
             blocks[row] = np.frombuffer(mac[:BLOCK_BYTES], dtype=np.uint8)
     blocks[parsed.status == Status.MISSING] = 0
     return Pseudonyms(blocks=blocks, status=parsed.status)
+
+
+def person_pseudonyms(person_keys: Sequence[bytes], linkage_key: bytes) -> np.ndarray:
+    """Layer one for people of the person index who hold no trusted NHS number: each ten-byte person
+    key, tagged in its own domain and encrypted under the linkage key, as an (n, 16) array.
+
+    The tag keeps these apart from every number's pseudonym, so a person without a number can never
+    share a token with a number; re-identification of such a token yields no number
+    (``pseudonym_to_nhs_number`` returns None) and is answered from the person index instead.
+    """
+    if any(len(k) != PERSON_KEY_BYTES for k in person_keys):
+        raise ValueError(f"a person key is {PERSON_KEY_BYTES} bytes")
+    plain = np.empty((len(person_keys), BLOCK_BYTES), dtype=np.uint8)
+    plain[:, :6] = np.frombuffer(_TAG_PERSON, dtype=np.uint8)
+    if person_keys:
+        plain[:, 6:] = np.frombuffer(b"".join(person_keys), dtype=np.uint8).reshape(-1, PERSON_KEY_BYTES)
+    return _ecb(linkage_key, plain) if len(person_keys) else plain
+
+
+def person_numbers(blocks: np.ndarray, linkage_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """For person pseudonyms: each one's NHS number as (n, 10) ASCII digits, and whether it has one
+    (a person without a trusted number has a block in its own domain). For opt-outs, which follow
+    the person: the caller holds the linkage key already, and the digits never leave the pipeline."""
+    if not len(blocks):
+        return np.zeros((0, 10), dtype=np.uint8), np.zeros(0, dtype=bool)
+    plain = _ecb(linkage_key, blocks, decrypt=True)
+    has = (plain[:, :6] == _TAG_VALID_NP).all(axis=1)
+    return np.ascontiguousarray(plain[:, 6:]), has
+
+
+def with_person_blocks(pseudonyms: Pseudonyms, rows: np.ndarray, blocks: np.ndarray) -> Pseudonyms:
+    """The pseudonyms with ``rows`` replaced by their person's block (from the person index) and
+    marked valid: the record's own number, missing or not, no longer decides its token."""
+    out_blocks = pseudonyms.blocks.copy()
+    status = pseudonyms.status.copy()
+    out_blocks[rows] = blocks
+    status[rows] = Status.VALID
+    return Pseudonyms(out_blocks, status)
 
 
 # --------------------------------------------------------------------------------------------------

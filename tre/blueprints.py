@@ -22,6 +22,7 @@ def page_blueprints() -> list[Any]:
     from tre.web.dac import bp as dac
     from tre.web.deliveries import bp as deliveries
     from tre.web.extracts import bp as extracts
+    from tre.web.linkage import bp as linkage
     from tre.web.outputs import bp as outputs
     from tre.web.outputs import prometheus_bp as outputs_metrics
     from tre.web.projects import bp as projects
@@ -30,7 +31,7 @@ def page_blueprints() -> list[Any]:
 
     return [
         web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces,
-        extracts, account, sso, deliveries,
+        extracts, linkage, account, sso, deliveries,
     ]
 
 

@@ -13,6 +13,7 @@ import projects.tasks  # noqa: F401  (registers the projects' job handlers)
 import projects.workspaces  # noqa: F401
 import pseudonymisation.delivery_tasks  # noqa: F401  (registers the delivery check job)
 import pseudonymisation.models  # noqa: F401
+import pseudonymisation.person_index_models  # noqa: F401
 import pseudonymisation.tasks  # noqa: F401  (registers the extract job and the closure hook)
 from tre.core import (  # noqa: F401
     audit,

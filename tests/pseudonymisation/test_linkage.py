@@ -17,7 +17,7 @@ from itertools import combinations
 import pytest
 
 from pseudonymisation import nhs_number
-from pseudonymisation.linkage import Link, LinkageSettings, Record, TooFewToTrain, link, train
+from pseudonymisation.linkage import Link, LinkageSettings, Record, TooFewToTrain, link, link_records, train
 
 PEOPLE = 2000
 PRECISION_FLOOR = 0.99
@@ -250,3 +250,27 @@ def test_link_small_batch_with_a_model_trained_on_whole_sources_meets_floors():
         for value in (r.nhs_number, r.surname, r.first_name, r.postcode, str(r.date_of_birth)):
             if value and len(value) >= 4:
                 assert not re.search(rf"\b{re.escape(value.upper())}\b", saved), value
+
+
+@pytest.mark.slow
+def test_link_records_applies_a_linkage_officers_match_and_no_match():
+    records, _ = synthetic()
+    first = link_records(list(records), model=train(list(records)))
+    assert first.candidates, "no pair fell in the uncertain band, so this test could not fail"
+    assert sum(first.weight_histogram.values()) >= len(first.candidates)
+    band = first.candidates[0]
+    by_person: dict[int, list[Link]] = {}
+    for lk in first.links:
+        by_person.setdefault(lk.person_id, []).append(lk)
+    together = next(m for m in by_person.values()
+                    if len(m) == 2 and {lk.method for lk in m} == {"probabilistic"})
+    apart = frozenset((lk.source, lk.record_id) for lk in together)
+
+    decided = link_records(list(records), model=first.model,
+                           decisions={frozenset((band.left, band.right)): "match", apart: "no_match"})
+    after = {(lk.source, lk.record_id): lk for lk in decided.links}
+    assert after[band.left].person_id == after[band.right].person_id
+    assert {after[band.left].method, after[band.right].method} & {"clerical", "deterministic"}
+    left, right = sorted(apart)
+    assert after[left].person_id != after[right].person_id
+    assert all({c.left, c.right} not in ({band.left, band.right}, set(apart)) for c in decided.candidates)

@@ -15,6 +15,7 @@ TESTS=(
   tests/disclosure/test_checks_worker_killed.py
   tests/disclosure/rerun/test_rerun_worker_killed.py
   tests/pseudonymisation/test_partitioned_extracts_workers.py
+  tests/pseudonymisation/test_person_index_worker_killed.py
   "tests/pseudonymisation/test_pipeline.py::test_an_extract_killed_with_sigkill_resumes_and_is_identical"
 )
 

@@ -59,10 +59,11 @@ ROLES = (
     "data_custodian",
     "administrator",
     "auditor",
+    "linkage_officer",
     "anonymous",
     "no_mfa",
 )
-SIGNED_IN = ROLES[:7]
+SIGNED_IN = ROLES[:8]
 CONTEXTS = ("own", "other", "none")
 # Parameters that name no entity of a project get one fixed value in every context.
 # (No single sign-on link exists in this world: ``link_id`` names none, so the route refuses or 404s.)
@@ -73,6 +74,8 @@ PLAIN_PARAMS = {
     "link_id": "0" * 32,
     "grant_id": "0" * 32,  # no role waits for approval in this world
     "delivery_id": "0" * 32,  # no dataset has had a delivery in this world
+    "run_id": "0" * 32,  # no linkage run in this world (tests/pseudonymisation/test_linkage_review.py has them)
+    "candidate_id": "0" * 32,  # no candidate pair either
 }
 ID_PARAMS = {"project_id", "request_id", "file_id", "user_id", "dataset_id", "extension_id", "token_id", "job_id"}
 
@@ -156,6 +159,13 @@ EXPECT: dict[str, str] = {
     "GET /extracts/optouts": "data_custodian",
     "GET /extracts/optouts/<name>": "",  # no list uploaded in this world: 404
     "GET /healthz": "*",
+    "GET /linkage/": "data_custodian",
+    "GET /linkage/review": "linkage_officer",
+    "GET /linkage/review/<candidate_id>": "",  # no candidate pair in this world: 404
+    "GET /linkage/runs/<run_id>": "",  # no linkage run in this world: 404
+    "GET /linkage/runs/<run_id>/quality.json": "",  # no linkage run in this world: 404
+    "POST /linkage/review/<candidate_id>": "",  # the officer is sent back with a message: no such pair
+    "POST /linkage/runs": "",  # the custodian is sent back with a message: no dataset names linkage columns
     "GET /metrics": "*",
     "GET /metrics/outputs": "*",
     "GET /outputs/": "researcher",
@@ -313,6 +323,7 @@ def _build(app: Any, backend: str) -> MatrixWorld:
     b = active_project(app, w.outsider, title="Another team's project")
     checker = make_user(app, "olive.checker", ["output_checker"])
     auditor = make_user(app, "audrey.auditor", ["auditor"])
+    officer = make_user(app, "lina.linkage", ["linkage_officer"])
     no_mfa = make_user(app, "nora.nomfa", ["researcher", "dac_member", "dac_chair", "output_checker",
                                              "data_custodian", "administrator", "auditor"])
     svc = outputs_service(app)
@@ -345,7 +356,8 @@ def _build(app: Any, backend: str) -> MatrixWorld:
 
     users = {
         "researcher": w.pi, "dac_member": w.dana, "dac_chair": w.chair, "output_checker": checker,
-        "data_custodian": w.custodian, "administrator": w.admin, "auditor": auditor, "no_mfa": no_mfa,
+        "data_custodian": w.custodian, "administrator": w.admin, "auditor": auditor,
+        "linkage_officer": officer, "no_mfa": no_mfa,
     }
     p = app.extensions["tre.platform"]
     ident = Identity(p.db.session, p.keys, p.audit)

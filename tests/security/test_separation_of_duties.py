@@ -57,7 +57,7 @@ def _roles(app: Any, user_id: str) -> list[str]:
     return sorted(s.scalars(select(UserRole.role).where(UserRole.user_id == user_id)))
 
 
-@pytest.mark.parametrize("role", DATA_ROLES)
+@pytest.mark.parametrize("role", [*DATA_ROLES, "linkage_officer"])
 def test_administrator_cannot_grant_themselves_a_role_that_touches_data(app: Any, role: str) -> None:
     from sqlalchemy import select
 

@@ -35,6 +35,10 @@ class Permission(enum.StrEnum):
     # custodian, approved by two other people.
     REIDENTIFY_REQUEST = "reidentify.request"
     REIDENTIFY_APPROVE = "reidentify.approve"
+    # The person index: run linkage and read its quality figures (custodians).
+    LINKAGE_RUN = "linkage.run"
+    # Clerical review of the uncertain band: see candidate pairs' identifiers and decide (linkage officers).
+    LINKAGE_REVIEW = "linkage.review"
     # Administration
     USER_MANAGE = "user.manage"
     TRAINING_MANAGE = "training.manage"
@@ -53,6 +57,7 @@ class Role(enum.StrEnum):
     DATA_CUSTODIAN = "data_custodian"
     ADMINISTRATOR = "administrator"
     AUDITOR = "auditor"
+    LINKAGE_OFFICER = "linkage_officer"
 
 
 ROLE_LABELS: dict[Role, str] = {
@@ -63,7 +68,29 @@ ROLE_LABELS: dict[Role, str] = {
     Role.DATA_CUSTODIAN: "Data custodian",
     Role.ADMINISTRATOR: "Administrator",
     Role.AUDITOR: "Auditor",
+    Role.LINKAGE_OFFICER: "Linkage officer",
 }
+
+# Separation of duties: roles one person never holds together. A linkage officer sees identifiers
+# of candidate pairs; a researcher or an output checker sees the same people's pseudonymised data,
+# so holding both would let one person re-identify. Site-wide, which is stricter than "on the same
+# data": every linked dataset is in the one person index.
+INCOMPATIBLE_ROLES: frozenset[frozenset[Role]] = frozenset(
+    {
+        frozenset({Role.LINKAGE_OFFICER, Role.RESEARCHER}),
+        frozenset({Role.LINKAGE_OFFICER, Role.OUTPUT_CHECKER}),
+    }
+)
+
+
+def role_conflicts(roles: Iterable[str]) -> list[tuple[str, str]]:
+    """The pairs of ``roles`` one person may not hold together (sorted), empty when none."""
+    held = {r for r in roles}
+    return sorted(
+        tuple(sorted(r.value for r in pair))  # type: ignore[misc]
+        for pair in INCOMPATIBLE_ROLES
+        if {r.value for r in pair} <= held
+    )
 
 P = Permission
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -89,11 +116,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.JOB_VIEW,
             P.REIDENTIFY_REQUEST,
             P.REIDENTIFY_APPROVE,
+            P.LINKAGE_RUN,
         }
     ),
     # Administrators manage people, not data: they hold no data or review permission by default.
     Role.ADMINISTRATOR: frozenset({P.USER_MANAGE, P.TRAINING_MANAGE, P.AGREEMENT_MANAGE, P.JOB_VIEW}),
     Role.AUDITOR: frozenset({P.AUDIT_VIEW, P.AUDIT_EXPORT}),
+    Role.LINKAGE_OFFICER: frozenset({P.LINKAGE_REVIEW}),
 }
 
 
@@ -119,4 +148,7 @@ def has_permission(user: HasRoles | None, permission: Permission) -> bool:
     """The one question every route asks. Deny by default: no user, an inactive user or no role means no."""
     if user is None or not user.is_active:
         return False
-    return permission in permissions_of(user.role_names)
+    roles = list(user.role_names)
+    if permission is Permission.LINKAGE_REVIEW and role_conflicts(roles):
+        return False  # a conflicting holding, however it arose, grants no clerical review
+    return permission in permissions_of(roles)

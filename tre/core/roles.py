@@ -18,7 +18,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tre.core.db import Base, new_id, utcnow
-from tre.core.permissions import Role
+from tre.core.permissions import Role, role_conflicts
 
 if TYPE_CHECKING:
     from tre.core.audit import AuditLog
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 # Roles that need a second administrator: everything except the researcher's, which reaches data
 # only through the project gate.
 DUAL_CONTROL_ROLES = frozenset(
-    {Role.DATA_CUSTODIAN, Role.DAC_CHAIR, Role.DAC_MEMBER, Role.OUTPUT_CHECKER, Role.AUDITOR, Role.ADMINISTRATOR}
+    {Role.DATA_CUSTODIAN, Role.DAC_CHAIR, Role.DAC_MEMBER, Role.OUTPUT_CHECKER, Role.AUDITOR, Role.ADMINISTRATOR,
+     Role.LINKAGE_OFFICER}
 )
 PENDING, APPROVED, REFUSED = "pending", "approved", "refused"
 NO_SUCH_GRANT = "There is no such role request waiting for a decision"
@@ -117,6 +118,8 @@ def decide_grant(
         problem = "A second administrator must approve a role you asked for"
     elif approve and actor.id == grant.user_id:
         problem = "You cannot approve a role for yourself"
+    elif approve and role_conflicts([*_held(s, grant.user_id), grant.role]):
+        problem = "That role cannot be held with a role the person already has (separation of duties)"
     action = "user.role_grant_approve" if approve else "user.role_grant_refuse"
     if problem is not None:
         audit.record(
@@ -137,6 +140,12 @@ def decide_grant(
         detail={"role": grant.role, "grant": grant.id, "requested_by": grant.requested_by},
     )
     return grant, None
+
+
+def _held(s: Session, user_id: str) -> list[str]:
+    from tre.core.identity import UserRole
+
+    return list(s.scalars(select(UserRole.role).where(UserRole.user_id == user_id)))
 
 
 def describe_grant(grant: RoleGrant) -> dict[str, Any]:

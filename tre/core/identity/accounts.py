@@ -14,7 +14,7 @@ from tre.core.identity.errors import IdentityError, PermissionDenied
 from tre.core.identity.hashing import hasher
 from tre.core.identity.models import User, UserRole
 from tre.core.identity.names import check_password_policy, normalise_display_name, normalise_email
-from tre.core.permissions import Permission, Role
+from tre.core.permissions import Permission, Role, role_conflicts
 from tre.core.roles import NO_SUCH_GRANT, RoleGrant, decide_grant, pending_grants, request_roles
 
 
@@ -37,6 +37,7 @@ class Accounts(IdentityBase):
         unknown = [r for r in roles if r not in {x.value for x in Role}]
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
+        _refuse_conflicting(roles)
         if password is not None:
             check_password_policy(password, email=email, display_name=display_name)
         with transaction(self.session) as s:
@@ -70,6 +71,7 @@ class Accounts(IdentityBase):
         unknown = [r for r in roles if r not in {x.value for x in Role}]
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
+        _refuse_conflicting(roles)
         with transaction(self.session) as s:
             # Lock the account so two administrators changing roles at once queue, not collide.
             user = self._get(s, user_id, lock=True)
@@ -124,6 +126,13 @@ class Accounts(IdentityBase):
                 request_id=self.request_id,
             )
         return user
+
+
+def _refuse_conflicting(roles: list[str]) -> None:
+    conflicts = role_conflicts(roles)
+    if conflicts:
+        a, b = conflicts[0]
+        raise IdentityError(f"One person cannot hold both the {a} and {b} roles (separation of duties)")
 
 
 def describe(user: User) -> dict[str, Any]:
