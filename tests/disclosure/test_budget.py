@@ -193,3 +193,60 @@ def test_dp_output_over_the_per_release_cap_fails_its_check(world: World) -> Non
     check = world.session.scalar(select(OutputCheck).where(OutputCheck.request_id == req.id))
     assert check.status == "fail"
     assert "at most epsilon 2" in " ".join(check.verdict["reasons"])
+
+
+def test_two_releases_side_by_side_never_overspend(
+    world: World, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first release holds with the budget row locked and the budget not yet summed (a test point);
+    the second is sent then, and may only read the budget after the first commits: one is refused."""
+    import threading
+
+    from sqlalchemy import text
+
+    from disclosure.services import Outputs
+    from tre.core.testpoints import Barrier
+
+    point = "outputs.dp.budget_locked"
+    budgets(world).set_total(dac(world), world.project.id, 0.8, "room for one release of 0.5")
+    first = world.approved(content=dp_output(0.5)[0], spec=dp_output(0.5)[1])
+    second = world.approved(content=dp_output(0.5)[0], spec=dp_output(0.5)[1])
+    world.session.commit()  # end the test's read transaction: on SQLite it holds the write lock
+    barrier = Barrier(tmp_path / "testpoints")
+    monkeypatch.setenv("TRE_TESTPOINTS", str(barrier.folder))
+    barrier.arm(point)
+    outcomes: dict[str, str] = {}
+
+    def release(name: str, checker: Any, request_id: str) -> None:
+        with world.app.app_context():
+            try:
+                Outputs.from_platform(platform(world.app)).release(checker, request_id)
+                outcomes[name] = "released"
+            except OutputError as exc:
+                outcomes[name] = str(exc)
+            finally:
+                platform(world.app).db.session.remove()
+
+    a = threading.Thread(target=release, args=("first", world.olive, first.id))
+    a.start()
+    barrier.wait_reached(point, timeout=120)
+    b = threading.Thread(target=release, args=("second", world.otto, second.id))
+    b.start()
+    if database_url.startswith("postgresql"):
+        # Go on once the second release waits on a lock (or, were nothing locked, has finished).
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        with platform(world.app).db.engine.connect() as conn:
+            while b.is_alive() and not conn.execute(waiting).scalar():
+                threading.Event().wait(0.02)
+    barrier.release(point)
+    a.join()
+    b.join()
+
+    world.session.expire_all()
+    state = budget_state(world.session, world.project.id)
+    assert state.spent == pytest.approx(0.5)
+    assert state.remaining >= 0
+    assert outcomes["first"] == "released"
+    assert "this release needs epsilon 0.5; the project has 0.3 left" in outcomes["second"]
