@@ -291,3 +291,23 @@ def test_prometheus_text_is_refused_from_another_machine(web: Browser) -> None:
     response = web.app.test_client().get("/metrics/outputs", environ_base={"REMOTE_ADDR": "10.0.0.9"})
 
     assert response.status_code == 403
+
+
+def test_checker_sees_the_privacy_budget_on_the_review_page_and_the_team_on_the_project_page(web: Browser) -> None:
+    from disclosure.progress import current_policy
+    from tests.disclosure.test_budget import dp_output
+
+    w = web.world
+    with web.app.app_context():
+        content, spec = dp_output(0.5)
+        req = w.released(content=content, spec=spec)
+        left = f'id="privacy-budget" data-remaining="{current_policy().get("dp", "project_budget") - 0.5:.6g}"'
+
+    review = web.as_(w.olive).get(f"/outputs/requests/{req.id}").get_data(as_text=True)
+    project = web.as_(w.colleague).get(f"/projects/{w.project.id}").get_data(as_text=True)
+    stranger = web.as_(w.outsider).get(f"/projects/{w.project.id}")
+
+    assert left in review
+    assert "spends epsilon 0.5 when released (charged)" in review
+    assert left in project
+    assert stranger.status_code != 200 or "privacy-budget" not in stranger.get_data(as_text=True)
