@@ -25,7 +25,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('project_privacy_budgets',
     sa.Column('project_id', sa.String(length=32), nullable=False),
-    sa.Column('total_epsilon', sa.Float(), nullable=False),
+    sa.Column('total_epsilon', sa.Double(), nullable=False),
     sa.Column('set_by', sa.String(length=32), nullable=True),
     sa.Column('set_at', tre.core.db.UTCDateTime(), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
@@ -37,7 +37,7 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('project_id', sa.String(length=32), nullable=False),
     sa.Column('kind', sa.String(length=10), nullable=False),
-    sa.Column('epsilon', sa.Float(), nullable=False),
+    sa.Column('epsilon', sa.Double(), nullable=False),
     sa.Column('request_id', sa.String(length=32), nullable=True),
     sa.Column('file_id', sa.String(length=32), nullable=True),
     sa.Column('actor_id', sa.String(length=32), nullable=False),
