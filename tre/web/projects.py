@@ -159,7 +159,9 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         today=dt.date.today(),
         optout_exemptions=svc.optout_exemptions(project),
         optout_list_names=_optout_list_names(),
-        privacy=_privacy_budget(project.id) if member or project.pi_id == g.user.id else None,
+        privacy=_privacy_budget(project.id)
+        if member or project.pi_id == g.user.id or g.user.has(Permission.APPLICATION_DECIDE)
+        else None,
     )
 
 

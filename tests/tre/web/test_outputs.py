@@ -311,3 +311,30 @@ def test_checker_sees_the_privacy_budget_on_the_review_page_and_the_team_on_the_
     assert "spends epsilon 0.5 when released (charged)" in review
     assert left in project
     assert stranger.status_code != 200 or "privacy-budget" not in stranger.get_data(as_text=True)
+
+
+def test_chair_sets_the_privacy_budget_from_the_project_page_and_a_researcher_cannot(web: Browser) -> None:
+    from disclosure.budget import budget_state
+    from tests.tre.helpers import create_user
+
+    w = web.world
+    chair, secret = create_user(web.app, "dora@nhs.example", ["dac_chair"])
+    web.secrets[chair.id] = secret
+    page = f"/projects/{w.project.id}"
+    url = f"/dac/{w.project.id}/privacy-budget"
+
+    refused = _post(web.as_(w.author), page, url, {"total_epsilon": "99", "reason": "more"})
+    bad = _post(web.as_(chair), page, url, {"total_epsilon": "lots", "reason": "x"}, follow_redirects=True)
+    done = _post(web.as_(chair), page, url, {"total_epsilon": "2.5", "reason": "agreed at committee"})
+
+    assert refused.status_code == 403
+    assert "The total epsilon must be a number" in bad.get_data(as_text=True)
+    assert done.status_code == 302
+    with web.app.app_context():
+        state = budget_state(web.app.extensions["tre.platform"].db.session, w.project.id)
+        denied = web.app.extensions["tre.platform"].db.session.execute(
+            select(AuditEvent.action, AuditEvent.actor_id, AuditEvent.target_id).where(AuditEvent.outcome == "denied")
+        ).all()
+    assert (state.total, state.set_by) == (2.5, chair.id)
+    assert ("access.denied", w.author.id, "dac.privacy_budget") in denied
+    assert ("privacy_budget.set", chair.id, w.project.id) in denied  # the bad number
