@@ -332,9 +332,15 @@ def test_chair_sets_the_privacy_budget_from_the_project_page_and_a_researcher_ca
     assert done.status_code == 302
     with web.app.app_context():
         state = budget_state(web.app.extensions["tre.platform"].db.session, w.project.id)
-        denied = web.app.extensions["tre.platform"].db.session.execute(
-            select(AuditEvent.action, AuditEvent.actor_id, AuditEvent.target_id).where(AuditEvent.outcome == "denied")
-        ).all()
+        denied = (
+            web.app.extensions["tre.platform"]
+            .db.session.execute(
+                select(AuditEvent.action, AuditEvent.actor_id, AuditEvent.target_id).where(
+                    AuditEvent.outcome == "denied"
+                )
+            )
+            .all()
+        )
     assert (state.total, state.set_by) == (2.5, chair.id)
     assert ("access.denied", w.author.id, "dac.privacy_budget") in denied
     assert ("privacy_budget.set", chair.id, w.project.id) in denied  # the bad number
