@@ -412,13 +412,27 @@ class Session:
             filters=filters,
         )
         frame = pd.DataFrame(data)
-        common = {"person": person, "max_rows_per_person": max_rows, "policy": self.policy}
+        policy = self.policy
         if statistic == "count":
-            table, verdict = dp.dp_counts(frame, dims, categories, epsilon, None, "", **common)
-        elif statistic == "sum":
-            table, verdict = dp.dp_sums(frame, dims, categories, value, bounds, epsilon, None, "", **common)
+            table, verdict = dp.dp_counts(
+                frame, dims, categories, epsilon, None, "", person=person, max_rows_per_person=max_rows, policy=policy
+            )
         else:
-            table, verdict = dp.dp_means(frame, dims, categories, value, bounds, epsilon, None, "", **common)
+            assert value is not None and bounds is not None  # dp_spec refused them missing
+            make = dp.dp_sums if statistic == "sum" else dp.dp_means
+            table, verdict = make(
+                frame,
+                dims,
+                categories,
+                value,
+                bounds,
+                epsilon,
+                None,
+                "",
+                person=person,
+                max_rows_per_person=max_rows,
+                policy=policy,
+            )
         self._add(
             output_type="table",
             status=verdict["status"],

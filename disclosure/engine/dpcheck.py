@@ -206,7 +206,7 @@ def _noise_test(spec: dict[str, Any], published: pd.DataFrame, data: pd.DataFram
         else:
             half = spec["epsilon"] / 2
             checks.append(("noisy_count", counts, _column(published, "noisy_count"), sensitivity(spec, "count") / half))
-    reasons = []
+    reasons: list[str] = []
     for column, true, shown, scale in checks:
         if len(shown) != len(true) or not np.isfinite(shown).all():
             out["noise_test"] = f"not done: the file's {column} column does not match the categories"
