@@ -89,8 +89,9 @@ def _locked_row(s: Session, project_id: str) -> ProjectPrivacyBudget:
 
 
 def dp_spends(req: OutputRequest, checks: dict[str, OutputCheck]) -> list[tuple[str, float]]:
-    """(file id, epsilon) of each DP file of the request, from its automated check; a DP file without a
-    passing DP check cannot be charged, so it cannot be released."""
+    """(file id, epsilon) of each DP file of the request, from its automated check (the larger of the
+    stated and the re-derived epsilon); a DP file whose check found no epsilon cannot be charged, so it
+    cannot be released."""
     spends = []
     for f in req.current_files:
         if not is_dp_spec(f.table_spec):
@@ -203,6 +204,8 @@ class PrivacyBudgets:
             if not reason:
                 raise RuleViolation("Give the reason for the refund")
             with transaction(self.session) as s:
+                if s.get(Project, project_id) is None:
+                    raise RuleViolation("No such project")
                 _locked_row(s, project_id)
                 state = budget_state(s, project_id)
                 if epsilon > state.spent - state.refunded + 1e-12:

@@ -250,3 +250,15 @@ def test_two_releases_side_by_side_never_overspend(
     assert state.remaining >= 0
     assert outcomes["first"] == "released"
     assert "this release needs epsilon 0.5; the project has 0.3 left" in outcomes["second"]
+
+
+def test_dp_file_whose_check_found_no_epsilon_cannot_be_released_even_when_approved(world: World) -> None:
+    _, spec = dp_output(0.5)
+    noise_hidden = b"region,estimate\nNorth,40\nSouth,50\nEast,45\nWest,22\n"
+    req = world.approved(content=noise_hidden, spec=spec)
+
+    with pytest.raises(OutputError, match="without a checked epsilon"):
+        world.svc.release(world.olive, req.id)
+
+    assert world.refresh(req).state == rules.APPROVED
+    assert budget_state(world.session, world.project.id).spent == 0.0
