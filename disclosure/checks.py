@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from disclosure import rules
+from disclosure.engine.dpcheck import is_dp_spec
 from disclosure.engine.population import validate as validate_filters
 from disclosure.models import OutputCheck, OutputFile, OutputRequest
 from disclosure.services import CHECK_JOB, advance_after_checks, current_policy, load_ledger
@@ -180,6 +181,8 @@ def check_content(
             "differencing": [],
             "aggregate": None,
         }
+    if is_dp_spec(spec):
+        return _check_dp_content(content, spec, policy=policy, extracts_root=extracts_root, project_id=project_id)
     population = _population(spec)
     recomputed = None
     record: dict[str, Any]
@@ -280,6 +283,40 @@ def check_content(
         "differencing": differencing,
         "aggregate": aggregate,
     }
+
+
+def _check_dp_content(
+    content: bytes, spec: dict[str, Any], *, policy: Any, extracts_root: Path, project_id: str
+) -> dict[str, Any]:
+    """A differentially private table: its specification checked against what the file shows (and, with
+    the extract, against the true values); the epsilon found is what the release will charge. DP files
+    go into no differencing ledger: their noise protects them whatever else was released."""
+    import io
+
+    from disclosure.engine.dpcheck import check_dp_output
+    from disclosure.engine.verdict import criterion, simple_verdict
+
+    data = None
+    record: dict[str, Any] = {"status": "not_done", "reason": "no extract of the dataset the specification names"}
+    location = extract_location(extracts_root, project_id, spec.get("dataset") or "")
+    if location is not None and spec.get("filters") is not None:
+        data = _read_extract(location)
+        record = {"status": "done", "dataset": spec["dataset"]}
+    try:
+        dims = spec.get("dims") or []
+        published = pd.read_csv(io.BytesIO(content), index_col=list(range(len(dims))) or None)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        published, reason = None, f"the file could not be read as a DP table: {type(exc).__name__}"
+    if published is None:
+        result = {"status": "fail", "reasons": [reason], "dp": {"epsilon": None}}
+    else:
+        result = check_dp_output(spec, published, policy, data)
+    cap = {"release_cap": policy.get("dp", "release_cap")}
+    rule = criterion("dp_release", result["status"], cap, "; ".join(result["reasons"]))
+    verdict = simple_verdict("dp_table", policy, [rule], dp=result["dp"])
+    if result["status"] == "pass":
+        verdict["reasons"] = [f"differentially private: epsilon {result['dp']['epsilon']:g} is charged at release"]
+    return {"status": verdict["status"], "verdict": verdict, "recompute": record, "differencing": [], "aggregate": None}
 
 
 def run_check(

@@ -295,3 +295,45 @@ class OutputRerun(Base):
     job_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
+
+
+BUDGET_ENTRY_KINDS: tuple[str, ...] = ("spend", "refund")
+
+
+class ProjectPrivacyBudget(Base):
+    """A project's privacy-loss budget: the total its DAC set (or the policy's default). What is left is
+    never stored: it is the total less the spends plus the refunds in ``privacy_budget_entries``. A
+    release locks this row before it sums them, so two releases never both spend the last of it."""
+
+    __tablename__ = "project_privacy_budgets"
+    __table_args__ = (CheckConstraint("total_epsilon >= 0", name="total_not_negative"),)
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    total_epsilon: Mapped[float]
+    set_by: Mapped[str | None] = mapped_column(String(32))  # None: the policy's default
+    set_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class PrivacyBudgetEntry(Base):
+    """One spend (a DP file released) or refund (a DAC correction) of a project's privacy budget."""
+
+    __tablename__ = "privacy_budget_entries"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", BUDGET_ENTRY_KINDS), name="kind_known"),
+        CheckConstraint("epsilon > 0", name="epsilon_positive"),
+        CheckConstraint("kind = 'refund' OR file_id IS NOT NULL", name="spend_names_its_file"),
+        CheckConstraint("kind = 'spend' OR length(trim(reason)) > 0", name="refund_has_reason"),
+        UniqueConstraint("kind", "file_id"),  # one spend per file
+        Index("ix_privacy_budget_entries_project", "project_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(ForeignKey("project_privacy_budgets.project_id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))
+    epsilon: Mapped[float]
+    request_id: Mapped[str | None] = mapped_column(String(32))
+    file_id: Mapped[str | None] = mapped_column(String(32))
+    actor_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

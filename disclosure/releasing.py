@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from disclosure import rules
+from disclosure.budget import charge_release
 from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
 from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest, OutputRerun
@@ -46,6 +47,7 @@ class Releasing(OutputsBase):
                         + ": the TRE's policy releases only reproduced files"
                     )
             checks = _checks_by_file(s, req)
+            charge_release(s, self.audit, req, checks, actor.id)  # DP files spend the project's privacy budget
             bundle, manifest = build_bundle(s, req, self.files, checks, decision)
             sha = self.files.put(bundle)
             release = OutputRelease(

@@ -290,6 +290,15 @@ def check_table_spec(spec: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(spec, dict):
         raise RuleViolation("A table specification must be a JSON object")
+    if spec.get("route") is not None:
+        from disclosure.engine.dpcheck import is_dp_spec, validate_dp_spec
+
+        if not is_dp_spec(spec):
+            raise RuleViolation("A table specification's route, when given, must be dp")
+        try:
+            validate_dp_spec(spec)
+        except ValueError as exc:
+            raise RuleViolation(f"A differentially private output's specification is not sane: {exc}") from None
     dims = spec.get("dims")
     if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
         raise RuleViolation("A table specification must list its dimensions (dims)")

@@ -401,6 +401,108 @@ class Session:
         )
         return res
 
+    # --- differentially private tables -------------------------------------------------------------
+    def dp_count(
+        self, data: Any, dims: list[str], categories: dict[str, list], epsilon: float, *, max_rows_per_person: int = 1
+    ) -> pd.DataFrame:
+        """Noisy counts per cell of the public category product (OpenDP, Laplace). Nothing is charged
+        here: the output queue charges the project's privacy budget when the output is released."""
+        return self._dp("count", data, dims, categories, epsilon, None, None, max_rows_per_person)
+
+    def dp_sum(
+        self,
+        data: Any,
+        dims: list[str],
+        categories: dict[str, list],
+        value: str,
+        bounds: tuple[float, float],
+        epsilon: float,
+        *,
+        max_rows_per_person: int = 1,
+    ) -> pd.DataFrame:
+        """Noisy sums of ``value`` clamped to ``bounds`` per cell (charged at release, not here)."""
+        return self._dp("sum", data, dims, categories, epsilon, value, bounds, max_rows_per_person)
+
+    def dp_mean(
+        self,
+        data: Any,
+        dims: list[str],
+        categories: dict[str, list],
+        value: str,
+        bounds: tuple[float, float],
+        epsilon: float,
+        *,
+        max_rows_per_person: int = 1,
+    ) -> pd.DataFrame:
+        """Noisy means (noisy sum / noisy count, epsilon split evenly; charged at release, not here)."""
+        return self._dp("mean", data, dims, categories, epsilon, value, bounds, max_rows_per_person)
+
+    def _dp(
+        self,
+        statistic: str,
+        data: Any,
+        dims: list[str],
+        categories: dict[str, list],
+        epsilon: float,
+        value: str | None,
+        bounds: tuple[float, float] | None,
+        max_rows: int,
+    ) -> pd.DataFrame:
+        from disclosure.engine import dp
+        from disclosure.engine.dpcheck import dp_spec
+
+        dims = _as_list(dims)
+        person = self.person if self.person in data.columns else None
+        if self.person is not None and person is None:
+            raise ValueError(f"the session counts people by {self.person!r}, which this data does not hold")
+        used = [*dims, *([value] if value else []), *([person] if person else [])]
+        dataset, filters = self._population(data, {c: data[c] for c in used})
+        spec = dp_spec(
+            statistic,
+            dims,
+            categories,
+            epsilon,
+            value=value,
+            bounds=bounds,
+            max_rows_per_person=max_rows,
+            person=person,
+            dataset=dataset,
+            filters=filters,
+        )
+        frame = pd.DataFrame(data)
+        policy = self.policy
+        if statistic == "count":
+            table, verdict = dp.dp_counts(
+                frame, dims, categories, epsilon, None, "", person=person, max_rows_per_person=max_rows, policy=policy
+            )
+        else:
+            assert value is not None and bounds is not None  # dp_spec refused them missing
+            make = dp.dp_sums if statistic == "sum" else dp.dp_means
+            table, verdict = make(
+                frame,
+                dims,
+                categories,
+                value,
+                bounds,
+                epsilon,
+                None,
+                "",
+                person=person,
+                max_rows_per_person=max_rows,
+                policy=policy,
+            )
+        self._add(
+            output_type="table",
+            status=verdict["status"],
+            properties={"method": f"dp_{statistic}", "mitigation": "differential privacy", "epsilon": epsilon},
+            command=f"dp_{statistic}(dims={dims}, epsilon={epsilon:g})",
+            summary=f"{verdict['status']}; differentially private {statistic}, epsilon {epsilon:g}, charged at release",
+            frames=[table],
+            verdict=verdict,
+            spec=spec,
+        )
+        return table
+
     # --- tables --------------------------------------------------------------------------------------
     def crosstab(
         self,

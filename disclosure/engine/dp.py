@@ -96,7 +96,7 @@ def dp_counts(
     dims: list[str],
     categories: dict[str, list],
     epsilon: float,
-    budget: PrivacyBudget,
+    budget: PrivacyBudget | None,
     output_id: str,
     *,
     person: str | None = None,
@@ -107,7 +107,8 @@ def dp_counts(
     """Noisy counts per cell of the public category product (discrete Laplace via OpenDP)."""
     dp = _opendp()
     policy = policy or default_policy()
-    if _charge:
+    _check_epsilon(epsilon)
+    if _charge and budget is not None:
         budget.charge(epsilon, output_id, f"dp counts over {dims}")
     rows = _bounded_rows(data, person, max_rows_per_person)
     key, names = _keys(rows, dims, categories)
@@ -131,7 +132,7 @@ def dp_sums(
     value: str,
     bounds: tuple[float, float],
     epsilon: float,
-    budget: PrivacyBudget,
+    budget: PrivacyBudget | None,
     output_id: str,
     *,
     person: str | None = None,
@@ -149,7 +150,8 @@ def dp_sums(
     lower, upper = map(float, bounds)
     if lower > upper:
         raise ValueError("bounds must be (lower, upper)")
-    if _charge:
+    _check_epsilon(epsilon)
+    if _charge and budget is not None:
         budget.charge(epsilon, output_id, f"dp sums of {value} over {dims}")
     rows = _bounded_rows(data, person, max_rows_per_person)
     key, names = _keys(rows, dims, categories)
@@ -172,7 +174,7 @@ def dp_means(
     value: str,
     bounds: tuple[float, float],
     epsilon: float,
-    budget: PrivacyBudget,
+    budget: PrivacyBudget | None,
     output_id: str,
     *,
     person: str | None = None,
@@ -182,7 +184,9 @@ def dp_means(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Noisy mean = noisy sum / noisy count, with epsilon split evenly; error bars by simulating the noise."""
     policy = policy or default_policy()
-    budget.charge(epsilon, output_id, f"dp means of {value} over {dims}")
+    _check_epsilon(epsilon)
+    if budget is not None:
+        budget.charge(epsilon, output_id, f"dp means of {value} over {dims}")
     half = epsilon / 2  # sequential composition: count and sum each spend half of the charge above
     counts, _ = dp_counts(
         data,
@@ -225,6 +229,8 @@ def dp_means(
     table["estimate"] = mean
     table["ci95_lower"], table["ci95_upper"] = lo, hi
     table["noisy_count"] = n
+    table["count_noise_scale"] = counts["noise_scale"].to_numpy()
+    table["sum_noise_scale"] = sums["noise_scale"].to_numpy()
     verdict = _verdict(
         "dp_means",
         policy,
@@ -236,6 +242,11 @@ def dp_means(
         bounds=[float(bounds[0]), float(bounds[1])],
     )
     return table, verdict
+
+
+def _check_epsilon(epsilon: float) -> None:
+    if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError("epsilon must be a positive number")
 
 
 def _confirm(privacy_loss: float, epsilon: float) -> None:
@@ -258,7 +269,7 @@ def _frame(dims: list[str], categories: dict[str, list], noisy: np.ndarray, scal
 def _verdict(
     kind: str,
     policy: Policy,
-    budget: PrivacyBudget,
+    budget: PrivacyBudget | None,
     epsilon: float,
     scale: float | None,
     max_rows: int,
@@ -272,11 +283,11 @@ def _verdict(
             criterion(
                 "privacy_budget",
                 "pass",
-                {"total_epsilon": budget.total_epsilon},
-                "",
+                {"total_epsilon": budget.total_epsilon if budget else None},
+                "" if budget else "charged by the output queue at release, not here",
                 epsilon=epsilon,
-                spent=budget.spent,
-                remaining=budget.remaining,
+                spent=budget.spent if budget else None,
+                remaining=budget.remaining if budget else None,
             ),
             criterion("public_categories", "pass", {}, "", convention="categories supplied by the caller"),
         ],

@@ -165,6 +165,23 @@ def test_a_resubmitted_session_table_carries_its_population_too(fake_cp: FakeCon
     assert json.loads(sent["fields"]["table_specs"])[tables[0].name]["dataset"] == "patients"
 
 
+def test_a_dp_table_is_sent_with_its_dp_specification(fake_cp: FakeControlPlane, tmp_path):
+    import pandas as pd
+
+    from disclosure.session import Session
+
+    session = Session()
+    patients = session.use(pd.DataFrame({"sex": ["F", "M"] * 40}), "patients")
+    session.dp_count(patients, ["sex"], {"sex": ["F", "M"]}, epsilon=0.5)
+    session.finalise(str(tmp_path / "dp"))
+    table = tmp_path / "dp" / "output_0_0.csv"
+
+    submit([table], "Patients by sex (DP)", "Laplace noise, epsilon 0.5", api=fake_cp.url, token=fake_cp.output_token)
+
+    spec = json.loads(fake_cp.submissions[-1]["fields"]["table_specs"])[table.name]
+    assert (spec["route"], spec["epsilon"], spec["categories"]) == ("dp", 0.5, {"sex": ["F", "M"]})
+
+
 def test_request_status_reads_a_request_of_the_project(fake_cp: FakeControlPlane):
     fake_cp.requests["req-1"] = {"id": "req-1", "state": "returned", "files": [{"name": "t.csv", "group": "g"}]}
 

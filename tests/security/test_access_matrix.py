@@ -250,6 +250,7 @@ EXPECT: dict[str, str] = {
     "POST /dac/<project_id>/decide": "dac_chair:o",
     "POST /dac/<project_id>/optout-exemptions": "",
     "POST /dac/<project_id>/optout-exemptions/<list_name>/revoke": "",  # no exemption exists: 404
+    "POST /dac/<project_id>/privacy-budget": "",  # the chair's empty form is refused; others are denied
     "POST /dac/<project_id>/reinstate": "",
     "POST /dac/<project_id>/suspend": "",
     "POST /dac/<project_id>/vote": "dac_member:o dac_chair:o",

@@ -231,6 +231,28 @@ def reinstate(project_id: str) -> Any:
     return redirect(url_for("projects.show", project_id=project_id))
 
 
+@bp.post("/<project_id>/privacy-budget")
+@requires(Permission.APPLICATION_DECIDE)
+def privacy_budget(project_id: str) -> Any:
+    """The chair sets the total epsilon the project may spend on differentially private releases."""
+    from disclosure.budget import PrivacyBudgets
+    from disclosure.kernel import OutputError, OutputPermissionDenied
+    from tre.authn import platform
+
+    f = request.form
+    try:
+        state = PrivacyBudgets.from_platform(platform()).set_total(
+            g.user, project_id, f.get("total_epsilon", ""), f.get("reason", "")
+        )
+    except OutputPermissionDenied:
+        abort(403)
+    except OutputError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"Privacy budget set: epsilon {state.total:g}, {state.remaining:g} left", "success")
+    return redirect(url_for("projects.show", project_id=project_id))
+
+
 # What each registered destruction hook destroys, in words for the confirmation page.
 DESTROYED_BY_HOOK = {
     "extracts-and-project-key": "the project's pseudonymised extracts and the key that made its tokens",

@@ -141,7 +141,26 @@ def request_page(request_id: str) -> str:
         project=svc.session.get(Project, req.project_id),
         release=_release_of(svc, req),
         content_ok=svc.content_visible(g.user, req),
+        privacy=_privacy_of(svc, req, checks),
     )
+
+
+def _privacy_of(svc: Any, req: Any, checks: dict[str, Any]) -> dict[str, Any] | None:
+    """The project's privacy budget and what this request's DP files would spend at release (None when
+    it has none)."""
+    from disclosure.budget import budget_state
+    from disclosure.engine.dpcheck import is_dp_spec
+
+    dp_files = [f for f in req.current_files if is_dp_spec(f.table_spec)]
+    if not dp_files:
+        return None
+    epsilons = [((checks.get(f.id) and checks[f.id].verdict or {}).get("dp") or {}).get("epsilon") for f in dp_files]
+    known = [e for e in epsilons if isinstance(e, int | float)]
+    return {
+        "budget": budget_state(svc.session, req.project_id),
+        "needed": sum(known) if len(known) == len(epsilons) else None,
+        "files": len(dp_files),
+    }
 
 
 def _release_of(svc: Outputs, req: OutputRequest) -> Any:

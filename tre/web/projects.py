@@ -166,6 +166,9 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         today=dt.date.today(),
         optout_exemptions=svc.optout_exemptions(project),
         optout_list_names=_optout_list_names(),
+        privacy=_privacy_budget(project.id)
+        if member or project.pi_id == g.user.id or g.user.has(Permission.APPLICATION_DECIDE)
+        else None,
     )
 
 
@@ -197,6 +200,14 @@ def column_outcomes(datasets: Any) -> dict[str, dict[str, str]]:
             words[c.name] = RULE_LABELS.get(kind, str(kind))
         out[ds.id] = words
     return out
+
+
+def _privacy_budget(project_id: str) -> Any:
+    """What the team may spend on differentially private releases (the budget is the project's, not secret
+    from its own team)."""
+    from disclosure.budget import budget_state
+
+    return budget_state(platform().db.session, project_id)
 
 
 def _optout_list_names() -> list[str]:

@@ -360,3 +360,56 @@ def test_researchers_reach_their_output_requests_from_the_menu(web: Browser) -> 
 
     assert 'class="nhsuk-header__navigation-link" href="/outputs/">My outputs<' in home
     assert 'href="/outputs/">My outputs<' not in checker_home
+
+
+def test_checker_sees_the_privacy_budget_on_the_review_page_and_the_team_on_the_project_page(web: Browser) -> None:
+    from disclosure.progress import current_policy
+    from tests.disclosure.test_budget import dp_output
+
+    w = web.world
+    with web.app.app_context():
+        content, spec = dp_output(0.5)
+        req = w.released(content=content, spec=spec)
+        left = f'id="privacy-budget" data-remaining="{current_policy().get("dp", "project_budget") - 0.5:.6g}"'
+
+    review = web.as_(w.olive).get(f"/outputs/requests/{req.id}").get_data(as_text=True)
+    project = web.as_(w.colleague).get(f"/projects/{w.project.id}").get_data(as_text=True)
+    stranger = web.as_(w.outsider).get(f"/projects/{w.project.id}")
+
+    assert left in review
+    assert "spends epsilon 0.5 when released (charged)" in review
+    assert left in project
+    assert stranger.status_code != 200 or "privacy-budget" not in stranger.get_data(as_text=True)
+
+
+def test_chair_sets_the_privacy_budget_from_the_project_page_and_a_researcher_cannot(web: Browser) -> None:
+    from disclosure.budget import budget_state
+    from tests.tre.helpers import create_user
+
+    w = web.world
+    chair, secret = create_user(web.app, "dora@nhs.example", ["dac_chair"])
+    web.secrets[chair.id] = secret
+    page = f"/projects/{w.project.id}"
+    url = f"/dac/{w.project.id}/privacy-budget"
+
+    refused = _post(web.as_(w.author), page, url, {"total_epsilon": "99", "reason": "more"})
+    bad = _post(web.as_(chair), page, url, {"total_epsilon": "lots", "reason": "x"}, follow_redirects=True)
+    done = _post(web.as_(chair), page, url, {"total_epsilon": "2.5", "reason": "agreed at committee"})
+
+    assert refused.status_code == 403
+    assert "The total epsilon must be a number" in bad.get_data(as_text=True)
+    assert done.status_code == 302
+    with web.app.app_context():
+        state = budget_state(web.app.extensions["tre.platform"].db.session, w.project.id)
+        denied = (
+            web.app.extensions["tre.platform"]
+            .db.session.execute(
+                select(AuditEvent.action, AuditEvent.actor_id, AuditEvent.target_id).where(
+                    AuditEvent.outcome == "denied"
+                )
+            )
+            .all()
+        )
+    assert (state.total, state.set_by) == (2.5, chair.id)
+    assert ("access.denied", w.author.id, "dac.privacy_budget") in denied
+    assert ("privacy_budget.set", chair.id, w.project.id) in denied  # the bad number
