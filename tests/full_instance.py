@@ -10,8 +10,10 @@ Used by the backup test (tests/tre/core/test_backup_full_instance.py), and by an
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -61,7 +63,9 @@ def build_full_instance(instance: Path, database_url: str) -> FullInstance:
     """``tre init`` and ``tre demo load`` on an empty database, then every workflow's states."""
     tre(["init"], instance, database_url)
     tre(["demo", "load", "--patients", str(DEMO_PATIENTS)], instance, database_url)
-    app = make_test_app(instance, database_url)
+    landing = instance.parent / "full-instance-landing"
+    landing.mkdir(parents=True, exist_ok=True)
+    app = make_test_app(instance, database_url, landing_dir=landing)
     p = app.extensions["tre.platform"]
     demo = _demo_people(app)
 
@@ -145,11 +149,79 @@ def build_full_instance(instance: Path, database_url: str) -> FullInstance:
         svc.decide_reidentification(demo["chris.chair"], req.id, "approve", "Clinical need confirmed")
     run_queued_jobs(app)
 
+    _onboarding_and_linkage(app, instance, landing, demo, projects, demo_project.id)
+    _rerun_and_privacy_budget(app, w)
+
     return FullInstance(
         app=app, instance=instance, database_url=database_url, released_request_id=released.id, bundle=bundle,
         bundle_sha256=release.bundle_sha256, team_member_id=w.author.id, sign_in_email=PASSWORD_USER,
         sign_in_secret=secret or "", notes={"output_states": states, "project": demo_project.id},
     )
+
+
+def _onboarding_and_linkage(
+    app: Any, instance: Path, landing: Path, demo: dict[str, Any], projects: Any, project_id: str
+) -> None:
+    """A refresh of a demo dataset accepted as a version, its rules and a project's pin; a person index
+    run over linkable sources, with a linkage officer's decision on a candidate pair."""
+    from projects.models import Dataset
+    from pseudonymisation.delivery_tasks import deliveries_service
+    from pseudonymisation.linkage import LinkageSettings
+    from pseudonymisation.linkage_review import LinkageReview
+    from pseudonymisation.person_index import PersonIndex
+    from tests.projects.factories import make_user
+    from tests.pseudonymisation.test_person_index import _register
+    from tre.demo import linkage_sources
+
+    p = app.extensions["tre.platform"]
+    custodian = demo["cara.custodian"]
+    patients = p.db.session.scalar(select(Dataset).where(Dataset.name == "patients"))
+    assert patients is not None
+    refresh = landing / "refresh" / Path(patients.source_location).name
+    refresh.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(patients.source_location, refresh)
+    deliveries = deliveries_service(p)
+    deliveries.set_rules(custodian, patients.id, {"max_type_failure_fraction": 0.05})
+    with app.app_context():
+        delivery = deliveries.receive(custodian, patients.id, f"refresh/{refresh.name}")
+    run_queued_jobs(app)
+    deliveries.pin(custodian, project_id, patients.id, 1)
+    assert delivery.id
+
+    made = linkage_sources.generate(200, seed=11)
+    paths = linkage_sources.write(made, instance.parent / "full-instance-linkable")
+    _register(app, SimpleNamespace(svc=projects, custodian=custodian), paths)
+    with app.app_context():
+        index = PersonIndex(p.db.session, p.audit, p.keys, settings=LinkageSettings(threshold=0.999, review_floor=0.2))
+        index.request_run(custodian)
+    run_queued_jobs(app)
+    officer = make_user(app, "lina.linkage", ["linkage_officer"])
+    review = LinkageReview(p.db.session, p.audit, p.keys)
+    _, pending = review.queue(officer)
+    review.decide(officer, pending[0].id, "match", "Same person: a nickname and a new address.")
+
+
+def _rerun_and_privacy_budget(app: Any, w: Any) -> None:
+    """A request sent with the notebook that made it (its re-run row), and a DP table released against
+    the project's privacy budget (the budget and its spend)."""
+    from disclosure.budget import PrivacyBudgets
+    from tests.disclosure.test_budget import dac, dp_output
+
+    notebook = b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}'
+    w.svc.submit_from_workspace(
+        w.author, w.project.id, "Made by a notebook", client_key=None,
+        groups=[("outputs", "Counts by region", "Counts under 10 suppressed")],
+        files=[("notes.txt", b"Counts by region, see the table.\n", "outputs", None)],
+        code=("analysis.ipynb", notebook, None),
+    )
+    run_queued_jobs(app)
+    with app.app_context():
+        PrivacyBudgets.from_platform(app.extensions["tre.platform"]).set_total(
+            dac(w), w.project.id, 5.0, "Pilot study: a small budget"
+        )
+        content, spec = dp_output(0.5)
+        dp_request = w.approved(content=content, spec=spec)
+        w.svc.release(w.olive, dp_request.id)
 
 
 def _demo_people(app: Any) -> dict[str, Any]:
