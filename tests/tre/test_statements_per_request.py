@@ -24,7 +24,8 @@ from tre.core.db import transaction, utcnow
 # The budgets: statements per request with the fixes of issue 26 in place (SQLite's count).
 # PostgreSQL measured 8, 21, 9 and 11.
 HOME_PAGE = 10  # person + roles, the worklist's reads, the gate facts of each project at once
-PROJECT_PAGE = 24  # the project and its relations, the team's gate answers at once, the sections shown
+PROJECT_PAGE = 26  # the project and its relations, the team's gate answers at once, the sections shown,
+# and the privacy budget (its row; the sums of spends and refunds: issue 21's DP route, 2 statements)
 API_PROJECT_LIST = 13  # token, person + roles, the projects with relations, approved columns, decisions
 API_AUDITED_WRITE = 15  # token, person + roles, the change, the lane's end and next seq, the event, the reply
 
