@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session
 from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset, Project
 from pseudonymisation import delivery_checks as checks
+from pseudonymisation import zone
 from pseudonymisation.dataset_schemas import may_set_schema
-from pseudonymisation.landing import LandingError, check_name, copy_into_zone, open_in_landing
+from pseudonymisation.landing import LandingError, check_name, open_in_landing
 from pseudonymisation.models import (
     DatasetDelivery,
     DatasetDeliveryRules,
@@ -35,10 +36,13 @@ from pseudonymisation.models import (
     DatasetVersionPin,
 )
 from pseudonymisation.profiling import CsvDialect
+from pseudonymisation.sealed import SealedFileError
+from pseudonymisation.sources import SourceFile
 from tre.core import testpoints
 from tre.core.audit import FAILURE
 from tre.core.db import transaction, utcnow
 from tre.core.jobs import enqueue
+from tre.core.keys import KeyProvider
 
 CHECK_JOB = "deliveries.check"
 FINAL = ("accepted", "quarantined", "failed")
@@ -62,6 +66,8 @@ class Deliveries(ProjectsKernel):
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
+    # Seals the copies in the identifiable zone (ADR 0033); without it nothing can be stored.
+    keys: KeyProvider | None = None
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -201,7 +207,7 @@ class Deliveries(ProjectsKernel):
         ds = self._dataset(delivery.dataset_id)
         try:
             stored, sha, size = self._store(delivery)
-        except LandingError as exc:
+        except (LandingError, SealedFileError) as exc:
             return self._finish(delivery, ds, None, failure=str(exc))
         rules = self._effective_rules(ds)
         previous = version_in_use(self.session, None, ds.id)
@@ -222,25 +228,33 @@ class Deliveries(ProjectsKernel):
 
         try:
             report = checks.check_delivery(
-                stored, expected, rules, previous=previous_report, today=utcnow().date(), dialect=dialect,
+                self._source(stored), expected, rules, previous=previous_report, today=utcnow().date(), dialect=dialect,
                 reference_keys=references, progress=counted,
             )
-        except checks.DeliveryCheckError as exc:
+        except (checks.DeliveryCheckError, SealedFileError) as exc:
             return self._finish(delivery, ds, None, failure=str(exc), stored=(stored, sha, size))
         testpoints.reach(CHECKED_POINT)
         return self._finish(delivery, ds, report, stored=(stored, sha, size))
 
+    def _source(self, path: Path | str) -> SourceFile:
+        """A file of the zone as its readers see it: its plaintext, through its seal."""
+        if self.keys is None:
+            raise LandingError("No key provider is configured to open the identifiable zone's copies")
+        return zone.source(path, self.keys)
+
     def _store(self, delivery: DatasetDelivery) -> tuple[Path, str, int]:
-        """The delivery's copy in the identifiable zone, made once: a repeat finds it by name."""
+        """The delivery's copy in the identifiable zone, sealed, made once: a repeat finds it by name."""
         if self.identifiable_path is None:
             raise LandingError("No identifiable zone is configured")
+        if self.keys is None:
+            raise LandingError("No key provider is configured to seal the identifiable zone's copies")
         root = self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id
         target = root / check_name(delivery.source_name).name
         if delivery.stored_path and Path(delivery.stored_path).is_file() and delivery.source_sha256:
             return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0)
         self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, _ = open_in_landing(self.landing_dir, delivery.source_name)
-        sha, size = copy_into_zone(fd, target, max_bytes=self.max_bytes)
+        sha, size = zone.seal_into_zone(fd, target, self.keys, max_bytes=self.max_bytes)
         with transaction(self.session):
             delivery.stored_path, delivery.source_sha256, delivery.size_bytes = str(target), sha, size
         return target, sha, size
@@ -269,7 +283,7 @@ class Deliveries(ProjectsKernel):
             version = version_in_use(self.session, None, other.id) if other is not None else None
             if version is not None:
                 found[ref["table"]] = (lambda loc=version.source_location, col=ref["table_column"]:
-                                       checks.key_hashes_of(loc, col))
+                                       checks.key_hashes_of(self._source(loc), col))
         return found
 
     def _finish(

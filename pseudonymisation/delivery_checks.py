@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from pseudonymisation import profiling, quality, tokens
 from pseudonymisation.profiling import CsvDialect, ProfilingError
+from pseudonymisation.sources import SourceFile, as_source
 
 REPORT_FORMAT = "tre-delivery-report/1"
 TYPES = ("string", "integer", "decimal", "date")
@@ -290,7 +291,7 @@ def _problem(check: str, message: str, *, column: str | None = None, count: int 
 
 
 def check_delivery(
-    path: Path | str,
+    path: Path | str | SourceFile,
     expected: Sequence[ExpectedColumn],
     rules: DeliveryRules,
     *,
@@ -317,7 +318,7 @@ def check_delivery(
     body: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "source": {"format": fmt, "dialect": dialect.to_dict() if dialect else None,
-                   "bytes": Path(path).stat().st_size},
+                   "bytes": as_source(path).size()},
         "columns": {},
         "uniqueness": None,
         "referential": [],
@@ -479,7 +480,7 @@ def _drift(
     return drift, problems
 
 
-def key_hashes_of(path: Path | str, column: str, *, chunk_bytes: int = 1 << 24) -> np.ndarray:
+def key_hashes_of(path: Path | str | SourceFile, column: str, *, chunk_bytes: int = 1 << 24) -> np.ndarray:
     """The distinct hashed values of one column of a source (for referential checks against it)."""
     _, _, names, batches = profiling.read_batches(path, chunk_bytes=chunk_bytes)
     if column not in names:

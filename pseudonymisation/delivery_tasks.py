@@ -19,7 +19,8 @@ def _platform() -> Any:
 def deliveries_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Deliveries:
     settings = platform.settings
     return Deliveries(session or platform.db.session, platform.audit, request_id=request_id,
-                      landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path)
+                      landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path,
+                      keys=platform.keys)
 
 
 @job_handler(CHECK_JOB, queue="extracts")

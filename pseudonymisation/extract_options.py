@@ -15,6 +15,7 @@ from pathlib import Path
 from pseudonymisation import tokens
 from pseudonymisation.optouts import OptOutList
 from pseudonymisation.schema import DatasetSchema
+from pseudonymisation.sources import Opener, SourceFile, plain_open
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 
@@ -89,6 +90,12 @@ class ExtractOptions:
     csv_delimiter: str = ","
     csv_quote_char: str = '"'
     csv_encoding: str = "utf-8"
+    # How the source's plaintext is opened: as it is, or through its seal (pseudonymisation.zone).
+    source_opener: Opener = plain_open
+
+    @property
+    def source_file(self) -> SourceFile:
+        return SourceFile(self.source, self.source_opener)
 
     @property
     def csv_dialect(self) -> tuple[str, str, str]:

@@ -6,12 +6,12 @@ a regular file is refused: the service account can read more than the landing fo
 must never let a custodian make it read (and so copy into a version) a file of someone else's.
 
 The accepted copy is made by reading the opened file, never by path again, so a file swapped for a
-link after the check is not followed. Pure: no Flask, no SQLAlchemy.
+link after the check is not followed (``pseudonymisation.zone.seal_into_zone`` seals it into the zone).
+Pure: no Flask, no SQLAlchemy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -89,26 +89,4 @@ def list_folder(root: Path | None, name: str) -> list[str]:
         os.close(fd)
 
 
-def copy_into_zone(fd: int, target: Path, *, max_bytes: int) -> tuple[str, int]:
-    """Copy an opened delivery to ``target`` (written aside, then renamed; mode 0600); returns its
-    sha256 and size. Refuses (and leaves nothing) past ``max_bytes``."""
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    digest, size = hashlib.sha256(), 0
-    try:
-        out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "rb") as source, open(out_fd, "wb") as out:
-            while block := source.read(_BLOCK):
-                size += len(block)
-                if size > max_bytes:
-                    raise LandingError(f"The delivery is larger than the limit of {max_bytes:,} bytes")
-                digest.update(block)
-                out.write(block)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return digest.hexdigest(), size
-
-
-__all__ = ["SUFFIXES", "LandingError", "check_name", "copy_into_zone", "list_folder", "open_in_landing"]
+__all__ = ["SUFFIXES", "LandingError", "check_name", "list_folder", "open_in_landing"]

@@ -26,6 +26,7 @@ folder and is removed by the merge.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from pseudonymisation.pipeline import (
     _chunks,
     _commit_chunk,
     _finalise,
+    _parquet_rows,
     _Plan,
     _plan_fingerprint,
     _process_chunk,
@@ -58,6 +60,7 @@ from pseudonymisation.pipeline import (
     file_sha256,
     run_extract,
 )
+from pseudonymisation.sources import readable
 
 _STAGED = "source.arrow"
 _STAGED_RECORD = "source.json"
@@ -94,7 +97,7 @@ def plan_partitions(options: ExtractOptions, *, partition_rows: int) -> list[Par
             return []
         total_rows = sum(_stage_csv(options, _Plan.build(options)))
     else:
-        total_rows = pq.ParquetFile(options.source).metadata.num_rows
+        total_rows = _parquet_rows(options.source_file)
     total_chunks = math.ceil(total_rows / options.chunk_rows)
     per = max(1, math.ceil(partition_rows / options.chunk_rows))
     if total_chunks <= per:
@@ -212,7 +215,7 @@ def _stage_csv(options: ExtractOptions, plan: _Plan) -> list[int]:
     tmp = staging / f"{_STAGED}.{uuid.uuid4().hex}.tmp"
     batch_rows: list[int] = []
     try:
-        batches = _batches(options.source, "csv", plan.read_columns, plan.text_columns(), options.chunk_rows,
+        batches = _batches(options.source_file, "csv", plan.read_columns, plan.text_columns(), options.chunk_rows,
                            options.csv_dialect)
         writer: pa.ipc.RecordBatchFileWriter | None = None
         try:
@@ -253,38 +256,40 @@ def _unstage(options: ExtractOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _groups(run: _Run) -> tuple[list[int], Callable[[int], pa.Table]]:
+@contextlib.contextmanager
+def _groups(run: _Run) -> Iterator[tuple[list[int], Callable[[int], pa.Table]]]:
     """The rows of each group the readable file is stored in, and how to read one group."""
     if not run.is_csv:
-        handle = pq.ParquetFile(run.readable)
-        missing = set(run.plan.read_columns) - set(handle.schema_arrow.names)
-        if missing:
-            raise ExtractError(f"the source lacks columns named in the schema: {sorted(missing)}")
-        sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
-        return sizes, lambda g: handle.read_row_group(g, columns=run.plan.read_columns)
+        with readable(run.options.source_file) as raw, pq.ParquetFile(raw) as handle:
+            missing = set(run.plan.read_columns) - set(handle.schema_arrow.names)
+            if missing:
+                raise ExtractError(f"the source lacks columns named in the schema: {sorted(missing)}")
+            sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+            yield sizes, lambda g: handle.read_row_group(g, columns=run.plan.read_columns)
+        return
     assert run.options.staging_dir is not None
     record_path = run.options.staging_dir / _STAGED_RECORD
     if not record_path.exists() or not run.readable.exists():
         raise ExtractError("the copy of the CSV source is gone; request the extract again")
     sizes = [int(n) for n in json.loads(record_path.read_text())["batch_rows"]]  # no batch decompressed to count
     reader = pa.ipc.open_file(pa.memory_map(str(run.readable)))
-    return sizes, lambda g: pa.Table.from_batches([reader.get_batch(g)])
+    yield sizes, lambda g: pa.Table.from_batches([reader.get_batch(g)])
 
 
 def _range_batches(run: _Run, start_row: int, stop_row: int) -> Iterator[pa.RecordBatch]:
     """The source's rows ``start_row`` up to ``stop_row``, reading only the groups that hold them."""
-    sizes, read = _groups(run)
-    group_start = 0
-    for group, group_rows in enumerate(sizes):
-        group_stop = group_start + group_rows
-        if group_stop > start_row and group_start < stop_row:
-            table = read(group)
-            begin = max(start_row - group_start, 0)
-            table = table.slice(begin, min(stop_row, group_stop) - group_start - begin)
-            yield from table.to_batches(max_chunksize=run.options.chunk_rows)
-        if group_stop >= stop_row:
-            return
-        group_start = group_stop
+    with _groups(run) as (sizes, read):
+        group_start = 0
+        for group, group_rows in enumerate(sizes):
+            group_stop = group_start + group_rows
+            if group_stop > start_row and group_start < stop_row:
+                table = read(group)
+                begin = max(start_row - group_start, 0)
+                table = table.slice(begin, min(stop_row, group_stop) - group_start - begin)
+                yield from table.to_batches(max_chunksize=run.options.chunk_rows)
+            if group_stop >= stop_row:
+                return
+            group_start = group_stop
 
 
 def _make_chunks(
@@ -341,7 +346,7 @@ def prepare_partitioned(options: ExtractOptions, partitions: Sequence[Partition]
     previous = json.loads(run.run_file.read_text()) if run.run_file.exists() else None
     if previous is not None and previous.get("plan_fingerprint") != run.fingerprint:
         raise ExtractError("the output directory holds a half-built extract of a different plan")
-    sha = file_sha256(options.source)
+    sha = file_sha256(options.source_file)
     if previous is not None and previous.get("source_sha256") not in (None, sha):
         raise ExtractError("the source changed since the interrupted run; clear the output directory")
     if run.is_csv:
@@ -408,7 +413,7 @@ def merge_partitions(options: ExtractOptions, *, progress: ProgressCallback | No
         if progress is not None:
             progress(Progress(options.schema.name, index + 1, (index + 1) * chunk_rows, total_chunks * chunk_rows,
                               index + 1))
-    source_sha = file_sha256(options.source)
+    source_sha = file_sha256(options.source_file)
     if source_sha != record["source_sha256"]:
         raise ExtractError("the source changed since the extract was split; clear the output directory")
 

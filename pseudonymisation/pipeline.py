@@ -50,6 +50,7 @@ from pseudonymisation.schema import (
     SchemaError,
     TransformKind,
 )
+from pseudonymisation.sources import SourceFile, as_source, readable
 
 MANIFEST_FORMAT = "tre-extract-manifest/1"
 _PART = "part-{:06d}.parquet"
@@ -85,12 +86,18 @@ ProgressCallback = Callable[[Progress], None]
 # Small helpers
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | os.PathLike[str] | SourceFile) -> str:
+    """The sha256 of a file's content (of a source's plaintext, when it is kept sealed)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with (path.open() if isinstance(path, SourceFile) else open(path, "rb")) as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _parquet_rows(source: SourceFile) -> int:
+    with readable(source) as raw, pq.ParquetFile(raw) as handle:
+        return int(handle.metadata.num_rows)
 
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -104,7 +111,7 @@ def _write_json(path: Path, data: Any) -> None:
     _write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
-def _source_format(path: Path) -> str:
+def _source_format(path: Path | SourceFile) -> str:
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
         return "parquet"
@@ -114,21 +121,31 @@ def _source_format(path: Path) -> str:
 
 
 def _batches(
-    path: Path, fmt: str, columns: list[str], text_columns: set[str], chunk_rows: int,
+    source: Path | SourceFile, fmt: str, columns: list[str], text_columns: set[str], chunk_rows: int,
     dialect: tuple[str, str, str] = (",", '"', "utf-8"),
 ) -> Iterator:
+    src = as_source(source)
     if fmt == "parquet":
-        handle = pq.ParquetFile(path)
-        missing = set(columns) - set(handle.schema_arrow.names)
-        if missing:
-            raise ExtractError(f"the source lacks columns named in the schema: {sorted(missing)}")
-        # One row group at a time: iter_batches reads ahead, and its memory grew with the file.
-        for group in range(handle.num_row_groups):
-            yield from handle.read_row_group(group, columns=columns).to_batches(max_chunksize=chunk_rows)
+        with readable(src) as raw, pq.ParquetFile(raw) as handle:
+            missing = set(columns) - set(handle.schema_arrow.names)
+            if missing:
+                raise ExtractError(f"the source lacks columns named in the schema: {sorted(missing)}")
+            # One row group at a time: iter_batches reads ahead, and its memory grew with the file.
+            for group in range(handle.num_row_groups):
+                yield from handle.read_row_group(group, columns=columns).to_batches(max_chunksize=chunk_rows)
         return
     delimiter, quote_char, encoding = dialect
+    # A plain file is read by Arrow from its path (its own threads, no GIL); a sealed one through
+    # its decrypting reader.
+    with readable(src) as raw:
+        yield from _csv_batches(raw, columns, text_columns, delimiter, quote_char, encoding)
+
+
+def _csv_batches(
+    raw: Any, columns: list[str], text_columns: set[str], delimiter: str, quote_char: str, encoding: str,
+) -> Iterator:
     reader = pacsv.open_csv(
-        path,
+        raw,
         read_options=pacsv.ReadOptions(block_size=1 << 24, encoding="utf8" if encoding == "utf-8" else encoding),
         # Without this a quoted value holding a newline is read right only if it does not straddle
         # two blocks; with it, always (and no slower for the one-thread streaming reader).
@@ -411,7 +428,8 @@ def _built(options: ExtractOptions, fingerprint: str) -> dict[str, Any] | None:
     if not manifest_path.exists():
         return None
     existing = json.loads(manifest_path.read_text())
-    if existing.get("plan_fingerprint") == fingerprint and existing["source"]["sha256"] == file_sha256(options.source):
+    same_source = existing["source"]["sha256"] == file_sha256(options.source_file)
+    if existing.get("plan_fingerprint") == fingerprint and same_source:
         return existing
     raise ExtractError("the output directory holds a different extract")
 
@@ -435,8 +453,8 @@ def _chunk_done(work: Path, data: Path, index: int) -> dict[str, Any] | None:
 class _BackgroundHash:
     """Hash the source on another thread while chunks are processed (hashlib releases the GIL)."""
 
-    def __init__(self, path: Path, pool: ThreadPoolExecutor) -> None:
-        self._future: Future[str] = pool.submit(file_sha256, path)
+    def __init__(self, source: SourceFile, pool: ThreadPoolExecutor) -> None:
+        self._future: Future[str] = pool.submit(file_sha256, source)
 
     def done(self) -> bool:
         return self._future.done()
@@ -492,16 +510,17 @@ def run_extract(options: ExtractOptions, *, progress: ProgressCallback | None = 
             recorded_sha = sha
             _write_json(run_file, {"plan_fingerprint": plan_fp, "source_sha256": sha})
 
-    total = pq.ParquetFile(source).metadata.num_rows if fmt == "parquet" else None
+    total = _parquet_rows(options.source_file) if fmt == "parquet" else None
     chunk_stats: list[dict[str, Any]] = []
     partial_counts: list[pa.Table] = []
     rows_read = resumed = 0
     # One thread hashes the source, one writes parts: both overlap with the next chunk's work.
     with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as writer:
-        source_hash = _BackgroundHash(source, hasher)
+        source_hash = _BackgroundHash(options.source_file, hasher)
         pending: Future[pa.Table] | None = None
         try:
-            batches = _batches(source, fmt, plan.read_columns, plan.text_columns(), chunk_rows, options.csv_dialect)
+            batches = _batches(options.source_file, fmt, plan.read_columns, plan.text_columns(), chunk_rows,
+                               options.csv_dialect)
             for index, table in enumerate(_chunks(batches, chunk_rows)):
                 stats = _chunk_done(work, data, index)
                 if stats is None:
@@ -627,7 +646,7 @@ def _finalise(
             "name": options.source.name,
             "format": _source_format(options.source),
             "sha256": source_sha,
-            "bytes": options.source.stat().st_size,
+            "bytes": options.source_file.size(),
         },
         "chunk_rows": options.chunk_rows,
         **({"person_index": {

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from pseudonymisation import generalise, tokens
 from pseudonymisation.schema import ColumnSpec, DatasetSchema, Role, SchemaError, Transform, TransformKind
+from pseudonymisation.sources import SourceFile, as_source, readable
 
 MATCH_SHARE = 0.9  # a column is of a kind when this share of its present values is of that kind
 VALID_NHS_SHARE = 0.8  # ... and an NHS number column when this share of those also pass the check digit
@@ -199,7 +200,7 @@ def build_schema(
 # Reading
 
 
-def source_format(path: Path) -> str:
+def source_format(path: Path | SourceFile) -> str:
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
         return "parquet"
@@ -208,9 +209,9 @@ def source_format(path: Path) -> str:
     raise ProfilingError("A source must be a .parquet or .csv file")
 
 
-def sniff_csv(path: Path) -> CsvDialect:
+def sniff_csv(path: Path | SourceFile) -> CsvDialect:
     """The delimiter, encoding and quote character, from the first bytes of the file."""
-    with path.open("rb") as handle:
+    with as_source(path).open() as handle:
         head = handle.read(SNIFF_BYTES)
     if not head:
         raise ProfilingError("The source file is empty")
@@ -256,16 +257,16 @@ def _csv_reader(handle: Any, dialect: CsvDialect, chunk_bytes: int, names: list[
     )
 
 
-def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
+def _batches(path: SourceFile, fmt: str, dialect: CsvDialect | None, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
     if fmt == "parquet":
-        handle = pq.ParquetFile(path)
-        for group in range(handle.num_row_groups):
-            yield from handle.read_row_group(group).to_batches()
+        with readable(path) as raw, pq.ParquetFile(raw) as handle:
+            for group in range(handle.num_row_groups):
+                yield from handle.read_row_group(group).to_batches()
         return
     assert dialect is not None
     try:
         names = _column_names(path, fmt, dialect)
-        with path.open("rb") as handle:
+        with path.open() as handle:
             yield from _csv_reader(handle, dialect, chunk_bytes, names)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         # Arrow's message may quote a row; say only what kind of fault it is.
@@ -276,12 +277,12 @@ def _batches(path: Path, fmt: str, dialect: CsvDialect | None, chunk_bytes: int)
 
 
 def read_batches(
-    path: Path | str, *, chunk_bytes: int = 1 << 24, dialect: CsvDialect | None = None
+    path: Path | str | SourceFile, *, chunk_bytes: int = 1 << 24, dialect: CsvDialect | None = None
 ) -> tuple[str, CsvDialect | None, list[str], Iterator[pa.RecordBatch]]:
     """A source's format, CSV dialect (sniffed unless given), column names and its batches: CSV
     columns as text (nothing guessed), Parquet columns in their own types. Memory follows
     ``chunk_bytes`` (CSV) or one row group (Parquet), never the file."""
-    path = Path(path)
+    path = as_source(path)
     if not path.is_file():
         raise ProfilingError("The source file does not exist")
     fmt = source_format(path)
@@ -291,22 +292,23 @@ def read_batches(
     return fmt, dialect, names, _batches(path, fmt, dialect, chunk_bytes)
 
 
-def source_columns(path: Path | str) -> list[str]:
+def source_columns(path: Path | str | SourceFile) -> list[str]:
     """The names of a source's columns, from its header or Parquet schema alone."""
-    path = Path(path)
+    path = as_source(path)
     if not path.is_file():
         raise ProfilingError("The source file does not exist")
     fmt = source_format(path)
     return _column_names(path, fmt, sniff_csv(path) if fmt == "csv" else None)
 
 
-def _column_names(path: Path, fmt: str, dialect: CsvDialect | None) -> list[str]:
+def _column_names(path: SourceFile, fmt: str, dialect: CsvDialect | None) -> list[str]:
     """The source's columns, so a header with no rows still proposes every column."""
     if fmt == "parquet":
-        return list(pq.ParquetFile(path).schema_arrow.names)
+        with readable(path) as raw, pq.ParquetFile(raw) as handle:
+            return list(handle.schema_arrow.names)
     assert dialect is not None
     try:
-        with path.open("rb") as handle:
+        with path.open() as handle:
             return list(_csv_reader(handle, dialect, 1 << 20, None).schema.names)
     except (pa.ArrowInvalid, UnicodeDecodeError):
         raise ProfilingError("The CSV file could not be read; check its delimiter and quoting") from None
@@ -474,10 +476,10 @@ def _public_counts(c: _Counts) -> dict[str, int]:
 
 
 def propose(
-    path: Path | str, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, today: dt.date | None = None
+    path: Path | str | SourceFile, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, today: dt.date | None = None
 ) -> SourceProposal:
     """Read the whole source once, in chunks, and propose a schema (counts only, never values)."""
-    path = Path(path)
+    path = as_source(path)
     if not path.is_file():
         raise ProfilingError("The source file does not exist")
     fmt = source_format(path)
@@ -548,14 +550,14 @@ def _warnings(
 HIDDEN = "(kept; not shown)"
 
 
-def preview(path: Path | str, schema: DatasetSchema, *, rows: int = 5) -> dict[str, Any]:
+def preview(path: Path | str | SourceFile, schema: DatasetSchema, *, rows: int = 5) -> dict[str, Any]:
     """The first few rows as the extract would make them, under throwaway keys.
 
     Only what is safe on a custodian's screen: tokens (of keys made for this preview and forgotten),
     bands, years, shifted dates, districts and kept attributes. A kept quasi-identifier is shown as
     ``HIDDEN``; a dropped column is not shown at all.
     """
-    path = Path(path)
+    path = as_source(path)
     fmt = source_format(path)
     dialect = sniff_csv(path) if fmt == "csv" else None
     first = next(_batches(path, fmt, dialect, 1 << 20), None)

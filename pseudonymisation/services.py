@@ -22,7 +22,7 @@ from projects.models import Dataset, Project
 from projects.rules import ACTIVE
 from projects.services import approved_columns
 from pseudonymisation import reidentification_rules as reid
-from pseudonymisation import tokens
+from pseudonymisation import tokens, zone
 from pseudonymisation.deliveries import version_in_use
 from pseudonymisation.extract_options import (
     DEFAULT_CHUNK_ROWS,
@@ -351,6 +351,7 @@ class Extracts:
                 staging_dir=staging / extract.id / dataset.name,
                 **_dialect_options(versions[dataset.name]),
                 person_links=links[dataset.name],
+                source_opener=zone.opener(self.keys),
             )
             for dataset, cols in plan
         ]

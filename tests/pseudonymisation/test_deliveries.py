@@ -19,6 +19,7 @@ from pseudonymisation.dataset_schemas import DatasetSchemas
 from pseudonymisation.deliveries import Deliveries
 from pseudonymisation.delivery_tasks import deliveries_service
 from pseudonymisation.models import DatasetDelivery, DatasetVersion, Extract
+from pseudonymisation.sealed import is_sealed
 from pseudonymisation.tasks import extracts_service
 from tests.projects.factories import TODAY, build_world, make_user, publish_agreement
 from tre.core.audit import AuditEvent
@@ -106,6 +107,9 @@ def test_a_good_delivery_becomes_the_next_version(onboarding_app: Any) -> None:
     stored = Path(second.stored_path)
     assert stored.is_file() and str(app.extensions["tre.settings"].identifiable_path) in str(stored)
     assert oct(stored.stat().st_mode & 0o777) == oct(0o600)
+    # Sealed at rest (ADR 0033): none of the delivery's identifiers can be read from the copy.
+    assert is_sealed(stored)
+    assert b"LS1 4AP" not in stored.read_bytes() and b"nhs_number" not in stored.read_bytes()
     assert [e.outcome for e in events(app, "dataset.delivery_check")] == ["success", "success"]
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from pseudonymisation.landing import LandingError, check_name, copy_into_zone, open_in_landing
+from pseudonymisation.landing import LandingError, check_name, open_in_landing
 
 
 @pytest.mark.parametrize("name", ["", "/etc/x.csv", "../x.csv", "a/../../x.csv", "a/./x.csv", "a\\x.csv",
@@ -37,17 +36,3 @@ def test_links_are_not_followed_at_any_step(tmp_path: Path) -> None:
 def test_a_missing_landing_folder_setting_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LandingError, match="TRE_LANDING_DIR"):
         open_in_landing(None, "x.csv")
-
-
-def test_copy_hashes_and_refuses_past_the_limit_leaving_nothing(tmp_path: Path) -> None:
-    source = tmp_path / "landing" / "d.csv"
-    source.parent.mkdir()
-    source.write_bytes(b"a,b\n" + b"1,2\n" * 1000)
-
-    sha, size = copy_into_zone(os.open(source, os.O_RDONLY), tmp_path / "zone" / "d.csv", max_bytes=1 << 20)
-    assert (sha, size) == (hashlib.sha256(source.read_bytes()).hexdigest(), source.stat().st_size)
-    assert oct((tmp_path / "zone" / "d.csv").stat().st_mode & 0o777) == oct(0o600)
-
-    with pytest.raises(LandingError, match="larger than the limit"):
-        copy_into_zone(os.open(source, os.O_RDONLY), tmp_path / "zone" / "big.csv", max_bytes=100)
-    assert sorted(p.name for p in (tmp_path / "zone").iterdir()) == ["d.csv"]

@@ -1,0 +1,242 @@
+"""Sealed files: identifiable copies kept encrypted at rest, readable in place and at any offset.
+
+A sealed file is a header and a run of chunks. The header carries a random file id and the file's
+data key *wrapped* by the key provider (the wrapping happens at the edge, ``pseudonymisation.zone``;
+this module only ever sees the unwrapped key it is handed). Each chunk holds up to ``chunk_size``
+bytes of plaintext, encrypted with AES-256-GCM under the data key:
+
+    header  = MAGIC | chunk size (u32) | file id (16 bytes) | wrapped key length (u16) | wrapped key
+    chunk i = AES-GCM(key, nonce = 4 zero bytes | i (u64), plaintext, aad = header | i (u64) | last)
+
+The nonce is the chunk's index: safe, because every file has a key of its own. The additional data
+binds every chunk to its header (so a chunk cannot be moved into another file or a header swapped),
+to its position (chunks cannot be reordered) and to whether it is the last one, so a file cut short at
+a chunk boundary fails to open instead of reading as a shorter file. Every chunk but the last is full;
+the last holds 0 to ``chunk_size`` bytes, so the plaintext's size follows from the file's.
+
+Readers get a seekable binary file (``open_sealed``): Arrow's CSV reader streams it and its Parquet
+reader seeks in it, a chunk decrypted at a time, so memory follows the chunk, never the file.
+Pure: no Flask, no SQLAlchemy, no key provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"TRESEAL1"
+CHUNK_SIZE = 1 << 20
+_TAG = 16
+_FIXED = struct.Struct(">8sI16sH")  # magic, chunk size, file id, wrapped key length
+_INDEX = struct.Struct(">Q")
+_BLOCK = 1 << 22
+
+
+class SealedFileError(ValueError):
+    """A sealed file is damaged, cut short or not sealed with the key given; safe to show."""
+
+
+def _nonce(index: int) -> bytes:
+    return b"\x00\x00\x00\x00" + _INDEX.pack(index)
+
+
+def _aad(header: bytes, index: int, last: bool) -> bytes:
+    return header + _INDEX.pack(index) + (b"\x01" if last else b"\x00")
+
+
+def file_id_purpose(file_id: bytes) -> str:
+    """The key provider purpose a file's data key is wrapped for: one per file."""
+    return f"sealed-file:{file_id.hex()}"
+
+
+def is_sealed(path: Path | str) -> bool:
+    """Whether the file starts as a sealed file does (it may still fail to open)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def read_header(handle: BinaryIO) -> tuple[bytes, bytes, int, bytes]:
+    """``(header bytes, file id, chunk size, wrapped key)`` of an open sealed file, from its start."""
+    handle.seek(0)
+    fixed = handle.read(_FIXED.size)
+    if len(fixed) < _FIXED.size:
+        raise SealedFileError("not a sealed file: too short")
+    magic, chunk_size, file_id, wrapped_length = _FIXED.unpack(fixed)
+    if magic != MAGIC or not 1 <= chunk_size <= 1 << 26:
+        raise SealedFileError("not a sealed file")
+    wrapped = handle.read(wrapped_length)
+    if len(wrapped) != wrapped_length:
+        raise SealedFileError("the sealed file's header is cut short")
+    return fixed + wrapped, file_id, chunk_size, wrapped
+
+
+def new_file_id() -> bytes:
+    return secrets.token_bytes(16)
+
+
+class SealedWriter:
+    """Writes a sealed file to an open binary handle; ``finish()`` writes the last chunk. Nothing is
+    written on garbage collection: a writer abandoned part way leaves a file that fails to open."""
+
+    def __init__(self, out: BinaryIO, key: bytes, file_id: bytes, wrapped_key: bytes,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        if len(key) != 32 or len(file_id) != 16:
+            raise ValueError("a sealed file needs a 256-bit key and a 16-byte file id")
+        self._out, self._aead, self._chunk = out, AESGCM(key), chunk_size
+        self._header = _FIXED.pack(MAGIC, chunk_size, file_id, len(wrapped_key)) + wrapped_key
+        out.write(self._header)
+        self._pending = bytearray()
+        self._index = 0
+        self._finished = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._finished:
+            raise ValueError("write to a finished sealed file")
+        self._pending += data
+        # Keep at least one byte back: the last chunk must be written with the last flag.
+        while len(self._pending) > self._chunk:
+            self._emit(bytes(self._pending[: self._chunk]), last=False)
+            del self._pending[: self._chunk]
+        return len(data)
+
+    def _emit(self, plaintext: bytes, *, last: bool) -> None:
+        self._out.write(self._aead.encrypt(_nonce(self._index), plaintext, _aad(self._header, self._index, last)))
+        self._index += 1
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._emit(bytes(self._pending), last=True)
+            self._pending.clear()
+            self._finished = True
+
+
+class SealedReader(io.RawIOBase):
+    """The plaintext of a sealed file, read and seeked like a plain one; each chunk checked."""
+
+    def __init__(self, handle: BinaryIO, key: bytes) -> None:
+        super().__init__()
+        self._raw = handle
+        self._header, _, self._chunk, _ = read_header(handle)
+        try:
+            self._aead = AESGCM(key)
+        except ValueError:
+            raise SealedFileError("the sealed file's key is not a 256-bit key") from None
+        body = os.fstat(handle.fileno()).st_size - len(self._header) if hasattr(handle, "fileno") else None
+        if body is None:
+            handle.seek(0, os.SEEK_END)
+            body = handle.tell() - len(self._header)
+        stride = self._chunk + _TAG
+        self._chunks = -(-body // stride) if body > 0 else 0
+        if self._chunks == 0 or body - (self._chunks - 1) * stride < _TAG:
+            raise SealedFileError("the sealed file is cut short")
+        self._size = body - self._chunks * _TAG
+        self._pos = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def _plain_chunk(self, index: int) -> bytes:
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        stride = self._chunk + _TAG
+        self._raw.seek(len(self._header) + index * stride)
+        sealed = self._raw.read(stride)
+        last = index == self._chunks - 1
+        try:
+            plain = self._aead.decrypt(_nonce(index), sealed, _aad(self._header, index, last))
+        except InvalidTag:
+            raise SealedFileError("the sealed file was altered, cut short or sealed with another key") from None
+        self._cached = (index, plain)
+        return plain
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            index, at = divmod(self._pos, self._chunk)
+            plain = self._plain_chunk(index)
+            take = min(len(view) - done, len(plain) - at)
+            view[done : done + take] = plain[at : at + take]
+            done += take
+            self._pos += take
+        return done
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+            self._cached = None
+        super().close()
+
+
+def open_sealed(path: Path | str, unwrap: Callable[[bytes, bytes], bytes]) -> io.BufferedReader:
+    """Open a sealed file for reading; ``unwrap(file_id, wrapped)`` gives its data key."""
+    handle = open(path, "rb")  # noqa: SIM115 - closed by the reader
+    try:
+        _, file_id, _, wrapped = read_header(handle)
+        reader = SealedReader(handle, unwrap(file_id, wrapped))
+    except BaseException:
+        handle.close()
+        raise
+    return io.BufferedReader(reader, buffer_size=1 << 16)
+
+
+def seal_stream(source: BinaryIO, target: Path, *, key: bytes, file_id: bytes, wrapped_key: bytes,
+                max_bytes: int, too_large: Callable[[int], Exception]) -> tuple[str, int]:
+    """Seal what ``source`` holds into ``target`` (written aside, then renamed; mode 0600); returns
+    the sha256 and size of the *plaintext*. Past ``max_bytes`` raises ``too_large(max_bytes)`` and
+    leaves nothing behind."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    digest, size = hashlib.sha256(), 0
+    try:
+        out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(out_fd, "wb") as out:
+            writer = SealedWriter(out, key, file_id, wrapped_key)
+            while block := source.read(_BLOCK):
+                size += len(block)
+                if size > max_bytes:
+                    raise too_large(max_bytes)
+                digest.update(block)
+                writer.write(block)
+            writer.finish()
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest.hexdigest(), size
+
+
+__all__ = ["CHUNK_SIZE", "MAGIC", "SealedFileError", "SealedReader", "SealedWriter", "file_id_purpose",
+           "is_sealed", "new_file_id", "open_sealed", "read_header", "seal_stream"]

@@ -1,0 +1,54 @@
+"""Copies in the identifiable zone, sealed at rest: the edge between the key provider and the readers.
+
+A delivery's copy (and so every dataset version) is written sealed (``pseudonymisation.sealed``)
+under a data key of its own, wrapped by the key provider for that file alone. Readers are handed a
+``SourceFile`` whose opener unwraps the key and decrypts as they read; a file that is not sealed
+(a source registered where it already lay, the demo's data) is read as it is. The plaintext never
+touches the disk on the way in or out, and destroying a file's header destroys its key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from pseudonymisation import sealed
+from pseudonymisation.landing import LandingError
+from pseudonymisation.sources import Opener, SourceFile
+from tre.core.keys import DecryptionError, KeyProvider
+
+
+def opener(keys: KeyProvider) -> Opener:
+    """Open a file of the zone: through its seal if it has one, as it is otherwise."""
+
+    def unwrap(file_id: bytes, wrapped: bytes) -> bytes:
+        try:
+            return keys.unwrap_key(wrapped, sealed.file_id_purpose(file_id))
+        except DecryptionError:
+            raise sealed.SealedFileError("the sealed file's key cannot be opened by this service") from None
+
+    def open_(path: Path) -> BinaryIO:
+        if sealed.is_sealed(path):
+            return sealed.open_sealed(path, unwrap)
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+    return open_
+
+
+def source(path: Path | str, keys: KeyProvider) -> SourceFile:
+    return SourceFile(Path(path), opener(keys))
+
+
+def seal_into_zone(fd: int, target: Path, keys: KeyProvider, *, max_bytes: int) -> tuple[str, int]:
+    """Seal an opened file (a delivery in the landing folder) into the zone; returns the sha256 and
+    size of its plaintext. Refuses (and leaves nothing) past ``max_bytes``."""
+    file_id = sealed.new_file_id()
+    key, wrapped = keys.new_wrapped_key(sealed.file_id_purpose(file_id))
+    with open(fd, "rb") as source_handle:
+        return sealed.seal_stream(
+            source_handle, target, key=key, file_id=file_id, wrapped_key=wrapped, max_bytes=max_bytes,
+            too_large=lambda limit: LandingError(f"The delivery is larger than the limit of {limit:,} bytes"),
+        )
+
+
+__all__ = ["opener", "seal_into_zone", "source"]

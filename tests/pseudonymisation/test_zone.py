@@ -1,0 +1,60 @@
+"""The identifiable zone's copies (pseudonymisation.zone): sealed under a key of their own that only
+the key provider can unwrap, read back through ``SourceFile`` exactly, refused past the size limit
+leaving nothing; a file that is not sealed is read as it is."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from pseudonymisation import zone
+from pseudonymisation.landing import LandingError
+from pseudonymisation.sealed import SealedFileError, is_sealed
+from tre.core.keys import InMemoryKeyProvider
+
+CONTENT = b"nhs_number,name,postcode\n" + b"9434765919,Ada Lovelace,LS1 4AP\n" * 500
+
+
+def landed(tmp_path: Path) -> Path:
+    source = tmp_path / "landing" / "d.csv"
+    source.parent.mkdir()
+    source.write_bytes(CONTENT)
+    return source
+
+
+def test_a_copy_is_sealed_at_rest_and_reads_back_exactly(tmp_path: Path) -> None:
+    keys = InMemoryKeyProvider()
+    target = tmp_path / "zone" / "d.csv"
+    sha, size = zone.seal_into_zone(os.open(landed(tmp_path), os.O_RDONLY), target, keys, max_bytes=1 << 20)
+
+    assert (sha, size) == (hashlib.sha256(CONTENT).hexdigest(), len(CONTENT))
+    assert is_sealed(target) and oct(target.stat().st_mode & 0o777) == oct(0o600)
+    on_disk = target.read_bytes()
+    assert b"9434765919" not in on_disk and b"Lovelace" not in on_disk and b"LS1 4AP" not in on_disk
+    source = zone.source(target, keys)
+    with source.open() as handle:
+        assert handle.read() == CONTENT
+    assert source.size() == len(CONTENT)
+
+
+def test_another_services_keys_cannot_open_a_copy(tmp_path: Path) -> None:
+    target = tmp_path / "zone" / "d.csv"
+    zone.seal_into_zone(os.open(landed(tmp_path), os.O_RDONLY), target, InMemoryKeyProvider(), max_bytes=1 << 20)
+    with pytest.raises(SealedFileError, match="key cannot be opened"):
+        zone.source(target, InMemoryKeyProvider()).open()
+
+
+def test_a_copy_past_the_limit_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    zone_dir = tmp_path / "zone"
+    with pytest.raises(LandingError, match="larger than the limit"):
+        zone.seal_into_zone(os.open(landed(tmp_path), os.O_RDONLY), zone_dir / "big.csv", InMemoryKeyProvider(),
+                            max_bytes=100)
+    assert list(zone_dir.iterdir()) == []
+
+
+def test_a_file_that_is_not_sealed_is_read_as_it_is(tmp_path: Path) -> None:
+    with zone.source(landed(tmp_path), InMemoryKeyProvider()).open() as handle:
+        assert handle.read() == CONTENT
