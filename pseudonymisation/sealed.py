@@ -9,9 +9,12 @@ bytes of plaintext, encrypted with AES-256-GCM under the data key:
     chunk i = AES-GCM(key, nonce = 4 zero bytes | i (u64), plaintext, aad = header | i (u64) | last)
 
 The nonce is the chunk's index: safe, because every file has a key of its own. The additional data
-binds every chunk to its header (so a chunk cannot be moved into another file or a header swapped),
-to its position (chunks cannot be reordered) and to whether it is the last one, so a file cut short at
-a chunk boundary fails to open instead of reading as a shorter file. Every chunk but the last is full;
+binds every chunk to its file (magic, chunk size and file id: a chunk cannot be moved into another
+file), to its position (chunks cannot be reordered) and to whether it is the last one, so a file cut
+short at a chunk boundary fails to open instead of reading as a shorter file. The wrapped key is left
+out of it, so the key provider can re-wrap a file's key under a new master version by rewriting the
+header alone (``rewrap_header``); a wrapped key taken from another file does not unwrap, because it
+was wrapped for that file's id. Every chunk but the last is full;
 the last holds 0 to ``chunk_size`` bytes, so the plaintext's size follows from the file's.
 
 Readers get a seekable binary file (``open_sealed``): Arrow's CSV reader streams it and its Parquet
@@ -50,7 +53,8 @@ def _nonce(index: int) -> bytes:
 
 
 def _aad(header: bytes, index: int, last: bool) -> bytes:
-    return header + _INDEX.pack(index) + (b"\x01" if last else b"\x00")
+    # Magic, chunk size and file id: everything of the header but the wrapped key and its length.
+    return header[: _FIXED.size - 2] + _INDEX.pack(index) + (b"\x01" if last else b"\x00")
 
 
 def file_id_purpose(file_id: bytes) -> str:
@@ -80,6 +84,25 @@ def read_header(handle: BinaryIO) -> tuple[bytes, bytes, int, bytes]:
     if len(wrapped) != wrapped_length:
         raise SealedFileError("the sealed file's header is cut short")
     return fixed + wrapped, file_id, chunk_size, wrapped
+
+
+def rewrap_header(path: Path | str, rewrap: Callable[[bytes, bytes], bytes]) -> bool:
+    """Replace a sealed file's wrapped key by ``rewrap(file_id, wrapped)`` (same length: the same
+    key under the current master version), in place; the chunks are untouched. True if it changed."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            _, file_id, _, wrapped = read_header(handle)
+        new = rewrap(file_id, wrapped)
+        if new == wrapped:
+            return False
+        if len(new) != len(wrapped):
+            raise SealedFileError("a re-wrapped key must keep its length")
+        os.pwrite(fd, new, _FIXED.size)
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 def new_file_id() -> bytes:
@@ -239,4 +262,4 @@ def seal_stream(source: BinaryIO, target: Path, *, key: bytes, file_id: bytes, w
 
 
 __all__ = ["CHUNK_SIZE", "MAGIC", "SealedFileError", "SealedReader", "SealedWriter", "file_id_purpose",
-           "is_sealed", "new_file_id", "open_sealed", "read_header", "seal_stream"]
+           "is_sealed", "new_file_id", "open_sealed", "read_header", "rewrap_header", "seal_stream"]

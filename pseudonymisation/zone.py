@@ -35,6 +35,12 @@ def opener(keys: KeyProvider) -> Opener:
     return open_
 
 
+def rewrap(path: Path | str, keys: KeyProvider) -> bool:
+    """Move a sealed file's key to the current master version (before an old version is retired);
+    the data is not touched. True if the file's header changed."""
+    return sealed.rewrap_header(path, lambda file_id, wrapped: keys.rewrap(wrapped, sealed.file_id_purpose(file_id)))
+
+
 def source(path: Path | str, keys: KeyProvider) -> SourceFile:
     return SourceFile(Path(path), opener(keys))
 
@@ -51,4 +57,4 @@ def seal_into_zone(fd: int, target: Path, keys: KeyProvider, *, max_bytes: int) 
         )
 
 
-__all__ = ["opener", "seal_into_zone", "source"]
+__all__ = ["opener", "rewrap", "seal_into_zone", "source"]

@@ -12,7 +12,7 @@ import pytest
 
 from pseudonymisation import zone
 from pseudonymisation.landing import LandingError
-from pseudonymisation.sealed import SealedFileError, is_sealed
+from pseudonymisation.sealed import SealedFileError, is_sealed, read_header
 from tre.core.keys import InMemoryKeyProvider
 
 CONTENT = b"nhs_number,name,postcode\n" + b"9434765919,Ada Lovelace,LS1 4AP\n" * 500
@@ -58,3 +58,34 @@ def test_a_copy_past_the_limit_is_refused_and_leaves_nothing(tmp_path: Path) -> 
 def test_a_file_that_is_not_sealed_is_read_as_it_is(tmp_path: Path) -> None:
     with zone.source(landed(tmp_path), InMemoryKeyProvider()).open() as handle:
         assert handle.read() == CONTENT
+
+
+def test_a_copy_survives_a_master_key_rotation_once_its_key_is_rewrapped(tmp_path: Path) -> None:
+    keys = InMemoryKeyProvider()
+    target = tmp_path / "zone" / "d.csv"
+    zone.seal_into_zone(os.open(landed(tmp_path), os.O_RDONLY), target, keys, max_bytes=1 << 20)
+    old = keys.current_version
+    keys.rotate()
+
+    assert zone.rewrap(target, keys) is True
+    assert zone.rewrap(target, keys) is False  # already under the current version
+    keys.retire(old)
+    with zone.source(target, keys).open() as handle:
+        assert handle.read() == CONTENT
+
+
+def test_a_wrapped_key_taken_from_another_copy_does_not_open_this_one(tmp_path: Path) -> None:
+    keys = InMemoryKeyProvider()
+    first, second = tmp_path / "zone" / "a.csv", tmp_path / "zone" / "b.csv"
+    source = landed(tmp_path)
+    for target in (first, second):
+        zone.seal_into_zone(os.open(source, os.O_RDONLY), target, keys, max_bytes=1 << 20)
+    with open(first, "rb") as a, open(second, "rb") as b:
+        (header_a, _, _, wrapped_a), (_, _, _, wrapped_b) = read_header(a), read_header(b)
+    assert len(wrapped_a) == len(wrapped_b)
+    forged = bytearray(first.read_bytes())
+    at = len(header_a) - len(wrapped_a)
+    forged[at : len(header_a)] = wrapped_b  # b's wrapped key in a's header
+    first.write_bytes(bytes(forged))
+    with pytest.raises(SealedFileError, match="key cannot be opened"):
+        zone.source(first, keys).open()
