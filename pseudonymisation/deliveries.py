@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -29,6 +29,7 @@ from pseudonymisation import delivery_checks as checks
 from pseudonymisation import zone
 from pseudonymisation.dataset_schemas import may_set_schema
 from pseudonymisation.landing import LandingError, check_name, open_in_landing
+from pseudonymisation.landing_s3 import S3Landing
 from pseudonymisation.models import (
     DatasetDelivery,
     DatasetDeliveryRules,
@@ -68,6 +69,8 @@ class Deliveries(ProjectsKernel):
     max_bytes: int = DEFAULT_MAX_BYTES
     # Seals the copies in the identifiable zone (ADR 0033); without it nothing can be stored.
     keys: KeyProvider | None = None
+    # The landing area as an S3 prefix instead of a folder (TRE_LANDING_S3_BUCKET); it wins when set.
+    landing_s3: S3Landing | None = None
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -123,8 +126,7 @@ class Deliveries(ProjectsKernel):
             ds = self._dataset(dataset_id)
             self._custodian(actor, ds, "dataset.delivery_receive")
             try:
-                fd, name = open_in_landing(self.landing_dir, source_name)
-                os.close(fd)
+                name = self._landed(source_name)
             except LandingError as exc:
                 raise ProjectError(str(exc)) from None
             chosen = _dialect(dialect)
@@ -236,6 +238,14 @@ class Deliveries(ProjectsKernel):
         testpoints.reach(CHECKED_POINT)
         return self._finish(delivery, ds, report, stored=(stored, sha, size))
 
+    def _landed(self, source_name: str) -> PurePosixPath:
+        """The name of a file that is there to take, in the landing bucket or folder."""
+        if self.landing_s3 is not None:
+            return self.landing_s3.check(source_name)
+        fd, name = open_in_landing(self.landing_dir, source_name)
+        os.close(fd)
+        return name
+
     def _source(self, path: Path | str) -> SourceFile:
         """A file of the zone as its readers see it: its plaintext, through its seal."""
         if self.keys is None:
@@ -253,8 +263,9 @@ class Deliveries(ProjectsKernel):
         if delivery.stored_path and Path(delivery.stored_path).is_file() and delivery.source_sha256:
             return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0)
         self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, _ = open_in_landing(self.landing_dir, delivery.source_name)
-        sha, size = zone.seal_into_zone(fd, target, self.keys, max_bytes=self.max_bytes)
+        opened: int | BinaryIO = (self.landing_s3.open(delivery.source_name) if self.landing_s3 is not None
+                                  else open_in_landing(self.landing_dir, delivery.source_name)[0])
+        sha, size = zone.seal_into_zone(opened, target, self.keys, max_bytes=self.max_bytes)
         with transaction(self.session):
             delivery.stored_path, delivery.source_sha256, delivery.size_bytes = str(target), sha, size
         return target, sha, size

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from pseudonymisation.deliveries import CHECK_JOB, Deliveries
+from pseudonymisation.landing_s3 import S3Landing
 from tre.core.jobs import Job, JobContext, job_handler, on_worker_lost
 
 
@@ -16,11 +18,32 @@ def _platform() -> Any:
     return current_app.extensions["tre.platform"]
 
 
+def landing_s3_for(settings: Any) -> S3Landing | None:
+    """The landing bucket when ``TRE_LANDING_S3_BUCKET`` is set (boto3 needed), else None."""
+    if not settings.landing_s3_bucket:
+        return None
+    return _landing_s3(settings.landing_s3_bucket, settings.landing_s3_prefix, settings.landing_s3_endpoint_url,
+                       settings.landing_s3_region)
+
+
+@functools.lru_cache(maxsize=4)
+def _landing_s3(bucket: str, prefix: str, endpoint_url: str, region: str) -> S3Landing:
+    # One client per process and setting: making one costs tens of milliseconds, and they are thread-safe.
+    try:
+        import boto3  # noqa: PLC0415 - optional: only deployments that land files in S3 install it
+    except ImportError:
+        from tre.core.config import ConfigError
+
+        raise ConfigError("TRE_LANDING_S3_BUCKET is set but boto3 is not installed: pip install 'tre[s3]'") from None
+    client = boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or None)
+    return S3Landing(client, bucket, prefix)
+
+
 def deliveries_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Deliveries:
     settings = platform.settings
     return Deliveries(session or platform.db.session, platform.audit, request_id=request_id,
                       landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path,
-                      keys=platform.keys)
+                      keys=platform.keys, landing_s3=landing_s3_for(settings))
 
 
 @job_handler(CHECK_JOB, queue="extracts")

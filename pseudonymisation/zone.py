@@ -45,12 +45,13 @@ def source(path: Path | str, keys: KeyProvider) -> SourceFile:
     return SourceFile(Path(path), opener(keys))
 
 
-def seal_into_zone(fd: int, target: Path, keys: KeyProvider, *, max_bytes: int) -> tuple[str, int]:
-    """Seal an opened file (a delivery in the landing folder) into the zone; returns the sha256 and
-    size of its plaintext. Refuses (and leaves nothing) past ``max_bytes``."""
+def seal_into_zone(source: int | BinaryIO, target: Path, keys: KeyProvider, *, max_bytes: int) -> tuple[str, int]:
+    """Seal an opened delivery (a file descriptor in the landing folder, or a stream from the landing
+    bucket) into the zone, closing it; returns the sha256 and size of its plaintext. Refuses (and
+    leaves nothing) past ``max_bytes``."""
     file_id = sealed.new_file_id()
     key, wrapped = keys.new_wrapped_key(sealed.file_id_purpose(file_id))
-    with open(fd, "rb") as source_handle:
+    with (open(source, "rb") if isinstance(source, int) else source) as source_handle:
         return sealed.seal_stream(
             source_handle, target, key=key, file_id=file_id, wrapped_key=wrapped, max_bytes=max_bytes,
             too_large=lambda limit: LandingError(f"The delivery is larger than the limit of {limit:,} bytes"),

@@ -89,6 +89,12 @@ class Settings:
     # deliveries are kept (only the service account may enter it; no workspace mounts it).
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
+    # Or the landing area as an S3 prefix (boto3 needed); when the bucket is set it is used instead
+    # of the folder. Credentials come from boto3's usual chain, never from these settings.
+    landing_s3_bucket: str = ""
+    landing_s3_prefix: str = ""
+    landing_s3_endpoint_url: str = ""
+    landing_s3_region: str = ""
     # Named as the publisher in each dataset's metadata export (DCAT).
     metadata_publisher: str = "Trusted research environment"
     # Extracts: rows per chunk (a worker's memory follows it) and per partition. A Parquet source
