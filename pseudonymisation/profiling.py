@@ -257,7 +257,10 @@ def _csv_reader(handle: Any, dialect: CsvDialect, chunk_bytes: int, names: list[
     )
 
 
-def _batches(path: SourceFile, fmt: str, dialect: CsvDialect | None, chunk_bytes: int) -> Iterator[pa.RecordBatch]:
+def _batches(
+    source: Path | SourceFile, fmt: str, dialect: CsvDialect | None, chunk_bytes: int
+) -> Iterator[pa.RecordBatch]:
+    path = as_source(source)
     if fmt == "parquet":
         with readable(path) as raw, pq.ParquetFile(raw) as handle:
             for group in range(handle.num_row_groups):
