@@ -494,14 +494,21 @@ def _stat_fields(stat_text: str) -> list[str]:
     return stat_text.rsplit(")", 1)[1].split()
 
 
+def raise_own_priority(nice: int) -> None:
+    """In the child, still root: start the workspace's processes at this nice (they inherit it)."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 class StartingSession:
     """The CPU share of one workspace's session while its server starts (ADR 0028).
 
-    Linux shares the CPU between sessions first (autogroups) and between the processes of a session
-    second, so a server starting in a session of its own gets one share among all the sessions that
-    are busy on the host, whatever its processes' own nice values. While it starts, the spawner gives
-    that session a larger share (a negative autogroup nice: only root may) and puts it back to 0 once
-    the server listens, before anyone can reach it, so nothing the researcher runs keeps it.
+    Linux shares the CPU between sessions first (autogroups, when the hub runs in the root cgroup) and
+    between the processes of a session second, so a server starting in a session of its own gets one
+    share among all the sessions that are busy on the host, whatever its processes' own nice values.
+    While it starts, the spawner gives that session a larger share (a negative autogroup nice: only
+    root may) and, where the hub's cgroup makes per-process nice count instead, its processes were
+    started at a negative nice (``raise_own_priority``); both are put back to 0 once the server listens,
+    before anyone can reach it, so nothing the researcher runs keeps them.
 
     The session is found among the account's processes as one that leads a session other than the
     spawner's child's, and is held by a handle on its ``/proc`` folder, so a pid that ended and was
@@ -566,7 +573,9 @@ class StartingSession:
             return None
 
     def release(self) -> None:
-        """Put the session back to an equal share and let go of it."""
+        """Put the session back to an equal share, and every process of the account to nice 0."""
+        with contextlib.suppress(OSError):  # no process of the account left: nothing to put back
+            os.setpriority(os.PRIO_USER, self.uid, 0)
         if self._folder is None:
             return
         if self.nice != 0:

@@ -152,9 +152,10 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
     ).tag(config=True)
     start_nice = Integer(
         -10,
-        help="While a server starts (until it listens, at most start_boost_seconds), its session's autogroup "
-        "nice: a negative value gives the start a larger share of the CPU than each busy session on the host "
-        "(others' kernels, tests); it is put back to 0 before anyone can reach the server. 0: no change.",
+        help="While a server starts (until it listens, at most start_boost_seconds), the nice of its session "
+        "(autogroup) and of its processes: a negative value gives the start a larger share of the CPU than each "
+        "busy session on the host (others' kernels, tests); both are put back to 0 before anyone can reach the "
+        "server. 0 (or more): no change.",
     ).tag(config=True)
     start_boost_seconds = Float(
         30.0, help="The longest a starting server keeps the larger share, even if it has not listened yet."
@@ -208,11 +209,20 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
                 session.release()
         return ip, port
 
+    def _boost_start(self) -> bool:
+        """Whether this start gets a larger CPU share: as root, for a workspace account, and only when the
+        spawner waits for the port itself (the wait is what puts the share back)."""
+        return (
+            self.start_nice < 0
+            and self.ready_poll_seconds > 0
+            and os.geteuid() == 0
+            and self.account is not None
+            and self.account.uid != 0
+        )
+
     def _starting_session(self) -> sandbox.StartingSession | None:
-        """The sandbox's session, to give its start a larger CPU share (root, own account, a wait only)."""
-        if self.start_nice == 0 or self.ready_poll_seconds <= 0 or self.proc is None or os.geteuid() != 0:
-            return None
-        if self.account is None or self.account.uid == os.geteuid():
+        """The sandbox's session, to give its start a larger CPU share until it listens."""
+        if self.proc is None or not self._boost_start() or self.account is None:
             return None
         return sandbox.StartingSession(self.account.uid, outer_session=self.proc.pid)
 
@@ -325,6 +335,8 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         if self._private_binds:
             sandbox.bind_privately(self._private_binds)
         if os.geteuid() == 0 and self.account is not None:
+            if self._boost_start():
+                sandbox.raise_own_priority(self.start_nice)
             sandbox.drop_to(self.account)
         elif self.account is not None:
             os.chdir(self.account.home)

@@ -7,6 +7,7 @@ process's own namespace (``nsenter -t <pid> -n``) as its own account.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -115,6 +116,7 @@ def test_a_running_workspace_keeps_no_larger_cpu_share_than_any_other_session(hu
 
     assert len(sessions) >= 2  # bwrap outside the sandbox, and the sandbox's own session
     assert nices == {"0"}
+    assert {os.getpriority(os.PRIO_PROCESS, int(pid)) for pid in pids} == {0}
 
 
 def test_workspace_runs_as_its_own_account_with_a_read_only_extract(hub: Hub, workspace_a):

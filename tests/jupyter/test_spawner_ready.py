@@ -132,6 +132,7 @@ def test_a_starting_server_has_the_larger_share_until_it_listens_and_then_an_equ
         [PLAIN_PYTHON, "-c", LATE_SERVER, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         user=uid, group=uid, extra_groups=[], start_new_session=True,
     )
+    os.setpriority(os.PRIO_PROCESS, server.pid, -7)  # as the spawner starts it (raise_own_priority)
     spawner = make_spawner(server)
     session = sandbox.StartingSession(uid, outer_session=os.getsid(0))
     spawner.start_nice = -7
@@ -151,6 +152,7 @@ def test_a_starting_server_has_the_larger_share_until_it_listens_and_then_an_equ
         assert asyncio.run(asyncio.wait_for(scenario(), timeout=120)) == -7
         assert server.stdout.readline().strip() == "accepted"
         assert autogroup_nice(server.pid) == 0  # before the hub lets anyone reach the server
+        assert os.getpriority(os.PRIO_PROCESS, server.pid) == 0
     finally:
         server.stdin.write("stop\n")
         server.stdin.close()
