@@ -495,8 +495,11 @@ def _stat_fields(stat_text: str) -> list[str]:
 
 
 def raise_own_priority(nice: int) -> None:
-    """In the child, still root: start the workspace's processes at this nice (they inherit it)."""
+    """In the child, still root and leading its new session: give that session (where bwrap builds the
+    sandbox) and the processes started from it (they inherit it) this nice."""
     os.setpriority(os.PRIO_PROCESS, 0, nice)
+    with contextlib.suppress(OSError):  # a kernel without autogroups
+        Path("/proc/self/autogroup").write_text(str(nice))
 
 
 class StartingSession:
@@ -506,9 +509,10 @@ class StartingSession:
     between the processes of a session second, so a server starting in a session of its own gets one
     share among all the sessions that are busy on the host, whatever its processes' own nice values.
     While it starts, the spawner gives that session a larger share (a negative autogroup nice: only
-    root may) and, where the hub's cgroup makes per-process nice count instead, its processes were
-    started at a negative nice (``raise_own_priority``); both are put back to 0 once the server listens,
-    before anyone can reach it, so nothing the researcher runs keeps them.
+    root may); the session bwrap itself runs in (``outer_session``, led by the spawner's child) and the
+    processes were raised before the child dropped root (``raise_own_priority``), the latter for hubs
+    whose cgroup makes per-process nice count instead of autogroups. All of it is put back to 0 once the
+    server listens, before anyone can reach it, so nothing the researcher runs keeps it.
 
     The session is found among the account's processes as one that leads a session other than the
     spawner's child's, and is held by a handle on its ``/proc`` folder, so a pid that ended and was
@@ -573,9 +577,11 @@ class StartingSession:
             return None
 
     def release(self) -> None:
-        """Put the session back to an equal share, and every process of the account to nice 0."""
+        """Put the sessions back to an equal share, and every process of the account to nice 0."""
         with contextlib.suppress(OSError):  # no process of the account left: nothing to put back
             os.setpriority(os.PRIO_USER, self.uid, 0)
+        with contextlib.suppress(OSError):  # the spawner's child (not reaped yet, so its pid is its own)
+            (self.proc / str(self.outer_session) / "autogroup").write_text("0")
         if self._folder is None:
             return
         if self.nice != 0:

@@ -193,7 +193,7 @@ def test_the_share_is_given_back_after_start_boost_seconds_even_if_the_server_ne
 
 
 @needs_root
-def test_only_a_session_the_account_leads_apart_from_the_spawners_child_is_raised():
+def test_only_a_session_the_account_leads_apart_from_the_spawners_child_is_raised_and_both_put_back():
     uid = unused_uid()
     # The account's process, but in the session the spawner's child leads (bwrap outside its sandbox).
     outer = subprocess.Popen(["sleep", "60"], user=uid, group=uid, extra_groups=[], start_new_session=True)
@@ -203,6 +203,12 @@ def test_only_a_session_the_account_leads_apart_from_the_spawners_child_is_raise
         assert not session.set(-10)
         assert autogroup_nice(outer.pid) == 0
         assert sandbox.StartingSession(uid + 1, outer_session=0).find() is False  # nobody's processes
+        # The child raised its own session and nice before it dropped root; release puts both back.
+        Path(f"/proc/{outer.pid}/autogroup").write_text("-5")
+        os.setpriority(os.PRIO_PROCESS, outer.pid, -5)
+        session.release()
+        assert autogroup_nice(outer.pid) == 0
+        assert os.getpriority(os.PRIO_PROCESS, outer.pid) == 0
     finally:
         outer.kill()
         outer.wait(timeout=30)
