@@ -17,9 +17,10 @@ Two kinds of open, alternating so the machine's load falls on both alike:
   group is deleted, so the open creates group, account, home, namespace and sandbox.
 * **warm**: the server was stopped (not removed) after an earlier open: account and home exist.
 
-Baseline, with ``--baseline-runtime PREFIX`` (a runtime built before the opening-fast changes, e.g. main's
-``/opt/tre-workspace``): a second service, started the same way, whose hub leaves the readiness checks to
-JupyterHub (``TRE_HUB_READY_POLL_SECONDS=0``) and whose workspaces run that runtime; the two services
+Baseline, with ``--baseline-runtime PREFIX`` (a runtime built before the opening-fast changes, or the same
+runtime to see the hub's part alone): a second service, started the same way, whose hub leaves the
+readiness checks to JupyterHub (``TRE_HUB_READY_POLL_SECONDS=0``) and gives a starting server no larger
+CPU share (``TRE_HUB_START_NICE=0``, ADR 0028), and whose workspaces run that runtime; the two services
 take turns, open by open. Without it the baseline is the warm p50 of the one service. The first open of
 each service (the runtime's files first read from disk) is not counted. The last line printed is one
 JSON object.
@@ -184,7 +185,10 @@ def start_service(base: Path, runtime: str, ready_poll: str) -> Any:
     from tests.e2e.conftest import LiveService, free_port
 
     service = LiveService(base / "instance", free_port())
-    service.env.update(TRE_WORKSPACE_RUNTIME=runtime, TRE_HUB_READY_POLL_SECONDS=ready_poll)
+    # The baseline leaves the readiness checks to JupyterHub and gives a start no larger CPU share.
+    start_nice = "-10" if float(ready_poll) > 0 else "0"
+    service.env.update(TRE_WORKSPACE_RUNTIME=runtime, TRE_HUB_READY_POLL_SECONDS=ready_poll,
+                       TRE_HUB_START_NICE=start_nice)
     service.start()
     return service
 
@@ -222,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--baseline-runtime", default="",
                         help="a runtime built before the opening-fast changes; with it a second service runs "
                         "side by side (JupyterHub's own readiness checks, that runtime) as the baseline")
+    parser.add_argument("--keep-logs", default="", help="copy each service's log (tre run, the hub) into this folder")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("needs root: the hub's secure spawner makes a unix account per workspace")
@@ -252,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         for service in services:
             service.stop()
+        if args.keep_logs:
+            Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+            for name, service in zip(plans, services, strict=False):
+                shutil.copy(service.log, Path(args.keep_logs) / f"{name}-service.log")
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
     return report({name: v.runs for name, v in variants.items()}, args)

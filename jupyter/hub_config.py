@@ -49,6 +49,8 @@ class HubSettings:
     # How often the spawner checks that a starting server listens (seconds; 0: JupyterHub's own backoff,
     # which sleeps up to 5 s between checks). Docs: workspaces.md, "Opening fast".
     ready_poll_seconds: float = 0.05
+    # The autogroup nice of a workspace's session while its server starts (ADR 0028; 0: an equal share).
+    start_nice: int = -10
     # Unless set, derived from the state folder, so two instances on one machine never share a
     # nftables table, namespace names or veth names.
     egress_prefix: str = ""
@@ -68,6 +70,7 @@ class HubSettings:
             "TRE_HUB_PROXY_API_PORT": "proxy_api_port",
             "TRE_HUB_NAMED_SERVER_LIMIT": "named_server_limit",
             "TRE_HUB_CULL_IDLE_SECONDS": "cull_idle_seconds",
+            "TRE_HUB_START_NICE": "start_nice",
         }
         for name, attr in integers.items():
             if name in env:
@@ -181,6 +184,7 @@ def configure(c: Any, settings: HubSettings | None = None) -> HubSettings:
     c.TreLocalSpawner.insecure_dev = settings.insecure_dev
     c.TreLocalSpawner.fs_sandbox = settings.fs_sandbox
     c.TreLocalSpawner.ready_poll_seconds = settings.ready_poll_seconds
+    c.TreLocalSpawner.start_nice = settings.start_nice
     c.TreLocalSpawner.egress_prefix = settings.egress_prefix
     c.TreLocalSpawner.egress_pool = settings.egress_pool
 

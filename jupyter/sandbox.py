@@ -484,3 +484,107 @@ def drop_to(account: Account) -> None:
     os.setgid(account.gid)
     os.setuid(account.uid)
     os.chdir(account.home)
+
+
+# --------------------------------------------------------------------------- CPU share while starting
+
+
+def _stat_fields(stat_text: str) -> list[str]:
+    """The fields of a /proc/PID/stat line after the command name (which may hold spaces and brackets)."""
+    return stat_text.rsplit(")", 1)[1].split()
+
+
+def raise_own_priority(nice: int) -> None:
+    """In the child, still root and leading its new session: give that session (where bwrap builds the
+    sandbox) and the processes started from it (they inherit it) this nice."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    with contextlib.suppress(OSError):  # a kernel without autogroups
+        Path("/proc/self/autogroup").write_text(str(nice))
+
+
+class StartingSession:
+    """The CPU share of one workspace's session while its server starts (ADR 0028).
+
+    Linux shares the CPU between sessions first (autogroups, when the hub runs in the root cgroup) and
+    between the processes of a session second, so a server starting in a session of its own gets one
+    share among all the sessions that are busy on the host, whatever its processes' own nice values.
+    While it starts, the spawner gives that session a larger share (a negative autogroup nice: only
+    root may); the session bwrap itself runs in (``outer_session``, led by the spawner's child) and the
+    processes were raised before the child dropped root (``raise_own_priority``), the latter for hubs
+    whose cgroup makes per-process nice count instead of autogroups. All of it is put back to 0 once the
+    server listens, before anyone can reach it, so nothing the researcher runs keeps it.
+
+    The session is found among the account's processes as one that leads a session other than the
+    spawner's child's, and is held by a handle on its ``/proc`` folder, so a pid that ended and was
+    reused is never touched.
+    """
+
+    def __init__(self, uid: int, outer_session: int, proc: Path = Path("/proc")) -> None:
+        if uid == 0:
+            raise SandboxError("refusing to change the CPU share of root's sessions")
+        self.uid = uid
+        self.outer_session = outer_session
+        self.proc = proc
+        self._folder: int | None = None
+        self.nice = 0
+
+    def find(self) -> bool:
+        """Hold the session the sandbox made, once it exists; True when held."""
+        if self._folder is not None:
+            return True
+        for pid in processes_of(self.uid, self.proc):
+            try:
+                folder = os.open(self.proc / str(pid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue  # it ended while we looked
+            try:
+                with open(os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder)) as stat_file:
+                    session = int(_stat_fields(stat_file.read())[3])
+                with open(os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder)) as status_file:
+                    uid_line = next(line for line in status_file if line.startswith("Uid:"))
+            except (OSError, StopIteration, IndexError, ValueError):
+                os.close(folder)
+                continue
+            if session == pid and session != self.outer_session and int(uid_line.split()[1]) == self.uid:
+                self._folder = folder
+                return True
+            os.close(folder)
+        return False
+
+    def set(self, nice: int) -> bool:
+        """Give the held session this autogroup nice (-20..19); False if it is not held or has ended."""
+        if self._folder is None or not -20 <= nice <= 19:
+            return False
+        try:
+            descriptor = os.open("autogroup", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._folder)
+            try:
+                os.write(descriptor, str(nice).encode())
+            finally:
+                os.close(descriptor)
+        except OSError:
+            return False
+        self.nice = nice
+        return True
+
+    def read(self) -> int | None:
+        """The held session's autogroup nice as the kernel has it (None if not held or ended)."""
+        if self._folder is None:
+            return None
+        try:
+            with open(os.open("autogroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._folder)) as handle:
+                return int(handle.read().split("nice")[1])
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def release(self) -> None:
+        """Put the sessions back to an equal share, and every process of the account to nice 0."""
+        with contextlib.suppress(OSError):  # no process of the account left: nothing to put back
+            os.setpriority(os.PRIO_USER, self.uid, 0)
+        with contextlib.suppress(OSError):  # the spawner's child (not reaped yet, so its pid is its own)
+            (self.proc / str(self.outer_session) / "autogroup").write_text("0")
+        if self._folder is None:
+            return
+        if self.nice != 0:
+            self.set(0)
+        os.close(self._folder)
+        self._folder = None

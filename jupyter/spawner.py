@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from jupyterhub.spawner import LocalProcessSpawner
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Float, HasTraits, Instance, Unicode, default
+from traitlets import Bool, Float, HasTraits, Instance, Integer, Unicode, default
 
 from jupyter import fs_sandbox, sandbox
 from jupyter.controlplane import ControlPlane, SpawnGrant, WorkspaceRefused, expected_server_name
@@ -150,6 +150,16 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         help="start() returns once the server listens, checking this often (0: return at once and leave the "
         "wait to JupyterHub, whose checks back off to 5 s apart, so a server up after 3 s was seen after 3-8 s).",
     ).tag(config=True)
+    start_nice = Integer(
+        -10,
+        help="While a server starts (until it listens, at most start_boost_seconds), the nice of its session "
+        "(autogroup) and of its processes: a negative value gives the start a larger share of the CPU than each "
+        "busy session on the host (others' kernels, tests); both are put back to 0 before anyone can reach the "
+        "server. 0 (or more): no change.",
+    ).tag(config=True)
+    start_boost_seconds = Float(
+        30.0, help="The longest a starting server keeps the larger share, even if it has not listened yet."
+    ).tag(config=True)
     make_preexec_fn = AnyTrait()
 
     account: sandbox.Account | None = None
@@ -191,20 +201,51 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
             if self._netns_fd is not None:
                 os.close(self._netns_fd)
                 self._netns_fd = None
-        await self._until_listening(ip, port)
+        session = self._starting_session()
+        try:
+            await self._until_listening(ip, port, session)
+        finally:
+            if session is not None:
+                session.release()
         return ip, port
 
-    async def _until_listening(self, ip: str, port: int) -> None:
+    def _boost_start(self) -> bool:
+        """Whether this start gets a larger CPU share: as root, for a workspace account, and only when the
+        spawner waits for the port itself (the wait is what puts the share back)."""
+        return (
+            self.start_nice < 0
+            and self.ready_poll_seconds > 0
+            and os.geteuid() == 0
+            and self.account is not None
+            and self.account.uid != 0
+        )
+
+    def _starting_session(self) -> sandbox.StartingSession | None:
+        """The sandbox's session, to give its start a larger CPU share until it listens."""
+        if self.proc is None or not self._boost_start() or self.account is None:
+            return None
+        return sandbox.StartingSession(self.account.uid, outer_session=self.proc.pid)
+
+    async def _until_listening(self, ip: str, port: int, session: sandbox.StartingSession | None = None) -> None:
         """Return once the server accepts connections, or has exited, or start_timeout has passed.
 
         JupyterHub then checks the server over HTTP once and finds it up. Only ever a wait: any failure is
-        left to JupyterHub's own check, which reports it as it always did.
+        left to JupyterHub's own check, which reports it as it always did. Meanwhile the starting session,
+        once it exists, gets ``start_nice`` for at most ``start_boost_seconds``; the caller releases it.
         """
         if self.ready_poll_seconds <= 0:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout
+        began = loop.time()
+        deadline = began + self.start_timeout
         while loop.time() < deadline and self.proc is not None and self.proc.poll() is None:
+            if session is not None:
+                if loop.time() - began > self.start_boost_seconds:
+                    session.release()
+                    session = None
+                elif session.nice == 0 and session.find() and session.set(self.start_nice):
+                    self.log.debug("The start of %s has a larger CPU share (autogroup nice %d)",
+                                   self._log_name, self.start_nice)
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
             except (OSError, TimeoutError):
@@ -294,6 +335,8 @@ class TreLocalSpawner(TreSpawnerMixin, LocalProcessSpawner):
         if self._private_binds:
             sandbox.bind_privately(self._private_binds)
         if os.geteuid() == 0 and self.account is not None:
+            if self._boost_start():
+                sandbox.raise_own_priority(self.start_nice)
             sandbox.drop_to(self.account)
         elif self.account is not None:
             os.chdir(self.account.home)

@@ -108,9 +108,11 @@ cat > "$prefix/etc/jupyter/jupyter_server_config.json" <<'JSON'
 }
 JSON
 # Opening fast: no language servers are installed, so jupyter-lsp's search for them at every start is
-# wasted work (read after the package's own conf.d file, so this one wins).
+# wasted work; notebook_shim's server extension only carries the classic notebook server's settings and
+# extensions over (there are none here) and imports IPython into the server to do it (ADR 0028). Read
+# after the packages' own conf.d files, so this one wins.
 cat > "$prefix/etc/jupyter/jupyter_server_config.d/zz-tre-workspace-fast.json" <<'JSON'
-{"ServerApp": {"jpserver_extensions": {"jupyter_lsp": false}}}
+{"ServerApp": {"jpserver_extensions": {"jupyter_lsp": false, "notebook_shim": false}}}
 JSON
 cat > "$prefix/etc/jupyter/labconfig/page_config.json" <<'JSON'
 {

@@ -108,3 +108,12 @@ def test_the_spawner_polls_for_a_starting_server_unless_told_not_to(tmp_path):
 
     assert 0 < fast.TreLocalSpawner.ready_poll_seconds <= 0.1
     assert hubs_own.TreLocalSpawner.ready_poll_seconds == 0
+
+
+def test_a_starting_server_gets_a_larger_cpu_share_unless_told_not_to(tmp_path):
+    raised, equal = Config(), Config()
+    configure(raised, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "a")}))
+    configure(equal, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "b"), "TRE_HUB_START_NICE": "0"}))
+
+    assert raised.TreLocalSpawner.start_nice < 0
+    assert equal.TreLocalSpawner.start_nice == 0

@@ -7,6 +7,7 @@ process's own namespace (``nsenter -t <pid> -n``) as its own account.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -104,6 +105,18 @@ def test_token_login_spawns_the_named_project_server(hub: Hub, workspace_a):
         "username": workspace_a["username"],
         "server_name": workspace_a["server"],
     }
+
+
+def test_a_running_workspace_keeps_no_larger_cpu_share_than_any_other_session(hub: Hub, workspace_a):
+    # Its start had one (ADR 0028); by the time the researcher can reach it, every process is back at 0.
+    account = hub.account("a")
+    pids = subprocess.run(["pgrep", "-u", account], capture_output=True, text=True).stdout.split()
+    sessions = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) for pid in pids}
+    nices = {Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1].strip() for pid in pids}
+
+    assert len(sessions) >= 2  # bwrap outside the sandbox, and the sandbox's own session
+    assert nices == {"0"}
+    assert {os.getpriority(os.PRIO_PROCESS, int(pid)) for pid in pids} == {0}
 
 
 def test_workspace_runs_as_its_own_account_with_a_read_only_extract(hub: Hub, workspace_a):
