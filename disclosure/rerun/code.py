@@ -112,13 +112,23 @@ def check_code(path: str, content: bytes, extract_version: str | None) -> Submit
             raise CodeRefused("The notebook must be a Jupyter notebook in format 4")
         if (kernel_name(notebook) or "python3") not in KERNELS:
             raise CodeRefused("The notebook's kernel must be Python 3 or R: a re-run has no other")
-        stripped = strip_outputs(notebook)
-        if stripped != notebook:  # unchanged notebooks keep their bytes (and so their digest)
-            content = (json.dumps(stripped, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+        content = notebook_without_outputs(content)  # unchanged notebooks keep their bytes (and digest)
     version = (extract_version or "").strip() or None
     if version is not None and not _VERSION.match(version):
         raise CodeRefused("The extract version must be the 64-character digest tre-submit sends")
     return SubmittedCode(raw, kind, content, version, language_of(raw, content))
+
+
+def notebook_without_outputs(content: bytes) -> bytes:
+    """A stored notebook's bytes without outputs (unchanged when it has none, or cannot be read)."""
+    try:
+        notebook = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return content
+    if not isinstance(notebook, dict):
+        return content
+    stripped = strip_outputs(notebook)
+    return content if stripped == notebook else (json.dumps(stripped, indent=1, ensure_ascii=False) + "\n").encode()
 
 
 def code_cells(kind: str, content: bytes) -> list[dict[str, Any]]:
