@@ -29,6 +29,13 @@ SCRIPT_LANGUAGES = {".py": "python", ".r": "r"}
 _NOTEBOOK_METADATA = ("kernelspec", "language_info")
 
 
+# What a researcher is told when the TRE requires code (TRE_RERUN_REQUIRE_CODE) and none came.
+CODE_REQUIRED = (
+    "This TRE releases outputs only with the code that made them: submit from the notebook (JupyterLab's "
+    "Submit for output checking), or send the notebook or script with tre-submit --code NOTEBOOK"
+)
+
+
 class CodeRefused(ValueError):
     """The code cannot be accepted; the message says why in the researcher's words."""
 

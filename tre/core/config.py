@@ -118,6 +118,9 @@ class Settings:
     rerun_disk_mb: int = 1024
     rerun_wall_seconds: int = 900
     rerun_release_unreproduced: bool = False
+    # Whether every output request must carry the code that made its files (refused and audited
+    # without it; ADR 0029). Off by default, for the demo and for TREs that accept files alone.
+    rerun_require_code: bool = False
     # Scheduled backups (tre/core/backup_schedule.py): hours between them, 0 = off; how many to keep.
     backup_every_hours: int = 0
     backup_keep: int = 7
