@@ -4,6 +4,14 @@
                                         Python script (runpy) or an R script (the runtime's R) in its folder
     driver.py fingerprint DIR...        print each image's decoded pixels' digest (Pillow) as JSON
 
+and, in a Kubernetes re-run pod (jupyter/rerun_kubernetes.py; the two halves run in two containers, one
+after the other, so nothing the code started is alive when its files are collected):
+
+    driver.py job-run KIND CODE_PATH    (init container) put the code in the home, check the extract's
+                                        version, run it as ``run`` does; always exits 0: the status says
+    driver.py job-collect CODE_PATH     (second container, the home read-only) report, the re-made files
+                                        and the images' digests, to the re-run's out/ folder
+
 ``run`` writes STATUS, a JSON object that holds no data: ``ok``, or the exception's *type*, the cell's
 number and the line of code that raised (code, never values, printed output or tracebacks' values).
 Standard library at import; nbclient and Pillow are imported only when needed (the runtime has them).
@@ -223,7 +231,7 @@ def run_r_script(code: str, status: str) -> int:
     return 1
 
 
-def fingerprint(folders: list[str]) -> int:
+def fingerprints(folders: list[str]) -> dict[str, dict[str, object]]:
     from PIL import Image
 
     answer: dict[str, dict[str, object]] = {}
@@ -241,7 +249,90 @@ def fingerprint(folders: list[str]) -> int:
                     }
             except Exception as error:  # noqa: BLE001 - an unreadable image is reported, not fatal
                 answer[str(path)] = {"error": type(error).__name__}
-    json.dump(answer, sys.stdout)
+    return answer
+
+
+def fingerprint(folders: list[str]) -> int:
+    json.dump(fingerprints(folders), sys.stdout)
+    return 0
+
+
+def collect(home: Path, code_path: str) -> dict[str, str]:
+    """Every regular file the code wrote in its home (path relative to it -> sha256), links not followed,
+    hidden ones (``.cache``, ``.ipynb_checkpoints``) left out."""
+    made: dict[str, str] = {}
+    for path in sorted(home.rglob("*")):
+        relative = path.relative_to(home).as_posix()
+        hidden = any(part.startswith(".") for part in path.relative_to(home).parts)  # caches, checkpoints
+        if hidden or path.is_symlink() or not path.is_file() or relative == code_path:
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        made[relative] = digest.hexdigest()
+    return made
+
+
+# The Kubernetes pod's folders (infra/production/kubernetes/rerun/job-template.yaml).
+POD_HOME = "/home/tre-rerun"
+POD_IN = "/opt/tre-rerun/in"  # the code ("code") and the submitted images (submitted/), read-only
+POD_OUT = "/opt/tre-rerun/out"  # report.json and made/, written only by job-collect
+POD_STATUS = ".tre-rerun/status.json"  # in the home; hidden, so never collected as an output
+
+
+def job_run(kind: str, code_path: str) -> int:
+    import shutil
+    import subprocess  # nosec B404 - this driver again, an argv list, no shell
+
+    home = Path(os.environ.get("HOME") or POD_HOME)
+    status = home / POD_STATUS
+    status.parent.mkdir(parents=True, exist_ok=True)
+    extract = os.environ.get("TRE_EXTRACT_DIR") or ""
+    recorded = os.environ.get("EXTRACT_VERSION") or ""
+    if recorded and extract:
+        from jupyter.client import extract_version  # the runtime has the client
+
+        if extract_version(extract) != recorded:
+            _status(str(status), status="failed", error="ExtractChanged", line="")
+            return 0
+    target = home / code_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(POD_IN) / "code", target)
+    (home / "outputs").mkdir(exist_ok=True)
+    if extract and not (home / "extract").exists():
+        (home / "extract").symlink_to(extract)
+    done = subprocess.run(  # noqa: S603  # nosec B603
+        [sys.executable, os.path.abspath(__file__), "run", kind, str(target), str(status)],
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    try:
+        fields = json.loads(status.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        fields = {}
+    _status(str(status), **{**(fields if isinstance(fields, dict) else {}), "exit": done.returncode})
+    return 0
+
+
+def job_collect(code_path: str) -> int:
+    import shutil
+
+    home, out = Path(os.environ.get("HOME") or POD_HOME), Path(POD_OUT)
+    for leftover in out.iterdir():  # whatever the code may have put there is not trusted
+        shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+    try:
+        status = json.loads((home / POD_STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = {}
+    made = collect(home, code_path)
+    for relative in made:
+        destination = out / "made" / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(home / relative, destination, follow_symlinks=False)
+    prints = fingerprints([str(home), str(Path(POD_IN) / "submitted")])
+    report = {"status": status if isinstance(status, dict) else {}, "files": made, "prints": prints}
+    (out / "report.json").write_text(json.dumps(report), encoding="utf-8")
     return 0
 
 
@@ -254,7 +345,12 @@ def main(argv: list[str]) -> int:
         return run_r_script(code, status) if code.lower().endswith(".r") else run_script(code, status)
     if len(argv) >= 2 and argv[0] == "fingerprint":
         return fingerprint(argv[1:])
-    print("usage: driver.py run KIND CODE STATUS | fingerprint DIR...", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "job-run":
+        return job_run(argv[1], argv[2])
+    if len(argv) == 2 and argv[0] == "job-collect":
+        return job_collect(argv[1])
+    print("usage: driver.py run KIND CODE STATUS | fingerprint DIR... | job-run KIND CODE_PATH | job-collect CODE_PATH",
+          file=sys.stderr)
     return 2
 
 
