@@ -89,7 +89,9 @@ class Authoring(OutputsBase):
         self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
         return req, True
 
-    def submit_from_workspace(self, actor: Any, project_id: str, title: str, **kwargs: Any) -> tuple[OutputRequest, bool]:
+    def submit_from_workspace(
+        self, actor: Any, project_id: str, title: str, **kwargs: Any
+    ) -> tuple[OutputRequest, bool]:
         """Create, fill and submit a request in one transaction (see ``_submit_from_workspace``); under
         a policy that requires code (TRE_RERUN_REQUIRE_CODE), one sent without it is refused, audited,
         and leaves nothing behind. (A repeated ``client_key`` still answers with the request it made.)"""

@@ -17,7 +17,14 @@ from disclosure.progress import _checks_by_file
 from disclosure.rerun.code import code_cells, language_of, notebook_without_outputs
 from disclosure.rerun.results import current_rerun, reproduced_aggregates, unreproduced_files
 from disclosure.rules import RuleViolation
-from disclosure.visibility import CHECKER, PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
+from disclosure.visibility import (
+    CHECKER,
+    PROJECT_CLOSED_REASONS,
+    TEAM,
+    ContentAccess,
+    content_access,
+    content_access_to_files,
+)
 from projects.gate import check_access
 from projects.rules import GATE_REASONS
 from tre.core.db import utcnow

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from jupyter.client import extract_version
-from jupyter.rerun_driver import collect
 from jupyter.fs_sandbox import ETC_ALLOWED, HOSTNAME, ROOT_LINKS
+from jupyter.rerun_driver import collect
 from jupyter.sandbox import CLONE_NEWNS, MS_PRIVATE, MS_REC, _libc
 
 HOME = "/home/tre-rerun"
@@ -268,7 +268,10 @@ def _reason(status: dict[str, Any], returncode: int, timed_out: bool, limits: Li
         return f"the code ran longer than the re-run's wall-time limit ({limits.wall_seconds} s)"
     error, code = str(status.get("error") or ""), str(status.get("errno") or "")
     if error == "ExtractChanged":
-        return "the project's extract has changed since the outputs were made: the code cannot be re-run on the data it read"
+        return (
+            "the project's extract has changed since the outputs were made: "
+            "the code cannot be re-run on the data it read"
+        )
     where = f" in cell {status['cell']}" if status.get("cell") else ""
     line = f" at `{status['line']}`" if status.get("line") else ""
     if error == "MemoryError":

@@ -173,7 +173,9 @@ for (i in seq_along(exprs)) {
     }),
     error = function(e) e
   )
-  if (!is.null(failed)) say(class(failed)[[1]], if (is.null(refs)) NA else refs[[i]][[1]], c(conditionMessage(failed), seen))
+  if (!is.null(failed)) {
+    say(class(failed)[[1]], if (is.null(refs)) NA else refs[[i]][[1]], c(conditionMessage(failed), seen))
+  }
 }
 writeLines("ok", report)
 """

@@ -295,7 +295,9 @@ class Launcher:
             status = job.status
             if status is not None and (status.succeeded or 0) > 0:
                 return "succeeded", ""
-            failed = [c for c in (status.conditions or []) if c.type == "Failed" and c.status == "True"] if status else []
+            failed = (
+                [c for c in (status.conditions or []) if c.type == "Failed" and c.status == "True"] if status else []
+            )
             if failed or (status is not None and (status.failed or 0) > 0):
                 reason = failed[0].reason if failed else ""
                 if reason == "DeadlineExceeded":

@@ -70,12 +70,17 @@ def kernel_name(notebook: Any) -> str | None:
 def strip_outputs(notebook: dict[str, Any]) -> dict[str, Any]:
     """The notebook as a re-run needs it and a checker may read it: each cell's type, id and source;
     no outputs, execution counts, attachments or metadata beyond the kernel's."""
-    metadata = notebook.get("metadata") if isinstance(notebook.get("metadata"), dict) else {}
+    found = notebook.get("metadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
     cells = []
     for cell in notebook.get("cells") or []:
         if not isinstance(cell, dict):
             continue
-        kept: dict[str, Any] = {"cell_type": cell.get("cell_type", "code"), "metadata": {}, "source": cell.get("source", "")}
+        kept: dict[str, Any] = {
+            "cell_type": cell.get("cell_type", "code"),
+            "metadata": {},
+            "source": cell.get("source", ""),
+        }
         if isinstance(cell.get("id"), str):
             kept["id"] = cell["id"]
         if kept["cell_type"] == "code":

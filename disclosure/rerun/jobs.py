@@ -79,7 +79,7 @@ def run_sandbox(plan: dict[str, Any]) -> dict[str, Any]:
     infrastructure failure (the job retries, then ends FAILED with the reason)."""
     module = LAUNCHERS.get(str(plan.get("launcher") or "local"))
     if module is None:
-        raise PermanentJobError(f"no re-run launcher {plan.get('launcher')!r} (TRE_RERUN_LAUNCHER: local or kubernetes)")
+        raise PermanentJobError(f"no re-run launcher {plan.get('launcher')!r} (TRE_RERUN_LAUNCHER: local, kubernetes)")
     start = int((plan.get("kubernetes") or {}).get("start_seconds", 0)) if module != LAUNCHERS["local"] else 0
     timeout = int(plan["limits"]["wall_seconds"]) + start + RUNNER_GRACE_SECONDS
     completed = subprocess.run(  # noqa: S603  # nosec B603 - our interpreter and module, no shell

@@ -87,7 +87,12 @@ def test_the_launchers_rights_and_work_volume_are_valid_manifests() -> None:
     (role,) = [d for d in documents if d["kind"] == "Role"]
     policies = [r for r in role["rules"] if "networkpolicies" in r["resources"]]
     assert policies == [
-        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "resourceNames": ["rerun-deny-all"], "verbs": ["get"]}
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "resources": ["networkpolicies"],
+            "resourceNames": ["rerun-deny-all"],
+            "verbs": ["get"],
+        }
     ]  # it may read the one policy; it may not create or loosen any
     assert not any("secrets" in r["resources"] or "*" in r["verbs"] for r in role["rules"])
 
@@ -102,7 +107,13 @@ def test_the_job_keeps_every_guarantee_of_the_local_sandbox(tmp_path: Path) -> N
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsUser"] == 65534
     for container in (run, collect):
         assert container["resources"]["limits"]["memory"] == "2048Mi"
-        assert container["command"][:5] == ["prlimit", "--cpu=60", f"--as={2 * 1024**3}", f"--fsize={256 * 1024**2}", "--core=0"]
+        assert container["command"][:5] == [
+            "prlimit",
+            "--cpu=60",
+            f"--as={2 * 1024**3}",
+            f"--fsize={256 * 1024**2}",
+            "--core=0",
+        ]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["image"] == "registry.example/tre/workspace:1"
     # The code's container sees the extract (read-only) and never the folder the worker reads back.
@@ -133,18 +144,34 @@ def _loosen(path: str, value: Any) -> Callable[[dict[str, Any], dict[str, Any]],
         (_loosen("policy.spec.egress", [{}]), "allows traffic"),
         (_loosen("policy.spec.ingress", [{"from": [{"podSelector": {}}]}]), "allows traffic"),
         (_loosen("policy.spec.policyTypes", ["Ingress"]), "both ingress and egress"),
-        (_loosen("policy.spec.podSelector", {"matchLabels": {"app.kubernetes.io/component": "other"}}), "does not select"),
-        (lambda job, policy: job["spec"]["template"]["metadata"]["labels"].update(
-            {"app.kubernetes.io/name": "tre-control-plane"}), "control plane"),
+        (
+            _loosen("policy.spec.podSelector", {"matchLabels": {"app.kubernetes.io/component": "other"}}),
+            "does not select",
+        ),
+        (
+            lambda job, policy: job["spec"]["template"]["metadata"]["labels"].update(
+                {"app.kubernetes.io/name": "tre-control-plane"}
+            ),
+            "control plane",
+        ),
         (_loosen("job.spec.template.spec.automountServiceAccountToken", True), "service-account token"),
         (_loosen("job.spec.template.spec.hostNetwork", True), "host namespace"),
         (_loosen("job.spec.template.spec.dnsPolicy", "ClusterFirst"), "no cluster DNS"),
         (_loosen("job.spec.template.spec.securityContext.runAsUser", 0), "non-root"),
         (_loosen("job.spec.template.spec.volumes.0", {"name": "home", "hostPath": {"path": "/"}}), "host paths"),
         (_loosen("job.spec.template.spec.initContainers.0.securityContext.readOnlyRootFilesystem", False), "read-only"),
-        (_loosen("job.spec.template.spec.initContainers.0.securityContext.capabilities", {"drop": ["ALL"], "add": ["NET_RAW"]}), "capability"),
+        (
+            _loosen(
+                "job.spec.template.spec.initContainers.0.securityContext.capabilities",
+                {"drop": ["ALL"], "add": ["NET_RAW"]},
+            ),
+            "capability",
+        ),
         (_loosen("job.spec.template.spec.containers.0.resources.limits", {"cpu": "1"}), "limits must be set"),
-        (_loosen("job.spec.template.spec.initContainers.0.volumeMounts.2.readOnly", False), "extract must be read-only"),
+        (
+            _loosen("job.spec.template.spec.initContainers.0.volumeMounts.2.readOnly", False),
+            "extract must be read-only",
+        ),
         (_loosen("job.spec.activeDeadlineSeconds", 99999), "wall-time limit"),
         (_loosen("job.spec.backoffLimit", 3), "not be retried"),
     ],
@@ -254,11 +281,17 @@ def serve() -> Iterator[Callable[[FakeCluster], Any]]:
 def launcher(tmp_path: Path, api: Any) -> Launcher:
     client = kubernetes.client
     return Launcher(
-        cluster(tmp_path), client.BatchV1Api(api), client.CoreV1Api(api), client.NetworkingV1Api(api), sleep=lambda s: None
+        cluster(tmp_path),
+        client.BatchV1Api(api),
+        client.CoreV1Api(api),
+        client.NetworkingV1Api(api),
+        sleep=lambda s: None,
     )
 
 
-def collector_writes(tmp_path: Path, files: dict[str, bytes], status: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def collector_writes(
+    tmp_path: Path, files: dict[str, bytes], status: dict[str, Any]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """What the pod's collect container leaves in out/ (jupyter.rerun_driver job-collect)."""
 
     def pod(job: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +308,9 @@ def collector_writes(tmp_path: Path, files: dict[str, bytes], status: dict[str, 
 
 
 def test_a_job_that_succeeds_is_collected_like_a_local_re_run_and_deleted(tmp_path: Path, serve: Any) -> None:
-    fake = FakeCluster(deny_all_policy(), collector_writes(tmp_path, {"outputs/t.csv": b"a,b\n1,2\n"}, {"status": "ok", "exit": 0}))
+    fake = FakeCluster(
+        deny_all_policy(), collector_writes(tmp_path, {"outputs/t.csv": b"a,b\n1,2\n"}, {"status": "ok", "exit": 0})
+    )
 
     answer = launcher(tmp_path, serve(fake))(plan(tmp_path))
 
@@ -324,7 +359,14 @@ def test_a_pod_killed_for_memory_is_reported_as_the_memory_limit(tmp_path: Path,
             "metadata": {"name": "p"},
             "status": {
                 "initContainerStatuses": [
-                    {"name": "rerun", "image": "i", "imageID": "", "ready": False, "restartCount": 0, "state": terminated}
+                    {
+                        "name": "rerun",
+                        "image": "i",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": terminated,
+                    }
                 ]
             },
         }
@@ -336,7 +378,9 @@ def test_a_pod_killed_for_memory_is_reported_as_the_memory_limit(tmp_path: Path,
 
 
 def test_a_killed_attempts_job_is_replaced_not_trusted(tmp_path: Path, serve: Any) -> None:
-    fake = FakeCluster(deny_all_policy(), collector_writes(tmp_path, {"outputs/t.csv": b"x\n"}, {"status": "ok", "exit": 0}))
+    fake = FakeCluster(
+        deny_all_policy(), collector_writes(tmp_path, {"outputs/t.csv": b"x\n"}, {"status": "ok", "exit": 0})
+    )
     name = f"tre-rerun-{RERUN_ID}"
     fake.jobs[name] = {"metadata": {"name": name}, "status": {"succeeded": 1}}  # the last attempt's
 
@@ -356,3 +400,90 @@ def test_code_that_failed_in_the_pod_is_reported_with_its_reason(tmp_path: Path,
 
     assert answer["status"] == "failed" and "no network at all" in answer["reason"] and "cell 2" in answer["reason"]
     assert answer["files"] == {}
+
+
+# --- the pod's own commands, run in the local sandbox ------------------------------------------------
+
+
+def _in_local_sandbox(job: dict[str, Any], volumes: dict[str, Path]) -> None:
+    """Run the Job's two containers as the kubelet would, one after the other, each in a bubblewrap
+    sandbox with the Job's own mounts (volume name -> host folder; claims by sub-path), command and
+    environment: the pod's commands are proved against the driver, not only their manifest."""
+    from jupyter.rerun import DRIVER, HOME, _etc_files, _run_sandboxed, bwrap_argv
+    from tests.jupyter.realhub import RUNTIME
+
+    pod = job["spec"]["template"]["spec"]
+    etc = _etc_files()
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        binds, home, home_writable = [], "", True
+        for mount in container["volumeMounts"]:
+            source = volumes[mount["name"]] / mount.get("subPath", "")
+            source.mkdir(parents=True, exist_ok=True)
+            if mount["mountPath"] == HOME:
+                home, home_writable = str(source), not mount.get("readOnly", False)
+            elif mount["mountPath"] != "/tmp":  # noqa: S108  # nosec B108 - bwrap gives a fresh tmpfs
+                binds.append((str(source), mount["mountPath"], not mount.get("readOnly", False)))
+        command = container["command"][container["command"].index("--") + 1 :]
+        assert command[:3] == ["/opt/tre-workspace/bin/python", "-m", "jupyter.rerun_driver"]
+        argv = bwrap_argv(
+            runtime=str(RUNTIME),
+            home=home,
+            extract="",
+            driver=str(Path(__file__).resolve().parents[2] / "jupyter" / "rerun_driver.py"),
+            binds=binds,
+            files={name: f"@fd:{name}" for name in etc},  # type: ignore[misc]
+            tmp_bytes=64 * 1024**2,
+            home_writable=home_writable,
+        )
+        env = {e["name"]: e["value"].replace("/opt/tre-workspace", str(RUNTIME)) for e in container["env"]}
+        code, *_ = _run_sandboxed(
+            [*argv, str(RUNTIME / "bin" / "python"), DRIVER, *command[3:]],
+            env,
+            etc,
+            Limits.from_dict(LIMITS),
+            capture=False,
+        )
+        assert code == 0, container["name"]
+
+
+@pytest.mark.integration
+def test_the_pods_commands_run_a_notebook_and_collect_its_files(tmp_path: Path, serve: Any) -> None:
+    import shutil
+
+    from tests.jupyter.realhub import RUNTIME
+
+    if not (RUNTIME / "bin" / "python").exists() or shutil.which("bwrap") is None:
+        pytest.skip("WORKSPACE RUNTIME NOT BUILT or BUBBLEWRAP NOT INSTALLED")
+    from jupyter.client import extract_version
+    from tests.jupyter.test_rerun import notebook
+
+    extracts = tmp_path / "extracts"
+    (extracts / PROJECT_ID / "cohort").mkdir(parents=True)
+    (extracts / PROJECT_ID / "cohort" / "manifest.json").write_text('{"rows": 3}')
+    (extracts / PROJECT_ID / "cohort" / "rows.csv").write_text("age\n40\n50\n60\n")
+    code = notebook(
+        "import os, pandas as pd\n"
+        "rows = pd.read_csv(os.path.join(os.environ['TRE_EXTRACT_DIR'], 'cohort', 'rows.csv'))\n"
+        "os.makedirs('../outputs', exist_ok=True)\n"
+        "rows[rows.age > 45].describe().to_csv('../outputs/summary.csv')"
+    )
+    the_plan = plan(
+        tmp_path, extract=str(extracts / PROJECT_ID), extract_version=extract_version(extracts / PROJECT_ID)
+    )
+    Path(the_plan["code_file"]).write_text(code)
+    volumes = {
+        "home": tmp_path / "pod-home",
+        "work": tmp_path / "rerun-work",
+        "extract": extracts,
+        "tmp": tmp_path / "t",
+    }
+
+    def pod(job: dict[str, Any]) -> dict[str, Any]:
+        _in_local_sandbox(job, volumes)
+        return {"succeeded": 1}
+
+    answer = launcher(tmp_path, serve(FakeCluster(deny_all_policy(), pod)))(the_plan)
+
+    assert answer["status"] == "done", answer
+    assert set(answer["files"]) == {"outputs/summary.csv"}
+    assert "count,2.0" in (tmp_path / "work" / "made" / "outputs" / "summary.csv").read_text()

@@ -123,8 +123,12 @@ def _page(world: dict[str, Any], actor: str, request_id: str) -> Any:
 
 
 def _api(world: dict[str, Any], actor: str, request_id: str) -> Any:
-    return world["app"].test_client().get(
-        f"/api/v1/outputs/requests/{request_id}/code", headers={"Authorization": f"Bearer {world['tokens'][actor]}"}
+    return (
+        world["app"]
+        .test_client()
+        .get(
+            f"/api/v1/outputs/requests/{request_id}/code", headers={"Authorization": f"Bearer {world['tokens'][actor]}"}
+        )
     )
 
 
