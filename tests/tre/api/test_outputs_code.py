@@ -183,3 +183,23 @@ def test_under_a_policy_requiring_code_a_draft_or_a_returned_request_cannot_be_s
             select(AuditEvent).where(AuditEvent.action == "output.submit", AuditEvent.outcome == "denied")
         ).all()
         assert [e.target_id for e in denied] == [req.id]
+
+
+def test_under_a_policy_requiring_code_a_resubmission_without_it_is_refused_and_audited(world: World) -> None:
+    with world.app.app_context():
+        req = world.reviewed(votes={"olive": "changes_requested", "oscar": "changes_requested"})
+        world.svc.consolidate(world.olive, req.id, "return", "Round the counts")
+        world.svc.require_code = True
+        files = [("table.csv", SAFE_CSV, "", None)]
+
+        with pytest.raises(OutputError, match="only with the code that made them"):
+            world.svc.resubmit_from_workspace(world.author, world.project.id, req.id, groups=[], files=files)
+        world.svc.resubmit_from_workspace(
+            world.author, world.project.id, req.id, groups=[], files=files, code=("t.ipynb", NOTEBOOK, None)
+        )
+
+        assert world.refresh(req).state in ("submitted", "checking", "awaiting_review")
+        denied = world.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "output.resubmit", AuditEvent.outcome == "denied")
+        ).all()
+        assert [e.target_id for e in denied] == [req.id]
