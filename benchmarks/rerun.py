@@ -1,7 +1,10 @@
 """Benchmark: the overhead of re-running a submitted notebook in the re-run sandbox (ADR 0018), in one run.
 
 Run (bubblewrap and the workspace runtime needed; root for the tmpfs home):
-    python -m benchmarks.rerun [--rows 200000] [--runs 3]
+    python -m benchmarks.rerun [--rows 200000] [--runs 3] [--r]
+
+``--r``: the same notebook written in R (the R kernel, the ``tre_*`` functions: two tables, a model, a
+ggplot figure), re-run the same way (ADR 0029).
 
 A typical notebook: load the project's extract (Parquet, ``--rows`` admissions), three tables through the
 disclosure session (one on a filtered cohort), one model (OLS) and one figure, then ``finalise``.
@@ -54,12 +57,24 @@ CELLS = [
 ]
 
 
-def notebook(sources: list[str] = CELLS) -> str:
+R_CELLS = [
+    'by_region <- tre_crosstab("admissions", "region", "sex", suppress = TRUE)\n'
+    'outcome <- tre_crosstab("admissions", "age_band", "outcome", suppress = TRUE)',
+    'model <- tre_model("admissions", "los ~ age + C(sex) + C(smoker)")',
+    "library(ggplot2)\n"
+    'counts <- tre_sql("select age_band, count(*) as n from admissions group by 1 order by 1")\n'
+    'ggsave("outputs/by_age.png", ggplot(counts, aes(age_band, n)) + geom_col(), width = 5, height = 4, dpi = 72)',
+    'tre_finalise("outputs")',
+]
+PYTHON3 = {"name": "python3", "display_name": "Python 3", "language": "python"}
+IR = {"name": "ir", "display_name": "R", "language": "R"}
+
+
+def notebook(sources: list[str] = CELLS, kernelspec: dict[str, str] = PYTHON3) -> str:
     cells = [
         {"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [], "source": source}
         for i, source in enumerate(sources)
     ]
-    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": kernelspec}, "cells": cells})
 
 
@@ -151,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the extract")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each, taking turns")
+    parser.add_argument("--r", action="store_true", help="the notebook in R (the R kernel) instead of Python")
     args = parser.parse_args(argv)
+    cells, kernel = (R_CELLS, IR) if args.r else (CELLS, PYTHON3)
     if not (RUNTIME / "bin" / "python").exists() or shutil.which("bwrap") is None:
         raise SystemExit(f"needs bubblewrap and the workspace runtime at {RUNTIME} (make workspace-runtime)")
     baseline_runs: list[float] = []
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         root = Path(tmp)
         extract = write_extract(root / "extract", args.rows)
         code = root / "analysis.ipynb"
-        code.write_text(notebook())
+        code.write_text(notebook(cells, kernel))
         home = root / "workspace-home"
         direct(home, code, extract)  # the workspace's first run: its caches, and the page cache, warm
         for i in range(args.runs):
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             outputs = sorted(answer["files"])
         # The fixed cost alone: a notebook of one cell that does nothing, the same two ways.
         empty = root / "empty.ipynb"
-        empty.write_text(notebook(["1"]))
+        empty.write_text(notebook(["1"], kernel))
         empty_direct, empty_rerun = [], []
         for i in range(args.runs):
             empty_direct.append(direct(home, empty, extract))
@@ -188,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_seconds": round(value - baseline, 3),
         "target_overhead_seconds": TARGET_OVERHEAD_SECONDS,
         "within_target": value - baseline <= TARGET_OVERHEAD_SECONDS,
+        "language": "r" if args.r else "python",
         "rows": args.rows,
         "runs": args.runs,
         "rerun_runs": [round(x, 3) for x in value_runs],

@@ -16,11 +16,15 @@ from disclosure import rules
 from disclosure.kernel import DEFAULT_GROUP, IncompleteRequest, NotFound, OutputError, OutputsBase, _Denied
 from disclosure.models import OutputFile, OutputGroup, OutputRequest, OutputRerun
 from disclosure.progress import CHECK_JOB, RERUN_JOB, advance_after_checks, check_job_key
-from disclosure.rerun.code import CodeRefused, SubmittedCode, check_code
+from disclosure.rerun.code import CODE_REQUIRED, CodeRefused, SubmittedCode, check_code
 from disclosure.rules import RuleViolation
 from projects.models import Project
 from tre.core.db import utcnow
 from tre.core.jobs import enqueue
+
+
+class _CodeMissing(Exception):
+    """A workspace submission without code under a policy that requires it (refused, then audited)."""
 
 
 class Authoring(OutputsBase):
@@ -86,6 +90,18 @@ class Authoring(OutputsBase):
         return req, True
 
     def submit_from_workspace(
+        self, actor: Any, project_id: str, title: str, **kwargs: Any
+    ) -> tuple[OutputRequest, bool]:
+        """Create, fill and submit a request in one transaction (see ``_submit_from_workspace``); under
+        a policy that requires code (TRE_RERUN_REQUIRE_CODE), one sent without it is refused, audited,
+        and leaves nothing behind. (A repeated ``client_key`` still answers with the request it made.)"""
+        try:
+            return self._submit_from_workspace(actor, project_id, title, **kwargs)
+        except _CodeMissing:
+            self._record_rule_refusal("output.submit", actor, None, CODE_REQUIRED, project_id=project_id)
+            raise OutputError(CODE_REQUIRED) from None
+
+    def _submit_from_workspace(
         self,
         actor: Any,
         project_id: str,
@@ -113,11 +129,13 @@ class Authoring(OutputsBase):
             req, created = self._create(s, actor, project_id, title, client_key)
             if not created:
                 return req, False
+            if self.require_code and accepted_code is None:
+                raise _CodeMissing
             for name, context, controls in groups:
                 self._set_group(s, actor, req, name, context, controls)
             for (_n, content, group, _s), (accepted, spec) in zip(files, checked, strict=True):
                 self._add_file(s, actor, req, accepted, spec, content, group)
-            self._submit(s, actor, req)
+            self._submit(s, actor, req, accepted_code)
             self._attach_code(s, actor, req, accepted_code)
         return req, True
 
@@ -214,7 +232,7 @@ class Authoring(OutputsBase):
                     same = next((f for f in req.current_files if f.name == accepted.name), None)
                     group = groups_by_id[same.group_id] if same is not None else first
                 self._add_file(s, actor, req, accepted, spec, content, group)
-            self._submit(s, actor, req)
+            self._submit(s, actor, req, accepted_code)
             self._attach_code(s, actor, req, accepted_code)
         return req, True
 
@@ -375,10 +393,12 @@ class Authoring(OutputsBase):
             self._submit(s, actor, req)
         return req
 
-    def _submit(self, s: Session, actor: Any, req: OutputRequest) -> None:
+    def _submit(self, s: Session, actor: Any, req: OutputRequest, code: SubmittedCode | None = None) -> None:
         self._require_author(s, actor, req, "output.submit")
         if req.state not in (rules.DRAFT, rules.RETURNED):
             rules.check_transition(req.state, rules.SUBMITTED)
+        if self.require_code and code is None:  # the TRE's policy: no release without the code that made it
+            raise RuleViolation(CODE_REQUIRED)
         problems = self.missing_for_submission(req)
         if problems:
             raise IncompleteRequest(problems)

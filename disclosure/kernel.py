@@ -73,6 +73,8 @@ class OutputsBase:
     max_file_bytes: int = rules.MAX_FILE_BYTES
     # Whether a file its re-run did not reproduce may be released (TRE_RERUN_RELEASE_UNREPRODUCED, ADR 0018).
     release_unreproduced: bool = False
+    # Whether every submission must carry the code that made its files (TRE_RERUN_REQUIRE_CODE, ADR 0029).
+    require_code: bool = False
     _policy: Any = field(default=None, repr=False)
 
     @classmethod
@@ -86,6 +88,7 @@ class OutputsBase:
             request_id=request_id,
             max_file_bytes=min(rules.MAX_FILE_BYTES, int(settings.max_upload_bytes)),
             release_unreproduced=bool(getattr(settings, "rerun_release_unreproduced", False)),
+            require_code=bool(getattr(settings, "rerun_require_code", False)),
         )
 
     @property
@@ -122,7 +125,9 @@ class OutputsBase:
                 )
             raise OutputPermissionDenied(denied.message) from None
 
-    def _record_rule_refusal(self, action: str, actor: Any, request_id: str | None, message: str) -> None:
+    def _record_rule_refusal(
+        self, action: str, actor: Any, request_id: str | None, message: str, project_id: str | None = None
+    ) -> None:
         with transaction(self.session) as s:
             req = s.get(OutputRequest, request_id) if request_id else None
             self.audit.record(
@@ -132,7 +137,7 @@ class OutputsBase:
                 outcome=DENIED,
                 target_type="output_request" if req else None,
                 target_id=req.id if req else None,
-                project_id=req.project_id if req else None,
+                project_id=req.project_id if req else project_id,
                 request_id=self.request_id,
                 detail={"reason": "rule", "rule": message[:300]},
             )

@@ -14,9 +14,17 @@ from disclosure.kernel import NotFound, OutputsBase, _Denied
 from disclosure.ledger import record_in_ledger
 from disclosure.models import OutputDecision, OutputFile, OutputRelease, OutputRequest, OutputRerun
 from disclosure.progress import _checks_by_file
+from disclosure.rerun.code import code_cells, language_of, notebook_without_outputs
 from disclosure.rerun.results import current_rerun, reproduced_aggregates, unreproduced_files
 from disclosure.rules import RuleViolation
-from disclosure.visibility import PROJECT_CLOSED_REASONS, TEAM, ContentAccess, content_access, content_access_to_files
+from disclosure.visibility import (
+    CHECKER,
+    PROJECT_CLOSED_REASONS,
+    TEAM,
+    ContentAccess,
+    content_access,
+    content_access_to_files,
+)
 from projects.gate import check_access
 from projects.rules import GATE_REASONS
 from tre.core.db import utcnow
@@ -113,18 +121,41 @@ class Releasing(OutputsBase):
         return f, data
 
     def view_code(self, actor: Any, request_id: str) -> tuple[OutputRerun, bytes]:
-        """The code the request's current round was sent with, for whoever may see its content now
-        (``disclosure.visibility``: its checkers while they review it; the team once released);
-        each view and each refusal is recorded."""
+        """The code the request's current round was sent with, without any notebook cell outputs, for
+        the request's checkers only (``disclosure.visibility``'s checker rule: eligible, holding a review
+        place, while they review it). The code is not an output: it is never released to the team, who
+        have it in their workspace (ADR 0029). Each view and each refusal is recorded."""
         with self._tx() as s:
             req = self._get(s, request_id)
             access = self._require_content(s, actor, req, None, "output.view_code")
+            if access.as_ != CHECKER:
+                raise _Denied(
+                    "output.view_code",
+                    getattr(actor, "id", None),
+                    req,
+                    "code: not a checker of this request",
+                    "The code a request was sent with is shown only to its output checkers",
+                )
             rerun = current_rerun(s, req)
             if rerun is None:
                 raise NotFound("This request was sent without its code")
             data = self.files.get(rerun.code_sha256)
+            if rerun.code_kind == "notebook":  # code stored before outputs were stripped on arrival
+                data = notebook_without_outputs(data)
             self._record(s, "output.view_code", actor, req, sha256=rerun.code_sha256, seen_as=access.as_)
         return rerun, data
+
+    def code_for_review(self, actor: Any, req: OutputRequest) -> dict[str, Any] | None:
+        """The code as the checker's review page shows it (numbered cells of text, never outputs), when
+        ``actor`` may see it now (see ``view_code``); ``None`` otherwise, recording nothing for those who
+        may not (the page is not a request for the code)."""
+        if current_rerun(self.session, req) is None:
+            return None
+        if content_access(self.session, actor, req, None).as_ != CHECKER:
+            return None
+        rerun, data = self.view_code(actor, req.id)
+        return {"path": rerun.code_path, "kind": rerun.code_kind, "language": language_of(rerun.code_path, data),
+                "cells": code_cells(rerun.code_kind, data)}
 
     def content_visible(self, actor: Any, req: OutputRequest) -> dict[str, bool]:
         """For each current file, whether ``actor`` may see its content now (a page's links; changes nothing)."""

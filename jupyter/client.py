@@ -51,7 +51,7 @@ from typing import Any
 REQUESTS_PATH = "/api/v1/outputs/requests"
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_CODE_BYTES = 4 * 1024 * 1024  # a notebook with its outputs cleared is far smaller
-CODE_SUFFIXES = (".ipynb", ".py")
+CODE_SUFFIXES = (".ipynb", ".py", ".r")
 RETRIES = 3  # more tries when the queue is unavailable (503) or cannot be reached, with the same key
 MAX_RETRY_WAIT = 30.0  # seconds; the queue's Retry-After is honoured up to this
 
@@ -153,7 +153,7 @@ def _code_fields(code: str | os.PathLike[str] | None, version: str | None) -> tu
     if not path.is_file():
         raise SubmitError(f"{path} (the code that made the outputs) is not a file.")
     if path.suffix.lower() not in CODE_SUFFIXES:
-        raise SubmitError(f"{path}: the code must be a notebook (.ipynb) or a Python script (.py).")
+        raise SubmitError(f"{path}: the code must be a notebook (.ipynb), a Python script (.py) or an R script (.R).")
     if path.stat().st_size > MAX_CODE_BYTES:
         raise SubmitError(f"{path} is larger than {MAX_CODE_BYTES // (1024 * 1024)} MB; clear its outputs first.")
     real, home = path.resolve(), Path(os.environ.get("HOME") or Path.cwd()).resolve()
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--remove", action="append", default=[], metavar="NAME", help="with --resubmit: drop a file")
     parser.add_argument("--group", help="with --resubmit: the group of the files sent")
     parser.add_argument(
-        "--code", metavar="NOTEBOOK", help="the notebook (.ipynb) or script (.py) that made the files: it is re-run"
+        "--code", metavar="NOTEBOOK", help="the notebook (.ipynb) or script (.py, .R) that made the files: it is re-run"
     )
     args = parser.parse_args(argv)
     context = _text_arg(args.context) if args.context is not None else None

@@ -23,7 +23,6 @@ back: the answer says ``ok`` or the exception's type, the cell and the line of c
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from typing import Any
 
 from jupyter.client import extract_version
 from jupyter.fs_sandbox import ETC_ALLOWED, HOSTNAME, ROOT_LINKS
+from jupyter.rerun_driver import collect
 from jupyter.sandbox import CLONE_NEWNS, MS_PRIVATE, MS_REC, _libc
 
 HOME = "/home/tre-rerun"
@@ -267,6 +267,11 @@ def _reason(status: dict[str, Any], returncode: int, timed_out: bool, limits: Li
     if timed_out:
         return f"the code ran longer than the re-run's wall-time limit ({limits.wall_seconds} s)"
     error, code = str(status.get("error") or ""), str(status.get("errno") or "")
+    if error == "ExtractChanged":
+        return (
+            "the project's extract has changed since the outputs were made: "
+            "the code cannot be re-run on the data it read"
+        )
     where = f" in cell {status['cell']}" if status.get("cell") else ""
     line = f" at `{status['line']}`" if status.get("line") else ""
     if error == "MemoryError":
@@ -290,21 +295,59 @@ def _reason(status: dict[str, Any], returncode: int, timed_out: bool, limits: Li
     return f"the {kind} did not finish (exit status {returncode})"
 
 
-def collect(home: Path, code_path: str) -> dict[str, str]:
-    """Every regular file the code wrote in its home (path relative to it -> sha256), links not followed,
-    hidden ones (``.cache``, ``.ipynb_checkpoints``) left out."""
-    made: dict[str, str] = {}
-    for path in sorted(home.rglob("*")):
-        relative = path.relative_to(home).as_posix()
-        hidden = any(part.startswith(".") for part in path.relative_to(home).parts)  # caches, checkpoints
-        if hidden or path.is_symlink() or not path.is_file() or relative == code_path:
-            continue
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        made[relative] = digest.hexdigest()
-    return made
+def extract_changed(plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer when the project's extract is no longer the version the code read; else None."""
+    recorded, extract = plan.get("extract_version"), plan.get("extract") or ""
+    if not recorded or not extract:
+        return None
+    found = extract_version(extract)
+    if found == recorded:
+        return None
+    return {
+        "status": "failed",
+        "reason": "the project's extract has changed since the outputs were made (version "
+        f"{recorded[:12]} then, {(found or 'none')[:12]} now): the code cannot be re-run on the data it read",
+        "log": [f"extract version recorded {recorded}", f"extract version now {found}"],
+        "files": {},
+        "images": {},
+        "timings": {},
+    }
+
+
+def outcome(
+    status: dict[str, Any], returncode: int, timed_out: bool, sizes: int, limits: Limits, kind: str
+) -> tuple[str, str]:
+    """("done", "") or ("failed", the reason for the checker), from what the driver reported."""
+    if status.get("status") == "ok" and returncode == 0 and not timed_out and sizes <= limits.disk_bytes:
+        return "done", ""
+    if sizes > limits.disk_bytes:
+        return "failed", f"the code wrote more than the re-run's disk limit ({limits.disk_bytes} bytes)"
+    return "failed", _reason(status, returncode, timed_out, limits, kind)
+
+
+def log_lines(status: dict[str, Any], returncode: int, timed_out: bool, limits: Limits, disk_rule: str) -> list[str]:
+    """The log a checker reads: what the driver reported, never the code's output."""
+    log = [f"status: {status.get('status', 'none')}", f"exit: {returncode}", f"disk limit by: {disk_rule}"]
+    if status.get("error"):
+        log.append(f"error: {status['error']} {status.get('errno') or ''}".strip())
+    if status.get("cell"):
+        log.append(f"cell: {status['cell']}")
+    if status.get("line"):
+        log.append(f"line: {status['line']}")
+    if timed_out:
+        log.append(f"killed after {limits.wall_seconds} s")
+    return log
+
+
+def split_prints(prints: dict[str, Any], home: str, submitted: str) -> dict[str, Any]:
+    """The images' digests by side: the re-run's (paths in its home) and the submission's."""
+    images: dict[str, Any] = {"rerun": {}, "submitted": {}}
+    for path, print_ in prints.items():
+        if path.startswith(home + "/"):
+            images["rerun"][path[len(home) + 1 :]] = print_
+        elif path.startswith(submitted + "/"):
+            images["submitted"][path[len(submitted) + 1 :]] = print_
+    return images
 
 
 def rerun(plan: dict[str, Any]) -> dict[str, Any]:
@@ -318,19 +361,9 @@ def rerun(plan: dict[str, Any]) -> dict[str, Any]:
     if not python.exists():
         raise RerunError(f"the workspace runtime is not built at {runtime}")
     driver = str(Path(__file__).with_name("rerun_driver.py"))
-    recorded = plan.get("extract_version")
-    if recorded and extract:
-        found = extract_version(extract)
-        if found != recorded:
-            return {
-                "status": "failed",
-                "reason": "the project's extract has changed since the outputs were made (version "
-                f"{recorded[:12]} then, {(found or 'none')[:12]} now): the code cannot be re-run on the data it read",
-                "log": [f"extract version recorded {recorded}", f"extract version now {found}"],
-                "files": {},
-                "images": {},
-                "timings": {},
-            }
+    changed = extract_changed(plan)
+    if changed is not None:
+        return changed
     home, status_dir, submitted = work / "home", work / "status", work / "submitted"
     for folder in (home, status_dir, submitted):
         folder.mkdir(parents=True, exist_ok=True)
@@ -359,31 +392,17 @@ def rerun(plan: dict[str, Any]) -> dict[str, Any]:
             status = {}
         made = collect(home, code_path)
         sizes = sum((home / name).stat().st_size for name in made)
-        if status.get("status") == "ok" and returncode == 0 and not timed_out and sizes <= limits.disk_bytes:
-            outcome, reason = "done", ""
-        elif sizes > limits.disk_bytes:
-            outcome, reason = "failed", f"the code wrote more than the re-run's disk limit ({limits.disk_bytes} bytes)"
-        else:
-            outcome, reason = "failed", _reason(status, returncode, timed_out, limits, kind)
+        state, reason = outcome(status, returncode, timed_out, sizes, limits, kind)
         images: dict[str, Any] = {}
-        if outcome == "done":
+        if state == "done":
             started = time.monotonic()
             images = _fingerprints(plan, base, env, etc, fds, limits, python, home, submitted)
             timings["fingerprint_seconds"] = time.monotonic() - started
-        copied = _copy_out(home, made, work / "made") if outcome == "done" else {}
-    log = [f"status: {status.get('status', 'none')}", f"exit: {returncode}", f"disk limit by: {disk_rule}"]
-    if status.get("error"):
-        log.append(f"error: {status['error']} {status.get('errno') or ''}".strip())
-    if status.get("cell"):
-        log.append(f"cell: {status['cell']}")
-    if status.get("line"):
-        log.append(f"line: {status['line']}")
-    if timed_out:
-        log.append(f"killed after {limits.wall_seconds} s")
+        copied = _copy_out(home, made, work / "made") if state == "done" else {}
     return {
-        "status": outcome,
+        "status": state,
         "reason": reason,
-        "log": log,
+        "log": log_lines(status, returncode, timed_out, limits, disk_rule),
         "files": copied,
         "images": images,
         "timings": timings,
@@ -414,13 +433,7 @@ def _fingerprints(
         answer = json.loads(out)
     except ValueError:
         return {}
-    images: dict[str, Any] = {"rerun": {}, "submitted": {}}
-    for path, print_ in answer.items():
-        if path.startswith(HOME + "/"):
-            images["rerun"][path[len(HOME) + 1 :]] = print_
-        elif path.startswith(SUBMITTED_DIR + "/"):
-            images["submitted"][path[len(SUBMITTED_DIR) + 1 :]] = print_
-    return images
+    return split_prints(answer, HOME, SUBMITTED_DIR)
 
 
 def _copy_out(home: Path, made: dict[str, str], destination: Path) -> dict[str, str]:
@@ -432,8 +445,9 @@ def _copy_out(home: Path, made: dict[str, str], destination: Path) -> dict[str, 
     return made
 
 
-def main() -> int:
-    """``python -m jupyter.rerun``: a JSON plan on stdin, the JSON answer on stdout.
+def main(run: Any = None) -> int:
+    """``python -m jupyter.rerun``: a JSON plan on stdin, the JSON answer on stdout (``run`` is another
+    launcher's: ``jupyter.rerun_kubernetes`` answers the same plan the same way).
 
     The plan: ``runtime`` (the workspace runtime's prefix), ``work`` (an empty folder of the caller's; the
     re-made files end in ``work/made``; the submitted images go in ``work/submitted`` first), ``code_file``
@@ -442,7 +456,7 @@ def main() -> int:
     """
     plan = json.load(sys.stdin)
     try:
-        answer = rerun(plan)
+        answer = (run or rerun)(plan)
     except RerunError as error:
         answer = {"status": "failed", "reason": f"the re-run sandbox could not be built: {error}", "log": []}
     json.dump(answer, sys.stdout)

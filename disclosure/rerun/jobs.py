@@ -57,12 +57,33 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# The launchers (TRE_RERUN_LAUNCHER): the same plan in, the same answer out (ADR 0029).
+LAUNCHERS = {"local": "jupyter.rerun", "kubernetes": "jupyter.rerun_kubernetes"}
+
+
+def cluster_from(settings: Any) -> dict[str, Any]:
+    """The Kubernetes launcher's settings (TRE_RERUN_K8S_*)."""
+    return {
+        "namespace": str(getattr(settings, "rerun_k8s_namespace", "tre")),
+        "image": str(getattr(settings, "rerun_k8s_image", "")),
+        "work_dir": str(getattr(settings, "rerun_k8s_work_dir", "")),
+        "work_claim": str(getattr(settings, "rerun_k8s_work_claim", "tre-rerun-work")),
+        "extracts_claim": str(getattr(settings, "rerun_k8s_extracts_claim", "tre-extracts")),
+        "start_seconds": int(getattr(settings, "rerun_k8s_start_seconds", 300)),
+    }
+
+
 def run_sandbox(plan: dict[str, Any]) -> dict[str, Any]:
-    """Run ``jupyter.rerun`` with ``plan``; its answer. A runner that cannot answer is an infrastructure
-    failure (the job retries, then ends FAILED with the reason)."""
-    timeout = int(plan["limits"]["wall_seconds"]) + RUNNER_GRACE_SECONDS
+    """Run the launcher's module (``jupyter.rerun``, or ``jupyter.rerun_kubernetes`` when the plan says
+    ``launcher: kubernetes``) with ``plan``; its answer. A runner that cannot answer is an
+    infrastructure failure (the job retries, then ends FAILED with the reason)."""
+    module = LAUNCHERS.get(str(plan.get("launcher") or "local"))
+    if module is None:
+        raise PermanentJobError(f"no re-run launcher {plan.get('launcher')!r} (TRE_RERUN_LAUNCHER: local, kubernetes)")
+    start = int((plan.get("kubernetes") or {}).get("start_seconds", 0)) if module != LAUNCHERS["local"] else 0
+    timeout = int(plan["limits"]["wall_seconds"]) + start + RUNNER_GRACE_SECONDS
     completed = subprocess.run(  # noqa: S603  # nosec B603 - our interpreter and module, no shell
-        [sys.executable, "-m", "jupyter.rerun"],
+        [sys.executable, "-m", module],
         input=json.dumps(plan).encode(),
         capture_output=True,
         timeout=timeout,
@@ -148,7 +169,12 @@ def run_rerun(
             "extract": str(extract) if extract.is_dir() else "",
             "extract_version": code[3],
             "limits": limits_from(settings),
+            "rerun_id": rerun_id,
+            "project_id": project_id,
+            "launcher": str(getattr(settings, "rerun_launcher", "local")),
         }
+        if plan["launcher"] == "kubernetes":
+            plan["kubernetes"] = cluster_from(settings)
         report(0.1, "re-running the code")
         answer = sandbox(plan)
         reach("outputs.rerun.ran")  # the code ran, nothing written (ADR 0004)

@@ -42,15 +42,16 @@ def test_no_network_policy_opens_any_egress_or_ingress_to_a_rerun_pod() -> None:
 def test_a_rerun_pod_runs_unprivileged_with_nothing_of_the_host_and_the_extract_read_only() -> None:
     job = template()
     pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    containers = [*pod["initContainers"], *pod["containers"]]
 
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"]
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
     assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
     assert not any("hostPath" in volume for volume in pod["volumes"])
-    security = container["securityContext"]
-    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
-    assert security["capabilities"]["drop"] == ["ALL"]
-    extract = next(m for m in container["volumeMounts"] if m["name"] == "extract")
-    assert extract["readOnly"] is True
-    assert {"cpu", "memory", "ephemeral-storage"} <= container["resources"]["limits"].keys()
+    for container in containers:
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+        assert security["capabilities"]["drop"] == ["ALL"]
+        assert {"cpu", "memory", "ephemeral-storage"} <= container["resources"]["limits"].keys()
+    extracts = [m for c in containers for m in c["volumeMounts"] if m["name"] == "extract"]
+    assert extracts and all(m["readOnly"] is True for m in extracts)

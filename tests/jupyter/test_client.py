@@ -228,8 +228,8 @@ def test_extract_version_changes_when_the_extract_is_rebuilt(tmp_path):
     assert extract_version(tmp_path / "nowhere") is None
 
 
-@pytest.mark.parametrize("name", ["analysis.R", "data.parquet"])
-def test_submit_refuses_code_that_is_not_a_notebook_or_python_script(fake_cp, tmp_path, name):
+@pytest.mark.parametrize("name", ["analysis.do", "data.parquet"])
+def test_submit_refuses_code_that_is_not_a_notebook_or_a_python_or_r_script(fake_cp, tmp_path, name):
     (tmp_path / "t.csv").write_text("x")
     (tmp_path / name).write_text("x")
 
@@ -237,6 +237,20 @@ def test_submit_refuses_code_that_is_not_a_notebook_or_python_script(fake_cp, tm
         submit([tmp_path / "t.csv"], "c", "k", code=tmp_path / name, api=fake_cp.url, token=fake_cp.output_token)
 
     assert fake_cp.submissions == []
+
+
+def test_submit_sends_an_r_script_as_the_code(fake_cp, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t.csv").write_text("x")
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "by_sex.R").write_text('write.csv(x, "t.csv")\n')
+
+    submit([tmp_path / "t.csv"], "c", "k", code=tmp_path / "tables" / "by_sex.R", api=fake_cp.url,
+           token=fake_cp.output_token, extract_version="")
+
+    sent = fake_cp.submissions[-1]
+    assert sent["fields"]["code_path"] == "tables/by_sex.R"
+    assert sent["code"] == {"by_sex.R": b'write.csv(x, "t.csv")\n'}
 
 
 def test_cli_sends_the_code_named_by_code(fake_cp, tmp_path, monkeypatch):

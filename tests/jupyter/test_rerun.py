@@ -54,7 +54,8 @@ def notebook(*cells: str) -> str:
 
 
 def run(tmp_path: Path, code: str, *, kind: str = "notebook", extract: Path | None = None, **limits: Any) -> dict:
-    name = "analysis.ipynb" if kind == "notebook" else "analysis.py"
+    name = {"notebook": "analysis.ipynb", "script": "analysis.py", "r": "analysis.R"}[kind]
+    kind = "script" if kind == "r" else kind
     code_file = tmp_path / "code"
     code_file.write_text(code)
     work = tmp_path / "work"
@@ -223,3 +224,41 @@ class TestSandbox:
 
         answer = json.loads(done.stdout)
         assert answer["status"] == "failed" and "extract has changed" in answer["reason"]
+
+
+@pytest.mark.integration
+class TestRSandbox:
+    pytestmark = [
+        *needs_sandbox,
+        pytest.mark.skipif(
+            not (RUNTIME / "share" / "jupyter" / "kernels" / "ir" / "kernel.json").exists(),
+            reason="R NOT INSTALLED in the workspace runtime (make workspace-runtime as root)",
+        ),
+    ]
+
+    def test_an_r_script_reading_the_host_file_system_fails_saying_so_without_the_message(self, tmp_path: Path) -> None:
+        secret = tmp_path / "instance-secret.csv"
+        secret.write_text("key\nthe master key\n")
+        code = f'ok <- 1\nrows <- read.csv("{secret}")\nprint(rows)\n'
+
+        answer = run(tmp_path, code, kind="r")
+
+        assert answer["status"] == "failed"
+        assert "reached for a file the re-run does not have" in answer["reason"] and "ENOENT" in answer["reason"]
+        assert f'read.csv("{secret}")' in answer["reason"]  # the line of code, not R's message
+        assert "master key" not in json.dumps(answer) and "cannot open" not in json.dumps(answer)
+
+    def test_an_r_script_that_tries_the_network_fails_saying_so(self, tmp_path: Path) -> None:
+        code = 'lines <- readLines(url("http://192.0.2.1/data.csv"))\n'
+
+        answer = run(tmp_path, code, kind="r")
+
+        assert answer["status"] == "failed" and "network" in answer["reason"], answer
+
+    def test_an_r_script_writing_outputs_comes_back(self, tmp_path: Path) -> None:
+        code = 'write.csv(data.frame(n = c(10, 20)), "outputs/counts.csv", row.names = FALSE)\n'
+
+        answer = run(tmp_path, code, kind="r")
+
+        assert answer["status"] == "done", answer
+        assert (tmp_path / "work" / "made" / "outputs" / "counts.csv").read_text() == '"n"\n10\n20\n'

@@ -486,14 +486,14 @@ def file_content(file_id: str) -> Any:
 @blp.doc(security=BEARER, responses={"200": {"description": "The notebook or script the request was sent with"}})
 @login_required
 def code_content(request_id: str) -> Any:
-    """The code the request's current round was sent with (the re-run ran it): only for those who may see
-    the request's content (its checkers while they review it, the team once released); audited."""
+    """The code the request's current round was sent with (the re-run ran it), without notebook cell
+    outputs: only for the request's checkers while they review it (ADR 0029); audited."""
     _not_from_a_workspace()
     try:
         rerun, data = service().view_code(g.user, request_id)
     except OutputError as exc:
         refuse(exc)
-    suffix = "ipynb" if rerun.code_kind == "notebook" else "py"
+    suffix = "ipynb" if rerun.code_kind == "notebook" else rerun.code_path.rsplit(".", 1)[-1].lower()
     return _content(data, "text/plain", f"code-{request_id}.{suffix}", "attachment")
 
 

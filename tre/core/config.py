@@ -124,6 +124,20 @@ class Settings:
     rerun_disk_mb: int = 1024
     rerun_wall_seconds: int = 900
     rerun_release_unreproduced: bool = False
+    # Whether every output request must carry the code that made its files (refused and audited
+    # without it; ADR 0029). Off by default, for the demo and for TREs that accept files alone.
+    rerun_require_code: bool = False
+    # Where re-runs run (ADR 0029): "local" (bubblewrap on the worker's machine) or "kubernetes" (a Job
+    # pod per re-run, infra/production/kubernetes/rerun/: its namespace, the workspace image, the
+    # worker's mount of the tre-rerun-work volume, the claims' names, and how long a pod may take to
+    # start on top of the wall-time limit).
+    rerun_launcher: str = "local"
+    rerun_k8s_namespace: str = "tre"
+    rerun_k8s_image: str = "registry.example.nhs.uk/tre/workspace"
+    rerun_k8s_work_dir: str = "/var/lib/tre/rerun-work"
+    rerun_k8s_work_claim: str = "tre-rerun-work"
+    rerun_k8s_extracts_claim: str = "tre-extracts"
+    rerun_k8s_start_seconds: int = 300
     # Scheduled backups (tre/core/backup_schedule.py): hours between them, 0 = off; how many to keep.
     backup_every_hours: int = 0
     backup_keep: int = 7

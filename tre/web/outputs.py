@@ -126,6 +126,7 @@ def request_page(request_id: str) -> str:
         req=req,
         role=role,
         rerun=rerun_view(svc.session, req, role),
+        code=svc.code_for_review(g.user, req) if role == "checker" else None,
         picture=picture,
         checks=checks,
         status=status,

@@ -122,10 +122,11 @@ tre_finalise <- function(path = file.path(Sys.getenv("TRE_OUTPUTS_DIR", "outputs
   invisible(path)
 }
 
+# `code` is the notebook or R script that made the outputs (its path): the output queue re-runs it.
 tre_submit <- function(context, controls, path = file.path(Sys.getenv("TRE_OUTPUTS_DIR", "outputs"), "r-session"),
-                       title = NULL) {
+                       title = NULL, code = NULL) {
   files <- list.files(path, full.names = TRUE)
   files <- files[file_test("-f", files)]  # the outputs and results.json; not ACRO's checksums folder
-  answer <- reticulate::import("jupyter.client")$submit(as.list(files), context, controls, title = title)
+  answer <- reticulate::import("jupyter.client")$submit(as.list(files), context, controls, title = title, code = code)
   answer
 }

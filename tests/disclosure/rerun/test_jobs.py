@@ -46,12 +46,16 @@ pytestmark = [
 ]
 
 
-def notebook(*cells: str) -> bytes:
+PYTHON3 = {"name": "python3", "display_name": "Python 3", "language": "python"}
+IR = {"name": "ir", "display_name": "R", "language": "R"}
+
+
+def notebook(*cells: str, kernel: dict[str, str] = PYTHON3) -> bytes:
     return json.dumps(
         {
             "nbformat": 4,
             "nbformat_minor": 5,
-            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "metadata": {"kernelspec": kernel},
             "cells": [
                 {
                     "cell_type": "code",
@@ -76,6 +80,19 @@ COHORT_NOTEBOOK = notebook(
     "table = session.pivot_table(adults, index='region', columns='sex', values='age', aggfunc='count')",
     "ax = adults.groupby('region').size().plot.bar()\nplt.savefig('outputs/by_region.png')",
     "session.finalise('outputs')",
+)
+
+
+# The same in R (the R kernel, IRkernel, with the "tre" functions attached): a table through the
+# disclosure session, the same checks and the same results.json.
+R_NOTEBOOK = notebook(
+    'by_region <- tre_crosstab("cohort", "region", "sex", suppress = TRUE)',
+    "tre_finalise()",
+    kernel=IR,
+)
+needs_r = pytest.mark.skipif(
+    not (RUNTIME / "share" / "jupyter" / "kernels" / "ir" / "kernel.json").exists(),
+    reason="R NOT INSTALLED in the workspace runtime (make workspace-runtime as root)",
 )
 
 
@@ -141,7 +158,9 @@ def run_in_workspace(tmp_path: Path, code: bytes, extract: Path) -> Path:
     return home
 
 
-def submit_with_code(world: World, files: dict[str, bytes], code: bytes, extract: Path) -> Any:
+def submit_with_code(
+    world: World, files: dict[str, bytes], code: bytes, extract: Path, path: str = "analysis.ipynb"
+) -> Any:
     req, _ = world.svc.submit_from_workspace(
         world.author,
         world.project.id,
@@ -149,7 +168,7 @@ def submit_with_code(world: World, files: dict[str, bytes], code: bytes, extract
         client_key=None,
         groups=[("outputs", "Adults by region and sex", "Counts under 10 suppressed")],
         files=[(name, content, "outputs", None) for name, content in files.items()],
-        code=("analysis.ipynb", code, extract_version(extract)),
+        code=(path, code, extract_version(extract)),
     )
     run_queued_jobs(world.app)
     return world.refresh(req)
@@ -302,3 +321,51 @@ def test_running_the_job_again_after_it_finished_changes_nothing(world: World, t
     assert answer == {"state": "done", "already": True}
     rerun = the_rerun(world, req)
     assert (rerun.state, rerun.finished_at, dict(rerun.files)) == before
+
+
+@needs_r
+def test_an_r_notebook_that_makes_a_table_re_runs_and_reproduces(world: World, tmp_path) -> None:
+    extract = write_extract(world, "cohort", cohort_frame())
+    home = run_in_workspace(tmp_path, R_NOTEBOOK, extract)
+    table = (home / "outputs" / "r-session" / "output_0_0.csv").read_bytes()
+
+    req = submit_with_code(world, {"output_0_0.csv": table}, R_NOTEBOOK, extract)
+
+    rerun = the_rerun(world, req)
+    assert rerun.state == "done", (rerun.reason, rerun.log)
+    (outcome,) = rerun.files.values()
+    assert outcome["outcome"] == "reproduced" and outcome["remade_path"] == "outputs/r-session/output_0_0.csv"
+    assert outcome["check"]["population"] == {"dataset": "cohort", "filters": []}
+
+
+@needs_r
+def test_an_r_notebook_whose_table_was_edited_by_hand_is_flagged_differs(world: World, tmp_path) -> None:
+    extract = write_extract(world, "cohort", cohort_frame())
+    home = run_in_workspace(tmp_path, R_NOTEBOOK, extract)
+    table = pd.read_csv(home / "outputs" / "r-session" / "output_0_0.csv", index_col=0)
+    table.iloc[0, 0] = table.iloc[0, 0] + 3
+    edited = table.to_csv().encode()
+
+    req = submit_with_code(world, {"output_0_0.csv": edited}, R_NOTEBOOK, extract)
+
+    (outcome,) = the_rerun(world, req).files.values()
+    assert outcome["outcome"] == "differs" and "largest numeric difference is 3" in outcome["difference"]
+    with pytest.raises(OutputError, match="did not reproduce output_0_0.csv"):
+        world.svc.release(world.oscar, approve(world, req).id)
+
+
+@needs_r
+def test_an_r_script_re_runs_and_a_table_it_writes_reproduces(world: World, tmp_path) -> None:
+    extract = write_extract(world, "cohort", cohort_frame())
+    code = (
+        b'by_sex <- tre_sql("select sex, count(*) as n from cohort group by sex order by sex")\n'
+        b'write.csv(by_sex, "outputs/by_sex.csv", row.names = FALSE)\n'
+    )
+    counts = cohort_frame().groupby("sex").size()
+    table = ("\"sex\",\"n\"\n" + "".join(f'"{k}",{v}\n' for k, v in counts.items())).encode()
+
+    req = submit_with_code(world, {"by_sex.csv": table}, code, extract, path="by_sex.R")
+
+    rerun = the_rerun(world, req)
+    assert rerun.state == "done", (rerun.reason, rerun.log)
+    assert next(iter(rerun.files.values()))["outcome"] == "reproduced"

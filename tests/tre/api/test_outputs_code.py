@@ -4,6 +4,7 @@ the content rule allows (ADR 0007)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -14,6 +15,7 @@ from sqlalchemy import func, select, update
 
 from disclosure.models import OutputRequest, OutputRerun
 from disclosure.progress import RERUN_JOB
+from disclosure.services import OutputError
 from tests.disclosure.factories import SAFE_CSV, World, platform
 from tre.core import jobs
 from tre.core.audit import AuditEvent
@@ -145,3 +147,59 @@ def test_the_code_is_shown_to_a_reviewing_checker_and_refused_to_the_author_befo
     assert refused.status_code == 403 and from_workspace.status_code == 403
     actions = world.session.scalars(select(AuditEvent.action).where(AuditEvent.target_id == request_id)).all()
     assert "output.view_code" in actions
+
+
+def test_under_a_policy_requiring_code_a_submission_without_it_is_refused_audited_and_leaves_nothing(
+    world: World,
+) -> None:
+    plat = platform(world.app)
+    plat.settings = dataclasses.replace(plat.settings, rerun_require_code=True)  # TRE_RERUN_REQUIRE_CODE=true
+
+    refused = send(world, workspace_token(world), None)
+    accepted = send(world, workspace_token(world), ("t.ipynb", NOTEBOOK))
+
+    assert refused.status_code == 422, refused.get_data(as_text=True)
+    assert "only with the code that made them" in refused.get_data(as_text=True)
+    assert "tre-submit --code" in refused.get_data(as_text=True)
+    assert accepted.status_code == 201
+    assert world.session.scalar(select(func.count()).select_from(OutputRequest)) == 1
+    (event,) = world.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "output.submit", AuditEvent.outcome == "denied")
+    ).all()
+    assert event.project_id == world.project.id and event.actor_id == world.author.id
+    assert "only with the code" in event.detail["rule"]
+
+
+def test_under_a_policy_requiring_code_a_draft_or_a_returned_request_cannot_be_submitted_without_it(
+    world: World,
+) -> None:
+    with world.app.app_context():
+        req = world.draft()
+        world.svc.require_code = True
+        with pytest.raises(OutputError, match="only with the code that made them"):
+            world.svc.submit(world.author, req.id)
+        assert world.refresh(req).state == "draft"
+        denied = world.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "output.submit", AuditEvent.outcome == "denied")
+        ).all()
+        assert [e.target_id for e in denied] == [req.id]
+
+
+def test_under_a_policy_requiring_code_a_resubmission_without_it_is_refused_and_audited(world: World) -> None:
+    with world.app.app_context():
+        req = world.reviewed(votes={"olive": "changes_requested", "oscar": "changes_requested"})
+        world.svc.consolidate(world.olive, req.id, "return", "Round the counts")
+        world.svc.require_code = True
+        files = [("table.csv", SAFE_CSV, "", None)]
+
+        with pytest.raises(OutputError, match="only with the code that made them"):
+            world.svc.resubmit_from_workspace(world.author, world.project.id, req.id, groups=[], files=files)
+        world.svc.resubmit_from_workspace(
+            world.author, world.project.id, req.id, groups=[], files=files, code=("t.ipynb", NOTEBOOK, None)
+        )
+
+        assert world.refresh(req).state in ("submitted", "checking", "awaiting_review")
+        denied = world.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "output.resubmit", AuditEvent.outcome == "denied")
+        ).all()
+        assert [e.target_id for e in denied] == [req.id]
