@@ -93,6 +93,22 @@ def test_researcher_editing_the_risk_appetite_changes_no_check(charity_data, cap
     assert acro_config(acro.policy)["safe_threshold"] == 10
 
 
+def test_researcher_may_tighten_the_risk_appetite(charity_data):
+    """Asking for more protection is always allowed: a higher threshold and the missing-values check apply."""
+    df = charity_data.assign(inc_grants=charity_data.inc_grants.where(charity_data.index % 7 != 0))
+    acro = ACRO(suppress=False)
+    acro.crosstab(df.year, df.grant_type)
+    acro.sdc_checks.risk_appetite["safe_threshold"] = 30
+    acro.crosstab(df.year, df.grant_type)
+    acro.sdc_checks.risk_appetite["check_missing_values"] = True
+    acro.crosstab(df.year, df.grant_type, values=df.inc_grants, aggfunc="mean")
+
+    usual, stricter, means = (acro.results.get_index(i) for i in range(3))
+    assert stricter.sdc["summary"]["MinimumThresholdCheck"] > usual.sdc["summary"]["MinimumThresholdCheck"]
+    assert means.sdc["summary"]["MissingCheck"] > 0
+    assert acro.policy.get("frequency", "threshold") == 30
+
+
 def test_disclosive_pie_is_redacted_when_suppressing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = pd.DataFrame({"kind": ["A"] * 20 + ["B"] * 15 + ["D"] * 4})
