@@ -74,6 +74,9 @@ class Output:
     timestamp: str = field(default_factory=lambda: _dt.datetime.now().isoformat())
     before: pd.DataFrame | None = None  # the table before mitigation, for the checker only
     fair: dict = field(default_factory=dict)
+    # results.json's "summary" when it differs from ``summary``: the compat layer shows ACRO 1.0.2's text in
+    # ``summary`` and keeps the status-first text SACRO-Viewer parses for its badge here (ADR 0025).
+    viewer_summary: str = ""
 
     @property
     def output(self) -> list:
@@ -285,8 +288,13 @@ class Session:
         self._next += 1
         return self._add_as(uid, **kwargs)
 
+    acro_summaries = False  # the compat layer shows ACRO 1.0.2's summary text (disclosure.compat)
+
     def _add_as(self, uid: str, **kwargs: Any) -> Output:
+        acro_text = kwargs.pop("acro_summary", "")
         out = Output(uid=uid, **kwargs)
+        if self.acro_summaries and acro_text:
+            out.viewer_summary, out.summary = out.summary, acro_text
         self.results[uid] = out
         return out
 
@@ -338,6 +346,7 @@ class Session:
             properties={"method": method, "mitigation": self.mitigation},
             command=command,
             summary=summary,
+            acro_summary=_acro_summary(results, first.stats.dims),
             frames=[table],
             verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
             sdc=_sdc_for_table(first, mitigated=self.mitigation == "suppress"),
@@ -843,7 +852,8 @@ class Session:
                 "files": files,
                 "outcome": json.loads(out.outcome.to_json()) if out.outcome is not None else {},
                 "command": out.command,
-                "summary": out.summary,
+                "summary": out.viewer_summary or out.summary,
+                **({"acro_summary": out.summary} if out.viewer_summary else {}),
                 "timestamp": out.timestamp,
                 "comments": out.comments,
                 "exception": out.exception,
@@ -887,6 +897,53 @@ def _acro_check_lines(results: Sequence[TableResult]) -> str:
                 name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
                 lines.append(f"{name}: {rule.severity} - {rule.flagged} cells may need suppressing.")
     return ("\n" + "\n".join(lines)) if lines else ""
+
+
+# Our statistic -> ACRO 1.0.2's analysis name (the first word of its summary).
+_ACRO_ANALYSES = {
+    "count": "FrequencyTable",
+    "mean": "Mean",
+    "sum": "Sum",
+    "median": "Median",
+    "std": "StandardDeviation",
+    "var": "Variance",
+    "min": "Minimum",
+    "max": "Maximum",
+    "mode": "ModeCalculation",
+}
+# ACRO's order of checks in a summary; checks it lacks follow, in our rules' order.
+_ACRO_CHECK_ORDER = ("ClassDisclosureCheck", "PresenceOfZeroCheck", "NKCheck", "PPercentCheck", "LINKED")
+_ACRO_NOTES = {"missing": " Note: missing values were left out of the statistic and of the contributor counts."}
+_LINKED = (
+    "PresenceOfLinkedTableCheck: A manual review against other outputs for differencing is recommended. "
+    "Variables defining table are:  {dims}."
+)
+
+
+def _acro_summary(results: Sequence[tuple[str | None, TableResult]], dims: Sequence[str]) -> str:
+    """ACRO 1.0.2's summary text: per statistic its analysis name, then one line per check that did not pass
+    (checks that pass are left out, as ACRO leaves them out), with ACRO's spacing: every check line but the
+    first check run starts with a space. The differencing line is ACRO's reminder; here the release ledger
+    also checks differencing when the output is submitted."""
+    text = ""
+    for name, res in results:
+        statistic = name or res.statistic
+        lines: dict[str, str] = {}
+        for rule in res.rules:
+            check = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
+            if rule.flagged:
+                lines[check] = f"{check}: {rule.severity} - {rule.flagged} cells may need suppressing."
+                lines[check] += _ACRO_NOTES.get(rule.rule, "")
+            else:
+                lines.setdefault(check, "")  # ran and passed
+        lines["LINKED"] = _LINKED.format(dims=list(dims))
+        order = [c for c in _ACRO_CHECK_ORDER if c in lines] + [c for c in lines if c not in _ACRO_CHECK_ORDER]
+        text += f"{_ACRO_ANALYSES.get(statistic, statistic)} : "
+        for i, check in enumerate(order):
+            if lines[check]:
+                text += "\n" + (" " if i else "") + lines[check]
+        text += "\n"
+    return text
 
 
 def _inner_level(table: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -41,6 +41,8 @@ _MITIGATIONS = ("none", "suppress", "round")
 class ACRO(ChartsMixin, Session):
     """ACRO-compatible session."""
 
+    acro_summaries = True  # a table's summary is ACRO 1.0.2's text; results.json keeps SACRO-Viewer's
+
     def __init__(
         self,
         config: str = "default",
@@ -95,6 +97,7 @@ class ACRO(ChartsMixin, Session):
         kwargs["command"] = _calling_line(kwargs.get("command", ""))
         if self.federated:
             self._federated_record(kwargs["command"], _analysis_name(kwargs), kwargs["properties"].get("dof"))
+            kwargs.pop("acro_summary", None)
             return Output(uid="", **kwargs)
         uid = f"output_{self.results.output_id}"
         self.results.output_id += 1
