@@ -724,9 +724,11 @@ class Session:
         filename: str = "histogram.png",
         **kwargs: Any,
     ) -> str | None:
-        """Checks the bin counts; the chart itself is written only if matplotlib is installed."""
-        table, verdict = rules_other.check_histogram(data[column], bins, policy=self.policy)
-        files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=bins))
+        """Checks the bin counts; the chart itself is written only if matplotlib is installed. A number of
+        bins is laid over a range padded beyond the data, so the chart does not show its extremes."""
+        edges = rules_other.padded_edges(data[column], bins)
+        table, verdict = rules_other.check_histogram(data[column], edges, policy=self.policy)
+        files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=edges))
         self._add(
             output_type="histogram",
             status=verdict["status"],
