@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -163,6 +164,19 @@ def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
         cells[SECONDARY] = positions(result.suppression.secondary)
         summary[SECONDARY] = len(cells[SECONDARY])
     return {"summary": summary, "cells": cells}
+
+
+def _merged_sdc(parts: list[dict]) -> dict:
+    """One sdc record for a table of several statistics: a cell flagged by any statistic's check is listed
+    once under that check (ACRO keeps one record per output)."""
+    if len(parts) == 1:
+        return parts[0]
+    cells: dict[str, list] = {}
+    for part in parts:
+        for name, positions in part["cells"].items():
+            listed = cells.setdefault(name, [])
+            listed.extend(p for p in positions if p not in listed)
+    return {"summary": {name: len(positions) for name, positions in cells.items()}, "cells": cells}
 
 
 class Session:
@@ -349,7 +363,7 @@ class Session:
             acro_summary=_acro_summary(results, first.stats.dims),
             frames=[table],
             verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
-            sdc=_sdc_for_table(first, mitigated=self.mitigation == "suppress"),
+            sdc=_merged_sdc([_sdc_for_table(r, mitigated=self.mitigation == "suppress") for _, r in results]),
             outcome=first.outcome(names=ACRO_RULE_NAMES),
             spec=first.verdict.get("spec"),
             before=before,
@@ -404,6 +418,9 @@ class Session:
                 f"aggfunc {aggfunc!r} is not supported by the automated checks; "
                 "use custom_output() and ask for a review"
             )
+        float32 = value is not None and df[value].dtype == np.float32
+        if float32 and stat in _FLOAT32_DIFFERS and self.mitigation != "round":
+            _shown_as_pandas_computes(res, df, dims, value, stat)
         dataset, filters = population
         res.verdict["spec"] = table_spec(
             dims, stat, value=value, person=person, dataset=dataset, filters=filters, n_row_dims=n_row_dims
@@ -946,6 +963,35 @@ def _acro_summary(results: Sequence[tuple[str | None, TableResult]], dims: Seque
                 text += "\n" + (" " if i else "") + lines[check]
         text += "\n"
     return text
+
+
+# Statistics pandas computes differently from us on a float32 column: it adds in float32 (so a year's total
+# of 8.1e8 can be 64 off the exact sum) and its standard deviation comes out as float64 by another recurrence.
+_FLOAT32_DIFFERS = ("sum", "std")
+
+
+def _shown_as_pandas_computes(res: TableResult, df: pd.DataFrame, dims: list[str], value: str, stat: str) -> None:
+    """Show the values pandas computes from a float32 column (they differ from ours in the last float32
+    digit), so a notebook's own pandas table and the checked one agree; the rules ran on our float64 values
+    and suppressed cells stay suppressed."""
+    shown = np.array(res.values, dtype=np.float64, copy=True)
+    shape, categories = res.stats.shape, res.stats.categories
+    frame = df[[*dims, value]]
+    for r in range(len(dims), -1, -1):
+        for kept in combinations(range(len(dims)), r):
+            if not kept:
+                shown[tuple(shape)] = float(frame[value].agg(stat))
+                continue
+            grouped = frame.groupby([dims[a] for a in kept], observed=True, dropna=True)[value].agg(stat)
+            keys = grouped.index
+            where: list[Any] = [np.full(len(grouped), shape[a]) for a in range(len(dims))]
+            for level, a in enumerate(kept):
+                labels = keys.get_level_values(level) if isinstance(keys, pd.MultiIndex) else keys
+                where[a] = categories[a].get_indexer(labels)
+            found = np.logical_and.reduce([w >= 0 for w in where])
+            shown[tuple(w[found] for w in where)] = grouped.to_numpy(dtype=np.float64)[found]
+    res.values = shown
+    res.released = np.where(np.isnan(res.released), np.nan, shown)
 
 
 def _inner_level(table: pd.DataFrame, name: str) -> pd.DataFrame:

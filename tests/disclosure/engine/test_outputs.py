@@ -5,10 +5,10 @@ from disclosure.engine.outputs import (
     check_category_counts,
     check_extreme,
     check_histogram,
-    padded_edges,
     check_mode,
     check_quantile,
     check_survival,
+    padded_edges,
 )
 
 
