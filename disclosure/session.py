@@ -34,7 +34,7 @@ from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
 from disclosure.layout import pandas_layout
-from disclosure.sacro import CONFIG_FILE, acro_config
+from disclosure.sacro import CONFIG_FILE, acro_config, fair_description
 from disclosure.tracked import TrackedFrame, TrackedSeries, track
 
 # Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
@@ -50,6 +50,7 @@ ACRO_RULE_NAMES = {
     "class_disclosure": "ClassDisclosureCheck",
 }
 SECONDARY = "SecondarySuppression"  # our check name for cells suppressed to protect others
+EMPTY = "EmptyCell"  # cells of a mean, sum or other statistic with no records: blank, nothing released
 RESULTS_VERSION = "1.0.2"  # the ACRO release whose results.json schema this file follows
 TOOL = {"@type": "SoftwareApplication", "name": "tre-disclosure"}  # who wrote results.json: not ACRO
 
@@ -163,6 +164,12 @@ def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
         # Cells hidden only to protect the primary ones: listed so the viewer highlights every blank cell.
         cells[SECONDARY] = positions(result.suppression.secondary)
         summary[SECONDARY] = len(cells[SECONDARY])
+    if result.statistic != "count":
+        # A cell with no records has no mean, sum or other statistic: it is blank too, and says why.
+        empty = positions(np.asarray(result.stats.records) == 0)
+        if empty:
+            cells[EMPTY] = empty
+            summary[EMPTY] = len(empty)
     return {"summary": summary, "cells": cells}
 
 
@@ -361,6 +368,12 @@ class Session:
             command=command,
             summary=summary,
             acro_summary=_acro_summary(results, first.stats.dims),
+            fair=fair_description(
+                results[0][0] or first.statistic,
+                {r.rule: (r.severity if r.flagged else "pass") for _, res in results for r in res.rules},
+                value_name,
+                list(first.stats.dims),
+            ),
             frames=[table],
             verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
             sdc=_merged_sdc([_sdc_for_table(r, mitigated=self.mitigation == "suppress") for _, r in results]),
@@ -876,7 +889,7 @@ class Session:
                 "timestamp": out.timestamp,
                 "comments": out.comments,
                 "exception": out.exception,
-                "fair": {"check_status": {c["rule"]: c["status"] for c in out.verdict.get("criteria", [])}},
+                "fair": out.fair or {"check_status": {c["rule"]: c["status"] for c in out.verdict.get("criteria", [])}},
                 "tre_verdict": out.verdict,
                 "table_spec": out.spec,
             }
