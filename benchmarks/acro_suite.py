@@ -214,9 +214,9 @@ TEST_EXTRAS = (
 
 def _test_site(python: str, against_acro: bool) -> str:
     site = CACHE / ("site-acro" if against_acro else "site")
-    wanted = ("pytest", "pluggy", "iniconfig", "tabulate") if against_acro else TEST_EXTRAS
+    wanted = ("pytest", "pluggy", "iniconfig", "pygments", "tabulate") if against_acro else TEST_EXTRAS
     marker = site / ".complete"
-    if not marker.exists():
+    if not marker.exists() or marker.read_text(encoding="utf-8") != "\n".join(wanted):
         cmd = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), *wanted]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
