@@ -431,9 +431,9 @@ class Session:
                 f"aggfunc {aggfunc!r} is not supported by the automated checks; "
                 "use custom_output() and ask for a review"
             )
-        float32 = value is not None and df[value].dtype == np.float32
-        if float32 and stat in _FLOAT32_DIFFERS and self.mitigation != "round":
-            _shown_as_pandas_computes(res, df, dims, value, stat)
+        if value is not None and df[value].dtype == np.float32 and stat in _FLOAT32_DIFFERS:
+            if self.mitigation != "round":
+                _shown_as_pandas_computes(res, df, dims, value, stat)
         dataset, filters = population
         res.verdict["spec"] = table_spec(
             dims, stat, value=value, person=person, dataset=dataset, filters=filters, n_row_dims=n_row_dims
