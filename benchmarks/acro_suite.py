@@ -15,6 +15,7 @@ fixtures are written here (ACRO's suite builds ``ACRO(suppress=True)`` and reads
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import os
 import re
@@ -92,6 +93,17 @@ def acro_federated():
 '''
 
 
+# test_custom_output reads notebooks/XandY.jpeg from ACRO's repository, which the sdist does not ship. The
+# test only needs some JPEG there, so the harness writes this stand-in (an 8x8 grey image drawn for it).
+STAND_IN_JPEG = (
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDABALDA4MChAODQ4SERATGCgaGBYWGDEjJR0oOjM9PDkzODdASFxOQERXRTc4UG1RV19iZ2hnPk1x"
+    "eXBkeFxlZ2P/wAALCAAIAAgBAREA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQR"
+    "BRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4"
+    "eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/9oACAEB"
+    "AAA/AOkr/9k="
+)
+
+
 class Unavailable(RuntimeError):
     """The sdist or the test data cannot be had on this machine."""
 
@@ -153,6 +165,8 @@ def prepare(workdir: Path, against_acro: bool) -> Path:
     (workdir / "data").mkdir()
     for name in DATA_FILES:
         shutil.copyfile(data / name, workdir / "data" / name)
+    (workdir / "notebooks").mkdir()
+    (workdir / "notebooks" / "XandY.jpeg").write_bytes(base64.b64decode(STAND_IN_JPEG))
     return tests
 
 
@@ -200,9 +214,9 @@ TEST_EXTRAS = (
 
 def _test_site(python: str, against_acro: bool) -> str:
     site = CACHE / ("site-acro" if against_acro else "site")
-    wanted = ("pytest", "pluggy", "iniconfig", "tabulate") if against_acro else TEST_EXTRAS
+    wanted = ("pytest", "pluggy", "iniconfig", "pygments", "tabulate") if against_acro else TEST_EXTRAS
     marker = site / ".complete"
-    if not marker.exists():
+    if not marker.exists() or marker.read_text(encoding="utf-8") != "\n".join(wanted):
         cmd = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), *wanted]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:

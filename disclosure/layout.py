@@ -94,6 +94,8 @@ def _typed(frame: pd.DataFrame, stat: str, value_dtype: np.dtype | None) -> pd.D
     has_missing = bool(pd.isna(values).any())
     if stat == "count":
         target: np.dtype | None = np.dtype("int64")
+    elif stat == "std":
+        target = None  # pandas gives a float column's standard deviation as float64 (its variance keeps float32)
     elif value_dtype is not None and value_dtype.kind == "f":
         target = value_dtype
     elif value_dtype is not None and value_dtype.kind in "iu" and stat in _KEEPS_DTYPE:

@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from disclosure.engine.summary import check_summary_table, is_summary_statistic
 from disclosure.engine.tables import TableResult, check_frequency_table, check_magnitude_table
 from disclosure.engine.verdict import combine_status, review_other_file
 from disclosure.layout import pandas_layout
-from disclosure.sacro import CONFIG_FILE, acro_config
+from disclosure.sacro import CONFIG_FILE, acro_config, fair_description
 from disclosure.tracked import TrackedFrame, TrackedSeries, track
 
 # Our rule names -> the check names ACRO 1.0.2 writes in results.json ("sdc" and "outcome"), which is what
@@ -49,6 +50,7 @@ ACRO_RULE_NAMES = {
     "class_disclosure": "ClassDisclosureCheck",
 }
 SECONDARY = "SecondarySuppression"  # our check name for cells suppressed to protect others
+EMPTY = "EmptyCell"  # cells of a mean, sum or other statistic with no records: blank, nothing released
 RESULTS_VERSION = "1.0.2"  # the ACRO release whose results.json schema this file follows
 TOOL = {"@type": "SoftwareApplication", "name": "tre-disclosure"}  # who wrote results.json: not ACRO
 
@@ -74,6 +76,9 @@ class Output:
     timestamp: str = field(default_factory=lambda: _dt.datetime.now().isoformat())
     before: pd.DataFrame | None = None  # the table before mitigation, for the checker only
     fair: dict = field(default_factory=dict)
+    # results.json's "summary" when it differs from ``summary``: the compat layer shows ACRO 1.0.2's text in
+    # ``summary`` and keeps the status-first text SACRO-Viewer parses for its badge here (ADR 0025).
+    viewer_summary: str = ""
 
     @property
     def output(self) -> list:
@@ -159,7 +164,26 @@ def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
         # Cells hidden only to protect the primary ones: listed so the viewer highlights every blank cell.
         cells[SECONDARY] = positions(result.suppression.secondary)
         summary[SECONDARY] = len(cells[SECONDARY])
+    if result.statistic != "count":
+        # A cell with no records has no mean, sum or other statistic: it is blank too, and says why.
+        empty = positions(np.asarray(result.stats.records) == 0)
+        if empty:
+            cells[EMPTY] = empty
+            summary[EMPTY] = len(empty)
     return {"summary": summary, "cells": cells}
+
+
+def _merged_sdc(parts: list[dict]) -> dict:
+    """One sdc record for a table of several statistics: a cell flagged by any statistic's check is listed
+    once under that check (ACRO keeps one record per output)."""
+    if len(parts) == 1:
+        return parts[0]
+    cells: dict[str, list] = {}
+    for part in parts:
+        for name, positions in part["cells"].items():
+            listed = cells.setdefault(name, [])
+            listed.extend(p for p in positions if p not in listed)
+    return {"summary": {name: len(positions) for name, positions in cells.items()}, "cells": cells}
 
 
 class Session:
@@ -285,8 +309,13 @@ class Session:
         self._next += 1
         return self._add_as(uid, **kwargs)
 
+    acro_summaries = False  # the compat layer shows ACRO 1.0.2's summary text (disclosure.compat)
+
     def _add_as(self, uid: str, **kwargs: Any) -> Output:
+        acro_text = kwargs.pop("acro_summary", "")
         out = Output(uid=uid, **kwargs)
+        if self.acro_summaries and acro_text:
+            out.viewer_summary, out.summary = out.summary, acro_text
         self.results[uid] = out
         return out
 
@@ -338,9 +367,16 @@ class Session:
             properties={"method": method, "mitigation": self.mitigation},
             command=command,
             summary=summary,
+            acro_summary=_acro_summary(results, first.stats.dims),
+            fair=fair_description(
+                results[0][0] or first.statistic,
+                {r.rule: (r.severity if r.flagged else "pass") for _, res in results for r in res.rules},
+                value_name,
+                list(first.stats.dims),
+            ),
             frames=[table],
             verdict=verdicts[0] if len(verdicts) == 1 else {"status": status, "parts": verdicts},
-            sdc=_sdc_for_table(first, mitigated=self.mitigation == "suppress"),
+            sdc=_merged_sdc([_sdc_for_table(r, mitigated=self.mitigation == "suppress") for _, r in results]),
             outcome=first.outcome(names=ACRO_RULE_NAMES),
             spec=first.verdict.get("spec"),
             before=before,
@@ -395,6 +431,9 @@ class Session:
                 f"aggfunc {aggfunc!r} is not supported by the automated checks; "
                 "use custom_output() and ask for a review"
             )
+        if value is not None and df[value].dtype == np.float32 and stat in _FLOAT32_DIFFERS:
+            if self.mitigation != "round":
+                _shown_as_pandas_computes(res, df, dims, value, stat)
         dataset, filters = population
         res.verdict["spec"] = table_spec(
             dims, stat, value=value, person=person, dataset=dataset, filters=filters, n_row_dims=n_row_dims
@@ -715,9 +754,11 @@ class Session:
         filename: str = "histogram.png",
         **kwargs: Any,
     ) -> str | None:
-        """Checks the bin counts; the chart itself is written only if matplotlib is installed."""
-        table, verdict = rules_other.check_histogram(data[column], bins, policy=self.policy)
-        files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=bins))
+        """Checks the bin counts; the chart itself is written only if matplotlib is installed. A number of
+        bins is laid over a range padded beyond the data, so the chart does not show its extremes."""
+        edges = rules_other.padded_edges(data[column], bins)
+        table, verdict = rules_other.check_histogram(data[column], edges, policy=self.policy)
+        files = _maybe_plot(filename, lambda ax: ax.hist(data[column].dropna(), bins=edges))
         self._add(
             output_type="histogram",
             status=verdict["status"],
@@ -843,11 +884,12 @@ class Session:
                 "files": files,
                 "outcome": json.loads(out.outcome.to_json()) if out.outcome is not None else {},
                 "command": out.command,
-                "summary": out.summary,
+                "summary": out.viewer_summary or out.summary,
+                **({"acro_summary": out.summary} if out.viewer_summary else {}),
                 "timestamp": out.timestamp,
                 "comments": out.comments,
                 "exception": out.exception,
-                "fair": {"check_status": {c["rule"]: c["status"] for c in out.verdict.get("criteria", [])}},
+                "fair": out.fair or {"check_status": {c["rule"]: c["status"] for c in out.verdict.get("criteria", [])}},
                 "tre_verdict": out.verdict,
                 "table_spec": out.spec,
             }
@@ -887,6 +929,82 @@ def _acro_check_lines(results: Sequence[TableResult]) -> str:
                 name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
                 lines.append(f"{name}: {rule.severity} - {rule.flagged} cells may need suppressing.")
     return ("\n" + "\n".join(lines)) if lines else ""
+
+
+# Our statistic -> ACRO 1.0.2's analysis name (the first word of its summary).
+_ACRO_ANALYSES = {
+    "count": "FrequencyTable",
+    "mean": "Mean",
+    "sum": "Sum",
+    "median": "Median",
+    "std": "StandardDeviation",
+    "var": "Variance",
+    "min": "Minimum",
+    "max": "Maximum",
+    "mode": "ModeCalculation",
+}
+# ACRO's order of checks in a summary; checks it lacks follow, in our rules' order.
+_ACRO_CHECK_ORDER = ("ClassDisclosureCheck", "PresenceOfZeroCheck", "NKCheck", "PPercentCheck", "LINKED")
+_ACRO_NOTES = {"missing": " Note: missing values were left out of the statistic and of the contributor counts."}
+_LINKED = (
+    "PresenceOfLinkedTableCheck: A manual review against other outputs for differencing is recommended. "
+    "Variables defining table are:  {dims}."
+)
+
+
+def _acro_summary(results: Sequence[tuple[str | None, TableResult]], dims: Sequence[str]) -> str:
+    """ACRO 1.0.2's summary text: per statistic its analysis name, then one line per check that did not pass
+    (checks that pass are left out, as ACRO leaves them out), with ACRO's spacing: every check line but the
+    first check run starts with a space. The differencing line is ACRO's reminder; here the release ledger
+    also checks differencing when the output is submitted."""
+    text = ""
+    for name, res in results:
+        statistic = name or res.statistic
+        lines: dict[str, str] = {}
+        for rule in res.rules:
+            check = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
+            if rule.flagged:
+                lines[check] = f"{check}: {rule.severity} - {rule.flagged} cells may need suppressing."
+                lines[check] += _ACRO_NOTES.get(rule.rule, "")
+            else:
+                lines.setdefault(check, "")  # ran and passed
+        lines["LINKED"] = _LINKED.format(dims=list(dims))
+        order = [c for c in _ACRO_CHECK_ORDER if c in lines] + [c for c in lines if c not in _ACRO_CHECK_ORDER]
+        text += f"{_ACRO_ANALYSES.get(statistic, statistic)} : "
+        for i, check in enumerate(order):
+            if lines[check]:
+                text += "\n" + (" " if i else "") + lines[check]
+        text += "\n"
+    return text
+
+
+# Statistics pandas computes differently from us on a float32 column: it adds in float32 (so a year's total
+# of 8.1e8 can be 64 off the exact sum) and its standard deviation comes out as float64 by another recurrence.
+_FLOAT32_DIFFERS = ("sum", "std")
+
+
+def _shown_as_pandas_computes(res: TableResult, df: pd.DataFrame, dims: list[str], value: str, stat: str) -> None:
+    """Show the values pandas computes from a float32 column (they differ from ours in the last float32
+    digit), so a notebook's own pandas table and the checked one agree; the rules ran on our float64 values
+    and suppressed cells stay suppressed."""
+    shown = np.array(res.values, dtype=np.float64, copy=True)
+    shape, categories = res.stats.shape, res.stats.categories
+    frame = df[[*dims, value]]
+    for r in range(len(dims), -1, -1):
+        for kept in combinations(range(len(dims)), r):
+            if not kept:
+                shown[tuple(shape)] = float(frame[value].agg(stat))
+                continue
+            grouped = frame.groupby([dims[a] for a in kept], observed=True, dropna=True)[value].agg(stat)
+            keys = grouped.index
+            where: list[Any] = [np.full(len(grouped), shape[a]) for a in range(len(dims))]
+            for level, a in enumerate(kept):
+                labels = keys.get_level_values(level) if isinstance(keys, pd.MultiIndex) else keys
+                where[a] = categories[a].get_indexer(labels)
+            found = np.logical_and.reduce([w >= 0 for w in where])
+            shown[tuple(w[found] for w in where)] = grouped.to_numpy(dtype=np.float64)[found]
+    res.values = shown
+    res.released = np.where(np.isnan(res.released), np.nan, shown)
 
 
 def _inner_level(table: pd.DataFrame, name: str) -> pd.DataFrame:

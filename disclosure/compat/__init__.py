@@ -27,7 +27,7 @@ from disclosure.compat import records as record
 from disclosure.compat import utils
 from disclosure.compat.plots import ChartsMixin
 from disclosure.compat.records import Records
-from disclosure.engine.policy import default_policy, load_policy
+from disclosure.engine.policy import PolicyError, default_policy, load_policy
 from disclosure.sacro import acro_config
 from disclosure.session import RESULTS_VERSION, Output, Session
 
@@ -40,6 +40,8 @@ _MITIGATIONS = ("none", "suppress", "round")
 
 class ACRO(ChartsMixin, Session):
     """ACRO-compatible session."""
+
+    acro_summaries = True  # a table's summary is ACRO 1.0.2's text; results.json keeps SACRO-Viewer's
 
     def __init__(
         self,
@@ -56,7 +58,7 @@ class ACRO(ChartsMixin, Session):
         super().__init__(policy=policy, suppress=suppress, mitigation=mitigation, round_base=round_base, **kwargs)
         self.results: Records = Records()  # type: ignore[assignment]
         self.federated = bool(federated)
-        self.sdc_checks = SDCChecks(self.policy)
+        self.sdc_checks = SDCChecks(self)
         self._federated_evidence: dict[str, dict] = {}
 
     # --- ACRO's mitigation properties -------------------------------------------------------------------
@@ -95,6 +97,7 @@ class ACRO(ChartsMixin, Session):
         kwargs["command"] = _calling_line(kwargs.get("command", ""))
         if self.federated:
             self._federated_record(kwargs["command"], _analysis_name(kwargs), kwargs["properties"].get("dof"))
+            kwargs.pop("acro_summary", None)
             return Output(uid="", **kwargs)
         uid = f"output_{self.results.output_id}"
         self.results.output_id += 1
@@ -217,18 +220,67 @@ def _calling_line(default: str) -> str:
 class SDCChecks:
     """ACRO's ``acro.sdc_checks``: its ``risk_appetite`` shows the policy's thresholds.
 
-    In ACRO the researcher may edit these; here they are the TRE's policy, so edits are kept in the dict (a
-    notebook that sets them still runs) but change no check, and the session logs that once.
+    In ACRO the researcher may edit these. Here the thresholds are the TRE's policy, so an edit that would
+    loosen a check is kept in the dict (a notebook that sets it still runs) but changes nothing, and is
+    logged; an edit that makes a check stricter (a higher threshold, ``check_missing_values=True``) is
+    applied to the session's policy, since asking for more protection is always allowed.
     """
 
-    def __init__(self, policy: Any) -> None:
-        self.risk_appetite = _RiskAppetite(acro_config(policy))
+    def __init__(self, session: ACRO) -> None:
+        self.risk_appetite = _RiskAppetite(acro_config(session.policy), session)
+
+
+# risk-appetite key -> the policy settings it stands for, and whether a new value is stricter than the old
+_TIGHTENABLE: dict[str, tuple[tuple[tuple[str, str], ...], Any]] = {
+    "safe_threshold": ((("frequency", "threshold"), ("magnitude", "threshold")), lambda new, old: new > old),
+    "safe_dof_threshold": ((("regression", "min_dof"),), lambda new, old: new > old),
+    "safe_nk_k": ((("magnitude", "nk_k"),), lambda new, old: new < old),
+    "safe_pratio_p": ((("magnitude", "p_percent"),), lambda new, old: new > old),
+    "survival_safe_threshold": ((("survival", "threshold"),), lambda new, old: new > old),
+}
 
 
 class _RiskAppetite(dict):
+    def __init__(self, values: dict[str, Any], session: ACRO) -> None:
+        super().__init__(values)
+        self._session = session
+
     def __setitem__(self, key: str, value: Any) -> None:
-        logger.warning("risk appetite %r comes from the TRE's policy; setting it changes no check", key)
+        overrides = self._stricter(key, value)
+        if overrides:
+            try:
+                self._session.policy = self._session.policy.with_overrides(overrides)
+            except PolicyError:
+                logger.warning("risk appetite %r=%r is not a valid setting; no check changed", key, value)
+                return
+            logger.info("risk appetite %r set to %r: a stricter check, applied", key, value)
+        else:
+            logger.warning("risk appetite %r comes from the TRE's policy; setting it changes no check", key)
         super().__setitem__(key, value)
+
+    def _stricter(self, key: str, value: Any) -> dict[str, dict[str, Any]]:
+        """The policy overrides that apply ``value``, if it tightens a check; else nothing."""
+        policy = self._session.policy
+        if key == "check_missing_values":
+            return (
+                {"magnitude": {"missing": "review"}}
+                if value is True and policy.get("magnitude", "missing") == "ignore"
+                else {}
+            )
+        if key == "zeros_are_disclosive":
+            return (
+                {"frequency": {"zeros": "disclosive"}}
+                if value is True and policy.get("frequency", "zeros") != "disclosive"
+                else {}
+            )
+        if key not in _TIGHTENABLE or isinstance(value, bool) or not isinstance(value, int | float):
+            return {}
+        settings, stricter = _TIGHTENABLE[key]
+        overrides: dict[str, dict[str, Any]] = {}
+        for section, option in settings:
+            if stricter(value, policy.get(section, option)):
+                overrides.setdefault(section, {})[option] = value
+        return overrides
 
 
 def add_constant(data: Any, prepend: bool = True, has_constant: str = "skip") -> Any:

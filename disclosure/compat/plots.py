@@ -112,7 +112,8 @@ class ChartsMixin:
                 verdict={"status": "fail"},
             )
             return None
-        table, verdict = rules_other.check_histogram(values, bins, policy=self.policy)
+        edges = rules_other.padded_edges(values, bins)  # numpy's automatic edges are the data's extremes
+        table, verdict = rules_other.check_histogram(values, edges, policy=self.policy)
         if self.federated:
             self._federated_record(command, "Histogram")
             return None
@@ -126,7 +127,7 @@ class ChartsMixin:
             table = table.assign(count=np.nan)
         else:
             summary += "; Please also check bin ends and empty bins are not disclosive."
-            files = _save(lambda ax: ax.hist(values, bins=bins), name)
+            files = _save(lambda ax: ax.hist(values, bins=edges), name)
         self._add(  # type: ignore[attr-defined]
             output_type="histogram",
             status=status,

@@ -69,6 +69,24 @@ def dummy_counts(exog: pd.DataFrame) -> dict[str, pd.Series]:
     return out
 
 
+def padded_edges(values: pd.Series, bins: Any) -> Any:
+    """Bin edges for a histogram whose bins were given as a number: numpy would put the outer edges at the
+    data's minimum and maximum (one person's values each), so the same number of equal bins is laid over a
+    range widened to round values strictly beyond the data. Explicit edges are returned unchanged."""
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        return bins
+    x = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=np.float64)
+    if x.size == 0:
+        return bins
+    low, high = float(x.min()), float(x.max())
+    span = (high - low) / int(bins) or abs(high) or 1.0
+    step = 10.0 ** np.floor(np.log10(span))
+    start, stop = np.floor(low / step) * step, np.ceil(high / step) * step
+    start = start - step if start >= low else start
+    stop = stop + step if stop <= high else stop
+    return np.linspace(start, stop, int(bins) + 1)
+
+
 def check_histogram(
     values: pd.Series, bins: int | np.ndarray = 10, *, policy: Policy | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -13,8 +13,10 @@ Per statistic (docs/disclosure/rules.md, "Tables of medians, spreads, extremes a
   every contributor having the same value (a spread of 0 reveals each one);
 - min and max: an individual's exact value, so every cell is flagged: ``review`` without mitigation
   (``[extremes] table_status``), suppressed when the session suppresses;
-- mode: the smallest of tied values (deterministic), and at least ``[mode] threshold`` contributors must
-  hold the modal value.
+- mode: the middle of tied values (deterministic); at least ``[mode] threshold`` contributors; not every
+  contributor holding the modal value (class disclosure); and a modal value fewer than ``[mode] frequent``
+  contributors hold needs ``[mode] min_either_side`` contributors strictly below and above it, as a
+  quantile does (a modal category few hold is not released).
 
 Contributors are distinct people when ``person`` names an id column, else records; the statistic itself is
 computed over records, as pandas computes it.
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from disclosure.engine.policy import Policy, default_policy
+from disclosure.engine.rounding import round_to_base
 from disclosure.engine.rules import RuleResult, primary_mask
 from disclosure.engine.stats import TableStats, compute_table_stats
 from disclosure.engine.suppression import SuppressionResult
@@ -122,25 +125,37 @@ def _cell_summary(
         ext[~np.isfinite(ext)] = np.nan
         out["value"] = ext
     elif statistic == "mode":
-        # Distinct contributors per observed (cell, value) pair; the mode is the value most hold, the
-        # smallest on a tie. Pairs come sorted by (cell, value), and a stable sort by (cell, -holders)
-        # keeps the smaller value first among ties.
+        # Distinct contributors per observed (cell, value) pair; the mode is the value most hold. Among tied
+        # values the middle one (the lower of two middles) is reported: deterministic, and never the cell's
+        # minimum or maximum when more than two values tie (the smallest of all-distinct values would be the
+        # cell's minimum, one person's exact value).
         distinct, vcodes = np.unique(x, return_inverse=True)
-        pair = cell.astype(np.int64) * max(len(distinct), 1) + vcodes
+        width = max(len(distinct), 1)
+        pair = cell.astype(np.int64) * width + vcodes
         if pcodes is None:
             pairs, holders = np.unique(pair, return_counts=True)
         else:
             npersons = int(pcodes.max(initial=-1)) + 1
             units = np.unique(pair * max(npersons, 1) + pcodes)
             pairs, holders = np.unique(units // max(npersons, 1), return_counts=True)
-        pair_cell, pair_value = pairs // max(len(distinct), 1), pairs % max(len(distinct), 1)
-        order = np.lexsort((-holders, pair_cell))
-        first = np.unique(pair_cell[order], return_index=True)[1]
-        best = order[first]
+        pair_cell, pair_value = pairs // width, pairs % width
+        most = np.zeros(ncells, np.int64)
+        np.maximum.at(most, pair_cell, holders)
+        tied = np.flatnonzero(holders == most[pair_cell])  # sorted by (cell, value)
+        ties = np.bincount(pair_cell[tied], minlength=ncells)
+        starts = np.concatenate([[0], np.cumsum(ties)[:-1]])
+        has = ties > 0
+        best = tied[starts[has] + (ties[has] - 1) // 2]
         out["value"] = np.full(ncells, np.nan)
         out["modal_count"] = np.zeros(ncells, np.int64)
         out["value"][pair_cell[best]] = distinct[pair_value[best]]
         out["modal_count"][pair_cell[best]] = holders[best]
+        with np.errstate(invalid="ignore"):
+            below, above = x < out["value"][cell], x > out["value"][cell]
+        out["either_side"] = np.minimum(
+            _distinct(cell[below], None if pcodes is None else pcodes[below], ncells),
+            _distinct(cell[above], None if pcodes is None else pcodes[above], ncells),
+        )
     else:
         raise ValueError(f"unknown summary statistic {statistic!r}")
     return out
@@ -222,16 +237,42 @@ def summary_rules(
                 f"the {word} is one individual's exact value",
             ),
         ]
-    t = policy.get("mode", "threshold")
-    return [
+    t, frequent = policy.get("mode", "threshold"), policy.get("mode", "frequent")
+    side = policy.get("mode", "min_either_side")
+    rare = present & (cells["modal_count"] < frequent)
+    rules = [
+        RuleResult("threshold", {"threshold": t}, "fail", present & (n < t), f"fewer than {t} contributors"),
         RuleResult(
-            "mode_threshold",
-            {"threshold": t},
+            "identical_values",
+            {},
             "fail",
-            present & (cells["modal_count"] < t),
-            f"fewer than {t} contributors hold the modal value",
-        )
+            present & (cells["modal_count"] == n),
+            "every contributor holds the modal value, so it reveals each one's value",
+        ),
     ]
+    if cells["nominal"]:
+        # A category has no "below" or "above": a modal category few people hold is not released.
+        rules.append(
+            RuleResult(
+                "mode_threshold",
+                {"frequent": frequent},
+                "fail",
+                rare,
+                f"fewer than {frequent} contributors hold the modal category",
+            )
+        )
+    else:
+        rules.append(
+            RuleResult(
+                "mode_either_side",
+                {"frequent": frequent, "min_either_side": side},
+                "fail",
+                rare & (cells["either_side"] < side),
+                f"fewer than {frequent} contributors hold the modal value and fewer than {side} lie strictly below "
+                "or above it, so it is close to one person's value",
+            )
+        )
+    return rules
 
 
 def check_summary_table(
@@ -275,6 +316,7 @@ def check_summary_table(
             pcodes[unknown] = pcodes.max(initial=-1) + 1 + np.arange(int(unknown.sum()))
         pcodes = pcodes[keep]
     cells = _extended(statistic, [c[keep] for c in codes], stats.shape, x[keep], pcodes)
+    cells["nominal"] = np.asarray(labels is not None)
     rules = summary_rules(statistic, stats, cells, policy, mitigation)
     values = cells["value"].astype(np.float64)
     if labels is not None:
@@ -288,8 +330,14 @@ def check_summary_table(
     if mitigation != "none" and primary is not None and primary.any():
         suppression = SuppressionResult(primary, primary.copy(), None, 0)
         released[primary] = np.nan
+    rounding = None
+    if mitigation == "round" and labels is None:
+        base = policy.get("rounding", "base")
+        redacted = np.isnan(released)
+        released = round_to_base(np.where(redacted, 0, released), base, redacted)
+        rounding = {"base": base, "totals": policy.get("rounding", "totals")}
     n_row_dims = len(stats.dims) - 1 if n_row_dims is None else n_row_dims
-    verdict = table_verdict(stats, statistic, "summary_table", rules, policy, mitigation, suppression, None)
+    verdict = table_verdict(stats, statistic, "summary_table", rules, policy, mitigation, suppression, rounding)
     if suppression is not None:
         note = "not needed: the statistic is not additive, so no suppressed cell can be recovered from margins"
         verdict["mitigation"]["suppression"]["audit"] = {"status": "not_needed", "reason": note}

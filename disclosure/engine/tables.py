@@ -199,7 +199,7 @@ def _finish(
             suppression = SuppressionResult(primary, primary.copy(), report, 0)
         released[suppression.suppressed] = np.nan
     rounding = None
-    if mitigation == "round" and statistic in ("count", "sum"):
+    if mitigation == "round":  # every released value, as ACRO rounds them; the rules protect means, not this
         base = policy.get("rounding", "base")
         redacted = np.isnan(released)
         released = round_to_base(np.where(redacted, 0, released), base, redacted)

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 
+from disclosure.engine.policy import default_policy
 from disclosure.engine.tables import check_magnitude_table
 
 
@@ -41,8 +42,23 @@ def test_p_percent_rule_flags_when_remainder_below_p_of_largest():
 def test_magnitude_threshold_ignores_missing_values():
     data = _table({"g1": [1.0] * 8 + [np.nan] * 5 + [2.0]})  # 9 contributors, 14 records
     result = check_magnitude_table(data, ["g"], "v", mitigation="none")
-    rules = _cell_rules(result, g="g1")
-    assert "threshold" in rules and "missing" in rules
+    assert "threshold" in _cell_rules(result, g="g1")
+
+
+def test_missing_values_are_flagged_only_where_the_policy_asks():
+    """Missing values are never contributors, so by default a cell of 12 values and 3 missing passes; a TRE
+    (or a researcher tightening ACRO's check_missing_values) may send such cells to review."""
+    data = _table({"g1": [float(v) for v in range(1, 13)] + [np.nan] * 3})
+    default = check_magnitude_table(data, ["g"], "v", mitigation="none")
+    strict = check_magnitude_table(
+        data,
+        ["g"],
+        "v",
+        mitigation="none",
+        policy=default_policy().with_overrides({"magnitude": {"missing": "review"}}),
+    )
+    assert _cell_rules(default, g="g1") == [] and default.verdict["status"] == "pass"
+    assert "missing" in _cell_rules(strict, g="g1") and strict.verdict["status"] == "review"
 
 
 def test_negative_values_use_absolute_contributions_and_need_review():

@@ -8,6 +8,7 @@ from disclosure.engine.outputs import (
     check_mode,
     check_quantile,
     check_survival,
+    padded_edges,
 )
 
 
@@ -46,3 +47,16 @@ def test_survival_small_event_counts_fail():
 def test_pie_categories_below_threshold_fail():
     _, verdict = check_category_counts(pd.Series(["a"] * 20 + ["b"] * 2))
     assert verdict["status"] == "fail" and verdict["criteria"][0]["cells"] == ["b"]
+
+
+def test_a_number_of_bins_is_laid_over_a_range_beyond_the_data():
+    values = pd.Series(np.random.default_rng(42).normal(size=2000))
+    edges = padded_edges(values, 5)
+    assert len(edges) == 6 and edges[0] < values.min() and edges[-1] > values.max()
+    _, verdict = check_histogram(values, edges)
+    assert verdict["status"] == "pass"  # neither extreme is drawn as an edge
+    _, automatic = check_histogram(values, 5)
+    assert automatic["status"] == "review"  # numpy's own edges are the minimum and the maximum
+    assert list(padded_edges(values, [0.0, 1.0])) == [0.0, 1.0]  # the researcher's edges are kept
+    whole = padded_edges(pd.Series([3, 4, 5, 6] * 5), 3)
+    assert whole[0] < 3 and whole[-1] > 6  # round data: the edge is moved past an extreme it would equal

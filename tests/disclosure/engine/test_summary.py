@@ -86,13 +86,28 @@ def test_extremes_are_reviewed_without_suppression_and_suppressed_with_it():
     assert suppressed.table().isna().all().all()
 
 
-def test_mode_is_smallest_of_ties_and_needs_threshold_holders():
+def test_mode_is_the_middle_of_ties_and_a_value_one_person_holds_must_lie_inside():
     df = pd.DataFrame({"g": ["a"] * 24, "x": [2.0] * 11 + [1.0] * 11 + [3.0, 4.0]})
     result = check_summary_table(df, ["g"], "x", statistic="mode", mitigation="none")
-    assert result.table(released=False).iloc[0, 0] == 1.0
+    assert result.table(released=False).iloc[0, 0] == 1.0  # two tied: the lower middle
     assert result.verdict["status"] == "pass"
-    few = check_summary_table(df.iloc[5:16], ["g"], "x", statistic="mode", mitigation="suppress")
-    assert np.isnan(few.table().iloc[0, 0])  # 6 hold 2.0 and 5 hold 1.0: only 6 hold the mode
+    distinct = pd.DataFrame({"g": ["a"] * 11 + ["b"] * 11, "x": list(range(11)) + list(range(10)) + [100]})
+    spread = check_summary_table(distinct, ["g"], "x", statistic="mode", mitigation="suppress")
+    assert spread.table(released=False).loc["a", "value"] == 5  # not the minimum, 0
+    assert spread.verdict["status"] == "pass"  # 5 people below and 5 above, as a median needs
+    edge = distinct.assign(x=[0] * 5 + list(range(1, 7)) + [0] * 5 + list(range(1, 7)))
+    shared = check_summary_table(edge, ["g"], "x", statistic="mode", mitigation="suppress")
+    assert shared.table().loc["a", "value"] == 0  # five people share it: no one person's value
+
+
+def test_mode_everyone_holds_is_class_disclosure_and_a_lone_value_near_the_edge_is_suppressed():
+    # "same": 12 people all hold 7. "few": 10 distinct values, so the reported mode (the 5th) has 4 below.
+    df = pd.DataFrame({"g": ["same"] * 12 + ["few"] * 10, "x": [7.0] * 12 + [float(v) for v in range(10)]})
+    result = check_summary_table(df, ["g"], "x", statistic="mode", mitigation="suppress")
+    table = result.table()
+    flagged = {c["labels"]["g"]: c["rules"] for c in result.verdict["cells"] if not c["margin"]}
+    assert np.isnan(table.loc["same", "value"]) and "identical_values" in flagged["same"]
+    assert np.isnan(table.loc["few", "value"]) and flagged["few"] == ["mode_either_side"]
 
 
 def test_person_level_contributors_count_people_not_records():
