@@ -9,11 +9,19 @@ role, so a page added and linked is checked without editing this file; the test 
 walk misses a page the role must reach (``MUST_REACH``), so a walk cut short cannot pass quietly. The
 service runs without JupyterHub (its workspace runtime is pointed at nothing); a researcher's table is
 submitted through the workspace API and claimed by a checker first, so the checker's view of a table
-is among the pages. Pages reached only by posting a form (a confirmation step) are not walked here;
-their forms are checked by the pattern tests at the end.
+is among the pages. The confirmation pages of destructive actions are GET pages linked from where the
+action is offered, so the walk reaches them (following a link never changes anything); pages reached
+only by posting a form (closing a project's confirmation step, an application's error summary) are
+checked by the pattern tests at the end.
 
-Keyboard: the new pages are used with the Tab and Enter keys alone (each chart's numbers open from the
-keyboard; the wide tables' scroll regions take focus)."""
+Keyboard, measured on every page of the walk in the same pass (``keyboard_check``): one script lists
+every link, button and form control shown (a radio group is one stop; a control inside a closed
+disclosure is not shown) and records each focus; the Tab key is pressed round the page once; one script
+reads the record. A page fails if a control is not reached, if Tab goes back up the page, if a stop's
+outline, box shadow and background all look as they did unfocused (no visible focus indicator), if the
+first stop is not the skip link, or if following the skip link (Enter) does not put the next Tab inside
+the main content. Further tests use the new pages with the Tab and Enter keys alone (each chart's
+numbers open from the keyboard; the wide tables' scroll regions take focus)."""
 
 from __future__ import annotations
 
