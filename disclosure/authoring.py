@@ -369,14 +369,26 @@ class Authoring(OutputsBase):
 
     def remove_file(self, actor: Any, request_id: str, file_id: str) -> None:
         with self._tx("output.remove_file", actor, request_id) as s:
-            req = self._get(s, request_id, lock=True)
-            self._require_author(s, actor, req, "output.remove_file")
-            self._editable(req)
-            f = s.get(OutputFile, file_id)
-            if f is None or f.request_id != req.id or f.superseded_at is not None:
-                raise NotFound("No such file in this request")
+            req, f = self._removable_file(s, actor, request_id, file_id, lock=True)
             f.superseded_at, f.superseded_in_round = utcnow(), req.round
             self._record(s, "output.remove_file", actor, req, file_id=f.id)
+
+    def file_to_remove(self, actor: Any, request_id: str, file_id: str) -> tuple[OutputRequest, OutputFile]:
+        """What ``remove_file`` would remove, checked as it checks (a refusal is audited the same way),
+        for its confirmation page; changes nothing."""
+        with self._tx("output.remove_file", actor, request_id) as s:
+            return self._removable_file(s, actor, request_id, file_id, lock=False)
+
+    def _removable_file(
+        self, s: Session, actor: Any, request_id: str, file_id: str, *, lock: bool
+    ) -> tuple[OutputRequest, OutputFile]:
+        req = self._get(s, request_id, lock=lock)
+        self._require_author(s, actor, req, "output.remove_file")
+        self._editable(req)
+        f = s.get(OutputFile, file_id)
+        if f is None or f.request_id != req.id or f.superseded_at is not None:
+            raise NotFound("No such file in this request")
+        return req, f
 
     def missing_for_submission(self, req: OutputRequest) -> list[str]:
         files = req.current_files
@@ -432,9 +444,20 @@ class Authoring(OutputsBase):
 
     def withdraw(self, actor: Any, request_id: str) -> OutputRequest:
         with self._tx("output.withdraw", actor, request_id) as s:
-            req = self._get(s, request_id, lock=True)
-            self._require_author(s, actor, req, "output.withdraw")
+            req = self._withdrawable(s, actor, request_id, lock=True)
             self._move(s, req, rules.WITHDRAWN, actor, "output.withdraw")
             if req.submitted_at is not None:
                 self._tell_checkers(s, req, "Output request withdrawn by its author", "output.withdrawn")
+        return req
+
+    def request_to_withdraw(self, actor: Any, request_id: str) -> OutputRequest:
+        """The request ``withdraw`` would withdraw, checked as it checks, for its confirmation page;
+        changes nothing."""
+        with self._tx("output.withdraw", actor, request_id) as s:
+            return self._withdrawable(s, actor, request_id, lock=False)
+
+    def _withdrawable(self, s: Session, actor: Any, request_id: str, *, lock: bool) -> OutputRequest:
+        req = self._get(s, request_id, lock=lock)
+        self._require_author(s, actor, req, "output.withdraw")
+        rules.check_transition(req.state, rules.WITHDRAWN)
         return req

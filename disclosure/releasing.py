@@ -95,17 +95,27 @@ class Releasing(OutputsBase):
     def revoke(self, actor: Any, request_id: str, reason: str) -> OutputRelease:
         reason = (reason or "").strip()
         with self._tx("output.revoke", actor, request_id) as s:
-            req = self._get(s, request_id, lock=True)
-            self._require_checker(s, actor, req, "output.revoke")
+            req = self._revocable(s, actor, request_id, lock=True)
             if not reason:
                 raise RuleViolation("Give the reason for revoking the release")
-            rules.check_transition(req.state, rules.REVOKED)
             release = s.scalar(select(OutputRelease).where(OutputRelease.request_id == req.id))
             assert release is not None
             release.revoked_at, release.revoked_by, release.revoke_reason = utcnow(), actor.id, reason[:2000]
             self._move(s, req, rules.REVOKED, actor, "output.revoke")
             self._tell_team(s, req, "A release of your outputs was revoked", "output.revoked")
         return release
+
+    def release_to_revoke(self, actor: Any, request_id: str) -> OutputRequest:
+        """The released request ``revoke`` would revoke, checked as it checks (a refusal is audited the
+        same way), for its confirmation page; changes nothing."""
+        with self._tx("output.revoke", actor, request_id) as s:
+            return self._revocable(s, actor, request_id, lock=False)
+
+    def _revocable(self, s: Session, actor: Any, request_id: str, *, lock: bool) -> OutputRequest:
+        req = self._get(s, request_id, lock=lock)
+        self._require_checker(s, actor, req, "output.revoke")
+        rules.check_transition(req.state, rules.REVOKED)
+        return req
 
     def view_file(self, actor: Any, file_id: str) -> tuple[OutputFile, bytes]:
         """A file's bytes, for whoever ``disclosure.visibility`` lets see it now; each view and each

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from projects import permissions as perm
 from projects.kernel import (
@@ -165,17 +166,29 @@ class Applications(ProjectsKernel):
     def remove_member(self, actor: Any, project_id: str, user_id: str) -> None:
         """Take someone off the team: their access stops with this commit."""
         with self._tx() as s:
-            project = self._project(s, project_id, lock=True)
-            allowed = perm.is_pi(actor, project) or perm.can_govern(actor)
-            self._allow(allowed, "project.remove_member", actor, project)
-            member = next((m for m in project.active_members if m.user_id == user_id), None)
-            if member is None:
-                raise NotFound("That person is not on the team")
-            if member.role == PRINCIPAL_INVESTIGATOR:
-                raise ProjectError("The principal investigator cannot be removed from the project")
+            project, member = self._removable_member(s, actor, project_id, user_id, lock=True)
             member.removed_at = utcnow()
             member.removed_by = actor.id
             self._record(s, "project.remove_member", actor, project, member_id=user_id)
+
+    def member_to_remove(self, actor: Any, project_id: str, user_id: str) -> tuple[Project, ProjectMember]:
+        """What ``remove_member`` would do, checked as it checks (a refusal is audited the same way) for
+        its confirmation page; changes nothing."""
+        with self._tx() as s:
+            return self._removable_member(s, actor, project_id, user_id, lock=False)
+
+    def _removable_member(
+        self, s: Session, actor: Any, project_id: str, user_id: str, *, lock: bool
+    ) -> tuple[Project, ProjectMember]:
+        project = self._project(s, project_id, lock=lock)
+        allowed = perm.is_pi(actor, project) or perm.can_govern(actor)
+        self._allow(allowed, "project.remove_member", actor, project)
+        member = next((m for m in project.active_members if m.user_id == user_id), None)
+        if member is None:
+            raise NotFound("That person is not on the team")
+        if member.role == PRINCIPAL_INVESTIGATOR:
+            raise ProjectError("The principal investigator cannot be removed from the project")
+        return project, member
 
     def application_snapshot(self, project: Project) -> dict[str, Any]:
         """The application as it stands (dates as dates): what submission checks and freezes."""

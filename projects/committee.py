@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from projects import permissions as perm
 from projects.kernel import (
@@ -308,19 +309,31 @@ class Committee(ProjectsKernel):
 
     def revoke_optout_exemption(self, actor: Any, project_id: str, list_name: str) -> None:
         """Withdraw an exemption: extracts built afterwards remove the list's patients again."""
-        list_name = (list_name or "").strip().lower()
         with self._tx() as s:
-            project = self._project(s, project_id, lock=True)
-            self._allow(perm.can_exempt_from_optout(actor), "project.optout_revoke", actor, project)
-            exemption = s.scalar(
-                select(OptOutExemption).where(
-                    OptOutExemption.project_id == project.id, OptOutExemption.list_name == list_name
-                )
-            )
-            if exemption is None:
-                raise NotFound("The project is not exempt from that list")
+            project, exemption = self._revocable_exemption(s, actor, project_id, list_name, lock=True)
             s.delete(exemption)
-            self._record(s, "project.optout_revoke", actor, project, list=list_name)
+            self._record(s, "project.optout_revoke", actor, project, list=exemption.list_name)
+
+    def exemption_to_revoke(self, actor: Any, project_id: str, list_name: str) -> tuple[Project, OptOutExemption]:
+        """What ``revoke_optout_exemption`` would withdraw, checked as it checks, for its confirmation
+        page; changes nothing."""
+        with self._tx() as s:
+            return self._revocable_exemption(s, actor, project_id, list_name, lock=False)
+
+    def _revocable_exemption(
+        self, s: Session, actor: Any, project_id: str, list_name: str, *, lock: bool
+    ) -> tuple[Project, OptOutExemption]:
+        list_name = (list_name or "").strip().lower()
+        project = self._project(s, project_id, lock=lock)
+        self._allow(perm.can_exempt_from_optout(actor), "project.optout_revoke", actor, project)
+        exemption = s.scalar(
+            select(OptOutExemption).where(
+                OptOutExemption.project_id == project.id, OptOutExemption.list_name == list_name
+            )
+        )
+        if exemption is None:
+            raise NotFound("The project is not exempt from that list")
+        return project, exemption
 
     def optout_exemptions(self, project: Project) -> list[OptOutExemption]:
         return project_optout_exemptions(self.session, project.id)

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from projects import closure
 from projects import permissions as perm
@@ -24,6 +25,7 @@ from projects.rules import (
     APPROVED,
     SUSPENDED,
     check_extension,
+    check_transition,
 )
 from tre.core.db import utcnow
 from tre.core.permissions import Permission
@@ -45,8 +47,7 @@ class Lifecycle(ProjectsKernel):
         if not (reason or "").strip():
             raise ProjectError("Give the reason for suspending the project")
         with self._tx() as s:
-            project = self._project(s, project_id, lock=True)
-            self._allow(perm.can_govern(actor), "project.suspend", actor, project)
+            project = self._suspendable(s, actor, project_id, lock=True)
             self._move(s, project, SUSPENDED, actor, "project.suspend")
             project.suspension_reason = reason.strip()[:_LONG_TEXT_LIMIT]
             self._notify_users(
@@ -56,6 +57,18 @@ class Lifecycle(ProjectsKernel):
                 f"Access to \u201c{project.title}\u201d is suspended until the committee reinstates it.",
                 "project.suspended",
             )
+        return project
+
+    def project_to_suspend(self, actor: Any, project_id: str) -> Project:
+        """The project ``suspend`` would suspend, checked as it checks, for its confirmation page;
+        changes nothing."""
+        with self._tx() as s:
+            return self._suspendable(s, actor, project_id, lock=False)
+
+    def _suspendable(self, s: Session, actor: Any, project_id: str, *, lock: bool) -> Project:
+        project = self._project(s, project_id, lock=lock)
+        self._allow(perm.can_govern(actor), "project.suspend", actor, project)
+        check_transition(project.state, SUSPENDED)
         return project
 
     def reinstate(self, actor: Any, project_id: str) -> Project:

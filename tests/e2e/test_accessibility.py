@@ -9,11 +9,19 @@ role, so a page added and linked is checked without editing this file; the test 
 walk misses a page the role must reach (``MUST_REACH``), so a walk cut short cannot pass quietly. The
 service runs without JupyterHub (its workspace runtime is pointed at nothing); a researcher's table is
 submitted through the workspace API and claimed by a checker first, so the checker's view of a table
-is among the pages. Pages reached only by posting a form (a confirmation step) are not walked here;
-their forms are checked by the pattern tests at the end.
+is among the pages. The confirmation pages of destructive actions are GET pages linked from where the
+action is offered, so the walk reaches them (following a link never changes anything); pages reached
+only by posting a form (closing a project's confirmation step, an application's error summary) are
+checked by the pattern tests at the end.
 
-Keyboard: the new pages are used with the Tab and Enter keys alone (each chart's numbers open from the
-keyboard; the wide tables' scroll regions take focus)."""
+Keyboard, measured on every page of the walk in the same pass (``keyboard_check``): one script lists
+every link, button and form control shown (a radio group is one stop; a control inside a closed
+disclosure is not shown) and records each focus; the Tab key is pressed round the page once; one script
+reads the record. A page fails if a control is not reached, if Tab goes back up the page, if a stop's
+outline, box shadow and background all look as they did unfocused (no visible focus indicator), if the
+first stop is not the skip link, or if following the skip link (Enter) does not put the next Tab inside
+the main content. Further tests use the new pages with the Tab and Enter keys alone (each chart's
+numbers open from the keyboard; the wide tables' scroll regions take focus)."""
 
 from __future__ import annotations
 
@@ -48,12 +56,15 @@ MAX_PAGES = 120  # per role; the demo world has far fewer pages than this
 # Pages each role's walk must reach (regular expressions on the path), so that a broken link or a
 # walk that stopped early is a failure, not a smaller pass.
 MUST_REACH = {
-    "rita.researcher": [r"^/projects/\w+$", r"^/projects/\w+/agreement$", r"^/outputs/$", r"^/outputs/requests/\w+$"],
+    "rita.researcher": [
+        r"^/projects/\w+$", r"^/projects/\w+/agreement$", r"^/outputs/$", r"^/outputs/requests/\w+$",
+        r"^/outputs/requests/\w+/withdraw$", r"^/projects/\w+/members/\w+/remove$",  # confirmation pages
+    ],
     "dana.dac": [r"^/dac/$", r"^/dac/turnaround$", r"^/dac/\w+$"],
-    "chris.chair": [r"^/dac/$", r"^/dac/turnaround$"],
+    "chris.chair": [r"^/dac/$", r"^/dac/turnaround$", r"^/dac/\w+/suspend$", r"^/projects/\w+/members/\w+/remove$"],
     "olive.checker": [r"^/outputs/queue$", r"^/outputs/metrics$", r"^/outputs/requests/\w+$", r"^/outputs/files/\w+$"],
     "cara.custodian": [r"^/extracts/$", r"^/catalogue/"],
-    "adam.admin": [r"^/admin/"],
+    "adam.admin": [r"^/admin/", r"^/admin/users/\w+/active$"],
     "audrey.auditor": [r"^/audit/"],
 }
 RITA, OLIVE = "rita.researcher@demo.tre.example", "olive.checker@demo.tre.example"
@@ -112,13 +123,128 @@ def blocking_violations(page: Any) -> list[str]:
     return found
 
 
-def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]]]:
-    """Visit every page reachable by links from the home page; axe-core on each. Returns the paths
-    visited and the violations found per path."""
+KEYBOARD_PREPARE = r"""() => {
+  // Every element a keyboard user must be able to reach, in document order, with its look unfocused.
+  const controls = 'a[href], area[href], button, input, select, textarea, summary, iframe, [contenteditable="true"]';
+  const candidates = controls + ', [tabindex]';
+  const shown = el => {
+    const closedAbove = d => d.parentElement && d.parentElement.closest('details:not([open])');
+    for (let d = el.closest('details:not([open])'); d; d = closedAbove(d)) {
+      const own = d.querySelector(':scope > summary');
+      if (own !== el) return false;  // inside a closed disclosure: reached once it is opened
+    }
+    if (el.closest('[hidden], [inert]')) return false;
+    const st = getComputedStyle(el);
+    return st.visibility !== 'hidden' && st.display !== 'none' && el.getClientRects().length > 0;
+  };
+  const look = el => {
+    const st = getComputedStyle(el);
+    return [st.outlineStyle, st.outlineWidth, st.outlineColor, st.boxShadow, st.backgroundColor].join('|');
+  };
+  const describe = el => {
+    const text = (el.getAttribute('aria-label') || el.innerText || el.value || el.name || el.id || '').trim();
+    return `${el.tagName.toLowerCase()}${el.id ? '#' + el.id : ''} "${text.slice(0, 50)}"`;
+  };
+  const positive = [...document.querySelectorAll('[tabindex]')].filter(el => el.tabIndex > 0).map(describe);
+  const wanted = [];
+  const groups = new Map();
+  for (const el of document.querySelectorAll(candidates)) {
+    if (el.disabled || (el.tagName === 'INPUT' && el.type === 'hidden') || !shown(el)) continue;
+    // tabindex="-1" takes an element out of the Tab order: fine for a focus target (the error summary,
+    // the main content), a failure for a control.
+    if (el.tabIndex < 0 && !el.matches(controls)) continue;
+    // A radio group is one Tab stop (its arrow keys move within it).
+    let key = wanted.length;
+    if (el.tagName === 'INPUT' && el.type === 'radio' && el.name) {
+      const name = (el.form ? el.form.id || [...document.forms].indexOf(el.form) : '') + ':' + el.name;
+      if (groups.has(name)) { key = groups.get(name); el.dataset.kbKey = key; continue; }
+      groups.set(name, key);
+    }
+    el.dataset.kbKey = key;
+    wanted.push({key, what: describe(el), look: look(el), skip: el.classList.contains('nhsuk-skip-link')});
+  }
+  const seen = [];
+  window.__kb = {wanted, seen, positive};
+  document.addEventListener('focusin', ev => {
+    const el = ev.target;
+    const key = el.dataset ? el.dataset.kbKey : undefined;
+    seen.push(key === undefined ? {key: -1, what: describe(el)} : {key: Number(key), look: look(el)});
+  }, true);
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+  // Tab presses needed to go round once: a date or time field takes one per part (day, month, year).
+  const parts = el => ({date: 3, time: 3, 'datetime-local': 5, month: 2, week: 2}[el.type] || 1);
+  const marked = [...document.querySelectorAll('[data-kb-key]')];
+  return marked.reduce((n, el) => n + (el.tagName === 'INPUT' ? parts(el) : 1), 0);
+}"""
+
+KEYBOARD_RESULT = r"""() => {
+  const {wanted, seen, positive} = window.__kb;
+  const problems = positive.map(p => `positive tabindex changes the Tab order: ${p}`);
+  const order = [];
+  for (const s of seen) {
+    if (s.key >= 0 && order.length && s.key === order[0].key) break;  // Tab came round to the start
+    order.push(s);
+  }
+  const reached = new Set(order.filter(s => s.key >= 0).map(s => s.key));
+  for (const w of wanted) {
+    if (!reached.has(w.key)) problems.push(`not reachable by Tab: ${w.what}`);
+  }
+  let last = -1;
+  for (const s of order) {
+    if (s.key < 0) continue;
+    const w = wanted.find(x => x.key === s.key);
+    if (s.key < last) problems.push(`Tab goes back up the page to ${w.what}`);
+    last = Math.max(last, s.key);
+    if (s.look === w.look) problems.push(`no visible focus indicator: ${w.what}`);
+  }
+  const first = order.find(s => s.key >= 0);
+  if (!first || !wanted.find(x => x.key === first.key).skip) problems.push('the first Tab stop is not the skip link');
+  return problems;
+}"""
+
+
+SKIP_LINK_WORKS = """() => {
+  const main = document.getElementById('maincontent');
+  const el = document.activeElement;
+  return !!main && !!el && el !== document.body
+    && (main === el || main.contains(el) || !!(main.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING));
+}"""
+
+
+def keyboard_problems(page: Any) -> list[str]:
+    return keyboard_check(page)[1]
+
+
+def keyboard_check(page: Any) -> tuple[int, list[str]]:
+    """Use the page with the keyboard alone: Tab through it once, recording each stop (one script
+    prepares, the key presses run, one script reads the result). Every link, button and form control
+    shown must be a Tab stop (a radio group is one), in document order, with a focus indicator that
+    changes its outline, box shadow or background; the first stop is the skip link, and following it
+    (Enter) moves the next Tab into the main content."""
+    presses = page.evaluate(KEYBOARD_PREPARE)
+    for _ in range(presses + 4):  # a few more than needed: round to the start again, or to the browser
+        page.keyboard.press("Tab")
+    stops: int = page.evaluate("window.__kb.wanted.length")
+    problems: list[str] = page.evaluate(KEYBOARD_RESULT)
+    if page.locator("a.nhsuk-skip-link").count() == 0:
+        return stops, [*problems, "no skip link"]
+    page.evaluate("document.querySelector('a.nhsuk-skip-link').focus()")
+    page.keyboard.press("Enter")
+    if not page.evaluate(SKIP_LINK_WORKS):
+        page.keyboard.press("Tab")
+        if not page.evaluate(SKIP_LINK_WORKS):
+            problems.append("the skip link does not move the keyboard to the main content")
+    return stops, problems
+
+
+def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]], int]:
+    """Visit every page reachable by links from the home page; axe-core and the keyboard check on each.
+    Returns the paths visited, the problems found per path and the number of Tab stops checked."""
     host = urlsplit(base).netloc
     queue, seen = deque(["/"]), {"/"}
     visited: list[str] = []
     problems: dict[str, list[str]] = {}
+    tab_stops = 0
     while queue and len(visited) < MAX_PAGES:
         path = queue.popleft()
         response = page.goto(base + path)
@@ -127,10 +253,14 @@ def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]]]:
                 problems[path] = [f"answered {response.status}"]
             continue
         visited.append(path)
+        hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
         found = blocking_violations(page)
+        stops, by_keyboard = keyboard_check(page)
+        tab_stops += stops
+        found += [f"keyboard: {p}" for p in by_keyboard]
         if found:
             problems[path] = found
-        for href in page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))"):
+        for href in hrefs:
             target = urlsplit(urldefrag(urljoin(base + path, href))[0])
             if target.netloc != host or target.scheme not in ("http", "https"):
                 continue
@@ -138,7 +268,7 @@ def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]]]:
             if link not in seen and not SKIP.search(link):
                 seen.add(link)
                 queue.append(link)
-    return visited, problems
+    return visited, problems, tab_stops
 
 
 def test_home_page_signed_out_has_no_serious_accessibility_violation(browser: Any, a11y_service: LiveService) -> None:
@@ -154,7 +284,7 @@ def test_home_page_signed_out_has_no_serious_accessibility_violation(browser: An
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("person", PEOPLE)
-def test_every_page_a_role_reaches_has_no_serious_accessibility_violation(
+def test_every_page_a_role_reaches_has_no_serious_accessibility_violation_and_works_by_keyboard(
     browser: Any, a11y_service: LiveService, claimed_table: str, person: str
 ) -> None:
     context = browser.new_context(bypass_csp=True)
@@ -164,9 +294,10 @@ def test_every_page_a_role_reaches_has_no_serious_accessibility_violation(
         page.goto(a11y_service.url + "/")
         assert page.locator("h1").inner_text() == "Your tasks"
 
-        visited, problems = walk(page, a11y_service.url)
+        visited, problems, tab_stops = walk(page, a11y_service.url)
 
-        print(f"{person}: axe-core ran on {len(visited)} pages")  # shown with -s; the figure for docs
+        # Shown with -s; the figures for docs.
+        print(f"{person}: axe-core and the keyboard check ran on {len(visited)} pages, {tab_stops} Tab stops")
         missed = [p for p in MUST_REACH[person] if not any(re.search(p, v) for v in visited)]
         assert missed == [], f"{person}'s walk reached {len(visited)} pages but none matching {missed}: {visited}"
         assert problems == {}, "\n".join(f"{path}: {v}" for path, found in problems.items() for v in found)
@@ -181,6 +312,40 @@ def test_the_check_reports_a_critical_violation(page: Any) -> None:
     found = blocking_violations(page)
 
     assert any(" image-alt:" in f for f in found), found
+
+
+KEYBOARD_PAGE = """<html lang="en"><head><title>t</title><style>
+a:focus, button:focus {{ outline: 3px solid #ffeb3b; }}
+{extra}
+</style></head><body>
+<a class="nhsuk-skip-link" href="#maincontent">Skip to main content</a><a href="/">Home</a>
+<main id="maincontent"><a href="/a">First</a>{body}<button type="button">Last</button></main>
+</body></html>"""
+
+
+def test_the_keyboard_check_passes_a_page_usable_by_keyboard(page: Any) -> None:
+    page.set_content(KEYBOARD_PAGE.format(extra="", body='<details><summary>More</summary><a href="/in">Inside</a>'
+                                          "</details><input type=radio name=r id=r1><input type=radio name=r id=r2>"
+                                          "<input type=date id=d><a href=/after>After the date</a>"))
+
+    assert keyboard_problems(page) == []
+
+
+def test_the_keyboard_check_reports_what_a_keyboard_cannot_reach_or_see(page: Any) -> None:
+    """The check itself can fail: a control taken out of the Tab order, a focus indicator removed, a
+    positive tabindex that reorders the page."""
+    page.set_content(KEYBOARD_PAGE.format(
+        extra="#plain:focus { outline: none; }",
+        body='<button type="button" tabindex="-1" id="mouse-only">Mouse only</button>'
+        '<button type="button" id="plain">No ring</button><a href="/jump" tabindex="2" id="jumper">Jumps</a>',
+    ))
+
+    found = keyboard_problems(page)
+
+    assert any(f.startswith("not reachable by Tab: button#mouse-only") for f in found), found
+    assert any(f.startswith("no visible focus indicator: button#plain") for f in found), found
+    assert any(f.startswith("positive tabindex changes the Tab order: a#jumper") for f in found), found
+    assert "the first Tab stop is not the skip link" in found, found  # the tabindex=2 link comes first
 
 
 def test_incomplete_application_form_and_its_check_page_have_no_serious_violation(

@@ -211,8 +211,9 @@ def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_sus
     chair = page.context.browser.new_context().new_page()
     sign_in(chair, live_service, "chris.chair@demo.tre.example")
     chair.goto(f"{live_service.url}/projects/{project_id}")
-    chair.locator("form[action$='/suspend'] textarea").fill("Suspected breach under investigation")
-    chair.locator("form[action$='/suspend'] button[type=submit]").click()
+    chair.click("#suspend-project")  # to the confirmation page, which asks for the reason
+    chair.fill("#reason", "Suspected breach under investigation")
+    chair.click("#confirm-yes")
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and server_name(project_id) in _hub_servers(live_service, username):

@@ -204,6 +204,8 @@ def test_custodian_sees_the_quality_page_with_match_rates_and_no_identifier(
     text = page.get_data(as_text=True)
     assert page.status_code == 200
     assert 'id="linkage-sources"' in text and "social_care" in text and 'id="linkage-weights"' in text
+    for chart in ("linkage-match-rates", "linkage-methods", "linkage-precision-recall", "linkage-weights"):
+        assert f'<figure class="tre-chart" id="{chart}">' in text and f'id="{chart}-table"' in text, chart
     first = made.tables["hospital"]
     for column in ("nhs_number", "postcode"):
         assert first.column(column)[0].as_py() not in text

@@ -285,6 +285,16 @@ EXPECT: dict[str, str] = {
     "POST /projects/new": "researcher",
     "PUT /api/v1/projects/<string:project_id>/datasets/<string:dataset_id>": "researcher:otn",
     "PUT /api/v1/users/<string:user_id>/roles": "administrator:otn",
+    # Confirmation pages of destructive actions (tre/web/confirm.py): refused as their action is.
+    "GET /outputs/requests/<request_id>/withdraw": "researcher:o",
+    "GET /outputs/requests/<request_id>/files/<file_id>/remove": "",  # awaiting review: not editable
+    "GET /outputs/requests/<request_id>/revoke": "",  # nothing is released in this world
+    "GET /projects/<project_id>/members/<user_id>/remove": "",  # the PI cannot be removed; others not on the team
+    "GET /dac/<project_id>/suspend": "dac_chair",
+    "GET /dac/<project_id>/optout-exemptions/<list_name>/revoke": "",  # no exemption exists: 404
+    "GET /account/tokens/<token_id>/revoke": "signed_in:o",  # only one's own token
+    "GET /admin/users/<user_id>/active": "administrator:t",  # not one's own account
+    "GET /admin/users/<user_id>/sso/<link_id>/remove": "",  # no single sign-on link in this world
 }
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
 from tre.access import login_required
 from tre.authn import identity_service, start_session
 from tre.core.identity import IdentityError
+from tre.web.confirm import Confirmation, render_confirmation
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -68,6 +69,33 @@ def create_token() -> Any:
     return render_template(
         "account/index.html", title="Your account", tokens=service.personal_tokens(g.user), new_token=plaintext,
         **_sso_context(),
+    )
+
+
+@bp.get("/tokens/<token_id>/revoke")
+@login_required
+def confirm_revoke_token(token_id: str) -> Any:
+    token = identity_service().personal_token(g.user, token_id)
+    if token is None:  # someone else's token is not found, as the revocation says
+        abort(404)
+    if token.revoked_at is not None:
+        flash("That token is already revoked", "error")
+        return redirect(url_for("account.index"))
+    return render_confirmation(
+        Confirmation(
+            caption="Your account",
+            question=f"Are you sure you want to revoke the token \u201c{token.name}\u201d?",
+            consequences=[
+                "Scripts and programs using it are refused from now on",
+                "To carry on, create a new token and give it to them",
+            ],
+            warning="A revoked token cannot be used again",
+            action=url_for("account.revoke_token", token_id=token.id),
+            button="Yes, revoke the token",
+            cancel=url_for("account.index"),
+            cancel_text="No, keep the token",
+        ),
+        title="Revoke a token",
     )
 
 

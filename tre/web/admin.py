@@ -11,6 +11,7 @@ from tre.access import requires
 from tre.authn import identity_service, platform
 from tre.core.identity import IdentityError, User
 from tre.core.permissions import ROLE_LABELS, Permission, Role
+from tre.web.confirm import Confirmation, render_confirmation
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -90,6 +91,38 @@ def decide_role_grant(grant_id: str) -> Any:
     return redirect(url_for("admin.user", user_id=grant.user_id))
 
 
+@bp.get("/users/<user_id>/active")
+@requires(Permission.USER_MANAGE)
+def confirm_deactivate(user_id: str) -> Any:
+    """Deactivating ends every session and token of the person: confirmed first. (Reactivating needs
+    no confirmation and posts straight from the person's page.)"""
+    person = _get_user(user_id)
+    back = url_for("admin.user", user_id=person.id)
+    if not person.is_active:
+        flash("That account is already inactive", "error")
+        return redirect(back)
+    if person.id == g.user.id:
+        flash("You cannot deactivate your own account", "error")
+        return redirect(back)
+    return render_confirmation(
+        Confirmation(
+            caption=person.email,
+            question=f"Are you sure you want to deactivate {person.display_name}'s account?",
+            consequences=[
+                f"{person.display_name} is signed out everywhere and cannot sign in",
+                "Every API token of theirs stops working for good",
+                "Their projects, roles and history are kept; reactivating the account lets them sign in again",
+            ],
+            action=url_for("admin.set_active", user_id=person.id),
+            hidden=(("active", "0"),),
+            button="Yes, deactivate the account",
+            cancel=back,
+            cancel_text="No, keep the account active",
+        ),
+        title=f"Deactivate {person.display_name}",
+    )
+
+
 @bp.post("/users/<user_id>/active")
 @requires(Permission.USER_MANAGE)
 def set_active(user_id: str) -> Any:
@@ -114,6 +147,31 @@ def reset_link(user_id: str) -> str:
         "admin/user.html", title="Manage account", person=person, roles=list(Role),
         role_labels=ROLE_LABELS, reset_link=link, sso_links=identity_service().oidc_links(person.id),
         grants=identity_service().pending_role_grants(g.user, person.id),
+    )
+
+
+@bp.get("/users/<user_id>/sso/<link_id>/remove")
+@requires(Permission.USER_MANAGE)
+def confirm_remove_sso_link(user_id: str, link_id: str) -> Any:
+    person = _get_user(user_id)
+    link = next((x for x in identity_service().oidc_links(person.id) if x.id == link_id), None)
+    if link is None:
+        abort(404)
+    return render_confirmation(
+        Confirmation(
+            caption=person.email,
+            question=f"Are you sure you want to remove {person.display_name}'s single sign-on link?",
+            consequences=[
+                f"{person.display_name} can no longer sign in through {link.issuer}",
+                "They sign in with their password and second factor instead",
+                "They can link single sign-on again from their own account page",
+            ],
+            action=url_for("admin.remove_sso_link", user_id=person.id, link_id=link.id),
+            button="Yes, remove the link",
+            cancel=url_for("admin.user", user_id=person.id),
+            cancel_text="No, keep the link",
+        ),
+        title="Remove a single sign-on link",
     )
 
 

@@ -16,6 +16,7 @@ from tre.access import requires
 from tre.core.db import utcnow
 from tre.core.identity import User, UserRole
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
+from tre.web.confirm import Confirmation, render_confirmation
 from tre.web.pictures import turnaround_charts
 from tre.web.projects import _people, attempt, projects_service
 
@@ -215,6 +216,35 @@ def decide(project_id: str) -> Any:
     ), (400 if error else 200)
 
 
+@bp.get("/<project_id>/suspend")
+@requires(Permission.APPLICATION_DECIDE)
+def confirm_suspend(project_id: str) -> Any:
+    project, error = attempt(lambda: projects_service().project_to_suspend(g.user, project_id))
+    if project is None:
+        flash(str(error), "error")
+        return redirect(url_for("projects.show", project_id=project_id))
+    members = len(project.active_members)
+    team = f"{members} team member{'s' if members != 1 else ''}"
+    return render_confirmation(
+        Confirmation(
+            caption=project.title,
+            question=f"Are you sure you want to suspend {project.title}?",
+            consequences=[
+                f"Access to the data stops at once for the project's {team}, and their running workspaces are stopped",
+                "The team is told that the project is suspended until the committee reinstates it",
+                "Nothing is destroyed: reinstating the project gives its team access again",
+            ],
+            reason_label="Reason for suspending",
+            reason_hint="Recorded in the audit log and shown on the project page.",
+            action=url_for("dac.suspend", project_id=project.id),
+            button="Yes, suspend the project",
+            cancel=url_for("projects.show", project_id=project.id),
+            cancel_text="No, keep the project active",
+        ),
+        title=f"Suspend {project.title}",
+    )
+
+
 @bp.post("/<project_id>/suspend")
 @requires(Permission.APPLICATION_DECIDE)
 def suspend(project_id: str) -> Any:
@@ -314,6 +344,32 @@ def exempt_from_optout(project_id: str) -> Any:
         "error" if error else "success",
     )
     return redirect(url_for("projects.show", project_id=project_id))
+
+
+@bp.get("/<project_id>/optout-exemptions/<list_name>/revoke")
+@requires(Permission.OPTOUT_EXEMPT)
+def confirm_revoke_optout_exemption(project_id: str, list_name: str) -> Any:
+    found, error = attempt(lambda: projects_service().exemption_to_revoke(g.user, project_id, list_name))
+    if found is None:
+        flash(str(error), "error")
+        return redirect(url_for("projects.show", project_id=project_id))
+    project, exemption = found
+    return render_confirmation(
+        Confirmation(
+            caption=project.title,
+            question=f"Are you sure you want to withdraw the exemption from the {exemption.list_name} opt-out list?",
+            consequences=[
+                f"Extracts built from now on remove the patients on the {exemption.list_name} list again",
+                "Extracts already built keep them until they are rebuilt",
+                f"The recorded basis (\u201c{exemption.basis}\u201d) is removed; the audit log keeps the decision",
+            ],
+            action=url_for("dac.revoke_optout_exemption", project_id=project.id, list_name=exemption.list_name),
+            button="Yes, withdraw the exemption",
+            cancel=url_for("projects.show", project_id=project.id),
+            cancel_text="No, keep the exemption",
+        ),
+        title=f"Withdraw the opt-out exemption of {project.title}",
+    )
 
 
 @bp.post("/<project_id>/optout-exemptions/<list_name>/revoke")

@@ -1,6 +1,6 @@
 """The custodian's pages for a dataset's deliveries: deliver a file from the landing folder, set the
 thresholds that fail a delivery, see each delivery's verdict and its quality report (counts only),
-with a chart drawn on the server as SVG beside the same figures as a table."""
+with charts drawn on the server (``tre.web.pictures``), each beside the same figures as a table."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ from pseudonymisation.delivery_tasks import deliveries_service
 from tre.access import requires
 from tre.authn import platform
 from tre.core.permissions import Permission
+from tre.web.pictures import delivery_quality_charts
 from tre.web.projects import attempt, projects_service
 
 bp = Blueprint("deliveries", __name__, url_prefix="/catalogue")
-
-CHART_WIDTH = 480
-BAR_HEIGHT = 18
-
 
 def _svc() -> Any:
     return deliveries_service(platform(), request_id=g.get("request_id"))
@@ -69,20 +66,7 @@ def delivery(delivery_id: str) -> str:
     ds, _ = attempt(lambda: projects_service().get_dataset(found.dataset_id))
     report = public_report(found.report) if found.report else None
     return render_template("deliveries/delivery.html", title="Delivery", delivery=found, dataset=ds,
-                           report=report, chart=completeness_chart(report) if report else None)
+                           report=report, charts=delivery_quality_charts(report) if report else [])
 
 
-def completeness_chart(report: dict[str, Any]) -> dict[str, Any]:
-    """Bars of completeness per column (and, with a previous version, its change), laid out here so
-    the template only draws rectangles: no script, no values from the data, only fractions."""
-    bars = []
-    for i, (name, column) in enumerate(report.get("columns", {}).items()):
-        share = column.get("completeness")
-        share = 0.0 if share is None else float(share)
-        bars.append({"name": name, "y": i * (BAR_HEIGHT + 6), "width": round(share * CHART_WIDTH, 1),
-                     "percent": f"{share:.1%}"})
-    return {"bars": bars, "width": CHART_WIDTH + 160, "height": max(len(bars), 1) * (BAR_HEIGHT + 6),
-            "bar_height": BAR_HEIGHT, "scale": CHART_WIDTH}
-
-
-__all__ = ["bp", "completeness_chart"]
+__all__ = ["bp"]

@@ -14,6 +14,7 @@ from pseudonymisation.tasks import person_index_service
 from tre.access import requires
 from tre.core.jobs import Job
 from tre.core.permissions import Permission
+from tre.web.pictures import linkage_quality_charts
 
 bp = Blueprint("linkage", __name__, url_prefix="/linkage")
 
@@ -51,7 +52,7 @@ def start() -> Any:
 @requires(Permission.LINKAGE_RUN)
 def quality(run_id: str) -> str:
     """A run's linkage quality: match rates per source, estimated precision and recall, and the
-    match weight distribution (counts only; no identifier)."""
+    match weight distribution (counts only; no identifier), each as a chart beside its table."""
     service = person_index_service(current_app.extensions["tre.platform"], request_id=g.get("request_id"))
     try:
         run = service.run_quality(g.user, run_id)
@@ -59,8 +60,9 @@ def quality(run_id: str) -> str:
         abort(404)
     histogram = (run.quality or {}).get("match_weight_histogram", [])
     most = max((b["pairs"] for b in histogram), default=0)
+    charts = {c.id: c for c in linkage_quality_charts(run.quality or {})}
     return render_template("linkage/quality.html", title="Linkage quality", run=run, q=run.quality or {},
-                           histogram=histogram, most=most)
+                           histogram=histogram, most=most, charts=charts)
 
 
 @bp.get("/runs/<run_id>/quality.json")

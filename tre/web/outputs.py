@@ -50,6 +50,7 @@ from tre.access import login_required, public, requires
 from tre.authn import platform
 from tre.core.identity import User
 from tre.core.permissions import Permission
+from tre.web.confirm import Confirmation, render_confirmation
 from tre.web.pictures import turnaround_charts
 from tre.web.table_review import ACTION_WORDS, RULE_MARKS, build_review
 
@@ -85,6 +86,19 @@ def _back(request_id: str, error: str | list[str] | None, success: str) -> Any:
     else:
         flash(success, "success")
     return redirect(url_for("outputs.request_page", request_id=request_id))
+
+
+def _about_to(fn: Callable[[], T], request_id: str) -> T | Any:
+    """For a confirmation page: what the action would act on, or a refusal as the action refuses
+    (403 when not permitted, 404 when missing, back to the request with the rule's message)."""
+    try:
+        return fn()
+    except NotFound:
+        abort(404)
+    except OutputPermissionDenied:
+        abort(403)
+    except OutputError as exc:
+        return _back(request_id, str(exc), "")
 
 
 # --- researchers ----------------------------------------------------------------------------------
@@ -189,6 +203,31 @@ def set_group(request_id: str) -> Any:
     return _back(request_id, error, "Group saved")
 
 
+@bp.get("/requests/<request_id>/files/<file_id>/remove")
+@requires(Permission.OUTPUT_SUBMIT)
+def confirm_remove_file(request_id: str, file_id: str) -> Any:
+    found = _about_to(lambda: service().file_to_remove(g.user, request_id, file_id), request_id)
+    if not isinstance(found, tuple):
+        return found
+    req, f = found
+    back = url_for("outputs.request_page", request_id=req.id)
+    return render_confirmation(
+        Confirmation(
+            caption=req.title,
+            question=f"Are you sure you want to remove {f.name} from this request?",
+            consequences=[
+                "The file is taken out of the request and is not checked or released with it",
+                "To add it again, send it from the project's workspace",
+            ],
+            action=url_for("outputs.remove_file", request_id=req.id, file_id=f.id),
+            button=f"Yes, remove {f.name}",
+            cancel=back,
+            cancel_text="No, keep the file",
+        ),
+        title=f"Remove {f.name}",
+    )
+
+
 @bp.post("/requests/<request_id>/files/<file_id>/remove")
 @requires(Permission.OUTPUT_SUBMIT)
 def remove_file(request_id: str, file_id: str) -> Any:
@@ -201,6 +240,31 @@ def remove_file(request_id: str, file_id: str) -> Any:
 def submit(request_id: str) -> Any:
     _, error = attempt(lambda: service().submit(g.user, request_id))
     return _back(request_id, error, "Submitted: the automated checks are running")
+
+
+@bp.get("/requests/<request_id>/withdraw")
+@requires(Permission.OUTPUT_SUBMIT)
+def confirm_withdraw(request_id: str) -> Any:
+    req = _about_to(lambda: service().request_to_withdraw(g.user, request_id), request_id)
+    if not isinstance(req, OutputRequest):
+        return req
+    consequences = ["The request stops here: it cannot be submitted, checked or released again"]
+    if req.submitted_at is not None:
+        consequences.append("The output checkers are told that you withdrew it and stop reviewing it")
+    consequences.append("To release these outputs later, send them again as a new request")
+    return render_confirmation(
+        Confirmation(
+            caption=req.title,
+            question="Are you sure you want to withdraw this output request?",
+            consequences=consequences,
+            warning="A withdrawn request cannot be reopened",
+            action=url_for("outputs.withdraw", request_id=req.id),
+            button="Yes, withdraw this request",
+            cancel=url_for("outputs.request_page", request_id=req.id),
+            cancel_text="No, keep the request",
+        ),
+        title=f"Withdraw {req.title}",
+    )
 
 
 @bp.post("/requests/<request_id>/withdraw")
@@ -356,6 +420,33 @@ def decide(request_id: str) -> Any:
 def release(request_id: str) -> Any:
     _, error = attempt(lambda: service().release(g.user, request_id))
     return _back(request_id, error, "Released: the project's team can download the bundle")
+
+
+@bp.get("/requests/<request_id>/revoke")
+@requires(Permission.OUTPUT_REVIEW)
+def confirm_revoke(request_id: str) -> Any:
+    req = _about_to(lambda: service().release_to_revoke(g.user, request_id), request_id)
+    if not isinstance(req, OutputRequest):
+        return req
+    return render_confirmation(
+        Confirmation(
+            caption=req.title,
+            question="Are you sure you want to revoke this release?",
+            consequences=[
+                "The project's team can no longer download the released outputs from the TRE",
+                "The team is told that the release was revoked, and why",
+                "Copies already downloaded are not recalled: follow up with the team outside the TRE",
+            ],
+            warning="A revoked release cannot be restored",
+            reason_label="Reason for revoking",
+            reason_hint="The team sees this reason.",
+            action=url_for("outputs.revoke", request_id=req.id),
+            button="Yes, revoke the release",
+            cancel=url_for("outputs.request_page", request_id=req.id),
+            cancel_text="No, keep it released",
+        ),
+        title=f"Revoke the release of {req.title}",
+    )
 
 
 @bp.post("/requests/<request_id>/revoke")

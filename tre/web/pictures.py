@@ -1,15 +1,18 @@
-"""The pictures of the service's own pages: turnaround per stage and extract progress, as
-``tre.web.charts`` charts. Numbers come from ``tre.turnaround`` and the extract's job; this module only
-chooses what to draw and says it in words."""
+"""The pictures of the service's own pages: turnaround per stage, extract progress, a delivery's data
+quality and a linkage run's quality, as ``tre.web.charts`` charts. Numbers come from ``tre.turnaround``,
+the extract's job, the delivery's quality report and the linkage run's quality figures (counts and
+ratios only, never a value from the data); this module only chooses what to draw and says it in words."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tre.turnaround import Turnaround
-from tre.web.charts import Chart, bar_chart, progress_chart
+from tre.web.charts import Chart, bar_chart, column_chart, progress_chart
 
 # What the extract service writes as its job's progress message ("<dataset>: 12,345 rows read").
 _ROWS_READ = re.compile(r"^(?P<dataset>.*): (?P<rows>[\d,]+) rows read$")
@@ -95,3 +98,127 @@ def extract_progress_chart(p: ExtractProgress, *, id: str, title: str) -> Chart:
             ("Time left", _duration(p.seconds_left)),
         ],
     )
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}%"
+
+
+def _share(value: Any) -> float | None:
+    return None if value is None else round(float(value) * 100, 1)
+
+
+def delivery_quality_charts(report: Mapping[str, Any], *, id: str = "delivery") -> list[Chart]:
+    """Completeness per column (present and missing, as per cent of rows), then the values failing a
+    check per column when any did."""
+    columns: Mapping[str, Mapping[str, Any]] = report.get("columns") or {}
+    if not columns:
+        return []
+    names = list(columns)
+    complete = [_share(c.get("completeness")) for c in columns.values()]
+    charts = [
+        bar_chart(
+            id=f"{id}-completeness",
+            title="Completeness of each column",
+            categories=names,
+            series=[
+                ("With a value", complete),
+                ("Missing", [None if v is None else round(100 - v, 1) for v in complete]),
+            ],
+            unit="per cent of rows",
+            fmt=_percent,
+            summary=f"One bar per column ({len(names)}), split into the share of rows with a value and the "
+            "share missing. The table below gives every number.",
+        )
+    ]
+    checks = (
+        ("Not of its type", "type_failures"),
+        ("Dates in the future", "dates_in_future"),
+        ("Dates too early", "dates_too_early"),
+        ("Invalid codes", "invalid_codes"),
+    )
+    failing = [(label, [float(c.get(key) or 0) for c in columns.values()]) for label, key in checks]
+    failing.append(
+        ("Invalid NHS numbers", [float(sum((c.get("nhs_numbers_invalid") or {}).values())) for c in columns.values()])
+    )
+    failing = [(label, values) for label, values in failing if any(values)]
+    if failing:
+        charts.append(
+            bar_chart(
+                id=f"{id}-failures",
+                title="Values failing a check, per column",
+                categories=names,
+                series=[(label, list(values)) for label, values in failing],
+                unit="values",
+                summary="One bar per column, split by the check the values failed. The table below gives "
+                "every number.",
+            )
+        )
+    return charts
+
+
+def linkage_quality_charts(quality: Mapping[str, Any], *, id: str = "linkage") -> list[Chart]:
+    """A linkage run's quality: match rate per source, how each source's records were linked, the
+    estimated precision and recall, and the match weight distribution of scored pairs."""
+    charts: list[Chart] = []
+    sources: Mapping[str, Mapping[str, Any]] = quality.get("sources") or {}
+    if sources:
+        names = list(sources)
+        charts.append(
+            bar_chart(
+                id=f"{id}-match-rates",
+                title="Match rate per source",
+                categories=names,
+                series=[("Linked to another source", [_share(s.get("match_rate")) for s in sources.values()])],
+                unit="per cent of the source's records",
+                fmt=_percent,
+                summary="One bar per source: the share of its records linked to a record of another source. "
+                "The table below gives every number.",
+            )
+        )
+        methods = ("deterministic", "probabilistic", "clerical", "singleton")
+        charts.append(
+            bar_chart(
+                id=f"{id}-methods",
+                title="How each source's records were linked",
+                categories=names,
+                series=[
+                    (m.capitalize(), [float((s.get("by_method") or {}).get(m, 0)) for s in sources.values()])
+                    for m in methods
+                ],
+                unit="records",
+                summary="One bar per source, split by how its records were linked: deterministically (a "
+                "trusted NHS number), probabilistically, by a linkage officer's decision, or not at all "
+                "(singleton). The table below gives every number.",
+            )
+        )
+    estimated: Mapping[str, Any] = quality.get("estimated") or {}
+    if estimated:
+        charts.append(
+            bar_chart(
+                id=f"{id}-precision-recall",
+                title="Estimated precision and recall",
+                categories=["Precision", "Recall"],
+                series=[("Estimate", [_share(estimated.get("precision")), _share(estimated.get("recall"))])],
+                unit="per cent",
+                fmt=_percent,
+                summary="Precision: the share of the pairs linked that are true pairs. Recall: the share of "
+                "the true pairs that were linked. A dash means not measurable. The table below gives the "
+                "numbers.",
+            )
+        )
+    histogram = quality.get("match_weight_histogram") or []
+    if histogram:
+        charts.append(
+            column_chart(
+                id=f"{id}-weights",
+                title="Match weight distribution of scored pairs",
+                bins=[str(b["weight"]) for b in histogram],
+                values=[float(b["pairs"]) for b in histogram],
+                unit="pairs",
+                x_label="Match weight (bin from)",
+                summary=f"One column per match weight bin ({len(histogram)}), lowest weight on the left: the "
+                "number of candidate pairs scored in it. The table below gives every number.",
+            )
+        )
+    return charts

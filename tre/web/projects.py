@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from projects import permissions as perm
 from projects import rules
 from projects.gate import check_team_access, training_expiries
 from projects.models import AgreementTemplate, Dataset, Project
@@ -31,6 +32,7 @@ from tre.core.identity import User
 from tre.core.notifications import OutboxMessage
 from tre.core.permissions import Permission
 from tre.web import textdiff
+from tre.web.confirm import Confirmation, render_confirmation
 
 bp = Blueprint("projects", __name__, url_prefix="/projects")
 
@@ -158,6 +160,7 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
         team=team,
+        can_remove_members=perm.is_pi(g.user, project) or perm.can_govern(g.user),
         # The viewer's own line of the team's answers: the same gate, not asked twice.
         my_access=next((row["access"] for row in team if row["member"].user_id == g.user.id), None),
         agreement=agreement,
@@ -331,6 +334,36 @@ def add_member(project_id: str) -> Any:
     _, error = attempt(lambda: projects_service().add_member(g.user, project_id, request.form.get("email", "")))
     flash(str(error) if error else "Team member added", "error" if error else "success")
     return redirect(url_for("projects.edit", project_id=project_id) + "#team")
+
+
+@bp.get("/<project_id>/members/<user_id>/remove")
+@login_required
+def confirm_remove_member(project_id: str, user_id: str) -> Any:
+    """The confirmation page: asked of the service as the removal is, so who may not remove is refused
+    (and audited) here too; changes nothing."""
+    found, error = attempt(lambda: projects_service().member_to_remove(g.user, project_id, user_id))
+    if found is None:
+        flash(str(error), "error")
+        return redirect(url_for("projects.show", project_id=project_id))
+    project, member = found
+    person = _people([member.user_id]).get(member.user_id)
+    name = person.display_name if person else "this person"
+    return render_confirmation(
+        Confirmation(
+            caption=project.title,
+            question=f"Are you sure you want to remove {name} from the team?",
+            consequences=[
+                f"{name} loses access to the project's data and workspace at once",
+                "Their output requests stay with the project; they cannot submit new ones",
+                "To give them access again, add them to the team again",
+            ],
+            action=url_for("projects.remove_member", project_id=project.id, user_id=member.user_id),
+            button=f"Yes, remove {name}",
+            cancel=url_for("projects.show", project_id=project.id) + "#team",
+            cancel_text="No, keep them on the team",
+        ),
+        title=f"Remove {name} from {project.title}",
+    )
 
 
 @bp.post("/<project_id>/members/<user_id>/remove")

@@ -76,6 +76,7 @@ def test_custodian_delivers_sets_rules_and_sees_the_quality_report(w: World) -> 
 
     assert "accepted" in report and "as version 1" in report
     assert "<svg" in report and "<desc" in report and 'id="quality"' in report
+    assert 'id="delivery-completeness"' in report and 'id="delivery-completeness-table"' in report
     assert "quarantined" in quarantined and "duplicate keys" in quarantined
     assert "1 rows repeat the key (record_id)" in quarantined
     listing = client.get(f"/catalogue/datasets/{ds.id}/deliveries").get_data(as_text=True)

@@ -152,18 +152,27 @@ class Credentials(IdentityBase):
 
     def revoke_personal_token(self, user: User, token_id: str) -> None:
         with transaction(self.session) as s:
-            row = s.get(PersonalApiToken, token_id)
-            if row is None or row.user_id != user.id:
+            row = _own_token(s, user, token_id)
+            if row is None:
                 raise IdentityError("No such token of yours")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 self.audit.record(s, "token.revoke", actor_id=user.id, target_type="api_token", target_id=row.id,
                                   request_id=self.request_id)
 
+    def personal_token(self, user: User, token_id: str) -> PersonalApiToken | None:
+        """One of the person's own tokens (for the revocation's confirmation page); another's is None."""
+        return _own_token(self.session, user, token_id)
+
     def personal_tokens(self, user: User) -> list[PersonalApiToken]:
         return list(self.session.scalars(
             select(PersonalApiToken).where(PersonalApiToken.user_id == user.id).order_by(PersonalApiToken.created_at)
         ))
+
+
+def _own_token(s: Session, user: User, token_id: str) -> PersonalApiToken | None:
+    row = s.get(PersonalApiToken, token_id)
+    return row if row is not None and row.user_id == user.id else None
 
 
 def end_every_credential(s: Session, user: User) -> None:
