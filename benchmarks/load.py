@@ -19,7 +19,15 @@ they exist), JSON API reads, API writes (an administrator changing roles, each a
 output submissions (``POST /api/v1/outputs/requests``) if that route exists and accepts a request.
 
 While the load runs, CPU time is read from /proc every second for the gunicorn processes, the
-worker, this client, PostgreSQL, Redis and the whole machine, which names the bottleneck.
+worker, this client, PostgreSQL, Redis and the whole machine, which names the bottleneck. Requests
+per service CPU-second divide the requests answered by the CPU of the service alone: gunicorn, the
+worker and, on the PostgreSQL backend, only the PostgreSQL processes serving the run's own database
+(its sessions, found in ``pg_stat_activity`` at every look) plus the cluster's shared processes
+(postmaster, WAL writer, checkpointer...) in proportion to those sessions' share of all sessions'
+CPU. Sessions of other databases on the same server (other people's tests on a shared machine) are
+"other", as is the benchmark's own sampling session. Redis serves every database number from one
+process, so its CPU is counted whole (an upper bound). Before the load, the service's idle CPU
+(``--idle-seconds``, after sign-in and before the mix's probes submit anything) is printed too.
 
 Traffic never leaves 127.0.0.1. The last line printed is one JSON object (benchmark, value, baseline,
 ratio, target, details): value is requests/s on PostgreSQL (embedded when PostgreSQL is unreachable).
@@ -915,13 +923,15 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
             for email, info in ready.accounts.items() if email in ready.tokens
         ]
         steps["sign in"] = time.monotonic() - started - steps["start"]
+        # Idle: after sign-in (the worker has long finished starting) and before planning the mix,
+        # whose probes submit outputs and so give the worker check jobs.
+        roots = {"web": service.procs["web"].pid, "worker": service.procs["worker"].pid}
+        idle = idle_cpu(roots, args.idle_seconds)
         calls = plan_calls(ready.port, ready.env, people, notes)
-        steps["probe"] = time.monotonic() - started - steps["start"] - steps["sign in"]
+        steps["probe"] = time.monotonic() - started - steps["start"] - steps["sign in"] - max(args.idle_seconds, 0)
         log(f"[{backend}] ready (" + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
             + f"): {len(people)} people signed in; requests in the mix: "
             + ", ".join(f"{c} {len(v)}" for c, v in calls.items() if v))
-        roots = {"web": service.procs["web"].pid, "worker": service.procs["worker"].pid}
-        idle = idle_cpu(roots, args.idle_seconds)
         sampler = CpuSampler(roots, ready.database_url)
         sampler.start()
         waits = PostgresWaits(ready.database_url) if ready.database_url else None
