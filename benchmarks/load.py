@@ -1017,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-workers", type=int, default=0,
                         help="gunicorn processes (default: gunicorn.conf.py's rule, one per CPU)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--redis-url", default=REDIS_URL, help="Redis database for the PostgreSQL backend's broker")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="seconds the service's idle CPU is measured before the load (0: not measured)")
     args = parser.parse_args(argv)
@@ -1033,8 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         urls = {"embedded": ("", "")}
         if "postgres" in wanted:
-            urls["postgres"] = (stack.enter_context(postgres_database(POSTGRES_ADMIN_URL)), REDIS_URL)
-            stack.callback(clear_redis_queues, REDIS_URL)
+            urls["postgres"] = (stack.enter_context(postgres_database(POSTGRES_ADMIN_URL)), args.redis_url)
+            stack.callback(clear_redis_queues, args.redis_url)
         # Both instances are prepared at once (no load runs yet); the loads then run one after the other.
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = {name: pool.submit(prepare, name, args, *urls[name]) for name in wanted}
