@@ -595,10 +595,13 @@ class CpuSampler(threading.Thread):
             delta = ticks - before if before is not None else ticks
             if delta > 0:
                 group = self._group(pid, table)
-                if group == "postgresql" and self._pg_conn is not None:
-                    role = postgres_role(pid, activity, self.postgres_database, table)
-                    self.postgres[role] = self.postgres.get(role, 0.0) + delta / CLK_TCK
-                    continue
+                if group == "postgresql":
+                    if self._pg_conn is None:  # the embedded backend: PostgreSQL is other people's
+                        group = "other"
+                    else:
+                        role = postgres_role(pid, activity, self.postgres_database, table)
+                        self.postgres[role] = self.postgres.get(role, 0.0) + delta / CLK_TCK
+                        continue
                 self.used[group] = self.used.get(group, 0.0) + delta / CLK_TCK
 
     def run(self) -> None:
