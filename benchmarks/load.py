@@ -19,7 +19,15 @@ they exist), JSON API reads, API writes (an administrator changing roles, each a
 output submissions (``POST /api/v1/outputs/requests``) if that route exists and accepts a request.
 
 While the load runs, CPU time is read from /proc every second for the gunicorn processes, the
-worker, this client, PostgreSQL, Redis and the whole machine, which names the bottleneck.
+worker, this client, PostgreSQL, Redis and the whole machine, which names the bottleneck. Requests
+per service CPU-second divide the requests answered by the CPU of the service alone: gunicorn, the
+worker and, on the PostgreSQL backend, only the PostgreSQL processes serving the run's own database
+(its sessions, found in ``pg_stat_activity`` at every look) plus the cluster's shared processes
+(postmaster, WAL writer, checkpointer...) in proportion to those sessions' share of all sessions'
+CPU. Sessions of other databases on the same server (other people's tests on a shared machine) are
+"other", as is the benchmark's own sampling session. Redis serves every database number from one
+process, so its CPU is counted whole (an upper bound). Before the load, the service's idle CPU
+(``--idle-seconds``, after sign-in and before the mix's probes submit anything) is printed too.
 
 Traffic never leaves 127.0.0.1. The last line printed is one JSON object (benchmark, value, baseline,
 ratio, target, details): value is requests/s on PostgreSQL (embedded when PostgreSQL is unreachable).
@@ -57,6 +65,9 @@ REPO = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO / "infra" / "production" / "gunicorn.conf.py"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/13"
+# How long gunicorn and the worker may take to start: on the shared 2-core machine under load, five
+# gunicorn processes importing the app at once took over 90 s.
+READY_SECONDS = 240
 QUEUE_NAMES = ("default", "checks", "extracts", "notifications")
 
 # Share of requests per class (classes with nothing to request are left out).
@@ -126,7 +137,7 @@ class Service:
                 argv, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
             out.close()
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -138,7 +149,7 @@ class Service:
             except OSError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(f"the service did not become ready in 90 s:\n{self.tail('web')}")
+        raise RuntimeError(f"the service did not become ready in {READY_SECONDS} s:\n{self.tail('web')}")
 
     def tail(self, name: str, chars: int = 3000) -> str:
         path = self.logs / f"{name}.log"
@@ -474,19 +485,77 @@ def _machine_ticks() -> tuple[int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
-class CpuSampler(threading.Thread):
-    """Adds up, once a second, the CPU each group of processes used since the last look."""
+# The benchmark's own PostgreSQL sessions (sampling pg_stat_activity) name themselves, so their
+# server processes are counted as the client's work, not the service's.
+MEASURING_APPLICATION = "tre-load-measuring"
+# Server processes of the whole cluster, serving every database at once.
+POSTGRES_SHARED_KINDS = {"checkpointer", "background writer", "walwriter", "autovacuum launcher",
+                         "logical replication launcher", "archiver", "startup", "walreceiver", "postmaster"}
 
-    def __init__(self, roots: dict[str, int]) -> None:
+
+def postgres_role(pid: int, activity: dict[int, tuple[str | None, str, str]], database: str,
+                  table: dict[int, tuple[int, str, int]]) -> str:
+    """What a PostgreSQL server process was doing, for the CPU accounts: ``own`` (a session or
+    autovacuum worker of the benchmark's database), ``shared`` (the cluster's own processes, which
+    serve every database), ``measuring`` (this benchmark's sampling) or ``elsewhere`` (a session
+    of another database: other people's work on a shared server).
+
+    ``activity`` is ``pg_stat_activity`` read after ``table`` (so every server process of the table
+    that still lives is in it): pid -> (database, backend type, application name). A process that
+    is not in it is the postmaster (its parent is not a PostgreSQL process) or a session that ended
+    meanwhile, whose database is unknown: counted as elsewhere, never as the service's."""
+    if pid in activity:
+        datname, kind, application = activity[pid]
+        if application == MEASURING_APPLICATION:
+            return "measuring"
+        if datname == database:
+            return "own"
+        if datname is None and kind in POSTGRES_SHARED_KINDS:
+            return "shared"
+        return "elsewhere"
+    parent = table.get(table[pid][0]) if pid in table else None
+    if parent is None or not parent[1].startswith("postgres"):
+        return "shared"  # the postmaster
+    return "elsewhere"
+
+
+def postgres_engine(database_url: str) -> Any:
+    from sqlalchemy import create_engine
+
+    return create_engine(database_url, pool_size=1, max_overflow=0,
+                         connect_args={"application_name": MEASURING_APPLICATION})
+
+
+class CpuSampler(threading.Thread):
+    """Adds up, once a second, the CPU each group of processes used since the last look.
+
+    PostgreSQL server processes count for the service only when they serve the benchmark's own
+    database (its sessions, read from ``pg_stat_activity`` at each look), plus a share of the
+    cluster's shared processes (postmaster, WAL writer, checkpointer, background writer...) in
+    proportion to the CPU of the benchmark's sessions among all sessions; sessions of other
+    databases on the same server (other people's tests) count as ``other``. Redis is one server
+    for every database number, so its CPU is counted whole: an upper bound."""
+
+    def __init__(self, roots: dict[str, int], postgres_url: str = "") -> None:
         super().__init__(daemon=True)
         self.roots = roots
         self.used: dict[str, float] = {}
+        self.postgres: dict[str, float] = {}
         self.last: dict[int, int] = {}
         self.stop_event = threading.Event()
         self.started_at = 0.0
         self.wall = 0.0
         self.machine_busy = 0
         self.machine_total = 0
+        self.postgres_database = ""
+        self._pg_engine: Any = None
+        self._pg_conn: Any = None
+        if postgres_url:  # connected here, before the load: connecting under load took seconds
+            from sqlalchemy.engine import make_url
+
+            self.postgres_database = make_url(postgres_url).database or ""
+            self._pg_engine = postgres_engine(postgres_url)
+            self._pg_conn = self._pg_engine.connect()
 
     def _group(self, pid: int, table: dict[int, tuple[int, str, int]]) -> str:
         if pid == os.getpid():
@@ -507,8 +576,17 @@ class CpuSampler(threading.Thread):
             return "redis"
         return "other"
 
+    def _activity(self) -> dict[int, tuple[str | None, str, str]]:
+        from sqlalchemy import text
+
+        rows = self._pg_conn.execute(
+            text("SELECT pid, datname, backend_type, application_name FROM pg_stat_activity")).all()
+        self._pg_conn.commit()
+        return {int(pid): (datname, kind or "", application or "") for pid, datname, kind, application in rows}
+
     def _take(self, first: bool) -> None:
         table = _proc_table()
+        activity = self._activity() if self._pg_conn is not None else {}
         for pid, (_, _, ticks) in table.items():
             before = self.last.get(pid)
             self.last[pid] = ticks
@@ -517,25 +595,58 @@ class CpuSampler(threading.Thread):
             delta = ticks - before if before is not None else ticks
             if delta > 0:
                 group = self._group(pid, table)
+                if group == "postgresql":
+                    if self._pg_conn is None:  # the embedded backend: PostgreSQL is other people's
+                        group = "other"
+                    else:
+                        role = postgres_role(pid, activity, self.postgres_database, table)
+                        self.postgres[role] = self.postgres.get(role, 0.0) + delta / CLK_TCK
+                        continue
                 self.used[group] = self.used.get(group, 0.0) + delta / CLK_TCK
 
     def run(self) -> None:
-        self.started_at = time.monotonic()
-        busy0, total0 = _machine_ticks()
-        self._take(first=True)
-        while not self.stop_event.wait(1.0):
+        try:
+            self.started_at = time.monotonic()
+            busy0, total0 = _machine_ticks()
+            self._take(first=True)
+            while not self.stop_event.wait(1.0):
+                self._take(first=False)
             self._take(first=False)
-        self._take(first=False)
-        busy1, total1 = _machine_ticks()
-        self.wall = time.monotonic() - self.started_at
-        self.machine_busy, self.machine_total = busy1 - busy0, total1 - total0
+            busy1, total1 = _machine_ticks()
+            self.wall = time.monotonic() - self.started_at
+            self.machine_busy, self.machine_total = busy1 - busy0, total1 - total0
+        finally:
+            if self._pg_engine is not None:
+                self._pg_conn.close()
+                self._pg_engine.dispose()
 
     def summary(self) -> dict[str, Any]:
         cores = os.cpu_count() or 1
         busy_share = self.machine_busy / self.machine_total if self.machine_total else 0.0
-        by_group = {k: round(v / self.wall, 2) for k, v in sorted(self.used.items()) if self.wall}
-        return {"cores": cores, "machine_busy_percent": round(100 * busy_share, 1),
-                "cores_used_by": by_group, "seconds": round(self.wall, 1)}
+        used = dict(self.used)
+        accounts = None
+        if self._pg_conn is not None:
+            share = postgres_shares(self.postgres)
+            used["postgresql"] = used.get("postgresql", 0.0) + share["service"]
+            used["other"] = used.get("other", 0.0) + share["other"]
+            used["client"] = used.get("client", 0.0) + share["client"]
+            accounts = {k: round(v / self.wall, 3) for k, v in sorted(self.postgres.items()) if self.wall}
+        by_group = {k: round(v / self.wall, 2) for k, v in sorted(used.items()) if self.wall}
+        out = {"cores": cores, "machine_busy_percent": round(100 * busy_share, 1),
+               "cores_used_by": by_group, "seconds": round(self.wall, 1)}
+        if accounts is not None:
+            out["postgresql_processes_cores"] = accounts
+        return out
+
+
+def postgres_shares(seconds: dict[str, float]) -> dict[str, float]:
+    """PostgreSQL CPU seconds by role (see ``postgres_role``) split between the service, other work
+    and the benchmark's client: the shared processes are split in proportion to the sessions' CPU."""
+    own, elsewhere = seconds.get("own", 0.0), seconds.get("elsewhere", 0.0)
+    shared = seconds.get("shared", 0.0)
+    ours = own / (own + elsewhere) if own + elsewhere else 1.0
+    return {"service": own + shared * ours, "other": elsewhere + shared * (1 - ours),
+            "client": seconds.get("measuring", 0.0)}
 
 
 class PostgresWaits(threading.Thread):
@@ -552,19 +663,19 @@ class PostgresWaits(threading.Thread):
         self.queries: dict[str, int] = {}
 
     def run(self) -> None:
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import text
         from sqlalchemy.engine import make_url
 
-        engine = create_engine(self.database_url, pool_size=1, max_overflow=0)
+        engine = postgres_engine(self.database_url)
         name = make_url(self.database_url).database
         query = text(
             "SELECT wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) "
-            "FROM pg_stat_activity WHERE datname = :n AND state = 'active' AND pid <> pg_backend_pid()"
+            "FROM pg_stat_activity WHERE datname = :n AND state = 'active' AND application_name <> :m"
         )
         try:
             with engine.connect() as conn:
                 while not self.stop_event.wait(1.0):
-                    rows = conn.execute(query, {"n": name}).all()
+                    rows = conn.execute(query, {"n": name, "m": MEASURING_APPLICATION}).all()
                     conn.commit()
                     self.samples += 1
                     self.active += len(rows)
@@ -637,6 +748,19 @@ def drive(port: int, calls: dict[str, list[Call]], users: int, seconds: float, w
         t.join(timeout=seconds + warmup + 60)
     measured = max(min(time.perf_counter(), deadline + 5) - measure_from, 1e-9)
     return results, measured
+
+
+def idle_cpu(roots: dict[str, int], seconds: float) -> dict[str, float]:
+    """Cores each of the service's processes used while nobody sent a request (the worker's polling
+    and heartbeats, the web processes' housekeeping): what the service costs when there is no load."""
+    if seconds <= 0:
+        return {}
+    sampler = CpuSampler(roots)
+    sampler.start()
+    time.sleep(seconds)
+    sampler.stop_event.set()
+    sampler.join()
+    return {name: round(sampler.used.get(name, 0.0) / sampler.wall, 3) for name in roots}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -805,12 +929,16 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
             for email, info in ready.accounts.items() if email in ready.tokens
         ]
         steps["sign in"] = time.monotonic() - started - steps["start"]
+        # Idle: after sign-in (the worker has long finished starting) and before planning the mix,
+        # whose probes submit outputs and so give the worker check jobs.
+        roots = {"web": service.procs["web"].pid, "worker": service.procs["worker"].pid}
+        idle = idle_cpu(roots, args.idle_seconds)
         calls = plan_calls(ready.port, ready.env, people, notes)
-        steps["probe"] = time.monotonic() - started - steps["start"] - steps["sign in"]
+        steps["probe"] = time.monotonic() - started - steps["start"] - steps["sign in"] - max(args.idle_seconds, 0)
         log(f"[{backend}] ready (" + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
             + f"): {len(people)} people signed in; requests in the mix: "
             + ", ".join(f"{c} {len(v)}" for c, v in calls.items() if v))
-        sampler = CpuSampler({"web": service.procs["web"].pid, "worker": service.procs["worker"].pid})
+        sampler = CpuSampler(roots, ready.database_url)
         sampler.start()
         waits = PostgresWaits(ready.database_url) if ready.database_url else None
         if waits is not None:
@@ -827,6 +955,7 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
         by_route = {label: stats([r for r in rows if r[1] == label], measured)
                     for label in sorted({r[1] for r in rows})}
         cpu = sampler.summary()
+        cpu["idle_cores_before_load"] = idle
         # Requests per CPU-second the service itself used (web, worker, database, broker): comparable
         # across runs even when other work shares the machine.
         ours = {"web", "worker", "postgresql", "redis"} if ready.database_url else {"web", "worker"}
@@ -889,8 +1018,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=60_000, help="measured requests per backend, at most")
     parser.add_argument("--patients", type=int, default=2000, help="synthetic patients for the demo data")
     parser.add_argument("--web-workers", type=int, default=0,
-                        help="gunicorn processes (default: gunicorn.conf.py's rule, 2 x CPUs + 1)")
+                        help="gunicorn processes (default: gunicorn.conf.py's rule, one per CPU)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--redis-url", default=REDIS_URL, help="Redis database for the PostgreSQL backend's broker")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="seconds the service's idle CPU is measured before the load (0: not measured)")
     args = parser.parse_args(argv)
 
     results: dict[str, dict[str, Any]] = {}
@@ -905,8 +1037,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         urls = {"embedded": ("", "")}
         if "postgres" in wanted:
-            urls["postgres"] = (stack.enter_context(postgres_database(POSTGRES_ADMIN_URL)), REDIS_URL)
-            stack.callback(clear_redis_queues, REDIS_URL)
+            urls["postgres"] = (stack.enter_context(postgres_database(POSTGRES_ADMIN_URL)), args.redis_url)
+            stack.callback(clear_redis_queues, args.redis_url)
         # Both instances are prepared at once (no load runs yet); the loads then run one after the other.
         with ThreadPoolExecutor(max_workers=2) as pool:
             futures = {name: pool.submit(prepare, name, args, *urls[name]) for name in wanted}

@@ -50,7 +50,8 @@ class Authoring(OutputsBase):
     ) -> tuple[OutputRequest, bool]:
         if not perm.can_submit(actor):
             raise _Denied("output.create", getattr(actor, "id", None), None, "missing permission")
-        if not project_id or s.get(Project, project_id) is None:
+        # Only whether it exists: loading the project would also load its team and datasets.
+        if not project_id or s.scalar(select(Project.id).where(Project.id == project_id)) is None:
             raise NotFound("No such project")
         if client_key is not None:
             existing = s.scalar(

@@ -103,6 +103,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def compile_templates(app: Flask) -> int:
+    """Load (compile) every HTML template into the app's template cache; returns how many."""
+    env = app.jinja_env
+    names = [name for name in env.list_templates() if name.endswith(".html")]
+    for name in names:
+        env.get_template(name)
+    return len(names)
+
+
 def _import_models() -> None:
     """Import every module that defines tables so the metadata is whole (for Alembic and tests)."""
     import tre.models  # noqa: F401

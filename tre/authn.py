@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, current_app, g, request, session
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import joinedload
 
 from tre.core.db import utcnow
@@ -87,9 +87,22 @@ def _load_from_session() -> None:
     g.user = user
 
 
+# Who is asking is read on every request, so its statements are built once: SQLAlchemy keeps a
+# statement object's cache key, and running it again costs no statement building. Nothing about the
+# person is kept between requests: each request reads the account as it is now, so a deactivated
+# account, a changed role or a removed membership counts from the next request (ADR 0027).
+_PERSON = select(User).options(joinedload(User.roles)).where(User.id == bindparam("user_id"))
+_PERSONAL_TOKEN_AND_PERSON = (
+    select(PersonalApiToken, User)
+    .outerjoin(User, User.id == PersonalApiToken.user_id)
+    .options(joinedload(User.roles))
+    .where(PersonalApiToken.lookup_prefix == bindparam("prefix"))
+)
+
+
 def _person(user_id: str) -> User | None:
     """The account with its roles, in one statement: every request needs both (for its permissions)."""
-    return platform().db.session.get(User, user_id, options=[joinedload(User.roles)])
+    return platform().db.session.execute(_PERSON, {"user_id": user_id}).unique().scalar_one_or_none()
 
 
 def session_max_age() -> dt.timedelta:
@@ -122,7 +135,9 @@ def _load_from_bearer(token: str) -> None:
         except InvalidToken:
             g.auth_refusal = "personal token malformed"
             return
-        row = db.session.scalar(select(PersonalApiToken).where(PersonalApiToken.lookup_prefix == prefix))
+        # The token and its person (with roles) in one statement.
+        found = db.session.execute(_PERSONAL_TOKEN_AND_PERSON, {"prefix": prefix}).unique().first()
+        row, user = found if found is not None else (None, None)
         if row is None:
             g.auth_refusal = "personal token unknown"
         elif not personal_token_matches(token, row.token_hash):
@@ -132,7 +147,6 @@ def _load_from_bearer(token: str) -> None:
         elif row.expires_at < utcnow():
             g.auth_refusal = "personal token expired"
         else:
-            user = _person(row.user_id)
             if user is None or not user.is_active or not user.mfa_enrolled:
                 g.auth_refusal = "personal token of an inactive account"
             else:

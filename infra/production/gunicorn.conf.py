@@ -77,11 +77,14 @@ _settings = Settings.from_env()
 # --- where and how many ---------------------------------------------------------------------------
 
 bind = [f"{_settings.host}:{_settings.port}"]
-# The classic rule of thumb (two per CPU, plus one), each with a few threads so a slow database
-# call does not hold a whole process; WEB_CONCURRENCY is the conventional override.
-workers = _positive_int("WEB_CONCURRENCY", 2 * available_cpus() + 1)
+# One process per CPU, each with eight threads so a request waiting on the database does not hold
+# a core. The app is CPU-bound Python: more processes than cores only add memory, cold caches and
+# start-up time (under the load benchmark on 2 cores, five processes answered half the requests per
+# CPU-second that two did, and took over 90 s to start; ADR 0027). WEB_CONCURRENCY and
+# GUNICORN_THREADS are the conventional overrides.
+workers = _positive_int("WEB_CONCURRENCY", available_cpus())
 worker_class = "gthread"
-threads = _positive_int("GUNICORN_THREADS", 4)
+threads = _positive_int("GUNICORN_THREADS", 8)
 # Heartbeat files on a memory file system: the root file system may be read-only (Kubernetes).
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None  # noqa: S108
 timeout = 60

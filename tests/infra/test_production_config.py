@@ -609,13 +609,15 @@ def test_gunicorn_config_binds_where_the_settings_say_with_workers_from_the_envi
     assert conf["preload_app"] is False
 
 
-def test_gunicorn_config_defaults_to_two_workers_per_cpu_plus_one(
+def test_gunicorn_config_defaults_to_one_worker_per_cpu_with_eight_threads(
     gunicorn_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.delenv("GUNICORN_THREADS", raising=False)
     conf = runpy.run_path(str(GUNICORN_CONF))
     assert conf["bind"] == ["127.0.0.1:5000"]
-    assert conf["workers"] == 2 * conf["available_cpus"]() + 1
+    assert conf["workers"] == conf["available_cpus"]()
+    assert conf["threads"] == 8
 
 
 def test_gunicorn_config_refuses_a_bad_worker_count(gunicorn_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
