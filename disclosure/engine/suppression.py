@@ -940,9 +940,11 @@ def outer_bounds(
             if not (tighter_lo.any() or tighter_hi.any()):
                 continue
             # Another sweep only for a real gain: bounds creeping by rounding-sized steps decide nothing.
-            gain_lo = np.where(tighter_lo, new_lo - lines_lo, 0.0)
-            gain_hi = np.where(tighter_hi, lines_hi - new_hi, 0.0)
-            changed |= bool(max(gain_lo.max(initial=0.0), gain_hi.max(initial=0.0)) > _BOUND_SLACK * scale)
+            gain = max(
+                (new_lo[tighter_lo] - lines_lo[tighter_lo]).max(initial=0.0),
+                (lines_hi[tighter_hi] - new_hi[tighter_hi]).max(initial=0.0),
+            )
+            changed |= bool(gain > _BOUND_SLACK * scale)
             lines_lo = np.where(tighter_lo, new_lo, lines_lo)
             lines_hi = np.where(tighter_hi, new_hi, lines_hi)
             all_lo, all_hi = _lines(lo, axis).copy(), _lines(hi, axis).copy()
