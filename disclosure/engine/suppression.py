@@ -997,7 +997,7 @@ def exposed_by_bounds(
             if time.monotonic() > deadline:
                 break
             var = int(np.searchsorted(sup_idx, cells[i]))
-            a, b = _dual_interval(lines_of, rhs, rhs_scale, reach, var)
+            a, b = _dual_interval(lines_of, a_sup, rhs, rhs_scale, reach, var)
             lower[i], upper[i] = max(lower[i], a), min(upper[i], b)
     narrow = upper - lower + slack < req
     return [
@@ -1006,27 +1006,33 @@ def exposed_by_bounds(
     ]
 
 
-_DUAL_CELLS = 16  # cells per audit round that get a combination of lines (about 20 ms each) before the LP
+_DUAL_CELLS = 16  # cells per audit round that get a combination of lines (a few ms each) before the LP
+# Least-squares steps per cell: the benchmark's determined cell needs ~170; a search that has not converged by
+# then proves nothing (the radius stays wide) and the LP decides the cell.
+_DUAL_ITERATIONS = 400
 
 
 def _dual_interval(
-    lines_of: sparse.csr_matrix, rhs: np.ndarray, rhs_scale: np.ndarray, reach: np.ndarray, var: int
+    lines_of: sparse.csr_matrix,
+    lines: sparse.csr_matrix,
+    rhs: np.ndarray,
+    rhs_scale: np.ndarray,
+    reach: np.ndarray,
+    var: int,
 ) -> tuple[float, float]:
     """An outer interval of suppressed cell ``var`` from one weighted sum of the attacker's equations.
 
-    For any weights w on the lines (``lines_of`` = the equations' matrix transposed, one row per
+    For any weights w on the lines (``lines`` x = ``rhs``; ``lines_of`` is its transpose, one row per
     suppressed cell), x_var = w.rhs + r.x exactly, where r = e_var - lines_of w; with |x_i| <= reach_i,
-    x_var lies within w.rhs +- sum |r_i| reach_i. Least squares (LSQR) picks w making r as small as it can:
-    r vanishes when the released cells determine x_var (the LP's interval is then one point), and the
-    interval is as narrow as that point up to rounding. Rounding in r and in w.rhs is bounded by standard
-    floating-point error bounds and added to the radius, so the interval stays an outer bound. Returns
-    (-inf, inf) when some term it needs is unbounded.
+    x_var lies within w.rhs +- sum |r_i| reach_i. Least squares (``_least_squares``) picks w making r as small
+    as it can: r vanishes when the released cells determine x_var (the LP's interval is then one point), and
+    the interval is as narrow as that point up to rounding. The residual is recomputed from w, and rounding in
+    it and in w.rhs is bounded by standard floating-point error bounds and added to the radius, so the
+    interval stays an outer bound. Returns (-inf, inf) when some term it needs is unbounded.
     """
-    from scipy.sparse.linalg import lsqr
-
     target = np.zeros(lines_of.shape[0])
     target[var] = 1.0
-    w = lsqr(lines_of, target, atol=1e-15, btol=1e-15)[0]
+    w = _least_squares(lines_of, lines, target, _DUAL_ITERATIONS)
     residual = target - lines_of @ w
     eps = np.finfo(np.float64).eps
     gamma = 4.0 * eps * (lines_of.shape[0] + lines_of.shape[1] + 8)
@@ -1035,9 +1041,39 @@ def _dual_interval(
     used = slack_r > 0
     if not np.all(np.isfinite(reach[used])):
         return -np.inf, np.inf
-    radius = float(slack_r[used] @ reach[used]) + gamma * float(abs_w @ (np.abs(rhs) + rhs_scale))
-    centre = float(w @ rhs)
+    radius = (1.0 + gamma) * (_dot(slack_r[used], reach[used]) + gamma * _dot(abs_w, np.abs(rhs) + rhs_scale))
+    centre = _dot(w, rhs)
     return centre - radius, centre + radius
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # Not np.dot: OpenBLAS runs dot products of more than 10,000 numbers on several threads, which spin for
+    # milliseconds per call on a busy machine (15x slower here); a plain sum has no threads.
+    return float(np.add.reduce(a * b))
+
+
+def _least_squares(m: sparse.csr_matrix, m_t: sparse.csr_matrix, target: np.ndarray, iterations: int) -> np.ndarray:
+    """w minimising |target - m w| by conjugate gradients on the normal equations (CGLS), without BLAS."""
+    w = np.zeros(m.shape[1])
+    r = target.copy()
+    s = m_t @ r
+    p = s.copy()
+    gamma = _dot(s, s)
+    for _ in range(iterations):
+        if gamma <= 1e-30:
+            break  # the gradient vanished: w solves the least-squares problem
+        q = m @ p
+        qq = _dot(q, q)
+        if qq == 0.0:
+            break
+        alpha = gamma / qq
+        w += alpha * p
+        r -= alpha * q
+        s = m_t @ r
+        gamma_next = _dot(s, s)
+        p = s + (gamma_next / gamma) * p
+        gamma = gamma_next
+    return w
 
 
 def audit_pattern(
