@@ -226,16 +226,20 @@ def _group_stats(
         # Without person ids every record is its own contributor: no second pass over the rows.
         out["contributors"] = records.copy() if pcodes is None else np.bincount(cell, minlength=ncells).astype(np.int64)
         return out
-    missing = np.isnan(x)
-    any_missing = bool(missing.any())
+    # One reduction answers both questions in the usual case: the minimum is NaN if any value is missing,
+    # and below zero if any is negative; no mask of millions of rows is made unless one is needed.
+    smallest = float(x.min()) if len(x) else 0.0
+    any_missing = bool(np.isnan(smallest))
     if any_missing:
+        missing = np.isnan(x)
         vcell, xv = cell[~missing], x[~missing]
         out["missing"] = np.bincount(cell[missing], minlength=ncells).astype(np.int64)
+        smallest = float(xv.min()) if len(xv) else 0.0
     else:  # the usual case: no copy of millions of rows
         vcell, xv = cell, x
         out["missing"] = np.zeros(ncells, dtype=np.int64)
-    negative = xv < 0
-    any_negative = bool(negative.any())
+    any_negative = smallest < 0
+    negative = xv < 0 if any_negative else None
     av = np.abs(xv) if any_negative else xv
     # Each pass over millions of rows costs about as much as pandas' whole mean, so none is made twice:
     # without person ids or missing values every record is a contributor (counted already), and without
@@ -249,7 +253,7 @@ def _group_stats(
     out["abs_total"] = np.bincount(vcell, weights=av, minlength=ncells) if any_negative else out["total"].copy()
     out["negatives"] = (
         np.bincount(vcell[negative], minlength=ncells).astype(np.int64)
-        if any_negative
+        if negative is not None
         else np.zeros(ncells, dtype=np.int64)
     )
     out["top"] = _top_contributions(vcell, av, ncells, n_top)
