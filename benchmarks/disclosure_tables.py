@@ -13,10 +13,16 @@ to do), then times, in the same process and on the same data:
 - ACRO 1.0.2's checked crosstab (if ``.venv-acro`` exists, see benchmarks/acro_env.sh), in a subprocess
   because ACRO needs pandas < 3; it reads the same columns from .npy files;
 - the researcher's path, ``disclosure.compat.ACRO(suppress=True).crosstab`` for the count and the mean,
-  each against the same ``pandas.crosstab`` call (``compat_count_ratio``, ``compat_mean_ratio``), and its
-  count against ACRO's crosstab (``compat_acro_speedup``).
+  each against the same ``pandas.crosstab`` call (``compat_count_ratio``, ``compat_mean_ratio``; target
+  <= 1.5) and against the same call of ACRO's crosstab (``compat_acro_speedup`` for the count,
+  ``compat_acro_mean_speedup`` for the mean; target >= 30); ACRO's mean crosstab is slow (minutes on a busy
+  machine), so it runs once, not best of ``--repeat``;
+- with ``--dp``, the session's differentially private counts and means (``dp_count``, ``dp_mean``) against
+  the same ``pandas.crosstab`` calls.
 
-The last line printed is one JSON object (benchmark, value, baseline, ratio, target, ...).
+Before the JSON it prints the researcher's path as a few lines of text: each time, its ratio to pandas and
+ACRO's speed-up, with the targets. The last line printed is one JSON object (benchmark, value, baseline,
+ratio, target, ...).
 """
 
 from __future__ import annotations
@@ -80,15 +86,21 @@ _ACRO_SCRIPT = textwrap.dedent("""
     import numpy as np, pandas as pd
     logging.disable(logging.CRITICAL)
     from acro import ACRO
-    folder, mean, repeat = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
+    folder, mean, repeat, crosstab_mean = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.argv[4] == "1"
     df = pd.DataFrame({k: np.load(f"{folder}/{k}.npy") for k in ("region", "age_band", "condition", "cost")})
     acro = ACRO(suppress=False)
     out = {}
-    out["crosstab"] = float("inf")
+    out["crosstab"] = out["crosstab_cpu"] = float("inf")
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         acro.crosstab([df.region, df.age_band], df.condition)
         out["crosstab"] = min(out["crosstab"], time.perf_counter() - t)
+        out["crosstab_cpu"] = min(out["crosstab_cpu"], time.process_time() - c)
+    if crosstab_mean:
+        t, c = time.perf_counter(), time.process_time()
+        acro.crosstab([df.region, df.age_band], df.condition, values=df.cost, aggfunc="mean")
+        out["crosstab_mean"] = time.perf_counter() - t
+        out["crosstab_mean_cpu"] = time.process_time() - c
     if mean:
         t = time.perf_counter()
         acro.pivot_table(df, values="cost", index=["region", "age_band"], columns="condition", aggfunc="mean")
@@ -97,18 +109,27 @@ _ACRO_SCRIPT = textwrap.dedent("""
 """)
 
 
-def time_acro(df: pd.DataFrame, with_mean: bool, repeat: int = 1) -> dict | None:
-    """ACRO's own timings (its crosstab best of ``repeat``, like ours), or None when its venv is absent."""
+def time_acro(df: pd.DataFrame, with_mean: bool, repeat: int = 1, crosstab_mean: bool = True) -> dict | None:
+    """ACRO's own timings (its count crosstab best of ``repeat``, like ours; its mean crosstab once), or None
+    when its venv is absent."""
     if not ACRO_PYTHON.exists():
         return None
     with tempfile.TemporaryDirectory() as folder:
         for k in ("region", "age_band", "condition", "cost"):
             np.save(f"{folder}/{k}.npy", df[k].to_numpy())
         proc = subprocess.run(
-            [str(ACRO_PYTHON), "-c", _ACRO_SCRIPT, folder, "1" if with_mean else "0", str(repeat)],
+            [
+                str(ACRO_PYTHON),
+                "-c",
+                _ACRO_SCRIPT,
+                folder,
+                "1" if with_mean else "0",
+                str(repeat),
+                "1" if crosstab_mean else "0",
+            ],
             capture_output=True,
             text=True,
-            timeout=1800,
+            timeout=3600,
             check=False,
             cwd=folder,
         )
@@ -118,23 +139,95 @@ def time_acro(df: pd.DataFrame, with_mean: bool, repeat: int = 1) -> dict | None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def interleaved_best(calls: dict, repeat: int) -> dict[str, tuple[float, float]]:
+    """Best wall-clock and best CPU seconds of each call, the calls taking turns within each repetition, so
+    that a burst of load on a shared machine falls on all of them rather than on one."""
+    best = {name: (float("inf"), float("inf")) for name in calls}
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    return best
+
+
 def time_compat(df: pd.DataFrame, repeat: int) -> dict:
-    """The researcher's path (compat crosstab with suppression) against the same pandas.crosstab call."""
+    """The researcher's path (compat crosstab with suppression) against the same pandas.crosstab call.
+
+    Ratios are of wall-clock time (the target); ``*_cpu_ratio`` are of CPU time, steadier on a busy machine
+    (both are single-threaded)."""
     rows, col = [df.region, df.age_band], df.condition
-    t_pd_count, _ = best_of(lambda: pd.crosstab(rows, col), repeat)
-    t_pd_mean, _ = best_of(lambda: pd.crosstab(rows, col, values=df.cost, aggfunc="mean"), repeat)
     session = ACRO(suppress=True)
-    t_count, _ = best_of(lambda: session.crosstab(rows, col), repeat)
-    t_mean, _ = best_of(lambda: session.crosstab(rows, col, values=df.cost, aggfunc="mean"), repeat)
+    best = interleaved_best(
+        {
+            "pandas_count": lambda: pd.crosstab(rows, col),
+            "compat_count": lambda: session.crosstab(rows, col),
+            "pandas_mean": lambda: pd.crosstab(rows, col, values=df.cost, aggfunc="mean"),
+            "compat_mean": lambda: session.crosstab(rows, col, values=df.cost, aggfunc="mean"),
+        },
+        max(repeat, 3),  # cheap next to the rest of the run, and a single time is at the mercy of the load
+    )
+    out: dict = {}
+    for stat in ("count", "mean"):
+        (ours, ours_cpu), (base, base_cpu) = best[f"compat_{stat}"], best[f"pandas_{stat}"]
+        out[f"pandas_crosstab_{stat}_seconds"] = round(base, 3)
+        out[f"compat_{stat}_seconds"] = round(ours, 3)
+        out[f"compat_{stat}_ratio"] = round(ours / base, 3)
+        out[f"pandas_crosstab_{stat}_cpu_seconds"] = round(base_cpu, 3)
+        out[f"compat_{stat}_cpu_seconds"] = round(ours_cpu, 3)
+        out[f"compat_{stat}_cpu_ratio"] = round(ours_cpu / base_cpu, 3)
+    out["compat_target"] = "ratios <= 1.5 (vs pandas.crosstab); compat_acro_speedup, compat_acro_mean_speedup >= 30"
+    return out
+
+
+def time_dp(df: pd.DataFrame, repeat: int, pandas_seconds: dict[str, float]) -> dict:
+    """The session's DP counts and means over the public category lists, against the same pandas calls."""
+    session = ACRO(suppress=True)
+    dims = ["region", "age_band", "condition"]
+    categories = {d: list(range(n)) for d, n in zip(dims, SHAPE, strict=True)}
+    bounds = (0.0, float(df.cost.quantile(0.99)))
+    t_count, _ = best_of(lambda: session.dp_count(df, dims, categories, epsilon=1.0), repeat)
+    t_mean, _ = best_of(lambda: session.dp_mean(df, dims, categories, "cost", bounds, epsilon=1.0), repeat)
     return {
-        "pandas_crosstab_count_seconds": round(t_pd_count, 3),
-        "pandas_crosstab_mean_seconds": round(t_pd_mean, 3),
-        "compat_count_seconds": round(t_count, 3),
-        "compat_mean_seconds": round(t_mean, 3),
-        "compat_count_ratio": round(t_count / t_pd_count, 3),
-        "compat_mean_ratio": round(t_mean / t_pd_mean, 3),
-        "compat_target": "ratios <= 1.5 (vs pandas.crosstab); compat_acro_speedup >= 30",
+        "dp_count_seconds": round(t_count, 3),
+        "dp_mean_seconds": round(t_mean, 3),
+        "dp_count_ratio": round(t_count / pandas_seconds["count"], 3),
+        "dp_mean_ratio": round(t_mean / pandas_seconds["mean"], 3),
     }
+
+
+def describe(result: dict) -> str:
+    """The researcher's path in words: each time, its ratio to pandas and ACRO's speed-up, with the targets
+    (wall clock; CPU time in brackets, steadier on a shared machine)."""
+    lines = [
+        f"researcher's path, ACRO(suppress=True).crosstab, {result['rows']:,} rows, {result['cells']:,} cells "
+        "(wall clock; CPU in brackets):"
+    ]
+    for stat in ("count", "mean"):
+        ours, base = result[f"compat_{stat}_seconds"], result[f"pandas_crosstab_{stat}_seconds"]
+        line = (
+            f"  {stat:5s} {ours:7.3f} s = {result[f'compat_{stat}_ratio']:.2f}x "
+            f"[{result[f'compat_{stat}_cpu_ratio']:.2f}x] pandas.crosstab ({base:.3f} s; target <= 1.5x)"
+        )
+        acro_key = "acro_crosstab_seconds" if stat == "count" else "acro_crosstab_mean_seconds"
+        speed_key = "compat_acro_speedup" if stat == "count" else "compat_acro_mean_speedup"
+        cpu_key = "compat_acro_cpu_speedup" if stat == "count" else "compat_acro_mean_cpu_speedup"
+        if speed_key in result:
+            line += (
+                f"; {result[speed_key]:.1f}x [{result[cpu_key]:.1f}x] faster than ACRO's crosstab "
+                f"({result[acro_key]:.2f} s; target >= 30x)"
+            )
+        else:
+            line += "; ACRO not run"
+        lines.append(line)
+    for stat in ("count", "mean"):
+        if f"dp_{stat}_seconds" in result:
+            lines.append(
+                f"  dp {stat:5s} {result[f'dp_{stat}_seconds']:7.3f} s = {result[f'dp_{stat}_ratio']:.2f}x "
+                f"pandas.crosstab (session.dp_{stat}, epsilon 1)"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-acro", action="store_true", help="skip ACRO even if its venv exists")
     parser.add_argument("--acro-mean", action="store_true", help="also time ACRO's mean table (slow)")
     parser.add_argument("--person", action="store_true", help="also time contributors as distinct people")
+    parser.add_argument("--no-acro-crosstab-mean", action="store_true", help="skip ACRO's mean crosstab (minutes)")
+    parser.add_argument("--dp", action="store_true", help="also time the session's DP counts and means")
     args = parser.parse_args(argv)
 
     df = synthetic(args.rows)
@@ -210,7 +305,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
         result["value_with_person_ids"] = round(t_person, 3)
     result.update(time_compat(df, args.repeat))
-    acro = None if args.no_acro else time_acro(df, args.acro_mean, args.repeat)
+    if args.dp:
+        pandas_seconds = {
+            "count": result["pandas_crosstab_count_seconds"],
+            "mean": result["pandas_crosstab_mean_seconds"],
+        }
+        result.update(time_dp(df, args.repeat, pandas_seconds))
+    acro = None if args.no_acro else time_acro(df, args.acro_mean, args.repeat, not args.no_acro_crosstab_mean)
     if acro is None:
         result["acro"] = "not run (no .venv-acro; run benchmarks/acro_env.sh)" if not args.no_acro else "skipped"
     else:
@@ -219,10 +320,20 @@ def main(argv: list[str] | None = None) -> dict:
         result["ours_crosstab_seconds"] = round(t_count, 3)
         result["acro_speedup"] = round(acro["crosstab"] / t_count, 1)
         result["compat_acro_speedup"] = round(acro["crosstab"] / result["compat_count_seconds"], 1)
+        result["acro_crosstab_cpu_seconds"] = round(acro["crosstab_cpu"], 3)
+        result["compat_acro_cpu_speedup"] = round(acro["crosstab_cpu"] / result["compat_count_cpu_seconds"], 1)
+        if "crosstab_mean" in acro:
+            result["acro_crosstab_mean_seconds"] = round(acro["crosstab_mean"], 3)
+            result["compat_acro_mean_speedup"] = round(acro["crosstab_mean"] / result["compat_mean_seconds"], 1)
+            result["acro_crosstab_mean_cpu_seconds"] = round(acro["crosstab_mean_cpu"], 3)
+            result["compat_acro_mean_cpu_speedup"] = round(
+                acro["crosstab_mean_cpu"] / result["compat_mean_cpu_seconds"], 1
+            )
         if "mean" in acro:
             t_mean, _ = best_of(lambda: check_magnitude_table(df, dims, "cost", mitigation="suppress"), 1)
             result["acro_mean_seconds"] = round(acro["mean"], 3)
             result["acro_mean_speedup"] = round(acro["mean"] / t_mean, 1)
+    print(describe(result))
     print(json.dumps(result))
     return result
 

@@ -226,28 +226,48 @@ def _group_stats(
         # Without person ids every record is its own contributor: no second pass over the rows.
         out["contributors"] = records.copy() if pcodes is None else np.bincount(cell, minlength=ncells).astype(np.int64)
         return out
-    missing = np.isnan(x)
-    if missing.any():
+    # One reduction answers both questions in the usual case: the minimum is NaN if any value is missing,
+    # and below zero if any is negative; no mask of millions of rows is made unless one is needed.
+    smallest = float(x.min()) if len(x) else 0.0
+    any_missing = bool(np.isnan(smallest))
+    if any_missing:
+        missing = np.isnan(x)
         vcell, xv = cell[~missing], x[~missing]
         out["missing"] = np.bincount(cell[missing], minlength=ncells).astype(np.int64)
+        smallest = float(xv.min()) if len(xv) else 0.0
     else:  # the usual case: no copy of millions of rows
         vcell, xv = cell, x
         out["missing"] = np.zeros(ncells, dtype=np.int64)
-    negative = xv < 0
-    av = np.abs(xv) if negative.any() else xv
-    out["contributors"] = np.bincount(vcell, minlength=ncells).astype(np.int64)
+    any_negative = smallest < 0
+    negative = xv < 0 if any_negative else None
+    av = np.abs(xv) if any_negative else xv
+    # Each pass over millions of rows costs about as much as pandas' whole mean, so none is made twice:
+    # without person ids or missing values every record is a contributor (counted already), and without
+    # negatives the absolute total is the total, no cell has a negative and the maximum is the largest
+    # contribution (found for the dominance rules anyway).
+    if pcodes is None and not any_missing:
+        out["contributors"] = records.copy()
+    else:
+        out["contributors"] = np.bincount(vcell, minlength=ncells).astype(np.int64)
     out["total"] = np.bincount(vcell, weights=xv, minlength=ncells)
-    out["abs_total"] = out["total"].copy() if av is xv else np.bincount(vcell, weights=av, minlength=ncells)
-    out["negatives"] = np.bincount(vcell, weights=negative, minlength=ncells).astype(np.int64)
+    out["abs_total"] = np.bincount(vcell, weights=av, minlength=ncells) if any_negative else out["total"].copy()
+    out["negatives"] = (
+        np.bincount(vcell[negative], minlength=ncells).astype(np.int64)
+        if negative is not None
+        else np.zeros(ncells, dtype=np.int64)
+    )
+    out["top"] = _top_contributions(vcell, av, ncells, n_top)
     minimum = np.full(ncells, np.inf)
-    maximum = np.full(ncells, -np.inf)
     np.minimum.at(minimum, vcell, xv)
-    np.maximum.at(maximum, vcell, xv)
+    if any_negative:
+        maximum = np.full(ncells, -np.inf)
+        np.maximum.at(maximum, vcell, xv)
+    else:
+        maximum = out["top"][:, 0].copy()
     empty = out["contributors"] == 0
     minimum[empty] = np.nan
     maximum[empty] = np.nan
     out["minimum"], out["maximum"] = minimum, maximum
-    out["top"] = _top_contributions(vcell, av, ncells, n_top)
     return out
 
 
@@ -284,7 +304,7 @@ def _top_contributions(cell: np.ndarray, a: np.ndarray, ncells: int, n_top: int)
         first = np.zeros(ncells)
         np.maximum.at(first, cell, a)
         at_max = a == first[cell]
-        ties = np.bincount(cell, weights=at_max, minlength=ncells)
+        ties = np.bincount(cell[at_max], minlength=ncells)  # few rows tie at the top: count those only
         second = np.zeros(ncells)
         # Contributions are >= 0, so a 0 in place of each cell's maximum leaves the rest's maximum unchanged.
         np.maximum.at(second, cell, np.where(at_max, 0.0, a))

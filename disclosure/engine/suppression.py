@@ -37,7 +37,9 @@ class CellInterval:
     upper: float
     required: float
     primary: bool
-    method: str = "lp"  # "lp": exact interval; "box": an inner bound proven by a feasible perturbation
+    # "lp": exact interval; "box": an inner bound proven by a feasible perturbation; "bounds": an outer bound
+    # from bound propagation (``outer_bounds``), reported only for cells it proves exposed
+    method: str = "lp"
 
     @property
     def width(self) -> float:
@@ -200,15 +202,7 @@ def interval_audit(
     sup_idx = np.flatnonzero(suppressed.ravel())
     if len(sup_idx) == 0:
         return result
-    a = _constraint_matrix(values.shape)
-    flat_vals = values.ravel().astype(np.float64)
-    known = np.ones(values.size, dtype=bool)
-    known[sup_idx] = False
-    rhs = -(a[:, np.flatnonzero(known)] @ flat_vals[known])
-    a_sup = a[:, sup_idx].tocsr()
-    touched = np.flatnonzero(a_sup.getnnz(axis=1) > 0)
-    a_sup = a_sup[touched]
-    rhs = rhs[touched]
+    a_sup, rhs, _ = _suppressed_system(values, sup_idx)
     adjacency = (a_sup.T @ a_sup) != 0
     ncomp, labels = connected_components(adjacency, directed=False)
     bounds = (0, None) if nonnegative else (None, None)
@@ -242,6 +236,21 @@ def interval_audit(
         result.unproven = sorted(c for c in expected - done if primary_flat[c])
     result.intervals.sort(key=lambda c: c.index)
     return result
+
+
+def _suppressed_system(values: np.ndarray, sup_idx: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """The attacker's equations over the suppressed cells: ``a_sup x = rhs`` (one row per line holding a
+    suppressed cell), and per row the sum of the absolute released terms that made ``rhs`` (its scale)."""
+    a = _constraint_matrix(values.shape)
+    flat_vals = values.ravel().astype(np.float64)
+    known = np.ones(values.size, dtype=bool)
+    known[sup_idx] = False
+    a_known = a[:, np.flatnonzero(known)]
+    rhs = -(a_known @ flat_vals[known])
+    scale = abs(a_known) @ np.abs(flat_vals[known])
+    a_sup = a[:, sup_idx].tocsr()
+    touched = np.flatnonzero(a_sup.getnnz(axis=1) > 0)
+    return a_sup[touched], rhs[touched], scale[touched]
 
 
 _BATCH_VARS = 60  # components up to this size are solved as one block-diagonal LP per direction
@@ -424,7 +433,9 @@ def _partner_order(suppressed: np.ndarray, axis: int) -> np.ndarray:
     A prism certificate pairing slice ``i`` with slice ``p`` can only use cells suppressed in both, so
     partners sharing more suppressed cells are tried first.
     """
-    slabs = np.moveaxis(suppressed, axis, 0).reshape(suppressed.shape[axis], -1).astype(np.int64)
+    # A float product (BLAS) of 0/1 entries is exact well beyond any table's size; numpy's integer
+    # product is a plain loop, and this runs several times per audit.
+    slabs = np.moveaxis(suppressed, axis, 0).reshape(suppressed.shape[axis], -1).astype(np.float64)
     return slabs @ slabs.T
 
 
@@ -849,8 +860,8 @@ def certify_cells(
         axes = range(values.ndim if values.ndim == 3 else 1)
         for per_slab, axis in [(1, a) for a in axes] + [(_MORE_SLABS, a) for a in axes]:
             rest = short()
-            if len(rest) == 0 or (per_slab > 1 and len(rest) <= _AUGMENT_CELLS):
-                break  # a few cells left: the prisms below are cheaper than more slab pairs
+            if len(rest) == 0 or (per_slab > 1 and len(rest) <= _PRISM_CELLS):
+                break  # a few hundred cells left: the prisms below are cheaper than more slab pairs
             moved_v, moved_s, moved_cells = _along(axis, values, suppressed, cells[rest])
             merge(rest, *_slab_boxes(moved_v, moved_s, moved_cells, per_slab=per_slab))
         rest = short()
@@ -875,9 +886,194 @@ def certify_cells(
 
 _MORE_SLABS = 4  # partner slabs per slab in the second round of plane boxes
 _AUGMENT_CELLS = 64  # cells proven one by one by summed moves; more than this go to the LP instead
+# Up to this many cells left after the one-partner plane boxes, prisms come next: on the benchmark's tables
+# they prove the last ~50 cells in ~15 ms where four partner slabs per axis took ~80 ms and proved ~10.
+_PRISM_CELLS = 256
 
 
 _FEW_LP_CELLS, _FEW_LP_SECONDS = 4, 2.0
+_BOUND_SWEEPS = 16  # passes of bound propagation; any pass leaves sound outer bounds, more only tighten
+# Exposure is claimed from propagated bounds only when they are narrower than required by more than rounding
+# could account for: this share of the table's largest |cell| times the longest line.
+_BOUND_SLACK = 1e-9
+
+
+def outer_bounds(
+    values: np.ndarray, suppressed: np.ndarray, nonnegative: bool = True, sweeps: int = _BOUND_SWEEPS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outer bounds [lo, hi] of every cell an attacker can derive by bound propagation; no LP.
+
+    Each line of the extended table says: its interior cells minus its total make zero. Released cells are
+    fixed; suppressed ones start at [0, inf) (non-negative data) or (-inf, inf). One line's equation bounds
+    each of its cells by the others' bounds (x_j = total - the others, so x_j >= total's lower bound minus
+    the others' upper bounds, and so on); bounds tightened in one line feed the next. Every step uses one
+    equation of the LP and bounds already proven, so the LP's [min, max] of every cell lies inside [lo, hi]
+    (up to rounding, see ``_BOUND_SLACK``). Stopping after any sweep keeps that true: the bounds are only
+    looser. A narrow outer interval therefore *proves* a cell exposed, as an inner certificate proves one
+    protected; a cell between the two still needs the LP.
+    """
+    known = ~suppressed
+    v = values.astype(np.float64)
+    scale = max(float(np.abs(v).max(initial=0.0)), 1.0)
+    lo = np.where(known, v, 0.0 if nonnegative else -np.inf)
+    hi = np.where(known, v, np.inf)
+    for _ in range(sweeps):
+        changed = False
+        for axis in range(values.ndim):
+            sup = _lines(suppressed, axis)
+            rows = np.flatnonzero(sup.any(axis=1))
+            if len(rows) == 0:
+                continue
+            lines_lo, lines_hi = _lines(lo, axis)[rows], _lines(hi, axis)[rows]
+            sign = np.ones(lines_lo.shape[1])
+            sign[-1] = -1.0  # the line's total: interior cells minus the total make zero
+            # Terms t_j = sign_j * x_j sum to zero; each t_j = -(the sum of the other terms).
+            t_min = np.where(sign > 0, lines_lo, -lines_hi)
+            t_max = np.where(sign > 0, lines_hi, -lines_lo)
+            new_min = -_sum_of_others(t_max, np.inf)
+            new_max = -_sum_of_others(t_min, -np.inf)
+            new_lo = np.where(sign > 0, new_min, -new_max)
+            new_hi = np.where(sign > 0, new_max, -new_min)
+            sup_rows = sup[rows]
+            tighter_lo = sup_rows & (new_lo > lines_lo)
+            tighter_hi = sup_rows & (new_hi < lines_hi)
+            if not (tighter_lo.any() or tighter_hi.any()):
+                continue
+            # Another sweep only for a real gain: bounds creeping by rounding-sized steps decide nothing.
+            gain = max(
+                (new_lo[tighter_lo] - lines_lo[tighter_lo]).max(initial=0.0),
+                (lines_hi[tighter_hi] - new_hi[tighter_hi]).max(initial=0.0),
+            )
+            changed |= bool(gain > _BOUND_SLACK * scale)
+            lines_lo = np.where(tighter_lo, new_lo, lines_lo)
+            lines_hi = np.where(tighter_hi, new_hi, lines_hi)
+            all_lo, all_hi = _lines(lo, axis).copy(), _lines(hi, axis).copy()
+            all_lo[rows], all_hi[rows] = lines_lo, lines_hi
+            lo = _from_lines(all_lo, values.shape, axis)
+            hi = _from_lines(all_hi, values.shape, axis)
+        if not changed:
+            break
+    return lo, hi
+
+
+def _sum_of_others(terms: np.ndarray, infinite: float) -> np.ndarray:
+    """Per row and column j, the sum of the row's other terms; ``infinite`` where another term is."""
+    is_inf = terms == infinite
+    finite = np.where(is_inf, 0.0, terms)
+    others_inf = is_inf.sum(axis=1, keepdims=True) - is_inf
+    return np.where(others_inf > 0, infinite, finite.sum(axis=1, keepdims=True) - finite)
+
+
+def exposed_by_bounds(
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    cells: np.ndarray,
+    required: np.ndarray,
+    nonnegative: bool = True,
+    seconds: float = 0.25,
+) -> list[CellInterval]:
+    """Primary cells among ``cells`` (flat) proven exposed without an LP, each with an outer interval.
+
+    Two proofs, cheapest first: bound propagation (``outer_bounds``), then, for at most
+    ``_DUAL_CELLS`` cells left and within ``seconds``, a combination of the lines (``_dual_interval``).
+    Both give intervals that contain the LP's, so a cell whose interval is narrower than required (by more
+    than rounding can explain) is exposed under the LP too. Cells neither proves are not listed: the LP
+    decides them.
+    """
+    if len(cells) == 0:
+        return []
+    lo, hi = outer_bounds(values, suppressed, nonnegative)
+    slack = _BOUND_SLACK * max(float(np.abs(values).max(initial=0.0)) * max(values.shape), 1.0)
+    req = required.ravel()[cells]
+    lower, upper = lo.ravel()[cells].copy(), hi.ravel()[cells].copy()
+    left = np.flatnonzero(~(upper - lower + slack < req))
+    if 0 < len(left) <= _DUAL_CELLS:
+        deadline = time.monotonic() + seconds
+        sup_idx = np.flatnonzero(suppressed.ravel())
+        a_sup, rhs, rhs_scale = _suppressed_system(values, sup_idx)
+        reach = np.maximum(np.abs(lo.ravel()[sup_idx]), np.abs(hi.ravel()[sup_idx]))  # |x_i| <= reach_i
+        lines_of = a_sup.T.tocsr()
+        for i in left:
+            if time.monotonic() > deadline:
+                break
+            var = int(np.searchsorted(sup_idx, cells[i]))
+            a, b = _dual_interval(lines_of, a_sup, rhs, rhs_scale, reach, var)
+            lower[i], upper[i] = max(lower[i], a), min(upper[i], b)
+    narrow = upper - lower + slack < req
+    return [
+        CellInterval(int(c), float(a), float(b), float(r), True, method="bounds")
+        for c, a, b, r in zip(cells[narrow], lower[narrow], upper[narrow], req[narrow], strict=True)
+    ]
+
+
+_DUAL_CELLS = 16  # cells per audit round that get a combination of lines (a few ms each) before the LP
+# Least-squares steps per cell: the benchmark's determined cell needs ~170; a search that has not converged by
+# then proves nothing (the radius stays wide) and the LP decides the cell.
+_DUAL_ITERATIONS = 400
+
+
+def _dual_interval(
+    lines_of: sparse.csr_matrix,
+    lines: sparse.csr_matrix,
+    rhs: np.ndarray,
+    rhs_scale: np.ndarray,
+    reach: np.ndarray,
+    var: int,
+) -> tuple[float, float]:
+    """An outer interval of suppressed cell ``var`` from one weighted sum of the attacker's equations.
+
+    For any weights w on the lines (``lines`` x = ``rhs``; ``lines_of`` is its transpose, one row per
+    suppressed cell), x_var = w.rhs + r.x exactly, where r = e_var - lines_of w; with |x_i| <= reach_i,
+    x_var lies within w.rhs +- sum |r_i| reach_i. Least squares (``_least_squares``) picks w making r as small
+    as it can: r vanishes when the released cells determine x_var (the LP's interval is then one point), and
+    the interval is as narrow as that point up to rounding. The residual is recomputed from w, and rounding in
+    it and in w.rhs is bounded by standard floating-point error bounds and added to the radius, so the
+    interval stays an outer bound. Returns (-inf, inf) when some term it needs is unbounded.
+    """
+    target = np.zeros(lines_of.shape[0])
+    target[var] = 1.0
+    w = _least_squares(lines_of, lines, target, _DUAL_ITERATIONS)
+    residual = target - lines_of @ w
+    eps = np.finfo(np.float64).eps
+    gamma = 4.0 * eps * (lines_of.shape[0] + lines_of.shape[1] + 8)
+    abs_w = np.abs(w)
+    slack_r = np.abs(residual) + gamma * (abs(lines_of) @ abs_w)
+    used = slack_r > 0
+    if not np.all(np.isfinite(reach[used])):
+        return -np.inf, np.inf
+    radius = (1.0 + gamma) * (_dot(slack_r[used], reach[used]) + gamma * _dot(abs_w, np.abs(rhs) + rhs_scale))
+    centre = _dot(w, rhs)
+    return centre - radius, centre + radius
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # Not np.dot: OpenBLAS runs dot products of more than 10,000 numbers on several threads, which spin for
+    # milliseconds per call on a busy machine (15x slower here); a plain sum has no threads.
+    return float(np.add.reduce(a * b))
+
+
+def _least_squares(m: sparse.csr_matrix, m_t: sparse.csr_matrix, target: np.ndarray, iterations: int) -> np.ndarray:
+    """w minimising |target - m w| by conjugate gradients on the normal equations (CGLS), without BLAS."""
+    w = np.zeros(m.shape[1])
+    r = target.copy()
+    s = m_t @ r
+    p = s.copy()
+    gamma = _dot(s, s)
+    for _ in range(iterations):
+        if gamma <= 1e-30:
+            break  # the gradient vanished: w solves the least-squares problem
+        q = m @ p
+        qq = _dot(q, q)
+        if qq == 0.0:
+            break
+        alpha = gamma / qq
+        w += alpha * p
+        r -= alpha * q
+        s = m_t @ r
+        gamma_next = _dot(s, s)
+        p = s + (gamma_next / gamma) * p
+        gamma = gamma_next
+    return w
 
 
 def audit_pattern(
@@ -888,39 +1084,59 @@ def audit_pattern(
     nonnegative: bool = True,
     lp_seconds: float = 0.25,
     lp_max_component: int = 150,
+    proven: list[CellInterval] | None = None,
 ) -> AuditResult:
     """Fast proof for large tables: certificates first (``certify_cells``), exact LP only for cells they miss.
 
     Reports, for each primary cell, either its exact LP interval or the proven inner interval from its
     certificates (the true feasible interval contains it; ``method`` "box"). Secondary cells are not
-    sensitive and are not bounded here. LPs for uncertified cells stop after ``lp_seconds`` (2 s when at most
-    4 cells are left); cells left are reported "unproven" (the verdict is then "review").
+    sensitive and are not bounded here. Before any LP, cells that bound propagation or a combination of lines
+    proves exposed are reported with that outer interval (``method`` "bounds"; ``exposed_by_bounds``). LPs
+    for the cells left stop after ``lp_seconds`` (2 s when at most 4 cells are left); cells left are
+    reported "unproven" (the verdict is then "review").
+    ``proven``: "box" intervals proven for a pattern this one contains (an earlier round of ``protect``).
+    Suppressing more cells only adds unknowns, so every table consistent with the earlier release is
+    consistent with this one and a move proven then is still feasible: those cells are not certified again.
     ``lp_max_component`` is kept for callers; unused.
     Tables with negative values get the per-cell boxes only (without x >= 0 a full box is unbounded).
     """
     flat_vals = values.ravel()
     required_flat = required.ravel()
     targets = np.flatnonzero((primary & suppressed).ravel())
-    certs: dict[int, tuple[float, float]] = {}
+    result = AuditResult(method="box-certificate+linprog-highs", scope="primary")
+    if proven:
+        still = suppressed.ravel()
+        carried = [c for c in proven if c.method == "box" and c.protected and still[c.index]]
+        result.intervals += carried
+        targets = np.setdiff1d(targets, [c.index for c in carried])
+    downs, ups = np.zeros(len(targets)), np.zeros(len(targets))
     if nonnegative and len(targets):
         downs, ups = certify_cells(values, suppressed, targets, required_flat[targets])
-        enough = downs + ups + 1e-9 >= required_flat[targets]
-        certs = {
-            int(c): (float(d), float(u)) for c, d, u in zip(targets[enough], downs[enough], ups[enough], strict=True)
-        }
     elif len(targets):
         certs = box_certificates(values, suppressed, targets, nonnegative, deadline=time.monotonic() + lp_seconds)
-    result = AuditResult(method="box-certificate+linprog-highs", scope="primary")
-    missing = []
-    for cell in targets:
-        down, up = certs.get(int(cell), (0.0, 0.0))
-        if down + up + 1e-9 >= required_flat[cell]:
-            v = float(flat_vals[cell])
-            result.intervals.append(
-                CellInterval(int(cell), v - down, v + up, float(required_flat[cell]), True, method="box")
-            )
-        else:
-            missing.append(int(cell))
+        for i, cell in enumerate(targets.tolist()):
+            downs[i], ups[i] = certs.get(cell, (0.0, 0.0))
+    need = required_flat[targets]
+    enough = downs + ups + 1e-9 >= need
+    v = flat_vals[targets].astype(np.float64)
+    result.intervals += [
+        CellInterval(c, lo, hi, r, True, method="box")
+        for c, lo, hi, r in zip(
+            targets[enough].tolist(),
+            (v - downs)[enough].tolist(),
+            (v + ups)[enough].tolist(),
+            need[enough].astype(np.float64).tolist(),
+            strict=True,
+        )
+    ]
+    missing = targets[~enough].tolist()
+    if missing:
+        # Cells propagation proves exposed need no LP: their outer interval is already too narrow, and
+        # ``protect`` adds partners around them exactly as it would for the LP's interval.
+        decided = exposed_by_bounds(values, suppressed, np.array(missing), required, nonnegative)
+        result.intervals += decided
+        settled = {c.index for c in decided}
+        missing = [c for c in missing if c not in settled]
     if missing:
         # A handful of cells left: give them the time to be decided (proven, or found exposed so that
         # ``protect`` adds partners) rather than sending the table to review for want of a second.
@@ -960,11 +1176,16 @@ def protect(
     suppressed = secondary_suppression(values, primary, required, eligible)
     if not audit:
         return SuppressionResult(primary, suppressed, None, 0)
+    last: list[tuple[np.ndarray, AuditResult]] = []  # the previous fast audit, whose proofs carry over
 
     def run_audit(pattern: np.ndarray) -> AuditResult:
-        if audit == "fast":
-            return audit_pattern(values, pattern, primary, required, nonnegative)
-        return interval_audit(values, pattern, primary, required, nonnegative)
+        if audit != "fast":
+            return interval_audit(values, pattern, primary, required, nonnegative)
+        # Rounds only ever add suppressed cells; check it rather than assume it before reusing proofs.
+        carried = last[0][1].intervals if last and not (last[0][0] & ~pattern).any() else None
+        report = audit_pattern(values, pattern, primary, required, nonnegative, proven=carried)
+        last[:] = [(pattern.copy(), report)]
+        return report
 
     report = run_audit(suppressed)
     rounds = 1

@@ -268,6 +268,8 @@ def table_verdict(
     sup_at = suppressed.ravel()[flat].tolist()
     prim_at = primary.ravel()[flat].tolist()
     addresses = cell_addresses(stats.dims, stats.categories, where)
+    # Every suppressed cell is listed here, so the audit's intervals below reuse these labels.
+    labelled = {cell: (a["key"], a["labels"], a["margin"]) for cell, a in zip(flat.tolist(), addresses, strict=True)}
     # Cells differ only in which rules hit them and what was done: work each combination out once.
     kinds: dict[tuple, tuple[str, list[str], list[str], str]] = {}
     for address, hit_row, is_sup, is_prim in zip(addresses, hits.tolist(), sup_at, prim_at, strict=True):
@@ -310,9 +312,7 @@ def table_verdict(
                         "protected": c.protected,
                         "method": c.method,
                     }
-                    for c, address in zip(
-                        audit.intervals, _addresses(stats, [c.index for c in audit.intervals]), strict=True
-                    )
+                    for c, address in zip(audit.intervals, _addresses_of(stats, audit.intervals, labelled), strict=True)
                 ],
                 "unproven": _addresses(stats, audit.unproven),
             }
@@ -370,6 +370,19 @@ _FALLBACK_WORDS = {
     "planes": "whole planes through the exposed cells",
     "table": "every cell of the table",
 }
+
+
+def _addresses_of(
+    stats: TableStats, intervals: list, labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
+) -> list[dict[str, Any]]:
+    """Addresses of the audited cells, copied from those already made for the verdict's cell list."""
+    if not all(c.index in labelled for c in intervals):
+        return _addresses(stats, [c.index for c in intervals])
+    out = []
+    for c in intervals:
+        key, labels, margin = labelled[c.index]
+        out.append({"key": key, "labels": dict(labels), "margin": list(margin)})
+    return out
 
 
 def _addresses(stats: TableStats, flat_indices: list[int]) -> list[dict[str, Any]]:

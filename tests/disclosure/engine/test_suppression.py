@@ -381,3 +381,118 @@ def test_cells_that_may_not_be_suppressed_stay_released_even_in_the_fallback():
     result = protect(ext, primary, np.full(ext.shape, 8.0), eligible=eligible)
     assert not result.suppressed[-1, -1]
     assert interval_audit(ext, result.suppressed, primary, np.full(ext.shape, 8.0)).protected == result.audit.protected
+
+
+signed_2d = arrays(np.int64, st.tuples(st.integers(2, 5), st.integers(2, 5)), elements=st.integers(-20, 40))
+float_3d = arrays(
+    np.float64,
+    st.tuples(st.integers(2, 3), st.integers(2, 3), st.integers(2, 4)),
+    elements=st.floats(0.0, 900.0, allow_subnormal=False),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d, float_3d, signed_2d), st.integers(0, 2**16))
+def test_propagated_bounds_contain_the_lp_interval(body, extra_seed):
+    from disclosure.engine.suppression import outer_bounds
+
+    ext = _extend(body)
+    nonnegative = bool((ext >= 0).all())
+    _, pattern = _pattern_with_extras(ext, extra_seed)
+    lo, hi = outer_bounds(ext, pattern, nonnegative)
+    exact = interval_audit(ext, pattern, pattern, np.full(ext.shape, 5.0), nonnegative)
+    slack = 1e-6 * max(1.0, float(np.abs(ext).max()))
+    for cell in exact.intervals:
+        assert lo.ravel()[cell.index] <= cell.lower + slack, cell
+        assert hi.ravel()[cell.index] >= cell.upper - slack, cell
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d, float_3d, signed_2d), st.integers(0, 2**16), st.floats(1.0, 30.0))
+def test_cells_proven_exposed_without_an_lp_are_exposed_under_the_lp(body, extra_seed, level):
+    from disclosure.engine.suppression import exposed_by_bounds
+
+    ext = _extend(body)
+    nonnegative = bool((ext >= 0).all())
+    primary, pattern = _pattern_with_extras(ext, extra_seed)
+    required = np.full(ext.shape, level)
+    cells = np.flatnonzero((primary & pattern).ravel())
+    exact = {c.index: c for c in interval_audit(ext, pattern, primary, required, nonnegative).intervals}
+    slack = 1e-6 * max(1.0, float(np.abs(ext).max()))
+    for cell in exposed_by_bounds(ext, pattern, cells, required, nonnegative):
+        lp = exact[cell.index]
+        assert not lp.protected and not cell.protected
+        assert cell.lower <= lp.lower + slack and cell.upper >= lp.upper - slack, (cell, lp)
+
+
+def _determined_by_two_rows() -> tuple[np.ndarray, np.ndarray, int]:
+    # Found by search. Rows 0 and 1 each hide two cells, in columns 3 and 4; column 4's total is released,
+    # so the two hidden cells of column 3 add up to a known number, and so the hidden total of column 3
+    # (flat cell 18) is exactly 4 + 18 + 17 = 39, though no single row or column pins it down.
+    ext = _extend(np.array([[5, 11, 15, 4], [29, 2, 18, 18], [9, 11, 23, 17]]))
+    pattern = np.zeros(ext.shape, dtype=bool)
+    pattern[[0, 0, 1, 1, 2, 2, 3, 3, 3], [3, 4, 3, 4, 0, 1, 0, 1, 3]] = True
+    return ext, pattern, int(np.ravel_multi_index((3, 3), ext.shape))
+
+
+def test_a_cell_only_a_sum_of_lines_determines_is_found_exposed_without_an_lp():
+    from disclosure.engine.suppression import exposed_by_bounds, outer_bounds
+
+    ext, pattern, cell = _determined_by_two_rows()
+    required = np.full(ext.shape, 5.0)
+    lo, hi = outer_bounds(ext, pattern)
+    assert hi.ravel()[cell] - lo.ravel()[cell] > 5.0  # line by line, the cell looks protected
+
+    (found,) = exposed_by_bounds(ext, pattern, np.array([cell]), required)
+
+    assert found.index == cell and found.method == "bounds"
+    assert found.lower <= 39.0 <= found.upper and found.upper - found.lower < 1e-6
+    exact = interval_audit(ext, pattern, pattern, required, cells=np.array([cell])).intervals[0]
+    assert exact.lower == exact.upper == 39.0
+
+
+def test_fast_audit_reports_a_determined_cell_exposed_without_solving_an_lp():
+    ext, pattern, cell = _determined_by_two_rows()
+    primary = np.zeros(ext.shape, dtype=bool)
+    primary.ravel()[cell] = True
+
+    audit = audit_pattern(ext, pattern, primary, np.full(ext.shape, 5.0))
+
+    assert audit.lp_solved == 0
+    assert [(c.index, c.method) for c in audit.exposed] == [(cell, "bounds")]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(tables_2d, tables_3d, float_3d), st.integers(0, 2**16))
+def test_proofs_carried_to_a_larger_pattern_hold_for_it(body, extra_seed):
+    ext = _extend(body)
+    primary, pattern = _pattern_with_extras(ext, extra_seed)
+    required = np.full(ext.shape, 5.0)
+    first = audit_pattern(ext, pattern, primary, required)
+    larger = pattern | (np.random.default_rng(extra_seed + 1).random(ext.shape) < 0.2)
+
+    second = audit_pattern(ext, larger, primary, required, proven=first.intervals)
+
+    exact = {c.index: c for c in interval_audit(ext, larger, primary, required).intervals}
+    slack = 1e-6 * max(1.0, float(np.abs(ext).max()))
+    assert {c.index for c in second.intervals} | set(second.unproven) == set(np.flatnonzero((primary & larger).ravel()))
+    for cell in second.intervals:
+        lp = exact[cell.index]
+        if cell.method == "bounds":  # an outer interval: contains the LP's
+            assert cell.lower <= lp.lower + slack and cell.upper >= lp.upper - slack
+        else:  # an inner one ("box"), or the LP's own
+            assert lp.lower <= cell.lower + slack and cell.upper <= lp.upper + slack
+        assert cell.protected <= lp.protected  # never protected where the LP says exposed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(many_small_2d, many_small_3d, tables_3d), st.floats(3.0, 12.0))
+def test_fast_protect_says_protected_only_when_a_fresh_lp_agrees(body, level):
+    ext = _extend(body)
+    primary = _primary(ext)
+    required = np.full(ext.shape, level)
+
+    result = protect(ext, primary, required, audit="fast")
+
+    if result.audit is not None and result.audit.proven:
+        assert interval_audit(ext, result.suppressed, primary, required).protected
