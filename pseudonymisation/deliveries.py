@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import func, select
@@ -27,10 +27,11 @@ from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset, Project
 from pseudonymisation import delivery_checks as checks
 from pseudonymisation.dataset_schemas import may_set_schema
-from pseudonymisation.landing import LandingError, check_name, copy_into_zone, open_in_landing
+from pseudonymisation.landing import LandingError, check_name, copy_into_zone, file_sha256, open_in_landing
 from pseudonymisation.models import (
     DatasetDelivery,
     DatasetDeliveryRules,
+    DatasetUpload,
     DatasetVersion,
     DatasetVersionPin,
 )
@@ -121,22 +122,40 @@ class Deliveries(ProjectsKernel):
                 os.close(fd)
             except LandingError as exc:
                 raise ProjectError(str(exc)) from None
-            chosen = _dialect(dialect)
+            chosen = parse_dialect(dialect)
             waiting = s.scalar(select(DatasetDelivery).where(
                 DatasetDelivery.dataset_id == ds.id, DatasetDelivery.source_name == str(name),
                 DatasetDelivery.state.in_(("received", "checking"))))
             if waiting is not None:
                 return waiting
-            delivery = DatasetDelivery(dataset_id=ds.id, source_name=str(name), delivered_by=getattr(actor, "id", None),
-                                       dialect=chosen.to_dict() if chosen else None)
-            s.add(delivery)
-            s.flush()
-            job = enqueue(s, CHECK_JOB, {"delivery_id": delivery.id}, idempotency_key=f"{CHECK_JOB}:{delivery.id}")
-            delivery.job_id = job.id
-            self.audit.record(s, "dataset.delivery_receive", actor_id=getattr(actor, "id", None),
-                              target_type="dataset", target_id=ds.id, request_id=self.request_id,
-                              detail={"delivery": delivery.id})
+            delivery = self.new_delivery(s, actor, ds, str(name), "landing", chosen.to_dict() if chosen else None)
+            self.queue_check(s, actor, delivery)
         return delivery
+
+    def new_delivery(
+        self, s: Session, actor: Any, ds: Dataset, source_name: str, origin: str, dialect: dict[str, str] | None
+    ) -> DatasetDelivery:
+        """A delivery row in the caller's transaction (the caller has checked who may)."""
+        delivery = DatasetDelivery(dataset_id=ds.id, source_name=source_name, origin=origin,
+                                   delivered_by=getattr(actor, "id", None), dialect=dialect)
+        s.add(delivery)
+        s.flush()
+        return delivery
+
+    def stored_path_for(self, delivery: DatasetDelivery) -> Path:
+        """Where the delivery's copy lives in the identifiable zone."""
+        if self.identifiable_path is None:
+            raise LandingError("No identifiable zone is configured")
+        return self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id / PurePosixPath(
+            delivery.source_name).name
+
+    def queue_check(self, s: Session, actor: Any, delivery: DatasetDelivery) -> None:
+        """Queue the delivery's check (sent when the caller's transaction commits) and audit it."""
+        job = enqueue(s, CHECK_JOB, {"delivery_id": delivery.id}, idempotency_key=f"{CHECK_JOB}:{delivery.id}")
+        delivery.job_id = job.id
+        self.audit.record(s, "dataset.delivery_receive", actor_id=getattr(actor, "id", None),
+                          target_type="dataset", target_id=delivery.dataset_id, request_id=self.request_id,
+                          detail={"delivery": delivery.id, "origin": delivery.origin})
 
     def set_rules(self, actor: Any, dataset_id: str, rules: Mapping[str, Any]) -> checks.DeliveryRules:
         """Set the thresholds that fail a delivery of this dataset (all of them at once)."""
@@ -232,18 +251,36 @@ class Deliveries(ProjectsKernel):
 
     def _store(self, delivery: DatasetDelivery) -> tuple[Path, str, int]:
         """The delivery's copy in the identifiable zone, made once: a repeat finds it by name."""
-        if self.identifiable_path is None:
-            raise LandingError("No identifiable zone is configured")
-        root = self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id
-        target = root / check_name(delivery.source_name).name
+        target = self.stored_path_for(delivery)
         if delivery.stored_path and Path(delivery.stored_path).is_file() and delivery.source_sha256:
             return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0)
+        assert self.identifiable_path is not None
         self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, _ = open_in_landing(self.landing_dir, delivery.source_name)
-        sha, size = copy_into_zone(fd, target, max_bytes=self.max_bytes)
+        if delivery.origin == "database":
+            sha, size = self.read_database(delivery, target)
+        elif delivery.origin == "upload":
+            # An upload is moved into the zone before its delivery exists: hashed here, in the job,
+            # not in the browser's request, and held to the hash the browser declared, if any.
+            if not (delivery.stored_path and Path(delivery.stored_path).is_file()):
+                raise LandingError("The uploaded file is no longer in the identifiable zone; upload it again")
+            target = Path(delivery.stored_path)
+            sha, size = file_sha256(target)
+            declared = self.session.scalar(select(DatasetUpload.expected_sha256).where(
+                DatasetUpload.delivery_id == delivery.id))
+            if declared and declared != sha:
+                raise LandingError("The file that arrived is not the one the browser sent (its SHA-256 differs); "
+                                   "upload it again")
+        else:
+            check_name(delivery.source_name)
+            fd, _ = open_in_landing(self.landing_dir, delivery.source_name)
+            sha, size = copy_into_zone(fd, target, max_bytes=self.max_bytes)
         with transaction(self.session):
             delivery.stored_path, delivery.source_sha256, delivery.size_bytes = str(target), sha, size
         return target, sha, size
+
+    def read_database(self, delivery: DatasetDelivery, target: Path) -> tuple[str, int]:
+        """A database source's table, read into ``target`` (overridden where sources are configured)."""
+        raise LandingError("No database sources are configured")
 
     def _effective_rules(self, ds: Dataset) -> checks.DeliveryRules:
         """The custodian's rules; the NHS number column and code patterns default to the schema's."""
@@ -329,7 +366,7 @@ def _verdict(delivery: DatasetDelivery) -> dict[str, Any]:
             "problems": len(delivery.problems or [])}
 
 
-def _dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
+def parse_dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
     """A CSV dialect the custodian set instead of the sniffed one; checked before it is kept."""
     if not given:
         return None
@@ -344,4 +381,4 @@ def _dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
     return CsvDialect(delimiter=delimiter, encoding=encoding, quote_char=quote)
 
 
-__all__ = ["CHECK_JOB", "CHECKED_POINT", "Deliveries", "version_in_use"]
+__all__ = ["CHECK_JOB", "CHECKED_POINT", "Deliveries", "parse_dialect", "version_in_use"]

@@ -89,6 +89,16 @@ def list_folder(root: Path | None, name: str) -> list[str]:
         os.close(fd)
 
 
+def file_sha256(path: Path) -> tuple[str, int]:
+    """A file's sha256 and size, read in blocks without following a link."""
+    digest, size = hashlib.sha256(), 0
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+        while block := handle.read(_BLOCK):
+            size += len(block)
+            digest.update(block)
+    return digest.hexdigest(), size
+
+
 def copy_into_zone(fd: int, target: Path, *, max_bytes: int) -> tuple[str, int]:
     """Copy an opened delivery to ``target`` (written aside, then renamed; mode 0600); returns its
     sha256 and size. Refuses (and leaves nothing) past ``max_bytes``."""
@@ -111,4 +121,4 @@ def copy_into_zone(fd: int, target: Path, *, max_bytes: int) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-__all__ = ["SUFFIXES", "LandingError", "check_name", "copy_into_zone", "list_folder", "open_in_landing"]
+__all__ = ["SUFFIXES", "LandingError", "check_name", "copy_into_zone", "file_sha256", "list_folder", "open_in_landing"]

@@ -89,6 +89,11 @@ class Settings:
     # deliveries are kept (only the service account may enter it; no workspace mounts it).
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
+    # Browser uploads of deliveries (pseudonymisation/uploads.py): the largest chunk a request may
+    # carry (below TRE_MAX_UPLOAD_BYTES, the limit of any request) and the hours an upload may sit
+    # idle before it is expired and its bytes removed.
+    upload_chunk_bytes: int = 8 * 1024 * 1024
+    upload_expiry_hours: int = 24
     # Named as the publisher in each dataset's metadata export (DCAT).
     metadata_publisher: str = "Trusted research environment"
     # Extracts: rows per chunk (a worker's memory follows it) and per partition. A Parquet source
@@ -173,6 +178,10 @@ class Settings:
             raise ConfigError("TRE_TRUSTED_PROXIES must be between 0 and 10")
         if not 1 <= self.session_max_hours <= 24 * 7:
             raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
+        if not 64 * 1024 <= self.upload_chunk_bytes <= self.max_upload_bytes - 64 * 1024:
+            raise ConfigError("TRE_UPLOAD_CHUNK_BYTES must be at least 65536 and below TRE_MAX_UPLOAD_BYTES")
+        if not 1 <= self.upload_expiry_hours <= 24 * 30:
+            raise ConfigError("TRE_UPLOAD_EXPIRY_HOURS must be between 1 and 720")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
             raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
         if self.broker_poll_ms == 0:
