@@ -140,7 +140,7 @@ def create() -> Any:
 @requires(Permission.DATASET_MANAGE)
 def upload(upload_id: str) -> Any:
     svc = _svc()
-    if request.method == "GET":  # HEAD too: Flask answers it from this view without the body
+    if request.method in ("GET", "HEAD"):  # Flask sends HEAD here and drops the body
         found, refused = _answer(lambda: svc.status(g.user, upload_id))
         if found is None:
             return refused
