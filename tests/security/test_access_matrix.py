@@ -146,6 +146,8 @@ EXPECT: dict[str, str] = {
     "GET /catalogue/datasets/<dataset_id>/upload": "data_custodian",
     "POST /catalogue/datasets/<dataset_id>/upload": "data_custodian",
     "GET /catalogue/new/upload": "data_custodian",
+    "GET /catalogue/omop": "data_custodian",
+    "POST /catalogue/omop": "data_custodian",  # the empty form is refused (422)
     "POST /catalogue/new/upload": "data_custodian",
     "POST /catalogue/uploads": "data_custodian",
     "GET /catalogue/uploads/<upload_id>": "",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import make_test_app
 from tests.projects.factories import World, build_world, make_user
@@ -140,3 +141,32 @@ def test_someone_else_cannot_patch_read_or_finish_an_upload_over_http(w: World, 
     assert damaged.status_code == 422 and "damaged" in damaged.get_json()["error"]
     assert oversized.status_code == 413
     assert owner.head(up["url"]).headers["Upload-Offset"] == "0"
+
+
+def test_an_omop_folder_is_reviewed_then_registered_from_its_page(w: World) -> None:
+    from projects.models import Dataset
+    from tre.demo.omop import write_omop_folder
+
+    write_omop_folder(Path(w.app.extensions["tre.settings"].landing_dir) / "cdm", persons=20)
+    client = login(w.app.test_client(), w.custodian)
+    page = client.get("/catalogue/omop").get_data(as_text=True)
+
+    review = client.post("/catalogue/omop", data={"csrf_token": _csrf(page), "folder": "cdm", "prefix": "gp",
+                                                   "action": "review"})
+    text = review.get_data(as_text=True)
+    with w.app.extensions["tre.db"].session_factory() as s:
+        before = s.query(Dataset).filter(Dataset.name.like("gp_%")).count()
+    climbing = client.post("/catalogue/omop", data={"csrf_token": _csrf(page), "folder": "../instance",
+                                                     "prefix": "gp", "action": "review"})
+    confirmed = client.post("/catalogue/omop", data={"csrf_token": _csrf(text), "folder": "cdm", "prefix": "gp",
+                                                      "action": "confirm"})
+    with w.app.extensions["tre.db"].session_factory() as s:
+        names = sorted(s.scalars(select(Dataset.name).where(Dataset.name.like("gp_%"))))
+    researcher = login(w.app.test_client(), w.pi).get("/catalogue/omop")
+
+    assert review.status_code == 200 and before == 0
+    assert 'id="table-person"' in text and 'id="table-measurement"' in text
+    assert "<code>person_id</code> → <code>gp_person</code>" in text and "Confirm and register 6 tables" in text
+    assert climbing.status_code == 422
+    assert confirmed.status_code == 302 and len(names) == 6 and "gp_person" in names
+    assert researcher.status_code == 403
