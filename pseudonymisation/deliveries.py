@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset, Project
+from pseudonymisation import database_sources as sources
 from pseudonymisation import delivery_checks as checks
 from pseudonymisation.dataset_schemas import may_set_schema
 from pseudonymisation.landing import LandingError, check_name, copy_into_zone, file_sha256, open_in_landing
@@ -63,6 +64,7 @@ class Deliveries(ProjectsKernel):
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
+    database_sources: Mapping[str, str] = field(default_factory=dict)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -132,6 +134,22 @@ class Deliveries(ProjectsKernel):
             self.queue_check(s, actor, delivery)
         return delivery
 
+    def receive_table(self, actor: Any, dataset_id: str, source: str, table: str) -> DatasetDelivery:
+        """Take a table of an administrator's named database source as a delivery; the job reads it
+        in chunks into the identifiable zone, then checks it as any delivered file."""
+        with self._tx() as s:
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_receive")
+            try:
+                ref = sources.table_ref(self.database_sources, source, table)
+                if not sources.table_exists(self.database_sources[ref.source], ref):
+                    raise sources.SourceError(f"The database source {ref.source} has no table {table.strip()}")
+            except sources.SourceError as exc:
+                raise ProjectError(str(exc)) from None
+            delivery = self.new_delivery(s, actor, ds, ref.name, "database", None)
+            self.queue_check(s, actor, delivery)
+        return delivery
+
     def new_delivery(
         self, s: Session, actor: Any, ds: Dataset, source_name: str, origin: str, dialect: dict[str, str] | None
     ) -> DatasetDelivery:
@@ -146,8 +164,9 @@ class Deliveries(ProjectsKernel):
         """Where the delivery's copy lives in the identifiable zone."""
         if self.identifiable_path is None:
             raise LandingError("No identifiable zone is configured")
-        return self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id / PurePosixPath(
-            delivery.source_name).name
+        name = (sources.parse_ref(delivery.source_name).file_name if delivery.origin == "database"
+                else PurePosixPath(delivery.source_name).name)
+        return self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id / name
 
     def queue_check(self, s: Session, actor: Any, delivery: DatasetDelivery) -> None:
         """Queue the delivery's check (sent when the caller's transaction commits) and audit it."""
@@ -279,8 +298,12 @@ class Deliveries(ProjectsKernel):
         return target, sha, size
 
     def read_database(self, delivery: DatasetDelivery, target: Path) -> tuple[str, int]:
-        """A database source's table, read into ``target`` (overridden where sources are configured)."""
-        raise LandingError("No database sources are configured")
+        """The delivery's table, read from its named source into ``target`` in chunks."""
+        ref = sources.parse_ref(delivery.source_name)
+        url = self.database_sources.get(ref.source)
+        if url is None:
+            raise LandingError(f"The database source {ref.source} is no longer configured")
+        return sources.read_table(url, ref, target, max_bytes=self.max_bytes)
 
     def _effective_rules(self, ds: Dataset) -> checks.DeliveryRules:
         """The custodian's rules; the NHS number column and code patterns default to the schema's."""

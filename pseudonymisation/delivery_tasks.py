@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from pseudonymisation.database_sources import parse_sources
 from pseudonymisation.deliveries import CHECK_JOB, Deliveries
 from pseudonymisation.uploads import EXPIRE_JOB, Uploads
 from tre.core.jobs import Job, JobContext, job_handler, on_worker_lost, periodic
@@ -22,7 +23,8 @@ def _platform() -> Any:
 def deliveries_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Deliveries:
     settings = platform.settings
     return Deliveries(session or platform.db.session, platform.audit, request_id=request_id,
-                      landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path)
+                      landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path,
+                      database_sources=parse_sources(settings.database_sources))
 
 
 def uploads_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Uploads:

@@ -49,6 +49,12 @@ def index(dataset_id: str) -> Any:
                 if done is not None:
                     flash("Delivery rules saved", "success")
                     return redirect(url_for("deliveries.index", dataset_id=ds.id))
+        elif request.form.get("action") == "table":
+            made, error = attempt(lambda: svc.receive_table(g.user, ds.id, request.form.get("database_source", ""),
+                                                            request.form.get("table", "")))
+            if made is not None:
+                flash("Table received; it is being read and checked", "success")
+                return redirect(url_for("deliveries.delivery", delivery_id=made.id))
         else:
             made, error = attempt(lambda: svc.receive(g.user, ds.id, request.form.get("source_name", "")))
             if made is not None:
@@ -59,7 +65,8 @@ def index(dataset_id: str) -> Any:
     rules, _ = attempt(lambda: svc.get_rules(g.user, ds.id))
     return render_template(
         "deliveries/index.html", title=f"Deliveries of {ds.title}", dataset=ds, deliveries=deliveries or [],
-        versions=versions or [], rules_text=request.form.get("rules") if error and request.method == "POST"
+        versions=versions or [], database_sources=sorted(svc.database_sources),
+        rules_text=request.form.get("rules") if error and request.method == "POST"
         else json.dumps(rules.to_dict() if rules else {}, indent=2), error=error,
     ), (422 if error else 200)
 
