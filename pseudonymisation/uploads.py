@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from projects.catalogue import Catalogue
 from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset
+from projects.rules import SENSITIVITY_LEVELS
 from pseudonymisation import profiling
 from pseudonymisation.dataset_schemas import may_set_schema
 from pseudonymisation.deliveries import DEFAULT_MAX_BYTES, Deliveries, parse_dialect
@@ -156,9 +157,17 @@ class Uploads(ProjectsKernel):
             else:
                 self._allow(has_permission(actor, Permission.DATASET_MANAGE), "dataset.upload_create", actor)
                 described = {k: str((register or {}).get(k) or "").strip() for k in _REGISTER_FIELDS}
-                if not described["name"] or not described["title"]:
-                    raise UploadRefused("Give the new dataset a name and a title")
-                if s.scalar(select(Dataset.id).where(Dataset.name == described["name"].lower())):
+                described["name"] = described["name"].lower()
+                described["sensitivity"] = described["sensitivity"] or "special_category"
+                # Checked now as the registration at the finish will check them, so a file of
+                # gigabytes is not sent for a description that cannot be registered.
+                if not described["title"] or len(described["name"]) > 100 or not described["name"] or not set(
+                        described["name"]) <= set("abcdefghijklmnopqrstuvwxyz0123456789_"):
+                    raise UploadRefused("Give the new dataset a title and a short name of lower-case letters, "
+                                        "digits and underscores")
+                if described["sensitivity"] not in SENSITIVITY_LEVELS:
+                    raise UploadRefused("Choose a sensitivity level")
+                if s.scalar(select(Dataset.id).where(Dataset.name == described["name"])):
                     raise UploadRefused(f"A dataset named {described['name']} is already registered")
             name = check_file_name(file_name)
             if not isinstance(size, int) or size < 1:
@@ -238,7 +247,7 @@ class Uploads(ProjectsKernel):
             ds = Catalogue(self.session, self.audit, request_id=self.request_id).register_dataset(
                 actor, name=described["name"], title=described["title"], description=described["description"],
                 source_kind="parquet" if part.suffix.lower() in (".parquet", ".pq") else "csv",
-                source_location=str(part), sensitivity=described["sensitivity"] or "special_category",
+                source_location=str(part), sensitivity=described["sensitivity"],
                 columns=[{"name": c, "role": "direct_identifier"} for c in columns],
             )
             dataset_id = ds.id

@@ -278,6 +278,10 @@ def test_a_new_dataset_is_registered_from_the_uploaded_file_with_its_columns(onb
         svc.create(w.custodian, file_name="clinic.csv", size=len(data), register={"name": "clinic_upload",
                                                                                   "title": "Again"})
 
+    with pytest.raises(UploadRefused, match="short name"):  # refused before any byte is sent
+        svc.create(w.custodian, file_name="clinic.csv", size=len(data), register={"name": "Clinic Upload!",
+                                                                                  "title": "Bad name"})
+
     assert columns == [(c, "direct_identifier") for c in HEADER]
     assert (delivery.state, delivery.version, delivery.rows) == ("accepted", 1, 40)
     assert location == delivery.stored_path and Path(location).is_relative_to(zone(app))

@@ -183,8 +183,10 @@ class Settings:
             raise ConfigError("TRE_TRUSTED_PROXIES must be between 0 and 10")
         if not 1 <= self.session_max_hours <= 24 * 7:
             raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
-        if not 64 * 1024 <= self.upload_chunk_bytes <= self.max_upload_bytes - 64 * 1024:
-            raise ConfigError("TRE_UPLOAD_CHUNK_BYTES must be at least 65536 and below TRE_MAX_UPLOAD_BYTES")
+        if self.upload_chunk_bytes < 64 * 1024:
+            raise ConfigError("TRE_UPLOAD_CHUNK_BYTES must be at least 65536")
+        # A chunk travels in one request, which TRE_MAX_UPLOAD_BYTES limits (with room for headers).
+        changes["upload_chunk_bytes"] = max(min(self.upload_chunk_bytes, self.max_upload_bytes - 64 * 1024), 1024)
         if self.database_sources.strip():
             try:
                 sources = json.loads(self.database_sources)
