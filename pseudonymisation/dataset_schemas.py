@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset
-from pseudonymisation import profiling
+from pseudonymisation import profiling, zone
 from pseudonymisation.profiling import ProfilingError, SourceProposal
 from pseudonymisation.schema import DatasetSchema, Role, SchemaError, TransformKind
+from pseudonymisation.sources import SourceFile
 from tre.core.db import utcnow
+from tre.core.keys import KeyProvider
 from tre.core.permissions import Permission, has_permission
 
 
@@ -33,7 +36,14 @@ def may_set_schema(actor: Any, dataset: Dataset) -> bool:
     return dataset.registered_by is None or dataset.registered_by == getattr(actor, "id", None)
 
 
+@dataclass
 class DatasetSchemas(ProjectsKernel):
+    # Opens a source sealed in the identifiable zone (a dataset registered from an upload, ADR 0033).
+    keys: KeyProvider | None = None
+
+    def _readable(self, ds: Dataset) -> Path | SourceFile:
+        return zone.source(ds.source_location, self.keys) if self.keys is not None else Path(ds.source_location)
+
     def _dataset(self, dataset_id: str) -> Dataset:
         ds = self.session.get(Dataset, dataset_id) if dataset_id else None
         if ds is None:
@@ -49,7 +59,7 @@ class DatasetSchemas(ProjectsKernel):
         with self._tx() as s:
             ds = self._dataset(dataset_id)
             self._allow(may_set_schema(actor, ds), "dataset.profile", actor)
-            proposal = _read(lambda: profiling.propose(Path(ds.source_location), today=utcnow().date()))
+            proposal = _read(lambda: profiling.propose(self._readable(ds), today=utcnow().date()))
             self._record_dataset(s, "dataset.profile", actor, ds, rows=proposal.row_count,
                                  columns=len(proposal.columns))
         return proposal
@@ -63,7 +73,7 @@ class DatasetSchemas(ProjectsKernel):
             ds = self._dataset(dataset_id)
             self._allow(may_set_schema(actor, ds), "dataset.schema_preview", actor)
             schema = self._schema(ds, choices, nhs_number_column)
-            shown = _read(lambda: profiling.preview(Path(ds.source_location), schema, rows=min(max(rows, 1), 20)))
+            shown = _read(lambda: profiling.preview(self._readable(ds), schema, rows=min(max(rows, 1), 20)))
             self._record_dataset(s, "dataset.schema_preview", actor, ds, rows=len(shown["rows"]))
         return shown
 
@@ -85,7 +95,7 @@ class DatasetSchemas(ProjectsKernel):
             ds = self._dataset(dataset_id)
             self._allow(may_set_schema(actor, ds), "dataset.schema_confirm", actor)
             schema = self._schema(ds, choices, nhs_number_column)
-            in_source = set(_read(lambda: profiling.source_columns(Path(ds.source_location))))
+            in_source = set(_read(lambda: profiling.source_columns(self._readable(ds))))
             absent = [c.name for c in schema.plan(schema.column_names) if c.name not in in_source]
             if absent:
                 raise ProjectError(f"Not in the source, so drop them or correct the source: {', '.join(absent)}")

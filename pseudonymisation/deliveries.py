@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -25,14 +25,16 @@ from sqlalchemy.orm import Session
 
 from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset, Project
+from pseudonymisation import database_sources as sources
 from pseudonymisation import delivery_checks as checks
-from pseudonymisation import zone
+from pseudonymisation import sealed, zone
 from pseudonymisation.dataset_schemas import may_set_schema
 from pseudonymisation.landing import LandingError, check_name, open_in_landing
 from pseudonymisation.landing_s3 import S3Landing
 from pseudonymisation.models import (
     DatasetDelivery,
     DatasetDeliveryRules,
+    DatasetUpload,
     DatasetVersion,
     DatasetVersionPin,
 )
@@ -71,6 +73,7 @@ class Deliveries(ProjectsKernel):
     keys: KeyProvider | None = None
     # The landing area as an S3 prefix instead of a folder (TRE_LANDING_S3_BUCKET); it wins when set.
     landing_s3: S3Landing | None = None
+    database_sources: Mapping[str, str] = field(default_factory=dict)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -129,22 +132,57 @@ class Deliveries(ProjectsKernel):
                 name = self._landed(source_name)
             except LandingError as exc:
                 raise ProjectError(str(exc)) from None
-            chosen = _dialect(dialect)
+            chosen = parse_dialect(dialect)
             waiting = s.scalar(select(DatasetDelivery).where(
                 DatasetDelivery.dataset_id == ds.id, DatasetDelivery.source_name == str(name),
                 DatasetDelivery.state.in_(("received", "checking"))))
             if waiting is not None:
                 return waiting
-            delivery = DatasetDelivery(dataset_id=ds.id, source_name=str(name), delivered_by=getattr(actor, "id", None),
-                                       dialect=chosen.to_dict() if chosen else None)
-            s.add(delivery)
-            s.flush()
-            job = enqueue(s, CHECK_JOB, {"delivery_id": delivery.id}, idempotency_key=f"{CHECK_JOB}:{delivery.id}")
-            delivery.job_id = job.id
-            self.audit.record(s, "dataset.delivery_receive", actor_id=getattr(actor, "id", None),
-                              target_type="dataset", target_id=ds.id, request_id=self.request_id,
-                              detail={"delivery": delivery.id})
+            delivery = self.new_delivery(s, actor, ds, str(name), "landing", chosen.to_dict() if chosen else None)
+            self.queue_check(s, actor, delivery)
         return delivery
+
+    def receive_table(self, actor: Any, dataset_id: str, source: str, table: str) -> DatasetDelivery:
+        """Take a table of an administrator's named database source as a delivery; the job reads it
+        in chunks into the identifiable zone, then checks it as any delivered file."""
+        with self._tx() as s:
+            ds = self._dataset(dataset_id)
+            self._custodian(actor, ds, "dataset.delivery_receive")
+            try:
+                ref = sources.table_ref(self.database_sources, source, table)
+                if not sources.table_exists(self.database_sources[ref.source], ref):
+                    raise sources.SourceError(f"The database source {ref.source} has no table {table.strip()}")
+            except sources.SourceError as exc:
+                raise ProjectError(str(exc)) from None
+            delivery = self.new_delivery(s, actor, ds, ref.name, "database", None)
+            self.queue_check(s, actor, delivery)
+        return delivery
+
+    def new_delivery(
+        self, s: Session, actor: Any, ds: Dataset, source_name: str, origin: str, dialect: dict[str, str] | None
+    ) -> DatasetDelivery:
+        """A delivery row in the caller's transaction (the caller has checked who may)."""
+        delivery = DatasetDelivery(dataset_id=ds.id, source_name=source_name, origin=origin,
+                                   delivered_by=getattr(actor, "id", None), dialect=dialect)
+        s.add(delivery)
+        s.flush()
+        return delivery
+
+    def stored_path_for(self, delivery: DatasetDelivery) -> Path:
+        """Where the delivery's copy lives in the identifiable zone."""
+        if self.identifiable_path is None:
+            raise LandingError("No identifiable zone is configured")
+        name = (sources.parse_ref(delivery.source_name).file_name if delivery.origin == "database"
+                else PurePosixPath(delivery.source_name).name)
+        return self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id / name
+
+    def queue_check(self, s: Session, actor: Any, delivery: DatasetDelivery) -> None:
+        """Queue the delivery's check (sent when the caller's transaction commits) and audit it."""
+        job = enqueue(s, CHECK_JOB, {"delivery_id": delivery.id}, idempotency_key=f"{CHECK_JOB}:{delivery.id}")
+        delivery.job_id = job.id
+        self.audit.record(s, "dataset.delivery_receive", actor_id=getattr(actor, "id", None),
+                          target_type="dataset", target_id=delivery.dataset_id, request_id=self.request_id,
+                          detail={"delivery": delivery.id, "origin": delivery.origin})
 
     def set_rules(self, actor: Any, dataset_id: str, rules: Mapping[str, Any]) -> checks.DeliveryRules:
         """Set the thresholds that fail a delivery of this dataset (all of them at once)."""
@@ -254,21 +292,57 @@ class Deliveries(ProjectsKernel):
 
     def _store(self, delivery: DatasetDelivery) -> tuple[Path, str, int]:
         """The delivery's copy in the identifiable zone, sealed, made once: a repeat finds it by name."""
-        if self.identifiable_path is None:
-            raise LandingError("No identifiable zone is configured")
+        target = self.stored_path_for(delivery)
         if self.keys is None:
             raise LandingError("No key provider is configured to seal the identifiable zone's copies")
-        root = self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id
-        target = root / check_name(delivery.source_name).name
         if delivery.stored_path and Path(delivery.stored_path).is_file() and delivery.source_sha256:
             return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0)
+        assert self.identifiable_path is not None
         self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        opened: int | BinaryIO = (self.landing_s3.open(delivery.source_name) if self.landing_s3 is not None
-                                  else open_in_landing(self.landing_dir, delivery.source_name)[0])
-        sha, size = zone.seal_into_zone(opened, target, self.keys, max_bytes=self.max_bytes)
+        if delivery.origin == "database":
+            # Read into a plain Parquet file beside the copy, sealed at once and removed.
+            plain = target.with_name(target.name + ".read")
+            try:
+                self.read_database(delivery, plain)
+                sha, size = zone.seal_into_zone(os.open(plain, os.O_RDONLY | os.O_NOFOLLOW), target, self.keys,
+                                                max_bytes=self.max_bytes)
+            finally:
+                plain.unlink(missing_ok=True)
+        elif delivery.origin == "upload":
+            # An upload is moved into the zone before its delivery exists: sealed and hashed here, in
+            # the job, not in the browser's request, and held to the hash the browser declared, if any.
+            if not (delivery.stored_path and Path(delivery.stored_path).is_file()):
+                raise LandingError("The uploaded file is no longer in the identifiable zone; upload it again")
+            landed = Path(delivery.stored_path)
+            if sealed.is_sealed(landed):  # sealed by an attempt stopped before it could record it
+                target = landed
+                sha, size = zone.plaintext_sha256(self._source(landed))
+            else:
+                sha, size = zone.seal_into_zone(os.open(landed, os.O_RDONLY | os.O_NOFOLLOW), target, self.keys,
+                                                max_bytes=self.max_bytes)
+                if landed != target:
+                    landed.unlink(missing_ok=True)
+            declared = self.session.scalar(select(DatasetUpload.expected_sha256).where(
+                DatasetUpload.delivery_id == delivery.id))
+            if declared and declared != sha:
+                raise LandingError("The file that arrived is not the one the browser sent (its SHA-256 differs); "
+                                   "upload it again")
+        else:
+            check_name(delivery.source_name)
+            opened: int | BinaryIO = (self.landing_s3.open(delivery.source_name) if self.landing_s3 is not None
+                                      else open_in_landing(self.landing_dir, delivery.source_name)[0])
+            sha, size = zone.seal_into_zone(opened, target, self.keys, max_bytes=self.max_bytes)
         with transaction(self.session):
             delivery.stored_path, delivery.source_sha256, delivery.size_bytes = str(target), sha, size
         return target, sha, size
+
+    def read_database(self, delivery: DatasetDelivery, target: Path) -> tuple[str, int]:
+        """The delivery's table, read from its named source into ``target`` in chunks."""
+        ref = sources.parse_ref(delivery.source_name)
+        url = self.database_sources.get(ref.source)
+        if url is None:
+            raise LandingError(f"The database source {ref.source} is no longer configured")
+        return sources.read_table(url, ref, target, max_bytes=self.max_bytes)
 
     def _effective_rules(self, ds: Dataset) -> checks.DeliveryRules:
         """The custodian's rules; the NHS number column and code patterns default to the schema's."""
@@ -354,7 +428,7 @@ def _verdict(delivery: DatasetDelivery) -> dict[str, Any]:
             "problems": len(delivery.problems or [])}
 
 
-def _dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
+def parse_dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
     """A CSV dialect the custodian set instead of the sniffed one; checked before it is kept."""
     if not given:
         return None
@@ -369,4 +443,4 @@ def _dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
     return CsvDialect(delimiter=delimiter, encoding=encoding, quote_char=quote)
 
 
-__all__ = ["CHECK_JOB", "CHECKED_POINT", "Deliveries", "version_in_use"]
+__all__ = ["CHECK_JOB", "CHECKED_POINT", "Deliveries", "parse_dialect", "version_in_use"]

@@ -1,15 +1,19 @@
-"""The delivery check as a thin database-backed job (``pseudonymisation.deliveries.Deliveries.check``)."""
+"""The delivery check and the expiry of idle uploads as thin database-backed jobs
+(``pseudonymisation.deliveries.Deliveries.check``, ``pseudonymisation.uploads.Uploads.expire_idle``)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from pseudonymisation.database_sources import parse_sources
 from pseudonymisation.deliveries import CHECK_JOB, Deliveries
 from pseudonymisation.landing_s3 import S3Landing
-from tre.core.jobs import Job, JobContext, job_handler, on_worker_lost
+from pseudonymisation.uploads import EXPIRE_JOB, Uploads
+from tre.core.jobs import Job, JobContext, job_handler, on_worker_lost, periodic
 
 
 def _platform() -> Any:
@@ -43,7 +47,24 @@ def deliveries_service(platform: Any, session: Session | None = None, request_id
     settings = platform.settings
     return Deliveries(session or platform.db.session, platform.audit, request_id=request_id,
                       landing_dir=settings.landing_dir, identifiable_path=settings.identifiable_path,
-                      keys=platform.keys, landing_s3=landing_s3_for(settings))
+                      keys=platform.keys, landing_s3=landing_s3_for(settings),
+                      database_sources=parse_sources(settings.database_sources))
+
+
+def uploads_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> Uploads:
+    settings = platform.settings
+    return Uploads(session or platform.db.session, platform.audit, request_id=request_id,
+                   identifiable_path=settings.identifiable_path, chunk_bytes=settings.upload_chunk_bytes,
+                   expiry=dt.timedelta(hours=settings.upload_expiry_hours),
+                   deliveries=deliveries_service(platform, session, request_id))
+
+
+@job_handler(EXPIRE_JOB)
+def expire_idle_uploads(ctx: JobContext) -> dict[str, Any]:
+    return {"expired": uploads_service(_platform(), ctx.session).expire_idle()}
+
+
+periodic(EXPIRE_JOB, 600)
 
 
 @job_handler(CHECK_JOB, queue="extracts")

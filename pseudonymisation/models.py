@@ -110,6 +110,10 @@ class OptOutListVersion(Base):
 
 
 DELIVERY_STATES = ("received", "checking", "accepted", "quarantined", "failed")
+# Where a delivery came from: a file named in the landing folder, a browser upload (already in the
+# identifiable zone when the delivery is made), or a table of an administrator's named database.
+DELIVERY_ORIGINS = ("landing", "upload", "database")
+UPLOAD_STATES = ("open", "finished", "expired", "rejected")
 
 
 class DatasetDelivery(Base):
@@ -124,6 +128,7 @@ class DatasetDelivery(Base):
             "(state IN ('accepted', 'quarantined', 'failed')) = (finished_at IS NOT NULL)", name="finished_when_final"
         ),
         CheckConstraint("(state = 'accepted') = (version IS NOT NULL)", name="version_when_accepted"),
+        CheckConstraint(f"origin IN {DELIVERY_ORIGINS!r}", name="origin_known"),
         Index("ix_dataset_deliveries_dataset", "dataset_id", "received_at"),
     )
 
@@ -131,6 +136,7 @@ class DatasetDelivery(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     state: Mapped[str] = mapped_column(String(20), default="received")
     source_name: Mapped[str] = mapped_column(String(500))  # as named in the landing folder
+    origin: Mapped[str] = mapped_column(String(20), default="landing", server_default="landing")
     stored_path: Mapped[str | None] = mapped_column(String(1000))  # its copy in the identifiable zone
     source_sha256: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
@@ -188,3 +194,39 @@ class DatasetVersionPin(Base):
     version: Mapped[int]
     pinned_by: Mapped[str | None] = mapped_column(String(32))
     pinned_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DatasetUpload(Base):
+    """A file a custodian is sending from the browser in chunks (``pseudonymisation/uploads.py``).
+
+    Its bytes are assembled only in the identifiable zone; ``offset`` is how many are safely written,
+    so a client that lost its connection asks for it and carries on. A finished upload becomes a
+    delivery (of ``dataset_id``, or of the dataset ``register`` describes, registered at the finish);
+    an upload left idle past ``expires_at`` is expired and its bytes removed."""
+
+    __tablename__ = "dataset_uploads"
+    __table_args__ = (
+        CheckConstraint(f"state IN {UPLOAD_STATES!r}", name="state_known"),
+        CheckConstraint("size > 0 AND upload_offset >= 0 AND upload_offset <= size", name="offset_in_size"),
+        CheckConstraint("(state = 'open') = (closed_at IS NULL)", name="closed_when_not_open"),
+        CheckConstraint("(state = 'finished') = (delivery_id IS NOT NULL)", name="delivery_when_finished"),
+        CheckConstraint("dataset_id IS NOT NULL OR register IS NOT NULL", name="names_its_dataset"),
+        Index("ix_dataset_uploads_open", "state", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    register: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # name, title, ... of a new dataset
+    created_by: Mapped[str] = mapped_column(String(32))
+    file_name: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int] = mapped_column(BigInteger)
+    upload_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    expected_sha256: Mapped[str | None] = mapped_column(String(64))  # the client's, checked at the finish
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    dialect: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    state: Mapped[str] = mapped_column(String(20), default="open")
+    reason: Mapped[str | None] = mapped_column(Text)
+    delivery_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_deliveries.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    closed_at: Mapped[dt.datetime | None]

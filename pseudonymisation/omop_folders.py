@@ -28,20 +28,42 @@ class OmopFolders(ProjectsKernel):
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
 
+    def _recognised(self, s: Any, folder: str, prefix: str) -> dict[str, str]:
+        """The tables found in the folder (table → file), once every dataset name they need is free."""
+        if not prefix or len(prefix) > 40 or not prefix.replace("_", "").isalnum() or not prefix.isascii():
+            raise ProjectError("Give a short prefix of lower-case letters, digits and underscores")
+        try:
+            tables = omop.recognise(list_folder(self.landing_dir, folder))
+        except (LandingError, omop.OmopError) as exc:
+            raise ProjectError(str(exc)) from None
+        names = [f"{prefix}_{t}" for t in tables]
+        taken = s.scalars(select(Dataset.name).where(Dataset.name.in_(names))).all()
+        if taken:
+            raise ProjectError(f"Datasets with these names are already registered: {', '.join(sorted(taken))}")
+        return tables
+
+    def preview_folder(self, actor: Any, folder: str, prefix: str) -> list[dict[str, Any]]:
+        """What ``register_folder`` would register, changing nothing: per table its file, dataset name,
+        key, links and each column's role and extract rule (the presets)."""
+        prefix = (prefix or "").strip().lower()
+        with self._tx() as s:
+            self._allow(has_permission(actor, Permission.DATASET_MANAGE), "dataset.register_omop", actor)
+            tables = self._recognised(s, folder, prefix)
+        shown = []
+        for table, file_name in tables.items():
+            spec = omop.schema(table, f"{prefix}_{table}")
+            rules = {c.name: str(c.effective_transform.kind) for c in spec.columns}
+            shown.append({"table": table, "file": file_name, "dataset": f"{prefix}_{table}",
+                          "key": omop.key_column(table), "links": omop.links(table, prefix),
+                          "columns": [{"name": c["name"], "role": c["role"], "rule": rules.get(c["name"], "drop")}
+                                      for c in omop.catalogue_columns(table)]})
+        return shown
+
     def register_folder(self, actor: Any, folder: str, prefix: str) -> list[Dataset]:
         prefix = (prefix or "").strip().lower()
         with self._tx() as s:
             self._allow(has_permission(actor, Permission.DATASET_MANAGE), "dataset.register_omop", actor)
-            if not prefix or len(prefix) > 40 or not prefix.replace("_", "").isalnum() or not prefix.isascii():
-                raise ProjectError("Give a short prefix of lower-case letters, digits and underscores")
-            try:
-                tables = omop.recognise(list_folder(self.landing_dir, folder))
-            except (LandingError, omop.OmopError) as exc:
-                raise ProjectError(str(exc)) from None
-            names = [f"{prefix}_{t}" for t in tables]
-            taken = s.scalars(select(Dataset.name).where(Dataset.name.in_(names))).all()
-            if taken:
-                raise ProjectError(f"Datasets with these names are already registered: {', '.join(sorted(taken))}")
+            tables = self._recognised(s, folder, prefix)
             self.audit.record(s, "dataset.register_omop", actor_id=getattr(actor, "id", None),
                               request_id=self.request_id, detail={"tables": list(tables)})
         catalogue = Catalogue(self.session, self.audit, request_id=self.request_id)

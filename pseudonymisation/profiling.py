@@ -78,7 +78,8 @@ _POSTCODE = r"^[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}$"
 _NHS_SHAPE = r"^\d{3}[ -]?\d{3}[ -]?\d{4}$"
 _INTEGER = r"^[-+]?\d+$"
 _DECIMAL = r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$"
-_NAME = r"^[A-Za-z][A-Za-z'\-]*( [A-Za-z][A-Za-z'\-]*){0,2}$"
+# Up to three words of letters; messy exports pad them with spaces and write "Family, Given".
+_NAME = r"^ *[A-Za-z][A-Za-z'\-]*([,;]? +[A-Za-z][A-Za-z'\-]*){0,2} *$"
 _NAME_HEADING = re.compile(r"(^|_)(name|forename|surname|given|family|first_?name|last_?name)($|_)", re.I)
 _DOB_HEADING = re.compile(r"(dob|birth)", re.I)
 

@@ -9,6 +9,7 @@ touches the disk on the way in or out, and destroying a file's header destroys i
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,6 +42,16 @@ def rewrap(path: Path | str, keys: KeyProvider) -> bool:
     return sealed.rewrap_header(path, lambda file_id, wrapped: keys.rewrap(wrapped, sealed.file_id_purpose(file_id)))
 
 
+def plaintext_sha256(source: SourceFile) -> tuple[str, int]:
+    """The sha256 and size of a file's plaintext, read through its seal."""
+    digest, size = hashlib.sha256(), 0
+    with source.open() as handle:
+        while block := handle.read(1 << 22):
+            size += len(block)
+            digest.update(block)
+    return digest.hexdigest(), size
+
+
 def source(path: Path | str, keys: KeyProvider) -> SourceFile:
     return SourceFile(Path(path), opener(keys))
 
@@ -58,4 +69,4 @@ def seal_into_zone(source: int | BinaryIO, target: Path, keys: KeyProvider, *, m
         )
 
 
-__all__ = ["opener", "rewrap", "seal_into_zone", "source"]
+__all__ = ["opener", "plaintext_sha256", "rewrap", "seal_into_zone", "source"]

@@ -10,6 +10,7 @@ Used by the backup test (tests/tre/core/test_backup_full_instance.py), and by an
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,14 @@ def _onboarding_and_linkage(
     run_queued_jobs(app)
     deliveries.pin(custodian, project_id, patients.id, 1)
     assert delivery.id
+    # A browser upload of the same refresh, left half sent (so the backup holds an open upload).
+    from pseudonymisation.delivery_tasks import uploads_service
+
+    uploads = uploads_service(p)
+    data = refresh.read_bytes()
+    with app.app_context():
+        half = uploads.create(custodian, file_name=refresh.name, size=len(data), dataset_id=patients.id)
+        uploads.append(custodian, half.id, 0, data[:100], hashlib.sha256(data[:100]).hexdigest())
 
     made = linkage_sources.generate(200, seed=11)
     paths = linkage_sources.write(made, instance.parent / "full-instance-linkable")

@@ -27,11 +27,12 @@ def page_blueprints() -> list[Any]:
     from tre.web.outputs import prometheus_bp as outputs_metrics
     from tre.web.projects import bp as projects
     from tre.web.sso import bp as sso
+    from tre.web.uploads import bp as uploads
     from tre.web.workspaces import bp as workspaces
 
     return [
         web, health, metrics, auth, admin, audit, projects, dac, catalogue, outputs, outputs_metrics, workspaces,
-        extracts, linkage, account, sso, deliveries,
+        extracts, linkage, account, sso, deliveries, uploads,
     ]
 
 

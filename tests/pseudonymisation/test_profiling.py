@@ -272,3 +272,16 @@ def test_reading_a_csv_holds_about_one_chunk_not_the_file(tmp_path):
     assert len(held) > 100
     # About three blocks' worth; reading ahead from a path held dozens of blocks (over 2 MB here).
     assert max(held) < 16 * 64 * 1024
+
+
+def test_propose_finds_padded_and_family_first_names_under_any_heading(tmp_path):
+    given = ["Amelia", "Oliver", "Priya", "Mohammed", "Grace", "Tomasz", "Aisha", "Liam"]
+    family = ["Smith", "Patel", "Jones", "Khan", "Nowak"]
+    names = [f"{family[i % 5]}, {given[i % 8]}" if i % 2 else f"{given[i % 8]} {family[i % 5]} " for i in range(40)]
+    path = tmp_path / "who.csv"
+    path.write_text("person;seen\n" + "".join(f'"{n}";yes\n' for n in names), encoding="utf-8")
+
+    proposal = propose(path, today=TODAY)
+
+    assert (_by_name(proposal)["person"].role, _by_name(proposal)["person"].rule) == (
+        Role.DIRECT_IDENTIFIER, TransformKind.DROP)

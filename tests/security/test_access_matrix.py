@@ -76,6 +76,7 @@ PLAIN_PARAMS = {
     "delivery_id": "0" * 32,  # no dataset has had a delivery in this world
     "run_id": "0" * 32,  # no linkage run in this world (tests/pseudonymisation/test_linkage_review.py has them)
     "candidate_id": "0" * 32,  # no candidate pair either
+    "upload_id": "0" * 32,  # no upload is under way in this world (tests/pseudonymisation/test_uploads.py)
 }
 ID_PARAMS = {"project_id", "request_id", "file_id", "user_id", "dataset_id", "extension_id", "token_id", "job_id"}
 
@@ -140,6 +141,18 @@ EXPECT: dict[str, str] = {
     "GET /catalogue/datasets/<dataset_id>/deliveries": "data_custodian",
     "POST /catalogue/datasets/<dataset_id>/deliveries": "data_custodian",  # the empty form is refused (422)
     "GET /catalogue/deliveries/<delivery_id>": "",
+    # Uploads: the page and its no-script form (the empty form is refused, 422), the protocol's create
+    # (400 without a body) and, for an upload id naming nothing, 404; a PATCH without its offset is 400.
+    "GET /catalogue/datasets/<dataset_id>/upload": "data_custodian",
+    "POST /catalogue/datasets/<dataset_id>/upload": "data_custodian",
+    "GET /catalogue/new/upload": "data_custodian",
+    "GET /catalogue/omop": "data_custodian",
+    "POST /catalogue/omop": "data_custodian",  # the empty form is refused (422)
+    "POST /catalogue/new/upload": "data_custodian",
+    "POST /catalogue/uploads": "data_custodian",
+    "GET /catalogue/uploads/<upload_id>": "",
+    "PATCH /catalogue/uploads/<upload_id>": "data_custodian",
+    "POST /catalogue/uploads/<upload_id>/finish": "",
     "GET /api/v1/datasets/<string:dataset_id>/deliveries": "data_custodian",
     "GET /api/v1/datasets/<string:dataset_id>/versions": "data_custodian",
     "GET /api/v1/datasets/<string:dataset_id>/delivery-rules": "data_custodian",

@@ -68,7 +68,7 @@ class ConfirmedSchema(ma.Schema):
 
 def _svc() -> DatasetSchemas:
     p = platform()
-    return DatasetSchemas(p.db.session, p.audit, request_id=g.get("request_id"))
+    return DatasetSchemas(p.db.session, p.audit, request_id=g.get("request_id"), keys=p.keys)
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

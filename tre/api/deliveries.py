@@ -33,8 +33,17 @@ class DialectSchema(ma.Schema):
 
 
 class DeliverySchema(ma.Schema):
-    source_name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=500))
+    """A file of the landing folder (``source_name``), or a table of a named database source."""
+
+    source_name = ma.fields.String(load_default=None, validate=ma.validate.Length(min=1, max=500))
     dialect = ma.fields.Nested(DialectSchema, load_default=None, allow_none=True)
+    database_source = ma.fields.String(load_default=None, validate=ma.validate.Length(min=1, max=40))
+    table = ma.fields.String(load_default=None, validate=ma.validate.Length(min=1, max=130))
+
+    @ma.validates_schema
+    def _one_source(self, data: dict[str, Any], **_: Any) -> None:
+        if (data.get("source_name") is None) == (data.get("database_source") is None or data.get("table") is None):
+            raise ma.ValidationError("Give source_name, or database_source and table")
 
 
 class DeliveryOutSchema(ma.Schema):
@@ -104,7 +113,10 @@ def list_deliveries(dataset_id: str) -> Any:
 @blp.doc(security=BEARER)
 @requires(Permission.DATASET_MANAGE)
 def deliver(body: dict[str, Any], dataset_id: str) -> Any:
-    """Deliver a file named by its path in the landing folder; its check runs as a job."""
+    """Deliver a file named by its path in the landing folder, or a table of a database source the
+    administrator configured (by its name); its check runs as a job."""
+    if body["source_name"] is None:
+        return _call(_svc().receive_table, g.user, dataset_id, body["database_source"], body["table"])
     return _call(_svc().receive, g.user, dataset_id, body["source_name"], dialect=body["dialect"])
 
 

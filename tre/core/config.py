@@ -8,6 +8,7 @@ folder for files), so ``make run`` works on a fresh machine, and production chan
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,15 @@ class Settings:
     landing_s3_prefix: str = ""
     landing_s3_endpoint_url: str = ""
     landing_s3_region: str = ""
+    # Browser uploads of deliveries (pseudonymisation/uploads.py): the largest chunk a request may
+    # carry (below TRE_MAX_UPLOAD_BYTES, the limit of any request) and the hours an upload may sit
+    # idle before it is expired and its bytes removed.
+    upload_chunk_bytes: int = 8 * 1024 * 1024
+    # Database sources a custodian may deliver a table from, by name only: a JSON object of short
+    # names to SQLAlchemy URLs (read-only accounts), e.g. {"warehouse": "postgresql+psycopg://..."}.
+    # The URLs never leave the service: custodians see and send the names.
+    database_sources: str = field(default="", repr=False)
+    upload_expiry_hours: int = 24
     # Named as the publisher in each dataset's metadata export (DCAT).
     metadata_publisher: str = "Trusted research environment"
     # Extracts: rows per chunk (a worker's memory follows it) and per partition. A Parquet source
@@ -193,6 +203,19 @@ class Settings:
             raise ConfigError("TRE_TRUSTED_PROXIES must be between 0 and 10")
         if not 1 <= self.session_max_hours <= 24 * 7:
             raise ConfigError("TRE_SESSION_MAX_HOURS must be between 1 and 168 (a week)")
+        if self.upload_chunk_bytes < 64 * 1024:
+            raise ConfigError("TRE_UPLOAD_CHUNK_BYTES must be at least 65536")
+        # A chunk travels in one request, which TRE_MAX_UPLOAD_BYTES limits (with room for headers).
+        changes["upload_chunk_bytes"] = max(min(self.upload_chunk_bytes, self.max_upload_bytes - 64 * 1024), 1024)
+        if self.database_sources.strip():
+            try:
+                sources = json.loads(self.database_sources)
+            except ValueError:
+                sources = None
+            if not isinstance(sources, dict) or not all(isinstance(v, str) and v for v in sources.values()):
+                raise ConfigError("TRE_DATABASE_SOURCES must be a JSON object of names to SQLAlchemy URLs")
+        if not 1 <= self.upload_expiry_hours <= 24 * 30:
+            raise ConfigError("TRE_UPLOAD_EXPIRY_HOURS must be between 1 and 720")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
             raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
         if self.broker_poll_ms == 0:

@@ -44,7 +44,7 @@ def dataset(dataset_id: str) -> str:
 
 def schema_service() -> DatasetSchemas:
     p = platform()
-    return DatasetSchemas(p.db.session, p.audit, request_id=g.get("request_id"))
+    return DatasetSchemas(p.db.session, p.audit, request_id=g.get("request_id"), keys=p.keys)
 
 
 def _choices_from_form(names: list[str]) -> dict[str, dict[str, str]]:

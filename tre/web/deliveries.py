@@ -9,8 +9,11 @@ from typing import Any
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
+from projects import rules
+from pseudonymisation import profiling
 from pseudonymisation.delivery_checks import public_report
 from pseudonymisation.delivery_tasks import deliveries_service
+from pseudonymisation.omop_folders import OmopFolders
 from tre.access import requires
 from tre.authn import platform
 from tre.core.permissions import Permission
@@ -43,6 +46,12 @@ def index(dataset_id: str) -> Any:
                 if done is not None:
                     flash("Delivery rules saved", "success")
                     return redirect(url_for("deliveries.index", dataset_id=ds.id))
+        elif request.form.get("action") == "table":
+            made, error = attempt(lambda: svc.receive_table(g.user, ds.id, request.form.get("database_source", ""),
+                                                            request.form.get("table", "")))
+            if made is not None:
+                flash("Table received; it is being read and checked", "success")
+                return redirect(url_for("deliveries.delivery", delivery_id=made.id))
         else:
             made, error = attempt(lambda: svc.receive(g.user, ds.id, request.form.get("source_name", "")))
             if made is not None:
@@ -53,7 +62,8 @@ def index(dataset_id: str) -> Any:
     rules, _ = attempt(lambda: svc.get_rules(g.user, ds.id))
     return render_template(
         "deliveries/index.html", title=f"Deliveries of {ds.title}", dataset=ds, deliveries=deliveries or [],
-        versions=versions or [], rules_text=request.form.get("rules") if error and request.method == "POST"
+        versions=versions or [], database_sources=sorted(svc.database_sources),
+        rules_text=request.form.get("rules") if error and request.method == "POST"
         else json.dumps(rules.to_dict() if rules else {}, indent=2), error=error,
     ), (422 if error else 200)
 
@@ -67,6 +77,30 @@ def delivery(delivery_id: str) -> str:
     report = public_report(found.report) if found.report else None
     return render_template("deliveries/delivery.html", title="Delivery", delivery=found, dataset=ds,
                            report=report, charts=delivery_quality_charts(report) if report else [])
+
+
+@bp.route("/omop", methods=["GET", "POST"])
+@requires(Permission.DATASET_MANAGE)
+def omop_folder() -> Any:
+    """Register an OMOP CDM folder of the landing folder: name it, review the tables recognised with
+    their roles, rules, keys and links (nothing registered yet), then confirm."""
+    p = platform()
+    svc = OmopFolders(p.db.session, p.audit, request_id=g.get("request_id"), landing_dir=p.settings.landing_dir,
+                      identifiable_path=p.settings.identifiable_path)
+    folder, prefix = request.form.get("folder", ""), request.form.get("prefix", "")
+    tables, error = None, None
+    if request.method == "POST":
+        if request.form.get("action") == "confirm":
+            made, error = attempt(lambda: svc.register_folder(g.user, folder, prefix))
+            if made is not None:
+                flash(f"Registered {len(made)} OMOP tables; their first deliveries are being checked", "success")
+                return redirect(url_for("catalogue.index"))
+        else:
+            tables, error = attempt(lambda: svc.preview_folder(g.user, folder, prefix))
+    return render_template("deliveries/omop.html", title="Register an OMOP CDM folder", folder=folder,
+                           prefix=prefix, tables=tables, error=error, role_labels=rules.COLUMN_ROLE_LABELS,
+                           rule_labels={str(k): v for k, v in profiling.RULE_LABELS.items()},
+                           landing=p.settings.landing_dir is not None), (422 if error else 200)
 
 
 __all__ = ["bp"]
