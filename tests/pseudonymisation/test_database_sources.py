@@ -19,6 +19,8 @@ from projects.kernel import ProjectError, ProjectPermissionDenied
 from pseudonymisation import database_sources as sources
 from pseudonymisation.delivery_tasks import deliveries_service
 from pseudonymisation.models import DatasetDelivery
+from pseudonymisation.sealed import is_sealed
+from pseudonymisation.zone import source as source_in_zone
 from tests.conftest import make_test_app
 from tests.projects.factories import build_world, make_user
 from tre.core.audit import AuditEvent
@@ -81,7 +83,10 @@ def test_a_database_table_is_read_in_chunks_and_becomes_the_next_version(
         assert delivery is not None
         s.expunge(delivery)
     stored = Path(delivery.stored_path or "")
-    written = pq.ParquetFile(stored)
+    assert is_sealed(stored)  # sealed at rest (ADR 0033); the plain Parquet read is gone
+    assert [p.name for p in stored.parent.iterdir()] == [stored.name]
+    sealed_copy = source_in_zone(stored, app.extensions["tre.platform"].keys).open()
+    written = pq.ParquetFile(sealed_copy)
 
     assert (delivery.state, delivery.origin, delivery.version, delivery.rows) == ("accepted", "database", 2, 130)
     assert delivery.source_name == f"warehouse:{source_table[1]}.registry"
@@ -89,6 +94,8 @@ def test_a_database_table_is_read_in_chunks_and_becomes_the_next_version(
     assert stored.is_relative_to(Path(app.extensions["tre.settings"].identifiable_path))
     assert oct(stored.stat().st_mode & 0o777) == oct(0o600)
     assert versions(app, ds) == [1, 2] and chunks == [1]
+    written.close()
+    sealed_copy.close()
 
 
 @pytest.mark.parametrize(("source", "table", "says"), [

@@ -17,7 +17,9 @@ from projects.kernel import NotFound, ProjectPermissionDenied
 from projects.models import Dataset
 from pseudonymisation.delivery_tasks import uploads_service
 from pseudonymisation.models import DatasetDelivery, DatasetUpload
+from pseudonymisation.sealed import is_sealed
 from pseudonymisation.uploads import OffsetMismatch, TooLarge, UploadClosed, UploadRefused, Uploads
+from pseudonymisation.zone import source as source_in_zone
 from tests.projects.factories import build_world, make_user
 from tre.core.audit import DENIED, AuditEvent
 from tre.core.db import utcnow
@@ -25,6 +27,12 @@ from tre.core.db import utcnow
 from .test_deliveries import HEADER, register, versions, write_delivery
 
 CHUNK = 1000
+
+
+def plaintext(app: Any, stored: Path) -> bytes:
+    """A delivery's copy in the zone, read through its seal."""
+    with source_in_zone(stored, app.extensions["tre.platform"].keys).open() as handle:
+        return handle.read()
 
 
 def uploads(app: Any) -> Uploads:
@@ -99,7 +107,8 @@ def test_a_file_sent_in_chunks_lands_only_in_the_zone_and_becomes_the_next_versi
     assert part.is_relative_to(zone(app)) and not part.is_relative_to(app.extensions["tre.settings"].landing_dir)
     assert (delivery.state, delivery.origin, delivery.version, delivery.rows) == ("accepted", "upload", 2, 200)
     stored = Path(delivery.stored_path or "")
-    assert stored.is_relative_to(zone(app) / "deliveries") and stored.read_bytes() == data
+    assert stored.is_relative_to(zone(app) / "deliveries") and plaintext(app, stored) == data
+    assert is_sealed(stored) and data[:40] not in stored.read_bytes()  # sealed at rest (ADR 0033)
     assert delivery.source_sha256 == sha(data) and stat.S_IMODE(stored.stat().st_mode) == 0o600
     assert not part.parent.exists()  # nothing left in the uploads folder
     assert versions(app, ds) == [1, 2]
@@ -124,7 +133,7 @@ def test_an_upload_resumes_from_the_offset_the_server_reports_after_a_break(onbo
     delivery = delivery_of(app, again.finish(w.custodian, up.id).id)
 
     assert reached == 3 * CHUNK and repeated.value.offset == 3 * CHUNK
-    assert Path(delivery.stored_path or "").read_bytes() == data and delivery.state == "accepted"
+    assert plaintext(app, Path(delivery.stored_path or "")) == data and delivery.state == "accepted"
 
 
 def test_chunks_out_of_order_oversized_past_the_size_or_damaged_are_refused_and_audited(onboarding_app: Any) -> None:
@@ -224,7 +233,7 @@ def test_a_finished_upload_cannot_be_patched_or_finished_again(onboarding_app: A
     with pytest.raises(UploadRefused, match="finished"):
         svc.finish(w.custodian, uid)
 
-    assert Path(delivery_of(app, delivery_id).stored_path or "").read_bytes() == data
+    assert plaintext(app, Path(delivery_of(app, delivery_id).stored_path or "")) == data
     assert len(refusals(app, "dataset.upload_chunk")) == 1 and len(refusals(app, "dataset.upload_finish")) == 1
 
 
