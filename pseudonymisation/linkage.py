@@ -102,6 +102,10 @@ class LinkageSettings:
     review_floor: float = 0.5
     # Pairs below this probability are not even counted in the match weight distribution.
     histogram_floor: float = 0.001
+    # DuckDB's memory ceiling (e.g. "12GB"; None: DuckDB's 80% of the machine) and where it spills
+    # the scored pairs beyond it (None: DuckDB's choice).
+    duckdb_memory_limit: str | None = None
+    duckdb_temp_directory: str | None = None
     # Where Splink runs the model: "duckdb" (one machine, in process) or "spark" (Splink's Spark
     # backend; pyspark is the optional ``spark`` extra). Same model, same clusters (ADR 0031).
     backend: Backend = "duckdb"
@@ -483,6 +487,10 @@ def _probabilistic_edges(
     records they are the most of the hundreds of millions scored, and only their counts are kept."""
     frame = splink_frame(clean)
     model = splink_settings(frame, settings)
+    if trained is not None and trained.get("sql_dialect", settings.backend) != settings.backend:
+        # The saved model's comparisons are SQL of the backend it was trained on (DuckDB quotes
+        # names as Spark quotes strings): train it again on this backend rather than misread it.
+        raise ValueError(f"the model was trained on {trained['sql_dialect']}; train it on {settings.backend}")
     with _quiet_splink(), splink_backend(settings) as db_api:
         linker = Linker(register_frame(db_api, frame, settings), dict(trained) if trained is not None else model,
                         log_level=None)
@@ -523,6 +531,11 @@ def splink_backend(settings: LinkageSettings) -> Iterator[Any]:
         try:
             if settings.threads is not None:
                 connection.execute(f"SET threads = {int(settings.threads)}")
+            if settings.duckdb_memory_limit is not None:
+                connection.execute(f"SET memory_limit = '{_duckdb_size(settings.duckdb_memory_limit)}'")
+            if settings.duckdb_temp_directory is not None:
+                quoted = settings.duckdb_temp_directory.replace("'", "''")
+                connection.execute(f"SET temp_directory = '{quoted}'")
             yield DuckDBAPI(connection)
         finally:
             connection.close()
@@ -536,6 +549,15 @@ def splink_backend(settings: LinkageSettings) -> Iterator[Any]:
                        break_lineage_method="parquet" if settings.spark_checkpoint_dir else "persist")
     else:
         raise ValueError(f"unknown linkage backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+_SIZE = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def _duckdb_size(text: str) -> str:
+    if not _SIZE.fullmatch(text.strip()):
+        raise ValueError("duckdb_memory_limit must be a size such as 12GB")
+    return text.strip()
 
 
 def spark_session(settings: LinkageSettings) -> Any:
@@ -557,6 +579,7 @@ def spark_session(settings: LinkageSettings) -> Any:
         .config("spark.default.parallelism", str(partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .getOrCreate()
     )
 
