@@ -19,6 +19,8 @@ pytestmark = [
     pytest.mark.timeout(1800),  # Spark runs a few hundred small jobs; a busy 2-core machine is slow at it
     # pyspark 4.3 warns on every pandas conversion that it does not fully support pandas 3.
     pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+    # ...and its Arrow conversion to pandas still passes pandas 3 the deprecated copy keyword.
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:pandas.errors.Pandas4Warning"),
 ]
 
 # Fewer EM iterations than the default keep Spark's few hundred jobs per run to a few minutes; both
