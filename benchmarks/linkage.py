@@ -1,6 +1,10 @@
 """Benchmark: the person index core against a plain Splink run of the same model, in one process.
 
-Run:  python -m benchmarks.linkage [--people 50000] [--seed 20] [--threads 2]
+Run:  python -m benchmarks.linkage [--people 50000] [--sources three|two] [--seed 20] [--threads 2]
+           [--backend duckdb|spark] [--memory-limit 12GB]
+
+The issue's size is ``--sources two --people 1000000``: a hospital and a social care source of one
+million records each (every person in both; numbers on 97% and 20% of them).
 
 Makes linkable hospital, GP and social care sources with the demo generator's errors at its stated
 rates (``tre/demo/linkage_sources.py``: typos, nicknames, swapped names, transposed day and month,
@@ -19,16 +23,17 @@ printed is one JSON object (benchmark, value, baseline, ratio, target, precision
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import gc
 import json
+import resource
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from itertools import combinations
 from typing import Any
 
-import duckdb
-from splink import DuckDBAPI, Linker
+from splink import Linker
 
 from pseudonymisation import linkage
 from tre.demo import linkage_sources
@@ -58,51 +63,62 @@ def quality(found: dict[tuple[str, str], Any], truth: dict[tuple[str, str], int]
 
 
 def plain_splink(records: list[linkage.Record], settings: linkage.LinkageSettings) -> dict[tuple[str, str], Any]:
-    """Splink alone, same model and training, clustered by Splink at the same threshold."""
+    """Splink alone, same model, training and backend, clustered by Splink at the same threshold."""
     ordered = sorted(records, key=lambda r: (r.source, r.record_id))
     frame = linkage.splink_frame(linkage.clean_records(records))
-    connection = duckdb.connect(":memory:")
-    if settings.threads is not None:
-        connection.execute(f"SET threads = {int(settings.threads)}")
-    try:
-        api = DuckDBAPI(connection)
-        linker = Linker(api.register(frame), linkage.splink_settings(frame, settings), log_level=None)
+    with linkage.splink_backend(settings) as api:
+        linker = Linker(linkage.register_frame(api, frame, settings), linkage.splink_settings(frame, settings),
+                        log_level=None)
         linkage.train_linker(linker, settings, len(frame))
         predictions = linker.inference.predict(threshold_match_probability=settings.threshold)
         clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
             predictions, threshold_match_probability=settings.threshold
         ).as_pandas_dataframe()
-    finally:
-        connection.close()
     cluster_of = dict(zip(clusters["unique_id"], clusters["cluster_id"], strict=True))
     return {(r.source, r.record_id): cluster_of[i] for i, r in enumerate(ordered)}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # Linux: kilobytes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--sources", choices=("three", "two"), default="three",
+                        help="three: hospital, GP, social care (the demo's); two: every person in both of "
+                             "a hospital and a social care source (the issue's 1M x 1M shape)")
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: DuckDB's choice)")
+    parser.add_argument("--backend", choices=linkage.BACKENDS, default="duckdb")
+    parser.add_argument("--memory-limit", default=None,
+                        help="DuckDB's memory ceiling, e.g. 12GB; scored pairs beyond it spill to a temporary folder")
     args = parser.parse_args()
 
     import logging
 
     logging.getLogger("splink").setLevel(logging.ERROR)
-    made = linkage_sources.generate(args.people, seed=args.seed)
+    specs = linkage_sources.TWO_SOURCES if args.sources == "two" else linkage_sources.DEFAULT_SOURCES
+    made = linkage_sources.generate(args.people, seed=args.seed, sources=specs)
     records = linkage_sources.records(made)
-    settings = linkage.LinkageSettings(threads=args.threads)
+    spill = tempfile.TemporaryDirectory(prefix="tre-linkage-bench-")
+    settings = linkage.LinkageSettings(threads=args.threads, backend=args.backend,
+                                       duckdb_memory_limit=args.memory_limit,
+                                       duckdb_temp_directory=spill.name if args.memory_limit else None)
     print(f"{len(records):,} records of {args.people:,} people: "
           + ", ".join(f"{n} {t.num_rows:,}" for n, t in made.tables.items()), flush=True)
 
     started = time.perf_counter()
     baseline = plain_splink(records, settings)
     baseline_s = time.perf_counter() - started
-    print(f"plain Splink (same model, its own clustering): {baseline_s:.1f} s", flush=True)
+    print(f"plain Splink (same model, its own clustering): {baseline_s:.1f} s; peak RSS {peak_rss_gib():.1f} GiB",
+          flush=True)
+    gc.collect()
 
     started = time.perf_counter()
     result = linkage.link_records(records, settings)
     value_s = time.perf_counter() - started
-    print(f"person index core: {value_s:.1f} s", flush=True)
+    print(f"person index core: {value_s:.1f} s; peak RSS {peak_rss_gib():.1f} GiB", flush=True)
 
     precision, recall = quality({(lk.source, lk.record_id): lk.person_id for lk in result.links}, made.truth)
     base_precision, base_recall = quality(baseline, made.truth)
@@ -111,10 +127,12 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "linkage",
         "people": args.people,
+        "sources": args.sources,
+        "backend": args.backend,
         "records": len(records),
         "value": round(value_s, 2),
         "baseline": round(baseline_s, 2),
-        "baseline_name": "plain Splink on DuckDB, same model and training, Splink's clustering",
+        "baseline_name": f"plain Splink on {args.backend}, same model and training, Splink's clustering",
         "ratio": round(value_s / baseline_s, 3),
         "target": TARGET_RATIO,
         "precision": round(precision, 5),
@@ -125,9 +143,9 @@ def main() -> None:
         "baseline_recall": round(base_recall, 5),
         "review_band_pairs": len(result.candidates),
         "generator": made.describe(),
-        "spark_backend": "not run: pyspark is not installed" if importlib.util.find_spec("pyspark") is None
-        else "installed, not run by this benchmark",
+        "peak_rss_gib": round(peak_rss_gib(), 2),
     }))
+    spill.cleanup()
 
 
 if __name__ == "__main__":

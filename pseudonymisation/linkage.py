@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ from pseudonymisation import nhs_number
 _log = logging.getLogger(__name__)
 
 Method = Literal["deterministic", "probabilistic", "clerical", "singleton"]
+Backend = Literal["duckdb", "spark"]
 METHODS: tuple[Method, ...] = ("deterministic", "probabilistic", "clerical", "singleton")
 
 _NOT_LETTERS = re.compile(r"[^A-Z]")
@@ -102,9 +102,23 @@ class LinkageSettings:
     review_floor: float = 0.5
     # Pairs below this probability are not even counted in the match weight distribution.
     histogram_floor: float = 0.001
+    # DuckDB's memory ceiling (e.g. "12GB"; None: DuckDB's 80% of the machine) and where it spills
+    # the scored pairs beyond it (None: DuckDB's choice).
+    duckdb_memory_limit: str | None = None
+    duckdb_temp_directory: str | None = None
+    # Where Splink runs the model: "duckdb" (one machine, in process) or "spark" (Splink's Spark
+    # backend; pyspark is the optional ``spark`` extra). Same model, same clusters (ADR 0031).
+    backend: Backend = "duckdb"
+    # The Spark master when the core starts the session itself: "local[2]" runs Spark in this
+    # process's JVM on two cores; a cluster's URL for a larger deployment. An active session wins.
+    spark_master: str = "local[2]"
+    # Where Spark writes Splink's intermediate tables (parquet) to cut their lineage; None keeps
+    # them in Spark's memory (enough in local mode).
+    spark_checkpoint_dir: str | None = None
 
 
 Decision = Literal["match", "no_match"]
+BACKENDS: tuple[Backend, ...] = ("duckdb", "spark")
 RecordKey = tuple[str, str]
 
 
@@ -145,7 +159,7 @@ def train(records: Sequence[Record], settings: LinkageSettings | None = None) ->
     trained m, u and prior: rules and numbers, no record's values), for ``link(..., model=)``."""
     settings = settings or LinkageSettings()
     _, clean = _ordered(records)
-    _, model = _probabilistic_edges(clean, settings, None)
+    _, model, _ = _probabilistic_edges(clean, settings, None)
     return model
 
 
@@ -176,7 +190,7 @@ def link_records(
     ordered, clean = _ordered(records)
 
     anchors = _deterministic_anchors(clean)
-    scored, used = _probabilistic_edges(clean, settings, model) if len(clean) > 1 else ([], model)
+    scored, used, histogram = _probabilistic_edges(clean, settings, model) if len(clean) > 1 else ([], model, {})
     index_of = {(r.source, r.record_id): i for i, r in enumerate(ordered)}
     forced: list[tuple[int, int]] = []
     refused: set[frozenset[int]] = set()
@@ -203,7 +217,6 @@ def link_records(
         ),
         key=lambda c: (-c.match_probability, c.left, c.right),
     )
-    histogram = Counter(int(math.floor(w)) for _, w, _, _ in scored)
 
     by_key = {(lk.source, lk.record_id): lk for lk in links}
     counts = Counter(lk.method for lk in links)
@@ -467,35 +480,121 @@ def train_linker(linker: Any, settings: LinkageSettings, count: int) -> None:
 
 def _probabilistic_edges(
     clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
-) -> tuple[list[tuple[float, float, int, int]], dict[str, Any]]:
-    """Scored pairs (probability, match weight, left index, right index) at or above the histogram
-    floor, and the model."""
+) -> tuple[list[tuple[float, float, int, int]], dict[str, Any], dict[int, int]]:
+    """Scored pairs (probability, match weight, left index, right index) at or above the lower of the
+    review floor and the threshold, the model, and the count of pairs per whole match weight (pairs at
+    or above the histogram floor). The pairs below the review floor stay in the backend: at a million
+    records they are the most of the hundreds of millions scored, and only their counts are kept."""
     frame = splink_frame(clean)
     model = splink_settings(frame, settings)
-    connection = duckdb.connect(":memory:")
-    try:
-        if settings.threads is not None:
-            connection.execute(f"SET threads = {int(settings.threads)}")
-        with _quiet_splink():
-            db_api = DuckDBAPI(connection)
-            table = db_api.register(frame)
-            linker = Linker(table, dict(trained) if trained is not None else model, log_level=None)
-            if trained is None:
-                _train(linker, settings, len(clean))
-            floor = min(settings.histogram_floor, settings.review_floor, settings.threshold)
-            scored = linker.inference.predict(threshold_match_probability=floor).as_pandas_dataframe()
-            result = linker.misc.save_model_to_json()
-    finally:
-        connection.close()
-    decimals = settings.probability_decimals
+    if trained is not None and trained.get("sql_dialect", settings.backend) != settings.backend:
+        # The saved model's comparisons are SQL of the backend it was trained on (DuckDB quotes
+        # names as Spark quotes strings): train it again on this backend rather than misread it.
+        raise ValueError(f"the model was trained on {trained['sql_dialect']}; train it on {settings.backend}")
+    with _quiet_splink(), splink_backend(settings) as db_api:
+        linker = Linker(register_frame(db_api, frame, settings), dict(trained) if trained is not None else model,
+                        log_level=None)
+        if trained is None:
+            _train(linker, settings, len(clean))
+        floor = min(settings.histogram_floor, settings.review_floor, settings.threshold)
+        predictions = linker.inference.predict(threshold_match_probability=floor)
+        decimals = settings.probability_decimals
+        table = predictions.physical_name
+        counted = linker.misc.query_sql(
+            f"select cast(floor(round(match_weight, {decimals})) as bigint) as w, count(*) as n "  # noqa: S608  # nosec B608 - numbers only
+            f"from {table} group by 1", output_type="pandas")
+        keep = min(settings.review_floor, settings.threshold) - 10.0 ** -decimals  # rounding below may lift a pair
+        scored = linker.misc.query_sql(
+            "select match_probability, match_weight, unique_id_l, unique_id_r "  # noqa: S608  # nosec B608
+            f"from {table} where match_probability >= {keep!r}", output_type="pandas")
+        result = linker.misc.save_model_to_json()
+        predictions.drop_table_from_database_and_remove_from_cache()
+    histogram = {int(w): int(n) for w, n in zip(counted["w"], counted["n"], strict=True)}
     edges = [
         (round(float(p), decimals), round(float(w), decimals), int(left), int(right))
         for p, w, left, right in zip(scored["match_probability"], scored["match_weight"], scored["unique_id_l"],
                                      scored["unique_id_r"], strict=True)
     ]
-    _log.info("%d candidate pairs scored, %d at or above the threshold", len(edges),
-              sum(e[0] >= settings.threshold for e in edges))
-    return edges, result
+    _log.info("%d candidate pairs scored, %d kept, %d at or above the threshold", sum(histogram.values()),
+              len(edges), sum(e[0] >= settings.threshold for e in edges))
+    return edges, result, histogram
+
+
+@contextlib.contextmanager
+def splink_backend(settings: LinkageSettings) -> Iterator[Any]:
+    """Splink's database API for ``settings.backend``: an in-memory DuckDB closed afterwards, or Spark
+    (the active session, else one the core starts with ``spark_master`` and Splink's similarity jar;
+    left running, since a JVM is slow to start and one process links many times). Public so that the
+    benchmark runs plain Splink on the same backend."""
+    if settings.backend == "duckdb":
+        connection = duckdb.connect(":memory:")
+        try:
+            if settings.threads is not None:
+                connection.execute(f"SET threads = {int(settings.threads)}")
+            if settings.duckdb_memory_limit is not None:
+                connection.execute(f"SET memory_limit = '{_duckdb_size(settings.duckdb_memory_limit)}'")
+            if settings.duckdb_temp_directory is not None:
+                quoted = settings.duckdb_temp_directory.replace("'", "''")
+                connection.execute(f"SET temp_directory = '{quoted}'")
+            yield DuckDBAPI(connection)
+        finally:
+            connection.close()
+    elif settings.backend == "spark":
+        from splink.backends.spark import SparkAPI  # pyspark is optional: imported only when chosen
+
+        spark = spark_session(settings)
+        if settings.spark_checkpoint_dir is not None:
+            spark.sparkContext.setCheckpointDir(settings.spark_checkpoint_dir)
+        yield SparkAPI(spark_session=spark,
+                       break_lineage_method="parquet" if settings.spark_checkpoint_dir else "persist")
+    else:
+        raise ValueError(f"unknown linkage backend {settings.backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+_SIZE = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
+def _duckdb_size(text: str) -> str:
+    if not _SIZE.fullmatch(text.strip()):
+        raise ValueError("duckdb_memory_limit must be a size such as 12GB")
+    return text.strip()
+
+
+def spark_session(settings: LinkageSettings) -> Any:
+    """The active Spark session, or a new one on ``settings.spark_master`` with the jar that holds
+    Splink's string similarity functions (it ships inside the splink wheel: nothing to download)."""
+    from pyspark.sql import SparkSession
+    from splink.backends.spark import similarity_jar_location
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    cores = settings.spark_master.removeprefix("local[").removesuffix("]")
+    partitions = int(cores) * 2 if cores.isdigit() else 200
+    return (
+        SparkSession.builder.master(settings.spark_master)
+        .appName("tre-person-index")
+        .config("spark.jars", similarity_jar_location())
+        .config("spark.sql.shuffle.partitions", str(partitions))
+        .config("spark.default.parallelism", str(partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+
+
+_FRAME_SCHEMA = ("unique_id long, first_name string, surname string, full_name string, date_of_birth string, "
+                 "sex string, postcode string")
+
+
+def register_frame(db_api: Any, frame: pd.DataFrame, settings: LinkageSettings) -> Any:
+    """The frame as the backend's input table. Spark is given the column types: it cannot infer the
+    type of a column that is all missing (a source without postcodes)."""
+    if settings.backend == "spark":
+        spark = db_api.spark
+        return db_api.register(spark.createDataFrame(frame, schema=_FRAME_SCHEMA))
+    return db_api.register(frame)
 
 
 # --- clustering ---------------------------------------------------------------------------------

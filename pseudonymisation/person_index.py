@@ -354,6 +354,36 @@ class PersonIndex:
         )
         return {r: IndexedRecord(bytes(p), m, prob) for r, p, m, prob in rows}
 
+    def person_records(self, pseudonym: bytes) -> tuple[LinkageRun | None, list[linkage.Record]]:
+        """The records of the person whose pseudonym this is, identifiers read from the sources now.
+
+        For governed re-identification of a person without an NHS number only (the service has
+        checked the approvals and audits the answer). The newest succeeded run that holds the
+        pseudonym answers: a person's pseudonym is stable across runs while their first record stays
+        theirs, so a token from an extract of an older index still finds them. Nothing found (a
+        token of another project or purpose decrypts to a block no person has) is (None, [])."""
+        found = self.session.execute(
+            select(PersonIndexEntry.run_id, PersonIndexEntry.person_id)
+            .join(LinkageRun, LinkageRun.id == PersonIndexEntry.run_id)
+            .where(PersonIndexEntry.person_pseudonym == pseudonym, LinkageRun.state == "succeeded")
+            .order_by(LinkageRun.finished_at.desc(), LinkageRun.id.desc()).limit(1)
+        ).first()
+        if found is None:
+            return None, []
+        run_id, person_id = found
+        keys = sorted(self.session.execute(
+            select(PersonIndexEntry.source, PersonIndexEntry.record_id)
+            .where(PersonIndexEntry.run_id == run_id, PersonIndexEntry.person_id == person_id)
+        ))
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for source, record_id in keys:
+            wanted[source].add(record_id)
+        records = [
+            record for source in self.sources() if source.dataset.name in wanted
+            for record in records_of(source) if record.record_id in wanted[source.dataset.name]
+        ]
+        return self.session.get(LinkageRun, run_id), sorted(records, key=lambda r: (r.source, r.record_id))
+
     # --- plumbing --------------------------------------------------------------------------------------
 
     def _require(self, actor: User, permission: Permission, action: str) -> None:

@@ -56,6 +56,7 @@ class PersonIndexEntry(Base):
             "(method = 'singleton') = (match_probability IS NULL)", name="probability_unless_singleton"
         ),
         Index("ix_person_index_entries_person", "run_id", "person_id"),
+        Index("ix_person_index_entries_pseudonym", "person_pseudonym"),  # re-identification's lookup
     )
 
     run_id: Mapped[str] = mapped_column(ForeignKey("linkage_runs.id", ondelete="CASCADE"), primary_key=True)

@@ -31,6 +31,7 @@ from pseudonymisation.extract_options import (
     ExtractOptions,
     PersonLinks,
 )
+from pseudonymisation.linkage import Record
 from pseudonymisation.models import (
     DatasetDelivery,
     Extract,
@@ -80,6 +81,25 @@ def _key(session: Session, keys: KeyProvider, name: str, *, create: bool) -> byt
     if row.wrapped is None:
         raise ExtractServiceError("This project's key was destroyed at closure; its tokens can no longer be linked")
     return keys.unwrap_key(row.wrapped, name)
+
+
+def _reidentified(
+    found: tokens.Reidentified, person: tuple[LinkageRun | None, list[Record]] | None
+) -> dict[str, Any]:
+    """One token's answer: its NHS number when it had one, else its person's records in the index
+    (``person_records`` empty when the token is nobody's here)."""
+    out: dict[str, Any] = {"token": found.token, "nhs_number": found.nhs_number,
+                           "check_digit_valid": found.check_digit_valid}
+    if person is not None:
+        run, records = person
+        out["person_index_run"] = run.id if run is not None else None
+        out["person_records"] = [
+            {"dataset": r.source, "record_id": r.record_id, "nhs_number": r.nhs_number, "first_name": r.first_name,
+             "surname": r.surname, "date_of_birth": None if r.date_of_birth is None else str(r.date_of_birth),
+             "sex": r.sex, "postcode": r.postcode}
+            for r in records
+        ]
+    return out
 
 
 def _linkage_columns(dataset: Dataset) -> dict[str, str] | None:
@@ -561,10 +581,17 @@ class Extracts:
             linkage = _key(s, self.keys, LINKAGE, create=False)
             project_key = _key(s, self.keys, _project_key_name(req.project_id), create=False)
             found = tokens.reidentify(list(req.tokens), project_key, linkage)
+            # A token with no number may be a person of the person index without one: the index
+            # answers with their records' identifiers, read from the sources now. A token of another
+            # project or of another purpose decrypts here to a block that no person has: nothing.
+            index = PersonIndex(s, self.audit, self.keys, self.request_id)
+            people = {r.token: index.person_records(bytes.fromhex(r.pseudonym)) for r in found if r.nhs_number is None}
             req.state = reid.FULFILLED
             req.fulfilled_at = utcnow()
             self.audit.record(s, action, actor_id=actor.id, target_type="reidentification",
                               target_id=req.id, project_id=req.project_id, request_id=self.request_id,
-                              detail={"tokens": len(req.tokens)})
-        return [{"token": r.token, "nhs_number": r.nhs_number, "check_digit_valid": r.check_digit_valid}
-                for r in found]
+                              detail={"tokens": len(req.tokens),
+                                      "by_nhs_number": sum(r.nhs_number is not None for r in found),
+                                      "by_person_index": sum(bool(records) for _, records in people.values()),
+                                      "not_found": sum(not records for _, records in people.values())})
+        return [_reidentified(r, people.get(r.token)) for r in found]

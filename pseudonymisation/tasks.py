@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from projects.closure import register_destruction_hook
+from pseudonymisation import linkage
 from pseudonymisation.models import Extract
 from pseudonymisation.person_index import RUN_JOB, LinkageServiceError, PersonIndex
 from pseudonymisation.person_index_models import LinkageRun
@@ -100,7 +101,13 @@ def _worker_lost(session: Session, payload: dict[str, Any], reason: str) -> None
 # --- the person index ---------------------------------------------------------------------------------
 
 def person_index_service(platform: Any, session: Session | None = None, request_id: str | None = None) -> PersonIndex:
-    return PersonIndex(session or platform.db.session, platform.audit, platform.keys, request_id=request_id)
+    config = platform.settings
+    settings = linkage.LinkageSettings(
+        backend=config.linkage_backend, spark_master=config.linkage_spark_master,
+        spark_checkpoint_dir=config.linkage_spark_checkpoint_dir or None,
+    )
+    return PersonIndex(session or platform.db.session, platform.audit, platform.keys, request_id=request_id,
+                       settings=settings)
 
 
 @job_handler(RUN_JOB, queue="extracts")

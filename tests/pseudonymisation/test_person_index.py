@@ -45,7 +45,7 @@ def _register(app: Any, w: Any, paths: dict[str, Path]) -> None:
         )
 
 
-def _active_project(app: Any, w: Any) -> Any:
+def _active_project(app: Any, w: Any, publish: bool = True) -> Any:
     from projects.models import Dataset
 
     s = app.extensions["tre.db"].session
@@ -63,7 +63,8 @@ def _active_project(app: Any, w: Any) -> Any:
     w.svc.cast_vote(w.dana, p.id, "approve", "fine")
     w.svc.cast_vote(w.drew, p.id, "approve", "fine")
     w.svc.decide(w.chair, p.id, "approved")
-    publish_agreement(w)
+    if publish:  # a second project of the same world signs the agreement already published
+        publish_agreement(w)
     w.svc.activate(w.pi, p.id)
     return p
 

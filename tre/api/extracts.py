@@ -53,6 +53,10 @@ class ReidentifiedSchema(ma.Schema):
     token = ma.fields.String()
     nhs_number = ma.fields.String(allow_none=True)
     check_digit_valid = ma.fields.Boolean()
+    # A token without a number: the run of the person index that knew the person, and their records'
+    # identifiers (empty when the token is nobody's in this project's index).
+    person_index_run = ma.fields.String(allow_none=True)
+    person_records = ma.fields.List(ma.fields.Dict())
 
 
 def _service() -> Any:

@@ -112,6 +112,14 @@ class Settings:
     # worker with the same chunk size); 0 builds every extract in one job.
     extract_chunk_rows: int = 1_000_000
     extract_partition_rows: int = 5_000_000
+    # The person index: where Splink runs the linkage model. "duckdb" in the worker's process (one
+    # machine); "spark" on Splink's Spark backend (the optional spark extra; ADR 0031), with
+    # linkage_spark_master the Spark master ("local[2]": Spark in the worker on two cores; a cluster's
+    # URL otherwise) and linkage_spark_checkpoint_dir where Spark writes intermediate tables ("" keeps
+    # them in memory, enough in local mode).
+    linkage_backend: str = "duckdb"
+    linkage_spark_master: str = "local[2]"
+    linkage_spark_checkpoint_dir: str = ""
     # Projects: votes needed (from reviewers without a conflict) before the chair may decide.
     dac_quorum: int = 2
     # Reminders this many days before training or a project expires.
@@ -218,6 +226,8 @@ class Settings:
             raise ConfigError("TRE_UPLOAD_EXPIRY_HOURS must be between 1 and 720")
         if self.extract_chunk_rows < 1 or self.extract_partition_rows < 0:
             raise ConfigError("TRE_EXTRACT_CHUNK_ROWS must be at least 1 and TRE_EXTRACT_PARTITION_ROWS at least 0")
+        if self.linkage_backend not in ("duckdb", "spark"):
+            raise ConfigError("TRE_LINKAGE_BACKEND must be duckdb or spark")
         if self.broker_poll_ms == 0:
             changes["broker_poll_ms"] = 2000 if self.broker_wakeups else 1000
         elif not 10 <= self.broker_poll_ms <= 60_000:

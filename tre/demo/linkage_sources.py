@@ -71,6 +71,13 @@ DEFAULT_SOURCES = (
     SourceSpec("social_care", 0.5, 0.2),
 )
 
+# The benchmark shape: every person in both of two sources (so N people are N x N records),
+# numbers on most hospital records and few social care ones.
+TWO_SOURCES = (
+    SourceSpec("hospital", 1.0, 0.97),
+    SourceSpec("social_care", 1.0, 0.2),
+)
+
 
 @dataclass(frozen=True)
 class ErrorRates:
