@@ -31,10 +31,12 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from projects.models import Dataset
-from pseudonymisation import linkage, tokens
+from pseudonymisation import linkage, tokens, zone
+from pseudonymisation.deliveries import version_in_use
 from pseudonymisation.extract_options import IndexedRecord
 from pseudonymisation.person_index_models import LinkageCandidate, LinkageDecision, LinkageRun, PersonIndexEntry
 from pseudonymisation.schema import DatasetSchema, SchemaError
+from pseudonymisation.sources import Opener, SourceFile, plain_open, readable
 from tre.core import testpoints
 from tre.core.audit import DENIED, FAILURE, AuditLog
 from tre.core.db import transaction, utcnow
@@ -58,10 +60,18 @@ class LinkagePermissionDenied(LinkageServiceError):
 class _Source:
     dataset: Dataset
     schema: DatasetSchema
+    # How the source's plaintext is opened: through its seal when it lies sealed in the zone (ADR 0033).
+    opener: Opener = plain_open
+    # The dataset's latest version when it has had deliveries, else its registered source.
+    location: str | None = None
 
     @property
     def path(self) -> Path:
-        return Path(self.dataset.source_location)
+        return Path(self.location or self.dataset.source_location)
+
+    @property
+    def file(self) -> SourceFile:
+        return SourceFile(self.path, self.opener)
 
 
 def _read_identifiers(source: _Source) -> pa.Table:
@@ -71,8 +81,10 @@ def _read_identifiers(source: _Source) -> pa.Table:
     wanted = [c for c in wanted if c]
     if source.dataset.source_kind == "csv" or source.path.suffix.lower() == ".csv":
         options = pacsv.ConvertOptions(include_columns=wanted, column_types={c: pa.string() for c in wanted})
-        return pacsv.read_csv(source.path, convert_options=options)
-    return pq.read_table(source.path, columns=wanted)
+        with readable(source.file) as raw:
+            return pacsv.read_csv(raw, convert_options=options)
+    with readable(source.file) as raw:
+        return pq.read_table(raw, columns=wanted)
 
 
 def _text(column: pa.ChunkedArray | None, rows: int) -> list[str | None]:
@@ -103,14 +115,6 @@ def records_of(source: _Source) -> list[linkage.Record]:
     return [
         linkage.Record(name, str(ids[i]), nhs[i], first[i], surname[i], dob[i], sex[i], postcode[i]) for i in range(n)
     ]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def person_key(first_record: tuple[str, str]) -> bytes:
@@ -197,7 +201,9 @@ class PersonIndex:
             if not dataset.schema_spec or not dataset.schema_spec.get("linkage_columns"):
                 continue
             try:
-                found.append(_Source(dataset, DatasetSchema.from_dict(dataset.schema_spec)))
+                latest = version_in_use(self.session, None, dataset.id)
+                found.append(_Source(dataset, DatasetSchema.from_dict(dataset.schema_spec), zone.opener(self.keys),
+                                     latest.source_location if latest is not None else None))
             except SchemaError as exc:
                 raise LinkageServiceError(f"The dataset {dataset.name} has a bad schema: {exc}") from None
         return found
@@ -214,7 +220,7 @@ class PersonIndex:
             [sorted(pair), verdict] for pair, verdict in self._decisions().items()
         )
         body = {
-            "sources": [[s.dataset.name, s.schema.fingerprint(), _file_sha256(s.path)] for s in sources],
+            "sources": [[s.dataset.name, s.schema.fingerprint(), zone.plaintext_sha256(s.file)[0]] for s in sources],
             "settings": asdict(self.settings),
             "decisions": decisions,
         }

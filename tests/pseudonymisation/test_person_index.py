@@ -197,3 +197,33 @@ def test_person_without_number_in_social_care_shares_the_hospital_token_in_a_pro
     assert set(manifest["linkage"]["sources"]) == set(SOURCES)
     assert manifest["linkage"]["estimated"]["precision"] is not None
     assert manifest["manifests"]["social_care"]["person_index"]["rows_linked_by_method"]["probabilistic"] > 0
+
+
+def test_person_index_reads_a_source_sealed_in_the_zone_as_its_plain_copy(
+    app: Any, generated: Any, tmp_path: Path
+) -> None:
+    """A dataset registered from an upload points at its copy in the zone, sealed (ADR 0033): the index
+    reads it through its seal and links exactly as from the plain file."""
+    import os
+
+    from projects.models import Dataset
+    from pseudonymisation import zone
+
+    _, paths = generated
+    w = _world(app, paths)
+    platform = app.extensions["tre.platform"]
+    with app.app_context():
+        plain_run = person_index_service(platform).request_run(w.custodian)
+    name = sorted(paths)[0]
+    sealed_copy = tmp_path / "zone" / f"{name}.parquet"
+    zone.seal_into_zone(os.open(paths[name], os.O_RDONLY), sealed_copy, platform.keys, max_bytes=1 << 32)
+
+    db = app.extensions["tre.db"]
+    with db.session_factory() as s:
+        s.scalar(select(Dataset).where(Dataset.name == name)).source_location = str(sealed_copy)
+        run = LinkageRun(inputs_sha256="sealed", settings=s.get(LinkageRun, plain_run.id).settings)
+        s.add(run)
+        s.commit()
+        person_index_service(platform, s).build(run.id)
+        s.commit()
+    assert _entries(app, run.id) == _entries(app, plain_run.id)
