@@ -6,6 +6,8 @@ tests of the core never start one. pyspark is the optional ``spark`` extra: with
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from pseudonymisation.linkage import LinkageSettings, link_records
@@ -41,6 +43,9 @@ def spark():
                .getOrCreate())
     yield session
     session.stop()
+    # py4j closes its connections from __del__ at interpreter exit, when pytest has already closed
+    # the streams its INFO records would go to ("--- Logging error ---" after the summary).
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="module")
