@@ -54,7 +54,13 @@ def service(app: Any) -> Deliveries:
 
 def register(app: Any, w: Any) -> Dataset:
     """A registered dataset whose first delivery sets version 1, with a confirmed extract schema."""
-    first = write_delivery(landing(app) / "v1" / "registry.csv", 60)
+    ds = register_registry(app, w, write_delivery(landing(app) / "v1" / "registry.csv", 60))
+    service(app).set_rules(w.custodian, ds.id, {"key_columns": ["record_id"]})
+    return ds
+
+
+def register_registry(app: Any, w: Any, first: Path) -> Dataset:
+    """The clinic registry registered from ``first``, its extract schema proposed and confirmed."""
     ds = w.svc.register_dataset(
         w.custodian, name="clinic_registry", title="Clinic registry", description="", source_kind="csv",
         source_location=str(first), sensitivity="special_category",
@@ -68,7 +74,6 @@ def register(app: Any, w: Any) -> Dataset:
     choices["record_id"] = {"role": "attribute", "rule": "keep"}
     choices["score"] = {"role": "attribute", "rule": "keep"}
     schemas.confirm(w.custodian, ds.id, choices, "nhs_number")
-    service(app).set_rules(w.custodian, ds.id, {"key_columns": ["record_id"]})
     return ds
 
 

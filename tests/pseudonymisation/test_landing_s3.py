@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select
 
 from projects.kernel import ProjectError
-from pseudonymisation.dataset_schemas import DatasetSchemas
 from pseudonymisation.delivery_tasks import _landing_s3, deliveries_service
 from pseudonymisation.landing import LandingError
 from pseudonymisation.landing_s3 import S3Landing
@@ -23,7 +22,7 @@ from tests.projects.factories import build_world
 from tests.tre.core.conftest import moto_server  # noqa: F401 - the fixture, shared
 from tre.core.audit import AuditEvent
 
-from .test_deliveries import HEADER, write_delivery
+from .test_deliveries import register_registry, write_delivery
 
 boto3 = pytest.importorskip("boto3", reason="boto3 and moto[server] are in the dev extra")
 
@@ -66,21 +65,7 @@ def put(s3: Any, tmp_path: Path, key: str, rows: int, bucket: str = "landing") -
 
 
 def registered(app: Any, w: Any, tmp_path: Path) -> Any:
-    first = write_delivery(tmp_path / "registered.csv", 60)
-    ds = w.svc.register_dataset(
-        w.custodian, name="clinic_registry", title="Clinic registry", description="", source_kind="csv",
-        source_location=str(first), sensitivity="special_category",
-        columns=[{"name": c, "role": "attribute", "data_type": t} for c, t in
-                 zip(HEADER, ["integer", "string", "date", "string", "string", "integer"], strict=True)],
-    )
-    p = app.extensions["tre.platform"]
-    schemas = DatasetSchemas(p.db.session, p.audit)
-    proposal = schemas.propose(w.custodian, ds.id)
-    choices = {c.name: {"role": str(c.role), "rule": str(c.rule)} for c in proposal.columns}
-    choices["record_id"] = {"role": "attribute", "rule": "keep"}
-    choices["score"] = {"role": "attribute", "rule": "keep"}
-    schemas.confirm(w.custodian, ds.id, choices, "nhs_number")
-    return ds
+    return register_registry(app, w, write_delivery(tmp_path / "registered.csv", 60))
 
 
 def test_an_object_under_the_prefix_is_sealed_into_the_zone_as_the_next_version(
