@@ -220,6 +220,14 @@ def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_sus
         time.sleep(3)
     assert server_name(project_id) not in _hub_servers(live_service, username)
 
+    # The chair reinstates it: the project is active again (and the session's later tests find the
+    # demo's project as the demo made it, whichever order they run in).
+    chair.goto(f"{live_service.url}/projects/{project_id}")
+    chair.get_by_role("button", name="Reinstate the project").click()
+    chair.get_by_text("Project reinstated").wait_for()
+    assert chair.locator("#suspend-project").count() == 1
+    chair.context.close()
+
 
 def _submit_through_the_menu(page: Any, path: str) -> dict[str, str]:
     """Open each folder of ``path`` in the file browser, select the file, and submit it from the menu."""
