@@ -104,6 +104,22 @@ def test_duplicates_and_missing_keys_over_chunks(tmp_path: Path) -> None:
     assert {p["check"] for p in report.problems} == {"duplicate_keys", "missing_keys"}
 
 
+def test_a_key_repeated_in_a_chunk_of_other_text_is_still_a_duplicate(tmp_path: Path) -> None:
+    # Chunks of plain integers hash by value, mixed chunks value by value: the same key must meet
+    # itself across the two, and text that only reads as the same number is a different key.
+    rows = _rows(3000)
+    rows[2990][0], rows[2991][0] = rows[10][0], "A-1"
+    rows[2992][0], rows[2993][0], rows[2994][0] = "007", "-0", "1234567890123456789"
+    rows[2995][0] = "1234567890123456789"
+    key = DeliveryRules(key_columns=("id",), max_type_failure_fraction=1.0)
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, key, today=TODAY, chunk_bytes=4096)
+    whole = check_delivery(tmp_path / "d.csv", EXPECTED, key, today=TODAY)
+
+    assert report.to_dict()["uniqueness"]["duplicate_rows"] == 2  # row 10's key, and the long number
+    assert whole.to_dict()["uniqueness"] == report.to_dict()["uniqueness"]
+
+
 def test_drift_against_the_previous_report(tmp_path: Path) -> None:
     before = check_delivery(_csv(tmp_path / "a.csv", _rows(100)), EXPECTED, DeliveryRules(), today=TODAY)
     rows = [r[:3] + ["", r[4]] if i < 30 else r[:3] + ["900", r[4]] for i, r in enumerate(_rows(80))]
