@@ -359,8 +359,9 @@ def check_delivery(
         raise DeliveryCheckError("The delivery could not be read as CSV or Parquet") from None
     body: dict[str, Any] = {
         "format": REPORT_FORMAT,
-        "source": {"format": fmt, "dialect": dialect.to_dict() if dialect else None,
-                   "bytes": as_source(path).size()},
+        # The size is taken after the rows are read: a source being sealed as it is read
+        # (sources.OnePassSource) knows it only at its end.
+        "source": {"format": fmt, "dialect": dialect.to_dict() if dialect else None, "bytes": None},
         "columns": {},
         "uniqueness": None,
         "referential": [],
@@ -376,6 +377,7 @@ def check_delivery(
                 if extra_columns else "")
         problems.append(_problem("missing_columns", f"Declared columns are not in the delivery: "
                                  f"{', '.join(missing_columns)}{hint}", count=len(missing_columns)))
+        body["source"]["bytes"] = as_source(path).size()
         return DeliveryReport(False, None, tuple(problems), body)
     unknown_named = sorted(rules.named_columns() - set(names))
     if unknown_named:
@@ -406,6 +408,7 @@ def check_delivery(
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise DeliveryCheckError("The delivery could not be read as its declared columns") from None
 
+    body["source"]["bytes"] = as_source(path).size()
     for name in names:
         c = counts[name]
         body["columns"][name] = c.to_dict(rows)
