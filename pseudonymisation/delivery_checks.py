@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,17 +186,61 @@ def _present(values: pa.Array) -> pa.Array:
         if len(kept) else kept
 
 
+def _blanks(values: pa.Array) -> np.ndarray | None:
+    """Which values of a text array are blank (empty, or whitespace alone); None if none is. Only a
+    value that is empty or starts with a control, space or non-ASCII byte can be blank, so Arrow's
+    whitespace test runs on those alone (usually none), found from the offsets and the first bytes."""
+    n = len(values)
+    if not n:
+        return None
+    _, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=n + 1, offset=values.offset * 4)
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    if len(data):
+        first = data[np.minimum(starts, len(data) - 1)]
+        maybe = np.flatnonzero((lengths == 0) | (first <= 0x20) | (first >= 0x80))
+    else:
+        maybe = np.arange(n)
+    if not len(maybe):
+        return None
+    some = values.take(pa.array(maybe))
+    found = pc.fill_null(pc.or_(pc.equal(pc.binary_length(some), 0), pc.utf8_is_space(some)), False)
+    hits = maybe[np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)]
+    if not len(hits):
+        return None
+    blank = np.zeros(n, dtype=bool)
+    blank[hits] = True
+    return blank
+
+
+def _observe_text(counts: _ColumnCounts, raw: pa.Array) -> pa.Array:
+    """Count a text column's missing values (nulls and blanks); its present values."""
+    blank = _blanks(raw)
+    counts.missing += raw.null_count + (int(blank.sum()) if blank is not None else 0)
+    if blank is None:
+        return raw.drop_null() if raw.null_count else raw
+    kept = raw.filter(pa.array(~blank))
+    return kept.drop_null() if kept.null_count else kept
+
+
 def _count_true(mask: pa.Array) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0) if len(mask) else 0
 
 
 def _observe(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, name: str, today: dt.date) -> None:
-    counts.missing += quality.missing_count(raw)
     checked = counts.data_type != "string" or name in rules.code_patterns or name == rules.nhs_number_column
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    if pa.types.is_string(raw.type):  # every CSV column: nulls and blanks counted in one pass
+        present = _observe_text(counts, raw)
+        text = raw
+    else:
+        counts.missing += quality.missing_count(raw)
+        text = _text(raw) if checked else raw
+        present = _present(text) if checked else raw
     if not checked:
         return  # a text column with no rule: its completeness is all there is to count
-    text = _text(raw)
-    present = _present(text)
     if counts.data_type in ("integer", "decimal"):
         _observe_numbers(counts, raw, present)
     elif counts.data_type == "date":
@@ -453,8 +499,51 @@ def check_delivery(
     return DeliveryReport(not problems, rows, tuple(problems), body)
 
 
+_AHEAD = 1  # chunks parsed ahead of the one being checked
+
+
 def _iterate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield from batches
+    """The batches, the next parsed by a thread while this one is checked: Arrow's CSV parser and
+    its compute functions release the GIL, so on two cores the two overlap. Memory grows by the
+    chunks parsed ahead, never with the file. A fault in the parser is raised here, in order."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=_AHEAD)
+    stop = threading.Event()
+
+    def hand(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def parse() -> None:
+        try:
+            for batch in batches:
+                if not hand(("batch", batch)):
+                    return
+            hand(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the checking thread
+            hand(("error", exc))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    parser = threading.Thread(target=parse, name="delivery-parse", daemon=True)
+    parser.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        parser.join()
 
 
 def _threshold_problems(
