@@ -324,6 +324,7 @@ def _key_hashes(table: pa.Table | pa.RecordBatch, key_columns: Sequence[str]) ->
 # so a value hashes the same in a chunk of plain integers (fast) as in a mixed chunk.
 _PLAIN_INTEGER = r"^(0|-?[1-9][0-9]{0,17})$"
 _INTEGER_LIMIT = 10**18
+_POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], dtype=np.int64)  # 10 .. 10**18
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
@@ -343,13 +344,17 @@ def _text_hashes(values: pa.Array) -> np.ndarray:
     """A 64-bit hash of each (non-null) text value; equal text, equal hash, in any chunk."""
     if not len(values):
         return np.zeros(0, dtype=np.uint64)
-    numbers = _fast_cast(values, pa.int64())
-    if numbers is not None:
-        low, high = pc.min_max(numbers).values()
-        plain = (low.as_py() > -_INTEGER_LIMIT and high.as_py() < _INTEGER_LIMIT
-                 and pc.all(pc.equal(pc.cast(numbers, pa.string()), values)).as_py())
-        if plain:
-            return _mix_integers(numbers.to_numpy())
+    numbers = _fast_cast(values, pa.int64()) if pa.types.is_string(values.type) else None
+    if numbers is not None and not numbers.null_count:
+        # Arrow's cast takes [-]digits only, so a value is written plainly when its length is its
+        # digits' count (and its sign's): no leading zero, and not "-0".
+        ints = numbers.to_numpy()
+        if len(ints) and -_INTEGER_LIMIT < ints.min() and ints.max() < _INTEGER_LIMIT:
+            size = np.diff(np.frombuffer(values.buffers()[1], dtype=np.int32, count=len(values) + 1,
+                                         offset=values.offset * 4))
+            digits = np.searchsorted(_POWERS_OF_TEN, np.abs(ints), side="right") + 1 + (ints < 0)
+            if np.array_equal(size, digits):
+                return _mix_integers(ints)
     shaped = np.asarray(pc.match_substring_regex(values, _PLAIN_INTEGER).to_numpy(zero_copy_only=False), dtype=bool)
     out = np.empty(len(values), dtype=np.uint64)
     if shaped.any():
