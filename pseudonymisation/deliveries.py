@@ -65,6 +65,13 @@ def version_in_use(session: Session, project_id: str | None, dataset_id: str) ->
                           .order_by(DatasetVersion.version.desc()).limit(1))
 
 
+def _is_csv(path: Path) -> bool:
+    try:
+        return profiling.source_format(path) == "csv"
+    except profiling.ProfilingError:
+        return False  # the checks say what is wrong with it, through the seal
+
+
 @dataclass
 class Deliveries(ProjectsKernel):
     landing_dir: Path | None = None
@@ -315,7 +322,7 @@ class Deliveries(ProjectsKernel):
         assert self.identifiable_path is not None
         self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
         keys = self.keys
-        one_pass = check if check is not None and profiling.source_format(target) == "csv" else None
+        one_pass = check if check is not None and _is_csv(target) else None
 
         def seal(opened: int | BinaryIO) -> tuple[str, int, Any]:
             if one_pass is None:
