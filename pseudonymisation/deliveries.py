@@ -27,7 +27,7 @@ from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset, Project
 from pseudonymisation import database_sources as sources
 from pseudonymisation import delivery_checks as checks
-from pseudonymisation import sealed, zone
+from pseudonymisation import profiling, sealed, zone
 from pseudonymisation.dataset_schemas import may_set_schema
 from pseudonymisation.landing import LandingError, check_name, open_in_landing
 from pseudonymisation.landing_s3 import S3Landing
@@ -51,6 +51,7 @@ CHECK_JOB = "deliveries.check"
 FINAL = ("accepted", "quarantined", "failed")
 DEFAULT_MAX_BYTES = 50 * 1024**3
 CHECKED_POINT = "deliveries.check.checked"  # tre/core/testpoints.py: checked, verdict not yet written
+READING_POINT = "deliveries.check.reading"  # rows being checked (and a CSV being sealed): nothing recorded
 
 
 def version_in_use(session: Session, project_id: str | None, dataset_id: str) -> DatasetVersion | None:
@@ -62,6 +63,13 @@ def version_in_use(session: Session, project_id: str | None, dataset_id: str) ->
                 DatasetVersion.dataset_id == dataset_id, DatasetVersion.version == pin.version))
     return session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == dataset_id)
                           .order_by(DatasetVersion.version.desc()).limit(1))
+
+
+def _is_csv(path: Path) -> bool:
+    try:
+        return profiling.source_format(path) == "csv"
+    except profiling.ProfilingError:
+        return False  # the checks say what is wrong with it, through the seal
 
 
 @dataclass
@@ -245,10 +253,6 @@ class Deliveries(ProjectsKernel):
         with transaction(self.session):
             delivery.state = "checking"
         ds = self._dataset(delivery.dataset_id)
-        try:
-            stored, sha, size = self._store(delivery)
-        except (LandingError, SealedFileError) as exc:
-            return self._finish(delivery, ds, None, failure=str(exc))
         rules = self._effective_rules(ds)
         previous = version_in_use(self.session, None, ds.id)
         previous_report = self._report_of(previous)
@@ -265,16 +269,30 @@ class Deliveries(ProjectsKernel):
             if progress is not None:
                 fraction = min(rows / expected_rows, 0.99) if expected_rows else 0.0
                 progress(fraction, f"{rows:,} rows checked")
+            testpoints.reach(READING_POINT)
+
+        def run_check(source: SourceFile) -> checks.DeliveryReport | Exception:
+            try:
+                return checks.check_delivery(source, expected, rules, previous=previous_report,
+                                             today=utcnow().date(), dialect=dialect, reference_keys=references,
+                                             progress=counted)
+            except sealed.ReadOnceError:
+                raise  # not the delivery's fault: _store seals it and it is checked through the seal
+            except (checks.DeliveryCheckError, SealedFileError) as exc:
+                return exc
 
         try:
-            report = checks.check_delivery(
-                self._source(stored), expected, rules, previous=previous_report, today=utcnow().date(), dialect=dialect,
-                reference_keys=references, progress=counted,
-            )
-        except (checks.DeliveryCheckError, SealedFileError) as exc:
-            return self._finish(delivery, ds, None, failure=str(exc), stored=(stored, sha, size))
+            # A CSV is checked as it is sealed, in one read of the landing file (ADR 0034); what was
+            # stored by an earlier attempt, and Parquet (read by seeking), through the seal.
+            stored, sha, size, outcome = self._store(delivery, check=run_check)
+        except (LandingError, SealedFileError) as exc:
+            return self._finish(delivery, ds, None, failure=str(exc))
+        if outcome is None:
+            outcome = run_check(self._source(stored))
+        if isinstance(outcome, Exception):
+            return self._finish(delivery, ds, None, failure=str(outcome), stored=(stored, sha, size))
         testpoints.reach(CHECKED_POINT)
-        return self._finish(delivery, ds, report, stored=(stored, sha, size))
+        return self._finish(delivery, ds, outcome, stored=(stored, sha, size))
 
     def _landed(self, source_name: str) -> PurePosixPath:
         """The name of a file that is there to take, in the landing bucket or folder."""
@@ -290,21 +308,34 @@ class Deliveries(ProjectsKernel):
             raise LandingError("No key provider is configured to open the identifiable zone's copies")
         return zone.source(path, self.keys)
 
-    def _store(self, delivery: DatasetDelivery) -> tuple[Path, str, int]:
-        """The delivery's copy in the identifiable zone, sealed, made once: a repeat finds it by name."""
+    def _store(
+        self, delivery: DatasetDelivery, check: Callable[[SourceFile], Any] | None = None
+    ) -> tuple[Path, str, int, Any]:
+        """The delivery's copy in the identifiable zone, sealed, made once: a repeat finds it by name.
+        A CSV copied from the landing folder, the landing bucket or an upload is handed to ``check``
+        as it is sealed (one read), and what ``check`` returned comes back; otherwise None."""
         target = self.stored_path_for(delivery)
         if self.keys is None:
             raise LandingError("No key provider is configured to seal the identifiable zone's copies")
         if delivery.stored_path and Path(delivery.stored_path).is_file() and delivery.source_sha256:
-            return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0)
+            return Path(delivery.stored_path), delivery.source_sha256, int(delivery.size_bytes or 0), None
         assert self.identifiable_path is not None
         self.identifiable_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = self.keys
+        one_pass = check if check is not None and _is_csv(target) else None
+
+        def seal(opened: int | BinaryIO) -> tuple[str, int, Any]:
+            if one_pass is None:
+                return (*zone.seal_into_zone(opened, target, keys, max_bytes=self.max_bytes), None)
+            return zone.seal_into_zone_reading(opened, target, keys, max_bytes=self.max_bytes, read=one_pass)
+
+        outcome = None
         if delivery.origin == "database":
             # Read into a plain Parquet file beside the copy, sealed at once and removed.
             plain = target.with_name(target.name + ".read")
             try:
                 self.read_database(delivery, plain)
-                sha, size = zone.seal_into_zone(os.open(plain, os.O_RDONLY | os.O_NOFOLLOW), target, self.keys,
+                sha, size = zone.seal_into_zone(os.open(plain, os.O_RDONLY | os.O_NOFOLLOW), target, keys,
                                                 max_bytes=self.max_bytes)
             finally:
                 plain.unlink(missing_ok=True)
@@ -318,8 +349,11 @@ class Deliveries(ProjectsKernel):
                 target = landed
                 sha, size = zone.plaintext_sha256(self._source(landed))
             else:
-                sha, size = zone.seal_into_zone(os.open(landed, os.O_RDONLY | os.O_NOFOLLOW), target, self.keys,
-                                                max_bytes=self.max_bytes)
+                try:
+                    sha, size, outcome = seal(os.open(landed, os.O_RDONLY | os.O_NOFOLLOW))
+                except sealed.ReadOnceError:
+                    one_pass = None
+                    sha, size, outcome = seal(os.open(landed, os.O_RDONLY | os.O_NOFOLLOW))
                 if landed != target:
                     landed.unlink(missing_ok=True)
             declared = self.session.scalar(select(DatasetUpload.expected_sha256).where(
@@ -329,12 +363,19 @@ class Deliveries(ProjectsKernel):
                                    "upload it again")
         else:
             check_name(delivery.source_name)
-            opened: int | BinaryIO = (self.landing_s3.open(delivery.source_name) if self.landing_s3 is not None
-                                      else open_in_landing(self.landing_dir, delivery.source_name)[0])
-            sha, size = zone.seal_into_zone(opened, target, self.keys, max_bytes=self.max_bytes)
+
+            def opened() -> int | BinaryIO:
+                return (self.landing_s3.open(delivery.source_name) if self.landing_s3 is not None
+                        else open_in_landing(self.landing_dir, delivery.source_name)[0])
+
+            try:
+                sha, size, outcome = seal(opened())
+            except sealed.ReadOnceError:
+                one_pass = None
+                sha, size, outcome = seal(opened())
         with transaction(self.session):
             delivery.stored_path, delivery.source_sha256, delivery.size_bytes = str(target), sha, size
-        return target, sha, size
+        return target, sha, size, outcome
 
     def read_database(self, delivery: DatasetDelivery, target: Path) -> tuple[str, int]:
         """The delivery's table, read from its named source into ``target`` in chunks."""
@@ -443,4 +484,4 @@ def parse_dialect(given: Mapping[str, str] | None) -> CsvDialect | None:
     return CsvDialect(delimiter=delimiter, encoding=encoding, quote_char=quote)
 
 
-__all__ = ["CHECK_JOB", "CHECKED_POINT", "Deliveries", "parse_dialect", "version_in_use"]
+__all__ = ["CHECK_JOB", "CHECKED_POINT", "READING_POINT", "Deliveries", "parse_dialect", "version_in_use"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,17 +186,61 @@ def _present(values: pa.Array) -> pa.Array:
         if len(kept) else kept
 
 
+def _blanks(values: pa.Array) -> np.ndarray | None:
+    """Which values of a text array are blank (empty, or whitespace alone); None if none is. Only a
+    value that is empty or starts with a control, space or non-ASCII byte can be blank, so Arrow's
+    whitespace test runs on those alone (usually none), found from the offsets and the first bytes."""
+    n = len(values)
+    if not n:
+        return None
+    _, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=n + 1, offset=values.offset * 4)
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    if len(data):
+        first = data[np.minimum(starts, len(data) - 1)]
+        maybe = np.flatnonzero((lengths == 0) | (first <= 0x20) | (first >= 0x80))
+    else:
+        maybe = np.arange(n)
+    if not len(maybe):
+        return None
+    some = values.take(pa.array(maybe))
+    found = pc.fill_null(pc.or_(pc.equal(pc.binary_length(some), 0), pc.utf8_is_space(some)), False)
+    hits = maybe[np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)]
+    if not len(hits):
+        return None
+    blank = np.zeros(n, dtype=bool)
+    blank[hits] = True
+    return blank
+
+
+def _observe_text(counts: _ColumnCounts, raw: pa.Array) -> pa.Array:
+    """Count a text column's missing values (nulls and blanks); its present values."""
+    blank = _blanks(raw)
+    counts.missing += raw.null_count + (int(blank.sum()) if blank is not None else 0)
+    if blank is None:
+        return raw.drop_null() if raw.null_count else raw
+    kept = raw.filter(pa.array(~blank))
+    return kept.drop_null() if kept.null_count else kept
+
+
 def _count_true(mask: pa.Array) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0) if len(mask) else 0
 
 
 def _observe(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, name: str, today: dt.date) -> None:
-    counts.missing += quality.missing_count(raw)
     checked = counts.data_type != "string" or name in rules.code_patterns or name == rules.nhs_number_column
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    if pa.types.is_string(raw.type):  # every CSV column: nulls and blanks counted in one pass
+        present = _observe_text(counts, raw)
+        text = raw
+    else:
+        counts.missing += quality.missing_count(raw)
+        text = _text(raw) if checked else raw
+        present = _present(text) if checked else raw
     if not checked:
         return  # a text column with no rule: its completeness is all there is to count
-    text = _text(raw)
-    present = _present(text)
     if counts.data_type in ("integer", "decimal"):
         _observe_numbers(counts, raw, present)
     elif counts.data_type == "date":
@@ -262,13 +308,60 @@ def _epoch_days(day: dt.date) -> int:
 
 def _key_hashes(table: pa.Table | pa.RecordBatch, key_columns: Sequence[str]) -> tuple[np.ndarray, int]:
     """A 64-bit hash of each row's key, and how many rows have part of the key missing."""
-    parts = [pc.fill_null(_text(table.column(c)), "") for c in key_columns]
     missing = np.zeros(table.num_rows, dtype=bool)
     for c in key_columns:
         missing |= np.asarray(pc.is_null(table.column(c)).to_numpy(zero_copy_only=False), dtype=bool)
-    joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, _KEY_SEPARATOR)
-    hashes = pd.util.hash_array(np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
-    return hashes[~missing], int(missing.sum())
+    if len(key_columns) == 1:
+        return _text_hashes(_text(table.column(key_columns[0])).drop_null()), int(missing.sum())
+    parts = [pc.fill_null(_text(table.column(c)), "") for c in key_columns]
+    joined = pc.binary_join_element_wise(*parts, _KEY_SEPARATOR)
+    return _text_hashes(joined)[~missing], int(missing.sum())
+
+
+# Text that is an integer written plainly (no sign but a leading minus, no leading zero, at most 18
+# digits) hashes by its value, mixed, without making a Python string of it: most keys are such
+# numbers, and hashing them as text was most of the check's time. The set is defined by the pattern,
+# so a value hashes the same in a chunk of plain integers (fast) as in a mixed chunk.
+_PLAIN_INTEGER = r"^(0|-?[1-9][0-9]{0,17})$"
+_INTEGER_LIMIT = 10**18
+_POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], dtype=np.int64)  # 10 .. 10**18
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _mix_integers(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over int64 values: equal values, equal hashes; a bijection."""
+    x = values.astype(np.int64).view(np.uint64) + _MIX[0]
+    x = (x ^ (x >> np.uint64(30))) * _MIX[1]
+    x = (x ^ (x >> np.uint64(27))) * _MIX[2]
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash_strings(values: pa.Array) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(values.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
+
+
+def _text_hashes(values: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each (non-null) text value; equal text, equal hash, in any chunk."""
+    if not len(values):
+        return np.zeros(0, dtype=np.uint64)
+    numbers = _fast_cast(values, pa.int64()) if pa.types.is_string(values.type) else None
+    if numbers is not None and not numbers.null_count:
+        # Arrow's cast takes [-]digits only, so a value is written plainly when its length is its
+        # digits' count (and its sign's): no leading zero, and not "-0".
+        ints = numbers.to_numpy()
+        if len(ints) and -_INTEGER_LIMIT < ints.min() and ints.max() < _INTEGER_LIMIT:
+            size = np.diff(np.frombuffer(values.buffers()[1], dtype=np.int32, count=len(values) + 1,
+                                         offset=values.offset * 4))
+            digits = np.searchsorted(_POWERS_OF_TEN, np.abs(ints), side="right") + 1 + (ints < 0)
+            if np.array_equal(size, digits):
+                return _mix_integers(ints)
+    shaped = np.asarray(pc.match_substring_regex(values, _PLAIN_INTEGER).to_numpy(zero_copy_only=False), dtype=bool)
+    out = np.empty(len(values), dtype=np.uint64)
+    if shaped.any():
+        out[shaped] = _mix_integers(pc.cast(values.filter(pa.array(shaped)), pa.int64()).to_numpy())
+    if not shaped.all():
+        out[~shaped] = _hash_strings(values.filter(pa.array(~shaped)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -317,8 +410,9 @@ def check_delivery(
         raise DeliveryCheckError("The delivery could not be read as CSV or Parquet") from None
     body: dict[str, Any] = {
         "format": REPORT_FORMAT,
-        "source": {"format": fmt, "dialect": dialect.to_dict() if dialect else None,
-                   "bytes": as_source(path).size()},
+        # The size is taken after the rows are read: a source being sealed as it is read
+        # (sources.OnePassSource) knows it only at its end.
+        "source": {"format": fmt, "dialect": dialect.to_dict() if dialect else None, "bytes": None},
         "columns": {},
         "uniqueness": None,
         "referential": [],
@@ -334,6 +428,7 @@ def check_delivery(
                 if extra_columns else "")
         problems.append(_problem("missing_columns", f"Declared columns are not in the delivery: "
                                  f"{', '.join(missing_columns)}{hint}", count=len(missing_columns)))
+        body["source"]["bytes"] = as_source(path).size()
         return DeliveryReport(False, None, tuple(problems), body)
     unknown_named = sorted(rules.named_columns() - set(names))
     if unknown_named:
@@ -364,6 +459,7 @@ def check_delivery(
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise DeliveryCheckError("The delivery could not be read as its declared columns") from None
 
+    body["source"]["bytes"] = as_source(path).size()
     for name in names:
         c = counts[name]
         body["columns"][name] = c.to_dict(rows)
@@ -408,8 +504,51 @@ def check_delivery(
     return DeliveryReport(not problems, rows, tuple(problems), body)
 
 
+_AHEAD = 1  # chunks parsed ahead of the one being checked
+
+
 def _iterate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield from batches
+    """The batches, the next parsed by a thread while this one is checked: Arrow's CSV parser and
+    its compute functions release the GIL, so on two cores the two overlap. Memory grows by the
+    chunks parsed ahead, never with the file. A fault in the parser is raised here, in order."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=_AHEAD)
+    stop = threading.Event()
+
+    def hand(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def parse() -> None:
+        try:
+            for batch in batches:
+                if not hand(("batch", batch)):
+                    return
+            hand(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the checking thread
+            hand(("error", exc))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    parser = threading.Thread(target=parse, name="delivery-parse", daemon=True)
+    parser.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        parser.join()
 
 
 def _threshold_problems(

@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import secrets
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -42,10 +44,21 @@ _TAG = 16
 _FIXED = struct.Struct(">8sI16sH")  # magic, chunk size, file id, wrapped key length
 _INDEX = struct.Struct(">Q")
 _BLOCK = 1 << 22
+# What a one-pass reader may read again from the start: the dialect's sniff (64 KiB) and Arrow's
+# reads of the header row (it reads ahead about a dozen 1 MiB blocks when opened).
+_HEAD = 1 << 25
+_QUEUED = 4  # blocks handed to the sealing thread and not yet sealed: memory follows the block
+_SYNC_EVERY = 1 << 26  # written bytes between flushes to the disk, so the last fsync is short
+T = TypeVar("T")
 
 
 class SealedFileError(ValueError):
     """A sealed file is damaged, cut short or not sealed with the key given; safe to show."""
+
+
+class ReadOnceError(SealedFileError):
+    """A one-pass reader went back to bytes already past (``OnePassReader``): the reader needs a
+    stored copy to read instead; nothing is wrong with the delivery."""
 
 
 def _nonce(index: int) -> bytes:
@@ -127,14 +140,23 @@ class SealedWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._finished:
             raise ValueError("write to a finished sealed file")
-        self._pending += data
+        view = memoryview(data).cast("B")
+        at = 0
+        if self._pending:  # complete the chunk begun by an earlier write
+            at = min(self._chunk - len(self._pending), len(view))
+            self._pending += view[:at]
+            if len(self._pending) < self._chunk or at == len(view):
+                return len(view)  # keep the full chunk back: it may be the last
+            self._emit(bytes(self._pending), last=False)
+            self._pending.clear()
         # Keep at least one byte back: the last chunk must be written with the last flag.
-        while len(self._pending) > self._chunk:
-            self._emit(bytes(self._pending[: self._chunk]), last=False)
-            del self._pending[: self._chunk]
-        return len(data)
+        while len(view) - at > self._chunk:
+            self._emit(view[at : at + self._chunk], last=False)
+            at += self._chunk
+        self._pending += view[at:]
+        return len(view)
 
-    def _emit(self, plaintext: bytes, *, last: bool) -> None:
+    def _emit(self, plaintext: bytes | memoryview, *, last: bool) -> None:
         self._out.write(self._aead.encrypt(_nonce(self._index), plaintext, _aad(self._header, self._index, last)))
         self._index += 1
 
@@ -238,28 +260,160 @@ def seal_stream(source: BinaryIO, target: Path, *, key: bytes, file_id: bytes, w
     """Seal what ``source`` holds into ``target`` (written aside, then renamed; mode 0600); returns
     the sha256 and size of the *plaintext*. Past ``max_bytes`` raises ``too_large(max_bytes)`` and
     leaves nothing behind."""
+    sha, size, _ = seal_while_reading(source, target, key=key, file_id=file_id, wrapped_key=wrapped_key,
+                                      max_bytes=max_bytes, too_large=too_large, read=None)
+    return sha, size
+
+
+class _Sealer:
+    """The sealing side of a one-pass copy: a thread that hashes, encrypts and writes the blocks it
+    is handed, in order (hashlib and AES-GCM release the GIL, so it runs beside the reader), and
+    flushes to the disk as it goes."""
+
+    def __init__(self, out: BinaryIO, writer: SealedWriter) -> None:
+        self.out, self.writer = out, writer
+        self.digest = hashlib.sha256()
+        self.blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="seal", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        unsynced = 0
+        while (block := self.blocks.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking blocks so the reader is never stuck; it raises at its next block
+            try:
+                self.digest.update(block)
+                self.writer.write(block)
+                unsynced += len(block)
+                if unsynced >= _SYNC_EVERY:
+                    self.out.flush()
+                    os.fdatasync(self.out.fileno())
+                    unsynced = 0
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                self.error = exc
+
+    def put(self, block: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.blocks.put(block)
+
+    def close(self, *, complete: bool) -> None:
+        """Stop the thread; if ``complete``, write the last chunk and make the file durable."""
+        self.blocks.put(None)
+        self.thread.join()
+        if complete:
+            if self.error is not None:
+                raise self.error
+            self.writer.finish()
+            self.out.flush()
+            os.fsync(self.out.fileno())
+
+
+class _Tee:
+    """One read of the source, block by block: each block goes to the sealer and to the reader.
+    The first ``_HEAD`` bytes are kept, so readers may start again from the beginning (sniffing a
+    dialect, reading the header row) until one reads past them; beyond, the plaintext is read once,
+    in order, and so the bytes checked are exactly the bytes sealed."""
+
+    def __init__(self, source: BinaryIO, sealer: _Sealer, max_bytes: int,
+                 too_large: Callable[[int], Exception]) -> None:
+        self.source, self.sealer, self.max_bytes, self.too_large = source, sealer, max_bytes, too_large
+        self.head = bytearray()
+        self.last_at, self.last = 0, b""
+        self.pulled = 0
+        self.ended = False
+
+    def pull(self) -> bool:
+        """Read the next block; False at the end of the source."""
+        if self.ended:
+            return False
+        block = self.source.read(_BLOCK)
+        if not block:
+            self.ended = True
+            return False
+        if self.pulled + len(block) > self.max_bytes:
+            raise self.too_large(self.max_bytes)
+        self.sealer.put(bytes(block))
+        if len(self.head) == self.pulled < _HEAD:
+            self.head += block[: _HEAD - self.pulled]
+        self.last_at, self.last = self.pulled, block
+        self.pulled += len(block)
+        return True
+
+    def drain(self) -> int:
+        """Read (and so seal) the rest of the source; the plaintext's size."""
+        while self.pull():
+            pass
+        return self.pulled
+
+
+class OnePassReader(io.RawIOBase):
+    """A reader of a source being sealed as it is read: it may re-read the first bytes, and reads
+    past what the tee still holds only at the point the source has reached."""
+
+    def __init__(self, tee: _Tee) -> None:
+        super().__init__()
+        self._tee, self._pos = tee, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        tee, done = self._tee, 0
+        held: bytes | bytearray
+        while done < len(view):
+            if self._pos < len(tee.head):
+                held, at = tee.head, self._pos
+            elif tee.last_at <= self._pos < tee.last_at + len(tee.last):
+                held, at = tee.last, self._pos - tee.last_at
+            elif self._pos == tee.pulled:
+                if done or not tee.pull():
+                    break  # a short read is allowed; the next call pulls
+                continue
+            else:
+                raise ReadOnceError("a delivery being sealed is read once, in order, past its first bytes")
+            take = min(len(view) - done, len(held) - at)
+            view[done : done + take] = memoryview(held)[at : at + take]
+            done += take
+            self._pos += take
+        return done
+
+
+def seal_while_reading(source: BinaryIO, target: Path, *, key: bytes, file_id: bytes, wrapped_key: bytes,
+                       max_bytes: int, too_large: Callable[[int], Exception],
+                       read: Callable[[Callable[[], io.BufferedReader], Callable[[], int]], T] | None,
+                       ) -> tuple[str, int, T | None]:
+    """Seal ``source`` into ``target`` as ``seal_stream`` does, in one read of it, while
+    ``read(open, size)`` reads the same plaintext: ``open()`` gives a reader of it from the start
+    (only the first bytes can be read twice; see ``OnePassReader``), ``size()`` reads the rest and
+    says how long it is. Whatever ``read`` leaves unread is sealed after it returns. Returns the
+    plaintext's sha256 and size and what ``read`` returned. If ``read`` raises, or the source is too
+    large, nothing is left behind; the file appears at ``target`` only when complete and durable."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
-    digest, size = hashlib.sha256(), 0
     try:
         out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(out_fd, "wb") as out:
-            writer = SealedWriter(out, key, file_id, wrapped_key)
-            while block := source.read(_BLOCK):
-                size += len(block)
-                if size > max_bytes:
-                    raise too_large(max_bytes)
-                digest.update(block)
-                writer.write(block)
-            writer.finish()
-            out.flush()
-            os.fsync(out.fileno())
+            sealer = _Sealer(out, SealedWriter(out, key, file_id, wrapped_key))
+            tee = _Tee(source, sealer, max_bytes, too_large)
+            complete = False
+            try:
+                result = None if read is None else read(lambda: io.BufferedReader(OnePassReader(tee), 1 << 16),
+                                                        tee.drain)
+                size = tee.drain()
+                complete = True
+            finally:
+                sealer.close(complete=complete)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return digest.hexdigest(), size
+    return sealer.digest.hexdigest(), size, result
 
 
-__all__ = ["CHUNK_SIZE", "MAGIC", "SealedFileError", "SealedReader", "SealedWriter", "file_id_purpose",
-           "is_sealed", "new_file_id", "open_sealed", "read_header", "rewrap_header", "seal_stream"]
+__all__ = ["CHUNK_SIZE", "MAGIC", "OnePassReader", "ReadOnceError", "SealedFileError", "SealedReader", "SealedWriter",
+           "file_id_purpose", "is_sealed", "new_file_id", "open_sealed", "read_header", "rewrap_header",
+           "seal_stream", "seal_while_reading"]

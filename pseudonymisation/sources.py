@@ -52,6 +52,25 @@ class SourceFile:
         return st.st_size, st.st_mtime_ns
 
 
+@dataclass(frozen=True)
+class OnePassSource(SourceFile):
+    """A source read as it arrives (and sealed as it is read, ``zone.seal_into_zone_reading``): its
+    first bytes may be read again (sniffing, the header row), the rest once and in order, so a
+    CSV reader streams it but nothing seeks in it; its size is known once it has all been read."""
+
+    read_rest: Callable[[], int] | None = None
+
+    def is_file(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        assert self.read_rest is not None
+        return self.read_rest()
+
+    def stat_key(self) -> tuple[int, int]:
+        raise TypeError("a source being read as it arrives has no stored file yet")
+
+
 @contextlib.contextmanager
 def readable(source: SourceFile) -> Iterator[str | BinaryIO]:
     """What Arrow should read: a plain file by its path (Arrow's own reads, memory-mapped for
@@ -67,4 +86,4 @@ def as_source(source: SourceFile | Path | str) -> SourceFile:
     return source if isinstance(source, SourceFile) else SourceFile(Path(source))
 
 
-__all__ = ["Opener", "SourceFile", "as_source", "plain_open", "readable"]
+__all__ = ["OnePassSource", "Opener", "SourceFile", "as_source", "plain_open", "readable"]

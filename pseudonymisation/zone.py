@@ -10,13 +10,16 @@ touches the disk on the way in or out, and destroying a file's header destroys i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pseudonymisation import sealed
 from pseudonymisation.landing import LandingError
-from pseudonymisation.sources import Opener, SourceFile
+from pseudonymisation.sources import OnePassSource, Opener, SourceFile
 from tre.core.keys import DecryptionError, KeyProvider
+
+T = TypeVar("T")
 
 
 def opener(keys: KeyProvider) -> Opener:
@@ -60,13 +63,29 @@ def seal_into_zone(source: int | BinaryIO, target: Path, keys: KeyProvider, *, m
     """Seal an opened delivery (a file descriptor in the landing folder, or a stream from the landing
     bucket) into the zone, closing it; returns the sha256 and size of its plaintext. Refuses (and
     leaves nothing) past ``max_bytes``."""
+    sha, size, _ = seal_into_zone_reading(source, target, keys, max_bytes=max_bytes, read=None)
+    return sha, size
+
+
+def seal_into_zone_reading(source: int | BinaryIO, target: Path, keys: KeyProvider, *, max_bytes: int,
+                           read: Callable[[SourceFile], T] | None) -> tuple[str, int, T | None]:
+    """``seal_into_zone``, while ``read`` reads the same plaintext in the same pass (a CSV delivery's
+    checks: one read of the landing file instead of sealing it and decrypting it again). ``read`` is
+    handed a ``OnePassSource`` named as the target; the checks see exactly the bytes sealed and
+    hashed. Returns the sha256 and size of the plaintext and what ``read`` returned; if ``read``
+    raises, nothing is left in the zone."""
     file_id = sealed.new_file_id()
     key, wrapped = keys.new_wrapped_key(sealed.file_id_purpose(file_id))
+
+    def through(open_: Callable[[], BinaryIO], read_rest: Callable[[], int]) -> T | None:
+        return None if read is None else read(OnePassSource(target, lambda _path: open_(), read_rest))
+
     with (open(source, "rb") if isinstance(source, int) else source) as source_handle:
-        return sealed.seal_stream(
+        return sealed.seal_while_reading(
             source_handle, target, key=key, file_id=file_id, wrapped_key=wrapped, max_bytes=max_bytes,
             too_large=lambda limit: LandingError(f"The delivery is larger than the limit of {limit:,} bytes"),
+            read=through if read is not None else None,
         )
 
 
-__all__ = ["opener", "plaintext_sha256", "rewrap", "seal_into_zone", "source"]
+__all__ = ["opener", "plaintext_sha256", "rewrap", "seal_into_zone", "seal_into_zone_reading", "source"]

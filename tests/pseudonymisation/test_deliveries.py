@@ -5,6 +5,7 @@ Runs on SQLite and PostgreSQL (the ``database_url`` fixture)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import select
 
 from projects.kernel import ProjectError, ProjectPermissionDenied
 from projects.models import Dataset
+from pseudonymisation import zone
 from pseudonymisation.dataset_schemas import DatasetSchemas
 from pseudonymisation.deliveries import Deliveries
 from pseudonymisation.delivery_tasks import deliveries_service
@@ -182,6 +184,38 @@ def test_custodian_thresholds_fail_a_delivery(onboarding_app: Any) -> None:
 
     assert bad.state == "quarantined"
     assert [(p["check"], p["column"], p["count"]) for p in bad.problems] == [("wrong_type", "score", 1)]
+
+
+def test_a_csv_is_checked_as_it_is_sealed_and_keeps_the_hash_of_the_file_that_landed(onboarding_app: Any) -> None:
+    # One read of the landing file (ADR 0034): the version's sha256 is the landed bytes', and the
+    # sealed copy holds exactly those bytes, the ones the checks counted.
+    app = onboarding_app
+    w = build_world(app)
+    ds = register(app, w)
+    landed = (landing(app) / "v1" / "registry.csv").read_bytes()
+
+    first = deliver(app, w, ds, "v1/registry.csv")
+
+    assert (first.state, first.rows) == ("accepted", 60)
+    assert first.source_sha256 == hashlib.sha256(landed).hexdigest() and first.size_bytes == len(landed)
+    assert first.report["source"]["bytes"] == len(landed)
+    copy = zone.source(first.stored_path, service(app).keys)
+    assert zone.plaintext_sha256(copy) == (first.source_sha256, len(landed))
+    assert sorted(p.name for p in Path(first.stored_path).parent.iterdir()) == ["registry.csv"]
+
+
+def test_a_delivery_cut_short_mid_row_is_quarantined_and_changes_nothing(onboarding_app: Any) -> None:
+    app = onboarding_app
+    w = build_world(app)
+    ds = register(app, w)
+    deliver(app, w, ds, "v1/registry.csv")
+    cut = write_delivery(landing(app) / "v2" / "registry.csv", 62, seed=4)
+    cut.write_bytes(cut.read_bytes()[:-20])
+
+    bad = deliver(app, w, ds, "v2/registry.csv")
+
+    assert bad.state == "quarantined" and bad.version is None
+    assert versions(app, ds) == [1]
 
 
 def test_an_unreadable_delivery_is_quarantined(onboarding_app: Any) -> None:

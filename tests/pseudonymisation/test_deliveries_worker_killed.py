@@ -1,5 +1,6 @@
-"""A real worker is killed with SIGKILL after it checked a delivery and before it wrote the verdict;
-the sweeper gives the job to a new worker and the delivery becomes version 1 exactly once. Runs on
+"""A real worker is killed with SIGKILL while it seals and checks a delivery in one pass, or after it
+checked it and before it wrote the verdict; the sweeper gives the job to a new worker and the
+delivery becomes version 1 exactly once, with no half copy left. Runs on
 the embedded default (SQLite + kombu's SQLAlchemy broker) and, when reachable, PostgreSQL + Redis."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from pseudonymisation.deliveries import CHECK_JOB, CHECKED_POINT
+from pseudonymisation.deliveries import CHECK_JOB, CHECKED_POINT, READING_POINT
 from pseudonymisation.models import DatasetDelivery, DatasetVersion
 from tests.celery_workers import Worker, kill_at, wait_for, worker_env, worker_pool
 from tests.conftest import REDIS_URL, require_backend
@@ -43,8 +44,9 @@ def workers() -> Iterator[list[Worker]]:
         yield started
 
 
+@pytest.mark.parametrize("point", [READING_POINT, CHECKED_POINT])
 def test_delivery_whose_worker_is_killed_becomes_one_version_exactly_once(
-    tmp_path: Path, backends: tuple[str, str], workers: list[Worker]
+    tmp_path: Path, backends: tuple[str, str], workers: list[Worker], point: str
 ) -> None:
     database_url, broker_url = backends
     instance, landing = tmp_path / "instance", tmp_path / "landing"
@@ -66,7 +68,7 @@ def test_delivery_whose_worker_is_killed_becomes_one_version_exactly_once(
         columns=[{"name": c, "role": "attribute", "data_type": t} for c, t in zip(HEADER, TYPES, strict=True)],
     )
     log = tmp_path / "worker.log"
-    barrier.arm(CHECKED_POINT)  # the first attempt holds there until killed
+    barrier.arm(point)  # the first attempt holds there until killed
     workers.append(Worker(env, log))
 
     with app.app_context():
@@ -74,14 +76,20 @@ def test_delivery_whose_worker_is_killed_becomes_one_version_exactly_once(
                                                                              "2026-12/registry.csv")
     delivery_id = delivery.id
 
-    kill_at(barrier, CHECKED_POINT, workers[0], log, timeout=90)
+    kill_at(barrier, point, workers[0], log, timeout=90)
 
     def state() -> tuple[str, int]:
         with db.session_factory() as s:
             job = s.scalar(select(jobs.Job).where(jobs.Job.kind == CHECK_JOB))
             return s.get(DatasetDelivery, delivery_id).state, job.attempts
 
-    assert state() == ("checking", 1)  # killed after the check, before the verdict
+    assert state() == ("checking", 1)  # killed before the verdict
+    with db.session_factory() as s:
+        stored = s.get(DatasetDelivery, delivery_id).stored_path
+    if point == READING_POINT:  # mid-way through the one pass: no copy recorded, none in place
+        assert stored is None
+        assert (instance / "identifiable").is_dir()  # the default zone, where the sealing began
+        assert not list((instance / "identifiable").rglob("registry.csv"))
     workers.append(Worker(env, log))
     wait_for(lambda: state()[0] == "accepted", 180, "the delivery's verdict", log)
 

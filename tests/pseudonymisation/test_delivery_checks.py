@@ -104,6 +104,35 @@ def test_duplicates_and_missing_keys_over_chunks(tmp_path: Path) -> None:
     assert {p["check"] for p in report.problems} == {"duplicate_keys", "missing_keys"}
 
 
+def test_a_key_repeated_in_a_chunk_of_other_text_is_still_a_duplicate(tmp_path: Path) -> None:
+    # Chunks of plain integers hash by value, mixed chunks value by value: the same key must meet
+    # itself across the two, and text that only reads as the same number is a different key.
+    rows = _rows(3000)
+    rows[2990][0], rows[2991][0] = rows[10][0], "A-1"
+    rows[2992][0], rows[2993][0], rows[2994][0] = "007", "-0", "1234567890123456789"
+    rows[2995][0] = "1234567890123456789"
+    key = DeliveryRules(key_columns=("id",), max_type_failure_fraction=1.0)
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, key, today=TODAY, chunk_bytes=4096)
+    whole = check_delivery(tmp_path / "d.csv", EXPECTED, key, today=TODAY)
+
+    assert report.to_dict()["uniqueness"]["duplicate_rows"] == 2  # row 10's key, and the long number
+    assert whole.to_dict()["uniqueness"] == report.to_dict()["uniqueness"]
+
+
+def test_blank_values_count_as_missing_in_every_column_and_never_as_wrong_types(tmp_path: Path) -> None:
+    rows = _rows(200)
+    rows[3][2], rows[4][3], rows[5][3], rows[6][4] = "   ", "\t", '"\u00a0"', " "  # spaces, tab, no-break space
+    rows[7][3], rows[8][4] = " 7.5", " I10"  # a leading space alone is not blank
+    rules = DeliveryRules(code_patterns={"code": "[A-Z][0-9]{2}"}, max_type_failure_fraction=0.0)
+
+    body = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, rules, today=TODAY, chunk_bytes=4096).to_dict()
+
+    assert [body["columns"][c]["missing"] for c in ("id", "nhs", "seen", "score", "code")] == [0, 0, 1, 2, 1]
+    assert body["columns"]["score"]["type_failures"] == 0 and body["columns"]["seen"]["type_failures"] == 0
+    assert body["columns"]["code"]["invalid_codes"] == 1  # " I10" is present, and not a code
+
+
 def test_drift_against_the_previous_report(tmp_path: Path) -> None:
     before = check_delivery(_csv(tmp_path / "a.csv", _rows(100)), EXPECTED, DeliveryRules(), today=TODAY)
     rows = [r[:3] + ["", r[4]] if i < 30 else r[:3] + ["900", r[4]] for i, r in enumerate(_rows(80))]

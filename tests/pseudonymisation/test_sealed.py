@@ -4,6 +4,7 @@ wrong key, makes it refuse to open rather than read wrong."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from pseudonymisation import sealed
 from pseudonymisation.sealed import (
     SealedFileError,
     SealedReader,
@@ -147,3 +149,109 @@ def test_arrow_reads_csv_and_parquet_through_the_seal_as_from_the_plain_file(tmp
     with open_sealed(sealed_parquet, unwrap_to(KEY)) as handle, pq.ParquetFile(handle) as parquet:
         assert parquet.num_row_groups == 8
         assert parquet.read_row_group(5).equals(table.slice(3500, 700))
+
+
+@pytest.mark.parametrize("piece", [1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3])
+def test_writes_of_any_length_seal_the_same_plaintext(tmp_path: Path, piece: int) -> None:
+    data = os.urandom(7 * CHUNK + 5)
+    path = tmp_path / "s.bin"
+    with open(path, "wb") as out:
+        writer = SealedWriter(out, KEY, new_file_id(), b"wrapped-key-blob", chunk_size=CHUNK)
+        for at in range(0, len(data), piece):
+            writer.write(memoryview(data)[at : at + piece])
+        writer.finish()
+
+    with open_sealed(path, unwrap_to(KEY)) as handle:
+        assert handle.read() == data
+    with open(path, "rb") as raw:
+        header = len(read_header(raw)[0])
+    assert path.stat().st_size == header + len(data) + 8 * 16  # 7 full chunks and a short last one
+
+
+# --- one pass: sealed while it is read (seal_while_reading) -------------------------------------------
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 1000 bytes and a head of 3000, so a few kilobytes cross every boundary."""
+    monkeypatch.setattr(sealed, "_BLOCK", 1000)
+    monkeypatch.setattr(sealed, "_HEAD", 3000)
+
+
+def one_pass(path: Path, data: bytes, read, *, max_bytes: int = 1 << 20):  # noqa: ANN001, ANN201
+    return sealed.seal_while_reading(io.BytesIO(data), path, key=KEY, file_id=new_file_id(),
+                                     wrapped_key=b"wrapped-key-blob", max_bytes=max_bytes,
+                                     too_large=lambda limit: ValueError(f"over {limit}"), read=read)
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_one_pass_seals_what_the_reader_reads_and_hashes_the_plaintext(tmp_path: Path) -> None:
+    data = os.urandom(10_500)
+
+    def read(open_, size):  # noqa: ANN001, ANN202
+        with open_() as again:  # the first bytes may be read more than once
+            first = again.read(2500)
+        with open_() as stream:
+            whole = b""
+            while piece := stream.read(777):
+                whole += piece
+        return first, whole, size()
+
+    sha, size, (first, whole, told) = one_pass(tmp_path / "z.csv", data, read)
+
+    assert whole == data and first == data[:2500] and told == size == len(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    with open_sealed(tmp_path / "z.csv", unwrap_to(KEY)) as handle:
+        assert handle.read() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.csv"]
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_one_pass_seals_the_rest_when_the_reader_stops_early(tmp_path: Path) -> None:
+    data = os.urandom(9_000)
+
+    def read(open_, size):  # noqa: ANN001, ANN202
+        with open_() as stream:
+            return stream.read(10)
+
+    sha, size, result = one_pass(tmp_path / "z.csv", data, read)
+
+    assert result == data[:10] and size == len(data) and sha == hashlib.sha256(data).hexdigest()
+    with open_sealed(tmp_path / "z.csv", unwrap_to(KEY)) as handle:
+        assert handle.read() == data
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_a_reader_going_back_past_the_first_bytes_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    data = os.urandom(9_000)
+
+    def read(open_, size):  # noqa: ANN001, ANN202
+        with open_() as stream:
+            stream.read(6000)
+        with open_() as again:
+            again.read(4000)  # bytes 3000..4000 are past the head and gone
+
+    with pytest.raises(sealed.ReadOnceError):
+        one_pass(tmp_path / "z.csv", data, read)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_one_pass_over_the_size_limit_or_a_failing_reader_leaves_nothing(tmp_path: Path) -> None:
+    data = os.urandom(9_000)
+
+    def read_all(open_, size):  # noqa: ANN001, ANN202
+        return size()
+
+    def fail(open_, size):  # noqa: ANN001, ANN202
+        with open_() as stream:
+            stream.read(5000)
+        raise RuntimeError("the reader stopped")
+
+    with pytest.raises(ValueError, match="over 8000"):
+        one_pass(tmp_path / "a.csv", data, read_all, max_bytes=8000)
+    with pytest.raises(RuntimeError):
+        one_pass(tmp_path / "b.csv", data, fail)
+
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ leaving nothing; a file that is not sealed is read as it is."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 from pathlib import Path
@@ -89,3 +90,27 @@ def test_a_wrapped_key_taken_from_another_copy_does_not_open_this_one(tmp_path: 
     first.write_bytes(bytes(forged))
     with pytest.raises(SealedFileError, match="key cannot be opened"):
         zone.source(first, keys).open()
+
+
+def test_one_pass_gives_the_same_copy_sha_and_report_as_sealing_then_checking(tmp_path: Path) -> None:
+    from pseudonymisation.delivery_checks import DeliveryRules, ExpectedColumn, check_delivery
+
+    keys = InMemoryKeyProvider()
+    expected = [ExpectedColumn("nhs_number"), ExpectedColumn("name"), ExpectedColumn("postcode")]
+    rules = DeliveryRules(nhs_number_column="nhs_number", key_columns=("nhs_number",))
+
+    def check(source):  # noqa: ANN001, ANN202
+        return check_delivery(source, expected, rules, today=dt.date(2026, 12, 6), chunk_bytes=4096)
+
+    two = tmp_path / "zone" / "two" / "d.csv"
+    sha, size = zone.seal_into_zone(os.open(landed(tmp_path), os.O_RDONLY), two, keys, max_bytes=1 << 20)
+    before = check(zone.source(two, keys))
+    one = tmp_path / "zone" / "one" / "d.csv"
+    opened = os.open(tmp_path / "landing" / "d.csv", os.O_RDONLY)
+    sha1, size1, after = zone.seal_into_zone_reading(opened, one, keys, max_bytes=1 << 20, read=check)
+
+    assert (sha1, size1) == (sha, size) == (hashlib.sha256(CONTENT).hexdigest(), len(CONTENT))
+    assert after.to_dict() == before.to_dict() and after.to_dict()["uniqueness"]["duplicate_rows"] == 499
+    assert is_sealed(one) and b"Lovelace" not in one.read_bytes()
+    assert zone.plaintext_sha256(zone.source(one, keys)) == (sha, size)
+    assert sorted(p.name for p in one.parent.iterdir()) == ["d.csv"]
