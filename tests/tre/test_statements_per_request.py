@@ -34,6 +34,7 @@ API_PROJECT_LIST = 13  # token, person + roles, the projects with relations, app
 API_AUDITED_WRITE = 15  # token, person + roles, the change, the lane's end and next seq, the event, the reply
 PERSONAL_TOKEN_ME = 2  # BEGIN and the token with its person and roles, in one statement (ADR 0027)
 PROJECT_ACCESS = 11  # token checks, person + roles, the project, and the gate's facts in one statement (ADR 0027)
+TRAINING_PAGE = 4  # BEGIN and person + roles, then BEGIN and every active person with their latest expiry
 OUTPUT_SUBMISSION = 49  # token checks, person, the request, group, file, the gate (3 times, one statement
 # each: it was 8 each), the check job, the checkers' notice, the audit event, and the reply's reads
 
@@ -89,6 +90,26 @@ def test_project_page_statements_do_not_grow_with_the_team(app: Any) -> None:
     assert response.status_code == 200 and "Extra Member3" in response.get_data(as_text=True)
     assert after == before
     assert after <= PROJECT_PAGE
+
+
+def test_training_page_statements_do_not_grow_with_the_people_or_their_records(app: Any) -> None:
+    w: World = build_world(app)
+    client = _signed_in(app, w.admin)
+    today = utcnow().date()
+
+    def grow() -> None:
+        for n in range(4):
+            person = make_user(app, f"trained.person{n}", ["researcher"])
+            for years in (1, 2):
+                w.svc.record_training(w.admin, person.id, today, today + dt.timedelta(days=365 * years))
+
+    before, after, response = _twice(app, lambda: client.get("/projects/admin/training"), grow)
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Trained Person3" in page
+    assert (today + dt.timedelta(days=730)).strftime("%d %B %Y") in page  # the latest record of each person
+    assert after == before
+    assert after <= TRAINING_PAGE
 
 
 def test_api_project_list_statements_do_not_grow_with_the_projects(app: Any) -> None:
