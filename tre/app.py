@@ -54,6 +54,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_DOMAIN=None,
         # The cookie outlives no session: tre/authn.py ends a session at this age in any case.
         PERMANENT_SESSION_LIFETIME=settings.session_max_hours * 3600,
+        # Write the cookie only when the session changed (tre/authn.py moves "seen" once a minute at
+        # most), not on every request: signing it was a tenth of a simple page's CPU.
+        SESSION_REFRESH_EACH_REQUEST=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         JSON_SORT_KEYS=False,
     )
