@@ -46,7 +46,10 @@ def _signed_in_client(app: Any, user_id: str, epoch: int) -> Any:
     return client
 
 
-def plan(app: Any, people: dict[str, tuple[str, int, str]], admin_id: str) -> list[tuple[str, str, str, Any, dict[str, str]]]:
+ReadCall = tuple[str, str, str, Any, dict[str, str]]
+
+
+def plan(app: Any, people: dict[str, tuple[str, int, str]], admin_id: str) -> list[ReadCall]:
     """(class, rule, path, client, headers) for every read the load benchmark's planner would keep."""
     values: dict[str, str] = {"user_id": admin_id}
     anonymous = app.test_client()
@@ -56,7 +59,7 @@ def plan(app: Any, people: dict[str, tuple[str, int, str]], admin_id: str) -> li
         if "GET" in (rule.methods or ()) and not rule.endpoint.startswith(load.SKIP_ENDPOINT_PREFIXES)
         and not any(word in rule.rule for word in load.SKIP_PATH_WORDS)
     )
-    calls: list[tuple[str, str, str, Any, dict[str, str]]] = []
+    calls: list[ReadCall] = []
     done: set[str] = set()
     for _ in range(2):
         for rule, args, _endpoint in candidates:
