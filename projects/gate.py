@@ -148,15 +148,29 @@ def training_expiries(
     return {user_id: expires for user_id, expires in rows if expires is not None}
 
 
+# Only what the gate needs of each person: loading the accounts would load their roles with them.
+_PEOPLE_FACTS = select(User.id, User.is_active, User.mfa_enrolled_at).where(
+    User.id.in_(bindparam("ids", expanding=True))
+)
+_NOT_READ: Any = object()
+
+
 def gather_team_facts(
-    session: Session, project_id: str, user_ids: list[str], course: str = SAFE_RESEARCHER_COURSE
+    session: Session,
+    project_id: str,
+    user_ids: list[str],
+    course: str = SAFE_RESEARCHER_COURSE,
+    *,
+    template: AgreementTemplate | None = _NOT_READ,
 ) -> dict[str, GateFacts]:
     """``gather_facts`` for several people of one project, in a number of statements that does not
-    grow with the team (a project page shows every member's access)."""
+    grow with the team (a project page shows every member's access). ``template`` is the current
+    agreement when the caller has just read it in the same transaction (not read twice)."""
     ids = sorted(set(user_ids))
     project = session.get(Project, project_id) if project_id else None
-    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))} if ids else {}
-    template = current_agreement(session)
+    users = {row.id: row for row in session.execute(_PEOPLE_FACTS, {"ids": ids})} if ids else {}
+    if template is _NOT_READ:
+        template = current_agreement(session)
     members: set[str] = set()
     signed: set[str] = set()
     if project is not None and ids:
@@ -177,7 +191,7 @@ def gather_team_facts(
         facts[user_id] = GateFacts(
             user_exists=user is not None,
             user_active=bool(user and user.is_active),
-            mfa_enrolled=bool(user and user.mfa_enrolled),
+            mfa_enrolled=bool(user and user.mfa_enrolled_at is not None),
             project_exists=project is not None,
             project_state=project.state if project else None,
             start_date=project.start_date if project else None,
@@ -206,12 +220,27 @@ def check_team_access(
     session: Session, project_id: str, user_ids: list[str], *, now: dt.datetime | None = None
 ) -> dict[str, GateDecision]:
     """``check_access`` for each of several people of one project; answers, records nothing."""
+    return {user_id: decision for user_id, (_, decision) in
+            team_access_with_facts(session, project_id, user_ids, now=now).items()}
+
+
+def team_access_with_facts(
+    session: Session,
+    project_id: str,
+    user_ids: list[str],
+    course: str = SAFE_RESEARCHER_COURSE,
+    *,
+    now: dt.datetime | None = None,
+    template: AgreementTemplate | None = _NOT_READ,
+) -> dict[str, tuple[GateFacts, GateDecision]]:
+    """``check_team_access`` with the facts each answer stands on (signed, trained until...), for a
+    page that shows both: the same reads, asked once."""
     today = today_utc(now)
-    decisions = {}
-    for user_id, facts in gather_team_facts(session, project_id, user_ids).items():
+    out = {}
+    for user_id, facts in gather_team_facts(session, project_id, user_ids, course, template=template).items():
         reasons = gate_reasons(facts, today)
-        decisions[user_id] = GateDecision(not reasons, reasons)
-    return decisions
+        out[user_id] = (facts, GateDecision(not reasons, reasons))
+    return out
 
 
 def ask_gate(

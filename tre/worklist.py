@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy.orm import Session, lazyload
 
 from disclosure import permissions as output_perm
 from disclosure import rules as output_rules
@@ -35,6 +35,10 @@ from pseudonymisation.models import Extract
 from tre.core.identity import User
 from tre.core.permissions import ROLE_LABELS, Permission, Role, has_permission
 from tre.core.roles import PENDING, RoleGrant
+
+# The home page shows a project's id, title and state: its team and dataset requests (loaded with
+# every project by default, three more statements) are left until something asks for them.
+_PROJECT_ALONE = (lazyload(Project.members), lazyload(Project.dataset_requests))
 
 # Project states in which the team still has something to do or wait for.
 _OPEN_PROJECT_STATES = (
@@ -124,20 +128,23 @@ def for_person(session: Session, user: Any, *, now: dt.datetime, quorum: int) ->
     return out
 
 
+# Built once (its cache key is kept with it): every researcher's home page runs it.
+_RESEARCHER_PROJECTS = (
+    select(Project)
+    .options(*_PROJECT_ALONE)
+    .join(ProjectMember, ProjectMember.project_id == Project.id)
+    .where(
+        ProjectMember.user_id == bindparam("user_id"),
+        ProjectMember.removed_at.is_(None),
+        Project.state.in_(_OPEN_PROJECT_STATES),
+    )
+    .order_by(Project.state_changed_at)
+)
+
+
 def researcher_projects(session: Session, user: Any, *, today: dt.date) -> list[ResearchProject]:
     """The person's open projects (as a current member) and what each waits for: five statements."""
-    projects = list(
-        session.scalars(
-            select(Project)
-            .join(ProjectMember, ProjectMember.project_id == Project.id)
-            .where(
-                ProjectMember.user_id == user.id,
-                ProjectMember.removed_at.is_(None),
-                Project.state.in_(_OPEN_PROJECT_STATES),
-            )
-            .order_by(Project.state_changed_at)
-        ).unique()
-    )
+    projects = list(session.scalars(_RESEARCHER_PROJECTS, {"user_id": user.id}).unique())
     if not projects:
         return []
     ids = [p.id for p in projects]
@@ -195,6 +202,7 @@ def _current_versions(session: Session, states: Iterable[str]) -> Any:
     """Projects in ``states`` joined to their current application version."""
     return (
         select(Project, ApplicationVersion)
+        .options(*_PROJECT_ALONE)
         .join(
             ApplicationVersion,
             and_(ApplicationVersion.project_id == Project.id, ApplicationVersion.number == Project.current_version),
@@ -255,6 +263,7 @@ def pending_extensions(session: Session) -> list[tuple[Project, ExtensionRequest
     """Extension requests waiting for the chair's decision: one statement."""
     rows = session.execute(
         select(Project, ExtensionRequest)
+        .options(*_PROJECT_ALONE)
         .join(ExtensionRequest, ExtensionRequest.project_id == Project.id)
         .where(ExtensionRequest.outcome.is_(None))
         .order_by(ExtensionRequest.requested_at)

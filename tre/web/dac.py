@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
+from sqlalchemy.orm import lazyload
 
 from projects import rules
-from projects.models import Project
+from projects.models import ApplicationVersion, ExtensionRequest, Project, ReviewAssignment
 from projects.services import approved_columns
 from tre import turnaround
 from tre.access import requires
@@ -32,34 +33,70 @@ def _committee() -> list[User]:
     )
 
 
+# The queue's reads, built once. A project's team and dataset requests are not shown here, so they
+# are left unloaded; each project's current version comes with it, and the assignments of every
+# version and the open extension of every governed project come in one statement each, so the page
+# sends the same statements however many applications wait.
+_PROJECT_ALONE = (lazyload(Project.members), lazyload(Project.dataset_requests))
+_WAITING = (
+    select(Project, ApplicationVersion)
+    .options(*_PROJECT_ALONE)
+    .outerjoin(ApplicationVersion, and_(
+        ApplicationVersion.project_id == Project.id, ApplicationVersion.number == Project.current_version
+    ))
+    .where(Project.state.in_((rules.SUBMITTED, rules.IN_REVIEW)))
+    .order_by(Project.state_changed_at)
+)
+_ASSIGNMENTS = select(ReviewAssignment).where(ReviewAssignment.version_id.in_(bindparam("ids", expanding=True)))
+_GOVERNED = (
+    select(Project).options(*_PROJECT_ALONE)
+    .where(Project.state.in_((rules.APPROVED, rules.ACTIVE, rules.SUSPENDED)))
+    .order_by(Project.end_date)
+)
+_OPEN_EXTENSIONS = (
+    select(ExtensionRequest)
+    .where(ExtensionRequest.project_id.in_(bindparam("ids", expanding=True)), ExtensionRequest.decided_at.is_(None))
+    .order_by(ExtensionRequest.requested_at)
+)
+
+
 @bp.get("/")
 @requires(Permission.APPLICATION_REVIEW)
 def queue() -> str:
-    svc = projects_service()
+    session = projects_service().session
     now = utcnow()
+    waiting = [(project, version) for project, version in session.execute(_WAITING)]
+    version_ids = [version.id for _, version in waiting if version is not None]
+    by_version: dict[str, list[ReviewAssignment]] = {}
+    if version_ids:
+        for assignment in session.scalars(_ASSIGNMENTS, {"ids": version_ids}):
+            by_version.setdefault(assignment.version_id, []).append(assignment)
     rows = []
-    for project in svc.review_queue():
-        version = svc.current_version(project)
-        assignment = svc.assignment_for(version, g.user.id)
+    for project, version in waiting:
+        assignments = by_version.get(version.id, []) if version is not None else []
+        mine = next((a for a in assignments if a.reviewer_id == g.user.id), None)
         rows.append(
             {
                 "project": project,
                 "version": version,
                 "age_days": (now - project.state_changed_at).days,
-                "assigned": assignment is not None,
-                "conflicted": bool(assignment and assignment.conflicted),
-                "reviewers": len(svc.assignments(version)),
+                "assigned": mine is not None,
+                "conflicted": bool(mine and mine.conflicted),
+                "reviewers": len(assignments),
             }
         )
-    governed = svc.governed_projects() if g.user.has(Permission.APPLICATION_DECIDE) else []
-    extensions = [(p, svc.pending_extension(p)) for p in governed]
+    governed = list(session.scalars(_GOVERNED)) if g.user.has(Permission.APPLICATION_DECIDE) else []
+    open_extensions: dict[str, ExtensionRequest] = {}
+    if governed:
+        for extension in session.scalars(_OPEN_EXTENSIONS, {"ids": [p.id for p in governed]}):
+            open_extensions.setdefault(extension.project_id, extension)
     return render_template(
         "dac/queue.html",
         title="Applications",
         rows=rows,
         labels=rules.STATE_LABELS,
         governed=governed,
-        extensions=[(p, e) for p, e in extensions if e is not None],
+        extensions=[(p, open_extensions[p.id]) for p in governed if p.id in open_extensions],
     )
 
 

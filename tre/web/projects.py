@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select
 
 from projects import permissions as perm
 from projects import rules
-from projects.gate import check_team_access, training_expiries
-from projects.models import AgreementTemplate, Dataset, Project
+from projects.gate import team_access_with_facts
+from projects.models import AgreementTemplate, Dataset, Project, TrainingRecord
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
     IncompleteApplication,
@@ -74,10 +74,15 @@ def _project_for_view(project_id: str) -> Project:
     return project
 
 
-def _people(ids: list[str]) -> dict[str, User]:
+_NAMES = select(User.id, User.display_name).where(User.id.in_(bindparam("ids", expanding=True)))
+
+
+def _people(ids: list[str]) -> dict[str, Any]:
+    """Each person's name by id (rows with ``display_name``): pages show names, so the accounts and
+    their roles are not loaded."""
     if not ids:
         return {}
-    return {u.id: u for u in platform().db.session.scalars(select(User).where(User.id.in_(ids)))}
+    return {row.id: row for row in platform().db.session.execute(_NAMES, {"ids": sorted(set(ids))})}
 
 
 @bp.get("/")
@@ -105,19 +110,19 @@ def new() -> Any:
 
 
 def _team_status(
-    svc: Projects, project: Project, template: Any, people: dict[str, User]
+    svc: Projects, project: Project, template: Any, people: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    signed = {s.user_id for s in svc.signatures(project) if template is not None and s.template_id == template.id}
+    # The gate's own facts say who signed the current version and whose training runs until when:
+    # one set of reads for the team, shown beside the gate's answer they produced.
     ids = [m.user_id for m in project.active_members]
-    training = training_expiries(svc.session, ids, svc.policy.training_course)
-    access = check_team_access(svc.session, project.id, ids)
+    answers = team_access_with_facts(svc.session, project.id, ids, svc.policy.training_course, template=template)
     return [
         {
             "member": m,
             "person": people.get(m.user_id),
-            "signed": m.user_id in signed,
-            "training": training.get(m.user_id),
-            "access": access[m.user_id],
+            "signed": answers[m.user_id][0].current_agreement_signed,
+            "training": answers[m.user_id][0].training_expires_on,
+            "access": answers[m.user_id][1],
         }
         for m in project.active_members
     ]
@@ -477,6 +482,15 @@ def messages() -> str:
 # --- administrators: training records and agreement versions --------------------------------------
 
 
+_ACTIVE_PEOPLE_TRAINING = (
+    select(User.id, User.display_name, User.email, func.max(TrainingRecord.expires_on).label("expires_on"))
+    .outerjoin(TrainingRecord, (TrainingRecord.user_id == User.id) & (TrainingRecord.course == bindparam("course")))
+    .where(User.is_active.is_(True))
+    .group_by(User.id, User.display_name, User.email)
+    .order_by(User.display_name)
+)
+
+
 @bp.route("/admin/training", methods=["GET", "POST"])
 @requires(Permission.TRAINING_MANAGE)
 def training() -> Any:
@@ -496,14 +510,15 @@ def training() -> Any:
         if record is not None:
             flash("Training recorded", "success")
             return redirect(url_for("projects.training"))
-    people = svc.session.scalars(select(User).where(User.is_active.is_(True)).order_by(User.display_name)).all()
+    # Three columns and the latest expiry of each active person in one statement, not the accounts
+    # with their roles and a statement per person: the same statements however many people there are.
+    people = svc.session.execute(_ACTIVE_PEOPLE_TRAINING, {"course": svc.policy.training_course}).all()
     warn_before = dt.date.today() + dt.timedelta(days=svc.policy.training_warning_days)
     return render_template(
         "projects/training.html",
         title="Training records",
         people=people,
         error=error,
-        expiry={p.id: svc.training_expiry(p.id) for p in people},
         today=dt.date.today(),
         warn_before=warn_before,
     ), (400 if error else 200)
