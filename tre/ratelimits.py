@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, g, make_response, request
-from limits import RateLimitItem, parse
-from limits.storage import Storage, storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -40,7 +37,6 @@ ENDPOINT_LIMITS: dict[str, str] = {
 # Requests answered 401 (no or a refused credential) from one address, on any route; past it the
 # address gets 429 for the rest of the window whatever it sends.
 FAILED_AUTHENTICATION_LIMIT = "60 per minute"
-FAILED_AUTHENTICATION = "failed-authentication"  # the name its counter and its audit event carry
 
 
 def client_address() -> str:
@@ -48,83 +44,58 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The counters of one instance, over the ``limits`` library's moving windows.
-
-    Every request asks one question (has this address used up its failed authentications?) and a
-    POST to a limited endpoint one more. flask-limiter asked the same of the same storage, but its
-    per-request resolution of which limits apply (parsing, filtering, scoping) cost more CPU than a
-    page's database read; the limits are fixed at start, so they are parsed once here.
-    """
-
-    storage: Storage
-    window: MovingWindowRateLimiter
-    prefix: str  # one instance's counters never meet another's in a shared Redis
-    failed: RateLimitItem
-    endpoints: dict[str, RateLimitItem]
-
-    def _ids(self, name: str) -> tuple[str, str, str]:
-        return (self.prefix, name, client_address())
-
-    def check(self) -> Response | None:
-        """Before anyone is authenticated: a 429 for an address past a limit, else None."""
-        if not self.window.test(self.failed, *self._ids(FAILED_AUTHENTICATION)):
-            return self._refuse(FAILED_AUTHENTICATION, self.failed)
-        endpoint = request.endpoint
-        if request.method == "POST" and endpoint in self.endpoints:
-            item = self.endpoints[endpoint]
-            if not self.window.hit(item, *self._ids(endpoint)):
-                return self._refuse(endpoint, item)
-        return None
-
-    def count_failure(self, response: Response) -> Response:
-        if response.status_code == 401:
-            self.window.hit(self.failed, *self._ids(FAILED_AUTHENTICATION))
-        return response
-
-    def _refuse(self, name: str, item: RateLimitItem) -> Response:
-        """The 429 answer, with Retry-After; audited for the first refusal of each client, limit and window."""
-        _audit_first_breach(self, name, item)
-        from tre import errors
-
-        response = make_response(errors.handle_http_exception(
-            TooManyRequests("Too many attempts from your address. Wait a minute and try again")
-        ))
-        reset_at = self.window.get_window_stats(item, *self._ids(name)).reset_time
-        response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
-        return response
-
-
-def init_app(app: Flask) -> Limits | None:
+def init_app(app: Flask) -> Limiter:
     settings = app.extensions["tre.settings"]
     if settings.trusted_proxies > 0:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
-    if not settings.rate_limits:
-        return None
-    storage = storage_from_string(settings.rate_limit_storage_url or "memory://")
-    limits = Limits(
-        storage=storage,
+    app.config["RATELIMIT_ENABLED"] = settings.rate_limits
+    storage = settings.rate_limit_storage_url or "memory://"
+    # One instance's counters never meet another's in a shared Redis.
+    prefix = "tre-" + hashlib.sha256(str(settings.instance_path).encode()).hexdigest()[:12]
+    limiter = Limiter(
+        key_func=client_address,
+        storage_uri=storage,
+        key_prefix=prefix,
+        headers_enabled=False,  # only a refusal says when to come back (Retry-After)
         # A sliding window: no burst of twice the limit across a window's edge.
-        window=MovingWindowRateLimiter(storage),
-        prefix="tre-" + hashlib.sha256(str(settings.instance_path).encode()).hexdigest()[:12],
-        failed=parse(FAILED_AUTHENTICATION_LIMIT),
-        endpoints={endpoint: parse(limit) for endpoint, limit in ENDPOINT_LIMITS.items()},
+        strategy="moving-window",
+        application_limits=[FAILED_AUTHENTICATION_LIMIT],
+        application_limits_deduct_when=lambda response: response.status_code == 401,
+        on_breach=_audit_breach,
     )
-    app.extensions["tre.limits"] = limits
-    # Registered before who-is-asking (tre/app.py), so a flood of bad credentials stops here.
-    app.before_request(limits.check)
-    app.after_request(limits.count_failure)
-    return limits
+    limiter.init_app(app)
+    # The answer built by ``_audit_breach`` (with Retry-After), not the generic HTTP error page.
+    app.register_error_handler(RateLimitExceeded, lambda error: error.get_response())
+    if not settings.rate_limits:
+        return limiter
+    for endpoint, limit in ENDPOINT_LIMITS.items():
+        view = app.view_functions.get(endpoint)
+        if view is not None:
+            app.view_functions[endpoint] = limiter.limit(limit, methods=["POST"])(view)  # type: ignore[assignment]
+    app.extensions["tre.limiter"] = limiter
+    return limiter
 
 
-def _audit_first_breach(limits: Limits, name: str, item: RateLimitItem) -> None:
-    expiry = max(1, item.get_expiry())
+def _audit_breach(limit: RequestLimit) -> Response:
+    """The 429 answer, with Retry-After; audited for the first refusal of each client, limit and window."""
+    _audit_first_breach(limit)
+    from tre import errors
+
+    response = make_response(errors.handle_http_exception(
+        TooManyRequests("Too many attempts from your address. Wait a minute and try again")
+    ))
+    response.headers["Retry-After"] = str(max(1, int(limit.reset_at - time.time())))
+    return response
+
+
+def _audit_first_breach(limit: RequestLimit) -> None:
+    limiter: Limiter = current_app.extensions["tre.limiter"]
+    expiry = max(1, limit.limit.get_expiry())
     window = int(time.time()) // expiry * expiry
-    marker = f"{limits.prefix}/audited/{name}/{client_address()}/{window}"
+    marker = f"audited/{limit.key}/{window}"
     try:
-        first = limits.storage.incr(marker, expiry) == 1
+        first = limiter.storage.incr(marker, expiry) == 1
     except Exception:  # noqa: BLE001 - a storage fault must not turn a 429 into a 500
         first = True
     if not first:
@@ -139,7 +110,7 @@ def _audit_first_breach(limits: Limits, name: str, item: RateLimitItem) -> None:
             target_type="route", target_id=(request.endpoint or request.path)[:64],
             request_id=g.get("request_id"),
             detail={
-                "limit": str(item), "client": client_address()[:64], "method": request.method,
+                "limit": str(limit.limit), "client": client_address()[:64], "method": request.method,
                 "window_starts": window, "note": "first refusal of this client and limit in this window",
             },
         )
