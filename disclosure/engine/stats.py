@@ -83,13 +83,15 @@ def compute_table_stats(
     dims = tuple(dims)
     spans = _integer_spans(data, dims) if person is None else None
     codes_list, cats = [], []
+    offsets = [0] * len(dims)
     if spans is not None:
         # Integer labels in narrow ranges: count over the whole label range (the label minus the smallest
         # is the code) and drop the labels that never occur afterwards, instead of hashing every row.
         for d, (low, high) in zip(dims, spans, strict=True):
             column = data[d].to_numpy()
-            codes_list.append(column.astype(np.int64, copy=False) - low if low else column.astype(np.int64, copy=False))
+            codes_list.append(column.astype(np.int64, copy=False))
             cats.append(pd.Index(np.arange(low, high + 1, dtype=column.dtype)))
+        offsets = [low for low, _ in spans]
         keep = None
         all_kept = True
     else:
@@ -104,6 +106,15 @@ def compute_table_stats(
         if not all_kept:
             codes_list = [c[keep] for c in codes_list]
     shape = tuple(len(c) for c in cats)
+    ncells = int(np.prod(shape)) if shape else 1
+    if value is None and person is None and dims:
+        # A plain count table needs only the number of rows per cell: counted a block of rows at a time, so
+        # the cell numbers of millions of rows are never written out and read back (ADR 0036).
+        records = _cell_counts(codes_list, offsets, shape)
+        arrays = {"records": records, "contributors": records.copy()}
+        return _finish_stats(dims, cats, arrays, shape, spans is not None, has_values=False, person_level=False)
+    if any(offsets):
+        codes_list = [codes - low if low else codes for codes, low in zip(codes_list, offsets, strict=True)]
     # No dims means no spans, so ``keep`` was built above.
     cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(cast(np.ndarray, keep).sum()), dtype=np.int64)
     x = None
@@ -120,22 +131,40 @@ def compute_table_stats(
         pcodes, _ = pd.factorize(data[person], use_na_sentinel=True)
         pcodes = pcodes[keep] if not all_kept else pcodes
     n_top = max(int(n_top), 2)
-    ncells = int(np.prod(shape)) if shape else 1
 
     if pcodes is None:
-        interior = _group_stats(cell, ncells, x, None, n_top)
-        arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in interior.items()}
-        if spans is not None:
-            arrays, cats = _drop_absent_labels(arrays, cats)
-        arrays = _extend_by_reduction(arrays, len(shape))
-    else:
-        arrays = _extend_by_regrouping(codes_list, shape, x, pcodes, n_top)
+        return _finish_stats(
+            dims, cats, _group_stats(cell, ncells, x, None, n_top), shape, spans is not None, x is not None, False
+        )
+    arrays = _extend_by_regrouping(codes_list, shape, x, pcodes, n_top)
+    return _as_table_stats(dims, cats, arrays, x is not None, True)
+
+
+def _finish_stats(
+    dims: tuple[str, ...],
+    cats: list[pd.Index],
+    interior: dict[str, np.ndarray],
+    shape: tuple[int, ...],
+    from_spans: bool,
+    has_values: bool,
+    person_level: bool,
+) -> TableStats:
+    """Per-cell arrays of the interior, shaped, with absent integer labels dropped and margins appended."""
+    arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in interior.items()}
+    if from_spans:
+        arrays, cats = _drop_absent_labels(arrays, cats)
+    return _as_table_stats(dims, cats, _extend_by_reduction(arrays, len(shape)), has_values, person_level)
+
+
+def _as_table_stats(
+    dims: tuple[str, ...], cats: list[pd.Index], arrays: dict[str, np.ndarray], has_values: bool, person_level: bool
+) -> TableStats:
     return TableStats(
         dims=dims,
         categories=tuple(cats),
         records=arrays["records"],
         contributors=arrays["contributors"],
-        has_values=x is not None,
+        has_values=has_values,
         total=arrays.get("total"),
         abs_total=arrays.get("abs_total"),
         negatives=arrays.get("negatives"),
@@ -143,7 +172,7 @@ def compute_table_stats(
         minimum=arrays.get("minimum"),
         maximum=arrays.get("maximum"),
         top=arrays.get("top"),
-        person_level=pcodes is not None,
+        person_level=person_level,
     )
 
 
@@ -161,8 +190,7 @@ def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int,
         # Plain numpy integers only: nullable (extension) integers may hold missing labels.
         if not isinstance(column.dtype, np.dtype) or column.dtype.kind not in "iu":
             return None
-        values = column.to_numpy()
-        low, high = int(values.min()), int(values.max())
+        low, high = _min_max(column.to_numpy())
         if low < -(2**62) or high >= 2**62:
             return None
         cells *= high - low + 1
@@ -170,6 +198,19 @@ def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int,
             return None
         spans.append((low, high))
     return spans
+
+
+def _min_max(values: np.ndarray) -> tuple[int, int]:
+    """Smallest and largest of an integer array, a block at a time: the maximum reads each block from the
+    cache the minimum has just filled, not a second time from memory."""
+    if len(values) <= _BLOCK_ROWS:
+        return int(values.min()), int(values.max())
+    lows, highs = [], []
+    for start in range(0, len(values), _BLOCK_ROWS):
+        block = values[start : start + _BLOCK_ROWS]
+        lows.append(block.min())
+        highs.append(block.max())
+    return int(min(lows)), int(max(highs))
 
 
 def _flat_codes(codes_list: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -182,6 +223,49 @@ def _flat_codes(codes_list: list[np.ndarray], shape: tuple[int, ...]) -> np.ndar
         cell *= n
         cell += codes
     return cell
+
+
+_BLOCK_ROWS = 1 << 16  # rows per block of ``_cell_counts``: a block's cell numbers stay in the CPU's cache
+
+
+def _cell_counts(codes_list: list[np.ndarray], offsets: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """Rows per cell (row-major over ``shape``) of codes ``codes_list[i] - offsets[i]``, all in range.
+
+    The same numbers as ``np.bincount(_flat_codes(...))``, worked out a block of rows at a time: each
+    column is read once from memory and a block's cell numbers never leave the cache, where the whole-array
+    version writes and re-reads an array of cell numbers as large as the data several times over.
+    """
+    ncells = int(np.prod(shape))
+    rows = len(codes_list[0])
+    if ncells > _BLOCK_ROWS // 2 or rows < 4 * _BLOCK_ROWS:
+        # Many cells (each block's count array would cost more than its rows) or few rows: one pass.
+        if any(offsets):
+            codes_list = [codes - low if low else codes for codes, low in zip(codes_list, offsets, strict=True)]
+        return np.bincount(_flat_codes(codes_list, shape), minlength=ncells).astype(np.int64)
+    # Subtracting every offset from the cell number once does the work of subtracting each from its column.
+    # Labels far from zero can overflow int64 on the way; integers wrap, and the result is in [0, ncells), so
+    # the arithmetic modulo 2**64 gives it exactly.
+    base = 0
+    for low, n in zip(offsets, shape, strict=True):
+        base = base * n + low
+    base = (base + 2**63) % 2**64 - 2**63
+    counts = np.zeros(ncells, dtype=np.int64)
+    block = np.empty(min(_BLOCK_ROWS, rows), dtype=np.int64)
+    for start in range(0, rows, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, rows)
+        cell = block[: stop - start]
+        if len(codes_list) == 1:
+            np.copyto(cell, codes_list[0][start:stop], casting="unsafe")
+        else:
+            np.multiply(codes_list[0][start:stop], shape[1], out=cell, casting="unsafe")
+            cell += codes_list[1][start:stop]
+            for codes, n in zip(codes_list[2:], shape[2:], strict=True):
+                cell *= n
+                cell += codes[start:stop]
+        if base:
+            cell -= np.int64(base)
+        counts += np.bincount(cell, minlength=ncells)
+    return counts
 
 
 def _drop_absent_labels(

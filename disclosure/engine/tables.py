@@ -83,11 +83,13 @@ def to_frame(
             return pd.Index(levels[0], name=names[0])
         return pd.MultiIndex.from_product(levels, names=list(names))
 
-    return pd.DataFrame(
-        body.reshape(nrows, ncols),
-        index=make_index(row_cats, row_dims),
-        columns=make_index(col_cats, col_dims),
-    )
+    # A session lays out the same table several times (shown, before mitigation, records, outcome); the
+    # labels are the same each time, and pandas indexes are immutable, so they are built once per layout.
+    key = ("axes", n_row_dims, margins, margins_name if margins else None)
+    axes = stats.extra.get(key)
+    if axes is None:
+        axes = stats.extra[key] = (make_index(row_cats, row_dims), make_index(col_cats, col_dims))
+    return pd.DataFrame(body.reshape(nrows, ncols), index=axes[0], columns=axes[1])
 
 
 def check_frequency_table(
@@ -301,19 +303,7 @@ def table_verdict(
                 "method": audit.method,
                 "scope": audit.scope,
                 "lp_solved": audit.lp_solved,
-                "intervals": [
-                    {
-                        **address,
-                        "lower": c.lower,
-                        "upper": c.upper,
-                        "width": c.width,
-                        "required": c.required,
-                        "primary": c.primary,
-                        "protected": c.protected,
-                        "method": c.method,
-                    }
-                    for c, address in zip(audit.intervals, _addresses_of(stats, audit.intervals, labelled), strict=True)
-                ],
+                "intervals": _interval_records(stats, audit.intervals, labelled),
                 "unproven": _addresses(stats, audit.unproven),
             }
         mitigation_record["suppression"] = {
@@ -372,16 +362,32 @@ _FALLBACK_WORDS = {
 }
 
 
-def _addresses_of(
+def _interval_records(
     stats: TableStats, intervals: list, labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
 ) -> list[dict[str, Any]]:
-    """Addresses of the audited cells, copied from those already made for the verdict's cell list."""
-    if not all(c.index in labelled for c in intervals):
-        return _addresses(stats, [c.index for c in intervals])
+    """The audit's interval of each cell with the cell's address, copied from the addresses already made
+    for the verdict's cell list (thousands of cells: each record is built once, in one step)."""
+    if all(c.index in labelled for c in intervals):
+        addresses = [labelled[c.index] for c in intervals]
+    else:
+        addresses = [(a["key"], a["labels"], a["margin"]) for a in _addresses(stats, [c.index for c in intervals])]
     out = []
-    for c in intervals:
-        key, labels, margin = labelled[c.index]
-        out.append({"key": key, "labels": dict(labels), "margin": list(margin)})
+    for c, (key, labels, margin) in zip(intervals, addresses, strict=True):
+        width = c.upper - c.lower
+        out.append(
+            {
+                "key": key,
+                "labels": dict(labels),
+                "margin": list(margin),
+                "lower": c.lower,
+                "upper": c.upper,
+                "width": width,
+                "required": c.required,
+                "primary": c.primary,
+                "protected": c.protected,
+                "method": c.method,
+            }
+        )
     return out
 
 
