@@ -81,6 +81,18 @@ def compute_table_stats(
     distinct people and dominance uses each person's total contribution to a cell.
     """
     dims = tuple(dims)
+    if value is None and person is None and dims:
+        fused = _integer_span_counts(data, dims)
+        if fused is not None:
+            # A plain count table over integer labels: label ranges and counts in one read of each column.
+            spans_found, records = fused
+            cats = [
+                pd.Index(np.arange(low, high + 1, dtype=data[d].dtype))
+                for d, (low, high) in zip(dims, spans_found, strict=True)
+            ]
+            arrays = {"records": records, "contributors": records.copy()}
+            shape = tuple(len(c) for c in cats)
+            return _finish_stats(dims, cats, arrays, shape, True, has_values=False, person_level=False)
     spans = _integer_spans(data, dims) if person is None else None
     codes_list, cats = [], []
     offsets = [0] * len(dims)
@@ -198,6 +210,69 @@ def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int,
             return None
         spans.append((low, high))
     return spans
+
+
+def _integer_span_counts(data: pd.DataFrame, dims: tuple[str, ...]) -> tuple[list[tuple[int, int]], np.ndarray] | None:
+    """Label range of each dimension and rows per cell of that range, reading each column once; None where
+    the labels are not plain integers, there are few rows, or the ranges make too many cells for counting a
+    block at a time (the caller then takes the general path).
+
+    The same result as ``_integer_spans`` then ``_cell_counts``, which read every column twice: here a
+    block's smallest and largest labels are found while the block is in the cache, and the count table
+    grows to a wider range whenever a block holds a label outside the ranges seen so far.
+    """
+    columns = []
+    for d in dims:
+        column = data[d]
+        # uint64 labels do not mix with int64 arithmetic (numpy promotes them to float): general path.
+        if not isinstance(column.dtype, np.dtype) or column.dtype.kind not in "iu" or column.dtype == np.uint64:
+            return None
+        columns.append(column.to_numpy())
+    rows = len(columns[0])
+    if rows < 4 * _BLOCK_ROWS:
+        return None
+    lows: list[int] = []
+    highs: list[int] = []
+    counts = np.zeros(0, dtype=np.int64)
+    shape: tuple[int, ...] = ()
+    base = 0
+    block = np.empty(_BLOCK_ROWS, dtype=np.int64)
+    for start in range(0, rows, _BLOCK_ROWS):
+        parts = [c[start : start + _BLOCK_ROWS] for c in columns]
+        low = [int(p.min()) for p in parts]
+        high = [int(p.max()) for p in parts]
+        if lows:
+            low = [min(a, b) for a, b in zip(lows, low, strict=True)]
+            high = [max(a, b) for a, b in zip(highs, high, strict=True)]
+        if low != lows or high != highs:
+            if min(low) < -(2**62) or max(high) >= 2**62:
+                return None
+            grown_shape = tuple(h - lo + 1 for lo, h in zip(low, high, strict=True))
+            if int(np.prod(grown_shape)) > _BLOCK_ROWS // 2:
+                return None  # each block's count table would cost more than its rows
+            grown = np.zeros(grown_shape, dtype=np.int64)
+            if lows:  # the counts so far, placed at their labels in the wider range
+                grown[tuple(slice(a - b, a - b + n) for a, b, n in zip(lows, low, shape, strict=True))] = (
+                    counts.reshape(shape)
+                )
+            counts, lows, highs, shape = grown.reshape(-1), low, high, grown_shape
+            base = 0
+            for lo, n in zip(lows, shape, strict=True):
+                base = base * n + lo
+            base = (base + 2**63) % 2**64 - 2**63  # as in ``_cell_counts``: exact modulo 2**64
+        cell = block[: len(parts[0])]
+        if len(parts) == 1:
+            np.copyto(cell, parts[0], casting="unsafe")
+        else:
+            np.multiply(parts[0], shape[1], out=cell, casting="unsafe")
+            cell += parts[1]
+            for part, n in zip(parts[2:], shape[2:], strict=True):
+                cell *= n
+                cell += part
+        if base:
+            cell -= np.int64(base)
+        counts += np.bincount(cell, minlength=len(counts))
+    return list(zip(lows, highs, strict=True)), counts
 
 
 def _min_max(values: np.ndarray) -> tuple[int, int]:
