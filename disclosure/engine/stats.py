@@ -264,7 +264,8 @@ def _integer_span_counts(data: pd.DataFrame, dims: tuple[str, ...]) -> tuple[lis
         if len(parts) == 1:
             np.copyto(cell, parts[0], casting="unsafe")
         else:
-            np.multiply(parts[0], shape[1], out=cell, casting="unsafe")
+            # dtype: narrow labels (int8, int16, ...) times the stride would otherwise wrap in their own type
+            np.multiply(parts[0], shape[1], out=cell, dtype=np.int64)
             cell += parts[1]
             for part, n in zip(parts[2:], shape[2:], strict=True):
                 cell *= n
@@ -332,7 +333,7 @@ def _cell_counts(codes_list: list[np.ndarray], offsets: list[int], shape: tuple[
         if len(codes_list) == 1:
             np.copyto(cell, codes_list[0][start:stop], casting="unsafe")
         else:
-            np.multiply(codes_list[0][start:stop], shape[1], out=cell, casting="unsafe")
+            np.multiply(codes_list[0][start:stop], shape[1], out=cell, dtype=np.int64)
             cell += codes_list[1][start:stop]
             for codes, n in zip(codes_list[2:], shape[2:], strict=True):
                 cell *= n

@@ -92,6 +92,8 @@ def test_cell_statistics_equal_a_row_by_row_count(data, kind: str, rows: int) ->
         ("int16", [(100, 220)]),
         ("uint8", [(0, 3), (250, 255), (7, 9)]),
         ("uint16", [(1000, 1010), (0, 9)]),
+        ("int16", [(20_000, 20_003), (0, 9)]),  # label x stride overflows int16: the cell is formed in int64
+        ("int8", [(100, 103), (-5, 5)]),
     ],
 )
 def test_count_table_counted_a_block_at_a_time_equals_a_group_by(dtype, ranges, late_labels) -> None:
