@@ -65,9 +65,9 @@ def cell_addresses(
     parts = [
         [f"{d}={lab}" for lab in per_axis[:-1]] + [f"{d}={MARGIN}"] for d, per_axis in zip(dims, labels, strict=True)
     ]
-    columns = positions.T.tolist()
-    label_cols = [[labels[a][i] for i in col] for a, col in enumerate(columns)]
-    keys = ["|".join(t) for t in zip(*[[parts[a][i] for i in col] for a, col in enumerate(columns)], strict=True)]
+    # Picked by numpy from object arrays of each axis's labels: thousands of cells are common.
+    label_cols = [_pick(labels[a], positions[:, a]) for a in range(len(dims))]
+    keys = ["|".join(t) for t in zip(*[_pick(parts[a], positions[:, a]) for a in range(len(dims))], strict=True)]
     sizes = np.array([len(c) for c in categories], dtype=np.int64)
     at_margin = positions >= sizes
     any_margin = cast(list[bool], at_margin.any(axis=1).tolist())
@@ -80,3 +80,11 @@ def cell_addresses(
         }
         for key, labs, has, row in zip(keys, zip(*label_cols, strict=True), any_margin, margin_rows, strict=True)
     ]
+
+
+def _pick(items: list[Any], at: np.ndarray) -> list[Any]:
+    """``[items[i] for i in at]``, the same objects, taken in one numpy step."""
+    table = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):  # one at a time: a label may itself be a list (a tuple label)
+        table[i] = item
+    return cast(list[Any], table[at].tolist())

@@ -81,15 +81,29 @@ def compute_table_stats(
     distinct people and dominance uses each person's total contribution to a cell.
     """
     dims = tuple(dims)
+    if value is None and person is None and dims:
+        fused = _integer_span_counts(data, dims)
+        if fused is not None:
+            # A plain count table over integer labels: label ranges and counts in one read of each column.
+            spans_found, records = fused
+            cats = [
+                pd.Index(np.arange(low, high + 1, dtype=data[d].dtype))
+                for d, (low, high) in zip(dims, spans_found, strict=True)
+            ]
+            arrays = {"records": records, "contributors": records.copy()}
+            shape = tuple(len(c) for c in cats)
+            return _finish_stats(dims, cats, arrays, shape, True, has_values=False, person_level=False)
     spans = _integer_spans(data, dims) if person is None else None
     codes_list, cats = [], []
+    offsets = [0] * len(dims)
     if spans is not None:
         # Integer labels in narrow ranges: count over the whole label range (the label minus the smallest
         # is the code) and drop the labels that never occur afterwards, instead of hashing every row.
         for d, (low, high) in zip(dims, spans, strict=True):
             column = data[d].to_numpy()
-            codes_list.append(column.astype(np.int64, copy=False) - low if low else column.astype(np.int64, copy=False))
+            codes_list.append(column.astype(np.int64, copy=False))
             cats.append(pd.Index(np.arange(low, high + 1, dtype=column.dtype)))
+        offsets = [low for low, _ in spans]
         keep = None
         all_kept = True
     else:
@@ -104,6 +118,15 @@ def compute_table_stats(
         if not all_kept:
             codes_list = [c[keep] for c in codes_list]
     shape = tuple(len(c) for c in cats)
+    ncells = int(np.prod(shape)) if shape else 1
+    if value is None and person is None and dims:
+        # A plain count table needs only the number of rows per cell: counted a block of rows at a time, so
+        # the cell numbers of millions of rows are never written out and read back (ADR 0036).
+        records = _cell_counts(codes_list, offsets, shape)
+        arrays = {"records": records, "contributors": records.copy()}
+        return _finish_stats(dims, cats, arrays, shape, spans is not None, has_values=False, person_level=False)
+    if any(offsets):
+        codes_list = [codes - low if low else codes for codes, low in zip(codes_list, offsets, strict=True)]
     # No dims means no spans, so ``keep`` was built above.
     cell = _flat_codes(codes_list, shape) if dims else np.zeros(int(cast(np.ndarray, keep).sum()), dtype=np.int64)
     x = None
@@ -120,22 +143,40 @@ def compute_table_stats(
         pcodes, _ = pd.factorize(data[person], use_na_sentinel=True)
         pcodes = pcodes[keep] if not all_kept else pcodes
     n_top = max(int(n_top), 2)
-    ncells = int(np.prod(shape)) if shape else 1
 
     if pcodes is None:
-        interior = _group_stats(cell, ncells, x, None, n_top)
-        arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in interior.items()}
-        if spans is not None:
-            arrays, cats = _drop_absent_labels(arrays, cats)
-        arrays = _extend_by_reduction(arrays, len(shape))
-    else:
-        arrays = _extend_by_regrouping(codes_list, shape, x, pcodes, n_top)
+        return _finish_stats(
+            dims, cats, _group_stats(cell, ncells, x, None, n_top), shape, spans is not None, x is not None, False
+        )
+    arrays = _extend_by_regrouping(codes_list, shape, x, pcodes, n_top)
+    return _as_table_stats(dims, cats, arrays, x is not None, True)
+
+
+def _finish_stats(
+    dims: tuple[str, ...],
+    cats: list[pd.Index],
+    interior: dict[str, np.ndarray],
+    shape: tuple[int, ...],
+    from_spans: bool,
+    has_values: bool,
+    person_level: bool,
+) -> TableStats:
+    """Per-cell arrays of the interior, shaped, with absent integer labels dropped and margins appended."""
+    arrays = {k: v.reshape(shape + v.shape[1:]) for k, v in interior.items()}
+    if from_spans:
+        arrays, cats = _drop_absent_labels(arrays, cats)
+    return _as_table_stats(dims, cats, _extend_by_reduction(arrays, len(shape)), has_values, person_level)
+
+
+def _as_table_stats(
+    dims: tuple[str, ...], cats: list[pd.Index], arrays: dict[str, np.ndarray], has_values: bool, person_level: bool
+) -> TableStats:
     return TableStats(
         dims=dims,
         categories=tuple(cats),
         records=arrays["records"],
         contributors=arrays["contributors"],
-        has_values=x is not None,
+        has_values=has_values,
         total=arrays.get("total"),
         abs_total=arrays.get("abs_total"),
         negatives=arrays.get("negatives"),
@@ -143,7 +184,7 @@ def compute_table_stats(
         minimum=arrays.get("minimum"),
         maximum=arrays.get("maximum"),
         top=arrays.get("top"),
-        person_level=pcodes is not None,
+        person_level=person_level,
     )
 
 
@@ -161,8 +202,7 @@ def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int,
         # Plain numpy integers only: nullable (extension) integers may hold missing labels.
         if not isinstance(column.dtype, np.dtype) or column.dtype.kind not in "iu":
             return None
-        values = column.to_numpy()
-        low, high = int(values.min()), int(values.max())
+        low, high = _min_max(column.to_numpy())
         if low < -(2**62) or high >= 2**62:
             return None
         cells *= high - low + 1
@@ -170,6 +210,83 @@ def _integer_spans(data: pd.DataFrame, dims: tuple[str, ...]) -> list[tuple[int,
             return None
         spans.append((low, high))
     return spans
+
+
+def _integer_span_counts(data: pd.DataFrame, dims: tuple[str, ...]) -> tuple[list[tuple[int, int]], np.ndarray] | None:
+    """Label range of each dimension and rows per cell of that range, reading each column once; None where
+    the labels are not plain integers, there are few rows, or the ranges make too many cells for counting a
+    block at a time (the caller then takes the general path).
+
+    The same result as ``_integer_spans`` then ``_cell_counts``, which read every column twice: here a
+    block's smallest and largest labels are found while the block is in the cache, and the count table
+    grows to a wider range whenever a block holds a label outside the ranges seen so far.
+    """
+    columns = []
+    for d in dims:
+        column = data[d]
+        # uint64 labels do not mix with int64 arithmetic (numpy promotes them to float): general path.
+        if not isinstance(column.dtype, np.dtype) or column.dtype.kind not in "iu" or column.dtype == np.uint64:
+            return None
+        columns.append(column.to_numpy())
+    rows = len(columns[0])
+    if rows < 4 * _BLOCK_ROWS:
+        return None
+    lows: list[int] = []
+    highs: list[int] = []
+    counts = np.zeros(0, dtype=np.int64)
+    shape: tuple[int, ...] = ()
+    base = 0
+    block = np.empty(_BLOCK_ROWS, dtype=np.int64)
+    for start in range(0, rows, _BLOCK_ROWS):
+        parts = [c[start : start + _BLOCK_ROWS] for c in columns]
+        low = [int(p.min()) for p in parts]
+        high = [int(p.max()) for p in parts]
+        if lows:
+            low = [min(a, b) for a, b in zip(lows, low, strict=True)]
+            high = [max(a, b) for a, b in zip(highs, high, strict=True)]
+        if low != lows or high != highs:
+            if min(low) < -(2**62) or max(high) >= 2**62:
+                return None
+            grown_shape = tuple(h - lo + 1 for lo, h in zip(low, high, strict=True))
+            if int(np.prod(grown_shape)) > _BLOCK_ROWS // 2:
+                return None  # each block's count table would cost more than its rows
+            grown = np.zeros(grown_shape, dtype=np.int64)
+            if lows:  # the counts so far, placed at their labels in the wider range
+                grown[tuple(slice(a - b, a - b + n) for a, b, n in zip(lows, low, shape, strict=True))] = (
+                    counts.reshape(shape)
+                )
+            counts, lows, highs, shape = grown.reshape(-1), low, high, grown_shape
+            base = 0
+            for lo, n in zip(lows, shape, strict=True):
+                base = base * n + lo
+            base = (base + 2**63) % 2**64 - 2**63  # as in ``_cell_counts``: exact modulo 2**64
+        cell = block[: len(parts[0])]
+        if len(parts) == 1:
+            np.copyto(cell, parts[0], casting="unsafe")
+        else:
+            # dtype: narrow labels (int8, int16, ...) times the stride would otherwise wrap in their own type
+            np.multiply(parts[0], shape[1], out=cell, dtype=np.int64)
+            cell += parts[1]
+            for part, n in zip(parts[2:], shape[2:], strict=True):
+                cell *= n
+                cell += part
+        if base:
+            cell -= np.int64(base)
+        counts += np.bincount(cell, minlength=len(counts))
+    return list(zip(lows, highs, strict=True)), counts
+
+
+def _min_max(values: np.ndarray) -> tuple[int, int]:
+    """Smallest and largest of an integer array, a block at a time: the maximum reads each block from the
+    cache the minimum has just filled, not a second time from memory."""
+    if len(values) <= _BLOCK_ROWS:
+        return int(values.min()), int(values.max())
+    lows, highs = [], []
+    for start in range(0, len(values), _BLOCK_ROWS):
+        block = values[start : start + _BLOCK_ROWS]
+        lows.append(block.min())
+        highs.append(block.max())
+    return int(min(lows)), int(max(highs))
 
 
 def _flat_codes(codes_list: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -182,6 +299,49 @@ def _flat_codes(codes_list: list[np.ndarray], shape: tuple[int, ...]) -> np.ndar
         cell *= n
         cell += codes
     return cell
+
+
+_BLOCK_ROWS = 1 << 16  # rows per block of ``_cell_counts``: a block's cell numbers stay in the CPU's cache
+
+
+def _cell_counts(codes_list: list[np.ndarray], offsets: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """Rows per cell (row-major over ``shape``) of codes ``codes_list[i] - offsets[i]``, all in range.
+
+    The same numbers as ``np.bincount(_flat_codes(...))``, worked out a block of rows at a time: each
+    column is read once from memory and a block's cell numbers never leave the cache, where the whole-array
+    version writes and re-reads an array of cell numbers as large as the data several times over.
+    """
+    ncells = int(np.prod(shape))
+    rows = len(codes_list[0])
+    if ncells > _BLOCK_ROWS // 2 or rows < 4 * _BLOCK_ROWS:
+        # Many cells (each block's count array would cost more than its rows) or few rows: one pass.
+        if any(offsets):
+            codes_list = [codes - low if low else codes for codes, low in zip(codes_list, offsets, strict=True)]
+        return np.bincount(_flat_codes(codes_list, shape), minlength=ncells).astype(np.int64)
+    # Subtracting every offset from the cell number once does the work of subtracting each from its column.
+    # Labels far from zero can overflow int64 on the way; integers wrap, and the result is in [0, ncells), so
+    # the arithmetic modulo 2**64 gives it exactly.
+    base = 0
+    for low, n in zip(offsets, shape, strict=True):
+        base = base * n + low
+    base = (base + 2**63) % 2**64 - 2**63
+    counts = np.zeros(ncells, dtype=np.int64)
+    block = np.empty(min(_BLOCK_ROWS, rows), dtype=np.int64)
+    for start in range(0, rows, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, rows)
+        cell = block[: stop - start]
+        if len(codes_list) == 1:
+            np.copyto(cell, codes_list[0][start:stop], casting="unsafe")
+        else:
+            np.multiply(codes_list[0][start:stop], shape[1], out=cell, dtype=np.int64)
+            cell += codes_list[1][start:stop]
+            for codes, n in zip(codes_list[2:], shape[2:], strict=True):
+                cell *= n
+                cell += codes[start:stop]
+        if base:
+            cell -= np.int64(base)
+        counts += np.bincount(cell, minlength=ncells)
+    return counts
 
 
 def _drop_absent_labels(

@@ -505,38 +505,50 @@ def _slab_boxes(
         return down, up
     if nb * nb * nc > _PLANE_WORK:
         return down, up  # planes too large for the max-min product: the other certificates take over
-    eye = np.eye(nb, dtype=bool)
-    kk = np.arange(nc)
-    widths = {1.0: np.zeros(cap_plus.shape, x.dtype), -1.0: np.zeros(cap_plus.shape, x.dtype)}
-    step = max(1, _PLANE_WORK // (nb * nb * nc))
-    for lo in range(0, len(pairs), step):
-        part = slice(lo, lo + step)
-        for z0, same, other in ((1.0, cap_plus[part], cap_minus[part]), (-1.0, cap_minus[part], cap_plus[part])):
-            # 4-cycle (j,k) z0, (j',k) -z0, (j,k') -z0, (j',k') z0; j' != j and k' != k.
-            t = np.minimum(other[:, :, None, :], same[:, None, :, :])  # [p, j, j', k']: edges (j,k'), (j',k')
-            k1 = t.argmax(axis=3)
-            e1 = np.take_along_axis(t, k1[..., None], axis=3)[..., 0]
-            np.put_along_axis(t, k1[..., None], 0, axis=3)
-            e2 = t.max(axis=3)
-            h = np.where(k1[..., None] == kk, e2[..., None], e1[..., None])  # [p, j, j', k]: best k' != k
-            h[:, eye] = 0  # j' != j
-            inner = np.minimum(other[:, None, :, :], h).max(axis=2)  # [p, j, k]: edge (j', k) takes -z0
-            widths[z0][part] = np.minimum(same, inner)
+    # The cells each pair certifies lie on a few rows of its plane (few, once most cells are proven): the
+    # max-min product is worked out for those rows only, not for every row of the plane.
     pos = np.stack(np.unravel_index(cells, suppressed.shape), axis=1)
     if suppressed.ndim == 2:
         pos = np.concatenate([np.zeros((n, 1), dtype=pos.dtype), pos], axis=1)
     z_up = plane[pos[:, 1], pos[:, 2]]
+    targets = []  # per pair: its cells (indices into ``cells``), their rows and columns in the kept plane
     for p_index in range(len(pairs)):
         hit = np.flatnonzero(pos[:, 0] == own[p_index])
-        if len(hit) == 0:
-            continue
         j, k = pos[hit, 1], pos[hit, 2]
         usable = rows_used[j] & cols_used[k]  # otherwise the cell is on no pair's suppressed edge here
-        hit, j, k = hit[usable], row_at[j[usable]], col_at[k[usable]]
+        targets.append((hit[usable], row_at[j[usable]], col_at[k[usable]]))
+    row_sets = [np.unique(j) for _, j, _ in targets]
+    m = max(1, max(len(r) for r in row_sets))
+    rows_of = np.zeros((len(pairs), m), dtype=np.int64)  # rows worked out per pair; repeats fill the rest
+    for p_index, r in enumerate(row_sets):
+        if len(r):
+            rows_of[p_index, : len(r)] = r
+            rows_of[p_index, len(r) :] = r[0]
+    kk = np.arange(nc)
+    widths = {1.0: np.zeros((len(pairs), m, nc), x.dtype), -1.0: np.zeros((len(pairs), m, nc), x.dtype)}
+    step = max(1, _PLANE_WORK // (m * nb * nc))
+    for lo in range(0, len(pairs), step):
+        part = slice(lo, lo + step)
+        rows = rows_of[part]  # [p, i]: the i-th row j worked out for pair p
+        at_p = np.arange(len(rows))[:, None]
+        at_i = np.arange(m)[None, :]
+        for z0, same, other in ((1.0, cap_plus[part], cap_minus[part]), (-1.0, cap_minus[part], cap_plus[part])):
+            # 4-cycle (j,k) z0, (j',k) -z0, (j,k') -z0, (j',k') z0; j' != j and k' != k.
+            t = np.minimum(other[at_p, rows][:, :, None, :], same[:, None, :, :])  # [p, i, j', k']: (j,k'), (j',k')
+            k1 = t.argmax(axis=3)
+            e1 = np.take_along_axis(t, k1[..., None], axis=3)[..., 0]
+            np.put_along_axis(t, k1[..., None], 0, axis=3)
+            e2 = t.max(axis=3)
+            h = np.where(k1[..., None] == kk, e2[..., None], e1[..., None])  # [p, i, j', k]: best k' != k
+            h[at_p, at_i, rows] = 0  # j' != j
+            inner = np.minimum(other[:, None, :, :], h).max(axis=2)  # [p, i, k]: edge (j', k) takes -z0
+            widths[z0][part] = np.minimum(same[at_p, rows], inner)
+    for p_index, ((hit, j, k), r) in enumerate(zip(targets, row_sets, strict=True)):
         if len(hit) == 0:
             continue
-        u = np.where(z_up[hit] > 0, widths[1.0][p_index, j, k], widths[-1.0][p_index, j, k])
-        d = np.where(z_up[hit] > 0, widths[-1.0][p_index, j, k], widths[1.0][p_index, j, k])
+        i = np.searchsorted(r, j)
+        u = np.where(z_up[hit] > 0, widths[1.0][p_index, i, k], widths[-1.0][p_index, i, k])
+        d = np.where(z_up[hit] > 0, widths[-1.0][p_index, i, k], widths[1.0][p_index, i, k])
         up[hit] = np.maximum(up[hit], u)
         down[hit] = np.maximum(down[hit], d)
     return down, up

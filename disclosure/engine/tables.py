@@ -83,11 +83,13 @@ def to_frame(
             return pd.Index(levels[0], name=names[0])
         return pd.MultiIndex.from_product(levels, names=list(names))
 
-    return pd.DataFrame(
-        body.reshape(nrows, ncols),
-        index=make_index(row_cats, row_dims),
-        columns=make_index(col_cats, col_dims),
-    )
+    # A session lays out the same table several times (shown, before mitigation, records, outcome); the
+    # labels are the same each time, and pandas indexes are immutable, so they are built once per layout.
+    key = ("axes", n_row_dims, margins, margins_name if margins else None)
+    axes = stats.extra.get(key)
+    if axes is None:
+        axes = stats.extra[key] = (make_index(row_cats, row_dims), make_index(col_cats, col_dims))
+    return pd.DataFrame(body.reshape(nrows, ncols), index=axes[0], columns=axes[1])
 
 
 def check_frequency_table(
@@ -265,26 +267,35 @@ def table_verdict(
         else np.zeros(0, dtype=np.int64)
     )
     hits = np.stack([r.mask.ravel()[flat] for r in rules], axis=1) if rules else np.zeros((len(flat), 0), bool)
-    sup_at = suppressed.ravel()[flat].tolist()
-    prim_at = primary.ravel()[flat].tolist()
+    sup_at = suppressed.ravel()[flat]
+    prim_at = primary.ravel()[flat]
     addresses = cell_addresses(stats.dims, stats.categories, where)
     # Every suppressed cell is listed here, so the audit's intervals below reuse these labels.
     labelled = {cell: (a["key"], a["labels"], a["margin"]) for cell, a in zip(flat.tolist(), addresses, strict=True)}
-    # Cells differ only in which rules hit them and what was done: work each combination out once.
-    kinds: dict[tuple, tuple[str, list[str], list[str], str]] = {}
-    for address, hit_row, is_sup, is_prim in zip(addresses, hits.tolist(), sup_at, prim_at, strict=True):
-        kind = (tuple(hit_row), is_sup, is_prim)
-        if kind not in kinds:
-            hit = [r for r, h in zip(rules, hit_row, strict=True) if h]
-            if is_sup:
-                action = "suppressed_primary" if is_prim else "suppressed_secondary"
-            else:
-                action = "released"
-            statuses = [r.severity for r in hit if not (is_sup and r.suppressible)]
-            cell_status = combine_status(statuses) if statuses else ("review" if is_sup else "pass")
-            kinds[kind] = (cell_status, [r.rule for r in hit], [r.reason for r in hit], action)
+    # Cells differ only in which rules hit them and what was done: each combination (its "kind") is worked
+    # out once, and the kinds of thousands of cells are told apart by numpy, not a Python loop.
+    flags = np.concatenate([hits, sup_at[:, None], prim_at[:, None]], axis=1)
+    width = flags.shape[1]
+    if width <= 62:  # a kind's flags as the bits of one integer: np.unique of rows sorts far more slowly
+        bits = np.arange(width, dtype=np.int64)
+        kind_codes, kind_of = np.unique(flags.astype(np.int64) @ (np.int64(1) << bits), return_inverse=True)
+        kind_rows = ((kind_codes[:, None] >> bits) & 1).astype(bool)
+    else:
+        kind_rows, kind_of = np.unique(flags, axis=0, return_inverse=True)
+    kinds: list[tuple[str, list[str], list[str], str]] = []
+    for row in kind_rows.tolist():
+        hit_row, is_sup, is_prim = row[: len(rules)], row[-2], row[-1]
+        hit = [r for r, h in zip(rules, hit_row, strict=True) if h]
+        if is_sup:
+            action = "suppressed_primary" if is_prim else "suppressed_secondary"
+        else:
+            action = "released"
+        statuses = [r.severity for r in hit if not (is_sup and r.suppressible)]
+        cell_status = combine_status(statuses) if statuses else ("review" if is_sup else "pass")
+        kinds.append((cell_status, [r.rule for r in hit], [r.reason for r in hit], action))
+    for address, kind in zip(addresses, kind_of.reshape(-1).tolist(), strict=True):
         cell_status, names, reasons_hit, action = kinds[kind]
-        address.update(status=cell_status, rules=list(names), reasons=list(reasons_hit), action=action)
+        address.update(status=cell_status, rules=names.copy(), reasons=reasons_hit.copy(), action=action)
         cells.append(address)
     after = before
     mitigation_record: dict[str, Any] = {"applied": [], "mitigation": mitigation}
@@ -301,19 +312,7 @@ def table_verdict(
                 "method": audit.method,
                 "scope": audit.scope,
                 "lp_solved": audit.lp_solved,
-                "intervals": [
-                    {
-                        **address,
-                        "lower": c.lower,
-                        "upper": c.upper,
-                        "width": c.width,
-                        "required": c.required,
-                        "primary": c.primary,
-                        "protected": c.protected,
-                        "method": c.method,
-                    }
-                    for c, address in zip(audit.intervals, _addresses_of(stats, audit.intervals, labelled), strict=True)
-                ],
+                "intervals": _interval_records(stats, audit.intervals, labelled),
                 "unproven": _addresses(stats, audit.unproven),
             }
         mitigation_record["suppression"] = {
@@ -372,16 +371,32 @@ _FALLBACK_WORDS = {
 }
 
 
-def _addresses_of(
+def _interval_records(
     stats: TableStats, intervals: list, labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
 ) -> list[dict[str, Any]]:
-    """Addresses of the audited cells, copied from those already made for the verdict's cell list."""
-    if not all(c.index in labelled for c in intervals):
-        return _addresses(stats, [c.index for c in intervals])
+    """The audit's interval of each cell with the cell's address, copied from the addresses already made
+    for the verdict's cell list (thousands of cells: each record is built once, in one step)."""
+    if all(c.index in labelled for c in intervals):
+        addresses = [labelled[c.index] for c in intervals]
+    else:
+        addresses = [(a["key"], a["labels"], a["margin"]) for a in _addresses(stats, [c.index for c in intervals])]
     out = []
-    for c in intervals:
-        key, labels, margin = labelled[c.index]
-        out.append({"key": key, "labels": dict(labels), "margin": list(margin)})
+    for c, (key, labels, margin) in zip(intervals, addresses, strict=True):
+        width = c.upper - c.lower
+        out.append(
+            {
+                "key": key,
+                "labels": dict(labels),
+                "margin": list(margin),
+                "lower": c.lower,
+                "upper": c.upper,
+                "width": width,
+                "required": c.required,
+                "primary": c.primary,
+                "protected": c.protected,
+                "method": c.method,
+            }
+        )
     return out
 
 

@@ -141,6 +141,18 @@ def test_federated_evidence_carries_no_raw_interim_tables(charity_data, tmp_path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evidence.json"]
 
 
+def test_federated_evidence_names_this_tool_not_acro(charity_data, tmp_path):
+    """evidence.json says which software gathered the evidence; this layer is not ACRO, so it does not say so."""
+    acro = ACRO(federated=True)
+    acro.crosstab(charity_data.year, charity_data.grant_type)
+    acro.finalise(str(tmp_path / "out"))
+
+    tool = json.loads((tmp_path / "out" / "evidence.json").read_text())["tool"]
+    assert tool["@type"] == "SoftwareApplication"
+    assert tool["name"] == "tre-disclosure"
+    assert "ACRO" not in json.dumps(tool)
+
+
 def test_crosstab_layout_matches_pandas(charity_data):
     df = charity_data
     ours = ACRO(suppress=False).crosstab(df.year, df.grant_type, margins=True)
