@@ -7,9 +7,9 @@ then, in this process, sends each hot request ``--repeat`` times through the app
 Flask test client: no sockets, no gunicorn) under cProfile: the home page and a project page as a
 signed-in researcher, an API read (``GET /api/v1/projects``) and an audited API write (an
 administrator's ``PUT /api/v1/users/<id>/roles``) and, where the researcher has a project the gate lets
-them into, a workspace's output submission (``POST /api/v1/outputs/requests``). For each it prints the CPU milliseconds per request
-(``time.process_time``, profiler off), the statements per request, and the functions with the most
-cumulative time (profiler on, so those shares are inflated alike). The last line is one JSON object;
+them into, a workspace's output submission (``POST /api/v1/outputs/requests``). For each it prints
+the CPU milliseconds per request (``time.process_time``, profiler off), the statements per request,
+and the functions with the most cumulative time (profiler on, so those shares are inflated alike). The last line is one JSON object;
 its baseline is the API read, the cheapest route, so ``ratio`` says how many API reads a home page costs.
 """
 

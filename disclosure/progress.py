@@ -86,28 +86,31 @@ def automated_statuses(s: Session, reqs: Sequence[OutputRequest], policy_sha256:
         if keys
         else {}
     )
-    out = {}
-    for req in reqs:
-        files = req.current_files
-        if req.state == rules.DRAFT:
-            out[req.id] = AutomatedStatus("not_started", 0, len(files), [], [])
-            continue
-        done_ids = checked[req.id]
-        failed, reasons = [], []
-        unchecked = [f for f in files if f.id not in done_ids]
-        job = jobs.get(keys[req.id]) if unchecked else None
-        if job is not None and job.state == FAILED:
-            failed = [f.id for f in unchecked]
-            reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
-        done = sum(1 for f in files if f.id in done_ids)
-        if done == len(files):
-            state = "done"
-        elif failed:
-            state = "failed"
-        else:
-            state = "running"
-        out[req.id] = AutomatedStatus(state, done, len(files), failed, reasons)
-    return out
+    return {
+        req.id: status_of(req, checked.get(req.id, set()), jobs.get(keys[req.id]) if req.id in keys else None)
+        for req in reqs
+    }
+
+
+def status_of(req: OutputRequest, checked_file_ids: set[str], job: Job | None) -> AutomatedStatus:
+    """Where the checks of ``req`` are, given the ids of its files that have a verdict under the
+    current policy and its check job (``None``: none found); reads nothing."""
+    files = req.current_files
+    if req.state == rules.DRAFT:
+        return AutomatedStatus("not_started", 0, len(files), [], [])
+    failed, reasons = [], []
+    unchecked = [f for f in files if f.id not in checked_file_ids]
+    if unchecked and job is not None and job.state == FAILED:
+        failed = [f.id for f in unchecked]
+        reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
+    done = len(files) - len(unchecked)
+    if not unchecked:
+        state = "done"
+    elif failed:
+        state = "failed"
+    else:
+        state = "running"
+    return AutomatedStatus(state, done, len(files), failed, reasons)
 
 
 def advance_after_checks(
