@@ -9,8 +9,9 @@ signed-in researcher, an API read (``GET /api/v1/projects``) and an audited API 
 administrator's ``PUT /api/v1/users/<id>/roles``) and, where the researcher has a project the gate lets
 them into, a workspace's output submission (``POST /api/v1/outputs/requests``). For each it prints
 the CPU milliseconds per request (``time.process_time``, profiler off), the statements per request,
-and the functions with the most cumulative time (profiler on, so those shares are inflated alike). The last line is one JSON object;
-its baseline is the API read, the cheapest route, so ``ratio`` says how many API reads a home page costs.
+and the functions with the most cumulative time (profiler on, so those shares are inflated alike).
+The last line is one JSON object; its baseline is the API read, the cheapest route, so ``ratio``
+says how many API reads a home page costs.
 """
 
 from __future__ import annotations
