@@ -10,39 +10,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, scoped_session
 
 from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.models import OutputRequest, OutputReview
-from disclosure.progress import current_policy, notify
+from disclosure.progress import current_policy, eligible_checkers, notify
 from disclosure.rules import RuleViolation
 from projects.gate import check_access
-from projects.models import Project, ProjectMember
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
-from tre.core.identity import UserRole
-from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 DEFAULT_GROUP = "outputs"
 _GATE_ALLOWED = "tre_outputs_gate_allowed"  # session.info: (transaction, {(person, project) the gate let in})
 
 
-def _eligible_checkers_statement() -> Any:
-    roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.OUTPUT_REVIEW in granted]
-    project_id = bindparam("project_id")
-    members = select(ProjectMember.user_id).where(ProjectMember.project_id == project_id)  # former ones too
-    pi = select(Project.pi_id).where(Project.id == project_id, Project.pi_id.is_not(None))
-    return select(UserRole.user_id).where(
-        UserRole.role.in_(roles),
-        UserRole.user_id != bindparam("author_id"),
-        UserRole.user_id.not_in(members),
-        UserRole.user_id.not_in(pi),
-    )
-
-
-_ELIGIBLE_CHECKERS = _eligible_checkers_statement()  # built once: SQLAlchemy keeps its cache key
 
 
 class OutputError(Exception):
@@ -230,8 +213,7 @@ class OutputsBase:
     def _eligible_checkers(self, s: Session, req: OutputRequest) -> list[str]:
         """Everyone whose role reviews outputs, but not the author nor anyone who is or ever was on the
         project's team (its PI included): one statement."""
-        ids = s.scalars(_ELIGIBLE_CHECKERS, {"project_id": req.project_id, "author_id": req.author_id})
-        return sorted(set(ids))
+        return eligible_checkers(s, req)
 
     def _reviewers(self, s: Session, req: OutputRequest) -> list[OutputReview]:
         return list(

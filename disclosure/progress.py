@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.models import OutputCheck, OutputRequest, OutputReview
+from projects.models import Project, ProjectMember
 from tre.core.audit import AuditLog
 from tre.core.db import utcnow
 from tre.core.identity import UserRole
@@ -114,12 +114,28 @@ def status_of(req: OutputRequest, checked_file_ids: set[str], job: Job | None) -
 
 
 def advance_after_checks(
-    s: Session, audit: AuditLog, req: OutputRequest, policy_sha256: str, *, request_id: str | None = None
+    s: Session,
+    audit: AuditLog,
+    req: OutputRequest,
+    policy_sha256: str,
+    *,
+    request_id: str | None = None,
+    verdicts: dict[str, str] | None = None,
 ) -> bool:
-    """Move a submitted or checking request on once every current file has its verdict (idempotent)."""
+    """Move a submitted or checking request on once every current file has its verdict (idempotent).
+
+    ``verdicts``: file id -> status of the verdicts under this policy the caller has just read or
+    written in this transaction (the check job); when they cover every current file nothing is read
+    again, otherwise the request's verdicts are read as usual."""
     if req.state not in (rules.SUBMITTED, rules.CHECKING):
         return False
-    status = automated_status(s, req, policy_sha256)
+    files = req.current_files
+    known = verdicts is not None and all(f.id in verdicts for f in files)
+    if known:
+        assert verdicts is not None
+        status = status_of(req, {f.id for f in files}, None)
+    else:
+        status = automated_status(s, req, policy_sha256)
 
     def move(target: str, action: str, **detail: Any) -> None:
         before = req.state
@@ -140,13 +156,13 @@ def advance_after_checks(
         move(rules.CHECKING, "output.checks_start")
     if status.state == "done" and req.state == rules.CHECKING:
         req.checks_finished_at = utcnow()
-        with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
-            checks = _checks_by_file(s, req)
-        move(
-            rules.AWAITING_REVIEW,
-            "output.checks_done",
-            statuses={fid: c.status for fid, c in sorted(checks.items())},
-        )
+        if known:
+            assert verdicts is not None
+            statuses = {f.id: verdicts[f.id] for f in files}
+        else:
+            with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
+                statuses = {fid: c.status for fid, c in _checks_by_file(s, req).items()}
+        move(rules.AWAITING_REVIEW, "output.checks_done", statuses=dict(sorted(statuses.items())))
         notify(
             s,
             _review_targets(s, req),
@@ -175,9 +191,29 @@ def _review_targets(s: Session, req: OutputRequest) -> list[str]:
     )
     if reviewers:
         return reviewers
+    return eligible_checkers(s, req)
+
+
+def _eligible_checkers_statement() -> Any:
     roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.OUTPUT_REVIEW in granted]
-    ids = set(s.scalars(select(UserRole.user_id).where(UserRole.role.in_(roles))))
-    return sorted(ids - perm.team_ids(s, req.project_id, include_former=True) - {req.author_id})
+    project_id = bindparam("project_id")
+    members = select(ProjectMember.user_id).where(ProjectMember.project_id == project_id)  # former ones too
+    pi = select(Project.pi_id).where(Project.id == project_id, Project.pi_id.is_not(None))
+    return select(UserRole.user_id).where(
+        UserRole.role.in_(roles),
+        UserRole.user_id != bindparam("author_id"),
+        UserRole.user_id.not_in(members),
+        UserRole.user_id.not_in(pi),
+    )
+
+
+_ELIGIBLE_CHECKERS = _eligible_checkers_statement()  # built once: SQLAlchemy keeps its cache key
+
+
+def eligible_checkers(s: Session, req: OutputRequest) -> list[str]:
+    """Everyone whose role reviews outputs, but not the author nor anyone who is or ever was on the
+    project's team (its PI included): one statement."""
+    return sorted(set(s.scalars(_ELIGIBLE_CHECKERS, {"project_id": req.project_id, "author_id": req.author_id})))
 
 
 def notify(s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str) -> None:
