@@ -18,7 +18,7 @@ from tre.core.audit import AuditLog
 from tre.core.db import utcnow
 from tre.core.identity import UserRole
 from tre.core.jobs import FAILED, Job
-from tre.core.notifications import notify_users
+from tre.core.notifications import Notice, notify_each, notify_users
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 CHECK_JOB = "outputs.check"
@@ -163,22 +163,22 @@ def advance_after_checks(
             with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
                 statuses = {fid: c.status for fid, c in _checks_by_file(s, req).items()}
         move(rules.AWAITING_REVIEW, "output.checks_done", statuses=dict(sorted(statuses.items())))
-        notify(
-            s,
-            _review_targets(s, req),
-            "Automated checks finished: output request ready for review",
-            f"Output request {req.id} is ready for review.",
-            "output.ready",
-            f"output.ready:{req.id}:{req.round}",
-        )
-        notify(
-            s,
-            [req.author_id],
-            "Automated checks of your output request finished",
-            f"Output request {req.id}: the automated verdicts are ready; checkers review it next.",
-            "output.checked",
-            f"output.checked:{req.id}:{req.round}",
-        )
+        notify_each(s, [  # checkers and author told in the same two queries
+            Notice(
+                _review_targets(s, req),
+                "Automated checks finished: output request ready for review",
+                f"Output request {req.id} is ready for review.",
+                "output.ready",
+                f"output.ready:{req.id}:{req.round}",
+            ),
+            Notice(
+                [req.author_id],
+                "Automated checks of your output request finished",
+                f"Output request {req.id}: the automated verdicts are ready; checkers review it next.",
+                "output.checked",
+                f"output.checked:{req.id}:{req.round}",
+            ),
+        ])
         return True
     return False
 
