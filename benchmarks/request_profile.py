@@ -6,10 +6,12 @@ Prepares an instance as ``benchmarks.load`` does (``tre init``, ``tre demo load`
 then, in this process, sends each hot request ``--repeat`` times through the app's WSGI stack (the
 Flask test client: no sockets, no gunicorn) under cProfile: the home page and a project page as a
 signed-in researcher, an API read (``GET /api/v1/projects``) and an audited API write (an
-administrator's ``PUT /api/v1/users/<id>/roles``). For each it prints the CPU milliseconds per request
-(``time.process_time``, profiler off), the statements per request, and the functions with the most
-cumulative time (profiler on, so those shares are inflated alike). The last line is one JSON object;
-its baseline is the API read, the cheapest route, so ``ratio`` says how many API reads a home page costs.
+administrator's ``PUT /api/v1/users/<id>/roles``) and, where the researcher has a project the gate lets
+them into, a workspace's output submission (``POST /api/v1/outputs/requests``). For each it prints
+the CPU milliseconds per request (``time.process_time``, profiler off), the statements per request,
+and the functions with the most cumulative time (profiler on, so those shares are inflated alike).
+The last line is one JSON object; its baseline is the API read, the cheapest route, so ``ratio``
+says how many API reads a home page costs.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def main() -> None:
         project = db.session.scalar(select(Project).where(Project.pi_id == researcher.id).limit(1))
         target = people[f"rob.other@{DOMAIN}"]
         page_client = _signed_in_client(app, researcher)
+        researcher_id = researcher.id
         project_id, target_id, reader_email = project.id, target.id, researcher.email
         db.session.remove()
         api_client = app.test_client()
@@ -129,12 +132,16 @@ def main() -> None:
             roles = ["researcher"] if next(flip) % 2 else ["researcher", "output_checker"]
             return api_client.put(f"/api/v1/users/{target_id}/roles", json={"roles": roles}, headers=admin_token)
 
+        submit = _output_submission(app, api_client, reader_token, researcher_id)
+
         routes: list[tuple[str, Callable[[], Any]]] = [
             ("home page GET /", lambda: page_client.get("/")),
             ("project page GET /projects/<id>", lambda: page_client.get(f"/projects/{project_id}")),
             ("API read GET /api/v1/projects", lambda: api_client.get("/api/v1/projects", headers=reader_token)),
             ("audited write PUT /api/v1/users/<id>/roles", write),
         ]
+        if submit is not None:
+            routes.append(("output submission POST /api/v1/outputs/requests", submit))
         results = [profile_route(app, name, send, args.repeat, args.top) for name, send in routes]
         db.dispose()
 
@@ -152,6 +159,29 @@ def main() -> None:
         "ratio": round(results[0]["cpu_ms"] / baseline, 2) if baseline else None,
         "details": {r["route"]: {"cpu_ms": r["cpu_ms"], "statements": r["statements"]} for r in results},
     }))
+
+
+def _output_submission(app: Any, client: Any, reader_token: dict[str, str], user_id: str) -> Callable[[], Any] | None:
+    """A workspace's submission, as the load benchmark sends it: the researcher's first project whose
+    workspace token the service accepts; ``None`` when none is."""
+    import random
+
+    from projects.workspaces import OUTPUT_AUDIENCE, OUTPUT_PURPOSE, OUTPUT_TOKEN_LIFETIME
+
+    tokens = app.extensions["tre.platform"].tokens
+    for listed in client.get("/api/v1/projects", headers=reader_token).get_json() or []:
+        token = tokens.issue(user_id, OUTPUT_AUDIENCE, OUTPUT_PURPOSE, OUTPUT_TOKEN_LIFETIME, project_id=listed["id"])
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        rnd = random.Random(0)
+
+        def send(headers: dict[str, str] = headers, rnd: random.Random = rnd) -> Any:
+            body, ctype = load.output_body(rnd)
+            return client.post("/api/v1/outputs/requests", data=body, headers={**headers, "Content-Type": ctype})
+
+        if send().status_code < 300:
+            return send
+    load.log("output submission not profiled: no project of the researcher accepted a workspace submission")
+    return None
 
 
 class _nothing:  # noqa: N801 - a context manager standing in for the PostgreSQL database

@@ -70,7 +70,14 @@ class Authoring(OutputsBase):
             title=title,
             client_key=client_key,
             reviews_required=self.reviews_required,
+            groups=[],  # a new request has none: so adding some loads nothing
+            files=[],
         )
+        if client_key is None:  # nothing unique to collide with: no savepoint needed
+            s.add(req)
+            s.flush()
+            self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
+            return req, True
         try:
             with s.begin_nested():
                 s.add(req)
@@ -136,7 +143,7 @@ class Authoring(OutputsBase):
                 self._set_group(s, actor, req, name, context, controls)
             for (_n, content, group, _s), (accepted, spec) in zip(files, checked, strict=True):
                 self._add_file(s, actor, req, accepted, spec, content, group)
-            self._submit(s, actor, req, accepted_code)
+            self._submit(s, actor, req, accepted_code, new=True)
             self._attach_code(s, actor, req, accepted_code)
         return req, True
 
@@ -269,8 +276,9 @@ class Authoring(OutputsBase):
             raise RuleViolation(f"Context and controls may be {rules.MAX_TEXT} characters at most")
         self._require_author(s, actor, req, "output.group")
         self._editable(req)
-        group = self._group(s, req, name, create=True)
-        group.context, group.controls = (context or "").strip(), (controls or "").strip()
+        context, controls = (context or "").strip(), (controls or "").strip()
+        group = self._group(s, req, name, create=True, context=context, controls=controls)
+        group.context, group.controls = context, controls
         self._record(s, "output.group", actor, req, group_id=group.id)
         return group
 
@@ -283,12 +291,12 @@ class Authoring(OutputsBase):
             )
 
     @staticmethod
-    def _group(s: Session, req: OutputRequest, name: str, *, create: bool) -> OutputGroup:
+    def _group(s: Session, req: OutputRequest, name: str, *, create: bool, **fields: str) -> OutputGroup:
         group = next((g for g in req.groups if g.name == name), None)
         if group is None:
             if not create:
                 raise NotFound("No such group")
-            group = OutputGroup(name=name, position=len(req.groups))
+            group = OutputGroup(name=name, position=len(req.groups), **fields)
             req.groups.append(group)
             s.flush()
         return group
@@ -406,7 +414,11 @@ class Authoring(OutputsBase):
             self._submit(s, actor, req)
         return req
 
-    def _submit(self, s: Session, actor: Any, req: OutputRequest, code: SubmittedCode | None = None) -> None:
+    def _submit(
+        self, s: Session, actor: Any, req: OutputRequest, code: SubmittedCode | None = None, *, new: bool = False
+    ) -> None:
+        """Submit ``req`` inside the caller's transaction. ``new``: the request was created in this
+        transaction, so its files are new rows (no verdict, no check job, no reviewer can exist yet)."""
         self._require_author(s, actor, req, "output.submit")
         if req.state not in (rules.DRAFT, rules.RETURNED):
             rules.check_transition(req.state, rules.SUBMITTED)
@@ -439,9 +451,11 @@ class Authoring(OutputsBase):
             CHECK_JOB,
             {"request_id": req.id, "sha256s": shas, "policy_sha256": policy.sha256},
             idempotency_key=check_job_key(req.id, shas, policy.sha256),
+            new_key=new,
         )
-        advance_after_checks(s, self.audit, req, policy.sha256, request_id=self.request_id)
-        self._tell_checkers(s, req, "Output request submitted for checking", "output.submitted")
+        if not new:  # files kept from an earlier round may already carry their verdicts
+            advance_after_checks(s, self.audit, req, policy.sha256, request_id=self.request_id)
+        self._tell_checkers(s, req, "Output request submitted for checking", "output.submitted", new=new)
 
     def withdraw(self, actor: Any, request_id: str) -> OutputRequest:
         with self._tx("output.withdraw", actor, request_id) as s:

@@ -345,17 +345,18 @@ def run_check(
         raise PermanentJobError("no such output request")
     targets = [f for f in req.current_files if f.sha256 in wanted]
     written = []
+    verdicts: dict[str, str] = {}  # file id -> status, of the targets, under this policy
     if targets:
         ledger = load_ledger(session, req.project_id)
         pending = _pending_aggregates(session, req.project_id, {f.id for f in targets})
         ledger.entries.extend(pending)
         pending_ids = {e.output_id for e in pending}
-        already = set(
-            session.scalars(
-                select(OutputCheck.file_id).where(
+        already: dict[str, str] = dict(
+            session.execute(
+                select(OutputCheck.file_id, OutputCheck.status).where(
                     OutputCheck.file_id.in_([f.id for f in targets]), OutputCheck.policy_sha256 == policy.sha256
                 )
-            )
+            ).all()
         )
         for f in targets:
             if f.id in already:
@@ -390,6 +391,7 @@ def run_check(
             reach("outputs.check.file_checked")  # checked, request locked, nothing written (ADR 0004)
             _store(session, f, req, policy, outcome, job_id)
             written.append(f.id)
+            verdicts[f.id] = outcome["status"]
             audit.record(
                 session,
                 "output.check",
@@ -405,7 +407,9 @@ def run_check(
                     "policy_sha256": policy.sha256,
                 },
             )
-    advanced = advance_after_checks(session, audit, req, policy.sha256)
+        verdicts.update(already)
+    # What this transaction read and wrote already says whether every current file has its verdict.
+    advanced = advance_after_checks(session, audit, req, policy.sha256, verdicts=verdicts)
     return {"checked": written, "state": req.state, "advanced": advanced}
 
 

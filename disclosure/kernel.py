@@ -11,20 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.models import OutputRequest, OutputReview
-from disclosure.progress import current_policy, notify
+from disclosure.progress import current_policy, eligible_checkers, notify
 from disclosure.rules import RuleViolation
 from projects.gate import check_access
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
-from tre.core.identity import UserRole
-from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 DEFAULT_GROUP = "outputs"
+_GATE_ALLOWED = "tre_outputs_gate_allowed"  # session.info: (transaction, {(person, project) the gate let in})
+
+
 
 
 class OutputError(Exception):
@@ -174,7 +175,20 @@ class OutputsBase:
             raise _Denied(action, getattr(actor, "id", None), req, "not the author")
 
     def _require_gate(self, s: Session, actor: Any, req: OutputRequest | None, project_id: str, action: str) -> None:
+        # A use case that asks again for the same person and project within one transaction (creating a
+        # request, adding its files, submitting it) gets the answer the gate gave at the first ask in
+        # that transaction: on SQLite the transaction holds the write lock, so nothing could have
+        # changed; on PostgreSQL a change committed meanwhile is no more visible than one committed
+        # after the last ask and before the commit. Nothing is kept past the transaction (ADR 0027).
+        asked = s.info.get(_GATE_ALLOWED)
+        root = (s() if isinstance(s, scoped_session) else s).get_transaction()
+        if asked is not None and asked[0] is root and (actor.id, project_id) in asked[1]:
+            return
         decision = check_access(s, actor.id, project_id)
+        if decision.allowed:
+            if asked is None or asked[0] is not root:
+                asked = s.info[_GATE_ALLOWED] = (root, set())
+            asked[1].add((actor.id, project_id))
         if not decision.allowed:
             raise _Denied(
                 action,
@@ -197,10 +211,9 @@ class OutputsBase:
     _notify = staticmethod(notify)
 
     def _eligible_checkers(self, s: Session, req: OutputRequest) -> list[str]:
-        roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.OUTPUT_REVIEW in granted]
-        ids = set(s.scalars(select(UserRole.user_id).where(UserRole.role.in_(roles))))
-        excluded = perm.team_ids(s, req.project_id, include_former=True) | {req.author_id}
-        return sorted(ids - excluded)
+        """Everyone whose role reviews outputs, but not the author nor anyone who is or ever was on the
+        project's team (its PI included): one statement."""
+        return eligible_checkers(s, req)
 
     def _reviewers(self, s: Session, req: OutputRequest) -> list[OutputReview]:
         return list(
@@ -225,8 +238,10 @@ class OutputsBase:
                 out[review.request_id].append(review)
         return out
 
-    def _tell_checkers(self, s: Session, req: OutputRequest, subject: str, topic: str) -> None:
-        reviewers = [r.reviewer_id for r in self._reviewers(s, req)]
+    def _tell_checkers(self, s: Session, req: OutputRequest, subject: str, topic: str, *, new: bool = False) -> None:
+        """Tell the request's reviewers of this round or, when none has claimed it, every eligible checker.
+        ``new``: the request was created in this transaction, so it can have no reviewer yet."""
+        reviewers = [] if new else [r.reviewer_id for r in self._reviewers(s, req)]
         targets = reviewers or self._eligible_checkers(s, req)
         self._notify(
             s,

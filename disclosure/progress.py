@@ -8,17 +8,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.models import OutputCheck, OutputRequest, OutputReview
+from projects.models import Project, ProjectMember
 from tre.core.audit import AuditLog
 from tre.core.db import utcnow
 from tre.core.identity import UserRole
 from tre.core.jobs import FAILED, Job
-from tre.core.notifications import notify_users
+from tre.core.notifications import Notice, notify_each, notify_users
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
 
 CHECK_JOB = "outputs.check"
@@ -86,37 +86,56 @@ def automated_statuses(s: Session, reqs: Sequence[OutputRequest], policy_sha256:
         if keys
         else {}
     )
-    out = {}
-    for req in reqs:
-        files = req.current_files
-        if req.state == rules.DRAFT:
-            out[req.id] = AutomatedStatus("not_started", 0, len(files), [], [])
-            continue
-        done_ids = checked[req.id]
-        failed, reasons = [], []
-        unchecked = [f for f in files if f.id not in done_ids]
-        job = jobs.get(keys[req.id]) if unchecked else None
-        if job is not None and job.state == FAILED:
-            failed = [f.id for f in unchecked]
-            reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
-        done = sum(1 for f in files if f.id in done_ids)
-        if done == len(files):
-            state = "done"
-        elif failed:
-            state = "failed"
-        else:
-            state = "running"
-        out[req.id] = AutomatedStatus(state, done, len(files), failed, reasons)
-    return out
+    return {
+        req.id: status_of(req, checked.get(req.id, set()), jobs.get(keys[req.id]) if req.id in keys else None)
+        for req in reqs
+    }
+
+
+def status_of(req: OutputRequest, checked_file_ids: set[str], job: Job | None) -> AutomatedStatus:
+    """Where the checks of ``req`` are, given the ids of its files that have a verdict under the
+    current policy and its check job (``None``: none found); reads nothing."""
+    files = req.current_files
+    if req.state == rules.DRAFT:
+        return AutomatedStatus("not_started", 0, len(files), [], [])
+    failed, reasons = [], []
+    unchecked = [f for f in files if f.id not in checked_file_ids]
+    if unchecked and job is not None and job.state == FAILED:
+        failed = [f.id for f in unchecked]
+        reasons = [f"{f.name}: {job.last_error or 'failed'} (after {job.attempts} attempts)" for f in unchecked]
+    done = len(files) - len(unchecked)
+    if not unchecked:
+        state = "done"
+    elif failed:
+        state = "failed"
+    else:
+        state = "running"
+    return AutomatedStatus(state, done, len(files), failed, reasons)
 
 
 def advance_after_checks(
-    s: Session, audit: AuditLog, req: OutputRequest, policy_sha256: str, *, request_id: str | None = None
+    s: Session,
+    audit: AuditLog,
+    req: OutputRequest,
+    policy_sha256: str,
+    *,
+    request_id: str | None = None,
+    verdicts: dict[str, str] | None = None,
 ) -> bool:
-    """Move a submitted or checking request on once every current file has its verdict (idempotent)."""
+    """Move a submitted or checking request on once every current file has its verdict (idempotent).
+
+    ``verdicts``: file id -> status of the verdicts under this policy the caller has just read or
+    written in this transaction (the check job); when they cover every current file nothing is read
+    again, otherwise the request's verdicts are read as usual."""
     if req.state not in (rules.SUBMITTED, rules.CHECKING):
         return False
-    status = automated_status(s, req, policy_sha256)
+    files = req.current_files
+    known = verdicts is not None and all(f.id in verdicts for f in files)
+    if known:
+        assert verdicts is not None
+        status = status_of(req, {f.id for f in files}, None)
+    else:
+        status = automated_status(s, req, policy_sha256)
 
     def move(target: str, action: str, **detail: Any) -> None:
         before = req.state
@@ -137,29 +156,29 @@ def advance_after_checks(
         move(rules.CHECKING, "output.checks_start")
     if status.state == "done" and req.state == rules.CHECKING:
         req.checks_finished_at = utcnow()
-        with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
-            checks = _checks_by_file(s, req)
-        move(
-            rules.AWAITING_REVIEW,
-            "output.checks_done",
-            statuses={fid: c.status for fid, c in sorted(checks.items())},
-        )
-        notify(
-            s,
-            _review_targets(s, req),
-            "Automated checks finished: output request ready for review",
-            f"Output request {req.id} is ready for review.",
-            "output.ready",
-            f"output.ready:{req.id}:{req.round}",
-        )
-        notify(
-            s,
-            [req.author_id],
-            "Automated checks of your output request finished",
-            f"Output request {req.id}: the automated verdicts are ready; checkers review it next.",
-            "output.checked",
-            f"output.checked:{req.id}:{req.round}",
-        )
+        if known:
+            assert verdicts is not None
+            statuses = {f.id: verdicts[f.id] for f in files}
+        else:
+            with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
+                statuses = {fid: c.status for fid, c in _checks_by_file(s, req).items()}
+        move(rules.AWAITING_REVIEW, "output.checks_done", statuses=dict(sorted(statuses.items())))
+        notify_each(s, [  # checkers and author told in the same two queries
+            Notice(
+                _review_targets(s, req),
+                "Automated checks finished: output request ready for review",
+                f"Output request {req.id} is ready for review.",
+                "output.ready",
+                f"output.ready:{req.id}:{req.round}",
+            ),
+            Notice(
+                [req.author_id],
+                "Automated checks of your output request finished",
+                f"Output request {req.id}: the automated verdicts are ready; checkers review it next.",
+                "output.checked",
+                f"output.checked:{req.id}:{req.round}",
+            ),
+        ])
         return True
     return False
 
@@ -172,9 +191,29 @@ def _review_targets(s: Session, req: OutputRequest) -> list[str]:
     )
     if reviewers:
         return reviewers
+    return eligible_checkers(s, req)
+
+
+def _eligible_checkers_statement() -> Any:
     roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.OUTPUT_REVIEW in granted]
-    ids = set(s.scalars(select(UserRole.user_id).where(UserRole.role.in_(roles))))
-    return sorted(ids - perm.team_ids(s, req.project_id, include_former=True) - {req.author_id})
+    project_id = bindparam("project_id")
+    members = select(ProjectMember.user_id).where(ProjectMember.project_id == project_id)  # former ones too
+    pi = select(Project.pi_id).where(Project.id == project_id, Project.pi_id.is_not(None))
+    return select(UserRole.user_id).where(
+        UserRole.role.in_(roles),
+        UserRole.user_id != bindparam("author_id"),
+        UserRole.user_id.not_in(members),
+        UserRole.user_id.not_in(pi),
+    )
+
+
+_ELIGIBLE_CHECKERS = _eligible_checkers_statement()  # built once: SQLAlchemy keeps its cache key
+
+
+def eligible_checkers(s: Session, req: OutputRequest) -> list[str]:
+    """Everyone whose role reviews outputs, but not the author nor anyone who is or ever was on the
+    project's team (its PI included): one statement."""
+    return sorted(set(s.scalars(_ELIGIBLE_CHECKERS, {"project_id": req.project_id, "author_id": req.author_id})))
 
 
 def notify(s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str) -> None:

@@ -112,3 +112,32 @@ def test_notifying_many_people_takes_no_more_statements_than_notifying_two(app: 
 
         assert statements[0] == statements[1]
         assert len(session.scalars(select(OutboxMessage)).all()) == 14
+
+
+def test_several_notices_go_out_in_two_queries_and_a_shared_key_is_used_once(app: Any) -> None:
+    from tests.tre.helpers import create_user
+    from tre.core.db import transaction
+    from tre.core.notifications import Notice, notify_each
+
+    ann, _ = create_user(app, "ann.checker@nhs.example", ["researcher"])
+    bob, _ = create_user(app, "bob.author@nhs.example", ["researcher"])
+    db = app.extensions["tre.db"]
+
+    def send() -> list[Any]:
+        with transaction(db.session) as s:
+            return notify_each(s, [
+                Notice([ann.id, bob.id], "Ready", "Ready for review", "output.ready", "output.ready:r1:1"),
+                Notice([bob.id], "Checked", "Your request was checked", "output.checked", "output.checked:r1:1"),
+                Notice([ann.id], "Ready again", "Ready for review", "output.ready", "output.ready:r1:1"),
+            ])
+
+    statements, sent = count_statements(app, send)
+    again = send()
+
+    with db.session_factory() as s:
+        stored = sorted((m.recipient_id == ann.id, m.topic, m.subject) for m in s.query(OutboxMessage))
+    assert len(sent) == 3 and again == []
+    assert stored == [
+        (False, "output.checked", "Checked"), (False, "output.ready", "Ready"), (True, "output.ready", "Ready")
+    ]
+    assert statements <= 4  # (SQLite's BEGIN,) the accounts, the keys, and one insert of every message

@@ -113,12 +113,13 @@ def set_roles(body: dict[str, Any], user_id: str) -> dict[str, Any]:
     administrator to approve (listed in ``awaiting_second_administrator``)."""
     service = identity_service()
     try:
-        user = service.set_roles(g.user, user_id, body["roles"])
+        user, awaiting = service.change_roles(g.user, user_id, body["roles"])
     except IdentityError as exc:
         if str(exc) == "No such account":
             abort(404)
         refuse(exc)
-    return _with_grants(service, user)
+    # What the change's transaction saw and wrote: no second read of the pending grants.
+    return {**describe(user), "awaiting_second_administrator": awaiting}
 
 
 @blp.route("/role-grants")

@@ -19,6 +19,7 @@ from werkzeug.exceptions import default_exceptions
 
 from disclosure import rules
 from disclosure.models import OutputRequest
+from disclosure.progress import status_of
 from disclosure.rerun.results import rerun_view
 from disclosure.services import (
     OutputError,
@@ -88,10 +89,47 @@ class OutputRequestStatusSchema(ma.Schema):
 
 def describe(svc: Outputs, req: OutputRequest, viewer: Any, role: str) -> dict[str, Any]:
     s = svc.session
-    checks = svc.checks_of(req)
-    groups = {grp.id: grp.name for grp in req.groups}
-    status = automated_status(s, req, svc.policy.sha256)
     picture = svc.review_picture(viewer, req, role)
+    return _view(
+        req,
+        checks=svc.checks_of(req),
+        status=automated_status(s, req, svc.policy.sha256),
+        comments=picture.comments,
+        decisions=picture.decisions,
+        missing=svc.missing_for_submission(req) if req.state in rules.EDITABLE_STATES else [],
+        # The re-run of the code this round was sent with (ADR 0018): in full for its checkers only.
+        rerun=rerun_view(s, req, role),
+    )
+
+
+def describe_new(svc: Outputs, req: OutputRequest, *, code_sent: bool) -> dict[str, Any]:
+    """The team's view of a request this call created and submitted, as its transaction committed it,
+    without reading it back: its files are new rows, so none had a verdict, its check job was just
+    queued, and no checker had seen it (no comments, no decisions). The request's state, files and
+    groups are the objects the transaction wrote (the session keeps them after commit). Only its
+    re-run, when code was sent, is read. A later status read (``GET``) shows the checks' progress."""
+    return _view(
+        req,
+        checks={},
+        status=status_of(req, set(), None),
+        comments=[],
+        decisions=[],
+        missing=[],  # submitted: every requirement was met
+        rerun=rerun_view(svc.session, req, "team") if code_sent else None,
+    )
+
+
+def _view(
+    req: OutputRequest,
+    *,
+    checks: dict[str, Any],
+    status: Any,
+    comments: list[Any],
+    decisions: list[Any],
+    missing: list[str],
+    rerun: Any,
+) -> dict[str, Any]:
+    groups = {grp.id: grp.name for grp in req.groups}
     return {
         "id": req.id,
         "project_id": req.project_id,
@@ -116,16 +154,15 @@ def describe(svc: Outputs, req: OutputRequest, viewer: Any, role: str) -> dict[s
         ],
         "shared_comments": [
             {"round": c.round, "body": c.body, "created_at": c.created_at.isoformat()}
-            for c in picture.comments
+            for c in comments
             if c.visibility == rules.SHARED
         ],
         "decisions": [
             {"round": d.round, "outcome": d.outcome, "comment": d.comment, "decided_at": d.decided_at.isoformat()}
-            for d in picture.decisions
+            for d in decisions
         ],
-        "missing": svc.missing_for_submission(req) if req.state in rules.EDITABLE_STATES else [],
-        # The re-run of the code this round was sent with (ADR 0018): in full for its checkers only.
-        "rerun": rerun_view(s, req, role),
+        "missing": missing,
+        "rerun": rerun,
     }
 
 
@@ -204,6 +241,7 @@ def submit_from_workspace() -> Any:
     if unknown:
         abort(422, f"table_specs names files that were not sent: {', '.join(unknown)}")
     key = request.headers.get("Idempotency-Key") or None
+    code = _code_upload()
     svc = service()
     try:
         req, created = svc.submit_from_workspace(
@@ -213,12 +251,14 @@ def submit_from_workspace() -> Any:
             client_key=key,
             groups=[(group, request.form.get("context", ""), request.form.get("controls", ""))],
             files=files,
-            code=_code_upload(),
+            code=code,
         )
     except OutputError as exc:
         refuse(exc)
-    req = svc._get(svc.session, req.id)
-    return describe(svc, req, g.user, "team"), (201 if created else 200)
+    if created:
+        return describe_new(svc, req, code_sent=code is not None), 201
+    req = svc._get(svc.session, req.id)  # made by an earlier call: as it is now
+    return describe(svc, req, g.user, "team"), 200
 
 
 @blp.route("/outputs/requests/<string:request_id>/resubmission", methods=["POST"])

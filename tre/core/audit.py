@@ -49,6 +49,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    bindparam,
     event,
     func,
     select,
@@ -356,20 +357,13 @@ def write_pending(session: Session) -> None:
     session.flush()  # the caller's own changes first, so the lane's lock is not held for them
     lane = _take_lane(session)
     postgres = session.get_bind().dialect.name == "postgresql"
-    last = session.execute(
-        select(AuditEvent.lane_seq, AuditEvent.chain_hash)
-        .where(AuditEvent.lane == lane).order_by(AuditEvent.lane_seq.desc()).limit(1)
-    ).first()
-    lane_seq, prev_hash = (last[0], last[1]) if last else (0, GENESIS)
+    first = True
     while queue := session.info.pop(_PENDING, None):
-        if postgres:  # the column's own sequence: no lock across lanes (a rollback leaves a gap in seq)
-            seqs = list(session.scalars(
-                text("SELECT nextval(pg_get_serial_sequence('audit_events', 'seq')) FROM generate_series(1, :n)"),
-                {"n": len(queue)},
-            ))
-        else:  # one writer at a time (BEGIN IMMEDIATE): the next numbers after the table's last
-            top = session.scalar(select(func.max(AuditEvent.seq))) or 0
-            seqs = list(range(top + 1, top + 1 + len(queue)))
+        if first:  # the lane's end and the first batch's numbers in one statement
+            lane_seq, prev_hash, seqs = _lane_end_and_seqs(session, lane, len(queue), postgres)
+            first = False
+        else:  # events recorded by the flush of the previous batch (rare): numbered after them
+            _, _, seqs = _lane_end_and_seqs(session, lane, len(queue), postgres)
         for queued, seq in zip(queue, seqs, strict=True):
             ev = queued.row
             lane_seq += 1
@@ -383,6 +377,42 @@ def write_pending(session: Session) -> None:
             if queued.checkpoints is not None:
                 session.info[_HEAD] = (queued.checkpoints, lane, lane_seq, prev_hash)
         session.flush()
+
+
+def _lane_end_statement(postgres: bool) -> Any:
+    """One statement: the lane's last ``lane_seq`` and chain hash, and the numbers ``seq`` takes.
+
+    PostgreSQL draws the numbers from the column's own sequence, so lanes need no lock in common
+    (a rollback leaves a gap in ``seq``). SQLite admits one writer at a time (``BEGIN IMMEDIATE``),
+    so the next numbers are simply those after the table's last. The lane's lock is already held
+    (``_take_lane`` ran as a statement of its own before this one, so on PostgreSQL this statement's
+    snapshot already sees every event chained onto the lane before the lock was granted).
+    """
+    def newest(column: Any) -> Any:
+        return (select(column).where(AuditEvent.lane == bindparam("lane"))
+                .order_by(AuditEvent.lane_seq.desc()).limit(1).scalar_subquery())
+
+    if postgres:
+        serial = func.pg_get_serial_sequence("audit_events", "seq")
+        numbers = (select(func.array_agg(func.nextval(serial)))
+                   .select_from(func.generate_series(1, bindparam("n"))).scalar_subquery())
+    else:
+        numbers = select(func.max(AuditEvent.seq)).scalar_subquery()
+    return select(newest(AuditEvent.lane_seq), newest(AuditEvent.chain_hash), numbers)
+
+
+_LANE_END = {True: _lane_end_statement(True), False: _lane_end_statement(False)}  # built once, cached by key
+
+
+def _lane_end_and_seqs(session: Session, lane: int, n: int, postgres: bool) -> tuple[int, str, list[int]]:
+    row = session.execute(_LANE_END[postgres], {"lane": lane, "n": n}).one()
+    lane_seq, prev_hash = (int(row[0]), str(row[1])) if row[0] is not None else (0, GENESIS)
+    if postgres:
+        seqs = [int(x) for x in row[2]]
+    else:
+        top = int(row[2] or 0)
+        seqs = list(range(top + 1, top + 1 + n))
+    return lane_seq, prev_hash, seqs
 
 
 @event.listens_for(Session, "before_commit")

@@ -181,17 +181,20 @@ def enqueue(
     *,
     idempotency_key: str | None = None,
     max_attempts: int = 3,
+    new_key: bool = False,
 ) -> Job:
     """Add a job in the caller's transaction; the same idempotency key returns the existing job.
 
-    The message is sent when (and only if) the caller's transaction commits.
+    The message is sent when (and only if) the caller's transaction commits. ``new_key``: the caller
+    knows no job can hold this key yet (it names a row made in this transaction), so it is not looked
+    up first; the unique key still catches a mistake, as it catches a race.
     """
     if kind not in _HANDLERS:
         raise JobError(f"no handler registered for job kind {kind!r}")
     if max_attempts < 1:
         raise JobError("max_attempts must be at least 1")
     key = idempotency_key or f"{kind}:{uuid.uuid4().hex}"
-    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    existing = None if new_key else session.scalar(select(Job).where(Job.idempotency_key == key))
     if existing is not None:
         return existing
     job = Job(
@@ -201,6 +204,11 @@ def enqueue(
         payload=dict(payload or {}),
         max_attempts=max_attempts,
     )
+    if new_key:  # no savepoint: a collision here is a mistake that must fail the caller's transaction
+        session.add(job)
+        session.flush()
+        session.info.setdefault("tre_jobs_to_send", []).append((job.id, job.queue))
+        return job
     try:
         with session.begin_nested():
             session.add(job)

@@ -14,7 +14,7 @@ import logging
 import smtplib
 from collections.abc import Sequence
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import CheckConstraint, Index, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -75,6 +75,16 @@ def notify(
     return message
 
 
+class Notice(NamedTuple):
+    """One message for each of ``user_ids`` (see ``notify_users``)."""
+
+    user_ids: Sequence[str]
+    subject: str
+    body: str
+    topic: str
+    dedupe_key: str | None = None
+
+
 def notify_users(
     session: Session,
     user_ids: Sequence[str],
@@ -92,28 +102,44 @@ def notify_users(
     the next flush: on a database server each statement is a round trip, and a loop of them per
     person (every output checker, on each submission) cost seconds under load.
     """
-    ids = list(dict.fromkeys(user_ids))
-    if not ids:
+    return notify_each(session, [Notice(user_ids, subject, body, topic, dedupe_key)])
+
+
+def notify_each(session: Session, notices: Sequence[Notice]) -> list[OutboxMessage]:
+    """``notify_users`` for several notices at once, still in two queries whatever their number (the
+    check job tells the checkers and the author in one go). A key that two notices would both use is
+    used once, by the first, as if they had been sent one after the other."""
+    wanted = [(notice, list(dict.fromkeys(notice.user_ids))) for notice in notices]
+    everyone = list(dict.fromkeys(uid for _, ids in wanted for uid in ids))
+    if not everyone:
         return []
-    active = select(User.id, User.email).where(User.id.in_(ids), User.is_active.is_(True))
+    active = select(User.id, User.email).where(User.id.in_(everyone), User.is_active.is_(True))
     emails: dict[str, str] = {uid: email for uid, email in session.execute(active)}
-    keys = {uid: f"{dedupe_key}:{uid}" for uid in ids} if dedupe_key is not None else {}
-    used: set[str | None] = set()
-    if keys:
-        taken = select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(list(keys.values())))
-        used.update(session.scalars(taken))
-    messages = [
-        OutboxMessage(
-            recipient_id=uid,
-            recipient_email=emails[uid],
-            subject=subject[:200],
-            body=body,
-            topic=topic[:50],
-            dedupe_key=keys.get(uid),
-        )
-        for uid in ids
-        if uid in emails and keys.get(uid) not in used
+    keyed = [
+        {uid: f"{notice.dedupe_key}:{uid}" for uid in ids} if notice.dedupe_key is not None else {}
+        for notice, ids in wanted
     ]
+    used: set[str | None] = set()
+    all_keys = [key for keys in keyed for key in keys.values()]
+    if all_keys:
+        taken = select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(list(dict.fromkeys(all_keys))))
+        used.update(session.scalars(taken))
+    messages = []
+    for (notice, ids), keys in zip(wanted, keyed, strict=True):
+        for uid in ids:
+            key = keys.get(uid)
+            if uid not in emails or (key is not None and key in used):
+                continue
+            messages.append(OutboxMessage(
+                recipient_id=uid,
+                recipient_email=emails[uid],
+                subject=notice.subject[:200],
+                body=notice.body,
+                topic=notice.topic[:50],
+                dedupe_key=key,
+            ))
+            if key is not None:
+                used.add(key)
     session.add_all(messages)
     return messages
 

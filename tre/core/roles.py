@@ -12,7 +12,7 @@ Each call runs one use case in one transaction with its audit event, or changes 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import CheckConstraint, ForeignKey, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -65,11 +65,20 @@ def needs_second_administrator(role: str) -> bool:
     return role in {r.value for r in DUAL_CONTROL_ROLES}
 
 
+class RoleRequest(NamedTuple):
+    """What ``request_roles`` did: the roles now held, those it asked a second administrator for, and
+    every role of the person waiting for one (those asked now and any asked before), sorted."""
+
+    granted: list[str]
+    asked: list[str]
+    awaiting: list[str]
+
+
 def request_roles(
     s: Session, audit: AuditLog, actor: User, user: User, roles: list[str], request_id: str | None
-) -> tuple[list[str], list[str]]:
+) -> RoleRequest:
     """Inside the caller's transaction: give ``user`` exactly ``roles``, except that dual-control
-    roles they do not hold yet become pending requests. Returns (roles now held, roles pending)."""
+    roles they do not hold yet become pending requests."""
     from tre.core.identity import UserRole
 
     wanted = sorted(set(roles))
@@ -92,7 +101,7 @@ def request_roles(
             s, "user.role_grant_request", actor_id=actor.id, target_type="user", target_id=user.id,
             request_id=request_id, detail={"role": role, "grant": grant.id, "self": actor.id == user.id},
         )
-    return granted, asked
+    return RoleRequest(granted, asked, sorted(already | set(asked)))
 
 
 def pending_grants(s: Session, user_id: str | None = None) -> list[RoleGrant]:

@@ -172,3 +172,50 @@ def test_the_transport_keeps_its_own_options_away_from_the_database_engine(broke
     with _connection(broker_url, transport=sqlbroker.TRANSPORT) as conn:
         conn.Producer().publish({"job": "j5"}, exchange=QUEUE.exchange, routing_key="checks", declare=[QUEUE])
         assert isinstance(conn.transport, sqlbroker.Transport)
+
+
+def _statements_of_one_look(connection: Connection, queue: str) -> tuple[list[str], Any]:
+    """The statements a channel sends to look into ``queue`` once, and what the look returned."""
+    from queue import Empty
+
+    from sqlalchemy import event
+
+    channel = connection.default_channel
+    channel._get_or_create(queue)  # the queue's row exists, as after the first declaration
+    sent: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(" ".join(statement.split()).split(" ")[0].upper())
+
+    engine = channel.session.get_bind()
+    channel._queue_id(queue)  # learnt once per channel
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        try:
+            got = channel._get(queue)
+        except Empty:
+            got = None
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    return sent, got
+
+
+def test_a_look_into_an_empty_queue_is_one_read_and_takes_no_write_lock(broker_url: str) -> None:
+    with _connection(broker_url) as conn:
+        sent, got = _statements_of_one_look(conn, "checks")
+
+    assert got is None
+    assert sent == ["SELECT"]  # kombu's look: the queue's row, BEGIN IMMEDIATE, a locked SELECT, then a commit
+
+
+def test_a_look_into_a_queue_with_a_message_claims_it_once(broker_url: str) -> None:
+    from queue import Empty
+
+    with _connection(broker_url) as consumer_conn, _connection(broker_url) as producer_conn:
+        producer_conn.default_channel._put("checks", {"body": "job-1"})
+        sent, got = _statements_of_one_look(consumer_conn, "checks")
+        with pytest.raises(Empty):
+            consumer_conn.default_channel._get("checks")  # claimed: invisible to the next look
+
+    assert got == {"body": "job-1"}
+    assert "BEGIN" in sent and sent.count("UPDATE") == 1  # the claim is kombu's locked one

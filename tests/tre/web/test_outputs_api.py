@@ -183,3 +183,18 @@ def test_changes_requested_without_comment_is_refused_over_the_api(world: World)
 
     assert refused.status_code == 422
     assert "comment is required" in refused.json["detail"]
+
+
+def test_submission_reply_is_what_a_status_read_returns_before_any_check_runs(world: World) -> None:
+    """The reply to a new submission is built from what its transaction wrote, without reading it back
+    (issue 26): it must say exactly what reading the request back says while its checks wait."""
+    bearer = token(world, world.author)
+    created = post_request(world, bearer, files=[(SAFE_CSV, "t.csv"), (b"notes", "n.txt")])
+
+    read = world.app.test_client().get(
+        f"/api/v1/outputs/requests/{created.json['id']}", headers={"Authorization": f"Bearer {bearer}"}
+    )
+
+    assert created.status_code == 201 and read.status_code == 200
+    assert created.json == read.json
+    assert created.json["automated_checks"] == "running" and created.json["state"] == "submitted"

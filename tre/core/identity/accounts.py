@@ -3,7 +3,7 @@ tre/core/roles.py), activation, and how an account is described to administrator
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
@@ -54,7 +54,7 @@ class Accounts(IdentityBase):
                 user.roles = [UserRole(role=r, granted_by=actor_id) for r in sorted(set(roles))]
                 granted, pending = sorted(set(roles)), list[str]()
             else:
-                granted, pending = request_roles(s, self.audit, actor, user, roles, self.request_id)
+                granted, pending, _ = request_roles(s, self.audit, actor, user, roles, self.request_id)
             self.audit.record(
                 s,
                 "user.create",
@@ -67,6 +67,11 @@ class Accounts(IdentityBase):
         return user
 
     def set_roles(self, actor: User, user_id: str, roles: list[str]) -> User:
+        return self.change_roles(actor, user_id, roles).user
+
+    def change_roles(self, actor: User, user_id: str, roles: list[str]) -> RolesChanged:
+        """Replace an account's roles (dual-control ones are only requested): the account, and every
+        role of it waiting for a second administrator as this transaction committed them."""
         self._require(actor, Permission.USER_MANAGE, "user.set_roles")
         unknown = [r for r in roles if r not in {x.value for x in Role}]
         if unknown:
@@ -78,7 +83,7 @@ class Accounts(IdentityBase):
             before = user.role_names
             if actor.id == user.id and Role.ADMINISTRATOR.value in before and Role.ADMINISTRATOR.value not in roles:
                 raise IdentityError("You cannot remove your own administrator role")
-            after, pending = request_roles(s, self.audit, actor, user, roles, self.request_id)
+            after, pending, awaiting = request_roles(s, self.audit, actor, user, roles, self.request_id)
             self.audit.record(
                 s,
                 "user.set_roles",
@@ -88,7 +93,7 @@ class Accounts(IdentityBase):
                 request_id=self.request_id,
                 detail={"before": before, "after": after, "awaiting_second_administrator": pending},
             )
-        return user
+        return RolesChanged(user, awaiting)
 
     def pending_role_grants(self, actor: User, user_id: str | None = None) -> list[RoleGrant]:
         self._require(actor, Permission.USER_MANAGE, "user.role_grants")
@@ -126,6 +131,11 @@ class Accounts(IdentityBase):
                 request_id=self.request_id,
             )
         return user
+
+
+class RolesChanged(NamedTuple):
+    user: User
+    awaiting_second_administrator: list[str]  # role names, sorted
 
 
 def _refuse_conflicting(roles: list[str]) -> None:
