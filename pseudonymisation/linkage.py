@@ -42,6 +42,11 @@ from pseudonymisation import nhs_number
 
 _log = logging.getLogger(__name__)
 
+# Bumped whenever the model's comparisons, blocking rules or training change, so the person index
+# does not take a run built by the old model for one of the same sources (ADR 0035). 2: blocking on
+# the transposed date of birth, EM's second session on first name and surname.
+MODEL_VERSION = 2
+
 Method = Literal["deterministic", "probabilistic", "clerical", "singleton"]
 Backend = Literal["duckdb", "spark"]
 METHODS: tuple[Method, ...] = ("deterministic", "probabilistic", "clerical", "singleton")
