@@ -239,8 +239,8 @@ def test_link_small_batch_with_a_model_trained_on_whole_sources_meets_floors():
     records, truth = synthetic()
     model = train(list(records))
     batch = [r for r in records if truth[(r.source, r.record_id)] < 50]
-    with pytest.raises(TooFewToTrain):
-        link(batch)
+    # Trained on its own, this batch's model now converges (ADR 0035) but to a worse one (recall
+    # about 0.93 when measured): a batch is linked with the model of the whole.
     precision, recall = _quality(link(batch, model=model), {(r.source, r.record_id): truth[(r.source, r.record_id)]
                                                             for r in batch})
     assert precision >= PRECISION_FLOOR, precision
