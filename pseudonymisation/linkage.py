@@ -36,6 +36,7 @@ import duckdb
 import pandas as pd
 import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+from splink.blocking_rule_library import CustomRule
 from splink.internals.exceptions import EMTrainingException
 
 from pseudonymisation import nhs_number
@@ -483,7 +484,7 @@ def splink_settings(frame: pd.DataFrame, settings: LinkageSettings) -> SettingsC
             # Day and month swapped (the one date error the others miss when the name and postcode
             # differ too): pairs grow with the records per date, not per surname prefix and year of
             # birth (that rule scored about 500 million pairs at 1M x 1M: ADR 0035).
-            "l.date_of_birth = r.date_of_birth_transposed",
+            CustomRule("l.date_of_birth = r.date_of_birth_transposed"),
         ],
         retain_matching_columns=False,
         retain_intermediate_calculation_columns=False,
