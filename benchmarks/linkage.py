@@ -16,8 +16,12 @@ moved house, missing and wrong NHS numbers), then times, on the same records and
 - **value**: ``linkage.link_records`` (cleaning, the deterministic NHS number stage, the same Splink
   model, the uncertain band and match weight counts, clustering that never joins two valid numbers).
 
-Pairwise precision and recall of both are measured against the generator's truth. The last line
-printed is one JSON object (benchmark, value, baseline, ratio, target, precision, recall, ...).
+Pairwise precision and recall of both are measured against the generator's truth. Each arm's wall
+time and process CPU time (DuckDB's threads included) are printed with the load averages after it: on a
+shared machine the wall ratio follows the other work's load, the CPU ratio much less. The last line
+printed is one JSON object (benchmark, value, baseline, ratio, cpu_ratio, target, precision, recall,
+...). At 1M x 1M plain Splink alone took 23 minutes of a loaded 2-core machine and the process peaked
+at 13.5 GiB with ``--memory-limit 12GB`` (docs/operations.md, "Record linkage at scale").
 """
 
 from __future__ import annotations
