@@ -16,8 +16,12 @@ moved house, missing and wrong NHS numbers), then times, on the same records and
 - **value**: ``linkage.link_records`` (cleaning, the deterministic NHS number stage, the same Splink
   model, the uncertain band and match weight counts, clustering that never joins two valid numbers).
 
-Pairwise precision and recall of both are measured against the generator's truth. The last line
-printed is one JSON object (benchmark, value, baseline, ratio, target, precision, recall, ...).
+Pairwise precision and recall of both are measured against the generator's truth. Each arm's wall
+time and process CPU time (DuckDB's threads included) are printed with the load averages after it: on a
+shared machine the wall ratio follows the other work's load, the CPU ratio much less. The last line
+printed is one JSON object (benchmark, value, baseline, ratio, cpu_ratio, target, precision, recall,
+...). At 1M x 1M plain Splink alone took 23 minutes of a loaded 2-core machine and the process peaked
+at 13.5 GiB with ``--memory-limit 12GB`` (docs/operations.md, "Record linkage at scale").
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import tempfile
 import time
@@ -78,6 +83,11 @@ def plain_splink(records: list[linkage.Record], settings: linkage.LinkageSetting
     return {(r.source, r.record_id): cluster_of[i] for i, r in enumerate(ordered)}
 
 
+def load() -> str:
+    """The machine's 1, 5 and 15 minute load averages, to read the wall times by."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # Linux: kilobytes
 
@@ -108,17 +118,20 @@ def main() -> None:
     print(f"{len(records):,} records of {args.people:,} people: "
           + ", ".join(f"{n} {t.num_rows:,}" for n, t in made.tables.items()), flush=True)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     baseline = plain_splink(records, settings)
-    baseline_s = time.perf_counter() - started
-    print(f"plain Splink (same model, its own clustering): {baseline_s:.1f} s; peak RSS {peak_rss_gib():.1f} GiB",
-          flush=True)
+    baseline_s, baseline_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(f"plain Splink (same model, its own clustering): {baseline_s:.1f} s ({baseline_cpu:.1f} s of CPU); "
+          f"peak RSS {peak_rss_gib():.1f} GiB; load {load()}", flush=True)
+    load_after_baseline = load()
     gc.collect()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = linkage.link_records(records, settings)
-    value_s = time.perf_counter() - started
-    print(f"person index core: {value_s:.1f} s; peak RSS {peak_rss_gib():.1f} GiB", flush=True)
+    value_s, value_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(f"person index core: {value_s:.1f} s ({value_cpu:.1f} s of CPU); peak RSS {peak_rss_gib():.1f} GiB; "
+          f"load {load()}", flush=True)
+    load_after_value = load()
 
     precision, recall = quality({(lk.source, lk.record_id): lk.person_id for lk in result.links}, made.truth)
     base_precision, base_recall = quality(baseline, made.truth)
@@ -135,6 +148,13 @@ def main() -> None:
         "baseline_name": f"plain Splink on {args.backend}, same model and training, Splink's clustering",
         "ratio": round(value_s / baseline_s, 3),
         "target": TARGET_RATIO,
+        # CPU seconds of the whole process (DuckDB's threads included): on a machine shared with
+        # other work the wall times follow its load, the CPU times much less.
+        "value_cpu": round(value_cpu, 2),
+        "baseline_cpu": round(baseline_cpu, 2),
+        "cpu_ratio": round(value_cpu / baseline_cpu, 3),
+        "load_after_baseline": load_after_baseline,
+        "load_after_value": load_after_value,
         "precision": round(precision, 5),
         "recall": round(recall, 5),
         "precision_floor": PRECISION_FLOOR,

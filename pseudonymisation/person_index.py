@@ -222,6 +222,7 @@ class PersonIndex:
         body = {
             "sources": [[s.dataset.name, s.schema.fingerprint(), zone.plaintext_sha256(s.file)[0]] for s in sources],
             "settings": asdict(self.settings),
+            "model_version": linkage.MODEL_VERSION,  # a changed model links the same sources again
             "decisions": decisions,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

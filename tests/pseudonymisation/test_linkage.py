@@ -239,8 +239,8 @@ def test_link_small_batch_with_a_model_trained_on_whole_sources_meets_floors():
     records, truth = synthetic()
     model = train(list(records))
     batch = [r for r in records if truth[(r.source, r.record_id)] < 50]
-    with pytest.raises(TooFewToTrain):
-        link(batch)
+    # Trained on its own, this batch's model now converges (ADR 0035) but to a worse one (recall
+    # about 0.93 when measured): a batch is linked with the model of the whole.
     precision, recall = _quality(link(batch, model=model), {(r.source, r.record_id): truth[(r.source, r.record_id)]
                                                             for r in batch})
     assert precision >= PRECISION_FLOOR, precision
@@ -274,3 +274,23 @@ def test_link_records_applies_a_linkage_officers_match_and_no_match():
     left, right = sorted(apart)
     assert after[left].person_id != after[right].person_id
     assert all({c.left, c.right} not in ({band.left, band.right}, set(apart)) for c in decided.candidates)
+
+
+@cache
+def _trained_model() -> str:
+    records, _ = synthetic()
+    return json.dumps(train(list(records)))
+
+
+@pytest.mark.slow
+def test_link_pair_sharing_only_a_transposed_date_of_birth_is_still_scored():
+    # The two records share no date of birth, full name, postcode or surname prefix: only the
+    # swapped day and month can bring them together (the blocking rule that replaced surname prefix
+    # and year of birth, which did not scale to a million records a source). Scored, the pair
+    # counts in the match weight distribution (it is above its floor, probability 0.001).
+    records = [
+        Record("hospital", "h1", None, "Margaret", "Okafor", "1960-03-07", "F", "LS6 2AB"),
+        Record("social_care", "s1", None, "Margret", "Kofaor", "1960-07-03", "F", "M14 5QT"),
+    ]
+    result = link_records(records, model=json.loads(_trained_model()))
+    assert sum(result.weight_histogram.values()) == 1

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
+from pseudonymisation import linkage
 from pseudonymisation.person_index import LinkagePermissionDenied, LinkageServiceError
 from pseudonymisation.person_index_models import LinkageRun, PersonIndexEntry
 from pseudonymisation.tasks import extracts_service, person_index_service
@@ -112,6 +113,20 @@ def test_person_index_links_records_with_and_without_numbers_and_keeps_method_an
     # An estimate on few people, where a wrong number counts against the linkage: loose floors.
     assert quality["estimated"]["precision"] >= 0.9 and quality["estimated"]["recall"] >= 0.85
     assert sum(b["pairs"] for b in quality["match_weight_histogram"]) > 0
+
+
+def test_person_index_changed_linkage_model_makes_a_new_run_for_the_same_sources(
+    app: Any, generated: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, paths = generated
+    w = _world(app, paths)
+    platform = app.extensions["tre.platform"]
+    with app.app_context():
+        first = person_index_service(platform).request_run(w.custodian)
+        monkeypatch.setattr(linkage, "MODEL_VERSION", linkage.MODEL_VERSION + 1)
+        newer = person_index_service(platform).request_run(w.custodian)
+    assert newer.id != first.id
+    assert newer.inputs_sha256 != first.inputs_sha256
 
 
 def test_person_index_same_inputs_give_one_run_and_a_rebuild_gives_the_same_index(app: Any, generated: Any) -> None:
