@@ -237,8 +237,11 @@ def test_two_releases_side_by_side_never_overspend(
         waiting = text(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
+        # pg_stat_activity is a snapshot taken once per transaction: each look is its own transaction,
+        # or a first look made before the second release reached the lock would be read forever.
         with platform(world.app).db.engine.connect() as conn:
             while b.is_alive() and not conn.execute(waiting).scalar():
+                conn.rollback()
                 threading.Event().wait(0.02)
     barrier.release(point)
     a.join()
