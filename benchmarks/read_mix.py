@@ -21,6 +21,7 @@ read costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -99,7 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     args.web_workers = 0
 
-    with load.postgres_database(load.POSTGRES_ADMIN_URL) if args.backend == "postgres" else _nothing() as url:
+    postgres = args.backend == "postgres"
+    database = load.postgres_database(load.POSTGRES_ADMIN_URL) if postgres else contextlib.nullcontext("")
+    with database as url:
         if args.reuse:
             kept = json.loads((Path(args.reuse) / "read_mix.json").read_text())
             env, accounts, tokens = kept["env"], kept["accounts"], kept["tokens"]
@@ -186,14 +189,6 @@ def main() -> None:
                                     "statements": round(per_class[c][1] / per_class[c][2], 2),
                                     "calls": int(per_class[c][2])} for c in weights}},
     }))
-
-
-class _nothing:  # noqa: N801 - a context manager standing in for the PostgreSQL database
-    def __enter__(self) -> str:
-        return ""
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 if __name__ == "__main__":

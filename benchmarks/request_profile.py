@@ -17,6 +17,7 @@ says how many API reads a home page costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -100,7 +101,9 @@ def main() -> None:
     args = parser.parse_args()
     args.web_workers = 0
 
-    with load.postgres_database(load.POSTGRES_ADMIN_URL) if args.backend == "postgres" else _nothing() as url:
+    postgres = args.backend == "postgres"
+    database = load.postgres_database(load.POSTGRES_ADMIN_URL) if postgres else contextlib.nullcontext("")
+    with database as url:
         ready = load.prepare(args.backend, args, url or "", "memory://" if url else "")
         os.environ.update({k: v for k, v in ready.env.items() if k.startswith("TRE_")})
         os.environ["TRE_BROKER_URL"] = "memory://"
@@ -182,14 +185,6 @@ def _output_submission(app: Any, client: Any, reader_token: dict[str, str], user
             return send
     load.log("output submission not profiled: no project of the researcher accepted a workspace submission")
     return None
-
-
-class _nothing:  # noqa: N801 - a context manager standing in for the PostgreSQL database
-    def __enter__(self) -> str:
-        return ""
-
-    def __exit__(self, *_: object) -> None:
-        return None
 
 
 if __name__ == "__main__":
