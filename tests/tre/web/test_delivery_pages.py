@@ -21,28 +21,38 @@ from .test_dataset_schema_pages import login
 TYPES = ["integer", "string", "date", "string", "string", "integer"]
 
 
-@pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
+def landing_world(tmp_path: Path, **settings: Any) -> Iterator[World]:
+    """A world on SQLite whose instance has a landing folder (``tmp_path / "landing"``)."""
     from tre.models import metadata
 
     (tmp_path / "landing").mkdir()
     app = make_test_app(tmp_path / "instance", f"sqlite:///{tmp_path / 'tre.sqlite'}",
-                        landing_dir=tmp_path / "landing")
+                        landing_dir=tmp_path / "landing", **settings)
     metadata.create_all(app.extensions["tre.db"].engine)
     yield build_world(app)
     app.extensions["tre.db"].session.remove()
     app.extensions["tre.db"].dispose()
 
 
-def _dataset(w: World) -> Any:
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    yield from landing_world(tmp_path)
+
+
+def registry_from_landing(w: World) -> Any:
+    """The clinic registry, registered by the custodian from a first delivery ``v1.csv`` of 40 rows."""
     landing = Path(w.app.extensions["tre.settings"].landing_dir)
     first = write_delivery(landing / "v1.csv", 40)
-    write_delivery(landing / "dup.csv", 40, repeat_first=True)
     return w.svc.register_dataset(
         w.custodian, name="clinic_registry", title="Clinic registry", description="", source_kind="csv",
         source_location=str(first), sensitivity="special_category",
         columns=[{"name": c, "role": "attribute", "data_type": t} for c, t in zip(HEADER, TYPES, strict=True)],
     )
+
+
+def _dataset(w: World) -> Any:
+    write_delivery(Path(w.app.extensions["tre.settings"].landing_dir) / "dup.csv", 40, repeat_first=True)
+    return registry_from_landing(w)
 
 
 def _csrf(page: str) -> str:

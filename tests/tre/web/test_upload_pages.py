@@ -12,37 +12,21 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import make_test_app
-from tests.projects.factories import World, build_world, make_user
-from tests.pseudonymisation.test_deliveries import HEADER, write_delivery
+from tests.projects.factories import World, make_user
+from tests.pseudonymisation.test_deliveries import write_delivery
 
 from .test_dataset_schema_pages import login
-from .test_delivery_pages import TYPES, _csrf
+from .test_delivery_pages import _csrf, landing_world, registry_from_landing
 
 CHUNK = 64 * 1024
 
 
 @pytest.fixture
 def w(tmp_path: Path) -> Iterator[World]:
-    from tre.models import metadata
-
-    (tmp_path / "landing").mkdir()
-    app = make_test_app(tmp_path / "instance", f"sqlite:///{tmp_path / 'tre.sqlite'}",
-                        landing_dir=tmp_path / "landing", upload_chunk_bytes=CHUNK)
-    metadata.create_all(app.extensions["tre.db"].engine)
-    yield build_world(app)
-    app.extensions["tre.db"].session.remove()
-    app.extensions["tre.db"].dispose()
+    yield from landing_world(tmp_path, upload_chunk_bytes=CHUNK)
 
 
-def _dataset(w: World) -> Any:
-    landing = Path(w.app.extensions["tre.settings"].landing_dir)
-    first = write_delivery(landing / "v1.csv", 40)
-    return w.svc.register_dataset(
-        w.custodian, name="clinic_registry", title="Clinic registry", description="", source_kind="csv",
-        source_location=str(first), sensitivity="special_category",
-        columns=[{"name": c, "role": "attribute", "data_type": t} for c, t in zip(HEADER, TYPES, strict=True)],
-    )
+_dataset = registry_from_landing
 
 
 def _big_csv(tmp: Path, rows: int = 4000) -> bytes:
