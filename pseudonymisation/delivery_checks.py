@@ -225,13 +225,19 @@ def _observe_text(counts: _ColumnCounts, raw: pa.Array) -> pa.Array:
 
 
 def _count_true(mask: pa.Array) -> int:
-    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0) if len(mask) else 0
+    return int(pc.sum(mask).as_py() or 0) if len(mask) else 0  # Arrow sums a boolean as its trues
 
 
-def _observe(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, name: str, today: dt.date) -> None:
+def _observe(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, name: str, today: dt.date,
+             integers: dict[str, pa.Array] | None = None) -> None:
+    """Count one chunk of one column. An integer column's values as int64 (when the fast path made
+    them) are left in ``integers`` under its name, so the key check does not convert them again."""
     checked = counts.data_type != "string" or name in rules.code_patterns or name == rules.nhs_number_column
     if isinstance(raw, pa.ChunkedArray):
         raw = raw.combine_chunks()
+    if pa.types.is_string(raw.type) and counts.data_type != "string" and name not in rules.code_patterns \
+            and name != rules.nhs_number_column and _observe_typed_text(counts, raw, rules, today, name, integers):
+        return
     if pa.types.is_string(raw.type):  # every CSV column: nulls and blanks counted in one pass
         present = _observe_text(counts, raw)
         text = raw
@@ -251,10 +257,7 @@ def _observe(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, name: s
                                  format="%Y-%m-%d", unit="s", error_is_null=True)
             counts.type_failures += len(present) - len(parsed) + parsed.null_count
             days = pc.cast(parsed.drop_null(), pa.date32())
-        as_int = pc.cast(days, pa.int32())
-        counts.dates_future += _count_true(pc.greater(as_int, _epoch_days(today)))
-        earliest = _epoch_days(dt.date.fromisoformat(rules.earliest_date))
-        counts.dates_too_early += _count_true(pc.less(as_int, earliest))
+        _count_dates(counts, days, rules, today)
     if name in rules.code_patterns:
         counts.invalid_codes += quality.invalid_code_count(present, rules.code_patterns[name])
     if name == rules.nhs_number_column:
@@ -272,13 +275,74 @@ def _fast_cast(values: pa.Array, to: pa.DataType) -> pa.Array | None:
         return None
 
 
+def _count_dates(counts: _ColumnCounts, days: pa.Array, rules: DeliveryRules, today: dt.date) -> None:
+    """Count the dates after today and before the earliest allowed (nulls are neither)."""
+    counts.dates_future += _count_true(pc.greater(days, pa.scalar(today, pa.date32())))
+    earliest = dt.date.fromisoformat(rules.earliest_date)
+    counts.dates_too_early += _count_true(pc.less(days, pa.scalar(earliest, pa.date32())))
+
+
+def _integer_cast(values: pa.Array) -> pa.Array | None:
+    """Text as int64 when Arrow converts every value and none is written in hex: Arrow's cast reads
+    "0x1F", which the integer pattern does not, and a value's verdict must not depend on its chunk.
+    Any "x" in the column's bytes sends the chunk the slow way (a false alarm only costs time)."""
+    data = values.buffers()[2]
+    if data is not None and len(data):
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if np.count_nonzero((raw | 0x20) == ord("x")):
+            return None
+    return _fast_cast(values, pa.int64())
+
+
+def _observe_typed_text(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, today: dt.date,
+                        name: str, integers: dict[str, pa.Array] | None) -> bool:
+    """The usual chunk of a numeric or date column read as text: every value present converts, so
+    one cast of the raw column gives every count (a blank or whitespace-only value never converts,
+    so the missing values are the nulls alone). False, having counted nothing, when any value does
+    not convert cleanly (or a number is not finite, which the patterns refuse): the slow way then
+    finds which. The counts are those the slow way gives for the same chunk."""
+    if counts.data_type == "date":
+        days = _fast_cast(raw, pa.date32())
+        if days is None:
+            return False
+        counts.missing += raw.null_count
+        _count_dates(counts, days, rules, today)
+        return True
+    if counts.data_type == "integer":
+        converted = _integer_cast(raw)
+        if converted is None:
+            return False
+        if integers is not None:
+            integers[name] = converted
+    else:
+        converted = _fast_cast(raw, pa.float64())
+        if converted is None:
+            return False
+    numbers = pc.cast(converted, pa.float64())
+    if numbers.null_count:
+        numbers = numbers.drop_null()
+    total = float(pc.sum(numbers).as_py() or 0.0)
+    squares = float(pc.sum(pc.multiply(numbers, numbers)).as_py() or 0.0)
+    if not (math.isfinite(total) and math.isfinite(squares)):
+        return False  # "nan", "inf" (or sums past float range): the slow way decides each value
+    counts.missing += raw.null_count
+    counts.numbers += len(numbers)
+    counts.total += total
+    counts.squares += squares
+    return True
+
+
 def _observe_numbers(counts: _ColumnCounts, raw: pa.Array, present: pa.Array) -> None:
     native = pa.types.is_integer(raw.type) or (pa.types.is_floating(raw.type) and counts.data_type == "decimal")
     if native:
         numbers = pc.cast(raw.drop_null(), pa.float64())
     else:
-        target = pa.int64() if counts.data_type == "integer" else pa.float64()
-        converted = _fast_cast(present, target)
+        if counts.data_type == "integer":
+            converted = _integer_cast(present)
+        else:
+            converted = _fast_cast(present, pa.float64())
+            if converted is not None and len(converted) and not pc.all(pc.is_finite(converted)).as_py():
+                converted = None  # Arrow reads "nan" and "inf"; the pattern, which decides, does not
         if converted is None:
             ok = pc.match_substring_regex(present, _INTEGER if counts.data_type == "integer" else _DECIMAL)
             counts.type_failures += len(present) - _count_true(ok)
@@ -306,13 +370,20 @@ def _epoch_days(day: dt.date) -> int:
     return (day - dt.date(1970, 1, 1)).days
 
 
-def _key_hashes(table: pa.Table | pa.RecordBatch, key_columns: Sequence[str]) -> tuple[np.ndarray, int]:
-    """A 64-bit hash of each row's key, and how many rows have part of the key missing."""
+def _key_hashes(table: pa.Table | pa.RecordBatch, key_columns: Sequence[str],
+                integers: Mapping[str, pa.Array] | None = None) -> tuple[np.ndarray, int]:
+    """A 64-bit hash of each row's key, and how many rows have part of the key missing. ``integers``
+    may hold a text column's values already cast to int64 (by ``_observe``)."""
     missing = np.zeros(table.num_rows, dtype=bool)
     for c in key_columns:
         missing |= np.asarray(pc.is_null(table.column(c)).to_numpy(zero_copy_only=False), dtype=bool)
     if len(key_columns) == 1:
-        return _text_hashes(_text(table.column(key_columns[0])).drop_null()), int(missing.sum())
+        column = table.column(key_columns[0])
+        cast = (integers or {}).get(key_columns[0])
+        if cast is not None and column.null_count:
+            cast = cast.drop_null()
+        values = _text(column)
+        return _text_hashes(values.drop_null() if values.null_count else values, cast), int(missing.sum())
     parts = [pc.fill_null(_text(table.column(c)), "") for c in key_columns]
     joined = pc.binary_join_element_wise(*parts, _KEY_SEPARATOR)
     return _text_hashes(joined)[~missing], int(missing.sum())
@@ -340,11 +411,13 @@ def _hash_strings(values: pa.Array) -> np.ndarray:
     return pd.util.hash_array(np.asarray(values.to_numpy(zero_copy_only=False), dtype=object), categorize=False)
 
 
-def _text_hashes(values: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each (non-null) text value; equal text, equal hash, in any chunk."""
+def _text_hashes(values: pa.Array, numbers: pa.Array | None = None) -> np.ndarray:
+    """A 64-bit hash of each (non-null) text value; equal text, equal hash, in any chunk.
+    ``numbers``, if given, is ``_integer_cast(values)``, already made."""
     if not len(values):
         return np.zeros(0, dtype=np.uint64)
-    numbers = _fast_cast(values, pa.int64()) if pa.types.is_string(values.type) else None
+    if numbers is None and pa.types.is_string(values.type):
+        numbers = _integer_cast(values)
     if numbers is not None and not numbers.null_count:
         # Arrow's cast takes [-]digits only, so a value is written plainly when its length is its
         # digits' count (and its sign's): no leading zero, and not "-0".
@@ -443,10 +516,12 @@ def check_delivery(
     try:
         for batch in _iterate(batches):
             rows += batch.num_rows
+            integers: dict[str, pa.Array] = {}
             for name in names:
-                _observe(counts[name], batch.column(batch.schema.get_field_index(name)), rules, name, today)
+                _observe(counts[name], batch.column(batch.schema.get_field_index(name)), rules, name, today,
+                         integers)
             if rules.key_columns:
-                h, m = _key_hashes(batch, rules.key_columns)
+                h, m = _key_hashes(batch, rules.key_columns, integers)
                 hashes.append(h)
                 key_missing += m
             for column in ref_hashes:
@@ -475,7 +550,11 @@ def check_delivery(
     problems += _threshold_problems(counts, rows, rules)
     if rules.key_columns:
         every = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
-        duplicates = int(len(every) - len(_distinct(every)))
+        hashes.clear()
+        # Sorted in place, the repeats are the equal neighbours: 8 bytes a row and a 1-byte mask,
+        # where the distinct values as an array of their own took four times the memory.
+        every.sort()
+        duplicates = int(np.count_nonzero(every[1:] == every[:-1]))
         body["uniqueness"] = {"key_columns": list(rules.key_columns), "duplicate_rows": duplicates,
                               "rows_missing_key": key_missing}
         if duplicates:

@@ -215,3 +215,94 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(DeliveryCheckError, match="could not be read"):
         check_delivery(tmp_path / "d.parquet", EXPECTED, DeliveryRules(), today=TODAY)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fast path (one cast of a clean chunk) and the slow path (patterns, value by value) agree
+
+MESSY = {
+    "integer": ["1", "-2", "007", " 3 ", "+4", "", "   ", "\t", None, "x", "1.5", "1,000", "0x1F", "0xFFFFF",
+                "99999999999999999999", "12"],
+    "decimal": ["1.5", "-2", ".25", "3.", "1e3", " 4.5 ", "", "  ", None, "abc", "1,5", "nan", "inf", "-inf",
+                "1e400", "0x10", "2.75"],
+    "date": ["2020-01-31", "2099-01-01", "1850-06-01", " 2021-03-04", "2021-03-04T10:00", "2020-02-30", "2020-1-1",
+             "20200101", "", "   ", None, "yesterday", "2026-12-06", "2026-12-07"],
+}
+
+
+def _counts_of(values: list[str | None], data_type: str, chunks: list[list[str | None]]) -> dict:
+    from pseudonymisation import delivery_checks as checks
+
+    counts = checks._ColumnCounts(data_type)
+    for chunk in chunks:
+        checks._observe(counts, pa.array(chunk, pa.string()), DeliveryRules(), "c", TODAY)
+    return vars(counts)
+
+
+@pytest.mark.parametrize("data_type", sorted(MESSY))
+def test_each_value_is_judged_the_same_alone_as_among_messy_values(data_type: str) -> None:
+    values = MESSY[data_type]
+
+    together = _counts_of(values, data_type, [values])
+    alone = _counts_of(values, data_type, [[v] for v in values])
+
+    assert together == alone
+    assert together["type_failures"] > 0
+    assert together["missing"] == sum(v is None or not v.strip() for v in values)  # "", blanks, the null
+
+
+@pytest.mark.parametrize("data_type", sorted(MESSY))
+def test_a_clean_chunk_counts_the_same_by_the_fast_path_as_by_the_patterns(
+    data_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pseudonymisation import delivery_checks as checks
+
+    clean = {"integer": ["1", "-2", "007", None, "12", "40"], "decimal": ["1.5", "-2", ".25", "3.", "1e3", None],
+             "date": ["2020-01-31", "2099-01-01", "1850-06-01", None, "2026-12-06", "2026-12-07"]}[data_type]
+    taken: list[bool] = []
+    fast = checks._observe_typed_text
+
+    def spy(*args: object) -> bool:
+        taken.append(fast(*args))  # type: ignore[arg-type]
+        return taken[-1]
+
+    monkeypatch.setattr(checks, "_observe_typed_text", spy)
+    by_fast_path = _counts_of(clean, data_type, [clean])
+    monkeypatch.setattr(checks, "_observe_typed_text", lambda *args: False)
+    by_patterns = _counts_of(clean, data_type, [clean])
+
+    assert taken == [True]
+    assert by_fast_path == by_patterns
+
+
+def test_hex_text_is_a_wrong_integer_and_not_the_key_it_spells(tmp_path: Path) -> None:
+    # Arrow's cast reads "0xFFFFF" as 1048575, which has as many digits as the text has characters.
+    rows = _rows(40)
+    rows[5][0], rows[6][0] = "0xFFFFF", "1048575"
+    rules = DeliveryRules(key_columns=("id",), max_type_failure_fraction=1.0)
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, rules, today=TODAY).to_dict()
+
+    assert report["uniqueness"]["duplicate_rows"] == 0
+    assert report["columns"]["id"]["type_failures"] == 1
+
+
+def test_a_messy_delivery_reports_the_same_in_small_chunks_as_in_one(tmp_path: Path) -> None:
+    rows = _rows(600)
+    messy = {"id": MESSY["integer"], "score": MESSY["decimal"], "seen": MESSY["date"],
+             "nhs": ["", "  ", "12345", "abcdefghij", "943 476 5919", "9434765918"], "code": ["", " ", "flu", " I10"]}
+    position = {"id": 0, "nhs": 1, "seen": 2, "score": 3, "code": 4}
+    for column, values in messy.items():
+        for i, value in enumerate(values):
+            rows[37 * i + position[column]][position[column]] = "" if value is None else f'"{value}"'
+    rules = DeliveryRules(key_columns=("id",), nhs_number_column="nhs", code_patterns={"code": "[A-Z][0-9]{2}"},
+                          max_type_failure_fraction=1.0)
+    path = _csv(tmp_path / "d.csv", rows)
+
+    small = check_delivery(path, EXPECTED, rules, today=TODAY, chunk_bytes=1024).to_dict()
+    whole = check_delivery(path, EXPECTED, rules, today=TODAY).to_dict()
+
+    # The means are sums over different chunks, equal but for the last bits of a float.
+    assert small.pop("profile") == {c: pytest.approx(v) for c, v in whole.pop("profile").items()}
+    assert small == whole
+    assert small["columns"]["id"]["type_failures"] > 0 and small["columns"]["nhs"]["nhs_numbers_invalid"]
