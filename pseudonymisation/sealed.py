@@ -24,6 +24,7 @@ Pure: no Flask, no SQLAlchemy, no key provider.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import os
@@ -133,7 +134,10 @@ class SealedWriter:
         self._out, self._aead, self._chunk = out, AESGCM(key), chunk_size
         self._header = _FIXED.pack(MAGIC, chunk_size, file_id, len(wrapped_key)) + wrapped_key
         out.write(self._header)
-        self._pending = bytearray()
+        # The plaintext not yet sealed, as views of the blocks written (a bytes block is kept by
+        # reference, not copied: most chunks are sealed straight from the block they lie in).
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._held = 0
         self._index = 0
         self._finished = False
 
@@ -141,20 +145,36 @@ class SealedWriter:
         if self._finished:
             raise ValueError("write to a finished sealed file")
         view = memoryview(data).cast("B")
-        at = 0
-        if self._pending:  # complete the chunk begun by an earlier write
-            at = min(self._chunk - len(self._pending), len(view))
-            self._pending += view[:at]
-            if len(self._pending) < self._chunk or at == len(view):
-                return len(view)  # keep the full chunk back: it may be the last
-            self._emit(bytes(self._pending), last=False)
-            self._pending.clear()
+        size = len(view)
+        if not size:
+            return 0
+        if not isinstance(data, bytes):
+            view = memoryview(bytes(view))  # the caller may change its buffer after this returns
+        self._pending.append(view)
+        self._held += size
         # Keep at least one byte back: the last chunk must be written with the last flag.
-        while len(view) - at > self._chunk:
-            self._emit(view[at : at + self._chunk], last=False)
-            at += self._chunk
-        self._pending += view[at:]
-        return len(view)
+        while self._held > self._chunk:
+            self._emit(self._take(self._chunk), last=False)
+        return size
+
+    def _take(self, size: int) -> memoryview | bytes:
+        """The first ``size`` bytes pending: a view when they lie in one block, joined otherwise."""
+        first = self._pending[0]
+        self._held -= size
+        if len(first) >= size:
+            if len(first) == size:
+                self._pending.popleft()
+            else:
+                self._pending[0] = first[size:]
+            return first[:size]
+        joined = bytearray()
+        while len(joined) < size:
+            part = self._pending.popleft()
+            need = size - len(joined)
+            if len(part) > need:
+                self._pending.appendleft(part[need:])
+            joined += part[:need]
+        return bytes(joined)
 
     def _emit(self, plaintext: bytes | memoryview, *, last: bool) -> None:
         self._out.write(self._aead.encrypt(_nonce(self._index), plaintext, _aad(self._header, self._index, last)))
@@ -162,8 +182,7 @@ class SealedWriter:
 
     def finish(self) -> None:
         if not self._finished:
-            self._emit(bytes(self._pending), last=True)
-            self._pending.clear()
+            self._emit(self._take(self._held) if self._held else b"", last=True)
             self._finished = True
 
 

@@ -168,6 +168,35 @@ def test_writes_of_any_length_seal_the_same_plaintext(tmp_path: Path, piece: int
     assert path.stat().st_size == header + len(data) + 8 * 16  # 7 full chunks and a short last one
 
 
+@pytest.mark.parametrize("piece", [1, CHUNK, 3 * CHUNK, 4 * CHUNK + 7])
+@pytest.mark.parametrize("kind", ["bytes", "a bytearray the caller reuses"])
+def test_blocks_held_back_seal_what_was_written_even_if_the_caller_reuses_its_buffer(
+    tmp_path: Path, piece: int, kind: str
+) -> None:
+    # bytes blocks are sealed from the block itself, not copied; any other buffer is copied first.
+    data = os.urandom(8 * CHUNK)  # a whole number of chunks: the last is full, and still the last
+    path = tmp_path / "s.bin"
+    reused = bytearray(piece)
+    with open(path, "wb") as out:
+        writer = SealedWriter(out, KEY, new_file_id(), b"wrapped-key-blob", chunk_size=CHUNK)
+        for at in range(0, len(data), piece):
+            part = data[at : at + piece]
+            if kind == "bytes":
+                writer.write(part)
+            else:
+                del reused[len(part):]
+                reused[: len(part)] = part
+                writer.write(reused)
+                reused[:] = bytes(len(reused))  # the caller's buffer changes after the write
+        writer.finish()
+
+    with open_sealed(path, unwrap_to(KEY)) as handle:
+        assert handle.read() == data
+    with open(path, "rb") as raw:
+        header = len(read_header(raw)[0])
+    assert path.stat().st_size == header + len(data) + 8 * 16
+
+
 # --- one pass: sealed while it is read (seal_while_reading) -------------------------------------------
 
 
