@@ -318,7 +318,7 @@ def _observe_typed_text(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRul
         converted = _fast_cast(raw, pa.float64())
         if converted is None:
             return False
-    numbers = pc.cast(converted, pa.float64())
+    numbers = pc.cast(converted, pa.float64(), safe=False)  # past 2**53: rounded, as a mean may be
     if numbers.null_count:
         numbers = numbers.drop_null()
     total = float(pc.sum(numbers).as_py() or 0.0)
@@ -335,7 +335,7 @@ def _observe_typed_text(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRul
 def _observe_numbers(counts: _ColumnCounts, raw: pa.Array, present: pa.Array) -> None:
     native = pa.types.is_integer(raw.type) or (pa.types.is_floating(raw.type) and counts.data_type == "decimal")
     if native:
-        numbers = pc.cast(raw.drop_null(), pa.float64())
+        numbers = pc.cast(raw.drop_null(), pa.float64(), safe=False)
     else:
         if counts.data_type == "integer":
             converted = _integer_cast(present)
@@ -347,7 +347,7 @@ def _observe_numbers(counts: _ColumnCounts, raw: pa.Array, present: pa.Array) ->
             ok = pc.match_substring_regex(present, _INTEGER if counts.data_type == "integer" else _DECIMAL)
             counts.type_failures += len(present) - _count_true(ok)
             converted = pc.cast(pc.utf8_trim_whitespace(present.filter(ok)), pa.float64())
-        numbers = pc.cast(converted, pa.float64())
+        numbers = pc.cast(converted, pa.float64(), safe=False)
     finite = numbers.filter(pc.is_finite(numbers)) if len(numbers) else numbers
     counts.numbers += len(finite)
     counts.total += float(pc.sum(finite).as_py() or 0.0)

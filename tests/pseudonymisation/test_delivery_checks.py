@@ -222,7 +222,7 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
 
 MESSY = {
     "integer": ["1", "-2", "007", " 3 ", "+4", "", "   ", "\t", None, "x", "1.5", "1,000", "0x1F", "0xFFFFF",
-                "99999999999999999999", "12"],
+                "99999999999999999999", "12345678901234567", "12"],
     "decimal": ["1.5", "-2", ".25", "3.", "1e3", " 4.5 ", "", "  ", None, "abc", "1,5", "nan", "inf", "-inf",
                 "1e400", "0x10", "2.75"],
     "date": ["2020-01-31", "2099-01-01", "1850-06-01", " 2021-03-04", "2021-03-04T10:00", "2020-02-30", "2020-1-1",
@@ -257,7 +257,8 @@ def test_a_clean_chunk_counts_the_same_by_the_fast_path_as_by_the_patterns(
 ) -> None:
     from pseudonymisation import delivery_checks as checks
 
-    clean = {"integer": ["1", "-2", "007", None, "12", "40"], "decimal": ["1.5", "-2", ".25", "3.", "1e3", None],
+    clean = {"integer": ["1", "-2", "007", None, "12", "12345678901234567"],  # the last is past 2**53
+             "decimal": ["1.5", "-2", ".25", "3.", "1e3", None],
              "date": ["2020-01-31", "2099-01-01", "1850-06-01", None, "2026-12-06", "2026-12-07"]}[data_type]
     taken: list[bool] = []
     fast = checks._observe_typed_text
