@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import lazyload
 
 from disclosure import permissions as perm
 from disclosure import rules
@@ -85,9 +86,12 @@ class Queries(OutputsBase):
         return ReviewPicture(unblinded, reviews, votes, comments, decisions)
 
     def queue(self) -> list[OutputRequest]:
+        """The requests waiting for checkers, with their files (for their automated status) but not
+        their groups, which neither queue shows: a statement over every group of the queue saved."""
         return list(
             self.session.scalars(
                 select(OutputRequest)
+                .options(lazyload(OutputRequest.groups))
                 .where(OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES)))
                 .order_by(OutputRequest.last_submitted_at)
             )
@@ -111,9 +115,12 @@ class Queries(OutputsBase):
         projects = select(ProjectMember.project_id).where(
             ProjectMember.user_id == actor.id, ProjectMember.removed_at.is_(None)
         )
+        # The list shows each request's title, state and date: its groups and files (two statements
+        # over everything the person ever submitted) are left until something asks for them.
         return list(
             self.session.scalars(
                 select(OutputRequest)
+                .options(lazyload(OutputRequest.groups), lazyload(OutputRequest.files))
                 .where(
                     (OutputRequest.author_id == actor.id)
                     | OutputRequest.project_id.in_(projects)

@@ -640,6 +640,21 @@ def test_gunicorn_config_makes_a_private_metrics_folder_when_none_is_given(
         shutil.rmtree(made, ignore_errors=True)
 
 
+def test_gunicorn_worker_freezes_the_objects_of_the_loaded_app_out_of_garbage_collection(
+    gunicorn_env: Path,
+) -> None:
+    import gc
+
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert gc.get_freeze_count() == 0
+    try:
+        conf["post_worker_init"](None)
+        assert gc.get_freeze_count() > 0
+        assert gc.isenabled()  # what requests allocate is still collected
+    finally:
+        gc.unfreeze()
+
+
 def test_gunicorn_start_empties_the_metrics_folder_and_a_dead_worker_is_marked(gunicorn_env: Path) -> None:
     conf = runpy.run_path(str(GUNICORN_CONF))
     gunicorn_env.mkdir()

@@ -38,6 +38,8 @@ PROJECT_ACCESS = 11  # token checks, person + roles, the project, and the gate's
 TRAINING_PAGE = 4  # BEGIN and person + roles, then BEGIN and every active person with their latest expiry
 DAC_QUEUE = 7  # BEGIN and person + roles, BEGIN, the waiting applications with their current versions,
 # their assignments, and for the chair the governed projects and their open extensions
+CHECKER_HOME_PAGE = 7  # BEGIN and person + roles, BEGIN, the queue's columns, the teams (2) and the places
+# held; PostgreSQL 5. It was 9 (7): the queue was loaded as objects with every request's files and groups
 OUTPUT_SUBMISSION = {"sqlite": 21, "postgresql": 18}  # token checks, person, the gate (once per transaction),
 # the request, group, file and check job as inserts, the checkers (one statement) and their notice, the
 # audit event; the reply is built from what the transaction wrote (it was 49 and 45, the reply 11 of them)
@@ -81,6 +83,24 @@ def test_home_page_statements_do_not_grow_with_the_persons_projects(app: Any) ->
     assert response.status_code == 200 and response.get_data(as_text=True).count("data-project=") == 5
     assert after == before
     assert after <= HOME_PAGE
+
+
+def test_checker_home_page_statements_do_not_grow_with_the_queue(app: Any) -> None:
+    with app.app_context():
+        world = OutputWorld(app)
+        world.submitted()
+    client = _signed_in(app, world.olive)
+
+    def grow() -> None:
+        with app.app_context():
+            for _ in range(3):
+                world.submitted()
+
+    before, after, response = _twice(app, lambda: client.get("/"), grow)
+
+    assert response.status_code == 200 and response.get_data(as_text=True).count("data-request=") == 4
+    assert after == before
+    assert after <= CHECKER_HOME_PAGE, after
 
 
 def test_project_page_statements_do_not_grow_with_the_team(app: Any) -> None:
