@@ -321,13 +321,17 @@ def table_verdict(
         "reasons": reasons,
     }
 
+    audit = suppression.audit if suppression is not None else None
+    # Kept as a few lists of numbers, not thousands of interval objects, until the records are read.
+    interval_columns = _interval_columns(audit.intervals) if audit is not None else None
+    unproven = list(audit.unproven) if audit is not None else []
+
     def build() -> dict[str, Any]:
         cells, labelled = _cell_records(stats, rules, suppressed, primary)
-        audit = suppression.audit if suppression is not None else None
-        if audit is not None:
+        if interval_columns is not None:
             audit_record = mitigation_record["suppression"]["audit"]
-            audit_record["intervals"] = _interval_records(stats, audit.intervals, labelled)
-            audit_record["unproven"] = _addresses(stats, audit.unproven)
+            audit_record["intervals"] = _interval_records(stats, interval_columns, labelled)
+            audit_record["unproven"] = _addresses(stats, unproven)
         return {"cells": cells, "mitigation": mitigation_record}
 
     return DeferredDict(ready, build, _VERDICT_ORDER)
@@ -406,30 +410,48 @@ _FALLBACK_WORDS = {
 }
 
 
+_INTERVAL_FIELDS = ("index", "lower", "upper", "required", "primary", "protected", "method")
+
+
+def _interval_columns(intervals: list) -> dict[str, list]:
+    """The audit's intervals as one list per field (the same numbers, without an object per cell)."""
+    return {
+        "index": [c.index for c in intervals],
+        "lower": [c.lower for c in intervals],
+        "upper": [c.upper for c in intervals],
+        "required": [c.required for c in intervals],
+        "primary": [c.primary for c in intervals],
+        "protected": [c.protected for c in intervals],
+        "method": [c.method for c in intervals],
+    }
+
+
 def _interval_records(
-    stats: TableStats, intervals: list, labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
+    stats: TableStats, columns: dict[str, list], labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
 ) -> list[dict[str, Any]]:
     """The audit's interval of each cell with the cell's address, copied from the addresses already made
     for the verdict's cell list (thousands of cells: each record is built once, in one step)."""
-    if all(c.index in labelled for c in intervals):
-        addresses = [labelled[c.index] for c in intervals]
+    indices = columns["index"]
+    if all(i in labelled for i in indices):
+        addresses = [labelled[i] for i in indices]
     else:
-        addresses = [(a["key"], a["labels"], a["margin"]) for a in _addresses(stats, [c.index for c in intervals])]
+        addresses = [(a["key"], a["labels"], a["margin"]) for a in _addresses(stats, indices)]
     out = []
-    for c, (key, labels, margin) in zip(intervals, addresses, strict=True):
-        width = c.upper - c.lower
+    for (key, labels, margin), lower, upper, required, primary, protected, method in zip(
+        addresses, *(columns[f] for f in _INTERVAL_FIELDS[1:]), strict=True
+    ):
         out.append(
             {
                 "key": key,
                 "labels": dict(labels),
                 "margin": list(margin),
-                "lower": c.lower,
-                "upper": c.upper,
-                "width": width,
-                "required": c.required,
-                "primary": c.primary,
-                "protected": c.protected,
-                "method": c.method,
+                "lower": lower,
+                "upper": upper,
+                "width": upper - lower,
+                "required": required,
+                "primary": primary,
+                "protected": protected,
+                "method": method,
             }
         )
     return out

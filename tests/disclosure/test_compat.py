@@ -70,9 +70,7 @@ def test_unsupported_aggfunc_is_refused_not_silently_passed(charity_data):
 
 def _eleven_per_cell(shift_eight_to_nine: bool) -> pd.DataFrame:
     """Two by three cells of eleven people valued 0..10 (8 made 9, so 9 is the one mode, when asked)."""
-    rows = [
-        (a, b, 9 if shift_eight_to_nine and v == 8 else v) for a in "AB" for b in "ABC" for v in range(11)
-    ]
+    rows = [(a, b, 9 if shift_eight_to_nine and v == 8 else v) for a in "AB" for b in "ABC" for v in range(11)]
     return pd.DataFrame(rows, columns=["group", "site", "score"])
 
 
