@@ -608,10 +608,10 @@ class Session:
             people = self._people_for(series[0] if series else None, len(df))
             if people is not None:
                 df[self.person] = people
-        named = [self._named_statistic(f, df, rnames + cnames, value_name, len(rnames)) for f in funcs]
+        statistics = [self._named_statistic(f, df, rnames + cnames, value_name, len(rnames)) for f in funcs]
         results = [
             (_label(f) or "count", self._check(df, rnames + cnames, value_name, n, len(rnames), population))
-            for f, n in zip(funcs, named, strict=True)
+            for f, n in zip(funcs, statistics, strict=True)
         ]
         command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
         return self._table_output(
@@ -658,10 +658,10 @@ class Session:
             )
         used = [c for c in rows + cols + ([value] if value is not None else []) if c in data.columns]
         population = self._population(data, {c: data[c] for c in used})
-        named = [self._named_statistic(f, data, rows + cols, value, len(rows)) for f in funcs]
+        statistics = [self._named_statistic(f, data, rows + cols, value, len(rows)) for f in funcs]
         results = [
             (_label(f), self._check(data, rows + cols, value, n, len(rows), population))
-            for f, n in zip(funcs, named, strict=True)
+            for f, n in zip(funcs, statistics, strict=True)
         ]
         table = self._table_output(
             "pivot_table",

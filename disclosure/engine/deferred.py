@@ -79,7 +79,7 @@ class DeferredDict(dict):
     def __ne__(self, other: object) -> bool:
         return not self == other
 
-    __hash__ = None  # type: ignore[assignment]  # a dict is unhashable
+    __hash__ = None  # a dict is unhashable
 
     def __repr__(self) -> str:
         self.materialise()
@@ -100,19 +100,19 @@ class DeferredDict(dict):
         self.materialise()
         return dict(super().items()) | other
 
-    def keys(self):  # type: ignore[override]
+    def keys(self):
         self.materialise()
         return super().keys()
 
-    def values(self):  # type: ignore[override]
+    def values(self):
         self.materialise()
         return super().values()
 
-    def items(self):  # type: ignore[override]
+    def items(self):
         self.materialise()
         return super().items()
 
-    def copy(self) -> dict:  # type: ignore[override]
+    def copy(self) -> dict:
         self.materialise()
         return dict(super().items())
 
