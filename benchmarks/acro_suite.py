@@ -38,7 +38,11 @@ MODULES = (
     "test_plots.py",
     "test_regressions.py",
 )
-EXPECTED_TESTS = 169
+# The five modules define 149 test functions; pytest's parametrisation makes 172 tests of them
+# (test_tables 56 -> 67, test_tables_syntheticdata 29 -> 36, test_regressions 12 -> 17; the other two have
+# none). ACRO 1.0.2 passes all 172 here. The issue counted 169 (ACRO passing 167), which no selection of these
+# modules in the sdist reproduces; a different count now means the selection or the sdist changed.
+EXPECTED_TESTS = 172
 DATA_FILES = {
     "test_data.dta": "ab72622df74eae4cf151f647294af76b95ec194bdc350bbcf6e6e244f532cd8c",
     "nursery_dataset.dta": "6d524c3d664f9abbf9f77d71521b36906920b53ed1c3937725747f5842d80735",
@@ -254,10 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in counts["not_passed"]:
             print("  not passed:", name)
     target = "ACRO 1.0.2" if args.acro else "disclosure.compat"
-    print(
-        f"{counts['passed']}/{counts['total']} passed against {target} "
-        f"(the issue counted {EXPECTED_TESTS} tests in these modules; this pytest collects {counts['total']})"
-    )
+    print(f"{counts['passed']}/{counts['total']} passed against {target}")
+    if counts["total"] != EXPECTED_TESTS:
+        print(f"WARNING: {counts['total']} tests collected where ACRO {VERSION}'s five modules hold {EXPECTED_TESTS}")
     return 0
 
 

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from disclosure.aggfuncs import aggfunc_name, matching_statistic, unsupported
 from disclosure.engine import outputs as rules_other
 from disclosure.engine import population as pop
+from disclosure.engine.deferred import DeferredDict
 from disclosure.engine.policy import Policy, default_policy
 from disclosure.engine.specs import table_spec
 from disclosure.engine.summary import check_summary_table, is_summary_statistic
@@ -112,23 +114,9 @@ def _as_arrays(x: Any) -> list:
     return _as_list(x)
 
 
-_FUNCTION_NAMES = {"amin": "min", "amax": "max", "nanmedian": "median", "nanmean": "mean", "nanmin": "min"}
-_FUNCTION_NAMES |= {"nanmax": "max", "nansum": "sum"}
-_AMBIGUOUS = {"std", "var", "nanstd", "nanvar"}  # numpy's ddof=0 differs from pandas' ddof=1
-
-
-def _aggfunc_name(f: Any) -> str | None:
-    """The statistic an aggfunc names: a string, or a numpy/builtin function by its name (missing values
-    skipped, as pandas' string aggfuncs do). numpy's std/var are refused: their ddof=0 is not pandas'."""
-    if f is None or isinstance(f, str):
-        return f
-    name = getattr(f, "__name__", None)
-    if not isinstance(name, str) or name in _AMBIGUOUS:
-        raise ValueError(
-            f"aggfunc {f!r} is not supported by the automated checks; name it as a string (e.g. 'std', "
-            "pandas' sample standard deviation) or use custom_output()"
-        )
-    return _FUNCTION_NAMES.get(name, name)
+def _label(f: Any) -> Any:
+    """The name pandas gives an aggfunc's level: the string, or a function's ``__name__``."""
+    return f if f is None or isinstance(f, str) else getattr(f, "__name__", repr(f))
 
 
 def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
@@ -148,29 +136,34 @@ def _sdc_for_table(result: TableResult, mitigated: bool = True) -> dict:
     kept_c: np.ndarray = np.asarray(records.any(axis=0))
     row_at, col_at = np.cumsum(kept_r) - 1, np.cumsum(kept_c) - 1
 
-    def positions(mask: np.ndarray) -> list:
+    def positions(mask: np.ndarray) -> np.ndarray:
         r, c = np.divmod(np.flatnonzero(mask[interior].reshape(nr, nc)), nc)
         shown = kept_r[r] & kept_c[c]
-        return np.column_stack([row_at[r[shown]], col_at[c[shown]]]).tolist()
+        return np.column_stack([row_at[r[shown]], col_at[c[shown]]])
 
     summary: dict[str, int] = {}
-    cells: dict[str, list] = {}
+    found: dict[str, list[np.ndarray]] = {}
     for rule in result.rules:
         name = ACRO_RULE_NAMES.get(rule.rule, rule.rule)
         listed = positions(rule.mask)
         summary[name] = summary.get(name, 0) + len(listed)
-        cells.setdefault(name, []).extend(listed)
+        found.setdefault(name, []).append(listed)
     if result.suppression is not None and mitigated:
         # Cells hidden only to protect the primary ones: listed so the viewer highlights every blank cell.
-        cells[SECONDARY] = positions(result.suppression.secondary)
-        summary[SECONDARY] = len(cells[SECONDARY])
+        found[SECONDARY] = [positions(result.suppression.secondary)]
+        summary[SECONDARY] = len(found[SECONDARY][0])
     if result.statistic != "count":
         # A cell with no records has no mean, sum or other statistic: it is blank too, and says why.
         empty = positions(np.asarray(result.stats.records) == 0)
-        if empty:
-            cells[EMPTY] = empty
+        if len(empty):
+            found[EMPTY] = [empty]
             summary[EMPTY] = len(empty)
-    return {"summary": summary, "cells": cells}
+
+    def cells() -> dict[str, Any]:
+        # thousands of [row, col] lists: made when results.json is written or the record is read (ADR 0041)
+        return {"cells": {name: [p for part in parts for p in part.tolist()] for name, parts in found.items()}}
+
+    return DeferredDict({"summary": summary}, cells, ("summary", "cells"))
 
 
 def _merged_sdc(parts: list[dict]) -> dict:
@@ -391,8 +384,10 @@ class Session:
         aggfunc: str | None,
         n_row_dims: int,
         population: tuple[str | None, list[dict] | None] = (None, None),
+        mitigation: str | None = None,
     ) -> TableResult:
         stat = aggfunc or "count"
+        mitigation = mitigation or self.mitigation
         person = self.person if self.person in df.columns else None
         if self.person is not None and person is None:
             raise ValueError(
@@ -401,7 +396,7 @@ class Session:
             )
         if stat in ("count", "size") or value is None:
             res = check_frequency_table(
-                df, dims, person=person, policy=self.policy, mitigation=self.mitigation, n_row_dims=n_row_dims
+                df, dims, person=person, policy=self.policy, mitigation=mitigation, n_row_dims=n_row_dims
             )
             stat = "count"
         elif is_summary_statistic(stat):
@@ -412,7 +407,7 @@ class Session:
                 statistic=stat,
                 person=person,
                 policy=self.policy,
-                mitigation=self.mitigation,
+                mitigation=mitigation,
                 n_row_dims=n_row_dims,
             )
         elif stat in ("mean", "sum"):
@@ -423,7 +418,7 @@ class Session:
                 statistic=stat,
                 person=person,
                 policy=self.policy,
-                mitigation=self.mitigation,
+                mitigation=mitigation,
                 n_row_dims=n_row_dims,
             )
         else:
@@ -432,13 +427,30 @@ class Session:
                 "use custom_output() and ask for a review"
             )
         if value is not None and df[value].dtype == np.float32 and stat in _FLOAT32_DIFFERS:
-            if self.mitigation != "round":
+            if mitigation != "round":
                 _shown_as_pandas_computes(res, df, dims, value, stat)
         dataset, filters = population
         res.verdict["spec"] = table_spec(
             dims, stat, value=value, person=person, dataset=dataset, filters=filters, n_row_dims=n_row_dims
         )
         return res
+
+    def _named_statistic(self, f: Any, df: pd.DataFrame, dims: list[str], value: str | None, n_row_dims: int) -> Any:
+        """``f`` if it names a statistic; a function is named by the one statistic its table equals
+        (``disclosure.aggfuncs``), checked without mitigation only to compare the values."""
+        if f is None or isinstance(f, str):
+            return f
+        if value is None:
+            raise unsupported(f)
+
+        def values_of(statistic: str) -> tuple[np.ndarray, tuple[pd.Index, ...]] | None:
+            try:
+                res = self._check(df, dims, value, statistic, n_row_dims, mitigation="none")
+            except (TypeError, ValueError):
+                return None  # a statistic this column cannot have (e.g. a mode of text)
+            return np.asarray(res.values[res.stats.interior], dtype=np.float64), tuple(res.stats.categories)
+
+        return matching_statistic(f, df, dims, value, values_of)
 
     # --- differentially private tables -------------------------------------------------------------
     def dp_count(
@@ -576,7 +588,7 @@ class Session:
         # copy=False: the checks only read the columns, and consolidating them into one block copied every
         # column of millions of rows (a tenth of pandas' own crosstab time).
         df = pd.DataFrame(columns_by_name, copy=False)
-        funcs = [_aggfunc_name(f) for f in _as_list(aggfunc)] or [None]
+        funcs = [aggfunc_name(f) for f in _as_list(aggfunc)] or [None]
         series = [s for s in rows + cols + ([values] if values is not None else []) if isinstance(s, pd.Series)]
         population: tuple[str | None, list[dict] | None] = (self.dataset, None)
         if series and len(series) == len(rows + cols) + (values is not None):
@@ -596,8 +608,10 @@ class Session:
             people = self._people_for(series[0] if series else None, len(df))
             if people is not None:
                 df[self.person] = people
+        statistics = [self._named_statistic(f, df, rnames + cnames, value_name, len(rnames)) for f in funcs]
         results = [
-            (f or "count", self._check(df, rnames + cnames, value_name, f, len(rnames), population)) for f in funcs
+            (_label(f) or "count", self._check(df, rnames + cnames, value_name, n, len(rnames), population))
+            for f, n in zip(funcs, statistics, strict=True)
         ]
         command = f"crosstab(index={rnames}, columns={cnames}, aggfunc={aggfunc!r})"
         return self._table_output(
@@ -637,14 +651,18 @@ class Session:
                 "table per column"
             )
         value = value_list[0] if value_list else None
-        funcs = [_aggfunc_name(f) for f in _as_list(aggfunc)]
+        funcs = [aggfunc_name(f) for f in _as_list(aggfunc)]
         if value is None and any(f not in ("count", "size") for f in funcs):
             raise ValueError(
                 f"pivot_table with aggfunc {aggfunc!r} needs a values column: values=<the column to summarise>"
             )
         used = [c for c in rows + cols + ([value] if value is not None else []) if c in data.columns]
         population = self._population(data, {c: data[c] for c in used})
-        results = [(f, self._check(data, rows + cols, value, f, len(rows), population)) for f in funcs]
+        statistics = [self._named_statistic(f, data, rows + cols, value, len(rows)) for f in funcs]
+        results = [
+            (_label(f), self._check(data, rows + cols, value, n, len(rows), population))
+            for f, n in zip(funcs, statistics, strict=True)
+        ]
         table = self._table_output(
             "pivot_table",
             f"pivot_table(values={values!r}, index={rows}, columns={cols}, aggfunc={aggfunc!r})",
@@ -658,7 +676,7 @@ class Session:
         if isinstance(values, list | tuple) and cols and value is not None:
             table = pd.concat({value: table}, axis=1) if len(funcs) == 1 else _inner_level(table, value)
         if isinstance(aggfunc, list | tuple) and len(funcs) == 1:
-            table = pd.concat({funcs[0]: table}, axis=1)
+            table = pd.concat({_label(funcs[0]): table}, axis=1)
         self.results[list(self.results)[-1]].frames = [table]
         return table.fillna(fill_value) if fill_value is not None else table
 

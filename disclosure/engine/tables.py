@@ -16,6 +16,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from disclosure.engine.deferred import DeferredDict
 from disclosure.engine.labels import MARGIN, cell_addresses
 from disclosure.engine.policy import Policy, default_policy
 from disclosure.engine.rounding import round_to_base
@@ -256,6 +257,108 @@ def table_verdict(
     before = combine_status(c["status"] for c in criteria)
     suppressed = suppression.suppressed if suppression is not None else np.zeros(stats.records.shape, bool)
     primary = suppression.primary if suppression is not None else np.zeros(stats.records.shape, bool)
+    after = before
+    mitigation_record: dict[str, Any] = {"applied": [], "mitigation": mitigation}
+    if suppression is not None:
+        mitigation_record["applied"].append("suppression")
+        audit = suppression.audit
+        exposed = audit.exposed if audit is not None else []  # worked out once: it checks every interval
+        audit_record: dict[str, Any]
+        if audit is None:
+            audit_record = {"status": "not_run", "reason": "the caller turned the interval audit off"}
+        else:
+            audit_record = {
+                "status": "exposed" if exposed else ("unproven" if audit.unproven else "protected"),
+                "method": audit.method,
+                "scope": audit.scope,
+                "lp_solved": audit.lp_solved,
+                "intervals": [],  # filled with the cell records (below), when first read
+                "unproven": [],
+            }
+        mitigation_record["suppression"] = {
+            "primary": int(primary.sum()),
+            "secondary": int((suppressed & ~primary).sum()),
+            "audit": audit_record,
+        }
+        if suppression.fallback:
+            mitigation_record["suppression"]["fallback"] = {
+                "step": suppression.fallback,
+                "cells_added": suppression.fallback_cells,
+            }
+            reasons.append(
+                f"partner suppression alone left cells recoverable; {suppression.fallback_cells} more cell(s) "
+                f"suppressed ({_FALLBACK_WORDS[suppression.fallback]})"
+            )
+        remaining = [r.severity for r in rules if r.flagged and not r.suppressible]
+        after = combine_status(remaining + ["review"])
+        if audit is not None and exposed:
+            after = "fail"
+            reasons.append(f"interval audit: {len(exposed)} suppressed cell(s) recoverable too closely")
+        elif audit is None:
+            reasons.append("secondary suppression applied; interval audit not run")
+        elif audit.unproven:
+            reasons.append(f"interval audit: {len(audit.unproven)} primary cell(s) not yet proven protected")
+        else:
+            reasons.append(
+                f"suppression: {int(primary.sum())} primary and "
+                f"{int((suppressed & ~primary).sum())} secondary cell(s); interval audit proved "
+                "every primary cell protected"
+            )
+    if rounding is not None:
+        mitigation_record["applied"].append("rounding")
+        mitigation_record["rounding"] = rounding
+    ready = {
+        "schema": SCHEMA,
+        "output_type": output_type,
+        "statistic": statistic,
+        "status": after,
+        "status_before_mitigation": before,
+        "policy": policy.identity(),
+        "dims": list(stats.dims),
+        "shape": list(stats.shape),
+        "contributors": "distinct people" if stats.person_level else "records",
+        "criteria": criteria,
+        "reasons": reasons,
+    }
+
+    audit = suppression.audit if suppression is not None else None
+    # Kept as a few lists of numbers, not thousands of interval objects, until the records are read.
+    interval_columns = _interval_columns(audit.intervals) if audit is not None else None
+    unproven = list(audit.unproven) if audit is not None else []
+
+    def build() -> dict[str, Any]:
+        cells, labelled = _cell_records(stats, rules, suppressed, primary)
+        if interval_columns is not None:
+            audit_record = mitigation_record["suppression"]["audit"]
+            audit_record["intervals"] = _interval_records(stats, interval_columns, labelled)
+            audit_record["unproven"] = _addresses(stats, unproven)
+        return {"cells": cells, "mitigation": mitigation_record}
+
+    return DeferredDict(ready, build, _VERDICT_ORDER)
+
+
+_VERDICT_ORDER = (
+    "schema",
+    "output_type",
+    "statistic",
+    "status",
+    "status_before_mitigation",
+    "policy",
+    "dims",
+    "shape",
+    "contributors",
+    "criteria",
+    "cells",
+    "mitigation",
+    "reasons",
+)
+
+
+def _cell_records(
+    stats: TableStats, rules: list[RuleResult], suppressed: np.ndarray, primary: np.ndarray
+) -> tuple[list[dict[str, Any]], dict[int, tuple[str, dict[str, Any], list[str]]]]:
+    """One record per flagged or suppressed cell (address, status, rules, action), and the addresses by
+    flat index for the audit's intervals."""
     interesting = suppressed.copy()
     for r in rules:
         interesting |= r.mask
@@ -297,71 +400,7 @@ def table_verdict(
         cell_status, names, reasons_hit, action = kinds[kind]
         address.update(status=cell_status, rules=names.copy(), reasons=reasons_hit.copy(), action=action)
         cells.append(address)
-    after = before
-    mitigation_record: dict[str, Any] = {"applied": [], "mitigation": mitigation}
-    if suppression is not None:
-        mitigation_record["applied"].append("suppression")
-        audit = suppression.audit
-        exposed = audit.exposed if audit is not None else []  # worked out once: it checks every interval
-        audit_record: dict[str, Any]
-        if audit is None:
-            audit_record = {"status": "not_run", "reason": "the caller turned the interval audit off"}
-        else:
-            audit_record = {
-                "status": "exposed" if exposed else ("unproven" if audit.unproven else "protected"),
-                "method": audit.method,
-                "scope": audit.scope,
-                "lp_solved": audit.lp_solved,
-                "intervals": _interval_records(stats, audit.intervals, labelled),
-                "unproven": _addresses(stats, audit.unproven),
-            }
-        mitigation_record["suppression"] = {
-            "primary": int(primary.sum()),
-            "secondary": int((suppressed & ~primary).sum()),
-            "audit": audit_record,
-        }
-        if suppression.fallback:
-            mitigation_record["suppression"]["fallback"] = {
-                "step": suppression.fallback,
-                "cells_added": suppression.fallback_cells,
-            }
-            reasons.append(
-                f"partner suppression alone left cells recoverable; {suppression.fallback_cells} more cell(s) "
-                f"suppressed ({_FALLBACK_WORDS[suppression.fallback]})"
-            )
-        remaining = [r.severity for r in rules if r.flagged and not r.suppressible]
-        after = combine_status(remaining + ["review"])
-        if audit is not None and exposed:
-            after = "fail"
-            reasons.append(f"interval audit: {len(exposed)} suppressed cell(s) recoverable too closely")
-        elif audit is None:
-            reasons.append("secondary suppression applied; interval audit not run")
-        elif audit.unproven:
-            reasons.append(f"interval audit: {len(audit.unproven)} primary cell(s) not yet proven protected")
-        else:
-            reasons.append(
-                f"suppression: {int(primary.sum())} primary and "
-                f"{int((suppressed & ~primary).sum())} secondary cell(s); interval audit proved "
-                "every primary cell protected"
-            )
-    if rounding is not None:
-        mitigation_record["applied"].append("rounding")
-        mitigation_record["rounding"] = rounding
-    return {
-        "schema": SCHEMA,
-        "output_type": output_type,
-        "statistic": statistic,
-        "status": after,
-        "status_before_mitigation": before,
-        "policy": policy.identity(),
-        "dims": list(stats.dims),
-        "shape": list(stats.shape),
-        "contributors": "distinct people" if stats.person_level else "records",
-        "criteria": criteria,
-        "cells": cells,
-        "mitigation": mitigation_record,
-        "reasons": reasons,
-    }
+    return cells, labelled
 
 
 _FALLBACK_WORDS = {
@@ -371,30 +410,48 @@ _FALLBACK_WORDS = {
 }
 
 
+_INTERVAL_FIELDS = ("index", "lower", "upper", "required", "primary", "protected", "method")
+
+
+def _interval_columns(intervals: list) -> dict[str, list]:
+    """The audit's intervals as one list per field (the same numbers, without an object per cell)."""
+    return {
+        "index": [c.index for c in intervals],
+        "lower": [c.lower for c in intervals],
+        "upper": [c.upper for c in intervals],
+        "required": [c.required for c in intervals],
+        "primary": [c.primary for c in intervals],
+        "protected": [c.protected for c in intervals],
+        "method": [c.method for c in intervals],
+    }
+
+
 def _interval_records(
-    stats: TableStats, intervals: list, labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
+    stats: TableStats, columns: dict[str, list], labelled: dict[int, tuple[str, dict[str, Any], list[str]]]
 ) -> list[dict[str, Any]]:
     """The audit's interval of each cell with the cell's address, copied from the addresses already made
     for the verdict's cell list (thousands of cells: each record is built once, in one step)."""
-    if all(c.index in labelled for c in intervals):
-        addresses = [labelled[c.index] for c in intervals]
+    indices = columns["index"]
+    if all(i in labelled for i in indices):
+        addresses = [labelled[i] for i in indices]
     else:
-        addresses = [(a["key"], a["labels"], a["margin"]) for a in _addresses(stats, [c.index for c in intervals])]
+        addresses = [(a["key"], a["labels"], a["margin"]) for a in _addresses(stats, indices)]
     out = []
-    for c, (key, labels, margin) in zip(intervals, addresses, strict=True):
-        width = c.upper - c.lower
+    for (key, labels, margin), lower, upper, required, primary, protected, method in zip(
+        addresses, *(columns[f] for f in _INTERVAL_FIELDS[1:]), strict=True
+    ):
         out.append(
             {
                 "key": key,
                 "labels": dict(labels),
                 "margin": list(margin),
-                "lower": c.lower,
-                "upper": c.upper,
-                "width": width,
-                "required": c.required,
-                "primary": c.primary,
-                "protected": c.protected,
-                "method": c.method,
+                "lower": lower,
+                "upper": upper,
+                "width": upper - lower,
+                "required": required,
+                "primary": primary,
+                "protected": protected,
+                "method": method,
             }
         )
     return out

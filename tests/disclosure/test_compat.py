@@ -68,6 +68,38 @@ def test_unsupported_aggfunc_is_refused_not_silently_passed(charity_data):
         )
 
 
+def _eleven_per_cell(shift_eight_to_nine: bool) -> pd.DataFrame:
+    """Two by three cells of eleven people valued 0..10 (8 made 9, so 9 is the one mode, when asked)."""
+    rows = [(a, b, 9 if shift_eight_to_nine and v == 8 else v) for a in "AB" for b in "ABC" for v in range(11)]
+    return pd.DataFrame(rows, columns=["group", "site", "score"])
+
+
+def test_function_aggfunc_whose_values_are_one_statistic_gets_that_statistics_table_and_checks():
+    df = _eleven_per_cell(shift_eight_to_nine=True)
+
+    def first_mode(s: pd.Series) -> float:
+        return s.mode().iloc[0]
+
+    named, function = ACRO(), ACRO()
+    expected = named.pivot_table(df, index="group", columns="site", values="score", aggfunc="mode")
+    shown = function.pivot_table(df, index="group", columns="site", values="score", aggfunc=first_mode)
+    highest = function.pivot_table(df, index="group", columns="site", values="score", aggfunc=lambda s: s.max())
+
+    assert shown.equals(expected)
+    assert function.results.get_index(0).verdict["statistic"] == "mode"
+    assert function.results.get_index(0).status == named.results.get_index(0).status == "pass"
+    assert function.results.get_index(1).verdict["statistic"] == "max"
+    assert function.results.get_index(1).status == "review"  # an extreme is one person's value
+    assert highest.to_numpy().max() == 10
+
+
+def test_function_aggfunc_matching_several_statistics_is_refused():
+    df = _eleven_per_cell(shift_eight_to_nine=False)  # 0..10: mean and median are both 5 in every cell
+
+    with pytest.raises(ValueError, match="several statistics"):
+        ACRO().pivot_table(df, index="group", columns="site", values="score", aggfunc=lambda s: s.sum() / len(s))
+
+
 @pytest.mark.parametrize("aggfunc", ["median", "std", "var", "min", "max", "mode"])
 def test_every_acro_aggfunc_gives_pandas_values_and_a_verdict(charity_data, aggfunc):
     acro = ACRO()

@@ -3,8 +3,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from disclosure.engine import suppression as suppression_module
 from disclosure.engine.rounding import midpoint6, round_to_base
 from disclosure.engine.suppression import (
+    _partner_order,
     audit_pattern,
     box_certificates,
     interval_audit,
@@ -504,3 +506,22 @@ def test_fast_protect_says_protected_only_when_a_fresh_lp_agrees(body, level):
 
     if result.audit is not None and result.audit.proven:
         assert interval_audit(ext, result.suppressed, primary, required).protected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(bool, st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9))),
+    st.integers(0, 2),
+    st.sampled_from([1, 64, 1 << 24]),
+)
+def test_partner_order_counts_the_suppressed_cells_two_slices_share(suppressed, axis, block_bytes):
+    slices = np.moveaxis(suppressed, axis, 0).reshape(suppressed.shape[axis], -1).astype(np.int64)
+    expected = np.array([[int((a & b).sum()) for b in slices] for a in slices], dtype=np.float64)
+    original = suppression_module._PAIR_BYTES
+    suppression_module._PAIR_BYTES = block_bytes  # small blocks as well as one
+    try:
+        shared = _partner_order(suppressed, axis)
+    finally:
+        suppression_module._PAIR_BYTES = original
+    assert shared.dtype == np.float64
+    assert np.array_equal(shared, expected)
