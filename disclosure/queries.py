@@ -24,7 +24,6 @@ from disclosure.models import (
 from disclosure.progress import AutomatedStatus, _checks_by_file, queued_statuses
 from projects.models import Project
 
-
 # What the checkers' queue (page and API) shows of each waiting request and what ``can_check`` asks of
 # it, as columns: the queue grows with the submissions waiting, and an ORM object per request and per
 # file (with its group) was most of the queue's CPU under the load benchmark (ADR 0042). A template
