@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from disclosure import rules
-from disclosure.models import OutputCheck, OutputRequest, OutputReview
+from disclosure.models import OutputCheck, OutputFile, OutputRequest, OutputReview
 from projects.models import Project, ProjectMember
 from tre.core.audit import AuditLog
 from tre.core.db import utcnow
@@ -95,8 +95,14 @@ def automated_statuses(s: Session, reqs: Sequence[OutputRequest], policy_sha256:
 def status_of(req: OutputRequest, checked_file_ids: set[str], job: Job | None) -> AutomatedStatus:
     """Where the checks of ``req`` are, given the ids of its files that have a verdict under the
     current policy and its check job (``None``: none found); reads nothing."""
-    files = req.current_files
-    if req.state == rules.DRAFT:
+    return _status(req.state, req.current_files, checked_file_ids, job)
+
+
+def _status(request_state: str, files: Sequence[Any], checked_file_ids: set[str], job: Any) -> AutomatedStatus:
+    """``status_of`` from a request's state, its current files (anything with ``id`` and ``name``, in
+    the order they were added) and its check job (anything with ``state``, ``last_error`` and
+    ``attempts``): objects or rows alike."""
+    if request_state == rules.DRAFT:
         return AutomatedStatus("not_started", 0, len(files), [], [])
     failed, reasons = [], []
     unchecked = [f for f in files if f.id not in checked_file_ids]
@@ -111,6 +117,56 @@ def status_of(req: OutputRequest, checked_file_ids: set[str], job: Job | None) -
     else:
         state = "running"
     return AutomatedStatus(state, done, len(files), failed, reasons)
+
+
+def queued_statuses(s: Session, reqs: Sequence[Any], policy_sha256: str) -> dict[str, AutomatedStatus]:
+    """``automated_statuses`` of requests read as rows, not objects: each row has the request's ``id``
+    and ``state``, ``files`` (how many current files it has) and ``checked`` (how many of them have a
+    verdict under ``policy_sha256``). A request whose every file is checked is done from its row; the
+    current files and check jobs of the others are read in two statements whatever their number, and
+    none when every request is checked."""
+    out: dict[str, AutomatedStatus] = {}
+    pending: dict[str, Any] = {}
+    for r in reqs:
+        if r.state == rules.DRAFT:
+            out[r.id] = AutomatedStatus("not_started", 0, r.files, [], [])
+        elif r.checked >= r.files:
+            out[r.id] = AutomatedStatus("done", r.files, r.files, [], [])
+        else:
+            pending[r.id] = r
+    if not pending:
+        return out
+    files: dict[str, list[Any]] = {rid: [] for rid in pending}
+    checked: dict[str, set[str]] = {rid: set() for rid in pending}
+    verdict = (
+        select(OutputCheck.id)
+        .where(
+            OutputCheck.file_id == OutputFile.id,
+            OutputCheck.request_id == OutputFile.request_id,
+            OutputCheck.policy_sha256 == policy_sha256,
+        )
+        .exists()
+    )
+    for f in s.execute(
+        select(OutputFile.request_id, OutputFile.id, OutputFile.name, OutputFile.sha256, verdict.label("has_verdict"))
+        .where(OutputFile.request_id.in_(list(pending)), OutputFile.superseded_at.is_(None))
+        .order_by(OutputFile.added_at)
+    ):
+        files[f.request_id].append(f)
+        if f.has_verdict:
+            checked[f.request_id].add(f.id)
+    keys = {rid: check_job_key(rid, [f.sha256 for f in files[rid]], policy_sha256) for rid in pending}
+    jobs = {
+        j.idempotency_key: j
+        for j in s.execute(
+            select(Job.idempotency_key, Job.state, Job.last_error, Job.attempts).where(
+                Job.idempotency_key.in_(set(keys.values()))
+            )
+        )
+    }
+    for rid, r in pending.items():
+        out[rid] = _status(r.state, files[rid], checked[rid], jobs.get(keys[rid]))
+    return out
 
 
 def advance_after_checks(

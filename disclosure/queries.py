@@ -6,15 +6,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import lazyload
 
 from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.kernel import OutputsBase, _Denied
-from disclosure.models import OutputCheck, OutputComment, OutputDecision, OutputRequest, OutputReview, OutputVote
-from disclosure.progress import AutomatedStatus, _checks_by_file, automated_statuses
+from disclosure.models import (
+    OutputCheck,
+    OutputComment,
+    OutputDecision,
+    OutputFile,
+    OutputRequest,
+    OutputReview,
+    OutputVote,
+)
+from disclosure.progress import AutomatedStatus, _checks_by_file, queued_statuses
 from projects.models import Project
+
+# What the checkers' queue (page and API) shows of each waiting request and what ``can_check`` asks of
+# it, as columns: the queue grows with the submissions waiting, and an ORM object per request and per
+# file (with its group) was most of the queue's CPU under the load benchmark (ADR 0042). A template
+# or reply that needs more of the request adds the column here.
+_QUEUED_COLUMNS = (
+    OutputRequest.id,
+    OutputRequest.title,
+    OutputRequest.state,
+    OutputRequest.round,
+    OutputRequest.reviews_required,
+    OutputRequest.author_id,
+    OutputRequest.project_id,
+    OutputRequest.last_submitted_at,
+)
+
+
+def _queue_statement() -> Any:
+    current = (OutputFile.request_id == OutputRequest.id, OutputFile.superseded_at.is_(None))
+    verdict = (
+        select(OutputCheck.id)
+        .where(
+            OutputCheck.file_id == OutputFile.id,
+            OutputCheck.request_id == OutputRequest.id,
+            OutputCheck.policy_sha256 == bindparam("policy_sha256"),
+        )
+        .exists()
+    )
+    files = select(func.count(OutputFile.id)).where(*current).correlate(OutputRequest).scalar_subquery()
+    checked = select(func.count(OutputFile.id)).where(*current, verdict).correlate(OutputRequest).scalar_subquery()
+    return (
+        select(*_QUEUED_COLUMNS, files.label("files"), checked.label("checked"))
+        .where(OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES)))
+        .order_by(OutputRequest.last_submitted_at)
+    )
+
+
+_QUEUE = _queue_statement()  # built once: SQLAlchemy keeps its cache key
 
 
 @dataclass
@@ -32,7 +78,7 @@ class ReviewPicture:
 class QueueEntry:
     """One row of a checker's queue."""
 
-    req: OutputRequest
+    req: Any  # a row of ``Queries.queue``: the columns the queue shows and ``can_check`` asks
     status: AutomatedStatus
     reviews: list[OutputReview]
 
@@ -85,17 +131,11 @@ class Queries(OutputsBase):
             reviews = []
         return ReviewPicture(unblinded, reviews, votes, comments, decisions)
 
-    def queue(self) -> list[OutputRequest]:
-        """The requests waiting for checkers, with their files (for their automated status) but not
-        their groups, which neither queue shows: a statement over every group of the queue saved."""
-        return list(
-            self.session.scalars(
-                select(OutputRequest)
-                .options(lazyload(OutputRequest.groups))
-                .where(OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES)))
-                .order_by(OutputRequest.last_submitted_at)
-            )
-        )
+    def queue(self) -> list[Any]:
+        """The requests waiting for checkers, oldest first, as rows of ``_QUEUED_COLUMNS`` with two
+        counts: ``files`` (current files) and ``checked`` (of those, the ones with a verdict under the
+        current policy). One statement, and no ORM object per request or per file."""
+        return list(self.session.execute(_QUEUE, {"policy_sha256": self.policy.sha256}))
 
     def queue_for(self, actor: Any) -> list[QueueEntry]:
         """The queue as ``actor`` may check it, oldest first, with each request's automated status and
@@ -105,7 +145,7 @@ class Queries(OutputsBase):
         waiting = self.queue()
         teams = perm.teams_of(s, {r.project_id for r in waiting}, include_former=True)
         mine = [r for r in waiting if perm.can_check(s, actor, r, teams=teams)]
-        statuses = automated_statuses(s, mine, self.policy.sha256)
+        statuses = queued_statuses(s, mine, self.policy.sha256)
         reviews = self._reviewers_of(s, mine)
         return [QueueEntry(r, statuses[r.id], reviews[r.id]) for r in mine]
 

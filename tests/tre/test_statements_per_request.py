@@ -40,6 +40,12 @@ DAC_QUEUE = 7  # BEGIN and person + roles, BEGIN, the waiting applications with 
 # their assignments, and for the chair the governed projects and their open extensions
 CHECKER_HOME_PAGE = 7  # BEGIN and person + roles, BEGIN, the queue's columns, the teams (2) and the places
 # held; PostgreSQL 5. It was 9 (7): the queue was loaded as objects with every request's files and groups
+OUTPUT_QUEUE_PAGE = {"sqlite": 9, "postgresql": 7}  # person + roles, the waiting requests' columns with
+# their file and verdict counts (one statement), the teams (2), this round's reviews, the workload, the
+# names; it was 11 and 9: every request was loaded as an object with its files (and their groups) and
+# its verdicts read again to work out its automated status
+OUTPUT_QUEUE_API = {"sqlite": 11, "postgresql": 7}  # token checks, person + roles, then as the page
+# without the workload and names; it was 13 and 9
 OUTPUT_SUBMISSION = {"sqlite": 21, "postgresql": 18}  # token checks, person, the gate (once per transaction),
 # the request, group, file and check job as inserts, the checkers (one statement) and their notice, the
 # audit event; the reply is built from what the transaction wrote (it was 49 and 45, the reply 11 of them)
@@ -101,6 +107,28 @@ def test_checker_home_page_statements_do_not_grow_with_the_queue(app: Any) -> No
     assert response.status_code == 200 and response.get_data(as_text=True).count("data-request=") == 4
     assert after == before
     assert after <= CHECKER_HOME_PAGE, after
+
+
+def test_output_queue_statements_do_not_grow_with_the_requests_waiting(app: Any) -> None:
+    with app.app_context():
+        world = OutputWorld(app)
+        world.submitted()
+    client = _signed_in(app, world.olive)
+    api = _bearer(app, world.olive)
+
+    def grow() -> None:
+        with app.app_context():
+            for _ in range(3):
+                world.submitted()
+
+    page_before, page_after, page = _twice(app, lambda: client.get("/outputs/queue"), grow)
+    api_before, api_after, listed = _twice(app, lambda: client.get("/api/v1/outputs/queue", headers=api), grow)
+
+    assert page.status_code == 200 and page.get_data(as_text=True).count("/outputs/requests/") == 4
+    assert listed.status_code == 200 and len(listed.json) == 7
+    assert (page_after, api_after) == (page_before, api_before)
+    assert page_after <= OUTPUT_QUEUE_PAGE[_dialect(app)], page_after
+    assert api_after <= OUTPUT_QUEUE_API[_dialect(app)], api_after
 
 
 def test_project_page_statements_do_not_grow_with_the_team(app: Any) -> None:
