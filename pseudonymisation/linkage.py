@@ -17,6 +17,10 @@ Two stages (docs/pseudonymisation/linkage.md, ADR 0015):
    strongest first, except that two clusters holding different valid NHS numbers are never joined
    (two valid, non-conflicting numbers are two people).
 
+The work per record is done by column (ADR 0040): ``linkage_cleaning`` cleans in one DuckDB query,
+``linkage_anchors`` is stage 1 as one query, and ``linkage_clusters`` joins people with a union-find
+that loops over the pairs that can join, not over the records.
+
 Never logs an identifier: this module logs only counts, and Splink's own logger is held at WARNING
 for the run (its INFO and DEBUG messages carry SQL, which may in future carry literal values).
 """
@@ -197,7 +201,13 @@ def link_records(
     else:
         scored, used, histogram = _Scored.empty(), model, {}
 
-    position = {(records[i].source, records[i].record_id): p for p, i in enumerate(order.tolist())}
+    named = {key for pair in (decisions or {}) for key in pair}
+    position: dict[RecordKey, int] = {}
+    if named:  # the positions of the records a decision names: a pass over the records only then
+        for p, i in enumerate(order.tolist()):
+            key = (records[i].source, records[i].record_id)
+            if key in named:
+                position[key] = p
     forced: list[tuple[int, int]] = []
     refused: set[tuple[int, int]] = set()
     decided: set[tuple[int, int]] = set()
