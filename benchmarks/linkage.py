@@ -11,8 +11,9 @@ rates (``tre/demo/linkage_sources.py``: typos, nicknames, swapped names, transpo
 moved house, missing and wrong NHS numbers), then times, on the same records and in the same process:
 
 - **baseline**: plain Splink on DuckDB with exactly the core's model (``linkage.splink_settings``:
-  same comparisons, blocking rules and prior; same training: u by sampling, m by EM twice), predict
-  at the threshold and Splink's own connected components at the threshold;
+  same comparisons, blocking rules and prior; same training: u by sampling, m by EM twice) on the
+  core's cleaned table (``linkage.splink_frame``), predict at the threshold and Splink's own connected
+  components at the threshold;
 - **value**: ``linkage.link_records`` (cleaning, the deterministic NHS number stage, the same Splink
   model, the uncertain band and match weight counts, clustering that never joins two valid numbers).
 
@@ -70,7 +71,7 @@ def quality(found: dict[tuple[str, str], Any], truth: dict[tuple[str, str], int]
 def plain_splink(records: list[linkage.Record], settings: linkage.LinkageSettings) -> dict[tuple[str, str], Any]:
     """Splink alone, same model, training and backend, clustered by Splink at the same threshold."""
     ordered = sorted(records, key=lambda r: (r.source, r.record_id))
-    frame = linkage.splink_frame(linkage.clean_records(records))
+    frame = linkage.splink_frame(records, settings)
     with linkage.splink_backend(settings) as api:
         linker = Linker(linkage.register_frame(api, frame, settings), linkage.splink_settings(frame, settings),
                         log_level=None)

@@ -17,6 +17,10 @@ Two stages (docs/pseudonymisation/linkage.md, ADR 0015):
    strongest first, except that two clusters holding different valid NHS numbers are never joined
    (two valid, non-conflicting numbers are two people).
 
+The work per record is done by column (ADR 0040): ``linkage_cleaning`` cleans in one DuckDB query,
+``linkage_anchors`` is stage 1 as one query, and ``linkage_clusters`` joins people with a union-find
+that loops over the pairs that can join, not over the records.
+
 Never logs an identifier: this module logs only counts, and Splink's own logger is held at WARNING
 for the run (its INFO and DEBUG messages carry SQL, which may in future carry literal values).
 """
@@ -26,20 +30,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
 import duckdb
+import numpy as np
 import pandas as pd
 import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 from splink.blocking_rule_library import CustomRule
 from splink.internals.exceptions import EMTrainingException
 
-from pseudonymisation import nhs_number
+from pseudonymisation import linkage_anchors, linkage_cleaning, linkage_clusters
 
 _log = logging.getLogger(__name__)
 
@@ -51,9 +56,6 @@ MODEL_VERSION = 2
 Method = Literal["deterministic", "probabilistic", "clerical", "singleton"]
 Backend = Literal["duckdb", "spark"]
 METHODS: tuple[Method, ...] = ("deterministic", "probabilistic", "clerical", "singleton")
-
-_NOT_LETTERS = re.compile(r"[^A-Z]")
-_NOT_ALNUM = re.compile(r"[^A-Z0-9]")
 
 
 class TooFewToTrain(ValueError):
@@ -150,22 +152,13 @@ class LinkageResult:
     model: dict[str, Any] | None = None  # the model used (trained here unless one was given)
 
 
-@dataclass(frozen=True)
-class _Clean:
-    first_name: str | None
-    surname: str | None
-    date_of_birth: str | None
-    sex: str | None
-    postcode: str | None
-    nhs: str | None
-
-
 def train(records: Sequence[Record], settings: LinkageSettings | None = None) -> dict[str, Any]:
     """Train the probabilistic model on whole sources and return it (Splink's settings with the
     trained m, u and prior: rules and numbers, no record's values), for ``link(..., model=)``."""
     settings = settings or LinkageSettings()
-    _, clean = _ordered(records)
-    _, model, _ = _probabilistic_edges(clean, settings, None)
+    with duckdb_connection(settings) as connection:
+        prepared = linkage_cleaning.prepare(records, connection)
+    _, model, _ = _probabilistic_edges(prepared.splink_frame(), settings, None)
     return model
 
 
@@ -189,49 +182,88 @@ def link_records(
     """``link`` with what the person index keeps besides the links: the uncertain band and the match
     weight distribution. ``decisions`` are a linkage officer's earlier verdicts on pairs: a ``match``
     joins the two records' people (unless they hold two different valid NHS numbers), a ``no_match``
-    keeps the two records in different people whatever path of scored pairs might join them (a valid
-    NHS number both hold still links them)."""
-    settings = settings or LinkageSettings()
-    keys = [(r.source, r.record_id) for r in records]
-    ordered, clean = _ordered(records)
+    keeps the two records in different people whatever path of scored pairs might join them.
 
-    anchors = _deterministic_anchors(clean)
-    scored, used, histogram = _probabilistic_edges(clean, settings, model) if len(clean) > 1 else ([], model, {})
-    index_of = {(r.source, r.record_id): i for i, r in enumerate(ordered)}
+    The work per record runs in DuckDB or as whole-array operations (ADR 0040): cleaning
+    (``linkage_cleaning``), the deterministic stage (``linkage_anchors``), Splink, and the clustering
+    (``linkage_clusters``), whose loop runs per joining pair."""
+    settings = settings or LinkageSettings()
+    with duckdb_connection(settings) as connection:
+        prepared = linkage_cleaning.prepare(records, connection)
+        anchored = linkage_anchors.anchors(prepared.table, connection)
+    _log.info("%d records carry a valid NHS number; %d of them conflict with their group",
+              anchored.numbered, anchored.conflicting)
+    count = len(prepared)
+    order = prepared.order
+    used: dict[str, Any] | None
+    if count > 1:
+        scored, used, histogram = _probabilistic_edges(prepared.splink_frame(), settings, model)
+    else:
+        scored, used, histogram = _Scored.empty(), model, {}
+
+    named = {key for pair in (decisions or {}) for key in pair}
+    position: dict[RecordKey, int] = {}
+    if named:  # the positions of the records a decision names: a pass over the records only then
+        for p, i in enumerate(order.tolist()):
+            key = (records[i].source, records[i].record_id)
+            if key in named:
+                position[key] = p
     forced: list[tuple[int, int]] = []
-    refused: set[frozenset[int]] = set()
+    refused: set[tuple[int, int]] = set()
+    decided: set[tuple[int, int]] = set()
     for pair, verdict in sorted((decisions or {}).items(), key=lambda d: sorted(d[0])):
-        ends = sorted(index_of[k] for k in pair if k in index_of)
+        ends = sorted(position[k] for k in pair if k in position)
         if len(ends) != 2:
             continue  # a decision about a record no longer in the input
+        decided.add((ends[0], ends[1]))
         if verdict == "match":
             forced.append((ends[0], ends[1]))
         else:
-            refused.add(frozenset(ends))
-    edges = [(p, a, b) for p, w, a, b in scored if p >= settings.threshold and frozenset((a, b)) not in refused]
-    links = _cluster(ordered, anchors, edges, settings.threshold, forced,
-                     [tuple(sorted(pair)) for pair in refused])  # type: ignore[misc]
-    decided = {frozenset(index_of[k] for k in pair) for pair in (decisions or {}) if all(k in index_of for k in pair)}
-    person = [lk.person_id for lk in links]
-    candidates = sorted(
-        (
-            Candidate((ordered[a].source, ordered[a].record_id), (ordered[b].source, ordered[b].record_id), p, w)
-            for p, w, a, b in ((p, w, min(a, b), max(a, b)) for p, w, a, b in scored)
-            if settings.review_floor <= p < settings.threshold
-            and frozenset((a, b)) not in decided
-            and person[a] != person[b]
-        ),
-        key=lambda c: (-c.match_probability, c.left, c.right),
-    )
+            refused.add((ends[0], ends[1]))
+    low, high = np.minimum(scored.left, scored.right), np.maximum(scored.left, scored.right)
+    accept = scored.probability >= settings.threshold
+    if refused:
+        accept &= np.fromiter(((a, b) not in refused for a, b in zip(low.tolist(), high.tolist(), strict=True)),
+                              dtype=bool, count=len(low))
+    clusters = linkage_clusters.cluster(anchored.codes, scored.probability[accept], scored.left[accept],
+                                        scored.right[accept], settings.threshold, forced, sorted(refused))
+    person = clusters.person
+    band = np.flatnonzero((scored.probability >= settings.review_floor) & (scored.probability < settings.threshold)
+                          & (person[low] != person[high]))
+    band = band[np.lexsort((high[band], low[band], -scored.probability[band]))]
+    candidates = [
+        Candidate((records[order[a]].source, records[order[a]].record_id),
+                  (records[order[b]].source, records[order[b]].record_id), p, w)
+        for p, w, a, b in zip(scored.probability[band].tolist(), scored.weight[band].tolist(), low[band].tolist(),
+                              high[band].tolist(), strict=True)
+        if (a, b) not in decided
+    ]
 
-    by_key = {(lk.source, lk.record_id): lk for lk in links}
-    counts = Counter(lk.method for lk in links)
+    links = _links(records, prepared, anchored.codes, clusters)
+    methods = np.bincount(clusters.method, minlength=len(METHODS))
     _log.info(
         "linked %d records into %d people: %d deterministic, %d probabilistic, %d singleton, %d in review band",
-        len(links), len({lk.person_id for lk in links}),
-        counts["deterministic"], counts["probabilistic"], counts["singleton"], len(candidates),
+        count, int(person.max()) if count else 0, methods[linkage_clusters.DETERMINISTIC],
+        methods[linkage_clusters.PROBABILISTIC], methods[linkage_clusters.SINGLETON], len(candidates),
     )
-    return LinkageResult([by_key[k] for k in keys], candidates, dict(sorted(histogram.items())), used)
+    return LinkageResult(links, candidates, dict(sorted(histogram.items())), used)
+
+
+def _links(
+    records: Sequence[Record], prepared: linkage_cleaning.Prepared, codes: np.ndarray,
+    clusters: linkage_clusters.Clusters,
+) -> list[Link]:
+    """One Link per record, in the input's order (the arrays are in the cleaned table's)."""
+    position = np.empty(len(prepared), dtype=np.int64)
+    position[prepared.order] = np.arange(len(prepared), dtype=np.int64)
+    probability = clusters.probability[position].astype(object)
+    probability[clusters.method[position] == linkage_clusters.SINGLETON] = None
+    method = np.asarray(METHODS, dtype=object)[clusters.method[position]]
+    return [
+        Link(r.source, r.record_id, p, m, q, a)
+        for r, p, m, q, a in zip(records, clusters.person[position].tolist(), method.tolist(), probability.tolist(),
+                                 (codes[position] >= 0).tolist(), strict=True)
+    ]
 
 
 def estimate_quality(
@@ -247,15 +279,18 @@ def estimate_quality(
     pairs to train on.
     """
     settings = settings or LinkageSettings()
-    numbered = [r for r, c in zip(records, (_clean(r) for r in records), strict=True) if c.nhs is not None]
+    with duckdb_connection(settings) as connection:
+        prepared = linkage_cleaning.prepare(records, connection)
+    numbers = prepared.table.column("nhs_number").to_pylist()
+    row_of = np.empty(len(prepared), dtype=np.int64)
+    row_of[prepared.order] = np.arange(len(prepared), dtype=np.int64)
+    numbered = linkage_cleaning.numbered_positions(prepared).tolist()
     truth_groups: dict[str, list[RecordKey]] = defaultdict(list)
-    for r in numbered:
-        digits = nhs_number.normalise(r.nhs_number)
-        assert digits is not None
-        truth_groups[digits].append((r.source, r.record_id))
+    for i in numbered:
+        truth_groups[numbers[row_of[i]]].append((records[i].source, records[i].record_id))
     hidden = [
         Record(r.source, r.record_id, None, r.first_name, r.surname, r.date_of_birth, r.sex, r.postcode)
-        for r in numbered
+        for r in (records[i] for i in numbered)
     ]
     if len(hidden) < 2:
         return {"records": len(hidden), "true_pairs": 0, "found_pairs": 0, "precision": None, "recall": None}
@@ -279,119 +314,6 @@ def _pairs(groups: Iterable[list[RecordKey]]) -> set[tuple[RecordKey, RecordKey]
         ordered = sorted(members)
         out.update((a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:])
     return out
-
-
-def _ordered(records: Sequence[Record]) -> tuple[list[Record], list[_Clean]]:
-    keys = [(r.source, r.record_id) for r in records]
-    if len(set(keys)) != len(keys):
-        raise ValueError("two records share a source and record id")
-    ordered = [records[i] for i in sorted(range(len(records)), key=lambda i: keys[i])]
-    return ordered, [_clean(r) for r in ordered]
-
-
-# --- cleaning -----------------------------------------------------------------------------------
-
-def _letters(value: str | None) -> str | None:
-    if value is None:
-        return None
-    text = _NOT_LETTERS.sub("", value.upper())
-    return text or None
-
-
-def _clean_dob(value: date | str | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, date):
-        return value.isoformat()
-    text = value.strip()
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        return None
-
-
-def _clean_sex(value: str | None) -> str | None:
-    if value is None:
-        return None
-    text = value.strip().upper()[:1]
-    return text if text in {"M", "F"} else None
-
-
-def _clean(record: Record) -> _Clean:
-    postcode = _NOT_ALNUM.sub("", (record.postcode or "").upper())
-    if len(postcode) > 3:  # the outward code, a space, the three-character inward code
-        postcode = f"{postcode[:-3]} {postcode[-3:]}"
-    digits = nhs_number.normalise(record.nhs_number)
-    return _Clean(
-        first_name=_letters(record.first_name),
-        surname=_letters(record.surname),
-        date_of_birth=_clean_dob(record.date_of_birth),
-        sex=_clean_sex(record.sex),
-        postcode=postcode or None,
-        nhs=digits if digits is not None and nhs_number.is_valid(digits) else None,
-    )
-
-
-# --- stage 1: deterministic ---------------------------------------------------------------------
-
-def _mode(values: Iterable[str | None]) -> str | None:
-    counted = Counter(v for v in values if v is not None)
-    if not counted:
-        return None
-    best = max(counted.values())
-    return min(v for v, n in counted.items() if n == best)
-
-
-def _name_pair(record: _Clean) -> frozenset[str] | None:
-    if record.first_name is None or record.surname is None:
-        return None
-    return frozenset((record.first_name, record.surname))  # unordered: swapped names still agree
-
-
-def _conflicts(record: _Clean, group: list[_Clean]) -> bool:
-    """True when the record's identifiers say it is not the person the rest of its group is.
-
-    A record conflicts when its name (first and surname, in either order) differs from the group's
-    most common name and so does its date of birth or its sex. One error in one field (a typo, a
-    transposed date) is what real records carry; two fields disagreeing is someone else's number.
-    A conflicting record is not thrown away: it goes to the probabilistic stage without its number.
-    """
-    others = [g for g in group if g is not record]
-    if not others:
-        return False
-    pairs = Counter(p for p in (_name_pair(g) for g in others) if p is not None)
-    own = _name_pair(record)
-    if own is None or not pairs:
-        return False
-    best = max(pairs.values())
-    if own in {p for p, n in pairs.items() if n == best}:
-        return False
-    dob = _mode(g.date_of_birth for g in others)
-    sex = _mode(g.sex for g in others)
-    dob_differs = dob is not None and record.date_of_birth is not None and record.date_of_birth != dob
-    sex_differs = sex is not None and record.sex is not None and record.sex != sex
-    return dob_differs or sex_differs
-
-
-def _deterministic_anchors(clean: list[_Clean]) -> list[str | None]:
-    """Per record, the valid NHS number it is anchored to, or None (no number, or a conflicting one)."""
-    groups: dict[str, list[_Clean]] = defaultdict(list)
-    for c in clean:
-        if c.nhs is not None:
-            groups[c.nhs].append(c)
-    anchors: list[str | None] = []
-    conflicting = 0
-    for c in clean:
-        if c.nhs is None:
-            anchors.append(None)
-        elif _conflicts(c, groups[c.nhs]):
-            conflicting += 1
-            anchors.append(None)
-        else:
-            anchors.append(c.nhs)
-    _log.info("%d records carry a valid NHS number; %d of them conflict with their group",
-              sum(c.nhs is not None for c in clean), conflicting)
-    return anchors
 
 
 # --- stage 2: probabilistic (Splink on DuckDB) ---------------------------------------------------
@@ -435,35 +357,11 @@ def _quiet_splink() -> Iterator[None]:
         splink_logger.setLevel(before)
 
 
-def clean_records(records: Sequence[Record]) -> list[_Clean]:
-    """The records cleaned as the core compares them, in (source, record id) order."""
-    return _ordered(records)[1]
-
-
-def _transposed(dob: str | None) -> str | None:
-    """The ISO date with day and month swapped, when that is another real date (day 12 or less and
-    not equal to the month); else None. Blocks the pairs whose only date error is that swap."""
-    if dob is None or dob[8:10] == dob[5:7] or int(dob[8:10]) > 12:
-        return None
-    return f"{dob[:4]}-{dob[8:10]}-{dob[5:7]}"
-
-
-def splink_frame(clean: list[_Clean]) -> pd.DataFrame:
-    """The table Splink links: one row per cleaned record, ``unique_id`` its position."""
-    return pd.DataFrame(
-        {
-            "unique_id": range(len(clean)),
-            "first_name": [c.first_name for c in clean],
-            "surname": [c.surname for c in clean],
-            "full_name": [
-                f"{c.first_name} {c.surname}" if c.first_name and c.surname else None for c in clean
-            ],
-            "date_of_birth": [c.date_of_birth for c in clean],
-            "date_of_birth_transposed": [_transposed(c.date_of_birth) for c in clean],
-            "sex": [c.sex for c in clean],
-            "postcode": [c.postcode for c in clean],
-        }
-    )
+def splink_frame(records: Sequence[Record], settings: LinkageSettings | None = None) -> pd.DataFrame:
+    """The table Splink links: one row per cleaned record, in (source, record id) order, ``unique_id``
+    its position; public so that the benchmark gives plain Splink the same table."""
+    with duckdb_connection(settings or LinkageSettings()) as connection:
+        return linkage_cleaning.prepare(records, connection).splink_frame()
 
 
 def splink_settings(frame: pd.DataFrame, settings: LinkageSettings) -> SettingsCreator:
@@ -498,14 +396,33 @@ def train_linker(linker: Any, settings: LinkageSettings, count: int) -> None:
     _train(linker, settings, count)
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """Scored pairs as columns: probability and match weight (rounded), and the two records' positions."""
+
+    probability: np.ndarray
+    weight: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Scored:
+        return cls(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+
+def _rounded(values: Any, decimals: int) -> np.ndarray:
+    # Python's round (correctly rounded), not numpy's (scale, round, unscale), which differs in the
+    # last digit for some values: the index must be the same whichever way it was computed.
+    return np.array([round(v, decimals) for v in np.asarray(values, dtype=np.float64).tolist()], dtype=np.float64)
+
+
 def _probabilistic_edges(
-    clean: list[_Clean], settings: LinkageSettings, trained: dict[str, Any] | None
-) -> tuple[list[tuple[float, float, int, int]], dict[str, Any], dict[int, int]]:
-    """Scored pairs (probability, match weight, left index, right index) at or above the lower of the
-    review floor and the threshold, the model, and the count of pairs per whole match weight (pairs at
-    or above the histogram floor). The pairs below the review floor stay in the backend: at a million
-    records they are the most of the hundreds of millions scored, and only their counts are kept."""
-    frame = splink_frame(clean)
+    frame: pd.DataFrame, settings: LinkageSettings, trained: dict[str, Any] | None
+) -> tuple[_Scored, dict[str, Any], dict[int, int]]:
+    """Scored pairs at or above the lower of the review floor and the threshold, the model, and the
+    count of pairs per whole match weight (pairs at or above the histogram floor). The pairs below the
+    review floor stay in the backend: at a million records they are the most of the hundreds of
+    millions scored, and only their counts are kept."""
     model = splink_settings(frame, settings)
     if trained is not None and trained.get("sql_dialect", settings.backend) != settings.backend:
         # The saved model's comparisons are SQL of the backend it was trained on (DuckDB quotes
@@ -515,7 +432,7 @@ def _probabilistic_edges(
         linker = Linker(register_frame(db_api, frame, settings), dict(trained) if trained is not None else model,
                         log_level=None)
         if trained is None:
-            _train(linker, settings, len(clean))
+            _train(linker, settings, len(frame))
         floor = min(settings.histogram_floor, settings.review_floor, settings.threshold)
         predictions = linker.inference.predict(threshold_match_probability=floor)
         decimals = settings.probability_decimals
@@ -524,20 +441,36 @@ def _probabilistic_edges(
             f"select cast(floor(round(match_weight, {decimals})) as bigint) as w, count(*) as n "  # noqa: S608  # nosec B608 - numbers only
             f"from {table} group by 1", output_type="pandas")
         keep = min(settings.review_floor, settings.threshold) - 10.0 ** -decimals  # rounding below may lift a pair
-        scored = linker.misc.query_sql(
+        kept = linker.misc.query_sql(
             "select match_probability, match_weight, unique_id_l, unique_id_r "  # noqa: S608  # nosec B608
             f"from {table} where match_probability >= {keep!r}", output_type="pandas")
         result = linker.misc.save_model_to_json()
         predictions.drop_table_from_database_and_remove_from_cache()
-    histogram = {int(w): int(n) for w, n in zip(counted["w"], counted["n"], strict=True)}
-    edges = [
-        (round(float(p), decimals), round(float(w), decimals), int(left), int(right))
-        for p, w, left, right in zip(scored["match_probability"], scored["match_weight"], scored["unique_id_l"],
-                                     scored["unique_id_r"], strict=True)
-    ]
+    histogram = {int(w): int(n) for w, n in zip(counted["w"].tolist(), counted["n"].tolist(), strict=True)}
+    scored = _Scored(
+        _rounded(kept["match_probability"], decimals), _rounded(kept["match_weight"], decimals),
+        kept["unique_id_l"].to_numpy(dtype=np.int64), kept["unique_id_r"].to_numpy(dtype=np.int64),
+    )
     _log.info("%d candidate pairs scored, %d kept, %d at or above the threshold", sum(histogram.values()),
-              len(edges), sum(e[0] >= settings.threshold for e in edges))
-    return edges, result, histogram
+              len(scored.probability), int((scored.probability >= settings.threshold).sum()))
+    return scored, result, histogram
+
+
+@contextlib.contextmanager
+def duckdb_connection(settings: LinkageSettings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the settings' threads, memory ceiling and spill folder, closed afterwards."""
+    connection = duckdb.connect(":memory:")
+    try:
+        if settings.threads is not None:
+            connection.execute(f"SET threads = {int(settings.threads)}")
+        if settings.duckdb_memory_limit is not None:
+            connection.execute(f"SET memory_limit = '{_duckdb_size(settings.duckdb_memory_limit)}'")
+        if settings.duckdb_temp_directory is not None:
+            quoted = settings.duckdb_temp_directory.replace("'", "''")
+            connection.execute(f"SET temp_directory = '{quoted}'")
+        yield connection
+    finally:
+        connection.close()
 
 
 @contextlib.contextmanager
@@ -547,18 +480,8 @@ def splink_backend(settings: LinkageSettings) -> Iterator[Any]:
     left running, since a JVM is slow to start and one process links many times). Public so that the
     benchmark runs plain Splink on the same backend."""
     if settings.backend == "duckdb":
-        connection = duckdb.connect(":memory:")
-        try:
-            if settings.threads is not None:
-                connection.execute(f"SET threads = {int(settings.threads)}")
-            if settings.duckdb_memory_limit is not None:
-                connection.execute(f"SET memory_limit = '{_duckdb_size(settings.duckdb_memory_limit)}'")
-            if settings.duckdb_temp_directory is not None:
-                quoted = settings.duckdb_temp_directory.replace("'", "''")
-                connection.execute(f"SET temp_directory = '{quoted}'")
+        with duckdb_connection(settings) as connection:
             yield DuckDBAPI(connection)
-        finally:
-            connection.close()
     elif settings.backend == "spark":
         from splink.backends.spark import SparkAPI  # pyspark is optional: imported only when chosen
 
@@ -615,93 +538,3 @@ def register_frame(db_api: Any, frame: pd.DataFrame, settings: LinkageSettings) 
         spark = db_api.spark
         return db_api.register(spark.createDataFrame(frame, schema=_FRAME_SCHEMA))
     return db_api.register(frame)
-
-
-# --- clustering ---------------------------------------------------------------------------------
-
-def _cluster(
-    records: list[Record],
-    anchors: list[str | None],
-    edges: list[tuple[float, int, int]],
-    threshold: float,
-    forced: Sequence[tuple[int, int]] = (),
-    apart: Sequence[tuple[int, int]] = (),
-) -> list[Link]:
-    parent = list(range(len(records)))
-    numbers: list[set[str]] = [{a} if a is not None else set() for a in anchors]
-    # A linkage officer's "no match": the two records never end up in one person, by any path.
-    members: dict[int, list[int]] = {}
-    kept_apart: dict[int, set[int]] = {}
-    for a, b in apart:
-        for i, j in ((a, b), (b, a)):
-            members.setdefault(i, [i])
-            kept_apart.setdefault(i, set()).add(j)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a: int, b: int) -> bool:
-        ra, rb = find(a), find(b)
-        if ra == rb:
-            return True
-        if numbers[ra] and numbers[rb] and numbers[ra] != numbers[rb]:
-            return False
-        if kept_apart and (
-            any(m in kept_apart.get(ra, ()) for m in members.get(rb, ()))
-            or any(m in kept_apart.get(rb, ()) for m in members.get(ra, ()))
-        ):
-            return False
-        keep, drop = min(ra, rb), max(ra, rb)
-        parent[drop] = keep
-        numbers[keep] |= numbers[drop]
-        if drop in kept_apart or drop in members or keep in kept_apart or keep in members:
-            members[keep] = members.get(keep, [keep]) + members.pop(drop, [drop])
-            kept_apart[keep] = kept_apart.get(keep, set()) | kept_apart.pop(drop, set())
-        return True
-
-    first_with: dict[str, int] = {}
-    for i, number in enumerate(anchors):
-        if number is not None:
-            if number in first_with:
-                union(first_with[number], i)
-            else:
-                first_with[number] = i
-
-    best: dict[int, float] = {}
-    clerical: set[int] = set()
-    for left, right in forced:  # a linkage officer's match: as sure as a shared number
-        if union(left, right):
-            clerical.update((left, right))
-    for score, left, right in sorted(edges, key=lambda e: (-e[0], min(e[1], e[2]), max(e[1], e[2]))):
-        if score < threshold:
-            continue
-        if union(left, right):
-            for i in (left, right):
-                best[i] = max(best.get(i, 0.0), score)
-
-    roots = [find(i) for i in range(len(records))]
-    sizes = Counter(roots)
-    person_of_root: dict[int, int] = {}
-    for root in roots:  # records are sorted, so people are numbered by their first record
-        person_of_root.setdefault(root, len(person_of_root) + 1)
-    shared = Counter(a for a in anchors if a is not None)
-
-    links = []
-    for i, record in enumerate(records):
-        method: Method
-        probability: float | None
-        anchor = anchors[i]
-        if anchor is not None and shared[anchor] > 1:
-            method, probability = "deterministic", 1.0
-        elif i in clerical:
-            method, probability = "clerical", 1.0
-        elif sizes[roots[i]] > 1:
-            method, probability = "probabilistic", best[i]  # only an accepted pair joins a record
-        else:
-            method, probability = "singleton", None
-        links.append(Link(record.source, record.record_id, person_of_root[roots[i]], method, probability,
-                          anchor is not None))
-    return links
