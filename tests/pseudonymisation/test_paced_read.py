@@ -99,8 +99,9 @@ def test_a_fault_in_the_checks_mid_file_ends_the_reading_and_parsing_threads(tmp
             raise RuntimeError("the checks failed mid-file")
 
     with pytest.raises(RuntimeError, match="mid-file"):
-        check_delivery(path, COLUMNS, DeliveryRules(), today=TODAY, chunk_bytes=CHUNK,
-                       progress=fail_at_the_second_batch)
+        check_delivery(
+            path, COLUMNS, DeliveryRules(), today=TODAY, chunk_bytes=CHUNK, progress=fail_at_the_second_batch
+        )
 
     assert len(seen) == 1 and seen[0].handed < path.stat().st_size  # it stopped well before the end
     assert seen[0].wait_idle(SETTLE)
