@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pseudonymisation import generalise, tokens
+from pseudonymisation import generalise, paced_read, tokens
 from pseudonymisation.schema import ColumnSpec, DatasetSchema, Role, SchemaError, Transform, TransformKind
 from pseudonymisation.sources import SourceFile, as_source, readable
 
@@ -271,7 +271,10 @@ def _batches(
     try:
         names = _column_names(path, fmt, dialect)
         with path.open() as handle:
-            yield from _csv_reader(handle, dialect, chunk_bytes, names)
+            # Arrow reads ahead on its own thread; held to a few chunks of the batches taken.
+            yield from paced_read.paced_batches(
+                handle, chunk_bytes, lambda paced: _csv_reader(paced, dialect, chunk_bytes, names)
+            )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         # Arrow's message may quote a row; say only what kind of fault it is.
         kind = "an encoding" if isinstance(exc, UnicodeDecodeError) else "a parsing"
@@ -313,7 +316,15 @@ def _column_names(path: SourceFile, fmt: str, dialect: CsvDialect | None) -> lis
     assert dialect is not None
     try:
         with path.open() as handle:
-            return list(_csv_reader(handle, dialect, 1 << 20, None).schema.names)
+            paced = paced_read.PacedFile(handle, 1 << 20)
+            reader = None
+            try:
+                with paced.opening():
+                    reader = _csv_reader(paced, dialect, 1 << 20, None)
+                return list(reader.schema.names)
+            finally:
+                paced.finish()  # before the reader goes: Arrow's end waits for its reads under way
+                del reader
     except (pa.ArrowInvalid, UnicodeDecodeError):
         raise ProfilingError("The CSV file could not be read; check its delimiter and quoting") from None
 
