@@ -26,7 +26,9 @@ WINDOW = 3  # chunks Arrow may hold beyond the batches taken; a batch needs at m
 _TICK = 0.1  # seconds between looks at the stop flag while a read waits
 # Seconds a read waits while the reader is being opened. If opening fails (a first row longer than
 # a chunk), Arrow waits for the reads under way before it raises, so a read held then must go on.
-_OPENING_PATIENCE = 1.0
+# Long, so that a normal open on a busy machine never lets a read past the window; the cost is that
+# a delivery whose first row is longer than a chunk is refused this much later.
+_OPENING_PATIENCE = 10.0
 
 
 class PacedFile:
@@ -44,6 +46,7 @@ class PacedFile:
         self._handed = 0  # bytes Arrow has been given
         self._taken = 0  # batches the consumer has taken
         self._reading = 0  # reads under way
+        self._waiting = 0  # reads waiting to be admitted
         self._stopped = False
         self._opening = False
         self._held_at: int | None = None  # the batches taken when a read last began to wait
@@ -72,6 +75,7 @@ class PacedFile:
         """No more batches will be taken: a waiting read answers end of file, and so does any later one."""
         with self._lock:
             self._stopped = True
+            self._held_at = None
             self._lock.notify_all()
 
     def finish(self) -> None:
@@ -81,9 +85,9 @@ class PacedFile:
         self.wait_idle(_TICK * 50)
 
     def wait_idle(self, timeout: float) -> bool:
-        """Whether no read is under way within ``timeout`` seconds (after ``stop``, it soon is none)."""
+        """Whether, within ``timeout`` seconds, no read is under way or waiting (after ``stop``, soon none is)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self._reading == 0, timeout)
+            return self._lock.wait_for(lambda: self._reading == 0 and self._waiting == 0, timeout)
 
     def wait_held(self, timeout: float) -> bool:
         """Whether, within ``timeout`` seconds, a read waits for more batches than have been taken."""
@@ -102,14 +106,19 @@ class PacedFile:
         need = size if 0 <= size <= self._window * self._chunk else self._chunk
         with self._lock:
             since = time.monotonic()
-            while not self._stopped and self._handed + need > (self._taken + self._window) * self._chunk:
-                if self._opening and time.monotonic() - since > _OPENING_PATIENCE:
-                    break  # the reader is not open yet: Arrow may be waiting on this read to fail
-                if self._held_at != self._taken:
-                    self._held_at = self._taken
-                    self._lock.notify_all()
-                self._lock.wait(_TICK)
-            self._held_at = None
+            self._waiting += 1
+            try:
+                while not self._stopped and self._handed + need > (self._taken + self._window) * self._chunk:
+                    if self._opening and time.monotonic() - since > _OPENING_PATIENCE:
+                        break  # the reader is not open yet: Arrow may be waiting on this read to fail
+                    if self._held_at != self._taken:
+                        self._held_at = self._taken
+                        self._lock.notify_all()
+                    self._lock.wait(_TICK)
+            finally:
+                self._waiting -= 1
+                self._held_at = None
+                self._lock.notify_all()
             if self._stopped:
                 return False
             self._reading += 1

@@ -111,7 +111,8 @@ def test_a_fault_in_the_checks_mid_file_ends_the_reading_and_parsing_threads(tmp
 
 
 @pytest.mark.parametrize("where", ["first", "late"])
-def test_a_row_longer_than_a_chunk_is_still_refused_as_a_parsing_error(tmp_path, where):
+def test_a_row_longer_than_a_chunk_is_still_refused_as_a_parsing_error(tmp_path, monkeypatch, where):
+    monkeypatch.setattr(paced_read, "_OPENING_PATIENCE", 0.5)  # the refusal waits this long at most
     long_row = "1,Bradford," + "x" * (4 * CHUNK) + "\n"
     body = "".join(f"{i},Leeds,short\n" for i in range(5_000))
     path = tmp_path / "long.csv"
