@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import os
+import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -65,6 +69,90 @@ class Base(DeclarativeBase):
     }
 
 
+# Writers on the embedded database queue in the kernel, not in SQLite's busy handler (ADR 0047).
+# SQLite's handler sleeps between tries, up to 100 ms a sleep, and a waiter that keeps waking just
+# after someone else took the lock can wait seconds while the lock sits free between sleeps. Each
+# connection to a database file holds its own descriptor of a lock file beside it, and takes an
+# exclusive flock on it just before BEGIN IMMEDIATE: a waiter sleeps in the kernel and is woken the
+# moment the holder's COMMIT or ROLLBACK releases it, so the write lock is handed over at once.
+# SQLite's own lock and busy timeout stay underneath for anything that does not queue (the sqlite3
+# command line, a second connection opened by a thread that already holds the queue).
+WRITE_QUEUE_SUFFIX = "-writequeue"
+_BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+_held_by_thread = threading.local()
+
+
+class _WriteQueueCursor(sqlite3.Cursor):
+    connection: _WriteQueuedConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _WriteQueueCursor:
+        if sql != _BEGIN_IMMEDIATE:
+            return super().execute(sql, parameters)
+        queued = self.connection.join_write_queue()
+        try:
+            return super().execute(sql, parameters)
+        except BaseException:
+            if queued:
+                self.connection.leave_write_queue()
+            raise
+
+
+class _WriteQueuedConnection(sqlite3.Connection):
+    """A sqlite3 connection whose ``BEGIN IMMEDIATE`` first waits its turn on the write queue, and
+    whose commit, rollback and close give the turn up."""
+
+    queue_path: str | None = None
+    _queue_fd: int | None = None
+    _queue_pid: int | None = None
+    _queued = False
+
+    def cursor(self, factory: Any = _WriteQueueCursor) -> Any:
+        return super().cursor(factory)
+
+    def join_write_queue(self) -> bool:
+        """Wait for the write queue; False (and no wait) for a database without a file, or when this
+        thread already holds the queue through another connection (waiting would deadlock it)."""
+        if self.queue_path is None or self._queued or getattr(_held_by_thread, "count", 0):
+            return False
+        if self._queue_fd is None or self._queue_pid != os.getpid():
+            # A descriptor inherited over fork shares its lock with the parent: open our own.
+            self._queue_fd = os.open(self.queue_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._queue_pid = os.getpid()
+        fcntl.flock(self._queue_fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        self._queued = True
+        _held_by_thread.count = getattr(_held_by_thread, "count", 0) + 1
+        return True
+
+    def leave_write_queue(self) -> None:
+        if not self._queued:
+            return
+        self._queued = False
+        _held_by_thread.count -= 1
+        if self._queue_fd is not None and self._queue_pid == os.getpid():
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_write_queue()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_write_queue()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.leave_write_queue()
+            if self._queue_fd is not None and self._queue_pid == os.getpid():
+                os.close(self._queue_fd)
+            self._queue_fd = None
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Take transaction control away from the sqlite3 module, which would otherwise run SAVEPOINTs
     # outside any transaction (so a rolled-back savepoint's work could still be committed).
@@ -75,13 +163,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    if isinstance(dbapi_connection, _WriteQueuedConnection):
+        main = [row[2] for row in cursor.execute("PRAGMA database_list") if row[1] == "main"]
+        if main and main[0]:  # an in-memory or temporary database has no file, and no other writer
+            dbapi_connection.queue_path = main[0] + WRITE_QUEUE_SUFFIX
     cursor.close()
 
 
 def _sqlite_begin(conn: Any) -> None:
     # IMMEDIATE takes the write lock at the start, so two processes never deadlock upgrading a
     # read lock to a write lock (SQLite would fail one of them at once, without waiting).
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.exec_driver_sql(_BEGIN_IMMEDIATE)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -89,7 +181,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # which ends up in logs and in a failed job's reason.
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 30, "factory": _WriteQueuedConnection}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
