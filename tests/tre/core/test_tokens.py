@@ -31,6 +31,7 @@ from tre.core.tokens import (
     InvalidToken,
     Refusal,
     SigningKeyring,
+    StoredState,
     TokenKeyError,
     TokenService,
     hash_personal_token,
@@ -706,3 +707,66 @@ def test_a_token_from_an_older_generation_of_its_person_is_refused() -> None:
     assert refused.value.reason is Refusal.SUPERSEDED
     with pytest.raises(ValueError, match="unknown subject"):
         service.issue("nobody", "tre-api", "api", dt.timedelta(minutes=5))
+
+
+def _service_with_generations(generations: dict[str, int], revoked: set[str]) -> TokenService:
+    return TokenService(
+        SigningKeyring.generate(), "https://tre.example", is_revoked=revoked.__contains__,
+        generation_of=generations.get,
+    )
+
+
+def test_state_read_by_the_caller_is_judged_like_the_services_own_reads() -> None:
+    generations, revoked = {"rita": 3}, set[str]()
+    service = _service_with_generations(generations, revoked)
+    token, claims = service.issue_with_claims("rita", "tre-api", "api", dt.timedelta(minutes=5))
+    asked: list[str] = []
+
+    def stored(seen: Claims) -> StoredState:
+        asked.append(seen.jti)
+        return StoredState(revoked=seen.jti in revoked, generation=generations.get(seen.subject))
+
+    assert service.verify(token, "tre-api", stored=stored).subject == "rita"
+    generations["rita"] = 4
+    with pytest.raises(InvalidToken) as superseded:
+        service.verify(token, "tre-api", stored=stored)
+    revoked.add(claims.jti)
+    with pytest.raises(InvalidToken) as was_revoked:
+        service.verify(token, "tre-api", stored=stored)
+
+    assert (superseded.value.reason, was_revoked.value.reason) == (Refusal.SUPERSEDED, Refusal.REVOKED)
+    assert asked == [claims.jti] * 3  # asked once per check, instead of the service's two reads
+
+
+def test_state_read_by_the_caller_is_used_instead_of_the_services_reads() -> None:
+    generations, revoked = {"rita": 3}, set[str]()
+    service = _service_with_generations(generations, revoked)
+    token, claims = service.issue_with_claims("rita", "tre-api", "api", dt.timedelta(minutes=5))
+    revoked.add(claims.jti)  # the service's own read would refuse; the caller's state says otherwise
+
+    verified = service.verify(token, "tre-api", stored=lambda _: StoredState(revoked=False, generation=3))
+
+    assert verified.jti == claims.jti
+
+
+@pytest.mark.parametrize("forge", ["signature", "audience", "expired"])
+def test_state_is_not_read_for_a_token_that_fails_its_own_checks(forge: str) -> None:
+    clock = Clock()
+    service = TokenService(SigningKeyring.generate(), ISSUER, is_revoked=lambda _: False, clock=clock)
+    token = issue(service)
+    audience = AUDIENCE
+    if forge == "signature":
+        token = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    elif forge == "audience":
+        audience = "another-service"
+    else:
+        clock.now = T0 + dt.timedelta(hours=1)
+    asked: list[Claims] = []
+
+    def stored(seen: Claims) -> StoredState:
+        asked.append(seen)
+        return StoredState(revoked=False, generation=None)
+
+    with pytest.raises(InvalidToken):
+        service.verify(token, audience, stored=stored)
+    assert asked == []
