@@ -205,7 +205,6 @@ def _walk(spills: Sequence[HashSpill], levels: Sequence[_Level | None]) -> Itera
                 for start in range(0, n, limit):
                     sub.append(level.read(b, start, min(limit, n - start)))
                 sub.flush()
-                level.path(b).unlink()
                 subs.append(sub)
             try:
                 yield from _walk(spills, subs)
