@@ -15,8 +15,9 @@ value, and a row id as the key) and then, alternating so both see the same machi
 
 Each run is its own process, timed after its imports (reported as ``import_wall``), and its peak
 RSS is its own memory map's high-water mark (``VmHWM``; ``ru_maxrss`` would carry the parent's peak
-over ``exec``); a delivery a quarter the size shows whether memory follows the chunk or the file: the JSON gives each full run's
-peak less the quarter's, and that per extra row (the key check spills its hashes to disk, ADR 0043).
+over ``exec``); a delivery a quarter the size shows whether memory follows the chunk or the file:
+the JSON gives each full run's peak less the quarter's, and that per extra row (the key check
+spills its hashes to disk, ADR 0043).
 The last line printed is one JSON object (benchmark, value, baseline, ratio, target, ...).
 """
 

@@ -521,12 +521,13 @@ def check_delivery(
     with ExitStack() as spills:
         # One bucket read at a time holds at most a chunk's bytes of blocks; the blocks waiting to be
         # written, at most a quarter of a chunk (and 4 MiB).
-        limits = {"read_limit_bytes": max(chunk_bytes, 1 << 16),
-                  "buffer_bytes": min(1 << 22, max(1 << 16, chunk_bytes // 4))}
-        key_spill = (spills.enter_context(hash_spill.HashSpill(scratch, **limits))
-                     if rules.key_columns else None)
-        ref_spills = {r["column"]: spills.enter_context(hash_spill.HashSpill(scratch, **limits))
-                      for r in rules.referential}
+        read_limit, buffer = max(chunk_bytes, 1 << 16), min(1 << 22, max(1 << 16, chunk_bytes // 4))
+
+        def spill(shared: hash_spill.HashSpill | None = None) -> hash_spill.HashSpill:
+            return hash_spill.HashSpill(scratch, read_limit_bytes=read_limit, buffer_bytes=buffer, shared=shared)
+
+        key_spill = spills.enter_context(spill()) if rules.key_columns else None
+        ref_spills = {r["column"]: spills.enter_context(spill()) for r in rules.referential}
         counts = {c.name: _ColumnCounts(c.data_type if c.data_type in TYPES else "string") for c in expected}
         rows, key_missing = _check_rows(batches, names, counts, rules, today, key_spill, ref_spills,
                                         progress)
@@ -567,7 +568,7 @@ def check_delivery(
                 distinct = hash_spill.distinct_count(found)
                 body["referential"].append({**ref, "distinct_values": distinct, "orphans": None, "checked": False})
                 continue
-            with hash_spill.HashSpill(scratch, shared=found, **limits) as theirs:
+            with spill(shared=found) as theirs:
                 keys = source()
                 for part in ([keys] if isinstance(keys, np.ndarray) else keys):
                     theirs.add(part)
@@ -584,8 +585,9 @@ def check_delivery(
 
 
 def _check_rows(batches: Iterator[pa.RecordBatch], names: Sequence[str], counts: Mapping[str, _ColumnCounts],
-                rules: DeliveryRules, today: dt.date, key_spill: hash_spill.HashSpill | None, ref_spills: Mapping[str, hash_spill.HashSpill],
-                progress: Callable[[int], None] | None) -> tuple[int, int]:
+                rules: DeliveryRules, today: dt.date, key_spill: hash_spill.HashSpill | None,
+                ref_spills: Mapping[str, hash_spill.HashSpill], progress: Callable[[int], None] | None,
+                ) -> tuple[int, int]:
     """Read every chunk once: count each column, spill the key's and the linked columns' hashes.
     Returns the rows read and the rows missing part of the key."""
     rows = key_missing = 0
