@@ -85,7 +85,7 @@ class _Level:
             fd = os.open(self.path(b), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "ab") as handle:
                 for part in parts:
-                    handle.write(part.tobytes())
+                    handle.write(memoryview(part).cast("B"))  # a contiguous slice: written without a copy
             parts.clear()
         self.waiting_bytes = 0
 
@@ -157,7 +157,7 @@ class HashSpill:
         plain = np.zeros((len(hashes), 2), dtype=np.uint64)
         plain[:, 0] = hashes
         op = _cipher(self._key).encryptor()
-        sealed = op.update(plain.tobytes()) + op.finalize()
+        sealed = op.update(memoryview(plain).cast("B")) + op.finalize()
         try:
             top.append(np.frombuffer(sealed, dtype=_RECORD))
         except OSError as exc:
@@ -166,7 +166,7 @@ class HashSpill:
 
     def _values(self, records: np.ndarray) -> np.ndarray:
         op = _cipher(self._key).decryptor()
-        plain = np.frombuffer(op.update(records.tobytes()) + op.finalize(), dtype=np.uint64)
+        plain = np.frombuffer(op.update(memoryview(records).cast("B")) + op.finalize(), dtype=np.uint64)
         values = plain[0::2].copy()
         values.sort()
         return values
