@@ -195,6 +195,10 @@ class Deliveries(ProjectsKernel):
             raise LandingError("No identifiable zone is configured")
         scratch = self.identifiable_path / "scratch"
         scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if scratch.is_symlink() or not scratch.is_dir():
+            raise LandingError("The identifiable zone's scratch directory is not a plain directory")
+        if scratch.stat().st_mode & 0o077:
+            scratch.chmod(0o700)  # made wider by hand: only the workers' user may list it
         stale = time.time() - SPILL_MAX_AGE_SECONDS
         for left in scratch.glob(f"{hash_spill.PREFIX}*"):
             try:
