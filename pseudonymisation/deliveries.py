@@ -15,6 +15,8 @@ Projects read the latest version, or the one a custodian pinned for them.
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,7 +29,7 @@ from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset, Project
 from pseudonymisation import database_sources as sources
 from pseudonymisation import delivery_checks as checks
-from pseudonymisation import profiling, sealed, zone
+from pseudonymisation import hash_spill, profiling, sealed, zone
 from pseudonymisation.dataset_schemas import may_set_schema
 from pseudonymisation.landing import LandingError, check_name, open_in_landing
 from pseudonymisation.landing_s3 import S3Landing
@@ -50,6 +52,7 @@ from tre.core.keys import KeyProvider
 CHECK_JOB = "deliveries.check"
 FINAL = ("accepted", "quarantined", "failed")
 DEFAULT_MAX_BYTES = 50 * 1024**3
+SPILL_MAX_AGE_SECONDS = 24 * 3600  # a key check's spill older than this was left by a killed worker
 CHECKED_POINT = "deliveries.check.checked"  # tre/core/testpoints.py: checked, verdict not yet written
 READING_POINT = "deliveries.check.reading"  # rows being checked (and a CSV being sealed): nothing recorded
 
@@ -184,6 +187,27 @@ class Deliveries(ProjectsKernel):
                 else PurePosixPath(delivery.source_name).name)
         return self.identifiable_path / "deliveries" / delivery.dataset_id / delivery.id / name
 
+    def scratch_dir(self) -> Path:
+        """The zone's private scratch directory (0700), where a check spills its keys' hashes, encrypted
+        under a key only the check holds (ADR 0043). A spill left by a worker killed mid-check is
+        removed here after a day: it cannot be read without that key, which died with the worker."""
+        if self.identifiable_path is None:
+            raise LandingError("No identifiable zone is configured")
+        scratch = self.identifiable_path / "scratch"
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if scratch.is_symlink() or not scratch.is_dir():
+            raise LandingError("The identifiable zone's scratch directory is not a plain directory")
+        if scratch.stat().st_mode & 0o077:
+            scratch.chmod(0o700)  # made wider by hand: only the workers' user may list it
+        stale = time.time() - SPILL_MAX_AGE_SECONDS
+        for left in scratch.glob(f"{hash_spill.PREFIX}*"):
+            try:
+                if left.is_dir() and not left.is_symlink() and left.stat().st_mtime < stale:
+                    shutil.rmtree(left, ignore_errors=True)
+            except OSError:
+                continue
+        return scratch
+
     def queue_check(self, s: Session, actor: Any, delivery: DatasetDelivery) -> None:
         """Queue the delivery's check (sent when the caller's transaction commits) and audit it."""
         job = enqueue(s, CHECK_JOB, {"delivery_id": delivery.id}, idempotency_key=f"{CHECK_JOB}:{delivery.id}")
@@ -259,6 +283,7 @@ class Deliveries(ProjectsKernel):
         expected = [checks.ExpectedColumn(c.name, c.data_type) for c in ds.columns]
         dialect = CsvDialect(**delivery.dialect) if delivery.dialect else None
         references = self._reference_keys(rules)
+        scratch = self.scratch_dir() if self.identifiable_path is not None else None
         expected_rows = previous.rows if previous is not None else None
         # End the read before the long check: on SQLite an open transaction holds the write lock
         # the job's progress reports need.
@@ -275,7 +300,7 @@ class Deliveries(ProjectsKernel):
             try:
                 return checks.check_delivery(source, expected, rules, previous=previous_report,
                                              today=utcnow().date(), dialect=dialect, reference_keys=references,
-                                             progress=counted)
+                                             progress=counted, scratch_dir=scratch)
             except sealed.ReadOnceError:
                 raise  # not the delivery's fault: _store seals it and it is checked through the seal
             except (checks.DeliveryCheckError, SealedFileError) as exc:
@@ -409,7 +434,7 @@ class Deliveries(ProjectsKernel):
             version = version_in_use(self.session, None, other.id) if other is not None else None
             if version is not None:
                 found[ref["table"]] = (lambda loc=version.source_location, col=ref["table_column"]:
-                                       checks.key_hashes_of(self._source(loc), col))
+                                       checks.key_hash_chunks(self._source(loc), col))
         return found
 
     def _finish(

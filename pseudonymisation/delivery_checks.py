@@ -17,8 +17,10 @@ import datetime as dt
 import math
 import queue
 import re
+import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pseudonymisation import profiling, quality, tokens
+from pseudonymisation import hash_spill, profiling, quality, tokens
 from pseudonymisation.profiling import CsvDialect, ProfilingError
 from pseudonymisation.sources import SourceFile, as_source
 
@@ -465,12 +467,19 @@ def check_delivery(
     today: dt.date,
     chunk_bytes: int = 1 << 24,
     dialect: CsvDialect | None = None,
-    reference_keys: Mapping[str, Callable[[], np.ndarray]] | None = None,
+    reference_keys: Mapping[str, Callable[[], np.ndarray | Iterable[np.ndarray]]] | None = None,
     progress: Callable[[int], None] | None = None,
+    scratch_dir: Path | str | None = None,
 ) -> DeliveryReport:
     """Validate and profile one delivery. ``previous`` is the report of the version in use (for the
     row count and drift checks); ``reference_keys`` gives, for each other table a referential rule
-    names, a function returning the hashed key values of that table's version in use."""
+    names, a function returning the hashed key values of that table's version in use (an array, or
+    arrays a chunk at a time: ``key_hash_chunks``).
+
+    The key and referential checks spill their hashes, encrypted under a key of this call's own, to
+    a private directory made in ``scratch_dir`` (the system's temporary directory if None) and
+    removed before this returns or raises (``hash_spill``, ADR 0043): their memory follows the
+    chunk, not the file. The delivery job passes a directory in the identifiable zone."""
     names = [c.name for c in expected]
     if len(set(names)) != len(names) or not names:
         raise DeliveryCheckError("The declared columns must be distinct and at least one")
@@ -508,11 +517,80 @@ def check_delivery(
         raise DeliveryCheckError(f"The delivery rules name columns the dataset does not have: "
                                  f"{', '.join(unknown_named)}")
 
-    counts = {c.name: _ColumnCounts(c.data_type if c.data_type in TYPES else "string") for c in expected}
-    rows = 0
-    hashes: list[np.ndarray] = []
-    key_missing = 0
-    ref_hashes: dict[str, list[np.ndarray]] = {r["column"]: [] for r in rules.referential}
+    scratch = Path(scratch_dir) if scratch_dir is not None else Path(tempfile.gettempdir())
+    with ExitStack() as spills:
+        # One bucket read at a time holds at most a chunk's bytes of blocks; the blocks waiting to be
+        # written, at most a quarter of a chunk (and 4 MiB).
+        read_limit, buffer = max(chunk_bytes, 1 << 16), min(1 << 22, max(1 << 16, chunk_bytes // 4))
+
+        def spill(shared: hash_spill.HashSpill | None = None) -> hash_spill.HashSpill:
+            return hash_spill.HashSpill(scratch, read_limit_bytes=read_limit, buffer_bytes=buffer, shared=shared)
+
+        key_spill = spills.enter_context(spill()) if rules.key_columns else None
+        ref_spills = {r["column"]: spills.enter_context(spill()) for r in rules.referential}
+        counts = {c.name: _ColumnCounts(c.data_type if c.data_type in TYPES else "string") for c in expected}
+        rows, key_missing = _check_rows(batches, names, counts, rules, today, key_spill, ref_spills,
+                                        progress)
+        body["source"]["bytes"] = as_source(path).size()
+
+        for name in names:
+            c = counts[name]
+            body["columns"][name] = c.to_dict(rows)
+            if name in rules.code_patterns:
+                body["columns"][name]["invalid_codes"] = c.invalid_codes
+            if c.numbers:
+                mean = c.total / c.numbers
+                sd = math.sqrt(max(c.squares / c.numbers - mean * mean, 0.0))
+                body["profile"][name] = {"mean": mean, "sd": sd, "n": c.numbers}
+
+        if rows == 0:
+            problems.append(_problem("empty", "The delivery has no rows", count=0))
+        problems += _threshold_problems(counts, rows, rules)
+        if key_spill is not None:
+            # Equal keys share a bucket: each bucket is sorted on its own and its repeats are the equal
+            # neighbours (ADR 0043), the same count as sorting every row's hash at once.
+            duplicates = hash_spill.duplicates(key_spill)
+            key_spill.close()
+            body["uniqueness"] = {"key_columns": list(rules.key_columns), "duplicate_rows": duplicates,
+                                  "rows_missing_key": key_missing}
+            if duplicates:
+                problems.append(_problem("duplicate_keys", f"{duplicates} rows repeat the key "
+                                         f"({', '.join(rules.key_columns)}) of an earlier row", count=duplicates))
+            if key_missing:
+                problems.append(_problem("missing_keys", f"{key_missing} rows lack part of the key "
+                                         f"({', '.join(rules.key_columns)})", count=key_missing))
+        for ref in rules.referential:
+            found = ref_spills[ref["column"]]
+            source = (reference_keys or {}).get(ref["table"])
+            if source is None:
+                # Nothing to check against yet (tables of one folder may be checked in any order): said,
+                # not failed; the next delivery of this table is checked against it.
+                distinct = hash_spill.distinct_count(found)
+                body["referential"].append({**ref, "distinct_values": distinct, "orphans": None, "checked": False})
+                continue
+            with spill(shared=found) as theirs:
+                keys = source()
+                for part in ([keys] if isinstance(keys, np.ndarray) else keys):
+                    theirs.add(part)
+                distinct, orphans = hash_spill.distinct_and_missing(found, theirs)
+            body["referential"].append({**ref, "distinct_values": distinct, "orphans": orphans, "checked": True})
+            if orphans:
+                problems.append(_problem("referential", f"{orphans} distinct values of {ref['column']} are not "
+                                         f"in {ref['table']}.{ref['table_column']}", column=ref["column"],
+                                         count=orphans))
+    if previous is not None and previous.get("rows") is not None:
+        body["drift"], drift_problems = _drift(body, rows, previous, rules)
+        problems += drift_problems
+    return DeliveryReport(not problems, rows, tuple(problems), body)
+
+
+def _check_rows(batches: Iterator[pa.RecordBatch], names: Sequence[str], counts: Mapping[str, _ColumnCounts],
+                rules: DeliveryRules, today: dt.date, key_spill: hash_spill.HashSpill | None,
+                ref_spills: Mapping[str, hash_spill.HashSpill], progress: Callable[[int], None] | None,
+                ) -> tuple[int, int]:
+    """Read every chunk once: count each column, spill the key's and the linked columns' hashes.
+    Returns the rows read and the rows missing part of the key."""
+    rows = key_missing = 0
     try:
         for batch in _iterate(batches):
             rows += batch.num_rows
@@ -520,67 +598,20 @@ def check_delivery(
             for name in names:
                 _observe(counts[name], batch.column(batch.schema.get_field_index(name)), rules, name, today,
                          integers)
-            if rules.key_columns:
+            if key_spill is not None:
                 h, m = _key_hashes(batch, rules.key_columns, integers)
-                hashes.append(h)
+                key_spill.add(h)
                 key_missing += m
-            for column in ref_hashes:
+            for column, spill in ref_spills.items():
                 h, _ = _key_hashes(batch, [column])
-                ref_hashes[column].append(_distinct(h))
+                spill.add(_distinct(h))
             if progress is not None:
                 progress(rows)
     except ProfilingError as exc:
         raise DeliveryCheckError(str(exc)) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise DeliveryCheckError("The delivery could not be read as its declared columns") from None
-
-    body["source"]["bytes"] = as_source(path).size()
-    for name in names:
-        c = counts[name]
-        body["columns"][name] = c.to_dict(rows)
-        if name in rules.code_patterns:
-            body["columns"][name]["invalid_codes"] = c.invalid_codes
-        if c.numbers:
-            mean = c.total / c.numbers
-            sd = math.sqrt(max(c.squares / c.numbers - mean * mean, 0.0))
-            body["profile"][name] = {"mean": mean, "sd": sd, "n": c.numbers}
-
-    if rows == 0:
-        problems.append(_problem("empty", "The delivery has no rows", count=0))
-    problems += _threshold_problems(counts, rows, rules)
-    if rules.key_columns:
-        every = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
-        hashes.clear()
-        # Sorted in place, the repeats are the equal neighbours: 8 bytes a row and a 1-byte mask,
-        # where the distinct values as an array of their own took four times the memory.
-        every.sort()
-        duplicates = int(np.count_nonzero(every[1:] == every[:-1]))
-        body["uniqueness"] = {"key_columns": list(rules.key_columns), "duplicate_rows": duplicates,
-                              "rows_missing_key": key_missing}
-        if duplicates:
-            problems.append(_problem("duplicate_keys", f"{duplicates} rows repeat the key "
-                                     f"({', '.join(rules.key_columns)}) of an earlier row", count=duplicates))
-        if key_missing:
-            problems.append(_problem("missing_keys", f"{key_missing} rows lack part of the key "
-                                     f"({', '.join(rules.key_columns)})", count=key_missing))
-    for ref in rules.referential:
-        found = _distinct(np.concatenate(ref_hashes[ref["column"]])) if ref_hashes[ref["column"]] else np.zeros(0)
-        source = (reference_keys or {}).get(ref["table"])
-        if source is None:
-            # Nothing to check against yet (tables of one folder may be checked in any order): said,
-            # not failed; the next delivery of this table is checked against it.
-            body["referential"].append({**ref, "distinct_values": int(len(found)), "orphans": None,
-                                        "checked": False})
-            continue
-        orphans = int((~np.isin(found, source())).sum())
-        body["referential"].append({**ref, "distinct_values": int(len(found)), "orphans": orphans, "checked": True})
-        if orphans:
-            problems.append(_problem("referential", f"{orphans} distinct values of {ref['column']} are not in "
-                                     f"{ref['table']}.{ref['table_column']}", column=ref["column"], count=orphans))
-    if previous is not None and previous.get("rows") is not None:
-        body["drift"], drift_problems = _drift(body, rows, previous, rules)
-        problems += drift_problems
-    return DeliveryReport(not problems, rows, tuple(problems), body)
+    return rows, key_missing
 
 
 _AHEAD = 1  # chunks parsed ahead of the one being checked
@@ -698,12 +729,22 @@ def _drift(
     return drift, problems
 
 
-def key_hashes_of(path: Path | str | SourceFile, column: str, *, chunk_bytes: int = 1 << 24) -> np.ndarray:
-    """The distinct hashed values of one column of a source (for referential checks against it)."""
+def key_hash_chunks(path: Path | str | SourceFile, column: str, *, chunk_bytes: int = 1 << 24) -> Iterator[np.ndarray]:
+    """The hashed values of one column of a source, distinct within each chunk, a chunk at a time
+    (for referential checks against it: ``check_delivery`` spills them as they come)."""
     _, _, names, batches = profiling.read_batches(path, chunk_bytes=chunk_bytes)
     if column not in names:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
         raise DeliveryCheckError(f"The referenced table has no column {column}")
-    found = [_distinct(_key_hashes(b, [column])[0]) for b in batches]
+    for batch in batches:
+        yield _distinct(_key_hashes(batch, [column])[0])
+
+
+def key_hashes_of(path: Path | str | SourceFile, column: str, *, chunk_bytes: int = 1 << 24) -> np.ndarray:
+    """The distinct hashed values of one column of a source, all in memory (a small table's)."""
+    found = list(key_hash_chunks(path, column, chunk_bytes=chunk_bytes))
     return _distinct(np.concatenate(found)) if found else np.zeros(0, dtype=np.uint64)
 
 
@@ -719,6 +760,7 @@ __all__ = [
     "DeliveryRules",
     "ExpectedColumn",
     "check_delivery",
+    "key_hash_chunks",
     "key_hashes_of",
     "public_report",
 ]

@@ -333,8 +333,8 @@ class _Sealer:
 class _Tee:
     """One read of the source, block by block: each block goes to the sealer and to the reader.
     The first ``_HEAD`` bytes are kept, so readers may start again from the beginning (sniffing a
-    dialect, reading the header row) until one reads past them; beyond, the plaintext is read once,
-    in order, and so the bytes checked are exactly the bytes sealed."""
+    dialect, reading the header row) until one reads past them, when they are dropped; beyond, the
+    plaintext is read once, in order, and so the bytes checked are exactly the bytes sealed."""
 
     def __init__(self, source: BinaryIO, sealer: _Sealer, max_bytes: int,
                  too_large: Callable[[int], Exception]) -> None:
@@ -398,6 +398,10 @@ class OnePassReader(io.RawIOBase):
             view[done : done + take] = memoryview(held)[at : at + take]
             done += take
             self._pos += take
+        if tee.head and self._pos > len(tee.head) >= _HEAD:
+            # A reader is past the head: from now on no reader may start again (``_Tee``), so its
+            # 32 MiB are let go instead of being held to the end of the file.
+            tee.head = bytearray()
         return done
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy import select
 
 from projects.kernel import ProjectError, ProjectPermissionDenied
 from projects.models import Dataset
-from pseudonymisation import zone
+from pseudonymisation import hash_spill, zone
 from pseudonymisation.dataset_schemas import DatasetSchemas
 from pseudonymisation.deliveries import Deliveries
 from pseudonymisation.delivery_tasks import deliveries_service
@@ -202,6 +203,28 @@ def test_a_csv_is_checked_as_it_is_sealed_and_keeps_the_hash_of_the_file_that_la
     copy = zone.source(first.stored_path, service(app).keys)
     assert zone.plaintext_sha256(copy) == (first.source_sha256, len(landed))
     assert sorted(p.name for p in Path(first.stored_path).parent.iterdir()) == ["registry.csv"]
+
+
+def test_the_key_check_spills_inside_the_zone_and_leaves_nothing_there(onboarding_app: Any) -> None:
+    # ADR 0043: the key hashes go, encrypted, to a private directory of the identifiable zone and are
+    # gone when the check ends; a spill a killed worker left a day ago is removed, a fresh one kept.
+    app = onboarding_app
+    w = build_world(app)
+    ds = register(app, w)
+    scratch = Path(app.extensions["tre.settings"].identifiable_path) / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    scratch.chmod(0o755)  # widened by hand: put back
+    old, fresh = scratch / f"{hash_spill.PREFIX}old", scratch / f"{hash_spill.PREFIX}fresh"
+    for left in (old, fresh):
+        left.mkdir(mode=0o700)
+        (left / "00").write_bytes(b"\0" * 16)
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+
+    first = deliver(app, w, ds, "v1/registry.csv")
+
+    assert first.state == "accepted" and first.report["uniqueness"]["duplicate_rows"] == 0
+    assert oct(scratch.stat().st_mode & 0o777) == oct(0o700)
+    assert sorted(p.name for p in scratch.iterdir()) == [fresh.name]
 
 
 def test_a_delivery_cut_short_mid_row_is_quarantined_and_changes_nothing(onboarding_app: Any) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import stat
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,7 +17,9 @@ from pseudonymisation.delivery_checks import (
     DeliveryCheckError,
     DeliveryRules,
     ExpectedColumn,
+    _key_hashes,
     check_delivery,
+    key_hash_chunks,
     key_hashes_of,
     public_report,
 )
@@ -307,3 +312,126 @@ def test_a_messy_delivery_reports_the_same_in_small_chunks_as_in_one(tmp_path: P
     assert small.pop("profile") == {c: pytest.approx(v) for c, v in whole.pop("profile").items()}
     assert small == whole
     assert small["columns"]["id"]["type_failures"] > 0 and small["columns"]["nhs"]["nhs_numbers_invalid"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The key checks spill to private, keyed bucket files (ADR 0043)
+
+
+def _keyed_rows(keys: list[str], other: list[str] | None = None) -> list[list[str]]:
+    numbers = valid_nhs_numbers(len(keys), seed=6)
+    return [[k, numbers[i], "2020-01-01", "1.5", other[i] if other else "I10"] for i, k in enumerate(keys)]
+
+
+def _old_duplicates(path: Path, columns: list[str]) -> tuple[int, int]:
+    """The method the spill replaced: every row's key hash in memory at once, sorted, equal
+    neighbours counted (and rows lacking part of the key)."""
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ("id", "nhs", "seen", "score", "code")}, strings_can_be_null=True))
+    hashes, missing = _key_hashes(table, columns)
+    hashes.sort()
+    return int(np.count_nonzero(hashes[1:] == hashes[:-1])), missing
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_duplicate_keys_are_counted_as_by_sorting_every_hash_in_memory(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cases = {
+        "many repeats": [str(v) for v in rng.integers(0, 400, 3000)],
+        "repeats only across chunks": [str(v) for v in [*range(1500), *range(1000, 2500)]],
+        "text keys, some with zeros": [f"{'0' * int(z)}{v}" for z, v in zip(rng.integers(0, 2, 2000),
+                                                                            rng.integers(0, 900, 2000), strict=True)],
+        "all equal": ["77"] * 2500,
+        "one row": ["5"],
+        "empty": [],
+    }
+    for name, keys in cases.items():
+        path = _csv(tmp_path / f"{name}.csv", _keyed_rows(keys))
+        for columns in (["id"], ["id", "code"]):
+            report = check_delivery(path, EXPECTED, DeliveryRules(key_columns=tuple(columns)), today=TODAY,
+                                    chunk_bytes=2048, scratch_dir=tmp_path).to_dict()
+            duplicates, missing = _old_duplicates(path, columns) if keys else (0, 0)
+            assert (report["uniqueness"]["duplicate_rows"], report["uniqueness"]["rows_missing_key"]) == \
+                (duplicates, missing), (name, columns)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def test_referential_orphans_from_a_reference_read_in_chunks_are_those_of_a_set_comparison(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    ours = [str(v) for v in rng.integers(0, 3000, 6000)]
+    theirs = sorted({str(v) for v in rng.integers(0, 3000, 2500)})
+    people = tmp_path / "person.csv"
+    people.write_text("person_id\n" + "\n".join(theirs) + "\n", encoding="utf-8")
+    rules = DeliveryRules(referential=({"column": "id", "table": "person", "table_column": "person_id"},))
+    path = _csv(tmp_path / "d.csv", _keyed_rows(ours))
+
+    chunked = check_delivery(path, EXPECTED, rules, today=TODAY, chunk_bytes=2048, scratch_dir=tmp_path,
+                             reference_keys={"person": lambda: key_hash_chunks(people, "person_id",
+                                                                                chunk_bytes=1024)}).to_dict()
+    whole = check_delivery(path, EXPECTED, rules, today=TODAY, scratch_dir=tmp_path,
+                           reference_keys={"person": lambda: key_hashes_of(people, "person_id")}).to_dict()
+    unchecked = check_delivery(path, EXPECTED, rules, today=TODAY, scratch_dir=tmp_path).to_dict()
+
+    distinct = set(ours)
+    expected = {"distinct_values": len(distinct), "orphans": len(distinct - set(theirs)), "checked": True}
+    assert {k: chunked["referential"][0][k] for k in expected} == expected
+    assert {k: whole["referential"][0][k] for k in expected} == expected
+    assert (unchecked["referential"][0]["distinct_values"], unchecked["referential"][0]["orphans"]) == \
+        (len(distinct), None)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def _spilled(scratch: Path) -> list[tuple[Path, int, bytes]]:
+    return [(f, stat.S_IMODE(f.stat().st_mode), f.read_bytes()) for f in scratch.rglob("*") if f.is_file()]
+
+
+def test_spilled_key_hashes_are_private_keyed_and_removed_after_the_check(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    keys = [str(v) for v in range(20000)] + ["3"]
+    path = _csv(tmp_path / "d.csv", _keyed_rows(keys))
+    rules = DeliveryRules(key_columns=("id",),
+                          referential=({"column": "id", "table": "person", "table_column": "person_id"},))
+    seen: list[tuple[Path, int, bytes]] = []
+    folders: set[tuple[Path, int]] = set()
+
+    def look(rows: int) -> None:
+        seen.extend(_spilled(scratch))
+        folders.update((d, stat.S_IMODE(d.stat().st_mode)) for d in scratch.iterdir())
+
+    report = check_delivery(path, EXPECTED, rules, today=TODAY, chunk_bytes=8192, scratch_dir=scratch, progress=look)
+
+    assert report.to_dict()["uniqueness"]["duplicate_rows"] == 1
+    assert seen, "the check wrote nothing while it ran: nothing was tested"
+    assert {mode for _, mode, _ in seen} == {0o600}
+    assert folders and {mode for _, mode in folders} == {0o700}
+    assert {d.parent for d, _ in folders} == {scratch}
+    unkeyed = set(_key_hashes(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={"id": pa.string()})), ["id"])[0].tolist())
+    written = set(np.frombuffer(b"".join(data for _, _, data in seen), dtype=np.uint64).tolist())
+    assert len(unkeyed) == 20000 and not written & unkeyed
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", ["a row of too many values late in the file", "the caller stops mid-read"])
+def test_a_check_that_fails_mid_read_leaves_no_spill(tmp_path: Path, failure: str) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    # Past the first MiB (where the header is read), so the bad row is met mid-read.
+    path = _csv(tmp_path / "d.csv", _keyed_rows([str(v) for v in range(40000)]))
+    if failure.startswith("a row"):
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write("1,2,3,4,5,6,7\n")
+    written: list[int] = []
+
+    def progress(rows: int) -> None:
+        written.append(len(_spilled(scratch)))
+        if failure.startswith("the caller") and rows > 15000:
+            raise RuntimeError("stopped")
+
+    with pytest.raises((DeliveryCheckError, RuntimeError)):
+        check_delivery(path, EXPECTED, DeliveryRules(key_columns=("id",)), today=TODAY, chunk_bytes=8192,
+                       scratch_dir=scratch, progress=progress)
+
+    assert max(written) > 0, "nothing was spilled before the failure: nothing was tested"
+    assert list(scratch.iterdir()) == []

@@ -267,6 +267,29 @@ def test_a_reader_going_back_past_the_first_bytes_is_refused_and_leaves_nothing(
 
 
 @pytest.mark.usefixtures("small_blocks")
+def test_the_first_bytes_are_let_go_once_a_reader_is_past_them(tmp_path: Path) -> None:
+    # They are kept only so readers may start again; past them, that is refused, so they go.
+    data = os.urandom(9_000)
+    held: list[int] = []
+
+    def read(open_, size):  # noqa: ANN001, ANN202
+        with open_() as stream:
+            stream.read(2000)
+            held.append(len(stream.raw._tee.head))
+            stream.read(2000)
+            held.append(len(stream.raw._tee.head))
+        with pytest.raises(sealed.ReadOnceError), open_() as again:
+            again.read(10)
+        return size()
+
+    _, size, told = one_pass(tmp_path / "z.csv", data, read)
+
+    assert held[0] > 0 and held[1] == 0 and told == size == len(data)
+    with open_sealed(tmp_path / "z.csv", unwrap_to(KEY)) as handle:
+        assert handle.read() == data
+
+
+@pytest.mark.usefixtures("small_blocks")
 def test_one_pass_over_the_size_limit_or_a_failing_reader_leaves_nothing(tmp_path: Path) -> None:
     data = os.urandom(9_000)
 
