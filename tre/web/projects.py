@@ -92,7 +92,7 @@ def index() -> str:
     return render_template(
         "projects/index.html",
         title="My projects",
-        projects=svc.projects_of(g.user.id),
+        projects=svc.project_rows_of(g.user.id),
         labels=rules.STATE_LABELS,
     )
 
