@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.orm import lazyload
+from sqlalchemy.orm import lazyload, selectinload
 
 from projects import permissions as perm
 from projects.agreements import AgreementsAndTraining
@@ -35,12 +35,13 @@ from projects.kernel import (  # noqa: F401 - other packages import these from h
     ProjectPermissionDenied,
     agreement_hash,
     approved_columns,
+    approved_columns_of,
     approved_datasets,
     approved_datasets_of,
     project_optout_exemptions,
 )
 from projects.lifecycle import Lifecycle
-from projects.models import Project, ProjectMember
+from projects.models import Dataset, DatasetRequest, Project, ProjectMember
 from projects.rules import ACTIVE, APPROVED, IN_REVIEW, SUBMITTED, SUSPENDED
 from projects.rules import RuleViolation as RuleViolation  # re-exported
 
@@ -48,6 +49,9 @@ from projects.rules import RuleViolation as RuleViolation  # re-exported
 _REQUESTS_ON_USE = [lazyload(Project.dataset_requests)]
 _PROJECTS_OF = (
     select(Project)
+    # Each request's dataset comes for its name; nobody listing projects shows the datasets' columns
+    # (the approved ones are read as columns, ``approved_columns_of``), so reading them is refused.
+    .options(selectinload(Project.dataset_requests).joinedload(DatasetRequest.dataset).raiseload(Dataset.columns))
     .join(ProjectMember)
     .where(ProjectMember.user_id == bindparam("user_id"), ProjectMember.removed_at.is_(None))
     .order_by(Project.updated_at.desc())
@@ -80,7 +84,7 @@ class Projects(Catalogue, Applications, Committee, Lifecycle, AgreementsAndTrain
         return project
 
     def projects_of(self, user_id: str) -> list[Project]:
-        """The person's projects with their teams and dataset requests."""
+        """The person's projects with their teams and dataset requests (with their datasets' names)."""
         return list(self.session.scalars(_PROJECTS_OF, {"user_id": user_id}))
 
     def project_rows_of(self, user_id: str) -> list[Any]:
