@@ -94,7 +94,7 @@ _VERSIONS_AND_EXTENSION = select(
     .limit(1)
     .scalar_subquery(),
 )
-_EXEMPTABLE_STATES = ("in_review", "approved", "active", "suspended")  # as the page's exemption form
+_EXEMPTABLE_STATES = (rules.IN_REVIEW, rules.APPROVED, rules.ACTIVE, rules.SUSPENDED)  # the exemption form's
 
 
 def _people(ids: list[str]) -> dict[str, Any]:
