@@ -12,12 +12,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from projects.models import (
     ApprovedColumn,
     Dataset,
+    DatasetColumn,
     OptOutExemption,
     Project,
 )
@@ -128,7 +129,35 @@ def approved_columns(session: Session, project_id: str) -> dict[str, list[str]]:
 
     Empty until the chair approves; extracts, workspaces and output checks must use exactly this.
     """
-    return {d.name: d.columns for d in approved_datasets(session, project_id)}
+    return approved_columns_of(session, [project_id]).get(project_id, {})
+
+
+# Each approved column with its dataset's name and its place among the dataset's columns; a name the
+# dataset no longer has comes with no place (and, as in ``approved_datasets_of``, is left out).
+_APPROVED_COLUMNS = (
+    select(ApprovedColumn.project_id, Dataset.name, DatasetColumn.name)
+    .join(Dataset, Dataset.id == ApprovedColumn.dataset_id)
+    .outerjoin(
+        DatasetColumn,
+        and_(DatasetColumn.dataset_id == ApprovedColumn.dataset_id, DatasetColumn.name == ApprovedColumn.column_name),
+    )
+    .where(ApprovedColumn.project_id.in_(bindparam("ids", expanding=True)))
+    .order_by(DatasetColumn.position)
+)
+
+
+def approved_columns_of(session: Session, project_ids: list[str]) -> dict[str, dict[str, list[str]]]:
+    """``approved_columns`` of several projects, read as columns in one statement: the same answer as
+    ``approved_datasets_of`` gives by name, without loading each dataset and all its columns."""
+    if not project_ids:
+        return {}
+    found: dict[str, dict[str, list[str]]] = {}
+    for project_id, dataset_name, column in session.execute(_APPROVED_COLUMNS, {"ids": list(project_ids)}):
+        columns = found.setdefault(project_id, {}).setdefault(dataset_name, [])
+        if column is not None:
+            columns.append(column)
+    # Datasets in the order of their names as Python sorts them (not the database's collation).
+    return {p: {name: by_name[name] for name in sorted(by_name)} for p, by_name in found.items()}
 
 
 def project_optout_exemptions(session: Session, project_id: str) -> list[OptOutExemption]:

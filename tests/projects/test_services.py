@@ -9,14 +9,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from projects.models import ApplicationVersion, Project, Vote
+from projects.models import ApplicationVersion, ApprovedColumn, Project, Vote
 from projects.rules import IllegalTransition, RuleViolation
 from projects.services import (
     IncompleteApplication,
     NotFound,
     ProjectPermissionDenied,
     approved_columns,
+    approved_columns_of,
     approved_datasets,
+    approved_datasets_of,
 )
 from tests.projects.factories import (
     TODAY,
@@ -29,6 +31,7 @@ from tests.projects.factories import (
     voted,
 )
 from tre.core.audit import AuditEvent
+from tre.core.db import transaction
 from tre.core.notifications import OutboxMessage
 
 
@@ -272,6 +275,27 @@ def test_approval_with_fewer_columns_stores_the_approved_list(w: World) -> None:
     event = _events(w, "project.approve")[0]
     assert event.detail["approved_columns"] == {"admissions": 2}
     assert event.detail["requested_columns"] == {"admissions": 3}
+
+
+def test_approved_columns_read_as_columns_answer_as_the_approved_datasets_do(w: World) -> None:
+    given_out_of_order = approved(w, {"admissions": ["diagnosis", "nhs_number"]})
+    everything = approved(w)
+    renamed_since = approved(w, {"admissions": ["nhs_number"]})
+    with transaction(w.session) as s:  # an approved name the dataset no longer has
+        kept = select(ApprovedColumn.decision_id).where(ApprovedColumn.project_id == renamed_since.id)
+        decision_id = s.scalars(kept).one()
+        s.add(ApprovedColumn(project_id=renamed_since.id, dataset_id=w.dataset_id, column_name="gone",
+                             decision_id=decision_id))
+    ids = [given_out_of_order.id, everything.id, renamed_since.id, complete_draft(w).id]
+
+    by_columns = approved_columns_of(w.session, ids)
+
+    by_datasets = approved_datasets_of(w.session, ids)
+    assert by_columns == {p: {d.name: d.columns for d in datasets} for p, datasets in by_datasets.items()}
+    assert by_columns[given_out_of_order.id] == {"admissions": ["nhs_number", "diagnosis"]}  # the dataset's order
+    assert by_columns[renamed_since.id] == {"admissions": ["nhs_number"]}
+    assert set(by_columns) == set(ids[:3])  # a draft has none
+    assert approved_columns(w.session, everything.id) == by_columns[everything.id]
 
 
 def test_approving_a_column_that_was_not_requested_is_refused(w: World) -> None:

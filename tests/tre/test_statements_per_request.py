@@ -18,7 +18,15 @@ from sqlalchemy import func, select
 
 from tests.disclosure.factories import SAFE_CSV
 from tests.disclosure.factories import World as OutputWorld
-from tests.projects.factories import World, approved, build_world, complete_draft, in_review, make_user
+from tests.projects.factories import (
+    World,
+    approved,
+    build_world,
+    complete_draft,
+    in_review,
+    make_user,
+    ready_for_access,
+)
 from tests.statements import count_statements
 from tests.tre.helpers import identity
 from tre.authn import API_AUDIENCE
@@ -31,10 +39,13 @@ from tre.core.db import transaction, utcnow
 # route asked with one fell by 4 on SQLite (two sessions of their own, each BEGIN IMMEDIATE and a read,
 # before the person's read) and by 2 on PostgreSQL.
 HOME_PAGE = 7  # person + roles, the worklist's reads, the gate facts of each project at once
-PROJECT_PAGE = 21  # the project and its relations, the team's gate answers at once, the sections shown,
-# and the privacy budget (its row; the sums of spends and refunds: issue 21's DP route, 2 statements)
-API_PROJECT_LIST = 9  # the token's revocation with its person + roles, the projects with relations,
-# approved columns, decisions (it was 13)
+PROJECT_PAGE = 19  # the project and its relations, the team's gate answers at once, the sections shown,
+# and the privacy budget (its row; the sums of spends and refunds: issue 21's DP route, 2 statements); it
+# was 21: the versions were loaded to be counted, the waiting extension read apart, and the opt-out lists
+# in force read for every viewer though only the chair's exemption form offers them
+API_PROJECT_LIST = 8  # the token's revocation with its person + roles, the projects with relations,
+# approved columns (one column read), decisions (it was 13; 9 after ADR 0044, then each requested
+# dataset's columns were no longer loaded to order the approved ones, ADR 0045)
 API_AUDITED_WRITE = {"sqlite": 8, "postgresql": 7}  # token + person + roles, the account (locked) with
 # its roles, pending grants, the lane's end with the next seq (one statement), the event (was 12 and 9)
 PERSONAL_TOKEN_ME = 2  # BEGIN and the token with its person and roles, in one statement (ADR 0027)
@@ -51,6 +62,16 @@ OUTPUT_QUEUE_PAGE = {"sqlite": 9, "postgresql": 7}  # person + roles, the waitin
 # its verdicts read again to work out its automated status
 OUTPUT_QUEUE_API = {"sqlite": 7, "postgresql": 5}  # token checks with person + roles, then as the page
 # without the workload and names; it was 13 and 9, then 11 and 7 before ADR 0044
+# Reads of one project that never show its dataset requests: they load them no more (issue 26, ADR 0045);
+# each was 2 statements more (the requests with their datasets, and the datasets' columns).
+DAC_REVIEW_PAGE = {"sqlite": 15, "postgresql": 12}  # person + roles, the project with its team, the current
+# version, the reviewer's assignment, the votes, the assignments, the names, the committee, the decisions
+AGREEMENT_PAGE = {"sqlite": 8, "postgresql": 5}  # person + roles, the project with its team, the agreement,
+# the signatures and training
+API_APPROVED_COLUMNS = {"sqlite": 7, "postgresql": 4}  # token checks with person + roles (ADR 0044), the
+# project with its team, the approved columns
+MY_PROJECTS_PAGE = {"sqlite": 4, "postgresql": 2}  # person + roles, the four columns of each project shown
+# in one statement (SQLite adds a BEGIN to each); it was 7 and 5: teams, requests, datasets and columns
 OUTPUT_SUBMISSION = {"sqlite": 17, "postgresql": 16}  # token checks with person, the gate (once per transaction),
 # the request, group, file and check job as inserts, the checkers (one statement) and their notice, the
 # audit event; the reply is built from what the transaction wrote (it was 49 and 45, the reply 11 of them;
@@ -285,3 +306,55 @@ def test_output_submission_statements_do_not_grow_with_the_projects_requests(app
     assert response.status_code == 201
     assert after == before
     assert after <= OUTPUT_SUBMISSION[_dialect(app)]
+
+
+def test_my_projects_page_reads_the_columns_it_shows_whatever_the_number_of_projects(app: Any) -> None:
+    w: World = build_world(app)
+    complete_draft(w)
+    client = _signed_in(app, w.pi)
+
+    before, after, response = _twice(
+        app, lambda: client.get("/projects/"), lambda: [complete_draft(w) for _ in range(3)]
+    )
+
+    assert response.status_code == 200 and response.get_data(as_text=True).count('href="/projects/') >= 4
+    assert after == before
+    assert after <= MY_PROJECTS_PAGE[_dialect(app)], after
+
+
+def test_dac_review_page_does_not_load_the_projects_dataset_requests(app: Any) -> None:
+    w: World = build_world(app)
+    project = in_review(w)
+    client = _signed_in(app, w.chair)
+    client.get(f"/dac/{project.id}")
+
+    count, response = count_statements(app, lambda: client.get(f"/dac/{project.id}"))
+
+    assert response.status_code == 200 and project.title in response.get_data(as_text=True)
+    assert count <= DAC_REVIEW_PAGE[_dialect(app)], count
+
+
+def test_agreement_page_does_not_load_the_projects_dataset_requests(app: Any) -> None:
+    w: World = build_world(app)
+    project = ready_for_access(w)
+    client = _signed_in(app, w.pi)
+    client.get(f"/projects/{project.id}/agreement")
+
+    count, response = count_statements(app, lambda: client.get(f"/projects/{project.id}/agreement"))
+
+    assert response.status_code == 200
+    assert count <= AGREEMENT_PAGE[_dialect(app)], count
+
+
+def test_api_approved_columns_read_does_not_load_the_projects_dataset_requests(app: Any) -> None:
+    w: World = build_world(app)
+    project = approved(w)
+    client, headers = app.test_client(), _bearer(app, w.pi)
+    client.get(f"/api/v1/projects/{project.id}/approved-columns", headers=headers)
+
+    count, response = count_statements(
+        app, lambda: client.get(f"/api/v1/projects/{project.id}/approved-columns", headers=headers)
+    )
+
+    assert response.status_code == 200 and response.get_json()
+    assert count <= API_APPROVED_COLUMNS[_dialect(app)], count

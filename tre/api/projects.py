@@ -17,7 +17,7 @@ from projects.services import (
     APPLICATION_FIELDS,
     Projects,
     approved_columns,
-    approved_datasets_of,
+    approved_columns_of,
 )
 from tre.access import login_required, requires
 from tre.api import refuse
@@ -275,12 +275,9 @@ def list_projects() -> Any:
     svc = _svc()
     projects = svc.projects_of(g.user.id)
     ids = [p.id for p in projects]
-    approved = approved_datasets_of(svc.session, ids)
+    approved = approved_columns_of(svc.session, ids)
     decisions = svc.decisions_of(ids)
-    return [
-        _describe(svc, p, {d.name: d.columns for d in approved.get(p.id, [])}, decisions.get(p.id, []))
-        for p in projects
-    ]
+    return [_describe(svc, p, approved.get(p.id, {}), decisions.get(p.id, [])) for p in projects]
 
 
 @blp.route("/projects", methods=["POST"])

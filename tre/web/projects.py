@@ -16,7 +16,14 @@ from sqlalchemy import bindparam, func, select
 from projects import permissions as perm
 from projects import rules
 from projects.gate import team_access_with_facts
-from projects.models import AgreementTemplate, Dataset, Project, TrainingRecord
+from projects.models import (
+    AgreementTemplate,
+    ApplicationVersion,
+    Dataset,
+    ExtensionRequest,
+    Project,
+    TrainingRecord,
+)
 from projects.rules import ProjectPolicy, RuleViolation
 from projects.services import (
     IncompleteApplication,
@@ -75,6 +82,19 @@ def _project_for_view(project_id: str) -> Project:
 
 
 _NAMES = select(User.id, User.display_name).where(User.id.in_(bindparam("ids", expanding=True)))
+# What the project page says of the application's versions (how many were submitted) and of an
+# extension waiting for the chair (the end date asked for), in one statement.
+_VERSIONS_AND_EXTENSION = select(
+    select(func.count())
+    .select_from(ApplicationVersion)
+    .where(ApplicationVersion.project_id == bindparam("id"))
+    .scalar_subquery(),
+    select(ExtensionRequest.requested_end_date)
+    .where(ExtensionRequest.project_id == bindparam("id"), ExtensionRequest.decided_at.is_(None))
+    .limit(1)
+    .scalar_subquery(),
+)
+_EXEMPTABLE_STATES = (rules.IN_REVIEW, rules.APPROVED, rules.ACTIVE, rules.SUSPENDED)  # the exemption form's
 
 
 def _people(ids: list[str]) -> dict[str, Any]:
@@ -92,7 +112,7 @@ def index() -> str:
     return render_template(
         "projects/index.html",
         title="My projects",
-        projects=svc.projects_of(g.user.id),
+        projects=svc.project_rows_of(g.user.id),
         labels=rules.STATE_LABELS,
     )
 
@@ -142,6 +162,7 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
     agreement = svc.current_agreement()
     people = _people([m.user_id for m in project.active_members])
     team = _team_status(svc, project, agreement, people)
+    versions_submitted, extension_until = svc.session.execute(_VERSIONS_AND_EXTENSION, {"id": project.id}).one()
     return render_template(
         "projects/show.html",
         title=project.title,
@@ -169,11 +190,14 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         # The viewer's own line of the team's answers: the same gate, not asked twice.
         my_access=next((row["access"] for row in team if row["member"].user_id == g.user.id), None),
         agreement=agreement,
-        extension=svc.pending_extension(project),
-        versions=svc.versions(project),
+        extension_until=extension_until,
+        versions_submitted=versions_submitted,
         today=dt.date.today(),
         optout_exemptions=svc.optout_exemptions(project),
-        optout_list_names=_optout_list_names(),
+        # The lists in force are offered only on the form that exempts a project from one.
+        optout_list_names=_optout_list_names()
+        if g.user.has(Permission.OPTOUT_EXEMPT) and project.state in _EXEMPTABLE_STATES
+        else [],
         privacy=_privacy_budget(project.id)
         if member or project.pi_id == g.user.id or g.user.has(Permission.APPLICATION_DECIDE)
         else None,

@@ -3,6 +3,7 @@ client; views only parse, authorise and call the services."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -446,3 +447,19 @@ def test_agreements_page_shows_the_changes_from_the_previous_version(w: World, c
 
     assert "Changes from version 1" in page
     assert "[removed: </span>small.<" in page and "[added: </span>checked.<" in page
+
+
+def test_project_page_counts_the_submitted_versions_and_shows_the_waiting_extension(w: World, client: Any) -> None:
+    project = approved(w)
+    login(client, w.pi)
+    before = client.get(f"/projects/{project.id}").get_data(as_text=True)
+    asked_until = project.end_date + dt.timedelta(days=90)
+    w.svc.request_extension(w.pi, project.id, asked_until, "Recruitment ran late")
+
+    page = client.get(f"/projects/{project.id}").get_data(as_text=True)
+
+    versions = re.compile(r"Versions submitted\s*</dt>\s*<dd[^>]*>\s*(\d+)")
+    assert versions.search(before) and versions.search(before).group(1) == "1"
+    assert "is waiting for the committee chair" not in before and 'name="end_date"' in before
+    assert f"An extension to {asked_until.strftime('%d %B %Y')} is waiting for the committee chair." in page
+    assert 'name="end_date"' not in page
