@@ -19,7 +19,7 @@ from disclosure.progress import CHECK_JOB, RERUN_JOB, advance_after_checks, chec
 from disclosure.rerun.code import CODE_REQUIRED, CodeRefused, SubmittedCode, check_code
 from disclosure.rules import RuleViolation
 from projects.models import Project
-from tre.core.db import utcnow
+from tre.core.db import new_id, utcnow
 from tre.core.jobs import enqueue
 
 
@@ -50,8 +50,7 @@ class Authoring(OutputsBase):
     ) -> tuple[OutputRequest, bool]:
         if not perm.can_submit(actor):
             raise _Denied("output.create", getattr(actor, "id", None), None, "missing permission")
-        # Only whether it exists: loading the project would also load its team and datasets.
-        if not project_id or s.scalar(select(Project.id).where(Project.id == project_id)) is None:
+        if not project_id:
             raise NotFound("No such project")
         if client_key is not None:
             existing = s.scalar(
@@ -63,19 +62,23 @@ class Authoring(OutputsBase):
                 if existing.author_id != actor.id:
                     raise _Denied("output.create", actor.id, existing, "idempotency key of another author")
                 return existing, False
-        self._require_gate(s, actor, None, project_id, "output.create")
+        self._require_gate_to_create(s, actor, project_id)
         req = OutputRequest(
+            # Its id and first state set here, not by the INSERT's defaults: nothing needs it flushed
+            # before the use case is done with it (a workspace submission: one INSERT, no UPDATE).
+            id=new_id(),
             project_id=project_id,
             author_id=actor.id,
             title=title,
+            state=rules.DRAFT,
+            round=1,
             client_key=client_key,
             reviews_required=self.reviews_required,
             groups=[],  # a new request has none: so adding some loads nothing
             files=[],
         )
-        if client_key is None:  # nothing unique to collide with: no savepoint needed
+        if client_key is None:  # nothing unique to collide with: no savepoint, no flush needed
             s.add(req)
-            s.flush()
             self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
             return req, True
         try:
@@ -96,6 +99,18 @@ class Authoring(OutputsBase):
             return existing, False
         self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
         return req, True
+
+    def _require_gate_to_create(self, s: Session, actor: Any, project_id: str) -> None:
+        """The gate, asked before a request is made. It lets no one into a project that does not exist,
+        so only a refusal asks whether the project exists (no such project: not found, as before the
+        gate was asked; otherwise the audited refusal)."""
+        try:
+            self._require_gate(s, actor, None, project_id, "output.create")
+        except _Denied:
+            # Only whether it exists: loading the project would also load its team and datasets.
+            if s.scalar(select(Project.id).where(Project.id == project_id)) is None:
+                raise NotFound("No such project") from None
+            raise
 
     def submit_from_workspace(
         self, actor: Any, project_id: str, title: str, **kwargs: Any
@@ -296,9 +311,10 @@ class Authoring(OutputsBase):
         if group is None:
             if not create:
                 raise NotFound("No such group")
-            group = OutputGroup(name=name, position=len(req.groups), **fields)
+            # Its id and defaults set here: the row goes out with the transaction's next flush.
+            values = {"context": "", "controls": "", **fields}
+            group = OutputGroup(id=new_id(), name=name, position=len(req.groups), **values)
             req.groups.append(group)
-            s.flush()
         return group
 
     def _check_upload(self, name: str, content: bytes, table_spec: Any) -> tuple[rules.AcceptedFile, Any]:
@@ -351,6 +367,7 @@ class Authoring(OutputsBase):
                 return old  # the same file again: nothing changes
             old.superseded_at, old.superseded_in_round = utcnow(), req.round
         f = OutputFile(
+            id=new_id(),  # known now: the row goes out with the transaction's next flush
             group_id=grp.id,
             name=accepted.name,
             kind=accepted.kind,
@@ -362,7 +379,6 @@ class Authoring(OutputsBase):
             added_in_round=req.round,
         )
         req.files.append(f)
-        s.flush()
         self._record(
             s,
             "output.add_file",

@@ -347,10 +347,7 @@ def run_check(
     written = []
     verdicts: dict[str, str] = {}  # file id -> status, of the targets, under this policy
     if targets:
-        ledger = load_ledger(session, req.project_id)
-        pending = _pending_aggregates(session, req.project_id, {f.id for f in targets})
-        ledger.entries.extend(pending)
-        pending_ids = {e.output_id for e in pending}
+        ledger = _LazyLedger(session, req.project_id, {f.id for f in targets})
         already: dict[str, str] = dict(
             session.execute(
                 select(OutputCheck.file_id, OutputCheck.status).where(
@@ -381,13 +378,14 @@ def run_check(
                 )
                 for finding in outcome["differencing"]:
                     finding["earlier_request"] = requests.get(finding["earlier"])  # nosec B113 - a dict, not the HTTP library
-                    finding["earlier_state"] = "not yet released" if finding["earlier"] in pending_ids else "released"
+                    finding["earlier_state"] = (
+                        "not yet released" if finding["earlier"] in ledger.pending_ids else "released"
+                    )
             if outcome["aggregate"] is not None:
                 # The request's next files are audited against this one too (they would leave together).
                 from disclosure.engine import ReleasedAggregate
 
-                ledger.entries.append(ReleasedAggregate.from_dict(outcome["aggregate"]))
-                pending_ids.add(f.id)
+                ledger.add_own(ReleasedAggregate.from_dict(outcome["aggregate"]))
             reach("outputs.check.file_checked")  # checked, request locked, nothing written (ADR 0004)
             _store(session, f, req, policy, outcome, job_id)
             written.append(f.id)
@@ -411,6 +409,35 @@ def run_check(
     # What this transaction read and wrote already says whether every current file has its verdict.
     advanced = advance_after_checks(session, audit, req, policy.sha256, verdicts=verdicts)
     return {"checked": written, "state": req.state, "advanced": advanced}
+
+
+class _LazyLedger:
+    """What a check audits a table against: the project's release ledger, the in-flight tables of its
+    other requests and this request's tables checked before it, in that order. Read from the database
+    only when a file first needs it (a table with a known dataset): a plain CSV, a text file or an
+    image is never audited against it, and the in-flight tables grow with the requests waiting."""
+
+    def __init__(self, session: Session, project_id: str, skip: set[str]) -> None:
+        self._session, self._project_id, self._skip = session, project_id, skip
+        self._own: list[Any] = []  # this request's entries added before the ledger was read
+        self._ledger: Any = None
+        self.pending_ids: set[str] = set()  # output ids of the entries not yet released
+
+    @property
+    def entries(self) -> list[Any]:
+        if self._ledger is None:
+            with self._session.no_autoflush:  # this request's verdicts are skipped anyway: they go out together
+                ledger = load_ledger(self._session, self._project_id)
+                pending = _pending_aggregates(self._session, self._project_id, self._skip)
+            ledger.entries.extend(pending)
+            ledger.entries.extend(self._own)
+            self.pending_ids |= {e.output_id for e in pending}
+            self._ledger, self._own = ledger, []
+        return self._ledger.entries  # type: ignore[no-any-return]
+
+    def add_own(self, entry: Any) -> None:
+        (self._own if self._ledger is None else self._ledger.entries).append(entry)
+        self.pending_ids.add(entry.output_id)
 
 
 PENDING_STATES = (rules.SUBMITTED, rules.CHECKING, rules.AWAITING_REVIEW, rules.APPROVED, rules.RETURNED)

@@ -180,12 +180,14 @@ class OutputsBase:
         # that transaction: on SQLite the transaction holds the write lock, so nothing could have
         # changed; on PostgreSQL a change committed meanwhile is no more visible than one committed
         # after the last ask and before the commit. Nothing is kept past the transaction (ADR 0027).
+        real = s() if isinstance(s, scoped_session) else s
         asked = s.info.get(_GATE_ALLOWED)
-        root = (s() if isinstance(s, scoped_session) else s).get_transaction()
-        if asked is not None and asked[0] is root and (actor.id, project_id) in asked[1]:
+        root = real.get_transaction()
+        if root is not None and asked is not None and asked[0] is root and (actor.id, project_id) in asked[1]:
             return
         decision = check_access(s, actor.id, project_id)
         if decision.allowed:
+            root = real.get_transaction()  # the gate's read began it, when it is the transaction's first
             if asked is None or asked[0] is not root:
                 asked = s.info[_GATE_ALLOWED] = (root, set())
             asked[1].add((actor.id, project_id))
@@ -240,7 +242,8 @@ class OutputsBase:
 
     def _tell_checkers(self, s: Session, req: OutputRequest, subject: str, topic: str, *, new: bool = False) -> None:
         """Tell the request's reviewers of this round or, when none has claimed it, every eligible checker.
-        ``new``: the request was created in this transaction, so it can have no reviewer yet."""
+        ``new``: the request was created in this transaction, so it can have no reviewer yet, and no
+        message can hold a key that names it."""
         reviewers = [] if new else [r.reviewer_id for r in self._reviewers(s, req)]
         targets = reviewers or self._eligible_checkers(s, req)
         self._notify(
@@ -250,6 +253,7 @@ class OutputsBase:
             f"Output request {req.id}: {subject.lower()}.",
             topic,
             f"{topic}:{req.id}:{req.round}",
+            new_keys=new,
         )
 
     def _tell_team(self, s: Session, req: OutputRequest, subject: str, topic: str) -> None:

@@ -272,5 +272,7 @@ def eligible_checkers(s: Session, req: OutputRequest) -> list[str]:
     return sorted(set(s.scalars(_ELIGIBLE_CHECKERS, {"project_id": req.project_id, "author_id": req.author_id})))
 
 
-def notify(s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str) -> None:
-    notify_users(s, user_ids, subject=subject, body=body, topic=topic, dedupe_key=dedupe)
+def notify(
+    s: Session, user_ids: Sequence[str], subject: str, body: str, topic: str, dedupe: str, *, new_keys: bool = False
+) -> None:
+    notify_users(s, user_ids, subject=subject, body=body, topic=topic, dedupe_key=dedupe, new_keys=new_keys)

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, String, Text, and_, event, or_, select, update
+from sqlalchemy import CheckConstraint, Index, String, Text, and_, bindparam, event, or_, select, update
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -269,36 +269,60 @@ class _LeaseKeeper(threading.Thread):
         self.join(timeout=5)
 
 
+# The statements every job sends, built once: SQLAlchemy keeps a statement object's cache key, so a
+# job no longer builds and keys them (the values are bound at each execution). Neither session holds
+# the job as an object (the claim's is new; the handler's ends with this update), so nothing in it is
+# synchronised with the row.
+_UNSYNCED = {"synchronize_session": False}
+_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == bindparam("claim_job_id"),
+        Job.attempts < Job.max_attempts,
+        or_(Job.state == QUEUED, and_(Job.state == RUNNING, Job.lease_expires_at < bindparam("claim_now"))),
+    )
+    .values(
+        state=RUNNING,
+        attempts=Job.attempts + 1,
+        lease_owner=bindparam("claim_owner"),
+        lease_expires_at=bindparam("claim_expires"),
+        started_at=bindparam("claim_now"),
+    )
+    .execution_options(**_UNSYNCED)
+)
+_CLAIM_RETURNING = _CLAIM.returning(Job.kind, Job.payload, Job.attempts)
+_SUCCEED = (
+    update(Job)
+    .where(Job.id == bindparam("done_job_id"), Job.lease_owner == bindparam("done_owner"))
+    .values(
+        state=SUCCEEDED,
+        result=bindparam("done_result", type_=Job.__table__.c.result.type),
+        progress=1.0,
+        lease_owner=None,
+        lease_expires_at=None,
+        finished_at=bindparam("done_at"),
+        last_error=None,
+    )
+    .execution_options(**_UNSYNCED)
+)
+
+
 def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
     """Claim and run one job. Returns what happened: claimed-by-other, succeeded, retry or failed."""
     owner = uuid.uuid4().hex
     lease = dt.timedelta(seconds=lease_seconds)
     now = utcnow()
-    claim = (
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.attempts < Job.max_attempts,
-            or_(Job.state == QUEUED, and_(Job.state == RUNNING, Job.lease_expires_at < now)),
-        )
-        .values(
-            state=RUNNING,
-            attempts=Job.attempts + 1,
-            lease_owner=owner,
-            lease_expires_at=now + lease,
-            started_at=now,
-        )
-    )
+    claim_params = {"claim_job_id": job_id, "claim_now": now, "claim_owner": owner, "claim_expires": now + lease}
     with db.session_factory() as s:
         if db.engine.dialect.update_returning:
             # What the handler needs comes back with the claim: no second statement to read it.
-            claimed = s.execute(claim.returning(Job.kind, Job.payload, Job.attempts)).one_or_none()
+            claimed = s.execute(_CLAIM_RETURNING, claim_params).one_or_none()
             s.commit()
             if claimed is None:
                 return "not-claimed"
             kind, payload, attempt = claimed.kind, dict(claimed.payload), claimed.attempts
         else:  # SQLite before 3.35 has no RETURNING
-            if s.execute(claim).rowcount != 1:  # type: ignore[attr-defined]
+            if s.execute(_CLAIM, claim_params).rowcount != 1:  # type: ignore[attr-defined]
                 s.commit()
                 return "not-claimed"
             s.commit()
@@ -317,17 +341,8 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
             ctx = JobContext(session, job_id, payload, attempt, _progress_reporter(db, job_id, owner, kind))
             result = registered.handler(ctx)
             finished = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner)
-                .values(
-                    state=SUCCEEDED,
-                    result=result or {},
-                    progress=1.0,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    finished_at=utcnow(),
-                    last_error=None,
-                )
+                _SUCCEED,
+                {"done_job_id": job_id, "done_owner": owner, "done_result": result or {}, "done_at": utcnow()},
             )
             if finished.rowcount != 1:  # type: ignore[attr-defined]
                 # We lost the lease (the sweeper gave the job to another worker): our work must not land.

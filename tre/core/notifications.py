@@ -93,6 +93,7 @@ def notify_users(
     body: str,
     topic: str,
     dedupe_key: str | None = None,
+    new_keys: bool = False,
 ) -> list[OutboxMessage]:
     """Add the same message for each active account among ``user_ids`` (in their order, each once),
     in the caller's transaction; unknown and inactive accounts are skipped.
@@ -101,14 +102,19 @@ def notify_users(
     skipped. One query for the accounts and one for the keys, and the messages go in together at
     the next flush: on a database server each statement is a round trip, and a loop of them per
     person (every output checker, on each submission) cost seconds under load.
+
+    ``new_keys``: the caller knows no message can hold these keys yet (the key names a row made in
+    its own transaction, e.g. a request submitted in it), so they are not looked up; the keys' unique
+    constraint still fails the transaction if that was a mistake.
     """
-    return notify_each(session, [Notice(user_ids, subject, body, topic, dedupe_key)])
+    return notify_each(session, [Notice(user_ids, subject, body, topic, dedupe_key)], new_keys=new_keys)
 
 
-def notify_each(session: Session, notices: Sequence[Notice]) -> list[OutboxMessage]:
+def notify_each(session: Session, notices: Sequence[Notice], *, new_keys: bool = False) -> list[OutboxMessage]:
     """``notify_users`` for several notices at once, still in two queries whatever their number (the
     check job tells the checkers and the author in one go). A key that two notices would both use is
-    used once, by the first, as if they had been sent one after the other."""
+    used once, by the first, as if they had been sent one after the other. ``new_keys`` as in
+    ``notify_users``: one query, for the accounts."""
     wanted = [(notice, list(dict.fromkeys(notice.user_ids))) for notice in notices]
     everyone = list(dict.fromkeys(uid for _, ids in wanted for uid in ids))
     if not everyone:
@@ -121,7 +127,7 @@ def notify_each(session: Session, notices: Sequence[Notice]) -> list[OutboxMessa
     ]
     used: set[str | None] = set()
     all_keys = [key for keys in keyed for key in keys.values()]
-    if all_keys:
+    if all_keys and not new_keys:
         taken = select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(list(dict.fromkeys(all_keys))))
         used.update(session.scalars(taken))
     messages = []

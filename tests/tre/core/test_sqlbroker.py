@@ -219,3 +219,40 @@ def test_a_look_into_a_queue_with_a_message_claims_it_once(broker_url: str) -> N
 
     assert got == {"body": "job-1"}
     assert "BEGIN" in sent and sent.count("UPDATE") == 1  # the claim is kombu's locked one
+
+
+def test_a_look_into_every_queue_of_a_worker_is_one_read_whatever_their_number(broker_url: str) -> None:
+    """A worker takes four queues: one look into all of them is one plain read, not one per queue, and
+    a message in any of them is still found and delivered once."""
+    from queue import Empty
+
+    from sqlalchemy import event
+
+    names = ("default", "checks", "extracts", "notifications")
+    queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names]
+    taken: list[Any] = []
+    with _connection(broker_url) as conn, _connection(broker_url) as producer_conn:
+        consumer = conn.Consumer(queues, callbacks=[lambda body, message: taken.append(body)])
+        consumer.consume()
+        channel = conn.default_channel
+        sent: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            sent.append(" ".join(statement.split()).split(" ")[0].upper())
+
+        engine = channel.session.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            with pytest.raises(Empty):
+                channel.drain_events()
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        producer_conn.Producer().publish({"job": "j9"}, exchange=queues[2].exchange, routing_key="extracts",
+                                         declare=[queues[2]])
+        conn.drain_events(timeout=NEVER)
+        with pytest.raises(Empty):
+            channel.drain_events()  # taken: nothing more in any queue
+        consumer.cancel()
+
+    assert sent == ["SELECT"]
+    assert taken == [{"job": "j9"}]
