@@ -38,7 +38,10 @@ from tre.core.db import transaction, utcnow
 # A signed (JWT) token's checks are one statement with its person since ADR 0044: every budget of a
 # route asked with one fell by 4 on SQLite (two sessions of their own, each BEGIN IMMEDIATE and a read,
 # before the person's read) and by 2 on PostgreSQL.
-HOME_PAGE = 7  # person + roles, the worklist's reads, the gate facts of each project at once
+HOME_PAGE = {"sqlite": 4, "postgresql": 2}  # BEGIN and person + roles, BEGIN and the researcher's open
+# projects with what each waits for (returned outputs, the current agreement signed, the training) in one
+# statement; it was 7 and 5: the projects were loaded as objects, then the agreement template, the
+# signatures, the training and the returned counts read one statement each (issue 26)
 PROJECT_PAGE = 19  # the project and its relations, the team's gate answers at once, the sections shown,
 # and the privacy budget (its row; the sums of spends and refunds: issue 21's DP route, 2 statements); it
 # was 21: the versions were loaded to be counted, the waiting extension read apart, and the opt-out lists
@@ -116,7 +119,7 @@ def test_home_page_statements_do_not_grow_with_the_persons_projects(app: Any) ->
 
     assert response.status_code == 200 and response.get_data(as_text=True).count("data-project=") == 5
     assert after == before
-    assert after <= HOME_PAGE
+    assert after <= HOME_PAGE[_dialect(app)]
 
 
 def test_checker_home_page_statements_do_not_grow_with_the_queue(app: Any) -> None:
