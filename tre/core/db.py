@@ -79,7 +79,10 @@ class Base(DeclarativeBase):
 # command line, a second connection opened by a thread that already holds the queue).
 WRITE_QUEUE_SUFFIX = "-writequeue"
 _BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
-_held_by_thread = threading.local()
+# The threads holding the queue now. A connection may be given back (and so rolled back) on a thread
+# other than the one that began on it, so each connection remembers which thread it queued for.
+_holding_threads: set[int] = set()
+os.register_at_fork(after_in_child=_holding_threads.clear)  # a child holds nothing of its parent's
 
 
 class _WriteQueueCursor(sqlite3.Cursor):
@@ -105,6 +108,7 @@ class _WriteQueuedConnection(sqlite3.Connection):
     _queue_fd: int | None = None
     _queue_pid: int | None = None
     _queued = False
+    _queued_for: int | None = None
 
     def cursor(self, factory: Any = _WriteQueueCursor) -> Any:
         return super().cursor(factory)
@@ -112,22 +116,25 @@ class _WriteQueuedConnection(sqlite3.Connection):
     def join_write_queue(self) -> bool:
         """Wait for the write queue; False (and no wait) for a database without a file, or when this
         thread already holds the queue through another connection (waiting would deadlock it)."""
-        if self.queue_path is None or self._queued or getattr(_held_by_thread, "count", 0):
+        thread = threading.get_ident()
+        if self.queue_path is None or self._queued or thread in _holding_threads:
             return False
         if self._queue_fd is None or self._queue_pid != os.getpid():
             # A descriptor inherited over fork shares its lock with the parent: open our own.
             self._queue_fd = os.open(self.queue_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._queue_pid = os.getpid()
         fcntl.flock(self._queue_fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-        self._queued = True
-        _held_by_thread.count = getattr(_held_by_thread, "count", 0) + 1
+        self._queued, self._queued_for = True, thread
+        _holding_threads.add(thread)
         return True
 
     def leave_write_queue(self) -> None:
         if not self._queued:
             return
         self._queued = False
-        _held_by_thread.count -= 1
+        if self._queued_for is not None:
+            _holding_threads.discard(self._queued_for)
+        self._queued_for = None
         if self._queue_fd is not None and self._queue_pid == os.getpid():
             fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 

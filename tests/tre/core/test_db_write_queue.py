@@ -128,6 +128,22 @@ def test_a_second_connection_in_the_thread_holding_the_queue_does_not_wait_on_it
         assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 1
 
 
+def test_a_connection_given_back_on_another_thread_frees_the_thread_that_began(engine: Engine, tmp_path: Path) -> None:
+    conn = engine.connect()
+    conn.execute(text("UPDATE counter SET n = n + 1"))  # this thread now holds the queue
+    giver = threading.Thread(target=conn.close)  # the pool's reset rolls back, on the other thread
+    giver.start()
+    giver.join(timeout=60)
+    assert queue_is_free(queue_file(tmp_path))
+    # This thread queues again: were it still marked as holding, its next transaction would skip the
+    # queue and leave it free.
+    with engine.connect() as first:
+        first.execute(text("SELECT n FROM counter"))
+        assert not queue_is_free(queue_file(tmp_path))
+        first.rollback()
+    assert queue_is_free(queue_file(tmp_path))
+
+
 HOLDER = """
 import sys
 from sqlalchemy import text
