@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from disclosure import rules
@@ -177,19 +177,22 @@ def advance_after_checks(
     *,
     request_id: str | None = None,
     verdicts: dict[str, str] | None = None,
+    current_files: Sequence[Any] | None = None,
 ) -> bool:
     """Move a submitted or checking request on once every current file has its verdict (idempotent).
 
     ``verdicts``: file id -> status of the verdicts under this policy the caller has just read or
     written in this transaction (the check job); when they cover every current file nothing is read
-    again, otherwise the request's verdicts are read as usual."""
+    again, otherwise the request's verdicts are read as usual. ``current_files``: the request's current
+    files as the caller read them in this transaction (anything with ``id`` and ``name``, in the order
+    they were added), so that its ``files`` need not be loaded when the verdicts cover them."""
     if req.state not in (rules.SUBMITTED, rules.CHECKING):
         return False
-    files = req.current_files
+    files = req.current_files if current_files is None else current_files
     known = verdicts is not None and all(f.id in verdicts for f in files)
     if known:
         assert verdicts is not None
-        status = status_of(req, {f.id for f in files}, None)
+        status = _status(req.state, files, {f.id for f in files}, None)
     else:
         status = automated_status(s, req, policy_sha256)
 
@@ -240,14 +243,17 @@ def advance_after_checks(
 
 
 def _review_targets(s: Session, req: OutputRequest) -> list[str]:
-    reviewers = list(
-        s.scalars(
-            select(OutputReview.reviewer_id).where(OutputReview.request_id == req.id, OutputReview.round == req.round)
-        )
-    )
+    """Who is told a request is ready for review: the round's reviewers if it has any, otherwise every
+    eligible checker (``eligible_checkers``). One statement: the reviewers, and the eligible checkers
+    only where the round has none (two before, in turn)."""
+    rows = s.execute(
+        _REVIEW_TARGETS,
+        {"request_id": req.id, "round": req.round, "project_id": req.project_id, "author_id": req.author_id},
+    ).all()
+    reviewers = [user_id for user_id, is_reviewer in rows if is_reviewer]
     if reviewers:
         return reviewers
-    return eligible_checkers(s, req)
+    return sorted({user_id for user_id, _ in rows})
 
 
 def _eligible_checkers_statement() -> Any:
@@ -264,6 +270,18 @@ def _eligible_checkers_statement() -> Any:
 
 
 _ELIGIBLE_CHECKERS = _eligible_checkers_statement()  # built once: SQLAlchemy keeps its cache key
+
+
+def _review_targets_statement() -> Any:
+    in_round = (OutputReview.request_id == bindparam("request_id"), OutputReview.round == bindparam("round"))
+    reviewers = select(OutputReview.reviewer_id.label("user_id"), literal(True).label("is_reviewer")).where(*in_round)
+    eligible = _eligible_checkers_statement().add_columns(literal(False).label("is_reviewer")).where(
+        ~select(OutputReview.id).where(*in_round).exists()
+    )
+    return union_all(reviewers, eligible)
+
+
+_REVIEW_TARGETS = _review_targets_statement()  # the round's reviewers, else the eligible checkers
 
 
 def eligible_checkers(s: Session, req: OutputRequest) -> list[str]:
