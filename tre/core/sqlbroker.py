@@ -27,8 +27,11 @@ from time import monotonic
 from typing import Any
 
 from kombu.transport import sqlalchemy as kombu_sqla
-from sqlalchemy import bindparam, create_engine, select
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from sqlalchemy import bindparam, create_engine, func, insert, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from tre.core import wakeup
 
@@ -96,26 +99,52 @@ class Channel(kombu_sqla.Channel):
         return ids[queue]
 
     def _statement(self, name: str) -> Any:
-        """The plain reads, built once per channel (the message class is the channel's): SQLAlchemy
-        keeps a statement object's cache key, so a look no longer builds and keys a statement."""
+        """The broker's statements, built once per channel (the message class is the channel's):
+        SQLAlchemy keeps a statement object's cache key, so a look no longer builds and keys a
+        statement. They are Core statements on kombu's own tables, whose layout is unchanged."""
         built: dict[str, Any] = self.__dict__.setdefault("_tre_statements", {})
         if name not in built:
-            message = self.message_cls
-            if name == "waiting":  # which queues hold a visible message
-                queue = self.queue_cls
-                built[name] = (
-                    select(queue.name)
-                    .join(message, message.queue_id == queue.id)
-                    .where(message.visible.is_(True))
-                    .distinct()
-                )
-            else:  # whether one queue does
-                built[name] = (
-                    select(message.id)
-                    .where(message.queue_id == bindparam("queue_id"), message.visible.is_(True))
-                    .limit(1)
-                )
+            built[name] = self._build(name)
         return built[name]
+
+    def _build(self, name: str) -> Any:
+        message = self.message_cls.__table__
+        queue_id = bindparam("queue_id")
+        if name == "waiting":  # which queues hold a visible message
+            queue = self.queue_cls.__table__
+            return (
+                select(queue.c.name)
+                .join(message, message.c.queue_id == queue.c.id)
+                .where(message.c.visible.is_(True))
+                .distinct()
+            )
+        if name == "one":  # whether one queue does
+            return select(message.c.id).where(message.c.queue_id == queue_id, message.c.visible.is_(True)).limit(1)
+        if name == "claim":  # (its bound name is not the column's: an UPDATE reserves those)
+            queue_id = bindparam("claim_queue_id")
+            # kombu's claim in one statement: its oldest visible message (the same order, locked on
+            # PostgreSQL), made invisible with the row's version moved on and its timestamp set as the
+            # ORM's update did, and its payload returned. ``visible`` is asked again outside the
+            # subquery: a consumer that waited on the row's lock finds it taken and claims nothing.
+            oldest = (
+                select(message.c.id)
+                .where(message.c.queue_id == queue_id, message.c.visible.is_(True))
+                .order_by(message.c.timestamp, message.c.id)
+                .limit(1)
+                .with_for_update()
+                .scalar_subquery()
+            )
+            return (
+                update(message)
+                .where(message.c.id == oldest, message.c.visible.is_(True))
+                .values(visible=False, version=message.c.version + 1)
+                .returning(message.c.payload)
+            )
+        if name == "put":
+            return insert(message)  # the columns given are the values; the rest take their defaults
+        if name == "size":
+            return select(func.count()).select_from(message).where(message.c.queue_id == queue_id)
+        raise KeyError(name)
 
     def _poll(self, cycle: Any, callback: Any, timeout: float | None = None) -> Any:
         """One look into every queue this consumer takes: a single read says which of them hold a
@@ -149,11 +178,47 @@ class Channel(kombu_sqla.Channel):
                 session.commit()  # end the read: no snapshot held while the worker waits
             if waiting is None:
                 raise Empty()
-        return super()._get(queue)  # the locked claim; another consumer may win it (Empty)
+        return self._claim(queue)
+
+    def _claim(self, queue: str) -> Any:
+        """kombu's locked claim (``BEGIN IMMEDIATE`` on SQLite, ``FOR UPDATE`` elsewhere) as one
+        ``UPDATE ... RETURNING``, not an ORM look-up of the queue, a locked ORM read and a flush of the
+        message object; another consumer may win it (Empty). A database without ``RETURNING`` in an
+        ``UPDATE`` is claimed from by kombu's own code."""
+        session = self.session
+        if not session.get_bind().dialect.update_returning:
+            return super()._get(queue)
+        queue_id = self._queue_id(queue)
+        if session.get_bind().name == "sqlite":
+            session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
+        try:
+            payload = session.execute(self._statement("claim"), {"claim_queue_id": queue_id}).scalar()
+        finally:
+            session.commit()
+        if payload is None:
+            raise Empty()
+        return loads(bytes_to_str(payload))
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        super()._put(queue, payload, **kwargs)  # committed (or raised) when this returns
+        """kombu's ``_put`` as one Core ``INSERT`` (the queue's id known once per channel, no message
+        object), committed (or raised) when this returns; then the consumers are poked."""
+        session = self.session
+        queue_id = self._queue_id(queue)
+        session.execute(self._statement("put"), {"queue_id": queue_id, "payload": dumps(payload)})
+        try:
+            session.commit()
+        except OperationalError:
+            session.rollback()  # the publish fails and can be retried, as in kombu's own
+            raise
         self.connection.wake_consumers()
+
+    def _size(self, queue: str) -> int:
+        """How many messages the queue holds (visible or not, as kombu counts them), in one read."""
+        session = self.session
+        try:
+            return int(session.execute(self._statement("size"), {"queue_id": self._queue_id(queue)}).scalar_one())
+        finally:
+            session.commit()
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
         super().basic_ack(delivery_tag, multiple=multiple)

@@ -218,7 +218,50 @@ def test_a_look_into_a_queue_with_a_message_claims_it_once(broker_url: str) -> N
             consumer_conn.default_channel._get("checks")  # claimed: invisible to the next look
 
     assert got == {"body": "job-1"}
-    assert "BEGIN" in sent and sent.count("UPDATE") == 1  # the claim is kombu's locked one
+    # Budget (ADR 0048): the plain read that saw a message, then the claim under the broker file's
+    # write lock as one UPDATE ... RETURNING. kombu's claim was five: that read, the queue's row, the
+    # BEGIN IMMEDIATE, a locked SELECT of the message and the ORM's UPDATE.
+    assert sent == ["SELECT", "BEGIN", "UPDATE"]
+
+
+def test_a_publish_is_one_insert_and_a_claim_leaves_the_row_as_kombu_did(broker_url: str) -> None:
+    """The message row keeps kombu's layout and life: inserted visible at version 1 with no timestamp,
+    claimed oldest first, and a claimed row made invisible with its version moved on and its timestamp
+    set, as kombu's ORM update did."""
+    from sqlalchemy import event, select
+
+    with _connection(broker_url) as consumer_conn, _connection(broker_url) as producer_conn:
+        producer = producer_conn.default_channel
+        producer._queue_id("checks")  # learnt once per channel
+        sent: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            sent.append(" ".join(statement.split()).split(" ")[0].upper())
+
+        engine = producer.session.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            producer._put("checks", {"body": "first"})
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        producer._put("checks", {"body": "second"})
+        message = producer.message_cls.__table__
+        before = producer.session.execute(select(message).order_by(message.c.id)).all()
+        producer.session.commit()
+        assert producer._size("checks") == 2
+
+        consumer = consumer_conn.default_channel
+        assert consumer._get("checks") == {"body": "first"}
+        after = consumer.session.execute(select(message).order_by(message.c.id)).all()
+        consumer.session.commit()
+        assert consumer._get("checks") == {"body": "second"}
+        assert producer._size("checks") == 2  # kombu counts claimed messages too
+
+    assert sent == ["INSERT"]  # kombu's publish also read the queue's row
+    assert [(r.visible, r.version, r.timestamp) for r in before] == [(True, 1, None), (True, 1, None)]
+    assert [r.payload for r in after] == [r.payload for r in before]
+    assert (after[0].visible, after[0].version) == (False, 2) and after[0].timestamp is not None
+    assert (after[1].visible, after[1].version, after[1].timestamp) == (True, 1, None)
 
 
 def test_a_look_into_every_queue_of_a_worker_is_one_read_whatever_their_number(broker_url: str) -> None:
