@@ -222,7 +222,11 @@ def advance_after_checks(
             with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
                 statuses = {fid: c.status for fid, c in _checks_by_file(s, req).items()}
         move(rules.AWAITING_REVIEW, "output.checks_done", statuses=dict(sorted(statuses.items())))
-        notify_each(s, [  # checkers and author told in the same two queries
+        # Checkers and author told in one query (their accounts). The notices' keys name this round,
+        # and a round moves from checking to review once (a resubmission is a new round), under the
+        # request's lock: they are new, so they are not looked up (the outbox's unique key would still
+        # fail the transaction if one were taken).
+        notify_each(s, [
             Notice(
                 _review_targets(s, req),
                 "Automated checks finished: output request ready for review",
@@ -237,7 +241,7 @@ def advance_after_checks(
                 "output.checked",
                 f"output.checked:{req.id}:{req.round}",
             ),
-        ])
+        ], new_keys=True)
         return True
     return False
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -242,31 +244,77 @@ def _forget_after_rollback(session: Session) -> None:
     session.info.pop("tre_jobs_to_send", None)
 
 
-class _LeaseKeeper(threading.Thread):
-    """Renews a claimed job's lease until stopped; dies with the process, which is the point."""
+@dataclasses.dataclass
+class _Lease:
+    db: Database
+    lease: dt.timedelta
+    interval: float  # seconds between renewals: a third of the lease (at least 0.2 s), as before
+    due: float  # when it is next renewed (time.monotonic)
 
-    def __init__(self, db: Database, job_id: str, owner: str, lease: dt.timedelta) -> None:
-        super().__init__(name=f"lease-{job_id}", daemon=True)
-        self._db, self._job_id, self._owner, self._lease = db, job_id, owner, lease
-        self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        interval = max(self._lease.total_seconds() / 3, 0.2)
-        while not self._stop_event.wait(interval):
-            try:
-                with self._db.session_factory() as s:
-                    s.execute(
-                        update(Job)
-                        .where(Job.id == self._job_id, Job.lease_owner == self._owner)
-                        .values(lease_expires_at=utcnow() + self._lease)
-                    )
-                    s.commit()
-            except Exception:
-                log.warning("could not renew the lease of job %s", self._job_id, exc_info=True)
+class _LeaseKeeper:
+    """Renews the lease of every job this process is running, from one thread (started with the first
+    job and again, in a forked child, with the child's first: a thread does not survive a fork) that
+    dies with the process, which is the point. A thread started and joined per job cost each job about
+    0.1 ms of CPU and 0.5 ms of wall time (ADR 0048); renewals are as before, each job's every third of
+    its lease, in a transaction of its own."""
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._thread: threading.Thread | None = None
+
+    def hold(self, db: Database, job_id: str, owner: str, lease: dt.timedelta) -> None:
+        interval = max(lease.total_seconds() / 3, 0.2)
+        with self._cond:
+            self._leases[(job_id, owner)] = _Lease(db, lease, interval, time.monotonic() + interval)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def release(self, job_id: str, owner: str) -> None:
+        """No renewal of this job starts after this returns (one already under way ends harmlessly: the
+        job's row no longer names this owner once it has finished or failed)."""
+        with self._cond:
+            self._leases.pop((job_id, owner), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [(key, held) for key, held in self._leases.items() if held.due <= now]
+                if not due:
+                    soonest = min((held.due for held in self._leases.values()), default=None)
+                    self._cond.wait(None if soonest is None else soonest - now)
+                    continue
+                for _, held in due:
+                    held.due = now + held.interval
+            for (job_id, owner), held in due:
+                with self._cond:
+                    if (job_id, owner) not in self._leases:
+                        continue  # released meanwhile
+                self._renew(held, job_id, owner)
+
+    @staticmethod
+    def _renew(held: _Lease, job_id: str, owner: str) -> None:
+        try:
+            with held.db.session_factory() as s:
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.lease_owner == owner)
+                    .values(lease_expires_at=utcnow() + held.lease)
+                )
+                s.commit()
+        except Exception:
+            log.warning("could not renew the lease of job %s", job_id, exc_info=True)
+
+
+_KEEPER = _LeaseKeeper()
+os.register_at_fork(after_in_child=_KEEPER._reset)  # the parent's thread and lock are not the child's
 
 
 # The statements every job sends, built once: SQLAlchemy keeps a statement object's cache key, so a
@@ -316,13 +364,13 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
     with db.session_factory() as s:
         if db.engine.dialect.update_returning:
             # What the handler needs comes back with the claim: no second statement to read it.
-            claimed = s.execute(_CLAIM_RETURNING, claim_params).one_or_none()
+            claimed = s.connection().execute(_CLAIM_RETURNING, claim_params).one_or_none()
             s.commit()
             if claimed is None:
                 return "not-claimed"
             kind, payload, attempt = claimed.kind, dict(claimed.payload), claimed.attempts
         else:  # SQLite before 3.35 has no RETURNING
-            if s.execute(_CLAIM, claim_params).rowcount != 1:  # type: ignore[attr-defined]
+            if s.connection().execute(_CLAIM, claim_params).rowcount != 1:
                 s.commit()
                 return "not-claimed"
             s.commit()
@@ -331,8 +379,7 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
             kind, payload, attempt = job.kind, dict(job.payload), job.attempts
 
     registered = _HANDLERS.get(kind)
-    keeper = _LeaseKeeper(db, job_id, owner, lease)
-    keeper.start()
+    _KEEPER.hold(db, job_id, owner, lease)
     token = job_id_var.set(job_id)
     try:
         if registered is None:
@@ -340,11 +387,13 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
         with db.session_factory() as session:
             ctx = JobContext(session, job_id, payload, attempt, _progress_reporter(db, job_id, owner, kind))
             result = registered.handler(ctx)
-            finished = session.execute(
+            # On the session's connection, not through the ORM's bulk UPDATE (which prepares, and first
+            # flushes, for a statement that synchronises nothing): the handler's work is flushed at commit.
+            finished = session.connection().execute(
                 _SUCCEED,
                 {"done_job_id": job_id, "done_owner": owner, "done_result": result or {}, "done_at": utcnow()},
             )
-            if finished.rowcount != 1:  # type: ignore[attr-defined]
+            if finished.rowcount != 1:
                 # We lost the lease (the sweeper gave the job to another worker): our work must not land.
                 session.rollback()
                 return "lease-lost"
@@ -354,7 +403,7 @@ def run_job(db: Database, job_id: str, *, lease_seconds: int) -> str:
         return _record_failure(db, job_id, owner, exc)
     finally:
         job_id_var.reset(token)
-        keeper.stop()
+        _KEEPER.release(job_id, owner)
 
 
 def _describe(exc: BaseException) -> str:

@@ -283,3 +283,49 @@ def test_jobs_enqueued_together_are_sent_only_when_their_transaction_commits(db:
         jobs.set_dispatcher(None)
 
     assert sent == [(first, True), (second, True)]  # both sent after commit, and visible to a worker
+
+
+LEASES: list[tuple[Any, Any, list[Any]]] = []
+LEASE_DB: list[Any] = []
+
+
+@jobs.job_handler("test.outlives-a-third-of-its-lease")
+def _outlive_a_third_of_the_lease(ctx: jobs.JobContext) -> None:
+    import threading
+    import time
+
+    def expires() -> Any:
+        with LEASE_DB[0].session_factory() as s:  # not the job's own transaction: what is committed now
+            return s.scalars(select(jobs.Job.lease_expires_at).where(jobs.Job.id == ctx.job_id)).one()
+
+    first = expires()
+    time.sleep(0.9)  # the lease is 1 s: renewed every third of it
+    keepers = [t for t in threading.enumerate() if t.name.startswith("lease")]
+    LEASES.append((first, expires(), keepers))
+
+
+def test_one_thread_renews_the_lease_of_every_job_the_process_runs(db: Any, no_dispatch: None) -> None:
+    """Each running job's lease is still renewed every third of it, now by one thread of the process
+    for all its jobs (ADR 0048), not a thread started and joined per job."""
+    import threading
+
+    LEASES.clear()
+    LEASE_DB[:] = [db]
+    with transaction(db.session) as s:
+        ids = [jobs.enqueue(s, "test.outlives-a-third-of-its-lease", {"n": n}).id for n in range(2)]
+    outcomes: list[str] = []
+    runners = [
+        threading.Thread(target=lambda job_id=job_id: outcomes.append(jobs.run_job(db, job_id, lease_seconds=1)))
+        for job_id in ids
+    ]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join(30)
+
+    assert outcomes == [jobs.SUCCEEDED, jobs.SUCCEEDED]
+    assert len(LEASES) == 2
+    for first, later, _ in LEASES:
+        assert later > first  # renewed while the job ran
+    keepers = {id(keeper) for _, _, running in LEASES for keeper in running}
+    assert len(keepers) == 1  # one keeper for both jobs
