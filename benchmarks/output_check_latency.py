@@ -334,7 +334,8 @@ def measure(
         req, _ = svc.create_request(author, project.id, f"Typical request {i}")
         svc.set_group(author, req.id, "outputs", "Admissions by region and sex", "Small cells suppressed")
         if files == "load":
-            svc.add_file(author, req.id, "admissions_by_region.csv", LOAD_CSV + f"# run {i}\n".encode(), group="outputs")
+            content = LOAD_CSV + f"# run {i}\n".encode()
+            svc.add_file(author, req.id, "admissions_by_region.csv", content, group="outputs")
         else:
             svc.add_file(author, req.id, "table.csv", table, group="outputs", table_spec=SPEC)
             svc.add_file(author, req.id, "age.csv", PLAIN + f"# run {i}\n".encode(), group="outputs")
@@ -375,7 +376,11 @@ def in_process_baseline(frame: pd.DataFrame, repeats: int = 5, files: str = "typ
         checks = (
             [("admissions_by_region.csv", "table", LOAD_CSV, None)]
             if files == "load"
-            else [("table.csv", "table", table, SPEC), ("age.csv", "table", PLAIN, None), ("model.txt", "text", NOTES, None)]
+            else [
+                ("table.csv", "table", table, SPEC),
+                ("age.csv", "table", PLAIN, None),
+                ("model.txt", "text", NOTES, None),
+            ]
         )
         for _ in range(repeats):
             t, c = time.perf_counter(), time.process_time()
@@ -410,7 +415,8 @@ def main() -> None:
     args = parser.parse_args()
     frame = extract(args.rows)
     baseline, baseline_cpu = in_process_baseline(frame, repeats=5 if args.files == "typical" else 50, files=args.files)
-    print(f"in-process checks ({args.files}): {baseline:.4f} s, {baseline_cpu * 1000:.2f} ms CPU (in_process_check_cpu_s)")
+    cpu_ms = baseline_cpu * 1000
+    print(f"in-process checks ({args.files}): {baseline:.4f} s, {cpu_ms:.2f} ms CPU (in_process_check_cpu_s)")
     results: dict[str, Any] = {}
     runs = [("embedded", True)] + ([] if args.skip_polling else [("embedded_polling", False)])
     for key, wakeups in runs:
