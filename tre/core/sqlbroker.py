@@ -21,6 +21,7 @@ Any other SQLAlchemy broker (``sqla+postgresql://``) polls as kombu does. ADR 00
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from queue import Empty
 from time import monotonic
@@ -29,7 +30,7 @@ from typing import Any
 from kombu.transport import sqlalchemy as kombu_sqla
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from sqlalchemy import bindparam, create_engine, func, insert, select, text, update
+from sqlalchemy import bindparam, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -76,6 +77,20 @@ def celery_settings(broker_url: str, *, wakeups: bool, poll_seconds: float) -> d
     }
 
 
+def _sqlite_journal(dbapi_connection: Any, _record: Any) -> None:
+    """A SQLite broker file keeps a write-ahead log, as the embedded database does (``tre.core.db``):
+    a commit appends to the log and syncs it once, where the rollback journal created, synced and
+    deleted a journal file for every publish, claim and acknowledgement (ADR 0048). ``synchronous``
+    stays FULL: a commit is durable when it returns, as before."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:  # another connection holds the file: it keeps its journal
+        log.warning("broker file kept its journal mode (%s)", exc)
+    finally:
+        cursor.close()
+
+
 class Channel(kombu_sqla.Channel):
     connection: Transport
     # During one look (``_poll``): the names of the queues that held a visible message when it began.
@@ -88,7 +103,10 @@ class Channel(kombu_sqla.Channel):
             for key, value in conninfo.transport_options.items()
             if key not in OPTIONS and key not in _KOMBU_OPTIONS
         }
-        return create_engine(conninfo.hostname, **options)
+        engine = create_engine(conninfo.hostname, **options)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_journal)
+        return engine
 
     def _queue_id(self, queue: str) -> int:
         """The queue's row id, looked up (or created) once per channel: kombu never deletes a queue

@@ -299,3 +299,18 @@ def test_a_look_into_every_queue_of_a_worker_is_one_read_whatever_their_number(b
 
     assert sent == ["SELECT"]
     assert taken == [{"job": "j9"}]
+
+
+def test_a_sqlite_broker_file_keeps_a_write_ahead_log(broker_url: str) -> None:
+    """Every publish, claim and acknowledgement commits: with the rollback journal each created, synced
+    and deleted a journal file (ADR 0048)."""
+    from sqlalchemy import text
+
+    with _connection(broker_url) as conn:
+        channel = conn.default_channel
+        channel._put("checks", {"body": "job-1"})
+        mode = channel.session.execute(text("PRAGMA journal_mode")).scalar()
+        channel.session.commit()
+        assert channel._get("checks") == {"body": "job-1"}
+
+    assert mode == "wal"
