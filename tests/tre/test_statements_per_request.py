@@ -75,11 +75,12 @@ API_APPROVED_COLUMNS = {"sqlite": 7, "postgresql": 4}  # token checks with perso
 # project with its team, the approved columns
 MY_PROJECTS_PAGE = {"sqlite": 4, "postgresql": 2}  # person + roles, the four columns of each project shown
 # in one statement (SQLite adds a BEGIN to each); it was 7 and 5: teams, requests, datasets and columns
-OUTPUT_SUBMISSION = {"sqlite": 14, "postgresql": 13}  # token checks with person (ADR 0044), the gate (once per
+OUTPUT_SUBMISSION = {"sqlite": 13, "postgresql": 12}  # token checks with person (ADR 0044), the gate (once per
 # transaction, and it answers whether the project exists), the request (inserted already submitted: no
-# UPDATE), group, file and check job as inserts, the checkers (one statement) and their notice (its keys
-# name the new request: not looked up, ADR 0046), the audit event; the reply is built from what the
-# transaction wrote (it was 49 and 45, the reply 11 of them; then 21 and 18)
+# UPDATE), group, file and check job as inserts, the active checkers with their emails (one statement,
+# ADR 0051) and their notice (its keys name the new request: not looked up, ADR 0046), the audit event;
+# the reply is built from what the transaction wrote (it was 49 and 45, the reply 11 of them; then 21
+# and 18, then 14 and 13)
 
 
 def _dialect(app: Any) -> str:
