@@ -460,10 +460,8 @@ def test_a_submissions_notice_goes_to_the_checkers_the_former_two_reads_chose(wo
     s.expire_all()
     chosen = eligible_checkers(s, s.get(OutputRequest, req.id))
     emails = dict(s.execute(select(User.id, User.email).where(User.id.in_(chosen), User.is_active.is_(True))).all())
-    expected = [
-        (uid, emails[uid], f"output.submitted:{req.id}:1:{uid}", f"Output request {req.id}: output request submitted for checking.")
-        for uid in chosen if uid in emails
-    ]
+    body = f"Output request {req.id}: output request submitted for checking."
+    expected = [(uid, emails[uid], f"output.submitted:{req.id}:1:{uid}", body) for uid in chosen if uid in emails]
     told = s.execute(
         select(OutboxMessage.recipient_id, OutboxMessage.recipient_email, OutboxMessage.dedupe_key, OutboxMessage.body)
         .where(OutboxMessage.topic == "output.submitted").order_by(OutboxMessage.recipient_id)

@@ -50,7 +50,8 @@ API_PROJECT_LIST = 8  # the token's revocation with its person + roles, the proj
 # approved columns (one column read), decisions (it was 13; 9 after ADR 0044, then each requested
 # dataset's columns were no longer loaded to order the approved ones, ADR 0045)
 API_AUDITED_WRITE = {"sqlite": 7, "postgresql": 6}  # token + person + roles, the account (locked) joined with
-# its roles, pending grants, the lane's end with the next seq (one statement), the event (was 12 and 9, then 8 and 7 until ADR 0051)
+# its roles (ADR 0051), pending grants, the lane's end with the next seq (one statement), the event (was 12
+# and 9, then 8 and 7)
 PERSONAL_TOKEN_ME = 2  # BEGIN and the token with its person and roles, in one statement (ADR 0027)
 PROJECT_ACCESS = 6  # token checks with person + roles, the project, and the gate's facts in one statement
 # (ADR 0027; it was 11, then 10 measured, before ADR 0044)

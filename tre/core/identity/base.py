@@ -14,7 +14,6 @@ from tre.core.identity.models import User
 from tre.core.keys import KeyProvider
 from tre.core.permissions import Permission, has_permission
 
-
 _WITH_ROLES = (joinedload(User.roles),)
 _LOCK_ACCOUNT = {"of": User}
 
