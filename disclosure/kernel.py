@@ -16,13 +16,20 @@ from sqlalchemy.orm import Session, scoped_session
 from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.models import OutputRequest, OutputReview
-from disclosure.progress import current_policy, eligible_checkers, notify
+from disclosure.progress import _ELIGIBLE_CHECKERS, current_policy, eligible_checkers, notify
 from disclosure.rules import RuleViolation
 from projects.gate import check_access
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
+from tre.core.identity import User
+from tre.core.notifications import notify_users
 
 DEFAULT_GROUP = "outputs"
+# The eligible checkers (``disclosure.progress``'s statement) who are active, with their email: built
+# once, so SQLAlchemy keeps its cache key.
+_ACTIVE_CHECKERS_WITH_EMAIL = select(User.id, User.email).where(
+    User.id.in_(_ELIGIBLE_CHECKERS), User.is_active.is_(True)
+)
 _GATE_ALLOWED = "tre_outputs_gate_allowed"  # session.info: (transaction, {(person, project) the gate let in})
 
 
@@ -217,6 +224,12 @@ class OutputsBase:
         project's team (its PI included): one statement."""
         return eligible_checkers(s, req)
 
+    def _eligible_checkers_accounts(self, s: Session, req: OutputRequest) -> dict[str, str]:
+        """``_eligible_checkers`` who are active, with their email (what a notice to them needs), in
+        one statement: the checkers' read and the notice's read of their accounts, together."""
+        params = {"project_id": req.project_id, "author_id": req.author_id}
+        return {uid: email for uid, email in s.execute(_ACTIVE_CHECKERS_WITH_EMAIL, params)}
+
     def _reviewers(self, s: Session, req: OutputRequest) -> list[OutputReview]:
         return list(
             s.scalars(
@@ -244,7 +257,20 @@ class OutputsBase:
         """Tell the request's reviewers of this round or, when none has claimed it, every eligible checker.
         ``new``: the request was created in this transaction, so it can have no reviewer yet, and no
         message can hold a key that names it."""
-        reviewers = [] if new else [r.reviewer_id for r in self._reviewers(s, req)]
+        if new:  # every eligible checker, with their accounts, in one statement
+            accounts = self._eligible_checkers_accounts(s, req)
+            notify_users(
+                s,
+                sorted(accounts),
+                subject=subject,
+                body=f"Output request {req.id}: {subject.lower()}.",
+                topic=topic,
+                dedupe_key=f"{topic}:{req.id}:{req.round}",
+                new_keys=True,
+                accounts=accounts,
+            )
+            return
+        reviewers = [r.reviewer_id for r in self._reviewers(s, req)]
         targets = reviewers or self._eligible_checkers(s, req)
         self._notify(
             s,

@@ -431,3 +431,41 @@ def test_rule_refusals_in_the_queue_are_audited_as_denied(world: World) -> None:
     ]
     assert all(e.detail["reason"] == "rule" and e.detail["rule"] for e in denied)
     assert world.refresh(req).state == rules.RELEASED
+
+
+def test_a_submissions_notice_goes_to_the_checkers_the_former_two_reads_chose(world: World) -> None:
+    """ADR 0051: the eligible checkers and their accounts are read in one statement for a new
+    submission; the notice goes to exactly those the former reads chose (``eligible_checkers``, then
+    the active accounts among them), with the same email, key and text: an inactive checker, a
+    checker on the project's team and a checker holding two reviewing roles included."""
+    from disclosure.progress import eligible_checkers
+    from tests.disclosure.factories import person
+    from tre.core.db import transaction
+    from tre.core.identity import User, UserRole
+
+    asleep = person(world.app, "ivy", ["output_checker"])
+    twice = person(world.app, "tess", ["output_checker"])
+    with transaction(world.session) as s:
+        s.get(User, asleep.id).is_active = False
+        s.add(UserRole(user_id=world.colleague.id, role="output_checker", granted_by=None))
+        s.add(UserRole(user_id=twice.id, role="auditor", granted_by=None))
+
+    req, _ = world.svc.submit_from_workspace(
+        world.author, world.project.id, "Admissions", client_key=None,
+        groups=[("outputs", "Admissions by region, adults 2020", "Counts under 10 suppressed")],
+        files=[("table.csv", SAFE_CSV, "outputs", None)],
+    )
+
+    s = world.session
+    s.expire_all()
+    chosen = eligible_checkers(s, s.get(OutputRequest, req.id))
+    emails = dict(s.execute(select(User.id, User.email).where(User.id.in_(chosen), User.is_active.is_(True))).all())
+    body = f"Output request {req.id}: output request submitted for checking."
+    expected = [(uid, emails[uid], f"output.submitted:{req.id}:1:{uid}", body) for uid in chosen if uid in emails]
+    told = s.execute(
+        select(OutboxMessage.recipient_id, OutboxMessage.recipient_email, OutboxMessage.dedupe_key, OutboxMessage.body)
+        .where(OutboxMessage.topic == "output.submitted").order_by(OutboxMessage.recipient_id)
+    ).all()
+    assert [tuple(row) for row in told] == expected
+    assert {world.olive.id, world.oscar.id, world.otto.id, twice.id} == {row[0] for row in told}
+    assert asleep.id in chosen and world.colleague.id not in chosen

@@ -49,8 +49,9 @@ PROJECT_PAGE = 19  # the project and its relations, the team's gate answers at o
 API_PROJECT_LIST = 8  # the token's revocation with its person + roles, the projects with relations,
 # approved columns (one column read), decisions (it was 13; 9 after ADR 0044, then each requested
 # dataset's columns were no longer loaded to order the approved ones, ADR 0045)
-API_AUDITED_WRITE = {"sqlite": 8, "postgresql": 7}  # token + person + roles, the account (locked) with
-# its roles, pending grants, the lane's end with the next seq (one statement), the event (was 12 and 9)
+API_AUDITED_WRITE = {"sqlite": 7, "postgresql": 6}  # token + person + roles, the account (locked) joined with
+# its roles (ADR 0051), pending grants, the lane's end with the next seq (one statement), the event (was 12
+# and 9, then 8 and 7)
 PERSONAL_TOKEN_ME = 2  # BEGIN and the token with its person and roles, in one statement (ADR 0027)
 PROJECT_ACCESS = 6  # token checks with person + roles, the project, and the gate's facts in one statement
 # (ADR 0027; it was 11, then 10 measured, before ADR 0044)
@@ -75,11 +76,12 @@ API_APPROVED_COLUMNS = {"sqlite": 7, "postgresql": 4}  # token checks with perso
 # project with its team, the approved columns
 MY_PROJECTS_PAGE = {"sqlite": 4, "postgresql": 2}  # person + roles, the four columns of each project shown
 # in one statement (SQLite adds a BEGIN to each); it was 7 and 5: teams, requests, datasets and columns
-OUTPUT_SUBMISSION = {"sqlite": 14, "postgresql": 13}  # token checks with person (ADR 0044), the gate (once per
+OUTPUT_SUBMISSION = {"sqlite": 13, "postgresql": 12}  # token checks with person (ADR 0044), the gate (once per
 # transaction, and it answers whether the project exists), the request (inserted already submitted: no
-# UPDATE), group, file and check job as inserts, the checkers (one statement) and their notice (its keys
-# name the new request: not looked up, ADR 0046), the audit event; the reply is built from what the
-# transaction wrote (it was 49 and 45, the reply 11 of them; then 21 and 18)
+# UPDATE), group, file and check job as inserts, the active checkers with their emails (one statement,
+# ADR 0051) and their notice (its keys name the new request: not looked up, ADR 0046), the audit event;
+# the reply is built from what the transaction wrote (it was 49 and 45, the reply 11 of them; then 21
+# and 18, then 14 and 13)
 
 
 def _dialect(app: Any) -> str:

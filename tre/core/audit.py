@@ -364,6 +364,7 @@ def write_pending(session: Session) -> None:
             first = False
         else:  # events recorded by the flush of the previous batch (rare): numbered after them
             _, _, seqs = _lane_end_and_seqs(session, lane, len(queue), postgres)
+        rows: list[dict[str, Any]] = []
         for queued, seq in zip(queue, seqs, strict=True):
             ev = queued.row
             lane_seq += 1
@@ -373,10 +374,18 @@ def write_pending(session: Session) -> None:
             )
             ev.seq, ev.lane, ev.lane_seq, ev.prev_hash = seq, lane, lane_seq, prev_hash
             ev.chain_hash = prev_hash = link_hash(queued.key, prev_hash, content)
-            session.add(ev)
+            rows.append({column: getattr(ev, column) for column in _EVENT_COLUMNS})
             if queued.checkpoints is not None:
                 session.info[_HEAD] = (queued.checkpoints, lane, lane_seq, prev_hash)
-        session.flush()
+        # One INSERT of the batch's rows, not the unit of work (ADR 0051): every value is set above,
+        # and nothing in the transaction holds the events as objects (``record`` returns each with
+        # its values filled in, as before; it is not added to the session).
+        session.execute(_INSERT_EVENTS, rows)
+
+
+_EVENT_COLUMNS = ("seq", "occurred_at", "actor_id", "action", "outcome", "target_type", "target_id", "project_id",
+                  "request_id", "detail", "prev_hash", "chain_hash", "lane", "lane_seq")
+_INSERT_EVENTS = AuditEvent.__table__.insert()  # a Core insert: no unit of work, no ORM bulk path
 
 
 def _lane_end_statement(postgres: bool) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import smtplib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from typing import Any, NamedTuple
 
@@ -94,6 +94,7 @@ def notify_users(
     topic: str,
     dedupe_key: str | None = None,
     new_keys: bool = False,
+    accounts: Mapping[str, str] | None = None,
 ) -> list[OutboxMessage]:
     """Add the same message for each active account among ``user_ids`` (in their order, each once),
     in the caller's transaction; unknown and inactive accounts are skipped.
@@ -106,21 +107,37 @@ def notify_users(
     ``new_keys``: the caller knows no message can hold these keys yet (the key names a row made in
     its own transaction, e.g. a request submitted in it), so they are not looked up; the keys' unique
     constraint still fails the transaction if that was a mistake.
+
+    ``accounts``: the caller read, in this transaction, the email of each active account among
+    ``user_ids`` (id to email; an id missing from it is skipped as inactive), in the statement that
+    chose them, so they are not read again.
     """
-    return notify_each(session, [Notice(user_ids, subject, body, topic, dedupe_key)], new_keys=new_keys)
+    return notify_each(
+        session, [Notice(user_ids, subject, body, topic, dedupe_key)], new_keys=new_keys, accounts=accounts
+    )
 
 
-def notify_each(session: Session, notices: Sequence[Notice], *, new_keys: bool = False) -> list[OutboxMessage]:
+def notify_each(
+    session: Session,
+    notices: Sequence[Notice],
+    *,
+    new_keys: bool = False,
+    accounts: Mapping[str, str] | None = None,
+) -> list[OutboxMessage]:
     """``notify_users`` for several notices at once, still in two queries whatever their number (the
     check job tells the checkers and the author in one go). A key that two notices would both use is
     used once, by the first, as if they had been sent one after the other. ``new_keys`` as in
-    ``notify_users``: one query, for the accounts."""
+    ``notify_users``: one query, for the accounts; with ``accounts`` (as in ``notify_users``) as well,
+    none."""
     wanted = [(notice, list(dict.fromkeys(notice.user_ids))) for notice in notices]
     everyone = list(dict.fromkeys(uid for _, ids in wanted for uid in ids))
     if not everyone:
         return []
-    active = select(User.id, User.email).where(User.id.in_(everyone), User.is_active.is_(True))
-    emails: dict[str, str] = {uid: email for uid, email in session.execute(active)}
+    if accounts is not None:
+        emails: Mapping[str, str] = accounts
+    else:
+        active = select(User.id, User.email).where(User.id.in_(everyone), User.is_active.is_(True))
+        emails = {uid: email for uid, email in session.execute(active)}
     keyed = [
         {uid: f"{notice.dedupe_key}:{uid}" for uid in ids} if notice.dedupe_key is not None else {}
         for notice, ids in wanted

@@ -85,9 +85,12 @@ def request_roles(
     held = set(user.role_names)
     asked = [r for r in wanted if r not in held and needs_second_administrator(r)]
     granted = [r for r in wanted if r not in asked]
-    user.roles = [r for r in user.roles if r.role in granted] + [
-        UserRole(role=r, granted_by=actor.id) for r in granted if r not in held
-    ]
+    kept = [r for r in user.roles if r.role in granted]
+    added = [UserRole(role=r, granted_by=actor.id) for r in granted if r not in held]
+    if added or len(kept) != len(user.roles):
+        # Only a change marks the collection: replacing it with the same rows would have every flush
+        # of the transaction (the next statement's autoflush, the commit's) work out that nothing changed.
+        user.roles = kept + added
     already = set(s.scalars(
         select(RoleGrant.role).where(RoleGrant.user_id == user.id, RoleGrant.state == PENDING)
     ))

@@ -674,3 +674,26 @@ def test_writer_finding_every_lane_taken_waits_and_chains_after_the_holder_witho
     assert [(r.action, r.lane, r.lane_seq) for r in rows] == [("first", 0, 1), ("second", 0, 2)]
     assert rows[1].prev_hash == rows[0].chain_hash  # chained after the holder, not beside it
     assert _verify(app, log).ok
+
+
+def test_a_commits_events_are_inserted_without_the_unit_of_work(app: Any, log: AuditLog) -> None:
+    """ADR 0051: ``write_pending`` inserts the chained rows itself, in one statement per batch; no
+    flush carries an event, and the rows (and the objects ``record`` returned) hold the same values."""
+    from sqlalchemy import event as orm_event
+
+    db = app.extensions["tre.db"]
+    flushed: list[object] = []
+    s = db.session_factory()
+    orm_event.listen(s, "before_flush", lambda session, *_: flushed.extend(session.new))
+    with transaction(s):
+        first = log.record(s, "thing.happened", actor_id="u1", detail={"n": 1})
+        second = log.record(s, "thing.happened", actor_id="u2", target_type="user", target_id="u3")
+    s.close()
+
+    assert not [o for o in flushed if isinstance(o, AuditEvent)]
+    with db.session_factory() as s:
+        rows = s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        assert [(r.seq, r.lane, r.lane_seq, r.prev_hash, r.chain_hash, r.actor_id, r.detail) for r in rows] == [
+            (e.seq, e.lane, e.lane_seq, e.prev_hash, e.chain_hash, e.actor_id, e.detail) for e in (first, second)
+        ]
+    assert _verify(app, log).ok

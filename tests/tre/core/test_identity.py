@@ -297,3 +297,30 @@ def test_names_in_one_other_alphabet_are_welcome(app: Any) -> None:
     user = identity(app).create_user(admin, "zoya@nhs.example", "\u0417\u043e\u044f  Nguy\u1ec5n", ["researcher"])
 
     assert user.display_name == "\u0417\u043e\u044f Nguy\u1ec5n"
+
+
+def test_a_role_change_that_keeps_the_granted_roles_leaves_the_account_untouched(app: Any) -> None:
+    """ADR 0051: asking again for the roles an account holds (the dual-control one only requested)
+    does not replace its role collection, so no flush of the transaction has the account to examine;
+    a real change still replaces it, and what was asked, granted and audited is as before."""
+    from sqlalchemy import event
+
+    from tre.core.roles import request_roles
+
+    admin, _ = create_user(app, "adam@nhs.example", ["administrator"])
+    target, _ = create_user(app, "rita@nhs.example", ["researcher"])
+    p = app.extensions["tre.platform"]
+    flushed_with_the_account: list[bool] = []
+    with p.db.session_factory() as s, s.begin():
+        event.listen(s, "before_flush", lambda session, *_: flushed_with_the_account.append(user in session.dirty))
+        actor, user = s.get(User, admin.id), s.get(User, target.id)
+        unchanged = request_roles(s, p.audit, actor, user, ["researcher", "auditor"], None)
+        s.flush()
+        untouched = not any(flushed_with_the_account)
+        changed = request_roles(s, p.audit, actor, user, ["auditor"], None)  # the researcher's role goes
+
+    assert (unchanged.granted, unchanged.asked, unchanged.awaiting) == (["researcher"], ["auditor"], ["auditor"])
+    assert untouched
+    assert (changed.granted, changed.asked, changed.awaiting) == ([], ["auditor"], ["auditor"])
+    with p.db.session_factory() as s:
+        assert s.scalars(select(UserRole.role).where(UserRole.user_id == target.id)).all() == []

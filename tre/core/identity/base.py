@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction
@@ -13,6 +13,9 @@ from tre.core.identity.errors import IdentityError, PermissionDenied
 from tre.core.identity.models import User
 from tre.core.keys import KeyProvider
 from tre.core.permissions import Permission, has_permission
+
+_WITH_ROLES = (joinedload(User.roles),)
+_LOCK_ACCOUNT = {"of": User}
 
 
 @dataclass
@@ -25,7 +28,11 @@ class IdentityBase:
     request_id: str | None = None
 
     def _get(self, s: Session, user_id: str, *, lock: bool = False) -> User:
-        user = s.get(User, user_id, with_for_update=lock or None, populate_existing=lock)
+        """The account with its roles, in one statement (joined, not the relationship's own second
+        ``selectin`` read); ``lock``: locked (PostgreSQL: ``FOR UPDATE OF users``, the account's row
+        alone, as before: a lock cannot reach the outer join's side) and read afresh."""
+        user = s.get(User, user_id, options=_WITH_ROLES, with_for_update=_LOCK_ACCOUNT if lock else None,
+                     populate_existing=lock)
         if user is None:
             raise IdentityError("No such account")
         return user
