@@ -71,8 +71,9 @@ def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics
     turnaround = [
         (decided - submitted).total_seconds()
         for submitted, decided in session.execute(
-            select(type_coerce(OutputRequest.submitted_at, DateTime()), type_coerce(OutputRequest.decided_at, DateTime()))
-            .where(OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None))
+            select(
+                type_coerce(OutputRequest.submitted_at, DateTime()), type_coerce(OutputRequest.decided_at, DateTime())
+            ).where(OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None))
         )
     ]
     # One row per check job ever run (they are never deleted): read as the database's naive UTC values
