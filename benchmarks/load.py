@@ -1099,6 +1099,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=REDIS_URL, help="Redis database for the PostgreSQL backend's broker")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="seconds the service's idle CPU is measured before the load (0: not measured)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the embedded instance as the load left it, for read_mix --reuse")
     parser.add_argument("--route-cpu", action="store_true",
                         help="time each request's CPU in the web workers and print it per route "
                              "(gunicorn hooks of benchmarks/gunicorn_route_cpu.py; adds a little CPU)")
@@ -1124,10 +1126,19 @@ def main(argv: list[str] | None = None) -> int:
             prepared = {}
             for name, future in futures.items():
                 prepared[name] = future.result()
+                if args.keep and name == "embedded":
+                    continue
                 stack.callback(shutil.rmtree, prepared[name].workdir, True)
         for name in wanted:
             results[name] = measure(prepared[name], args)
             print_report(results[name])
+            if args.keep and name == "embedded":
+                # What the load left (submissions, role changes, audit events, messages), for
+                # ``python -m benchmarks.read_mix --reuse DIR``: the replay then sees the grown data.
+                ready = prepared[name]
+                (ready.workdir / "read_mix.json").write_text(json.dumps(
+                    {"env": ready.env, "accounts": ready.accounts, "tokens": ready.tokens}))
+                log(f"kept: {ready.workdir}")
 
     pg, emb = results.get("postgres"), results.get("embedded")
     value = (pg or emb or {}).get("rps")
