@@ -63,6 +63,8 @@ from urllib.parse import urlencode, urlparse
 LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO / "infra" / "production" / "gunicorn.conf.py"
+# The same settings plus per-request CPU hooks, for --route-cpu (benchmarks/gunicorn_route_cpu.py).
+ROUTE_CPU_CONF = REPO / "benchmarks" / "gunicorn_route_cpu.py"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 # How long gunicorn and the worker may take to start: on the shared 2-core machine under load, five
@@ -126,9 +128,10 @@ class Service:
     port: int
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    config: Path = GUNICORN_CONF
 
     def start(self) -> None:
-        web = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tre.wsgi:app"]
+        web = [sys.executable, "-m", "gunicorn", "--config", str(self.config), "tre.wsgi:app"]
         # No periodic scheduler: its jobs are not part of the request path being measured.
         worker = [*tre_command(), "worker", "--no-beat", "--concurrency", "2"]
         for name, argv in (("web", web), ("worker", worker)):
@@ -917,7 +920,13 @@ def first_error(log_text: str) -> str | None:
 def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     """Start the service on a prepared instance, sign everybody in, drive the load, stop it."""
     backend = ready.backend
-    service = Service(ready.env, ready.port, ready.workdir)
+    route_cpu_dir = ready.workdir / "route-cpu"
+    if args.route_cpu:
+        route_cpu_dir.mkdir(exist_ok=True)
+        ready.env["TRE_BENCH_ROUTE_CPU_DIR"] = str(route_cpu_dir)
+    service = Service(ready.env, ready.port, ready.workdir, config=ROUTE_CPU_CONF if args.route_cpu else GUNICORN_CONF)
+    window = (0.0, 0.0)
+    result: dict[str, Any] = {}
     notes, steps = ready.notes, ready.steps
     try:
         started = time.monotonic()
@@ -943,8 +952,10 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
         waits = PostgresWaits(ready.database_url) if ready.database_url else None
         if waits is not None:
             waits.start()
+        wall_start = time.time()
         rows, measured = drive(ready.port, calls, args.users, args.seconds, args.warmup, args.max_requests,
                                args.seed)
+        window = (wall_start + args.warmup, wall_start + args.warmup + measured)
         sampler.stop_event.set()
         sampler.join()
         if waits is not None:
@@ -969,7 +980,7 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
         statuses: dict[str, int] = {}
         for r in rows:
             statuses[str(r[2])] = statuses.get(str(r[2]), 0) + 1
-        return {
+        result = {
             "backend": backend, "database": "postgresql" if ready.database_url else "sqlite",
             "broker": urlparse(ready.broker_url).scheme if ready.broker_url else "sqla+sqlite",
             "users": args.users, "seconds": round(measured, 1), **overall, "statuses": statuses,
@@ -989,6 +1000,69 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
         raise
     finally:
         service.stop()
+    if args.route_cpu:
+        result["route_cpu"] = route_cpu(route_cpu_dir, window)
+    return result
+
+
+def route_cpu(folder: Path, window: tuple[float, float]) -> dict[str, Any]:
+    """Per-route CPU of the web workers in the measured window, from the files the hooks of
+    ``benchmarks/gunicorn_route_cpu.py`` wrote at each worker's exit, and the workers' process CPU in
+    the same window: the difference is what they spent outside requests (gunicorn's loop, accepting,
+    keep-alive polling, parsing request heads)."""
+    start, end = window
+    routes: dict[str, list[float]] = {}
+    collections: dict[int, list[float]] = {}
+    process = 0.0
+    workers = 0
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        workers += 1
+        for ended, route, cpu in record["requests"]:
+            if start <= ended <= end:
+                routes.setdefault(route, []).append(cpu)
+        for ended, generation, cpu in record["collections"]:
+            if start <= ended <= end:
+                collections.setdefault(generation, []).append(cpu)
+        samples = record["process"]
+        inside = [cpu for when, cpu in samples if start <= when <= end]
+        before = [cpu for when, cpu in samples if when < start]
+        after = [cpu for when, cpu in samples if when > end]
+        # The process CPU between the samples nearest the window's ends (1 s apart at most).
+        first = before[-1] if before else (inside[0] if inside else None)
+        last = after[0] if after else (inside[-1] if inside else None)
+        if first is not None and last is not None:
+            process += last - first
+    requests = sum(len(v) for v in routes.values())
+    in_requests = sum(sum(v) for v in routes.values())
+    table = {
+        route: {"requests": len(cpus), "share_percent": round(100 * len(cpus) / requests, 2) if requests else 0.0,
+                "cpu_ms_mean": round(1000 * sum(cpus) / len(cpus), 2),
+                "cpu_percent_of_requests": round(100 * sum(cpus) / in_requests, 2) if in_requests else 0.0}
+        for route, cpus in sorted(routes.items(), key=lambda kv: -sum(kv[1]))
+    }
+    return {
+        "workers": workers, "requests": requests,
+        "cpu_seconds_in_requests": round(in_requests, 3),
+        "cpu_ms_per_request": round(1000 * in_requests / requests, 2) if requests else None,
+        "process_cpu_seconds": round(process, 3),
+        "process_cpu_ms_per_request": round(1000 * process / requests, 2) if requests else None,
+        "outside_requests_percent": round(100 * (process - in_requests) / process, 1) if process else None,
+        "collections": {str(g): {"count": len(v), "cpu_ms": round(1000 * sum(v), 1)}
+                        for g, v in sorted(collections.items())},
+        "routes": table,
+    }
+
+
+def print_route_cpu(table: dict[str, Any]) -> None:
+    log(f"per-route CPU of the web workers in the measured window ({table['workers']} workers, "
+        f"{table['requests']} requests): in requests {table['cpu_ms_per_request']} ms per request, "
+        f"process {table['process_cpu_ms_per_request']} ms per request, outside requests "
+        f"{table['outside_requests_percent']} %; garbage collections {table['collections']}")
+    log(f"  {'route':<58} {'req':>6} {'share %':>8} {'CPU ms':>8} {'% of CPU':>9}")
+    for route, row in table["routes"].items():
+        log(f"  {route[:58]:<58} {row['requests']:>6} {row['share_percent']:>8} {row['cpu_ms_mean']:>8} "
+            f"{row['cpu_percent_of_requests']:>9}")
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -1007,6 +1081,8 @@ def print_report(result: dict[str, Any]) -> None:
     log(f"bottleneck: {result['bottleneck']}")
     for note in result["notes"]:
         log(f"note: {note}")
+    if result.get("route_cpu"):
+        print_route_cpu(result["route_cpu"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1023,6 +1099,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=REDIS_URL, help="Redis database for the PostgreSQL backend's broker")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
                         help="seconds the service's idle CPU is measured before the load (0: not measured)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the embedded instance as the load left it, for read_mix --reuse")
+    parser.add_argument("--route-cpu", action="store_true",
+                        help="time each request's CPU in the web workers and print it per route "
+                             "(gunicorn hooks of benchmarks/gunicorn_route_cpu.py; adds a little CPU)")
     args = parser.parse_args(argv)
 
     results: dict[str, dict[str, Any]] = {}
@@ -1045,10 +1126,19 @@ def main(argv: list[str] | None = None) -> int:
             prepared = {}
             for name, future in futures.items():
                 prepared[name] = future.result()
+                if args.keep and name == "embedded":
+                    continue
                 stack.callback(shutil.rmtree, prepared[name].workdir, True)
         for name in wanted:
             results[name] = measure(prepared[name], args)
             print_report(results[name])
+            if args.keep and name == "embedded":
+                # What the load left (submissions, role changes, audit events, messages), for
+                # ``python -m benchmarks.read_mix --reuse DIR``: the replay then sees the grown data.
+                ready = prepared[name]
+                (ready.workdir / "read_mix.json").write_text(json.dumps(
+                    {"env": ready.env, "accounts": ready.accounts, "tokens": ready.tokens}))
+                log(f"kept: {ready.workdir}")
 
     pg, emb = results.get("postgres"), results.get("embedded")
     value = (pg or emb or {}).get("rps")

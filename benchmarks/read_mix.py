@@ -25,6 +25,7 @@ import contextlib
 import cProfile
 import json
 import os
+import random
 import re
 import time
 from collections import defaultdict
@@ -97,6 +98,9 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="write a cProfile of the replay to this file")
     parser.add_argument("--reuse", default="", help="a folder an earlier --keep run prepared (embedded only)")
     parser.add_argument("--keep", action="store_true", help="keep the prepared folder and print its path")
+    parser.add_argument("--interleave", action="store_true",
+                        help="each round sends every call once in a random order (as a mixed load does) "
+                             "instead of repeating each call back to back")
     args = parser.parse_args()
     args.web_workers = 0
 
@@ -150,7 +154,24 @@ def main() -> None:
             by_rule[(cls, rule)][2] += 1
         event.remove(engine, "before_cursor_execute", count)
         profiler = cProfile.Profile() if args.profile else None
-        for cls, rule, path, client, headers in calls:
+        if args.interleave:
+            # As the live workers see them: every call once per round, in a new random order each
+            # round, so no route follows itself (caches of the CPU, SQLite's pages and SQLAlchemy's
+            # statements are as warm as a mixed load leaves them); each call timed on its own.
+            order = list(range(len(calls)))
+            shuffler = random.Random(1)
+            if profiler:
+                profiler.enable()
+            for _ in range(args.repeat):
+                shuffler.shuffle(order)
+                for i in order:
+                    cls, rule, path, client, headers = calls[i]
+                    started = time.process_time()
+                    client.get(path, headers=headers)
+                    by_rule[(cls, rule)][0] += (time.process_time() - started) * 1000 / args.repeat
+            if profiler:
+                profiler.disable()
+        for cls, rule, path, client, headers in calls if not args.interleave else ():
             started = time.process_time()
             if profiler:
                 profiler.enable()

@@ -12,7 +12,7 @@ import datetime as dt
 import statistics
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import DateTime, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from disclosure import rules
@@ -54,38 +54,42 @@ def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
 
 
 def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics:
+    """The queue's figures in four statements. The longest wait is the database's ``MIN`` of the
+    waiting requests' submission times (it read every one), asked with the failed checks' count."""
     now = now or utcnow()
     by_state = {state: 0 for state in rules.STATES}
     for state, count in session.execute(select(OutputRequest.state, func.count()).group_by(OutputRequest.state)):
         by_state[state] = int(count)
-    waiting = list(
-        session.scalars(
-            select(OutputRequest.last_submitted_at).where(
-                OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES - {rules.APPROVED}))
-            )
+    oldest, failed = session.execute(
+        select(
+            select(func.min(OutputRequest.last_submitted_at))
+            .where(OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES - {rules.APPROVED})))
+            .scalar_subquery(),
+            select(func.count()).select_from(Job).where(Job.kind == CHECK_JOB, Job.state == FAILED).scalar_subquery(),
         )
-    )
-    waiting = [w for w in waiting if w is not None]
+    ).one()
     turnaround = [
-        _seconds(decided, submitted)
+        (decided - submitted).total_seconds()
         for submitted, decided in session.execute(
-            select(OutputRequest.submitted_at, OutputRequest.decided_at).where(
-                OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None)
+            select(
+                type_coerce(OutputRequest.submitted_at, DateTime()), type_coerce(OutputRequest.decided_at, DateTime())
+            ).where(OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None))
+        )
+    ]
+    # One row per check job ever run (they are never deleted): read as the database's naive UTC values
+    # (both columns are UTC, so their difference is the same) without the UTC type's per-value work.
+    latency = [
+        (finished - created).total_seconds()
+        for created, finished in session.execute(
+            select(type_coerce(Job.created_at, DateTime()), type_coerce(Job.finished_at, DateTime())).where(
+                Job.kind == CHECK_JOB, Job.state == SUCCEEDED, Job.finished_at.is_not(None)
             )
         )
     ]
-    latency = [
-        _seconds(finished, created)
-        for created, finished in session.execute(
-            select(Job.created_at, Job.finished_at).where(Job.kind == CHECK_JOB, Job.state == SUCCEEDED)
-        )
-        if finished is not None
-    ]
-    failed = session.scalar(select(func.count()).select_from(Job).where(Job.kind == CHECK_JOB, Job.state == FAILED))
     return QueueMetrics(
         by_state=by_state,
         queue_length=sum(by_state[s] for s in (rules.SUBMITTED, rules.CHECKING, rules.AWAITING_REVIEW)),
-        oldest_waiting_seconds=max((_seconds(now, w) for w in waiting), default=None),
+        oldest_waiting_seconds=_seconds(now, oldest) if oldest is not None else None,
         turnaround_seconds=Summary.of(turnaround),
         check_latency_seconds=Summary.of(latency),
         checks_failed=int(failed or 0),

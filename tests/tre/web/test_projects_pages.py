@@ -291,6 +291,48 @@ def test_messages_page_shows_a_persons_own_notifications(w: World, client: Any) 
     assert "Decision on your application" in page
 
 
+def test_messages_page_reads_the_columns_it_shows_and_renders_as_the_objects_did(w: World, client: Any) -> None:
+    """Issue 26: a checker is sent a message per submission, so under load the page lists 200; it reads
+    the three columns it shows, and renders exactly what the former read of whole objects did."""
+    from flask import render_template
+    from sqlalchemy import event
+
+    from tre.core.notifications import OutboxMessage, notify
+
+    approved(w)
+    session = w.app.extensions["tre.platform"].db.session
+    for n in range(3):
+        notify(session, recipient_id=w.pi.id, recipient_email="pi@example.org", subject=f"Notice {n} <b>",
+               body=f"Line one\nline & two {n}", topic="test")
+    session.commit()
+    login(client, w.pi)
+    loaded: list[Any] = []
+
+    def on_load(target: Any, _context: Any) -> None:
+        loaded.append(target)
+
+    event.listen(OutboxMessage, "load", on_load)
+    try:
+        page = client.get("/projects/messages")
+    finally:
+        event.remove(OutboxMessage, "load", on_load)
+
+    assert page.status_code == 200 and loaded == []
+    with w.app.test_request_context("/projects/messages"):
+        from flask import g
+
+        g.user = w.pi
+        former = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.recipient_id == w.pi.id)
+            .order_by(OutboxMessage.created_at.desc()).limit(200)
+        ).all()
+        expected = render_template("projects/messages.html", title="My messages", messages=former)
+    body = page.get_data(as_text=True)
+    assert body.count("nhsuk-card__heading") == len(former) >= 4
+    main = re.compile(r"<h1>My messages</h1>.*?</main>", re.S)
+    assert main.search(body).group(0) == main.search(expected).group(0)
+
+
 def test_chair_suspends_from_the_project_page_and_access_stops(w: World, client: Any) -> None:
     from projects.gate import check_access
 
