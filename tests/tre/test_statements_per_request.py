@@ -37,8 +37,9 @@ from tre.core.db import transaction, utcnow
 # PostgreSQL measured 5, 18, 7, 1, 5 and 2 (training page); the write side's budgets are per backend.
 # A signed (JWT) token's checks are one statement with its person since ADR 0044: every budget of a
 # route asked with one fell by 4 on SQLite (two sessions of their own, each BEGIN IMMEDIATE and a read,
-# before the person's read) and by 2 on PostgreSQL.
-HOME_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles (no BEGIN since ADR 0049), BEGIN and the researcher's open
+# before the person's read) and by 2 on PostgreSQL. Who is asking reads without SQLite's write lock since
+# ADR 0049, so with no BEGIN of its own: every SQLite budget of a signed-in route fell by 1 again.
+HOME_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN and the researcher's open
 # projects with what each waits for (returned outputs, the current agreement signed, the training) in one
 # statement; it was 7 and 5: the projects were loaded as objects, then the agreement template, the
 # signatures, the training and the returned counts read one statement each (issue 26)
@@ -55,10 +56,10 @@ PERSONAL_TOKEN_ME = 1  # the token with its person and roles, in one statement (
 # IMMEDIATE on SQLite (ADR 0049; it was 2)
 PROJECT_ACCESS = 5  # token checks with person + roles, the project, and the gate's facts in one statement
 # (ADR 0027; it was 11, then 10 measured, before ADR 0044)
-TRAINING_PAGE = 3  # person + roles (no BEGIN since ADR 0049), then BEGIN and every active person with their latest expiry
-DAC_QUEUE = 6  # person + roles (no BEGIN since ADR 0049), BEGIN, the waiting applications with their current versions,
+TRAINING_PAGE = 3  # person + roles, then BEGIN and every active person with their latest expiry
+DAC_QUEUE = 6  # person + roles, BEGIN, the waiting applications with their current versions,
 # their assignments, and for the chair the governed projects and their open extensions
-CHECKER_HOME_PAGE = 6  # person + roles (no BEGIN since ADR 0049), BEGIN, the queue's columns, the teams (2) and the places
+CHECKER_HOME_PAGE = 6  # person + roles, BEGIN, the queue's columns, the teams (2) and the places
 # held; PostgreSQL 5. It was 9 (7): the queue was loaded as objects with every request's files and groups
 OUTPUT_QUEUE_PAGE = {"sqlite": 8, "postgresql": 7}  # person + roles, the waiting requests' columns with
 # their file and verdict counts (one statement), the teams (2), this round's reviews, the workload, the
