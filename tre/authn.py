@@ -40,8 +40,11 @@ def platform() -> Any:
     return current_app.extensions["tre.platform"]
 
 
-def _reading_session() -> Any:
-    """The request's session, its transaction begun (on SQLite) without the write lock.
+def _reading_connection() -> Any:
+    """The connection of the request's session, its transaction begun (on SQLite) without the write lock.
+
+    Who is asking reads columns, not objects, so its statements run on the session's connection (in
+    its transaction) without the ORM's execution around each (ADR 0049).
 
     Who is asking only reads, and on SQLite its transaction is committed before the view begins its
     own (see ``load_current_user``): taking the write lock and the write queue's turn for it made
@@ -51,8 +54,8 @@ def _reading_session() -> Any:
     """
     s = platform().db.session()
     if not s.in_transaction():
-        s.connection(execution_options=READ_WITHOUT_WRITE_LOCK)
-    return s
+        return s.connection(execution_options=READ_WITHOUT_WRITE_LOCK)
+    return s.connection()
 
 
 def load_current_user() -> None:
@@ -116,19 +119,19 @@ def _load_from_session() -> None:
 # They read the columns a request uses and the role names as one aggregated column, into a
 # ``Caller`` (ADR 0049): loading the ORM ``User`` with its roles joined built an object per role and
 # the account's every column on every request, for callers that use its id and permissions.
+_USERS, _ROLES, _TOKENS = User.__table__, UserRole.__table__, PersonalApiToken.__table__
 _ROLE_NAMES = (
-    select(func.aggregate_strings(UserRole.role, ",")).where(UserRole.user_id == User.id).scalar_subquery()
+    select(func.aggregate_strings(_ROLES.c.role, ",")).where(_ROLES.c.user_id == _USERS.c.id).scalar_subquery()
 )
 _CALLER_COLUMNS = (
-    User.id, User.email, User.display_name, User.is_active, User.mfa_enrolled_at, User.session_epoch,
-    User.token_generation, User.locked_until, _ROLE_NAMES.label("role_names"),
+    _USERS.c.id, _USERS.c.email, _USERS.c.display_name, _USERS.c.is_active, _USERS.c.mfa_enrolled_at,
+    _USERS.c.session_epoch, _USERS.c.token_generation, _USERS.c.locked_until, _ROLE_NAMES.label("role_names"),
 )
-_PERSON = select(*_CALLER_COLUMNS).where(User.id == bindparam("user_id"))
+_PERSON = select(*_CALLER_COLUMNS).where(_USERS.c.id == bindparam("user_id"))
 _PERSONAL_TOKEN_AND_PERSON = (
-    select(PersonalApiToken.token_hash, PersonalApiToken.revoked_at, PersonalApiToken.expires_at,
-           PersonalApiToken.user_id, *_CALLER_COLUMNS)
-    .outerjoin(User, User.id == PersonalApiToken.user_id)
-    .where(PersonalApiToken.lookup_prefix == bindparam("prefix"))
+    select(_TOKENS.c.token_hash, _TOKENS.c.revoked_at, _TOKENS.c.expires_at, _TOKENS.c.user_id, *_CALLER_COLUMNS)
+    .select_from(_TOKENS.outerjoin(_USERS, _USERS.c.id == _TOKENS.c.user_id))
+    .where(_TOKENS.c.lookup_prefix == bindparam("prefix"))
 )
 
 
@@ -136,12 +139,13 @@ _PERSONAL_TOKEN_AND_PERSON = (
 # request's own transaction. Before, the token service read the revocation and the person's token
 # generation in two sessions of their own (on SQLite each a BEGIN IMMEDIATE of its own; on
 # PostgreSQL each a pool checkout, its ping and a transaction), then the person was read a third time.
+_TOKEN_USES = TokenUse.__table__
 _TOKEN_PERSON = select(
     *_CALLER_COLUMNS,
-    exists().where(TokenUse.jti == bindparam("jti"), TokenUse.kind == "revoked").label("revoked"),
-).where(User.id == bindparam("user_id"))
+    exists().where(_TOKEN_USES.c.jti == bindparam("jti"), _TOKEN_USES.c.kind == "revoked").label("revoked"),
+).where(_USERS.c.id == bindparam("user_id"))
 
-_REVOKED = select(TokenUse.jti).where(TokenUse.jti == bindparam("jti"), TokenUse.kind == "revoked")
+_REVOKED = select(_TOKEN_USES.c.jti).where(_TOKEN_USES.c.jti == bindparam("jti"), _TOKEN_USES.c.kind == "revoked")
 
 
 def _caller(row: Any) -> Caller:
@@ -157,7 +161,7 @@ def _caller(row: Any) -> Caller:
 
 def _person(user_id: str) -> Caller | None:
     """The account with its role names, in one statement: every request needs both (for its permissions)."""
-    row = _reading_session().execute(_PERSON, {"user_id": user_id}).first()
+    row = _reading_connection().execute(_PERSON, {"user_id": user_id}).first()
     return _caller(row) if row is not None else None
 
 
@@ -191,7 +195,7 @@ def _load_from_bearer(token: str) -> None:
             g.auth_refusal = "personal token malformed"
             return
         # The token and its person (with roles) in one statement.
-        row = _reading_session().execute(_PERSONAL_TOKEN_AND_PERSON, {"prefix": prefix}).first()
+        row = _reading_connection().execute(_PERSONAL_TOKEN_AND_PERSON, {"prefix": prefix}).first()
         user = _caller(row) if row is not None and row.id is not None else None  # an outer join
         if row is None:
             g.auth_refusal = "personal token unknown"
@@ -211,10 +215,10 @@ def _load_from_bearer(token: str) -> None:
     found: list[Caller] = []
 
     def stored(claims: Claims) -> StoredState:
-        s = _reading_session()
-        row = s.execute(_TOKEN_PERSON, {"user_id": claims.subject, "jti": claims.jti}).first()
+        conn = _reading_connection()
+        row = conn.execute(_TOKEN_PERSON, {"user_id": claims.subject, "jti": claims.jti}).first()
         if row is None:  # no such account: the token service still says whether it was revoked first
-            revoked = s.scalar(_REVOKED, {"jti": claims.jti}) is not None
+            revoked = conn.scalar(_REVOKED, {"jti": claims.jti}) is not None
             return StoredState(revoked=revoked, generation=None)
         person = _caller(row)
         found.append(person)
