@@ -14,11 +14,10 @@ from typing import Any
 
 from flask import Flask, current_app, g, request, session
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import bindparam, exists, select
-from sqlalchemy.orm import joinedload
+from sqlalchemy import bindparam, exists, func, select
 
-from tre.core.db import utcnow
-from tre.core.identity import PersonalApiToken, TokenUse, User
+from tre.core.db import READ_WITHOUT_WRITE_LOCK, utcnow
+from tre.core.identity import Caller, PersonalApiToken, TokenUse, User, UserRole
 from tre.core.tokens import (
     PERSONAL_TOKEN_PREFIX,
     Claims,
@@ -39,6 +38,24 @@ SESSION_SEEN_STEP_SECONDS = 60
 
 def platform() -> Any:
     return current_app.extensions["tre.platform"]
+
+
+def _reading_connection() -> Any:
+    """The connection of the request's session, its transaction begun (on SQLite) without the write lock.
+
+    Who is asking reads columns, not objects, so its statements run on the session's connection (in
+    its transaction) without the ORM's execution around each (ADR 0049).
+
+    Who is asking only reads, and on SQLite its transaction is committed before the view begins its
+    own (see ``load_current_user``): taking the write lock and the write queue's turn for it made
+    every signed-in request wait behind every writer twice, and cost a ``BEGIN IMMEDIATE``. Its
+    SELECTs now read the last committed state (WAL) without either (ADR 0049); anything but a SELECT
+    in it fails. On PostgreSQL the options change nothing: the view carries on in the transaction.
+    """
+    s = platform().db.session()
+    if not s.in_transaction():
+        return s.connection(execution_options=READ_WITHOUT_WRITE_LOCK)
+    return s.connection()
 
 
 def load_current_user() -> None:
@@ -98,12 +115,23 @@ def _load_from_session() -> None:
 # statement object's cache key, and running it again costs no statement building. Nothing about the
 # person is kept between requests: each request reads the account as it is now, so a deactivated
 # account, a changed role or a removed membership counts from the next request (ADR 0027).
-_PERSON = select(User).options(joinedload(User.roles)).where(User.id == bindparam("user_id"))
+#
+# They read the columns a request uses and the role names as one aggregated column, into a
+# ``Caller`` (ADR 0049): loading the ORM ``User`` with its roles joined built an object per role and
+# the account's every column on every request, for callers that use its id and permissions.
+_USERS, _ROLES, _TOKENS = User.__table__, UserRole.__table__, PersonalApiToken.__table__
+_ROLE_NAMES = (
+    select(func.aggregate_strings(_ROLES.c.role, ",")).where(_ROLES.c.user_id == _USERS.c.id).scalar_subquery()
+)
+_CALLER_COLUMNS = (
+    _USERS.c.id, _USERS.c.email, _USERS.c.display_name, _USERS.c.is_active, _USERS.c.mfa_enrolled_at,
+    _USERS.c.session_epoch, _USERS.c.token_generation, _USERS.c.locked_until, _ROLE_NAMES.label("role_names"),
+)
+_PERSON = select(*_CALLER_COLUMNS).where(_USERS.c.id == bindparam("user_id"))
 _PERSONAL_TOKEN_AND_PERSON = (
-    select(PersonalApiToken, User)
-    .outerjoin(User, User.id == PersonalApiToken.user_id)
-    .options(joinedload(User.roles))
-    .where(PersonalApiToken.lookup_prefix == bindparam("prefix"))
+    select(_TOKENS.c.token_hash, _TOKENS.c.revoked_at, _TOKENS.c.expires_at, _TOKENS.c.user_id, *_CALLER_COLUMNS)
+    .select_from(_TOKENS.outerjoin(_USERS, _USERS.c.id == _TOKENS.c.user_id))
+    .where(_TOKENS.c.lookup_prefix == bindparam("prefix"))
 )
 
 
@@ -111,21 +139,30 @@ _PERSONAL_TOKEN_AND_PERSON = (
 # request's own transaction. Before, the token service read the revocation and the person's token
 # generation in two sessions of their own (on SQLite each a BEGIN IMMEDIATE of its own; on
 # PostgreSQL each a pool checkout, its ping and a transaction), then the person was read a third time.
-_TOKEN_PERSON = (
-    select(
-        User,
-        exists().where(TokenUse.jti == bindparam("jti"), TokenUse.kind == "revoked").label("revoked"),
+_TOKEN_USES = TokenUse.__table__
+_TOKEN_PERSON = select(
+    *_CALLER_COLUMNS,
+    exists().where(_TOKEN_USES.c.jti == bindparam("jti"), _TOKEN_USES.c.kind == "revoked").label("revoked"),
+).where(_USERS.c.id == bindparam("user_id"))
+
+_REVOKED = select(_TOKEN_USES.c.jti).where(_TOKEN_USES.c.jti == bindparam("jti"), _TOKEN_USES.c.kind == "revoked")
+
+
+def _caller(row: Any) -> Caller:
+    """The person of a row of ``_CALLER_COLUMNS``."""
+    roles = row.role_names
+    return Caller(
+        id=row.id, email=row.email, display_name=row.display_name, is_active=bool(row.is_active),
+        mfa_enrolled=row.mfa_enrolled_at is not None, session_epoch=row.session_epoch,
+        token_generation=row.token_generation, locked_until=row.locked_until,
+        role_names=sorted(roles.split(",")) if roles else [],
     )
-    .options(joinedload(User.roles))
-    .where(User.id == bindparam("user_id"))
-)
-
-_REVOKED = select(TokenUse.jti).where(TokenUse.jti == bindparam("jti"), TokenUse.kind == "revoked")
 
 
-def _person(user_id: str) -> User | None:
-    """The account with its roles, in one statement: every request needs both (for its permissions)."""
-    return platform().db.session.execute(_PERSON, {"user_id": user_id}).unique().scalar_one_or_none()
+def _person(user_id: str) -> Caller | None:
+    """The account with its role names, in one statement: every request needs both (for its permissions)."""
+    row = _reading_connection().execute(_PERSON, {"user_id": user_id}).first()
+    return _caller(row) if row is not None else None
 
 
 def session_max_age() -> dt.timedelta:
@@ -151,7 +188,6 @@ def start_session(user: User, *, signed_in_at: int | None = None) -> None:
 def _load_from_bearer(token: str) -> None:
     """Set ``g.user`` and ``g.token_purpose`` for a token that passes every check; otherwise leave
     ``g.auth_refusal`` saying why (for the audit log: never the token itself)."""
-    db = platform().db
     if token.startswith(PERSONAL_TOKEN_PREFIX):
         try:
             prefix = personal_token_lookup_prefix(token)
@@ -159,8 +195,8 @@ def _load_from_bearer(token: str) -> None:
             g.auth_refusal = "personal token malformed"
             return
         # The token and its person (with roles) in one statement.
-        found = db.session.execute(_PERSONAL_TOKEN_AND_PERSON, {"prefix": prefix}).unique().first()
-        row, user = found if found is not None else (None, None)
+        row = _reading_connection().execute(_PERSONAL_TOKEN_AND_PERSON, {"prefix": prefix}).first()
+        user = _caller(row) if row is not None and row.id is not None else None  # an outer join
         if row is None:
             g.auth_refusal = "personal token unknown"
         elif not personal_token_matches(token, row.token_hash):
@@ -176,15 +212,17 @@ def _load_from_bearer(token: str) -> None:
                 g.user = user
                 g.token_purpose = PERSONAL_PURPOSE
         return
-    found: list[User] = []
+    found: list[Caller] = []
 
     def stored(claims: Claims) -> StoredState:
-        row = db.session.execute(_TOKEN_PERSON, {"user_id": claims.subject, "jti": claims.jti}).unique().first()
+        conn = _reading_connection()
+        row = conn.execute(_TOKEN_PERSON, {"user_id": claims.subject, "jti": claims.jti}).first()
         if row is None:  # no such account: the token service still says whether it was revoked first
-            revoked = db.session.scalar(_REVOKED, {"jti": claims.jti}) is not None
+            revoked = conn.scalar(_REVOKED, {"jti": claims.jti}) is not None
             return StoredState(revoked=revoked, generation=None)
-        found.append(row[0])
-        return StoredState(revoked=bool(row[1]), generation=row[0].token_generation)
+        person = _caller(row)
+        found.append(person)
+        return StoredState(revoked=bool(row.revoked), generation=person.token_generation)
 
     try:
         claims = platform().tokens.verify(token, audience=API_AUDIENCE, stored=stored)
@@ -203,7 +241,7 @@ def _load_from_bearer(token: str) -> None:
     g.token_purpose = claims.purpose
 
 
-def _project_still_open_to(user: User, project_id: str) -> bool:
+def _project_still_open_to(user: Caller, project_id: str) -> bool:
     """A project-bound token lives only while the access gate would still let its person in: it
     dies with the project's suspension or closure (and with the person's membership or training)."""
     from projects.gate import check_access

@@ -37,46 +37,48 @@ from tre.core.db import transaction, utcnow
 # PostgreSQL measured 5, 18, 7, 1, 5 and 2 (training page); the write side's budgets are per backend.
 # A signed (JWT) token's checks are one statement with its person since ADR 0044: every budget of a
 # route asked with one fell by 4 on SQLite (two sessions of their own, each BEGIN IMMEDIATE and a read,
-# before the person's read) and by 2 on PostgreSQL.
-HOME_PAGE = {"sqlite": 4, "postgresql": 2}  # BEGIN and person + roles, BEGIN and the researcher's open
+# before the person's read) and by 2 on PostgreSQL. Who is asking reads without SQLite's write lock since
+# ADR 0049, so with no BEGIN of its own: every SQLite budget of a signed-in route fell by 1 again.
+HOME_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN and the researcher's open
 # projects with what each waits for (returned outputs, the current agreement signed, the training) in one
 # statement; it was 7 and 5: the projects were loaded as objects, then the agreement template, the
 # signatures, the training and the returned counts read one statement each (issue 26)
-PROJECT_PAGE = 19  # the project and its relations, the team's gate answers at once, the sections shown,
+PROJECT_PAGE = 18  # the project and its relations, the team's gate answers at once, the sections shown,
 # and the privacy budget (its row; the sums of spends and refunds: issue 21's DP route, 2 statements); it
 # was 21: the versions were loaded to be counted, the waiting extension read apart, and the opt-out lists
 # in force read for every viewer though only the chair's exemption form offers them
-API_PROJECT_LIST = 8  # the token's revocation with its person + roles, the projects with relations,
+API_PROJECT_LIST = 7  # the token's revocation with its person + roles, the projects with relations,
 # approved columns (one column read), decisions (it was 13; 9 after ADR 0044, then each requested
 # dataset's columns were no longer loaded to order the approved ones, ADR 0045)
-API_AUDITED_WRITE = {"sqlite": 7, "postgresql": 6}  # token + person + roles, the account (locked) joined with
-# its roles (ADR 0051), pending grants, the lane's end with the next seq (one statement), the event (was 12
-# and 9, then 8 and 7)
-PERSONAL_TOKEN_ME = 2  # BEGIN and the token with its person and roles, in one statement (ADR 0027)
-PROJECT_ACCESS = 6  # token checks with person + roles, the project, and the gate's facts in one statement
+API_AUDITED_WRITE = {"sqlite": 6, "postgresql": 6}  # token + person + roles (no BEGIN IMMEDIATE on SQLite,
+# ADR 0049), the account (locked) joined with its roles (ADR 0051), pending grants, the lane's end with the
+# next seq (one statement), the event (was 12 and 9, then 8 and 7)
+PERSONAL_TOKEN_ME = 1  # the token with its person and roles, in one statement (ADR 0027), without a BEGIN
+# IMMEDIATE on SQLite (ADR 0049; it was 2)
+PROJECT_ACCESS = 5  # token checks with person + roles, the project, and the gate's facts in one statement
 # (ADR 0027; it was 11, then 10 measured, before ADR 0044)
-TRAINING_PAGE = 4  # BEGIN and person + roles, then BEGIN and every active person with their latest expiry
-DAC_QUEUE = 7  # BEGIN and person + roles, BEGIN, the waiting applications with their current versions,
+TRAINING_PAGE = 3  # person + roles, then BEGIN and every active person with their latest expiry
+DAC_QUEUE = 6  # person + roles, BEGIN, the waiting applications with their current versions,
 # their assignments, and for the chair the governed projects and their open extensions
-CHECKER_HOME_PAGE = 7  # BEGIN and person + roles, BEGIN, the queue's columns, the teams (2) and the places
+CHECKER_HOME_PAGE = 6  # person + roles, BEGIN, the queue's columns, the teams (2) and the places
 # held; PostgreSQL 5. It was 9 (7): the queue was loaded as objects with every request's files and groups
-OUTPUT_QUEUE_PAGE = {"sqlite": 9, "postgresql": 7}  # person + roles, the waiting requests' columns with
+OUTPUT_QUEUE_PAGE = {"sqlite": 8, "postgresql": 7}  # person + roles, the waiting requests' columns with
 # their file and verdict counts (one statement), the teams (2), this round's reviews, the workload, the
 # names; it was 11 and 9: every request was loaded as an object with its files (and their groups) and
 # its verdicts read again to work out its automated status
-OUTPUT_QUEUE_API = {"sqlite": 7, "postgresql": 5}  # token checks with person + roles, then as the page
+OUTPUT_QUEUE_API = {"sqlite": 6, "postgresql": 5}  # token checks with person + roles, then as the page
 # without the workload and names; it was 13 and 9, then 11 and 7 before ADR 0044
 # Reads of one project that never show its dataset requests: they load them no more (issue 26, ADR 0045);
 # each was 2 statements more (the requests with their datasets, and the datasets' columns).
-DAC_REVIEW_PAGE = {"sqlite": 15, "postgresql": 12}  # person + roles, the project with its team, the current
+DAC_REVIEW_PAGE = {"sqlite": 14, "postgresql": 12}  # person + roles, the project with its team, the current
 # version, the reviewer's assignment, the votes, the assignments, the names, the committee, the decisions
-AGREEMENT_PAGE = {"sqlite": 8, "postgresql": 5}  # person + roles, the project with its team, the agreement,
+AGREEMENT_PAGE = {"sqlite": 7, "postgresql": 5}  # person + roles, the project with its team, the agreement,
 # the signatures and training
-API_APPROVED_COLUMNS = {"sqlite": 7, "postgresql": 4}  # token checks with person + roles (ADR 0044), the
+API_APPROVED_COLUMNS = {"sqlite": 6, "postgresql": 4}  # token checks with person + roles (ADR 0044), the
 # project with its team, the approved columns
-MY_PROJECTS_PAGE = {"sqlite": 4, "postgresql": 2}  # person + roles, the four columns of each project shown
+MY_PROJECTS_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, the four columns of each project shown
 # in one statement (SQLite adds a BEGIN to each); it was 7 and 5: teams, requests, datasets and columns
-OUTPUT_SUBMISSION = {"sqlite": 13, "postgresql": 12}  # token checks with person (ADR 0044), the gate (once per
+OUTPUT_SUBMISSION = {"sqlite": 12, "postgresql": 12}  # token checks with person (ADR 0044, 0049), the gate (once per
 # transaction, and it answers whether the project exists), the request (inserted already submitted: no
 # UPDATE), group, file and check job as inserts, the active checkers with their emails (one statement,
 # ADR 0051) and their notice (its keys name the new request: not looked up, ADR 0046), the audit event;

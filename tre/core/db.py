@@ -85,11 +85,21 @@ _holding_threads: set[int] = set()
 os.register_at_fork(after_in_child=_holding_threads.clear)  # a child holds nothing of its parent's
 
 
+# A transaction begun with these execution options on SQLite sends no BEGIN IMMEDIATE: its reads run
+# without the write lock (and without the write queue's turn), each SELECT its own read of the last
+# committed state (WAL). Only SELECTs may run in it: anything else fails rather than commit on its own
+# (ADR 0049). On PostgreSQL the options change nothing.
+READ_WITHOUT_WRITE_LOCK = {"tre_read_without_write_lock": True}
+_READS = ("SELECT", "select", "WITH", "with")
+
+
 class _WriteQueueCursor(sqlite3.Cursor):
     connection: _WriteQueuedConnection
 
     def execute(self, sql: str, parameters: Any = (), /) -> _WriteQueueCursor:
         if sql != _BEGIN_IMMEDIATE:
+            if self.connection.reading_without_lock and not sql.lstrip().startswith(_READS):
+                raise sqlite3.ProgrammingError("only a SELECT may run in a read without the write lock")
             return super().execute(sql, parameters)
         queued = self.connection.join_write_queue()
         try:
@@ -109,6 +119,7 @@ class _WriteQueuedConnection(sqlite3.Connection):
     _queue_pid: int | None = None
     _queued = False
     _queued_for: int | None = None
+    reading_without_lock = False  # a transaction begun by READ_WITHOUT_WRITE_LOCK, until it ends
 
     def cursor(self, factory: Any = _WriteQueueCursor) -> Any:
         return super().cursor(factory)
@@ -139,18 +150,21 @@ class _WriteQueuedConnection(sqlite3.Connection):
             fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 
     def commit(self) -> None:
+        self.reading_without_lock = False
         try:
             super().commit()
         finally:
             self.leave_write_queue()
 
     def rollback(self) -> None:
+        self.reading_without_lock = False
         try:
             super().rollback()
         finally:
             self.leave_write_queue()
 
     def close(self) -> None:
+        self.reading_without_lock = False
         try:
             super().close()
         finally:
@@ -178,6 +192,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
+    if conn.get_execution_options().get("tre_read_without_write_lock"):
+        dbapi_connection = conn.connection.dbapi_connection
+        if isinstance(dbapi_connection, _WriteQueuedConnection):
+            dbapi_connection.reading_without_lock = True
+            return
     # IMMEDIATE takes the write lock at the start, so two processes never deadlock upgrading a
     # read lock to a write lock (SQLite would fail one of them at once, without waiting).
     conn.exec_driver_sql(_BEGIN_IMMEDIATE)

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
-from tre.core.db import WRITE_QUEUE_SUFFIX, make_engine
+from tre.core.db import READ_WITHOUT_WRITE_LOCK, WRITE_QUEUE_SUFFIX, make_engine
 
 
 @pytest.fixture
@@ -189,3 +189,38 @@ def test_an_in_memory_database_needs_no_queue() -> None:
             assert conn.execute(text("SELECT 1")).scalar_one() == 1
     finally:
         eng.dispose()
+
+
+def test_a_read_without_the_write_lock_neither_queues_nor_waits_for_a_writer(engine: Engine, tmp_path: Path) -> None:
+    # Who is asking reads in such a transaction (ADR 0049): a writer holding SQLite's write lock and
+    # the queue does not hold it up, and it sees the last committed state, not the writer's.
+    outsider = sqlite3.connect(tmp_path / "tre.db", isolation_level=None)
+    outsider.execute("BEGIN IMMEDIATE")
+    outsider.execute("UPDATE counter SET n = 41")
+    try:
+        with engine.connect() as conn:
+            no_patience(conn)  # a BEGIN IMMEDIATE would now fail at once with "locked"
+            reading = conn.execution_options(**READ_WITHOUT_WRITE_LOCK)
+            assert reading.execute(text("SELECT n FROM counter")).scalar_one() == 0
+            assert queue_is_free(queue_file(tmp_path))
+            reading.commit()
+    finally:
+        outsider.execute("ROLLBACK")
+        outsider.close()
+
+
+def test_a_read_without_the_write_lock_refuses_to_write(engine: Engine, tmp_path: Path) -> None:
+    # Without BEGIN each statement would commit on its own: a write there fails instead.
+    with engine.connect() as conn:
+        reading = conn.execution_options(**READ_WITHOUT_WRITE_LOCK)
+        reading.execute(text("SELECT n FROM counter"))
+        with pytest.raises(sqlite3.ProgrammingError, match="only a SELECT"):
+            reading.connection.dbapi_connection.cursor().execute("UPDATE counter SET n = 7")  # type: ignore[union-attr]
+        reading.rollback()
+    # The pooled connection's next transaction (without the options) begins as usual and may write.
+    with engine.connect() as conn:
+        conn.execute(text("UPDATE counter SET n = n + 1"))
+        assert not queue_is_free(queue_file(tmp_path))
+        conn.commit()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 1

@@ -23,6 +23,7 @@ from tre.core.identity.errors import AuthenticationFailed, IdentityError, Permis
 from tre.core.identity.mfa import RECOVERY_CODE_COUNT, TOTP_ISSUER, SecondFactor, current_totp
 from tre.core.identity.models import (
     SSO_LINK_METHODS,
+    Caller,
     OidcLink,
     PasswordResetLink,
     PersonalApiToken,
@@ -42,7 +43,7 @@ class Identity(Accounts, SignIn, SecondFactor, SingleSignOn, Credentials):
 
 __all__ = [
     "LOCKOUT", "MAX_FAILED_LOGINS", "MIN_PASSWORD_LENGTH", "RECOVERY_CODE_COUNT", "RESET_LINK_LIFETIME",
-    "SIGN_IN_REFUSED", "SSO_LINK_METHODS", "TOTP_ISSUER", "AuthenticationFailed", "Identity", "IdentityError",
+    "SIGN_IN_REFUSED", "SSO_LINK_METHODS", "TOTP_ISSUER", "AuthenticationFailed", "Caller", "Identity", "IdentityError",
     "OidcLink", "PasswordResetLink", "PermissionDenied", "PersonalApiToken", "RecoveryCode", "SsoRefused",
     "SsoSignIn", "TokenUse", "User", "UserRole", "check_password_policy", "current_totp", "describe",
     "normalise_display_name", "normalise_email",

@@ -4,6 +4,7 @@ sign-on links, and spent or revoked token ids."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from sqlalchemy import CheckConstraint, ForeignKey, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -47,6 +48,30 @@ class User(Base):
     @property
     def mfa_enrolled(self) -> bool:
         return self.mfa_enrolled_at is not None
+
+    def has(self, permission: Permission) -> bool:
+        return has_permission(self, permission)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking, as ``tre.authn`` read them at the start of this request: the account's columns
+    that requests use and its role names, not an ORM object (ADR 0049).
+
+    ``g.user`` is one of these. Services take it where they take a ``User`` as the actor: they use
+    its id, its permissions and the few columns below, and read or lock the account itself from the
+    database whenever they change it. Nothing is kept after the request (ADR 0027).
+    """
+
+    id: str
+    email: str
+    display_name: str
+    is_active: bool
+    mfa_enrolled: bool
+    session_epoch: int
+    token_generation: int
+    locked_until: dt.datetime | None
+    role_names: list[str]  # sorted, as ``User.role_names``
 
     def has(self, permission: Permission) -> bool:
         return has_permission(self, permission)
