@@ -171,3 +171,21 @@ def test_a_database_error_that_is_not_an_outage_stays_a_500_without_the_sql(sqli
     body = response.get_data(as_text=True)
     assert response.status_code == 500 and "Retry-After" not in response.headers
     assert "no_such_table" not in body and "SELECT" not in body and "Traceback" not in body
+
+
+def test_security_headers_come_once_in_a_fixed_order_and_a_views_own_header_is_kept(client: Any) -> None:
+    page = client.get("/about", headers={"X-Request-Id": "abc123"})
+    static = client.get("/static/tre.css")
+    docs = client.get("/api/docs")
+
+    names = [name for name, _ in page.headers]
+    assert names[names.index("X-Content-Type-Options"):] == [
+        "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy", "Content-Security-Policy",
+        "Cache-Control", "X-Request-Id", "Vary",
+    ]
+    assert page.headers["X-Request-Id"] == "abc123" and page.headers["Cache-Control"] == "no-store"
+    assert static.headers.getlist("Cache-Control") == ["no-cache"]  # send_file's own, not replaced
+    assert len(static.headers.getlist("Content-Security-Policy")) == 1
+    assert "script-src 'self' 'unsafe-inline';" in docs.headers["Content-Security-Policy"]
+    assert "'unsafe-inline';" not in page.headers["Content-Security-Policy"].split("script-src")[1].split(";")[0] + ";"
+    static.close()

@@ -3,6 +3,7 @@ memory or in a shared Redis; a refusal is 429 and audited once per client, limit
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import REDIS_URL, make_test_app, require_backend
-from tests.tre.helpers import csrf_token
+from tests.tre.helpers import create_user, csrf_token
+from tre.authn import API_AUDIENCE
 from tre.core.audit import AuditEvent
 from tre.ratelimits import ENDPOINT_LIMITS, FAILED_AUTHENTICATION_LIMIT
 
@@ -132,3 +134,72 @@ def test_limits_can_be_turned_off_for_a_load_rig(tmp_path: Path) -> None:
 
     assert {_reset_attempt(client, token) for _ in range(RESETS_ALLOWED + 2)} == {400}
     app.extensions["tre.db"].dispose()
+
+
+def _valid_bearer(app: Any) -> dict[str, str]:
+    user, _ = create_user(app, f"limited-{uuid.uuid4().hex[:8]}@example.org", ["researcher"])
+    token = app.extensions["tre.platform"].tokens.issue(user.id, API_AUDIENCE, "api", dt.timedelta(minutes=10))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_past_the_failed_authentication_limit_every_route_refuses_even_a_valid_credential(limited_app: Any) -> None:
+    valid, wrong = _valid_bearer(limited_app), {"Authorization": "Bearer garbage"}
+    client = limited_app.test_client()
+    token = csrf_token(client, "/auth/login")
+    assert client.get("/api/v1/me", headers=valid).status_code == 200
+    failures = [client.get("/api/v1/me", headers=wrong).status_code for _ in range(FAILURES_ALLOWED)]
+
+    assert failures == [401] * FAILURES_ALLOWED
+    assert [client.get(path, headers=valid).status_code for path in ("/api/v1/me", "/api/v1/version")] == [429, 429]
+    assert [client.get(path).status_code for path in ("/", "/about", "/auth/login")] == [429, 429, 429]
+    assert client.post("/auth/login", data={"email": "x", "password": "x", "csrf_token": token}).status_code == 429
+
+
+class _RedisCommands:
+    """Counts the commands this process sends to Redis, on every redis-py connection (a real Redis
+    answers them; nothing of the limiter is replaced)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.connection import AbstractConnection
+
+        self.sent: list[Any] = []
+        send = AbstractConnection.send_packed_command
+
+        def counted(connection: Any, command: Any, *args: Any, **kwargs: Any) -> None:
+            self.sent.append(command)
+            send(connection, command, *args, **kwargs)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+
+    def during(self, action: Any) -> tuple[Any, int]:
+        self.sent.clear()
+        result = action()
+        return result, len(self.sent)
+
+
+def test_failed_authentications_in_redis_count_across_processes_at_one_command_a_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_backend("redis", REDIS_URL)
+    instance = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"
+    first = _app(instance, rate_limit_storage_url=REDIS_URL)
+    second = _app(instance, rate_limit_storage_url=REDIS_URL)
+    valid, wrong = _valid_bearer(first), {"Authorization": "Bearer garbage"}
+    client_a, client_b = first.test_client(), second.test_client()
+    commands = _RedisCommands(monkeypatch)
+    for client in (client_a, client_b):  # each process's first request opens its connection
+        assert client.get("/api/v1/version", headers=valid).status_code == 200
+
+    answered, sent_answered = commands.during(lambda: client_a.get("/api/v1/me", headers=valid))
+    refused, sent_refused = commands.during(lambda: client_b.get("/api/v1/me", headers=wrong))
+    # An answered request tests the limit (one round trip); a refused credential also counts one.
+    assert (answered.status_code, sent_answered) == (200, 1)
+    assert (refused.status_code, sent_refused) == (401, 2)
+
+    failures = [(client_a if n % 2 else client_b).get("/api/v1/me", headers=wrong).status_code
+                for n in range(FAILURES_ALLOWED - 1)]
+    assert failures == [401] * (FAILURES_ALLOWED - 1)
+    assert client_a.get("/api/v1/me", headers=valid).status_code == 429
+    assert client_b.get("/api/v1/version", headers=valid).status_code == 429
+    for application in (first, second):
+        application.extensions["tre.db"].dispose()
