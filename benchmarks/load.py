@@ -7,8 +7,8 @@ gunicorn with ``infra/production/gunicorn.conf.py`` (same processes and threads 
 so only the database and the broker differ) and one ``tre worker --no-beat`` for every queue (the
 periodic scheduler is left out: its jobs are not on the request path). The embedded backend is the
 default configuration (SQLite file, Celery on kombu's SQLAlchemy transport); the other is PostgreSQL
-(a fresh database, dropped afterwards) and Redis (database 13), used when they answer on
-127.0.0.1:5432 and :6379.
+(a fresh database, dropped afterwards) and Redis (database 13: the broker and, as in production, the
+rate limits' counters), used when they answer on 127.0.0.1:5432 and :6379.
 
 Each instance gets the demo accounts (``tre demo load --patients 2000``); every demo person signs
 in over HTTP with password and TOTP (a cookie session for the pages) and gets a personal API token.
@@ -885,6 +885,10 @@ def prepare(backend: str, args: argparse.Namespace, database_url: str, broker_ur
         settings["TRE_DATABASE_URL"] = database_url
     if broker_url:
         settings["TRE_BROKER_URL"] = broker_url
+    if broker_url.startswith("redis://"):
+        # As production runs it (infra/production/env.example): the rate limits' counters live in
+        # Redis too, shared by every web process, which costs each request one Redis command.
+        settings["TRE_RATE_LIMIT_STORAGE_URL"] = broker_url
     if args.web_workers:
         settings["WEB_CONCURRENCY"] = str(args.web_workers)
     ready = Prepared(backend, database_url, broker_url, workdir, clean_environment(settings), port)
