@@ -194,11 +194,8 @@ class LocalFileStore(_EncryptedStore):
     def _write_object(self, sha256: str, envelope: bytes) -> None:
         """Write to a temporary file in the target folder, then rename: readers never see a part."""
         final = self._path(sha256)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".part")
-        except FileNotFoundError:  # the fan-out folder is new: made (and made durable) here, only then
-            _make_folders(final.parent)
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".part")
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(envelope)
@@ -313,18 +310,6 @@ def _is_not_found(exc: Exception) -> bool:
         return False
     code = str(response.get("Error", {}).get("Code", ""))
     return code in {"404", "NoSuchKey", "NotFound"}
-
-
-def _make_folders(folder: Path) -> None:
-    """Make ``folder`` (mode 0700) and any missing parent (the default mode, as ``mkdir -p``), and sync
-    each parent whose entry was added, so a crash cannot lose the folder of an acknowledged file."""
-    missing: list[Path] = []
-    while not folder.is_dir():
-        missing.append(folder)
-        folder = folder.parent
-    for made in reversed(missing):
-        made.mkdir(mode=0o700 if made == missing[0] else 0o777, exist_ok=True)
-        _fsync_dir(made.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -256,46 +256,6 @@ def test_local_store_writes_atomically_via_temporary_file_and_rename(
     assert [p.name for p in stored_files(local.root)] == [digest]
 
 
-def test_local_store_writes_into_an_existing_folder_without_asking_for_it(
-    local: LocalFileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    content = b"a second output in a folder that is already there"
-    digest = hashlib.sha256(content).hexdigest()
-    (local.root / digest[:2] / digest[2:4]).mkdir(parents=True)
-    made: list[Any] = []
-    real_mkdir = os.mkdir
-    monkeypatch.setattr(os, "mkdir", lambda *a, **k: (made.append(a), real_mkdir(*a, **k)))
-
-    assert local.put(content) == digest
-
-    assert made == []  # ADR 0054: no mkdir (a refusal and a stat) for every file
-    assert local.get(digest) == content
-
-
-def test_local_store_makes_new_folders_and_syncs_the_folders_that_gained_an_entry(
-    local: LocalFileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def spying_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", spying_fsync)
-    content = b"the first output of a new store"
-
-    digest = local.put(content)
-
-    leaf = local.root / digest[:2] / digest[2:4]
-    # The new folders' parents (each gained an entry), the file itself, then the folder it was renamed in.
-    assert [s for s in synced if not s.endswith(digest) and ".tmp-" not in s] == [
-        str(local.root.parent), str(local.root), str(leaf.parent), str(leaf)
-    ]
-    assert oct(leaf.stat().st_mode & 0o777) == oct(0o700)
-    assert local.get(digest) == content
-
-
 def test_local_store_failed_write_leaves_neither_partial_nor_temporary_file(
     local: LocalFileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
