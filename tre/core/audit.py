@@ -199,6 +199,9 @@ class CheckpointFile:
     def __init__(self, path: Path | str, key: bytes) -> None:
         self.path = Path(path)
         self._key = key
+        # Worked out once, not on every commit (ADR 0054): the lock's path and the temporary file's.
+        self._lock_path = str(self.path.with_name(self.path.name + ".lock"))
+        self._tmp_prefix = str(self.path.with_name(f".{self.path.name}."))
 
     def __repr__(self) -> str:
         return f"CheckpointFile({self.path})"
@@ -231,8 +234,11 @@ class CheckpointFile:
         """Record ``head`` as the end of ``lane`` unless the file already holds that lane at or beyond it."""
         import fcntl  # POSIX only, like the rest of the service
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # no folder yet (or no more): made here, not asked for on every commit
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
@@ -248,10 +254,10 @@ class CheckpointFile:
             checkpoint = Checkpoint(tuple(sorted(heads.values())), at)
             data = {"lanes": [[h.lane, h.lane_seq, h.head] for h in checkpoint.lanes], "count": checkpoint.count,
                     "at": at, "signature": self._sign(checkpoint.body())}
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp = f"{self._tmp_prefix}{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, separators=(",", ":"))
+                fh.write(json.dumps(data, separators=(",", ":")))  # the same text; json.dump encodes in Python
             os.replace(tmp, self.path)
             return True
         finally:

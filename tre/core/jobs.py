@@ -199,16 +199,33 @@ def enqueue(
     existing = None if new_key else session.scalar(select(Job).where(Job.idempotency_key == key))
     if existing is not None:
         return existing
-    job = Job(
-        kind=kind,
-        queue=_HANDLERS[kind].queue,
-        idempotency_key=key,
-        payload=dict(payload or {}),
-        max_attempts=max_attempts,
-    )
+    if new_key:  # every value the unit of work would have filled in, in its order (ADR 0054)
+        job = Job(
+            id=new_id(),
+            kind=kind,
+            queue=_HANDLERS[kind].queue,
+            idempotency_key=key,
+            payload=dict(payload or {}),
+            state=QUEUED,
+            attempts=0,
+            max_attempts=max_attempts,
+            progress=0.0,
+            progress_message="",
+            last_sent_at=utcnow(),
+            created_at=utcnow(),
+        )
+    else:
+        job = Job(
+            kind=kind,
+            queue=_HANDLERS[kind].queue,
+            idempotency_key=key,
+            payload=dict(payload or {}),
+            max_attempts=max_attempts,
+        )
     if new_key:  # no savepoint: a collision here is a mistake that must fail the caller's transaction
-        session.add(job)
-        session.flush()
+        # One Core INSERT of the row, not the unit of work (ADR 0054): every value is known here. The
+        # caller's other pending changes are flushed by its next read or its commit, as before.
+        session.execute(_INSERT_JOB, _job_values(job))
         session.info.setdefault("tre_jobs_to_send", []).append((job.id, job.queue))
         return job
     try:
@@ -222,6 +239,17 @@ def enqueue(
         return existing
     session.info.setdefault("tre_jobs_to_send", []).append((job.id, job.queue))
     return job
+
+
+# The columns a new job is inserted with; the others (lease, error, result, start, finish) are left
+# out, so they are SQL NULL as the unit of work leaves them (a JSON column given None would hold 'null').
+_NEW_JOB_COLUMNS = ("id", "kind", "queue", "idempotency_key", "payload", "state", "attempts", "max_attempts",
+                    "progress", "progress_message", "last_sent_at", "created_at")
+_INSERT_JOB = Job.__table__.insert()  # a Core insert: no unit of work
+
+
+def _job_values(job: Job) -> dict[str, Any]:
+    return {column: getattr(job, column) for column in _NEW_JOB_COLUMNS}
 
 
 @event.listens_for(Session, "after_commit")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, select
+from sqlalchemy import CheckConstraint, ForeignKey, String, bindparam, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tre.core.db import Base, new_id, utcnow
@@ -74,6 +74,10 @@ class RoleRequest(NamedTuple):
     awaiting: list[str]
 
 
+# Built once, not per role change (ADR 0054): the same statement, so the same compiled-cache entry.
+_PENDING_ROLES_OF = select(RoleGrant.role).where(RoleGrant.user_id == bindparam("user_id"), RoleGrant.state == PENDING)
+
+
 def request_roles(
     s: Session, audit: AuditLog, actor: User, user: User, roles: list[str], request_id: str | None
 ) -> RoleRequest:
@@ -91,9 +95,7 @@ def request_roles(
         # Only a change marks the collection: replacing it with the same rows would have every flush
         # of the transaction (the next statement's autoflush, the commit's) work out that nothing changed.
         user.roles = kept + added
-    already = set(s.scalars(
-        select(RoleGrant.role).where(RoleGrant.user_id == user.id, RoleGrant.state == PENDING)
-    ))
+    already = set(s.scalars(_PENDING_ROLES_OF, {"user_id": user.id}))
     for role in asked:
         if role in already:
             continue

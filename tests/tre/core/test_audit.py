@@ -439,6 +439,48 @@ def test_checkpoint_never_moves_back(tmp_path: Any) -> None:
     assert checkpoint_lanes is not None and checkpoint_lanes.count == 13
 
 
+def test_checkpoint_is_advanced_without_asking_for_its_folder_each_commit(tmp_path: Any, monkeypatch: Any) -> None:
+    import os
+
+    checkpoints = CheckpointFile(tmp_path / "cp.json", CHECKPOINT_KEY)
+    assert checkpoints.advance(0, 1, "a" * 64)
+    made: list[Any] = []
+    real_mkdir = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda *a, **k: (made.append(a), real_mkdir(*a, **k)))
+
+    for seq in range(2, 6):
+        assert checkpoints.advance(0, seq, "b" * 64)
+
+    assert made == []  # ADR 0054: the folder is made when it is missing, not asked for every time
+    current = checkpoints.read()
+    assert current is not None and current.lanes == (LaneHead(0, 5, "b" * 64),)
+
+
+def test_checkpoint_makes_its_folder_when_it_is_missing(tmp_path: Any) -> None:
+    import shutil
+
+    folder = tmp_path / "instance" / "audit"
+    checkpoints = CheckpointFile(folder / "cp.json", CHECKPOINT_KEY)
+    assert checkpoints.advance(0, 1, "a" * 64)
+    shutil.rmtree(tmp_path / "instance")  # gone between two commits
+
+    assert checkpoints.advance(0, 2, "b" * 64)
+
+    current = checkpoints.read()
+    assert current is not None and current.lanes == (LaneHead(0, 2, "b" * 64),)
+
+
+def test_checkpoint_file_is_compact_json_with_its_signature(tmp_path: Any) -> None:
+    checkpoints = CheckpointFile(tmp_path / "cp.json", CHECKPOINT_KEY)
+    assert checkpoints.advance(2, 7, "c" * 64)
+
+    text = (tmp_path / "cp.json").read_text()
+    data = json.loads(text)
+    assert text == json.dumps(data, separators=(",", ":"))
+    assert list(data) == ["lanes", "count", "at", "signature"] and data["lanes"] == [[2, 7, "c" * 64]]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_rolled_back_events_leave_the_checkpoint_alone(app: Any) -> None:
     log = _checkpointed_log(app)
     _write(app, log, 2)

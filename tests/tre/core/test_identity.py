@@ -324,3 +324,25 @@ def test_a_role_change_that_keeps_the_granted_roles_leaves_the_account_untouched
     assert (changed.granted, changed.asked, changed.awaiting) == ([], ["auditor"], ["auditor"])
     with p.db.session_factory() as s:
         assert s.scalars(select(UserRole.role).where(UserRole.user_id == target.id)).all() == []
+
+
+def test_a_role_change_builds_no_statement_of_its_own(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADR 0054: the pending grants' statement is built once per process, not per role change; it still
+    finds the roles already asked for, so asking twice makes one grant."""
+    import tre.core.roles
+
+    admin, _ = create_user(app, "adam@nhs.example", ["administrator"])
+    target, _ = create_user(app, "rita@nhs.example", ["researcher"])
+
+    def no_new_statements(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a statement built for one role change")
+
+    monkeypatch.setattr(tre.core.roles, "select", no_new_statements)
+    first = identity(app).change_roles(admin, target.id, ["researcher", "auditor"])
+    again = identity(app).change_roles(admin, target.id, ["researcher", "auditor"])
+
+    assert first.awaiting_second_administrator == again.awaiting_second_administrator == ["auditor"]
+    with app.extensions["tre.db"].session_factory() as s:
+        from tre.core.roles import RoleGrant
+
+        assert s.scalars(select(RoleGrant.role).where(RoleGrant.user_id == target.id)).all() == ["auditor"]

@@ -329,3 +329,72 @@ def test_one_thread_renews_the_lease_of_every_job_the_process_runs(db: Any, no_d
         assert later > first  # renewed while the job ran
     keepers = {id(keeper) for _, _, running in LEASES for keeper in running}
     assert len(keepers) == 1  # one keeper for both jobs
+
+
+def _stored(db: Any, job_id: str) -> dict[str, Any]:
+    """The row as the database holds it, with each nullable column's SQL NULL told apart from JSON null."""
+    from sqlalchemy import text
+
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).mappings().one()
+        result_is_null = conn.execute(text("SELECT result IS NULL FROM jobs WHERE id = :id"), {"id": job_id}).scalar()
+    return {**row, "result is SQL NULL": bool(result_is_null)}
+
+
+def test_a_job_with_a_new_key_stores_the_row_the_unit_of_work_stores(db: Any, no_dispatch: None) -> None:
+    with transaction(db.session) as s:
+        through_orm = jobs.enqueue(s, "test.record", {"n": [1, 2]}, idempotency_key="k-orm", max_attempts=4).id
+        known_new = jobs.enqueue(s, "test.record", {"n": [1, 2]}, idempotency_key="k-new", max_attempts=4,
+                                 new_key=True)
+        assert known_new.state == jobs.QUEUED and known_new.created_at is not None  # the caller's view is whole
+
+    orm_row, new_row = _stored(db, through_orm), _stored(db, known_new.id)
+    varying = {"id", "idempotency_key", "last_sent_at", "created_at"}
+    assert {k: v for k, v in new_row.items() if k not in varying} == {
+        k: v for k, v in orm_row.items() if k not in varying
+    }
+    assert new_row["result is SQL NULL"] and new_row["created_at"] is not None and new_row["last_sent_at"] is not None
+    assert len(new_row["id"]) == len(orm_row["id"])
+
+
+def test_a_job_with_a_new_key_is_inserted_without_a_flush_of_the_session(db: Any, no_dispatch: None) -> None:
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    flushed: list[list[str]] = []
+
+    def seen(session: Any, _context: Any, _instances: Any) -> None:
+        flushed.append(sorted(type(o).__name__ for o in session.new))
+
+    event.listen(Session, "before_flush", seen)
+    try:
+        with transaction(db.session) as s:
+            job = jobs.enqueue(s, "test.record", {"n": 1}, idempotency_key="k-new", new_key=True)
+            assert flushed == []  # ADR 0054: one INSERT, not the unit of work
+    finally:
+        event.remove(Session, "before_flush", seen)
+    assert all("Job" not in names for names in flushed)
+    assert _job(db, job.id).idempotency_key == "k-new"
+
+
+def test_a_job_with_a_new_key_that_is_not_new_fails_the_transaction(db: Any, no_dispatch: None) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    with transaction(db.session) as s:
+        jobs.enqueue(s, "test.record", {"n": 1}, idempotency_key="k-taken")
+    with pytest.raises(IntegrityError), transaction(db.session) as s:
+        jobs.enqueue(s, "test.record", {"n": 2}, idempotency_key="k-taken", new_key=True)
+    with db.session_factory() as s:
+        assert len(s.scalars(select(jobs.Job)).all()) == 1
+
+
+def test_a_job_with_a_new_key_is_sent_once_after_commit(db: Any) -> None:
+    sent: list[tuple[str, str]] = []
+    jobs.set_dispatcher(lambda job_id, queue: sent.append((job_id, queue)))
+    try:
+        with transaction(db.session) as s:
+            job = jobs.enqueue(s, "test.record", {"n": 1}, new_key=True)
+            assert sent == []
+    finally:
+        jobs.set_dispatcher(None)
+    assert sent == [(job.id, job.queue)]

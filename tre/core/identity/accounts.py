@@ -17,6 +17,8 @@ from tre.core.identity.names import check_password_policy, normalise_display_nam
 from tre.core.permissions import Permission, Role, role_conflicts
 from tre.core.roles import NO_SUCH_GRANT, RoleGrant, decide_grant, pending_grants, request_roles
 
+_ROLE_NAMES = frozenset(r.value for r in Role)  # every role's name, once per process
+
 
 class Accounts(IdentityBase):
     def create_user(
@@ -34,7 +36,7 @@ class Accounts(IdentityBase):
             self._require(actor, Permission.USER_MANAGE, "user.create")
         email = normalise_email(email)
         display_name = normalise_display_name(display_name)
-        unknown = [r for r in roles if r not in {x.value for x in Role}]
+        unknown = [r for r in roles if r not in _ROLE_NAMES]
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
         _refuse_conflicting(roles)
@@ -73,7 +75,7 @@ class Accounts(IdentityBase):
         """Replace an account's roles (dual-control ones are only requested): the account, and every
         role of it waiting for a second administrator as this transaction committed them."""
         self._require(actor, Permission.USER_MANAGE, "user.set_roles")
-        unknown = [r for r in roles if r not in {x.value for x in Role}]
+        unknown = [r for r in roles if r not in _ROLE_NAMES]
         if unknown:
             raise IdentityError(f"Unknown role: {', '.join(unknown)}")
         _refuse_conflicting(roles)
