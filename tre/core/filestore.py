@@ -194,7 +194,7 @@ class LocalFileStore(_EncryptedStore):
     def _write_object(self, sha256: str, envelope: bytes) -> None:
         """Write to a temporary file in the target folder, then rename: readers never see a part."""
         final = self._path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_folder_durably(final.parent)
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -310,6 +310,21 @@ def _is_not_found(exc: Exception) -> bool:
         return False
     code = str(response.get("Error", {}).get("Code", ""))
     return code in {"404", "NoSuchKey", "NotFound"}
+
+
+def _make_folder_durably(folder: Path) -> None:
+    """Make ``folder`` and any missing parents, and sync each new folder's parent: a file synced into
+    a folder whose own entry was never synced can vanish with that folder in a crash."""
+    missing: list[Path] = []
+    walk = folder
+    while not walk.exists():
+        missing.append(walk)
+        walk = walk.parent
+    if not missing:
+        return
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for made in reversed(missing):
+        _fsync_dir(made.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

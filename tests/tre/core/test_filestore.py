@@ -256,6 +256,34 @@ def test_local_store_writes_atomically_via_temporary_file_and_rename(
     assert [p.name for p in stored_files(local.root)] == [digest]
 
 
+def test_local_store_syncs_the_parent_of_every_folder_it_makes_and_only_then(
+    local: LocalFileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file synced into a folder whose own entry in its parent was never synced can vanish with the
+    # folder in a crash: each new fan-out folder's parent is synced, then the file's own folder.
+    real_fsync = os.fsync
+    synced: list[Path] = []
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    local.root.mkdir(parents=True, exist_ok=True)
+    digest = local.put(b"a new folder pair")
+    top, leaf = local.root / digest[:2], local.root / digest[:2] / digest[2:4]
+    folders = [path for path in synced if path.is_dir()]
+    assert folders == [local.root, top, leaf]
+
+    content = b"into folders that exist already"
+    name = hashlib.sha256(content).hexdigest()
+    existing = local.root / name[:2] / name[2:4]
+    existing.mkdir(parents=True, exist_ok=True)
+    synced.clear()
+    assert local.put(content) == name
+    assert [path for path in synced if path.is_dir()] == [existing]
+
+
 def test_local_store_failed_write_leaves_neither_partial_nor_temporary_file(
     local: LocalFileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
