@@ -148,10 +148,33 @@ def training_expiries(
     return {user_id: expires for user_id, expires in rows if expires is not None}
 
 
-# Only what the gate needs of each person: loading the accounts would load their roles with them.
-_PEOPLE_FACTS = select(User.id, User.is_active, User.mfa_enrolled_at).where(
-    User.id.in_(bindparam("ids", expanding=True))
-)
+# Every fact the gate needs of each person of one project, one row per person found, in one statement
+# (it was four: the people, their membership, their signatures and their training). The agreement is
+# the caller's (its id and content hash as parameters), so the team's answers and the page showing
+# them stand on the same version. Built once, as ``_FACTS``.
+def _team_facts_statement() -> Select[Any]:
+    pid, template_id, content_hash = bindparam("project_id"), bindparam("template_id"), bindparam("content_hash")
+    return select(
+        User.id,
+        User.is_active,
+        User.mfa_enrolled_at,
+        exists().where(
+            ProjectMember.project_id == pid, ProjectMember.user_id == User.id, ProjectMember.removed_at.is_(None)
+        ).label("member"),
+        exists().where(
+            AgreementSignature.template_id == template_id,
+            AgreementSignature.project_id == pid,
+            AgreementSignature.user_id == User.id,
+            AgreementSignature.content_hash == content_hash,
+        ).label("signed"),
+        select(func.max(TrainingRecord.expires_on))
+        .where(TrainingRecord.user_id == User.id, TrainingRecord.course == bindparam("course"))
+        .scalar_subquery()
+        .label("training_expires_on"),
+    ).where(User.id.in_(bindparam("ids", expanding=True)))
+
+
+_TEAM_FACTS = _team_facts_statement()
 _NOT_READ: Any = object()
 
 
@@ -161,45 +184,43 @@ def gather_team_facts(
     user_ids: list[str],
     course: str = SAFE_RESEARCHER_COURSE,
     *,
-    template: AgreementTemplate | None = _NOT_READ,
+    template: Any = _NOT_READ,
 ) -> dict[str, GateFacts]:
     """``gather_facts`` for several people of one project, in a number of statements that does not
-    grow with the team (a project page shows every member's access). ``template`` is the current
-    agreement when the caller has just read it in the same transaction (not read twice)."""
+    grow with the team (a project page shows every member's access): the project (found in the
+    session when the caller has it) and one row per person. ``template`` is the current agreement
+    (anything with its ``id`` and ``content_hash``, or None when none is published) when the caller
+    has just read it in the same transaction (not read twice)."""
     ids = sorted(set(user_ids))
     project = session.get(Project, project_id) if project_id else None
-    users = {row.id: row for row in session.execute(_PEOPLE_FACTS, {"ids": ids})} if ids else {}
     if template is _NOT_READ:
         template = current_agreement(session)
-    members: set[str] = set()
-    signed: set[str] = set()
-    if project is not None and ids:
-        members = set(session.scalars(select(ProjectMember.user_id).where(
-            ProjectMember.project_id == project.id, ProjectMember.user_id.in_(ids), ProjectMember.removed_at.is_(None)
-        )))
-        if template is not None:
-            signed = set(session.scalars(select(AgreementSignature.user_id).where(
-                AgreementSignature.template_id == template.id,
-                AgreementSignature.project_id == project.id,
-                AgreementSignature.user_id.in_(ids),
-                AgreementSignature.content_hash == template.content_hash,
-            )))
-    expiries = training_expiries(session, list(users), course)
+    rows = {}
+    if ids:
+        params = {
+            "ids": ids,
+            "course": course,
+            # No project or no agreement: nobody is a member or signed; the people and training still count.
+            "project_id": project.id if project is not None else None,
+            "template_id": template.id if template is not None else None,
+            "content_hash": template.content_hash if template is not None else None,
+        }
+        rows = {row.id: row for row in session.execute(_TEAM_FACTS, params)}
     facts = {}
     for user_id in ids:
-        user = users.get(user_id)
+        row = rows.get(user_id)
         facts[user_id] = GateFacts(
-            user_exists=user is not None,
-            user_active=bool(user and user.is_active),
-            mfa_enrolled=bool(user and user.mfa_enrolled_at is not None),
+            user_exists=row is not None,
+            user_active=bool(row is not None and row.is_active),
+            mfa_enrolled=bool(row is not None and row.mfa_enrolled_at is not None),
             project_exists=project is not None,
             project_state=project.state if project else None,
             start_date=project.start_date if project else None,
             end_date=project.end_date if project else None,
-            active_member=user is not None and user_id in members,
+            active_member=bool(row is not None and project is not None and row.member),
             agreement_published=template is not None,
-            current_agreement_signed=bool(user and project and user_id in signed),
-            training_expires_on=expiries.get(user_id) if user else None,
+            current_agreement_signed=bool(row is not None and project is not None and row.signed),
+            training_expires_on=row.training_expires_on if row is not None else None,
         )
     return facts
 
@@ -231,7 +252,7 @@ def team_access_with_facts(
     course: str = SAFE_RESEARCHER_COURSE,
     *,
     now: dt.datetime | None = None,
-    template: AgreementTemplate | None = _NOT_READ,
+    template: Any = _NOT_READ,
 ) -> dict[str, tuple[GateFacts, GateDecision]]:
     """``check_team_access`` with the facts each answer stands on (signed, trained until...), for a
     page that shows both: the same reads, asked once."""

@@ -43,10 +43,15 @@ HOME_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN and the rese
 # projects with what each waits for (returned outputs, the current agreement signed, the training) in one
 # statement; it was 7 and 5: the projects were loaded as objects, then the agreement template, the
 # signatures, the training and the returned counts read one statement each (issue 26)
-PROJECT_PAGE = 18  # the project and its relations, the team's gate answers at once, the sections shown,
-# and the privacy budget (its row; the sums of spends and refunds: issue 21's DP route, 2 statements); it
-# was 21: the versions were loaded to be counted, the waiting extension read apart, and the opt-out lists
-# in force read for every viewer though only the chair's exemption form offers them
+PROJECT_PAGE = {"sqlite": 13, "postgresql": 11}  # a member's page of an approved project: person + roles,
+# the project and its team, the decisions, the versions submitted with the waiting extension and the current
+# agreement (one statement), the team's names, the team's gate facts (one statement), the approved columns,
+# the opt-out exemptions and the privacy budget (its row; the sums of spends and refunds). It was 19 and
+# 17 (ADR 0055): the agreement was read whole apart, the gate read the team's people, memberships,
+# signatures and training one statement each, and the dataset requests with their datasets' columns were
+# loaded for every viewer though only the PI of an application being written is shown them
+PROJECT_PAGE_DRAFT = {"sqlite": 15, "postgresql": 13}  # the PI's page of a draft: as above with the
+# dataset requests and their datasets' columns (the answers to check), without approved columns; was 18, 16
 API_PROJECT_LIST = 7  # the token's revocation with its person + roles, the projects with relations,
 # approved columns (one column read), decisions (it was 13; 9 after ADR 0044, then each requested
 # dataset's columns were no longer loaded to order the approved ones, ADR 0045)
@@ -178,9 +183,24 @@ def test_project_page_statements_do_not_grow_with_the_team(app: Any) -> None:
 
     before, after, response = _twice(app, lambda: client.get(f"/projects/{project.id}"), grow)
 
-    assert response.status_code == 200 and "Extra Member3" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Extra Member3" in page and 'id="answers-dataset-' in page
     assert after == before
-    assert after <= PROJECT_PAGE
+    assert after == PROJECT_PAGE_DRAFT[_dialect(app)], after
+
+
+def test_project_page_of_an_approved_project_reads_no_dataset_requests_and_the_team_at_once(app: Any) -> None:
+    w: World = build_world(app)
+    project = ready_for_access(w)
+    client = _signed_in(app, w.member)
+    client.get(f"/projects/{project.id}")  # the first request of a session loads what later ones find cached
+
+    count, response = count_statements(app, lambda: client.get(f"/projects/{project.id}"))
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and 'id="gate-open"' in page and 'id="approved-columns"' in page
+    assert page.count("Signed</td>") == 2 and page.count("Allowed</td>") == 2  # the PI and the member
+    assert count == PROJECT_PAGE[_dialect(app)], count
 
 
 def test_training_page_statements_do_not_grow_with_the_people_or_their_records(app: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
@@ -82,18 +83,39 @@ def _project_for_view(project_id: str) -> Project:
 
 
 _NAMES = select(User.id, User.display_name).where(User.id.in_(bindparam("ids", expanding=True)))
-# What the project page says of the application's versions (how many were submitted) and of an
-# extension waiting for the chair (the end date asked for), in one statement.
+# What the project page says of the application's versions (how many were submitted), of an extension
+# waiting for the chair (the end date asked for) and the current agreement (its id, version and content
+# hash: the team's gate answers stand on it and the page names its version), in one statement.
+def _latest_agreement(column: Any) -> Any:
+    return select(column).order_by(AgreementTemplate.version.desc()).limit(1).scalar_subquery()
+
+
 _VERSIONS_AND_EXTENSION = select(
     select(func.count())
     .select_from(ApplicationVersion)
     .where(ApplicationVersion.project_id == bindparam("id"))
-    .scalar_subquery(),
+    .scalar_subquery()
+    .label("versions_submitted"),
     select(ExtensionRequest.requested_end_date)
     .where(ExtensionRequest.project_id == bindparam("id"), ExtensionRequest.decided_at.is_(None))
     .limit(1)
-    .scalar_subquery(),
+    .scalar_subquery()
+    .label("extension_until"),
+    _latest_agreement(AgreementTemplate.id).label("agreement_id"),
+    _latest_agreement(AgreementTemplate.version).label("agreement_version"),
+    _latest_agreement(AgreementTemplate.content_hash).label("agreement_hash"),
 )
+
+
+@dataclass(frozen=True)
+class _Agreement:
+    """What the project page uses of the current agreement: the gate's id and hash, and the version shown."""
+
+    id: str
+    version: int
+    content_hash: str
+
+
 _EXEMPTABLE_STATES = (rules.IN_REVIEW, rules.APPROVED, rules.ACTIVE, rules.SUSPENDED)  # the exemption form's
 
 
@@ -158,18 +180,27 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
     svc = projects_service()
     project = _project_for_view(project_id)
     member = any(m.user_id == g.user.id for m in project.active_members)
+    is_pi = project.pi_id == g.user.id
+    # The answers as they stand, and what each requested column becomes, are shown to the PI of an
+    # application still being written only: nobody else reads the dataset requests they come from.
+    checking = is_pi and project.state in rules.EDITABLE_STATES
     decisions = svc.decisions(project)
-    agreement = svc.current_agreement()
+    facts = svc.session.execute(_VERSIONS_AND_EXTENSION, {"id": project.id}).one()
+    agreement = (
+        _Agreement(facts.agreement_id, facts.agreement_version, facts.agreement_hash)
+        if facts.agreement_id is not None
+        else None
+    )
     people = _people([m.user_id for m in project.active_members])
     team = _team_status(svc, project, agreement, people)
-    versions_submitted, extension_until = svc.session.execute(_VERSIONS_AND_EXTENSION, {"id": project.id}).one()
+    versions_submitted, extension_until = facts.versions_submitted, facts.extension_until
     return render_template(
         "projects/show.html",
         title=project.title,
         project=project,
         labels=rules.STATE_LABELS,
         error=error,
-        is_pi=project.pi_id == g.user.id,
+        is_pi=is_pi,
         is_member=member,
         editable=project.state in rules.EDITABLE_STATES,
         missing=(
@@ -177,11 +208,11 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
                 (field_anchor(f), m)
                 for f, m in rules.submission_problems(svc.application_snapshot(project), utcnow().date())
             ]
-            if project.state in rules.EDITABLE_STATES
+            if checking
             else []
         ),
         role_labels=rules.COLUMN_ROLE_LABELS,
-        becomes=column_outcomes(r.dataset for r in project.dataset_requests),
+        becomes=column_outcomes(r.dataset for r in project.dataset_requests) if checking else {},
         people=people,
         decisions=decisions,
         approved=approved_columns(svc.session, project.id),
@@ -199,7 +230,7 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         if g.user.has(Permission.OPTOUT_EXEMPT) and project.state in _EXEMPTABLE_STATES
         else [],
         privacy=_privacy_budget(project.id)
-        if member or project.pi_id == g.user.id or g.user.has(Permission.APPLICATION_DECIDE)
+        if member or is_pi or g.user.has(Permission.APPLICATION_DECIDE)
         else None,
     )
 
