@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from projects.gate import AccessRefused, ask_gate, check_access, check_team_access, require_access
+from projects.gate import (
+    AccessRefused,
+    ask_gate,
+    check_access,
+    check_team_access,
+    current_agreement,
+    gather_facts,
+    gather_team_facts,
+    require_access,
+)
 from tests.projects.factories import (
     TODAY,
     World,
@@ -163,6 +172,32 @@ def test_team_answers_equal_the_gate_asked_for_each_person_in_every_situation(w:
 
         assert team == {person: check_access(w.session, person, p.id, now=now) for person in people}
     assert check_team_access(w.session, "nothing", [w.pi.id]) == {w.pi.id: check_access(w.session, w.pi.id, "nothing")}
+
+
+def test_team_facts_equal_the_facts_gathered_for_each_person_in_one_statement(w: World) -> None:
+    """The team's facts (the page shows who signed and whose training runs until when beside each
+    answer) are those of the one-person read, whatever the mix; with the agreement given, they are one
+    statement for the whole team (it was four: people, memberships, signatures, training)."""
+    p = ready_for_access(w)
+    new = publish_agreement(w, "Version two: outputs must be checked before release.")
+    w.svc.sign_agreement(w.member, p.id, new.content_hash, w.member.display_name)
+    w.svc.record_training(w.admin, w.dana.id, TODAY - dt.timedelta(days=800), TODAY - dt.timedelta(days=435))
+    with transaction(w.session):
+        w.drew.is_active = False
+    people = [w.pi.id, w.member.id, w.dana.id, w.drew.id, w.outsider.id, "nobody"]
+    template = current_agreement(w.session)
+    gather_team_facts(w.session, p.id, people)  # the project itself, loaded once per session
+
+    statements, team = count_statements(w.app, lambda: gather_team_facts(w.session, p.id, people, template=template))
+
+    assert team == {person: gather_facts(w.session, person, p.id) for person in people}
+    assert team[w.member.id].current_agreement_signed and not team[w.pi.id].current_agreement_signed
+    assert team[w.pi.id].training_expires_on is not None and not team["nobody"].user_exists
+    assert statements == 1
+    for project_id in ("nothing", ""):
+        assert gather_team_facts(w.session, project_id, people) == {
+            person: gather_facts(w.session, person, project_id) for person in people
+        }
 
 
 def test_team_answers_take_the_same_statements_for_two_people_or_ten(w: World) -> None:
