@@ -4,6 +4,7 @@ opt-out exemptions."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -41,6 +42,17 @@ from projects.rules import (
 )
 from tre.core.db import utcnow
 from tre.core.identity import User
+
+
+@dataclass(frozen=True)
+class ReviewOf:
+    """One person's view of a version under review (``Committee.review_of``)."""
+
+    assignments: list[ReviewAssignment]  # every reviewer's, oldest first
+    assignment: ReviewAssignment | None  # the person's own
+    votes: list[Vote] | None  # every vote, or None when the person may not see them
+    own_vote: Vote | None
+    counted: list[Vote]  # the votes that count towards the quorum if the person decides
 
 
 class Committee(ProjectsKernel):
@@ -93,6 +105,20 @@ class Committee(ProjectsKernel):
         checks; the decide page asks it first so that it offers a decision only once it can be made)."""
         conflicted = {a.reviewer_id for a in self.assignments(version) if a.conflicted}
         return counted_votes(self._votes(version), conflicted, decider_id=decider.id)
+
+    def review_of(self, actor: Any, version: ApplicationVersion) -> ReviewOf:
+        """What the review and decide pages show one person of a version, from its assignments and its
+        votes read once each (it was six statements on the review page: the person's assignment twice,
+        the votes, the assignments, and the person's vote again when they may not see the others')."""
+        assignments = self.assignments(version)
+        assignment = next((a for a in assignments if a.reviewer_id == actor.id), None)
+        every_vote = self._votes(version)
+        own = next((v for v in every_vote if v.reviewer_id == actor.id), None)
+        visible = every_vote if perm.can_see_votes(actor, assignment, own is not None) else None
+        conflicted = {a.reviewer_id for a in assignments if a.conflicted}
+        return ReviewOf(
+            assignments, assignment, visible, own, counted_votes(every_vote, conflicted, decider_id=actor.id)
+        )
 
     def votes_visible_to(
         self, actor: Any, project: Project, version: ApplicationVersion | None = None

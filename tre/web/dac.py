@@ -130,16 +130,8 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
     version = svc.current_version(project)
     if version is None:
         abort(404)
-    assignment = svc.assignment_for(version, g.user.id)
-    votes = svc.votes_visible_to(g.user, project, version)
-    assignments = svc.assignments(version)
-    my_vote = None
-    if votes is not None:
-        my_vote = next((v for v in votes if v.reviewer_id == g.user.id), None)
-    else:
-        from projects.models import Vote
-
-        my_vote = svc.session.scalar(select(Vote).where(Vote.version_id == version.id, Vote.reviewer_id == g.user.id))
+    review = svc.review_of(g.user, version)  # the assignments and votes, read once each
+    assignment, votes, assignments, my_vote = review.assignment, review.votes, review.assignments, review.own_vote
     is_chair = g.user.has(Permission.APPLICATION_DECIDE)
     people = _people(
         [a.reviewer_id for a in assignments] + [project.pi_id] + [m.user_id for m in project.active_members]
@@ -233,8 +225,8 @@ def decide(project_id: str) -> Any:
         if decision is not None:
             flash(f"Decision recorded: {rules.STATE_LABELS[decision.outcome].lower()}", "success")
             return redirect(url_for("dac.review", project_id=project.id))
-    votes = svc.votes_visible_to(g.user, project, version)
-    counted = len(svc.counted_votes_for(g.user, version))
+    review = svc.review_of(g.user, version)
+    votes, counted = review.votes, len(review.counted)
     return render_template(
         "dac/decide.html",
         counted=counted,
