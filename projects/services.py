@@ -47,6 +47,11 @@ from projects.rules import RuleViolation as RuleViolation  # re-exported
 
 # The reads of a project and of a person's projects, built once (see ``get_project``, ``projects_of``).
 _REQUESTS_ON_USE = [lazyload(Project.dataset_requests)]
+# As above, for a caller that shows each request's dataset by name only: the datasets' columns are not
+# read with them (one statement fewer; each dataset would read its own on use).
+_REQUESTS_ON_USE_WITHOUT_COLUMNS = [
+    lazyload(Project.dataset_requests).joinedload(DatasetRequest.dataset).lazyload(Dataset.columns)
+]
 _PROJECTS_OF = (
     select(Project)
     # Each request's dataset comes for its name; nobody listing projects shows the datasets' columns
@@ -70,14 +75,17 @@ class Projects(Catalogue, Applications, Committee, Lifecycle, AgreementsAndTrain
 
     # --- reading ----------------------------------------------------------------------------------
 
-    def get_project(self, actor: Any, project_id: str) -> Project:
+    def get_project(self, actor: Any, project_id: str, *, dataset_columns: bool = True) -> Project:
         """The project, if this person may see it (refusals are audited).
 
         Its team comes with it (the permission check reads it); its dataset requests are read when a
         caller first uses them: the review pages, the agreement page and most API reads of a project
-        never do, and loading them with their datasets and columns cost two statements each time."""
+        never do, and loading them with their datasets and columns cost two statements each time.
+        ``dataset_columns=False`` is for a caller that names the requested datasets without their
+        columns (the API's answer): the requests then come with their datasets in one statement."""
+        options = _REQUESTS_ON_USE if dataset_columns else _REQUESTS_ON_USE_WITHOUT_COLUMNS
         with self._tx() as s:
-            project = s.get(Project, project_id, options=_REQUESTS_ON_USE) if project_id else None
+            project = s.get(Project, project_id, options=options) if project_id else None
             if project is None:
                 raise NotFound("No such project")
             self._allow(perm.can_view_project(actor, project), "project.view", actor, project)

@@ -88,6 +88,9 @@ AGREEMENT_PAGE = {"sqlite": 7, "postgresql": 5}  # person + roles, the project w
 # the signatures and training
 API_APPROVED_COLUMNS = {"sqlite": 6, "postgresql": 4}  # token checks with person + roles (ADR 0044), the
 # project with its team, the approved columns
+API_PROJECT_READ = {"sqlite": 8, "postgresql": 6}  # token checks with person + roles, the project with its
+# team, its dataset requests with their datasets (one statement), the approved columns, the decisions; it
+# was one more (ADR 0055): every requested dataset's columns were read, and the answer names the datasets only
 MY_PROJECTS_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, the four columns of each project shown
 # in one statement (SQLite adds a BEGIN to each); it was 7 and 5: teams, requests, datasets and columns
 OUTPUT_SUBMISSION = {"sqlite": 12, "postgresql": 12}  # token checks with person (ADR 0044, 0049), the gate (once per
@@ -411,3 +414,16 @@ def test_api_approved_columns_read_does_not_load_the_projects_dataset_requests(a
 
     assert response.status_code == 200 and response.get_json()
     assert count <= API_APPROVED_COLUMNS[_dialect(app)], count
+
+
+def test_api_project_read_names_the_requested_datasets_without_reading_their_columns(app: Any) -> None:
+    w: World = build_world(app)
+    project = approved(w)
+    client, headers = app.test_client(), _bearer(app, w.pi)
+    client.get(f"/api/v1/projects/{project.id}", headers=headers)
+
+    count, response = count_statements(app, lambda: client.get(f"/api/v1/projects/{project.id}", headers=headers))
+
+    assert response.status_code == 200
+    assert response.get_json()["requested"] == {"admissions": ["nhs_number", "date_of_birth", "diagnosis"]}
+    assert count == API_PROJECT_READ[_dialect(app)], count

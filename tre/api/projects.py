@@ -238,7 +238,8 @@ def _describe(
 
 
 def _project(svc: Projects, project_id: str) -> Project:
-    return _call(svc.get_project, g.user, project_id)
+    # The API names each requested dataset and never shows its columns: they are not read.
+    return _call(svc.get_project, g.user, project_id, dataset_columns=False)
 
 
 # --- the catalogue --------------------------------------------------------------------------------
