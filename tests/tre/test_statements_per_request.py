@@ -368,7 +368,7 @@ def test_dac_review_page_does_not_load_the_projects_dataset_requests(app: Any) -
     for person in (w.chair, w.dana, w.drew):  # the chair, a reviewer who voted, one who has not
         client = _signed_in(app, person)
         client.get(f"/dac/{project.id}")
-        counts[person.id], response = count_statements(app, lambda: client.get(f"/dac/{project.id}"))
+        counts[person.id], response = count_statements(app, lambda c=client: c.get(f"/dac/{project.id}"))
         assert response.status_code == 200 and project.title in response.get_data(as_text=True)
 
     assert counts[w.dana.id] == counts[w.drew.id] == DAC_REVIEW_PAGE_REVIEWER[_dialect(app)], counts
