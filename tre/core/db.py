@@ -356,13 +356,15 @@ class Database:
     def remove(self, error: BaseException | None = None) -> None:
         """End this thread's session (Flask calls it at the end of every request and app context).
         Its transaction is rolled back, unless it only read, on PostgreSQL, and nothing failed: then
-        it is committed, which leaves psycopg's prepared statements in place (ADR 0052)."""
+        it is committed, which leaves psycopg's prepared statements in place (ADR 0052). The COMMIT
+        goes to the session's connection, not through Session.commit: there is nothing to flush, and
+        no before-commit hook gets a chance to write something after the check."""
         if error is None and self.session.registry.has():
             session = self.session()
             if session.in_transaction() and session.is_active:
                 try:
                     if ended_by_commit(session):
-                        session.commit()
+                        session.connection().commit()
                 except Exception:  # noqa: BLE001 - the transaction only read: rolling back loses nothing
                     log.debug("read-only transaction not committed; rolled back", exc_info=True)
         self.session.remove()
