@@ -225,8 +225,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _mark_read_only)
         event.listen(engine, "before_cursor_execute", _mark_unless_plain_select)
         event.listen(engine, "handle_error", _mark_failed)
-        for ending in ("commit", "rollback", "savepoint", "begin_twophase"):
-            event.listen(engine, ending, _mark_not_read_only)
+        event.listen(engine, "savepoint", _mark_not_read_only)
+        event.listen(engine, "begin_twophase", _mark_not_read_only)
     return engine
 
 
@@ -274,7 +274,8 @@ def _ping_if_doubtful(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 # as read-only only while every statement sent in it was compiled from a Core or ORM select() with no
 # row lock and no call of a function that changes state. A text() statement, a SAVEPOINT, anything
 # sent as executemany, an INSERT/UPDATE/DELETE (a flush included), a statement that failed: each marks
-# the transaction as not read-only, and it is rolled back as before.
+# the transaction as not read-only, and it is rolled back as before. The flag is set anew by every
+# transaction's begin, so what an earlier transaction on the connection did never carries over.
 _READ_ONLY = "tre_read_only_so_far"
 _NOT_A_PLAIN_READ = re.compile(
     r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b|\bINTO\b|set_config|nextval|setval|advisory|\blo_|;",
@@ -287,7 +288,8 @@ def _mark_read_only(conn: Any) -> None:
 
 
 def _mark_not_read_only(conn: Any, *_: Any) -> None:
-    conn.info[_READ_ONLY] = False
+    if not conn.invalidated:  # an invalidated connection has no info (and will not commit)
+        conn.info[_READ_ONLY] = False
 
 
 def _mark_unless_plain_select(
@@ -308,7 +310,7 @@ def _mark_unless_plain_select(
 
 def _mark_failed(context: Any) -> None:
     if context.connection is not None:
-        context.connection.info[_READ_ONLY] = False
+        _mark_not_read_only(context.connection)
 
 
 def ended_by_commit(session: Session) -> bool:
