@@ -221,7 +221,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _note_idle_since)
         event.listen(engine, "checkin", _note_idle_since)
-        event.listen(engine, "checkout", _ping_if_doubtful)
+        event.listen(engine, "checkout", _pinger(engine.dialect))
         event.listen(engine, "begin", _mark_read_only)
         event.listen(engine, "before_cursor_execute", _mark_unless_plain_select)
         event.listen(engine, "handle_error", _mark_failed)
@@ -248,24 +248,28 @@ def _doubtful(dbapi_connection: Any, record: Any) -> bool:
     if time.monotonic() - record.info.get(_IDLE_SINCE, 0.0) > PING_AFTER_IDLE_SECONDS:
         return True
     try:
-        readable, _, _ = io_select.select([dbapi_connection.fileno()], [], [], 0)
-    except (OSError, ValueError, TypeError, AttributeError) as err:  # closed: no descriptor to ask
+        descriptor = dbapi_connection.fileno()
+    except Exception as err:  # closed: no socket to ask
         raise DisconnectionError("connection has no socket") from err
-    return bool(readable)
+    poller = io_select.poll()  # not select(): it has no limit on the descriptor's number
+    poller.register(descriptor, io_select.POLLIN)
+    return bool(poller.poll(0))  # data, an error or a hang-up waiting
 
 
-def _ping_if_doubtful(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
-        raise DisconnectionError("connection closed while pooled")
-    if not _doubtful(dbapi_connection, record):
-        return
-    dialect = proxy._pool._dialect
-    try:
-        dialect.do_ping(dbapi_connection)
-    except dialect.loaded_dbapi.Error as err:
-        if dialect.is_disconnect(err, dbapi_connection, None):
-            raise DisconnectionError("connection lost while pooled") from err
-        raise
+def _pinger(dialect: Any) -> Any:
+    def ping_if_doubtful(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
+            raise DisconnectionError("connection closed while pooled")
+        if not _doubtful(dbapi_connection, record):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_connection, None):
+                raise DisconnectionError("connection lost while pooled") from err
+            raise
+
+    return ping_if_doubtful
 
 
 # On PostgreSQL a transaction that only read is ended by COMMIT rather than ROLLBACK at the end of a
