@@ -9,17 +9,23 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import logging
 import os
+import re
+import select as io_select
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator, create_engine, event
+from sqlalchemy import JSON, DateTime, MetaData, Select, String, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 # Named constraints make migrations deterministic and let SQLite's batch mode alter tables.
 NAMING_CONVENTION = {
@@ -211,7 +217,115 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _note_idle_since)
+        event.listen(engine, "checkin", _note_idle_since)
+        event.listen(engine, "checkout", _pinger(engine.dialect))
+        event.listen(engine, "begin", _mark_read_only)
+        event.listen(engine, "before_cursor_execute", _mark_unless_plain_select)
+        event.listen(engine, "handle_error", _mark_failed)
+        event.listen(engine, "savepoint", _mark_not_read_only)
+        event.listen(engine, "begin_twophase", _mark_not_read_only)
+    return engine
+
+
+# A pooled PostgreSQL connection is pinged (a round trip) on checkout only when there is reason to doubt
+# it (ADR 0052): the server has sent it something while it sat in the pool (a server that terminates a
+# backend, shuts down or crashes sends an error or closes the socket, which makes it readable), or it
+# has been idle longer than this. Pinging every checkout, as pool_pre_ping did, cost each request a
+# round trip. A ping that finds the connection gone raises DisconnectionError, so the pool invalidates
+# it and hands out a fresh one: the request does not see it.
+PING_AFTER_IDLE_SECONDS = 10.0
+_IDLE_SINCE = "tre_idle_since"
+
+
+def _note_idle_since(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _doubtful(dbapi_connection: Any, record: Any) -> bool:
+    if time.monotonic() - record.info.get(_IDLE_SINCE, 0.0) > PING_AFTER_IDLE_SECONDS:
+        return True
+    try:
+        descriptor = dbapi_connection.fileno()
+    except Exception as err:  # closed: no socket to ask
+        raise DisconnectionError("connection has no socket") from err
+    poller = io_select.poll()  # not select(): it has no limit on the descriptor's number
+    poller.register(descriptor, io_select.POLLIN)
+    return bool(poller.poll(0))  # data, an error or a hang-up waiting
+
+
+def _pinger(dialect: Any) -> Any:
+    def ping_if_doubtful(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
+            raise DisconnectionError("connection closed while pooled")
+        if not _doubtful(dbapi_connection, record):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_connection, None):
+                raise DisconnectionError("connection lost while pooled") from err
+            raise
+
+    return ping_if_doubtful
+
+
+# On PostgreSQL a transaction that only read is ended by COMMIT rather than ROLLBACK at the end of a
+# request (Database.remove, ADR 0052): psycopg forgets every prepared statement on ROLLBACK (and sends
+# DEALLOCATE ALL), so reads ended by ROLLBACK never stay prepared. Deny by default: a transaction counts
+# as read-only only while every statement sent in it was compiled from a Core or ORM select() with no
+# row lock and no call of a function that changes state. A text() statement, a SAVEPOINT, anything
+# sent as executemany, an INSERT/UPDATE/DELETE (a flush included), a statement that failed: each marks
+# the transaction as not read-only, and it is rolled back as before. The flag is set anew by every
+# transaction's begin, so what an earlier transaction on the connection did never carries over.
+_READ_ONLY = "tre_read_only_so_far"
+_NOT_A_PLAIN_READ = re.compile(
+    r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b|\bINTO\b|set_config|nextval|setval|advisory|\blo_|;",
+    re.IGNORECASE,
+)
+
+
+def _mark_read_only(conn: Any) -> None:
+    conn.info[_READ_ONLY] = True
+
+
+def _mark_not_read_only(conn: Any, *_: Any) -> None:
+    if not conn.invalidated:  # an invalidated connection has no info (and will not commit)
+        conn.info[_READ_ONLY] = False
+
+
+def _mark_unless_plain_select(
+    conn: Any, _cursor: Any, statement: str, _parameters: Any, context: Any, executemany: bool
+) -> None:
+    if not conn.info.get(_READ_ONLY):
+        return
+    compiled = getattr(context, "compiled", None)
+    if (
+        executemany
+        or compiled is None
+        or not isinstance(compiled.statement, Select)
+        or not statement.startswith("SELECT ")
+        or _NOT_A_PLAIN_READ.search(statement)
+    ):
+        conn.info[_READ_ONLY] = False
+
+
+def _mark_failed(context: Any) -> None:
+    if context.connection is not None:
+        _mark_not_read_only(context.connection)
+
+
+def ended_by_commit(session: Session) -> bool:
+    """May this session's open transaction be ended by COMMIT rather than ROLLBACK, since committing
+    it can change nothing? Only on PostgreSQL, and only when it is certain (see _READ_ONLY)."""
+    if session.in_nested_transaction() or session.new or session.dirty or session.deleted or session.info:
+        return False  # ORM changes not flushed, or audit events / jobs waiting for a commit
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    conn = session.connection()
+    return bool(conn.info.get(_READ_ONLY)) and not conn.in_nested_transaction()
 
 
 # PostgreSQL SQLSTATEs that mean the server went away or is not taking work yet: class 08 (connection
@@ -245,7 +359,20 @@ class Database:
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.session = scoped_session(self.session_factory)
 
-    def remove(self, *_: Any) -> None:
+    def remove(self, error: BaseException | None = None) -> None:
+        """End this thread's session (Flask calls it at the end of every request and app context).
+        Its transaction is rolled back, unless it only read, on PostgreSQL, and nothing failed: then
+        it is committed, which leaves psycopg's prepared statements in place (ADR 0052). The COMMIT
+        goes to the session's connection, not through Session.commit: there is nothing to flush, and
+        no before-commit hook gets a chance to write something after the check."""
+        if error is None and self.session.registry.has():
+            session = self.session()
+            if session.in_transaction() and session.is_active:
+                try:
+                    if ended_by_commit(session):
+                        session.connection().commit()
+                except Exception:  # noqa: BLE001 - the transaction only read: rolling back loses nothing
+                    log.debug("read-only transaction not committed; rolled back", exc_info=True)
         self.session.remove()
 
     def dispose(self) -> None:
