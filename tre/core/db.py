@@ -306,10 +306,27 @@ def _mark_unless_plain_select(
         executemany
         or compiled is None
         or not isinstance(compiled.statement, Select)
-        or not statement.startswith("SELECT ")
-        or _NOT_A_PLAIN_READ.search(statement)
+        or not _plain_select_text(statement)
     ):
         conn.info[_READ_ONLY] = False
+
+
+# What _plain_select_text answered for each statement text seen, so the pattern scans each text once
+# per process rather than on every execution (a page's SELECTs are a few hundred to a few thousand
+# characters; scanning one took 10-50 µs). Statements come from SQLAlchemy's compiled cache, so there
+# are a few hundred; past the cap the memo starts again rather than grow.
+_PLAIN_SELECT_MEMO: dict[str, bool] = {}
+_PLAIN_SELECT_MEMO_CAP = 4096
+
+
+def _plain_select_text(statement: str) -> bool:
+    known = _PLAIN_SELECT_MEMO.get(statement)
+    if known is None:
+        known = statement.startswith("SELECT ") and _NOT_A_PLAIN_READ.search(statement) is None
+        if len(_PLAIN_SELECT_MEMO) >= _PLAIN_SELECT_MEMO_CAP:
+            _PLAIN_SELECT_MEMO.clear()
+        _PLAIN_SELECT_MEMO[statement] = known
+    return known
 
 
 def _mark_failed(context: Any) -> None:

@@ -149,6 +149,29 @@ def test_anything_but_a_plain_select_is_rolled_back(pg: Database, statement: Any
     assert _rows(pg) == {1, 2}
 
 
+def test_each_statement_text_is_scanned_once_and_a_locking_one_stays_refused(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans: list[str] = []
+    pattern = dbmod._NOT_A_PLAIN_READ
+
+    class Counting:
+        def search(self, statement: str) -> Any:
+            scans.append(statement)
+            return pattern.search(statement)
+
+    monkeypatch.setattr(dbmod, "_NOT_A_PLAIN_READ", Counting())
+    monkeypatch.setattr(dbmod, "_PLAIN_SELECT_MEMO", {})
+    plain = select(numbers.c.n).where(numbers.c.n > 0)
+    for _ in range(3):
+        assert _ended_by(pg, lambda s: (s.scalars(plain).all(), s.scalars(plain).all())) == "commit"
+    assert len(scans) == 1
+    locking = select(numbers.c.n).with_for_update()
+    for _ in range(2):
+        assert _ended_by(pg, lambda s: s.scalars(locking).all()) == "rollback"
+    assert len(scans) == 2
+
+
 def test_a_savepoint_is_rolled_back(pg: Database) -> None:
     def work(s: Any) -> None:
         with s.begin_nested():
