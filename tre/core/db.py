@@ -337,10 +337,10 @@ def _mark_failed(context: Any) -> None:
 def ended_by_commit(session: Session) -> bool:
     """May this session's open transaction be ended by COMMIT rather than ROLLBACK, since committing
     it can change nothing? Only on PostgreSQL, and only when it is certain (see _READ_ONLY)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False  # asked first: SQLite's sessions skip the identity map's walk below
     if session.in_nested_transaction() or session.new or session.dirty or session.deleted or session.info:
         return False  # ORM changes not flushed, or audit events / jobs waiting for a commit
-    if session.get_bind().dialect.name != "postgresql":
-        return False
     conn = session.connection()
     return bool(conn.info.get(_READ_ONLY)) and not conn.in_nested_transaction()
 
