@@ -84,8 +84,9 @@ def load_current_user() -> None:
         # PostgreSQL's read holds no lock, and ending it cost three round trips per request
         # (COMMIT, then the pool's ping and a BEGIN for the view's first statement): the view
         # carries on in the same transaction.
+        # A request that read nothing (no cookie, no credential) began no transaction: nothing to end.
         db = platform().db
-        if db.engine.dialect.name != "postgresql":
+        if db.engine.dialect.name != "postgresql" and db.session().in_transaction():
             db.session.commit()
 
 

@@ -86,3 +86,23 @@ def test_a_callers_permissions_are_its_accounts(app: Any, roles: list[str]) -> N
     with app.app_context():
         user = app.extensions["tre.db"].session.get(User, person.id)
         assert [expected.has(p) for p in Permission] == [user.has(p) for p in Permission]
+
+
+def test_a_request_without_a_credential_begins_and_commits_no_transaction(app: Any) -> None:
+    """Nothing was read, so who-is-asking has no transaction to end (SQLite committed an empty one)."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    commits: list[Session] = []
+
+    def count(session: Session) -> None:
+        commits.append(session)
+
+    event.listen(Session, "after_commit", count)
+    try:
+        client = app.test_client()
+        for path in ("/healthz", "/about", "/api/v1/version"):
+            assert client.get(path).status_code == 200
+    finally:
+        event.remove(Session, "after_commit", count)
+    assert commits == []
