@@ -37,6 +37,7 @@ from disclosure.engine.population import validate as validate_filters
 from disclosure.models import OutputCheck, OutputFile, OutputRequest
 from disclosure.services import CHECK_JOB, advance_after_checks, current_policy, load_ledger
 from tre.core.audit import AuditLog
+from tre.core.db import new_id, utcnow
 from tre.core.jobs import JobContext, PermanentJobError, job_handler
 from tre.core.testpoints import reach
 
@@ -348,19 +349,15 @@ def run_check(
     )
     if req is None:
         raise PermanentJobError("no such output request")
-    current = session.execute(_CURRENT_FILES, {"request_id": req.id}).all()
+    # Each with its verdict under this policy, if it has one (the verdict was a read of its own, ADR 0058).
+    current = session.execute(_CURRENT_FILES, {"request_id": req.id, "policy_sha256": policy.sha256}).all()
     targets = [f for f in current if f.sha256 in wanted]
     written = []
     verdicts: dict[str, str] = {}  # file id -> status, of the targets, under this policy
     if targets:
         ledger = _LazyLedger(session, req.project_id, {f.id for f in targets})
-        already: dict[str, str] = dict(
-            session.execute(
-                select(OutputCheck.file_id, OutputCheck.status).where(
-                    OutputCheck.file_id.in_([f.id for f in targets]), OutputCheck.policy_sha256 == policy.sha256
-                )
-            ).all()
-        )
+        already = {f.id: f.verdict_status for f in targets if f.verdict_status is not None}
+        new_checks: list[dict[str, Any]] = []
         for f in targets:
             if f.id in already:
                 continue
@@ -393,7 +390,7 @@ def run_check(
 
                 ledger.add_own(ReleasedAggregate.from_dict(outcome["aggregate"]))
             reach("outputs.check.file_checked")  # checked, request locked, nothing written (ADR 0004)
-            _store(session, f, req, policy, outcome, job_id)
+            new_checks.append(_check_row(f, req, policy, outcome, job_id))
             written.append(f.id)
             verdicts[f.id] = outcome["status"]
             audit.record(
@@ -411,6 +408,11 @@ def run_check(
                     "policy_sha256": policy.sha256,
                 },
             )
+        if new_checks:
+            # One Core INSERT of every verdict (executemany), not the unit of work: nothing in this
+            # transaction uses them as objects (ADR 0058). Sent before the next read, as the unit of work
+            # flushed them, so every read after this one sees them.
+            session.execute(_INSERT_CHECK, new_checks)
         verdicts.update(already)
     # What this transaction read and wrote already says whether every current file has its verdict.
     advanced = advance_after_checks(session, audit, req, policy.sha256, verdicts=verdicts, current_files=current)
@@ -419,8 +421,20 @@ def run_check(
 
 _REQUEST_ALONE = (lazyload(OutputRequest.groups), lazyload(OutputRequest.files))
 # A request's current files, in the order its ``current_files`` gives them, as rows (built once).
+_VERDICT_STATUS = (
+    select(OutputCheck.status)
+    .where(OutputCheck.file_id == OutputFile.id, OutputCheck.policy_sha256 == bindparam("policy_sha256"))
+    .scalar_subquery()
+)  # at most one: a file has one verdict per policy (the unique key)
 _CURRENT_FILES = (
-    select(OutputFile.id, OutputFile.name, OutputFile.kind, OutputFile.sha256, OutputFile.table_spec)
+    select(
+        OutputFile.id,
+        OutputFile.name,
+        OutputFile.kind,
+        OutputFile.sha256,
+        OutputFile.table_spec,
+        _VERDICT_STATUS.label("verdict_status"),
+    )
     .where(OutputFile.request_id == bindparam("request_id"), OutputFile.superseded_at.is_(None))
     .order_by(OutputFile.added_at)
 )
@@ -510,34 +524,39 @@ def _pending_aggregates(session: Session, project_id: str, skip: set[str]) -> li
     return out
 
 
-def _store(
-    session: Session,
+def _check_row(
     f: Any,
     req: OutputRequest,
     policy: Any,
     outcome: dict[str, Any],
     job_id: str | None,
-) -> None:
+) -> dict[str, Any]:
+    """The verdict row of file ``f``: every column, as the unit of work filled them in for an
+    ``OutputCheck`` (its id and time by their defaults; a table with no ledger entry holds JSON null
+    in ``aggregate``, as the object given ``None`` did)."""
     import json
 
     def plain(value: Any) -> Any:
         return json.loads(json.dumps(value, default=str))
 
-    session.add(
-        OutputCheck(
-            file_id=f.id,
-            request_id=req.id,
-            sha256=f.sha256,
-            policy_sha256=policy.sha256,
-            policy_version=str(policy.version),
-            status=outcome["status"],
-            verdict=plain(outcome["verdict"]),
-            recompute=plain(outcome["recompute"]),
-            differencing=plain(outcome["differencing"]),
-            aggregate=plain(outcome["aggregate"]) if outcome["aggregate"] is not None else None,
-            job_id=job_id,
-        )
-    )  # flushed with the request's other verdicts, in one statement, when the job next reads
+    return {
+        "id": new_id(),
+        "file_id": f.id,
+        "request_id": req.id,
+        "sha256": f.sha256,
+        "policy_sha256": policy.sha256,
+        "policy_version": str(policy.version),
+        "status": outcome["status"],
+        "verdict": plain(outcome["verdict"]),
+        "recompute": plain(outcome["recompute"]),
+        "differencing": plain(outcome["differencing"]),
+        "aggregate": plain(outcome["aggregate"]) if outcome["aggregate"] is not None else None,
+        "job_id": job_id,
+        "checked_at": utcnow(),
+    }
+
+
+_INSERT_CHECK = OutputCheck.__table__.insert()  # a Core insert: no unit of work
 
 
 @job_handler(CHECK_JOB, queue="checks")

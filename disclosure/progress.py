@@ -16,7 +16,7 @@ from disclosure.models import OutputCheck, OutputFile, OutputRequest, OutputRevi
 from projects.models import Project, ProjectMember
 from tre.core.audit import AuditLog
 from tre.core.db import utcnow
-from tre.core.identity import UserRole
+from tre.core.identity import User, UserRole
 from tre.core.jobs import FAILED, Job
 from tre.core.notifications import Notice, notify_each, notify_users
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
@@ -222,13 +222,14 @@ def advance_after_checks(
             with s.no_autoflush:  # the verdicts are flushed; the request's two moves go out as one UPDATE
                 statuses = {fid: c.status for fid, c in _checks_by_file(s, req).items()}
         move(rules.AWAITING_REVIEW, "output.checks_done", statuses=dict(sorted(statuses.items())))
-        # Checkers and author told in one query (their accounts). The notices' keys name this round,
-        # and a round moves from checking to review once (a resubmission is a new round), under the
-        # request's lock: they are new, so they are not looked up (the outbox's unique key would still
-        # fail the transaction if one were taken).
+        # Who is told and their accounts (checkers and author) in one statement (ADR 0058). The notices'
+        # keys name this round, and a round moves from checking to review once (a resubmission is a new
+        # round), under the request's lock: they are new, so they are not looked up (the outbox's unique
+        # key would still fail the transaction if one were taken).
+        targets, accounts = _review_targets_and_accounts(s, req)
         notify_each(s, [
             Notice(
-                _review_targets(s, req),
+                targets,
                 "Automated checks finished: output request ready for review",
                 f"Output request {req.id} is ready for review.",
                 "output.ready",
@@ -241,23 +242,31 @@ def advance_after_checks(
                 "output.checked",
                 f"output.checked:{req.id}:{req.round}",
             ),
-        ], new_keys=True)
+        ], new_keys=True, accounts=accounts)
         return True
     return False
 
 
 def _review_targets(s: Session, req: OutputRequest) -> list[str]:
     """Who is told a request is ready for review: the round's reviewers if it has any, otherwise every
-    eligible checker (``eligible_checkers``). One statement: the reviewers, and the eligible checkers
-    only where the round has none (two before, in turn)."""
+    eligible checker (``eligible_checkers``)."""
+    return _review_targets_and_accounts(s, req)[0]
+
+
+def _review_targets_and_accounts(s: Session, req: OutputRequest) -> tuple[list[str], dict[str, str]]:
+    """``_review_targets`` and the email of each active account among them and the request's author, in
+    one statement: the reviewers, the eligible checkers only where the round has none, and the author,
+    each with its email when the account is active (the reviewers and checkers were one statement and
+    their accounts and the author's a second, ADR 0058)."""
     rows = s.execute(
         _REVIEW_TARGETS,
         {"request_id": req.id, "round": req.round, "project_id": req.project_id, "author_id": req.author_id},
     ).all()
-    reviewers = [user_id for user_id, is_reviewer in rows if is_reviewer]
+    accounts = {user_id: email for user_id, _, email in rows if email is not None}
+    reviewers = [user_id for user_id, who, _ in rows if who == _REVIEWER]
     if reviewers:
-        return reviewers
-    return sorted({user_id for user_id, _ in rows})
+        return reviewers, accounts
+    return sorted({user_id for user_id, who, _ in rows if who == _CHECKER}), accounts
 
 
 def _eligible_checkers_statement() -> Any:
@@ -276,16 +285,31 @@ def _eligible_checkers_statement() -> Any:
 _ELIGIBLE_CHECKERS = _eligible_checkers_statement()  # built once: SQLAlchemy keeps its cache key
 
 
+_REVIEWER, _CHECKER, _AUTHOR = 1, 0, 2  # what a row of ``_REVIEW_TARGETS`` is
+
+
 def _review_targets_statement() -> Any:
     in_round = (OutputReview.request_id == bindparam("request_id"), OutputReview.round == bindparam("round"))
-    reviewers = select(OutputReview.reviewer_id.label("user_id"), literal(True).label("is_reviewer")).where(*in_round)
-    eligible = _eligible_checkers_statement().add_columns(literal(False).label("is_reviewer")).where(
-        ~select(OutputReview.id).where(*in_round).exists()
+
+    def active_email(user_id: Any) -> Any:  # an inactive account is told nothing (as ``notify_each`` reads)
+        return select(User.email).where(User.id == user_id, User.is_active.is_(True)).scalar_subquery()
+
+    reviewers = select(
+        OutputReview.reviewer_id.label("user_id"), literal(_REVIEWER).label("who"),
+        active_email(OutputReview.reviewer_id).label("email"),
+    ).where(*in_round)
+    eligible = (
+        _eligible_checkers_statement()
+        .add_columns(literal(_CHECKER).label("who"), active_email(UserRole.user_id).label("email"))
+        .where(~select(OutputReview.id).where(*in_round).exists())
     )
-    return union_all(reviewers, eligible)
+    author = select(User.id.label("user_id"), literal(_AUTHOR).label("who"), User.email.label("email")).where(
+        User.id == bindparam("author_id"), User.is_active.is_(True)
+    )
+    return union_all(reviewers, eligible, author)
 
 
-_REVIEW_TARGETS = _review_targets_statement()  # the round's reviewers, else the eligible checkers
+_REVIEW_TARGETS = _review_targets_statement()  # the round's reviewers, else the eligible checkers; the author
 
 
 def eligible_checkers(s: Session, req: OutputRequest) -> list[str]:
