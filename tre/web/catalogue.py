@@ -25,7 +25,7 @@ bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
 @requires(Permission.CATALOGUE_BROWSE)
 def index() -> str:
     return render_template(
-        "catalogue/index.html", title="Datasets", datasets=projects_service().list_datasets()
+        "catalogue/index.html", title="Datasets", datasets=projects_service().catalogue_cards()
     )
 
 
