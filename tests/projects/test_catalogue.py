@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.projects.factories import COLUMNS, World, build_world
 from tests.statements import count_statements
+from projects.kernel import NotFound
 from projects.models import Dataset
 from tre.api.projects import CatalogueDatasetSchema
 from tre.core.db import transaction
@@ -48,3 +51,24 @@ def test_catalogue_entries_dump_as_the_datasets_objects_did_in_one_statement(app
     assert CatalogueDatasetSchema(many=True).dump(entries) == expected
     assert [len(e["columns"]) for e in entries] == [1, 0, 4, 2]
     assert count == ONE_READ[app.extensions["tre.db"].engine.dialect.name]
+
+
+def test_dataset_entry_finds_a_dataset_by_id_or_name_with_its_columns_as_get_dataset_does(app: Any) -> None:
+    w = build_world(app)
+    _more_datasets(w)
+    with app.app_context():
+        with transaction(w.session) as s:
+            s.add(Dataset(name="empty", title="Empty", description="", source_kind="csv", source_location="/e",
+                          sensitivity="low", schema_spec={"columns": []}))
+        for key in (w.dataset_id, "admissions", "prescribing", "births", "empty"):
+            ds = w.svc.get_dataset(key)
+            expected = ((ds.id, ds.name, ds.title, ds.description, ds.sensitivity, ds.schema_spec, ds.registered_by),
+                        [(c.name, c.role, c.data_type, c.description) for c in ds.columns])
+            w.session.expunge_all()
+            entry, columns = w.svc.dataset_entry(key)
+            got = ((entry.id, entry.name, entry.title, entry.description, entry.sensitivity, entry.schema_spec,
+                    entry.registered_by), [(c.column_name, c.role, c.data_type, c.column_description) for c in columns])
+            assert got == expected, key
+        for missing in ("", "no-such-dataset"):
+            with pytest.raises(NotFound):
+                w.svc.dataset_entry(missing)

@@ -102,6 +102,8 @@ API_DATASET_METADATA = {"sqlite": 6, "postgresql": 5}  # token checks with perso
 # dataset's shown columns, its columns, its versions, the opt-out lists in force with their scope (one
 # statement); it was one statement more per list in force: each list's newest version was read again for
 # its scope (7 and 6 with one list, 9 and 8 with three, ADR 0059)
+DATASET_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the dataset with its columns joined
+# (one statement, no objects); it was 4 and 3: the dataset whole, then its columns (ADR 0059)
 ACCOUNT_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the person's tokens; single
 # sign-on's links are read only when it is on (they were read and not shown: 4 and 3, ADR 0059)
 OUTPUT_SUBMISSION = {"sqlite": 12, "postgresql": 12}  # token checks with person (ADR 0044, 0049), the gate (once per
@@ -498,3 +500,15 @@ def test_account_page_reads_no_single_sign_on_links_when_it_is_off(app: Any) -> 
 
     assert response.status_code == 200 and 'id="api-tokens"' in response.get_data(as_text=True)
     assert count == ACCOUNT_PAGE[_dialect(app)], count
+
+
+def test_catalogue_dataset_page_reads_the_dataset_with_its_columns_in_one_statement(app: Any) -> None:
+    w: World = build_world(app)
+    client = _signed_in(app, w.member)
+    client.get(f"/catalogue/datasets/{w.dataset_id}")
+
+    count, response = count_statements(app, lambda: client.get(f"/catalogue/datasets/{w.dataset_id}"))
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Primary diagnosis" in page and page.count('tre-mono">') == 4
+    assert count == DATASET_PAGE[_dialect(app)], count
