@@ -6,13 +6,12 @@ from typing import Any
 
 import pytest
 
-from tests.projects.factories import COLUMNS, World, build_world
-from tests.statements import count_statements
 from projects.kernel import NotFound
 from projects.models import Dataset
+from tests.projects.factories import COLUMNS, World, build_world
+from tests.statements import count_statements
 from tre.api.projects import CatalogueDatasetSchema
 from tre.core.db import transaction
-
 
 ONE_READ = {"sqlite": 2, "postgresql": 1}  # SQLite's count has the transaction's BEGIN too
 
