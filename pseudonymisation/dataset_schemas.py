@@ -29,8 +29,9 @@ class SourceUnreadable(ProjectError):
     """The dataset's source cannot be read as it is (missing, not CSV or Parquet, malformed)."""
 
 
-def may_set_schema(actor: Any, dataset: Dataset) -> bool:
-    """A custodian of this dataset: holds dataset.manage and registered it (or nobody did)."""
+def may_set_schema(actor: Any, dataset: Any) -> bool:
+    """A custodian of this dataset: holds dataset.manage and registered it (or nobody did). ``dataset``
+    is a ``Dataset`` or a row with its ``registered_by`` (the catalogue's page reads columns)."""
     if not has_permission(actor, Permission.DATASET_MANAGE):
         return False
     return dataset.registered_by is None or dataset.registered_by == getattr(actor, "id", None)

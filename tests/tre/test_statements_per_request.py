@@ -93,6 +93,19 @@ API_PROJECT_READ = {"sqlite": 8, "postgresql": 6}  # token checks with person + 
 # was one more (ADR 0055): every requested dataset's columns were read, and the answer names the datasets only
 MY_PROJECTS_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, the four columns of each project shown
 # in one statement (SQLite adds a BEGIN to each); it was 7 and 5: teams, requests, datasets and columns
+CATALOGUE_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the datasets' shown columns with
+# each one's column count (one statement); it was 4 and 3: the datasets loaded whole, then all their columns
+API_CATALOGUE = {"sqlite": 3, "postgresql": 2}  # the token's revocation with its person + roles, BEGIN, the
+# datasets with their columns joined (one statement, no objects); it was 4 and 3: the datasets whole, then
+# their columns (ADR 0059)
+API_DATASET_METADATA = {"sqlite": 6, "postgresql": 5}  # token checks with person + roles, BEGIN, the
+# dataset's shown columns, its columns, its versions, the opt-out lists in force with their scope (one
+# statement); it was one statement more per list in force: each list's newest version was read again for
+# its scope (7 and 6 with one list, 9 and 8 with three, ADR 0059)
+DATASET_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the dataset with its columns joined
+# (one statement, no objects); it was 4 and 3: the dataset whole, then its columns (ADR 0059)
+ACCOUNT_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the person's tokens; single
+# sign-on's links are read only when it is on (they were read and not shown: 4 and 3, ADR 0059)
 OUTPUT_SUBMISSION = {"sqlite": 12, "postgresql": 12}  # token checks with person (ADR 0044, 0049), the gate (once per
 # transaction, and it answers whether the project exists), the request (inserted already submitted: no
 # UPDATE), group, file and check job as inserts, the active checkers with their emails (one statement,
@@ -427,3 +440,75 @@ def test_api_project_read_names_the_requested_datasets_without_reading_their_col
     assert response.status_code == 200
     assert response.get_json()["requested"] == {"admissions": ["nhs_number", "date_of_birth", "diagnosis"]}
     assert count == API_PROJECT_READ[_dialect(app)], count
+
+
+def _optout_list(app: Any, name: str, version: int, dataset_id: str | None) -> None:
+    from pseudonymisation.models import OptOutListVersion
+
+    p = app.extensions["tre.platform"]
+    with app.app_context(), transaction(p.db.session) as s:
+        s.add(OptOutListVersion(name=name, version=version, dataset_id=dataset_id, file_sha256="0" * 64,
+                                fingerprint="f" * 64, number_count=3))
+
+
+def test_catalogue_page_and_api_statements_do_not_grow_with_the_datasets(app: Any) -> None:
+    w: World = build_world(app)
+    client, headers = _signed_in(app, w.member), _bearer(app, w.member)
+
+    def grow() -> None:
+        for n in range(3):
+            w.svc.register_dataset(w.custodian, name=f"more{n}", title=f"More {n}", description="", source_kind="csv",
+                                   source_location=f"/data/more{n}.csv", sensitivity="high",
+                                   columns=[{"name": "a", "role": "attribute", "sensitivity": "high"},
+                                            {"name": "b", "role": "attribute", "sensitivity": "high"}])
+
+    page_before, page_after, page = _twice(app, lambda: client.get("/catalogue/"), grow)
+    api_before, api_after, listed = _twice(app, lambda: client.get("/api/v1/datasets", headers=headers), lambda: None)
+
+    assert page.status_code == 200 and page.get_data(as_text=True).count("2 columns") == 3
+    assert listed.status_code == 200 and len(listed.json) == 4 and len(listed.json[-1]["columns"]) == 2
+    assert page_after == page_before
+    assert page_after == CATALOGUE_PAGE[_dialect(app)], page_after
+    assert api_after == API_CATALOGUE[_dialect(app)], api_after
+
+
+def test_dataset_metadata_statements_do_not_grow_with_the_optout_lists(app: Any) -> None:
+    w: World = build_world(app)
+    client, headers = app.test_client(), _bearer(app, w.member)
+    _optout_list(app, "national", 1, None)
+
+    def grow() -> None:
+        _optout_list(app, "national", 2, None)
+        _optout_list(app, "local", 1, w.dataset_id)
+        _optout_list(app, "another national", 1, None)
+
+    before, after, response = _twice(
+        app, lambda: client.get(f"/api/v1/datasets/{w.dataset_id}/metadata", headers=headers), grow
+    )
+
+    assert response.status_code == 200 and response.get_data(as_text=True).count('"tre:version": 2') == 1
+    assert after == before
+    assert after == API_DATASET_METADATA[_dialect(app)], after
+
+
+def test_account_page_reads_no_single_sign_on_links_when_it_is_off(app: Any) -> None:
+    w: World = build_world(app)
+    client = _signed_in(app, w.member)
+    client.get("/account/")
+
+    count, response = count_statements(app, lambda: client.get("/account/"))
+
+    assert response.status_code == 200 and 'id="api-tokens"' in response.get_data(as_text=True)
+    assert count == ACCOUNT_PAGE[_dialect(app)], count
+
+
+def test_catalogue_dataset_page_reads_the_dataset_with_its_columns_in_one_statement(app: Any) -> None:
+    w: World = build_world(app)
+    client = _signed_in(app, w.member)
+    client.get(f"/catalogue/datasets/{w.dataset_id}")
+
+    count, response = count_statements(app, lambda: client.get(f"/catalogue/datasets/{w.dataset_id}"))
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Primary diagnosis" in page and page.count('tre-mono">') == 4
+    assert count == DATASET_PAGE[_dialect(app)], count

@@ -251,7 +251,7 @@ def _project(svc: Projects, project_id: str) -> Project:
 @requires(Permission.CATALOGUE_BROWSE)
 def list_datasets() -> Any:
     """The catalogue: descriptions and columns, never data."""
-    return _svc().list_datasets()
+    return _svc().catalogue_entries()
 
 
 @blp.route("/datasets", methods=["POST"])

@@ -18,7 +18,9 @@ bp = Blueprint("account", __name__, url_prefix="/account")
 def _sso_context() -> dict[str, Any]:
     from tre.web.sso import sso_display_name
 
-    return {"sso_name": sso_display_name(), "sso_links": identity_service().oidc_links(g.user.id)}
+    # The links are shown only when single sign-on is on: with it off they are not read.
+    name = sso_display_name()
+    return {"sso_name": name, "sso_links": identity_service().oidc_links(g.user.id) if name else []}
 
 
 @bp.get("/")

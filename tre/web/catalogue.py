@@ -25,18 +25,20 @@ bp = Blueprint("catalogue", __name__, url_prefix="/catalogue")
 @requires(Permission.CATALOGUE_BROWSE)
 def index() -> str:
     return render_template(
-        "catalogue/index.html", title="Datasets", datasets=projects_service().list_datasets()
+        "catalogue/index.html", title="Datasets", datasets=projects_service().catalogue_cards()
     )
 
 
 @bp.get("/datasets/<dataset_id>")
 @requires(Permission.CATALOGUE_BROWSE)
 def dataset(dataset_id: str) -> str:
-    ds, _ = attempt(lambda: projects_service().get_dataset(dataset_id))
+    found, _ = attempt(lambda: projects_service().dataset_entry(dataset_id))
+    ds, columns = found if found else (None, [])
     return render_template(
         "catalogue/dataset.html",
         title=ds.title if ds else "Dataset",
         dataset=ds,
+        columns=columns,
         role_labels=rules.COLUMN_ROLE_LABELS,
         may_set_schema=ds is not None and may_set_schema(g.user, ds),
     )
