@@ -81,8 +81,8 @@ def init_app(app: Flask) -> Limiter:
 
 
 def _init_endpoint_limits(app: Flask, limiter: Limiter) -> None:
-    """Wrap each view of ENDPOINT_LIMITS in flask-limiter's decorator, and let flask-limiter's own
-    request hooks run only for those endpoints.
+    """Wrap each view of ENDPOINT_LIMITS in flask-limiter's decorator for its POST, and let
+    flask-limiter's own request hooks run only for a POST to one of those endpoints.
 
     The decorator tests an endpoint's limits when its view is called. flask-limiter's hooks around
     every request evaluate application, default and blueprint limits, of which this limiter holds
@@ -93,7 +93,8 @@ def _init_endpoint_limits(app: Flask, limiter: Limiter) -> None:
     limited_endpoints = frozenset(endpoint for endpoint in ENDPOINT_LIMITS if endpoint in app.view_functions)
     for endpoint in limited_endpoints:
         view = app.view_functions[endpoint]
-        app.view_functions[endpoint] = limiter.limit(ENDPOINT_LIMITS[endpoint], methods=["POST"])(view)  # type: ignore[assignment]
+        limited_view = limiter.limit(ENDPOINT_LIMITS[endpoint], methods=["POST"])(view)
+        app.view_functions[endpoint] = _limited_on_post(view, limited_view)
     for funcs, before in zip(hooks, already, strict=True):
         app_funcs = funcs.get(None, [])
         for index, func in enumerate(app_funcs):
@@ -101,17 +102,31 @@ def _init_endpoint_limits(app: Flask, limiter: Limiter) -> None:
                 app_funcs[index] = _only_for(limited_endpoints, func, funcs is app.after_request_funcs)
 
 
+def _limited_on_post(view: Callable[..., Any], limited_view: Callable[..., Any]) -> Callable[..., Any]:
+    """The view, through flask-limiter's decorator for a POST only (the GET of each page is free, and
+    the decorator would only find the GET exempt)."""
+
+    # Named as the view, so flask-limiter finds its decorated limits under the endpoint's own name.
+    @functools.wraps(view)
+    def view_limited_on_post(*args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            return limited_view(*args, **kwargs)
+        return view(*args, **kwargs)
+
+    return view_limited_on_post
+
+
 def _only_for(endpoints: frozenset[str], hook: Callable[..., Any], passes_answer: bool) -> Callable[..., Any]:
-    """``hook``, run only for a request to one of ``endpoints``; for any other request it does nothing
+    """``hook``, run only for a POST to one of ``endpoints``; for any other request it does nothing
     (an after-request hook, ``passes_answer``, hands the answer on unchanged)."""
 
     @functools.wraps(hook)
-    def only_for_limited_endpoints(*args: Any) -> Any:
-        if request.endpoint in endpoints:
+    def only_for_limited_posts(*args: Any) -> Any:
+        if request.method == "POST" and request.endpoint in endpoints:
             return hook(*args)
         return args[0] if passes_answer else None
 
-    return only_for_limited_endpoints
+    return only_for_limited_posts
 
 
 class FailedAuthenticationLimit:
