@@ -14,12 +14,15 @@ that event's repeat, bounded by the window), so a flood cannot flood the audit c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, current_app, g, make_response, request
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from limits import parse
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -53,6 +56,8 @@ def init_app(app: Flask) -> Limiter:
     storage = settings.rate_limit_storage_url or "memory://"
     # One instance's counters never meet another's in a shared Redis.
     prefix = "tre-" + hashlib.sha256(str(settings.instance_path).encode()).hexdigest()[:12]
+    # flask-limiter holds only the endpoint limits (decorators below); the application-wide limit
+    # is tested by ``FailedAuthenticationLimit`` through the same strategy and storage (ADR 0056).
     limiter = Limiter(
         key_func=client_address,
         storage_uri=storage,
@@ -60,21 +65,101 @@ def init_app(app: Flask) -> Limiter:
         headers_enabled=False,  # only a refusal says when to come back (Retry-After)
         # A sliding window: no burst of twice the limit across a window's edge.
         strategy="moving-window",
-        application_limits=[FAILED_AUTHENTICATION_LIMIT],
-        application_limits_deduct_when=lambda response: response.status_code == 401,
         on_breach=_audit_breach,
     )
-    limiter.init_app(app)
     # The answer built by ``_audit_breach`` (with Retry-After), not the generic HTTP error page.
     app.register_error_handler(RateLimitExceeded, lambda error: error.get_response())
     if not settings.rate_limits:
+        limiter.init_app(app)
         return limiter
-    for endpoint, limit in ENDPOINT_LIMITS.items():
-        view = app.view_functions.get(endpoint)
-        if view is not None:
-            app.view_functions[endpoint] = limiter.limit(limit, methods=["POST"])(view)  # type: ignore[assignment]
+    limited = FailedAuthenticationLimit(limiter, prefix)
+    app.before_request(limited.check)
+    app.after_request(limited.count)
+    _init_endpoint_limits(app, limiter)
     app.extensions["tre.limiter"] = limiter
     return limiter
+
+
+def _init_endpoint_limits(app: Flask, limiter: Limiter) -> None:
+    """Wrap each view of ENDPOINT_LIMITS in flask-limiter's decorator for its POST, and let
+    flask-limiter's own request hooks run only for a POST to one of those endpoints.
+
+    The decorator tests an endpoint's limits when its view is called. flask-limiter's hooks around
+    every request evaluate application, default and blueprint limits, of which this limiter holds
+    none; for any other endpoint they would resolve, filter and find nothing on every request."""
+    hooks = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    already = [list(funcs.get(None, ())) for funcs in hooks]
+    limiter.init_app(app)
+    limited_endpoints = frozenset(endpoint for endpoint in ENDPOINT_LIMITS if endpoint in app.view_functions)
+    for endpoint in limited_endpoints:
+        view = app.view_functions[endpoint]
+        limited_view = limiter.limit(ENDPOINT_LIMITS[endpoint], methods=["POST"])(view)
+        app.view_functions[endpoint] = _limited_on_post(view, limited_view)
+    for funcs, before in zip(hooks, already, strict=True):
+        app_funcs = funcs.get(None, [])
+        for index, func in enumerate(app_funcs):
+            if func not in before:
+                app_funcs[index] = _only_for(limited_endpoints, func, funcs is app.after_request_funcs)
+
+
+def _limited_on_post(view: Callable[..., Any], limited_view: Callable[..., Any]) -> Callable[..., Any]:
+    """The view, through flask-limiter's decorator for a POST only (the GET of each page is free, and
+    the decorator would only find the GET exempt)."""
+
+    # Named as the view, so flask-limiter finds its decorated limits under the endpoint's own name.
+    @functools.wraps(view)
+    def view_limited_on_post(*args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            return limited_view(*args, **kwargs)
+        return view(*args, **kwargs)
+
+    return view_limited_on_post
+
+
+def _only_for(endpoints: frozenset[str], hook: Callable[..., Any], passes_answer: bool) -> Callable[..., Any]:
+    """``hook``, run only for a POST to one of ``endpoints``; for any other request it does nothing
+    (an after-request hook, ``passes_answer``, hands the answer on unchanged)."""
+
+    @functools.wraps(hook)
+    def only_for_limited_posts(*args: Any) -> Any:
+        if request.method == "POST" and request.endpoint in endpoints:
+            return hook(*args)
+        return args[0] if passes_answer else None
+
+    return only_for_limited_posts
+
+
+class FailedAuthenticationLimit:
+    """FAILED_AUTHENTICATION_LIMIT for every route, counted by flask-limiter's own moving-window
+    strategy in its storage, under the key flask-limiter gave an application limit: tested before
+    authentication on every request to a route (one storage command), hit when the answer is 401.
+
+    As flask-limiter did, a request that reaches no route (404, 405) or a static file is neither
+    tested nor counted."""
+
+    def __init__(self, limiter: Limiter, prefix: str) -> None:
+        self.extension = limiter
+        self.item = parse(FAILED_AUTHENTICATION_LIMIT)  # once per app, not per request
+        self.prefix = prefix
+
+    def _identifiers(self) -> list[str] | None:
+        endpoint = request.endpoint
+        if not endpoint or endpoint.rpartition(".")[2] == "static":
+            return None
+        return [self.prefix, client_address(), "global"]
+
+    def check(self) -> Response | None:
+        identifiers = self._identifiers()
+        if identifiers is None or self.extension.limiter.test(self.item, *identifiers):
+            return None
+        return _audit_breach(RequestLimit(self.extension, self.item, identifiers, breached=True, shared=True))
+
+    def count(self, response: Response) -> Response:
+        if response.status_code == 401:
+            identifiers = self._identifiers()
+            if identifiers is not None:
+                self.extension.limiter.hit(self.item, *identifiers)
+        return response
 
 
 def _audit_breach(limit: RequestLimit) -> Response:

@@ -203,3 +203,168 @@ def test_failed_authentications_in_redis_count_across_processes_at_one_command_a
     assert client_b.get("/api/v1/version", headers=valid).status_code == 429
     for application in (first, second):
         application.extensions["tre.db"].dispose()
+
+
+STORAGES = ["memory", "redis"]
+
+
+def _app_on(tmp_path: Path, storage: str, **settings: Any) -> Any:
+    """An app counting its limits in memory or in the test Redis, under an instance path of its own
+    (so its keys meet no other test's)."""
+    if storage == "redis":
+        require_backend("redis", REDIS_URL)
+        settings["rate_limit_storage_url"] = REDIS_URL
+    return _app(tmp_path / f"{storage}-{uuid.uuid4().hex[:8]}", **settings)
+
+
+class _Clock:
+    """The clock the `limits` storages read (both take each entry's time from Python's clock), set by
+    the test; everything else keeps the real one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+        import types
+
+        import limits.storage.memory
+        import limits.storage.redis
+
+        self.now = now
+        fake = types.SimpleNamespace(time=lambda: self.now)
+        for module in (limits.storage.memory, limits.storage.redis):
+            monkeypatch.setattr(module, "time", fake)
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_flood_of_bad_credentials_closes_every_route_to_that_address_only(tmp_path: Path, storage: str) -> None:
+    app = _app_on(tmp_path, storage)
+    valid, wrong = _valid_bearer(app), {"Authorization": "Bearer garbage"}
+    attacker, bystander = app.test_client(), app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+    bystander.environ_base["REMOTE_ADDR"] = "192.0.2.8"
+    failures = [attacker.get("/api/v1/me", headers=wrong).status_code for _ in range(FAILURES_ALLOWED)]
+
+    refused = [attacker.get(path, headers=valid) for path in ("/api/v1/me", "/api/v1/version", "/healthz", "/")]
+    more = [attacker.get("/api/v1/me", headers=wrong).status_code for _ in range(3)]
+
+    assert failures == [401] * FAILURES_ALLOWED
+    assert [r.status_code for r in refused] == [429] * 4 and more == [429] * 3
+    assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in refused)
+    assert bystander.get("/api/v1/me", headers=valid).status_code == 200
+    assert bystander.get("/api/v1/me", headers=wrong).status_code == 401
+    events = _events(app, "auth.rate_limited")
+    assert len(events) == 1 and events[0].detail["client"] == "192.0.2.7"
+    assert events[0].detail["limit"] == "60 per 1 minute"
+    app.extensions["tre.db"].dispose()
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_failed_authentications_are_counted_in_a_moving_window(
+    tmp_path: Path, storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fixed window would let a new window's limit follow the old one's at once: twice the limit
+    # across the edge. The moving window counts the failures of the last 60 seconds, whenever.
+    app = _app_on(tmp_path, storage)
+    valid, wrong = _valid_bearer(app), {"Authorization": "Bearer garbage"}
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+    start = float(int(dt.datetime.now(dt.UTC).timestamp()))
+    clock = _Clock(monkeypatch, start)
+    first = client.get("/api/v1/me", headers=wrong).status_code
+    clock.now = start + 59
+    burst = [client.get("/api/v1/me", headers=wrong).status_code for _ in range(FAILURES_ALLOWED - 1)]
+
+    clock.now = start + 61  # the first failure has left the window; the other 59 have not
+    one_more = client.get("/api/v1/me", headers=wrong).status_code
+    then_valid = client.get("/api/v1/me", headers=valid).status_code
+    clock.now = start + 59 + 61  # only the last failure is younger than a minute
+    later = client.get("/api/v1/me", headers=valid).status_code
+
+    assert [first, *burst, one_more] == [401] * (FAILURES_ALLOWED + 1)
+    assert (then_valid, later) == (429, 200)
+    app.extensions["tre.db"].dispose()
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_an_endpoint_limit_counts_posts_only_and_leaves_other_routes_open(tmp_path: Path, storage: str) -> None:
+    app = _app_on(tmp_path, storage)
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = f"203.0.113.{uuid.uuid4().int % 250 + 1}"
+    token = csrf_token(client, "/auth/reset")
+    answers = [_reset_attempt(client, token) for _ in range(RESETS_ALLOWED)]
+
+    refused = client.post("/auth/reset", data={"token": "x", "password": "x", "csrf_token": token})
+
+    assert set(answers) == {400} and refused.status_code == 429 and "Retry-After" in refused.headers
+    assert [client.get(path).status_code for path in ("/auth/reset", "/auth/login", "/healthz")] == [200, 200, 200]
+    assert _reset_attempt(client, token) == 429
+    assert len(_events(app, "auth.rate_limited")) == 1
+    app.extensions["tre.db"].dispose()
+
+
+def test_with_limits_off_bad_credentials_are_never_cut_off(tmp_path: Path) -> None:
+    app = _app(tmp_path, rate_limits=False)
+    client = app.test_client()
+
+    answers = {client.get("/api/v1/me", headers={"Authorization": "Bearer garbage"}).status_code
+               for _ in range(FAILURES_ALLOWED + 5)}
+
+    assert answers == {401}
+    app.extensions["tre.db"].dispose()
+
+
+def test_flask_limiters_evaluation_runs_only_for_a_post_it_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its evaluation (resolving, filtering and scoping limits) found nothing to do on any other
+    # route but cost a third of /healthz's CPU (ADR 0056); the application-wide limit is tested
+    # without it.
+    from flask_limiter import Limiter
+
+    entered: list[str | None] = []
+    evaluate = Limiter._check_request_limit
+
+    def spy(limiter: Any, *args: Any, **kwargs: Any) -> None:
+        from flask import request
+
+        entered.append(request.endpoint)
+        evaluate(limiter, *args, **kwargs)
+
+    monkeypatch.setattr(Limiter, "_check_request_limit", spy)
+    app = _app(tmp_path)
+    valid = _valid_bearer(app)
+    client = app.test_client()
+    token = csrf_token(client, "/auth/reset")
+    entered.clear()
+    for path in ("/healthz", "/api/v1/version", "/api/v1/me", "/about", "/auth/login", "/auth/reset"):
+        assert client.get(path, headers=valid if path.startswith("/api/") else {}).status_code == 200
+    assert client.get("/no-such-page").status_code == 404
+    assert entered == []
+
+    _reset_attempt(client, token)
+
+    assert entered and set(entered) == {"auth.reset"}
+    app.extensions["tre.db"].dispose()
+
+
+def test_no_limit_is_parsed_while_answering_a_request_it_does_not_decorate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from limits import RateLimitItem
+
+    app = _app(tmp_path)
+    valid = _valid_bearer(app)
+    client = app.test_client()
+    client.get("/healthz")
+    parsed: list[str] = []
+    make = RateLimitItem.__init__
+
+    def spy(item: Any, *args: Any, **kwargs: Any) -> None:
+        parsed.append(type(item).__name__)
+        make(item, *args, **kwargs)
+
+    monkeypatch.setattr(RateLimitItem, "__init__", spy)
+
+    statuses = [client.get(path, headers=valid).status_code for path in ("/healthz", "/api/v1/version") * 10]
+    statuses.append(client.get("/api/v1/me", headers={"Authorization": "Bearer garbage"}).status_code)
+
+    assert statuses == [200] * 20 + [401] and parsed == []
+    app.extensions["tre.db"].dispose()
