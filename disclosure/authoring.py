@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,36 @@ from disclosure.rules import RuleViolation
 from projects.models import Project
 from tre.core.db import new_id, utcnow
 from tre.core.jobs import enqueue
+
+
+# The columns of a new request, its groups and its files, in the table's order: each row is inserted
+# with every value set (ADR 0057), as the unit of work would have written it.
+_REQUEST_COLUMNS = tuple(c.key for c in OutputRequest.__table__.columns)
+_GROUP_COLUMNS = tuple(c.key for c in OutputGroup.__table__.columns)
+_FILE_COLUMNS = tuple(c.key for c in OutputFile.__table__.columns)
+_INSERT_REQUEST = OutputRequest.__table__.insert()  # Core inserts: no unit of work
+_INSERT_GROUPS = OutputGroup.__table__.insert()
+_INSERT_FILES = OutputFile.__table__.insert()
+
+
+def _insert_new(s: Session, req: OutputRequest) -> None:
+    """Insert a request made in this transaction, with its groups and files, by three Core ``INSERT``s
+    (one per table, parents first) instead of the unit of work (ADR 0057). The objects stay out of the
+    session: nothing later in the transaction reads them back as objects, and the caller answers from
+    them as they are. The values the unit of work would have filled in at its flush (the timestamps of
+    creation and of adding a file, the files' request) are set here, at the same point of the
+    transaction: its end."""
+    now = utcnow()
+    req.created_at = now
+    s.execute(_INSERT_REQUEST, {column: getattr(req, column) for column in _REQUEST_COLUMNS})
+    for group in req.groups:
+        group.request_id = req.id
+    if req.groups:
+        s.execute(_INSERT_GROUPS, [{column: getattr(g, column) for column in _GROUP_COLUMNS} for g in req.groups])
+    for f in req.files:
+        f.request_id, f.added_at = req.id, now
+    if req.files:
+        s.execute(_INSERT_FILES, [{column: getattr(f, column) for column in _FILE_COLUMNS} for f in req.files])
 
 
 class _CodeMissing(Exception):
@@ -46,8 +76,10 @@ class Authoring(OutputsBase):
         return title
 
     def _create(
-        self, s: Session, actor: Any, project_id: str, title: str, client_key: str | None
+        self, s: Session, actor: Any, project_id: str, title: str, client_key: str | None, *, add: bool = True
     ) -> tuple[OutputRequest, bool]:
+        """The new draft (or the one a repeated ``client_key`` made). ``add=False``: a new request without
+        a ``client_key`` is not added to the session; the caller inserts it (``_insert_new``)."""
         if not perm.can_submit(actor):
             raise _Denied("output.create", getattr(actor, "id", None), None, "missing permission")
         if not project_id:
@@ -78,7 +110,8 @@ class Authoring(OutputsBase):
             files=[],
         )
         if client_key is None:  # nothing unique to collide with: no savepoint, no flush needed
-            s.add(req)
+            if add:
+                s.add(req)
             self._record(s, "output.create", actor, req, reviews_required=req.reviews_required)
             return req, True
         try:
@@ -149,7 +182,7 @@ class Authoring(OutputsBase):
         checked = [self._check_upload(name, content, spec) for name, content, _g, spec in files]
         accepted_code = self._check_code(code)
         with self._tx() as s:
-            req, created = self._create(s, actor, project_id, title, client_key)
+            req, created = self._create(s, actor, project_id, title, client_key, add=False)
             if not created:
                 return req, False
             if self.require_code and accepted_code is None:
@@ -159,6 +192,8 @@ class Authoring(OutputsBase):
             for (_n, content, group, _s), (accepted, spec) in zip(files, checked, strict=True):
                 self._add_file(s, actor, req, accepted, spec, content, group)
             self._submit(s, actor, req, accepted_code, new=True)
+            if inspect(req).transient:  # made without a client_key: not in the session (ADR 0057)
+                _insert_new(s, req)
             self._attach_code(s, actor, req, accepted_code)
         return req, True
 
