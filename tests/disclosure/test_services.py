@@ -469,3 +469,105 @@ def test_a_submissions_notice_goes_to_the_checkers_the_former_two_reads_chose(wo
     assert [tuple(row) for row in told] == expected
     assert {world.olive.id, world.oscar.id, world.otto.id, twice.id} == {row[0] for row in told}
     assert asleep.id in chosen and world.colleague.id not in chosen
+
+
+SPEC = {"dims": ["region"], "statistic": "count"}
+NOTES = b"Counts of admissions by region, adults 2020.\n"
+
+
+def _submit_two_files(world: World, client_key: str | None = None) -> Any:
+    req, created = world.svc.submit_from_workspace(
+        world.author, world.project.id, "Admissions", groups=[("tables", "Admissions by region", "Rounded to 5")],
+        files=[("table.csv", SAFE_CSV, "tables", SPEC), ("notes.txt", NOTES, "tables", None)], client_key=client_key,
+    )
+    assert created
+    return req
+
+
+def _stored(world: World, req_id: str) -> dict[str, Any]:
+    """The request's rows as stored, without their ids and times (the spec also as text, so a JSON
+    ``null`` and an SQL ``NULL`` differ)."""
+    from sqlalchemy import String, cast
+
+    from disclosure.models import OutputGroup
+
+    s = world.session
+    s.expire_all()
+    times = {"id", "request_id", "group_id", "created_at", "state_changed_at", "submitted_at", "last_submitted_at",
+             "added_at"}
+
+    def row(obj: Any) -> dict[str, Any]:
+        return {c.key: getattr(obj, c.key) for c in type(obj).__table__.columns if c.key not in times}
+
+    groups = s.scalars(select(OutputGroup).where(OutputGroup.request_id == req_id).order_by(OutputGroup.position))
+    files = s.scalars(select(OutputFile).where(OutputFile.request_id == req_id).order_by(OutputFile.name)).all()
+    specs = s.execute(select(OutputFile.name, OutputFile.table_spec.is_(None), cast(OutputFile.table_spec, String))
+                      .where(OutputFile.request_id == req_id).order_by(OutputFile.name)).all()
+    req = s.get(OutputRequest, req_id)
+    return {
+        "request": row(req), "groups": [row(g) for g in groups], "files": [row(f) for f in files],
+        "specs": [tuple(r) for r in specs],
+        "file_groups": [f.group.name for f in files],
+    }
+
+
+def test_a_workspace_submission_stores_the_rows_the_use_cases_store_one_by_one(world: World) -> None:
+    """Its request, groups and files (inserted by Core, ADR 0057) hold what the unit of work writes for
+    the same request made step by step: same columns, same values, a JSON ``null`` spec kept as such."""
+    by_workspace = _submit_two_files(world)
+    step, _ = world.svc.create_request(world.author, world.project.id, "Admissions")
+    world.svc.set_group(world.author, step.id, "tables", "Admissions by region", "Rounded to 5")
+    world.svc.add_file(world.author, step.id, "table.csv", SAFE_CSV, group="tables", table_spec=SPEC)
+    world.svc.add_file(world.author, step.id, "notes.txt", NOTES, group="tables")
+    world.svc.submit(world.author, step.id)
+
+    workspace, one_by_one = _stored(world, by_workspace.id), _stored(world, step.id)
+
+    assert workspace == one_by_one
+    assert [(is_null, spec is None) for _, is_null, spec in workspace["specs"]] == [(False, False), (False, False)]
+    req = world.session.get(OutputRequest, by_workspace.id)  # made at the transaction's end, as by its flush
+    files = world.session.scalars(select(OutputFile).where(OutputFile.request_id == req.id)).all()
+    assert req.submitted_at == req.last_submitted_at <= req.state_changed_at <= req.created_at
+    assert all(req.created_at <= f.added_at for f in files)
+
+
+def test_a_workspace_submission_leaves_its_request_groups_and_files_out_of_the_unit_of_work(
+    world: World,
+) -> None:
+    """No flush of the submission's transaction carries its request, groups or files (ADR 0057), and
+    the answer is built from them as inserted."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    from disclosure.models import OutputGroup
+
+    flushed: list[str] = []
+
+    def note(session: Any, _context: Any, _instances: Any) -> None:
+        flushed.extend(type(obj).__name__ for obj in session.new)
+
+    event.listen(Session, "before_flush", note)
+    try:
+        req = _submit_two_files(world)
+    finally:
+        event.remove(Session, "before_flush", note)
+
+    assert not {OutputRequest.__name__, OutputGroup.__name__, OutputFile.__name__} & set(flushed)
+    assert "OutboxMessage" in flushed  # the notices still go through it
+    assert [(g.name, g.request_id) for g in req.groups] == [("tables", req.id)]
+    assert [(f.name, f.request_id, f.group_id) for f in req.current_files] == [
+        ("table.csv", req.id, req.groups[0].id), ("notes.txt", req.id, req.groups[0].id)
+    ]
+
+
+def test_a_workspace_submission_with_an_idempotency_key_goes_through_the_unit_of_work_once(world: World) -> None:
+    """With a key the request is inserted in a savepoint to catch a race, as before: the same rows, and
+    the same key again answers with the same request."""
+    req = _submit_two_files(world, client_key="k-1")
+    again, created = world.svc.submit_from_workspace(
+        world.author, world.project.id, "Admissions", client_key="k-1",
+        groups=[("tables", "Admissions by region", "Rounded to 5")], files=[("table.csv", SAFE_CSV, "tables", SPEC)],
+    )
+
+    assert (again.id, created) == (req.id, False)
+    assert _count(world, OutputRequest) == 1 and _count(world, OutputFile) == 2
