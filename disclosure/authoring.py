@@ -3,11 +3,12 @@ withdraw it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import inspect, select
+from sqlalchemy import bindparam, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,23 +35,55 @@ _INSERT_FILES = OutputFile.__table__.insert()
 
 
 def _insert_new(s: Session, req: OutputRequest) -> None:
-    """Insert a request made in this transaction, with its groups and files, by three Core ``INSERT``s
-    (one per table, parents first) instead of the unit of work (ADR 0057). The objects stay out of the
-    session: nothing later in the transaction reads them back as objects, and the caller answers from
-    them as they are. The values the unit of work would have filled in at its flush (the timestamps of
-    creation and of adding a file, the files' request) are set here, at the same point of the
-    transaction: its end."""
+    """Insert a request made in this transaction, with its groups and files, by Core instead of the unit
+    of work (ADR 0057): on PostgreSQL one statement (the request and its groups as data-modifying common
+    table expressions of the files' ``INSERT``; the foreign keys are checked at the statement's end),
+    elsewhere one ``INSERT`` per table, parents first. The objects stay out of the session: nothing later
+    in the transaction reads them back as objects, and the caller answers from them as they are. The
+    values the unit of work would have filled in at its flush (the times of creation and of adding a
+    file, the rows' request) are set here, at the same point of the transaction: its end."""
     now = utcnow()
     req.created_at = now
-    s.execute(_INSERT_REQUEST, {column: getattr(req, column) for column in _REQUEST_COLUMNS})
     for group in req.groups:
         group.request_id = req.id
-    if req.groups:
-        s.execute(_INSERT_GROUPS, [{column: getattr(g, column) for column in _GROUP_COLUMNS} for g in req.groups])
     for f in req.files:
         f.request_id, f.added_at = req.id, now
-    if req.files:
-        s.execute(_INSERT_FILES, [{column: getattr(f, column) for column in _FILE_COLUMNS} for f in req.files])
+    request_row = {column: getattr(req, column) for column in _REQUEST_COLUMNS}
+    group_rows = [{column: getattr(g, column) for column in _GROUP_COLUMNS} for g in req.groups]
+    file_rows = [{column: getattr(f, column) for column in _FILE_COLUMNS} for f in req.files]
+    if group_rows and file_rows and s.get_bind().dialect.name == "postgresql":
+        s.execute(_one_insert(len(group_rows), len(file_rows)), _numbered(request_row, group_rows, file_rows))
+        return
+    s.execute(_INSERT_REQUEST, request_row)
+    if group_rows:
+        s.execute(_INSERT_GROUPS, group_rows)
+    if file_rows:
+        s.execute(_INSERT_FILES, file_rows)
+
+
+@functools.cache
+def _one_insert(groups: int, files: int) -> Any:
+    """PostgreSQL's single statement for a request with ``groups`` groups and ``files`` files, built once
+    per shape: every row but the last file's a one-row ``INSERT`` in a common table expression, each
+    value a bound parameter (``_numbered`` names them). One-row inserts, because SQLAlchemy caches no
+    compiled multi-row ``VALUES`` of bound parameters, and compiling each time costs more than it saves."""
+
+    def row(insert: Any, columns: tuple[str, ...], name: str) -> Any:
+        table = insert.table
+        return insert.values({c: bindparam(f"{name}_{c}", type_=table.c[c].type) for c in columns})
+
+    ctes = [row(_INSERT_REQUEST, _REQUEST_COLUMNS, "r0").cte("r0")]
+    ctes += [row(_INSERT_GROUPS, _GROUP_COLUMNS, f"g{i}").cte(f"g{i}") for i in range(groups)]
+    ctes += [row(_INSERT_FILES, _FILE_COLUMNS, f"f{i}").cte(f"f{i}") for i in range(files - 1)]
+    return row(_INSERT_FILES, _FILE_COLUMNS, f"f{files - 1}").add_cte(*ctes)
+
+
+def _numbered(request: dict[str, Any], groups: list[dict[str, Any]], files: list[dict[str, Any]]) -> dict[str, Any]:
+    params = {f"r0_{c}": v for c, v in request.items()}
+    for prefix, rows in (("g", groups), ("f", files)):
+        for i, row in enumerate(rows):
+            params.update({f"{prefix}{i}_{c}": v for c, v in row.items()})
+    return params
 
 
 class _CodeMissing(Exception):
