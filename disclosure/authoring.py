@@ -23,7 +23,6 @@ from projects.models import Project
 from tre.core.db import new_id, utcnow
 from tre.core.jobs import enqueue
 
-
 # The columns of a new request, its groups and its files, in the table's order: each row is inserted
 # with every value set (ADR 0057), as the unit of work would have written it.
 _REQUEST_COLUMNS = tuple(c.key for c in OutputRequest.__table__.columns)
@@ -36,12 +35,12 @@ _INSERT_FILES = OutputFile.__table__.insert()
 
 def _insert_new(s: Session, req: OutputRequest) -> None:
     """Insert a request made in this transaction, with its groups and files, by Core instead of the unit
-    of work (ADR 0057): on PostgreSQL one statement (the request and its groups as data-modifying common
-    table expressions of the files' ``INSERT``; the foreign keys are checked at the statement's end),
-    elsewhere one ``INSERT`` per table, parents first. The objects stay out of the session: nothing later
-    in the transaction reads them back as objects, and the caller answers from them as they are. The
-    values the unit of work would have filled in at its flush (the times of creation and of adding a
-    file, the rows' request) are set here, at the same point of the transaction: its end."""
+    of work (ADR 0057): on PostgreSQL one statement (``_one_insert``: the foreign keys are checked at
+    the statement's end), elsewhere one ``INSERT`` per table, parents first. The objects stay out of
+    the session: nothing later in the transaction reads them back as objects, and the caller answers
+    from them as they are. The values the unit of work would have filled in at its flush (the times of
+    creation and of adding a file, the rows' request) are set here, at the same point of the
+    transaction: its end."""
     now = utcnow()
     req.created_at = now
     for group in req.groups:
