@@ -41,12 +41,11 @@ def _insert_new(s: Session, req: OutputRequest) -> None:
     from them as they are. The values the unit of work would have filled in at its flush (the times of
     creation and of adding a file, the rows' request) are set here, at the same point of the
     transaction: its end."""
-    now = utcnow()
-    req.created_at = now
+    req.created_at = utcnow()
     for group in req.groups:
         group.request_id = req.id
-    for f in req.files:
-        f.request_id, f.added_at = req.id, now
+    for f in req.files:  # a clock reading each, in order, as the flush took them: files are read back by it
+        f.request_id, f.added_at = req.id, utcnow()
     request_row = {column: getattr(req, column) for column in _REQUEST_COLUMNS}
     group_rows = [{column: getattr(g, column) for column in _GROUP_COLUMNS} for g in req.groups]
     file_rows = [{column: getattr(f, column) for column in _FILE_COLUMNS} for f in req.files]
