@@ -14,7 +14,7 @@ from projects.models import AgreementSignature, AgreementTemplate, Project, Proj
 from tests.tre.helpers import create_user, identity
 from tre.core import jobs
 from tre.core.db import transaction, utcnow
-from tre.core.identity import User
+from tre.core.identity import User, UserRole
 
 SMALL_CELL_CSV = b"region,female,male\nNorth,25,3\nSouth,40,52\n"
 SAFE_CSV = b"region,female,male\nNorth,25,30\nSouth,40,50\n"
@@ -179,3 +179,15 @@ class World:
         req = self.approved(**kwargs)
         self.svc.release(self.oscar, req.id)
         return self.refresh(req)
+
+
+def checkers_of_every_kind(world: World) -> tuple[User, User]:
+    """An inactive checker, a checker on the project's team, a checker holding two reviewing roles;
+    returns the inactive one and the one with two roles."""
+    asleep = person(world.app, "ivy", ["output_checker"])
+    twice = person(world.app, "tess", ["output_checker"])
+    with transaction(world.session) as s:
+        s.get(User, asleep.id).is_active = False
+        s.add(UserRole(user_id=world.colleague.id, role="output_checker", granted_by=None))
+        s.add(UserRole(user_id=twice.id, role="auditor", granted_by=None))
+    return asleep, twice

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from disclosure import rules
 from disclosure.models import OutputRequest, OutputReview
 from disclosure.progress import _review_targets_and_accounts, eligible_checkers
-from tests.disclosure.factories import SAFE_CSV, World, person
+from tests.disclosure.factories import SAFE_CSV, World, checkers_of_every_kind
 from tre.core.db import transaction
-from tre.core.identity import User, UserRole
+from tre.core.identity import User
 from tre.core.notifications import OutboxMessage
 
 
@@ -38,18 +38,8 @@ def _former_reads(s: Any, req: OutputRequest) -> tuple[list[str], dict[str, str]
     return targets, accounts
 
 
-def _checkers_of_every_kind(world: World) -> None:
-    """An inactive checker, a checker on the project's team, a checker holding two reviewing roles."""
-    asleep = person(world.app, "ivy", ["output_checker"])
-    twice = person(world.app, "tess", ["output_checker"])
-    with transaction(world.session) as s:
-        s.get(User, asleep.id).is_active = False
-        s.add(UserRole(user_id=world.colleague.id, role="output_checker", granted_by=None))
-        s.add(UserRole(user_id=twice.id, role="auditor", granted_by=None))
-
-
 def test_the_checkers_and_accounts_told_are_those_the_former_reads_chose(world: World) -> None:
-    _checkers_of_every_kind(world)
+    checkers_of_every_kind(world)
     req = world.submitted(content=SAFE_CSV)
     s = world.session
 
@@ -60,7 +50,7 @@ def test_the_checkers_and_accounts_told_are_those_the_former_reads_chose(world: 
 
 
 def test_the_rounds_reviewers_and_their_active_accounts_are_told_when_it_has_reviewers(world: World) -> None:
-    _checkers_of_every_kind(world)
+    checkers_of_every_kind(world)
     req = world.submitted(content=SAFE_CSV)
     with transaction(world.session) as s:
         s.add(OutputReview(request_id=req.id, round=req.round, reviewer_id=world.oscar.id, assigned_by="x"))
@@ -77,7 +67,7 @@ def test_the_rounds_reviewers_and_their_active_accounts_are_told_when_it_has_rev
 
 
 def test_the_check_job_tells_the_active_eligible_checkers_and_the_author_once_each(world: World) -> None:
-    _checkers_of_every_kind(world)
+    checkers_of_every_kind(world)
 
     req = world.submitted(content=SAFE_CSV)
 

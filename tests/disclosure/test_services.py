@@ -439,16 +439,10 @@ def test_a_submissions_notice_goes_to_the_checkers_the_former_two_reads_chose(wo
     the active accounts among them), with the same email, key and text: an inactive checker, a
     checker on the project's team and a checker holding two reviewing roles included."""
     from disclosure.progress import eligible_checkers
-    from tests.disclosure.factories import person
-    from tre.core.db import transaction
-    from tre.core.identity import User, UserRole
+    from tests.disclosure.factories import checkers_of_every_kind
+    from tre.core.identity import User
 
-    asleep = person(world.app, "ivy", ["output_checker"])
-    twice = person(world.app, "tess", ["output_checker"])
-    with transaction(world.session) as s:
-        s.get(User, asleep.id).is_active = False
-        s.add(UserRole(user_id=world.colleague.id, role="output_checker", granted_by=None))
-        s.add(UserRole(user_id=twice.id, role="auditor", granted_by=None))
+    asleep, twice = checkers_of_every_kind(world)
 
     req, _ = world.svc.submit_from_workspace(
         world.author, world.project.id, "Admissions", client_key=None,
