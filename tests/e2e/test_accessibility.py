@@ -237,6 +237,29 @@ def keyboard_check(page: Any) -> tuple[int, list[str]]:
     return stops, problems
 
 
+LAYOUT = """() => {
+  const width = window.innerWidth, height = window.innerHeight, problems = [];
+  const wider = document.documentElement.scrollWidth - width;
+  if (wider > 1) problems.push(`the page scrolls sideways: ${wider} px wider than the ${width} px window`);
+  for (const row of document.querySelectorAll('main tr')) {
+    const tall = row.getBoundingClientRect().height;
+    if (tall > height) {
+      problems.push(`a table row is ${Math.round(tall)} px tall, more than the ${height} px window: a column `
+        + `is squeezed to a sliver (${row.innerText.slice(0, 60).replace(/\\s+/g, ' ')})`);
+      break;
+    }
+  }
+  return problems;
+}"""
+
+
+def layout_problems(page: Any) -> list[str]:
+    """What makes a page hard to read at the browser's width: the page itself scrolling sideways (a wide
+    table belongs in a scrolling region of its own), or a table row taller than the window (a column
+    squeezed to one character's width, so its text runs down the page a letter at a time)."""
+    return list(page.evaluate(LAYOUT))
+
+
 def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]], int]:
     """Visit every page reachable by links from the home page; axe-core and the keyboard check on each.
     Returns the paths visited, the problems found per path and the number of Tab stops checked."""
@@ -254,7 +277,7 @@ def walk(page: Any, base: str) -> tuple[list[str], dict[str, list[str]], int]:
             continue
         visited.append(path)
         hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
-        found = blocking_violations(page)
+        found = blocking_violations(page) + layout_problems(page)
         stops, by_keyboard = keyboard_check(page)
         tab_stops += stops
         found += [f"keyboard: {p}" for p in by_keyboard]
@@ -312,6 +335,30 @@ def test_the_check_reports_a_critical_violation(page: Any) -> None:
     found = blocking_violations(page)
 
     assert any(" image-alt:" in f for f in found), found
+
+
+LAYOUT_PAGE = """<html lang="en"><head><title>t</title><style>
+.mono {{ font-family: monospace; word-break: break-all; }} {extra}</style></head><body><main>
+<table><tr><td>2026-12-07 02:20:30</td><td>{target}</td><td class="mono">{detail}</td></tr></table>
+</main></body></html>"""
+
+
+def test_the_layout_check_reports_a_page_wider_than_the_window_and_a_squeezed_column(page: Any) -> None:
+    """The layout check itself can fail: a long identifier that cannot break widens the page, and a JSON
+    detail allowed to break anywhere is squeezed to a sliver and runs down the page; the same table with
+    the identifier allowed to wrap and the detail given a width passes."""
+    page.set_viewport_size({"width": 800, "height": 600})
+    target, detail = "dataset " + "b0d6" * 40, '{"files": 1, "reasons": ["' + "x" * 300 + '"]}'
+    page.set_content(LAYOUT_PAGE.format(extra="", target=target, detail=detail))
+
+    found = layout_problems(page)
+
+    assert any(f.startswith("the page scrolls sideways") for f in found), found
+    assert any(f.startswith("a table row is") for f in found), found
+
+    page.set_content(LAYOUT_PAGE.format(extra="td { overflow-wrap: anywhere; } .mono { min-width: 16em; }",
+                                        target=target, detail=detail))
+    assert layout_problems(page) == []
 
 
 KEYBOARD_PAGE = """<html lang="en"><head><title>t</title><style>
