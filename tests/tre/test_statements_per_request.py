@@ -31,6 +31,7 @@ from tests.projects.factories import (
     make_user,
     publish_agreement,
     ready_for_access,
+    voted,
 )
 from tests.statements import count_statements
 from tests.tre.helpers import identity
@@ -139,6 +140,11 @@ SCHEMA_PAGE = {"sqlite": 6, "postgresql": 6}  # person + roles, BEGIN, the datas
 # audit event (the lane's end and the insert; PostgreSQL: the lane's lock instead of the BEGIN); the source
 # is read from its file, and the columns in one statement whatever their number
 API_SCHEMA_PROPOSAL = {"sqlite": 6, "postgresql": 6}  # token checks, then as the page
+API_REVIEW_QUEUE = {"sqlite": 7, "postgresql": 6}  # token checks with person + roles, BEGIN, the waiting
+# applications, their teams, their dataset requests with the datasets' names, the approved columns and the
+# decisions of all at once (ADR 0061); it read the approved columns and the decisions once per application
+# (two statements more for each: 8 and 7 with one waiting, 14 and 13 with four), and every requested
+# dataset's columns, which the answer never shows
 PUBLIC_READS = 0  # GET /api/v1/version, and /about for someone not signed in: no statement
 ABOUT_SIGNED_IN = 1  # /about for someone signed in: who is asking (person + roles), no BEGIN (ADR 0049)
 
@@ -712,3 +718,32 @@ def test_version_and_about_read_nothing_and_about_signed_in_reads_only_who_is_as
         assert response.status_code == 200, name
 
     assert counts == {"version": PUBLIC_READS, "about": PUBLIC_READS, "about signed in": ABOUT_SIGNED_IN}, counts
+
+
+def _resubmitted(w: World) -> Any:
+    """An application the committee sent back for changes and the PI submitted again: waiting, with a decision."""
+    project = voted(w)
+    w.svc.decide(w.chair, project.id, "changes_requested", public_comment="Justify the date of birth.")
+    w.svc.submit(w.pi, project.id)
+    return project
+
+
+def test_api_review_queue_statements_do_not_grow_with_the_applications_waiting(app: Any) -> None:
+    w: World = build_world(app)
+    in_review(w)
+    approved(w)  # decided: no longer waiting
+    client, headers = app.test_client(), _bearer(app, w.dana)
+
+    before, after, response = _twice(
+        app, lambda: client.get("/api/v1/review-queue", headers=headers),
+        lambda: [in_review(w), in_review(w), _resubmitted(w)],
+    )
+
+    listed = response.get_json()
+    assert response.status_code == 200 and len(listed) == 4
+    assert [len(p["decisions"]) for p in listed] == [0, 0, 0, 1]  # oldest first: the resubmitted one last
+    chair = _bearer(app, w.chair)
+    # each as the project's own read answers it (that read asks for its approved columns and decisions alone)
+    assert listed == [client.get(f"/api/v1/projects/{p['id']}", headers=chair).get_json() for p in listed]
+    assert after == before
+    assert after == API_REVIEW_QUEUE[_dialect(app)], after
