@@ -61,6 +61,13 @@ _PROJECTS_OF = (
     .where(ProjectMember.user_id == bindparam("user_id"), ProjectMember.removed_at.is_(None))
     .order_by(Project.updated_at.desc())
 )
+_REVIEW_QUEUE = (
+    select(Project)
+    # As ``_PROJECTS_OF``: the API names each requested dataset and never shows its columns (ADR 0061).
+    .options(selectinload(Project.dataset_requests).joinedload(DatasetRequest.dataset).raiseload(Dataset.columns))
+    .where(Project.state.in_((SUBMITTED, IN_REVIEW)))
+    .order_by(Project.state_changed_at)
+)
 _PROJECT_ROWS_OF = (
     select(Project.id, Project.title, Project.state, Project.end_date)
     .join(ProjectMember)
@@ -102,11 +109,7 @@ class Projects(Catalogue, Applications, Committee, Lifecycle, AgreementsAndTrain
 
     def review_queue(self) -> list[Project]:
         """Applications waiting for the committee, oldest first (their age is how long they have waited)."""
-        return list(
-            self.session.scalars(
-                select(Project).where(Project.state.in_((SUBMITTED, IN_REVIEW))).order_by(Project.state_changed_at)
-            )
-        )
+        return list(self.session.scalars(_REVIEW_QUEUE))
 
     def governed_projects(self) -> list[Project]:
         return list(

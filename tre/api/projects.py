@@ -356,7 +356,11 @@ def submit(project_id: str) -> Any:
 def review_queue() -> Any:
     """Applications waiting for the committee, oldest first."""
     svc = _svc()
-    return [_describe(svc, p) for p in svc.review_queue()]
+    # The approved columns and decisions of all at once, as the project list reads them (ADR 0061).
+    projects = svc.review_queue()
+    ids = [p.id for p in projects]
+    approved, decisions = approved_columns_of(svc.session, ids), svc.decisions_of(ids)
+    return [_describe(svc, p, approved.get(p.id, {}), decisions.get(p.id, [])) for p in projects]
 
 
 @blp.route("/projects/<string:project_id>/reviewers", methods=["POST"])
