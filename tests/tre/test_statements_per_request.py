@@ -130,9 +130,9 @@ OUTPUT_METRICS_PAGE = {"sqlite": 8, "postgresql": 7}  # person + roles, BEGIN, t
 # the turnaround the requests' stage times and each one's first claim
 DAC_TURNAROUND_PAGE = {"sqlite": 6, "postgresql": 5}  # person + roles, BEGIN, the versions' submission
 # times, each version's first assignment, last vote and decision (one grouped statement each)
-AUDIT_PAGE = {"sqlite": 7, "postgresql": 7}  # person + roles, BEGIN, the newest 100 events, their actors
-# (the accounts, then their roles), and the view's own audit event (PostgreSQL: the lane's advisory
-# lock, then the lane's end and the insert)
+AUDIT_PAGE = {"sqlite": 6, "postgresql": 6}  # person + roles, BEGIN, the newest 100 events, their actors'
+# ids and emails (it was the accounts, then their roles: 7 and 7), and the view's own audit event
+# (PostgreSQL: the lane's advisory lock, then the lane's end and the insert)
 API_AGREEMENT = {"sqlite": 3, "postgresql": 2}  # token checks with person + roles, BEGIN, the newest version
 API_OPTOUT_EXEMPTIONS = {"sqlite": 6, "postgresql": 4}  # token checks with person + roles, the project with
 # its team (SQLite: a BEGIN), the exemptions (SQLite: a BEGIN again: reading the project ended its transaction)

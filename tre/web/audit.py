@@ -80,9 +80,10 @@ def search() -> Any:
     stmt, filters, problems = _query(request.args)
     db = platform().db.session
     events = db.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(PAGE_SIZE)).all()
-    names = {
-        u.id: u.email for u in db.scalars(select(User).where(User.id.in_({e.actor_id for e in events if e.actor_id})))
-    }
+    # Only each actor's email is shown: two columns, not the accounts with their roles.
+    actors = {e.actor_id for e in events if e.actor_id}
+    rows = db.execute(select(User.id, User.email).where(User.id.in_(actors))) if actors else ()
+    names = {uid: email for uid, email in rows}
     _record_view("audit.search", filters, len(events))
     return render_template(
         "audit/search.html",
