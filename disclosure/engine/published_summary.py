@@ -93,7 +93,14 @@ STATISTIC_PAIRS = {
     ("std", "err"): "sd",
     ("std", "error"): "sd",
 }
-_QUANTILE = re.compile(r"^[qp]\d{1,2}$")  # q1, q3, q25, p50, p975 is not one (three digits)
+_QUANTILE = re.compile(r"^([qp])(\d{1,2})$")  # q1, q3, q25, p50; p975 is not one (three digits)
+# A numbered token is also a quarter (Q1..Q4) or a period (P1..P13) of a count table. It is read as a
+# quantile only beside a column that names a statistic in words, and only when its table numbers no
+# quarter or period a quantile is never written as (Q2, Q4; P3, P4, P6...): else it stays a count.
+_QUANTILE_NUMBERS = {
+    "q": frozenset({1, 3, 5, 10, 25, 50, 75, 90, 95, 99}),
+    "p": frozenset({1, 5, 10, 25, 50, 75, 90, 95, 99}),
+}
 _TOKEN = re.compile(r"%|[^\W_]+")
 # An extreme is one person's value: a column naming one among others is judged as the extreme.
 _PRECEDENCE = ("min", "max")
@@ -140,8 +147,9 @@ def header_tokens(label: Any) -> list[str]:
     return [t for level in levels for t in _TOKEN.findall(str(level).lower())]
 
 
-def column_role(label: Any) -> ColumnRole:
-    """The role a column's header gives it; unknown names are counts (deny by default)."""
+def column_role(label: Any, *, numbered: bool = True) -> ColumnRole:
+    """The role a column's header gives it; unknown names are counts (deny by default). ``numbered``
+    False: ``q25``, ``p50`` are not read as quantiles (``column_roles`` decides it for a whole table)."""
     tokens = header_tokens(label)
     kinds: list[str] = []
     used: set[int] = set()
@@ -153,7 +161,7 @@ def column_role(label: Any) -> ColumnRole:
     for i, token in enumerate(tokens):
         if i in used:
             continue
-        kind = STATISTIC_WORDS.get(token) or ("quantile" if _QUANTILE.match(token) else None)
+        kind = STATISTIC_WORDS.get(token) or ("quantile" if numbered and _QUANTILE.match(token) else None)
         if kind is not None:
             kinds.append(kind)
             used.add(i)
@@ -167,6 +175,14 @@ def column_role(label: Any) -> ColumnRole:
 
 
 def column_roles(columns: pd.Index) -> list[ColumnRole]:
+    """The role of each column of one table (numbered tokens are judged over the whole table)."""
+    worded = [column_role(label, numbered=False) for label in columns]
+    found = [_QUANTILE.match(t) for label in columns for t in header_tokens(label)]
+    numbers = [(m.group(1), int(m.group(2))) for m in found if m is not None]
+    if not numbers or all(r.is_count for r in worded):
+        return worded
+    if any(n not in _QUANTILE_NUMBERS[letter] for letter, n in numbers):
+        return worded  # quarters or periods: counts
     return [column_role(label) for label in columns]
 
 

@@ -641,3 +641,20 @@ def test_summary_statistics_without_a_count_go_to_review_with_the_reason() -> No
     assert any(
         r.startswith("statistics without the number of people behind them") for r in outcome["verdict"]["reasons"]
     )
+
+
+def test_count_table_whose_headers_name_no_statistic_keeps_the_count_check_unchanged() -> None:
+    # A regression guard (it holds on the code before ADR 0060 too): "standard" is no "sd", quarters are no
+    # quartiles, so this is a count table and gets exactly the verdict and ledger entry it always had.
+    import json
+
+    from disclosure.engine import check_published_counts
+    from disclosure.engine.published import read_published_table
+
+    csv = b"ward,standard,deaths,Q1,Q2,Q3,Q4\nA,25,3,40,41,42,43\nB,40,52,12,13,14,15\n"
+
+    outcome = _content(csv, None)
+
+    expected = check_published_counts(read_published_table(csv).values, policy=default_policy(), mitigation="none")
+    assert json.dumps(outcome["verdict"], default=str) == json.dumps(expected.verdict, default=str)
+    assert outcome["verdict"]["status"] == "fail" and len(outcome["aggregate"]["cells"]) == 12

@@ -86,6 +86,21 @@ def test_an_unknown_column_is_a_count_that_does_not_say_how_many_people_a_row_ho
     assert not column_role("n_missing").named  # counts the others, not the people behind a statistic
 
 
+@pytest.mark.parametrize(
+    ("headers", "kinds"),
+    [
+        (["n", "los_q1", "los_median", "los_q3"], ["count", "quantile", "median", "quantile"]),
+        (["n", "median", "p25", "p75"], ["count", "median", "quantile", "quantile"]),
+        (["Q1", "Q2", "Q3", "Q4"], ["count"] * 4),  # quarters of a year
+        (["n", "median_wait", "Q1", "Q2", "Q3", "Q4"], ["count", "median"] + ["count"] * 4),
+        (["n", "mean", "P1", "P2", "P3"], ["count", "mean"] + ["count"] * 3),  # periods
+        (["n", "q25", "q75"], ["count"] * 3),  # no statistic named in words: not enough to judge by n
+    ],
+)
+def test_numbered_tokens_are_quantiles_only_beside_a_worded_statistic_and_never_quarters(headers, kinds) -> None:
+    assert [r.kind for r in column_roles(pd.Index(headers))] == kinds
+
+
 def test_a_statistic_is_counted_by_its_own_variable_else_by_the_tables_one_count() -> None:
     roles = column_roles(pd.Index(["los_n", "los_median", "age_n", "age_mean"]))
     assert count_column_of(roles, 1) == 0 and count_column_of(roles, 3) == 2
