@@ -314,6 +314,8 @@ def check_published_summary(
     primary = 0
     unknown_columns: list[str] = []
     not_checked: dict[str, list[str]] = {}
+    positions: list[tuple[int, int]] = []
+    stat_cells: list[dict[str, Any]] = []
     for j in stat_cols:
         role = roles[j]
         label = _label_text(frame.columns[j])
@@ -353,14 +355,15 @@ def check_published_summary(
             if suppress:
                 primary += 1
                 released[i, j] = np.nan  # row n_r is the file's total row, as in ``released``
-            address = cell_addresses(dims, categories, np.array([[i, j]]))[0]
-            address.update(
-                status=combine_status(statuses) if statuses else "review",
-                rules=[name for name, *_ in hit],
-                reasons=[why for *_, why in hit],
-                action="suppressed_primary" if suppress else "released",
+            positions.append((i, j))
+            stat_cells.append(
+                {
+                    "status": combine_status(statuses) if statuses else "review",
+                    "rules": [name for name, *_ in hit],
+                    "reasons": [why for *_, why in hit],
+                    "action": "suppressed_primary" if suppress else "released",
+                }
             )
-            cells.append(address)
             for name, severity, why in hit:
                 flagged[(name, why)] = flagged.get((name, why), 0) + 1
                 before.append(severity)
@@ -378,6 +381,13 @@ def check_published_summary(
                     "counted_by": _counted_by(frame, roles, j),
                 }
             )
+
+    # Addressed by label in one call (each label converted once, not once per cell).
+    for address, found in zip(
+        cell_addresses(dims, categories, np.array(positions, dtype=np.int64).reshape(-1, 2)), stat_cells, strict=True
+    ):
+        address.update(found)
+        cells.append(address)
 
     # Reasons: what each rule found in the count cells the file prints, then in totals worked out from them
     # (a total the file does not print is still released: anyone can add the column up).
