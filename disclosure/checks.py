@@ -353,7 +353,9 @@ def run_check(
     # The request alone, locked (``FOR UPDATE`` on PostgreSQL; the job's claim orders workers on SQLite),
     # then its current files as rows of the columns the checks use: its groups and its files as objects
     # (two more reads, the files joined to their groups) were two-fifths of the job's CPU (ADR 0048).
-    req = session.get(OutputRequest, request_id, with_for_update=True, populate_existing=True, options=_REQUEST_ALONE)
+    req = session.get(
+        OutputRequest, request_id, with_for_update=True, populate_existing=True, options=_REQUEST_ALONE
+    )
     if req is None:
         raise PermanentJobError("no such output request")
     # Each with its verdict under this policy, if it has one (the verdict was a read of its own, ADR 0058).

@@ -9,9 +9,8 @@ The "after mitigation" grid is the disclosure engine's suppression of the submit
 current policy (primary cells, then secondary cells chosen so that none can be recovered from the
 totals, checked by the engine's fast interval audit); in a table of statistics without a specification
 (``engine.published_summary``) a statistic cell is suppressed alone, by its row's count, never as a
-count. It is what the checker can ask the researcher
-to release instead; it is worked out on the page, for tables up to ``MAX_PREVIEW_CELLS`` cells, and
-never stored.
+count. It is what the checker can ask the researcher to release instead; it is worked out on the page,
+for tables up to ``MAX_PREVIEW_CELLS`` cells, and never stored.
 """
 
 from __future__ import annotations
