@@ -9,7 +9,8 @@ mid-check leaves nothing behind and the sweeper runs the job again. What the eng
 * a CSV with a table specification: the table is re-computed from the project's extract and
   compared with the CSV; without an extract the verdict says the re-computation was not done;
 * a CSV without one: the counts are checked as published counts, and the verdict says what cannot
-  be seen without the underlying data (contributors, dominance);
+  be seen without the underlying data (contributors, dominance); a column whose header names a
+  statistic (``los_median``, ``sd``, ``%``) is judged by its row's count, not as a count (ADR 0060);
 * anything else (text, images): sent to a human with the reason.
 
 A file the engine cannot read as a table with confidence (``engine.published``) gets a *review*
@@ -175,6 +176,7 @@ def check_content(
     )
     from disclosure.engine.population import is_known
     from disclosure.engine.published import UnreadableTable, read_published_table
+    from disclosure.engine.published_summary import check_published_summary, is_summary_table
 
     if kind != "table":
         return {
@@ -247,13 +249,20 @@ def check_content(
                     "the CSV does not match its re-computation: " + record["reason"],
                 ],
             }
-    else:
+    ledger_table: Any = published
+    notes = published.notes
+    if recomputed is None and not spec and is_summary_table(published):
+        # Counts beside medians, means, spreads (a Table 1 from plain pandas): each statistic judged by its
+        # row's count, and only the table's count column may enter the ledger (ADR 0060).
+        summary = check_published_summary(published, policy=policy, mitigation="none")
+        verdict, notes, ledger_table = summary.verdict, summary.notes, summary.counts
+    elif recomputed is None:
         result = check_published_counts(published.values, policy=policy, mitigation="none")
         verdict = result.verdict
-    if published.notes:
-        verdict = {**verdict, "status": "fail", "reasons": [*verdict.get("reasons", []), *published.notes]}
+    if notes:
+        verdict = {**verdict, "status": "fail", "reasons": [*verdict.get("reasons", []), *notes]}
     statistic = (spec or {}).get("statistic") or "count"
-    aggregate = _aggregate(output_id, published, statistic, population)
+    aggregate = None if ledger_table is None else _aggregate(output_id, ledger_table, statistic, population)
     differencing: list[dict[str, Any]] = []
     if aggregate is not None and population["dataset"]:
         candidate = ReleasedAggregate.from_dict(aggregate)

@@ -590,3 +590,71 @@ def test_the_check_job_sends_statements_that_do_not_grow_with_its_files_and_comm
     # ones went through the unit of work and the accounts of those told were read after who is told
     # (ADR 0058).
     assert one[0] <= CHECK_JOB_STATEMENTS[platform(world.app).db.engine.dialect.name]
+
+
+# A Table 1 from plain pandas, submitted without a specification (the lead's click-through).
+TABLE_1 = b"sex,n,los_median,los_sd\nF,3396,3.0,7.840118\nM,3044,3.0,8.465525\n"
+
+
+def test_summary_table_without_a_specification_goes_to_review_not_fail() -> None:
+    outcome = _content(TABLE_1, None)
+
+    assert outcome["status"] == "review"
+    assert outcome["verdict"]["output_type"] == "published_summary_table"
+    assert not any(c["rules"] for c in outcome["verdict"]["cells"])
+    assert not any("threshold" in r for r in outcome["verdict"]["reasons"])
+
+
+def test_summary_table_fails_the_row_of_four_people_and_its_statistics() -> None:
+    outcome = _content(TABLE_1 + b"U,4,2.0,1.5\n", None)
+
+    flagged = {c["key"]: c["rules"] for c in outcome["verdict"]["cells"]}
+    assert outcome["status"] == "fail"
+    assert flagged == {
+        "sex=U|column_0=n": ["threshold"],
+        "sex=U|column_0=los_median": ["threshold"],
+        "sex=U|column_0=los_sd": ["threshold", "degrees_of_freedom"],
+    }
+
+
+def test_summary_table_with_an_overall_row_is_not_failed_for_medians_that_do_not_add_up() -> None:
+    outcome = _content(TABLE_1 + b"Overall,6440,3.0,8.1\n", None)
+
+    assert outcome["status"] == "review"
+    assert "the total row does not equal the sum of its cells" not in outcome["verdict"]["reasons"]
+
+
+def test_summary_table_enters_only_its_count_column_in_the_ledger() -> None:
+    aggregate = _content(TABLE_1, None)["aggregate"]
+
+    assert aggregate["dims"] == ["sex"] and aggregate["statistic"] == "count"
+    values = {tuple(c["labels"]): c["value"] for c in aggregate["cells"]}
+    assert values == {("F",): 3396.0, ("M",): 3044.0}  # no median or SD read as a count of people
+    several = _content(b"sex,los_n,los_median,age_n,age_mean\nF,30,3,31,50\nM,40,4,41,52\n", None)
+    assert several["aggregate"] is None
+
+
+def test_summary_statistics_without_a_count_go_to_review_with_the_reason() -> None:
+    outcome = _content(b"sex,los_median,los_sd\nF,3.0,7.84\nM,3.0,8.47\n", None)
+
+    assert outcome["status"] == "review"
+    assert any(
+        r.startswith("statistics without the number of people behind them") for r in outcome["verdict"]["reasons"]
+    )
+
+
+def test_count_table_whose_headers_name_no_statistic_keeps_the_count_check_unchanged() -> None:
+    # A regression guard (it holds on the code before ADR 0060 too): "standard" is no "sd", quarters are no
+    # quartiles, so this is a count table and gets exactly the verdict and ledger entry it always had.
+    import json
+
+    from disclosure.engine import check_published_counts
+    from disclosure.engine.published import read_published_table
+
+    csv = b"ward,standard,deaths,Q1,Q2,Q3,Q4\nA,25,3,40,41,42,43\nB,40,52,12,13,14,15\n"
+
+    outcome = _content(csv, None)
+
+    expected = check_published_counts(read_published_table(csv).values, policy=default_policy(), mitigation="none")
+    assert json.dumps(outcome["verdict"], default=str) == json.dumps(expected.verdict, default=str)
+    assert outcome["verdict"]["status"] == "fail" and len(outcome["aggregate"]["cells"]) == 12

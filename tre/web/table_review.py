@@ -7,9 +7,10 @@ label, never by position), a margin by the label ``All`` of each dimension it su
 
 The "after mitigation" grid is the disclosure engine's suppression of the submitted numbers under the
 current policy (primary cells, then secondary cells chosen so that none can be recovered from the
-totals, checked by the engine's fast interval audit). It is what the checker can ask the researcher
-to release instead; it is worked out on the page, for tables up to ``MAX_PREVIEW_CELLS`` cells, and
-never stored.
+totals, checked by the engine's fast interval audit); in a table of statistics without a specification
+(``engine.published_summary``) a statistic cell is suppressed alone, by its row's count, never as a
+count. It is what the checker can ask the researcher to release instead; it is worked out on the page,
+for tables up to ``MAX_PREVIEW_CELLS`` cells, and never stored.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from disclosure.engine import check_published_counts
 from disclosure.engine.labels import MARGIN, jsonable
 from disclosure.engine.published import PublishedTable, UnreadableTable, read_published_table
+from disclosure.engine.published_summary import check_published_summary, is_summary_table
 
 # The suppression preview is worked out while the page waits, with the engine's fast (certificate)
 # interval audit: the exact LP audit took 2.8 s on a 2,500-cell table, the fast one 0.06 s
@@ -39,6 +41,10 @@ RULE_MARKS: dict[str, tuple[str, str]] = {
     "identical_values": ("I", "Identical values"),
     "negatives": ("N", "Negative values"),
     "missing": ("M", "Missing values"),
+    "degrees_of_freedom": ("F", "Degrees of freedom"),
+    "exact_extreme": ("E", "Exact extreme value"),
+    "quantile_either_side": ("Q", "Too few either side of the quantile"),
+    "unknown_contributors": ("U", "Number of people not given"),
 }
 
 ACTION_WORDS = {
@@ -279,7 +285,11 @@ def build_review(
         )
     else:
         try:
-            result = check_published_counts(table.values, policy=policy, mitigation="suppress", audit="fast")
+            if not spec and is_summary_table(table):
+                # Statistics beside counts: suppressed alone by their row's count, never as counts (ADR 0060).
+                result: Any = check_published_summary(table, policy=policy, mitigation="suppress", audit="fast")
+            else:
+                result = check_published_counts(table.values, policy=policy, mitigation="suppress", audit="fast")
         except (ValueError, TypeError) as exc:
             review.after_note = f"The suppression preview could not be worked out: {exc}"[:300]
         else:

@@ -310,6 +310,43 @@ def test_checker_sees_flagged_cells_highlighted_by_rule_with_each_reason_in_word
     assert "{&#39;" not in body and "{'" not in body  # no raw Python dictionaries
 
 
+def _grid_cells(section: str) -> dict[str, str]:
+    """Each cell of a rendered grid by its row label and its text: its ``<td ...>`` opening tag."""
+    import re
+
+    out = {}
+    for row in re.findall(r"<tr class=\"nhsuk-table__row\">(.*?)</tr>", section, flags=re.S):
+        label = re.search(r'<th scope="row" class="nhsuk-table__header">(.*?)</th>', row)
+        if label is None:
+            continue
+        for tag, text in re.findall(r"(<td [^>]*>)\s*(?:<span[^>]*>[^<]*</span>)?([^<\s]*)", row):
+            out[f"{label.group(1)}:{text}"] = tag
+    return out
+
+
+def test_checker_sees_a_table_1_s_statistics_unflagged_and_a_small_rows_flagged(web: Browser) -> None:
+    # The lead's Table 1 from plain pandas with a row of 4 people: the medians and SDs of the big rows are
+    # no counts (no "T"), the small row's n and statistics are flagged, and the preview suppresses the
+    # small row's statistics alone and protects its n with another count, never with a median.
+    w = web.world
+    content = b"sex,n,los_median,los_sd\nF,3396,3.0,7.840118\nM,3044,3.5,8.465525\nU,4,2.0,1.5\n"
+    req = w.submitted(content=content, name="table1.csv")
+    w.svc.claim(w.olive, req.id)
+
+    body = web.as_(w.olive).get(f"/outputs/files/{req.current_files[0].id}").get_data(as_text=True)
+
+    before = _grid_cells(body[body.index('id="table-before"') : body.index('id="table-after"')])
+    assert "data-rules" not in before["F:3"] and "data-rules" not in before["M:3.5"]
+    assert "data-rules" not in before["F:7.84012"] and "data-rules" not in before["M:8.46552"]
+    assert 'data-rules="threshold"' in before["U:4"] and 'data-rules="threshold"' in before["U:2"]
+    assert 'data-rules="threshold degrees_of_freedom"' in before["U:1.5"]
+    after = body[body.index('id="table-after"') :]
+    assert after.count('data-action="suppressed_primary"') == 3
+    cells_after = _grid_cells(after)
+    assert "data-action" not in cells_after["F:3"] and "data-action" not in cells_after["M:3.5"]
+    assert 'id="verdict" data-status="fail"' in body
+
+
 def test_table_view_links_a_differencing_finding_to_the_earlier_request(web: Browser) -> None:
     from tests.disclosure.test_checks import CENSUS, census_csv, women_65_table
 
