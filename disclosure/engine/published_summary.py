@@ -316,6 +316,8 @@ def check_published_summary(
     not_checked: dict[str, list[str]] = {}
     positions: list[tuple[int, int]] = []
     stat_cells: list[dict[str, Any]] = []
+    as_count = policy.get("frequency", "threshold")
+    as_count_reason = f"fewer than {as_count}, judged as a count: the row gives no count to judge it by"
     for j in stat_cols:
         role = roles[j]
         label = _label_text(frame.columns[j])
@@ -337,6 +339,11 @@ def check_published_summary(
                 hit.append((_UNKNOWN, "review", _UNKNOWN_REASON if k is None else "the row's count is withheld"))
                 if label not in unknown_columns:
                     unknown_columns.append(label)
+                # Deny by default: with no count to judge it by, the cell is judged as strictly as a count
+                # (a heading that reads like a statistic may head counts: "Maximum security" in a crosstab).
+                if value < as_count:
+                    hit.append(("threshold", "fail", as_count_reason))
+                    column_flags["threshold"] += 1
             else:
                 for name, params, severity, reason in rules:
                     fails = {

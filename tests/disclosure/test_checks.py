@@ -635,9 +635,11 @@ def test_summary_table_enters_only_its_count_column_in_the_ledger() -> None:
 
 
 def test_summary_statistics_without_a_count_go_to_review_with_the_reason() -> None:
-    outcome = _content(b"sex,los_median,los_sd\nF,3.0,7.84\nM,3.0,8.47\n", None)
+    outcome = _content(b"sex,los_median,los_sd\nF,13.0,17.84\nM,13.0,18.47\n", None)
+    small = _content(b"sex,los_median,los_sd\nF,3.0,7.84\nM,3.0,8.47\n", None)
 
     assert outcome["status"] == "review"
+    assert small["status"] == "fail"  # no count to judge them by: small values judged as small counts
     assert any(
         r.startswith("statistics without the number of people behind them") for r in outcome["verdict"]["reasons"]
     )

@@ -186,13 +186,29 @@ def test_pandas_two_row_header_of_agg_is_read_by_both_levels() -> None:
 
 
 def test_statistics_with_no_count_go_to_a_checker_with_the_reason() -> None:
-    csv = b"sex,los_median,los_sd\nF,3.0,7.84\nM,3.0,8.47\n"
+    csv = b"sex,los_median,los_sd\nF,13.0,17.84\nM,13.0,18.47\n"
 
     verdict = _check(csv).verdict
 
     assert verdict["status"] == "review"
     assert any(r.startswith("statistics without the number of people behind them") for r in verdict["reasons"])
     assert all(c["rules"] == ["unknown_contributors"] for c in verdict["cells"]) and len(verdict["cells"]) == 4
+
+
+def test_statistics_with_no_count_are_judged_as_strictly_as_counts() -> None:
+    """Deny by default: with no count to judge them by, small values fail as small counts would, so a
+    table whose headings only read like statistics loses nothing of the count check."""
+    table_one = _check(b"sex,los_median,los_sd\nF,3.0,7.84\nM,13.0,18.47\n").verdict
+    crosstab = _check(b"region,Minimum security,Medium security,Maximum security\nNorth,120,45,3\nSouth,200,60,4\n")
+
+    assert table_one["status"] == "fail"
+    assert _flags(table_one)[("F", "los_median")] == ["unknown_contributors", "threshold"]
+    assert _flags(table_one)[("M", "los_median")] == ["unknown_contributors"]
+    assert any("judged as a count" in r for r in table_one["reasons"])
+    assert crosstab.verdict["status"] == "fail"
+    flags = _flags(crosstab.verdict)
+    assert flags[("North", "Maximum security")] == ["unknown_contributors", "threshold"]
+    assert flags[("South", "Maximum security")] == ["unknown_contributors", "threshold"]
 
 
 def test_extremes_are_always_flagged_and_a_spread_of_zero_reveals_each_value() -> None:
