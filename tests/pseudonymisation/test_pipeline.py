@@ -352,6 +352,26 @@ def test_a_csv_with_day_first_dates_gives_the_bands_and_shifts_of_its_dates(tmp_
     assert from_csv.equals(pq.read_table(tmp_path / "p" / "data"))
 
 
+def test_a_csv_whose_dates_turn_day_first_after_the_first_block_is_read_whole(tmp_path, keys):
+    # Typed from its first 16 MiB block (ISO dates alone) a date column refused the first day-first
+    # or "unknown" value of a later block, and the extract failed.
+    table = make_table(40)
+    dates = [d.isoformat() if i < 20 else (d.strftime("%d/%m/%Y") if i % 2 else "unknown")
+             for i, d in enumerate(table.column("date_of_birth").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("date_of_birth"), "date_of_birth", pa.array(dates))
+    table = table.set_column(table.schema.get_field_index("note"), "note", pa.array(["x" * (1 << 20)] * 40))
+    csv_source = tmp_path / "s.csv"
+    pacsv.write_csv(table, csv_source)
+    assert csv_source.stat().st_size > 2 * (1 << 24)
+
+    manifest = run_extract(ExtractOptions(csv_source, event_schema(), ["nhs_number", "date_of_birth"],
+                                          tmp_path / "c", keys))
+
+    bands = pq.read_table(tmp_path / "c" / "data").column("age_band")
+    assert manifest["rows"]["in"] == 40
+    assert bands.null_count == 10  # the ten "unknown"; every day-first date has its band
+
+
 def test_a_csv_whose_quoted_newlines_straddle_the_readers_blocks_is_read_whole(tmp_path, keys):
     # About 21 MB: more than one of the reader's 16 MiB blocks, every note forty lines long, so the
     # block's last newline is inside a note (a reader not told of such newlines fails here).
