@@ -37,10 +37,11 @@ SCRUB_PATTERNS: tuple[tuple[str, str], ...] = (
 
 
 # Dates written as text, as exports write them (ADR 0062): ISO, a four-digit year first (a time after
-# it is ignored), or day first with a four-digit year last (d/m/yyyy, dd/mm/yyyy, dd-mm-yyyy,
-# dd.mm.yyyy, one separator throughout), never month first. Anything else, and a day the calendar
-# lacks, is no date. RE2 has no back-references: a day-first date's two separators are compared after.
-ISO_DATE = r"^(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})(?:[ T][0-9:.]+Z?)?$"
+# it, with or without a zone, is ignored: the date is the one written), or day first with a four-digit
+# year last (d/m/yyyy, dd/mm/yyyy, dd-mm-yyyy, dd.mm.yyyy, one separator throughout), never month
+# first. Anything else, and a day the calendar lacks, is no date. RE2 has no back-references: a
+# day-first date's two separators are compared after the match.
+ISO_DATE = r"^(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})(?:[ T][0-9:.]+(?:Z|[+-]\d{2}(?::?\d{2})?)?)?$"
 DAY_FIRST_DATE = r"^(?P<day>\d{1,2})(?P<sep>[/.-])(?P<month>\d{1,2})(?P<sep2>[/.-])(?P<year>\d{4})$"
 
 

@@ -48,6 +48,7 @@ def test_dates_given_as_iso_strings_are_understood():
 def test_as_dates_reads_iso_and_day_first_text_and_nothing_else():
     text = {
         "2020-04-03": dt.date(2020, 4, 3), "2020-4-3": dt.date(2020, 4, 3), "2020-04-03T10:15:00": dt.date(2020, 4, 3),
+        "2020-04-03 23:30:00.5+01:00": dt.date(2020, 4, 3), "2020-04-03T10:15Z": dt.date(2020, 4, 3),
         "03/04/2020": dt.date(2020, 4, 3), "3/4/2020": dt.date(2020, 4, 3), " 03-04-2020 ": dt.date(2020, 4, 3),
         "03.04.2020": dt.date(2020, 4, 3), "29/02/2024": dt.date(2024, 2, 29), "31/12/1899": dt.date(1899, 12, 31),
         # neither form, or a day the calendar lacks: empty, never a neighbouring day

@@ -363,7 +363,8 @@ def test_propose_drops_names_and_bands_births_named_by_the_heading_whatever_the_
             "Clinic Date": f"{1 + i % 28}/0{1 + i % 9}/2025",
         })
 
-    proposal = propose(_clinic_export(tmp_path / "export.csv", rows), today=TODAY)
+    path = _clinic_export(tmp_path / "export.csv", rows)
+    proposal = propose(path, today=TODAY)
     cols = _by_name(proposal)
 
     assert list(cols)[0] == "NHS Number" and proposal.nhs_number_column == "NHS Number"
@@ -380,7 +381,11 @@ def test_propose_drops_names_and_bands_births_named_by_the_heading_whatever_the_
     assert cols["Date of Birth"].counts["dates_day_month_year"] == 13
     assert "Column Date of Birth: 12 values could not be read as dates (neither YYYY-MM-DD nor day/month/year); " \
         "the extract leaves them empty" in proposal.warnings
-    proposal.to_schema("clinic", reference_date=TODAY)  # the pipeline accepts every rule proposed
+    shown = profiling.preview(path, proposal.to_schema("clinic", reference_date=TODAY), rows=4)
+    assert shown["columns"] == ["patient_token", "Date of Birth", "D.O.B", "BirthDate", "Hospital Number", "MRN",
+                                "Clinic Date"]
+    assert [row[1] for row in shown["rows"]] == ["75-79", "65-69", None, None]  # 1950-03-01, 02/03/1961
+    assert all(row[4].startswith("L") and row[4] != f"RX{i:05d}" for i, row in enumerate(shown["rows"]))
 
 
 def test_propose_matches_headings_by_whole_words_not_letters(tmp_path):
