@@ -95,6 +95,7 @@ _DOB_HEADING = re.compile(r"(dob|birth)", re.I)
 
 # Headings that name an identifier, compared word by word (``heading_words``): such a column is proposed
 # by its heading whatever its values look like (deny by default, ADR 0062).
+_DATE_RULES = frozenset({TransformKind.DOB_AGE_BAND, TransformKind.DOB_YEAR, TransformKind.DATE_SHIFT})
 _NAME_WORDS = frozenset({"surname", "surnames", "forename", "forenames", "firstname", "lastname", "givenname",
                          "givennames", "familyname", "fullname", "middlename", "middlenames", "patientname",
                          "maidenname"})
@@ -531,11 +532,14 @@ def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, Transfo
     if not c.present:  # nothing to keep; the heading still says what the column may become
         role = Role.ATTRIBUTE if heading is None else heading[1]
         return "string", role, TransformKind.DROP, "every value is missing"
+    dates = c.dates_iso + c.dates_dmy
     if heading is not None:
         if heading[3].startswith("addresses") and _share(c.postcodes, c.present) >= MATCH_SHARE:
             return "string", Role.QUASI_IDENTIFIER, TransformKind.POSTCODE_DISTRICT, "UK postcodes"
+        if heading[0] == "date" and _share(dates, c.present) < MATCH_SHARE:
+            # Declared a date, every delivery's "unknown" would be a wrong type; the band is the same.
+            return ("string", *heading[1:])
         return heading
-    dates = c.dates_iso + c.dates_dmy
     if _share(dates, c.present) >= MATCH_SHARE:
         lifetime = c.min_year is not None and c.max_year is not None and c.max_year - c.min_year >= 30
         if not c.dates_future and (_DOB_HEADING.search(name) or (lifetime and not _looks_event(name))):
@@ -634,11 +638,12 @@ def _warnings(
         )
     for p in proposals:
         c = counts[p.name]
-        if p.data_type == "date" and c.dates_dmy:
+        dated = p.data_type == "date" or p.rule in _DATE_RULES
+        if dated and c.dates_dmy:
             out.append(f"Column {p.name}: {c.dates_dmy} dates are written day/month/year; the extract reads "
                        "them day first (03/04/2020 is 3 April 2020)")
         unread = c.present - (c.dates_iso + c.dates_dmy - c.dates_unparsed)
-        if p.data_type == "date" and unread:
+        if dated and unread:
             out.append(f"Column {p.name}: {unread} values could not be read as dates (neither YYYY-MM-DD nor "
                        "day/month/year); the extract leaves them empty")
         if p.name == nhs and c.present - c.nhs_valid:

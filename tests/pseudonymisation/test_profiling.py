@@ -371,8 +371,8 @@ def test_propose_drops_names_and_bands_births_named_by_the_heading_whatever_the_
     for name in ("Surname", "Patient Name", "First Name", "familyName", "Given_Names"):
         assert (cols[name].role, cols[name].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP), name
     for name in ("Date of Birth", "D.O.B", "BirthDate"):
-        assert (cols[name].data_type, cols[name].role, cols[name].rule) == (
-            "date", Role.QUASI_IDENTIFIER, TransformKind.DOB_AGE_BAND), name
+        assert (cols[name].role, cols[name].rule) == (Role.QUASI_IDENTIFIER, TransformKind.DOB_AGE_BAND), name
+        assert cols[name].data_type == "string", name  # a third "unknown": declared a date, deliveries fail
     for name in ("Address Line 1", "Email", "Mobile"):
         assert (cols[name].role, cols[name].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP), name
     for name in ("Hospital Number", "MRN"):
