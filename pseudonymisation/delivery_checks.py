@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pseudonymisation import hash_spill, profiling, quality, tokens
+from pseudonymisation import generalise, hash_spill, profiling, quality, tokens
 from pseudonymisation.profiling import CsvDialect, ProfilingError
 from pseudonymisation.sources import SourceFile, as_source
 
@@ -38,7 +38,6 @@ REPORT_FORMAT = "tre-delivery-report/1"
 TYPES = ("string", "integer", "decimal", "date")
 _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
 _DECIMAL = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
-_ISO_DATE = r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}"
 _KEY_SEPARATOR = "\x1f"
 
 
@@ -253,12 +252,10 @@ def _observe(counts: _ColumnCounts, raw: pa.Array, rules: DeliveryRules, name: s
         _observe_numbers(counts, raw, present)
     elif counts.data_type == "date":
         days = _fast_cast(present, pa.date32())
-        if days is None:  # some value is not a plain ISO date: find which, the slow way
-            shaped = pc.match_substring_regex(present, _ISO_DATE)
-            parsed = pc.strptime(pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(present.filter(shaped)), 0, 10),
-                                 format="%Y-%m-%d", unit="s", error_is_null=True)
-            counts.type_failures += len(present) - len(parsed) + parsed.null_count
-            days = pc.cast(parsed.drop_null(), pa.date32())
+        if days is None:  # some value is not a plain ISO date: read each as the extract does (ADR 0062)
+            parsed = generalise.on_distinct(present, generalise.dates_from_text)
+            counts.type_failures += parsed.null_count  # present has no nulls: these are no date
+            days = parsed.drop_null()
         _count_dates(counts, days, rules, today)
     if name in rules.code_patterns:
         counts.invalid_codes += quality.invalid_code_count(present, rules.code_patterns[name])

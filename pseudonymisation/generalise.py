@@ -36,8 +36,52 @@ SCRUB_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Dates written as text, as exports write them (ADR 0062): ISO, a four-digit year first (a time after
+# it, with or without a zone, is ignored: the date is the one written), or day first with a four-digit
+# year last (d/m/yyyy, dd/mm/yyyy, dd-mm-yyyy, dd.mm.yyyy, one separator throughout), never month
+# first. Anything else, and a day the calendar lacks, is no date. RE2 has no back-references: a
+# day-first date's two separators are compared after the match.
+ISO_DATE = r"^(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})(?:[ T][0-9:.]+(?:Z|[+-]\d{2}(?::?\d{2})?)?)?$"
+DAY_FIRST_DATE = r"^(?P<day>\d{1,2})(?P<sep>[/.-])(?P<month>\d{1,2})(?P<sep2>[/.-])(?P<year>\d{4})$"
+
+
+def read_date_text(text: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Each text value as a date32, read as ISO or day/month/year (surrounding spaces ignored), null for
+    anything else (31/02/2020, 12/31/2020, "unknown"); and which values are written in each form (two
+    boolean arrays, ISO then day-first, whether or not the date exists).
+
+    Vectorised: two patterns pick the parts, the parts are joined as ``Y-M-D`` and parsed, and a date
+    whose day, month or year differs from the parts written (``strptime`` rolls 31 February over into
+    March) is refused.
+    """
+    text = pc.utf8_trim_whitespace(text)
+    iso = pc.extract_regex(text, ISO_DATE)  # null where the pattern does not match
+    dmy = pc.extract_regex(text, DAY_FIRST_DATE)
+    dmy_form = pc.fill_null(pc.equal(pc.struct_field(dmy, "sep"), pc.struct_field(dmy, "sep2")), False)
+    iso_form = iso.is_valid()
+    # A row the pattern misses is null in each part (struct_field carries the row's nulls).
+    parts = {n: pc.coalesce(pc.struct_field(iso, n),
+                            pc.if_else(dmy_form, pc.struct_field(dmy, n), pa.scalar(None, pa.string())))
+             for n in ("year", "month", "day")}
+    written = pc.binary_join_element_wise(parts["year"], parts["month"], parts["day"], "-")
+    parsed = pc.strptime(written, format="%Y-%m-%d", unit="s", error_is_null=True)
+    same = pc.and_(
+        pc.and_(pc.equal(pc.year(parsed), pc.cast(parts["year"], pa.int64())),
+                pc.equal(pc.month(parsed), pc.cast(parts["month"], pa.int64()))),
+        pc.equal(pc.day(parsed), pc.cast(parts["day"], pa.int64())),
+    )
+    return pc.if_else(same, pc.cast(parsed, pa.date32()), pa.scalar(None, pa.date32())), iso_form, dmy_form
+
+
+def dates_from_text(text: pa.Array) -> pa.Array:
+    """Each text value as a date32 (``read_date_text``); null where it is not a date in either form."""
+    return read_date_text(text)[0]
+
+
 def as_dates(values: pa.Array) -> pa.Array:
-    """Coerce dates, timestamps or ISO strings to date32 (bad strings become null, not an error)."""
+    """Coerce dates, timestamps or date text to date32. Text is read by ``dates_from_text`` (ISO or
+    day/month/year; anything else becomes null, not an error), once per distinct value; a column of
+    plain ``YYYY-MM-DD`` dates by one cast."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if pa.types.is_date32(values.type):
@@ -45,9 +89,14 @@ def as_dates(values: pa.Array) -> pa.Array:
     if pa.types.is_date64(values.type) or pa.types.is_timestamp(values.type):
         return pc.cast(values, pa.date32())
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
-        return pc.cast(parsed, pa.date32())
-    raise TypeError("expected a date, timestamp or ISO-date string column")
+        try:
+            return pc.cast(values, pa.date32())  # the usual column: every value a valid ISO date
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        if pa.types.is_large_string(values.type):
+            values = pc.cast(values, pa.string())
+        return on_distinct(values, dates_from_text)
+    raise TypeError("expected a date, timestamp or date text column")
 
 
 def dob_to_year(dob: pa.Array) -> pa.Array:

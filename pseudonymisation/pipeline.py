@@ -53,6 +53,8 @@ from pseudonymisation.schema import (
 from pseudonymisation.sources import SourceFile, as_source, readable
 
 MANIFEST_FORMAT = "tre-extract-manifest/1"
+_DATE_TRANSFORMS = frozenset({TransformKind.DOB_YEAR, TransformKind.DOB_AGE_BAND, TransformKind.DATE_SHIFT,
+                              TransformKind.DAYS_FROM_INDEX})
 _PART = "part-{:06d}.parquet"
 _COMPRESSION = "snappy"  # writer options are fixed, so parts are reproducible
 
@@ -246,8 +248,12 @@ class _Plan:
         )
 
     def text_columns(self) -> set[str]:
-        """Columns read as text from CSV whatever they look like (so NHS numbers keep their digits)."""
+        """Columns read as text from CSV whatever they look like: NHS numbers keep their digits, and a
+        date column the extract transforms is read by ``generalise.as_dates`` (ISO or day/month/year,
+        ADR 0062), not typed by Arrow from the first block and refused at a later block's first
+        day-first or "unknown" value."""
         text = {c.name for c in self.schema.columns if c.role in {Role.DIRECT_IDENTIFIER, Role.FREE_TEXT}}
+        text |= {c.name for c in self.outputs if c.effective_transform.kind in _DATE_TRANSFORMS}
         if self.person_links is not None:
             text.add(self.person_links.record_id_column)
         return text & set(self.read_columns)

@@ -5,15 +5,26 @@ The custodian confirms or changes the proposal; nothing here writes anything. A 
 bounded chunks with pyarrow so memory follows the chunk size, not the file size. Every CSV column is
 read as text, so a messy value late in the file never breaks type inference.
 
-What a column's content says (shares of its non-missing values, at least ``MATCH_SHARE``):
+NHS numbers that pass the modulus-11 check digit (at least ``MATCH_SHARE`` of the present values, of
+which ``VALID_NHS_SHARE`` valid) → direct identifier, rule ``nhs_token`` (only one column, the one with
+most valid numbers; any other → direct identifier, ``drop``).
 
-- NHS numbers that pass the modulus-11 check digit → direct identifier, rule ``nhs_token`` (only one
-  column, the one with most valid numbers; any other → direct identifier, ``drop``);
-- dates → a date of birth when every one is in the past and the name says so (``dob``, ``birth``) or
-  the years span a lifetime → quasi-identifier, ``dob_age_band``; other dates → quasi-identifier,
+Then the heading, compared word by word (``heading_words``), whatever the values (deny by default,
+ADR 0062): a person's name (Surname, Forename, First/Last/Given/Family/Middle/Full/Patient name, Name)
+→ direct identifier, ``drop``; a date of birth (DOB, D.O.B, Date of birth, Birth date) →
+quasi-identifier, ``dob_age_band``; an address, email or phone → direct identifier, ``drop``; a
+hospital number, MRN or local patient id → direct identifier, ``id_token``; an NHS number heading
+whose numbers fail the check → direct identifier, ``drop``.
+
+Otherwise what a column's content says (shares of its non-missing values, at least ``MATCH_SHARE``):
+
+- dates (ISO or day/month/year, read as the extract reads them: ``generalise.read_date_text``) → a
+  date of birth when every one is in the past and the name says so (``dob``, ``birth``) or the years
+  span a lifetime → quasi-identifier, ``dob_age_band``; other dates → quasi-identifier,
   ``date_shift`` (``dob_year`` when there is no NHS number to shift by);
 - UK postcodes → quasi-identifier, ``postcode_district``;
-- person names (alphabetic words, mostly distinct, or a name-like heading) → direct identifier, ``drop``;
+- person names (words of letters in any script, mostly distinct, or a name-like heading) → direct
+  identifier, ``drop``;
 - free text (long values of many words) → free text, ``drop``;
 - anything else (numbers, codes) → attribute, ``keep``.
 
@@ -72,16 +83,34 @@ RULE_LABELS = {
     TransformKind.DROP: "dropped",
 }
 
-_ISO_DATE = r"^\d{4}-\d{2}-\d{2}([ T][0-9:.]+Z?)?$"
-_DMY_DATE = r"^\d{1,2}[/.-]\d{1,2}[/.-]\d{4}$"
+_DATE_START = r"^\d{1,4}[/.-]\d{1,2}[/.-]\d"  # what every date generalise.read_date_text reads starts with
 _POSTCODE = r"^[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}$"
 _NHS_SHAPE = r"^\d{3}[ -]?\d{3}[ -]?\d{4}$"
 _INTEGER = r"^[-+]?\d+$"
 _DECIMAL = r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$"
-# Up to three words of letters; messy exports pad them with spaces and write "Family, Given".
-_NAME = r"^ *[A-Za-z][A-Za-z'\-]*([,;]? +[A-Za-z][A-Za-z'\-]*){0,2} *$"
-_NAME_HEADING = re.compile(r"(^|_)(name|forename|surname|given|family|first_?name|last_?name)($|_)", re.I)
+# Up to three words of letters in any script (Brontë, Nguyen); messy exports pad them with spaces and
+# write "Family, Given" or "Nguyen, Jr".
+_NAME = r"^ *\p{L}[\p{L}'’.\-]*([,;]? +\p{L}[\p{L}'’.\-]*){0,2} *$"
 _DOB_HEADING = re.compile(r"(dob|birth)", re.I)
+
+# Headings that name an identifier, compared word by word (``heading_words``): such a column is proposed
+# by its heading whatever its values look like (deny by default, ADR 0062).
+_DATE_RULES = frozenset({TransformKind.DOB_AGE_BAND, TransformKind.DOB_YEAR, TransformKind.DATE_SHIFT})
+_NAME_WORDS = frozenset({"surname", "surnames", "forename", "forenames", "firstname", "lastname", "givenname",
+                         "givennames", "familyname", "fullname", "middlename", "middlenames", "patientname",
+                         "maidenname"})
+_NAME_QUALIFIERS = frozenset({"patient", "patients", "person", "first", "last", "given", "family", "middle", "full",
+                              "maiden", "christian", "preferred", "known", "legal", "sur", "fore", "of", "the", "s"})
+_DOB_PHRASES = (("dob",), ("dobs",), ("d", "o", "b"), ("date", "of", "birth"), ("date", "birth"), ("birth", "date"),
+                ("birthdate",), ("dateofbirth",), ("birthday",))
+_ADDRESS_PHRASES = (("address",), ("addresses",), ("addr",), ("street",))
+_EMAIL_PHRASES = (("email",), ("emailaddress",), ("e", "mail"))
+_PHONE_PHRASES = (("phone",), ("telephone",), ("tel",), ("mobile",), ("phonenumber",), ("fax",),
+                  ("contact", "number"), ("contact", "no"))
+_ID_ENDINGS = ("number", "no", "num", "id", "identifier")
+_LOCAL_ID_PHRASES = (("mrn",), ("case", "note", "number"), ("casenote", "number")) + tuple(
+    (kind, ending) for kind in ("hospital", "patient", "local", "pas", "person") for ending in _ID_ENDINGS)
+_NHS_PHRASES = (("nhsno",), ("nhsnumber",)) + tuple(("nhs", ending) for ending in _ID_ENDINGS)
 
 
 class ProfilingError(ValueError):
@@ -392,19 +421,20 @@ def _observe(counts: _Counts, column: pa.Array, today: dt.date) -> None:
     if len(shaped):
         valid = tokens.parse_numbers(shaped).status == tokens.Status.VALID
         counts.nhs_valid += int(weight.filter(nhs_shape).to_numpy()[valid].sum())
-    iso = pc.match_substring_regex(values, _ISO_DATE)
-    dmy = pc.match_substring_regex(values, _DMY_DATE)
-    counts.dates_iso += weighted(iso)
-    counts.dates_dmy += weighted(dmy)
-    parsed_iso = pc.strptime(pc.utf8_slice_codeunits(values.filter(iso), 0, 10), format="%Y-%m-%d", unit="s",
-                             error_is_null=True)
-    dmy_text = pc.replace_substring_regex(values.filter(dmy), r"[.-]", "/")
-    parsed_dmy = pc.strptime(dmy_text, format="%d/%m/%Y", unit="s", error_is_null=True)
-    for parsed, mask in ((parsed_iso, iso), (parsed_dmy, dmy)):
-        times = weight.filter(mask)
-        counts.dates_unparsed += int(pc.sum(times.filter(parsed.is_null())).as_py() or 0)
+    # Dates as the extract reads them (generalise.read_date_text), on the values that start like one.
+    dated = pc.match_substring_regex(values, _DATE_START)
+    if pc.any(dated).as_py():
+        parsed, iso, dmy = generalise.read_date_text(values.filter(dated))
+        times = weight.filter(dated)
+
+        def among_dates(mask: pa.Array) -> int:
+            return int(pc.sum(times.filter(mask)).as_py() or 0)
+
+        counts.dates_iso += among_dates(iso)
+        counts.dates_dmy += among_dates(dmy)
+        counts.dates_unparsed += among_dates(pc.and_(pc.or_(iso, dmy), parsed.is_null()))
         ok = parsed.is_valid()
-        _observe_years(counts, pc.cast(parsed.filter(ok), pa.date32()), today, times.filter(ok))
+        _observe_years(counts, parsed.filter(ok), today, times.filter(ok))
     counts.postcodes += weighted(pc.match_substring_regex(pc.utf8_upper(values), _POSTCODE))
     counts.integers += weighted(pc.match_substring_regex(values, _INTEGER))
     counts.decimals += weighted(pc.match_substring_regex(values, _DECIMAL))
@@ -446,13 +476,70 @@ def _share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
+def heading_words(name: str) -> tuple[str, ...]:
+    """A heading's words, in lower case: split at anything but a letter or digit (space, underscore,
+    dot, hyphen, slash, brackets), where camelCase changes case, and between letters and digits."""
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])|(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])", " ",
+                    name)
+    return tuple(w for w in re.split(r"[\W_]+", spaced.casefold()) if w)
+
+
+def _has(words: tuple[str, ...], phrases: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether the words hold one of the phrases, its words next to each other."""
+    return any(words[i:i + len(p)] == p for p in phrases for i in range(len(words) - len(p) + 1))
+
+
+def _names_a_person(words: tuple[str, ...]) -> bool:
+    """Surname, Forename, First name, Family_name, PatientName, Name, "Name of patient": a "name"
+    qualified only by words that make it a person's (not "Drug name", "Practice name")."""
+    if any(w in _NAME_WORDS for w in words):
+        return True
+    named = [w for w in words if w in ("name", "names")]
+    return bool(named) and all(w in _NAME_QUALIFIERS or w.isdigit() for w in words if w not in ("name", "names"))
+
+
+def _by_heading(name: str) -> tuple[str, Role, TransformKind, str] | None:
+    """The proposal a heading that names an identifier forces, whatever the values; None for any other."""
+    words = heading_words(name)
+    if _names_a_person(words):
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "person names (by the heading)"
+    if _has(words, _DOB_PHRASES):
+        return "date", Role.QUASI_IDENTIFIER, TransformKind.DOB_AGE_BAND, "dates of birth (by the heading)"
+    if _has(words, _EMAIL_PHRASES):
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "email addresses (by the heading)"
+    if _has(words, _ADDRESS_PHRASES):
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "addresses (by the heading)"
+    if _has(words, _PHONE_PHRASES):
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "phone numbers (by the heading)"
+    if _has(words, _LOCAL_ID_PHRASES):
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN, "local patient ids (by the heading)"
+    if _has(words, _NHS_PHRASES):
+        return ("string", Role.DIRECT_IDENTIFIER, TransformKind.DROP,
+                "NHS numbers (by the heading; too few pass the check digit to token)")
+    return None
+
+
 def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, TransformKind, str]:
-    """(data type, role, rule, reason) for one column, from its counts and its heading."""
-    if not c.present:
-        return "string", Role.ATTRIBUTE, TransformKind.DROP, "every value is missing"
-    dates = c.dates_iso + c.dates_dmy
+    """(data type, role, rule, reason) for one column, from its counts and its heading.
+
+    Valid NHS numbers come first (a token); then a heading that names an identifier decides, whatever
+    share of the values look like one (a postcode column headed "Address" still gets its district);
+    then the values.
+    """
     if _share(c.nhs_shaped, c.present) >= MATCH_SHARE and _share(c.nhs_valid, c.nhs_shaped) >= VALID_NHS_SHARE:
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.NHS_TOKEN, "NHS numbers that pass the check digit"
+    heading = _by_heading(name)
+    if not c.present:  # nothing to keep; the heading still says what the column may become
+        role = Role.ATTRIBUTE if heading is None else heading[1]
+        return "string", role, TransformKind.DROP, "every value is missing"
+    dates = c.dates_iso + c.dates_dmy
+    if heading is not None:
+        if heading[3].startswith("addresses") and _share(c.postcodes, c.present) >= MATCH_SHARE:
+            return "string", Role.QUASI_IDENTIFIER, TransformKind.POSTCODE_DISTRICT, "UK postcodes"
+        if heading[0] == "date" and _share(dates, c.present) < MATCH_SHARE:
+            # Declared a date, every delivery's "unknown" would be a wrong type; the band is the same.
+            return ("string", *heading[1:])
+        return heading
     if _share(dates, c.present) >= MATCH_SHARE:
         lifetime = c.min_year is not None and c.max_year is not None and c.max_year - c.min_year >= 30
         if not c.dates_future and (_DOB_HEADING.search(name) or (lifetime and not _looks_event(name))):
@@ -466,7 +553,8 @@ def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, Transfo
         return "decimal", Role.ATTRIBUTE, TransformKind.KEEP, "numbers"
     if _share(c.long_text, c.present) >= 0.5 or (c.text_chars / c.present) >= 60:
         return "string", Role.FREE_TEXT, TransformKind.DROP, "free text"
-    if _share(c.names, c.present) >= MATCH_SHARE and (_NAME_HEADING.search(name) or distinct >= 0.5):
+    named = bool({"name", "names", "given", "family"} & set(heading_words(name)))  # "Drug name": values decide
+    if _share(c.names, c.present) >= MATCH_SHARE and (named or distinct >= 0.5):
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "person names"
     return "string", Role.ATTRIBUTE, TransformKind.KEEP, "codes or categories"
 
@@ -550,9 +638,14 @@ def _warnings(
         )
     for p in proposals:
         c = counts[p.name]
-        if p.data_type == "date" and c.dates_dmy:
-            out.append(f"Column {p.name}: {c.dates_dmy} dates are day/month/year; the extract reads only "
-                       "YYYY-MM-DD and leaves the others empty")
+        dated = p.data_type == "date" or p.rule in _DATE_RULES
+        if dated and c.dates_dmy:
+            out.append(f"Column {p.name}: {c.dates_dmy} dates are written day/month/year; the extract reads "
+                       "them day first (03/04/2020 is 3 April 2020)")
+        unread = c.present - (c.dates_iso + c.dates_dmy - c.dates_unparsed)
+        if dated and unread:
+            out.append(f"Column {p.name}: {unread} values could not be read as dates (neither YYYY-MM-DD nor "
+                       "day/month/year); the extract leaves them empty")
         if p.name == nhs and c.present - c.nhs_valid:
             out.append(f"Column {p.name}: {c.rows - c.nhs_valid} rows have no valid NHS number")
     return out
@@ -605,12 +698,6 @@ def _text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.cast(values, pa.string())
 
 
-def _iso_text(values: pa.Array) -> pa.Array:
-    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(values), 0, 10)
-    return values
-
-
 def _apply(
     spec: ColumnSpec,
     kind: TransformKind,
@@ -625,11 +712,14 @@ def _apply(
             out = tokens.tokenise(_text(values), linkage_key, project_key)
         case TransformKind.DOB_AGE_BAND:
             reference = dt.date.fromisoformat(params["reference_date"])
-            out = generalise.dob_to_age_band(generalise.as_dates(_iso_text(values)), reference)
+            out = generalise.dob_to_age_band(values, reference)
         case TransformKind.DOB_YEAR:
-            out = generalise.dob_to_year(generalise.as_dates(_iso_text(values)))
+            out = generalise.dob_to_year(values)
         case TransformKind.DATE_SHIFT if pseudonyms is not None:
-            out = generalise.shift_dates(_iso_text(values), pseudonyms, project_key, int(params.get("max_days", 180)))
+            out = generalise.shift_dates(values, pseudonyms, project_key, int(params.get("max_days", 180)))
+        case TransformKind.ID_TOKEN:
+            namespace = str(params.get("namespace", spec.name))
+            out = generalise.local_id_tokens(_text(values), tokens.derive_subkey(project_key, f"local-id:{namespace}"))
         case TransformKind.POSTCODE_DISTRICT:
             out = generalise.postcode_district(_text(values))
         case TransformKind.POSTCODE_SECTOR:

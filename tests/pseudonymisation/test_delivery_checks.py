@@ -86,6 +86,20 @@ def test_wrong_types_are_counted_by_column_beyond_the_threshold(tmp_path: Path) 
         ("wrong_type", "id", 1), ("wrong_type", "seen", 1), ("wrong_type", "score", 1)]
 
 
+def test_day_first_dates_are_dates_and_impossible_ones_are_type_failures(tmp_path: Path) -> None:
+    rows = _rows(40)
+    for i, row in enumerate(rows[:30]):
+        y, m, d = row[2].split("-")
+        row[2] = [f"{d}/{m}/{y}", f"{int(d)}/{int(m)}/{y}", f"{d}-{m}-{y}", f"{d}.{m}.{y}"][i % 4]
+    rows[30][2], rows[31][2], rows[32][2] = "31/02/2020", "12/31/2020", "unknown"
+    rows[33][2], rows[34][2] = "07/12/2026", "01/01/1850"  # 7 December 2026 is after TODAY
+
+    report = check_delivery(_csv(tmp_path / "d.csv", rows), EXPECTED, DeliveryRules(), today=TODAY).to_dict()
+
+    seen = report["columns"]["seen"]
+    assert (seen["type_failures"], seen["dates_in_future"], seen["dates_too_early"]) == (3, 1, 1)
+
+
 def test_a_renamed_column_is_reported_as_missing_with_a_hint(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("id,nhs,seen,points,code\n1,9434765919,2020-01-01,1,I10\n")
@@ -231,7 +245,8 @@ MESSY = {
     "decimal": ["1.5", "-2", ".25", "3.", "1e3", " 4.5 ", "", "  ", None, "abc", "1,5", "nan", "inf", "-inf",
                 "1e400", "0x10", "2.75"],
     "date": ["2020-01-31", "2099-01-01", "1850-06-01", " 2021-03-04", "2021-03-04T10:00", "2020-02-30", "2020-1-1",
-             "20200101", "", "   ", None, "yesterday", "2026-12-06", "2026-12-07"],
+             "20200101", "", "   ", None, "yesterday", "2026-12-06", "2026-12-07", "31/01/2020", "1/2/2020",
+             " 07.12.2026", "31/02/2020", "12/31/2020", "31-01-20", "31/01-2020"],
 }
 
 
@@ -294,7 +309,7 @@ def test_hex_text_is_a_wrong_integer_and_not_the_key_it_spells(tmp_path: Path) -
 
 
 def test_a_messy_delivery_reports_the_same_in_small_chunks_as_in_one(tmp_path: Path) -> None:
-    rows = _rows(600)
+    rows = _rows(800)
     messy = {"id": MESSY["integer"], "score": MESSY["decimal"], "seen": MESSY["date"],
              "nhs": ["", "  ", "12345", "abcdefghij", "943 476 5919", "9434765918"], "code": ["", " ", "flu", " I10"]}
     position = {"id": 0, "nhs": 1, "seen": 2, "score": 3, "code": 4}

@@ -45,6 +45,41 @@ def test_dates_given_as_iso_strings_are_understood():
     assert generalise.dob_to_year(pa.array(["1975-03-04", "not a date"])).to_pylist() == [1975, None]
 
 
+def test_as_dates_reads_iso_and_day_first_text_and_nothing_else():
+    text = {
+        "2020-04-03": dt.date(2020, 4, 3), "2020-4-3": dt.date(2020, 4, 3), "2020-04-03T10:15:00": dt.date(2020, 4, 3),
+        "2020-04-03 23:30:00.5+01:00": dt.date(2020, 4, 3), "2020-04-03T10:15Z": dt.date(2020, 4, 3),
+        "03/04/2020": dt.date(2020, 4, 3), "3/4/2020": dt.date(2020, 4, 3), " 03-04-2020 ": dt.date(2020, 4, 3),
+        "03.04.2020": dt.date(2020, 4, 3), "29/02/2024": dt.date(2024, 2, 29), "31/12/1899": dt.date(1899, 12, 31),
+        # neither form, or a day the calendar lacks: empty, never a neighbouring day
+        "31/02/2020": None, "29/02/2023": None, "2020-02-30": None, "12/31/2020": None, "2020-13-01": None,
+        "00/01/2020": None, "03/04-2020": None, "3/4/20": None, "20200403": None,
+        "2020/04/03": None, "unknown": None, "": None, None: None,
+    }
+
+    together = generalise.as_dates(pa.array(list(text), pa.string()))
+
+    assert dict(zip(text, together.to_pylist(), strict=True)) == text
+    assert generalise.as_dates(pa.array(list(text), pa.large_string())).equals(together)
+    # alone, "2020-04-03" takes the one-cast path, the others the patterns: the same dates either way
+    assert [generalise.as_dates(pa.array([v], pa.string()))[0].as_py() for v in text] == list(text.values())
+
+
+def test_day_first_text_gives_the_same_years_bands_and_shifts_as_dates(linkage_key, project_key):
+    days = [dt.date(1941, 2, 11), dt.date(1999, 12, 31), dt.date(2024, 6, 30), dt.date(1930, 1, 5), None]
+    day_first = pa.array([None if d is None else f"{d.day}/{d.month}/{d.year}" for d in days])
+    mixed = pa.array([None if d is None else (d.isoformat() if i % 2 else d.strftime("%d.%m.%Y"))
+                      for i, d in enumerate(days)])
+    dates = pa.array(days, pa.date32())
+    ps = tokens.internal_pseudonyms(pa.array(valid_nhs_numbers(5)), linkage_key)
+
+    for text in (day_first, mixed):
+        assert generalise.dob_to_year(text).to_pylist() == [1941, 1999, 2024, 1930, None]
+        assert generalise.dob_to_age_band(text, REFERENCE).to_pylist() == ["80-84", "20-24", "0-4", "90+", None]
+        assert generalise.shift_dates(text, ps, project_key).equals(generalise.shift_dates(dates, ps, project_key))
+        assert generalise.days_from_index(text, dates).to_pylist() == [0, 0, 0, 0, None]
+
+
 def test_date_shift_is_the_same_for_every_row_of_a_patient(linkage_key, project_key):
     numbers = valid_nhs_numbers(30)
     column = pa.array(numbers * 3)

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -329,6 +330,46 @@ def test_a_csv_source_gives_the_same_tokens_as_parquet(tmp_path, keys):
     run_extract(ExtractOptions(csv_source, event_schema(), ["nhs_number", "postcode"], tmp_path / "c", keys))
 
     assert pq.read_table(tmp_path / "p" / "data").equals(pq.read_table(tmp_path / "c" / "data"))
+
+
+def test_a_csv_with_day_first_dates_gives_the_bands_and_shifts_of_its_dates(tmp_path, keys):
+    # NHS exports write dd/mm/yyyy: the extract reads them day first, as it reads ISO dates (ADR 0062).
+    table = make_table(500)
+    pq_source = write_parquet(table, tmp_path / "s.parquet")
+    written = table
+    for name, spelling in (("date_of_birth", "%d/%m/%Y"), ("event_date", "%d.%m.%Y")):
+        text = pc.strftime(table.column(name), format=spelling)
+        written = written.set_column(written.schema.get_field_index(name), name, text)
+    csv_source = tmp_path / "s.csv"
+    pacsv.write_csv(written, csv_source)
+    approved = ["nhs_number", "date_of_birth", "event_date"]
+
+    run_extract(ExtractOptions(pq_source, event_schema(), approved, tmp_path / "p", keys))
+    run_extract(ExtractOptions(csv_source, event_schema(), approved, tmp_path / "c", keys))
+
+    from_csv = pq.read_table(tmp_path / "c" / "data")
+    assert from_csv.column("age_band").null_count == from_csv.column("event_date").null_count == 0
+    assert from_csv.equals(pq.read_table(tmp_path / "p" / "data"))
+
+
+def test_a_csv_whose_dates_turn_day_first_after_the_first_block_is_read_whole(tmp_path, keys):
+    # Typed from its first 16 MiB block (ISO dates alone) a date column refused the first day-first
+    # or "unknown" value of a later block, and the extract failed.
+    table = make_table(40)
+    dates = [d.isoformat() if i < 20 else (d.strftime("%d/%m/%Y") if i % 2 else "unknown")
+             for i, d in enumerate(table.column("date_of_birth").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("date_of_birth"), "date_of_birth", pa.array(dates))
+    table = table.set_column(table.schema.get_field_index("note"), "note", pa.array(["x" * (1 << 20)] * 40))
+    csv_source = tmp_path / "s.csv"
+    pacsv.write_csv(table, csv_source)
+    assert csv_source.stat().st_size > 2 * (1 << 24)
+
+    manifest = run_extract(ExtractOptions(csv_source, event_schema(), ["nhs_number", "date_of_birth"],
+                                          tmp_path / "c", keys))
+
+    bands = pq.read_table(tmp_path / "c" / "data").column("age_band")
+    assert manifest["rows"]["in"] == 40
+    assert bands.null_count == 10  # the ten "unknown"; every day-first date has its band
 
 
 def test_a_csv_whose_quoted_newlines_straddle_the_readers_blocks_is_read_whole(tmp_path, keys):

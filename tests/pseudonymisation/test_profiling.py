@@ -119,7 +119,33 @@ def test_propose_counts_mixed_date_formats_and_warns(tmp_path):
 
     assert dob.rule is TransformKind.DOB_AGE_BAND
     assert (dob.counts["dates_iso"], dob.counts["dates_day_month_year"]) == (20, 20)
-    assert any("day/month/year" in w for w in proposal.warnings)
+    assert "dates_unparsed" not in dob.counts
+    assert [w for w in proposal.warnings if w.startswith("Column dob")] == [
+        "Column dob: 20 dates are written day/month/year; the extract reads them day first (03/04/2020 is "
+        "3 April 2020)"]
+
+
+def test_propose_warns_of_the_dates_it_could_not_read_and_counts_impossible_ones(tmp_path):
+    rows = _rows()
+    for i, row in enumerate(rows):
+        row["admission_date"] = f"2024-0{1 + i % 9}-1{i % 10}"
+        if i % 4 == 1:
+            row["admission_date"] = f"1{i % 10}/0{1 + i % 9}/2024"
+    rows[2]["admission_date"] = "31/02/2024"  # no such day
+    rows[6]["admission_date"] = "12/31/2024"  # month first: not read
+    rows[10]["admission_date"] = "unknown"
+
+    proposal = propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY)
+    column = _by_name(proposal)["admission_date"]
+
+    assert column.rule is TransformKind.DATE_SHIFT
+    assert column.counts["dates_unparsed"] == 2
+    warnings = [w for w in proposal.warnings if w.startswith("Column admission_date")]
+    assert warnings == [
+        "Column admission_date: 12 dates are written day/month/year; the extract reads them day first "
+        "(03/04/2020 is 3 April 2020)",
+        "Column admission_date: 3 values could not be read as dates (neither YYYY-MM-DD nor day/month/year); "
+        "the extract leaves them empty"]
 
 
 def test_propose_treats_event_dates_as_shifted_dates(tmp_path):
@@ -228,6 +254,22 @@ def test_preview_shows_tokens_bands_and_districts_never_identifiers(tmp_path):
                 assert value not in text
 
 
+def test_preview_bands_and_shifts_day_month_year_dates(tmp_path):
+    rows = _rows()
+    for row in rows:
+        y, m, d = row["dob"].split("-")
+        row["dob"] = f"{int(d)}/{int(m)}/{y}"  # 11/2/1941: day first, no leading zeros
+        row["seen_on"] = f"{d}.{m}.2025"
+    path = _write_csv(tmp_path / "c.csv", rows)
+    schema = propose(path, today=TODAY).to_schema("clinic", reference_date=TODAY)
+
+    shown = profiling.preview(path, schema, rows=5)
+
+    dob, seen = shown["columns"].index("dob"), shown["columns"].index("seen_on")
+    assert shown["rows"][1][dob] == "85-89"  # born 11/2/1941, 85 at 2026-12-01
+    assert all(row[seen] is not None and row[seen].startswith(("2024-", "2025-", "2026-")) for row in shown["rows"][1:])
+
+
 def test_preview_hides_a_kept_quasi_identifier(tmp_path):
     rows = _rows()
     path = _write_csv(tmp_path / "c.csv", rows)
@@ -285,3 +327,96 @@ def test_propose_finds_padded_and_family_first_names_under_any_heading(tmp_path)
 
     assert (_by_name(proposal)["person"].role, _by_name(proposal)["person"].rule) == (
         Role.DIRECT_IDENTIFIER, TransformKind.DROP)
+
+
+SURNAMES = ["Smith", "O'Neil", "Brontë", "Nguyen, Jr", "Patel"]
+
+
+def _clinic_export(path, rows):
+    """A clinic's CSV as exported: a byte order mark, CRLF line ends, quoted values with commas."""
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(f'"{r[h]}"' if "," in r[h] else r[h] for h in header) for r in rows]
+    path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    return path
+
+
+def test_propose_drops_names_and_bands_births_named_by_the_heading_whatever_the_values(tmp_path):
+    numbers = valid_nhs_numbers(50, seed=7)
+    rows = []
+    for i in range(50):
+        dob = [f"1950-03-0{1 + i % 9}", f"0{1 + i % 9}/03/1961", "", "unknown"][i % 4]
+        rows.append({
+            "NHS Number": numbers[i],
+            "Surname": SURNAMES[i % 5] if i % 5 else ["12", "?", "n.k.", "X1", "3"][i // 10],  # 80 % names
+            "Patient Name": f"{SURNAMES[i % 5]}, Ann" if i % 3 else "not known 2",
+            "First Name": "Ann" if i % 2 else "",
+            "familyName": "unknown" if i % 4 else "Brontë",
+            "Given_Names": "Ann Marie",
+            "Date of Birth": dob,
+            "D.O.B": dob,
+            "BirthDate": ["2001-01-01", "31/02/1990", "unknown"][i % 3],  # most not a date at all
+            "Address Line 1": f"{i} High Street",
+            "Email": f"a{i}@example.org",
+            "Mobile": f"07700 900{i:03d}",
+            "Hospital Number": f"RX{i:05d}",
+            "MRN": str(1000 + i),
+            "Clinic Date": f"{1 + i % 28}/0{1 + i % 9}/2025",
+        })
+
+    path = _clinic_export(tmp_path / "export.csv", rows)
+    proposal = propose(path, today=TODAY)
+    cols = _by_name(proposal)
+
+    assert list(cols)[0] == "NHS Number" and proposal.nhs_number_column == "NHS Number"
+    for name in ("Surname", "Patient Name", "First Name", "familyName", "Given_Names"):
+        assert (cols[name].role, cols[name].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP), name
+    for name in ("Date of Birth", "D.O.B", "BirthDate"):
+        assert (cols[name].role, cols[name].rule) == (Role.QUASI_IDENTIFIER, TransformKind.DOB_AGE_BAND), name
+        assert cols[name].data_type == "string", name  # a third "unknown": declared a date, deliveries fail
+    for name in ("Address Line 1", "Email", "Mobile"):
+        assert (cols[name].role, cols[name].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP), name
+    for name in ("Hospital Number", "MRN"):
+        assert (cols[name].role, cols[name].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN), name
+    assert (cols["Clinic Date"].role, cols["Clinic Date"].rule) == (Role.QUASI_IDENTIFIER, TransformKind.DATE_SHIFT)
+    assert cols["Date of Birth"].counts["dates_day_month_year"] == 13
+    assert "Column Date of Birth: 12 values could not be read as dates (neither YYYY-MM-DD nor day/month/year); " \
+        "the extract leaves them empty" in proposal.warnings
+    shown = profiling.preview(path, proposal.to_schema("clinic", reference_date=TODAY), rows=4)
+    assert shown["columns"] == ["patient_token", "Date of Birth", "D.O.B", "BirthDate", "Hospital Number", "MRN",
+                                "Clinic Date"]
+    assert [row[1] for row in shown["rows"]] == ["75-79", "65-69", None, None]  # 1950-03-01, 02/03/1961
+    assert all(row[4].startswith("L") and row[4] != f"RX{i:05d}" for i, row in enumerate(shown["rows"]))
+
+
+def test_propose_matches_headings_by_whole_words_not_letters(tmp_path):
+    grades = ["Gold", "Silver", "Bronze"]  # words of letters, few distinct: names only if the heading says so
+    rows = [{"Family name": grades[i % 3], "standard": grades[i % 3], "named_entity_count": grades[i % 3],
+             "Drug Name": grades[i % 3], "surname_x": grades[i % 3]} for i in range(40)]
+
+    cols = _by_name(propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY))
+
+    assert (cols["Family name"].role, cols["Family name"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP)
+    assert (cols["surname_x"].role, cols["surname_x"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP)
+    # "Drug Name" is no person's name by its heading; its values, every one a word, still make it one
+    assert (cols["Drug Name"].role, cols["Drug Name"].reason) == (Role.DIRECT_IDENTIFIER, "person names")
+    for name in ("standard", "named_entity_count"):
+        assert (cols[name].role, cols[name].rule) == (Role.ATTRIBUTE, TransformKind.KEEP), name
+
+
+@pytest.mark.parametrize(("heading", "words"), [
+    ("Date of Birth", ("date", "of", "birth")), ("D.O.B.", ("d", "o", "b")), ("patientDOB", ("patient", "dob")),
+    ("NHSNumber", ("nhs", "number")), ("Address1", ("address", "1")), ("first-name/alias", ("first", "name", "alias")),
+    ("Nom de famille", ("nom", "de", "famille")),
+])
+def test_heading_words_split_at_punctuation_case_changes_and_digits(heading, words):
+    assert profiling.heading_words(heading) == words
+
+
+def test_propose_reads_names_in_any_script(tmp_path):
+    names = ["Brontë", "Ó Súilleabháin", "Łukasz", "Zoë Ng", "Ngũgĩ", "Øyvind", "Chloé", "Søren", "Mélanie", "Åsa"]
+    rows = [{"person": names[i % 10] + ("" if i < 10 else f"{'a' * (i // 10)}"), "seen": "yes"} for i in range(40)]
+
+    cols = _by_name(propose(_write_csv(tmp_path / "c.csv", rows), today=TODAY))
+
+    assert (cols["person"].role, cols["person"].rule, cols["person"].reason) == (
+        Role.DIRECT_IDENTIFIER, TransformKind.DROP, "person names")
