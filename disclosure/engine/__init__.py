@@ -7,6 +7,7 @@ Entry points used by the researcher session and the output queue:
 - ``recompute``: re-check a table from its specification and the extract;
 - ``check_regression``, ``check_histogram``, ``check_survival``, ``check_quantile``, ``check_extreme``,
   ``check_mode``, ``check_category_counts``, ``review_other_file``: the other output types;
+- ``check_model_text`` / ``check_regression_numbers``: model summaries printed as text (ADR 0063);
 - ``ReleaseLedger`` and ``differencing_audit``: a project's released aggregates and the differencing check;
 - ``interval_audit`` / ``protect``: secondary suppression and its proof;
 - ``load_policy`` / ``default_policy``: the TRE's policy, whose sha256 every verdict records.
@@ -18,6 +19,7 @@ from disclosure.engine.ledger import (
     aggregate_from_result,
     differencing_audit,
 )
+from disclosure.engine.model_text import check_model_text
 from disclosure.engine.outputs import (
     check_category_counts,
     check_extreme,
@@ -25,6 +27,7 @@ from disclosure.engine.outputs import (
     check_mode,
     check_quantile,
     check_regression,
+    check_regression_numbers,
     check_survival,
 )
 from disclosure.engine.policy import Policy, PolicyError, default_policy, load_policy
@@ -51,10 +54,12 @@ __all__ = [
     "check_frequency_table",
     "check_histogram",
     "check_magnitude_table",
+    "check_model_text",
     "check_mode",
     "check_published_counts",
     "check_quantile",
     "check_regression",
+    "check_regression_numbers",
     "check_survival",
     "default_policy",
     "differencing_audit",

@@ -59,6 +59,69 @@ def check_regression(
     return simple_verdict("regression", policy, criteria, method=method)
 
 
+def check_regression_numbers(
+    residual_dof: float | None,
+    *,
+    residuals_printed: str | None = None,
+    unread: list[str] | None = None,
+    policy: Policy | None = None,
+) -> dict[str, Any]:
+    """``check_regression``'s rules applied to numbers read from a printed model summary, not a fit.
+
+    The same criteria with the same policy parameters, with what text cannot show said so: the levels of
+    categorical regressors are never visible, so that criterion is *review*; residuals printed by the
+    summary (R's "Residuals:" block: Min and Max, or every residual) break the convention that only
+    coefficient tables are released; a residual dof that could not be read is *review* with the reason.
+    """
+    policy = policy or default_policy()
+    min_dof = policy.get("regression", "min_dof")
+    if residual_dof is None:
+        dof_rule = criterion(
+            "residual_dof",
+            "review",
+            {"min_dof": min_dof},
+            "; ".join(unread or ["the residual degrees of freedom could not be read"]) + ": check it by hand",
+            value=None,
+        )
+    else:
+        low = residual_dof < min_dof
+        dof_rule = criterion(
+            "residual_dof",
+            "fail" if low else "pass",
+            {"min_dof": min_dof},
+            f"residual degrees of freedom {residual_dof:g} below {min_dof}" if low else "",
+            value=residual_dof,
+        )
+    t = policy.get("regression", "categorical_threshold")
+    levels = criterion(
+        "categorical_levels",
+        "review",
+        {"threshold": t},
+        f"the rows in each level of a categorical regressor cannot be seen in a printed summary: check by hand "
+        f"that every level has at least {t} rows",
+        levels=None,
+    )
+    if residuals_printed is None:
+        shown = criterion("no_residuals", "pass", {}, "", convention="only coefficient tables released")
+    else:
+        reason = (
+            "every residual is printed: one person's value each"
+            if residuals_printed == "all"
+            else "the residuals' minimum and maximum are printed: one person's values each"
+        )
+        if residuals_printed != "all" and dof_rule["status"] == "fail":
+            reason += "; with so few residual degrees of freedom their quartiles are nearly individual values too"
+        shown = criterion(
+            "no_residuals",
+            "fail" if dof_rule["status"] == "fail" else "review",
+            {},
+            reason,
+            convention="only coefficient tables released",
+            printed=residuals_printed,
+        )
+    return simple_verdict("regression", policy, [dof_rule, levels, shown], method="text")
+
+
 def dummy_counts(exog: pd.DataFrame) -> dict[str, pd.Series]:
     """Counts of 0 and 1 in each 0/1 column of a design matrix: a dummy with few 1s is a small cell."""
     out = {}
