@@ -11,7 +11,10 @@ mid-check leaves nothing behind and the sweeper runs the job again. What the eng
 * a CSV without one: the counts are checked as published counts, and the verdict says what cannot
   be seen without the underlying data (contributors, dominance); a column whose header names a
   statistic (``los_median``, ``sd``, ``%``) is judged by its row's count, not as a count (ADR 0060);
-* anything else (text, images): sent to a human with the reason.
+* a text file of printed model summaries (statsmodels ``summary()``/``summary2()``, R's ``summary`` of
+  ``lm``/``glm``): the regression rules on the residual degrees of freedom and printed residuals read
+  from the text, at best *review* (``engine.model_text``, ADR 0063);
+* anything else (other text, images): sent to a human with the reason.
 
 A file the engine cannot read as a table with confidence (``engine.published``) gets a *review*
 verdict that says why, never a guess; only infrastructure failures make the job retry, then end
@@ -174,14 +177,18 @@ def check_content(
         recompute,
         review_other_file,
     )
+    from disclosure.engine.model_text import check_model_text
     from disclosure.engine.population import is_known
     from disclosure.engine.published import UnreadableTable, read_published_table
     from disclosure.engine.published_summary import check_published_summary, is_summary_table
 
     if kind != "table":
+        # A text file of printed model summaries gets the regression rules (ADR 0063); anything else a human.
+        model = check_model_text(name, content, policy=policy) if kind == "text" else None
+        verdict = model if model is not None else review_other_file(name, policy)
         return {
-            "status": "review",
-            "verdict": review_other_file(name, policy),
+            "status": verdict["status"],
+            "verdict": verdict,
             "recompute": {"status": "not_applicable", "reason": "not a table"},
             "differencing": [],
             "aggregate": None,

@@ -16,6 +16,7 @@ from disclosure.checks import check_content, extract_location, run_check
 from disclosure.engine import ReleaseLedger, default_policy, recompute
 from disclosure.models import OutputCheck
 from disclosure.services import CHECK_JOB, check_job_key, current_policy
+from tests.disclosure.engine.test_model_text import R_GLM, R_LM, admissions, summary_text
 from tests.disclosure.factories import SAFE_CSV, SMALL_CELL_CSV, World, platform, run_queued_jobs
 from tre.core import jobs
 from tre.core.audit import AuditEvent
@@ -660,3 +661,69 @@ def test_count_table_whose_headers_name_no_statistic_keeps_the_count_check_uncha
     expected = check_published_counts(read_published_table(csv).values, policy=default_policy(), mitigation="none")
     assert json.dumps(outcome["verdict"], default=str) == json.dumps(expected.verdict, default=str)
     assert outcome["verdict"]["status"] == "fail" and len(outcome["aggregate"]["cells"]) == 12
+
+
+def _text(content: str, name: str = "model.txt") -> dict[str, Any]:
+    return check_content(
+        name,
+        "text",
+        content.encode(),
+        None,
+        policy=default_policy(),
+        extracts_root=Path("/nonexistent"),
+        project_id="p1",
+        output_id="o1",
+        ledger=ReleaseLedger("p1"),
+    )
+
+
+def test_statsmodels_summary_in_a_text_file_is_checked_as_a_regression_in_the_queue(world: World) -> None:
+    text = summary_text("poisson", admissions(300))
+    world.submitted(content=text.encode(), name="model.txt")
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "review"
+    assert check.verdict["output_type"] == "regression"
+    assert not any(c["rule"] == "unrecognised_output" for c in check.verdict["criteria"])
+    dof = next(c for c in check.verdict["criteria"] if c["rule"] == "residual_dof")
+    assert (dof["status"], dof["value"]) == ("pass", 297.0)
+    assert check.recompute["status"] == "not_applicable"
+
+
+def test_statsmodels_summary_fitted_on_eight_rows_fails_in_the_queue(world: World) -> None:
+    world.submitted(content=summary_text("logit", admissions(8, seed=11)).encode(), name="model.txt")
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "fail"
+    assert "residual_dof: residual degrees of freedom 5 below 10" in check.verdict["reasons"]
+
+
+def test_r_lm_summary_printing_its_residuals_is_flagged_with_the_reason() -> None:
+    outcome = _text(R_LM, "lm.txt")
+
+    assert outcome["status"] == "review"
+    assert "no_residuals: the residuals' minimum and maximum are printed: one person's values each" in (
+        outcome["verdict"]["reasons"]
+    )
+    assert outcome["aggregate"] is None and outcome["differencing"] == []
+
+
+def test_r_glm_summary_is_checked_on_its_residual_deviance_dof() -> None:
+    outcome = _text(R_GLM, "glm.log")
+
+    assert outcome["status"] == "review"
+    assert outcome["verdict"]["models"][0]["residual_dof"] == 297.0
+
+
+def test_text_file_of_two_model_summaries_fails_when_one_fails() -> None:
+    outcome = _text(summary_text("ols", admissions(300)) + "\n" + summary_text("poisson", admissions(8, seed=11)))
+
+    assert outcome["status"] == "fail"
+    assert len(outcome["verdict"]["models"]) == 2
+
+
+def test_prose_about_degrees_of_freedom_stays_unrecognised() -> None:
+    outcome = _text("The residual deviance was 376.45 on 297 degrees of freedom.\n", "notes.md")
+
+    assert outcome["status"] == "review"
+    assert outcome["verdict"]["criteria"][0]["rule"] == "unrecognised_output"

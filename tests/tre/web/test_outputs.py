@@ -3,6 +3,7 @@ never render researcher content as HTML, downloads and metrics."""
 
 from __future__ import annotations
 
+import html
 import io
 import zipfile
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from disclosure.models import OutputRequest
+from tests.disclosure.engine.test_model_text import R_LM
 from tests.disclosure.factories import SAFE_CSV, World, person, run_queued_jobs
 from tests.statements import count_statements
 from tests.tre.helpers import csrf_token, sign_in
@@ -450,3 +452,15 @@ def test_chair_sets_the_privacy_budget_from_the_project_page_and_a_researcher_ca
     assert (state.total, state.set_by) == (2.5, chair.id)
     assert ("access.denied", w.author.id, "dac.privacy_budget") in denied
     assert ("privacy_budget.set", chair.id, w.project.id) in denied  # the bad number
+
+
+def test_checker_sees_a_printed_model_summary_judged_by_the_regression_rules(web: Browser) -> None:
+    w = web.world
+    req = w.submitted(content=R_LM.encode(), name="model.txt")
+
+    body = html.unescape(web.as_(w.olive).get(f"/outputs/requests/{req.id}").get_data(as_text=True))
+
+    assert 'data-status="review"' in body
+    assert "no_residuals: the residuals' minimum and maximum are printed: one person's values each" in body
+    assert "categorical_levels: the rows in each level of a categorical regressor cannot be seen" in body
+    assert "no automated check exists for this kind of file" not in body
