@@ -87,11 +87,13 @@ def _as_float(value: str | None) -> float | None:
     return float(value)
 
 
-def _statsmodels(lines: list[str], start: int, title_name: str) -> ModelSummary:
-    """The header of a statsmodels summary: from its title to the rule that ends the header block."""
+def _statsmodels(lines: list[str], start: int, end: int, title_name: str) -> ModelSummary:
+    """The header of a statsmodels summary: from its title (line ``start``) to the rule that ends the header
+    block, before line ``end`` (the next summary's start or the end)."""
     header: list[str] = []
     rules_seen = 0
-    for text in lines[start + 1 :]:
+    for i in range(start + 1, end):
+        text = lines[i]
         if _RULE_EQ.match(text) or _RULE_DASH.match(text):
             rules_seen += 1
             if rules_seen == 2:
@@ -132,7 +134,7 @@ def _r_summary(lines: list[str], start: int, end: int, fn: str) -> ModelSummary:
     notes = []
     if len(dofs) != 1:
         what = "Residual standard error" if fn == "lm" else "Residual deviance"
-        notes.append(f"its residual degrees of freedom (the '{what}: ... on N degrees of freedom' line) could not be read")
+        notes.append(f"its residual degrees of freedom ('{what}: ... on N degrees of freedom') could not be read")
     return ModelSummary(
         source="R",
         model=fn,
@@ -160,7 +162,7 @@ def read_model_summaries(text: str) -> list[ModelSummary]:
     for k, (i, kind, name) in enumerate(starts):
         end = starts[k + 1][0] if k + 1 < len(starts) else len(lines)
         if kind == "statsmodels":
-            summaries.append(_statsmodels(lines[:end], i, name))
+            summaries.append(_statsmodels(lines, i, end, name))
         else:
             summaries.append(_r_summary(lines, i, end, name))
     return summaries

@@ -123,31 +123,33 @@ Call:
 lm(formula = los ~ sex + deprivation_decile, data = adm)
 
 Residuals:
-    Min      1Q  Median      3Q     Max 
--2.8815 -0.6902  0.0311  0.7120  3.0457 
+    Min      1Q  Median      3Q     Max
+-2.8815 -0.6902  0.0311  0.7120  3.0457
 
 Coefficients:
-                   Estimate Std. Error t value Pr(>|t|)    
-(Intercept)        -0.21930    0.16021  -1.369    0.172    
-sexM                0.04127    0.11870   0.348    0.728    
+                   Estimate Std. Error t value Pr(>|t|)
+(Intercept)        -0.21930    0.16021  -1.369    0.172
+sexM                0.04127    0.11870   0.348    0.728
 deprivation_decile  1.01544    0.02098  48.401   <2e-16 ***
 ---
 Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1
 
 Residual standard error: 1.012 on 294 degrees of freedom
   (3 observations deleted due to missingness)
-Multiple R-squared:  0.8893,\tAdjusted R-squared:  0.8886 
+Multiple R-squared:  0.8893,\tAdjusted R-squared:  0.8886
 F-statistic:  1181 on 2 and 294 DF,  p-value: < 2.2e-16
 """
+
+RESIDUALS_BLOCK = "Residuals:\n    Min      1Q  Median      3Q     Max\n-2.8815 -0.6902  0.0311  0.7120  3.0457\n"
 
 R_GLM = """
 Call:
 glm(formula = adm ~ sex + deprivation_decile, family = poisson, data = adm)
 
 Coefficients:
-                   Estimate Std. Error z value Pr(>|z|)    
-(Intercept)        0.021836   0.116502   0.187    0.851    
-sexM              -0.061277   0.088311  -0.694    0.488    
+                   Estimate Std. Error z value Pr(>|z|)
+(Intercept)        0.021836   0.116502   0.187    0.851
+sexM              -0.061277   0.088311  -0.694    0.488
 deprivation_decile 0.078510   0.015490   5.069  4.0e-07 ***
 ---
 Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1
@@ -165,9 +167,9 @@ R_GLM_SMALL_WITH_DEVIANCE_RESIDUALS = """
 Call:
 glm(formula = died ~ deprivation_decile, family = binomial, data = few)
 
-Deviance Residuals: 
-    Min       1Q   Median       3Q      Max  
--1.5511  -0.8270  -0.4003   0.9125   1.7026  
+Deviance Residuals:
+    Min       1Q   Median       3Q      Max
+-1.5511  -0.8270  -0.4003   0.9125   1.7026
 
 Coefficients:
                    Estimate Std. Error z value Pr(>|z|)
@@ -202,7 +204,7 @@ def test_r_lm_summary_is_read_and_its_residuals_block_is_flagged_with_the_reason
 
 
 def test_r_lm_summary_without_its_residuals_block_is_not_flagged_for_residuals() -> None:
-    text = R_LM.replace("Residuals:\n    Min      1Q  Median      3Q     Max \n-2.8815 -0.6902  0.0311  0.7120  3.0457 \n", "")
+    text = R_LM.replace(RESIDUALS_BLOCK, "")
 
     verdict = check_model_text("lm.txt", text)
 
@@ -234,8 +236,9 @@ def test_r_glm_on_few_rows_printing_deviance_residuals_fails_on_both_rules() -> 
 
 def test_r_lm_summary_that_prints_every_residual_fails() -> None:
     text = R_LM.replace(
-        "    Min      1Q  Median      3Q     Max \n-2.8815 -0.6902  0.0311  0.7120  3.0457 \n",
-        "      1       2       3       4       5       6 \n-0.2377  0.1403 -0.0811 -0.1403  0.3600  0.0000 \n",
+        RESIDUALS_BLOCK,
+        "Residuals:\n      1       2       3       4       5       6\n"
+        "-0.2377  0.1403 -0.0811 -0.1403  0.3600  0.0000\n",
     ).replace("on 294 degrees of freedom", "on 3 degrees of freedom")
 
     verdict = check_model_text("lm.txt", text)
@@ -275,7 +278,8 @@ def test_statsmodels_and_r_summaries_in_one_file_are_each_checked() -> None:
     verdict = check_model_text("both.txt", summary_text("logit", admissions(300)) + R_LM + R_GLM)
 
     assert verdict is not None
-    assert [(m["source"], m["model"]) for m in verdict["models"]] == [("statsmodels", "Logit"), ("R", "lm"), ("R", "glm")]
+    read = [(m["source"], m["model"]) for m in verdict["models"]]
+    assert read == [("statsmodels", "Logit"), ("R", "lm"), ("R", "glm")]
     assert verdict["status"] == "review"
 
 
