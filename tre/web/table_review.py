@@ -10,7 +10,10 @@ current policy (primary cells, then secondary cells chosen so that none can be r
 totals, checked by the engine's fast interval audit); in a table of statistics without a specification
 (``engine.published_summary``) a statistic cell is suppressed alone, by its row's count, never as a
 count. It is what the checker can ask the researcher to release instead; it is worked out on the page,
-for tables up to ``MAX_PREVIEW_CELLS`` cells, and never stored.
+for tables up to ``MAX_PREVIEW_CELLS`` cells, and never stored. A table made through the session whose
+cells are not counts (means, medians, sums...: its specification says) or a differentially private one
+gets no preview: the file's numbers alone cannot say how many people are behind a mean, and noise needs no
+suppression.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from disclosure.engine import check_published_counts
+from disclosure.engine.dpcheck import is_dp_spec
 from disclosure.engine.labels import MARGIN, jsonable
 from disclosure.engine.published import PublishedTable, UnreadableTable, read_published_table
 from disclosure.engine.published_summary import check_published_summary, is_summary_table
@@ -278,10 +282,24 @@ def build_review(
 
     n_cells = int(table.values.size)
     verdicts = [verdict or {}]
+    statistic = str((spec or {}).get("statistic") or "count")
     if n_cells > MAX_PREVIEW_CELLS:
         review.after_note = (
             f"The table has {n_cells:,} cells: the suppression preview is worked out only for tables of up "
             f"to {MAX_PREVIEW_CELLS:,} cells. Ask the researcher to apply the policy in the workspace."
+        )
+    elif is_dp_spec(spec):
+        review.after_note = (
+            "No suppression preview: the table is differentially private, so its noise protects it and "
+            "nothing is suppressed."
+        )
+    elif spec and statistic != "count":
+        # Its cells are not counts of people: read as counts they would be flagged and suppressed wrongly.
+        # The people behind each cell are known only from the extract, which the stored verdict re-computed.
+        review.after_note = (
+            f"No suppression preview: this table's cells are {statistic} values, not counts, so the file's "
+            "numbers alone cannot say how many people are behind each one. The flags shown come from "
+            "re-computing the table from the extract."
         )
     else:
         try:

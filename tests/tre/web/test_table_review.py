@@ -82,3 +82,34 @@ def test_a_table_too_large_for_the_preview_says_so_and_still_shows_its_flags() -
 
     assert review.after is None and f"{MAX_PREVIEW_CELLS:,} cells" in review.after_note
     assert review.before.flagged == 1
+
+
+MEDIANS = b"region,female,male\nNorth,4.5,3.0\nSouth,6.0,5.5\n"
+
+
+def test_a_table_of_medians_from_the_session_gets_no_count_suppression_preview() -> None:
+    """A median of 3.0 days is not three people: the preview must not suppress it as a small count."""
+    spec = {"statistic": "median", "dims": ["region", "sex"], "n_row_dims": 1, "dataset": "admissions"}
+    stored = {"status": "review", "reasons": ["re-computed from the extract"], "cells": []}
+
+    review = build_review(MEDIANS, spec, stored, [], policy=default_policy())
+
+    assert review.after is None
+    assert "median values, not counts" in review.after_note
+    assert review.before.flagged == 0  # only the stored verdict (the re-computation) flags cells
+
+
+def test_a_differentially_private_table_gets_no_suppression_preview() -> None:
+    spec = {"route": "dp", "statistic": "count", "dims": ["region", "sex"], "n_row_dims": 1}
+
+    review = build_review(SMALL, spec, {"status": "pass", "reasons": [], "cells": []}, [], policy=default_policy())
+
+    assert review.after is None and "differentially private" in review.after_note
+
+
+def test_a_count_table_from_the_session_keeps_its_preview() -> None:
+    spec = {"statistic": "count", "dims": ["region", "sex"], "n_row_dims": 1, "dataset": "admissions"}
+
+    review = build_review(SMALL, spec, _verdict(SMALL), [], policy=default_policy())
+
+    assert review.after is not None and review.after.suppressed >= 2
