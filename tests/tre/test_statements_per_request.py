@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -177,6 +178,20 @@ def _twice(app: Any, send: Any, grow: Any) -> tuple[int, int, Any]:
     return before, after, response
 
 
+def _one_request_then_three_more(app: Any) -> tuple[OutputWorld, Callable[[], None]]:
+    """An output world with one submitted request, and the ``grow`` that submits three more."""
+    with app.app_context():
+        world = OutputWorld(app)
+        world.submitted()
+
+    def grow() -> None:
+        with app.app_context():
+            for _ in range(3):
+                world.submitted()
+
+    return world, grow
+
+
 def test_home_page_statements_do_not_grow_with_the_persons_projects(app: Any) -> None:
     w: World = build_world(app)
     complete_draft(w)
@@ -190,15 +205,8 @@ def test_home_page_statements_do_not_grow_with_the_persons_projects(app: Any) ->
 
 
 def test_checker_home_page_statements_do_not_grow_with_the_queue(app: Any) -> None:
-    with app.app_context():
-        world = OutputWorld(app)
-        world.submitted()
+    world, grow = _one_request_then_three_more(app)
     client = _signed_in(app, world.olive)
-
-    def grow() -> None:
-        with app.app_context():
-            for _ in range(3):
-                world.submitted()
 
     before, after, response = _twice(app, lambda: client.get("/"), grow)
 
@@ -208,16 +216,9 @@ def test_checker_home_page_statements_do_not_grow_with_the_queue(app: Any) -> No
 
 
 def test_output_queue_statements_do_not_grow_with_the_requests_waiting(app: Any) -> None:
-    with app.app_context():
-        world = OutputWorld(app)
-        world.submitted()
+    world, grow = _one_request_then_three_more(app)
     client = _signed_in(app, world.olive)
     api = _bearer(app, world.olive)
-
-    def grow() -> None:
-        with app.app_context():
-            for _ in range(3):
-                world.submitted()
 
     page_before, page_after, page = _twice(app, lambda: client.get("/outputs/queue"), grow)
     api_before, api_after, listed = _twice(app, lambda: client.get("/api/v1/outputs/queue", headers=api), grow)
@@ -552,15 +553,8 @@ def test_catalogue_dataset_page_reads_the_dataset_with_its_columns_in_one_statem
 def test_messages_page_statements_do_not_grow_with_the_messages(app: Any) -> None:
     from tre.core.notifications import OutboxMessage
 
-    with app.app_context():
-        world = OutputWorld(app)
-        world.submitted()  # every eligible checker is told of each submission
+    world, grow = _one_request_then_three_more(app)  # every eligible checker is told of each submission
     client = _signed_in(app, world.olive)
-
-    def grow() -> None:
-        with app.app_context():
-            for _ in range(3):
-                world.submitted()
 
     before, after, response = _twice(app, lambda: client.get("/projects/messages"), grow)
 
@@ -574,15 +568,8 @@ def test_messages_page_statements_do_not_grow_with_the_messages(app: Any) -> Non
 
 
 def test_output_requests_page_statements_do_not_grow_with_the_researchers_requests(app: Any) -> None:
-    with app.app_context():
-        world = OutputWorld(app)
-        world.submitted()
+    world, grow = _one_request_then_three_more(app)
     client = _signed_in(app, world.author)
-
-    def grow() -> None:
-        with app.app_context():
-            for _ in range(3):
-                world.submitted()
 
     before, after, response = _twice(app, lambda: client.get("/outputs/"), grow)
 
