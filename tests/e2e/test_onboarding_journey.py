@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import LiveService, sign_in
-from tests.e2e.test_workspace_journey import RUNTIME, run_in_workspace
+from tests.e2e.test_workspace_journey import RUNTIME, open_lab, run_in_workspace
 
 CARA = "cara.custodian@demo.tre.example"
 RITA = "rita.researcher@demo.tre.example"
@@ -163,8 +163,7 @@ def test_a_messy_csv_uploaded_in_the_browser_reaches_a_workspace(
     sign_in(rita, live_service, RITA)
     rita.goto(f"{live_service.url}/projects/{project_id}")
     rita.click("#open-workspace")
-    rita.wait_for_url("**/lab**", timeout=180_000)
-    base = rita.url.split("/lab", 1)[0] + "/"
+    base = open_lab(rita)
     found = json.loads(run_in_workspace(rita, base, LIST_EXTRACT)["stdout"].strip().splitlines()[-1])
     ours = {path: facts for path, facts in found.items() if NAME in path}
 

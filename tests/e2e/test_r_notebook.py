@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import LiveService, sign_in
-from tests.e2e.test_workspace_journey import OLIVE, RITA, run_in_workspace
+from tests.e2e.test_workspace_journey import OLIVE, RITA, open_lab, run_in_workspace
 
 RUNTIME = Path(os.environ.get("TRE_WORKSPACE_RUNTIME", "/opt/tre-workspace"))
 TITLE = "Patients by deprivation decile and sex (R)"
@@ -60,8 +60,7 @@ def test_an_r_notebook_submits_a_checked_table_that_the_checker_sees_with_its_ve
     page.goto(live_service.url + "/projects/")
     page.get_by_role("link", name="Heart failure readmissions").first.click()
     page.click("#open-workspace")
-    page.wait_for_url("**/lab**", timeout=180_000)
-    base = page.url.split("/lab", 1)[0] + "/"
+    base = open_lab(page)
 
     ran = run_in_workspace(page, base, R_NOTEBOOK, timeout=300, kernel="ir")
 

@@ -84,8 +84,15 @@ async ({base, code, timeoutMs, kernelName}) => {
   const xsrf = decodeURIComponent((document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [, ""])[1]);
   const headers = {"X-XSRFToken": xsrf, "Content-Type": "application/json"};
   const body = JSON.stringify({name: kernelName || "python3"});
-  const started = await fetch(base + "api/kernels", {method: "POST", headers, body});
-  if (!started.ok) { return {error: "starting a kernel: HTTP " + started.status}; }
+  let started;
+  try {
+    started = await fetch(base + "api/kernels", {method: "POST", headers, body});
+  } catch (failure) {
+    // Nothing ran: the request never reached the server (say where the page was, for the log).
+    return {error: "starting a kernel: " + failure + " at " + location.href + " (" + document.readyState + ")",
+            stdout: "", stderr: "", retryable: true};
+  }
+  if (!started.ok) { return {error: "starting a kernel: HTTP " + started.status, stdout: "", stderr: ""}; }
   const kernel = await started.json();
   const channels = "api/kernels/" + kernel.id + "/channels?session_id=tre-e2e";
   const socket = new WebSocket(base.replace(/^http/, "ws") + channels);
@@ -110,7 +117,7 @@ async ({base, code, timeoutMs, kernelName}) => {
     };
   });
   socket.close();
-  await fetch(base + "api/kernels/" + kernel.id, {method: "DELETE", headers});
+  await fetch(base + "api/kernels/" + kernel.id, {method: "DELETE", headers}).catch(() => null);
   return result;
 }
 """
@@ -125,10 +132,29 @@ def _hub_servers(service: LiveService, username: str) -> dict[str, Any]:
         return dict(json.load(response).get("servers", {}))
 
 
+def open_lab(page: Any) -> str:
+    """After "Open workspace": wait until JupyterLab itself runs in the page, then its server's base URL.
+
+    The URL alone is not enough: the hub's pages on the way (spawn-pending, the OAuth hand-off) come
+    first, and a kernel request sent while the page is still on its way is cancelled by the browser
+    ("Failed to fetch"). The file browser listing the home folder's ``extract`` means the lab is up.
+    """
+    page.wait_for_url("**/user/*/*/lab**", timeout=180_000)
+    page.locator(".jp-DirListing-content").get_by_text("extract", exact=True).wait_for(timeout=90_000)
+    return str(page.url).split("/lab", 1)[0] + "/"
+
+
 def run_in_workspace(page: Any, base: str, code: str, timeout: float = 240, kernel: str = "python3") -> dict[str, Any]:
-    result = page.evaluate(
-        RUN_IN_KERNEL, {"base": base, "code": code, "timeoutMs": int(timeout * 1000), "kernelName": kernel}
-    )
+    """Run ``code`` in a new kernel of the workspace; its output. A kernel start that never reached
+    the server (so nothing ran) is tried again, twice at most, once the lab is showing again."""
+    for attempt in range(3):
+        result = page.evaluate(
+            RUN_IN_KERNEL, {"base": base, "code": code, "timeoutMs": int(timeout * 1000), "kernelName": kernel}
+        )
+        if not result.get("retryable") or attempt == 2:
+            break
+        print(f"\nKERNEL START NOT SENT (attempt {attempt + 1}): {result['error']}")
+        page.locator(".jp-DirListing-content").get_by_text("extract", exact=True).wait_for(timeout=90_000)
     assert result["error"] is None, f"{result['error']}\n{result['stderr'][-3000:]}"
     return dict(result)
 
@@ -147,10 +173,8 @@ def test_workspace_journey_from_project_page_to_the_output_queue_and_stop_on_sus
 
     started = time.monotonic()
     page.click("#open-workspace")
-    page.wait_for_url("**/lab**", timeout=180_000)
-    page.locator(".jp-DirListing-content").get_by_text("extract", exact=True).wait_for(timeout=90_000)
+    base = open_lab(page)
     print(f"\nSPAWN TIME through the real control plane: {time.monotonic() - started:.1f} s")
-    base = page.url.split("/lab", 1)[0] + "/"
 
     # Analyse and submit, in the workspace itself.
     started = time.monotonic()
