@@ -15,6 +15,10 @@ such a file line by line and recognises only the exact printed layouts it knows:
 Nothing is guessed: a block that starts like a model summary but whose residual degrees of freedom
 cannot be read is returned with ``residual_dof`` None (the check sends it to a human saying so), and
 text with neither start (prose that mentions degrees of freedom, a table) holds no model summary.
+
+Every summary found is judged, however many the file holds, so the verdict is the worst of them all. What is
+recorded is bounded: a file of more than ``MAX_SUMMARIES_ITEMISED`` summaries gets one criterion per rule
+(counts of each status and the worst few named) instead of one per rule per summary (ADR 0063).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from disclosure.engine.outputs import check_regression_numbers
 from disclosure.engine.policy import Policy, default_policy
-from disclosure.engine.verdict import simple_verdict
+from disclosure.engine.verdict import combine_status, criterion, simple_verdict
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _SM_TITLE = re.compile(r"^\s*(?P<name>[A-Za-z][A-Za-z ]{0,60}?) Regression Results\s*$")
@@ -168,40 +172,134 @@ def read_model_summaries(text: str) -> list[ModelSummary]:
     return summaries
 
 
+# A file holding more summaries than this gets one criterion per rule for the whole file instead of one per
+# summary: every summary is still checked and the verdict is the same, but what is stored and shown stays
+# bounded (a 16 MB file of summaries gave tens of thousands of criteria). Small files are itemised as before.
+MAX_SUMMARIES_ITEMISED = 20
+# In a per-rule criterion, how many summaries of each non-pass status are named, worst first.
+MAX_EXAMPLES_PER_STATUS = 3
+
+# Each summary's index in the file (from 1), the summary, and its criteria.
+Judged = list[tuple[int, ModelSummary, list[dict[str, Any]]]]
+
+
 def check_model_text(name: str, content: bytes | str, *, policy: Policy | None = None) -> dict[str, Any] | None:
     """The regression verdict of a text file of model summaries, or None when it holds none.
 
     Each summary is judged by ``check_regression_numbers`` (the rules of ``check_regression``) and the
     worst status wins; a summary whose residual degrees of freedom cannot be read goes to review saying so.
     The verdict is never better than review: the levels of categorical regressors cannot be seen in text.
+    Up to ``MAX_SUMMARIES_ITEMISED`` summaries, each gets its own criteria; beyond it every summary is still
+    judged but the criteria are one per rule with counts and the worst examples, and ``models`` lists the
+    first ``MAX_SUMMARIES_ITEMISED`` summaries and ``summaries_found`` says how many there were.
     """
     policy = policy or default_policy()
     text = content.decode("utf-8", errors="replace") if isinstance(content, bytes) else content
     summaries = read_model_summaries(text)
     if not summaries:
         return None
-    several = len(summaries) > 1
-    criteria: list[dict[str, Any]] = []
-    for index, summary in enumerate(summaries, start=1):
-        prefix = f"{summary.label()}: " if several else ""
-        one = check_regression_numbers(
-            summary.residual_dof,
-            residuals_printed=summary.residuals_printed,
-            unread=summary.notes,
-            policy=policy,
+    judged = [(index, summary, _judge(summary, policy)) for index, summary in enumerate(summaries, start=1)]
+    if len(summaries) <= MAX_SUMMARIES_ITEMISED:
+        return simple_verdict(
+            "regression",
+            policy,
+            _itemised(judged),
+            method="text",
+            file=name,
+            models=[s.to_dict() for s in summaries],
         )
-        for c in one["criteria"]:
+    return simple_verdict(
+        "regression",
+        policy,
+        _per_rule(judged),
+        method="text",
+        file=name,
+        models=[s.to_dict() for s in summaries[:MAX_SUMMARIES_ITEMISED]],
+        summaries_found=len(summaries),
+        itemised_up_to=MAX_SUMMARIES_ITEMISED,
+    )
+
+
+def _judge(summary: ModelSummary, policy: Policy) -> list[dict[str, Any]]:
+    one = check_regression_numbers(
+        summary.residual_dof,
+        residuals_printed=summary.residuals_printed,
+        unread=summary.notes,
+        policy=policy,
+    )
+    return list(one["criteria"])
+
+
+def _itemised(judged: Judged) -> list[dict[str, Any]]:
+    """Each summary's own criteria, its reasons naming it when the file holds several."""
+    several = len(judged) > 1
+    criteria: list[dict[str, Any]] = []
+    for index, summary, own in judged:
+        prefix = f"{summary.label()}: " if several else ""
+        for c in own:
             if c["rule"] == "categorical_levels" and index > 1:
                 continue  # the same for every summary of the file: recorded once
             entry = {**c, "model": index}
             if c["reason"] and c["rule"] != "categorical_levels":
                 entry["reason"] = prefix + c["reason"]
             criteria.append(entry)
-    return simple_verdict(
-        "regression",
-        policy,
-        criteria,
-        method="text",
-        file=name,
-        models=[s.to_dict() for s in summaries],
+    return criteria
+
+
+def _per_rule(judged: Judged) -> list[dict[str, Any]]:
+    """One criterion per rule over every summary: its status the worst of theirs, how many had each status,
+    and the worst few of each non-pass status named (lowest residual dof first, then file order)."""
+    by_rule: dict[str, list[tuple[int, ModelSummary, dict[str, Any]]]] = {}
+    for index, summary, own in judged:
+        for c in own:
+            by_rule.setdefault(c["rule"], []).append((index, summary, c))
+    criteria: list[dict[str, Any]] = []
+    for rule, entries in by_rule.items():
+        if rule == "categorical_levels":
+            criteria.append({**entries[0][2], "model": 1})  # the same for every summary of the file: recorded once
+            continue
+        counts = {"pass": 0, "review": 0, "fail": 0}
+        flagged: dict[str, list[tuple[int, ModelSummary, dict[str, Any]]]] = {"fail": [], "review": []}
+        for entry in entries:
+            counts[entry[2]["status"]] += 1
+            if entry[2]["status"] in flagged:
+                flagged[entry[2]["status"]].append(entry)
+        examples: list[dict[str, Any]] = []
+        for status, named in flagged.items():
+            named.sort(key=lambda e: (_value_order(e[2]), e[0]))
+            for index, summary, c in named[:MAX_EXAMPLES_PER_STATUS]:
+                details = {k: v for k, v in c.items() if k not in ("rule", "parameters", "reason", "status")}
+                examples.append(
+                    {"model": index, "summary": summary.label(), "status": status, "reason": c["reason"], **details}
+                )
+        criteria.append(
+            criterion(
+                rule,
+                combine_status(status for status, n in counts.items() if n),
+                entries[0][2]["parameters"],
+                _per_rule_reason(len(judged), counts, examples),
+                summaries=counts,
+                examples=examples,
+            )
+        )
+    return criteria
+
+
+def _value_order(c: dict[str, Any]) -> float:
+    value = c.get("value")
+    return float(value) if isinstance(value, int | float) else float("inf")
+
+
+def _per_rule_reason(total: int, counts: dict[str, int], examples: list[dict[str, Any]]) -> str:
+    if counts["fail"] == 0 and counts["review"] == 0:
+        return ""
+    parts = []
+    if counts["fail"]:
+        parts.append(f"{counts['fail']:,} fail")
+    if counts["review"]:
+        parts.append(f"{counts['review']:,} go to review")
+    named = "; ".join(f"{e['summary']}: {e['reason']}" for e in examples)
+    return (
+        f"of the file's {total:,} model summaries (every one checked), {' and '.join(parts)} on this rule; "
+        f"worst first, at most {MAX_EXAMPLES_PER_STATUS} per status: {named}"
     )

@@ -14,9 +14,10 @@ from sqlalchemy import func, select
 from disclosure import rules
 from disclosure.checks import check_content, extract_location, run_check
 from disclosure.engine import ReleaseLedger, default_policy, recompute
+from disclosure.engine.model_text import MAX_SUMMARIES_ITEMISED
 from disclosure.models import OutputCheck
 from disclosure.services import CHECK_JOB, check_job_key, current_policy
-from tests.disclosure.engine.test_model_text import R_GLM, R_LM, admissions, summary_text
+from tests.disclosure.engine.test_model_text import R_GLM, R_LM, admissions, many_summaries, summary_text
 from tests.disclosure.factories import SAFE_CSV, SMALL_CELL_CSV, World, platform, run_queued_jobs
 from tre.core import jobs
 from tre.core.audit import AuditEvent
@@ -696,6 +697,19 @@ def test_statsmodels_summary_fitted_on_eight_rows_fails_in_the_queue(world: Worl
     check = world.session.scalars(select(OutputCheck)).one()
     assert check.status == "fail"
     assert "residual_dof: residual degrees of freedom 5 below 10" in check.verdict["reasons"]
+
+
+def test_file_of_many_summaries_is_stored_with_one_criterion_per_rule_and_fails_on_its_last(world: World) -> None:
+    text = many_summaries(300, last=summary_text("ols", admissions(8, seed=11)))
+    world.submitted(content=text.encode(), name="models.txt")
+
+    check = world.session.scalars(select(OutputCheck)).one()
+    assert check.status == "fail"
+    assert [c["rule"] for c in check.verdict["criteria"]] == ["residual_dof", "categorical_levels", "no_residuals"]
+    assert check.verdict["summaries_found"] == 301
+    assert len(check.verdict["models"]) == MAX_SUMMARIES_ITEMISED
+    dof = check.verdict["criteria"][0]
+    assert (dof["summaries"]["fail"], [e["model"] for e in dof["examples"]]) == (1, [301])
 
 
 def test_r_lm_summary_printing_its_residuals_is_flagged_with_the_reason() -> None:

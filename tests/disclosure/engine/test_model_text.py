@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import warnings
@@ -14,8 +15,14 @@ import statsmodels.api as sm
 import statsmodels.formula.api as smf
 
 from disclosure.engine import default_policy
-from disclosure.engine.model_text import check_model_text, read_model_summaries
+from disclosure.engine.model_text import (
+    MAX_EXAMPLES_PER_STATUS,
+    MAX_SUMMARIES_ITEMISED,
+    check_model_text,
+    read_model_summaries,
+)
 from disclosure.engine.outputs import check_regression, check_regression_numbers
+from disclosure.engine.verdict import combine_status
 
 
 def admissions(n: int, seed: int = 3) -> pd.DataFrame:
@@ -334,3 +341,144 @@ def test_summaries_printed_by_r_itself_are_read() -> None:
     verdict = check_model_text("r.txt", text)
     assert verdict is not None
     assert verdict["status"] == "fail"
+
+
+# Files of many summaries: each is still judged, but the criteria are one per rule for the whole file.
+
+
+def many_summaries(count: int, *, last: str = "") -> str:
+    """``count`` realistic summaries (statsmodels OLS and Logit, R lm and glm, in turn) fitted on plenty of
+    rows, then ``last`` (more summaries) after them."""
+    pieces = [
+        summary_text("ols", admissions(300)),
+        summary_text("logit", admissions(300)),
+        R_LM,
+        R_GLM,
+    ]
+    return "\n\n".join(pieces[i % len(pieces)] for i in range(count)) + "\n\n" + last
+
+
+def test_file_of_many_summaries_gets_one_criterion_per_rule_naming_how_many_were_checked() -> None:
+    verdict = check_model_text("models.txt", many_summaries(400))
+
+    assert verdict is not None
+    assert verdict["status"] == "review"
+    assert [c["rule"] for c in verdict["criteria"]] == ["residual_dof", "categorical_levels", "no_residuals"]
+    assert (verdict["summaries_found"], verdict["itemised_up_to"]) == (400, MAX_SUMMARIES_ITEMISED)
+    assert len(verdict["models"]) == MAX_SUMMARIES_ITEMISED
+    rules = {c["rule"]: c for c in verdict["criteria"]}
+    assert rules["residual_dof"]["summaries"] == {"pass": 400, "review": 0, "fail": 0}
+    assert rules["no_residuals"]["summaries"] == {"pass": 300, "review": 100, "fail": 0}  # every R lm summary
+    assert len(rules["no_residuals"]["examples"]) == MAX_EXAMPLES_PER_STATUS
+    assert len(verdict["reasons"]) == 2
+    assert any(
+        r.startswith("no_residuals: of the file's 400 model summaries (every one checked), 100 go to review")
+        for r in verdict["reasons"]
+    )
+
+
+def test_what_is_recorded_for_a_file_of_summaries_does_not_grow_with_their_number() -> None:
+    hundred = check_model_text("models.txt", many_summaries(100))
+    thousand = check_model_text("models.txt", many_summaries(1000))
+
+    assert hundred is not None and thousand is not None
+    assert len(thousand["criteria"]) == len(hundred["criteria"]) == 3
+    assert len(thousand["models"]) == len(hundred["models"]) == MAX_SUMMARIES_ITEMISED
+    # The same record but for the counts' digits and separators.
+    assert abs(len(json.dumps(thousand)) - len(json.dumps(hundred))) < 40
+
+
+def test_failing_summary_far_beyond_the_itemised_ones_still_fails_the_file_and_is_named() -> None:
+    small = summary_text("ols", admissions(8, seed=11))
+    text = many_summaries(200, last=small)
+    line = read_model_summaries(text)[-1].line
+
+    verdict = check_model_text("models.txt", text)
+
+    assert verdict is not None
+    assert verdict["status"] == "fail"
+    dof = next(c for c in verdict["criteria"] if c["rule"] == "residual_dof")
+    assert dof["status"] == "fail"
+    assert dof["summaries"] == {"pass": 200, "review": 0, "fail": 1}
+    assert dof["examples"] == [
+        {
+            "model": 201,
+            "summary": f"statsmodels OLS summary at line {line}",
+            "status": "fail",
+            "reason": "residual degrees of freedom 5 below 10",
+            "value": 5.0,
+        }
+    ]
+    assert any(
+        r.startswith("residual_dof: of the file's 201 model summaries (every one checked), 1 fail on this rule")
+        and f"OLS summary at line {line}: residual degrees of freedom 5 below 10" in r
+        for r in verdict["reasons"]
+    )
+
+
+def test_r_summary_printing_every_residual_beyond_the_itemised_ones_fails_the_file() -> None:
+    every = R_LM.replace(
+        RESIDUALS_BLOCK,
+        "Residuals:\n      1       2       3       4       5       6\n"
+        "-0.2377  0.1403 -0.0811 -0.1403  0.3600  0.0000\n",
+    ).replace("on 294 degrees of freedom", "on 3 degrees of freedom")
+
+    verdict = check_model_text("models.txt", many_summaries(60, last=every))
+
+    assert verdict is not None
+    assert verdict["status"] == "fail"
+    shown = next(c for c in verdict["criteria"] if c["rule"] == "no_residuals")
+    assert shown["summaries"] == {"pass": 45, "review": 15, "fail": 1}
+    assert [(e["model"], e["status"], e["printed"]) for e in shown["examples"]][0] == (61, "fail", "all")
+
+
+def test_summary_whose_dof_cannot_be_read_beyond_the_itemised_ones_goes_to_review_saying_so() -> None:
+    unreadable = summary_text("poisson", admissions(300)).replace("Df Residuals:", "Df Resid.:")
+
+    verdict = check_model_text("models.txt", many_summaries(40, last=unreadable))
+
+    assert verdict is not None
+    dof = next(c for c in verdict["criteria"] if c["rule"] == "residual_dof")
+    assert dof["status"] == "review"
+    assert dof["summaries"]["review"] == 1
+    assert "Poisson summary at line" in dof["reason"] and "could not be read" in dof["reason"]
+
+
+def test_worst_failing_summaries_are_named_first_lowest_residual_dof_first() -> None:
+    failing = "".join(R_LM.replace("on 294 degrees of freedom", f"on {dof} degrees of freedom") for dof in (8, 6, 9, 7))
+
+    verdict = check_model_text("models.txt", many_summaries(30, last=failing))
+
+    assert verdict is not None
+    dof = next(c for c in verdict["criteria"] if c["rule"] == "residual_dof")
+    assert dof["summaries"]["fail"] == 4
+    assert [e["value"] for e in dof["examples"]] == [6.0, 7.0, 8.0][:MAX_EXAMPLES_PER_STATUS]
+
+
+@pytest.mark.parametrize("failing_at", [1, 17, 35])
+def test_file_of_many_summaries_gets_the_status_its_summaries_get_one_by_one(failing_at: int) -> None:
+    pieces = [summary_text("logit", admissions(300)), R_LM, R_GLM] * 12
+    pieces[failing_at] = R_GLM_SMALL_WITH_DEVIANCE_RESIDUALS
+
+    whole = check_model_text("models.txt", "\n".join(pieces))
+    one_by_one = [check_model_text("one.txt", piece) for piece in pieces]
+
+    assert whole is not None and all(v is not None for v in one_by_one)
+    assert whole["status"] == combine_status(v["status"] for v in one_by_one if v is not None) == "fail"
+    for rule in ("residual_dof", "no_residuals"):
+        grouped = next(c for c in whole["criteria"] if c["rule"] == rule)
+        singles = [next(c for c in v["criteria"] if c["rule"] == rule) for v in one_by_one if v is not None]
+        assert grouped["status"] == combine_status(c["status"] for c in singles)
+        assert grouped["summaries"] == {s: sum(c["status"] == s for c in singles) for s in ("pass", "review", "fail")}
+
+
+def test_file_at_the_itemised_limit_keeps_one_criterion_per_summary_and_one_more_is_grouped() -> None:
+    at_limit = check_model_text("models.txt", many_summaries(MAX_SUMMARIES_ITEMISED))
+    beyond = check_model_text("models.txt", many_summaries(MAX_SUMMARIES_ITEMISED + 1))
+
+    assert at_limit is not None and beyond is not None
+    assert len(at_limit["criteria"]) == 2 * MAX_SUMMARIES_ITEMISED + 1  # categorical levels recorded once
+    assert "summaries_found" not in at_limit
+    assert len(at_limit["models"]) == MAX_SUMMARIES_ITEMISED
+    assert len(beyond["criteria"]) == 3
+    assert beyond["summaries_found"] == MAX_SUMMARIES_ITEMISED + 1

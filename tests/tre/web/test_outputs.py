@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import zipfile
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from disclosure.models import OutputRequest
-from tests.disclosure.engine.test_model_text import R_LM
+from tests.disclosure.engine.test_model_text import R_LM, admissions, many_summaries, summary_text
 from tests.disclosure.factories import SAFE_CSV, World, person, run_queued_jobs
 from tests.statements import count_statements
 from tests.tre.helpers import csrf_token, sign_in
@@ -464,3 +465,18 @@ def test_checker_sees_a_printed_model_summary_judged_by_the_regression_rules(web
     assert "no_residuals: the residuals' minimum and maximum are printed: one person's values each" in body
     assert "categorical_levels: the rows in each level of a categorical regressor cannot be seen" in body
     assert "no automated check exists for this kind of file" not in body
+
+
+def test_checker_sees_a_file_of_many_model_summaries_as_a_few_reasons_with_their_counts(web: Browser) -> None:
+    w = web.world
+    text = many_summaries(120, last=summary_text("ols", admissions(8, seed=11)))
+    req = w.submitted(content=text.encode(), name="models.txt")
+
+    body = html.unescape(web.as_(w.olive).get(f"/outputs/requests/{req.id}").get_data(as_text=True))
+
+    assert 'data-status="fail"' in body
+    reasons = re.search(r'<ul class="nhsuk-list nhsuk-list--bullet verdict-reasons">(.*?)</ul>', body, re.S)
+    assert reasons is not None
+    assert reasons.group(1).count("<li>") == 3  # one per rule, not one per summary
+    assert "of the file's 121 model summaries (every one checked), 1 fail on this rule" in body
+    assert "30 go to review on this rule" in body  # every R lm summary prints its residuals' Min and Max
