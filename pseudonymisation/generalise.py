@@ -213,7 +213,8 @@ def scrub_patterns(notes: pa.Array, replacement: str = REDACTED) -> pa.Array:
 # "<5", ">120", "<= 0.1"; ≤ and ≥ are written <= and >=), or a pair of numbers ("120/80", a blood
 # pressure). The words that say "not recorded" are missing; so is any other text, which may be anything
 # a clerk typed (deny by default).
-MARKED_NUMBER = r"^(?P<marker><=|>=|<|>|≤|≥)? *(?P<number>[-+]?(?:\d+\.?\d*|\.\d+))$"
+MARKED_NUMBER = r"^(?P<marker><=|>=|<|>|≤|≥)? *(?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)$"
+MARKERS = ("<=", ">=", "<", ">", "≤", "≥")
 NUMBER_PAIR = r"^(?P<first>\d+(?:\.\d+)?) */ *(?P<second>\d+(?:\.\d+)?)$"
 MISSING_WORDS = ("nr", "n/r", "na", "n/a", "n.a.", "nk", "n/k", "not recorded", "not known", "unknown", "not available",
                  "not done", "null", "none", "nan", "-", "--", "?", "")

@@ -472,19 +472,39 @@ def _observe(counts: _Counts, column: pa.Array, today: dt.date) -> None:
         _observe_years(counts, parsed.filter(ok), today, times.filter(ok))
     counts.postcodes += weighted(pc.match_substring_regex(pc.utf8_upper(values), _POSTCODE))
     counts.integers += weighted(pc.match_substring_regex(values, _INTEGER))
-    counts.decimals += weighted(pc.match_substring_regex(values, _DECIMAL))
+    plain_numbers = weighted(pc.match_substring_regex(values, _DECIMAL))
+    counts.decimals += plain_numbers
     counts.names += weighted(pc.match_substring_regex(values, _NAME))
-    counts.phones += weighted(pc.match_substring_regex(pc.replace_substring_regex(values, _PHONE_PUNCTUATION, ""),
-                                                       _PHONE))
-    measure = pc.extract_regex(values, generalise.MARKED_NUMBER)
-    counts.measures += weighted(measure.is_valid())
-    counts.marked += weighted(pc.not_equal(pc.struct_field(measure, "marker"), ""))
-    counts.pairs += weighted(pc.match_substring_regex(values, generalise.NUMBER_PAIR))
-    counts.missing_words += weighted(pc.is_in(pc.utf8_lower(values), pa.array(generalise.MISSING_WORDS)))
+    _observe_measures_and_phones(counts, values, weight, plain_numbers)
     lengths = pc.utf8_length(values)
     counts.text_chars += int(pc.sum(pc.multiply(pc.cast(lengths, pa.int64()), weight)).as_py() or 0)
     words = pc.list_value_length(pc.utf8_split_whitespace(values))
     counts.long_text += weighted(pc.and_(pc.greater_equal(lengths, 40), pc.greater_equal(words, 6)))
+
+
+def _observe_measures_and_phones(counts: _Counts, values: pa.Array, weight: pa.Array, plain_numbers: int) -> None:
+    """Phone numbers, numbers with a censoring marker, pairs and missing words. Each test runs only on
+    the values that can pass it (a cheap anchored test first): an NHS number column has as many
+    distinct values as rows, and these would otherwise cost a third of the profile."""
+    def among(mask: pa.Array, test: Any) -> int:
+        some = values.filter(mask)
+        if not len(some):
+            return 0
+        return int(pc.sum(weight.filter(mask).filter(pc.fill_null(test(some), False))).as_py() or 0)
+
+    counts.phones += among(pc.match_substring_regex(values, r"^[+(]|^0"), lambda v: pc.match_substring_regex(
+        pc.replace_substring_regex(v, _PHONE_PUNCTUATION, ""), _PHONE))
+    marked = among(pc.starts_with(values, "<"), lambda v: pc.match_substring_regex(v, generalise.MARKED_NUMBER))
+    marked += among(pc.starts_with(values, ">"), lambda v: pc.match_substring_regex(v, generalise.MARKED_NUMBER))
+    marked += among(pc.match_substring_regex(values, "^[≤≥]"),
+                    lambda v: pc.match_substring_regex(v, generalise.MARKED_NUMBER))
+    counts.marked += marked
+    counts.measures += marked + plain_numbers  # _DECIMAL reads the numbers MARKED_NUMBER reads
+    counts.pairs += among(pc.match_substring_regex(values, r"^\d+(\.\d+)? */"),
+                          lambda v: pc.match_substring_regex(v, generalise.NUMBER_PAIR))
+    short = pc.and_(pc.less_equal(pc.utf8_length(values), max(len(w) for w in generalise.MISSING_WORDS)),
+                    pc.invert(pc.match_substring_regex(values, r"^\d")))
+    counts.missing_words += among(short, lambda v: pc.is_in(pc.utf8_lower(v), pa.array(generalise.MISSING_WORDS)))
 
 
 def _observe_years(counts: _Counts, dates: pa.Array, today: dt.date, weight: pa.Array | None = None) -> None:
