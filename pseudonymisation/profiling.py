@@ -642,8 +642,11 @@ def _measurement(c: _Counts) -> str | None:
     least ``MATCH_SHARE`` of its values. Never a column with a value shaped like an NHS or phone number:
     an identifier is not a measurement, whatever else is in the column."""
     numbers = c.measures + c.pairs
-    extras = c.marked + c.pairs + c.missing_words
-    if not extras or c.nhs_shaped or c.phones:
+    if not (c.marked + c.pairs + c.missing_words) or c.nhs_shaped or c.phones:
+        return None
+    # Numbers with only an odd missing word stay numbers, as before (the word is read as missing there):
+    # only a marker, a pair, or more missing words than a number column tolerates make a measurement.
+    if not (c.marked + c.pairs) and _share(c.measures, c.present) >= MATCH_SHARE:
         return None
     if _share(numbers, c.present) < 0.5 or _share(numbers + c.missing_words, c.present) < MATCH_SHARE:
         return None

@@ -464,6 +464,19 @@ def test_propose_reads_numbers_with_markers_and_pairs_as_measurements(tmp_path):
     assert "measurement" in profiling.RULE_LABELS[TransformKind.MEASUREMENT]
 
 
+def test_whole_numbers_with_an_odd_missing_word_stay_whole_numbers_and_more_become_a_measurement(tmp_path):
+    # One "Unknown" in twenty among counts: still whole numbers, as before the measurement rule.
+    (tmp_path / "odd.csv").write_text("episodes\n" + "\n".join("Unknown" if i % 20 == 0 else str(i) for i in range(40)))
+    # One in five: too many for a number column; a measurement keeps the numbers rather than a category.
+    (tmp_path / "many.csv").write_text("episodes\n" + "\n".join("Unknown" if i % 5 == 0 else str(i) for i in range(40)))
+
+    odd = _by_name(propose(tmp_path / "odd.csv", today=TODAY))["episodes"]
+    many = _by_name(propose(tmp_path / "many.csv", today=TODAY))["episodes"]
+
+    assert (odd.data_type, odd.rule) == ("integer", TransformKind.KEEP)
+    assert (many.rule, many.data_type) == (TransformKind.MEASUREMENT, "string")
+
+
 def test_preview_shows_measurements_as_the_extract_writes_them(tmp_path):
     path = _lab_export(tmp_path / "labs.csv")
     schema = propose(path, today=TODAY).to_schema("labs", reference_date=TODAY)
