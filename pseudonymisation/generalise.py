@@ -209,6 +209,42 @@ def scrub_patterns(notes: pa.Array, replacement: str = REDACTED) -> pa.Array:
     return notes
 
 
+# A measurement as exports write it (ADR 0066): a number, a number after a censoring marker (a lab's
+# "<5", ">120", "<= 0.1"; ≤ and ≥ are written <= and >=), or a pair of numbers ("120/80", a blood
+# pressure). The words that say "not recorded" are missing; so is any other text, which may be anything
+# a clerk typed (deny by default).
+MARKED_NUMBER = r"^(?P<marker><=|>=|<|>|≤|≥)? *(?P<number>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)$"
+MARKERS = ("<=", ">=", "<", ">", "≤", "≥")
+NUMBER_PAIR = r"^(?P<first>\d+(?:\.\d+)?) */ *(?P<second>\d+(?:\.\d+)?)$"
+MISSING_WORDS = ("nr", "n/r", "na", "n/a", "n.a.", "nk", "n/k", "not recorded", "not known", "unknown", "not available",
+                 "not done", "null", "none", "nan", "-", "--", "?", "")
+_MARKER_SPELLING = {"≤": "<=", "≥": ">="}
+
+
+def _measurements(text: pa.Array) -> pa.Array:
+    text = pc.utf8_trim_whitespace(text)
+    number = pc.extract_regex(text, MARKED_NUMBER)
+    marker = pc.fill_null(pc.struct_field(number, "marker"), "")
+    for written, spelled in _MARKER_SPELLING.items():
+        marker = pc.replace_substring(marker, written, spelled)
+    single = pc.binary_join_element_wise(marker, pc.struct_field(number, "number"), "")
+    pair = pc.extract_regex(text, NUMBER_PAIR)
+    both = pc.binary_join_element_wise(pc.struct_field(pair, "first"), pc.struct_field(pair, "second"), "/")
+    return pc.coalesce(single, both)  # a missing word, or any other text, matches neither: null
+
+
+def measurements(values: pa.Array) -> pa.Array:
+    """A column of measurements as text (``MARKED_NUMBER``, ``NUMBER_PAIR``), one spelling each:
+    ``< 5`` → ``<5``, ``≥120`` → ``>=120``, `` 120 / 80`` → ``120/80``; a number is kept as written
+    (``5.0`` stays ``5.0``). Missing words (NR, not recorded, unknown) and any other text become null.
+    A column the source already types as numbers is written as text. Computed once per distinct value."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_large_string(values.type) or not pa.types.is_string(values.type):
+        values = pc.cast(values, pa.string())
+    return on_distinct(values, _measurements)
+
+
 def _identifier_terms(values: Sequence[object]) -> list[str]:
     """The strings to remove for one patient: each identifier whole and its words of 2+ characters."""
     terms: set[str] = set()

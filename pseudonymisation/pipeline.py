@@ -55,6 +55,7 @@ from pseudonymisation.sources import SourceFile, as_source, readable
 MANIFEST_FORMAT = "tre-extract-manifest/1"
 _DATE_TRANSFORMS = frozenset({TransformKind.DOB_YEAR, TransformKind.DOB_AGE_BAND, TransformKind.DATE_SHIFT,
                               TransformKind.DAYS_FROM_INDEX})
+_TEXT_TRANSFORMS = _DATE_TRANSFORMS | {TransformKind.MEASUREMENT}
 _PART = "part-{:06d}.parquet"
 _COMPRESSION = "snappy"  # writer options are fixed, so parts are reproducible
 
@@ -251,9 +252,10 @@ class _Plan:
         """Columns read as text from CSV whatever they look like: NHS numbers keep their digits, and a
         date column the extract transforms is read by ``generalise.as_dates`` (ISO or day/month/year,
         ADR 0062), not typed by Arrow from the first block and refused at a later block's first
-        day-first or "unknown" value."""
+        day-first or "unknown" value; so is a measurement column, whose first "<5" may come in any block
+        (ADR 0066)."""
         text = {c.name for c in self.schema.columns if c.role in {Role.DIRECT_IDENTIFIER, Role.FREE_TEXT}}
-        text |= {c.name for c in self.outputs if c.effective_transform.kind in _DATE_TRANSFORMS}
+        text |= {c.name for c in self.outputs if c.effective_transform.kind in _TEXT_TRANSFORMS}
         if self.person_links is not None:
             text.add(self.person_links.record_id_column)
         return text & set(self.read_columns)
@@ -288,6 +290,8 @@ def _transform_column(
         case TransformKind.ID_TOKEN:
             namespace = str(t.params.get("namespace", spec.name))
             return generalise.local_id_tokens(values, tokens.derive_subkey(keys.project_key, f"local-id:{namespace}"))
+        case TransformKind.MEASUREMENT:
+            return generalise.measurements(values)
         case TransformKind.SCRUB_TEXT:
             ids = [_column(table, c) for c in t.params.get("identifier_columns", ())]
             return generalise.scrub_text(values, ids)

@@ -7,12 +7,15 @@ read as text, so a messy value late in the file never breaks type inference.
 
 NHS numbers that pass the modulus-11 check digit (at least ``MATCH_SHARE`` of the present values, of
 which ``VALID_NHS_SHARE`` valid) → direct identifier, rule ``nhs_token`` (only one column, the one with
-most valid numbers; any other → direct identifier, ``drop``).
+most valid numbers; any other → direct identifier, ``drop``). UK phone numbers (``MATCH_SHARE`` of
+the present values other than missing words) → direct identifier, ``drop``, whatever the heading.
 
 Then the heading, compared word by word (``heading_words``), whatever the values (deny by default,
 ADR 0062): a person's name (Surname, Forename, First/Last/Given/Family/Middle/Full/Patient name, Name)
 → direct identifier, ``drop``; a date of birth (DOB, D.O.B, Date of birth, Birth date) →
-quasi-identifier, ``dob_age_band``; an address, email or phone → direct identifier, ``drop``; a
+quasi-identifier, ``dob_age_band``; an address, email or phone number (a phone word followed only by
+words that say which number: "Tel no", not "Telephone consultation", ADR 0066) → direct identifier,
+``drop``; a
 hospital number, MRN or local patient id → direct identifier, ``id_token``; an NHS number heading
 whose numbers fail the check → direct identifier, ``drop``.
 
@@ -25,11 +28,14 @@ Otherwise what a column's content says (shares of its non-missing values, at lea
 - UK postcodes → quasi-identifier, ``postcode_district``;
 - person names (words of letters in any script, mostly distinct, or a name-like heading) → direct
   identifier, ``drop``;
+- numbers with censoring markers (<5, >=120), pairs (120/80) or missing words (NR, not recorded,
+  unknown), never with a value shaped like an NHS or phone number → attribute, ``measurement`` (ADR 0066);
 - free text (long values of many words) → free text, ``drop``;
 - anything else (numbers, codes) → attribute, ``keep``.
 
 The rules are the extract pipeline's own (``pseudonymisation.schema.TransformKind``). The proposal
-carries counts only, never a value from the source. Why these thresholds and rules: ADR 0013.
+carries counts only, never a value from the source. Why these thresholds and rules: ADR 0013. The
+preview leaves out the rows an extract leaves out for their NHS number, and counts them.
 """
 
 from __future__ import annotations
@@ -43,13 +49,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pseudonymisation import generalise, paced_read, tokens
-from pseudonymisation.schema import ColumnSpec, DatasetSchema, Role, SchemaError, Transform, TransformKind
+from pseudonymisation.schema import (
+    ColumnSpec,
+    DatasetSchema,
+    InvalidNhsPolicy,
+    Role,
+    SchemaError,
+    Transform,
+    TransformKind,
+)
 from pseudonymisation.sources import SourceFile, as_source, readable
 
 MATCH_SHARE = 0.9  # a column is of a kind when this share of its present values is of that kind
@@ -68,6 +83,7 @@ RULES: tuple[TransformKind, ...] = (
     TransformKind.DATE_SHIFT,
     TransformKind.POSTCODE_DISTRICT,
     TransformKind.POSTCODE_SECTOR,
+    TransformKind.MEASUREMENT,
     TransformKind.KEEP,
     TransformKind.DROP,
 )
@@ -79,6 +95,7 @@ RULE_LABELS = {
     TransformKind.DATE_SHIFT: "date shift (per patient)",
     TransformKind.POSTCODE_DISTRICT: "postcode district",
     TransformKind.POSTCODE_SECTOR: "postcode sector",
+    TransformKind.MEASUREMENT: "measurement (<5 kept with its marker; NR empty)",
     TransformKind.KEEP: "kept",
     TransformKind.DROP: "dropped",
 }
@@ -86,6 +103,9 @@ RULE_LABELS = {
 _DATE_START = r"^\d{1,4}[/.-]\d{1,2}[/.-]\d"  # what every date generalise.read_date_text reads starts with
 _POSTCODE = r"^[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}$"
 _NHS_SHAPE = r"^\d{3}[ -]?\d{3}[ -]?\d{4}$"
+# A UK phone number once spaces, dots, dashes and brackets are gone: 0 or +44/0044, then 9 or 10 digits.
+_PHONE = r"^(?:\+44|0044|0)[1-9]\d{8,9}$"
+_PHONE_PUNCTUATION = r"[\s().-]"
 _INTEGER = r"^[-+]?\d+$"
 _DECIMAL = r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$"
 # Up to three words of letters in any script (Brontë, Nguyen); messy exports pad them with spaces and
@@ -105,8 +125,18 @@ _DOB_PHRASES = (("dob",), ("dobs",), ("d", "o", "b"), ("date", "of", "birth"), (
                 ("birthdate",), ("dateofbirth",), ("birthday",))
 _ADDRESS_PHRASES = (("address",), ("addresses",), ("addr",), ("street",))
 _EMAIL_PHRASES = (("email",), ("emailaddress",), ("e", "mail"))
-_PHONE_PHRASES = (("phone",), ("telephone",), ("tel",), ("mobile",), ("phonenumber",), ("fax",),
-                  ("contact", "number"), ("contact", "no"))
+# A phone word names a phone number only when nothing but these follows it: "Telephone", "Tel no",
+# "Mobile phone", "Phone (home)", "Next of kin phone 2"; not "Telephone consultation", "Phone triage",
+# "Mobile unit", where it qualifies something else (ADR 0066; values that look like phone numbers are
+# dropped whatever the heading).
+_PHONE_WORDS = frozenset({"phone", "phones", "telephone", "telephones", "tel", "tele", "mobile", "mobiles", "cell",
+                          "fax", "phonenumber", "phoneno", "telno", "telephonenumber", "telephoneno", "mobileno",
+                          "mobilenumber", "faxno", "faxnumber"})
+_PHONE_AFTER = frozenset({"number", "numbers", "no", "nos", "num", "home", "work", "day", "daytime", "evening",
+                          "night", "main", "primary", "secondary", "alt", "alternative", "other", "preferred",
+                          "personal", "private", "landline", "contact", "patient", "uk", "ext", "extension"}
+                         | _PHONE_WORDS)
+_CONTACT_PHRASES = (("contact", "number"), ("contact", "numbers"), ("contact", "no"), ("contact", "tel"))
 _ID_ENDINGS = ("number", "no", "num", "id", "identifier")
 _LOCAL_ID_PHRASES = (("mrn",), ("case", "note", "number"), ("casenote", "number")) + tuple(
     (kind, ending) for kind in ("hospital", "patient", "local", "pas", "person") for ending in _ID_ENDINGS)
@@ -145,6 +175,11 @@ class _Counts:
     integers: int = 0
     decimals: int = 0
     names: int = 0
+    phones: int = 0
+    measures: int = 0  # numbers as a measurement reads them, with or without a marker
+    marked: int = 0  # ... of which with a censoring marker
+    pairs: int = 0
+    missing_words: int = 0  # "NR", "not recorded", "unknown": present, but saying nothing is there
     long_text: int = 0
     text_chars: int = 0
     sample: list[pa.Array] = field(default_factory=list)  # distinct values of the first chunks, to count
@@ -437,12 +472,39 @@ def _observe(counts: _Counts, column: pa.Array, today: dt.date) -> None:
         _observe_years(counts, parsed.filter(ok), today, times.filter(ok))
     counts.postcodes += weighted(pc.match_substring_regex(pc.utf8_upper(values), _POSTCODE))
     counts.integers += weighted(pc.match_substring_regex(values, _INTEGER))
-    counts.decimals += weighted(pc.match_substring_regex(values, _DECIMAL))
+    plain_numbers = weighted(pc.match_substring_regex(values, _DECIMAL))
+    counts.decimals += plain_numbers
     counts.names += weighted(pc.match_substring_regex(values, _NAME))
+    _observe_measures_and_phones(counts, values, weight, plain_numbers)
     lengths = pc.utf8_length(values)
     counts.text_chars += int(pc.sum(pc.multiply(pc.cast(lengths, pa.int64()), weight)).as_py() or 0)
     words = pc.list_value_length(pc.utf8_split_whitespace(values))
     counts.long_text += weighted(pc.and_(pc.greater_equal(lengths, 40), pc.greater_equal(words, 6)))
+
+
+def _observe_measures_and_phones(counts: _Counts, values: pa.Array, weight: pa.Array, plain_numbers: int) -> None:
+    """Phone numbers, numbers with a censoring marker, pairs and missing words. Each test runs only on
+    the values that can pass it (a cheap anchored test first): an NHS number column has as many
+    distinct values as rows, and these would otherwise cost a third of the profile."""
+    def among(mask: pa.Array, test: Any) -> int:
+        some = values.filter(mask)
+        if not len(some):
+            return 0
+        return int(pc.sum(weight.filter(mask).filter(pc.fill_null(test(some), False))).as_py() or 0)
+
+    counts.phones += among(pc.match_substring_regex(values, r"^[+(]|^0"), lambda v: pc.match_substring_regex(
+        pc.replace_substring_regex(v, _PHONE_PUNCTUATION, ""), _PHONE))
+    marked = among(pc.starts_with(values, "<"), lambda v: pc.match_substring_regex(v, generalise.MARKED_NUMBER))
+    marked += among(pc.starts_with(values, ">"), lambda v: pc.match_substring_regex(v, generalise.MARKED_NUMBER))
+    marked += among(pc.match_substring_regex(values, "^[≤≥]"),
+                    lambda v: pc.match_substring_regex(v, generalise.MARKED_NUMBER))
+    counts.marked += marked
+    counts.measures += marked + plain_numbers  # _DECIMAL reads the numbers MARKED_NUMBER reads
+    counts.pairs += among(pc.match_substring_regex(values, r"^\d+(\.\d+)? */"),
+                          lambda v: pc.match_substring_regex(v, generalise.NUMBER_PAIR))
+    short = pc.and_(pc.less_equal(pc.utf8_length(values), max(len(w) for w in generalise.MISSING_WORDS)),
+                    pc.invert(pc.match_substring_regex(values, r"^\d")))
+    counts.missing_words += among(short, lambda v: pc.is_in(pc.utf8_lower(v), pa.array(generalise.MISSING_WORDS)))
 
 
 def _observe_years(counts: _Counts, dates: pa.Array, today: dt.date, weight: pa.Array | None = None) -> None:
@@ -498,6 +560,15 @@ def _names_a_person(words: tuple[str, ...]) -> bool:
     return bool(named) and all(w in _NAME_QUALIFIERS or w.isdigit() for w in words if w not in ("name", "names"))
 
 
+def _names_a_phone(words: tuple[str, ...]) -> bool:
+    """A heading naming a phone number: a phone word followed only by what says which number, or a
+    contact number. "Telephone consultation" names a consultation."""
+    if _has(words, _CONTACT_PHRASES):
+        return True
+    first = next((i for i, w in enumerate(words) if w in _PHONE_WORDS), None)
+    return first is not None and all(w in _PHONE_AFTER or w.isdigit() for w in words[first + 1:])
+
+
 def _by_heading(name: str) -> tuple[str, Role, TransformKind, str] | None:
     """The proposal a heading that names an identifier forces, whatever the values; None for any other."""
     words = heading_words(name)
@@ -509,7 +580,7 @@ def _by_heading(name: str) -> tuple[str, Role, TransformKind, str] | None:
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "email addresses (by the heading)"
     if _has(words, _ADDRESS_PHRASES):
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "addresses (by the heading)"
-    if _has(words, _PHONE_PHRASES):
+    if _names_a_phone(words):
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "phone numbers (by the heading)"
     if _has(words, _LOCAL_ID_PHRASES):
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN, "local patient ids (by the heading)"
@@ -528,6 +599,9 @@ def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, Transfo
     """
     if _share(c.nhs_shaped, c.present) >= MATCH_SHARE and _share(c.nhs_valid, c.nhs_shaped) >= VALID_NHS_SHARE:
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.NHS_TOKEN, "NHS numbers that pass the check digit"
+    if c.phones and _share(c.phones, c.present - c.missing_words) >= MATCH_SHARE:
+        # Before the heading: "Telephone consultation", "Contact" or "Notes 2" holding phone numbers.
+        return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "phone numbers (by the values)"
     heading = _by_heading(name)
     if not c.present:  # nothing to keep; the heading still says what the column may become
         role = Role.ATTRIBUTE if heading is None else heading[1]
@@ -547,6 +621,9 @@ def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, Transfo
         return "date", Role.QUASI_IDENTIFIER, TransformKind.DATE_SHIFT, "dates"
     if _share(c.postcodes, c.present) >= MATCH_SHARE:
         return "string", Role.QUASI_IDENTIFIER, TransformKind.POSTCODE_DISTRICT, "UK postcodes"
+    measurement = _measurement(c)
+    if measurement is not None:
+        return "string", Role.ATTRIBUTE, TransformKind.MEASUREMENT, measurement
     if _share(c.integers, c.present) >= MATCH_SHARE:
         return "integer", Role.ATTRIBUTE, TransformKind.KEEP, "whole numbers"
     if _share(c.decimals, c.present) >= MATCH_SHARE:
@@ -557,6 +634,30 @@ def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, Transfo
     if _share(c.names, c.present) >= MATCH_SHARE and (named or distinct >= 0.5):
         return "string", Role.DIRECT_IDENTIFIER, TransformKind.DROP, "person names"
     return "string", Role.ATTRIBUTE, TransformKind.KEEP, "codes or categories"
+
+
+def _measurement(c: _Counts) -> str | None:
+    """The reason a column is proposed as a measurement, or None: mostly numbers, with censoring markers
+    (<5, >120), pairs (120/80) or missing words (NR, not recorded, unknown), and together with those at
+    least ``MATCH_SHARE`` of its values. Never a column with a value shaped like an NHS or phone number:
+    an identifier is not a measurement, whatever else is in the column."""
+    numbers = c.measures + c.pairs
+    if not (c.marked + c.pairs + c.missing_words) or c.nhs_shaped or c.phones:
+        return None
+    # Numbers with only an odd missing word stay numbers, as before (the word is read as missing there):
+    # only a marker, a pair, or more missing words than a number column tolerates make a measurement.
+    if not (c.marked + c.pairs) and _share(c.measures, c.present) >= MATCH_SHARE:
+        return None
+    if _share(numbers, c.present) < 0.5 or _share(numbers + c.missing_words, c.present) < MATCH_SHARE:
+        return None
+    what = "pairs of numbers (120/80)" if c.pairs > c.measures else "numbers"
+    kept = []
+    if c.marked:
+        kept.append("censored values kept with their marker (<5, >=120)")
+    if c.pairs and c.pairs <= c.measures:
+        kept.append("pairs kept as 120/80")
+    kept.append("NR, not recorded, unknown and any other text become missing")
+    return f"{what} with markers or missing words: kept as text, " + "; ".join(kept)
 
 
 def _looks_event(name: str) -> bool:
@@ -574,6 +675,10 @@ def _public_counts(c: _Counts) -> dict[str, int]:
         "dates_unparsed": c.dates_unparsed,
         "dates_in_future": c.dates_future,
         "postcodes": c.postcodes,
+        "phone_numbers": c.phones,
+        "numbers_with_marker": c.marked,
+        "number_pairs": c.pairs,
+        "missing_words": c.missing_words,
     }
     return {k: v for k, v in out.items() if v or k in ("rows", "missing")}
 
@@ -646,6 +751,11 @@ def _warnings(
         if dated and unread:
             out.append(f"Column {p.name}: {unread} values could not be read as dates (neither YYYY-MM-DD nor "
                        "day/month/year); the extract leaves them empty")
+        if p.rule is TransformKind.MEASUREMENT:
+            other = c.present - c.measures - c.pairs - c.missing_words
+            if other:
+                out.append(f"Column {p.name}: {other} values are neither numbers, markers nor missing words; "
+                           "the extract leaves them empty")
         if p.name == nhs and c.present - c.nhs_valid:
             out.append(f"Column {p.name}: {c.rows - c.nhs_valid} rows have no valid NHS number")
     return out
@@ -658,25 +768,49 @@ def _warnings(
 HIDDEN = "(kept; not shown)"
 
 
+LEFT_OUT_REASONS = {
+    "nhs_number_missing": "NHS number missing",
+    "nhs_number_invalid_format": "NHS number invalid (not ten digits)",
+    "nhs_number_bad_check_digit": "NHS number invalid (check digit)",
+}
+
+
 def preview(path: Path | str | SourceFile, schema: DatasetSchema, *, rows: int = 5) -> dict[str, Any]:
-    """The first few rows as the extract would make them, under throwaway keys.
+    """The first few rows the extract would hold, as it would make them, under throwaway keys.
 
     Only what is safe on a custodian's screen: tokens (of keys made for this preview and forgotten),
-    bands, years, shifted dates, districts and kept attributes. A kept quasi-identifier is shown as
-    ``HIDDEN``; a dropped column is not shown at all.
+    bands, years, shifted dates, districts and kept attributes. A kept quasi-identifier, and the NHS
+    number column under any rule but its token, is shown as ``HIDDEN``; a dropped column is not shown
+    at all. A row the extract leaves out for its NHS number (the ``reject`` policy: missing, not ten
+    digits, a wrong check digit) is left out here too, and counted by reason in ``left_out`` among the
+    ``read`` rows looked at (ADR 0066); under ``separate_namespace`` it is shown with its ``INVALID-``
+    token, as the extract keeps it.
     """
     path = as_source(path)
     fmt = source_format(path)
     dialect = sniff_csv(path) if fmt == "csv" else None
     first = next(_batches(path, fmt, dialect, 1 << 20), None)
     if first is None:
-        return {"columns": [], "rows": []}
-    table = pa.Table.from_batches([first]).slice(0, rows)
+        return {"columns": [], "rows": [], "read": 0, "left_out": {}}
+    table = pa.Table.from_batches([first])
     linkage_key, project_key = tokens.generate_key(), tokens.generate_key()
     pseudonyms = None
+    left_out: dict[str, int] = {}
     if schema.nhs_number_column is not None:
-        numbers = _text(table.column(schema.nhs_number_column))
-        pseudonyms = tokens.internal_pseudonyms(tokens.parse_numbers(numbers), linkage_key)
+        parsed = tokens.parse_numbers(_text(table.column(schema.nhs_number_column)))
+        kept = np.ones(len(parsed), dtype=bool)
+        if schema.invalid_nhs_policy is InvalidNhsPolicy.REJECT:
+            kept = parsed.status == tokens.Status.VALID
+        # The rows read: up to the last of the first ``rows`` the extract keeps (or the whole chunk).
+        shown_rows = np.flatnonzero(kept)[:rows]
+        read = int(shown_rows[-1]) + 1 if len(shown_rows) == rows else len(parsed)
+        left_out = tokens.reason_counts(parsed.status[:read][~kept[:read]])
+        table = table.take(pa.array(shown_rows))
+        pseudonyms = tokens.internal_pseudonyms(parsed.filter(np.isin(np.arange(len(parsed)), shown_rows)),
+                                                linkage_key)
+    else:
+        table = table.slice(0, rows)
+        read = table.num_rows
     names: list[str] = []
     columns: list[list[Any]] = []
     for spec in schema.columns:
@@ -684,10 +818,14 @@ def preview(path: Path | str | SourceFile, schema: DatasetSchema, *, rows: int =
         if kind is TransformKind.DROP or spec.name not in table.column_names:
             continue
         values = table.column(spec.name).combine_chunks()
-        shown = _apply(spec, kind, values, pseudonyms, linkage_key, project_key)
+        if spec.name == schema.nhs_number_column and kind is not TransformKind.NHS_TOKEN:
+            shown = [HIDDEN] * len(values)  # a number itself, valid or not, never reaches the screen
+        else:
+            shown = _apply(spec, kind, values, pseudonyms, linkage_key, project_key)
         names.append(spec.effective_output_name)
         columns.append(shown)
-    return {"columns": names, "rows": [list(r) for r in zip(*columns, strict=True)]}
+    return {"columns": names, "rows": [list(r) for r in zip(*columns, strict=True)], "read": read,
+            "left_out": {LEFT_OUT_REASONS[k]: v for k, v in left_out.items()}}
 
 
 def _text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -724,6 +862,8 @@ def _apply(
             out = generalise.postcode_district(_text(values))
         case TransformKind.POSTCODE_SECTOR:
             out = generalise.postcode_sector(_text(values))
+        case TransformKind.MEASUREMENT:
+            out = generalise.measurements(values)
         case TransformKind.KEEP if spec.role is Role.ATTRIBUTE:
             out = values
         case _:

@@ -51,6 +51,7 @@ class TransformKind(StrEnum):
     POSTCODE_SECTOR = "postcode_sector"
     SCRUB_TEXT = "scrub_text"  # params: identifier_columns
     ID_TOKEN = "id_token"  # noqa: S105 - per-project token of a local identifier; params: namespace
+    MEASUREMENT = "measurement"  # numbers with censoring markers or pairs, as text; other text missing
 
 
 # Which transforms each role may take; anything else is refused.

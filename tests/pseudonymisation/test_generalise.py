@@ -165,3 +165,17 @@ def test_local_id_tokens_are_stable_per_key_and_differ_between_keys() -> None:
     assert one == again and one[0] == one[2] and one[0] != one[1] and one[3] is None
     assert not set(one[:3]) & set(other[:3])
     assert all(t.startswith("L") and len(t) == 32 for t in one[:3])
+
+
+def test_measurements_keep_markers_and_pairs_in_one_spelling_and_empty_the_rest():
+    written = ["48", " < 5", ">120", "<= 0.1", "≥7", "≤ 3", "120 / 80", "5.0", "-2", "NR", "not recorded",
+               "unknown", "", None, "see notes", "07700 900123", "1/2/2020"]
+
+    kept = generalise.measurements(pa.array(written)).to_pylist()
+
+    assert kept == ["48", "<5", ">120", "<=0.1", ">=7", "<=3", "120/80", "5.0", "-2", None, None,
+                    None, None, None, None, None, None]
+
+
+def test_measurements_of_a_numeric_column_are_its_numbers_as_text():
+    assert generalise.measurements(pa.array([1.5, None, 120.0])).to_pylist() == ["1.5", None, "120"]

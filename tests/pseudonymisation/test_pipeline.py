@@ -372,6 +372,45 @@ def test_a_csv_whose_dates_turn_day_first_after_the_first_block_is_read_whole(tm
     assert bands.null_count == 10  # the ten "unknown"; every day-first date has its band
 
 
+def _measurement_schema() -> DatasetSchema:
+    base = event_schema()
+    value = ColumnSpec("value", Role.ATTRIBUTE, Transform(TransformKind.MEASUREMENT))
+    return DatasetSchema(base.name, tuple(value if c.name == "value" else c for c in base.columns),
+                         nhs_number_column=base.nhs_number_column)
+
+
+def test_a_measurement_keeps_censored_values_with_their_marker_and_empties_missing_words(tmp_path, keys):
+    # A lab export (ADR 0066): numbers, "<5", "> 120", "NR", "not recorded", a blood pressure, a typo.
+    table = make_table(8)
+    written = ["48", "< 5", "> 120", "NR", "not recorded", "120 / 80", "5.0", "see notes"]
+    table = table.set_column(table.schema.get_field_index("value"), "value", pa.array(written))
+    csv_source = tmp_path / "labs.csv"
+    pacsv.write_csv(table, csv_source)
+
+    run_extract(ExtractOptions(csv_source, _measurement_schema(), ["nhs_number", "value"], tmp_path / "c", keys))
+
+    assert pq.read_table(tmp_path / "c" / "data").column("value").to_pylist() == [
+        "48", "<5", ">120", None, None, "120/80", "5.0", None]
+
+
+def test_a_csv_whose_measurements_gain_markers_after_the_first_block_is_read_whole(tmp_path, keys):
+    # Typed from its first 16 MiB block (numbers alone) the column would refuse a later block's "<5".
+    table = make_table(40)
+    values = [str(i) if i < 20 else ("<5" if i % 2 else "NR") for i in range(40)]
+    table = table.set_column(table.schema.get_field_index("value"), "value", pa.array(values))
+    table = table.set_column(table.schema.get_field_index("note"), "note", pa.array(["x" * (1 << 20)] * 40))
+    csv_source = tmp_path / "s.csv"
+    pacsv.write_csv(table, csv_source)
+    assert csv_source.stat().st_size > 2 * (1 << 24)
+
+    manifest = run_extract(ExtractOptions(csv_source, _measurement_schema(), ["nhs_number", "value"],
+                                          tmp_path / "c", keys))
+
+    kept = pq.read_table(tmp_path / "c" / "data").column("value").to_pylist()
+    assert manifest["rows"]["in"] == 40
+    assert kept[:20] == [str(i) for i in range(20)] and kept[20:] == [None, "<5"] * 10  # "NR" is missing
+
+
 def test_a_csv_whose_quoted_newlines_straddle_the_readers_blocks_is_read_whole(tmp_path, keys):
     # About 21 MB: more than one of the reader's 16 MiB blocks, every note forty lines long, so the
     # block's last newline is inside a note (a reader not told of such newlines fails here).

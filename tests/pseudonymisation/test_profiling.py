@@ -1,3 +1,4 @@
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -8,7 +9,7 @@ import pytest
 
 from pseudonymisation import profiling
 from pseudonymisation.profiling import ProfilingError, propose
-from pseudonymisation.schema import Role, SchemaError, TransformKind
+from pseudonymisation.schema import InvalidNhsPolicy, Role, SchemaError, TransformKind
 
 from .conftest import valid_nhs_numbers
 
@@ -247,9 +248,11 @@ def test_preview_shows_tokens_bands_and_districts_never_identifiers(tmp_path):
 
     assert shown["columns"] == ["patient_token", "dob", "postcode", "diagnosis", "weight_kg"]
     assert len(shown["rows"]) == 5
-    assert shown["rows"][1][1] == "85-89"  # born 1941-02-11, 85 at 2026-12-01
-    assert shown["rows"][1][2] == "LS6"
-    for row in rows[:5]:
+    # The first row has no NHS number: left out, as the extract leaves it out, and counted.
+    assert shown["left_out"] == {"NHS number missing": 1} and shown["read"] == 6
+    assert shown["rows"][0][1] == "85-89"  # born 1941-02-11, 85 at 2026-12-01
+    assert shown["rows"][0][2] == "LS6"
+    for row in rows[:6]:
         for value in (row["nhs_no"], row["forename"], row["surname"], row["dob"], row["postcode"]):
             if value:
                 assert value not in text
@@ -267,8 +270,8 @@ def test_preview_bands_and_shifts_day_month_year_dates(tmp_path):
     shown = profiling.preview(path, schema, rows=5)
 
     dob, seen = shown["columns"].index("dob"), shown["columns"].index("seen_on")
-    assert shown["rows"][1][dob] == "85-89"  # born 11/2/1941, 85 at 2026-12-01
-    assert all(row[seen] is not None and row[seen].startswith(("2024-", "2025-", "2026-")) for row in shown["rows"][1:])
+    assert shown["rows"][0][dob] == "85-89"  # born 11/2/1941, 85 at 2026-12-01 (the row before it has no number)
+    assert all(row[seen] is not None and row[seen].startswith(("2024-", "2025-", "2026-")) for row in shown["rows"])
 
 
 def test_preview_hides_a_kept_quasi_identifier(tmp_path):
@@ -430,3 +433,164 @@ def test_propose_reads_names_in_any_script(tmp_path):
 
     assert (cols["person"].role, cols["person"].rule, cols["person"].reason) == (
         Role.DIRECT_IDENTIFIER, TransformKind.DROP, "person names")
+
+
+def _lab_export(path, rows=40):
+    """A lab results export as trusts send them: censored results, NR, blood pressures, blanks, typos."""
+    numbers = valid_nhs_numbers(rows, seed=8)
+    hba1c = ["48", "<20", "52.5", "> 120", "NR", "", "not recorded", "61", "Unknown", "< 5"]
+    pressure = ["120/80", "135 / 85", "NR", "142/91", "", "118/76", "128/84", "N/A", "110/70", "150/95"]
+    lines = ["NHS Number,HbA1c (mmol/mol),BP,Creatinine,Comment"]
+    for i in range(rows):
+        result = hba1c[i % 10] if i != 37 else "see notes"  # one value a clerk typed
+        lines.append(f"{numbers[i]},{result},{pressure[i % 10]},{60 + i}.{i % 10},{['', 'repeat', 'ok'][i % 3]}")
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return path
+
+
+def test_propose_reads_numbers_with_markers_and_pairs_as_measurements(tmp_path):
+    proposal = propose(_lab_export(tmp_path / "labs.csv"), today=TODAY)
+    by = _by_name(proposal)
+
+    hba1c, bp = by["HbA1c (mmol/mol)"], by["BP"]
+    assert (hba1c.role, hba1c.rule, hba1c.data_type) == (Role.ATTRIBUTE, TransformKind.MEASUREMENT, "string")
+    assert "censored values kept with their marker" in hba1c.reason and "become missing" in hba1c.reason
+    assert hba1c.counts["numbers_with_marker"] == 12 and hba1c.counts["missing_words"] == 12
+    assert (bp.rule, bp.reason.split(" with ")[0]) == (TransformKind.MEASUREMENT, "pairs of numbers (120/80)")
+    assert bp.counts["number_pairs"] == 28
+    assert (by["Creatinine"].rule, by["Creatinine"].data_type) == (TransformKind.KEEP, "decimal")
+    assert "Column HbA1c (mmol/mol): 1 values are neither numbers, markers nor missing words; the extract leaves " \
+           "them empty" in proposal.warnings
+    assert "measurement" in profiling.RULE_LABELS[TransformKind.MEASUREMENT]
+
+
+def test_whole_numbers_with_an_odd_missing_word_stay_whole_numbers_and_more_become_a_measurement(tmp_path):
+    # One "Unknown" in twenty among counts: still whole numbers, as before the measurement rule.
+    (tmp_path / "odd.csv").write_text("episodes\n" + "\n".join("Unknown" if i % 20 == 0 else str(i) for i in range(40)))
+    # One in five: too many for a number column; a measurement keeps the numbers rather than a category.
+    (tmp_path / "many.csv").write_text("episodes\n" + "\n".join("Unknown" if i % 5 == 0 else str(i) for i in range(40)))
+
+    odd = _by_name(propose(tmp_path / "odd.csv", today=TODAY))["episodes"]
+    many = _by_name(propose(tmp_path / "many.csv", today=TODAY))["episodes"]
+
+    assert (odd.data_type, odd.rule) == ("integer", TransformKind.KEEP)
+    assert (many.rule, many.data_type) == (TransformKind.MEASUREMENT, "string")
+
+
+def test_preview_shows_measurements_as_the_extract_writes_them(tmp_path):
+    path = _lab_export(tmp_path / "labs.csv")
+    schema = propose(path, today=TODAY).to_schema("labs", reference_date=TODAY)
+
+    shown = profiling.preview(path, schema, rows=10)
+
+    hba1c, bp = shown["columns"].index("HbA1c (mmol/mol)"), shown["columns"].index("BP")
+    assert [r[hba1c] for r in shown["rows"]] == ["48", "<20", "52.5", ">120", None, None, None, "61", None, "<5"]
+    assert [r[bp] for r in shown["rows"]][:3] == ["120/80", "135/85", None]
+
+
+def test_propose_never_takes_identifier_shaped_numbers_for_measurements(tmp_path):
+    numbers = valid_nhs_numbers(30, seed=9)
+    lines = ["ref,alt_ref,notes_2"]
+    for i in range(30):
+        bad_check = numbers[i][:9] + str((int(numbers[i][9]) + 1) % 10)  # ten digits, wrong check digit
+        phone = ["07700 900123", "+44 (0)113 496 0000".replace("(0)", ""), "0117-496-0123", "NR"][i % 4]
+        lines.append(f"{bad_check if i % 5 else 'NR'},{'<5' if i % 7 == 0 else bad_check},{phone}")
+    (tmp_path / "ids.csv").write_text("\n".join(lines) + "\n")
+
+    by = _by_name(propose(tmp_path / "ids.csv", today=TODAY))
+
+    assert by["ref"].rule is not TransformKind.MEASUREMENT and by["alt_ref"].rule is not TransformKind.MEASUREMENT
+    assert (by["notes_2"].role, by["notes_2"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.DROP)
+    assert by["notes_2"].reason == "phone numbers (by the values)"
+
+
+@pytest.mark.parametrize(
+    ("heading", "by_heading"),
+    [
+        ("Telephone", True), ("Tel no", True), ("Tel. No.", True), ("Mobile", True), ("Phone number", True),
+        ("PhoneNumber", True), ("Contact number", True), ("contact_no", True), ("Home phone", True),
+        ("Phone (mobile)", True), ("Mobile phone 2", True), ("Next of kin telephone", True), ("fax", True),
+        ("Telephone consultation", False), ("Phone triage", False), ("Mobile unit", False),
+        ("telephone_consultation_flag", False), ("Phone triage outcome", False), ("Contact", False),
+    ],
+)
+def test_a_phone_heading_drops_only_a_column_that_names_a_phone_number(tmp_path, heading, by_heading):
+    lines = ["clinic," + (f'"{heading}"' if "," in heading else heading)]
+    lines += [f"C{i % 3},{['Yes', 'No', 'Y', 'N', '', 'yes'][i % 6]}" for i in range(30)]
+    (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
+
+    column = _by_name(propose(tmp_path / "c.csv", today=TODAY))[heading]
+
+    if by_heading:
+        assert (column.role, column.rule, column.reason) == (
+            Role.DIRECT_IDENTIFIER, TransformKind.DROP, "phone numbers (by the heading)")
+    else:
+        assert (column.role, column.rule, column.reason) == (Role.ATTRIBUTE, TransformKind.KEEP, "codes or categories")
+
+
+@pytest.mark.parametrize("heading", ["Telephone consultation", "Contact", "Notes 2", "Phone triage"])
+def test_a_harmless_heading_over_phone_numbers_is_dropped_by_its_values(tmp_path, heading):
+    phones = ["07700 900123", "(0113) 496 0000", "+44 7700 900456", "0117-496-0123", "01632 960 001",
+              "unknown", "", "0044 20 7946 0958"]
+    lines = ["clinic," + heading] + [f"C{i % 3},{phones[i % 8]}" for i in range(40)]
+    (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
+
+    column = _by_name(propose(tmp_path / "c.csv", today=TODAY))[heading]
+
+    assert (column.role, column.rule, column.reason) == (
+        Role.DIRECT_IDENTIFIER, TransformKind.DROP, "phone numbers (by the values)")
+    assert column.counts["phone_numbers"] == 30
+
+
+def _referrals(path):
+    """A referral export: some NHS numbers missing, mistyped (nine digits) or with a wrong check digit."""
+    numbers = valid_nhs_numbers(12, seed=11)
+    written = [numbers[0], "", numbers[2][:9], numbers[3][:9] + str((int(numbers[3][9]) + 1) % 10), numbers[4],
+               " ", numbers[6], numbers[7], numbers[8], numbers[9], numbers[10], numbers[11]]
+    lines = ["NHS No,Referral date,Priority"]
+    lines += [f"{n},0{1 + i % 9}/03/2025,{['Routine', 'Urgent'][i % 2]}" for i, n in enumerate(written)]
+    path.write_text("\n".join(lines) + "\n")
+    return path, written
+
+
+def test_preview_leaves_out_and_counts_the_rows_an_extract_leaves_out(tmp_path):
+    path, written = _referrals(tmp_path / "referrals.csv")
+    schema = propose(path, today=TODAY).to_schema("referrals", reference_date=TODAY)
+    assert schema.nhs_number_column == "NHS No"
+
+    shown = profiling.preview(path, schema, rows=5)
+
+    assert len(shown["rows"]) == 5 and shown["read"] == 9  # rows 1, 5, 7, 8, 9 of the file
+    # As the extract counts them: a blank of spaces is "not ten digits", an empty value "missing".
+    assert shown["left_out"] == {"NHS number missing": 1, "NHS number invalid (not ten digits)": 2,
+                                 "NHS number invalid (check digit)": 1}
+    token = shown["columns"].index("patient_token")
+    assert all(r[token] is not None and r[token].startswith("T") for r in shown["rows"])
+    text = json.dumps(shown)
+    assert written[2] not in text and written[3] not in text
+
+
+def test_preview_never_shows_the_nhs_number_column_unless_as_its_token(tmp_path):
+    path, written = _referrals(tmp_path / "referrals.csv")
+    choices = {c.name: (c.role, c.rule) for c in propose(path, today=TODAY).columns}
+    choices["NHS No"] = (Role.ATTRIBUTE, TransformKind.KEEP)
+    schema = profiling.build_schema("referrals", choices, order=list(choices), nhs_number_column="NHS No",
+                                    reference_date=TODAY)
+
+    shown = profiling.preview(path, schema, rows=5)
+
+    assert {r[shown["columns"].index("NHS No")] for r in shown["rows"]} == {profiling.HIDDEN}
+    assert not any(n.strip() and n in json.dumps(shown) for n in written)
+
+
+def test_preview_under_a_separate_namespace_shows_invalid_rows_by_their_invalid_token(tmp_path):
+    path, written = _referrals(tmp_path / "referrals.csv")
+    schema = propose(path, today=TODAY).to_schema("referrals", reference_date=TODAY)
+    schema = dataclasses.replace(schema, invalid_nhs_policy=InvalidNhsPolicy.SEPARATE_NAMESPACE)
+
+    shown = profiling.preview(path, schema, rows=5)
+
+    tokens_shown = [r[shown["columns"].index("patient_token")] for r in shown["rows"]]
+    assert shown["left_out"] == {} and shown["read"] == 5
+    assert tokens_shown[1] is None and tokens_shown[2].startswith("INVALID-") and tokens_shown[3].startswith("INVALID-")
+    assert written[2] not in json.dumps(shown)

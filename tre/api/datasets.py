@@ -57,6 +57,9 @@ class ConfirmationSchema(ma.Schema):
 class PreviewSchema(ma.Schema):
     columns = ma.fields.List(ma.fields.String())
     rows = ma.fields.List(ma.fields.List(ma.fields.String(allow_none=True)))
+    read = ma.fields.Integer(metadata={"description": "source rows looked at to find the rows shown"})
+    left_out = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(),
+                              metadata={"description": "rows read that extracts leave out, by reason"})
 
 
 class ConfirmedSchema(ma.Schema):

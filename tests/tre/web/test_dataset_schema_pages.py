@@ -90,6 +90,39 @@ def test_custodian_sees_the_proposal_previews_and_confirms(w: World, tmp_path: P
     assert "Change the schema" in client.get(f"/catalogue/datasets/{ds.id}").get_data(as_text=True)
 
 
+def test_preview_leaves_out_rows_without_a_valid_nhs_number_as_extracts_do(w: World, tmp_path: Path) -> None:
+    # A messy clinic export: the second row's number is missing, the third's mistyped, the fourth's
+    # check digit wrong. The page says such rows are left out of extracts; so is the preview.
+    numbers = valid_nhs_numbers(30, seed=5)
+    wrong_check = numbers[3][:9] + str((int(numbers[3][9]) + 1) % 10)
+    written = [numbers[0], "", "943 476 591", wrong_check] + numbers[4:]
+    lines = [",".join(COLUMNS)] + [
+        ",".join([n, SURNAMES[i % 10], f"0{1 + i % 9}/03/19{40 + i}", ["LS1 4AP", "M1 1AE"][i % 2], "E11"])
+        for i, n in enumerate(written)]
+    source = tmp_path / "clinic.csv"
+    source.write_text("\r\n".join(lines) + "\r\n")
+    ds = w.svc.register_dataset(
+        w.custodian, name="clinic_export", title="Clinic export", description="", source_kind="csv",
+        source_location=str(source), sensitivity="special_category",
+        columns=[{"name": c, "role": "attribute"} for c in COLUMNS],
+    )
+    client = login(w.app.test_client(), w.custodian)
+    page = client.get(f"/catalogue/datasets/{ds.id}/schema").get_data(as_text=True)
+    assert "rows without a valid number are left out" in page
+
+    shown = client.post(f"/catalogue/datasets/{ds.id}/schema", data=_form(page) | {"action": "preview"})
+
+    body = shown.get_data(as_text=True)
+    assert shown.status_code == 200
+    assert ("Of the first 8 rows read, 3 rows left out, as extracts leave them out: NHS number missing: 1; "
+            "NHS number invalid (not ten digits): 1; NHS number invalid (check digit): 1.") in body
+    preview = body.split('id="preview"', 1)[1]
+    assert preview.count('<tr class="nhsuk-table__row">') == 5
+    assert "INVALID-" not in preview
+    for raw in ("943 476 591", wrong_check, numbers[0]):
+        assert raw not in body
+
+
 def test_page_refuses_a_bad_rule_with_its_reason_and_changes_nothing(w: World, tmp_path: Path) -> None:
     ds = _dataset(w, tmp_path)
     client = login(w.app.test_client(), w.custodian)
