@@ -58,6 +58,10 @@ class HubSettings:
     named_server_limit: int = 10
     cull_idle_seconds: int = 3600
     proxy_command: list[str] = field(default_factory=list)
+    # The control plane's instance folder when ``tre run`` started the hub (TRE_INSTANCE_PATH). The hub's
+    # services get it in their environment, which JupyterHub otherwise empties, so that ``tre run``'s
+    # straggler sweep finds a service a hub killed abruptly left behind (tre/cli/processes.py).
+    instance_path: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> HubSettings:
@@ -87,6 +91,7 @@ class HubSettings:
         for name, attr in texts.items():
             if env.get(name):
                 setattr(settings, attr, env[name])
+        settings.instance_path = env.get("TRE_INSTANCE_PATH", "")
         settings.insecure_dev = env.get("TRE_HUB_INSECURE_DEV", "").lower() in {"1", "true", "yes"}
         settings.fs_sandbox = env.get("TRE_HUB_FS_SANDBOX", "").lower() not in {"0", "false", "no", "off"}
         if env.get("TRE_HUB_READY_POLL_SECONDS"):
@@ -199,6 +204,8 @@ def configure(c: Any, settings: HubSettings | None = None) -> HubSettings:
             "--cull-every=60",
         ],
     }
+    if settings.instance_path:
+        culler["environment"] = {"TRE_INSTANCE_PATH": settings.instance_path}
     c.JupyterHub.services = [service, culler]
     c.JupyterHub.load_roles = [
         {

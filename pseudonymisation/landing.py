@@ -18,6 +18,10 @@ from pathlib import Path, PurePosixPath
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 _BLOCK = 1 << 22
+NOT_CONFIGURED = ("No landing folder is configured (TRE_LANDING_DIR): an administrator sets it to the folder "
+                  "custodians deliver into")
+# The folders of the landing folder a page offers at most (a page lists them; it is not a file browser).
+MAX_FOLDERS = 50
 
 
 class LandingError(ValueError):
@@ -41,7 +45,7 @@ def check_name(name: str) -> PurePosixPath:
 def open_in_landing(root: Path | None, name: str) -> tuple[int, PurePosixPath]:
     """Open the named file inside ``root`` for reading, following no link; returns (fd, name)."""
     if root is None:
-        raise LandingError("No landing folder is configured (TRE_LANDING_DIR)")
+        raise LandingError(NOT_CONFIGURED)
     path = check_name(name)
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -70,7 +74,7 @@ def open_in_landing(root: Path | None, name: str) -> tuple[int, PurePosixPath]:
 def list_folder(root: Path | None, name: str) -> list[str]:
     """The regular files directly inside a folder of the landing folder (links are left out)."""
     if root is None:
-        raise LandingError("No landing folder is configured (TRE_LANDING_DIR)")
+        raise LandingError(NOT_CONFIGURED)
     text = (name or "").strip().strip("/")
     if not text or "\x00" in text or "\\" in text or any(p in ("..", ".", "") for p in text.split("/")):
         raise LandingError("Name the folder by its path inside the landing folder (no leading /, no ..)")
@@ -89,4 +93,29 @@ def list_folder(root: Path | None, name: str) -> list[str]:
         os.close(fd)
 
 
-__all__ = ["SUFFIXES", "LandingError", "check_name", "list_folder", "open_in_landing"]
+def top_folders(root: Path | None) -> list[str]:
+    """The folders directly inside the landing folder (links are left out), at most ``MAX_FOLDERS``
+    of them by name; none when no landing folder is configured or it cannot be opened."""
+    if root is None:
+        return []
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return []
+    try:
+        found = []
+        for entry in sorted(os.listdir(fd)):
+            try:
+                if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                    found.append(entry)
+            except OSError:
+                continue
+            if len(found) == MAX_FOLDERS:
+                break
+        return found
+    finally:
+        os.close(fd)
+
+
+__all__ = ["MAX_FOLDERS", "NOT_CONFIGURED", "SUFFIXES", "LandingError", "check_name", "list_folder",
+           "open_in_landing", "top_folders"]

@@ -19,7 +19,7 @@ from projects.kernel import ProjectError, ProjectsKernel
 from projects.models import Dataset
 from pseudonymisation import omop
 from pseudonymisation.deliveries import Deliveries
-from pseudonymisation.landing import LandingError, list_folder
+from pseudonymisation.landing import LandingError, list_folder, top_folders
 from tre.core.permissions import Permission, has_permission
 
 
@@ -41,6 +41,20 @@ class OmopFolders(ProjectsKernel):
         if taken:
             raise ProjectError(f"Datasets with these names are already registered: {', '.join(sorted(taken))}")
         return tables
+
+    def folders_found(self, actor: Any) -> list[str]:
+        """The folders directly inside the landing folder that hold an OMOP CDM person table, for the
+        page to offer; changes nothing. Links are not followed; a folder that cannot be read is left out."""
+        with self._tx():
+            self._allow(has_permission(actor, Permission.DATASET_MANAGE), "dataset.register_omop", actor)
+        found = []
+        for folder in top_folders(self.landing_dir):
+            try:
+                omop.recognise(list_folder(self.landing_dir, folder))
+            except (LandingError, omop.OmopError, OSError):
+                continue
+            found.append(folder)
+        return found
 
     def preview_folder(self, actor: Any, folder: str, prefix: str) -> list[dict[str, Any]]:
         """What ``register_folder`` would register, changing nothing: per table its file, dataset name,

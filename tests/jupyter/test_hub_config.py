@@ -117,3 +117,16 @@ def test_a_starting_server_gets_a_larger_cpu_share_unless_told_not_to(tmp_path):
 
     assert raised.TreLocalSpawner.start_nice < 0
     assert equal.TreLocalSpawner.start_nice == 0
+
+
+def test_the_culler_carries_the_instance_path_tre_run_sweeps_by_only_when_there_is_one(tmp_path):
+    run_by_tre, alone = Config(), Config()
+    configure(run_by_tre, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "a"),
+                                                "TRE_INSTANCE_PATH": str(tmp_path / "instance")}))
+    configure(alone, HubSettings.from_env({"TRE_HUB_STATE_DIR": str(tmp_path / "b")}))
+
+    def culler(c):
+        return next(s for s in c.JupyterHub.services if s["name"] == "idle-culler")
+
+    assert culler(run_by_tre)["environment"] == {"TRE_INSTANCE_PATH": str(tmp_path / "instance")}
+    assert "environment" not in culler(alone)

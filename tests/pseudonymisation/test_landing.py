@@ -36,3 +36,24 @@ def test_links_are_not_followed_at_any_step(tmp_path: Path) -> None:
 def test_a_missing_landing_folder_setting_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LandingError, match="TRE_LANDING_DIR"):
         open_in_landing(None, "x.csv")
+
+
+def test_a_missing_landing_folder_is_refused_saying_which_setting_to_set(tmp_path: Path) -> None:
+    from pseudonymisation.landing import list_folder
+
+    with pytest.raises(LandingError, match=r"TRE_LANDING_DIR.*an administrator sets it"):
+        list_folder(None, "cdm")
+
+
+def test_top_folders_lists_real_folders_only_and_nothing_without_a_landing_folder(tmp_path: Path) -> None:
+    from pseudonymisation.landing import top_folders
+
+    root, outside = tmp_path / "landing", tmp_path / "outside"
+    (root / "b-cdm").mkdir(parents=True)
+    (root / "a-cdm").mkdir()
+    outside.mkdir()
+    (root / "file.csv").write_text("a\n1\n")
+    os.symlink(outside, root / "dir-link")
+
+    assert top_folders(root) == ["a-cdm", "b-cdm"]
+    assert top_folders(None) == [] and top_folders(tmp_path / "missing") == []

@@ -83,6 +83,22 @@ def test_an_omop_folder_registers_with_presets_and_extracts_linked(onboarding_ap
     assert set(conditions.column("person_id").to_pylist()) <= tokens  # linked within the project
 
 
+def test_the_folders_offered_hold_a_person_table_and_are_not_links(onboarding_app: Any, tmp_path: Path) -> None:
+    app = onboarding_app
+    w = build_world(app)
+    write_omop_folder(landing(app) / "cdm", persons=5)
+    (landing(app) / "notes").mkdir()
+    (landing(app) / "notes" / "measurement.csv").write_text("measurement_id\n1\n")
+    write_omop_folder(tmp_path / "elsewhere", persons=5)
+    os.symlink(tmp_path / "elsewhere", landing(app) / "linked")
+
+    found = folders(app).folders_found(w.custodian)
+
+    assert found == ["cdm"]
+    with pytest.raises(ProjectPermissionDenied):
+        folders(app).folders_found(w.pi)
+
+
 def test_registration_is_refused_for_a_clash_a_link_and_a_researcher(onboarding_app: Any, tmp_path: Path) -> None:
     app = onboarding_app
     w = build_world(app)

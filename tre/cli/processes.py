@@ -174,9 +174,20 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether the process still runs: a zombie has stopped, whoever is yet to reap it."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() or ["Z"])[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def _stop_stragglers(instance: Path, strays: list[int]) -> None:
     """Stop what our processes started in sessions of their own: the descendants noted before the
-    shutdown, and anything else carrying this instance's path in its environment."""
+    shutdown, and anything else carrying this instance's path in its environment — exactly that
+    entry, never a pattern. Hub services lose our environment to JupyterHub's, so the hub's
+    configuration gives them the entry back (jupyter/hub_config.py): a culler left behind by a hub
+    that was killed is no longer a descendant of anything we started, and is found by it."""
     marker = f"TRE_INSTANCE_PATH={instance}".encode()
     me = os.getpid()
     targets = set(strays)
@@ -198,9 +209,9 @@ def _stop_stragglers(instance: Path, strays: list[int]) -> None:
         if not alive:
             return
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in alive):
+        while time.monotonic() < deadline and any(_running(pid) for pid in alive):
             time.sleep(0.2)
-        targets = {pid for pid in alive if Path(f"/proc/{pid}").exists()}
+        targets = {pid for pid in alive if _running(pid)}
 
 
 def _hub_command(settings: Settings, env: dict[str, str], commands: dict[str, list[str]]) -> str:

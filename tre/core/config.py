@@ -18,6 +18,11 @@ from typing import Any, get_type_hints
 PREFIX = "TRE_"
 # "" chooses as before: TRE_MASTER_KEY when set, else the key file in the instance folder.
 KEY_PROVIDERS = ("", "file", "env", "aws-kms", "pkcs11")
+# Where demo data may be loaded, and where an unset TRE_LANDING_DIR may mean the instance's own
+# ``landing`` folder (ADR 0064). Any other TRE_ENVIRONMENT (production, staging ...) gets neither.
+DEMO_ENVIRONMENTS = frozenset({"embedded", "development", "test"})
+# The landing folder inside the instance that ``tre demo load`` makes (ADR 0064).
+INSTANCE_LANDING = "landing"
 
 
 class ConfigError(ValueError):
@@ -86,7 +91,8 @@ class Settings:
     extracts_path: Path | None = None
     workspaces_path: Path | None = None
     # Data onboarding: the folder custodians drop deliveries into (empty: none, deliveries from a
-    # landing folder are refused), and the identifiable zone where accepted and quarantined
+    # landing folder are refused; but in a demo environment, ``<instance>/landing`` when that folder
+    # exists, as ``tre demo load`` makes it: ADR 0064), and the identifiable zone where accepted and quarantined
     # deliveries are kept (only the service account may enter it; no workspace mounts it).
     landing_dir: Path | None = None
     identifiable_path: Path | None = None
@@ -205,6 +211,8 @@ class Settings:
             changes["workspaces_path"] = inst / "workspaces"
         if self.identifiable_path is None:
             changes["identifiable_path"] = inst / "identifiable"
+        if self.landing_dir is None:
+            changes["landing_dir"] = self._instance_landing()
         if not self.jupyterhub_api_url:
             changes["jupyterhub_api_url"] = self.jupyterhub_url
         if not 0 <= self.trusted_proxies <= 10:
@@ -248,6 +256,15 @@ class Settings:
             changes["oidc_discovery_url"] = self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
         changes["key_provider"] = self._checked_key_provider()
         return dataclasses.replace(self, **changes)
+
+    def _instance_landing(self) -> Path | None:
+        """The instance's own landing folder, for an unset TRE_LANDING_DIR: only in a demo environment,
+        and only when it is a real folder (not a link) that ``tre demo load`` or the operator made.
+        Anywhere else unset stays unset, and deliveries from a landing folder are refused."""
+        if self.environment not in DEMO_ENVIRONMENTS:
+            return None
+        folder = self.instance_path / INSTANCE_LANDING
+        return folder if folder.is_dir() and not folder.is_symlink() else None
 
     def _checked_key_provider(self) -> str:
         """Refuse a key service set up by halves, or settings for one service while another is chosen."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tre.core.config import Settings
+from tre.core.config import DEMO_ENVIRONMENTS, Settings
 from tre.core.filemodes import ensure_private_folder
 
 DEMO_PATIENTS = 100_000
@@ -18,7 +18,7 @@ DEMO_PATIENTS = 100_000
 def load_command(patients: int) -> None:
     """Create the demo accounts and synthetic data (skips what is already there)."""
     settings = Settings.from_env()
-    if settings.environment not in {"embedded", "development", "test"}:
+    if settings.environment not in DEMO_ENVIRONMENTS:
         raise click.ClickException("demo data is refused outside the embedded setup")
     from tre.cli import command_app
     from tre.core.identity import Identity
@@ -46,6 +46,24 @@ def load_command(patients: int) -> None:
         if loaded is not None:
             click.echo(f"opt-out list {DEMO_LIST!r}: {loaded:,} synthetic patients opted out")
         _build_demo_extracts(app)
+    _load_demo_landing(settings)
+
+
+def _load_demo_landing(settings: Settings) -> None:
+    """The instance's landing folder with the demo's OMOP tables, for a custodian to register on the
+    OMOP page; an unset TRE_LANDING_DIR means this folder in a demo environment (ADR 0064)."""
+    from tre.demo.omop import load_demo_landing
+
+    try:
+        folder = load_demo_landing(settings.instance_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if settings.landing_dir is not None and settings.landing_dir != folder.parent:
+        click.echo(f"demo OMOP tables in {folder}; TRE_LANDING_DIR names another folder ({settings.landing_dir}), "
+                   "so the OMOP page will not list them")
+    else:
+        click.echo(f"demo OMOP tables in the landing folder {folder.parent}, as {folder.name}: "
+                   "a custodian registers them at /catalogue/omop")
 
 
 def _build_demo_extracts(app: object) -> None:

@@ -12,6 +12,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pseudonymisation import omop
+from tre.core.config import INSTANCE_LANDING
+from tre.core.filemodes import ensure_private_folder
+
+# The demo's OMOP folder inside the instance's landing folder, as the OMOP page lists it.
+DEMO_OMOP_FOLDER = "demo-omop"
 
 _CONDITIONS = [201826, 320128, 4329847, 255573, 432867]  # concept ids (diabetes, hypertension ...)
 _DRUGS = [1503297, 1308216, 1332418, 1112807]
@@ -84,3 +89,17 @@ def write_omop_folder(folder: Path, persons: int = 200, seed: int = 7) -> dict[s
         pacsv.write_csv(pa.table(full), folder / f"{table}.csv")
         rows[table] = n
     return rows
+
+
+def load_demo_landing(instance: Path, persons: int = 200, seed: int = 7) -> Path:
+    """Make the instance's landing folder (0700, the service's alone: no workspace account may enter
+    it) and the demo's OMOP folder in it, written as ``tre demo omop`` writes one; a folder that
+    already holds the demo's person table is left as it is. Returns the OMOP folder."""
+    landing = instance / INSTANCE_LANDING
+    if landing.is_symlink():
+        raise ValueError(f"{landing} is a link; the instance's landing folder must be a folder of its own")
+    ensure_private_folder(landing, "landing folder")
+    folder = ensure_private_folder(landing / DEMO_OMOP_FOLDER, "demo OMOP folder")
+    if not (folder / "person.csv").exists():
+        write_omop_folder(folder, persons=persons, seed=seed)
+    return folder

@@ -88,6 +88,11 @@ def omop_folder() -> Any:
     svc = OmopFolders(p.db.session, p.audit, request_id=g.get("request_id"), landing_dir=p.settings.landing_dir,
                       identifiable_path=p.settings.identifiable_path)
     folder, prefix = request.form.get("folder", ""), request.form.get("prefix", "")
+    found, _ = attempt(lambda: svc.folders_found(g.user))
+    found = found or []
+    if request.method == "GET" and found:
+        # The first OMOP folder found is offered, so the demo's folder is one click from its review.
+        folder = found[0]
     tables, error = None, None
     if request.method == "POST":
         if request.form.get("action") == "confirm":
@@ -98,7 +103,7 @@ def omop_folder() -> Any:
         else:
             tables, error = attempt(lambda: svc.preview_folder(g.user, folder, prefix))
     return render_template("deliveries/omop.html", title="Register an OMOP CDM folder", folder=folder,
-                           prefix=prefix, tables=tables, error=error, role_labels=rules.COLUMN_ROLE_LABELS,
+                           prefix=prefix, tables=tables, error=error, found=found, role_labels=rules.COLUMN_ROLE_LABELS,
                            rule_labels={str(k): v for k, v in profiling.RULE_LABELS.items()},
                            landing=p.settings.landing_dir is not None), (422 if error else 200)
 

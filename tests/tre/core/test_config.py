@@ -91,3 +91,33 @@ def test_the_embedded_broker_wakes_its_workers_and_polls_as_kombu_does_only_with
     assert (off.broker_wakeups, off.broker_poll_ms) == (False, 1000)
     chosen = Settings.from_env({"TRE_BROKER_POLL_MS": "250"}, instance_path=tmp_path)
     assert chosen.broker_poll_ms == 250
+
+
+def test_an_unset_landing_folder_is_the_instances_own_only_in_a_demo_environment_once_it_exists(
+    tmp_path: Path,
+) -> None:
+    before = Settings.from_env({}, instance_path=tmp_path).landing_dir
+    (tmp_path / "landing").mkdir()
+
+    demo = {env: Settings.from_env({"TRE_ENVIRONMENT": env}, instance_path=tmp_path).landing_dir
+            for env in ("embedded", "development", "test")}
+    production = Settings.from_env({"TRE_ENVIRONMENT": "production"}, instance_path=tmp_path).landing_dir
+    staging = Settings.from_env({"TRE_ENVIRONMENT": "staging"}, instance_path=tmp_path).landing_dir
+
+    assert before is None
+    assert set(demo.values()) == {tmp_path / "landing"}
+    assert production is None and staging is None
+
+
+def test_a_set_landing_folder_wins_and_a_linked_instance_landing_is_not_taken(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "landing").symlink_to(elsewhere)
+
+    linked = Settings.from_env({}, instance_path=instance).landing_dir
+    named = Settings.from_env({"TRE_LANDING_DIR": str(tmp_path / "named")}, instance_path=instance).landing_dir
+
+    assert linked is None
+    assert named == tmp_path / "named"
