@@ -5,6 +5,7 @@ with charts drawn on the server (``tre.web.pictures``), each beside the same fig
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
@@ -91,8 +92,10 @@ def omop_folder() -> Any:
     found, _ = attempt(lambda: svc.folders_found(g.user))
     found = found or []
     if request.method == "GET" and found:
-        # The first OMOP folder found is offered, so the demo's folder is one click from its review.
+        # The first OMOP folder found is offered with a prefix made from its name (demo-omop: demo_omop),
+        # so the demo's folder is one click from its review; both can be changed before anything is made.
         folder = found[0]
+        prefix = re.sub(r"[^a-z0-9_]+", "_", folder.rsplit("/", 1)[-1].lower()).strip("_")
     tables, error = None, None
     if request.method == "POST":
         if request.form.get("action") == "confirm":

@@ -72,6 +72,7 @@ def test_the_demo_omop_page_lists_the_demo_folder_and_offers_it(demo_app: Any) -
     assert page.status_code == 200
     assert f'<ul class="nhsuk-list nhsuk-list--bullet" id="omop-folders"><li><code>{DEMO_OMOP_FOLDER}</code>' in text
     assert f'value="{DEMO_OMOP_FOLDER}"' in text
+    assert 'value="demo_omop"' in text  # a prefix made from the folder's name, so one click reviews it
     assert "No landing folder is configured" not in text
 
 
