@@ -257,7 +257,8 @@ class Decision(Base):
     conditions: Mapped[str] = mapped_column(Text, default="")
     public_comment: Mapped[str] = mapped_column(Text, default="")
     decided_by: Mapped[str] = mapped_column(String(32))
-    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Indexed for the turnaround page's window: the decisions since a date, not every one (ADR 0067).
+    decided_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class ApprovedColumn(Base):

@@ -7,6 +7,7 @@ processes share it through ``PROMETHEUS_MULTIPROC_DIR`` (set by ``tre run``).
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import os
 import time
@@ -58,15 +59,17 @@ class JobCollector(Collector):
                 if first is not None:
                     first = first if first.tzinfo else first.replace(tzinfo=now.tzinfo)
                     oldest.add_metric([queue], (now - first).total_seconds())
-            since = now.timestamp() - 3600
+            # Only the last hour's finished jobs are read (a range of ix_jobs_finished_at), not every job
+            # that ever ran: the table keeps them all, and the scrape comes every few seconds.
             totals: dict[str, list[float]] = {}
             for kind, started, finished in s.execute(
                 select(Job.kind, Job.started_at, Job.finished_at).where(
-                    Job.state.in_((SUCCEEDED, FAILED)), Job.finished_at.is_not(None), Job.started_at.is_not(None)
+                    Job.finished_at >= now - dt.timedelta(hours=1),
+                    Job.state.in_((SUCCEEDED, FAILED)),
+                    Job.started_at.is_not(None),
                 )
             ):
-                if finished.timestamp() >= since:
-                    totals.setdefault(kind, []).append((finished - started).total_seconds())
+                totals.setdefault(kind, []).append((finished - started).total_seconds())
             for kind, values in totals.items():
                 duration.add_metric([kind], sum(values) / len(values))
         yield by_state

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from tests.statements import count_rows
 from tre.core import jobs
-from tre.core.db import transaction
+from tre.core.db import transaction, utcnow
 
 
 def test_metrics_report_request_latency_and_jobs_by_state(sqlite_app: Any, client: Any) -> None:
@@ -20,6 +22,32 @@ def test_metrics_report_request_latency_and_jobs_by_state(sqlite_app: Any, clien
     assert 'tre_http_request_duration_seconds_count{endpoint="health.healthz",method="GET",status="200"}' in body
     assert 'tre_jobs{kind="kernel.selftest",state="queued"} 1.0' in body
     assert 'tre_job_queue_oldest_seconds{queue="default"}' in body
+
+
+def test_mean_job_duration_reads_only_the_jobs_finished_in_the_last_hour(app: Any) -> None:
+    db = app.extensions["tre.db"]
+    now = utcnow()
+
+    def finished(key: str, ended: dt.datetime, seconds: int) -> jobs.Job:
+        return jobs.Job(
+            kind="kernel.selftest",
+            idempotency_key=key,
+            state=jobs.SUCCEEDED,
+            started_at=ended - dt.timedelta(seconds=seconds),
+            finished_at=ended,
+        )
+
+    with transaction(db.session) as s:
+        s.add(finished("recent", now - dt.timedelta(minutes=10), 4))
+        s.add_all(finished(f"old-{i}", now - dt.timedelta(days=30, minutes=i), 100) for i in range(20))
+    client = app.test_client()
+
+    rows, response = count_rows(app, lambda: client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}))
+
+    body = response.get_data(as_text=True)
+    assert 'tre_job_mean_duration_seconds{kind="kernel.selftest"} 4.0' in body  # the old jobs are not averaged
+    assert 'tre_jobs{kind="kernel.selftest",state="succeeded"} 21.0' in body
+    assert rows == 2  # the one state count and the one job of the last hour: not the 20 before it
 
 
 def test_metrics_are_refused_to_other_machines_when_no_token_is_set(client: Any) -> None:

@@ -18,7 +18,7 @@ from tre.core.db import utcnow
 from tre.core.identity import User, UserRole
 from tre.core.permissions import ROLE_PERMISSIONS, Permission
 from tre.web.confirm import Confirmation, render_confirmation
-from tre.web.pictures import turnaround_charts
+from tre.web.pictures import turnaround_charts, turnaround_window
 from tre.web.projects import _people, attempt, projects_service
 
 bp = Blueprint("dac", __name__, url_prefix="/dac")
@@ -102,14 +102,25 @@ def queue() -> str:
 
 @bp.get("/turnaround")
 @requires(Permission.APPLICATION_REVIEW)
-def turnaround_page() -> str:
-    """Working days per stage of applications (submission, reviewers, review, decision) as pictures."""
-    t = turnaround.applications(projects_service().session, open_until_now=True)
-    return render_template(
+def turnaround_page() -> Any:
+    """Working days per stage of applications (submission, reviewers, review, decision) as pictures, for
+    the versions decided in the chosen window (``?window=30|90|365|all``, the last 90 days by default)
+    and every version still waiting for its decision. A window it does not offer gets a 400 that says
+    so, over the default window's figures."""
+    window, error = turnaround_window(request.args.get("window"))
+    now = utcnow()
+    since = window.since(now)
+    t = turnaround.applications(projects_service().session, since=since, open_until_now=True, now=now)
+    body = render_template(
         "dac/turnaround.html",
         title="Application turnaround",
-        charts=turnaround_charts(t, id="applications", noun="applications"),
+        charts=turnaround_charts(t, id="applications", noun="applications", window=window),
+        window=window,
+        windows=turnaround.WINDOWS,
+        since=since,
+        error=error,
     )
+    return (body, 400) if error else body
 
 
 def _project(project_id: str) -> Project:

@@ -11,16 +11,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tre.turnaround import Turnaround
+from tre.turnaround import DEFAULT_WINDOW, Turnaround, Window, window_named
 from tre.web.charts import Chart, bar_chart, column_chart, progress_chart
 
 # What the extract service writes as its job's progress message ("<dataset>: 12,345 rows read").
 _ROWS_READ = re.compile(r"^(?P<dataset>.*): (?P<rows>[\d,]+) rows read$")
 
 
-def turnaround_charts(t: Turnaround, *, id: str, noun: str) -> list[Chart]:
+def turnaround_window(key: str | None) -> tuple[Window, str | None]:
+    """The window a turnaround page's ``window`` parameter asks for, and the error to show when it names
+    none: the page then shows the default window (the last 90 days) under that error (ADR 0067)."""
+    try:
+        return window_named(key), None
+    except ValueError as error:
+        return DEFAULT_WINDOW, str(error)
+
+
+def turnaround_charts(t: Turnaround, *, id: str, noun: str, window: Window | None = None) -> list[Chart]:
     """The median working days per stage, then the most recent items stage by stage."""
     counts = t.counts
+    among = "" if window is None or window.days is None else f" in {window.label} or still open"
     charts = [
         bar_chart(
             id=f"{id}-median",
@@ -29,7 +39,7 @@ def turnaround_charts(t: Turnaround, *, id: str, noun: str) -> list[Chart]:
             series=[("Median", t.medians)],
             unit="working days",
             summary=f"Median working days spent at each stage by {noun}, over every {noun[:-1]} that finished "
-            "the stage. The table below gives every number.",
+            f"the stage among the {noun} finished{among}. The table below gives every number.",
         )
     ]
     if t.items:
