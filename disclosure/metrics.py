@@ -4,6 +4,11 @@ Figures are read from the database when asked, so they are right whichever proce
 Turnaround runs from a request's first submission to its final decision (approved or rejected);
 check latency from a check job's creation to its end, i.e. what a researcher waits for a verdict.
 ``prometheus_text`` gives the same figures in Prometheus's text format (aggregates only: no ids).
+
+The durations are read for a window (``since``): a page asks for its chosen window, Prometheus for the
+last ``PROMETHEUS_WINDOW``, so the rows fetched do not grow with the years of history (ADR 0067). The
+Prometheus summaries' ``_sum`` and ``_count`` stay cumulative, as the format expects: the database adds
+them up (``lifetime_totals``) and returns two numbers, not the rows.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import DateTime, func, select, type_coerce
+from sqlalchemy import ColumnElement, DateTime, Float, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from disclosure import rules
@@ -53,10 +59,28 @@ def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
     return (later - earlier).total_seconds()
 
 
-def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics:
+# Prometheus's quantiles cover the requests decided and the checks finished in the last 30 days.
+PROMETHEUS_WINDOW = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class LifetimeTotals:
+    """How many requests were ever decided and checks ever finished, and their durations added up."""
+
+    turnaround_count: int = 0
+    turnaround_seconds: float = 0.0
+    latency_count: int = 0
+    latency_seconds: float = 0.0
+
+
+def collect(session: Session, *, now: dt.datetime | None = None, since: dt.datetime | None = None) -> QueueMetrics:
     """The queue's figures in four statements. The longest wait is the database's ``MIN`` of the
-    waiting requests' submission times (it read every one), asked with the failed checks' count."""
+    waiting requests' submission times (it read every one), asked with the failed checks' count.
+    Turnaround and check latency cover the requests decided and the checks finished from ``since`` on
+    (``None``: all time); the queue's counts are always now."""
     now = now or utcnow()
+    decided_in = [OutputRequest.decided_at >= since] if since is not None else []
+    finished_in = [Job.finished_at >= since] if since is not None else []
     by_state = {state: 0 for state in rules.STATES}
     for state, count in session.execute(select(OutputRequest.state, func.count()).group_by(OutputRequest.state)):
         by_state[state] = int(count)
@@ -73,7 +97,7 @@ def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics
         for submitted, decided in session.execute(
             select(
                 type_coerce(OutputRequest.submitted_at, DateTime()), type_coerce(OutputRequest.decided_at, DateTime())
-            ).where(OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None))
+            ).where(OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None), *decided_in)
         )
     ]
     # One row per check job ever run (they are never deleted): read as the database's naive UTC values
@@ -82,7 +106,7 @@ def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics
         (finished - created).total_seconds()
         for created, finished in session.execute(
             select(type_coerce(Job.created_at, DateTime()), type_coerce(Job.finished_at, DateTime())).where(
-                Job.kind == CHECK_JOB, Job.state == SUCCEEDED, Job.finished_at.is_not(None)
+                Job.kind == CHECK_JOB, Job.state == SUCCEEDED, Job.finished_at.is_not(None), *finished_in
             )
         )
     ]
@@ -96,8 +120,36 @@ def collect(session: Session, *, now: dt.datetime | None = None) -> QueueMetrics
     )
 
 
-def prometheus_text(m: QueueMetrics) -> str:
-    """The Prometheus text exposition format (version 0.0.4) of the queue's figures."""
+def _seconds_between(session: Session, later: Any, earlier: Any) -> ColumnElement[float]:
+    """``later - earlier`` in seconds, as the database computes it (columns of naive UTC values)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return type_coerce(func.extract("epoch", later - earlier), Float())
+    return type_coerce((func.julianday(later) - func.julianday(earlier)) * 86400.0, Float())
+
+
+def lifetime_totals(session: Session) -> LifetimeTotals:
+    """Every decided request's turnaround and every finished check's latency, counted and added up by the
+    database in one statement: two numbers each, however long the service has run."""
+    submitted = type_coerce(OutputRequest.submitted_at, DateTime())
+    decided = type_coerce(OutputRequest.decided_at, DateTime())
+    created, finished = type_coerce(Job.created_at, DateTime()), type_coerce(Job.finished_at, DateTime())
+    decided_rows = (OutputRequest.decided_at.is_not(None), OutputRequest.submitted_at.is_not(None))
+    checked_rows = (Job.kind == CHECK_JOB, Job.state == SUCCEEDED, Job.finished_at.is_not(None))
+    row = session.execute(
+        select(
+            select(func.count()).select_from(OutputRequest).where(*decided_rows).scalar_subquery(),
+            select(func.sum(_seconds_between(session, decided, submitted))).where(*decided_rows).scalar_subquery(),
+            select(func.count()).select_from(Job).where(*checked_rows).scalar_subquery(),
+            select(func.sum(_seconds_between(session, finished, created))).where(*checked_rows).scalar_subquery(),
+        )
+    ).one()
+    return LifetimeTotals(int(row[0] or 0), float(row[1] or 0.0), int(row[2] or 0), float(row[3] or 0.0))
+
+
+def prometheus_text(m: QueueMetrics, totals: LifetimeTotals | None = None) -> str:
+    """The Prometheus text exposition format (version 0.0.4) of the queue's figures. With ``totals``, the
+    summaries' ``_sum`` and ``_count`` are those lifetime figures (cumulative, as Prometheus expects) and
+    the quantiles are ``m``'s window; without, all come from ``m``."""
     lines = [
         "# HELP tre_output_requests Output requests by state",
         "# TYPE tre_output_requests gauge",
@@ -112,14 +164,20 @@ def prometheus_text(m: QueueMetrics) -> str:
         "# TYPE tre_output_checks_failed gauge",
         f"tre_output_checks_failed {m.checks_failed}",
     ]
-    for name, helptext, summary in (
-        ("tre_output_turnaround_seconds", "First submission to final decision", m.turnaround_seconds),
-        ("tre_output_check_latency_seconds", "Automated check: job created to verdict", m.check_latency_seconds),
+    t = totals or LifetimeTotals(
+        m.turnaround_seconds.count, m.turnaround_seconds.total, m.check_latency_seconds.count,
+        m.check_latency_seconds.total,
+    )
+    for name, helptext, summary, total, count in (
+        ("tre_output_turnaround_seconds", "First submission to final decision", m.turnaround_seconds,
+         t.turnaround_seconds, t.turnaround_count),
+        ("tre_output_check_latency_seconds", "Automated check: job created to verdict", m.check_latency_seconds,
+         t.latency_seconds, t.latency_count),
     ):
         lines += [f"# HELP {name} {helptext}", f"# TYPE {name} summary"]
         for quantile, value in (("0.5", summary.median), ("0.9", summary.p90)):
             lines.append(f'{name}{{quantile="{quantile}"}} {_num(value) if value is not None else "NaN"}')
-        lines += [f"{name}_sum {_num(summary.total)}", f"{name}_count {summary.count}"]
+        lines += [f"{name}_sum {_num(total)}", f"{name}_count {count}"]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from disclosure.metrics import QueueMetrics, Summary, collect
 from disclosure.models import OutputRequest
 from disclosure.services import CHECK_JOB
 from tests.disclosure.factories import SAFE_CSV, World
-from tests.statements import count_statements
+from tests.statements import count_rows, count_statements
 from tre.core.db import utcnow
 from tre.core.jobs import FAILED, SUCCEEDED, Job
 
@@ -117,3 +117,64 @@ def test_queue_figures_take_four_statements_however_many_requests_wait(app: Any)
     # group-by of the states, the oldest wait with the failed checks, the turnaround's and the latency's
     # columns (a BEGIN more on SQLite); it was five (the waiting requests' times, the failed count apart)
     assert few == more <= (5 if app.extensions["tre.db"].engine.dialect.name == "sqlite" else 4), more
+
+
+def _move_back(session: Any, days: int, *, ids: list[str], job_keys: list[str]) -> None:
+    """Decide those requests, and finish those check jobs, ``days`` ago (a second apart, as they were)."""
+    moved = utcnow() - dt.timedelta(days=days)
+    for request in session.scalars(select(OutputRequest).where(OutputRequest.id.in_(ids))):
+        took = request.decided_at - request.submitted_at
+        request.submitted_at, request.decided_at = moved - took, moved
+    for job in session.scalars(select(Job).where(Job.idempotency_key.in_(job_keys))):
+        took = job.finished_at - job.created_at
+        job.created_at, job.finished_at = moved - took, moved
+    session.commit()
+
+
+def test_a_window_reads_only_what_was_decided_and_checked_in_it_and_totals_count_everything(app: Any) -> None:
+    from disclosure.metrics import lifetime_totals
+
+    with app.app_context():
+        w = World(app)
+        session = w.session
+        old = [w.released(content=SAFE_CSV).id for _ in range(3)]
+        recent = w.released(content=SAFE_CSV).id
+        _check_jobs(session, [SUCCEEDED] * 6)
+        _move_back(session, 200, ids=old, job_keys=[f"metrics-test-{i}" for i in range(4)])
+        now = utcnow()
+        since = now - dt.timedelta(days=90)
+
+        rows, windowed = count_rows(app, lambda: collect(session, now=now, since=since))
+        all_rows, everything = count_rows(app, lambda: collect(session, now=now))
+        totals = lifetime_totals(session)
+
+        decided = {r.id: (r.decided_at - r.submitted_at).total_seconds()
+                   for r in session.scalars(select(OutputRequest).where(OutputRequest.decided_at.is_not(None)))}
+        checks = [(j.finished_at - j.created_at, j.finished_at >= since) for j in session.scalars(
+            select(Job).where(Job.kind == CHECK_JOB, Job.state == SUCCEEDED))]
+
+    assert windowed.turnaround_seconds == Summary.of([decided[recent]])
+    assert windowed.check_latency_seconds == Summary.of([d.total_seconds() for d, inside in checks if inside])
+    assert everything.turnaround_seconds == Summary.of(list(decided.values()))
+    assert all_rows - rows == 3 + 4  # the old decisions and the old checks are not fetched in the window
+    # The lifetime totals are the database's own sums of every request and check, not a window's.
+    assert (totals.turnaround_count, totals.latency_count) == (len(decided), len(checks))
+    assert abs(totals.turnaround_seconds - sum(decided.values())) < 0.01
+    assert abs(totals.latency_seconds - sum(d.total_seconds() for d, _ in checks)) < 0.01
+
+
+def test_prometheus_summaries_count_every_request_and_check_ever_but_quantiles_cover_the_window(app: Any) -> None:
+    from disclosure.metrics import PROMETHEUS_WINDOW, lifetime_totals, prometheus_text
+
+    with app.app_context():
+        w = World(app)
+        session = w.session
+        old = [w.released(content=SAFE_CSV).id for _ in range(2)]
+        _move_back(session, PROMETHEUS_WINDOW.days + 10, ids=old, job_keys=[])
+        now = utcnow()
+        windowed = collect(session, now=now, since=now - PROMETHEUS_WINDOW)
+        text = prometheus_text(windowed, lifetime_totals(session))
+
+    assert windowed.turnaround_seconds.count == 0
+    assert 'tre_output_turnaround_seconds{quantile="0.5"} NaN' in text  # nothing decided in the window
+    assert "tre_output_turnaround_seconds_count 2" in text  # cumulative, as Prometheus expects

@@ -31,7 +31,7 @@ from flask import (
 from sqlalchemy import select
 
 from disclosure import rules
-from disclosure.metrics import collect, prometheus_text
+from disclosure.metrics import PROMETHEUS_WINDOW, collect, lifetime_totals, prometheus_text
 from disclosure.models import OutputRequest
 from disclosure.permissions import can_check
 from disclosure.progress import current_policy
@@ -476,7 +476,7 @@ def metrics_page() -> Any:
     body = render_template(
         "outputs/metrics.html",
         title="Output checking metrics",
-        m=collect(session, now=now),
+        m=collect(session, now=now, since=since),
         labels=rules.STATE_LABELS,
         charts=turnaround_charts(t, id="outputs", noun="output requests", window=window),
         window=window,
@@ -498,4 +498,7 @@ def prometheus() -> Response:
             abort(401)
     elif request.remote_addr not in {"127.0.0.1", "::1"}:
         abort(403)
-    return Response(prometheus_text(collect(platform().db.session)), mimetype="text/plain; version=0.0.4")
+    session = platform().db.session
+    now = utcnow()
+    figures = collect(session, now=now, since=now - PROMETHEUS_WINDOW)
+    return Response(prometheus_text(figures, lifetime_totals(session)), mimetype="text/plain; version=0.0.4")
