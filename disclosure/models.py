@@ -43,6 +43,9 @@ class OutputRequest(Base):
         UniqueConstraint("project_id", "client_key"),
         Index("ix_output_requests_state", "state"),
         Index("ix_output_requests_project", "project_id"),
+        # The turnaround pages' window: requests finished (by state) since a moment, and decided since one.
+        Index("ix_output_requests_state_changed", "state", "state_changed_at"),
+        Index("ix_output_requests_decided_at", "decided_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
