@@ -19,6 +19,7 @@ from projects.kernel import (
     project_optout_exemptions,
 )
 from projects.models import (
+    DECLARED_BEFORE_ASSIGNMENT,
     ApplicationVersion,
     ApprovedColumn,
     Decision,
@@ -33,7 +34,9 @@ from projects.rules import (
     IN_REVIEW,
     REJECTED,
     SUBMITTED,
+    UNDER_REVIEW_STATES,
     check_approved_columns,
+    check_conflict_declaration,
     check_decision,
     check_optout_exemption,
     check_quorum,
@@ -140,11 +143,11 @@ class Committee(ProjectsKernel):
         with self._tx() as s:
             project = self._project(s, project_id, lock=True)
             self._allow(perm.can_assign_reviewers(actor), "project.assign_reviewers", actor, project)
-            if project.state not in (SUBMITTED, IN_REVIEW):
+            if project.state not in UNDER_REVIEW_STATES:
                 raise ProjectError("Reviewers can be assigned only to a submitted application")
             version = self.current_version(project)
             assert version is not None
-            existing = {a.reviewer_id for a in self.assignments(version)}
+            standing = {a.reviewer_id: a for a in self.assignments(version)}
             added = []
             for rid in reviewer_ids:
                 reviewer = s.get(User, rid)
@@ -152,7 +155,12 @@ class Committee(ProjectsKernel):
                     raise ProjectError("Reviewers must be active members of the data access committee")
                 if any(m.user_id == rid for m in project.active_members):
                     raise ProjectError("A member of the project's own team cannot review it")
-                if rid in existing:
+                if rid in standing and standing[rid].conflicted:
+                    raise ProjectError(
+                        f"{reviewer.display_name} has declared a conflict of interest on this application "
+                        "and cannot review it"
+                    )
+                if rid in standing:
                     continue
                 assignment = ReviewAssignment(version_id=version.id, reviewer_id=rid, assigned_by=actor.id)
                 s.add(assignment)
@@ -179,22 +187,32 @@ class Committee(ProjectsKernel):
         return added
 
     def declare_conflict(self, actor: Any, project_id: str, reason: str) -> ReviewAssignment:
-        """A reviewer declares a conflict of interest: they no longer vote or see votes on it."""
-        if not (reason or "").strip():
-            raise ProjectError("Describe the conflict of interest")
+        """A committee member declares a conflict of interest on the current version, assigned to it
+        or not: they no longer vote, see votes or decide on it, and the chair cannot assign them. An
+        unassigned member's declaration is a row of its own (``DECLARED_BEFORE_ASSIGNMENT``, ADR 0065);
+        a second declaration is refused and changes nothing."""
         with self._tx() as s:
             project = self._project(s, project_id, lock=True)
+            self._allow(perm.can_declare_conflict(actor), "project.declare_conflict", actor, project)
+            check_conflict_declaration(project.state, reason)
             version = self.current_version(project)
+            assert version is not None  # a submitted application has a version
             assignment = self.assignment_for(version, actor.id)
-            self._allow(perm.can_review(actor) and assignment is not None, "project.declare_conflict", actor, project)
-            assert assignment is not None and version is not None
-            if assignment.conflicted:
+            if assignment is not None and assignment.conflicted:
                 raise ProjectError("You have already declared a conflict of interest on this application")
             if s.scalar(select(Vote.id).where(Vote.version_id == version.id, Vote.reviewer_id == actor.id)):
                 raise ProjectError("You have already voted; ask the chair to set your vote aside")
+            if assignment is None:
+                assignment = ReviewAssignment(
+                    version_id=version.id, reviewer_id=actor.id, assigned_by=DECLARED_BEFORE_ASSIGNMENT
+                )
+                s.add(assignment)
             assignment.conflict_declared_at = utcnow()
             assignment.conflict_reason = reason.strip()[:_LONG_TEXT_LIMIT]
-            self._record(s, "project.declare_conflict", actor, project, version=version.number)
+            s.flush()
+            self._record(
+                s, "project.declare_conflict", actor, project, version=version.number, assigned=assignment.assigned
+            )
         return assignment
 
     def cast_vote(self, actor: Any, project_id: str, choice: str, rationale: str) -> Vote:

@@ -205,7 +205,17 @@ class ApplicationVersion(Base):
 # --- DAC review -----------------------------------------------------------------------------------
 
 
+# ``ReviewAssignment.assigned_by`` of a member who declared a conflict of interest before the chair
+# assigned them: no account id (ids are 32 hex digits), so never mistaken for one (ADR 0065).
+DECLARED_BEFORE_ASSIGNMENT = "declared-before-assignment"
+
+
 class ReviewAssignment(Base):
+    """One committee member's standing on one application version: assigned by the chair to review
+    it, and recused from it once they declare a conflict of interest. A member may declare a conflict
+    before anyone assigns them; that row is a recusal only (``assigned`` is False, ``assigned_by`` is
+    ``DECLARED_BEFORE_ASSIGNMENT``) and the chair cannot assign them afterwards (ADR 0065)."""
+
     __tablename__ = "review_assignments"
     __table_args__ = (
         UniqueConstraint("version_id", "reviewer_id"),
@@ -224,6 +234,11 @@ class ReviewAssignment(Base):
     @property
     def conflicted(self) -> bool:
         return self.conflict_declared_at is not None
+
+    @property
+    def assigned(self) -> bool:
+        """Did the chair assign this member (rather than the member declare a conflict unassigned)?"""
+        return self.assigned_by != DECLARED_BEFORE_ASSIGNMENT
 
 
 class Vote(Base):

@@ -45,6 +45,11 @@ def can_review(user: Any) -> bool:
     return has_permission(user, Permission.APPLICATION_REVIEW)
 
 
+def can_declare_conflict(user: Any) -> bool:
+    """Any committee member may recuse themselves from an application, assigned to it or not."""
+    return has_permission(user, Permission.APPLICATION_REVIEW)
+
+
 def can_vote(user: Any, assignment: ReviewAssignment | None) -> bool:
     """Only an assigned reviewer without a declared conflict of interest votes."""
     return (

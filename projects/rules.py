@@ -273,6 +273,22 @@ def check_vote(choice: str, rationale: str) -> None:
         raise RuleViolation("Give the reasons for your vote")
 
 
+# The states in which an application waits for the committee: reviewers are assigned, and any member
+# may declare a conflict of interest, only then.
+UNDER_REVIEW_STATES = frozenset({SUBMITTED, IN_REVIEW})
+
+
+def check_conflict_declaration(state: str, reason: str) -> None:
+    """May a committee member declare a conflict of interest on an application in ``state`` now?"""
+    if state not in UNDER_REVIEW_STATES:
+        raise RuleViolation(
+            "A conflict of interest can be declared only while the application is waiting for the "
+            f"committee (submitted or in review); this one is {STATE_LABELS.get(state, state).lower()}"
+        )
+    if not (reason or "").strip():
+        raise RuleViolation("Describe the conflict of interest")
+
+
 def counted_votes(votes: Iterable[Any], conflicted: Iterable[str], *, decider_id: str) -> list[Any]:
     """The votes that count towards the quorum: not from a reviewer with a declared conflict of
     interest, and not from the person deciding. A chair who is also an assigned reviewer may vote

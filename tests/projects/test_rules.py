@@ -12,6 +12,7 @@ from projects.rules import (
     IllegalTransition,
     RuleViolation,
     check_approved_columns,
+    check_conflict_declaration,
     check_quorum,
     check_requested_columns,
     check_transition,
@@ -158,6 +159,22 @@ def test_vote_without_rationale_is_refused(rationale: str) -> None:
 def test_vote_with_unknown_choice_is_refused() -> None:
     with pytest.raises(RuleViolation):
         check_vote("abstain", "no view")
+
+
+@pytest.mark.parametrize("state", sorted(rules.STATE_LABELS))
+def test_a_conflict_may_be_declared_only_while_the_application_waits_for_the_committee(state: str) -> None:
+    if state in ("submitted", "in_review"):
+        check_conflict_declaration(state, "Former colleague")
+    else:
+        label = rules.STATE_LABELS[state].lower()
+        with pytest.raises(RuleViolation, match=f"waiting for the committee .*; this one is {label}$"):
+            check_conflict_declaration(state, "Former colleague")
+
+
+@pytest.mark.parametrize("reason", ["", "  \n "])
+def test_a_conflict_without_a_description_is_refused(reason: str) -> None:
+    with pytest.raises(RuleViolation, match="Describe the conflict"):
+        check_conflict_declaration("submitted", reason)
 
 
 def test_quorum_refuses_until_enough_votes() -> None:

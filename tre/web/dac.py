@@ -24,13 +24,23 @@ from tre.web.projects import _people, attempt, projects_service
 bp = Blueprint("dac", __name__, url_prefix="/dac")
 
 
-def _committee() -> list[User]:
-    roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if Permission.APPLICATION_REVIEW in granted]
+def _holders(permission: Permission) -> list[User]:
+    """The active accounts whose roles grant ``permission``, by name."""
+    roles = [r.value for r, granted in ROLE_PERMISSIONS.items() if permission in granted]
     session = projects_service().session
     ids = select(UserRole.user_id).where(UserRole.role.in_(roles))
     return list(
         session.scalars(select(User).where(User.id.in_(ids), User.is_active.is_(True)).order_by(User.display_name))
     )
+
+
+def _committee() -> list[User]:
+    return _holders(Permission.APPLICATION_REVIEW)
+
+
+def _chairs() -> list[User]:
+    """Who assigns reviewers: named to a member who is not assigned, so they know whom to ask."""
+    return _holders(Permission.APPLICATION_ASSIGN)
 
 
 # The queue's reads, built once. A project's team and dataset requests are not shown here, so they
@@ -80,9 +90,10 @@ def queue() -> str:
                 "project": project,
                 "version": version,
                 "age_days": (now - project.state_changed_at).days,
-                "assigned": mine is not None,
+                "assigned": bool(mine and mine.assigned),
                 "conflicted": bool(mine and mine.conflicted),
-                "reviewers": len(assignments),
+                # A member's declaration of a conflict before assignment is no reviewer (ADR 0065).
+                "reviewers": len([a for a in assignments if a.assigned]),
             }
         )
     governed = list(session.scalars(_GOVERNED)) if g.user.has(Permission.APPLICATION_DECIDE) else []
@@ -144,6 +155,11 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
     review = svc.review_of(g.user, version)  # the assignments and votes, read once each
     assignment, votes, assignments, my_vote = review.assignment, review.votes, review.assignments, review.own_vote
     is_chair = g.user.has(Permission.APPLICATION_DECIDE)
+    assigned = assignment is not None and assignment.assigned
+    under_review = project.state in rules.UNDER_REVIEW_STATES
+    # A member the chair has not assigned (nor recused) is told who assigns reviewers: one read, for them only.
+    unassigned = under_review and not is_chair and assignment is None
+    chairs = _chairs() if unassigned else []
     people = _people(
         [a.reviewer_id for a in assignments] + [project.pi_id] + [m.user_id for m in project.active_members]
     )
@@ -154,6 +170,9 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
         version=version,
         content=version.content,
         assignment=assignment,
+        assigned=assigned,
+        under_review=under_review,
+        chairs=chairs,
         assignments=assignments,
         votes=votes,
         my_vote=my_vote,
@@ -190,7 +209,7 @@ def conflict(project_id: str) -> Any:
     _, error = attempt(lambda: projects_service().declare_conflict(g.user, project_id, request.form.get("reason", "")))
     if error:
         return _render_review(project_id, error)
-    flash("Conflict of interest recorded. You will not vote on this application.", "success")
+    flash("Conflict of interest recorded. You will not review or vote on this application.", "success")
     return redirect(url_for("dac.review", project_id=project_id))
 
 

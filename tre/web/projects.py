@@ -202,6 +202,10 @@ def _render_show(project_id: str, error: str | list[str] | None = None) -> str:
         error=error,
         is_pi=is_pi,
         is_member=member,
+        # A committee member who reached the project page is pointed to where the committee acts on it.
+        committee_review=(
+            perm.can_review(g.user) and not member and not is_pi and project.state in rules.UNDER_REVIEW_STATES
+        ),
         editable=project.state in rules.EDITABLE_STATES,
         missing=(
             [

@@ -1,0 +1,219 @@
+"""The committee's pages for a member the chair has not assigned: the application page says who assigns
+reviewers and what the member can do now, and lets them declare a conflict of interest before reading
+further; the chair sees the declaration and is not offered the member (ADR 0065)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from projects.models import Project, ReviewAssignment
+from tests.projects.factories import World, approved, build_world, complete_draft, make_user
+from tests.tre.web.test_projects_pages import login, post, token
+from tre.core.audit import DENIED, AuditEvent
+from tre.core.identity import Identity
+
+
+@pytest.fixture
+def w(sqlite_app: Any) -> World:
+    return build_world(sqlite_app)
+
+
+def _submitted(w: World) -> Project:
+    p = complete_draft(w)
+    w.svc.submit(w.pi, p.id)
+    return p
+
+
+def _rows(w: World, p: Project) -> list[ReviewAssignment]:
+    w.session.expire_all()
+    return w.svc.assignments(w.svc.current_version(w.session.get(Project, p.id)))
+
+
+def _denials(w: World, action: str) -> list[tuple[str | None, str | None]]:
+    w.session.expire_all()
+    events = w.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == action, AuditEvent.outcome == DENIED).order_by(AuditEvent.seq)
+    )
+    return [(e.actor_id, e.target_id) for e in events]
+
+
+def test_unassigned_member_is_told_who_assigns_reviewers_and_what_to_do_now(w: World, client: Any) -> None:
+    p = _submitted(w)
+    login(client, w.drew)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+    assert 'id="not-assigned"' in page and "You are not assigned to review this application" in page
+    assert "The chair is" in page and '<a href="mailto:chris.chair@nhs.example">Chris Chair</a>' in page
+    assert "ask the chair to assign you" in page
+    assert 'id="declare-conflict"' in page and "Cast vote" not in page
+    # The declaration comes before the application's details, so it can be made before reading them.
+    assert page.index('id="declare-conflict"') < page.index("<h2>The application</h2>")
+
+
+def test_unassigned_member_is_told_when_nobody_holds_the_chair(w: World, client: Any) -> None:
+    p = _submitted(w)
+    Identity(w.session, w.app.extensions["tre.platform"].keys, w.audit).set_active(w.admin, w.chair.id, False)
+    login(client, w.drew)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+    assert "Nobody holds the chair's role at the moment: ask an administrator" in page
+
+
+def test_assigned_reviewer_and_chair_get_no_unassigned_explanation(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.assign_reviewers(w.chair, p.id, [w.dana.id])
+
+    for person in (w.dana, w.chair):
+        login(client, person)
+        page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+        assert 'id="not-assigned"' not in page
+        assert 'id="declare-conflict"' in page  # either may still recuse themselves
+
+
+def test_unassigned_member_declares_a_conflict_from_the_application_page(w: World, client: Any) -> None:
+    p = _submitted(w)
+    login(client, w.drew)
+
+    response = post(client, f"/dac/{p.id}/conflict", {"reason": "I supervised the PI"}, token_from=f"/dac/{p.id}")
+
+    assert response.status_code == 302
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    assert 'id="conflicted"' in page and "before being assigned" in page
+    assert 'id="not-assigned"' not in page and 'id="declare-conflict"' not in page
+    [row] = _rows(w, p)
+    assert row.reviewer_id == w.drew.id and row.conflicted and not row.assigned
+
+
+def test_chair_sees_the_declaration_and_is_not_offered_the_member(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "I supervised the PI <b>2019</b>")
+    login(client, w.chair)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+    conflicts = page[page.index('id="conflicts"'):page.index("</table>", page.index('id="conflicts"'))]
+    assert "Drew Dac" in conflicts and "before being assigned" in conflicts
+    assert "I supervised the PI &lt;b&gt;2019&lt;/b&gt;" in conflicts  # the member's words, never as HTML
+    assert f'value="{w.drew.id}"' not in page and f'value="{w.dana.id}"' in page
+    assert "Members who declared a conflict of interest are not offered" in page
+    assert "Nobody is assigned yet" in page  # a declaration is no reviewer
+
+
+def test_chair_assigning_a_member_who_declared_a_conflict_is_told_why_and_nothing_changes(
+    w: World, client: Any
+) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    login(client, w.chair)
+
+    response = post(client, f"/dac/{p.id}/assign", {"reviewers": [w.dana.id, w.drew.id]}, token_from=f"/dac/{p.id}")
+
+    assert response.status_code == 400
+    assert "Drew Dac has declared a conflict of interest on this application" in response.get_data(as_text=True)
+    assert [(a.reviewer_id, a.assigned) for a in _rows(w, p)] == [(w.drew.id, False)]
+    assert w.session.get(Project, p.id).state == "submitted"
+
+
+def test_queue_tells_members_how_to_declare_a_conflict_and_counts_no_declaration_as_a_reviewer(
+    w: World, client: Any
+) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    login(client, w.dana)
+
+    page = client.get("/dac/").get_data(as_text=True)
+
+    advice = page[page.index('id="conflict-advice"'):]
+    assert advice.startswith('id="conflict-advice">If you have a conflict of interest with an application, assigned')
+    assert "declare it at the top of its page before reading further" in advice
+    assert "Not assigned" in page
+    row = page[page.index(f'href="/dac/{p.id}"'):page.index("</tr>", page.index(f'href="/dac/{p.id}"'))]
+    assert '<td class="nhsuk-table__cell">0</td>' in row  # Drew's declaration is not a reviewer
+    login(client, w.drew)
+    assert "Conflict declared" in client.get("/dac/").get_data(as_text=True)
+
+
+# --- attacks ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["researcher", "custodian", "output_checker"])
+def test_nobody_outside_the_committee_can_post_a_conflict_and_it_is_audited(w: World, client: Any, who: str) -> None:
+    p = _submitted(w)
+    actor = {
+        "researcher": w.outsider,
+        "custodian": w.custodian,
+        "output_checker": make_user(w.app, "olive.checker", ["output_checker"]),
+    }[who]
+    login(client, actor)
+
+    response = client.post(f"/dac/{p.id}/conflict", data={"reason": "Out of my way", "csrf_token": token(client, "/")})
+
+    assert response.status_code == 403
+    assert _denials(w, "access.denied") == [(actor.id, "dac.conflict")]
+    assert _rows(w, p) == []
+
+
+def test_the_applicant_cannot_post_a_conflict_on_their_own_application(w: World, client: Any) -> None:
+    p = _submitted(w)
+    login(client, w.pi)
+
+    response = client.post(f"/dac/{p.id}/conflict", data={"reason": "Recuse", "csrf_token": token(client, "/")})
+
+    assert response.status_code == 403 and _rows(w, p) == []
+
+
+def test_a_member_removed_from_the_committee_while_signed_in_cannot_post_a_conflict(w: World, client: Any) -> None:
+    p = _submitted(w)
+    login(client, w.drew)
+    csrf = token(client, f"/dac/{p.id}")  # the form was open while the role was taken away
+    Identity(w.session, w.app.extensions["tre.platform"].keys, w.audit).set_roles(w.admin, w.drew.id, ["researcher"])
+
+    response = client.post(f"/dac/{p.id}/conflict", data={"reason": "Former colleague", "csrf_token": csrf})
+
+    assert response.status_code == 403
+    assert _denials(w, "access.denied") == [(w.drew.id, "dac.conflict")]
+    assert _rows(w, p) == []
+
+
+def test_a_conflict_on_an_application_not_under_review_is_refused_with_a_clear_message(w: World, client: Any) -> None:
+    p = approved(w)
+    login(client, w.dana)
+    before = [(a.reviewer_id, a.conflicted) for a in _rows(w, p)]
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    response = post(client, f"/dac/{p.id}/conflict", {"reason": "Former colleague"}, token_from=f"/dac/{p.id}")
+
+    assert 'id="declare-conflict"' not in page and 'id="not-assigned"' not in page
+    assert response.status_code == 400
+    assert "only while the application is waiting for the committee" in response.get_data(as_text=True)
+    assert [(a.reviewer_id, a.conflicted) for a in _rows(w, p)] == before
+
+
+def test_sending_the_declaration_twice_keeps_one(w: World, client: Any) -> None:
+    p = _submitted(w)
+    login(client, w.drew)
+    csrf = token(client, f"/dac/{p.id}")
+
+    first = client.post(f"/dac/{p.id}/conflict", data={"reason": "Former colleague", "csrf_token": csrf})
+    second = client.post(f"/dac/{p.id}/conflict", data={"reason": "Former colleague", "csrf_token": csrf})
+
+    assert first.status_code == 302 and second.status_code == 400
+    assert "already declared a conflict of interest" in second.get_data(as_text=True)
+    assert [(a.reviewer_id, a.conflict_reason) for a in _rows(w, p)] == [(w.drew.id, "Former colleague")]
+
+
+def test_project_page_points_a_committee_member_to_the_committees_page(w: World, client: Any) -> None:
+    p = _submitted(w)
+
+    login(client, w.drew)
+    member_page = client.get(f"/projects/{p.id}").get_data(as_text=True)
+    login(client, w.pi)
+    applicant_page = client.get(f"/projects/{p.id}").get_data(as_text=True)
+
+    assert 'id="committee-review"' in member_page and f'href="/dac/{p.id}"' in member_page
+    assert 'id="committee-review"' not in applicant_page
