@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from disclosure import rules as output_rules
 from disclosure.models import OutputRequest, OutputReview
 from projects import rules as project_rules
-from projects.models import ApplicationVersion, Decision, Project, ReviewAssignment, Vote
+from projects.models import DECLARED_BEFORE_ASSIGNMENT, ApplicationVersion, Decision, Project, ReviewAssignment, Vote
 from tre.core.db import utcnow
 
 APPLICATION_STAGES = ("Waiting for reviewers", "Review", "Chair's decision")
@@ -174,7 +174,11 @@ def applications(
     now = _aware(now or utcnow()) if open_until_now else None
     first_assigned = (
         select(func.min(ReviewAssignment.assigned_at))
-        .where(ReviewAssignment.version_id == ApplicationVersion.id)
+        .where(
+            ReviewAssignment.version_id == ApplicationVersion.id,
+            # a member's conflict declared before anyone was assigned is not the chair assigning (ADR 0065)
+            ReviewAssignment.assigned_by != DECLARED_BEFORE_ASSIGNMENT,
+        )
         .scalar_subquery()
     )
     last_vote = select(func.max(Vote.cast_at)).where(Vote.version_id == ApplicationVersion.id).scalar_subquery()

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from disclosure.models import OutputRequest, OutputReview
-from projects.models import ApplicationVersion, Decision, ReviewAssignment, Vote
+from projects.models import DECLARED_BEFORE_ASSIGNMENT, ApplicationVersion, Decision, ReviewAssignment, Vote
 from pseudonymisation.pipeline import Progress
 from pseudonymisation.services import _reporter
 from tests.projects.factories import approved, build_world, in_review
@@ -52,6 +52,26 @@ def test_application_stages_run_from_submission_to_assignment_last_vote_and_deci
     assert [it.stages for it in t.items] == [(pytest.approx(2), pytest.approx(2), pytest.approx(2))]
     assert t.medians == [pytest.approx(2)] * 3 and t.counts == [1, 1, 1]
     assert project.title not in t.items[0].label  # named by reference, not by title
+
+
+def test_a_conflict_declared_before_assignment_does_not_end_the_wait_for_reviewers(app: Any) -> None:
+    with app.app_context():
+        w = build_world(app)
+        project = approved(w)
+        s = w.session
+        version = s.scalars(select(ApplicationVersion).where(ApplicationVersion.project_id == project.id)).one()
+        s.execute(update(ApplicationVersion).where(ApplicationVersion.id == version.id).values(submitted_at=at(0)))
+        s.execute(update(ReviewAssignment).values(assigned_at=at(2)))
+        s.execute(update(Vote).values(cast_at=at(4)))
+        s.execute(update(Decision).values(decided_at=at(8)))
+        # The chair, not assigned, declared a conflict on day 1, before assigning anyone on day 2.
+        s.add(ReviewAssignment(version_id=version.id, reviewer_id=w.chair.id, assigned_by=DECLARED_BEFORE_ASSIGNMENT,
+                               assigned_at=at(1), conflict_declared_at=at(1), conflict_reason="My own study"))
+        s.commit()
+
+        t = turnaround.applications(s)
+
+    assert [it.stages for it in t.items] == [(pytest.approx(2), pytest.approx(2), pytest.approx(2))]
 
 
 def test_output_request_stages_from_submission_to_release(app: Any) -> None:
