@@ -91,7 +91,15 @@ def test_delivery_whose_worker_is_killed_becomes_one_version_exactly_once(
         assert (instance / "identifiable").is_dir()  # the default zone, where the sealing began
         assert not list((instance / "identifiable").rglob("registry.csv"))
     workers.append(Worker(env, log))
-    wait_for(lambda: state()[0] == "accepted", 180, "the delivery's verdict", log)
+
+    def done() -> bool:
+        # The verdict commits inside the job; the job is marked succeeded in the queue's own commit after
+        # it, so a loaded machine can be seen between the two: wait for both.
+        with db.session_factory() as s:
+            job = s.scalar(select(jobs.Job).where(jobs.Job.kind == CHECK_JOB))
+            return s.get(DatasetDelivery, delivery_id).state == "accepted" and job.state == jobs.SUCCEEDED
+
+    wait_for(done, 180, "the delivery's verdict and its job's end", log)
 
     with db.session_factory() as s:
         versions = s.scalars(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)).all()
