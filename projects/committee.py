@@ -3,6 +3,7 @@ opt-out exemptions."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from projects.models import (
     Project,
     ReviewAssignment,
     Vote,
+    WithdrawnConflict,
 )
 from projects.rules import (
     APPROVED,
@@ -37,6 +39,7 @@ from projects.rules import (
     UNDER_REVIEW_STATES,
     check_approved_columns,
     check_conflict_declaration,
+    check_conflict_withdrawal,
     check_decision,
     check_optout_exemption,
     check_quorum,
@@ -45,6 +48,12 @@ from projects.rules import (
 )
 from tre.core.db import utcnow
 from tre.core.identity import User
+
+
+def _fingerprint(text: str) -> str:
+    """What the audit log holds of a member's free-text reason: its SHA-256, which vouches for the text
+    kept in the database without the log holding words that may name people (ADR 0065)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -211,9 +220,84 @@ class Committee(ProjectsKernel):
             assignment.conflict_reason = reason.strip()[:_LONG_TEXT_LIMIT]
             s.flush()
             self._record(
-                s, "project.declare_conflict", actor, project, version=version.number, assigned=assignment.assigned
+                s,
+                "project.declare_conflict",
+                actor,
+                project,
+                version=version.number,
+                assigned=assignment.assigned,
+                reason_sha256=_fingerprint(assignment.conflict_reason),
             )
         return assignment
+
+    def withdraw_conflict(self, actor: Any, project_id: str, reason: str) -> WithdrawnConflict:
+        """The member who declared a conflict of interest on the current version withdraws it as made in
+        error, with a reason, while the application waits for the committee (ADR 0065).
+
+        Only one's own: the call names no member, so nobody (the chair, an administrator) can withdraw
+        another's declaration. A declaration made before assignment is deleted, so the chair may assign
+        the member; one made after assignment is cleared, and the member is an ordinary assigned reviewer
+        again. They hold no vote and have seen none: ``declare_conflict`` refuses a member who has voted
+        and ``cast_vote`` one who has declared, and a reviewer sees votes only after voting. The
+        declaration is kept, with the withdrawal, in ``withdrawn_conflicts`` for the chair's page.
+        """
+        with self._tx() as s:
+            project = self._project(s, project_id, lock=True)
+            self._allow(perm.can_withdraw_conflict(actor), "project.withdraw_conflict", actor, project)
+            version = self.current_version(project)
+            assignment = self.assignment_for(version, actor.id)
+            declared = assignment is not None and assignment.conflicted
+            withdrawn_before = False  # asked only to say why there is nothing to withdraw
+            if version is not None and not declared:
+                earlier = select(WithdrawnConflict.id).where(
+                    WithdrawnConflict.version_id == version.id, WithdrawnConflict.reviewer_id == actor.id
+                )
+                withdrawn_before = s.scalar(earlier.limit(1)) is not None
+            check_conflict_withdrawal(
+                project.state, declared=declared, withdrawn_before=withdrawn_before, reason=reason
+            )
+            assert version is not None and assignment is not None  # declared on the current version
+            assert assignment.conflict_declared_at is not None and assignment.conflict_reason is not None
+            withdrawal = WithdrawnConflict(
+                version_id=version.id,
+                reviewer_id=actor.id,
+                while_assigned=assignment.assigned,
+                declared_at=assignment.conflict_declared_at,
+                declared_reason=assignment.conflict_reason,
+                withdrawn_at=utcnow(),
+                reason=reason.strip()[:_LONG_TEXT_LIMIT],
+            )
+            s.add(withdrawal)
+            if assignment.assigned:
+                assignment.conflict_declared_at = None
+                assignment.conflict_reason = None
+            else:
+                s.delete(assignment)
+            s.flush()
+            self._record(
+                s,
+                "project.withdraw_conflict",
+                actor,
+                project,
+                version=version.number,
+                assigned=withdrawal.while_assigned,
+                withdrawal_id=withdrawal.id,
+                declared_reason_sha256=_fingerprint(withdrawal.declared_reason),
+                reason_sha256=_fingerprint(withdrawal.reason),
+            )
+        return withdrawal
+
+    def withdrawn_conflicts(self, version: ApplicationVersion | None) -> list[WithdrawnConflict]:
+        """Every declaration of a conflict of interest withdrawn on a version, oldest withdrawal first."""
+        if version is None:
+            return []
+        return list(
+            self.session.scalars(
+                select(WithdrawnConflict)
+                .where(WithdrawnConflict.version_id == version.id)
+                .order_by(WithdrawnConflict.withdrawn_at)
+            )
+        )
 
     def cast_vote(self, actor: Any, project_id: str, choice: str, rationale: str) -> Vote:
         """One vote per reviewer per version, with its rationale; votes are final."""

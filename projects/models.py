@@ -1,6 +1,6 @@
 """Tables of the projects package: the dataset catalogue, projects and their application versions,
-DAC review (assignments, conflicts, votes, decisions), approved columns, agreements, training,
-extensions and the record of data destruction at closure.
+DAC review (assignments, conflicts and their withdrawals, votes, decisions), approved columns, agreements,
+training, extensions and the record of data destruction at closure.
 
 The database itself guards what the domain says is always true: enumerations are check
 constraints, paired fields (a conflict and its reason, a decision and who made it) are set
@@ -239,6 +239,32 @@ class ReviewAssignment(Base):
     def assigned(self) -> bool:
         """Did the chair assign this member (rather than the member declare a conflict unassigned)?"""
         return self.assigned_by != DECLARED_BEFORE_ASSIGNMENT
+
+
+class WithdrawnConflict(Base):
+    """A conflict of interest a committee member declared on an application version and then withdrew
+    as made in error, with both dates and both reasons (ADR 0065). Written once by
+    ``Committee.withdraw_conflict``, never changed: the declaration leaves ``review_assignments`` (a
+    declaration made before assignment is deleted, one made after is cleared) and is kept here, so the
+    chair still sees it. A member may declare and withdraw more than once, so nothing here is unique."""
+
+    __tablename__ = "withdrawn_conflicts"
+    __table_args__ = (
+        CheckConstraint("length(trim(declared_reason)) > 0", name="declared_reason_required"),
+        CheckConstraint("length(trim(reason)) > 0", name="reason_required"),
+        Index("ix_withdrawn_conflicts_version", "version_id", "withdrawn_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    version_id: Mapped[str] = mapped_column(ForeignKey("application_versions.id", ondelete="CASCADE"))
+    reviewer_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    # Had the chair assigned the member when they declared? If so they stay assigned after withdrawing.
+    while_assigned: Mapped[bool]
+    declared_at: Mapped[dt.datetime]
+    # Private to the committee, like ``ReviewAssignment.conflict_reason``: never shown to the applicant.
+    declared_reason: Mapped[str] = mapped_column(Text)
+    withdrawn_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class Vote(Base):

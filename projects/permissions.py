@@ -50,6 +50,12 @@ def can_declare_conflict(user: Any) -> bool:
     return has_permission(user, Permission.APPLICATION_REVIEW)
 
 
+def can_withdraw_conflict(user: Any) -> bool:
+    """A committee member may withdraw their own declaration (the service reads only theirs); someone
+    removed from the committee may not, so their recusal stands."""
+    return has_permission(user, Permission.APPLICATION_REVIEW)
+
+
 def can_vote(user: Any, assignment: ReviewAssignment | None) -> bool:
     """Only an assigned reviewer without a declared conflict of interest votes."""
     return (

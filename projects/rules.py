@@ -274,7 +274,7 @@ def check_vote(choice: str, rationale: str) -> None:
 
 
 # The states in which an application waits for the committee: reviewers are assigned, and any member
-# may declare a conflict of interest, only then.
+# may declare a conflict of interest or withdraw their own declaration, only then.
 UNDER_REVIEW_STATES = frozenset({SUBMITTED, IN_REVIEW})
 
 
@@ -287,6 +287,28 @@ def check_conflict_declaration(state: str, reason: str) -> None:
         )
     if not (reason or "").strip():
         raise RuleViolation("Describe the conflict of interest")
+
+
+def check_conflict_withdrawal(state: str, *, declared: bool, withdrawn_before: bool, reason: str) -> None:
+    """May a committee member withdraw their own declaration of a conflict of interest now? Only while
+    the application waits for the committee (as for declaring), only a declaration they hold on its
+    current version, and with the reason it was made in error (ADR 0065)."""
+    if state not in UNDER_REVIEW_STATES:
+        raise RuleViolation(
+            "A declaration of a conflict of interest can be withdrawn only while the application is waiting "
+            f"for the committee (submitted or in review); this one is {STATE_LABELS.get(state, state).lower()}"
+        )
+    if not declared:
+        if withdrawn_before:
+            raise RuleViolation(
+                "You have already withdrawn your declaration of a conflict of interest on this application; "
+                "there is nothing more to withdraw"
+            )
+        raise RuleViolation(
+            "You have not declared a conflict of interest on this application, so there is nothing to withdraw"
+        )
+    if not (reason or "").strip():
+        raise RuleViolation("Say why your declaration of a conflict of interest was made in error")
 
 
 def counted_votes(votes: Iterable[Any], conflicted: Iterable[str], *, decider_id: str) -> list[Any]:

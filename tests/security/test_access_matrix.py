@@ -229,6 +229,7 @@ EXPECT: dict[str, str] = {
     "POST /api/v1/projects/<string:project_id>/activate": "researcher:o dac_chair",
     "POST /api/v1/projects/<string:project_id>/close": "dac_chair:otn",
     "POST /api/v1/projects/<string:project_id>/conflict": "dac_member:otn dac_chair:otn",
+    "POST /api/v1/projects/<string:project_id>/conflict/withdraw": "dac_member:otn dac_chair:otn",
     "POST /api/v1/projects/<string:project_id>/decision": "dac_chair:otn",
     "POST /api/v1/projects/<string:project_id>/extensions": "signed_in:otn",
     "POST /api/v1/projects/<string:project_id>/extracts": "data_custodian:otn",
@@ -260,6 +261,7 @@ EXPECT: dict[str, str] = {
     "POST /dac/<project_id>/assign": "dac_chair:o",
     "POST /dac/<project_id>/close": "",
     "POST /dac/<project_id>/conflict": "dac_member:o dac_chair:o",
+    "POST /dac/<project_id>/conflict/withdraw": "dac_member:o dac_chair:o",  # only one's own; none here: 400
     "POST /dac/<project_id>/decide": "dac_chair:o",
     "POST /dac/<project_id>/optout-exemptions": "",
     "POST /dac/<project_id>/optout-exemptions/<list_name>/revoke": "",  # no exemption exists: 404

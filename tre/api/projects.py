@@ -385,6 +385,18 @@ def declare_conflict(body: dict[str, Any], project_id: str) -> None:
     _call(_svc().declare_conflict, g.user, project_id, body["reason"])
 
 
+@blp.route("/projects/<string:project_id>/conflict/withdraw", methods=["POST"])
+@blp.arguments(ReasonSchema)
+@blp.response(204)
+@blp.doc(security=BEARER)
+@requires(Permission.APPLICATION_REVIEW)
+def withdraw_conflict(body: dict[str, Any], project_id: str) -> None:
+    """Withdraw one's own declaration of a conflict of interest made in error, with the reason; the body
+    names nobody else (422, with the reason, when there is none to withdraw or the application no longer
+    waits for the committee)."""
+    _call(_svc().withdraw_conflict, g.user, project_id, body["reason"])
+
+
 @blp.route("/projects/<string:project_id>/votes", methods=["POST"])
 @blp.arguments(VoteSchema)
 @blp.response(201, VoteSchema)

@@ -1,5 +1,5 @@
-"""The data access committee's pages: the queue with ages, the review page (conflict declaration,
-vote), the chair's assignment and decision pages, and the running projects the chair governs."""
+"""The data access committee's pages: the queue with ages, the review page (conflict declaration and
+its withdrawal, vote), the chair's assignment and decision pages, and the running projects the chair governs."""
 
 from __future__ import annotations
 
@@ -160,8 +160,13 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
     # A member the chair has not assigned (nor recused) is told who assigns reviewers: one read, for them only.
     unassigned = under_review and not is_chair and assignment is None
     chairs = _chairs() if unassigned else []
+    # The chair sees every declaration, those withdrawn as made in error too (ADR 0065): one read, for them only.
+    withdrawn = svc.withdrawn_conflicts(version) if is_chair and under_review else []
     people = _people(
-        [a.reviewer_id for a in assignments] + [project.pi_id] + [m.user_id for m in project.active_members]
+        [a.reviewer_id for a in assignments]
+        + [w.reviewer_id for w in withdrawn]
+        + [project.pi_id]
+        + [m.user_id for m in project.active_members]
     )
     html = render_template(
         "dac/review.html",
@@ -174,6 +179,7 @@ def _render_review(project_id: str, error: str | list[str] | None = None) -> Any
         under_review=under_review,
         chairs=chairs,
         assignments=assignments,
+        withdrawn=withdrawn,
         votes=votes,
         my_vote=my_vote,
         is_chair=is_chair,
@@ -210,6 +216,23 @@ def conflict(project_id: str) -> Any:
     if error:
         return _render_review(project_id, error)
     flash("Conflict of interest recorded. You will not review or vote on this application.", "success")
+    return redirect(url_for("dac.review", project_id=project_id))
+
+
+@bp.post("/<project_id>/conflict/withdraw")
+@requires(Permission.APPLICATION_REVIEW)
+def withdraw_conflict(project_id: str) -> Any:
+    """The member withdraws their own declaration (the form names nobody: the service reads the signed-in
+    member's declaration alone)."""
+    _, error = attempt(
+        lambda: projects_service().withdraw_conflict(g.user, project_id, request.form.get("reason", ""))
+    )
+    if error:
+        return _render_review(project_id, error)
+    flash(
+        "Declaration of a conflict of interest withdrawn. The chair can see that you withdrew it and why.",
+        "success",
+    )
     return redirect(url_for("dac.review", project_id=project_id))
 
 

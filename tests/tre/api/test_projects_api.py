@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.projects.factories import TODAY, World, build_world, make_user, publish_agreement
+from tests.projects.factories import TODAY, World, build_world, complete_draft, make_user, publish_agreement
 from tre.authn import API_AUDIENCE
 
 
@@ -153,12 +153,34 @@ def test_access_answer_names_the_reasons_for_refusal(w: World) -> None:
     assert answer["allowed"] is False and "project_not_active" in answer["reasons"]
 
 
+def test_a_member_withdraws_their_own_declaration_over_the_api_and_nobody_elses(w: World) -> None:
+    p = complete_draft(w)
+    w.svc.submit(w.pi, p.id)
+    w.svc.declare_conflict(w.drew, p.id, "Colleague")
+    dana, drew, admin = Caller(w.app, w.dana), Caller(w.app, w.drew), Caller(w.app, w.admin)
+
+    naming = dana.post(f"/projects/{p.id}/conflict/withdraw", {"reason": "Need Drew", "reviewer_id": w.drew.id})
+    own_none = dana.post(f"/projects/{p.id}/conflict/withdraw", {"reason": "Need Drew"})
+    not_committee = admin.post(f"/projects/{p.id}/conflict/withdraw", {"reason": "Need Drew"})
+    assert naming.status_code == 422  # the body names nobody: an unknown field is refused
+    assert own_none.status_code == 422 and "You have not declared" in own_none.get_json()["detail"]
+    assert not_committee.status_code == 403
+    assert w.svc.assignments(w.svc.current_version(p))[0].conflicted
+
+    assert drew.post(f"/projects/{p.id}/conflict/withdraw", {"reason": "Wrong application"}).status_code == 204
+    again = drew.post(f"/projects/{p.id}/conflict/withdraw", {"reason": "Wrong application"})
+    assert again.status_code == 422 and "already withdrawn" in again.get_json()["detail"]
+    w.session.expire_all()
+    assert w.svc.assignments(w.svc.current_version(p)) == []
+
+
 def test_openapi_document_describes_the_projects_api(client: Any) -> None:
     paths = client.get("/api/openapi.json").get_json()["paths"]
 
     for path in (
         "/api/v1/projects",
         "/api/v1/projects/{project_id}/decision",
+        "/api/v1/projects/{project_id}/conflict/withdraw",
         "/api/v1/projects/{project_id}/access",
         "/api/v1/datasets",
         "/api/v1/training",

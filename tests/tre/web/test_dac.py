@@ -1,6 +1,7 @@
 """The committee's pages for a member the chair has not assigned: the application page says who assigns
 reviewers and what the member can do now, and lets them declare a conflict of interest before reading
-further; the chair sees the declaration and is not offered the member (ADR 0065)."""
+further; the chair sees the declaration and is not offered the member. The member alone may withdraw
+their declaration as made in error, and the chair sees it withdrawn, with both reasons (ADR 0065)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from projects.models import Project, ReviewAssignment
+from projects.models import Project, ReviewAssignment, WithdrawnConflict
 from tests.projects.factories import World, approved, build_world, complete_draft, make_user
 from tests.tre.web.test_projects_pages import login, post, token
 from tre.core.audit import DENIED, AuditEvent
@@ -217,3 +218,181 @@ def test_project_page_points_a_committee_member_to_the_committees_page(w: World,
 
     assert 'id="committee-review"' in member_page and f'href="/dac/{p.id}"' in member_page
     assert 'id="committee-review"' not in applicant_page
+
+
+# --- withdrawing a declaration made in error ----------------------------------------------------------
+
+
+def _withdrawn(w: World) -> list[WithdrawnConflict]:
+    w.session.expire_all()
+    return list(w.session.scalars(select(WithdrawnConflict)))
+
+
+def test_member_sees_their_declaration_and_withdraws_it_from_the_application_page(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Co-author <i>2021</i>")
+    login(client, w.drew)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    response = post(
+        client, f"/dac/{p.id}/conflict/withdraw", {"reason": "Wrong application"}, token_from=f"/dac/{p.id}"
+    )
+
+    mine = page[page.index('id="conflicted"'):]
+    assert "Co-author &lt;i&gt;2021&lt;/i&gt;" in mine  # their own words, never as HTML
+    assert 'id="withdraw-conflict"' in page and "Withdraw my declaration" in page
+    assert "The chair will then be able to assign you" in page
+    assert response.status_code == 302
+    after = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    assert "Declaration of a conflict of interest withdrawn" in after
+    assert 'id="conflicted"' not in after and 'id="withdraw-conflict"' not in after
+    assert 'id="declare-conflict"' in after and 'id="not-assigned"' in after
+    assert _rows(w, p) == []
+    assert [(k.reviewer_id, k.reason) for k in _withdrawn(w)] == [(w.drew.id, "Wrong application")]
+
+
+def test_an_assigned_reviewer_is_told_they_will_review_again_once_they_withdraw(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.assign_reviewers(w.chair, p.id, [w.drew.id])
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    login(client, w.drew)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    post(client, f"/dac/{p.id}/conflict/withdraw", {"reason": "Misread the team"}, token_from=f"/dac/{p.id}")
+
+    assert "You will be an ordinary reviewer of this application again" in page and "Cast vote" not in page
+    assert "Cast vote" in client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+
+def test_chair_sees_the_withdrawn_declaration_with_both_reasons_and_can_assign_the_member(
+    w: World, client: Any
+) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Co-author <b>2019</b>")
+    w.svc.withdraw_conflict(w.drew, p.id, "Wrong study <script>x</script>")
+    w.svc.declare_conflict(w.dana, p.id, "The PI is my sister")
+    login(client, w.chair)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+    table = page[page.index('id="conflicts"'):page.index("</table>", page.index('id="conflicts"'))]
+    assert "<th scope=\"col\" class=\"nhsuk-table__header\">Withdrawn</th>" in table
+    [withdrawn] = [row for row in table.split("<tr")[1:] if "withdrawn-conflict" in row]
+    assert "Drew Dac" in withdrawn and "before being assigned" in withdrawn and "as made in error" in withdrawn
+    assert "Co-author &lt;b&gt;2019&lt;/b&gt;" in withdrawn
+    assert "Wrong study &lt;script&gt;x&lt;/script&gt;" in withdrawn and "<script>x" not in page
+    standing = [row for row in table.split("<tr")[1:] if "Dana Dac" in row]
+    assert len(standing) == 1 and "No: it stands" in standing[0]
+    assert f'value="{w.drew.id}"' in page and f'value="{w.dana.id}"' not in page  # Drew is offered again
+
+    assigned = post(client, f"/dac/{p.id}/assign", {"reviewers": [w.drew.id]}, token_from=f"/dac/{p.id}")
+    assert assigned.status_code == 302
+    login(client, w.drew)
+    voted = post(
+        client, f"/dac/{p.id}/vote", {"choice": "approve", "rationale": "Sound"}, token_from=f"/dac/{p.id}"
+    )
+    assert voted.status_code == 302 and "You voted" in client.get(f"/dac/{p.id}").get_data(as_text=True)
+
+
+# --- attacks on withdrawal ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["another_member", "chair"])
+def test_a_committee_member_cannot_withdraw_someone_elses_declaration_by_naming_them(
+    w: World, client: Any, who: str
+) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    actor = w.dana if who == "another_member" else w.chair
+    login(client, actor)
+
+    forged = {"reason": "Drew is needed", "reviewer_id": w.drew.id, "user_id": w.drew.id, "member": w.drew.id}
+    response = post(client, f"/dac/{p.id}/conflict/withdraw", forged, token_from=f"/dac/{p.id}")
+
+    assert response.status_code == 400
+    assert "You have not declared a conflict of interest on this application" in response.get_data(as_text=True)
+    [row] = _rows(w, p)
+    assert row.reviewer_id == w.drew.id and row.conflicted and _withdrawn(w) == []
+    assert _denials(w, "project.withdraw_conflict") == [(actor.id, p.id)]
+
+
+@pytest.mark.parametrize("who", ["researcher", "administrator", "applicant"])
+def test_nobody_outside_the_committee_can_post_a_withdrawal_and_it_is_audited(
+    w: World, client: Any, who: str
+) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    actor = {"researcher": w.outsider, "administrator": w.admin, "applicant": w.pi}[who]
+    login(client, actor)
+
+    response = client.post(
+        f"/dac/{p.id}/conflict/withdraw", data={"reason": "Made in error", "csrf_token": token(client, "/")}
+    )
+
+    assert response.status_code == 403
+    assert _denials(w, "access.denied") == [(actor.id, "dac.withdraw_conflict")]
+    [row] = _rows(w, p)
+    assert row.conflicted and _withdrawn(w) == []
+
+
+def test_a_member_removed_from_the_committee_while_signed_in_cannot_withdraw(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    login(client, w.drew)
+    csrf = token(client, f"/dac/{p.id}")  # the form was open while the role was taken away
+    Identity(w.session, w.app.extensions["tre.platform"].keys, w.audit).set_roles(w.admin, w.drew.id, ["researcher"])
+
+    response = client.post(f"/dac/{p.id}/conflict/withdraw", data={"reason": "Made in error", "csrf_token": csrf})
+
+    assert response.status_code == 403
+    assert _denials(w, "access.denied") == [(w.drew.id, "dac.withdraw_conflict")]
+    [row] = _rows(w, p)
+    assert row.conflicted and _withdrawn(w) == []
+
+
+def test_sending_the_withdrawal_twice_withdraws_once_and_says_so(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    login(client, w.drew)
+    csrf = token(client, f"/dac/{p.id}")
+
+    first = client.post(f"/dac/{p.id}/conflict/withdraw", data={"reason": "Wrong one", "csrf_token": csrf})
+    second = client.post(f"/dac/{p.id}/conflict/withdraw", data={"reason": "Wrong one", "csrf_token": csrf})
+
+    assert first.status_code == 302 and second.status_code == 400
+    assert "already withdrawn your declaration" in second.get_data(as_text=True)
+    assert len(_withdrawn(w)) == 1
+
+
+def test_a_withdrawal_without_a_reason_is_refused_and_the_declaration_stands(w: World, client: Any) -> None:
+    p = _submitted(w)
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    login(client, w.drew)
+
+    response = post(client, f"/dac/{p.id}/conflict/withdraw", {"reason": " "}, token_from=f"/dac/{p.id}")
+
+    assert response.status_code == 400
+    assert "Say why your declaration of a conflict of interest was made in error" in response.get_data(as_text=True)
+    [row] = _rows(w, p)
+    assert row.conflicted and _withdrawn(w) == []
+
+
+def test_a_decided_application_offers_no_withdrawal_and_refuses_one(w: World, client: Any) -> None:
+    p = _submitted(w)
+    dora = make_user(w.app, "dora.dac", ["dac_member"])
+    w.svc.declare_conflict(w.drew, p.id, "Former colleague")
+    w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, dora.id])
+    w.svc.cast_vote(w.dana, p.id, "approve", "Sound")
+    w.svc.cast_vote(dora, p.id, "approve", "Sound")
+    w.svc.decide(w.chair, p.id, "rejected", public_comment="Not in the public interest")
+    login(client, w.drew)
+
+    page = client.get(f"/dac/{p.id}").get_data(as_text=True)
+    response = post(client, f"/dac/{p.id}/conflict/withdraw", {"reason": "Made in error"}, token_from=f"/dac/{p.id}")
+
+    assert 'id="conflicted"' in page and 'id="withdraw-conflict"' not in page
+    assert response.status_code == 400
+    assert "can be withdrawn only while the application is waiting for the committee" in response.get_data(
+        as_text=True
+    )
+    assert [a.reviewer_id for a in _rows(w, p) if a.conflicted] == [w.drew.id] and _withdrawn(w) == []

@@ -117,6 +117,16 @@ def test_recused_member_never_sees_the_application(w: World) -> None:
     assert p.id not in page and p.title not in page
 
 
+def test_a_reviewer_who_withdraws_a_declaration_made_in_error_sees_the_application_await_their_vote(
+    w: World,
+) -> None:
+    p = in_review(w)
+    w.svc.declare_conflict(w.dana, p.id, "I supervise the PI")
+    w.svc.withdraw_conflict(w.dana, p.id, "Wrong application")
+
+    assert p.title in section(home(w.app, w.dana), "home-reviewer")
+
+
 def test_unassigned_member_does_not_see_the_application(w: World) -> None:
     p = in_review(w)
     other = make_user(w.app, "erin.dac", ["dac_member"])
