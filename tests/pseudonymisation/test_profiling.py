@@ -570,17 +570,15 @@ def test_preview_leaves_out_and_counts_the_rows_an_extract_leaves_out(tmp_path):
     assert written[2] not in text and written[3] not in text
 
 
-def test_preview_never_shows_the_nhs_number_column_unless_as_its_token(tmp_path):
-    path, written = _referrals(tmp_path / "referrals.csv")
+def test_a_schema_keeping_the_nhs_number_column_raw_is_refused_before_any_preview(tmp_path):
+    # This test used to preview such a schema (the number shown hidden); ADR 0068 refuses the schema.
+    path, _ = _referrals(tmp_path / "referrals.csv")
     choices = {c.name: (c.role, c.rule) for c in propose(path, today=TODAY).columns}
     choices["NHS No"] = (Role.ATTRIBUTE, TransformKind.KEEP)
-    schema = profiling.build_schema("referrals", choices, order=list(choices), nhs_number_column="NHS No",
-                                    reference_date=TODAY)
 
-    shown = profiling.preview(path, schema, rows=5)
-
-    assert {r[shown["columns"].index("NHS No")] for r in shown["rows"]} == {profiling.HIDDEN}
-    assert not any(n.strip() and n in json.dumps(shown) for n in written)
+    with pytest.raises(SchemaError, match="'NHS No' holds the NHS number"):
+        profiling.build_schema("referrals", choices, order=list(choices), nhs_number_column="NHS No",
+                               reference_date=TODAY)
 
 
 def test_preview_under_a_separate_namespace_shows_invalid_rows_by_their_invalid_token(tmp_path):
@@ -594,3 +592,4 @@ def test_preview_under_a_separate_namespace_shows_invalid_rows_by_their_invalid_
     assert shown["left_out"] == {} and shown["read"] == 5
     assert tokens_shown[1] is None and tokens_shown[2].startswith("INVALID-") and tokens_shown[3].startswith("INVALID-")
     assert written[2] not in json.dumps(shown)
+
