@@ -593,3 +593,39 @@ def test_preview_under_a_separate_namespace_shows_invalid_rows_by_their_invalid_
     assert tokens_shown[1] is None and tokens_shown[2].startswith("INVALID-") and tokens_shown[3].startswith("INVALID-")
     assert written[2] not in json.dumps(shown)
 
+
+@pytest.mark.parametrize("write", [
+    lambda n: n,  # 9434765918
+    lambda n: f"{n[:3]} {n[3:6]} {n[6:]}",  # 943 476 5918
+], ids=["ten-digits", "spaced"])
+def test_ten_digit_numbers_failing_the_check_digit_are_proposed_as_identifiers_not_kept(tmp_path, write):
+    # Mistyped NHS numbers or a local id under a heading that names nothing: never "whole numbers, kept".
+    numbers = valid_nhs_numbers(40, seed=12)
+    lines = ["ref,count"] + [f"{write(n[:9] + str((int(n[9]) + 1) % 10))},{i}" for i, n in enumerate(numbers)]
+    (tmp_path / "refs.csv").write_text("\n".join(lines) + "\n")
+
+    by = _by_name(propose(tmp_path / "refs.csv", today=TODAY))
+
+    assert (by["ref"].role, by["ref"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN)
+    assert by["ref"].reason.startswith("ten-digit numbers: identifiers")
+    assert (by["count"].role, by["count"].rule) == (Role.ATTRIBUTE, TransformKind.KEEP)
+
+
+def test_ten_digit_integers_in_parquet_are_proposed_as_identifiers(tmp_path):
+    ids = [int(n[:9] + str((int(n[9]) + 1) % 10)) for n in valid_nhs_numbers(40, seed=13)]
+    pq.write_table(pa.table({"patient_ref": pa.array(ids, pa.int64()), "n": pa.array(range(40), pa.int64())}),
+                   tmp_path / "refs.parquet")
+
+    by = _by_name(propose(tmp_path / "refs.parquet", today=TODAY))
+
+    assert (by["patient_ref"].role, by["patient_ref"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN)
+    assert (by["n"].role, by["n"].rule) == (Role.ATTRIBUTE, TransformKind.KEEP)
+
+
+def test_a_column_with_only_a_few_ten_digit_numbers_keeps_its_own_proposal(tmp_path):
+    lines = ["code"] + [("1234567890" if i < 5 else ["E11", "I10"][i % 2]) for i in range(40)]
+    (tmp_path / "codes.csv").write_text("\n".join(lines) + "\n")
+
+    code = _by_name(propose(tmp_path / "codes.csv", today=TODAY))["code"]
+
+    assert (code.role, code.rule) == (Role.ATTRIBUTE, TransformKind.KEEP)
