@@ -24,6 +24,12 @@ class ExtractError(RuntimeError):
     """An extract that cannot run as asked. Messages name columns and chunks, never values."""
 
 
+class IdentifierInOutput(ExtractError):
+    """A column the extract would write holds raw NHS numbers, whatever the schema calls it (ADR 0068).
+
+    A refusal, not a fault: running again gives the same answer, so the extract fails at once."""
+
+
 @dataclass(frozen=True)
 class ExtractKeys:
     """The keys one extract uses. ``repr`` and the manifest show only ``key_id``."""

@@ -39,6 +39,7 @@ from pseudonymisation.extract_options import (
     ExtractError,
     ExtractKeys,
     ExtractOptions,
+    IdentifierInOutput,
     PersonLinks,
 )
 from pseudonymisation.optouts import OptOutList, apply_optouts
@@ -56,6 +57,7 @@ MANIFEST_FORMAT = "tre-extract-manifest/1"
 _DATE_TRANSFORMS = frozenset({TransformKind.DOB_YEAR, TransformKind.DOB_AGE_BAND, TransformKind.DATE_SHIFT,
                               TransformKind.DAYS_FROM_INDEX})
 _TEXT_TRANSFORMS = _DATE_TRANSFORMS | {TransformKind.MEASUREMENT}
+_TOKEN_TRANSFORMS = frozenset({TransformKind.NHS_TOKEN, TransformKind.ID_TOKEN})
 _PART = "part-{:06d}.parquet"
 _COMPRESSION = "snappy"  # writer options are fixed, so parts are reproducible
 
@@ -348,8 +350,24 @@ def _process_chunk(plan: _Plan, table: pa.Table, stats: dict[str, Any]) -> pa.Ta
         columns[MATCH_PROBABILITY_COLUMN] = pa.array(links.probabilities, pa.float64())
         stats["linked_by_method"] = dict(Counter(m for m in links.methods if m is not None))
     out = pa.table(columns)
+    _refuse_nhs_numbers(plan, out)
     stats["rows_out"] = out.num_rows
     return out
+
+
+def _refuse_nhs_numbers(plan: _Plan, out: pa.Table) -> None:
+    """The backstop behind the schema's rules (ADR 0068): a column about to be written whose values
+    are mostly valid NHS numbers stops the extract, whatever its name, role or rule ("ref", kept).
+    Checked on every chunk before its part is written; the message names the column, never a value."""
+    for spec in plan.outputs:
+        if spec.effective_transform.kind in _TOKEN_TRANSFORMS:
+            continue  # letters made from a key, never digits
+        if tokens.mostly_valid_numbers(out.column(spec.effective_output_name)):
+            raise IdentifierInOutput(
+                f"dataset {plan.schema.name!r}: column {spec.name!r} would put NHS numbers in the extract "
+                "(most of its values pass the NHS number check digit); its custodian must make it the NHS "
+                "number column (tokenised) or drop it"
+            )
 
 
 def _numbers_for_optouts(
@@ -555,6 +573,12 @@ def run_extract(options: ExtractOptions, *, progress: ProgressCallback | None = 
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             # Arrow's messages can quote a cell; ours names only the dataset.
             raise ExtractError(f"dataset {schema.name!r}: the source does not match its schema") from None
+        except IdentifierInOutput:
+            if pending is not None:
+                pending.exception()  # the part under way is written before what was written goes
+            shutil.rmtree(data, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         source_sha = source_hash.result()
     check_source(source_sha)
 
@@ -740,6 +764,7 @@ __all__ = [
     "ExtractError",
     "ExtractKeys",
     "ExtractOptions",
+    "IdentifierInOutput",
     "Progress",
     "file_sha256",
     "read_patient_ids",

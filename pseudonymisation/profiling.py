@@ -19,6 +19,10 @@ words that say which number: "Tel no", not "Telephone consultation", ADR 0066) �
 hospital number, MRN or local patient id → direct identifier, ``id_token``; an NHS number heading
 whose numbers fail the check → direct identifier, ``drop``.
 
+Then ten-digit numbers (``943 476 5919`` or ``9434765919``, at least ``TEN_DIGIT_SHARE`` of the present
+values) that are not the NHS number: mistyped NHS numbers or a local id → direct identifier,
+``id_token``, under any heading that names no identifier ("ref"); never whole numbers kept (ADR 0068).
+
 Otherwise what a column's content says (shares of its non-missing values, at least ``MATCH_SHARE``):
 
 - dates (ISO or day/month/year, read as the extract reads them: ``generalise.read_date_text``) → a
@@ -69,6 +73,7 @@ from pseudonymisation.sources import SourceFile, as_source, readable
 
 MATCH_SHARE = 0.9  # a column is of a kind when this share of its present values is of that kind
 VALID_NHS_SHARE = 0.8  # ... and an NHS number column when this share of those also pass the check digit
+TEN_DIGIT_SHARE = 0.5  # ten-digit numbers (NHS-shaped) in at least this share of the values: an identifier
 SNIFF_BYTES = 64 * 1024
 DEFAULT_CHUNK_BYTES = 16 << 20
 DISTINCT_SAMPLE = 50_000
@@ -607,6 +612,10 @@ def _propose(name: str, c: _Counts, distinct: float) -> tuple[str, Role, Transfo
         role = Role.ATTRIBUTE if heading is None else heading[1]
         return "string", role, TransformKind.DROP, "every value is missing"
     dates = c.dates_iso + c.dates_dmy
+    if heading is None and _share(c.nhs_shaped, c.present) >= TEN_DIGIT_SHARE:
+        # Mistyped NHS numbers or a local id: an identifier, never "whole numbers, kept" (ADR 0068).
+        return ("string", Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN,
+                "ten-digit numbers: identifiers (too few pass the NHS number check digit to be the NHS number)")
     if heading is not None:
         if heading[3].startswith("addresses") and _share(c.postcodes, c.present) >= MATCH_SHARE:
             return "string", Role.QUASI_IDENTIFIER, TransformKind.POSTCODE_DISTRICT, "UK postcodes"

@@ -3,7 +3,9 @@
 A custodian gives every column a role when a source is catalogued; an extract then applies one
 transform per approved column. The rules here refuse, before any data is read, the combinations that
 would leak identity: a direct identifier can only be tokenised or dropped, free text is dropped unless
-a scrub is asked for, and a column with no spec cannot be extracted at all.
+a scrub is asked for, and a column with no spec cannot be extracted at all. Whatever role a custodian
+gives them, the NHS number column is only tokenised or dropped, and the columns the person index reads
+(names, record id, date of birth, postcode) never leave raw (ADR 0068).
 
 Everything is plain data that round-trips through JSON, so the catalogue can store it as is.
 """
@@ -68,6 +70,27 @@ _DEFAULT: dict[Role, TransformKind] = {
     Role.FREE_TEXT: TransformKind.DROP,
 }
 _DEFAULT_OUTPUT_NAME = {TransformKind.NHS_TOKEN: "patient_token"}
+
+# What the columns a person is identified by may become, whatever a custodian chooses (ADR 0068): the
+# NHS number only its token or nothing; a name or a record id a token or nothing; a date of birth and a
+# postcode only generalised. One wrong choice would otherwise put the raw value in every extract.
+_NHS_NUMBER_RULES = frozenset({TransformKind.NHS_TOKEN, TransformKind.DROP})
+_IDENTITY_RULES: dict[str, tuple[frozenset[Role], frozenset[TransformKind], str]] = {
+    "record_id": (frozenset({Role.DIRECT_IDENTIFIER}),
+                  frozenset({TransformKind.NHS_TOKEN, TransformKind.ID_TOKEN, TransformKind.DROP}),
+                  "a direct identifier, tokenised or dropped"),
+    "first_name": (frozenset({Role.DIRECT_IDENTIFIER}), frozenset({TransformKind.ID_TOKEN, TransformKind.DROP}),
+                   "a direct identifier, tokenised or dropped"),
+    "surname": (frozenset({Role.DIRECT_IDENTIFIER}), frozenset({TransformKind.ID_TOKEN, TransformKind.DROP}),
+                "a direct identifier, tokenised or dropped"),
+    "date_of_birth": (frozenset({Role.QUASI_IDENTIFIER, Role.DIRECT_IDENTIFIER}),
+                      frozenset({TransformKind.DOB_AGE_BAND, TransformKind.DOB_YEAR, TransformKind.DATE_SHIFT,
+                                 TransformKind.DROP}),
+                      "a quasi-identifier given as an age band, a year or a shifted date, or dropped"),
+    "postcode": (frozenset({Role.QUASI_IDENTIFIER, Role.DIRECT_IDENTIFIER}),
+                 frozenset({TransformKind.POSTCODE_DISTRICT, TransformKind.POSTCODE_SECTOR, TransformKind.DROP}),
+                 "a quasi-identifier given as its district or sector, or dropped"),
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,23 @@ class DatasetSchema:
             object.__setattr__(self, "linkage_columns", dict(sorted(fields.items())))
         for column in self.columns:
             self._check_column(column)
+        self._check_identity_columns()
+
+    def _check_identity_columns(self) -> None:
+        """The NHS number and the columns the person index reads never leave raw (ADR 0068)."""
+        if self.nhs_number_column is not None:
+            spec = self.column(self.nhs_number_column)
+            if spec.role is not Role.DIRECT_IDENTIFIER or spec.effective_transform.kind not in _NHS_NUMBER_RULES:
+                raise SchemaError(f"column {spec.name!r} holds the NHS number: it must be a direct identifier, "
+                                  "tokenised (nhs_token) or dropped")
+        for linkage_field, name in (self.linkage_columns or {}).items():
+            if linkage_field not in _IDENTITY_RULES:
+                continue
+            roles, kinds, what = _IDENTITY_RULES[linkage_field]
+            spec = self.column(name)
+            if spec.role not in roles or spec.effective_transform.kind not in kinds:
+                raise SchemaError(f"column {name!r} is the {linkage_field.replace('_', ' ')} the person index "
+                                  f"reads: it must be {what}")
 
     def _check_column(self, column: ColumnSpec) -> None:
         kind = column.effective_transform.kind
@@ -234,6 +274,19 @@ class DatasetSchema:
             if isinstance(exc, SchemaError):
                 raise
             raise SchemaError(f"malformed schema: {exc}") from None
+
+    @classmethod
+    def problem_of(cls, data: Mapping[str, Any] | None) -> str | None:
+        """Why a stored schema cannot be used (a schema confirmed before a rule was added), or None.
+
+        Pages show it instead of failing; the extract service refuses such a dataset."""
+        if not data:
+            return None
+        try:
+            cls.from_dict(data)
+        except SchemaError as exc:
+            return str(exc)
+        return None
 
     def fingerprint(self) -> str:
         """A hash of the schema, so a resumed extract can prove it runs the same plan."""

@@ -117,6 +117,14 @@ def _claim_folder(out: Path, extract_id: str) -> None:
     marker.write_text(extract_id)
 
 
+def _remove_folder_of(out: Path, extract_id: str) -> None:
+    """What a failed extract wrote goes: it will never be finished (a new request starts afresh),
+    and a refused one may hold parts of a column it was refused for (ADR 0068)."""
+    marker = out / ".extract-id"
+    if marker.is_file() and marker.read_text() == extract_id:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def _dialect_options(version: dict[str, Any] | None) -> dict[str, str]:
     """The CSV dialect a version was checked with, as extract options (none for Parquet)."""
     dialect = (version or {}).get("dialect")
@@ -175,6 +183,11 @@ class Extracts:
                 raise ExtractServiceError(f"The approved dataset {name} is no longer in the catalogue")
             if not dataset.schema_spec:
                 raise ExtractServiceError(f"The dataset {name} has no extract schema; a custodian must add one")
+            problem = DatasetSchema.problem_of(dataset.schema_spec)
+            if problem is not None:  # confirmed before a rule it breaks was added (ADR 0068)
+                raise ExtractServiceError(
+                    f"The extract schema of the dataset {name} must be corrected by its custodian: {problem}"
+                )
             plan.append((dataset, sorted(cols)))
         return plan
 
@@ -327,6 +340,7 @@ class Extracts:
             extract.finished_at = utcnow()
             extract.error = reason
             shutil.rmtree(self._staging(extract.project_id) / extract.id, ignore_errors=True)
+            _remove_folder_of(self.extracts_root / extract.project_id, extract.id)
             self.audit.record(s, "extract.build", actor_id=None, outcome=FAILURE, target_type="extract",
                               target_id=extract.id, project_id=extract.project_id, request_id=self.request_id,
                               detail={"reason": reason[:200]})

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from projects.closure import register_destruction_hook
 from pseudonymisation import linkage
+from pseudonymisation.extract_options import IdentifierInOutput
 from pseudonymisation.models import Extract
 from pseudonymisation.person_index import RUN_JOB, LinkageServiceError, PersonIndex
 from pseudonymisation.person_index_models import LinkageRun
@@ -45,10 +46,11 @@ def _run(ctx: JobContext, work: Callable[[Extracts], Any]) -> Any:
         ctx.session.rollback()
         job = ctx.session.get(Job, ctx.job_id)
         ctx.session.rollback()  # end the read: on SQLite it holds the write lock
-        refused = isinstance(exc, (ExtractServiceError, PermanentJobError))
+        # A column of NHS numbers is refused again on every attempt: fail at once (ADR 0068).
+        refused = isinstance(exc, (ExtractServiceError, PermanentJobError, IdentifierInOutput))
         if refused or (job is not None and ctx.attempt >= job.max_attempts):
             service.fail(ctx.payload["extract_id"], exc)
-        if isinstance(exc, ExtractServiceError):
+        if isinstance(exc, (ExtractServiceError, IdentifierInOutput)):
             raise PermanentJobError(str(exc)) from None
         raise
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -236,3 +237,32 @@ def test_an_extract_whose_worker_died_in_its_last_attempt_is_marked_failed_by_th
     with app.app_context():
         again = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
     assert again.id != extract.id and again.state == "queued"
+
+
+def test_a_partition_refused_for_nhs_numbers_fails_the_extract_and_leaves_no_part_of_it(
+    fan_app: Any, demo_data: Path, tmp_path: Path
+) -> None:
+    # The first partitions are clean and written; a later one meets NHS numbers kept under "ref" (ADR 0068).
+    from tests.pseudonymisation.test_services import _active_project as _patients_project
+    from tests.pseudonymisation.test_services import _with_ref_column
+
+    app = fan_app
+    source, spec = _with_ref_column(demo_data, tmp_path)
+    table = pq.read_table(source)
+    numbers = table["ref"].to_pylist()
+    ref = [f"R{i:05d}" for i in range(200)] + numbers[200:]
+    pq.write_table(table.set_column(table.schema.get_field_index("ref"), "ref", pa.array(ref)), source)
+    w, p = _patients_project(app, demo_data, spec=spec, source=source, approved=["nhs_number", "sex", "ref"])
+
+    with app.app_context():
+        extract = extracts_service(app.extensions["tre.platform"]).request(w.custodian, p.id)
+
+    with app.extensions["tre.db"].session_factory() as s:
+        failed = s.get(Extract, extract.id)
+        assert failed is not None and failed.state == "failed"
+        assert "column 'ref' would put NHS numbers in the extract" in (failed.error or "")
+    partitions = _jobs(app, PARTITION_JOB)
+    assert len(partitions) > 2 and partitions[0].state == jobs.SUCCEEDED  # it had written its parts
+    assert not _jobs(app, MERGE_JOB)
+    folder = app.extensions["tre.settings"].extracts_path / p.id
+    assert not folder.exists() or not [f for f in folder.rglob("*") if f.is_file()]

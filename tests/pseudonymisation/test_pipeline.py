@@ -17,6 +17,7 @@ from pseudonymisation.optouts import OptOutList
 from pseudonymisation.pipeline import (
     ExtractError,
     ExtractOptions,
+    IdentifierInOutput,
     run_extract,
     run_linked_extract,
 )
@@ -504,3 +505,57 @@ def test_peak_memory_follows_the_chunk_size_not_the_file_size(tmp_path):
 
     # Ten times the rows; holding the large file in memory would add at least its decoded size.
     assert large_peak - small_peak < large_table.nbytes / 2, (small_peak, large_peak, large_table.nbytes)
+
+
+# --- a column of NHS numbers under another name never reaches an extract (ADR 0068) --------------
+
+
+def _with_ref(table: pa.Table, ref: list) -> pa.Table:
+    return table.append_column("ref", pa.array(ref))
+
+
+def _ref_schema() -> DatasetSchema:
+    base = event_schema()
+    return DatasetSchema(base.name, (*base.columns, ColumnSpec("ref", Role.ATTRIBUTE)),
+                         nhs_number_column=base.nhs_number_column)
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_column_of_nhs_numbers_kept_under_another_name_is_refused_and_nothing_is_written(tmp_path, keys, fmt):
+    table = make_table(300)
+    table = _with_ref(table, table["nhs_number"].to_pylist())  # a custodian's copy, headed "ref", kept
+    src = tmp_path / f"events.{fmt}"
+    write_parquet(table, src) if fmt == "parquet" else pacsv.write_csv(table, src)
+    out = tmp_path / "out"
+
+    with pytest.raises(IdentifierInOutput, match="column 'ref' would put NHS numbers in the extract") as refused:
+        run_extract(ExtractOptions(src, _ref_schema(), ["nhs_number", "sex", "ref"], out, keys, chunk_rows=100))
+
+    assert not any(n in str(refused.value) for n in set(table["nhs_number"].to_pylist()))
+    assert _files(out) == []
+
+
+def test_nhs_numbers_that_start_in_a_later_chunk_remove_the_parts_already_written(tmp_path, keys):
+    table = make_table(300)
+    numbers = table["nhs_number"].to_pylist()
+    src = write_parquet(_with_ref(table, [f"R{i:05d}" for i in range(100)] + numbers[100:]), tmp_path / "e.parquet")
+    out = tmp_path / "out"
+
+    with pytest.raises(IdentifierInOutput, match="'ref'"):
+        run_extract(ExtractOptions(src, _ref_schema(), ["nhs_number", "ref"], out, keys, chunk_rows=100))
+
+    assert _files(out) == []
+
+
+def test_ten_digit_numbers_that_fail_the_check_digit_are_not_taken_for_nhs_numbers(tmp_path, keys):
+    table = make_table(200)
+    ids = [n[:9] + str((int(n[9]) + 1) % 10) for n in table["nhs_number"].to_pylist()]
+    src = write_parquet(_with_ref(table, ids), tmp_path / "e.parquet")
+
+    manifest = run_extract(ExtractOptions(src, _ref_schema(), ["nhs_number", "ref"], tmp_path / "out", keys))
+
+    assert manifest["rows"]["out"] == 200

@@ -570,17 +570,15 @@ def test_preview_leaves_out_and_counts_the_rows_an_extract_leaves_out(tmp_path):
     assert written[2] not in text and written[3] not in text
 
 
-def test_preview_never_shows_the_nhs_number_column_unless_as_its_token(tmp_path):
-    path, written = _referrals(tmp_path / "referrals.csv")
+def test_a_schema_keeping_the_nhs_number_column_raw_is_refused_before_any_preview(tmp_path):
+    # This test used to preview such a schema (the number shown hidden); ADR 0068 refuses the schema.
+    path, _ = _referrals(tmp_path / "referrals.csv")
     choices = {c.name: (c.role, c.rule) for c in propose(path, today=TODAY).columns}
     choices["NHS No"] = (Role.ATTRIBUTE, TransformKind.KEEP)
-    schema = profiling.build_schema("referrals", choices, order=list(choices), nhs_number_column="NHS No",
-                                    reference_date=TODAY)
 
-    shown = profiling.preview(path, schema, rows=5)
-
-    assert {r[shown["columns"].index("NHS No")] for r in shown["rows"]} == {profiling.HIDDEN}
-    assert not any(n.strip() and n in json.dumps(shown) for n in written)
+    with pytest.raises(SchemaError, match="'NHS No' holds the NHS number"):
+        profiling.build_schema("referrals", choices, order=list(choices), nhs_number_column="NHS No",
+                               reference_date=TODAY)
 
 
 def test_preview_under_a_separate_namespace_shows_invalid_rows_by_their_invalid_token(tmp_path):
@@ -594,3 +592,40 @@ def test_preview_under_a_separate_namespace_shows_invalid_rows_by_their_invalid_
     assert shown["left_out"] == {} and shown["read"] == 5
     assert tokens_shown[1] is None and tokens_shown[2].startswith("INVALID-") and tokens_shown[3].startswith("INVALID-")
     assert written[2] not in json.dumps(shown)
+
+
+@pytest.mark.parametrize("write", [
+    lambda n: n,  # 9434765918
+    lambda n: f"{n[:3]} {n[3:6]} {n[6:]}",  # 943 476 5918
+], ids=["ten-digits", "spaced"])
+def test_ten_digit_numbers_failing_the_check_digit_are_proposed_as_identifiers_not_kept(tmp_path, write):
+    # Mistyped NHS numbers or a local id under a heading that names nothing: never "whole numbers, kept".
+    numbers = valid_nhs_numbers(40, seed=12)
+    lines = ["ref,count"] + [f"{write(n[:9] + str((int(n[9]) + 1) % 10))},{i}" for i, n in enumerate(numbers)]
+    (tmp_path / "refs.csv").write_text("\n".join(lines) + "\n")
+
+    by = _by_name(propose(tmp_path / "refs.csv", today=TODAY))
+
+    assert (by["ref"].role, by["ref"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN)
+    assert by["ref"].reason.startswith("ten-digit numbers: identifiers")
+    assert (by["count"].role, by["count"].rule) == (Role.ATTRIBUTE, TransformKind.KEEP)
+
+
+def test_ten_digit_integers_in_parquet_are_proposed_as_identifiers(tmp_path):
+    ids = [int(n[:9] + str((int(n[9]) + 1) % 10)) for n in valid_nhs_numbers(40, seed=13)]
+    pq.write_table(pa.table({"patient_ref": pa.array(ids, pa.int64()), "n": pa.array(range(40), pa.int64())}),
+                   tmp_path / "refs.parquet")
+
+    by = _by_name(propose(tmp_path / "refs.parquet", today=TODAY))
+
+    assert (by["patient_ref"].role, by["patient_ref"].rule) == (Role.DIRECT_IDENTIFIER, TransformKind.ID_TOKEN)
+    assert (by["n"].role, by["n"].rule) == (Role.ATTRIBUTE, TransformKind.KEEP)
+
+
+def test_a_column_with_only_a_few_ten_digit_numbers_keeps_its_own_proposal(tmp_path):
+    lines = ["code"] + [("1234567890" if i < 5 else ["E11", "I10"][i % 2]) for i in range(40)]
+    (tmp_path / "codes.csv").write_text("\n".join(lines) + "\n")
+
+    code = _by_name(propose(tmp_path / "codes.csv", today=TODAY))["code"]
+
+    assert (code.role, code.rule) == (Role.ATTRIBUTE, TransformKind.KEEP)

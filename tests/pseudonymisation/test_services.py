@@ -19,6 +19,7 @@ from pseudonymisation.services import ExtractServiceError
 from pseudonymisation.tasks import extracts_service
 from tests.projects.factories import TODAY, build_world, make_user, publish_agreement
 from tre.core import jobs
+from tre.core.audit import FAILURE, AuditEvent
 from tre.demo import synthetic
 
 
@@ -34,14 +35,18 @@ def _patients_schema(demo_data: Path) -> dict[str, Any]:
     return next(t for t in catalogue["tables"] if t["name"] == "patients")
 
 
-def _active_project(app: Any, demo_data: Path) -> Any:
+def _active_project(
+    app: Any, demo_data: Path, *, spec: dict[str, Any] | None = None, source: Path | None = None,
+    approved: list[str] | None = None,
+) -> Any:
+    """An active project approved for the demo patients (or for ``source`` under ``spec``)."""
     w = build_world(app)
-    spec = _patients_schema(demo_data)
+    spec = spec or _patients_schema(demo_data)
     w.svc.register_dataset(
         w.custodian, name="patients", title="Patients", description="Demographics", source_kind="parquet",
-        source_location=str(demo_data / "patients.parquet"), sensitivity="special_category",
-        columns=[{"name": c["name"], "role": c["role"], "description": c["description"],
-                  "sensitivity": c["sensitivity"]} for c in spec["columns"]],
+        source_location=str(source or demo_data / "patients.parquet"), sensitivity="special_category",
+        columns=[{"name": c["name"], "role": c["role"], "description": c.get("description", ""),
+                  "sensitivity": c.get("sensitivity", "special_category")} for c in spec["columns"]],
         schema_spec=spec,
     )
     p = w.svc.create_project(w.pi, "Diabetes and deprivation")
@@ -51,15 +56,14 @@ def _active_project(app: Any, demo_data: Path) -> Any:
         end_date=TODAY + dt.timedelta(days=30),
     )
     w.svc.set_dataset_request(w.pi, p.id, _dataset_id(app, "patients"),
-                              ["nhs_number", "date_of_birth", "postcode", "sex", "given_name"], "analysis")
+                              approved or ["nhs_number", "date_of_birth", "postcode", "sex", "given_name"], "analysis")
     w.svc.submit(w.pi, p.id)
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
     w.svc.cast_vote(w.dana, p.id, "approve", "fine")
     w.svc.cast_vote(w.drew, p.id, "approve", "fine")
     # The chair approves fewer columns than asked: no names.
-    w.svc.decide(
-        w.chair, p.id, "approved", approved_columns={"patients": ["nhs_number", "date_of_birth", "postcode", "sex"]}
-    )
+    w.svc.decide(w.chair, p.id, "approved",
+                 approved_columns={"patients": approved or ["nhs_number", "date_of_birth", "postcode", "sex"]})
     publish_agreement(w)
     w.svc.activate(w.pi, p.id)
     return w, p
@@ -160,3 +164,59 @@ def _patients_source(app: Any) -> str:
     from projects.models import Dataset
 
     return app.extensions["tre.db"].session.scalar(select(Dataset.source_location).where(Dataset.name == "patients"))
+
+
+# --- raw NHS numbers never reach an extract by a custodian's mistake (ADR 0068) -------------------
+
+
+def _with_ref_column(demo_data: Path, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The demo patients with a copy of the NHS number headed "ref", which the schema keeps."""
+    table = pq.read_table(demo_data / "patients.parquet")
+    source = out / "patients_with_ref.parquet"
+    pq.write_table(table.append_column("ref", table["nhs_number"]), source)
+    spec = _patients_schema(demo_data)
+    spec = spec | {"columns": [*spec["columns"], {"name": "ref", "role": "attribute"}]}
+    return source, spec
+
+
+def test_an_extract_keeping_nhs_numbers_under_an_innocent_name_fails_at_once_and_writes_nothing(
+    app: Any, demo_data: Path, tmp_path: Path
+) -> None:
+    source, spec = _with_ref_column(demo_data, tmp_path)
+    w, p = _active_project(app, demo_data, spec=spec, source=source, approved=["nhs_number", "sex", "ref"])
+
+    with app.app_context():
+        extract = _service(app).request(w.custodian, p.id)
+
+    db = app.extensions["tre.db"]
+    numbers = [n for n in pq.read_table(source)["nhs_number"].to_pylist() if n]
+    with db.session_factory() as s:
+        failed = s.get(Extract, extract.id)
+        assert failed is not None and failed.state == "failed" and failed.manifest is None
+        assert "column 'ref' would put NHS numbers in the extract" in (failed.error or "")
+        job = s.get(jobs.Job, failed.job_id)
+        assert job is not None and job.state == jobs.FAILED and job.attempts == 1  # refused, not retried
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "extract.build",
+                                                    AuditEvent.target_id == extract.id)).all()
+        assert [e.outcome for e in events] == [FAILURE]
+        assert "'ref'" in events[0].detail["reason"]
+        said = json.dumps([failed.error, job.last_error, [e.detail for e in events]])
+    assert not any(n in said for n in numbers)
+    folder = app.extensions["tre.settings"].extracts_path / p.id
+    assert not folder.exists() or not [f for f in folder.rglob("*") if f.is_file()]
+
+
+def test_an_extract_from_a_stored_schema_keeping_the_nhs_number_raw_is_refused(app: Any, demo_data: Path) -> None:
+    # Confirmed before ADR 0068: loading it must not crash, and no extract is built from it.
+    spec = _patients_schema(demo_data)
+    spec = spec | {"columns": [c | {"role": "attribute", "transform": {"kind": "keep"}} if c["name"] == "nhs_number"
+                               else c for c in spec["columns"]]}
+    w, p = _active_project(app, demo_data, spec=spec)
+
+    with app.app_context(), pytest.raises(ExtractServiceError, match=(
+        "The extract schema of the dataset patients must be corrected by its custodian: column 'nhs_number' "
+        "holds the NHS number")):
+        _service(app).request(w.custodian, p.id)
+
+    with app.extensions["tre.db"].session_factory() as s:
+        assert s.scalars(select(Extract).where(Extract.project_id == p.id)).all() == []

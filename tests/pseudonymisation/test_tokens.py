@@ -255,3 +255,44 @@ def test_tokens_and_pseudonyms_matches_the_two_layers_with_and_without_invalid_r
         expected = tokens.internal_pseudonyms(parsed, linkage_key)
         assert np.array_equal(pseudonyms.blocks, expected.blocks)
         assert column.equals(tokens.project_tokens(expected, project_key))
+
+
+# --- a column of NHS numbers, whatever it is called (the extract's backstop, ADR 0068) ----------
+
+
+def _spaced(number: str) -> str:
+    return f"{number[:3]} {number[3:6]} {number[6:]}"
+
+
+def _failing_check(numbers: list[str]) -> list[str]:
+    """Ten digits each, none of which passes the check digit."""
+    return [n[:9] + str((int(n[9]) + 1) % 10) for n in numbers]
+
+
+@pytest.mark.parametrize("column", [
+    pa.array(valid_nhs_numbers(40, seed=3)),
+    pa.array([_spaced(n) for n in valid_nhs_numbers(40, seed=3)]),
+    pa.array([f" {n}-" for n in valid_nhs_numbers(40, seed=3)], pa.large_string()),
+    pa.array([int(n) for n in valid_nhs_numbers(40, seed=3)], pa.int64()),
+    pa.array([float(n) for n in valid_nhs_numbers(40, seed=3)] + [None] * 60, pa.float64()),
+    pa.array(valid_nhs_numbers(40, seed=3)).dictionary_encode(),
+    pa.array(valid_nhs_numbers(30, seed=3) + _failing_check(valid_nhs_numbers(20, seed=4))),
+], ids=["text", "spaced", "padded-large-string", "integers", "floats-mostly-missing", "dictionary", "most-valid"])
+def test_a_column_mostly_of_valid_nhs_numbers_is_recognised_in_any_form(column):
+    assert tokens.mostly_valid_numbers(column)
+
+
+@pytest.mark.parametrize("column", [
+    pa.array(_failing_check(valid_nhs_numbers(40, seed=3))),
+    pa.array(valid_nhs_numbers(20, seed=3) + ["E11.9"] * 21),
+    pa.array([0] * 40, pa.int64()),  # zero-padded would pass the check
+    pa.array(["0000000000"] * 40),
+    pa.array([5, 17, 240, 1_000], pa.int32()),
+    pa.array([None, None], pa.string()),
+    pa.array([], pa.string()),
+    pa.array([1.5, 9434765919.5], pa.float64()),
+    pa.array([True, False]),
+], ids=["failing-check", "half-valid", "zeros", "zero-text", "small-integers", "all-missing", "empty",
+        "fractions", "booleans"])
+def test_a_column_that_is_not_mostly_valid_nhs_numbers_is_let_through(column):
+    assert not tokens.mostly_valid_numbers(column)

@@ -12,7 +12,7 @@ from projects import rules
 from projects.rules import RuleViolation
 from pseudonymisation import profiling
 from pseudonymisation.dataset_schemas import DatasetSchemas, may_set_schema
-from pseudonymisation.schema import Role
+from pseudonymisation.schema import DatasetSchema, Role
 from tre.access import requires
 from tre.authn import platform
 from tre.core.permissions import Permission
@@ -41,6 +41,7 @@ def dataset(dataset_id: str) -> str:
         columns=columns,
         role_labels=rules.COLUMN_ROLE_LABELS,
         may_set_schema=ds is not None and may_set_schema(g.user, ds),
+        schema_problem=DatasetSchema.problem_of(ds.schema_spec) if ds is not None else None,
     )
 
 
@@ -105,6 +106,7 @@ def schema(dataset_id: str) -> Any:
         nhs_number_column=nhs,
         preview=shown,
         error=error,
+        schema_problem=DatasetSchema.problem_of(ds.schema_spec),
         roles=[r.value for r in Role],
         role_labels=rules.COLUMN_ROLE_LABELS,
         rules=[str(r) for r in profiling.RULES],

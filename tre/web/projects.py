@@ -255,7 +255,9 @@ def column_outcomes(datasets: Any) -> dict[str, dict[str, str]]:
         try:
             schema = DatasetSchema.from_dict(ds.schema_spec)
         except (KeyError, TypeError, ValueError, SchemaError):
-            out[ds.id] = {c.name: "not known: the extract schema cannot be read" for c in ds.columns}
+            # A schema confirmed before a rule it breaks (ADR 0068), or unreadable: extracts are refused.
+            refused = "not known: the custodian must correct the extract schema (extracts are refused until then)"
+            out[ds.id] = {c.name: refused for c in ds.columns}
             continue
         words: dict[str, str] = {}
         for c in ds.columns:

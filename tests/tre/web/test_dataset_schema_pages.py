@@ -223,3 +223,75 @@ def test_new_users_journey_register_confirm_and_build_through_the_pages(w: World
     data = w.app.extensions["tre.settings"].extracts_path / p.id / "clinic_registry" / "data"
     table = pq.read_table(sorted(data.glob("*.parquet")))
     assert sorted(table.column_names) == ["date_of_birth", "diagnosis", "patient_token", "postcode"]
+
+
+# --- the NHS number never leaves raw, whatever is chosen or was stored (ADR 0068) -----------------
+
+
+@pytest.fixture
+def both(app: Any) -> World:
+    return build_world(app)
+
+
+def test_the_page_refuses_to_keep_the_nhs_number_column_raw_and_changes_nothing(both: World, tmp_path: Path) -> None:
+    from tre.core.audit import SUCCESS, AuditEvent
+
+    w = both
+    ds = _dataset(w, tmp_path)
+    client = login(w.app.test_client(), w.custodian)
+    page = client.get(f"/catalogue/datasets/{ds.id}/schema").get_data(as_text=True)
+    assert client.post(f"/catalogue/datasets/{ds.id}/schema", data=_form(page, action="confirm")).status_code == 302
+    db = w.app.extensions["tre.db"]
+    with db.session_factory() as s:
+        before = s.get(Dataset, ds.id)
+        spec, roles = before.schema_spec, {c.name: c.role for c in before.columns}
+        confirmed = s.query(AuditEvent).filter_by(action="dataset.schema_confirm", outcome=SUCCESS).count()
+    page = client.get(f"/catalogue/datasets/{ds.id}/schema").get_data(as_text=True)
+
+    # One wrong click: the NHS number column as a plain attribute, kept.
+    bad = client.post(f"/catalogue/datasets/{ds.id}/schema",
+                      data=_form(page, role__nhs_number="attribute", rule__nhs_number="keep", action="confirm"))
+
+    body = bad.get_data(as_text=True)
+    assert bad.status_code == 422
+    assert "column &#39;nhs_number&#39; holds the NHS number: it must be a direct identifier" in body
+    with db.session_factory() as s:
+        after = s.get(Dataset, ds.id)
+        assert after.schema_spec == spec and {c.name: c.role for c in after.columns} == roles
+        assert s.query(AuditEvent).filter_by(action="dataset.schema_confirm", outcome=SUCCESS).count() == confirmed
+
+
+def _store_broken_schema(w: World, ds: Dataset) -> None:
+    """What a schema confirmed before ADR 0068 may hold: the NHS number column kept as an attribute."""
+    with w.app.extensions["tre.db"].session_factory() as s:
+        stored = s.get(Dataset, ds.id)
+        stored.schema_spec = {
+            "name": stored.name, "nhs_number_column": "nhs_number", "invalid_nhs_policy": "reject",
+            "columns": [{"name": c, "role": "attribute", "transform": {"kind": "keep", "params": {}}}
+                        for c in COLUMNS],
+        }
+        s.commit()
+
+
+def test_a_stored_schema_keeping_the_nhs_number_raw_is_shown_as_to_be_corrected(both: World, tmp_path: Path) -> None:
+    w = both
+    ds = _dataset(w, tmp_path)
+    _store_broken_schema(w, ds)
+    client = login(w.app.test_client(), w.custodian)
+
+    entry = client.get(f"/catalogue/datasets/{ds.id}")
+    page = client.get(f"/catalogue/datasets/{ds.id}/schema")
+
+    assert entry.status_code == 200 and page.status_code == 200
+    for body in (entry.get_data(as_text=True), page.get_data(as_text=True)):
+        assert 'id="schema-problem"' in body and "The extract schema must be corrected" in body
+        assert "Extracts of this dataset are refused" in body
+    assert "Extract schema confirmed" not in page.get_data(as_text=True)
+    researcher = login(w.app.test_client(), w.pi).get(f"/catalogue/datasets/{ds.id}").get_data(as_text=True)
+    assert 'id="schema-problem"' in researcher
+
+    # The custodian corrects it on the page: the NHS number tokenised again, the names dropped.
+    fixed = _form(page.get_data(as_text=True), role__nhs_number="direct_identifier", rule__nhs_number="nhs_token",
+                  role__surname="direct_identifier", rule__surname="drop", action="confirm")
+    assert client.post(f"/catalogue/datasets/{ds.id}/schema", data=fixed).status_code == 302
+    assert 'id="schema-problem"' not in client.get(f"/catalogue/datasets/{ds.id}").get_data(as_text=True)

@@ -464,6 +464,26 @@ def test_column_picker_says_when_the_custodian_has_not_confirmed_the_schema(w: W
     assert "In your extract: not known yet: the custodian has not confirmed the extract schema" in page
 
 
+def test_column_picker_says_when_the_stored_schema_must_be_corrected(w: World, client: Any) -> None:
+    # A schema confirmed before ADR 0068 keeping the NHS number raw: the page loads and says so.
+    p = complete_draft(w)
+    _confirm_schema(w)
+    from projects.models import Dataset
+
+    ds = w.session.get(Dataset, w.dataset_id)
+    ds.schema_spec = ds.schema_spec | {"columns": [
+        {"name": "nhs_number", "role": "attribute", "transform": {"kind": "keep", "params": {}}},
+        *ds.schema_spec["columns"][1:]]}
+    w.session.commit()
+    login(client, w.pi)
+
+    page = client.get(f"/projects/{p.id}/edit")
+
+    assert page.status_code == 200
+    assert re.search(r'id="col-admissions-nhs_number-becomes">In your extract: not known: the custodian must correct '
+                     r"the extract schema \(extracts are refused until then\)<", page.get_data(as_text=True))
+
+
 def test_member_asked_to_sign_a_new_version_sees_what_changed_since_they_signed(w: World, client: Any) -> None:
     p = approved(w)
     first = publish_agreement(w)
