@@ -130,6 +130,11 @@ def build_full_instance(instance: Path, database_url: str) -> FullInstance:
     projects.decide_extension(demo["chris.chair"], ext.id, True)
     projects.set_optout_exemption(demo["chris.chair"], demo_project.id, "national",
                                   "Section 251 support, CAG reference 26/CAG/0001")
+    # A committee member declares a conflict on the submitted application, then withdraws it as an error.
+    waiting = p.db.session.scalar(select(Project).where(Project.state == "submitted"))
+    assert waiting is not None
+    projects.declare_conflict(demo["della.dac"], waiting.id, "I thought I had supervised the PI")
+    projects.withdraw_conflict(demo["della.dac"], waiting.id, "A namesake: I have never worked with the PI")
     finished = active_project(app, w.colleague, title="A finished study")
     projects.close(demo["chris.chair"], finished.id, "Study finished")
     from projects.closure import run_destruction

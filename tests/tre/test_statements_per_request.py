@@ -83,10 +83,11 @@ OUTPUT_QUEUE_API = {"sqlite": 6, "postgresql": 5}  # token checks with person + 
 # without the workload and names; it was 13 and 9, then 11 and 7 before ADR 0044
 # Reads of one project that never show its dataset requests: they load them no more (issue 26, ADR 0045);
 # each was 2 statements more (the requests with their datasets, and the datasets' columns).
-DAC_REVIEW_PAGE = {"sqlite": 12, "postgresql": 10}  # the chair: person + roles, the project with its team,
+DAC_REVIEW_PAGE = {"sqlite": 13, "postgresql": 11}  # the chair: person + roles, the project with its team,
 # the current version, its assignments and its votes (one statement each: the chair's own assignment and
-# vote are found among them), the names, the committee (the accounts and their roles), the decisions; it
-# was 14 and 12 (ADR 0055): the chair's assignment was read twice more
+# vote are found among them), the names, the committee (the accounts and their roles), the decisions, and
+# the declarations withdrawn as made in error (ADR 0065, the chair's only: one more); it was 14 and 12
+# before ADR 0055 (the chair's assignment was read twice more)
 DAC_REVIEW_PAGE_REVIEWER = {"sqlite": 10, "postgresql": 8}  # a reviewer: as the chair's without the
 # committee; it was 12 and 10, and 13 and 11 for a reviewer who has not voted (their vote was read again)
 DAC_DECIDE_PAGE = {"sqlite": 11, "postgresql": 9}  # person + roles, the project with its team, the current
