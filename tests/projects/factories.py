@@ -117,9 +117,21 @@ def complete_draft(w: World, *, with_member: bool = True) -> Project:
     return p
 
 
-def in_review(w: World) -> Project:
+def submitted(w: World) -> Project:
+    """A complete application submitted to the committee, no reviewer assigned yet."""
     p = complete_draft(w)
     w.svc.submit(w.pi, p.id)
+    return p
+
+
+def review_rows(w: World, p: Project) -> list[Any]:
+    """The current version's assignment rows (conflict declarations made before assignment too), fresh."""
+    w.session.expire_all()
+    return list(w.svc.assignments(w.svc.current_version(w.session.get(Project, p.id))))
+
+
+def in_review(w: World) -> Project:
+    p = submitted(w)
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
     return p
 

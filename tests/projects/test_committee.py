@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from projects.models import DECLARED_BEFORE_ASSIGNMENT, Project, ReviewAssignment, WithdrawnConflict
 from projects.rules import RuleViolation
 from projects.services import ProjectPermissionDenied
-from tests.projects.factories import World, approved, build_world, complete_draft, make_user
+from tests.projects.factories import World, approved, build_world, complete_draft, make_user, review_rows, submitted
 from tre.core.audit import DENIED, SUCCESS, AuditEvent
 from tre.core.identity import Identity
 
@@ -21,18 +21,6 @@ from tre.core.identity import Identity
 @pytest.fixture
 def w(app: Any) -> World:
     return build_world(app)
-
-
-def _submitted(w: World) -> Project:
-    p = complete_draft(w)
-    w.svc.submit(w.pi, p.id)
-    return p
-
-
-def _rows(w: World, p: Project) -> list[ReviewAssignment]:
-    w.session.expire_all()
-    version = w.svc.current_version(w.session.get(Project, p.id))
-    return w.svc.assignments(version)
 
 
 def _events(w: World, action: str, outcome: str | None = None) -> list[AuditEvent]:
@@ -49,11 +37,11 @@ def _identity(w: World) -> Identity:
 
 
 def test_unassigned_member_declares_a_conflict_on_a_submitted_application(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
 
     w.svc.declare_conflict(w.drew, p.id, "I supervised the PI's doctorate")
 
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert (row.reviewer_id, row.conflicted, row.assigned) == (w.drew.id, True, False)
     assert row.assigned_by == DECLARED_BEFORE_ASSIGNMENT and row.conflict_reason == "I supervised the PI's doctorate"
     assert w.session.get(Project, p.id).state == "submitted"  # a declaration starts no review
@@ -65,32 +53,32 @@ def test_unassigned_member_declares_a_conflict_on_a_submitted_application(w: Wor
 
 
 def test_chair_cannot_assign_a_member_who_declared_a_conflict_and_nothing_changes(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Co-author of the PI")
 
     with pytest.raises(RuleViolation, match="Drew Dac has declared a conflict of interest on this application"):
         w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
 
-    assert [(a.reviewer_id, a.assigned) for a in _rows(w, p)] == [(w.drew.id, False)]  # Dana not assigned either
+    assert [(a.reviewer_id, a.assigned) for a in review_rows(w, p)] == [(w.drew.id, False)]  # Dana not assigned either
     assert w.session.get(Project, p.id).state == "submitted"
     [refusal] = _events(w, "project.assign_reviewers", DENIED)
     assert refusal.actor_id == w.chair.id and "conflict of interest" in refusal.detail["reason"]
 
 
 def test_chair_cannot_reassign_a_reviewer_who_declared_a_conflict_after_assignment(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.assign_reviewers(w.chair, p.id, [w.drew.id])
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
 
     with pytest.raises(RuleViolation, match="declared a conflict of interest"):
         w.svc.assign_reviewers(w.chair, p.id, [w.drew.id])
 
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.assigned and row.conflicted
 
 
 def test_member_who_declared_before_assignment_cannot_vote_or_see_votes(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id])
     w.svc.cast_vote(w.dana, p.id, "approve", "Sound")
@@ -102,7 +90,7 @@ def test_member_who_declared_before_assignment_cannot_vote_or_see_votes(w: World
 
 
 def test_chair_who_declared_a_conflict_before_assignment_cannot_decide(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.chair, p.id, "The PI is my spouse")
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
     w.svc.cast_vote(w.dana, p.id, "approve", "Sound")
@@ -115,11 +103,11 @@ def test_chair_who_declared_a_conflict_before_assignment_cannot_decide(w: World)
 
 
 def test_a_declaration_counts_as_a_reviewer_nowhere(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id])
 
-    assert [a.reviewer_id for a in _rows(w, p) if a.assigned] == [w.dana.id]
+    assert [a.reviewer_id for a in review_rows(w, p) if a.assigned] == [w.dana.id]
 
 
 # --- attacks ----------------------------------------------------------------------------------------
@@ -127,7 +115,7 @@ def test_a_declaration_counts_as_a_reviewer_nowhere(w: World) -> None:
 
 @pytest.mark.parametrize("who", ["researcher", "custodian", "output_checker", "administrator"])
 def test_nobody_outside_the_committee_declares_a_conflict_and_the_refusal_is_audited(w: World, who: str) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     actor = {
         "researcher": w.outsider,
         "custodian": w.custodian,
@@ -138,39 +126,39 @@ def test_nobody_outside_the_committee_declares_a_conflict_and_the_refusal_is_aud
     with pytest.raises(ProjectPermissionDenied):
         w.svc.declare_conflict(actor, p.id, "Let me out of the way of my rival's application")
 
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
     [refusal] = _events(w, "project.declare_conflict")
     assert (refusal.actor_id, refusal.outcome, refusal.project_id) == (actor.id, DENIED, p.id)
 
 
 def test_the_applicant_cannot_declare_a_conflict_on_their_own_application(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
 
     with pytest.raises(ProjectPermissionDenied):
         w.svc.declare_conflict(w.pi, p.id, "Recuse the committee")
 
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
 
 
 def test_a_member_removed_from_the_committee_cannot_declare_a_conflict(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     _identity(w).set_roles(w.admin, w.drew.id, ["researcher"])
 
     with pytest.raises(ProjectPermissionDenied):
         w.svc.declare_conflict(w.drew, p.id, "Former colleague")
 
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
     assert [e.actor_id for e in _events(w, "project.declare_conflict", DENIED)] == [w.drew.id]
 
 
 def test_a_deactivated_member_cannot_declare_a_conflict(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     _identity(w).set_active(w.admin, w.drew.id, False)
 
     with pytest.raises(ProjectPermissionDenied):
         w.svc.declare_conflict(w.drew, p.id, "Former colleague")
 
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
 
 
 @pytest.mark.parametrize("state", ["draft", "approved"])
@@ -178,27 +166,27 @@ def test_a_declaration_on_an_application_not_under_review_is_refused_and_changes
     w: World, state: str
 ) -> None:
     p = complete_draft(w) if state == "draft" else approved(w)
-    before = [(a.reviewer_id, a.conflicted) for a in _rows(w, p)]
+    before = [(a.reviewer_id, a.conflicted) for a in review_rows(w, p)]
 
     with pytest.raises(RuleViolation, match="only while the application is waiting for the committee") as refused:
         w.svc.declare_conflict(w.dana, p.id, "Former colleague")
 
     assert refused.type is RuleViolation  # a rule's refusal, not a permission's
     assert f"this one is {state}" in str(refused.value)
-    assert [(a.reviewer_id, a.conflicted) for a in _rows(w, p)] == before
+    assert [(a.reviewer_id, a.conflicted) for a in review_rows(w, p)] == before
     assert w.session.get(Project, p.id).state == state
     [refusal] = _events(w, "project.declare_conflict", DENIED)
     assert refusal.actor_id == w.dana.id and "waiting for the committee" in refusal.detail["reason"]
 
 
 def test_declaring_twice_keeps_one_declaration_with_the_first_reason(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
 
     with pytest.raises(RuleViolation, match="already declared a conflict of interest"):
         w.svc.declare_conflict(w.drew, p.id, "Second thoughts")
 
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.conflict_reason == "Former colleague"
     count = select(func.count()).select_from(ReviewAssignment).where(ReviewAssignment.reviewer_id == w.drew.id)
     assert w.session.scalar(count) == 1
@@ -206,12 +194,12 @@ def test_declaring_twice_keeps_one_declaration_with_the_first_reason(w: World) -
 
 
 def test_a_declaration_without_a_reason_is_refused_and_changes_nothing(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
 
     with pytest.raises(RuleViolation, match="Describe the conflict of interest"):
         w.svc.declare_conflict(w.drew, p.id, "   ")
 
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
 
 
 # --- withdrawing a declaration made in error ----------------------------------------------------------
@@ -227,13 +215,13 @@ def _sha(text: str) -> str:
 
 
 def test_member_withdraws_a_declaration_made_before_assignment_and_the_chair_can_then_assign_them(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     declared = w.svc.declare_conflict(w.drew, p.id, "Co-author of the PI")
     declared_at = declared.conflict_declared_at
 
     w.svc.withdraw_conflict(w.drew, p.id, "  Wrong application: I meant the asthma study  ")
 
-    assert _rows(w, p) == []  # the recusal row is gone, so nothing stops the chair
+    assert review_rows(w, p) == []  # the recusal row is gone, so nothing stops the chair
     [kept] = _withdrawn(w)
     assert (kept.reviewer_id, kept.while_assigned, kept.declared_at) == (w.drew.id, False, declared_at)
     assert kept.declared_reason == "Co-author of the PI"
@@ -242,14 +230,14 @@ def test_member_withdraws_a_declaration_made_before_assignment_and_the_chair_can
     assert w.session.get(Project, p.id).state == "submitted"
     w.svc.assign_reviewers(w.chair, p.id, [w.drew.id, w.dana.id])
     w.svc.cast_vote(w.drew, p.id, "approve", "Sound design")
-    assert [(a.reviewer_id, a.assigned, a.conflicted) for a in _rows(w, p)] == [
+    assert [(a.reviewer_id, a.assigned, a.conflicted) for a in review_rows(w, p)] == [
         (w.drew.id, True, False),
         (w.dana.id, True, False),
     ]
 
 
 def test_the_audit_log_shows_the_declaration_then_its_withdrawal_with_both_reasons(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Co-author of the PI")
     w.svc.withdraw_conflict(w.drew, p.id, "Misread the applicants")
 
@@ -280,14 +268,14 @@ def test_the_audit_log_shows_the_declaration_then_its_withdrawal_with_both_reaso
 
 
 def test_a_reviewer_who_withdraws_a_declaration_made_after_assignment_reviews_again_unanchored(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     w.svc.cast_vote(w.dana, p.id, "approve", "Sound")
 
     w.svc.withdraw_conflict(w.drew, p.id, "Confused the PI with a namesake")
 
-    [dana_row, drew_row] = _rows(w, p)
+    [dana_row, drew_row] = review_rows(w, p)
     assert (drew_row.reviewer_id, drew_row.assigned, drew_row.conflicted) == (w.drew.id, True, False)
     assert drew_row.assigned_by == w.chair.id and drew_row.conflict_reason is None
     [kept] = _withdrawn(w)
@@ -302,7 +290,7 @@ def test_a_reviewer_who_withdraws_a_declaration_made_after_assignment_reviews_ag
 
 
 def test_a_chair_who_withdraws_their_declaration_may_decide_again(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.chair, p.id, "The PI is my spouse")
     w.svc.withdraw_conflict(w.chair, p.id, "Same surname, not my spouse")
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
@@ -315,7 +303,7 @@ def test_a_chair_who_withdraws_their_declaration_may_decide_again(w: World) -> N
 
 
 def test_a_member_may_declare_again_after_withdrawing_and_both_withdrawals_are_kept(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "First")
     w.svc.withdraw_conflict(w.drew, p.id, "Wrong application")
     w.svc.declare_conflict(w.drew, p.id, "Second, for real")
@@ -328,7 +316,7 @@ def test_a_member_may_declare_again_after_withdrawing_and_both_withdrawals_are_k
         ("First", "Wrong application"),
         ("Second, for real", "Wrong again"),
     ]
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
 
 
 # --- attacks on withdrawal ----------------------------------------------------------------------------
@@ -336,7 +324,7 @@ def test_a_member_may_declare_again_after_withdrawing_and_both_withdrawals_are_k
 
 @pytest.mark.parametrize("who", ["another_member", "chair", "administrator", "researcher"])
 def test_nobody_withdraws_someone_elses_declaration_and_the_refusal_is_audited(w: World, who: str) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, w.drew.id])
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     actor = {"another_member": w.dana, "chair": w.chair, "administrator": w.admin, "researcher": w.outsider}[who]
@@ -347,7 +335,7 @@ def test_nobody_withdraws_someone_elses_declaration_and_the_refusal_is_audited(w
 
     if refused is RuleViolation:  # a committee member can only ever reach their own (absent) declaration
         assert raised.type is RuleViolation and "You have not declared a conflict" in str(raised.value)
-    drew_row = next(a for a in _rows(w, p) if a.reviewer_id == w.drew.id)
+    drew_row = next(a for a in review_rows(w, p) if a.reviewer_id == w.drew.id)
     assert drew_row.conflicted and drew_row.conflict_reason == "Former colleague"
     assert _withdrawn(w) == []
     [refusal] = _events(w, "project.withdraw_conflict")
@@ -355,19 +343,19 @@ def test_nobody_withdraws_someone_elses_declaration_and_the_refusal_is_audited(w
 
 
 def test_the_applicant_cannot_withdraw_a_declaration_on_their_own_application(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
 
     with pytest.raises(ProjectPermissionDenied):
         w.svc.withdraw_conflict(w.pi, p.id, "Let Drew review it")
 
-    assert [a.reviewer_id for a in _rows(w, p) if a.conflicted] == [w.drew.id]
+    assert [a.reviewer_id for a in review_rows(w, p) if a.conflicted] == [w.drew.id]
     assert _withdrawn(w) == []
 
 
 @pytest.mark.parametrize("how", ["roles_taken_away", "deactivated"])
 def test_a_member_removed_from_the_committee_cannot_withdraw_and_their_recusal_stands(w: World, how: str) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     if how == "roles_taken_away":
         _identity(w).set_roles(w.admin, w.drew.id, ["researcher"])
@@ -377,13 +365,13 @@ def test_a_member_removed_from_the_committee_cannot_withdraw_and_their_recusal_s
     with pytest.raises(ProjectPermissionDenied):
         w.svc.withdraw_conflict(w.drew, p.id, "Made in error")
 
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.conflicted and _withdrawn(w) == []
     assert [e.actor_id for e in _events(w, "project.withdraw_conflict", DENIED)] == [w.drew.id]
 
 
 def test_withdrawing_twice_does_nothing_the_second_time_and_says_so(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     w.svc.withdraw_conflict(w.drew, p.id, "Wrong application")
 
@@ -391,35 +379,35 @@ def test_withdrawing_twice_does_nothing_the_second_time_and_says_so(w: World) ->
         w.svc.withdraw_conflict(w.drew, p.id, "Wrong application")
 
     assert [k.reason for k in _withdrawn(w)] == ["Wrong application"]
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
     assert len(_events(w, "project.withdraw_conflict", SUCCESS)) == 1
     [refusal] = _events(w, "project.withdraw_conflict", DENIED)
     assert refusal.actor_id == w.drew.id and "already withdrawn" in refusal.detail["reason"]
 
 
 def test_withdrawing_with_no_declaration_is_refused_with_a_clear_message(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
 
     with pytest.raises(RuleViolation, match="You have not declared a conflict of interest on this application"):
         w.svc.withdraw_conflict(w.drew, p.id, "Just in case")
 
-    assert _rows(w, p) == [] and _withdrawn(w) == []
+    assert review_rows(w, p) == [] and _withdrawn(w) == []
 
 
 def test_a_withdrawal_without_a_reason_is_refused_and_changes_nothing(w: World) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
 
     with pytest.raises(RuleViolation, match="Say why your declaration"):
         w.svc.withdraw_conflict(w.drew, p.id, "  \n ")
 
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.conflicted and _withdrawn(w) == []
 
 
 @pytest.mark.parametrize("outcome", ["approved", "rejected"])
 def test_withdrawing_on_a_decided_application_is_refused_and_changes_nothing(w: World, outcome: str) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     dora = make_user(w.app, "dora.dac", ["dac_member"])
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, dora.id])
@@ -431,7 +419,7 @@ def test_withdrawing_on_a_decided_application_is_refused_and_changes_nothing(w: 
         w.svc.withdraw_conflict(w.drew, p.id, "Made in error")
 
     assert f"this one is {outcome}" in str(refused.value)
-    drew_row = next(a for a in _rows(w, p) if a.reviewer_id == w.drew.id)
+    drew_row = next(a for a in review_rows(w, p) if a.reviewer_id == w.drew.id)
     assert drew_row.conflicted and _withdrawn(w) == []
     assert w.session.get(Project, p.id).state == outcome
     [refusal] = _events(w, "project.withdraw_conflict", DENIED)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from projects.models import Project, ReviewAssignment, WithdrawnConflict
-from tests.projects.factories import World, approved, build_world, complete_draft, make_user
+from projects.models import Project, WithdrawnConflict
+from tests.projects.factories import World, approved, build_world, make_user, review_rows, submitted
 from tests.tre.web.test_projects_pages import login, post, token
 from tre.core.audit import DENIED, AuditEvent
 from tre.core.identity import Identity
@@ -20,17 +20,6 @@ from tre.core.identity import Identity
 @pytest.fixture
 def w(sqlite_app: Any) -> World:
     return build_world(sqlite_app)
-
-
-def _submitted(w: World) -> Project:
-    p = complete_draft(w)
-    w.svc.submit(w.pi, p.id)
-    return p
-
-
-def _rows(w: World, p: Project) -> list[ReviewAssignment]:
-    w.session.expire_all()
-    return w.svc.assignments(w.svc.current_version(w.session.get(Project, p.id)))
 
 
 def _denials(w: World, action: str) -> list[tuple[str | None, str | None]]:
@@ -42,7 +31,7 @@ def _denials(w: World, action: str) -> list[tuple[str | None, str | None]]:
 
 
 def test_unassigned_member_is_told_who_assigns_reviewers_and_what_to_do_now(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     login(client, w.drew)
 
     page = client.get(f"/dac/{p.id}").get_data(as_text=True)
@@ -56,7 +45,7 @@ def test_unassigned_member_is_told_who_assigns_reviewers_and_what_to_do_now(w: W
 
 
 def test_unassigned_member_is_told_when_nobody_holds_the_chair(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     Identity(w.session, w.app.extensions["tre.platform"].keys, w.audit).set_active(w.admin, w.chair.id, False)
     login(client, w.drew)
 
@@ -66,7 +55,7 @@ def test_unassigned_member_is_told_when_nobody_holds_the_chair(w: World, client:
 
 
 def test_assigned_reviewer_and_chair_get_no_unassigned_explanation(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id])
 
     for person in (w.dana, w.chair):
@@ -77,7 +66,7 @@ def test_assigned_reviewer_and_chair_get_no_unassigned_explanation(w: World, cli
 
 
 def test_unassigned_member_declares_a_conflict_from_the_application_page(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     login(client, w.drew)
 
     response = post(client, f"/dac/{p.id}/conflict", {"reason": "I supervised the PI"}, token_from=f"/dac/{p.id}")
@@ -86,12 +75,12 @@ def test_unassigned_member_declares_a_conflict_from_the_application_page(w: Worl
     page = client.get(f"/dac/{p.id}").get_data(as_text=True)
     assert 'id="conflicted"' in page and "before being assigned" in page
     assert 'id="not-assigned"' not in page and 'id="declare-conflict"' not in page
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.reviewer_id == w.drew.id and row.conflicted and not row.assigned
 
 
 def test_chair_sees_the_declaration_and_is_not_offered_the_member(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "I supervised the PI <b>2019</b>")
     login(client, w.chair)
 
@@ -108,7 +97,7 @@ def test_chair_sees_the_declaration_and_is_not_offered_the_member(w: World, clie
 def test_chair_assigning_a_member_who_declared_a_conflict_is_told_why_and_nothing_changes(
     w: World, client: Any
 ) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     login(client, w.chair)
 
@@ -116,14 +105,14 @@ def test_chair_assigning_a_member_who_declared_a_conflict_is_told_why_and_nothin
 
     assert response.status_code == 400
     assert "Drew Dac has declared a conflict of interest on this application" in response.get_data(as_text=True)
-    assert [(a.reviewer_id, a.assigned) for a in _rows(w, p)] == [(w.drew.id, False)]
+    assert [(a.reviewer_id, a.assigned) for a in review_rows(w, p)] == [(w.drew.id, False)]
     assert w.session.get(Project, p.id).state == "submitted"
 
 
 def test_queue_tells_members_how_to_declare_a_conflict_and_counts_no_declaration_as_a_reviewer(
     w: World, client: Any
 ) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     login(client, w.dana)
 
@@ -144,7 +133,7 @@ def test_queue_tells_members_how_to_declare_a_conflict_and_counts_no_declaration
 
 @pytest.mark.parametrize("who", ["researcher", "custodian", "output_checker"])
 def test_nobody_outside_the_committee_can_post_a_conflict_and_it_is_audited(w: World, client: Any, who: str) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     actor = {
         "researcher": w.outsider,
         "custodian": w.custodian,
@@ -156,20 +145,20 @@ def test_nobody_outside_the_committee_can_post_a_conflict_and_it_is_audited(w: W
 
     assert response.status_code == 403
     assert _denials(w, "access.denied") == [(actor.id, "dac.conflict")]
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
 
 
 def test_the_applicant_cannot_post_a_conflict_on_their_own_application(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     login(client, w.pi)
 
     response = client.post(f"/dac/{p.id}/conflict", data={"reason": "Recuse", "csrf_token": token(client, "/")})
 
-    assert response.status_code == 403 and _rows(w, p) == []
+    assert response.status_code == 403 and review_rows(w, p) == []
 
 
 def test_a_member_removed_from_the_committee_while_signed_in_cannot_post_a_conflict(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     login(client, w.drew)
     csrf = token(client, f"/dac/{p.id}")  # the form was open while the role was taken away
     Identity(w.session, w.app.extensions["tre.platform"].keys, w.audit).set_roles(w.admin, w.drew.id, ["researcher"])
@@ -178,13 +167,13 @@ def test_a_member_removed_from_the_committee_while_signed_in_cannot_post_a_confl
 
     assert response.status_code == 403
     assert _denials(w, "access.denied") == [(w.drew.id, "dac.conflict")]
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
 
 
 def test_a_conflict_on_an_application_not_under_review_is_refused_with_a_clear_message(w: World, client: Any) -> None:
     p = approved(w)
     login(client, w.dana)
-    before = [(a.reviewer_id, a.conflicted) for a in _rows(w, p)]
+    before = [(a.reviewer_id, a.conflicted) for a in review_rows(w, p)]
 
     page = client.get(f"/dac/{p.id}").get_data(as_text=True)
     response = post(client, f"/dac/{p.id}/conflict", {"reason": "Former colleague"}, token_from=f"/dac/{p.id}")
@@ -192,11 +181,11 @@ def test_a_conflict_on_an_application_not_under_review_is_refused_with_a_clear_m
     assert 'id="declare-conflict"' not in page and 'id="not-assigned"' not in page
     assert response.status_code == 400
     assert "only while the application is waiting for the committee" in response.get_data(as_text=True)
-    assert [(a.reviewer_id, a.conflicted) for a in _rows(w, p)] == before
+    assert [(a.reviewer_id, a.conflicted) for a in review_rows(w, p)] == before
 
 
 def test_sending_the_declaration_twice_keeps_one(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     login(client, w.drew)
     csrf = token(client, f"/dac/{p.id}")
 
@@ -205,11 +194,11 @@ def test_sending_the_declaration_twice_keeps_one(w: World, client: Any) -> None:
 
     assert first.status_code == 302 and second.status_code == 400
     assert "already declared a conflict of interest" in second.get_data(as_text=True)
-    assert [(a.reviewer_id, a.conflict_reason) for a in _rows(w, p)] == [(w.drew.id, "Former colleague")]
+    assert [(a.reviewer_id, a.conflict_reason) for a in review_rows(w, p)] == [(w.drew.id, "Former colleague")]
 
 
 def test_project_page_points_a_committee_member_to_the_committees_page(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
 
     login(client, w.drew)
     member_page = client.get(f"/projects/{p.id}").get_data(as_text=True)
@@ -229,7 +218,7 @@ def _withdrawn(w: World) -> list[WithdrawnConflict]:
 
 
 def test_member_sees_their_declaration_and_withdraws_it_from_the_application_page(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Co-author <i>2021</i>")
     login(client, w.drew)
 
@@ -247,12 +236,12 @@ def test_member_sees_their_declaration_and_withdraws_it_from_the_application_pag
     assert "Declaration of a conflict of interest withdrawn" in after
     assert 'id="conflicted"' not in after and 'id="withdraw-conflict"' not in after
     assert 'id="declare-conflict"' in after and 'id="not-assigned"' in after
-    assert _rows(w, p) == []
+    assert review_rows(w, p) == []
     assert [(k.reviewer_id, k.reason) for k in _withdrawn(w)] == [(w.drew.id, "Wrong application")]
 
 
 def test_an_assigned_reviewer_is_told_they_will_review_again_once_they_withdraw(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.assign_reviewers(w.chair, p.id, [w.drew.id])
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     login(client, w.drew)
@@ -267,7 +256,7 @@ def test_an_assigned_reviewer_is_told_they_will_review_again_once_they_withdraw(
 def test_chair_sees_the_withdrawn_declaration_with_both_reasons_and_can_assign_the_member(
     w: World, client: Any
 ) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Co-author <b>2019</b>")
     w.svc.withdraw_conflict(w.drew, p.id, "Wrong study <script>x</script>")
     w.svc.declare_conflict(w.dana, p.id, "The PI is my sister")
@@ -301,7 +290,7 @@ def test_chair_sees_the_withdrawn_declaration_with_both_reasons_and_can_assign_t
 def test_a_committee_member_cannot_withdraw_someone_elses_declaration_by_naming_them(
     w: World, client: Any, who: str
 ) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     actor = w.dana if who == "another_member" else w.chair
     login(client, actor)
@@ -311,7 +300,7 @@ def test_a_committee_member_cannot_withdraw_someone_elses_declaration_by_naming_
 
     assert response.status_code == 400
     assert "You have not declared a conflict of interest on this application" in response.get_data(as_text=True)
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.reviewer_id == w.drew.id and row.conflicted and _withdrawn(w) == []
     assert _denials(w, "project.withdraw_conflict") == [(actor.id, p.id)]
 
@@ -320,7 +309,7 @@ def test_a_committee_member_cannot_withdraw_someone_elses_declaration_by_naming_
 def test_nobody_outside_the_committee_can_post_a_withdrawal_and_it_is_audited(
     w: World, client: Any, who: str
 ) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     actor = {"researcher": w.outsider, "administrator": w.admin, "applicant": w.pi}[who]
     login(client, actor)
@@ -331,12 +320,12 @@ def test_nobody_outside_the_committee_can_post_a_withdrawal_and_it_is_audited(
 
     assert response.status_code == 403
     assert _denials(w, "access.denied") == [(actor.id, "dac.withdraw_conflict")]
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.conflicted and _withdrawn(w) == []
 
 
 def test_a_member_removed_from_the_committee_while_signed_in_cannot_withdraw(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     login(client, w.drew)
     csrf = token(client, f"/dac/{p.id}")  # the form was open while the role was taken away
@@ -346,12 +335,12 @@ def test_a_member_removed_from_the_committee_while_signed_in_cannot_withdraw(w: 
 
     assert response.status_code == 403
     assert _denials(w, "access.denied") == [(w.drew.id, "dac.withdraw_conflict")]
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.conflicted and _withdrawn(w) == []
 
 
 def test_sending_the_withdrawal_twice_withdraws_once_and_says_so(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     login(client, w.drew)
     csrf = token(client, f"/dac/{p.id}")
@@ -365,7 +354,7 @@ def test_sending_the_withdrawal_twice_withdraws_once_and_says_so(w: World, clien
 
 
 def test_a_withdrawal_without_a_reason_is_refused_and_the_declaration_stands(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     login(client, w.drew)
 
@@ -373,12 +362,12 @@ def test_a_withdrawal_without_a_reason_is_refused_and_the_declaration_stands(w: 
 
     assert response.status_code == 400
     assert "Say why your declaration of a conflict of interest was made in error" in response.get_data(as_text=True)
-    [row] = _rows(w, p)
+    [row] = review_rows(w, p)
     assert row.conflicted and _withdrawn(w) == []
 
 
 def test_a_decided_application_offers_no_withdrawal_and_refuses_one(w: World, client: Any) -> None:
-    p = _submitted(w)
+    p = submitted(w)
     dora = make_user(w.app, "dora.dac", ["dac_member"])
     w.svc.declare_conflict(w.drew, p.id, "Former colleague")
     w.svc.assign_reviewers(w.chair, p.id, [w.dana.id, dora.id])
@@ -395,4 +384,4 @@ def test_a_decided_application_offers_no_withdrawal_and_refuses_one(w: World, cl
     assert "can be withdrawn only while the application is waiting for the committee" in response.get_data(
         as_text=True
     )
-    assert [a.reviewer_id for a in _rows(w, p) if a.conflicted] == [w.drew.id] and _withdrawn(w) == []
+    assert [a.reviewer_id for a in review_rows(w, p) if a.conflicted] == [w.drew.id] and _withdrawn(w) == []
