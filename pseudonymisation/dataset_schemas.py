@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from projects.kernel import NotFound, ProjectError, ProjectsKernel
 from projects.models import Dataset
 from pseudonymisation import profiling, zone
 from pseudonymisation.profiling import ProfilingError, SourceProposal
+from pseudonymisation.proposal_cache import PROPOSALS, ProposalCache
 from pseudonymisation.schema import DatasetSchema, Role, SchemaError, TransformKind
 from pseudonymisation.sources import SourceFile
 from tre.core.db import utcnow
@@ -41,6 +42,8 @@ def may_set_schema(actor: Any, dataset: Any) -> bool:
 class DatasetSchemas(ProjectsKernel):
     # Opens a source sealed in the identifiable zone (a dataset registered from an upload, ADR 0033).
     keys: KeyProvider | None = None
+    # Proposals already read, per source file and day (ADR 0069); the process's own unless given one.
+    proposals: ProposalCache = field(default_factory=lambda: PROPOSALS)
 
     def _readable(self, ds: Dataset) -> Path | SourceFile:
         return zone.source(ds.source_location, self.keys) if self.keys is not None else Path(ds.source_location)
@@ -56,13 +59,20 @@ class DatasetSchemas(ProjectsKernel):
                           request_id=self.request_id, detail=detail)
 
     def propose(self, actor: Any, dataset_id: str) -> SourceProposal:
-        """Read the dataset's source and propose a type, role and rule per column (counts only)."""
+        """Read the dataset's source and propose a type, role and rule per column (counts only).
+
+        The proposal is read once per source file and day and then kept (ADR 0069); the permission
+        check and the audit event happen on every call, kept or not. The proposal is immutable."""
         with self._tx() as s:
             ds = self._dataset(dataset_id)
             self._allow(may_set_schema(actor, ds), "dataset.profile", actor)
-            proposal = _read(lambda: profiling.propose(self._readable(ds), today=utcnow().date()))
+            today = _today()
+            proposal, cached = _read(lambda: self.proposals.proposal(
+                ds.source_location, sealed=self.keys is not None, today=today,
+                compute=lambda: profiling.propose(self._readable(ds), today=today),
+            ))
             self._record_dataset(s, "dataset.profile", actor, ds, rows=proposal.row_count,
-                                 columns=len(proposal.columns))
+                                 columns=len(proposal.columns), cached=cached)
         return proposal
 
     def preview(

@@ -48,9 +48,10 @@ import codecs
 import csv
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,9 @@ SNIFF_BYTES = 64 * 1024
 DEFAULT_CHUNK_BYTES = 16 << 20
 DISTINCT_SAMPLE = 50_000
 NULL_VALUES = ["", "NA", "N/A", "n/a", "NULL", "null", "None", "NaN", "-"]
+# The version of the rules below: a proposal is kept per source and day (``proposal_cache``, ADR 0069),
+# so bump this whenever a threshold, a heading word, a pattern or a rule changes what ``propose`` says.
+PROFILER_VERSION = 1
 
 # The rules a custodian may choose; each is a transform the extract pipeline already applies.
 RULES: tuple[TransformKind, ...] = (
@@ -199,7 +203,11 @@ class ColumnProposal:
     role: Role
     rule: TransformKind
     reason: str
-    counts: dict[str, int]
+    counts: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        # Read-only, like the rest: one proposal may be handed to many requests (ADR 0069).
+        object.__setattr__(self, "counts", MappingProxyType(dict(self.counts)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -14,9 +14,10 @@ from sqlalchemy import select
 
 from projects.kernel import ProjectError, ProjectPermissionDenied
 from projects.models import Dataset
-from pseudonymisation import nhs_number
-from pseudonymisation.dataset_schemas import DatasetSchemas
+from pseudonymisation import dataset_schemas, nhs_number, profiling
+from pseudonymisation.dataset_schemas import DatasetSchemas, SourceUnreadable
 from pseudonymisation.models import Extract
+from pseudonymisation.proposal_cache import ProposalCache
 from pseudonymisation.services import ExtractServiceError
 from pseudonymisation.tasks import extracts_service
 from tests.projects.factories import TODAY, build_world, make_user, publish_agreement
@@ -229,3 +230,125 @@ def test_confirm_refuses_to_extract_a_column_the_source_lacks(app: Any, tmp_path
     with app.extensions["tre.db"].session_factory() as s:
         assert s.get(Dataset, ds.id).schema_spec["columns"][-1] == {
             "name": "ward", "role": "attribute", "transform": {"kind": "drop", "params": {}}}
+
+
+# --- the proposal is read once per source file and day (ADR 0069) ---------------------------------
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each read of a source's rows by the profiler (its batch reader, wrapped to count)."""
+    seen: list[str] = []
+    batches = profiling._batches
+
+    def counted(source: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(source.name)
+        return batches(source, *args, **kwargs)
+
+    monkeypatch.setattr(profiling, "_batches", counted)
+    return seen
+
+
+def _cached_service(app: Any) -> DatasetSchemas:
+    p = app.extensions["tre.platform"]
+    return DatasetSchemas(p.db.session, p.audit, proposals=ProposalCache())
+
+
+def test_a_second_proposal_does_not_read_the_source_again_and_is_audited(
+    app: Any, tmp_path: Path, reads: list[str]
+) -> None:
+    w = build_world(app)
+    ds = _register(app, w, _messy_csv(tmp_path / "clinic.csv"))
+    svc = _cached_service(app)
+
+    first = svc.propose(w.custodian, ds.id)
+    second = svc.propose(w.custodian, ds.id)
+
+    assert reads == ["clinic.csv"]
+    assert second == first
+    assert second.to_dict() == first.to_dict()
+    events = _events(app, "dataset.profile")
+    assert [(e.outcome, e.detail["cached"], e.detail["rows"]) for e in events] == [
+        ("success", False, 60), ("success", True, 60)]
+
+
+def test_a_source_replaced_at_the_same_path_is_proposed_afresh(app: Any, tmp_path: Path, reads: list[str]) -> None:
+    w = build_world(app)
+    source = _messy_csv(tmp_path / "clinic.csv")
+    ds = _register(app, w, source)
+    svc = _cached_service(app)
+    assert svc.propose(w.custodian, ds.id).row_count == 60
+
+    _messy_csv(tmp_path / "refreshed.csv", rows=40).replace(source)  # a delivery's refresh
+    proposal = svc.propose(w.custodian, ds.id)
+
+    assert proposal.row_count == 40
+    assert proposal.columns[0].counts["rows"] == 40
+    assert len(reads) == 2
+    assert [e.detail["cached"] for e in _events(app, "dataset.profile")] == [False, False]
+
+
+def test_another_day_reads_the_source_again(
+    app: Any, tmp_path: Path, reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = build_world(app)
+    source = _messy_csv(tmp_path / "clinic.csv")
+    ds = _register(app, w, source)
+    svc = _cached_service(app)
+    day = dt.datetime(1975, 6, 1, 12, tzinfo=dt.UTC)
+    monkeypatch.setattr(dataset_schemas, "utcnow", lambda: day)
+    svc.propose(w.custodian, ds.id)
+    svc.propose(w.custodian, ds.id)
+
+    monkeypatch.setattr(dataset_schemas, "utcnow", lambda: day + dt.timedelta(days=1))
+    proposal = svc.propose(w.custodian, ds.id)
+
+    assert len(reads) == 2
+    assert proposal == profiling.propose(source, today=dt.date(1975, 6, 2))
+
+
+def test_an_unreadable_source_fails_every_time_and_nothing_is_kept(
+    app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = build_world(app)
+    source = tmp_path / "clinic.csv"
+    source.write_text(",".join(COLUMNS) + "\n" + "1,2,3,4,5,6\n" * 3 + "1,2,3\n")  # a row short
+    ds = _register(app, w, source)
+    cache = ProposalCache()
+    p = app.extensions["tre.platform"]
+    svc = DatasetSchemas(p.db.session, p.audit, proposals=cache)
+    sniffs: list[str] = []
+    sniff = profiling.sniff_csv
+
+    def counted(path: Any) -> Any:
+        sniffs.append(path.name)
+        return sniff(path)
+
+    monkeypatch.setattr(profiling, "sniff_csv", counted)
+
+    for _ in range(2):
+        with pytest.raises(SourceUnreadable):
+            svc.propose(w.custodian, ds.id)
+
+    assert sniffs == ["clinic.csv", "clinic.csv"]  # the source opened afresh each time
+    assert len(cache) == 0
+
+
+def test_a_cached_proposal_is_still_refused_and_audited_for_those_not_permitted(
+    app: Any, tmp_path: Path, reads: list[str]
+) -> None:
+    w = build_world(app)
+    ds = _register(app, w, _messy_csv(tmp_path / "clinic.csv"))
+    svc = _cached_service(app)
+    svc.propose(w.custodian, ds.id)  # now kept
+    other = make_user(app, "olga.othercustodian", ["data_custodian"])
+
+    for actor in (other, w.pi, other):
+        with pytest.raises(ProjectPermissionDenied):
+            svc.propose(actor, ds.id)
+
+    assert reads == ["clinic.csv"]
+    events = _events(app, "dataset.profile")
+    assert [(e.outcome, e.actor_id) for e in events] == [
+        ("success", w.custodian.id), ("denied", other.id), ("denied", w.pi.id), ("denied", other.id)]
+    assert all("rows" not in e.detail for e in events[1:])

@@ -4,8 +4,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["nhs_number", "tokens", "schema", "generalise", "optouts", "kanonymity", "quality", "pipeline", "partitions",
-           "profiling", "linkage", "linkage_cleaning", "linkage_anchors", "linkage_clusters", "delivery_checks",
-           "landing", "metadata_export", "omop", "hash_spill"]
+           "profiling", "proposal_cache", "linkage", "linkage_cleaning", "linkage_anchors", "linkage_clusters",
+           "delivery_checks", "landing", "metadata_export", "omop", "hash_spill"]
 FORBIDDEN = ["flask", "sqlalchemy", "celery", "tre", "projects"]
 
 
