@@ -73,6 +73,7 @@ def init_app(app: Flask) -> Limiter:
         limiter.init_app(app)
         return limiter
     limited = FailedAuthenticationLimit(limiter, prefix)
+    app.extensions["tre.failed_authentication_limit"] = limited
     app.before_request(limited.check)
     app.after_request(limited.count)
     _init_endpoint_limits(app, limiter)
@@ -129,10 +130,24 @@ def _only_for(endpoints: frozenset[str], hook: Callable[..., Any], passes_answer
     return only_for_limited_posts
 
 
+# How long this process trusts an address's last clean test of the failed-authentication limit before
+# asking the storage again (ADR 0069). A process forgets an address's clean answer the moment it
+# answers that address 401, so past the limit each process lets through at most the one request it
+# had already trusted (and that one counts if it fails): the overshoot is bounded by the processes,
+# not by the attacker's speed.
+CLEAN_FOR_SECONDS = 1.0
+# Addresses remembered per process; past this the memory starts again rather than grow.
+CLEAN_ADDRESSES_CAP = 4096
+
+
 class FailedAuthenticationLimit:
     """FAILED_AUTHENTICATION_LIMIT for every route, counted by flask-limiter's own moving-window
-    strategy in its storage, under the key flask-limiter gave an application limit: tested before
-    authentication on every request to a route (one storage command), hit when the answer is 401.
+    strategy in its storage, under the key flask-limiter gave an application limit: hit when the
+    answer is 401, and tested before authentication on every request to a route, unless this
+    process found the same address under the limit less than CLEAN_FOR_SECONDS ago and has not
+    refused it a credential since (ADR 0069). Each test is one storage command (with Redis, a round
+    trip and a script); nearly every request of a signed-in person comes from an address with no
+    recent failure, so the per-process memory of clean answers spares most of them.
 
     As flask-limiter did, a request that reaches no route (404, 405) or a static file is neither
     tested nor counted."""
@@ -141,6 +156,8 @@ class FailedAuthenticationLimit:
         self.extension = limiter
         self.item = parse(FAILED_AUTHENTICATION_LIMIT)  # once per app, not per request
         self.prefix = prefix
+        self.clean_until: dict[str, float] = {}  # address -> monotonic time its clean answer ends
+        self.clock = time.monotonic  # a test sets its own
 
     def _identifiers(self) -> list[str] | None:
         endpoint = request.endpoint
@@ -150,14 +167,26 @@ class FailedAuthenticationLimit:
 
     def check(self) -> Response | None:
         identifiers = self._identifiers()
-        if identifiers is None or self.extension.limiter.test(self.item, *identifiers):
+        if identifiers is None:
             return None
+        address = identifiers[1]
+        now = self.clock()
+        if self.clean_until.get(address, 0.0) > now:
+            return None
+        if self.extension.limiter.test(self.item, *identifiers):
+            if len(self.clean_until) >= CLEAN_ADDRESSES_CAP:
+                self.clean_until.clear()
+            self.clean_until[address] = now + CLEAN_FOR_SECONDS
+            return None
+        self.clean_until.pop(address, None)
         return _audit_breach(RequestLimit(self.extension, self.item, identifiers, breached=True, shared=True))
 
     def count(self, response: Response) -> Response:
         if response.status_code == 401:
             identifiers = self._identifiers()
             if identifiers is not None:
+                # Forgotten before the hit: the next request from this address asks the storage.
+                self.clean_until.pop(identifiers[1], None)
                 self.extension.limiter.hit(self.item, *identifiers)
         return response
 

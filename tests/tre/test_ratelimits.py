@@ -16,7 +16,7 @@ from tests.conftest import REDIS_URL, make_test_app, require_backend
 from tests.tre.helpers import create_user, csrf_token
 from tre.authn import API_AUDIENCE
 from tre.core.audit import AuditEvent
-from tre.ratelimits import ENDPOINT_LIMITS, FAILED_AUTHENTICATION_LIMIT
+from tre.ratelimits import CLEAN_FOR_SECONDS, ENDPOINT_LIMITS, FAILED_AUTHENTICATION_LIMIT
 
 RESETS_ALLOWED = int(ENDPOINT_LIMITS["auth.reset"].split()[0])
 FAILURES_ALLOWED = int(FAILED_AUTHENTICATION_LIMIT.split()[0])
@@ -177,6 +177,18 @@ class _RedisCommands:
         return result, len(self.sent)
 
 
+class _TrustClock:
+    """The clock by which an app's failed-authentication limit trusts an address's clean answer."""
+
+    def __init__(self, *apps: Any) -> None:
+        self.now = 1000.0
+        for app in apps:
+            app.extensions["tre.failed_authentication_limit"].clock = lambda: self.now
+
+    def past_trust(self) -> None:
+        self.now += CLEAN_FOR_SECONDS + 0.001
+
+
 def test_failed_authentications_in_redis_count_across_processes_at_one_command_a_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,24 +196,57 @@ def test_failed_authentications_in_redis_count_across_processes_at_one_command_a
     instance = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"
     first = _app(instance, rate_limit_storage_url=REDIS_URL)
     second = _app(instance, rate_limit_storage_url=REDIS_URL)
+    clock = _TrustClock(first, second)
     valid, wrong = _valid_bearer(first), {"Authorization": "Bearer garbage"}
     client_a, client_b = first.test_client(), second.test_client()
     commands = _RedisCommands(monkeypatch)
     for client in (client_a, client_b):  # each process's first request opens its connection
         assert client.get("/api/v1/version", headers=valid).status_code == 200
-
-    answered, sent_answered = commands.during(lambda: client_a.get("/api/v1/me", headers=valid))
-    refused, sent_refused = commands.during(lambda: client_b.get("/api/v1/me", headers=wrong))
-    # An answered request tests the limit (one round trip); a refused credential also counts one.
-    assert (answered.status_code, sent_answered) == (200, 1)
-    assert (refused.status_code, sent_refused) == (401, 2)
+    clock.past_trust()
+    tested = commands.during(lambda: client_a.get("/api/v1/version", headers=valid).status_code)
+    trusted = commands.during(lambda: client_a.get("/api/v1/me", headers=valid).status_code)
+    clock.past_trust()
+    asked_again = commands.during(lambda: client_a.get("/api/v1/me", headers=valid).status_code)
+    refused = commands.during(lambda: client_b.get("/api/v1/me", headers=wrong).status_code)
+    after_refusal = commands.during(lambda: client_b.get("/api/v1/me", headers=valid).status_code)
+    # Within the trust, an answered request sends nothing; past it, one test. A refused credential
+    # counts (one command) and makes the next request from that address ask again.
+    assert (tested, trusted, asked_again) == ((200, 1), (200, 0), (200, 1))
+    assert (refused, after_refusal) == ((401, 2), (200, 1))
 
     failures = [(client_a if n % 2 else client_b).get("/api/v1/me", headers=wrong).status_code
                 for n in range(FAILURES_ALLOWED - 1)]
     assert failures == [401] * (FAILURES_ALLOWED - 1)
+    # Each process refused a credential since its last test, so each asks the shared count.
     assert client_a.get("/api/v1/me", headers=valid).status_code == 429
     assert client_b.get("/api/v1/version", headers=valid).status_code == 429
     for application in (first, second):
+        application.extensions["tre.db"].dispose()
+
+
+def test_a_process_that_trusted_an_address_lets_through_at_most_one_request_past_the_limit(
+    tmp_path: Path,
+) -> None:
+    # The attack: a flood of wrong credentials sent to one process while another process still
+    # trusts the address's last clean answer. The trusting process lets one request through; if it
+    # fails it counts and the trust is gone, so the next one is refused, however fast they come.
+    require_backend("redis", REDIS_URL)
+    instance = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"
+    trusting, flooded = _app(instance, rate_limit_storage_url=REDIS_URL), _app(instance, rate_limit_storage_url=REDIS_URL)
+    clock = _TrustClock(trusting, flooded)
+    valid, wrong = _valid_bearer(trusting), {"Authorization": "Bearer garbage"}
+    quiet, loud = trusting.test_client(), flooded.test_client()
+    assert quiet.get("/api/v1/me", headers=valid).status_code == 200  # trusted from now on
+
+    flood = [loud.get("/api/v1/me", headers=wrong).status_code for _ in range(FAILURES_ALLOWED)]
+    slipped = quiet.get("/api/v1/me", headers=wrong).status_code
+    after = [quiet.get("/api/v1/me", headers=wrong).status_code for _ in range(3)]
+
+    assert flood == [401] * FAILURES_ALLOWED and loud.get("/api/v1/version").status_code == 429
+    assert (slipped, after) == (401, [429, 429, 429])
+    clock.past_trust()
+    assert quiet.get("/api/v1/me", headers=valid).status_code == 429
+    for application in (trusting, flooded):
         application.extensions["tre.db"].dispose()
 
 
