@@ -49,6 +49,9 @@ def _queue_statement() -> Any:
             OutputCheck.request_id == OutputRequest.id,
             OutputCheck.policy_sha256 == bindparam("policy_sha256"),
         )
+        # Two levels down, the request would not be correlated on its own: the check would be joined
+        # to every request in the table (3 ms a queue read with 170 waiting, on PostgreSQL).
+        .correlate(OutputFile, OutputRequest)
         .exists()
     )
     files = select(func.count(OutputFile.id)).where(*current).correlate(OutputRequest).scalar_subquery()
