@@ -22,6 +22,7 @@ import cProfile
 import json
 import os
 import pstats
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,7 +64,8 @@ def _signed_in_client(app: Any, user: Any) -> Any:
     return client
 
 
-def profile_route(app: Any, name: str, send: Callable[[], Any], repeat: int, top: int) -> dict[str, Any]:
+def profile_route(app: Any, name: str, send: Callable[[], Any], repeat: int, top: int,
+                  callers: str = "") -> dict[str, Any]:
     for _ in range(5):  # warm caches (templates, statement cache, the first connection)
         response = send()
         if response.status_code >= 400:
@@ -80,6 +82,9 @@ def profile_route(app: Any, name: str, send: Callable[[], Any], repeat: int, top
     for _ in range(repeat):
         send()
     profiler.disable()
+    if callers:  # who calls the functions matching this pattern, and how often per request
+        load.log(f"\n-- {name}: callers of {callers!r} over {repeat} requests --")
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_callers(callers)
     table = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     rows = sorted(((ct, f"{Path(file).name}:{line}({func})") for (file, line, func), (_, _, _, ct, _) in table.items()
                    if func not in {"<built-in method builtins.exec>", "<module>"}), reverse=True)
@@ -98,6 +103,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--show-sql", action="store_true", help="print the statements of one request of each")
+    parser.add_argument("--path", action="append", default=[], metavar="PATH",
+                        help="also profile GET PATH (an /api/ path with the researcher's API token, any other "
+                             "as the signed-in researcher); {dataset} and {project} stand for the first "
+                             "dataset's id (by name) and the researcher's project; repeatable")
+    parser.add_argument("--as", dest="as_person", default="", metavar="EMAIL",
+                        help="send the --path requests as this demo account (default the researcher)")
+    parser.add_argument("--callers", default="", metavar="REGEX",
+                        help="also print the callers of the functions matching REGEX (pstats' print_callers)")
     args = parser.parse_args()
     args.web_workers = 0
 
@@ -145,7 +158,21 @@ def main() -> None:
         ]
         if submit is not None:
             routes.append(("output submission POST /api/v1/outputs/requests", submit))
-        results = [profile_route(app, name, send, args.repeat, args.top) for name, send in routes]
+        path_token, path_client = reader_token, page_client
+        if args.as_person:
+            path_token = {"Authorization": f"Bearer {ready.tokens[args.as_person][1]}"}
+            path_client = _signed_in_client(app, db.session.scalar(select(User).where(User.email == args.as_person)))
+            db.session.remove()
+        from projects.models import Dataset
+
+        first_dataset = db.session.scalar(select(Dataset.id).order_by(Dataset.name).limit(1)) or ""
+        db.session.remove()
+        for path in (p.replace("{dataset}", first_dataset).replace("{project}", project_id) for p in args.path):
+            if path.startswith("/api/"):
+                routes.append((f"GET {path}", lambda p=path: api_client.get(p, headers=path_token)))
+            else:
+                routes.append((f"GET {path}", lambda p=path: path_client.get(p)))
+        results = [profile_route(app, name, send, args.repeat, args.top, args.callers) for name, send in routes]
         db.dispose()
 
     for result in results:
