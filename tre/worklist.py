@@ -301,6 +301,18 @@ _AWAITING_CHECK = (
     .order_by(OutputRequest.last_submitted_at)
 )
 
+# The places a checker holds on requests in the queue. Asked by the queue's states rather than by the
+# list of the requests' ids: the list (one bound value per waiting request) made a new statement text
+# whenever the queue's length changed, so it was rendered every time and never stayed prepared.
+_HELD_IN_QUEUE = (
+    select(OutputReview.request_id, OutputReview.round)
+    .join(OutputRequest, OutputRequest.id == OutputReview.request_id)
+    .where(
+        OutputReview.reviewer_id == bindparam("reviewer_id"),
+        OutputRequest.state.in_(tuple(output_rules.IN_QUEUE_STATES)),
+    )
+)
+
 
 def awaiting_check(session: Session, user: Any) -> list[CheckerItem]:
     """Output requests in the queue this checker may check (never their own, never of a project whose
@@ -311,13 +323,11 @@ def awaiting_check(session: Session, user: Any) -> list[CheckerItem]:
         return []
     teams = output_perm.teams_of(session, {r.project_id for r in rows}, include_former=True)
     mine = [r for r in rows if output_perm.can_check(session, user, r, teams=teams)]
+    mine_ids = {r.id for r in mine}
     held = {
         (request_id, round_)
-        for request_id, round_ in session.execute(
-            select(OutputReview.request_id, OutputReview.round).where(
-                OutputReview.reviewer_id == user.id, OutputReview.request_id.in_([r.id for r in mine] or [""])
-            )
-        )
+        for request_id, round_ in session.execute(_HELD_IN_QUEUE, {"reviewer_id": user.id})
+        if request_id in mine_ids
     }
     return [
         CheckerItem(r, r.project_title, r.last_submitted_at or r.state_changed_at, (r.id, r.round) in held)

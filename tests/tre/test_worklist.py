@@ -176,3 +176,22 @@ def test_home_page_is_byte_identical_with_the_former_read(app: Any, monkeypatch:
 
     assert new.count(b"data-project=") == 3 and b"returned to you for changes" in new
     assert new == former
+
+
+def test_a_checker_sees_which_waiting_requests_they_hold_a_review_place_on(app: Any) -> None:
+    from tests.disclosure.factories import SAFE_CSV, World
+
+    with app.app_context():
+        w = World(app)
+        claimed = w.submitted(content=SAFE_CSV)
+        waiting = w.submitted(content=SAFE_CSV)
+        w.svc.claim(w.oscar, claimed.id)
+        w.session.commit()
+
+        oscar = {item.request.id: item.held for item in worklist.awaiting_check(w.session, w.oscar)}
+        olive = {item.request.id: item.held for item in worklist.awaiting_check(w.session, w.olive)}
+        statements, _ = count_statements(app, lambda: worklist.awaiting_check(w.session, w.oscar))
+
+    assert oscar == {claimed.id: True, waiting.id: False}
+    assert olive == {claimed.id: False, waiting.id: False}
+    assert statements <= 4
