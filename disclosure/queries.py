@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.orm import lazyload
 
 from disclosure import permissions as perm
@@ -64,6 +64,19 @@ def _queue_statement() -> Any:
 
 
 _QUEUE = _queue_statement()  # built once: SQLAlchemy keeps its cache key
+
+# This round's reviews of every request in the queue, by claim time: asked by the queue's states, not by
+# the list of the requests' ids, whose one bound value per waiting request made a new statement text
+# whenever the queue's length changed (rendered every time, never kept prepared).
+_QUEUE_REVIEWS = (
+    select(OutputReview)
+    .join(
+        OutputRequest,
+        and_(OutputRequest.id == OutputReview.request_id, OutputRequest.round == OutputReview.round),
+    )
+    .where(OutputRequest.state.in_(tuple(rules.IN_QUEUE_STATES)))
+    .order_by(OutputReview.claimed_at)
+)
 
 
 @dataclass
@@ -149,7 +162,11 @@ class Queries(OutputsBase):
         teams = perm.teams_of(s, {r.project_id for r in waiting}, include_former=True)
         mine = [r for r in waiting if perm.can_check(s, actor, r, teams=teams)]
         statuses = queued_statuses(s, mine, self.policy.sha256)
-        reviews = self._reviewers_of(s, mine)
+        reviews: dict[str, list[OutputReview]] = {r.id: [] for r in mine}
+        if reviews:
+            for review in s.scalars(_QUEUE_REVIEWS):
+                if review.request_id in reviews:
+                    reviews[review.request_id].append(review)
         return [QueueEntry(r, statuses[r.id], reviews[r.id]) for r in mine]
 
     def requests_of(self, actor: Any) -> list[OutputRequest]:

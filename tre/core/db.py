@@ -306,15 +306,17 @@ def _mark_unless_plain_select(
         executemany
         or compiled is None
         or not isinstance(compiled.statement, Select)
-        or not _plain_select_text(statement)
+        or not _plain_select_text(compiled.string)
     ):
         conn.info[_READ_ONLY] = False
 
 
 # What _plain_select_text answered for each statement text seen, so the pattern scans each text once
 # per process rather than on every execution (a page's SELECTs are a few hundred to a few thousand
-# characters; scanning one took 10-50 µs). Statements come from SQLAlchemy's compiled cache, so there
-# are a few hundred; past the cap the memo starts again rather than grow.
+# characters; scanning one took 10-50 µs). The text asked is the compiled statement's, before its
+# expanding IN lists are filled in: the same for a list of any length (the text sent differs with each
+# length, so every new queue length missed the memo and was scanned again). Statements come from
+# SQLAlchemy's compiled cache, so there are a few hundred; past the cap the memo starts again.
 _PLAIN_SELECT_MEMO: dict[str, bool] = {}
 _PLAIN_SELECT_MEMO_CAP = 4096
 

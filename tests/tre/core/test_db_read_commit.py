@@ -172,6 +172,24 @@ def test_each_statement_text_is_scanned_once_and_a_locking_one_stays_refused(
     assert len(scans) == 2
 
 
+def test_an_in_list_of_any_length_is_scanned_once(pg: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The text sent differs with each list's length; the compiled text asked does not.
+    scans: list[str] = []
+    pattern = dbmod._NOT_A_PLAIN_READ
+
+    class Counting:
+        def search(self, statement: str) -> Any:
+            scans.append(statement)
+            return pattern.search(statement)
+
+    monkeypatch.setattr(dbmod, "_NOT_A_PLAIN_READ", Counting())
+    monkeypatch.setattr(dbmod, "_PLAIN_SELECT_MEMO", {})
+    for length in (1, 2, 5, 40):
+        listed = select(numbers.c.n).where(numbers.c.n.in_(list(range(length))))
+        assert _ended_by(pg, lambda s, q=listed: s.scalars(q).all()) == "commit"
+    assert len(scans) == 1
+
+
 def test_a_savepoint_is_rolled_back(pg: Database) -> None:
     def work(s: Any) -> None:
         with s.begin_nested():
