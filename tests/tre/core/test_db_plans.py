@@ -1,0 +1,61 @@
+"""Each statement is planned once per PostgreSQL connection (ADR 0071): psycopg prepares it on its
+second run, and the server keeps one generic plan for it instead of planning again for each run's
+values. Asked of the real server (pg_prepared_statements, SHOW)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, select, text
+from sqlalchemy.exc import DBAPIError
+
+from tests.conftest import _reset_postgres
+from tre.core.db import Database
+
+scratch = MetaData()
+numbers = Table("scratch_plan_numbers", scratch, Column("n", Integer, primary_key=True))
+BY_KEY = select(numbers.c.n).where(numbers.c.n == 1)
+KNOWN = text("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE :like")
+
+
+@pytest.fixture
+def pg(postgres_database: str) -> Iterator[Database]:
+    _reset_postgres(postgres_database)
+    database = Database(postgres_database, pool_size=1, max_overflow=0)  # one connection: the same each time
+    scratch.create_all(database.engine)
+    with database.engine.begin() as conn:
+        conn.execute(numbers.insert(), [{"n": 1}, {"n": 2}])
+    yield database
+    database.dispose()
+
+
+def _plans(database: Database) -> tuple[int, int] | None:
+    with database.engine.begin() as conn:  # committed: a ROLLBACK makes psycopg forget what it prepared
+        row = conn.execute(KNOWN, {"like": "%FROM scratch_plan_numbers%"}).first()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _run(database: Database, times: int) -> None:
+    for _ in range(times):
+        with database.engine.begin() as conn:
+            assert conn.scalars(BY_KEY).all() == [1]
+
+
+def test_a_statement_is_prepared_on_its_second_run_and_planned_once(pg: Database) -> None:
+    _run(pg, 1)
+    assert _plans(pg) is None  # a statement run once is not prepared: one-off statements stay unnamed
+
+    _run(pg, 5)
+
+    generic, custom = _plans(pg) or (0, 0)
+    # Prepared on the second run; every run after that used the one generic plan, none a custom one.
+    assert (generic, custom) == (5, 0)
+
+
+def test_the_plan_setting_outlives_a_failed_transaction_and_the_pool(pg: Database) -> None:
+    with pytest.raises(DBAPIError), pg.engine.begin() as conn:
+        conn.execute(text("SELECT 1 / 0"))
+    for _ in range(2):
+        with pg.engine.connect() as conn:
+            assert conn.scalar(text("SHOW plan_cache_mode")) == "force_generic_plan"
