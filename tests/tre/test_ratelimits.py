@@ -232,7 +232,8 @@ def test_a_process_that_trusted_an_address_lets_through_at_most_one_request_past
     # fails it counts and the trust is gone, so the next one is refused, however fast they come.
     require_backend("redis", REDIS_URL)
     instance = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"
-    trusting, flooded = _app(instance, rate_limit_storage_url=REDIS_URL), _app(instance, rate_limit_storage_url=REDIS_URL)
+    trusting = _app(instance, rate_limit_storage_url=REDIS_URL)
+    flooded = _app(instance, rate_limit_storage_url=REDIS_URL)
     clock = _TrustClock(trusting, flooded)
     valid, wrong = _valid_bearer(trusting), {"Authorization": "Bearer garbage"}
     quiet, loud = trusting.test_client(), flooded.test_client()
