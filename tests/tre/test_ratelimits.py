@@ -189,14 +189,19 @@ class _TrustClock:
         self.now += CLEAN_FOR_SECONDS + 0.001
 
 
-def test_failed_authentications_in_redis_count_across_processes_at_one_command_a_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _two_processes(tmp_path: Path) -> tuple[Any, Any, _TrustClock]:
+    """Two apps of one instance (two web processes) counting in the test Redis, on one trust clock."""
     require_backend("redis", REDIS_URL)
     instance = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"
     first = _app(instance, rate_limit_storage_url=REDIS_URL)
     second = _app(instance, rate_limit_storage_url=REDIS_URL)
-    clock = _TrustClock(first, second)
+    return first, second, _TrustClock(first, second)
+
+
+def test_failed_authentications_in_redis_count_across_processes_at_one_command_a_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, clock = _two_processes(tmp_path)
     valid, wrong = _valid_bearer(first), {"Authorization": "Bearer garbage"}
     client_a, client_b = first.test_client(), second.test_client()
     commands = _RedisCommands(monkeypatch)
@@ -230,11 +235,7 @@ def test_a_process_that_trusted_an_address_lets_through_at_most_one_request_past
     # The attack: a flood of wrong credentials sent to one process while another process still
     # trusts the address's last clean answer. The trusting process lets one request through; if it
     # fails it counts and the trust is gone, so the next one is refused, however fast they come.
-    require_backend("redis", REDIS_URL)
-    instance = tmp_path / f"shared-{uuid.uuid4().hex[:8]}"
-    trusting = _app(instance, rate_limit_storage_url=REDIS_URL)
-    flooded = _app(instance, rate_limit_storage_url=REDIS_URL)
-    clock = _TrustClock(trusting, flooded)
+    trusting, flooded, clock = _two_processes(tmp_path)
     valid, wrong = _valid_bearer(trusting), {"Authorization": "Bearer garbage"}
     quiet, loud = trusting.test_client(), flooded.test_client()
     assert quiet.get("/api/v1/me", headers=valid).status_code == 200  # trusted from now on

@@ -149,19 +149,23 @@ def test_anything_but_a_plain_select_is_rolled_back(pg: Database, statement: Any
     assert _rows(pg) == {1, 2}
 
 
-def test_each_statement_text_is_scanned_once_and_a_locking_one_stays_refused(
-    pg: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    scans: list[str] = []
+@pytest.fixture
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts the read-only pattern scans from now on (the memo emptied first)."""
+    scanned: list[str] = []
     pattern = dbmod._NOT_A_PLAIN_READ
 
     class Counting:
         def search(self, statement: str) -> Any:
-            scans.append(statement)
+            scanned.append(statement)
             return pattern.search(statement)
 
     monkeypatch.setattr(dbmod, "_NOT_A_PLAIN_READ", Counting())
     monkeypatch.setattr(dbmod, "_PLAIN_SELECT_MEMO", {})
+    return scanned
+
+
+def test_each_statement_text_is_scanned_once_and_a_locking_one_stays_refused(pg: Database, scans: list[str]) -> None:
     plain = select(numbers.c.n).where(numbers.c.n > 0)
     for _ in range(3):
         assert _ended_by(pg, lambda s: (s.scalars(plain).all(), s.scalars(plain).all())) == "commit"
@@ -172,18 +176,8 @@ def test_each_statement_text_is_scanned_once_and_a_locking_one_stays_refused(
     assert len(scans) == 2
 
 
-def test_an_in_list_of_any_length_is_scanned_once(pg: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_in_list_of_any_length_is_scanned_once(pg: Database, scans: list[str]) -> None:
     # The text sent differs with each list's length; the compiled text asked does not.
-    scans: list[str] = []
-    pattern = dbmod._NOT_A_PLAIN_READ
-
-    class Counting:
-        def search(self, statement: str) -> Any:
-            scans.append(statement)
-            return pattern.search(statement)
-
-    monkeypatch.setattr(dbmod, "_NOT_A_PLAIN_READ", Counting())
-    monkeypatch.setattr(dbmod, "_PLAIN_SELECT_MEMO", {})
     for length in (1, 2, 5, 40):
         listed = select(numbers.c.n).where(numbers.c.n.in_(list(range(length))))
         assert _ended_by(pg, lambda s, q=listed: s.scalars(q).all()) == "commit"
