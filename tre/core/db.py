@@ -248,7 +248,8 @@ def _plan_once_per_connection(dbapi_connection: Any, _record: Any) -> None:
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True  # a session setting, outside any transaction
     try:
-        dbapi_connection.cursor().execute(_PLAN_GENERICALLY)
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(_PLAN_GENERICALLY)
     finally:
         dbapi_connection.autocommit = autocommit
 
