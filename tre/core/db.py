@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, Select, String, TypeDecorator, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 
@@ -217,17 +217,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    lazy_begin = make_url(url).get_dialect().driver == "psycopg"
+    if lazy_begin:
+        kwargs.setdefault("isolation_level", "AUTOCOMMIT")
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _plan_once_per_connection)
         event.listen(engine, "connect", _note_idle_since)
         event.listen(engine, "checkin", _note_idle_since)
         event.listen(engine, "checkout", _pinger(engine.dialect))
-        event.listen(engine, "begin", _mark_read_only)
-        event.listen(engine, "before_cursor_execute", _mark_unless_plain_select)
-        event.listen(engine, "handle_error", _mark_failed)
-        event.listen(engine, "savepoint", _mark_not_read_only)
-        event.listen(engine, "begin_twophase", _mark_not_read_only)
+    if lazy_begin:
+        from psycopg.pq import TransactionStatus
+
+        event.listen(engine, "before_cursor_execute", _begin_unless_a_plain_read(TransactionStatus.IDLE))
     return engine
 
 
@@ -296,43 +298,48 @@ def _pinger(dialect: Any) -> Any:
     return ping_if_doubtful
 
 
-# On PostgreSQL a transaction that only read is ended by COMMIT rather than ROLLBACK at the end of a
-# request (Database.remove, ADR 0052): psycopg forgets every prepared statement on ROLLBACK (and sends
-# DEALLOCATE ALL), so reads ended by ROLLBACK never stay prepared. Deny by default: a transaction counts
-# as read-only only while every statement sent in it was compiled from a Core or ORM select() with no
-# row lock and no call of a function that changes state. A text() statement, a SAVEPOINT, anything
-# sent as executemany, an INSERT/UPDATE/DELETE (a flush included), a statement that failed: each marks
-# the transaction as not read-only, and it is rolled back as before. The flag is set anew by every
-# transaction's begin, so what an earlier transaction on the connection did never carries over.
-_READ_ONLY = "tre_read_only_so_far"
+# On PostgreSQL (psycopg 3) a transaction is begun only when something needs one (ADR 0072). The engine's
+# connections are in autocommit mode, and the BEGIN goes out just before the first statement that is not
+# a plain read: a plain read runs on its own, and a request that only reads sends neither BEGIN nor
+# COMMIT (two round trips, each costing both processes CPU). Under READ COMMITTED, the isolation used
+# everywhere else, every statement of a transaction already reads its own snapshot, so a plain read
+# outside the transaction sees what it would have seen inside. What needs the transaction is begun
+# first: writes, row locks, advisory locks, savepoints, server-side cursors, anything not compiled from
+# select() (text() included), a call that changes state. Deny by default: a statement counts as a plain
+# read only when it was compiled from a Core or ORM select() with no row lock and no state-changing call,
+# and is not sent as executemany. A connection asked for another isolation level (REPEATABLE READ for a
+# snapshot) is out of autocommit and begins as psycopg always does, at its first statement; the pool puts
+# it back in autocommit when it is returned. The commit or rollback that ends a session sends nothing
+# when no transaction was begun, so a read-only request's prepared statements also survive (a ROLLBACK
+# makes psycopg forget them all, which is why ADR 0052 used to end such requests by COMMIT).
 _NOT_A_PLAIN_READ = re.compile(
     r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b|\bINTO\b|set_config|nextval|setval|advisory|\blo_|;",
     re.IGNORECASE,
 )
 
 
-def _mark_read_only(conn: Any) -> None:
-    conn.info[_READ_ONLY] = True
-
-
-def _mark_not_read_only(conn: Any, *_: Any) -> None:
-    if not conn.invalidated:  # an invalidated connection has no info (and will not commit)
-        conn.info[_READ_ONLY] = False
-
-
-def _mark_unless_plain_select(
-    conn: Any, _cursor: Any, statement: str, _parameters: Any, context: Any, executemany: bool
-) -> None:
-    if not conn.info.get(_READ_ONLY):
-        return
+def _plain_read(cursor: Any, context: Any, executemany: bool) -> bool:
     compiled = getattr(context, "compiled", None)
-    if (
-        executemany
-        or compiled is None
-        or not isinstance(compiled.statement, Select)
-        or not _plain_select_text(compiled.string)
-    ):
-        conn.info[_READ_ONLY] = False
+    return (
+        not executemany
+        and compiled is not None
+        and isinstance(compiled.statement, Select)
+        and _plain_select_text(compiled.string)
+        and getattr(cursor, "name", None) is None  # a server-side cursor is DECLAREd: it needs a transaction
+    )
+
+
+def _begin_unless_a_plain_read(idle: Any) -> Any:
+    def before_cursor_execute(
+        _conn: Any, cursor: Any, _statement: str, _parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        dbapi_connection = cursor.connection
+        if not dbapi_connection.autocommit or dbapi_connection.pgconn.transaction_status != idle:
+            return  # another isolation level (psycopg begins by itself), or the transaction is under way
+        if not _plain_read(cursor, context, executemany):
+            dbapi_connection.execute(b"BEGIN", prepare=False)
+
+    return before_cursor_execute
 
 
 # What _plain_select_text answered for each statement text seen, so the pattern scans each text once
@@ -353,22 +360,6 @@ def _plain_select_text(statement: str) -> bool:
             _PLAIN_SELECT_MEMO.clear()
         _PLAIN_SELECT_MEMO[statement] = known
     return known
-
-
-def _mark_failed(context: Any) -> None:
-    if context.connection is not None:
-        _mark_not_read_only(context.connection)
-
-
-def ended_by_commit(session: Session) -> bool:
-    """May this session's open transaction be ended by COMMIT rather than ROLLBACK, since committing
-    it can change nothing? Only on PostgreSQL, and only when it is certain (see _READ_ONLY)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return False  # asked first: SQLite's sessions skip the identity map's walk below
-    if session.in_nested_transaction() or session.new or session.dirty or session.deleted or session.info:
-        return False  # ORM changes not flushed, or audit events / jobs waiting for a commit
-    conn = session.connection()
-    return bool(conn.info.get(_READ_ONLY)) and not conn.in_nested_transaction()
 
 
 # PostgreSQL SQLSTATEs that mean the server went away or is not taking work yet: class 08 (connection
@@ -403,19 +394,8 @@ class Database:
         self.session = scoped_session(self.session_factory)
 
     def remove(self, error: BaseException | None = None) -> None:
-        """End this thread's session (Flask calls it at the end of every request and app context).
-        Its transaction is rolled back, unless it only read, on PostgreSQL, and nothing failed: then
-        it is committed, which leaves psycopg's prepared statements in place (ADR 0052). The COMMIT
-        goes to the session's connection, not through Session.commit: there is nothing to flush, and
-        no before-commit hook gets a chance to write something after the check."""
-        if error is None and self.session.registry.has():
-            session = self.session()
-            if session.in_transaction() and session.is_active:
-                try:
-                    if ended_by_commit(session):
-                        session.connection().commit()
-                except Exception:  # noqa: BLE001 - the transaction only read: rolling back loses nothing
-                    log.debug("read-only transaction not committed; rolled back", exc_info=True)
+        """End this thread's session (Flask calls it at the end of every request and app context): its
+        transaction, if any, is rolled back. On PostgreSQL a session that only read has none (ADR 0072)."""
         self.session.remove()
 
     def dispose(self) -> None:
