@@ -29,7 +29,6 @@ checkpoint, or differs from it at the checkpoint's event, as truncated or rewrit
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -202,12 +201,10 @@ class CheckpointFile:
     Writers in several threads and processes take an advisory file lock and only ever move a lane's
     head forward, so a commit that finishes late never replaces a newer head.
 
-    Under the lock a writer merges its head into the file as it is. When the file is still the very
-    one this object wrote last (the same inode, which this object keeps open so no other file can be
-    given its number, unchanged in size and times since), what it holds is what this object wrote,
-    so that checkpoint is used rather than read back, parsed and its signature checked again. Every
-    writer replaces the file with a new one, so a commit by any other writer, in this process or
-    another, is always read; so is a file anyone else touched.
+    Under the lock a writer reads the file and merges its head into it. When the bytes read are,
+    byte for byte, those this object wrote last, they say what that write said: its checkpoint is
+    used rather than parsed and its signature checked again. Any other bytes (another writer's
+    commit, in this process or another, or a file someone edited) are parsed and checked as ever.
     """
 
     def __init__(self, path: Path | str, key: bytes) -> None:
@@ -216,8 +213,8 @@ class CheckpointFile:
         # Worked out once, not on every commit (ADR 0054): the lock's path and the temporary file's.
         self._lock_path = str(self.path.with_name(self.path.name + ".lock"))
         self._tmp_prefix = str(self.path.with_name(f".{self.path.name}."))
-        # The file this object wrote last, kept open, what stat said of it then, and its checkpoint.
-        self._written: tuple[int, tuple[int, ...], Checkpoint] | None = None
+        # The bytes this object wrote last and the checkpoint they hold.
+        self._written: tuple[bytes, Checkpoint] | None = None
 
     def __repr__(self) -> str:
         return f"CheckpointFile({self.path})"
@@ -227,8 +224,20 @@ class CheckpointFile:
 
     def read(self) -> Checkpoint | None:
         """The current checkpoint, None when none was written yet; CheckpointError if it is not valid."""
+        data = self._bytes()
+        return None if data is None else self._parse(data)
+
+    def _bytes(self) -> bytes | None:
         try:
-            raw = json.loads(self.path.read_bytes())
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointError(f"the audit checkpoint {self.path} cannot be read") from exc
+
+    def _parse(self, data: bytes) -> Checkpoint:
+        try:
+            raw = json.loads(data)
             signature = str(raw["signature"])
             if "lanes" in raw:
                 lanes = tuple(sorted(LaneHead(int(a), int(b), str(c)) for a, b, c in raw["lanes"]))
@@ -238,9 +247,7 @@ class CheckpointFile:
                 seq, head, count, at = int(raw["seq"]), str(raw["head"]), int(raw["count"]), str(raw["at"])
                 checkpoint = Checkpoint((LaneHead(0, seq, head),), at)
                 body = json.dumps([seq, head, count, at], separators=(",", ":")).encode()
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"the audit checkpoint {self.path} cannot be read") from exc
         if not hmac.compare_digest(self._sign(body), signature):
             raise CheckpointError(f"the audit checkpoint {self.path} is not signed with this instance's key")
@@ -257,12 +264,10 @@ class CheckpointFile:
             lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            current = self._still_ours()
-            if current is None:
-                try:
-                    current = self.read()
-                except CheckpointError:
-                    current = None  # rewritten below; verify reported it while it was broken
+            try:
+                current = self._read_under_lock()
+            except CheckpointError:
+                current = None  # rewritten below; verify reported it while it was broken
             heads = {h.lane: h for h in current.lanes} if current is not None else {}
             known = heads.get(lane)
             if known is not None and known.lane_seq >= lane_seq:
@@ -273,47 +278,28 @@ class CheckpointFile:
             data = {"lanes": [[h.lane, h.lane_seq, h.head] for h in checkpoint.lanes], "count": checkpoint.count,
                     "at": at, "signature": self._sign(checkpoint.body())}
             tmp = f"{self._tmp_prefix}{os.getpid()}.tmp"
+            text_ = json.dumps(data, separators=(",", ":")).encode()  # the same text as json.dump, in one write
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                # The same text as before, in one write (json.dump encodes in Python, chunk by chunk).
-                text_ = json.dumps(data, separators=(",", ":")).encode()
-                while text_:  # a regular file takes it whole, short of a full disk
-                    text_ = text_[os.write(fd, text_):]
-                os.replace(tmp, self.path)
-                identity = _identity(os.fstat(fd))  # after the rename, which sets the file's ctime
-            except BaseException:
+                rest = text_
+                while rest:  # a regular file takes it whole, short of a full disk
+                    rest = rest[os.write(fd, rest):]
+            finally:
                 os.close(fd)
-                raise
-            self._forget_written()
-            self._written = (fd, identity, checkpoint)  # the descriptor stays open while this is the last
+            os.replace(tmp, self.path)
+            self._written = (text_, checkpoint)
             return True
         finally:
             os.close(lock_fd)  # releases the lock
 
-    def _forget_written(self) -> None:
-        if self._written is not None:
-            fd, self._written = self._written[0], None
-            os.close(fd)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._forget_written()
-
-    def _still_ours(self) -> Checkpoint | None:
-        """The checkpoint this object wrote last, if the file is still exactly that file; else None."""
-        if self._written is None:
+    def _read_under_lock(self) -> Checkpoint | None:
+        """``read``, but the bytes this object wrote last are not parsed and verified a second time."""
+        data, written = self._bytes(), self._written
+        if data is None:
             return None
-        _, identity, checkpoint = self._written
-        try:
-            now = _identity(os.stat(self.path))
-        except OSError:
-            return None
-        return checkpoint if now == identity else None
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    """What tells one file, and one version of it, from another: device, inode, size and both times."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if written is not None and data == written[0]:
+            return written[1]
+        return self._parse(data)
 
 
 class AuditLog:
