@@ -829,3 +829,21 @@ def test_a_commits_chain_statements_skip_the_sessions_orm_execution(app: Any, lo
     expected = 3 if db.engine.dialect.name == "postgresql" else 2  # lock (PostgreSQL), lane end, INSERT
     assert len(statements) == expected
     assert _verify(app, log).ok
+
+
+def test_an_events_link_is_the_keyed_hash_of_its_canonical_json_as_before(app: Any, log: AuditLog) -> None:
+    """The canonical text and the HMAC are computed with prebuilt helpers now: the link is still
+    HMAC-SHA256(key, previous hash, newline, sorted compact ASCII JSON of the hashed fields)."""
+    import hashlib
+    import hmac
+
+    _write(app, log, 2)
+    with app.extensions["tre.db"].session_factory() as s:
+        events = s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+
+    for ev in events:
+        stamp = ev.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = [ev.seq, stamp, ev.actor_id, ev.action, ev.outcome, ev.target_type, ev.target_id, ev.project_id,
+                ev.request_id, ev.detail]
+        content = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        assert ev.chain_hash == hmac.new(KEY, ev.prev_hash.encode() + b"\n" + content, hashlib.sha256).hexdigest()
