@@ -22,7 +22,6 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any
 
 from benchmarks import load
 
