@@ -55,6 +55,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column, scoped_session
 
 from tre.core.db import Base, utcnow
@@ -149,11 +150,16 @@ def _canonical(
     # Microsecond UTC text so SQLite and PostgreSQL round-trip the same value.
     stamp = occurred_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = [seq, stamp, actor_id, action, outcome, target_type, target_id, project_id, request_id, detail]
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+    return _CANONICAL_JSON(body).encode()
+
+
+# The encoder ``json.dumps`` would build for these options on every call, built once: the same text.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode
 
 
 def link_hash(key: bytes, prev_hash: str, content: bytes) -> str:
-    return hmac.new(key, prev_hash.encode() + b"\n" + content, hashlib.sha256).hexdigest()
+    # hmac.digest: the same HMAC-SHA256, in one call into the hash library rather than an HMAC object.
+    return hmac.digest(key, prev_hash.encode() + b"\n" + content, "sha256").hex()
 
 
 class CheckpointError(Exception):
@@ -194,6 +200,11 @@ class CheckpointFile:
 
     Writers in several threads and processes take an advisory file lock and only ever move a lane's
     head forward, so a commit that finishes late never replaces a newer head.
+
+    Under the lock a writer reads the file and merges its head into it. When the bytes read are,
+    byte for byte, those this object wrote last, they say what that write said: its checkpoint is
+    used rather than parsed and its signature checked again. Any other bytes (another writer's
+    commit, in this process or another, or a file someone edited) are parsed and checked as ever.
     """
 
     def __init__(self, path: Path | str, key: bytes) -> None:
@@ -202,6 +213,8 @@ class CheckpointFile:
         # Worked out once, not on every commit (ADR 0054): the lock's path and the temporary file's.
         self._lock_path = str(self.path.with_name(self.path.name + ".lock"))
         self._tmp_prefix = str(self.path.with_name(f".{self.path.name}."))
+        # The bytes this object wrote last and the checkpoint they hold.
+        self._written: tuple[bytes, Checkpoint] | None = None
 
     def __repr__(self) -> str:
         return f"CheckpointFile({self.path})"
@@ -211,8 +224,20 @@ class CheckpointFile:
 
     def read(self) -> Checkpoint | None:
         """The current checkpoint, None when none was written yet; CheckpointError if it is not valid."""
+        data = self._bytes()
+        return None if data is None else self._parse(data)
+
+    def _bytes(self) -> bytes | None:
         try:
-            raw = json.loads(self.path.read_bytes())
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointError(f"the audit checkpoint {self.path} cannot be read") from exc
+
+    def _parse(self, data: bytes) -> Checkpoint:
+        try:
+            raw = json.loads(data)
             signature = str(raw["signature"])
             if "lanes" in raw:
                 lanes = tuple(sorted(LaneHead(int(a), int(b), str(c)) for a, b, c in raw["lanes"]))
@@ -222,9 +247,7 @@ class CheckpointFile:
                 seq, head, count, at = int(raw["seq"]), str(raw["head"]), int(raw["count"]), str(raw["at"])
                 checkpoint = Checkpoint((LaneHead(0, seq, head),), at)
                 body = json.dumps([seq, head, count, at], separators=(",", ":")).encode()
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"the audit checkpoint {self.path} cannot be read") from exc
         if not hmac.compare_digest(self._sign(body), signature):
             raise CheckpointError(f"the audit checkpoint {self.path} is not signed with this instance's key")
@@ -242,7 +265,7 @@ class CheckpointFile:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
-                current = self.read()
+                current = self._read_under_lock()
             except CheckpointError:
                 current = None  # rewritten below; verify reported it while it was broken
             heads = {h.lane: h for h in current.lanes} if current is not None else {}
@@ -255,13 +278,28 @@ class CheckpointFile:
             data = {"lanes": [[h.lane, h.lane_seq, h.head] for h in checkpoint.lanes], "count": checkpoint.count,
                     "at": at, "signature": self._sign(checkpoint.body())}
             tmp = f"{self._tmp_prefix}{os.getpid()}.tmp"
+            text_ = json.dumps(data, separators=(",", ":")).encode()  # the same text as json.dump, in one write
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(data, separators=(",", ":")))  # the same text; json.dump encodes in Python
+            try:
+                rest = text_
+                while rest:  # a regular file takes it whole, short of a full disk
+                    rest = rest[os.write(fd, rest):]
+            finally:
+                os.close(fd)
             os.replace(tmp, self.path)
+            self._written = (text_, checkpoint)
             return True
         finally:
             os.close(lock_fd)  # releases the lock
+
+    def _read_under_lock(self) -> Checkpoint | None:
+        """``read``, but the bytes this object wrote last are not parsed and verified a second time."""
+        data, written = self._bytes(), self._written
+        if data is None:
+            return None
+        if written is not None and data == written[0]:
+            return written[1]
+        return self._parse(data)
 
 
 class AuditLog:
@@ -361,15 +399,19 @@ def write_pending(session: Session) -> None:
     if not session.info.get(_PENDING):
         return
     session.flush()  # the caller's own changes first, so the lane's lock is not held for them
-    lane = _take_lane(session)
-    postgres = session.get_bind().dialect.name == "postgresql"
+    # The chain's statements go to the transaction's connection itself: they are Core statements
+    # with every value bound, so the session's ORM execution (its events, autoflush, ORM result
+    # rows) has nothing to add, and the flush above already sent the caller's changes.
+    conn = session.connection()
+    postgres = conn.dialect.name == "postgresql"
+    lane = _take_lane(session, conn, postgres)
     first = True
     while queue := session.info.pop(_PENDING, None):
         if first:  # the lane's end and the first batch's numbers in one statement
-            lane_seq, prev_hash, seqs = _lane_end_and_seqs(session, lane, len(queue), postgres)
+            lane_seq, prev_hash, seqs = _lane_end_and_seqs(conn, lane, len(queue), postgres)
             first = False
-        else:  # events recorded by the flush of the previous batch (rare): numbered after them
-            _, _, seqs = _lane_end_and_seqs(session, lane, len(queue), postgres)
+        else:  # events queued while the previous batch was written (rare): numbered after them
+            _, _, seqs = _lane_end_and_seqs(conn, lane, len(queue), postgres)
         rows: list[dict[str, Any]] = []
         for queued, seq in zip(queue, seqs, strict=True):
             ev = queued.row
@@ -385,8 +427,9 @@ def write_pending(session: Session) -> None:
                 session.info[_HEAD] = (queued.checkpoints, lane, lane_seq, prev_hash)
         # One INSERT of the batch's rows, not the unit of work (ADR 0051): every value is set above,
         # and nothing in the transaction holds the events as objects (``record`` returns each with
-        # its values filled in, as before; it is not added to the session).
-        session.execute(_INSERT_EVENTS, rows)
+        # its values filled in, as before; it is not added to the session). A single row (most
+        # commits) is sent as one execute, not as an executemany of one.
+        conn.execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
 
 
 _EVENT_COLUMNS = ("seq", "occurred_at", "actor_id", "action", "outcome", "target_type", "target_id", "project_id",
@@ -403,24 +446,26 @@ def _lane_end_statement(postgres: bool) -> Any:
     (``_take_lane`` ran as a statement of its own before this one, so on PostgreSQL this statement's
     snapshot already sees every event chained onto the lane before the lock was granted).
     """
+    events = AuditEvent.__table__.c  # the table's columns: a Core statement, no ORM compilation
+
     def newest(column: Any) -> Any:
-        return (select(column).where(AuditEvent.lane == bindparam("lane"))
-                .order_by(AuditEvent.lane_seq.desc()).limit(1).scalar_subquery())
+        return (select(column).where(events.lane == bindparam("lane"))
+                .order_by(events.lane_seq.desc()).limit(1).scalar_subquery())
 
     if postgres:
         serial = func.pg_get_serial_sequence("audit_events", "seq")
         numbers = (select(func.array_agg(func.nextval(serial)))
                    .select_from(func.generate_series(1, bindparam("n"))).scalar_subquery())
     else:
-        numbers = select(func.max(AuditEvent.seq)).scalar_subquery()
-    return select(newest(AuditEvent.lane_seq), newest(AuditEvent.chain_hash), numbers)
+        numbers = select(func.max(events.seq)).scalar_subquery()
+    return select(newest(events.lane_seq), newest(events.chain_hash), numbers)
 
 
 _LANE_END = {True: _lane_end_statement(True), False: _lane_end_statement(False)}  # built once, cached by key
 
 
-def _lane_end_and_seqs(session: Session, lane: int, n: int, postgres: bool) -> tuple[int, str, list[int]]:
-    row = session.execute(_LANE_END[postgres], {"lane": lane, "n": n}).one()
+def _lane_end_and_seqs(conn: Connection, lane: int, n: int, postgres: bool) -> tuple[int, str, list[int]]:
+    row = conn.execute(_LANE_END[postgres], {"lane": lane, "n": n}).one()
     lane_seq, prev_hash = (int(row[0]), str(row[1])) if row[0] is not None else (0, GENESIS)
     if postgres:
         seqs = [int(x) for x in row[2]]
@@ -491,7 +536,12 @@ def _plain(detail: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(detail, sort_keys=True, default=str))
 
 
-def _take_lane(session: Session) -> int:
+_TRY_LANES = text("SELECT lane FROM generate_series(0, :n - 1) AS lane "
+                  "WHERE pg_try_advisory_xact_lock(:id, lane) LIMIT 1")
+_WAIT_FOR_LANE = text("SELECT pg_advisory_xact_lock(:id, :lane)")
+
+
+def _take_lane(session: Session, conn: Connection, postgres: bool) -> int:
     """Lock a lane for this transaction, so no one else chains onto the same previous event, and
     return it. PostgreSQL: the first lane whose advisory lock is free (uncontended writes all go to
     lane 0), waiting only when all ``CHAIN_LANES`` are taken. SQLite: lane 0, as every transaction
@@ -500,15 +550,11 @@ def _take_lane(session: Session) -> int:
     if held is not None:
         return int(held)
     lane = 0
-    if session.get_bind().dialect.name == "postgresql":
-        free = session.scalar(
-            text("SELECT lane FROM generate_series(0, :n - 1) AS lane "
-                 "WHERE pg_try_advisory_xact_lock(:id, lane) LIMIT 1"),
-            {"n": CHAIN_LANES, "id": CHAIN_LOCK_ID},
-        )
+    if postgres:
+        free = conn.execute(_TRY_LANES, {"n": CHAIN_LANES, "id": CHAIN_LOCK_ID}).scalar()
         if free is None:
             lane = secrets.randbelow(CHAIN_LANES)
-            session.execute(text("SELECT pg_advisory_xact_lock(:id, :lane)"), {"id": CHAIN_LOCK_ID, "lane": lane})
+            conn.execute(_WAIT_FOR_LANE, {"id": CHAIN_LOCK_ID, "lane": lane})
         else:
             lane = int(free)
     session.info[_LANE] = lane

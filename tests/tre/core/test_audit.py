@@ -739,3 +739,111 @@ def test_a_commits_events_are_inserted_without_the_unit_of_work(app: Any, log: A
             (e.seq, e.lane, e.lane_seq, e.prev_hash, e.chain_hash, e.actor_id, e.detail) for e in (first, second)
         ]
     assert _verify(app, log).ok
+
+
+# --- the cost of an audited commit (ADR 0075) ----------------------------------------------------
+
+
+def test_checkpoint_merges_what_another_writer_wrote_since_its_own_last_write(tmp_path: Any) -> None:
+    path = tmp_path / "cp.json"
+    mine, theirs = CheckpointFile(path, CHECKPOINT_KEY), CheckpointFile(path, CHECKPOINT_KEY)
+    assert mine.advance(0, 1, "a" * 64)
+    assert theirs.advance(1, 4, "b" * 64)  # another process's commit replaced the file
+
+    assert mine.advance(0, 2, "c" * 64)
+
+    current = CheckpointFile(path, CHECKPOINT_KEY).read()
+    assert current is not None and current.lanes == (LaneHead(0, 2, "c" * 64), LaneHead(1, 4, "b" * 64))
+
+
+def test_checkpoint_written_back_by_an_attacker_is_read_not_taken_from_memory(tmp_path: Any) -> None:
+    # The attacker keeps an old signed checkpoint, lets the writer move on, then puts the old one
+    # back: the writer's next commit reads the file it finds (as before), and verify of the file in
+    # between showed the old one; what it merges is what the file says, not what it wrote itself.
+    path = tmp_path / "cp.json"
+    writer = CheckpointFile(path, CHECKPOINT_KEY)
+    assert writer.advance(0, 1, "a" * 64)
+    assert writer.advance(1, 1, "b" * 64)
+    old = path.read_bytes()
+    assert writer.advance(1, 2, "c" * 64)
+    path.write_bytes(old)
+
+    assert writer.advance(0, 2, "d" * 64)
+
+    current = writer.read()
+    assert current is not None and current.lanes == (LaneHead(0, 2, "d" * 64), LaneHead(1, 1, "b" * 64))
+
+
+def test_checkpoint_edited_between_two_commits_is_reported_and_then_rewritten(app: Any) -> None:
+    log = _checkpointed_log(app)
+    _write(app, log, 3)
+    assert log.checkpoints is not None
+    path = log.checkpoints.path
+    forged = json.loads(path.read_text())
+    forged["lanes"][0][1] = forged["count"] = 1
+    path.write_text(json.dumps(forged, separators=(",", ":")))
+
+    assert "not signed" in (_verify(app, log).problem or "")
+    _write(app, log, 1)  # the writer reads the edited file, finds it unsigned, and writes its own head
+
+    assert log.checkpoints.read() == CheckpointFile(path, CHECKPOINT_KEY).read()
+    assert _verify(app, log).ok
+
+
+def test_checkpoint_does_not_parse_again_the_bytes_it_wrote_itself(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "cp.json"
+    writer = CheckpointFile(path, CHECKPOINT_KEY)
+    assert writer.advance(0, 1, "a" * 64)
+    assert CheckpointFile(path, CHECKPOINT_KEY).advance(1, 1, "b" * 64)  # another writer's file
+    parsed: list[bytes] = []
+    real_parse = CheckpointFile._parse
+    monkeypatch.setattr(CheckpointFile, "_parse", lambda self, data: (parsed.append(data), real_parse(self, data))[1])
+
+    assert writer.advance(0, 2, "c" * 64)  # the file is another writer's: parsed and checked
+    assert writer.advance(0, 3, "d" * 64)  # the file is the one it just wrote: not parsed again
+    assert writer.advance(0, 4, "e" * 64)
+
+    assert len(parsed) == 1
+    current = CheckpointFile(path, CHECKPOINT_KEY).read()
+    assert current is not None and current.lanes == (LaneHead(0, 4, "e" * 64), LaneHead(1, 1, "b" * 64))
+
+
+def test_a_commits_chain_statements_skip_the_sessions_orm_execution(app: Any, log: AuditLog) -> None:
+    """The lane's lock, its end and the INSERT go to the transaction's connection as Core statements:
+    the session's ORM execution hook sees none of them, and the chain still verifies."""
+    from sqlalchemy import event as orm_event
+
+    db = app.extensions["tre.db"]
+    seen: list[str] = []
+    statements: list[str] = []
+    s = db.session_factory()
+    orm_event.listen(s, "do_orm_execute", lambda state: seen.append(str(state.statement)))
+    with transaction(s):
+        log.record(s, "thing.happened", actor_id="u1")
+        log.record(s, "thing.happened", actor_id="u2")
+        connection = s.connection()
+        orm_event.listen(connection, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    s.close()
+
+    assert seen == []
+    expected = 3 if db.engine.dialect.name == "postgresql" else 2  # lock (PostgreSQL), lane end, INSERT
+    assert len(statements) == expected
+    assert _verify(app, log).ok
+
+
+def test_an_events_link_is_the_keyed_hash_of_its_canonical_json_as_before(app: Any, log: AuditLog) -> None:
+    """The canonical text and the HMAC are computed with prebuilt helpers now: the link is still
+    HMAC-SHA256(key, previous hash, newline, sorted compact ASCII JSON of the hashed fields)."""
+    import hashlib
+    import hmac
+
+    _write(app, log, 2)
+    with app.extensions["tre.db"].session_factory() as s:
+        events = s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+
+    for ev in events:
+        stamp = ev.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = [ev.seq, stamp, ev.actor_id, ev.action, ev.outcome, ev.target_type, ev.target_id, ev.project_id,
+                ev.request_id, ev.detail]
+        content = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        assert ev.chain_hash == hmac.new(KEY, ev.prev_hash.encode() + b"\n" + content, hashlib.sha256).hexdigest()
