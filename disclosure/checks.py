@@ -362,9 +362,7 @@ def run_check(
     # The request alone, locked (``FOR UPDATE`` on PostgreSQL; the job's claim orders workers on SQLite),
     # then its current files as rows of the columns the checks use: its groups and its files as objects
     # (two more reads, the files joined to their groups) were two-fifths of the job's CPU (ADR 0048).
-    req = session.get(
-        OutputRequest, request_id, with_for_update=True, populate_existing=True, options=_REQUEST_ALONE
-    )
+    req = session.execute(_LOCK_REQUEST, {"request_id": request_id}).scalar_one_or_none()
     if req is None:
         raise PermanentJobError("no such output request")
     # Each with its verdict under this policy, if it has one (the verdict was a read of its own, ADR 0058).
@@ -430,7 +428,7 @@ def run_check(
             # One Core INSERT of every verdict (executemany), not the unit of work: nothing in this
             # transaction uses them as objects (ADR 0058). Sent before the next read, as the unit of work
             # flushed them, so every read after this one sees them.
-            session.execute(_INSERT_CHECK, new_checks)
+            session.execute(_INSERT_CHECK, new_checks if len(new_checks) > 1 else new_checks[0])
         verdicts.update(already)
     # What this transaction read and wrote already says whether every current file has its verdict.
     advanced = advance_after_checks(session, audit, req, policy.sha256, verdicts=verdicts, current_files=current)
@@ -438,6 +436,15 @@ def run_check(
 
 
 _REQUEST_ALONE = (lazyload(OutputRequest.groups), lazyload(OutputRequest.files))
+# The request by its id, locked and read afresh: ``Session.get`` with these options built its statement and
+# its cache key again at every call; built once, only the id is bound.
+_LOCK_REQUEST = (
+    select(OutputRequest)
+    .where(OutputRequest.id == bindparam("request_id"))
+    .options(*_REQUEST_ALONE)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 # A request's current files, in the order its ``current_files`` gives them, as rows (built once).
 _VERDICT_STATUS = (
     select(OutputCheck.status)
