@@ -178,7 +178,7 @@ def test_numbers_of_a_frame_are_its_cells_coerced_column_by_column_whatever_the_
     from disclosure.engine.tables import numbers
 
     frames = [
-        pd.DataFrame({"f": [1.5, np.nan], "i": np.array([3, 4], dtype=np.int64), "u": np.array([5, 6], dtype=np.uint8)}),
+        pd.DataFrame({"f": [1.5, np.nan], "i": np.array([3, 4], dtype=np.int64), "u": np.array([5, 6], np.uint8)}),
         pd.DataFrame({"t": ["7", "x"], "b": [True, False], "n": pd.array([1, None], dtype="Int64")}),
         pd.DataFrame({"o": pd.Series([8, "9"], dtype=object)}),
         pd.DataFrame(index=["a", "b"]),
