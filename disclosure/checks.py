@@ -25,6 +25,7 @@ unknown (no dataset, or filters not captured) is at best *review*.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -71,8 +72,9 @@ def _read_extract(location: Path) -> pd.DataFrame:
 
 def _compare(published: pd.DataFrame, recomputed: pd.DataFrame) -> dict[str, Any]:
     """Does the CSV show the numbers the re-computation releases? Compared by position, numbers only."""
-    pub = published.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    rec = recomputed.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    from disclosure.engine.tables import numbers
+
+    pub, rec = numbers(published), numbers(recomputed)
     if pub.shape != rec.shape:
         return {
             "matches": False,
@@ -360,9 +362,7 @@ def run_check(
     # The request alone, locked (``FOR UPDATE`` on PostgreSQL; the job's claim orders workers on SQLite),
     # then its current files as rows of the columns the checks use: its groups and its files as objects
     # (two more reads, the files joined to their groups) were two-fifths of the job's CPU (ADR 0048).
-    req = session.get(
-        OutputRequest, request_id, with_for_update=True, populate_existing=True, options=_REQUEST_ALONE
-    )
+    req = session.execute(_LOCK_REQUEST, {"request_id": request_id}).scalar_one_or_none()
     if req is None:
         raise PermanentJobError("no such output request")
     # Each with its verdict under this policy, if it has one (the verdict was a read of its own, ADR 0058).
@@ -428,7 +428,7 @@ def run_check(
             # One Core INSERT of every verdict (executemany), not the unit of work: nothing in this
             # transaction uses them as objects (ADR 0058). Sent before the next read, as the unit of work
             # flushed them, so every read after this one sees them.
-            session.execute(_INSERT_CHECK, new_checks)
+            session.execute(_INSERT_CHECK, new_checks if len(new_checks) > 1 else new_checks[0])
         verdicts.update(already)
     # What this transaction read and wrote already says whether every current file has its verdict.
     advanced = advance_after_checks(session, audit, req, policy.sha256, verdicts=verdicts, current_files=current)
@@ -436,6 +436,15 @@ def run_check(
 
 
 _REQUEST_ALONE = (lazyload(OutputRequest.groups), lazyload(OutputRequest.files))
+# The request by its id, locked and read afresh: ``Session.get`` with these options built its statement and
+# its cache key again at every call; built once, only the id is bound.
+_LOCK_REQUEST = (
+    select(OutputRequest)
+    .where(OutputRequest.id == bindparam("request_id"))
+    .options(*_REQUEST_ALONE)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
 # A request's current files, in the order its ``current_files`` gives them, as rows (built once).
 _VERDICT_STATUS = (
     select(OutputCheck.status)
@@ -550,11 +559,6 @@ def _check_row(
     """The verdict row of file ``f``: every column, as the unit of work filled them in for an
     ``OutputCheck`` (its id and time by their defaults; a table with no ledger entry holds JSON null
     in ``aggregate``, as the object given ``None`` did)."""
-    import json
-
-    def plain(value: Any) -> Any:
-        return json.loads(json.dumps(value, default=str))
-
     return {
         "id": new_id(),
         "file_id": f.id,
@@ -563,13 +567,28 @@ def _check_row(
         "policy_sha256": policy.sha256,
         "policy_version": str(policy.version),
         "status": outcome["status"],
-        "verdict": plain(outcome["verdict"]),
-        "recompute": plain(outcome["recompute"]),
-        "differencing": plain(outcome["differencing"]),
-        "aggregate": plain(outcome["aggregate"]) if outcome["aggregate"] is not None else None,
+        "verdict": _plain(outcome["verdict"]),
+        "recompute": _plain(outcome["recompute"]),
+        "differencing": _plain(outcome["differencing"]),
+        "aggregate": _plain(outcome["aggregate"]) if outcome["aggregate"] is not None else None,
         "job_id": job_id,
         "checked_at": utcnow(),
     }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (``json.loads(json.dumps(value, default=str))``), without writing the
+    text: dicts with string keys, lists, tuples (as lists), strings, numbers, booleans and ``None`` are copied
+    as they are, anything else goes through JSON itself (the text was written and read for nothing)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        if all(type(k) is str for k in value):
+            return {k: _plain(v) for k, v in value.items()}
+    elif kind is list or kind is tuple:
+        return [_plain(v) for v in value]
+    return json.loads(json.dumps(value, default=str))
 
 
 _INSERT_CHECK = OutputCheck.__table__.insert()  # a Core insert: no unit of work

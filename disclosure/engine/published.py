@@ -260,7 +260,8 @@ def _split_margins(frame: pd.DataFrame, row_dims: list[str], col_dims: list[str]
     col_total = len(frame.columns) > 1 and _is_margin(frame.columns[-1])
     if any(_is_margin(x) for x in list(frame.index[:-1]) + list(frame.columns[:-1])):
         raise UnreadableTable("a total row or column that is not last: the layout is not one this can read")
-    inner = frame.iloc[: -1 if row_total else None, : -1 if col_total else None]
+    # Without margins the frame is the table's cells (a slice of all of it was a copy of the frame for nothing).
+    inner = frame.iloc[: -1 if row_total else None, : -1 if col_total else None] if row_total or col_total else frame
     if col_total:
         table.row_margin = frame.iloc[: -1 if row_total else None, -1]
     if row_total:

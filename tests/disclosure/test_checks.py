@@ -594,6 +594,24 @@ def test_the_check_job_sends_statements_that_do_not_grow_with_its_files_and_comm
     assert one[0] <= CHECK_JOB_STATEMENTS[platform(world.app).db.engine.dialect.name]
 
 
+def test_verdict_row_holds_each_value_as_its_json_would_read_back() -> None:
+    import json
+
+    from disclosure.checks import _plain
+
+    outcome = _content(SMALL_CELL_CSV, None)
+    values = [
+        outcome["verdict"],
+        outcome["aggregate"],
+        {"shape": (2, 3), "n": np.int64(4), "x": np.float64(0.5), "flag": np.bool_(True), "nan": float("nan")},
+        {1: "one", None: [("a", 2.0)], "nested": {"t": (1, (2, 3))}},
+        [Path("a"), {"ok": [None, True, -0.0]}],
+    ]
+    for value in values:
+        expected = json.loads(json.dumps(value, default=str))
+        assert json.dumps(_plain(value), sort_keys=False) == json.dumps(expected, sort_keys=False)
+
+
 # A Table 1 from plain pandas, submitted without a specification (the lead's click-through).
 TABLE_1 = b"sex,n,los_median,los_sd\nF,3396,3.0,7.840118\nM,3044,3.0,8.465525\n"
 

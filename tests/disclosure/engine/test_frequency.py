@@ -172,3 +172,17 @@ def test_integer_labels_counted_over_their_range_give_the_factorised_table(rows,
         if value:
             np.testing.assert_allclose(fast.total, slow.total)
             np.testing.assert_array_equal(fast.top, slow.top)
+
+
+def test_numbers_of_a_frame_are_its_cells_coerced_column_by_column_whatever_the_column_types():
+    from disclosure.engine.tables import numbers
+
+    frames = [
+        pd.DataFrame({"f": [1.5, np.nan], "i": np.array([3, 4], dtype=np.int64), "u": np.array([5, 6], np.uint8)}),
+        pd.DataFrame({"t": ["7", "x"], "b": [True, False], "n": pd.array([1, None], dtype="Int64")}),
+        pd.DataFrame({"o": pd.Series([8, "9"], dtype=object)}),
+        pd.DataFrame(index=["a", "b"]),
+    ]
+    for frame in frames:
+        expected = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        np.testing.assert_array_equal(numbers(frame), expected)
