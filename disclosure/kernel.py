@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.orm import Session
 
 from disclosure import permissions as perm
 from disclosure import rules
 from disclosure.models import OutputRequest, OutputReview
 from disclosure.progress import _ELIGIBLE_CHECKERS, current_policy, eligible_checkers, notify
 from disclosure.rules import RuleViolation
-from projects.gate import check_access
+from projects.gate import allowed_earlier, check_access, remember_allowed
 from tre.core.audit import DENIED, AuditLog
 from tre.core.db import transaction, utcnow
 from tre.core.identity import User
@@ -30,7 +30,6 @@ DEFAULT_GROUP = "outputs"
 _ACTIVE_CHECKERS_WITH_EMAIL = select(User.id, User.email).where(
     User.id.in_(_ELIGIBLE_CHECKERS), User.is_active.is_(True)
 )
-_GATE_ALLOWED = "tre_outputs_gate_allowed"  # session.info: (transaction, {(person, project) the gate let in})
 
 
 
@@ -184,28 +183,22 @@ class OutputsBase:
     def _require_gate(self, s: Session, actor: Any, req: OutputRequest | None, project_id: str, action: str) -> None:
         # A use case that asks again for the same person and project within one transaction (creating a
         # request, adding its files, submitting it) gets the answer the gate gave at the first ask in
-        # that transaction: on SQLite the transaction holds the write lock, so nothing could have
-        # changed; on PostgreSQL a change committed meanwhile is no more visible than one committed
-        # after the last ask and before the commit. Nothing is kept past the transaction (ADR 0027).
-        real = s() if isinstance(s, scoped_session) else s
-        asked = s.info.get(_GATE_ALLOWED)
-        root = real.get_transaction()
-        if root is not None and asked is not None and asked[0] is root and (actor.id, project_id) in asked[1]:
+        # that transaction, the sign-in's ask for a project's token included (on PostgreSQL the view
+        # carries on in the sign-in's transaction; on SQLite that one is committed first, so the view
+        # asks again). Nothing is kept past the transaction (ADR 0038, ADR 0076).
+        if allowed_earlier(s, actor.id, project_id):
             return
         decision = check_access(s, actor.id, project_id)
         if decision.allowed:
-            root = real.get_transaction()  # the gate's read began it, when it is the transaction's first
-            if asked is None or asked[0] is not root:
-                asked = s.info[_GATE_ALLOWED] = (root, set())
-            asked[1].add((actor.id, project_id))
-        if not decision.allowed:
-            raise _Denied(
-                action,
-                actor.id,
-                req,
-                "access gate: " + ",".join(decision.reasons),
-                "You cannot request outputs from this project now: " + "; ".join(decision.messages),
-            )
+            remember_allowed(s, actor.id, project_id)  # the gate's read began it, when it is the first
+            return
+        raise _Denied(
+            action,
+            actor.id,
+            req,
+            "access gate: " + ",".join(decision.reasons),
+            "You cannot request outputs from this project now: " + "; ".join(decision.messages),
+        )
 
     def _require_checker(self, s: Session, actor: Any, req: OutputRequest, action: str) -> None:
         if not perm.can_check(s, actor, req):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, bindparam, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from projects.models import AgreementSignature, AgreementTemplate, Project, ProjectMember, TrainingRecord
 from projects.rules import GATE_REASONS, SAFE_RESEARCHER_COURSE, GateFacts, gate_reasons
@@ -235,6 +235,40 @@ def check_access(
     """Answer without recording anything. Dates are compared in UTC, inclusive at both ends."""
     reasons = gate_reasons(gather_facts(session, user_id, project_id), today_utc(now))
     return GateDecision(not reasons, reasons)
+
+
+# session.info: (the transaction, {(person, project) the gate let in during it}); see ``remember_allowed``.
+_ALLOWED_IN_TRANSACTION = "tre_gate_allowed"
+
+
+def _root_transaction(session: Any) -> Any:
+    real = session() if isinstance(session, scoped_session) else session
+    return real.get_transaction()
+
+
+def remember_allowed(session: Any, user_id: str, project_id: str) -> None:
+    """Note, for the rest of the session's current transaction only, that the gate let this person into
+    this project (ADR 0038, ADR 0076): ``allowed_earlier`` answers from it. Nothing is kept past the
+    transaction: its end (commit or rollback) begins another, which finds nothing noted."""
+    root = _root_transaction(session)
+    if root is None:
+        return
+    asked = session.info.get(_ALLOWED_IN_TRANSACTION)
+    if asked is None or asked[0] is not root:
+        asked = session.info[_ALLOWED_IN_TRANSACTION] = (root, set())
+    asked[1].add((user_id, project_id))
+
+
+def allowed_earlier(session: Any, user_id: str, project_id: str) -> bool:
+    """Whether the gate let this person into this project earlier in the session's current transaction
+    (``remember_allowed``). Within one transaction nothing could have changed on SQLite (it holds the
+    write lock), and on PostgreSQL a change committed meanwhile is no more visible than one committed
+    after the last ask and before the commit."""
+    asked = session.info.get(_ALLOWED_IN_TRANSACTION)
+    if asked is None or (user_id, project_id) not in asked[1]:
+        return False
+    root = _root_transaction(session)
+    return root is not None and asked[0] is root
 
 
 def check_team_access(

@@ -245,9 +245,15 @@ def _load_from_bearer(token: str) -> None:
 def _project_still_open_to(user: Caller, project_id: str) -> bool:
     """A project-bound token lives only while the access gate would still let its person in: it
     dies with the project's suspension or closure (and with the person's membership or training)."""
-    from projects.gate import check_access
+    from projects.gate import check_access, remember_allowed
 
-    return check_access(platform().db.session, user.id, project_id).allowed
+    session = platform().db.session
+    if not check_access(session, user.id, project_id).allowed:
+        return False
+    # The view's own ask in this transaction (an output submission's) answers from this one; on SQLite
+    # this transaction ends before the view begins its own, so there the view asks again (ADR 0076).
+    remember_allowed(session, user.id, project_id)
+    return True
 
 
 def init_app(app: Flask) -> None:

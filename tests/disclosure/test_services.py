@@ -525,11 +525,11 @@ def test_a_workspace_submission_stores_the_rows_the_use_cases_store_one_by_one(w
     assert all(req.created_at <= f.added_at for f in files)
 
 
-def test_a_workspace_submission_leaves_its_request_groups_and_files_out_of_the_unit_of_work(
+def test_a_workspace_submission_leaves_its_request_groups_files_and_notices_out_of_the_unit_of_work(
     world: World,
 ) -> None:
-    """No flush of the submission's transaction carries its request, groups or files (ADR 0057), and
-    the answer is built from them as inserted."""
+    """No flush of the submission's transaction carries its request, groups, files (ADR 0057) or notices
+    (ADR 0076), and the answer is built from them as inserted."""
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
@@ -547,7 +547,7 @@ def test_a_workspace_submission_leaves_its_request_groups_and_files_out_of_the_u
         event.remove(Session, "before_flush", note)
 
     assert not {OutputRequest.__name__, OutputGroup.__name__, OutputFile.__name__} & set(flushed)
-    assert "OutboxMessage" in flushed  # the notices still go through it
+    assert "OutboxMessage" not in flushed  # nor the checkers' notices: one Core insert (ADR 0076)
     assert [(g.name, g.request_id) for g in req.groups] == [("tables", req.id)]
     assert [(f.name, f.request_id, f.group_id) for f in req.current_files] == [
         ("table.csv", req.id, req.groups[0].id), ("notes.txt", req.id, req.groups[0].id)

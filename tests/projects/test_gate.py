@@ -11,12 +11,14 @@ from sqlalchemy import select
 
 from projects.gate import (
     AccessRefused,
+    allowed_earlier,
     ask_gate,
     check_access,
     check_team_access,
     current_agreement,
     gather_facts,
     gather_team_facts,
+    remember_allowed,
     require_access,
 )
 from tests.projects.factories import (
@@ -212,3 +214,23 @@ def test_team_answers_take_the_same_statements_for_two_people_or_ten(w: World) -
 
     assert with_ten == with_two
     assert [person for person, decision in answers.items() if decision.allowed] == sorted(two)
+
+
+def test_an_allowed_answer_is_remembered_for_its_transaction_only(w: World) -> None:
+    p = ready_for_access(w)
+    s = w.session
+
+    assert check_access(s, w.member.id, p.id).allowed
+    remember_allowed(s, w.member.id, p.id)
+    asked_again = allowed_earlier(s, w.member.id, p.id)
+    someone_else = allowed_earlier(s, w.outsider.id, p.id)
+    s.commit()
+    check_access(s, w.outsider.id, p.id)  # a read: the next transaction begins
+    after_the_commit = allowed_earlier(s, w.member.id, p.id)
+    remember_allowed(s, w.member.id, p.id)
+    s.rollback()
+    check_access(s, w.outsider.id, p.id)
+    after_a_rollback = allowed_earlier(s, w.member.id, p.id)
+
+    assert asked_again and not someone_else
+    assert not after_the_commit and not after_a_rollback

@@ -141,3 +141,26 @@ def test_several_notices_go_out_in_two_queries_and_a_shared_key_is_used_once(app
         (False, "output.checked", "Checked"), (False, "output.ready", "Ready"), (True, "output.ready", "Ready")
     ]
     assert statements <= 4  # (SQLite's BEGIN,) the accounts, the keys, and one insert of every message
+
+
+def test_messages_with_new_keys_are_inserted_at_once_with_the_values_the_unit_of_work_gave(app: Any) -> None:
+    session = app.extensions["tre.db"].session
+    with app.app_context():
+        ada, bea = _people(app, 2, "new")
+        with session.no_autoflush:  # nothing left for a flush: the rows are in the table already
+            written = notifications.notify_users(session, [ada, bea], subject="S", body="B", topic="t",
+                                                 dedupe_key="fresh:r1:1", new_keys=True,
+                                                 accounts={ada: "ada@nhs.example", bea: "bea@nhs.example"})
+            rows = session.execute(select(OutboxMessage.id, OutboxMessage.recipient_id, OutboxMessage.dedupe_key,
+                                          OutboxMessage.state, OutboxMessage.attempts, OutboxMessage.created_at,
+                                          OutboxMessage.sent_at)).all()
+        assert not session.new  # no object of them waits in the session
+        session.commit()
+
+    assert sorted((r.recipient_id, r.dedupe_key, r.state, r.attempts, r.sent_at) for r in rows) == sorted([
+        (ada, f"fresh:r1:1:{ada}", "pending", 0, None), (bea, f"fresh:r1:1:{bea}", "pending", 0, None)
+    ])
+    assert all(r.created_at is not None for r in rows)
+    ids = {r.recipient_id: r.id for r in rows}
+    assert [(m.id, m.recipient_email) for m in written] == [(ids[ada], "ada@nhs.example"),
+                                                            (ids[bea], "bea@nhs.example")]

@@ -115,8 +115,9 @@ DATASET_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the data
 # (one statement, no objects); it was 4 and 3: the dataset whole, then its columns (ADR 0059)
 ACCOUNT_PAGE = {"sqlite": 3, "postgresql": 2}  # person + roles, BEGIN, the person's tokens; single
 # sign-on's links are read only when it is on (they were read and not shown: 4 and 3, ADR 0059)
-OUTPUT_SUBMISSION = {"sqlite": 12, "postgresql": 10}  # token checks with person (ADR 0044, 0049), the gate (once per
-# transaction, and it answers whether the project exists), the request (inserted already submitted: no
+OUTPUT_SUBMISSION = {"sqlite": 12, "postgresql": 9}  # token checks with person (ADR 0044, 0049), the gate (once per
+# transaction, and it answers whether the project exists; on PostgreSQL the token's check of the project, in the
+# same transaction, is that ask: 10 -> 9, ADR 0076), the request (inserted already submitted: no
 # UPDATE), group, file and check job as inserts (on PostgreSQL the request, group and file in one
 # statement, ADR 0057), the active checkers with their emails (one statement, ADR 0051) and their notice
 # (its keys name the new request: not looked up, ADR 0046), the audit event; the reply is built from

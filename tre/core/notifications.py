@@ -106,7 +106,8 @@ def notify_users(
 
     ``new_keys``: the caller knows no message can hold these keys yet (the key names a row made in
     its own transaction, e.g. a request submitted in it), so they are not looked up; the keys' unique
-    constraint still fails the transaction if that was a mistake.
+    constraint still fails the transaction if that was a mistake. The messages then go in at once, by
+    one Core insert, and stay out of the session (ADR 0076).
 
     ``accounts``: the caller read, in this transaction, the email of each active account among
     ``user_ids`` (id to email; an id missing from it is skipped as inactive), in the statement that
@@ -163,8 +164,23 @@ def notify_each(
             ))
             if key is not None:
                 used.add(key)
+    if new_keys and messages:
+        # Keys no row can hold yet: the messages go in now by one Core INSERT of every row, not at the
+        # next flush by the unit of work (ADR 0076), each with the values its flush would have given
+        # it. They stay out of the session, as nothing reads them back as objects in the transaction.
+        for message in messages:
+            message.id, message.state, message.attempts, message.created_at = new_id(), PENDING, 0, utcnow()
+        session.execute(_INSERT_MESSAGES, [{c: getattr(m, c) for c in _NEW_MESSAGE_COLUMNS} for m in messages])
+        return messages
     session.add_all(messages)
     return messages
+
+
+# The columns a new message is inserted with; ``sent_at`` is left out, so it is SQL NULL as the unit of
+# work leaves it.
+_NEW_MESSAGE_COLUMNS = ("id", "recipient_id", "recipient_email", "subject", "body", "topic", "dedupe_key",
+                        "state", "attempts", "created_at")
+_INSERT_MESSAGES = OutboxMessage.__table__.insert()  # a Core insert: no unit of work
 
 
 def send_pending(session: Session, settings: Any, *, limit: int = 100) -> int:
