@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import os
 import threading
 import time
@@ -296,15 +297,24 @@ class _LeaseKeeper:
         self._cond = threading.Condition()
         self._leases: dict[tuple[str, str], _Lease] = {}
         self._thread: threading.Thread | None = None
+        # When the thread's wait ends (time.monotonic; None: it waits until told). Minus infinity while
+        # it is not waiting: it reads the leases again before it next waits.
+        self._wakes_at: float | None = -math.inf
 
     def hold(self, db: Database, job_id: str, owner: str, lease: dt.timedelta) -> None:
         interval = max(lease.total_seconds() / 3, 0.2)
+        due = time.monotonic() + interval
         with self._cond:
-            self._leases[(job_id, owner)] = _Lease(db, lease, interval, time.monotonic() + interval)
+            self._leases[(job_id, owner)] = _Lease(db, lease, interval, due)
             if self._thread is None or not self._thread.is_alive():
+                self._wakes_at = -math.inf
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._wakes_at is None or self._wakes_at > due:
+                # Only a thread that would sleep past this lease's renewal is woken: one waking anyway
+                # before it (a job's lease outlives the job that came before it) was woken for nothing
+                # at every job (ADR 0077).
+                self._cond.notify()
 
     def release(self, job_id: str, owner: str) -> None:
         """No renewal of this job starts after this returns (one already under way ends harmlessly: the
@@ -319,7 +329,9 @@ class _LeaseKeeper:
                 due = [(key, held) for key, held in self._leases.items() if held.due <= now]
                 if not due:
                     soonest = min((held.due for held in self._leases.values()), default=None)
+                    self._wakes_at = soonest
                     self._cond.wait(None if soonest is None else soonest - now)
+                    self._wakes_at = -math.inf
                     continue
                 for _, held in due:
                     held.due = now + held.interval

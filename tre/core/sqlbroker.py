@@ -95,6 +95,12 @@ class Channel(kombu_sqla.Channel):
     connection: Transport
     # During one look (``_poll``): the names of the queues that held a visible message when it began.
     _tre_waiting: set[str] | None = None
+    # The last look's read saw one visible message in all these queues and the look took it: until this
+    # consumer next waits on its wake-up socket, a look would find only what was published after that read,
+    # and every such publish pokes the socket (ADR 0077).
+    _tre_drained: bool = False
+    # The consumer's last look found it at its prefetch limit (or consuming nothing), so it took no message.
+    _tre_held_back: bool = True
 
     def _engine_from_config(self) -> Any:
         conninfo = self.connection.client
@@ -128,13 +134,13 @@ class Channel(kombu_sqla.Channel):
     def _build(self, name: str) -> Any:
         message = self.message_cls.__table__
         queue_id = bindparam("queue_id")
-        if name == "waiting":  # which queues hold a visible message
+        if name == "waiting":  # which queues hold a visible message, and how many each
             queue = self.queue_cls.__table__
             return (
-                select(queue.c.name)
+                select(queue.c.name, func.count())
                 .join(message, message.c.queue_id == queue.c.id)
                 .where(message.c.visible.is_(True))
-                .distinct()
+                .group_by(queue.c.name)
             )
         if name == "one":  # whether one queue does
             return select(message.c.id).where(message.c.queue_id == queue_id, message.c.visible.is_(True)).limit(1)
@@ -167,16 +173,27 @@ class Channel(kombu_sqla.Channel):
     def _poll(self, cycle: Any, callback: Any, timeout: float | None = None) -> Any:
         """One look into every queue this consumer takes: a single read says which of them hold a
         visible message, and only those are claimed from. Before, each queue cost its own read and
-        commit (four per look, and the worker looks again after every message it acknowledges)."""
+        commit (four per look, and the worker looks again after every message it acknowledges).
+
+        A look straight after one whose read saw a single visible message, and took it, reads nothing
+        (ADR 0077): every message committed after that read was followed by a poke, which waits in
+        this consumer's socket and ends the wait that follows this empty look at once. Without a
+        wake-up socket every look reads, as before."""
+        if self._tre_drained:
+            self._tre_drained = False
+            raise Empty()
         session = self.session
         try:
-            self._tre_waiting = set(session.scalars(self._statement("waiting")))
+            visible: dict[str, int] = {name: count for name, count in session.execute(self._statement("waiting"))}
         finally:
             session.commit()  # end the read: no snapshot held while the worker waits
+        self._tre_waiting = set(visible)
         try:
-            return super()._poll(cycle, callback, timeout=timeout)
+            delivered = super()._poll(cycle, callback, timeout=timeout)
         finally:
             self._tre_waiting = None
+        self._tre_drained = sum(visible.values()) == 1 and self.connection.listens()
+        return delivered
 
     def _get(self, queue: str) -> Any:
         """Claim the queue's oldest visible message, as kombu does, but only after a plain read has
@@ -238,13 +255,24 @@ class Channel(kombu_sqla.Channel):
         finally:
             session.commit()
 
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
+        # Said before the limit is asked (an ack may come from another thread meanwhile): see ``basic_ack``.
+        self._tre_held_back = True
+        if self._consumers and self.qos.can_consume():
+            self._tre_held_back = False
+        return super().drain_events(timeout=timeout, callback=callback)
+
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        """Acknowledge, and wake this consumer if its last look was held back by its prefetch limit: it
+        looked for no message since. Otherwise it is looking already (woken by each publish), and a nudge
+        cost it a look that found nothing after every job (ADR 0077)."""
         super().basic_ack(delivery_tag, multiple=multiple)
-        self.connection.wake_self()
+        if self._tre_held_back:
+            self.connection.wake_self()
 
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         super().basic_reject(delivery_tag, requeue=requeue)
-        self.connection.wake_self()
+        self.connection.wake_self()  # a message put back must be looked for at once
 
 
 class Transport(kombu_sqla.Transport):
@@ -267,6 +295,10 @@ class Transport(kombu_sqla.Transport):
     def wake_self(self) -> None:
         if self._listener is not None:
             self._listener.nudge()
+
+    def listens(self) -> bool:
+        """Whether this consumer waits on a wake-up socket (so every publish pokes it)."""
+        return self._listener is not None
 
     def _listening(self) -> wakeup.Listener | None:
         """This consumer's socket, bound before its first look so no poke can fall between them."""
@@ -297,6 +329,8 @@ class Transport(kombu_sqla.Transport):
                     raise TimeoutError()
                 wait = min(wait, left)
             listener.wait(wait)
+            for channel in self.channels:  # a wait ends what the last read said (``Channel._poll``)
+                channel._tre_drained = False
 
     def close_connection(self, connection: Any) -> None:
         try:

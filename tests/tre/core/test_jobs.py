@@ -398,3 +398,70 @@ def test_a_job_with_a_new_key_is_sent_once_after_commit(db: Any) -> None:
     finally:
         jobs.set_dispatcher(None)
     assert sent == [(job.id, job.queue)]
+
+
+class _RenewalsSeen:
+    """A stand-in for the database the lease keeper renews through: it notes each job renewed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.renewed: list[str] = []
+        self.seen = threading.Condition()
+
+    def session_factory(self) -> Any:
+        keeper = self
+
+        class _Session:
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                return None
+
+            def execute(self, statement: Any) -> None:
+                job_id = statement.compile().params["id_1"]
+                with keeper.seen:
+                    keeper.renewed.append(job_id)
+                    keeper.seen.notify_all()
+
+            def commit(self) -> None:
+                return None
+
+        return _Session()
+
+
+def test_the_lease_keeper_is_woken_only_for_a_lease_due_before_its_next_renewal() -> None:
+    """A job whose lease is due after the keeper's next renewal does not wake the keeper (each job did,
+    for nothing, ADR 0077); one due sooner does, and is renewed on time; both are renewed."""
+    import datetime as dt
+    import time
+
+    keeper = jobs._LeaseKeeper()
+    renewals = _RenewalsSeen()
+    notified: list[int] = []
+    notify = keeper._cond.notify
+    keeper._cond.notify = lambda n=1: (notified.append(n), notify(n))  # type: ignore[method-assign]
+
+    def waiting() -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with keeper._cond:
+                if keeper._wakes_at is not None and keeper._wakes_at > -float("inf"):
+                    return True
+            time.sleep(0.01)
+        return False
+
+    try:
+        keeper.hold(renewals, "long", "owner", dt.timedelta(seconds=30))  # starts the thread: renewed in 10 s
+        assert waiting()
+        keeper.hold(renewals, "longer", "owner", dt.timedelta(seconds=60))  # due after 10 s: no wake
+        assert notified == []
+        keeper.hold(renewals, "short", "owner", dt.timedelta(seconds=0.6))  # due in 0.2 s: woken
+        assert notified == [1]
+        with renewals.seen:
+            assert renewals.seen.wait_for(lambda: "short" in renewals.renewed, timeout=10)
+        assert "long" not in renewals.renewed and "longer" not in renewals.renewed
+    finally:
+        for job_id in ("long", "longer", "short"):
+            keeper.release(job_id, "owner")

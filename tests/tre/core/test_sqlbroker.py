@@ -136,13 +136,105 @@ def test_acknowledging_a_message_wakes_the_consumer_to_look_for_the_next(broker_
     taken: list[Any] = []
     with _connection(broker_url) as conn:
         consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: taken.append(message)])
+        consumer.qos(prefetch_count=1)  # one message in hand is the limit
         consumer.consume()
         conn.drain_events(timeout=NEVER)
+        from queue import Empty
+
+        with pytest.raises(Empty):
+            conn.default_channel.drain_events()  # the worker's next look: held back by the limit
         listener = conn.transport._listener
         assert listener is not None and listener.wait(0) is False
         taken[0].ack()
         assert listener.wait(NEVER) is True
         consumer.cancel()
+
+
+def test_an_acknowledgement_below_the_prefetch_limit_does_not_wake_the_consumer(broker_url: str) -> None:
+    """Below its limit the consumer is looking already (each publish pokes it): a nudge at every ack
+    only cost it a look that found nothing (ADR 0077)."""
+    with _connection(broker_url) as producer_conn:
+        producer_conn.Producer().publish({"job": "j4"}, exchange=QUEUE.exchange, routing_key="checks",
+                                         declare=[QUEUE])
+    taken: list[Any] = []
+    with _connection(broker_url) as conn:
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: taken.append(message)])
+        consumer.qos(prefetch_count=2)
+        consumer.consume()
+        conn.drain_events(timeout=NEVER)
+        listener = conn.transport._listener
+        assert listener is not None and listener.wait(0) is False
+        taken[0].ack()
+        assert listener.wait(0) is False
+        consumer.cancel()
+
+
+def test_after_taking_the_only_visible_message_the_next_look_reads_nothing_and_a_later_one_is_found(
+    broker_url: str,
+) -> None:
+    """The read that found one message in all the queues is still true once it is taken: the next look
+    sends no statement; a message published after that read pokes the consumer, whose wait then ends at
+    once, and the look after the wait finds it."""
+    from queue import Empty
+
+    from sqlalchemy import event
+
+    taken: list[Any] = []
+    with _connection(broker_url) as conn, _connection(broker_url) as producer_conn:
+        producer = producer_conn.Producer()
+        producer.publish({"job": "first"}, exchange=QUEUE.exchange, routing_key="checks", declare=[QUEUE])
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: taken.append(body)])
+        consumer.consume()
+        conn.drain_events(timeout=NEVER)
+        channel = conn.default_channel
+        sent: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            sent.append(" ".join(statement.split()).split(" ")[0].upper())
+
+        producer.publish({"job": "second"}, exchange=QUEUE.exchange, routing_key="checks")
+        engine = channel.session.get_bind()  # the producer's too (kombu keeps one engine per URL)
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            with pytest.raises(Empty):
+                channel.drain_events()  # the look straight after: no read
+            assert sent == []
+            conn.drain_events(timeout=NEVER)  # waits (the poke is already there), then looks
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        consumer.cancel()
+
+    assert taken == [{"job": "first"}, {"job": "second"}]
+    assert sent[0] == "SELECT"
+
+
+def test_with_two_messages_visible_the_look_after_taking_one_reads_again(broker_url: str) -> None:
+    from sqlalchemy import event
+
+    taken: list[Any] = []
+    with _connection(broker_url) as conn, _connection(broker_url) as producer_conn:
+        producer = producer_conn.Producer()
+        for job in ("first", "second"):
+            producer.publish({"job": job}, exchange=QUEUE.exchange, routing_key="checks", declare=[QUEUE])
+        consumer = conn.Consumer(QUEUE, callbacks=[lambda body, message: taken.append(body)])
+        consumer.consume()
+        conn.drain_events(timeout=NEVER)
+        channel = conn.default_channel
+        sent: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            sent.append(" ".join(statement.split()).split(" ")[0].upper())
+
+        engine = channel.session.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            channel.drain_events()  # no wait in between: the second is found by reading
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        consumer.cancel()
+
+    assert taken == [{"job": "first"}, {"job": "second"}]
+    assert sent[0] == "SELECT"
 
 
 def test_closing_the_connection_removes_the_consumers_socket(broker_url: str, tmp_path: Path) -> None:
