@@ -189,3 +189,25 @@ def test_security_headers_come_once_in_a_fixed_order_and_a_views_own_header_is_k
     assert "script-src 'self' 'unsafe-inline';" in docs.headers["Content-Security-Policy"]
     assert "'unsafe-inline';" not in page.headers["Content-Security-Policy"].split("script-src")[1].split(";")[0] + ";"
     static.close()
+
+
+def test_the_session_signer_is_built_once_per_secret_key(sqlite_app: Flask, monkeypatch: Any) -> None:
+    from flask.sessions import SecureCookieSessionInterface
+
+    built: list[object] = []
+    original = SecureCookieSessionInterface.get_signing_serializer
+
+    def counting(self: Any, app: Flask) -> Any:
+        built.append(app.secret_key)
+        return original(self, app)
+
+    monkeypatch.setattr(SecureCookieSessionInterface, "get_signing_serializer", counting)
+    sqlite_app.secret_key = "a key no request has used yet"
+    client = sqlite_app.test_client()
+    for _ in range(3):
+        assert client.get("/healthz").status_code == 200
+    assert built == ["a key no request has used yet"]
+
+    sqlite_app.secret_key = "another key for the next request"
+    assert client.get("/healthz").status_code == 200
+    assert built[-1] == "another key for the next request" and len(built) == 2

@@ -67,8 +67,10 @@ def _allow_forms_to_reach_the_provider(response: Any) -> Any:
     """The sign-in and link buttons are forms whose answer redirects to the provider; browsers check
     such redirects against the page's CSP ``form-action``, so the provider's origin is added there."""
     client = current_app.extensions.get(EXTENSION)
+    if client is None:  # single sign-on is off: nothing to add (and no header to look up)
+        return response
     policy = response.headers.get("Content-Security-Policy")
-    if client is None or not policy or "form-action 'self'" not in policy:
+    if not policy or "form-action 'self'" not in policy:
         return response
     origins = {_origin(_settings().oidc_issuer), _origin(client.server_metadata.get("authorization_endpoint", ""))}
     extra = " ".join(sorted(o for o in origins if o))
