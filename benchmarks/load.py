@@ -29,6 +29,11 @@ CPU. Sessions of other databases on the same server (other people's tests on a s
 process, so its CPU is counted whole (an upper bound). Before the load, the service's idle CPU
 (``--idle-seconds``, after sign-in and before the mix's probes submit anything) is printed too.
 
+Requests per CPU-second depend on the host as much as on the code, so each backend's report carries a
+host yardstick (``host_speed_ms``): the CPU milliseconds of a fixed piece of pure-Python work, timed in
+the client alone just before and just after the load, and with a copy on each core at once. Compare
+runs on different hosts (or hours) only next to it; compare codes only in runs that take turns.
+
 Traffic never leaves 127.0.0.1. The last line printed is one JSON object (benchmark, value, baseline,
 ratio, target, details): value is requests/s on PostgreSQL (embedded when PostgreSQL is unreachable).
 """
@@ -755,6 +760,46 @@ def drive(port: int, calls: dict[str, list[Call]], users: int, seconds: float, w
     return results, measured
 
 
+def host_speed_ms(rounds: int = 7) -> float:
+    """CPU milliseconds this host takes for a fixed piece of pure-Python work (median of ``rounds``).
+
+    Requests per service CPU-second depend on the host as much as on the code: the same commit has
+    measured from about 75 to 235 on different days' 2-core machines, and by a third within one hour
+    on one machine (docs/operations.md). This figure, taken in the client just before and just after
+    each backend's load, is the yardstick to read them against: a run whose host figure is 30 % higher
+    was on a host about 30 % slower for the interpreter-bound work a request is. The work is the kind a
+    request does (dictionaries, strings, a JSON round trip, a regular expression), single-threaded."""
+    word = re.compile(r"[a-z]+_(\d+)")
+    samples: list[float] = []
+    for _ in range(rounds):
+        started = time.process_time()
+        total = 0
+        for i in range(1200):
+            row = {f"column_{j}": f"value_{i}_{j}" for j in range(20)}
+            text = json.dumps(row, sort_keys=True)
+            back = json.loads(text)
+            total += sum(int(m.group(1)) for m in word.finditer(" ".join(back)))
+            total += len("|".join(sorted(back.values())))
+        samples.append((time.process_time() - started) * 1000)
+        if total < 0:  # never: keeps the work from being optimised away by a future interpreter
+            raise AssertionError(total)
+    samples.sort()
+    return round(samples[len(samples) // 2], 2)
+
+
+def host_speed_paired_ms() -> float:
+    """``host_speed_ms`` with one copy on each of two cores at once (the mean of the two copies' figures).
+
+    Against ``host_speed_ms`` alone it shows what a busy neighbour core costs on this host: under the load
+    both cores are busy, and on some hosts the same work then takes far more CPU time (shared caches and
+    memory bandwidth), which no change to the code can see in a one-process measurement."""
+    code = "from benchmarks.load import host_speed_ms; print(host_speed_ms())"
+    copies = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)  # noqa: S603
+              for _ in range(2)]
+    figures = [float(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in copies]
+    return round(sum(figures) / len(figures), 2)
+
+
 def idle_cpu(roots: dict[str, int], seconds: float) -> dict[str, float]:
     """Cores each of the service's processes used while nobody sent a request (the worker's polling
     and heartbeats, the web processes' housekeeping): what the service costs when there is no load."""
@@ -953,6 +998,7 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
         log(f"[{backend}] ready (" + ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
             + f"): {len(people)} people signed in; requests in the mix: "
             + ", ".join(f"{c} {len(v)}" for c, v in calls.items() if v))
+        host_before = {"alone": host_speed_ms(), "two_at_once": host_speed_paired_ms()}
         sampler = CpuSampler(roots, ready.database_url)
         sampler.start()
         waits = PostgresWaits(ready.database_url) if ready.database_url else None
@@ -973,6 +1019,8 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
                     for label in sorted({r[1] for r in rows})}
         cpu = sampler.summary()
         cpu["idle_cores_before_load"] = idle
+        cpu["host_speed_ms"] = {"before": host_before["alone"], "after": host_speed_ms(),
+                                "two_at_once_before": host_before["two_at_once"]}
         # Requests per CPU-second the service itself used (web, worker, database, broker): comparable
         # across runs even when other work shares the machine.
         ours = {"web", "worker", "postgresql", "redis"} if ready.database_url else {"web", "worker"}
@@ -1082,6 +1130,10 @@ def print_report(result: dict[str, Any]) -> None:
         log(f"  {label:<40} {s['requests']:>7} req  p50 {s['p50_ms']:>7} ms  p99 {s['p99_ms']:>7} ms")
     log(f"statuses: {result['statuses']}")
     log(f"CPU: {result['cpu']}")
+    host = result["cpu"]["host_speed_ms"]
+    log(f"host yardstick: {host['before']} ms of CPU before the load, {host['after']} ms after, "
+        f"{host['two_at_once_before']} ms with a copy on each core (a fixed piece of pure-Python work; "
+        "higher is a slower host: see host_speed_ms)")
     if result.get("postgres_waits"):
         log(f"PostgreSQL sessions: {result['postgres_waits']}")
     log(f"bottleneck: {result['bottleneck']}")
@@ -1166,7 +1218,8 @@ def main(argv: list[str] | None = None) -> int:
                                for c, s in r["by_class"].items()},
                   "cores_used_by": r["cpu"]["cores_used_by"],
                   "requests_per_service_cpu_second": r["cpu"]["requests_per_service_cpu_second"],
-                  "machine_busy_percent": r["cpu"]["machine_busy_percent"]}
+                  "machine_busy_percent": r["cpu"]["machine_busy_percent"],
+                  "host_speed_ms": r["cpu"]["host_speed_ms"]}
                for name, r in results.items()},
         },
     }
