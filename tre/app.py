@@ -11,7 +11,6 @@ from typing import Any
 from flask import Flask, current_app, g, request, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
-from itsdangerous import URLSafeTimedSerializer
 
 from tre import access, errors
 from tre.authn import load_current_user
@@ -40,15 +39,16 @@ class SessionInterface(SecureCookieSessionInterface):
     or a person is kept: each cookie is still verified, and who it belongs to read, per request.
     """
 
-    _built_for: tuple[Any, Any] | None = None
-    _serializer: URLSafeTimedSerializer | None = None
+    # (the key and its fallbacks, the serializer built for them), replaced as one pair so that a thread
+    # never pairs one key with another key's serializer; the serializer is itsdangerous's, as Flask builds it
+    _built: tuple[tuple[Any, Any], Any] | None = None
 
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+    def get_signing_serializer(self, app: Flask) -> Any:
         key = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
-        if self._serializer is None or key != self._built_for:
-            self._serializer = super().get_signing_serializer(app)
-            self._built_for = key
-        return self._serializer
+        built = self._built
+        if built is None or built[0] != key:
+            built = self._built = (key, super().get_signing_serializer(app))
+        return built[1]
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
