@@ -34,6 +34,10 @@ host yardstick (``host_speed_ms``): the CPU milliseconds of a fixed piece of pur
 the client alone just before and just after the load, and with a copy on each core at once. Compare
 runs on different hosts (or hours) only next to it; compare codes only in runs that take turns.
 
+``--granian-path DIR`` serves the same app with granian's WSGI interface (the same number of
+processes, ``GUNICORN_THREADS`` or 8 blocking threads each) instead of gunicorn, to compare web servers
+under the mix. granian is not a dependency: ``pip install --target DIR granian`` first.
+
 Traffic never leaves 127.0.0.1. The last line printed is one JSON object (benchmark, value, baseline,
 ratio, target, details): value is requests/s on PostgreSQL (embedded when PostgreSQL is unreachable).
 """
@@ -136,15 +140,29 @@ class Service:
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     config: Path = GUNICORN_CONF
+    # A folder holding the granian package: serve with granian instead of gunicorn, as a comparison only
+    # (production runs gunicorn; docs/operations.md, "The web server's floor").
+    granian_path: str = ""
+
+    def web_argv(self) -> tuple[list[str], dict[str, str]]:
+        if not self.granian_path:
+            return [sys.executable, "-m", "gunicorn", "--config", str(self.config), "tre.wsgi:app"], self.env
+        # gunicorn's settings empty the Prometheus folder at start; granian has no such hook.
+        Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+        workers = self.env.get("WEB_CONCURRENCY") or str(len(os.sched_getaffinity(0)))
+        argv = [sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", workers,
+                "--blocking-threads", self.env.get("GUNICORN_THREADS", "8"), "--host", LOOPBACK,
+                "--port", str(self.port), "--access-log", "tre.wsgi:app"]
+        return argv, {**self.env, "PYTHONPATH": self.granian_path}
 
     def start(self) -> None:
-        web = [sys.executable, "-m", "gunicorn", "--config", str(self.config), "tre.wsgi:app"]
+        web, web_env = self.web_argv()
         # No periodic scheduler: its jobs are not part of the request path being measured.
         worker = [*tre_command(), "worker", "--no-beat", "--concurrency", "2"]
-        for name, argv in (("web", web), ("worker", worker)):
+        for name, argv, env in (("web", web, web_env), ("worker", worker, self.env)):
             out = (self.logs / f"{name}.log").open("wb")
             self.procs[name] = subprocess.Popen(  # noqa: S603
-                argv, env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
             out.close()
         deadline = time.monotonic() + READY_SECONDS
@@ -975,7 +993,8 @@ def measure(ready: Prepared, args: argparse.Namespace) -> dict[str, Any]:
     if args.route_cpu:
         route_cpu_dir.mkdir(exist_ok=True)
         ready.env["TRE_BENCH_ROUTE_CPU_DIR"] = str(route_cpu_dir)
-    service = Service(ready.env, ready.port, ready.workdir, config=ROUTE_CPU_CONF if args.route_cpu else GUNICORN_CONF)
+    service = Service(ready.env, ready.port, ready.workdir, config=ROUTE_CPU_CONF if args.route_cpu else GUNICORN_CONF,
+                      granian_path=args.granian_path)
     window = (0.0, 0.0)
     result: dict[str, Any] = {}
     notes, steps = ready.notes, ready.steps
@@ -1153,6 +1172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patients", type=int, default=2000, help="synthetic patients for the demo data")
     parser.add_argument("--web-workers", type=int, default=0,
                         help="gunicorn processes (default: gunicorn.conf.py's rule, one per CPU)")
+    parser.add_argument("--granian-path", default="", metavar="DIR",
+                        help="serve with granian from this folder instead of gunicorn, to compare servers "
+                             "(granian is not a dependency: pip install --target DIR granian)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--redis-url", default=REDIS_URL, help="Redis database for the PostgreSQL backend's broker")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
@@ -1163,6 +1185,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="time each request's CPU in the web workers and print it per route "
                              "(gunicorn hooks of benchmarks/gunicorn_route_cpu.py; adds a little CPU)")
     args = parser.parse_args(argv)
+    if args.route_cpu and args.granian_path:
+        parser.error("--route-cpu times requests with gunicorn's hooks; it cannot be used with --granian-path")
 
     results: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
