@@ -507,6 +507,17 @@ def _proc_table() -> dict[int, tuple[int, str, int]]:
     return table
 
 
+def ancestry(pid: int, table: dict[int, tuple[int, str, int]]) -> Iterator[int]:
+    """The process itself, then its parent, grandparent... up to (not including) init, 50 at most."""
+    seen = pid
+    for _ in range(50):
+        yield seen
+        parent = table.get(seen, (0, "", 0))[0]
+        if parent <= 1:
+            return
+        seen = parent
+
+
 def _machine_ticks() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
@@ -588,15 +599,10 @@ class CpuSampler(threading.Thread):
     def _group(self, pid: int, table: dict[int, tuple[int, str, int]]) -> str:
         if pid == os.getpid():
             return "client"
-        seen = pid
-        for _ in range(50):
+        for seen in ancestry(pid, table):
             for group, root in self.roots.items():
                 if seen == root:
                     return group
-            parent = table.get(seen, (0, "", 0))[0]
-            if parent <= 1:
-                break
-            seen = parent
         name = table[pid][1]
         if name.startswith("postgres") or name == "postmaster":
             return "postgresql"

@@ -86,18 +86,7 @@ def servers(granian_path: str) -> list[Server]:
 def tree_ticks(root: int) -> int:
     """CPU ticks used so far by a process and every process below it (those alive now)."""
     table = load._proc_table()
-    total = 0
-    for pid in table:
-        seen = pid
-        for _ in range(50):
-            if seen == root:
-                total += table[pid][2]
-                break
-            parent = table.get(seen, (0, "", 0))[0]
-            if parent <= 1:
-                break
-            seen = parent
-    return total
+    return sum(ticks for pid, (_, _, ticks) in table.items() if root in load.ancestry(pid, table))
 
 
 def drive(port: int, users: int, seconds: float) -> tuple[int, int]:
