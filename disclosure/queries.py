@@ -153,42 +153,69 @@ class Queries(OutputsBase):
         current policy). One statement, and no ORM object per request or per file."""
         return list(self.session.execute(_QUEUE, {"policy_sha256": self.policy.sha256}))
 
-    def queue_for(self, actor: Any) -> list[QueueEntry]:
+    def queue_for(self, actor: Any, *, offset: int = 0, limit: int | None = None) -> list[QueueEntry]:
         """The queue as ``actor`` may check it, oldest first, with each request's automated status and
         this round's reviews: the same ``can_check`` answer per request, with the teams, checks, jobs and
-        reviews each loaded once for the whole page rather than once per request."""
+        reviews each loaded once for the whole page rather than once per request.
+
+        ``offset`` and ``limit`` take one page of what ``actor`` may check (``checkable`` says how many
+        that is): the statuses and reviews are then read for that page's requests only."""
+        return self.entries(self.checkable(actor)[offset : None if limit is None else offset + limit])
+
+    def checkable(self, actor: Any) -> list[Any]:
+        """The waiting requests ``actor`` may check, oldest first, as rows of the queue statement.
+
+        Which requests a checker may check depends on teams past and present, so the filter runs here on
+        the rows, before any page is taken: a page never counts, and never shows, a request its reader
+        may not check."""
         s = self.session
         waiting = self.queue()
         teams = perm.teams_of(s, {r.project_id for r in waiting}, include_former=True)
-        mine = [r for r in waiting if perm.can_check(s, actor, r, teams=teams)]
-        statuses = queued_statuses(s, mine, self.policy.sha256)
-        reviews: dict[str, list[OutputReview]] = {r.id: [] for r in mine}
+        return [r for r in waiting if perm.can_check(s, actor, r, teams=teams)]
+
+    def entries(self, rows: list[Any]) -> list[QueueEntry]:
+        """Queue rows with their automated status and this round's reviews."""
+        s = self.session
+        statuses = queued_statuses(s, rows, self.policy.sha256)
+        reviews: dict[str, list[OutputReview]] = {r.id: [] for r in rows}
         if reviews:
             for review in s.scalars(_QUEUE_REVIEWS):
                 if review.request_id in reviews:
                     reviews[review.request_id].append(review)
-        return [QueueEntry(r, statuses[r.id], reviews[r.id]) for r in mine]
+        return [QueueEntry(r, statuses[r.id], reviews[r.id]) for r in rows]
 
-    def requests_of(self, actor: Any) -> list[OutputRequest]:
+    def requests_of(self, actor: Any, *, offset: int = 0, limit: int | None = None) -> tuple[list[OutputRequest], int]:
+        """The requests of ``actor``'s projects (and their own), newest first, and how many there are in
+        all: ``offset`` and ``limit`` take one page of them, counted in the same statement."""
         from projects.models import ProjectMember
 
         projects = select(ProjectMember.project_id).where(
             ProjectMember.user_id == actor.id, ProjectMember.removed_at.is_(None)
         )
+        mine = (
+            (OutputRequest.author_id == actor.id)
+            | OutputRequest.project_id.in_(projects)
+            | OutputRequest.project_id.in_(select(Project.id).where(Project.pi_id == actor.id))
+        )
         # The list shows each request's title, state and date: its groups and files (two statements
         # over everything the person ever submitted) are left until something asks for them.
-        return list(
-            self.session.scalars(
-                select(OutputRequest)
-                .options(lazyload(OutputRequest.groups), lazyload(OutputRequest.files))
-                .where(
-                    (OutputRequest.author_id == actor.id)
-                    | OutputRequest.project_id.in_(projects)
-                    | OutputRequest.project_id.in_(select(Project.id).where(Project.pi_id == actor.id))
-                )
-                .order_by(OutputRequest.created_at.desc())
-            )
+        stmt = (
+            select(OutputRequest, func.count().over().label("total"))
+            .options(lazyload(OutputRequest.groups), lazyload(OutputRequest.files))
+            .where(mine)
+            .order_by(OutputRequest.created_at.desc(), OutputRequest.id.desc())
+            .offset(offset)
         )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        rows = self.session.execute(stmt).all()
+        if rows:
+            return [r for r, _ in rows], int(rows[0].total)
+        if not offset:
+            return [], 0
+        # A page past the end: no row to carry the count, so it is asked for by itself.
+        total = self.session.scalar(select(func.count()).select_from(OutputRequest).where(mine))
+        return [], int(total or 0)
 
     def workload(self) -> dict[str, int]:
         """Open reviews (claimed, not yet submitted) per checker id."""

@@ -109,6 +109,7 @@ class Worklist:
     chair_assignments: list[Application] | None = None
     chair_extensions: list[tuple[Project, ExtensionRequest]] | None = None
     checker: list[CheckerItem] | None = None
+    checker_total: int = 0  # every waiting request the checker may check; ``checker`` shows a shortlist
     custodian: list[ExtractItem] | None = None
     administrator: list[AccountItem] | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -125,7 +126,8 @@ def for_person(session: Session, user: Any, *, now: dt.datetime, quorum: int) ->
         out.chair_decisions, out.chair_assignments = chair_due(session, user, quorum=quorum)
         out.chair_extensions = pending_extensions(session)
     if has_permission(user, Permission.OUTPUT_REVIEW):
-        out.checker = awaiting_check(session, user)
+        waiting = awaiting_check(session, user)
+        out.checker, out.checker_total = checker_shortlist(waiting, HOME_CHECKER_ITEMS), len(waiting)
     if has_permission(user, Permission.EXTRACT_MANAGE):
         out.custodian = extracts_to_watch(session)
     if has_permission(user, Permission.USER_MANAGE):
@@ -333,6 +335,26 @@ def awaiting_check(session: Session, user: Any) -> list[CheckerItem]:
         CheckerItem(r, r.project_title, r.last_submitted_at or r.state_changed_at, (r.id, r.round) in held)
         for r in mine
     ]
+
+
+# The home page lists at most this many of the requests a checker may check (the queue page has them
+# all, a page at a time): with hundreds waiting, listing every one made each checker's home page dearer
+# with every submission, and the oldest few are the ones to act on.
+HOME_CHECKER_ITEMS = 10
+
+
+def checker_shortlist(items: list[CheckerItem], limit: int) -> list[CheckerItem]:
+    """Every request the checker holds a place on, then the oldest others, ``limit`` in all (more only
+    when they hold more), in the queue's order: oldest submission first."""
+    room = max(0, limit - sum(1 for item in items if item.held))
+    kept: list[CheckerItem] = []
+    for item in items:
+        if item.held:
+            kept.append(item)
+        elif room:
+            kept.append(item)
+            room -= 1
+    return kept
 
 
 def extracts_to_watch(session: Session) -> list[ExtractItem]:

@@ -195,3 +195,16 @@ def test_a_checker_sees_which_waiting_requests_they_hold_a_review_place_on(app: 
     assert oscar == {claimed.id: True, waiting.id: False}
     assert olive == {claimed.id: False, waiting.id: False}
     assert statements <= 4
+
+
+def test_a_checkers_shortlist_keeps_every_held_request_then_the_oldest_in_queue_order() -> None:
+    held = [False, True, False, False, True, False]
+    items = [worklist.CheckerItem(n, "P", utcnow(), place) for n, place in enumerate(held)]
+
+    def numbers(limit: int) -> list[int]:
+        return [item.request for item in worklist.checker_shortlist(items, limit)]
+
+    assert numbers(4) == [0, 1, 2, 4]
+    assert numbers(2) == [1, 4]  # a checker's own places are never cut, even beyond the limit
+    assert numbers(1) == [1, 4]
+    assert numbers(10) == [0, 1, 2, 3, 4, 5]

@@ -52,6 +52,7 @@ from tre.core.db import utcnow
 from tre.core.identity import User
 from tre.core.permissions import Permission
 from tre.web.confirm import Confirmation, render_confirmation
+from tre.web.paging import PAGE_SIZE, Page, requested_page
 from tre.web.pictures import turnaround_charts, turnaround_window
 from tre.web.table_review import ACTION_WORDS, RULE_MARKS, build_review
 
@@ -108,11 +109,13 @@ def _about_to(fn: Callable[[], T], request_id: str) -> T | Any:
 @bp.get("/")
 @requires(Permission.OUTPUT_SUBMIT)
 def index() -> str:
-    svc = service()
+    number = requested_page(request.args)
+    requests, total = service().requests_of(g.user, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     return render_template(
         "outputs/index.html",
         title="Output requests",
-        requests=svc.requests_of(g.user),
+        requests=requests,
+        page=Page(number, PAGE_SIZE, total),
         labels=rules.STATE_LABELS,
     )
 
@@ -354,9 +357,12 @@ def view_file(file_id: str) -> Any:
 @bp.get("/queue")
 @requires(Permission.OUTPUT_REVIEW)
 def queue() -> str:
+    number = requested_page(request.args)
     svc = service()
     s = svc.session
-    entries = svc.queue_for(g.user)
+    checkable = svc.checkable(g.user)
+    page = Page(number, PAGE_SIZE, len(checkable))
+    entries = svc.entries(checkable[page.offset : page.offset + PAGE_SIZE])
     workload = svc.workload()
     people = {
         u.id: u.display_name
@@ -368,6 +374,7 @@ def queue() -> str:
         "outputs/queue.html",
         title="Output checking",
         entries=entries,
+        page=page,
         workload=workload,
         people=people,
         labels=rules.STATE_LABELS,

@@ -183,6 +183,27 @@ def test_checker_sees_request_with_time_since_submission(w: World) -> None:
     assert "Awaiting review" in mine
 
 
+def test_checker_home_lists_held_requests_then_the_oldest_and_leads_to_the_queue_for_the_rest(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from disclosure.models import OutputReview
+
+    monkeypatch.setattr("tre.worklist.HOME_CHECKER_ITEMS", 3)
+    p = ready_for_access(w)
+    olive = make_user(w.app, "olive.checker", ["output_checker"])
+    made = [output_request(w, p, w.member, title=f"Table {n}", hours_ago=20 - n) for n in range(5)]
+    first = section(home(w.app, olive), "home-checker")
+    w.session.add(OutputReview(request_id=made[4].id, round=made[4].round, reviewer_id=olive.id, assigned_by=olive.id))
+    w.session.commit()
+
+    held = section(home(w.app, olive), "home-checker")
+
+    assert [r.id for r in made if f"/outputs/requests/{r.id}" in first] == [r.id for r in made[:3]]
+    assert "These are 3 of the 5 requests you may check" in first and 'href="/outputs/queue"' in first
+    assert [r.id for r in made if f"/outputs/requests/{r.id}" in held] == [made[0].id, made[1].id, made[4].id]
+    assert held.count("You are reviewing") == 1
+
+
 def test_checker_never_sees_a_request_they_authored_or_of_their_team(w: World) -> None:
     """A researcher who also checks outputs (and a former member of the team) must not review it."""
     p = complete_draft(w)

@@ -219,6 +219,79 @@ def test_queue_pages_take_as_many_statements_for_many_requests_as_for_one(web_on
     assert {e["automated_checks"] for e in listed.json} == {"done"}
 
 
+def _request_ids(html_text: str) -> list[str]:
+    return re.findall(r'href="/outputs/requests/([^"/]+)"', html_text)
+
+
+def _submitted_in(w: World, project: Any, author: Any, title: str) -> Any:
+    req, _ = w.svc.create_request(author, project.id, title)
+    w.svc.set_group(author, req.id, "tables", "Admissions by region", "None yet")
+    w.svc.add_file(author, req.id, "table.csv", SAFE_CSV, group="tables")
+    w.svc.submit(author, req.id)
+    run_queued_jobs(w.app)
+    return req
+
+
+def test_queue_page_shows_a_page_of_what_its_reader_may_check_oldest_first(
+    web: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.disclosure.factories import active_project
+
+    monkeypatch.setattr("tre.web.outputs.PAGE_SIZE", 2)
+    w = web.world
+    ours = [w.submitted(content=SAFE_CSV) for _ in range(3)]
+    with w.app.app_context():  # olive is on this project's team: she may never check its requests
+        theirs = active_project(w.app, w.outsider, [w.olive], title="Another study")
+        hidden = [_submitted_in(w, theirs, w.outsider, f"Hidden {n}") for n in range(2)]
+    olive, oscar = web.as_(w.olive), web.as_(w.oscar)
+
+    first, second = olive.get("/outputs/queue"), olive.get("/outputs/queue?page=2")
+    beyond = olive.get("/outputs/queue?page=3").get_data(as_text=True)
+    oscars = [oscar.get(f"/outputs/queue?page={n}").get_data(as_text=True) for n in (1, 2, 3)]
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert _request_ids(first.get_data(as_text=True)) == [r.id for r in ours[:2]]
+    assert _request_ids(second.get_data(as_text=True)) == [ours[2].id]
+    assert "Showing 1 to 2 of 3 requests you may check (page 1 of 2)" in first.get_data(as_text=True)
+    assert 'href="/outputs/queue?page=2" rel="next"' in first.get_data(as_text=True)
+    assert 'href="/outputs/queue?page=1" rel="prev"' in second.get_data(as_text=True)
+    assert "There is no page 3: the list has 2 pages." in beyond and _request_ids(beyond) == []
+    assert not {r.id for r in hidden} & set(_request_ids(first.get_data(as_text=True) + second.get_data(as_text=True)))
+    assert "of 5 requests you may check" in oscars[0]
+    assert [i for page in oscars for i in _request_ids(page)] == [r.id for r in [*ours, *hidden]]
+
+
+def test_researchers_requests_page_shows_a_page_of_them_newest_first(
+    web: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tre.web.outputs.PAGE_SIZE", 2)
+    w = web.world
+    made = [w.draft() for _ in range(3)]
+    sam = web.as_(w.colleague)
+
+    pages = [sam.get(f"/outputs/?page={n}").get_data(as_text=True) for n in (1, 2)]
+    beyond = sam.get("/outputs/?page=5").get_data(as_text=True)
+    stranger = web.as_(w.outsider).get("/outputs/").get_data(as_text=True)
+
+    assert [_request_ids(p) for p in pages] == [[made[2].id, made[1].id], [made[0].id]]
+    assert "Showing 1 to 2 of 3 requests (page 1 of 2)" in pages[0] and "Showing 3 to 3 of 3" in pages[1]
+    assert "There is no page 5: the list has 2 pages." in beyond
+    assert 'href="/outputs/?page=2" rel="prev"' in beyond
+    assert _request_ids(stranger) == [] and "No requests yet." in stranger
+
+
+@pytest.mark.parametrize("path", ["/outputs/", "/outputs/queue"])
+@pytest.mark.parametrize("page", ["0", "-2", "two", "1.5"])
+def test_a_page_that_is_not_a_whole_number_is_refused_with_a_reason(web: Browser, path: str, page: str) -> None:
+    w = web.world
+    reader = web.as_(w.olive if path.endswith("queue") else w.author)
+
+    response = reader.get(f"{path}?page={page}")
+
+    assert response.status_code == 400
+    assert "The page must be a whole number from 1" in response.get_data(as_text=True)
+
+
 def _api_token(w: World, user: Any) -> str:
     import datetime as dt
 
