@@ -153,14 +153,12 @@ class Queries(OutputsBase):
         current policy). One statement, and no ORM object per request or per file."""
         return list(self.session.execute(_QUEUE, {"policy_sha256": self.policy.sha256}))
 
-    def queue_for(self, actor: Any, *, offset: int = 0, limit: int | None = None) -> list[QueueEntry]:
+    def queue_for(self, actor: Any) -> list[QueueEntry]:
         """The queue as ``actor`` may check it, oldest first, with each request's automated status and
         this round's reviews: the same ``can_check`` answer per request, with the teams, checks, jobs and
-        reviews each loaded once for the whole page rather than once per request.
-
-        ``offset`` and ``limit`` take one page of what ``actor`` may check (``checkable`` says how many
-        that is): the statuses and reviews are then read for that page's requests only."""
-        return self.entries(self.checkable(actor)[offset : None if limit is None else offset + limit])
+        reviews each loaded once for the whole list rather than once per request. A page of it is
+        ``entries`` of a slice of ``checkable``."""
+        return self.entries(self.checkable(actor))
 
     def checkable(self, actor: Any) -> list[Any]:
         """The waiting requests ``actor`` may check, oldest first, as rows of the queue statement.

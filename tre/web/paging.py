@@ -62,6 +62,7 @@ def requested_page(args: Mapping[str, str]) -> int:
     raw = args.get(PAGE_PARAMETER)
     if raw is None or raw == "":
         return 1
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+    # The length first: int() refuses strings of thousands of digits with a ValueError of its own.
+    if len(raw) > 9 or not raw.isascii() or not raw.isdigit() or int(raw) < 1:
         abort(400, "The page must be a whole number from 1 (up to 9 digits).")
     return int(raw)
