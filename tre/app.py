@@ -89,7 +89,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     _configure_logging(app, settings)
 
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size)
     app.extensions["tre.db"] = db
     app.teardown_appcontext(db.remove)
 

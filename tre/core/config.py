@@ -40,6 +40,10 @@ class Settings:
     instance_path: Path = field(default_factory=_default_instance)
     # Empty means "derive from the instance folder" (see resolved()).
     database_url: str = ""
+    # Connections each process keeps open to the database between requests (ADR 0080): at least the
+    # threads of a web process (GUNICORN_THREADS, 8), so that no connection is opened and closed per
+    # request. Ten more may be opened for a burst, and are closed once it is over.
+    database_pool_size: int = 10
     broker_url: str = ""
     host: str = "127.0.0.1"
     port: int = 5000
@@ -215,6 +219,8 @@ class Settings:
             changes["landing_dir"] = self._instance_landing()
         if not self.jupyterhub_api_url:
             changes["jupyterhub_api_url"] = self.jupyterhub_url
+        if not 1 <= self.database_pool_size <= 100:
+            raise ConfigError("TRE_DATABASE_POOL_SIZE must be between 1 and 100")
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("TRE_TRUSTED_PROXIES must be between 0 and 10")
         if not 1 <= self.session_max_hours <= 24 * 7:

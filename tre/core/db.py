@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, Select, String, TypeDecorator, create_engine, event
+from sqlalchemy import JSON, CompoundSelect, DateTime, MetaData, Select, String, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
@@ -233,20 +233,27 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-# Each statement is planned once per connection, not at every execution (ADR 0071). psycopg prepares a
-# statement once a connection has sent it PREPARE_AFTER times (its default, 5, left each of ~30 pooled
-# connections planning each of a few hundred statements six times before keeping it), and PostgreSQL's
-# plan cache, left to itself, kept re-planning prepared statements whose generic plan it guessed to be
-# dearer than a plan for the values at hand: 41 % of the statements of the load benchmark were planned,
-# and planning took as much of the server's time as executing. The application's statements are
-# look-ups by key and small filtered reads, whose generic plans the comparison in ADR 0071 found no slower.
-PREPARE_AFTER = 1
+# Each statement is planned once per connection, not at every execution (ADR 0071, ADR 0080). psycopg
+# prepares a statement once a connection has sent it PREPARE_AFTER times (its default, 5, left each of ~30
+# pooled connections planning each of a few hundred statements six times before keeping it), and
+# PostgreSQL's plan cache, left to itself, kept re-planning prepared statements whose generic plan it
+# guessed to be dearer than a plan for the values at hand: 41 % of the statements of the load benchmark
+# were planned, and planning took as much of the server's time as executing. The application's statements
+# are look-ups by key and small filtered reads, whose generic plans the comparison in ADR 0071 found no
+# slower. Since ADR 0080 a statement is prepared the first time a connection sends it (with 1, its first
+# run was planned as an unnamed statement and its second again as the prepared one), and a connection
+# keeps up to PREPARED_MAX of them: the load benchmark's mix sends about 350 distinct statements, and
+# psycopg's default of 100 left each web connection evicting and re-preparing statements all the time.
+# Each kept statement costs the server a few kilobytes for its plan; the pool's size bounds the connections.
+PREPARE_AFTER = 0
+PREPARED_MAX = 512
 _PLAN_GENERICALLY = "SET plan_cache_mode = force_generic_plan"
 
 
 def _plan_once_per_connection(dbapi_connection: Any, _record: Any) -> None:
     if hasattr(dbapi_connection, "prepare_threshold"):  # psycopg 3
         dbapi_connection.prepare_threshold = PREPARE_AFTER
+        dbapi_connection.prepared_max = PREPARED_MAX
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True  # a session setting, outside any transaction
     try:
@@ -305,13 +312,16 @@ def _pinger(dialect: Any) -> Any:
 # everywhere else, every statement of a transaction already reads its own snapshot, so a plain read
 # outside the transaction sees what it would have seen inside. What needs the transaction is begun
 # first: writes, row locks, advisory locks, savepoints, server-side cursors, anything not compiled from
-# select() (text() included), a call that changes state. Deny by default: a statement counts as a plain
-# read only when it was compiled from a Core or ORM select() with no row lock and no state-changing call,
-# and is not sent as executemany. A connection asked for another isolation level (REPEATABLE READ for a
-# snapshot) is out of autocommit and begins as psycopg always does, at its first statement; the pool puts
-# it back in autocommit when it is returned. The commit or rollback that ends a session sends nothing
+# select() or a UNION (INTERSECT, EXCEPT) of select()s (text() included), a call that changes state. Deny
+# by default: a statement counts as a plain read only when it was compiled from a Core or ORM select(), or
+# a compound of them, with no row lock and no state-changing call, and is not sent as executemany. A
+# connection asked for another isolation level (REPEATABLE READ for a snapshot) is out of autocommit and
+# begins as psycopg always does, at its first statement; the pool puts it back in autocommit when it is
+# returned. The commit or rollback that ends a session sends nothing
 # when no transaction was begun, so a read-only request's prepared statements also survive (a ROLLBACK
-# makes psycopg forget them all, which is why ADR 0052 used to end such requests by COMMIT).
+# makes psycopg forget them all, which is why ADR 0052 used to end such requests by COMMIT). A UNION counts
+# as a read since ADR 0080: the DAC's turnaround page read its window with one, so each of its requests
+# began a transaction, ended it by ROLLBACK, and left its connection to prepare every statement again.
 _NOT_A_PLAIN_READ = re.compile(
     r"\bFOR\s+(?:NO\s+KEY\s+)?(?:UPDATE|SHARE|KEY\s+SHARE)\b|\bINTO\b|set_config|nextval|setval|advisory|\blo_|;",
     re.IGNORECASE,
@@ -323,7 +333,7 @@ def _plain_read(cursor: Any, context: Any, executemany: bool) -> bool:
     return (
         not executemany
         and compiled is not None
-        and isinstance(compiled.statement, Select)
+        and isinstance(compiled.statement, (Select, CompoundSelect))
         and _plain_select_text(compiled.string)
         and getattr(cursor, "name", None) is None  # a server-side cursor is DECLAREd: it needs a transaction
     )

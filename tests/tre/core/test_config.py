@@ -1,4 +1,5 @@
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,18 @@ def test_a_set_landing_folder_wins_and_a_linked_instance_landing_is_not_taken(tm
 
     assert linked is None
     assert named == tmp_path / "named"
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "101"])
+def test_a_database_pool_size_out_of_range_is_refused(tmp_path: Path, size: str) -> None:
+    with pytest.raises(ConfigError, match="TRE_DATABASE_POOL_SIZE must be between 1 and 100"):
+        Settings.from_env({"TRE_DATABASE_POOL_SIZE": size}, instance_path=tmp_path)
+
+
+def test_the_database_pool_keeps_every_web_thread_its_connection_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GUNICORN_THREADS", raising=False)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    gunicorn = runpy.run_path(str(Path(__file__).parents[3] / "infra" / "production" / "gunicorn.conf.py"))
+    assert Settings.from_env({}, instance_path=tmp_path).database_pool_size >= gunicorn["threads"]

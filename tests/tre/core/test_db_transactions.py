@@ -105,6 +105,21 @@ def test_a_session_of_plain_selects_sends_no_begin_and_no_commit(pg: Database, t
     assert sent.commands == []
 
 
+def test_a_union_of_plain_selects_sends_no_begin_and_no_rollback(pg: Database, tmp_path: Path) -> None:
+    # The DAC's turnaround page reads its window with a UNION ALL: it began a transaction, so its request
+    # ended with a ROLLBACK, and psycopg forgot every statement it had prepared on the connection.
+    s = pg.session()
+    sent = Sent(s, tmp_path)
+    low = select(numbers.c.n).where(numbers.c.n == 1)
+    high = select(numbers.c.n).where(numbers.c.n == 2)
+    assert sorted(s.scalars(low.union_all(high)).all()) == [1, 2]
+    assert s.scalars(low.union(high).order_by("n")).all() == [1, 2]
+    assert s.scalars(low.except_(high)).all() == [1]
+    assert not _server_transaction(s)
+    pg.remove()
+    assert sent.commands == []
+
+
 def test_a_write_begins_a_transaction_that_a_rollback_undoes(pg: Database, tmp_path: Path) -> None:
     s = pg.session()
     sent = Sent(s, tmp_path)
@@ -332,7 +347,7 @@ def pg_app(tmp_path: Path, postgres_database: str) -> Iterator[Any]:
 
 def test_a_read_only_request_leaves_its_statements_prepared(pg_app: Any) -> None:
     client = pg_app.test_client()
-    for _ in range(3):  # psycopg prepares a statement on its second run on a connection (ADR 0071)
+    for _ in range(3):  # psycopg prepares a statement on its first run on a connection (ADR 0071, 0080)
         assert client.get("/t/read").get_data(as_text=True) == "2"
     assert int(client.get("/t/prepared").get_data(as_text=True)) >= 1
 
