@@ -695,6 +695,9 @@ class PostgresWaits(threading.Thread):
         self.waiting = 0
         self.events: dict[str, int] = {}
         self.queries: dict[str, int] = {}
+        # Server sessions (connections) opened for this run's database while the load ran: a pool that
+        # keeps fewer connections than a process has threads opens and closes them per request (ADR 0080).
+        self.counters: dict[str, int] = {}
 
     def run(self) -> None:
         from sqlalchemy import text
@@ -706,8 +709,11 @@ class PostgresWaits(threading.Thread):
             "SELECT wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 70) "
             "FROM pg_stat_activity WHERE datname = :n AND state = 'active' AND application_name <> :m"
         )
+        counters = text("SELECT sessions FROM pg_stat_database WHERE datname = :n")
         try:
             with engine.connect() as conn:
+                first = conn.execute(counters, {"n": name}).one()
+                conn.commit()
                 while not self.stop_event.wait(1.0):
                     rows = conn.execute(query, {"n": name, "m": MEASURING_APPLICATION}).all()
                     conn.commit()
@@ -718,6 +724,10 @@ class PostgresWaits(threading.Thread):
                             self.waiting += 1
                             self.events[f"{kind}:{event}"] = self.events.get(f"{kind}:{event}", 0) + 1
                             self.queries[sql] = self.queries.get(sql, 0) + 1
+                conn.execute(text("SELECT pg_stat_clear_snapshot()"))  # read the counters as they are now
+                last = conn.execute(counters, {"n": name}).one()
+                conn.commit()
+                self.counters = {"sessions_opened": int(last[0] - first[0])}
         finally:
             engine.dispose()
 
@@ -725,7 +735,8 @@ class PostgresWaits(threading.Thread):
         n = max(self.samples, 1)
         top = sorted(self.queries.items(), key=lambda kv: -kv[1])[:3]
         return {"mean_active_sessions": round(self.active / n, 2), "mean_sessions_waiting_on_locks":
-                round(self.waiting / n, 2), "lock_waits": self.events, "waiting_queries": [q for q, _ in top]}
+                round(self.waiting / n, 2), "lock_waits": self.events, "waiting_queries": [q for q, _ in top],
+                **self.counters}
 
 
 # --- the load --------------------------------------------------------------------------------------
