@@ -240,12 +240,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 # guessed to be dearer than a plan for the values at hand: 41 % of the statements of the load benchmark
 # were planned, and planning took as much of the server's time as executing. The application's statements
 # are look-ups by key and small filtered reads, whose generic plans the comparison in ADR 0071 found no
-# slower. Since ADR 0080 a statement is prepared the first time a connection sends it (with 1, its first
-# run was planned as an unnamed statement and its second again as the prepared one), and a connection
+# slower. A statement is prepared on its second run, not its first: a one-off statement stays unnamed, and
+# a text of several statements (a restore's script) cannot be prepared at all. Since ADR 0080 a connection
 # keeps up to PREPARED_MAX of them: the load benchmark's mix sends about 350 distinct statements, and
 # psycopg's default of 100 left each web connection evicting and re-preparing statements all the time.
 # Each kept statement costs the server a few kilobytes for its plan; the pool's size bounds the connections.
-PREPARE_AFTER = 0
+PREPARE_AFTER = 1
 PREPARED_MAX = 512
 _PLAN_GENERICALLY = "SET plan_cache_mode = force_generic_plan"
 

@@ -135,5 +135,8 @@ def test_the_database_pool_keeps_every_web_thread_its_connection_by_default(
 ) -> None:
     monkeypatch.delenv("GUNICORN_THREADS", raising=False)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    # Set, the configuration leaves it alone; unset, it would name a folder of its own in this process's
+    # environment for good, and turn every later test's Prometheus client to multiprocess mode.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
     gunicorn = runpy.run_path(str(Path(__file__).parents[3] / "infra" / "production" / "gunicorn.conf.py"))
     assert Settings.from_env({}, instance_path=tmp_path).database_pool_size >= gunicorn["threads"]

@@ -1,5 +1,5 @@
 """Each statement is planned once per PostgreSQL connection (ADR 0071, ADR 0080): psycopg prepares it on
-its first run, the server keeps one generic plan for it instead of planning again for each run's values,
+its second run, the server keeps one generic plan for it instead of planning again for each run's values,
 and a connection keeps as many statements prepared as the application sends. Asked of the real server
 (pg_prepared_statements, SHOW)."""
 
@@ -44,21 +44,23 @@ def _run(database: Database, times: int) -> None:
             assert conn.scalars(BY_KEY).all() == [1]
 
 
-def test_a_statement_is_prepared_on_its_first_run_and_planned_once(pg: Database) -> None:
+def test_a_statement_is_prepared_on_its_second_run_and_planned_once(pg: Database) -> None:
     _run(pg, 1)
-    assert _plans(pg) == (1, 0)  # prepared on its first run, not planned once more as an unnamed statement
+    # A statement run once is not prepared: one-off statements stay unnamed, and a text of several
+    # statements (a restore's script) could not be prepared at all.
+    assert _plans(pg) is None
 
     _run(pg, 5)
 
     generic, custom = _plans(pg) or (0, 0)
-    # Every run used the one generic plan, none a custom one.
-    assert (generic, custom) == (6, 0)
+    # Prepared on the second run; every run after that used the one generic plan, none a custom one.
+    assert (generic, custom) == (5, 0)
 
 
 def test_a_connection_keeps_more_statements_prepared_than_psycopgs_default(pg: Database) -> None:
     # The load benchmark's mix sends about 350 distinct statements; psycopg keeps 100 unless told.
     distinct = [select(numbers.c.n, literal_column(str(i)).label(f"c{i}")) for i in range(150)]
-    for _ in range(2):  # the second pass finds each one prepared: none was evicted to make room
+    for _ in range(3):  # prepared on the second pass; the third finds each one prepared: none was evicted
         with pg.engine.begin() as conn:
             for statement in distinct:
                 conn.execute(statement).all()

@@ -347,7 +347,7 @@ def pg_app(tmp_path: Path, postgres_database: str) -> Iterator[Any]:
 
 def test_a_read_only_request_leaves_its_statements_prepared(pg_app: Any) -> None:
     client = pg_app.test_client()
-    for _ in range(3):  # psycopg prepares a statement on its first run on a connection (ADR 0071, 0080)
+    for _ in range(3):  # psycopg prepares a statement on its second run on a connection (ADR 0071)
         assert client.get("/t/read").get_data(as_text=True) == "2"
     assert int(client.get("/t/prepared").get_data(as_text=True)) >= 1
 
