@@ -30,6 +30,24 @@ class SsoService:
     provider: OidcTestProvider
 
 
+def _body_read_before_sending(app: Any) -> Any:
+    """The app with each answer's body read, and the answer closed, before werkzeug's test server sends
+    any of it. That server closes an answer only after it has drained the request's socket, and a read
+    of a socket the browser reset (a favicon fetch cut short by the next navigation) raises first: the
+    static file's handle was then left for the garbage collector, whose warning failed a later test."""
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        answer = app(environ, start_response)
+        try:
+            return [b"".join(answer)]
+        finally:
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
+
+    return wsgi
+
+
 @pytest.fixture(scope="module")
 def sso_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsoService]:
     from tre.models import metadata
@@ -44,7 +62,7 @@ def sso_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SsoService
         oidc_display_name="NHS Test Login",
     )
     metadata.create_all(app.extensions["tre.db"].engine)
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, _body_read_before_sending(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield SsoService(url, app, provider)
