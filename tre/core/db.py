@@ -244,7 +244,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 # a text of several statements (a restore's script) cannot be prepared at all. Since ADR 0080 a connection
 # keeps up to PREPARED_MAX of them: the load benchmark's mix sends about 350 distinct statements, and
 # psycopg's default of 100 left each web connection evicting and re-preparing statements all the time.
-# Each kept statement costs the server a few kilobytes for its plan; the pool's size bounds the connections.
+# Each kept statement costs the server about 24 KiB for its plan; the pool's size bounds the connections.
 PREPARE_AFTER = 1
 PREPARED_MAX = 512
 _PLAN_GENERICALLY = "SET plan_cache_mode = force_generic_plan"
